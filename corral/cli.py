@@ -1,0 +1,243 @@
+"""The ``corral`` command: start, stop and list clusters; run a controller or an engine.
+
+    corral start -n 4 [--cluster-id ID] [--daemon]   controller + engines (Ctrl-C stops all)
+    corral stop [--cluster-id ID]
+    corral list
+    corral controller [--ip IP] [--db sqlite|memory|mongodb://...] [--restore] ...
+    corral engine [--file corral-engine.json | --cluster-id ID]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+DEFAULT_ID = "default"
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cluster-id", default=DEFAULT_ID, help="cluster name (default: default)")
+    parser.add_argument("--cluster-dir", default=None,
+                        help="folder holding clusters (default: $CORRAL_DIR or ~/.corral)")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+
+
+def _controller_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ip", default="127.0.0.1",
+                        help="interface to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--db", default="sqlite",
+                        help="result store: sqlite (default), memory, or mongodb://host:port/db")
+    parser.add_argument("--restore", action="store_true",
+                        help="keep the existing result store and serve its records")
+    parser.add_argument("--heartbeat-period", type=float, default=3.0, help="seconds")
+    parser.add_argument("--max-misses", type=int, default=3,
+                        help="missed beats before an engine is declared dead")
+    parser.add_argument("--scheduler", default="leastload",
+                        choices=["leastload", "lru", "random", "weighted"],
+                        help="load-balancing policy")
+    parser.add_argument("--max-outstanding", type=int, default=16,
+                        help="tasks in flight per engine (prefetch)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="disable message signing (empty key): anyone can run code")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="corral", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    start = commands.add_parser("start", help="start a controller and engines")
+    start.add_argument("-n", "--engines", type=int, default=None,
+                       help="number of engines (default: one per CPU)")
+    start.add_argument("--daemon", action="store_true", help="run in the background")
+    _common(start)
+    _controller_flags(start)
+
+    stop = commands.add_parser("stop", help="stop a running cluster")
+    _common(stop)
+
+    listing = commands.add_parser("list", help="list running clusters")
+    _common(listing)
+
+    controller = commands.add_parser("controller", help="run a controller in this process")
+    _common(controller)
+    _controller_flags(controller)
+
+    engine = commands.add_parser("engine", help="run an engine in this process")
+    engine.add_argument("--file", default=None, help="the controller's corral-engine.json")
+    _common(engine)
+    return parser
+
+
+def _cluster_path(args: argparse.Namespace) -> Path:
+    from corral.cluster.cluster import cluster_path
+
+    return cluster_path(args.cluster_id, args.cluster_dir)
+
+
+def _controller_args(args: argparse.Namespace) -> list[str]:
+    flags = ["--ip", args.ip, "--heartbeat-period", str(args.heartbeat_period),
+             "--max-misses", str(args.max_misses), "--scheduler", args.scheduler,
+             "--max-outstanding", str(args.max_outstanding)]
+    if args.restore:
+        flags.append("--restore")
+    if args.insecure:
+        flags.append("--insecure")
+    return flags
+
+
+def cmd_controller(args: argparse.Namespace) -> int:
+    from corral.controller.app import ControllerConfig, run_controller
+
+    if args.ip not in ("127.0.0.1", "localhost", "::1"):
+        logging.getLogger("corral").warning(
+            "listening on %s: any machine that reaches this address and holds the key can run "
+            "code on every engine; messages are signed but not encrypted", args.ip)
+    if args.insecure:
+        logging.getLogger("corral").warning(
+            "--insecure: messages are not signed; anyone who can reach the ports runs code")
+    config = ControllerConfig(
+        cluster_path=_cluster_path(args), cluster_id=args.cluster_id, ip=args.ip,
+        insecure=args.insecure, heartbeat_period=args.heartbeat_period,
+        max_misses=args.max_misses, db=args.db, restore=args.restore,
+        scheduler_policy=args.scheduler, max_outstanding=args.max_outstanding)
+    return run_controller(config)
+
+
+def cmd_engine(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from corral.engine.engine import main as engine_main
+
+    argv = list(extra)
+    argv += ["--file", args.file] if args.file else [
+        "--file", str(_cluster_path(args) / "corral-engine.json")]
+    argv += ["--log-level", args.log_level]
+    return int(engine_main(argv) or 0)
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    import os
+
+    from corral.cluster.cluster import Cluster
+
+    n = args.engines if args.engines is not None else (os.cpu_count() or 1)
+    if args.daemon:
+        argv = [sys.executable, "-m", "corral", "start", "-n", str(n), "--cluster-id",
+                args.cluster_id, "--log-level", args.log_level, "--db", args.db,
+                *_controller_args(args)]
+        if args.cluster_dir:
+            argv += ["--cluster-dir", args.cluster_dir]
+        path = _cluster_path(args)
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(path / "cluster-manager.log", "ab") as log_file:
+            subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT,
+                             stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while not (path / "cluster.json").exists() or not _engines_up(path, n):
+            if time.monotonic() > deadline:
+                print(f"cluster {args.cluster_id} did not start; see {path}", file=sys.stderr)
+                return 1
+            time.sleep(0.1)
+        print(f"cluster {args.cluster_id} running in the background with {n} engines; "
+              f"`corral stop --cluster-id {args.cluster_id}` stops it")
+        return 0
+
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    cluster = Cluster(n, cluster_id=args.cluster_id, cluster_dir=args.cluster_dir,
+                      heartbeat_period=args.heartbeat_period, db=args.db,
+                      controller_args=_controller_args(args), log_level=args.log_level)
+    rc = cluster.start()
+    print(f"cluster {args.cluster_id}: controller and {len(rc.ids)} engines running "
+          f"({cluster.path}); Ctrl-C stops them", flush=True)
+    try:
+        while not stop.wait(0.5):
+            if cluster.controller is not None and cluster.controller.poll() is not None:
+                print("the controller exited", file=sys.stderr)
+                break
+    finally:
+        cluster.stop()
+        print(f"cluster {args.cluster_id} stopped", flush=True)
+    return 0
+
+
+def _engines_up(path: Path, n: int) -> bool:
+    import json
+
+    try:
+        state = json.loads((path / "cluster.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return len(state.get("engine_pids", [])) >= n and (path / "corral-client.json").exists()
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from corral.cluster.cluster import stop_cluster
+
+    path = _cluster_path(args)
+    if stop_cluster(path):
+        print(f"cluster {args.cluster_id} stopped")
+        return 0
+    print(f"no running cluster {args.cluster_id} in {path}", file=sys.stderr)
+    return 1
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    import json
+
+    import psutil
+
+    from corral.cluster.cluster import default_cluster_dir
+
+    base = Path(args.cluster_dir).expanduser() if args.cluster_dir else default_cluster_dir()
+    rows = []
+    for client_file in sorted(base.glob("*/corral-client.json")):
+        try:
+            info = json.loads(client_file.read_text())
+        except (OSError, ValueError):
+            continue
+        pid = info.get("controller_pid")
+        if not isinstance(pid, int) or not psutil.pid_exists(pid):
+            continue
+        engines = "?"
+        state_file = client_file.parent / "cluster.json"
+        if state_file.exists():
+            state = json.loads(state_file.read_text())
+            engines = str(sum(psutil.pid_exists(p) for p in state.get("engine_pids", [])))
+        rows.append((client_file.parent.name, str(pid), engines, info.get("ip", "")))
+    if not rows:
+        print(f"no running clusters in {base}")
+        return 0
+    print(f"{'cluster':<24} {'controller pid':>14} {'engines':>8}  ip")
+    for name, pid, engines, ip in rows:
+        print(f"{name:<24} {pid:>14} {engines:>8}  {ip}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "engine":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.command == "controller":
+        return cmd_controller(args)
+    if args.command == "engine":
+        return cmd_engine(args, extra)
+    if args.command == "start":
+        return cmd_start(args)
+    if args.command == "stop":
+        return cmd_stop(args)
+    return cmd_list(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

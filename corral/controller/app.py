@@ -1,0 +1,432 @@
+"""Starts a controller: binds every socket, runs the queues, and drives the Hub.
+
+Processes and threads (design.md): the MUX and control queues are pyzmq's C monitored queues
+and iopub a C proxy, each in its own thread, so no Python runs per message on those paths. The
+task scheduler runs in its own process (`corral.controller.scheduler`) so that its Python never
+competes with the Hub's for the GIL. This thread runs the Hub: registration and queries,
+heartbeats, and the monitor stream of every queue.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+import zmq
+from zmq.devices import ThreadMonitoredQueue, ThreadProxy
+
+from corral.controller.hub import Hub, Send, Stop
+from corral.controller.store import open_store
+from corral.errors import CorralError, InvalidContent, ProtocolError, UnknownMessageType
+from corral.protocol.messages import KNOWN_TYPES, error_reply, validate_content
+from corral.protocol.session import Message, Session, new_key, split_identities
+
+log = logging.getLogger("corral.controller")
+
+CLIENT_FILE = "corral-client.json"
+ENGINE_FILE = "corral-engine.json"
+DRAIN_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    """Everything a controller needs; the CLI and Cluster build it from flags."""
+
+    cluster_path: Path
+    cluster_id: str = "default"
+    ip: str = "127.0.0.1"
+    transport: str = "tcp"
+    key: bytes = b""
+    insecure: bool = False
+    heartbeat_period: float = 3.0
+    max_misses: int = 3
+    db: str = "sqlite"
+    restore: bool = False
+    scheduler_policy: str = "leastload"
+    max_outstanding: int = 16
+    scheduler: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def write_private_json(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON readable by the owner only (0600), created that way (no window of 0644)."""
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=2)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def make_private_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+
+
+class Controller:
+    """One controller: call :meth:`start`, then :meth:`serve_forever` until stopped."""
+
+    def __init__(self, config: ControllerConfig) -> None:
+        if not config.key and not config.insecure:
+            config = _with_key(config, new_key())
+        self.config = config
+        self.context = zmq.Context()
+        self.session = Session(config.key, username="controller", check_msg_type=False)
+        self.url = f"{config.transport}://{config.ip}"
+        self._stopping = False
+        self._devices: list[Any] = []
+        self._scheduler: subprocess.Popen[bytes] | None = None
+        self.hub: Hub | None = None
+        self.counts = {"rejected": 0, "monitored": 0, "queries": 0}
+
+    # ------------------------------------------------------------ start
+
+    def _bind(self, kind: int) -> tuple[zmq.Socket[Any], int]:
+        sock = self.context.socket(kind)
+        sock.linger = 0
+        port = sock.bind_to_random_port(self.url)
+        return sock, port
+
+    def _queue_device(self, name: str) -> tuple[int, int]:
+        """A C monitored queue (ROUTER clients / ROUTER engines) whose copies reach the Hub."""
+        device = ThreadMonitoredQueue(
+            zmq.ROUTER, zmq.ROUTER, zmq.PUB, f"{name}_in".encode(), f"{name}_out".encode()
+        )
+        device.context_factory = lambda: self.context  # type: ignore[method-assign]
+        device.daemon = True
+        client_port = device.bind_in_to_random_port(self.url)
+        engine_port = device.bind_out_to_random_port(self.url)
+        device.bind_mon(f"inproc://monitor-{name}")
+        device.setsockopt_in(zmq.LINGER, 0)
+        device.setsockopt_out(zmq.LINGER, 0)
+        device.start()
+        self._devices.append(device)
+        return client_port, engine_port
+
+    def start(self) -> None:
+        config = self.config
+        make_private_dir(config.cluster_path)
+        self.store = open_store(config.db, config.cluster_path, config.cluster_id)
+        self.registration, reg_port = self._bind(zmq.ROUTER)
+        self.registration.router_mandatory = False
+        self.notification, notify_port = self._bind(zmq.PUB)
+        self.ping, ping_port = self._bind(zmq.PUB)
+        self.pong, pong_port = self._bind(zmq.ROUTER)
+        self.monitor = self.context.socket(zmq.SUB)
+        self.monitor.linger = 0
+        self.monitor.subscribe(b"")
+        monitor_port = self.monitor.bind_to_random_port(self.url)
+        # the monitor PUBs of the devices bind when their threads start: wait for each
+        mux_client, mux_engine = self._queue_device("mux")
+        control_client, control_engine = self._queue_device("control")
+        for name in ("mux", "control"):
+            _connect_when_bound(self.monitor, f"inproc://monitor-{name}")
+        iopub = ThreadProxy(zmq.XSUB, zmq.XPUB)
+        iopub.context_factory = lambda: self.context  # type: ignore[method-assign]
+        iopub.daemon = True
+        iopub_engine = iopub.bind_in_to_random_port(self.url)
+        iopub_client = iopub.bind_out_to_random_port(self.url)
+        iopub.start()
+        self._devices.append(iopub)
+
+        task_client = task_engine = None
+        if config.scheduler:
+            task_client, task_engine = self._start_scheduler(
+                f"{self.url}:{notify_port}", f"{self.url}:{monitor_port}"
+            )
+
+        def address(port: int | None) -> str | None:
+            return f"{self.url}:{port}" if port is not None else None
+
+        engine_addresses = {
+            "mux": address(mux_engine),
+            "control": address(control_engine),
+            "task": address(task_engine),
+            "iopub": address(iopub_engine),
+            "hb_ping": address(ping_port),
+            "hb_pong": address(pong_port),
+        }
+        client_addresses = {
+            "mux": address(mux_client),
+            "control": address(control_client),
+            "task": address(task_client),
+            "iopub": address(iopub_client),
+            "notification": address(notify_port),
+        }
+        first_id = 0
+        if config.restore:
+            first_id = _next_engine_id(self.store)
+        self.hub = Hub(
+            self.store,
+            {k: v for k, v in engine_addresses.items() if v},
+            client_addresses,
+            config.heartbeat_period,
+            config.max_misses,
+            first_id,
+        )
+        common = {
+            "cluster_id": config.cluster_id,
+            "key": config.key.decode("ascii"),
+            "signature_scheme": "hmac-sha256",
+            "transport": config.transport,
+            "ip": config.ip,
+            "location": socket.gethostname(),
+            "controller_pid": os.getpid(),
+            "registration": reg_port,
+        }
+        write_private_json(
+            config.cluster_path / CLIENT_FILE,
+            {
+                **common,
+                "notification": notify_port,
+                "mux": mux_client,
+                "control": control_client,
+                "task": task_client,
+                "iopub": iopub_client,
+            },
+        )
+        write_private_json(
+            config.cluster_path / ENGINE_FILE,
+            {
+                **common,
+                "mux_engine": mux_engine,
+                "control_engine": control_engine,
+                "task_engine": task_engine,
+                "iopub_engine": iopub_engine,
+                "hb_ping": ping_port,
+                "hb_pong": pong_port,
+                "heartbeat_period": config.heartbeat_period,
+            },
+        )
+        log.info(
+            "controller %s listening on %s (registration port %d)",
+            config.cluster_id,
+            config.ip,
+            reg_port,
+        )
+
+    def _start_scheduler(self, notification: str, monitor: str) -> tuple[int, int]:
+        """Start the task scheduler process; it reports the two ports it bound."""
+        settings = {
+            "key": self.config.key.decode("ascii"),
+            "signature_scheme": "hmac-sha256",
+            "url": self.url,
+            "notification": notification,
+            "monitor": monitor,
+            "policy": self.config.scheduler_policy,
+            "max_outstanding": self.config.max_outstanding,
+            "parent_pid": os.getpid(),
+            "log_level": logging.getLogger().level,
+        }
+        self._scheduler = subprocess.Popen(
+            [sys.executable, "-m", "corral.controller.scheduler"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert self._scheduler.stdin is not None and self._scheduler.stdout is not None
+        self._scheduler.stdin.write(json.dumps(settings).encode() + b"\n")
+        self._scheduler.stdin.close()
+        ports = _read_json_line(self._scheduler.stdout, timeout=30)
+        if ports is None:
+            raise CorralError("the task scheduler process did not start; see the controller log")
+        return int(ports["task"]), int(ports["task_engine"])
+
+    # ------------------------------------------------------------ serve
+
+    def serve_forever(self) -> None:
+        """The Hub loop: registration/queries, monitor copies, pongs, and a beat per period."""
+        assert self.hub is not None
+        poller = zmq.Poller()
+        for sock in (self.registration, self.monitor, self.pong):
+            poller.register(sock, zmq.POLLIN)
+        period = self.config.heartbeat_period
+        next_beat = time.monotonic()
+        while not self._stopping:
+            now = time.monotonic()
+            if now >= next_beat:
+                payload, actions = self.hub.tick()
+                self.ping.send(payload)
+                self._perform(actions)
+                next_beat = max(next_beat + period, now + period / 2)
+            events = dict(poller.poll(max(0.0, next_beat - time.monotonic()) * 1000))
+            if self.pong in events:
+                self._drain(self.pong, self._on_pong)
+            if self.registration in events:
+                self._drain(self.registration, self._on_request)
+            if self.monitor in events:
+                self._drain(self.monitor, self._on_monitor)
+            if self._scheduler is not None and self._scheduler.poll() is not None:
+                log.error("the task scheduler exited (%s); stopping", self._scheduler.returncode)
+                self._stopping = True
+
+    def _drain(self, sock: zmq.Socket[Any], handle: Any) -> None:
+        for _ in range(DRAIN_BATCH):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                handle(frames)
+            except CorralError as err:
+                self.counts["rejected"] += 1
+                log.warning("dropped a message: %s", err)
+            except Exception:  # a bug must cost one message, never the controller
+                self.counts["rejected"] += 1
+                log.exception("error while handling a message; dropped it")
+
+    def _on_pong(self, frames: list[zmq.Frame]) -> None:
+        if len(frames) != 2:
+            raise ProtocolError(f"heartbeat with {len(frames)} frames")
+        assert self.hub is not None
+        uuid = frames[0].bytes.decode("utf-8", "replace")
+        self._perform(self.hub.handle_pong(uuid, frames[1].bytes))
+
+    def _on_request(self, frames: list[zmq.Frame]) -> None:
+        assert self.hub is not None
+        idents, msg_frames = split_identities(frames)
+        msg = self.session.deserialize(msg_frames, content=False, idents=idents)
+        reply_type = msg.msg_type.replace("_request", "_reply")
+        try:
+            if msg.msg_type not in KNOWN_TYPES:
+                raise UnknownMessageType(f"unknown msg_type {msg.msg_type!r}")
+            content = orjson.loads(msg_frames[4].buffer)
+            if not isinstance(content, dict):
+                raise InvalidContent("content is not a JSON object")
+            validate_content(msg.msg_type, content)
+        except (ProtocolError, orjson.JSONDecodeError) as err:
+            self.counts["rejected"] += 1
+            log.warning("hub: rejected %s: %s", msg.msg_type, err)
+            if msg.msg_type.endswith("_request"):
+                self._send(
+                    Send(
+                        "registration",
+                        reply_type,
+                        error_reply(type(err).__name__, str(err)),
+                        msg.header,
+                        idents,
+                    )
+                )
+            return
+        self.counts["queries"] += 1
+        full = Message(
+            msg.header, msg.parent_header, msg.metadata, content, msg.buffers, msg.idents
+        )
+        self._perform(self.hub.handle_request(idents, full))
+
+    def _on_monitor(self, frames: list[zmq.Frame]) -> None:
+        assert self.hub is not None
+        prefix = frames[0].bytes
+        idents, msg_frames = split_identities(frames[1:])
+        msg = self.session.deserialize(msg_frames, content=True, idents=idents)
+        self.counts["monitored"] += 1
+        self.hub.handle_monitor(prefix, idents, msg)
+
+    def _perform(self, actions: list[Send | Stop]) -> None:
+        for action in actions:
+            if isinstance(action, Stop):
+                log.info("hub: shutdown requested")
+                self._stopping = True
+            else:
+                self._send(action)
+
+    def _send(self, action: Send) -> None:
+        sock = self.registration if action.channel == "registration" else self.notification
+        msg = self.session.msg(
+            action.msg_type, action.content, action.parent, buffers=action.buffers
+        )
+        try:
+            sock.send_multipart(self.session.serialize(msg, action.idents), copy=False)
+        except zmq.ZMQError as err:
+            log.warning("could not send %s: %s", action.msg_type, err)
+
+    # ------------------------------------------------------------ stop
+
+    def request_stop(self, *_: Any) -> None:
+        self._stopping = True
+
+    def close(self) -> None:
+        """Stop the scheduler, flush the store, close every socket, remove connection files."""
+        if self._scheduler is not None and self._scheduler.poll() is None:
+            self._scheduler.send_signal(signal.SIGTERM)
+            try:
+                self._scheduler.wait(5)
+            except subprocess.TimeoutExpired:
+                self._scheduler.kill()
+                self._scheduler.wait()
+        if hasattr(self, "store"):
+            try:
+                self.store.close()
+            except CorralError as err:
+                log.error("result store: %s", err)
+        self.context.destroy(linger=0)
+        for name in (CLIENT_FILE, ENGINE_FILE):
+            try:
+                (self.config.cluster_path / name).unlink()
+            except FileNotFoundError:
+                pass
+
+
+def _with_key(config: ControllerConfig, key: bytes) -> ControllerConfig:
+    from dataclasses import replace
+
+    return replace(config, key=key)
+
+
+def _connect_when_bound(sock: zmq.Socket[Any], address: str, timeout: float = 10.0) -> None:
+    """Connect to an inproc address a device thread is about to bind."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            sock.connect(address)
+            return
+        except zmq.ZMQError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.001)
+
+
+def _read_json_line(stream: IO[bytes], timeout: float) -> dict[str, Any] | None:
+    import selectors
+
+    selector = selectors.DefaultSelector()
+    selector.register(stream, selectors.EVENT_READ)
+    try:
+        if not selector.select(timeout):
+            return None
+        line = stream.readline()
+    finally:
+        selector.close()
+    if not line:
+        return None
+    value = json.loads(line)
+    return value if isinstance(value, dict) else None
+
+
+def _next_engine_id(store: Any) -> int:
+    """After a restore, new engines get ids above every id in the stored records."""
+    records = store.find_records({"engine_id": {"$ne": None}}, ["engine_id"])
+    ids = [r["engine_id"] for r in records if isinstance(r.get("engine_id"), int)]
+    return max(ids) + 1 if ids else 0
+
+
+def run_controller(config: ControllerConfig) -> int:
+    """Run a controller in this process until SIGINT/SIGTERM or a hub shutdown request."""
+    controller = Controller(config)
+    signal.signal(signal.SIGTERM, controller.request_stop)
+    signal.signal(signal.SIGINT, controller.request_stop)
+    try:
+        controller.start()
+        controller.serve_forever()
+    finally:
+        controller.close()
+    return 0

@@ -1,0 +1,511 @@
+"""The Hub as a state machine: engine registry, task records, and client queries.
+
+Every method takes a decoded message (or a tick) and returns the messages to send, as
+:class:`Send` values; :mod:`corral.controller.app` owns the sockets. The Hub is never on the data
+path: it learns of requests and replies from the queues' monitor copies and writes them to a
+:class:`~corral.controller.store.base.ResultStore`, whose writes happen off this thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from corral.controller.heartbeat import HeartMonitor
+from corral.controller.store.base import ResultStore
+from corral.controller.store.query import validate_query
+from corral.errors import EngineError, InvalidContent, QueryError, StoreError, error_content
+from corral.protocol.messages import error_reply, ok_reply
+from corral.protocol.session import Frame, Message, utcnow
+
+log = logging.getLogger("corral.hub")
+
+MAX_QUERY_IDS = 100_000
+
+
+@dataclass(frozen=True)
+class Send:
+    """A message for the app to send: on the registration ROUTER (``idents`` first) or the
+    notification PUB."""
+
+    channel: str
+    msg_type: str
+    content: dict[str, Any]
+    parent: dict[str, Any] | None = None
+    idents: tuple[bytes, ...] = ()
+    buffers: tuple[Frame, ...] = ()
+
+
+@dataclass(frozen=True)
+class Stop:
+    """The Hub was asked to shut the controller down (after its reply is sent)."""
+
+
+Action = Send | Stop
+
+
+@dataclass
+class EngineEntry:
+    id: int
+    uuid: str
+    registered: str
+    queue: dict[str, None] = field(default_factory=dict)  # MUX msg_ids sent, not answered
+    tasks: dict[str, None] = field(default_factory=dict)  # load-balanced msg_ids in flight
+    completed: dict[str, None] = field(default_factory=dict)
+
+
+@dataclass
+class PendingRegistration:
+    id: int
+    uuid: str
+    expires_at_beat: int
+
+
+class Hub:
+    """Registration, heartbeat bookkeeping, task records and queries for one controller.
+
+    ``addresses`` are the URLs engines and clients need (the registration and connection replies
+    carry them); ``heartbeat_period`` is only reported to engines, the app does the timing.
+    """
+
+    def __init__(
+        self,
+        store: ResultStore,
+        engine_addresses: dict[str, str],
+        client_addresses: dict[str, str],
+        heartbeat_period: float,
+        max_misses: int = 3,
+        first_engine_id: int = 0,
+    ) -> None:
+        self.store = store
+        self.engine_addresses = engine_addresses
+        self.client_addresses = client_addresses
+        self.heartbeat_period = heartbeat_period
+        self.hearts = HeartMonitor(max_misses=max_misses)
+        self.engines: dict[int, EngineEntry] = {}
+        self.by_uuid: dict[str, EngineEntry] = {}
+        self.pending_registrations: dict[str, PendingRegistration] = {}
+        self.next_id = first_engine_id
+        self.pending: dict[str, str | None] = {}  # msg_id -> engine uuid (None: unassigned)
+        self.told_stale: set[str] = set()
+        self.rejected = 0
+
+    # ------------------------------------------------------------ registration
+
+    def handle_request(self, idents: Sequence[bytes], msg: Message) -> list[Action]:
+        """A message on the registration ROUTER: registration, connection, or a query."""
+        assert msg.content is not None
+        handler = getattr(self, "_on_" + msg.msg_type, None)
+        reply_type = msg.msg_type.replace("_request", "_reply")
+        if handler is None or not msg.msg_type.endswith("_request"):
+            self.rejected += 1
+            log.warning("hub: unexpected %s on the registration socket", msg.msg_type)
+            if not msg.msg_type.endswith("_request"):
+                return []
+            return [
+                self._reply(
+                    idents,
+                    msg,
+                    reply_type,
+                    error_reply("InvalidRequest", f"the Hub does not handle {msg.msg_type}"),
+                )
+            ]
+        try:
+            result: list[Action] = handler(idents, msg)
+            return result
+        except (QueryError, InvalidContent, StoreError, ValueError, TypeError) as err:
+            self.rejected += 1
+            log.warning("hub: %s rejected: %s", msg.msg_type, err)
+            content = error_reply(type(err).__name__, str(err))
+            return [self._reply(idents, msg, reply_type, content)]
+
+    def _reply(
+        self,
+        idents: Sequence[bytes],
+        request: Message,
+        msg_type: str,
+        content: dict[str, Any],
+        buffers: Iterable[Frame] = (),
+    ) -> Send:
+        return Send(
+            "registration", msg_type, content, request.header, tuple(idents), tuple(buffers)
+        )
+
+    def _on_registration_request(self, idents: Sequence[bytes], msg: Message) -> list[Action]:
+        content = msg.content or {}
+        uuid = content["uuid"]
+        requested = content.get("id")
+        if uuid in self.by_uuid or uuid in self.pending_registrations:
+            return [
+                self._reply(
+                    idents,
+                    msg,
+                    "registration_reply",
+                    error_reply("RegistrationError", f"engine uuid {uuid} is already registered"),
+                )
+            ]
+        in_use = {e.id for e in self.engines.values()} | {
+            p.id for p in self.pending_registrations.values()
+        }
+        if requested is not None and requested in in_use:
+            return [
+                self._reply(
+                    idents,
+                    msg,
+                    "registration_reply",
+                    error_reply("RegistrationError", f"engine id {requested} is in use"),
+                )
+            ]
+        if requested is None:
+            engine_id = self.next_id
+        else:
+            engine_id = requested
+        self.next_id = max(self.next_id, engine_id + 1)
+        self.pending_registrations[uuid] = PendingRegistration(
+            engine_id, uuid, self.hearts.beat + 2 * self.hearts.max_misses + 2
+        )
+        self.told_stale.discard(uuid)
+        reply = ok_reply(
+            id=engine_id, heartbeat_period=self.heartbeat_period, **self.engine_addresses
+        )
+        log.info("hub: engine %s asked to register as %d; waiting for its heart", uuid, engine_id)
+        return [self._reply(idents, msg, "registration_reply", reply)]
+
+    def _on_unregistration_request(self, idents: Sequence[bytes], msg: Message) -> list[Action]:
+        content = msg.content or {}
+        entry = None
+        if "uuid" in content:
+            entry = self.by_uuid.get(content["uuid"])
+        elif "id" in content:
+            entry = self.engines.get(content["id"])
+        if entry is None:
+            return [
+                self._reply(
+                    idents,
+                    msg,
+                    "unregistration_reply",
+                    error_reply("RegistrationError", f"no such engine: {content}"),
+                )
+            ]
+        actions: list[Action] = [self._reply(idents, msg, "unregistration_reply", ok_reply())]
+        actions.extend(self._unregister(entry, "engine asked to unregister"))
+        return actions
+
+    def _on_connection_request(self, idents: Sequence[bytes], msg: Message) -> list[Action]:
+        engines = {str(e.id): e.uuid for e in self.engines.values()}
+        reply = ok_reply(engines=engines, **self.client_addresses)
+        return [self._reply(idents, msg, "connection_reply", reply)]
+
+    def _on_hub_shutdown_request(self, idents: Sequence[bytes], msg: Message) -> list[Action]:
+        return [self._reply(idents, msg, "hub_shutdown_reply", ok_reply()), Stop()]
+
+    def _register(self, pending: PendingRegistration) -> list[Action]:
+        entry = EngineEntry(pending.id, pending.uuid, utcnow())
+        self.engines[entry.id] = entry
+        self.by_uuid[entry.uuid] = entry
+        log.info("hub: engine %d (%s) registered", entry.id, entry.uuid)
+        return [
+            Send("notification", "registration_notification", {"id": entry.id, "uuid": entry.uuid})
+        ]
+
+    def _unregister(self, entry: EngineEntry, why: str) -> list[Action]:
+        del self.engines[entry.id]
+        del self.by_uuid[entry.uuid]
+        self.hearts.forget(entry.uuid)
+        log.info("hub: engine %d (%s) unregistered: %s", entry.id, entry.uuid, why)
+        failure = error_content(
+            EngineError(
+                "EngineError",
+                f"engine {entry.id} died or was unregistered ({why}) "
+                "while this task was queued or running",
+                engine_id=entry.id,
+                engine_uuid=entry.uuid,
+            ),
+            entry.id,
+            entry.uuid,
+        )
+        now = utcnow()
+        for msg_id in list(entry.queue):
+            # direct tasks can never complete now; load-balanced ones are the scheduler's to
+            # resubmit or fail, and its reply will update the record
+            self.pending.pop(msg_id, None)
+            self.store.update_record(
+                msg_id,
+                {
+                    "status": "error",
+                    "result_content": failure,
+                    "completed": now,
+                    "result_metadata": {
+                        "status": "error",
+                        "engine_id": entry.id,
+                        "engine_uuid": entry.uuid,
+                    },
+                },
+            )
+        for msg_id in entry.tasks:
+            self.pending[msg_id] = None
+        return [
+            Send(
+                "notification", "unregistration_notification", {"id": entry.id, "uuid": entry.uuid}
+            )
+        ]
+
+    # ------------------------------------------------------------ heartbeat
+
+    def tick(self) -> tuple[bytes, list[Action]]:
+        """One heartbeat period: the ping payload, and what failures and expiries mean."""
+        payload, failed = self.hearts.tick()
+        actions: list[Action] = []
+        for uuid in failed:
+            entry = self.by_uuid.get(uuid)
+            if entry is not None:
+                actions.extend(self._unregister(entry, "heartbeat stopped"))
+        for uuid, pending in list(self.pending_registrations.items()):
+            if pending.expires_at_beat <= self.hearts.beat:
+                del self.pending_registrations[uuid]
+                log.warning("hub: engine %s registered but its heart never beat", uuid)
+        return payload, actions
+
+    def handle_pong(self, uuid: str, payload: bytes) -> list[Action]:
+        if uuid in self.by_uuid:
+            self.hearts.pong(uuid, payload)
+            return []
+        pending = self.pending_registrations.pop(uuid, None)
+        if pending is not None:
+            self.hearts.pong(uuid, payload)
+            return self._register(pending)
+        if uuid not in self.told_stale:
+            # a heart we dropped (paused process, partition) came back: its id may be gone,
+            # so tell it to stop rather than let two engines answer to one id
+            self.told_stale.add(uuid)
+            log.warning("hub: heart %s beats but is not registered; telling it to stop", uuid)
+            return [
+                Send(
+                    "registration",
+                    "unregistration_notification",
+                    {"id": -1, "uuid": uuid},
+                    idents=(uuid.encode(),),
+                )
+            ]
+        return []
+
+    # ------------------------------------------------------------ monitor: task records
+
+    def handle_monitor(self, prefix: bytes, idents: Sequence[bytes], msg: Message) -> None:
+        """A copy of a queue's traffic: record requests, destinations and replies."""
+        queue, _, direction = prefix.decode("ascii", "replace").partition("_")
+        if direction == "in" and queue in ("mux", "task"):
+            self._record_request(queue, idents, msg)
+        elif direction == "out" and queue in ("mux", "task"):
+            self._record_reply(queue, idents, msg)
+        elif direction == "dest" and msg.content is not None:
+            self._record_destination(msg.content["msg_id"], msg.content["engine_id"])
+
+    def _record_request(self, queue: str, idents: Sequence[bytes], msg: Message) -> None:
+        if msg.msg_type not in ("apply_request", "execute_request"):
+            return
+        client = idents[0].decode("utf-8", "replace") if idents else ""
+        engine_uuid = (
+            idents[1].decode("utf-8", "replace") if queue == "mux" and len(idents) > 1 else None
+        )
+        entry = self.by_uuid.get(engine_uuid) if engine_uuid else None
+        msg_id = msg.msg_id
+        self.pending[msg_id] = engine_uuid
+        if entry is not None:
+            entry.queue[msg_id] = None
+        self.store.add_record(
+            msg_id,
+            {
+                "msg_id": msg_id,
+                "header": msg.header,
+                "metadata": msg.metadata,
+                "content": msg.content or {},
+                "queue": queue,
+                "client_uuid": client,
+                "engine_uuid": engine_uuid,
+                "engine_id": entry.id if entry else None,
+                "submitted": msg.header.get("date"),
+                "status": "pending",
+                "started": None,
+                "completed": None,
+                "received": None,
+                "resubmitted": False,
+            },
+        )
+
+    def _record_destination(self, msg_id: str, engine_uuid: str) -> None:
+        entry = self.by_uuid.get(engine_uuid)
+        if msg_id not in self.pending:
+            return
+        self.pending[msg_id] = engine_uuid
+        if entry is not None:
+            entry.tasks[msg_id] = None
+        self.store.update_record(
+            msg_id, {"engine_uuid": engine_uuid, "engine_id": entry.id if entry else None}
+        )
+
+    def _record_reply(self, queue: str, idents: Sequence[bytes], msg: Message) -> None:
+        msg_id = msg.parent_id
+        if msg_id is None or msg_id not in self.pending:
+            return  # a duplicate (e.g. a resumed engine's late reply) or not a task
+        engine_uuid = idents[0].decode("utf-8", "replace") if idents else ""
+        expected = self.pending.pop(msg_id)
+        if expected is not None and expected != engine_uuid and engine_uuid != "scheduler":
+            self.pending[msg_id] = expected
+            return  # a reply from an engine the task was taken away from
+        entry = self.by_uuid.get(engine_uuid) or (self.by_uuid.get(expected) if expected else None)
+        if entry is not None:
+            entry.queue.pop(msg_id, None)
+            entry.tasks.pop(msg_id, None)
+            entry.completed[msg_id] = None
+        content = msg.content or {}
+        metadata = msg.metadata
+        self.store.update_record(
+            msg_id,
+            {
+                "status": content.get("status", "error"),
+                "result_header": msg.header,
+                "result_metadata": metadata,
+                "result_content": content,
+                "result_buffers": [_as_view(b) for b in msg.buffers],
+                "started": metadata.get("started"),
+                "completed": metadata.get("completed") or utcnow(),
+                "received": utcnow(),
+                "stdout": metadata.get("stdout", ""),
+                "stderr": metadata.get("stderr", ""),
+                "engine_uuid": entry.uuid if entry else engine_uuid,
+                "engine_id": entry.id if entry else metadata.get("engine_id"),
+            },
+        )
+
+    # ------------------------------------------------------------ queries
+
+    def _targets(self, targets: Any) -> list[EngineEntry]:
+        if targets is None:
+            return sorted(self.engines.values(), key=lambda e: e.id)
+        if not isinstance(targets, list):
+            raise QueryError("targets must be a list of engine ids or uuids, or null")
+        entries = []
+        for target in targets:
+            entry = (
+                self.engines.get(target)
+                if isinstance(target, int)
+                else self.by_uuid.get(target)
+                if isinstance(target, str)
+                else None
+            )
+            if entry is None:
+                raise QueryError(f"no such engine: {target!r}")
+            entries.append(entry)
+        return entries
+
+    def _msg_ids(self, value: Any) -> list[str]:
+        if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
+            raise QueryError("msg_ids must be a list of strings")
+        if len(value) > MAX_QUERY_IDS:
+            raise QueryError(f"too many msg_ids in one query: {len(value)} > {MAX_QUERY_IDS}")
+        return value
+
+    def _on_queue_request(self, idents: Sequence[bytes], msg: Message) -> list[Action]:
+        content = msg.content or {}
+        verbose = content.get("verbose", False)
+        reply: dict[str, Any] = ok_reply()
+        for entry in self._targets(content.get("targets")):
+            lists = {
+                "completed": list(entry.completed),
+                "queue": list(entry.queue),
+                "tasks": list(entry.tasks),
+            }
+            reply[str(entry.id)] = lists if verbose else {k: len(v) for k, v in lists.items()}
+        reply["unassigned"] = sum(1 for e in self.pending.values() if e is None)
+        return [self._reply(idents, msg, "queue_reply", reply)]
+
+    def _on_result_request(self, idents: Sequence[bytes], msg: Message) -> list[Action]:
+        content = msg.content or {}
+        msg_ids = self._msg_ids(content.get("msg_ids"))
+        statusonly = content.get("statusonly", False)
+        records = self.store.get_records(msg_ids)
+        unknown = [m for m in msg_ids if m not in records]
+        if unknown:
+            raise QueryError(
+                f"no such msg_id: {unknown[0]}"
+                + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
+            )
+        reply: dict[str, Any] = ok_reply(pending=[], completed=[])
+        buffers: list[Frame] = []
+        for msg_id in msg_ids:
+            record = records[msg_id]
+            if record.get("status") == "pending" or msg_id in self.pending:
+                reply["pending"].append(msg_id)
+                continue
+            reply["completed"].append(msg_id)
+            if statusonly:
+                continue
+            result_buffers = list(record.get("result_buffers") or [])
+            reply[msg_id] = {
+                "header": record.get("result_header") or {},
+                "parent_header": record.get("header") or {},
+                "metadata": record.get("result_metadata") or {},
+                "content": record.get("result_content") or {},
+                "buffer_count": len(result_buffers),
+            }
+            buffers.extend(result_buffers)
+        return [self._reply(idents, msg, "result_reply", reply, buffers)]
+
+    def _on_purge_request(self, idents: Sequence[bytes], msg: Message) -> list[Action]:
+        content = msg.content or {}
+        msg_ids = content.get("msg_ids", [])
+        engine_ids = content.get("engine_ids") or []
+        if msg_ids == "all":
+            self.store.drop_matching_records({"status": {"$ne": "pending"}})
+            for entry in self.engines.values():
+                entry.completed.clear()
+        else:
+            msg_ids = self._msg_ids(msg_ids)
+            records = self.store.get_records(msg_ids)
+            for msg_id in msg_ids:
+                if msg_id not in records:
+                    raise QueryError(f"cannot purge unknown msg_id {msg_id}")
+                if msg_id in self.pending or records[msg_id].get("status") == "pending":
+                    raise QueryError(f"cannot purge pending msg_id {msg_id}")
+            self.store.drop_records(msg_ids)
+            for entry in self.engines.values():
+                for msg_id in msg_ids:
+                    entry.completed.pop(msg_id, None)
+        for entry in self._targets(list(engine_ids)) if engine_ids else []:
+            self.store.drop_matching_records(
+                {"engine_uuid": entry.uuid, "status": {"$ne": "pending"}}
+            )
+            entry.completed.clear()
+        return [self._reply(idents, msg, "purge_reply", ok_reply())]
+
+    def _on_history_request(self, idents: Sequence[bytes], msg: Message) -> list[Action]:
+        return [
+            self._reply(idents, msg, "history_reply", ok_reply(history=self.store.get_history()))
+        ]
+
+    def _on_db_request(self, idents: Sequence[bytes], msg: Message) -> list[Action]:
+        content = msg.content or {}
+        query = content["query"]
+        keys = content.get("keys")
+        validate_query(query)
+        if keys is not None and not all(isinstance(k, str) for k in keys):
+            raise QueryError("keys must be a list of field names")
+        records = self.store.find_records(query, keys)
+        buffers: list[Frame] = []
+        for record in records:
+            for name in ("result_buffers", "buffers"):
+                if name in record:
+                    found = list(record.pop(name) or [])
+                    record[name.replace("buffers", "buffer_count")] = len(found)
+                    buffers.extend(found)
+        return [self._reply(idents, msg, "db_reply", ok_reply(records=records), buffers)]
+
+
+def _as_view(buffer: Frame) -> memoryview | bytes:
+    """Hold a reply buffer without copying it (a zmq Frame's memory stays alive via the view)."""
+    if isinstance(buffer, (bytes, memoryview)):
+        return buffer
+    return buffer.buffer

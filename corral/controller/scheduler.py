@@ -1,0 +1,307 @@
+"""The task scheduler process: the socket shell around :class:`SchedulerCore`.
+
+Client-facing ROUTER in, engine-facing ROUTER out (docs/wire-flows.md). Per task it verifies
+the signature and parses header and metadata only; content and buffers are forwarded as the
+zmq Frames they arrived in. Copies go to the Hub's monitor SUB (``task_in``, ``task_dest``,
+``task_out``). Engines come and go through the Hub's notifications.
+
+Run by the controller as ``python -m corral.controller.scheduler`` with its settings as one
+JSON line on stdin; it answers with one JSON line ``{"task": port, "task_engine": port}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import zmq
+
+from corral.controller.scheduling import Action, Complete, Dispatch, Fail, SchedulerCore, Task
+from corral.errors import CorralError, EngineError, ProtocolError, error_content
+from corral.protocol.dependency import Dependency
+from corral.protocol.session import DELIMITER, Frame, Message, Session, split_identities, utcnow
+
+log = logging.getLogger("corral.scheduler")
+
+DRAIN_BATCH = 1000
+UNREACHABLE_GRACE = 5.0  # seconds to keep trying an engine whose connection is not up yet
+SCHEDULER_IDENT = b"scheduler"
+
+
+@dataclass
+class Pending:
+    """A task the scheduler holds: who sent it, and its frames, untouched."""
+
+    client: bytes
+    msg: Message
+    frames: list[Frame]  # after the delimiter: signature, 4 JSON frames, buffers
+    reply: list[Frame] | None = None
+
+
+class TaskScheduler:
+    """Owns the scheduler's sockets; every decision is the core's."""
+
+    def __init__(self, settings: dict[str, Any], context: zmq.Context[Any] | None = None) -> None:
+        self.context = context or zmq.Context()
+        self.session = Session(settings["key"], signature_scheme=settings["signature_scheme"],
+                               username="scheduler")
+        self.core = SchedulerCore(settings.get("policy", "leastload"),
+                                  int(settings.get("max_outstanding", 16)))
+        self.parent_pid = settings.get("parent_pid")
+        url = settings["url"]
+        self.clients = self._socket(zmq.ROUTER)
+        self.client_port = self.clients.bind_to_random_port(url)
+        self.engines = self._socket(zmq.ROUTER)
+        self.engines.router_mandatory = True
+        self.engine_port = self.engines.bind_to_random_port(url)
+        self.notifications = self._socket(zmq.SUB)
+        self.notifications.subscribe(b"")
+        self.notifications.connect(settings["notification"])
+        self.monitor = self._socket(zmq.PUB)
+        self.monitor.connect(settings["monitor"])
+        self.pending: dict[str, Pending] = {}
+        self.unreachable: dict[str, tuple[str, int, float]] = {}
+        self.stopping = False
+        self.counts = {"submitted": 0, "completed": 0, "failed": 0, "rejected": 0}
+
+    def _socket(self, kind: int) -> zmq.Socket[Any]:
+        sock = self.context.socket(kind)
+        sock.linger = 0
+        return sock
+
+    # ------------------------------------------------------------ loop
+
+    def serve_forever(self) -> None:
+        poller = zmq.Poller()
+        for sock in (self.clients, self.engines, self.notifications):
+            poller.register(sock, zmq.POLLIN)
+        last_parent_check = time.monotonic()
+        while not self.stopping:
+            deadline = self.core.next_deadline()
+            wait = 1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+            if self.unreachable:
+                wait = min(wait, 0.01)
+            events = dict(poller.poll(min(wait, 1.0) * 1000))
+            if self.notifications in events:
+                self._drain(self.notifications, self._on_notification)
+            if self.engines in events:
+                self._drain(self.engines, self._on_engine_reply)
+            if self.clients in events:
+                self._drain(self.clients, self._on_request)
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                self._perform(self.core.tick(now))
+            if self.unreachable:
+                self._retry_unreachable(now)
+            if now - last_parent_check > 1.0:
+                last_parent_check = now
+                if self.parent_pid and os.getppid() != self.parent_pid:
+                    log.error("the controller is gone; the scheduler stops")
+                    self.stopping = True
+
+    def _drain(self, sock: zmq.Socket[Any], handle: Any) -> None:
+        for _ in range(DRAIN_BATCH):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                handle(frames)
+            except CorralError as err:
+                self.counts["rejected"] += 1
+                log.warning("dropped a message: %s", err)
+            except Exception:
+                self.counts["rejected"] += 1
+                log.exception("error while handling a message; dropped it")
+
+    # ------------------------------------------------------------ events
+
+    def _on_notification(self, frames: list[zmq.Frame]) -> None:
+        msg = self.session.feed(frames)
+        uuid = (msg.content or {}).get("uuid")
+        if not isinstance(uuid, str):
+            return
+        if msg.msg_type == "registration_notification":
+            try:
+                self._perform(self.core.add_engine(uuid))
+            except ValueError:
+                log.warning("engine %s registered twice", uuid)
+        elif msg.msg_type == "unregistration_notification":
+            self._perform(self.core.remove_engine(uuid))
+
+    def _on_request(self, frames: list[zmq.Frame]) -> None:
+        idents, msg_frames = split_identities(frames)
+        if not idents:
+            raise ProtocolError("task request without a client identity")
+        msg = self.session.deserialize(msg_frames, content=False)
+        client = idents[0]
+        self.monitor.send_multipart([b"task_in", client, DELIMITER, *msg_frames], copy=False)
+        pending = Pending(client, msg, msg_frames)
+        self.pending[msg.msg_id] = pending
+        self.counts["submitted"] += 1
+        if msg.msg_type not in ("apply_request", "execute_request"):
+            self._fail(msg.msg_id, ProtocolError, f"the task queue does not run {msg.msg_type}")
+            return
+        try:
+            task = _task_from(msg)
+            actions = self.core.submit(task, time.monotonic())
+        except (CorralError, ValueError, TypeError) as err:
+            self._fail(msg.msg_id, type(err), f"bad task metadata: {err}")
+            return
+        self._perform(actions)
+
+    def _on_engine_reply(self, frames: list[zmq.Frame]) -> None:
+        idents, msg_frames = split_identities(frames)
+        if len(idents) < 2:
+            raise ProtocolError("engine reply without engine and client identities")
+        engine_uuid = idents[0].decode("utf-8", "replace")
+        msg = self.session.deserialize(msg_frames, content=True)
+        msg_id = msg.parent_id
+        pending = self.pending.get(msg_id) if msg_id else None
+        if pending is None or msg_id is None:
+            log.info("late or unknown reply from %s dropped", engine_uuid)
+            return
+        pending.reply = [idents[0], *msg_frames]
+        success = (msg.content or {}).get("status") == "ok"
+        self._perform(self.core.task_finished(msg_id, engine_uuid, success, time.monotonic()))
+        if msg_id in self.pending:
+            self.pending[msg_id].reply = None
+
+    # ------------------------------------------------------------ actions
+
+    def _perform(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Dispatch):
+                self._dispatch(action.msg_id, action.engine_uuid, action.attempt)
+            elif isinstance(action, Complete):
+                self._complete(action.msg_id)
+            elif isinstance(action, Fail):
+                self._fail(action.msg_id, action.error, action.reason)
+
+    def _dispatch(self, msg_id: str, engine_uuid: str, attempt: int) -> None:
+        pending = self.pending[msg_id]
+        self.unreachable.pop(msg_id, None)
+        if attempt > 0:
+            pending.frames = self._resigned(pending, attempt)
+        engine = engine_uuid.encode()
+        try:
+            self.engines.send_multipart([engine, pending.client, DELIMITER, *pending.frames],
+                                        copy=False)
+        except zmq.ZMQError as err:
+            if err.errno != zmq.EHOSTUNREACH:
+                raise
+            # the engine registered but its task connection is not up yet (or it just died)
+            self.unreachable[msg_id] = (engine_uuid, attempt, time.monotonic())
+            return
+        dest = self.session.msg("task_destination", {"msg_id": msg_id, "engine_id": engine_uuid})
+        self.monitor.send_multipart([b"task_dest", *self.session.serialize(dest)], copy=False)
+
+    def _retry_unreachable(self, now: float) -> None:
+        for msg_id, (engine_uuid, attempt, since) in list(self.unreachable.items()):
+            if now - since > UNREACHABLE_GRACE:
+                # the Hub will declare the engine dead; the core then retries or fails the task
+                continue
+            del self.unreachable[msg_id]
+            if msg_id in self.pending:
+                self._dispatch(msg_id, engine_uuid, attempt)
+                if msg_id in self.unreachable:
+                    self.unreachable[msg_id] = (engine_uuid, attempt, since)
+
+    def _resigned(self, pending: Pending, attempt: int) -> list[Frame]:
+        """The same request with ``attempt`` in its metadata: a new signature, so the engine's
+        replay protection accepts the retry; the other frames are the originals."""
+        frames = pending.frames
+        metadata = orjson.dumps(dict(pending.msg.metadata, attempt=attempt))
+        json_frames = [_buffer(frames[1]), _buffer(frames[2]), metadata, _buffer(frames[4])]
+        return [self.session.sign(json_frames), *json_frames, *frames[5:]]
+
+    def _complete(self, msg_id: str) -> None:
+        pending = self.pending.pop(msg_id)
+        reply = pending.reply
+        if reply is None:
+            return
+        engine, *msg_frames = reply
+        self.clients.send_multipart([pending.client, engine, DELIMITER, *msg_frames], copy=False)
+        self.monitor.send_multipart(
+            [b"task_out", engine, pending.client, DELIMITER, *msg_frames], copy=False)
+        self.counts["completed"] += 1
+
+    def _fail(self, msg_id: str, error: type[BaseException], reason: str) -> None:
+        pending = self.pending.pop(msg_id, None)
+        self.unreachable.pop(msg_id, None)
+        if pending is None:
+            return
+        if issubclass(error, EngineError) or hasattr(error, "ename"):
+            exc: BaseException = error(error.__name__, reason)  # type: ignore[call-arg]
+        else:
+            exc = error(reason)
+        content = error_content(exc)
+        now = utcnow()
+        metadata = {"status": content["status"], "engine_uuid": None, "engine_id": None,
+                    "started": None, "completed": now, "stdout": "", "stderr": "",
+                    "scheduler_error": error.__name__}
+        reply = self.session.msg("apply_reply", content, pending.msg, metadata)
+        frames = self.session.serialize(reply)
+        self.clients.send_multipart([pending.client, SCHEDULER_IDENT, *frames], copy=False)
+        self.monitor.send_multipart([b"task_out", SCHEDULER_IDENT, pending.client, *frames],
+                                    copy=False)
+        self.counts["failed"] += 1
+
+    def close(self) -> None:
+        self.context.destroy(linger=0)
+
+
+def _buffer(frame: Frame) -> bytes | memoryview:
+    return frame.buffer if isinstance(frame, zmq.Frame) else frame
+
+
+def _task_from(msg: Message) -> Task:
+    """Decode the scheduling fields of a request's metadata (protocol.md section 3)."""
+    metadata = msg.metadata
+    targets = metadata.get("targets")
+    if targets is not None:
+        if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+            raise TypeError("targets must be a list of engine uuids")
+        targets = frozenset(targets)
+    timeout = metadata.get("timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)):
+        raise TypeError("timeout must be a number of seconds")
+    retries = metadata.get("retries") or 0
+    if isinstance(retries, bool) or not isinstance(retries, int):
+        raise TypeError("retries must be an integer")
+    return Task(
+        msg_id=msg.msg_id,
+        after=Dependency.from_wire(metadata.get("after")),
+        follow=Dependency.from_wire(metadata.get("follow")),
+        targets=targets,
+        timeout=float(timeout) if timeout is not None else None,
+        retries=retries,
+    )
+
+
+def main() -> int:
+    settings = json.loads(sys.stdin.readline())
+    logging.basicConfig(level=settings.get("log_level") or logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    scheduler = TaskScheduler(settings)
+    signal.signal(signal.SIGTERM, lambda *_: setattr(scheduler, "stopping", True))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the controller decides when we stop
+    sys.stdout.write(json.dumps({"task": scheduler.client_port,
+                                 "task_engine": scheduler.engine_port}) + "\n")
+    sys.stdout.flush()
+    try:
+        scheduler.serve_forever()
+    finally:
+        scheduler.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
