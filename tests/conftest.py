@@ -1,0 +1,48 @@
+"""Shared fixtures: real clusters on loopback, and a guard against leftover processes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+HEARTBEAT = 0.25  # seconds: short, so engine death is seen in about a second
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leftover_processes() -> Iterator[None]:
+    """Every process a test started must be gone when the suite ends."""
+    yield
+    children = psutil.Process().children(recursive=True)
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    for process in alive:
+        process.kill()
+    assert not alive, f"processes left running: {[p.pid for p in alive]}"
+
+
+def start_cluster(base: Path, n: int, **kwargs: object):  # type: ignore[no-untyped-def]
+    from corral.cluster.cluster import Cluster
+
+    kwargs.setdefault("heartbeat_period", HEARTBEAT)
+    return Cluster(n=n, cluster_dir=base, timeout=30, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A controller and 2 engines shared by a test module (starting one costs ~1 s)."""
+    cluster = start_cluster(tmp_path_factory.mktemp("cluster"), 2)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def rc(cluster):  # type: ignore[no-untyped-def]
+    """The module cluster's client, with both engines present."""
+    client = cluster.client
+    client.wait_for_engines(2, timeout=30)
+    return client
