@@ -1,0 +1,376 @@
+"""Objects <-> one small pickle frame plus zero-copy buffers; apply requests packed the same way.
+
+Wire format of one serialized object, as a list of frames::
+
+    frame 0     b"CRL" + version byte + CRC-32 of the pickle (4 bytes, little-endian) + pickle
+    frame 1..n  out-of-band buffers, in the order the pickle refers to them
+
+The pickle is cloudpickle's, protocol 5, so functions, lambdas, closures and classes defined in
+``__main__`` travel by value. Large data does not go through the pickle: it becomes frames that
+are memoryview objects onto the sender's memory (no copy). That holds for every contiguous numpy
+array and ``memoryview`` of at least ``buffer_threshold`` bytes, at any depth in the object, and
+for ``bytes`` and ``bytearray`` of that size when they are the object itself or an argument of
+an apply (deeper, they are copied into the pickle: see :class:`_LargeBytes` for why). Smaller
+buffers stay in the pickle, where copying them costs less than a frame.
+
+What the receiver gets back:
+
+- numpy arrays are always writable. Built from a writable frame (a received ``zmq.Frame``, a
+  ``bytearray``) they use its memory without a copy; built from read-only memory (``bytes``, or
+  an array that was read-only on the sender) they are copied once on receipt.
+- ``memoryview`` comes back as a memoryview, with its format and shape, onto the received frame
+  (or, below the threshold, onto its own copy from the pickle).
+- ``bytes`` and ``bytearray`` keep their type, which costs one copy on receipt (neither type can
+  point at memory it does not own).
+
+The one copy on the send side: an array that is neither C- nor F-contiguous (``a[::2]``,
+``a[:, ::3].T``), or a memoryview that is not C-contiguous, is copied once so that it fits in one
+frame.
+
+The CRC lets a corrupted or foreign first frame fail cleanly before the unpickler reads it (a
+random pickle can import modules, call functions or allocate gigabytes). Buffer frames are not
+checksummed, which would cost a pass over all the data; their lengths are checked against the
+pickle. None of this defends against an attacker: unpickling runs code, so frames must come
+from a peer that holds the session key.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import sys
+import zlib
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Final
+
+import cloudpickle  # type: ignore[import-untyped]
+import zmq
+
+from corral.errors import SerializationError
+
+if TYPE_CHECKING:
+    import numpy
+
+__all__ = [
+    "FORMAT_VERSION",
+    "deserialize_object",
+    "pack_apply_message",
+    "serialize_object",
+    "unpack_apply_message",
+]
+
+FORMAT_VERSION: Final = 1
+_MAGIC: Final = b"CRL"
+_HEADER: Final = _MAGIC + bytes([FORMAT_VERSION])
+_CRC_SIZE: Final = 4
+_PICKLE_START: Final = len(_HEADER) + _CRC_SIZE
+_PROTOCOL: Final = 5
+
+FrameLike = bytes | bytearray | memoryview | zmq.Frame
+
+
+# ---------------------------------------------------------------- rebuilders
+#
+# The pickle names these functions, so renaming one changes the wire format: bump
+# FORMAT_VERSION when you do.
+
+
+def _rebuild_array(
+    buffer: Any, dtype: numpy.dtype[Any], shape: tuple[int, ...], order: str
+) -> numpy.ndarray[Any, Any]:
+    """An array over ``buffer``'s memory; a copy only if that memory is read-only."""
+    import numpy
+
+    if memoryview(buffer).readonly:
+        buffer = bytearray(buffer)
+    flat = numpy.frombuffer(buffer, dtype=numpy.uint8)
+    return flat.view(dtype).reshape(shape, order=order)  # type: ignore[call-overload,no-any-return]
+
+
+def _rebuild_bytes(buffer: Any, kind: str, size: int) -> bytes | bytearray:
+    """A bytes or bytearray copy of ``buffer``: neither type can use memory it does not own."""
+    rebuilt = bytearray(buffer) if kind == "bytearray" else bytes(buffer)
+    if len(rebuilt) != size:
+        raise ValueError(f"expected {size} bytes for a {kind}, got {len(rebuilt)}")
+    return rebuilt
+
+
+def _rebuild_memoryview(buffer: Any, format: str, shape: tuple[int, ...]) -> memoryview:
+    """A memoryview over ``buffer``'s memory with the sender's format and shape."""
+    view = _cast(memoryview(buffer), format, shape)
+    if view.shape != shape:
+        raise ValueError(f"a memoryview of shape {shape} arrived with shape {view.shape}")
+    return view
+
+
+def _cast(view: memoryview, format: str, shape: tuple[int, ...]) -> memoryview:
+    flat: Any = view.cast("B")  # typed as Any: typeshed only accepts a literal format
+    if len(shape) == 1:
+        result: memoryview = flat.cast(format)  # unlike cast(format, [0]), works when empty
+    else:
+        result = flat.cast(format, shape)
+    return result
+
+
+# ---------------------------------------------------------------- pickling
+
+
+class _LargeBytes:
+    """Stands in for a bytes or bytearray that should travel as its own frame.
+
+    The C pickler writes exact bytes and bytearray itself, without asking reducer_override;
+    the only hook that would see them (persistent_id) is called for every object and made
+    pickling lists of numbers 4-7 times slower. So :func:`serialize_object` and
+    :func:`pack_apply_message` put this wrapper where they can see such data for free: in place
+    of the object itself and of each argument. (A bytearray passed as an argument and also held
+    inside another argument therefore arrives as two equal bytearrays, not one.)
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes | bytearray) -> None:
+        self.data = data
+
+
+def _wrap_large_bytes(obj: Any, buffer_threshold: int, wrapped: dict[int, _LargeBytes]) -> Any:
+    """``obj``, or a :class:`_LargeBytes` for it; one wrapper per object, so identity survives."""
+    if (type(obj) is bytes or type(obj) is bytearray) and len(obj) >= buffer_threshold:
+        if id(obj) not in wrapped:
+            wrapped[id(obj)] = _LargeBytes(obj)
+        return wrapped[id(obj)]
+    return obj
+
+
+class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+    """cloudpickle's pickler, sending large buffers out of band and collecting them.
+
+    Use once, through :meth:`dump_frames`. The C pickler holds its own bound methods, so a
+    pickler is only ever freed by the cyclic garbage collector; dump_frames therefore drops
+    every reference it holds to the data before returning. On CPython before 3.12.7 the
+    collector crashes when it clears a memoryview together with a PickleBuffer exported from
+    it (python/cpython#77894), so no PickleBuffer outlives the dump and the frame for a
+    memoryview is a cast of it (sharing its buffer), not the PickleBuffer's raw view.
+    """
+
+    def __init__(self, file: io.BytesIO, buffer_threshold: int) -> None:
+        super().__init__(file, protocol=_PROTOCOL, buffer_callback=self._take_buffer)
+        self._buffer_threshold = buffer_threshold
+        self._buffers: list[memoryview] = []
+        self._memoryviews: dict[int, tuple[pickle.PickleBuffer, memoryview]] = {}
+        self._ndarray: type | None = getattr(sys.modules.get("numpy"), "ndarray", None)
+
+    def dump_frames(self, obj: object) -> list[memoryview]:
+        """Pickle ``obj`` into the file; return the out-of-band buffers, in order."""
+        try:
+            self.dump(obj)
+            return self._buffers
+        finally:
+            self.clear_memo()
+            self._buffers = []
+            self._memoryviews.clear()
+
+    def _take_buffer(self, buffer: pickle.PickleBuffer) -> bool:
+        """pickle's buffer_callback: True keeps the buffer in the pickle."""
+        source = self._memoryviews.get(id(buffer))
+        view = source[1].cast("B") if source is not None else buffer.raw()
+        if view.nbytes < self._buffer_threshold:
+            return True
+        self._buffers.append(view)
+        return False
+
+    def reducer_override(self, obj: object) -> object:
+        kind = type(obj)
+        if kind is self._ndarray:
+            reduced = _reduce_array(obj)
+            if reduced is not NotImplemented:
+                return reduced
+        elif kind is memoryview:
+            return self._reduce_memoryview(obj)  # type: ignore[arg-type]
+        elif kind is _LargeBytes:
+            data = obj.data  # type: ignore[attr-defined]
+            return _rebuild_bytes, (pickle.PickleBuffer(data), type(data).__name__, len(data))
+        return super().reducer_override(obj)
+
+    def _reduce_memoryview(self, view: memoryview) -> object:
+        """Reduce a memoryview to its bytes (copied if not C-contiguous), format and shape."""
+        data = view if view.c_contiguous else memoryview(view.tobytes())
+        shape = view.shape or ()
+        try:
+            _cast(data, view.format, shape)
+        except (TypeError, ValueError) as exc:
+            raise SerializationError(
+                f"cannot serialize a memoryview of format {view.format!r} and shape {shape}: "
+                f"{exc}; send bytes or a numpy array instead"
+            ) from exc
+        buffer = pickle.PickleBuffer(data)
+        self._memoryviews[id(buffer)] = (buffer, data)
+        return _rebuild_memoryview, (buffer, view.format, shape)
+
+
+def _reduce_array(array: Any) -> object:
+    """Reduce a plain ndarray to one flat byte buffer, which pickle may send out of band."""
+    dtype = array.dtype
+    if dtype.hasobject or dtype.itemsize == 0:
+        return NotImplemented  # numpy's own pickling (in-band) handles these
+    if array.flags.c_contiguous:
+        order = "C"
+    elif array.flags.f_contiguous:
+        order = "F"
+    else:
+        import numpy
+
+        array = numpy.ascontiguousarray(array)  # the one copy: the data must be one frame
+        order = "C"
+    flat = array.ravel(order="K").view("u1")  # a view: datetimes and records export as bytes
+    return _rebuild_array, (pickle.PickleBuffer(flat), dtype, array.shape, order)
+
+
+def _dump(obj: object, buffer_threshold: int) -> list[bytes | memoryview]:
+    stream = io.BytesIO()
+    stream.write(bytes(_PICKLE_START))
+    try:
+        buffers = _Pickler(stream, buffer_threshold).dump_frames(obj)
+    except SerializationError:
+        raise
+    except Exception as exc:
+        raise SerializationError(
+            f"cannot serialize {type(obj).__name__} object: {type(exc).__name__}: {exc}"
+        ) from exc
+    with stream.getbuffer() as whole:
+        crc = zlib.crc32(whole[_PICKLE_START:])
+        whole[:_PICKLE_START] = _HEADER + crc.to_bytes(_CRC_SIZE, "little")
+    head = stream.getvalue()
+    stream.close()
+    return [head, *buffers]
+
+
+# ---------------------------------------------------------------- unpickling
+
+
+def _as_view(frame: object, index: int) -> memoryview:
+    if isinstance(frame, zmq.Frame):
+        frame = frame.buffer
+    if not isinstance(frame, bytes | bytearray | memoryview):
+        raise SerializationError(f"frame {index} is a {type(frame).__name__}, not bytes-like")
+    view = memoryview(frame)
+    if not view.c_contiguous:
+        raise SerializationError(f"frame {index} is not contiguous memory")
+    if view.format != "B" or view.ndim != 1:
+        view = view.cast("B")
+    return view
+
+
+def _load(frames: Sequence[FrameLike]) -> object:
+    if isinstance(frames, bytes | bytearray | memoryview | zmq.Frame | str):
+        raise SerializationError(
+            f"expected a sequence of frames, got a single {type(frames).__name__}"
+        )
+    if not isinstance(frames, list | tuple):
+        try:
+            frames = list(frames)
+        except TypeError as exc:
+            raise SerializationError(
+                f"expected a sequence of frames, got {type(frames).__name__}"
+            ) from exc
+    if len(frames) == 0:
+        raise SerializationError("no frames to deserialize")
+    views = [_as_view(frame, index) for index, frame in enumerate(frames)]
+    head = views[0]
+    if len(head) < len(_HEADER) or bytes(head[: len(_MAGIC)]) != _MAGIC:
+        raise SerializationError("first frame does not start with corral's serialization marker")
+    if head[len(_MAGIC)] != FORMAT_VERSION:
+        raise SerializationError(
+            f"serialization format version {head[len(_MAGIC)]}; this corral reads "
+            f"version {FORMAT_VERSION}"
+        )
+    if len(head) < _PICKLE_START:
+        raise SerializationError("first frame is truncated: no checksum")
+    expected_crc = int.from_bytes(head[len(_HEADER) : _PICKLE_START], "little")
+    if zlib.crc32(head[_PICKLE_START:]) != expected_crc:
+        raise SerializationError("checksum mismatch: the first frame is truncated or corrupted")
+
+    buffers = iter(views[1:])
+    try:
+        obj = pickle.loads(head[_PICKLE_START:], buffers=buffers)
+    except Exception as exc:
+        raise SerializationError(f"cannot deserialize: {type(exc).__name__}: {exc}") from exc
+    unused = sum(1 for _ in buffers)
+    if unused:
+        raise SerializationError(
+            f"{unused} of {len(views) - 1} buffer frames were not used by the pickle"
+        )
+    return obj
+
+
+# ---------------------------------------------------------------- public API
+
+
+def serialize_object(obj: object, buffer_threshold: int = 1024) -> list[bytes | memoryview]:
+    """Frames for ``obj``: the pickle first, then its large buffers as zero-copy memoryviews.
+
+    The memoryviews keep the sender's objects alive; mutating those objects before the frames
+    are sent changes what is sent. Raises SerializationError if ``obj`` (or anything it holds,
+    such as a lock, generator or socket) cannot be pickled; the message names the type.
+    """
+    return _dump(_wrap_large_bytes(obj, buffer_threshold, {}), buffer_threshold)
+
+
+def deserialize_object(buffers: Sequence[FrameLike]) -> object:
+    """The object that :func:`serialize_object` turned into ``buffers``.
+
+    Accepts ``bytes``, ``bytearray``, ``memoryview`` or ``zmq.Frame`` for each frame. Arrays and
+    memoryviews in the result point into the frames' memory, which they keep alive. Anything
+    that is not a complete, intact serialization (foreign or corrupted first frame, too few or
+    too many buffers, an object that cannot be rebuilt here) raises SerializationError.
+    """
+    return _load(buffers)
+
+
+def pack_apply_message(
+    f: Callable[..., Any],
+    args: tuple[Any, ...] | list[Any],
+    kwargs: dict[str, Any],
+    buffer_threshold: int = 1024,
+) -> list[bytes | memoryview]:
+    """Frames for the call ``f(*args, **kwargs)``: one pickle holding all three, then buffers.
+
+    One pickle (rather than one per argument) keeps objects shared between arguments shared on
+    the engine. Raises TypeError for a call that could never be made, before pickling anything.
+    """
+    if not callable(f):
+        raise TypeError(f"apply needs a callable, got {type(f).__name__}")
+    if not isinstance(args, tuple | list):
+        raise TypeError(f"apply args must be a tuple or list, got {type(args).__name__}")
+    if not isinstance(kwargs, dict):
+        raise TypeError(f"apply kwargs must be a dict, got {type(kwargs).__name__}")
+    for key in kwargs:
+        if not isinstance(key, str):
+            raise TypeError(f"apply kwargs keys must be str, got {key!r}")
+    wrapped: dict[int, _LargeBytes] = {}
+    args = tuple(_wrap_large_bytes(arg, buffer_threshold, wrapped) for arg in args)
+    kwargs = {
+        key: _wrap_large_bytes(value, buffer_threshold, wrapped) for key, value in kwargs.items()
+    }
+    return _dump((f, args, kwargs), buffer_threshold)
+
+
+def unpack_apply_message(
+    buffers: Sequence[FrameLike],
+) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+    """``(f, args, kwargs)`` from the frames of :func:`pack_apply_message`.
+
+    Raises SerializationError if the frames are not an intact apply message.
+    """
+    obj = _load(buffers)
+    if not (isinstance(obj, tuple) and len(obj) == 3):
+        raise SerializationError(
+            f"not an apply message: expected (f, args, kwargs), got {type(obj).__name__}"
+        )
+    f, args, kwargs = obj
+    if not callable(f):
+        raise SerializationError(f"not an apply message: {type(f).__name__} is not callable")
+    if not isinstance(args, tuple):
+        raise SerializationError(f"not an apply message: args is a {type(args).__name__}")
+    if not (isinstance(kwargs, dict) and all(isinstance(key, str) for key in kwargs)):
+        raise SerializationError("not an apply message: kwargs is not a dict with str keys")
+    return f, args, kwargs
