@@ -1,0 +1,522 @@
+"""The load-balancing task scheduler's decisions, without sockets (sans-I/O).
+
+:class:`SchedulerCore` is fed events (an engine joined or left, a task was submitted, an engine
+replied, time passed) and returns the actions the socket shell must carry out: send a task to an
+engine (:class:`Dispatch`), answer the client with an error reply (:class:`Fail`), or forward
+the engine's reply (:class:`Complete`). Being plain method calls, thousands of schedules can be
+tested and profiled in milliseconds.
+
+A task moves through: waiting (dependencies unmet, in the :class:`DependencyGraph`) -> queued
+(ready, but no eligible engine has a free slot, or none is registered) -> running (dispatched)
+-> finished (one Complete or one Fail, never both, never twice). Retries send a running task
+back to queued. Queues keep FIFO order per engine, and no queued task ever has a registered,
+eligible engine with a free slot, so a freed slot is refilled from the queue heads alone.
+
+Rules decided here (the shell and clients rely on them):
+
+- A dependency on a msg_id the scheduler does not know (never submitted, or forgotten) fails the
+  task with ImpossibleDependency at submission: the client drops dependencies it knows finished,
+  and waiting on a msg_id that may never come could hang forever.
+- ``follow`` is met where it was met (see :func:`follow_placement`): the task runs on the live
+  engine(s), allowed by its targets, where its follow tasks ran; engines of the same uuid that
+  register later do not count. Once a task is queued its allowed engines are fixed.
+- ``targets`` naming no registered engine: the task waits, since an engine with that uuid may
+  still register; only its ``timeout`` (if any) ends the wait. Empty targets can never be met:
+  ImpossibleDependency at submission.
+- ``timeout`` runs from submission until the task is dispatched for the first time. At the
+  deadline, a task still waiting for dependencies, or queued with no registered engine that may
+  run it, fails with DependencyTimeout; a task merely waiting for a free slot keeps its place.
+  Retries are not timed.
+- A failure reply with retries left, and an engine lost mid-task with retries left, dispatch the
+  task again preferring an engine it has not failed on (if only such engines are busy, one it
+  failed on is used rather than waiting). A task pinned by ``follow`` to a lost engine cannot be
+  retried and fails with EngineError.
+- Every Fail counts as a failure for dependents, as does a Complete of a failed reply.
+- Choosing an engine costs O(free eligible engines); everything else per task is O(1) plus
+  O(its dependencies). Nothing scans all tasks.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from operator import attrgetter
+from typing import Final, TypeAlias
+
+from corral.controller.dependencies import DependencyGraph, Wait, Waiter, follow_placement
+from corral.errors import DependencyTimeout, EngineError, ImpossibleDependency, RemoteError
+from corral.protocol.dependency import Dependency
+
+POLICIES: Final = ("leastload", "lru", "random", "weighted")
+
+
+@dataclass(frozen=True)
+class Task:
+    """What the scheduler needs to know of an ``apply_request``: its metadata, decoded."""
+
+    msg_id: str
+    after: Dependency = Dependency.EMPTY
+    follow: Dependency = Dependency.EMPTY
+    targets: frozenset[str] | None = None
+    timeout: float | None = None
+    retries: int = 0
+
+    def __post_init__(self) -> None:
+        if self.retries < 0:
+            raise ValueError(f"retries must be >= 0, not {self.retries}")
+        if self.timeout is not None and not self.timeout >= 0:
+            raise ValueError(f"timeout must be None or >= 0 seconds, not {self.timeout}")
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """Send the task to this engine. ``attempt`` is 0 at first and counts retries, so the
+    shell knows when it must re-sign the request."""
+
+    msg_id: str
+    engine_uuid: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    """Answer the client with an error reply of this class; the task is finished."""
+
+    msg_id: str
+    error: type[RemoteError]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Complete:
+    """Forward the engine's reply to the client; the task is finished."""
+
+    msg_id: str
+
+
+Action: TypeAlias = Dispatch | Fail | Complete
+
+_WAITING, _QUEUED, _RUNNING, _DONE = range(4)
+_STATE_NAMES: Final = ("waiting", "queued", "running")
+_NEVER_USED: Final = -(2**62)  # below every dispatch clock value: new engines count as LRU
+_load_then_lru = attrgetter("load", "last_used")
+_last_used = attrgetter("last_used")
+
+
+@dataclass(eq=False, slots=True)
+class _Engine:
+    """One registered engine; a re-registered uuid gets a new one (identity matters)."""
+
+    uuid: str
+    last_used: int  # the dispatch clock when it last got a task
+    load: int = 0
+    alive: bool = True
+    running: dict[str, _Record] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"engine {self.uuid}"
+
+
+@dataclass(eq=False, slots=True)
+class _Record:
+    """One unfinished task and where it stands."""
+
+    task: Task
+    deadline: float | None
+    retries_left: int
+    state: int = _WAITING
+    engine: _Engine | None = None
+    attempts: int = 0  # dispatches so far
+    avoid: frozenset[str] = frozenset()  # engine uuids it failed on or was lost on
+    pinned: frozenset[_Engine] | None = None  # where follow allows it to run
+    seq: int = 0  # of its current queue entries; older entries are stale
+
+    def unusable(self, engine: _Engine) -> str | None:
+        """Why follow may not send this task to ``engine`` (None: it may)."""
+        if not engine.alive:
+            return "which is gone"
+        targets = self.task.targets
+        if targets is not None and engine.uuid not in targets:
+            return "which the task's targets exclude"
+        return None
+
+    def allows(self, engine: _Engine) -> bool:
+        targets = self.task.targets
+        pinned = self.pinned
+        return (targets is None or engine.uuid in targets) and (pinned is None or engine in pinned)
+
+
+_Entry: TypeAlias = tuple[int, _Record]
+_Finished: TypeAlias = deque[tuple[_Record, bool, "_Engine | None"]]
+
+
+class SchedulerCore:
+    """Engine choice, prefetch limits, dependencies, retries and timeouts for task requests.
+
+    Events go in as method calls; each returns the actions to take, in order. Deterministic:
+    the same calls (and ``seed``, for the random policies) give the same actions.
+    """
+
+    def __init__(
+        self, policy: str = "leastload", max_outstanding: int = 16, seed: int | None = None
+    ) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"unknown scheduler policy {policy!r}; choose one of {POLICIES}")
+        if max_outstanding < 1:
+            raise ValueError(f"max_outstanding must be >= 1, not {max_outstanding}")
+        self.policy = policy
+        self.max_outstanding = max_outstanding
+        self._rng = random.Random(seed)
+        self._engines: dict[str, _Engine] = {}
+        self._free: dict[str, _Engine] = {}  # registered engines below max_outstanding
+        self._records: dict[str, _Record] = {}  # every unfinished task
+        self._graph: DependencyGraph[_Engine] = DependencyGraph()
+        self._queue_any: deque[_Entry] = deque()  # queued tasks any engine may run
+        self._queue_for: dict[str, deque[_Entry]] = {}  # the others, under each allowed uuid
+        self._deadlines: list[tuple[float, int, _Record]] = []
+        self._running = 0
+        self._seq = 0
+        self._clock = 0
+        self._registrations = 0
+
+    # ------------------------------------------------------------------ events
+
+    def add_engine(self, engine_uuid: str) -> list[Action]:
+        """Register an engine and give it queued work at once. A uuid seen before registers a
+        new engine: ``follow`` never sends work to a restarted one."""
+        if engine_uuid in self._engines:
+            raise ValueError(f"engine {engine_uuid} is already registered")
+        self._registrations += 1
+        engine = _Engine(engine_uuid, _NEVER_USED + self._registrations)
+        self._engines[engine_uuid] = engine
+        self._free[engine_uuid] = engine
+        actions: list[Action] = []
+        self._fill(engine, actions)
+        return actions
+
+    def remove_engine(self, engine_uuid: str) -> list[Action]:
+        """An engine died or unregistered: retry or fail what it was running, and fail tasks
+        that ``follow`` ties to it. An unknown uuid is ignored."""
+        engine = self._engines.pop(engine_uuid, None)
+        if engine is None:
+            return []
+        engine.alive = False
+        self._free.pop(engine_uuid, None)
+        actions: list[Action] = []
+        finished: _Finished = deque()
+        lost = list(engine.running.values())
+        engine.running.clear()
+        engine.load = 0
+        self._running -= len(lost)
+        for record in lost:
+            record.engine = None
+            lost_msg = f"engine {engine_uuid} was lost while running task {record.task.msg_id}"
+            if record.pinned is not None:
+                record.pinned = frozenset(e for e in record.pinned if e.alive)
+            if record.pinned is not None and not record.pinned:
+                reason = f"{lost_msg}, and follow ties the task to that engine"
+                self._fail(record, EngineError, reason, actions, finished)
+            elif record.retries_left > 0:
+                self._retry(record, engine_uuid, actions)
+            else:
+                reason = f"{lost_msg}, and it has no retries left"
+                self._fail(record, EngineError, reason, actions, finished)
+        self._drop_pinned_to(engine, actions, finished)
+        for waiter in self._graph.waiters_at(engine):
+            self._evaluate(waiter, None, actions, finished)
+        self._settle(finished, None, actions)
+        return actions
+
+    def submit(self, task: Task, now: float) -> list[Action]:
+        """Accept a task; dispatch it now if its dependencies allow and an engine has room.
+        A msg_id that is unfinished, or finished and not forgotten, is a ValueError."""
+        msg_id = task.msg_id
+        records, graph = self._records, self._graph
+        if msg_id in records or graph.outcome(msg_id) is not None:
+            raise ValueError(f"task {msg_id} was already submitted")
+        named = task.after.msg_ids | task.follow.msg_ids
+        unknown = sorted(m for m in named if m not in records and graph.outcome(m) is None)
+        deadline = None if task.timeout is None else now + task.timeout
+        record = records[msg_id] = _Record(task, deadline, task.retries)
+        if deadline is not None:
+            self._seq += 1
+            heapq.heappush(self._deadlines, (deadline, self._seq, record))
+        actions: list[Action] = []
+        if not named and (task.targets is None or task.targets):
+            self._enqueue_or_dispatch(record, actions)
+            return actions
+        finished: _Finished = deque()
+        if unknown:
+            reason = (
+                f"task {msg_id} depends on {_some(unknown)}, unknown to the scheduler (never "
+                "submitted, or forgotten); leave out dependencies that already finished"
+            )
+            self._fail(record, ImpossibleDependency, reason, actions, finished)
+        elif task.targets is not None and not task.targets:
+            reason = f"task {msg_id} has empty targets: no engine may ever run it"
+            self._fail(record, ImpossibleDependency, reason, actions, finished)
+        else:
+            self._evaluate(graph.add(msg_id, task.after, task.follow), now, actions, finished)
+        self._settle(finished, now, actions)
+        return actions
+
+    def task_finished(
+        self, msg_id: str, engine_uuid: str, success: bool, now: float
+    ) -> list[Action]:
+        """The engine replied. A failure with retries left is dispatched again (no Complete);
+        otherwise the reply is final: Complete, then the freed slot goes to the oldest queued
+        task, then dependents are woken. A reply for a task not running on that engine (it was
+        retried elsewhere once the engine was declared lost) is stale: no actions, drop it."""
+        record = self._records.get(msg_id)
+        engine = None if record is None else record.engine
+        if record is None or engine is None or engine.uuid != engine_uuid:
+            return []
+        del engine.running[msg_id]
+        engine.load -= 1
+        self._running -= 1
+        if engine.load == self.max_outstanding - 1:
+            self._free[engine_uuid] = engine
+        record.engine = None
+        actions: list[Action] = []
+        if not success and record.retries_left > 0:
+            self._retry(record, engine_uuid, actions)
+            self._fill(engine, actions)
+            return actions
+        del self._records[msg_id]
+        record.state = _DONE
+        actions.append(Complete(msg_id))
+        self._fill(engine, actions)
+        self._settle(deque([(record, success, engine)]), now, actions)
+        return actions
+
+    def tick(self, now: float) -> list[Action]:
+        """Fail the tasks whose timeout ran out by ``now`` (see the module's rules)."""
+        actions: list[Action] = []
+        finished: _Finished = deque()
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            _, _, record = heapq.heappop(deadlines)
+            if record.attempts or record.state == _DONE:
+                continue
+            msg_id = record.task.msg_id
+            if record.state == _WAITING:
+                unmet = self._graph.pending(self._graph.waiter(msg_id))
+                self._graph.remove(msg_id)
+                detail = f"still waiting for {_some(unmet)}"
+            elif not self._has_eligible_engine(record):
+                detail = "no registered engine may run it"
+            else:
+                continue
+            reason = f"task {msg_id} timed out after {record.task.timeout} s: {detail}"
+            self._fail(record, DependencyTimeout, reason, actions, finished)
+        self._settle(finished, now, actions)
+        return actions
+
+    def next_deadline(self) -> float | None:
+        """The earliest time ``tick`` may have work. It may then find none (the task went on
+        to wait only for a free slot), but never has work earlier."""
+        deadlines = self._deadlines
+        while deadlines and (deadlines[0][2].attempts or deadlines[0][2].state == _DONE):
+            heapq.heappop(deadlines)
+        return deadlines[0][0] if deadlines else None
+
+    def forget(self, msg_ids: Iterable[str]) -> None:
+        """Drop the outcomes of purged tasks, so bookkeeping does not grow without bound.
+        Unfinished msg_ids are left alone; later tasks naming a forgotten one are refused."""
+        self._graph.forget([m for m in msg_ids if m not in self._records])
+
+    # ------------------------------------------------------------------ introspection
+
+    def outstanding(self, engine_uuid: str) -> int:
+        """Tasks in flight on this engine (0 for an engine not registered)."""
+        engine = self._engines.get(engine_uuid)
+        return 0 if engine is None else engine.load
+
+    def waiting_count(self) -> int:
+        """Tasks submitted and not dispatched: waiting for dependencies, an engine or a slot."""
+        return len(self._records) - self._running
+
+    def task_state(self, msg_id: str) -> str | None:
+        """'waiting' (dependencies), 'queued' (an engine or a slot) or 'running'; None once
+        finished, or never seen."""
+        record = self._records.get(msg_id)
+        return None if record is None else _STATE_NAMES[record.state]
+
+    # ------------------------------------------------------------------ dependencies
+
+    def _evaluate(
+        self, waiter: Waiter[_Engine], now: float | None, actions: list[Action], finished: _Finished
+    ) -> None:
+        """Act on a waiter whose dependencies changed: keep it, fail it, or queue it. ``now``
+        None (an engine left) skips the late-timeout check; tick catches those."""
+        record = self._records[waiter.msg_id]
+        verdict = follow_placement(waiter, record.unusable)
+        if isinstance(verdict, Wait):
+            return
+        self._graph.remove(waiter.msg_id)
+        if isinstance(verdict, str):
+            self._fail(record, ImpossibleDependency, verdict, actions, finished)
+        elif now is not None and record.deadline is not None and now > record.deadline:
+            reason = f"task {waiter.msg_id}: dependencies met after its {record.task.timeout} s"
+            self._fail(record, DependencyTimeout, f"{reason} timeout", actions, finished)
+        else:
+            record.pinned = verdict
+            self._enqueue_or_dispatch(record, actions)
+
+    def _settle(self, finished: _Finished, now: float | None, actions: list[Action]) -> None:
+        """Record final outcomes and act on the dependents they wake, until nothing changes.
+        A loop, not recursion: failure cascades down a long chain stay flat."""
+        graph = self._graph
+        while finished:
+            record, success, location = finished.popleft()
+            for waiter in graph.resolve(record.task.msg_id, success, location):
+                self._evaluate(waiter, now, actions, finished)
+
+    def _fail(
+        self,
+        record: _Record,
+        error: type[RemoteError],
+        reason: str,
+        actions: list[Action],
+        finished: _Finished,
+    ) -> None:
+        del self._records[record.task.msg_id]
+        record.state = _DONE
+        actions.append(Fail(record.task.msg_id, error, reason))
+        finished.append((record, False, None))
+
+    def _drop_pinned_to(self, engine: _Engine, actions: list[Action], finished: _Finished) -> None:
+        """After ``engine`` left, fail queued tasks that follow allowed only there."""
+        queue = self._queue_for.get(engine.uuid)
+        if not queue:
+            return
+        kept: deque[_Entry] = deque()
+        for entry in queue:
+            seq, record = entry
+            if record.state != _QUEUED or record.seq != seq:
+                continue
+            if record.pinned is None:
+                kept.append(entry)
+                continue
+            record.pinned = frozenset(e for e in record.pinned if e.alive)
+            if not record.pinned:
+                msg_id = record.task.msg_id
+                reason = f"follow ties task {msg_id} to engine {engine.uuid}, which is gone"
+                self._fail(record, ImpossibleDependency, reason, actions, finished)
+        if kept:
+            self._queue_for[engine.uuid] = kept
+        else:
+            del self._queue_for[engine.uuid]
+
+    # ------------------------------------------------------------------ placement
+
+    def _retry(self, record: _Record, failed_on: str, actions: list[Action]) -> None:
+        record.retries_left -= 1
+        record.avoid = record.avoid | {failed_on}
+        self._enqueue_or_dispatch(record, actions)
+
+    def _enqueue_or_dispatch(self, record: _Record, actions: list[Action]) -> None:
+        record.state = _QUEUED
+        engine = self._pick(record)
+        if engine is not None:
+            self._dispatch(record, engine, actions)
+            return
+        self._seq += 1
+        record.seq = self._seq
+        entry = (self._seq, record)
+        if record.pinned is not None:
+            uuids: Iterable[str] = [e.uuid for e in record.pinned]
+        elif record.task.targets is not None:
+            uuids = record.task.targets
+        else:
+            self._queue_any.append(entry)
+            return
+        for uuid in uuids:
+            queue = self._queue_for.get(uuid)
+            if queue is None:
+                queue = self._queue_for[uuid] = deque()
+            queue.append(entry)
+            if len(queue) >= 64 and not len(queue) & (len(queue) - 1):
+                # entries go stale when another engine took the task: drop them now and then
+                # (at powers of two, so O(1) amortized), lest a queue for a uuid that never
+                # registers grow with every task that names it
+                current = [queued for queued in queue if _is_current(queued)]
+                queue.clear()
+                queue.extend(current)
+
+    def _pick(self, record: _Record) -> _Engine | None:
+        """A free engine the task may run on, chosen by the policy; None if there is none."""
+        if not self._free:
+            return None
+        if record.pinned is None and record.task.targets is None and not record.avoid:
+            return self._choose(list(self._free.values()))
+        candidates = [e for e in self._free.values() if record.allows(e)]
+        if record.avoid:
+            fresh = [e for e in candidates if e.uuid not in record.avoid]
+            candidates = fresh or candidates
+        return self._choose(candidates) if candidates else None
+
+    def _choose(self, candidates: Sequence[_Engine]) -> _Engine:
+        policy = self.policy
+        if policy == "leastload":
+            return min(candidates, key=_load_then_lru)
+        if policy == "lru":
+            return min(candidates, key=_last_used)
+        if policy == "random":
+            return self._rng.choice(candidates)
+        weights = [1.0 / (1 + engine.load) for engine in candidates]
+        return self._rng.choices(candidates, weights)[0]
+
+    def _dispatch(self, record: _Record, engine: _Engine, actions: list[Action]) -> None:
+        msg_id = record.task.msg_id
+        record.state = _RUNNING
+        record.engine = engine
+        engine.running[msg_id] = record
+        engine.load += 1
+        self._running += 1
+        self._clock += 1
+        engine.last_used = self._clock
+        if engine.load >= self.max_outstanding:
+            del self._free[engine.uuid]
+        actions.append(Dispatch(msg_id, engine.uuid, record.attempts))
+        record.attempts += 1
+
+    def _fill(self, engine: _Engine, actions: list[Action]) -> None:
+        """Give a freed (or new) engine the oldest queued tasks it may run, up to its cap."""
+        queue_any = self._queue_any
+        queue_own = self._queue_for.get(engine.uuid)
+        while engine.load < self.max_outstanding and (queue_any or queue_own):
+            while queue_any and not _is_current(queue_any[0]):
+                queue_any.popleft()
+            while queue_own and not (_is_current(queue_own[0]) and queue_own[0][1].allows(engine)):
+                queue_own.popleft()
+            if queue_own and (not queue_any or queue_own[0][0] < queue_any[0][0]):
+                record = queue_own.popleft()[1]
+            elif queue_any:
+                record = queue_any.popleft()[1]
+            else:
+                break
+            self._dispatch(record, engine, actions)
+        if queue_own is not None and not queue_own:
+            del self._queue_for[engine.uuid]
+
+    def _has_eligible_engine(self, record: _Record) -> bool:
+        if record.pinned is not None:
+            return any(engine.alive for engine in record.pinned)
+        targets = record.task.targets
+        if targets is None:
+            return bool(self._engines)
+        return any(uuid in self._engines for uuid in targets)
+
+
+def _is_current(entry: _Entry) -> bool:
+    seq, record = entry
+    return record.state == _QUEUED and record.seq == seq
+
+
+def _some(msg_ids: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(msg_ids[:limit])
+    return shown if len(msg_ids) <= limit else f"{shown} and {len(msg_ids) - limit} more"
