@@ -306,10 +306,13 @@ class Hub:
     def _record_request(self, queue: str, idents: Sequence[bytes], msg: Message) -> None:
         if msg.msg_type not in ("apply_request", "execute_request"):
             return
-        client = idents[0].decode("utf-8", "replace") if idents else ""
-        engine_uuid = (
-            idents[1].decode("utf-8", "replace") if queue == "mux" and len(idents) > 1 else None
-        )
+        # monitor copies carry identities as the queue sent them on: destination first, so a
+        # MUX request is (engine, client) and a task request, not yet routed, is (client,)
+        if queue == "mux":
+            engine_uuid: str | None = _ident(idents, 0)
+            client = _ident(idents, 1)
+        else:
+            engine_uuid, client = None, _ident(idents, 0)
         entry = self.by_uuid.get(engine_uuid) if engine_uuid else None
         msg_id = msg.msg_id
         self.pending[msg_id] = engine_uuid
@@ -350,7 +353,7 @@ class Hub:
         msg_id = msg.parent_id
         if msg_id is None or msg_id not in self.pending:
             return  # a duplicate (e.g. a resumed engine's late reply) or not a task
-        engine_uuid = idents[0].decode("utf-8", "replace") if idents else ""
+        engine_uuid = _ident(idents, 1)  # a reply travels (client, engine)
         expected = self.pending.pop(msg_id)
         if expected is not None and expected != engine_uuid and engine_uuid != "scheduler":
             self.pending[msg_id] = expected
@@ -502,6 +505,10 @@ class Hub:
                     record[name.replace("buffers", "buffer_count")] = len(found)
                     buffers.extend(found)
         return [self._reply(idents, msg, "db_reply", ok_reply(records=records), buffers)]
+
+
+def _ident(idents: Sequence[bytes], index: int) -> str:
+    return idents[index].decode("utf-8", "replace") if len(idents) > index else ""
 
 
 def _as_view(buffer: Frame) -> memoryview | bytes:

@@ -230,7 +230,7 @@ class TaskScheduler:
         engine, *msg_frames = reply
         self.clients.send_multipart([pending.client, engine, DELIMITER, *msg_frames], copy=False)
         self.monitor.send_multipart(
-            [b"task_out", engine, pending.client, DELIMITER, *msg_frames], copy=False)
+            [b"task_out", pending.client, engine, DELIMITER, *msg_frames], copy=False)
         self.counts["completed"] += 1
 
     def _fail(self, msg_id: str, error: type[BaseException], reason: str) -> None:
@@ -250,7 +250,7 @@ class TaskScheduler:
         reply = self.session.msg("apply_reply", content, pending.msg, metadata)
         frames = self.session.serialize(reply)
         self.clients.send_multipart([pending.client, SCHEDULER_IDENT, *frames], copy=False)
-        self.monitor.send_multipart([b"task_out", SCHEDULER_IDENT, pending.client, *frames],
+        self.monitor.send_multipart([b"task_out", pending.client, SCHEDULER_IDENT, *frames],
                                     copy=False)
         self.counts["failed"] += 1
 

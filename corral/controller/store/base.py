@@ -1,0 +1,403 @@
+"""The result store interface, the record schema, and the batching writer thread.
+
+The Hub records every task it sees and answers client queries from one of the stores behind
+:class:`ResultStore`. Its event loop must never wait on a disk or a database server, so the
+persistent stores (SQLite, MongoDB) hand their writes to a :class:`BatchWriter`: a background
+thread that applies many queued writes per transaction. Reads flush that queue first, so a
+caller always reads its own writes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Generic, Literal, Self, TypeVar
+
+from corral.errors import QueryError, StoreError
+
+logger = logging.getLogger("corral.controller.store")
+
+TEXT_FIELDS = (
+    "msg_id",
+    "queue",
+    "client_uuid",
+    "engine_uuid",
+    "submitted",
+    "started",
+    "completed",
+    "received",
+    "status",
+    "stdout",
+    "stderr",
+)
+INT_FIELDS = ("engine_id", "retries")
+BOOL_FIELDS = ("resubmitted",)
+DICT_FIELDS = (
+    "header",
+    "metadata",
+    "content",
+    "result_header",
+    "result_metadata",
+    "result_content",
+)
+BUFFERS_FIELD = "result_buffers"
+KNOWN_FIELDS = frozenset((*TEXT_FIELDS, *INT_FIELDS, *BOOL_FIELDS, *DICT_FIELDS, BUFFERS_FIELD))
+
+#: Query category (see :mod:`.query`) of every known field holding one scalar type; a store
+#: can answer conditions on these fields natively (SQL, MongoDB filter) with the exact
+#: semantics of :func:`.query.match`, because :func:`validate_record` admits no other type.
+SCALAR_FIELD_CATEGORIES: dict[str, str] = {
+    **dict.fromkeys(TEXT_FIELDS, "string"),
+    **dict.fromkeys(INT_FIELDS, "number"),
+    **dict.fromkeys(BOOL_FIELDS, "bool"),
+}
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def check_field_name(name: object, error: type[Exception] = StoreError) -> str:
+    """Return ``name`` if it can be a record field in every backend, else raise ``error``.
+
+    Names starting with ``_`` or ``$`` are reserved for the stores' bookkeeping (MongoDB's
+    ``_id``) and query operators; a ``.`` would be read as a path by MongoDB.
+    """
+    if not isinstance(name, str) or not name:
+        raise error(f"a record field name must be a non-empty string, not {name!r}")
+    if name[0] in "_$" or "." in name or "\0" in name:
+        raise error(f"invalid record field name {name!r}: no leading '_' or '$', no '.' or NUL")
+    return name
+
+
+def _check_value(name: str, value: Any) -> Any:
+    """Check a known field's type; return the value as stored (buffers normalised)."""
+    if value is None:
+        return None
+    if name in SCALAR_FIELD_CATEGORIES:
+        category = SCALAR_FIELD_CATEGORIES[name]
+        if category == "string":
+            ok = isinstance(value, str)
+        elif category == "bool":
+            ok = isinstance(value, bool)
+        else:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            if ok and not INT64_MIN <= value <= INT64_MAX:
+                raise StoreError(f"field {name!r}: {value} does not fit in 64 bits")
+        if not ok:
+            raise StoreError(f"field {name!r} must be {category} or None, not {value!r}")
+        return value
+    if name in DICT_FIELDS:
+        if not isinstance(value, dict):
+            raise StoreError(f"field {name!r} must be a dict or None, not {type(value).__name__}")
+        return value
+    return _normalize_buffers(value)
+
+
+def _normalize_buffers(value: Any) -> list[bytes | memoryview]:
+    """Result buffers as a list of bytes or flat byte memoryviews, without copying them."""
+    if not isinstance(value, list | tuple):
+        raise StoreError(f"result_buffers must be a list of bytes-like objects, not {value!r}")
+    buffers: list[bytes | memoryview] = []
+    for buffer in value:
+        if isinstance(buffer, bytes):
+            buffers.append(buffer)
+            continue
+        try:
+            view = memoryview(buffer)
+        except TypeError:
+            raise StoreError(f"result_buffers holds a non-buffer {type(buffer).__name__}") from None
+        if not view.contiguous:
+            raise StoreError("result_buffers holds a non-contiguous buffer")
+        buffers.append(view.cast("B") if view.format != "B" or view.ndim != 1 else view)
+    return buffers
+
+
+def validate_record(msg_id: str, record: Mapping[str, Any]) -> dict[str, Any]:
+    """Check a record or a set of changes, and return a shallow copy to store.
+
+    Every backend applies the same rules, so that a record one store accepts, all accept:
+    field names per :func:`check_field_name`, known fields of their documented type (or
+    None), and a ``msg_id`` field, when given, equal to the ``msg_id`` argument.
+    """
+    if not isinstance(msg_id, str) or not msg_id:
+        raise StoreError(f"msg_id must be a non-empty string, not {msg_id!r}")
+    if not isinstance(record, Mapping):
+        raise StoreError(f"a record must be a dict, not {type(record).__name__}")
+    checked: dict[str, Any] = {"msg_id": msg_id}
+    for name, value in record.items():
+        check_field_name(name)
+        if name == "msg_id":
+            if value != msg_id:
+                raise StoreError(f"record msg_id {value!r} differs from msg_id {msg_id!r}")
+        elif name in KNOWN_FIELDS:
+            checked[name] = _check_value(name, value)
+        else:
+            checked[name] = value
+    return checked
+
+
+def check_keys(keys: Sequence[str] | None) -> tuple[str, ...] | None:
+    """The fields to return, ``msg_id`` first, or None for all; QueryError if malformed."""
+    if keys is None:
+        return None
+    if isinstance(keys, str | bytes) or not isinstance(keys, Iterable):
+        raise QueryError(f"keys must be a list of field names, not {keys!r}")
+    names = dict.fromkeys(["msg_id", *(check_field_name(k, QueryError) for k in keys)])
+    return tuple(names)
+
+
+def check_msg_ids(msg_ids: Sequence[str]) -> list[str]:
+    """The distinct string msg_ids of a list (others can name no record); QueryError for a
+    bare string, which would otherwise be read as a list of one-character ids."""
+    if isinstance(msg_ids, str | bytes) or not isinstance(msg_ids, Iterable):
+        raise QueryError(f"msg_ids must be a list of msg_id strings, not {msg_ids!r}")
+    return [msg_id for msg_id in dict.fromkeys(msg_ids) if isinstance(msg_id, str)]
+
+
+def project(record: dict[str, Any], keys: tuple[str, ...] | None) -> dict[str, Any]:
+    """The record limited to ``keys`` (fields it lacks are left out)."""
+    if keys is None:
+        return record
+    return {key: record[key] for key in keys if key in record}
+
+
+class ResultStore(ABC):
+    """Where the Hub keeps a record of every task: one interface, several backends.
+
+    Writes (:meth:`add_record`, :meth:`update_record`, :meth:`drop_records`) may be applied
+    later by a background thread, but every read reflects every write issued before it.
+    A write that fails later is never lost silently: it is logged and raised as
+    :class:`~corral.errors.StoreError` from the next call (reported once).
+
+    ``add_record`` and ``update_record`` both merge top-level fields into the record with
+    that msg_id, creating it (at the end of the submission order) when it is unknown. The
+    Hub may learn of a task twice, or of a reply before its request; neither is an error
+    that a batched writer could only report long after the call.
+
+    What every backend guarantees (the shared test suite checks each): records come back
+    as stored, a field set to None stays distinct from a field never set, result buffers
+    come back as a list of ``bytes``, submission order is the order in which msg_ids were
+    first recorded, and the same query selects the same records (:mod:`.query`). Records
+    are checked at the call (:func:`validate_record`); a bad one raises StoreError there.
+    """
+
+    @abstractmethod
+    def add_record(self, msg_id: str, record: dict[str, Any]) -> None:
+        """Record a new task (fields as in the module docs)."""
+
+    @abstractmethod
+    def update_record(self, msg_id: str, changes: dict[str, Any]) -> None:
+        """Merge ``changes`` into the task's top-level fields."""
+
+    @abstractmethod
+    def get_records(self, msg_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The records of the known ``msg_ids``, in submission order; unknown ones absent."""
+
+    @abstractmethod
+    def find_records(
+        self, query: dict[str, Any], keys: Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Records matching ``query`` (see :mod:`.query`) in submission order.
+
+        ``keys`` limits the fields returned; ``msg_id`` is always included.
+        """
+
+    @abstractmethod
+    def drop_records(self, msg_ids: Sequence[str]) -> None:
+        """Forget these tasks; unknown msg_ids are ignored."""
+
+    @abstractmethod
+    def get_history(self) -> list[str]:
+        """Every recorded msg_id, in submission order."""
+
+    @abstractmethod
+    def flush(self) -> None:
+        """Return once every write issued so far is applied (or raise StoreError)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Flush, release connections and threads; idempotent. Later calls raise."""
+
+    def get_record(self, msg_id: str) -> dict[str, Any]:
+        """The task's record; KeyError if it is unknown."""
+        records = self.get_records([msg_id])
+        if msg_id not in records:
+            raise KeyError(msg_id)
+        return records[msg_id]
+
+    def drop_matching_records(self, query: dict[str, Any]) -> None:
+        """Forget every task matching ``query``, as one read then one ordered write."""
+        matching = self.find_records(query, keys=["msg_id"])
+        self.drop_records([record["msg_id"] for record in matching])
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+PayloadT = TypeVar("PayloadT")
+
+
+@dataclass(frozen=True, slots=True)
+class WriteOp(Generic[PayloadT]):
+    """One queued write: ``upsert`` one record or ``drop`` several; payload is the backend's."""
+
+    kind: Literal["upsert", "drop"]
+    msg_ids: tuple[str, ...]
+    payload: PayloadT
+
+
+class BatchWriter(Generic[PayloadT]):
+    """A thread applying queued writes in batches: the caller never waits on storage.
+
+    ``apply`` runs in the writer thread and applies a batch in order, in one transaction
+    where the backend has them; it raises if any write failed. When a batch fails, each of
+    its writes is retried alone, so one bad write loses only itself (writes must therefore
+    be idempotent: upserts and drops are). What still fails is logged and becomes the
+    StoreError raised by the next :meth:`submit`, :meth:`flush` or :meth:`check` call.
+    Batches form naturally: while one commits, the next accumulates.
+
+    Writes still queued when the interpreter exits are applied by an ``atexit`` hook, so a
+    controller that exits without closing its store loses nothing it had queued.
+    """
+
+    def __init__(
+        self,
+        apply: Callable[[list[WriteOp[PayloadT]]], None],
+        *,
+        name: str,
+        max_batch: int = 1000,
+    ) -> None:
+        self._apply = apply
+        self._name = name
+        self._max_batch = max_batch
+        self._condition = threading.Condition()
+        self._pending: deque[WriteOp[PayloadT]] = deque()
+        self._submitted = 0
+        self._done = 0
+        self._closing = False
+        self._stopped = False
+        self._error: StoreError | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+        atexit.register(self._close_at_exit)
+
+    def submit(self, op: WriteOp[PayloadT]) -> None:
+        """Queue a write, then raise the pending error of an earlier write, if any.
+
+        The new write stays queued either way: upserts are idempotent, so a caller that
+        retries after the error duplicates nothing.
+        """
+        with self._condition:
+            if self._closing:
+                raise StoreError(f"{self._name}: the result store is closed")
+            self._pending.append(op)
+            self._submitted += 1
+            self._condition.notify_all()
+            self._raise_error()
+
+    def flush(self) -> None:
+        """Wait until every write submitted so far is applied or has failed (then raise)."""
+        with self._condition:
+            target = self._submitted
+            while self._done < target and not self._stopped:
+                self._condition.wait()
+            self._raise_error()
+            if self._done < target:
+                raise StoreError(f"{self._name}: the writer thread stopped with writes queued")
+
+    def check(self) -> None:
+        """Raise the pending error of a failed write, if any, without waiting."""
+        with self._condition:
+            self._raise_error()
+
+    def close(self) -> None:
+        """Apply everything queued, stop the thread, then report any pending error."""
+        atexit.unregister(self._close_at_exit)
+        with self._condition:
+            self._closing = True
+            self._condition.notify_all()
+        self._thread.join()
+        self.check()
+
+    def _close_at_exit(self) -> None:
+        try:
+            self.close()
+        except StoreError:
+            pass  # already logged by the writer thread; nobody is left to raise it to
+
+    def _raise_error(self) -> None:
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def _run(self) -> None:
+        try:
+            while True:
+                with self._condition:
+                    while not self._pending and not self._closing:
+                        self._condition.wait()
+                    if not self._pending:
+                        return
+                    count = min(len(self._pending), self._max_batch)
+                    batch = [self._pending.popleft() for _ in range(count)]
+                failed = self._apply_batch(batch)
+                with self._condition:
+                    if failed:
+                        self._record_failure(failed)
+                    self._done += len(batch)
+                    self._condition.notify_all()
+        finally:
+            with self._condition:
+                self._stopped = True
+                self._condition.notify_all()
+
+    def _apply_batch(
+        self, batch: list[WriteOp[PayloadT]]
+    ) -> list[tuple[WriteOp[PayloadT], Exception]]:
+        try:
+            self._apply(batch)
+            return []
+        except Exception as exc:
+            if len(batch) == 1:
+                return [(batch[0], exc)]
+            logger.warning(
+                "%s: batch of %d writes failed (%s); retrying one by one",
+                self._name,
+                len(batch),
+                exc,
+            )
+        failed = []
+        for op in batch:
+            try:
+                self._apply([op])
+            except Exception as exc:
+                failed.append((op, exc))
+        return failed
+
+    def _record_failure(self, failed: list[tuple[WriteOp[PayloadT], Exception]]) -> None:
+        msg_ids = [msg_id for op, _ in failed for msg_id in op.msg_ids]
+        first = failed[0][1]
+        shown = ", ".join(msg_ids[:5]) + (" ..." if len(msg_ids) > 5 else "")
+        message = (
+            f"{self._name}: {len(failed)} write(s) to the result store failed and were lost "
+            f"({type(first).__name__}: {first}); msg_ids: {shown}"
+        )
+        logger.error(message, exc_info=first)
+        if self._error is not None:
+            message = f"{self._error}; and then {message}"
+        error = StoreError(message)
+        error.__cause__ = first
+        self._error = error

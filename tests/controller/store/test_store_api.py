@@ -1,0 +1,435 @@
+"""The ResultStore interface, run against every backend (memory, sqlite, mongodb)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from corral.controller.store import ResultStore
+from corral.errors import QueryError, StoreError
+
+StoreFactory = Callable[[], ResultStore]
+
+
+def stamp(second: int) -> str:
+    return f"2026-11-25T08:00:{second:02d}.000000+00:00"
+
+
+def full_record(msg_id: str) -> dict[str, Any]:
+    return {
+        "msg_id": msg_id,
+        "header": {"msg_id": msg_id, "msg_type": "apply_request", "date": stamp(0)},
+        "metadata": {"after": [], "follow": [], "timeout": None, "retries": 0},
+        "content": {},
+        "queue": "task",
+        "client_uuid": "client-1",
+        "engine_uuid": "engine-a",
+        "engine_id": 0,
+        "submitted": stamp(1),
+        "started": stamp(2),
+        "completed": stamp(3),
+        "received": stamp(4),
+        "status": "ok",
+        "result_header": {"msg_type": "apply_reply"},
+        "result_metadata": {"status": "ok", "engine_id": 0},
+        "result_content": {"status": "ok"},
+        "result_buffers": [b"\x00pickle", b"", b"data" * 10],
+        "stdout": "hello\n",
+        "stderr": "",
+        "retries": 0,
+        "resubmitted": False,
+        "custom": {"nested": [1, 2.5, "three", None, True]},
+    }
+
+
+def test_round_trip_of_every_field(store: ResultStore) -> None:
+    record = full_record("m1")
+    store.add_record("m1", record)
+    assert store.get_record("m1") == record
+    assert store.get_records(["m1"]) == {"m1": record}
+    assert store.find_records({}) == [record]
+
+
+def test_msg_id_is_added_when_the_record_lacks_it(store: ResultStore) -> None:
+    store.add_record("m1", {"status": "pending"})
+    assert store.get_record("m1") == {"msg_id": "m1", "status": "pending"}
+
+
+def test_none_and_missing_fields_stay_distinct(store: ResultStore) -> None:
+    store.add_record("m1", {"engine_id": None, "header": None, "result_buffers": None, "x": None})
+    assert store.get_record("m1") == {
+        "msg_id": "m1",
+        "engine_id": None,
+        "header": None,
+        "result_buffers": None,
+        "x": None,
+    }
+
+
+def test_unknown_msg_id(store: ResultStore) -> None:
+    with pytest.raises(KeyError):
+        store.get_record("nope")
+    store.add_record("m1", {})
+    assert store.get_records(["nope", "m1", "m1", "other"]) == {"m1": {"msg_id": "m1"}}
+    assert store.get_records([]) == {}
+
+
+def test_a_bare_string_is_not_a_list_of_msg_ids(store: ResultStore) -> None:
+    store.add_record("m", {})
+    with pytest.raises(QueryError, match="list"):
+        store.get_records("m")  # type: ignore[arg-type]
+    with pytest.raises(QueryError, match="list"):
+        store.drop_records("m")  # type: ignore[arg-type]
+    assert store.get_history() == ["m"]
+
+
+def test_update_merges_top_level_fields(store: ResultStore) -> None:
+    store.add_record("m1", {"status": "pending", "header": {"a": 1}, "tag": {"x": 1}})
+    store.update_record("m1", {"status": "ok", "header": {"b": 2}, "tag": {"y": 2}, "n": 3})
+    assert store.get_record("m1") == {
+        "msg_id": "m1",
+        "status": "ok",
+        "header": {"b": 2},
+        "tag": {"y": 2},
+        "n": 3,
+    }
+
+
+def test_add_and_update_are_upserts_that_keep_submission_order(store: ResultStore) -> None:
+    store.add_record("a", {"status": "pending"})
+    store.update_record("b", {"status": "ok"})
+    store.add_record("a", {"engine_id": 4})
+    assert store.get_history() == ["a", "b"]
+    assert store.get_record("a") == {"msg_id": "a", "status": "pending", "engine_id": 4}
+    assert store.get_record("b") == {"msg_id": "b", "status": "ok"}
+
+
+def test_order_is_submission_order_not_timestamps(store: ResultStore) -> None:
+    for index, second in enumerate([30, 10, 20, 5]):
+        store.add_record(f"m{index}", {"submitted": stamp(second)})
+    assert store.get_history() == ["m0", "m1", "m2", "m3"]
+    assert [r["msg_id"] for r in store.find_records({})] == ["m0", "m1", "m2", "m3"]
+    assert list(store.get_records(["m3", "m0", "m2"])) == ["m0", "m2", "m3"]
+
+
+@pytest.mark.parametrize(
+    ("record", "problem"),
+    [
+        ({"engine_id": "3"}, "engine_id"),
+        ({"engine_id": True}, "engine_id"),
+        ({"engine_id": 2**64}, "64 bits"),
+        ({"status": 1}, "status"),
+        ({"resubmitted": 1}, "resubmitted"),
+        ({"header": [1]}, "header"),
+        ({"result_buffers": b"abc"}, "result_buffers"),
+        ({"result_buffers": [1, 2]}, "result_buffers"),
+        ({"msg_id": "other"}, "other"),
+        ({"_id": 1}, "_id"),
+        ({"$set": 1}, "$set"),
+        ({"a.b": 1}, "a.b"),
+        ({"": 1}, "''"),
+    ],
+)
+def test_records_of_the_wrong_shape_are_refused_at_the_call(
+    store: ResultStore, record: dict[str, Any], problem: str
+) -> None:
+    with pytest.raises(StoreError, match=problem.replace("$", r"\$").replace(".", r"\.")):
+        store.add_record("m1", record)
+    with pytest.raises(StoreError):
+        store.update_record("m1", record)
+    assert store.get_history() == []
+
+
+def test_bad_msg_id_is_refused(store: ResultStore) -> None:
+    with pytest.raises(StoreError):
+        store.add_record("", {})
+    with pytest.raises(StoreError):
+        store.add_record(None, {})  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- queries
+
+DATA: list[dict[str, Any]] = [
+    {
+        "msg_id": "m0",
+        "engine_id": 0,
+        "status": "ok",
+        "queue": "mux",
+        "submitted": stamp(0),
+        "completed": stamp(10),
+        "resubmitted": False,
+        "retries": 0,
+        "header": {"msg_type": "apply_request"},
+        "tag": "a",
+        "nums": [1, 2],
+    },
+    {
+        "msg_id": "m1",
+        "engine_id": 1,
+        "status": "error",
+        "queue": "task",
+        "submitted": stamp(1),
+        "completed": None,
+        "resubmitted": True,
+        "retries": 2,
+        "header": {"msg_type": "execute_request"},
+        "tag": "b",
+    },
+    {
+        "msg_id": "m2",
+        "engine_id": None,
+        "status": "pending",
+        "queue": "task",
+        "submitted": stamp(2),
+        "header": {},
+        "tag": 3,
+    },
+    {
+        "msg_id": "m3",
+        "engine_id": 2,
+        "status": "aborted",
+        "queue": "control",
+        "submitted": stamp(3),
+        "completed": stamp(13),
+        "retries": 1,
+        "tag": None,
+    },
+]
+
+
+@pytest.fixture
+def loaded(store: ResultStore) -> ResultStore:
+    for record in DATA:
+        store.add_record(record["msg_id"], record)
+    return store
+
+
+QUERIES: list[tuple[dict[str, Any], list[str]]] = [
+    ({}, ["m0", "m1", "m2", "m3"]),
+    ({"status": "ok"}, ["m0"]),
+    ({"status": "ok", "queue": "task"}, []),
+    ({"queue": "task", "engine_id": 1}, ["m1"]),
+    ({"msg_id": {"$in": ["m3", "m1", "zz"]}}, ["m1", "m3"]),
+    ({"msg_id": {"$nin": ["m3", "m1"]}}, ["m0", "m2"]),
+    ({"engine_id": None}, ["m2"]),
+    ({"engine_id": {"$eq": None}}, ["m2"]),
+    ({"engine_id": {"$ne": None}}, ["m0", "m1", "m3"]),
+    ({"completed": None}, ["m1", "m2"]),
+    ({"completed": {"$ne": None}}, ["m0", "m3"]),
+    ({"completed": {"$in": [None, stamp(13)]}}, ["m1", "m2", "m3"]),
+    ({"completed": {"$nin": [None]}}, ["m0", "m3"]),
+    ({"completed": {"$nin": [stamp(13)]}}, ["m0", "m1", "m2"]),
+    ({"engine_id": {"$lt": 1}}, ["m0"]),
+    ({"engine_id": {"$lte": 1}}, ["m0", "m1"]),
+    ({"engine_id": {"$gt": 0}}, ["m1", "m3"]),
+    ({"engine_id": {"$gte": 1, "$lt": 2}}, ["m1"]),
+    ({"engine_id": {"$gt": 0.5, "$lte": 1.0}}, ["m1"]),
+    ({"engine_id": 1.0}, ["m1"]),
+    ({"engine_id": {"$lte": None}}, ["m2"]),
+    ({"engine_id": {"$lt": None}}, []),
+    ({"engine_id": {"$gt": "0"}}, []),
+    ({"engine_id": {"$ne": "0"}}, ["m0", "m1", "m2", "m3"]),
+    ({"engine_id": True}, []),
+    ({"resubmitted": True}, ["m1"]),
+    ({"resubmitted": 1}, []),
+    ({"resubmitted": {"$ne": True}}, ["m0", "m2", "m3"]),
+    ({"resubmitted": {"$lt": True}}, ["m0"]),
+    ({"retries": {"$in": [0, 1, "2"]}}, ["m0", "m3"]),
+    ({"submitted": {"$gte": stamp(1), "$lt": stamp(3)}}, ["m1", "m2"]),
+    ({"submitted": {"$gt": stamp(2)}}, ["m3"]),
+    ({"status": {"$in": []}}, []),
+    ({"status": {"$nin": []}}, ["m0", "m1", "m2", "m3"]),
+    ({"status": {"$in": ["ok", "error"]}, "engine_id": {"$ne": 0}}, ["m1"]),
+    ({"header": {"msg_type": "apply_request"}}, ["m0"]),
+    ({"header": {}}, ["m2"]),
+    ({"header": None}, ["m3"]),
+    ({"header": {"$ne": {}}}, ["m0", "m1", "m3"]),
+    ({"tag": "a"}, ["m0"]),
+    ({"tag": {"$in": ["b", 3]}}, ["m1", "m2"]),
+    ({"tag": {"$gt": "a"}}, ["m1"]),
+    ({"tag": {"$gte": 3}}, ["m2"]),
+    ({"tag": None}, ["m3"]),
+    ({"tag": {"$ne": None}}, ["m0", "m1", "m2"]),
+    ({"missing": None}, ["m0", "m1", "m2", "m3"]),
+    ({"missing": {"$nin": [1]}}, ["m0", "m1", "m2", "m3"]),
+    ({"missing": {"$gte": 0}}, []),
+    ({"nums": [1, 2]}, ["m0"]),
+    ({"nums": 1}, []),
+    ({"nums": {"$in": [[1, 2], "x"]}}, ["m0"]),
+]
+
+
+@pytest.mark.parametrize(("query", "expected"), QUERIES, ids=[str(q) for q, _ in QUERIES])
+def test_query(loaded: ResultStore, query: dict[str, Any], expected: list[str]) -> None:
+    assert [r["msg_id"] for r in loaded.find_records(query)] == expected
+    assert [r["msg_id"] for r in loaded.find_records(query, keys=["tag"])] == expected
+
+
+@pytest.mark.parametrize(
+    ("query", "named"),
+    [
+        ([("status", "ok")], "dict"),
+        ({"status": {"$regex": "o.*"}}, "$regex"),
+        ({"$or": [{"status": "ok"}]}, "$or"),
+        ({"engine_id": {"$in": 3}}, "$in"),
+        ({"engine_id": {"$nin": "abc"}}, "$nin"),
+        ({"engine_id": {"$lt": [1]}}, "$lt"),
+        ({"engine_id": {"$gte": {"a": 1}}}, "$gte"),
+        ({"engine_id": {"$eq": 1, "x": 2}}, "x"),
+        ({"engine_id": float("nan")}, "NaN"),
+        ({"engine_id": object()}, "object"),
+        ({3: 1}, "3"),
+        ({"a.b": 1}, "a.b"),
+        ({"_id": 1}, "_id"),
+    ],
+)
+def test_bad_queries_raise_query_error(store: ResultStore, query: Any, named: str) -> None:
+    with pytest.raises(QueryError, match=named.replace("$", r"\$").replace(".", r"\.")):
+        store.find_records(query)
+    with pytest.raises(QueryError):
+        store.drop_matching_records(query)
+
+
+def test_keys_select_fields(loaded: ResultStore) -> None:
+    found = loaded.find_records({"queue": "task"}, keys=["status", "tag", "completed", "nope"])
+    assert found == [
+        {"msg_id": "m1", "status": "error", "tag": "b", "completed": None},
+        {"msg_id": "m2", "status": "pending", "tag": 3},
+    ]
+    assert loaded.find_records({"status": "ok"}, keys=[]) == [{"msg_id": "m0"}]
+    assert loaded.find_records({"tag": "a"}, keys=["msg_id", "header"]) == [
+        {"msg_id": "m0", "header": {"msg_type": "apply_request"}}
+    ]
+
+
+def test_keys_selection_with_buffers(store: ResultStore) -> None:
+    store.add_record("m1", {"status": "ok", "result_buffers": [b"x" * 100, b"yz"]})
+    store.add_record("m2", {"status": "ok"})
+    assert store.find_records({"status": "ok"}, keys=["result_buffers"]) == [
+        {"msg_id": "m1", "result_buffers": [b"x" * 100, b"yz"]},
+        {"msg_id": "m2"},
+    ]
+    assert store.find_records({"result_buffers": [b"x" * 100, b"yz"]}, keys=["status"]) == [
+        {"msg_id": "m1", "status": "ok"}
+    ]
+
+
+@pytest.mark.parametrize("keys", ["status", 3, [3], ["_id"], ["a.b"]])
+def test_bad_keys_raise_query_error(store: ResultStore, keys: Any) -> None:
+    with pytest.raises(QueryError):
+        store.find_records({}, keys=keys)
+
+
+# ---------------------------------------------------------------- buffers
+
+
+def test_large_buffer_round_trip(store: ResultStore) -> None:
+    big = os.urandom(20 * 1024 * 1024)
+    store.add_record("big", {"status": "pending"})
+    store.update_record("big", {"status": "ok", "result_buffers": [b"head", memoryview(big)]})
+    record = store.get_record("big")
+    assert record["status"] == "ok"
+    assert len(record["result_buffers"]) == 2
+    assert record["result_buffers"][0] == b"head"
+    assert record["result_buffers"][1] == big
+    assert all(isinstance(b, bytes) for b in record["result_buffers"])
+
+
+def test_buffers_replaced_shrunk_and_dropped(store: ResultStore) -> None:
+    big = os.urandom(9 * 1024 * 1024)
+    store.add_record("m", {"result_buffers": [big]})
+    store.update_record("m", {"result_buffers": [b"small"]})
+    assert store.get_record("m")["result_buffers"] == [b"small"]
+    store.update_record("m", {"result_buffers": [big, big]})
+    assert store.get_record("m")["result_buffers"] == [big, big]
+    store.update_record("m", {"result_buffers": []})
+    assert store.get_record("m")["result_buffers"] == []
+    store.update_record("m", {"result_buffers": [bytearray(b"abc"), b""]})
+    assert store.get_record("m")["result_buffers"] == [b"abc", b""]
+
+
+# ---------------------------------------------------------------- read your writes, drop
+
+
+def test_reads_see_every_earlier_write(store: ResultStore) -> None:
+    for index in range(3000):
+        store.add_record(f"m{index:05d}", {"status": "pending", "engine_id": index % 7})
+        if index % 500 == 0:
+            assert store.get_record(f"m{index:05d}")["status"] == "pending"
+            store.update_record(f"m{index:05d}", {"status": "ok"})
+            assert store.find_records({"msg_id": f"m{index:05d}"}, ["status"]) == [
+                {"msg_id": f"m{index:05d}", "status": "ok"}
+            ]
+    assert len(store.get_history()) == 3000
+    assert len(store.find_records({"engine_id": 3}, keys=[])) == len(range(3, 3000, 7))
+    store.drop_records([f"m{index:05d}" for index in range(0, 3000, 2)])
+    assert len(store.get_history()) == 1500
+    assert len(store.find_records({"status": "ok"})) == 0
+
+
+def test_drop_records(loaded: ResultStore) -> None:
+    loaded.drop_records(["m1", "unknown"])
+    loaded.drop_records([])
+    assert loaded.get_history() == ["m0", "m2", "m3"]
+    with pytest.raises(KeyError):
+        loaded.get_record("m1")
+    loaded.add_record("m1", {"status": "again"})
+    assert loaded.get_history() == ["m0", "m2", "m3", "m1"]
+    assert loaded.get_record("m1") == {"msg_id": "m1", "status": "again"}
+
+
+def test_drop_matching_records(loaded: ResultStore) -> None:
+    loaded.drop_matching_records({"completed": {"$ne": None}})
+    assert loaded.get_history() == ["m1", "m2"]
+    loaded.drop_matching_records({"tag": 3})
+    assert loaded.get_history() == ["m1"]
+    loaded.drop_matching_records({})
+    assert loaded.get_history() == []
+
+
+def test_history_of_empty_store(store: ResultStore) -> None:
+    assert store.get_history() == []
+    assert store.find_records({}) == []
+    store.flush()
+
+
+def test_closed_store_refuses_calls(store: ResultStore) -> None:
+    store.add_record("m1", {})
+    store.close()
+    store.close()
+    for call in (
+        lambda: store.add_record("m2", {}),
+        lambda: store.get_records(["m1"]),
+        lambda: store.find_records({}),
+        lambda: store.get_history(),
+        lambda: store.flush(),
+    ):
+        with pytest.raises(StoreError):
+            call()
+
+
+def test_context_manager_closes(store_factory: StoreFactory) -> None:
+    with store_factory() as store:
+        store.add_record("m1", {})
+    with pytest.raises(StoreError):
+        store.get_history()
+
+
+# ---------------------------------------------------------------- persistence
+
+
+def test_reopen_sees_every_record(persistent_factory: StoreFactory) -> None:
+    first = persistent_factory()
+    for record in DATA:
+        first.add_record(record["msg_id"], record)
+    first.update_record("m2", {"result_buffers": [b"r" * 5_000_000]})
+    first.close()
+    second = persistent_factory()
+    assert second.get_history() == ["m0", "m1", "m2", "m3"]
+    assert second.get_record("m0") == DATA[0]
+    assert second.get_record("m2")["result_buffers"] == [b"r" * 5_000_000]
+    second.add_record("m4", {"status": "pending"})
+    assert second.get_history() == ["m0", "m1", "m2", "m3", "m4"]

@@ -1,0 +1,235 @@
+"""What only the SQLite store promises: durability, reported write failures, the file."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from corral.controller.store import SQLiteStore, open_store
+from corral.controller.store.base import SCALAR_FIELD_CATEGORIES
+from corral.controller.store.query import parse_query, split_query
+from corral.controller.store.sqlite import sql_where
+from corral.errors import StoreError
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+WRITER_SCRIPT = """
+import sys
+from corral.controller.store import SQLiteStore
+
+store = SQLiteStore(sys.argv[1])
+index = 0
+while True:
+    for _ in range(50):
+        store.add_record(f"m{index:07d}", {
+            "status": "pending", "engine_id": index, "header": {"n": index},
+            "result_buffers": [bytes([index % 256]) * 2000],
+        })
+        store.update_record(f"m{index:07d}", {"status": "ok"})
+        index += 1
+    store.flush()
+    print(index, flush=True)
+"""
+
+
+@pytest.fixture
+def sqlite_store(tmp_path: Path) -> Iterator[SQLiteStore]:
+    store = SQLiteStore(tmp_path / "tasks.db")
+    yield store
+    store.close()
+
+
+def test_file_is_in_wal_mode(sqlite_store: SQLiteStore) -> None:
+    sqlite_store.add_record("m1", {})
+    sqlite_store.flush()
+    with closing(sqlite3.connect(sqlite_store.path)) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("SELECT msg_id FROM tasks").fetchall() == [("m1",)]
+
+
+def test_msg_id_queries_use_the_index(sqlite_store: SQLiteStore) -> None:
+    sqlite_store.flush()
+    ids = [f"m{index}" for index in range(1000)]
+    for query in ({"msg_id": {"$in": ids}}, {"msg_id": "m1", "status": "ok"}):
+        atoms, residue = split_query(parse_query(query), SCALAR_FIELD_CATEGORIES)
+        assert residue == []
+        where, params = sql_where(atoms)
+        with closing(sqlite3.connect(sqlite_store.path)) as db:
+            plan = db.execute(f"EXPLAIN QUERY PLAN SELECT * FROM tasks WHERE {where}", params)
+            assert "USING INDEX" in " ".join(row[3] for row in plan)
+
+
+def test_records_survive_sigkill_mid_write(tmp_path: Path) -> None:
+    """A writer killed mid-batch loses at most what it had not yet flushed."""
+    path = tmp_path / "tasks.db"
+    child = subprocess.Popen(
+        [sys.executable, "-c", WRITER_SCRIPT, str(path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
+    )
+    assert child.stdout is not None
+    committed = 0
+    try:
+        while committed < 3000:
+            line = child.stdout.readline()
+            assert line, f"writer exited early with {child.wait()}"
+            committed = int(line)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        remaining = child.stdout.read().split()
+        child.stdout.close()
+    committed = max([committed, *map(int, remaining)])
+    assert child.returncode == -signal.SIGKILL
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    with SQLiteStore(path) as store:
+        history = store.get_history()
+        assert len(history) >= committed
+        assert history[:committed] == [f"m{index:07d}" for index in range(committed)]
+        for index in (0, committed // 2, committed - 1):
+            record = store.get_record(f"m{index:07d}")
+            assert record["header"] == {"n": index}
+            assert record["result_buffers"] == [bytes([index % 256]) * 2000]
+        assert store.find_records({"status": {"$ne": "ok"}, "engine_id": {"$lt": committed}}) == []
+
+
+def test_queued_writes_are_applied_when_the_process_exits_without_close(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.db"
+    script = (
+        "import sys\n"
+        "from corral.controller.store import SQLiteStore\n"
+        "store = SQLiteStore(sys.argv[1])\n"
+        "for index in range(5000):\n"
+        "    store.add_record(f'm{index}', {'status': 'ok'})\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(path)], cwd=REPO_ROOT, check=True)
+    with SQLiteStore(path) as store:
+        assert len(store.get_history()) == 5000
+
+
+def test_disk_full_is_reported_and_loses_only_the_failing_write(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    reported: list[StoreError] = []
+
+    def call(write: Callable[..., None], *args: object) -> None:
+        """The failure surfaces at the first call after the writer meets it: any write's."""
+        try:
+            write(*args)
+        except StoreError as error:
+            reported.append(error)
+
+    with SQLiteStore(tmp_path / "tasks.db", max_size=2_000_000) as store:
+        with caplog.at_level(logging.ERROR, logger="corral.controller.store"):
+            for index in range(200):
+                call(store.add_record, f"m{index}", {"status": "ok", "stdout": "x" * 100})
+                if index == 100:
+                    call(store.add_record, "huge", {"result_buffers": [b"\xff" * 3_000_000]})
+            call(store.flush)
+        assert len(reported) == 1
+        assert "huge" in str(reported[0])
+        assert "full" in str(reported[0])
+        assert "huge" in caplog.text
+        store.flush()  # reported once
+        assert store.get_history() == [f"m{index}" for index in range(200)]
+        store.add_record("after", {"status": "ok"})
+        assert store.get_record("after") == {"msg_id": "after", "status": "ok"}
+
+
+def test_failed_write_is_raised_by_the_next_write_which_is_kept(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with SQLiteStore(tmp_path / "tasks.db", max_size=1_000_000) as store:
+        with caplog.at_level(logging.ERROR, logger="corral.controller.store"):
+            store.add_record("huge", {"stdout": "y" * 2_000_000})
+            deadline = time.monotonic() + 10
+            while "huge" not in caplog.text:  # the writer logs the failure as it happens
+                assert time.monotonic() < deadline, "the failed write was never logged"
+                time.sleep(0.005)
+        with pytest.raises(StoreError, match="huge"):
+            store.add_record("ok", {})
+        assert store.get_history() == ["ok"]
+
+
+def test_read_only_store_reads_and_reports_writes(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.db"
+    with SQLiteStore(path) as store:
+        store.add_record("m1", {"status": "ok"})
+    with open_store(f"sqlite://{path}?mode=ro") as read_only:
+        assert read_only.get_record("m1") == {"msg_id": "m1", "status": "ok"}
+        read_only.add_record("m2", {})
+        with pytest.raises(StoreError, match="readonly"):
+            read_only.flush()
+        assert read_only.get_history() == ["m1"]
+
+
+def test_read_only_needs_an_existing_store(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="tasks.db"):
+        SQLiteStore(tmp_path / "tasks.db", read_only=True)
+
+
+def test_open_fails_cleanly(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no-such-dir"):
+        SQLiteStore(tmp_path / "no-such-dir" / "tasks.db")
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreError, match="garbage.db"):
+        SQLiteStore(garbage)
+    other = tmp_path / "other.db"
+    with closing(sqlite3.connect(other)) as db:
+        db.execute("CREATE TABLE tasks (x)")
+        db.execute("PRAGMA user_version = 99")
+        db.commit()
+    with pytest.raises(StoreError, match="schema version"):
+        SQLiteStore(other)
+
+
+def test_extra_fields_must_be_json(sqlite_store: SQLiteStore) -> None:
+    with pytest.raises(StoreError, match="JSON"):
+        sqlite_store.add_record("m1", {"blob": b"bytes"})
+    with pytest.raises(StoreError, match="header"):
+        sqlite_store.add_record("m1", {"header": {"date": object()}})
+    assert sqlite_store.get_history() == []
+
+
+def test_concurrent_readers_and_a_writer(sqlite_store: SQLiteStore) -> None:
+    """Reads from other threads while the Hub's thread writes see consistent records."""
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def read() -> None:
+        try:
+            while not done.is_set():
+                for record in sqlite_store.find_records({"status": "ok"}):
+                    assert record["result_buffers"] == [record["msg_id"].encode() * 100]
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    for reader in readers:
+        reader.start()
+    try:
+        for index in range(2000):
+            msg_id = f"m{index}"
+            sqlite_store.add_record(msg_id, {"status": "pending"})
+            sqlite_store.update_record(
+                msg_id, {"status": "ok", "result_buffers": [msg_id.encode() * 100]}
+            )
+    finally:
+        done.set()
+        for reader in readers:
+            reader.join()
+    assert errors == []
+    assert len(sqlite_store.find_records({"status": "ok"}, keys=[])) == 2000

@@ -1,0 +1,214 @@
+"""The Hub as a state machine: registration, records from monitor copies, and queries."""
+
+from __future__ import annotations
+
+import pytest
+
+from corral.controller.hub import Hub, Send, Stop
+from corral.controller.store.memory import MemoryStore
+from corral.protocol.session import Message, Session
+
+KEY = b"hub-test-key"
+ENGINE_ADDRESSES = {"mux": "tcp://127.0.0.1:1", "hb_ping": "tcp://127.0.0.1:2"}
+CLIENT_ADDRESSES = {"mux": "tcp://127.0.0.1:3"}
+
+
+@pytest.fixture
+def hub() -> Hub:
+    return Hub(MemoryStore(), ENGINE_ADDRESSES, CLIENT_ADDRESSES, heartbeat_period=1.0,
+               max_misses=2)
+
+
+session = Session(KEY)
+
+
+def request(msg_type: str, **content: object) -> Message:
+    return session.msg(msg_type, dict(content))
+
+
+def register(hub: Hub, uuid: str, **extra: object) -> int:
+    (reply,) = hub.handle_request([uuid.encode()], request("registration_request", uuid=uuid,
+                                                          **extra))
+    assert isinstance(reply, Send) and reply.content["status"] == "ok", reply
+    payload, _ = hub.tick()
+    (note,) = hub.handle_pong(uuid, payload)
+    assert isinstance(note, Send) and note.msg_type == "registration_notification"
+    return int(reply.content["id"])
+
+
+def reply_for(req: Message, status: str = "ok", buffers: tuple = ()) -> Message:
+    return session.msg("apply_reply", {"status": status}, parent=req,
+                       metadata={"started": "2026-01-01T00:00:00+00:00",
+                                 "completed": "2026-01-01T00:00:01+00:00", "stdout": "hi\n"},
+                       buffers=buffers)
+
+
+def submit_mux(hub: Hub, engine_uuid: str) -> Message:
+    req = session.msg("apply_request", {})
+    hub.handle_monitor(b"mux_in", [engine_uuid.encode(), b"client-1"], req)
+    return req
+
+
+def test_registration_reply_carries_id_and_addresses(hub: Hub) -> None:
+    (reply,) = hub.handle_request([b"e1"], request("registration_request", uuid="e1"))
+    assert reply.content["id"] == 0
+    assert reply.content["heartbeat_period"] == 1.0
+    assert reply.content["mux"] == ENGINE_ADDRESSES["mux"]
+    assert reply.idents == (b"e1",)
+    assert hub.engines == {}  # registered only once its heart beats
+
+
+def test_ids_increase_and_are_never_reused(hub: Hub) -> None:
+    assert register(hub, "a") == 0
+    assert register(hub, "b") == 1
+    hub.handle_request([b"a"], request("unregistration_request", uuid="a"))
+    assert register(hub, "c") == 2
+
+
+def test_uuid_or_id_in_use_is_an_error_reply(hub: Hub) -> None:
+    register(hub, "a")
+    (dup,) = hub.handle_request([b"a"], request("registration_request", uuid="a"))
+    assert dup.content["status"] == "error" and "already registered" in dup.content["evalue"]
+    (taken,) = hub.handle_request([b"x"], request("registration_request", uuid="x", id=0))
+    assert taken.content["status"] == "error" and "in use" in taken.content["evalue"]
+
+
+def test_requested_free_id_is_granted(hub: Hub) -> None:
+    assert register(hub, "a", id=7) == 7
+    assert register(hub, "b") == 8
+
+
+def test_dead_heart_unregisters_and_fails_direct_tasks(hub: Hub) -> None:
+    register(hub, "a")
+    req = submit_mux(hub, "a")
+    actions = []
+    for _ in range(5):
+        actions.extend(hub.tick()[1])
+    notes = [a for a in actions if isinstance(a, Send)]
+    assert [n.msg_type for n in notes] == ["unregistration_notification"]
+    record = hub.store.get_record(req.msg_id)
+    assert record["status"] == "error"
+    assert record["result_content"]["ename"] == "EngineError"
+
+
+def test_stale_heart_is_told_to_stop_once(hub: Hub) -> None:
+    payload, _ = hub.tick()
+    (stop,) = hub.handle_pong("ghost", payload)
+    assert stop.msg_type == "unregistration_notification" and stop.idents == (b"ghost",)
+    assert hub.handle_pong("ghost", payload) == []
+
+
+def test_connection_reply_lists_engines(hub: Hub) -> None:
+    register(hub, "a")
+    (reply,) = hub.handle_request([b"c"], request("connection_request"))
+    assert reply.content["engines"] == {"0": "a"}
+    assert reply.content["mux"] == CLIENT_ADDRESSES["mux"]
+
+
+def test_records_and_result_request(hub: Hub) -> None:
+    register(hub, "a")
+    req = submit_mux(hub, "a")
+    (status,) = hub.handle_request([b"c"], request("result_request", msg_ids=[req.msg_id]))
+    assert status.content["pending"] == [req.msg_id]
+    hub.handle_monitor(b"mux_out", [b"client-1", b"a"], reply_for(req, buffers=(b"result",)))
+    (full,) = hub.handle_request([b"c"], request("result_request", msg_ids=[req.msg_id],
+                                                 statusonly=False))
+    assert full.content["completed"] == [req.msg_id]
+    entry = full.content[req.msg_id]
+    assert entry["content"]["status"] == "ok" and entry["buffer_count"] == 1
+    assert [bytes(b) for b in full.buffers] == [b"result"]
+    record = hub.store.get_record(req.msg_id)
+    assert record["client_uuid"] == "client-1" and record["engine_id"] == 0
+    assert record["stdout"] == "hi\n"
+
+
+def test_result_request_unknown_is_error(hub: Hub) -> None:
+    (reply,) = hub.handle_request([b"c"], request("result_request", msg_ids=["nope"]))
+    assert reply.content["status"] == "error" and "nope" in reply.content["evalue"]
+
+
+def test_queue_request_counts_and_verbose(hub: Hub) -> None:
+    register(hub, "a")
+    done = submit_mux(hub, "a")
+    hub.handle_monitor(b"mux_out", [b"client-1", b"a"], reply_for(done))
+    waiting = submit_mux(hub, "a")
+    (counts,) = hub.handle_request([b"c"], request("queue_request", targets=[0]))
+    assert counts.content["0"] == {"completed": 1, "queue": 1, "tasks": 0}
+    (verbose,) = hub.handle_request([b"c"], request("queue_request", verbose=True))
+    assert verbose.content["0"]["queue"] == [waiting.msg_id]
+    (bad,) = hub.handle_request([b"c"], request("queue_request", targets=[42]))
+    assert bad.content["status"] == "error" and "42" in bad.content["evalue"]
+
+
+def test_task_destination_tracks_load_balanced_work(hub: Hub) -> None:
+    register(hub, "a")
+    req = session.msg("apply_request", {})
+    hub.handle_monitor(b"task_in", [b"client-1"], req)
+    dest = session.msg("task_destination", {"msg_id": req.msg_id, "engine_id": "a"})
+    hub.handle_monitor(b"task_dest", [], dest)
+    (counts,) = hub.handle_request([b"c"], request("queue_request"))
+    assert counts.content["0"]["tasks"] == 1
+    hub.handle_monitor(b"task_out", [b"client-1", b"a"], reply_for(req))
+    assert hub.store.get_record(req.msg_id)["engine_id"] == 0
+
+
+def test_purge(hub: Hub) -> None:
+    register(hub, "a")
+    done = submit_mux(hub, "a")
+    hub.handle_monitor(b"mux_out", [b"client-1", b"a"], reply_for(done))
+    pending = submit_mux(hub, "a")
+    (err,) = hub.handle_request([b"c"], request("purge_request", msg_ids=[pending.msg_id]))
+    assert err.content["status"] == "error" and "pending" in err.content["evalue"]
+    (err2,) = hub.handle_request([b"c"], request("purge_request", msg_ids=["zzz"]))
+    assert "unknown" in err2.content["evalue"]
+    (ok,) = hub.handle_request([b"c"], request("purge_request", msg_ids=[done.msg_id]))
+    assert ok.content["status"] == "ok"
+    assert hub.store.get_records([done.msg_id]) == {}
+    (ok_all,) = hub.handle_request([b"c"], request("purge_request", msg_ids="all"))
+    assert ok_all.content["status"] == "ok"
+    assert hub.store.get_history() == [pending.msg_id]
+
+
+def test_history_and_db_query(hub: Hub) -> None:
+    register(hub, "a")
+    first = submit_mux(hub, "a")
+    second = submit_mux(hub, "a")
+    hub.handle_monitor(b"mux_out", [b"client-1", b"a"], reply_for(first, buffers=(b"xy",)))
+    (history,) = hub.handle_request([b"c"], request("history_request"))
+    assert history.content["history"] == [first.msg_id, second.msg_id]
+    (found,) = hub.handle_request([b"c"], request(
+        "db_request", query={"status": {"$in": ["ok"]}}, keys=["msg_id", "result_buffers"]))
+    records = found.content["records"]
+    assert [r["msg_id"] for r in records] == [first.msg_id]
+    assert records[0]["result_buffer_count"] == 1 and [bytes(b) for b in found.buffers] == [b"xy"]
+    (bad,) = hub.handle_request([b"c"], request("db_request", query={"status": {"$where": 1}}))
+    assert bad.content["status"] == "error" and "$where" in bad.content["evalue"]
+
+
+def test_huge_msg_id_list_is_rejected(hub: Hub) -> None:
+    ids = [str(i) for i in range(100_001)]
+    (reply,) = hub.handle_request([b"c"], request("result_request", msg_ids=ids))
+    assert reply.content["status"] == "error" and "too many" in reply.content["evalue"]
+
+
+def test_late_reply_from_replaced_engine_is_ignored(hub: Hub) -> None:
+    register(hub, "a")
+    register(hub, "b")
+    req = session.msg("apply_request", {})
+    hub.handle_monitor(b"task_in", [b"client-1"], req)
+    hub.handle_monitor(b"task_dest", [], session.msg(
+        "task_destination", {"msg_id": req.msg_id, "engine_id": "b"}))
+    hub.handle_monitor(b"task_out", [b"client-1", b"a"], reply_for(req, status="error"))
+    assert hub.store.get_record(req.msg_id)["status"] == "pending"
+    hub.handle_monitor(b"task_out", [b"client-1", b"b"], reply_for(req))
+    assert hub.store.get_record(req.msg_id)["status"] == "ok"
+
+
+def test_hub_shutdown(hub: Hub) -> None:
+    reply, stop = hub.handle_request([b"c"], request("hub_shutdown_request"))
+    assert reply.content["status"] == "ok" and isinstance(stop, Stop)
+
+
+def test_unknown_request_type_gets_error(hub: Hub) -> None:
+    (reply,) = hub.handle_request([b"c"], request("clear_request"))
+    assert reply.content["status"] == "error"
