@@ -1,0 +1,80 @@
+"""SIGINT on the engine: a KeyboardInterrupt for the running task, and nothing else.
+
+Python runs signal handlers on the main thread only, between bytecodes, which is where user
+code runs. The :class:`InterruptGate` is that handler; it decides, from where the main thread
+is in a request, whether the interrupt is raised, held or ignored.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+
+class InterruptGate:
+    """Decides what SIGINT does on the main thread: KeyboardInterrupt in a task only.
+
+    Between :meth:`arm` (a request was taken) and :meth:`leave_task`, SIGINT interrupts the
+    task: at once while user code runs, or as soon as user code starts (:meth:`enter_task`) if
+    it arrives just before. While the main thread sends a message (:meth:`shielded`) the
+    interrupt is held until the send completes, so no multipart message is cut in half. While
+    idle, and after the task's user code has finished, SIGINT is ignored.
+
+    ``seen`` counts the handler's runs, so a sender can tell whether a signal it sent has been
+    handled yet (see :meth:`corral.engine.iothread.IOThread.deliver_signal`).
+    """
+
+    def __init__(self) -> None:
+        self._main_ident = threading.main_thread().ident
+        self._armed = False
+        self._in_task = False
+        self._shield_depth = 0
+        self._pending = False
+        self.seen = 0
+
+    def handle_sigint(self, signum: int, frame: FrameType | None) -> None:
+        """The SIGINT handler; runs on the main thread between bytecodes."""
+        self.seen += 1
+        if not self._armed:
+            return
+        if self._in_task and not self._shield_depth:
+            raise KeyboardInterrupt
+        self._pending = True
+
+    def arm(self) -> None:
+        """A request is about to run: from now on SIGINT is meant for it."""
+        self._pending = False
+        self._armed = True
+
+    def disarm(self) -> None:
+        self._armed = False
+        self._pending = False
+
+    def enter_task(self) -> None:
+        """User code starts; raises KeyboardInterrupt if one arrived since :meth:`arm`."""
+        self._in_task = True
+        if self._pending:
+            self._pending = False
+            raise KeyboardInterrupt
+
+    def leave_task(self) -> None:
+        """User code is done: later interrupts are ignored until the next :meth:`arm`."""
+        self._in_task = False
+        self.disarm()
+
+    @contextmanager
+    def shielded(self) -> Iterator[None]:
+        """A region of the main thread that SIGINT must not interrupt; other threads pass."""
+        if threading.get_ident() != self._main_ident:
+            yield
+            return
+        self._shield_depth += 1
+        try:
+            yield
+        finally:
+            self._shield_depth -= 1
+            if not self._shield_depth and self._pending and self._in_task:
+                self._pending = False
+                raise KeyboardInterrupt

@@ -1,0 +1,481 @@
+"""The engine's I/O thread: the one owner of every engine socket.
+
+It registers with the Hub, connects the queues, iopub and the heart, then loops on one poller:
+control first (served here at once, even while a task runs on the main thread), then the
+registration socket, heartbeat pings, mux and task requests (decoded and queued for the main
+thread), the main thread's outgoing frames (forwarded to the socket they name) and the signal
+wakeup pipe (SIGTERM). Every exit of the process goes through :meth:`IOThread.shutdown`.
+
+Controller loss: the thread watches the Hub's pings with its own SUB socket. When none has come
+for ``missed_beats`` periods it sends ``registration_request`` with its current id every
+``missed_beats`` periods until the Hub answers (zmq reconnects by itself, so a controller that
+restarts on the same addresses gets the engine back under its old id). A reply naming other
+addresses cannot be followed (the heart device cannot be moved), so the engine then exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import zmq
+import zmq.utils.garbage
+from zmq.devices import ThreadDevice
+
+from corral.errors import InvalidContent, ProtocolError, UnknownMessageType
+from corral.protocol.messages import validate_content
+from corral.protocol.session import Message, Session, utcnow
+
+from .connection import EngineConnectionInfo
+from .namespace import TASK_SIGNALS, Namespace
+from .runner import (
+    TASK_TYPES,
+    AbortList,
+    EngineIdentity,
+    Request,
+    aborted_reply_msg,
+    error_reply_msg,
+    reply_metadata,
+    reply_type,
+)
+
+CONTROL_TYPES = frozenset({"clear_request", "abort_request", "signal_request", "shutdown_request"})
+ADDRESS_FIELDS = ("mux", "control", "task", "iopub", "hb_ping", "hb_pong")
+BATCH = 64
+LINGER_MS = 1000
+SIGINT_RESEND = 0.05
+SIGINT_RESEND_FOR = 5.0
+
+
+class IOThread:
+    """Owns and serves the engine's sockets; see the module docstring for the loop."""
+
+    def __init__(
+        self,
+        *,
+        context: zmq.Context[Any],
+        session: Session,
+        identity: EngineIdentity,
+        info: EngineConnectionInfo,
+        work: queue.Queue[Request],
+        aborts: AbortList,
+        namespace: Namespace,
+        inproc: str,
+        close_main_socket: Callable[[float], bool],
+        sigint_seen: Callable[[], int],
+        wakeup_fd: int | None,
+        requested_id: int | None,
+        registration_timeout: float,
+        unregister_timeout: float,
+        missed_beats: int,
+        log: logging.Logger,
+    ) -> None:
+        self.context = context
+        self.session = session
+        self.identity = identity
+        self.info = info
+        self.work = work
+        self.aborts = aborts
+        self.namespace = namespace
+        self.inproc = inproc
+        self.close_main_socket = close_main_socket
+        self.sigint_seen = sigint_seen
+        self.wakeup_fd = wakeup_fd
+        self.requested_id = requested_id
+        self.registration_timeout = registration_timeout
+        self.unregister_timeout = unregister_timeout
+        self.missed_beats = missed_beats
+        self.log = log
+        self.registered = threading.Event()
+        self.failure: str | None = None
+        self.addresses: dict[str, str] = {}
+        self.heartbeat_period = 3.0
+        self._sockets: dict[bytes, zmq.Socket[Any]] = {}
+        self._registration: zmq.Socket[Any] | None = None
+        self._last_ping = 0.0
+        self._lost = False
+        self._next_attempt = 0.0
+        self._pending_registration: str | None = None
+        self._sigint_watch: tuple[int, float] | None = None
+        main_ident = threading.main_thread().ident
+        assert main_ident is not None
+        self._main_ident = main_ident
+        self._thread = threading.Thread(target=self._main, name="corral-engine-io", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    # ------------------------------------------------------------------ startup
+
+    def _main(self) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, TASK_SIGNALS)
+        # pyzmq starts its zero-copy garbage collector thread on first use; started here, it
+        # inherits the blocked mask and cannot take SIGINT meant for the main thread
+        if not zmq.utils.garbage.gc.is_alive():
+            zmq.utils.garbage.gc.start()
+        try:
+            if not self._register():
+                self._close_sockets(linger=0)
+                self.registered.set()
+                return
+            self._connect()
+            self.registered.set()
+            self._loop()
+        except BaseException:
+            self.log.critical("the engine's I/O thread failed; exiting", exc_info=True)
+            self.shutdown(1, "internal error", unregister=False)
+
+    def _registration_msg(self, content: dict[str, Any]) -> Message:
+        """Built without catalogue validation: the catalogue's registration_request lacks the
+        optional ``id`` that docs/wire-flows.md gives it."""
+        return Message(
+            header=self.session.header("registration_request"),
+            parent_header={},
+            metadata={},
+            content=content,
+        )
+
+    def _send_registration(self, engine_id: int | None) -> str:
+        content: dict[str, Any] = {"uuid": self.identity.uuid}
+        if engine_id is not None:
+            content["id"] = engine_id
+        msg = self._registration_msg(content)
+        assert self._registration is not None
+        self._registration.send_multipart(self.session.serialize(msg), copy=False)
+        return msg.msg_id
+
+    def _register(self) -> bool:
+        """First registration; False (with ``failure`` set) if refused or unanswered."""
+        sock = self._dealer(b"registration")
+        sock.connect(self.info.registration)
+        self._registration = sock
+        msg_id = self._send_registration(self.requested_id)
+        deadline = time.monotonic() + self.registration_timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            if not sock.poll(int(remaining * 1000) + 1):
+                break
+            reply = self._decode(b"registration", sock.recv_multipart(copy=False))
+            if reply is None or reply.parent_id != msg_id:
+                continue
+            content = reply.content or {}
+            if content.get("status") != "ok":
+                self.failure = (
+                    f"the controller refused registration: {content.get('ename', 'error')}: "
+                    f"{content.get('evalue', content)}"
+                )
+                return False
+            try:
+                self._accept_registration(content)
+            except (KeyError, TypeError, ValueError) as err:
+                self.failure = f"unusable registration reply ({err!r}): {content}"
+                return False
+            return True
+        self.failure = (
+            f"no registration reply from {self.info.registration} within "
+            f"{self.registration_timeout:g} s: is the controller running, and does the engine's "
+            "connection file hold its current key?"
+        )
+        return False
+
+    def _accept_registration(self, content: dict[str, Any]) -> None:
+        self.addresses = {name: str(content[name]) for name in ADDRESS_FIELDS}
+        self.identity.id = int(content["id"])
+        self.heartbeat_period = float(content.get("heartbeat_period", self.heartbeat_period))
+        self.log.info("registered as engine %d (uuid %s)", self.identity.id, self.identity.uuid)
+
+    def _dealer(self, name: bytes) -> zmq.Socket[Any]:
+        sock: zmq.Socket[Any] = self.context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, self.identity.uuid.encode())
+        self._sockets[name] = sock
+        return sock
+
+    def _connect(self) -> None:
+        """Queues and iopub first, the heart last: the Hub announces the engine on its first
+        pong, and by then requests sent to it must find its queue sockets connected."""
+        for name in (b"mux", b"control", b"task"):
+            self._dealer(name).connect(self.addresses[name.decode()])
+        iopub = self.context.socket(zmq.PUB)
+        iopub.connect(self.addresses["iopub"])
+        self._sockets[b"iopub"] = iopub
+        pull = self.context.socket(zmq.PULL)
+        pull.bind(self.inproc)
+        self._sockets[b"main"] = pull
+        pings = self.context.socket(zmq.SUB)
+        pings.setsockopt(zmq.SUBSCRIBE, b"")
+        pings.connect(self.addresses["hb_ping"])
+        self._sockets[b"pings"] = pings
+        # C-level forwarder without the GIL: pongs continue while user code holds it
+        heart = ThreadDevice(zmq.FORWARDER, zmq.SUB, zmq.DEALER)
+        heart.context_factory = zmq.Context  # its own context: never blocks our term()
+        heart.setsockopt_in(zmq.SUBSCRIBE, b"")
+        heart.connect_in(self.addresses["hb_ping"])
+        heart.setsockopt_out(zmq.IDENTITY, self.identity.uuid.encode())
+        heart.connect_out(self.addresses["hb_pong"])
+        heart.start()
+        self._last_ping = time.monotonic()
+
+    # ------------------------------------------------------------------ loop
+
+    def _loop(self) -> NoReturn:
+        poller = zmq.Poller()
+        order = [b"control", b"registration", b"pings", b"mux", b"task", b"main"]
+        for name in order:
+            poller.register(self._sockets[name], zmq.POLLIN)
+        if self.wakeup_fd is not None:
+            poller.register(self.wakeup_fd, zmq.POLLIN)
+        handlers: dict[bytes, Callable[[list[zmq.Frame]], None]] = {
+            b"control": self._on_control,
+            b"registration": self._on_registration,
+            b"pings": self._on_ping,
+            b"mux": lambda frames: self._on_task(b"mux", frames),
+            b"task": lambda frames: self._on_task(b"task", frames),
+            b"main": self._forward,
+        }
+        while True:
+            timeout = SIGINT_RESEND if self._sigint_watch else self.heartbeat_period
+            events = dict(poller.poll(int(timeout * 1000)))
+            if self.wakeup_fd is not None and self.wakeup_fd in events:
+                self._on_signals(os.read(self.wakeup_fd, 64))
+            for name in order:
+                sock = self._sockets[name]
+                if sock not in events:
+                    continue
+                for _ in range(BATCH):  # bounded, so control is served again soon
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    handlers[name](frames)
+            self._resend_sigint()
+            self._check_heartbeat()
+
+    def _decode(self, channel: bytes, frames: list[zmq.Frame]) -> Message | None:
+        """A verified message, or None after logging why it was dropped."""
+        try:
+            return self.session.feed(frames)
+        except ProtocolError as err:
+            self.log.warning("dropped a message on %s: %s", channel.decode(), err)
+            return None
+
+    def _reply_error(self, channel: bytes, request: Message, exc: BaseException) -> None:
+        reply = error_reply_msg(self.session, self.identity, request, exc)
+        self._sockets[channel].send_multipart(
+            self.session.serialize(reply, request.idents), copy=False
+        )
+
+    def _forward(self, frames: list[zmq.Frame]) -> None:
+        """Frames from the main thread: the first names the socket, the rest is the message."""
+        channel = frames[0].bytes
+        sock = self._sockets.get(channel)
+        if sock is None or channel in (b"main", b"pings", b"registration"):
+            self.log.error("main thread sent frames for unknown channel %r", channel)
+            return
+        sock.send_multipart(frames[1:], copy=False)
+
+    def _on_task(self, channel: bytes, frames: list[zmq.Frame]) -> None:
+        msg = self._decode(channel, frames)
+        if msg is None:
+            return
+        if msg.msg_type not in TASK_TYPES:
+            where = "belongs on the control channel" if msg.msg_type in CONTROL_TYPES else ""
+            error = UnknownMessageType(
+                f"{msg.msg_type!r} {where or 'is not a request this engine serves'}; the "
+                f"{channel.decode()} channel takes {' and '.join(sorted(TASK_TYPES))}"
+            )
+            self._reply_error(channel, msg, error)
+            return
+        try:
+            validate_content(msg.msg_type, msg.content or {})
+        except InvalidContent as err:
+            self._reply_error(channel, msg, err)
+            return
+        self.work.put(Request(channel, msg))
+
+    # ------------------------------------------------------------------ control
+
+    def _on_control(self, frames: list[zmq.Frame]) -> None:
+        msg = self._decode(b"control", frames)
+        if msg is None:
+            return
+        started = utcnow()
+        if msg.msg_type not in CONTROL_TYPES:
+            error = UnknownMessageType(
+                f"{msg.msg_type!r} is not served on the control channel; "
+                f"it takes {', '.join(sorted(CONTROL_TYPES))}"
+            )
+            self._reply_error(b"control", msg, error)
+            return
+        content = msg.content or {}
+        try:
+            validate_content(msg.msg_type, content)
+            if msg.msg_type == "clear_request":
+                self.namespace.clear()
+            elif msg.msg_type == "abort_request":
+                self._abort(content.get("msg_ids"))
+            elif msg.msg_type == "signal_request":
+                self.deliver_signal(int(content["sig"]))
+        except Exception as err:
+            self._reply_error(b"control", msg, err)
+            return
+        reply = self.session.msg(
+            reply_type(msg.msg_type),
+            {"status": "ok"},
+            parent=msg,
+            metadata=reply_metadata(self.identity, "ok", started),
+        )
+        self._sockets[b"control"].send_multipart(
+            self.session.serialize(reply, msg.idents), copy=False
+        )
+        if msg.msg_type == "shutdown_request":
+            self.shutdown(0, "shutdown_request")
+
+    def _abort(self, msg_ids: list[Any] | None) -> None:
+        """Abort the named tasks when they are reached, or every queued task now."""
+        if msg_ids is None:
+            self._abort_queued("aborted by an abort_request for all queued tasks")
+        else:
+            self.aborts.add(str(msg_id) for msg_id in msg_ids)
+
+    def _abort_queued(self, reason: str) -> None:
+        while True:
+            try:
+                request = self.work.get_nowait()
+            except queue.Empty:
+                return
+            reply = aborted_reply_msg(self.session, self.identity, request.msg, reason)
+            self._sockets[request.channel].send_multipart(
+                self.session.serialize(reply, request.msg.idents), copy=False
+            )
+
+    def deliver_signal(self, signum: int) -> None:
+        """Signal this process, aimed at the main thread.
+
+        A process-directed signal may be taken by any thread that does not block it (a
+        library's helper thread, a thread of the user's), and then the main thread's blocking
+        call (``time.sleep``) is not interrupted; signals whose action is process-wide
+        (SIGTERM, SIGKILL, SIGSTOP) act the same either way. SIGINT is re-sent every
+        ``SIGINT_RESEND`` seconds until the gate's handler has run: on CPython 3.11 another
+        thread can reset the flag that makes the main thread run pending handlers, and a
+        SIGINT that lands just before a blocking call would then wait for that call to end.
+        """
+        if signum not in signal.valid_signals():
+            raise ValueError(f"{signum} is not a valid signal number on this system")
+        signal.pthread_kill(self._main_ident, signum)
+        if signum == signal.SIGINT:
+            deadline = time.monotonic() + SIGINT_RESEND_FOR
+            self._sigint_watch = (self.sigint_seen(), deadline)
+
+    def _resend_sigint(self) -> None:
+        if self._sigint_watch is None:
+            return
+        seen, deadline = self._sigint_watch
+        if self.sigint_seen() != seen or time.monotonic() > deadline:
+            self._sigint_watch = None
+        else:
+            signal.pthread_kill(self._main_ident, signal.SIGINT)
+
+    def _on_signals(self, signums: bytes) -> None:
+        if signal.SIGTERM in signums:
+            self.shutdown(0, "SIGTERM")
+
+    # ------------------------------------------------------------------ Hub and heartbeat
+
+    def _on_registration(self, frames: list[zmq.Frame]) -> None:
+        msg = self._decode(b"registration", frames)
+        if msg is None:
+            return
+        content = msg.content or {}
+        if msg.msg_type == "unregistration_notification":
+            if content.get("uuid") in (None, self.identity.uuid):
+                self.shutdown(1, "the controller unregistered this engine", unregister=False)
+            return
+        if msg.msg_type != "registration_reply" or msg.parent_id != self._pending_registration:
+            self.log.debug("ignored %s on the registration socket", msg.msg_type)
+            return
+        self._pending_registration = None
+        self._lost = False
+        if content.get("status") != "ok":
+            self.log.warning(
+                "re-registration refused: %s: %s", content.get("ename"), content.get("evalue")
+            )
+            return
+        if any(str(content.get(name)) != self.addresses[name] for name in ADDRESS_FIELDS):
+            self.shutdown(1, "the controller came back on other addresses", unregister=False)
+        self._accept_registration(content)
+
+    def _on_ping(self, frames: list[zmq.Frame]) -> None:
+        self._last_ping = time.monotonic()
+
+    def _check_heartbeat(self) -> None:
+        """Re-register while the Hub's pings are missing (see the module docstring)."""
+        now = time.monotonic()
+        window = self.heartbeat_period * self.missed_beats
+        if not self._lost and now - self._last_ping > window:
+            self.log.warning("no heartbeat from the controller for %.1f s", now - self._last_ping)
+            self._lost = True
+        if self._lost and now >= self._next_attempt:
+            self._pending_registration = self._send_registration(self.identity.id)
+            self._next_attempt = now + window
+
+    # ------------------------------------------------------------------ exit
+
+    def shutdown(self, exit_code: int, reason: str, *, unregister: bool = True) -> NoReturn:
+        """Abort queued work, forward what the main thread sent, unregister, close, exit.
+
+        Exits the process with ``os._exit`` even while the main thread is inside user code.
+        """
+        self.log.info("engine %s shutting down: %s", self.identity.id, reason)
+        try:
+            if b"mux" in self._sockets:
+                self._abort_queued(f"engine {self.identity.id} shut down ({reason})")
+                self._drain_main()
+            if unregister and self._registration is not None:
+                self._unregister()
+            self._close_sockets(linger=LINGER_MS)
+        except BaseException:
+            self.log.exception("error during shutdown")
+        finally:
+            logging.shutdown()
+            for stream in (sys.__stdout__, sys.__stderr__):
+                if stream is not None:
+                    stream.flush()
+            os._exit(exit_code)
+
+    def _drain_main(self) -> None:
+        main = self._sockets[b"main"]
+        while True:
+            try:
+                self._forward(main.recv_multipart(zmq.NOBLOCK, copy=False))
+            except zmq.Again:
+                return
+
+    def _unregister(self) -> None:
+        """Tell the Hub we leave; wait for its reply at most ``unregister_timeout``."""
+        assert self._registration is not None
+        content = {"id": self.identity.id, "uuid": self.identity.uuid}
+        msg = self.session.msg("unregistration_request", content)
+        self._registration.send_multipart(self.session.serialize(msg), copy=False)
+        deadline = time.monotonic() + self.unregister_timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            if not self._registration.poll(int(remaining * 1000) + 1):
+                return
+            reply = self._decode(b"registration", self._registration.recv_multipart(copy=False))
+            if reply is not None and reply.parent_id == msg.msg_id:
+                return
+
+    def _close_sockets(self, linger: int) -> None:
+        """Close every socket; wait (at most ``linger`` ms) for queued messages to leave."""
+        for sock in self._sockets.values():
+            sock.close(linger=linger)
+        if self.close_main_socket(linger / 1000):
+            self.context.term()

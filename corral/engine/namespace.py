@@ -1,0 +1,383 @@
+"""The engine's user namespace: running applied functions and code cells, capturing output.
+
+No sockets here. The engine's main thread calls :meth:`Namespace.apply` and
+:meth:`Namespace.execute` inside an :class:`OutputCapture`; the capture hands printed text to a
+publish callback (the engine turns it into iopub ``stream`` messages) and keeps it for the reply
+metadata. Exceptions from user code propagate unchanged: turning them into error replies, and
+surviving them, is the caller's job.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import io
+import linecache
+import logging
+import signal
+import sys
+import threading
+import time
+import types
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from corral.protocol.references import Reference, is_interactive
+
+PublishCallback = Callable[[str, str], None]
+"""``publish(stream_name, text)``: called with ``"stdout"`` or ``"stderr"`` and new text."""
+
+# Module attributes cloudpickle stores with a function's globals; they describe the client's
+# module, not user data, so they never overwrite or pollute the engine namespace.
+_MODULE_DUNDERS = frozenset(
+    {
+        "__builtins__",
+        "__name__",
+        "__package__",
+        "__path__",
+        "__file__",
+        "__loader__",
+        "__spec__",
+        "__doc__",
+        "__cached__",
+    }
+)
+_ENGINE_DIR = str(Path(__file__).resolve().parent)
+_LINECACHE_KEEP = 256
+
+TASK_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2}
+"""Signals the engine's helper threads block, so that they reach the main thread (running the
+task), where a Python handler interrupts blocking calls such as ``time.sleep``."""
+
+
+class Namespace:
+    """The dict user code runs in, shared by every apply and execute on one engine.
+
+    It behaves like the ``__main__`` of a script: ``__name__`` is ``"__main__"`` and builtins are
+    present, so functions defined by ``execute`` can be sent back to a client by value.
+    """
+
+    def __init__(self) -> None:
+        self.user_ns: dict[str, Any] = {}
+        self.execution_count = 0
+        self._cells_run = 0
+        self._cells: deque[str] = deque()
+        self.clear()
+
+    def clear(self) -> None:
+        """Forget every name the user defined; builtins and ``__name__`` stay."""
+        self.user_ns.clear()
+        self.user_ns.update({"__builtins__": builtins, "__name__": "__main__"})
+
+    def __getitem__(self, name: str) -> Any:
+        return self.user_ns[name]
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        self.user_ns[name] = value
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.user_ns
+
+    # ------------------------------------------------------------------ apply
+
+    def resolve(self, value: Any) -> Any:
+        """``namespace[value.name]`` for a Reference, else ``value`` unchanged."""
+        if isinstance(value, Reference):
+            try:
+                return self.user_ns[value.name]
+            except KeyError:
+                raise NameError(
+                    f"Reference({value.name!r}): name {value.name!r} is not defined on the engine"
+                ) from None
+        return value
+
+    def bind(self, f: types.FunctionType) -> types.FunctionType:
+        """A copy of ``f`` whose globals are this namespace.
+
+        Names ``f`` captured on the client (its unpickled ``__globals__``) are added to the
+        namespace only where it lacks them: what the engine already holds wins, so a pushed
+        value is never silently replaced by a stale client copy.
+        """
+        for name, value in f.__globals__.items():
+            if name not in _MODULE_DUNDERS and name not in self.user_ns:
+                self.user_ns[name] = value
+        bound = types.FunctionType(
+            f.__code__, self.user_ns, f.__name__, f.__defaults__, f.__closure__
+        )
+        bound.__kwdefaults__ = f.__kwdefaults__
+        bound.__dict__.update(f.__dict__)
+        bound.__qualname__ = f.__qualname__
+        bound.__module__ = f.__module__
+        bound.__doc__ = f.__doc__
+        bound.__annotations__ = f.__annotations__
+        return bound
+
+    def apply(self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """``f(*args, **kwargs)`` with top-level References resolved from the namespace.
+
+        An interactive function (``@interactive`` or defined in the client's ``__main__``) runs
+        with the namespace as its globals, so it reads pushed names and ``global x`` writes land
+        where ``execute`` and later applies see them.
+        """
+        args = tuple(self.resolve(arg) for arg in args)
+        kwargs = {key: self.resolve(value) for key, value in kwargs.items()}
+        if isinstance(f, types.FunctionType) and is_interactive(f):
+            f = self.bind(f)
+        return f(*args, **kwargs)
+
+    # ------------------------------------------------------------------ execute
+
+    def execute(self, code: str, *, silent: bool = False) -> str | None:
+        """Run a cell; the repr of its last statement's value if that is a non-None expression.
+
+        The whole cell is compiled before anything runs, so a syntax error anywhere runs
+        nothing. Each cell gets a filename ``<cell-N>`` registered with linecache, so
+        tracebacks show the offending source line. A ``silent`` cell (as in Jupyter) does not
+        count in ``execution_count``.
+        """
+        self._cells_run += 1
+        if not silent:
+            self.execution_count += 1
+        filename = f"<cell-{self._cells_run}>"
+        self._remember_source(filename, code)
+        try:
+            body, tail = _compile_cell(code, filename)
+        except SyntaxError as err:
+            raise err.with_traceback(None) from None  # the compiler's frames tell nothing
+        exec(body, self.user_ns)
+        if tail is None:
+            return None
+        value = eval(tail, self.user_ns)
+        return None if value is None else repr(value)
+
+    def _remember_source(self, filename: str, code: str) -> None:
+        """Register a cell's source with linecache, keeping only the latest cells."""
+        linecache.cache[filename] = (len(code), None, code.splitlines(keepends=True), filename)
+        self._cells.append(filename)
+        while len(self._cells) > _LINECACHE_KEEP:
+            linecache.cache.pop(self._cells.popleft(), None)
+
+
+def _compile_cell(code: str, filename: str) -> tuple[types.CodeType, types.CodeType | None]:
+    """The cell without its last statement if that is an expression, and that expression."""
+    tree = ast.parse(code, filename, "exec")
+    last: ast.Expression | None = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
+        last = ast.Expression(tree.body[-1].value)
+        del tree.body[-1]
+    # dont_inherit: this module's `from __future__` flags must not change user code
+    body = compile(tree, filename, "exec", dont_inherit=True)
+    tail = compile(last, filename, "eval", dont_inherit=True) if last is not None else None
+    return body, tail
+
+
+def strip_engine_frames(exc: BaseException) -> BaseException:
+    """Keep only the user's frames of ``exc``'s traceback: those after the engine's last.
+
+    Trailing engine frames are dropped first: when SIGINT interrupts user code, the
+    KeyboardInterrupt comes from the engine's signal handler, called from the user's frame.
+    An error raised by the engine itself (a missing Reference, a cell that does not compile)
+    keeps no frames: its message says what happened.
+    """
+    frames: list[types.TracebackType] = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb)
+        tb = tb.tb_next
+    end = len(frames)
+    while end and _is_engine_frame(frames[end - 1]):
+        end -= 1
+    start = end
+    while start and not _is_engine_frame(frames[start - 1]):
+        start -= 1
+    kept = frames[start:end]
+    if not kept:
+        return exc.with_traceback(None)
+    kept[-1].tb_next = None
+    return exc.with_traceback(kept[0])
+
+
+def _is_engine_frame(tb: types.TracebackType) -> bool:
+    return tb.tb_frame.f_code.co_filename.startswith(_ENGINE_DIR)
+
+
+# ---------------------------------------------------------------------- output capture
+
+
+class CapturedStream(io.TextIOBase):
+    """A text stream standing in for sys.stdout or sys.stderr during a task."""
+
+    def __init__(self, capture: OutputCapture, name: str) -> None:
+        super().__init__()
+        self._capture = capture
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        return f"<corral {self._name}>"
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        self._capture.write(self._name, text)
+        return len(text)
+
+    def flush(self) -> None:
+        self._capture.request_flush()
+
+
+class OutputCapture:
+    """Captures sys.stdout/sys.stderr for one task at a time, and streams it as it comes.
+
+    Text is kept whole for the reply metadata (up to ``max_chars`` per stream) and handed to the
+    publish callback in coalesced chunks: when a newline is written (or the stream is flushed)
+    and ``flush_interval`` has passed since the last publish; otherwise a background flusher
+    publishes it when the interval ends, so a line printed before a long computation still
+    arrives promptly. Everything left is published when the task ends, before :meth:`capture`
+    returns, so a client sees all streamed output before the reply.
+
+    The publish callback is called from the task's thread or from the flusher thread, one call
+    at a time, in write order: it must be safe to call from either.
+    """
+
+    def __init__(
+        self,
+        flush_interval: float = 0.05,
+        max_chars: int = 1_000_000,
+        log: logging.Logger | None = None,
+    ) -> None:
+        self.flush_interval = flush_interval
+        self.log = log or logging.getLogger("corral.engine")
+        self.max_chars = max_chars
+        self._lock = threading.Lock()
+        self._wakeup = threading.Condition(self._lock)
+        self._publish: PublishCallback | None = None
+        self._pending: list[tuple[str, str]] = []
+        self._kept: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self._sizes: dict[str, int] = {"stdout": 0, "stderr": 0}
+        self._last_publish = 0.0
+        self._deadline: float | None = None
+        self._flusher: threading.Thread | None = None
+
+    @contextmanager
+    def capture(self, publish: PublishCallback | None = None) -> Iterator[CapturedOutput]:
+        """Redirect stdout/stderr into this capture until the block ends.
+
+        The yielded :class:`CapturedOutput` holds the task's complete text once the block
+        has exited (also when it exits with an exception).
+        """
+        output = CapturedOutput()
+        with self._lock:
+            self._publish = publish
+            self._pending = []
+            self._kept = {"stdout": [], "stderr": []}
+            self._sizes = {"stdout": 0, "stderr": 0}
+            self._deadline = None
+        saved = sys.stdout, sys.stderr
+        sys.stdout = CapturedStream(self, "stdout")
+        sys.stderr = CapturedStream(self, "stderr")
+        try:
+            yield output
+        finally:
+            sys.stdout, sys.stderr = saved
+            with self._lock:
+                self._publish_pending()
+                self._publish = None
+                self._deadline = None
+                output.stdout = self._text("stdout")
+                output.stderr = self._text("stderr")
+
+    def write(self, name: str, text: str) -> None:
+        """Record ``text`` written to stream ``name`` (called by :class:`CapturedStream`)."""
+        if not text:
+            return
+        with self._lock:
+            size = self._sizes[name]
+            if size < self.max_chars:
+                self._kept[name].append(text[: self.max_chars - size])
+            self._sizes[name] = size + len(text)
+            if self._pending and self._pending[-1][0] == name:
+                self._pending[-1] = (name, self._pending[-1][1] + text)
+            else:
+                self._pending.append((name, text))
+            if "\n" in text:
+                self._schedule()
+
+    def request_flush(self) -> None:
+        """An explicit flush publishes like a newline does, within the same rate limit."""
+        with self._lock:
+            if self._pending:
+                self._schedule()
+
+    def _schedule(self) -> None:
+        """Publish now if the interval has passed, else make sure the flusher will. Locked."""
+        now = time.monotonic()
+        if now - self._last_publish >= self.flush_interval:
+            self._publish_pending()
+            return
+        if self._deadline is None:
+            self._deadline = self._last_publish + self.flush_interval
+            self._start_flusher()
+            self._wakeup.notify()
+
+    def _publish_pending(self) -> None:
+        """Hand every pending chunk to the callback, in order. Locked."""
+        pending, self._pending = self._pending, []
+        self._deadline = None
+        self._last_publish = time.monotonic()
+        if self._publish is None:
+            return
+        for name, text in pending:
+            try:
+                self._publish(name, text)
+            except Exception:  # a broken publisher must not break print() in user code
+                self.log.exception("publishing %d characters of %s failed", len(text), name)
+
+    def _text(self, name: str) -> str:
+        text = "".join(self._kept[name])
+        dropped = self._sizes[name] - self.max_chars
+        if dropped > 0:
+            text += f"\n[corral: {dropped} more characters were streamed but not kept]\n"
+        return text
+
+    def _start_flusher(self) -> None:
+        if self._flusher is None:
+            self._flusher = threading.Thread(
+                target=self._flush_loop, name="corral-output-flusher", daemon=True
+            )
+            self._flusher.start()
+
+    def _flush_loop(self) -> None:
+        """Publish pending text when a deadline passes. Runs for the life of the process."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, TASK_SIGNALS)
+        with self._lock:
+            while True:
+                if self._deadline is None:
+                    self._wakeup.wait()
+                    continue
+                remaining = self._deadline - time.monotonic()
+                if remaining > 0:
+                    self._wakeup.wait(remaining)
+                    continue
+                self._publish_pending()
+
+
+class CapturedOutput:
+    """What one task printed; filled in when its capture block exits."""
+
+    def __init__(self) -> None:
+        self.stdout = ""
+        self.stderr = ""

@@ -1,0 +1,313 @@
+"""Running one request on the engine's main thread, and the replies every request gets.
+
+:class:`TaskRunner` turns an ``apply_request`` or ``execute_request`` into iopub messages and
+exactly one reply, whatever the user code does. It owns no socket: it hands finished frames to a
+``send(channel, frames)`` callback (the engine forwards them to its I/O thread). The helpers
+below it build the replies the I/O thread sends itself (control replies, aborted tasks).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from corral.errors import SerializationError, TaskAborted, error_content
+from corral.protocol.serialize import serialize_object, unpack_apply_message
+from corral.protocol.session import Frame, JSONDict, Message, Session, utcnow
+
+from .interrupts import InterruptGate
+from .namespace import Namespace, OutputCapture, strip_engine_frames
+
+SendCallback = Callable[[bytes, Sequence[Frame]], None]
+"""``send(channel, frames)``: channel is b"mux", b"task", b"control" or b"iopub"."""
+
+TASK_TYPES = frozenset({"apply_request", "execute_request"})
+ABORT_MEMORY = 100_000
+
+
+@dataclass
+class EngineIdentity:
+    """Who this engine is on the wire. ``id`` is None until registered, and may change when the
+    engine re-registers with a restarted controller."""
+
+    uuid: str
+    id: int | None = None
+
+
+@dataclass(frozen=True)
+class Request:
+    """A decoded request and the channel (b"mux", b"task", b"control") it came on."""
+
+    channel: bytes
+    msg: Message
+
+
+def reply_type(msg_type: str) -> str:
+    """``foo_request`` -> ``foo_reply``; any other type gets ``_reply`` appended."""
+    return msg_type.removesuffix("_request") + "_reply"
+
+
+def reply_metadata(
+    identity: EngineIdentity,
+    status: str,
+    started: str,
+    completed: str | None = None,
+    stdout: str = "",
+    stderr: str = "",
+    **extra: Any,
+) -> JSONDict:
+    """The metadata every engine reply carries (docs/wire-flows.md, apply_reply)."""
+    return {
+        "engine_uuid": identity.uuid,
+        "engine_id": identity.id,
+        "status": status,
+        "started": started,
+        "completed": completed or utcnow(),
+        "stdout": stdout,
+        "stderr": stderr,
+        **extra,
+    }
+
+
+def failure_content(exc: BaseException, identity: EngineIdentity) -> JSONDict:
+    """Error reply content for ``exc``, never raising (user exceptions can be hostile)."""
+    try:
+        return error_content(strip_engine_frames(exc), identity.id, identity.uuid)
+    except Exception as formatting_error:
+        return {
+            "status": "error",
+            "ename": type(exc).__name__,
+            "evalue": f"<the error could not be formatted: {formatting_error!r}>",
+            "traceback": [],
+            "engine_info": {"engine_id": identity.id, "engine_uuid": identity.uuid},
+        }
+
+
+def error_reply_msg(
+    session: Session, identity: EngineIdentity, request: Message, exc: BaseException
+) -> Message:
+    """A reply to ``request`` (any type, even one outside the catalogue) reporting ``exc``.
+
+    Built without catalogue validation, so a request of an unknown type still gets an answer
+    (``<type>_reply``) and its sender does not wait forever.
+    """
+    content = failure_content(exc, identity)
+    now = utcnow()
+    msg_type = reply_type(request.msg_type)
+    return Message(
+        header=session.header(msg_type),
+        parent_header=request.header,
+        metadata=reply_metadata(identity, content["status"], now, now),
+        content=content,
+    )
+
+
+def aborted_reply_msg(
+    session: Session, identity: EngineIdentity, request: Message, reason: str
+) -> Message:
+    """The ``aborted`` reply of a task that will never run."""
+    exc = TaskAborted("TaskAborted", reason, engine_id=identity.id, engine_uuid=identity.uuid)
+    content = error_content(exc, identity.id, identity.uuid)
+    now = utcnow()
+    return session.msg(
+        reply_type(request.msg_type),
+        content,
+        parent=request,
+        metadata=reply_metadata(identity, "aborted", now, now),
+    )
+
+
+class AbortList:
+    """msg_ids to abort when their task is reached, shared by the I/O and main threads.
+
+    Ids may name tasks that have not arrived yet. Only the newest ``limit`` ids are kept, so
+    aborting ids that never arrive cannot grow memory without bound.
+    """
+
+    def __init__(self, limit: int = ABORT_MEMORY) -> None:
+        self.limit = limit
+        self._ids: dict[str, None] = {}
+        self._lock = threading.Lock()
+
+    def add(self, msg_ids: Iterable[str]) -> None:
+        with self._lock:
+            for msg_id in msg_ids:
+                self._ids.pop(msg_id, None)
+                self._ids[msg_id] = None
+            while len(self._ids) > self.limit:
+                del self._ids[next(iter(self._ids))]
+
+    def take(self, msg_id: str) -> bool:
+        """Whether ``msg_id`` is to be aborted; forgets it either way."""
+        with self._lock:
+            return self._ids.pop(msg_id, 0) is None
+
+
+class TaskRunner:
+    """Runs apply and execute requests in the namespace; sends iopub messages and the reply.
+
+    iopub order for one request: ``status: busy``, ``execute_input`` (execute, not silent),
+    ``stream`` chunks, ``execute_result`` or ``error``, then the reply on the request's channel,
+    then ``status: idle``.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        identity: EngineIdentity,
+        send: SendCallback,
+        *,
+        namespace: Namespace | None = None,
+        capture: OutputCapture | None = None,
+        aborts: AbortList | None = None,
+        gate: InterruptGate | None = None,
+        log: logging.Logger | None = None,
+    ) -> None:
+        self.session = session
+        self.identity = identity
+        self.send = send
+        self.namespace = namespace or Namespace()
+        self.log = log or logging.getLogger("corral.engine")
+        self.capture = capture or OutputCapture(log=self.log)
+        self.aborts = aborts or AbortList()
+        self.gate = gate or InterruptGate()
+
+    # ------------------------------------------------------------------ sending
+
+    def frames(self, msg: Message, idents: Sequence[bytes] = ()) -> list[Frame]:
+        """Signed frames of ``msg``; text JSON cannot hold (lone surrogates) is escaped."""
+        try:
+            return self.session.serialize(msg, idents)
+        except TypeError:  # orjson.JSONEncodeError: e.g. print("\udcff") in user code
+            return self.session.serialize(_json_safe_msg(msg), idents)
+
+    def send_msg(self, channel: bytes, msg: Message, idents: Sequence[bytes] = ()) -> None:
+        self.send(channel, self.frames(msg, idents))
+
+    def publish(self, msg_type: str, content: JSONDict, parent: Message) -> None:
+        """Publish on iopub with topic ``engine.<id>.<msg_type>``."""
+        msg = self.session.msg(msg_type, content, parent=parent)
+        topic = f"engine.{self.identity.id}.{msg_type}".encode()
+        self.send(b"iopub", [topic, *self.frames(msg)])
+
+    # ------------------------------------------------------------------ running
+
+    def run(self, request: Request) -> None:
+        """Answer one task request with exactly one reply; never raises for user code."""
+        msg = request.msg
+        if self.aborts.take(msg.msg_id):
+            reason = f"task {msg.msg_id} was aborted by an abort_request"
+            reply = aborted_reply_msg(self.session, self.identity, msg, reason)
+            self.send_msg(request.channel, reply, msg.idents)
+            return
+        self.gate.arm()
+        try:
+            reply = self._run(msg)
+        except Exception as exc:  # a bug of the engine, not user code: still answer
+            self.log.exception("engine error while running %s %s", msg.msg_type, msg.msg_id)
+            reply = error_reply_msg(self.session, self.identity, msg, exc)
+        finally:
+            self.gate.disarm()
+        self.send_msg(request.channel, reply, msg.idents)
+        self.publish("status", {"execution_state": "idle"}, msg)
+
+    def _run(self, msg: Message) -> Message:
+        """Run the task with its output captured; the reply to send."""
+        started = utcnow()
+        content = msg.content or {}
+        is_execute = msg.msg_type == "execute_request"
+        silent = is_execute and bool(content.get("silent"))
+        self.publish("status", {"execution_state": "busy"}, msg)
+        if is_execute and not silent:
+            count = self.namespace.execution_count + 1
+            self.publish("execute_input", {"code": content["code"], "execution_count": count}, msg)
+
+        failure: BaseException | None = None
+        result_repr: str | None = None
+        buffers: list[Any] = []
+        with self.capture.capture(lambda name, text: self._stream(msg, name, text)) as output:
+            try:
+                try:
+                    self.gate.enter_task()
+                    if is_execute:
+                        code = content["code"]
+                        result_repr = self.namespace.execute(code, silent=silent)
+                    else:
+                        buffers = self._apply(msg)
+                finally:
+                    self.gate.leave_task()
+            except BaseException as exc:  # user code may raise anything, SystemExit included
+                failure = exc
+
+        extra: JSONDict = {}
+        if failure is not None:
+            reply_content = failure_content(failure, self.identity)
+            self.publish("error", _iopub_error(reply_content), msg)
+            buffers = []
+        else:
+            reply_content = {"status": "ok"}
+        if is_execute:
+            count = self.namespace.execution_count
+            reply_content["execution_count"] = count
+            data = {"text/plain": result_repr} if result_repr is not None else None
+            extra["execute_result"] = data
+            if data is not None and not silent:
+                result = {"data": data, "metadata": {}, "execution_count": count}
+                self.publish("execute_result", result, msg)
+        metadata = reply_metadata(
+            self.identity,
+            reply_content["status"],
+            started,
+            utcnow(),
+            output.stdout,
+            output.stderr,
+            **extra,
+        )
+        return self.session.msg(
+            reply_type(msg.msg_type), reply_content, parent=msg, metadata=metadata, buffers=buffers
+        )
+
+    def _apply(self, msg: Message) -> list[Any]:
+        """Unpack, call, serialize: the result's frames, or SerializationError naming the step."""
+        f, args, kwargs = unpack_apply_message(msg.buffers)
+        result = self.namespace.apply(f, args, kwargs)
+        try:
+            return list(serialize_object(result))
+        except SerializationError:
+            raise
+        except Exception as err:
+            raise SerializationError(
+                f"the result of {getattr(f, '__name__', 'the function')} could not be "
+                f"serialized: {type(err).__name__}: {err}"
+            ) from err
+
+    def _stream(self, parent: Message, name: str, text: str) -> None:
+        self.publish("stream", {"name": name, "text": text}, parent)
+
+
+def _iopub_error(content: JSONDict) -> JSONDict:
+    return {key: content[key] for key in ("ename", "evalue", "traceback", "engine_info")}
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with every string made encodable as UTF-8 (lone surrogates escaped)."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_json_safe(key): _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def _json_safe_msg(msg: Message) -> Message:
+    return replace(
+        msg,
+        header=_json_safe(msg.header),
+        parent_header=_json_safe(msg.parent_header),
+        metadata=_json_safe(msg.metadata),
+        content=_json_safe(msg.content),
+    )

@@ -1,0 +1,373 @@
+"""Conformance of a real engine process to docs/wire-flows.md, against a fake controller.
+
+Each test starts ``python -m corral.engine`` and plays the controller's sockets (conftest.py).
+Waits poll sockets with deadlines; every engine process is killed when its test ends.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from controller_double import WAIT, FakeController, is_idle
+
+from corral.protocol.references import Reference, interactive
+from corral.protocol.serialize import deserialize_object, pack_apply_message
+from corral.protocol.session import Message, Session
+
+CAPTURED = "from the client"
+LONG_TASK = "import time\ntime.sleep(30)"
+
+
+def apply_msg(session: Session, f: Any, *args: Any, **kwargs: Any) -> Message:
+    return session.msg("apply_request", {}, buffers=pack_apply_message(f, args, kwargs))
+
+
+def apply(controller: FakeController, f: Any, *args: Any, channel: str = "mux", **kw: Any) -> Any:
+    """Run ``f`` on the engine; its result, or AssertionError with the error reply."""
+    request = controller.send(channel, apply_msg(controller.session, f, *args, **kw))
+    reply = controller.reply_to(channel, request)
+    assert reply.content == {"status": "ok"}, reply.content
+    return deserialize_object(list(reply.buffers))
+
+
+def execute(controller: FakeController, code: str) -> Message:
+    return controller.call("mux", "execute_request", {"code": code})
+
+
+def wait_started(controller: FakeController, request: Message) -> None:
+    """Until the engine publishes ``busy`` for ``request``: the main thread is running it."""
+    controller.iopub_until(
+        lambda msg: (
+            msg.msg_type == "status"
+            and msg.parent_header.get("msg_id") == request.msg_id
+            and msg.content == {"execution_state": "busy"}
+        )
+    )
+
+
+def interrupt(controller: FakeController) -> None:
+    reply = controller.call("control", "signal_request", {"sig": int(signal.SIGINT)})
+    assert reply.content == {"status": "ok"}
+
+
+# ---------------------------------------------------------------------- registration, heart
+
+
+def test_registration_and_heartbeat_during_a_busy_loop(controller: FakeController) -> None:
+    engine = controller.start_engine()
+    request = controller.register(engine_id=0)
+    assert set(request.content or {}) == {"uuid"}
+    controller.wait_pong()
+    controller.warm_iopub()
+    code = "import time\nend = time.monotonic() + 1\nwhile time.monotonic() < end:\n    pass"
+    busy = controller.send("mux", "execute_request", {"code": code})
+    wait_started(controller, busy)
+    round_trips = []
+    while not controller.mux.poll(0):
+        beat = controller.ping()
+        sent = time.monotonic()
+        assert controller.hb_pong.poll(1000), "no pong while the task holds the GIL"
+        assert controller.hb_pong.recv_multipart() == [controller.uuid.encode(), beat]
+        round_trips.append(time.monotonic() - sent)
+        controller.mux.poll(50)
+    assert controller.reply_to("mux", busy).content == {"status": "ok", "execution_count": 1}
+    assert len(round_trips) >= 5
+    assert max(round_trips) < 0.5
+    assert engine.popen.poll() is None
+
+
+def test_refused_registration_exits_with_the_reason(controller: FakeController) -> None:
+    engine = controller.start_engine("--uuid", "my-engine-uuid", "--id", "3")
+    request = controller.recv_type(controller.registration, "registration_request")
+    assert request.content == {"uuid": "my-engine-uuid", "id": 3}
+    assert request.idents == (b"my-engine-uuid",)
+    content = {"status": "error", "ename": "RegistrationError", "evalue": "uuid already in use"}
+    controller.session.send(
+        controller.registration,
+        "registration_reply",
+        content,
+        parent=request,
+        idents=request.idents,
+    )
+    assert engine.wait_exit() == 1
+    assert "uuid already in use" in engine.log()
+
+
+def test_unanswered_registration_times_out(controller: FakeController) -> None:
+    engine = controller.start_engine("--timeout", "0.3")
+    assert engine.wait_exit() == 1
+    assert "no registration reply" in engine.log()
+
+
+def test_reregisters_when_pings_stop(controller: FakeController) -> None:
+    controller.start_engine()
+    controller.register(engine_id=0, period=0.05)
+    again = controller.recv_type(controller.registration, "registration_request")
+    assert again.content == {"uuid": controller.uuid, "id": 0}
+    content = {"status": "ok", "id": 4, "heartbeat_period": 0.05, **controller.addresses()}
+    controller.session.send(
+        controller.registration, "registration_reply", content, parent=again, idents=again.idents
+    )
+    deadline = time.monotonic() + WAIT
+    while True:  # the new id shows in replies once the engine has taken the reply
+        reply = execute(controller, "None")
+        if reply.metadata["engine_id"] == 4:
+            break
+        assert time.monotonic() < deadline
+
+
+def test_unregistration_notification_makes_the_engine_exit(controller: FakeController) -> None:
+    engine = controller.started()
+    content = {"id": 0, "uuid": controller.uuid}
+    controller.session.send(
+        controller.registration,
+        "unregistration_notification",
+        content,
+        idents=[controller.uuid.encode()],
+    )
+    assert engine.wait_exit() == 1
+    assert "unregistered this engine" in engine.log()
+
+
+# ---------------------------------------------------------------------- apply and execute
+
+
+def test_apply_with_numpy_arguments_on_mux_and_task(controller: FakeController) -> None:
+    controller.started()
+    array = np.arange(250_000, dtype=np.float64).reshape(500, 500)
+    result = apply(controller, lambda a, scale=1: a.T * scale, array, scale=3)
+    np.testing.assert_array_equal(result, array.T * 3)
+    assert apply(controller, lambda a: float(a.sum()), array, channel="task") == array.sum()
+
+
+def test_execute_captures_stdout_in_metadata_and_on_iopub(controller: FakeController) -> None:
+    controller.started()
+    request = controller.send(
+        "mux",
+        "execute_request",
+        {"code": "import sys\nprint('hello')\nprint('e', file=sys.stderr)\n6 * 7"},
+    )
+    reply = controller.reply_to("mux", request)
+    assert reply.msg_type == "execute_reply"
+    assert reply.content == {"status": "ok", "execution_count": 1}
+    metadata = reply.metadata
+    assert metadata["stdout"] == "hello\n"
+    assert metadata["stderr"] == "e\n"
+    assert metadata["execute_result"] == {"text/plain": "42"}
+    assert (metadata["engine_id"], metadata["engine_uuid"], metadata["status"]) == (
+        0,
+        controller.uuid,
+        "ok",
+    )
+    assert metadata["started"] <= metadata["completed"]
+    published = controller.iopub_until(lambda msg: is_idle(msg, request))
+    assert all(msg.parent_header == request.header for _, msg in published)
+    assert [topic for topic, _ in published] == [
+        b"engine.0.status",
+        b"engine.0.execute_input",
+        b"engine.0.stream",
+        b"engine.0.stream",
+        b"engine.0.execute_result",
+        b"engine.0.status",
+    ]
+    streams = [msg.content for _, msg in published if msg.msg_type == "stream"]
+    assert streams == [{"name": "stdout", "text": "hello\n"}, {"name": "stderr", "text": "e\n"}]
+
+
+def test_errors_carry_ename_evalue_traceback(controller: FakeController) -> None:
+    controller.started()
+    request = controller.send("mux", "execute_request", {"code": "x = 1\nx / 0"})
+    reply = controller.reply_to("mux", request)
+    content = reply.content or {}
+    assert (content["status"], content["ename"]) == ("error", "ZeroDivisionError")
+    assert content["evalue"] == "division by zero"
+    assert any("x / 0" in line for line in content["traceback"])
+    assert not any("corral/engine" in line for line in content["traceback"])
+    assert content["engine_info"] == {"engine_id": 0, "engine_uuid": controller.uuid}
+    assert reply.metadata["status"] == "error"
+    published = controller.iopub_until(lambda msg: is_idle(msg, request))
+    errors = [msg.content for _, msg in published if msg.msg_type == "error"]
+    assert errors and errors[0]["ename"] == "ZeroDivisionError"  # type: ignore[index]
+
+    def exits() -> None:
+        raise SystemExit(0)
+
+    failing = controller.send("mux", apply_msg(controller.session, exits))
+    assert (controller.reply_to("mux", failing).content or {})["ename"] == "SystemExit"
+    assert apply(controller, lambda: "still running") == "still running"
+
+
+def test_references_interactive_functions_and_clear(controller: FakeController) -> None:
+    controller.started()
+    execute(controller, "base = 21")
+    assert apply(controller, lambda value: value * 2, Reference("base")) == 42
+
+    @interactive
+    def double_base() -> str:
+        global doubled
+        doubled = base * 2  # type: ignore[name-defined]  # noqa: F821
+        return CAPTURED
+
+    assert apply(controller, double_base) == CAPTURED
+    reply = execute(controller, "(doubled, CAPTURED)")
+    assert reply.metadata["execute_result"] == {"text/plain": "(42, 'from the client')"}
+
+    cleared = controller.call("control", "clear_request", {})
+    assert cleared.content == {"status": "ok"}
+    assert {"engine_uuid", "engine_id", "status", "started", "completed"} <= set(cleared.metadata)
+    assert (execute(controller, "base").content or {})["ename"] == "NameError"
+
+
+# ---------------------------------------------------------------------- control
+
+
+def test_control_is_served_while_a_task_runs_and_sigint_interrupts_it(
+    controller: FakeController,
+) -> None:
+    controller.started()
+    long = controller.send("mux", "execute_request", {"code": LONG_TASK})
+    wait_started(controller, long)
+    started = time.monotonic()
+    assert controller.call("control", "clear_request", {}).content == {"status": "ok"}
+    interrupt(controller)
+    reply = controller.reply_to("mux", long)
+    assert (reply.content or {})["ename"] == "KeyboardInterrupt"
+    assert any("time.sleep(30)" in line for line in (reply.content or {})["traceback"])
+    assert time.monotonic() - started < 5
+    assert execute(controller, "'alive'").metadata["execute_result"] == {"text/plain": "'alive'"}
+
+
+def test_abort_by_msg_id_including_tasks_not_yet_arrived(controller: FakeController) -> None:
+    controller.started()
+    long = controller.send("mux", "execute_request", {"code": LONG_TASK})
+    wait_started(controller, long)
+    queued = controller.send("mux", "execute_request", {"code": "ran_queued = True"})
+    kept = controller.send("mux", "execute_request", {"code": "'kept'"})
+    future = controller.session.msg("execute_request", {"code": "ran_future = True"})
+    abort = controller.call("control", "abort_request", {"msg_ids": [queued.msg_id, future.msg_id]})
+    assert abort.content == {"status": "ok"}
+    controller.send("mux", future)
+    interrupt(controller)
+    assert (controller.reply_to("mux", long).content or {})["ename"] == "KeyboardInterrupt"
+    for aborted in (queued, kept, future):
+        reply = controller.reply_to("mux", aborted)
+        if aborted is kept:
+            assert reply.metadata["execute_result"] == {"text/plain": "'kept'"}
+            continue
+        assert reply.msg_type == "execute_reply"
+        assert reply.content is not None
+        assert (reply.content["status"], reply.content["ename"]) == ("aborted", "TaskAborted")
+        assert reply.metadata["status"] == "aborted"
+    check = execute(controller, "[name for name in ('ran_queued', 'ran_future') if name in dir()]")
+    assert check.metadata["execute_result"] == {"text/plain": "[]"}
+
+
+def test_abort_all_answers_every_queued_task_at_once(controller: FakeController) -> None:
+    controller.started()
+    long = controller.send("mux", "execute_request", {"code": LONG_TASK})
+    wait_started(controller, long)
+    queued = [
+        controller.send("mux", "execute_request", {"code": f"ran_{index} = 1"})
+        for index in range(3)
+    ]
+    waiting = {msg.msg_id for msg in queued}
+    deadline = time.monotonic() + WAIT
+    while waiting:  # a task may still be in flight when the first abort arrives: repeat
+        assert time.monotonic() < deadline, waiting
+        reply = controller.call("control", "abort_request", {"msg_ids": None})
+        assert reply.content == {"status": "ok"}
+        while waiting and controller.mux.poll(200):
+            aborted = controller.recv(controller.mux)
+            assert (aborted.content or {})["status"] == "aborted"
+            waiting.discard(aborted.parent_header["msg_id"])
+    interrupt(controller)  # the running task was not aborted: it is interrupted
+    assert (controller.reply_to("mux", long).content or {})["ename"] == "KeyboardInterrupt"
+    assert execute(controller, "'next'").metadata["execute_result"] == {"text/plain": "'next'"}
+
+
+def test_shutdown_while_busy_unregisters_and_exits(controller: FakeController) -> None:
+    engine = controller.started()
+    long = controller.send("mux", "execute_request", {"code": LONG_TASK})
+    wait_started(controller, long)
+    reply = controller.call("control", "shutdown_request", {})
+    assert reply.msg_type == "shutdown_reply"
+    assert reply.content == {"status": "ok"}
+    request = controller.recv_type(controller.registration, "unregistration_request")
+    assert request.content == {"id": 0, "uuid": controller.uuid}
+    controller.session.send(
+        controller.registration,
+        "unregistration_reply",
+        {"status": "ok"},
+        parent=request,
+        idents=request.idents,
+    )
+    assert engine.wait_exit(5) == 0
+
+
+def test_sigterm_unregisters_and_exits(controller: FakeController) -> None:
+    engine = controller.started()
+    long = controller.send("mux", "execute_request", {"code": LONG_TASK})
+    wait_started(controller, long)
+    engine.popen.send_signal(signal.SIGTERM)
+    request = controller.recv_type(controller.registration, "unregistration_request")
+    assert request.content == {"id": 0, "uuid": controller.uuid}
+    controller.session.send(
+        controller.registration,
+        "unregistration_reply",
+        {"status": "ok"},
+        parent=request,
+        idents=request.idents,
+    )
+    assert engine.wait_exit(5) == 0
+
+
+# ---------------------------------------------------------------------- bad input
+
+
+def test_unknown_or_misplaced_types_get_error_replies(controller: FakeController) -> None:
+    engine = controller.started()
+    session = controller.session
+    unknown = Message(session.header("frobnicate_request"), {}, {}, {})
+    reply = controller.reply_to("mux", controller.send("mux", unknown))
+    assert reply.msg_type == "frobnicate_reply"
+    assert reply.content is not None
+    assert (reply.content["status"], reply.content["ename"]) == ("error", "UnknownMessageType")
+    misplaced = controller.call("control", "execute_request", {"code": "1"})
+    assert (misplaced.content or {})["ename"] == "UnknownMessageType"
+    on_mux = controller.call("mux", "clear_request", {})
+    assert (on_mux.content or {})["ename"] == "UnknownMessageType"
+    invalid = Message(session.header("execute_request"), {}, {}, {"no_code": 1})
+    reply = controller.reply_to("mux", controller.send("mux", invalid))
+    assert (reply.content or {})["ename"] == "InvalidContent"
+    bad_signal = controller.call("control", "signal_request", {"sig": 1000})
+    assert (bad_signal.content or {})["status"] == "error"
+    assert engine.popen.poll() is None
+
+
+def test_wrong_key_replay_and_garbage_never_execute(
+    controller: FakeController, tmp_path: Path
+) -> None:
+    engine = controller.started()
+    marker = tmp_path / "marker"
+    touch = apply_msg(Session(b"wrong-key"), lambda: marker.write_text("executed"))
+    controller.send("mux", touch, session=Session(b"wrong-key"))
+    controller.mux.send_multipart([controller.uuid.encode(), b"client-1", b"garbage"])
+    controller.mux.send_multipart(
+        [controller.uuid.encode(), b"client-1", b"<IDS|MSG>", b"sig", b"{", b"{}", b"{}", b"{}"]
+    )
+    counter = tmp_path / "counter"
+    append = apply_msg(controller.session, lambda: counter.open("a").write("x"))
+    frames = controller.session.serialize(append, [controller.uuid.encode(), b"client-1"])
+    controller.mux.send_multipart(frames, copy=False)
+    controller.mux.send_multipart(frames, copy=False)  # a replay: same signature
+    assert controller.reply_to("mux", append).content == {"status": "ok"}
+    assert apply(controller, lambda: "valid") == "valid"  # every earlier message was handled
+    assert not marker.exists()
+    assert counter.read_text() == "x"
+    log = engine.log()
+    assert "invalid signature" in log
+    assert "replayed message" in log

@@ -1,0 +1,315 @@
+"""The user namespace and output capture, without sockets: execute, apply, clear, streams."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import traceback
+import types
+from typing import Any
+
+import cloudpickle
+import pytest
+
+from corral.engine.namespace import Namespace, OutputCapture, strip_engine_frames
+from corral.protocol.references import Reference, interactive
+
+
+@pytest.fixture
+def ns() -> Namespace:
+    return Namespace()
+
+
+def main_function(source: str, name: str, **captured: Any) -> types.FunctionType:
+    """A function as cloudpickle rebuilds one from a client's ``__main__``: its globals are only
+    the names it captured."""
+    scope: dict[str, Any] = {"__name__": "__main__", **captured}
+    exec(source, scope)
+    f = scope[name]
+    # keep only what a by-value pickle would carry
+    for key in list(scope):
+        if key not in captured and key != "__name__":
+            del scope[key]
+    return f  # type: ignore[no-any-return]
+
+
+def formatted(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(strip_engine_frames(exc)))
+
+
+# ---------------------------------------------------------------------- execute
+
+
+def test_execute_returns_repr_of_last_expression(ns: Namespace) -> None:
+    assert ns.execute("a = 2\na * 21") == "42"
+    assert ns["a"] == 2
+    assert ns.execute("'x'") == "'x'"
+
+
+def test_execute_statements_and_none_give_no_result(ns: Namespace) -> None:
+    assert ns.execute("b = 1") is None
+    assert ns.execute("None") is None
+    assert ns.execute("print") is not None
+    assert ns.execute("") is None
+    assert ns.execute("# only a comment") is None
+
+
+def test_execute_is_compiled_whole_before_running(ns: Namespace) -> None:
+    with pytest.raises(SyntaxError) as info:
+        ns.execute("first = 1\ndef (:")
+    assert "first" not in ns
+    assert "corral/engine" not in formatted(info.value)
+    assert info.value.filename == "<cell-1>"
+
+
+def test_execute_runs_like_main_with_builtins(ns: Namespace) -> None:
+    assert ns.execute("__name__") == "'__main__'"
+    ns.execute("def f():\n    return len([1, 2])")
+    assert ns["f"].__module__ == "__main__"
+    assert ns.execute("f()") == "2"
+
+
+def test_execute_does_not_inherit_future_flags(ns: Namespace) -> None:
+    ns.execute("def g(x: int) -> int:\n    return x")
+    assert ns["g"].__annotations__ == {"x": int, "return": int}
+
+
+def test_execute_counts_and_tracebacks_show_the_cell_source(ns: Namespace) -> None:
+    ns.execute("1")
+    with pytest.raises(ZeroDivisionError) as info:
+        ns.execute("x = 1\ny = x / 0")
+    assert ns.execution_count == 2
+    text = formatted(info.value)
+    assert text.startswith("Traceback")
+    assert "<cell-2>" in text
+    assert "y = x / 0" in text
+    assert "corral/engine" not in text
+
+
+def test_execute_and_apply_share_the_namespace(ns: Namespace) -> None:
+    ns.execute("shared = [1, 2, 3]")
+    assert ns.apply(sum, (Reference("shared"),), {}) == 6
+
+
+def test_clear_keeps_builtins(ns: Namespace) -> None:
+    ns.execute("z = 5")
+    ns.clear()
+    assert "z" not in ns
+    assert ns.execute("len('ab')") == "2"
+    assert ns.execute("__name__") == "'__main__'"
+
+
+# ---------------------------------------------------------------------- apply
+
+
+def test_apply_plain_function_and_references(ns: Namespace) -> None:
+    ns["a"] = 10
+    ns["b"] = 3
+    assert ns.apply(lambda x, y=0: x - y, (Reference("a"),), {"y": Reference("b")}) == 7
+
+
+def test_references_are_resolved_at_top_level_only(ns: Namespace) -> None:
+    ns["a"] = 1
+    nested = [Reference("a")]
+    assert ns.apply(lambda value: value, (nested,), {}) == [Reference("a")]
+
+
+def test_missing_reference_is_a_clear_name_error(ns: Namespace) -> None:
+    with pytest.raises(NameError, match="'nope' is not defined on the engine"):
+        ns.apply(lambda x: x, (Reference("nope"),), {})
+
+
+def test_interactive_function_reads_and_writes_the_namespace(ns: Namespace) -> None:
+    source = "def f(n):\n    global total\n    total = base + n\n    return total\n"
+    f = main_function(source, "f")
+    ns["base"] = 100
+    assert ns.apply(f, (5,), {}) == 105
+    assert ns["total"] == 105
+    assert ns.execute("total") == "105"
+
+
+def test_decorated_function_from_any_module_is_interactive(ns: Namespace) -> None:
+    scope: dict[str, Any] = {"__name__": "some.module"}
+    exec("def g():\n    return value", scope)
+    ns["value"] = "engine"
+    assert ns.apply(interactive(scope["g"]), (), {}) == "engine"
+
+
+def test_non_interactive_function_keeps_its_own_globals(ns: Namespace) -> None:
+    scope: dict[str, Any] = {"__name__": "some.module", "value": "module"}
+    exec("def g():\n    return value", scope)
+    ns["value"] = "engine"
+    assert ns.apply(scope["g"], (), {}) == "module"
+
+
+def test_captured_names_fill_only_missing_names(ns: Namespace) -> None:
+    source = "def f():\n    return (pushed, captured)\n"
+    f = main_function(source, "f", pushed="client copy", captured="from client")
+    ns["pushed"] = "engine value"
+    assert ns.apply(f, (), {}) == ("engine value", "from client")
+    assert ns["captured"] == "from client"
+    assert ns["pushed"] == "engine value"
+
+
+def test_rebinding_keeps_defaults_kwdefaults_closure_and_attributes(ns: Namespace) -> None:
+    source = (
+        "def outer():\n"
+        "    hidden = 7\n"
+        "    def f(a, b=2, *, c=3):\n"
+        "        '''doc'''\n"
+        "        return a + b + c + hidden + offset\n"
+        "    return f\n"
+    )
+    scope: dict[str, Any] = {"__name__": "__main__"}
+    exec(source, scope)
+    f = scope["outer"]()
+    f.custom = "kept"
+    ns["offset"] = 1000
+    bound = ns.bind(f)
+    assert bound.__globals__ is ns.user_ns
+    assert bound(1) == 1 + 2 + 3 + 7 + 1000
+    assert bound(1, 0, c=0) == 1 + 7 + 1000
+    assert (bound.custom, bound.__doc__, bound.__qualname__) == ("kept", "doc", f.__qualname__)
+
+
+def test_cloudpickled_main_function_round_trip(ns: Namespace) -> None:
+    f = main_function("def f(x):\n    return x * factor\n", "f", factor=3)
+    g = cloudpickle.loads(cloudpickle.dumps(f))
+    assert ns.apply(g, (2,), {}) == 6
+    ns["factor"] = 10
+    assert ns.apply(g, (2,), {}) == 20
+
+
+def test_user_exceptions_propagate_with_user_frames_first(ns: Namespace) -> None:
+    def user_code() -> None:
+        raise ValueError("bad value")
+
+    with pytest.raises(ValueError) as info:
+        ns.apply(user_code, (), {})
+    tb = strip_engine_frames(info.value).__traceback__
+    assert tb is not None
+    assert tb.tb_frame.f_code.co_name == "user_code"
+
+
+def test_errors_raised_by_the_engine_itself_keep_no_engine_frames(ns: Namespace) -> None:
+    with pytest.raises(NameError) as info:
+        ns.resolve(Reference("absent"))
+    assert "corral/engine" not in formatted(info.value)
+
+
+# ---------------------------------------------------------------------- output capture
+
+
+class Published:
+    """A publish callback that records calls, and can wait for text to arrive."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str]] = []
+        self.event = threading.Event()
+
+    def __call__(self, name: str, text: str) -> None:
+        self.calls.append((threading.current_thread().name, name, text))
+        self.event.set()
+
+    def text(self, name: str) -> str:
+        return "".join(text for _, stream, text in self.calls if stream == name)
+
+
+def test_capture_keeps_text_and_publishes_it() -> None:
+    published = Published()
+    capture = OutputCapture()
+    with capture.capture(published) as output:
+        print("hello")
+        print("oops", file=sys.stderr)
+        sys.stdout.write("no newline")
+    assert output.stdout == "hello\nno newline"
+    assert output.stderr == "oops\n"
+    assert published.text("stdout") == "hello\nno newline"
+    assert published.text("stderr") == "oops\n"
+
+
+def test_capture_restores_streams_even_on_error() -> None:
+    before = sys.stdout, sys.stderr
+    with pytest.raises(RuntimeError), OutputCapture().capture() as output:
+        print("partial")
+        raise RuntimeError
+    assert (sys.stdout, sys.stderr) == before
+    assert output.stdout == "partial\n"
+
+
+def test_rapid_writes_are_coalesced_in_order() -> None:
+    published = Published()
+    capture = OutputCapture(flush_interval=10.0)
+    with capture.capture(published):
+        for index in range(500):
+            print(index)
+            if index % 100 == 0:
+                print("err", index, file=sys.stderr)
+    assert len(published.calls) <= 12  # first line at once, then one chunk per stream switch
+    expected_out = "".join(f"{index}\n" for index in range(500))
+    assert published.text("stdout") == expected_out
+    streams = [name for _, name, _ in published.calls]
+    assert streams[:2] == ["stdout", "stderr"]
+
+
+def test_pending_line_is_flushed_while_the_task_still_runs() -> None:
+    published = Published()
+    capture = OutputCapture(flush_interval=0.05)
+    with capture.capture(published):
+        print("first")  # published at once
+        published.event.clear()
+        print("second")  # within the interval: the flusher publishes it
+        assert published.event.wait(5.0), "the pending line was not flushed during the task"
+        assert published.text("stdout") == "first\nsecond\n"
+    assert published.calls[-1][0] == "corral-output-flusher"
+
+
+def test_explicit_flush_publishes() -> None:
+    published = Published()
+    capture = OutputCapture(flush_interval=0.0)
+    with capture.capture(published):
+        print("partial", end="", flush=True)
+        assert published.text("stdout") == "partial"
+
+
+def test_capture_is_reusable_and_tasks_do_not_mix() -> None:
+    capture = OutputCapture()
+    with capture.capture() as first:
+        print("one")
+    with capture.capture() as second:
+        print("two")
+    assert (first.stdout, second.stdout) == ("one\n", "two\n")
+
+
+def test_kept_text_is_bounded_but_everything_is_published() -> None:
+    published = Published()
+    capture = OutputCapture(max_chars=10)
+    with capture.capture(published) as output:
+        print("x" * 25)
+    assert output.stdout.startswith("x" * 10 + "\n[corral: 16 more characters")
+    assert published.text("stdout") == "x" * 25 + "\n"
+
+
+def test_a_failing_publisher_does_not_break_print(caplog: pytest.LogCaptureFixture) -> None:
+    def broken(name: str, text: str) -> None:
+        raise OSError("socket gone")
+
+    with OutputCapture().capture(broken) as output:
+        print("still works")
+    assert output.stdout == "still works\n"
+    assert "publishing" in caplog.text
+
+
+def test_captured_stream_rejects_bytes() -> None:
+    with OutputCapture().capture(), pytest.raises(TypeError, match="must be str"):
+        sys.stdout.write(b"bytes")  # type: ignore[arg-type]
+
+
+def test_capture_overhead_is_small() -> None:
+    capture = OutputCapture()
+    started = time.perf_counter()
+    for _ in range(1000):
+        with capture.capture():
+            pass
+    assert time.perf_counter() - started < 2.0
