@@ -101,15 +101,14 @@ class Cluster:
 
     def start_controller(self) -> None:
         """Start the controller and wait for its connection files."""
-        for name in (CLIENT_FILE, ENGINE_FILE):
-            (self.path / name).unlink(missing_ok=True)
         args = ["controller", "--cluster-id", self.cluster_id, "--cluster-dir",
                 str(self.base_dir), "--db", self.db, "--log-level", self.log_level]
         if self.heartbeat_period is not None:
             args += ["--heartbeat-period", str(self.heartbeat_period)]
         self.controller = self._spawn(args + self.controller_args, "controller.log")
         controller = self.controller
-        _wait_for(lambda: (self.path / ENGINE_FILE).exists(), self.timeout,
+        # files a killed controller left behind name another pid: wait for this one's
+        _wait_for(lambda: _written_by(self.path / ENGINE_FILE, controller.pid), self.timeout,
                   f"controller of cluster {self.cluster_id}",
                   alive=lambda: controller.poll() is None)
         self._save_state()
@@ -187,6 +186,13 @@ class Cluster:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _written_by(path: Path, pid: int) -> bool:
+    try:
+        return bool(json.loads(path.read_text()).get("controller_pid") == pid)
+    except (OSError, ValueError):
+        return False
 
 
 def _terminate(process: subprocess.Popen[bytes]) -> None:

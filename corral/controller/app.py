@@ -77,6 +77,10 @@ class Controller:
     """One controller: call :meth:`start`, then :meth:`serve_forever` until stopped."""
 
     def __init__(self, config: ControllerConfig) -> None:
+        self.previous = _previous_connection(config.cluster_path) if config.restore else {}
+        if not config.key and self.previous.get("key"):
+            # a restored controller keeps its key and ports, so running engines reconnect
+            config = _with_key(config, str(self.previous["key"]).encode("ascii"))
         if not config.key and not config.insecure:
             config = _with_key(config, new_key())
         self.config = config
@@ -91,11 +95,27 @@ class Controller:
 
     # ------------------------------------------------------------ start
 
-    def _bind(self, kind: int) -> tuple[zmq.Socket[Any], int]:
+    def _port(self, name: str) -> int:
+        """The port ``name`` had before a restart (0 if none: pick a free one)."""
+        port = self.previous.get(name)
+        return port if isinstance(port, int) and port > 0 else 0
+
+    def _bind(self, kind: int, name: str = "") -> tuple[zmq.Socket[Any], int]:
         sock = self.context.socket(kind)
         sock.linger = 0
-        port = sock.bind_to_random_port(self.url)
+        port = self._port(name)
+        if port:
+            sock.bind(f"{self.url}:{port}")
+        else:
+            port = sock.bind_to_random_port(self.url)
         return sock, port
+
+    def _bind_device(self, device: Any, side: str, name: str) -> int:
+        port = self._port(name)
+        if port:
+            getattr(device, f"bind_{side}")(f"{self.url}:{port}")
+            return port
+        return int(getattr(device, f"bind_{side}_to_random_port")(self.url))
 
     def _queue_device(self, name: str) -> tuple[int, int]:
         """A C monitored queue (ROUTER clients / ROUTER engines) whose copies reach the Hub."""
@@ -104,8 +124,8 @@ class Controller:
         )
         device.context_factory = lambda: self.context  # type: ignore[method-assign]
         device.daemon = True
-        client_port = device.bind_in_to_random_port(self.url)
-        engine_port = device.bind_out_to_random_port(self.url)
+        client_port = self._bind_device(device, "in", name)
+        engine_port = self._bind_device(device, "out", f"{name}_engine")
         device.bind_mon(f"inproc://monitor-{name}")
         device.setsockopt_in(zmq.LINGER, 0)
         device.setsockopt_out(zmq.LINGER, 0)
@@ -117,11 +137,10 @@ class Controller:
         config = self.config
         make_private_dir(config.cluster_path)
         self.store = open_store(config.db, config.cluster_path, config.cluster_id)
-        self.registration, reg_port = self._bind(zmq.ROUTER)
-        self.registration.router_mandatory = False
-        self.notification, notify_port = self._bind(zmq.PUB)
-        self.ping, ping_port = self._bind(zmq.PUB)
-        self.pong, pong_port = self._bind(zmq.ROUTER)
+        self.registration, reg_port = self._bind(zmq.ROUTER, "registration")
+        self.notification, notify_port = self._bind(zmq.PUB, "notification")
+        self.ping, ping_port = self._bind(zmq.PUB, "hb_ping")
+        self.pong, pong_port = self._bind(zmq.ROUTER, "hb_pong")
         self.monitor = self.context.socket(zmq.SUB)
         self.monitor.linger = 0
         self.monitor.subscribe(b"")
@@ -134,8 +153,8 @@ class Controller:
         iopub = ThreadProxy(zmq.XSUB, zmq.XPUB)
         iopub.context_factory = lambda: self.context  # type: ignore[method-assign]
         iopub.daemon = True
-        iopub_engine = iopub.bind_in_to_random_port(self.url)
-        iopub_client = iopub.bind_out_to_random_port(self.url)
+        iopub_engine = self._bind_device(iopub, "in", "iopub_engine")
+        iopub_client = self._bind_device(iopub, "out", "iopub")
         iopub.start()
         self._devices.append(iopub)
 
@@ -174,6 +193,8 @@ class Controller:
             config.max_misses,
             first_id,
         )
+        if config.restore:
+            self.hub.restore()
         common = {
             "cluster_id": config.cluster_id,
             "key": config.key.decode("ascii"),
@@ -226,6 +247,8 @@ class Controller:
             "policy": self.config.scheduler_policy,
             "max_outstanding": self.config.max_outstanding,
             "parent_pid": os.getpid(),
+            "task": self._port("task"),
+            "task_engine": self._port("task_engine"),
             "log_level": logging.getLogger().level,
         }
         self._scheduler = subprocess.Popen(
@@ -393,6 +416,17 @@ def _connect_when_bound(sock: zmq.Socket[Any], address: str, timeout: float = 10
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.001)
+
+
+def _previous_connection(cluster_path: Path) -> dict[str, Any]:
+    """Key and ports from the connection files a killed controller left behind."""
+    merged: dict[str, Any] = {}
+    for name in (CLIENT_FILE, ENGINE_FILE):
+        try:
+            merged.update(json.loads((cluster_path / name).read_text()))
+        except (OSError, ValueError):
+            continue
+    return merged
 
 
 def _read_json_line(stream: IO[bytes], timeout: float) -> dict[str, Any] | None:

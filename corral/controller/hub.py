@@ -89,8 +89,15 @@ class Hub:
         self.pending_registrations: dict[str, PendingRegistration] = {}
         self.next_id = first_engine_id
         self.pending: dict[str, str | None] = {}  # msg_id -> engine uuid (None: unassigned)
+        self.dropped: set[str] = set()  # hearts this Hub declared dead
         self.told_stale: set[str] = set()
         self.rejected = 0
+
+    def restore(self) -> None:
+        """After a restart: tasks the store still has pending may yet be answered by engines
+        that survived, so their replies must be recorded when they come."""
+        for record in self.store.find_records({"status": "pending"}, ["engine_uuid"]):
+            self.pending[record["msg_id"]] = record.get("engine_uuid")
 
     # ------------------------------------------------------------ registration
 
@@ -261,6 +268,7 @@ class Hub:
         for uuid in failed:
             entry = self.by_uuid.get(uuid)
             if entry is not None:
+                self.dropped.add(uuid)
                 actions.extend(self._unregister(entry, "heartbeat stopped"))
         for uuid, pending in list(self.pending_registrations.items()):
             if pending.expires_at_beat <= self.hearts.beat:
@@ -276,9 +284,10 @@ class Hub:
         if pending is not None:
             self.hearts.pong(uuid, payload)
             return self._register(pending)
-        if uuid not in self.told_stale:
-            # a heart we dropped (paused process, partition) came back: its id may be gone,
-            # so tell it to stop rather than let two engines answer to one id
+        if uuid in self.dropped and uuid not in self.told_stale:
+            # a heart we dropped (paused process, partition) came back: its tasks were failed
+            # or resubmitted, so tell it to stop rather than let it answer for them twice.
+            # Hearts this Hub never knew (it was restarted) re-register by themselves.
             self.told_stale.add(uuid)
             log.warning("hub: heart %s beats but is not registered; telling it to stop", uuid)
             return [

@@ -24,7 +24,7 @@ import orjson
 import zmq
 
 from corral.controller.scheduling import Action, Complete, Dispatch, Fail, SchedulerCore, Task
-from corral.errors import CorralError, EngineError, ProtocolError, error_content
+from corral.errors import CorralError, ProtocolError, RemoteError, error_content
 from corral.protocol.dependency import Dependency
 from corral.protocol.session import DELIMITER, Frame, Message, Session, split_identities, utcnow
 
@@ -33,6 +33,7 @@ log = logging.getLogger("corral.scheduler")
 DRAIN_BATCH = 1000
 UNREACHABLE_GRACE = 5.0  # seconds to keep trying an engine whose connection is not up yet
 SCHEDULER_IDENT = b"scheduler"
+FINISHED_MEMORY = 100_000  # late replies for this many recent tasks are recognised
 
 
 @dataclass
@@ -57,16 +58,17 @@ class TaskScheduler:
         self.parent_pid = settings.get("parent_pid")
         url = settings["url"]
         self.clients = self._socket(zmq.ROUTER)
-        self.client_port = self.clients.bind_to_random_port(url)
+        self.client_port = _bind(self.clients, url, settings.get("task"))
         self.engines = self._socket(zmq.ROUTER)
         self.engines.router_mandatory = True
-        self.engine_port = self.engines.bind_to_random_port(url)
+        self.engine_port = _bind(self.engines, url, settings.get("task_engine"))
         self.notifications = self._socket(zmq.SUB)
         self.notifications.subscribe(b"")
         self.notifications.connect(settings["notification"])
         self.monitor = self._socket(zmq.PUB)
         self.monitor.connect(settings["monitor"])
         self.pending: dict[str, Pending] = {}
+        self.finished: dict[str, None] = {}  # recently answered msg_ids, oldest first
         self.unreachable: dict[str, tuple[str, int, float]] = {}
         self.stopping = False
         self.counts = {"submitted": 0, "completed": 0, "failed": 0, "rejected": 0}
@@ -166,7 +168,16 @@ class TaskScheduler:
         msg_id = msg.parent_id
         pending = self.pending.get(msg_id) if msg_id else None
         if pending is None or msg_id is None:
-            log.info("late or unknown reply from %s dropped", engine_uuid)
+            if msg_id is None or msg_id in self.finished:
+                # this scheduler already answered it (failed or resubmitted on engine loss):
+                # a second outcome must not reach the client
+                log.info("late reply from %s for a finished task dropped", engine_uuid)
+                return
+            # a task sent before a controller restart: pass the answer on
+            client = idents[1]
+            self.clients.send_multipart([client, idents[0], DELIMITER, *msg_frames], copy=False)
+            self.monitor.send_multipart(
+                [b"task_out", client, idents[0], DELIMITER, *msg_frames], copy=False)
             return
         pending.reply = [idents[0], *msg_frames]
         success = (msg.content or {}).get("status") == "ok"
@@ -222,8 +233,14 @@ class TaskScheduler:
         json_frames = [_buffer(frames[1]), _buffer(frames[2]), metadata, _buffer(frames[4])]
         return [self.session.sign(json_frames), *json_frames, *frames[5:]]
 
+    def _remember_finished(self, msg_id: str) -> None:
+        self.finished[msg_id] = None
+        if len(self.finished) > FINISHED_MEMORY:
+            del self.finished[next(iter(self.finished))]
+
     def _complete(self, msg_id: str) -> None:
         pending = self.pending.pop(msg_id)
+        self._remember_finished(msg_id)
         reply = pending.reply
         if reply is None:
             return
@@ -238,8 +255,9 @@ class TaskScheduler:
         self.unreachable.pop(msg_id, None)
         if pending is None:
             return
-        if issubclass(error, EngineError) or hasattr(error, "ename"):
-            exc: BaseException = error(error.__name__, reason)  # type: ignore[call-arg]
+        self._remember_finished(msg_id)
+        if issubclass(error, RemoteError):
+            exc: BaseException = error(error.__name__, reason)
         else:
             exc = error(reason)
         content = error_content(exc)
@@ -256,6 +274,21 @@ class TaskScheduler:
 
     def close(self) -> None:
         self.context.destroy(linger=0)
+
+
+def _bind(sock: zmq.Socket[Any], url: str, port: int | None) -> int:
+    """Bind the given port (a restarted controller keeps its ports) or a free one."""
+    if not port:
+        return sock.bind_to_random_port(url)
+    deadline = time.monotonic() + 5
+    while True:  # the scheduler of a killed controller may hold the port a moment longer
+        try:
+            sock.bind(f"{url}:{port}")
+            return port
+        except zmq.ZMQError as err:
+            if err.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _buffer(frame: Frame) -> bytes | memoryview:

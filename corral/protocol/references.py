@@ -36,4 +36,6 @@ def interactive(f: F) -> F:
 
 def is_interactive(f: Callable[..., Any]) -> bool:
     """Whether the engine should rebind ``f``'s globals to its namespace."""
-    return bool(getattr(f, INTERACTIVE_ATTRIBUTE, False)) or getattr(f, "__module__", "") == "__main__"
+    return (
+        bool(getattr(f, INTERACTIVE_ATTRIBUTE, False)) or getattr(f, "__module__", "") == "__main__"
+    )

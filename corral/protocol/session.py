@@ -230,7 +230,9 @@ class Session:
         if not hmac.compare_digest(signature, expected):
             raise SignatureError("invalid signature: wrong key, or the message was altered")
         if signature in self._digests:
-            raise ReplayError(f"replayed message: signature {signature[:16].decode()}... seen before")
+            raise ReplayError(
+                f"replayed message: signature {signature[:16].decode()}... seen before"
+            )
         self._digests[signature] = None
         if len(self._digests) > self.digest_history_size:
             self._cull_digests()
@@ -311,9 +313,7 @@ class Session:
         socket.send_multipart(self.serialize(msg, idents), copy=False)
         return msg
 
-    def recv(
-        self, socket: zmq.Socket[Any], flags: int = 0, *, content: bool = True
-    ) -> Message:
+    def recv(self, socket: zmq.Socket[Any], flags: int = 0, *, content: bool = True) -> Message:
         """Receive and decode one message (buffers stay zmq Frames)."""
         frames = socket.recv_multipart(flags, copy=False)
         return self.feed(frames, content=content)

@@ -91,11 +91,20 @@ def test_dead_heart_unregisters_and_fails_direct_tasks(hub: Hub) -> None:
     assert record["result_content"]["ename"] == "EngineError"
 
 
-def test_stale_heart_is_told_to_stop_once(hub: Hub) -> None:
+def test_dropped_heart_is_told_to_stop_once(hub: Hub) -> None:
+    register(hub, "paused")
+    for _ in range(5):
+        hub.tick()
     payload, _ = hub.tick()
-    (stop,) = hub.handle_pong("ghost", payload)
-    assert stop.msg_type == "unregistration_notification" and stop.idents == (b"ghost",)
-    assert hub.handle_pong("ghost", payload) == []
+    (stop,) = hub.handle_pong("paused", payload)
+    assert stop.msg_type == "unregistration_notification" and stop.idents == (b"paused",)
+    assert hub.handle_pong("paused", payload) == []
+
+
+def test_unknown_heart_is_left_to_register(hub: Hub) -> None:
+    """After a controller restart, engines beat before they re-register: leave them be."""
+    payload, _ = hub.tick()
+    assert hub.handle_pong("from-before-restart", payload) == []
 
 
 def test_connection_reply_lists_engines(hub: Hub) -> None:

@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from controller_double import FakeController
+
+from tests.engine.controller_double import FakeController
 
 
 @pytest.fixture

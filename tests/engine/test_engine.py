@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from controller_double import WAIT, FakeController, is_idle
 
 from corral.protocol.references import Reference, interactive
 from corral.protocol.serialize import deserialize_object, pack_apply_message
 from corral.protocol.session import Message, Session
+from tests.engine.controller_double import WAIT, FakeController, is_idle
 
 CAPTURED = "from the client"
 LONG_TASK = "import time\ntime.sleep(30)"

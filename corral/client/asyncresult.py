@@ -1,0 +1,366 @@
+"""AsyncResult and AsyncMapResult: the futures every submission returns.
+
+An AsyncResult is a ``concurrent.futures.Future`` over one or more requests (one per engine of
+a direct call, one per chunk of a map). The client's I/O thread completes each request's own
+future; when the last one is done this object completes too, with:
+
+- a single-target call: the value, or the RemoteError it raised;
+- a multi-target call: the list of values in target order; one failure raises that
+  RemoteError, several raise a CompositeError holding each;
+- a map: the parts joined back into one sequence, in order (:func:`corral.client.mapping.join`).
+
+Because it is a real Future it works with ``concurrent.futures.wait``/``as_completed``, with
+``await`` in asyncio, and with ``add_done_callback``. Blocking calls take a timeout and raise
+:class:`corral.errors.TimeoutError`; the work itself goes on.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator, Sequence
+from concurrent import futures
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from corral.client.mapping import join
+from corral.client.records import _DEFAULTS, Metadata, Records, settle
+from corral.errors import RemoteError, TimeoutError, collect_exceptions
+
+if TYPE_CHECKING:
+    from corral.client.client import Client
+
+__all__ = ["AsyncMapResult", "AsyncResult"]
+
+
+def _forever(timeout: float | None) -> bool:
+    return timeout is None or timeout < 0
+
+
+class AsyncResult(futures.Future[Any]):
+    """The pending result of one submission (see the module doc for what it resolves to).
+
+    ``msg_ids`` are the requests behind it; ``metadata`` is one :class:`Metadata` per request
+    (just one for a single-target call) with the engine, times and captured output.
+    """
+
+    def __init__(
+        self,
+        records: Records,
+        msg_ids: Sequence[str],
+        *,
+        fname: str = "unknown",
+        single: bool = False,
+        client: Client | None = None,
+    ) -> None:
+        super().__init__()
+        if single and len(msg_ids) != 1:
+            raise ValueError(f"a single result needs exactly one msg_id, got {len(msg_ids)}")
+        self.msg_ids: list[str] = list(msg_ids)
+        self._records = records
+        self._client = client
+        self._fname = fname
+        self._single = single
+        self._children = [records.futures[msg_id] for msg_id in self.msg_ids]
+        self._lock = threading.Lock()
+        self._remaining = len(self._children)
+        if not self._children:
+            self._finish()
+        for child in self._children:
+            child.add_done_callback(self._child_done)
+
+    # ------------------------------------------------------------------ completion
+
+    def _child_done(self, _child: futures.Future[Any]) -> None:
+        with self._lock:
+            self._remaining -= 1
+            last = self._remaining == 0
+        if last:
+            self._finish()
+
+    def _finish(self) -> None:
+        try:
+            value = self._reduce([_outcome(child) for child in self._children])
+        except BaseException as exc:  # noqa: BLE001 - the future carries whatever was raised
+            settle(self, exc, failed=True)
+        else:
+            settle(self, value, failed=False)
+
+    def _reduce(self, outcomes: list[Any]) -> Any:
+        if self._single:
+            if isinstance(outcomes[0], _Failure):
+                raise outcomes[0].error
+            return outcomes[0]
+        return _collect(outcomes, self._fname)
+
+    # ------------------------------------------------------------------ waiting
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until every request is answered (or ``timeout`` seconds); True if done."""
+        if self.done():
+            return True
+        done, _ = futures.wait([self], None if _forever(timeout) else timeout)
+        return bool(done)
+
+    def ready(self) -> bool:
+        """Whether every request has been answered."""
+        return self.done()
+
+    def get(self, timeout: float | None = None) -> Any:
+        """The result, waiting up to ``timeout`` seconds (None or negative: forever).
+
+        Raises :class:`corral.errors.TimeoutError` if it is not ready by then, or the remote
+        error(s) the requests raised.
+        """
+        if not self.wait(timeout):
+            raise TimeoutError(
+                f"{self._fname}: {self.progress} of {len(self.msg_ids)} results ready after "
+                f"{timeout} s; the work goes on, call get() again to keep waiting"
+            )
+        return super().result()
+
+    def get_dict(self, timeout: float | None = None) -> dict[int, Any]:
+        """The results keyed by the engine each ran on (one request per engine)."""
+        results = self.get(timeout)
+        if self._single:
+            results = [results]
+        engine_ids = [
+            (self._records.metadata.get(m) or Metadata())["engine_id"] for m in self.msg_ids
+        ]
+        if len(set(engine_ids)) != len(engine_ids) or None in engine_ids:
+            raise ValueError(f"{self._fname}: results do not map one to one onto engines")
+        return dict(zip(engine_ids, results, strict=True))
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Same as :meth:`get` (the ``concurrent.futures`` spelling)."""
+        return self.get(timeout)
+
+    def successful(self) -> bool:
+        """Whether it finished without an error; ValueError while it is still running."""
+        if not self.done():
+            raise ValueError(f"{self._fname}: not ready, so neither successful nor failed yet")
+        return self.exception() is None
+
+    def cancel(self) -> bool:
+        """Always False: work already sent cannot be recalled this way; use :meth:`abort`."""
+        return False
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        import asyncio
+
+        return asyncio.wrap_future(self).__await__()
+
+    def wait_interactive(self, interval: float = 1.0, timeout: float | None = None) -> None:
+        """Wait, printing progress every ``interval`` seconds (for terminals and notebooks)."""
+        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
+        total = len(self.msg_ids)
+        while not self.done():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            self.wait(interval if left is None else min(interval, left))
+            print(f"\r{self.progress}/{total} tasks finished after {self.elapsed:.0f} s", end="")
+        print()
+
+    def abort(self) -> None:
+        """Abort the requests that have not started yet (they fail with TaskAborted)."""
+        if self._client is None:
+            raise RuntimeError("this AsyncResult has no client to send the abort through")
+        pending = [
+            msg_id
+            for msg_id, child in zip(self.msg_ids, self._children, strict=True)
+            if not child.done()
+        ]
+        if pending:
+            self._client.abort(pending)
+
+    # ------------------------------------------------------------------ metadata and output
+
+    @property
+    def progress(self) -> int:
+        """How many of the requests are answered."""
+        return sum(1 for child in self._children if child.done())
+
+    @property
+    def metadata(self) -> Metadata | list[Metadata]:
+        """The request's Metadata (single target), or one per request."""
+        found = [self._records.metadata.get(m) or Metadata(msg_id=m) for m in self.msg_ids]
+        return found[0] if self._single else found
+
+    def _metadata_values(self, key: str) -> Any:
+        values = [(self._records.metadata.get(m) or Metadata(msg_id=m))[key] for m in self.msg_ids]
+        return values[0] if self._single else values
+
+    @property
+    def stdout(self) -> str | list[str]:
+        """What the request(s) printed to stdout."""
+        return self._metadata_values("stdout")  # type: ignore[no-any-return]
+
+    @property
+    def stderr(self) -> str | list[str]:
+        """What the request(s) printed to stderr."""
+        return self._metadata_values("stderr")  # type: ignore[no-any-return]
+
+    @property
+    def engine_id(self) -> int | None | list[int | None]:
+        """Where the request(s) ran (known once started, or at once for direct calls)."""
+        return self._metadata_values("engine_id")  # type: ignore[no-any-return]
+
+    def _dates(self, key: str) -> list[datetime]:
+        return [
+            d
+            for d in (
+                self._records.metadata[m][key] for m in self.msg_ids if m in self._records.metadata
+            )
+            if isinstance(d, datetime)
+        ]
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the first request was submitted (until the last answer, once ready)."""
+        submitted = self._dates("submitted")
+        if not submitted:
+            return 0.0
+        if self.done():
+            received = self._dates("received")
+            if received:
+                return (max(received) - min(submitted)).total_seconds()
+        now = datetime.now(min(submitted).tzinfo)
+        return (now - min(submitted)).total_seconds()
+
+    @property
+    def wall_time(self) -> float:
+        """Seconds from the first submission to the last answer; TimeoutError until ready."""
+        if not self.done():
+            raise TimeoutError(f"{self._fname}: not ready, so no wall time yet")
+        return self.elapsed
+
+    @property
+    def serial_time(self) -> float:
+        """Seconds the requests spent running, added up over engines."""
+        total = 0.0
+        for msg_id in self.msg_ids:
+            md = self._records.metadata.get(msg_id)
+            if md and isinstance(md["started"], datetime) and isinstance(md["completed"], datetime):
+                total += (md["completed"] - md["started"]).total_seconds()
+        return total
+
+    def display_outputs(self) -> None:
+        """Print what each request printed, labelled by engine, as ipyparallel does."""
+        for msg_id in self.msg_ids:
+            md = self._records.metadata.get(msg_id) or Metadata(msg_id=msg_id)
+            label = md["engine_id"] if md["engine_id"] is not None else "?"
+            if md["stdout"]:
+                print(
+                    f"[stdout:{label}] {md['stdout']}",
+                    end="" if md["stdout"][-1:] == "\n" else "\n",
+                )
+            if md["stderr"]:
+                print(
+                    f"[stderr:{label}] {md['stderr']}",
+                    end="" if md["stderr"][-1:] == "\n" else "\n",
+                    file=sys.stderr,
+                )
+            result = md["execute_result"]
+            if isinstance(result, dict) and "text/plain" in result:
+                print(f"Out[{label}]: {result['text/plain']}")
+
+    # ------------------------------------------------------------------ container protocol
+
+    def __len__(self) -> int:
+        return len(self.msg_ids)
+
+    def __iter__(self) -> Iterator[Any]:
+        """Each request's value in order, as soon as it is ready (raising its error)."""
+        if self._single:
+            raise TypeError("an AsyncResult with a single result is not iterable")
+        for child in self._children:
+            yield child.result()
+
+    def __getitem__(self, key: int | slice | str) -> Any:
+        """A request's value by position (waiting for it), or a metadata key for all."""
+        if isinstance(key, str):
+            return self._metadata_values(key)
+        if self._single:
+            raise TypeError("an AsyncResult with a single result cannot be indexed")
+        if isinstance(key, slice):
+            return [child.result() for child in self._children[key]]
+        return self._children[key].result()
+
+    def __getattr__(self, key: str) -> Any:
+        if not key.startswith("_") and key in _DEFAULTS:
+            return self._metadata_values(key)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r}")
+
+    def __repr__(self) -> str:
+        state = "finished" if self.done() else "pending"
+        return f"<{type(self).__name__}({self._fname}): {state}>"
+
+
+class AsyncMapResult(AsyncResult):
+    """The result of a map, scatter-gather or parallel call: one request per part.
+
+    The result is the parts joined in order. Iterating yields single items as their part
+    arrives: in submission order (``ordered=True``) or in completion order.
+    """
+
+    def __init__(
+        self,
+        records: Records,
+        msg_ids: Sequence[str],
+        *,
+        fname: str = "map",
+        ordered: bool = True,
+        client: Client | None = None,
+        joiner: Callable[[Sequence[Any]], Any] = join,
+    ) -> None:
+        self.ordered = ordered
+        self._joiner = joiner
+        super().__init__(records, msg_ids, fname=fname, client=client)
+
+    def _reduce(self, outcomes: list[Any]) -> Any:
+        return self._joiner(_collect(outcomes, self._fname))
+
+    def __iter__(self) -> Iterator[Any]:
+        children = self._children if self.ordered else futures.as_completed(self._children)
+        for child in children:
+            yield from _items(child.result())
+
+    def __getitem__(self, key: int | slice | str) -> Any:
+        if isinstance(key, str):
+            return self._metadata_values(key)
+        return self.get()[key]
+
+
+class _Failure:
+    """An exception standing in a list of outcomes (a result value may itself be one)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+def _outcome(child: futures.Future[Any]) -> Any:
+    error = child.exception()
+    return _Failure(error) if error is not None else child.result()
+
+
+def _collect(outcomes: list[Any], fname: str) -> list[Any]:
+    """Values in order; one RemoteError raised as is, several as a CompositeError, and a
+    client-side failure (the client closed, bytes that do not deserialize) raised first."""
+    failures = [o.error for o in outcomes if isinstance(o, _Failure)]
+    if not failures:
+        return outcomes
+    for error in failures:
+        if not isinstance(error, RemoteError):
+            raise error
+    return collect_exceptions(failures, fname)  # raises: failures is not empty
+
+
+def _items(part: Any) -> Iterator[Any]:
+    if not hasattr(part, "__iter__"):
+        yield part
+    else:
+        yield from part

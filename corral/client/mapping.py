@@ -1,0 +1,131 @@
+"""Cutting sequences into parts for engines, and joining the parts' results back.
+
+``scatter`` and ``DirectView.map`` give each engine one contiguous part (:func:`partition`);
+``LoadBalancedView.map`` sends one task per fixed-size chunk (:func:`chunk`); ``gather`` and
+every map result put the pieces back together (:func:`join`). These are pure functions, so
+their guarantees are property-tested without a cluster:
+
+- parts are contiguous slices, in order, whose lengths differ by at most one;
+- a part has the type of the sequence it came from (list, tuple, str, bytes, range), and a
+  numpy array's parts are views onto its memory: scattering an array copies nothing here;
+- ``join(partition(seq, n))`` equals ``seq`` (a list stands in for types that cannot be
+  sliced, such as generators and sets).
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+__all__ = ["as_sequence", "chunk", "common_length", "join", "partition"]
+
+
+def as_sequence(values: Iterable[Any]) -> Sequence[Any]:
+    """``values`` if it can be sliced and measured (list, tuple, str, bytes, range, numpy
+    array), else a list of it: a generator or set is read once, here, in iteration order."""
+    if _is_ndarray(values):
+        return values  # type: ignore[return-value]
+    if isinstance(values, list | tuple | str | bytes | bytearray | range | memoryview):
+        return values
+    return list(values)
+
+
+def common_length(sequences: Sequence[Sequence[Any]]) -> int:
+    """The one length of several sequences mapped together; ValueError if they differ.
+
+    Unlike the builtin ``map``, a parallel map refuses to silently drop the tail of the
+    longer sequences: that is almost always a bug in the caller's data.
+    """
+    if not sequences:
+        raise ValueError("map needs at least one sequence")
+    lengths = {len(seq) for seq in sequences}
+    if len(lengths) > 1:
+        raise ValueError(f"the sequences to map over have different lengths: {sorted(lengths)}")
+    return lengths.pop()
+
+
+def _bounds(length: int, parts: int) -> list[tuple[int, int]]:
+    """Start and stop of ``parts`` contiguous slices covering ``range(length)``; the first
+    ``length % parts`` slices are one longer than the rest."""
+    base, extra = divmod(length, parts)
+    bounds = []
+    start = 0
+    for index in range(parts):
+        stop = start + base + (1 if index < extra else 0)
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+def partition(seq: Iterable[Any], parts: int) -> list[Any]:
+    """``seq`` cut into ``parts`` contiguous slices of near-equal length (some may be empty
+    when ``seq`` is shorter than ``parts``). Slicing keeps the type, and numpy slices are views.
+    """
+    if parts < 1:
+        raise ValueError(f"cannot partition into {parts} parts; need at least 1")
+    values = as_sequence(seq)
+    return [values[start:stop] for start, stop in _bounds(len(values), parts)]
+
+
+def chunk(seq: Iterable[Any], size: int) -> list[Any]:
+    """``seq`` cut into contiguous slices of ``size`` items (the last may be shorter)."""
+    if size < 1:
+        raise ValueError(f"chunksize must be at least 1, not {size}")
+    values = as_sequence(seq)
+    return [values[start : start + size] for start in range(0, len(values), size)]
+
+
+def join(parts: Sequence[Any]) -> Any:
+    """The concatenation of result parts, in order.
+
+    numpy arrays are concatenated into one array, strings into one string, bytes into bytes,
+    tuples into a tuple, and contiguous ranges into one range; anything else (lists, mixed
+    types, any iterable) into one list, where a part that is not iterable counts as one item.
+    """
+    if not parts:
+        return []
+    first = parts[0]
+    if _is_ndarray(first) and all(_is_ndarray(part) for part in parts):
+        numpy = sys.modules["numpy"]
+        dtypes = {part.dtype for part in parts}
+        # one dtype is kept exactly (byte order included); mixed dtypes promote as numpy does
+        return numpy.concatenate(parts, dtype=first.dtype if len(dtypes) == 1 else None)
+    kind = type(first)
+    if all(type(part) is kind for part in parts):
+        if kind is str:
+            return "".join(parts)
+        if kind is bytes or kind is bytearray:
+            return kind().join(parts)
+        if kind is tuple:
+            return tuple(itertools.chain.from_iterable(parts))
+        if kind is range:
+            joined = _join_ranges(parts)
+            if joined is not None:
+                return joined
+    return list(itertools.chain.from_iterable(_iterable(part) for part in parts))
+
+
+def _iterable(part: Any) -> Iterable[Any]:
+    """A part as items: a lone value (a flattened scatter's single element) is one item."""
+    return part if hasattr(part, "__iter__") else (part,)
+
+
+def _join_ranges(parts: Sequence[range]) -> range | None:
+    """One range equal to the parts laid end to end, or None if they do not line up."""
+    nonempty = [part for part in parts if len(part)]
+    if not nonempty:
+        return parts[0]
+    step = nonempty[0].step
+    for previous, current in itertools.pairwise(nonempty):
+        if current.step != step and len(current) > 1:
+            return None
+        if previous[-1] + step != current[0]:
+            return None
+    return range(nonempty[0][0], nonempty[-1][-1] + step, step)
+
+
+def _is_ndarray(value: object) -> bool:
+    numpy = sys.modules.get("numpy")
+    return numpy is not None and isinstance(value, numpy.ndarray)

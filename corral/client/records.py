@@ -1,0 +1,353 @@
+"""What a client knows of every request it sent: futures, results, metadata (sans-I/O).
+
+:class:`Records` is the client's state machine. The submitting thread calls ``track`` before
+the request leaves; the I/O thread feeds it each decoded reply, iopub message and engine loss;
+nothing here touches a socket, so the rules are tested by feeding messages by hand.
+
+Rules the rest of the client relies on:
+
+- Every tracked request is settled exactly once: by its reply, by the loss of the engine it
+  was sent to (EngineError), by a timeout, or by the client closing (ConnectionError). Whoever
+  pops the request from ``pending`` settles it; a reply that finds nothing to pop is late and
+  ignored.
+- ``results`` and ``metadata`` are written before the request's future completes, so code
+  woken by the future sees them.
+- A reply's ``stdout``/``stderr`` metadata is authoritative: what arrived on iopub before it is
+  replaced, and iopub for an answered request is ignored, so captured output never depends on
+  which socket was read first.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from corral.errors import CorralError, error_from_content
+from corral.protocol.serialize import deserialize_object
+from corral.protocol.session import Frame, Message
+
+log = logging.getLogger("corral.client")
+
+__all__ = ["ExecuteReply", "Metadata", "Pending", "Records", "parse_date"]
+
+_DEFAULTS: dict[str, Any] = {
+    "msg_id": None,
+    "submitted": None,
+    "started": None,
+    "completed": None,
+    "received": None,
+    "engine_id": None,
+    "engine_uuid": None,
+    "status": None,
+    "stdout": "",
+    "stderr": "",
+    "execute_input": None,
+    "execute_result": None,
+    "error": None,
+    "after": None,
+    "follow": None,
+}
+_DATE_KEYS = ("submitted", "started", "completed", "received")
+
+
+def parse_date(value: object) -> datetime | None:
+    """An ISO 8601 wire date as an aware datetime (None for anything else)."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+class Metadata(dict[str, Any]):
+    """Per-request metadata: a dict with every key present, also readable as attributes
+    (``md.engine_id``). Dates are datetimes; ``outputs`` holds display_data contents."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(_DEFAULTS)
+        self["outputs"] = []
+        self.update(*args, **kwargs)
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+
+class ExecuteReply:
+    """The result of ``execute``: the execution count and the value of a trailing expression
+    (``execute_result``, a mime bundle such as ``{"text/plain": "42"}``), if any."""
+
+    def __init__(self, msg_id: str, content: Mapping[str, Any], metadata: Mapping[str, Any]):
+        self.msg_id = msg_id
+        self.content = dict(content)
+        self.metadata = metadata
+
+    @property
+    def execution_count(self) -> int | None:
+        count = self.content.get("execution_count")
+        return count if isinstance(count, int) else None
+
+    @property
+    def execute_result(self) -> dict[str, Any] | None:
+        result = self.metadata.get("execute_result")
+        return result if isinstance(result, dict) else None
+
+    def __repr__(self) -> str:
+        result = self.execute_result
+        if result and "text/plain" in result:
+            return f"Out[{self.execution_count}]: {result['text/plain']}"
+        return f"<ExecuteReply {self.msg_id[:8]} execution_count={self.execution_count}>"
+
+
+TASK = "task"  # apply/execute/control: settles with a value or a RemoteError
+SERVICE = "service"  # hub query: settles with the reply Message, or calls on_reply
+
+
+@dataclass(slots=True)
+class Pending:
+    """An unanswered request: what settles it and where it went."""
+
+    future: Future[Any]
+    kind: str
+    channel: str
+    engine_uuid: str | None = None
+    on_reply: Callable[[Message], None] | None = None
+
+
+def settle(future: Future[Any], value: Any, failed: bool) -> bool:
+    """Complete ``future`` unless something already did; True if this call did."""
+    try:
+        if failed:
+            future.set_exception(value)
+        else:
+            future.set_result(value)
+    except InvalidStateError:
+        return False
+    return True
+
+
+class Records:
+    """Futures, results and metadata of every request, keyed by msg_id (see the module doc).
+
+    ``history`` lists apply/execute msg_ids in submission order; ``outstanding`` holds those not
+    yet answered. ``results[msg_id]`` is the value, or the RemoteError the request raised.
+    """
+
+    def __init__(self) -> None:
+        self.futures: dict[str, Future[Any]] = {}
+        self.pending: dict[str, Pending] = {}
+        self.results: dict[str, Any] = {}
+        self.metadata: dict[str, Metadata] = {}
+        self.history: list[str] = []
+        self.outstanding: set[str] = set()
+        self._streams_final: set[str] = set()
+
+    # ------------------------------------------------------------------ submitting thread
+
+    def track(
+        self,
+        msg: Message,
+        channel: str,
+        engine_uuid: str | None = None,
+        engine_id: int | None = None,
+        *,
+        in_history: bool = True,
+    ) -> Future[Any]:
+        """Register an apply, execute or control request before it is sent."""
+        msg_id = msg.msg_id
+        future: Future[Any] = Future()
+        self.metadata[msg_id] = Metadata(
+            msg_id=msg_id,
+            submitted=parse_date(msg.header.get("date")),
+            engine_uuid=engine_uuid,
+            engine_id=engine_id,
+            after=msg.metadata.get("after"),
+            follow=msg.metadata.get("follow"),
+        )
+        self.futures[msg_id] = future
+        if in_history:
+            self.history.append(msg_id)
+            self.outstanding.add(msg_id)
+        self.pending[msg_id] = Pending(future, TASK, channel, engine_uuid)
+        return future
+
+    def track_service(
+        self, msg_id: str, channel: str, on_reply: Callable[[Message], None] | None = None
+    ) -> Future[Any]:
+        """Register a Hub query; its future gets the reply Message (unless ``on_reply``)."""
+        future: Future[Any] = Future()
+        self.pending[msg_id] = Pending(future, SERVICE, channel, on_reply=on_reply)
+        return future
+
+    def future_for(self, msg_id: str) -> tuple[Future[Any], bool]:
+        """The future of ``msg_id``, and whether it was created now (a result this client did
+        not submit, to be fetched from the Hub)."""
+        future = self.futures.get(msg_id)
+        if future is not None:
+            return future, False
+        future = self.futures.setdefault(msg_id, Future())
+        return future, True
+
+    # ------------------------------------------------------------------ I/O thread
+
+    def handle_reply(self, msg: Message) -> bool:
+        """Settle the request ``msg`` answers; False if none is pending (late or foreign)."""
+        parent = msg.parent_id
+        pending = self.pending.pop(parent, None) if parent is not None else None
+        if pending is None:
+            return False
+        if pending.kind == SERVICE:
+            if pending.on_reply is not None:
+                pending.on_reply(msg)
+            else:
+                settle(pending.future, msg, failed=False)
+            return True
+        assert parent is not None
+        self.complete(
+            parent,
+            header=msg.header,
+            content=msg.content or {},
+            metadata=msg.metadata,
+            buffers=msg.buffers,
+            future=pending.future,
+        )
+        return True
+
+    def complete(
+        self,
+        msg_id: str,
+        *,
+        header: Mapping[str, Any],
+        content: Mapping[str, Any],
+        metadata: Mapping[str, Any],
+        buffers: Iterable[Frame] = (),
+        future: Future[Any] | None = None,
+        submitted: object = None,
+    ) -> None:
+        """Record a reply (from the engine, the scheduler, or the Hub's store) and settle."""
+        md = self.metadata.get(msg_id)
+        if md is None:
+            md = self.metadata[msg_id] = Metadata(msg_id=msg_id)
+        if submitted is not None and md["submitted"] is None:
+            md["submitted"] = parse_date(submitted)
+        self._update_metadata(msg_id, md, metadata, content)
+        value, failed = self._outcome(msg_id, header, content, md, list(buffers))
+        if failed:
+            md["error"] = value
+        self.results[msg_id] = value
+        self.outstanding.discard(msg_id)
+        if future is None:
+            future = self.futures.setdefault(msg_id, Future())
+        settle(future, value, failed)
+
+    def fail(self, msg_id: str, error: BaseException) -> bool:
+        """Settle a pending request with ``error``; False if it was already settled."""
+        pending = self.pending.pop(msg_id, None)
+        if pending is None:
+            return False
+        self._fail(msg_id, pending, error)
+        return True
+
+    def fail_engine(self, engine_uuid: str, error: Callable[[], BaseException]) -> list[str]:
+        """Fail every request sent straight to ``engine_uuid`` (MUX or control): it is gone
+        and they can never be answered. Load-balanced tasks are left to the scheduler."""
+        failed = []
+        for msg_id, pending in list(self.pending.items()):
+            if pending.engine_uuid == engine_uuid and pending.channel in ("mux", "control"):
+                if self.fail(msg_id, error()):
+                    failed.append(msg_id)
+        return failed
+
+    def fail_all(self, error: Callable[[], BaseException]) -> None:
+        """Fail everything pending (the client is closing)."""
+        for msg_id in list(self.pending):
+            self.fail(msg_id, error())
+
+    def handle_iopub(self, msg: Message) -> None:
+        """Output of a request while it runs: streams, displays, execute results."""
+        parent = msg.parent_id
+        if parent is None or parent in self._streams_final:
+            return
+        md = self.metadata.get(parent)
+        content = msg.content
+        if md is None or content is None:
+            return
+        kind = msg.msg_type
+        if kind == "stream":
+            name = content.get("name")
+            if name in ("stdout", "stderr"):
+                md[name] += str(content.get("text", ""))
+        elif kind == "execute_input":
+            md["execute_input"] = content.get("code")
+        elif kind == "execute_result":
+            md["execute_result"] = content.get("data")
+        elif kind == "display_data":
+            md["outputs"].append(content)
+
+    # ------------------------------------------------------------------ helpers
+
+    def complete_error(self, msg_id: str, error: BaseException) -> None:
+        """Record that ``msg_id`` failed without a reply (engine lost, Hub unreachable, the
+        client closed) and settle its future."""
+        md = self.metadata.get(msg_id)
+        if md is None:
+            md = self.metadata[msg_id] = Metadata(msg_id=msg_id)
+        md["status"] = "error"
+        md["error"] = error
+        md["received"] = datetime.now(UTC)
+        self.results[msg_id] = error
+        self.outstanding.discard(msg_id)
+        settle(self.futures.setdefault(msg_id, Future()), error, failed=True)
+
+    def _fail(self, msg_id: str, pending: Pending, error: BaseException) -> None:
+        if pending.kind == TASK:
+            self.complete_error(msg_id, error)
+        settle(pending.future, error, failed=True)
+
+    def _update_metadata(
+        self, msg_id: str, md: Metadata, metadata: Mapping[str, Any], content: Mapping[str, Any]
+    ) -> None:
+        for key, value in metadata.items():
+            if key in _DATE_KEYS:
+                md[key] = parse_date(value)
+            elif value is not None or key not in md:
+                md[key] = value
+        if "stdout" in metadata or "stderr" in metadata:
+            self._streams_final.add(msg_id)
+        md["status"] = content.get("status", md.get("status"))
+        md["received"] = datetime.now(UTC)
+
+    def _outcome(
+        self,
+        msg_id: str,
+        header: Mapping[str, Any],
+        content: Mapping[str, Any],
+        md: Metadata,
+        buffers: list[Frame],
+    ) -> tuple[Any, bool]:
+        if content.get("status", "error") != "ok":
+            error = error_from_content(dict(content))
+            if error.engine_id is None:
+                error.engine_id = md.get("engine_id")
+            if error.engine_uuid is None:
+                error.engine_uuid = md.get("engine_uuid")
+            return error, True
+        msg_type = header.get("msg_type")
+        if msg_type == "execute_reply":
+            return ExecuteReply(msg_id, content, md), False
+        if msg_type != "apply_reply":
+            return None, False  # control replies carry no value
+        try:
+            return deserialize_object(buffers), False
+        except CorralError as exc:
+            log.warning("client: cannot deserialize the result of %s: %s", msg_id, exc)
+            return exc, True

@@ -1,0 +1,160 @@
+"""Functions a client sends to engines to run on its behalf: push, pull, map parts, guards.
+
+They travel by value (a few hundred bytes of pickle), with only the globals they use, so that
+binding them to the engine's namespace brings nothing else along. Those marked
+:func:`interactive` run with the engine's user namespace as their globals: that is how ``push``
+writes into it and ``pull`` reads from it. Inside them only builtins and names imported in the
+body are available, which is why they import their helpers locally.
+
+A user function handed to one of these (the ``f`` of a map, the function under ``depend``) is
+bound to the namespace by :func:`bind_namespace` when it is interactive, exactly as the engine
+binds a function applied directly; otherwise it keeps its own globals.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from types import CodeType, FunctionType
+from typing import Any
+
+import cloudpickle  # type: ignore[import-untyped]
+
+from corral.errors import UnmetDependency
+from corral.protocol.references import interactive, is_interactive
+
+__all__ = [
+    "bind_namespace",
+    "call_chunk",
+    "guarded",
+    "map_chunk",
+    "pull_namespace",
+    "push_namespace",
+]
+
+
+def bind_namespace(f: Any, namespace: dict[str, Any]) -> Any:
+    """``f`` with ``namespace`` as its globals if it is interactive; anything else unchanged.
+
+    Names ``f`` reads that the namespace lacks are filled in from the globals it was pickled
+    with, so a helper or constant the client captured still resolves.
+    """
+    if not isinstance(f, FunctionType) or not is_interactive(f) or f.__globals__ is namespace:
+        return f
+    captured = f.__globals__
+    for name in _names_used(f.__code__):
+        if name not in namespace and name in captured and not name.startswith("__"):
+            namespace[name] = captured[name]
+    bound = FunctionType(f.__code__, namespace, f.__name__, f.__defaults__, f.__closure__)
+    bound.__kwdefaults__ = f.__kwdefaults__
+    bound.__qualname__ = f.__qualname__
+    bound.__dict__.update(f.__dict__)
+    return bound
+
+
+def _names_used(code: CodeType) -> set[str]:
+    """Global names ``code`` and the functions nested in it may read."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, CodeType):
+            names |= _names_used(const)
+    return names
+
+
+@interactive
+def push_namespace(values: dict[str, Any]) -> None:
+    """Assign ``values`` in the engine's namespace (``DirectView.push``)."""
+    globals().update(values)
+
+
+@interactive
+def pull_namespace(names: str | list[str]) -> Any:
+    """The values of ``names`` in the engine's namespace (``DirectView.pull``); NameError for
+    a name that is not defined there, as reading it in code would raise."""
+    namespace = globals()
+    wanted = [names] if isinstance(names, str) else names
+    missing = [name for name in wanted if name not in namespace]
+    if missing:
+        raise NameError(f"name {missing[0]!r} is not defined on this engine")
+    if isinstance(names, str):
+        return namespace[names]
+    return [namespace[name] for name in names]
+
+
+@interactive
+def map_chunk(f: Callable[..., Any], *chunks: Sequence[Any]) -> list[Any]:
+    """``list(map(f, *chunks))`` on the engine: one part of a parallel map."""
+    from corral.client.remote import bind_namespace
+
+    return list(map(bind_namespace(f, globals()), *chunks))
+
+
+@interactive
+def call_chunk(f: Callable[..., Any], *chunks: Sequence[Any]) -> Any:
+    """``f(*chunks)`` on the engine: one part of a ``parallel`` function's call."""
+    from corral.client.remote import bind_namespace
+
+    return bind_namespace(f, globals())(*chunks)
+
+
+def guarded(
+    function: Callable[..., Any],
+    *,
+    condition: Callable[..., Any] | None = None,
+    condition_args: tuple[Any, ...] = (),
+    condition_kwargs: Mapping[str, Any] | None = None,
+    modules: Sequence[str] = (),
+    objects: Mapping[str, Any] | None = None,
+) -> Callable[..., Any]:
+    """``function`` behind checks made where it runs: import ``modules`` and put ``objects``
+    into the engine's namespace, then require ``condition(*args, **kwargs)`` to be true.
+
+    A failed import or a false condition raises :class:`~corral.errors.UnmetDependency`, which
+    the scheduler may answer by trying another engine (if the task has retries left). The
+    wrapper is a plain interactive function, so it is pickled by value with what it checks and
+    the engine binds it to its namespace; guards can be stacked.
+    """
+    unmet = UnmetDependency
+    module_name = __name__
+    needed = tuple(modules)
+    pushed = dict(objects or {})
+    cond_kwargs = dict(condition_kwargs or {})
+
+    def guarded_call(*args: Any, **kwargs: Any) -> Any:
+        from importlib import import_module
+
+        from corral.client.remote import bind_namespace
+
+        namespace = globals()
+        on_engine = namespace.get("__name__") != module_name
+        bindings: dict[str, Any] = {}
+        for name in needed:
+            try:
+                import_module(name)
+                top = import_module(name.partition(".")[0])
+            except Exception as exc:
+                raise unmet("UnmetDependency", f"cannot import {name!r} here: {exc}") from exc
+            bindings[top.__name__] = top
+        bindings.update(pushed)
+        if on_engine:
+            namespace.update(bindings)
+        if condition is not None:
+            check = bind_namespace(condition, namespace) if on_engine else condition
+            if not check(*condition_args, **cond_kwargs):
+                name = getattr(condition, "__name__", repr(condition))
+                raise unmet("UnmetDependency", f"dependency {name}(...) is false on this engine")
+        target = bind_namespace(function, namespace) if on_engine else function
+        own_globals = getattr(target, "__globals__", None)
+        if own_globals is not None and own_globals is not namespace:
+            for key, value in bindings.items():  # a function with its own globals sees them too
+                own_globals.setdefault(key, value)
+        return target(*args, **kwargs)
+
+    functools.update_wrapper(guarded_call, function)
+    return interactive(guarded_call)
+
+
+# Pickled by value rather than by reference, so that an engine binding one of these functions
+# to its namespace adds only the names the function uses, never this module's globals.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])

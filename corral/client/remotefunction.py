@@ -1,0 +1,82 @@
+"""Functions bound to a view: ``@view.remote()`` and ``@view.parallel()``.
+
+A RemoteFunction runs the whole call remotely (``view.apply``). A ParallelFunction splits its
+sequence arguments into parts, calls the function once per part remotely, and joins the
+results; its ``map`` applies the function to each element instead.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from corral.client.remote import call_chunk, map_chunk
+
+if TYPE_CHECKING:
+    from corral.client.view import View
+
+__all__ = ["ParallelFunction", "RemoteFunction"]
+
+
+class RemoteFunction:
+    """``f`` bound to ``view``: ``rf(*args)`` is ``view.apply(f, *args)`` with ``block``
+    (None: the view's own flag at call time)."""
+
+    def __init__(self, view: View, f: Callable[..., Any], block: bool | None = None) -> None:
+        if not callable(f):
+            raise TypeError(f"remote needs a callable, got {type(f).__name__}")
+        self.view = view
+        self.func = f
+        self.block = block
+        functools.update_wrapper(self, f)
+
+    def _block(self) -> bool:
+        return self.view.block if self.block is None else self.block
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.view._apply(self.func, args, kwargs, block=self._block())
+
+
+class ParallelFunction(RemoteFunction):
+    """``f`` called on parts of its sequence arguments, in parallel (see the module doc).
+
+    ``pf(seq)`` calls ``f(part)`` once per engine (direct view) or per ``chunksize`` items
+    (load-balanced view) and joins the returned parts; ``pf.map(seq)`` calls ``f(item)``.
+    """
+
+    def __init__(
+        self,
+        view: View,
+        f: Callable[..., Any],
+        dist: str = "b",
+        block: bool | None = None,
+        chunksize: int | None = None,
+        ordered: bool = True,
+    ) -> None:
+        if dist != "b":
+            raise ValueError(f"only dist='b' (contiguous blocks) is supported, not {dist!r}")
+        super().__init__(view, f, block)
+        self.chunksize = chunksize
+        self.ordered = ordered
+
+    def __call__(self, *sequences: Any) -> Any:
+        return self.view._map(
+            call_chunk,
+            self.func,
+            sequences,
+            block=self._block(),
+            chunksize=self.chunksize,
+            ordered=self.ordered,
+        )
+
+    def map(self, *sequences: Any) -> Any:
+        """``f`` applied to each element (to each tuple of elements, for several sequences)."""
+        return self.view._map(
+            map_chunk,
+            self.func,
+            sequences,
+            block=self._block(),
+            chunksize=self.chunksize,
+            ordered=self.ordered,
+        )

@@ -1,0 +1,137 @@
+"""Whole-system behaviour with real processes: registration, engine death, ids, big arrays,
+files and permissions, and the `corral` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+from corral.errors import EngineError
+from corral.protocol.references import interactive
+from tests.conftest import HEARTBEAT, start_cluster
+
+
+def wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_late_engine_death_and_id_reuse_seen_by_a_second_client(tmp_path: Path) -> None:
+    cluster = start_cluster(tmp_path, 1)
+    rc = cluster.start()
+    try:
+        observer = cluster.connect()
+        try:
+            assert observer.ids == [0]
+            cluster.start_engines(1)  # a late engine
+            observer.wait_for_engines(2, timeout=30)
+            assert observer.ids == [0, 1]
+            rc.wait_for_engines(2, timeout=30)
+
+            # a direct task in flight on an engine killed with SIGKILL fails with EngineError
+            running = rc[1].apply_async(time.sleep, 60)
+            wait_until(lambda: rc.queue_status()[1]["queue"] == 1, 10, "the task to be queued")
+            killed_at = time.monotonic()
+            cluster.engines[1].send_signal(signal.SIGKILL)
+            cluster.engines[1].wait()
+            wait_until(lambda: observer.ids == [0], 10 * HEARTBEAT + 5, "unregistration")
+            noticed = time.monotonic() - killed_at
+            assert noticed < 8 * HEARTBEAT + 1, f"took {noticed:.2f}s to notice a dead engine"
+            with pytest.raises(EngineError):
+                running.get(timeout=10)
+            assert rc[0].apply_sync(lambda: "still working") == "still working"
+
+            # a new engine gets a new id: ids are never reused
+            cluster.start_engines(1)
+            observer.wait_for_engines(2, timeout=30)
+            assert observer.ids == [0, 2]
+        finally:
+            observer.close()
+    finally:
+        cluster.stop()
+    assert all(p.poll() is not None for p in [cluster.controller, *cluster.engines])
+
+
+def test_200_megabyte_array_round_trip_is_bit_exact(rc) -> None:  # type: ignore[no-untyped-def]
+    array = np.random.default_rng(7).random(25_000_000)  # 200 MB
+    view = rc[0]
+    view.push({"big": array}, block=True)
+    back = view.pull("big", block=True)
+    assert back.dtype == array.dtype and back.shape == array.shape
+    assert np.array_equal(back, array)
+    read_back = interactive(lambda: float(big[12345]))  # noqa: F821 (the engine's 'big')
+    assert view.apply_sync(read_back) == float(array[12345])
+
+
+def test_connection_files_are_private(cluster) -> None:  # type: ignore[no-untyped-def]
+    folder = Path(cluster.path)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    for name in ("corral-client.json", "corral-engine.json"):
+        info = json.loads((folder / name).read_text())
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o600
+        assert info["ip"] == "127.0.0.1"
+        assert len(info["key"]) == 64 and info["signature_scheme"] == "hmac-sha256"
+
+
+def corral(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, CORRAL_DIR=str(cwd))
+    return subprocess.run([sys.executable, "-m", "corral", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_start_daemon_list_stop(tmp_path: Path) -> None:
+    started = corral("start", "-n", "2", "--daemon", "--cluster-id", "cli",
+                     "--heartbeat-period", str(HEARTBEAT), cwd=tmp_path)
+    assert started.returncode == 0, started.stderr
+    state = json.loads((tmp_path / "cli" / "cluster.json").read_text())
+    pids = [state["manager_pid"], state["controller_pid"], *state["engine_pids"]]
+    try:
+        listing = corral("list", cwd=tmp_path)
+        assert "cli" in listing.stdout and " 2 " in listing.stdout, listing.stdout
+
+        from corral.client.client import Client
+
+        with Client(cluster_id="cli", cluster_dir=tmp_path) as rc:
+            rc.wait_for_engines(2, timeout=30)
+            assert rc[:].apply_sync(os.getpid) == state["engine_pids"]
+    finally:
+        stopped = corral("stop", "--cluster-id", "cli", cwd=tmp_path)
+    assert stopped.returncode == 0, stopped.stderr
+    _, alive = psutil.wait_procs([psutil.Process(p) for p in pids if psutil.pid_exists(p)],
+                                 timeout=15)
+    assert not alive
+    assert "no running clusters" in corral("list", cwd=tmp_path).stdout
+
+
+def test_cli_start_foreground_stops_on_sigint(tmp_path: Path) -> None:
+    env = dict(os.environ, CORRAL_DIR=str(tmp_path))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "corral", "start", "-n", "1", "--cluster-id", "fg",
+         "--heartbeat-period", str(HEARTBEAT)], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        assert "running" in line, line
+        state = json.loads((tmp_path / "fg" / "cluster.json").read_text())
+        process.send_signal(signal.SIGINT)
+        assert process.wait(30) == 0
+        for pid in [state["controller_pid"], *state["engine_pids"]]:
+            assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()

@@ -1,0 +1,210 @@
+"""The load-balanced scheduler with real engine processes: dependencies, retries, timeouts,
+targets, a large DAG, engine death, and load balance."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from corral.errors import DependencyTimeout, EngineError, ImpossibleDependency, RemoteError
+from corral.protocol.dependency import Dependency
+from corral.protocol.references import interactive
+from tests.conftest import start_cluster
+
+
+def append_line(path: str, text: str, delay: float = 0.0) -> str:
+    time.sleep(delay)
+    with open(path, "a") as handle:
+        handle.write(text + "\n")
+    return text
+
+
+def fail_after(delay: float) -> None:
+    time.sleep(delay)
+    raise ValueError("planned failure")
+
+
+def test_after_orders_by_side_effect(rc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    log = str(tmp_path / "order.log")
+    view = rc.load_balanced_view()
+    first = view.apply_async(append_line, log, "first", 0.4)
+    with view.temp_flags(after=[first]):
+        second = view.apply_async(append_line, log, "second")
+    assert first.get(timeout=20) == "first"
+    assert second.get(timeout=20) == "second"
+    assert Path(log).read_text().splitlines() == ["first", "second"]
+
+
+def test_follow_runs_on_the_same_engine(rc) -> None:  # type: ignore[no-untyped-def]
+    view = rc.load_balanced_view()
+    for _ in range(4):
+        where = view.apply_async(os.getpid)
+        with view.temp_flags(follow=[where]):
+            again = view.apply_async(os.getpid)
+        assert again.get(timeout=20) == where.get(timeout=20)
+
+
+def test_any_runs_after_the_first_of_its_dependencies(rc) -> None:  # type: ignore[no-untyped-def]
+    view = rc.load_balanced_view()
+    slow = view.apply_async(time.sleep, 3)
+    quick = view.apply_async(time.sleep, 0.1)
+    with view.temp_flags(after=Dependency.of([slow, quick], all=False)):
+        dependent = view.apply_async(lambda: "ran")
+    assert dependent.get(timeout=20) == "ran"
+    assert not slow.ready(), "an any-dependency waited for all of its tasks"
+    slow.get(timeout=20)
+
+
+def test_all_waits_for_every_dependency(rc) -> None:  # type: ignore[no-untyped-def]
+    view = rc.load_balanced_view()
+    slow = view.apply_async(time.sleep, 0.6)
+    quick = view.apply_async(time.sleep, 0.05)
+    with view.temp_flags(after=Dependency.of([slow, quick], all=True)):
+        dependent = view.apply_async(lambda: "ran")
+    dependent.get(timeout=20)
+    assert slow.ready()
+
+
+def test_failure_only_dependency(rc) -> None:  # type: ignore[no-untyped-def]
+    view = rc.load_balanced_view()
+    failing = view.apply_async(fail_after, 0.3)
+    with view.temp_flags(after=Dependency.of([failing], success=False, failure=True)):
+        on_failure = view.apply_async(lambda: "cleanup ran")
+    assert on_failure.get(timeout=20) == "cleanup ran"
+    succeeding = view.apply_async(time.sleep, 0.3)
+    with view.temp_flags(after=Dependency.of([succeeding], success=False, failure=True)):
+        never = view.apply_async(lambda: "must not run")
+    with pytest.raises(ImpossibleDependency):
+        never.get(timeout=20)
+
+
+def test_impossible_dependency_fails_fast(rc) -> None:  # type: ignore[no-untyped-def]
+    view = rc.load_balanced_view()
+    failing = view.apply_async(fail_after, 0.3)
+    with view.temp_flags(after=[failing], timeout=60):
+        dependent = view.apply_async(lambda: "must not run")
+    started = time.monotonic()
+    with pytest.raises(ImpossibleDependency):
+        dependent.get(timeout=20)
+    assert time.monotonic() - started < 5, "an impossible dependency waited for its timeout"
+    chained = []
+    with view.temp_flags(after=[dependent]):
+        chained.append(view.apply_async(lambda: "neither"))
+    with pytest.raises(ImpossibleDependency):
+        chained[0].get(timeout=20)
+
+
+def test_dependency_timeout(rc) -> None:  # type: ignore[no-untyped-def]
+    view = rc.load_balanced_view()
+    slow = view.apply_async(time.sleep, 3)
+    with view.temp_flags(after=[slow], timeout=0.3):
+        impatient = view.apply_async(lambda: "must not run")
+    with pytest.raises(DependencyTimeout):
+        impatient.get(timeout=20)
+    slow.get(timeout=20)
+
+
+def flaky(marker: str) -> int:
+    """Fails the first time it runs anywhere, succeeds after."""
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise RuntimeError("first attempt fails")
+    return os.getpid()
+
+
+def test_retries_resubmit_a_failed_task(rc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    view = rc.load_balanced_view()
+    with view.temp_flags(retries=1):
+        assert isinstance(view.apply_async(flaky, str(tmp_path / "a")).get(timeout=20), int)
+    with pytest.raises(RemoteError, match="first attempt fails"):
+        view.apply_async(flaky, str(tmp_path / "b")).get(timeout=20)
+
+
+def test_targets_restrict_engines(rc) -> None:  # type: ignore[no-untyped-def]
+    target = rc.ids[-1]
+    pid = rc[target].apply_sync(os.getpid)
+    view = rc.load_balanced_view(targets=[target])
+    results = [view.apply_async(os.getpid) for _ in range(20)]
+    assert {r.get(timeout=20) for r in results} == {pid}
+
+
+def add(*values: int) -> int:
+    return sum(values)
+
+
+def test_diamond_dag_of_1000_tasks(rc) -> None:  # type: ignore[no-untyped-def]
+    """Layers fan out and back in; every task depends on tasks of the layer before."""
+    view = rc.load_balanced_view()
+    layer = [view.apply_async(add, 1)]
+    expected = [1]
+    submitted = 1
+    width = 1
+    while submitted < 1000:
+        width = min(width * 2, 32) if submitted < 500 else max(width // 2, 1)
+        next_layer, next_expected = [], []
+        for i in range(width):
+            parents = [layer[i % len(layer)], layer[(i + 1) % len(layer)]]
+            parent_values = [expected[i % len(layer)], expected[(i + 1) % len(layer)]]
+            with view.temp_flags(after=parents):
+                next_layer.append(view.apply_async(add, i, 1))
+            next_expected.append(i + 1)
+            del parent_values
+        layer, expected = next_layer, next_expected
+        submitted += width
+    results = [ar.get(timeout=60) for ar in layer]
+    assert results == expected
+    assert rc.queue_status()["unassigned"] == 0
+
+
+def sleepy_pid(marker: str) -> int:
+    """Sleeps a minute the first time (then gets killed), answers at once afterwards."""
+    if not os.path.exists(marker):
+        open(marker, "w").write(str(os.getpid()))
+        time.sleep(60)
+    return os.getpid()
+
+
+def test_engine_killed_mid_task(tmp_path: Path) -> None:
+    cluster = start_cluster(tmp_path / "c", 2)
+    rc = cluster.start()
+    try:
+        view = rc.load_balanced_view()
+        for retries, name in ((0, "no-retry"), (1, "retry")):
+            marker = tmp_path / name
+            with view.temp_flags(retries=retries):
+                task = view.apply_async(sleepy_pid, str(marker))
+            deadline = time.monotonic() + 20
+            while not marker.exists() or not marker.read_text():
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            victim = int(marker.read_text())
+            os.kill(victim, signal.SIGKILL)
+            if retries:
+                survivor = task.get(timeout=30)
+                assert survivor != victim
+            else:
+                with pytest.raises(EngineError):
+                    task.get(timeout=30)
+            cluster.start_engines(1)
+            rc.wait_for_engines(2, timeout=30)
+    finally:
+        cluster.stop()
+
+
+@interactive
+def sleep_here() -> int:
+    time.sleep(delay)  # noqa: F821 (pushed to each engine)
+    return engine_id  # noqa: F821
+
+
+def test_a_slow_engine_gets_fewer_tasks(rc) -> None:  # type: ignore[no-untyped-def]
+    slow, fast = rc.ids[0], rc.ids[1]
+    rc[slow].push({"delay": 0.05, "engine_id": slow}, block=True)
+    rc[fast].push({"delay": 0.0, "engine_id": fast}, block=True)
+    view = rc.load_balanced_view()
+    ran_on = [ar.get(timeout=60) for ar in [view.apply_async(sleep_here) for _ in range(300)]]
+    assert ran_on.count(fast) > 2 * ran_on.count(slow), (ran_on.count(fast), ran_on.count(slow))
