@@ -3,7 +3,7 @@
     corral start -n 4 [--cluster-id ID] [--daemon]   controller + engines (Ctrl-C stops all)
     corral stop [--cluster-id ID]
     corral list
-    corral controller [--ip IP] [--db sqlite|memory|mongodb://...] [--restore] ...
+    corral controller [--ip IP] [--curve] [--db sqlite|memory|mongodb://...] [--restore] ...
     corral engine [--file corral-engine.json | --cluster-id ID]
 """
 
@@ -46,6 +46,9 @@ def _controller_flags(parser: argparse.ArgumentParser) -> None:
                         help="tasks in flight per engine (prefetch)")
     parser.add_argument("--insecure", action="store_true",
                         help="disable message signing (empty key): anyone can run code")
+    parser.add_argument("--curve", action="store_true",
+                        help="encrypt and authenticate every connection with CurveZMQ "
+                             "(for clusters that span machines)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,16 +93,19 @@ def _controller_args(args: argparse.Namespace) -> list[str]:
         flags.append("--restore")
     if args.insecure:
         flags.append("--insecure")
+    if args.curve:
+        flags.append("--curve")
     return flags
 
 
 def cmd_controller(args: argparse.Namespace) -> int:
     from corral.controller.app import ControllerConfig, run_controller
 
-    if args.ip not in ("127.0.0.1", "localhost", "::1"):
+    if args.ip not in ("127.0.0.1", "localhost", "::1") and not args.curve:
         logging.getLogger("corral").warning(
             "listening on %s: any machine that reaches this address and holds the key can run "
-            "code on every engine; messages are signed but not encrypted", args.ip)
+            "code on every engine; messages are signed but not encrypted (--curve encrypts "
+            "them)", args.ip)
     if args.insecure:
         logging.getLogger("corral").warning(
             "--insecure: messages are not signed; anyone who can reach the ports runs code")
@@ -107,7 +113,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
         cluster_path=_cluster_path(args), cluster_id=args.cluster_id, ip=args.ip,
         insecure=args.insecure, heartbeat_period=args.heartbeat_period,
         max_misses=args.max_misses, db=args.db, restore=args.restore,
-        scheduler_policy=args.scheduler, max_outstanding=args.max_outstanding)
+        scheduler_policy=args.scheduler, max_outstanding=args.max_outstanding, curve=args.curve)
     return run_controller(config)
 
 

@@ -164,7 +164,9 @@ class AsyncResult(futures.Future[Any]):
         print()
 
     def abort(self) -> None:
-        """Abort the requests that have not started yet (they fail with TaskAborted)."""
+        """Abort the requests not answered yet: queued ones never start, a running one is
+        interrupted; each fails with TaskAborted. The abort goes to every engine, since a
+        load-balanced task's engine is known here only once it has answered."""
         if self._client is None:
             raise RuntimeError("this AsyncResult has no client to send the abort through")
         pending = [

@@ -9,6 +9,12 @@ Timeouts: any Hub query unanswered after ``timeout`` seconds raises ConnectionEr
 control call (abort, clear, signal, shutdown) unanswered by an engine raises TimeoutError, so
 no call on a Client waits forever on a controller that is gone. Results are different: a task
 may legitimately run for days, so ``AsyncResult.get()`` waits as long as it is told to.
+
+Controller outage: the I/O thread sees the connection drop (socket monitors). Hub queries then
+wait up to ``timeout`` for it to come back and raise ConnectionError if it does not, as does
+``wait_for_engines`` and a control call that times out meanwhile. zmq reconnects by itself when
+the controller returns on the same ports (``--restore``); the client then asks for the engine
+table again, and the same Client object goes on working.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import getpass
 import os
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent import futures
 from typing import TYPE_CHECKING, Any
@@ -38,6 +45,7 @@ from corral.errors import (
     TimeoutError,
 )
 from corral.protocol.session import Frame, Message, Session
+from corral.security import CurveKeys
 
 if TYPE_CHECKING:
     from corral.client.view import DirectView, LoadBalancedView
@@ -74,6 +82,9 @@ class _Handler:
             lambda: ConnectionError("the client was closed before this request was answered")
         )
 
+    def on_link(self, up: bool) -> None:
+        self.client._link_changed(up)
+
 
 class Client:
     """A connection to one cluster's controller (see the module doc).
@@ -106,8 +117,11 @@ class Client:
         self._engines: dict[int, str] = {}
         self._uuids: dict[str, int] = {}
         self._gone: set[str] = set()
-        self._engines_changed = threading.Condition()
-        self._io = ClientIO(self.session, self.addresses, _Handler(self))
+        self._engines_changed = threading.Condition()  # also notified when the link changes
+        self._link_lost_at: float | None = None  # monotonic time the controller link dropped
+        self._resync: set[str] | None = None  # engines announced since the table was re-asked
+        curve = CurveKeys.from_connection(info)
+        self._io = ClientIO(self.session, self.addresses, _Handler(self), curve)
         self._io.start(timeout)
         try:
             reply = self._query("connection_request", {})
@@ -192,14 +206,90 @@ class Client:
 
     def wait_for_engines(self, n: int, timeout: float | None = None) -> None:
         """Block until at least ``n`` engines are registered; TimeoutError after ``timeout``
-        seconds (None or negative: wait forever)."""
-        if timeout is not None and timeout < 0:
-            timeout = None
+        seconds (None or negative: wait forever), ConnectionError once the controller has been
+        unreachable for the client's own ``timeout`` (while it is, the engine table is stale and
+        does not count)."""
+        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
         with self._engines_changed:
-            if not self._engines_changed.wait_for(lambda: len(self._engines) >= n, timeout):
-                raise TimeoutError(
-                    f"{len(self._engines)} of {n} engines registered after {timeout} s"
-                )
+            while len(self._engines) < n or self._link_lost_at is not None:
+                now = time.monotonic()
+                wait = None if deadline is None else deadline - now
+                if wait is not None and wait <= 0:
+                    raise TimeoutError(
+                        f"{len(self._engines)} of {n} engines registered after {timeout} s"
+                    )
+                if self._link_lost_at is not None:
+                    link_left = self._link_lost_at + self.timeout - now
+                    if link_left <= 0:
+                        raise self._unreachable(f"waiting for {n} engines")
+                    wait = link_left if wait is None else min(wait, link_left)
+                self._engines_changed.wait(wait)
+
+    def _unreachable(self, doing: str) -> ConnectionError:
+        lost = self._link_lost_at
+        since = f"{time.monotonic() - lost:.1f} s ago" if lost is not None else "just now"
+        return ConnectionError(
+            f"{doing}: the controller at {self.addresses['hub']} did not answer: it is "
+            f"unreachable (the connection dropped {since} and did not come back within "
+            f"{self.timeout} s). Is it running? A controller restarted with --restore is found "
+            "again by this client by itself."
+        )
+
+    def _wait_for_link(self, deadline: float, doing: str) -> None:
+        """Return once the controller link is up; ConnectionError if not by ``deadline``."""
+        with self._engines_changed:
+            while self._link_lost_at is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise self._unreachable(doing)
+                self._engines_changed.wait(left)
+
+    def _link_changed(self, up: bool) -> None:
+        """(I/O thread) The controller link dropped, or its sockets are connected again. The
+        client counts as reconnected only once the Hub has sent the engine table again:
+        registrations published meanwhile never reached it, and a direct request to an engine
+        that has not re-registered yet would be dropped by the new MUX."""
+        if up:
+            with self._engines_changed:
+                self._resync = set()
+            self._request_engine_table()
+            return
+        with self._engines_changed:
+            if self._link_lost_at is None:
+                self._link_lost_at = time.monotonic()
+            self._resync = None
+            self._engines_changed.notify_all()
+
+    def _request_engine_table(self) -> None:
+        """(I/O thread) connection_request; the reply replaces the engine table, keeping the
+        engines announced while it was on its way, and ends the outage. Asked again while the
+        sockets stay connected and no reply comes."""
+        msg = self.session.msg("connection_request", {})
+
+        def on_reply(reply: Message) -> None:
+            content = reply.content or {}
+            with self._engines_changed:
+                if content.get("status") != "ok" or self._resync is None:
+                    return
+                announced, self._resync = self._resync, None
+                engines = {
+                    int(engine_id): uuid
+                    for engine_id, uuid in content.get("engines", {}).items()
+                    if uuid not in self._gone
+                }
+                engines.update({i: u for i, u in self._engines.items() if u in announced})
+                self._engines = engines
+                self._uuids = {u: i for i, u in engines.items()}
+                self._link_lost_at = None
+                self._engines_changed.notify_all()
+
+        def on_timeout() -> None:
+            if self._records.pending.pop(msg.msg_id, None) is not None and self._io.link_up:
+                self._request_engine_table()
+
+        self._records.track_service(msg.msg_id, "hub", on_reply=on_reply)
+        self._io.send_now("hub", self.session.serialize(msg))
+        self._io.call_later(self.timeout, on_timeout)
 
     def resolve_targets(self, targets: Targets) -> list[Target]:
         """``(engine_id, engine_uuid)`` for each target; InvalidTarget for an id that is not
@@ -242,6 +332,8 @@ class Client:
     def _engine_registered(self, engine_id: int, uuid: str) -> None:
         with self._engines_changed:
             self._add_engine(engine_id, uuid)
+            if self._resync is not None:
+                self._resync.add(uuid)
 
     def _engine_unregistered(self, engine_id: int, uuid: str) -> None:
         with self._engines_changed:
@@ -265,7 +357,12 @@ class Client:
         in_history: bool = True,
     ) -> str:
         """Sign, track and hand off one request; its msg_id. With a ``target`` it goes to
-        that engine (mux or control); a target already gone fails at once with EngineError."""
+        that engine (mux or control); a target already gone fails at once with EngineError.
+        While the controller is unreachable such a request waits up to ``timeout`` for it, then
+        raises ConnectionError; load-balanced ones are queued (the scheduler holds them until
+        engines are back)."""
+        if target is not None and self._link_lost_at is not None:
+            self._wait_for_link(time.monotonic() + self.timeout, msg_type)
         session = self.session
         msg = session.msg(msg_type, content, metadata=metadata, buffers=buffers)
         idents = (target[1].encode(),) if target is not None else ()
@@ -293,6 +390,8 @@ class Client:
     def _query(self, msg_type: str, content: dict[str, Any]) -> Message:
         """A Hub request and its ``ok`` reply: ConnectionError if none within ``timeout``,
         QueryError if the Hub refused it."""
+        deadline = time.monotonic() + self.timeout
+        self._wait_for_link(deadline, msg_type)
         msg = self.session.msg(msg_type, content)
         future = self._records.track_service(msg.msg_id, "hub")
         try:
@@ -301,9 +400,11 @@ class Client:
             self._records.pending.pop(msg.msg_id, None)
             raise
         try:
-            reply: Message = future.result(self.timeout)
+            reply: Message = future.result(max(0.0, deadline - time.monotonic()))
         except futures.TimeoutError:
             self._records.pending.pop(msg.msg_id, None)
+            if self._link_lost_at is not None:
+                raise self._unreachable(msg_type) from None
             raise ConnectionError(
                 f"the Hub at {self.addresses['hub']} did not answer {msg_type} within "
                 f"{self.timeout} s: the controller may be gone or overloaded"
@@ -383,6 +484,8 @@ class Client:
         if block is False:
             return result
         if not result.wait(self.timeout):
+            if self._link_lost_at is not None:
+                raise self._unreachable(msg_type)
             late = [
                 i
                 for (i, _), m in zip(resolved, msg_ids, strict=True)
@@ -400,9 +503,10 @@ class Client:
     def abort(
         self, jobs: Any = None, targets: Targets = None, block: bool | None = None
     ) -> AsyncResult | None:
-        """Abort ``jobs`` (default: everything queued) on ``targets`` (default: all engines)
-        before they start; each aborted request fails with TaskAborted. Waits for the engines'
-        answers unless ``block=False``."""
+        """Abort ``jobs`` (default: everything queued) on ``targets`` (default: all engines).
+        Named jobs that are queued never start, and one that is running is interrupted (as by
+        SIGINT); each fails with TaskAborted. ``jobs=None`` leaves running tasks alone. Waits
+        for the engines' answers unless ``block=False``."""
         msg_ids = None if jobs is None else self.msg_ids_of(jobs)
         return self._control("abort_request", {"msg_ids": msg_ids}, targets, block)
 

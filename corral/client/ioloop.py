@@ -10,6 +10,9 @@ I/O thread forwards them untouched and feeds everything it receives to a :class:
                                                  |   session id), hub DEALER  --> controller
                                                  |<- replies, notifications (SUB), iopub (SUB)
 
+Socket monitors on the hub DEALER and the notification SUB tell the handler when the link
+to the controller drops and when it is back (``on_link``).
+
 The loop is a plain ``zmq.Poller`` loop, which costs less per message than an asyncio loop
 for a thread that only moves frames. ``call_soon`` runs a function on the I/O thread (the Hub
 polling of ``get_result``), and ``call_later`` schedules one there (timeouts, retries).
@@ -31,6 +34,8 @@ from zmq.utils.monitor import recv_monitor_message
 
 from corral.errors import ConnectionError, ProtocolError
 from corral.protocol.session import Frame, Message, Session
+from corral.security import CurveKeys, make_client
+from corral.sockets import send_frames
 
 log = logging.getLogger("corral.client")
 
@@ -38,6 +43,11 @@ __all__ = ["ClientIO", "Handler"]
 
 CHANNELS = ("mux", "control", "task", "hub")
 _BATCH = 256  # messages read from one socket before looking at the others
+_HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
 
 
 class Handler(Protocol):
@@ -51,19 +61,29 @@ class Handler(Protocol):
 
     def on_closed(self) -> None: ...
 
+    def on_link(self, up: bool) -> None: ...
+
 
 class ClientIO:
     """Sockets, hand-off and routing for one client (see the module doc).
 
     ``addresses`` maps ``hub``, ``notification``, ``mux``, ``control``, ``task`` and ``iopub``
-    to URLs. :meth:`start` raises :class:`~corral.errors.ConnectionError` if no controller
+    to URLs. ``curve`` (a ``--curve`` cluster's keys) makes every controller-facing socket a
+    curve client. :meth:`start` raises :class:`~corral.errors.ConnectionError` if no controller
     completes a connection to the notification socket within ``timeout`` seconds.
     """
 
-    def __init__(self, session: Session, addresses: Mapping[str, str], handler: Handler) -> None:
+    def __init__(
+        self,
+        session: Session,
+        addresses: Mapping[str, str],
+        handler: Handler,
+        curve: CurveKeys | None = None,
+    ) -> None:
         self.session = session
         self.addresses = dict(addresses)
         self.handler = handler
+        self.curve = curve
         self.context: zmq.Context[Any] = zmq.Context()
         self._pull_address = f"inproc://corral-client-{session.session_id}"
         self._local = threading.local()
@@ -74,6 +94,8 @@ class ClientIO:
         self._timer_order = itertools.count()
         self._sockets: dict[str, zmq.Socket[Any]] = {}
         self._targets: dict[bytes, zmq.Socket[Any]] = {}
+        self._links: dict[zmq.Socket[Any], tuple[str, zmq.Socket[Any]]] = {}
+        self._down: set[str] = set()
         self._started = threading.Event()
         self._startup_error: BaseException | None = None
         self._closed = False
@@ -99,6 +121,11 @@ class ClientIO:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def link_up(self) -> bool:
+        """Whether the hub and notification sockets are connected to the controller."""
+        return not self._down
+
     def send(self, channel: bytes, frames: Sequence[Frame]) -> None:
         """Hand a signed message's frames to the I/O thread (``channel``: b"mux", b"control",
         b"task" or b"hub"). Frames are not copied; the buffers must not change until sent."""
@@ -107,7 +134,7 @@ class ClientIO:
         push: zmq.Socket[Any] | None = getattr(self._local, "push", None)
         if push is None:
             push = self._new_push()
-        push.send_multipart([channel, *frames], copy=False)
+        send_frames(push, [channel, *frames])
 
     def call_soon(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` on the I/O thread, soon."""
@@ -155,7 +182,7 @@ class ClientIO:
 
     def send_now(self, channel: str, frames: Sequence[Frame]) -> None:
         """Send on a controller socket directly (I/O thread only)."""
-        self._sockets[channel].send_multipart(frames, copy=False)
+        send_frames(self._sockets[channel], frames)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> None:
         """Run ``callback`` on the I/O thread after ``delay`` seconds (I/O thread only)."""
@@ -181,14 +208,16 @@ class ClientIO:
             finally:
                 self._teardown()
 
-    def _socket(self, name: str, kind: int) -> zmq.Socket[Any]:
+    def _socket(self, name: str, kind: int, *, inproc: bool = False) -> zmq.Socket[Any]:
         sock: zmq.Socket[Any] = self.context.socket(kind)
         sock.linger = 0
+        if self.curve is not None and not inproc:
+            make_client(sock, self.curve)
         self._sockets[name] = sock
         return sock
 
     def _setup(self) -> zmq.Socket[Any]:
-        pull = self._socket("pull", zmq.PULL)
+        pull = self._socket("pull", zmq.PULL, inproc=True)
         pull.rcvhwm = 0
         pull.bind(self._pull_address)
         identity = self.session.session_id.encode()
@@ -208,31 +237,55 @@ class ClientIO:
         notification.rcvhwm = 0
         notification.subscribe(b"")
         self._connect_and_handshake(notification, self.addresses["notification"])
+        for name, sock in (("hub", hub), ("notification", notification)):
+            events = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+            address = f"inproc://corral-link-{name}-{self.session.session_id}"
+            self._links[sock.get_monitor_socket(events, address)] = (name, sock)
         return pull
 
     def _connect_and_handshake(self, sock: zmq.Socket[Any], address: str) -> None:
         """Connect and wait until the controller completed the handshake, so that the
         subscription is in place before the client asks for the engine table (a registration
-        published in between is then not missed)."""
-        monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        published in between is then not missed). A refused handshake (curve keys missing or
+        stale) fails at once: retrying cannot fix it."""
+        monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | _HANDSHAKE_FAILED)
         try:
             sock.connect(address)
-            deadline = time.monotonic() + self._connect_timeout
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0 or not monitor.poll(max(1, int(left * 1000))):
-                    raise ConnectionError(
-                        f"no controller answered at {address} within {self._connect_timeout} s: "
-                        "is the cluster running? Start one with `corral start` (or "
-                        "corral.Cluster in Python), or check the connection file"
-                    )
-                if recv_monitor_message(monitor)["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                    return
+            if not monitor.poll(max(1, int(self._connect_timeout * 1000))):
+                raise ConnectionError(
+                    f"no controller answered at {address} within {self._connect_timeout} s: "
+                    "is the cluster running? Start one with `corral start` (or "
+                    "corral.Cluster in Python), or check the connection file"
+                )
+            if recv_monitor_message(monitor)["event"] != zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                raise ConnectionError(
+                    f"the controller at {address} refused the handshake: a --curve cluster "
+                    "admits only clients with the curve keys of its current connection file"
+                )
         finally:
             sock.disable_monitor()
             monitor.close(linger=0)
 
+    def _on_link_event(self, monitor: zmq.Socket[Any]) -> None:
+        """A connection to the controller dropped or came back. The handler hears when the
+        link goes down (either socket lost it) and when it is up again (both are back): zmq
+        reconnects by itself, re-sending the SUB's subscription, but notifications published
+        meanwhile are lost, so the handler then asks for the engine table again."""
+        name, _ = self._links[monitor]
+        was_up = not self._down
+        while _readable(monitor):
+            if recv_monitor_message(monitor)["event"] == zmq.EVENT_DISCONNECTED:
+                self._down.add(name)
+            else:
+                self._down.discard(name)
+        if was_up != (not self._down):
+            self.handler.on_link(not self._down)
+
     def _teardown(self) -> None:
+        for monitor, (_, sock) in self._links.items():
+            sock.disable_monitor()
+            monitor.close(linger=0)
+        self._links.clear()
         for sock in self._sockets.values():
             sock.close(linger=0)
         self._sockets.clear()
@@ -241,7 +294,7 @@ class ClientIO:
         sockets = self._sockets
         self._targets = {name.encode(): sockets[name] for name in CHANNELS}
         poller = zmq.Poller()
-        for sock in sockets.values():
+        for sock in [*sockets.values(), *self._links]:
             poller.register(sock, zmq.POLLIN)
         readers: dict[zmq.Socket[Any], Callable[[Message], None]] = {
             sockets["mux"]: self.handler.on_reply,
@@ -259,6 +312,8 @@ class ClientIO:
                 if sock is pull:
                     if not self._forward(pull):
                         return
+                elif sock in self._links:
+                    self._on_link_event(sock)
                 else:
                     self._read(sock, readers[sock])
             self._run_timers()
@@ -273,7 +328,7 @@ class ClientIO:
             channel = frames[0].bytes
             target = targets.get(channel)
             if target is not None:
-                target.send_multipart(frames[1:], copy=False)
+                send_frames(target, frames[1:])
             elif channel == b"call":
                 self._run_calls()
             elif channel == b"stop":

@@ -150,6 +150,7 @@ class Records:
         self.history: list[str] = []
         self.outstanding: set[str] = set()
         self._streams_final: set[str] = set()
+        self.late_replies = 0  # replies that found their request settled already, ignored
 
     # ------------------------------------------------------------------ submitting thread
 
@@ -204,6 +205,7 @@ class Records:
         parent = msg.parent_id
         pending = self.pending.pop(parent, None) if parent is not None else None
         if pending is None:
+            self.late_replies += 1
             return False
         if pending.kind == SERVICE:
             if pending.on_reply is not None:

@@ -194,7 +194,8 @@ class View:
         return self.client.get_result(indices_or_msg_ids, block=block)
 
     def abort(self, jobs: Any = None, targets: Targets = None, block: bool | None = None) -> Any:
-        """Abort ``jobs`` (default: this view's outstanding requests) before they start."""
+        """Abort ``jobs`` (default: this view's outstanding requests): queued ones never
+        start, running ones are interrupted (see :meth:`Client.abort`)."""
         jobs = sorted(self.outstanding) if jobs is None else jobs
         if not jobs:
             return None
@@ -214,15 +215,17 @@ class DirectView(View):
         single = isinstance(targets, int) and not isinstance(targets, bool)
         return self.client.resolve_targets(targets), single
 
-    def _send(
-        self,
-        f: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        target: tuple[int, str],
-    ) -> str:
-        buffers = pack_apply_message(f, args, kwargs)
-        return self.client.send_request("mux", "apply_request", {}, buffers=buffers, target=target)
+    def _send_all(
+        self, calls: Iterable[tuple[Callable[..., Any], tuple[Any, ...], tuple[int, str]]]
+    ) -> list[str]:
+        """Send ``f(*args)`` to each target. Every call is serialized before the first is
+        sent, so one argument that cannot be pickled fails the whole call at the caller with
+        SerializationError and nothing is sent."""
+        packed = [(pack_apply_message(f, args, {}), target) for f, args, target in calls]
+        return [
+            self.client.send_request("mux", "apply_request", {}, buffers=buffers, target=target)
+            for buffers, target in packed
+        ]
 
     def _apply(
         self,
@@ -256,11 +259,11 @@ class DirectView(View):
         values = [as_sequence(seq) for seq in sequences]
         common_length(values)
         parts = [partition(seq, len(resolved)) for seq in values]
-        msg_ids = [
-            self._send(part_function, (f, *chunks), {}, target)
+        msg_ids = self._send_all(
+            (part_function, (f, *chunks), target)
             for target, *chunks in zip(resolved, *parts, strict=True)
             if len(chunks[0])
-        ]
+        )
         result = self._map_result(msg_ids, _name(f), ordered)
         return result.get() if block else result
 
@@ -333,10 +336,10 @@ class DirectView(View):
         if dist != "b":
             raise ValueError(f"only dist='b' (contiguous blocks) is supported, not {dist!r}")
         resolved, _ = self._resolve(targets)
-        msg_ids = []
-        for part, target in zip(partition(seq, len(resolved)), resolved, strict=True):
-            value = part[0] if flatten and len(part) == 1 else part
-            msg_ids.append(self._send(push_namespace, ({key: value},), {}, target))
+        msg_ids = self._send_all(
+            (push_namespace, ({key: part[0] if flatten and len(part) == 1 else part},), target)
+            for part, target in zip(partition(seq, len(resolved)), resolved, strict=True)
+        )
         result = self._result(msg_ids, "scatter")
         if self._block(block):
             result.get()
@@ -351,7 +354,7 @@ class DirectView(View):
         if dist != "b":
             raise ValueError(f"only dist='b' (contiguous blocks) is supported, not {dist!r}")
         resolved, _ = self._resolve(targets)
-        msg_ids = [self._send(pull_namespace, (key,), {}, target) for target in resolved]
+        msg_ids = self._send_all((pull_namespace, (key,), target) for target in resolved)
         result = self._map_result(msg_ids, "gather", ordered=True)
         return result.get() if self._block(block) else result
 
@@ -447,19 +450,18 @@ class LoadBalancedView(View):
         return metadata
 
     def _submit(self, calls: Iterable[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[str]:
+        # every call is serialized before the first is sent: one that cannot be pickled fails
+        # the whole call at the caller, and nothing is sent
+        packed = [pack_apply_message(f, args, {}) for f, args in calls]
         try:
             metadata = self._task_metadata()
         except ImpossibleDependency as error:
-            return [self.client.fail_request("apply_request", {}, error) for _ in calls]
+            return [self.client.fail_request("apply_request", {}, error) for _ in packed]
         return [
             self.client.send_request(
-                "task",
-                "apply_request",
-                {},
-                metadata=metadata,
-                buffers=pack_apply_message(f, args, {}),
+                "task", "apply_request", {}, metadata=metadata, buffers=buffers
             )
-            for f, args in calls
+            for buffers in packed
         ]
 
     def _apply(

@@ -23,19 +23,22 @@ from typing import IO, Any
 
 import orjson
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 from zmq.devices import ThreadMonitoredQueue, ThreadProxy
 
 from corral.controller.hub import Hub, Send, Stop
+from corral.controller.loop import drain
 from corral.controller.store import open_store
 from corral.errors import CorralError, InvalidContent, ProtocolError, UnknownMessageType
 from corral.protocol.messages import KNOWN_TYPES, error_reply, validate_content
 from corral.protocol.session import Message, Session, new_key, split_identities
+from corral.security import CurveKeys, make_server, server_options, start_authenticator
+from corral.sockets import send_frames
 
 log = logging.getLogger("corral.controller")
 
 CLIENT_FILE = "corral-client.json"
 ENGINE_FILE = "corral-engine.json"
-DRAIN_BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ class ControllerConfig:
     scheduler_policy: str = "leastload"
     max_outstanding: int = 16
     scheduler: bool = True
+    curve: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -91,6 +95,10 @@ class Controller:
         self._devices: list[Any] = []
         self._scheduler: subprocess.Popen[bytes] | None = None
         self.hub: Hub | None = None
+        # fresh keys on every start: the server secret is never stored, so a restored
+        # controller cannot take back the engines and clients of the one before it
+        self.curve = CurveKeys.generate() if config.curve else None
+        self._authenticator: ThreadAuthenticator | None = None
         self.counts = {"rejected": 0, "monitored": 0, "queries": 0}
 
     # ------------------------------------------------------------ start
@@ -103,6 +111,8 @@ class Controller:
     def _bind(self, kind: int, name: str = "") -> tuple[zmq.Socket[Any], int]:
         sock = self.context.socket(kind)
         sock.linger = 0
+        if self.curve is not None:
+            make_server(sock, self.curve)
         port = self._port(name)
         if port:
             sock.bind(f"{self.url}:{port}")
@@ -111,6 +121,9 @@ class Controller:
         return sock, port
 
     def _bind_device(self, device: Any, side: str, name: str) -> int:
+        if self.curve is not None:
+            for option, value in server_options(self.curve):
+                getattr(device, f"setsockopt_{side}")(option, value)
         port = self._port(name)
         if port:
             getattr(device, f"bind_{side}")(f"{self.url}:{port}")
@@ -137,19 +150,24 @@ class Controller:
         config = self.config
         make_private_dir(config.cluster_path)
         self.store = open_store(config.db, config.cluster_path, config.cluster_id)
+        if self.curve is not None:
+            self._authenticator = start_authenticator(self.context, self.curve)
         self.registration, reg_port = self._bind(zmq.ROUTER, "registration")
         self.notification, notify_port = self._bind(zmq.PUB, "notification")
         self.ping, ping_port = self._bind(zmq.PUB, "hb_ping")
         self.pong, pong_port = self._bind(zmq.ROUTER, "hb_pong")
-        self.monitor = self.context.socket(zmq.SUB)
-        self.monitor.linger = 0
+        # two monitor SUBs: one bound for the scheduler's PUB (a curve server under --curve),
+        # one connected to the devices' inproc PUBs (inproc has no wire, so no curve)
+        self.monitor, monitor_port = self._bind(zmq.SUB)
         self.monitor.subscribe(b"")
-        monitor_port = self.monitor.bind_to_random_port(self.url)
+        self.queue_monitor = self.context.socket(zmq.SUB)
+        self.queue_monitor.linger = 0
+        self.queue_monitor.subscribe(b"")
         # the monitor PUBs of the devices bind when their threads start: wait for each
         mux_client, mux_engine = self._queue_device("mux")
         control_client, control_engine = self._queue_device("control")
         for name in ("mux", "control"):
-            _connect_when_bound(self.monitor, f"inproc://monitor-{name}")
+            _connect_when_bound(self.queue_monitor, f"inproc://monitor-{name}")
         iopub = ThreadProxy(zmq.XSUB, zmq.XPUB)
         iopub.context_factory = lambda: self.context  # type: ignore[method-assign]
         iopub.daemon = True
@@ -205,6 +223,8 @@ class Controller:
             "controller_pid": os.getpid(),
             "registration": reg_port,
         }
+        if self.curve is not None:
+            common["curve"] = self.curve.to_connection()
         write_private_json(
             config.cluster_path / CLIENT_FILE,
             {
@@ -251,6 +271,8 @@ class Controller:
             "task_engine": self._port("task_engine"),
             "log_level": logging.getLogger().level,
         }
+        if self.curve is not None:
+            settings["curve"] = self.curve.to_settings()
         self._scheduler = subprocess.Popen(
             [sys.executable, "-m", "corral.controller.scheduler"],
             stdin=subprocess.PIPE,
@@ -270,7 +292,7 @@ class Controller:
         """The Hub loop: registration/queries, monitor copies, pongs, and a beat per period."""
         assert self.hub is not None
         poller = zmq.Poller()
-        for sock in (self.registration, self.monitor, self.pong):
+        for sock in (self.registration, self.monitor, self.queue_monitor, self.pong):
             poller.register(sock, zmq.POLLIN)
         period = self.config.heartbeat_period
         next_beat = time.monotonic()
@@ -284,28 +306,18 @@ class Controller:
             events = dict(poller.poll(max(0.0, next_beat - time.monotonic()) * 1000))
             if self.pong in events:
                 self._drain(self.pong, self._on_pong)
+            # copies before queries: a query then sees every task whose copy has arrived
+            for monitor in (self.queue_monitor, self.monitor):
+                if monitor in events:
+                    self._drain(monitor, self._on_monitor)
             if self.registration in events:
                 self._drain(self.registration, self._on_request)
-            if self.monitor in events:
-                self._drain(self.monitor, self._on_monitor)
             if self._scheduler is not None and self._scheduler.poll() is not None:
                 log.error("the task scheduler exited (%s); stopping", self._scheduler.returncode)
                 self._stopping = True
 
     def _drain(self, sock: zmq.Socket[Any], handle: Any) -> None:
-        for _ in range(DRAIN_BATCH):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            try:
-                handle(frames)
-            except CorralError as err:
-                self.counts["rejected"] += 1
-                log.warning("dropped a message: %s", err)
-            except Exception:  # a bug must cost one message, never the controller
-                self.counts["rejected"] += 1
-                log.exception("error while handling a message; dropped it")
+        drain(sock, handle, self.counts, log)
 
     def _on_pong(self, frames: list[zmq.Frame]) -> None:
         if len(frames) != 2:
@@ -368,7 +380,7 @@ class Controller:
             action.msg_type, action.content, action.parent, buffers=action.buffers
         )
         try:
-            sock.send_multipart(self.session.serialize(msg, action.idents), copy=False)
+            send_frames(sock, self.session.serialize(msg, action.idents))
         except zmq.ZMQError as err:
             log.warning("could not send %s: %s", action.msg_type, err)
 
@@ -391,6 +403,8 @@ class Controller:
                 self.store.close()
             except CorralError as err:
                 log.error("result store: %s", err)
+        if self._authenticator is not None:
+            self._authenticator.stop()
         self.context.destroy(linger=0)
         for name in (CLIENT_FILE, ENGINE_FILE):
             try:

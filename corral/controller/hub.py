@@ -90,6 +90,7 @@ class Hub:
         self.next_id = first_engine_id
         self.pending: dict[str, str | None] = {}  # msg_id -> engine uuid (None: unassigned)
         self.dropped: set[str] = set()  # hearts this Hub declared dead
+        self.retired_ids: set[int] = set()  # ids of engines gone while this Hub runs
         self.told_stale: set[str] = set()
         self.rejected = 0
 
@@ -144,6 +145,24 @@ class Hub:
         content = msg.content or {}
         uuid = content["uuid"]
         requested = content.get("id")
+        if uuid in self.dropped:
+            # a paused engine woke up and tries to come back: its tasks were failed or
+            # resubmitted, so it must not answer for them, nor get an engine id again
+            self.told_stale.add(uuid)
+            return [
+                self._reply(
+                    idents,
+                    msg,
+                    "registration_reply",
+                    error_reply(
+                        "RegistrationError",
+                        f"engine {uuid} was declared dead (it missed its heartbeats) and its "
+                        "tasks were failed or resubmitted: it must stop; start a new engine",
+                    ),
+                ),
+                Send("registration", "unregistration_notification", {"id": -1, "uuid": uuid},
+                     idents=tuple(idents)),
+            ]
         if uuid in self.by_uuid or uuid in self.pending_registrations:
             return [
                 self._reply(
@@ -156,13 +175,14 @@ class Hub:
         in_use = {e.id for e in self.engines.values()} | {
             p.id for p in self.pending_registrations.values()
         }
-        if requested is not None and requested in in_use:
+        if requested is not None and requested in in_use | self.retired_ids:
+            why = "is in use" if requested in in_use else "belonged to an engine that is gone"
             return [
                 self._reply(
                     idents,
                     msg,
                     "registration_reply",
-                    error_reply("RegistrationError", f"engine id {requested} is in use"),
+                    error_reply("RegistrationError", f"engine id {requested} {why}"),
                 )
             ]
         if requested is None:
@@ -220,6 +240,7 @@ class Hub:
     def _unregister(self, entry: EngineEntry, why: str) -> list[Action]:
         del self.engines[entry.id]
         del self.by_uuid[entry.uuid]
+        self.retired_ids.add(entry.id)
         self.hearts.forget(entry.uuid)
         log.info("hub: engine %d (%s) unregistered: %s", entry.id, entry.uuid, why)
         failure = error_content(
@@ -363,6 +384,8 @@ class Hub:
         if msg_id is None or msg_id not in self.pending:
             return  # a duplicate (e.g. a resumed engine's late reply) or not a task
         engine_uuid = _ident(idents, 1)  # a reply travels (client, engine)
+        if engine_uuid in self.dropped:
+            return  # a late reply of an engine declared dead: its tasks were settled without it
         expected = self.pending.pop(msg_id)
         if expected is not None and expected != engine_uuid and engine_uuid != "scheduler":
             self.pending[msg_id] = expected

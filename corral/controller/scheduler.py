@@ -22,15 +22,18 @@ from typing import Any
 
 import orjson
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
+from corral.controller.loop import drain
 from corral.controller.scheduling import Action, Complete, Dispatch, Fail, SchedulerCore, Task
 from corral.errors import CorralError, ProtocolError, RemoteError, error_content
 from corral.protocol.dependency import Dependency
 from corral.protocol.session import DELIMITER, Frame, Message, Session, split_identities, utcnow
+from corral.security import CurveKeys, make_client, make_server, start_authenticator
+from corral.sockets import send_frames
 
 log = logging.getLogger("corral.scheduler")
 
-DRAIN_BATCH = 1000
 UNREACHABLE_GRACE = 5.0  # seconds to keep trying an engine whose connection is not up yet
 SCHEDULER_IDENT = b"scheduler"
 FINISHED_MEMORY = 100_000  # late replies for this many recent tasks are recognised
@@ -57,15 +60,20 @@ class TaskScheduler:
                                   int(settings.get("max_outstanding", 16)))
         self.parent_pid = settings.get("parent_pid")
         url = settings["url"]
-        self.clients = self._socket(zmq.ROUTER)
+        # under --curve: ROUTERs are curve servers, the sockets to the Hub curve clients
+        self.curve = CurveKeys.from_connection(settings)
+        self._authenticator: ThreadAuthenticator | None = None
+        if self.curve is not None:
+            self._authenticator = start_authenticator(self.context, self.curve)
+        self.clients = self._socket(zmq.ROUTER, server=True)
         self.client_port = _bind(self.clients, url, settings.get("task"))
-        self.engines = self._socket(zmq.ROUTER)
+        self.engines = self._socket(zmq.ROUTER, server=True)
         self.engines.router_mandatory = True
         self.engine_port = _bind(self.engines, url, settings.get("task_engine"))
-        self.notifications = self._socket(zmq.SUB)
+        self.notifications = self._socket(zmq.SUB, server=False)
         self.notifications.subscribe(b"")
         self.notifications.connect(settings["notification"])
-        self.monitor = self._socket(zmq.PUB)
+        self.monitor = self._socket(zmq.PUB, server=False)
         self.monitor.connect(settings["monitor"])
         self.pending: dict[str, Pending] = {}
         self.finished: dict[str, None] = {}  # recently answered msg_ids, oldest first
@@ -73,9 +81,11 @@ class TaskScheduler:
         self.stopping = False
         self.counts = {"submitted": 0, "completed": 0, "failed": 0, "rejected": 0}
 
-    def _socket(self, kind: int) -> zmq.Socket[Any]:
+    def _socket(self, kind: int, *, server: bool) -> zmq.Socket[Any]:
         sock = self.context.socket(kind)
         sock.linger = 0
+        if self.curve is not None:
+            (make_server if server else make_client)(sock, self.curve)
         return sock
 
     # ------------------------------------------------------------ loop
@@ -109,21 +119,7 @@ class TaskScheduler:
                     self.stopping = True
 
     def _drain(self, sock: zmq.Socket[Any], handle: Any) -> None:
-        for _ in range(DRAIN_BATCH):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            try:
-                handle(frames)
-            except CorralError as err:
-                self.counts["rejected"] += 1
-                log.warning("dropped a message: %s", err)
-            except Exception:
-                self.counts["rejected"] += 1
-                log.exception("error while handling a message; dropped it")
-
-    # ------------------------------------------------------------ events
+        drain(sock, handle, self.counts, log)
 
     def _on_notification(self, frames: list[zmq.Frame]) -> None:
         msg = self.session.feed(frames)
@@ -144,7 +140,8 @@ class TaskScheduler:
             raise ProtocolError("task request without a client identity")
         msg = self.session.deserialize(msg_frames, content=False)
         client = idents[0]
-        self.monitor.send_multipart([b"task_in", client, DELIMITER, *msg_frames], copy=False)
+        # the Hub records requests without their buffers: copy it the signed frames only
+        send_frames(self.monitor, [b"task_in", client, DELIMITER, *msg_frames[:5]])
         pending = Pending(client, msg, msg_frames)
         self.pending[msg.msg_id] = pending
         self.counts["submitted"] += 1
@@ -175,13 +172,13 @@ class TaskScheduler:
                 return
             # a task sent before a controller restart: pass the answer on
             client = idents[1]
-            self.clients.send_multipart([client, idents[0], DELIMITER, *msg_frames], copy=False)
-            self.monitor.send_multipart(
-                [b"task_out", client, idents[0], DELIMITER, *msg_frames], copy=False)
+            send_frames(self.clients, [client, idents[0], DELIMITER, *msg_frames])
+            send_frames(self.monitor, [b"task_out", client, idents[0], DELIMITER, *msg_frames])
             return
         pending.reply = [idents[0], *msg_frames]
-        success = (msg.content or {}).get("status") == "ok"
-        self._perform(self.core.task_finished(msg_id, engine_uuid, success, time.monotonic()))
+        status = (msg.content or {}).get("status")
+        self._perform(self.core.task_finished(
+            msg_id, engine_uuid, status == "ok", time.monotonic(), retry=status != "aborted"))
         if msg_id in self.pending:
             self.pending[msg_id].reply = None
 
@@ -203,8 +200,7 @@ class TaskScheduler:
             pending.frames = self._resigned(pending, attempt)
         engine = engine_uuid.encode()
         try:
-            self.engines.send_multipart([engine, pending.client, DELIMITER, *pending.frames],
-                                        copy=False)
+            send_frames(self.engines, [engine, pending.client, DELIMITER, *pending.frames])
         except zmq.ZMQError as err:
             if err.errno != zmq.EHOSTUNREACH:
                 raise
@@ -212,7 +208,7 @@ class TaskScheduler:
             self.unreachable[msg_id] = (engine_uuid, attempt, time.monotonic())
             return
         dest = self.session.msg("task_destination", {"msg_id": msg_id, "engine_id": engine_uuid})
-        self.monitor.send_multipart([b"task_dest", *self.session.serialize(dest)], copy=False)
+        send_frames(self.monitor, [b"task_dest", *self.session.serialize(dest)])
 
     def _retry_unreachable(self, now: float) -> None:
         for msg_id, (engine_uuid, attempt, since) in list(self.unreachable.items()):
@@ -245,9 +241,8 @@ class TaskScheduler:
         if reply is None:
             return
         engine, *msg_frames = reply
-        self.clients.send_multipart([pending.client, engine, DELIMITER, *msg_frames], copy=False)
-        self.monitor.send_multipart(
-            [b"task_out", pending.client, engine, DELIMITER, *msg_frames], copy=False)
+        send_frames(self.clients, [pending.client, engine, DELIMITER, *msg_frames])
+        send_frames(self.monitor, [b"task_out", pending.client, engine, DELIMITER, *msg_frames])
         self.counts["completed"] += 1
 
     def _fail(self, msg_id: str, error: type[BaseException], reason: str) -> None:
@@ -267,12 +262,13 @@ class TaskScheduler:
                     "scheduler_error": error.__name__}
         reply = self.session.msg("apply_reply", content, pending.msg, metadata)
         frames = self.session.serialize(reply)
-        self.clients.send_multipart([pending.client, SCHEDULER_IDENT, *frames], copy=False)
-        self.monitor.send_multipart([b"task_out", pending.client, SCHEDULER_IDENT, *frames],
-                                    copy=False)
+        send_frames(self.clients, [pending.client, SCHEDULER_IDENT, *frames])
+        send_frames(self.monitor, [b"task_out", pending.client, SCHEDULER_IDENT, *frames])
         self.counts["failed"] += 1
 
     def close(self) -> None:
+        if self._authenticator is not None:
+            self._authenticator.stop()
         self.context.destroy(linger=0)
 
 

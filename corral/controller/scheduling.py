@@ -264,12 +264,13 @@ class SchedulerCore:
         return actions
 
     def task_finished(
-        self, msg_id: str, engine_uuid: str, success: bool, now: float
+        self, msg_id: str, engine_uuid: str, success: bool, now: float, *, retry: bool = True
     ) -> list[Action]:
-        """The engine replied. A failure with retries left is dispatched again (no Complete);
-        otherwise the reply is final: Complete, then the freed slot goes to the oldest queued
-        task, then dependents are woken. A reply for a task not running on that engine (it was
-        retried elsewhere once the engine was declared lost) is stale: no actions, drop it."""
+        """The engine replied. A failure with retries left is dispatched again (no Complete)
+        unless ``retry`` is False (the task was aborted); otherwise the reply is final:
+        Complete, then the freed slot goes to the oldest queued task, then dependents are
+        woken. A reply for a task not running on that engine (it was retried elsewhere once
+        the engine was declared lost) is stale: no actions, drop it."""
         record = self._records.get(msg_id)
         engine = None if record is None else record.engine
         if record is None or engine is None or engine.uuid != engine_uuid:
@@ -281,7 +282,7 @@ class SchedulerCore:
             self._free[engine_uuid] = engine
         record.engine = None
         actions: list[Action] = []
-        if not success and record.retries_left > 0:
+        if not success and retry and record.retries_left > 0:
             self._retry(record, engine_uuid, actions)
             self._fill(engine, actions)
             return actions

@@ -1,9 +1,10 @@
 """Where an engine finds its controller: the engine connection file (docs/wire-flows.md).
 
-An engine needs only the registration address and the signing key; the registration reply
-carries every other address. The file's other fields are read when present and ignored
-otherwise, so an engine keeps working when the controller adds fields. A missing or broken file
-raises corral.errors.ConnectionError: the engine cannot reach its controller without it.
+An engine needs only the registration address, the signing key and, for a ``--curve`` cluster,
+the curve keys; the registration reply carries every other address. The file's other fields
+are read when present and ignored otherwise, so an engine keeps working when the controller
+adds fields. A missing or broken file raises corral.errors.ConnectionError: the engine cannot
+reach its controller without it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import orjson
 
 from corral.errors import ConnectionError
+from corral.security import CurveKeys
 
 ENGINE_FILE_NAME = "corral-engine.json"
 DEFAULT_CLUSTER_ID = "default"
@@ -30,6 +32,7 @@ class EngineConnectionInfo:
     registration: str
     signature_scheme: str = "hmac-sha256"
     cluster_id: str = DEFAULT_CLUSTER_ID
+    curve: CurveKeys | None = None  # set when the controller runs with --curve
 
     @classmethod
     def from_dict(cls, info: Mapping[str, Any]) -> EngineConnectionInfo:
@@ -52,6 +55,7 @@ class EngineConnectionInfo:
             registration=f"{transport}://{ip}:{port}",
             signature_scheme=str(info.get("signature_scheme", "hmac-sha256")),
             cluster_id=str(info.get("cluster_id", DEFAULT_CLUSTER_ID)),
+            curve=CurveKeys.from_connection(info),
         )
 
     @classmethod

@@ -27,6 +27,7 @@ import zmq
 
 from corral.errors import ConnectionError, CorralError
 from corral.protocol.session import Frame, Session
+from corral.sockets import send_frames
 
 from .connection import EngineConnectionInfo, engine_connection_file
 from .interrupts import InterruptGate
@@ -117,6 +118,7 @@ class Engine:
             inproc=self._inproc,
             close_main_socket=self._close_push,
             sigint_seen=lambda: self.gate.seen,
+            abort_running=self.gate.request_abort,
             wakeup_fd=wakeup_fd,
             requested_id=self.requested_id,
             registration_timeout=self.registration_timeout,
@@ -144,7 +146,7 @@ class Engine:
         """Hand frames to the I/O thread; called from the main thread and the output flusher."""
         with self.gate.shielded(), self._push_lock:
             if self._push is not None:
-                self._push.send_multipart([channel, *frames], copy=False)
+                send_frames(self._push, [channel, *frames])
 
     def _close_push(self, timeout: float) -> bool:
         """Close the main thread's socket from the I/O thread at exit; False if it is busy."""

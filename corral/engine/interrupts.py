@@ -8,7 +8,7 @@ is in a request, whether the interrupt is raised, held or ignored.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
@@ -24,6 +24,11 @@ class InterruptGate:
 
     ``seen`` counts the handler's runs, so a sender can tell whether a signal it sent has been
     handled yet (see :meth:`corral.engine.iothread.IOThread.deliver_signal`).
+
+    An abort_request naming the running request interrupts it the same way
+    (:meth:`request_abort`); ``aborted`` then tells the runner to report it as aborted. Such a
+    SIGINT names its request, so one that lands after that request ended is dropped rather than
+    interrupting the next.
     """
 
     def __init__(self) -> None:
@@ -33,24 +38,44 @@ class InterruptGate:
         self._shield_depth = 0
         self._pending = False
         self.seen = 0
+        self.running: str | None = None
+        self.aborted = False
+        self._abort_target: str | None = None
 
     def handle_sigint(self, signum: int, frame: FrameType | None) -> None:
         """The SIGINT handler; runs on the main thread between bytecodes."""
         self.seen += 1
+        target, self._abort_target = self._abort_target, None
+        if target is not None:
+            if target != self.running:
+                return  # sent to abort a request that has finished since
+            self.aborted = True
         if not self._armed:
             return
         if self._in_task and not self._shield_depth:
             raise KeyboardInterrupt
         self._pending = True
 
-    def arm(self) -> None:
-        """A request is about to run: from now on SIGINT is meant for it."""
+    def arm(self, msg_id: str | None = None) -> None:
+        """Request ``msg_id`` is about to run: from now on SIGINT is meant for it."""
         self._pending = False
+        self.aborted = False
+        self.running = msg_id
         self._armed = True
 
     def disarm(self) -> None:
         self._armed = False
         self._pending = False
+        self.running = None
+
+    def request_abort(self, msg_ids: Collection[str]) -> str | None:
+        """(Any thread.) If the running request is one of ``msg_ids``, mark it for abort and
+        return its msg_id: the caller then sends SIGINT to the main thread. None otherwise."""
+        running = self.running
+        if running is None or running not in msg_ids:
+            return None
+        self._abort_target = running
+        return running
 
     def enter_task(self) -> None:
         """User code starts; raises KeyboardInterrupt if one arrived since :meth:`arm`."""

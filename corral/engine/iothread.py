@@ -32,6 +32,8 @@ from zmq.devices import ThreadDevice
 from corral.errors import InvalidContent, ProtocolError, UnknownMessageType
 from corral.protocol.messages import validate_content
 from corral.protocol.session import Message, Session, utcnow
+from corral.security import client_options, make_client
+from corral.sockets import send_frames
 
 from .connection import EngineConnectionInfo
 from .namespace import TASK_SIGNALS, Namespace
@@ -70,6 +72,7 @@ class IOThread:
         inproc: str,
         close_main_socket: Callable[[float], bool],
         sigint_seen: Callable[[], int],
+        abort_running: Callable[[list[str]], str | None],
         wakeup_fd: int | None,
         requested_id: int | None,
         registration_timeout: float,
@@ -87,6 +90,7 @@ class IOThread:
         self.inproc = inproc
         self.close_main_socket = close_main_socket
         self.sigint_seen = sigint_seen
+        self.abort_running = abort_running
         self.wakeup_fd = wakeup_fd
         self.requested_id = requested_id
         self.registration_timeout = registration_timeout
@@ -152,7 +156,7 @@ class IOThread:
             content["id"] = engine_id
         msg = self._registration_msg(content)
         assert self._registration is not None
-        self._registration.send_multipart(self.session.serialize(msg), copy=False)
+        send_frames(self._registration, self.session.serialize(msg))
         return msg.msg_id
 
     def _register(self) -> bool:
@@ -197,8 +201,14 @@ class IOThread:
     def _dealer(self, name: bytes) -> zmq.Socket[Any]:
         sock: zmq.Socket[Any] = self.context.socket(zmq.DEALER)
         sock.setsockopt(zmq.IDENTITY, self.identity.uuid.encode())
+        self._secure(sock)
         self._sockets[name] = sock
         return sock
+
+    def _secure(self, sock: zmq.Socket[Any]) -> None:
+        """A curve client of the controller when the cluster uses --curve (TCP sockets only)."""
+        if self.info.curve is not None:
+            make_client(sock, self.info.curve)
 
     def _connect(self) -> None:
         """Queues and iopub first, the heart last: the Hub announces the engine on its first
@@ -206,6 +216,7 @@ class IOThread:
         for name in (b"mux", b"control", b"task"):
             self._dealer(name).connect(self.addresses[name.decode()])
         iopub = self.context.socket(zmq.PUB)
+        self._secure(iopub)
         iopub.connect(self.addresses["iopub"])
         self._sockets[b"iopub"] = iopub
         pull = self.context.socket(zmq.PULL)
@@ -213,12 +224,17 @@ class IOThread:
         self._sockets[b"main"] = pull
         pings = self.context.socket(zmq.SUB)
         pings.setsockopt(zmq.SUBSCRIBE, b"")
+        self._secure(pings)
         pings.connect(self.addresses["hb_ping"])
         self._sockets[b"pings"] = pings
         # C-level forwarder without the GIL: pongs continue while user code holds it
         heart = ThreadDevice(zmq.FORWARDER, zmq.SUB, zmq.DEALER)
         heart.context_factory = zmq.Context  # its own context: never blocks our term()
         heart.setsockopt_in(zmq.SUBSCRIBE, b"")
+        if self.info.curve is not None:
+            for option, value in client_options(self.info.curve):
+                heart.setsockopt_in(option, value)
+                heart.setsockopt_out(option, value)
         heart.connect_in(self.addresses["hb_ping"])
         heart.setsockopt_out(zmq.IDENTITY, self.identity.uuid.encode())
         heart.connect_out(self.addresses["hb_pong"])
@@ -270,9 +286,7 @@ class IOThread:
 
     def _reply_error(self, channel: bytes, request: Message, exc: BaseException) -> None:
         reply = error_reply_msg(self.session, self.identity, request, exc)
-        self._sockets[channel].send_multipart(
-            self.session.serialize(reply, request.idents), copy=False
-        )
+        send_frames(self._sockets[channel], self.session.serialize(reply, request.idents))
 
     def _forward(self, frames: list[zmq.Frame]) -> None:
         """Frames from the main thread: the first names the socket, the rest is the message."""
@@ -281,7 +295,7 @@ class IOThread:
         if sock is None or channel in (b"main", b"pings", b"registration"):
             self.log.error("main thread sent frames for unknown channel %r", channel)
             return
-        sock.send_multipart(frames[1:], copy=False)
+        send_frames(sock, frames[1:])
 
     def _on_task(self, channel: bytes, frames: list[zmq.Frame]) -> None:
         msg = self._decode(channel, frames)
@@ -334,18 +348,22 @@ class IOThread:
             parent=msg,
             metadata=reply_metadata(self.identity, "ok", started),
         )
-        self._sockets[b"control"].send_multipart(
-            self.session.serialize(reply, msg.idents), copy=False
-        )
+        send_frames(self._sockets[b"control"], self.session.serialize(reply, msg.idents))
         if msg.msg_type == "shutdown_request":
             self.shutdown(0, "shutdown_request")
 
     def _abort(self, msg_ids: list[Any] | None) -> None:
-        """Abort the named tasks when they are reached, or every queued task now."""
+        """Abort the named tasks: the running one at once (interrupted like SIGINT, answered
+        as aborted), the others when they are reached. None: every queued task now, leaving
+        the running one alone."""
         if msg_ids is None:
             self._abort_queued("aborted by an abort_request for all queued tasks")
-        else:
-            self.aborts.add(str(msg_id) for msg_id in msg_ids)
+            return
+        named = [str(msg_id) for msg_id in msg_ids]
+        running = self.abort_running(named)
+        self.aborts.add(msg_id for msg_id in named if msg_id != running)
+        if running is not None:
+            self.deliver_signal(signal.SIGINT)
 
     def _abort_queued(self, reason: str) -> None:
         while True:
@@ -354,9 +372,8 @@ class IOThread:
             except queue.Empty:
                 return
             reply = aborted_reply_msg(self.session, self.identity, request.msg, reason)
-            self._sockets[request.channel].send_multipart(
-                self.session.serialize(reply, request.msg.idents), copy=False
-            )
+            frames = self.session.serialize(reply, request.msg.idents)
+            send_frames(self._sockets[request.channel], frames)
 
     def deliver_signal(self, signum: int) -> None:
         """Signal this process, aimed at the main thread.
@@ -477,7 +494,7 @@ class IOThread:
         assert self._registration is not None
         content = {"id": self.identity.id, "uuid": self.identity.uuid}
         msg = self.session.msg("unregistration_request", content)
-        self._registration.send_multipart(self.session.serialize(msg), copy=False)
+        send_frames(self._registration, self.session.serialize(msg))
         deadline = time.monotonic() + self.unregister_timeout
         while (remaining := deadline - time.monotonic()) > 0:
             if not self._registration.poll(int(remaining * 1000) + 1):

@@ -105,7 +105,7 @@ def test_cli_start_daemon_list_stop(tmp_path: Path) -> None:
 
         with Client(cluster_id="cli", cluster_dir=tmp_path) as rc:
             rc.wait_for_engines(2, timeout=30)
-            assert rc[:].apply_sync(os.getpid) == state["engine_pids"]
+            assert sorted(rc[:].apply_sync(os.getpid)) == sorted(state["engine_pids"])
     finally:
         stopped = corral("stop", "--cluster-id", "cli", cwd=tmp_path)
     assert stopped.returncode == 0, stopped.stderr

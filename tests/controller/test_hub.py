@@ -101,6 +101,46 @@ def test_dropped_heart_is_told_to_stop_once(hub: Hub) -> None:
     assert hub.handle_pong("paused", payload) == []
 
 
+def test_dropped_engine_cannot_register_again_and_its_id_is_retired(hub: Hub) -> None:
+    register(hub, "paused")
+    register(hub, "other")
+    hub.handle_request([b"other"], request("unregistration_request", uuid="other"))
+    while "paused" in hub.by_uuid:
+        hub.tick()
+    # woken up, it asks to come back under its old id before its heart is heard
+    refused, stop = hub.handle_request(
+        [b"paused"], request("registration_request", uuid="paused", id=0))
+    assert refused.content["status"] == "error" and "must stop" in refused.content["evalue"]
+    assert stop.msg_type == "unregistration_notification" and stop.idents == (b"paused",)
+    payload, _ = hub.tick()
+    assert hub.handle_pong("paused", payload) == []  # told once is enough
+    for engine_id in (0, 1):  # neither a dead nor a departed engine's id is given out again
+        (taken,) = hub.handle_request(
+            [b"new"], request("registration_request", uuid="new", id=engine_id))
+        assert taken.content["status"] == "error" and "gone" in taken.content["evalue"]
+    assert register(hub, "new") == 2
+
+
+def test_late_reply_of_a_dropped_engine_is_not_recorded(hub: Hub) -> None:
+    register(hub, "paused")
+    register(hub, "other")
+    req = session.msg("apply_request", {})
+    hub.handle_monitor(b"task_in", [b"client-1"], req)
+    dest = session.msg("task_destination", {"msg_id": req.msg_id, "engine_id": "paused"})
+    hub.handle_monitor(b"task_dest", [], dest)
+    while "paused" in hub.by_uuid:
+        hub.tick()
+    # the scheduler resubmits it; the paused engine's late reply may come first
+    hub.handle_monitor(b"task_out", [b"client-1", b"paused"], reply_for(req, buffers=(b"old",)))
+    assert hub.store.get_record(req.msg_id)["status"] == "pending"
+    dest = session.msg("task_destination", {"msg_id": req.msg_id, "engine_id": "other"})
+    hub.handle_monitor(b"task_dest", [], dest)
+    hub.handle_monitor(b"task_out", [b"client-1", b"other"], reply_for(req, buffers=(b"new",)))
+    record = hub.store.get_record(req.msg_id)
+    assert record["status"] == "ok" and record["engine_uuid"] == "other"
+    assert [bytes(b) for b in record["result_buffers"]] == [b"new"]
+
+
 def test_unknown_heart_is_left_to_register(hub: Hub) -> None:
     """After a controller restart, engines beat before they re-register: leave them be."""
     payload, _ = hub.tick()

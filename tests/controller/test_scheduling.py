@@ -698,6 +698,17 @@ def test_with_one_engine_a_retry_runs_there_again() -> None:
     assert dispatches(sim.finish("t", success=False)) == [("t", "solo")]
 
 
+def test_an_aborted_task_is_final_whatever_its_retries() -> None:
+    core = SchedulerCore()
+    core.add_engine("e1")
+    core.add_engine("e2")
+    (dispatch,) = core.submit(Task("t", retries=3), 0.0)
+    assert isinstance(dispatch, Dispatch)
+    finished = core.task_finished("t", dispatch.engine_uuid, False, 0.0, retry=False)
+    assert finished == [Complete("t")]
+    assert core.task_state("t") is None
+
+
 def test_engine_loss_retries_in_flight_tasks_elsewhere() -> None:
     sim = Sim(engines=["e1", "e2"])
     sim.submit("a", retries=1)

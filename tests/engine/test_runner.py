@@ -98,11 +98,7 @@ def test_apply_with_numpy_arguments(wire: Wire, runner: TaskRunner) -> None:
     assert reply.content == {"status": "ok"}
     assert reply.metadata["status"] == "ok"
     np.testing.assert_array_equal(deserialize_object(list(reply.buffers)), array * 2)
-    assert wire.iopub_types() == ["status", "status"]
-    topics = [topic for topic, _ in wire.iopub()]
-    assert topics == [b"engine.3.status", b"engine.3.status"]
-    states = [msg.content["execution_state"] for _, msg in wire.iopub()]  # type: ignore[index]
-    assert states == ["busy", "idle"]
+    assert wire.iopub_types() == []  # apply tasks publish no busy/idle status
     assert all(msg.parent_header == request.msg.header for _, msg in wire.iopub())
 
 
@@ -154,7 +150,8 @@ def test_user_error_gives_error_reply_and_iopub_error(wire: Wire, runner: TaskRu
     assert "corral/engine" not in text
     assert reply.buffers == ()
     assert reply.metadata["status"] == "error"
-    assert wire.iopub_types() == ["status", "error", "status"]
+    assert wire.iopub_types() == ["error"]
+    assert [topic for topic, _ in wire.iopub()] == [b"engine.3.error"]
 
 
 @pytest.mark.parametrize(
@@ -330,3 +327,29 @@ def test_interrupt_after_the_task_or_while_idle_is_dropped(gate: InterruptGate) 
     gate.enter_task()  # no stale interrupt from before
     gate.leave_task()
     assert gate.seen == 2
+
+
+def test_abort_of_the_running_request_interrupts_it(gate: InterruptGate) -> None:
+    gate.arm("running")
+    gate.enter_task()
+    assert gate.request_abort(["other"]) is None
+    assert gate.request_abort(["other", "running"]) == "running"
+    with pytest.raises(KeyboardInterrupt):
+        gate.handle_sigint(signal.SIGINT, None)
+    assert gate.aborted
+    gate.leave_task()
+    assert gate.request_abort(["running"]) is None  # finished: nothing runs any more
+
+
+def test_abort_signal_landing_after_its_request_ended_is_dropped(gate: InterruptGate) -> None:
+    gate.arm("first")
+    gate.enter_task()
+    assert gate.request_abort(["first"]) == "first"
+    gate.leave_task()  # "first" ends before the abort's SIGINT is handled
+    gate.arm("second")
+    gate.enter_task()
+    gate.handle_sigint(signal.SIGINT, None)  # the abort's SIGINT: not for "second"
+    assert not gate.aborted
+    with pytest.raises(KeyboardInterrupt):  # a plain SIGINT still interrupts
+        gate.handle_sigint(signal.SIGINT, None)
+    gate.leave_task()
