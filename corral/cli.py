@@ -44,6 +44,8 @@ def _controller_flags(parser: argparse.ArgumentParser) -> None:
                         help="load-balancing policy")
     parser.add_argument("--max-outstanding", type=int, default=16,
                         help="tasks in flight per engine (prefetch)")
+    parser.add_argument("--owner-pid", type=int, default=None,
+                        help="stop when this parent process is gone (set by corral start)")
     parser.add_argument("--insecure", action="store_true",
                         help="disable message signing (empty key): anyone can run code")
     parser.add_argument("--curve", action="store_true",
@@ -100,6 +102,7 @@ def _controller_args(args: argparse.Namespace) -> list[str]:
 
 def cmd_controller(args: argparse.Namespace) -> int:
     from corral.controller.app import ControllerConfig, run_controller
+    from corral.lifetime import exit_with_owner
 
     if args.ip not in ("127.0.0.1", "localhost", "::1") and not args.curve:
         logging.getLogger("corral").warning(
@@ -114,6 +117,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
         insecure=args.insecure, heartbeat_period=args.heartbeat_period,
         max_misses=args.max_misses, db=args.db, restore=args.restore,
         scheduler_policy=args.scheduler, max_outstanding=args.max_outstanding, curve=args.curve)
+    exit_with_owner(args.owner_pid)
     return run_controller(config)
 
 

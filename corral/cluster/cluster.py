@@ -102,7 +102,8 @@ class Cluster:
     def start_controller(self) -> None:
         """Start the controller and wait for its connection files."""
         args = ["controller", "--cluster-id", self.cluster_id, "--cluster-dir",
-                str(self.base_dir), "--db", self.db, "--log-level", self.log_level]
+                str(self.base_dir), "--db", self.db, "--log-level", self.log_level,
+                "--owner-pid", str(os.getpid())]
         if self.heartbeat_period is not None:
             args += ["--heartbeat-period", str(self.heartbeat_period)]
         self.controller = self._spawn(args + self.controller_args, "controller.log")
@@ -118,8 +119,8 @@ class Cluster:
         started = []
         for _ in range(n):
             index = len(self.engines)
-            args = ["engine", "--file", str(self.path / ENGINE_FILE),
-                    "--log-level", self.log_level, *self.engine_args]
+            args = ["engine", "--file", str(self.path / ENGINE_FILE), "--log-level",
+                    self.log_level, "--owner-pid", str(os.getpid()), *self.engine_args]
             engine = self._spawn(args, f"engine-{index}.log")
             self.engines.append(engine)
             started.append(engine)

@@ -26,6 +26,7 @@ from typing import Any, NoReturn
 import zmq
 
 from corral.errors import ConnectionError, CorralError
+from corral.lifetime import exit_with_owner
 from corral.protocol.session import Frame, Session
 from corral.sockets import send_frames
 
@@ -43,7 +44,8 @@ class Engine:
 
     ``connection`` is the path of ``corral-engine.json``, its parsed contents, or an
     :class:`EngineConnectionInfo`. ``requested_id`` asks the Hub for a particular engine id
-    (the one this engine had before a controller restart). :meth:`run` never returns: the
+    (the one this engine had before a controller restart). ``max_result_bytes`` bounds the
+    serialized size of an apply result (larger: an error reply). :meth:`run` never returns: the
     process ends from the I/O thread on shutdown_request, SIGTERM or loss of registration.
     """
 
@@ -57,6 +59,7 @@ class Engine:
         registration_timeout: float = 10.0,
         unregister_timeout: float = 1.0,
         missed_beats: int = 5,
+        max_result_bytes: int | None = None,
     ) -> None:
         if isinstance(connection, EngineConnectionInfo):
             info = connection
@@ -91,6 +94,7 @@ class Engine:
             aborts=AbortList(),
             gate=self.gate,
             log=self.log,
+            max_result_bytes=max_result_bytes,
         )
         self._inproc = f"inproc://corral-engine-{self.identity.uuid}"
         self._push: zmq.Socket[Any] | None = None
@@ -191,6 +195,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--timeout", type=float, default=10.0, help="seconds to wait for registration"
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    parser.add_argument(
+        "--owner-pid", type=int, default=None, help="exit when this parent process is gone"
+    )
+    parser.add_argument(
+        "--max-result-bytes",
+        type=int,
+        default=None,
+        help="answer an apply whose serialized result is larger with an error (default: none)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -198,9 +211,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s corral.engine[%(process)d] %(levelname)s %(message)s",
     )
     path = args.file or engine_connection_file(args.cluster_id, args.cluster_dir)
+    exit_with_owner(args.owner_pid)
     try:
         engine = Engine(
-            path, engine_uuid=args.uuid, requested_id=args.id, registration_timeout=args.timeout
+            path,
+            engine_uuid=args.uuid,
+            requested_id=args.id,
+            registration_timeout=args.timeout,
+            max_result_bytes=args.max_result_bytes,
         )
         engine.run()
     except CorralError as err:

@@ -135,3 +135,32 @@ def test_cli_start_foreground_stops_on_sigint(tmp_path: Path) -> None:
             process.wait()
         if process.stdout is not None:
             process.stdout.close()
+
+
+def test_cluster_processes_exit_when_their_owner_is_killed(tmp_path: Path) -> None:
+    """A script that started a cluster dies by SIGKILL: nothing it started outlives it."""
+    script = (
+        "import json, sys, threading\n"
+        "from corral.cluster.cluster import Cluster\n"
+        f"cluster = Cluster(n=2, cluster_dir={str(tmp_path)!r}, heartbeat_period={HEARTBEAT})\n"
+        "cluster.start()\n"
+        "print(json.dumps([cluster.controller.pid, *[e.pid for e in cluster.engines]]),"
+        " flush=True)\n"
+        "threading.Event().wait()\n"
+    )
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout is not None
+        pids = json.loads(owner.stdout.readline())
+        children = [psutil.Process(p) for p in pids]
+        children += [c for p in children for c in p.children()]  # the scheduler
+        owner.send_signal(signal.SIGKILL)
+        owner.wait()
+        _, alive = psutil.wait_procs(children, timeout=15)
+        assert not alive, f"outlived their owner: {[p.pid for p in alive]}"
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
+        if owner.stdout is not None:
+            owner.stdout.close()
