@@ -96,6 +96,7 @@ class ClientIO:
         self._targets: dict[bytes, zmq.Socket[Any]] = {}
         self._links: dict[zmq.Socket[Any], tuple[str, zmq.Socket[Any]]] = {}
         self._down: set[str] = set()
+        self.rejected = 0  # messages dropped because they do not parse or verify
         self._started = threading.Event()
         self._startup_error: BaseException | None = None
         self._closed = False
@@ -344,6 +345,7 @@ class ClientIO:
             try:
                 msg = feed(frames)
             except ProtocolError as exc:
+                self.rejected += 1
                 log.warning("client: dropped a message that does not parse: %s", exc)
                 continue
             try:

@@ -39,6 +39,7 @@ log = logging.getLogger("corral.controller")
 
 CLIENT_FILE = "corral-client.json"
 ENGINE_FILE = "corral-engine.json"
+STATS_FILE = "controller-stats.json"
 
 
 @dataclass(frozen=True)
@@ -139,9 +140,14 @@ class Controller:
         device.daemon = True
         client_port = self._bind_device(device, "in", name)
         engine_port = self._bind_device(device, "out", f"{name}_engine")
+        device.setsockopt_mon(zmq.SNDHWM, 0)  # every copy reaches the Hub (see start)
         device.bind_mon(f"inproc://monitor-{name}")
         device.setsockopt_in(zmq.LINGER, 0)
         device.setsockopt_out(zmq.LINGER, 0)
+        # a ROUTER drops what it cannot queue for a peer: with no high-water mark a burst of
+        # requests (or replies) waits here for a slow engine (or client) instead of being lost
+        device.setsockopt_in(zmq.SNDHWM, 0)
+        device.setsockopt_out(zmq.SNDHWM, 0)
         device.start()
         self._devices.append(device)
         return client_port, engine_port
@@ -162,6 +168,10 @@ class Controller:
         self.monitor.subscribe(b"")
         self.queue_monitor = self.context.socket(zmq.SUB)
         self.queue_monitor.linger = 0
+        # no high-water mark on the monitor path: a copy dropped there is a task the Hub never
+        # records (it lags behind a burst, then catches up); set before any peer connects
+        for monitor in (self.monitor, self.queue_monitor):
+            monitor.rcvhwm = 0
         self.queue_monitor.subscribe(b"")
         # the monitor PUBs of the devices bind when their threads start: wait for each
         mux_client, mux_engine = self._queue_device("mux")
@@ -390,14 +400,19 @@ class Controller:
         self._stopping = True
 
     def close(self) -> None:
-        """Stop the scheduler, flush the store, close every socket, remove connection files."""
-        if self._scheduler is not None and self._scheduler.poll() is None:
-            self._scheduler.send_signal(signal.SIGTERM)
-            try:
-                self._scheduler.wait(5)
-            except subprocess.TimeoutExpired:
-                self._scheduler.kill()
-                self._scheduler.wait()
+        """Stop the scheduler, flush the store, close every socket, remove connection files,
+        and write the message counts to ``controller-stats.json``."""
+        scheduler_counts = None
+        if self._scheduler is not None:
+            if self._scheduler.poll() is None:
+                self._scheduler.send_signal(signal.SIGTERM)
+                try:
+                    self._scheduler.wait(5)
+                except subprocess.TimeoutExpired:
+                    self._scheduler.kill()
+                    self._scheduler.wait()
+            scheduler_counts = self._scheduler_counts()
+        self._write_stats(scheduler_counts)
         if hasattr(self, "store"):
             try:
                 self.store.close()
@@ -411,6 +426,31 @@ class Controller:
                 (self.config.cluster_path / name).unlink()
             except FileNotFoundError:
                 pass
+
+    def _scheduler_counts(self) -> dict[str, Any] | None:
+        """The counts the stopped scheduler wrote as its last line, if it could."""
+        assert self._scheduler is not None and self._scheduler.stdout is not None
+        try:
+            last = _read_json_line(self._scheduler.stdout, timeout=1.0)
+        except (OSError, ValueError):
+            return None
+        counts = (last or {}).get("counts")
+        return counts if isinstance(counts, dict) else None
+
+    def _write_stats(self, scheduler_counts: dict[str, Any] | None) -> None:
+        """What this controller saw, for whoever stops a cluster and wants to know (the fuzz
+        test prints it): messages handled, and rejected (bad signature, replay, malformed)."""
+        stats = {
+            "controller": {
+                **self.counts,
+                "hub_rejected": self.hub.rejected if self.hub is not None else 0,
+            },
+            "scheduler": scheduler_counts,
+        }
+        try:
+            write_private_json(self.config.cluster_path / STATS_FILE, stats)
+        except OSError as err:
+            log.warning("could not write %s: %s", STATS_FILE, err)
 
 
 def _with_key(config: ControllerConfig, key: bytes) -> ControllerConfig:

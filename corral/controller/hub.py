@@ -160,8 +160,12 @@ class Hub:
                         "tasks were failed or resubmitted: it must stop; start a new engine",
                     ),
                 ),
-                Send("registration", "unregistration_notification", {"id": -1, "uuid": uuid},
-                     idents=tuple(idents)),
+                Send(
+                    "registration",
+                    "unregistration_notification",
+                    {"id": -1, "uuid": uuid},
+                    idents=tuple(idents),
+                ),
             ]
         if uuid in self.by_uuid or uuid in self.pending_registrations:
             return [

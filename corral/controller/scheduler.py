@@ -6,7 +6,9 @@ zmq Frames they arrived in. Copies go to the Hub's monitor SUB (``task_in``, ``t
 ``task_out``). Engines come and go through the Hub's notifications.
 
 Run by the controller as ``python -m corral.controller.scheduler`` with its settings as one
-JSON line on stdin; it answers with one JSON line ``{"task": port, "task_engine": port}``.
+JSON line on stdin; it answers with one JSON line ``{"task": port, "task_engine": port}``, and
+when it stops writes one more, ``{"counts": {...}}`` (tasks submitted, completed, failed, and
+messages rejected).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ log = logging.getLogger("corral.scheduler")
 
 UNREACHABLE_GRACE = 5.0  # seconds to keep trying an engine whose connection is not up yet
 SCHEDULER_IDENT = b"scheduler"
-FINISHED_MEMORY = 100_000  # late replies for this many recent tasks are recognised
+FINISHED_MEMORY = 100_000  # recent tasks whose late replies are recognised and outcomes kept
 
 
 @dataclass
@@ -66,6 +68,7 @@ class TaskScheduler:
         if self.curve is not None:
             self._authenticator = start_authenticator(self.context, self.curve)
         self.clients = self._socket(zmq.ROUTER, server=True)
+        self.clients.sndhwm = 0  # a ROUTER drops replies it cannot queue: a slow client waits
         self.client_port = _bind(self.clients, url, settings.get("task"))
         self.engines = self._socket(zmq.ROUTER, server=True)
         self.engines.router_mandatory = True
@@ -74,6 +77,7 @@ class TaskScheduler:
         self.notifications.subscribe(b"")
         self.notifications.connect(settings["notification"])
         self.monitor = self._socket(zmq.PUB, server=False)
+        self.monitor.sndhwm = 0  # a dropped copy is a task the Hub never records
         self.monitor.connect(settings["monitor"])
         self.pending: dict[str, Pending] = {}
         self.finished: dict[str, None] = {}  # recently answered msg_ids, oldest first
@@ -177,8 +181,11 @@ class TaskScheduler:
             return
         pending.reply = [idents[0], *msg_frames]
         status = (msg.content or {}).get("status")
-        self._perform(self.core.task_finished(
-            msg_id, engine_uuid, status == "ok", time.monotonic(), retry=status != "aborted"))
+        self._perform(
+            self.core.task_finished(
+                msg_id, engine_uuid, status == "ok", time.monotonic(), retry=status != "aborted"
+            )
+        )
         if msg_id in self.pending:
             self.pending[msg_id].reply = None
 
@@ -230,9 +237,14 @@ class TaskScheduler:
         return [self.session.sign(json_frames), *json_frames, *frames[5:]]
 
     def _remember_finished(self, msg_id: str) -> None:
+        """Remember the newest FINISHED_MEMORY answered tasks; the core forgets the outcome
+        of each one that falls out, so neither grows with every task ever run (a task that
+        names one as a dependency later is refused as unknown, see SchedulerCore)."""
         self.finished[msg_id] = None
         if len(self.finished) > FINISHED_MEMORY:
-            del self.finished[next(iter(self.finished))]
+            oldest = next(iter(self.finished))
+            del self.finished[oldest]
+            self.core.forget([oldest])
 
     def _complete(self, msg_id: str) -> None:
         pending = self.pending.pop(msg_id)
@@ -329,6 +341,11 @@ def main() -> int:
         scheduler.serve_forever()
     finally:
         scheduler.close()
+        try:  # the controller reads this last line into its stats file
+            sys.stdout.write(json.dumps({"counts": scheduler.counts}) + "\n")
+            sys.stdout.flush()
+        except OSError:  # the controller is gone
+            pass
     return 0
 
 

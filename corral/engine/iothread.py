@@ -99,6 +99,7 @@ class IOThread:
         self.log = log
         self.registered = threading.Event()
         self.failure: str | None = None
+        self.rejected = 0  # messages dropped: bad signature, replay, malformed
         self.addresses: dict[str, str] = {}
         self.heartbeat_period = 3.0
         self._sockets: dict[bytes, zmq.Socket[Any]] = {}
@@ -281,6 +282,7 @@ class IOThread:
         try:
             return self.session.feed(frames)
         except ProtocolError as err:
+            self.rejected += 1
             self.log.warning("dropped a message on %s: %s", channel.decode(), err)
             return None
 
@@ -464,7 +466,12 @@ class IOThread:
 
         Exits the process with ``os._exit`` even while the main thread is inside user code.
         """
-        self.log.info("engine %s shutting down: %s", self.identity.id, reason)
+        self.log.info(
+            "engine %s shutting down: %s (%d messages rejected)",
+            self.identity.id,
+            reason,
+            self.rejected,
+        )
         try:
             if b"mux" in self._sockets:
                 self._abort_queued(f"engine {self.identity.id} shut down ({reason})")

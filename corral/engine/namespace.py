@@ -97,13 +97,16 @@ class Namespace:
     def bind(self, f: types.FunctionType) -> types.FunctionType:
         """A copy of ``f`` whose globals are this namespace.
 
-        Names ``f`` captured on the client (its unpickled ``__globals__``) are added to the
-        namespace only where it lacks them: what the engine already holds wins, so a pushed
-        value is never silently replaced by a stale client copy.
+        Of the names ``f`` captured on the client (its ``__globals__``), only those its code
+        reads (:func:`global_names`) are added to the namespace, and only where it lacks them:
+        what the engine already holds wins, so a pushed value is never silently replaced by a
+        stale client copy, and a function from an importable module (whose ``__globals__`` is
+        that whole module) does not pour the module into the namespace.
         """
-        for name, value in f.__globals__.items():
-            if name not in _MODULE_DUNDERS and name not in self.user_ns:
-                self.user_ns[name] = value
+        captured = f.__globals__
+        for name in global_names(f.__code__):
+            if name in captured and name not in _MODULE_DUNDERS and name not in self.user_ns:
+                self.user_ns[name] = captured[name]
         bound = types.FunctionType(
             f.__code__, self.user_ns, f.__name__, f.__defaults__, f.__closure__
         )
@@ -159,6 +162,17 @@ class Namespace:
         self._cells.append(filename)
         while len(self._cells) > _LINECACHE_KEEP:
             linecache.cache.pop(self._cells.popleft(), None)
+
+
+def global_names(code: types.CodeType) -> set[str]:
+    """Names ``code`` and the code nested in it (inner functions, lambdas, comprehensions)
+    may read as globals: their ``co_names``. Attribute names are among them, so this is a
+    superset, but bounded by what the code mentions."""
+    names = set(code.co_names)
+    for constant in code.co_consts:
+        if isinstance(constant, types.CodeType):
+            names |= global_names(constant)
+    return names
 
 
 def _compile_cell(code: str, filename: str) -> tuple[types.CodeType, types.CodeType | None]:

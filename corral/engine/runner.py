@@ -154,6 +154,9 @@ class TaskRunner:
     not silent), ``stream`` chunks, ``execute_result`` or ``error``, then the reply on the
     request's channel, then ``status: idle`` (execute only). Apply tasks publish no status:
     for many small tasks those two messages were a sixth of the cluster's CPU per task.
+
+    ``max_result_bytes`` bounds the serialized size of one apply result: a larger one is
+    answered with a SerializationError instead (None: no limit).
     """
 
     def __init__(
@@ -167,8 +170,10 @@ class TaskRunner:
         aborts: AbortList | None = None,
         gate: InterruptGate | None = None,
         log: logging.Logger | None = None,
+        max_result_bytes: int | None = None,
     ) -> None:
         self.session = session
+        self.max_result_bytes = max_result_bytes
         self.identity = identity
         self.send = send
         self.namespace = namespace or Namespace()
@@ -290,17 +295,33 @@ class TaskRunner:
 
     def _apply(self, msg: Message) -> list[Any]:
         """Unpack, call, serialize: the result's frames, or SerializationError naming the step."""
-        f, args, kwargs = unpack_apply_message(msg.buffers)
-        result = self.namespace.apply(f, args, kwargs)
         try:
-            return list(serialize_object(result))
-        except SerializationError:
-            raise
-        except Exception as err:
+            f, args, kwargs = unpack_apply_message(msg.buffers)
+        except SerializationError as err:
             raise SerializationError(
-                f"the result of {getattr(f, '__name__', 'the function')} could not be "
-                f"serialized: {type(err).__name__}: {err}"
-            ) from err
+                f"the request could not be unpacked on engine {self.identity.id}: {err}. A "
+                "function or class pickled by reference needs its module importable on the "
+                "engine: install it there, or define it in __main__ (or mark it @interactive) "
+                "so that it travels by value"
+            ) from None
+        result = self.namespace.apply(f, args, kwargs)
+        name = getattr(f, "__name__", "the function")
+        try:
+            frames = list(serialize_object(result))
+        except Exception as err:  # MemoryError included: a result too large to serialize
+            raise SerializationError(
+                f"the result of {name} could not be serialized: "
+                f"{err if isinstance(err, SerializationError) else f'{type(err).__name__}: {err}'}"
+            ) from None
+        limit = self.max_result_bytes
+        if limit is not None:
+            size = sum(memoryview(frame).nbytes for frame in frames)
+            if size > limit:
+                raise SerializationError(
+                    f"the result of {name} is {size} bytes serialized, over this engine's limit "
+                    f"of {limit} bytes (--max-result-bytes): return less, or store it elsewhere"
+                )
+        return frames
 
     def _stream(self, parent: Message, name: str, text: str) -> None:
         self.publish("stream", {"name": name, "text": text}, parent)

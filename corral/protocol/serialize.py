@@ -225,7 +225,7 @@ def _reduce_array(array: Any) -> object:
     return _rebuild_array, (pickle.PickleBuffer(flat), dtype, array.shape, order)
 
 
-def _dump(obj: object, buffer_threshold: int) -> list[bytes | memoryview]:
+def _dump(obj: object, buffer_threshold: int, what: str = "") -> list[bytes | memoryview]:
     stream = io.BytesIO()
     stream.write(bytes(_PICKLE_START))
     try:
@@ -234,7 +234,8 @@ def _dump(obj: object, buffer_threshold: int) -> list[bytes | memoryview]:
         raise
     except Exception as exc:
         raise SerializationError(
-            f"cannot serialize {type(obj).__name__} object: {type(exc).__name__}: {exc}"
+            f"cannot serialize {what or f'{type(obj).__name__} object'}: "
+            f"{type(exc).__name__}: {exc}"
         ) from exc
     with stream.getbuffer() as whole:
         crc = zlib.crc32(whole[_PICKLE_START:])
@@ -351,7 +352,8 @@ def pack_apply_message(
     kwargs = {
         key: _wrap_large_bytes(value, buffer_threshold, wrapped) for key, value in kwargs.items()
     }
-    return _dump((f, args, kwargs), buffer_threshold)
+    name = getattr(f, "__qualname__", None) or type(f).__name__
+    return _dump((f, args, kwargs), buffer_threshold, f"the call {name}(...)")
 
 
 def unpack_apply_message(

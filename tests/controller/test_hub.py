@@ -109,14 +109,16 @@ def test_dropped_engine_cannot_register_again_and_its_id_is_retired(hub: Hub) ->
         hub.tick()
     # woken up, it asks to come back under its old id before its heart is heard
     refused, stop = hub.handle_request(
-        [b"paused"], request("registration_request", uuid="paused", id=0))
+        [b"paused"], request("registration_request", uuid="paused", id=0)
+    )
     assert refused.content["status"] == "error" and "must stop" in refused.content["evalue"]
     assert stop.msg_type == "unregistration_notification" and stop.idents == (b"paused",)
     payload, _ = hub.tick()
     assert hub.handle_pong("paused", payload) == []  # told once is enough
     for engine_id in (0, 1):  # neither a dead nor a departed engine's id is given out again
         (taken,) = hub.handle_request(
-            [b"new"], request("registration_request", uuid="new", id=engine_id))
+            [b"new"], request("registration_request", uuid="new", id=engine_id)
+        )
         assert taken.content["status"] == "error" and "gone" in taken.content["evalue"]
     assert register(hub, "new") == 2
 

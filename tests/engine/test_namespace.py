@@ -152,6 +152,21 @@ def test_captured_names_fill_only_missing_names(ns: Namespace) -> None:
     assert ns["pushed"] == "engine value"
 
 
+def test_only_globals_the_code_reads_are_copied(ns: Namespace) -> None:
+    source = (
+        "import json\n"
+        "def f():\n"
+        "    inner = lambda: [helper(x) for x in data]\n"
+        "    return inner()\n"
+        "def helper(x):\n"
+        "    return x + 1\n"
+    )
+    scope: dict[str, Any] = {"__name__": "a.module", "data": [1, 2], "unrelated": "module"}
+    exec(source, scope)
+    assert ns.apply(interactive(scope["f"]), (), {}) == [2, 3]
+    assert {name for name in ns.user_ns if not name.startswith("__")} == {"data", "helper"}
+
+
 def test_rebinding_keeps_defaults_kwdefaults_closure_and_attributes(ns: Namespace) -> None:
     source = (
         "def outer():\n"

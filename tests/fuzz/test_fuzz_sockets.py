@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import random
+import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from corral.protocol.session import DELIMITER, Session
 from tests.conftest import start_cluster
 
 ROUNDS_PER_SOCKET = 300
+FLUSH_MS = 10_000  # closing with linger 0 would drop what zmq has not sent yet
 
 
 def garbage(rng: random.Random, good: list[bytes]) -> list[bytes]:
@@ -46,12 +49,25 @@ def garbage(rng: random.Random, good: list[bytes]) -> list[bytes]:
 
 @pytest.fixture(scope="module")
 def fuzzed_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    cluster = start_cluster(tmp_path_factory.mktemp("fuzz"), 2)
+    cluster = start_cluster(tmp_path_factory.mktemp("fuzz"), 2, log_level="INFO")
     cluster.start()
     try:
         yield cluster
     finally:
         cluster.stop()
+
+
+def wait_until_forwarded(pub: zmq.Socket, rc: object) -> None:
+    """A PUB drops what it sends before its subscribers are connected: send junk until the
+    client (subscribed through the iopub proxy) has rejected some, so the rounds that follow
+    do reach it."""
+    io = rc._io  # type: ignore[attr-defined]  # noqa: SLF001
+    before = io.rejected
+    deadline = time.monotonic() + 10
+    while io.rejected == before:
+        assert time.monotonic() < deadline, "nothing sent on iopub reached the client"
+        pub.send_multipart([b"engine.0.stream", b"not a message"])
+        time.sleep(0.01)
 
 
 def connection(cluster: object, name: str) -> dict:
@@ -94,6 +110,8 @@ def test_fuzz_every_socket_then_serve_correctly(fuzzed_cluster: object, tmp_path
             sock.connect(f"{url}:{port}")
             engine_uuid = rc._engines[rc.ids[0]].encode()  # noqa: SLF001
             prefix = [engine_uuid] if name in ("mux", "control") else []
+            if kind == zmq.PUB:
+                wait_until_forwarded(sock, rc)
             for _ in range(ROUNDS_PER_SOCKET):
                 frames = garbage(rng, evil_request) or [b""]
                 try:
@@ -103,9 +121,9 @@ def test_fuzz_every_socket_then_serve_correctly(fuzzed_cluster: object, tmp_path
                     pass
             sock.send_multipart(prefix + evil_request)  # the wrong key, well formed
             sent += 1
-            sock.close()
+            sock.close(linger=FLUSH_MS)  # what is queued still goes out
     finally:
-        ctx.destroy(linger=0)
+        ctx.destroy(linger=FLUSH_MS)  # waits (at most FLUSH_MS) until all was sent
     print(f"fuzz: sent {sent} hostile messages to {len(targets)} sockets")
 
     # everything still serves valid work, and what was stored before is intact
@@ -115,3 +133,25 @@ def test_fuzz_every_socket_then_serve_correctly(fuzzed_cluster: object, tmp_path
     assert not marker.exists(), "a message signed with the wrong key was executed"
     assert all(p.poll() is None for p in cluster.engines)  # type: ignore[attr-defined]
     assert cluster.controller.poll() is None  # type: ignore[attr-defined]
+
+    # how many each process turned away: the controller writes its counts (and the
+    # scheduler's) when it stops, engines log theirs as they exit
+    client_rejected = rc._io.rejected  # noqa: SLF001
+    cluster.stop()  # type: ignore[attr-defined]
+    folder = Path(cluster.path)  # type: ignore[attr-defined]
+    stats = json.loads((folder / "controller-stats.json").read_text())
+    engines = [
+        int(match.group(1))
+        for log in sorted(folder.glob("engine-*.log"))
+        for match in re.finditer(r"\((\d+) messages rejected\)", log.read_text())
+    ]
+    controller, scheduler = stats["controller"], stats["scheduler"]
+    print(
+        f"fuzz: rejected: controller {controller['rejected']} (+{controller['hub_rejected']} "
+        f"refused by the Hub; {controller['monitored']} monitor copies, {controller['queries']} "
+        f"queries handled), scheduler {scheduler['rejected']}, engines {engines}, "
+        f"client {client_rejected}"
+    )
+    assert controller["rejected"] > 0 and scheduler["rejected"] > 0
+    assert len(engines) == 2 and max(engines) > 0  # hostile requests went to one engine
+    assert client_rejected > ROUNDS_PER_SOCKET // 2  # most of what was published on iopub

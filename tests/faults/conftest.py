@@ -1,0 +1,58 @@
+"""Helpers for the fault tests: polling with a deadline, and child processes that always end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+
+def until(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll ``predicate`` until it is true; AssertionError naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.01)
+
+
+class Scripts:
+    """Runs small Python programs as separate client processes; kills any left running."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.processes: list[subprocess.Popen[str]] = []
+
+    def run(self, source: str, *args: str, timeout: float = 60) -> str:
+        """Run ``source`` with ``args``; its stdout. AssertionError if it fails."""
+        path = self.folder / f"script-{len(self.processes)}.py"
+        path.write_text(source)
+        process = subprocess.Popen(
+            [sys.executable, str(path), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        self.processes.append(process)
+        out, err = process.communicate(timeout=timeout)
+        assert process.returncode == 0, f"{path.name} failed ({process.returncode}):\n{err}"
+        return out
+
+    def close(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+def scripts(tmp_path: Path) -> Iterator[Scripts]:
+    runner = Scripts(tmp_path)
+    try:
+        yield runner
+    finally:
+        runner.close()

@@ -1,0 +1,88 @@
+"""The controller killed (SIGKILL) under a live client: calls that need it (Hub queries,
+wait_for_engines, control calls, direct requests) fail with a clear ConnectionError within the
+client's timeout, and load-balanced submissions wait for it; once it is restarted with
+--restore the same Client object works again, sees the engines, gets new notifications and the
+stored results."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from corral import Client
+from corral.errors import ConnectionError
+from tests.conftest import start_cluster
+from tests.faults.conftest import until
+
+TIMEOUT = 2.0  # the client's timeout: short, so the outage is noticed quickly
+
+
+def raises_connection_error_in_time(call, *args, **kwargs) -> ConnectionError:  # type: ignore[no-untyped-def]
+    started = time.monotonic()
+    with pytest.raises(ConnectionError) as info:
+        call(*args, **kwargs)
+    took = time.monotonic() - started
+    assert took < TIMEOUT + 2, f"{call.__name__} took {took:.1f} s to fail"
+    return info.value
+
+
+@pytest.mark.timeout(120)
+def test_client_survives_a_controller_restart(tmp_path: Path) -> None:
+    cluster = start_cluster(tmp_path, 2)
+    cluster.start()
+    try:
+        rc = Client(Path(cluster.path) / "corral-client.json", timeout=TIMEOUT)
+        try:
+            direct = rc[:].apply_async(lambda x: x * 3, 14)
+            balanced = rc.load_balanced_view().apply_async(lambda: "balanced")
+            assert direct.get(timeout=30) == [42, 42]
+            assert balanced.get(timeout=30) == "balanced"
+            stored = [*direct.msg_ids, *balanced.msg_ids]
+            until(lambda: not rc.result_status(stored)["pending"], 10, "the Hub to store them")
+
+            assert cluster.controller is not None
+            cluster.controller.send_signal(signal.SIGKILL)
+            cluster.controller.wait()
+
+            error = raises_connection_error_in_time(rc.queue_status)
+            assert "unreachable" in str(error) and "--restore" in str(error)
+            raises_connection_error_in_time(rc.hub_history)
+            raises_connection_error_in_time(rc.result_status, stored)
+            raises_connection_error_in_time(rc.wait_for_engines, 3)
+            raises_connection_error_in_time(rc.clear)
+            raises_connection_error_in_time(rc[0].apply_async, lambda: "never sent")
+            # a load-balanced task waits for the scheduler: zmq holds it until it is back
+            queued = rc.load_balanced_view().apply_async(lambda: "queued in the outage")
+            assert rc.ids == [0, 1]  # what it last knew
+
+            cluster.controller_args.append("--restore")
+            cluster.start_controller()
+
+            # the same client: queries work again, the engines come back under their ids
+            until(lambda: _answers(rc), 30, "the client to reach the new controller")
+            rc.wait_for_engines(2, timeout=60)
+            assert rc.ids == [0, 1]
+            assert rc.get_result(stored).get(timeout=30) == [42, 42, "balanced"]
+            assert queued.get(timeout=30) == "queued in the outage"
+            assert rc[:].apply_sync(lambda: "after restart") == ["after restart"] * 2
+            assert rc.load_balanced_view().apply_sync(lambda: 7) == 7
+            # notifications reach it: a new engine is seen, with a new id
+            cluster.start_engines(1)
+            rc.wait_for_engines(3, timeout=60)
+            assert rc.ids == [0, 1, 2]
+            assert rc[2].apply_sync(lambda: "new") == "new"
+        finally:
+            rc.close()
+    finally:
+        cluster.stop()
+
+
+def _answers(rc: Client) -> bool:
+    try:
+        rc.queue_status()
+    except ConnectionError:
+        return False
+    return True
