@@ -47,10 +47,12 @@ def test_paused_engine_is_dropped_once_and_told_to_stop(tmp_path: Path) -> None:
         balanced_failing = lb.apply_async(nap_and_mark, 0.3, marker)
         retried = rc.load_balanced_view(retries=1).map_async(
             nap_and_mark, [1.0] * 6, [marker] * 6, chunksize=1
-        )  # long enough that all are placed before any ends: two of them on engine 1
+        )  # long enough that all are placed before any ends, some of them on engine 1
         until(lambda: bool(direct.stdout), 20, "the direct task to start")
+        # the targeted task and at least one of the map's (least-load spreads them; how many
+        # land on engine 1 depends on timing, and nothing below depends on the number)
         until(
-            lambda: len(rc.queue_status(1, verbose=True)["tasks"]) >= 3,
+            lambda: len(rc.queue_status(1, verbose=True)["tasks"]) >= 2,
             20,
             "load-balanced tasks to be queued on the engine to pause",
         )

@@ -267,7 +267,9 @@ class BatchWriter(Generic[PayloadT]):
     its writes is retried alone, so one bad write loses only itself (writes must therefore
     be idempotent: upserts and drops are). What still fails is logged and becomes the
     StoreError raised by the next :meth:`submit`, :meth:`flush` or :meth:`check` call.
-    Batches form naturally: while one commits, the next accumulates.
+    Batches form naturally: while one commits, the next accumulates; and the writer lingers up
+    to ``linger`` seconds for more writes before a small batch (not when a flush is waiting),
+    so a steady trickle of tasks costs one commit per few milliseconds, not one per write.
 
     Writes still queued when the interpreter exits are applied by an ``atexit`` hook, so a
     controller that exits without closing its store loses nothing it had queued.
@@ -279,10 +281,13 @@ class BatchWriter(Generic[PayloadT]):
         *,
         name: str,
         max_batch: int = 1000,
+        linger: float = 0.005,
     ) -> None:
         self._apply = apply
         self._name = name
         self._max_batch = max_batch
+        self._linger = linger
+        self._flushing = 0  # callers waiting in flush(): write at once
         self._condition = threading.Condition()
         self._pending: deque[WriteOp[PayloadT]] = deque()
         self._submitted = 0
@@ -305,15 +310,21 @@ class BatchWriter(Generic[PayloadT]):
                 raise StoreError(f"{self._name}: the result store is closed")
             self._pending.append(op)
             self._submitted += 1
-            self._condition.notify_all()
+            if len(self._pending) == 1:  # the writer sleeps only on an empty queue
+                self._condition.notify_all()
             self._raise_error()
 
     def flush(self) -> None:
         """Wait until every write submitted so far is applied or has failed (then raise)."""
         with self._condition:
             target = self._submitted
-            while self._done < target and not self._stopped:
-                self._condition.wait()
+            self._flushing += 1
+            self._condition.notify_all()  # cut the writer's linger short
+            try:
+                while self._done < target and not self._stopped:
+                    self._condition.wait()
+            finally:
+                self._flushing -= 1
             self._raise_error()
             if self._done < target:
                 raise StoreError(f"{self._name}: the writer thread stopped with writes queued")
@@ -351,6 +362,11 @@ class BatchWriter(Generic[PayloadT]):
                         self._condition.wait()
                     if not self._pending:
                         return
+                    if len(self._pending) < self._max_batch and not (
+                        self._closing or self._flushing
+                    ):
+                        # linger a moment: one commit for a burst of writes, not one per write
+                        self._condition.wait(self._linger)
                     count = min(len(self._pending), self._max_batch)
                     batch = [self._pending.popleft() for _ in range(count)]
                 failed = self._apply_batch(batch)
