@@ -33,15 +33,17 @@ test: venv mongod
 $(BENCH_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install -q --upgrade pip
-	$(BENCH_VENV)/bin/pip install -q -e '.[numpy]' 'ipyparallel==9.2.*' 'dask[distributed]' jupyter_client
+	$(BENCH_VENV)/bin/pip install -q -e '.[numpy,mongodb]' 'ipyparallel==9.2.*' 'dask[distributed]' \
+		jupyter_client py-spy psutil
 	touch $@
 
-bench: $(BENCH_VENV)/.installed
+bench: $(BENCH_VENV)/.installed mongod
 	for script in bench/bench_*.py; do $(BENCH_VENV)/bin/python $$script || exit 1; done
 
 lint: venv
 	$(VENV)/bin/ruff check corral tests bench
 	$(VENV)/bin/ruff format --check corral tests bench
+	$(VENV)/bin/mypy corral
 	$(VENV)/bin/mypy --strict corral/protocol
 
 clean:

@@ -84,12 +84,20 @@ def main() -> None:
     results: dict[str, dict[str, float]] = {"empty_us": {}, "pipelined_us": {}, "big_MBps": {}}
     results["empty_us"]["raw pyzmq"] = per_message(raw_empty, EMPTY_ROUNDS) * 1e6
     results["empty_us"]["corral Session"] = per_message(ours_empty, EMPTY_ROUNDS) * 1e6
-    results["pipelined_us"]["raw pyzmq"] = pipelined(
-        lambda: a.send_multipart(raw_frames, copy=False),
-        lambda: b.recv_multipart(copy=False), EMPTY_ROUNDS) * 1e6
-    results["pipelined_us"]["corral Session"] = pipelined(
-        lambda: ours_send.send(a, "apply_request", {}), lambda: ours_recv.recv(b),
-        EMPTY_ROUNDS) * 1e6
+    results["pipelined_us"]["raw pyzmq"] = (
+        pipelined(
+            lambda: a.send_multipart(raw_frames, copy=False),
+            lambda: b.recv_multipart(copy=False),
+            EMPTY_ROUNDS,
+        )
+        * 1e6
+    )
+    results["pipelined_us"]["corral Session"] = (
+        pipelined(
+            lambda: ours_send.send(a, "apply_request", {}), lambda: ours_recv.recv(b), EMPTY_ROUNDS
+        )
+        * 1e6
+    )
     if JupyterSession is not None:
         js, jr = JupyterSession(key=KEY), JupyterSession(key=KEY)
 
@@ -98,8 +106,10 @@ def main() -> None:
             return jr.recv(b, mode=0)
 
         results["empty_us"]["jupyter_client Session"] = per_message(jupyter_empty, 5000) * 1e6
-        results["pipelined_us"]["jupyter_client Session"] = pipelined(
-            lambda: js.send(a, "apply_request", {}), lambda: jr.recv(b, mode=0), 5000) * 1e6
+        results["pipelined_us"]["jupyter_client Session"] = (
+            pipelined(lambda: js.send(a, "apply_request", {}), lambda: jr.recv(b, mode=0), 5000)
+            * 1e6
+        )
 
     # ---------------------------------------------------------------- (b) 100 MB array
     size = ARRAY.nbytes
@@ -161,14 +171,17 @@ def main() -> None:
         "pipelined_jupyter_vs_ours": (jupyter_p / ours_p) if jupyter_p else None,
         "big_fraction_of_raw": results["big_MBps"]["corral Session"] / raw_bw,
     }
+
     def ratio(value: float | None) -> str:
         return f"{value:.2f}x" if value else "n/a"
 
-    print(f"targets: (a) <= 2x raw: ping-pong {ratio(summary['empty_vs_raw'])}, pipelined "
-          f"{ratio(summary['pipelined_vs_raw'])}; >= 2x faster than jupyter_client: ping-pong "
-          f"{ratio(summary['jupyter_vs_ours'])}, pipelined "
-          f"{ratio(summary['pipelined_jupyter_vs_ours'])}; "
-          f"(b) >= 80% of raw: {summary['big_fraction_of_raw']:.0%}")
+    print(
+        f"targets: (a) <= 2x raw: ping-pong {ratio(summary['empty_vs_raw'])}, pipelined "
+        f"{ratio(summary['pipelined_vs_raw'])}; >= 2x faster than jupyter_client: ping-pong "
+        f"{ratio(summary['jupyter_vs_ours'])}, pipelined "
+        f"{ratio(summary['pipelined_jupyter_vs_ours'])}; "
+        f"(b) >= 80% of raw: {summary['big_fraction_of_raw']:.0%}"
+    )
     out = Path(__file__).parent / "results" / "protocol.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps({**results, "summary": summary}, indent=2))

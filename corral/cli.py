@@ -1,10 +1,10 @@
 """The ``corral`` command: start, stop and list clusters; run a controller or an engine.
 
-    corral start -n 4 [--cluster-id ID] [--daemon]   controller + engines (Ctrl-C stops all)
-    corral stop [--cluster-id ID]
-    corral list
-    corral controller [--ip IP] [--curve] [--db sqlite|memory|mongodb://...] [--restore] ...
-    corral engine [--file corral-engine.json | --cluster-id ID]
+corral start -n 4 [--cluster-id ID] [--daemon]   controller + engines (Ctrl-C stops all)
+corral stop [--cluster-id ID]
+corral list
+corral controller [--ip IP] [--curve] [--db sqlite|memory|mongodb://...] [--restore] ...
+corral engine [--file corral-engine.json | --cluster-id ID]
 """
 
 from __future__ import annotations
@@ -24,43 +24,72 @@ DEFAULT_ID = "default"
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cluster-id", default=DEFAULT_ID, help="cluster name (default: default)")
-    parser.add_argument("--cluster-dir", default=None,
-                        help="folder holding clusters (default: $CORRAL_DIR or ~/.corral)")
+    parser.add_argument(
+        "--cluster-dir",
+        default=None,
+        help="folder holding clusters (default: $CORRAL_DIR or ~/.corral)",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
 
 
 def _controller_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ip", default="127.0.0.1",
-                        help="interface to listen on (default 127.0.0.1: this machine only)")
-    parser.add_argument("--db", default="sqlite",
-                        help="result store: sqlite (default), memory, or mongodb://host:port/db")
-    parser.add_argument("--restore", action="store_true",
-                        help="keep the existing result store and serve its records")
+    parser.add_argument(
+        "--ip",
+        default="127.0.0.1",
+        help="interface to listen on (default 127.0.0.1: this machine only)",
+    )
+    parser.add_argument(
+        "--db",
+        default="sqlite",
+        help="result store: sqlite (default), memory, or mongodb://host:port/db",
+    )
+    parser.add_argument(
+        "--restore",
+        action="store_true",
+        help="keep the existing result store and serve its records",
+    )
     parser.add_argument("--heartbeat-period", type=float, default=3.0, help="seconds")
-    parser.add_argument("--max-misses", type=int, default=3,
-                        help="missed beats before an engine is declared dead")
-    parser.add_argument("--scheduler", default="leastload",
-                        choices=["leastload", "lru", "random", "weighted"],
-                        help="load-balancing policy")
-    parser.add_argument("--max-outstanding", type=int, default=16,
-                        help="tasks in flight per engine (prefetch)")
-    parser.add_argument("--owner-pid", type=int, default=None,
-                        help="stop when this parent process is gone (set by corral start)")
-    parser.add_argument("--insecure", action="store_true",
-                        help="disable message signing (empty key): anyone can run code")
-    parser.add_argument("--curve", action="store_true",
-                        help="encrypt and authenticate every connection with CurveZMQ "
-                             "(for clusters that span machines)")
+    parser.add_argument(
+        "--max-misses", type=int, default=3, help="missed beats before an engine is declared dead"
+    )
+    parser.add_argument(
+        "--scheduler",
+        default="leastload",
+        choices=["leastload", "lru", "random", "weighted"],
+        help="load-balancing policy",
+    )
+    parser.add_argument(
+        "--max-outstanding", type=int, default=16, help="tasks in flight per engine (prefetch)"
+    )
+    parser.add_argument(
+        "--owner-pid",
+        type=int,
+        default=None,
+        help="stop when this parent process is gone (set by corral start)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="disable message signing (empty key): anyone can run code",
+    )
+    parser.add_argument(
+        "--curve",
+        action="store_true",
+        help="encrypt and authenticate every connection with CurveZMQ "
+        "(for clusters that span machines)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="corral", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="corral", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     start = commands.add_parser("start", help="start a controller and engines")
-    start.add_argument("-n", "--engines", type=int, default=None,
-                       help="number of engines (default: one per CPU)")
+    start.add_argument(
+        "-n", "--engines", type=int, default=None, help="number of engines (default: one per CPU)"
+    )
     start.add_argument("--daemon", action="store_true", help="run in the background")
     _common(start)
     _controller_flags(start)
@@ -88,9 +117,18 @@ def _cluster_path(args: argparse.Namespace) -> Path:
 
 
 def _controller_args(args: argparse.Namespace) -> list[str]:
-    flags = ["--ip", args.ip, "--heartbeat-period", str(args.heartbeat_period),
-             "--max-misses", str(args.max_misses), "--scheduler", args.scheduler,
-             "--max-outstanding", str(args.max_outstanding)]
+    flags = [
+        "--ip",
+        args.ip,
+        "--heartbeat-period",
+        str(args.heartbeat_period),
+        "--max-misses",
+        str(args.max_misses),
+        "--scheduler",
+        args.scheduler,
+        "--max-outstanding",
+        str(args.max_outstanding),
+    ]
     if args.restore:
         flags.append("--restore")
     if args.insecure:
@@ -108,15 +146,26 @@ def cmd_controller(args: argparse.Namespace) -> int:
         logging.getLogger("corral").warning(
             "listening on %s: any machine that reaches this address and holds the key can run "
             "code on every engine; messages are signed but not encrypted (--curve encrypts "
-            "them)", args.ip)
+            "them)",
+            args.ip,
+        )
     if args.insecure:
         logging.getLogger("corral").warning(
-            "--insecure: messages are not signed; anyone who can reach the ports runs code")
+            "--insecure: messages are not signed; anyone who can reach the ports runs code"
+        )
     config = ControllerConfig(
-        cluster_path=_cluster_path(args), cluster_id=args.cluster_id, ip=args.ip,
-        insecure=args.insecure, heartbeat_period=args.heartbeat_period,
-        max_misses=args.max_misses, db=args.db, restore=args.restore,
-        scheduler_policy=args.scheduler, max_outstanding=args.max_outstanding, curve=args.curve)
+        cluster_path=_cluster_path(args),
+        cluster_id=args.cluster_id,
+        ip=args.ip,
+        insecure=args.insecure,
+        heartbeat_period=args.heartbeat_period,
+        max_misses=args.max_misses,
+        db=args.db,
+        restore=args.restore,
+        scheduler_policy=args.scheduler,
+        max_outstanding=args.max_outstanding,
+        curve=args.curve,
+    )
     exit_with_owner(args.owner_pid)
     return run_controller(config)
 
@@ -125,8 +174,11 @@ def cmd_engine(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from corral.engine.engine import main as engine_main
 
     argv = list(extra)
-    argv += ["--file", args.file] if args.file else [
-        "--file", str(_cluster_path(args) / "corral-engine.json")]
+    argv += (
+        ["--file", args.file]
+        if args.file
+        else ["--file", str(_cluster_path(args) / "corral-engine.json")]
+    )
     argv += ["--log-level", args.log_level]
     return int(engine_main(argv) or 0)
 
@@ -138,35 +190,63 @@ def cmd_start(args: argparse.Namespace) -> int:
 
     n = args.engines if args.engines is not None else (os.cpu_count() or 1)
     if args.daemon:
-        argv = [sys.executable, "-m", "corral", "start", "-n", str(n), "--cluster-id",
-                args.cluster_id, "--log-level", args.log_level, "--db", args.db,
-                *_controller_args(args)]
+        argv = [
+            sys.executable,
+            "-m",
+            "corral",
+            "start",
+            "-n",
+            str(n),
+            "--cluster-id",
+            args.cluster_id,
+            "--log-level",
+            args.log_level,
+            "--db",
+            args.db,
+            *_controller_args(args),
+        ]
         if args.cluster_dir:
             argv += ["--cluster-dir", args.cluster_dir]
         path = _cluster_path(args)
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         with open(path / "cluster-manager.log", "ab") as log_file:
-            subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL, start_new_session=True)
+            subprocess.Popen(
+                argv,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 60
         while not (path / "cluster.json").exists() or not _engines_up(path, n):
             if time.monotonic() > deadline:
                 print(f"cluster {args.cluster_id} did not start; see {path}", file=sys.stderr)
                 return 1
             time.sleep(0.1)
-        print(f"cluster {args.cluster_id} running in the background with {n} engines; "
-              f"`corral stop --cluster-id {args.cluster_id}` stops it")
+        print(
+            f"cluster {args.cluster_id} running in the background with {n} engines; "
+            f"`corral stop --cluster-id {args.cluster_id}` stops it"
+        )
         return 0
 
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    cluster = Cluster(n, cluster_id=args.cluster_id, cluster_dir=args.cluster_dir,
-                      heartbeat_period=args.heartbeat_period, db=args.db,
-                      controller_args=_controller_args(args), log_level=args.log_level)
+    cluster = Cluster(
+        n,
+        cluster_id=args.cluster_id,
+        cluster_dir=args.cluster_dir,
+        heartbeat_period=args.heartbeat_period,
+        db=args.db,
+        controller_args=_controller_args(args),
+        log_level=args.log_level,
+    )
     rc = cluster.start()
-    print(f"cluster {args.cluster_id}: controller and {len(rc.ids)} engines running "
-          f"({cluster.path}); Ctrl-C stops them", flush=True)
+    print(
+        f"cluster {args.cluster_id}: controller and {len(rc.ids)} engines running "
+        f"({cluster.path}); Ctrl-C stops them",
+        flush=True,
+    )
     try:
         while not stop.wait(0.5):
             if cluster.controller is not None and cluster.controller.poll() is not None:
@@ -236,8 +316,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "engine":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
     if args.command == "controller":
         return cmd_controller(args)
     if args.command == "engine":

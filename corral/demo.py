@@ -6,6 +6,7 @@ pushes and pulls a large array, and shows a result fetched back from the Hub's S
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import tempfile
 import time
@@ -42,36 +43,42 @@ def main() -> None:
         per_engine = 400_000
         hits = dv.apply_sync(sample_pi, per_engine)
         pi = 4 * sum(hits) / (per_engine * len(hits))
-        print(f"pi ~ {pi:.5f} from {per_engine * len(hits):,} samples on {len(hits)} engines "
-              f"({time.perf_counter() - t:.2f} s)")
+        print(
+            f"pi ~ {pi:.5f} from {per_engine * len(hits):,} samples on {len(hits)} engines "
+            f"({time.perf_counter() - t:.2f} s)"
+        )
 
         lview = rc.load_balanced_view()
         t = time.perf_counter()
         steps = lview.map_sync(collatz_steps, range(1, 20_001), chunksize=500)
         longest = max(range(len(steps)), key=steps.__getitem__) + 1
-        print(f"collatz: longest chain below 20,000 starts at {longest} ({steps[longest - 1]} "
-              f"steps); 40 load-balanced chunks in {time.perf_counter() - t:.2f} s")
+        print(
+            f"collatz: longest chain below 20,000 starts at {longest} ({steps[longest - 1]} "
+            f"steps); 40 load-balanced chunks in {time.perf_counter() - t:.2f} s"
+        )
 
         t = time.perf_counter()
         first = lview.apply_async(sum, range(1000))
         with lview.temp_flags(after=[first]):
             chained = lview.apply_async(lambda: "ran after the first task")
-        print(f"dependency: first={first.get()} then {chained.get()!r} "
-              f"({time.perf_counter() - t:.3f} s)")
+        print(
+            f"dependency: first={first.get()} then {chained.get()!r} "
+            f"({time.perf_counter() - t:.3f} s)"
+        )
 
-        try:
+        if importlib.util.find_spec("numpy") is not None:
             import numpy as np
-        except ImportError:
-            np = None
-        if np is not None:
+
             array = np.random.default_rng(0).random(12_500_000)  # 100 MB
             t = time.perf_counter()
             dv.push({"block": array}, block=True)
             back = rc[rc.ids[0]].pull("block", block=True)
             elapsed = time.perf_counter() - t
             same = bool(np.array_equal(back, array))
-            print(f"push 100 MB to {len(dv.targets)} engines and pull it back: {elapsed:.2f} s, "
-                  f"bit-exact: {same}")
+            print(
+                f"push 100 MB to {len(dv.targets)} engines and pull it back: {elapsed:.2f} s, "
+                f"bit-exact: {same}"
+            )
 
         t = time.perf_counter()
         n_tasks = 2000

@@ -16,8 +16,9 @@ def test_readme_example_runs(tmp_path: Path) -> None:
     script = code.group(1).replace(
         "corral.Cluster(n=4)", f"corral.Cluster(n=2, cluster_dir={str(tmp_path)!r})"
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=50)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=50
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "[15, 15]"

@@ -94,24 +94,41 @@ class Cluster:
         log_file = open(self.path / log_name, "ab")  # noqa: SIM115 (the child owns it)
         try:
             return subprocess.Popen(
-                [sys.executable, "-m", "corral", *args], stdout=log_file,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                [sys.executable, "-m", "corral", *args],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         finally:
             log_file.close()
 
     def start_controller(self) -> None:
         """Start the controller and wait for its connection files."""
-        args = ["controller", "--cluster-id", self.cluster_id, "--cluster-dir",
-                str(self.base_dir), "--db", self.db, "--log-level", self.log_level,
-                "--owner-pid", str(os.getpid())]
+        args = [
+            "controller",
+            "--cluster-id",
+            self.cluster_id,
+            "--cluster-dir",
+            str(self.base_dir),
+            "--db",
+            self.db,
+            "--log-level",
+            self.log_level,
+            "--owner-pid",
+            str(os.getpid()),
+        ]
         if self.heartbeat_period is not None:
             args += ["--heartbeat-period", str(self.heartbeat_period)]
         self.controller = self._spawn(args + self.controller_args, "controller.log")
         controller = self.controller
         # files a killed controller left behind name another pid: wait for this one's
-        _wait_for(lambda: _written_by(self.path / ENGINE_FILE, controller.pid), self.timeout,
-                  f"controller of cluster {self.cluster_id}",
-                  alive=lambda: controller.poll() is None)
+        _wait_for(
+            lambda: _written_by(self.path / ENGINE_FILE, controller.pid),
+            self.timeout,
+            f"controller of cluster {self.cluster_id}",
+            alive=lambda: controller.poll() is None,
+        )
         self._save_state()
 
     def start_engines(self, n: int) -> list[subprocess.Popen[bytes]]:
@@ -119,8 +136,16 @@ class Cluster:
         started = []
         for _ in range(n):
             index = len(self.engines)
-            args = ["engine", "--file", str(self.path / ENGINE_FILE), "--log-level",
-                    self.log_level, "--owner-pid", str(os.getpid()), *self.engine_args]
+            args = [
+                "engine",
+                "--file",
+                str(self.path / ENGINE_FILE),
+                "--log-level",
+                self.log_level,
+                "--owner-pid",
+                str(os.getpid()),
+                *self.engine_args,
+            ]
             engine = self._spawn(args, f"engine-{index}.log")
             self.engines.append(engine)
             started.append(engine)
@@ -216,8 +241,11 @@ def stop_cluster(path: Path, timeout: float = 10.0) -> bool:
     if state_file.exists():
         state = json.loads(state_file.read_text())
     manager = state.get("manager_pid")
-    pids = [p for p in [manager, state.get("controller_pid"), *state.get("engine_pids", [])]
-            if isinstance(p, int) and p != os.getpid()]
+    pids = [
+        p
+        for p in [manager, state.get("controller_pid"), *state.get("engine_pids", [])]
+        if isinstance(p, int) and p != os.getpid()
+    ]
     was_running = any(psutil.pid_exists(p) for p in pids)
     if manager and manager != os.getpid() and psutil.pid_exists(manager):
         os.kill(manager, signal.SIGTERM)
@@ -232,7 +260,8 @@ def stop_cluster(path: Path, timeout: float = 10.0) -> bool:
                 client.shutdown(targets="all", hub=True, block=True)
             finally:
                 client.close()
-    gone, alive = psutil.wait_procs([_process(p) for p in pids if _process(p)], timeout=timeout)
+    processes = [process for process in map(_process, pids) if process is not None]
+    _, alive = psutil.wait_procs(processes, timeout=timeout)
     for process in alive:
         process.kill()
     state_file.unlink(missing_ok=True)

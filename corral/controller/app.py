@@ -31,7 +31,7 @@ from corral.controller.loop import drain
 from corral.controller.store import open_store
 from corral.errors import CorralError, InvalidContent, ProtocolError, UnknownMessageType
 from corral.protocol.messages import KNOWN_TYPES, error_reply, validate_content
-from corral.protocol.session import Message, Session, new_key, split_identities
+from corral.protocol.session import Message, Session, frame_view, new_key, split_identities
 from corral.security import CurveKeys, make_server, server_options, start_authenticator
 from corral.sockets import send_frames
 
@@ -313,7 +313,7 @@ class Controller:
                 self.ping.send(payload)
                 self._perform(actions)
                 next_beat = max(next_beat + period, now + period / 2)
-            events = dict(poller.poll(max(0.0, next_beat - time.monotonic()) * 1000))
+            events = dict(poller.poll(int(max(0.0, next_beat - time.monotonic()) * 1000)))
             if self.pong in events:
                 self._drain(self.pong, self._on_pong)
             # copies before queries: a query then sees every task whose copy has arrived
@@ -344,7 +344,7 @@ class Controller:
         try:
             if msg.msg_type not in KNOWN_TYPES:
                 raise UnknownMessageType(f"unknown msg_type {msg.msg_type!r}")
-            content = orjson.loads(msg_frames[4].buffer)
+            content = orjson.loads(frame_view(msg_frames[4]))
             if not isinstance(content, dict):
                 raise InvalidContent("content is not a JSON object")
             validate_content(msg.msg_type, content)
@@ -358,7 +358,7 @@ class Controller:
                         reply_type,
                         error_reply(type(err).__name__, str(err)),
                         msg.header,
-                        idents,
+                        tuple(idents),
                     )
                 )
             return

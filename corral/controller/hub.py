@@ -74,7 +74,7 @@ class Hub:
         self,
         store: ResultStore,
         engine_addresses: dict[str, str],
-        client_addresses: dict[str, str],
+        client_addresses: dict[str, str | None],
         heartbeat_period: float,
         max_misses: int = 3,
         first_engine_id: int = 0,

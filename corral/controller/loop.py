@@ -27,7 +27,7 @@ def drain(
     cannot be handled is counted in ``counts["rejected"]`` and logged; it never stops the loop.
     """
     for _ in range(limit):
-        if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        if not int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             return
         frames = sock.recv_multipart(copy=False)
         try:

@@ -56,10 +56,12 @@ class TaskScheduler:
 
     def __init__(self, settings: dict[str, Any], context: zmq.Context[Any] | None = None) -> None:
         self.context = context or zmq.Context()
-        self.session = Session(settings["key"], signature_scheme=settings["signature_scheme"],
-                               username="scheduler")
-        self.core = SchedulerCore(settings.get("policy", "leastload"),
-                                  int(settings.get("max_outstanding", 16)))
+        self.session = Session(
+            settings["key"], signature_scheme=settings["signature_scheme"], username="scheduler"
+        )
+        self.core = SchedulerCore(
+            settings.get("policy", "leastload"), int(settings.get("max_outstanding", 16))
+        )
         self.parent_pid = settings.get("parent_pid")
         url = settings["url"]
         # under --curve: ROUTERs are curve servers, the sockets to the Hub curve clients
@@ -104,7 +106,7 @@ class TaskScheduler:
             wait = 1.0 if deadline is None else max(0.0, deadline - time.monotonic())
             if self.unreachable:
                 wait = min(wait, 0.01)
-            events = dict(poller.poll(min(wait, 1.0) * 1000))
+            events = dict(poller.poll(int(min(wait, 1.0) * 1000)))
             if self.notifications in events:
                 self._drain(self.notifications, self._on_notification)
             if self.engines in events:
@@ -269,9 +271,16 @@ class TaskScheduler:
             exc = error(reason)
         content = error_content(exc)
         now = utcnow()
-        metadata = {"status": content["status"], "engine_uuid": None, "engine_id": None,
-                    "started": None, "completed": now, "stdout": "", "stderr": "",
-                    "scheduler_error": error.__name__}
+        metadata = {
+            "status": content["status"],
+            "engine_uuid": None,
+            "engine_id": None,
+            "started": None,
+            "completed": now,
+            "stdout": "",
+            "stderr": "",
+            "scheduler_error": error.__name__,
+        }
         reply = self.session.msg("apply_reply", content, pending.msg, metadata)
         frames = self.session.serialize(reply)
         send_frames(self.clients, [pending.client, SCHEDULER_IDENT, *frames])
@@ -329,13 +338,16 @@ def _task_from(msg: Message) -> Task:
 
 def main() -> int:
     settings = json.loads(sys.stdin.readline())
-    logging.basicConfig(level=settings.get("log_level") or logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=settings.get("log_level") or logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
     scheduler = TaskScheduler(settings)
     signal.signal(signal.SIGTERM, lambda *_: setattr(scheduler, "stopping", True))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the controller decides when we stop
-    sys.stdout.write(json.dumps({"task": scheduler.client_port,
-                                 "task_engine": scheduler.engine_port}) + "\n")
+    sys.stdout.write(
+        json.dumps({"task": scheduler.client_port, "task_engine": scheduler.engine_port}) + "\n"
+    )
     sys.stdout.flush()
     try:
         scheduler.serve_forever()

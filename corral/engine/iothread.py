@@ -442,8 +442,9 @@ class IOThread:
         except ValueError:
             return
         if beat < self._last_beat and not self._lost:
-            self.log.warning("the controller restarted (beat %d after %d); re-registering",
-                             beat, self._last_beat)
+            self.log.warning(
+                "the controller restarted (beat %d after %d); re-registering", beat, self._last_beat
+            )
             self._lost = True
             self._next_attempt = 0.0
         self._last_beat = beat

@@ -49,7 +49,8 @@ def new_key() -> bytes:
     return os.urandom(32).hex().encode("ascii")
 
 
-def _view(frame: Frame) -> bytes | memoryview:
+def frame_view(frame: Frame) -> bytes | memoryview:
+    """The bytes of a frame without copying them (a zmq Frame's buffer, or the object)."""
     return frame.buffer if isinstance(frame, zmq.Frame) else frame
 
 
@@ -89,9 +90,9 @@ def split_identities(frames: Sequence[Frame]) -> tuple[list[bytes], list[Frame]]
     compared, so a large buffer is never copied while searching.
     """
     for index, frame in enumerate(frames):
-        view = _view(frame)
+        view = frame_view(frame)
         if len(view) == len(DELIMITER) and bytes(view) == DELIMITER:
-            idents = [bytes(_view(f)) for f in frames[:index]]
+            idents = [bytes(frame_view(f)) for f in frames[:index]]
             return idents, list(frames[index + 1 :])
     raise MalformedMessage("no <IDS|MSG> delimiter in the frames")
 
@@ -211,22 +212,22 @@ class Session:
                 f"too few frames: {len(msg_frames)} after the delimiter, need at least 5 "
                 "(signature, header, parent_header, metadata, content)"
             )
-        if len(_view(msg_frames[1])) > self.max_header_bytes:
+        if len(frame_view(msg_frames[1])) > self.max_header_bytes:
             raise MalformedMessage(
-                f"oversized header: {len(_view(msg_frames[1]))} bytes "
+                f"oversized header: {len(frame_view(msg_frames[1]))} bytes "
                 f"(limit {self.max_header_bytes})"
             )
-        if len(_view(msg_frames[2])) > self.max_header_bytes:
+        if len(frame_view(msg_frames[2])) > self.max_header_bytes:
             raise MalformedMessage(
-                f"oversized parent_header: {len(_view(msg_frames[2]))} bytes "
+                f"oversized parent_header: {len(frame_view(msg_frames[2]))} bytes "
                 f"(limit {self.max_header_bytes})"
             )
         if self._auth is None:
             return
-        signature = bytes(_view(msg_frames[0]))
+        signature = bytes(frame_view(msg_frames[0]))
         if not signature:
             raise SignatureError("unsigned message (empty signature) on a signed session")
-        expected = self.sign([_view(f) for f in msg_frames[1:5]])
+        expected = self.sign([frame_view(f) for f in msg_frames[1:5]])
         if not hmac.compare_digest(signature, expected):
             raise SignatureError("invalid signature: wrong key, or the message was altered")
         if signature in self._digests:
@@ -245,7 +246,7 @@ class Session:
 
     def _load(self, frame: Frame, name: str) -> JSONDict:
         try:
-            value = orjson.loads(_view(frame))
+            value = orjson.loads(frame_view(frame))
         except orjson.JSONDecodeError as err:
             raise MalformedMessage(f"invalid JSON in {name} frame: {err}") from None
         if not isinstance(value, dict):

@@ -87,13 +87,28 @@ def test_connection_files_are_private(cluster) -> None:  # type: ignore[no-untyp
 
 def corral(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, CORRAL_DIR=str(cwd))
-    return subprocess.run([sys.executable, "-m", "corral", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "corral", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_cli_start_daemon_list_stop(tmp_path: Path) -> None:
-    started = corral("start", "-n", "2", "--daemon", "--cluster-id", "cli",
-                     "--heartbeat-period", str(HEARTBEAT), cwd=tmp_path)
+    started = corral(
+        "start",
+        "-n",
+        "2",
+        "--daemon",
+        "--cluster-id",
+        "cli",
+        "--heartbeat-period",
+        str(HEARTBEAT),
+        cwd=tmp_path,
+    )
     assert started.returncode == 0, started.stderr
     state = json.loads((tmp_path / "cli" / "cluster.json").read_text())
     pids = [state["manager_pid"], state["controller_pid"], *state["engine_pids"]]
@@ -109,8 +124,9 @@ def test_cli_start_daemon_list_stop(tmp_path: Path) -> None:
     finally:
         stopped = corral("stop", "--cluster-id", "cli", cwd=tmp_path)
     assert stopped.returncode == 0, stopped.stderr
-    _, alive = psutil.wait_procs([psutil.Process(p) for p in pids if psutil.pid_exists(p)],
-                                 timeout=15)
+    _, alive = psutil.wait_procs(
+        [psutil.Process(p) for p in pids if psutil.pid_exists(p)], timeout=15
+    )
     assert not alive
     assert "no running clusters" in corral("list", cwd=tmp_path).stdout
 
@@ -118,8 +134,22 @@ def test_cli_start_daemon_list_stop(tmp_path: Path) -> None:
 def test_cli_start_foreground_stops_on_sigint(tmp_path: Path) -> None:
     env = dict(os.environ, CORRAL_DIR=str(tmp_path))
     process = subprocess.Popen(
-        [sys.executable, "-m", "corral", "start", "-n", "1", "--cluster-id", "fg",
-         "--heartbeat-period", str(HEARTBEAT)], env=env, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "corral",
+            "start",
+            "-n",
+            "1",
+            "--cluster-id",
+            "fg",
+            "--heartbeat-period",
+            str(HEARTBEAT),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert process.stdout is not None
         line = process.stdout.readline()

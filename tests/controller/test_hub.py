@@ -15,8 +15,9 @@ CLIENT_ADDRESSES = {"mux": "tcp://127.0.0.1:3"}
 
 @pytest.fixture
 def hub() -> Hub:
-    return Hub(MemoryStore(), ENGINE_ADDRESSES, CLIENT_ADDRESSES, heartbeat_period=1.0,
-               max_misses=2)
+    return Hub(
+        MemoryStore(), ENGINE_ADDRESSES, CLIENT_ADDRESSES, heartbeat_period=1.0, max_misses=2
+    )
 
 
 session = Session(KEY)
@@ -27,8 +28,9 @@ def request(msg_type: str, **content: object) -> Message:
 
 
 def register(hub: Hub, uuid: str, **extra: object) -> int:
-    (reply,) = hub.handle_request([uuid.encode()], request("registration_request", uuid=uuid,
-                                                          **extra))
+    (reply,) = hub.handle_request(
+        [uuid.encode()], request("registration_request", uuid=uuid, **extra)
+    )
     assert isinstance(reply, Send) and reply.content["status"] == "ok", reply
     payload, _ = hub.tick()
     (note,) = hub.handle_pong(uuid, payload)
@@ -37,10 +39,17 @@ def register(hub: Hub, uuid: str, **extra: object) -> int:
 
 
 def reply_for(req: Message, status: str = "ok", buffers: tuple = ()) -> Message:
-    return session.msg("apply_reply", {"status": status}, parent=req,
-                       metadata={"started": "2026-01-01T00:00:00+00:00",
-                                 "completed": "2026-01-01T00:00:01+00:00", "stdout": "hi\n"},
-                       buffers=buffers)
+    return session.msg(
+        "apply_reply",
+        {"status": status},
+        parent=req,
+        metadata={
+            "started": "2026-01-01T00:00:00+00:00",
+            "completed": "2026-01-01T00:00:01+00:00",
+            "stdout": "hi\n",
+        },
+        buffers=buffers,
+    )
 
 
 def submit_mux(hub: Hub, engine_uuid: str) -> Message:
@@ -162,8 +171,9 @@ def test_records_and_result_request(hub: Hub) -> None:
     (status,) = hub.handle_request([b"c"], request("result_request", msg_ids=[req.msg_id]))
     assert status.content["pending"] == [req.msg_id]
     hub.handle_monitor(b"mux_out", [b"client-1", b"a"], reply_for(req, buffers=(b"result",)))
-    (full,) = hub.handle_request([b"c"], request("result_request", msg_ids=[req.msg_id],
-                                                 statusonly=False))
+    (full,) = hub.handle_request(
+        [b"c"], request("result_request", msg_ids=[req.msg_id], statusonly=False)
+    )
     assert full.content["completed"] == [req.msg_id]
     entry = full.content[req.msg_id]
     assert entry["content"]["status"] == "ok" and entry["buffer_count"] == 1
@@ -227,8 +237,10 @@ def test_history_and_db_query(hub: Hub) -> None:
     hub.handle_monitor(b"mux_out", [b"client-1", b"a"], reply_for(first, buffers=(b"xy",)))
     (history,) = hub.handle_request([b"c"], request("history_request"))
     assert history.content["history"] == [first.msg_id, second.msg_id]
-    (found,) = hub.handle_request([b"c"], request(
-        "db_request", query={"status": {"$in": ["ok"]}}, keys=["msg_id", "result_buffers"]))
+    (found,) = hub.handle_request(
+        [b"c"],
+        request("db_request", query={"status": {"$in": ["ok"]}}, keys=["msg_id", "result_buffers"]),
+    )
     records = found.content["records"]
     assert [r["msg_id"] for r in records] == [first.msg_id]
     assert records[0]["result_buffer_count"] == 1 and [bytes(b) for b in found.buffers] == [b"xy"]
@@ -247,8 +259,9 @@ def test_late_reply_from_replaced_engine_is_ignored(hub: Hub) -> None:
     register(hub, "b")
     req = session.msg("apply_request", {})
     hub.handle_monitor(b"task_in", [b"client-1"], req)
-    hub.handle_monitor(b"task_dest", [], session.msg(
-        "task_destination", {"msg_id": req.msg_id, "engine_id": "b"}))
+    hub.handle_monitor(
+        b"task_dest", [], session.msg("task_destination", {"msg_id": req.msg_id, "engine_id": "b"})
+    )
     hub.handle_monitor(b"task_out", [b"client-1", b"a"], reply_for(req, status="error"))
     assert hub.store.get_record(req.msg_id)["status"] == "pending"
     hub.handle_monitor(b"task_out", [b"client-1", b"b"], reply_for(req))

@@ -99,7 +99,8 @@ def test_fuzz_every_socket_then_serve_correctly(fuzzed_cluster: object, tmp_path
         marker.write_text("the wrong key ran code")
 
     evil_request = evil.serialize(
-        evil.msg("apply_request", {}, buffers=pack_apply_message(touch, (), {})))
+        evil.msg("apply_request", {}, buffers=pack_apply_message(touch, (), {}))
+    )
     rng = random.Random(1234)
     ctx = zmq.Context()
     sent = 0
