@@ -40,6 +40,7 @@ log = logging.getLogger("corral.controller")
 CLIENT_FILE = "corral-client.json"
 ENGINE_FILE = "corral-engine.json"
 STATS_FILE = "controller-stats.json"
+REGISTRATION_PING = 0.05  # seconds between repeated beats while an engine waits to register
 
 
 @dataclass(frozen=True)
@@ -305,7 +306,7 @@ class Controller:
         for sock in (self.registration, self.monitor, self.queue_monitor, self.pong):
             poller.register(sock, zmq.POLLIN)
         period = self.config.heartbeat_period
-        next_beat = time.monotonic()
+        next_beat = next_repeat = time.monotonic()
         while not self._stopping:
             now = time.monotonic()
             if now >= next_beat:
@@ -313,7 +314,16 @@ class Controller:
                 self.ping.send(payload)
                 self._perform(actions)
                 next_beat = max(next_beat + period, now + period / 2)
-            events = dict(poller.poll(int(max(0.0, next_beat - time.monotonic()) * 1000)))
+            elif self.hub.pending_registrations and now >= next_repeat:
+                # an engine waits for its first pong to be registered: repeat the current beat
+                # (the count does not advance, so no other heart is judged) instead of making
+                # it wait up to a whole period
+                self.ping.send(self.hub.hearts.payload())
+                next_repeat = now + REGISTRATION_PING
+            wake = next_beat
+            if self.hub.pending_registrations:
+                wake = min(wake, max(next_repeat, now))
+            events = dict(poller.poll(int(max(0.0, wake - time.monotonic()) * 1000)))
             if self.pong in events:
                 self._drain(self.pong, self._on_pong)
             # copies before queries: a query then sees every task whose copy has arrived

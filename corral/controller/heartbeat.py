@@ -7,6 +7,7 @@ and no clock here: a beat is a counter, so tests drive thousands of beats in mic
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 
@@ -22,6 +23,7 @@ class HeartMonitor:
     max_misses: int = 3
     beat: int = 0
     last_answered: dict[str, int] = field(default_factory=dict)
+    instance: bytes = field(default_factory=lambda: os.urandom(4).hex().encode("ascii"))
 
     def tick(self) -> tuple[bytes, list[str]]:
         """Advance one beat: the ping payload to publish, and the hearts that just failed."""
@@ -30,15 +32,25 @@ class HeartMonitor:
         failed = [heart for heart, last in self.last_answered.items() if last < limit]
         for heart in failed:
             del self.last_answered[heart]
-        return str(self.beat).encode("ascii"), failed
+        return self.payload(), failed
+
+    def payload(self) -> bytes:
+        """The current beat's ping, ``<beat>.<instance>``, also to send again: answering it
+        counts, repeating it judges no one. The instance tells a restarted monitor's pings
+        (and the pongs answering them) from this one's."""
+        return b"%d.%s" % (self.beat, self.instance)
 
     def pong(self, heart: str, payload: bytes) -> bool:
         """Record an answer; True when this heart was not known (first beat, or back again).
 
-        Payloads that are not a beat we sent (garbage, or from the future) are ignored.
+        Payloads that are not a beat this monitor sent (garbage, another instance's, or from
+        the future) are ignored.
         """
+        beat, _, instance = payload.partition(b".")
+        if instance != self.instance:
+            return False  # an answer to another monitor's ping (before a restart), or garbage
         try:
-            answered = int(payload)
+            answered = int(beat)
         except ValueError:
             return False
         if answered > self.beat or answered < 0:

@@ -105,7 +105,7 @@ class IOThread:
         self._sockets: dict[bytes, zmq.Socket[Any]] = {}
         self._registration: zmq.Socket[Any] | None = None
         self._last_ping = 0.0
-        self._last_beat = 0
+        self._hub_instance: bytes | None = None
         self._lost = False
         self._next_attempt = 0.0
         self._pending_registration: str | None = None
@@ -434,20 +434,15 @@ class IOThread:
         self._accept_registration(content)
 
     def _on_ping(self, frames: list[zmq.Frame]) -> None:
-        """Note the controller is alive; a beat count that went back means a restarted
-        controller that does not know this engine yet: re-register at once."""
+        """Note the controller is alive. Pings are ``<beat>.<controller instance>``: a new
+        instance is a restarted controller that does not know this engine: re-register now."""
         self._last_ping = time.monotonic()
-        try:
-            beat = int(frames[-1].bytes)
-        except ValueError:
-            return
-        if beat < self._last_beat and not self._lost:
-            self.log.warning(
-                "the controller restarted (beat %d after %d); re-registering", beat, self._last_beat
-            )
+        instance = frames[-1].bytes.partition(b".")[2]
+        if self._hub_instance is not None and instance != self._hub_instance and not self._lost:
+            self.log.warning("the controller restarted; re-registering")
             self._lost = True
             self._next_attempt = 0.0
-        self._last_beat = beat
+        self._hub_instance = instance
 
     def _check_heartbeat(self) -> None:
         """Re-register while the Hub's pings are missing (see the module docstring)."""

@@ -55,3 +55,13 @@ def test_forget() -> None:
     monitor.pong("a", payload)
     monitor.forget("a")
     assert not monitor.is_alive("a")
+
+
+def test_repeating_the_current_beat_judges_no_one() -> None:
+    monitor = HeartMonitor(max_misses=1)
+    payload, _ = monitor.tick()
+    monitor.pong("old", payload)
+    assert monitor.payload() == payload
+    for _ in range(10):  # repeated for a newcomer: "old" is not judged by repeats
+        assert monitor.pong("new", monitor.payload()) in (True, False)
+    assert monitor.is_alive("old") and monitor.is_alive("new")
