@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -29,15 +31,22 @@ def start_cluster(base: Path, n: int, **kwargs: object):  # type: ignore[no-unty
     return Cluster(n=n, cluster_dir=base, timeout=30, **kwargs)  # type: ignore[arg-type]
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    """A controller and 2 engines shared by a test module (starting one costs ~1 s)."""
-    cluster = start_cluster(tmp_path_factory.mktemp("cluster"), 2)
+@contextmanager
+def running_cluster(base: Path, n: int, **kwargs: object) -> Iterator[Any]:
+    """A started cluster (controller and ``n`` engines), stopped on exit even if the body fails."""
+    cluster = start_cluster(base, n, **kwargs)
     cluster.start()
     try:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A controller and 2 engines shared by a test module (starting one costs ~1 s)."""
+    with running_cluster(tmp_path_factory.mktemp("cluster"), 2) as started:
+        yield started
 
 
 @pytest.fixture

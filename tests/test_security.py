@@ -30,7 +30,7 @@ from corral.security import (
     server_options,
     start_authenticator,
 )
-from tests.conftest import start_cluster
+from tests.conftest import running_cluster
 
 HANDSHAKE_FAILED = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
@@ -192,12 +192,8 @@ def test_the_cli_passes_curve_through_to_the_controller() -> None:
 
 @pytest.fixture(scope="module")
 def curve_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    cluster = start_cluster(tmp_path_factory.mktemp("curve"), 2, controller_args=["--curve"])
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+    with running_cluster(tmp_path_factory.mktemp("curve"), 2, controller_args=["--curve"]) as c:
+        yield c
 
 
 @pytest.fixture

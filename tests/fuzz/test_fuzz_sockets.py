@@ -15,7 +15,7 @@ import zmq
 
 from corral.protocol.serialize import pack_apply_message
 from corral.protocol.session import DELIMITER, Session
-from tests.conftest import start_cluster
+from tests.conftest import running_cluster
 
 ROUNDS_PER_SOCKET = 300
 FLUSH_MS = 10_000  # closing with linger 0 would drop what zmq has not sent yet
@@ -49,12 +49,8 @@ def garbage(rng: random.Random, good: list[bytes]) -> list[bytes]:
 
 @pytest.fixture(scope="module")
 def fuzzed_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    cluster = start_cluster(tmp_path_factory.mktemp("fuzz"), 2, log_level="INFO")
-    cluster.start()
-    try:
+    with running_cluster(tmp_path_factory.mktemp("fuzz"), 2, log_level="INFO") as cluster:
         yield cluster
-    finally:
-        cluster.stop()
 
 
 def wait_until_forwarded(pub: zmq.Socket, rc: object) -> None:
