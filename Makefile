@@ -26,7 +26,7 @@ mongod: $(MONGOD_VENV)/.installed
 demo: venv
 	$(VPY) -m corral.demo
 
-test: venv mongod
+test: lint mongod
 	$(VPY) -m pytest -q
 
 # ipyparallel and dask live in their own environment: benchmark peers, never dependencies.
@@ -43,8 +43,7 @@ bench: $(BENCH_VENV)/.installed mongod
 lint: venv
 	$(VENV)/bin/ruff check corral tests bench tools
 	$(VENV)/bin/ruff format --check corral tests bench tools
-	$(VENV)/bin/mypy corral
-	$(VENV)/bin/mypy --strict corral/protocol
+	$(VENV)/bin/mypy --strict corral
 
 clean:
 	rm -rf $(VENV) $(MONGOD_VENV) $(BENCH_VENV) .pytest_cache .hypothesis

@@ -23,8 +23,8 @@ from typing import IO, Any
 
 import orjson
 import zmq
+from zmq import devices as zmq_devices
 from zmq.auth.thread import ThreadAuthenticator
-from zmq.devices import ThreadMonitoredQueue, ThreadProxy
 
 from corral.controller.hub import Hub, Send, Stop
 from corral.controller.loop import drain
@@ -34,6 +34,10 @@ from corral.protocol.messages import KNOWN_TYPES, error_reply, validate_content
 from corral.protocol.session import Message, Session, frame_view, new_key, split_identities
 from corral.security import CurveKeys, make_server, server_options, start_authenticator
 from corral.sockets import send_frames
+
+# pyzmq's device classes carry no type hints: typed here as Any, once
+ThreadMonitoredQueue: Any = zmq_devices.ThreadMonitoredQueue
+ThreadProxy: Any = zmq_devices.ThreadProxy
 
 log = logging.getLogger("corral.controller")
 
@@ -137,7 +141,7 @@ class Controller:
         device = ThreadMonitoredQueue(
             zmq.ROUTER, zmq.ROUTER, zmq.PUB, f"{name}_in".encode(), f"{name}_out".encode()
         )
-        device.context_factory = lambda: self.context  # type: ignore[method-assign]
+        device.context_factory = lambda: self.context
         device.daemon = True
         client_port = self._bind_device(device, "in", name)
         engine_port = self._bind_device(device, "out", f"{name}_engine")
@@ -180,7 +184,7 @@ class Controller:
         for name in ("mux", "control"):
             _connect_when_bound(self.queue_monitor, f"inproc://monitor-{name}")
         iopub = ThreadProxy(zmq.XSUB, zmq.XPUB)
-        iopub.context_factory = lambda: self.context  # type: ignore[method-assign]
+        iopub.context_factory = lambda: self.context
         iopub.daemon = True
         iopub_engine = self._bind_device(iopub, "in", "iopub_engine")
         iopub_client = self._bind_device(iopub, "out", "iopub")
