@@ -78,9 +78,12 @@ class _Handler:
         self.client._records.handle_iopub(msg)
 
     def on_closed(self) -> None:
+        reason = self.client._io.closed_error()
         self.client._records.fail_all(
-            lambda: ConnectionError("the client was closed before this request was answered")
+            lambda: ConnectionError(f"this request was not answered: {reason}")
         )
+        with self.client._engines_changed:
+            self.client._engines_changed.notify_all()  # wait_for_engines: raise, do not wait
 
     def on_link(self, up: bool) -> None:
         self.client._link_changed(up)
@@ -212,6 +215,8 @@ class Client:
         deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
         with self._engines_changed:
             while len(self._engines) < n or self._link_lost_at is not None:
+                if self._io.closed:
+                    raise self._io.closed_error()
                 now = time.monotonic()
                 wait = None if deadline is None else deadline - now
                 if wait is not None and wait <= 0:
@@ -239,6 +244,8 @@ class Client:
         """Return once the controller link is up; ConnectionError if not by ``deadline``."""
         with self._engines_changed:
             while self._link_lost_at is not None:
+                if self._io.closed:
+                    raise self._io.closed_error()
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise self._unreachable(doing)
@@ -511,7 +518,8 @@ class Client:
         return self._control("abort_request", {"msg_ids": msg_ids}, targets, block)
 
     def clear(self, targets: Targets = None, block: bool | None = None) -> AsyncResult | None:
-        """Empty the engines' namespaces."""
+        """Empty the engines' namespaces. Each engine does it between tasks: after the task it
+        is running (waited for, up to ``timeout``), before the tasks queued behind it."""
         return self._control("clear_request", {}, targets, block)
 
     def send_signal(

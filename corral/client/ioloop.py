@@ -1,21 +1,31 @@
 """The client's one I/O thread: it owns every socket and routes replies to their futures.
 
-User threads never touch the controller-facing sockets. A submitting thread builds and signs
-its message itself, then hands the frames (zero-copy) to the I/O thread over its own inproc
-PUSH socket; the first frame names the channel (``mux``, ``control``, ``task``, ``hub``). The
-I/O thread forwards them untouched and feeds everything it receives to a :class:`Handler`.
+User threads never touch a zmq socket: every one is created, used and closed by the I/O
+thread. A submitting thread builds and signs its message itself, then hands the frames
+(zero-copy) to the I/O thread through one :class:`_Inbox`: a queue plus a wake-up socket pair
+that the I/O thread polls beside its zmq sockets (the self-pipe asyncio uses for
+``call_soon_threadsafe``). It costs no socket per calling thread, so a program that submits
+from thousands of short-lived threads holds the same file descriptors as one that does not.
+The I/O thread forwards the frames untouched and feeds everything it receives to a
+:class:`Handler`.
 
-    user thread  --PUSH [channel, *frames]-->  PULL (inproc)   I/O thread
+    user thread  --(channel, frames)-->  inbox (queue + wake-up)   I/O thread
                                                  |-- mux/control/task DEALERs (identity =
                                                  |   session id), hub DEALER  --> controller
                                                  |<- replies, notifications (SUB), iopub (SUB)
+
+Failure: if the I/O thread stops for any reason (:meth:`ClientIO.close`, or an error in its
+loop), the inbox is closed first, then the handler hears ``on_closed`` and fails everything
+pending. Every later hand-off raises :class:`~corral.errors.ConnectionError` at once, naming
+the error that stopped the thread, so no call can wait for a thread that is gone.
 
 Socket monitors on the hub DEALER and the notification SUB tell the handler when the link
 to the controller drops and when it is back (``on_link``).
 
 The loop is a plain ``zmq.Poller`` loop, which costs less per message than an asyncio loop
-for a thread that only moves frames. ``call_soon`` runs a function on the I/O thread (the Hub
-polling of ``get_result``), and ``call_later`` schedules one there (timeouts, retries).
+for a thread that only moves frames. ``call_soon`` runs a function on the I/O thread through
+the same inbox (the Hub polling of ``get_result``), and ``call_later`` schedules one there
+(timeouts, retries).
 """
 
 from __future__ import annotations
@@ -23,9 +33,10 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import queue
+import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, cast
 
@@ -42,6 +53,7 @@ log = logging.getLogger("corral.client")
 __all__ = ["ClientIO", "Handler"]
 
 CHANNELS = ("mux", "control", "task", "hub")
+_CLOSED = "this client is closed; create a new Client to reconnect"
 _BATCH = 256  # messages read from one socket before looking at the others
 _HANDSHAKE_FAILED = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
@@ -62,6 +74,81 @@ class Handler(Protocol):
     def on_closed(self) -> None: ...
 
     def on_link(self, up: bool) -> None: ...
+
+
+_Send = tuple[bytes, Sequence[Frame]]  # (channel, frames of one signed message)
+_Item = _Send | Callable[[], None] | None  # a message, a call for the I/O thread, or stop
+
+
+class _Inbox:
+    """The one way into the I/O thread: a FIFO of items and a wake-up socket pair.
+
+    :meth:`put` works from any thread and never blocks; the I/O thread polls :meth:`fileno`
+    and calls :meth:`take`. One byte on the socket pair stands for "items are waiting": it is
+    written when the queue goes from empty to non-empty and read when it is emptied, under one
+    lock, so a burst of sends costs one wake-up. Once :meth:`close` d, ``put`` raises
+    ConnectionError with the reason given, so nothing is queued that nobody will take.
+    """
+
+    def __init__(self) -> None:
+        self._items: deque[_Item] = deque()
+        self._lock = threading.Lock()
+        self._reader, self._writer = socket.socketpair()
+        self._reader.setblocking(False)
+        self._writer.setblocking(False)
+        self._closed_because: str | None = None
+
+    def fileno(self) -> int:
+        return self._reader.fileno()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed_because is not None
+
+    @property
+    def closed_because(self) -> str | None:
+        return self._closed_because
+
+    def put(self, item: _Item, *, then_close: str | None = None) -> None:
+        """Queue ``item`` for the I/O thread; with ``then_close``, close right after it (so
+        ``item`` is the last one taken)."""
+        with self._lock:
+            if self._closed_because is not None:
+                raise ConnectionError(self._closed_because)
+            if not self._items:
+                try:
+                    self._writer.send(b"\0")
+                except BlockingIOError:  # cannot happen with one byte pending; harmless anyway
+                    pass
+            self._items.append(item)
+            if then_close is not None:
+                self._closed_because = then_close
+
+    def take(self, limit: int) -> list[_Item]:
+        """(I/O thread) Up to ``limit`` items, oldest first; the wake-up byte is read once the
+        queue is empty, so the poller wakes again while items remain."""
+        with self._lock:
+            items = [self._items.popleft() for _ in range(min(limit, len(self._items)))]
+            if not self._items:
+                try:
+                    self._reader.recv(64)
+                except BlockingIOError:
+                    pass
+            return items
+
+    def close(self, reason: str) -> None:
+        """Refuse every later ``put`` with ConnectionError(``reason``); drop what is queued
+        (the handler fails the pending requests). The first reason given is kept."""
+        with self._lock:
+            if self._closed_because is None:
+                self._closed_because = reason
+            self._items.clear()
+
+    def release(self) -> None:
+        """(I/O thread, once it no longer polls) Close the socket pair."""
+        with self._lock:
+            self._reader.close()
+            self._writer.close()
 
 
 class ClientIO:
@@ -85,11 +172,7 @@ class ClientIO:
         self.handler = handler
         self.curve = curve
         self.context: zmq.Context[Any] = zmq.Context()
-        self._pull_address = f"inproc://corral-client-{session.session_id}"
-        self._local = threading.local()
-        self._pushes: list[zmq.Socket[Any]] = []
-        self._pushes_lock = threading.Lock()
-        self._calls: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._inbox = _Inbox()
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._timer_order = itertools.count()
         self._sockets: dict[str, zmq.Socket[Any]] = {}
@@ -99,7 +182,7 @@ class ClientIO:
         self.rejected = 0  # messages dropped because they do not parse or verify
         self._started = threading.Event()
         self._startup_error: BaseException | None = None
-        self._closed = False
+        self._joined = False
         self._thread = threading.Thread(
             target=self._run, name=f"corral-client-io-{session.session_id[:8]}", daemon=True
         )
@@ -113,14 +196,18 @@ class ClientIO:
         self._started.wait()
         if self._startup_error is not None:
             self._thread.join()
-            self._close_pushes()
+            self._joined = True
             self.context.term()
-            self._closed = True
             raise self._startup_error
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        """Whether hand-offs are refused: after :meth:`close`, or once the I/O thread died."""
+        return self._inbox.closed
+
+    def closed_error(self) -> ConnectionError:
+        """The error for a call made on a closed client: why it is closed."""
+        return ConnectionError(self._inbox.closed_because or _CLOSED)
 
     @property
     def link_up(self) -> bool:
@@ -129,55 +216,37 @@ class ClientIO:
 
     def send(self, channel: bytes, frames: Sequence[Frame]) -> None:
         """Hand a signed message's frames to the I/O thread (``channel``: b"mux", b"control",
-        b"task" or b"hub"). Frames are not copied; the buffers must not change until sent."""
-        if self._closed:
-            raise ConnectionError("this client is closed; create a new Client to reconnect")
-        push: zmq.Socket[Any] | None = getattr(self._local, "push", None)
-        if push is None:
-            push = self._new_push()
-        send_frames(push, [channel, *frames])
+        b"task" or b"hub"). Frames are not copied; the buffers must not change until sent.
+        ConnectionError at once if the client is closed or its I/O thread has failed."""
+        self._inbox.put((channel, frames))
 
     def call_soon(self, callback: Callable[[], None]) -> None:
-        """Run ``callback`` on the I/O thread, soon."""
-        self._calls.put(callback)
-        self.send(b"call", ())
+        """Run ``callback`` on the I/O thread, soon, after what was handed over before it."""
+        self._inbox.put(callback)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop the I/O thread (pending requests fail with ConnectionError), close sockets."""
-        if self._closed:
-            return
+        """Stop the I/O thread (pending requests fail with ConnectionError), close sockets.
+        Also releases a client whose I/O thread failed; calling it again does nothing."""
         if threading.current_thread() is self._thread:
             raise RuntimeError(
                 "cannot close a client from its own I/O thread (a done callback); close it "
                 "from another thread, or after the callback returns"
             )
+        if self._joined:
+            return
         try:
-            self.send(b"stop", ())
-        finally:
-            self._closed = True
+            self._inbox.put(None, then_close=_CLOSED)
+        except ConnectionError:
+            pass  # already closed: by another close(), or the I/O thread failed
         self._thread.join(timeout)
-        self._close_pushes()
+        if self._joined:
+            return
+        self._joined = True
         if self._thread.is_alive():
             log.error("client: the I/O thread did not stop within %s s; abandoning it", timeout)
             self.context.destroy(linger=0)
         else:
             self.context.term()
-
-    def _new_push(self) -> zmq.Socket[Any]:
-        push: zmq.Socket[Any] = self.context.socket(zmq.PUSH)
-        push.linger = 0
-        push.sndhwm = 0
-        push.connect(self._pull_address)
-        with self._pushes_lock:
-            self._pushes.append(push)
-        self._local.push = push
-        return push
-
-    def _close_pushes(self) -> None:
-        with self._pushes_lock:
-            for push in self._pushes:
-                push.close(linger=0)
-            self._pushes.clear()
 
     # ------------------------------------------------------------------ I/O thread only
 
@@ -192,18 +261,24 @@ class ClientIO:
 
     def _run(self) -> None:
         try:
-            pull = self._setup()
+            self._setup()
         except BaseException as exc:  # noqa: BLE001 - reported to start() in the caller
             self._startup_error = exc
+            self._inbox.close(f"the client could not connect: {exc}")
             self._teardown()
             self._started.set()
             return
         self._started.set()
         try:
-            self._loop(pull)
-        except Exception:
+            self._loop()
+        except BaseException as exc:  # noqa: BLE001 - any failure must release the callers
             log.exception("client: the I/O thread failed")
+            self._inbox.close(
+                f"this client's I/O thread failed ({type(exc).__name__}: {exc}) and the client "
+                "can no longer reach the controller; create a new Client"
+            )
         finally:
+            self._inbox.close(_CLOSED)
             try:
                 self.handler.on_closed()
             finally:
@@ -217,10 +292,7 @@ class ClientIO:
         self._sockets[name] = sock
         return sock
 
-    def _setup(self) -> zmq.Socket[Any]:
-        pull = self._socket("pull", zmq.PULL, inproc=True)
-        pull.rcvhwm = 0
-        pull.bind(self._pull_address)
+    def _setup(self) -> None:
         identity = self.session.session_id.encode()
         for name in ("mux", "control", "task"):
             sock = self._socket(name, zmq.DEALER)
@@ -242,7 +314,6 @@ class ClientIO:
             events = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
             address = f"inproc://corral-link-{name}-{self.session.session_id}"
             self._links[sock.get_monitor_socket(events, address)] = (name, sock)
-        return pull
 
     def _connect_and_handshake(self, sock: zmq.Socket[Any], address: str) -> None:
         """Connect and wait until the controller completed the handshake, so that the
@@ -290,11 +361,14 @@ class ClientIO:
         for sock in self._sockets.values():
             sock.close(linger=0)
         self._sockets.clear()
+        self._inbox.release()
 
-    def _loop(self, pull: zmq.Socket[Any]) -> None:
+    def _loop(self) -> None:
         sockets = self._sockets
         self._targets = {name.encode(): sockets[name] for name in CHANNELS}
+        inbox = self._inbox.fileno()
         poller = zmq.Poller()
+        poller.register(inbox, zmq.POLLIN)
         for sock in [*sockets.values(), *self._links]:
             poller.register(sock, zmq.POLLIN)
         readers: dict[zmq.Socket[Any], Callable[[Message], None]] = {
@@ -310,8 +384,8 @@ class ClientIO:
             if self._timers:
                 timeout = max(0, int((self._timers[0][0] - time.monotonic()) * 1000) + 1)
             for sock, _ in poller.poll(timeout):
-                if sock is pull:
-                    if not self._forward(pull):
+                if sock == inbox:
+                    if not self._forward():
                         return
                 elif sock in self._links:
                     self._on_link_event(sock)
@@ -319,21 +393,17 @@ class ClientIO:
                     self._read(sock, readers[sock])
             self._run_timers()
 
-    def _forward(self, pull: zmq.Socket[Any]) -> bool:
-        """Send what user threads handed over; False when told to stop."""
+    def _forward(self) -> bool:
+        """Send (or run) what other threads handed over; False when told to stop."""
         targets = self._targets
-        for _ in range(_BATCH):
-            if not _readable(pull):
-                return True
-            frames = pull.recv_multipart(copy=False)
-            channel = frames[0].bytes
-            target = targets.get(channel)
-            if target is not None:
-                send_frames(target, frames[1:])
-            elif channel == b"call":
-                self._run_calls()
-            elif channel == b"stop":
+        for item in self._inbox.take(_BATCH):
+            if isinstance(item, tuple):
+                channel, frames = item
+                send_frames(targets[channel], frames)
+            elif item is None:
                 return False
+            else:
+                self._call(item)
         return True
 
     def _read(self, sock: zmq.Socket[Any], handle: Callable[[Message], None]) -> None:
@@ -352,14 +422,6 @@ class ClientIO:
                 handle(msg)
             except Exception:
                 log.exception("client: failed to handle %s", msg.msg_type)
-
-    def _run_calls(self) -> None:
-        while True:
-            try:
-                callback = self._calls.get_nowait()
-            except queue.Empty:
-                return
-            self._call(callback)
 
     def _run_timers(self) -> None:
         now = time.monotonic()
