@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import queue
 import signal
 import sys
 import threading
@@ -34,7 +33,7 @@ from .connection import EngineConnectionInfo, engine_connection_file
 from .interrupts import InterruptGate
 from .iothread import IOThread
 from .namespace import Namespace, OutputCapture
-from .runner import AbortList, EngineIdentity, Request, TaskRunner
+from .runner import AbortList, EngineIdentity, TaskRunner, WorkQueue
 
 ConnectionSource = str | os.PathLike[str] | Mapping[str, Any] | EngineConnectionInfo
 
@@ -83,7 +82,7 @@ class Engine:
         self.unregister_timeout = unregister_timeout
         self.missed_beats = missed_beats
         self.context: zmq.Context[Any] = zmq.Context()
-        self.work: queue.Queue[Request] = queue.Queue()
+        self.work = WorkQueue()
         self.gate = InterruptGate()
         self.runner = TaskRunner(
             self.session,
@@ -118,7 +117,6 @@ class Engine:
             info=self.info,
             work=self.work,
             aborts=self.runner.aborts,
-            namespace=self.runner.namespace,
             inproc=self._inproc,
             close_main_socket=self._close_push,
             sigint_seen=lambda: self.gate.seen,

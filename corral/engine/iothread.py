@@ -1,10 +1,12 @@
 """The engine's I/O thread: the one owner of every engine socket.
 
 It registers with the Hub, connects the queues, iopub and the heart, then loops on one poller:
-control first (served here at once, even while a task runs on the main thread), then the
-registration socket, heartbeat pings, mux and task requests (decoded and queued for the main
-thread), the main thread's outgoing frames (forwarded to the socket they name) and the signal
-wakeup pipe (SIGTERM). Every exit of the process goes through :meth:`IOThread.shutdown`.
+control first (served here at once, even while a task runs on the main thread, except
+``clear_request``, which empties the namespace and so is handed to the main thread to run
+after the running task, ahead of queued ones), then the registration socket, heartbeat pings,
+mux and task requests (decoded and queued for the main thread), the main thread's outgoing
+frames (forwarded to the socket they name) and the signal wakeup pipe (SIGTERM). Every exit of
+the process goes through :meth:`IOThread.shutdown`.
 
 Controller loss: the thread watches the Hub's pings with its own SUB socket. When none has come
 for ``missed_beats`` periods it sends ``registration_request`` with its current id every
@@ -36,12 +38,14 @@ from corral.security import client_options, make_client
 from corral.sockets import send_frames
 
 from .connection import EngineConnectionInfo
-from .namespace import TASK_SIGNALS, Namespace
+from .namespace import TASK_SIGNALS
 from .runner import (
+    MAIN_THREAD_CONTROL_TYPES,
     TASK_TYPES,
     AbortList,
     EngineIdentity,
     Request,
+    WorkQueue,
     aborted_reply_msg,
     error_reply_msg,
     reply_metadata,
@@ -66,9 +70,8 @@ class IOThread:
         session: Session,
         identity: EngineIdentity,
         info: EngineConnectionInfo,
-        work: queue.Queue[Request],
+        work: WorkQueue,
         aborts: AbortList,
-        namespace: Namespace,
         inproc: str,
         close_main_socket: Callable[[float], bool],
         sigint_seen: Callable[[], int],
@@ -86,7 +89,6 @@ class IOThread:
         self.info = info
         self.work = work
         self.aborts = aborts
-        self.namespace = namespace
         self.inproc = inproc
         self.close_main_socket = close_main_socket
         self.sigint_seen = sigint_seen
@@ -335,9 +337,10 @@ class IOThread:
         content = msg.content or {}
         try:
             validate_content(msg.msg_type, content)
-            if msg.msg_type == "clear_request":
-                self.namespace.clear()
-            elif msg.msg_type == "abort_request":
+            if msg.msg_type in MAIN_THREAD_CONTROL_TYPES:
+                self.work.put_next(Request(b"control", msg))  # the main thread replies
+                return
+            if msg.msg_type == "abort_request":
                 self._abort(content.get("msg_ids"))
             elif msg.msg_type == "signal_request":
                 self.deliver_signal(int(content["sig"]))

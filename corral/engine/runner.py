@@ -1,14 +1,17 @@
 """Running one request on the engine's main thread, and the replies every request gets.
 
 :class:`TaskRunner` turns an ``apply_request`` or ``execute_request`` into iopub messages and
-exactly one reply, whatever the user code does. It owns no socket: it hands finished frames to a
-``send(channel, frames)`` callback (the engine forwards them to its I/O thread). The helpers
-below it build the replies the I/O thread sends itself (control replies, aborted tasks).
+exactly one reply, whatever the user code does. It also serves ``clear_request``: emptying the
+namespace is done here, between tasks, never while a task runs in that namespace. It owns no
+socket: it hands finished frames to a ``send(channel, frames)`` callback (the engine forwards
+them to its I/O thread). The helpers below it build the replies the I/O thread sends itself
+(control replies, aborted tasks).
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Sequence
@@ -26,6 +29,7 @@ SendCallback = Callable[[bytes, Sequence[Frame]], None]
 """``send(channel, frames)``: channel is b"mux", b"task", b"control" or b"iopub"."""
 
 TASK_TYPES = frozenset({"apply_request", "execute_request"})
+MAIN_THREAD_CONTROL_TYPES = frozenset({"clear_request"})
 ABORT_MEMORY = 100_000
 
 
@@ -121,6 +125,21 @@ def aborted_reply_msg(
     )
 
 
+class WorkQueue(queue.Queue[Request]):
+    """The main thread's requests, oldest first, except those put with :meth:`put_next`.
+
+    Control requests that touch the namespace go here (a task may be running in it), but ahead
+    of queued tasks: the control channel is still served before queued work.
+    """
+
+    def put_next(self, request: Request) -> None:
+        """Queue ``request`` to run as soon as the running task (if any) ends."""
+        with self.not_empty:
+            self.queue.appendleft(request)
+            self.unfinished_tasks += 1
+            self.not_empty.notify()
+
+
 class AbortList:
     """msg_ids to abort when their task is reached, shared by the I/O and main threads.
 
@@ -210,6 +229,9 @@ class TaskRunner:
             reply = aborted_reply_msg(self.session, self.identity, msg, reason)
             self.send_msg(request.channel, reply, msg.idents)
             return
+        if msg.msg_type in MAIN_THREAD_CONTROL_TYPES:
+            self._control(request)
+            return
         self.gate.arm(msg.msg_id)
         try:
             reply = self._run(msg)
@@ -221,6 +243,21 @@ class TaskRunner:
         self.send_msg(request.channel, reply, msg.idents)
         if msg.msg_type == "execute_request":
             self.publish("status", {"execution_state": "idle"}, msg)
+
+    def _control(self, request: Request) -> None:
+        """A control request that must not overlap a task (``clear_request``); its reply."""
+        msg = request.msg
+        started = utcnow()
+        try:
+            self.namespace.clear()
+        except Exception as exc:  # a user object's __del__ may raise while the names go
+            reply = error_reply_msg(self.session, self.identity, msg, exc)
+        else:
+            metadata = reply_metadata(self.identity, "ok", started)
+            reply = self.session.msg(
+                reply_type(msg.msg_type), {"status": "ok"}, parent=msg, metadata=metadata
+            )
+        self.send_msg(request.channel, reply, msg.idents)
 
     def _run(self, msg: Message) -> Message:
         """Run the task with its output captured; the reply to send."""

@@ -232,13 +232,39 @@ def test_control_is_served_while_a_task_runs_and_sigint_interrupts_it(
     long = controller.send("mux", "execute_request", {"code": LONG_TASK})
     wait_started(controller, long)
     started = time.monotonic()
-    assert controller.call("control", "clear_request", {}).content == {"status": "ok"}
-    interrupt(controller)
+    clear = controller.send("control", "clear_request", {})  # waits for the task to end
+    interrupt(controller)  # served at once all the same
     reply = controller.reply_to("mux", long)
     assert (reply.content or {})["ename"] == "KeyboardInterrupt"
     assert any("time.sleep(30)" in line for line in (reply.content or {})["traceback"])
     assert time.monotonic() - started < 5
+    assert controller.reply_to("control", clear).content == {"status": "ok"}
     assert execute(controller, "'alive'").metadata["execute_result"] == {"text/plain": "'alive'"}
+
+
+def test_clear_never_empties_the_namespace_under_a_running_task(
+    controller: FakeController, tmp_path: Path
+) -> None:
+    """clear_request runs on the main thread once the running task ends: the task still sees
+    its names, and the clear is answered after the task."""
+    controller.started()
+    execute(controller, "kept = 'defined before the clear'")
+    go = tmp_path / "go"
+    code = f"import os, time\nwhile not os.path.exists({str(go)!r}):\n    time.sleep(0.01)\nkept"
+    running = controller.send("mux", "execute_request", {"code": code})
+    wait_started(controller, running)
+    clear = controller.send("control", "clear_request", {})
+    # the I/O thread serves control messages in order: once this one is answered, it has
+    # taken the clear_request, and that was not answered before the task ended
+    barrier = controller.call("control", "abort_request", {"msg_ids": ["no-such-task"]})
+    assert barrier.content == {"status": "ok"}
+    go.touch()
+    reply = controller.reply_to("mux", running)
+    assert reply.metadata["execute_result"] == {"text/plain": "'defined before the clear'"}
+    cleared = controller.reply_to("control", clear)
+    assert cleared.content == {"status": "ok"}
+    assert {"engine_uuid", "engine_id", "status", "started", "completed"} <= set(cleared.metadata)
+    assert (execute(controller, "kept").content or {})["ename"] == "NameError"
 
 
 def test_abort_by_msg_id_including_tasks_not_yet_arrived(controller: FakeController) -> None:

@@ -18,6 +18,7 @@ from corral.engine.runner import (
     EngineIdentity,
     Request,
     TaskRunner,
+    WorkQueue,
     error_reply_msg,
     reply_type,
 )
@@ -196,6 +197,39 @@ def test_references_and_interactive_writes(wire: Wire, runner: TaskRunner) -> No
     runner.run(wire.request("execute_request", {"code": "a = 21"}))
     runner.run(wire.apply(lambda x: x * 2, Reference("a")))
     assert deserialize_object(list(wire.replies()[1].buffers)) == 42
+
+
+def test_clear_request_empties_the_namespace_and_answers_on_control(
+    wire: Wire, runner: TaskRunner
+) -> None:
+    runner.run(wire.request("execute_request", {"code": "a = 21"}))
+    msg = wire.request("clear_request", {}).msg
+    runner.run(Request(b"control", msg))
+    assert "a" not in runner.namespace
+    reader = Session(KEY)
+    replies = [reader.feed(frames) for channel, frames in wire.sent if channel == b"control"]
+    assert [(r.msg_type, r.content, r.parent_id) for r in replies] == [
+        ("clear_reply", {"status": "ok"}, msg.msg_id)
+    ]
+    assert {"engine_uuid", "engine_id", "status", "started", "completed"} <= set(
+        replies[0].metadata
+    )
+
+
+def test_work_queue_puts_control_requests_ahead_of_queued_tasks(wire: Wire) -> None:
+    work = WorkQueue()
+    first, second = wire.apply(abs, -1), wire.apply(abs, -2)
+    clear = Request(b"control", wire.request("clear_request", {}).msg)
+    work.put(first)
+    work.put(second)
+    work.put_next(clear)
+    assert [work.get_nowait() for _ in range(3)] == [clear, first, second]
+    waiter: list[Request] = []
+    taker = threading.Thread(target=lambda: waiter.append(work.get(timeout=10)))
+    taker.start()
+    work.put_next(clear)  # wakes a main thread blocked on an empty queue
+    taker.join(10)
+    assert waiter == [clear]
 
 
 def test_aborted_task_never_runs(wire: Wire, runner: TaskRunner) -> None:
