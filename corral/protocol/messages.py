@@ -1,6 +1,6 @@
 """Every message type corral sends, with its content fields, in one place.
 
-The catalogue is the seed's message list plus what protocol.md section 3 adds. A sender builds
+The catalogue is the seed's message list plus what docs/wire-flows.md adds. A sender builds
 content through :func:`make_content` (or `Session.msg`, which calls it), so a missing or wrongly
 typed field fails where the bug is, not in another process. A receiver calls
 :func:`validate_content` before acting on a request's content.

@@ -1,4 +1,4 @@
-"""The signed multipart envelope (protocol.md section 1, Jupyter wire protocol 5.3).
+"""The signed multipart envelope (docs/wire-flows.md, Jupyter wire protocol 5.3).
 
 Wire form: ``[ident, ..., b"<IDS|MSG>", signature, header, parent_header, metadata, content,
 buffer, ...]``. The signature is the hex HMAC of the four JSON frames. Buffers are never signed,

@@ -1,7 +1,7 @@
 """Fixtures for the result store tests: a real mongod for the session, and fresh stores.
 
 The MongoDB tests never skip: mongod comes from a PyPI wheel installed into its own
-virtual environment (``.mongod-venv`` at the repository root; see shared/mongodb.md),
+virtual environment (``.mongod-venv`` at the repository root; see tools/mongod.py),
 installed on first use under a file lock so that parallel test runs do not race.
 """
 
