@@ -31,6 +31,7 @@ from corral.security import (
     start_authenticator,
 )
 from tests.conftest import running_cluster
+from tests.polling import until
 
 HANDSHAKE_FAILED = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
@@ -232,14 +233,11 @@ def test_the_hub_records_direct_and_load_balanced_tasks_over_curve(rc: Client) -
     balanced = rc.load_balanced_view().apply_async(lambda: "balanced")
     assert (direct.get(timeout=30), balanced.get(timeout=30)) == ("direct", "balanced")
     msg_ids = [*direct.msg_ids, *balanced.msg_ids]
-    deadline = time.monotonic() + 10
 
     def recorded() -> bool:  # the Hub records a moment after the client has its results
         return set(msg_ids) <= set(rc.hub_history()) and not rc.result_status(msg_ids)["pending"]
 
-    while not recorded():
-        assert time.monotonic() < deadline, "the Hub did not record the tasks"
-        time.sleep(0.01)
+    until(recorded, 10, "the Hub to record the tasks")
     records = rc.db_query({"msg_id": {"$in": msg_ids}}, keys=["msg_id", "engine_id"])
     assert all(record["engine_id"] is not None for record in records)
     assert len(records) == 2

@@ -9,7 +9,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import cloudpickle
@@ -27,6 +27,7 @@ from corral.errors import (
     TaskAborted,
     TimeoutError,
 )
+from tests.polling import until
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -36,14 +37,6 @@ HEARTBEAT = 0.25
 def nap(seconds: float) -> float:
     time.sleep(seconds)  # workload that keeps an engine busy, not synchronisation
     return seconds
-
-
-def until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    """Poll ``predicate`` with a deadline (for state with no event to wait on)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
 
 
 @pytest.fixture
@@ -130,7 +123,7 @@ def test_second_client_sees_registrations_and_unregistrations(own_cluster: Clust
         second.wait_for_engines(3, timeout=30)
         assert first.ids == second.ids == [0, 1, 2]
         first.shutdown(targets=2, block=True)
-        until(lambda: second.ids == [0, 1] and first.ids == [0, 1])
+        until(lambda: second.ids == [0, 1] and first.ids == [0, 1], 20, "both clients to see 2")
 
 
 # ---------------------------------------------------------------- engine loss and control
@@ -150,7 +143,7 @@ def test_engine_loss_fails_its_outstanding_direct_requests(own_cluster: Cluster)
         with pytest.raises(EngineError, match="engine 1"):
             ar.get(timeout=30)
     assert elsewhere.get(timeout=30) == 0.1
-    until(lambda: rc.ids == [0])
+    until(lambda: rc.ids == [0], 20, "the client to see engine 1 go")
     with pytest.raises(InvalidTarget):
         rc[1]
 
@@ -181,7 +174,7 @@ def test_signal_interrupts_a_running_task(rc) -> None:  # type: ignore[no-untype
         time.sleep(seconds)
 
     started = rc[1].apply_async(loud_nap, 30)
-    until(lambda: bool(started.stdout), timeout=10)  # live output on iopub: it is running
+    until(lambda: bool(started.stdout), 10, "live output on iopub: the task runs")
     rc.send_signal(signal.SIGINT, targets=1)
     with pytest.raises(RemoteError) as info:
         started.get(timeout=30)
@@ -196,7 +189,7 @@ def test_queue_result_history_and_db_queries(rc) -> None:  # type: ignore[no-unt
     ar = rc[:].apply_async(nap, 0)
     ar.get(timeout=30)
     # the Hub records replies from the queues' monitor copies, a moment after clients see them
-    until(lambda: not rc.result_status(ar)["pending"], timeout=10)
+    until(lambda: not rc.result_status(ar)["pending"], 10, "the Hub to record the result")
     status = rc.queue_status()
     assert set(status) >= {0, 1, "unassigned"}
     assert status[0]["completed"] >= 1 and status[0]["queue"] == 0
@@ -231,12 +224,12 @@ def test_get_result_from_a_second_client(rc, cluster) -> None:  # type: ignore[n
     running = rc[1].apply_async(nap, 0.5)
     failing = rc[0].apply_async(lambda: 1 / 0)
     with cluster.connect() as other:
-        until(lambda: done.msg_ids[0] in other.hub_history(), timeout=10)
+        until(lambda: done.msg_ids[0] in other.hub_history(), 10, "the Hub to record it")
         assert other.get_result(done.msg_ids[0]).get(timeout=30) == {"answer": 42}
         fetched = other.get_result(running.msg_ids[0])  # pending at the Hub: asked again
         assert fetched.get(timeout=30) == 0.5
         assert fetched.metadata["engine_id"] == 1
-        until(lambda: failing.msg_ids[0] in other.hub_history(), timeout=10)
+        until(lambda: failing.msg_ids[0] in other.hub_history(), 10, "the Hub to record it")
         with pytest.raises(RemoteError, match="ZeroDivisionError"):
             other.get_result(failing.msg_ids, block=True)
         assert other.results[done.msg_ids[0]] == {"answer": 42}

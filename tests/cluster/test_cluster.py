@@ -19,13 +19,7 @@ import pytest
 from corral.errors import EngineError
 from corral.protocol.references import interactive
 from tests.conftest import HEARTBEAT, start_cluster
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
+from tests.polling import until
 
 
 def test_late_engine_death_and_id_reuse_seen_by_a_second_client(tmp_path: Path) -> None:
@@ -42,11 +36,11 @@ def test_late_engine_death_and_id_reuse_seen_by_a_second_client(tmp_path: Path) 
 
             # a direct task in flight on an engine killed with SIGKILL fails with EngineError
             running = rc[1].apply_async(time.sleep, 60)
-            wait_until(lambda: rc.queue_status()[1]["queue"] == 1, 10, "the task to be queued")
+            until(lambda: rc.queue_status()[1]["queue"] == 1, 10, "the task to be queued")
             killed_at = time.monotonic()
             cluster.engines[1].send_signal(signal.SIGKILL)
             cluster.engines[1].wait()
-            wait_until(lambda: observer.ids == [0], 10 * HEARTBEAT + 5, "unregistration")
+            until(lambda: observer.ids == [0], 10 * HEARTBEAT + 5, "unregistration")
             noticed = time.monotonic() - killed_at
             assert noticed < 8 * HEARTBEAT + 1, f"took {noticed:.2f}s to notice a dead engine"
             with pytest.raises(EngineError):

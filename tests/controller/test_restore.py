@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import start_cluster
+from tests.polling import until
 
 
 def test_restore_after_sigkill(tmp_path: Path) -> None:
@@ -19,10 +20,8 @@ def test_restore_after_sigkill(tmp_path: Path) -> None:
         lb = rc.load_balanced_view().apply_async(lambda: "balanced")
         assert lb.get(timeout=30) == "balanced"
         stored = [*done.msg_ids, *lb.msg_ids]
-        deadline = time.monotonic() + 10
-        while rc.result_status(stored)["pending"]:  # stored = the Hub reports it completed
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        # stored = the Hub reports it completed
+        until(lambda: not rc.result_status(stored)["pending"], 10, "the Hub to store them")
         engine_pids = [e.pid for e in cluster.engines]
         rc.close()
         cluster.client = None

@@ -14,6 +14,7 @@ from corral.errors import DependencyTimeout, EngineError, ImpossibleDependency, 
 from corral.protocol.dependency import Dependency
 from corral.protocol.references import interactive
 from tests.conftest import start_cluster
+from tests.polling import until
 
 
 def append_line(path: str, text: str, delay: float = 0.0) -> str:
@@ -26,6 +27,17 @@ def append_line(path: str, text: str, delay: float = 0.0) -> str:
 def fail_after(delay: float) -> None:
     time.sleep(delay)
     raise ValueError("planned failure")
+
+
+def wait_for_file(path: str, timeout: float = 60.0) -> str:
+    """A task that runs until the test creates ``path``: "slow" for exactly as long as the
+    test needs, however loaded the machine is."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} was never created")
+        time.sleep(0.01)
+    return path
 
 
 def test_after_orders_by_side_effect(rc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -48,15 +60,19 @@ def test_follow_runs_on_the_same_engine(rc) -> None:  # type: ignore[no-untyped-
         assert again.get(timeout=20) == where.get(timeout=20)
 
 
-def test_any_runs_after_the_first_of_its_dependencies(rc) -> None:  # type: ignore[no-untyped-def]
+def test_any_runs_after_the_first_of_its_dependencies(rc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     view = rc.load_balanced_view()
-    slow = view.apply_async(time.sleep, 3)
+    release = tmp_path / "release"
+    slow = view.apply_async(wait_for_file, str(release))  # runs until released below
     quick = view.apply_async(time.sleep, 0.1)
     with view.temp_flags(after=Dependency.of([slow, quick], all=False)):
         dependent = view.apply_async(lambda: "ran")
-    assert dependent.get(timeout=20) == "ran"
-    assert not slow.ready(), "an any-dependency waited for all of its tasks"
-    slow.get(timeout=20)
+    try:
+        assert dependent.get(timeout=20) == "ran"
+        assert not slow.ready(), "an any-dependency waited for all of its tasks"
+    finally:
+        release.touch()
+    assert slow.get(timeout=20) == str(release)
 
 
 def test_all_waits_for_every_dependency(rc) -> None:  # type: ignore[no-untyped-def]
@@ -98,14 +114,19 @@ def test_impossible_dependency_fails_fast(rc) -> None:  # type: ignore[no-untype
         chained[0].get(timeout=20)
 
 
-def test_dependency_timeout(rc) -> None:  # type: ignore[no-untyped-def]
+def test_dependency_timeout(rc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     view = rc.load_balanced_view()
-    slow = view.apply_async(time.sleep, 3)
+    release = tmp_path / "release"
+    slow = view.apply_async(wait_for_file, str(release))  # unfinished until the timeout fired
     with view.temp_flags(after=[slow], timeout=0.3):
         impatient = view.apply_async(lambda: "must not run")
-    with pytest.raises(DependencyTimeout):
-        impatient.get(timeout=20)
-    slow.get(timeout=20)
+    try:
+        with pytest.raises(DependencyTimeout):
+            impatient.get(timeout=20)
+        assert not slow.ready()
+    finally:
+        release.touch()
+    assert slow.get(timeout=20) == str(release)
 
 
 def flaky(marker: str) -> int:
@@ -177,10 +198,7 @@ def test_engine_killed_mid_task(tmp_path: Path) -> None:
             marker = tmp_path / name
             with view.temp_flags(retries=retries):
                 task = view.apply_async(sleepy_pid, str(marker))
-            deadline = time.monotonic() + 20
-            while not marker.exists() or not marker.read_text():
-                assert time.monotonic() < deadline
-                time.sleep(0.01)
+            until(lambda m=marker: m.exists() and m.read_text(), 20, "the task to start")
             victim = int(marker.read_text())
             os.kill(victim, signal.SIGKILL)
             if retries:

@@ -17,6 +17,7 @@ from corral.protocol.references import Reference, interactive
 from corral.protocol.serialize import deserialize_object, pack_apply_message
 from corral.protocol.session import Message, Session
 from tests.engine.controller_double import WAIT, FakeController, is_idle
+from tests.polling import until
 
 CAPTURED = "from the client"
 LONG_TASK = "import time\ntime.sleep(30)"
@@ -110,14 +111,15 @@ def test_reregisters_when_pings_stop(controller: FakeController) -> None:
     assert again.content == {"uuid": controller.uuid, "id": 0}
     content = {"status": "ok", "id": 4, "heartbeat_period": 0.05, **controller.addresses()}
     controller.session.send(
-        controller.registration, "registration_reply", content, parent=again, idents=again.idents
+        controller.registration,
+        "registration_reply",
+        content,
+        parent=again,
+        idents=again.idents,
     )
-    deadline = time.monotonic() + WAIT
-    while True:  # the new id shows in replies once the engine has taken the reply
-        reply = execute(controller, "None")
-        if reply.metadata["engine_id"] == 4:
-            break
-        assert time.monotonic() < deadline
+    until(  # the new id shows in replies once the engine has taken the reply
+        lambda: execute(controller, "None").metadata["engine_id"] == 4, WAIT, "the new id"
+    )
 
 
 def test_unregistration_notification_makes_the_engine_exit(controller: FakeController) -> None:

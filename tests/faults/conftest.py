@@ -1,22 +1,13 @@
-"""Helpers for the fault tests: polling with a deadline, and child processes that always end."""
+"""Helpers for the fault tests: child processes that always end."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-
-def until(predicate: Callable[[], object], timeout: float, what: str) -> None:
-    """Poll ``predicate`` until it is true; AssertionError naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
-        time.sleep(0.01)
 
 
 class Scripts:

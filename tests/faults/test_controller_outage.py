@@ -15,7 +15,7 @@ import pytest
 from corral import Client
 from corral.errors import ConnectionError
 from tests.conftest import start_cluster
-from tests.faults.conftest import until
+from tests.polling import until
 
 TIMEOUT = 2.0  # the client's timeout: short, so the outage is noticed quickly
 

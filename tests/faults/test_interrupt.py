@@ -10,7 +10,7 @@ import time
 import pytest
 
 from corral.errors import RemoteError, TaskAborted
-from tests.faults.conftest import until
+from tests.polling import until
 
 
 def loud_sleep(seconds: float) -> int:

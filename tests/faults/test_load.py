@@ -13,7 +13,7 @@ import pytest
 from corral.cluster.cluster import Cluster
 from corral.errors import QueryError
 from corral.protocol.references import interactive
-from tests.faults.conftest import until
+from tests.polling import until
 
 ENGINES = 64
 TASKS = 20_000

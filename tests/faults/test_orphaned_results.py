@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from corral.client.client import Client
 from corral.errors import RemoteError
 from tests.faults.conftest import Scripts
 
@@ -18,23 +19,30 @@ import numpy as np
 from corral import Client
 from corral.errors import QueryError
 
-def slow_array(n, seed):
-    import time
+def wait_for(path):
+    # the test creates path once this client has exited: until then the task runs
+    import os, time
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path):
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+
+def slow_array(n, seed, release):
     import numpy as np
-    time.sleep(0.5)  # still running when the client is gone
+    wait_for(release)
     return np.random.default_rng(seed).random(n)
 
-def fails():
-    import time
-    time.sleep(0.5)
+def fails(release):
+    wait_for(release)
     raise ValueError("an error kept for later")
 
 rc = Client(sys.argv[1], timeout=30)
 rc.wait_for_engines(2, timeout=30)
-direct = rc[:].apply_async(slow_array, 100_000, 7)
+release = sys.argv[3]
+direct = rc[:].apply_async(slow_array, 100_000, 7, release)
 view = rc.load_balanced_view()
 balanced = [view.apply_async(lambda x: x * x, x) for x in range(20)]
-failing = rc[0].apply_async(fails)
+failing = rc[0].apply_async(fails, release)
 ids = {"direct": direct.msg_ids, "balanced": [ar.msg_ids[0] for ar in balanced],
        "failing": failing.msg_ids}
 # exit once the requests have left (the Hub knows them), before their results are back
@@ -55,9 +63,16 @@ rc.close()
 
 
 @pytest.mark.parametrize("how", ["hard", "close"])
-def test_results_of_an_exited_client_are_fetched(rc, scripts: Scripts, how: str) -> None:  # type: ignore[no-untyped-def]
+def test_results_of_an_exited_client_are_fetched(
+    rc: Client, scripts: Scripts, how: str, tmp_path: Path
+) -> None:
     connection = Path(rc.connection_file)
-    ids = json.loads(scripts.run(SUBMIT_AND_VANISH, str(connection), how).strip())
+    release = tmp_path / "release"
+    try:
+        output = scripts.run(SUBMIT_AND_VANISH, str(connection), how, str(release))
+    finally:
+        release.touch()  # the client is gone: let its tasks finish
+    ids = json.loads(output.strip())
 
     expected = np.random.default_rng(7).random(100_000)
     direct = rc.get_result(ids["direct"]).get(timeout=30)

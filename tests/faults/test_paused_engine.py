@@ -15,7 +15,7 @@ import pytest
 
 from corral.errors import EngineError
 from tests.conftest import HEARTBEAT, start_cluster
-from tests.faults.conftest import until
+from tests.polling import until
 
 DIRECT_SECONDS = 1.5  # the direct task runs this long: the engine is paused in the middle
 

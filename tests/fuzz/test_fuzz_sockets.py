@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import zmq
 from corral.protocol.serialize import pack_apply_message
 from corral.protocol.session import DELIMITER, Session
 from tests.conftest import running_cluster
+from tests.polling import until
 
 ROUNDS_PER_SOCKET = 300
 FLUSH_MS = 10_000  # closing with linger 0 would drop what zmq has not sent yet
@@ -59,11 +59,14 @@ def wait_until_forwarded(pub: zmq.Socket, rc: object) -> None:
     do reach it."""
     io = rc._io  # type: ignore[attr-defined]  # noqa: SLF001
     before = io.rejected
-    deadline = time.monotonic() + 10
-    while io.rejected == before:
-        assert time.monotonic() < deadline, "nothing sent on iopub reached the client"
+
+    def rejected_one() -> bool:
+        if io.rejected != before:
+            return True
         pub.send_multipart([b"engine.0.stream", b"not a message"])
-        time.sleep(0.01)
+        return False
+
+    until(rejected_one, 10, "junk sent on iopub to reach the client")
 
 
 def connection(cluster: object, name: str) -> dict:

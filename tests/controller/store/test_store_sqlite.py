@@ -8,7 +8,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
@@ -20,6 +19,7 @@ from corral.controller.store.base import SCALAR_FIELD_CATEGORIES
 from corral.controller.store.query import parse_query, split_query
 from corral.controller.store.sqlite import sql_where
 from corral.errors import StoreError
+from tests.polling import until
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
@@ -154,10 +154,8 @@ def test_failed_write_is_raised_by_the_next_write_which_is_kept(
     with SQLiteStore(tmp_path / "tasks.db", max_size=1_000_000) as store:
         with caplog.at_level(logging.ERROR, logger="corral.controller.store"):
             store.add_record("huge", {"stdout": "y" * 2_000_000})
-            deadline = time.monotonic() + 10
-            while "huge" not in caplog.text:  # the writer logs the failure as it happens
-                assert time.monotonic() < deadline, "the failed write was never logged"
-                time.sleep(0.005)
+            # the writer logs the failure as it happens
+            until(lambda: "huge" in caplog.text, 10, "the failed write to be logged")
         with pytest.raises(StoreError, match="huge"):
             store.add_record("ok", {})
         assert store.get_history() == ["ok"]
