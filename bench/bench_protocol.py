@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import zmq
 
 from corral.protocol.serialize import deserialize_object, serialize_object
-from corral.protocol.session import Session
+from corral.protocol.session import Frame, Message, Session
 
 KEY = b"benchmark-key-0123456789"
 EMPTY_ROUNDS = 20_000
@@ -31,6 +31,17 @@ def socket_pair(ctx: zmq.Context) -> tuple[zmq.Socket, zmq.Socket]:
     a.connect(f"tcp://127.0.0.1:{port}")
     a.linger = b.linger = 0
     return a, b
+
+
+def send_ours(session: Session, sock: zmq.Socket, buffers: Sequence[Frame] = ()) -> None:
+    """Build, sign and send an apply_request, as a client does before handing it off."""
+    msg = session.msg("apply_request", {}, buffers=buffers)
+    sock.send_multipart(session.serialize(msg), copy=False)
+
+
+def recv_ours(session: Session, sock: zmq.Socket) -> Message:
+    """Receive, verify and decode one message, as every receiving process does."""
+    return session.feed(sock.recv_multipart(copy=False))
 
 
 def per_message(step: Callable[[], object], rounds: int) -> float:
@@ -78,8 +89,8 @@ def main() -> None:
         return b.recv_multipart(copy=False)
 
     def ours_empty() -> object:
-        ours_send.send(a, "apply_request", {})
-        return ours_recv.recv(b)
+        send_ours(ours_send, a)
+        return recv_ours(ours_recv, b)
 
     results: dict[str, dict[str, float]] = {"empty_us": {}, "pipelined_us": {}, "big_MBps": {}}
     results["empty_us"]["raw pyzmq"] = per_message(raw_empty, EMPTY_ROUNDS) * 1e6
@@ -93,9 +104,7 @@ def main() -> None:
         * 1e6
     )
     results["pipelined_us"]["corral Session"] = (
-        pipelined(
-            lambda: ours_send.send(a, "apply_request", {}), lambda: ours_recv.recv(b), EMPTY_ROUNDS
-        )
+        pipelined(lambda: send_ours(ours_send, a), lambda: recv_ours(ours_recv, b), EMPTY_ROUNDS)
         * 1e6
     )
     if JupyterSession is not None:
@@ -120,8 +129,8 @@ def main() -> None:
         return np.frombuffer(frames[-1].buffer, dtype=ARRAY.dtype)
 
     def ours_big() -> object:
-        ours_send.send(a, "apply_request", {}, buffers=serialize_object(ARRAY))
-        return deserialize_object(ours_recv.recv(b).buffers)
+        send_ours(ours_send, a, serialize_object(ARRAY))
+        return deserialize_object(recv_ours(ours_recv, b).buffers)
 
     def bandwidth(step: Callable[[], object]) -> float:
         step()

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -65,7 +65,6 @@ class ControllerConfig:
     max_outstanding: int = 16
     scheduler: bool = True
     curve: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def write_private_json(path: Path, data: dict[str, Any]) -> None:

@@ -1,8 +1,8 @@
 """Every message type corral sends, with its content fields, in one place.
 
 The catalogue is the seed's message list plus what docs/wire-flows.md adds. A sender builds
-content through :func:`make_content` (or `Session.msg`, which calls it), so a missing or wrongly
-typed field fails where the bug is, not in another process. A receiver calls
+messages with ``Session.msg``, which validates their content, so a missing or wrongly typed
+field fails where the bug is, not in another process. A receiver calls
 :func:`validate_content` before acting on a request's content.
 
 Replies are lenient on purpose: every reply has a ``status``; error replies add ``ename``,
@@ -18,7 +18,6 @@ from typing import Any
 from corral.errors import InvalidContent, UnknownMessageType
 
 NoneType = type(None)
-JSONValue = (str, int, float, bool, list, dict, NoneType)
 
 
 @dataclass(frozen=True)
@@ -32,7 +31,6 @@ class MessageSpec:
     required: Mapping[str, tuple[type, ...]] = field(default_factory=dict)
     optional: Mapping[str, tuple[type, ...]] = field(default_factory=dict)
     open: bool = False
-    channel: str = ""
 
 
 STATUS = {"status": (str,)}
@@ -41,55 +39,52 @@ INT_LIST = (list, NoneType)
 
 def _spec(
     msg_type: str,
-    channel: str,
     required: Mapping[str, tuple[type, ...]] | None = None,
     optional: Mapping[str, tuple[type, ...]] | None = None,
     open: bool = False,
 ) -> MessageSpec:
-    return MessageSpec(msg_type, dict(required or {}), dict(optional or {}), open, channel)
+    return MessageSpec(msg_type, dict(required or {}), dict(optional or {}), open)
 
 
-def _reply(msg_type: str, channel: str) -> MessageSpec:
-    return _spec(msg_type, channel, STATUS, open=True)
+def _reply(msg_type: str) -> MessageSpec:
+    return _spec(msg_type, STATUS, open=True)
 
 
 _SPECS = [
     # -- registration and connection (Hub ROUTER) --
-    _spec("registration_request", "registration", {"uuid": (str,)}, {"id": (int,)}),
-    _reply("registration_reply", "registration"),
-    _spec("unregistration_request", "registration", optional={"id": (int,), "uuid": (str,)}),
-    _reply("unregistration_reply", "registration"),
-    _spec("connection_request", "registration"),
-    _reply("connection_reply", "registration"),
+    _spec("registration_request", {"uuid": (str,)}, {"id": (int,)}),
+    _reply("registration_reply"),
+    _spec("unregistration_request", optional={"id": (int,), "uuid": (str,)}),
+    _reply("unregistration_reply"),
+    _spec("connection_request"),
+    _reply("connection_reply"),
     # -- notifications (Hub PUB) --
-    _spec("registration_notification", "notification", {"id": (int,), "uuid": (str,)}),
-    _spec("unregistration_notification", "notification", {"id": (int,), "uuid": (str,)}),
+    _spec("registration_notification", {"id": (int,), "uuid": (str,)}),
+    _spec("unregistration_notification", {"id": (int,), "uuid": (str,)}),
     # -- client queries (Hub ROUTER) --
-    _spec("queue_request", "query", optional={"verbose": (bool,), "targets": INT_LIST}),
-    _reply("queue_reply", "query"),
+    _spec("queue_request", optional={"verbose": (bool,), "targets": INT_LIST}),
+    _reply("queue_reply"),
     _spec(
         "result_request",
-        "query",
         {"msg_ids": (list,)},
         {"targets": INT_LIST, "statusonly": (bool,)},
     ),
-    _reply("result_reply", "query"),
-    _spec("purge_request", "query", optional={"msg_ids": (list, str), "engine_ids": INT_LIST}),
-    _reply("purge_reply", "query"),
-    _spec("history_request", "query"),
-    _reply("history_reply", "query"),
-    _spec("db_request", "query", {"query": (dict,)}, {"keys": INT_LIST}),
-    _reply("db_reply", "query"),
-    _spec("hub_shutdown_request", "query"),
-    _reply("hub_shutdown_reply", "query"),
+    _reply("result_reply"),
+    _spec("purge_request", optional={"msg_ids": (list, str), "engine_ids": INT_LIST}),
+    _reply("purge_reply"),
+    _spec("history_request"),
+    _reply("history_reply"),
+    _spec("db_request", {"query": (dict,)}, {"keys": INT_LIST}),
+    _reply("db_reply"),
+    _spec("hub_shutdown_request"),
+    _reply("hub_shutdown_reply"),
     # -- scheduler to Hub --
-    _spec("task_destination", "monitor", {"msg_id": (str,), "engine_id": (str,)}),
+    _spec("task_destination", {"msg_id": (str,), "engine_id": (str,)}),
     # -- execution (MUX and task queues) --
-    _spec("apply_request", "shell"),
-    _reply("apply_reply", "shell"),
+    _spec("apply_request"),
+    _reply("apply_reply"),
     _spec(
         "execute_request",
-        "shell",
         {"code": (str,)},
         {
             "silent": (bool,),
@@ -99,28 +94,27 @@ _SPECS = [
             "stop_on_error": (bool,),
         },
     ),
-    _reply("execute_reply", "shell"),
+    _reply("execute_reply"),
     # -- control queue --
-    _spec("clear_request", "control"),
-    _reply("clear_reply", "control"),
-    _spec("abort_request", "control", optional={"msg_ids": INT_LIST}),
-    _reply("abort_reply", "control"),
-    _spec("shutdown_request", "control", optional={"restart": (bool,)}),
-    _reply("shutdown_reply", "control"),
-    _spec("signal_request", "control", {"sig": (int,)}),
-    _reply("signal_reply", "control"),
+    _spec("clear_request"),
+    _reply("clear_reply"),
+    _spec("abort_request", optional={"msg_ids": INT_LIST}),
+    _reply("abort_reply"),
+    _spec("shutdown_request", optional={"restart": (bool,)}),
+    _reply("shutdown_reply"),
+    _spec("signal_request", {"sig": (int,)}),
+    _reply("signal_reply"),
     # -- iopub (engine PUB -> clients) --
-    _spec("stream", "iopub", {"name": (str,), "text": (str,)}),
-    _spec("execute_input", "iopub", {"code": (str,)}, {"execution_count": (int,)}),
+    _spec("stream", {"name": (str,), "text": (str,)}),
+    _spec("execute_input", {"code": (str,)}, {"execution_count": (int,)}),
     _spec(
         "execute_result",
-        "iopub",
         {"data": (dict,)},
         {"metadata": (dict,), "execution_count": (int,)},
     ),
-    _spec("display_data", "iopub", {"data": (dict,)}, {"metadata": (dict,), "transient": (dict,)}),
-    _spec("error", "iopub", {"ename": (str,), "evalue": (str,), "traceback": (list,)}, open=True),
-    _spec("status", "iopub", {"execution_state": (str,)}),
+    _spec("display_data", {"data": (dict,)}, {"metadata": (dict,), "transient": (dict,)}),
+    _spec("error", {"ename": (str,), "evalue": (str,), "traceback": (list,)}, open=True),
+    _spec("status", {"execution_state": (str,)}),
 ]
 
 CATALOGUE: dict[str, MessageSpec] = {spec.msg_type: spec for spec in _SPECS}
@@ -167,12 +161,6 @@ def validate_content(msg_type: str, content: Mapping[str, Any]) -> None:
             _check(msg_type, name, value, spec.optional[name])
         elif not spec.open:
             raise InvalidContent(f"{msg_type}: unexpected field {name!r}")
-
-
-def make_content(msg_type: str, /, **fields: Any) -> dict[str, Any]:
-    """Build validated content for ``msg_type`` from keyword fields."""
-    validate_content(msg_type, fields)
-    return fields
 
 
 def ok_reply(**fields: Any) -> dict[str, Any]:

@@ -5,9 +5,9 @@ buffer, ...]``. The signature is the hex HMAC of the four JSON frames. Buffers a
 parsed or copied: on send they go to zmq with ``copy=False``; on receive they stay ``zmq.Frame``
 objects (or whatever the caller passed) so a 100 MB array crosses a router without a copy.
 
-The Session is pure: it turns frames into a :class:`Message` and back. The only state is the
-digest history used to reject replays. Sockets appear
-only in the two convenience wrappers ``send`` and ``recv``.
+The Session is pure: it turns frames into a :class:`Message` and back, and never touches a
+socket (the caller sends and receives the frames). The only state is the digest history used
+to reject replays.
 """
 
 from __future__ import annotations
@@ -293,28 +293,3 @@ class Session:
         """Decode a whole multipart message as received (identities included)."""
         idents, msg_frames = split_identities(frames)
         return self.deserialize(msg_frames, content=content, idents=idents)
-
-    # ------------------------------------------------------------------ sockets
-
-    def send(
-        self,
-        socket: zmq.Socket[Any],
-        msg_or_type: Message | str,
-        content: JSONDict | None = None,
-        parent: Message | JSONDict | None = None,
-        metadata: JSONDict | None = None,
-        buffers: Iterable[Frame] = (),
-        idents: Sequence[bytes] = (),
-    ) -> Message:
-        """Build (if given a type), sign and send a message; returns the Message sent."""
-        if isinstance(msg_or_type, Message):
-            msg = msg_or_type
-        else:
-            msg = self.msg(msg_or_type, content, parent, metadata, buffers)
-        socket.send_multipart(self.serialize(msg, idents), copy=False)
-        return msg
-
-    def recv(self, socket: zmq.Socket[Any], flags: int = 0, *, content: bool = True) -> Message:
-        """Receive and decode one message (buffers stay zmq Frames)."""
-        frames = socket.recv_multipart(flags, copy=False)
-        return self.feed(frames, content=content)

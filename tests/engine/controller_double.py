@@ -20,6 +20,7 @@ import orjson
 import zmq
 
 from corral.protocol.session import Message, Session
+from tests.wire import send_msg
 
 KEY = "engine-test-key-0123456789"
 LOCALHOST = "tcp://127.0.0.1"
@@ -161,8 +162,13 @@ class FakeController:
             "heartbeat_period": period or self.heartbeat_period,
             **self.addresses(),
         }
-        self.session.send(
-            self.registration, "registration_reply", content, parent=request, idents=request.idents
+        send_msg(
+            self.session,
+            self.registration,
+            "registration_reply",
+            content,
+            parent=request,
+            idents=request.idents,
         )
         return request
 

@@ -18,6 +18,7 @@ from corral.protocol.serialize import deserialize_object, pack_apply_message
 from corral.protocol.session import Message, Session
 from tests.engine.controller_double import WAIT, FakeController, is_idle
 from tests.polling import until
+from tests.wire import send_msg
 
 CAPTURED = "from the client"
 LONG_TASK = "import time\ntime.sleep(30)"
@@ -87,7 +88,8 @@ def test_refused_registration_exits_with_the_reason(controller: FakeController) 
     assert request.content == {"uuid": "my-engine-uuid", "id": 3}
     assert request.idents == (b"my-engine-uuid",)
     content = {"status": "error", "ename": "RegistrationError", "evalue": "uuid already in use"}
-    controller.session.send(
+    send_msg(
+        controller.session,
         controller.registration,
         "registration_reply",
         content,
@@ -110,7 +112,8 @@ def test_reregisters_when_pings_stop(controller: FakeController) -> None:
     again = controller.recv_type(controller.registration, "registration_request")
     assert again.content == {"uuid": controller.uuid, "id": 0}
     content = {"status": "ok", "id": 4, "heartbeat_period": 0.05, **controller.addresses()}
-    controller.session.send(
+    send_msg(
+        controller.session,
         controller.registration,
         "registration_reply",
         content,
@@ -125,7 +128,8 @@ def test_reregisters_when_pings_stop(controller: FakeController) -> None:
 def test_unregistration_notification_makes_the_engine_exit(controller: FakeController) -> None:
     engine = controller.started()
     content = {"id": 0, "uuid": controller.uuid}
-    controller.session.send(
+    send_msg(
+        controller.session,
         controller.registration,
         "unregistration_notification",
         content,
@@ -326,7 +330,8 @@ def test_shutdown_while_busy_unregisters_and_exits(controller: FakeController) -
     assert reply.content == {"status": "ok"}
     request = controller.recv_type(controller.registration, "unregistration_request")
     assert request.content == {"id": 0, "uuid": controller.uuid}
-    controller.session.send(
+    send_msg(
+        controller.session,
         controller.registration,
         "unregistration_reply",
         {"status": "ok"},
@@ -343,7 +348,8 @@ def test_sigterm_unregisters_and_exits(controller: FakeController) -> None:
     engine.popen.send_signal(signal.SIGTERM)
     request = controller.recv_type(controller.registration, "unregistration_request")
     assert request.content == {"id": 0, "uuid": controller.uuid}
-    controller.session.send(
+    send_msg(
+        controller.session,
         controller.registration,
         "unregistration_reply",
         {"status": "ok"},

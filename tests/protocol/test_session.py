@@ -22,6 +22,7 @@ from corral.errors import (
     UnknownMessageType,
 )
 from corral.protocol.session import DELIMITER, Session, new_key, split_identities
+from tests.wire import recv_msg, send_msg
 
 KEY = b"a-test-key-0123456789abcdef"
 
@@ -89,8 +90,8 @@ def test_buffers_travel_without_copy_over_tcp(pair: tuple[zmq.Socket, zmq.Socket
     a, b = pair
     array = np.arange(1_000_000, dtype=np.float64)
     sender, receiver = Session(KEY), Session(KEY)
-    sender.send(a, "apply_request", {}, buffers=[memoryview(array)])
-    msg = receiver.recv(b)
+    send_msg(sender, a, "apply_request", {}, buffers=[memoryview(array)])
+    msg = recv_msg(receiver, b)
     assert isinstance(msg.buffers[0], zmq.Frame)
     received = np.frombuffer(msg.buffers[0].buffer, dtype=np.float64)
     assert np.array_equal(received, array)
@@ -103,8 +104,9 @@ def test_jupyter_client_reads_our_messages(pair: tuple[zmq.Socket, zmq.Socket]) 
     a, b = pair
     ours = Session(KEY)
     theirs = JupyterSession(key=KEY, signature_scheme="hmac-sha256")
-    ours.send(a, "execute_request", {"code": "print(1)"}, metadata={"k": 1})
-    ours.send(a, "apply_request", {}, buffers=[b"buffer-one", memoryview(b"buffer-two" * 1000)])
+    send_msg(ours, a, "execute_request", {"code": "print(1)"}, metadata={"k": 1})
+    buffers = [b"buffer-one", memoryview(b"buffer-two" * 1000)]
+    send_msg(ours, a, "apply_request", {}, buffers=buffers)
     first = theirs.recv(b, mode=0)[1]
     assert first["header"]["msg_type"] == "execute_request"
     assert first["content"] == {"code": "print(1)"}
@@ -120,12 +122,12 @@ def test_we_read_jupyter_client_messages(pair: tuple[zmq.Socket, zmq.Socket]) ->
     ours = Session(KEY)
     theirs.send(a, "execute_request", {"code": "x"}, metadata={"m": 2})
     theirs.send(a, "apply_request", {}, buffers=[b"abc", b"d" * 100_000])
-    first = ours.recv(b)
+    first = recv_msg(ours, b)
     assert first.msg_type == "execute_request"
     assert first.content == {"code": "x"}
     assert first.metadata == {"m": 2}
     assert first.header["session"] == theirs.session
-    second = ours.recv(b)
+    second = recv_msg(ours, b)
     assert [bytes(f.buffer) for f in second.buffers] == [b"abc", b"d" * 100_000]
 
 
@@ -133,7 +135,7 @@ def test_jupyter_client_rejects_our_message_with_wrong_key(
     pair: tuple[zmq.Socket, zmq.Socket],
 ) -> None:
     a, b = pair
-    Session(b"other-key").send(a, "clear_request")
+    send_msg(Session(b"other-key"), a, "clear_request")
     with pytest.raises(ValueError, match="Invalid Signature"):
         JupyterSession(key=KEY).recv(b, mode=0)
 
