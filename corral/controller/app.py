@@ -30,6 +30,7 @@ from corral.controller.hub import Hub, Send, Stop
 from corral.controller.loop import drain
 from corral.controller.store import open_store
 from corral.errors import CorralError, InvalidContent, ProtocolError, UnknownMessageType
+from corral.lifetime import SignalWakeup
 from corral.protocol.messages import KNOWN_TYPES, error_reply, validate_content
 from corral.protocol.session import Message, Session, frame_view, new_key, split_identities
 from corral.security import CurveKeys, make_server, server_options, start_authenticator
@@ -97,6 +98,7 @@ class Controller:
         self.session = Session(config.key, username="controller", check_msg_type=False)
         self.url = f"{config.transport}://{config.ip}"
         self._stopping = False
+        self.signals: SignalWakeup | None = None  # set by run_controller: SIGTERM wakes the loop
         self._devices: list[Any] = []
         self._scheduler: subprocess.Popen[bytes] | None = None
         self.hub: Hub | None = None
@@ -308,6 +310,8 @@ class Controller:
         poller = zmq.Poller()
         for sock in (self.registration, self.monitor, self.queue_monitor, self.pong):
             poller.register(sock, zmq.POLLIN)
+        if self.signals is not None:
+            poller.register(self.signals.fileno(), zmq.POLLIN)
         period = self.config.heartbeat_period
         next_beat = next_repeat = time.monotonic()
         while not self._stopping:
@@ -327,6 +331,8 @@ class Controller:
             if self.hub.pending_registrations:
                 wake = min(wake, max(next_repeat, now))
             events = dict(poller.poll(int(max(0.0, wake - time.monotonic()) * 1000)))
+            if self.signals is not None and self.signals.fileno() in events:
+                self.signals.drain()  # the handler has run: _stopping is set
             if self.pong in events:
                 self._drain(self.pong, self._on_pong)
             # copies before queries: a query then sees every task whose copy has arrived
@@ -525,9 +531,11 @@ def run_controller(config: ControllerConfig) -> int:
     controller = Controller(config)
     signal.signal(signal.SIGTERM, controller.request_stop)
     signal.signal(signal.SIGINT, controller.request_stop)
+    controller.signals = SignalWakeup()
     try:
         controller.start()
         controller.serve_forever()
     finally:
         controller.close()
+        controller.signals.close()
     return 0

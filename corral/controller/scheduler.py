@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import sys
 import time
@@ -29,6 +28,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from corral.controller.loop import drain
 from corral.controller.scheduling import Action, Complete, Dispatch, Fail, SchedulerCore, Task
 from corral.errors import CorralError, ProtocolError, RemoteError, error_content
+from corral.lifetime import SignalWakeup, exit_with_owner
 from corral.protocol.dependency import Dependency
 from corral.protocol.session import DELIMITER, Frame, Message, Session, split_identities, utcnow
 from corral.security import CurveKeys, make_client, make_server, start_authenticator
@@ -62,7 +62,6 @@ class TaskScheduler:
         self.core = SchedulerCore(
             settings.get("policy", "leastload"), int(settings.get("max_outstanding", 16))
         )
-        self.parent_pid = settings.get("parent_pid")
         url = settings["url"]
         # under --curve: ROUTERs are curve servers, the sockets to the Hub curve clients
         self.curve = CurveKeys.from_connection(settings)
@@ -85,6 +84,7 @@ class TaskScheduler:
         self.finished: dict[str, None] = {}  # recently answered msg_ids, oldest first
         self.unreachable: dict[str, tuple[str, int, float]] = {}
         self.stopping = False
+        self.signals: SignalWakeup | None = None  # set by main(): SIGTERM wakes the loop
         self.counts = {"submitted": 0, "completed": 0, "failed": 0, "rejected": 0}
 
     def _socket(self, kind: int, *, server: bool) -> zmq.Socket[Any]:
@@ -100,13 +100,16 @@ class TaskScheduler:
         poller = zmq.Poller()
         for sock in (self.clients, self.engines, self.notifications):
             poller.register(sock, zmq.POLLIN)
-        last_parent_check = time.monotonic()
+        if self.signals is not None:
+            poller.register(self.signals.fileno(), zmq.POLLIN)
         while not self.stopping:
             deadline = self.core.next_deadline()
             wait = 1.0 if deadline is None else max(0.0, deadline - time.monotonic())
             if self.unreachable:
                 wait = min(wait, 0.01)
             events = dict(poller.poll(int(min(wait, 1.0) * 1000)))
+            if self.signals is not None and self.signals.fileno() in events:
+                self.signals.drain()  # the handler has run: stopping is set
             if self.notifications in events:
                 self._drain(self.notifications, self._on_notification)
             if self.engines in events:
@@ -118,11 +121,6 @@ class TaskScheduler:
                 self._perform(self.core.tick(now))
             if self.unreachable:
                 self._retry_unreachable(now)
-            if now - last_parent_check > 1.0:
-                last_parent_check = now
-                if self.parent_pid and os.getppid() != self.parent_pid:
-                    log.error("the controller is gone; the scheduler stops")
-                    self.stopping = True
 
     def _drain(self, sock: zmq.Socket[Any], handle: Any) -> None:
         drain(sock, handle, self.counts, log)
@@ -345,6 +343,8 @@ def main() -> int:
     scheduler = TaskScheduler(settings)
     signal.signal(signal.SIGTERM, lambda *_: setattr(scheduler, "stopping", True))
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the controller decides when we stop
+    scheduler.signals = SignalWakeup()
+    exit_with_owner(settings.get("parent_pid"))  # SIGTERM once the controller is gone
     sys.stdout.write(
         json.dumps({"task": scheduler.client_port, "task_engine": scheduler.engine_port}) + "\n"
     )
@@ -353,6 +353,7 @@ def main() -> int:
         scheduler.serve_forever()
     finally:
         scheduler.close()
+        scheduler.signals.close()
         try:  # the controller reads this last line into its stats file
             sys.stdout.write(json.dumps({"counts": scheduler.counts}) + "\n")
             sys.stdout.flush()

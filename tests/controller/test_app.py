@@ -1,0 +1,82 @@
+"""The controller process (corral/controller/app.py) as a whole: how it stops."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.polling import until
+
+HEARTBEAT = 60.0  # a long period: an exit that waits for the next beat would take this long
+
+
+def written_by(path: Path, pid: int) -> bool:
+    try:
+        return json.loads(path.read_text()).get("controller_pid") == pid
+    except (OSError, ValueError):
+        return False
+
+
+@pytest.fixture
+def controller(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A controller process (with its scheduler) that has written its connection files;
+    killed, with its children, when the test ends."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "corral",
+            "controller",
+            "--cluster-dir",
+            str(tmp_path),
+            "--cluster-id",
+            "sigterm",
+            "--heartbeat-period",
+            str(HEARTBEAT),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    children: list[psutil.Process] = []
+    try:
+        engine_file = tmp_path / "sigterm" / "corral-engine.json"
+        until(lambda: written_by(engine_file, process.pid), 30, "the connection files")
+        children = psutil.Process(process.pid).children()
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for child in children:
+            if child.is_running():
+                child.kill()
+
+
+def test_sigterm_stops_the_controller_at_once_not_at_the_next_beat(
+    controller: subprocess.Popen[bytes], tmp_path: Path
+) -> None:
+    started = time.monotonic()
+    controller.send_signal(signal.SIGTERM)
+    returncode = controller.wait(HEARTBEAT / 2)
+    took = time.monotonic() - started
+    assert returncode == 0
+    assert took < 10, f"the controller took {took:.1f} s to act on SIGTERM"
+    assert not (tmp_path / "sigterm" / "corral-engine.json").exists()  # a clean stop
+
+
+def test_the_scheduler_ends_when_its_controller_is_killed(
+    controller: subprocess.Popen[bytes],
+) -> None:
+    (scheduler,) = psutil.Process(controller.pid).children()
+    assert "corral.controller.scheduler" in " ".join(scheduler.cmdline())
+    controller.kill()
+    controller.wait()
+    scheduler.wait(15)  # psutil.TimeoutExpired if it outlives its controller
