@@ -103,7 +103,7 @@ def format_duration(seconds: float | None) -> str:
     """``"7d"``-style; ``"unlimited"`` for None."""
     if seconds is None:
         return "unlimited"
-    for unit, scale in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+    for unit, scale in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= scale and seconds % scale == 0:
             return f"{int(seconds // scale)}{unit}"
     return f"{int(seconds)}s" if seconds == int(seconds) else f"{seconds}s"

@@ -79,7 +79,7 @@ def test_formatting() -> None:
     assert format_size(64 * MIB) == "64 MiB"
     assert format_size(None) == "unlimited"
     assert format_size(12) == "12 B"
-    assert format_duration(7 * 86400) == "1w"
+    assert format_duration(7 * 86400) == "7d"
     assert format_duration(None) == "unlimited"
 
 
