@@ -290,7 +290,10 @@ class Hub:
     def tick(self) -> tuple[bytes, list[Action]]:
         """One heartbeat period: the ping payload, and what failures and expiries mean."""
         payload, failed = self.hearts.tick()
-        self._forget_purged(self.store.expire_results())
+        try:
+            self._forget_purged(self.store.expire_results())
+        except StoreError as err:  # a failing store must not stop the heartbeat
+            log.error("hub: purging expired results failed: %s", err)
         actions: list[Action] = []
         for uuid in failed:
             entry = self.by_uuid.get(uuid)
