@@ -1,8 +1,9 @@
 """The ``corral`` command: start, stop and list clusters; run a controller or an engine.
 
 corral start -n 4 [--cluster-id ID] [--daemon]   controller + engines (Ctrl-C stops all)
-corral stop [--cluster-id ID]
-corral list
+corral stop [--cluster-id ID] [--clean]
+corral list [--all]
+corral clean [--older-than 7d] [--cluster-id ID]
 corral controller [--ip IP] [--curve] [--db sqlite|memory|mongodb://...] [--restore] ...
 corral engine [--file corral-engine.json | --cluster-id ID]
 """
@@ -30,6 +31,17 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="folder holding clusters (default: $CORRAL_DIR or ~/.corral)",
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    parser.add_argument(
+        "--log-file",
+        default=None,
+        help="log (and stdout/stderr) to this file, rotated (default: to stderr)",
+    )
+    parser.add_argument(
+        "--log-max-bytes", default="10M", help="rotate the log file at this size (default 10M)"
+    )
+    parser.add_argument(
+        "--log-backups", type=int, default=3, help="rotated log files kept (default 3)"
+    )
 
 
 def _controller_flags(parser: argparse.ArgumentParser) -> None:
@@ -78,6 +90,24 @@ def _controller_flags(parser: argparse.ArgumentParser) -> None:
         help="encrypt and authenticate every connection with CurveZMQ "
         "(for clusters that span machines)",
     )
+    parser.add_argument(
+        "--store-buffer-limit",
+        default=None,
+        help="largest result buffers the store keeps per result; larger results are recorded "
+        "without them (default 64M; 'none': no limit)",
+    )
+    parser.add_argument(
+        "--store-size-limit",
+        default=None,
+        help="size of the result store; past it the oldest completed results are purged "
+        "(default 2G; 'none': no limit)",
+    )
+    parser.add_argument(
+        "--result-ttl",
+        default=None,
+        help="completed results older than this are purged: 12h, 7d ... "
+        "(default 7d; 'none': kept until the size limit)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,9 +126,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     stop = commands.add_parser("stop", help="stop a running cluster")
     _common(stop)
+    stop.add_argument("--clean", action="store_true", help="then remove its folder (store, logs)")
 
     listing = commands.add_parser("list", help="list running clusters")
     _common(listing)
+    listing.add_argument(
+        "--all",
+        action="store_true",
+        help="every cluster folder: running, stopped or stale, with its size and age",
+    )
+
+    clean = commands.add_parser(
+        "clean", help="remove the folders of stopped clusters (never a running one)"
+    )
+    _common(clean)
+    clean.set_defaults(cluster_id=None)
+    clean.add_argument(
+        "--older-than", default=None, help="only folders unchanged for this long: 12h, 7d ..."
+    )
 
     controller = commands.add_parser("controller", help="run a controller in this process")
     _common(controller)
@@ -135,6 +180,9 @@ def _controller_args(args: argparse.Namespace) -> list[str]:
         flags.append("--insecure")
     if args.curve:
         flags.append("--curve")
+    for flag in ("store_buffer_limit", "store_size_limit", "result_ttl"):
+        if getattr(args, flag) is not None:
+            flags += ["--" + flag.replace("_", "-"), getattr(args, flag)]
     return flags
 
 
@@ -153,7 +201,23 @@ def cmd_controller(args: argparse.Namespace) -> int:
         logging.getLogger("corral").warning(
             "--insecure: messages are not signed; anyone who can reach the ports runs code"
         )
+    from corral.cluster.folders import hold
+    from corral.controller.store import RetentionSettings
+    from corral.errors import StoreError
+
+    try:
+        retention = RetentionSettings.parse(
+            *(
+                "default" if value is None else value
+                for value in (args.store_buffer_limit, args.store_size_limit, args.result_ttl)
+            )
+        )
+    except StoreError as err:
+        print(f"corral controller: {err}", file=sys.stderr)
+        return 2
+    hold(_cluster_path(args))  # the folder is in use until this process exits
     config = ControllerConfig(
+        retention=retention,
         cluster_path=_cluster_path(args),
         cluster_id=args.cluster_id,
         ip=args.ip,
@@ -208,6 +272,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         if args.cluster_dir:
             argv += ["--cluster-dir", args.cluster_dir]
         path = _cluster_path(args)
+        argv += ["--log-file", str(path / "cluster-manager.log")]
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         with open(path / "cluster-manager.log", "ab") as log_file:
             subprocess.Popen(
@@ -272,11 +337,57 @@ def cmd_stop(args: argparse.Namespace) -> int:
     from corral.cluster.cluster import stop_cluster
 
     path = _cluster_path(args)
-    if stop_cluster(path):
+    stopped = stop_cluster(path)
+    if stopped:
         print(f"cluster {args.cluster_id} stopped")
+    if args.clean and path.is_dir():
+        return _remove_stopped(path, args.cluster_id)
+    if stopped:
         return 0
     print(f"no running cluster {args.cluster_id} in {path}", file=sys.stderr)
     return 1
+
+
+def _remove_stopped(path: Path, cluster_id: str) -> int:
+    """Remove a folder whose processes were just told to stop (they may take a moment)."""
+    from corral.cluster.folders import remove
+    from corral.controller.store.retention import format_size
+
+    deadline = time.monotonic() + 15
+    while (freed := remove(path)) is None:
+        if time.monotonic() > deadline:
+            print(f"cluster {cluster_id} is still running: {path} left in place", file=sys.stderr)
+            return 1
+        time.sleep(0.1)  # processes exiting release the folder lock; poll with a deadline
+    print(f"removed {path}: freed {format_size(freed)}")
+    return 0
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    from corral.cluster.cluster import default_cluster_dir
+    from corral.cluster.folders import clean, format_age
+    from corral.controller.store.retention import format_size, parse_duration
+
+    base = Path(args.cluster_dir).expanduser() if args.cluster_dir else default_cluster_dir()
+    try:
+        older_than = parse_duration(args.older_than)
+    except ValueError as err:
+        print(f"corral clean: --older-than: {err}", file=sys.stderr)
+        return 2
+    removed, running = clean(base, older_than, args.cluster_id)
+    for folder in removed:
+        print(
+            f"removed {folder.cluster_id} ({folder.state}, {format_age(folder.age)} old): "
+            f"{format_size(folder.size)}"
+        )
+    for folder in running:
+        print(f"left {folder.cluster_id} alone: it is running")
+    if args.cluster_id is not None and not removed and not running:
+        print(f"no cluster folder {args.cluster_id} in {base}", file=sys.stderr)
+        return 1
+    total = sum(folder.size for folder in removed)
+    print(f"freed {format_size(total)} in {len(removed)} folder(s) under {base}")
+    return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -287,6 +398,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     from corral.cluster.cluster import default_cluster_dir
 
     base = Path(args.cluster_dir).expanduser() if args.cluster_dir else default_cluster_dir()
+    if args.all:
+        from corral.cluster.folders import folder_table, inventory
+
+        folders = inventory(base)
+        print("\n".join(folder_table(folders)) if folders else f"no cluster folders in {base}")
+        return 0
     rows = []
     for client_file in sorted(base.glob("*/corral-client.json")):
         try:
@@ -301,13 +418,18 @@ def cmd_list(args: argparse.Namespace) -> int:
         if state_file.exists():
             state = json.loads(state_file.read_text())
             engines = str(sum(psutil.pid_exists(p) for p in state.get("engine_pids", [])))
-        rows.append((client_file.parent.name, str(pid), engines, info.get("ip", "")))
+        store = info.get("store") if isinstance(info.get("store"), dict) else {}
+        limits = (
+            f"{store.get('db', '?')}: buffers {store.get('buffer_limit', '?')}, "
+            f"size {store.get('size_limit', '?')}, ttl {store.get('ttl', '?')}"
+        )
+        rows.append((client_file.parent.name, str(pid), engines, info.get("ip", ""), limits))
     if not rows:
         print(f"no running clusters in {base}")
         return 0
-    print(f"{'cluster':<24} {'controller pid':>14} {'engines':>8}  ip")
-    for name, pid, engines, ip in rows:
-        print(f"{name:<24} {pid:>14} {engines:>8}  {ip}")
+    print(f"{'cluster':<24} {'controller pid':>14} {'engines':>8}  {'ip':<15} result store")
+    for name, pid, engines, ip, limits in rows:
+        print(f"{name:<24} {pid:>14} {engines:>8}  {ip:<15} {limits}")
     return 0
 
 
@@ -316,9 +438,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "engine":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
-    )
+    if args.log_file:
+        from corral.controller.store.retention import parse_size
+        from corral.logfile import log_to_file
+
+        max_bytes = parse_size(args.log_max_bytes) or 0
+        log_to_file(args.log_file, args.log_level, max_bytes, args.log_backups)
+    else:
+        logging.basicConfig(
+            level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+        )
     if args.command == "controller":
         return cmd_controller(args)
     if args.command == "engine":
@@ -327,6 +456,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_start(args)
     if args.command == "stop":
         return cmd_stop(args)
+    if args.command == "clean":
+        return cmd_clean(args)
     return cmd_list(args)
 
 

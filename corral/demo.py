@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import tempfile
 import time
 
 import corral
@@ -32,10 +31,10 @@ def collatz_steps(n: int) -> int:
 
 def main() -> None:
     engines = max(2, min(4, os.cpu_count() or 2))
-    base = os.environ.get("CORRAL_DIR") or tempfile.mkdtemp(prefix="corral-demo-")
-    print(f"starting a controller and {engines} engines (cluster folder under {base}) ...")
     started = time.perf_counter()
-    with corral.Cluster(n=engines, cluster_dir=base, cluster_id="demo") as rc:
+    cluster = corral.Cluster(n=engines)  # temporary: its folder goes when it stops
+    print(f"starting a controller and {engines} engines (cluster folder {cluster.path}) ...")
+    with cluster as rc:
         print(f"  all {len(rc.ids)} engines registered in {time.perf_counter() - started:.2f} s")
         dv = rc[:]
 
@@ -90,7 +89,8 @@ def main() -> None:
         fetched = rc.get_result(results[0].msg_ids[0]).get()
         print(f"result fetched back from the Hub's store: {fetched}")
         print(f"queue status: {rc.queue_status()}")
-    print(f"cluster stopped; total {time.perf_counter() - started:.2f} s")
+    left = "left in place" if cluster.path.exists() else "removed"
+    print(f"cluster stopped, its folder {left}; total {time.perf_counter() - started:.2f} s")
 
 
 if __name__ == "__main__":

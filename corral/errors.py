@@ -77,6 +77,12 @@ class StoreError(CorralError):
     silently: the caller is told."""
 
 
+class ResultNotStored(QueryError):
+    """The Hub recorded the task but not its result's buffers: they were larger than the
+    store's per-result limit (``--store-buffer-limit``). The message says which setting to
+    raise; the client that submitted the task received the result itself."""
+
+
 # ---------------------------------------------------------------- task outcomes
 
 

@@ -42,6 +42,7 @@ from corral.errors import (
     InvalidTarget,
     NoEnginesRegistered,
     QueryError,
+    ResultNotStored,
     TimeoutError,
 )
 from corral.protocol.session import Frame, Message, Session
@@ -626,6 +627,9 @@ class Client:
             if not isinstance(record, dict):
                 continue
             count = int(record.get("buffer_count", 0))
+            if isinstance(record.get("not_stored"), str):
+                self._records.complete_error(msg_id, ResultNotStored(record["not_stored"]))
+                continue
             self._records.complete(
                 msg_id,
                 header=record.get("header") or {},

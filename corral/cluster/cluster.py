@@ -8,6 +8,7 @@ process is left behind, even when the body raised.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -22,11 +23,14 @@ from typing import Any
 import psutil
 
 from corral.client.client import Client
+from corral.cluster.folders import hold, reclaim_temporary, release
 from corral.errors import ConnectionError, CorralError, TimeoutError
 
 CLIENT_FILE = "corral-client.json"
 ENGINE_FILE = "corral-engine.json"
 STATE_FILE = "cluster.json"
+
+log = logging.getLogger("corral.cluster")
 
 
 def default_cluster_dir() -> Path:
@@ -58,6 +62,13 @@ class Cluster:
     ``cluster_dir`` is the parent folder (default ``$CORRAL_DIR`` or ``~/.corral``); the cluster
     lives in ``<cluster_dir>/<cluster_id>/``. ``controller_args`` are extra flags for
     ``corral controller`` (``--db``, ``--restore``, ``--ip`` ...).
+
+    Without a ``cluster_id`` the cluster is temporary: its folder (connection files, logs,
+    result store) is removed when it stops, also after an exception in the ``with`` block; a
+    folder left by an owner that was killed is removed by the next start or ``corral clean``.
+    ``keep=True`` or an explicit ``cluster_id`` keeps the folder (and the results in it).
+    ``store_buffer_limit``, ``store_size_limit`` and ``result_ttl`` bound the result store
+    (``"64M"``, ``"2G"``, ``"7d"``, ``"none"``; None: the controller's defaults).
     """
 
     def __init__(
@@ -72,14 +83,27 @@ class Cluster:
         engine_args: Sequence[str] = (),
         timeout: float = 60.0,
         log_level: str = "WARNING",
+        keep: bool = False,
+        store_buffer_limit: str | int | None = None,
+        store_size_limit: str | int | None = None,
+        result_ttl: str | float | None = None,
     ) -> None:
         self.n = n
+        self.temporary = cluster_id is None and not keep
         self.cluster_id = cluster_id or f"cluster-{uuid.uuid4().hex[:8]}"
         self.base_dir = Path(cluster_dir).expanduser() if cluster_dir else default_cluster_dir()
         self.path = self.base_dir / self.cluster_id
         self.heartbeat_period = heartbeat_period
         self.db = db
         self.controller_args = list(controller_args)
+        for flag, value in (
+            ("--store-buffer-limit", store_buffer_limit),
+            ("--store-size-limit", store_size_limit),
+            ("--result-ttl", result_ttl),
+        ):
+            if value is not None:
+                self.controller_args += [flag, str(value)]
+        self._lock: int | None = None
         self.engine_args = list(engine_args)
         self.timeout = timeout
         self.log_level = log_level
@@ -89,16 +113,26 @@ class Cluster:
 
     # ------------------------------------------------------------ processes
 
+    def _hold_folder(self) -> int:
+        """Mark the folder in use (children inherit the lock; see folders.py), first removing
+        temporary folders that killed owners left behind."""
+        if self._lock is None:
+            reclaim_temporary(self.base_dir)
+            self._lock = hold(self.path)
+        return self._lock
+
     def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
-        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        log_file = open(self.path / log_name, "ab")  # noqa: SIM115 (the child owns it)
+        lock = self._hold_folder()
+        log_path = self.path / log_name
+        log_file = open(log_path, "ab")  # noqa: SIM115 (the child owns it)
         try:
             return subprocess.Popen(
-                [sys.executable, "-m", "corral", *args],
+                [sys.executable, "-m", "corral", *args, "--log-file", str(log_path)],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                pass_fds=(lock,),
             )
         finally:
             log_file.close()
@@ -120,6 +154,8 @@ class Cluster:
         ]
         if self.heartbeat_period is not None:
             args += ["--heartbeat-period", str(self.heartbeat_period)]
+        self._hold_folder()
+        self._save_state()
         self.controller = self._spawn(args + self.controller_args, "controller.log")
         controller = self.controller
         # files a killed controller left behind name another pid: wait for this one's
@@ -157,6 +193,7 @@ class Cluster:
             "manager_pid": os.getpid(),
             "controller_pid": self.controller.pid if self.controller else None,
             "engine_pids": [e.pid for e in self.engines if e.poll() is None],
+            "temporary": self.temporary,
         }
         (self.path / STATE_FILE).write_text(json.dumps(state))
 
@@ -200,7 +237,14 @@ class Cluster:
                 process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 _terminate(process)
+        lock, self._lock = self._lock, None
+        if self.temporary:
+            if lock is not None and not release(lock, self.path, remove_folder=True):
+                log.warning("temporary cluster folder %s could not be removed", self.path)
+            return
         (self.path / STATE_FILE).unlink(missing_ok=True)
+        if lock is not None:
+            release(lock, self.path, remove_folder=False)
 
     def __enter__(self) -> Client:
         return self.start()

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,7 +28,7 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from corral.controller.hub import Hub, Send, Stop
 from corral.controller.loop import drain
-from corral.controller.store import open_store
+from corral.controller.store import RetentionSettings, open_store
 from corral.errors import CorralError, InvalidContent, ProtocolError, UnknownMessageType
 from corral.lifetime import SignalWakeup
 from corral.protocol.messages import KNOWN_TYPES, error_reply, validate_content
@@ -66,6 +66,7 @@ class ControllerConfig:
     max_outstanding: int = 16
     scheduler: bool = True
     curve: bool = False
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
 
 
 def write_private_json(path: Path, data: dict[str, Any]) -> None:
@@ -161,7 +162,9 @@ class Controller:
     def start(self) -> None:
         config = self.config
         make_private_dir(config.cluster_path)
-        self.store = open_store(config.db, config.cluster_path, config.cluster_id)
+        self.store = open_store(
+            config.db, config.cluster_path, config.cluster_id, retention=config.retention
+        )
         if self.curve is not None:
             self._authenticator = start_authenticator(self.context, self.curve)
         self.registration, reg_port = self._bind(zmq.ROUTER, "registration")
@@ -250,6 +253,7 @@ class Controller:
                 "control": control_client,
                 "task": task_client,
                 "iopub": iopub_client,
+                "store": {"db": config.db.split(":")[0], **config.retention.describe()},
             },
         )
         write_private_json(

@@ -16,6 +16,7 @@ from typing import Any
 from corral.controller.heartbeat import HeartMonitor
 from corral.controller.store.base import ResultStore
 from corral.controller.store.query import validate_query
+from corral.controller.store.retention import OMITTED_FIELD, not_stored_message
 from corral.errors import EngineError, InvalidContent, QueryError, StoreError, error_content
 from corral.protocol.messages import error_reply, ok_reply
 from corral.protocol.session import Frame, Message, utcnow
@@ -289,6 +290,10 @@ class Hub:
     def tick(self) -> tuple[bytes, list[Action]]:
         """One heartbeat period: the ping payload, and what failures and expiries mean."""
         payload, failed = self.hearts.tick()
+        try:
+            self._forget_purged(self.store.expire_results())
+        except StoreError as err:  # a failing store must not stop the heartbeat
+            log.error("hub: purging expired results failed: %s", err)
         actions: list[Action] = []
         for uuid in failed:
             entry = self.by_uuid.get(uuid)
@@ -300,6 +305,16 @@ class Hub:
                 del self.pending_registrations[uuid]
                 log.warning("hub: engine %s registered but its heart never beat", uuid)
         return payload, actions
+
+    def _forget_purged(self, msg_ids: list[str]) -> None:
+        """Results the store purged (time to live, size limit) leave the Hub's tables too, so a
+        long-running controller's memory stays bounded like its store."""
+        if not msg_ids:
+            return
+        for entry in self.engines.values():
+            completed = entry.completed
+            for msg_id in msg_ids:
+                completed.pop(msg_id, None)
 
     def handle_pong(self, uuid: str, payload: bytes) -> list[Action]:
         if uuid in self.by_uuid:
@@ -490,6 +505,8 @@ class Hub:
                 "content": record.get("result_content") or {},
                 "buffer_count": len(result_buffers),
             }
+            if record.get(OMITTED_FIELD):
+                reply[msg_id]["not_stored"] = not_stored_message(msg_id, record[OMITTED_FIELD])
             buffers.extend(result_buffers)
         return [self._reply(idents, msg, "result_reply", reply, buffers)]
 

@@ -49,7 +49,9 @@ def garbage(rng: random.Random, good: list[bytes]) -> list[bytes]:
 
 @pytest.fixture(scope="module")
 def fuzzed_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    with running_cluster(tmp_path_factory.mktemp("fuzz"), 2, log_level="INFO") as cluster:
+    with running_cluster(
+        tmp_path_factory.mktemp("fuzz"), 2, log_level="INFO", keep=True
+    ) as cluster:
         yield cluster
 
 

@@ -16,6 +16,7 @@ from corral.errors import StoreError
 from .base import ResultStore
 from .memory import MemoryStore
 from .query import match, validate_query
+from .retention import RetentionSettings
 from .sqlite import SQLiteStore
 
 if TYPE_CHECKING:
@@ -25,6 +26,7 @@ __all__ = [
     "MemoryStore",
     "MongoStore",
     "ResultStore",
+    "RetentionSettings",
     "SQLiteStore",
     "match",
     "open_store",
@@ -38,36 +40,42 @@ _URL_FORMS = (
 
 
 def open_store(
-    url: str, cluster_dir: Path | None = None, cluster_id: str = "default"
+    url: str,
+    cluster_dir: Path | None = None,
+    cluster_id: str = "default",
+    retention: RetentionSettings | None = None,
 ) -> ResultStore:
     """Open the result store named by ``url`` (one of the forms in ``_URL_FORMS``).
 
     ``cluster_dir`` holds the default SQLite file; ``cluster_id`` names the MongoDB
-    collections, so clusters can share a database. A URL that names no store, or a store
-    that cannot be opened, raises StoreError naming the URL.
+    collections, so clusters can share a database. ``retention`` bounds the store (see
+    :mod:`.retention`; None keeps everything). A URL that names no store, or a store that
+    cannot be opened, raises StoreError naming the URL.
     """
     if url == "memory":
-        return MemoryStore()
+        return MemoryStore(retention)
     if url.startswith(("mongodb://", "mongodb+srv://")):
         from .mongodb import MongoStore
 
         if not cluster_id or "$" in cluster_id or "\0" in cluster_id:
             raise StoreError(f"cluster id {cluster_id!r} cannot name MongoDB collections")
-        return MongoStore(url, cluster_id)
+        return MongoStore(url, cluster_id, retention=retention)
     if url == "sqlite" or url.startswith("sqlite:"):
-        return _open_sqlite(url, cluster_dir)
+        return _open_sqlite(url, cluster_dir, retention)
     raise StoreError(f"unknown result store URL {url!r}: expected {_URL_FORMS}")
 
 
-def _open_sqlite(url: str, cluster_dir: Path | None) -> SQLiteStore:
+def _open_sqlite(
+    url: str, cluster_dir: Path | None, retention: RetentionSettings | None
+) -> SQLiteStore:
     if url == "sqlite":
         if cluster_dir is None:
             raise StoreError("result store URL 'sqlite' needs a cluster folder for tasks.db")
-        return SQLiteStore(Path(cluster_dir) / "tasks.db")
+        return SQLiteStore(Path(cluster_dir) / "tasks.db", retention=retention)
     parts = urlsplit(url)
     if parts.netloc or not parts.path.startswith("/") or parts.fragment:
         raise StoreError(f"bad SQLite result store URL {url!r}: expected {_URL_FORMS}")
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"retention": retention}
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
         if name == "mode" and value in ("ro", "rw"):
             options["read_only"] = value == "ro"

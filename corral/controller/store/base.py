@@ -21,6 +21,8 @@ from typing import Any, Generic, Literal, Self, TypeVar
 
 from corral.errors import QueryError, StoreError
 
+from .retention import OMITTED_FIELD, Purge, Retention, RetentionSettings, format_size
+
 logger = logging.getLogger("corral.controller.store")
 
 TEXT_FIELDS = (
@@ -222,6 +224,95 @@ class ResultStore(ABC):
     @abstractmethod
     def close(self) -> None:
         """Flush, release connections and threads; idempotent. Later calls raise."""
+
+    # ------------------------------------------------------------ retention (retention.py)
+
+    retention: Retention | None = None
+    _retention_lock: threading.Lock
+
+    def _setup_retention(self, settings: RetentionSettings | None) -> None:
+        """Bound this store by ``settings`` (None: keep everything, the default)."""
+        self._retention_lock = threading.Lock()
+        self.retention = Retention(settings) if settings is not None else None
+
+    def _omit_large_buffers(self, checked: dict[str, Any]) -> dict[str, Any]:
+        """The validated fields to store: result buffers over the per-result limit are replaced
+        by the ``buffers_omitted`` marker (the record itself is kept)."""
+        buffers = checked.get(BUFFERS_FIELD)
+        if self.retention is None or not buffers:
+            return checked
+        marker = self.retention.omitted(buffers)
+        if marker is None:
+            return checked
+        return {**checked, BUFFERS_FIELD: None, OMITTED_FIELD: marker}
+
+    def _account(self, msg_id: str, fields: dict[str, Any], size: int) -> None:
+        """A write of ``size`` bytes (as this backend measures it) was queued: purge the
+        oldest completed results if the store is now over its size limit."""
+        if self.retention is None:
+            return
+        with self._retention_lock:
+            purge = self.retention.recorded(msg_id, size, fields.get("status"))
+        if purge is not None:
+            self._apply_purge(purge)
+
+    def _forget(self, msg_ids: Sequence[str]) -> None:
+        """Records were dropped: they no longer count towards the size limit."""
+        if self.retention is not None:
+            with self._retention_lock:
+                self.retention.forget(msg_ids)
+
+    def _restore_retention(self, found: Iterable[tuple[str, int, Any, Any]]) -> None:
+        """Rebuild the bookkeeping from the records of a reopened store: ``(msg_id, size,
+        status, completion date)``; then apply the limits, which may have changed."""
+        if self.retention is None:
+            return
+        from .retention import completion_time
+
+        now = self.retention.clock()
+        completed = []
+        for msg_id, size, status, when in found:
+            if status is None or status == "pending":
+                self.retention.restored(msg_id, size, None)
+            else:
+                completed.append((completion_time(when, now), msg_id, size))
+        for when, msg_id, size in sorted(completed):
+            self.retention.restored(msg_id, size, when)
+        purge = self.retention.over_limit()
+        if purge is not None:
+            self._apply_purge(purge)
+        self.expire_results()
+
+    def _apply_purge(self, purge: Purge) -> None:
+        logger.warning(
+            "result store: purged %d oldest completed result(s), %s, %s",
+            len(purge.msg_ids),
+            format_size(purge.freed),
+            purge.reason,
+        )
+        self._after_purge(purge)
+        self.drop_records(purge.msg_ids)
+
+    def _after_purge(self, purge: Purge) -> None:
+        """Hook for backends that give space back in their own way (MongoDB compacts);
+        SQLite vacuums after every drop, the memory store frees at once."""
+        return None
+
+    def expire_results(self) -> list[str]:
+        """Purge completed results older than the time to live; return every msg_id purged
+        (for age or size) since the last call, so the Hub can forget them too."""
+        if self.retention is None:
+            return []
+        with self._retention_lock:
+            purge = self.retention.expired()
+        if purge is not None:
+            self._apply_purge(purge)
+        with self._retention_lock:
+            return self.retention.take_purged()
+
+    def stored_size(self) -> int:
+        """The size of every record, as the retention bookkeeping counts it (0 if unbounded)."""
+        return 0 if self.retention is None else self.retention.total
 
     def get_record(self, msg_id: str) -> dict[str, Any]:
         """The task's record; KeyError if it is unknown."""

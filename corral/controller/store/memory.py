@@ -1,4 +1,8 @@
-"""The in-memory result store: for tests and for clusters whose history need not survive."""
+"""The in-memory result store: for tests and for clusters whose history need not survive.
+
+Bounded like the others (:mod:`.retention`); sizes are estimated from the fields (buffers and
+strings exactly, dicts roughly), since nothing here is encoded.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from .base import (
     validate_record,
 )
 from .query import matches, msg_ids_wanted, parse_query
+from .retention import RetentionSettings, estimate_size
 
 
 class MemoryStore(ResultStore):
@@ -28,7 +33,8 @@ class MemoryStore(ResultStore):
     copied once, since the memory behind it may change).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, retention: RetentionSettings | None = None) -> None:
+        self._setup_retention(retention)
         self._records: dict[str, dict[str, Any]] = {}
         self._order: dict[str, int] = {}
         self._next = 0
@@ -46,7 +52,7 @@ class MemoryStore(ResultStore):
         self._merge(msg_id, changes)
 
     def _merge(self, msg_id: str, fields: dict[str, Any]) -> None:
-        checked = validate_record(msg_id, fields)
+        checked = self._omit_large_buffers(validate_record(msg_id, fields))
         buffers = checked.get(BUFFERS_FIELD)
         if buffers is not None:
             checked[BUFFERS_FIELD] = [b if isinstance(b, bytes) else bytes(b) for b in buffers]
@@ -59,6 +65,8 @@ class MemoryStore(ResultStore):
                 self._next += 1
             else:
                 existing.update(checked)
+        if self.retention is not None:
+            self._account(msg_id, checked, estimate_size(checked))
 
     def get_records(self, msg_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         with self._lock:
@@ -95,6 +103,7 @@ class MemoryStore(ResultStore):
             for msg_id in ids:
                 if self._records.pop(msg_id, None) is not None:
                     del self._order[msg_id]
+        self._forget(ids)
 
     def get_history(self) -> list[str]:
         with self._lock:

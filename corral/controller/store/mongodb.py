@@ -43,12 +43,15 @@ from .base import (
     validate_record,
 )
 from .query import Atom, Condition, matches, parse_query, split_query
+from .retention import MIB, Purge, RetentionSettings
 
 INLINE_LIMIT = 4 * 1024 * 1024
 CHUNK_SIZE = 4 * 1024 * 1024
 #: A document must stay under 16 MiB with the bookkeeping and inline buffers added to it.
 MAX_DOCUMENT = 16 * 1024 * 1024 - INLINE_LIMIT - 64 * 1024
 _IDS_PER_QUERY = 10_000
+#: Purged bytes after which the collections are compacted, giving the space to the file system.
+COMPACT_AFTER = 64 * MIB
 _UNCHANGED: Any = object()
 
 Payload = tuple[RawBSONDocument, int, Any] | None
@@ -98,7 +101,10 @@ class MongoStore(ResultStore):
         *,
         max_batch: int = 1000,
         timeout_ms: int = 10_000,
+        retention: RetentionSettings | None = None,
     ) -> None:
+        self._setup_retention(retention)
+        self._purged_bytes = 0
         self._closed = False
         self._client: MongoClient[dict[str, Any]] | None = None
         try:
@@ -120,6 +126,12 @@ class MongoStore(ResultStore):
         self._writer: BatchWriter[Payload] = BatchWriter(
             self._apply, name=f"mongodb writer ({self.name})", max_batch=max_batch
         )
+        if self.retention is not None:
+            try:
+                self._restore_retention(self._stored_sizes())
+            except BaseException:
+                self.close()
+                raise
 
     # ------------------------------------------------------------ writes
 
@@ -130,7 +142,8 @@ class MongoStore(ResultStore):
         self._upsert(msg_id, changes)
 
     def _upsert(self, msg_id: str, fields: dict[str, Any]) -> None:
-        checked = validate_record(msg_id, fields)
+        checked = self._omit_large_buffers(validate_record(msg_id, fields))
+        status = checked.get("status")
         buffers = checked.pop(BUFFERS_FIELD, _UNCHANGED)
         try:
             document = RawBSONDocument(bson.encode(checked))
@@ -142,10 +155,15 @@ class MongoStore(ResultStore):
                 f"buffers; MongoDB takes at most {MAX_DOCUMENT}"
             )
         self._writer.submit(WriteOp("upsert", (msg_id,), (document, next(self._seq), buffers)))
+        if self.retention is not None:
+            stored = () if buffers is _UNCHANGED or buffers is None else buffers
+            size = len(document.raw) + sum(memoryview(b).nbytes for b in stored)
+            self._account(msg_id, {"status": status}, size)
 
     def drop_records(self, msg_ids: Sequence[str]) -> None:
         ids = tuple(check_msg_ids(msg_ids))
         if ids:
+            self._forget(ids)
             self._writer.submit(WriteOp("drop", ids, None))
         else:
             self._writer.check()
@@ -190,6 +208,38 @@ class MongoStore(ResultStore):
         ]
         for start in range(0, len(stale), 1000):
             self._chunks.delete_many({"$or": stale[start : start + 1000]})
+        if self._purged_bytes >= COMPACT_AFTER and any(op.payload is None for op in batch):
+            self._purged_bytes = 0
+            database = self._tasks.database
+            for collection in (self._chunks, self._tasks):
+                database.command("compact", collection.name)
+
+    def _after_purge(self, purge: Purge) -> None:
+        # WiredTiger reuses deleted space but keeps the files; compacting after many bytes
+        # were purged gives them back (done by the writer thread, after the deletes)
+        self._purged_bytes += purge.freed
+
+    def _stored_sizes(self) -> list[tuple[str, int, Any, Any]]:
+        """(msg_id, size, status, received) of every record, measured by the server."""
+        pipeline: list[dict[str, Any]] = [
+            {"$sort": {"_id": 1}},
+            {
+                "$project": {
+                    "msg_id": 1,
+                    "status": 1,
+                    "received": 1,
+                    "size": {"$bsonSize": "$$ROOT"},
+                    "chunks": {"$sum": {"$ifNull": ["$_buffers.lengths", []]}},
+                }
+            },
+        ]
+        try:
+            return [
+                (d["msg_id"], int(d["size"]) + int(d["chunks"]), d.get("status"), d.get("received"))
+                for d in self._tasks.aggregate(pipeline, allowDiskUse=True)
+            ]
+        except PyMongoError as exc:
+            raise StoreError(f"reading the result store {self.name} failed: {exc}") from exc
 
     # ------------------------------------------------------------ reads
 

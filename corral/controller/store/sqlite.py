@@ -44,6 +44,7 @@ from .base import (
     validate_record,
 )
 from .query import Atom, matches, parse_query, split_query
+from .retention import RetentionSettings
 
 SCHEMA_VERSION = 1
 #: Known fields other than msg_id, in column order; a field's position is its bit in the
@@ -68,6 +69,8 @@ CREATE TABLE tasks (
 )"""
 _ALL_COLUMNS = ("seq", "present", "msg_id", *_SCALAR_COLUMNS, "extra", "buffer_lengths")
 _JSON_LIST_MIN = 16
+_ROW_OVERHEAD = 64
+_INCREMENTAL = 2  # PRAGMA auto_vacuum value
 _TABLE_EXISTS = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'tasks'"
 _DELETE = "DELETE FROM tasks WHERE msg_id IN (SELECT value FROM json_each(?))"
 _COMPARE = {"$eq": "=", "$ne": "IS NOT", "$lt": "<", "$lte": "<=", "$gt": ">", "$gte": ">="}
@@ -80,6 +83,12 @@ class Row(NamedTuple):
     columns: tuple[str, ...]
     values: tuple[Any, ...]
     buffers: list[Any] | None
+
+    def size(self) -> int:
+        """Bytes this write adds to the file, roughly: its text and its buffers."""
+        text = sum(len(value) for value in self.values if isinstance(value, str))
+        buffers = sum(memoryview(b).nbytes for b in self.buffers or ())
+        return _ROW_OVERHEAD + text + buffers
 
     def parameters(self) -> tuple[Any, ...]:
         if self.columns[-1] != BUFFERS_FIELD:
@@ -211,7 +220,9 @@ class SQLiteStore(ResultStore):
         read_only: bool = False,
         max_size: int | None = None,
         max_batch: int = 1000,
+        retention: RetentionSettings | None = None,
     ) -> None:
+        self._setup_retention(retention)
         self.path = Path(path)
         self._lock = threading.Lock()
         self._closed = False
@@ -232,6 +243,12 @@ class SQLiteStore(ResultStore):
         self._writer: BatchWriter[Payload] = BatchWriter(
             self._apply, name=f"sqlite writer ({self.path.name})", max_batch=max_batch
         )
+        if self.retention is not None and not read_only:
+            try:
+                self._restore_retention(self._stored_sizes())
+            except BaseException:
+                self.close()
+                raise
 
     @staticmethod
     def _connect(uri: str) -> sqlite3.Connection:
@@ -247,6 +264,8 @@ class SQLiteStore(ResultStore):
         db = self._db
         exists = db.execute(_TABLE_EXISTS).fetchone()[0]
         if not read_only:
+            # before the first table is created: purged pages go back to the file system
+            db.execute("PRAGMA auto_vacuum = INCREMENTAL")
             mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode != "wal":
                 raise StoreError(f"{self.path}: cannot use WAL mode (got {mode!r})")
@@ -265,6 +284,9 @@ class SQLiteStore(ResultStore):
                 f"{self.path} is not a corral result store of schema version "
                 f"{SCHEMA_VERSION} (found {version if exists else 'no table'})"
             )
+        if not read_only and self.retention is not None:
+            if db.execute("PRAGMA auto_vacuum").fetchone()[0] != _INCREMENTAL:
+                db.execute("VACUUM")  # a store made before auto_vacuum: converted once
         if max_size is not None:
             page_size = db.execute("PRAGMA page_size").fetchone()[0]
             db.execute(f"PRAGMA max_page_count = {max(1, int(max_size) // page_size)}")
@@ -274,12 +296,14 @@ class SQLiteStore(ResultStore):
     def _apply(self, batch: list[WriteOp[Payload]]) -> None:
         """One transaction; runs of upserts with the same columns go in one executemany."""
         db = self._db
+        dropped = False
         db.execute("BEGIN IMMEDIATE")
         try:
             for columns, run in itertools.groupby(batch, key=_columns_of):
                 if columns is None:
                     for op in run:
                         db.execute(_DELETE, (orjson.dumps(op.msg_ids).decode(),))
+                        dropped = True
                 else:
                     rows = (op.payload.parameters() for op in run if op.payload is not None)
                     db.executemany(_upsert_sql(columns), rows)
@@ -288,6 +312,10 @@ class SQLiteStore(ResultStore):
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+        if dropped:
+            # give the pages of dropped records back to the file system (the file shrinks
+            # at the next checkpoint), so purges free disk space, not just rows
+            db.executescript("PRAGMA incremental_vacuum")  # execute() frees one page only
 
     # ------------------------------------------------------------ interface
 
@@ -298,15 +326,29 @@ class SQLiteStore(ResultStore):
         self._upsert(msg_id, changes)
 
     def _upsert(self, msg_id: str, fields: dict[str, Any]) -> None:
-        payload = _encode(validate_record(msg_id, fields))
+        checked = self._omit_large_buffers(validate_record(msg_id, fields))
+        payload = _encode(checked)
         self._writer.submit(WriteOp("upsert", (msg_id,), payload))
+        if self.retention is not None:
+            self._account(msg_id, checked, payload.size())
 
     def drop_records(self, msg_ids: Sequence[str]) -> None:
         ids = tuple(check_msg_ids(msg_ids))
         if ids:
+            self._forget(ids)
             self._writer.submit(WriteOp("drop", ids, None))
         else:
             self._writer.check()
+
+    def _stored_sizes(self) -> list[tuple[str, int, Any, Any]]:
+        """(msg_id, size, status, received) of every record, without reading any buffer."""
+        size = " + ".join(
+            f"coalesce(length({name}), 0)"
+            for name in (*_SCALAR_COLUMNS, "extra", "buffer_lengths", BUFFERS_FIELD)
+        )
+        sql = f"SELECT msg_id, {_ROW_OVERHEAD} + {size}, status, received FROM tasks ORDER BY seq"
+        with self._lock:
+            return [(row[0], row[1], row[2], row[3]) for row in self._reader.execute(sql)]
 
     def get_records(self, msg_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         ids = check_msg_ids(msg_ids)

@@ -1,0 +1,324 @@
+"""What the result store keeps, and for how long: the retention rule, without any I/O.
+
+One rule for every backend (memory, SQLite, MongoDB), so that a cluster's store is bounded
+whatever it is kept in, and nothing a user expects to find disappears without a trace:
+
+- **Large results.** The buffers of one result (a pulled array ...) are stored when they
+  total at most ``buffer_limit`` bytes. A larger result is still recorded (status, metadata,
+  content, timings), with a ``buffers_omitted`` marker instead of the buffers: the submitting
+  client got the full result straight from the engine; another client asking the Hub for it
+  gets :class:`~corral.errors.ResultNotStored` naming the setting to raise.
+- **Total size.** When the records' size passes ``size_limit``, the oldest *completed* results
+  (in completion order) are purged until the size is back under 90% of the limit, and a log
+  line says how many and why. A pending task's record is never purged.
+- **Time to live.** A completed result older than ``ttl`` seconds is purged when the Hub next
+  asks (every heartbeat), from the store and from the Hub's own tables.
+
+:class:`Retention` is the bookkeeping: the stores tell it what they wrote (and its size, as
+the backend measures it), and it answers which records must go. The stores apply the answer.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from corral.errors import StoreError
+
+KIB, MIB, GIB = 1024, 1024**2, 1024**3
+DEFAULT_BUFFER_LIMIT = 64 * MIB
+DEFAULT_SIZE_LIMIT = 2 * GIB
+DEFAULT_TTL = 7 * 24 * 3600.0
+#: After a purge for size, the store is down to this fraction of its limit: purges come in
+#: batches (one delete and one vacuum for many records), not one per new result.
+LOW_WATER = 0.9
+OMITTED_FIELD = "buffers_omitted"
+
+#: The command-line flag (and Cluster argument) of each setting, for messages that say what
+#: to change.
+FLAGS = {
+    "buffer_limit": "--store-buffer-limit",
+    "size_limit": "--store-size-limit",
+    "ttl": "--result-ttl",
+}
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": KIB, "m": MIB, "g": GIB, "t": 1024**4}
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_UNLIMITED = ("none", "unlimited", "inf", "off")
+
+
+def parse_size(text: str | int | None) -> int | None:
+    """Bytes from ``"64M"``, ``"2GB"``, ``"512k"``, ``"1000"`` (powers of 1024); ``None`` for
+    ``"none"``/``"unlimited"``. ValueError with the accepted forms otherwise."""
+    if text is None or isinstance(text, int):
+        if isinstance(text, int) and text < 0:
+            raise ValueError(f"a size cannot be negative: {text}")
+        return text
+    value = text.strip().lower()
+    if value in _UNLIMITED:
+        return None
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?", value)
+    if match is None:
+        raise ValueError(
+            f"bad size {text!r}: use bytes or a number with K, M, G or T (64M, 2G), or 'none'"
+        )
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+
+
+def parse_duration(text: str | float | None) -> float | None:
+    """Seconds from ``"7d"``, ``"12h"``, ``"30m"``, ``"45s"``, ``"2w"`` or a plain number;
+    ``None`` for ``"none"``/``"unlimited"``. ValueError with the accepted forms otherwise."""
+    if text is None or isinstance(text, int | float):
+        if text is not None and (text < 0 or math.isnan(text)):
+            raise ValueError(f"a duration cannot be negative: {text}")
+        return None if text is None else float(text)
+    value = text.strip().lower()
+    if value in _UNLIMITED:
+        return None
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw]?)", value)
+    if match is None:
+        raise ValueError(
+            f"bad duration {text!r}: use seconds or a number with s, m, h, d or w (12h, 7d), "
+            "or 'none'"
+        )
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def format_size(size: int | None) -> str:
+    """``"64 MiB"``-style, for logs and ``corral list``; ``"unlimited"`` for None."""
+    if size is None:
+        return "unlimited"
+    for unit, scale in (("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{size} B"
+
+
+def format_duration(seconds: float | None) -> str:
+    """``"7d"``-style; ``"unlimited"`` for None."""
+    if seconds is None:
+        return "unlimited"
+    for unit, scale in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= scale and seconds % scale == 0:
+            return f"{int(seconds // scale)}{unit}"
+    return f"{int(seconds)}s" if seconds == int(seconds) else f"{seconds}s"
+
+
+@dataclass(frozen=True)
+class RetentionSettings:
+    """The three limits; None means unlimited. Defaults: 64 MiB of buffers per result,
+    2 GiB per store, results kept 7 days."""
+
+    buffer_limit: int | None = DEFAULT_BUFFER_LIMIT
+    size_limit: int | None = DEFAULT_SIZE_LIMIT
+    ttl: float | None = DEFAULT_TTL
+
+    def __post_init__(self) -> None:
+        for name in ("buffer_limit", "size_limit", "ttl"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int | float) or value < 0):
+                raise StoreError(f"{FLAGS[name]} must be a non-negative number, not {value!r}")
+        if (
+            self.buffer_limit is not None
+            and self.size_limit is not None
+            and self.buffer_limit > self.size_limit
+        ):
+            raise StoreError(
+                f"{FLAGS['buffer_limit']} ({format_size(self.buffer_limit)}) cannot exceed "
+                f"{FLAGS['size_limit']} ({format_size(self.size_limit)})"
+            )
+
+    @classmethod
+    def parse(
+        cls,
+        buffer_limit: str | int | None = "default",
+        size_limit: str | int | None = "default",
+        ttl: str | float | None = "default",
+    ) -> RetentionSettings:
+        """Settings from flag values (``"64M"``, ``"7d"``, ``"none"``); ``"default"`` keeps the
+        default. StoreError naming the flag for a value that is not a size or a duration."""
+        values: dict[str, Any] = {}
+        try:
+            if buffer_limit != "default":
+                name = "buffer_limit"
+                values[name] = parse_size(buffer_limit)
+            if size_limit != "default":
+                name = "size_limit"
+                values[name] = parse_size(size_limit)
+            if ttl != "default":
+                name = "ttl"
+                values[name] = parse_duration(ttl)
+        except ValueError as exc:
+            raise StoreError(f"{FLAGS[name]}: {exc}") from None
+        return cls(**values)
+
+    def describe(self) -> dict[str, str]:
+        """The settings as people read them (``corral list``, the connection file)."""
+        return {
+            "buffer_limit": format_size(self.buffer_limit),
+            "size_limit": format_size(self.size_limit),
+            "ttl": format_duration(self.ttl),
+        }
+
+
+UNLIMITED = RetentionSettings(buffer_limit=None, size_limit=None, ttl=None)
+
+
+@dataclass(frozen=True)
+class Purge:
+    """Records to drop, and why (for the log line the store writes)."""
+
+    msg_ids: list[str]
+    reason: str
+    freed: int
+
+
+@dataclass
+class Retention:
+    """The bookkeeping behind the rule: every record's size, and completed ones in
+    completion order with the time they completed (``clock()`` seconds)."""
+
+    settings: RetentionSettings
+    clock: Callable[[], float] = time.time
+    total: int = 0
+    sizes: dict[str, int] = field(default_factory=dict)
+    completed: dict[str, float] = field(default_factory=dict)
+    purged: list[str] = field(default_factory=list)
+
+    def omitted(self, buffers: Iterable[Any]) -> dict[str, Any] | None:
+        """The ``buffers_omitted`` marker if these buffers are too large to store, else None."""
+        limit = self.settings.buffer_limit
+        if limit is None:
+            return None
+        sizes = [memoryview(b).nbytes for b in buffers]
+        total = sum(sizes)
+        if total <= limit:
+            return None
+        return {"bytes": total, "count": len(sizes), "limit": limit}
+
+    def recorded(self, msg_id: str, size: int, status: Any) -> Purge | None:
+        """A write of ``size`` bytes to ``msg_id``; ``status`` is the field written (or None
+        if the write did not set it). Returns what the size limit now requires purging."""
+        self.sizes[msg_id] = self.sizes.get(msg_id, 0) + size
+        self.total += size
+        if status == "pending":
+            self.completed.pop(msg_id, None)
+        elif isinstance(status, str):
+            self.completed.pop(msg_id, None)  # completed again (resubmitted): now the newest
+            self.completed[msg_id] = self.clock()
+        return self._over_limit()
+
+    def restored(self, msg_id: str, size: int, completed_at: float | None) -> None:
+        """A record found in a store being reopened (``completed_at`` None: pending), in
+        completion order."""
+        self.sizes[msg_id] = self.sizes.get(msg_id, 0) + size
+        self.total += size
+        if completed_at is not None:
+            self.completed[msg_id] = completed_at
+
+    def forget(self, msg_ids: Iterable[str]) -> None:
+        """These records were dropped (by a purge or a user)."""
+        for msg_id in msg_ids:
+            self.total -= self.sizes.pop(msg_id, 0)
+            self.completed.pop(msg_id, None)
+
+    def over_limit(self) -> Purge | None:
+        """What the size limit requires purging now (after a restore, say)."""
+        return self._over_limit()
+
+    def _over_limit(self) -> Purge | None:
+        limit = self.settings.size_limit
+        if limit is None or self.total <= limit:
+            return None
+        target = int(limit * LOW_WATER)
+        chosen: list[str] = []
+        freed = 0
+        for msg_id in self.completed:
+            if self.total - freed <= target:
+                break
+            chosen.append(msg_id)
+            freed += self.sizes.get(msg_id, 0)
+        if not chosen:
+            return None  # only pending records: they are never dropped
+        reason = (
+            f"over its size limit ({format_size(self.total)} > {format_size(limit)}, "
+            f"{FLAGS['size_limit']})"
+        )
+        return self._purge(chosen, reason, freed)
+
+    def expired(self, now: float | None = None) -> Purge | None:
+        """Completed results older than the time to live."""
+        ttl = self.settings.ttl
+        if ttl is None or not self.completed:
+            return None
+        deadline = (self.clock() if now is None else now) - ttl
+        chosen = []
+        freed = 0
+        for msg_id, when in self.completed.items():
+            if when > deadline:
+                break  # completion order: every later one is younger
+            chosen.append(msg_id)
+            freed += self.sizes.get(msg_id, 0)
+        if not chosen:
+            return None
+        reason = f"older than their time to live ({format_duration(ttl)}, {FLAGS['ttl']})"
+        return self._purge(chosen, reason, freed)
+
+    def _purge(self, msg_ids: list[str], reason: str, freed: int) -> Purge:
+        self.forget(msg_ids)
+        self.purged.extend(msg_ids)
+        return Purge(msg_ids, reason, freed)
+
+    def take_purged(self) -> list[str]:
+        """The msg_ids purged since the last call (the Hub forgets them too)."""
+        purged, self.purged = self.purged, []
+        return purged
+
+
+def estimate_size(fields: dict[str, Any]) -> int:
+    """A cheap estimate of a record's size where nothing is encoded (the memory store):
+    buffers and strings exactly, each dict 64 bytes a key plus its string values."""
+    size = 64
+    for value in fields.values():
+        if isinstance(value, str):
+            size += len(value)
+        elif isinstance(value, dict):
+            size += 64 * len(value)
+            size += sum(len(item) for item in value.values() if isinstance(item, str))
+        elif isinstance(value, list):
+            size += sum(memoryview(item).nbytes for item in value if _is_buffer(item))
+        else:
+            size += 8
+    return size
+
+
+def _is_buffer(value: Any) -> bool:
+    return isinstance(value, bytes | bytearray | memoryview)
+
+
+def completion_time(value: Any, default: float) -> float:
+    """Epoch seconds of a stored ISO date (``received``/``completed``), else ``default``."""
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value).timestamp()
+        except ValueError:
+            return default
+    return default
+
+
+def not_stored_message(msg_id: str, marker: Any) -> str:
+    """What a client is told when it asks the Hub for a result whose buffers were omitted."""
+    size = marker.get("bytes") if isinstance(marker, dict) else None
+    limit = marker.get("limit") if isinstance(marker, dict) else None
+    return (
+        f"the result of {msg_id} was not kept by the controller's result store: its "
+        f"{format_size(size if isinstance(size, int) else None)} of buffers exceed the "
+        f"per-result limit ({format_size(limit if isinstance(limit, int) else None)}). Only "
+        f"the client that submitted it received it. To keep such results, start the "
+        f"controller with a larger {FLAGS['buffer_limit']} (Cluster(store_buffer_limit=...))"
+    )

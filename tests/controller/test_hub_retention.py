@@ -1,0 +1,114 @@
+"""The Hub with a bounded store: omitted results are reported, not silently empty, and purged
+results leave the Hub's own tables; then the same through a real cluster and two clients."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from corral.controller.hub import Hub, Send
+from corral.controller.store.memory import MemoryStore
+from corral.controller.store.retention import RetentionSettings
+from corral.errors import ResultNotStored
+from tests.conftest import running_cluster
+from tests.controller.test_hub import (
+    CLIENT_ADDRESSES,
+    ENGINE_ADDRESSES,
+    register,
+    reply_for,
+    request,
+    submit_mux,
+)
+
+
+def bounded_hub(settings: RetentionSettings) -> tuple[Hub, MemoryStore]:
+    store = MemoryStore(settings)
+    hub = Hub(store, ENGINE_ADDRESSES, CLIENT_ADDRESSES, heartbeat_period=1.0, max_misses=2)
+    return hub, store
+
+
+def test_result_request_for_omitted_buffers_says_which_setting_to_raise() -> None:
+    hub, _ = bounded_hub(RetentionSettings(buffer_limit=1000))
+    register(hub, "e1")
+    small, large = submit_mux(hub, "e1"), submit_mux(hub, "e1")
+    hub.handle_monitor(b"mux_out", [b"client-1", b"e1"], reply_for(small, buffers=(b"x" * 10,)))
+    hub.handle_monitor(b"mux_out", [b"client-1", b"e1"], reply_for(large, buffers=(b"x" * 2000,)))
+    (answer,) = hub.handle_request(
+        [b"client-2"], request("result_request", msg_ids=[small.msg_id, large.msg_id])
+    )
+    assert isinstance(answer, Send) and answer.content["status"] == "ok"
+    assert answer.content["completed"] == [small.msg_id, large.msg_id]
+    assert "not_stored" not in answer.content[small.msg_id]
+    message = answer.content[large.msg_id]["not_stored"]
+    assert "--store-buffer-limit" in message and large.msg_id in message
+    assert answer.content[large.msg_id]["buffer_count"] == 0
+    assert [bytes(b) for b in answer.buffers] == [b"x" * 10]
+
+
+def test_expired_results_leave_the_store_and_the_hubs_tables() -> None:
+    hub, store = bounded_hub(RetentionSettings(ttl=60))
+    assert store.retention is not None
+    now = [1000.0]
+    store.retention.clock = lambda: now[0]
+    register(hub, "e1")
+    done = submit_mux(hub, "e1")
+    hub.handle_monitor(b"mux_out", [b"client-1", b"e1"], reply_for(done))
+    running = submit_mux(hub, "e1")
+    entry = hub.by_uuid["e1"]
+    assert list(entry.completed) == [done.msg_id]
+    hub.tick()
+    assert list(entry.completed) == [done.msg_id]
+    now[0] += 61
+    hub.tick()
+    assert not entry.completed
+    assert store.get_history() == [running.msg_id]
+    assert list(entry.queue) == [running.msg_id]  # a pending task is never purged
+
+
+def test_results_purged_for_size_leave_the_hubs_tables() -> None:
+    hub, store = bounded_hub(RetentionSettings(buffer_limit=None, size_limit=50_000, ttl=None))
+    register(hub, "e1")
+    requests = [submit_mux(hub, "e1") for _ in range(20)]
+    for req in requests:
+        hub.handle_monitor(b"mux_out", [b"client-1", b"e1"], reply_for(req, buffers=(b"y" * 9000,)))
+    assert store.stored_size() <= 50_000
+    hub.tick()
+    completed = list(hub.by_uuid["e1"].completed)
+    assert completed == store.get_history()
+    assert completed[-1] == requests[-1].msg_id and len(completed) < 10
+
+
+def test_another_client_is_told_a_large_result_was_not_stored(tmp_path: Path) -> None:
+    with running_cluster(tmp_path, 1, store_buffer_limit="1M") as cluster:
+        rc = cluster.client
+        array = np.arange(500_000, dtype=np.float64)  # 4 MB
+        small_ar = rc[0].apply_async(lambda: b"small")
+        large_ar = rc[0].apply_async(lambda a: a, array)
+        assert np.array_equal(large_ar.get(timeout=30), array)  # the submitter has it
+        assert small_ar.get(timeout=30) == b"small"
+        ids = [small_ar.msg_ids[0], large_ar.msg_ids[0]]
+        deadline = time.monotonic() + 10
+        while rc.result_status(ids)["pending"]:
+            assert time.monotonic() < deadline, "the Hub never recorded the replies"
+            time.sleep(0.01)
+        with cluster.connect() as other:
+            assert other.get_result(ids[0]).get(timeout=30) == b"small"
+            with pytest.raises(ResultNotStored, match="--store-buffer-limit"):
+                other.get_result(ids[1]).get(timeout=30)
+            (record,) = other.db_query({"msg_id": ids[1]}, keys=["buffers_omitted", "status"])
+            assert record["status"] == "ok" and record["buffers_omitted"]["bytes"] > 4_000_000
+
+
+def test_a_short_time_to_live_empties_the_hub(tmp_path: Path) -> None:
+    with running_cluster(tmp_path, 1, result_ttl="1s") as cluster:
+        rc = cluster.client
+        ar = rc[0].apply_async(lambda: "soon gone")
+        assert ar.get(timeout=30) == "soon gone"
+        deadline = time.monotonic() + 30
+        while ar.msg_ids[0] in rc.hub_history() or rc.queue_status(verbose=True)[0]["completed"]:
+            assert time.monotonic() < deadline, "the result never expired"
+            time.sleep(0.05)
+        assert rc[0].apply_sync(lambda: "still serving") == "still serving"
