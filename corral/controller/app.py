@@ -25,6 +25,7 @@ import orjson
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.devices import ThreadMonitoredQueue, ThreadProxy
+from zmq.utils.monitor import recv_monitor_message
 
 from corral.controller.hub import Hub, Send, Stop
 from corral.controller.loop import drain
@@ -41,6 +42,7 @@ CLIENT_FILE = "corral-client.json"
 ENGINE_FILE = "corral-engine.json"
 STATS_FILE = "controller-stats.json"
 REGISTRATION_PING = 0.05  # seconds between repeated beats while an engine waits to register
+PROBE_PERIOD = 0.04  # seconds between probes of an engine whose connection closed
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,10 @@ class Controller:
         self.notification, notify_port = self._bind(zmq.PUB, "notification")
         self.ping, ping_port = self._bind(zmq.PUB, "hb_ping")
         self.pong, pong_port = self._bind(zmq.ROUTER, "hb_pong")
+        # a dead engine's connections close at once: the pong socket's disconnections, mapped
+        # to engines by the file descriptor their pongs arrive on, make the Hub probe them
+        self.pong_events = self.pong.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._pong_fds: dict[int, str] = {}
         # two monitor SUBs: one bound for the scheduler's PUB (a curve server under --curve),
         # one connected to the devices' inproc PUBs (inproc has no wire, so no curve)
         self.monitor, monitor_port = self._bind(zmq.SUB)
@@ -303,10 +309,16 @@ class Controller:
         """The Hub loop: registration/queries, monitor copies, pongs, and a beat per period."""
         assert self.hub is not None
         poller = zmq.Poller()
-        for sock in (self.registration, self.monitor, self.queue_monitor, self.pong):
+        for sock in (
+            self.registration,
+            self.monitor,
+            self.queue_monitor,
+            self.pong,
+            self.pong_events,
+        ):
             poller.register(sock, zmq.POLLIN)
         period = self.config.heartbeat_period
-        next_beat = next_repeat = time.monotonic()
+        next_beat = next_repeat = next_probe = time.monotonic()
         while not self._stopping:
             now = time.monotonic()
             if now >= next_beat:
@@ -320,10 +332,19 @@ class Controller:
                 # it wait up to a whole period
                 self.ping.send(self.hub.hearts.payload())
                 next_repeat = now + REGISTRATION_PING
+            if self.hub.hearts.suspects and now >= next_probe:
+                payload, actions = self.hub.probe()
+                self.ping.send(payload)
+                self._perform(actions)
+                next_probe = now + PROBE_PERIOD
             wake = next_beat
             if self.hub.pending_registrations:
                 wake = min(wake, max(next_repeat, now))
+            if self.hub.hearts.suspects:
+                wake = min(wake, max(next_probe, now))
             events = dict(poller.poll(int(max(0.0, wake - time.monotonic()) * 1000)))
+            if self.pong_events in events:
+                self._on_pong_events()
             if self.pong in events:
                 self._drain(self.pong, self._on_pong)
             # copies before queries: a query then sees every task whose copy has arrived
@@ -344,7 +365,21 @@ class Controller:
             raise ProtocolError(f"heartbeat with {len(frames)} frames")
         assert self.hub is not None
         uuid = frames[0].bytes.decode("utf-8", "replace")
+        try:
+            self._pong_fds[int(frames[1].get(zmq.SRCFD))] = uuid
+        except zmq.ZMQError:
+            pass  # no descriptor for this frame: that engine is judged by its beats alone
         self._perform(self.hub.handle_pong(uuid, frames[1].bytes))
+
+    def _on_pong_events(self) -> None:
+        """Connections of the pong socket that closed: the engine behind each is probed."""
+        assert self.hub is not None
+        while self.pong_events.poll(0):
+            event = recv_monitor_message(self.pong_events)
+            uuid = self._pong_fds.pop(int(event["value"]), None)
+            if uuid is not None:
+                log.info("hub: the connection of engine %s closed; probing it", uuid)
+                self.hub.connection_closed(uuid)
 
     def _on_request(self, frames: list[zmq.Frame]) -> None:
         assert self.hub is not None
@@ -430,6 +465,9 @@ class Controller:
                 log.error("result store: %s", err)
         if self._authenticator is not None:
             self._authenticator.stop()
+        if hasattr(self, "pong_events"):
+            self.pong.disable_monitor()
+            self.pong_events.close(linger=0)
         self.context.destroy(linger=0)
         for name in (CLIENT_FILE, ENGINE_FILE):
             try:

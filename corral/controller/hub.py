@@ -301,6 +301,23 @@ class Hub:
                 log.warning("hub: engine %s registered but its heart never beat", uuid)
         return payload, actions
 
+    def connection_closed(self, uuid: str) -> None:
+        """A connection of this engine closed (the app saw it on the pong socket): probe it."""
+        if uuid in self.by_uuid:
+            self.hearts.suspect(uuid)
+
+    def probe(self) -> tuple[bytes, list[Action]]:
+        """A probe to publish while engines are suspected; those that stopped answering are
+        unregistered as dead, as after missed beats (their late replies are ignored)."""
+        payload, failed = self.hearts.probe()
+        actions: list[Action] = []
+        for uuid in failed:
+            entry = self.by_uuid.get(uuid)
+            if entry is not None:
+                self.dropped.add(uuid)
+                actions.extend(self._unregister(entry, "its connections closed: it died"))
+        return payload, actions
+
     def handle_pong(self, uuid: str, payload: bytes) -> list[Action]:
         if uuid in self.by_uuid:
             self.hearts.pong(uuid, payload)

@@ -276,3 +276,23 @@ def test_hub_shutdown(hub: Hub) -> None:
 def test_unknown_request_type_gets_error(hub: Hub) -> None:
     (reply,) = hub.handle_request([b"c"], request("clear_request"))
     assert reply.content["status"] == "error"
+
+
+def test_engine_whose_connection_closed_and_answers_no_probe_is_unregistered(hub: Hub) -> None:
+    register(hub, "killed")
+    register(hub, "alive")
+    req = submit_mux(hub, "killed")
+    hub.connection_closed("killed")
+    hub.connection_closed("alive")  # a descriptor reused by a live engine: it answers
+    notes = []
+    for _ in range(hub.hearts.probe_limit + 1):
+        payload, actions = hub.probe()
+        hub.handle_pong("alive", payload)
+        notes.extend(actions)
+    assert [(n.msg_type, n.content["uuid"]) for n in notes] == [
+        ("unregistration_notification", "killed")
+    ]
+    assert set(hub.by_uuid) == {"alive"}
+    record = hub.store.get_record(req.msg_id)
+    assert record["status"] == "error" and "died" in record["result_content"]["evalue"]
+    assert hub.tick()[1] == []  # failed once
