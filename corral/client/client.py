@@ -8,7 +8,10 @@ build requests through it; :mod:`corral.client.records` keeps what it learns of 
 Timeouts: any Hub query unanswered after ``timeout`` seconds raises ConnectionError, and a
 control call (abort, clear, signal, shutdown) unanswered by an engine raises TimeoutError, so
 no call on a Client waits forever on a controller that is gone. Results are different: a task
-may legitimately run for days, so ``AsyncResult.get()`` waits as long as it is told to.
+may legitimately run for days, so ``AsyncResult.get()`` waits as long as it is told to, but
+not for a controller that is gone: once it has been unreachable for ``outage_grace`` seconds
+(default: ``timeout``) every wait for results raises ConnectionError (the results stay pending
+and are still delivered if it comes back later).
 
 Controller outage: the I/O thread sees the connection drop (socket monitors). Hub queries then
 wait up to ``timeout`` for it to come back and raise ConnectionError if it does not, as does
@@ -53,6 +56,8 @@ if TYPE_CHECKING:
 __all__ = ["Client", "Target", "Targets"]
 
 _DB_DATE_KEYS = ("submitted", "started", "completed", "received")
+
+LINK_CHECK = 0.25  # seconds between looks at the controller link while waiting for results
 
 Target = tuple[int, str]  # (engine id, engine uuid)
 Targets = int | Sequence[int] | slice | str | None  # an id, ids, a slice of ids, or "all"
@@ -102,10 +107,12 @@ class Client:
         cluster_id: str | None = None,
         cluster_dir: str | os.PathLike[str] | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        outage_grace: float | None = None,
     ) -> None:
         self.connection_file = find_connection_file(connection_file, cluster_id, cluster_dir)
         info = read_connection_file(self.connection_file)
         self.timeout = timeout
+        self.outage_grace = timeout if outage_grace is None else outage_grace
         self.cluster_id: str = info.get("cluster_id") or cluster_id or "default"
         self.session = Session(
             info["key"],
@@ -225,15 +232,48 @@ class Client:
                     wait = link_left if wait is None else min(wait, link_left)
                 self._engines_changed.wait(wait)
 
-    def _unreachable(self, doing: str) -> ConnectionError:
+    def _unreachable(self, doing: str, within: float | None = None) -> ConnectionError:
         lost = self._link_lost_at
         since = f"{time.monotonic() - lost:.1f} s ago" if lost is not None else "just now"
         return ConnectionError(
             f"{doing}: the controller at {self.addresses['hub']} did not answer: it is "
             f"unreachable (the connection dropped {since} and did not come back within "
-            f"{self.timeout} s). Is it running? A controller restarted with --restore is found "
-            "again by this client by itself."
+            f"{self.timeout if within is None else within} s). Is it running? A controller "
+            "restarted with --restore is found again by this client by itself."
         )
+
+    def wait_for_futures(
+        self,
+        pending: Iterable[futures.Future[Any]],
+        timeout: float | None,
+        doing: str,
+        *,
+        any_done: bool = False,
+    ) -> bool:
+        """Wait until every future (``any_done``: one) is done (True) or ``timeout`` passes
+        (False; None or negative: no limit). ConnectionError once the controller has been
+        unreachable for ``outage_grace`` seconds with some still pending: nothing could complete
+        them then. A controller back within the grace changes nothing."""
+        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
+        everything = list(pending)
+        waiting = [f for f in everything if not f.done()]
+        while waiting and not (any_done and len(waiting) < len(everything)):
+            now = time.monotonic()
+            lost = self._link_lost_at
+            step = LINK_CHECK
+            if lost is not None:
+                step = lost + self.outage_grace - now
+                if step <= 0:
+                    raise self._unreachable(doing, self.outage_grace)
+            if deadline is not None:
+                if deadline <= now:
+                    return False
+                step = min(step, deadline - now)
+            _, not_done = futures.wait(
+                waiting, step, futures.FIRST_COMPLETED if any_done else futures.ALL_COMPLETED
+            )
+            waiting = list(not_done)
+        return True
 
     def _wait_for_link(self, deadline: float, doing: str) -> None:
         """Return once the controller link is up; ConnectionError if not by ``deadline``."""
@@ -460,10 +500,7 @@ class Client:
         all finished within ``timeout`` seconds."""
         msg_ids = list(self._records.outstanding) if jobs is None else self.msg_ids_of(jobs)
         pending = [self._records.futures[m] for m in msg_ids if m in self._records.futures]
-        if timeout is not None and timeout < 0:
-            timeout = None
-        _, not_done = futures.wait(pending, timeout)
-        return not not_done
+        return self.wait_for_futures(pending, timeout, "waiting for results")
 
     # ------------------------------------------------------------------ control calls
 

@@ -186,6 +186,10 @@ class Cluster:
                 client = self.connect()
             except CorralError:
                 client = None
+        if client is not None and (self.controller is None or self.controller.poll() is not None):
+            client.close()  # no controller to pass the shutdown on: end the processes below
+            client = self.client = None
+        asked = client is not None
         if client is not None:
             try:
                 client.shutdown(targets="all", hub=True, block=True)
@@ -194,7 +198,7 @@ class Cluster:
             client.close()
             self.client = None
         processes = [p for p in [*self.engines, self.controller] if p is not None]
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + (timeout if asked else 0.0)
         for process in processes:
             try:
                 process.wait(max(0.1, deadline - time.monotonic()))
