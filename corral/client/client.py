@@ -127,6 +127,7 @@ class Client:
         self._engines_changed = threading.Condition()  # also notified when the link changes
         self._link_lost_at: float | None = None  # monotonic time the controller link dropped
         self._resync: set[str] | None = None  # engines announced since the table was re-asked
+        self._controller: str | None = None  # the run of the controller last connected to
         curve = CurveKeys.from_connection(info)
         self._io = ClientIO(self.session, self.addresses, _Handler(self), curve)
         self._io.start(timeout)
@@ -142,6 +143,7 @@ class Client:
                 f"{self.connection_file}"
             ) from None
         with self._engines_changed:
+            self._controller = (reply.content or {}).get("controller")
             for engine_id, uuid in (reply.content or {}).get("engines", {}).items():
                 self._add_engine(int(engine_id), uuid)
 
@@ -312,6 +314,7 @@ class Client:
                 if content.get("status") != "ok" or self._resync is None:
                     return
                 announced, self._resync = self._resync, None
+                self._controller = content.get("controller")
                 engines = {
                     int(engine_id): uuid
                     for engine_id, uuid in content.get("engines", {}).items()
@@ -565,7 +568,7 @@ class Client:
         if targets is not None and not (targets == "all" and not self._engines):
             self._control("shutdown_request", {}, targets, True if hub else block, EngineError)
         if hub:
-            self._query("hub_shutdown_request", {})
+            self._query("hub_shutdown_request", self._meant_for())
 
     # ------------------------------------------------------------------ Hub queries
 
@@ -677,7 +680,14 @@ class Client:
             engine_ids = [targets]
         else:
             engine_ids = list(targets)  # type: ignore[arg-type]
-        self._query("purge_request", {"msg_ids": msg_ids, "engine_ids": engine_ids})
+        self._query(
+            "purge_request", {"msg_ids": msg_ids, "engine_ids": engine_ids, **self._meant_for()}
+        )
+
+    def _meant_for(self) -> dict[str, str]:
+        """The controller run a request that changes state is meant for: the Hub refuses it
+        if it reaches a later run (zmq queues a request sent while the controller is gone)."""
+        return {"controller": self._controller} if self._controller else {}
 
     def hub_history(self) -> list[str]:
         """Every msg_id the Hub has recorded, oldest first."""

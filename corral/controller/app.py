@@ -41,6 +41,7 @@ log = logging.getLogger("corral.controller")
 CLIENT_FILE = "corral-client.json"
 ENGINE_FILE = "corral-engine.json"
 STATS_FILE = "controller-stats.json"
+RESTORE_FILE = "controller-restore.json"  # key and ports for --restore; kept after a clean stop
 REGISTRATION_PING = 0.05  # seconds between repeated beats while an engine waits to register
 PROBE_PERIOD = 0.04  # seconds between probes of an engine whose connection closed
 
@@ -251,6 +252,24 @@ class Controller:
                 "control": control_client,
                 "task": task_client,
                 "iopub": iopub_client,
+            },
+        )
+        # what --restore needs outlives the connection files, which a clean stop removes
+        write_private_json(
+            config.cluster_path / RESTORE_FILE,
+            {
+                **common,
+                "notification": notify_port,
+                "mux": mux_client,
+                "control": control_client,
+                "task": task_client,
+                "iopub": iopub_client,
+                "mux_engine": mux_engine,
+                "control_engine": control_engine,
+                "task_engine": task_engine,
+                "iopub_engine": iopub_engine,
+                "hb_ping": ping_port,
+                "hb_pong": pong_port,
             },
         )
         write_private_json(
@@ -521,9 +540,10 @@ def _connect_when_bound(sock: zmq.Socket[Any], address: str, timeout: float = 10
 
 
 def _previous_connection(cluster_path: Path) -> dict[str, Any]:
-    """Key and ports from the connection files a killed controller left behind."""
+    """Key and ports of the controller before: from the connection files a killed one left
+    behind, else from the restore file a cleanly stopped one kept."""
     merged: dict[str, Any] = {}
-    for name in (CLIENT_FILE, ENGINE_FILE):
+    for name in (RESTORE_FILE, CLIENT_FILE, ENGINE_FILE):
         try:
             merged.update(json.loads((cluster_path / name).read_text()))
         except (OSError, ValueError):

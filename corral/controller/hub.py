@@ -93,6 +93,7 @@ class Hub:
         self.retired_ids: set[int] = set()  # ids of engines gone while this Hub runs
         self.told_stale: set[str] = set()
         self.rejected = 0
+        self.instance = self.hearts.instance.decode("ascii")
 
     def restore(self) -> None:
         """After a restart: tasks the store still has pending may yet be answered by engines
@@ -226,10 +227,28 @@ class Hub:
 
     def _on_connection_request(self, idents: Sequence[bytes], msg: Message) -> list[Action]:
         engines = {str(e.id): e.uuid for e in self.engines.values()}
-        reply = ok_reply(engines=engines, **self.client_addresses)
+        reply = ok_reply(engines=engines, controller=self.instance, **self.client_addresses)
         return [self._reply(idents, msg, "connection_reply", reply)]
 
+    def _stale(self, msg: Message) -> str | None:
+        """Why a request that changes state must not act here: it names another run of the
+        controller (a zmq socket queues while it reconnects, so a request sent to a controller
+        that died reaches the one restarted in its place)."""
+        meant_for = (msg.content or {}).get("controller")
+        if meant_for is None or meant_for == self.instance:
+            return None
+        self.rejected += 1
+        log.warning("hub: ignored %s meant for controller run %s", msg.msg_type, meant_for)
+        return (
+            f"{msg.msg_type} was sent to an earlier run of this controller ({meant_for}; this "
+            f"one is {self.instance}) and is ignored: send it again if it is still meant"
+        )
+
     def _on_hub_shutdown_request(self, idents: Sequence[bytes], msg: Message) -> list[Action]:
+        stale = self._stale(msg)
+        if stale is not None:
+            content = error_reply("StaleRequest", stale)
+            return [self._reply(idents, msg, "hub_shutdown_reply", content)]
         return [self._reply(idents, msg, "hub_shutdown_reply", ok_reply()), Stop()]
 
     def _register(self, pending: PendingRegistration) -> list[Action]:
@@ -511,6 +530,9 @@ class Hub:
         return [self._reply(idents, msg, "result_reply", reply, buffers)]
 
     def _on_purge_request(self, idents: Sequence[bytes], msg: Message) -> list[Action]:
+        stale = self._stale(msg)
+        if stale is not None:
+            return [self._reply(idents, msg, "purge_reply", error_reply("StaleRequest", stale))]
         content = msg.content or {}
         msg_ids = content.get("msg_ids", [])
         engine_ids = content.get("engine_ids") or []

@@ -296,3 +296,17 @@ def test_engine_whose_connection_closed_and_answers_no_probe_is_unregistered(hub
     record = hub.store.get_record(req.msg_id)
     assert record["status"] == "error" and "died" in record["result_content"]["evalue"]
     assert hub.tick()[1] == []  # failed once
+
+
+def test_state_changing_requests_meant_for_another_run_are_refused(hub: Hub) -> None:
+    (reply,) = hub.handle_request([b"c"], request("connection_request"))
+    assert reply.content["controller"] == hub.instance
+    for msg_type in ("hub_shutdown_request", "purge_request"):
+        (refused,) = hub.handle_request([b"c"], request(msg_type, controller="earlier"))
+        assert refused.content["ename"] == "StaleRequest", msg_type
+    (ok,) = hub.handle_request(
+        [b"c"], request("purge_request", msg_ids="all", controller=hub.instance)
+    )
+    assert ok.content["status"] == "ok"
+    ok, stop = hub.handle_request([b"c"], request("hub_shutdown_request", controller=hub.instance))
+    assert ok.content["status"] == "ok" and isinstance(stop, Stop)
