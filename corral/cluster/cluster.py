@@ -2,7 +2,9 @@
 
 ``with corral.Cluster(n=4) as rc:`` starts a controller process and four engine processes,
 waits until the client sees every engine, and on exit shuts them all down and makes sure no
-process is left behind, even when the body raised.
+process is left behind, even when the body raised. Meanwhile it supervises them
+(:mod:`corral.cluster.supervisor`): a controller that dies is started again with ``--restore``
+on the same ports and key, an engine that dies is started again under its engine id.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 import psutil
 
 from corral.client.client import Client
+from corral.cluster.supervisor import RestartPolicy, Supervisor
 from corral.errors import ConnectionError, CorralError, TimeoutError
 
 CLIENT_FILE = "corral-client.json"
@@ -57,7 +60,8 @@ class Cluster:
 
     ``cluster_dir`` is the parent folder (default ``$CORRAL_DIR`` or ``~/.corral``); the cluster
     lives in ``<cluster_dir>/<cluster_id>/``. ``controller_args`` are extra flags for
-    ``corral controller`` (``--db``, ``--restore``, ``--ip`` ...).
+    ``corral controller`` (``--db``, ``--restore``, ``--ip`` ...). ``restart`` (default True)
+    restarts a controller or engine that crashes, per ``restart_policy``; ``restarts`` counts.
     """
 
     def __init__(
@@ -72,6 +76,8 @@ class Cluster:
         engine_args: Sequence[str] = (),
         timeout: float = 60.0,
         log_level: str = "WARNING",
+        restart: bool = True,
+        restart_policy: RestartPolicy | None = None,
     ) -> None:
         self.n = n
         self.cluster_id = cluster_id or f"cluster-{uuid.uuid4().hex[:8]}"
@@ -86,6 +92,9 @@ class Cluster:
         self.controller: subprocess.Popen[bytes] | None = None
         self.engines: list[subprocess.Popen[bytes]] = []
         self.client: Client | None = None
+        self.restart = restart
+        self.restart_policy = restart_policy
+        self.supervisor: Supervisor | None = None
 
     # ------------------------------------------------------------ processes
 
@@ -136,27 +145,77 @@ class Cluster:
         started = []
         for _ in range(n):
             index = len(self.engines)
-            args = [
-                "engine",
-                "--file",
-                str(self.path / ENGINE_FILE),
-                "--log-level",
-                self.log_level,
-                "--owner-pid",
-                str(os.getpid()),
-                *self.engine_args,
-            ]
-            engine = self._spawn(args, f"engine-{index}.log")
+            engine = self._spawn_engine(index)
             self.engines.append(engine)
             started.append(engine)
+            if self.supervisor is not None:
+                self._supervise_engine(index)
         self._save_state()
         return started
+
+    def _spawn_engine(self, index: int) -> subprocess.Popen[bytes]:
+        """Engine ``index`` asks for engine id ``index``: started again, it keeps it."""
+        args = [
+            "engine",
+            "--file",
+            str(self.path / ENGINE_FILE),
+            "--log-level",
+            self.log_level,
+            "--owner-pid",
+            str(os.getpid()),
+            "--id",
+            str(index),
+            *self.engine_args,
+        ]
+        return self._spawn(args, f"engine-{index}.log")
+
+    # ------------------------------------------------------------ supervision
+
+    def supervise(self) -> None:
+        """Restart the controller and engines when they crash (``start`` calls this when
+        ``restart`` is set)."""
+        if self.supervisor is not None or self.controller is None:
+            return
+        self.supervisor = Supervisor(self.restart_policy, on_change=self._save_state)
+        self.supervisor.watch("controller", self.controller, self._restart_controller)
+        for index in range(len(self.engines)):
+            self._supervise_engine(index)
+
+    def _supervise_engine(self, index: int) -> None:
+        assert self.supervisor is not None
+
+        def restart() -> subprocess.Popen[bytes]:
+            self.engines[index] = self._spawn_engine(index)
+            return self.engines[index]
+
+        self.supervisor.watch(f"engine-{index}", self.engines[index], restart)
+
+    def _restart_controller(self) -> subprocess.Popen[bytes]:
+        if "--restore" not in self.controller_args:
+            self.controller_args.append("--restore")  # same ports, key and stored results
+        self.start_controller()
+        assert self.controller is not None
+        return self.controller
+
+    @property
+    def controller_gone(self) -> bool:
+        """The controller exited and will not be started again (stopped on purpose, no
+        supervision, or the supervisor gave up)."""
+        if self.controller is None or self.controller.poll() is None:
+            return False
+        return self.supervisor is None or "controller" in self.supervisor.given_up
+
+    @property
+    def restarts(self) -> dict[str, int]:
+        """How often the supervisor restarted each process (``controller``, ``engine-N``)."""
+        return self.supervisor.restarts if self.supervisor is not None else {}
 
     def _save_state(self) -> None:
         state = {
             "manager_pid": os.getpid(),
             "controller_pid": self.controller.pid if self.controller else None,
             "engine_pids": [e.pid for e in self.engines if e.poll() is None],
+            "restarts": self.restarts,
         }
         (self.path / STATE_FILE).write_text(json.dumps(state))
 
@@ -171,6 +230,8 @@ class Cluster:
             self.start_engines(self.n)
             self.client = self.connect()
             self.client.wait_for_engines(self.n, timeout=self.timeout)
+            if self.restart:
+                self.supervise()
         except BaseException:
             self.stop()
             raise
@@ -180,6 +241,9 @@ class Cluster:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Shut engines and controller down politely, then make sure they are gone."""
+        if self.supervisor is not None:
+            self.supervisor.stop()
+            self.supervisor = None
         client = self.client
         if client is None and self.controller is not None and self.controller.poll() is None:
             try:

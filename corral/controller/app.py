@@ -97,6 +97,7 @@ class Controller:
         self.session = Session(config.key, username="controller", check_msg_type=False)
         self.url = f"{config.transport}://{config.ip}"
         self._stopping = False
+        self.failed = False  # stopped by a fault (the scheduler died), not on request
         self._devices: list[Any] = []
         self._scheduler: subprocess.Popen[bytes] | None = None
         self.hub: Hub | None = None
@@ -374,7 +375,7 @@ class Controller:
                 self._drain(self.registration, self._on_request)
             if self._scheduler is not None and self._scheduler.poll() is not None:
                 log.error("the task scheduler exited (%s); stopping", self._scheduler.returncode)
-                self._stopping = True
+                self._stopping = self.failed = True
 
     def _drain(self, sock: zmq.Socket[Any], handle: Any) -> None:
         drain(sock, handle, self.counts, log)
@@ -576,7 +577,8 @@ def _next_engine_id(store: Any) -> int:
 
 
 def run_controller(config: ControllerConfig) -> int:
-    """Run a controller in this process until SIGINT/SIGTERM or a hub shutdown request."""
+    """Run a controller in this process until SIGINT/SIGTERM or a hub shutdown request (exit
+    status 0), or a fault (1: a supervisor restarts it)."""
     controller = Controller(config)
     signal.signal(signal.SIGTERM, controller.request_stop)
     signal.signal(signal.SIGINT, controller.request_stop)
@@ -585,4 +587,4 @@ def run_controller(config: ControllerConfig) -> int:
         controller.serve_forever()
     finally:
         controller.close()
-    return 0
+    return 1 if controller.failed else 0

@@ -180,14 +180,15 @@ class Hub:
         in_use = {e.id for e in self.engines.values()} | {
             p.id for p in self.pending_registrations.values()
         }
-        if requested is not None and requested in in_use | self.retired_ids:
-            why = "is in use" if requested in in_use else "belonged to an engine that is gone"
+        # the id of an engine that is gone is never handed out unasked, but an engine may ask
+        # for it: a supervisor restarting a dead engine keeps its id
+        if requested is not None and requested in in_use:
             return [
                 self._reply(
                     idents,
                     msg,
                     "registration_reply",
-                    error_reply("RegistrationError", f"engine id {requested} {why}"),
+                    error_reply("RegistrationError", f"engine id {requested} is in use"),
                 )
             ]
         if requested is None:

@@ -49,7 +49,9 @@ def until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
 @pytest.fixture
 def own_cluster(tmp_path: Path) -> Iterator[Cluster]:
     """A cluster this test may break (stop engines, kill the controller)."""
-    cluster = Cluster(n=2, cluster_dir=tmp_path, heartbeat_period=HEARTBEAT, timeout=30)
+    cluster = Cluster(
+        n=2, cluster_dir=tmp_path, heartbeat_period=HEARTBEAT, timeout=30, restart=False
+    )
     cluster.start()
     try:
         yield cluster

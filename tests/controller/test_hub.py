@@ -110,7 +110,9 @@ def test_dropped_heart_is_told_to_stop_once(hub: Hub) -> None:
     assert hub.handle_pong("paused", payload) == []
 
 
-def test_dropped_engine_cannot_register_again_and_its_id_is_retired(hub: Hub) -> None:
+def test_dropped_engine_cannot_register_again_and_its_id_is_only_given_when_asked(
+    hub: Hub,
+) -> None:
     register(hub, "paused")
     register(hub, "other")
     hub.handle_request([b"other"], request("unregistration_request", uuid="other"))
@@ -124,12 +126,14 @@ def test_dropped_engine_cannot_register_again_and_its_id_is_retired(hub: Hub) ->
     assert stop.msg_type == "unregistration_notification" and stop.idents == (b"paused",)
     payload, _ = hub.tick()
     assert hub.handle_pong("paused", payload) == []  # told once is enough
-    for engine_id in (0, 1):  # neither a dead nor a departed engine's id is given out again
-        (taken,) = hub.handle_request(
-            [b"new"], request("registration_request", uuid="new", id=engine_id)
-        )
-        assert taken.content["status"] == "error" and "gone" in taken.content["evalue"]
-    assert register(hub, "new") == 2
+    assert register(hub, "new") == 2  # neither a dead nor a departed engine's id unasked
+    # a restarted engine asks for its old id and gets it; an id in use is refused
+    assert register(hub, "restarted-0", id=0) == 0
+    (taken,) = hub.handle_request(
+        [b"other-0"], request("registration_request", uuid="other-0", id=0)
+    )
+    assert taken.content["status"] == "error" and "in use" in taken.content["evalue"]
+    assert register(hub, "restarted-1", id=1) == 1
 
 
 def test_late_reply_of_a_dropped_engine_is_not_recorded(hub: Hub) -> None:
