@@ -38,7 +38,8 @@ from corral.client.connection import (
     read_connection_file,
 )
 from corral.client.ioloop import ClientIO
-from corral.client.records import Records, parse_date
+from corral.client.records import TASK, Records, parse_date
+from corral.client.recovery import RECOVERY_PERIOD, Recovery
 from corral.errors import (
     ConnectionError,
     EngineError,
@@ -325,10 +326,51 @@ class Client:
                 self._uuids = {u: i for i, u in engines.items()}
                 self._link_lost_at = None
                 self._engines_changed.notify_all()
+            self._recover(Recovery.of(self._unanswered()))
 
         def on_timeout() -> None:
             if self._records.pending.pop(msg.msg_id, None) is not None and self._io.link_up:
                 self._request_engine_table()
+
+        self._records.track_service(msg.msg_id, "hub", on_reply=on_reply)
+        self._io.send_now("hub", self.session.serialize(msg))
+        self._io.call_later(self.timeout, on_timeout)
+
+    def _unanswered(self) -> list[str]:
+        return [
+            msg_id
+            for msg_id, pending in list(self._records.pending.items())
+            if pending.kind == TASK and pending.channel in ("mux", "task")
+        ]
+
+    def _recover(self, recovery: Recovery) -> None:
+        """(I/O thread) After an outage: ask the Hub about requests still unanswered here
+        (see :mod:`corral.client.recovery`), until each is settled."""
+        msg_ids = recovery.to_ask(self._unanswered())
+        if not msg_ids or self._io.closed:
+            return
+        query = {"query": {"msg_id": {"$in": msg_ids}}, "keys": ["msg_id", "status"]}
+        msg = self.session.msg("db_request", query)
+
+        def on_reply(reply: Message) -> None:
+            records = (reply.content or {}).get("records") or []
+            plan = recovery.answered({r["msg_id"]: r.get("status", "") for r in records})
+            for msg_id in plan.lost:
+                self._records.fail(
+                    msg_id,
+                    ConnectionError(
+                        "the controller died before it recorded this request, so it never "
+                        "reached an engine; submit it again"
+                    ),
+                )
+            if plan.fetch:
+                self._fetch_results(plan.fetch, 0.0)
+            if plan.ask_again:
+                self._io.call_later(RECOVERY_PERIOD, lambda: self._recover(recovery))
+
+        def on_timeout() -> None:
+            if self._records.pending.pop(msg.msg_id, None) is not None and self._io.link_up:
+                self._recover(recovery)  # no answer but connected: ask again
 
         self._records.track_service(msg.msg_id, "hub", on_reply=on_reply)
         self._io.send_now("hub", self.session.serialize(msg))
@@ -658,6 +700,11 @@ class Client:
             if not isinstance(record, dict):
                 continue
             count = int(record.get("buffer_count", 0))
+            future = self._records.futures.get(msg_id)
+            if future is not None and future.done():
+                offset += count
+                continue  # answered directly meanwhile
+            self._records.pending.pop(msg_id, None)  # settled from the store: a reply is late
             self._records.complete(
                 msg_id,
                 header=record.get("header") or {},

@@ -94,12 +94,84 @@ class Hub:
         self.told_stale: set[str] = set()
         self.rejected = 0
         self.instance = self.hearts.instance.decode("ascii")
+        self.restored: dict[str, str | None] = {}  # pending before a restart: msg_id -> engine
+        self.reported: set[str] = set()  # restored or unknown tasks an engine says it holds
+        self.expected_from: dict[str, list[str]] = {}  # engine uuid -> those it reported
+        self.restored_until_beat = 0
 
     def restore(self) -> None:
         """After a restart: tasks the store still has pending may yet be answered by engines
         that survived, so their replies must be recorded when they come."""
         for record in self.store.find_records({"status": "pending"}, ["engine_uuid"]):
             self.pending[record["msg_id"]] = record.get("engine_uuid")
+        self.restored = dict(self.pending)
+        self.restored_until_beat = self.hearts.beat + 2 * self.hearts.max_misses
+
+    def _settle_restored(self) -> None:
+        """Tasks pending before the restart whose engine did not come back in time (or that
+        waited in the old scheduler, which is gone) can never be answered: fail them, so that
+        no client waits for them for ever."""
+        now = utcnow()
+        for msg_id, engine_uuid in self.restored.items():
+            if msg_id not in self.pending or msg_id in self.reported:
+                continue
+            del self.pending[msg_id]
+            if engine_uuid in self.by_uuid:
+                where = f"its engine {engine_uuid} came back without it: it never reached it"
+            elif engine_uuid:
+                where = f"its engine {engine_uuid} did not come back"
+            else:
+                where = "it waited in the task scheduler, which restarted empty"
+            content = error_content(
+                EngineError("EngineError", f"lost in a controller restart: {where}"), None, None
+            )
+            self.store.update_record(
+                msg_id,
+                {
+                    "status": "error",
+                    "result_content": content,
+                    "completed": now,
+                    "result_metadata": {"status": "error", "engine_uuid": engine_uuid},
+                },
+            )
+            log.warning("hub: task %s %s", msg_id, f"lost in the restart: {where}")
+        self.restored = {}
+        self.reported.clear()
+
+    def _expect_answers(self, uuid: str, msg_ids: Any) -> None:
+        """An engine back after a restart holds these tasks or sends their replies again:
+        the replies must be recorded, also of tasks this controller never saw recorded."""
+        if not isinstance(msg_ids, list) or not all(isinstance(m, str) for m in msg_ids):
+            raise InvalidContent("tasks must be a list of msg_ids")
+        msg_ids = msg_ids[:MAX_QUERY_IDS]
+        known = self.store.get_records([m for m in msg_ids if m not in self.pending])
+        self.expected_from[uuid] = msg_ids
+        for msg_id in msg_ids:
+            if msg_id in self.pending:
+                self.pending[msg_id] = uuid
+                self.reported.add(msg_id)
+            elif msg_id not in known:
+                self.pending[msg_id] = uuid
+                self.reported.add(msg_id)
+                self.store.add_record(
+                    msg_id,
+                    {
+                        "msg_id": msg_id,
+                        "header": {"msg_id": msg_id},
+                        "metadata": {},
+                        "content": {},
+                        "queue": None,
+                        "client_uuid": None,
+                        "engine_uuid": uuid,
+                        "engine_id": None,
+                        "submitted": None,
+                        "status": "pending",
+                        "started": None,
+                        "completed": None,
+                        "received": None,
+                        "resubmitted": False,
+                    },
+                )
 
     # ------------------------------------------------------------ registration
 
@@ -200,6 +272,8 @@ class Hub:
             engine_id, uuid, self.hearts.beat + 2 * self.hearts.max_misses + 2
         )
         self.told_stale.discard(uuid)
+        if "tasks" in content:
+            self._expect_answers(uuid, content["tasks"])
         reply = ok_reply(
             id=engine_id, heartbeat_period=self.heartbeat_period, **self.engine_addresses
         )
@@ -256,6 +330,10 @@ class Hub:
         entry = EngineEntry(pending.id, pending.uuid, utcnow())
         self.engines[entry.id] = entry
         self.by_uuid[entry.uuid] = entry
+        for msg_id in self.expected_from.pop(entry.uuid, []):
+            if msg_id in self.pending:
+                # no scheduler knows it now: if this engine dies, the Hub fails it
+                entry.queue[msg_id] = None
         log.info("hub: engine %d (%s) registered", entry.id, entry.uuid)
         return [
             Send("notification", "registration_notification", {"id": entry.id, "uuid": entry.uuid})
@@ -310,6 +388,8 @@ class Hub:
         """One heartbeat period: the ping payload, and what failures and expiries mean."""
         payload, failed = self.hearts.tick()
         actions: list[Action] = []
+        if self.restored and self.hearts.beat >= self.restored_until_beat:
+            self._settle_restored()
         for uuid in failed:
             entry = self.by_uuid.get(uuid)
             if entry is not None:
@@ -318,6 +398,7 @@ class Hub:
         for uuid, pending in list(self.pending_registrations.items()):
             if pending.expires_at_beat <= self.hearts.beat:
                 del self.pending_registrations[uuid]
+                self.expected_from.pop(uuid, None)
                 log.warning("hub: engine %s registered but its heart never beat", uuid)
         return payload, actions
 

@@ -55,7 +55,9 @@ def _reply(msg_type: str, channel: str) -> MessageSpec:
 
 _SPECS = [
     # -- registration and connection (Hub ROUTER) --
-    _spec("registration_request", "registration", {"uuid": (str,)}, {"id": (int,)}),
+    _spec(
+        "registration_request", "registration", {"uuid": (str,)}, {"id": (int,), "tasks": (list,)}
+    ),
     _reply("registration_reply", "registration"),
     _spec("unregistration_request", "registration", optional={"id": (int,), "uuid": (str,)}),
     _reply("unregistration_reply", "registration"),

@@ -24,7 +24,9 @@ POLICY = RestartPolicy(first_delay=0.2)
 def test_killed_engine_and_controller_are_restarted(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with running_cluster(tmp_path, 2, restart=True, restart_policy=POLICY) as cluster:
+    with running_cluster(
+        tmp_path, 2, restart=True, restart_policy=POLICY, log_level="INFO"
+    ) as cluster:
         rc = cluster.client
         old_pid = rc[1].apply_sync(os.getpid)
         os.kill(old_pid, signal.SIGKILL)
@@ -35,7 +37,9 @@ def test_killed_engine_and_controller_are_restarted(
 
         ports = json.loads((cluster.path / "corral-engine.json").read_text())
         assert cluster.controller is not None
-        pending = rc[0].apply_async(_nap, 3.0)
+        marker = tmp_path / "started"
+        pending = rc[0].apply_async(_nap, 3.0, str(marker))
+        until(marker.exists, 30, "the task to start on its engine")
         cluster.controller.send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
         until(lambda: cluster.restarts.get("controller") == 1, 60, "the controller restart")
@@ -54,9 +58,10 @@ def test_killed_engine_and_controller_are_restarted(
     assert all(p.poll() is not None for p in [cluster.controller, *cluster.engines])
 
 
-def _nap(seconds: float) -> float:
+def _nap(seconds: float, marker: str) -> float:
     import time
 
+    open(marker, "w").close()
     time.sleep(seconds)
     return seconds
 

@@ -314,3 +314,35 @@ def test_state_changing_requests_meant_for_another_run_are_refused(hub: Hub) -> 
     assert ok.content["status"] == "ok"
     ok, stop = hub.handle_request([b"c"], request("hub_shutdown_request", controller=hub.instance))
     assert ok.content["status"] == "ok" and isinstance(stop, Stop)
+
+
+def restarted_hub(store: MemoryStore) -> Hub:
+    hub = Hub(store, ENGINE_ADDRESSES, CLIENT_ADDRESSES, heartbeat_period=1.0, max_misses=2)
+    hub.restore()
+    return hub
+
+
+def test_after_a_restart_tasks_no_engine_holds_are_failed_and_held_ones_recorded() -> None:
+    before = Hub(MemoryStore(), ENGINE_ADDRESSES, CLIENT_ADDRESSES, 1.0, max_misses=2)
+    register(before, "back")
+    register(before, "gone")
+    held = submit_mux(before, "back")
+    never_arrived = submit_mux(before, "back")
+    orphan = submit_mux(before, "gone")
+    hub = restarted_hub(before.store)
+    # the engine that came back holds one task and will resend a reply the store never saw
+    assert register(hub, "back", id=0, tasks=[held.msg_id, "unrecorded"]) == 0
+    assert hub.store.get_record("unrecorded")["status"] == "pending"
+    while hub.restored:
+        hub.tick()
+        hub.handle_pong("back", hub.hearts.payload())
+    for req in (never_arrived, orphan):
+        record = hub.store.get_record(req.msg_id)
+        assert record["status"] == "error", record
+        assert "lost in a controller restart" in record["result_content"]["evalue"]
+    assert hub.store.get_record(held.msg_id)["status"] == "pending"
+    late = session.msg("apply_reply", {"status": "ok"}, parent={"msg_id": "unrecorded"})
+    hub.handle_monitor(b"mux_out", [b"client-1", b"back"], late)
+    assert hub.store.get_record("unrecorded")["status"] == "ok"
+    hub.handle_monitor(b"mux_out", [b"client-1", b"back"], reply_for(held))
+    assert hub.store.get_record(held.msg_id)["status"] == "ok"
