@@ -731,6 +731,13 @@ class Client:
             "purge_request", {"msg_ids": msg_ids, "engine_ids": engine_ids, **self._meant_for()}
         )
 
+    def purge_local_results(self, jobs: Any = "all") -> None:
+        """Forget what this client keeps of finished requests (``jobs``: msg_ids,
+        AsyncResults, or ``"all"``), so that its memory stays flat over any number of tasks;
+        AsyncResults already held keep their values. Pending requests are kept."""
+        msg_ids = list(self._records.futures) if jobs == "all" else self.msg_ids_of(jobs)
+        self._records.forget(msg_ids)
+
     def _meant_for(self) -> dict[str, str]:
         """The controller run a request that changes state is meant for: the Hub refuses it
         if it reaches a later run (zmq queues a request sent while the controller is gone)."""
