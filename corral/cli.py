@@ -121,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
         "-n", "--engines", type=int, default=None, help="number of engines (default: one per CPU)"
     )
     start.add_argument("--daemon", action="store_true", help="run in the background")
+    start.add_argument(
+        "--no-restart",
+        action="store_true",
+        help="do not restart a controller or engine that dies (default: restart, with back-off)",
+    )
     _common(start)
     _controller_flags(start)
 
@@ -271,6 +276,8 @@ def cmd_start(args: argparse.Namespace) -> int:
         ]
         if args.cluster_dir:
             argv += ["--cluster-dir", args.cluster_dir]
+        if args.no_restart:
+            argv.append("--no-restart")
         path = _cluster_path(args)
         argv += ["--log-file", str(path / "cluster-manager.log")]
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -305,6 +312,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         db=args.db,
         controller_args=_controller_args(args),
         log_level=args.log_level,
+        restart=not args.no_restart,
     )
     rc = cluster.start()
     print(
@@ -314,8 +322,8 @@ def cmd_start(args: argparse.Namespace) -> int:
     )
     try:
         while not stop.wait(0.5):
-            if cluster.controller is not None and cluster.controller.poll() is not None:
-                print("the controller exited", file=sys.stderr)
+            if cluster.controller_gone:
+                print("the controller exited and is not restarted", file=sys.stderr)
                 break
     finally:
         cluster.stop()
@@ -413,24 +421,37 @@ def cmd_list(args: argparse.Namespace) -> int:
         pid = info.get("controller_pid")
         if not isinstance(pid, int) or not psutil.pid_exists(pid):
             continue
-        engines = "?"
+        engines = restarts = "?"
         state_file = client_file.parent / "cluster.json"
         if state_file.exists():
             state = json.loads(state_file.read_text())
             engines = str(sum(psutil.pid_exists(p) for p in state.get("engine_pids", [])))
+            restarts = _restarts(state.get("restarts") or {})
         store = info.get("store") if isinstance(info.get("store"), dict) else {}
         limits = (
             f"{store.get('db', '?')}: buffers {store.get('buffer_limit', '?')}, "
             f"size {store.get('size_limit', '?')}, ttl {store.get('ttl', '?')}"
         )
-        rows.append((client_file.parent.name, str(pid), engines, info.get("ip", ""), limits))
+        rows.append(
+            (client_file.parent.name, str(pid), engines, restarts, info.get("ip", ""), limits)
+        )
     if not rows:
         print(f"no running clusters in {base}")
         return 0
-    print(f"{'cluster':<24} {'controller pid':>14} {'engines':>8}  {'ip':<15} result store")
-    for name, pid, engines, ip, limits in rows:
-        print(f"{name:<24} {pid:>14} {engines:>8}  {ip:<15} {limits}")
+    print(
+        f"{'cluster':<24} {'controller pid':>14} {'engines':>8} {'restarts':>24}  {'ip':<15}"
+        " result store"
+    )
+    for name, pid, engines, restarts, ip, limits in rows:
+        print(f"{name:<24} {pid:>14} {engines:>8} {restarts:>24}  {ip:<15} {limits}")
     return 0
+
+
+def _restarts(counts: dict[str, int]) -> str:
+    """``controller N, engines M``: what the supervisor of ``corral start`` restarted."""
+    controller = counts.get("controller", 0)
+    engines = sum(n for name, n in counts.items() if name.startswith("engine"))
+    return f"controller {controller}, engines {engines}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,6 +28,7 @@ def start_cluster(base: Path, n: int, **kwargs: object):  # type: ignore[no-unty
     from corral.cluster.cluster import Cluster
 
     kwargs.setdefault("heartbeat_period", HEARTBEAT)
+    kwargs.setdefault("restart", False)  # tests that kill processes restart them themselves
     return Cluster(n=n, cluster_dir=base, timeout=30, **kwargs)  # type: ignore[arg-type]
 
 

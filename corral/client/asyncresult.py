@@ -100,6 +100,8 @@ class AsyncResult(futures.Future[Any]):
         """Wait until every request is answered (or ``timeout`` seconds); True if done."""
         if self.done():
             return True
+        if self._client is not None:
+            return self._client.wait_for_futures([self], timeout, f"{self._fname}: waiting")
         done, _ = futures.wait([self], None if _forever(timeout) else timeout)
         return bool(done)
 
@@ -110,8 +112,9 @@ class AsyncResult(futures.Future[Any]):
     def get(self, timeout: float | None = None) -> Any:
         """The result, waiting up to ``timeout`` seconds (None or negative: forever).
 
-        Raises :class:`corral.errors.TimeoutError` if it is not ready by then, or the remote
-        error(s) the requests raised.
+        Raises :class:`corral.errors.TimeoutError` if it is not ready by then,
+        :class:`corral.errors.ConnectionError` once the controller has been unreachable for the
+        client's ``outage_grace``, or the remote error(s) the requests raised.
         """
         if not self.wait(timeout):
             raise TimeoutError(
@@ -278,6 +281,7 @@ class AsyncResult(futures.Future[Any]):
         if self._single:
             raise TypeError("an AsyncResult with a single result is not iterable")
         for child in self._children:
+            self._wait_child(child)
             yield child.result()
 
     def __getitem__(self, key: int | slice | str) -> Any:
@@ -287,8 +291,14 @@ class AsyncResult(futures.Future[Any]):
         if self._single:
             raise TypeError("an AsyncResult with a single result cannot be indexed")
         if isinstance(key, slice):
-            return [child.result() for child in self._children[key]]
-        return self._children[key].result()
+            return [self._wait_child(child).result() for child in self._children[key]]
+        return self._wait_child(self._children[key]).result()
+
+    def _wait_child(self, child: futures.Future[Any]) -> futures.Future[Any]:
+        """Wait for one request, failing like :meth:`get` if the controller stays away."""
+        if self._client is not None:
+            self._client.wait_for_futures([child], None, f"{self._fname}: waiting")
+        return child
 
     def __getattr__(self, key: str) -> Any:
         if not key.startswith("_") and key in _DEFAULTS:
@@ -325,9 +335,21 @@ class AsyncMapResult(AsyncResult):
         return self._joiner(_collect(outcomes, self._fname))
 
     def __iter__(self) -> Iterator[Any]:
-        children = self._children if self.ordered else futures.as_completed(self._children)
+        children = self._children if self.ordered else self._in_completion_order()
         for child in children:
-            yield from _items(child.result())
+            yield from _items(self._wait_child(child).result())
+
+    def _in_completion_order(self) -> Iterator[futures.Future[Any]]:
+        """The requests as they finish; ConnectionError if the controller stays away."""
+        if self._client is None:
+            yield from futures.as_completed(self._children)
+            return
+        remaining = list(self._children)
+        while remaining:
+            self._client.wait_for_futures(remaining, None, f"{self._fname}: waiting", any_done=True)
+            finished = [child for child in remaining if child.done()]
+            remaining = [child for child in remaining if child not in finished]
+            yield from finished
 
     def __getitem__(self, key: int | slice | str) -> Any:
         if isinstance(key, str):

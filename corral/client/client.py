@@ -8,7 +8,10 @@ build requests through it; :mod:`corral.client.records` keeps what it learns of 
 Timeouts: any Hub query unanswered after ``timeout`` seconds raises ConnectionError, and a
 control call (abort, clear, signal, shutdown) unanswered by an engine raises TimeoutError, so
 no call on a Client waits forever on a controller that is gone. Results are different: a task
-may legitimately run for days, so ``AsyncResult.get()`` waits as long as it is told to.
+may legitimately run for days, so ``AsyncResult.get()`` waits as long as it is told to, but
+not for a controller that is gone: once it has been unreachable for ``outage_grace`` seconds
+(default: ``timeout``) every wait for results raises ConnectionError (the results stay pending
+and are still delivered if it comes back later).
 
 Controller outage: the I/O thread sees the connection drop (socket monitors). Hub queries then
 wait up to ``timeout`` for it to come back and raise ConnectionError if it does not, as does
@@ -35,7 +38,8 @@ from corral.client.connection import (
     read_connection_file,
 )
 from corral.client.ioloop import ClientIO
-from corral.client.records import Records, parse_date
+from corral.client.records import TASK, Records, parse_date
+from corral.client.recovery import RECOVERY_PERIOD, Recovery
 from corral.errors import (
     ConnectionError,
     EngineError,
@@ -54,6 +58,8 @@ if TYPE_CHECKING:
 __all__ = ["Client", "Target", "Targets"]
 
 _DB_DATE_KEYS = ("submitted", "started", "completed", "received")
+
+LINK_CHECK = 0.25  # seconds between looks at the controller link while waiting for results
 
 Target = tuple[int, str]  # (engine id, engine uuid)
 Targets = int | Sequence[int] | slice | str | None  # an id, ids, a slice of ids, or "all"
@@ -106,10 +112,12 @@ class Client:
         cluster_id: str | None = None,
         cluster_dir: str | os.PathLike[str] | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        outage_grace: float | None = None,
     ) -> None:
         self.connection_file = find_connection_file(connection_file, cluster_id, cluster_dir)
         info = read_connection_file(self.connection_file)
         self.timeout = timeout
+        self.outage_grace = timeout if outage_grace is None else outage_grace
         self.cluster_id: str = info.get("cluster_id") or cluster_id or "default"
         self.session = Session(
             info["key"],
@@ -124,6 +132,7 @@ class Client:
         self._engines_changed = threading.Condition()  # also notified when the link changes
         self._link_lost_at: float | None = None  # monotonic time the controller link dropped
         self._resync: set[str] | None = None  # engines announced since the table was re-asked
+        self._controller: str | None = None  # the run of the controller last connected to
         curve = CurveKeys.from_connection(info)
         self._io = ClientIO(self.session, self.addresses, _Handler(self), curve)
         self._io.start(timeout)
@@ -139,6 +148,7 @@ class Client:
                 f"{self.connection_file}"
             ) from None
         with self._engines_changed:
+            self._controller = (reply.content or {}).get("controller")
             for engine_id, uuid in (reply.content or {}).get("engines", {}).items():
                 self._add_engine(int(engine_id), uuid)
 
@@ -231,15 +241,48 @@ class Client:
                     wait = link_left if wait is None else min(wait, link_left)
                 self._engines_changed.wait(wait)
 
-    def _unreachable(self, doing: str) -> ConnectionError:
+    def _unreachable(self, doing: str, within: float | None = None) -> ConnectionError:
         lost = self._link_lost_at
         since = f"{time.monotonic() - lost:.1f} s ago" if lost is not None else "just now"
         return ConnectionError(
             f"{doing}: the controller at {self.addresses['hub']} did not answer: it is "
             f"unreachable (the connection dropped {since} and did not come back within "
-            f"{self.timeout} s). Is it running? A controller restarted with --restore is found "
-            "again by this client by itself."
+            f"{self.timeout if within is None else within} s). Is it running? A controller "
+            "restarted with --restore is found again by this client by itself."
         )
+
+    def wait_for_futures(
+        self,
+        pending: Iterable[futures.Future[Any]],
+        timeout: float | None,
+        doing: str,
+        *,
+        any_done: bool = False,
+    ) -> bool:
+        """Wait until every future (``any_done``: one) is done (True) or ``timeout`` passes
+        (False; None or negative: no limit). ConnectionError once the controller has been
+        unreachable for ``outage_grace`` seconds with some still pending: nothing could complete
+        them then. A controller back within the grace changes nothing."""
+        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
+        everything = list(pending)
+        waiting = [f for f in everything if not f.done()]
+        while waiting and not (any_done and len(waiting) < len(everything)):
+            now = time.monotonic()
+            lost = self._link_lost_at
+            step = LINK_CHECK
+            if lost is not None:
+                step = lost + self.outage_grace - now
+                if step <= 0:
+                    raise self._unreachable(doing, self.outage_grace)
+            if deadline is not None:
+                if deadline <= now:
+                    return False
+                step = min(step, deadline - now)
+            _, not_done = futures.wait(
+                waiting, step, futures.FIRST_COMPLETED if any_done else futures.ALL_COMPLETED
+            )
+            waiting = list(not_done)
+        return True
 
     def _wait_for_link(self, deadline: float, doing: str) -> None:
         """Return once the controller link is up; ConnectionError if not by ``deadline``."""
@@ -280,6 +323,7 @@ class Client:
                 if content.get("status") != "ok" or self._resync is None:
                     return
                 announced, self._resync = self._resync, None
+                self._controller = content.get("controller")
                 engines = {
                     int(engine_id): uuid
                     for engine_id, uuid in content.get("engines", {}).items()
@@ -290,10 +334,51 @@ class Client:
                 self._uuids = {u: i for i, u in engines.items()}
                 self._link_lost_at = None
                 self._engines_changed.notify_all()
+            self._recover(Recovery.of(self._unanswered()))
 
         def on_timeout() -> None:
             if self._records.pending.pop(msg.msg_id, None) is not None and self._io.link_up:
                 self._request_engine_table()
+
+        self._records.track_service(msg.msg_id, "hub", on_reply=on_reply)
+        self._io.send_now("hub", self.session.serialize(msg))
+        self._io.call_later(self.timeout, on_timeout)
+
+    def _unanswered(self) -> list[str]:
+        return [
+            msg_id
+            for msg_id, pending in list(self._records.pending.items())
+            if pending.kind == TASK and pending.channel in ("mux", "task")
+        ]
+
+    def _recover(self, recovery: Recovery) -> None:
+        """(I/O thread) After an outage: ask the Hub about requests still unanswered here
+        (see :mod:`corral.client.recovery`), until each is settled."""
+        msg_ids = recovery.to_ask(self._unanswered())
+        if not msg_ids or self._io.closed:
+            return
+        query = {"query": {"msg_id": {"$in": msg_ids}}, "keys": ["msg_id", "status"]}
+        msg = self.session.msg("db_request", query)
+
+        def on_reply(reply: Message) -> None:
+            records = (reply.content or {}).get("records") or []
+            plan = recovery.answered({r["msg_id"]: r.get("status", "") for r in records})
+            for msg_id in plan.lost:
+                self._records.fail(
+                    msg_id,
+                    ConnectionError(
+                        "the controller died before it recorded this request, so it never "
+                        "reached an engine; submit it again"
+                    ),
+                )
+            if plan.fetch:
+                self._fetch_results(plan.fetch, 0.0)
+            if plan.ask_again:
+                self._io.call_later(RECOVERY_PERIOD, lambda: self._recover(recovery))
+
+        def on_timeout() -> None:
+            if self._records.pending.pop(msg.msg_id, None) is not None and self._io.link_up:
+                self._recover(recovery)  # no answer but connected: ask again
 
         self._records.track_service(msg.msg_id, "hub", on_reply=on_reply)
         self._io.send_now("hub", self.session.serialize(msg))
@@ -468,10 +553,7 @@ class Client:
         all finished within ``timeout`` seconds."""
         msg_ids = list(self._records.outstanding) if jobs is None else self.msg_ids_of(jobs)
         pending = [self._records.futures[m] for m in msg_ids if m in self._records.futures]
-        if timeout is not None and timeout < 0:
-            timeout = None
-        _, not_done = futures.wait(pending, timeout)
-        return not not_done
+        return self.wait_for_futures(pending, timeout, "waiting for results")
 
     # ------------------------------------------------------------------ control calls
 
@@ -537,7 +619,7 @@ class Client:
         if targets is not None and not (targets == "all" and not self._engines):
             self._control("shutdown_request", {}, targets, True if hub else block, EngineError)
         if hub:
-            self._query("hub_shutdown_request", {})
+            self._query("hub_shutdown_request", self._meant_for())
 
     # ------------------------------------------------------------------ Hub queries
 
@@ -627,6 +709,11 @@ class Client:
             if not isinstance(record, dict):
                 continue
             count = int(record.get("buffer_count", 0))
+            future = self._records.futures.get(msg_id)
+            if future is not None and future.done():
+                offset += count
+                continue  # answered directly meanwhile
+            self._records.pending.pop(msg_id, None)  # settled from the store: a reply is late
             if isinstance(record.get("not_stored"), str):
                 self._records.complete_error(msg_id, ResultNotStored(record["not_stored"]))
                 continue
@@ -652,7 +739,21 @@ class Client:
             engine_ids = [targets]
         else:
             engine_ids = list(targets)  # type: ignore[arg-type]
-        self._query("purge_request", {"msg_ids": msg_ids, "engine_ids": engine_ids})
+        self._query(
+            "purge_request", {"msg_ids": msg_ids, "engine_ids": engine_ids, **self._meant_for()}
+        )
+
+    def purge_local_results(self, jobs: Any = "all") -> None:
+        """Forget what this client keeps of finished requests (``jobs``: msg_ids,
+        AsyncResults, or ``"all"``), so that its memory stays flat over any number of tasks;
+        AsyncResults already held keep their values. Pending requests are kept."""
+        msg_ids = list(self._records.futures) if jobs == "all" else self.msg_ids_of(jobs)
+        self._records.forget(msg_ids)
+
+    def _meant_for(self) -> dict[str, str]:
+        """The controller run a request that changes state is meant for: the Hub refuses it
+        if it reaches a later run (zmq queues a request sent while the controller is gone)."""
+        return {"controller": self._controller} if self._controller else {}
 
     def hub_history(self) -> list[str]:
         """Every msg_id the Hub has recorded, oldest first."""

@@ -43,7 +43,7 @@ from typing import Any, Protocol, cast
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from corral.errors import ConnectionError, ProtocolError
+from corral.errors import ConnectionError, ProtocolError, ReplayError
 from corral.protocol.session import Frame, Message, Session
 from corral.security import CurveKeys, make_client
 from corral.sockets import send_frames
@@ -414,6 +414,11 @@ class ClientIO:
             frames = sock.recv_multipart(copy=False)
             try:
                 msg = feed(frames)
+            except ReplayError as exc:
+                # engines send recent replies again after a controller restart: expected
+                self.rejected += 1
+                log.info("client: dropped a message received before: %s", exc)
+                continue
             except ProtocolError as exc:
                 self.rejected += 1
                 log.warning("client: dropped a message that does not parse: %s", exc)

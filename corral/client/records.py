@@ -310,6 +310,23 @@ class Records:
         self.outstanding.discard(msg_id)
         settle(self.futures.setdefault(msg_id, Future()), error, failed=True)
 
+    def forget(self, msg_ids: Iterable[str]) -> int:
+        """Drop what is kept of finished requests (results, metadata, history); requests still
+        pending are kept. How many were forgotten."""
+        dropped = set()
+        for msg_id in msg_ids:
+            future = self.futures.get(msg_id)
+            if msg_id in self.pending or (future is not None and not future.done()):
+                continue
+            self.futures.pop(msg_id, None)
+            self.results.pop(msg_id, None)
+            self.metadata.pop(msg_id, None)
+            self._streams_final.discard(msg_id)
+            dropped.add(msg_id)
+        if dropped:
+            self.history = [m for m in self.history if m not in dropped]
+        return len(dropped)
+
     def _fail(self, msg_id: str, pending: Pending, error: BaseException) -> None:
         if pending.kind == TASK:
             self.complete_error(msg_id, error)

@@ -380,12 +380,13 @@ class LoadBalancedView(View):
     Flags: ``targets`` (engine ids the tasks may use; None: any), ``retries`` (resubmissions
     after a failure), ``after`` (run once these tasks finished) and ``follow`` (run where these
     ran) as msg_ids, AsyncResults or a :class:`Dependency`, and ``timeout`` (seconds the
-    dependencies may take). Dependencies this client already knows to be met are left out of
-    the request; one that can no longer be met fails the task at once with
-    ImpossibleDependency, without sending it.
+    dependencies may take), and ``priority`` (an int, default 0: while tasks wait for a free
+    engine, higher priorities leave the queue first, equal ones in submission order).
+    Dependencies this client already knows to be met are left out of the request; one that can
+    no longer be met fails the task at once with ImpossibleDependency, without sending it.
     """
 
-    _flags = ("block", "targets", "retries", "after", "follow", "timeout")
+    _flags = ("block", "targets", "retries", "after", "follow", "timeout", "priority")
 
     def __init__(
         self,
@@ -396,12 +397,24 @@ class LoadBalancedView(View):
         after: Any = None,
         follow: Any = None,
         timeout: float | None = None,
+        priority: int = 0,
     ) -> None:
         super().__init__(client, targets, block)
         self.retries = retries
         self.after = after
         self.follow = follow
         self.timeout = timeout
+        self.priority = priority
+
+    @property
+    def priority(self) -> int:
+        return self._priority
+
+    @priority.setter
+    def priority(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"priority must be an int, not {value!r}")
+        self._priority = value
 
     @property
     def retries(self) -> int:
@@ -447,6 +460,8 @@ class LoadBalancedView(View):
             metadata["retries"] = self.retries
         if self.timeout is not None:
             metadata["timeout"] = self.timeout
+        if self.priority:
+            metadata["priority"] = self.priority
         return metadata
 
     def _submit(self, calls: Iterable[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[str]:

@@ -2,7 +2,9 @@
 
 ``with corral.Cluster(n=4) as rc:`` starts a controller process and four engine processes,
 waits until the client sees every engine, and on exit shuts them all down and makes sure no
-process is left behind, even when the body raised.
+process is left behind, even when the body raised. Meanwhile it supervises them
+(:mod:`corral.cluster.supervisor`): a controller that dies is started again with ``--restore``
+on the same ports and key, an engine that dies is started again under its engine id.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import psutil
 
 from corral.client.client import Client
 from corral.cluster.folders import hold, reclaim_temporary, release
+from corral.cluster.supervisor import RestartPolicy, Supervisor
 from corral.errors import ConnectionError, CorralError, TimeoutError
 
 CLIENT_FILE = "corral-client.json"
@@ -69,6 +72,8 @@ class Cluster:
     ``keep=True`` or an explicit ``cluster_id`` keeps the folder (and the results in it).
     ``store_buffer_limit``, ``store_size_limit`` and ``result_ttl`` bound the result store
     (``"64M"``, ``"2G"``, ``"7d"``, ``"none"``; None: the controller's defaults).
+    ``restart`` (default True) restarts a controller or engine that crashes, per
+    ``restart_policy``; ``restarts`` counts.
     """
 
     def __init__(
@@ -87,6 +92,8 @@ class Cluster:
         store_buffer_limit: str | int | None = None,
         store_size_limit: str | int | None = None,
         result_ttl: str | float | None = None,
+        restart: bool = True,
+        restart_policy: RestartPolicy | None = None,
     ) -> None:
         self.n = n
         self.temporary = cluster_id is None and not keep
@@ -110,6 +117,9 @@ class Cluster:
         self.controller: subprocess.Popen[bytes] | None = None
         self.engines: list[subprocess.Popen[bytes]] = []
         self.client: Client | None = None
+        self.restart = restart
+        self.restart_policy = restart_policy
+        self.supervisor: Supervisor | None = None
 
     # ------------------------------------------------------------ processes
 
@@ -172,21 +182,70 @@ class Cluster:
         started = []
         for _ in range(n):
             index = len(self.engines)
-            args = [
-                "engine",
-                "--file",
-                str(self.path / ENGINE_FILE),
-                "--log-level",
-                self.log_level,
-                "--owner-pid",
-                str(os.getpid()),
-                *self.engine_args,
-            ]
-            engine = self._spawn(args, f"engine-{index}.log")
+            engine = self._spawn_engine(index)
             self.engines.append(engine)
             started.append(engine)
+            if self.supervisor is not None:
+                self._supervise_engine(index)
         self._save_state()
         return started
+
+    def _spawn_engine(self, index: int) -> subprocess.Popen[bytes]:
+        """Engine ``index`` asks for engine id ``index``: started again, it keeps it."""
+        args = [
+            "engine",
+            "--file",
+            str(self.path / ENGINE_FILE),
+            "--log-level",
+            self.log_level,
+            "--owner-pid",
+            str(os.getpid()),
+            "--id",
+            str(index),
+            *self.engine_args,
+        ]
+        return self._spawn(args, f"engine-{index}.log")
+
+    # ------------------------------------------------------------ supervision
+
+    def supervise(self) -> None:
+        """Restart the controller and engines when they crash (``start`` calls this when
+        ``restart`` is set)."""
+        if self.supervisor is not None or self.controller is None:
+            return
+        self.supervisor = Supervisor(self.restart_policy, on_change=self._save_state)
+        self.supervisor.watch("controller", self.controller, self._restart_controller)
+        for index in range(len(self.engines)):
+            self._supervise_engine(index)
+
+    def _supervise_engine(self, index: int) -> None:
+        assert self.supervisor is not None
+
+        def restart() -> subprocess.Popen[bytes]:
+            self.engines[index] = self._spawn_engine(index)
+            return self.engines[index]
+
+        self.supervisor.watch(f"engine-{index}", self.engines[index], restart)
+
+    def _restart_controller(self) -> subprocess.Popen[bytes]:
+        if "--restore" not in self.controller_args:
+            self.controller_args.append("--restore")  # same ports, key and stored results
+        self.start_controller()
+        assert self.controller is not None
+        return self.controller
+
+    @property
+    def controller_gone(self) -> bool:
+        """The controller exited and will not be started again (stopped on purpose, no
+        supervision, or the supervisor gave up)."""
+        if self.controller is None or self.controller.poll() is None:
+            return False
+        return self.supervisor is None or "controller" in self.supervisor.given_up
+
+    @property
+    def restarts(self) -> dict[str, int]:
+        """How often the supervisor restarted each process (``controller``, ``engine-N``)."""
+        return self.supervisor.restarts if self.supervisor is not None else {}
 
     def _save_state(self) -> None:
         state = {
@@ -194,6 +253,7 @@ class Cluster:
             "controller_pid": self.controller.pid if self.controller else None,
             "engine_pids": [e.pid for e in self.engines if e.poll() is None],
             "temporary": self.temporary,
+            "restarts": self.restarts,
         }
         (self.path / STATE_FILE).write_text(json.dumps(state))
 
@@ -208,6 +268,8 @@ class Cluster:
             self.start_engines(self.n)
             self.client = self.connect()
             self.client.wait_for_engines(self.n, timeout=self.timeout)
+            if self.restart:
+                self.supervise()
         except BaseException:
             self.stop()
             raise
@@ -217,12 +279,19 @@ class Cluster:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Shut engines and controller down politely, then make sure they are gone."""
+        if self.supervisor is not None:
+            self.supervisor.stop()
+            self.supervisor = None
         client = self.client
         if client is None and self.controller is not None and self.controller.poll() is None:
             try:
                 client = self.connect()
             except CorralError:
                 client = None
+        if client is not None and (self.controller is None or self.controller.poll() is not None):
+            client.close()  # no controller to pass the shutdown on: end the processes below
+            client = self.client = None
+        asked = client is not None
         if client is not None:
             try:
                 client.shutdown(targets="all", hub=True, block=True)
@@ -231,7 +300,7 @@ class Cluster:
             client.close()
             self.client = None
         processes = [p for p in [*self.engines, self.controller] if p is not None]
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + (timeout if asked else 0.0)
         for process in processes:
             try:
                 process.wait(max(0.1, deadline - time.monotonic()))

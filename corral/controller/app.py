@@ -25,6 +25,7 @@ import orjson
 import zmq
 from zmq import devices as zmq_devices
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import recv_monitor_message
 
 from corral.controller.hub import Hub, Send, Stop
 from corral.controller.loop import drain
@@ -45,7 +46,9 @@ log = logging.getLogger("corral.controller")
 CLIENT_FILE = "corral-client.json"
 ENGINE_FILE = "corral-engine.json"
 STATS_FILE = "controller-stats.json"
+RESTORE_FILE = "controller-restore.json"  # key and ports for --restore; kept after a clean stop
 REGISTRATION_PING = 0.05  # seconds between repeated beats while an engine waits to register
+PROBE_PERIOD = 0.04  # seconds between probes of an engine whose connection closed
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,7 @@ class Controller:
         self.url = f"{config.transport}://{config.ip}"
         self._stopping = False
         self.signals: SignalWakeup | None = None  # set by run_controller: SIGTERM wakes the loop
+        self.failed = False  # stopped by a fault (the scheduler died), not on request
         self._devices: list[Any] = []
         self._scheduler: subprocess.Popen[bytes] | None = None
         self.hub: Hub | None = None
@@ -171,6 +175,10 @@ class Controller:
         self.notification, notify_port = self._bind(zmq.PUB, "notification")
         self.ping, ping_port = self._bind(zmq.PUB, "hb_ping")
         self.pong, pong_port = self._bind(zmq.ROUTER, "hb_pong")
+        # a dead engine's connections close at once: the pong socket's disconnections, mapped
+        # to engines by the file descriptor their pongs arrive on, make the Hub probe them
+        self.pong_events = self.pong.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._pong_fds: dict[int, str] = {}
         # two monitor SUBs: one bound for the scheduler's PUB (a curve server under --curve),
         # one connected to the devices' inproc PUBs (inproc has no wire, so no curve)
         self.monitor, monitor_port = self._bind(zmq.SUB)
@@ -256,6 +264,24 @@ class Controller:
                 "store": {"db": config.db.split(":")[0], **config.retention.describe()},
             },
         )
+        # what --restore needs outlives the connection files, which a clean stop removes
+        write_private_json(
+            config.cluster_path / RESTORE_FILE,
+            {
+                **common,
+                "notification": notify_port,
+                "mux": mux_client,
+                "control": control_client,
+                "task": task_client,
+                "iopub": iopub_client,
+                "mux_engine": mux_engine,
+                "control_engine": control_engine,
+                "task_engine": task_engine,
+                "iopub_engine": iopub_engine,
+                "hb_ping": ping_port,
+                "hb_pong": pong_port,
+            },
+        )
         write_private_json(
             config.cluster_path / ENGINE_FILE,
             {
@@ -312,12 +338,18 @@ class Controller:
         """The Hub loop: registration/queries, monitor copies, pongs, and a beat per period."""
         assert self.hub is not None
         poller = zmq.Poller()
-        for sock in (self.registration, self.monitor, self.queue_monitor, self.pong):
+        for sock in (
+            self.registration,
+            self.monitor,
+            self.queue_monitor,
+            self.pong,
+            self.pong_events,
+        ):
             poller.register(sock, zmq.POLLIN)
         if self.signals is not None:
             poller.register(self.signals.fileno(), zmq.POLLIN)
         period = self.config.heartbeat_period
-        next_beat = next_repeat = time.monotonic()
+        next_beat = next_repeat = next_probe = time.monotonic()
         while not self._stopping:
             now = time.monotonic()
             if now >= next_beat:
@@ -331,12 +363,21 @@ class Controller:
                 # it wait up to a whole period
                 self.ping.send(self.hub.hearts.payload())
                 next_repeat = now + REGISTRATION_PING
+            if self.hub.hearts.suspects and now >= next_probe:
+                payload, actions = self.hub.probe()
+                self.ping.send(payload)
+                self._perform(actions)
+                next_probe = now + PROBE_PERIOD
             wake = next_beat
             if self.hub.pending_registrations:
                 wake = min(wake, max(next_repeat, now))
+            if self.hub.hearts.suspects:
+                wake = min(wake, max(next_probe, now))
             events = dict(poller.poll(int(max(0.0, wake - time.monotonic()) * 1000)))
             if self.signals is not None and self.signals.fileno() in events:
                 self.signals.drain()  # the handler has run: _stopping is set
+            if self.pong_events in events:
+                self._on_pong_events()
             if self.pong in events:
                 self._drain(self.pong, self._on_pong)
             # copies before queries: a query then sees every task whose copy has arrived
@@ -347,7 +388,7 @@ class Controller:
                 self._drain(self.registration, self._on_request)
             if self._scheduler is not None and self._scheduler.poll() is not None:
                 log.error("the task scheduler exited (%s); stopping", self._scheduler.returncode)
-                self._stopping = True
+                self._stopping = self.failed = True
 
     def _drain(self, sock: zmq.Socket[Any], handle: Any) -> None:
         drain(sock, handle, self.counts, log)
@@ -357,7 +398,21 @@ class Controller:
             raise ProtocolError(f"heartbeat with {len(frames)} frames")
         assert self.hub is not None
         uuid = frames[0].bytes.decode("utf-8", "replace")
+        try:
+            self._pong_fds[int(frames[1].get(zmq.SRCFD))] = uuid
+        except zmq.ZMQError:
+            pass  # no descriptor for this frame: that engine is judged by its beats alone
         self._perform(self.hub.handle_pong(uuid, frames[1].bytes))
+
+    def _on_pong_events(self) -> None:
+        """Connections of the pong socket that closed: the engine behind each is probed."""
+        assert self.hub is not None
+        while self.pong_events.poll(0):
+            event = recv_monitor_message(self.pong_events)
+            uuid = self._pong_fds.pop(int(event["value"]), None)
+            if uuid is not None:
+                log.info("hub: the connection of engine %s closed; probing it", uuid)
+                self.hub.connection_closed(uuid)
 
     def _on_request(self, frames: list[zmq.Frame]) -> None:
         assert self.hub is not None
@@ -443,6 +498,9 @@ class Controller:
                 log.error("result store: %s", err)
         if self._authenticator is not None:
             self._authenticator.stop()
+        if hasattr(self, "pong_events"):
+            self.pong.disable_monitor()
+            self.pong_events.close(linger=0)
         self.context.destroy(linger=0)
         for name in (CLIENT_FILE, ENGINE_FILE):
             try:
@@ -496,9 +554,10 @@ def _connect_when_bound(sock: zmq.Socket[Any], address: str, timeout: float = 10
 
 
 def _previous_connection(cluster_path: Path) -> dict[str, Any]:
-    """Key and ports from the connection files a killed controller left behind."""
+    """Key and ports of the controller before: from the connection files a killed one left
+    behind, else from the restore file a cleanly stopped one kept."""
     merged: dict[str, Any] = {}
-    for name in (CLIENT_FILE, ENGINE_FILE):
+    for name in (RESTORE_FILE, CLIENT_FILE, ENGINE_FILE):
         try:
             merged.update(json.loads((cluster_path / name).read_text()))
         except (OSError, ValueError):
@@ -531,7 +590,8 @@ def _next_engine_id(store: Any) -> int:
 
 
 def run_controller(config: ControllerConfig) -> int:
-    """Run a controller in this process until SIGINT/SIGTERM or a hub shutdown request."""
+    """Run a controller in this process until SIGINT/SIGTERM or a hub shutdown request (exit
+    status 0), or a fault (1: a supervisor restarts it)."""
     controller = Controller(config)
     signal.signal(signal.SIGTERM, controller.request_stop)
     signal.signal(signal.SIGINT, controller.request_stop)
@@ -542,4 +602,4 @@ def run_controller(config: ControllerConfig) -> int:
     finally:
         controller.close()
         controller.signals.close()
-    return 0
+    return 1 if controller.failed else 0

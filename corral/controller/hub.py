@@ -94,12 +94,85 @@ class Hub:
         self.retired_ids: set[int] = set()  # ids of engines gone while this Hub runs
         self.told_stale: set[str] = set()
         self.rejected = 0
+        self.instance = self.hearts.instance.decode("ascii")
+        self.restored: dict[str, str | None] = {}  # pending before a restart: msg_id -> engine
+        self.reported: set[str] = set()  # restored or unknown tasks an engine says it holds
+        self.expected_from: dict[str, list[str]] = {}  # engine uuid -> those it reported
+        self.restored_until_beat = 0
 
     def restore(self) -> None:
         """After a restart: tasks the store still has pending may yet be answered by engines
         that survived, so their replies must be recorded when they come."""
         for record in self.store.find_records({"status": "pending"}, ["engine_uuid"]):
             self.pending[record["msg_id"]] = record.get("engine_uuid")
+        self.restored = dict(self.pending)
+        self.restored_until_beat = self.hearts.beat + 2 * self.hearts.max_misses
+
+    def _settle_restored(self) -> None:
+        """Tasks pending before the restart whose engine did not come back in time (or that
+        waited in the old scheduler, which is gone) can never be answered: fail them, so that
+        no client waits for them for ever."""
+        now = utcnow()
+        for msg_id, engine_uuid in self.restored.items():
+            if msg_id not in self.pending or msg_id in self.reported:
+                continue
+            del self.pending[msg_id]
+            if engine_uuid in self.by_uuid:
+                where = f"its engine {engine_uuid} came back without it: it never reached it"
+            elif engine_uuid:
+                where = f"its engine {engine_uuid} did not come back"
+            else:
+                where = "it waited in the task scheduler, which restarted empty"
+            content = error_content(
+                EngineError("EngineError", f"lost in a controller restart: {where}"), None, None
+            )
+            self.store.update_record(
+                msg_id,
+                {
+                    "status": "error",
+                    "result_content": content,
+                    "completed": now,
+                    "result_metadata": {"status": "error", "engine_uuid": engine_uuid},
+                },
+            )
+            log.warning("hub: task %s %s", msg_id, f"lost in the restart: {where}")
+        self.restored = {}
+        self.reported.clear()
+
+    def _expect_answers(self, uuid: str, msg_ids: Any) -> None:
+        """An engine back after a restart holds these tasks or sends their replies again:
+        the replies must be recorded, also of tasks this controller never saw recorded."""
+        if not isinstance(msg_ids, list) or not all(isinstance(m, str) for m in msg_ids):
+            raise InvalidContent("tasks must be a list of msg_ids")
+        msg_ids = msg_ids[:MAX_QUERY_IDS]
+        known = self.store.get_records([m for m in msg_ids if m not in self.pending])
+        self.expected_from[uuid] = msg_ids
+        for msg_id in msg_ids:
+            if msg_id in self.pending:
+                self.pending[msg_id] = uuid
+                self.reported.add(msg_id)
+            elif msg_id not in known:
+                self.pending[msg_id] = uuid
+                self.reported.add(msg_id)
+                self.store.add_record(
+                    msg_id,
+                    {
+                        "msg_id": msg_id,
+                        "header": {"msg_id": msg_id},
+                        "metadata": {},
+                        "content": {},
+                        "queue": None,
+                        "client_uuid": None,
+                        "engine_uuid": uuid,
+                        "engine_id": None,
+                        "submitted": None,
+                        "status": "pending",
+                        "started": None,
+                        "completed": None,
+                        "received": None,
+                        "resubmitted": False,
+                    },
+                )
 
     # ------------------------------------------------------------ registration
 
@@ -180,14 +253,15 @@ class Hub:
         in_use = {e.id for e in self.engines.values()} | {
             p.id for p in self.pending_registrations.values()
         }
-        if requested is not None and requested in in_use | self.retired_ids:
-            why = "is in use" if requested in in_use else "belonged to an engine that is gone"
+        # the id of an engine that is gone is never handed out unasked, but an engine may ask
+        # for it: a supervisor restarting a dead engine keeps its id
+        if requested is not None and requested in in_use:
             return [
                 self._reply(
                     idents,
                     msg,
                     "registration_reply",
-                    error_reply("RegistrationError", f"engine id {requested} {why}"),
+                    error_reply("RegistrationError", f"engine id {requested} is in use"),
                 )
             ]
         if requested is None:
@@ -199,6 +273,8 @@ class Hub:
             engine_id, uuid, self.hearts.beat + 2 * self.hearts.max_misses + 2
         )
         self.told_stale.discard(uuid)
+        if "tasks" in content:
+            self._expect_answers(uuid, content["tasks"])
         reply = ok_reply(
             id=engine_id, heartbeat_period=self.heartbeat_period, **self.engine_addresses
         )
@@ -227,16 +303,38 @@ class Hub:
 
     def _on_connection_request(self, idents: Sequence[bytes], msg: Message) -> list[Action]:
         engines = {str(e.id): e.uuid for e in self.engines.values()}
-        reply = ok_reply(engines=engines, **self.client_addresses)
+        reply = ok_reply(engines=engines, controller=self.instance, **self.client_addresses)
         return [self._reply(idents, msg, "connection_reply", reply)]
 
+    def _stale(self, msg: Message) -> str | None:
+        """Why a request that changes state must not act here: it names another run of the
+        controller (a zmq socket queues while it reconnects, so a request sent to a controller
+        that died reaches the one restarted in its place)."""
+        meant_for = (msg.content or {}).get("controller")
+        if meant_for is None or meant_for == self.instance:
+            return None
+        self.rejected += 1
+        log.warning("hub: ignored %s meant for controller run %s", msg.msg_type, meant_for)
+        return (
+            f"{msg.msg_type} was sent to an earlier run of this controller ({meant_for}; this "
+            f"one is {self.instance}) and is ignored: send it again if it is still meant"
+        )
+
     def _on_hub_shutdown_request(self, idents: Sequence[bytes], msg: Message) -> list[Action]:
+        stale = self._stale(msg)
+        if stale is not None:
+            content = error_reply("StaleRequest", stale)
+            return [self._reply(idents, msg, "hub_shutdown_reply", content)]
         return [self._reply(idents, msg, "hub_shutdown_reply", ok_reply()), Stop()]
 
     def _register(self, pending: PendingRegistration) -> list[Action]:
         entry = EngineEntry(pending.id, pending.uuid, utcnow())
         self.engines[entry.id] = entry
         self.by_uuid[entry.uuid] = entry
+        for msg_id in self.expected_from.pop(entry.uuid, []):
+            if msg_id in self.pending:
+                # no scheduler knows it now: if this engine dies, the Hub fails it
+                entry.queue[msg_id] = None
         log.info("hub: engine %d (%s) registered", entry.id, entry.uuid)
         return [
             Send("notification", "registration_notification", {"id": entry.id, "uuid": entry.uuid})
@@ -295,6 +393,8 @@ class Hub:
         except StoreError as err:  # a failing store must not stop the heartbeat
             log.error("hub: purging expired results failed: %s", err)
         actions: list[Action] = []
+        if self.restored and self.hearts.beat >= self.restored_until_beat:
+            self._settle_restored()
         for uuid in failed:
             entry = self.by_uuid.get(uuid)
             if entry is not None:
@@ -303,6 +403,7 @@ class Hub:
         for uuid, pending in list(self.pending_registrations.items()):
             if pending.expires_at_beat <= self.hearts.beat:
                 del self.pending_registrations[uuid]
+                self.expected_from.pop(uuid, None)
                 log.warning("hub: engine %s registered but its heart never beat", uuid)
         return payload, actions
 
@@ -315,6 +416,23 @@ class Hub:
             completed = entry.completed
             for msg_id in msg_ids:
                 completed.pop(msg_id, None)
+
+    def connection_closed(self, uuid: str) -> None:
+        """A connection of this engine closed (the app saw it on the pong socket): probe it."""
+        if uuid in self.by_uuid:
+            self.hearts.suspect(uuid)
+
+    def probe(self) -> tuple[bytes, list[Action]]:
+        """A probe to publish while engines are suspected; those that stopped answering are
+        unregistered as dead, as after missed beats (their late replies are ignored)."""
+        payload, failed = self.hearts.probe()
+        actions: list[Action] = []
+        for uuid in failed:
+            entry = self.by_uuid.get(uuid)
+            if entry is not None:
+                self.dropped.add(uuid)
+                actions.extend(self._unregister(entry, "its connections closed: it died"))
+        return payload, actions
 
     def handle_pong(self, uuid: str, payload: bytes) -> list[Action]:
         if uuid in self.by_uuid:
@@ -511,6 +629,9 @@ class Hub:
         return [self._reply(idents, msg, "result_reply", reply, buffers)]
 
     def _on_purge_request(self, idents: Sequence[bytes], msg: Message) -> list[Action]:
+        stale = self._stale(msg)
+        if stale is not None:
+            return [self._reply(idents, msg, "purge_reply", error_reply("StaleRequest", stale))]
         content = msg.content or {}
         msg_ids = content.get("msg_ids", [])
         engine_ids = content.get("engine_ids") or []

@@ -324,6 +324,9 @@ def _task_from(msg: Message) -> Task:
     retries = metadata.get("retries") or 0
     if isinstance(retries, bool) or not isinstance(retries, int):
         raise TypeError("retries must be an integer")
+    priority = metadata.get("priority") or 0
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise TypeError("priority must be an integer")
     return Task(
         msg_id=msg.msg_id,
         after=Dependency.from_wire(metadata.get("after")),
@@ -331,6 +334,7 @@ def _task_from(msg: Message) -> Task:
         targets=targets,
         timeout=float(timeout) if timeout is not None else None,
         retries=retries,
+        priority=priority,
     )
 
 

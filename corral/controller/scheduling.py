@@ -9,8 +9,9 @@ tested and profiled in milliseconds.
 A task moves through: waiting (dependencies unmet, in the :class:`DependencyGraph`) -> queued
 (ready, but no eligible engine has a free slot, or none is registered) -> running (dispatched)
 -> finished (one Complete or one Fail, never both, never twice). Retries send a running task
-back to queued. Queues keep FIFO order per engine, and no queued task ever has a registered,
-eligible engine with a free slot, so a freed slot is refilled from the queue heads alone.
+back to queued. Queues are ordered by ``priority`` (higher first), then FIFO, and no queued task
+ever has a registered, eligible engine with a free slot, so a freed slot is refilled from the
+queue heads alone: priorities order the queue, they never hold back a task an engine could take.
 
 Rules decided here (the shell and clients rely on them):
 
@@ -63,6 +64,7 @@ class Task:
     targets: frozenset[str] | None = None
     timeout: float | None = None
     retries: int = 0
+    priority: int = 0
 
     def __post_init__(self) -> None:
         if self.retries < 0:
@@ -149,7 +151,7 @@ class _Record:
         return (targets is None or engine.uuid in targets) and (pinned is None or engine in pinned)
 
 
-_Entry: TypeAlias = tuple[int, _Record]
+_Entry: TypeAlias = tuple[int, int, _Record]  # (-priority, seq, record): a heap key
 _Finished: TypeAlias = deque[tuple[_Record, bool, "_Engine | None"]]
 
 
@@ -174,8 +176,8 @@ class SchedulerCore:
         self._free: dict[str, _Engine] = {}  # registered engines below max_outstanding
         self._records: dict[str, _Record] = {}  # every unfinished task
         self._graph: DependencyGraph[_Engine] = DependencyGraph()
-        self._queue_any: deque[_Entry] = deque()  # queued tasks any engine may run
-        self._queue_for: dict[str, deque[_Entry]] = {}  # the others, under each allowed uuid
+        self._queue_any: list[_Entry] = []  # heap of queued tasks any engine may run
+        self._queue_for: dict[str, list[_Entry]] = {}  # heaps of the others, per allowed uuid
         self._deadlines: list[tuple[float, int, _Record]] = []
         self._running = 0
         self._seq = 0
@@ -394,9 +396,9 @@ class SchedulerCore:
         queue = self._queue_for.get(engine.uuid)
         if not queue:
             return
-        kept: deque[_Entry] = deque()
+        kept: list[_Entry] = []
         for entry in queue:
-            seq, record = entry
+            _, seq, record = entry
             if record.state != _QUEUED or record.seq != seq:
                 continue
             if record.pinned is None:
@@ -408,6 +410,7 @@ class SchedulerCore:
                 reason = f"follow ties task {msg_id} to engine {engine.uuid}, which is gone"
                 self._fail(record, ImpossibleDependency, reason, actions, finished)
         if kept:
+            heapq.heapify(kept)
             self._queue_for[engine.uuid] = kept
         else:
             del self._queue_for[engine.uuid]
@@ -427,26 +430,26 @@ class SchedulerCore:
             return
         self._seq += 1
         record.seq = self._seq
-        entry = (self._seq, record)
+        entry = (-record.task.priority, self._seq, record)
         if record.pinned is not None:
             uuids: Iterable[str] = [e.uuid for e in record.pinned]
         elif record.task.targets is not None:
             uuids = record.task.targets
         else:
-            self._queue_any.append(entry)
+            heapq.heappush(self._queue_any, entry)
             return
         for uuid in uuids:
             queue = self._queue_for.get(uuid)
             if queue is None:
-                queue = self._queue_for[uuid] = deque()
-            queue.append(entry)
+                queue = self._queue_for[uuid] = []
+            heapq.heappush(queue, entry)
             if len(queue) >= 64 and not len(queue) & (len(queue) - 1):
                 # entries go stale when another engine took the task: drop them now and then
-                # (at powers of two, so O(1) amortized), lest a queue for a uuid that never
+                # (at powers of two, so O(log n) amortized), lest a queue for a uuid that never
                 # registers grow with every task that names it
                 current = [queued for queued in queue if _is_current(queued)]
-                queue.clear()
-                queue.extend(current)
+                heapq.heapify(current)
+                queue[:] = current
 
     def _pick(self, record: _Record) -> _Engine | None:
         """A free engine the task may run on, chosen by the policy; None if there is none."""
@@ -486,18 +489,20 @@ class SchedulerCore:
         record.attempts += 1
 
     def _fill(self, engine: _Engine, actions: list[Action]) -> None:
-        """Give a freed (or new) engine the oldest queued tasks it may run, up to its cap."""
+        """Give a freed (or new) engine the queued tasks it may run, highest priority first and
+        oldest first among equals, up to its cap."""
         queue_any = self._queue_any
         queue_own = self._queue_for.get(engine.uuid)
+        heappop = heapq.heappop
         while engine.load < self.max_outstanding and (queue_any or queue_own):
             while queue_any and not _is_current(queue_any[0]):
-                queue_any.popleft()
-            while queue_own and not (_is_current(queue_own[0]) and queue_own[0][1].allows(engine)):
-                queue_own.popleft()
-            if queue_own and (not queue_any or queue_own[0][0] < queue_any[0][0]):
-                record = queue_own.popleft()[1]
+                heappop(queue_any)
+            while queue_own and not (_is_current(queue_own[0]) and queue_own[0][2].allows(engine)):
+                heappop(queue_own)
+            if queue_own and (not queue_any or queue_own[0][:2] < queue_any[0][:2]):
+                record = heappop(queue_own)[2]
             elif queue_any:
-                record = queue_any.popleft()[1]
+                record = heappop(queue_any)[2]
             else:
                 break
             self._dispatch(record, engine, actions)
@@ -514,7 +519,7 @@ class SchedulerCore:
 
 
 def _is_current(entry: _Entry) -> bool:
-    seq, record = entry
+    _, seq, record = entry
     return record.state == _QUEUED and record.seq == seq
 
 

@@ -39,6 +39,7 @@ from corral.sockets import send_frames
 
 from .connection import EngineConnectionInfo
 from .namespace import TASK_SIGNALS
+from .replies import ReplyLog
 from .runner import (
     MAIN_THREAD_CONTROL_TYPES,
     TASK_TYPES,
@@ -112,6 +113,7 @@ class IOThread:
         self._next_attempt = 0.0
         self._pending_registration: str | None = None
         self._sigint_watch: tuple[int, float] | None = None
+        self.replies = ReplyLog()
         main_ident = threading.main_thread().ident
         assert main_ident is not None
         self._main_ident = main_ident
@@ -153,10 +155,14 @@ class IOThread:
             content=content,
         )
 
-    def _send_registration(self, engine_id: int | None) -> str:
+    def _send_registration(self, engine_id: int | None, *, again: bool = False) -> str:
+        """``again``: to a controller that restarted, naming the tasks this engine holds and
+        the replies it will send again (:mod:`.replies`)."""
         content: dict[str, Any] = {"uuid": self.identity.uuid}
         if engine_id is not None:
             content["id"] = engine_id
+        if again:
+            content["tasks"] = self.replies.to_report()
         msg = self._registration_msg(content)
         assert self._registration is not None
         send_frames(self._registration, self.session.serialize(msg))
@@ -199,6 +205,7 @@ class IOThread:
         self.addresses = {name: str(content[name]) for name in ADDRESS_FIELDS}
         self.identity.id = int(content["id"])
         self.heartbeat_period = float(content.get("heartbeat_period", self.heartbeat_period))
+        self.replies.keep_for = 2 * self.heartbeat_period
         self.log.info("registered as engine %d (uuid %s)", self.identity.id, self.identity.uuid)
 
     def _dealer(self, name: bytes) -> zmq.Socket[Any]:
@@ -299,6 +306,8 @@ class IOThread:
         if sock is None or channel in (b"main", b"pings", b"registration"):
             self.log.error("main thread sent frames for unknown channel %r", channel)
             return
+        if channel in (b"mux", b"task"):
+            self.replies.replied(channel, frames[1:], time.monotonic())
         send_frames(sock, frames[1:])
 
     def _on_task(self, channel: bytes, frames: list[zmq.Frame]) -> None:
@@ -318,6 +327,7 @@ class IOThread:
         except InvalidContent as err:
             self._reply_error(channel, msg, err)
             return
+        self.replies.received(msg.msg_id)
         self.work.put(Request(channel, msg))
 
     # ------------------------------------------------------------------ control
@@ -378,6 +388,7 @@ class IOThread:
                 return
             reply = aborted_reply_msg(self.session, self.identity, request.msg, reason)
             frames = self.session.serialize(reply, request.msg.idents)
+            self.replies.replied(request.channel, frames, time.monotonic())
             send_frames(self._sockets[request.channel], frames)
 
     def deliver_signal(self, signum: int) -> None:
@@ -435,12 +446,22 @@ class IOThread:
         if any(str(content.get(name)) != self.addresses[name] for name in ADDRESS_FIELDS):
             self.shutdown(1, "the controller came back on other addresses", unregister=False)
         self._accept_registration(content)
+        resend = self.replies.to_resend()
+        if resend:
+            self.log.info(
+                "sending %d recent replies again to the restarted controller", len(resend)
+            )
+        for channel, reply in resend:
+            send_frames(self._sockets[channel], reply)
 
     def _on_ping(self, frames: list[zmq.Frame]) -> None:
         """Note the controller is alive. Pings are ``<beat>.<controller instance>``: a new
         instance is a restarted controller that does not know this engine: re-register now."""
         self._last_ping = time.monotonic()
-        instance = frames[-1].bytes.partition(b".")[2]
+        parts = frames[-1].bytes.split(b".")  # a probe adds ".<n>" after the instance
+        instance = parts[1] if len(parts) > 1 else b""
+        if instance == self._hub_instance:
+            self.replies.controller_alive(self._last_ping)
         if self._hub_instance is not None and instance != self._hub_instance and not self._lost:
             self.log.warning("the controller restarted; re-registering")
             self._lost = True
@@ -455,7 +476,7 @@ class IOThread:
             self.log.warning("no heartbeat from the controller for %.1f s", now - self._last_ping)
             self._lost = True
         if self._lost and now >= self._next_attempt:
-            self._pending_registration = self._send_registration(self.identity.id)
+            self._pending_registration = self._send_registration(self.identity.id, again=True)
             self._next_attempt = now + window
 
     # ------------------------------------------------------------------ exit

@@ -52,7 +52,7 @@ def _reply(msg_type: str) -> MessageSpec:
 
 _SPECS = [
     # -- registration and connection (Hub ROUTER) --
-    _spec("registration_request", {"uuid": (str,)}, {"id": (int,)}),
+    _spec("registration_request", {"uuid": (str,)}, {"id": (int,), "tasks": (list,)}),
     _reply("registration_reply"),
     _spec("unregistration_request", optional={"id": (int,), "uuid": (str,)}),
     _reply("unregistration_reply"),
@@ -70,13 +70,16 @@ _SPECS = [
         {"targets": INT_LIST, "statusonly": (bool,)},
     ),
     _reply("result_reply"),
-    _spec("purge_request", optional={"msg_ids": (list, str), "engine_ids": INT_LIST}),
+    _spec(
+        "purge_request",
+        optional={"msg_ids": (list, str), "engine_ids": INT_LIST, "controller": (str,)},
+    ),
     _reply("purge_reply"),
     _spec("history_request"),
     _reply("history_reply"),
     _spec("db_request", {"query": (dict,)}, {"keys": INT_LIST}),
     _reply("db_reply"),
-    _spec("hub_shutdown_request"),
+    _spec("hub_shutdown_request", optional={"controller": (str,)}),
     _reply("hub_shutdown_reply"),
     # -- scheduler to Hub --
     _spec("task_destination", {"msg_id": (str,), "engine_id": (str,)}),

@@ -42,7 +42,9 @@ def nap(seconds: float) -> float:
 @pytest.fixture
 def own_cluster(tmp_path: Path) -> Iterator[Cluster]:
     """A cluster this test may break (stop engines, kill the controller)."""
-    cluster = Cluster(n=2, cluster_dir=tmp_path, heartbeat_period=HEARTBEAT, timeout=30)
+    cluster = Cluster(
+        n=2, cluster_dir=tmp_path, heartbeat_period=HEARTBEAT, timeout=30, restart=False
+    )
     cluster.start()
     try:
         yield cluster

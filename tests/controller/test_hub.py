@@ -110,7 +110,9 @@ def test_dropped_heart_is_told_to_stop_once(hub: Hub) -> None:
     assert hub.handle_pong("paused", payload) == []
 
 
-def test_dropped_engine_cannot_register_again_and_its_id_is_retired(hub: Hub) -> None:
+def test_dropped_engine_cannot_register_again_and_its_id_is_only_given_when_asked(
+    hub: Hub,
+) -> None:
     register(hub, "paused")
     register(hub, "other")
     hub.handle_request([b"other"], request("unregistration_request", uuid="other"))
@@ -124,12 +126,14 @@ def test_dropped_engine_cannot_register_again_and_its_id_is_retired(hub: Hub) ->
     assert stop.msg_type == "unregistration_notification" and stop.idents == (b"paused",)
     payload, _ = hub.tick()
     assert hub.handle_pong("paused", payload) == []  # told once is enough
-    for engine_id in (0, 1):  # neither a dead nor a departed engine's id is given out again
-        (taken,) = hub.handle_request(
-            [b"new"], request("registration_request", uuid="new", id=engine_id)
-        )
-        assert taken.content["status"] == "error" and "gone" in taken.content["evalue"]
-    assert register(hub, "new") == 2
+    assert register(hub, "new") == 2  # neither a dead nor a departed engine's id unasked
+    # a restarted engine asks for its old id and gets it; an id in use is refused
+    assert register(hub, "restarted-0", id=0) == 0
+    (taken,) = hub.handle_request(
+        [b"other-0"], request("registration_request", uuid="other-0", id=0)
+    )
+    assert taken.content["status"] == "error" and "in use" in taken.content["evalue"]
+    assert register(hub, "restarted-1", id=1) == 1
 
 
 def test_late_reply_of_a_dropped_engine_is_not_recorded(hub: Hub) -> None:
@@ -276,3 +280,69 @@ def test_hub_shutdown(hub: Hub) -> None:
 def test_unknown_request_type_gets_error(hub: Hub) -> None:
     (reply,) = hub.handle_request([b"c"], request("clear_request"))
     assert reply.content["status"] == "error"
+
+
+def test_engine_whose_connection_closed_and_answers_no_probe_is_unregistered(hub: Hub) -> None:
+    register(hub, "killed")
+    register(hub, "alive")
+    req = submit_mux(hub, "killed")
+    hub.connection_closed("killed")
+    hub.connection_closed("alive")  # a descriptor reused by a live engine: it answers
+    notes = []
+    for _ in range(hub.hearts.probe_limit + 1):
+        payload, actions = hub.probe()
+        hub.handle_pong("alive", payload)
+        notes.extend(actions)
+    assert [(n.msg_type, n.content["uuid"]) for n in notes] == [
+        ("unregistration_notification", "killed")
+    ]
+    assert set(hub.by_uuid) == {"alive"}
+    record = hub.store.get_record(req.msg_id)
+    assert record["status"] == "error" and "died" in record["result_content"]["evalue"]
+    assert hub.tick()[1] == []  # failed once
+
+
+def test_state_changing_requests_meant_for_another_run_are_refused(hub: Hub) -> None:
+    (reply,) = hub.handle_request([b"c"], request("connection_request"))
+    assert reply.content["controller"] == hub.instance
+    for msg_type in ("hub_shutdown_request", "purge_request"):
+        (refused,) = hub.handle_request([b"c"], request(msg_type, controller="earlier"))
+        assert refused.content["ename"] == "StaleRequest", msg_type
+    (ok,) = hub.handle_request(
+        [b"c"], request("purge_request", msg_ids="all", controller=hub.instance)
+    )
+    assert ok.content["status"] == "ok"
+    ok, stop = hub.handle_request([b"c"], request("hub_shutdown_request", controller=hub.instance))
+    assert ok.content["status"] == "ok" and isinstance(stop, Stop)
+
+
+def restarted_hub(store: MemoryStore) -> Hub:
+    hub = Hub(store, ENGINE_ADDRESSES, CLIENT_ADDRESSES, heartbeat_period=1.0, max_misses=2)
+    hub.restore()
+    return hub
+
+
+def test_after_a_restart_tasks_no_engine_holds_are_failed_and_held_ones_recorded() -> None:
+    before = Hub(MemoryStore(), ENGINE_ADDRESSES, CLIENT_ADDRESSES, 1.0, max_misses=2)
+    register(before, "back")
+    register(before, "gone")
+    held = submit_mux(before, "back")
+    never_arrived = submit_mux(before, "back")
+    orphan = submit_mux(before, "gone")
+    hub = restarted_hub(before.store)
+    # the engine that came back holds one task and will resend a reply the store never saw
+    assert register(hub, "back", id=0, tasks=[held.msg_id, "unrecorded"]) == 0
+    assert hub.store.get_record("unrecorded")["status"] == "pending"
+    while hub.restored:
+        hub.tick()
+        hub.handle_pong("back", hub.hearts.payload())
+    for req in (never_arrived, orphan):
+        record = hub.store.get_record(req.msg_id)
+        assert record["status"] == "error", record
+        assert "lost in a controller restart" in record["result_content"]["evalue"]
+    assert hub.store.get_record(held.msg_id)["status"] == "pending"
+    late = session.msg("apply_reply", {"status": "ok"}, parent={"msg_id": "unrecorded"})
+    hub.handle_monitor(b"mux_out", [b"client-1", b"back"], late)
+    assert hub.store.get_record("unrecorded")["status"] == "ok"
+    hub.handle_monitor(b"mux_out", [b"client-1", b"back"], reply_for(held))
+    assert hub.store.get_record(held.msg_id)["status"] == "ok"

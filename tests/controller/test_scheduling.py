@@ -919,3 +919,37 @@ class SchedulerMachine(RuleBasedStateMachine):
 
 TestSchedulerMachine = SchedulerMachine.TestCase
 TestSchedulerMachine.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+
+# ---------------------------------------------------------------- priorities
+
+
+def test_higher_priorities_leave_the_queue_first_and_equal_ones_in_order() -> None:
+    sim = Sim(SchedulerCore(max_outstanding=1), engines=["e1"])
+    sim.submit("busy")
+    for msg_id, priority in [("low1", 0), ("high1", 5), ("low2", 0), ("mid", 2), ("high2", 5)]:
+        assert sim.submit(msg_id, priority=priority) == []
+    sim.drain()
+    ran = [a.msg_id for a in sim.log if isinstance(a, Dispatch)]
+    assert ran == ["busy", "high1", "high2", "mid", "low1", "low2"]
+
+
+def test_priority_never_holds_back_a_task_a_free_engine_can_take() -> None:
+    sim = Sim(SchedulerCore(max_outstanding=1), engines=["e1", "e2"])
+    sim.submit("busy", targets=frozenset({"e1"}))
+    assert dispatches(sim.submit("low", priority=-3)) == [("low", "e2")]
+
+
+def test_priorities_keep_targets_and_dependencies() -> None:
+    sim = Sim(SchedulerCore(max_outstanding=1), engines=["e1", "e2"])
+    sim.submit("a", targets=frozenset({"e1"}))
+    sim.submit("b", targets=frozenset({"e2"}))
+    sim.submit("after-a", priority=9, after=dep("a"))  # waits for a whatever its priority
+    sim.submit("on-e2", priority=1, targets=frozenset({"e2"}))
+    sim.submit("any", priority=0)
+    assert sim.core.task_state("after-a") == "waiting"
+    assert dispatches(sim.finish("b")) == [("on-e2", "e2")]  # e2: the highest it may run
+    # a's slot goes to the queue before its dependents wake (see task_finished)
+    assert dispatches(sim.finish("a")) == [("any", "e1")]
+    assert sim.core.task_state("after-a") == "queued"
+    assert dispatches(sim.finish("on-e2")) == [("after-a", "e2")]

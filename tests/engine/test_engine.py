@@ -110,7 +110,8 @@ def test_reregisters_when_pings_stop(controller: FakeController) -> None:
     controller.start_engine()
     controller.register(engine_id=0, period=0.05)
     again = controller.recv_type(controller.registration, "registration_request")
-    assert again.content == {"uuid": controller.uuid, "id": 0}
+    # it names the tasks it holds and the replies it would send again: none yet
+    assert again.content == {"uuid": controller.uuid, "id": 0, "tasks": []}
     content = {"status": "ok", "id": 4, "heartbeat_period": 0.05, **controller.addresses()}
     send_msg(
         controller.session,

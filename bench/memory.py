@@ -1,0 +1,122 @@
+"""Memory over a long run: 1,000,000 load-balanced tasks with purging, RSS sampled throughout.
+
+A cluster of ``--engines`` engines runs ``--tasks`` no-op load-balanced tasks (one request
+each, ``chunksize=1``) in batches of ``--batch``; after each batch the client purges the Hub's
+records (``purge_results("all")``) and its own (``purge_local_results("all")``). The resident
+memory of the client (this process), the controller (Hub), the task scheduler and the engines
+is sampled after every ``--sample`` tasks. Flat means: the last sample is within a small margin
+of the one after the first batch (warm caches).
+
+    .venv/bin/python bench/memory.py                      # 1,000,000 tasks
+    .venv/bin/python bench/memory.py --tasks 200000       # a shorter run
+
+Prints a table and writes ``bench/results/memory.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from corral import Cluster  # noqa: E402
+
+RESULTS = REPO_ROOT / "bench" / "results" / "memory.json"
+MB = 1024 * 1024
+
+
+def noop(x: int) -> int:
+    return x
+
+
+def rss(pid: int) -> float:
+    try:
+        return psutil.Process(pid).memory_info().rss / MB
+    except psutil.NoSuchProcess:
+        return float("nan")
+
+
+def sample(cluster: Cluster, done: int, started: float) -> dict[str, Any]:
+    assert cluster.controller is not None
+    controller = psutil.Process(cluster.controller.pid)
+    scheduler = [p.pid for p in controller.children() if "scheduler" in " ".join(p.cmdline())]
+    return {
+        "tasks": done,
+        "seconds": round(time.monotonic() - started, 1),
+        "client_mb": round(rss(psutil.Process().pid), 1),
+        "hub_mb": round(rss(controller.pid), 1),
+        "scheduler_mb": round(rss(scheduler[0]), 1) if scheduler else None,
+        "engines_mb": [round(rss(e.pid), 1) for e in cluster.engines],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=1_000_000)
+    parser.add_argument("--batch", type=int, default=10_000)
+    parser.add_argument("--sample", type=int, default=100_000)
+    parser.add_argument("--engines", type=int, default=2)
+    parser.add_argument("--db", default="sqlite")
+    parser.add_argument("--json", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="corral-memory-"))
+    samples: list[dict[str, Any]] = []
+    cluster = Cluster(args.engines, cluster_dir=base, db=args.db, timeout=120)
+    rc = cluster.start()
+    try:
+        view = rc.load_balanced_view()
+        started = time.monotonic()
+        done = 0
+        checksum = 0
+        while done < args.tasks:
+            count = min(args.batch, args.tasks - done)
+            result = view.map_async(noop, range(done, done + count), chunksize=1)
+            checksum += sum(result.get(timeout=600))
+            done += count
+            rc.purge_results("all")
+            rc.purge_local_results("all")
+            del result
+            if done == args.batch or done % args.sample == 0 or done == args.tasks:
+                samples.append(sample(cluster, done, started))
+                print(json.dumps(samples[-1]), flush=True)
+        expected = args.tasks * (args.tasks - 1) // 2
+        assert checksum == expected, f"wrong results: {checksum} != {expected}"
+    finally:
+        cluster.stop()
+    first, last = samples[0], samples[-1]
+    summary = {
+        "tasks": args.tasks,
+        "batch": args.batch,
+        "db": args.db,
+        "engines": args.engines,
+        "samples": samples,
+        "growth_mb": {
+            key: round(last[key] - first[key], 1)
+            for key in ("client_mb", "hub_mb", "scheduler_mb")
+            if first[key] is not None and last[key] is not None
+        },
+        "tasks_per_s": round(args.tasks / last["seconds"], 1),
+    }
+    print(f"{'tasks':>9} {'s':>7} {'client':>8} {'hub':>8} {'scheduler':>10}  (MB RSS)")
+    for row in samples:
+        print(
+            f"{row['tasks']:>9} {row['seconds']:>7} {row['client_mb']:>8} {row['hub_mb']:>8} "
+            f"{row['scheduler_mb']!s:>10}"
+        )
+    print("growth after the first batch:", summary["growth_mb"])
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+"""What the client does with requests in flight across a controller outage (sans-I/O)."""
+
+from __future__ import annotations
+
+from corral.client.recovery import UNKNOWN_CHECKS, Recovery
+
+
+def test_completed_at_the_hub_are_fetched_and_pending_ones_asked_again() -> None:
+    recovery = Recovery.of(["done", "running"])
+    assert sorted(recovery.to_ask(["done", "running"])) == ["done", "running"]
+    plan = recovery.answered({"done": "ok", "running": "pending"})
+    assert plan.fetch == ["done"] and plan.lost == [] and plan.ask_again
+    plan = recovery.answered({"running": "error"})
+    assert plan.fetch == ["running"] and not plan.ask_again
+
+
+def test_answered_here_meanwhile_is_forgotten() -> None:
+    recovery = Recovery.of(["a", "b"])
+    assert recovery.to_ask(["b"]) == ["b"]
+
+
+def test_unknown_to_the_hub_several_times_in_a_row_is_lost() -> None:
+    recovery = Recovery.of(["gone", "late"])
+    for _ in range(UNKNOWN_CHECKS - 1):
+        plan = recovery.answered({})
+        assert plan.lost == [] and plan.ask_again
+    plan = recovery.answered({"late": "pending"})  # recorded at last: the count starts over
+    assert plan.lost == ["gone"] and plan.ask_again
+    for _ in range(UNKNOWN_CHECKS - 1):
+        assert recovery.answered({}).lost == []

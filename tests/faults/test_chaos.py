@@ -1,0 +1,43 @@
+"""The chaos run (bench/chaos.py) at a size `make test` affords: load-balanced tasks with
+retries=2 while a seeded loop SIGKILLs random engines and twice the controller. Every task ends
+with exactly one final result, the Hub holds one finished record per task, no wait hung, and
+nothing is left running. The full 100,000-task run is the same script with --tasks 100000."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "chaos.py"
+TASKS = 1500
+
+
+@pytest.mark.timeout(600)
+def test_chaos_loses_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "chaos.json"
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPT), "--tasks", str(TASKS), "--seed", "7", "--json", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        log, _ = process.communicate(timeout=540)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    summary = json.loads(out.read_text())
+    print(json.dumps(summary, indent=2))
+    assert summary["controller_kills"] == 2 and summary["engine_kills"] >= 3, summary
+    assert not summary["hung"] and not summary["chaos_errors"], summary
+    assert summary["lost"] == 0 and summary["wrong_values"] == 0, summary
+    assert sum(summary["outcomes"].values()) == TASKS, summary
+    hub = summary["hub"]
+    assert hub["records"] == TASKS and hub["missing"] == hub["duplicated"] == hub["pending"] == 0
+    assert summary["left_behind"] == [], summary
+    assert process.returncode == 0, log[-3000:]
