@@ -78,6 +78,13 @@ def _controller_flags(parser: argparse.ArgumentParser) -> None:
         help="encrypt and authenticate every connection with CurveZMQ "
         "(for clusters that span machines)",
     )
+    parser.add_argument(
+        "--shm-threshold",
+        type=int,
+        default=1 << 20,
+        help="buffers of at least this many bytes go through shared memory between processes "
+        "on one host (default 1048576; 0 turns the fast path off)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,6 +142,7 @@ def _controller_args(args: argparse.Namespace) -> list[str]:
         flags.append("--insecure")
     if args.curve:
         flags.append("--curve")
+    flags += ["--shm-threshold", str(args.shm_threshold)]
     return flags
 
 
@@ -165,6 +173,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
         scheduler_policy=args.scheduler,
         max_outstanding=args.max_outstanding,
         curve=args.curve,
+        shm_threshold=args.shm_threshold,
     )
     exit_with_owner(args.owner_pid)
     return run_controller(config)

@@ -23,6 +23,7 @@ import psutil
 
 from corral.client.client import Client
 from corral.errors import ConnectionError, CorralError, TimeoutError
+from corral.sharedmem import cluster_prefix, sweep
 
 CLIENT_FILE = "corral-client.json"
 ENGINE_FILE = "corral-engine.json"
@@ -200,6 +201,7 @@ class Cluster:
                 process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 _terminate(process)
+        sweep(cluster_prefix(self.path))  # shared memory of processes that were killed
         (self.path / STATE_FILE).unlink(missing_ok=True)
 
     def __enter__(self) -> Client:
@@ -264,6 +266,8 @@ def stop_cluster(path: Path, timeout: float = 10.0) -> bool:
     _, alive = psutil.wait_procs(processes, timeout=timeout)
     for process in alive:
         process.kill()
+    psutil.wait_procs(alive, timeout=timeout)
+    sweep(cluster_prefix(path))  # shared memory of processes that were killed
     state_file.unlink(missing_ok=True)
     return was_running
 
