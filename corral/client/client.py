@@ -114,6 +114,11 @@ class Client:
     give DirectViews on some of them and ``rc.load_balanced_view()`` a view that lets the
     scheduler choose. ``history``, ``outstanding``, ``results`` and ``metadata`` record every
     request this client sent. Use it as a context manager, or call :meth:`close`.
+
+    ``shm_threshold`` overrides the cluster's size (bytes) from which buffers travel through
+    shared memory to and from engines on this host (0: never, for this client). A request's
+    segments live until the request settles; closing the client releases them, so a task the
+    scheduler still holds then fails with SharedMemoryRefused on its engine.
     """
 
     def __init__(
