@@ -29,12 +29,12 @@ demo: venv
 test: lint mongod
 	$(VPY) -m pytest -q
 
-# ipyparallel and dask live in their own environment: benchmark peers, never dependencies.
+# ipyparallel, dask and Ray live in their own environment: benchmark peers, never dependencies.
 $(BENCH_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install -q --upgrade pip
 	$(BENCH_VENV)/bin/pip install -q -e '.[numpy,mongodb]' 'ipyparallel==9.2.*' 'dask[distributed]' \
-		jupyter_client py-spy psutil
+		jupyter_client py-spy psutil ray
 	touch $@
 
 bench: $(BENCH_VENV)/.installed mongod

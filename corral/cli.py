@@ -108,6 +108,13 @@ def _controller_flags(parser: argparse.ArgumentParser) -> None:
         help="completed results older than this are purged: 12h, 7d ... "
         "(default 7d; 'none': kept until the size limit)",
     )
+    parser.add_argument(
+        "--shm-threshold",
+        type=int,
+        default=1 << 20,
+        help="buffers of at least this many bytes go through shared memory between processes "
+        "on one host (default 1048576; 0 turns the fast path off)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -188,6 +195,7 @@ def _controller_args(args: argparse.Namespace) -> list[str]:
     for flag in ("store_buffer_limit", "store_size_limit", "result_ttl"):
         if getattr(args, flag) is not None:
             flags += ["--" + flag.replace("_", "-"), getattr(args, flag)]
+    flags += ["--shm-threshold", str(args.shm_threshold)]
     return flags
 
 
@@ -234,6 +242,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
         scheduler_policy=args.scheduler,
         max_outstanding=args.max_outstanding,
         curve=args.curve,
+        shm_threshold=args.shm_threshold,
     )
     exit_with_owner(args.owner_pid)
     return run_controller(config)

@@ -49,6 +49,18 @@ class SerializationError(CorralError):
     """An object could not be serialized, or bytes could not be turned back into one."""
 
 
+class SharedMemoryRefused(ProtocolError):
+    """A shared-memory reference in a signed message that this process will not map: not one
+    of this cluster's segments (forged or guessed name, wrong prefix), of the wrong size or
+    owner, or already gone. The receiver logs it and never reads the segment."""
+
+
+class SharedMemoryError(CorralError):
+    """A buffer could not be put into shared memory: /dev/shm lacks the space, or refused the
+    write. Nothing was sent; free memory, or lower the load (``shm_threshold=0`` turns the
+    same-host fast path off)."""
+
+
 # ---------------------------------------------------------------- connection / cluster
 
 

@@ -23,11 +23,13 @@ table again, and the same Client object goes on working.
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent import futures
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from corral.client.asyncresult import AsyncResult
@@ -38,7 +40,7 @@ from corral.client.connection import (
     read_connection_file,
 )
 from corral.client.ioloop import ClientIO
-from corral.client.records import TASK, Records, parse_date
+from corral.client.records import SERVICE, TASK, Records, parse_date
 from corral.client.recovery import RECOVERY_PERIOD, Recovery
 from corral.errors import (
     ConnectionError,
@@ -47,15 +49,20 @@ from corral.errors import (
     NoEnginesRegistered,
     QueryError,
     ResultNotStored,
+    SharedMemoryRefused,
     TimeoutError,
 )
 from corral.protocol.session import Frame, Message, Session
+from corral.protocol.shm import METADATA_KEY, SegmentRef, Settings, encode_refs
 from corral.security import CurveKeys
+from corral.sharedmem import SharedMemory
 
 if TYPE_CHECKING:
     from corral.client.view import DirectView, LoadBalancedView
 
 __all__ = ["Client", "Target", "Targets"]
+
+log = logging.getLogger("corral.client")
 
 _DB_DATE_KEYS = ("submitted", "started", "completed", "received")
 
@@ -72,11 +79,25 @@ class _Handler:
         self.client = client
 
     def on_reply(self, msg: Message) -> None:
-        self.client._records.handle_reply(msg)
+        records = self.client._records
+        try:
+            msg = self.client._shm.resolve(msg)  # verified by the I/O thread already
+        except SharedMemoryRefused as err:
+            self.client._io.rejected += 1
+            log.warning("client: refused the buffers of a reply to %s: %s", msg.parent_id, err)
+            pending = records.pending.get(msg.parent_id or "")
+            if pending is None or pending.kind != SERVICE:
+                records.fail(msg.parent_id or "", err)
+                return
+            stripped = {k: v for k, v in msg.metadata.items() if k != METADATA_KEY}
+            msg = replace(msg, metadata=stripped, buffers=())
+        records.handle_reply(msg)
 
     def on_notification(self, msg: Message) -> None:
         content = msg.content or {}
         if msg.msg_type == "registration_notification":
+            if isinstance(content.get("shm_host"), str):
+                self.client._shm_hosts[content["uuid"]] = content["shm_host"]
             self.client._engine_registered(content["id"], content["uuid"])
         elif msg.msg_type == "unregistration_notification":
             self.client._engine_unregistered(content["id"], content["uuid"])
@@ -103,6 +124,11 @@ class Client:
     give DirectViews on some of them and ``rc.load_balanced_view()`` a view that lets the
     scheduler choose. ``history``, ``outstanding``, ``results`` and ``metadata`` record every
     request this client sent. Use it as a context manager, or call :meth:`close`.
+
+    ``shm_threshold`` overrides the cluster's size (bytes) from which buffers travel through
+    shared memory to and from engines on this host (0: never, for this client). A request's
+    segments live until the request settles; closing the client releases them, so a task the
+    scheduler still holds then fails with SharedMemoryRefused on its engine.
     """
 
     def __init__(
@@ -113,9 +139,12 @@ class Client:
         cluster_dir: str | os.PathLike[str] | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         outage_grace: float | None = None,
+        shm_threshold: int | None = None,
     ) -> None:
         self.connection_file = find_connection_file(connection_file, cluster_id, cluster_dir)
         info = read_connection_file(self.connection_file)
+        self._shm = SharedMemory(_shm_settings(info.get("shm"), shm_threshold))
+        self._shm_hosts: dict[str, str] = {}  # engine uuid -> host identity
         self.timeout = timeout
         self.outage_grace = timeout if outage_grace is None else outage_grace
         self.cluster_id: str = info.get("cluster_id") or cluster_id or "default"
@@ -149,6 +178,7 @@ class Client:
             ) from None
         with self._engines_changed:
             self._controller = (reply.content or {}).get("controller")
+            self._shm_hosts.update((reply.content or {}).get("engine_hosts") or {})
             for engine_id, uuid in (reply.content or {}).get("engines", {}).items():
                 self._add_engine(int(engine_id), uuid)
 
@@ -324,6 +354,7 @@ class Client:
                     return
                 announced, self._resync = self._resync, None
                 self._controller = content.get("controller")
+                self._shm_hosts.update(content.get("engine_hosts") or {})
                 engines = {
                     int(engine_id): uuid
                     for engine_id, uuid in content.get("engines", {}).items()
@@ -457,11 +488,20 @@ class Client:
         if target is not None and self._link_lost_at is not None:
             self._wait_for_link(time.monotonic() + self.timeout, msg_type)
         session = self.session
+        refs: list[SegmentRef] = []
+        if msg_type == "apply_request" and self._shm.enabled:
+            metadata = {**(metadata or {}), **self._shm.reader_metadata()}
+            if buffers and self._engines_share_host(channel, target):
+                buffers, refs = self._shm.export(buffers)  # held until this request settles
+                if refs:
+                    metadata[METADATA_KEY] = encode_refs(refs)
         msg = session.msg(msg_type, content, metadata=metadata, buffers=buffers)
         idents = (target[1].encode(),) if target is not None else ()
         frames = session.serialize(msg, idents)
         engine_id, uuid = target if target is not None else (None, None)
-        self._records.track(msg, channel, uuid, engine_id, in_history=in_history)
+        future = self._records.track(msg, channel, uuid, engine_id, in_history=in_history)
+        if refs:
+            future.add_done_callback(lambda _: self._shm.release(refs))
         if uuid is not None and uuid not in self._uuids:
             self._records.fail(msg.msg_id, _engine_gone(engine_id, uuid))
             return msg.msg_id
@@ -471,6 +511,18 @@ class Client:
             self._records.fail(msg.msg_id, exc)
             raise
         return msg.msg_id
+
+    def _engines_share_host(self, channel: str, target: Target | None) -> bool:
+        """Whether the engine(s) that may read a request see this process's shared memory:
+        the target, or for a load-balanced task every registered engine."""
+        if target is not None:
+            return self._shm.same_host(self._shm_hosts.get(target[1]))
+        uuids = list(self._uuids)
+        return (
+            channel == "task"
+            and bool(uuids)
+            and all(self._shm.same_host(self._shm_hosts.get(uuid)) for uuid in uuids)
+        )
 
     def fail_request(self, msg_type: str, metadata: dict[str, Any], error: BaseException) -> str:
         """Record a request that is never sent because it is known to fail (an impossible
@@ -485,7 +537,8 @@ class Client:
         QueryError if the Hub refused it."""
         deadline = time.monotonic() + self.timeout
         self._wait_for_link(deadline, msg_type)
-        msg = self.session.msg(msg_type, content)
+        metadata = self._shm.reader_metadata() if msg_type in _BUFFER_QUERIES else None
+        msg = self.session.msg(msg_type, content, metadata=metadata)
         future = self._records.track_service(msg.msg_id, "hub")
         try:
             self._io.send(b"hub", self.session.serialize(msg))
@@ -671,7 +724,11 @@ class Client:
     def _fetch_results(self, msg_ids: list[str], delay: float) -> None:
         """(I/O thread) Ask the Hub for results; ask again, backing off, while some are pending.
         No answer within ``timeout`` fails them with ConnectionError."""
-        msg = self.session.msg("result_request", {"msg_ids": msg_ids, "statusonly": False})
+        msg = self.session.msg(
+            "result_request",
+            {"msg_ids": msg_ids, "statusonly": False},
+            metadata=self._shm.reader_metadata(),
+        )
         records = self._records
 
         def on_reply(reply: Message) -> None:
@@ -780,6 +837,18 @@ class Client:
                 if isinstance(record.get(key), str):
                     record[key] = parse_date(record[key])
         return records
+
+
+_BUFFER_QUERIES = frozenset({"result_request", "db_request"})  # replies that carry buffers
+
+
+def _shm_settings(section: object, threshold: int | None) -> Settings | None:
+    """The cluster's fast-path settings from the connection file, with this client's own
+    ``threshold`` if given (0: off for this client)."""
+    settings = Settings.from_json(section)
+    if settings is None or threshold is None:
+        return settings
+    return replace(settings, threshold=threshold) if threshold > 0 else None
 
 
 def _engine_gone(engine_id: int | None, uuid: str) -> EngineError:

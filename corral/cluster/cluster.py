@@ -28,6 +28,7 @@ from corral.client.client import Client
 from corral.cluster.folders import hold, reclaim_temporary, release
 from corral.cluster.supervisor import RestartPolicy, Supervisor
 from corral.errors import ConnectionError, CorralError, TimeoutError
+from corral.sharedmem import cluster_prefix, sweep
 
 CLIENT_FILE = "corral-client.json"
 ENGINE_FILE = "corral-engine.json"
@@ -306,6 +307,7 @@ class Cluster:
                 process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 _terminate(process)
+        sweep(cluster_prefix(self.path))  # shared memory of processes that were killed
         lock, self._lock = self._lock, None
         if self.temporary:
             if lock is not None and not release(lock, self.path, remove_folder=True):
@@ -377,6 +379,8 @@ def stop_cluster(path: Path, timeout: float = 10.0) -> bool:
     _, alive = psutil.wait_procs(processes, timeout=timeout)
     for process in alive:
         process.kill()
+    psutil.wait_procs(alive, timeout=timeout)
+    sweep(cluster_prefix(path))  # shared memory of processes that were killed
     state_file.unlink(missing_ok=True)
     return was_running
 

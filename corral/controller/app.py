@@ -34,7 +34,15 @@ from corral.errors import CorralError, InvalidContent, ProtocolError, UnknownMes
 from corral.lifetime import SignalWakeup
 from corral.protocol.messages import KNOWN_TYPES, error_reply, validate_content
 from corral.protocol.session import Message, Session, frame_view, new_key, split_identities
+from corral.protocol.shm import (
+    DEFAULT_THRESHOLD,
+    METADATA_KEY,
+    SegmentRef,
+    Settings,
+    encode_refs,
+)
 from corral.security import CurveKeys, make_server, server_options, start_authenticator
+from corral.sharedmem import SharedMemory, cluster_prefix, host_identity
 from corral.sockets import send_frames
 
 # pyzmq's device classes carry no type hints: typed here as Any, once
@@ -49,6 +57,7 @@ STATS_FILE = "controller-stats.json"
 RESTORE_FILE = "controller-restore.json"  # key and ports for --restore; kept after a clean stop
 REGISTRATION_PING = 0.05  # seconds between repeated beats while an engine waits to register
 PROBE_PERIOD = 0.04  # seconds between probes of an engine whose connection closed
+SHM_SWEEP_PERIOD = 2.0  # seconds between sweeps of the segments of dead processes
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,7 @@ class ControllerConfig:
     scheduler: bool = True
     curve: bool = False
     retention: RetentionSettings = field(default_factory=RetentionSettings)
+    shm_threshold: int = DEFAULT_THRESHOLD  # bytes; 0 turns the same-host fast path off
 
 
 def write_private_json(path: Path, data: dict[str, Any]) -> None:
@@ -112,6 +122,7 @@ class Controller:
         self.curve = CurveKeys.generate() if config.curve else None
         self._authenticator: ThreadAuthenticator | None = None
         self.counts = {"rejected": 0, "monitored": 0, "queries": 0}
+        self.shm = SharedMemory(_shm_settings(config))
 
     # ------------------------------------------------------------ start
 
@@ -166,6 +177,7 @@ class Controller:
     def start(self) -> None:
         config = self.config
         make_private_dir(config.cluster_path)
+        self.shm.sweep()  # what crashed processes of an earlier run left in /dev/shm
         self.store = open_store(
             config.db, config.cluster_path, config.cluster_id, retention=config.retention
         )
@@ -252,6 +264,8 @@ class Controller:
         }
         if self.curve is not None:
             common["curve"] = self.curve.to_connection()
+        if self.shm.settings is not None:
+            common["shm"] = self.shm.settings.to_json()
         write_private_json(
             config.cluster_path / CLIENT_FILE,
             {
@@ -349,9 +363,12 @@ class Controller:
         if self.signals is not None:
             poller.register(self.signals.fileno(), zmq.POLLIN)
         period = self.config.heartbeat_period
-        next_beat = next_repeat = next_probe = time.monotonic()
+        next_beat = next_repeat = next_probe = next_sweep = time.monotonic()
         while not self._stopping:
             now = time.monotonic()
+            if now >= next_sweep:
+                self.shm.sweep()
+                next_sweep = now + SHM_SWEEP_PERIOD
             if now >= next_beat:
                 payload, actions = self.hub.tick()
                 self.ping.send(payload)
@@ -444,7 +461,7 @@ class Controller:
         full = Message(
             msg.header, msg.parent_header, msg.metadata, content, msg.buffers, msg.idents
         )
-        self._perform(self.hub.handle_request(idents, full))
+        self._perform(self.hub.handle_request(idents, full), msg.metadata)
 
     def _on_monitor(self, frames: list[zmq.Frame]) -> None:
         assert self.hub is not None
@@ -452,25 +469,55 @@ class Controller:
         idents, msg_frames = split_identities(frames[1:])
         msg = self.session.deserialize(msg_frames, content=True, idents=idents)
         self.counts["monitored"] += 1
-        self.hub.handle_monitor(prefix, idents, msg)
+        self.hub.handle_monitor(prefix, idents, self._shm_resolve(prefix, msg))
 
-    def _perform(self, actions: list[Send | Stop]) -> None:
+    def _shm_resolve(self, prefix: bytes, msg: Message) -> Message:
+        """A monitored reply with its segments mapped (the Hub records the data, never a
+        reference); a request without its references (the Hub does not keep its buffers).
+        A reply whose segments cannot be mapped is recorded as an error that says why."""
+        if METADATA_KEY not in msg.metadata:
+            return msg
+        if not prefix.endswith(b"_out"):
+            return self.shm.strip(msg)
+        try:
+            return self.shm.resolve(msg)
+        except ProtocolError as err:
+            self.counts["rejected"] += 1
+            log.warning("hub: the result of %s is not recorded: %s", msg.parent_id, err)
+            content = error_reply(type(err).__name__, f"the result's data was lost: {err}")
+            return Message(msg.header, msg.parent_header, msg.metadata, content, (), msg.idents)
+
+    def _perform(
+        self, actions: list[Send | Stop], request_metadata: dict[str, Any] | None = None
+    ) -> None:
         for action in actions:
             if isinstance(action, Stop):
                 log.info("hub: shutdown requested")
                 self._stopping = True
             else:
-                self._send(action)
+                self._send(action, request_metadata)
 
-    def _send(self, action: Send) -> None:
+    def _send(self, action: Send, request_metadata: dict[str, Any] | None = None) -> None:
         sock = self.registration if action.channel == "registration" else self.notification
-        msg = self.session.msg(
-            action.msg_type, action.content, action.parent, buffers=action.buffers
-        )
+        content, buffers = action.content, list(action.buffers)
+        metadata: dict[str, Any] = {}
+        refs: list[SegmentRef] = []
+        if action.msg_type == "registration_reply" and self.shm.settings is not None:
+            content = {**content, "shm": self.shm.settings.to_json()}
+        elif buffers and request_metadata:
+            try:
+                buffers, refs = self.shm.export_reply(request_metadata, buffers, hub_reads=False)
+            except CorralError as err:  # no room in /dev/shm: the socket path still works
+                log.warning("hub: %s sent without shared memory: %s", action.msg_type, err)
+            if refs:
+                metadata = {METADATA_KEY: encode_refs(refs)}
+        msg = self.session.msg(action.msg_type, content, action.parent, metadata, buffers)
         try:
             send_frames(sock, self.session.serialize(msg, action.idents))
         except zmq.ZMQError as err:
             log.warning("could not send %s: %s", action.msg_type, err)
+        finally:
+            self.shm.release(refs)
 
     # ------------------------------------------------------------ stop
 
@@ -502,6 +549,7 @@ class Controller:
             self.pong.disable_monitor()
             self.pong_events.close(linger=0)
         self.context.destroy(linger=0)
+        self.shm.sweep(final=True)
         for name in (CLIENT_FILE, ENGINE_FILE):
             try:
                 (self.config.cluster_path / name).unlink()
@@ -532,6 +580,15 @@ class Controller:
             write_private_json(self.config.cluster_path / STATS_FILE, stats)
         except OSError as err:
             log.warning("could not write %s: %s", STATS_FILE, err)
+
+
+def _shm_settings(config: ControllerConfig) -> Settings | None:
+    """The cluster's fast-path settings; None (off) when turned off, on an unsigned cluster
+    (a reference must come with a signature) or without a usable /dev/shm."""
+    host = host_identity()
+    if config.shm_threshold <= 0 or not config.key or host is None:
+        return None
+    return Settings(cluster_prefix(config.cluster_path), host, config.shm_threshold, os.getpid())
 
 
 def _with_key(config: ControllerConfig, key: bytes) -> ControllerConfig:

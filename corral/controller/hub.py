@@ -52,6 +52,7 @@ class EngineEntry:
     id: int
     uuid: str
     registered: str
+    shm_host: str | None = None  # host identity for the same-host fast path (corral.sharedmem)
     queue: dict[str, None] = field(default_factory=dict)  # MUX msg_ids sent, not answered
     tasks: dict[str, None] = field(default_factory=dict)  # load-balanced msg_ids in flight
     completed: dict[str, None] = field(default_factory=dict)
@@ -62,6 +63,7 @@ class PendingRegistration:
     id: int
     uuid: str
     expires_at_beat: int
+    shm_host: str | None = None
 
 
 class Hub:
@@ -270,7 +272,10 @@ class Hub:
             engine_id = requested
         self.next_id = max(self.next_id, engine_id + 1)
         self.pending_registrations[uuid] = PendingRegistration(
-            engine_id, uuid, self.hearts.beat + 2 * self.hearts.max_misses + 2
+            engine_id,
+            uuid,
+            self.hearts.beat + 2 * self.hearts.max_misses + 2,
+            content.get("shm_host"),
         )
         self.told_stale.discard(uuid)
         if "tasks" in content:
@@ -303,7 +308,10 @@ class Hub:
 
     def _on_connection_request(self, idents: Sequence[bytes], msg: Message) -> list[Action]:
         engines = {str(e.id): e.uuid for e in self.engines.values()}
-        reply = ok_reply(engines=engines, controller=self.instance, **self.client_addresses)
+        hosts = {e.uuid: e.shm_host for e in self.engines.values() if e.shm_host}
+        reply = ok_reply(
+            engines=engines, controller=self.instance, engine_hosts=hosts, **self.client_addresses
+        )
         return [self._reply(idents, msg, "connection_reply", reply)]
 
     def _stale(self, msg: Message) -> str | None:
@@ -328,7 +336,7 @@ class Hub:
         return [self._reply(idents, msg, "hub_shutdown_reply", ok_reply()), Stop()]
 
     def _register(self, pending: PendingRegistration) -> list[Action]:
-        entry = EngineEntry(pending.id, pending.uuid, utcnow())
+        entry = EngineEntry(pending.id, pending.uuid, utcnow(), pending.shm_host)
         self.engines[entry.id] = entry
         self.by_uuid[entry.uuid] = entry
         for msg_id in self.expected_from.pop(entry.uuid, []):
@@ -336,9 +344,10 @@ class Hub:
                 # no scheduler knows it now: if this engine dies, the Hub fails it
                 entry.queue[msg_id] = None
         log.info("hub: engine %d (%s) registered", entry.id, entry.uuid)
-        return [
-            Send("notification", "registration_notification", {"id": entry.id, "uuid": entry.uuid})
-        ]
+        content: dict[str, Any] = {"id": entry.id, "uuid": entry.uuid}
+        if entry.shm_host:
+            content["shm_host"] = entry.shm_host
+        return [Send("notification", "registration_notification", content)]
 
     def _unregister(self, entry: EngineEntry, why: str) -> list[Action]:
         del self.engines[entry.id]

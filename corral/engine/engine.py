@@ -27,6 +27,7 @@ import zmq
 from corral.errors import ConnectionError, CorralError
 from corral.lifetime import exit_with_owner
 from corral.protocol.session import Frame, Session
+from corral.sharedmem import SharedMemory
 from corral.sockets import send_frames
 
 from .connection import EngineConnectionInfo, engine_connection_file
@@ -84,6 +85,7 @@ class Engine:
         self.context: zmq.Context[Any] = zmq.Context()
         self.work = WorkQueue()
         self.gate = InterruptGate()
+        self.shm = SharedMemory()  # the registration reply turns it on (same host, enabled)
         self.runner = TaskRunner(
             self.session,
             self.identity,
@@ -94,6 +96,7 @@ class Engine:
             gate=self.gate,
             log=self.log,
             max_result_bytes=max_result_bytes,
+            shm=self.shm,
         )
         self._inproc = f"inproc://corral-engine-{self.identity.uuid}"
         self._push: zmq.Socket[Any] | None = None
@@ -127,6 +130,7 @@ class Engine:
             unregister_timeout=self.unregister_timeout,
             missed_beats=self.missed_beats,
             log=self.log,
+            shm=self.shm,
         )
         io.start()
         io.registered.wait()

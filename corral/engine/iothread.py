@@ -31,10 +31,12 @@ import zmq
 import zmq.utils.garbage
 from zmq.devices import ThreadDevice
 
-from corral.errors import InvalidContent, ProtocolError, UnknownMessageType
+from corral.errors import InvalidContent, ProtocolError, SharedMemoryRefused, UnknownMessageType
 from corral.protocol.messages import validate_content
 from corral.protocol.session import Message, Session, utcnow
+from corral.protocol.shm import Settings
 from corral.security import client_options, make_client
+from corral.sharedmem import SharedMemory
 from corral.sockets import send_frames
 
 from .connection import EngineConnectionInfo
@@ -83,7 +85,9 @@ class IOThread:
         unregister_timeout: float,
         missed_beats: int,
         log: logging.Logger,
+        shm: SharedMemory | None = None,
     ) -> None:
+        self.shm = shm or SharedMemory()
         self.context = context
         self.session = session
         self.identity = identity
@@ -163,6 +167,8 @@ class IOThread:
             content["id"] = engine_id
         if again:
             content["tasks"] = self.replies.to_report()
+        if self.shm.host is not None:
+            content["shm_host"] = self.shm.host
         msg = self._registration_msg(content)
         assert self._registration is not None
         send_frames(self._registration, self.session.serialize(msg))
@@ -206,6 +212,7 @@ class IOThread:
         self.identity.id = int(content["id"])
         self.heartbeat_period = float(content.get("heartbeat_period", self.heartbeat_period))
         self.replies.keep_for = 2 * self.heartbeat_period
+        self.shm.configure(Settings.from_json(content.get("shm")))
         self.log.info("registered as engine %d (uuid %s)", self.identity.id, self.identity.uuid)
 
     def _dealer(self, name: bytes) -> zmq.Socket[Any]:
@@ -313,6 +320,13 @@ class IOThread:
     def _on_task(self, channel: bytes, frames: list[zmq.Frame]) -> None:
         msg = self._decode(channel, frames)
         if msg is None:
+            return
+        try:
+            msg = self.shm.resolve(msg)  # verified above: only then is a reference mapped
+        except SharedMemoryRefused as err:
+            self.rejected += 1
+            self.log.warning("refused the buffers of %s: %s", msg.msg_id, err)
+            self._reply_error(channel, msg, err)
             return
         if msg.msg_type not in TASK_TYPES:
             where = "belongs on the control channel" if msg.msg_type in CONTROL_TYPES else ""

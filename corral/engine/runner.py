@@ -18,9 +18,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from corral.errors import SerializationError, TaskAborted, error_content
+from corral.errors import SerializationError, SharedMemoryError, TaskAborted, error_content
 from corral.protocol.serialize import serialize_object, unpack_apply_message
 from corral.protocol.session import Frame, JSONDict, Message, Session, utcnow
+from corral.protocol.shm import METADATA_KEY, SegmentRef, encode_refs
+from corral.sharedmem import SharedMemory
 
 from .interrupts import InterruptGate
 from .namespace import Namespace, OutputCapture, strip_engine_frames
@@ -175,7 +177,8 @@ class TaskRunner:
     for many small tasks those two messages were a sixth of the cluster's CPU per task.
 
     ``max_result_bytes`` bounds the serialized size of one apply result: a larger one is
-    answered with a SerializationError instead (None: no limit).
+    answered with a SerializationError instead (None: no limit). ``shm`` (the same-host fast
+    path) puts a large result into shared memory when the requester can map it.
     """
 
     def __init__(
@@ -190,7 +193,9 @@ class TaskRunner:
         gate: InterruptGate | None = None,
         log: logging.Logger | None = None,
         max_result_bytes: int | None = None,
+        shm: SharedMemory | None = None,
     ) -> None:
+        self.shm = shm
         self.session = session
         self.max_result_bytes = max_result_bytes
         self.identity = identity
@@ -233,14 +238,19 @@ class TaskRunner:
             self._control(request)
             return
         self.gate.arm(msg.msg_id)
+        refs: list[SegmentRef] = []
         try:
-            reply = self._run(msg)
+            reply, refs = self._run(msg)
         except Exception as exc:  # a bug of the engine, not user code: still answer
             self.log.exception("engine error while running %s %s", msg.msg_type, msg.msg_id)
             reply = error_reply_msg(self.session, self.identity, msg, exc)
         finally:
             self.gate.disarm()
-        self.send_msg(request.channel, reply, msg.idents)
+        try:
+            self.send_msg(request.channel, reply, msg.idents)
+        finally:
+            if self.shm is not None:
+                self.shm.release(refs)  # the readers' own links keep the result alive
         if msg.msg_type == "execute_request":
             self.publish("status", {"execution_state": "idle"}, msg)
 
@@ -259,8 +269,9 @@ class TaskRunner:
             )
         self.send_msg(request.channel, reply, msg.idents)
 
-    def _run(self, msg: Message) -> Message:
-        """Run the task with its output captured; the reply to send."""
+    def _run(self, msg: Message) -> tuple[Message, list[SegmentRef]]:
+        """Run the task with its output captured; the reply to send, and the shared-memory
+        segments its buffers became (to release once it is sent)."""
         started = utcnow()
         content = msg.content or {}
         is_execute = msg.msg_type == "execute_request"
@@ -287,6 +298,12 @@ class TaskRunner:
                     self.gate.leave_task()
             except BaseException as exc:  # user code may raise anything, SystemExit included
                 failure = exc
+        refs: list[SegmentRef] = []
+        if failure is None and buffers and self.shm is not None:
+            try:
+                buffers, refs = self.shm.export_reply(msg.metadata, buffers, hub_reads=True)
+            except SharedMemoryError as exc:
+                failure = exc
         if isinstance(failure, KeyboardInterrupt) and self.gate.aborted:
             failure = self._aborted_while_running(msg, failure)
 
@@ -297,6 +314,8 @@ class TaskRunner:
             buffers = []
         else:
             reply_content = {"status": "ok"}
+            if refs:
+                extra[METADATA_KEY] = encode_refs(refs)
         if is_execute:
             count = self.namespace.execution_count
             reply_content["execution_count"] = count
@@ -314,9 +333,10 @@ class TaskRunner:
             output.stderr,
             **extra,
         )
-        return self.session.msg(
+        reply = self.session.msg(
             reply_type(msg.msg_type), reply_content, parent=msg, metadata=metadata, buffers=buffers
         )
+        return reply, refs
 
     def _aborted_while_running(self, msg: Message, interrupt: KeyboardInterrupt) -> TaskAborted:
         """The error of a task an abort_request interrupted: TaskAborted, with the traceback

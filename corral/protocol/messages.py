@@ -52,14 +52,18 @@ def _reply(msg_type: str) -> MessageSpec:
 
 _SPECS = [
     # -- registration and connection (Hub ROUTER) --
-    _spec("registration_request", {"uuid": (str,)}, {"id": (int,), "tasks": (list,)}),
+    _spec("registration_request", {"uuid": (str,)}, {"id": (int,), "shm_host": (str,)}),
     _reply("registration_reply"),
     _spec("unregistration_request", optional={"id": (int,), "uuid": (str,)}),
     _reply("unregistration_reply"),
     _spec("connection_request"),
     _reply("connection_reply"),
     # -- notifications (Hub PUB) --
-    _spec("registration_notification", {"id": (int,), "uuid": (str,)}),
+    _spec(
+        "registration_notification",
+        {"id": (int,), "uuid": (str,)},
+        {"shm_host": (str,)},
+    ),
     _spec("unregistration_notification", {"id": (int,), "uuid": (str,)}),
     # -- client queries (Hub ROUTER) --
     _spec("queue_request", optional={"verbose": (bool,), "targets": INT_LIST}),

@@ -16,6 +16,7 @@ import numpy as np
 from corral.protocol.references import Reference, interactive
 from corral.protocol.serialize import deserialize_object, pack_apply_message
 from corral.protocol.session import Message, Session
+from corral.sharedmem import host_identity
 from tests.engine.controller_double import WAIT, FakeController, is_idle
 from tests.polling import until
 from tests.wire import send_msg
@@ -62,7 +63,7 @@ def interrupt(controller: FakeController) -> None:
 def test_registration_and_heartbeat_during_a_busy_loop(controller: FakeController) -> None:
     engine = controller.start_engine()
     request = controller.register(engine_id=0)
-    assert set(request.content or {}) == {"uuid"}
+    assert set(request.content or {}) == {"uuid", "shm_host"}  # shm_host: corral.sharedmem
     controller.wait_pong()
     controller.warm_iopub()
     code = "import time\nend = time.monotonic() + 1\nwhile time.monotonic() < end:\n    pass"
@@ -85,7 +86,7 @@ def test_registration_and_heartbeat_during_a_busy_loop(controller: FakeControlle
 def test_refused_registration_exits_with_the_reason(controller: FakeController) -> None:
     engine = controller.start_engine("--uuid", "my-engine-uuid", "--id", "3")
     request = controller.recv_type(controller.registration, "registration_request")
-    assert request.content == {"uuid": "my-engine-uuid", "id": 3}
+    assert request.content == {"uuid": "my-engine-uuid", "id": 3, "shm_host": host_identity()}
     assert request.idents == (b"my-engine-uuid",)
     content = {"status": "error", "ename": "RegistrationError", "evalue": "uuid already in use"}
     send_msg(
@@ -111,7 +112,12 @@ def test_reregisters_when_pings_stop(controller: FakeController) -> None:
     controller.register(engine_id=0, period=0.05)
     again = controller.recv_type(controller.registration, "registration_request")
     # it names the tasks it holds and the replies it would send again: none yet
-    assert again.content == {"uuid": controller.uuid, "id": 0, "tasks": []}
+    assert again.content == {
+        "uuid": controller.uuid,
+        "id": 0,
+        "tasks": [],
+        "shm_host": host_identity(),
+    }
     content = {"status": "ok", "id": 4, "heartbeat_period": 0.05, **controller.addresses()}
     send_msg(
         controller.session,

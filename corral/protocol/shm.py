@@ -1,0 +1,265 @@
+"""The same-host fast path, bytes only: shared-memory references in signed metadata.
+
+When sender and receiver share a host, a buffer of at least ``threshold`` bytes does not travel
+through the sockets: the sender writes it into a file of /dev/shm (a *segment*) and the message
+carries a reference to it instead. The message itself still goes over ZeroMQ, signed as always.
+This module holds every decision that needs no system call: the names of segments, the
+reference format and its validation, who may read what, and which names a sweep may remove.
+:mod:`corral.sharedmem` does the files and the mapping.
+
+Wire addition (docs/wire-flows.md, "Shared memory"). In the metadata (which is signed, unlike
+the buffers, so a reference from a message that fails its signature is never even parsed)::
+
+    "shm": [{"index": 0, "size": 104857600, "writer": 4242, "token": "<32 hex>", "hold": true}]
+
+and at each ``index`` of the buffers an empty frame keeps the other buffers' positions. A
+requester that can map replies says so with ``"shm_reader": {"host": HOST, "pid": PID}``.
+
+Names: ``<prefix>-<writer pid>-<token>-<link>`` where ``prefix`` is ``corral-`` and 16 hex digits
+derived from the cluster folder, ``token`` is 16 random bytes (unguessable), and ``link`` says
+who the name is for:
+
+- ``w``: the writer's own name. For a *held* segment (``"hold": true``: requests) readers open
+  this name, and the writer removes it once nothing can ask for the data again (the request was
+  answered or failed). For a segment with reader links it only marks "not handed off yet": the
+  writer removes it right after sending.
+- ``r<pid>``: one hard link per reader (``"hold": false``: replies, which both the client and the
+  Hub read). Each reader removes its own link once it has mapped the segment.
+
+The memory is freed by the kernel when the last name is gone and the last mapping is dropped:
+exactly when nothing can read it. A process that dies leaves names behind; :func:`plan_sweep`
+picks those whose owner is dead, and the controller sweeps at start, periodically and at stop.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from corral.errors import SharedMemoryRefused
+
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "METADATA_KEY",
+    "READER_KEY",
+    "LinkName",
+    "SegmentRef",
+    "Settings",
+    "decode_refs",
+    "encode_refs",
+    "large_buffers",
+    "link_name",
+    "parse_link",
+    "plan_sweep",
+    "reader_metadata",
+    "reader_of",
+]
+
+DEFAULT_THRESHOLD: Final = 1 << 20
+METADATA_KEY: Final = "shm"
+READER_KEY: Final = "shm_reader"
+TOKEN_HEX: Final = 32
+MAX_SEGMENT_BYTES: Final = 1 << 40
+_MAX_PID: Final = 1 << 31
+_PREFIX = re.compile(r"corral-[0-9a-f]{16}")
+_NAME = re.compile(
+    r"(?P<prefix>corral-[0-9a-f]{16})-(?P<writer>[1-9][0-9]{0,9})-"
+    r"(?P<token>[0-9a-f]{32})-(?P<link>w|r[1-9][0-9]{0,9})"
+)
+_TOKEN = re.compile(r"[0-9a-f]{32}")
+_REF_KEYS = frozenset({"index", "size", "writer", "token", "hold"})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A cluster's fast-path settings, as the controller publishes them.
+
+    ``prefix`` names the cluster's segments, ``host`` is the controller's host identity (the
+    Hub can map only segments of its own host), ``threshold`` the smallest buffer that travels
+    by reference, and ``hub_pid`` the controller's pid (the Hub's reader link of a reply).
+    """
+
+    prefix: str
+    host: str
+    threshold: int = DEFAULT_THRESHOLD
+    hub_pid: int = 0
+
+    def __post_init__(self) -> None:
+        if not _PREFIX.fullmatch(self.prefix):
+            raise ValueError(f"not a segment prefix: {self.prefix!r}")
+        if self.threshold < 1:
+            raise ValueError(f"shm threshold must be at least 1 byte, got {self.threshold}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "prefix": self.prefix,
+            "host": self.host,
+            "threshold": self.threshold,
+            "hub_pid": self.hub_pid,
+        }
+
+    @classmethod
+    def from_json(cls, value: object) -> Settings | None:
+        """Settings from a connection file or registration reply; None when the fast path is
+        off there (no section, or a malformed one: the socket path always works)."""
+        if not isinstance(value, Mapping):
+            return None
+        prefix, host = value.get("prefix"), value.get("host")
+        threshold, hub_pid = value.get("threshold", DEFAULT_THRESHOLD), value.get("hub_pid", 0)
+        if not (isinstance(prefix, str) and isinstance(host, str) and host):
+            return None
+        if not (_is_int(threshold) and _is_int(hub_pid)):
+            return None
+        try:
+            return cls(prefix, host, threshold, hub_pid)
+        except ValueError:
+            return None
+
+
+@dataclass(frozen=True)
+class SegmentRef:
+    """One buffer that travels as a segment: its index among the message's buffers, its exact
+    size, who wrote it and its random token; ``hold`` says which name a reader opens."""
+
+    index: int
+    size: int
+    writer: int
+    token: str
+    hold: bool
+
+    def name_for(self, prefix: str, reader_pid: int) -> str:
+        """The name the process ``reader_pid`` opens to read this segment."""
+        return link_name(prefix, self.writer, self.token, None if self.hold else reader_pid)
+
+
+@dataclass(frozen=True)
+class LinkName:
+    """A parsed segment name; ``reader`` is None for the writer's own ``w`` name."""
+
+    prefix: str
+    writer: int
+    token: str
+    reader: int | None
+
+
+def link_name(prefix: str, writer: int, token: str, reader: int | None) -> str:
+    return f"{prefix}-{writer}-{token}-{'w' if reader is None else f'r{reader}'}"
+
+
+def parse_link(name: str) -> LinkName | None:
+    """The parts of a segment name, or None if it is not one (of any corral cluster)."""
+    match = _NAME.fullmatch(name)
+    if match is None:
+        return None
+    link = match["link"]
+    return LinkName(
+        match["prefix"],
+        int(match["writer"]),
+        match["token"],
+        None if link == "w" else int(link[1:]),
+    )
+
+
+def large_buffers(sizes: Sequence[int], threshold: int) -> list[int]:
+    """Indices of the buffers that should travel as segments."""
+    return [index for index, size in enumerate(sizes) if size >= threshold]
+
+
+def encode_refs(refs: Iterable[SegmentRef]) -> list[dict[str, Any]]:
+    return [
+        {
+            "index": ref.index,
+            "size": ref.size,
+            "writer": ref.writer,
+            "token": ref.token,
+            "hold": ref.hold,
+        }
+        for ref in refs
+    ]
+
+
+def decode_refs(value: object, frame_sizes: Sequence[int]) -> list[SegmentRef]:
+    """The references of a verified message's metadata, checked against its buffers.
+
+    Raises SharedMemoryRefused for anything that is not exactly what a corral sender writes:
+    a reference to a missing or non-empty buffer slot, a repeated index, a bad token or pid.
+    """
+    if not isinstance(value, list) or not value:
+        raise SharedMemoryRefused("the shm metadata is not a non-empty list of references")
+    refs: list[SegmentRef] = []
+    seen: set[int] = set()
+    for item in value:
+        if not isinstance(item, dict) or set(item) != _REF_KEYS:
+            raise SharedMemoryRefused(f"malformed shared-memory reference {item!r:.120}")
+        index, size, writer = item["index"], item["size"], item["writer"]
+        token, hold = item["token"], item["hold"]
+        if not (_is_int(index) and 0 <= index < len(frame_sizes)) or index in seen:
+            raise SharedMemoryRefused(f"shared-memory reference to buffer {index!r}: no such slot")
+        if frame_sizes[index] != 0:
+            raise SharedMemoryRefused(f"buffer {index} is both sent and referenced")
+        if not (_is_int(size) and 0 < size <= MAX_SEGMENT_BYTES):
+            raise SharedMemoryRefused(f"shared-memory reference with size {size!r}")
+        if not (_is_int(writer) and 0 < writer < _MAX_PID):
+            raise SharedMemoryRefused(f"shared-memory reference with writer {writer!r}")
+        if not (isinstance(token, str) and _TOKEN.fullmatch(token)):
+            raise SharedMemoryRefused(f"shared-memory reference with token {token!r:.60}")
+        if not isinstance(hold, bool):
+            raise SharedMemoryRefused("shared-memory reference whose hold is not a bool")
+        seen.add(index)
+        refs.append(SegmentRef(index, size, writer, token, hold))
+    return refs
+
+
+def reader_metadata(host: str, pid: int) -> dict[str, Any]:
+    """What a requester adds to its metadata so that replies may come as segments."""
+    return {READER_KEY: {"host": host, "pid": pid}}
+
+
+def reader_of(metadata: Mapping[str, Any]) -> tuple[str, int] | None:
+    """(host, pid) a requester advertised, or None."""
+    value = metadata.get(READER_KEY)
+    if not isinstance(value, Mapping):
+        return None
+    host, pid = value.get("host"), value.get("pid")
+    if isinstance(host, str) and isinstance(pid, int) and _is_int(pid) and 0 < pid < _MAX_PID:
+        return host, pid
+    return None
+
+
+def plan_sweep(
+    prefix: str,
+    names: Iterable[str],
+    alive: Callable[[int], bool],
+) -> list[str]:
+    """The names under ``prefix`` that nothing can read any more.
+
+    A ``w`` name whose writer is dead means the segment may never have been handed off: every
+    name of it goes (a reader that had not opened it yet gets a clear error, not a leak). A
+    reader link whose reader is dead goes. ``alive`` is asked once per pid.
+    """
+    known: dict[int, bool] = {}
+
+    def is_alive(pid: int) -> bool:
+        if pid not in known:
+            known[pid] = alive(pid)
+        return known[pid]
+
+    by_token: dict[tuple[int, str], list[tuple[str, LinkName]]] = {}
+    for name in names:
+        parsed = parse_link(name)
+        if parsed is None or parsed.prefix != prefix:
+            continue
+        by_token.setdefault((parsed.writer, parsed.token), []).append((name, parsed))
+    doomed: list[str] = []
+    for (writer, _), links in by_token.items():
+        orphaned = any(link.reader is None for _, link in links) and not is_alive(writer)
+        for name, link in links:
+            if orphaned or (link.reader is not None and not is_alive(link.reader)):
+                doomed.append(name)
+    return doomed
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -1,0 +1,212 @@
+"""Lifetime of shared-memory segments when processes die: an engine killed while it holds a
+request's segment, a client killed before it reads its reply, a sender killed between writing
+a segment and sending it, a controller killed and restarted, a cluster stopped after a crash.
+Every time, /dev/shm ends with nothing of the cluster in it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from corral import Client, Reference
+from corral.cluster.cluster import stop_cluster
+from corral.errors import ConnectionError, EngineError, QueryError
+from corral.protocol.serialize import serialize_object
+from corral.sharedmem import SHM_DIR, SharedMemory, cluster_prefix
+from tests.conftest import running_cluster, start_cluster
+from tests.faults.conftest import until
+
+BIG = np.random.default_rng(5).random(500_000)  # 4 MB
+
+
+def names(cluster: Any) -> list[str]:
+    prefix = cluster_prefix(cluster.path)
+    return sorted(name for name in os.listdir(SHM_DIR) if name.startswith(prefix))
+
+
+def maps_a_segment(pid: int, cluster: Any) -> bool:
+    return cluster_prefix(cluster.path) in Path(f"/proc/{pid}/maps").read_text()
+
+
+@contextmanager
+def child(source: str, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """A Python child process running ``source``; killed on exit if still running."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", source, *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(30)
+        assert process.stdout is not None
+        process.stdout.close()
+
+
+def hold(array: Any) -> float:
+    import time
+
+    time.sleep(120)
+    return float(array.sum())
+
+
+@pytest.mark.timeout(120)
+def test_an_engine_killed_while_holding_a_segment_leaves_nothing(tmp_path: Path) -> None:
+    with running_cluster(tmp_path, 2) as cluster:
+        rc = cluster.client
+        rc.wait_for_engines(2, timeout=30)
+        rc[1].push({"kept": BIG}, block=True)  # engine 1 keeps it mapped in its namespace
+        pid = rc[0].apply_sync(os.getpid)
+        running = rc[0].apply_async(hold, BIG)
+        until(lambda: maps_a_segment(pid, cluster), 30, "engine 0 to map the request")
+        assert names(cluster), "the client holds the request's segment while it runs"
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(EngineError):
+            running.get(timeout=30)
+        until(lambda: not names(cluster), 30, "the client to release the request's segment")
+        assert float(rc[1].apply_sync(np.sum, Reference("kept"))) == float(BIG.sum())
+    assert names(cluster) == []
+
+
+REQUESTER = """
+import sys, time
+from corral import Client, Reference
+
+def slow_big():
+    import time, numpy
+    time.sleep(1.0)
+    return numpy.full(500_000, 7.0)
+
+rc = Client(sys.argv[1])
+print(rc[0].apply_async(slow_big).msg_ids[0], flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_client_killed_before_reading_its_reply_leaves_nothing(tmp_path: Path) -> None:
+    with running_cluster(tmp_path, 1) as cluster:
+        rc = cluster.client
+        rc.wait_for_engines(1, timeout=30)
+        with child(REQUESTER, str(cluster.path / "corral-client.json")) as requester:
+            assert requester.stdout is not None
+            msg_id = requester.stdout.readline().strip()
+            until(lambda: _known(rc, msg_id), 30, "the Hub to see the request")
+            requester.kill()
+        until(lambda: not rc.result_status([msg_id])["pending"], 30, "the reply")
+        assert np.array_equal(rc.get_result(msg_id).get(timeout=30), np.full(500_000, 7.0))
+        until(lambda: not names(cluster), 30, "the dead reader's link to be reclaimed")
+    assert names(cluster) == []
+
+
+def _known(rc: Client, msg_id: str) -> bool:
+    try:
+        rc.result_status([msg_id])
+    except QueryError:
+        return False
+    return True
+
+
+KILLED_WRITER = """
+import os, signal, sys, numpy
+from corral import Client, Reference
+from corral.protocol.serialize import serialize_object
+
+rc = Client(sys.argv[1])
+settings = rc._shm.settings
+frames, refs = rc._shm.export(serialize_object(numpy.ones(500_000)), [settings.hub_pid])
+print(len(refs), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # between writing the segment and sending it
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_sender_killed_mid_send_leaves_nothing(tmp_path: Path) -> None:
+    with running_cluster(tmp_path, 1) as cluster:
+        with child(KILLED_WRITER, str(cluster.path / "corral-client.json")) as writer:
+            assert writer.stdout is not None
+            assert writer.stdout.readline().strip() == "1"
+            writer.wait(30)
+        assert len(names(cluster)) == 2 or not names(cluster)  # its own name, the Hub's link
+        until(lambda: not names(cluster), 30, "the controller to reclaim the orphan")
+    assert names(cluster) == []
+
+
+@pytest.mark.timeout(180)
+def test_a_restarted_controller_reclaims_and_the_fast_path_works_again(tmp_path: Path) -> None:
+    cluster = start_cluster(tmp_path, 1)
+    cluster.start()
+    try:
+        rc = Client(cluster.path / "corral-client.json", timeout=2)
+        try:
+            rc.wait_for_engines(1, timeout=30)
+            before = rc[0].apply_async(lambda a: a * 3, BIG)
+            assert np.array_equal(before.get(timeout=30), BIG * 3)
+            until(lambda: not rc.result_status(before.msg_ids)["pending"], 30, "the record")
+            # a reply segment whose reader was the Hub that is about to die
+            settings = rc._shm.settings
+            assert settings is not None and cluster.controller is not None
+            writer = SharedMemory(settings)
+            _, refs = writer.export(serialize_object(BIG), [cluster.controller.pid])
+            writer.release(refs)
+            assert len(names(cluster)) == 1
+            cluster.controller.send_signal(signal.SIGKILL)
+            cluster.controller.wait()
+            cluster.controller_args.append("--restore")
+            cluster.start_controller()
+            until(lambda: not names(cluster), 30, "the new controller to reclaim the old link")
+            until(lambda: _answers(rc), 30, "the client to reach the new controller")
+            rc.wait_for_engines(1, timeout=60)
+            assert np.array_equal(rc.get_result(before.msg_ids).get(timeout=30), [BIG * 3])
+            after = rc[0].apply_async(lambda a: a + 1, BIG)  # the engine knows the new Hub
+            assert np.array_equal(after.get(timeout=30), BIG + 1)
+            until(lambda: not rc.result_status(after.msg_ids)["pending"], 30, "the record")
+            (record,) = rc.db_query({"msg_id": after.msg_ids[0]}, keys=["result_buffers"])
+            assert bytes(record["result_buffers"][-1]) == (BIG + 1).tobytes()
+            until(lambda: not names(cluster), 30, "every name to be removed")
+        finally:
+            rc.close()
+    finally:
+        cluster.stop()
+    assert names(cluster) == []
+
+
+def _answers(rc: Client) -> bool:
+    try:
+        rc.queue_status()
+    except ConnectionError:
+        return False
+    return True
+
+
+@pytest.mark.timeout(120)
+def test_stopping_a_crashed_cluster_leaves_nothing(tmp_path: Path) -> None:
+    cluster = start_cluster(tmp_path, 1)
+    cluster.start()
+    try:
+        settings = cluster.client._shm.settings
+        assert settings is not None and cluster.controller is not None
+        dead = 2**22 + 4321  # above the default pid_max: no such process
+        SharedMemory(settings, pid=dead).export(serialize_object(BIG))  # a crashed client's
+        cluster.client.close()
+        cluster.client = None
+        cluster.controller.send_signal(signal.SIGKILL)  # no final sweep of its own
+        cluster.controller.wait()
+        assert names(cluster)
+        stop_cluster(cluster.path)
+        assert names(cluster) == []
+    finally:
+        cluster.stop()
