@@ -19,7 +19,7 @@ from corral.protocol.session import Session
 from corral.protocol.shm import encode_refs, link_name
 from corral.sharedmem import SHM_DIR, SharedMemory
 from tests.conftest import running_cluster
-from tests.faults.conftest import until
+from tests.polling import until
 from tests.test_sharedmem import OBJECTS, assert_bit_exact
 
 THRESHOLD = 4096

@@ -15,7 +15,7 @@ import pytest
 from corral.cli import main as corral_main
 from corral.cluster.supervisor import RestartPolicy
 from tests.conftest import running_cluster
-from tests.faults.conftest import until
+from tests.polling import until
 
 POLICY = RestartPolicy(first_delay=0.2)
 

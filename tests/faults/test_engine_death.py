@@ -13,7 +13,7 @@ import pytest
 
 from corral.errors import EngineError
 from tests.conftest import running_cluster
-from tests.faults.conftest import until
+from tests.polling import until
 
 HEARTBEAT = 3.0
 DETECTION_BOUND = 1.0  # seconds from SIGKILL to the failed result, on a loaded 2-core machine

@@ -23,7 +23,7 @@ from corral.errors import ConnectionError, EngineError, QueryError
 from corral.protocol.serialize import serialize_object
 from corral.sharedmem import SHM_DIR, SharedMemory, cluster_prefix
 from tests.conftest import running_cluster, start_cluster
-from tests.faults.conftest import until
+from tests.polling import until
 
 BIG = np.random.default_rng(5).random(500_000)  # 4 MB
 
