@@ -241,7 +241,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         controller_args=_controller_args(args),
         log_level=args.log_level,
     )
-    rc = cluster.start()
+    rc = cluster.start(interactive=sys.stderr.isatty())  # a progress bar on a terminal
     print(
         f"cluster {args.cluster_id}: controller and {len(rc.ids)} engines running "
         f"({cluster.path}); Ctrl-C stops them",

@@ -35,6 +35,7 @@ from .interrupts import InterruptGate
 from .iothread import IOThread
 from .namespace import Namespace, OutputCapture
 from .runner import AbortList, EngineIdentity, Request, TaskRunner
+from .shell import load_shell
 
 ConnectionSource = str | os.PathLike[str] | Mapping[str, Any] | EngineConnectionInfo
 
@@ -131,6 +132,9 @@ class Engine:
             log=self.log,
         )
         io.start()
+        shell = load_shell(self.runner.namespace.user_ns, self.log)  # while registering
+        if shell is not None:
+            self.runner.use_shell(shell)
         io.registered.wait()
         if io.failure is not None:
             io.join()
