@@ -46,7 +46,9 @@ def _backend_class() -> type[Any]:
         def effective_n_jobs(self, n_jobs: int | None) -> int:
             if n_jobs == 0:
                 raise ValueError("n_jobs == 0 in Parallel has no meaning")
-            engines = max(1, len(self.view.client))
+            targets = self.view.targets
+            client = self.view.client
+            engines = max(1, len(client if targets is None else client.resolve_targets(targets)))
             if n_jobs is None or n_jobs < 0:
                 return max(1, engines + 1 + n_jobs) if n_jobs is not None else engines
             return min(n_jobs, engines)
@@ -81,8 +83,15 @@ def register_joblib_backend(
     view: View, name: str = BACKEND_NAME, make_default: bool = False
 ) -> None:
     """Register ``view`` as joblib backend ``name`` (``make_default``: also make it the
-    backend joblib uses when none is named)."""
+    backend joblib uses when none is named). A DirectView lends its engines to a
+    load-balanced view: each batch must run once, on one of them, not on all."""
     from joblib.parallel import register_parallel_backend
+
+    from corral.client.view import DirectView
+
+    if isinstance(view, DirectView):
+        targets = view.targets
+        view = view.client.load_balanced_view(None if targets == "all" else targets)
 
     backend = _backend_class()
     register_parallel_backend(name, lambda **kwargs: backend(view, **kwargs), make_default)

@@ -187,7 +187,7 @@ class Namespace:
                 error.args = (error.msg, *error.args[1:])
             raise error.with_traceback(None) from None
         translated = self.transform(code)
-        if translated == code:
+        if translated.rstrip("\n") == code.rstrip("\n"):
             raise error.with_traceback(None) from None
         try:
             return _compile_cell(translated, filename)
