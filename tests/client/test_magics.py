@@ -61,7 +61,10 @@ def test_px_line_and_cell(shell, capsys) -> None:  # type: ignore[no-untyped-def
 
 def test_px_stream_shows_lines_as_they_come(shell, capsys) -> None:  # type: ignore[no-untyped-def]
     run(shell, capsys, "rc[:].activate()")
-    cell = "%%px --stream\nimport sys\nfor i in range(3):\n    print('tick', i)\nprint('E', file=sys.stderr)"
+    cell = (
+        "%%px --stream\nimport sys\nfor i in range(3):\n    print('tick', i)\n"
+        "print('E', file=sys.stderr)"
+    )
     out, err = run(shell, capsys, cell)
     for engine in (0, 1):
         assert [line for line in out.splitlines() if line.startswith(f"[stdout:{engine}]")] == [
