@@ -152,14 +152,14 @@ class AsyncResult(futures.Future[Any]):
 
     def wait_interactive(
         self, interval: float = 0.1, timeout: float | None = None, widget: bool | None = None
-    ) -> bool:
+    ) -> None:
         """Wait with a progress bar of the requests answered (done/total, rate, time left):
         a text bar on a terminal, the widget in Jupyter (``widget``: force one or the other).
-        True if all finished within ``timeout`` seconds. Ctrl-C closes the bar and raises
-        KeyboardInterrupt; the work goes on."""
+        Returns when all are done or after ``timeout`` seconds (see :meth:`ready`). Ctrl-C
+        closes the bar and raises KeyboardInterrupt; the work goes on."""
         from corral.client.progress import wait_for_futures
 
-        return wait_for_futures(
+        wait_for_futures(
             self._children, interval=interval, timeout=timeout, desc=self._fname, widget=widget
         )
 

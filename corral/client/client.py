@@ -474,7 +474,8 @@ class Client:
     def wait_interactive(
         self, jobs: Any = None, interval: float = 0.1, timeout: float | None = None
     ) -> bool:
-        """:meth:`wait` with a progress bar of the requests answered (corral.client.progress)."""
+        """:meth:`wait` with a progress bar of the requests answered (corral.client.progress);
+        True if all finished within ``timeout``."""
         from corral.client.progress import wait_for_futures
 
         msg_ids = list(self._records.outstanding) if jobs is None else self.msg_ids_of(jobs)
