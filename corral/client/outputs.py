@@ -184,10 +184,15 @@ def _show_data(data: dict[str, Any], metadata: dict[str, Any], prompt: str = "")
     publish(_decoded(data), metadata)
 
 
-def _show_outputs(md: Metadata) -> None:
-    for output in md["outputs"]:
-        if isinstance(output, dict) and isinstance(output.get("data"), dict):
-            _show_data(output["data"], output.get("metadata") or {})
+def _show_outputs(md: Metadata, index: int | None = None) -> None:
+    """An engine's display() outputs (only the ``index``-th one if given), under a label."""
+    outputs = [o for o in md["outputs"] if isinstance(o, dict) and isinstance(o.get("data"), dict)]
+    if index is not None:
+        outputs = outputs[index : index + 1]
+    if outputs:
+        print(f"[output:{_label(md)}]")
+    for output in outputs:
+        _show_data(output["data"], output.get("metadata") or {})
 
 
 def _show_result(md: Metadata, count: Any) -> None:
@@ -229,9 +234,7 @@ def display_outputs(
         longest = max((len(md["outputs"]) for md in mds), default=0)
         for index in range(longest):
             for md in mds:
-                if index < len(md["outputs"]):
-                    output = md["outputs"][index]
-                    _show_data(output.get("data") or {}, output.get("metadata") or {})
+                _show_outputs(md, index)
     for md, count in zip(mds, counts, strict=True):
         _show_result(md, count)
 
