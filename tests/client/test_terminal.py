@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -95,6 +96,31 @@ def test_progress_bar_redraws_in_place_and_ends_at_100(  # type: ignore[no-untyp
     assert screen[1] == "finished True"
 
 
+def test_ctrl_c_stops_the_bar_not_the_work(cluster, tmp_path: Path, spawned) -> None:  # type: ignore[no-untyped-def]
+    script = tmp_path / "interrupt.py"
+    script.write_text(
+        "import sys, time\n"
+        "import corral\n"
+        "rc = corral.Client(connection_file=sys.argv[1])\n"
+        "ar = rc.load_balanced_view().map_async(time.sleep, [1.0] * 4)\n"
+        "try:\n"
+        "    ar.wait_interactive()\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted with', ar.progress, 'done')\n"
+        "print('then', len(ar.get(timeout=60)), 'results')\n"
+        "rc.close()\n"
+    )
+    args = [PYTHON, str(script), str(cluster.path / "corral-client.json")]
+    child = spawn(spawned, args, dict(os.environ), tmp_path)
+    child.expect(r"sleep:   0%")
+    child.sendintr()
+    child.expect(pexpect.EOF)
+    screen = render(child.before)
+    assert re.match(r"sleep: +\d+%\|", screen[0]), screen
+    assert re.fullmatch(r"interrupted with [0-3] done", screen[1]), screen
+    assert screen[2] == "then 4 results"  # the tasks went on
+
+
 def test_corral_start_shows_engines_registering(tmp_path: Path, spawned) -> None:  # type: ignore[no-untyped-def]
     env = dict(os.environ, CORRAL_DIR=str(tmp_path / "clusters"))
     corral = [PYTHON, "-m", "corral"]
@@ -106,6 +132,24 @@ def test_corral_start_shows_engines_registering(tmp_path: Path, spawned) -> None
     child.sendintr()
     child.expect("cluster bar stopped")
     child.expect(pexpect.EOF)
+
+
+def test_corral_start_daemon_waits_for_registration(tmp_path: Path, spawned) -> None:  # type: ignore[no-untyped-def]
+    env = dict(os.environ, CORRAL_DIR=str(tmp_path / "clusters"))
+    corral = [PYTHON, "-m", "corral"]
+    try:
+        child = spawn(
+            spawned, [*corral, "start", "-n", "2", "--cluster-id", "bg", "--daemon"], env, tmp_path
+        )
+        child.expect(pexpect.EOF)
+        screen = render(child.before)
+        assert re.match(r"engines: 100%\|█+\| 2/2 \[", screen[0]), screen
+        assert screen[1].startswith("cluster bg running in the background with 2 engines")
+    finally:
+        stop = subprocess.run(
+            [*corral, "stop", "--cluster-id", "bg"], env=env, capture_output=True, timeout=60
+        )
+    assert stop.returncode == 0, stop
 
 
 def test_ctrl_c_during_px_aborts_the_engines_work(  # type: ignore[no-untyped-def]
