@@ -48,6 +48,7 @@ from corral.protocol.session import Frame, Message, Session
 from corral.security import CurveKeys
 
 if TYPE_CHECKING:
+    from corral.client.executor import ViewExecutor
     from corral.client.view import DirectView, LoadBalancedView
 
 __all__ = ["Client", "Target", "Targets"]
@@ -482,7 +483,7 @@ class Client:
         pending = [self._records.futures[m] for m in msg_ids if m in self._records.futures]
         return wait_for_futures(pending, interval=interval, timeout=timeout)
 
-    def executor(self, targets: int | Sequence[int] | None = None, **flags: Any) -> Any:
+    def executor(self, targets: int | Sequence[int] | None = None, **flags: Any) -> ViewExecutor:
         """A ``concurrent.futures.Executor`` over a load-balanced view (on ``targets``)."""
         return self.load_balanced_view(targets, **flags).executor
 

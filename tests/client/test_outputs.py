@@ -39,15 +39,22 @@ def print_then_wait(flag: str) -> str:
 def test_stream_output_prints_while_the_task_runs(rc, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     flag = tmp_path / "go"
     ar = rc.load_balanced_view().apply_async(print_then_wait, str(flag))
+    seen: list[str] = []
+
+    def printed(text: str) -> bool:
+        seen.append(capsys.readouterr().out)
+        return text in "".join(seen)
+
     with ar.stream_output():
         # the first line is on screen while the task still waits for the flag
-        wait_for(lambda: "first line" in capsys.readouterr().out or ar.done() or False)
+        wait_for(lambda: printed("first line\n"))
         assert not ar.done()
         flag.touch()
         assert ar.get(timeout=30) == "done"
     captured = capsys.readouterr()
+    out = "".join(seen) + captured.out
     engine = ar.engine_id
-    assert f"[stdout:{engine}] partial end\n" in captured.out
+    assert f"[stdout:{engine}] first line\n[stdout:{engine}] partial end\n" in out
     assert f"[stderr:{engine}] to stderr\n" in captured.err
 
 
@@ -135,3 +142,27 @@ def test_ipython_syntax_in_execute(rc) -> None:  # type: ignore[no-untyped-def]
         dv.execute("x = (1 +", block=True)
     rc.clear(targets=[0])
     assert dv.execute("%time 1 + 1", block=True).execute_result["text/plain"] == "2"
+
+
+def test_get_result_from_another_client_has_the_displays(rc, cluster) -> None:  # type: ignore[no-untyped-def]
+    from corral.client.client import Client
+
+    ar = rc[1].execute("from IPython.display import HTML, display\ndisplay(HTML('<p>kept</p>'))")
+    ar.get(timeout=30)
+    with Client(cluster.path / "corral-client.json") as other:
+        fetched = other.get_result(ar.msg_ids[0])
+        fetched.get(timeout=30)
+        assert fetched.metadata["outputs"][0]["data"]["text/html"] == "<p>kept</p>"
+
+
+def test_an_engine_without_ipython_runs_plain_python(tmp_path: Path) -> None:
+    from tests.conftest import running_cluster
+
+    with running_cluster(tmp_path, 1, engine_args=["--no-ipython"]) as plain:
+        dv = plain.client[0]
+        assert dv.execute("x = 6\nx * 7", block=True).execute_result == {"text/plain": "42"}
+        with pytest.raises(RemoteError, match=r"SyntaxError: .*pip install 'corral\[ipython\]'"):
+            dv.execute("%time x", block=True)
+        with pytest.raises(RemoteError, match="SyntaxError") as raised:
+            dv.execute("x = (1 +", block=True)
+        assert "corral[ipython]" not in str(raised.value)
