@@ -94,8 +94,8 @@ class OutputStreamer:
     def _catch_up(self, msg_id: str) -> None:
         """Print whatever of ``msg_id``'s recorded output is not printed yet."""
         md = self.records.metadata.get(msg_id)
-        if md is None:
-            return
+        if md is None or not (md["stdout"] or md["stderr"]):
+            return  # the common case of a task that printed nothing: no lock taken
         with self._lock:
             if not self._running:
                 return
