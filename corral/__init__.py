@@ -25,6 +25,16 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
+_EXPORTS["ViewExecutor"] = "corral.client.executor"
+_EXPORTS["register_joblib_backend"] = "corral.client.joblib_backend"
+__all__ += ["ViewExecutor", "load_ipython_extension", "register_joblib_backend"]
+
+
+def load_ipython_extension(shell: Any) -> None:
+    """``%load_ext corral``: the %px magics (see corral.client.magics)."""
+    from corral.client.magics import load_ipython_extension as load
+
+    load(shell)
 
 
 def __getattr__(name: str) -> Any:

@@ -304,6 +304,11 @@ def cmd_start(args: argparse.Namespace) -> int:
                 print(f"cluster {args.cluster_id} did not start; see {path}", file=sys.stderr)
                 return 1
             time.sleep(0.1)
+        if not _wait_for_registration(path, n, deadline):
+            print(
+                f"cluster {args.cluster_id}: engines did not register; see {path}", file=sys.stderr
+            )
+            return 1
         print(
             f"cluster {args.cluster_id} running in the background with {n} engines; "
             f"`corral stop --cluster-id {args.cluster_id}` stops it"
@@ -323,7 +328,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         restart=not args.no_restart,
     )
-    rc = cluster.start()
+    rc = cluster.start(interactive=sys.stderr.isatty())  # a progress bar on a terminal
     print(
         f"cluster {args.cluster_id}: controller and {len(rc.ids)} engines running "
         f"({cluster.path}); Ctrl-C stops them",
@@ -338,6 +343,21 @@ def cmd_start(args: argparse.Namespace) -> int:
         cluster.stop()
         print(f"cluster {args.cluster_id} stopped", flush=True)
     return 0
+
+
+def _wait_for_registration(path: Path, n: int, deadline: float) -> bool:
+    """Wait until ``n`` engines of the cluster in ``path`` are registered (a progress bar on a
+    terminal); False if they are not by ``deadline``."""
+    from corral.client.client import Client
+    from corral.errors import CorralError
+
+    try:
+        with Client(path / "corral-client.json") as rc:
+            left = max(0.0, deadline - time.monotonic())
+            rc.wait_for_engines(n, timeout=left, interactive=sys.stderr.isatty())
+    except CorralError:
+        return False
+    return True
 
 
 def _engines_up(path: Path, n: int) -> bool:

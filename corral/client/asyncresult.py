@@ -16,9 +16,7 @@ Because it is a real Future it works with ``concurrent.futures.wait``/``as_compl
 
 from __future__ import annotations
 
-import sys
 import threading
-import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent import futures
 from datetime import datetime
@@ -30,6 +28,7 @@ from corral.errors import RemoteError, TimeoutError, collect_exceptions
 
 if TYPE_CHECKING:
     from corral.client.client import Client
+    from corral.client.outputs import OutputStreamer
 
 __all__ = ["AsyncMapResult", "AsyncResult"]
 
@@ -154,17 +153,25 @@ class AsyncResult(futures.Future[Any]):
 
         return asyncio.wrap_future(self).__await__()
 
-    def wait_interactive(self, interval: float = 1.0, timeout: float | None = None) -> None:
-        """Wait, printing progress every ``interval`` seconds (for terminals and notebooks)."""
-        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
-        total = len(self.msg_ids)
-        while not self.done():
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                break
-            self.wait(interval if left is None else min(interval, left))
-            print(f"\r{self.progress}/{total} tasks finished after {self.elapsed:.0f} s", end="")
-        print()
+    def wait_interactive(
+        self, interval: float = 0.1, timeout: float | None = None, widget: bool | None = None
+    ) -> None:
+        """Wait with a progress bar of the requests answered (done/total, rate, time left):
+        a text bar on a terminal, the widget in Jupyter (``widget``: force one or the other).
+        Returns when all are done or after ``timeout`` seconds (see :meth:`ready`). Ctrl-C
+        closes the bar and raises KeyboardInterrupt; the work goes on."""
+        from corral.client.progress import wait_for_futures
+
+        wait_for_futures(
+            self._children, interval=interval, timeout=timeout, desc=self._fname, widget=widget
+        )
+
+    def stream_output(self) -> OutputStreamer:
+        """``with ar.stream_output(): ar.wait()`` prints the requests' stdout/stderr as it
+        arrives, each line prefixed ``[stdout:<engine id>]`` (see corral.client.outputs)."""
+        from corral.client.outputs import OutputStreamer
+
+        return OutputStreamer(self._records, self.msg_ids)
 
     def abort(self) -> None:
         """Abort the requests not answered yet: queued ones never start, a running one is
@@ -251,25 +258,14 @@ class AsyncResult(futures.Future[Any]):
                 total += (md["completed"] - md["started"]).total_seconds()
         return total
 
-    def display_outputs(self) -> None:
-        """Print what each request printed, labelled by engine, as ipyparallel does."""
-        for msg_id in self.msg_ids:
-            md = self._records.metadata.get(msg_id) or Metadata(msg_id=msg_id)
-            label = md["engine_id"] if md["engine_id"] is not None else "?"
-            if md["stdout"]:
-                print(
-                    f"[stdout:{label}] {md['stdout']}",
-                    end="" if md["stdout"][-1:] == "\n" else "\n",
-                )
-            if md["stderr"]:
-                print(
-                    f"[stderr:{label}] {md['stderr']}",
-                    end="" if md["stderr"][-1:] == "\n" else "\n",
-                    file=sys.stderr,
-                )
-            result = md["execute_result"]
-            if isinstance(result, dict) and "text/plain" in result:
-                print(f"Out[{label}]: {result['text/plain']}")
+    def display_outputs(self, groupby: str = "type", result_only: bool = False) -> None:
+        """Show what the requests printed and displayed, and execute results, labelled by
+        engine as ipyparallel does (``[stdout:0] ...``, ``Out[0:3]: ...``); rich outputs render
+        in Jupyter. ``groupby``: ``type``, ``engine`` or ``order`` (see
+        :func:`corral.client.outputs.display_outputs`); ``result_only`` skips stdout/stderr."""
+        from corral.client.outputs import display_outputs
+
+        display_outputs(self._records, self.msg_ids, groupby, result_only)
 
     # ------------------------------------------------------------------ container protocol
 

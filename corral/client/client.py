@@ -58,6 +58,7 @@ from corral.security import CurveKeys
 from corral.sharedmem import SharedMemory
 
 if TYPE_CHECKING:
+    from corral.client.executor import ViewExecutor
     from corral.client.view import DirectView, LoadBalancedView
 
 __all__ = ["Client", "Target", "Targets"]
@@ -248,11 +249,17 @@ class Client:
         view.set_flags(**flags)
         return view
 
-    def wait_for_engines(self, n: int, timeout: float | None = None) -> None:
+    def wait_for_engines(
+        self, n: int, timeout: float | None = None, interactive: bool = False
+    ) -> None:
         """Block until at least ``n`` engines are registered; TimeoutError after ``timeout``
         seconds (None or negative: wait forever), ConnectionError once the controller has been
         unreachable for the client's own ``timeout`` (while it is, the engine table is stale and
-        does not count)."""
+        does not count). ``interactive``: show a progress bar of the engines meanwhile."""
+        if interactive:
+            from corral.client.progress import wait_for_engines
+
+            return wait_for_engines(self, n, timeout=timeout)
         deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
         with self._engines_changed:
             while len(self._engines) < n or self._link_lost_at is not None:
@@ -607,6 +614,27 @@ class Client:
         msg_ids = list(self._records.outstanding) if jobs is None else self.msg_ids_of(jobs)
         pending = [self._records.futures[m] for m in msg_ids if m in self._records.futures]
         return self.wait_for_futures(pending, timeout, "waiting for results")
+
+    def wait_interactive(
+        self, jobs: Any = None, interval: float = 0.1, timeout: float | None = None
+    ) -> bool:
+        """:meth:`wait` with a progress bar of the requests answered (corral.client.progress);
+        True if all finished within ``timeout``."""
+        from corral.client.progress import wait_for_futures
+
+        msg_ids = list(self._records.outstanding) if jobs is None else self.msg_ids_of(jobs)
+        pending = [self._records.futures[m] for m in msg_ids if m in self._records.futures]
+        return wait_for_futures(pending, interval=interval, timeout=timeout)
+
+    def executor(self, targets: int | Sequence[int] | None = None, **flags: Any) -> ViewExecutor:
+        """A ``concurrent.futures.Executor`` over a load-balanced view (on ``targets``)."""
+        return self.load_balanced_view(targets, **flags).executor
+
+    def activate(self, targets: Targets = "all", suffix: str = "") -> DirectView:
+        """A DirectView on ``targets``, made the one IPython's %px magics use."""
+        view = self.direct_view(targets)
+        view.activate(suffix)
+        return view
 
     # ------------------------------------------------------------------ control calls
 

@@ -150,6 +150,8 @@ class Records:
         self.history: list[str] = []
         self.outstanding: set[str] = set()
         self._streams_final: set[str] = set()
+        # msg_id -> called (I/O thread) after each iopub message of that request is recorded
+        self.iopub_listeners: dict[str, Callable[[Message], None]] = {}
         self.late_replies = 0  # replies that found their request settled already, ignored
 
     # ------------------------------------------------------------------ submitting thread
@@ -283,6 +285,8 @@ class Records:
         content = msg.content
         if md is None or content is None:
             return
+        if md["engine_id"] is None:  # a load-balanced task: its engine is in the topic
+            md["engine_id"] = _topic_engine_id(msg.idents)
         kind = msg.msg_type
         if kind == "stream":
             name = content.get("name")
@@ -294,6 +298,9 @@ class Records:
             md["execute_result"] = content.get("data")
         elif kind == "display_data":
             md["outputs"].append(content)
+        listener = self.iopub_listeners.get(parent)
+        if listener is not None:
+            listener(msg)
 
     # ------------------------------------------------------------------ helpers
 
@@ -370,3 +377,13 @@ class Records:
         except CorralError as exc:
             log.warning("client: cannot deserialize the result of %s: %s", msg_id, exc)
             return exc, True
+
+
+def _topic_engine_id(idents: tuple[bytes, ...]) -> int | None:
+    """The engine id in an iopub topic ``engine.<id>.<msg_type>``, or None."""
+    if not idents or not idents[0].startswith(b"engine."):
+        return None
+    try:
+        return int(idents[0].split(b".")[1])
+    except ValueError:
+        return None

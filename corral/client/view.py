@@ -26,6 +26,7 @@ from corral.protocol.serialize import pack_apply_message
 
 if TYPE_CHECKING:
     from corral.client.client import Client, Targets
+    from corral.client.executor import ViewExecutor
 
 __all__ = ["DirectView", "LoadBalancedView", "View"]
 
@@ -163,6 +164,22 @@ class View:
         """Decorator: calling the function on sequences runs it on parts of them in parallel
         and joins the parts; ``.map`` applies it element by element."""
         return lambda f: ParallelFunction(self, f, dist, block, chunksize, ordered)
+
+    # ------------------------------------------------------------------ other interfaces
+
+    @property
+    def executor(self) -> ViewExecutor:
+        """A ``concurrent.futures.Executor`` running its work through this view."""
+        from corral.client.executor import ViewExecutor
+
+        return ViewExecutor(self)
+
+    def register_joblib_backend(self, name: str = "corral", make_default: bool = False) -> None:
+        """Make this view joblib backend ``name``: ``joblib.parallel_config(backend=name)``
+        then runs ``joblib.Parallel`` on its engines (see corral.client.joblib_backend)."""
+        from corral.client.joblib_backend import register_joblib_backend
+
+        register_joblib_backend(self, name, make_default)
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -357,6 +374,14 @@ class DirectView(View):
         msg_ids = self._send_all((pull_namespace, (key,), target) for target in resolved)
         result = self._map_result(msg_ids, "gather", ordered=True)
         return result.get() if self._block(block) else result
+
+    def activate(self, suffix: str = "") -> None:
+        """Make this view the one IPython's ``%px``, ``%%px``, ``%autopx``, ``%pxresult`` and
+        ``%pxconfig`` use (``suffix``: register them as ``%px<suffix>`` ... instead, so that
+        several views can each have their own). Needs IPython (corral[ipython])."""
+        from corral.client.magics import activate
+
+        activate(self, suffix)
 
     # ------------------------------------------------------------------ control
 

@@ -262,13 +262,14 @@ class Cluster:
         """A new Client of this cluster (the caller closes it)."""
         return Client(connection_file=self.path / CLIENT_FILE, timeout=self.timeout)
 
-    def start(self) -> Client:
-        """Start everything and return a client that sees all ``n`` engines."""
+    def start(self, interactive: bool = False) -> Client:
+        """Start everything and return a client that sees all ``n`` engines (``interactive``:
+        with a progress bar of the engines registering)."""
         try:
             self.start_controller()
             self.start_engines(self.n)
             self.client = self.connect()
-            self.client.wait_for_engines(self.n, timeout=self.timeout)
+            self.client.wait_for_engines(self.n, timeout=self.timeout, interactive=interactive)
             if self.restart:
                 self.supervise()
         except BaseException:

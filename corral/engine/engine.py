@@ -35,6 +35,7 @@ from .interrupts import InterruptGate
 from .iothread import IOThread
 from .namespace import Namespace, OutputCapture
 from .runner import AbortList, EngineIdentity, TaskRunner, WorkQueue
+from .shell import load_shell
 
 ConnectionSource = str | os.PathLike[str] | Mapping[str, Any] | EngineConnectionInfo
 
@@ -60,6 +61,7 @@ class Engine:
         unregister_timeout: float = 1.0,
         missed_beats: int = 5,
         max_result_bytes: int | None = None,
+        use_ipython: bool = True,
     ) -> None:
         if isinstance(connection, EngineConnectionInfo):
             info = connection
@@ -79,6 +81,7 @@ class Engine:
             check_msg_type=False,  # unknown types are answered with an error, not dropped
         )
         self.requested_id = requested_id
+        self.use_ipython = use_ipython
         self.registration_timeout = registration_timeout
         self.unregister_timeout = unregister_timeout
         self.missed_beats = missed_beats
@@ -133,6 +136,10 @@ class Engine:
             shm=self.shm,
         )
         io.start()
+        if self.use_ipython:  # IPython syntax, display(), rich results: corral.engine.shell
+            shell = load_shell(self.runner.namespace.user_ns, self.log)  # while registering
+            if shell is not None:
+                self.runner.use_shell(shell)
         io.registered.wait()
         if io.failure is not None:
             io.join()
@@ -206,6 +213,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="answer an apply whose serialized result is larger with an error (default: none)",
     )
+    parser.add_argument(
+        "--no-ipython",
+        action="store_true",
+        help="run plain Python even if IPython is installed (no %%magics, no display())",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -221,6 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             requested_id=args.id,
             registration_timeout=args.timeout,
             max_result_bytes=args.max_result_bytes,
+            use_ipython=not args.no_ipython,
         )
         engine.run()
     except CorralError as err:

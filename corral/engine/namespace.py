@@ -27,6 +27,8 @@ from typing import Any
 
 from corral.protocol.references import Reference, is_interactive
 
+from .shell import IPYTHON_HINT, looks_like_ipython
+
 PublishCallback = Callable[[str, str], None]
 """``publish(stream_name, text)``: called with ``"stdout"`` or ``"stderr"`` and new text."""
 
@@ -62,6 +64,12 @@ class Namespace:
 
     def __init__(self) -> None:
         self.user_ns: dict[str, Any] = {}
+        # set by the engine when IPython is installed (corral.engine.shell): a translator of
+        # IPython syntax into Python, a formatter of values into mime bundles, and names
+        # (``get_ipython``) that survive :meth:`clear`
+        self.transform: Callable[[str], str] | None = None
+        self.formatter: Callable[[Any], dict[str, Any]] | None = None
+        self.keep: dict[str, Any] = {}
         self.execution_count = 0
         self._cells_run = 0
         self._cells: deque[str] = deque()
@@ -71,6 +79,7 @@ class Namespace:
         """Forget every name the user defined; builtins and ``__name__`` stay."""
         self.user_ns.clear()
         self.user_ns.update({"__builtins__": builtins, "__name__": "__main__"})
+        self.user_ns.update(self.keep)
 
     def __getitem__(self, name: str) -> Any:
         return self.user_ns[name]
@@ -134,12 +143,21 @@ class Namespace:
     # ------------------------------------------------------------------ execute
 
     def execute(self, code: str, *, silent: bool = False) -> str | None:
-        """Run a cell; the repr of its last statement's value if that is a non-None expression.
+        """Run a cell; the repr of its last statement's value if that is a non-None expression
+        (see :meth:`execute_bundle`)."""
+        bundle = self.execute_bundle(code, silent=silent)
+        return None if bundle is None else str(bundle["text/plain"])
+
+    def execute_bundle(self, code: str, *, silent: bool = False) -> dict[str, Any] | None:
+        """Run a cell; the mime bundle of its last statement's value if that is a non-None
+        expression (``{"text/plain": repr}``, richer with IPython's formatters).
 
         The whole cell is compiled before anything runs, so a syntax error anywhere runs
         nothing. Each cell gets a filename ``<cell-N>`` registered with linecache, so
         tracebacks show the offending source line. A ``silent`` cell (as in Jupyter) does not
-        count in ``execution_count``.
+        count in ``execution_count``. A cell that is not Python is translated by IPython's
+        transformers when the engine has IPython (``transform``), else its SyntaxError says
+        that IPython is missing if the cell looks like IPython syntax.
         """
         self._cells_run += 1
         if not silent:
@@ -149,12 +167,32 @@ class Namespace:
         try:
             body, tail = _compile_cell(code, filename)
         except SyntaxError as err:
-            raise err.with_traceback(None) from None  # the compiler's frames tell nothing
+            body, tail = self._compile_ipython(code, filename, err)
         exec(body, self.user_ns)
         if tail is None:
             return None
         value = eval(tail, self.user_ns)
-        return None if value is None else repr(value)
+        if value is None:
+            return None
+        return self.formatter(value) if self.formatter else {"text/plain": repr(value)}
+
+    def _compile_ipython(
+        self, code: str, filename: str, error: SyntaxError
+    ) -> tuple[types.CodeType, types.CodeType | None]:
+        """Compile a cell that is not Python as IPython syntax, or raise its SyntaxError
+        (without the compiler's frames, which tell nothing)."""
+        if self.transform is None:
+            if looks_like_ipython(code):
+                error.msg = f"{error.msg}: {IPYTHON_HINT}"
+                error.args = (error.msg, *error.args[1:])
+            raise error.with_traceback(None) from None
+        translated = self.transform(code)
+        if translated.rstrip("\n") == code.rstrip("\n"):
+            raise error.with_traceback(None) from None
+        try:
+            return _compile_cell(translated, filename)
+        except SyntaxError as err:
+            raise err.with_traceback(None) from None
 
     def _remember_source(self, filename: str, code: str) -> None:
         """Register a cell's source with linecache, keeping only the latest cells."""
@@ -329,6 +367,11 @@ class OutputCapture:
                 self._pending.append((name, text))
             if "\n" in text:
                 self._schedule()
+
+    def publish_now(self) -> None:
+        """Publish pending text at once (before a display, so output keeps its order)."""
+        with self._lock:
+            self._publish_pending()
 
     def request_flush(self) -> None:
         """An explicit flush publishes like a newline does, within the same rate limit."""

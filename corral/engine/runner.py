@@ -26,6 +26,7 @@ from corral.sharedmem import SharedMemory
 
 from .interrupts import InterruptGate
 from .namespace import Namespace, OutputCapture, strip_engine_frames
+from .shell import EngineShell
 
 SendCallback = Callable[[bytes, Sequence[Frame]], None]
 """``send(channel, frames)``: channel is b"mux", b"task", b"control" or b"iopub"."""
@@ -194,6 +195,7 @@ class TaskRunner:
         log: logging.Logger | None = None,
         max_result_bytes: int | None = None,
         shm: SharedMemory | None = None,
+        shell: EngineShell | None = None,
     ) -> None:
         self.shm = shm
         self.session = session
@@ -205,6 +207,17 @@ class TaskRunner:
         self.capture = capture or OutputCapture(log=self.log)
         self.aborts = aborts or AbortList()
         self.gate = gate or InterruptGate()
+        self.shell: EngineShell | None = None
+        if shell is not None:
+            self.use_shell(shell)
+
+    def use_shell(self, shell: EngineShell) -> None:
+        """Run cells with IPython (syntax, display(), rich results): see corral.engine.shell."""
+        self.shell = shell
+        shell.bind(self.namespace.user_ns)
+        self.namespace.transform = shell.transform
+        self.namespace.formatter = shell.format
+        self.namespace.keep["get_ipython"] = self.namespace.user_ns["get_ipython"]
 
     # ------------------------------------------------------------------ sending
 
@@ -283,21 +296,27 @@ class TaskRunner:
             self.publish("execute_input", {"code": content["code"], "execution_count": count}, msg)
 
         failure: BaseException | None = None
-        result_repr: str | None = None
+        result: JSONDict | None = None
         buffers: list[Any] = []
+        displays: list[JSONDict] = []
         with self.capture.capture(lambda name, text: self._stream(msg, name, text)) as output:
+            if self.shell is not None:
+                self.shell.sink = lambda data, md: self._display(msg, data, md, displays)
             try:
                 try:
                     self.gate.enter_task()
                     if is_execute:
                         code = content["code"]
-                        result_repr = self.namespace.execute(code, silent=silent)
+                        result = self.namespace.execute_bundle(code, silent=silent)
                     else:
                         buffers = self._apply(msg)
                 finally:
                     self.gate.leave_task()
             except BaseException as exc:  # user code may raise anything, SystemExit included
                 failure = exc
+            finally:
+                if self.shell is not None:
+                    self.shell.sink = None
         refs: list[SegmentRef] = []
         if failure is None and buffers and self.shm is not None:
             try:
@@ -307,7 +326,7 @@ class TaskRunner:
         if isinstance(failure, KeyboardInterrupt) and self.gate.aborted:
             failure = self._aborted_while_running(msg, failure)
 
-        extra: JSONDict = {}
+        extra: JSONDict = {"outputs": displays} if displays else {}
         if failure is not None:
             reply_content = failure_content(failure, self.identity)
             self.publish("error", _iopub_error(reply_content), msg)
@@ -319,11 +338,11 @@ class TaskRunner:
         if is_execute:
             count = self.namespace.execution_count
             reply_content["execution_count"] = count
-            data = {"text/plain": result_repr} if result_repr is not None else None
+            data = result if failure is None else None
             extra["execute_result"] = data
             if data is not None and not silent:
-                result = {"data": data, "metadata": {}, "execution_count": count}
-                self.publish("execute_result", result, msg)
+                message = {"data": data, "metadata": {}, "execution_count": count}
+                self.publish("execute_result", message, msg)
         metadata = reply_metadata(
             self.identity,
             reply_content["status"],
@@ -379,6 +398,16 @@ class TaskRunner:
                     f"of {limit} bytes (--max-result-bytes): return less, or store it elsewhere"
                 )
         return frames
+
+    def _display(
+        self, parent: Message, data: JSONDict, metadata: JSONDict, displays: list[JSONDict]
+    ) -> None:
+        """display() in user code: published after the text printed before it, and kept for
+        the reply's metadata (``outputs``), which, unlike iopub, cannot be missed."""
+        self.capture.publish_now()
+        content = {"data": data, "metadata": metadata}
+        displays.append(content)
+        self.publish("display_data", content, parent)
 
     def _stream(self, parent: Message, name: str, text: str) -> None:
         self.publish("stream", {"name": name, "text": text}, parent)

@@ -1,0 +1,97 @@
+"""A joblib parallel backend that runs ``joblib.Parallel`` batches on a corral view.
+
+``lview.register_joblib_backend()`` (or :func:`register_joblib_backend` with a view) registers
+it under the name ``"corral"``; then ``with joblib.parallel_config(backend="corral"):
+joblib.Parallel(n_jobs=-1)(...)`` sends each of joblib's batches as one task. ``n_jobs=-1``
+means one worker per registered engine. joblib must be importable on the engines too: a batch
+is a joblib object that the engine calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from corral.client.view import View
+
+__all__ = ["register_joblib_backend"]
+
+BACKEND_NAME = "corral"
+
+
+def _backend_class() -> type[Any]:
+    """The backend class, built on first use so that importing corral never imports joblib."""
+    try:
+        from joblib.parallel import ParallelBackendBase
+    except ImportError:
+        raise ImportError(
+            "register_joblib_backend needs joblib: pip install joblib (on the engines too)"
+        ) from None
+
+    class CorralBackend(ParallelBackendBase):  # type: ignore[misc]
+        """joblib's view of a corral view: batches become tasks, results come back through
+        the task's future (joblib's callback runs on the client's I/O thread)."""
+
+        supports_retrieve_callback = True
+        supports_timeout = True
+        uses_threads = False
+        supports_sharedmem = False
+
+        def __init__(self, view: View, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.view = view
+            self._outstanding: list[Any] = []
+
+        def effective_n_jobs(self, n_jobs: int | None) -> int:
+            if n_jobs == 0:
+                raise ValueError("n_jobs == 0 in Parallel has no meaning")
+            targets = self.view.targets
+            client = self.view.client
+            engines = max(1, len(client if targets is None else client.resolve_targets(targets)))
+            if n_jobs is None or n_jobs < 0:
+                return max(1, engines + 1 + n_jobs) if n_jobs is not None else engines
+            return min(n_jobs, engines)
+
+        def submit(self, func: Callable[[], Any], callback: Any = None) -> Any:
+            result = self.view.apply_async(func)
+            self._outstanding = [r for r in self._outstanding if not r.done()]
+            self._outstanding.append(result)
+            if callback is not None:
+                result.add_done_callback(callback)
+            return result
+
+        def retrieve_result_callback(self, out: Any) -> Any:
+            return out.get()
+
+        def abort_everything(self, ensure_ready: bool = True) -> None:
+            """joblib gave up (a batch failed): abort what is still queued or running."""
+            for result in self._outstanding:
+                if not result.done():
+                    result.abort()
+            self._outstanding = []
+
+        def get_nested_backend(self) -> tuple[Any, int | None]:
+            from joblib._parallel_backends import SequentialBackend
+
+            return SequentialBackend(nesting_level=self.nesting_level + 1), None
+
+    return CorralBackend
+
+
+def register_joblib_backend(
+    view: View, name: str = BACKEND_NAME, make_default: bool = False
+) -> None:
+    """Register ``view`` as joblib backend ``name`` (``make_default``: also make it the
+    backend joblib uses when none is named). A DirectView lends its engines to a
+    load-balanced view: each batch must run once, on one of them, not on all."""
+    from joblib.parallel import register_parallel_backend
+
+    from corral.client.view import DirectView
+
+    if isinstance(view, DirectView):
+        targets = view.targets
+        view = view.client.load_balanced_view(None if targets == "all" else targets)
+
+    backend = _backend_class()
+    register_parallel_backend(name, lambda **kwargs: backend(view, **kwargs), make_default)

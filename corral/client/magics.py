@@ -1,0 +1,310 @@
+"""IPython magics for a view: ``%px``, ``%%px``, ``%autopx``, ``%pxresult``, ``%pxconfig``.
+
+``%load_ext corral`` registers them; ``view.activate(suffix)`` (or ``rc.activate()``) chooses
+the view they use (``suffix`` gives a second view its own ``%px<suffix>`` ... set). They behave
+as ipyparallel's: ``%px`` runs one line on the view's engines and ``%%px`` a cell, blocking and
+streaming output by default; output is shown labelled by engine (``[stdout:0]``,
+``Out[0:3]:``). Ctrl-C while a cell runs aborts it on the engines (the cluster stays usable).
+Bad options print the usage as a UsageError, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+import sys
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from corral.client.outputs import GROUPINGS
+from corral.errors import CorralError, InvalidTarget, NoEnginesRegistered, TimeoutError
+
+if TYPE_CHECKING:
+    from corral.client.asyncresult import AsyncResult
+    from corral.client.view import DirectView
+
+__all__ = ["ParallelMagics", "activate", "load_ipython_extension"]
+
+NO_VIEW = (
+    "no active view: connect a client and activate a view first, e.g. "
+    "`rc = corral.Client(); rc[:].activate()`"
+)
+NO_LAST_RESULT = "%pxresult shows the result of the last %px command, and there was none yet"
+
+
+def _usage_error(message: str) -> NoReturn:
+    from IPython.core.error import UsageError
+
+    raise UsageError(message)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are UsageErrors carrying the usage, and that never exits."""
+
+    def error(self, message: str) -> NoReturn:
+        _usage_error(f"{message}\n{self.format_usage()}")
+
+    def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
+        _usage_error(message or self.format_help())
+
+
+def _exec_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-t", "--targets", help="engines: all, 3, 0:4, ::2, 1,3 or [1, 3]")
+    parser.add_argument("-b", "--block", dest="block", action="store_const", const=True)
+    parser.add_argument("-a", "--noblock", dest="block", action="store_const", const=False)
+    parser.add_argument("--stream", dest="stream", action="store_const", const=True)
+    parser.add_argument("--no-stream", dest="stream", action="store_const", const=False)
+    parser.add_argument("--verbose", dest="verbose", action="store_const", const=True)
+    parser.add_argument("--no-verbose", dest="verbose", action="store_const", const=False)
+
+
+def _output_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--group-outputs", dest="groupby", choices=GROUPINGS, default="type")
+    parser.add_argument("-r", dest="groupby", action="store_const", const="order")
+    parser.add_argument("-e", dest="groupby", action="store_const", const="engine")
+    parser.add_argument(
+        "-o", "--out", "--save-name", dest="save_name", help="store the AsyncResult as NAME"
+    )
+
+
+def _parser(prog: str, exec_options: bool, output_options: bool) -> _Parser:
+    parser = _Parser(prog=prog, add_help=False)
+    if exec_options:
+        _exec_options(parser)
+    if exec_options and output_options:  # %%px only
+        parser.add_argument("--local", action="store_true", help="also run the cell here")
+    if output_options:
+        _output_options(parser)
+    return parser
+
+
+def parse_targets(text: str, ids: list[int]) -> Any:
+    """``all``, an id, a slice of the registered ids (``0:4``, ``::2``) or a list of ids."""
+    text = text.strip()
+    if text == "all":
+        return "all"
+    if ":" in text:
+        parts = text.split(":")
+        try:
+            bounds = [int(part) if part.strip() else None for part in parts]
+        except ValueError:
+            _usage_error(f"--targets: not a slice of engine ids: {text!r}")
+        if len(bounds) > 3:
+            _usage_error(f"--targets: not a slice of engine ids: {text!r}")
+        return ids[slice(*bounds)]
+    items = [item for item in re.split(r"[\s,\[\]()]+", text) if item]
+    try:
+        numbers = [int(item) for item in items]
+    except ValueError:
+        _usage_error(f"--targets: engine ids are ints: {text!r}")
+    if not numbers:
+        _usage_error("--targets: no engine ids given")
+    return numbers[0] if len(numbers) == 1 and "," not in text and "[" not in text else numbers
+
+
+class ParallelMagics:
+    """The magics of one suffix, and the view, defaults and last result they share."""
+
+    def __init__(self, shell: Any, suffix: str = "") -> None:
+        self.shell = shell
+        self.suffix = suffix
+        self.view: DirectView | None = None
+        self.block = True
+        self.stream = True
+        self.verbose = False
+        self.last_result: AsyncResult | None = None
+        self._autopx = False
+        self._run_cell: Any = None
+        self._px_parser = _parser(f"%%px{suffix}", True, True)
+        self._result_parser = _parser(f"%pxresult{suffix}", False, True)
+        self._config_parser = _parser(f"%pxconfig{suffix}", True, False)
+
+    def register(self) -> None:
+        register = self.shell.register_magic_function
+        register(self.px, "line", f"px{self.suffix}")
+        register(self.cell_px, "cell", f"px{self.suffix}")
+        register(self.autopx, "line", f"autopx{self.suffix}")
+        register(self.pxresult, "line", f"pxresult{self.suffix}")
+        register(self.pxconfig, "line", f"pxconfig{self.suffix}")
+
+    # ------------------------------------------------------------------ the magics
+
+    def px(self, line: str = "") -> Any:
+        """%px CODE: run one line on the active view's engines."""
+        return self.run(line)
+
+    def cell_px(self, line: str = "", cell: str = "") -> Any:
+        """%%px [options]: run the cell on the engines (see the options with %%px --help)."""
+        args = self._parse(self._px_parser, line)
+        view = self._view()
+        targets = parse_targets(args.targets, view.client.ids) if args.targets else None
+        if args.local:
+            result = self.run(cell, targets, block=False, save_name=args.save_name)
+            self.shell.run_cell(cell)
+            if self.block if args.block is None else args.block:
+                return self._finish(result, args.groupby, stream=False)
+            return result
+        return self.run(
+            cell,
+            targets,
+            block=args.block,
+            stream=args.stream,
+            groupby=args.groupby,
+            save_name=args.save_name,
+            verbose=args.verbose,
+        )
+
+    def pxresult(self, line: str = "") -> None:
+        """%pxresult [options]: wait for the last %px command and show its output."""
+        args = self._parse(self._result_parser, line)
+        if self.last_result is None:
+            _usage_error(NO_LAST_RESULT)
+        if args.save_name:
+            self.shell.user_ns[args.save_name] = self.last_result
+        self._finish(self.last_result, args.groupby, stream=False)
+
+    def pxconfig(self, line: str = "") -> None:
+        """%pxconfig [options]: the defaults of %px (targets, blocking, streaming, verbose)."""
+        args = self._parse(self._config_parser, line)
+        view = self._view()
+        if args.targets:
+            view.targets = parse_targets(args.targets, view.client.ids)
+        if args.block is not None:
+            self.block = args.block
+        if args.stream is not None:
+            self.stream = args.stream
+        if args.verbose is not None:
+            self.verbose = args.verbose
+
+    def autopx(self, line: str = "") -> None:
+        """%autopx: toggle running every cell on the engines, as if it began with %%px."""
+        if self._autopx:
+            self.shell.run_cell = self._run_cell
+            self._autopx = False
+            print(f"%autopx{self.suffix} disabled")
+            return
+        self._view()
+        self._run_cell = self.shell.run_cell
+        original = self._run_cell
+        toggle = re.compile(rf"^\s*%autopx{re.escape(self.suffix)}\b")
+
+        def run_cell(raw_cell: str, *args: Any, **kwargs: Any) -> Any:
+            if not toggle.match(raw_cell) and raw_cell.strip():
+                raw_cell = f"%%px{self.suffix}\n{raw_cell}"
+            return original(raw_cell, *args, **kwargs)
+
+        self.shell.run_cell = run_cell
+        self._autopx = True
+        print(f"%autopx{self.suffix} enabled")
+
+    # ------------------------------------------------------------------ running
+
+    def _parse(self, parser: _Parser, line: str) -> argparse.Namespace:
+        try:
+            words = shlex.split(line)
+        except ValueError as err:
+            _usage_error(f"{err}\n{parser.format_usage()}")
+        if any(word in ("-h", "--help") for word in words):
+            _usage_error(parser.format_help())
+        return parser.parse_args(words)
+
+    def _view(self) -> DirectView:
+        if self.view is None:
+            _usage_error(NO_VIEW)
+        return self.view
+
+    def run(
+        self,
+        code: str,
+        targets: Any = None,
+        *,
+        block: bool | None = None,
+        stream: bool | None = None,
+        groupby: str = "type",
+        save_name: str | None = None,
+        verbose: bool | None = None,
+    ) -> Any:
+        """Send ``code`` to the engines; wait and show the output when blocking, else return
+        the AsyncResult (also kept for %pxresult)."""
+        view = self._view()
+        block = self.block if block is None else block
+        if self.verbose if verbose is None else verbose:
+            where = view.targets if targets is None else targets
+            print(f"{'Parallel' if block else 'Async parallel'} execution on engine(s): {where}")
+        try:
+            result: AsyncResult = view.execute(code, silent=False, targets=targets, block=False)
+        except (NoEnginesRegistered, InvalidTarget) as err:
+            _usage_error(str(err))
+        self.last_result = result
+        if save_name:
+            self.shell.user_ns[save_name] = result
+        if not block:
+            return result
+        self._finish(result, groupby, self.stream if stream is None else stream)
+        return None
+
+    def _finish(self, result: AsyncResult, groupby: str, stream: bool) -> None:
+        """Wait (streaming output if asked), show the output, raise the remote error(s).
+        Ctrl-C aborts the work on the engines instead."""
+        try:
+            if stream:
+                with result.stream_output():
+                    result.wait()
+            else:
+                result.wait()
+        except KeyboardInterrupt:
+            self._interrupted(result)
+            return
+        result.display_outputs(groupby, result_only=stream)
+        result.get()
+
+    def _interrupted(self, result: AsyncResult) -> None:
+        """Ctrl-C during a blocking %px: abort the cell on the engines, and say so."""
+        engines = sorted({e for e in _engine_ids(result) if e is not None})
+        try:
+            result.abort()
+            result.wait(self._view().client.timeout)
+        except (CorralError, TimeoutError) as err:
+            print(f"%px interrupted; aborting it on the engines failed: {err}", file=sys.stderr)
+            return
+        print(f"%px interrupted: aborted on engine(s) {engines}", file=sys.stderr)
+
+
+def _engine_ids(result: AsyncResult) -> list[int | None]:
+    ids = result.engine_id
+    return ids if isinstance(ids, list) else [ids]
+
+
+def _magics(shell: Any) -> dict[str, ParallelMagics]:
+    """The ParallelMagics of each suffix registered in ``shell``."""
+    registry: dict[str, ParallelMagics] | None = getattr(shell, "_corral_magics", None)
+    if registry is None:
+        registry = {}
+        shell._corral_magics = registry
+    return registry
+
+
+def _for_suffix(shell: Any, suffix: str) -> ParallelMagics:
+    registry = _magics(shell)
+    magics = registry.get(suffix)
+    if magics is None:
+        magics = registry[suffix] = ParallelMagics(shell, suffix)
+        magics.register()
+    return magics
+
+
+def activate(view: DirectView, suffix: str = "") -> None:
+    """Make ``view`` the one the magics with ``suffix`` use, registering them if needed."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        raise ImportError("the %px magics need IPython: pip install 'corral[ipython]'") from None
+    shell = get_ipython()
+    if shell is None:
+        raise RuntimeError("view.activate() registers IPython magics: run it inside IPython")
+    _for_suffix(shell, suffix.strip()).view = view
+
+
+def load_ipython_extension(shell: Any) -> None:
+    """``%load_ext corral``: register %px, %%px, %autopx, %pxresult and %pxconfig."""
+    _for_suffix(shell, "")

@@ -1,0 +1,120 @@
+"""IPython on an engine, when it is installed there: IPython syntax, ``display()``, rich reprs.
+
+An engine runs plain Python. If IPython can be imported, :func:`load_shell` makes an
+``InteractiveShell`` over the engine's own namespace, so that
+
+- a cell that is not valid Python is translated by IPython (``%magic``, ``!shell``, ``obj?``)
+  and run like any other cell (:meth:`EngineShell.transform`);
+- ``display(obj)`` in user code reaches the client as a ``display_data`` message (the shell's
+  display publisher hands each bundle to the task runner);
+- a cell's last value is formatted by IPython's formatters (``text/html``, ``image/png`` ...),
+  not only ``repr`` (:meth:`EngineShell.format`).
+
+Without IPython, a cell in IPython syntax fails with a SyntaxError that names the missing extra.
+The shell never reads or writes history, and uses no colours (its text goes to a client).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["EngineShell", "IPYTHON_HINT", "load_shell", "looks_like_ipython"]
+
+DisplaySink = Callable[[dict[str, Any], dict[str, Any]], None]
+"""``sink(data, metadata)``: publish one display bundle for the running task."""
+
+IPYTHON_HINT = (
+    "this cell uses IPython syntax (%magic, !shell or ?), which needs IPython on the engines: "
+    "install it there with pip install 'corral[ipython]'"
+)
+
+
+def looks_like_ipython(code: str) -> bool:
+    """Whether a cell that failed to compile has a line in IPython-only syntax."""
+    for line in code.splitlines():
+        stripped = line.strip()
+        if stripped.startswith(("%", "!")) or (stripped.endswith("?") and "#" not in stripped):
+            return True
+    return False
+
+
+def jsonable_bundle(data: dict[str, Any]) -> dict[str, Any]:
+    """A mime bundle fit for JSON: binary values (``image/png`` ...) base64-encoded, as in
+    Jupyter's message spec."""
+    return {
+        key: base64.b64encode(value).decode("ascii") if isinstance(value, bytes) else value
+        for key, value in data.items()
+    }
+
+
+class EngineShell:
+    """The engine's IPython shell (see the module doc). ``sink`` receives display bundles; the
+    task runner points it at the running task and back to None afterwards."""
+
+    def __init__(self, shell: Any) -> None:
+        self.shell = shell
+        self.sink: DisplaySink | None = None
+
+    def transform(self, code: str) -> str:
+        """The cell in plain Python (IPython's input transformers)."""
+        return str(self.shell.transform_cell(code))
+
+    def format(self, value: Any) -> dict[str, Any]:
+        """``value``'s mime bundle (``text/plain`` always, richer types when it has them)."""
+        data, _ = self.shell.display_formatter.format(value)
+        bundle = jsonable_bundle(dict(data))
+        bundle.setdefault("text/plain", repr(value))
+        return bundle
+
+    def bind(self, user_ns: dict[str, Any]) -> None:
+        """Use ``user_ns`` (the engine namespace, after a clear too) and offer ``get_ipython``
+        in it, which translated cells call."""
+        self.shell.user_ns = user_ns
+        user_ns.setdefault("get_ipython", lambda: self.shell)
+
+    def _publish(self, data: dict[str, Any], metadata: dict[str, Any] | None) -> None:
+        if self.sink is not None:
+            self.sink(jsonable_bundle(dict(data)), dict(metadata or {}))
+
+
+def load_shell(user_ns: dict[str, Any], log: logging.Logger) -> EngineShell | None:
+    """An :class:`EngineShell` over ``user_ns``, or None when IPython is not installed (or
+    fails to start: logged, and the engine runs plain Python)."""
+    try:
+        from IPython.core.displaypub import DisplayPublisher
+        from IPython.core.interactiveshell import InteractiveShell
+        from traitlets.config import Config
+    except ImportError:
+        return None
+    try:
+        config = Config()
+        config.HistoryManager.enabled = False
+        config.InteractiveShell.colors = "nocolor"
+        shell = InteractiveShell.instance(config=config, user_ns=user_ns)
+        engine_shell = EngineShell(shell)
+
+        class EnginePublisher(DisplayPublisher):
+            """Sends display() bundles to the client instead of printing them."""
+
+            def publish(
+                self,
+                data: dict[str, Any],
+                metadata: dict[str, Any] | None = None,
+                *args: Any,
+                **kwargs: Any,
+            ) -> None:
+                engine_shell._publish(data, metadata)
+
+            def clear_output(self, wait: bool = False) -> None:
+                """Nothing to clear on the client: outputs are kept per task."""
+
+        publisher: Any = EnginePublisher
+        shell.display_pub = publisher(shell=shell, parent=shell)
+        engine_shell.bind(user_ns)
+        return engine_shell
+    except Exception:
+        log.exception("IPython is installed but its shell did not start: plain Python only")
+        return None

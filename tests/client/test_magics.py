@@ -1,0 +1,170 @@
+"""%px, %%px, %autopx, %pxresult and %pxconfig through IPython's InteractiveShell against a
+live cluster, checking the text a user sees."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+from traitlets.config import Config
+
+from tests.conftest import running_cluster
+
+
+@pytest.fixture
+def shell(rc) -> Iterator[Any]:  # type: ignore[no-untyped-def]
+    config = Config()
+    config.HistoryManager.enabled = False
+    config.InteractiveShell.colors = "nocolor"
+    ip = InteractiveShell.instance(config=config)
+    ip.user_ns["rc"] = rc
+    try:
+        yield ip
+    finally:
+        InteractiveShell.clear_instance()
+
+
+def lines(text: str) -> list[str]:
+    """Streamed lines, in engine order (engines print at the same time, in any order)."""
+    return sorted(text.splitlines())
+
+
+def run(shell: Any, capsys: Any, cell: str) -> tuple[str, str]:
+    """Run a cell; what it printed to stdout and stderr."""
+    capsys.readouterr()
+    shell.run_cell(cell)
+    captured = capsys.readouterr()
+    return captured.out, captured.err
+
+
+def test_px_without_an_active_view_says_what_to_do(shell, capsys) -> None:  # type: ignore[no-untyped-def]
+    run(shell, capsys, "%load_ext corral")
+    out, err = run(shell, capsys, "%px 1")
+    assert "UsageError: no active view" in err and "rc[:].activate()" in err
+    assert "Traceback" not in out + err
+
+
+def test_px_line_and_cell(shell, capsys) -> None:  # type: ignore[no-untyped-def]
+    run(shell, capsys, "rc[:].activate()")
+    assert run(shell, capsys, "%px a = 5") == ("", "")
+    out, _ = run(shell, capsys, "%px print(a)")
+    assert lines(out) == ["[stdout:0] 5", "[stdout:1] 5"]
+    out, _ = run(shell, capsys, "%%px\nb = a * 2\nb")
+    shown = out.splitlines()
+    assert len(shown) == 2
+    assert shown[0].startswith("Out[0:") and shown[0].endswith("]: 10")
+    assert shown[1].startswith("Out[1:") and shown[1].endswith("]: 10")
+
+
+def test_px_stream_shows_lines_as_they_come(shell, capsys) -> None:  # type: ignore[no-untyped-def]
+    run(shell, capsys, "rc[:].activate()")
+    cell = (
+        "%%px --stream\nimport sys\nfor i in range(3):\n    print('tick', i)\n"
+        "print('E', file=sys.stderr)"
+    )
+    out, err = run(shell, capsys, cell)
+    for engine in (0, 1):
+        assert [line for line in out.splitlines() if line.startswith(f"[stdout:{engine}]")] == [
+            f"[stdout:{engine}] tick {i}" for i in range(3)
+        ]
+        assert f"[stderr:{engine}] E" in err.splitlines()
+    out, _ = run(shell, capsys, "%%px --no-stream\nprint('x')\nprint('y')")
+    assert out == "[stdout:0]\nx\ny\n[stdout:1]\nx\ny\n"
+
+
+def test_px_options(shell, capsys) -> None:  # type: ignore[no-untyped-def]
+    run(shell, capsys, "rc[:].activate()")
+    out, _ = run(shell, capsys, "%%px --targets 1\nprint('one')")
+    assert out == "[stdout:1] one\n"
+    out, _ = run(shell, capsys, "%%px -t ::2 --verbose\nprint('even')")
+    assert out == "Parallel execution on engine(s): [0]\n[stdout:0] even\n"
+    out, _ = run(shell, capsys, "%%px --noblock --save-name saved\n3 + 4")
+    assert out.startswith("Out[") and "AsyncResult(execute)" in out
+    out, _ = run(shell, capsys, "%pxresult")
+    assert [line.split("]: ")[1] for line in out.splitlines()] == ["7", "7"]
+    assert [r.execute_result["text/plain"] for r in shell.user_ns["saved"].get(30)] == ["7", "7"]
+    out, _ = run(shell, capsys, "%%px --group-outputs=engine --no-stream\nprint('p')\n1")
+    shown = out.splitlines()
+    assert shown[0] == "[stdout:0] p" and shown[1].startswith("Out[0:")
+    assert shown[2] == "[stdout:1] p" and shown[3].startswith("Out[1:")
+    run(shell, capsys, "%%px --local\nboth = 11")
+    assert shell.user_ns["both"] == 11
+    out, _ = run(shell, capsys, "%px print(both)")
+    assert lines(out) == ["[stdout:0] 11", "[stdout:1] 11"]
+
+
+def test_pxconfig_and_autopx(shell, capsys) -> None:  # type: ignore[no-untyped-def]
+    run(shell, capsys, "view = rc[:]; view.activate()")
+    run(shell, capsys, "%pxconfig --targets 0 --verbose")
+    out, _ = run(shell, capsys, "%px print('cfg')")
+    assert out == "Parallel execution on engine(s): 0\n[stdout:0] cfg\n"
+    run(shell, capsys, "%pxconfig --targets all --no-verbose --noblock")
+    out, _ = run(shell, capsys, "%px 1")
+    assert "AsyncResult(execute)" in out
+    run(shell, capsys, "%pxconfig --block")
+    out, _ = run(shell, capsys, "%autopx")
+    assert out == "%autopx enabled\n"
+    assert run(shell, capsys, "c = 7") == ("", "")
+    out, _ = run(shell, capsys, "print(c)")
+    assert lines(out) == ["[stdout:0] 7", "[stdout:1] 7"]
+    out, _ = run(shell, capsys, "%autopx")
+    assert out == "%autopx disabled\n"
+    assert "c" not in shell.user_ns
+    out, _ = run(shell, capsys, "print('local')")
+    assert out == "local\n"
+
+
+def test_suffix_gives_a_second_view_its_own_magics(shell, capsys) -> None:  # type: ignore[no-untyped-def]
+    run(shell, capsys, "rc[:].activate(); rc[1].activate('1')")
+    out, _ = run(shell, capsys, "%px1 print('only one')")
+    assert out == "[stdout:1] only one\n"
+    out, _ = run(shell, capsys, "%%px1\nprint('cell')")
+    assert out == "[stdout:1] cell\n"
+    out, _ = run(shell, capsys, "%px print('all')")
+    assert lines(out) == ["[stdout:0] all", "[stdout:1] all"]
+
+
+def test_bad_input_prints_usage_not_a_traceback(shell, capsys) -> None:  # type: ignore[no-untyped-def]
+    run(shell, capsys, "rc[:].activate()")
+    for cell in (
+        "%%px --bogus\n1",
+        "%%px --group-outputs=colour\n1",
+        "%pxconfig --targets 0:x",
+        "%%px --targets 99\n1",
+        "%pxresult --nope",
+    ):
+        out, err = run(shell, capsys, cell)
+        assert "UsageError" in err, cell
+        assert "Traceback" not in out + err, cell
+    _, err = run(shell, capsys, "%%px --bogus\n1")
+    assert "unrecognized arguments: --bogus" in err and "usage: %%px" in err
+    _, err = run(shell, capsys, "%%px --targets 99\n1")
+    assert "engine 99 is not registered" in err
+
+
+def test_remote_errors_show_engine_and_exception(shell, capsys) -> None:  # type: ignore[no-untyped-def]
+    run(shell, capsys, "rc[:].activate()")
+    out, err = run(shell, capsys, "%%px\nprint('before')\n1 / 0")
+    text = out + err
+    assert "[stdout:0] before" in text and "[stdout:1] before" in text
+    assert "ZeroDivisionError" in text and "engine 0" in text and "engine 1" in text
+    out, _ = run(shell, capsys, "%px print('still fine')")
+    assert lines(out) == ["[stdout:0] still fine", "[stdout:1] still fine"]
+
+
+def test_px_with_no_engines_says_so(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    config = Config()
+    config.HistoryManager.enabled = False
+    ip = InteractiveShell.instance(config=config)
+    try:
+        with running_cluster(tmp_path, 0) as cluster:
+            ip.user_ns["empty"] = cluster.client
+            run(ip, capsys, "empty.activate()")
+            out, err = run(ip, capsys, "%px 1")
+            assert "UsageError: no engines are registered" in err
+            assert "Traceback" not in out + err
+    finally:
+        InteractiveShell.clear_instance()

@@ -1,0 +1,168 @@
+"""Output while tasks run and afterwards, on a real cluster whose engines have IPython:
+stream_output, display_outputs, display() and rich results, IPython syntax in execute."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import cloudpickle
+import pytest
+
+from corral.errors import RemoteError
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def wait_for(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def print_then_wait(flag: str) -> str:
+    import os
+    import time
+
+    print("first line", flush=True)
+    print("partial ", end="", flush=True)
+    deadline = time.monotonic() + 30
+    while not os.path.exists(flag) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    print("end")
+    print("to stderr", file=sys.stderr)
+    return "done"
+
+
+def test_stream_output_prints_while_the_task_runs(rc, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    flag = tmp_path / "go"
+    ar = rc.load_balanced_view().apply_async(print_then_wait, str(flag))
+    seen: list[str] = []
+
+    def printed(text: str) -> bool:
+        seen.append(capsys.readouterr().out)
+        return text in "".join(seen)
+
+    with ar.stream_output():
+        # the first line is on screen while the task still waits for the flag
+        wait_for(lambda: printed("first line\n"))
+        assert not ar.done()
+        flag.touch()
+        assert ar.get(timeout=30) == "done"
+    captured = capsys.readouterr()
+    out = "".join(seen) + captured.out
+    engine = ar.engine_id
+    assert f"[stdout:{engine}] first line\n[stdout:{engine}] partial end\n" in out
+    assert f"[stderr:{engine}] to stderr\n" in captured.err
+
+
+def test_stream_output_of_several_engines_is_prefixed_and_complete(rc, capsys) -> None:  # type: ignore[no-untyped-def]
+    code = "import sys\nfor i in range(3):\n    print('line', i)\nprint('oops', file=sys.stderr)"
+    ar = rc[:].execute(code)
+    with ar.stream_output():
+        ar.get(timeout=30)
+    captured = capsys.readouterr()
+    for engine in rc.ids:
+        lines = [
+            line for line in captured.out.splitlines() if line.startswith(f"[stdout:{engine}]")
+        ]
+        assert lines == [f"[stdout:{engine}] line {i}" for i in range(3)]
+        assert f"[stderr:{engine}] oops" in captured.err.splitlines()
+
+
+def test_display_outputs_groupings(rc, capsys) -> None:  # type: ignore[no-untyped-def]
+    ar = rc[:].execute("import sys\nprint('hello')\nprint('warn', file=sys.stderr)\n6 * 7")
+    ar.get(timeout=30)
+    capsys.readouterr()
+    ar.display_outputs()  # by type: every stdout, every stderr, then results
+    by_type = capsys.readouterr()
+    out_lines = by_type.out.splitlines()
+    assert out_lines[:2] == ["[stdout:0] hello", "[stdout:1] hello"]
+    assert out_lines[2].startswith("Out[0:") and out_lines[2].endswith("]: 42")
+    assert by_type.err.splitlines() == ["[stderr:0] warn", "[stderr:1] warn"]
+    ar.display_outputs(groupby="engine")
+    by_engine = capsys.readouterr().out.splitlines()
+    assert by_engine[0] == "[stdout:0] hello" and by_engine[1].startswith("Out[0:")
+    assert by_engine[2] == "[stdout:1] hello" and by_engine[3].startswith("Out[1:")
+    ar.display_outputs(result_only=True)
+    assert "[stdout" not in capsys.readouterr().out
+    with pytest.raises(ValueError, match="groupby"):
+        ar.display_outputs(groupby="colour")
+
+
+def test_multiline_output_puts_the_label_on_its_own_line(rc, capsys) -> None:  # type: ignore[no-untyped-def]
+    ar = rc[0].execute("print('a')\nprint('b')")
+    ar.get(timeout=30)
+    capsys.readouterr()
+    ar.display_outputs()
+    assert capsys.readouterr().out == "[stdout:0]\na\nb\n"
+
+
+def test_display_and_rich_results_reach_the_client(rc) -> None:  # type: ignore[no-untyped-def]
+    code = (
+        "from IPython.display import HTML, display\n"
+        "print('before')\n"
+        "display(HTML('<b>bold</b>'))\n"
+        "HTML('<i>result</i>')"
+    )
+    ar = rc[0].execute(code)
+    reply = ar.get(timeout=30)
+    md = ar.metadata
+    assert md["stdout"] == "before\n"
+    assert [output["data"]["text/html"] for output in md["outputs"]] == ["<b>bold</b>"]
+    assert md["execute_result"]["text/html"] == "<i>result</i>"
+    assert reply.execute_result["text/html"] == "<i>result</i>"
+
+
+def display_from_a_function() -> int:
+    from IPython.display import Markdown, display
+
+    display(Markdown("*from apply*"))
+    return 1
+
+
+def test_display_in_an_applied_function(rc) -> None:  # type: ignore[no-untyped-def]
+    ar = rc.load_balanced_view().apply_async(display_from_a_function)
+    assert ar.get(timeout=30) == 1
+    assert ar.metadata["outputs"][0]["data"]["text/markdown"] == "*from apply*"
+
+
+def test_ipython_syntax_in_execute(rc) -> None:  # type: ignore[no-untyped-def]
+    dv = rc[0]
+    ar = dv.execute("!echo from-the-shell\nvalue = 3\n%time squared = value ** 2\nsquared")
+    reply = ar.get(timeout=30)
+    assert "from-the-shell" in ar.stdout
+    assert reply.execute_result["text/plain"] == "9"
+    ar = dv.execute("squared?")
+    ar.get(timeout=30)
+    assert "Type:" in ar.stdout and "int" in ar.stdout
+    with pytest.raises(RemoteError, match="SyntaxError"):
+        dv.execute("x = (1 +", block=True)
+    rc.clear(targets=[0])
+    assert dv.execute("%time 1 + 1", block=True).execute_result["text/plain"] == "2"
+
+
+def test_get_result_from_another_client_has_the_displays(rc, cluster) -> None:  # type: ignore[no-untyped-def]
+    from corral.client.client import Client
+
+    ar = rc[1].execute("from IPython.display import HTML, display\ndisplay(HTML('<p>kept</p>'))")
+    ar.get(timeout=30)
+    with Client(cluster.path / "corral-client.json") as other:
+        fetched = other.get_result(ar.msg_ids[0])
+        fetched.get(timeout=30)
+        assert fetched.metadata["outputs"][0]["data"]["text/html"] == "<p>kept</p>"
+
+
+def test_an_engine_without_ipython_runs_plain_python(tmp_path: Path) -> None:
+    from tests.conftest import running_cluster
+
+    with running_cluster(tmp_path, 1, engine_args=["--no-ipython"]) as plain:
+        dv = plain.client[0]
+        assert dv.execute("x = 6\nx * 7", block=True).execute_result == {"text/plain": "42"}
+        with pytest.raises(RemoteError, match=r"SyntaxError: .*pip install 'corral\[ipython\]'"):
+            dv.execute("%time x", block=True)
+        with pytest.raises(RemoteError, match="SyntaxError") as raised:
+            dv.execute("x = (1 +", block=True)
+        assert "corral[ipython]" not in str(raised.value)

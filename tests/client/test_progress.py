@@ -1,0 +1,45 @@
+"""Progress bars of the waits (the text bar; its drawing on a real terminal is checked in
+test_terminal.py): what they count, timeouts, and that they end at 100%."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import cloudpickle
+import pytest
+
+from corral.errors import TimeoutError
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def test_client_wait_interactive_counts_everything_outstanding(rc, capsys) -> None:  # type: ignore[no-untyped-def]
+    view = rc.load_balanced_view()
+    results = [view.apply_async(nap, 0.05) for _ in range(8)]
+    assert rc.wait_interactive(interval=0.02, timeout=60) is True
+    assert all(r.done() for r in results)
+    bar = capsys.readouterr().err
+    assert "tasks: 100%" in bar and "8/8" in bar
+
+
+def test_wait_interactive_timeout_returns_with_work_going_on(rc, capsys) -> None:  # type: ignore[no-untyped-def]
+    ar = rc.load_balanced_view().map_async(nap, [0.5] * 4)
+    started = time.monotonic()
+    assert ar.wait_interactive(interval=0.05, timeout=0.1) is None
+    assert time.monotonic() - started < 10 and not ar.ready()
+    assert "/4" in capsys.readouterr().err
+    assert ar.get(timeout=60) == [0.5] * 4
+
+
+def test_wait_for_engines_interactive(rc, capsys) -> None:  # type: ignore[no-untyped-def]
+    rc.wait_for_engines(2, timeout=30, interactive=True)
+    assert "engines: 100%" in capsys.readouterr().err
+    with pytest.raises(TimeoutError, match="2 of 5 engines registered"):
+        rc.wait_for_engines(5, timeout=0.3, interactive=True)
+    assert "2/5" in capsys.readouterr().err
