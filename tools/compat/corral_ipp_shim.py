@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 import types
 from pathlib import Path
@@ -52,6 +53,9 @@ def _point_public_names_at_corral() -> list[str]:
             delattr(ipyparallel, name)
             missing.append(name)
         else:
+            home = sys.modules.get(getattr(value, "__module__", "") or "")
+            if home is not None and home.__name__.startswith("ipyparallel."):
+                setattr(home, name, replacement)  # e.g. ipyparallel.client.client.Client
             setattr(ipyparallel, name, replacement)
     # the one helper the peer's tests take from a submodule rather than the top level
     if hasattr(corral, "interactive"):

@@ -25,7 +25,6 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 
 PUBLIC = [
-    "test_async",
     "test_asyncresult",
     "test_client",
     "test_dependency",
@@ -39,6 +38,7 @@ PUBLIC = [
     "test_view_broadcast",
 ]
 INTERNAL = {
+    "test_async": "ipyparallel._async.AsyncFirst, a private helper class",
     "test_canning": "ipyparallel's serializer (ipyparallel.serialize.canning)",
     "test_serialize": "ipyparallel's serializer (ipyparallel.serialize)",
     "test_util": "ipyparallel.util helpers",
