@@ -254,13 +254,13 @@ class AsyncResult(futures.Future[Any]):
         to interrupt running ones)."""
         if self.done():
             return self.cancelled()
-        if any(
-            (self._records.metadata.get(m) or Metadata())["started"] is not None or child.done()
-            for m, child in zip(self.msg_ids, self._children, strict=True)
-        ):
+        pending = [
+            msg_id
+            for msg_id, child in zip(self.msg_ids, self._children, strict=True)
+            if not child.done()
+        ]
+        if self._client is None or not self._client._cancel(pending):
             return False
-        if self._client is not None:
-            self._client.abort(self.msg_ids, block=False)
         return super().cancel()
 
     @property
@@ -385,7 +385,10 @@ class AsyncResult(futures.Future[Any]):
 
     @property
     def serial_time(self) -> float:
-        """Seconds the requests spent running, added up over engines."""
+        """Seconds the requests spent running, added up over engines; TimeoutError until
+        ready."""
+        if not self.done():
+            raise TimeoutError(f"{self._fname}: not ready, so no serial time yet")
         total = 0.0
         for msg_id in self.msg_ids:
             md = self._records.metadata.get(msg_id)

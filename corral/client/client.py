@@ -227,14 +227,18 @@ class Client(HubQueries):
                 )
             return self.direct_view(ids)
         if isinstance(key, int | list | tuple | range):
-            self.resolve_targets(key)
-            return self.direct_view(key if isinstance(key, int) else list(key))
+            resolved = [engine_id for engine_id, _ in self.resolve_targets(key)]
+            return self.direct_view(resolved[0] if isinstance(key, int) else resolved)
         raise TypeError(f"index a Client with an int, a slice or a list of ints, not {key!r}")
 
     def direct_view(self, targets: Targets = "all", **flags: Any) -> DirectView:
         """A DirectView on ``targets`` (``"all"``: whichever engines are registered at each
-        call); ``flags`` (``block``) are set on it."""
+        call; a negative int counts from the last engine); ``flags`` (``block``) are set on
+        it."""
         from corral.client.view import DirectView
+
+        if isinstance(targets, int) and not isinstance(targets, bool) and targets < 0:
+            targets = self.resolve_targets(targets)[0][0]
 
         view = DirectView(self, targets)
         view.set_flags(**flags)
@@ -396,6 +400,11 @@ class Client(HubQueries):
             ids: list[Any] = sorted(engines)[targets]
         elif isinstance(targets, int) and not isinstance(targets, bool):
             ids = [targets]
+            if targets < 0:  # as in ipyparallel: counted from the last engine
+                ordered = sorted(engines)
+                if -targets > len(ordered):
+                    raise InvalidTarget(f"no engine {targets}: {len(ordered)} are registered")
+                ids = [ordered[targets]]
         elif isinstance(targets, list | tuple | range):
             ids = list(targets)
         else:
@@ -446,21 +455,25 @@ class Client(HubQueries):
         target: Target | None = None,
         in_history: bool = True,
         track: bool = False,
+        header: dict[str, Any] | None = None,
     ) -> str:
         """Sign, track and hand off one request; its msg_id. With a ``target`` it goes to
         that engine (mux or control); a target already gone fails at once with EngineError.
         ``track``: keep a MessageTracker of the data buffers in ``_records.trackers``.
+        ``header``: one made earlier, for a request already tracked (a held task, see
+        :mod:`corral.client.deferred`).
         While the controller is unreachable such a request waits up to ``timeout`` for it, then
         raises ConnectionError; load-balanced ones are queued (the scheduler holds them until
         engines are back)."""
         if target is not None and self._link_lost_at is not None:
             self._wait_for_link(time.monotonic() + self.timeout, msg_type)
         session = self.session
-        msg = session.msg(msg_type, content, metadata=metadata, buffers=buffers)
+        msg = session.msg(msg_type, content, metadata=metadata, buffers=buffers, header=header)
         idents = (target[1].encode(),) if target is not None else ()
         frames = session.serialize(msg, idents)
         engine_id, uuid = target if target is not None else (None, None)
-        self._records.track(msg, channel, uuid, engine_id, in_history=in_history)
+        if header is None:
+            self._records.track(msg, channel, uuid, engine_id, in_history=in_history)
         if uuid is not None and uuid not in self._uuids:
             self._records.fail(msg.msg_id, _engine_gone(engine_id, uuid))
             return msg.msg_id
@@ -552,10 +565,15 @@ class Client(HubQueries):
         return self._records.metadata
 
     def wait(self, jobs: Any = None, timeout: float | None = None) -> bool:
-        """Wait for ``jobs`` (msg_ids, AsyncResults; default: everything outstanding); True if
-        all finished within ``timeout`` seconds."""
-        msg_ids = list(self._records.outstanding) if jobs is None else self.msg_ids_of(jobs)
-        pending = [self._records.futures[m] for m in msg_ids if m in self._records.futures]
+        """Wait for ``jobs`` (msg_ids, AsyncResults, any concurrent Futures; default:
+        everything outstanding); True if all finished within ``timeout`` seconds."""
+        given = [] if jobs is None else jobs if isinstance(jobs, list | tuple | set) else [jobs]
+        waited: list[futures.Future[Any]] = [
+            job for job in given if isinstance(job, futures.Future) and not hasattr(job, "msg_ids")
+        ]
+        others = [job for job in given if not any(job is w for w in waited)]
+        msg_ids = list(self._records.outstanding) if jobs is None else self.msg_ids_of(others)
+        pending = waited + [self._records.futures[m] for m in msg_ids if m in self._records.futures]
         if timeout is not None and timeout < 0:
             timeout = None
         _, not_done = futures.wait(pending, timeout)
@@ -605,6 +623,18 @@ class Client(HubQueries):
         for the engines' answers unless ``block=False``."""
         msg_ids = None if jobs is None else self.msg_ids_of(jobs)
         return self._control("abort_request", {"msg_ids": msg_ids}, targets, block)
+
+    def _cancel(self, msg_ids: list[str]) -> bool:
+        """Abort ``msg_ids`` wherever they wait, unless one is already running (then that one
+        is left alone, and False); True if none was. TimeoutError if an engine does not
+        answer within ``timeout``."""
+        result = self._control(
+            "abort_request", {"msg_ids": msg_ids, "running": False}, "all", block=False
+        )
+        assert result is not None
+        if not result.wait(self.timeout):
+            raise TimeoutError(f"the engines did not answer a cancel within {self.timeout} s")
+        return not any(result.get(0))
 
     def clear(self, targets: Targets = None, block: bool | None = None) -> AsyncResult | None:
         """Empty the engines' namespaces."""

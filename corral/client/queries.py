@@ -13,6 +13,7 @@ the remote error) when the task does.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -102,17 +103,22 @@ class HubQueries:
         cls = AsyncResult
         if unknown:
             cls = AsyncHubResult
-            self._io.call_soon(lambda: self._fetch_results(unknown, 0.0))
+            deadline = time.monotonic() + self.timeout
+            self._io.call_soon(lambda: self._fetch_results(unknown, 0.0, deadline))
         result = cls(self._records, msg_ids, fname="get_result", single=single, client=self)  # type: ignore[arg-type]
         result.owner = owner
         if block:
             result.wait()
         return result
 
-    def _fetch_results(self, msg_ids: list[str], delay: float) -> None:
+    def _fetch_results(self, msg_ids: list[str], delay: float, unknown_until: float) -> None:
         """(I/O thread) Ask the Hub for results; ask again, backing off, while some are pending.
-        No answer within ``timeout`` fails them with ConnectionError."""
-        msg = self.session.msg("result_request", {"msg_ids": msg_ids, "statusonly": False})
+        A msg_id the Hub has not seen yet counts as pending until ``unknown_until`` (its copy
+        may still be on its way from a client that just submitted it), then fails with
+        QueryError. No answer within ``timeout`` fails them with ConnectionError."""
+        msg = self.session.msg(
+            "result_request", {"msg_ids": msg_ids, "statusonly": False, "unknown_pending": True}
+        )
         records = self._records
 
         def on_reply(reply: Message) -> None:
@@ -125,11 +131,20 @@ class HubQueries:
                     records.complete_error(msg_id, error)
                 return
             self._store_hub_results(content, reply.buffers)
-            still_pending = set(content.get("pending", []))
+            unknown = set(content.get("unknown", []))
+            if unknown and time.monotonic() > unknown_until:
+                for msg_id in unknown:
+                    records.complete_error(
+                        msg_id, QueryError(f"no such msg_id: {msg_id} (the Hub never saw it)")
+                    )
+                unknown = set()
+            still_pending = set(content.get("pending", [])) | unknown
             pending = [m for m in msg_ids if m in still_pending]
             if pending:
                 later = min(max(delay * 2, 0.02), 1.0)
-                self._io.call_later(later, lambda: self._fetch_results(pending, later))
+                self._io.call_later(
+                    later, lambda: self._fetch_results(pending, later, unknown_until)
+                )
 
         def on_timeout() -> None:
             if records.pending.pop(msg.msg_id, None) is not None:

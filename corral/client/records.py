@@ -429,8 +429,10 @@ class Records:
         msg_type = header.get("msg_type")
         if msg_type == "execute_reply":
             return ExecuteReply(msg_id, content, md), False
+        if msg_type == "abort_reply":
+            return list(content.get("running", [])), False  # tasks left running, if asked
         if msg_type != "apply_reply":
-            return None, False  # control replies carry no value
+            return None, False  # other control replies carry no value
         try:
             return deserialize_object(buffers), False
         except CorralError as exc:

@@ -65,9 +65,14 @@ def _names_used(code: CodeType) -> set[str]:
 @interactive
 def push_namespace(values: dict[str, Any]) -> None:
     """Assign ``values`` in the engine's namespace (``DirectView.push``); a dotted name
-    ``"a.b"`` sets attribute ``b`` of the engine's ``a``."""
+    ``"a.b"`` sets attribute ``b`` of the engine's ``a``. An interactive function pushed is
+    bound to the namespace, so that calling it there reads the engine's names, as when it is
+    applied."""
+    from corral.client.remote import bind_namespace
+
     namespace = globals()
-    for name, value in values.items():
+    for name, pushed in values.items():
+        value = bind_namespace(pushed, namespace)
         owner, dot, attribute = name.rpartition(".")
         if not dot:
             namespace[name] = value

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from corral.client import pickling
 from corral.client.asyncresult import AsyncMapResult, AsyncResult
 from corral.client.dataview import DataMovement
+from corral.client.deferred import direct_pending, submit_when_done
 from corral.client.dependencies import as_dependency, prune_after, prune_follow
 from corral.client.lazymap import LazyMap
 from corral.client.mapping import as_sequence, chunk, partition
@@ -117,16 +118,16 @@ class View:
     ) -> Any:
         raise NotImplementedError
 
-    def apply(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def apply(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Call ``f(*args, **kwargs)`` remotely; the result if ``block``, else an AsyncResult."""
         return self._apply(f, args, kwargs, block=self.block)
 
-    def apply_async(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> AsyncResult:
+    def apply_async(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AsyncResult:
         """Call ``f(*args, **kwargs)`` remotely; an AsyncResult at once."""
         result: AsyncResult = self._apply(f, args, kwargs, block=False)
         return result
 
-    def apply_sync(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def apply_sync(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Call ``f(*args, **kwargs)`` remotely and wait for the result."""
         return self._apply(f, args, kwargs, block=True)
 
@@ -162,27 +163,9 @@ class View:
         result: list[Any] = self.map(f, *sequences, **{**kwargs, "block": True})
         return result
 
-    def imap(
-        self,
-        f: Callable[..., Any],
-        *iterables: Iterable[Any],
-        ordered: bool = True,
-        max_outstanding: int | str = "auto",
-        return_exceptions: bool = False,
-    ) -> LazyMap:
-        """Lazily map ``f`` over (possibly endless) iterables, one request per element,
-        keeping at most ``max_outstanding`` in flight (``"auto"``: twice the engine count).
-        The iterator's ``cancel()`` stops submitting."""
-        limit = max(2, 2 * len(self)) if max_outstanding == "auto" else max_outstanding
-        if not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"max_outstanding must be 'auto' or an int >= 1, not {limit!r}")
-        return LazyMap(
-            lambda args: self._apply(f, args, {}, block=False),
-            iterables,
-            limit,
-            ordered,
-            return_exceptions,
-        )
+    def imap(self, f: Callable[..., Any], *sequences: Any, **kwargs: Any) -> Iterator[Any]:
+        """``map_async`` as an iterator over the results, each as soon as its part is in."""
+        return iter(self.map_async(f, *sequences, **kwargs))
 
     def remote(self, block: bool | None = None, **flags: Any) -> Callable[..., RemoteFunction]:
         """Decorator: calling the function runs it remotely through this view, with ``flags``
@@ -492,17 +475,20 @@ class LoadBalancedView(View):
 
     # ------------------------------------------------------------------ submission
 
-    def _task_metadata(self) -> dict[str, Any]:
-        """Request metadata from the flags, dependencies pruned against what this client
-        knows; raises ImpossibleDependency for one that can never be met."""
+    def _flag_snapshot(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._flags}
+
+    def _task_metadata(self, flags: dict[str, Any]) -> dict[str, Any]:
+        """Request metadata from the ``flags`` (a snapshot), dependencies pruned against what
+        this client knows; raises ImpossibleDependency for one that can never be met."""
         targets = None
-        if self.targets is not None:
-            targets = {uuid for _, uuid in self.client.resolve_targets(self.targets)}
-        metadata = self._request_metadata()
+        if flags["targets"] is not None:
+            targets = {uuid for _, uuid in self.client.resolve_targets(flags["targets"])}
+        metadata = {"label": flags["label"]} if flags["label"] else {}
         records = self.client._records
-        after = prune_after(records, as_dependency(self.after))
+        after = prune_after(records, as_dependency(flags["after"]))
         follow, targets = prune_follow(
-            records, set(self.client._uuids), as_dependency(self.follow), targets
+            records, set(self.client._uuids), as_dependency(flags["follow"]), targets
         )
         if after is not None:
             metadata["after"] = after.as_dict()
@@ -510,15 +496,24 @@ class LoadBalancedView(View):
             metadata["follow"] = follow.as_dict()
         if targets is not None:
             metadata["targets"] = sorted(targets)
-        if self.retries:
-            metadata["retries"] = self.retries
-        if self.timeout is not None:
-            metadata["timeout"] = self.timeout
+        if flags["retries"]:
+            metadata["retries"] = flags["retries"]
+        if flags["timeout"] is not None:
+            metadata["timeout"] = flags["timeout"]
         return metadata
 
     def _submit(self, packed: list[list[Any]]) -> list[str]:
+        flags = self._flag_snapshot()
+        named = frozenset().union(
+            *(dep.msg_ids for dep in map(as_dependency, (self.after, self.follow)) if dep)
+        )
+        waits = direct_pending(self.client, named)
+        if waits:  # held here until those direct tasks answer (see corral.client.deferred)
+            return submit_when_done(
+                self.client, packed, waits, lambda: self._task_metadata(flags), self.track
+            )
         try:
-            metadata = self._task_metadata()
+            metadata = self._task_metadata(flags)
         except ImpossibleDependency as error:
             return [self.client.fail_request("apply_request", {}, error) for _ in packed]
         return [
@@ -562,6 +557,28 @@ class LoadBalancedView(View):
         msg_ids = self._submit(packed)
         result = self._map_result(msg_ids, _name(f), ordered, counts, return_exceptions)
         return result.get() if block else result
+
+    def imap(  # type: ignore[override]
+        self,
+        f: Callable[..., Any],
+        *iterables: Iterable[Any],
+        ordered: bool = True,
+        max_outstanding: int | str = "auto",
+        return_exceptions: bool = False,
+    ) -> LazyMap:
+        """Lazily map ``f`` over (possibly endless) iterables, one task per element,
+        keeping at most ``max_outstanding`` in flight (``"auto"``: twice the engine count).
+        The iterator's ``cancel()`` stops submitting."""
+        limit = max(2, 2 * len(self)) if max_outstanding == "auto" else max_outstanding
+        if not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"max_outstanding must be 'auto' or an int >= 1, not {limit!r}")
+        return LazyMap(
+            lambda args: self._apply(f, args, {}, block=False),
+            iterables,
+            limit,
+            ordered,
+            return_exceptions,
+        )
 
     def shutdown(
         self,

@@ -71,7 +71,7 @@ _SPECS = [
         "result_request",
         "query",
         {"msg_ids": (list,)},
-        {"targets": INT_LIST, "statusonly": (bool,)},
+        {"targets": INT_LIST, "statusonly": (bool,), "unknown_pending": (bool,)},
     ),
     _reply("result_reply", "query"),
     _spec("purge_request", "query", optional={"msg_ids": (list, str), "engine_ids": INT_LIST}),
@@ -103,7 +103,7 @@ _SPECS = [
     # -- control queue --
     _spec("clear_request", "control"),
     _reply("clear_reply", "control"),
-    _spec("abort_request", "control", optional={"msg_ids": INT_LIST}),
+    _spec("abort_request", "control", optional={"msg_ids": INT_LIST, "running": (bool,)}),
     _reply("abort_reply", "control"),
     _spec("shutdown_request", "control", optional={"restart": (bool,)}),
     _reply("shutdown_reply", "control"),
