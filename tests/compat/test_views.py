@@ -16,6 +16,7 @@ import zmq
 import corral
 from corral import error
 from corral.client.asyncresult import AsyncHubResult
+from tests.compat.conftest import loud_sleep, until
 
 
 def slow_double(x: int) -> int:
@@ -198,11 +199,12 @@ def test_async_result_api(rc) -> None:  # type: ignore[no-untyped-def]
     assert failing.wait(30) is True
 
     lb = rc.load_balanced_view(rc.ids[-1])
-    blocker = lb.apply_async(time.sleep, 1)
+    blocker = lb.apply_async(loud_sleep, 1)
     queued = lb.apply_async(os.getpid)
+    until(lambda: blocker.stdout, 30, "the first task to start")
+    assert not blocker.cancel()  # running: left alone
     assert queued.cancel() and queued.cancelled()  # had not started
-    assert not blocker.cancel()  # running
-    blocker.get(30)
+    assert blocker.get(30) == 1
     with pytest.raises(concurrent.futures.CancelledError):
         queued.get(30)
 
