@@ -581,7 +581,12 @@ def _items(part: Any) -> Iterator[Any]:
 class AsyncHubResult(AsyncResult):
     """An AsyncResult of requests another client sent, fetched from the Hub (see
     :meth:`corral.client.client.Client.get_result`). Its times are the Hub's: ``wall_time``
-    runs from submission to completion on the engine, not to arrival here."""
+    runs from submission to completion on the engine, not to arrival here. Until the Hub's
+    answer brings the submission date, ``elapsed`` counts from when this was asked for."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._asked_at = time.monotonic()
+        super().__init__(*args, **kwargs)
 
     @property
     def elapsed(self) -> float:
@@ -589,4 +594,6 @@ class AsyncHubResult(AsyncResult):
         completed = self._dates("completed")
         if submitted and completed and self.done():
             return (max(completed) - min(submitted)).total_seconds()
+        if not submitted:
+            return time.monotonic() - self._asked_at
         return super().elapsed

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from corral.client.asyncresult import AsyncHubResult, AsyncResult
 from corral.client.records import parse_date
@@ -23,7 +23,7 @@ from corral.errors import ConnectionError, QueryError
 from corral.protocol.session import Frame, Message
 
 if TYPE_CHECKING:
-    from corral.client.client import Target, Targets
+    from corral.client.client import Client, Target, Targets
     from corral.client.ioloop import ClientIO
     from corral.client.records import Records
     from corral.protocol.session import Session
@@ -105,7 +105,9 @@ class HubQueries:
             cls = AsyncHubResult
             deadline = time.monotonic() + self.timeout
             self._io.call_soon(lambda: self._fetch_results(unknown, 0.0, deadline))
-        result = cls(self._records, msg_ids, fname="get_result", single=single, client=self)  # type: ignore[arg-type]
+        result = cls(
+            self._records, msg_ids, fname="get_result", single=single, client=cast("Client", self)
+        )
         result.owner = owner
         if block:
             result.wait()
@@ -227,7 +229,7 @@ class HubQueries:
             return self.ids
         if isinstance(targets, int):
             return [targets]
-        return [int(t) for t in targets]  # type: ignore[union-attr]
+        return [int(t) for t in targets]
 
     # ------------------------------------------------------------------ database
 

@@ -558,7 +558,7 @@ class LoadBalancedView(View):
         result = self._map_result(msg_ids, _name(f), ordered, counts, return_exceptions)
         return result.get() if block else result
 
-    def imap(  # type: ignore[override]
+    def imap(
         self,
         f: Callable[..., Any],
         *iterables: Iterable[Any],
