@@ -47,3 +47,16 @@ lint: venv
 
 clean:
 	rm -rf $(VENV) $(MONGOD_VENV) $(BENCH_VENV) .pytest_cache .hypothesis
+
+# ipyparallel's own shipped test suite, run against corral (docs/compat.md). ipyparallel is a
+# test-time peer in its own environment, never a dependency; not part of `make test` (slow).
+COMPAT_VENV := .compat-venv
+.PHONY: compat
+$(COMPAT_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_VENV)/bin/pip install -q --upgrade pip
+	$(COMPAT_VENV)/bin/pip install -q -e '.[test,numpy]' 'ipyparallel==9.2.*' pytest-asyncio
+	touch $@
+
+compat: $(COMPAT_VENV)/.installed
+	$(COMPAT_VENV)/bin/python tools/compat/run.py --json bench/results/compat.json

@@ -18,16 +18,51 @@ _EXPORTS = {
     "Cluster": "corral.cluster.cluster",
     "Reference": "corral.protocol.references",
     "interactive": "corral.protocol.references",
-    "Dependency": "corral.protocol.dependency",
+    "Dependency": "corral.client.dependencies",
     "depend": "corral.client.dependencies",
     "require": "corral.client.dependencies",
     "errors": "corral",
+    # ipyparallel's public names (issue 11): its error tree, module and helpers
+    **{
+        name: "corral.errors"
+        for name in (
+            "AlreadyDisplayedError",
+            "CompositeError",
+            "DependencyTimeout",
+            "EngineError",
+            "IPythonError",
+            "ImpossibleDependency",
+            "InvalidDependency",
+            "KernelError",
+            "NoEnginesRegistered",
+            "RemoteError",
+            "TaskAborted",
+            "TaskRejectError",
+            "TaskTimeout",
+            "TimeoutError",
+            "UnmetDependency",
+            "collect_exceptions",
+        )
+    },
+    "error": "corral",
+    "AsyncHubResult": "corral.client.asyncresult",
+    "BroadcastView": "corral.client.broadcast",
+    "RemoteFunction": "corral.client.remotefunction",
+    "ParallelFunction": "corral.client.remotefunction",
+    "remote": "corral.client.remotefunction",
+    "parallel": "corral.client.remotefunction",
+    "use_cloudpickle": "corral.client.pickling",
+    "use_pickle": "corral.client.pickling",
+    "use_dill": "corral.client.pickling",
+    "ALL_COMPLETED": "corral.client.asyncresult",
+    "FIRST_COMPLETED": "corral.client.asyncresult",
+    "FIRST_EXCEPTION": "corral.client.asyncresult",
 }
+version_info = (0, 1, 0)
 
-__all__ = sorted(_EXPORTS)
 _EXPORTS["ViewExecutor"] = "corral.client.executor"
 _EXPORTS["register_joblib_backend"] = "corral.client.joblib_backend"
-__all__ += ["ViewExecutor", "load_ipython_extension", "register_joblib_backend"]
+__all__ = sorted([*_EXPORTS, "version_info", "load_ipython_extension"])
 
 
 def load_ipython_extension(shell: Any) -> None:
@@ -43,6 +78,11 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'corral' has no attribute {name!r}")
     import importlib
 
-    if name == "errors":
-        return importlib.import_module("corral.errors")
+    if name in ("errors", "error"):
+        return importlib.import_module(f"corral.{name}")
     return getattr(importlib.import_module(module_name), name)
+
+
+def __dir__() -> list[str]:
+    """Every public name, for tab completion (they are imported lazily)."""
+    return sorted({*globals(), *__all__})

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import builtins
 import traceback as traceback_module
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class CorralError(Exception):
@@ -68,12 +68,9 @@ class ConnectionError(CorralError, builtins.ConnectionError):  # noqa: A001
     """The controller cannot be reached, or went away while a call was waiting on it."""
 
 
-class NoEnginesRegistered(CorralError):
-    """A view or call needs engines and there are none."""
-
-
-class InvalidTarget(CorralError, ValueError):
-    """A target that names no registered engine."""
+class InvalidTarget(CorralError, ValueError, IndexError):
+    """A target that names no registered engine (an IndexError too, as ``rc[99]`` raises in
+    ipyparallel)."""
 
 
 class TimeoutError(CorralError, builtins.TimeoutError):  # noqa: A001
@@ -96,13 +93,52 @@ class ResultNotStored(QueryError):
 
 
 # ---------------------------------------------------------------- task outcomes
+#
+# The tree below matches ipyparallel's ``error`` module, so ``except`` clauses written for it
+# catch the same things here: KernelError is the base of every task outcome, RemoteError of an
+# exception raised on an engine, and ImpossibleDependency of the dependency failures. Where
+# corral goes further the extra base is RemoteError (TaskAborted, EngineError, the dependency
+# errors carry the engine and traceback of where they were decided).
+
+IPythonError = CorralError  # ipyparallel's name for the base of all its errors
 
 
-class RemoteError(CorralError):
+class KernelError(CorralError):
+    """Base class of every task outcome that is not a value (ipyparallel's KernelError)."""
+
+
+class NoEnginesRegistered(KernelError):
+    """A view or call needs engines and there are none."""
+
+
+class TaskRejectError(KernelError):
+    """A task was refused by the engine it was sent to (kept for ipyparallel programs that
+    name it; corral's scheduler reroutes instead of rejecting)."""
+
+
+class RemoteErrorInfo(NamedTuple):
+    """One error of a CompositeError, as ipyparallel's ``elist`` holds it: a 4-tuple
+    ``(ename, evalue, traceback, engine_info)``, also readable by name."""
+
+    ename: str
+    evalue: str
+    traceback: str
+    engine_info: dict[str, Any]
+
+    @property
+    def engine_id(self) -> int | None:
+        engine_id = self.engine_info.get("engine_id")
+        return engine_id if isinstance(engine_id, int) else None
+
+
+class RemoteError(KernelError):
     """An exception raised by user code on an engine.
 
-    ``ename``/``evalue``/``traceback`` are the remote exception's class name, message and
-    formatted traceback; ``engine_id`` is the integer id of the engine it ran on.
+    ``ename``/``evalue`` are the remote exception's class name and message, ``traceback`` the
+    traceback as the engine formatted it (one string), ``engine_info`` a dict with
+    ``engine_id``, ``engine_uuid`` and ``method`` (``apply`` or ``execute``); ``engine_id`` and
+    ``engine_uuid`` are also attributes. IPython shows the remote traceback, not a client one
+    (``_render_traceback_``).
     """
 
     def __init__(
@@ -110,29 +146,60 @@ class RemoteError(CorralError):
         ename: str,
         evalue: str,
         traceback: list[str] | str | None = None,
+        engine_info: dict[str, Any] | None = None,
+        *,
         engine_id: int | None = None,
         engine_uuid: str | None = None,
     ) -> None:
         super().__init__(ename, evalue)
         self.ename = ename
         self.evalue = evalue
-        if isinstance(traceback, str):
-            traceback = traceback.splitlines()
-        self.traceback: list[str] = list(traceback or [])
-        self.engine_id = engine_id
-        self.engine_uuid = engine_uuid
+        if not isinstance(traceback, str):
+            traceback = "\n".join(traceback or [])
+        self.traceback: str = traceback
+        info = dict(engine_info or {})
+        self.engine_id: int | None = info.get("engine_id", engine_id)
+        self.engine_uuid: str | None = info.get("engine_uuid", engine_uuid)
+        self.method: str | None = info.get("method")
+
+    @property
+    def engine_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"engine_id": self.engine_id, "engine_uuid": self.engine_uuid}
+        if self.method is not None:
+            info["method"] = self.method
+        return info
 
     def __str__(self) -> str:
         where = f"[engine {self.engine_id}] " if self.engine_id is not None else ""
         return f"{where}{self.ename}: {self.evalue}"
 
-    def render_traceback(self) -> str:
-        """The remote traceback as the engine printed it."""
-        return "\n".join(self.traceback) or str(self)
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}[{self.engine_id}]:{self.ename}({self.evalue})>"
+
+    def render_traceback(self) -> list[str]:
+        """The remote traceback as the engine printed it, as a list of lines."""
+        return self.traceback.splitlines() or [f"{self.ename}: {self.evalue}"]
+
+    def _render_traceback_(self) -> list[str]:
+        """IPython's hook: show the remote traceback instead of the client-side one."""
+        return self.render_traceback()
+
+    def print_traceback(self) -> None:
+        """Print the remote traceback."""
+        print("\n".join(self.render_traceback()))
+
+    def info(self) -> RemoteErrorInfo:
+        """This error as one entry of a CompositeError's ``elist``."""
+        return RemoteErrorInfo(self.ename, self.evalue, self.traceback, self.engine_info)
 
 
 class TaskAborted(RemoteError):
     """The task was aborted before it ran (abort_request, or engine shutdown)."""
+
+
+class TaskTimeout(RemoteError):
+    """The task's ``timeout`` passed before an engine could run it to completion (its
+    dependencies or retries did not finish in time)."""
 
 
 class EngineError(RemoteError):
@@ -140,33 +207,102 @@ class EngineError(RemoteError):
 
 
 class UnmetDependency(RemoteError):
-    """The task's dependencies were not met and can no longer be met."""
+    """The task's dependencies were not met here (a ``depend`` condition was false, a
+    ``require`` import failed); the scheduler tries it elsewhere."""
 
 
 class ImpossibleDependency(UnmetDependency):
     """A dependency that can never be met: it failed and only success was allowed, it points
-    at an engine that is gone, or the task's targets exclude every possible engine."""
+    at an engine that is gone, or no engine can satisfy its ``depend``/``require``."""
 
 
-class DependencyTimeout(UnmetDependency):
+class DependencyTimeout(ImpossibleDependency):
     """The task's dependencies were not met within its ``timeout``."""
 
 
-class CompositeError(RemoteError):
-    """Several remote errors from one call (one per failing engine or task)."""
+class InvalidDependency(ImpossibleDependency):
+    """A dependency names a task that neither this client nor the Hub knows."""
 
-    def __init__(self, message: str, elist: list[RemoteError]) -> None:
-        super().__init__("CompositeError", message)
-        self.elist = list(elist)
+
+class CompositeError(RemoteError):
+    """The errors of a call to several engines (or of a map): raised when any part failed.
+
+    ``elist`` holds one :class:`RemoteErrorInfo` ``(ename, evalue, traceback, engine_info)``
+    per failure; :meth:`raise_exception` raises one of them as its own exception. Printing it
+    shows at most ``tb_limit`` tracebacks.
+    """
+
+    tb_limit = 4
+
+    def __init__(
+        self, message: str, elist: list[RemoteError] | list[RemoteErrorInfo] | list[Any]
+    ) -> None:
+        errors = [_as_remote_error(item) for item in elist]
+        super().__init__("CompositeError", message, "", None)
+        self.errors: list[RemoteError] = errors
+        self.elist: list[RemoteErrorInfo] = [error.info() for error in errors]
+        self.message = message
 
     def __str__(self) -> str:
-        lines = [f"{self.evalue} ({len(self.elist)} errors)"]
-        lines.extend(f"  {error}" for error in self.elist)
+        lines = [self.evalue]
+        lines.extend(f"[{_label(error)}]: {error.ename}: {error.evalue}" for error in self.errors)
         return "\n".join(lines)
 
-    def raise_exception(self, index: int = 0) -> None:
+    def __repr__(self) -> str:
+        return f"CompositeError({len(self.elist)})"
+
+    def render_traceback(self, excid: int | None = None) -> list[str]:
+        """Each error's traceback (or only that of ``excid``), at most ``tb_limit`` of them."""
+        if excid is not None:
+            return self.errors[excid].render_traceback()
+        lines: list[str] = []
+        for index, error in enumerate(self.errors):
+            if index >= self.tb_limit:
+                lines.append(f"... {len(self.errors) - index} more exceptions ...")
+                break
+            lines.append(f"[{_label(error)}]: {error.ename}: {error.evalue}")
+            lines.extend(error.render_traceback())
+            lines.append("")
+        return lines
+
+    def print_traceback(self, excid: int | None = None) -> None:
+        """Print the tracebacks (all, up to ``tb_limit``, or that of ``excid``)."""
+        print("\n".join(self.render_traceback(excid)))
+
+    def _render_traceback_(self) -> list[str]:
+        return [self.evalue, *self.render_traceback()]
+
+    def raise_exception(self, excid: int = 0) -> None:
         """Raise one of the contained errors, for a closer look at it."""
-        raise self.elist[index]
+        if not -len(self.errors) <= excid < len(self.errors):
+            raise IndexError(f"an exception with index {excid} does not exist")
+        raise self.errors[excid]
+
+
+class AlreadyDisplayedError(RemoteError):
+    """An error whose output was already shown (IPython magics); ``original_error`` is it."""
+
+    def __init__(self, original_error: RemoteError) -> None:
+        super().__init__(
+            original_error.ename, original_error.evalue, original_error.traceback, None
+        )
+        self.original_error = original_error
+
+
+def _label(error: RemoteError) -> str:
+    engine = error.engine_id if error.engine_id is not None else "?"
+    return f"{engine}:{error.method or 'apply'}"
+
+
+def _as_remote_error(item: Any) -> RemoteError:
+    if isinstance(item, RemoteError):
+        return item
+    if isinstance(item, tuple) and len(item) == 4:
+        ename, evalue, traceback, info = item
+        return error_from_content(
+            {"ename": ename, "evalue": evalue, "traceback": traceback, "engine_info": info}
+        )
+    raise TypeError(f"a CompositeError holds RemoteErrors or 4-tuples, not {item!r}")
 
 
 _WIRE_ERRORS: dict[str, type[RemoteError]] = {
@@ -177,6 +313,8 @@ _WIRE_ERRORS: dict[str, type[RemoteError]] = {
         UnmetDependency,
         ImpossibleDependency,
         DependencyTimeout,
+        InvalidDependency,
+        TaskTimeout,
     )
 }
 
@@ -192,7 +330,7 @@ def error_content(
     if isinstance(exc, RemoteError):
         ename = type(exc).__name__ if type(exc).__name__ in _WIRE_ERRORS else exc.ename
         evalue = exc.evalue
-        tb = exc.traceback or [f"{ename}: {evalue}"]
+        tb = exc.traceback.splitlines() or [f"{ename}: {evalue}"]
     else:
         ename = type(exc).__name__
         try:
@@ -220,16 +358,14 @@ def error_from_content(content: dict[str, Any]) -> RemoteError:
         ename,
         str(content.get("evalue", "")),
         content.get("traceback") or [],
-        engine_id=info.get("engine_id"),
-        engine_uuid=info.get("engine_uuid"),
+        {key: info.get(key) for key in ("engine_id", "engine_uuid", "method") if key in info},
     )
 
 
 def collect_exceptions(results: list[Any], method: str) -> list[Any]:
-    """Raise a CompositeError if several results are RemoteErrors; the one error if only one."""
+    """``results`` unchanged if none is a RemoteError, else a CompositeError holding every
+    one (also when only one failed: ipyparallel's rule for calls to several engines)."""
     errors = [r for r in results if isinstance(r, RemoteError)]
     if not errors:
         return results
-    if len(errors) == 1:
-        raise errors[0]
     raise CompositeError(f"one or more exceptions from call to method: {method}", errors)

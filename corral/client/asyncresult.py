@@ -17,10 +17,15 @@ Because it is a real Future it works with ``concurrent.futures.wait``/``as_compl
 from __future__ import annotations
 
 import threading
+import time
+import warnings
 from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent import futures
-from datetime import datetime
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
+
+import zmq
 
 from corral.client.mapping import join
 from corral.client.records import _DEFAULTS, Metadata, Records, settle
@@ -30,7 +35,16 @@ if TYPE_CHECKING:
     from corral.client.client import Client
     from corral.client.outputs import OutputStreamer
 
-__all__ = ["AsyncMapResult", "AsyncResult"]
+__all__ = [
+    "ALL_COMPLETED",
+    "FIRST_COMPLETED",
+    "FIRST_EXCEPTION",
+    "AsyncHubResult",
+    "AsyncMapResult",
+    "AsyncResult",
+]
+
+_DONE_TRACKER = zmq.MessageTracker()  # nothing to watch: sent as soon as handed over
 
 
 def _forever(timeout: float | None) -> bool:
@@ -52,6 +66,9 @@ class AsyncResult(futures.Future[Any]):
         fname: str = "unknown",
         single: bool = False,
         client: Client | None = None,
+        owner: bool = True,
+        return_exceptions: bool = False,
+        trackers: Sequence[zmq.MessageTracker] = (),
     ) -> None:
         super().__init__()
         if single and len(msg_ids) != 1:
@@ -61,6 +78,14 @@ class AsyncResult(futures.Future[Any]):
         self._client = client
         self._fname = fname
         self._single = single
+        self.owner = owner
+        self._return_exceptions = return_exceptions
+        self._tracker = zmq.MessageTracker(*trackers) if trackers else _DONE_TRACKER
+        self._sent_event = threading.Event()
+        if self._tracker.done:
+            self._sent_event.set()
+        else:
+            threading.Thread(target=self._watch_send, name="corral-track", daemon=True).start()
         self._children = [records.futures[msg_id] for msg_id in self.msg_ids]
         self._lock = threading.Lock()
         self._remaining = len(self._children)
@@ -91,35 +116,118 @@ class AsyncResult(futures.Future[Any]):
             if isinstance(outcomes[0], _Failure):
                 raise outcomes[0].error
             return outcomes[0]
-        return _collect(outcomes, self._fname)
+        return _collect(outcomes, self._fname, self._return_exceptions)
+
+    def _with_exceptions(self) -> Any:
+        """The result with each failure in place of its value (``return_exceptions``)."""
+        outcomes = [_outcome(child) for child in self._children]
+        values = [o.error if isinstance(o, _Failure) else o for o in outcomes]
+        return values[0] if self._single else values
+
+    # ------------------------------------------------------------------ sending
+
+    def _watch_send(self) -> None:
+        self._tracker.wait()
+        self._sent_event.set()
+
+    @property
+    def sent(self) -> bool:
+        """Whether every request has left this process (with the ``track`` flag: whether zmq
+        is done with the buffers sent without copying, so they may be changed again)."""
+        return self._tracker.done
+
+    def wait_for_send(self, timeout: float | None = -1) -> None:
+        """Wait until :attr:`sent`; TimeoutError if not within ``timeout`` seconds."""
+        if not self._sent_event.wait(None if _forever(timeout) else timeout):
+            raise TimeoutError(f"{self._fname}: not sent after {timeout} s")
 
     # ------------------------------------------------------------------ waiting
 
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait until every request is answered (or ``timeout`` seconds); True if done."""
+    def wait(self, timeout: float | None = -1, return_when: str | None = None) -> Any:
+        """Wait until every request is answered (or ``timeout`` seconds); True if done.
+
+        With ``return_when`` (``ALL_COMPLETED``, ``FIRST_COMPLETED``, ``FIRST_EXCEPTION``) it
+        waits as :func:`concurrent.futures.wait` does on :meth:`split` and returns its
+        ``(done, pending)`` sets of one-request AsyncResults.
+        """
+        limit = None if _forever(timeout) else timeout
+        if return_when is not None:
+            done, pending = futures.wait(self.split(), limit, return_when=return_when)
+            return done, pending
         if self.done():
             return True
         if self._client is not None:
             return self._client.wait_for_futures([self], timeout, f"{self._fname}: waiting")
-        done, _ = futures.wait([self], None if _forever(timeout) else timeout)
+        done, _ = futures.wait([self], limit)
         return bool(done)
+
+    def wait_for_output(self, timeout: float | None = -1) -> bool:
+        """Wait until the output of every request is in (with the reply); True if it is."""
+        return bool(self.wait(timeout))
+
+    def split(self) -> tuple[AsyncResult, ...]:
+        """One AsyncResult per request (itself, if it has only one)."""
+        if len(self.msg_ids) == 1 and type(self) is AsyncResult:
+            return (self,)
+        return tuple(
+            AsyncResult(
+                self._records, [msg_id], fname=self._fname, single=True, client=self._client
+            )
+            for msg_id in self.msg_ids
+        )
+
+    @classmethod
+    def join(cls, *results: AsyncResult) -> AsyncResult:
+        """One AsyncResult over the requests of several (their results as one list)."""
+        if not results:
+            raise ValueError("join needs at least one AsyncResult")
+        first = results[0]
+        return AsyncResult(
+            first._records,
+            [msg_id for result in results for msg_id in result.msg_ids],
+            fname=first._fname,
+            client=first._client,
+        )
 
     def ready(self) -> bool:
         """Whether every request has been answered."""
         return self.done()
 
-    def get(self, timeout: float | None = None) -> Any:
+    def get(
+        self,
+        timeout: float | None = None,
+        return_exceptions: bool | None = None,
+        return_when: str | None = None,
+    ) -> Any:
         """The result, waiting up to ``timeout`` seconds (None or negative: forever).
 
         Raises :class:`corral.errors.TimeoutError` if it is not ready by then,
         :class:`corral.errors.ConnectionError` once the controller has been unreachable for the
-        client's ``outage_grace``, or the remote error(s) the requests raised.
+        client's ``outage_grace``, or the remote error(s) the requests raised (a CompositeError
+        for a call to several engines).
+        ``return_exceptions``: give each failure in place of its value instead of raising.
+        ``return_when=FIRST_EXCEPTION``: raise as soon as one request fails.
         """
-        if not self.wait(timeout):
-            raise TimeoutError(
-                f"{self._fname}: {self.progress} of {len(self.msg_ids)} results ready after "
-                f"{timeout} s; the work goes on, call get() again to keep waiting"
-            )
+        if return_when == FIRST_COMPLETED:
+            warnings.warn("get(return_when=FIRST_COMPLETED) waits for all results", UserWarning, 2)
+            return_when = None
+        elif return_when == ALL_COMPLETED:
+            return_when = None
+        if return_exceptions is None:
+            return_exceptions = self._return_exceptions
+        if not self.done():
+            if return_when is not None:
+                done, _ = self.wait(timeout, return_when=return_when)
+                for part in done:
+                    if part.exception() is not None:
+                        return part.get(return_exceptions=return_exceptions)
+            if not self.wait(timeout):
+                raise TimeoutError(
+                    f"{self._fname}: {self.progress} of {len(self)} results ready after "
+                    f"{timeout} s; the work goes on, call get() again to keep waiting"
+                )
+        if return_exceptions and super().exception() is not None:
+            return self._with_exceptions()
         return super().result()
 
     def get_dict(self, timeout: float | None = None) -> dict[int, Any]:
@@ -145,8 +253,47 @@ class AsyncResult(futures.Future[Any]):
         return self.exception() is None
 
     def cancel(self) -> bool:
-        """Always False: work already sent cannot be recalled this way; use :meth:`abort`."""
-        return False
+        """Cancel requests that have not started: True if none had (they are aborted and
+        this result is cancelled), False if some already run or finished (use :meth:`abort`
+        to interrupt running ones)."""
+        if self.done():
+            return self.cancelled()
+        pending = [
+            msg_id
+            for msg_id, child in zip(self.msg_ids, self._children, strict=True)
+            if not child.done()
+        ]
+        if self._client is None or not self._client._cancel(pending):
+            return False
+        return super().cancel()
+
+    @property
+    def r(self) -> Any:
+        """The result (``get()``)."""
+        return self.get()
+
+    @property
+    def result_dict(self) -> dict[int, Any]:
+        """The results keyed by engine id (``get_dict()``)."""
+        return self.get_dict()
+
+    def timedelta(
+        self,
+        start: datetime | None,
+        end: datetime | None,
+        start_key: Callable[..., Any] = min,
+        end_key: Callable[..., Any] = max,
+    ) -> float:
+        """Seconds between two datetimes or lists of them (``start_key``/``end_key`` pick
+        one from each list): e.g. ``ar.timedelta(ar.submitted, ar.received)``."""
+        if isinstance(start, list | tuple):
+            start = start_key(start)
+        if isinstance(end, list | tuple):
+            end = end_key(end)
+        if start is None or end is None:
+            raise TimeoutError(f"{self._fname}: not finished, so no time yet")
+        difference: timedelta = end - start
+        return difference.total_seconds()
 
     def __await__(self) -> Generator[Any, None, Any]:
         import asyncio
@@ -191,7 +338,7 @@ class AsyncResult(futures.Future[Any]):
 
     @property
     def progress(self) -> int:
-        """How many of the requests are answered."""
+        """How many of the items are done (requests, or map elements for a map)."""
         return sum(1 for child in self._children if child.done())
 
     @property
@@ -250,7 +397,10 @@ class AsyncResult(futures.Future[Any]):
 
     @property
     def serial_time(self) -> float:
-        """Seconds the requests spent running, added up over engines."""
+        """Seconds the requests spent running, added up over engines; TimeoutError until
+        ready."""
+        if not self.done():
+            raise TimeoutError(f"{self._fname}: not ready, so no serial time yet")
         total = 0.0
         for msg_id in self.msg_ids:
             md = self._records.metadata.get(msg_id)
@@ -270,6 +420,7 @@ class AsyncResult(futures.Future[Any]):
     # ------------------------------------------------------------------ container protocol
 
     def __len__(self) -> int:
+        """How many items: requests, or the elements of a map."""
         return len(self.msg_ids)
 
     def __iter__(self) -> Iterator[Any]:
@@ -297,9 +448,12 @@ class AsyncResult(futures.Future[Any]):
         return child
 
     def __getattr__(self, key: str) -> Any:
-        if not key.startswith("_") and key in _DEFAULTS:
+        if not key.startswith("_") and (key in _DEFAULTS or key == "outputs"):
             return self._metadata_values(key)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r}")
+
+    def __dir__(self) -> list[str]:
+        return sorted({*super().__dir__(), *_DEFAULTS, "outputs"})
 
     def __repr__(self) -> str:
         state = "finished" if self.done() else "pending"
@@ -322,18 +476,71 @@ class AsyncMapResult(AsyncResult):
         ordered: bool = True,
         client: Client | None = None,
         joiner: Callable[[Sequence[Any]], Any] = join,
+        item_counts: Sequence[int] | None = None,
+        return_exceptions: bool = False,
+        trackers: Sequence[zmq.MessageTracker] = (),
     ) -> None:
         self.ordered = ordered
         self._joiner = joiner
-        super().__init__(records, msg_ids, fname=fname, client=client)
+        self._item_counts = list(item_counts) if item_counts is not None else None
+        super().__init__(
+            records,
+            msg_ids,
+            fname=fname,
+            client=client,
+            return_exceptions=return_exceptions,
+            trackers=trackers,
+        )
 
     def _reduce(self, outcomes: list[Any]) -> Any:
-        return self._joiner(_collect(outcomes, self._fname))
+        parts = _collect(outcomes, self._fname, self._return_exceptions)
+        return self._joiner([self._part(index, part) for index, part in enumerate(parts)])
+
+    def _part(self, index: int, part: Any) -> Any:
+        """A failed part, with ``return_exceptions``, as its error once per item."""
+        if isinstance(part, BaseException):
+            count = self._item_counts[index] if self._item_counts is not None else 1
+            return [part] * count
+        return part
+
+    def _with_exceptions(self) -> Any:
+        outcomes = [_outcome(child) for child in self._children]
+        parts = [o.error if isinstance(o, _Failure) else o for o in outcomes]
+        return self._joiner([self._part(index, part) for index, part in enumerate(parts)])
+
+    def __len__(self) -> int:
+        if self._item_counts is None:
+            return len(self.msg_ids)
+        return sum(self._item_counts)
+
+    @property
+    def progress(self) -> int:
+        if self._item_counts is None:
+            return super().progress
+        return sum(
+            count
+            for count, child in zip(self._item_counts, self._children, strict=True)
+            if child.done()
+        )
+
+    def split(self) -> tuple[AsyncResult, ...]:
+        """One (plain) AsyncResult per request: its part of the map, as a list."""
+        return tuple(
+            AsyncResult(self._records, [msg_id], fname=self._fname, client=self._client)
+            for msg_id in self.msg_ids
+        )
 
     def __iter__(self) -> Iterator[Any]:
         children = self._children if self.ordered else self._in_completion_order()
-        for child in children:
-            yield from _items(self._wait_child(child).result())
+        for index, child in enumerate(children):
+            error = self._wait_child(child).exception()
+            if error is not None and self._return_exceptions:
+                count = self._item_counts[index] if self._item_counts and self.ordered else 1
+                yield from [error] * count
+                continue
+            if isinstance(error, RemoteError):
+                collect_exceptions([error], self._fname)  # raises a CompositeError
+            yield from _items(child.result())
 
     def _in_completion_order(self) -> Iterator[futures.Future[Any]]:
         """The requests as they finish; ConnectionError if the controller stays away."""
@@ -367,12 +574,16 @@ def _outcome(child: futures.Future[Any]) -> Any:
     return _Failure(error) if error is not None else child.result()
 
 
-def _collect(outcomes: list[Any], fname: str) -> list[Any]:
-    """Values in order; one RemoteError raised as is, several as a CompositeError, and a
-    client-side failure (the client closed, bytes that do not deserialize) raised first."""
+def _collect(outcomes: list[Any], fname: str, return_exceptions: bool = False) -> list[Any]:
+    """Values in order; remote errors raised as one CompositeError (even a single one, as
+    ipyparallel does for calls to several engines), a client-side failure (the client
+    closed, bytes that do not deserialize) raised first. ``return_exceptions``: errors stand
+    in place of their values instead."""
     failures = [o.error for o in outcomes if isinstance(o, _Failure)]
     if not failures:
         return outcomes
+    if return_exceptions:
+        return [o.error if isinstance(o, _Failure) else o for o in outcomes]
     for error in failures:
         if not isinstance(error, RemoteError):
             raise error
@@ -384,3 +595,24 @@ def _items(part: Any) -> Iterator[Any]:
         yield part
     else:
         yield from part
+
+
+class AsyncHubResult(AsyncResult):
+    """An AsyncResult of requests another client sent, fetched from the Hub (see
+    :meth:`corral.client.client.Client.get_result`). Its times are the Hub's: ``wall_time``
+    runs from submission to completion on the engine, not to arrival here. Until the Hub's
+    answer brings the submission date, ``elapsed`` counts from when this was asked for."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._asked_at = time.monotonic()
+        super().__init__(*args, **kwargs)
+
+    @property
+    def elapsed(self) -> float:
+        submitted = self._dates("submitted")
+        completed = self._dates("completed")
+        if submitted and completed and self.done():
+            return (max(completed) - min(submitted)).total_seconds()
+        if not submitted:
+            return time.monotonic() - self._asked_at
+        return super().elapsed

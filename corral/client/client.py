@@ -30,17 +30,21 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from corral.client.asyncresult import AsyncResult
 from corral.client.connection import (
+    CLIENT_FILE,
     DEFAULT_TIMEOUT,
+    check_connection_info,
     client_addresses,
     find_connection_file,
     read_connection_file,
 )
+from corral.client.control import ControlCalls
 from corral.client.ioloop import ClientIO
-from corral.client.records import SERVICE, TASK, Records, parse_date
+from corral.client.queries import HubQueries
+from corral.client.records import SERVICE, TASK, Records
 from corral.client.recovery import RECOVERY_PERIOD, Recovery
 from corral.errors import (
     ConnectionError,
@@ -48,7 +52,6 @@ from corral.errors import (
     InvalidTarget,
     NoEnginesRegistered,
     QueryError,
-    ResultNotStored,
     SharedMemoryRefused,
     TimeoutError,
 )
@@ -58,14 +61,13 @@ from corral.security import CurveKeys
 from corral.sharedmem import SharedMemory
 
 if TYPE_CHECKING:
+    from corral.client.broadcast import BroadcastView
     from corral.client.executor import ViewExecutor
     from corral.client.view import DirectView, LoadBalancedView
 
 __all__ = ["Client", "Target", "Targets"]
 
 log = logging.getLogger("corral.client")
-
-_DB_DATE_KEYS = ("submitted", "started", "completed", "received")
 
 LINK_CHECK = 0.25  # seconds between looks at the controller link while waiting for results
 
@@ -118,7 +120,7 @@ class _Handler:
         self.client._link_changed(up)
 
 
-class Client:
+class Client(ControlCalls, HubQueries):
     """A connection to one cluster's controller (see the module doc).
 
     ``rc.ids`` lists the registered engines; ``rc[0]``, ``rc[:]``, ``rc[::2]``, ``rc[[0, 2]]``
@@ -130,20 +132,53 @@ class Client:
     shared memory to and from engines on this host (0: never, for this client). A request's
     segments live until the request settles; closing the client releases them, so a task the
     scheduler still holds then fails with SharedMemoryRefused on its engine.
+
+    Finding the cluster: ``connection_info_or_file`` is the path of its ``corral-client.json``
+    or that file's content as a dict (``url_file``/``connection_file`` are other names for
+    the path); otherwise ``<cluster_dir>/<cluster_id>/corral-client.json``. For ipyparallel
+    programs, ``profile`` names the cluster when no ``cluster_id`` is given, ``profile_dir``
+    is the cluster's own folder and ``ipython_dir`` the folder of clusters. ``context`` and
+    ``debug`` are accepted and unused (the I/O thread owns its own zmq context); SSH tunnels
+    (``sshserver``...) are refused: use ``--curve`` and ``--ip`` on the controller instead.
     """
 
     def __init__(
         self,
-        connection_file: str | os.PathLike[str] | None = None,
-        *,
-        cluster_id: str | None = None,
-        cluster_dir: str | os.PathLike[str] | None = None,
+        connection_info_or_file: str | os.PathLike[str] | dict[str, Any] | None = None,
+        profile: str | None = None,
+        profile_dir: str | os.PathLike[str] | None = None,
+        ipython_dir: str | os.PathLike[str] | None = None,
+        context: object = None,
+        debug: bool = False,
+        sshserver: str | None = None,
+        sshkey: str | None = None,
+        password: str | None = None,
+        paramiko: bool | None = None,
         timeout: float = DEFAULT_TIMEOUT,
+        cluster_id: str | None = None,
+        *,
+        url_file: str | os.PathLike[str] | None = None,
+        connection_file: str | os.PathLike[str] | None = None,
+        cluster_dir: str | os.PathLike[str] | None = None,
         outage_grace: float | None = None,
         shm_threshold: int | None = None,
     ) -> None:
-        self.connection_file = find_connection_file(connection_file, cluster_id, cluster_dir)
-        info = read_connection_file(self.connection_file)
+        if sshserver or sshkey or password or paramiko:
+            raise ValueError(
+                "corral does not tunnel over SSH; start the controller with --ip and --curve "
+                "to reach it across machines with encryption and authentication"
+            )
+        source = connection_info_or_file or url_file or connection_file
+        if isinstance(source, dict):
+            self.connection_file = None
+            info = check_connection_info(dict(source), "the connection info given")
+        else:
+            if source is None and profile_dir is not None:
+                source = Path(profile_dir) / CLIENT_FILE
+            self.connection_file = find_connection_file(
+                source, cluster_id or profile, cluster_dir or ipython_dir
+            )
+            info = read_connection_file(self.connection_file)
         self._shm = SharedMemory(_shm_settings(info.get("shm"), shm_threshold))
         self._shm_hosts: dict[str, str] = {}  # engine uuid -> host identity
         self.timeout = timeout
@@ -185,10 +220,21 @@ class Client:
 
     # ------------------------------------------------------------------ lifetime
 
-    def close(self) -> None:
+    def close(self, linger: int | None = None) -> None:
         """Stop the I/O thread and close every socket; unanswered requests fail with
-        ConnectionError. Calling it again does nothing."""
+        ConnectionError. Calling it again does nothing. ``linger`` (ipyparallel's) is
+        accepted: queued sends are always flushed for a bounded time before closing."""
         self._io.close()
+
+    def spin(self) -> None:
+        """Nothing to do: corral's I/O thread handles incoming messages as they arrive
+        (ipyparallel programs call this to flush them)."""
+
+    def spin_thread(self, interval: float = 1) -> None:
+        """Nothing to start: the I/O thread already runs (see :meth:`spin`)."""
+
+    def stop_spin_thread(self) -> None:
+        """Nothing to stop (see :meth:`spin_thread`)."""
 
     def __enter__(self) -> Client:
         return self
@@ -225,46 +271,88 @@ class Client:
                 )
             return self.direct_view(ids)
         if isinstance(key, int | list | tuple | range):
-            self.resolve_targets(key)
-            return self.direct_view(key if isinstance(key, int) else list(key))
+            resolved = [engine_id for engine_id, _ in self.resolve_targets(key)]
+            return self.direct_view(resolved[0] if isinstance(key, int) else resolved)
         raise TypeError(f"index a Client with an int, a slice or a list of ints, not {key!r}")
 
     def direct_view(self, targets: Targets = "all", **flags: Any) -> DirectView:
         """A DirectView on ``targets`` (``"all"``: whichever engines are registered at each
-        call); ``flags`` (``block``) are set on it."""
+        call; a negative int counts from the last engine); ``flags`` (``block``) are set on
+        it."""
         from corral.client.view import DirectView
+
+        if isinstance(targets, int) and not isinstance(targets, bool) and targets < 0:
+            targets = self.resolve_targets(targets)[0][0]
 
         view = DirectView(self, targets)
         view.set_flags(**flags)
         return view
 
     def load_balanced_view(
-        self, targets: int | Sequence[int] | None = None, **flags: Any
+        self, targets: int | Sequence[int] | str | None = None, **flags: Any
     ) -> LoadBalancedView:
-        """A view whose tasks the scheduler places, on any engine or only on ``targets``;
-        ``flags`` (``block``, ``retries``, ``after``, ``follow``, ``timeout``) are set on it."""
+        """A view whose tasks the scheduler places, on any engine or only on ``targets``
+        (``"all"``: any); ``flags`` (``block``, ``retries``, ``after``, ``follow``,
+        ``timeout``, ``track``, ``label``) are set on it."""
         from corral.client.view import LoadBalancedView
 
-        view = LoadBalancedView(self, targets)
+        if targets == "all":
+            targets = None
+        elif isinstance(targets, int) and not isinstance(targets, bool):
+            targets = [engine_id for engine_id, _ in self.resolve_targets(targets)]
+        view = LoadBalancedView(self, targets)  # type: ignore[arg-type]
+        view.set_flags(**flags)
+        return view
+
+    def broadcast_view(
+        self, targets: Targets = "all", is_coalescing: bool = False, **flags: Any
+    ) -> BroadcastView:
+        """A DirectView-like view whose requests go to all ``targets`` as one message
+        (see :mod:`corral.client.broadcast`)."""
+        from corral.client.broadcast import BroadcastView
+
+        view = BroadcastView(self, targets, is_coalescing=is_coalescing)
         view.set_flags(**flags)
         return view
 
     def wait_for_engines(
-        self, n: int, timeout: float | None = None, interactive: bool = False
-    ) -> None:
-        """Block until at least ``n`` engines are registered; TimeoutError after ``timeout``
-        seconds (None or negative: wait forever), ConnectionError once the controller has been
-        unreachable for the client's own ``timeout`` (while it is, the engine table is stale and
-        does not count). ``interactive``: show a progress bar of the engines meanwhile."""
-        if interactive:
+        self,
+        n: int | None = None,
+        timeout: float | None = -1,
+        block: bool = True,
+        interactive: bool | None = None,
+    ) -> futures.Future[None] | None:
+        """Block until at least ``n`` engines are registered (None: one); TimeoutError after
+        ``timeout`` seconds (None or negative: wait forever), ConnectionError once the
+        controller has been unreachable for the client's own ``timeout`` (while it is, the
+        engine table is stale and does not count). ``block=False``: a Future of the same wait
+        at once. ``interactive``: show a progress bar of the engines meanwhile."""
+        count = 1 if n is None else n
+        if interactive and block:
             from corral.client.progress import wait_for_engines
 
-            return wait_for_engines(self, n, timeout=timeout)
+            wait_for_engines(self, count, timeout=timeout)
+            return None
+        if not block:
+            waiting: futures.Future[None] = futures.Future()
+
+            def wait_in_thread() -> None:
+                try:
+                    self._wait_for_engines(count, timeout)
+                except BaseException as exc:  # noqa: BLE001 - the future carries it
+                    waiting.set_exception(exc)
+                else:
+                    waiting.set_result(None)
+
+            threading.Thread(target=wait_in_thread, name="wait_for_engines", daemon=True).start()
+            return waiting
+        self._wait_for_engines(count, timeout)
+        return None
+
+    def _wait_for_engines(self, n: int, timeout: float | None) -> None:
         deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
         with self._engines_changed:
             while len(self._engines) < n or self._link_lost_at is not None:
-                if self._io.closed:
-                    raise self._io.closed_error()
                 now = time.monotonic()
                 wait = None if deadline is None else deadline - now
                 if wait is not None and wait <= 0:
@@ -276,7 +364,9 @@ class Client:
                     if link_left <= 0:
                         raise self._unreachable(f"waiting for {n} engines")
                     wait = link_left if wait is None else min(wait, link_left)
-                self._engines_changed.wait(wait)
+                if self._io.closed:
+                    raise ConnectionError(f"the client was closed while waiting for {n} engines")
+                self._engines_changed.wait(wait if wait is not None else 1.0)
 
     def _unreachable(self, doing: str, within: float | None = None) -> ConnectionError:
         lost = self._link_lost_at
@@ -410,7 +500,7 @@ class Client:
                     ),
                 )
             if plan.fetch:
-                self._fetch_results(plan.fetch, 0.0)
+                self._fetch_results(plan.fetch, 0.0, time.monotonic() + self.timeout)
             if plan.ask_again:
                 self._io.call_later(RECOVERY_PERIOD, lambda: self._recover(recovery))
 
@@ -437,6 +527,11 @@ class Client:
             ids: list[Any] = sorted(engines)[targets]
         elif isinstance(targets, int) and not isinstance(targets, bool):
             ids = [targets]
+            if targets < 0:  # as in ipyparallel: counted from the last engine
+                ordered = sorted(engines)
+                if -targets > len(ordered):
+                    raise InvalidTarget(f"no engine {targets}: {len(ordered)} are registered")
+                ids = [ordered[targets]]
         elif isinstance(targets, list | tuple | range):
             ids = list(targets)
         else:
@@ -486,9 +581,14 @@ class Client:
         metadata: dict[str, Any] | None = None,
         target: Target | None = None,
         in_history: bool = True,
+        track: bool = False,
+        header: dict[str, Any] | None = None,
     ) -> str:
         """Sign, track and hand off one request; its msg_id. With a ``target`` it goes to
         that engine (mux or control); a target already gone fails at once with EngineError.
+        ``track``: keep a MessageTracker of the data buffers in ``_records.trackers``.
+        ``header``: one made earlier, for a request already tracked (a held task, see
+        :mod:`corral.client.deferred`).
         While the controller is unreachable such a request waits up to ``timeout`` for it, then
         raises ConnectionError; load-balanced ones are queued (the scheduler holds them until
         engines are back)."""
@@ -502,21 +602,26 @@ class Client:
                 buffers, refs = self._shm.export(buffers)  # held until this request settles
                 if refs:
                     metadata[METADATA_KEY] = encode_refs(refs)
-        msg = session.msg(msg_type, content, metadata=metadata, buffers=buffers)
+        msg = session.msg(msg_type, content, metadata=metadata, buffers=buffers, header=header)
         idents = (target[1].encode(),) if target is not None else ()
         frames = session.serialize(msg, idents)
         engine_id, uuid = target if target is not None else (None, None)
-        future = self._records.track(msg, channel, uuid, engine_id, in_history=in_history)
+        if header is None:
+            self._records.track(msg, channel, uuid, engine_id, in_history=in_history)
         if refs:
-            future.add_done_callback(lambda _: self._shm.release(refs))
+            self._records.futures[msg.msg_id].add_done_callback(lambda _: self._shm.release(refs))
         if uuid is not None and uuid not in self._uuids:
             self._records.fail(msg.msg_id, _engine_gone(engine_id, uuid))
             return msg.msg_id
         try:
-            self._io.send(channel.encode(), frames)
+            tracker = self._io.send(
+                channel.encode(), frames, len(frames) - len(buffers) if track else None
+            )
         except Exception as exc:
             self._records.fail(msg.msg_id, exc)
             raise
+        if tracker is not None:
+            self._records.trackers[msg.msg_id] = tracker
         return msg.msg_id
 
     def _engines_share_host(self, channel: str, target: Target | None) -> bool:
@@ -609,10 +714,15 @@ class Client:
         return self._records.metadata
 
     def wait(self, jobs: Any = None, timeout: float | None = None) -> bool:
-        """Wait for ``jobs`` (msg_ids, AsyncResults; default: everything outstanding); True if
-        all finished within ``timeout`` seconds."""
-        msg_ids = list(self._records.outstanding) if jobs is None else self.msg_ids_of(jobs)
-        pending = [self._records.futures[m] for m in msg_ids if m in self._records.futures]
+        """Wait for ``jobs`` (msg_ids, AsyncResults, any concurrent Futures; default:
+        everything outstanding); True if all finished within ``timeout`` seconds."""
+        given = [] if jobs is None else jobs if isinstance(jobs, list | tuple | set) else [jobs]
+        waited: list[futures.Future[Any]] = [
+            job for job in given if isinstance(job, futures.Future) and not hasattr(job, "msg_ids")
+        ]
+        others = [job for job in given if not any(job is w for w in waited)]
+        msg_ids = list(self._records.outstanding) if jobs is None else self.msg_ids_of(others)
+        pending = waited + [self._records.futures[m] for m in msg_ids if m in self._records.futures]
         return self.wait_for_futures(pending, timeout, "waiting for results")
 
     def wait_interactive(
@@ -635,236 +745,6 @@ class Client:
         view = self.direct_view(targets)
         view.activate(suffix)
         return view
-
-    # ------------------------------------------------------------------ control calls
-
-    def _control(
-        self,
-        msg_type: str,
-        content: dict[str, Any],
-        targets: Targets,
-        block: bool | None,
-        ignore: type[BaseException] | None = None,
-    ) -> AsyncResult | None:
-        resolved = self.resolve_targets(targets)
-        msg_ids = [
-            self.send_request("control", msg_type, content, target=target, in_history=False)
-            for target in resolved
-        ]
-        result = AsyncResult(self._records, msg_ids, fname=msg_type, client=self)
-        if block is False:
-            return result
-        if not result.wait(self.timeout):
-            if self._link_lost_at is not None:
-                raise self._unreachable(msg_type)
-            late = [
-                i
-                for (i, _), m in zip(resolved, msg_ids, strict=True)
-                if not self._records.futures[m].done()
-            ]
-            raise TimeoutError(
-                f"engine(s) {late} did not answer {msg_type} within {self.timeout} s"
-            )
-        for msg_id in msg_ids:
-            error = self._records.futures[msg_id].exception()
-            if error is not None and not (ignore and isinstance(error, ignore)):
-                result.get()
-        return None
-
-    def abort(
-        self, jobs: Any = None, targets: Targets = None, block: bool | None = None
-    ) -> AsyncResult | None:
-        """Abort ``jobs`` (default: everything queued) on ``targets`` (default: all engines).
-        Named jobs that are queued never start, and one that is running is interrupted (as by
-        SIGINT); each fails with TaskAborted. ``jobs=None`` leaves running tasks alone. Waits
-        for the engines' answers unless ``block=False``."""
-        msg_ids = None if jobs is None else self.msg_ids_of(jobs)
-        return self._control("abort_request", {"msg_ids": msg_ids}, targets, block)
-
-    def clear(self, targets: Targets = None, block: bool | None = None) -> AsyncResult | None:
-        """Empty the engines' namespaces. Each engine does it between tasks: after the task it
-        is running (waited for, up to ``timeout``), before the tasks queued behind it."""
-        return self._control("clear_request", {}, targets, block)
-
-    def send_signal(
-        self, sig: int, targets: Targets = None, block: bool | None = None
-    ) -> AsyncResult | None:
-        """Deliver signal ``sig`` to the engine processes (SIGINT interrupts the running task)."""
-        return self._control("signal_request", {"sig": int(sig)}, targets, block)
-
-    def shutdown(
-        self, targets: Targets = "all", hub: bool = False, block: bool | None = None
-    ) -> None:
-        """Stop the engines in ``targets`` (None: none), then, with ``hub=True``, the
-        controller itself. Engines that vanish while being asked count as stopped."""
-        if targets is not None and not (targets == "all" and not self._engines):
-            self._control("shutdown_request", {}, targets, True if hub else block, EngineError)
-        if hub:
-            self._query("hub_shutdown_request", self._meant_for())
-
-    # ------------------------------------------------------------------ Hub queries
-
-    def queue_status(self, targets: Targets = None, verbose: bool = False) -> dict[Any, Any]:
-        """Per engine id: counts (or msg_ids, ``verbose``) of ``queue`` (sent directly, not
-        answered), ``tasks`` (load-balanced, running) and ``completed``; plus ``unassigned``
-        tasks the scheduler still holds. One engine's dict alone if ``targets`` is an int."""
-        ids = (
-            None
-            if targets is None or targets == "all"
-            else [engine_id for engine_id, _ in self.resolve_targets(targets)]
-        )
-        content = self._query("queue_request", {"targets": ids, "verbose": verbose}).content or {}
-        status: dict[Any, Any] = {}
-        for key, value in content.items():
-            if key != "status":
-                status[int(key) if key.isdigit() else key] = value
-        if isinstance(targets, int) and not isinstance(targets, bool):
-            return dict(status[targets])
-        return status
-
-    def result_status(self, msg_ids: Any, status_only: bool = True) -> dict[str, list[str]]:
-        """Which of ``msg_ids`` the Hub has seen answered (``completed``) or not (``pending``).
-        With ``status_only=False`` the completed results are fetched into ``results`` too."""
-        ids = self.msg_ids_of(msg_ids)
-        reply = self._query("result_request", {"msg_ids": ids, "statusonly": status_only})
-        content = reply.content or {}
-        if not status_only:
-            self._store_hub_results(content, reply.buffers)
-        return {
-            "pending": list(content.get("pending", [])),
-            "completed": list(content.get("completed", [])),
-        }
-
-    def get_result(self, indices_or_msg_ids: Any = -1, block: bool | None = None) -> Any:
-        """An AsyncResult for earlier requests: an index into ``history``, a msg_id, or a list.
-
-        Requests this client sent resolve as they would anyway; others (sent by another
-        client) are fetched from the Hub, which is asked again until they are done.
-        """
-        single = isinstance(indices_or_msg_ids, str | int)
-        msg_ids = self.msg_ids_of(indices_or_msg_ids)
-        unknown = [m for m in msg_ids if self._records.future_for(m)[1]]
-        if unknown:
-            self._io.call_soon(lambda: self._fetch_results(unknown, 0.0))
-        result = AsyncResult(self._records, msg_ids, fname="get_result", single=single, client=self)
-        return result.get() if block else result
-
-    def _fetch_results(self, msg_ids: list[str], delay: float) -> None:
-        """(I/O thread) Ask the Hub for results; ask again, backing off, while some are pending.
-        No answer within ``timeout`` fails them with ConnectionError."""
-        msg = self.session.msg(
-            "result_request",
-            {"msg_ids": msg_ids, "statusonly": False},
-            metadata=self._shm.reader_metadata(),
-        )
-        records = self._records
-
-        def on_reply(reply: Message) -> None:
-            content = reply.content or {}
-            if content.get("status") != "ok":
-                error = QueryError(
-                    f"result_request refused: {content.get('ename')}: {content.get('evalue')}"
-                )
-                for msg_id in msg_ids:
-                    records.complete_error(msg_id, error)
-                return
-            self._store_hub_results(content, reply.buffers)
-            still_pending = set(content.get("pending", []))
-            pending = [m for m in msg_ids if m in still_pending]
-            if pending:
-                later = min(max(delay * 2, 0.02), 1.0)
-                self._io.call_later(later, lambda: self._fetch_results(pending, later))
-
-        def on_timeout() -> None:
-            if records.pending.pop(msg.msg_id, None) is not None:
-                error = ConnectionError(
-                    f"the Hub did not answer result_request within {self.timeout} s"
-                )
-                for msg_id in msg_ids:
-                    records.complete_error(msg_id, error)
-
-        records.track_service(msg.msg_id, "hub", on_reply=on_reply)
-        self._io.send_now("hub", self.session.serialize(msg))
-        self._io.call_later(self.timeout, on_timeout)
-
-    def _store_hub_results(self, content: dict[str, Any], buffers: Sequence[Frame]) -> None:
-        offset = 0
-        for msg_id in content.get("completed", []):
-            record = content.get(msg_id)
-            if not isinstance(record, dict):
-                continue
-            count = int(record.get("buffer_count", 0))
-            future = self._records.futures.get(msg_id)
-            if future is not None and future.done():
-                offset += count
-                continue  # answered directly meanwhile
-            self._records.pending.pop(msg_id, None)  # settled from the store: a reply is late
-            if isinstance(record.get("not_stored"), str):
-                self._records.complete_error(msg_id, ResultNotStored(record["not_stored"]))
-                continue
-            self._records.complete(
-                msg_id,
-                header=record.get("header") or {},
-                content=record.get("content") or {},
-                metadata=record.get("metadata") or {},
-                buffers=buffers[offset : offset + count],
-                submitted=(record.get("parent_header") or {}).get("date"),
-            )
-            offset += count
-
-    def purge_results(self, jobs: Any = (), targets: Iterable[int] | int | str = ()) -> None:
-        """Make the Hub forget results: of ``jobs`` (msg_ids, AsyncResults, or ``"all"``) and
-        of everything that ran on ``targets`` (engine ids, or ``"all"``)."""
-        msg_ids: list[str] | str = "all" if jobs == "all" else self.msg_ids_of(jobs)
-        if not msg_ids and not targets:
-            raise ValueError("say what to purge: jobs (msg_ids, AsyncResults or 'all') or targets")
-        if targets == "all":
-            engine_ids = self.ids
-        elif isinstance(targets, int):
-            engine_ids = [targets]
-        else:
-            engine_ids = list(targets)  # type: ignore[arg-type]
-        self._query(
-            "purge_request", {"msg_ids": msg_ids, "engine_ids": engine_ids, **self._meant_for()}
-        )
-
-    def purge_local_results(self, jobs: Any = "all") -> None:
-        """Forget what this client keeps of finished requests (``jobs``: msg_ids,
-        AsyncResults, or ``"all"``), so that its memory stays flat over any number of tasks;
-        AsyncResults already held keep their values. Pending requests are kept."""
-        msg_ids = list(self._records.futures) if jobs == "all" else self.msg_ids_of(jobs)
-        self._records.forget(msg_ids)
-
-    def _meant_for(self) -> dict[str, str]:
-        """The controller run a request that changes state is meant for: the Hub refuses it
-        if it reaches a later run (zmq queues a request sent while the controller is gone)."""
-        return {"controller": self._controller} if self._controller else {}
-
-    def hub_history(self) -> list[str]:
-        """Every msg_id the Hub has recorded, oldest first."""
-        content = self._query("history_request", {}).content or {}
-        return list(content.get("history", []))
-
-    def db_query(
-        self, query: dict[str, Any], keys: list[str] | None = None
-    ) -> list[dict[str, Any]]:
-        """Task records matching a MongoDB-style ``query`` (``{"completed": {"$ne": None}}``),
-        with only ``keys`` if given. Dates come back as datetimes, buffers as frames."""
-        content = {"query": query} if keys is None else {"query": query, "keys": keys}
-        reply = self._query("db_request", content)
-        records: list[dict[str, Any]] = list((reply.content or {}).get("records", []))
-        offset = 0
-        for record in records:
-            for name in ("result_buffers", "buffers"):
-                count_key = name.replace("buffers", "buffer_count")
-                if count_key in record:
-                    count = int(record.pop(count_key))
-                    record[name] = list(reply.buffers[offset : offset + count])
-                    offset += count
-            for key in _DB_DATE_KEYS:
-                if isinstance(record.get(key), str):
-                    record[key] = parse_date(record[key])
-        return records
 
 
 _BUFFER_QUERIES = frozenset({"result_request", "db_request"})  # replies that carry buffers

@@ -18,6 +18,7 @@ from corral.errors import ConnectionError
 __all__ = [
     "CLIENT_FILE",
     "DEFAULT_TIMEOUT",
+    "check_connection_info",
     "client_addresses",
     "find_connection_file",
     "read_connection_file",
@@ -60,11 +61,17 @@ def read_connection_file(path: Path) -> dict[str, Any]:
         ) from None
     except (OSError, orjson.JSONDecodeError) as exc:
         raise ConnectionError(f"cannot read the connection file {path}: {exc}") from exc
+    return check_connection_info(info, f"the connection file {path}")
+
+
+def check_connection_info(info: object, where: str) -> dict[str, Any]:
+    """``info`` if it is a dict with the key and every port; ConnectionError saying what is
+    missing otherwise."""
     if not isinstance(info, dict):
-        raise ConnectionError(f"the connection file {path} is not a JSON object")
+        raise ConnectionError(f"{where} is not a JSON object")
     missing = [key for key in ("key", *PORT_KEYS.values()) if key not in info]
     if missing:
-        raise ConnectionError(f"the connection file {path} lacks {', '.join(missing)}")
+        raise ConnectionError(f"{where} lacks {', '.join(missing)}")
     return info
 
 

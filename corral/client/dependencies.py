@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 from corral.client.records import Records
 from corral.client.remote import guarded
 from corral.errors import ImpossibleDependency
-from corral.protocol.dependency import Dependency
+from corral.protocol.dependency import Dependency as WireDependency
 
 __all__ = [
     "Dependency",
@@ -40,6 +40,62 @@ __all__ = [
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Dependency(set[str]):
+    """A set of msg_ids and the rule for when their outcomes let a task run (ipyparallel's
+    ``Dependency``): give it as a view's ``after`` or ``follow`` flag.
+
+    ``dependencies`` are msg_ids, AsyncResults or other Dependencies (flattened to their
+    msg_ids). ``all``: every one must be satisfied (else any one); ``success`` / ``failure``:
+    which outcomes satisfy one. It is a mutable set, like ipyparallel's, so the flags and the
+    members can change until it is used; the request carries a frozen copy
+    (:meth:`wire`, the scheduler's :class:`corral.protocol.dependency.Dependency`).
+    """
+
+    def __init__(
+        self,
+        dependencies: Any = (),
+        all: bool = True,  # noqa: A002 - ipyparallel's keyword
+        success: bool = True,
+        failure: bool = False,
+    ) -> None:
+        if isinstance(dependencies, str) or hasattr(dependencies, "msg_ids"):
+            dependencies = [dependencies]
+        super().__init__(WireDependency.of(list(dependencies)).msg_ids)
+        self.all = all
+        self.success = success
+        self.failure = failure
+
+    @property
+    def msg_ids(self) -> frozenset[str]:
+        return frozenset(self)
+
+    def wire(self) -> WireDependency:
+        """The frozen form the scheduler reads; ValueError if neither outcome satisfies it."""
+        return WireDependency(
+            frozenset(self), all=self.all, success=self.success, failure=self.failure
+        )
+
+    def check(self, completed: Collection[str], failed: Collection[str] | None = None) -> bool:
+        """Whether these outcomes satisfy it (an empty dependency always is)."""
+        return self.wire().is_met(set(completed), set(failed or ()))
+
+    def unreachable(
+        self, completed: Collection[str], failed: Collection[str] | None = None
+    ) -> bool:
+        """Whether no future outcome can satisfy it any more, given these."""
+        return self.wire().is_unreachable(set(completed), set(failed or ()))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON-able form requests carry (see :meth:`WireDependency.as_dict`)."""
+        return self.wire().as_dict()
+
+    def __repr__(self) -> str:
+        return (
+            f"Dependency({sorted(self)!r}, all={self.all}, success={self.success}, "
+            f"failure={self.failure})"
+        )
 
 
 def depend(condition: Callable[..., Any], *args: Any, **kwargs: Any) -> Callable[[F], F]:
@@ -97,20 +153,22 @@ def require(*items: str | ModuleType | Callable[..., Any], **objects: Any) -> Ca
 # ---------------------------------------------------------------- after / follow pruning
 
 
-def as_dependency(value: Any) -> Dependency | None:
+def as_dependency(value: Any) -> WireDependency | None:
     """A view's ``after``/``follow`` flag as a Dependency (None when it names nothing): msg_ids,
     AsyncResults, a Dependency, or the dict of :meth:`Dependency.as_dict`."""
     if value is None:
         return None
     if isinstance(value, Dependency):
+        value = value.wire()
+    if isinstance(value, WireDependency):
         return value if value.msg_ids else None
     if isinstance(value, dict):
-        dependency = Dependency.from_wire(value)
+        dependency = WireDependency.from_wire(value)
         return dependency if dependency.msg_ids else None
     if isinstance(value, str) or hasattr(value, "msg_ids"):
-        return Dependency.of(value)
+        return WireDependency.of(value)
     items = list(value)
-    return Dependency.of(items) if items else None
+    return WireDependency.of(items) if items else None
 
 
 def known_outcomes(records: Records, msg_ids: Iterable[str]) -> tuple[set[str], set[str]]:
@@ -124,7 +182,7 @@ def known_outcomes(records: Records, msg_ids: Iterable[str]) -> tuple[set[str], 
     return succeeded, failed
 
 
-def _impossible(kind: str, dependency: Dependency, why: str) -> ImpossibleDependency:
+def _impossible(kind: str, dependency: WireDependency, why: str) -> ImpossibleDependency:
     return ImpossibleDependency(
         "ImpossibleDependency",
         f"this task can never run: {why} ({kind} dependency with all={dependency.all}, "
@@ -132,7 +190,7 @@ def _impossible(kind: str, dependency: Dependency, why: str) -> ImpossibleDepend
     )
 
 
-def prune_after(records: Records, dependency: Dependency | None) -> Dependency | None:
+def prune_after(records: Records, dependency: WireDependency | None) -> WireDependency | None:
     """The part of ``after`` the scheduler must still wait for (None: nothing); raises
     ImpossibleDependency if known outcomes already make it unmeetable."""
     if dependency is None:
@@ -149,9 +207,9 @@ def prune_after(records: Records, dependency: Dependency | None) -> Dependency |
 def prune_follow(
     records: Records,
     live_engines: Collection[str],
-    dependency: Dependency | None,
+    dependency: WireDependency | None,
     targets: set[str] | None,
-) -> tuple[Dependency | None, set[str] | None]:
+) -> tuple[WireDependency | None, set[str] | None]:
     """``follow`` as the scheduler must see it, and the task's targets (engine uuids).
 
     While a followed task is pending the dependency goes as it is. Once all have finished

@@ -214,11 +214,22 @@ class ClientIO:
         """Whether the hub and notification sockets are connected to the controller."""
         return not self._down
 
-    def send(self, channel: bytes, frames: Sequence[Frame]) -> None:
+    def send(
+        self, channel: bytes, frames: Sequence[Frame], track_from: int | None = None
+    ) -> zmq.MessageTracker | None:
         """Hand a signed message's frames to the I/O thread (``channel``: b"mux", b"control",
         b"task" or b"hub"). Frames are not copied; the buffers must not change until sent.
+
+        ``track_from``: the frames from that index on (the data buffers) are tracked; the
+        MessageTracker returned is done once zmq has released every one of them, i.e. once
+        the message has left the process and the buffers may be changed again.
         ConnectionError at once if the client is closed or its I/O thread has failed."""
-        self._inbox.put((channel, frames))
+        if track_from is None:
+            self._inbox.put((channel, frames))
+            return None
+        tracked = [zmq.Frame(frame, track=True) for frame in frames[track_from:]]
+        self._inbox.put((channel, [*frames[:track_from], *tracked]))
+        return zmq.MessageTracker(*tracked)
 
     def call_soon(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` on the I/O thread, soon, after what was handed over before it."""

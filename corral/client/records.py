@@ -19,6 +19,7 @@ Rules the rest of the client relies on:
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, InvalidStateError
@@ -50,6 +51,8 @@ _DEFAULTS: dict[str, Any] = {
     "error": None,
     "after": None,
     "follow": None,
+    "data": {},
+    "label": None,
 }
 _DATE_KEYS = ("submitted", "started", "completed", "received")
 
@@ -73,6 +76,7 @@ class Metadata(dict[str, Any]):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(_DEFAULTS)
         self["outputs"] = []
+        self["data"] = {}
         self.update(*args, **kwargs)
 
     def __getattr__(self, key: str) -> Any:
@@ -83,8 +87,10 @@ class Metadata(dict[str, Any]):
 
 
 class ExecuteReply:
-    """The result of ``execute``: the execution count and the value of a trailing expression
-    (``execute_result``, a mime bundle such as ``{"text/plain": "42"}``), if any."""
+    """The result of ``execute``: the execution count, the value of a trailing expression
+    (``execute_result``: ``{"data": {mime: ...}, "metadata": ..., "execution_count": n}``,
+    None for a silent execute) and every other metadata key as an attribute (``stdout``,
+    ``outputs``, ``engine_id``...). Rich front ends show the result through ``_repr_*_``."""
 
     def __init__(self, msg_id: str, content: Mapping[str, Any], metadata: Mapping[str, Any]):
         self.msg_id = msg_id
@@ -101,11 +107,53 @@ class ExecuteReply:
         result = self.metadata.get("execute_result")
         return result if isinstance(result, dict) else None
 
-    def __repr__(self) -> str:
+    @property
+    def data(self) -> dict[str, Any]:
+        """The mime bundle of the result (empty without one)."""
         result = self.execute_result
-        if result and "text/plain" in result:
-            return f"Out[{self.execution_count}]: {result['text/plain']}"
-        return f"<ExecuteReply {self.msg_id[:8]} execution_count={self.execution_count}>"
+        return dict(result.get("data") or {}) if result else {}
+
+    def _repr_mime_(self, mime: str) -> Any:
+        if mime not in self.data:
+            return None
+        value = self.data[mime]
+        extra = ((self.execute_result or {}).get("metadata") or {}).get(mime)
+        return (value, extra) if extra else value
+
+    def _repr_html_(self) -> Any:
+        return self._repr_mime_("text/html")
+
+    def _repr_png_(self) -> Any:
+        return self._repr_mime_("image/png")
+
+    def _repr_jpeg_(self) -> Any:
+        return self._repr_mime_("image/jpeg")
+
+    def _repr_svg_(self) -> Any:
+        return self._repr_mime_("image/svg+xml")
+
+    def _repr_latex_(self) -> Any:
+        return self._repr_mime_("text/latex")
+
+    def _repr_markdown_(self) -> Any:
+        return self._repr_mime_("text/markdown")
+
+    def _repr_json_(self) -> Any:
+        return self._repr_mime_("application/json")
+
+    def __getitem__(self, key: str) -> Any:
+        return self.metadata[key]
+
+    def __getattr__(self, key: str) -> Any:
+        if key.startswith("_") or key not in self.metadata:
+            raise AttributeError(f"'ExecuteReply' object has no attribute {key!r}")
+        return self.metadata[key]
+
+    def __repr__(self) -> str:
+        text = self.data.get("text/plain", "")
+        if "\n" in text:
+            text = "\n" + text
+        return f"<ExecuteReply[{self.execution_count}]: {text}>"
 
 
 TASK = "task"  # apply/execute/control: settles with a value or a RemoteError
@@ -146,12 +194,15 @@ class Records:
         self.futures: dict[str, Future[Any]] = {}
         self.pending: dict[str, Pending] = {}
         self.results: dict[str, Any] = {}
-        self.metadata: dict[str, Metadata] = {}
+        # a missing key reads as empty metadata, as ipyparallel's ``client.metadata`` does
+        self.metadata: dict[str, Metadata] = collections.defaultdict(Metadata)
         self.history: list[str] = []
+        self.trackers: dict[str, Any] = {}  # msg_id -> zmq.MessageTracker, until claimed
         self.outstanding: set[str] = set()
         self._streams_final: set[str] = set()
         # msg_id -> called (I/O thread) after each iopub message of that request is recorded
         self.iopub_listeners: dict[str, Callable[[Message], None]] = {}
+        self._silent: set[str] = set()  # silent execute requests: no execute_result
         self.late_replies = 0  # replies that found their request settled already, ignored
 
     # ------------------------------------------------------------------ submitting thread
@@ -175,7 +226,10 @@ class Records:
             engine_id=engine_id,
             after=msg.metadata.get("after"),
             follow=msg.metadata.get("follow"),
+            label=msg.metadata.get("label"),
         )
+        if msg.msg_type == "execute_request" and (msg.content or {}).get("silent"):
+            self._silent.add(msg_id)
         self.futures[msg_id] = future
         if in_history:
             self.history.append(msg_id)
@@ -295,7 +349,7 @@ class Records:
         elif kind == "execute_input":
             md["execute_input"] = content.get("code")
         elif kind == "execute_result":
-            md["execute_result"] = content.get("data")
+            md["execute_result"] = dict(content)
         elif kind == "display_data":
             md["outputs"].append(content)
         listener = self.iopub_listeners.get(parent)
@@ -345,12 +399,26 @@ class Records:
         for key, value in metadata.items():
             if key in _DATE_KEYS:
                 md[key] = parse_date(value)
+            elif key == "execute_result":
+                md[key] = self._execute_result(msg_id, value, content)
             elif value is not None or key not in md:
                 md[key] = value
         if "stdout" in metadata or "stderr" in metadata:
             self._streams_final.add(msg_id)
         md["status"] = content.get("status", md.get("status"))
         md["received"] = datetime.now(UTC)
+
+    def _execute_result(
+        self, msg_id: str, data: Any, content: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """The reply's result bundle in ipyparallel's shape (``{"data": {mime: ...},
+        "metadata": {}, "execution_count": n}``); None for a silent execute."""
+        if msg_id in self._silent or not isinstance(data, dict):
+            self._silent.discard(msg_id)
+            return None
+        if "data" in data and isinstance(data["data"], dict):
+            return data
+        return {"data": data, "metadata": {}, "execution_count": content.get("execution_count")}
 
     def _outcome(
         self,
@@ -366,12 +434,17 @@ class Records:
                 error.engine_id = md.get("engine_id")
             if error.engine_uuid is None:
                 error.engine_uuid = md.get("engine_uuid")
+            if error.method is None:
+                reply_type = header.get("msg_type")
+                error.method = "execute" if reply_type == "execute_reply" else "apply"
             return error, True
         msg_type = header.get("msg_type")
         if msg_type == "execute_reply":
             return ExecuteReply(msg_id, content, md), False
+        if msg_type == "abort_reply":
+            return list(content.get("running", [])), False  # tasks left running, if asked
         if msg_type != "apply_reply":
-            return None, False  # control replies carry no value
+            return None, False  # other control replies carry no value
         try:
             return deserialize_object(buffers), False
         except CorralError as exc:

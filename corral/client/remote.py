@@ -64,22 +64,42 @@ def _names_used(code: CodeType) -> set[str]:
 
 @interactive
 def push_namespace(values: dict[str, Any]) -> None:
-    """Assign ``values`` in the engine's namespace (``DirectView.push``)."""
-    globals().update(values)
+    """Assign ``values`` in the engine's namespace (``DirectView.push``); a dotted name
+    ``"a.b"`` sets attribute ``b`` of the engine's ``a``. An interactive function pushed is
+    bound to the namespace, so that calling it there reads the engine's names, as when it is
+    applied."""
+    from corral.client.remote import bind_namespace
+
+    namespace = globals()
+    for name, pushed in values.items():
+        value = bind_namespace(pushed, namespace)
+        owner, dot, attribute = name.rpartition(".")
+        if not dot:
+            namespace[name] = value
+            continue
+        target = namespace[owner.split(".")[0]]
+        for part in owner.split(".")[1:]:
+            target = getattr(target, part)
+        setattr(target, attribute, value)
 
 
 @interactive
 def pull_namespace(names: str | list[str]) -> Any:
-    """The values of ``names`` in the engine's namespace (``DirectView.pull``); NameError for
-    a name that is not defined there, as reading it in code would raise."""
+    """The values of ``names`` in the engine's namespace (``DirectView.pull``); a dotted name
+    ``"a.b"`` reads attribute ``b`` of ``a``. NameError for a name that is not defined there,
+    as reading it in code would raise."""
     namespace = globals()
     wanted = [names] if isinstance(names, str) else names
-    missing = [name for name in wanted if name not in namespace]
-    if missing:
-        raise NameError(f"name {missing[0]!r} is not defined on this engine")
-    if isinstance(names, str):
-        return namespace[names]
-    return [namespace[name] for name in names]
+    values = []
+    for name in wanted:
+        first, *rest = name.split(".")
+        if first not in namespace:
+            raise NameError(f"name {first!r} is not defined on this engine")
+        value = namespace[first]
+        for part in rest:
+            value = getattr(value, part)
+        values.append(value)
+    return values[0] if isinstance(names, str) else values
 
 
 @interactive

@@ -16,26 +16,47 @@ from corral.client.remote import call_chunk, map_chunk
 if TYPE_CHECKING:
     from corral.client.view import View
 
-__all__ = ["ParallelFunction", "RemoteFunction"]
+__all__ = ["ParallelFunction", "RemoteFunction", "parallel", "remote"]
+
+
+def remote(
+    view: View, block: bool | None = None, **flags: Any
+) -> Callable[[Callable[..., Any]], RemoteFunction]:
+    """Decorator: calling the function runs it remotely through ``view`` (``view.remote()``)."""
+    return view.remote(block, **flags)
+
+
+def parallel(
+    view: View, dist: str = "b", block: bool | None = None, **flags: Any
+) -> Callable[[Callable[..., Any]], ParallelFunction]:
+    """Decorator: the function runs on parts of its sequence arguments in parallel
+    (``view.parallel()``)."""
+    return view.parallel(dist, block, **flags)
 
 
 class RemoteFunction:
     """``f`` bound to ``view``: ``rf(*args)`` is ``view.apply(f, *args)`` with ``block``
-    (None: the view's own flag at call time)."""
+    (None: the view's own flag at call time) and the view's other ``flags`` set for the call."""
 
-    def __init__(self, view: View, f: Callable[..., Any], block: bool | None = None) -> None:
+    def __init__(
+        self, view: View, f: Callable[..., Any], block: bool | None = None, **flags: Any
+    ) -> None:
         if not callable(f):
             raise TypeError(f"remote needs a callable, got {type(f).__name__}")
         self.view = view
         self.func = f
         self.block = block
+        self.flags = flags
         functools.update_wrapper(self, f)
+        name = getattr(f, "__name__", repr(f))
+        self.__doc__ = f"{type(self).__name__} wrapping {name}\n\n{f.__doc__ or ''}".rstrip()
 
     def _block(self) -> bool:
         return self.view.block if self.block is None else self.block
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.view._apply(self.func, args, kwargs, block=self._block())
+        with self.view.temp_flags(**self.flags):
+            return self.view._apply(self.func, args, kwargs, block=self._block())
 
 
 class ParallelFunction(RemoteFunction):
@@ -53,30 +74,33 @@ class ParallelFunction(RemoteFunction):
         block: bool | None = None,
         chunksize: int | None = None,
         ordered: bool = True,
+        **flags: Any,
     ) -> None:
         if dist != "b":
             raise ValueError(f"only dist='b' (contiguous blocks) is supported, not {dist!r}")
-        super().__init__(view, f, block)
+        super().__init__(view, f, block, **flags)
         self.chunksize = chunksize
         self.ordered = ordered
 
     def __call__(self, *sequences: Any) -> Any:
-        return self.view._map(
-            call_chunk,
-            self.func,
-            sequences,
-            block=self._block(),
-            chunksize=self.chunksize,
-            ordered=self.ordered,
-        )
+        with self.view.temp_flags(**self.flags):
+            return self.view._map(
+                call_chunk,
+                self.func,
+                sequences,
+                block=self._block(),
+                chunksize=self.chunksize,
+                ordered=self.ordered,
+            )
 
     def map(self, *sequences: Any) -> Any:
         """``f`` applied to each element (to each tuple of elements, for several sequences)."""
-        return self.view._map(
-            map_chunk,
-            self.func,
-            sequences,
-            block=self._block(),
-            chunksize=self.chunksize,
-            ordered=self.ordered,
-        )
+        with self.view.temp_flags(**self.flags):
+            return self.view._map(
+                map_chunk,
+                self.func,
+                sequences,
+                block=self._block(),
+                chunksize=self.chunksize,
+                ordered=self.ordered,
+            )

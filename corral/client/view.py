@@ -5,21 +5,26 @@ Every submission serializes the call once (:func:`~corral.protocol.serialize.pac
 zero-copy for large buffers), sends one request per engine or per task through the client, and
 returns an :class:`~corral.client.asyncresult.AsyncResult` (or, with ``block``, its value).
 Data movement on a DirectView (push, pull, scatter, gather) is itself ``apply`` of the small
-functions in :mod:`corral.client.remote` that read and write the engine's namespace.
+functions in :mod:`corral.client.remote` that read and write the engine's namespace; it lives
+in :mod:`corral.client.dataview`. Flags common to both views: ``block``, ``track`` (a
+MessageTracker on the zero-copy buffers, see ``AsyncResult.sent``) and ``label`` (stored with
+the task in the Hub, for ``db_query``).
 """
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent import futures
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from corral.client import pickling
 from corral.client.asyncresult import AsyncMapResult, AsyncResult
+from corral.client.dataview import DataMovement
+from corral.client.deferred import direct_pending, submit_when_done
 from corral.client.dependencies import as_dependency, prune_after, prune_follow
-from corral.client.mapping import as_sequence, chunk, common_length, partition
-from corral.client.remote import map_chunk, pull_namespace, push_namespace
+from corral.client.lazymap import LazyMap
+from corral.client.mapping import as_sequence, chunk, partition
+from corral.client.remote import map_chunk
 from corral.client.remotefunction import ParallelFunction, RemoteFunction
 from corral.errors import ImpossibleDependency
 from corral.protocol.serialize import pack_apply_message
@@ -35,33 +40,51 @@ def _name(f: Callable[..., Any]) -> str:
     return getattr(f, "__name__", type(f).__name__)
 
 
+def _common(sequences: Sequence[Any]) -> list[Sequence[Any]]:
+    """The sequences of a map, cut to the shortest (as the builtin ``map`` and ipyparallel
+    do); ValueError without any."""
+    if not sequences:
+        raise ValueError("map needs at least one sequence")
+    values = [as_sequence(seq) for seq in sequences]
+    shortest = min(len(seq) for seq in values)
+    return [seq if len(seq) == shortest else seq[:shortest] for seq in values]
+
+
 class View:
     """What both views share: flags, the apply and map spellings, decorators, history.
 
-    Flags are attributes (``view.block = True``); :meth:`set_flags` sets several and
-    :meth:`temp_flags` sets them for a ``with`` block only.
+    Flags are attributes (``view.block = True``); :meth:`set_flags` sets several (and returns
+    the view, so ``view.set_flags(label="x").apply_async(...)`` works) and :meth:`temp_flags`
+    sets them for a ``with`` block only.
     """
 
-    _flags: tuple[str, ...] = ("block", "targets")
+    _flags: tuple[str, ...] = ("block", "targets", "track", "label")
 
     def __init__(self, client: Client, targets: Any, block: bool = False) -> None:
         self.client = client
         self.targets = targets
         self.block = block
+        self.track = False
+        self.label: str | None = None
         self.history: list[str] = []
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.targets!r}>"
 
+    def __len__(self) -> int:
+        """How many engines the view's requests may go to now."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------------ flags
 
-    def set_flags(self, **flags: Any) -> None:
-        """Set several flags at once; an unknown name is a TypeError."""
+    def set_flags(self, **flags: Any) -> View:
+        """Set several flags at once; an unknown name is a TypeError. Returns the view."""
         unknown = sorted(set(flags) - set(self._flags))
         if unknown:
             raise TypeError(f"{type(self).__name__} has no flags {unknown}; flags: {self._flags}")
         for name, value in flags.items():
             setattr(self, name, value)
+        return self
 
     @contextmanager
     def temp_flags(self, **flags: Any) -> Iterator[View]:
@@ -73,7 +96,10 @@ class View:
         finally:
             self.set_flags(**saved)
 
-    # ------------------------------------------------------------------ apply
+    def _request_metadata(self) -> dict[str, Any]:
+        return {"label": self.label} if self.label else {}
+
+    # ------------------------------------------------------------------ apply and map
 
     def _apply(
         self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *, block: bool
@@ -89,19 +115,20 @@ class View:
         block: bool,
         chunksize: int | None,
         ordered: bool,
+        return_exceptions: bool = False,
     ) -> Any:
         raise NotImplementedError
 
-    def apply(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def apply(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Call ``f(*args, **kwargs)`` remotely; the result if ``block``, else an AsyncResult."""
         return self._apply(f, args, kwargs, block=self.block)
 
-    def apply_async(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> AsyncResult:
+    def apply_async(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AsyncResult:
         """Call ``f(*args, **kwargs)`` remotely; an AsyncResult at once."""
         result: AsyncResult = self._apply(f, args, kwargs, block=False)
         return result
 
-    def apply_sync(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def apply_sync(self, f: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Call ``f(*args, **kwargs)`` remotely and wait for the result."""
         return self._apply(f, args, kwargs, block=True)
 
@@ -112,9 +139,11 @@ class View:
         block: bool | None = None,
         chunksize: int | None = None,
         ordered: bool = True,
+        return_exceptions: bool = False,
     ) -> Any:
-        """``f`` applied to every element of ``sequences`` (zipped), in parallel: the list of
-        results if ``block``, else an AsyncMapResult."""
+        """``f`` applied to every element of ``sequences`` (zipped, up to the shortest), in
+        parallel: the list of results if ``block``, else an AsyncMapResult. With
+        ``return_exceptions`` a failed element's error stands in its place."""
         return self._map(
             map_chunk,
             f,
@@ -122,37 +151,27 @@ class View:
             block=self.block if block is None else block,
             chunksize=chunksize,
             ordered=ordered,
+            return_exceptions=return_exceptions,
         )
 
-    def map_async(
-        self,
-        f: Callable[..., Any],
-        *sequences: Any,
-        chunksize: int | None = None,
-        ordered: bool = True,
-    ) -> AsyncMapResult:
+    def map_async(self, f: Callable[..., Any], *sequences: Any, **kwargs: Any) -> AsyncMapResult:
         """:meth:`map`, returning an AsyncMapResult at once."""
-        result: AsyncMapResult = self.map(
-            f, *sequences, block=False, chunksize=chunksize, ordered=ordered
-        )
+        result: AsyncMapResult = self.map(f, *sequences, **{**kwargs, "block": False})
         return result
 
-    def map_sync(
-        self,
-        f: Callable[..., Any],
-        *sequences: Any,
-        chunksize: int | None = None,
-        ordered: bool = True,
-    ) -> list[Any]:
+    def map_sync(self, f: Callable[..., Any], *sequences: Any, **kwargs: Any) -> list[Any]:
         """:meth:`map`, waiting for the list of results."""
-        result: list[Any] = self.map(
-            f, *sequences, block=True, chunksize=chunksize, ordered=ordered
-        )
+        result: list[Any] = self.map(f, *sequences, **{**kwargs, "block": True})
         return result
 
-    def remote(self, block: bool | None = None) -> Callable[[Callable[..., Any]], RemoteFunction]:
-        """Decorator: calling the function runs it remotely through this view."""
-        return lambda f: RemoteFunction(self, f, block)
+    def imap(self, f: Callable[..., Any], *sequences: Any, **kwargs: Any) -> Iterator[Any]:
+        """``map_async`` as an iterator over the results, each as soon as its part is in."""
+        return iter(self.map_async(f, *sequences, **kwargs))
+
+    def remote(self, block: bool | None = None, **flags: Any) -> Callable[..., RemoteFunction]:
+        """Decorator: calling the function runs it remotely through this view, with ``flags``
+        set for the call."""
+        return lambda f: RemoteFunction(self, f, block, **flags)
 
     def parallel(
         self,
@@ -160,10 +179,26 @@ class View:
         block: bool | None = None,
         chunksize: int | None = None,
         ordered: bool = True,
-    ) -> Callable[[Callable[..., Any]], ParallelFunction]:
+        **flags: Any,
+    ) -> Callable[..., ParallelFunction]:
         """Decorator: calling the function on sequences runs it on parts of them in parallel
         and joins the parts; ``.map`` applies it element by element."""
-        return lambda f: ParallelFunction(self, f, dist, block, chunksize, ordered)
+        return lambda f: ParallelFunction(self, f, dist, block, chunksize, ordered, **flags)
+
+    # ------------------------------------------------------------------ serialization
+
+    def use_cloudpickle(self) -> None:
+        """Functions travel by value with cloudpickle (corral's default; see
+        :mod:`corral.client.pickling`)."""
+        pickling.use_cloudpickle()
+
+    def use_pickle(self) -> None:
+        """Back to the default serialization (see :mod:`corral.client.pickling`)."""
+        pickling.use_pickle()
+
+    def use_dill(self) -> None:
+        """Refused: see :func:`corral.client.pickling.use_dill`."""
+        pickling.use_dill()
 
     # ------------------------------------------------------------------ other interfaces
 
@@ -183,32 +218,82 @@ class View:
 
     # ------------------------------------------------------------------ bookkeeping
 
-    def _result(self, msg_ids: list[str], fname: str, single: bool = False) -> AsyncResult:
+    def _result(
+        self, msg_ids: list[str], fname: str, single: bool = False, owner: bool = True
+    ) -> AsyncResult:
         self.history.extend(msg_ids)
         return AsyncResult(
-            self.client._records, msg_ids, fname=fname, single=single, client=self.client
+            self.client._records,
+            msg_ids,
+            fname=fname,
+            single=single,
+            client=self.client,
+            owner=owner,
+            trackers=self._trackers(msg_ids),
         )
 
-    def _map_result(self, msg_ids: list[str], fname: str, ordered: bool) -> AsyncMapResult:
+    def _map_result(
+        self,
+        msg_ids: list[str],
+        fname: str,
+        ordered: bool,
+        item_counts: list[int],
+        return_exceptions: bool = False,
+    ) -> AsyncMapResult:
         self.history.extend(msg_ids)
         return AsyncMapResult(
-            self.client._records, msg_ids, fname=fname, ordered=ordered, client=self.client
+            self.client._records,
+            msg_ids,
+            fname=fname,
+            ordered=ordered,
+            client=self.client,
+            item_counts=item_counts,
+            return_exceptions=return_exceptions,
+            trackers=self._trackers(msg_ids),
         )
+
+    def _trackers(self, msg_ids: list[str]) -> list[Any]:
+        trackers = self.client._records.trackers
+        return [trackers.pop(m) for m in msg_ids if m in trackers]
 
     @property
     def outstanding(self) -> set[str]:
         """msg_ids this view sent that are not answered yet."""
         return set(self.history) & self.client.outstanding
 
-    def wait(self, jobs: Any = None, timeout: float | None = None) -> bool:
+    @property
+    def results(self) -> dict[str, Any]:
+        """The client's results (msg_id -> value or error)."""
+        return self.client.results
+
+    def spin(self) -> None:
+        """The client's :meth:`~corral.client.client.Client.spin` (nothing to do)."""
+        self.client.spin()
+
+    def wait(self, jobs: Any = None, timeout: float | None = -1) -> bool:
         """Wait for ``jobs`` (default: everything this view sent); True if all finished."""
         return self.client.wait(self.history if jobs is None else jobs, timeout)
 
-    def get_result(self, indices_or_msg_ids: Any = -1, block: bool | None = None) -> Any:
+    def get_result(
+        self, indices_or_msg_ids: Any = None, block: bool | None = None, owner: bool = False
+    ) -> Any:
         """Like :meth:`Client.get_result`, with int indices into this view's history."""
+        if indices_or_msg_ids is None:
+            indices_or_msg_ids = -1
         if isinstance(indices_or_msg_ids, int):
             indices_or_msg_ids = self.history[indices_or_msg_ids]
-        return self.client.get_result(indices_or_msg_ids, block=block)
+        return self.client.get_result(indices_or_msg_ids, block=block, owner=owner)
+
+    def queue_status(self, targets: Targets = None, verbose: bool = False) -> dict[Any, Any]:
+        """The Hub's queue status of this view's engines (see :meth:`Client.queue_status`)."""
+        return self.client.queue_status(self._status_targets(targets), verbose=verbose)
+
+    def _status_targets(self, targets: Targets) -> Targets:
+        return self.targets if targets is None else targets
+
+    def purge_results(self, jobs: Any = (), targets: Any = ()) -> None:
+        """Forget results here and in the Hub (see :meth:`Client.purge_results`)."""
+        self.client.purge_results(jobs, targets)
 
     def abort(self, jobs: Any = None, targets: Targets = None, block: bool | None = None) -> Any:
         """Abort ``jobs`` (default: this view's outstanding requests): queued ones never
@@ -219,7 +304,7 @@ class View:
         return self.client.abort(jobs, targets, block)
 
 
-class DirectView(View):
+class DirectView(DataMovement, View):
     """Requests to named engines: ``targets`` is an id, a list of ids, or ``"all"`` (the
     engines registered at each call). With an int target results are single values; with
     several, lists in target order."""
@@ -227,10 +312,26 @@ class DirectView(View):
     def __init__(self, client: Client, targets: Targets = "all", block: bool = False) -> None:
         super().__init__(client, "all" if targets is None else targets, block)
 
+    def __len__(self) -> int:
+        return len(self._resolve(None)[0])
+
     def _resolve(self, targets: Targets) -> tuple[list[tuple[int, str]], bool]:
         targets = self.targets if targets is None else targets
         single = isinstance(targets, int) and not isinstance(targets, bool)
         return self.client.resolve_targets(targets), single
+
+    def _send(
+        self, msg_type: str, content: dict[str, Any], buffers: Any, target: tuple[int, str]
+    ) -> str:
+        return self.client.send_request(
+            "mux",
+            msg_type,
+            content,
+            buffers=buffers,
+            metadata=self._request_metadata(),
+            target=target,
+            track=self.track,
+        )
 
     def _send_all(
         self, calls: Iterable[tuple[Callable[..., Any], tuple[Any, ...], tuple[int, str]]]
@@ -239,10 +340,7 @@ class DirectView(View):
         sent, so one argument that cannot be pickled fails the whole call at the caller with
         SerializationError and nothing is sent."""
         packed = [(pack_apply_message(f, args, {}), target) for f, args, target in calls]
-        return [
-            self.client.send_request("mux", "apply_request", {}, buffers=buffers, target=target)
-            for buffers, target in packed
-        ]
+        return [self._send("apply_request", {}, buffers, target) for buffers, target in packed]
 
     def _apply(
         self,
@@ -255,10 +353,7 @@ class DirectView(View):
     ) -> Any:
         resolved, single = self._resolve(targets)
         buffers = pack_apply_message(f, args, kwargs)
-        msg_ids = [
-            self.client.send_request("mux", "apply_request", {}, buffers=buffers, target=target)
-            for target in resolved
-        ]
+        msg_ids = [self._send("apply_request", {}, buffers, target) for target in resolved]
         result = self._result(msg_ids, _name(f), single)
         return result.get() if block else result
 
@@ -271,109 +366,50 @@ class DirectView(View):
         block: bool,
         chunksize: int | None = None,
         ordered: bool = True,
+        return_exceptions: bool = False,
     ) -> Any:
         resolved, _ = self._resolve(None)
-        values = [as_sequence(seq) for seq in sequences]
-        common_length(values)
+        values = _common(sequences)
         parts = [partition(seq, len(resolved)) for seq in values]
-        msg_ids = self._send_all(
+        calls = [
             (part_function, (f, *chunks), target)
             for target, *chunks in zip(resolved, *parts, strict=True)
             if len(chunks[0])
-        )
-        result = self._map_result(msg_ids, _name(f), ordered)
+        ]
+        msg_ids = self._send_all(calls)
+        counts = [len(args[1]) for _, args, _ in calls]
+        result = self._map_result(msg_ids, _name(f), ordered, counts, return_exceptions)
         return result.get() if block else result
 
     def _block(self, block: bool | None) -> bool:
         return self.block if block is None else block
 
-    # ------------------------------------------------------------------ code and data
+    # ------------------------------------------------------------------ code
 
     def execute(
-        self, code: str, silent: bool = False, targets: Targets = None, block: bool | None = None
-    ) -> Any:
-        """Run ``code`` in each engine's namespace; output lands in the metadata's ``stdout``
-        and a trailing expression's value in ``execute_result``."""
+        self, code: str, silent: bool = True, targets: Targets = None, block: bool | None = None
+    ) -> AsyncResult:
+        """Run ``code`` in each engine's namespace; an AsyncResult of ExecuteReplies (also
+        with ``block``, which waits for it and raises a remote error). Output lands in the
+        metadata's ``stdout``; unless ``silent``, a trailing expression's value is the reply's
+        ``execute_result``."""
         resolved, single = self._resolve(targets)
         msg_ids = [
-            self.client.send_request(
-                "mux", "execute_request", {"code": code, "silent": silent}, target=target
-            )
+            self._send("execute_request", {"code": code, "silent": silent}, [], target)
             for target in resolved
         ]
         result = self._result(msg_ids, "execute", single)
-        return result.get() if self._block(block) else result
-
-    def run(self, filename: str, targets: Targets = None, block: bool | None = None) -> Any:
-        """Execute the code of a local file on the engines."""
-        with open(filename, encoding="utf-8") as source:
-            return self.execute(source.read(), targets=targets, block=block)
-
-    def push(self, ns: dict[str, Any], targets: Targets = None, block: bool | None = None) -> Any:
-        """Assign every name of ``ns`` in the engines' namespaces."""
-        if not isinstance(ns, dict):
-            raise TypeError(f"push takes a dict of names to values, not {type(ns).__name__}")
-        return self._apply(push_namespace, (ns,), {}, block=self._block(block), targets=targets)
-
-    def pull(
-        self, names: str | Sequence[str], targets: Targets = None, block: bool | None = None
-    ) -> Any:
-        """The value of ``names`` (a name, or a list: a list of values) on each engine."""
-        wanted = names if isinstance(names, str) else list(names)
-        return self._apply(pull_namespace, (wanted,), {}, block=self._block(block), targets=targets)
-
-    def update(self, ns: dict[str, Any]) -> Any:
-        """``push(ns)`` with the view's ``block``."""
-        return self.push(ns)
-
-    def get(self, names: str | Sequence[str]) -> Any:
-        """``pull(names, block=True)``."""
-        return self.pull(names, block=True)
-
-    def __setitem__(self, name: str, value: Any) -> None:
-        self.push({name: value}, block=True)
-
-    def __getitem__(self, name: str) -> Any:
-        if not isinstance(name, str):
-            raise TypeError(f"index a DirectView by a name in the engines' namespace, not {name!r}")
-        return self.pull(name, block=True)
-
-    def scatter(
-        self,
-        key: str,
-        seq: Iterable[Any],
-        dist: str = "b",
-        flatten: bool = False,
-        targets: Targets = None,
-        block: bool | None = None,
-    ) -> Any:
-        """Cut ``seq`` into one contiguous part per engine and assign each part to ``key``
-        there (numpy arrays are sent as views, without a copy). ``flatten``: a part of one
-        element is assigned as that element."""
-        if dist != "b":
-            raise ValueError(f"only dist='b' (contiguous blocks) is supported, not {dist!r}")
-        resolved, _ = self._resolve(targets)
-        msg_ids = self._send_all(
-            (push_namespace, ({key: part[0] if flatten and len(part) == 1 else part},), target)
-            for part, target in zip(partition(seq, len(resolved)), resolved, strict=True)
-        )
-        result = self._result(msg_ids, "scatter")
         if self._block(block):
             result.get()
-            return None
         return result
 
-    def gather(
-        self, key: str, dist: str = "b", targets: Targets = None, block: bool | None = None
-    ) -> Any:
-        """The parts of ``key`` on each engine joined in engine order (the inverse of
-        :meth:`scatter`)."""
-        if dist != "b":
-            raise ValueError(f"only dist='b' (contiguous blocks) is supported, not {dist!r}")
-        resolved, _ = self._resolve(targets)
-        msg_ids = self._send_all((pull_namespace, (key,), target) for target in resolved)
-        result = self._map_result(msg_ids, "gather", ordered=True)
-        return result.get() if self._block(block) else result
+    def run(self, filename: str, targets: Targets = None, block: bool | None = None) -> Any:
+        """Execute the code of a local file on the engines (see :meth:`execute`)."""
+        with open(filename, encoding="utf-8") as source:
+            code = source.read()
+        return self.execute(
+            code if code.endswith("\n") else code + "\n", targets=targets, block=block
+        )
 
     def activate(self, suffix: str = "") -> None:
         """Make this view the one IPython's ``%px``, ``%%px``, ``%autopx``, ``%pxresult`` and
@@ -390,10 +426,16 @@ class DirectView(View):
         return self.client.clear(self.targets if targets is None else targets, block)
 
     def shutdown(
-        self, targets: Targets = None, hub: bool = False, block: bool | None = None
+        self,
+        targets: Targets = None,
+        restart: bool = False,
+        hub: bool = False,
+        block: bool | None = None,
     ) -> None:
         """Stop this view's engines (and the controller, with ``hub=True``)."""
-        self.client.shutdown(self.targets if targets is None else targets, hub, block)
+        self.client.shutdown(
+            self.targets if targets is None else targets, restart=restart, hub=hub, block=block
+        )
 
     def abort(self, jobs: Any = None, targets: Targets = None, block: bool | None = None) -> Any:
         return super().abort(jobs, self.targets if targets is None else targets, block)
@@ -411,7 +453,7 @@ class LoadBalancedView(View):
     no longer be met fails the task at once with ImpossibleDependency, without sending it.
     """
 
-    _flags = ("block", "targets", "retries", "after", "follow", "timeout", "priority")
+    _flags = (*View._flags, "retries", "after", "follow", "timeout", "priority")
 
     def __init__(
         self,
@@ -441,6 +483,11 @@ class LoadBalancedView(View):
             raise ValueError(f"priority must be an int, not {value!r}")
         self._priority = value
 
+    def __len__(self) -> int:
+        if self.targets is None:
+            return len(self.client.ids)
+        return len(self.client.resolve_targets(self.targets))
+
     @property
     def retries(self) -> int:
         return self._retries
@@ -461,19 +508,25 @@ class LoadBalancedView(View):
             raise ValueError(f"timeout must be None or seconds >= 0, not {value!r}")
         self._timeout = value
 
+    def _status_targets(self, targets: Targets) -> Targets:
+        return targets if targets is not None else self.targets
+
     # ------------------------------------------------------------------ submission
 
-    def _task_metadata(self) -> dict[str, Any]:
-        """Request metadata from the flags, dependencies pruned against what this client
-        knows; raises ImpossibleDependency for one that can never be met."""
+    def _flag_snapshot(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self._flags}
+
+    def _task_metadata(self, flags: dict[str, Any]) -> dict[str, Any]:
+        """Request metadata from the ``flags`` (a snapshot), dependencies pruned against what
+        this client knows; raises ImpossibleDependency for one that can never be met."""
         targets = None
-        if self.targets is not None:
-            targets = {uuid for _, uuid in self.client.resolve_targets(self.targets)}
-        metadata: dict[str, Any] = {}
+        if flags["targets"] is not None:
+            targets = {uuid for _, uuid in self.client.resolve_targets(flags["targets"])}
+        metadata = {"label": flags["label"]} if flags["label"] else {}
         records = self.client._records
-        after = prune_after(records, as_dependency(self.after))
+        after = prune_after(records, as_dependency(flags["after"]))
         follow, targets = prune_follow(
-            records, set(self.client._uuids), as_dependency(self.follow), targets
+            records, set(self.client._uuids), as_dependency(flags["follow"]), targets
         )
         if after is not None:
             metadata["after"] = after.as_dict()
@@ -481,25 +534,36 @@ class LoadBalancedView(View):
             metadata["follow"] = follow.as_dict()
         if targets is not None:
             metadata["targets"] = sorted(targets)
-        if self.retries:
-            metadata["retries"] = self.retries
-        if self.timeout is not None:
-            metadata["timeout"] = self.timeout
-        if self.priority:
-            metadata["priority"] = self.priority
+        if flags["retries"]:
+            metadata["retries"] = flags["retries"]
+        if flags["timeout"] is not None:
+            metadata["timeout"] = flags["timeout"]
+        if flags["priority"]:
+            metadata["priority"] = flags["priority"]
         return metadata
 
-    def _submit(self, calls: Iterable[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[str]:
-        # every call is serialized before the first is sent: one that cannot be pickled fails
-        # the whole call at the caller, and nothing is sent
-        packed = [pack_apply_message(f, args, {}) for f, args in calls]
+    def _submit(self, packed: list[list[Any]]) -> list[str]:
+        flags = self._flag_snapshot()
+        named = frozenset().union(
+            *(dep.msg_ids for dep in map(as_dependency, (self.after, self.follow)) if dep)
+        )
+        waits = direct_pending(self.client, named)
+        if waits:  # held here until those direct tasks answer (see corral.client.deferred)
+            return submit_when_done(
+                self.client, packed, waits, lambda: self._task_metadata(flags), self.track
+            )
         try:
-            metadata = self._task_metadata()
+            metadata = self._task_metadata(flags)
         except ImpossibleDependency as error:
             return [self.client.fail_request("apply_request", {}, error) for _ in packed]
         return [
             self.client.send_request(
-                "task", "apply_request", {}, metadata=metadata, buffers=buffers
+                "task",
+                "apply_request",
+                {},
+                metadata=metadata,
+                buffers=buffers,
+                track=self.track,
             )
             for buffers in packed
         ]
@@ -507,15 +571,7 @@ class LoadBalancedView(View):
     def _apply(
         self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *, block: bool
     ) -> Any:
-        buffers = pack_apply_message(f, args, kwargs)
-        try:
-            metadata = self._task_metadata()
-        except ImpossibleDependency as error:
-            msg_id = self.client.fail_request("apply_request", {}, error)
-        else:
-            msg_id = self.client.send_request(
-                "task", "apply_request", {}, metadata=metadata, buffers=buffers
-            )
+        (msg_id,) = self._submit([pack_apply_message(f, args, kwargs)])
         result = self._result([msg_id], _name(f), single=True)
         return result.get() if block else result
 
@@ -528,12 +584,18 @@ class LoadBalancedView(View):
         block: bool,
         chunksize: int | None = None,
         ordered: bool = True,
+        return_exceptions: bool = False,
     ) -> Any:
-        values = [as_sequence(seq) for seq in sequences]
-        common_length(values)
-        chunks = [chunk(seq, chunksize or 1) for seq in values]
-        msg_ids = self._submit((part_function, (f, *parts)) for parts in zip(*chunks, strict=True))
-        result = self._map_result(msg_ids, _name(f), ordered)
+        chunks = [chunk(seq, chunksize or 1) for seq in _common(sequences)]
+        # every call is serialized before the first is sent: one that cannot be pickled fails
+        # the whole call at the caller, and nothing is sent
+        packed = [
+            pack_apply_message(part_function, (f, *parts), {})
+            for parts in zip(*chunks, strict=True)
+        ]
+        counts = [len(parts[0]) for parts in zip(*chunks, strict=True)]
+        msg_ids = self._submit(packed)
+        result = self._map_result(msg_ids, _name(f), ordered, counts, return_exceptions)
         return result.get() if block else result
 
     def imap(
@@ -542,28 +604,32 @@ class LoadBalancedView(View):
         *iterables: Iterable[Any],
         ordered: bool = True,
         max_outstanding: int | str = "auto",
-    ) -> Iterator[Any]:
-        """Lazily map ``f`` over (possibly endless) iterables, one task per element, keeping
-        at most ``max_outstanding`` tasks in flight (``"auto"``: twice the engine count)."""
-        limit = max(2, 2 * len(self.client)) if max_outstanding == "auto" else max_outstanding
+        return_exceptions: bool = False,
+    ) -> LazyMap:
+        """Lazily map ``f`` over (possibly endless) iterables, one task per element,
+        keeping at most ``max_outstanding`` in flight (``"auto"``: twice the engine count).
+        The iterator's ``cancel()`` stops submitting."""
+        limit = max(2, 2 * len(self)) if max_outstanding == "auto" else max_outstanding
         if not isinstance(limit, int) or limit < 1:
             raise ValueError(f"max_outstanding must be 'auto' or an int >= 1, not {limit!r}")
-        window: collections.deque[AsyncResult] = collections.deque()
-        for args in zip(*iterables):  # noqa: B905 - stops at the shortest, like map
-            window.append(self._result(self._submit([(f, args)]), _name(f), single=True))
-            while len(window) >= limit:
-                yield from _drain(window, ordered)
-        while window:
-            yield from _drain(window, ordered)
+        return LazyMap(
+            lambda args: self._apply(f, args, {}, block=False),
+            iterables,
+            limit,
+            ordered,
+            return_exceptions,
+        )
 
-
-def _drain(window: collections.deque[AsyncResult], ordered: bool) -> Iterator[Any]:
-    """Yield at least one finished result from the window (the oldest, if ``ordered``)."""
-    if ordered:
-        yield window.popleft().get()
-        return
-    done, _ = futures.wait(window, return_when=futures.FIRST_COMPLETED)
-    for result in list(window):
-        if result in done:
-            window.remove(result)
-            yield result.get()
+    def shutdown(
+        self,
+        targets: Targets = None,
+        restart: bool = False,
+        hub: bool = False,
+        block: bool | None = None,
+    ) -> None:
+        """Stop the engines this view may use (``targets``, else the view's, else all), and
+        the controller too with ``hub=True``."""
+        chosen = targets if targets is not None else self.targets
+        self.client.shutdown(
+            "all" if chosen is None else chosen, restart=restart, hub=hub, block=block
+        )

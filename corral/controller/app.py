@@ -402,6 +402,9 @@ class Controller:
                 if monitor in events:
                     self._drain(monitor, self._on_monitor)
             if self.registration in events:
+                # copies that arrived while the others were handled come first too
+                for monitor in (self.queue_monitor, self.monitor):
+                    self._drain(monitor, self._on_monitor)
                 self._drain(self.registration, self._on_request)
             if self._scheduler is not None and self._scheduler.poll() is not None:
                 log.error("the task scheduler exited (%s); stopping", self._scheduler.returncode)

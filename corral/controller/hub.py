@@ -494,9 +494,11 @@ class Hub:
         self.pending[msg_id] = engine_uuid
         if entry is not None:
             entry.queue[msg_id] = None
+        label = msg.metadata.get("label")
         self.store.add_record(
             msg_id,
             {
+                **({"label": label} if isinstance(label, str) else {}),
                 "msg_id": msg_id,
                 "header": msg.header,
                 "metadata": msg.metadata,
@@ -600,7 +602,8 @@ class Hub:
                 "tasks": list(entry.tasks),
             }
             reply[str(entry.id)] = lists if verbose else {k: len(v) for k, v in lists.items()}
-        reply["unassigned"] = sum(1 for e in self.pending.values() if e is None)
+        unassigned = [msg_id for msg_id, engine in self.pending.items() if engine is None]
+        reply["unassigned"] = unassigned if verbose else len(unassigned)
         return [self._reply(idents, msg, "queue_reply", reply)]
 
     def _on_result_request(self, idents: Sequence[bytes], msg: Message) -> list[Action]:
@@ -609,12 +612,20 @@ class Hub:
         statusonly = content.get("statusonly", False)
         records = self.store.get_records(msg_ids)
         unknown = [m for m in msg_ids if m not in records]
+        if unknown and content.get("unknown_pending"):
+            # the asker may know of a submission whose copy has not reached the Hub yet: it
+            # is told so, and asks again (see Client.get_result)
+            reply_unknown: dict[str, Any] = ok_reply(pending=[], completed=[], unknown=unknown)
+            known = [m for m in msg_ids if m in records]
+            msg_ids, unknown = known, []
+        else:
+            reply_unknown = {}
         if unknown:
             raise QueryError(
                 f"no such msg_id: {unknown[0]}"
                 + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
             )
-        reply: dict[str, Any] = ok_reply(pending=[], completed=[])
+        reply: dict[str, Any] = reply_unknown or ok_reply(pending=[], completed=[])
         buffers: list[Frame] = []
         for msg_id in msg_ids:
             record = records[msg_id]
@@ -683,7 +694,9 @@ class Hub:
         buffers: list[Frame] = []
         for record in records:
             for name in ("result_buffers", "buffers"):
-                if name in record:
+                if keys is None:
+                    record.pop(name, None)  # buffers only when asked for by name
+                elif name in record:
                     found = list(record.pop(name) or [])
                     record[name.replace("buffers", "buffer_count")] = len(found)
                     buffers.extend(found)

@@ -180,7 +180,13 @@ class TaskScheduler:
             send_frames(self.monitor, [b"task_out", client, idents[0], DELIMITER, *msg_frames])
             return
         pending.reply = [idents[0], *msg_frames]
-        status = (msg.content or {}).get("status")
+        content = msg.content or {}
+        status = content.get("status")
+        if status == "error" and content.get("ename") == "UnmetDependency":
+            self._perform(self.core.task_unmet(msg_id, engine_uuid, time.monotonic()))
+            if msg_id in self.pending:
+                self.pending[msg_id].reply = None
+            return
         self._perform(
             self.core.task_finished(
                 msg_id, engine_uuid, status == "ok", time.monotonic(), retry=status != "aborted"

@@ -16,8 +16,9 @@ queue heads alone: priorities order the queue, they never hold back a task an en
 Rules decided here (the shell and clients rely on them):
 
 - A dependency on a msg_id the scheduler does not know (never submitted, or forgotten) fails the
-  task with ImpossibleDependency at submission: the client drops dependencies it knows finished,
-  and waiting on a msg_id that may never come could hang forever.
+  task with InvalidDependency (an ImpossibleDependency) at submission: the client drops
+  dependencies it knows finished, and waiting on a msg_id that may never come could hang
+  forever.
 - ``follow`` is met where it was met (see :func:`follow_placement`): the task runs on the live
   engine(s), allowed by its targets, where its follow tasks ran; engines of the same uuid that
   register later do not count. Once a task is queued its allowed engines are fixed.
@@ -32,6 +33,10 @@ Rules decided here (the shell and clients rely on them):
   task again preferring an engine it has not failed on (if only such engines are busy, one it
   failed on is used rather than waiting). A task pinned by ``follow`` to a lost engine cannot be
   retried and fails with EngineError.
+- An engine that cannot satisfy a task's ``depend`` condition or ``require`` import (its reply
+  is an UnmetDependency error) is not a failure and costs no retry: the task goes to an engine
+  that has not refused it, and fails with ImpossibleDependency only once every registered
+  engine that may run it has (:meth:`SchedulerCore.task_unmet`).
 - Every Fail counts as a failure for dependents, as does a Complete of a failed reply.
 - Choosing an engine costs O(free eligible engines); everything else per task is O(1) plus
   O(its dependencies). Nothing scans all tasks.
@@ -48,7 +53,13 @@ from operator import attrgetter
 from typing import Final, TypeAlias
 
 from corral.controller.dependencies import DependencyGraph, Wait, Waiter, follow_placement
-from corral.errors import DependencyTimeout, EngineError, ImpossibleDependency, RemoteError
+from corral.errors import (
+    DependencyTimeout,
+    EngineError,
+    ImpossibleDependency,
+    InvalidDependency,
+    RemoteError,
+)
 from corral.protocol.dependency import Dependency
 
 POLICIES: Final = ("leastload", "lru", "random", "weighted")
@@ -133,6 +144,7 @@ class _Record:
     engine: _Engine | None = None
     attempts: int = 0  # dispatches so far
     avoid: frozenset[str] = frozenset()  # engine uuids it failed on or was lost on
+    refused: frozenset[str] = frozenset()  # engine uuids that cannot meet its depend/require
     pinned: frozenset[_Engine] | None = None  # where follow allows it to run
     seq: int = 0  # of its current queue entries; older entries are stale
 
@@ -148,7 +160,11 @@ class _Record:
     def allows(self, engine: _Engine) -> bool:
         targets = self.task.targets
         pinned = self.pinned
-        return (targets is None or engine.uuid in targets) and (pinned is None or engine in pinned)
+        return (
+            (targets is None or engine.uuid in targets)
+            and (pinned is None or engine in pinned)
+            and engine.uuid not in self.refused
+        )
 
 
 _Entry: TypeAlias = tuple[int, int, _Record]  # (-priority, seq, record): a heap key
@@ -256,7 +272,7 @@ class SchedulerCore:
                 f"task {msg_id} depends on {_some(unknown)}, unknown to the scheduler (never "
                 "submitted, or forgotten); leave out dependencies that already finished"
             )
-            self._fail(record, ImpossibleDependency, reason, actions, finished)
+            self._fail(record, InvalidDependency, reason, actions, finished)
         elif task.targets is not None and not task.targets:
             reason = f"task {msg_id} has empty targets: no engine may ever run it"
             self._fail(record, ImpossibleDependency, reason, actions, finished)
@@ -277,12 +293,7 @@ class SchedulerCore:
         engine = None if record is None else record.engine
         if record is None or engine is None or engine.uuid != engine_uuid:
             return []
-        del engine.running[msg_id]
-        engine.load -= 1
-        self._running -= 1
-        if engine.load == self.max_outstanding - 1:
-            self._free[engine_uuid] = engine
-        record.engine = None
+        self._release(record, engine)
         actions: list[Action] = []
         if not success and retry and record.retries_left > 0:
             self._retry(record, engine_uuid, actions)
@@ -294,6 +305,42 @@ class SchedulerCore:
         self._fill(engine, actions)
         self._settle(deque([(record, success, engine)]), now, actions)
         return actions
+
+    def task_unmet(self, msg_id: str, engine_uuid: str, now: float) -> list[Action]:
+        """The engine replied that it cannot meet the task's ``depend``/``require``: send the
+        task to an engine that has not refused it (no retry is spent), or fail it with
+        ImpossibleDependency if every registered engine that may run it has. A stale reply
+        (the task is not running there) gives no actions."""
+        record = self._records.get(msg_id)
+        engine = None if record is None else record.engine
+        if record is None or engine is None or engine.uuid != engine_uuid:
+            return []
+        self._release(record, engine)
+        record.refused = record.refused | {engine_uuid}
+        record.avoid = record.avoid | {engine_uuid}
+        actions: list[Action] = []
+        if any(record.allows(other) for other in self._engines.values()):
+            self._enqueue_or_dispatch(record, actions)
+            self._fill(engine, actions)
+            return actions
+        finished: _Finished = deque()
+        reason = (
+            f"no engine can run task {msg_id}: each of the {len(record.refused)} engine(s) it "
+            "was tried on could not meet its depend condition or require imports"
+        )
+        self._fail(record, ImpossibleDependency, reason, actions, finished)
+        self._fill(engine, actions)
+        self._settle(finished, now, actions)
+        return actions
+
+    def _release(self, record: _Record, engine: _Engine) -> None:
+        """The task no longer runs on ``engine``: its slot is free again."""
+        del engine.running[record.task.msg_id]
+        engine.load -= 1
+        self._running -= 1
+        if engine.load == self.max_outstanding - 1:
+            self._free[engine.uuid] = engine
+        record.engine = None
 
     def tick(self, now: float) -> list[Action]:
         """Fail the tasks whose timeout ran out by ``now`` (see the module's rules)."""
@@ -435,6 +482,8 @@ class SchedulerCore:
             uuids: Iterable[str] = [e.uuid for e in record.pinned]
         elif record.task.targets is not None:
             uuids = record.task.targets
+        elif record.refused:
+            uuids = [uuid for uuid in self._engines if uuid not in record.refused]
         else:
             heapq.heappush(self._queue_any, entry)
             return

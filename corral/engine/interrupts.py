@@ -68,13 +68,15 @@ class InterruptGate:
         self._pending = False
         self.running = None
 
-    def request_abort(self, msg_ids: Collection[str]) -> str | None:
-        """(Any thread.) If the running request is one of ``msg_ids``, mark it for abort and
-        return its msg_id: the caller then sends SIGINT to the main thread. None otherwise."""
+    def request_abort(self, msg_ids: Collection[str], mark: bool = True) -> str | None:
+        """(Any thread.) If the running request is one of ``msg_ids``, mark it for abort
+        (unless ``mark`` is False: only asking) and return its msg_id: the caller then sends
+        SIGINT to the main thread. None otherwise."""
         running = self.running
         if running is None or running not in msg_ids:
             return None
-        self._abort_target = running
+        if mark:
+            self._abort_target = running
         return running
 
     def enter_task(self) -> None:

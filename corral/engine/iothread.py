@@ -78,7 +78,7 @@ class IOThread:
         inproc: str,
         close_main_socket: Callable[[float], bool],
         sigint_seen: Callable[[], int],
-        abort_running: Callable[[list[str]], str | None],
+        abort_running: Callable[[list[str], bool], str | None],
         wakeup_fd: int | None,
         requested_id: int | None,
         registration_timeout: float,
@@ -359,13 +359,16 @@ class IOThread:
             self._reply_error(b"control", msg, error)
             return
         content = msg.content or {}
+        answer: dict[str, Any] = {"status": "ok"}
         try:
             validate_content(msg.msg_type, content)
             if msg.msg_type in MAIN_THREAD_CONTROL_TYPES:
                 self.work.put_next(Request(b"control", msg))  # the main thread replies
                 return
             if msg.msg_type == "abort_request":
-                self._abort(content.get("msg_ids"))
+                spared = self._abort(content.get("msg_ids"), content.get("running", True))
+                if spared is not None:
+                    answer["running"] = [spared]
             elif msg.msg_type == "signal_request":
                 self.deliver_signal(int(content["sig"]))
         except Exception as err:
@@ -373,7 +376,7 @@ class IOThread:
             return
         reply = self.session.msg(
             reply_type(msg.msg_type),
-            {"status": "ok"},
+            answer,
             parent=msg,
             metadata=reply_metadata(self.identity, "ok", started),
         )
@@ -381,18 +384,21 @@ class IOThread:
         if msg.msg_type == "shutdown_request":
             self.shutdown(0, "shutdown_request")
 
-    def _abort(self, msg_ids: list[Any] | None) -> None:
+    def _abort(self, msg_ids: list[Any] | None, interrupt: bool = True) -> str | None:
         """Abort the named tasks: the running one at once (interrupted like SIGINT, answered
         as aborted), the others when they are reached. None: every queued task now, leaving
-        the running one alone."""
+        the running one alone. ``interrupt=False`` leaves a running named task alone too and
+        returns its msg_id (a cancel, which only stops what has not started)."""
         if msg_ids is None:
             self._abort_queued("aborted by an abort_request for all queued tasks")
-            return
+            return None
         named = [str(msg_id) for msg_id in msg_ids]
-        running = self.abort_running(named)
+        running = self.abort_running(named, interrupt)
         self.aborts.add(msg_id for msg_id in named if msg_id != running)
-        if running is not None:
+        if running is not None and interrupt:
             self.deliver_signal(signal.SIGINT)
+            return None
+        return running
 
     def _abort_queued(self, reason: str) -> None:
         while True:

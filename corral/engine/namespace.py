@@ -92,15 +92,24 @@ class Namespace:
 
     # ------------------------------------------------------------------ apply
 
-    def resolve(self, value: Any) -> Any:
-        """``namespace[value.name]`` for a Reference, else ``value`` unchanged."""
+    def resolve(self, value: Any, depth: int = 0) -> Any:
+        """The value of a Reference in this namespace (a name, or an expression such as
+        ``a.b`` or ``g[0]``); References inside a list, tuple or dict argument are resolved
+        too, as ipyparallel does. Anything else unchanged."""
         if isinstance(value, Reference):
-            try:
-                return self.user_ns[value.name]
-            except KeyError:
-                raise NameError(
-                    f"Reference({value.name!r}): name {value.name!r} is not defined on the engine"
-                ) from None
+            if value.name.isidentifier():
+                try:
+                    return self.user_ns[value.name]
+                except KeyError:
+                    raise NameError(
+                        f"Reference({value.name!r}): name {value.name!r} is not defined on "
+                        "the engine"
+                    ) from None
+            return eval(value.name, self.user_ns)  # noqa: S307 - the client's own expression
+        if depth == 0 and type(value) in (list, tuple):
+            return type(value)(self.resolve(item, 1) for item in value)
+        if depth == 0 and type(value) is dict:
+            return {key: self.resolve(item, 1) for key, item in value.items()}
         return value
 
     def bind(self, f: types.FunctionType) -> types.FunctionType:
@@ -136,6 +145,7 @@ class Namespace:
         """
         args = tuple(self.resolve(arg) for arg in args)
         kwargs = {key: self.resolve(value) for key, value in kwargs.items()}
+        f = self.resolve(f, 1)
         if isinstance(f, types.FunctionType) and is_interactive(f):
             f = self.bind(f)
         return f(*args, **kwargs)

@@ -71,7 +71,7 @@ _SPECS = [
     _spec(
         "result_request",
         {"msg_ids": (list,)},
-        {"targets": INT_LIST, "statusonly": (bool,)},
+        {"targets": INT_LIST, "statusonly": (bool,), "unknown_pending": (bool,)},
     ),
     _reply("result_reply"),
     _spec(
@@ -105,7 +105,7 @@ _SPECS = [
     # -- control queue --
     _spec("clear_request"),
     _reply("clear_reply"),
-    _spec("abort_request", optional={"msg_ids": INT_LIST}),
+    _spec("abort_request", optional={"msg_ids": INT_LIST, "running": (bool,)}),
     _reply("abort_reply"),
     _spec("shutdown_request", optional={"restart": (bool,)}),
     _reply("shutdown_reply"),

@@ -14,13 +14,21 @@ INTERACTIVE_ATTRIBUTE = "__corral_interactive__"
 @dataclass(frozen=True)
 class Reference:
     """A name in the engine's namespace, passed as an argument: ``dv.apply(f, Reference('a'))``
-    calls ``f(a)`` with the engine's ``a``, without sending ``a`` anywhere."""
+    calls ``f(a)`` with the engine's ``a``, without sending ``a`` anywhere. An expression
+    (``Reference('a.b')``, ``Reference('g[0]')``) is evaluated there; a Reference inside a list
+    or dict argument is resolved too."""
 
     name: str
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name.isidentifier():
-            raise ValueError(f"Reference needs a Python identifier, got {self.name!r}")
+        if not isinstance(self.name, str):
+            raise ValueError(f"Reference needs a name or expression, got {self.name!r}")
+        try:
+            compile(self.name, "<Reference>", "eval")
+        except SyntaxError:
+            raise ValueError(
+                f"Reference needs a Python name or expression, got {self.name!r}"
+            ) from None
 
 
 def interactive(f: F) -> F:

@@ -47,6 +47,7 @@ import cloudpickle  # type: ignore[import-untyped]
 import zmq
 
 from corral.errors import SerializationError
+from corral.protocol.references import Reference
 
 if TYPE_CHECKING:
     import numpy
@@ -338,8 +339,8 @@ def pack_apply_message(
     One pickle (rather than one per argument) keeps objects shared between arguments shared on
     the engine. Raises TypeError for a call that could never be made, before pickling anything.
     """
-    if not callable(f):
-        raise TypeError(f"apply needs a callable, got {type(f).__name__}")
+    if not callable(f) and not isinstance(f, Reference):
+        raise TypeError(f"apply needs a callable or a Reference, got {type(f).__name__}")
     if not isinstance(args, tuple | list):
         raise TypeError(f"apply args must be a tuple or list, got {type(args).__name__}")
     if not isinstance(kwargs, dict):
@@ -369,7 +370,7 @@ def unpack_apply_message(
             f"not an apply message: expected (f, args, kwargs), got {type(obj).__name__}"
         )
     f, args, kwargs = obj
-    if not callable(f):
+    if not callable(f) and not isinstance(f, Reference):
         raise SerializationError(f"not an apply message: {type(f).__name__} is not callable")
     if not isinstance(args, tuple):
         raise SerializationError(f"not an apply message: args is a {type(args).__name__}")

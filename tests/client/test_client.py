@@ -233,7 +233,7 @@ def test_get_result_from_a_second_client(rc, cluster) -> None:  # type: ignore[n
         assert fetched.metadata["engine_id"] == 1
         until(lambda: failing.msg_ids[0] in other.hub_history(), 10, "the Hub to record it")
         with pytest.raises(RemoteError, match="ZeroDivisionError"):
-            other.get_result(failing.msg_ids, block=True)
+            other.get_result(failing.msg_ids, block=True).get(0)
         assert other.results[done.msg_ids[0]] == {"answer": 42}
     # the client that sent it resolves its own results without asking the Hub
     assert rc.get_result(done.msg_ids[0]).get(0) == {"answer": 42}

@@ -73,8 +73,10 @@ def test_execute_captures_stdout_and_result(rc) -> None:  # type: ignore[no-unty
     replies = ar.get(timeout=30)
     assert all(isinstance(reply, ExecuteReply) for reply in replies)
     assert all(out.startswith("hello from ") for out in ar.stdout)
-    assert [md["execute_result"] for md in ar.metadata] == [{"text/plain": "42"}] * 2
-    assert rc[1].execute("x_exec = 5", block=True).execution_count is not None
+    assert [md["execute_result"] for md in ar.metadata] == [None] * 2  # silent by default
+    shown = dv.execute("6 * 7", silent=False, block=True)
+    assert [r["data"] for r in shown.execute_result] == [{"text/plain": "42"}] * 2
+    assert rc[1].execute("x_exec = 5", block=True).get().execution_count is not None
     assert rc[1].pull("x_exec", block=True) == 5
 
 
@@ -161,8 +163,8 @@ def test_direct_map(rc) -> None:  # type: ignore[no-untyped-def]
     assert ar.get(5) == []
     pids = dv.map_sync(lambda _: os.getpid(), range(4))
     assert len(set(pids)) == 2
-    with pytest.raises(ValueError, match="different lengths"):
-        dv.map(double, [1, 2], [1])
+    # sequences of different lengths are cut to the shortest, as the builtin map does
+    assert dv.map_sync(lambda a, b: a + b, [1, 2, 3], [10]) == [11]
     items = list(dv.map_async(double, range(6)))
     assert items == [0, 2, 4, 6, 8, 10]
 
@@ -173,8 +175,8 @@ def test_remote_errors_carry_name_message_traceback_and_engine(rc) -> None:  # t
     error = info.value
     assert error.ename == "ValueError" and error.evalue == "bad input"
     assert error.engine_id == 1
-    assert any("bad input" in line for line in error.traceback)
-    assert "in fail" in error.render_traceback()  # the remote frame, not a client one
+    assert isinstance(error.traceback, str) and "bad input" in error.traceback
+    assert any("in fail" in line for line in error.render_traceback())  # the remote frame
     with pytest.raises(CompositeError) as composite:
         rc[:].apply_sync(fail, "everywhere")
     assert sorted(e.engine_id for e in composite.value.elist) == [0, 1]

@@ -109,10 +109,16 @@ def test_apply_plain_function_and_references(ns: Namespace) -> None:
     assert ns.apply(lambda x, y=0: x - y, (Reference("a"),), {"y": Reference("b")}) == 7
 
 
-def test_references_are_resolved_at_top_level_only(ns: Namespace) -> None:
+def test_references_are_resolved_one_container_deep(ns: Namespace) -> None:
+    """As ipyparallel does: a Reference in a list, tuple or dict argument is resolved, one
+    inside a deeper container is passed as it is; expressions are evaluated."""
     ns["a"] = 1
-    nested = [Reference("a")]
-    assert ns.apply(lambda value: value, (nested,), {}) == [Reference("a")]
+    assert ns.apply(lambda value: value, ([Reference("a")],), {}) == [1]
+    assert ns.apply(lambda value: value, ({"k": Reference("a")},), {}) == {"k": 1}
+    deeper = [[Reference("a")]]
+    assert ns.apply(lambda value: value, (deeper,), {}) == [[Reference("a")]]
+    ns["g"] = [5, 6]
+    assert ns.apply(lambda value: value, (Reference("g[1]"),), {}) == 6
 
 
 def test_missing_reference_is_a_clear_name_error(ns: Namespace) -> None:

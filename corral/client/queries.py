@@ -1,0 +1,286 @@
+"""The Client's questions to the Hub: queue status, results held there, purging, the task
+database.
+
+These are the calls that go to the Hub rather than to engines. They are a mixin of
+:class:`corral.client.client.Client` (which owns the connection, ``_query`` and the records),
+kept here so that the Client module holds the connection and the engine table only.
+
+Results of requests this client did not send are fetched from the Hub by the I/O thread,
+which asks again, backing off, while they are pending: a second client's ``get_result`` of a
+running task returns an :class:`AsyncHubResult` at once, and it completes (with the value or
+the remote error) when the task does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+from corral.client.asyncresult import AsyncHubResult, AsyncResult
+from corral.client.records import parse_date
+from corral.errors import ConnectionError, QueryError, ResultNotStored
+from corral.protocol.session import Frame, Message
+
+if TYPE_CHECKING:
+    from corral.client.client import Client, Target, Targets
+    from corral.client.ioloop import ClientIO
+    from corral.client.records import Records
+    from corral.protocol.session import Session
+    from corral.sharedmem import SharedMemory
+
+__all__ = ["HubQueries"]
+
+_DB_DATE_KEYS = ("submitted", "started", "completed", "received")
+
+
+class HubQueries:
+    """Hub queries of a Client (see the module doc)."""
+
+    if TYPE_CHECKING:  # provided by Client
+        _records: Records
+        _io: ClientIO
+        session: Session
+        timeout: float
+        _shm: SharedMemory
+        _controller: str | None
+
+        @property
+        def ids(self) -> list[int]: ...
+        def _query(self, msg_type: str, content: dict[str, Any]) -> Message: ...
+        def msg_ids_of(self, jobs: Any) -> list[str]: ...
+        def resolve_targets(self, targets: Targets) -> list[Target]: ...
+
+    # ------------------------------------------------------------------ queue and results
+
+    def queue_status(self, targets: Targets = None, verbose: bool = False) -> dict[Any, Any]:
+        """Per engine id: counts (or lists of msg_ids, ``verbose``) of ``queue`` (sent
+        directly, not answered), ``tasks`` (load-balanced, running) and ``completed``; plus
+        ``unassigned``: tasks the scheduler holds (a count, or their msg_ids with ``verbose``).
+        One engine's dict alone if ``targets`` is an int."""
+        ids = (
+            None
+            if targets is None or targets == "all"
+            else [engine_id for engine_id, _ in self.resolve_targets(targets)]
+        )
+        content = self._query("queue_request", {"targets": ids, "verbose": verbose}).content or {}
+        status: dict[Any, Any] = {}
+        for key, value in content.items():
+            if key != "status":
+                status[int(key) if key.isdigit() else key] = value
+        if isinstance(targets, int) and not isinstance(targets, bool):
+            return dict(status[targets])
+        return status
+
+    def result_status(self, msg_ids: Any, status_only: bool = True) -> dict[str, Any]:
+        """Which of ``msg_ids`` the Hub has seen answered (``completed``) or not (``pending``).
+        With ``status_only=False`` the completed results are fetched into ``results`` too."""
+        ids = self.msg_ids_of(msg_ids)
+        reply = self._query("result_request", {"msg_ids": ids, "statusonly": status_only})
+        content = reply.content or {}
+        if not status_only:
+            self._store_hub_results(content, reply.buffers)
+        return {
+            "pending": list(content.get("pending", [])),
+            "completed": list(content.get("completed", [])),
+        }
+
+    def get_result(
+        self, indices_or_msg_ids: Any = -1, block: bool | None = None, owner: bool = True
+    ) -> Any:
+        """An AsyncResult for earlier requests: an index into ``history``, a msg_id, an
+        AsyncResult, or a list of those.
+
+        Requests this client knows resolve as they would anyway (an AsyncResult); others
+        (sent by another client) give an :class:`AsyncHubResult`, fetched from the Hub and
+        asked for again until they are done. ``owner`` is accepted for ipyparallel programs:
+        results stay in this client's ``results`` either way. ``block``: wait for it first.
+        """
+        if indices_or_msg_ids is None:
+            indices_or_msg_ids = -1
+        single = isinstance(indices_or_msg_ids, str | int) or (
+            isinstance(indices_or_msg_ids, AsyncResult) and len(indices_or_msg_ids.msg_ids) == 1
+        )
+        msg_ids = self.msg_ids_of(indices_or_msg_ids)
+        unknown = [m for m in msg_ids if self._records.future_for(m)[1]]
+        cls = AsyncResult
+        if unknown:
+            cls = AsyncHubResult
+            deadline = time.monotonic() + self.timeout
+            self._io.call_soon(lambda: self._fetch_results(unknown, 0.0, deadline))
+        result = cls(
+            self._records, msg_ids, fname="get_result", single=single, client=cast("Client", self)
+        )
+        result.owner = owner
+        if block:
+            result.wait()
+        return result
+
+    def _fetch_results(self, msg_ids: list[str], delay: float, unknown_until: float) -> None:
+        """(I/O thread) Ask the Hub for results; ask again, backing off, while some are pending.
+        A msg_id the Hub has not seen yet counts as pending until ``unknown_until`` (its copy
+        may still be on its way from a client that just submitted it), then fails with
+        QueryError. No answer within ``timeout`` fails them with ConnectionError."""
+        msg = self.session.msg(
+            "result_request",
+            {"msg_ids": msg_ids, "statusonly": False, "unknown_pending": True},
+            metadata=self._shm.reader_metadata(),
+        )
+        records = self._records
+
+        def on_reply(reply: Message) -> None:
+            content = reply.content or {}
+            if content.get("status") != "ok":
+                error = QueryError(
+                    f"result_request refused: {content.get('ename')}: {content.get('evalue')}"
+                )
+                for msg_id in msg_ids:
+                    records.complete_error(msg_id, error)
+                return
+            self._store_hub_results(content, reply.buffers)
+            unknown = set(content.get("unknown", []))
+            if unknown and time.monotonic() > unknown_until:
+                for msg_id in unknown:
+                    records.complete_error(
+                        msg_id, QueryError(f"no such msg_id: {msg_id} (the Hub never saw it)")
+                    )
+                unknown = set()
+            still_pending = set(content.get("pending", [])) | unknown
+            pending = [m for m in msg_ids if m in still_pending]
+            if pending:
+                later = min(max(delay * 2, 0.02), 1.0)
+                self._io.call_later(
+                    later, lambda: self._fetch_results(pending, later, unknown_until)
+                )
+
+        def on_timeout() -> None:
+            if records.pending.pop(msg.msg_id, None) is not None:
+                error = ConnectionError(
+                    f"the Hub did not answer result_request within {self.timeout} s"
+                )
+                for msg_id in msg_ids:
+                    records.complete_error(msg_id, error)
+
+        records.track_service(msg.msg_id, "hub", on_reply=on_reply)
+        self._io.send_now("hub", self.session.serialize(msg))
+        self._io.call_later(self.timeout, on_timeout)
+
+    def _store_hub_results(self, content: dict[str, Any], buffers: Sequence[Frame]) -> None:
+        offset = 0
+        for msg_id in content.get("completed", []):
+            record = content.get(msg_id)
+            if not isinstance(record, dict):
+                continue
+            count = int(record.get("buffer_count", 0))
+            future = self._records.futures.get(msg_id)
+            if future is not None and future.done():
+                offset += count
+                continue  # answered directly meanwhile
+            self._records.pending.pop(msg_id, None)  # settled from the store: a reply is late
+            if isinstance(record.get("not_stored"), str):
+                self._records.complete_error(msg_id, ResultNotStored(record["not_stored"]))
+                continue
+            self._records.complete(
+                msg_id,
+                header=record.get("header") or {},
+                content=record.get("content") or {},
+                metadata=record.get("metadata") or {},
+                buffers=buffers[offset : offset + count],
+                submitted=(record.get("parent_header") or {}).get("date"),
+            )
+            offset += count
+
+    # ------------------------------------------------------------------ purging
+
+    def purge_hub_results(self, jobs: Any = (), targets: Iterable[int] | int | str = ()) -> None:
+        """Make the Hub forget results: of ``jobs`` (msg_ids, AsyncResults, or ``"all"``) and
+        of everything that ran on ``targets`` (engine ids, or ``"all"``). Pending tasks cannot
+        be purged (QueryError)."""
+        msg_ids: list[str] | str = "all" if jobs == "all" else self.msg_ids_of(jobs)
+        if not msg_ids and not targets:
+            raise ValueError("say what to purge: jobs (msg_ids, AsyncResults or 'all') or targets")
+        self._query(
+            "purge_request",
+            {"msg_ids": msg_ids, "engine_ids": self._engine_ids(targets), **self._meant_for()},
+        )
+
+    def _meant_for(self) -> dict[str, str]:
+        """The controller run a request that changes state is meant for: the Hub refuses it
+        if it reaches a later run (zmq queues a request sent while the controller is gone)."""
+        return {"controller": self._controller} if self._controller else {}
+
+    def purge_local_results(self, jobs: Any = (), targets: Iterable[int] | int | str = ()) -> None:
+        """Forget results this client holds: of ``jobs`` (msg_ids, AsyncResults or ``"all"``)
+        and of what ran on ``targets``. RuntimeError if one of them is still outstanding."""
+        records = self._records
+        if jobs == "all":
+            if records.outstanding:
+                raise RuntimeError(
+                    f"cannot purge all local results: {len(records.outstanding)} are outstanding"
+                )
+            records.forget(list(records.results) + list(records.metadata))
+            return
+        msg_ids = self.msg_ids_of(jobs)
+        engine_ids = set(self._engine_ids(targets))
+        if engine_ids:
+            msg_ids += [
+                msg_id
+                for msg_id, md in records.metadata.items()
+                if md["engine_id"] in engine_ids and msg_id not in records.outstanding
+            ]
+        busy = [m for m in msg_ids if m in records.outstanding]
+        if busy:
+            raise RuntimeError(f"cannot purge outstanding results: {busy[:3]}")
+        records.forget(msg_ids)
+
+    def purge_results(self, jobs: Any = (), targets: Iterable[int] | int | str = ()) -> None:
+        """Forget results both here and in the Hub (``purge_local_results`` and
+        ``purge_hub_results``)."""
+        self.purge_hub_results(jobs, targets)
+        self.purge_local_results(jobs, targets)
+
+    def purge_everything(self) -> None:
+        """Forget every result, here and in the Hub, and this client's history. (The session's
+        record of message signatures seen is kept: it is what refuses replayed messages.)"""
+        self.purge_results("all", "all" if self.ids else ())
+        self._records.history.clear()
+
+    def _engine_ids(self, targets: Iterable[int] | int | str) -> list[int]:
+        if targets == "all":
+            return self.ids
+        if isinstance(targets, int):
+            return [targets]
+        return [int(t) for t in targets]
+
+    # ------------------------------------------------------------------ database
+
+    def hub_history(self) -> list[str]:
+        """Every msg_id the Hub has recorded, oldest first."""
+        content = self._query("history_request", {}).content or {}
+        return list(content.get("history", []))
+
+    def db_query(
+        self, query: dict[str, Any], keys: list[str] | str | None = None
+    ) -> list[dict[str, Any]]:
+        """Task records matching a MongoDB-style ``query`` (``{"completed": {"$ne": None}}``),
+        with only ``keys`` if given (``msg_id`` is always included; without ``keys`` the
+        buffers are left out). Dates come back as datetimes, buffers as frames."""
+        if isinstance(keys, str):
+            keys = [keys]
+        if keys is not None and "msg_id" not in keys:
+            keys = ["msg_id", *keys]
+        content = {"query": query} if keys is None else {"query": query, "keys": keys}
+        reply = self._query("db_request", content)
+        records: list[dict[str, Any]] = list((reply.content or {}).get("records", []))
+        offset = 0
+        for record in records:
+            for name in ("result_buffers", "buffers"):
+                count_key = name.replace("buffers", "buffer_count")
+                if count_key in record:
+                    count = int(record.pop(count_key))
+                    record[name] = list(reply.buffers[offset : offset + count])
+                    offset += count
+            for key in _DB_DATE_KEYS:
+                if isinstance(record.get(key), str):
+                    record[key] = parse_date(record[key])
+        return records

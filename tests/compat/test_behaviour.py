@@ -1,0 +1,161 @@
+"""The four behaviours issue 11 found different from ipyparallel, and the Client calls it
+added, each on a real cluster."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+
+import pytest
+
+import corral
+from corral import error
+from corral.client.asyncresult import AsyncHubResult
+from corral.client.client import Client
+from tests.compat.conftest import loud_sleep, until
+
+
+@corral.interactive
+def marked() -> bool:
+    return bool(globals().get("can_run_here"))
+
+
+def test_an_unmet_depend_is_tried_on_another_engine(rc) -> None:  # type: ignore[no-untyped-def]
+    """Not an error: the scheduler sends the task where the condition holds (no retries set),
+    and raises ImpossibleDependency only when no engine can run it."""
+    chosen = rc.ids[-1]
+    rc[:].push({"can_run_here": False}, block=True)
+    rc[chosen].push({"can_run_here": True}, block=True)
+
+    @corral.depend(marked)
+    def where() -> int:
+        return os.getpid()
+
+    view = rc.load_balanced_view()
+    pid = rc[chosen].apply_sync(os.getpid)
+    for _ in range(4):  # whichever engine the scheduler tries first
+        ar = view.apply_async(where)
+        assert ar.get(30) == pid and ar.engine_id == chosen
+    rc[:].push({"can_run_here": False}, block=True)
+    with pytest.raises(error.ImpossibleDependency, match="could not meet"):
+        view.apply_sync(where)
+
+
+def test_a_require_that_fails_everywhere_is_impossible(rc) -> None:  # type: ignore[no-untyped-def]
+    @corral.require("no_such_module_anywhere")
+    def needs() -> int:
+        return 1
+
+    with pytest.raises(error.ImpossibleDependency):
+        rc.load_balanced_view().apply_sync(needs)
+
+    @corral.require("colorsys")
+    def fine() -> str:
+        return colorsys.__name__  # type: ignore[name-defined]  # noqa: F821
+
+    assert rc.load_balanced_view().apply_sync(fine) == "colorsys"
+
+
+def test_after_and_follow_on_direct_tasks_are_honoured(rc) -> None:  # type: ignore[no-untyped-def]
+    target = rc.ids[0]
+    direct = rc[target].apply_async(loud_sleep, 0.5)
+    view = rc.load_balanced_view()
+    with view.temp_flags(after=direct):
+        later = view.apply_async(loud_sleep, 0)
+    with view.temp_flags(follow=direct):
+        there = [view.apply_async(os.getpid) for _ in range(4)]
+    assert later.get(30) == 0
+    assert later.started >= direct.completed  # ran after the direct task, not refused
+    pid = rc[target].apply_sync(os.getpid)
+    assert [ar.get(30) for ar in there] == [pid] * 4  # ran where it ran
+    failed = rc[target].apply_async(lambda: 1 / 0)
+    with view.temp_flags(after=failed):
+        impossible = view.apply_async(os.getpid)
+    with pytest.raises(error.ImpossibleDependency):
+        impossible.get(30)
+
+
+def test_a_second_client_gets_pending_results_and_errors(rc, cluster) -> None:  # type: ignore[no-untyped-def]
+    running = rc[0].apply_async(loud_sleep, 1)
+    failing = rc[1].apply_async(lambda: 1 / 0)
+    with cluster.connect() as other:
+        # asked at once: the Hub may not have seen them yet, and that is not an error
+        fetched = other.get_result(running.msg_ids[0])
+        assert isinstance(fetched, AsyncHubResult) and not fetched.done()
+        assert fetched.get(30) == 1
+        with pytest.raises(error.RemoteError) as info:
+            other.get_result(failing.msg_ids[0]).get(30)
+        assert info.value.ename == "ZeroDivisionError"
+    # a msg_id the Hub never sees fails once the client's own timeout has passed
+    with Client(cluster.path / "corral-client.json", timeout=1) as impatient:
+        with pytest.raises(corral.errors.QueryError, match="no such msg_id"):
+            impatient.get_result("never-submitted").get(30)
+
+
+def test_queue_status_verbose_lists_msg_ids(rc) -> None:  # type: ignore[no-untyped-def]
+    ar = rc[0].apply_async(loud_sleep, 1)
+    until(lambda: ar.stdout, 30, "the task to start")
+    status = rc.queue_status(verbose=True)
+    assert isinstance(status["unassigned"], list)
+    assert ar.msg_ids[0] in status[0]["queue"]
+    ar.get(30)
+    counts = rc.queue_status()
+    assert isinstance(counts["unassigned"], int) and isinstance(counts[0]["completed"], int)
+    assert set(rc.queue_status(0)) == {"queue", "tasks", "completed"}
+
+
+def test_client_calls_of_ipyparallel(rc, cluster) -> None:  # type: ignore[no-untyped-def]
+    info = dict(__import__("orjson").loads(cluster.connect().connection_file.read_bytes()))
+    by_dict = Client(info)
+    by_profile = Client(profile=cluster.cluster_id, ipython_dir=cluster.base_dir)
+    by_url = Client(url_file=str(cluster.path / "corral-client.json"), context=object())
+    try:
+        for client in (by_dict, by_profile, by_url):
+            assert client.ids == rc.ids
+        by_dict.spin()
+        by_dict.spin_thread()
+        by_dict.stop_spin_thread()
+        assert by_dict.wait_for_engines(len(rc.ids)) is None
+        future = by_dict.wait_for_engines(len(rc.ids), block=False)
+        assert isinstance(future, concurrent.futures.Future) and future.result(30) is None
+        with pytest.raises(TimeoutError):
+            by_dict.wait_for_engines(len(rc.ids) + 1, timeout=0.1)
+        later = by_dict.wait_for_engines(len(rc.ids) + 1, timeout=0.2, block=False)
+        with pytest.raises(TimeoutError):
+            later.result(30)
+        with pytest.raises(ValueError, match="restart"):
+            by_dict.shutdown(restart=True)
+        with pytest.raises(ValueError, match="SSH"):
+            Client(info, sshserver="somewhere")
+        plain = concurrent.futures.Future()
+        plain.set_result(1)
+        assert by_dict.wait([plain, by_dict[0].apply_async(os.getpid)], timeout=30)
+        assert isinstance(by_dict.broadcast_view(), corral.BroadcastView)
+        with pytest.raises(IndexError):
+            by_dict[99]
+    finally:
+        for client in (by_dict, by_profile, by_url):
+            client.close(linger=0)
+
+
+def test_purging_results(rc) -> None:  # type: ignore[no-untyped-def]
+    ar = rc[:].apply_async(os.getpid)
+    ar.get(30)
+    busy = rc[0].apply_async(loud_sleep, 1)
+    with pytest.raises(RuntimeError):
+        rc.purge_local_results(busy)
+    with pytest.raises(RuntimeError):
+        rc.purge_local_results("all")
+    busy.get(30)
+    rc.purge_local_results(ar)
+    assert not set(ar.msg_ids) & set(rc.results)
+    until(lambda: set(ar.msg_ids) <= set(rc.hub_history()), 30, "the Hub to record them")
+    rc.purge_hub_results(ar)
+    assert not set(ar.msg_ids) & set(rc.hub_history())
+    rc[:].apply_sync(os.getpid)
+    rc.wait(timeout=30)
+    until(lambda: not rc.queue_status()["unassigned"], 30, "the Hub to settle")
+    rc.purge_everything()
+    assert not rc.results and not rc.history and rc.hub_history() == []
+    md = rc.metadata["never-sent"]  # metadata reads as empty for unknown ids, as there
+    assert md["engine_id"] is None
