@@ -353,6 +353,8 @@ class Client(ControlCalls, HubQueries):
         deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
         with self._engines_changed:
             while len(self._engines) < n or self._link_lost_at is not None:
+                if self._io.closed:
+                    raise self._io.closed_error()
                 now = time.monotonic()
                 wait = None if deadline is None else deadline - now
                 if wait is not None and wait <= 0:
@@ -364,8 +366,6 @@ class Client(ControlCalls, HubQueries):
                     if link_left <= 0:
                         raise self._unreachable(f"waiting for {n} engines")
                     wait = link_left if wait is None else min(wait, link_left)
-                if self._io.closed:
-                    raise ConnectionError(f"the client was closed while waiting for {n} engines")
                 self._engines_changed.wait(wait if wait is not None else 1.0)
 
     def _unreachable(self, doing: str, within: float | None = None) -> ConnectionError:
