@@ -196,10 +196,11 @@ def _show_outputs(md: Metadata, index: int | None = None) -> None:
 
 
 def _show_result(md: Metadata, count: Any) -> None:
-    result = md["execute_result"]
-    if isinstance(result, dict) and result:
+    result = md["execute_result"]  # ipyparallel's bundle: {"data": ..., "metadata": ...}
+    data = result.get("data") if isinstance(result, dict) else None
+    if isinstance(data, dict) and data:
         number = f":{count}" if isinstance(count, int) else ""
-        _show_data(result, {}, f"Out[{_label(md)}{number}]: ")
+        _show_data(data, result.get("metadata") or {}, f"Out[{_label(md)}{number}]: ")
 
 
 def display_outputs(

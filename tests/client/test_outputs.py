@@ -73,7 +73,9 @@ def test_stream_output_of_several_engines_is_prefixed_and_complete(rc, capsys) -
 
 
 def test_display_outputs_groupings(rc, capsys) -> None:  # type: ignore[no-untyped-def]
-    ar = rc[:].execute("import sys\nprint('hello')\nprint('warn', file=sys.stderr)\n6 * 7")
+    ar = rc[:].execute(
+        "import sys\nprint('hello')\nprint('warn', file=sys.stderr)\n6 * 7", silent=False
+    )
     ar.get(timeout=30)
     capsys.readouterr()
     ar.display_outputs()  # by type: every stdout, every stderr, then results
@@ -107,13 +109,13 @@ def test_display_and_rich_results_reach_the_client(rc) -> None:  # type: ignore[
         "display(HTML('<b>bold</b>'))\n"
         "HTML('<i>result</i>')"
     )
-    ar = rc[0].execute(code)
+    ar = rc[0].execute(code, silent=False)
     reply = ar.get(timeout=30)
     md = ar.metadata
     assert md["stdout"] == "before\n"
     assert [output["data"]["text/html"] for output in md["outputs"]] == ["<b>bold</b>"]
-    assert md["execute_result"]["text/html"] == "<i>result</i>"
-    assert reply.execute_result["text/html"] == "<i>result</i>"
+    assert md["execute_result"]["data"]["text/html"] == "<i>result</i>"
+    assert reply.execute_result["data"]["text/html"] == "<i>result</i>"
 
 
 def display_from_a_function() -> int:
@@ -131,17 +133,22 @@ def test_display_in_an_applied_function(rc) -> None:  # type: ignore[no-untyped-
 
 def test_ipython_syntax_in_execute(rc) -> None:  # type: ignore[no-untyped-def]
     dv = rc[0]
-    ar = dv.execute("!echo from-the-shell\nvalue = 3\n%time squared = value ** 2\nsquared")
+    ar = dv.execute(
+        "!echo from-the-shell\nvalue = 3\n%time squared = value ** 2\nsquared", silent=False
+    )
     reply = ar.get(timeout=30)
     assert "from-the-shell" in ar.stdout
-    assert reply.execute_result["text/plain"] == "9"
+    assert reply.execute_result["data"]["text/plain"] == "9"
     ar = dv.execute("squared?")
     ar.get(timeout=30)
     assert "Type:" in ar.stdout and "int" in ar.stdout
     with pytest.raises(RemoteError, match="SyntaxError"):
         dv.execute("x = (1 +", block=True)
     rc.clear(targets=[0])
-    assert dv.execute("%time 1 + 1", block=True).execute_result["text/plain"] == "2"
+    assert (
+        dv.execute("%time 1 + 1", silent=False, block=True).execute_result["data"]["text/plain"]
+        == "2"
+    )
 
 
 def test_get_result_from_another_client_has_the_displays(rc, cluster) -> None:  # type: ignore[no-untyped-def]
@@ -160,7 +167,9 @@ def test_an_engine_without_ipython_runs_plain_python(tmp_path: Path) -> None:
 
     with running_cluster(tmp_path, 1, engine_args=["--no-ipython"]) as plain:
         dv = plain.client[0]
-        assert dv.execute("x = 6\nx * 7", block=True).execute_result == {"text/plain": "42"}
+        assert dv.execute("x = 6\nx * 7", silent=False, block=True).execute_result["data"] == {
+            "text/plain": "42"
+        }
         with pytest.raises(RemoteError, match=r"SyntaxError: .*pip install 'corral\[ipython\]'"):
             dv.execute("%time x", block=True)
         with pytest.raises(RemoteError, match="SyntaxError") as raised:
