@@ -183,6 +183,7 @@ class ClientIO:
         self._started = threading.Event()
         self._startup_error: BaseException | None = None
         self._joined = False
+        self._closing = threading.Lock()  # close() from two threads: one joins, one waits
         self._thread = threading.Thread(
             target=self._run, name=f"corral-client-io-{session.session_id[:8]}", daemon=True
         )
@@ -243,21 +244,20 @@ class ClientIO:
                 "cannot close a client from its own I/O thread (a done callback); close it "
                 "from another thread, or after the callback returns"
             )
-        if self._joined:
-            return
-        try:
-            self._inbox.put(None, then_close=_CLOSED)
-        except ConnectionError:
-            pass  # already closed: by another close(), or the I/O thread failed
-        self._thread.join(timeout)
-        if self._joined:
-            return
-        self._joined = True
-        if self._thread.is_alive():
-            log.error("client: the I/O thread did not stop within %s s; abandoning it", timeout)
-            self.context.destroy(linger=0)
-        else:
-            self.context.term()
+        with self._closing:
+            if self._joined:
+                return
+            try:
+                self._inbox.put(None, then_close=_CLOSED)
+            except ConnectionError:
+                pass  # already closed: the I/O thread failed
+            self._thread.join(timeout)
+            self._joined = True
+            if self._thread.is_alive():
+                log.error("client: the I/O thread did not stop within %s s; abandoning it", timeout)
+                self.context.destroy(linger=0)
+            else:
+                self.context.term()
 
     # ------------------------------------------------------------------ I/O thread only
 
@@ -295,10 +295,10 @@ class ClientIO:
             finally:
                 self._teardown()
 
-    def _socket(self, name: str, kind: int, *, inproc: bool = False) -> zmq.Socket[Any]:
+    def _socket(self, name: str, kind: int) -> zmq.Socket[Any]:
         sock: zmq.Socket[Any] = self.context.socket(kind)
         sock.linger = 0
-        if self.curve is not None and not inproc:
+        if self.curve is not None:
             make_client(sock, self.curve)
         self._sockets[name] = sock
         return sock

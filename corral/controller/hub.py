@@ -19,7 +19,7 @@ from corral.controller.store.query import validate_query
 from corral.controller.store.retention import OMITTED_FIELD, not_stored_message
 from corral.errors import EngineError, InvalidContent, QueryError, StoreError, error_content
 from corral.protocol.messages import error_reply, ok_reply
-from corral.protocol.session import Frame, Message, utcnow
+from corral.protocol.session import Frame, Message, frame_view, utcnow
 
 log = logging.getLogger("corral.hub")
 
@@ -552,7 +552,7 @@ class Hub:
                 "result_header": msg.header,
                 "result_metadata": metadata,
                 "result_content": content,
-                "result_buffers": [_as_view(b) for b in msg.buffers],
+                "result_buffers": [frame_view(b) for b in msg.buffers],
                 "started": metadata.get("started"),
                 "completed": metadata.get("completed") or utcnow(),
                 "received": utcnow(),
@@ -705,10 +705,3 @@ class Hub:
 
 def _ident(idents: Sequence[bytes], index: int) -> str:
     return idents[index].decode("utf-8", "replace") if len(idents) > index else ""
-
-
-def _as_view(buffer: Frame) -> memoryview | bytes:
-    """Hold a reply buffer without copying it (a zmq Frame's memory stays alive via the view)."""
-    if isinstance(buffer, (bytes, memoryview)):
-        return buffer
-    return buffer.buffer

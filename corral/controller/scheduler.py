@@ -30,7 +30,15 @@ from corral.controller.scheduling import Action, Complete, Dispatch, Fail, Sched
 from corral.errors import CorralError, ProtocolError, RemoteError, error_content
 from corral.lifetime import SignalWakeup, exit_with_owner
 from corral.protocol.dependency import Dependency
-from corral.protocol.session import DELIMITER, Frame, Message, Session, split_identities, utcnow
+from corral.protocol.session import (
+    DELIMITER,
+    Frame,
+    Message,
+    Session,
+    frame_view,
+    split_identities,
+    utcnow,
+)
 from corral.security import CurveKeys, make_client, make_server, start_authenticator
 from corral.sockets import send_frames
 
@@ -240,7 +248,8 @@ class TaskScheduler:
         replay protection accepts the retry; the other frames are the originals."""
         frames = pending.frames
         metadata = orjson.dumps(dict(pending.msg.metadata, attempt=attempt))
-        json_frames = [_buffer(frames[1]), _buffer(frames[2]), metadata, _buffer(frames[4])]
+        header, parent, content = (frame_view(frames[index]) for index in (1, 2, 4))
+        json_frames = [header, parent, metadata, content]
         return [self.session.sign(json_frames), *json_frames, *frames[5:]]
 
     def _remember_finished(self, msg_id: str) -> None:
@@ -311,10 +320,6 @@ def _bind(sock: zmq.Socket[Any], url: str, port: int | None) -> int:
             if err.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
-
-
-def _buffer(frame: Frame) -> bytes | memoryview:
-    return frame.buffer if isinstance(frame, zmq.Frame) else frame
 
 
 def _task_from(msg: Message) -> Task:
