@@ -232,3 +232,14 @@ def test_states_from_files_and_pid_reuse(tmp_path: Path) -> None:
     removed, running = clean(tmp_path, cluster_id="stopped")
     assert [f.cluster_id for f in removed] == ["stopped"] and running == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes", "stale"]
+
+
+def test_a_bad_store_setting_fails_the_start_with_the_reason_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    from corral.errors import CorralError
+
+    cluster = Cluster(n=1, cluster_dir=tmp_path, result_ttl="soon", timeout=30)
+    with pytest.raises(CorralError, match="--result-ttl: bad duration 'soon'"):
+        cluster.start()
+    assert list(tmp_path.iterdir()) == []
