@@ -170,12 +170,17 @@ class Cluster:
         self.controller = self._spawn(args + self.controller_args, "controller.log")
         controller = self.controller
         # files a killed controller left behind name another pid: wait for this one's
-        _wait_for(
-            lambda: _written_by(self.path / ENGINE_FILE, controller.pid),
-            self.timeout,
-            f"controller of cluster {self.cluster_id}",
-            alive=lambda: controller.poll() is None,
-        )
+        try:
+            _wait_for(
+                lambda: _written_by(self.path / ENGINE_FILE, controller.pid),
+                self.timeout,
+                f"controller of cluster {self.cluster_id}",
+                alive=lambda: controller.poll() is None,
+            )
+        except CorralError as err:
+            # a temporary folder goes on stop, and its log with it: say here why it failed
+            tail = _log_tail(self.path / "controller.log")
+            raise type(err)(f"{err}{'; its log ends: ' + tail if tail else ''}") from err
         self._save_state()
 
     def start_engines(self, n: int) -> list[subprocess.Popen[bytes]]:
@@ -328,6 +333,13 @@ class Cluster:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def _log_tail(path: Path, lines: int = 5) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return ""
 
 
 def _written_by(path: Path, pid: int) -> bool:

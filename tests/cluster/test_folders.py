@@ -207,3 +207,39 @@ def test_stop_clean_removes_a_daemon_clusters_folder(tmp_path: Path) -> None:
         [psutil.Process(p) for p in pids if psutil.pid_exists(p)], timeout=15
     )
     assert not alive
+
+
+def test_states_from_files_and_pid_reuse(tmp_path: Path) -> None:
+    """No process involved: what the files and the lock say about a folder."""
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    state = stale / "cluster.json"
+    state.write_text(json.dumps({"manager_pid": os.getpid(), "temporary": True}))
+    assert inspect(stale).state == "running"  # this process is its (live) manager
+    created = psutil.Process().create_time()
+    os.utime(state, (created - 100, created - 100))
+    # the file predates this process: the pid it names was reused, its owner is gone
+    assert inspect(stale).state == "stale" and inspect(stale).temporary
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    (stopped / "tasks.db").write_bytes(bytes(8192))
+    folder = inspect(stopped)
+    assert folder.state == "stopped" and not folder.temporary and folder.size >= 8192
+    assert not (stopped / "cluster.lock").exists()  # inspecting changes nothing
+    unrelated = tmp_path / "notes"
+    unrelated.mkdir()
+    assert {f.cluster_id for f in inventory(tmp_path)} == {"stale", "stopped"}
+    removed, running = clean(tmp_path, cluster_id="stopped")
+    assert [f.cluster_id for f in removed] == ["stopped"] and running == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes", "stale"]
+
+
+def test_a_bad_store_setting_fails_the_start_with_the_reason_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    from corral.errors import CorralError
+
+    cluster = Cluster(n=1, cluster_dir=tmp_path, result_ttl="soon", timeout=30)
+    with pytest.raises(CorralError, match="--result-ttl: bad duration 'soon'"):
+        cluster.start()
+    assert list(tmp_path.iterdir()) == []

@@ -157,7 +157,7 @@ class MongoStore(ResultStore):
         self._writer.submit(WriteOp("upsert", (msg_id,), (document, next(self._seq), buffers)))
         if self.retention is not None:
             stored = () if buffers is _UNCHANGED or buffers is None else buffers
-            size = len(document.raw) + sum(memoryview(b).nbytes for b in stored)
+            size = len(document.raw) + sum(map(len, stored))  # bytes or flat byte views
             self._account(msg_id, {"status": status}, size)
 
     def drop_records(self, msg_ids: Sequence[str]) -> None:

@@ -191,15 +191,17 @@ class Retention:
     purged: list[str] = field(default_factory=list)
 
     def omitted(self, buffers: Iterable[Any]) -> dict[str, Any] | None:
-        """The ``buffers_omitted`` marker if these buffers are too large to store, else None."""
+        """The ``buffers_omitted`` marker if these buffers are too large to store, else None.
+        ``buffers`` as :func:`~.base.validate_record` leaves them: bytes or flat byte views,
+        whose ``len`` is their size."""
         limit = self.settings.buffer_limit
         if limit is None:
             return None
-        sizes = [memoryview(b).nbytes for b in buffers]
-        total = sum(sizes)
+        buffers = list(buffers)
+        total = sum(map(len, buffers))
         if total <= limit:
             return None
-        return {"bytes": total, "count": len(sizes), "limit": limit}
+        return {"bytes": total, "count": len(buffers), "limit": limit}
 
     def recorded(self, msg_id: str, size: int, status: Any) -> Purge | None:
         """A write of ``size`` bytes to ``msg_id``; ``status`` is the field written (or None

@@ -86,8 +86,8 @@ class Row(NamedTuple):
 
     def size(self) -> int:
         """Bytes this write adds to the file, roughly: its text and its buffers."""
-        text = sum(len(value) for value in self.values if isinstance(value, str))
-        buffers = sum(memoryview(b).nbytes for b in self.buffers or ())
+        text = sum([len(value) for value in self.values if value.__class__ is str])
+        buffers = sum(map(len, self.buffers or ()))  # bytes or flat byte views
         return _ROW_OVERHEAD + text + buffers
 
     def parameters(self) -> tuple[Any, ...]:

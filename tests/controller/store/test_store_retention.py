@@ -154,11 +154,8 @@ def test_dropped_records_stop_counting(open_bounded: Opener) -> None:
     assert store.stored_size() == 0
 
 
-def test_a_reopened_store_keeps_counting_and_applies_new_limits(
-    open_bounded: Opener, backend: str
-) -> None:
-    if backend == "memory":
-        pytest.skip("a memory store has nothing to reopen")
+@pytest.mark.parametrize("backend", ["sqlite", "mongodb"])  # a memory store cannot reopen
+def test_a_reopened_store_keeps_counting_and_applies_new_limits(open_bounded: Opener) -> None:
     first = open_bounded(RetentionSettings(buffer_limit=None, size_limit=None, ttl=None))
     for index in range(10):
         msg_id = f"m{index}"
