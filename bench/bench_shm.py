@@ -73,7 +73,9 @@ def nothing() -> None:
 # ---------------------------------------------------------------- corral
 
 
-def measure_corral(arrays: dict[int, np.ndarray], **options: Any) -> dict[str, Any]:
+def measure_corral(
+    arrays: dict[int, np.ndarray], sizes: tuple[int, ...], **options: Any
+) -> dict[str, Any]:
     with corral_cluster(1, **options) as running:
         client = running.client
         view = client[client.ids[0]]
@@ -88,7 +90,8 @@ def measure_corral(arrays: dict[int, np.ndarray], **options: Any) -> dict[str, A
             client.purge_results("all")
             client.results.clear()
 
-        for size, array in arrays.items():
+        for size in sizes:
+            array = arrays[size]
 
             def push(array: np.ndarray = array) -> object:
                 return view.push({"a": array}, block=False).get(TIMEOUT)
@@ -205,10 +208,13 @@ def measure_raw(arrays: dict[int, np.ndarray]) -> dict[str, Any]:
 # ---------------------------------------------------------------- main
 
 
-CORRAL = {
-    "corral, shm (default)": {},
-    "corral, shm, db=memory": {"db": "memory"},
-    "corral, sockets (--shm-threshold 0)": {"controller_args": ["--shm-threshold", "0"]},
+# The SQLite store (the default) cannot hold a 1 GB result (SQLite's blob limit is 1e9 bytes;
+# issue 18 settles how stores keep large buffers): it is measured at 100 MB only.
+ON, OFF = "corral, shm, db=memory", "corral, sockets (--shm-threshold 0), db=memory"
+CORRAL: dict[str, tuple[tuple[int, ...], dict[str, Any]]] = {
+    "corral, shm (defaults: sqlite store)": ((100,), {}),
+    ON: (SIZES_MB, {"db": "memory"}),
+    OFF: (SIZES_MB, {"db": "memory", "controller_args": ["--shm-threshold", "0"]}),
 }
 
 
@@ -218,9 +224,9 @@ def main() -> None:
     results: dict[str, Any] = {"sizes_MB": SIZES_MB, "rounds": ROUNDS}
     results["load_before"] = machine_load("before", wait=QUIET_WAIT)
     started = time.monotonic()
-    for name, options in CORRAL.items():
+    for name, (sizes, options) in CORRAL.items():
         print(f"measuring {name} ...", file=sys.stderr)
-        results[name] = measure_corral(arrays, **options)
+        results[name] = measure_corral(arrays, sizes, **options)
     print("measuring Ray ...", file=sys.stderr)
     try:
         results["ray"] = measure_ray(arrays)
@@ -238,7 +244,7 @@ def main() -> None:
         if "error" in r:
             rows.append([name, r["error"]])
             continue
-        rows.append([name] + [r[f"{k}_{s}MB"] for s in SIZES_MB for k in ("push", "pull")])
+        rows.append([name] + [r.get(f"{k}_{s}MB") for s in SIZES_MB for k in ("push", "pull")])
     raw = results["raw"]
     rows.append(
         ["raw pyzmq PAIR, one process"] + [raw[f"pair_{s}MB"] for s in SIZES_MB for _ in "12"]
@@ -252,7 +258,7 @@ def main() -> None:
         header,
         rows,
     )
-    on, off = results["corral, shm (default)"], results["corral, sockets (--shm-threshold 0)"]
+    on, off = results[ON], results[OFF]
     print_table(
         f"no-op round trip on one engine, us (median and p90 of {LATENCY_ROUNDS})",
         ["", "median", "p90"],

@@ -174,6 +174,7 @@ class Client:
         """Stop the I/O thread and close every socket; unanswered requests fail with
         ConnectionError. Calling it again does nothing."""
         self._io.close()
+        self._shm.close()
 
     def __enter__(self) -> Client:
         return self
