@@ -7,10 +7,16 @@ identity, and turns outgoing buffers into segments and incoming references back 
 
 Guarantees a caller can rely on:
 
-- A segment is created with ``O_EXCL | O_NOFOLLOW``, mode 0600, under an unguessable name, and
-  filled with ``pwrite`` before its reference is sent: a full /dev/shm is an ``ENOSPC`` error
-  here (turned into :class:`~corral.errors.SharedMemoryError`, after a free-space check), never a
-  bus error on a mapping nor a silently truncated buffer.
+- A segment is created with ``O_EXCL | O_NOFOLLOW``, mode 0600, under an unguessable name, its
+  every page allocated with ``posix_fallocate`` before the writer copies the buffer in through
+  its own mapping: a full /dev/shm is an ``ENOSPC`` error there (turned into
+  :class:`~corral.errors.SharedMemoryError`, after a free-space check), never a bus error on a
+  mapping nor a silently truncated buffer.
+- A writer keeps settled segments mapped in a pool and copies the next buffer of a fitting size
+  into one of them, once no reader maps it any more (each reader holds a link to it exactly as
+  long as it maps it); it renames the segment to a new token first, so a late reader of the old
+  message finds nothing rather than new data. Fresh pages cost a page fault each (on this 2-core
+  VM several times a memory copy); reused ones do not.
 - A reader maps only a regular file of this cluster, owned by its own user, private (no group or
   other bits) and of exactly the announced size; anything else is refused
   (:class:`~corral.errors.SharedMemoryRefused`) without reading a byte. Mappings are private
@@ -27,8 +33,11 @@ import mmap
 import os
 import secrets
 import stat
+import threading
+import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -37,6 +46,7 @@ import psutil
 from corral.errors import SharedMemoryError, SharedMemoryRefused
 from corral.protocol.session import Frame, Message, frame_view
 from corral.protocol.shm import (
+    HUB,
     METADATA_KEY,
     SegmentRef,
     Settings,
@@ -44,6 +54,7 @@ from corral.protocol.shm import (
     large_buffers,
     link_name,
     plan_sweep,
+    pool_name,
     reader_metadata,
     reader_of,
 )
@@ -54,9 +65,10 @@ log = logging.getLogger("corral.sharedmem")
 
 SHM_DIR: Final = Path("/dev/shm")
 RESERVE_BYTES: Final = 64 << 20  # left free in /dev/shm and in RAM after a segment is written
-_CREATE_FLAGS: Final = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+MAX_POOL_BYTES: Final = 4 << 30  # settled segments one process keeps for reuse, at most
+POOL_IDLE: Final = 60.0  # seconds a settled segment waits for reuse before it is removed
+_CREATE_FLAGS: Final = os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
 _OPEN_FLAGS: Final = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
-_WRITE_CHUNK: Final = 1 << 30
 
 
 def host_identity(shm_dir: Path = SHM_DIR) -> str | None:
@@ -105,15 +117,19 @@ def pid_alive(pid: int) -> bool:
 
 
 def sweep(
-    prefix: str, shm_dir: Path = SHM_DIR, alive: Callable[[int], bool] = pid_alive
+    prefix: str,
+    shm_dir: Path = SHM_DIR,
+    alive: Callable[[int], bool] = pid_alive,
+    hub_alive: bool = True,
 ) -> list[str]:
     """Remove the names under ``prefix`` whose owner is dead (see
-    :func:`corral.protocol.shm.plan_sweep`); the names removed."""
+    :func:`corral.protocol.shm.plan_sweep`); the names removed. ``hub_alive`` False takes
+    the Hub's links too (a controller starting, or stopping)."""
     try:
         names = [name for name in os.listdir(shm_dir) if name.startswith(prefix)]
     except OSError:
         return []
-    doomed = plan_sweep(prefix, names, alive)
+    doomed = plan_sweep(prefix, names, lambda pid: hub_alive if pid == HUB else alive(pid))
     for name in doomed:
         _unlink(shm_dir / name)
     if doomed:
@@ -128,10 +144,25 @@ def _unlink(path: Path) -> None:
         pass
 
 
+@dataclass(eq=False)
+class _Segment:
+    """A segment this process wrote, kept open and mapped (shared) so that writing into it
+    again is a memory copy into pages that are already there."""
+
+    fd: int
+    mapping: mmap.mmap
+    capacity: int  # bytes mapped
+    size: int  # bytes the file holds now (at most capacity)
+    token: str
+    released_at: float = 0.0
+
+
 class SharedMemory:
     """This process's end of the fast path. ``settings`` None (or no usable /dev/shm) turns it
     off: :meth:`export` then returns the buffers unchanged and :meth:`resolve` refuses any
-    reference. Thread-safe: it holds no state but its settings."""
+    reference. Thread-safe. ``pool_bytes`` bounds the settled segments kept for reuse (default:
+    an eighth of /dev/shm, at most 4 GiB); :meth:`close` removes them. ``hub`` marks the
+    controller's: it reads replies through the Hub's links."""
 
     def __init__(
         self,
@@ -140,11 +171,19 @@ class SharedMemory:
         shm_dir: Path = SHM_DIR,
         host: str | None = None,
         pid: int | None = None,
+        pool_bytes: int | None = None,
+        hub: bool = False,
     ) -> None:
         self.shm_dir = shm_dir
         self.host = host if host is not None else host_identity(shm_dir)
         self.pid = pid if pid is not None else os.getpid()
+        self.reader = HUB if hub else self.pid  # whose links this process reads through
         self.settings = settings
+        self.pool_bytes = pool_bytes if pool_bytes is not None else _default_pool(shm_dir)
+        self._lock = threading.RLock()  # finalizers of mappings may run inside it (GC)
+        self._live: dict[str, _Segment] = {}  # token -> segment of a message on its way
+        self._pool: list[_Segment] = []  # settled, waiting for reuse
+        self._mapped: dict[Path, int] = {}  # reader links of this process -> live mappings
 
     def configure(self, settings: Settings | None) -> None:
         """New settings (an engine learns them from each registration reply)."""
@@ -165,6 +204,14 @@ class SharedMemory:
         assert self.host is not None
         return reader_metadata(self.host, self.pid)
 
+    def close(self) -> None:
+        """Remove the pooled segments' names and unmap them (segments of messages still on
+        their way stay for their readers; the sweep takes them once this process is gone)."""
+        with self._lock:
+            pooled, self._pool = self._pool, []
+        for segment in pooled:
+            self._discard(segment, pool_name)
+
     # ------------------------------------------------------------------ writing
 
     def export(
@@ -176,7 +223,7 @@ class SharedMemory:
         Otherwise one link per reader pid, each removed by its reader; call :meth:`release`
         once the message is sent. Returns the frames to send (an empty frame where a buffer
         became a segment) and the references for the metadata. Raises SharedMemoryError, having
-        created nothing, when /dev/shm or RAM lacks the space or refuses the write.
+        left nothing behind, when /dev/shm or RAM lacks the space or refuses the write.
         """
         settings = self.settings
         if settings is None or self.host is None or not frames:
@@ -185,29 +232,39 @@ class SharedMemory:
         indices = large_buffers([view.nbytes for view in views], settings.threshold)
         if not indices:
             return list(frames), []
-        self._check_space(sum(views[index].nbytes for index in indices))
         refs: list[SegmentRef] = []
-        created: list[Path] = []
+        done: list[tuple[_Segment, list[Path]]] = []
         try:
             for index in indices:
-                token = secrets.token_hex(16)
-                path = self.shm_dir / link_name(settings.prefix, self.pid, token, None)
-                self._write(path, views[index], created)
+                view = views[index]
+                data = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+                segment = self._acquire(settings.prefix, data.nbytes)
+                links: list[Path] = []
+                done.append((segment, links))
+                segment.mapping[: data.nbytes] = data
+                path = self.shm_dir / link_name(settings.prefix, self.pid, segment.token, None)
                 for reader in dict.fromkeys(readers or ()):
-                    link = self.shm_dir / link_name(settings.prefix, self.pid, token, reader)
+                    link = self.shm_dir / link_name(
+                        settings.prefix, self.pid, segment.token, reader
+                    )
                     os.link(path, link)
-                    created.append(link)
-                refs.append(
-                    SegmentRef(index, views[index].nbytes, self.pid, token, readers is None)
-                )
-        except OSError as err:
-            for path in created:
-                _unlink(path)
+                    links.append(link)
+                refs.append(SegmentRef(index, data.nbytes, self.pid, segment.token, not readers))
+        except (OSError, SharedMemoryError) as err:
+            for segment, links in done:
+                for link in links:
+                    _unlink(link)
+                self._discard(segment, link_name_w)
+            if isinstance(err, SharedMemoryError):
+                raise
             raise SharedMemoryError(
                 f"could not write {views[indices[len(refs)]].nbytes} bytes to shared memory in "
                 f"{self.shm_dir}: {err.strerror or err}. Free memory, or turn the same-host fast "
                 "path off (shm_threshold=0)"
             ) from None
+        with self._lock:
+            for segment, _ in done:
+                self._live[segment.token] = segment
         out = list(frames)
         for ref in refs:
             out[ref.index] = b""
@@ -224,20 +281,120 @@ class SharedMemory:
             return list(frames), []
         readers = [reader[1]]
         if hub_reads:
-            if settings.host != self.host or not settings.hub_pid:
+            if settings.host != self.host:
                 return list(frames), []
-            readers.append(settings.hub_pid)
+            readers.append(HUB)
         return self.export(frames, readers)
 
     def release(self, refs: Sequence[SegmentRef]) -> None:
-        """Remove this writer's own names of ``refs``: a held segment's data is then gone for
-        anyone who has not mapped it yet; a segment with reader links lives on in them."""
+        """The message of ``refs`` is settled (a request answered or failed, a reply sent):
+        its segments leave their ``w`` name for the pool (reader links keep them alive for
+        their readers), or are removed when the pool is full."""
         settings = self.settings
         if settings is None:
             return
+        now = time.monotonic()
         for ref in refs:
-            if ref.writer == self.pid:
-                _unlink(self.shm_dir / link_name(settings.prefix, ref.writer, ref.token, None))
+            with self._lock:
+                segment = self._live.pop(ref.token, None) if ref.writer == self.pid else None
+            if segment is None:
+                continue
+            old = self.shm_dir / link_name(settings.prefix, self.pid, segment.token, None)
+            try:
+                os.rename(old, self.shm_dir / pool_name(settings.prefix, self.pid, segment.token))
+            except OSError:
+                self._discard(segment, link_name_w)
+                continue
+            segment.released_at = now
+            evicted: list[_Segment] = []
+            with self._lock:
+                self._pool.append(segment)
+                evicted = self._trim(now)
+            for old_segment in evicted:
+                self._discard(old_segment, pool_name)
+
+    def _trim(self, now: float) -> list[_Segment]:
+        """(Lock held) Pool entries to discard: idle too long, or beyond ``pool_bytes``."""
+        keep: list[_Segment] = []
+        evicted: list[_Segment] = []
+        total = 0
+        for segment in sorted(self._pool, key=lambda s: s.released_at, reverse=True):
+            if now - segment.released_at > POOL_IDLE or total + segment.capacity > self.pool_bytes:
+                evicted.append(segment)
+            else:
+                keep.append(segment)
+                total += segment.capacity
+        self._pool = keep
+        return evicted
+
+    def _acquire(self, prefix: str, size: int) -> _Segment:
+        """A segment of exactly ``size`` bytes under a fresh ``w`` name: from the pool when one
+        fits and no reader holds it any more, else a new one."""
+        with self._lock:
+            fitting = sorted(
+                (s for s in self._pool if size <= s.capacity <= 2 * size + (1 << 20)),
+                key=lambda s: s.capacity,
+            )
+            for segment in fitting:
+                self._pool.remove(segment)
+        for index, segment in enumerate(fitting):
+            reused = self._reuse(prefix, segment, size)
+            if reused:
+                with self._lock:
+                    self._pool.extend(fitting[index + 1 :])
+                return segment
+        return self._create(prefix, size)
+
+    def _reuse(self, prefix: str, segment: _Segment, size: int) -> bool:
+        """Rename a pooled segment to a new token, then take it if no reader link is left.
+        The rename comes first: after it no reader can link the old name, so a count of one
+        is final."""
+        token = secrets.token_hex(16)
+        old = self.shm_dir / pool_name(prefix, self.pid, segment.token)
+        new = self.shm_dir / link_name(prefix, self.pid, token, None)
+        try:
+            os.rename(old, new)
+        except OSError:
+            self._discard(segment, pool_name)
+            return False
+        segment.token = token
+        if os.fstat(segment.fd).st_nlink != 1:  # a reader still maps it: not now
+            os.rename(new, self.shm_dir / pool_name(prefix, self.pid, token))
+            with self._lock:
+                self._pool.append(segment)
+            return False
+        try:
+            if size > segment.size:
+                os.posix_fallocate(segment.fd, 0, size)  # ENOSPC here, not a bus error later
+            elif size < segment.size:
+                os.ftruncate(segment.fd, size)
+        except OSError:
+            self._discard(segment, link_name_w)
+            raise
+        segment.size = size
+        return True
+
+    def _create(self, prefix: str, size: int) -> _Segment:
+        self._check_space(size)
+        token = secrets.token_hex(16)
+        path = self.shm_dir / link_name(prefix, self.pid, token, None)
+        fd = os.open(path, _CREATE_FLAGS, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            os.posix_fallocate(fd, 0, size)  # every page exists before it is written through
+            mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
+        except BaseException:
+            os.close(fd)
+            _unlink(path)
+            raise
+        return _Segment(fd, mapping, size, size, token)
+
+    def _discard(self, segment: _Segment, name: Callable[[str, int, str], str]) -> None:
+        settings = self.settings
+        if settings is not None:
+            _unlink(self.shm_dir / name(settings.prefix, self.pid, segment.token))
+        segment.mapping.close()
+        os.close(segment.fd)
 
     def _check_space(self, size: int) -> None:
         try:
@@ -246,33 +403,22 @@ class SharedMemory:
             raise SharedMemoryError(f"cannot use {self.shm_dir}: {err.strerror}") from None
         free = fs.f_bavail * fs.f_frsize
         available = psutil.virtual_memory().available
-        if size + RESERVE_BYTES > min(free, available):
-            where = (
-                f"{self.shm_dir} has {free} bytes free"
-                if free < available
-                else (f"the machine has {available} bytes of memory available")
-            )
-            raise SharedMemoryError(
-                f"{size} bytes do not fit in shared memory: {where} (and keeps "
-                f"{RESERVE_BYTES} in reserve). Send less at once, free memory, or turn the "
-                "same-host fast path off (shm_threshold=0)"
-            )
-
-    @staticmethod
-    def _write(path: Path, view: memoryview, created: list[Path]) -> None:
-        fd = os.open(path, _CREATE_FLAGS, 0o600)
-        created.append(path)
-        try:
-            os.fchmod(fd, 0o600)
-            data = view.cast("B") if view.format != "B" or view.ndim != 1 else view
-            offset, size = 0, data.nbytes
-            while offset < size:
-                written = os.pwrite(fd, data[offset : offset + _WRITE_CHUNK], offset)
-                if written <= 0:
-                    raise OSError(0, "the write made no progress")
-                offset += written
-        finally:
-            os.close(fd)
+        if size + RESERVE_BYTES <= min(free, available):
+            return
+        if self._pool:  # idle segments of our own come first
+            self.close()
+            self._check_space(size)
+            return
+        where = (
+            f"{self.shm_dir} has {free} bytes free"
+            if free < available
+            else f"the machine has {available} bytes of memory available"
+        )
+        raise SharedMemoryError(
+            f"{size} bytes do not fit in shared memory: {where} (and keeps "
+            f"{RESERVE_BYTES} in reserve). Send less at once, free memory, or turn the "
+            "same-host fast path off (shm_threshold=0)"
+        )
 
     # ------------------------------------------------------------------ reading
 
@@ -281,9 +427,8 @@ class SharedMemory:
         ``shm`` key gone from the metadata. Call only on a verified message.
 
         Raises SharedMemoryRefused when a reference is malformed, names no segment of this
-        cluster readable by this process, or the segment's owner, mode or size is wrong. Every
-        reader link of this process named by a valid reference is removed even then, so that
-        a refused message leaves nothing behind.
+        cluster readable by this process, or the segment's owner, mode or size is wrong; this
+        process's links of a refused message are removed, so that it leaves nothing behind.
         """
         value = msg.metadata.get(METADATA_KEY)
         if value is None:
@@ -308,32 +453,56 @@ class SharedMemory:
         return replace(msg, metadata=metadata, buffers=tuple(buffers))
 
     def _map(self, prefix: str, ref: SegmentRef) -> memoryview:
-        name = ref.name_for(prefix, self.pid)
-        path = self.shm_dir / name
+        """Map one segment through this process's own link, which lives exactly as long as a
+        mapping of it does (the writer reuses a segment only when no link is left)."""
+        name = ref.name_for(prefix, self.reader)
+        own = self.shm_dir / link_name(prefix, ref.writer, ref.token, self.reader)
+        with self._lock:
+            linked = own in self._mapped
+            self._mapped[own] = self._mapped.get(own, 0) + 1
         try:
-            fd = os.open(path, _OPEN_FLAGS)
+            if ref.hold and not linked:
+                try:
+                    os.link(self.shm_dir / name, own)
+                except FileExistsError:
+                    pass
+            fd = os.open(own, _OPEN_FLAGS)
         except FileNotFoundError:
+            self._unmapped(own)
             raise SharedMemoryRefused(
-                f"shared-memory segment {name} does not exist: its writer exited (or released "
-                "it) before it was read, it was meant for another process, or the name is forged"
+                f"shared-memory segment {name} does not exist: its writer exited (or its "
+                "message was settled) before it was read, it was meant for another process, or "
+                "the name is forged"
             ) from None
         except OSError as err:
+            self._unmapped(own)
             raise SharedMemoryRefused(f"cannot open shared-memory segment {name}: {err}") from None
         try:
-            info = os.fstat(fd)
-            problem = _problem(info, ref.size)
+            problem = _problem(os.fstat(fd), ref.size)
             if problem is not None:
                 raise SharedMemoryRefused(f"refused shared-memory segment {name}: {problem}")
             mapping = mmap.mmap(
                 fd, ref.size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE
             )
-        except OSError as err:
+        except (OSError, SharedMemoryRefused) as err:
+            self._unmapped(own)
+            if isinstance(err, SharedMemoryRefused):
+                raise
             raise SharedMemoryRefused(f"cannot map shared-memory segment {name}: {err}") from None
         finally:
             os.close(fd)
-        if not ref.hold:
-            _unlink(path)
+        weakref.finalize(mapping, self._unmapped, own)
         return memoryview(mapping)
+
+    def _unmapped(self, own: Path) -> None:
+        """One mapping through ``own`` is gone; the last one removes the link."""
+        with self._lock:
+            left = self._mapped.get(own, 1) - 1
+            if left > 0:
+                self._mapped[own] = left
+                return
+            self._mapped.pop(own, None)
+        _unlink(own)
 
     def strip(self, msg: Message) -> Message:
         """``msg`` without its references, mapping nothing (the Hub records requests without
@@ -345,17 +514,35 @@ class SharedMemory:
 
     # ------------------------------------------------------------------ sweeping
 
-    def sweep(self, *, final: bool = False) -> list[str]:
-        """Reclaim the names of dead processes; ``final`` counts this process as dead too (a
-        controller stopping: its Hub reads nothing more)."""
+    def sweep(self, *, hub_alive: bool = True, final: bool = False) -> list[str]:
+        """Reclaim the names of dead processes (and with ``hub_alive`` False the Hub's links: a
+        controller starting). ``final`` counts this process, and the Hub, as dead too (a
+        controller stopping: it reads nothing more)."""
         settings = self.settings
         if settings is None:
             return []
         if final:
+            self.close()
             return sweep(
-                settings.prefix, self.shm_dir, lambda pid: pid != self.pid and pid_alive(pid)
+                settings.prefix,
+                self.shm_dir,
+                lambda pid: pid != self.pid and pid_alive(pid),
+                hub_alive=False,
             )
-        return sweep(settings.prefix, self.shm_dir)
+        return sweep(settings.prefix, self.shm_dir, hub_alive=hub_alive)
+
+
+def link_name_w(prefix: str, writer: int, token: str) -> str:
+    """The writer's ``w`` name (a three-argument form of :func:`link_name`)."""
+    return link_name(prefix, writer, token, None)
+
+
+def _default_pool(shm_dir: Path) -> int:
+    try:
+        fs = os.statvfs(shm_dir)
+    except OSError:
+        return 0
+    return min(MAX_POOL_BYTES, fs.f_blocks * fs.f_frsize // 8)
 
 
 def _problem(info: os.stat_result, size: int) -> str | None:

@@ -3,6 +3,7 @@ of buffer the serializer makes, and every way a reference can be wrong."""
 
 from __future__ import annotations
 
+import gc
 import os
 import stat
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ import corral.sharedmem as sharedmem
 from corral.errors import SharedMemoryError, SharedMemoryRefused, SignatureError
 from corral.protocol.serialize import deserialize_object, serialize_object
 from corral.protocol.session import Message, Session
-from corral.protocol.shm import Settings, encode_refs, link_name
+from corral.protocol.shm import SegmentRef, Settings, encode_refs, link_name
 from corral.sharedmem import SHM_DIR, SharedMemory, cluster_prefix, host_identity, sweep
 
 THRESHOLD = 4096
@@ -30,7 +31,7 @@ def settings(tmp_path: Path) -> Iterator[Settings]:
     leaves in /dev/shm under it is checked for and removed."""
     host = host_identity()
     assert host is not None, "this machine has no usable /dev/shm"
-    chosen = Settings(cluster_prefix(tmp_path), host, THRESHOLD, hub_pid=os.getpid())
+    chosen = Settings(cluster_prefix(tmp_path), host, THRESHOLD)
     yield chosen
     for name in names(chosen):
         os.unlink(SHM_DIR / name)
@@ -58,12 +59,13 @@ def send_and_receive(
     reader: SharedMemory,
     obj: object,
     readers: list[int] | None = None,
-) -> tuple[object, Message]:
+) -> tuple[object, Message, list[SegmentRef]]:
     """``obj`` serialized, exported (unless ``writer`` is None), signed, sent over zmq,
     received, verified, resolved and deserialized."""
     session = Session(KEY)
     frames: list[Any] = list(serialize_object(obj))
     metadata: dict[str, Any] = {}
+    refs: list[SegmentRef] = []
     if writer is not None:
         frames, refs = writer.export(frames, readers)
         if refs:
@@ -74,7 +76,7 @@ def send_and_receive(
         writer.release(refs)  # sent: only the readers' links remain
     received = Session(KEY).feed(pair[1].recv_multipart(copy=False))
     resolved = reader.resolve(received)
-    return deserialize_object(resolved.buffers), resolved
+    return deserialize_object(resolved.buffers), resolved, refs
 
 
 def random_array(dtype: Any, shape: tuple[int, ...]) -> np.ndarray:
@@ -134,15 +136,24 @@ def test_every_kind_of_buffer_is_bit_exact_through_both_paths(
 ) -> None:
     writer = SharedMemory(settings)
     me = SharedMemory(settings)
-    by_socket, plain = send_and_receive(pair, None, me, obj)
-    by_shm, resolved = send_and_receive(pair, writer, me, obj, [os.getpid()] if readers else None)
+    by_socket, _, _ = send_and_receive(pair, None, me, obj)
     assert_bit_exact(obj, by_socket)
+    assert names(settings) == []
+    by_shm, resolved, refs = send_and_receive(
+        pair, writer, me, obj, [os.getpid()] if readers else None
+    )
     assert_bit_exact(obj, by_shm)
     assert "shm" not in resolved.metadata
-    if readers:
-        assert names(settings) == [], "each reader removes its own link; the writer its name"
     large = [b for b in serialize_object(obj) if memoryview(b).nbytes >= THRESHOLD]
-    assert len(names(settings)) == (0 if readers else len(large))
+    assert len(refs) == len(large)
+    links = [name for name in names(settings) if name.endswith(f"-r{os.getpid()}")]
+    assert len(links) == len(refs), "a reader holds a link while it maps a segment"
+    del by_shm, resolved
+    gc.collect()
+    assert not [n for n in names(settings) if "-r" in n], "the links go with the mappings"
+    writer.release(refs)
+    writer.close()
+    assert names(settings) == []
 
 
 def test_below_the_threshold_nothing_changes(settings: Settings) -> None:
@@ -162,30 +173,60 @@ def test_received_arrays_are_mapped_writable_and_private(settings: Settings) -> 
     assert first.flags.writeable
     first[:] = 0  # copy-on-write: another mapping and the segment itself are untouched
     assert second.tobytes() == array.tobytes()
-    (name,) = names(settings)
+    name = link_name(settings.prefix, os.getpid(), refs[0].token, None)
     assert (SHM_DIR / name).read_bytes() == array.tobytes()
     assert stat.S_IMODE(os.stat(SHM_DIR / name).st_mode) == 0o600
 
 
-def test_held_segments_live_until_released_and_reader_links_until_read(
-    settings: Settings, pair: Any
-) -> None:
-    writer = SharedMemory(settings)
+def test_segment_names_through_a_message_s_life(settings: Settings) -> None:
+    writer, me = SharedMemory(settings), os.getpid()
     frames, held = writer.export(serialize_object(random_array("u1", (9000,))))
-    assert names(settings) == [link_name(settings.prefix, os.getpid(), held[0].token, None)]
-    writer.release(held)
-    assert names(settings) == []
+    token = held[0].token
+    assert names(settings) == [link_name(settings.prefix, me, token, None)]
+    reader = SharedMemory(settings, pid=11)
+    mapped = reader.resolve(message(frames, held))  # a reader links the held name, then maps
+    assert names(settings) == sorted(link_name(settings.prefix, me, token, r) for r in (None, 11))
+    writer.release(held)  # settled: the writer's name goes to the pool
+    assert names(settings) == sorted(
+        [link_name(settings.prefix, me, token, 11), pool(settings, token)]
+    )
+    del mapped
+    gc.collect()
+    assert names(settings) == [pool(settings, token)]
     frames, linked = writer.export(serialize_object(random_array("u1", (9000,))), [11, 12])
-    token = linked[0].token
-    assert names(settings) == sorted(
-        link_name(settings.prefix, os.getpid(), token, reader) for reader in (None, 11, 12)
-    )
-    writer.release(linked)  # sent: the writer's own name goes, the readers' stay
-    assert names(settings) == sorted(
-        link_name(settings.prefix, os.getpid(), token, reader) for reader in (11, 12)
-    )
-    SharedMemory(settings, pid=11).resolve(message(frames, linked))
-    assert names(settings) == [link_name(settings.prefix, os.getpid(), token, 12)]
+    new = linked[0].token
+    assert new != token, "a reused segment gets a new name: late readers of the old find nothing"
+    assert names(settings) == sorted(link_name(settings.prefix, me, new, r) for r in (None, 11, 12))
+    writer.release(linked)  # sent: the readers' links keep it
+    with pytest.raises(SharedMemoryRefused, match="does not exist"):
+        reader.resolve(message(frames, held))
+    _, third = writer.export(serialize_object(random_array("u1", (9000,))))
+    (pooled,) = [name for name in names(settings) if name.endswith("-p")]
+    assert os.stat(SHM_DIR / pooled).st_nlink == 3, "a segment readers still hold is not reused"
+    assert link_name(settings.prefix, me, third[0].token, None) in names(settings)
+    for name in names(settings):
+        if name.endswith(("-r11", "-r12")):
+            os.unlink(SHM_DIR / name)
+    writer.close()
+
+
+def pool(settings: Settings, token: str) -> str:
+    return f"{settings.prefix}-{os.getpid()}-{token}-p"
+
+
+def test_a_reused_segment_carries_the_new_data(settings: Settings) -> None:
+    writer, reader = SharedMemory(settings), SharedMemory(settings, pid=11)
+    for round in range(4):
+        array = np.full(2000, float(round))
+        frames, refs = writer.export(serialize_object(array), [11])
+        writer.release(refs)
+        back = deserialize_object(reader.resolve(message(frames, refs)).buffers)
+        assert_bit_exact(array, back)
+        del back
+        gc.collect()
+    assert len(names(settings)) == 1, "one segment, reused every round"
+    writer.close()
+    assert names(settings) == []
 
 
 def message(frames: list[Any], refs: Any, metadata: dict[str, Any] | None = None) -> Message:
@@ -254,7 +295,10 @@ def test_a_reference_from_a_message_with_a_bad_signature_is_never_read(
     wire = Session(b"wrong key").serialize(message(frames, refs))
     with pytest.raises(SignatureError):
         Session(KEY).feed(wire)  # the receiving loops resolve only what verified
-    assert len(names(settings)) == 1, "the reader link is still there: nothing mapped it"
+    link = SHM_DIR / link_name(settings.prefix, os.getpid(), refs[0].token, os.getpid())
+    assert link.exists(), "the reader link is still there: nothing mapped it"
+    link.unlink()
+    writer.close()
 
 
 def test_a_process_with_the_fast_path_off_refuses_references(settings: Settings) -> None:
@@ -291,6 +335,11 @@ def test_sweep_reclaims_names_of_dead_processes_only(settings: Settings) -> None
             link_name(settings.prefix, os.getpid(), dead_reader[0].token, dead),
         ]
     )
-    assert names(settings) == [link_name(settings.prefix, os.getpid(), held[0].token, None)]
-    assert mine.sweep(final=True) == names(settings) or names(settings) == []
+    assert names(settings) == sorted(
+        [
+            link_name(settings.prefix, os.getpid(), held[0].token, None),
+            pool(settings, dead_reader[0].token),
+        ]
+    )
+    mine.sweep(final=True)  # a stopping controller: its pool, then what only it could read
     assert names(settings) == []

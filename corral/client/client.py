@@ -225,6 +225,7 @@ class Client(ControlCalls, HubQueries):
         ConnectionError. Calling it again does nothing. ``linger`` (ipyparallel's) is
         accepted: queued sends are always flushed for a bounded time before closing."""
         self._io.close()
+        self._shm.close()
 
     def spin(self) -> None:
         """Nothing to do: corral's I/O thread handles incoming messages as they arrive

@@ -313,7 +313,7 @@ class Cluster:
                 process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 _terminate(process)
-        sweep(cluster_prefix(self.path))  # shared memory of processes that were killed
+        sweep(cluster_prefix(self.path), alive=_none)  # stopped: no segment is needed any more
         lock, self._lock = self._lock, None
         if self.temporary:
             if lock is not None and not release(lock, self.path, remove_folder=True):
@@ -393,9 +393,15 @@ def stop_cluster(path: Path, timeout: float = 10.0) -> bool:
     for process in alive:
         process.kill()
     psutil.wait_procs(alive, timeout=timeout)
-    sweep(cluster_prefix(path))  # shared memory of processes that were killed
+    sweep(cluster_prefix(path), alive=_none)  # stopped: no segment is needed any more
     state_file.unlink(missing_ok=True)
     return was_running
+
+
+def _none(pid: int) -> bool:
+    """For the sweep after a stop: the names' owners count as gone (a client that still maps a
+    result keeps its memory; only the names go)."""
+    return False
 
 
 def _process(pid: int) -> psutil.Process | None:

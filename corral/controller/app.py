@@ -122,7 +122,7 @@ class Controller:
         self.curve = CurveKeys.generate() if config.curve else None
         self._authenticator: ThreadAuthenticator | None = None
         self.counts = {"rejected": 0, "monitored": 0, "queries": 0}
-        self.shm = SharedMemory(_shm_settings(config))
+        self.shm = SharedMemory(_shm_settings(config), hub=True)
 
     # ------------------------------------------------------------ start
 
@@ -177,7 +177,7 @@ class Controller:
     def start(self) -> None:
         config = self.config
         make_private_dir(config.cluster_path)
-        self.shm.sweep()  # what crashed processes of an earlier run left in /dev/shm
+        self.shm.sweep(hub_alive=False)  # what an earlier run, or its dead processes, left
         self.store = open_store(
             config.db, config.cluster_path, config.cluster_id, retention=config.retention
         )
@@ -591,7 +591,7 @@ def _shm_settings(config: ControllerConfig) -> Settings | None:
     host = host_identity()
     if config.shm_threshold <= 0 or not config.key or host is None:
         return None
-    return Settings(cluster_prefix(config.cluster_path), host, config.shm_threshold, os.getpid())
+    return Settings(cluster_prefix(config.cluster_path), host, config.shm_threshold)
 
 
 def _with_key(config: ControllerConfig, key: bytes) -> ControllerConfig:

@@ -519,6 +519,7 @@ class IOThread:
             if unregister and self._registration is not None:
                 self._unregister()
             self._close_sockets(linger=LINGER_MS)
+            self.shm.close()
         except BaseException:
             self.log.exception("error during shutdown")
         finally:

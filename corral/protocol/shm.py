@@ -19,16 +19,21 @@ Names: ``<prefix>-<writer pid>-<token>-<link>`` where ``prefix`` is ``corral-`` 
 derived from the cluster folder, ``token`` is 16 random bytes (unguessable), and ``link`` says
 who the name is for:
 
-- ``w``: the writer's own name. For a *held* segment (``"hold": true``: requests) readers open
-  this name, and the writer removes it once nothing can ask for the data again (the request was
-  answered or failed). For a segment with reader links it only marks "not handed off yet": the
-  writer removes it right after sending.
-- ``r<pid>``: one hard link per reader (``"hold": false``: replies, which both the client and the
-  Hub read). Each reader removes its own link once it has mapped the segment.
+- ``w``: the writer's name while the message is on its way. For a *held* segment
+  (``"hold": true``: requests, whose reader is not known in advance) readers find it under this
+  name; for a segment with reader links it marks "not handed off yet".
+- ``r<pid>``: a reader's link (``h`` for the Hub's, see :data:`HUB`). For a reply (``"hold":
+  false``; both the client and the Hub read it) the writer makes one per reader before sending;
+  for a held segment each reader links the ``w`` name itself before mapping it. A reader
+  removes its link when it drops its mapping.
+- ``p``: the writer's name once the message is settled (a request answered or failed, a reply
+  sent): the segment waits in the writer's pool. The writer reuses it (renaming it ``w`` under a
+  new token, so that no late reader of the old message can open it) only when no reader link is
+  left, which makes reusing it a plain memory copy into pages already mapped.
 
-The memory is freed by the kernel when the last name is gone and the last mapping is dropped:
-exactly when nothing can read it. A process that dies leaves names behind; :func:`plan_sweep`
-picks those whose owner is dead, and the controller sweeps at start, periodically and at stop.
+The memory is freed by the kernel when the last name is gone and the last mapping is dropped.
+A process that dies leaves names behind; :func:`plan_sweep` picks those whose owner is dead,
+and the controller sweeps at start, periodically and at stop.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from corral.errors import SharedMemoryRefused
 
 __all__ = [
     "DEFAULT_THRESHOLD",
+    "HUB",
     "METADATA_KEY",
     "READER_KEY",
     "LinkName",
@@ -52,6 +58,7 @@ __all__ = [
     "large_buffers",
     "link_name",
     "parse_link",
+    "pool_name",
     "plan_sweep",
     "reader_metadata",
     "reader_of",
@@ -66,10 +73,13 @@ _MAX_PID: Final = 1 << 31
 _PREFIX = re.compile(r"corral-[0-9a-f]{16}")
 _NAME = re.compile(
     r"(?P<prefix>corral-[0-9a-f]{16})-(?P<writer>[1-9][0-9]{0,9})-"
-    r"(?P<token>[0-9a-f]{32})-(?P<link>w|r[1-9][0-9]{0,9})"
+    r"(?P<token>[0-9a-f]{32})-(?P<link>w|p|h|r[1-9][0-9]{0,9})"
 )
 _TOKEN = re.compile(r"[0-9a-f]{32}")
 _REF_KEYS = frozenset({"index", "size", "writer", "token", "hold"})
+HUB: Final = 0
+"""The reader id of the Hub: its link is named ``h``, not after a pid, because the controller
+may be restarted (under another pid) while engines keep the settings they registered with."""
 
 
 @dataclass(frozen=True)
@@ -78,13 +88,12 @@ class Settings:
 
     ``prefix`` names the cluster's segments, ``host`` is the controller's host identity (the
     Hub can map only segments of its own host), ``threshold`` the smallest buffer that travels
-    by reference, and ``hub_pid`` the controller's pid (the Hub's reader link of a reply).
+    by reference.
     """
 
     prefix: str
     host: str
     threshold: int = DEFAULT_THRESHOLD
-    hub_pid: int = 0
 
     def __post_init__(self) -> None:
         if not _PREFIX.fullmatch(self.prefix):
@@ -97,7 +106,6 @@ class Settings:
             "prefix": self.prefix,
             "host": self.host,
             "threshold": self.threshold,
-            "hub_pid": self.hub_pid,
         }
 
     @classmethod
@@ -107,13 +115,13 @@ class Settings:
         if not isinstance(value, Mapping):
             return None
         prefix, host = value.get("prefix"), value.get("host")
-        threshold, hub_pid = value.get("threshold", DEFAULT_THRESHOLD), value.get("hub_pid", 0)
+        threshold = value.get("threshold", DEFAULT_THRESHOLD)
         if not (isinstance(prefix, str) and isinstance(host, str) and host):
             return None
-        if not (_is_int(threshold) and _is_int(hub_pid)):
+        if not _is_int(threshold):
             return None
         try:
-            return cls(prefix, host, threshold, hub_pid)
+            return cls(prefix, host, threshold)
         except ValueError:
             return None
 
@@ -136,16 +144,25 @@ class SegmentRef:
 
 @dataclass(frozen=True)
 class LinkName:
-    """A parsed segment name; ``reader`` is None for the writer's own ``w`` name."""
+    """A parsed segment name: ``reader`` is the pid of a reader link, None for the writer's
+    names (``pooled`` tells its ``p`` name from its ``w`` name)."""
 
     prefix: str
     writer: int
     token: str
     reader: int | None
+    pooled: bool = False
 
 
 def link_name(prefix: str, writer: int, token: str, reader: int | None) -> str:
-    return f"{prefix}-{writer}-{token}-{'w' if reader is None else f'r{reader}'}"
+    """The writer's ``w`` name (``reader`` None), the Hub's link (:data:`HUB`) or a reader's."""
+    link = "w" if reader is None else "h" if reader == HUB else f"r{reader}"
+    return f"{prefix}-{writer}-{token}-{link}"
+
+
+def pool_name(prefix: str, writer: int, token: str) -> str:
+    """The writer's name of a settled segment waiting in its pool."""
+    return f"{prefix}-{writer}-{token}-p"
 
 
 def parse_link(name: str) -> LinkName | None:
@@ -154,12 +171,8 @@ def parse_link(name: str) -> LinkName | None:
     if match is None:
         return None
     link = match["link"]
-    return LinkName(
-        match["prefix"],
-        int(match["writer"]),
-        match["token"],
-        None if link == "w" else int(link[1:]),
-    )
+    reader = int(link[1:]) if link.startswith("r") else HUB if link == "h" else None
+    return LinkName(match["prefix"], int(match["writer"]), match["token"], reader, link == "p")
 
 
 def large_buffers(sizes: Sequence[int], threshold: int) -> list[int]:
@@ -235,9 +248,11 @@ def plan_sweep(
 ) -> list[str]:
     """The names under ``prefix`` that nothing can read any more.
 
-    A ``w`` name whose writer is dead means the segment may never have been handed off: every
-    name of it goes (a reader that had not opened it yet gets a clear error, not a leak). A
-    reader link whose reader is dead goes. ``alive`` is asked once per pid.
+    The ``w`` and ``p`` names of a dead writer go. A ``w`` name means the segment may never
+    have been handed off, so its reader links go too (a reader that had not opened it yet gets
+    a clear error, not a leak); a ``p`` name means it was, and live readers keep their links.
+    A reader link whose reader is dead goes. ``alive`` is asked once per pid (and about
+    :data:`HUB`, for the Hub's links).
     """
     known: dict[int, bool] = {}
 
@@ -254,9 +269,14 @@ def plan_sweep(
         by_token.setdefault((parsed.writer, parsed.token), []).append((name, parsed))
     doomed: list[str] = []
     for (writer, _), links in by_token.items():
-        orphaned = any(link.reader is None for _, link in links) and not is_alive(writer)
+        writer_dead = not is_alive(writer)
+        orphaned = writer_dead and any(link.reader is None and not link.pooled for _, link in links)
         for name, link in links:
-            if orphaned or (link.reader is not None and not is_alive(link.reader)):
+            if link.reader is None:
+                gone = writer_dead
+            else:
+                gone = orphaned or not is_alive(link.reader)
+            if gone:
                 doomed.append(name)
     return doomed
 

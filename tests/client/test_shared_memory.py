@@ -114,11 +114,6 @@ def test_the_hub_records_the_data_and_other_clients_get_it_through_shm(
     with Client(cluster.path / "corral-client.json") as other:
         fetched = other.get_result(msg_id).get(timeout=30)
         assert mapped(fetched) and np.array_equal(fetched, BIG + 1)
-    until(lambda: not names(fast), 30, "every segment name to be removed")
-
-
-def names(client: Client) -> list[str]:
-    return [n for n in os.listdir(SHM_DIR) if n.startswith(prefix_of(client))]
 
 
 def test_a_forged_reference_in_a_signed_request_is_refused(fast: Client) -> None:
@@ -154,6 +149,9 @@ def test_a_reference_in_a_message_with_a_bad_signature_is_never_mapped(fast: Cli
             fast._io.send(b"mux", session.serialize(msg, [uuid.encode()]))
             # the next request on the same socket reaches the engine after it
             assert fast[0].apply_sync(identity, 1) == 1
-            assert link.exists() is not read
+            if read:  # mapped, run, and dropped with the request: the link goes with it
+                until(lambda: not link.exists(), 30, "the engine to drop its mapping")
+            else:
+                assert link.exists(), "a message that failed its signature was mapped"
     finally:
         link.unlink(missing_ok=True)

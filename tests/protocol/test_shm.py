@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from corral.errors import SharedMemoryRefused
 from corral.protocol.shm import (
     DEFAULT_THRESHOLD,
+    HUB,
     SegmentRef,
     Settings,
     decode_refs,
@@ -123,7 +124,7 @@ def test_large_buffers_are_those_at_or_above_the_threshold() -> None:
 
 
 def test_settings_from_json() -> None:
-    settings = Settings(PREFIX, "host", 5000, 99)
+    settings = Settings(PREFIX, "host", 5000)
     assert Settings.from_json(settings.to_json()) == settings
     assert Settings.from_json(None) is None
     assert Settings.from_json({"prefix": PREFIX}) is None
@@ -138,6 +139,15 @@ def test_reader_metadata_round_trips_and_garbage_means_no_reader() -> None:
     assert reader_of({"shm_reader": {"host": "h", "pid": -1}}) is None
     assert reader_of({"shm_reader": {"host": 3, "pid": 1}}) is None
     assert reader_of({"shm_reader": "h:1"}) is None
+
+
+def test_the_hub_link_is_named_for_no_pid() -> None:
+    name = link_name(PREFIX, 42, TOKEN, HUB)
+    assert name.endswith("-h")
+    parsed = parse_link(name)
+    assert parsed is not None and parsed.reader == HUB
+    assert plan_sweep(PREFIX, [name], lambda pid: pid != HUB) == [name]
+    assert plan_sweep(PREFIX, [name], lambda pid: True) == []
 
 
 def test_sweep_removes_what_only_dead_processes_could_read() -> None:

@@ -466,6 +466,9 @@ class BatchWriter(Generic[PayloadT]):
                         self._record_failure(failed)
                     self._done += len(batch)
                     self._condition.notify_all()
+                # written: drop the rows now, not at the next write (their buffers may be a
+                # large result, or a shared-memory mapping another process waits to reuse)
+                del batch, failed
         finally:
             with self._condition:
                 self._stopped = True
