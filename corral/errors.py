@@ -117,6 +117,11 @@ class TaskAborted(RemoteError):
     """The task was aborted before it ran (abort_request, or engine shutdown)."""
 
 
+class TaskTimeout(RemoteError):
+    """The task ran longer than its ``time_limit``: it was interrupted, or its engine was
+    stopped (and restarted by its supervisor) when the interrupt did not end it."""
+
+
 class EngineError(RemoteError):
     """The engine running (or holding) the task died or was unregistered."""
 
@@ -155,6 +160,7 @@ _WIRE_ERRORS: dict[str, type[RemoteError]] = {
     cls.__name__: cls
     for cls in (
         TaskAborted,
+        TaskTimeout,
         EngineError,
         UnmetDependency,
         ImpossibleDependency,

@@ -38,16 +38,36 @@ class View:
     """What both views share: flags, the apply and map spellings, decorators, history.
 
     Flags are attributes (``view.block = True``); :meth:`set_flags` sets several and
-    :meth:`temp_flags` sets them for a ``with`` block only.
+    :meth:`temp_flags` sets them for a ``with`` block only. ``time_limit`` (seconds, None: no
+    limit) bounds how long each task may run: one that runs longer is interrupted and fails
+    with TaskTimeout; if the interrupt does not stop it, its engine is stopped (a supervised
+    cluster starts it again under its id).
     """
 
-    _flags: tuple[str, ...] = ("block", "targets")
+    _flags: tuple[str, ...] = ("block", "targets", "time_limit")
 
     def __init__(self, client: Client, targets: Any, block: bool = False) -> None:
         self.client = client
         self.targets = targets
         self.block = block
+        self.time_limit: float | None = None
         self.history: list[str] = []
+
+    @property
+    def time_limit(self) -> float | None:
+        return self._time_limit
+
+    @time_limit.setter
+    def time_limit(self, value: float | None) -> None:
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or not value > 0
+        ):
+            raise ValueError(f"time_limit must be None or seconds > 0, not {value!r}")
+        self._time_limit = value
+
+    def _limit(self) -> dict[str, Any]:
+        """The request metadata of the ``time_limit`` flag."""
+        return {} if self._time_limit is None else {"time_limit": self._time_limit}
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.targets!r}>"
@@ -223,7 +243,9 @@ class DirectView(View):
         SerializationError and nothing is sent."""
         packed = [(pack_apply_message(f, args, {}), target) for f, args, target in calls]
         return [
-            self.client.send_request("mux", "apply_request", {}, buffers=buffers, target=target)
+            self.client.send_request(
+                "mux", "apply_request", {}, buffers=buffers, target=target, metadata=self._limit()
+            )
             for buffers, target in packed
         ]
 
@@ -239,7 +261,9 @@ class DirectView(View):
         resolved, single = self._resolve(targets)
         buffers = pack_apply_message(f, args, kwargs)
         msg_ids = [
-            self.client.send_request("mux", "apply_request", {}, buffers=buffers, target=target)
+            self.client.send_request(
+                "mux", "apply_request", {}, buffers=buffers, target=target, metadata=self._limit()
+            )
             for target in resolved
         ]
         result = self._result(msg_ids, _name(f), single)
@@ -280,7 +304,11 @@ class DirectView(View):
         resolved, single = self._resolve(targets)
         msg_ids = [
             self.client.send_request(
-                "mux", "execute_request", {"code": code, "silent": silent}, target=target
+                "mux",
+                "execute_request",
+                {"code": code, "silent": silent},
+                target=target,
+                metadata=self._limit(),
             )
             for target in resolved
         ]
@@ -386,7 +414,16 @@ class LoadBalancedView(View):
     no longer be met fails the task at once with ImpossibleDependency, without sending it.
     """
 
-    _flags = ("block", "targets", "retries", "after", "follow", "timeout", "priority")
+    _flags = (
+        "block",
+        "targets",
+        "time_limit",
+        "retries",
+        "after",
+        "follow",
+        "timeout",
+        "priority",
+    )
 
     def __init__(
         self,
@@ -462,6 +499,7 @@ class LoadBalancedView(View):
             metadata["timeout"] = self.timeout
         if self.priority:
             metadata["priority"] = self.priority
+        metadata.update(self._limit())
         return metadata
 
     def _submit(self, calls: Iterable[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[str]:
