@@ -26,6 +26,7 @@ import getpass
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent import futures
 from typing import TYPE_CHECKING, Any
@@ -52,7 +53,7 @@ from corral.protocol.session import Frame, Message, Session
 from corral.security import CurveKeys
 
 if TYPE_CHECKING:
-    from corral.client.view import DirectView, LoadBalancedView
+    from corral.client.view import DirectView, LoadBalancedView, View
 
 __all__ = ["Client", "Target", "Targets"]
 
@@ -129,6 +130,7 @@ class Client:
         self._link_lost_at: float | None = None  # monotonic time the controller link dropped
         self._resync: set[str] | None = None  # engines announced since the table was re-asked
         self._controller: str | None = None  # the run of the controller last connected to
+        self._views: weakref.WeakSet[View] = weakref.WeakSet()
         curve = CurveKeys.from_connection(info)
         self._io = ClientIO(self.session, self.addresses, _Handler(self), curve)
         self._io.start(timeout)
@@ -737,6 +739,9 @@ class Client:
         AsyncResults already held keep their values. Pending requests are kept."""
         msg_ids = list(self._records.futures) if jobs == "all" else self.msg_ids_of(jobs)
         self._records.forget(msg_ids)
+        kept = self._records.futures
+        for view in list(self._views):
+            view.history = [msg_id for msg_id in view.history if msg_id in kept]
 
     def _meant_for(self) -> dict[str, str]:
         """The controller run a request that changes state is meant for: the Hub refuses it

@@ -52,6 +52,7 @@ class View:
         self.block = block
         self.time_limit: float | None = None
         self.history: list[str] = []
+        client._views.add(self)  # purge_local_results trims every view's history too
 
     @property
     def time_limit(self) -> float | None:
