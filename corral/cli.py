@@ -1,6 +1,6 @@
 """The ``corral`` command: start, stop and list clusters; run a controller or an engine.
 
-corral start -n 4 [--cluster-id ID] [--daemon]   controller + engines (Ctrl-C stops all)
+corral start -n 4 [--cluster-id ID] [--daemon] [--no-restart]   controller + engines (supervised)
 corral stop [--cluster-id ID] [--clean]
 corral list [--all]
 corral clean [--older-than 7d] [--cluster-id ID]

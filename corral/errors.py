@@ -199,7 +199,9 @@ class TaskAborted(RemoteError):
 
 class TaskTimeout(RemoteError):
     """The task's ``timeout`` passed before an engine could run it to completion (its
-    dependencies or retries did not finish in time)."""
+    dependencies or retries did not finish in time), or it ran longer than its ``time_limit``:
+    it was interrupted, or its engine was stopped (and restarted by its supervisor) when the
+    interrupt did not end it."""
 
 
 class EngineError(RemoteError):
@@ -309,6 +311,7 @@ _WIRE_ERRORS: dict[str, type[RemoteError]] = {
     cls.__name__: cls
     for cls in (
         TaskAborted,
+        TaskTimeout,
         EngineError,
         UnmetDependency,
         ImpossibleDependency,

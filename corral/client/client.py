@@ -27,6 +27,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import replace
@@ -63,7 +64,7 @@ from corral.sharedmem import SharedMemory
 if TYPE_CHECKING:
     from corral.client.broadcast import BroadcastView
     from corral.client.executor import ViewExecutor
-    from corral.client.view import DirectView, LoadBalancedView
+    from corral.client.view import DirectView, LoadBalancedView, View
 
 __all__ = ["Client", "Target", "Targets"]
 
@@ -198,6 +199,7 @@ class Client(ControlCalls, HubQueries):
         self._link_lost_at: float | None = None  # monotonic time the controller link dropped
         self._resync: set[str] | None = None  # engines announced since the table was re-asked
         self._controller: str | None = None  # the run of the controller last connected to
+        self._views: weakref.WeakSet[View] = weakref.WeakSet()
         curve = CurveKeys.from_connection(info)
         self._io = ClientIO(self.session, self.addresses, _Handler(self), curve)
         self._io.start(timeout)

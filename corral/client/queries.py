@@ -14,6 +14,7 @@ the remote error) when the task does.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from corral.client.client import Client, Target, Targets
     from corral.client.ioloop import ClientIO
     from corral.client.records import Records
+    from corral.client.view import View
     from corral.protocol.session import Session
     from corral.sharedmem import SharedMemory
 
@@ -43,6 +45,7 @@ class HubQueries:
         session: Session
         timeout: float
         _shm: SharedMemory
+        _views: weakref.WeakSet[View]
         _controller: str | None
 
         @property
@@ -219,6 +222,7 @@ class HubQueries:
                     f"cannot purge all local results: {len(records.outstanding)} are outstanding"
                 )
             records.forget(list(records.results) + list(records.metadata))
+            self._trim_view_histories()
             return
         msg_ids = self.msg_ids_of(jobs)
         engine_ids = set(self._engine_ids(targets))
@@ -232,6 +236,14 @@ class HubQueries:
         if busy:
             raise RuntimeError(f"cannot purge outstanding results: {busy[:3]}")
         records.forget(msg_ids)
+        self._trim_view_histories()
+
+    def _trim_view_histories(self) -> None:
+        """Views' histories keep only what the records still hold: purging keeps the
+        client's memory flat over any number of tasks."""
+        kept = self._records.futures
+        for view in list(self._views):
+            view.history = [msg_id for msg_id in view.history if msg_id in kept]
 
     def purge_results(self, jobs: Any = (), targets: Iterable[int] | int | str = ()) -> None:
         """Forget results both here and in the Hub (``purge_local_results`` and

@@ -55,10 +55,13 @@ class View:
 
     Flags are attributes (``view.block = True``); :meth:`set_flags` sets several (and returns
     the view, so ``view.set_flags(label="x").apply_async(...)`` works) and :meth:`temp_flags`
-    sets them for a ``with`` block only.
+    sets them for a ``with`` block only. ``time_limit`` (seconds, None: no limit) bounds how
+    long each task may run: one that runs longer is interrupted and fails with TaskTimeout; if
+    the interrupt does not stop it, its engine is stopped (a supervised cluster starts it again
+    under its id).
     """
 
-    _flags: tuple[str, ...] = ("block", "targets", "track", "label")
+    _flags: tuple[str, ...] = ("block", "targets", "track", "label", "time_limit")
 
     def __init__(self, client: Client, targets: Any, block: bool = False) -> None:
         self.client = client
@@ -66,7 +69,25 @@ class View:
         self.block = block
         self.track = False
         self.label: str | None = None
+        self.time_limit: float | None = None
         self.history: list[str] = []
+        client._views.add(self)  # purge_local_results trims every view's history too
+
+    @property
+    def time_limit(self) -> float | None:
+        return self._time_limit
+
+    @time_limit.setter
+    def time_limit(self, value: float | None) -> None:
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or not value > 0
+        ):
+            raise ValueError(f"time_limit must be None or seconds > 0, not {value!r}")
+        self._time_limit = value
+
+    def _limit(self) -> dict[str, Any]:
+        """The request metadata of the ``time_limit`` flag."""
+        return {} if self._time_limit is None else {"time_limit": self._time_limit}
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.targets!r}>"
@@ -97,7 +118,9 @@ class View:
             self.set_flags(**saved)
 
     def _request_metadata(self) -> dict[str, Any]:
-        return {"label": self.label} if self.label else {}
+        metadata: dict[str, Any] = {"label": self.label} if self.label else {}
+        metadata.update(self._limit())
+        return metadata
 
     # ------------------------------------------------------------------ apply and map
 
@@ -540,6 +563,8 @@ class LoadBalancedView(View):
             metadata["timeout"] = flags["timeout"]
         if flags["priority"]:
             metadata["priority"] = flags["priority"]
+        if flags["time_limit"] is not None:
+            metadata["time_limit"] = flags["time_limit"]
         return metadata
 
     def _submit(self, packed: list[list[Any]]) -> list[str]:

@@ -134,6 +134,7 @@ class Engine:
             missed_beats=self.missed_beats,
             log=self.log,
             shm=self.shm,
+            gate=self.gate,
         )
         io.start()
         if self.use_ipython:  # IPython syntax, display(), rich results: corral.engine.shell

@@ -40,7 +40,10 @@ class InterruptGate:
         self.seen = 0
         self.running: str | None = None
         self.aborted = False
+        self.timed_out = False  # the abort was for overrunning the time limit
+        self.deadline: float | None = None  # monotonic time the running task must end by
         self._abort_target: str | None = None
+        self._abort_for_time = False
 
     def handle_sigint(self, signum: int, frame: FrameType | None) -> None:
         """The SIGINT handler; runs on the main thread between bytecodes."""
@@ -50,16 +53,19 @@ class InterruptGate:
             if target != self.running:
                 return  # sent to abort a request that has finished since
             self.aborted = True
+            self.timed_out = self._abort_for_time
         if not self._armed:
             return
         if self._in_task and not self._shield_depth:
             raise KeyboardInterrupt
         self._pending = True
 
-    def arm(self, msg_id: str | None = None) -> None:
-        """Request ``msg_id`` is about to run: from now on SIGINT is meant for it."""
+    def arm(self, msg_id: str | None = None, deadline: float | None = None) -> None:
+        """Request ``msg_id`` is about to run (by ``deadline``, monotonic, if it has a time
+        limit): from now on SIGINT is meant for it."""
         self._pending = False
-        self.aborted = False
+        self.aborted = self.timed_out = False
+        self.deadline = deadline
         self.running = msg_id
         self._armed = True
 
@@ -67,15 +73,20 @@ class InterruptGate:
         self._armed = False
         self._pending = False
         self.running = None
+        self.deadline = None
 
-    def request_abort(self, msg_ids: Collection[str], mark: bool = True) -> str | None:
+    def request_abort(
+        self, msg_ids: Collection[str], mark: bool = True, *, time_limit: bool = False
+    ) -> str | None:
         """(Any thread.) If the running request is one of ``msg_ids``, mark it for abort
-        (unless ``mark`` is False: only asking) and return its msg_id: the caller then sends
+        (unless ``mark`` is False: only asking; ``time_limit``: it overran its limit) and
+        return its msg_id: the caller then sends
         SIGINT to the main thread. None otherwise."""
         running = self.running
         if running is None or running not in msg_ids:
             return None
         if mark:
+            self._abort_for_time = time_limit
             self._abort_target = running
         return running
 

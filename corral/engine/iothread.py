@@ -31,7 +31,13 @@ import zmq
 import zmq.utils.garbage
 from zmq.devices import ThreadDevice
 
-from corral.errors import InvalidContent, ProtocolError, SharedMemoryRefused, UnknownMessageType
+from corral.errors import (
+    InvalidContent,
+    ProtocolError,
+    SharedMemoryRefused,
+    TaskTimeout,
+    UnknownMessageType,
+)
 from corral.protocol.messages import validate_content
 from corral.protocol.session import Message, Session, utcnow
 from corral.protocol.shm import Settings
@@ -40,6 +46,7 @@ from corral.sharedmem import SharedMemory
 from corral.sockets import send_frames
 
 from .connection import EngineConnectionInfo
+from .interrupts import InterruptGate
 from .namespace import TASK_SIGNALS
 from .replies import ReplyLog
 from .runner import (
@@ -53,6 +60,7 @@ from .runner import (
     error_reply_msg,
     reply_metadata,
     reply_type,
+    time_limit,
 )
 
 CONTROL_TYPES = frozenset({"clear_request", "abort_request", "signal_request", "shutdown_request"})
@@ -61,6 +69,7 @@ BATCH = 64
 LINGER_MS = 1000
 SIGINT_RESEND = 0.05
 SIGINT_RESEND_FOR = 5.0
+TIME_LIMIT_GRACE = 3.0  # seconds a task over its time limit has to stop once interrupted
 
 
 class IOThread:
@@ -86,6 +95,7 @@ class IOThread:
         missed_beats: int,
         log: logging.Logger,
         shm: SharedMemory | None = None,
+        gate: InterruptGate | None = None,
     ) -> None:
         self.shm = shm or SharedMemory()
         self.context = context
@@ -118,6 +128,9 @@ class IOThread:
         self._pending_registration: str | None = None
         self._sigint_watch: tuple[int, float] | None = None
         self.replies = ReplyLog()
+        self.gate = gate
+        self._limited: dict[str, Request] = {}  # requests with a time limit, not answered
+        self._overrun: tuple[str, float] | None = None  # (msg_id, when to stop the engine)
         main_ident = threading.main_thread().ident
         assert main_ident is not None
         self._main_ident = main_ident
@@ -277,6 +290,7 @@ class IOThread:
         }
         while True:
             timeout = SIGINT_RESEND if self._sigint_watch else self.heartbeat_period
+            timeout = min(timeout, self._check_time_limit())
             events = dict(poller.poll(int(timeout * 1000)))
             if self.wakeup_fd is not None and self.wakeup_fd in events:
                 self._on_signals(os.read(self.wakeup_fd, 64))
@@ -314,7 +328,9 @@ class IOThread:
             self.log.error("main thread sent frames for unknown channel %r", channel)
             return
         if channel in (b"mux", b"task"):
-            self.replies.replied(channel, frames[1:], time.monotonic())
+            msg_id = self.replies.replied(channel, frames[1:], time.monotonic())
+            if msg_id is not None:
+                self._limited.pop(msg_id, None)
         send_frames(sock, frames[1:])
 
     def _on_task(self, channel: bytes, frames: list[zmq.Frame]) -> None:
@@ -338,11 +354,48 @@ class IOThread:
             return
         try:
             validate_content(msg.msg_type, msg.content or {})
+            limited = time_limit(msg) is not None
         except InvalidContent as err:
             self._reply_error(channel, msg, err)
             return
         self.replies.received(msg.msg_id)
-        self.work.put(Request(channel, msg))
+        request = Request(channel, msg)
+        if limited:
+            self._limited[msg.msg_id] = request
+        self.work.put(request)
+
+    def _check_time_limit(self) -> float:
+        """Enforce the running task's time limit: interrupt it at its deadline (it fails with
+        TaskTimeout); if it is still running ``TIME_LIMIT_GRACE`` seconds later, answer it
+        with TaskTimeout and stop this engine (exit status 1: a supervisor starts it again
+        under its id). Seconds until the next check is due."""
+        gate = self.gate
+        running = None if gate is None else gate.running
+        deadline = None if gate is None else gate.deadline
+        if gate is None or running is None or deadline is None:
+            self._overrun = None
+            return self.heartbeat_period
+        now = time.monotonic()
+        if self._overrun is None or self._overrun[0] != running:
+            if now < deadline:
+                return deadline - now
+            if gate.request_abort([running], time_limit=True) is not None:
+                self.deliver_signal(signal.SIGINT)
+            self._overrun = (running, now + TIME_LIMIT_GRACE)
+            return TIME_LIMIT_GRACE
+        if now < self._overrun[1]:
+            return self._overrun[1] - now
+        request = self._limited.pop(running, None)
+        reason = (
+            f"task {running} ran longer than its time limit and did not stop when interrupted: "
+            "its engine was stopped"
+        )
+        if request is not None:
+            error = TaskTimeout(
+                "TaskTimeout", reason, engine_id=self.identity.id, engine_uuid=self.identity.uuid
+            )
+            self._reply_error(request.channel, request.msg, error)
+        self.shutdown(1, reason)
 
     # ------------------------------------------------------------------ control
 

@@ -33,15 +33,17 @@ class ReplyLog:
     def received(self, msg_id: str) -> None:
         self.held[msg_id] = None
 
-    def replied(self, channel: bytes, frames: Sequence[Frame], now: float) -> None:
-        """A reply leaves on ``channel``; ``frames`` are its identities and message."""
+    def replied(self, channel: bytes, frames: Sequence[Frame], now: float) -> str | None:
+        """A reply leaves on ``channel``; ``frames`` are its identities and message. The
+        msg_id it answers (None if unreadable)."""
         msg_id = parent_msg_id(frames)
         if msg_id is None:
-            return
+            return None
         self.held.pop(msg_id, None)
         self.recent[msg_id] = (now, channel, list(frames))
         while len(self.recent) > MAX_KEPT:
             self.recent.popitem(last=False)
+        return msg_id
 
     def controller_alive(self, now: float) -> None:
         """A ping came: replies older than ``keep_for`` were read by this controller."""

@@ -13,12 +13,20 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from corral.errors import SerializationError, SharedMemoryError, TaskAborted, error_content
+from corral.errors import (
+    InvalidContent,
+    SerializationError,
+    SharedMemoryError,
+    TaskAborted,
+    TaskTimeout,
+    error_content,
+)
 from corral.protocol.serialize import serialize_object, unpack_apply_message
 from corral.protocol.session import Frame, JSONDict, Message, Session, utcnow
 from corral.protocol.shm import METADATA_KEY, SegmentRef, encode_refs
@@ -51,6 +59,17 @@ class Request:
 
     channel: bytes
     msg: Message
+
+
+def time_limit(msg: Message) -> float | None:
+    """The request's ``time_limit`` metadata in seconds, None if it has none; InvalidContent
+    unless it is a number > 0."""
+    value = msg.metadata.get("time_limit")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise InvalidContent(f"time_limit must be a number of seconds > 0, not {value!r}")
+    return float(value)
 
 
 def reply_type(msg_type: str) -> str:
@@ -250,7 +269,8 @@ class TaskRunner:
         if msg.msg_type in MAIN_THREAD_CONTROL_TYPES:
             self._control(request)
             return
-        self.gate.arm(msg.msg_id)
+        limit = time_limit(msg)
+        self.gate.arm(msg.msg_id, None if limit is None else time.monotonic() + limit)
         refs: list[SegmentRef] = []
         try:
             reply, refs = self._run(msg)
@@ -324,7 +344,7 @@ class TaskRunner:
             except SharedMemoryError as exc:
                 failure = exc
         if isinstance(failure, KeyboardInterrupt) and self.gate.aborted:
-            failure = self._aborted_while_running(msg, failure)
+            failure = self._aborted_while_running(msg, failure, self.gate.timed_out)
 
         extra: JSONDict = {"outputs": displays} if displays else {}
         if failure is not None:
@@ -357,10 +377,21 @@ class TaskRunner:
         )
         return reply, refs
 
-    def _aborted_while_running(self, msg: Message, interrupt: KeyboardInterrupt) -> TaskAborted:
-        """The error of a task an abort_request interrupted: TaskAborted, with the traceback
-        of where the interrupt stopped the user's code."""
+    def _aborted_while_running(
+        self, msg: Message, interrupt: KeyboardInterrupt, timed_out: bool
+    ) -> TaskAborted | TaskTimeout:
+        """The error of a task an abort_request (or its time limit) interrupted: TaskAborted
+        (TaskTimeout), with the traceback of where the interrupt stopped the user's code."""
         trace = traceback.format_exception(strip_engine_frames(interrupt))
+        if timed_out:
+            return TaskTimeout(
+                "TaskTimeout",
+                f"task {msg.msg_id} ran longer than its time limit of {time_limit(msg)} s and "
+                "was interrupted",
+                [line.rstrip("\n") for line in trace],
+                engine_id=self.identity.id,
+                engine_uuid=self.identity.uuid,
+            )
         return TaskAborted(
             "TaskAborted",
             f"task {msg.msg_id} was interrupted while running by an abort_request",
