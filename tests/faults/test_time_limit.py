@@ -68,6 +68,9 @@ def test_a_task_that_ignores_the_interrupt_has_its_engine_restarted(tmp_path: Pa
     with running_cluster(tmp_path, 2, restart=True, restart_policy=policy) as cluster:
         rc = cluster.client
         pid = rc[0].apply_sync(os.getpid)
+        # functions of this module travel by reference: import it on engine 0 before the limit
+        # counts (importing the test package takes seconds on a loaded machine)
+        assert rc[0].apply_sync(_sleep, 0.0) == 0.0
         other = rc[1].apply_async(_sleep, 2.0)
         view = rc.direct_view(targets=0, time_limit=LIMIT)
         with pytest.raises(TaskTimeout, match="stopped"):
