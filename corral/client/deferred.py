@@ -55,6 +55,8 @@ def submit_when_done(
     lock = threading.Lock()
 
     def send() -> None:
+        if client._io.closed or not any(m in client._records.pending for m in msg_ids):
+            return  # the client closed (and failed them), or they were aborted meanwhile
         try:
             request_metadata = metadata()
         except ImpossibleDependency as error:
@@ -62,6 +64,8 @@ def submit_when_done(
                 client._records.fail(msg_id, error)
             return
         for header, buffers in zip(headers, packed, strict=True):
+            if header["msg_id"] not in client._records.pending:
+                continue
             client.send_request(
                 "task",
                 "apply_request",

@@ -191,7 +191,7 @@ class TaskScheduler:
         content = msg.content or {}
         status = content.get("status")
         if status == "error" and content.get("ename") == "UnmetDependency":
-            why = str(content.get("evalue") or "")
+            why = str(content.get("evalue", ""))
             self._perform(self.core.task_unmet(msg_id, engine_uuid, time.monotonic(), why))
             if msg_id in self.pending:
                 self.pending[msg_id].reply = None

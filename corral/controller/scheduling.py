@@ -309,9 +309,9 @@ class SchedulerCore:
     def task_unmet(self, msg_id: str, engine_uuid: str, now: float, why: str = "") -> list[Action]:
         """The engine replied that it cannot meet the task's ``depend``/``require``: send the
         task to an engine that has not refused it (no retry is spent), or fail it with
-        ImpossibleDependency if every registered engine that may run it has (``why``: the
-        engine's own reason, named in that error so the user sees what is missing). A stale reply
-        (the task is not running there) gives no actions."""
+        ImpossibleDependency if every registered engine that may run it has. A stale reply
+        (the task is not running there) gives no actions. ``why``: the engine's reason, quoted
+        in the final error."""
         record = self._records.get(msg_id)
         engine = None if record is None else record.engine
         if record is None or engine is None or engine.uuid != engine_uuid:
@@ -328,7 +328,7 @@ class SchedulerCore:
         reason = (
             f"no engine can run task {msg_id}: each of the {len(record.refused)} engine(s) it "
             "was tried on could not meet its depend condition or require imports"
-            + (f"; the last one said: {why}" if why else "")
+            + (f" (last: {why})" if why else "")
         )
         self._fail(record, ImpossibleDependency, reason, actions, finished)
         self._fill(engine, actions)

@@ -110,6 +110,7 @@ def main() -> int:
         print(f"\nipyparallel names corral lacks: {', '.join(data['missing'])}")
     if args.json:
         data["shipped"] = shipped
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(data, indent=1, sort_keys=True))
     return 0
 
