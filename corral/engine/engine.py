@@ -137,14 +137,14 @@ class Engine:
             gate=self.gate,
         )
         io.start()
-        if self.use_ipython:  # IPython syntax, display(), rich results: corral.engine.shell
-            shell = load_shell(self.runner.namespace.user_ns, self.log)  # while registering
-            if shell is not None:
-                self.runner.use_shell(shell)
         io.registered.wait()
         if io.failure is not None:
             io.join()
             raise ConnectionError(io.failure)
+        if self.use_ipython:  # IPython syntax, display(), rich results: corral.engine.shell
+            shell = load_shell(self.runner.namespace.user_ns, self.log)
+            if shell is not None:
+                self.runner.use_shell(shell)
         push = self.context.socket(zmq.PUSH)
         push.connect(self._inproc)
         with self._push_lock:

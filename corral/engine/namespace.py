@@ -65,11 +65,9 @@ class Namespace:
     def __init__(self) -> None:
         self.user_ns: dict[str, Any] = {}
         # set by the engine when IPython is installed (corral.engine.shell): a translator of
-        # IPython syntax into Python, a formatter of values into mime bundles, and names
-        # (``get_ipython``) that survive :meth:`clear`
+        # IPython syntax into Python, and a formatter of values into mime bundles
         self.transform: Callable[[str], str] | None = None
         self.formatter: Callable[[Any], dict[str, Any]] | None = None
-        self.keep: dict[str, Any] = {}
         self.execution_count = 0
         self._cells_run = 0
         self._cells: deque[str] = deque()
@@ -79,7 +77,6 @@ class Namespace:
         """Forget every name the user defined; builtins and ``__name__`` stay."""
         self.user_ns.clear()
         self.user_ns.update({"__builtins__": builtins, "__name__": "__main__"})
-        self.user_ns.update(self.keep)
 
     def __getitem__(self, name: str) -> Any:
         return self.user_ns[name]

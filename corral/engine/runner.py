@@ -236,7 +236,6 @@ class TaskRunner:
         shell.bind(self.namespace.user_ns)
         self.namespace.transform = shell.transform
         self.namespace.formatter = shell.format
-        self.namespace.keep["get_ipython"] = self.namespace.user_ns["get_ipython"]
 
     # ------------------------------------------------------------------ sending
 

@@ -17,6 +17,7 @@ The shell never reads or writes history, and uses no colours (its text goes to a
 from __future__ import annotations
 
 import base64
+import builtins
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -70,10 +71,11 @@ class EngineShell:
         return bundle
 
     def bind(self, user_ns: dict[str, Any]) -> None:
-        """Use ``user_ns`` (the engine namespace, after a clear too) and offer ``get_ipython``
-        in it, which translated cells call."""
+        """Run magics in ``user_ns`` (the engine namespace) without adding a name to it, and
+        offer ``get_ipython``, which translated cells call, as a builtin (as IPython does while
+        it runs a cell): the user's namespace stays as clean as on an engine without IPython."""
         self.shell.user_ns = user_ns
-        user_ns.setdefault("get_ipython", lambda: self.shell)
+        vars(builtins)["get_ipython"] = lambda: self.shell
 
     def _publish(self, data: dict[str, Any], metadata: dict[str, Any] | None) -> None:
         if self.sink is not None:
@@ -82,7 +84,9 @@ class EngineShell:
 
 def load_shell(user_ns: dict[str, Any], log: logging.Logger) -> EngineShell | None:
     """An :class:`EngineShell` over ``user_ns``, or None when IPython is not installed (or
-    fails to start: logged, and the engine runs plain Python)."""
+    fails to start: logged, and the engine runs plain Python). The shell is made over a
+    private dict, where IPython puts its own names (``In``, ``Out``, ``exit`` ...), then bound
+    to ``user_ns``, which it never writes to (the I/O thread may read it meanwhile)."""
     try:
         from IPython.core.displaypub import DisplayPublisher
         from IPython.core.interactiveshell import InteractiveShell
@@ -93,7 +97,7 @@ def load_shell(user_ns: dict[str, Any], log: logging.Logger) -> EngineShell | No
         config = Config()
         config.HistoryManager.enabled = False
         config.InteractiveShell.colors = "nocolor"
-        shell = InteractiveShell.instance(config=config, user_ns=user_ns)
+        shell = InteractiveShell.instance(config=config, user_ns={})
         engine_shell = EngineShell(shell)
 
         class EnginePublisher(DisplayPublisher):
