@@ -5,6 +5,7 @@ corral stop [--cluster-id ID]
 corral list
 corral controller [--ip IP] [--curve] [--db sqlite|memory|mongodb://...] [--restore] ...
 corral engine [--file corral-engine.json | --cluster-id ID]
+corral dashboard [--cluster-id ID] [--dashboard-port PORT]
 """
 
 from __future__ import annotations
@@ -80,6 +81,15 @@ def _controller_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _dashboard_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dashboard-ip", default="127.0.0.1", help="dashboard interface (default 127.0.0.1)"
+    )
+    parser.add_argument(
+        "--dashboard-port", type=int, default=0, help="dashboard port (default: a free one)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="corral", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -91,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-n", "--engines", type=int, default=None, help="number of engines (default: one per CPU)"
     )
     start.add_argument("--daemon", action="store_true", help="run in the background")
+    start.add_argument("--no-dashboard", action="store_true", help="do not start the web dashboard")
+    _dashboard_flags(start)
     _common(start)
     _controller_flags(start)
 
@@ -103,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
     controller = commands.add_parser("controller", help="run a controller in this process")
     _common(controller)
     _controller_flags(controller)
+
+    dashboard = commands.add_parser("dashboard", help="serve the web dashboard of a cluster")
+    _common(dashboard)
+    _dashboard_flags(dashboard)
+    dashboard.add_argument(
+        "--owner-pid", type=int, default=None, help="stop when this parent process is gone"
+    )
 
     engine = commands.add_parser("engine", help="run an engine in this process")
     engine.add_argument("--file", default=None, help="the controller's corral-engine.json")
@@ -170,6 +189,22 @@ def cmd_controller(args: argparse.Namespace) -> int:
     return run_controller(config)
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from corral.dashboard import INSTALL_HINT, available
+    from corral.lifetime import exit_with_owner
+
+    if not available():
+        print(f"corral dashboard: {INSTALL_HINT}", file=sys.stderr)
+        return 1
+    from corral.dashboard.server import DashboardConfig, run_dashboard
+
+    config = DashboardConfig(_cluster_path(args), args.dashboard_ip, args.dashboard_port)
+    exit_with_owner(args.owner_pid)
+    return asyncio.run(run_dashboard(config))
+
+
 def cmd_engine(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from corral.engine.engine import main as engine_main
 
@@ -207,6 +242,9 @@ def cmd_start(args: argparse.Namespace) -> int:
         ]
         if args.cluster_dir:
             argv += ["--cluster-dir", args.cluster_dir]
+        argv += ["--dashboard-ip", args.dashboard_ip, "--dashboard-port", str(args.dashboard_port)]
+        if args.no_dashboard:
+            argv.append("--no-dashboard")
         path = _cluster_path(args)
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         with open(path / "cluster-manager.log", "ab") as log_file:
@@ -232,8 +270,20 @@ def cmd_start(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    from corral.dashboard import INSTALL_HINT, available
+
+    dashboard = not args.no_dashboard and available()
+    if not args.no_dashboard and not dashboard:
+        print(f"no dashboard: {INSTALL_HINT}", file=sys.stderr)
     cluster = Cluster(
         n,
+        dashboard=dashboard,
+        dashboard_args=[
+            "--dashboard-ip",
+            args.dashboard_ip,
+            "--dashboard-port",
+            str(args.dashboard_port),
+        ],
         cluster_id=args.cluster_id,
         cluster_dir=args.cluster_dir,
         heartbeat_period=args.heartbeat_period,
@@ -247,6 +297,8 @@ def cmd_start(args: argparse.Namespace) -> int:
         f"({cluster.path}); Ctrl-C stops them",
         flush=True,
     )
+    if cluster.dashboard_url:
+        print(f"dashboard: {cluster.dashboard_url}", flush=True)
     try:
         while not stop.wait(0.5):
             if cluster.controller is not None and cluster.controller.poll() is not None:
@@ -323,6 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_controller(args)
     if args.command == "engine":
         return cmd_engine(args, extra)
+    if args.command == "dashboard":
+        return cmd_dashboard(args)
     if args.command == "start":
         return cmd_start(args)
     if args.command == "stop":

@@ -72,6 +72,8 @@ class Cluster:
         engine_args: Sequence[str] = (),
         timeout: float = 60.0,
         log_level: str = "WARNING",
+        dashboard: bool = False,
+        dashboard_args: Sequence[str] = (),
     ) -> None:
         self.n = n
         self.cluster_id = cluster_id or f"cluster-{uuid.uuid4().hex[:8]}"
@@ -86,6 +88,10 @@ class Cluster:
         self.controller: subprocess.Popen[bytes] | None = None
         self.engines: list[subprocess.Popen[bytes]] = []
         self.client: Client | None = None
+        self.dashboard = dashboard
+        self.dashboard_args = list(dashboard_args)
+        self.dashboard_process: subprocess.Popen[bytes] | None = None
+        self.dashboard_url: str | None = None
 
     # ------------------------------------------------------------ processes
 
@@ -131,6 +137,21 @@ class Cluster:
         )
         self._save_state()
 
+    def start_dashboard(self) -> str:
+        """Start ``corral dashboard`` beside the controller; its URL (with the token)."""
+        args = ["dashboard", "--cluster-id", self.cluster_id, "--cluster-dir", str(self.base_dir)]
+        args += ["--log-level", self.log_level, "--owner-pid", str(os.getpid())]
+        process = self._spawn(args + self.dashboard_args, "dashboard.log")
+        self.dashboard_process = process
+        _wait_for(
+            lambda: _written_by(self.path / "dashboard.json", process.pid, "pid"),
+            self.timeout,
+            f"dashboard of cluster {self.cluster_id}",
+            alive=lambda: process.poll() is None,
+        )
+        self.dashboard_url = str(json.loads((self.path / "dashboard.json").read_text())["url"])
+        return self.dashboard_url
+
     def start_engines(self, n: int) -> list[subprocess.Popen[bytes]]:
         """Start ``n`` more engines (they register by themselves)."""
         started = []
@@ -168,6 +189,8 @@ class Cluster:
         """Start everything and return a client that sees all ``n`` engines."""
         try:
             self.start_controller()
+            if self.dashboard:
+                self.start_dashboard()
             self.start_engines(self.n)
             self.client = self.connect()
             self.client.wait_for_engines(self.n, timeout=self.timeout)
@@ -193,6 +216,8 @@ class Cluster:
                 pass
             client.close()
             self.client = None
+        if self.dashboard_process is not None:
+            _terminate(self.dashboard_process)
         processes = [p for p in [*self.engines, self.controller] if p is not None]
         deadline = time.monotonic() + timeout
         for process in processes:
@@ -214,9 +239,9 @@ class Cluster:
         self.stop()
 
 
-def _written_by(path: Path, pid: int) -> bool:
+def _written_by(path: Path, pid: int, field: str = "controller_pid") -> bool:
     try:
-        return bool(json.loads(path.read_text()).get("controller_pid") == pid)
+        return bool(json.loads(path.read_text()).get(field) == pid)
     except (OSError, ValueError):
         return False
 

@@ -129,6 +129,7 @@ class Engine:
             unregister_timeout=self.unregister_timeout,
             missed_beats=self.missed_beats,
             log=self.log,
+            running=lambda: self.gate.running,
         )
         io.start()
         io.registered.wait()

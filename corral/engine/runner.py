@@ -21,6 +21,7 @@ from corral.protocol.session import Frame, JSONDict, Message, Session, utcnow
 
 from .interrupts import InterruptGate
 from .namespace import Namespace, OutputCapture, strip_engine_frames
+from .summary import describe_call
 
 SendCallback = Callable[[bytes, Sequence[Frame]], None]
 """``send(channel, frames)``: channel is b"mux", b"task", b"control" or b"iopub"."""
@@ -181,6 +182,7 @@ class TaskRunner:
         self.capture = capture or OutputCapture(log=self.log)
         self.aborts = aborts or AbortList()
         self.gate = gate or InterruptGate()
+        self.call: str | None = None  # the running apply, described (summary.py)
 
     # ------------------------------------------------------------------ sending
 
@@ -236,6 +238,7 @@ class TaskRunner:
 
         failure: BaseException | None = None
         result_repr: str | None = None
+        self.call = None
         buffers: list[Any] = []
         with self.capture.capture(lambda name, text: self._stream(msg, name, text)) as output:
             try:
@@ -253,7 +256,7 @@ class TaskRunner:
         if isinstance(failure, KeyboardInterrupt) and self.gate.aborted:
             failure = self._aborted_while_running(msg, failure)
 
-        extra: JSONDict = {}
+        extra: JSONDict = {"call": self.call} if self.call else {}
         if failure is not None:
             reply_content = failure_content(failure, self.identity)
             self.publish("error", _iopub_error(reply_content), msg)
@@ -304,6 +307,7 @@ class TaskRunner:
                 "engine: install it there, or define it in __main__ (or mark it @interactive) "
                 "so that it travels by value"
             ) from None
+        self.call = describe_call(f, args, kwargs)
         result = self.namespace.apply(f, args, kwargs)
         name = getattr(f, "__name__", "the function")
         try:

@@ -78,8 +78,15 @@ _SPECS = [
     _reply("purge_reply", "query"),
     _spec("history_request", "query"),
     _reply("history_reply", "query"),
-    _spec("db_request", "query", {"query": (dict,)}, {"keys": INT_LIST}),
+    _spec(
+        "db_request",
+        "query",
+        {"query": (dict,)},
+        {"keys": INT_LIST, "limit": (int,), "skip": (int,), "newest_first": (bool,)},
+    ),
     _reply("db_reply", "query"),
+    _spec("status_request", "query", optional={"since": (int,)}),
+    _reply("status_reply", "query"),
     _spec("hub_shutdown_request", "query"),
     _reply("hub_shutdown_reply", "query"),
     # -- scheduler to Hub --
@@ -121,6 +128,12 @@ _SPECS = [
     _spec("display_data", "iopub", {"data": (dict,)}, {"metadata": (dict,), "transient": (dict,)}),
     _spec("error", "iopub", {"ename": (str,), "evalue": (str,), "traceback": (list,)}, open=True),
     _spec("status", "iopub", {"execution_state": (str,)}),
+    _spec(
+        "engine_stats",
+        "iopub",
+        {"pid": (int,), "hostname": (str,), "cpu": (float, int), "memory": (int,)},
+        {"running": (str, NoneType), "running_for": (float, int)},
+    ),
 ]
 
 CATALOGUE: dict[str, MessageSpec] = {spec.msg_type: spec for spec in _SPECS}
