@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 SERIES_LENGTH = 900  # points (seconds at the default tick): the last 15 minutes
@@ -239,8 +240,6 @@ class ClusterModel:
 
     def _prune(self, wall: float) -> None:
         """Drop timeline entries older than the window (by completion time, ISO strings)."""
-        from datetime import UTC, datetime
-
         cutoff = datetime.fromtimestamp(wall - TIMELINE_WINDOW, UTC).isoformat()
         while self.timeline and (self.timeline[0][4] or "") < cutoff:
             self.timeline.popleft()

@@ -66,7 +66,7 @@ const Charts = (() => {
   // series: [{color, points: [[t, v], ...], fill}], window: seconds shown up to `now`.
   function line(canvas, series, now, window) {
     const { ctx, width, height } = prepare(canvas);
-    const pad = { left: 44, right: 10, top: 8, bottom: 20 };
+    const pad = { left: 44, right: 28, top: 8, bottom: 20 };
     const right = width - pad.right;
     const bottom = height - pad.bottom;
     const start = now - window;
@@ -113,7 +113,7 @@ const Charts = (() => {
   // bars: [{label, value, color}]; many bars thin out their labels.
   function bars(canvas, items) {
     const { ctx, width, height } = prepare(canvas);
-    const pad = { left: 44, right: 10, top: 8, bottom: 20 };
+    const pad = { left: 44, right: 28, top: 8, bottom: 20 };
     const bottom = height - pad.bottom;
     const max = Math.max(0, ...items.map((b) => b.value));
     const { top, step } = niceScale(max, 4);
@@ -150,7 +150,7 @@ const Charts = (() => {
   // lanes: engine ids (top to bottom); items: {lane, start, end, color} in seconds.
   function timeline(canvas, lanes, items, now, window, emptyText) {
     const { ctx, width, height } = prepare(canvas);
-    const pad = { left: 44, right: 10, top: 6, bottom: 20 };
+    const pad = { left: 44, right: 28, top: 6, bottom: 20 };
     const right = width - pad.right;
     const bottom = height - pad.bottom;
     const start = now - window;

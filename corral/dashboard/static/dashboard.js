@@ -155,13 +155,21 @@ function renderLive() {
   renderCharts();
 }
 
+// The span a chart shows: the chosen window, or ("auto") the data's own span within limits.
+function span(choice, earliest, now, low, high) {
+  if (choice !== "auto") return Number(choice);
+  return Math.min(high, Math.max(low, Number.isFinite(earliest) ? now - earliest + 2 : low));
+}
+
 function renderCharts() {
   const now = Date.now() / 1000;
-  const window = Number($("timeline-window").value);
+  const choice = $("timeline-window").value;
+  const firstPoint = state.series.length ? state.series[0][0] : NaN;
+  const rateWindow = span(choice, firstPoint, now, 60, 900);
   Charts.line($("rate-chart"), [
     { color: COLORS.ok, fill: "rgba(47,158,98,0.10)", points: state.series.map((p) => [p[0], p[1]]) },
     { color: COLORS.error, points: state.series.map((p) => [p[0], p[2]]) },
-  ], now, Math.min(window, 600));
+  ], now, rateWindow);
   const alive = state.engines.filter((e) => e.state === "idle" || e.state === "busy");
   Charts.bars($("queue-chart"), [
     ...alive.map((e) => ({ label: String(e.id), value: e.queue + e.tasks, color: "#7d8fe0" })),
@@ -172,6 +180,8 @@ function renderCharts() {
   for (const e of alive) {
     if (e.running) items.push({ lane: e.id, start: now - e.running_for, end: now, color: "#3b6fd8" });
   }
+  const earliest = items.reduce((low, item) => Math.min(low, item.start), Infinity);
+  const window = span(choice, earliest, now, 30, 600);
   Charts.timeline($("timeline"), lanes, items, now, window, "no task completed in this window");
 }
 
