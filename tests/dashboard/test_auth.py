@@ -57,7 +57,9 @@ def test_another_origin_is_refused_even_with_the_token() -> None:
     header = {CSRF_HEADER: csrf_value(g.token)}
     evil = {"Origin": "http://evil.example", **header}
     assert not g.check("POST", {}, cookie, evil, HOST).allowed
-    assert not g.check("GET", {"token": g.token}, {}, {"Origin": "http://evil.example"}, HOST).allowed
+    assert not g.check(
+        "GET", {"token": g.token}, {}, {"Origin": "http://evil.example"}, HOST
+    ).allowed
     same = {"Origin": f"http://{HOST}", **header}
     assert g.check("POST", {}, cookie, same, HOST).allowed
 

@@ -193,30 +193,56 @@ function actionButton(engine, action, label) {
     data-action="${action}" data-engine="${engine.id}" ${disabled ? "disabled" : ""}>${armed ? "sure?" : label}</button>`;
 }
 
+function engineRow(e) {
+  const cpu = e.cpu === null ? "–" :
+    `<div class="bar"><span data-width="${Math.min(100, e.cpu)}"></span><em>${e.cpu.toFixed(0)}%</em></div>`;
+  const running = e.running ?
+    `<a href="#/task/${esc(e.running)}" class="mono">${esc(e.running.slice(0, 8))}…</a> for ${seconds(e.running_for)}` :
+    (e.replaced_by !== null ? `replaced by engine ${e.replaced_by}` : "");
+  return `<td class="num">${e.id}</td>
+    <td><span class="badge ${esc(e.state)} state">${esc(e.state)}</span></td>
+    <td>${esc(e.hostname || "–")}</td>
+    <td class="num">${e.pid ?? "–"}</td>
+    <td class="num">${fmt(e.completed)}</td>
+    <td class="num">${fmt(e.queue + e.tasks)}</td>
+    <td>${running}</td>
+    <td>${cpu}</td>
+    <td class="num">${bytes(e.memory)}</td>
+    <td class="num">${actionButton(e, "restart", "restart")} ${actionButton(e, "shutdown", "shut down")}</td>`;
+}
+
+// Rows are updated in place and only when they changed, so what is under the pointer (a
+// button being clicked, a link) stays put while the table is live.
 function renderEngines() {
-  const rows = state.engines.map((e) => {
-    const cpu = e.cpu === null ? "–" :
-      `<div class="bar"><span data-width="${Math.min(100, e.cpu)}"></span><em>${e.cpu.toFixed(0)}%</em></div>`;
-    const running = e.running ?
-      `<a href="#/task/${esc(e.running)}" class="mono">${esc(e.running.slice(0, 8))}…</a> for ${seconds(e.running_for)}` :
-      (e.replaced_by !== null ? `replaced by engine ${e.replaced_by}` : "");
-    return `<tr data-engine-id="${e.id}" class="${esc(e.state)}">
-      <td class="num">${e.id}</td>
-      <td><span class="badge ${esc(e.state)} state">${esc(e.state)}</span></td>
-      <td>${esc(e.hostname || "–")}</td>
-      <td class="num">${e.pid ?? "–"}</td>
-      <td class="num">${fmt(e.completed)}</td>
-      <td class="num">${fmt(e.queue + e.tasks)}</td>
-      <td>${running}</td>
-      <td>${cpu}</td>
-      <td class="num">${bytes(e.memory)}</td>
-      <td class="num">${actionButton(e, "restart", "restart")} ${actionButton(e, "shutdown", "shut down")}</td>
-    </tr>`;
-  });
   const body = $("engines").tBodies[0];
-  body.innerHTML = rows.join("") || '<tr><td colspan="10" class="empty">no engines yet</td></tr>';
-  // the CSP forbids inline style attributes; widths set through the DOM are allowed
-  for (const bar of body.querySelectorAll(".bar > span")) bar.style.width = `${bar.dataset.width}%`;
+  const existing = new Map([...body.querySelectorAll("tr[data-engine-id]")].map((tr) => [tr.dataset.engineId, tr]));
+  if (!state.engines.length) {
+    body.innerHTML = '<tr><td colspan="10" class="empty">no engines yet</td></tr>';
+    return;
+  }
+  body.querySelector("td.empty")?.parentElement.remove();
+  let previous = null;
+  for (const e of state.engines) {
+    const key = String(e.id);
+    let tr = existing.get(key);
+    existing.delete(key);
+    if (!tr) {
+      tr = document.createElement("tr");
+      tr.dataset.engineId = key;
+    }
+    const html = engineRow(e);
+    if (tr.dataset.html !== html) {
+      tr.innerHTML = html;
+      tr.dataset.html = html;
+      tr.className = e.state;
+      // the CSP forbids inline style attributes; widths set through the DOM are allowed
+      for (const bar of tr.querySelectorAll(".bar > span")) bar.style.width = `${bar.dataset.width}%`;
+    }
+    const next = previous ? previous.nextSibling : body.firstChild;
+    if (next !== tr) body.insertBefore(tr, next);
+    previous = tr;
+  }
+  for (const tr of existing.values()) tr.remove();
 }
 
 $("engines").addEventListener("click", async (event) => {
@@ -241,13 +267,16 @@ window.addEventListener("resize", renderCharts);
 
 // ------------------------------------------------------------------ history
 
+let historyRequest = 0;
 async function loadHistory() {
   const { skip, limit, params } = state.history;
   const query = new URLSearchParams(params);
   query.set("skip", skip);
   query.set("limit", limit);
+  const ticket = ++historyRequest;
   const response = await fetch(`/api/tasks?${query}`, { credentials: "same-origin" });
   const body = await response.json();
+  if (ticket !== historyRequest) return; // a newer search was made meanwhile
   const error = $("search-error");
   error.hidden = response.ok;
   if (!response.ok) {
