@@ -197,7 +197,7 @@ function engineRow(e) {
   const cpu = e.cpu === null ? "–" :
     `<div class="bar"><span data-width="${Math.min(100, e.cpu)}"></span><em>${e.cpu.toFixed(0)}%</em></div>`;
   const running = e.running ?
-    `<a href="#/task/${esc(e.running)}" class="mono">${esc(e.running.slice(0, 8))}…</a> for ${seconds(e.running_for)}` :
+    `<a href="#/task/${esc(e.running)}" class="mono">…${esc(e.running.slice(-8))}</a> for ${e.running_for < 1 ? "<1 s" : seconds(e.running_for)}` :
     (e.replaced_by !== null ? `replaced by engine ${e.replaced_by}` : "");
   return `<td class="num">${e.id}</td>
     <td><span class="badge ${esc(e.state)} state">${esc(e.state)}</span></td>
