@@ -150,6 +150,7 @@ class Cluster:
             alive=lambda: process.poll() is None,
         )
         self.dashboard_url = str(json.loads((self.path / "dashboard.json").read_text())["url"])
+        self._save_state()
         return self.dashboard_url
 
     def start_engines(self, n: int) -> list[subprocess.Popen[bytes]]:
@@ -178,6 +179,7 @@ class Cluster:
             "manager_pid": os.getpid(),
             "controller_pid": self.controller.pid if self.controller else None,
             "engine_pids": [e.pid for e in self.engines if e.poll() is None],
+            "dashboard_pid": self.dashboard_process.pid if self.dashboard_process else None,
         }
         (self.path / STATE_FILE).write_text(json.dumps(state))
 
@@ -268,7 +270,12 @@ def stop_cluster(path: Path, timeout: float = 10.0) -> bool:
     manager = state.get("manager_pid")
     pids = [
         p
-        for p in [manager, state.get("controller_pid"), *state.get("engine_pids", [])]
+        for p in [
+            manager,
+            state.get("controller_pid"),
+            *state.get("engine_pids", []),
+            state.get("dashboard_pid"),
+        ]
         if isinstance(p, int) and p != os.getpid()
     ]
     was_running = any(psutil.pid_exists(p) for p in pids)

@@ -579,6 +579,7 @@ class Hub:
         }
         unassigned = sum(1 for engine in self.pending.values() if engine is None)
         reply = ok_reply(
+            instance=self.hearts.instance.decode(),
             engines=engines,
             unassigned=unassigned,
             pending=len(self.pending),

@@ -82,6 +82,7 @@ class ClusterModel:
     unassigned: int = 0
     pending: int = 0
     connected: bool = False
+    instance: str | None = None  # the controller run the sequence numbers belong to
     _last_counts: tuple[float, int, int] | None = None  # (wall time, done, failed)
     _new: list[list[Any]] = field(default_factory=list)
     _restarts: list[int] = field(default_factory=list)  # engines awaiting a successor
@@ -110,6 +111,13 @@ class ClusterModel:
         self.pending = int(reply.get("pending", 0))
         self.submitted = int(reply.get("submitted", 0))
         self.counts = {str(k): int(v) for k, v in reply.get("counts", {}).items()}
+        instance = reply.get("instance")
+        if self.instance is not None and instance != self.instance:
+            # a restarted controller numbers completions from 1 again: ask from the start
+            self.instance, self.seq, self._last_counts = instance, 0, None
+            self._add_point(wall)
+            return
+        self.instance = instance
         self.seq = int(reply.get("seq", self.seq))
         for item in reply.get("recent", []):
             completion = list(item[1:6])

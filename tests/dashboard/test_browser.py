@@ -93,7 +93,7 @@ def test_history_search_finds_a_task_by_msg_id(browser: Any, dashboard_cluster: 
     def only_row() -> list[Any]:
         rows = browser.find_elements(By.CSS_SELECTOR, "#history tbody tr")
         if len(rows) == 1 and rows[0].get_attribute("data-msg-id") == ar.msg_id:
-            return rows
+            return list(rows)
         return []
 
     (row,) = wait_until(only_row, 10, "the one matching row")
@@ -183,6 +183,7 @@ def test_a_killed_engine_turns_dead_within_seconds(browser: Any, dashboard_clust
         return None if found is None else int(found)
 
     engine_id = wait_until(row_of_pid, 15, "the engine's pid on the page")
+    assert engine_id is not None
     process.kill()
     process.wait(10)
     wait_until(lambda: engine_state(browser, engine_id) == "dead", 8, "the killed engine dead")

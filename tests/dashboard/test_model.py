@@ -102,3 +102,16 @@ def test_old_dead_engines_are_forgotten() -> None:
     for i in range(100):
         model.on_unregistration(i, now=float(i))
     assert len(model.engines) == 64 and min(model.engines) == 36
+
+
+def test_a_restarted_controller_is_read_from_its_first_completion() -> None:
+    model = ClusterModel("c")
+    recent = [[i, f"m{i}", 0, "ok", "s", "c"] for i in range(1, 6)]
+    model.on_status(status({0: {}}, instance="a", seq=5, recent=recent), now=0.0, wall=100.0)
+    assert model.seq == 5
+    model.on_status(status({0: {}}, instance="b", seq=2, recent=[]), now=1.0, wall=101.0)
+    assert model.seq == 0  # the next request asks for everything of the new run
+    again = [[1, "n1", 0, "ok", "s", "c"], [2, "n2", 0, "ok", "s", "c"]]
+    model.on_status(status({0: {}}, instance="b", seq=2, recent=again), now=2.0, wall=102.0)
+    assert model.seq == 2
+    assert [c[0] for c in model.update(now=2.0)["completions"]][-2:] == ["n1", "n2"]

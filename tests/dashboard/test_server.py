@@ -160,7 +160,9 @@ def test_restart_an_engine(dashboard_cluster: Any) -> None:
 
     def replaced() -> bool:
         engines = {e["id"]: e for e in get_json(dashboard_cluster, "/api/snapshot")["engines"]}
-        return engines[victim]["state"] == "dead" and engines[victim]["replaced_by"] == successor
+        return bool(
+            engines[victim]["state"] == "dead" and engines[victim]["replaced_by"] == successor
+        )
 
     wait_until(replaced, 10, "the old engine shown as replaced")
 
@@ -175,7 +177,7 @@ def test_shut_an_engine_down(dashboard_cluster: Any) -> None:
 
     def dead() -> bool:
         engines = get_json(dashboard_cluster, "/api/snapshot")["engines"]
-        return {e["id"]: e["state"] for e in engines}[victim] == "dead"
+        return bool({e["id"]: e["state"] for e in engines}[victim] == "dead")
 
     wait_until(dead, 10, "the engine shown dead")
     status, _, _ = http(url, method="POST", headers=action_headers(dashboard_cluster))

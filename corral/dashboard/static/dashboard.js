@@ -40,7 +40,7 @@ function seconds(s) {
   const m = Math.floor(s / 60);
   return m < 60 ? `${m} min ${Math.floor(s % 60)} s` : `${Math.floor(m / 60)} h ${m % 60} min`;
 }
-const time = (iso) => (iso ? new Date(iso).toLocaleString("sv-SE").replace(" ", " ") : "–");
+const time = (iso) => (iso ? new Date(iso).toLocaleString("sv-SE") : "–");
 const parse = (iso) => (iso ? Date.parse(iso) / 1000 : NaN);
 
 function toast(text) {
@@ -182,6 +182,8 @@ function renderCharts() {
   }
   const earliest = items.reduce((low, item) => Math.min(low, item.start), Infinity);
   const window = span(choice, earliest, now, 30, 600);
+  // lanes stay readable with many engines: the timeline grows up to 640 px
+  $("timeline").style.height = `${Math.min(640, Math.max(220, 30 + lanes.length * 10))}px`;
   Charts.timeline($("timeline"), lanes, items, now, window, "no task completed in this window");
 }
 
@@ -292,10 +294,11 @@ async function loadHistory() {
       <td class="num">${r.engine_id ?? "–"}</td>
       <td class="call mono" title="${esc(r.call || "")}">${esc(r.call || r.msg_type || "")}</td>
       <td>${time(r.submitted)}</td>
+      <td>${time(r.started)}</td>
       <td>${time(r.completed)}</td>
       <td class="num">${seconds(r.duration)}</td>
       <td class="mono">${esc((r.client || "").slice(0, 8))}</td>
-    </tr>`).join("") || '<tr><td colspan="9" class="empty">no task matches</td></tr>';
+    </tr>`).join("") || '<tr><td colspan="10" class="empty">no task matches</td></tr>';
   const last = Math.min(skip + limit, body.total);
   $("page-info").textContent = body.total ?
     `${fmt(skip + 1)}–${fmt(last)} of ${fmt(body.total)} tasks, newest first` : "";
