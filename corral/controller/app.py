@@ -28,7 +28,7 @@ from zmq.devices import ThreadMonitoredQueue, ThreadProxy
 
 from corral.controller.hub import Hub, Send, Stop
 from corral.controller.loop import drain
-from corral.controller.store import open_store
+from corral.controller.store import SQLiteStore, open_store
 from corral.errors import CorralError, InvalidContent, ProtocolError, UnknownMessageType
 from corral.protocol.messages import KNOWN_TYPES, error_reply, validate_content
 from corral.protocol.session import Message, Session, frame_view, new_key, split_identities
@@ -245,6 +245,12 @@ class Controller:
                 "control": control_client,
                 "task": task_client,
                 "iopub": iopub_client,
+                # readers of the history (the dashboard) page the file without the Hub
+                **(
+                    {"sqlite_store": str(self.store.path.absolute())}
+                    if isinstance(self.store, SQLiteStore)
+                    else {}
+                ),
             },
         )
         write_private_json(

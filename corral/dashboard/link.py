@@ -1,7 +1,8 @@
 """The dashboard's connection to its cluster: a client of the Hub, on asyncio sockets.
 
 It asks the Hub (the registration ROUTER, like any client) for ``status_request`` once per
-tick and for pages of the store when someone searches; it listens to the Hub's notifications
+tick; history searches read the SQLite store directly when there is one (:class:`History`),
+else ask the Hub for pages of ``db_request``; it listens to the Hub's notifications
 (engines coming and going) and to the engines' ``stats.`` messages on iopub; and it sends
 control requests (abort, shutdown) to engines on the control queue. It never touches the task
 queues, so a dashboard costs the cluster only these small messages.
@@ -20,8 +21,10 @@ import zmq
 import zmq.asyncio
 
 from corral.client.connection import client_addresses, read_connection_file
-from corral.errors import CorralError, ProtocolError, TimeoutError
-from corral.protocol.session import Frame, Message, Session
+from corral.controller.store import SQLiteStore
+from corral.controller.store.query import validate_query
+from corral.errors import CorralError, ProtocolError, StoreError, TimeoutError
+from corral.protocol.session import Frame, Message, Session, frame_view
 from corral.security import CurveKeys, make_client
 
 log = logging.getLogger("corral.dashboard")
@@ -139,3 +142,63 @@ class HubLink:
         msg = self.session.msg(msg_type, content)
         frames: list[Frame] = self.session.serialize(msg, [engine_uuid.encode()])
         await self.control.send_multipart(frames, copy=False)
+
+
+class History:
+    """Where history searches are answered: the SQLite file itself when the controller
+    names one (read-only, in a worker thread of this process, so a search over a long
+    history never holds up the Hub), else the Hub's ``db_request``."""
+
+    def __init__(self, link: HubLink) -> None:
+        self.link = link
+        path = link.info.get("sqlite_store")
+        self.path = Path(path) if isinstance(path, str) else None
+        self._store: SQLiteStore | None = None
+
+    def _open(self) -> SQLiteStore | None:
+        if self._store is None and self.path is not None and self.path.exists():
+            try:
+                self._store = SQLiteStore(self.path, read_only=True)
+            except StoreError as err:
+                log.warning("dashboard: reading %s through the Hub: %s", self.path, err)
+                self.path = None
+        return self._store
+
+    async def page(
+        self, query: dict[str, Any], keys: list[str], limit: int, skip: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        """One page of matching records, newest first, and the number of matches."""
+        store = self._open()
+        if store is not None:
+            validate_query(query)
+            return await asyncio.to_thread(
+                store.find_page, query, keys, limit=limit, skip=skip, newest_first=True
+            )
+        content = {"query": query, "keys": keys, "limit": limit, "skip": skip}
+        reply = await self.link.request("db_request", content)
+        records = (reply.content or {}).get("records", [])
+        return records, int((reply.content or {}).get("total", len(records)))
+
+    async def record(self, msg_id: str) -> tuple[dict[str, Any] | None, list[bytes]]:
+        """One task's whole record and its result buffers (None if unknown)."""
+        store = self._open()
+        if store is not None:
+            records = await asyncio.to_thread(store.get_records, [msg_id])
+            record = records.get(msg_id)
+            if record is None:
+                return None, []
+            buffers = [bytes(b) for b in record.pop("result_buffers", None) or []]
+            return record, buffers
+        reply = await self.link.request("db_request", {"query": {"msg_id": msg_id}})
+        found = (reply.content or {}).get("records", [])
+        if not found:
+            return None, []
+        count = int(found[0].get("result_buffer_count", 0))
+        return found[0], [bytes(frame_view(b)) for b in reply.buffers[:count]]
+
+    def close(self) -> None:
+        if self._store is not None:
+            try:
+                self._store.close()
+            except StoreError as err:
+                log.warning("dashboard: closing %s: %s", self.path, err)

@@ -25,11 +25,11 @@ from aiohttp import WSMsgType, web
 
 from corral.controller.store.base import MAX_PAGE
 from corral.errors import CorralError
-from corral.protocol.session import Frame, Message, frame_view
+from corral.protocol.session import Message
 
 from . import details
 from .auth import COOKIE, Gate, derive_token
-from .link import HubLink
+from .link import History, HubLink
 from .model import ClusterModel
 
 log = logging.getLogger("corral.dashboard")
@@ -73,6 +73,7 @@ class Dashboard:
             timeout=max(5.0, config.interval * 5),
         )
         self.model = ClusterModel(self.link.cluster_id)
+        self.history = History(self.link)
         self.gate = Gate(derive_token(self.link.key))
         self.sockets: set[web.WebSocketResponse] = set()
         self.children: list[subprocess.Popen[bytes]] = []
@@ -127,6 +128,7 @@ class Dashboard:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.link.close()
+        self.history.close()
         (self.path / DASHBOARD_FILE).unlink(missing_ok=True)
         self._advertise(remove=True)
         self._reap()
@@ -217,13 +219,15 @@ class Dashboard:
             log.info("dashboard: refused %s %s: %s", request.method, request.path, verdict.reason)
             return web.Response(status=403, text="403: Forbidden", headers=SECURITY_HEADERS)
         if verdict.set_cookie and request.path == "/":
-            response: web.StreamResponse = web.HTTPFound("/")  # drop the token from the bar
+            # keep the token in a cookie and out of the address bar (and of its history)
+            response: web.StreamResponse = web.Response(status=302, headers={"Location": "/"})
         else:
             response = await handler(request)
+        if isinstance(response, web.WebSocketResponse):
+            return response  # already sent: its headers cannot change
         if verdict.set_cookie:
             response.set_cookie(COOKIE, self.gate.token, httponly=True, samesite="Strict", path="/")
-        if not isinstance(response, web.WebSocketResponse):
-            response.headers.update(SECURITY_HEADERS)
+        response.headers.update(SECURITY_HEADERS)
         return response
 
     # ------------------------------------------------------------ pages
@@ -263,28 +267,21 @@ class Dashboard:
             limit = min(int(request.query.get("limit", str(PAGE_SIZE))), MAX_PAGE)
         except (ValueError, TypeError) as err:
             return _json({"error": str(err)}, status=400)
-        content = {"query": query, "keys": details.ROW_KEYS, "limit": limit, "skip": skip}
         try:
-            reply = await self.link.request("db_request", content)
+            records, total = await self.history.page(query, details.ROW_KEYS, limit, skip)
         except CorralError as err:
             return _json({"error": str(err)}, status=400)
-        records = (reply.content or {}).get("records", [])
-        total = (reply.content or {}).get("total", len(records))
         rows = [details.row(record) for record in records]
         return _json({"rows": rows, "total": total, "skip": skip, "limit": limit})
 
     async def _task(self, request: web.Request) -> web.Response:
         msg_id = request.match_info["msg_id"]
         try:
-            reply = await self.link.request("db_request", {"query": {"msg_id": msg_id}})
+            record, buffers = await self.history.record(msg_id)
         except CorralError as err:
             return _json({"error": str(err)}, status=400)
-        records = (reply.content or {}).get("records", [])
-        if not records:
+        if record is None:
             return _json({"error": f"no task {msg_id} in the store"}, status=404)
-        record = records[0]
-        count = int(record.get("result_buffer_count", 0))
-        buffers = [frame_bytes(b) for b in reply.buffers[:count]]
         return _json(details.task_page(record, buffers))
 
     # ------------------------------------------------------------ actions
@@ -377,10 +374,6 @@ def search_query(params: Any) -> dict[str, Any]:
     if engine:
         query["engine_id"] = int(engine)
     return query
-
-
-def frame_bytes(frame: Frame) -> bytes:
-    return bytes(frame_view(frame))
 
 
 def _json(value: Any, status: int = 200) -> web.Response:

@@ -6,6 +6,7 @@ import json
 import os
 import stat
 import time
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -13,6 +14,7 @@ import pytest
 
 from corral.dashboard.auth import COOKIE, CSRF_HEADER, csrf_value
 from corral.errors import RemoteError
+from tests.conftest import running_cluster
 
 from .conftest import base_url, http, token, wait_until
 
@@ -182,3 +184,17 @@ def test_shut_an_engine_down(dashboard_cluster: Any) -> None:
     wait_until(dead, 10, "the engine shown dead")
     status, _, _ = http(url, method="POST", headers=action_headers(dashboard_cluster))
     assert status == 409
+
+
+def test_history_through_the_hub_with_a_memory_store(tmp_path: Path) -> None:
+    """No SQLite file to read: searches and task pages are the Hub's db_request."""
+    with running_cluster(tmp_path, 1, dashboard=True, db="memory") as cluster:
+        client_file = json.loads((cluster.path / "corral-client.json").read_text())
+        assert "sqlite_store" not in client_file
+        ar = cluster.client[0].apply_async(pow, 3, 4)
+        assert ar.get(timeout=30) == 81
+        found = get_json(cluster, f"/api/tasks?msg_id={ar.msg_id}")
+        assert found["total"] == 1 and found["rows"][0]["call"] == "pow(3, 4)"
+        assert get_json(cluster, f"/api/task/{ar.msg_id}")["result"] == "81"
+        status, _, _ = http(base_url(cluster) + "/api/task/nope", headers=cookie(cluster))
+        assert status == 404

@@ -173,14 +173,29 @@ const Charts = (() => {
     });
     const scale = (right - pad.left) / window;
     const gap = laneHeight > 6 ? Math.min(3, laneHeight * 0.15) : 0;
+    // Tasks that touch (within a pixel) in one lane and colour are drawn as one bar: a busy
+    // engine runs thousands of short tasks a minute, and one rectangle each would cost the
+    // browser more than the page is worth.
+    const runs = new Map(); // lane row -> [x0, x1, color]
+    const draw = (i, [x0, x1, color]) => {
+      ctx.fillStyle = color;
+      ctx.fillRect(x0, pad.top + i * laneHeight + gap, Math.max(1, x1 - x0), laneHeight - 2 * gap);
+    };
     for (const item of items) {
       const i = row.get(item.lane);
       if (i === undefined || item.end < start) continue;
       const x0 = pad.left + Math.max(0, item.start - start) * scale;
       const x1 = pad.left + (item.end - start) * scale;
-      ctx.fillStyle = item.color;
-      ctx.fillRect(x0, pad.top + i * laneHeight + gap, Math.max(1, x1 - x0), laneHeight - 2 * gap);
+      const run = runs.get(i);
+      if (run && run[2] === item.color && x0 <= run[1] + 1 && x1 >= run[0] - 1) {
+        run[0] = Math.min(run[0], x0);
+        run[1] = Math.max(run[1], x1);
+        continue;
+      }
+      if (run) draw(i, run);
+      runs.set(i, [x0, x1, item.color]);
     }
+    for (const [i, run] of runs) draw(i, run);
     if (!items.length && emptyText) {
       ctx.fillStyle = AXIS;
       ctx.textAlign = "center";

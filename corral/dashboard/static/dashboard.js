@@ -161,7 +161,9 @@ function span(choice, earliest, now, low, high) {
   return Math.min(high, Math.max(low, Number.isFinite(earliest) ? now - earliest + 2 : low));
 }
 
+let lastCharts = 0;
 function renderCharts() {
+  lastCharts = Date.now();
   const now = Date.now() / 1000;
   const choice = $("timeline-window").value;
   const firstPoint = state.series.length ? state.series[0][0] : NaN;
@@ -407,4 +409,7 @@ function route() {
 window.addEventListener("hashchange", route);
 route();
 connect();
-setInterval(() => { if (!$("view-cluster").hidden) renderCharts(); }, 1000);
+// Without updates (controller gone) the time axes still move; with them, no second drawing.
+setInterval(() => {
+  if (!$("view-cluster").hidden && Date.now() - lastCharts > 1500) renderCharts();
+}, 1000);
