@@ -5,6 +5,8 @@
    registered: ``status_request`` (the once-a-second poll) and history pages of
    ``db_request`` (first page, last page, a status filter, an engine filter, a msg_id search),
    each timed in the Hub (median of 20 calls), since a slow answer there delays every task.
+   The dashboard itself reads a SQLite store directly, in its own process; the same pages
+   read that way are timed too.
 2. The page: a synthetic snapshot of 64 engines and 20,000 timeline entries (the most the
    model keeps) and one-second updates (64 engines, 200 completions) fed to a dashboard page in
    headless Chromium; the time to draw each, measured in the page (median of 10), and the size
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psutil
 from common import check, corral_cluster, final_process_check, print_table, write_results
 
 from corral.controller.hub import Hub, Send
@@ -100,13 +103,27 @@ def hub_figures(folder: Path) -> list[list[Any]]:
             ("engine 7, page 10", {"query": {"engine_id": 7}}, 450, len(range(7, TASKS, ENGINES))),
             ("msg_id search", {"query": {"msg_id": msg_ids[TASKS // 2]}}, 0, 1),
         ]
-        for name, query, skip, expected in cases:
-            ms, content = timed_request(
-                hub, "db_request", {**query, "keys": keys, "limit": 50, "skip": skip}
-            )
-            check(content["total"] == expected, f"{name}: total {content['total']} != {expected}")
-            check(len(content["records"]) == min(50, expected - skip), f"{name}: page size")
-            rows.append([f"db_request: {name}", ms, len(orjson.dumps(content))])
+        reader = SQLiteStore(folder / "tasks.db", read_only=True)  # as the dashboard reads it
+        try:
+            for name, query, skip, expected in cases:
+                ms, content = timed_request(
+                    hub, "db_request", {**query, "keys": keys, "limit": 50, "skip": skip}
+                )
+                total = content["total"]
+                check(total == expected, f"{name}: total {total} != {expected}")
+                check(len(content["records"]) == min(50, expected - skip), f"{name}: page size")
+                rows.append([f"Hub db_request: {name}", ms, len(orjson.dumps(content))])
+                times = []
+                for _ in range(CALLS):
+                    begin = time.perf_counter()
+                    page, total = reader.find_page(query["query"], keys, limit=50, skip=skip)
+                    times.append(time.perf_counter() - begin)
+                check(total == expected and len(page) == min(50, expected - skip), name)
+                rows.append(
+                    [f"dashboard's own read: {name}", statistics.median(times) * 1000, None]
+                )
+        finally:
+            reader.close()
         return rows
     finally:
         store.close()
@@ -167,6 +184,18 @@ def synthetic_snapshot() -> tuple[dict[str, Any], dict[str, Any]]:
     return snapshot, update
 
 
+def chromium_cpu(driver: Any) -> float:
+    root = psutil.Process(driver.service.process.pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
 RENDER = """
 const message = arguments[0];
 const begin = performance.now();
@@ -185,8 +214,12 @@ def page_figures() -> list[list[Any]]:
             driver.get(running.cluster.dashboard_url)
             driver.execute_script("document.querySelector('#link-state')")  # page is up
             time.sleep(1.0)  # let the real first snapshot arrive before ours replaces it
+            before = chromium_cpu(driver)
             snapshots = [driver.execute_script(RENDER, snapshot) for _ in range(10)]
+            middle = chromium_cpu(driver)
             updates = [driver.execute_script(RENDER, update) for _ in range(10)]
+            snapshot_cpu = (middle - before) / 10 * 1000
+            update_cpu = (chromium_cpu(driver) - middle) / 10 * 1000
     for _, rows in snapshots + updates:
         check(rows == ENGINES, f"the page drew {ENGINES} engine rows ({rows})")
     snapshot_ms = [took for took, _ in snapshots]
@@ -197,11 +230,13 @@ def page_figures() -> list[list[Any]]:
             statistics.median(snapshot_ms),
             size,
         ],
+        ["  browser CPU per snapshot (ms)", snapshot_cpu, None],
         [
             "page: draw an update (64 engines, 200 completions)",
             statistics.median(update_ms),
             len(orjson.dumps(update)),
         ],
+        ["  browser CPU per update (ms)", update_cpu, None],
     ]
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psutil
 from aiohttp import WSMsgType, web
 
 from corral.controller.store.base import MAX_PAGE
@@ -134,13 +135,18 @@ class Dashboard:
         self._reap()
 
     def _advertise(self, remove: bool = False) -> None:
-        """Write ``dashboard.json`` and the ``dashboard`` field of the client connection
-        file (again, when a restarted controller rewrote that file without it)."""
-        from corral.controller.app import write_private_json
+        """Write ``dashboard.json``, and the ``dashboard`` field of the client connection
+        file (again when a restarted controller rewrote that file without it).
 
+        The controller owns the connection file: the field is added only if the file did
+        not change while it was being rewritten here, and only while the controller that
+        wrote it runs, so a stale copy never replaces the controller's own (nor brings back
+        a file it removed when it stopped).
+        """
         client_file = self.path / CLIENT_FILE
         try:
-            info = json.loads(client_file.read_text())
+            before = client_file.read_bytes()
+            info = json.loads(before)
         except (OSError, ValueError):
             info = None
         if isinstance(info, dict) and (info.get("dashboard") != self.url or remove):
@@ -148,10 +154,12 @@ class Dashboard:
                 info.pop("dashboard", None)
             else:
                 info["dashboard"] = self.url
-            write_private_json(client_file, info)
+            pid = info.get("controller_pid")
+            if isinstance(pid, int) and psutil.pid_exists(pid):
+                _replace_if_unchanged(client_file, before, json.dumps(info, indent=2))
         if not remove and not (self.path / DASHBOARD_FILE).exists():
             record = {"url": self.url, "port": self.port, "pid": os.getpid()}
-            write_private_json(self.path / DASHBOARD_FILE, record)
+            _replace_if_unchanged(self.path / DASHBOARD_FILE, None, json.dumps(record))
 
     # ------------------------------------------------------------ the tick
 
@@ -374,6 +382,23 @@ def search_query(params: Any) -> dict[str, Any]:
     if engine:
         query["engine_id"] = int(engine)
     return query
+
+
+def _replace_if_unchanged(path: Path, expected: bytes | None, text: str) -> None:
+    """Write ``text`` to ``path`` (mode 0600, atomically) unless the file no longer holds
+    ``expected`` (None: whatever it holds); the temporary file is this process's own."""
+    tmp = path.with_name(f".{path.name}.dashboard-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    try:
+        if expected is not None and path.read_bytes() != expected:
+            return
+        os.replace(tmp, path)
+    except OSError:
+        return
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _json(value: Any, status: int = 200) -> web.Response:

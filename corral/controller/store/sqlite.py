@@ -352,15 +352,21 @@ class SQLiteStore(ResultStore):
             (total,) = self._reader.execute(
                 f"SELECT count(*) FROM tasks WHERE {where}", params
             ).fetchone()
-        order = "DESC" if newest_first else "ASC"
+        # SQLite walks past the skipped rows: a page in the far half is read from the other end
+        flip = skip > int(total) // 2
+        if flip:
+            skip, limit = max(0, int(total) - skip - limit), min(limit, int(total) - skip)
+        order = "DESC" if newest_first != flip else "ASC"
         page = self._select(
             _columns_for(None if fields is None else set(fields)),
             where,
             params,
             [],
             fields,
-            suffix=f" {order} LIMIT {limit} OFFSET {skip}",
+            suffix=f" {order} LIMIT {max(0, limit)} OFFSET {skip}",
         )
+        if flip:
+            page.reverse()
         return page, int(total)
 
     def get_history(self) -> list[str]:

@@ -43,3 +43,20 @@ def test_page_records_are_projected_like_find_records(loaded: ResultStore) -> No
 def test_bad_pages_raise_query_error(store: ResultStore, limit: Any, skip: Any) -> None:
     with pytest.raises(QueryError):
         store.find_page({}, limit=limit, skip=skip)
+
+
+def test_every_page_of_a_table_both_ways(store: ResultStore) -> None:
+    """Pages near either end (a backend may read the far half from the other end)."""
+    for i in range(23):
+        store.add_record(f"m{i:02d}", {"status": "ok" if i % 3 else "error"})
+    for query in ({}, {"status": "error"}):
+        everything = [r["msg_id"] for r in store.find_records(query)]
+        for newest_first in (True, False):
+            ordered = everything[::-1] if newest_first else everything
+            for limit in (1, 5, 7, 50):
+                for skip in range(0, 26):
+                    page, total = store.find_page(
+                        query, ["status"], limit=limit, skip=skip, newest_first=newest_first
+                    )
+                    assert total == len(everything)
+                    assert [r["msg_id"] for r in page] == ordered[skip : skip + limit]
