@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 
 from tools.chromium import chromium
@@ -44,6 +45,19 @@ def number(browser: Any, css: str) -> int | None:
 
 def engine_state(browser: Any, engine_id: int) -> str | None:
     return text(browser, f'tr[data-engine-id="{engine_id}"] .state') or None
+
+
+def click(browser: Any, css: str) -> None:
+    """A real click on the element; found again if the live page replaced it meanwhile."""
+
+    def clicked() -> bool:
+        try:
+            browser.find_element(By.CSS_SELECTOR, css).click()
+        except (NoSuchElementException, StaleElementReferenceException):
+            return False
+        return True
+
+    wait_until(clicked, 10, f"a click on {css}")
 
 
 def show(browser: Any, cluster: Any, hash_: str) -> None:
@@ -157,10 +171,9 @@ def test_shut_down_from_the_page(browser: Any, dashboard_cluster: Any) -> None:
     victim = min(rc.ids)
     show(browser, dashboard_cluster, "#/")
     css = f'tr[data-engine-id="{victim}"] button[data-action="shutdown"]'
-    button = wait_until(lambda: browser.find_elements(By.CSS_SELECTOR, css), 10, "the button")
-    button[0].click()  # arms it ("sure?")
+    click(browser, css)  # arms it ("sure?")
     wait_until(lambda: text(browser, css) == "sure?", 5, "sure?")
-    browser.find_element(By.CSS_SELECTOR, css).click()
+    click(browser, css)
     wait_until(lambda: victim not in rc.ids, 15, "the engine gone")
     wait_until(lambda: engine_state(browser, victim) == "dead", 10, "the engine shown dead")
 

@@ -197,25 +197,27 @@ function actionButton(engine, action, label) {
     data-action="${action}" data-engine="${engine.id}" ${disabled ? "disabled" : ""}>${armed ? "sure?" : label}</button>`;
 }
 
-function engineRow(e) {
+function engineCells(e) {
   const cpu = e.cpu === null ? "–" :
     `<div class="bar"><span data-width="${Math.min(100, e.cpu)}"></span><em>${e.cpu.toFixed(0)}%</em></div>`;
   const running = e.running ?
     `<a href="#/task/${esc(e.running)}" class="mono">…${esc(e.running.slice(-8))}</a> for ${e.running_for < 1 ? "<1 s" : seconds(e.running_for)}` :
     (e.replaced_by !== null ? `replaced by engine ${e.replaced_by}` : "");
-  return `<td class="num">${e.id}</td>
-    <td><span class="badge ${esc(e.state)} state">${esc(e.state)}</span></td>
-    <td>${esc(e.hostname || "–")}</td>
-    <td class="num">${e.pid ?? "–"}</td>
-    <td class="num">${fmt(e.completed)}</td>
-    <td class="num">${fmt(e.queue + e.tasks)}</td>
-    <td>${running}</td>
-    <td>${cpu}</td>
-    <td class="num">${bytes(e.memory)}</td>
-    <td class="num">${actionButton(e, "restart", "restart")} ${actionButton(e, "shutdown", "shut down")}</td>`;
+  return [
+    [e.id, "num"],
+    [`<span class="badge ${esc(e.state)} state">${esc(e.state)}</span>`, ""],
+    [esc(e.hostname || "–"), ""],
+    [e.pid ?? "–", "num"],
+    [fmt(e.completed), "num"],
+    [fmt(e.queue + e.tasks), "num"],
+    [running, ""],
+    [cpu, ""],
+    [bytes(e.memory), "num"],
+    [`${actionButton(e, "restart", "restart")} ${actionButton(e, "shutdown", "shut down")}`, "num"],
+  ];
 }
 
-// Rows are updated in place and only when they changed, so what is under the pointer (a
+// Cells are updated in place and only when they changed, so what is under the pointer (a
 // button being clicked, a link) stays put while the table is live.
 function renderEngines() {
   const body = $("engines").tBodies[0];
@@ -234,14 +236,16 @@ function renderEngines() {
       tr = document.createElement("tr");
       tr.dataset.engineId = key;
     }
-    const html = engineRow(e);
-    if (tr.dataset.html !== html) {
-      tr.innerHTML = html;
-      tr.dataset.html = html;
-      tr.className = e.state;
+    tr.className = e.state;
+    engineCells(e).forEach(([html, cls], i) => {
+      const td = tr.cells[i] || tr.insertCell(i);
+      if (td.dataset.html === String(html)) return;
+      td.innerHTML = html;
+      td.dataset.html = String(html);
+      td.className = cls;
       // the CSP forbids inline style attributes; widths set through the DOM are allowed
-      for (const bar of tr.querySelectorAll(".bar > span")) bar.style.width = `${bar.dataset.width}%`;
-    }
+      for (const bar of td.querySelectorAll(".bar > span")) bar.style.width = `${bar.dataset.width}%`;
+    });
     const next = previous ? previous.nextSibling : body.firstChild;
     if (next !== tr) body.insertBefore(tr, next);
     previous = tr;
