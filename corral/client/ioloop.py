@@ -232,7 +232,7 @@ class ClientIO:
         hub.connect(self.addresses["hub"])
         iopub = self._socket("iopub", zmq.SUB)
         iopub.rcvhwm = 0
-        iopub.subscribe(b"engine.")  # not b"stats.": engines' stats are for the dashboard
+        iopub.subscribe(b"")
         iopub.connect(self.addresses["iopub"])
         notification = self._socket("notification", zmq.SUB)
         notification.rcvhwm = 0

@@ -1,9 +1,9 @@
 """What an engine reports about itself once a second: its process's CPU and memory, and the
 task it is running and for how long.
 
-Published on iopub under the topic ``stats.<engine id>`` (docs/wire-flows.md). Clients
-subscribe to ``engine.`` only, so the publisher-side filtering of PUB/XPUB means these messages
-leave the engine only while something (the dashboard) subscribes to ``stats.``.
+Published on iopub under the topic ``stats.<engine id>`` (docs/wire-flows.md), for the
+dashboard. Clients, which subscribe to all of iopub, drop them as output of no request of
+theirs: one small message per engine and second.
 """
 
 from __future__ import annotations
