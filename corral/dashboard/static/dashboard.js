@@ -41,6 +41,7 @@ function seconds(s) {
   return m < 60 ? `${m} min ${Math.floor(s % 60)} s` : `${Math.floor(m / 60)} h ${m % 60} min`;
 }
 const time = (iso) => (iso ? new Date(iso).toLocaleString("sv-SE") : "–");
+const clockTime = (iso) => (iso ? new Date(iso).toLocaleTimeString("sv-SE") : "–");
 const parse = (iso) => (iso ? Date.parse(iso) / 1000 : NaN);
 
 function toast(text) {
@@ -300,8 +301,8 @@ async function loadHistory() {
       <td class="num">${r.engine_id ?? "–"}</td>
       <td class="call mono" title="${esc(r.call || "")}">${esc(r.call || r.msg_type || "")}</td>
       <td>${time(r.submitted)}</td>
-      <td>${time(r.started)}</td>
-      <td>${time(r.completed)}</td>
+      <td>${clockTime(r.started)}</td>
+      <td>${clockTime(r.completed)}</td>
       <td class="num">${seconds(r.duration)}</td>
       <td class="mono">${esc((r.client || "").slice(0, 8))}</td>
     </tr>`).join("") || '<tr><td colspan="10" class="empty">no task matches</td></tr>';
