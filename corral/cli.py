@@ -265,6 +265,7 @@ def cmd_start(args: argparse.Namespace) -> int:
             f"cluster {args.cluster_id} running in the background with {n} engines; "
             f"`corral stop --cluster-id {args.cluster_id}` stops it"
         )
+        _print_dashboard(path)
         return 0
 
     stop = threading.Event()
@@ -308,6 +309,15 @@ def cmd_start(args: argparse.Namespace) -> int:
         cluster.stop()
         print(f"cluster {args.cluster_id} stopped", flush=True)
     return 0
+
+
+def _print_dashboard(path: Path) -> None:
+    import json
+
+    try:
+        print(f"dashboard: {json.loads((path / 'dashboard.json').read_text())['url']}")
+    except (OSError, ValueError, KeyError):
+        pass  # started without one
 
 
 def _engines_up(path: Path, n: int) -> bool:
