@@ -20,6 +20,7 @@ TIMELINE_WINDOW = 600.0  # seconds of completions kept for the Gantt timeline
 TIMELINE_MAX = 20_000  # completions kept at most (a fast cluster fills the window sooner)
 DEAD_KEPT = 64  # dead engines still shown (the oldest are dropped)
 STATS_STALE = 5.0  # seconds after which an engine's last stats are not shown as current
+RESTART_WAIT = 60.0  # seconds a restarting engine waits for its successor before it is dead
 
 
 @dataclass
@@ -104,9 +105,12 @@ class ClusterModel:
             engine.tasks = int(info.get("tasks", 0))
             engine.completed = int(info.get("completed", 0))
             self._settle(engine, now)
-        for engine in self.engines.values():
+        for engine in list(self.engines.values()):
             if engine.id not in listed and engine.state not in ("dead", "restarting"):
                 self._die(engine, now)  # gone while a notification was on its way
+            elif engine.state == "restarting" and now - (engine.died_at or now) > RESTART_WAIT:
+                self._restarts.remove(engine.id)  # its successor never registered
+                self._die(engine, now)
         self.unassigned = int(reply.get("unassigned", 0))
         self.pending = int(reply.get("pending", 0))
         self.submitted = int(reply.get("submitted", 0))

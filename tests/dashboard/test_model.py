@@ -115,3 +115,15 @@ def test_a_restarted_controller_is_read_from_its_first_completion() -> None:
     model.on_status(status({0: {}}, instance="b", seq=2, recent=again), now=2.0, wall=102.0)
     assert model.seq == 2
     assert [c[0] for c in model.update(now=2.0)["completions"]][-2:] == ["n1", "n2"]
+
+
+def test_a_restart_whose_successor_never_comes_ends_dead() -> None:
+    model = ClusterModel("c")
+    model.on_status(status({0: {}}), now=0.0, wall=100.0)
+    model.mark_restarting(0, now=1.0)
+    model.on_status(status({}), now=30.0, wall=130.0)
+    assert states(model) == {0: "restarting"}
+    model.on_status(status({}), now=62.0, wall=162.0)
+    assert states(model) == {0: "dead"}
+    model.on_registration(1, "u1", now=63.0)  # a later engine is no one's successor
+    assert model.engine_rows(now=63.0)[0]["replaced_by"] is None
