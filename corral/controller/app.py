@@ -29,7 +29,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from corral.controller.hub import Hub, Send, Stop
 from corral.controller.loop import drain
-from corral.controller.store import RetentionSettings, open_store
+from corral.controller.store import RetentionSettings, SQLiteStore, open_store
 from corral.errors import CorralError, InvalidContent, ProtocolError, UnknownMessageType
 from corral.lifetime import SignalWakeup
 from corral.protocol.messages import KNOWN_TYPES, error_reply, validate_content
@@ -276,6 +276,12 @@ class Controller:
                 "task": task_client,
                 "iopub": iopub_client,
                 "store": {"db": config.db.split(":")[0], **config.retention.describe()},
+                # readers of the history (the dashboard) page the file without the Hub
+                **(
+                    {"sqlite_store": str(self.store.path.absolute())}
+                    if isinstance(self.store, SQLiteStore)
+                    else {}
+                ),
             },
         )
         # what --restore needs outlives the connection files, which a clean stop removes

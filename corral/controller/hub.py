@@ -13,8 +13,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from corral.controller.activity import Activity
 from corral.controller.heartbeat import HeartMonitor
-from corral.controller.store.base import ResultStore
+from corral.controller.store.base import ResultStore, check_page
 from corral.controller.store.query import validate_query
 from corral.controller.store.retention import OMITTED_FIELD, not_stored_message
 from corral.errors import EngineError, InvalidContent, QueryError, StoreError, error_content
@@ -101,6 +102,7 @@ class Hub:
         self.reported: set[str] = set()  # restored or unknown tasks an engine says it holds
         self.expected_from: dict[str, list[str]] = {}  # engine uuid -> those it reported
         self.restored_until_beat = 0
+        self.activity = Activity()  # counts and recent completions, for live views
 
     def restore(self) -> None:
         """After a restart: tasks the store still has pending may yet be answered by engines
@@ -371,6 +373,7 @@ class Hub:
             # direct tasks can never complete now; load-balanced ones are the scheduler's to
             # resubmit or fail, and its reply will update the record
             self.pending.pop(msg_id, None)
+            self.activity.complete(msg_id, entry.id, "error", None, now)
             self.store.update_record(
                 msg_id,
                 {
@@ -495,6 +498,7 @@ class Hub:
         if entry is not None:
             entry.queue[msg_id] = None
         label = msg.metadata.get("label")
+        self.activity.submit()
         self.store.add_record(
             msg_id,
             {
@@ -545,6 +549,13 @@ class Hub:
             entry.completed[msg_id] = None
         content = msg.content or {}
         metadata = msg.metadata
+        self.activity.complete(
+            msg_id,
+            entry.id if entry else metadata.get("engine_id"),
+            str(content.get("status", "error")),
+            metadata.get("started"),
+            metadata.get("completed"),
+        )
         self.store.update_record(
             msg_id,
             {
@@ -690,7 +701,16 @@ class Hub:
         validate_query(query)
         if keys is not None and not all(isinstance(k, str) for k in keys):
             raise QueryError("keys must be a list of field names")
-        records = self.store.find_records(query, keys)
+        extra: dict[str, Any] = {}
+        if "limit" in content:
+            # one page, newest first unless asked otherwise, and the number of matches
+            limit, skip = check_page(content["limit"], content.get("skip", 0))
+            newest_first = bool(content.get("newest_first", True))
+            records, extra["total"] = self.store.find_page(
+                query, keys, limit=limit, skip=skip, newest_first=newest_first
+            )
+        else:
+            records = self.store.find_records(query, keys)
         buffers: list[Frame] = []
         for record in records:
             for name in ("result_buffers", "buffers"):
@@ -700,7 +720,32 @@ class Hub:
                     found = list(record.pop(name) or [])
                     record[name.replace("buffers", "buffer_count")] = len(found)
                     buffers.extend(found)
-        return [self._reply(idents, msg, "db_reply", ok_reply(records=records), buffers)]
+        reply = ok_reply(records=records, **extra)
+        return [self._reply(idents, msg, "db_reply", reply, buffers)]
+
+    def _on_status_request(self, idents: Sequence[bytes], msg: Message) -> list[Action]:
+        """The live state in one small reply: each engine's queue lengths, the unassigned
+        tasks, counts, and the completions after sequence number ``since``."""
+        since = (msg.content or {}).get("since", 0)
+        engines = {
+            str(entry.id): {
+                "uuid": entry.uuid,
+                "registered": entry.registered,
+                "queue": len(entry.queue),
+                "tasks": len(entry.tasks),
+                "completed": len(entry.completed),
+            }
+            for entry in self.engines.values()
+        }
+        unassigned = sum(1 for engine in self.pending.values() if engine is None)
+        reply = ok_reply(
+            instance=self.hearts.instance.decode(),
+            engines=engines,
+            unassigned=unassigned,
+            pending=len(self.pending),
+            **self.activity.since(since),
+        )
+        return [self._reply(idents, msg, "status_reply", reply)]
 
 
 def _ident(idents: Sequence[bytes], index: int) -> str:

@@ -135,6 +135,7 @@ class Engine:
             log=self.log,
             shm=self.shm,
             gate=self.gate,
+            running=lambda: self.gate.running,
         )
         io.start()
         io.registered.wait()

@@ -62,6 +62,7 @@ from .runner import (
     reply_type,
     time_limit,
 )
+from .stats import STATS_PERIOD, STATS_TOPIC, StatsSampler
 
 CONTROL_TYPES = frozenset({"clear_request", "abort_request", "signal_request", "shutdown_request"})
 ADDRESS_FIELDS = ("mux", "control", "task", "iopub", "hb_ping", "hb_pong")
@@ -96,6 +97,7 @@ class IOThread:
         log: logging.Logger,
         shm: SharedMemory | None = None,
         gate: InterruptGate | None = None,
+        running: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.shm = shm or SharedMemory()
         self.context = context
@@ -114,6 +116,9 @@ class IOThread:
         self.unregister_timeout = unregister_timeout
         self.missed_beats = missed_beats
         self.log = log
+        self.running = running
+        self.stats = StatsSampler()
+        self._next_stats = 0.0
         self.registered = threading.Event()
         self.failure: str | None = None
         self.rejected = 0  # messages dropped: bad signature, replay, malformed
@@ -289,7 +294,9 @@ class IOThread:
             b"main": self._forward,
         }
         while True:
-            timeout = SIGINT_RESEND if self._sigint_watch else self.heartbeat_period
+            timeout = (
+                SIGINT_RESEND if self._sigint_watch else min(STATS_PERIOD, self.heartbeat_period)
+            )
             timeout = min(timeout, self._check_time_limit())
             events = dict(poller.poll(int(timeout * 1000)))
             if self.wakeup_fd is not None and self.wakeup_fd in events:
@@ -306,6 +313,7 @@ class IOThread:
                     handlers[name](frames)
             self._resend_sigint()
             self._check_heartbeat()
+            self._publish_stats()
 
     def _decode(self, channel: bytes, frames: list[zmq.Frame]) -> Message | None:
         """A verified message, or None after logging why it was dropped."""
@@ -551,6 +559,16 @@ class IOThread:
         if self._lost and now >= self._next_attempt:
             self._pending_registration = self._send_registration(self.identity.id, again=True)
             self._next_attempt = now + window
+
+    def _publish_stats(self) -> None:
+        """Once per STATS_PERIOD: this engine's CPU, memory and running task (stats.py)."""
+        now = time.monotonic()
+        if now < self._next_stats:
+            return
+        self._next_stats = now + STATS_PERIOD
+        msg = self.session.msg("engine_stats", self.stats.sample(self.running(), now))
+        topic = STATS_TOPIC + str(self.identity.id).encode()
+        send_frames(self._sockets[b"iopub"], [topic, *self.session.serialize(msg)])
 
     # ------------------------------------------------------------------ exit
 

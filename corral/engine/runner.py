@@ -35,6 +35,7 @@ from corral.sharedmem import SharedMemory
 from .interrupts import InterruptGate
 from .namespace import Namespace, OutputCapture, strip_engine_frames
 from .shell import EngineShell
+from .summary import describe_call
 
 SendCallback = Callable[[bytes, Sequence[Frame]], None]
 """``send(channel, frames)``: channel is b"mux", b"task", b"control" or b"iopub"."""
@@ -236,6 +237,7 @@ class TaskRunner:
         shell.bind(self.namespace.user_ns)
         self.namespace.transform = shell.transform
         self.namespace.formatter = shell.format
+        self.call: str | None = None  # the running apply, described (summary.py)
 
     # ------------------------------------------------------------------ sending
 
@@ -316,6 +318,7 @@ class TaskRunner:
 
         failure: BaseException | None = None
         result: JSONDict | None = None
+        self.call = None
         buffers: list[Any] = []
         displays: list[JSONDict] = []
         with self.capture.capture(lambda name, text: self._stream(msg, name, text)) as output:
@@ -346,6 +349,8 @@ class TaskRunner:
             failure = self._aborted_while_running(msg, failure, self.gate.timed_out)
 
         extra: JSONDict = {"outputs": displays} if displays else {}
+        if self.call:
+            extra["call"] = self.call
         if failure is not None:
             reply_content = failure_content(failure, self.identity)
             self.publish("error", _iopub_error(reply_content), msg)
@@ -410,6 +415,7 @@ class TaskRunner:
                 "engine: install it there, or define it in __main__ (or mark it @interactive) "
                 "so that it travels by value"
             ) from None
+        self.call = describe_call(f, args, kwargs)
         result = self.namespace.apply(f, args, kwargs)
         name = getattr(f, "__name__", "the function")
         try:

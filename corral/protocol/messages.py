@@ -74,16 +74,19 @@ _SPECS = [
         {"targets": INT_LIST, "statusonly": (bool,), "unknown_pending": (bool,)},
     ),
     _reply("result_reply"),
-    _spec(
-        "purge_request",
-        optional={"msg_ids": (list, str), "engine_ids": INT_LIST, "controller": (str,)},
-    ),
+    _spec("purge_request", optional={"msg_ids": (list, str), "engine_ids": INT_LIST}),
     _reply("purge_reply"),
     _spec("history_request"),
     _reply("history_reply"),
-    _spec("db_request", {"query": (dict,)}, {"keys": INT_LIST}),
+    _spec(
+        "db_request",
+        {"query": (dict,)},
+        {"keys": INT_LIST, "limit": (int,), "skip": (int,), "newest_first": (bool,)},
+    ),
     _reply("db_reply"),
-    _spec("hub_shutdown_request", optional={"controller": (str,)}),
+    _spec("status_request", optional={"since": (int,)}),
+    _reply("status_reply"),
+    _spec("hub_shutdown_request"),
     _reply("hub_shutdown_reply"),
     # -- scheduler to Hub --
     _spec("task_destination", {"msg_id": (str,), "engine_id": (str,)}),
@@ -122,6 +125,11 @@ _SPECS = [
     _spec("display_data", {"data": (dict,)}, {"metadata": (dict,), "transient": (dict,)}),
     _spec("error", {"ename": (str,), "evalue": (str,), "traceback": (list,)}, open=True),
     _spec("status", {"execution_state": (str,)}),
+    _spec(
+        "engine_stats",
+        {"pid": (int,), "hostname": (str,), "cpu": (float, int), "memory": (int,)},
+        {"running": (str, NoneType), "running_for": (float, int)},
+    ),
 ]
 
 CATALOGUE: dict[str, MessageSpec] = {spec.msg_type: spec for spec in _SPECS}

@@ -346,3 +346,53 @@ def test_after_a_restart_tasks_no_engine_holds_are_failed_and_held_ones_recorded
     assert hub.store.get_record("unrecorded")["status"] == "ok"
     hub.handle_monitor(b"mux_out", [b"client-1", b"back"], reply_for(held))
     assert hub.store.get_record(held.msg_id)["status"] == "ok"
+
+
+# ------------------------------------------------------------ live status and pages
+
+
+def test_status_request_reports_queues_counts_and_recent_completions(hub: Hub) -> None:
+    uuid = "e-status"
+    engine_id = register(hub, uuid)
+    first, second = submit_mux(hub, uuid), submit_mux(hub, uuid)
+    hub.handle_monitor(b"mux_out", [b"client-1", uuid.encode()], reply_for(first))
+    (reply,) = hub.handle_request([b"c"], request("status_request", since=0))
+    assert isinstance(reply, Send) and reply.msg_type == "status_reply"
+    content = reply.content
+    assert content["engines"][str(engine_id)]["queue"] == 1
+    assert content["engines"][str(engine_id)]["completed"] == 1
+    assert content["submitted"] == 2 and content["counts"] == {"ok": 1}
+    assert content["pending"] == 1 and content["unassigned"] == 0
+    ((seq, msg_id, completed_by, status, started, _),) = content["recent"]
+    assert (msg_id, completed_by, status) == (first.msg_id, engine_id, "ok")
+    assert started == "2026-01-01T00:00:00+00:00"
+    hub.handle_monitor(b"mux_out", [b"client-1", uuid.encode()], reply_for(second, "error"))
+    (later,) = hub.handle_request([b"c"], request("status_request", since=seq))
+    assert isinstance(later, Send)
+    assert [item[1] for item in later.content["recent"]] == [second.msg_id]
+    assert later.content["counts"] == {"ok": 1, "error": 1}
+
+
+def test_a_dead_engines_direct_tasks_count_as_failures(hub: Hub) -> None:
+    uuid = "e-dies"
+    register(hub, uuid)
+    submit_mux(hub, uuid)
+    for _ in range(4):
+        hub.tick()
+    (reply,) = hub.handle_request([b"c"], request("status_request"))
+    assert isinstance(reply, Send)
+    assert reply.content["counts"] == {"error": 1} and reply.content["engines"] == {}
+
+
+def test_db_request_with_a_limit_answers_one_page_and_the_total(hub: Hub) -> None:
+    uuid = "e-page"
+    register(hub, uuid)
+    requests = [submit_mux(hub, uuid) for _ in range(5)]
+    page = request("db_request", query={}, keys=["status"], limit=2, skip=1)
+    (reply,) = hub.handle_request([b"c"], page)
+    assert isinstance(reply, Send) and reply.content["status"] == "ok"
+    assert reply.content["total"] == 5
+    ids = [r["msg_id"] for r in reply.content["records"]]
+    assert ids == [requests[3].msg_id, requests[2].msg_id]
+    (bad,) = hub.handle_request([b"c"], request("db_request", query={}, limit=0))
+    assert isinstance(bad, Send) and bad.content["ename"] == "QueryError"

@@ -61,6 +61,7 @@ SCALAR_FIELD_CATEGORIES: dict[str, str] = {
 }
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_PAGE = 10_000  # records in one find_page answer
 
 
 def check_field_name(name: object, error: type[Exception] = StoreError) -> str:
@@ -159,6 +160,17 @@ def check_msg_ids(msg_ids: Sequence[str]) -> list[str]:
     if isinstance(msg_ids, str | bytes) or not isinstance(msg_ids, Iterable):
         raise QueryError(f"msg_ids must be a list of msg_id strings, not {msg_ids!r}")
     return [msg_id for msg_id in dict.fromkeys(msg_ids) if isinstance(msg_id, str)]
+
+
+def check_page(limit: object, skip: object) -> tuple[int, int]:
+    """``limit`` (1 .. MAX_PAGE) and ``skip`` (>= 0) of a page query; QueryError otherwise."""
+    for name, value, low in (("limit", limit, 1), ("skip", skip, 0)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise QueryError(f"{name} must be an integer >= {low}, not {value!r}")
+    assert isinstance(limit, int) and isinstance(skip, int)
+    if limit > MAX_PAGE:
+        raise QueryError(f"limit must be at most {MAX_PAGE}, not {limit}")
+    return limit, skip
 
 
 def project(record: dict[str, Any], keys: tuple[str, ...] | None) -> dict[str, Any]:
@@ -320,6 +332,27 @@ class ResultStore(ABC):
         if msg_id not in records:
             raise KeyError(msg_id)
         return records[msg_id]
+
+    def find_page(
+        self,
+        query: dict[str, Any],
+        keys: Sequence[str] | None = None,
+        *,
+        limit: int,
+        skip: int = 0,
+        newest_first: bool = True,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """One page of the records matching ``query`` and how many match in all.
+
+        For browsing a long history (the dashboard) without moving every record: the page is
+        ``limit`` records after the first ``skip``, newest first by default. This fallback
+        reads every match; a backend that can count and slice natively overrides it.
+        """
+        limit, skip = check_page(limit, skip)
+        records = self.find_records(query, keys)
+        if newest_first:
+            records.reverse()
+        return records[skip : skip + limit], len(records)
 
     def drop_matching_records(self, query: dict[str, Any]) -> None:
         """Forget every task matching ``query``, as one read then one ordered write."""

@@ -40,6 +40,7 @@ from .base import (
     WriteOp,
     check_keys,
     check_msg_ids,
+    check_page,
     project,
     validate_record,
 )
@@ -369,6 +370,47 @@ class SQLiteStore(ResultStore):
         needed = None if fields is None else {*fields, *(c.field for c in residue)}
         return self._select(_columns_for(needed), where, params, residue, fields)
 
+    def find_page(
+        self,
+        query: dict[str, Any],
+        keys: Sequence[str] | None = None,
+        *,
+        limit: int,
+        skip: int = 0,
+        newest_first: bool = True,
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Counted and sliced by SQLite when the whole query is native SQL (queries on the
+        scalar fields: status, engine, dates, msg_id ...); otherwise the generic fallback."""
+        limit, skip = check_page(limit, skip)
+        conditions = parse_query(query)
+        fields = check_keys(keys)
+        atoms, residue = split_query(conditions, SCALAR_FIELD_CATEGORIES)
+        if residue:
+            return super().find_page(query, keys, limit=limit, skip=skip, newest_first=newest_first)
+        where, params = sql_where(atoms)
+        self.flush()
+        with self._lock:
+            self._check_open()
+            (total,) = self._reader.execute(
+                f"SELECT count(*) FROM tasks WHERE {where}", params
+            ).fetchone()
+        # SQLite walks past the skipped rows: a page in the far half is read from the other end
+        flip = skip > int(total) // 2
+        if flip:
+            skip, limit = max(0, int(total) - skip - limit), min(limit, int(total) - skip)
+        order = "DESC" if newest_first != flip else "ASC"
+        page = self._select(
+            _columns_for(None if fields is None else set(fields)),
+            where,
+            params,
+            [],
+            fields,
+            suffix=f" {order} LIMIT {max(0, limit)} OFFSET {skip}",
+        )
+        if flip:
+            page.reverse()
+        return page, int(total)
+
     def get_history(self) -> list[str]:
         self.flush()
         with self._lock:
@@ -404,11 +446,13 @@ class SQLiteStore(ResultStore):
         params: list[Any],
         residue: list[Any],
         fields: tuple[str, ...] | None,
+        suffix: str = "",
     ) -> list[dict[str, Any]]:
-        """Rows in submission order, decoded, filtered by the residue, projected; all in
-        one read transaction, so buffers read by blob handles belong to the same snapshot."""
+        """Rows in submission order (``suffix`` may reverse and slice it), decoded, filtered
+        by the residue, projected; all in one read transaction, so buffers read by blob
+        handles belong to the same snapshot."""
         self.flush()
-        sql = f"SELECT {', '.join(columns)} FROM tasks WHERE {where} ORDER BY seq"
+        sql = f"SELECT {', '.join(columns)} FROM tasks WHERE {where} ORDER BY seq{suffix}"
         buffers_early = any(c.field == BUFFERS_FIELD for c in residue)
         records: list[dict[str, Any]] = []
         with self._lock:
