@@ -19,6 +19,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from corral.errors import CorralError
+
 DEFAULT_ID = "default"
 
 
@@ -76,11 +78,24 @@ def _controller_flags(parser: argparse.ArgumentParser) -> None:
         "--curve",
         action="store_true",
         help="encrypt and authenticate every connection with CurveZMQ "
-        "(for clusters that span machines)",
+        "(on by default when listening beyond loopback)",
+    )
+    parser.add_argument(
+        "--no-curve",
+        action="store_true",
+        help="beyond loopback, do NOT encrypt (a loud warning is logged): for trusted networks",
+    )
+    parser.add_argument(
+        "--location",
+        default=None,
+        help="the address other hosts reach the controller at, written into the connection "
+        "files (default: --ip, or this host's first address outside loopback for 0.0.0.0)",
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from corral.cluster.launchers.config import add_launcher_flags
+
     parser = argparse.ArgumentParser(
         prog="corral", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -88,11 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     start = commands.add_parser("start", help="start a controller and engines")
     start.add_argument(
-        "-n", "--engines", type=int, default=None, help="number of engines (default: one per CPU)"
+        "-n", dest="engines", type=int, default=None, help="engines to start (default: one per CPU)"
     )
     start.add_argument("--daemon", action="store_true", help="run in the background")
     _common(start)
     _controller_flags(start)
+    add_launcher_flags(start)
 
     stop = commands.add_parser("stop", help="stop a running cluster")
     _common(stop)
@@ -135,20 +151,21 @@ def _controller_args(args: argparse.Namespace) -> list[str]:
         flags.append("--insecure")
     if args.curve:
         flags.append("--curve")
+    if args.no_curve:
+        flags.append("--no-curve")
+    if args.location:
+        flags += ["--location", args.location]
     return flags
 
 
 def cmd_controller(args: argparse.Namespace) -> int:
     from corral.controller.app import ControllerConfig, run_controller
+    from corral.controller.location import curve_decision
     from corral.lifetime import exit_with_owner
 
-    if args.ip not in ("127.0.0.1", "localhost", "::1") and not args.curve:
-        logging.getLogger("corral").warning(
-            "listening on %s: any machine that reaches this address and holds the key can run "
-            "code on every engine; messages are signed but not encrypted (--curve encrypts "
-            "them)",
-            args.ip,
-        )
+    curve, why = curve_decision(args.ip, args.location, args.curve, args.no_curve)
+    if why:
+        logging.getLogger("corral").log(logging.WARNING if not curve else logging.INFO, why)
     if args.insecure:
         logging.getLogger("corral").warning(
             "--insecure: messages are not signed; anyone who can reach the ports runs code"
@@ -164,7 +181,8 @@ def cmd_controller(args: argparse.Namespace) -> int:
         restore=args.restore,
         scheduler_policy=args.scheduler,
         max_outstanding=args.max_outstanding,
-        curve=args.curve,
+        curve=curve,
+        location=args.location,
     )
     exit_with_owner(args.owner_pid)
     return run_controller(config)
@@ -187,8 +205,11 @@ def cmd_start(args: argparse.Namespace) -> int:
     import os
 
     from corral.cluster.cluster import Cluster
+    from corral.cluster.launchers.config import launcher_argv, resolve
+    from corral.cluster.launchers.watch import launcher_failures
 
-    n = args.engines if args.engines is not None else (os.cpu_count() or 1)
+    launcher, configured_n, options = resolve(args, _cluster_path(args).with_suffix(".toml"))
+    n = args.engines if args.engines is not None else configured_n or (os.cpu_count() or 1)
     if args.daemon:
         argv = [
             sys.executable,
@@ -204,13 +225,14 @@ def cmd_start(args: argparse.Namespace) -> int:
             "--db",
             args.db,
             *_controller_args(args),
+            *launcher_argv(args),
         ]
         if args.cluster_dir:
             argv += ["--cluster-dir", args.cluster_dir]
         path = _cluster_path(args)
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         with open(path / "cluster-manager.log", "ab") as log_file:
-            subprocess.Popen(
+            manager = subprocess.Popen(
                 argv,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -219,6 +241,10 @@ def cmd_start(args: argparse.Namespace) -> int:
             )
         deadline = time.monotonic() + 60
         while not (path / "cluster.json").exists() or not _engines_up(path, n):
+            if manager.poll() is not None:
+                tail = (path / "cluster-manager.log").read_text(errors="replace")[-3000:]
+                print(f"cluster {args.cluster_id} did not start:\n{tail}", file=sys.stderr)
+                return 1
             if time.monotonic() > deadline:
                 print(f"cluster {args.cluster_id} did not start; see {path}", file=sys.stderr)
                 return 1
@@ -240,18 +266,29 @@ def cmd_start(args: argparse.Namespace) -> int:
         db=args.db,
         controller_args=_controller_args(args),
         log_level=args.log_level,
+        engines=launcher,
+        launcher_options=options,
     )
-    rc = cluster.start()
+    try:
+        rc = cluster.start()
+    except CorralError as err:
+        print(f"corral start: {err}", file=sys.stderr)
+        return 1
     print(
         f"cluster {args.cluster_id}: controller and {len(rc.ids)} engines running "
         f"({cluster.path}); Ctrl-C stops them",
         flush=True,
     )
+    lost: set[str] = set()
     try:
-        while not stop.wait(0.5):
+        while not stop.wait(1.0):
             if cluster.controller is not None and cluster.controller.poll() is not None:
                 print("the controller exited", file=sys.stderr)
                 break
+            for why in set(launcher_failures(cluster.launchers)) - lost:
+                lost.add(why)
+                print(f"engines lost: {why}", file=sys.stderr, flush=True)
+                cluster._save_state()
     finally:
         cluster.stop()
         print(f"cluster {args.cluster_id} stopped", flush=True)
@@ -265,7 +302,8 @@ def _engines_up(path: Path, n: int) -> bool:
         state = json.loads((path / "cluster.json").read_text())
     except (OSError, ValueError):
         return False
-    return len(state.get("engine_pids", [])) >= n and (path / "corral-client.json").exists()
+    up = len(state.get("engine_pids", [])) >= n or state.get("engines_registered", 0) >= n
+    return bool(up) and (path / "corral-client.json").exists()
 
 
 def cmd_stop(args: argparse.Namespace) -> int:

@@ -56,6 +56,11 @@ class ConnectionError(CorralError, builtins.ConnectionError):  # noqa: A001
     """The controller cannot be reached, or went away while a call was waiting on it."""
 
 
+class LaunchError(CorralError):
+    """A launcher (local, mpi, ssh, slurm, pbs, lsf, sge) could not start or stop its processes;
+    the message carries the launcher's own error text (sbatch's, mpiexec's, ssh's)."""
+
+
 class NoEnginesRegistered(CorralError):
     """A view or call needs engines and there are none."""
 

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -22,6 +22,14 @@ from typing import Any
 import psutil
 
 from corral.client.client import Client
+from corral.cluster.launchers import (
+    EngineLauncher,
+    LaunchSpec,
+    engine_launcher,
+    wait_for_launched_engines,
+)
+from corral.cluster.launchers.local import LocalLauncher
+from corral.cluster.launchers.watch import cancel_recorded_jobs, stop_launchers
 from corral.errors import ConnectionError, CorralError, TimeoutError
 
 CLIENT_FILE = "corral-client.json"
@@ -57,7 +65,9 @@ class Cluster:
 
     ``cluster_dir`` is the parent folder (default ``$CORRAL_DIR`` or ``~/.corral``); the cluster
     lives in ``<cluster_dir>/<cluster_id>/``. ``controller_args`` are extra flags for
-    ``corral controller`` (``--db``, ``--restore``, ``--ip`` ...).
+    ``corral controller`` (``--db``, ``--restore``, ``--ip`` ...). ``engines`` names the
+    engine launcher (local, mpi, ssh, slurm, pbs, lsf, sge; corral.cluster.launchers) and
+    ``launcher_options`` its options (``{"partition": "debug"}``, ``{"hosts": ["a", "b"]}``).
     """
 
     def __init__(
@@ -72,6 +82,8 @@ class Cluster:
         engine_args: Sequence[str] = (),
         timeout: float = 60.0,
         log_level: str = "WARNING",
+        engines: str = "local",
+        launcher_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.n = n
         self.cluster_id = cluster_id or f"cluster-{uuid.uuid4().hex[:8]}"
@@ -84,7 +96,10 @@ class Cluster:
         self.timeout = timeout
         self.log_level = log_level
         self.controller: subprocess.Popen[bytes] | None = None
-        self.engines: list[subprocess.Popen[bytes]] = []
+        self.engines: list[subprocess.Popen[bytes]] = []  # the local launcher's processes
+        self.engine_launcher = engines
+        self.launcher_options = dict(launcher_options or {})
+        self.launchers: list[EngineLauncher] = []
         self.client: Client | None = None
 
     # ------------------------------------------------------------ processes
@@ -132,31 +147,36 @@ class Cluster:
         self._save_state()
 
     def start_engines(self, n: int) -> list[subprocess.Popen[bytes]]:
-        """Start ``n`` more engines (they register by themselves)."""
-        started = []
-        for _ in range(n):
-            index = len(self.engines)
-            args = [
-                "engine",
-                "--file",
-                str(self.path / ENGINE_FILE),
-                "--log-level",
-                self.log_level,
-                "--owner-pid",
-                str(os.getpid()),
-                *self.engine_args,
-            ]
-            engine = self._spawn(args, f"engine-{index}.log")
-            self.engines.append(engine)
-            started.append(engine)
+        """Start ``n`` more engines with this cluster's launcher (they register by themselves);
+        the local processes started, if the launcher is local."""
+        spec = LaunchSpec(
+            cluster_id=self.cluster_id,
+            cluster_path=self.path,
+            engine_file=self.path / ENGINE_FILE,
+            n=n,
+            log_level=self.log_level,
+            engine_args=tuple(self.engine_args),
+            owner_pid=os.getpid(),
+            options=self.launcher_options,
+        )
+        if self.engine_launcher == "local":
+            launcher: EngineLauncher = LocalLauncher(spec, first_index=len(self.engines))
+        else:
+            launcher = engine_launcher(self.engine_launcher, spec)
+        self.launchers.append(launcher)
+        launcher.start()
+        started = launcher.processes if isinstance(launcher, LocalLauncher) else []
+        self.engines.extend(started)
         self._save_state()
         return started
 
-    def _save_state(self) -> None:
+    def _save_state(self, **extra: Any) -> None:
         state = {
+            **extra,
             "manager_pid": os.getpid(),
             "controller_pid": self.controller.pid if self.controller else None,
             "engine_pids": [e.pid for e in self.engines if e.poll() is None],
+            "launchers": [launcher.state() for launcher in self.launchers],
         }
         (self.path / STATE_FILE).write_text(json.dumps(state))
 
@@ -170,7 +190,8 @@ class Cluster:
             self.start_controller()
             self.start_engines(self.n)
             self.client = self.connect()
-            self.client.wait_for_engines(self.n, timeout=self.timeout)
+            wait_for_launched_engines(self.client, self.n, self.launchers, self.timeout)
+            self._save_state(engines_registered=self.n)
         except BaseException:
             self.stop()
             raise
@@ -200,6 +221,7 @@ class Cluster:
                 process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 _terminate(process)
+        stop_launchers(self.launchers, max(1.0, deadline - time.monotonic()))
         (self.path / STATE_FILE).unlink(missing_ok=True)
 
     def __enter__(self) -> Client:
@@ -262,6 +284,7 @@ def stop_cluster(path: Path, timeout: float = 10.0) -> bool:
                 client.close()
     processes = [process for process in map(_process, pids) if process is not None]
     _, alive = psutil.wait_procs(processes, timeout=timeout)
+    was_running = cancel_recorded_jobs(state.get("launchers", [])) or was_running
     for process in alive:
         process.kill()
     state_file.unlink(missing_ok=True)

@@ -27,6 +27,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from zmq.devices import ThreadMonitoredQueue, ThreadProxy
 
 from corral.controller.hub import Hub, Send, Stop
+from corral.controller.location import reachable_address
 from corral.controller.loop import drain
 from corral.controller.store import open_store
 from corral.errors import CorralError, InvalidContent, ProtocolError, UnknownMessageType
@@ -61,6 +62,7 @@ class ControllerConfig:
     max_outstanding: int = 16
     scheduler: bool = True
     curve: bool = False
+    location: str | None = None  # the address others connect to (default: see location.py)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -93,6 +95,9 @@ class Controller:
         self.context = zmq.Context()
         self.session = Session(config.key, username="controller", check_msg_type=False)
         self.url = f"{config.transport}://{config.ip}"
+        # what engines and clients connect to: never the wildcard the sockets are bound to
+        self.connect_ip = reachable_address(config.ip, config.location)
+        self.connect_url = f"{config.transport}://{self.connect_ip}"
         self._stopping = False
         self._devices: list[Any] = []
         self._scheduler: subprocess.Popen[bytes] | None = None
@@ -194,7 +199,7 @@ class Controller:
             )
 
         def address(port: int | None) -> str | None:
-            return f"{self.url}:{port}" if port is not None else None
+            return f"{self.connect_url}:{port}" if port is not None else None
 
         engine_addresses = {
             "mux": address(mux_engine),
@@ -229,7 +234,7 @@ class Controller:
             "key": config.key.decode("ascii"),
             "signature_scheme": "hmac-sha256",
             "transport": config.transport,
-            "ip": config.ip,
+            "ip": self.connect_ip,
             "location": socket.gethostname(),
             "controller_pid": os.getpid(),
             "registration": reg_port,

@@ -54,6 +54,7 @@ class EngineEntry:
     queue: dict[str, None] = field(default_factory=dict)  # MUX msg_ids sent, not answered
     tasks: dict[str, None] = field(default_factory=dict)  # load-balanced msg_ids in flight
     completed: dict[str, None] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)  # host, pid, MPI rank, launcher, job id
 
 
 @dataclass
@@ -61,6 +62,7 @@ class PendingRegistration:
     id: int
     uuid: str
     expires_at_beat: int
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 class Hub:
@@ -194,8 +196,12 @@ class Hub:
         else:
             engine_id = requested
         self.next_id = max(self.next_id, engine_id + 1)
+        info = content.get("info")
         self.pending_registrations[uuid] = PendingRegistration(
-            engine_id, uuid, self.hearts.beat + 2 * self.hearts.max_misses + 2
+            engine_id,
+            uuid,
+            self.hearts.beat + 2 * self.hearts.max_misses + 2,
+            dict(info) if isinstance(info, dict) else {},
         )
         self.told_stale.discard(uuid)
         reply = ok_reply(
@@ -226,14 +232,15 @@ class Hub:
 
     def _on_connection_request(self, idents: Sequence[bytes], msg: Message) -> list[Action]:
         engines = {str(e.id): e.uuid for e in self.engines.values()}
-        reply = ok_reply(engines=engines, **self.client_addresses)
+        engine_info = {str(e.id): {"uuid": e.uuid, **e.info} for e in self.engines.values()}
+        reply = ok_reply(engines=engines, engine_info=engine_info, **self.client_addresses)
         return [self._reply(idents, msg, "connection_reply", reply)]
 
     def _on_hub_shutdown_request(self, idents: Sequence[bytes], msg: Message) -> list[Action]:
         return [self._reply(idents, msg, "hub_shutdown_reply", ok_reply()), Stop()]
 
     def _register(self, pending: PendingRegistration) -> list[Action]:
-        entry = EngineEntry(pending.id, pending.uuid, utcnow())
+        entry = EngineEntry(pending.id, pending.uuid, utcnow(), info=pending.info)
         self.engines[entry.id] = entry
         self.by_uuid[entry.uuid] = entry
         log.info("hub: engine %d (%s) registered", entry.id, entry.uuid)

@@ -34,6 +34,7 @@ from .connection import EngineConnectionInfo, engine_connection_file
 from .interrupts import InterruptGate
 from .iothread import IOThread
 from .namespace import Namespace, OutputCapture
+from .placement import engine_placement
 from .runner import AbortList, EngineIdentity, Request, TaskRunner
 
 ConnectionSource = str | os.PathLike[str] | Mapping[str, Any] | EngineConnectionInfo
@@ -60,6 +61,7 @@ class Engine:
         unregister_timeout: float = 1.0,
         missed_beats: int = 5,
         max_result_bytes: int | None = None,
+        placement: Mapping[str, Any] | None = None,
     ) -> None:
         if isinstance(connection, EngineConnectionInfo):
             info = connection
@@ -71,7 +73,10 @@ class Engine:
         self.log = log or logging.getLogger("corral.engine")
         if not info.key:
             self.log.warning("the connection file has an empty key: messages are not signed")
-        self.identity = EngineIdentity(engine_uuid or str(uuid.uuid4()))
+        self.identity = EngineIdentity(
+            engine_uuid or str(uuid.uuid4()),
+            placement=dict(engine_placement() if placement is None else placement),
+        )
         self.session = Session(
             info.key,
             signature_scheme=info.signature_scheme,
@@ -204,6 +209,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="answer an apply whose serialized result is larger with an error (default: none)",
     )
+    parser.add_argument(
+        "--mpi",
+        action="store_true",
+        help="initialise MPI (mpi4py) before registering, so tasks share COMM_WORLD",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -213,14 +223,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = args.file or engine_connection_file(args.cluster_id, args.cluster_dir)
     exit_with_owner(args.owner_pid)
     try:
+        placement = engine_placement(mpi_rank=_init_mpi() if args.mpi else None)
         engine = Engine(
             path,
             engine_uuid=args.uuid,
             requested_id=args.id,
             registration_timeout=args.timeout,
             max_result_bytes=args.max_result_bytes,
+            placement=placement,
         )
         engine.run()
     except CorralError as err:
         print(f"corral engine: {err}", file=sys.stderr)
         return 1
+
+
+def _init_mpi() -> int | None:
+    """Initialise MPI on the main thread (the one that runs tasks) and return this rank; None
+    with a warning when mpi4py is missing (the rank then comes from the environment)."""
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        logging.getLogger("corral.engine").warning(
+            "--mpi: mpi4py is not installed (pip install 'corral[mpi]'); MPI is not initialised"
+        )
+        return None
+    return int(MPI.COMM_WORLD.Get_rank())

@@ -153,6 +153,8 @@ class IOThread:
 
     def _send_registration(self, engine_id: int | None) -> str:
         content: dict[str, Any] = {"uuid": self.identity.uuid}
+        if self.identity.placement:
+            content["info"] = self.identity.placement
         if engine_id is not None:
             content["id"] = engine_id
         msg = self._registration_msg(content)

@@ -12,7 +12,7 @@ import logging
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from corral.errors import SerializationError, TaskAborted, error_content
@@ -36,6 +36,7 @@ class EngineIdentity:
 
     uuid: str
     id: int | None = None
+    placement: dict[str, Any] = field(default_factory=dict)  # host, pid, MPI rank ...
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,12 @@ def reply_metadata(
         "completed": completed or utcnow(),
         "stdout": stdout,
         "stderr": stderr,
+        **({"engine_host": identity.placement["host"]} if "host" in identity.placement else {}),
+        **(
+            {"mpi_rank": identity.placement["mpi_rank"]}
+            if identity.placement.get("mpi_rank") is not None
+            else {}
+        ),
         **extra,
     }
 

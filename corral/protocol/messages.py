@@ -55,14 +55,21 @@ def _reply(msg_type: str, channel: str) -> MessageSpec:
 
 _SPECS = [
     # -- registration and connection (Hub ROUTER) --
-    _spec("registration_request", "registration", {"uuid": (str,)}, {"id": (int,)}),
+    _spec(
+        "registration_request", "registration", {"uuid": (str,)}, {"id": (int,), "info": (dict,)}
+    ),
     _reply("registration_reply", "registration"),
     _spec("unregistration_request", "registration", optional={"id": (int,), "uuid": (str,)}),
     _reply("unregistration_reply", "registration"),
     _spec("connection_request", "registration"),
     _reply("connection_reply", "registration"),
     # -- notifications (Hub PUB) --
-    _spec("registration_notification", "notification", {"id": (int,), "uuid": (str,)}),
+    _spec(
+        "registration_notification",
+        "notification",
+        {"id": (int,), "uuid": (str,)},
+        {"info": (dict,)},
+    ),
     _spec("unregistration_notification", "notification", {"id": (int,), "uuid": (str,)}),
     # -- client queries (Hub ROUTER) --
     _spec("queue_request", "query", optional={"verbose": (bool,), "targets": INT_LIST}),
