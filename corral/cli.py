@@ -346,6 +346,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     print(f"{'cluster':<24} {'controller pid':>14} {'engines':>8}  ip")
     for name, pid, engines, ip in rows:
         print(f"{name:<24} {pid:>14} {engines:>8}  {ip}")
+    from corral.cluster.listing import describe_engines
+
+    print("\n".join(describe_engines(base / row[0] for row in rows)))
     return 0
 
 

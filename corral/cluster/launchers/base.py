@@ -78,6 +78,7 @@ class EngineLauncher(ABC):
 
     def __init__(self, spec: LaunchSpec) -> None:
         self.spec = spec
+        self.lost: str | None = None  # why the engines are gone, once a watcher noticed
 
     @abstractmethod
     def start(self) -> None:
@@ -94,7 +95,10 @@ class EngineLauncher(ABC):
 
     def state(self) -> dict[str, Any]:
         """What `corral list` and `corral stop` from another process need (JSON-safe)."""
-        return {"launcher": self.name, "n": self.spec.n}
+        state: dict[str, Any] = {"launcher": self.name, "n": self.spec.n}
+        if self.lost:
+            state["lost"] = self.lost
+        return state
 
 
 def require_tool(name: str, launcher: str) -> str:

@@ -63,6 +63,7 @@ class BatchSystem:
     active_states: frozenset[str]  # engines may run (queued, running)
     leaving_states: frozenset[str] = frozenset()  # ended, but still listed (Slurm COMPLETING)
     extra_values: Callable[[Mapping[str, Any]], dict[str, str]] = lambda options: {}
+    explain: Callable[[str], str] = lambda log_text: ""  # the job log's words on its end
 
     def directive_lines(
         self, options: Mapping[str, Any], n: int, job_name: str, log_file: str
@@ -164,10 +165,11 @@ class BatchLauncher(EngineLauncher):
         if state in self.system.active_states or state.startswith("UNKNOWN"):
             return None
         logs = "".join(
-            log_tail(path, 1000)
+            log_tail(path, 2000)
             for path in self.spec.cluster_path.glob(f"engines-{self.name}*.log")
         )
-        return f"{self.name} job {self.job_id} is {state}" + (f": {logs}" if logs else "")
+        why = self.system.explain(logs) or logs
+        return f"{self.name} job {self.job_id} is {state}" + (f": {why}" if why else "")
 
     def stop(self, timeout: float = 30.0) -> None:
         if self.job_id is None:

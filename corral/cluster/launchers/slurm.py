@@ -69,6 +69,12 @@ def cancel(job_id: str) -> list[str]:
     return ["scancel", job_id]
 
 
+def explain(log_text: str) -> str:
+    """Slurm's own ``*** JOB 12 ON node CANCELLED AT ... DUE TO TIME LIMIT ***`` line."""
+    found = re.findall(r"\*\*\* (JOB \d+ .*?) \*\*\*", log_text)
+    return found[-1] if found else ""
+
+
 def extra_values(options: Mapping[str, Any]) -> dict[str, str]:
     return {"srun_args": shlex.join(option_list(options.get("srun_args")))}
 
@@ -89,6 +95,7 @@ SLURM = BatchSystem(
     active_states=ACTIVE,
     leaving_states=frozenset({"COMPLETING"}),
     extra_values=extra_values,
+    explain=explain,
 )
 
 SlurmLauncher = make_batch_launcher(SLURM)

@@ -35,8 +35,14 @@ def stop_launchers(launchers: Sequence[EngineLauncher], timeout: float) -> list[
 
 def launcher_failures(launchers: Iterable[EngineLauncher]) -> list[str]:
     """What each launcher that lost its engines says about it (a job cancelled or over its
-    walltime, mpiexec exited)."""
-    return [f"{launcher.name}: {why}" for launcher in launchers if (why := launcher.failure())]
+    walltime, mpiexec exited); each launcher remembers it for the state file."""
+    found = []
+    for launcher in launchers:
+        why = launcher.failure()
+        if why is not None:
+            launcher.lost = why.splitlines()[0][:300]
+            found.append(f"{launcher.name}: {why}")
+    return found
 
 
 def cancel_recorded_jobs(records: Iterable[Mapping[str, Any]], timeout: float = 30.0) -> bool:
