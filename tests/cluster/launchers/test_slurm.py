@@ -4,6 +4,8 @@ the session fixture): start, list, lose the job to scancel, stop, bad submission
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -131,3 +133,21 @@ def test_no_sbatch_on_path_is_a_clear_error(tmp_path: Path, slurm_env: dict[str,
     assert result.returncode == 1
     assert "needs `sbatch`, which is not on PATH" in result.stderr
     assert processes_mentioning(tmp_path) == []
+
+
+@pytest.mark.timeout(240)
+def test_stop_cancels_the_job_even_when_the_manager_was_killed(
+    tmp_path: Path, slurm_env: dict[str, str]
+) -> None:
+    env = {**slurm_env, "CORRAL_DIR": str(tmp_path)}
+    where = ["--cluster-id", "orphan"]
+    start = corral("start", "--daemon", "--engines", "slurm", "-n", "1", *where, env=env)
+    try:
+        assert start.returncode == 0, start.stderr
+        state = json.loads((tmp_path / "orphan" / "cluster.json").read_text())
+        os.kill(state["manager_pid"], signal.SIGKILL)
+        assert jobs(env) == [state["launchers"][0]["job_id"]]
+    finally:
+        stop = corral("stop", *where, env=env)
+    assert stop.returncode == 0, stop.stderr
+    assert jobs(env) == []
