@@ -205,10 +205,16 @@ def cmd_start(args: argparse.Namespace) -> int:
     import os
 
     from corral.cluster.cluster import Cluster
-    from corral.cluster.launchers.config import launcher_argv, resolve
+    from corral.cluster.launchers.config import controller_choice, launcher_argv, resolve
     from corral.cluster.launchers.watch import launcher_failures
 
-    launcher, configured_n, options = resolve(args, _cluster_path(args).with_suffix(".toml"))
+    config_path = _cluster_path(args).with_suffix(".toml")
+    try:
+        launcher, configured_n, options = resolve(args, config_path)
+        controller_launcher, controller_options = controller_choice(args, config_path)
+    except CorralError as err:
+        print(f"corral start: {err}", file=sys.stderr)
+        return 1
     n = args.engines if args.engines is not None else configured_n or (os.cpu_count() or 1)
     if args.daemon:
         argv = [
@@ -268,6 +274,8 @@ def cmd_start(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         engines=launcher,
         launcher_options=options,
+        controller_launcher=controller_launcher,
+        controller_options=controller_options,
     )
     try:
         rc = cluster.start()

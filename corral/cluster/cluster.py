@@ -28,9 +28,10 @@ from corral.cluster.launchers import (
     engine_launcher,
     wait_for_launched_engines,
 )
+from corral.cluster.launchers.controller import SSHController
 from corral.cluster.launchers.local import LocalLauncher
 from corral.cluster.launchers.watch import cancel_recorded_jobs, stop_launchers
-from corral.errors import ConnectionError, CorralError, TimeoutError
+from corral.errors import ConnectionError, CorralError, LaunchError, TimeoutError
 
 CLIENT_FILE = "corral-client.json"
 ENGINE_FILE = "corral-engine.json"
@@ -84,6 +85,8 @@ class Cluster:
         log_level: str = "WARNING",
         engines: str = "local",
         launcher_options: Mapping[str, Any] | None = None,
+        controller_launcher: str = "local",
+        controller_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.n = n
         self.cluster_id = cluster_id or f"cluster-{uuid.uuid4().hex[:8]}"
@@ -100,6 +103,9 @@ class Cluster:
         self.engine_launcher = engines
         self.launcher_options = dict(launcher_options or {})
         self.launchers: list[EngineLauncher] = []
+        self.controller_launcher = controller_launcher
+        self.controller_options = dict(controller_options or {})
+        self.remote_controller: SSHController | None = None
         self.client: Client | None = None
 
     # ------------------------------------------------------------ processes
@@ -120,6 +126,13 @@ class Cluster:
 
     def start_controller(self) -> None:
         """Start the controller and wait for its connection files."""
+        heartbeat = []
+        if self.heartbeat_period is not None:
+            heartbeat = ["--heartbeat-period", str(self.heartbeat_period)]
+        if self.controller_launcher != "local":  # the far side has its own folder, no owner
+            far = ["--db", self.db, "--log-level", self.log_level, *heartbeat]
+            self._start_remote_controller(far)
+            return
         args = [
             "controller",
             "--cluster-id",
@@ -132,9 +145,8 @@ class Cluster:
             self.log_level,
             "--owner-pid",
             str(os.getpid()),
+            *heartbeat,
         ]
-        if self.heartbeat_period is not None:
-            args += ["--heartbeat-period", str(self.heartbeat_period)]
         self.controller = self._spawn(args + self.controller_args, "controller.log")
         controller = self.controller
         # files a killed controller left behind name another pid: wait for this one's
@@ -144,6 +156,19 @@ class Cluster:
             f"controller of cluster {self.cluster_id}",
             alive=lambda: controller.poll() is None,
         )
+        self._save_state()
+
+    def _start_remote_controller(self, args: list[str]) -> None:
+        """The controller on another host (``controller_launcher="ssh"``); its connection
+        files are mirrored into this cluster's folder."""
+        if self.controller_launcher != "ssh":
+            raise LaunchError(
+                f"no controller launcher {self.controller_launcher!r}; choose local or ssh"
+            )
+        self.remote_controller = SSHController(
+            self.cluster_id, self.path, args + self.controller_args, self.controller_options
+        )
+        self.controller = self.remote_controller.start(self.timeout)
         self._save_state()
 
     def start_engines(self, n: int) -> list[subprocess.Popen[bytes]]:
@@ -222,6 +247,8 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 _terminate(process)
         stop_launchers(self.launchers, max(1.0, deadline - time.monotonic()))
+        if self.remote_controller is not None:
+            self.remote_controller.stop(0.0)
         (self.path / STATE_FILE).unlink(missing_ok=True)
 
     def __enter__(self) -> Client:

@@ -31,6 +31,8 @@ from typing import Any
 
 from corral.errors import CorralError
 
+CONTROLLER_LAUNCHERS = ("local", "ssh")
+
 # flag -> (option name, launchers it is meant for)
 FLAG_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "partition": ("partition", ("slurm",)),
@@ -60,6 +62,14 @@ def add_launcher_flags(parser: argparse.ArgumentParser) -> None:
         metavar="LAUNCHER",
         help="how engines start: local (default), mpi, ssh, slurm, pbs, lsf, sge",
     )
+    group.add_argument(
+        "--controller",
+        dest="controller_launcher",
+        default=None,
+        choices=CONTROLLER_LAUNCHERS,
+        help="where the controller runs: local (default) or ssh (on --host)",
+    )
+    group.add_argument("--host", default=None, help="the controller's host for --controller ssh")
     group.add_argument("--config", default=None, help="launcher config file (TOML)")
     group.add_argument("--partition", default=None, help="slurm partition")
     group.add_argument("--queue", default=None, help="batch queue (partition on slurm)")
@@ -124,9 +134,30 @@ def resolve(args: argparse.Namespace, config_path: Path) -> tuple[str, int | Non
     return name, count, launcher_options(name, config, vars(args))
 
 
+def controller_choice(args: argparse.Namespace, config_path: Path) -> tuple[str, dict[str, Any]]:
+    """(controller launcher, its options): the ``[ssh]`` table's connection settings, then the
+    ``[controller]`` table, then the flags."""
+    config = load_config(Path(args.config) if args.config else config_path, bool(args.config))
+    table = config.get("controller", {})
+    if not isinstance(table, Mapping):
+        raise CorralError("the config file's [controller] must be a table of options")
+    name = args.controller_launcher or table.get("launcher") or "local"
+    if name not in CONTROLLER_LAUNCHERS:
+        raise CorralError(f"no controller launcher {name!r}; choose local or ssh")
+    options = {k: v for k, v in launcher_options("ssh", config, vars(args)).items() if k != "hosts"}
+    options.update({k: v for k, v in table.items() if k != "launcher"})
+    if args.host:
+        options["host"] = args.host
+    return name, options
+
+
 def launcher_argv(args: argparse.Namespace) -> list[str]:
     """The launcher flags of ``args`` as words again (for `corral start --daemon`)."""
     argv: list[str] = []
+    if args.controller_launcher:
+        argv += ["--controller", args.controller_launcher]
+    if args.host:
+        argv += ["--host", args.host]
     if args.engine_launcher:
         argv += ["--engines", args.engine_launcher]
     if args.config:

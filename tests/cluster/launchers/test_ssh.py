@@ -87,3 +87,42 @@ def test_ssh_that_cannot_connect_fails_fast_with_its_words(
     assert "copying the engine connection file to 127.0.0.1 over ssh failed" in result.stderr
     assert time.monotonic() - began < 20
     assert processes_mentioning(tmp_path / "bad") == []
+
+
+@pytest.mark.timeout(180)
+def test_controller_over_ssh_with_local_engines(tmp_path: Path, sshd: SSHServer) -> None:
+    import sys
+
+    far = tmp_path / "login-node"
+    options = {**sshd.options(), "python": sys.executable, "remote_dir": str(far)}
+    del options["hosts"]
+    write_config(tmp_path / "remote.toml", options, n=2)
+    (tmp_path / "remote.toml").write_text(
+        (tmp_path / "remote.toml").read_text().replace('engines = "ssh"', 'engines = "local"')
+    )
+    where = ["--cluster-dir", str(tmp_path), "--cluster-id", "remote"]
+    start = corral(
+        "start", "--daemon", "--controller", "ssh", "--host", sshd.host,
+        "--heartbeat-period", "0.5", *where,
+    )  # fmt: skip
+    try:
+        assert start.returncode == 0, start.stderr
+        far_files = json.loads((far / "remote" / "corral-client.json").read_text())
+        near_files = json.loads((tmp_path / "remote" / "corral-client.json").read_text())
+        assert far_files == near_files  # mirrored over the ssh channel
+        assert (tmp_path / "remote" / "corral-client.json").stat().st_mode & 0o777 == 0o600
+        with Client(connection_file=tmp_path / "remote" / "corral-client.json", timeout=30) as rc:
+            rc.wait_for_engines(2, timeout=60)
+            assert rc[:].apply_sync(lambda: 2) == [2, 2]
+    finally:
+        stop = corral("stop", *where)
+    assert stop.returncode == 0, stop.stderr
+    assert not (far / "remote" / "corral-client.json").exists()
+    assert processes_mentioning(tmp_path) == []
+
+
+@pytest.mark.timeout(60)
+def test_controller_over_ssh_needs_a_host(tmp_path: Path) -> None:
+    result = corral("start", "--controller", "ssh", "--cluster-dir", str(tmp_path), timeout=60)
+    assert result.returncode == 1
+    assert "--controller ssh needs the controller's host: --host HOST" in result.stderr
