@@ -7,7 +7,8 @@ allreduce across all ranks, checked), the engines' total RSS, the time `corral s
 and a check that nothing is left (no process naming the cluster folder, squeue empty).
 Needs root for Slurm (as the tests do) and mpi4py built against the machine's MPICH.
 
-Run: `.bench-venv/bin/python bench/bench_launchers.py` (or `.venv/bin/python ...`; ~5 min).
+Run: `.bench-venv/bin/python bench/bench_launchers.py` (or `.venv/bin/python ...`; ~5 min);
+`... bench_launchers.py mpi:16 slurm:16` runs only those.
 """
 
 from __future__ import annotations
@@ -104,11 +105,12 @@ def one_run(launcher: str, n: int, base: Path, env: dict[str, str]) -> dict[str,
 def main() -> int:
     load_before = machine_load("before", wait=60)
     install_slurm()
+    runs = [(w.split(":")[0], int(w.split(":")[1])) for w in sys.argv[1:]] or RUNS
     results = []
     with ExitStack() as stack:
         base = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="corral-launch-")))
         env = stack.enter_context(running_slurm(base / "slurm"))
-        for launcher, n in RUNS:
+        for launcher, n in runs:
             result = one_run(launcher, n, base, env)
             print(json.dumps(result), flush=True)
             results.append(result)

@@ -26,6 +26,18 @@ def mpiexec_command(mpiexec: str, n: int, mpi_args: list[str], engine: list[str]
     return [mpiexec, *mpi_args, "-n", str(n), *engine]
 
 
+def is_hydra(mpiexec: str) -> bool:
+    """Whether ``mpiexec`` is MPICH's Hydra (it then takes ``-disable-auto-cleanup``)."""
+    try:
+        done = subprocess.run(
+            [mpiexec, "--version"], capture_output=True, text=True, timeout=10,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "HYDRA" in done.stdout
+
+
 def option_list(value: Any) -> list[str]:
     """A launcher option that is a list of words: a list, or a string split like a shell."""
     if value is None:
@@ -48,10 +60,13 @@ class MPILauncher(EngineLauncher):
 
     def start(self) -> None:
         mpiexec = require_tool(str(self.spec.option("mpiexec", "mpiexec")), self.name)
+        # engines end with os._exit, not MPI_Finalize: Hydra would then kill every other rank
+        # (before it could unregister), and one engine's crash would take down all of them
+        keep_going = ["-disable-auto-cleanup"] if is_hydra(mpiexec) else []
         argv = mpiexec_command(
             mpiexec,
             self.spec.n,
-            option_list(self.spec.option("mpi_args")),
+            keep_going + option_list(self.spec.option("mpi_args")),
             self.spec.engine_command(mpi=True),
         )
         self.process = spawn(argv, self.log_path, launcher_environment(self.name))

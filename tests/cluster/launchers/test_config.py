@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from corral.cli import build_parser
-from corral.cluster.launchers.config import launcher_argv, launcher_options, load_config, resolve
+from corral.cluster.launchers.config import (
+    controller_choice,
+    launcher_argv,
+    launcher_options,
+    load_config,
+    resolve,
+)
 from corral.errors import CorralError
 
 CONFIG = """
@@ -73,3 +79,23 @@ def test_daemon_argv_round_trip(tmp_path: Path) -> None:
     args = parse("--engines", "slurm", "--partition", "p", "--batch-line=--mem=1G")
     again = parse(*launcher_argv(args))
     assert resolve(again, tmp_path / "x.toml") == resolve(args, tmp_path / "x.toml")
+
+
+def test_controller_over_ssh_takes_the_ssh_connection_settings(tmp_path: Path) -> None:
+    path = tmp_path / "c1.toml"
+    path.write_text(
+        '[ssh]\nhosts = ["n1"]\nport = 2222\nidentity = "~/.ssh/k"\n\n'
+        '[controller]\nlauncher = "ssh"\nhost = "login1"\npython = "/opt/bin/python3"\n'
+    )
+    name, options = controller_choice(parse(), path)
+    assert name == "ssh"
+    assert options == {
+        "port": 2222,
+        "identity": "~/.ssh/k",
+        "host": "login1",
+        "python": "/opt/bin/python3",
+    }
+    assert controller_choice(parse("--host", "login2"), path)[1]["host"] == "login2"
+    assert controller_choice(parse("--controller", "local"), path)[0] == "local"
+    again = parse(*launcher_argv(parse("--controller", "ssh", "--host", "h")))
+    assert (again.controller_launcher, again.host) == ("ssh", "h")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -105,3 +106,16 @@ def processes_mentioning(folder: Path) -> list[str]:
         if str(folder) in cmdline and process.info["status"] != psutil.STATUS_ZOMBIE:
             found.append(cmdline)
     return found
+
+
+@pytest.mark.timeout(120)
+def test_one_mpi_engine_dying_leaves_the_others(tmp_path: Path) -> None:
+    from corral.cluster.cluster import Cluster
+
+    with Cluster(n=3, engines="mpi", cluster_dir=tmp_path, heartbeat_period=0.5) as rc:
+        rc[0].apply_async(os._exit, 3)
+        deadline = time.monotonic() + 30
+        while rc.ids != [1, 2]:
+            assert time.monotonic() < deadline, f"engines now {rc.ids}"
+            time.sleep(0.05)  # polling the registry for the loss
+        assert rc[:].apply_sync(lambda: "alive") == ["alive", "alive"]
