@@ -6,8 +6,10 @@ MONGOD_VENV := .mongod-venv
 BENCH_VENV := .bench-venv
 
 .PHONY: demo test bench lint clean venv mongod sysdeps
-# Debian packages the launcher tests run for real (issue 14): MPICH, sshd, munge + Slurm, ip.
-SYSDEPS := mpich libmpich-dev openssh-server openssh-client munge slurm-wlm iproute2
+# Debian packages the launcher tests run for real (issue 14): MPICH, sshd, munge + Slurm (and
+# its PBS commands), ip.
+SYSDEPS := mpich libmpich-dev openssh-server openssh-client munge slurm-wlm slurm-wlm-torque \
+	iproute2
 # mpi4py must be built against the machine's MPICH (its binary wheel looks for another soname);
 # decided when the recipe runs, after sysdeps has installed mpicc
 MPI4PY_FROM_SOURCE := env $$(command -v mpicc >/dev/null && echo PIP_NO_BINARY=mpi4py)

@@ -43,11 +43,9 @@ def missing() -> str | None:
     return None
 
 
-def install() -> None:
-    """Install the Debian packages if they are missing (needs root; once per machine)."""
-    if all(shutil.which(t) or Path("/usr/sbin", t).exists() for t in ("munged", "slurmctld")):
-        return
-    subprocess.run([str(REPO_ROOT / "tools" / "apt-install.sh"), *PACKAGES], check=True)
+def install(packages: tuple[str, ...] = PACKAGES) -> None:
+    """Install Debian packages (by default Slurm and munge) that are missing; needs root."""
+    subprocess.run([str(REPO_ROOT / "tools" / "apt-install.sh"), *packages], check=True)
 
 
 def slurm_conf(folder: Path, node: str, munge_socket: Path) -> str:

@@ -17,7 +17,8 @@ LAUNCHER_VARIABLE = "CORRAL_LAUNCHER"  # set by corral's launchers on the engine
 
 RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID")
 SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_NTASKS")
-JOB_VARIABLES = ("SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "JOB_ID")
+# an array's own id first: the job the user submitted, not the element
+JOB_VARIABLES = ("SLURM_ARRAY_JOB_ID", "SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "JOB_ID")
 
 
 def _first_int(environ: Mapping[str, str], names: tuple[str, ...]) -> int | None:
@@ -31,17 +32,21 @@ def _first_int(environ: Mapping[str, str], names: tuple[str, ...]) -> int | None
 def engine_placement(
     environ: Mapping[str, str] | None = None, mpi_rank: int | None = None
 ) -> dict[str, Any]:
-    """This engine's host, pid, MPI rank and size (None outside MPI), launcher and job id.
+    """This engine's host, pid, MPI rank and size (None outside MPI and multi-task job steps),
+    launcher and job id.
 
     ``mpi_rank`` overrides the environment (the rank mpi4py reports, when it is loaded).
     """
     env = os.environ if environ is None else environ
     job_id = next((env[name] for name in JOB_VARIABLES if env.get(name)), None)
+    size = _first_int(env, SIZE_VARIABLES)
+    if mpi_rank is None and size is not None:  # a rank means something only within a size
+        mpi_rank = _first_int(env, RANK_VARIABLES)
     return {
         "host": socket.gethostname(),
         "pid": os.getpid(),
-        "mpi_rank": mpi_rank if mpi_rank is not None else _first_int(env, RANK_VARIABLES),
-        "mpi_size": _first_int(env, SIZE_VARIABLES),
+        "mpi_rank": mpi_rank,
+        "mpi_size": size,
         "launcher": env.get(LAUNCHER_VARIABLE, "local"),
         "job_id": job_id,
     }
