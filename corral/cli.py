@@ -346,7 +346,13 @@ def cmd_list(args: argparse.Namespace) -> int:
         state_file = client_file.parent / "cluster.json"
         if state_file.exists():
             state = json.loads(state_file.read_text())
-            engines = str(sum(psutil.pid_exists(p) for p in state.get("engine_pids", [])))
+            local = sum(psutil.pid_exists(p) for p in state.get("engine_pids", []))
+            launched = sum(  # engines of other launchers, while their launch is not lost
+                int(launch.get("n", 0))
+                for launch in state.get("launchers", [])
+                if launch.get("launcher") != "local" and not launch.get("lost")
+            )
+            engines = str(local + launched)
         rows.append((client_file.parent.name, str(pid), engines, info.get("ip", "")))
     if not rows:
         print(f"no running clusters in {base}")

@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import psutil
 import pytest
@@ -48,7 +49,8 @@ def test_four_mpi_engines_share_comm_world(mpi_cluster: tuple[Path, list[str]]) 
         assert {e["mpi_size"] for e in info.values()} == {4}
         ar = rc[:].apply_async(lambda: None)
         ar.get(timeout=30)
-        assert sorted(m["mpi_rank"] for m in ar.metadata) == [0, 1, 2, 3]
+        metadata = cast(list[dict[str, Any]], ar.metadata)  # one dict per engine
+        assert sorted(m["mpi_rank"] for m in metadata) == [0, 1, 2, 3]
     listing = corral("list", *where[:2])
     assert listing.returncode == 0, listing.stderr
     assert "mpi launcher, 4 engines" in listing.stdout

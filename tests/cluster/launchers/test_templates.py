@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from corral.cluster.launchers import ENGINE_LAUNCHERS, LaunchSpec, engine_launcher
-from corral.cluster.launchers.batch import GONE, job_script, render
+from corral.cluster.launchers.batch import GONE, BatchSystem, job_script, render
 from corral.cluster.launchers.lsf import LSF
 from corral.cluster.launchers.mpi import mpiexec_command
 from corral.cluster.launchers.pbs import PBS
@@ -107,12 +107,12 @@ def test_user_template_file_text() -> None:
         (SGE, "991.1-4:1\n", "991"),
     ],
 )
-def test_job_ids_as_each_system_prints_them(system, output, job_id) -> None:  # type: ignore[no-untyped-def]
+def test_job_ids_as_each_system_prints_them(system: BatchSystem, output: str, job_id: str) -> None:
     assert system.parse_job_id(output) == job_id
 
 
 @pytest.mark.parametrize("system", [SLURM, PBS, LSF, SGE])
-def test_a_submission_without_a_job_id_is_an_error(system) -> None:  # type: ignore[no-untyped-def]
+def test_a_submission_without_a_job_id_is_an_error(system: BatchSystem) -> None:
     with pytest.raises(LaunchError, match="no job id"):
         system.parse_job_id("sbatch: error: Batch job submission failed\n")
 
