@@ -245,7 +245,7 @@ def cmd_start(args: argparse.Namespace) -> int:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + args.start_timeout + 30
         while not (path / "cluster.json").exists() or not _engines_up(path, n):
             if manager.poll() is not None:
                 tail = (path / "cluster-manager.log").read_text(errors="replace")[-3000:]
@@ -276,6 +276,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         launcher_options=options,
         controller_launcher=controller_launcher,
         controller_options=controller_options,
+        timeout=args.start_timeout,
     )
     try:
         rc = cluster.start()

@@ -71,6 +71,12 @@ def add_launcher_flags(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--host", default=None, help="the controller's host for --controller ssh")
     group.add_argument("--config", default=None, help="launcher config file (TOML)")
+    group.add_argument(
+        "--start-timeout",
+        type=float,
+        default=60.0,
+        help="seconds to wait for every engine (a batch job may wait in the queue longer)",
+    )
     group.add_argument("--partition", default=None, help="slurm partition")
     group.add_argument("--queue", default=None, help="batch queue (partition on slurm)")
     group.add_argument("--account", default=None, help="batch account / project")
@@ -162,6 +168,7 @@ def launcher_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--engines", args.engine_launcher]
     if args.config:
         argv += ["--config", args.config]
+    argv.append(f"--start-timeout={args.start_timeout}")
     for flag in FLAG_OPTIONS:
         value = getattr(args, flag, None)
         if value is None:
