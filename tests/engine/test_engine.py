@@ -60,7 +60,9 @@ def interrupt(controller: FakeController) -> None:
 def test_registration_and_heartbeat_during_a_busy_loop(controller: FakeController) -> None:
     engine = controller.start_engine()
     request = controller.register(engine_id=0)
-    assert set(request.content or {}) == {"uuid"}
+    assert set(request.content or {}) == {"uuid", "info"}
+    info = (request.content or {})["info"]  # where the engine runs (corral.engine.placement)
+    assert (info["pid"], info["launcher"], info["mpi_rank"]) == (engine.popen.pid, "local", None)
     controller.wait_pong()
     controller.warm_iopub()
     code = "import time\nend = time.monotonic() + 1\nwhile time.monotonic() < end:\n    pass"
@@ -83,6 +85,7 @@ def test_registration_and_heartbeat_during_a_busy_loop(controller: FakeControlle
 def test_refused_registration_exits_with_the_reason(controller: FakeController) -> None:
     engine = controller.start_engine("--uuid", "my-engine-uuid", "--id", "3")
     request = controller.recv_type(controller.registration, "registration_request")
+    assert request.content is not None and request.content.pop("info")["pid"] == engine.popen.pid
     assert request.content == {"uuid": "my-engine-uuid", "id": 3}
     assert request.idents == (b"my-engine-uuid",)
     content = {"status": "error", "ename": "RegistrationError", "evalue": "uuid already in use"}
@@ -107,6 +110,7 @@ def test_reregisters_when_pings_stop(controller: FakeController) -> None:
     controller.start_engine()
     controller.register(engine_id=0, period=0.05)
     again = controller.recv_type(controller.registration, "registration_request")
+    assert again.content is not None and "host" in again.content.pop("info")
     assert again.content == {"uuid": controller.uuid, "id": 0}
     content = {"status": "ok", "id": 4, "heartbeat_period": 0.05, **controller.addresses()}
     controller.session.send(
