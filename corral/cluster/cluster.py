@@ -22,14 +22,10 @@ from typing import Any
 import psutil
 
 from corral.client.client import Client
-from corral.cluster.launchers import (
-    EngineLauncher,
-    LaunchSpec,
-    engine_launcher,
-    wait_for_launched_engines,
-)
+from corral.cluster.launchers.base import EngineLauncher, LaunchSpec, wait_for_launched_engines
 from corral.cluster.launchers.controller import SSHController
 from corral.cluster.launchers.local import LocalLauncher
+from corral.cluster.launchers.registry import engine_launcher
 from corral.cluster.launchers.watch import cancel_recorded_jobs, stop_launchers
 from corral.errors import ConnectionError, CorralError, LaunchError, TimeoutError
 

@@ -48,7 +48,7 @@ def launcher_failures(launchers: Iterable[EngineLauncher]) -> list[str]:
 def cancel_recorded_jobs(records: Iterable[Mapping[str, Any]], timeout: float = 30.0) -> bool:
     """Cancel the batch jobs a state file lists and wait until they are gone; True if one
     was still there."""
-    from . import ENGINE_LAUNCHERS
+    from .registry import ENGINE_LAUNCHERS
 
     found = False
     for record in records:

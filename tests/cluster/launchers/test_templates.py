@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from corral.cluster.launchers import ENGINE_LAUNCHERS, LaunchSpec, engine_launcher
+from corral.cluster.launchers.base import LaunchSpec
 from corral.cluster.launchers.batch import GONE, BatchSystem, job_script, render
 from corral.cluster.launchers.lsf import LSF
 from corral.cluster.launchers.mpi import mpiexec_command
 from corral.cluster.launchers.pbs import PBS
+from corral.cluster.launchers.registry import ENGINE_LAUNCHERS, engine_launcher
 from corral.cluster.launchers.sge import SGE
 from corral.cluster.launchers.slurm import SLURM
 from corral.cluster.launchers.ssh import assign_engines, parse_hosts, remote_engine_command
