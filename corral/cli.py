@@ -163,7 +163,11 @@ def cmd_controller(args: argparse.Namespace) -> int:
     from corral.controller.location import curve_decision
     from corral.lifetime import exit_with_owner
 
-    curve, why = curve_decision(args.ip, args.location, args.curve, args.no_curve)
+    try:
+        curve, why = curve_decision(args.ip, args.location, args.curve, args.no_curve)
+    except CorralError as err:
+        print(f"corral controller: {err}", file=sys.stderr)
+        return 2
     if why:
         logging.getLogger("corral").log(logging.WARNING if not curve else logging.INFO, why)
     if args.insecure:
