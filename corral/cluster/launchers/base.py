@@ -112,7 +112,9 @@ def require_tool(name: str, launcher: str) -> str:
     return path
 
 
-def run_tool(argv: Sequence[str], what: str, input_text: str | None = None) -> str:
+def run_tool(
+    argv: Sequence[str], what: str, input_text: str | None = None, cwd: Path | None = None
+) -> str:
     """Run a submission or query command and return its stdout; LaunchError carrying its
     stderr (its own error text) if it fails or takes longer than TOOL_TIMEOUT."""
     try:
@@ -123,6 +125,7 @@ def run_tool(argv: Sequence[str], what: str, input_text: str | None = None) -> s
             text=True,
             timeout=TOOL_TIMEOUT,
             stdin=None if input_text is not None else subprocess.DEVNULL,
+            cwd=cwd,
         )
     except FileNotFoundError:
         raise LaunchError(f"{what}: `{argv[0]}` is not installed or not on PATH") from None

@@ -142,7 +142,8 @@ class BatchLauncher(EngineLauncher):
             str(self.script_path), option_list(self.spec.option("submit_args"))
         )
         require_tool(argv[0], self.name)
-        output = run_tool(argv, f"submitting the {self.name} job", stdin)
+        # from the cluster folder: batch systems put default output files in the submit folder
+        output = run_tool(argv, f"submitting the {self.name} job", stdin, self.spec.cluster_path)
         self.job_id = self.system.parse_job_id(output)
 
     def query_state(self) -> str:

@@ -54,3 +54,4 @@ def test_pbs_job_array_through_slurms_pbs_layer(
     assert stop.returncode == 0, stop.stderr
     assert jobs(env) == []
     assert processes_mentioning(tmp_path) == []
+    assert not list(Path.cwd().glob("engines-pbs.sh.*"))  # no output file outside the folder
