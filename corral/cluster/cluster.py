@@ -303,6 +303,8 @@ def stop_cluster(path: Path, timeout: float = 10.0) -> bool:
             was_running = True
             try:
                 client.shutdown(targets="all", hub=True, block=True)
+            except ConnectionError:
+                pass  # it went away meanwhile (its owner died): what is left is killed below
             finally:
                 client.close()
     processes = [process for process in map(_process, pids) if process is not None]
