@@ -21,6 +21,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from corral.errors import CorralError
+
 DEFAULT_ID = "default"
 
 
@@ -89,7 +91,18 @@ def _controller_flags(parser: argparse.ArgumentParser) -> None:
         "--curve",
         action="store_true",
         help="encrypt and authenticate every connection with CurveZMQ "
-        "(for clusters that span machines)",
+        "(on by default when listening beyond loopback)",
+    )
+    parser.add_argument(
+        "--no-curve",
+        action="store_true",
+        help="beyond loopback, do NOT encrypt (a loud warning is logged): for trusted networks",
+    )
+    parser.add_argument(
+        "--location",
+        default=None,
+        help="the address other hosts reach the controller at, written into the connection "
+        "files (default: --ip, or this host's first address outside loopback for 0.0.0.0)",
     )
     parser.add_argument(
         "--store-buffer-limit",
@@ -128,6 +141,8 @@ def _dashboard_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from corral.cluster.launchers.config import add_launcher_flags
+
     parser = argparse.ArgumentParser(
         prog="corral", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -135,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     start = commands.add_parser("start", help="start a controller and engines")
     start.add_argument(
-        "-n", "--engines", type=int, default=None, help="number of engines (default: one per CPU)"
+        "-n", dest="engines", type=int, default=None, help="engines to start (default: one per CPU)"
     )
     start.add_argument("--daemon", action="store_true", help="run in the background")
     start.add_argument(
@@ -147,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     _dashboard_flags(start)
     _common(start)
     _controller_flags(start)
+    add_launcher_flags(start)
 
     stop = commands.add_parser("stop", help="stop a running cluster")
     _common(stop)
@@ -215,20 +231,25 @@ def _controller_args(args: argparse.Namespace) -> list[str]:
         if getattr(args, flag) is not None:
             flags += ["--" + flag.replace("_", "-"), getattr(args, flag)]
     flags += ["--shm-threshold", str(args.shm_threshold)]
+    if args.no_curve:
+        flags.append("--no-curve")
+    if args.location:
+        flags += ["--location", args.location]
     return flags
 
 
 def cmd_controller(args: argparse.Namespace) -> int:
     from corral.controller.app import ControllerConfig, run_controller
+    from corral.controller.location import curve_decision
     from corral.lifetime import exit_with_owner
 
-    if args.ip not in ("127.0.0.1", "localhost", "::1") and not args.curve:
-        logging.getLogger("corral").warning(
-            "listening on %s: any machine that reaches this address and holds the key can run "
-            "code on every engine; messages are signed but not encrypted (--curve encrypts "
-            "them)",
-            args.ip,
-        )
+    try:
+        curve, why = curve_decision(args.ip, args.location, args.curve, args.no_curve)
+    except CorralError as err:
+        print(f"corral controller: {err}", file=sys.stderr)
+        return 2
+    if why:
+        logging.getLogger("corral").log(logging.WARNING if not curve else logging.INFO, why)
     if args.insecure:
         logging.getLogger("corral").warning(
             "--insecure: messages are not signed; anyone who can reach the ports runs code"
@@ -260,7 +281,8 @@ def cmd_controller(args: argparse.Namespace) -> int:
         restore=args.restore,
         scheduler_policy=args.scheduler,
         max_outstanding=args.max_outstanding,
-        curve=args.curve,
+        curve=curve,
+        location=args.location,
         shm_threshold=args.shm_threshold,
     )
     exit_with_owner(args.owner_pid)
@@ -300,8 +322,17 @@ def cmd_start(args: argparse.Namespace) -> int:
     import os
 
     from corral.cluster.cluster import Cluster
+    from corral.cluster.launchers.config import controller_choice, launcher_argv, resolve
+    from corral.cluster.launchers.watch import launcher_failures
 
-    n = args.engines if args.engines is not None else (os.cpu_count() or 1)
+    config_path = _cluster_path(args).with_suffix(".toml")
+    try:
+        launcher, configured_n, options = resolve(args, config_path)
+        controller_launcher, controller_options = controller_choice(args, config_path)
+    except CorralError as err:
+        print(f"corral start: {err}", file=sys.stderr)
+        return 1
+    n = args.engines if args.engines is not None else configured_n or (os.cpu_count() or 1)
     if args.daemon:
         argv = [
             sys.executable,
@@ -317,6 +348,7 @@ def cmd_start(args: argparse.Namespace) -> int:
             "--db",
             args.db,
             *_controller_args(args),
+            *launcher_argv(args),
         ]
         if args.cluster_dir:
             argv += ["--cluster-dir", args.cluster_dir]
@@ -329,15 +361,19 @@ def cmd_start(args: argparse.Namespace) -> int:
         argv += ["--log-file", str(path / "cluster-manager.log")]
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         with open(path / "cluster-manager.log", "ab") as log_file:
-            subprocess.Popen(
+            manager = subprocess.Popen(
                 argv,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + args.start_timeout + 30
         while not (path / "cluster.json").exists() or not _engines_up(path, n):
+            if manager.poll() is not None:
+                tail = (path / "cluster-manager.log").read_text(errors="replace")[-3000:]
+                print(f"cluster {args.cluster_id} did not start:\n{tail}", file=sys.stderr)
+                return 1
             if time.monotonic() > deadline:
                 print(f"cluster {args.cluster_id} did not start; see {path}", file=sys.stderr)
                 return 1
@@ -378,8 +414,17 @@ def cmd_start(args: argparse.Namespace) -> int:
         controller_args=_controller_args(args),
         log_level=args.log_level,
         restart=not args.no_restart,
+        engines=launcher,
+        launcher_options=options,
+        controller_launcher=controller_launcher,
+        controller_options=controller_options,
+        timeout=args.start_timeout,
     )
-    rc = cluster.start(interactive=sys.stderr.isatty())  # a progress bar on a terminal
+    try:
+        rc = cluster.start(interactive=sys.stderr.isatty())  # a progress bar on a terminal
+    except CorralError as err:
+        print(f"corral start: {err}", file=sys.stderr)
+        return 1
     print(
         f"cluster {args.cluster_id}: controller and {len(rc.ids)} engines running "
         f"({cluster.path}); Ctrl-C stops them",
@@ -387,11 +432,16 @@ def cmd_start(args: argparse.Namespace) -> int:
     )
     if cluster.dashboard_url:
         print(f"dashboard: {cluster.dashboard_url}", flush=True)
+    lost: set[str] = set()
     try:
         while not stop.wait(0.5):
             if cluster.controller_gone:
                 print("the controller exited and is not restarted", file=sys.stderr)
                 break
+            for why in set(launcher_failures(cluster.launchers)) - lost:
+                lost.add(why)
+                print(f"engines lost: {why}", file=sys.stderr, flush=True)
+                cluster._save_state()
     finally:
         cluster.stop()
         print(f"cluster {args.cluster_id} stopped", flush=True)
@@ -429,7 +479,8 @@ def _engines_up(path: Path, n: int) -> bool:
         state = json.loads((path / "cluster.json").read_text())
     except (OSError, ValueError):
         return False
-    return len(state.get("engine_pids", [])) >= n and (path / "corral-client.json").exists()
+    up = len(state.get("engine_pids", [])) >= n or state.get("engines_registered", 0) >= n
+    return bool(up) and (path / "corral-client.json").exists()
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -516,7 +567,13 @@ def cmd_list(args: argparse.Namespace) -> int:
         state_file = client_file.parent / "cluster.json"
         if state_file.exists():
             state = json.loads(state_file.read_text())
-            engines = str(sum(psutil.pid_exists(p) for p in state.get("engine_pids", [])))
+            local = sum(psutil.pid_exists(p) for p in state.get("engine_pids", []))
+            launched = sum(  # engines of other launchers, while their launch is not lost
+                int(launch.get("n", 0))
+                for launch in state.get("launchers", [])
+                if launch.get("launcher") != "local" and not launch.get("lost")
+            )
+            engines = str(local + launched)
             restarts = _restarts(state.get("restarts") or {})
         store = info.get("store") if isinstance(info.get("store"), dict) else {}
         limits = (
@@ -535,6 +592,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     )
     for name, pid, engines, restarts, ip, limits in rows:
         print(f"{name:<24} {pid:>14} {engines:>8} {restarts:>24}  {ip:<15} {limits}")
+    from corral.cluster.listing import describe_engines
+
+    print("\n".join(describe_engines(base / row[0] for row in rows)))
     return 0
 
 

@@ -68,6 +68,11 @@ class ConnectionError(CorralError, builtins.ConnectionError):  # noqa: A001
     """The controller cannot be reached, or went away while a call was waiting on it."""
 
 
+class LaunchError(CorralError):
+    """A launcher (local, mpi, ssh, slurm, pbs, lsf, sge) could not start or stop its processes;
+    the message carries the launcher's own error text (sbatch's, mpiexec's, ssh's)."""
+
+
 class InvalidTarget(CorralError, ValueError, IndexError):
     """A target that names no registered engine (an IndexError too, as ``rc[99]`` raises in
     ipyparallel)."""

@@ -256,6 +256,14 @@ class Client(ControlCalls, HubQueries):
         """The ids of the registered engines, sorted."""
         return sorted(self._engines)
 
+    def engine_info(self) -> dict[int, dict[str, Any]]:
+        """Where each registered engine runs, asked of the Hub now: ``{id: {"uuid", "host",
+        "pid", "mpi_rank", "mpi_size", "launcher", "job_id"}}`` (fields an engine did not
+        report are absent)."""
+        reply = self._query("connection_request", {})
+        info = (reply.content or {}).get("engine_info", {})
+        return {int(engine_id): dict(fields) for engine_id, fields in info.items()}
+
     def __len__(self) -> int:
         return len(self._engines)
 

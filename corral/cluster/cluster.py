@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -26,8 +26,17 @@ import psutil
 
 from corral.client.client import Client
 from corral.cluster.folders import hold, reclaim_temporary, release
+from corral.cluster.launchers.base import (
+    EngineLauncher,
+    LaunchSpec,
+    launcher_environment,
+    wait_for_launched_engines,
+)
+from corral.cluster.launchers.controller import SSHController
+from corral.cluster.launchers.registry import engine_launcher
+from corral.cluster.launchers.watch import cancel_recorded_jobs, stop_launchers
 from corral.cluster.supervisor import RestartPolicy, Supervisor
-from corral.errors import ConnectionError, CorralError, TimeoutError
+from corral.errors import ConnectionError, CorralError, LaunchError, TimeoutError
 from corral.sharedmem import cluster_prefix, sweep
 
 CLIENT_FILE = "corral-client.json"
@@ -75,6 +84,9 @@ class Cluster:
     (``"64M"``, ``"2G"``, ``"7d"``, ``"none"``; None: the controller's defaults).
     ``restart`` (default True) restarts a controller or engine that crashes, per
     ``restart_policy``; ``restarts`` counts.
+    ``engines`` names the engine launcher (local, mpi, ssh, slurm, pbs, lsf, sge;
+    corral.cluster.launchers) and ``launcher_options`` its options (``{"partition": "debug"}``,
+    ``{"hosts": ["a", "b"]}``).
     """
 
     def __init__(
@@ -97,6 +109,10 @@ class Cluster:
         restart_policy: RestartPolicy | None = None,
         dashboard: bool = False,
         dashboard_args: Sequence[str] = (),
+        engines: str = "local",
+        launcher_options: Mapping[str, Any] | None = None,
+        controller_launcher: str = "local",
+        controller_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.n = n
         self.temporary = cluster_id is None and not keep
@@ -118,7 +134,13 @@ class Cluster:
         self.timeout = timeout
         self.log_level = log_level
         self.controller: subprocess.Popen[bytes] | None = None
-        self.engines: list[subprocess.Popen[bytes]] = []
+        self.engines: list[subprocess.Popen[bytes]] = []  # the local launcher's processes
+        self.engine_launcher = engines
+        self.launcher_options = dict(launcher_options or {})
+        self.launchers: list[EngineLauncher] = []
+        self.controller_launcher = controller_launcher
+        self.controller_options = dict(controller_options or {})
+        self.remote_controller: SSHController | None = None
         self.client: Client | None = None
         self.restart = restart
         self.restart_policy = restart_policy
@@ -138,7 +160,9 @@ class Cluster:
             self._lock = hold(self.path)
         return self._lock
 
-    def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, args: list[str], log_name: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         lock = self._hold_folder()
         log_path = self.path / log_name
         log_file = open(log_path, "ab")  # noqa: SIM115 (the child owns it)
@@ -150,12 +174,20 @@ class Cluster:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
                 pass_fds=(lock,),
+                env=env,
             )
         finally:
             log_file.close()
 
     def start_controller(self) -> None:
         """Start the controller and wait for its connection files."""
+        heartbeat = []
+        if self.heartbeat_period is not None:
+            heartbeat = ["--heartbeat-period", str(self.heartbeat_period)]
+        if self.controller_launcher != "local":  # the far side has its own folder, no owner
+            far = ["--db", self.db, "--log-level", self.log_level, *heartbeat]
+            self._start_remote_controller(far)
+            return
         args = [
             "controller",
             "--cluster-id",
@@ -168,9 +200,8 @@ class Cluster:
             self.log_level,
             "--owner-pid",
             str(os.getpid()),
+            *heartbeat,
         ]
-        if self.heartbeat_period is not None:
-            args += ["--heartbeat-period", str(self.heartbeat_period)]
         self._hold_folder()
         self._save_state()
         self.controller = self._spawn(args + self.controller_args, "controller.log")
@@ -187,6 +218,19 @@ class Cluster:
             # a temporary folder goes on stop, and its log with it: say here why it failed
             tail = _log_tail(self.path / "controller.log")
             raise type(err)(f"{err}{'; its log ends: ' + tail if tail else ''}") from err
+        self._save_state()
+
+    def _start_remote_controller(self, args: list[str]) -> None:
+        """The controller on another host (``controller_launcher="ssh"``); its connection
+        files are mirrored into this cluster's folder."""
+        if self.controller_launcher != "ssh":
+            raise LaunchError(
+                f"no controller launcher {self.controller_launcher!r}; choose local or ssh"
+            )
+        self.remote_controller = SSHController(
+            self.cluster_id, self.path, args + self.controller_args, self.controller_options
+        )
+        self.controller = self.remote_controller.start(self.timeout)
         self._save_state()
 
     def start_dashboard(self) -> str:
@@ -206,7 +250,24 @@ class Cluster:
         return self.dashboard_url
 
     def start_engines(self, n: int) -> list[subprocess.Popen[bytes]]:
-        """Start ``n`` more engines (they register by themselves)."""
+        """Start ``n`` more engines with this cluster's launcher (they register by themselves);
+        the local processes started, if the launcher is local (supervised, each under its id)."""
+        if self.engine_launcher != "local":
+            spec = LaunchSpec(
+                cluster_id=self.cluster_id,
+                cluster_path=self.path,
+                engine_file=self.path / ENGINE_FILE,
+                n=n,
+                log_level=self.log_level,
+                engine_args=tuple(self.engine_args),
+                owner_pid=os.getpid(),
+                options=self.launcher_options,
+            )
+            launcher = engine_launcher(self.engine_launcher, spec)
+            self.launchers.append(launcher)
+            launcher.start()
+            self._save_state()
+            return []
         started = []
         for _ in range(n):
             index = len(self.engines)
@@ -232,7 +293,7 @@ class Cluster:
             str(index),
             *self.engine_args,
         ]
-        return self._spawn(args, f"engine-{index}.log")
+        return self._spawn(args, f"engine-{index}.log", launcher_environment("local"))
 
     # ------------------------------------------------------------ supervision
 
@@ -275,14 +336,16 @@ class Cluster:
         """How often the supervisor restarted each process (``controller``, ``engine-N``)."""
         return self.supervisor.restarts if self.supervisor is not None else {}
 
-    def _save_state(self) -> None:
+    def _save_state(self, **extra: Any) -> None:
         state = {
+            **extra,
             "manager_pid": os.getpid(),
             "controller_pid": self.controller.pid if self.controller else None,
             "engine_pids": [e.pid for e in self.engines if e.poll() is None],
             "temporary": self.temporary,
             "restarts": self.restarts,
             "dashboard_pid": self.dashboard_process.pid if self.dashboard_process else None,
+            "launchers": [launcher.state() for launcher in self.launchers],
         }
         (self.path / STATE_FILE).write_text(json.dumps(state))
 
@@ -299,7 +362,11 @@ class Cluster:
                 self.start_dashboard()
             self.start_engines(self.n)
             self.client = self.connect()
-            self.client.wait_for_engines(self.n, timeout=self.timeout, interactive=interactive)
+            if self.launchers:
+                wait_for_launched_engines(self.client, self.n, self.launchers, self.timeout)
+            else:
+                self.client.wait_for_engines(self.n, timeout=self.timeout, interactive=interactive)
+            self._save_state(engines_registered=self.n)
             if self.restart:
                 self.supervise()
         except BaseException:
@@ -340,6 +407,9 @@ class Cluster:
                 process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 _terminate(process)
+        stop_launchers(self.launchers, max(1.0, deadline - time.monotonic()))
+        if self.remote_controller is not None:
+            self.remote_controller.stop(0.0)
         sweep(cluster_prefix(self.path), alive=_none)  # stopped: no segment is needed any more
         lock, self._lock = self._lock, None
         if self.temporary:
@@ -418,10 +488,13 @@ def stop_cluster(path: Path, timeout: float = 10.0) -> bool:
             was_running = True
             try:
                 client.shutdown(targets="all", hub=True, block=True)
+            except ConnectionError:
+                pass  # it went away meanwhile (its owner died): what is left is killed below
             finally:
                 client.close()
     processes = [process for process in map(_process, pids) if process is not None]
     _, alive = psutil.wait_procs(processes, timeout=timeout)
+    was_running = cancel_recorded_jobs(state.get("launchers", [])) or was_running
     for process in alive:
         process.kill()
     psutil.wait_procs(alive, timeout=timeout)

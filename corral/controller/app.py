@@ -28,6 +28,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
 from corral.controller.hub import Hub, Send, Stop
+from corral.controller.location import reachable_address
 from corral.controller.loop import drain
 from corral.controller.store import RetentionSettings, SQLiteStore, open_store
 from corral.errors import CorralError, InvalidContent, ProtocolError, UnknownMessageType
@@ -80,6 +81,7 @@ class ControllerConfig:
     curve: bool = False
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     shm_threshold: int = DEFAULT_THRESHOLD  # bytes; 0 turns the same-host fast path off
+    location: str | None = None  # the address others connect to (default: see location.py)
 
 
 def write_private_json(path: Path, data: dict[str, Any]) -> None:
@@ -111,6 +113,9 @@ class Controller:
         self.context = zmq.Context()
         self.session = Session(config.key, username="controller", check_msg_type=False)
         self.url = f"{config.transport}://{config.ip}"
+        # what engines and clients connect to: never the wildcard the sockets are bound to
+        self.connect_ip = reachable_address(config.ip, config.location)
+        self.connect_url = f"{config.transport}://{self.connect_ip}"
         self._stopping = False
         self.signals: SignalWakeup | None = None  # set by run_controller: SIGTERM wakes the loop
         self.failed = False  # stopped by a fault (the scheduler died), not on request
@@ -222,7 +227,7 @@ class Controller:
             )
 
         def address(port: int | None) -> str | None:
-            return f"{self.url}:{port}" if port is not None else None
+            return f"{self.connect_url}:{port}" if port is not None else None
 
         engine_addresses = {
             "mux": address(mux_engine),
@@ -257,7 +262,7 @@ class Controller:
             "key": config.key.decode("ascii"),
             "signature_scheme": "hmac-sha256",
             "transport": config.transport,
-            "ip": config.ip,
+            "ip": self.connect_ip,
             "location": socket.gethostname(),
             "controller_pid": os.getpid(),
             "registration": reg_port,

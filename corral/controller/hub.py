@@ -57,6 +57,7 @@ class EngineEntry:
     queue: dict[str, None] = field(default_factory=dict)  # MUX msg_ids sent, not answered
     tasks: dict[str, None] = field(default_factory=dict)  # load-balanced msg_ids in flight
     completed: dict[str, None] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)  # host, pid, MPI rank, launcher, job id
 
 
 @dataclass
@@ -65,6 +66,7 @@ class PendingRegistration:
     uuid: str
     expires_at_beat: int
     shm_host: str | None = None
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 class Hub:
@@ -273,11 +275,13 @@ class Hub:
         else:
             engine_id = requested
         self.next_id = max(self.next_id, engine_id + 1)
+        info = content.get("info")
         self.pending_registrations[uuid] = PendingRegistration(
             engine_id,
             uuid,
             self.hearts.beat + 2 * self.hearts.max_misses + 2,
             content.get("shm_host"),
+            dict(info) if isinstance(info, dict) else {},
         )
         self.told_stale.discard(uuid)
         if "tasks" in content:
@@ -311,8 +315,13 @@ class Hub:
     def _on_connection_request(self, idents: Sequence[bytes], msg: Message) -> list[Action]:
         engines = {str(e.id): e.uuid for e in self.engines.values()}
         hosts = {e.uuid: e.shm_host for e in self.engines.values() if e.shm_host}
+        engine_info = {str(e.id): {"uuid": e.uuid, **e.info} for e in self.engines.values()}
         reply = ok_reply(
-            engines=engines, controller=self.instance, engine_hosts=hosts, **self.client_addresses
+            engines=engines,
+            controller=self.instance,
+            engine_hosts=hosts,
+            engine_info=engine_info,
+            **self.client_addresses,
         )
         return [self._reply(idents, msg, "connection_reply", reply)]
 
@@ -338,7 +347,7 @@ class Hub:
         return [self._reply(idents, msg, "hub_shutdown_reply", ok_reply()), Stop()]
 
     def _register(self, pending: PendingRegistration) -> list[Action]:
-        entry = EngineEntry(pending.id, pending.uuid, utcnow(), pending.shm_host)
+        entry = EngineEntry(pending.id, pending.uuid, utcnow(), pending.shm_host, info=pending.info)
         self.engines[entry.id] = entry
         self.by_uuid[entry.uuid] = entry
         for msg_id in self.expected_from.pop(entry.uuid, []):

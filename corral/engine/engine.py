@@ -34,6 +34,7 @@ from .connection import EngineConnectionInfo, engine_connection_file
 from .interrupts import InterruptGate
 from .iothread import IOThread
 from .namespace import Namespace, OutputCapture
+from .placement import engine_placement
 from .runner import AbortList, EngineIdentity, TaskRunner, WorkQueue
 from .shell import load_shell
 
@@ -62,6 +63,7 @@ class Engine:
         missed_beats: int = 5,
         max_result_bytes: int | None = None,
         use_ipython: bool = True,
+        placement: Mapping[str, Any] | None = None,
     ) -> None:
         if isinstance(connection, EngineConnectionInfo):
             info = connection
@@ -73,7 +75,10 @@ class Engine:
         self.log = log or logging.getLogger("corral.engine")
         if not info.key:
             self.log.warning("the connection file has an empty key: messages are not signed")
-        self.identity = EngineIdentity(engine_uuid or str(uuid.uuid4()))
+        self.identity = EngineIdentity(
+            engine_uuid or str(uuid.uuid4()),
+            placement=dict(engine_placement() if placement is None else placement),
+        )
         self.session = Session(
             info.key,
             signature_scheme=info.signature_scheme,
@@ -220,6 +225,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="run plain Python even if IPython is installed (no %%magics, no display())",
     )
+    parser.add_argument(
+        "--mpi",
+        action="store_true",
+        help="initialise MPI (mpi4py) before registering, so tasks share COMM_WORLD",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -229,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = args.file or engine_connection_file(args.cluster_id, args.cluster_dir)
     exit_with_owner(args.owner_pid)
     try:
+        placement = engine_placement(mpi_rank=_init_mpi() if args.mpi else None)
         engine = Engine(
             path,
             engine_uuid=args.uuid,
@@ -236,8 +247,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             registration_timeout=args.timeout,
             max_result_bytes=args.max_result_bytes,
             use_ipython=not args.no_ipython,
+            placement=placement,
         )
         engine.run()
     except CorralError as err:
         print(f"corral engine: {err}", file=sys.stderr)
         return 1
+
+
+def _init_mpi() -> int | None:
+    """Initialise MPI on the main thread (the one that runs tasks) and return this rank; None
+    with a warning when mpi4py is missing (the rank then comes from the environment)."""
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        logging.getLogger("corral.engine").warning(
+            "--mpi: mpi4py is not installed (pip install 'corral[mpi]'); MPI is not initialised"
+        )
+        return None
+    return int(MPI.COMM_WORLD.Get_rank())

@@ -181,6 +181,8 @@ class IOThread:
         """``again``: to a controller that restarted, naming the tasks this engine holds and
         the replies it will send again (:mod:`.replies`)."""
         content: dict[str, Any] = {"uuid": self.identity.uuid}
+        if self.identity.placement:
+            content["info"] = self.identity.placement
         if engine_id is not None:
             content["id"] = engine_id
         if again:

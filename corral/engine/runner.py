@@ -16,7 +16,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from corral.errors import (
@@ -52,6 +52,7 @@ class EngineIdentity:
 
     uuid: str
     id: int | None = None
+    placement: dict[str, Any] = field(default_factory=dict)  # host, pid, MPI rank ...
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,12 @@ def reply_metadata(
         "completed": completed or utcnow(),
         "stdout": stdout,
         "stderr": stderr,
+        **({"engine_host": identity.placement["host"]} if "host" in identity.placement else {}),
+        **(
+            {"mpi_rank": identity.placement["mpi_rank"]}
+            if identity.placement.get("mpi_rank") is not None
+            else {}
+        ),
         **extra,
     }
 

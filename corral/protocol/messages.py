@@ -52,7 +52,7 @@ def _reply(msg_type: str) -> MessageSpec:
 
 _SPECS = [
     # -- registration and connection (Hub ROUTER) --
-    _spec("registration_request", {"uuid": (str,)}, {"id": (int,), "shm_host": (str,)}),
+    _spec("registration_request", {"uuid": (str,)}, {"id": (int,), "info": (dict,)}),
     _reply("registration_reply"),
     _spec("unregistration_request", optional={"id": (int,), "uuid": (str,)}),
     _reply("unregistration_reply"),
@@ -62,7 +62,7 @@ _SPECS = [
     _spec(
         "registration_notification",
         {"id": (int,), "uuid": (str,)},
-        {"shm_host": (str,)},
+        {"info": (dict,)},
     ),
     _spec("unregistration_notification", {"id": (int,), "uuid": (str,)}),
     # -- client queries (Hub ROUTER) --

@@ -1,0 +1,120 @@
+"""The controller on another host, started over SSH (``corral start --controller ssh --host
+login1``): its connection files are read back over the same channel and written here, so
+engines and clients started from here find it as if it were local.
+
+The session runs with a forced terminal (``ssh -tt``): if this side goes away, sshd hangs up
+and the far controller gets SIGHUP and ends, so no controller outlives its cluster. Options
+(the ``[ssh]`` table, then ``[controller]``, then flags): ``host``, ``port``, ``identity``,
+``ssh_args``, ``python``, ``remote_dir`` (the far cluster folder's parent; default
+``.corral`` under the far home).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from corral.errors import LaunchError
+
+from .base import log_tail, require_tool, run_tool
+from .local import spawn, terminate
+from .ssh import ssh_base
+
+PID_LINE = re.compile(r"corral-controller-pid (\d+)")
+SEPARATOR = "----corral-separator----"
+
+
+def write_private(path: Path, data: Mapping[str, Any]) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=2)
+    os.chmod(path, 0o600)
+
+
+class SSHController:
+    """Runs ``python -m corral controller`` on ``options["host"]`` and mirrors its files."""
+
+    def __init__(
+        self, cluster_id: str, local_path: Path, args: Sequence[str], options: Mapping[str, Any]
+    ) -> None:
+        self.cluster_id = cluster_id
+        self.local_path = local_path
+        self.args = list(args)
+        self.options = dict(options)
+        host = self.options.get("host")
+        if not host:
+            raise LaunchError("--controller ssh needs the controller's host: --host HOST")
+        self.host = str(host)
+        self.remote_base = str(self.options.get("remote_dir") or ".corral")
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = local_path / "controller-ssh.log"
+
+    def _ssh(self, command: str, tty: bool = False) -> list[str]:
+        ssh = require_tool(str(self.options.get("ssh") or "ssh"), "ssh controller")
+        return [*ssh_base(self.options, ssh), *(["-tt"] if tty else []), self.host, command]
+
+    def start(self, timeout: float) -> subprocess.Popen[bytes]:
+        """Start the far controller and wait for its files; LaunchError with ssh's or the
+        controller's words if it does not come up."""
+        python = str(self.options.get("python") or "python3")
+        argv = [
+            python, "-m", "corral", "controller", "--cluster-id", self.cluster_id,
+            "--cluster-dir", self.remote_base, *self.args,
+        ]  # fmt: skip
+        command = f"echo corral-controller-pid $$; exec {shlex.join(argv)}"
+        self.process = spawn(self._ssh(command, tty=True), self.log)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise LaunchError(
+                    f"the controller on {self.host} exited ({self.process.returncode}): "
+                    f"{log_tail(self.log)}"
+                )
+            match = PID_LINE.search(log_tail(self.log, 100_000))
+            if match is not None and self._fetch(int(match.group(1))):
+                return self.process
+            if time.monotonic() > deadline:
+                self.stop(0.0)
+                raise LaunchError(
+                    f"the controller on {self.host} wrote no connection files within "
+                    f"{timeout:.0f} s: {log_tail(self.log)}"
+                )
+            time.sleep(0.5)  # polling files on another host: no event crosses ssh
+
+    def _fetch(self, pid: int) -> bool:
+        """Copy the far connection files here if this controller (``pid``) has written them."""
+        folder = f"{self.remote_base}/{self.cluster_id}"
+        command = (
+            f"cat {shlex.quote(folder + '/corral-engine.json')} && echo {SEPARATOR} && "
+            f"cat {shlex.quote(folder + '/corral-client.json')}"
+        )
+        try:
+            output = run_tool(self._ssh(command), f"reading the connection files on {self.host}")
+            engine_text, client_text = output.split(SEPARATOR)
+            engine, client = json.loads(engine_text), json.loads(client_text)
+        except (LaunchError, ValueError):
+            return False  # not written yet
+        if engine.get("controller_pid") != pid or client.get("controller_pid") != pid:
+            return False  # a former controller's files
+        self.local_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_private(self.local_path / "corral-engine.json", engine)
+        write_private(self.local_path / "corral-client.json", client)
+        return True
+
+    def stop(self, timeout: float) -> None:
+        """The controller was asked to shut down: wait for its session, else hang it up."""
+        if self.process is None:
+            return
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            terminate(self.process)
+        for name in ("corral-engine.json", "corral-client.json"):
+            (self.local_path / name).unlink(missing_ok=True)

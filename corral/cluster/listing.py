@@ -1,0 +1,79 @@
+"""What `corral list` says about each cluster's engines and launches.
+
+The Hub knows where each engine runs (the engine reported it when it registered), so the rows
+come from asking it, not from pids this machine may not have; the launches (which launcher,
+which batch job, and why it ended when it did) come from the cluster's state file, which the
+cluster's manager rewrites when a launcher reports a loss.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from corral.errors import CorralError
+
+ENGINE_COLUMNS = ("engine", "host", "pid", "launcher", "job", "mpi rank")
+
+
+def engine_rows(client_file: Path, timeout: float = 5.0) -> list[tuple[str, ...]]:
+    """One row per registered engine (ENGINE_COLUMNS), asked of the cluster's Hub."""
+    from corral.client.client import Client
+
+    with Client(connection_file=client_file, timeout=timeout) as client:
+        info = client.engine_info()
+    rows = []
+    for engine_id, fields in sorted(info.items()):
+        rows.append(
+            tuple(
+                "-" if value is None else str(value)
+                for value in (
+                    engine_id,
+                    fields.get("host"),
+                    fields.get("pid"),
+                    fields.get("launcher"),
+                    fields.get("job_id"),
+                    fields.get("mpi_rank"),
+                )
+            )
+        )
+    return rows
+
+
+def launch_lines(state_file: Path) -> list[str]:
+    """``slurm job 12: CANCELLED`` lines for the launches the state file records."""
+    try:
+        state: dict[str, Any] = json.loads(state_file.read_text())
+    except (OSError, ValueError):
+        return []
+    lines = []
+    for launch in state.get("launchers", []):
+        words = [f"{launch.get('launcher')} launcher, {launch.get('n')} engines"]
+        if launch.get("job_id"):
+            words.append(f"job {launch['job_id']} {launch.get('job_state') or ''}".rstrip())
+        if launch.get("lost"):
+            words.append(f"lost: {launch['lost']}")
+        lines.append("; ".join(words))
+    return lines
+
+
+def describe_engines(cluster_folders: Iterable[Path]) -> list[str]:
+    """The text `corral list` prints below its cluster table."""
+    out: list[str] = []
+    for folder in cluster_folders:
+        out.append(f"\n{folder.name}:")
+        out.extend(f"  {line}" for line in launch_lines(folder / "cluster.json"))
+        try:
+            rows = engine_rows(folder / "corral-client.json")
+        except CorralError as err:
+            out.append(f"  engines: cannot ask the controller ({err})")
+            continue
+        if not rows:
+            out.append("  no engines registered")
+            continue
+        widths = [max(len(r[i]) for r in [ENGINE_COLUMNS, *rows]) for i in range(6)]
+        for row in [ENGINE_COLUMNS, *rows]:
+            out.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+    return out

@@ -1,0 +1,123 @@
+"""Engines through a real mpiexec (MPICH): one COMM_WORLD across the engines."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import psutil
+import pytest
+
+from corral.client.client import Client
+
+from .conftest import corral
+
+
+def allreduce_of_ranks() -> int:
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    return int(comm.allreduce(comm.Get_rank() + 1))
+
+
+@pytest.fixture
+def mpi_cluster(tmp_path: Path) -> Iterator[tuple[Path, list[str]]]:
+    where = ["--cluster-dir", str(tmp_path), "--cluster-id", "mpi4"]
+    started = corral(
+        "start", "--daemon", "--engines", "mpi", "-n", "4", "--heartbeat-period", "0.5", *where
+    )
+    try:
+        assert started.returncode == 0, started.stderr
+        yield tmp_path / "mpi4", where
+    finally:
+        corral("stop", *where)
+
+
+@pytest.mark.timeout(180)
+def test_four_mpi_engines_share_comm_world(mpi_cluster: tuple[Path, list[str]]) -> None:
+    folder, where = mpi_cluster
+    with Client(connection_file=folder / "corral-client.json", timeout=30) as rc:
+        rc.wait_for_engines(4, timeout=60)
+        assert rc[:].apply_sync(allreduce_of_ranks) == [10, 10, 10, 10]
+        info = rc.engine_info()
+        assert sorted(e["mpi_rank"] for e in info.values()) == [0, 1, 2, 3]
+        assert {e["launcher"] for e in info.values()} == {"mpi"}
+        assert {e["mpi_size"] for e in info.values()} == {4}
+        ar = rc[:].apply_async(lambda: None)
+        ar.get(timeout=30)
+        metadata = cast(list[dict[str, Any]], ar.metadata)  # one dict per engine
+        assert sorted(m["mpi_rank"] for m in metadata) == [0, 1, 2, 3]
+    listing = corral("list", *where[:2])
+    assert listing.returncode == 0, listing.stderr
+    assert "mpi launcher, 4 engines" in listing.stdout
+    rows = [
+        line.split()
+        for line in listing.stdout.splitlines()
+        if line.strip().endswith(("0", "1", "2", "3")) and " mpi " in line
+    ]
+    assert len(rows) == 4, listing.stdout
+    mpiexec_pid = json.loads((folder / "cluster.json").read_text())["launchers"][0]["pids"][0]
+    engine_pids = [int(row[2]) for row in rows]
+    stopped = corral("stop", *where)
+    assert stopped.returncode == 0, stopped.stderr
+    _, alive = psutil.wait_procs(
+        [p for p in map(_process, [mpiexec_pid, *engine_pids]) if p], timeout=15
+    )
+    assert not alive
+
+
+def _process(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return None
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--mpiexec", "/nonexistent/mpiexec"], "needs `/nonexistent/mpiexec`"),
+        (["--mpi-args=-no-such-mpiexec-flag"], "unrecognized argument no-such-mpiexec-flag"),
+    ],
+)
+def test_mpiexec_that_cannot_start_fails_fast_and_leaves_nothing(
+    tmp_path: Path, flags: list[str], says: str
+) -> None:
+    began = time.monotonic()
+    where = ["--cluster-dir", str(tmp_path), "--cluster-id", "bad"]
+    try:
+        result = corral("start", "--engines", "mpi", "-n", "2", *flags, *where, timeout=60)
+    finally:
+        corral("stop", *where)
+    assert result.returncode == 1
+    assert says in result.stderr
+    assert time.monotonic() - began < 20
+    assert processes_mentioning(tmp_path) == []
+
+
+def processes_mentioning(folder: Path) -> list[str]:
+    """Command lines of running processes that name ``folder`` (the cluster's controller,
+    engines, mpiexec): none may be left after a failed start."""
+    found = []
+    for process in psutil.process_iter(["cmdline", "status"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if str(folder) in cmdline and process.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(cmdline)
+    return found
+
+
+@pytest.mark.timeout(120)
+def test_one_mpi_engine_dying_leaves_the_others(tmp_path: Path) -> None:
+    from corral.cluster.cluster import Cluster
+
+    with Cluster(n=3, engines="mpi", cluster_dir=tmp_path, heartbeat_period=0.5) as rc:
+        rc[0].apply_async(os._exit, 3)
+        deadline = time.monotonic() + 30
+        while rc.ids != [1, 2]:
+            assert time.monotonic() < deadline, f"engines now {rc.ids}"
+            time.sleep(0.05)  # polling the registry for the loss
+        assert rc[:].apply_sync(lambda: "alive") == ["alive", "alive"]

@@ -1,0 +1,154 @@
+"""Engines as Slurm job steps on a real one-node Slurm (munged, slurmctld, slurmd started by
+the session fixture): start, list, lose the job to scancel, stop, bad submissions."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from corral.client.client import Client
+from tools.slurm import jobs
+
+from .conftest import corral
+from .test_mpi import processes_mentioning
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out after {timeout} s: {what}"
+        time.sleep(0.1)  # polling Slurm and the Hub for a state change
+
+
+@pytest.mark.timeout(240)
+def test_slurm_engines_run_as_job_steps_and_stop_leaves_no_job(
+    tmp_path: Path, slurm_env: dict[str, str]
+) -> None:
+    env = {**slurm_env, "CORRAL_DIR": str(tmp_path)}
+    where = ["--cluster-id", "s4"]
+    start = corral(
+        "start", "--daemon", "--engines", "slurm", "-n", "4", "--walltime", "00:10:00",
+        "--heartbeat-period", "0.5", *where, env=env,
+    )  # fmt: skip
+    try:
+        assert start.returncode == 0, start.stderr
+        folder = tmp_path / "s4"
+        state = json.loads((folder / "cluster.json").read_text())
+        job_id = state["launchers"][0]["job_id"]
+        assert jobs(env) == [job_id]
+        steps = subprocess.run(
+            ["squeue", "-h", "-s", "-j", job_id, "-o", "%i"],
+            env=env, capture_output=True, text=True, timeout=30,
+        ).stdout.split()  # fmt: skip
+        assert f"{job_id}.0" in steps  # the engines are one srun step of the job
+        with Client(connection_file=folder / "corral-client.json", timeout=30) as rc:
+            rc.wait_for_engines(4, timeout=60)
+            info = rc.engine_info()
+            assert {e["job_id"] for e in info.values()} == {job_id}
+            assert {e["launcher"] for e in info.values()} == {"slurm"}
+            assert sorted(e["mpi_rank"] for e in info.values()) == [0, 1, 2, 3]
+            assert rc[:].apply_sync(lambda: 6 * 7) == [42] * 4
+        listing = corral("list", env=env)
+        assert f"slurm launcher, 4 engines; job {job_id} RUNNING" in listing.stdout
+        rows = [line.split() for line in listing.stdout.splitlines()]
+        engine_rows = [row for row in rows if len(row) == 6 and row[3:5] == ["slurm", job_id]]
+        assert len(engine_rows) == 4, listing.stdout
+        assert {int(row[2]) for row in engine_rows} == {e["pid"] for e in info.values()}
+    finally:
+        stop = corral("stop", *where, env=env)
+    assert stop.returncode == 0, stop.stderr
+    assert jobs(env) == []
+    assert processes_mentioning(tmp_path) == []
+
+
+@pytest.mark.timeout(240)
+def test_scancel_is_noticed_and_engines_unregistered_promptly(
+    tmp_path: Path, slurm_env: dict[str, str]
+) -> None:
+    env = {**slurm_env, "CORRAL_DIR": str(tmp_path)}
+    where = ["--cluster-id", "lost"]
+    start = corral(
+        "start", "--daemon", "--engines", "slurm", "-n", "2", "--heartbeat-period", "0.5",
+        *where, env=env,
+    )  # fmt: skip
+    try:
+        assert start.returncode == 0, start.stderr
+        folder = tmp_path / "lost"
+        job_id = json.loads((folder / "cluster.json").read_text())["launchers"][0]["job_id"]
+        with Client(connection_file=folder / "corral-client.json", timeout=30) as rc:
+            rc.wait_for_engines(2, timeout=60)
+            subprocess.run(["scancel", job_id], env=env, check=True, timeout=30)
+            cancelled = time.monotonic()
+            wait_until(lambda: not rc.ids, 15, "the Hub to unregister the cancelled engines")
+            assert time.monotonic() - cancelled < 5  # SIGTERM: they unregister themselves
+        wait_until(
+            lambda: "lost: slurm job" in corral("list", env=env).stdout,
+            30,
+            "corral list to say the job was lost",
+        )
+        listing = corral("list", env=env).stdout
+        assert f"JOB {job_id} ON" in listing and "CANCELLED" in listing, listing
+        assert "no engines registered" in listing
+    finally:
+        stop = corral("stop", *where, env=env)
+    assert stop.returncode == 0, stop.stderr
+    assert jobs(env) == []
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--partition", "no-such-partition"], "invalid partition specified: no-such-partition"),
+        (["--batch-line=--no-such-sbatch-option"], "unrecognized option"),
+    ],
+)
+def test_a_rejected_job_fails_start_fast_and_leaves_nothing(
+    tmp_path: Path, slurm_env: dict[str, str], flags: list[str], says: str
+) -> None:
+    env = {**slurm_env, "CORRAL_DIR": str(tmp_path)}
+    began = time.monotonic()
+    try:
+        result = corral("start", "--engines", "slurm", "-n", "2", *flags, env=env, timeout=60)
+    finally:
+        corral("stop", env=env)
+    assert result.returncode == 1
+    assert says in result.stderr, result.stderr
+    assert time.monotonic() - began < 20
+    assert jobs(env) == []
+    assert processes_mentioning(tmp_path) == []
+
+
+@pytest.mark.timeout(60)
+def test_no_sbatch_on_path_is_a_clear_error(tmp_path: Path, slurm_env: dict[str, str]) -> None:
+    env = {**slurm_env, "CORRAL_DIR": str(tmp_path), "PATH": "/nonexistent"}
+    result = corral("start", "--engines", "slurm", "-n", "1", env=env, timeout=60)
+    corral("stop", env=env)
+    assert result.returncode == 1
+    assert "needs `sbatch`, which is not on PATH" in result.stderr
+    assert processes_mentioning(tmp_path) == []
+
+
+@pytest.mark.timeout(240)
+def test_stop_cancels_the_job_even_when_the_manager_was_killed(
+    tmp_path: Path, slurm_env: dict[str, str]
+) -> None:
+    env = {**slurm_env, "CORRAL_DIR": str(tmp_path)}
+    where = ["--cluster-id", "orphan"]
+    start = corral("start", "--daemon", "--engines", "slurm", "-n", "1", *where, env=env)
+    try:
+        assert start.returncode == 0, start.stderr
+        state = json.loads((tmp_path / "orphan" / "cluster.json").read_text())
+        os.kill(state["manager_pid"], signal.SIGKILL)
+        assert jobs(env) == [state["launchers"][0]["job_id"]]
+    finally:
+        stop = corral("stop", *where, env=env)
+    assert stop.returncode == 0, stop.stderr
+    assert jobs(env) == []
