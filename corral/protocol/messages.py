@@ -52,7 +52,11 @@ def _reply(msg_type: str) -> MessageSpec:
 
 _SPECS = [
     # -- registration and connection (Hub ROUTER) --
-    _spec("registration_request", {"uuid": (str,)}, {"id": (int,), "info": (dict,)}),
+    _spec(
+        "registration_request",
+        {"uuid": (str,)},
+        {"id": (int,), "tasks": (list,), "shm_host": (str,), "info": (dict,)},
+    ),
     _reply("registration_reply"),
     _spec("unregistration_request", optional={"id": (int,), "uuid": (str,)}),
     _reply("unregistration_reply"),
@@ -62,7 +66,7 @@ _SPECS = [
     _spec(
         "registration_notification",
         {"id": (int,), "uuid": (str,)},
-        {"info": (dict,)},
+        {"shm_host": (str,), "info": (dict,)},
     ),
     _spec("unregistration_notification", {"id": (int,), "uuid": (str,)}),
     # -- client queries (Hub ROUTER) --
@@ -74,7 +78,10 @@ _SPECS = [
         {"targets": INT_LIST, "statusonly": (bool,), "unknown_pending": (bool,)},
     ),
     _reply("result_reply"),
-    _spec("purge_request", optional={"msg_ids": (list, str), "engine_ids": INT_LIST}),
+    _spec(
+        "purge_request",
+        optional={"msg_ids": (list, str), "engine_ids": INT_LIST, "controller": (str,)},
+    ),
     _reply("purge_reply"),
     _spec("history_request"),
     _reply("history_reply"),
@@ -86,7 +93,7 @@ _SPECS = [
     _reply("db_reply"),
     _spec("status_request", optional={"since": (int,)}),
     _reply("status_reply"),
-    _spec("hub_shutdown_request"),
+    _spec("hub_shutdown_request", optional={"controller": (str,)}),
     _reply("hub_shutdown_reply"),
     # -- scheduler to Hub --
     _spec("task_destination", {"msg_id": (str,), "engine_id": (str,)}),
