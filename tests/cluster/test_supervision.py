@@ -20,7 +20,7 @@ from tests.polling import until
 POLICY = RestartPolicy(first_delay=0.2)
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(400)  # bounded waits add up on a loaded machine
 def test_killed_engine_and_controller_are_restarted(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
