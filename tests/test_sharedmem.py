@@ -253,12 +253,15 @@ def test_a_guessed_or_forged_name_is_refused(settings: Settings) -> None:
 
 def test_a_segment_of_another_cluster_is_refused(settings: Settings, tmp_path: Path) -> None:
     other = Settings(cluster_prefix(tmp_path / "other"), settings.host, THRESHOLD)
-    _, refs = SharedMemory(other).export(serialize_object(random_array("u1", (9000,))))
+    writer = SharedMemory(other)
+    _, refs = writer.export(serialize_object(random_array("u1", (9000,))))
     try:
         with pytest.raises(SharedMemoryRefused, match="does not exist"):
             SharedMemory(settings).resolve(forged(settings, refs[0].token))
     finally:
-        SharedMemory(other).release(refs)
+        writer.release(refs)
+        writer.close()
+    assert names(other) == []
 
 
 @pytest.mark.parametrize(

@@ -155,3 +155,4 @@ def test_a_reference_in_a_message_with_a_bad_signature_is_never_mapped(fast: Cli
                 assert link.exists(), "a message that failed its signature was mapped"
     finally:
         link.unlink(missing_ok=True)
+        writer.close()
