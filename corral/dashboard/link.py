@@ -22,6 +22,7 @@ import zmq.asyncio
 
 from corral.client.connection import client_addresses, read_connection_file
 from corral.controller.store import SQLiteStore
+from corral.controller.store.base import KNOWN_FIELDS
 from corral.controller.store.query import validate_query
 from corral.errors import CorralError, ProtocolError, StoreError, TimeoutError
 from corral.protocol.session import Frame, Message, Session, frame_view
@@ -189,7 +190,9 @@ class History:
                 return None, []
             buffers = [bytes(b) for b in record.pop("result_buffers", None) or []]
             return record, buffers
-        reply = await self.link.request("db_request", {"query": {"msg_id": msg_id}})
+        # the Hub sends buffers only for keys asked for by name: ask for every stored field
+        query = {"query": {"msg_id": msg_id}, "keys": sorted(KNOWN_FIELDS)}
+        reply = await self.link.request("db_request", query)
         found = (reply.content or {}).get("records", [])
         if not found:
             return None, []
