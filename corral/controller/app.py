@@ -271,15 +271,26 @@ class Controller:
             common["curve"] = self.curve.to_connection()
         if self.shm.settings is not None:
             common["shm"] = self.shm.settings.to_json()
+        client_ports = {
+            "notification": notify_port,
+            "mux": mux_client,
+            "control": control_client,
+            "task": task_client,
+            "iopub": iopub_client,
+        }
+        engine_ports = {
+            "mux_engine": mux_engine,
+            "control_engine": control_engine,
+            "task_engine": task_engine,
+            "iopub_engine": iopub_engine,
+            "hb_ping": ping_port,
+            "hb_pong": pong_port,
+        }
         write_private_json(
             config.cluster_path / CLIENT_FILE,
             {
                 **common,
-                "notification": notify_port,
-                "mux": mux_client,
-                "control": control_client,
-                "task": task_client,
-                "iopub": iopub_client,
+                **client_ports,
                 "store": {"db": config.db.split(":")[0], **config.retention.describe()},
                 # readers of the history (the dashboard) page the file without the Hub
                 **(
@@ -291,34 +302,11 @@ class Controller:
         )
         # what --restore needs outlives the connection files, which a clean stop removes
         write_private_json(
-            config.cluster_path / RESTORE_FILE,
-            {
-                **common,
-                "notification": notify_port,
-                "mux": mux_client,
-                "control": control_client,
-                "task": task_client,
-                "iopub": iopub_client,
-                "mux_engine": mux_engine,
-                "control_engine": control_engine,
-                "task_engine": task_engine,
-                "iopub_engine": iopub_engine,
-                "hb_ping": ping_port,
-                "hb_pong": pong_port,
-            },
+            config.cluster_path / RESTORE_FILE, {**common, **client_ports, **engine_ports}
         )
         write_private_json(
             config.cluster_path / ENGINE_FILE,
-            {
-                **common,
-                "mux_engine": mux_engine,
-                "control_engine": control_engine,
-                "task_engine": task_engine,
-                "iopub_engine": iopub_engine,
-                "hb_ping": ping_port,
-                "hb_pong": pong_port,
-                "heartbeat_period": config.heartbeat_period,
-            },
+            {**common, **engine_ports, "heartbeat_period": config.heartbeat_period},
         )
         log.info(
             "controller %s listening on %s (registration port %d)",

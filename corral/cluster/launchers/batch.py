@@ -33,6 +33,15 @@ HOLE = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 GONE = "GONE"  # the system no longer knows the job
 
 
+def leading_job_id(output: str, tool: str) -> str:
+    """The job id a submit command prints first (``123``, ``123;cluster``); LaunchError
+    quoting ``tool``'s answer if it holds none."""
+    match = re.match(r"\s*(\d+)", output)
+    if match is None:
+        raise LaunchError(f"{tool} answered {output.strip()!r}, which holds no job id")
+    return match.group(1)
+
+
 def render(template: str, values: Mapping[str, str]) -> str:
     """Fill every ``{{name}}`` of ``template``; LaunchError naming an unknown hole."""
 

@@ -7,13 +7,10 @@ exits non-zero once the job is gone; ``qdel`` cancels every task. Options: ``que
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from corral.errors import LaunchError
-
-from .batch import GONE, BatchSystem, make_batch_launcher
+from .batch import GONE, BatchSystem, leading_job_id, make_batch_launcher
 
 TEMPLATE = """#!/bin/sh
 {{directives}}
@@ -38,10 +35,7 @@ def submit(script: str, extra: Sequence[str]) -> tuple[list[str], str | None]:
 
 
 def parse_job_id(output: str) -> str:
-    match = re.match(r"\s*(\d+)", output)
-    if match is None:
-        raise LaunchError(f"qsub answered {output.strip()!r}, which holds no job id")
-    return match.group(1)
+    return leading_job_id(output, "qsub")
 
 
 def status(job_id: str) -> list[str]:

@@ -13,9 +13,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from corral.errors import LaunchError
-
-from .batch import GONE, BatchSystem, make_batch_launcher
+from .batch import GONE, BatchSystem, leading_job_id, make_batch_launcher
 from .mpi import option_list
 
 TEMPLATE = """#!/bin/sh
@@ -43,10 +41,7 @@ def submit(script: str, extra: Sequence[str]) -> tuple[list[str], str | None]:
 
 def parse_job_id(output: str) -> str:
     """``sbatch --parsable`` prints ``JOBID`` or ``JOBID;CLUSTER``."""
-    match = re.match(r"\s*(\d+)", output)
-    if match is None:
-        raise LaunchError(f"sbatch answered {output.strip()!r}, which holds no job id")
-    return match.group(1)
+    return leading_job_id(output, "sbatch")
 
 
 def status(job_id: str) -> list[str]:
