@@ -3,7 +3,8 @@
 The Hub knows where each engine runs (the engine reported it when it registered), so the rows
 come from asking it, not from pids this machine may not have; the launches (which launcher,
 which batch job, and why it ended when it did) come from the cluster's state file, which the
-cluster's manager rewrites when a launcher reports a loss.
+cluster's manager rewrites when a launcher reports a loss; a batch job's state is asked of its
+batch system at the time of listing.
 """
 
 from __future__ import annotations
@@ -52,11 +53,24 @@ def launch_lines(state_file: Path) -> list[str]:
     for launch in state.get("launchers", []):
         words = [f"{launch.get('launcher')} launcher, {launch.get('n')} engines"]
         if launch.get("job_id"):
-            words.append(f"job {launch['job_id']} {launch.get('job_state') or ''}".rstrip())
+            words.append(f"job {launch['job_id']} {_job_state(launch)}".rstrip())
         if launch.get("lost"):
             words.append(f"lost: {launch['lost']}")
         lines.append("; ".join(words))
     return lines
+
+
+def _job_state(launch: dict[str, Any]) -> str:
+    """The job's state as its batch system says it now (the state file's copy is only as new
+    as the manager's last look), or the recorded one when the system cannot be asked."""
+    from corral.cluster.launchers.watch import recorded_job
+
+    job = recorded_job(launch)
+    if job is not None:
+        state = job.query_state()
+        if not state.startswith("UNKNOWN"):
+            return state
+    return str(launch.get("job_state") or "")
 
 
 def describe_engines(cluster_folders: Iterable[Path]) -> list[str]:

@@ -45,23 +45,33 @@ def launcher_failures(launchers: Iterable[EngineLauncher]) -> list[str]:
     return found
 
 
+def recorded_job(record: Mapping[str, Any]) -> BatchLauncher | None:
+    """A handle on the batch job a state file's launcher record names (to query or cancel it
+    from any process), or None when the record is not a submitted batch job."""
+    from .registry import ENGINE_LAUNCHERS
+
+    cls = ENGINE_LAUNCHERS.get(str(record.get("launcher")))
+    job_id = record.get("job_id")
+    if cls is None or not issubclass(cls, BatchLauncher) or not job_id:
+        return None
+    launcher = cls(LaunchSpec("", Path("."), Path("."), 0))
+    launcher.job_id = str(job_id)
+    return launcher
+
+
 def cancel_recorded_jobs(records: Iterable[Mapping[str, Any]], timeout: float = 30.0) -> bool:
     """Cancel the batch jobs a state file lists and wait until they are gone; True if one
     was still there."""
-    from .registry import ENGINE_LAUNCHERS
-
     found = False
     for record in records:
-        cls = ENGINE_LAUNCHERS.get(str(record.get("launcher")))
-        job_id = record.get("job_id")
-        if cls is None or not issubclass(cls, BatchLauncher) or not job_id:
+        launcher = recorded_job(record)
+        if launcher is None:
             continue
-        launcher = cls(LaunchSpec("", Path("."), Path("."), 0))
-        launcher.job_id = str(job_id)
-        if launcher.query_state() in cls.system.active_states | cls.system.leaving_states:
+        system = launcher.system
+        if launcher.query_state() in system.active_states | system.leaving_states:
             found = True
         try:
             launcher.stop(timeout)
         except CorralError as err:
-            log.warning("cancelling %s job %s: %s", launcher.name, job_id, err)
+            log.warning("cancelling %s job %s: %s", launcher.name, launcher.job_id, err)
     return found
