@@ -42,7 +42,9 @@ from corral.errors import CorralError  # noqa: E402
 RESULTS = REPO_ROOT / "bench" / "results" / "chaos.json"
 
 
-def double(x: int) -> int:
+def double(x: int, seconds: float = 0.0) -> int:
+    if seconds:
+        time.sleep(seconds)  # work that takes time, so the kills fall among running tasks
     return 2 * x
 
 
@@ -76,8 +78,8 @@ class Chaos(threading.Thread):
                 if self.controller_at and done >= self.controller_at[0]:
                     self.controller_at.pop(0)
                     self.kill_controller()
-                elif done >= next_engine_kill:
-                    next_engine_kill = done + self.kill_every
+                elif done >= next_engine_kill:  # one kill per threshold, even after a burst
+                    next_engine_kill += self.kill_every
                     self.kill_engine()
         except Exception as err:  # noqa: BLE001 - reported in the summary
             self.errors.append(repr(err))
@@ -112,7 +114,18 @@ class Chaos(threading.Thread):
         self.errors.append("the controller did not come back within 120 s")
 
 
-def run(tasks: int, engines: int, seed: int, kill_every: int, timeout: float) -> dict[str, Any]:
+def hub_records(rc: Any, msg_ids: list[str]) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = []
+    for start in range(0, len(msg_ids), 50_000):
+        records += rc.db_query(
+            {"msg_id": {"$in": msg_ids[start : start + 50_000]}}, ["msg_id", "status"]
+        )
+    return records
+
+
+def run(
+    tasks: int, engines: int, seed: int, kill_every: int, timeout: float, task_seconds: float
+) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="corral-chaos-"))
     cluster = Cluster(
         engines,
@@ -126,7 +139,7 @@ def run(tasks: int, engines: int, seed: int, kill_every: int, timeout: float) ->
     rc.outage_grace = 60.0  # a restart takes seconds; waits fail only if it takes longer
     try:
         view = rc.load_balanced_view(retries=2)
-        results = view.map_async(double, range(tasks), chunksize=1)
+        results = view.map_async(double, range(tasks), [task_seconds] * tasks, chunksize=1)
         children = list(results._children)  # one future per task
         chaos = Chaos(cluster, children, seed, kill_every)
         chaos.start()
@@ -135,22 +148,26 @@ def run(tasks: int, engines: int, seed: int, kill_every: int, timeout: float) ->
         chaos.join(150)
         elapsed = time.monotonic() - started
         outcomes: Counter[str] = Counter()
+        why: Counter[str] = Counter()  # each distinct error, to tell kills from bugs
         wrong = 0
         for index, child in enumerate(children):
             if not child.done():
                 outcomes["unsettled"] += 1
             elif child.exception() is not None:
                 outcomes[type(child.exception()).__name__] += 1
+                why[str(child.exception())[:200]] += 1
             elif child.result() != [2 * index]:
                 wrong += 1
             else:
                 outcomes["ok"] += 1
-        records: list[dict[str, Any]] = []
-        for start in range(0, tasks, 50_000):
-            records += rc.db_query(
-                {"msg_id": {"$in": results.msg_ids[start : start + 50_000]}},
-                ["msg_id", "status"],
-            )
+        # the Hub records replies from its monitor copies, a moment after the client has them
+        settle_by = time.monotonic() + 60
+        while True:
+            records = hub_records(rc, results.msg_ids)
+            pending = any(r.get("status") == "pending" for r in records)
+            if not pending or time.monotonic() > settle_by:
+                break
+            time.sleep(0.2)
         per_task = Counter(r["msg_id"] for r in records)
         hub = {
             "records": len(records),
@@ -171,6 +188,7 @@ def run(tasks: int, engines: int, seed: int, kill_every: int, timeout: float) ->
         "elapsed_s": round(elapsed, 1),
         "hung": hung,
         "outcomes": dict(outcomes),
+        "errors": dict(why.most_common(10)),
         "wrong_values": wrong,
         "lost": outcomes["unsettled"],
         "hub": hub,
@@ -190,10 +208,13 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=12)
     parser.add_argument("--kill-every", type=int, default=0, help="default: tasks // 8")
     parser.add_argument("--timeout", type=float, default=3600.0)
+    parser.add_argument("--task-ms", type=float, default=0.0, help="how long each task works")
     parser.add_argument("--json", type=Path, default=RESULTS)
     args = parser.parse_args()
     kill_every = args.kill_every or max(1, args.tasks // 8)
-    summary = run(args.tasks, args.engines, args.seed, kill_every, args.timeout)
+    summary = run(
+        args.tasks, args.engines, args.seed, kill_every, args.timeout, args.task_ms / 1000
+    )
     print(json.dumps(summary, indent=2))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(summary, indent=2))

@@ -46,7 +46,7 @@ from corral.client.control import ControlCalls
 from corral.client.ioloop import ClientIO
 from corral.client.queries import HubQueries
 from corral.client.records import SERVICE, TASK, Records
-from corral.client.recovery import RECOVERY_PERIOD, Recovery
+from corral.client.recovery import RECOVERY_PERIOD, Recovery, Resender
 from corral.errors import (
     ConnectionError,
     EngineError,
@@ -192,6 +192,7 @@ class Client(ControlCalls, HubQueries):
         )
         self.addresses = client_addresses(info)
         self._records = Records()
+        self._resender = Resender()  # unanswered load-balanced requests, to send again
         self._engines: dict[int, str] = {}
         self._uuids: dict[str, int] = {}
         self._gone: set[str] = set()
@@ -503,6 +504,8 @@ class Client(ControlCalls, HubQueries):
             records = (reply.content or {}).get("records") or []
             plan = recovery.answered({r["msg_id"]: r.get("status", "") for r in records})
             for msg_id in plan.lost:
+                if self._resend(msg_id, "the controller died before it recorded it"):
+                    continue
                 self._records.fail(
                     msg_id,
                     ConnectionError(
@@ -522,6 +525,16 @@ class Client(ControlCalls, HubQueries):
         self._records.track_service(msg.msg_id, "hub", on_reply=on_reply)
         self._io.send_now("hub", self.session.serialize(msg))
         self._io.call_later(self.timeout, on_timeout)
+
+    def _resend(self, msg_id: str, why: str) -> bool:
+        """(I/O thread) Send a held load-balanced request again, same msg_id; False if it is
+        not held (direct, answered, or sent again too often already)."""
+        msg = self._resender.take(msg_id)
+        if msg is None or self._io.closed:
+            return False
+        log.warning("client: task %s sent again: %s", msg_id, why)
+        self._io.send_now("task", self.session.serialize(msg))
+        return True
 
     def resolve_targets(self, targets: Targets) -> list[Target]:
         """``(engine_id, engine_uuid)`` for each target; InvalidTarget for an id that is not
@@ -621,6 +634,12 @@ class Client(ControlCalls, HubQueries):
             self._records.track(msg, channel, uuid, engine_id, in_history=in_history)
         if refs:
             self._records.futures[msg.msg_id].add_done_callback(lambda _: self._shm.release(refs))
+        if channel == "task":
+            msg_id = msg.msg_id
+            self._resender.hold(msg_id, msg)
+            self._records.futures[msg_id].add_done_callback(
+                lambda _: self._resender.release(msg_id)
+            )
         if uuid is not None and uuid not in self._uuids:
             self._records.fail(msg.msg_id, _engine_gone(engine_id, uuid))
             return msg.msg_id

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from corral.client.asyncresult import AsyncHubResult, AsyncResult
 from corral.client.records import parse_date
+from corral.client.recovery import RESENDABLE
 from corral.errors import ConnectionError, QueryError, ResultNotStored
 from corral.protocol.session import Frame, Message
 
@@ -51,6 +52,7 @@ class HubQueries:
         @property
         def ids(self) -> list[int]: ...
         def _query(self, msg_type: str, content: dict[str, Any]) -> Message: ...
+        def _resend(self, msg_id: str, why: str) -> bool: ...
         def msg_ids_of(self, jobs: Any) -> list[str]: ...
         def resolve_targets(self, targets: Targets) -> list[Target]: ...
 
@@ -179,6 +181,11 @@ class HubQueries:
             if future is not None and future.done():
                 offset += count
                 continue  # answered directly meanwhile
+            if (record.get("metadata") or {}).get(RESENDABLE) and self._resend(
+                msg_id, "the controller restarted while it waited in the task scheduler"
+            ):
+                offset += count
+                continue
             self._records.pending.pop(msg_id, None)  # settled from the store: a reply is late
             if isinstance(record.get("not_stored"), str):
                 self._records.complete_error(msg_id, ResultNotStored(record["not_stored"]))

@@ -6,14 +6,21 @@ only if the client's own connection is back by then. So after reconnecting, the 
 Hub about every request still unanswered here, and keeps asking (every ``RECOVERY_PERIOD``
 seconds) until each is settled: completed at the Hub (the result is fetched from there),
 answered directly meanwhile, or unknown to the Hub ``UNKNOWN_CHECKS`` times in a row (the
-controller died before it recorded the request, which then never reached an engine: it fails
-with ConnectionError, to be submitted again). The decisions are here, without sockets.
+controller died before it recorded the request, which then never reached an engine). A
+load-balanced request lost that way, or one the restarted Hub marks lost because it waited in
+the old task scheduler, is sent again (see :class:`Resender`); a direct one fails with
+ConnectionError, to be submitted again. The decisions are here, without sockets.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+
+from corral.protocol.messages import RESENDABLE
+from corral.protocol.session import Message
+
+__all__ = ["RECOVERY_PERIOD", "RESENDABLE", "Plan", "Recovery", "Resender"]
 
 RECOVERY_PERIOD = 1.0  # seconds between questions to the Hub after an outage
 UNKNOWN_CHECKS = 3  # answers without a record before a request counts as lost
@@ -62,3 +69,35 @@ class Recovery:
                 fetch.append(msg_id)
                 del self.unknown_checks[msg_id]
         return Plan(fetch, lost, bool(self.unknown_checks))
+
+
+RESEND_LIMIT = 3  # times one load-balanced request is sent again after restarts lost it
+
+
+@dataclass
+class Resender:
+    """The load-balanced requests this client may send again, held until each is answered.
+
+    A task waiting in the task scheduler when the controller dies is gone with it; so is one
+    the dead controller never recorded. Only the client still has the request (the Hub records
+    requests without their buffers), so it keeps each unanswered load-balanced request and
+    sends it once more, up to ``RESEND_LIMIT`` times, when the restarted Hub marks it lost
+    (``RESENDABLE``) or has no record of it. Its msg_id stays the same, so the caller's
+    AsyncResult simply completes. Direct requests are not held: their engine may have run them.
+    """
+
+    held: dict[str, tuple[Message, int]] = field(default_factory=dict)
+
+    def hold(self, msg_id: str, request: Message) -> None:
+        self.held[msg_id] = (request, 0)
+
+    def release(self, msg_id: str) -> None:
+        self.held.pop(msg_id, None)
+
+    def take(self, msg_id: str) -> Message | None:
+        """The request to send again, or None (not held, or sent too often already)."""
+        entry = self.held.get(msg_id)
+        if entry is None or entry[1] >= RESEND_LIMIT:
+            return None
+        self.held[msg_id] = (entry[0], entry[1] + 1)
+        return entry[0]

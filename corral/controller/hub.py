@@ -19,12 +19,21 @@ from corral.controller.store.base import ResultStore, check_page
 from corral.controller.store.query import validate_query
 from corral.controller.store.retention import OMITTED_FIELD, not_stored_message
 from corral.errors import EngineError, InvalidContent, QueryError, StoreError, error_content
-from corral.protocol.messages import error_reply, ok_reply
+from corral.protocol.messages import RESENDABLE, error_reply, ok_reply
 from corral.protocol.session import Frame, Message, frame_view, utcnow
 
 log = logging.getLogger("corral.hub")
 
 MAX_QUERY_IDS = 100_000
+# the fields of a result, emptied when a task lost in a restart is sent again
+CLEARED_RESULT: dict[str, Any] = {
+    "result_header": None,
+    "result_metadata": None,
+    "result_content": None,
+    "result_buffers": [],
+    "completed": None,
+    "received": None,
+}
 
 
 @dataclass(frozen=True)
@@ -104,13 +113,22 @@ class Hub:
         self.reported: set[str] = set()  # restored or unknown tasks an engine says it holds
         self.expected_from: dict[str, list[str]] = {}  # engine uuid -> those it reported
         self.restored_until_beat = 0
+        # restored load-balanced tasks (msg_id -> retries): no scheduler knows them now, so
+        # the Hub decides whether one lost is failed or sent again by its client
+        self.balanced: dict[str, int] = {}
+        # load-balanced tasks failed as lost in a restart, which their client may send again
+        self.resendable: set[str] = set()
         self.activity = Activity()  # counts and recent completions, for live views
 
     def restore(self) -> None:
         """After a restart: tasks the store still has pending may yet be answered by engines
         that survived, so their replies must be recorded when they come."""
-        for record in self.store.find_records({"status": "pending"}, ["engine_uuid"]):
+        keys = ["engine_uuid", "queue", "metadata"]
+        for record in self.store.find_records({"status": "pending"}, keys):
             self.pending[record["msg_id"]] = record.get("engine_uuid")
+            if record.get("queue") == "task":
+                retries = (record.get("metadata") or {}).get("retries")
+                self.balanced[record["msg_id"]] = retries if isinstance(retries, int) else 0
         self.restored = dict(self.pending)
         self.restored_until_beat = self.hearts.beat + 2 * self.hearts.max_misses
 
@@ -132,18 +150,35 @@ class Hub:
             content = error_content(
                 EngineError("EngineError", f"lost in a controller restart: {where}"), None, None
             )
+            # a load-balanced task that never reached an engine, or may be retried: the client
+            # that still holds the request sends it again (see corral.client.recovery)
+            never_ran = engine_uuid is None or engine_uuid in self.by_uuid
+            resendable = self._lost_balanced(msg_id, never_ran)
             self.store.update_record(
                 msg_id,
                 {
                     "status": "error",
                     "result_content": content,
                     "completed": now,
-                    "result_metadata": {"status": "error", "engine_uuid": engine_uuid},
+                    "result_metadata": {
+                        "status": "error",
+                        "engine_uuid": engine_uuid,
+                        **({RESENDABLE: True} if resendable else {}),
+                    },
                 },
             )
             log.warning("hub: task %s %s", msg_id, f"lost in the restart: {where}")
         self.restored = {}
         self.reported.clear()
+
+    def _lost_balanced(self, msg_id: str, never_ran: bool) -> bool:
+        """Whether a restored task, now failed, is load-balanced and may be sent again: it
+        never reached an engine, or its ``retries`` allow another attempt."""
+        retries = self.balanced.pop(msg_id, None)
+        if retries is None or not (never_ran or retries > 0):
+            return False
+        self.resendable.add(msg_id)
+        return True
 
     def _expect_answers(self, uuid: str, msg_ids: Any) -> None:
         """An engine back after a restart holds these tasks or sends their replies again:
@@ -380,9 +415,11 @@ class Hub:
         now = utcnow()
         for msg_id in list(entry.queue):
             # direct tasks can never complete now; load-balanced ones are the scheduler's to
-            # resubmit or fail, and its reply will update the record
+            # resubmit or fail, and its reply will update the record; those restored after a
+            # controller restart no scheduler knows: their client may send them again
             self.pending.pop(msg_id, None)
             self.activity.complete(msg_id, entry.id, "error", None, now)
+            resendable = self._lost_balanced(msg_id, never_ran=False)
             self.store.update_record(
                 msg_id,
                 {
@@ -393,6 +430,7 @@ class Hub:
                         "status": "error",
                         "engine_id": entry.id,
                         "engine_uuid": entry.uuid,
+                        **({RESENDABLE: True} if resendable else {}),
                     },
                 },
             )
@@ -508,6 +546,8 @@ class Hub:
             entry.queue[msg_id] = None
         label = msg.metadata.get("label")
         self.activity.submit()
+        resent = msg_id in self.resendable  # sent again after a restart lost it
+        self.resendable.discard(msg_id)
         self.store.add_record(
             msg_id,
             {
@@ -525,7 +565,8 @@ class Hub:
                 "started": None,
                 "completed": None,
                 "received": None,
-                "resubmitted": False,
+                "resubmitted": resent,
+                **(CLEARED_RESULT if resent else {}),
             },
         )
 
@@ -551,6 +592,7 @@ class Hub:
         if expected is not None and expected != engine_uuid and engine_uuid != "scheduler":
             self.pending[msg_id] = expected
             return  # a reply from an engine the task was taken away from
+        self.balanced.pop(msg_id, None)
         entry = self.by_uuid.get(engine_uuid) or (self.by_uuid.get(expected) if expected else None)
         if entry is not None:
             entry.queue.pop(msg_id, None)

@@ -193,3 +193,9 @@ def ok_reply(**fields: Any) -> dict[str, Any]:
 def error_reply(ename: str, evalue: str, **fields: Any) -> dict[str, Any]:
     """Content of an error reply that is not an engine's exception (bad query, bad request)."""
     return {"status": "error", "ename": ename, "evalue": evalue, "traceback": [], **fields}
+
+
+# A task result's metadata mark: the Hub failed this load-balanced task as lost in a controller
+# restart (it waited in the old task scheduler); a client that still holds the request sends it
+# again under the same msg_id (see corral.client.recovery.Resender).
+RESENDABLE = "resendable"

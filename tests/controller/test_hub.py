@@ -6,6 +6,7 @@ import pytest
 
 from corral.controller.hub import Hub, Send, Stop
 from corral.controller.store.memory import MemoryStore
+from corral.protocol.messages import RESENDABLE
 from corral.protocol.session import Message, Session
 
 KEY = b"hub-test-key"
@@ -346,6 +347,72 @@ def test_after_a_restart_tasks_no_engine_holds_are_failed_and_held_ones_recorded
     assert hub.store.get_record("unrecorded")["status"] == "ok"
     hub.handle_monitor(b"mux_out", [b"client-1", b"back"], reply_for(held))
     assert hub.store.get_record(held.msg_id)["status"] == "ok"
+
+
+def submit_balanced(hub: Hub, retries: int = 0, engine_uuid: str | None = None) -> Message:
+    req = session.msg("apply_request", {}, metadata={"retries": retries})
+    hub.handle_monitor(b"task_in", [b"client-1"], req)
+    if engine_uuid is not None:
+        dest = session.msg("task_destination", {"msg_id": req.msg_id, "engine_id": engine_uuid})
+        hub.handle_monitor(b"task_dest", [], dest)
+    return req
+
+
+def settle_restored(hub: Hub, *alive: str) -> None:
+    while hub.restored:
+        hub.tick()
+        for uuid in alive:
+            hub.handle_pong(uuid, hub.hearts.payload())
+
+
+def test_after_a_restart_lost_balanced_tasks_are_marked_for_their_client_to_send_again() -> None:
+    before = Hub(MemoryStore(), ENGINE_ADDRESSES, CLIENT_ADDRESSES, 1.0, max_misses=2)
+    register(before, "back")
+    register(before, "gone")
+    waiting = submit_balanced(before)  # in the old scheduler's queue
+    on_gone = submit_balanced(before, retries=0, engine_uuid="gone")
+    on_gone_retried = submit_balanced(before, retries=2, engine_uuid="gone")
+    direct = submit_mux(before, "back")
+    hub = restarted_hub(before.store)
+    register(hub, "back", id=0, tasks=[])
+    settle_restored(hub, "back")
+    marks = {
+        req.msg_id: hub.store.get_record(req.msg_id)["result_metadata"].get(RESENDABLE)
+        for req in (waiting, on_gone, on_gone_retried, direct)
+    }
+    assert marks == {
+        waiting.msg_id: True,  # never ran: always sent again
+        on_gone.msg_id: None,  # may have run, no retries: EngineError as before
+        on_gone_retried.msg_id: True,
+        direct.msg_id: None,
+    }
+    # the client sends it again: the same record is pending anew, then answered once
+    hub.handle_monitor(b"task_in", [b"client-1"], waiting)
+    record = hub.store.get_record(waiting.msg_id)
+    assert record["status"] == "pending" and record["resubmitted"] is True
+    assert record["result_content"] is None
+    hub.handle_monitor(b"task_out", [b"client-1", b"back"], reply_for(waiting))
+    assert hub.store.get_record(waiting.msg_id)["status"] == "ok"
+    assert len(hub.store.find_records({}, ["msg_id"])) == 4
+
+
+def test_balanced_tasks_an_engine_held_across_a_restart_are_resendable_if_it_dies() -> None:
+    before = Hub(MemoryStore(), ENGINE_ADDRESSES, CLIENT_ADDRESSES, 1.0, max_misses=2)
+    register(before, "e")
+    retried = submit_balanced(before, retries=1, engine_uuid="e")
+    once = submit_balanced(before, retries=0, engine_uuid="e")
+    hub = restarted_hub(before.store)
+    register(hub, "e", id=0, tasks=[retried.msg_id, once.msg_id])
+    settle_restored(hub, "e")
+    hub.connection_closed("e")
+    for _ in range(hub.hearts.probe_limit + 1):
+        hub.probe()
+    assert "e" not in hub.by_uuid
+    retried_record = hub.store.get_record(retried.msg_id)
+    once_record = hub.store.get_record(once.msg_id)
+    assert retried_record["status"] == once_record["status"] == "error"
+    assert retried_record["result_metadata"].get(RESENDABLE) is True
+    assert once_record["result_metadata"].get(RESENDABLE) is None
 
 
 # ------------------------------------------------------------ live status and pages

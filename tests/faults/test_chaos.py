@@ -20,7 +20,21 @@ TASKS = 1500
 def test_chaos_loses_nothing(tmp_path: Path) -> None:
     out = tmp_path / "chaos.json"
     process = subprocess.Popen(
-        [sys.executable, str(SCRIPT), "--tasks", str(TASKS), "--seed", "7", "--json", str(out)],
+        # tasks of 5 ms, an engine kill every 125: three fall before the first controller kill
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--tasks",
+            str(TASKS),
+            "--seed",
+            "7",
+            "--kill-every",
+            str(TASKS // 12),
+            "--task-ms",
+            "5",
+            "--json",
+            str(out),
+        ],  # fmt: skip
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
