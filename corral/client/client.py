@@ -104,7 +104,10 @@ class _Handler:
                 self.client._shm_hosts[content["uuid"]] = content["shm_host"]
             self.client._engine_registered(content["id"], content["uuid"])
         elif msg.msg_type == "unregistration_notification":
-            self.client._engine_unregistered(content["id"], content["uuid"])
+            why = content.get("why")
+            self.client._engine_unregistered(
+                content["id"], content["uuid"], why if isinstance(why, str) else None
+            )
 
     def on_iopub(self, msg: Message) -> None:
         self.client._records.handle_iopub(msg)
@@ -585,13 +588,13 @@ class Client(ControlCalls, HubQueries):
             if self._resync is not None:
                 self._resync.add(uuid)
 
-    def _engine_unregistered(self, engine_id: int, uuid: str) -> None:
+    def _engine_unregistered(self, engine_id: int, uuid: str, why: str | None = None) -> None:
         with self._engines_changed:
             self._gone.add(uuid)
             self._engines = {i: u for i, u in self._engines.items() if u != uuid}
             self._uuids = {u: i for i, u in self._engines.items()}
             self._engines_changed.notify_all()
-        self._records.fail_engine(uuid, lambda: _engine_gone(engine_id, uuid))
+        self._records.fail_engine(uuid, lambda: _engine_gone(engine_id, uuid, why))
 
     # ------------------------------------------------------------------ sending
 
@@ -789,11 +792,11 @@ def _shm_settings(section: object, threshold: int | None) -> Settings | None:
     return replace(settings, threshold=threshold) if threshold > 0 else None
 
 
-def _engine_gone(engine_id: int | None, uuid: str) -> EngineError:
+def _engine_gone(engine_id: int | None, uuid: str, why: str | None = None) -> EngineError:
     return EngineError(
         "EngineError",
-        f"engine {engine_id} ({uuid}) was unregistered while this request was outstanding: it "
-        "stopped, died or missed its heartbeats",
+        f"engine {engine_id} ({uuid}) was unregistered while this request was outstanding: "
+        + (why or "it stopped, died or missed its heartbeats"),
         engine_id=engine_id,
         engine_uuid=uuid,
     )

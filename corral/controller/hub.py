@@ -436,11 +436,8 @@ class Hub:
             )
         for msg_id in entry.tasks:
             self.pending[msg_id] = None
-        return [
-            Send(
-                "notification", "unregistration_notification", {"id": entry.id, "uuid": entry.uuid}
-            )
-        ]
+        content = {"id": entry.id, "uuid": entry.uuid, "why": why}
+        return [Send("notification", "unregistration_notification", content)]
 
     # ------------------------------------------------------------ heartbeat
 

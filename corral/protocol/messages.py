@@ -68,7 +68,7 @@ _SPECS = [
         {"id": (int,), "uuid": (str,)},
         {"shm_host": (str,), "info": (dict,)},
     ),
-    _spec("unregistration_notification", {"id": (int,), "uuid": (str,)}),
+    _spec("unregistration_notification", {"id": (int,), "uuid": (str,)}, optional={"why": (str,)}),
     # -- client queries (Hub ROUTER) --
     _spec("queue_request", optional={"verbose": (bool,), "targets": INT_LIST}),
     _reply("queue_reply"),

@@ -16,7 +16,9 @@ from tests.conftest import running_cluster
 from tests.polling import until
 
 HEARTBEAT = 3.0
-DETECTION_BOUND = 1.0  # seconds from SIGKILL to the failed result, on a loaded 2-core machine
+# how the Hub says it knew: from the closed connections, not from missed beats ("heartbeat
+# stopped"); checked instead of a time bound, which a loaded machine can always exceed
+BY_SOCKET_EVENTS = "its connections closed: it died"
 
 
 def _engine_pid(rc, engine_id: int) -> int:  # type: ignore[no-untyped-def]
@@ -46,11 +48,11 @@ def test_killed_engine_fails_its_direct_task_within_a_second(tmp_path: Path) -> 
         until(lambda: rc.queue_status(targets=[0])[0]["queue"], 30, "the task to reach it")
         os.kill(pid, signal.SIGKILL)
         killed_at = time.monotonic()
-        with pytest.raises(EngineError):
+        with pytest.raises(EngineError) as failed:
             running.get(timeout=30)
         detected = time.monotonic() - killed_at
         print(f"engine death detected after {detected * 1000:.0f} ms")
-        assert detected < DETECTION_BOUND, f"took {detected:.2f} s"
+        assert BY_SOCKET_EVENTS in str(failed.value)
         assert lingering.get(timeout=30) != pid  # the other engine is untouched
         assert rc.ids == [1]
 
@@ -69,10 +71,13 @@ def test_killed_engine_load_balanced_task_is_retried_elsewhere(tmp_path: Path) -
             "an engine to take the task",
         )
         victim = busy[0]
+        witness = rc[victim].apply_async(_sleeps_and_returns_pid, 60)  # tells how it was known
+        until(lambda: rc.queue_status(targets=[victim])[victim]["queue"], 30, "the witness")
         os.kill(pids[victim], signal.SIGKILL)
         killed_at = time.monotonic()
         survivor = 1 - victim
         assert task.get(timeout=30) == pids[survivor]
-        took = time.monotonic() - killed_at
-        # re-run for 2 s on the survivor after a detection well under a second
-        assert took < 2.0 + DETECTION_BOUND + 1.0, f"took {took:.2f} s"
+        print(f"re-run on the survivor done {time.monotonic() - killed_at:.2f} s after the kill")
+        with pytest.raises(EngineError) as failed:
+            witness.get(timeout=30)
+        assert BY_SOCKET_EVENTS in str(failed.value)

@@ -17,7 +17,9 @@ from corral.errors import EngineError
 from tests.conftest import HEARTBEAT, start_cluster
 from tests.polling import until
 
-DIRECT_SECONDS = 1.5  # the direct task runs this long: the engine is paused in the middle
+# the direct task runs this long: the engine is paused in the middle, and the load-balanced
+# tasks queued behind it stay there long enough to be seen, also on a loaded machine
+DIRECT_SECONDS = 6.0
 
 
 def nap_and_mark(seconds: float, marker: str) -> int:
@@ -48,12 +50,12 @@ def test_paused_engine_is_dropped_once_and_told_to_stop(tmp_path: Path) -> None:
         retried = rc.load_balanced_view(retries=1).map_async(
             nap_and_mark, [1.0] * 6, [marker] * 6, chunksize=1
         )  # long enough that all are placed before any ends, some of them on engine 1
-        until(lambda: bool(direct.stdout), 20, "the direct task to start")
+        until(lambda: bool(direct.stdout), 60, "the direct task to start")
         # the targeted task and at least one of the map's (least-load spreads them; how many
         # land on engine 1 depends on timing, and nothing below depends on the number)
         until(
             lambda: len(rc.queue_status(1, verbose=True)["tasks"]) >= 2,
-            20,
+            60,
             "load-balanced tasks to be queued on the engine to pause",
         )
         os.kill(paused_process.pid, signal.SIGSTOP)
