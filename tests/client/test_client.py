@@ -88,7 +88,7 @@ def test_no_controller_answering_is_a_connection_error(tmp_path: Path) -> None:
     started = time.monotonic()
     with pytest.raises(ConnectionError, match="no controller answered"):
         Client(path, timeout=0.5)
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 15  # bounded, however loaded the machine
     assert not [t for t in threading.enumerate() if t.name.startswith("corral-client-io")]
 
 
@@ -249,7 +249,7 @@ def test_hub_that_stops_answering_is_a_connection_error(own_cluster: Cluster) ->
     started = time.monotonic()
     with pytest.raises(ConnectionError, match="did not answer"):
         rc.queue_status()
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 15  # bounded, however loaded the machine
 
 
 # ---------------------------------------------------------------- lifetime

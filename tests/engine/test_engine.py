@@ -254,7 +254,7 @@ def test_control_is_served_while_a_task_runs_and_sigint_interrupts_it(
     reply = controller.reply_to("mux", long)
     assert (reply.content or {})["ename"] == "KeyboardInterrupt"
     assert any("time.sleep(30)" in line for line in (reply.content or {})["traceback"])
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 20  # not the 30 s the task would sleep
     assert controller.reply_to("control", clear).content == {"status": "ok"}
     assert execute(controller, "'alive'").metadata["execute_result"] == {"text/plain": "'alive'"}
 

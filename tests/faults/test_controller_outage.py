@@ -25,7 +25,7 @@ def raises_connection_error_in_time(call, *args, **kwargs) -> ConnectionError:  
     with pytest.raises(ConnectionError) as info:
         call(*args, **kwargs)
     took = time.monotonic() - started
-    assert took < TIMEOUT + 2, f"{call.__name__} took {took:.1f} s to fail"
+    assert took < TIMEOUT + 15, f"{call.__name__} took {took:.1f} s to fail"
     return info.value
 
 

@@ -32,7 +32,7 @@ def _fails_within_grace(call: Any, *args: Any) -> ConnectionError:
     with pytest.raises(ConnectionError) as info:
         call(*args)
     took = time.monotonic() - started
-    assert took < GRACE + 2, f"{call} took {took:.1f} s"
+    assert took < GRACE + 15, f"{call} took {took:.1f} s"
     assert "unreachable" in str(info.value)
     return info.value
 
