@@ -546,6 +546,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     import psutil
 
     from corral.cluster.cluster import default_cluster_dir
+    from corral.cluster.listing import controller_running
 
     base = Path(args.cluster_dir).expanduser() if args.cluster_dir else default_cluster_dir()
     if args.all:
@@ -560,8 +561,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             info = json.loads(client_file.read_text())
         except (OSError, ValueError):
             continue
-        pid = info.get("controller_pid")
-        if not isinstance(pid, int) or not psutil.pid_exists(pid):
+        pid = controller_running(client_file.parent, info)
+        if pid is None:
             continue
         engines = restarts = "?"
         state_file = client_file.parent / "cluster.json"
@@ -580,9 +581,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             f"{store.get('db', '?')}: buffers {store.get('buffer_limit', '?')}, "
             f"size {store.get('size_limit', '?')}, ttl {store.get('ttl', '?')}"
         )
-        rows.append(
-            (client_file.parent.name, str(pid), engines, restarts, info.get("ip", ""), limits)
-        )
+        rows.append((client_file.parent.name, pid, engines, restarts, info.get("ip", ""), limits))
     if not rows:
         print(f"no running clusters in {base}")
         return 0

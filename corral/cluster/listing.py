@@ -19,6 +19,30 @@ from corral.errors import CorralError
 ENGINE_COLUMNS = ("engine", "host", "pid", "launcher", "job", "mpi rank")
 
 
+def controller_running(folder: Path, client_info: dict[str, Any]) -> str | None:
+    """The controller's pid as `corral list` shows it if it runs, else None. A controller on
+    this host is checked by its pid; one started over ssh (``controller-remote.json``) by the
+    ssh session that carries it, whose pid the state file records (the far pid means nothing
+    here), and shown as ``PID@HOST``."""
+    import psutil
+
+    from corral.cluster.launchers.controller import remote_record
+
+    pid = client_info.get("controller_pid")
+    record = remote_record(folder)
+    if record is not None:
+        try:
+            session = json.loads((folder / "cluster.json").read_text()).get("controller_pid")
+        except (OSError, ValueError):
+            return None
+        if not isinstance(session, int) or not psutil.pid_exists(session):
+            return None
+        return f"{pid}@{record['host']}"
+    if not isinstance(pid, int) or not psutil.pid_exists(pid):
+        return None
+    return str(pid)
+
+
 def engine_rows(client_file: Path, timeout: float = 5.0) -> list[tuple[str, ...]]:
     """One row per registered engine (ENGINE_COLUMNS), asked of the cluster's Hub."""
     from corral.client.client import Client
