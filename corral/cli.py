@@ -369,7 +369,7 @@ def cmd_start(args: argparse.Namespace) -> int:
                 start_new_session=True,
             )
         deadline = time.monotonic() + args.start_timeout + 30
-        while not (path / "cluster.json").exists() or not _engines_up(path, n):
+        while not (path / "cluster.json").exists() or not _engines_up(path, n, args.no_wait):
             if manager.poll() is not None:
                 tail = (path / "cluster-manager.log").read_text(errors="replace")[-3000:]
                 print(f"cluster {args.cluster_id} did not start:\n{tail}", file=sys.stderr)
@@ -378,6 +378,8 @@ def cmd_start(args: argparse.Namespace) -> int:
                 print(f"cluster {args.cluster_id} did not start; see {path}", file=sys.stderr)
                 return 1
             time.sleep(0.1)
+        if args.no_wait:
+            return _print_submitted(path, args.cluster_id)
         if not _wait_for_registration(path, n, deadline):
             print(
                 f"cluster {args.cluster_id}: engines did not register; see {path}", file=sys.stderr
@@ -419,6 +421,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         controller_launcher=controller_launcher,
         controller_options=controller_options,
         timeout=args.start_timeout,
+        wait_for_engines=not args.no_wait,
     )
     try:
         rc = cluster.start(interactive=sys.stderr.isatty())  # a progress bar on a terminal
@@ -430,6 +433,8 @@ def cmd_start(args: argparse.Namespace) -> int:
         f"({cluster.path}); Ctrl-C stops them",
         flush=True,
     )
+    if args.no_wait:
+        print(f"{n} engines submitted: they register when they run", flush=True)
     if cluster.dashboard_url:
         print(f"dashboard: {cluster.dashboard_url}", flush=True)
     lost: set[str] = set()
@@ -472,13 +477,34 @@ def _print_dashboard(path: Path) -> None:
         pass  # started without one
 
 
-def _engines_up(path: Path, n: int) -> bool:
+def _print_submitted(path: Path, cluster_id: str) -> int:
+    """`corral start --daemon --no-wait`: say which jobs were submitted, and return."""
+    import json
+
+    from corral.cluster.launchers.config import submitted_jobs
+
+    jobs = submitted_jobs(json.loads((path / "cluster.json").read_text()))
+    print(
+        f"cluster {cluster_id} running in the background; {', '.join(jobs) or 'engines'} "
+        "submitted: its engines register when it runs (`corral list` shows the job's state); "
+        f"`corral stop --cluster-id {cluster_id}` stops it"
+    )
+    _print_dashboard(path)
+    return 0
+
+
+def _engines_up(path: Path, n: int, submitted: bool = False) -> bool:
+    """The daemon's manager has started ``n`` engines (``submitted``: its launchers have
+    submitted or started them) and the controller's files are there."""
     import json
 
     try:
         state = json.loads((path / "cluster.json").read_text())
     except (OSError, ValueError):
         return False
+    if submitted:
+        launched = bool(state.get("launchers") or state.get("engine_pids"))
+        return launched and (path / "corral-client.json").exists()
     up = len(state.get("engine_pids", [])) >= n or state.get("engines_registered", 0) >= n
     return bool(up) and (path / "corral-client.json").exists()
 

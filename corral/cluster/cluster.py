@@ -86,7 +86,9 @@ class Cluster:
     ``restart_policy``; ``restarts`` counts.
     ``engines`` names the engine launcher (local, mpi, ssh, slurm, pbs, lsf, sge;
     corral.cluster.launchers) and ``launcher_options`` its options (``{"partition": "debug"}``,
-    ``{"hosts": ["a", "b"]}``).
+    ``{"hosts": ["a", "b"]}``). ``wait_for_engines=False`` returns once the launcher has
+    started or submitted them (a batch job may wait in its queue for hours); they register
+    when they run.
     """
 
     def __init__(
@@ -113,6 +115,7 @@ class Cluster:
         launcher_options: Mapping[str, Any] | None = None,
         controller_launcher: str = "local",
         controller_options: Mapping[str, Any] | None = None,
+        wait_for_engines: bool = True,
     ) -> None:
         self.n = n
         self.temporary = cluster_id is None and not keep
@@ -141,6 +144,7 @@ class Cluster:
         self.controller_launcher = controller_launcher
         self.controller_options = dict(controller_options or {})
         self.remote_controller: SSHController | None = None
+        self.wait_for_engines = wait_for_engines
         self.client: Client | None = None
         self.restart = restart
         self.restart_policy = restart_policy
@@ -362,11 +366,12 @@ class Cluster:
                 self.start_dashboard()
             self.start_engines(self.n)
             self.client = self.connect()
-            if self.launchers:
-                wait_for_launched_engines(self.client, self.n, self.launchers, self.timeout)
-            else:
-                self.client.wait_for_engines(self.n, timeout=self.timeout, interactive=interactive)
-            self._save_state(engines_registered=self.n)
+            if self.wait_for_engines:
+                if self.launchers:
+                    wait_for_launched_engines(self.client, self.n, self.launchers, self.timeout)
+                else:
+                    self.client.wait_for_engines(self.n, self.timeout, interactive=interactive)
+                self._save_state(engines_registered=self.n)
             if self.restart:
                 self.supervise()
         except BaseException:

@@ -91,7 +91,7 @@ def _job_state(launch: dict[str, Any]) -> str:
 
     job = recorded_job(launch)
     if job is not None:
-        state = job.query_state()
+        state = job.described_state()
         if not state.startswith("UNKNOWN"):
             return state
     return str(launch.get("job_state") or "")

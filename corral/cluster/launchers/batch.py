@@ -73,6 +73,7 @@ class BatchSystem:
     leaving_states: frozenset[str] = frozenset()  # ended, but still listed (Slurm COMPLETING)
     extra_values: Callable[[Mapping[str, Any]], dict[str, str]] = lambda options: {}
     explain: Callable[[str], str] = lambda log_text: ""  # the job log's words on its end
+    parse_reason: Callable[[str], str] = lambda output: ""  # why it waits (status output)
 
     def directive_lines(
         self, options: Mapping[str, Any], n: int, job_name: str, log_file: str
@@ -129,6 +130,7 @@ class BatchLauncher(EngineLauncher):
         super().__init__(spec)
         self.job_id: str | None = None
         self.last_state = ""
+        self.last_reason = ""  # the system's reason for the state, e.g. why it is pending
 
     @property
     def script_path(self) -> Path:
@@ -166,7 +168,16 @@ class BatchLauncher(EngineLauncher):
         except (OSError, subprocess.TimeoutExpired) as err:
             return f"UNKNOWN ({err})"
         self.last_state = self.system.parse_state(done.returncode, done.stdout)
+        self.last_reason = self.system.parse_reason(done.stdout) if done.returncode == 0 else ""
         return self.last_state
+
+    def described_state(self) -> str:
+        """The state asked of the system now, with its reason when it gives one and the state
+        does not already carry it: ``PENDING (JobHeldUser)``."""
+        state = self.query_state()
+        if self.last_reason and f"({self.last_reason})" not in state:
+            return f"{state} ({self.last_reason})"
+        return state
 
     def failure(self) -> str | None:
         if self.job_id is None:
@@ -174,6 +185,8 @@ class BatchLauncher(EngineLauncher):
         state = self.query_state()
         if state in self.system.active_states or state.startswith("UNKNOWN"):
             return None
+        if state in self.system.leaving_states:
+            return None  # ending (its engines already told to stop): report its final state
         logs = "".join(
             log_tail(path, 2000)
             for path in self.spec.cluster_path.glob(f"engines-{self.name}*.log")

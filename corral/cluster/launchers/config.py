@@ -77,6 +77,12 @@ def add_launcher_flags(parser: argparse.ArgumentParser) -> None:
         default=60.0,
         help="seconds to wait for every engine (a batch job may wait in the queue longer)",
     )
+    group.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="with --daemon and a batch launcher: return once the job is submitted; its "
+        "engines register when the scheduler runs it (`corral list` shows the job's state)",
+    )
     group.add_argument("--partition", default=None, help="slurm partition")
     group.add_argument("--queue", default=None, help="batch queue (partition on slurm)")
     group.add_argument("--account", default=None, help="batch account / project")
@@ -157,6 +163,15 @@ def controller_choice(args: argparse.Namespace, config_path: Path) -> tuple[str,
     return name, options
 
 
+def submitted_jobs(state: Mapping[str, Any]) -> list[str]:
+    """``slurm job 12`` for each batch job a cluster's state file records as submitted."""
+    return [
+        f"{launch.get('launcher')} job {launch['job_id']}"
+        for launch in state.get("launchers", [])
+        if launch.get("job_id")
+    ]
+
+
 def launcher_argv(args: argparse.Namespace) -> list[str]:
     """The launcher flags of ``args`` as words again (for `corral start --daemon`)."""
     argv: list[str] = []
@@ -169,6 +184,8 @@ def launcher_argv(args: argparse.Namespace) -> list[str]:
     if args.config:
         argv += ["--config", args.config]
     argv.append(f"--start-timeout={args.start_timeout}")
+    if args.no_wait:
+        argv.append("--no-wait")
     for flag in FLAG_OPTIONS:
         value = getattr(args, flag, None)
         if value is None:

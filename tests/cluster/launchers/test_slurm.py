@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -100,6 +102,97 @@ def test_scancel_is_noticed_and_engines_unregistered_promptly(
         stop = corral("stop", *where, env=env)
     assert stop.returncode == 0, stop.stderr
     assert jobs(env) == []
+
+
+@pytest.mark.timeout(300)
+def test_a_job_over_its_walltime_is_noticed_and_listed_with_slurms_reason(
+    tmp_path: Path, slurm_env: dict[str, str]
+) -> None:
+    """A one-minute walltime, Slurm's smallest: slurmctld ends the job between 60 and 90 s
+    after it started (it checks time limits every 30 s)."""
+    env = {**slurm_env, "CORRAL_DIR": str(tmp_path)}
+    where = ["--cluster-id", "late"]
+    start = corral(
+        "start", "--daemon", "--engines", "slurm", "-n", "2", "--walltime", "1",
+        "--heartbeat-period", "0.5", "--no-dashboard", *where, env=env,
+    )  # fmt: skip
+    try:
+        assert start.returncode == 0, start.stderr
+        folder = tmp_path / "late"
+        job_id = json.loads((folder / "cluster.json").read_text())["launchers"][0]["job_id"]
+        with Client(connection_file=folder / "corral-client.json", timeout=30) as rc:
+            rc.wait_for_engines(2, timeout=60)
+            assert rc[:].apply_sync(lambda: "before the limit") == ["before the limit"] * 2
+            wait_until(lambda: not rc.ids, 150, "the Hub to unregister the timed-out engines")
+            unregistered = time.time()
+
+        def job() -> str:
+            return subprocess.run(
+                ["scontrol", "--oneliner", "show", "job", job_id],
+                env=env, capture_output=True, text=True, timeout=30,
+            ).stdout  # fmt: skip
+
+        wait_until(lambda: "JobState=TIMEOUT" in job(), 60, "Slurm to end the job as TIMEOUT")
+        ended = re.search(r"\bEndTime=(\S+)", job())
+        assert ended is not None
+        limit_hit = datetime.strptime(ended.group(1), "%Y-%m-%dT%H:%M:%S").timestamp()
+        assert unregistered - limit_hit < 5  # SIGTERM at the limit: they unregister themselves
+        wait_until(
+            lambda: "lost: slurm job" in corral("list", env=env).stdout,
+            30,
+            "corral list to say the job was lost",
+        )
+        listing = corral("list", env=env).stdout
+        assert f"lost: slurm job {job_id} is TIMEOUT" in listing, listing
+        assert "DUE TO TIME LIMIT" in listing, listing
+        assert "no engines registered" in listing
+        manager_log = (folder / "cluster-manager.log").read_text()
+        assert f"engines lost: slurm: slurm job {job_id} is TIMEOUT" in manager_log
+    finally:
+        stop = corral("stop", *where, env=env)
+    assert stop.returncode == 0, stop.stderr
+    assert jobs(env) == []
+    assert processes_mentioning(tmp_path) == []
+
+
+@pytest.mark.timeout(240)
+def test_no_wait_returns_once_the_job_is_queued_and_engines_join_when_it_runs(
+    tmp_path: Path, slurm_env: dict[str, str]
+) -> None:
+    """A job held in the queue (as on a busy cluster): `--daemon --no-wait` returns at once
+    with the job id, `corral list` shows it pending, its engines register once it runs."""
+    env = {**slurm_env, "CORRAL_DIR": str(tmp_path)}
+    where = ["--cluster-id", "queued"]
+    began = time.monotonic()
+    start = corral(
+        "start", "--daemon", "--no-wait", "--engines", "slurm", "-n", "2", "--batch-line=--hold",
+        "--start-timeout", "5", "--heartbeat-period", "0.5", "--no-dashboard", *where, env=env,
+    )  # fmt: skip
+    try:
+        assert start.returncode == 0, start.stderr
+        assert time.monotonic() - began < 30
+        folder = tmp_path / "queued"
+        job_id = json.loads((folder / "cluster.json").read_text())["launchers"][0]["job_id"]
+        assert f"slurm job {job_id} submitted" in start.stdout, start.stdout
+        listing = corral("list", env=env).stdout
+        assert f"job {job_id} PENDING (JobHeldUser)" in listing, listing
+        assert "no engines registered" in listing
+        with Client(connection_file=folder / "corral-client.json", timeout=30) as rc:
+            assert rc.ids == []
+            # not synchronisation: the job stays queued past --start-timeout (5 s), and the
+            # manager must not give up on it
+            time.sleep(6)
+            listing = corral("list", env=env).stdout
+            assert "lost" not in listing and f"job {job_id} PENDING" in listing, listing
+            subprocess.run(["scontrol", "release", job_id], env=env, check=True, timeout=30)
+            rc.wait_for_engines(2, timeout=60)
+            assert rc[:].apply_sync(lambda: "joined later") == ["joined later"] * 2
+        assert f"job {job_id} RUNNING" in corral("list", env=env).stdout
+    finally:
+        stop = corral("stop", *where, env=env)
+    assert stop.returncode == 0, stop.stderr
+    assert jobs(env) == []
+    assert processes_mentioning(tmp_path) == []
 
 
 @pytest.mark.timeout(120)

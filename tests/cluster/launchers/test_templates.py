@@ -124,6 +124,10 @@ def test_states_and_their_meaning() -> None:
         "TIMEOUT (TimeLimit)"
     )
     assert SLURM.parse_state(1, "slurm_load_jobs error: Invalid job id specified") == GONE
+    held = "JobId=5 JobState=PENDING Reason=JobHeldUser Dependency=(null)"
+    assert SLURM.parse_state(0, held) == "PENDING"  # a bare state: it is tested for membership
+    assert SLURM.parse_reason(held) == "JobHeldUser"
+    assert SLURM.parse_reason("JobId=5 JobState=RUNNING Reason=None") == ""
     assert "COMPLETING" in SLURM.leaving_states and "RUNNING" in SLURM.active_states
     assert PBS.parse_state(0, "Job Id: 1.s\n    job_state = R\n") == "R"
     assert PBS.parse_state(153, "") == GONE
