@@ -598,7 +598,9 @@ def cmd_list(args: argparse.Namespace) -> int:
             launched = sum(  # engines of other launchers, while their launch is not lost
                 int(launch.get("n", 0))
                 for launch in state.get("launchers", [])
-                if launch.get("launcher") != "local" and not launch.get("lost")
+                if launch.get("launcher") != "local"
+                and not launch.get("lost")
+                and launch.get("role", "engines") == "engines"
             )
             engines = str(local + launched)
             restarts = _restarts(state.get("restarts") or {})

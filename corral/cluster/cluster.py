@@ -32,11 +32,12 @@ from corral.cluster.launchers.base import (
     launcher_environment,
     wait_for_launched_engines,
 )
+from corral.cluster.launchers.batch_controller import controller_job, start_controller_job
 from corral.cluster.launchers.controller import SSHController
 from corral.cluster.launchers.registry import engine_launcher
 from corral.cluster.launchers.watch import cancel_recorded_jobs, stop_launchers
 from corral.cluster.supervisor import RestartPolicy, Supervisor
-from corral.errors import ConnectionError, CorralError, LaunchError, TimeoutError
+from corral.errors import ConnectionError, CorralError, TimeoutError
 from corral.sharedmem import cluster_prefix, sweep
 
 CLIENT_FILE = "corral-client.json"
@@ -225,12 +226,26 @@ class Cluster:
         self._save_state()
 
     def _start_remote_controller(self, args: list[str]) -> None:
-        """The controller on another host (``controller_launcher="ssh"``); its connection
-        files are mirrored into this cluster's folder."""
+        """The controller on another host: over ssh (its connection files are mirrored into
+        this cluster's folder) or as a batch job (it writes them into the shared folder; the
+        job is one of ``launchers``, so it is watched, recorded and cancelled like theirs)."""
         if self.controller_launcher != "ssh":
-            raise LaunchError(
-                f"no controller launcher {self.controller_launcher!r}; choose local or ssh"
+            command = [sys.executable, "-m", "corral", "controller", "--cluster-id"]
+            command += [self.cluster_id, "--cluster-dir", str(self.base_dir), *args]
+            job = controller_job(
+                self.controller_launcher,
+                self.cluster_id,
+                self.path,
+                command + self.controller_args,
+                self.controller_options,
             )
+            self._hold_folder()
+            self.launchers.append(job)
+            try:
+                start_controller_job(job, self.timeout)
+            finally:
+                self._save_state()
+            return
         self.remote_controller = SSHController(
             self.cluster_id, self.path, args + self.controller_args, self.controller_options
         )
@@ -331,6 +346,9 @@ class Cluster:
     def controller_gone(self) -> bool:
         """The controller exited and will not be started again (stopped on purpose, no
         supervision, or the supervisor gave up)."""
+        jobs = [job for job in self.launchers if job.spec.role == "controller"]
+        if jobs:
+            return jobs[0].lost is not None  # its batch job ended (launcher_failures)
         if self.controller is None or self.controller.poll() is None:
             return False
         return self.supervisor is None or "controller" in self.supervisor.given_up
@@ -387,12 +405,13 @@ class Cluster:
             self.supervisor.stop()
             self.supervisor = None
         client = self.client
-        if client is None and self.controller is not None and self.controller.poll() is None:
+        running = self._controller_running()
+        if client is None and running:
             try:
                 client = self.connect()
             except CorralError:
                 client = None
-        if client is not None and (self.controller is None or self.controller.poll() is not None):
+        if client is not None and not running:
             client.close()  # no controller to pass the shutdown on: end the processes below
             client = self.client = None
         asked = client is not None
@@ -424,6 +443,13 @@ class Cluster:
         (self.path / STATE_FILE).unlink(missing_ok=True)
         if lock is not None:
             release(lock, self.path, remove_folder=False)
+
+    def _controller_running(self) -> bool:
+        """The controller process runs, or its batch job is still queued or running."""
+        if self.controller is not None:
+            return self.controller.poll() is None
+        jobs = [job for job in self.launchers if job.spec.role == "controller"]
+        return bool(jobs) and jobs[0].failure() is None
 
     def __enter__(self) -> Client:
         return self.start()

@@ -12,9 +12,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral.errors import CorralError
+
+if TYPE_CHECKING:
+    from corral.cluster.launchers.batch import BatchLauncher
 
 ENGINE_COLUMNS = ("engine", "host", "pid", "launcher", "job", "mpi rank")
 
@@ -29,6 +32,11 @@ def controller_running(folder: Path, client_info: dict[str, Any]) -> str | None:
     from corral.cluster.launchers.controller import remote_record
 
     pid = client_info.get("controller_pid")
+    job = _controller_job(folder)
+    if job is not None:  # the controller is a batch job: ask its scheduler
+        if job.query_state() not in job.system.active_states:
+            return None
+        return f"{pid} ({job.name} job {job.job_id})"
     record = remote_record(folder)
     if record is not None:
         try:
@@ -41,6 +49,20 @@ def controller_running(folder: Path, client_info: dict[str, Any]) -> str | None:
     if not isinstance(pid, int) or not psutil.pid_exists(pid):
         return None
     return str(pid)
+
+
+def _controller_job(folder: Path) -> BatchLauncher | None:
+    """The controller's batch job, if the state file records one."""
+    from corral.cluster.launchers.watch import recorded_job
+
+    try:
+        state = json.loads((folder / "cluster.json").read_text())
+    except (OSError, ValueError):
+        return None
+    for launch in state.get("launchers", []):
+        if launch.get("role") == "controller":
+            return recorded_job(launch)
+    return None
 
 
 def engine_rows(client_file: Path, timeout: float = 5.0) -> list[tuple[str, ...]]:
@@ -76,6 +98,8 @@ def launch_lines(state_file: Path) -> list[str]:
     lines = []
     for launch in state.get("launchers", []):
         words = [f"{launch.get('launcher')} launcher, {launch.get('n')} engines"]
+        if launch.get("role") == "controller":
+            words = [f"{launch.get('launcher')} launcher, the controller"]
         if launch.get("job_id"):
             words.append(f"job {launch['job_id']} {_job_state(launch)}".rstrip())
         if launch.get("lost"):

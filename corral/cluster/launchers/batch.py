@@ -31,6 +31,7 @@ from .mpi import option_list
 
 HOLE = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 GONE = "GONE"  # the system no longer knows the job
+LEAVE_TIMEOUT = 30.0  # seconds a cancelled job may stay listed (Slurm COMPLETING) before an error
 
 
 def leading_job_id(output: str, tool: str) -> str:
@@ -100,13 +101,14 @@ def job_script(
     system: BatchSystem, spec: LaunchSpec, template: str | None = None, job_name: str = ""
 ) -> str:
     """The job script that starts ``spec.n`` engines on ``system`` (pure: no I/O)."""
-    job_name = job_name or f"corral-{spec.cluster_id}"
-    log_file = str(spec.cluster_path / f"engines-{system.name}-%j.log")
+    suffix = "" if spec.role == "engines" else f"-{spec.role}"
+    job_name = job_name or f"corral-{spec.cluster_id}{suffix}"
+    log_file = str(spec.cluster_path / f"{spec.role}-{system.name}-%j.log")
     if system.name != "slurm":
-        log_file = str(spec.cluster_path / f"engines-{system.name}.log")
+        log_file = str(spec.cluster_path / f"{spec.role}-{system.name}.log")
     values = {
         "directives": system.directive_lines(spec.options, spec.n, job_name, log_file),
-        "engine_command": shlex.join(spec.engine_command()),
+        "engine_command": shlex.join(spec.command or spec.engine_command()),
         "n": str(spec.n),
         "job_name": job_name,
         "cluster_id": spec.cluster_id,
@@ -134,7 +136,7 @@ class BatchLauncher(EngineLauncher):
 
     @property
     def script_path(self) -> Path:
-        return self.spec.cluster_path / f"engines-{self.name}.sh"
+        return self.spec.cluster_path / f"{self.spec.role}-{self.name}.sh"
 
     def start(self) -> None:
         template_file = self.spec.option("template")
@@ -189,14 +191,17 @@ class BatchLauncher(EngineLauncher):
             return None  # ending (its engines already told to stop): report its final state
         logs = "".join(
             log_tail(path, 2000)
-            for path in self.spec.cluster_path.glob(f"engines-{self.name}*.log")
+            for path in self.spec.cluster_path.glob(f"{self.spec.role}-{self.name}*.log")
         )
         why = self.system.explain(logs) or logs
         return f"{self.name} job {self.job_id} is {state}" + (f": {why}" if why else "")
 
     def stop(self, timeout: float = 30.0) -> None:
+        """Cancel at once; then wait for the system to drop the job, at least LEAVE_TIMEOUT
+        (``timeout`` is a grace period for processes; a job takes what its scheduler takes)."""
         if self.job_id is None:
             return
+        timeout = max(timeout, LEAVE_TIMEOUT)
         deadline = time.monotonic() + timeout
         if self.query_state() != GONE:
             try:
