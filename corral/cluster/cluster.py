@@ -363,6 +363,7 @@ class Cluster:
             **extra,
             "manager_pid": os.getpid(),
             "controller_pid": self.controller.pid if self.controller else None,
+            "controller_launcher": self.controller_launcher,
             "engine_pids": [e.pid for e in self.engines if e.poll() is None],
             "temporary": self.temporary,
             "restarts": self.restarts,

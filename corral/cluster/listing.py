@@ -24,41 +24,44 @@ ENGINE_COLUMNS = ("engine", "host", "pid", "launcher", "job", "mpi rank")
 
 def controller_running(folder: Path, client_info: dict[str, Any]) -> str | None:
     """The controller's pid as `corral list` shows it if it runs, else None. A controller on
-    this host is checked by its pid; one started over ssh (``controller-remote.json``) by the
-    ssh session that carries it, whose pid the state file records (the far pid means nothing
-    here), and shown as ``PID@HOST``."""
+    this host is checked by its pid; one started over ssh by the ssh session that carries it,
+    whose pid the state file records (the far pid means nothing here), shown as ``PID@HOST``;
+    one in a batch job by asking its scheduler, shown as ``PID (slurm job 12)``."""
     import psutil
 
     from corral.cluster.launchers.controller import remote_record
 
     pid = client_info.get("controller_pid")
-    job = _controller_job(folder)
-    if job is not None:  # the controller is a batch job: ask its scheduler
+    state = _state(folder)
+    job = _controller_job(state)
+    if job is not None:
         if job.query_state() not in job.system.active_states:
             return None
         return f"{pid} ({job.name} job {job.job_id})"
-    record = remote_record(folder)
-    if record is not None:
-        try:
-            session = json.loads((folder / "cluster.json").read_text()).get("controller_pid")
-        except (OSError, ValueError):
-            return None
+    if state.get("controller_launcher") == "ssh":
+        session = state.get("controller_pid")
         if not isinstance(session, int) or not psutil.pid_exists(session):
             return None
-        return f"{pid}@{record['host']}"
+        record = remote_record(folder) or {}
+        return f"{pid}@{record.get('host', '?')}"
     if not isinstance(pid, int) or not psutil.pid_exists(pid):
         return None
     return str(pid)
 
 
-def _controller_job(folder: Path) -> BatchLauncher | None:
-    """The controller's batch job, if the state file records one."""
-    from corral.cluster.launchers.watch import recorded_job
-
+def _state(folder: Path) -> dict[str, Any]:
+    """The cluster's state file (written by its manager), or {}."""
     try:
         state = json.loads((folder / "cluster.json").read_text())
     except (OSError, ValueError):
-        return None
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _controller_job(state: dict[str, Any]) -> BatchLauncher | None:
+    """The controller's batch job, if the state file records one."""
+    from corral.cluster.launchers.watch import recorded_job
+
     for launch in state.get("launchers", []):
         if launch.get("role") == "controller":
             return recorded_job(launch)
