@@ -50,8 +50,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def _controller_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ip",
-        default="127.0.0.1",
-        help="interface to listen on (default 127.0.0.1: this machine only)",
+        default=None,
+        help="interface to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for a "
+        "controller started over ssh or as a batch job, so that other hosts reach it)",
     )
     parser.add_argument(
         "--db",
@@ -211,7 +212,7 @@ def _cluster_path(args: argparse.Namespace) -> Path:
 def _controller_args(args: argparse.Namespace) -> list[str]:
     flags = [
         "--ip",
-        args.ip,
+        args.ip or "127.0.0.1",
         "--heartbeat-period",
         str(args.heartbeat_period),
         "--max-misses",
@@ -243,6 +244,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
     from corral.controller.location import curve_decision
     from corral.lifetime import exit_with_owner
 
+    args.ip = args.ip or "127.0.0.1"
     try:
         curve, why = curve_decision(args.ip, args.location, args.curve, args.no_curve)
     except CorralError as err:
@@ -332,6 +334,8 @@ def cmd_start(args: argparse.Namespace) -> int:
     except CorralError as err:
         print(f"corral start: {err}", file=sys.stderr)
         return 1
+    if args.ip is None and controller_launcher != "local":
+        args.ip = "0.0.0.0"  # elsewhere: listen where engines and clients here reach it
     n = args.engines if args.engines is not None else configured_n or (os.cpu_count() or 1)
     if args.daemon:
         argv = [

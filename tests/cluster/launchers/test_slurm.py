@@ -214,6 +214,8 @@ def test_the_controller_as_a_slurm_job_of_its_own(
         controller_job, engines_job = (launch["job_id"] for launch in launches)
         assert sorted(jobs(env)) == sorted([controller_job, engines_job])
         client_info = json.loads((folder / "corral-client.json").read_text())
+        # by default it listens where other nodes reach it, with CurveZMQ on
+        assert client_info["ip"] not in ("127.0.0.1", "0.0.0.0") and "curve" in client_info
         controller = psutil.Process(client_info["controller_pid"])
         assert controller.environ()["SLURM_JOB_ID"] == controller_job  # runs inside the job
         with Client(connection_file=folder / "corral-client.json", timeout=30) as rc:

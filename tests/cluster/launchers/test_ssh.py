@@ -113,6 +113,8 @@ def test_controller_over_ssh_with_local_engines(tmp_path: Path, sshd: SSHServer)
         # adds its URL to the near copy only
         near_files.pop("dashboard", None)
         assert far_files == near_files
+        # by default it listens where this host reaches it, with CurveZMQ on
+        assert far_files["ip"] not in ("127.0.0.1", "0.0.0.0") and "curve" in far_files
         assert (tmp_path / "remote" / "corral-client.json").stat().st_mode & 0o777 == 0o600
         with Client(connection_file=tmp_path / "remote" / "corral-client.json", timeout=30) as rc:
             rc.wait_for_engines(2, timeout=60)
