@@ -449,7 +449,7 @@ def cmd_start(args: argparse.Namespace) -> int:
                 break
             for why in set(launcher_failures(cluster.launchers)) - lost:
                 lost.add(why)
-                print(f"engines lost: {why}", file=sys.stderr, flush=True)
+                print(f"lost: {why}", file=sys.stderr, flush=True)
                 cluster._save_state()
     finally:
         cluster.stop()

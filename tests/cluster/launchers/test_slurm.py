@@ -148,7 +148,7 @@ def test_a_job_over_its_walltime_is_noticed_and_listed_with_slurms_reason(
         assert "DUE TO TIME LIMIT" in listing, listing
         assert "no engines registered" in listing
         manager_log = (folder / "cluster-manager.log").read_text()
-        assert f"engines lost: slurm: slurm job {job_id} is TIMEOUT" in manager_log
+        assert f"lost: slurm engines: slurm job {job_id} is TIMEOUT" in manager_log
     finally:
         stop = corral("stop", *where, env=env)
     assert stop.returncode == 0, stop.stderr
@@ -258,7 +258,7 @@ def test_losing_the_controllers_job_stops_the_cluster_and_says_why(
         manager = psutil.Process(state["manager_pid"])
         manager.wait(60)
         log = (folder / "cluster-manager.log").read_text()
-        assert f"slurm job {controller_job} is CANCELLED" in log, log
+        assert f"lost: slurm controller: slurm job {controller_job} is CANCELLED" in log, log
         assert "the controller exited and is not restarted" in log
         assert jobs(env) == []
     finally:
