@@ -488,9 +488,14 @@ def _print_submitted(path: Path, cluster_id: str) -> int:
     from corral.cluster.launchers.config import submitted_jobs
 
     jobs = submitted_jobs(json.loads((path / "cluster.json").read_text()))
+    started = (
+        f"{', '.join(jobs)} submitted: the engines register when it runs "
+        "(`corral list` shows the job's state)"
+        if jobs
+        else "the engines register as they start"
+    )
     print(
-        f"cluster {cluster_id} running in the background; {', '.join(jobs) or 'engines'} "
-        "submitted: its engines register when it runs (`corral list` shows the job's state); "
+        f"cluster {cluster_id} running in the background; {started}; "
         f"`corral stop --cluster-id {cluster_id}` stops it"
     )
     _print_dashboard(path)
