@@ -334,7 +334,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     except CorralError as err:
         print(f"corral start: {err}", file=sys.stderr)
         return 1
-    if args.ip is None and controller_launcher != "local":
+    if args.ip is None and controller_launcher not in ("local", "mpi"):
         args.ip = "0.0.0.0"  # elsewhere: listen where engines and clients here reach it
     n = args.engines if args.engines is not None else configured_n or (os.cpu_count() or 1)
     if args.daemon:

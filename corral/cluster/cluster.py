@@ -34,6 +34,7 @@ from corral.cluster.launchers.base import (
 )
 from corral.cluster.launchers.batch_controller import controller_job, start_controller_job
 from corral.cluster.launchers.controller import SSHController
+from corral.cluster.launchers.mpi import mpi_controller_prefix
 from corral.cluster.launchers.registry import engine_launcher
 from corral.cluster.launchers.watch import cancel_recorded_jobs, stop_launchers
 from corral.cluster.supervisor import RestartPolicy, Supervisor
@@ -166,14 +167,18 @@ class Cluster:
         return self._lock
 
     def _spawn(
-        self, args: list[str], log_name: str, env: dict[str, str] | None = None
+        self,
+        args: list[str],
+        log_name: str,
+        env: dict[str, str] | None = None,
+        prefix: Sequence[str] = (),
     ) -> subprocess.Popen[bytes]:
         lock = self._hold_folder()
         log_path = self.path / log_name
         log_file = open(log_path, "ab")  # noqa: SIM115 (the child owns it)
         try:
             return subprocess.Popen(
-                [sys.executable, "-m", "corral", *args, "--log-file", str(log_path)],
+                [*prefix, sys.executable, "-m", "corral", *args, "--log-file", str(log_path)],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -189,7 +194,7 @@ class Cluster:
         heartbeat = []
         if self.heartbeat_period is not None:
             heartbeat = ["--heartbeat-period", str(self.heartbeat_period)]
-        if self.controller_launcher != "local":  # the far side has its own folder, no owner
+        if self.controller_launcher not in ("local", "mpi"):  # a far folder, no owner here
             far = ["--db", self.db, "--log-level", self.log_level, *heartbeat]
             self._start_remote_controller(far)
             return
@@ -209,12 +214,16 @@ class Cluster:
         ]
         self._hold_folder()
         self._save_state()
-        self.controller = self._spawn(args + self.controller_args, "controller.log")
+        prefix = []
+        if self.controller_launcher == "mpi":  # one rank of its own mpiexec
+            prefix = mpi_controller_prefix(self.controller_options)
+        self.controller = self._spawn(args + self.controller_args, "controller.log", None, prefix)
         controller = self.controller
-        # files a killed controller left behind name another pid: wait for this one's
+        # files a killed controller left behind name another pid: wait for this one's (under
+        # mpiexec, a process that mpiexec started)
         try:
             _wait_for(
-                lambda: _written_by(self.path / ENGINE_FILE, controller.pid),
+                lambda: _written_by(self.path / ENGINE_FILE, controller.pid, below=bool(prefix)),
                 self.timeout,
                 f"controller of cluster {self.cluster_id}",
                 alive=lambda: controller.poll() is None,
@@ -471,10 +480,17 @@ def _log_tail(path: Path, lines: int = 5) -> str:
         return ""
 
 
-def _written_by(path: Path, pid: int, field: str = "controller_pid") -> bool:
+def _written_by(path: Path, pid: int, field: str = "controller_pid", below: bool = False) -> bool:
+    """``path`` names ``pid`` in ``field`` (``below``: a descendant of ``pid``)."""
     try:
-        return bool(json.loads(path.read_text()).get(field) == pid)
+        written = json.loads(path.read_text()).get(field)
     except (OSError, ValueError):
+        return False
+    if not below or not isinstance(written, int):
+        return bool(written == pid)
+    try:
+        return pid in (parent.pid for parent in psutil.Process(written).parents())
+    except psutil.Error:
         return False
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from corral.errors import CorralError
 
-CONTROLLER_LAUNCHERS = ("local", "ssh", "slurm", "pbs", "lsf", "sge")  # batch: one job
+CONTROLLER_LAUNCHERS = ("local", "mpi", "ssh", "slurm", "pbs", "lsf", "sge")  # batch: one job
 
 # flag -> (option name, launchers it is meant for)
 FLAG_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -67,8 +67,9 @@ def add_launcher_flags(parser: argparse.ArgumentParser) -> None:
         dest="controller_launcher",
         default=None,
         choices=CONTROLLER_LAUNCHERS,
-        help="where the controller runs: local (default), ssh (on --host), or in a batch "
-        "job of its own (slurm, pbs, lsf, sge; with the batch options below)",
+        help="where the controller runs: local (default), mpi (one rank of its own mpiexec), "
+        "ssh (on --host), or in a batch job of its own (slurm, pbs, lsf, sge; with the batch "
+        "options below)",
     )
     group.add_argument("--host", default=None, help="the controller's host for --controller ssh")
     group.add_argument("--config", default=None, help="launcher config file (TOML)")
@@ -159,7 +160,7 @@ def controller_choice(args: argparse.Namespace, config_path: Path) -> tuple[str,
         raise CorralError(
             f"no controller launcher {name!r}; choose one of {', '.join(CONTROLLER_LAUNCHERS)}"
         )
-    if name not in ("local", "ssh"):  # a batch job: that system's options, then [controller]
+    if name not in ("local", "ssh"):  # mpi, a batch job: its options, then [controller]
         options = launcher_options(name, config, vars(args))
         options.update({k: v for k, v in table.items() if k != "launcher"})
         return name, options

@@ -114,7 +114,7 @@ def test_a_batch_controller_takes_its_systems_options_then_the_controller_table(
         "extra": ["--mem=2G"],
         "walltime": "48:00:00",
     }
-    with pytest.raises(CorralError, match="choose one of local, ssh, slurm, pbs, lsf, sge"):
+    with pytest.raises(CorralError, match="choose one of local, mpi, ssh, slurm, pbs, lsf, sge"):
         controller_choice(parse(), _with_controller(tmp_path, "kubernetes"))
 
 
