@@ -50,8 +50,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def _controller_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ip",
-        default="127.0.0.1",
-        help="interface to listen on (default 127.0.0.1: this machine only)",
+        default=None,
+        help="interface to listen on (default 127.0.0.1: this machine only; 0.0.0.0 for a "
+        "controller started over ssh or as a batch job, so that other hosts reach it)",
     )
     parser.add_argument(
         "--db",
@@ -211,7 +212,7 @@ def _cluster_path(args: argparse.Namespace) -> Path:
 def _controller_args(args: argparse.Namespace) -> list[str]:
     flags = [
         "--ip",
-        args.ip,
+        args.ip or "127.0.0.1",
         "--heartbeat-period",
         str(args.heartbeat_period),
         "--max-misses",
@@ -243,6 +244,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
     from corral.controller.location import curve_decision
     from corral.lifetime import exit_with_owner
 
+    args.ip = args.ip or "127.0.0.1"
     try:
         curve, why = curve_decision(args.ip, args.location, args.curve, args.no_curve)
     except CorralError as err:
@@ -332,6 +334,8 @@ def cmd_start(args: argparse.Namespace) -> int:
     except CorralError as err:
         print(f"corral start: {err}", file=sys.stderr)
         return 1
+    if args.ip is None and controller_launcher not in ("local", "mpi"):
+        args.ip = "0.0.0.0"  # elsewhere: listen where engines and clients here reach it
     n = args.engines if args.engines is not None else configured_n or (os.cpu_count() or 1)
     if args.daemon:
         argv = [
@@ -369,7 +373,7 @@ def cmd_start(args: argparse.Namespace) -> int:
                 start_new_session=True,
             )
         deadline = time.monotonic() + args.start_timeout + 30
-        while not (path / "cluster.json").exists() or not _engines_up(path, n):
+        while not (path / "cluster.json").exists() or not _engines_up(path, n, args.no_wait):
             if manager.poll() is not None:
                 tail = (path / "cluster-manager.log").read_text(errors="replace")[-3000:]
                 print(f"cluster {args.cluster_id} did not start:\n{tail}", file=sys.stderr)
@@ -378,6 +382,8 @@ def cmd_start(args: argparse.Namespace) -> int:
                 print(f"cluster {args.cluster_id} did not start; see {path}", file=sys.stderr)
                 return 1
             time.sleep(0.1)
+        if args.no_wait:
+            return _print_submitted(path, args.cluster_id)
         if not _wait_for_registration(path, n, deadline):
             print(
                 f"cluster {args.cluster_id}: engines did not register; see {path}", file=sys.stderr
@@ -419,6 +425,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         controller_launcher=controller_launcher,
         controller_options=controller_options,
         timeout=args.start_timeout,
+        wait_for_engines=not args.no_wait,
     )
     try:
         rc = cluster.start(interactive=sys.stderr.isatty())  # a progress bar on a terminal
@@ -430,6 +437,8 @@ def cmd_start(args: argparse.Namespace) -> int:
         f"({cluster.path}); Ctrl-C stops them",
         flush=True,
     )
+    if args.no_wait:
+        print(f"{n} engines submitted: they register when they run", flush=True)
     if cluster.dashboard_url:
         print(f"dashboard: {cluster.dashboard_url}", flush=True)
     lost: set[str] = set()
@@ -440,7 +449,7 @@ def cmd_start(args: argparse.Namespace) -> int:
                 break
             for why in set(launcher_failures(cluster.launchers)) - lost:
                 lost.add(why)
-                print(f"engines lost: {why}", file=sys.stderr, flush=True)
+                print(f"lost: {why}", file=sys.stderr, flush=True)
                 cluster._save_state()
     finally:
         cluster.stop()
@@ -472,13 +481,39 @@ def _print_dashboard(path: Path) -> None:
         pass  # started without one
 
 
-def _engines_up(path: Path, n: int) -> bool:
+def _print_submitted(path: Path, cluster_id: str) -> int:
+    """`corral start --daemon --no-wait`: say which jobs were submitted, and return."""
+    import json
+
+    from corral.cluster.launchers.config import submitted_jobs
+
+    jobs = submitted_jobs(json.loads((path / "cluster.json").read_text()))
+    started = (
+        f"{', '.join(jobs)} submitted: the engines register when it runs "
+        "(`corral list` shows the job's state)"
+        if jobs
+        else "the engines register as they start"
+    )
+    print(
+        f"cluster {cluster_id} running in the background; {started}; "
+        f"`corral stop --cluster-id {cluster_id}` stops it"
+    )
+    _print_dashboard(path)
+    return 0
+
+
+def _engines_up(path: Path, n: int, submitted: bool = False) -> bool:
+    """The daemon's manager has started ``n`` engines (``submitted``: its launchers have
+    submitted or started them) and the controller's files are there."""
     import json
 
     try:
         state = json.loads((path / "cluster.json").read_text())
     except (OSError, ValueError):
         return False
+    if submitted:
+        launched = bool(state.get("launchers") or state.get("engine_pids"))
+        return launched and (path / "corral-client.json").exists()
     up = len(state.get("engine_pids", [])) >= n or state.get("engines_registered", 0) >= n
     return bool(up) and (path / "corral-client.json").exists()
 
@@ -546,6 +581,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     import psutil
 
     from corral.cluster.cluster import default_cluster_dir
+    from corral.cluster.listing import controller_running
 
     base = Path(args.cluster_dir).expanduser() if args.cluster_dir else default_cluster_dir()
     if args.all:
@@ -560,8 +596,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             info = json.loads(client_file.read_text())
         except (OSError, ValueError):
             continue
-        pid = info.get("controller_pid")
-        if not isinstance(pid, int) or not psutil.pid_exists(pid):
+        pid = controller_running(client_file.parent, info)
+        if pid is None:
             continue
         engines = restarts = "?"
         state_file = client_file.parent / "cluster.json"
@@ -571,7 +607,9 @@ def cmd_list(args: argparse.Namespace) -> int:
             launched = sum(  # engines of other launchers, while their launch is not lost
                 int(launch.get("n", 0))
                 for launch in state.get("launchers", [])
-                if launch.get("launcher") != "local" and not launch.get("lost")
+                if launch.get("launcher") != "local"
+                and not launch.get("lost")
+                and launch.get("role", "engines") == "engines"
             )
             engines = str(local + launched)
             restarts = _restarts(state.get("restarts") or {})
@@ -580,9 +618,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             f"{store.get('db', '?')}: buffers {store.get('buffer_limit', '?')}, "
             f"size {store.get('size_limit', '?')}, ttl {store.get('ttl', '?')}"
         )
-        rows.append(
-            (client_file.parent.name, str(pid), engines, restarts, info.get("ip", ""), limits)
-        )
+        rows.append((client_file.parent.name, pid, engines, restarts, info.get("ip", ""), limits))
     if not rows:
         print(f"no running clusters in {base}")
         return 0

@@ -115,14 +115,21 @@ def jobs(env: dict[str, str]) -> list[str]:
     return [line.split()[0] for line in done.stdout.splitlines() if line.strip()]
 
 
-def _stepds_since(started: float) -> list[int]:
-    """slurmstepd processes born since ``started`` (ours: no other Slurm runs them here)."""
+def _stepds_since(started: float, conf: Path) -> list[int]:
+    """slurmstepd processes born since ``started`` of the Slurm configured by ``conf`` (they
+    inherit slurmd's SLURM_CONF), so another test session's private Slurm on the same machine
+    keeps its own."""
     import psutil
 
     found = []
     for process in psutil.process_iter(["name", "create_time"]):
-        if process.info["name"] == "slurmstepd" and process.info["create_time"] >= started:
-            found.append(process.pid)
+        if process.info["name"] != "slurmstepd" or process.info["create_time"] < started:
+            continue
+        try:
+            if process.environ().get("SLURM_CONF") == str(conf):
+                found.append(process.pid)
+        except psutil.Error:
+            continue  # gone meanwhile
     return found
 
 
@@ -189,7 +196,7 @@ def running_slurm(folder: Path) -> Iterator[dict[str, str]]:
                     subprocess.run(["scancel", *ids], env=env, capture_output=True, timeout=30)
                 _wait(lambda: not jobs(env), 60, "every job to end")
             finally:
-                for pid in _stepds_since(started):
+                for pid in _stepds_since(started, conf):
                     try:
                         os.kill(pid, signal.SIGKILL)
                     except ProcessLookupError:

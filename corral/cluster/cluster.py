@@ -32,11 +32,13 @@ from corral.cluster.launchers.base import (
     launcher_environment,
     wait_for_launched_engines,
 )
+from corral.cluster.launchers.batch_controller import controller_job, start_controller_job
 from corral.cluster.launchers.controller import SSHController
+from corral.cluster.launchers.mpi import mpi_controller_prefix
 from corral.cluster.launchers.registry import engine_launcher
 from corral.cluster.launchers.watch import cancel_recorded_jobs, stop_launchers
 from corral.cluster.supervisor import RestartPolicy, Supervisor
-from corral.errors import ConnectionError, CorralError, LaunchError, TimeoutError
+from corral.errors import ConnectionError, CorralError, TimeoutError
 from corral.sharedmem import cluster_prefix, sweep
 
 CLIENT_FILE = "corral-client.json"
@@ -86,7 +88,9 @@ class Cluster:
     ``restart_policy``; ``restarts`` counts.
     ``engines`` names the engine launcher (local, mpi, ssh, slurm, pbs, lsf, sge;
     corral.cluster.launchers) and ``launcher_options`` its options (``{"partition": "debug"}``,
-    ``{"hosts": ["a", "b"]}``).
+    ``{"hosts": ["a", "b"]}``). ``wait_for_engines=False`` returns once the launcher has
+    started or submitted them (a batch job may wait in its queue for hours); they register
+    when they run.
     """
 
     def __init__(
@@ -113,6 +117,7 @@ class Cluster:
         launcher_options: Mapping[str, Any] | None = None,
         controller_launcher: str = "local",
         controller_options: Mapping[str, Any] | None = None,
+        wait_for_engines: bool = True,
     ) -> None:
         self.n = n
         self.temporary = cluster_id is None and not keep
@@ -141,6 +146,7 @@ class Cluster:
         self.controller_launcher = controller_launcher
         self.controller_options = dict(controller_options or {})
         self.remote_controller: SSHController | None = None
+        self.wait_for_engines = wait_for_engines
         self.client: Client | None = None
         self.restart = restart
         self.restart_policy = restart_policy
@@ -161,14 +167,18 @@ class Cluster:
         return self._lock
 
     def _spawn(
-        self, args: list[str], log_name: str, env: dict[str, str] | None = None
+        self,
+        args: list[str],
+        log_name: str,
+        env: dict[str, str] | None = None,
+        prefix: Sequence[str] = (),
     ) -> subprocess.Popen[bytes]:
         lock = self._hold_folder()
         log_path = self.path / log_name
         log_file = open(log_path, "ab")  # noqa: SIM115 (the child owns it)
         try:
             return subprocess.Popen(
-                [sys.executable, "-m", "corral", *args, "--log-file", str(log_path)],
+                [*prefix, sys.executable, "-m", "corral", *args, "--log-file", str(log_path)],
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -184,7 +194,7 @@ class Cluster:
         heartbeat = []
         if self.heartbeat_period is not None:
             heartbeat = ["--heartbeat-period", str(self.heartbeat_period)]
-        if self.controller_launcher != "local":  # the far side has its own folder, no owner
+        if self.controller_launcher not in ("local", "mpi"):  # a far folder, no owner here
             far = ["--db", self.db, "--log-level", self.log_level, *heartbeat]
             self._start_remote_controller(far)
             return
@@ -204,12 +214,16 @@ class Cluster:
         ]
         self._hold_folder()
         self._save_state()
-        self.controller = self._spawn(args + self.controller_args, "controller.log")
+        prefix = []
+        if self.controller_launcher == "mpi":  # one rank of its own mpiexec
+            prefix = mpi_controller_prefix(self.controller_options)
+        self.controller = self._spawn(args + self.controller_args, "controller.log", None, prefix)
         controller = self.controller
-        # files a killed controller left behind name another pid: wait for this one's
+        # files a killed controller left behind name another pid: wait for this one's (under
+        # mpiexec, a process that mpiexec started)
         try:
             _wait_for(
-                lambda: _written_by(self.path / ENGINE_FILE, controller.pid),
+                lambda: _written_by(self.path / ENGINE_FILE, controller.pid, below=bool(prefix)),
                 self.timeout,
                 f"controller of cluster {self.cluster_id}",
                 alive=lambda: controller.poll() is None,
@@ -221,12 +235,26 @@ class Cluster:
         self._save_state()
 
     def _start_remote_controller(self, args: list[str]) -> None:
-        """The controller on another host (``controller_launcher="ssh"``); its connection
-        files are mirrored into this cluster's folder."""
+        """The controller on another host: over ssh (its connection files are mirrored into
+        this cluster's folder) or as a batch job (it writes them into the shared folder; the
+        job is one of ``launchers``, so it is watched, recorded and cancelled like theirs)."""
         if self.controller_launcher != "ssh":
-            raise LaunchError(
-                f"no controller launcher {self.controller_launcher!r}; choose local or ssh"
+            command = [sys.executable, "-m", "corral", "controller", "--cluster-id"]
+            command += [self.cluster_id, "--cluster-dir", str(self.base_dir), *args]
+            job = controller_job(
+                self.controller_launcher,
+                self.cluster_id,
+                self.path,
+                command + self.controller_args,
+                self.controller_options,
             )
+            self._hold_folder()
+            self.launchers.append(job)
+            try:
+                start_controller_job(job, self.timeout)
+            finally:
+                self._save_state()
+            return
         self.remote_controller = SSHController(
             self.cluster_id, self.path, args + self.controller_args, self.controller_options
         )
@@ -327,6 +355,9 @@ class Cluster:
     def controller_gone(self) -> bool:
         """The controller exited and will not be started again (stopped on purpose, no
         supervision, or the supervisor gave up)."""
+        jobs = [job for job in self.launchers if job.spec.role == "controller"]
+        if jobs:
+            return jobs[0].lost is not None  # its batch job ended (launcher_failures)
         if self.controller is None or self.controller.poll() is None:
             return False
         return self.supervisor is None or "controller" in self.supervisor.given_up
@@ -341,6 +372,7 @@ class Cluster:
             **extra,
             "manager_pid": os.getpid(),
             "controller_pid": self.controller.pid if self.controller else None,
+            "controller_launcher": self.controller_launcher,
             "engine_pids": [e.pid for e in self.engines if e.poll() is None],
             "temporary": self.temporary,
             "restarts": self.restarts,
@@ -362,11 +394,12 @@ class Cluster:
                 self.start_dashboard()
             self.start_engines(self.n)
             self.client = self.connect()
-            if self.launchers:
-                wait_for_launched_engines(self.client, self.n, self.launchers, self.timeout)
-            else:
-                self.client.wait_for_engines(self.n, timeout=self.timeout, interactive=interactive)
-            self._save_state(engines_registered=self.n)
+            if self.wait_for_engines:
+                if self.launchers:
+                    wait_for_launched_engines(self.client, self.n, self.launchers, self.timeout)
+                else:
+                    self.client.wait_for_engines(self.n, self.timeout, interactive=interactive)
+                self._save_state(engines_registered=self.n)
             if self.restart:
                 self.supervise()
         except BaseException:
@@ -382,12 +415,13 @@ class Cluster:
             self.supervisor.stop()
             self.supervisor = None
         client = self.client
-        if client is None and self.controller is not None and self.controller.poll() is None:
+        running = self._controller_running()
+        if client is None and running:
             try:
                 client = self.connect()
             except CorralError:
                 client = None
-        if client is not None and (self.controller is None or self.controller.poll() is not None):
+        if client is not None and not running:
             client.close()  # no controller to pass the shutdown on: end the processes below
             client = self.client = None
         asked = client is not None
@@ -420,6 +454,13 @@ class Cluster:
         if lock is not None:
             release(lock, self.path, remove_folder=False)
 
+    def _controller_running(self) -> bool:
+        """The controller process runs, or its batch job is still queued or running."""
+        if self.controller is not None:
+            return self.controller.poll() is None
+        jobs = [job for job in self.launchers if job.spec.role == "controller"]
+        return bool(jobs) and jobs[0].failure() is None
+
     def __enter__(self) -> Client:
         return self.start()
 
@@ -439,10 +480,17 @@ def _log_tail(path: Path, lines: int = 5) -> str:
         return ""
 
 
-def _written_by(path: Path, pid: int, field: str = "controller_pid") -> bool:
+def _written_by(path: Path, pid: int, field: str = "controller_pid", below: bool = False) -> bool:
+    """``path`` names ``pid`` in ``field`` (``below``: a descendant of ``pid``)."""
     try:
-        return bool(json.loads(path.read_text()).get(field) == pid)
+        written = json.loads(path.read_text()).get(field)
     except (OSError, ValueError):
+        return False
+    if not below or not isinstance(written, int):
+        return bool(written == pid)
+    try:
+        return pid in (parent.pid for parent in psutil.Process(written).parents())
+    except psutil.Error:
         return False
 
 

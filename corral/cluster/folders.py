@@ -212,8 +212,19 @@ def remove(path: Path) -> int | None:
         if not free or _recorded_processes_alive(path):
             return None
         size, _ = _disk_usage(path)
+        _remove_far_folder(path)
         shutil.rmtree(path, ignore_errors=True)
         return size
+
+
+def _remove_far_folder(path: Path) -> None:
+    """The folder a controller started over ssh left on its host goes with this one; if it
+    cannot, say where it is (this folder's record of it is about to go)."""
+    from corral.cluster.launchers.controller import remove_far_folder
+
+    why = remove_far_folder(path)
+    if why is not None:
+        log.warning("the controller's folder on its far host: %s; remove it by hand", why)
 
 
 def release(fd: int, path: Path, remove_folder: bool) -> bool:

@@ -12,11 +12,60 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral.errors import CorralError
 
+if TYPE_CHECKING:
+    from corral.cluster.launchers.batch import BatchLauncher
+
 ENGINE_COLUMNS = ("engine", "host", "pid", "launcher", "job", "mpi rank")
+
+
+def controller_running(folder: Path, client_info: dict[str, Any]) -> str | None:
+    """The controller's pid as `corral list` shows it if it runs, else None. A controller on
+    this host is checked by its pid; one started over ssh by the ssh session that carries it,
+    whose pid the state file records (the far pid means nothing here), shown as ``PID@HOST``;
+    one in a batch job by asking its scheduler, shown as ``PID (slurm job 12)``."""
+    import psutil
+
+    from corral.cluster.launchers.controller import remote_record
+
+    pid = client_info.get("controller_pid")
+    state = _state(folder)
+    job = _controller_job(state)
+    if job is not None:
+        if job.query_state() not in job.system.active_states:
+            return None
+        return f"{pid} ({job.name} job {job.job_id})"
+    if state.get("controller_launcher") == "ssh":
+        session = state.get("controller_pid")
+        if not isinstance(session, int) or not psutil.pid_exists(session):
+            return None
+        record = remote_record(folder) or {}
+        return f"{pid}@{record.get('host', '?')}"
+    if not isinstance(pid, int) or not psutil.pid_exists(pid):
+        return None
+    return str(pid)
+
+
+def _state(folder: Path) -> dict[str, Any]:
+    """The cluster's state file (written by its manager), or {}."""
+    try:
+        state = json.loads((folder / "cluster.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _controller_job(state: dict[str, Any]) -> BatchLauncher | None:
+    """The controller's batch job, if the state file records one."""
+    from corral.cluster.launchers.watch import recorded_job
+
+    for launch in state.get("launchers", []):
+        if launch.get("role") == "controller":
+            return recorded_job(launch)
+    return None
 
 
 def engine_rows(client_file: Path, timeout: float = 5.0) -> list[tuple[str, ...]]:
@@ -52,6 +101,8 @@ def launch_lines(state_file: Path) -> list[str]:
     lines = []
     for launch in state.get("launchers", []):
         words = [f"{launch.get('launcher')} launcher, {launch.get('n')} engines"]
+        if launch.get("role") == "controller":
+            words = [f"{launch.get('launcher')} launcher, the controller"]
         if launch.get("job_id"):
             words.append(f"job {launch['job_id']} {_job_state(launch)}".rstrip())
         if launch.get("lost"):
@@ -67,7 +118,7 @@ def _job_state(launch: dict[str, Any]) -> str:
 
     job = recorded_job(launch)
     if job is not None:
-        state = job.query_state()
+        state = job.described_state()
         if not state.startswith("UNKNOWN"):
             return state
     return str(launch.get("job_state") or "")

@@ -36,6 +36,8 @@ class LaunchSpec:
 
     ``options`` are the launcher's own settings (partition, hosts, mpiexec ...), from the
     command line and the per-cluster config file (corral.cluster.launchers.config).
+    ``role`` and ``command`` let a batch launcher run the controller instead
+    (corral.cluster.launchers.batch_controller).
     """
 
     cluster_id: str
@@ -47,6 +49,8 @@ class LaunchSpec:
     engine_args: tuple[str, ...] = ()
     owner_pid: int | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    role: str = "engines"  # or "controller": a batch job that runs the controller
+    command: tuple[str, ...] = ()  # what the job runs instead of the engine command
 
     def engine_command(
         self, *, engine_file: str | None = None, python: str | None = None, mpi: bool = False
@@ -96,6 +100,8 @@ class EngineLauncher(ABC):
     def state(self) -> dict[str, Any]:
         """What `corral list` and `corral stop` from another process need (JSON-safe)."""
         state: dict[str, Any] = {"launcher": self.name, "n": self.spec.n}
+        if self.spec.role != "engines":
+            state["role"] = self.spec.role
         if self.lost:
             state["lost"] = self.lost
         return state

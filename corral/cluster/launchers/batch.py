@@ -31,6 +31,7 @@ from .mpi import option_list
 
 HOLE = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 GONE = "GONE"  # the system no longer knows the job
+LEAVE_TIMEOUT = 30.0  # seconds a cancelled job may stay listed (Slurm COMPLETING) before an error
 
 
 def leading_job_id(output: str, tool: str) -> str:
@@ -73,6 +74,7 @@ class BatchSystem:
     leaving_states: frozenset[str] = frozenset()  # ended, but still listed (Slurm COMPLETING)
     extra_values: Callable[[Mapping[str, Any]], dict[str, str]] = lambda options: {}
     explain: Callable[[str], str] = lambda log_text: ""  # the job log's words on its end
+    parse_reason: Callable[[str], str] = lambda output: ""  # why it waits (status output)
 
     def directive_lines(
         self, options: Mapping[str, Any], n: int, job_name: str, log_file: str
@@ -99,13 +101,14 @@ def job_script(
     system: BatchSystem, spec: LaunchSpec, template: str | None = None, job_name: str = ""
 ) -> str:
     """The job script that starts ``spec.n`` engines on ``system`` (pure: no I/O)."""
-    job_name = job_name or f"corral-{spec.cluster_id}"
-    log_file = str(spec.cluster_path / f"engines-{system.name}-%j.log")
+    suffix = "" if spec.role == "engines" else f"-{spec.role}"
+    job_name = job_name or f"corral-{spec.cluster_id}{suffix}"
+    log_file = str(spec.cluster_path / f"{spec.role}-{system.name}-%j.log")
     if system.name != "slurm":
-        log_file = str(spec.cluster_path / f"engines-{system.name}.log")
+        log_file = str(spec.cluster_path / f"{spec.role}-{system.name}.log")
     values = {
         "directives": system.directive_lines(spec.options, spec.n, job_name, log_file),
-        "engine_command": shlex.join(spec.engine_command()),
+        "engine_command": shlex.join(spec.command or spec.engine_command()),
         "n": str(spec.n),
         "job_name": job_name,
         "cluster_id": spec.cluster_id,
@@ -129,10 +132,11 @@ class BatchLauncher(EngineLauncher):
         super().__init__(spec)
         self.job_id: str | None = None
         self.last_state = ""
+        self.last_reason = ""  # the system's reason for the state, e.g. why it is pending
 
     @property
     def script_path(self) -> Path:
-        return self.spec.cluster_path / f"engines-{self.name}.sh"
+        return self.spec.cluster_path / f"{self.spec.role}-{self.name}.sh"
 
     def start(self) -> None:
         template_file = self.spec.option("template")
@@ -166,7 +170,16 @@ class BatchLauncher(EngineLauncher):
         except (OSError, subprocess.TimeoutExpired) as err:
             return f"UNKNOWN ({err})"
         self.last_state = self.system.parse_state(done.returncode, done.stdout)
+        self.last_reason = self.system.parse_reason(done.stdout) if done.returncode == 0 else ""
         return self.last_state
+
+    def described_state(self) -> str:
+        """The state asked of the system now, with its reason when it gives one and the state
+        does not already carry it: ``PENDING (JobHeldUser)``."""
+        state = self.query_state()
+        if self.last_reason and f"({self.last_reason})" not in state:
+            return f"{state} ({self.last_reason})"
+        return state
 
     def failure(self) -> str | None:
         if self.job_id is None:
@@ -174,16 +187,21 @@ class BatchLauncher(EngineLauncher):
         state = self.query_state()
         if state in self.system.active_states or state.startswith("UNKNOWN"):
             return None
+        if state in self.system.leaving_states:
+            return None  # ending (its engines already told to stop): report its final state
         logs = "".join(
             log_tail(path, 2000)
-            for path in self.spec.cluster_path.glob(f"engines-{self.name}*.log")
+            for path in self.spec.cluster_path.glob(f"{self.spec.role}-{self.name}*.log")
         )
         why = self.system.explain(logs) or logs
         return f"{self.name} job {self.job_id} is {state}" + (f": {why}" if why else "")
 
     def stop(self, timeout: float = 30.0) -> None:
+        """Cancel at once; then wait for the system to drop the job, at least LEAVE_TIMEOUT
+        (``timeout`` is a grace period for processes; a job takes what its scheduler takes)."""
         if self.job_id is None:
             return
+        timeout = max(timeout, LEAVE_TIMEOUT)
         deadline = time.monotonic() + timeout
         if self.query_state() != GONE:
             try:

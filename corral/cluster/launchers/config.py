@@ -31,7 +31,7 @@ from typing import Any
 
 from corral.errors import CorralError
 
-CONTROLLER_LAUNCHERS = ("local", "ssh")
+CONTROLLER_LAUNCHERS = ("local", "mpi", "ssh", "slurm", "pbs", "lsf", "sge")  # batch: one job
 
 # flag -> (option name, launchers it is meant for)
 FLAG_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -67,7 +67,9 @@ def add_launcher_flags(parser: argparse.ArgumentParser) -> None:
         dest="controller_launcher",
         default=None,
         choices=CONTROLLER_LAUNCHERS,
-        help="where the controller runs: local (default) or ssh (on --host)",
+        help="where the controller runs: local (default), mpi (one rank of its own mpiexec), "
+        "ssh (on --host), or in a batch job of its own (slurm, pbs, lsf, sge; with the batch "
+        "options below)",
     )
     group.add_argument("--host", default=None, help="the controller's host for --controller ssh")
     group.add_argument("--config", default=None, help="launcher config file (TOML)")
@@ -76,6 +78,12 @@ def add_launcher_flags(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=60.0,
         help="seconds to wait for every engine (a batch job may wait in the queue longer)",
+    )
+    group.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="with --daemon and a batch launcher: return once the job is submitted; its "
+        "engines register when the scheduler runs it (`corral list` shows the job's state)",
     )
     group.add_argument("--partition", default=None, help="slurm partition")
     group.add_argument("--queue", default=None, help="batch queue (partition on slurm)")
@@ -149,12 +157,27 @@ def controller_choice(args: argparse.Namespace, config_path: Path) -> tuple[str,
         raise CorralError("the config file's [controller] must be a table of options")
     name = args.controller_launcher or table.get("launcher") or "local"
     if name not in CONTROLLER_LAUNCHERS:
-        raise CorralError(f"no controller launcher {name!r}; choose local or ssh")
+        raise CorralError(
+            f"no controller launcher {name!r}; choose one of {', '.join(CONTROLLER_LAUNCHERS)}"
+        )
+    if name not in ("local", "ssh"):  # mpi, a batch job: its options, then [controller]
+        options = launcher_options(name, config, vars(args))
+        options.update({k: v for k, v in table.items() if k != "launcher"})
+        return name, options
     options = {k: v for k, v in launcher_options("ssh", config, vars(args)).items() if k != "hosts"}
     options.update({k: v for k, v in table.items() if k != "launcher"})
     if args.host:
         options["host"] = args.host
     return name, options
+
+
+def submitted_jobs(state: Mapping[str, Any]) -> list[str]:
+    """``slurm job 12`` for each batch job a cluster's state file records as submitted."""
+    return [
+        f"{launch.get('launcher')} job {launch['job_id']}"
+        for launch in state.get("launchers", [])
+        if launch.get("job_id")
+    ]
 
 
 def launcher_argv(args: argparse.Namespace) -> list[str]:
@@ -169,6 +192,8 @@ def launcher_argv(args: argparse.Namespace) -> list[str]:
     if args.config:
         argv += ["--config", args.config]
     argv.append(f"--start-timeout={args.start_timeout}")
+    if args.no_wait:
+        argv.append("--no-wait")
     for flag in FLAG_OPTIONS:
         value = getattr(args, flag, None)
         if value is None:

@@ -7,6 +7,12 @@ and the far controller gets SIGHUP and ends, so no controller outlives its clust
 (the ``[ssh]`` table, then ``[controller]``, then flags): ``host``, ``port``, ``identity``,
 ``ssh_args``, ``python``, ``remote_dir`` (the far cluster folder's parent; default
 ``.corral`` under the far home).
+
+The far folder holds the controller's result store, so like a local cluster's folder it
+outlives ``corral stop``; ``controller-remote.json`` in the near folder (written before the
+controller starts, kept after it stops) says where it is, so that ``corral list`` can tell the
+far controller runs (by its ssh session here, not by a pid of another host) and ``corral stop
+--clean`` / ``corral clean`` remove the far folder too (:func:`remove_far_folder`).
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from .ssh import ssh_base
 
 PID_LINE = re.compile(r"corral-controller-pid (\d+)")
 SEPARATOR = "----corral-separator----"
+REMOTE_RECORD = "controller-remote.json"  # in the near folder: where the far controller runs
+SSH_KEYS = ("ssh", "port", "identity", "ssh_args")  # the options that reach the far host
 
 
 def write_private(path: Path, data: Mapping[str, Any]) -> None:
@@ -55,6 +63,7 @@ class SSHController:
         self.remote_base = str(self.options.get("remote_dir") or ".corral")
         self.process: subprocess.Popen[bytes] | None = None
         self.log = local_path / "controller-ssh.log"
+        self.far_pid: int | None = None
 
     def _ssh(self, command: str, tty: bool = False) -> list[str]:
         ssh = require_tool(str(self.options.get("ssh") or "ssh"), "ssh controller")
@@ -69,6 +78,17 @@ class SSHController:
             "--cluster-dir", self.remote_base, *self.args,
         ]  # fmt: skip
         command = f"echo corral-controller-pid $$; exec {shlex.join(argv)}"
+        self.local_path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_private(
+            self.local_path / REMOTE_RECORD,
+            {
+                "host": self.host,
+                "cluster_id": self.cluster_id,
+                "remote_dir": self.remote_base,
+                "python": python,
+                **{key: self.options[key] for key in SSH_KEYS if self.options.get(key)},
+            },
+        )
         self.process = spawn(self._ssh(command, tty=True), self.log)
         deadline = time.monotonic() + timeout
         while True:
@@ -106,6 +126,7 @@ class SSHController:
         self.local_path.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_private(self.local_path / "corral-engine.json", engine)
         write_private(self.local_path / "corral-client.json", client)
+        self.far_pid = pid
         return True
 
     def stop(self, timeout: float) -> None:
@@ -118,3 +139,46 @@ class SSHController:
             terminate(self.process)
         for name in ("corral-engine.json", "corral-client.json"):
             (self.local_path / name).unlink(missing_ok=True)
+
+
+def remote_record(near_path: Path) -> dict[str, Any] | None:
+    """What ``controller-remote.json`` in a cluster folder says, or None for a controller
+    that ran on this host."""
+    try:
+        record = json.loads((near_path / REMOTE_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("host") else None
+
+
+def remove_far_folder(near_path: Path) -> str | None:
+    """Remove the far folder of a stopped cluster whose controller ran over ssh, by running
+    ``corral clean`` there (so a far folder still in use is left alone, as here). None when
+    it is gone or there was none; otherwise why it is still there, with its place."""
+    record = remote_record(near_path)
+    if record is None:
+        return None
+    host, cluster_id = str(record["host"]), str(record.get("cluster_id") or near_path.name)
+    base = str(record.get("remote_dir") or ".corral")
+    place = f"{host}:{base}/{cluster_id}"
+    argv = [
+        str(record.get("python") or "python3"), "-m", "corral", "clean",
+        "--cluster-dir", base, "--cluster-id", cluster_id,
+    ]  # fmt: skip
+    try:
+        ssh = require_tool(str(record.get("ssh") or "ssh"), "ssh controller")
+        done = subprocess.run(
+            [*ssh_base(record, ssh), host, shlex.join(argv)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+    except (LaunchError, OSError, subprocess.TimeoutExpired) as err:
+        return f"{place} was not removed: {err}"
+    said = (done.stdout + done.stderr).strip()
+    if "no cluster folder" in said:
+        return None  # removed before, or never made
+    if done.returncode != 0 or "it is running" in said:
+        return f"{place} was not removed: {said[-1000:] or f'exit status {done.returncode}'}"
+    return None

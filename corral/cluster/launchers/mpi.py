@@ -47,6 +47,14 @@ def option_list(value: Any) -> list[str]:
     return [str(item) for item in value]
 
 
+def mpi_controller_prefix(options: Any) -> list[str]:
+    """``mpiexec [mpi_args] -n 1``: what runs the controller as one MPI process
+    (``--controller mpi``, for sites whose long-running processes go through their MPI
+    launcher); LaunchError if there is no mpiexec."""
+    mpiexec = require_tool(str(options.get("mpiexec") or "mpiexec"), "mpi controller")
+    return [mpiexec, *option_list(options.get("mpi_args")), "-n", "1"]
+
+
 class MPILauncher(EngineLauncher):
     name = "mpi"
 

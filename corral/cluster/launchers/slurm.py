@@ -53,11 +53,19 @@ def parse_state(code: int, output: str) -> str:
     match = re.search(r"\bJobState=(\S+)", output)
     if code != 0 or match is None:
         return GONE
-    reason = re.search(r"\bReason=(\S+)", output)
     state = match.group(1)
-    if reason and reason.group(1) not in ("None", "(null)") and state not in LISTED:
-        return f"{state} ({reason.group(1)})"
+    reason = parse_reason(output)
+    if reason and state not in LISTED:
+        return f"{state} ({reason})"
     return state
+
+
+def parse_reason(output: str) -> str:
+    """``Reason=JobHeldUser`` from scontrol: why a job waits or ended (none: "")."""
+    reason = re.search(r"\bReason=(\S+)", output)
+    if reason is None or reason.group(1) in ("None", "(null)"):
+        return ""
+    return reason.group(1)
 
 
 def cancel(job_id: str) -> list[str]:
@@ -91,6 +99,7 @@ SLURM = BatchSystem(
     leaving_states=frozenset({"COMPLETING"}),
     extra_values=extra_values,
     explain=explain,
+    parse_reason=parse_reason,
 )
 
 SlurmLauncher = make_batch_launcher(SLURM)

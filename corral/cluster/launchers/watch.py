@@ -34,14 +34,15 @@ def stop_launchers(launchers: Sequence[EngineLauncher], timeout: float) -> list[
 
 
 def launcher_failures(launchers: Iterable[EngineLauncher]) -> list[str]:
-    """What each launcher that lost its engines says about it (a job cancelled or over its
-    walltime, mpiexec exited); each launcher remembers it for the state file."""
+    """What each launcher that lost its engines (or the controller) says about it, as
+    ``slurm engines: slurm job 12 is TIMEOUT ...`` (a job cancelled or over its walltime,
+    mpiexec exited); each launcher remembers it for the state file."""
     found = []
     for launcher in launchers:
         why = launcher.failure()
         if why is not None:
             launcher.lost = why.splitlines()[0][:300]
-            found.append(f"{launcher.name}: {why}")
+            found.append(f"{launcher.name} {launcher.spec.role}: {why}")
     return found
 
 

@@ -99,3 +99,26 @@ def test_controller_over_ssh_takes_the_ssh_connection_settings(tmp_path: Path) -
     assert controller_choice(parse("--controller", "local"), path)[0] == "local"
     again = parse(*launcher_argv(parse("--controller", "ssh", "--host", "h")))
     assert (again.controller_launcher, again.host) == ("ssh", "h")
+
+
+def test_a_batch_controller_takes_its_systems_options_then_the_controller_table(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "c1.toml"
+    path.write_text(CONFIG + '\n[controller]\nlauncher = "slurm"\nwalltime = "48:00:00"\n')
+    name, options = controller_choice(parse("--account", "astro"), path)
+    assert name == "slurm"
+    assert options == {
+        "partition": "debug",
+        "account": "astro",
+        "extra": ["--mem=2G"],
+        "walltime": "48:00:00",
+    }
+    with pytest.raises(CorralError, match="choose one of local, mpi, ssh, slurm, pbs, lsf, sge"):
+        controller_choice(parse(), _with_controller(tmp_path, "kubernetes"))
+
+
+def _with_controller(tmp_path: Path, launcher: str) -> Path:
+    path = tmp_path / "other.toml"
+    path.write_text(f'[controller]\nlauncher = "{launcher}"\n')
+    return path

@@ -121,3 +121,31 @@ def test_one_mpi_engine_dying_leaves_the_others(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, f"engines now {rc.ids}"
             time.sleep(0.05)  # polling the registry for the loss
         assert rc[:].apply_sync(lambda: "alive") == ["alive", "alive"]
+
+
+@pytest.mark.timeout(180)
+def test_the_controller_as_one_rank_of_its_own_mpiexec(tmp_path: Path) -> None:
+    where = ["--cluster-dir", str(tmp_path), "--cluster-id", "mpictl"]
+    started = corral(
+        "start", "--daemon", "--controller", "mpi", "--engines", "mpi", "-n", "2",
+        "--heartbeat-period", "0.5", "--no-dashboard", *where,
+    )  # fmt: skip
+    try:
+        assert started.returncode == 0, started.stderr
+        folder = tmp_path / "mpictl"
+        state = json.loads((folder / "cluster.json").read_text())
+        controller_pid = json.loads((folder / "corral-client.json").read_text())["controller_pid"]
+        # the state file names mpiexec, which started the controller that wrote the files
+        mpiexec = psutil.Process(state["controller_pid"])
+        assert "mpiexec" in " ".join(mpiexec.cmdline())
+        assert mpiexec.pid in [p.pid for p in psutil.Process(controller_pid).parents()]
+        with Client(connection_file=folder / "corral-client.json", timeout=30) as rc:
+            rc.wait_for_engines(2, timeout=60)
+            assert rc[:].apply_sync(allreduce_of_ranks) == [3, 3]
+        listing = corral("list", *where[:2]).stdout
+        assert f"mpictl {controller_pid}".split() == listing.splitlines()[1].split()[:2]
+    finally:
+        stopped = corral("stop", *where)
+    assert stopped.returncode == 0, stopped.stderr
+    assert processes_mentioning(tmp_path) == []
+    assert not (tmp_path / "mpictl" / "corral-client.json").exists()  # a clean controller stop

@@ -113,15 +113,28 @@ def test_controller_over_ssh_with_local_engines(tmp_path: Path, sshd: SSHServer)
         # adds its URL to the near copy only
         near_files.pop("dashboard", None)
         assert far_files == near_files
+        # by default it listens where this host reaches it, with CurveZMQ on
+        assert far_files["ip"] not in ("127.0.0.1", "0.0.0.0") and "curve" in far_files
         assert (tmp_path / "remote" / "corral-client.json").stat().st_mode & 0o777 == 0o600
         with Client(connection_file=tmp_path / "remote" / "corral-client.json", timeout=30) as rc:
             rc.wait_for_engines(2, timeout=60)
             assert rc[:].apply_sync(lambda: 2) == [2, 2]
+        # listed as running by its ssh session, shown with its far pid and host
+        listing = corral("list", "--cluster-dir", str(tmp_path)).stdout
+        row = next(line.split() for line in listing.splitlines() if line.startswith("remote "))
+        assert row[1] == f"{far_files['controller_pid']}@{sshd.host}", listing
     finally:
         stop = corral("stop", *where)
     assert stop.returncode == 0, stop.stderr
     assert not (far / "remote" / "corral-client.json").exists()
     assert processes_mentioning(tmp_path) == []
+    # like a local cluster's folder, the far one keeps the store until it is cleaned
+    assert (far / "remote" / "tasks.db").exists()
+    assert "no running clusters" in corral("list", "--cluster-dir", str(tmp_path)).stdout
+    clean = corral("clean", "--cluster-id", "remote", "--cluster-dir", str(tmp_path))
+    assert clean.returncode == 0, clean.stderr
+    assert not (far / "remote").exists(), sorted(p.name for p in (far / "remote").iterdir())
+    assert not (tmp_path / "remote").exists()
 
 
 @pytest.mark.timeout(60)

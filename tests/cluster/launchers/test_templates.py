@@ -124,6 +124,10 @@ def test_states_and_their_meaning() -> None:
         "TIMEOUT (TimeLimit)"
     )
     assert SLURM.parse_state(1, "slurm_load_jobs error: Invalid job id specified") == GONE
+    held = "JobId=5 JobState=PENDING Reason=JobHeldUser Dependency=(null)"
+    assert SLURM.parse_state(0, held) == "PENDING"  # a bare state: it is tested for membership
+    assert SLURM.parse_reason(held) == "JobHeldUser"
+    assert SLURM.parse_reason("JobId=5 JobState=RUNNING Reason=None") == ""
     assert "COMPLETING" in SLURM.leaving_states and "RUNNING" in SLURM.active_states
     assert PBS.parse_state(0, "Job Id: 1.s\n    job_state = R\n") == "R"
     assert PBS.parse_state(153, "") == GONE
@@ -175,3 +179,24 @@ def test_unknown_launcher_lists_the_known_ones() -> None:
     with pytest.raises(LaunchError, match="local, mpi, ssh, slurm, pbs, lsf, sge"):
         engine_launcher("condor", spec())
     assert set(ENGINE_LAUNCHERS) == {"local", "mpi", "ssh", "slurm", "pbs", "lsf", "sge"}
+
+
+@pytest.mark.parametrize("system", [SLURM, PBS, LSF, SGE], ids=lambda s: s.name)
+def test_the_controllers_job_runs_the_controller_with_its_own_name_and_log(
+    system: BatchSystem,
+) -> None:
+    controller = LaunchSpec(
+        cluster_id="c1",
+        cluster_path=Path("/shared/corral/c1"),
+        engine_file=Path("/shared/corral/c1/corral-engine.json"),
+        n=1,
+        options={"walltime": "02:00:00"},
+        role="controller",
+        command=("/opt/py/bin/python", "-m", "corral", "controller", "--cluster-id", "c1"),
+    )
+    script = job_script(system, controller)
+    assert "/opt/py/bin/python -m corral controller --cluster-id c1" in script
+    assert "corral engine" not in script
+    assert "corral-c1-controller" in script
+    assert f"/shared/corral/c1/controller-{system.name}" in script  # its own log file
+    assert "02:00:00" in script
