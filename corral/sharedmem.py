@@ -53,13 +53,22 @@ from corral.protocol.shm import (
     decode_refs,
     large_buffers,
     link_name,
+    parse_link,
     plan_sweep,
     pool_name,
     reader_metadata,
     reader_of,
 )
 
-__all__ = ["SHM_DIR", "SharedMemory", "cluster_prefix", "host_identity", "pid_alive", "sweep"]
+__all__ = [
+    "SHM_DIR",
+    "SharedMemory",
+    "cluster_prefix",
+    "host_identity",
+    "pid_alive",
+    "sweep",
+    "sweep_others",
+]
 
 log = logging.getLogger("corral.sharedmem")
 
@@ -67,6 +76,7 @@ SHM_DIR: Final = Path("/dev/shm")
 RESERVE_BYTES: Final = 64 << 20  # left free in /dev/shm and in RAM after a segment is written
 MAX_POOL_BYTES: Final = 4 << 30  # settled segments one process keeps for reuse, at most
 POOL_IDLE: Final = 60.0  # seconds a settled segment waits for reuse before it is removed
+FOREIGN_MIN_AGE: Final = 60.0  # seconds before another cluster's dead names are swept here
 _CREATE_FLAGS: Final = os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
 _OPEN_FLAGS: Final = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
 
@@ -137,6 +147,58 @@ def sweep(
     return doomed
 
 
+def sweep_others(
+    own_prefix: str | None,
+    shm_dir: Path = SHM_DIR,
+    alive: Callable[[int], bool] = pid_alive,
+    min_age: float = FOREIGN_MIN_AGE,
+) -> list[str]:
+    """Remove what dead processes of *other* clusters of this user left: a cluster whose
+    processes were all SIGKILLed (its owner too) has no controller left to sweep its names,
+    so every controller that starts sweeps them. The Hubs of those clusters count as alive
+    (their ``h`` links stay unless the writer's ``w`` name shows the segment was never handed
+    off), since whether they run cannot be told from here. Names of other users are left, and
+    names changed in the last ``min_age`` seconds: another cluster's own sweep gets there
+    first, and a name that young is no leak yet."""
+    try:
+        listed = os.listdir(shm_dir)
+    except OSError:
+        return []
+    uid = os.getuid()
+    settled = time.time() - min_age
+    by_prefix: dict[str, list[str]] = {}
+    for name in listed:
+        parsed = parse_link(name)
+        if parsed is None or parsed.prefix == own_prefix:
+            continue
+        try:
+            info = os.lstat(shm_dir / name)
+        except OSError:
+            continue
+        if info.st_uid != uid or max(info.st_mtime, info.st_ctime) > settled:
+            continue
+        by_prefix.setdefault(parsed.prefix, []).append(name)
+    known: dict[int, bool] = {}
+
+    def is_alive(pid: int) -> bool:
+        if pid == HUB:
+            return True
+        if pid not in known:
+            known[pid] = alive(pid)
+        return known[pid]
+
+    doomed = [
+        name for prefix, names in by_prefix.items() for name in plan_sweep(prefix, names, is_alive)
+    ]
+    for name in doomed:
+        _unlink(shm_dir / name)
+    if doomed:
+        log.info(
+            "shared memory: reclaimed %d names other clusters' dead processes left", len(doomed)
+        )
+    return doomed
+
+
 def _unlink(path: Path) -> None:
     try:
         os.unlink(path)
@@ -154,7 +216,38 @@ class _Segment:
     capacity: int  # bytes mapped
     size: int  # bytes the file holds now (at most capacity)
     token: str
+    prefix: str
     released_at: float = 0.0
+
+
+@dataclass(eq=False)
+class _Owned:
+    """The segments one :class:`SharedMemory` wrote and has not removed: those of messages on
+    their way (``live``, under their ``w`` name) and its pool (``p`` names). Kept apart from the
+    SharedMemory so that its finalizer can remove them without keeping it alive."""
+
+    shm_dir: Path
+    pid: int
+    live: dict[str, _Segment]
+    pool: list[_Segment]
+
+
+def _remove_owned(owned: _Owned) -> None:
+    """A SharedMemory was collected, or its process exits: its names go (reader links stay,
+    for their readers), its mappings and descriptors are closed. Names written under the pid
+    of another process (tests simulate dead writers so) are that process's to leave."""
+    if owned.pid != os.getpid():
+        return
+    segments = [
+        *((s, link_name_w) for s in owned.live.values()),
+        *((s, pool_name) for s in owned.pool),
+    ]
+    owned.live.clear()
+    owned.pool.clear()
+    for segment, name in segments:
+        _unlink(owned.shm_dir / name(segment.prefix, owned.pid, segment.token))
+        segment.mapping.close()
+        os.close(segment.fd)
 
 
 class SharedMemory:
@@ -183,6 +276,9 @@ class SharedMemory:
         self._lock = threading.RLock()  # finalizers of mappings may run inside it (GC)
         self._live: dict[str, _Segment] = {}  # token -> segment of a message on its way
         self._pool: list[_Segment] = []  # settled, waiting for reuse
+        # at exit (also without close) or when collected: no name of ours outlives us
+        owned = _Owned(shm_dir, self.pid, self._live, self._pool)
+        weakref.finalize(self, _remove_owned, owned)
         self._mapped: dict[Path, int] = {}  # reader links of this process -> live mappings
 
     def configure(self, settings: Settings | None) -> None:
@@ -208,7 +304,8 @@ class SharedMemory:
         """Remove the pooled segments' names and unmap them (segments of messages still on
         their way stay for their readers; the sweep takes them once this process is gone)."""
         with self._lock:
-            pooled, self._pool = self._pool, []
+            pooled = self._pool[:]
+            self._pool.clear()
         for segment in pooled:
             self._discard(segment, pool_name)
 
@@ -324,7 +421,7 @@ class SharedMemory:
             else:
                 keep.append(segment)
                 total += segment.capacity
-        self._pool = keep
+        self._pool[:] = keep
         return evicted
 
     def _acquire(self, prefix: str, size: int) -> _Segment:
@@ -387,7 +484,7 @@ class SharedMemory:
             os.close(fd)
             _unlink(path)
             raise
-        return _Segment(fd, mapping, size, size, token)
+        return _Segment(fd, mapping, size, size, token, prefix)
 
     def _discard(self, segment: _Segment, name: Callable[[str, int, str], str]) -> None:
         settings = self.settings
@@ -514,13 +611,18 @@ class SharedMemory:
 
     # ------------------------------------------------------------------ sweeping
 
-    def sweep(self, *, hub_alive: bool = True, final: bool = False) -> list[str]:
+    def sweep(
+        self, *, hub_alive: bool = True, final: bool = False, others: bool = False
+    ) -> list[str]:
         """Reclaim the names of dead processes (and with ``hub_alive`` False the Hub's links: a
         controller starting). ``final`` counts this process, and the Hub, as dead too (a
-        controller stopping: it reads nothing more)."""
+        controller stopping: it reads nothing more). ``others``: also what dead processes of
+        other clusters left (:func:`sweep_others`; a controller starting)."""
         settings = self.settings
         if settings is None:
             return []
+        if others:
+            sweep_others(settings.prefix, self.shm_dir)
         if final:
             self.close()
             return sweep(
