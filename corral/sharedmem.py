@@ -28,7 +28,6 @@ Guarantees a caller can rely on:
 from __future__ import annotations
 
 import hashlib
-import logging
 import mmap
 import os
 import secrets
@@ -53,12 +52,12 @@ from corral.protocol.shm import (
     decode_refs,
     large_buffers,
     link_name,
-    parse_link,
-    plan_sweep,
     pool_name,
     reader_metadata,
     reader_of,
 )
+from corral.shmsweep import SHM_DIR, pid_alive, sweep, sweep_others
+from corral.shmsweep import unlink_name as _unlink
 
 __all__ = [
     "SHM_DIR",
@@ -70,13 +69,10 @@ __all__ = [
     "sweep_others",
 ]
 
-log = logging.getLogger("corral.sharedmem")
 
-SHM_DIR: Final = Path("/dev/shm")
 RESERVE_BYTES: Final = 64 << 20  # left free in /dev/shm and in RAM after a segment is written
 MAX_POOL_BYTES: Final = 4 << 30  # settled segments one process keeps for reuse, at most
 POOL_IDLE: Final = 60.0  # seconds a settled segment waits for reuse before it is removed
-FOREIGN_MIN_AGE: Final = 60.0  # seconds before another cluster's dead names are swept here
 _CREATE_FLAGS: Final = os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
 _OPEN_FLAGS: Final = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
 
@@ -108,102 +104,6 @@ def cluster_prefix(cluster_path: str | os.PathLike[str]) -> str:
     controller started again finds what a crashed run left behind."""
     where = os.path.abspath(os.path.expanduser(os.fspath(cluster_path)))
     return "corral-" + hashlib.sha256(where.encode()).hexdigest()[:16]
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether ``pid`` names a running (not zombie) process."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.Error:
-        return True
-
-
-def sweep(
-    prefix: str,
-    shm_dir: Path = SHM_DIR,
-    alive: Callable[[int], bool] = pid_alive,
-    hub_alive: bool = True,
-) -> list[str]:
-    """Remove the names under ``prefix`` whose owner is dead (see
-    :func:`corral.protocol.shm.plan_sweep`); the names removed. ``hub_alive`` False takes
-    the Hub's links too (a controller starting, or stopping)."""
-    try:
-        names = [name for name in os.listdir(shm_dir) if name.startswith(prefix)]
-    except OSError:
-        return []
-    doomed = plan_sweep(prefix, names, lambda pid: hub_alive if pid == HUB else alive(pid))
-    for name in doomed:
-        _unlink(shm_dir / name)
-    if doomed:
-        log.info("shared memory: reclaimed %d segment names of dead processes", len(doomed))
-    return doomed
-
-
-def sweep_others(
-    own_prefix: str | None,
-    shm_dir: Path = SHM_DIR,
-    alive: Callable[[int], bool] = pid_alive,
-    min_age: float = FOREIGN_MIN_AGE,
-) -> list[str]:
-    """Remove what dead processes of *other* clusters of this user left: a cluster whose
-    processes were all SIGKILLed (its owner too) has no controller left to sweep its names,
-    so every controller that starts sweeps them. The Hubs of those clusters count as alive
-    (their ``h`` links stay unless the writer's ``w`` name shows the segment was never handed
-    off), since whether they run cannot be told from here. Names of other users are left, and
-    names changed in the last ``min_age`` seconds: another cluster's own sweep gets there
-    first, and a name that young is no leak yet."""
-    try:
-        listed = os.listdir(shm_dir)
-    except OSError:
-        return []
-    uid = os.getuid()
-    settled = time.time() - min_age
-    by_prefix: dict[str, list[str]] = {}
-    for name in listed:
-        parsed = parse_link(name)
-        if parsed is None or parsed.prefix == own_prefix:
-            continue
-        try:
-            info = os.lstat(shm_dir / name)
-        except OSError:
-            continue
-        if info.st_uid != uid or max(info.st_mtime, info.st_ctime) > settled:
-            continue
-        by_prefix.setdefault(parsed.prefix, []).append(name)
-    known: dict[int, bool] = {}
-
-    def is_alive(pid: int) -> bool:
-        if pid == HUB:
-            return True
-        if pid not in known:
-            known[pid] = alive(pid)
-        return known[pid]
-
-    doomed = [
-        name for prefix, names in by_prefix.items() for name in plan_sweep(prefix, names, is_alive)
-    ]
-    for name in doomed:
-        _unlink(shm_dir / name)
-    if doomed:
-        log.info(
-            "shared memory: reclaimed %d names other clusters' dead processes left", len(doomed)
-        )
-    return doomed
-
-
-def _unlink(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 @dataclass(eq=False)
