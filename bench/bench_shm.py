@@ -9,7 +9,8 @@
   topology of a corral push, without corral).
 
 Plus the no-op round trip on one engine with the fast path on and off: below the threshold
-nothing changes, so the latency must not either.
+nothing changes, so the latency must not either; and, in-process (where the machine's load
+hardly shows), what the fast path's hooks add to one small message.
 
 Push: the array to one engine, answered once the engine holds it; pull: back to the client.
 All of them run at once and take turns, round by round (the machine is shared: whatever load
@@ -22,20 +23,24 @@ Run: `.bench-venv/bin/python bench/bench_shm.py` (about 5 minutes).
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import numpy as np
+import psutil
 from bench_cluster import raw_peer
 from common import (
     QUIET_WAIT,
     check,
     corral_cluster,
+    descendants,
     diagnose_hangs,
     final_process_check,
     latency,
@@ -171,6 +176,14 @@ def ray_holder(largest: int) -> Iterator[Any]:
         yield holder
     finally:
         ray.shutdown()
+        # Ray's node processes exit on their own some seconds after shutdown: wait for them
+        # (bounded), so that the final process check sees only what really stayed
+        _, alive = psutil.wait_procs(
+            [p for p in descendants() if "ray" in " ".join(p.cmdline())], timeout=60
+        )
+        for process in alive:
+            print(f"Ray left {process.pid} running after 60 s: killed", file=sys.stderr)
+            process.kill()
 
 
 def run_side_by_side(peers: list[Peer], arrays: dict[int, np.ndarray]) -> None:
@@ -208,6 +221,55 @@ def latency_side_by_side(peers: list[Peer]) -> dict[str, dict[str, float]]:
         }
         for name, values in times.items()
     }
+
+
+def repeat(step: Callable[[], object], times: int) -> None:
+    for _ in range(times):
+        step()
+
+
+def hook_overhead() -> dict[str, Any]:
+    """What the fast path adds to one small request and its reply, in-process (no sockets, so
+    the machine's load hardly shows): the hooks a message below the threshold passes through
+    (``reader_metadata`` and ``export`` at the client, ``resolve`` and ``export_reply`` at the
+    engine, ``resolve`` at the client), beside what one such message costs anyway (build, sign,
+    serialize, verify, parse). Best of 20 blocks of 1000, in microseconds."""
+    from corral.protocol.serialize import pack_apply_message
+    from corral.protocol.session import Session
+    from corral.protocol.shm import Settings
+    from corral.sharedmem import SharedMemory, cluster_prefix, host_identity
+
+    host = host_identity()
+    check(host is not None, "a usable /dev/shm")
+    with tempfile.TemporaryDirectory(prefix="corral-bench-") as folder:
+        shm = SharedMemory(Settings(cluster_prefix(folder), str(host)))
+        session = Session(os.urandom(32))
+        buffers = pack_apply_message(one, (b"x" * 1024,), {})
+        sample = session.feed(
+            session.serialize(
+                session.msg("apply_request", {}, metadata=shm.reader_metadata(), buffers=buffers)
+            )
+        )
+
+        def message() -> object:
+            msg = session.msg("apply_request", {}, metadata={}, buffers=buffers)
+            return session.feed(session.serialize(msg))
+
+        def hooks() -> object:
+            shm.reader_metadata()
+            frames, refs = shm.export(buffers)
+            check(not refs, "nothing above the threshold")
+            shm.resolve(sample)
+            shm.export_reply(sample.metadata, buffers, hub_reads=True)
+            return shm.resolve(sample)
+
+        blocks: dict[str, list[float]] = {"message": [], "hooks": []}
+        for _ in range(20):
+            for name, step in (("message", message), ("hooks", hooks)):
+                seconds, _ = timed(functools.partial(repeat, step, 1000))
+                blocks[name].append(seconds / 1000 * 1e6)
+        shm.close()
+    return {name: min(values) for name, values in blocks.items()}
 
 
 # ---------------------------------------------------------------- raw pyzmq
@@ -253,11 +315,9 @@ def measure_raw(arrays: dict[int, np.ndarray]) -> dict[str, Any]:
 # ---------------------------------------------------------------- main
 
 
-# The SQLite store (the default) cannot hold a 1 GB result (SQLite's blob limit is 1e9 bytes;
-# issue 18 settles how stores keep large buffers): it is measured at 100 MB only.
 ON, OFF = "corral, shm, db=memory", "corral, sockets (--shm-threshold 0), db=memory"
 CORRAL: dict[str, tuple[tuple[int, ...], dict[str, Any]]] = {
-    "corral, shm (defaults: sqlite store)": ((100,), {}),
+    "corral, shm (defaults: sqlite store)": (SIZES_MB, {}),
     ON: (SIZES_MB, {"db": "memory"}),
     OFF: (SIZES_MB, {"db": "memory", "controller_args": ["--shm-threshold", "0"]}),
 }
@@ -288,6 +348,7 @@ def main() -> None:
             results[peer.name]["latency"] = latencies[peer.name]
     print("measuring raw pyzmq ...", file=sys.stderr)
     results["raw"] = measure_raw(arrays)
+    results["hook_overhead_us"] = hook_overhead()
     results["load_after"] = machine_load("after")
     results["seconds"] = time.monotonic() - started
 
@@ -320,6 +381,11 @@ def main() -> None:
             [name, results[name]["latency"]["median_us"], results[name]["latency"]["p90_us"]]
             for name in CORRAL
         ],
+    )
+    hooks = results["hook_overhead_us"]
+    print(
+        f"\nin-process, small request: the fast path's hooks {hooks['hooks']:.1f} us per "
+        f"request and reply; one such message alone costs {hooks['message']:.1f} us"
     )
     targets: dict[str, bool] = {}
     if "error" not in results["ray"]:

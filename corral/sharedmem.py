@@ -28,7 +28,6 @@ Guarantees a caller can rely on:
 from __future__ import annotations
 
 import hashlib
-import logging
 import mmap
 import os
 import secrets
@@ -53,17 +52,24 @@ from corral.protocol.shm import (
     decode_refs,
     large_buffers,
     link_name,
-    plan_sweep,
     pool_name,
     reader_metadata,
     reader_of,
 )
+from corral.shmsweep import SHM_DIR, pid_alive, sweep, sweep_others
+from corral.shmsweep import unlink_name as _unlink
 
-__all__ = ["SHM_DIR", "SharedMemory", "cluster_prefix", "host_identity", "pid_alive", "sweep"]
+__all__ = [
+    "SHM_DIR",
+    "SharedMemory",
+    "cluster_prefix",
+    "host_identity",
+    "pid_alive",
+    "sweep",
+    "sweep_others",
+]
 
-log = logging.getLogger("corral.sharedmem")
 
-SHM_DIR: Final = Path("/dev/shm")
 RESERVE_BYTES: Final = 64 << 20  # left free in /dev/shm and in RAM after a segment is written
 MAX_POOL_BYTES: Final = 4 << 30  # settled segments one process keeps for reuse, at most
 POOL_IDLE: Final = 60.0  # seconds a settled segment waits for reuse before it is removed
@@ -100,50 +106,6 @@ def cluster_prefix(cluster_path: str | os.PathLike[str]) -> str:
     return "corral-" + hashlib.sha256(where.encode()).hexdigest()[:16]
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether ``pid`` names a running (not zombie) process."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.Error:
-        return True
-
-
-def sweep(
-    prefix: str,
-    shm_dir: Path = SHM_DIR,
-    alive: Callable[[int], bool] = pid_alive,
-    hub_alive: bool = True,
-) -> list[str]:
-    """Remove the names under ``prefix`` whose owner is dead (see
-    :func:`corral.protocol.shm.plan_sweep`); the names removed. ``hub_alive`` False takes
-    the Hub's links too (a controller starting, or stopping)."""
-    try:
-        names = [name for name in os.listdir(shm_dir) if name.startswith(prefix)]
-    except OSError:
-        return []
-    doomed = plan_sweep(prefix, names, lambda pid: hub_alive if pid == HUB else alive(pid))
-    for name in doomed:
-        _unlink(shm_dir / name)
-    if doomed:
-        log.info("shared memory: reclaimed %d segment names of dead processes", len(doomed))
-    return doomed
-
-
-def _unlink(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
 @dataclass(eq=False)
 class _Segment:
     """A segment this process wrote, kept open and mapped (shared) so that writing into it
@@ -154,7 +116,38 @@ class _Segment:
     capacity: int  # bytes mapped
     size: int  # bytes the file holds now (at most capacity)
     token: str
+    prefix: str
     released_at: float = 0.0
+
+
+@dataclass(eq=False)
+class _Owned:
+    """The segments one :class:`SharedMemory` wrote and has not removed: those of messages on
+    their way (``live``, under their ``w`` name) and its pool (``p`` names). Kept apart from the
+    SharedMemory so that its finalizer can remove them without keeping it alive."""
+
+    shm_dir: Path
+    pid: int
+    live: dict[str, _Segment]
+    pool: list[_Segment]
+
+
+def _remove_owned(owned: _Owned) -> None:
+    """A SharedMemory was collected, or its process exits: its names go (reader links stay,
+    for their readers), its mappings and descriptors are closed. Names written under the pid
+    of another process (tests simulate dead writers so) are that process's to leave."""
+    if owned.pid != os.getpid():
+        return
+    segments = [
+        *((s, link_name_w) for s in owned.live.values()),
+        *((s, pool_name) for s in owned.pool),
+    ]
+    owned.live.clear()
+    owned.pool.clear()
+    for segment, name in segments:
+        _unlink(owned.shm_dir / name(segment.prefix, owned.pid, segment.token))
+        segment.mapping.close()
+        os.close(segment.fd)
 
 
 class SharedMemory:
@@ -183,6 +176,9 @@ class SharedMemory:
         self._lock = threading.RLock()  # finalizers of mappings may run inside it (GC)
         self._live: dict[str, _Segment] = {}  # token -> segment of a message on its way
         self._pool: list[_Segment] = []  # settled, waiting for reuse
+        # at exit (also without close) or when collected: no name of ours outlives us
+        owned = _Owned(shm_dir, self.pid, self._live, self._pool)
+        weakref.finalize(self, _remove_owned, owned)
         self._mapped: dict[Path, int] = {}  # reader links of this process -> live mappings
 
     def configure(self, settings: Settings | None) -> None:
@@ -208,7 +204,8 @@ class SharedMemory:
         """Remove the pooled segments' names and unmap them (segments of messages still on
         their way stay for their readers; the sweep takes them once this process is gone)."""
         with self._lock:
-            pooled, self._pool = self._pool, []
+            pooled = self._pool[:]
+            self._pool.clear()
         for segment in pooled:
             self._discard(segment, pool_name)
 
@@ -324,7 +321,7 @@ class SharedMemory:
             else:
                 keep.append(segment)
                 total += segment.capacity
-        self._pool = keep
+        self._pool[:] = keep
         return evicted
 
     def _acquire(self, prefix: str, size: int) -> _Segment:
@@ -387,7 +384,7 @@ class SharedMemory:
             os.close(fd)
             _unlink(path)
             raise
-        return _Segment(fd, mapping, size, size, token)
+        return _Segment(fd, mapping, size, size, token, prefix)
 
     def _discard(self, segment: _Segment, name: Callable[[str, int, str], str]) -> None:
         settings = self.settings
@@ -514,13 +511,18 @@ class SharedMemory:
 
     # ------------------------------------------------------------------ sweeping
 
-    def sweep(self, *, hub_alive: bool = True, final: bool = False) -> list[str]:
+    def sweep(
+        self, *, hub_alive: bool = True, final: bool = False, others: bool = False
+    ) -> list[str]:
         """Reclaim the names of dead processes (and with ``hub_alive`` False the Hub's links: a
         controller starting). ``final`` counts this process, and the Hub, as dead too (a
-        controller stopping: it reads nothing more)."""
+        controller stopping: it reads nothing more). ``others``: also what dead processes of
+        other clusters left (:func:`sweep_others`; a controller starting)."""
         settings = self.settings
         if settings is None:
             return []
+        if others:
+            sweep_others(settings.prefix, self.shm_dir)
         if final:
             self.close()
             return sweep(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +30,23 @@ def no_leftover_processes() -> Iterator[None]:
     for process in alive:
         process.kill()
     assert not alive, f"processes left running: {[p.pid for p in alive]}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leftover_segments() -> Iterator[None]:
+    """No shared-memory segment name this test process wrote is left when the suite ends
+    (the processes it started are checked by their clusters' stop and the sweeps)."""
+    yield
+    gc.collect()
+    from corral.protocol.shm import parse_link
+    from corral.sharedmem import SHM_DIR
+
+    mine = [
+        name
+        for name in (os.listdir(SHM_DIR) if SHM_DIR.is_dir() else [])
+        if (parsed := parse_link(name)) is not None and parsed.writer == os.getpid()
+    ]
+    assert not mine, f"shared-memory names left in {SHM_DIR}: {mine}"
 
 
 def start_cluster(base: Path, n: int, **kwargs: object):  # type: ignore[no-untyped-def]

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,8 +21,15 @@ import corral.sharedmem as sharedmem
 from corral.errors import SharedMemoryError, SharedMemoryRefused, SignatureError
 from corral.protocol.serialize import deserialize_object, serialize_object
 from corral.protocol.session import Message, Session
-from corral.protocol.shm import SegmentRef, Settings, encode_refs, link_name
-from corral.sharedmem import SHM_DIR, SharedMemory, cluster_prefix, host_identity, sweep
+from corral.protocol.shm import HUB, SegmentRef, Settings, encode_refs, link_name, pool_name
+from corral.sharedmem import (
+    SHM_DIR,
+    SharedMemory,
+    cluster_prefix,
+    host_identity,
+    sweep,
+    sweep_others,
+)
 
 THRESHOLD = 4096
 KEY = b"k" * 32
@@ -165,7 +175,8 @@ def test_below_the_threshold_nothing_changes(settings: Settings) -> None:
 
 def test_received_arrays_are_mapped_writable_and_private(settings: Settings) -> None:
     array = random_array("f8", (1000,))
-    frames, refs = SharedMemory(settings).export(serialize_object(array))
+    writer = SharedMemory(settings)  # kept: a collected writer removes its names
+    frames, refs = writer.export(serialize_object(array))
     reader = SharedMemory(settings)
     first = deserialize_object(reader.resolve(message(frames, refs)).buffers)
     second = deserialize_object(reader.resolve(message(frames, refs)).buffers)
@@ -346,3 +357,96 @@ def test_sweep_reclaims_names_of_dead_processes_only(settings: Settings) -> None
     )
     mine.sweep(final=True)  # a stopping controller: its pool, then what only it could read
     assert names(settings) == []
+
+
+def test_a_collected_writer_removes_its_names_and_keeps_reader_links(settings: Settings) -> None:
+    """A writer nobody can release any more (dropped without close) leaves nothing but the
+    links its readers hold."""
+    writer = SharedMemory(settings)
+    _, held = writer.export(serialize_object(random_array("u1", (9000,))))
+    _, linked = writer.export(serialize_object(random_array("u1", (9000,))), [os.getpid()])
+    _, pooled = writer.export(serialize_object(random_array("u1", (9000,))))
+    writer.release(pooled)
+    assert len(names(settings)) == 4
+    del writer
+    gc.collect()
+    assert names(settings) == [
+        link_name(settings.prefix, os.getpid(), linked[0].token, os.getpid())
+    ]
+
+
+EXITING_WRITER = """
+import os, signal, sys
+import numpy
+from pathlib import Path
+from corral.protocol.serialize import serialize_object
+from corral.protocol.shm import Settings
+from corral.sharedmem import SharedMemory
+
+folder = Path(sys.argv[1])
+writer = SharedMemory(Settings(sys.argv[2], "host", 4096), shm_dir=folder, host="host")
+_, held = writer.export(serialize_object(numpy.zeros(9000, "u1")))
+_, pooled = writer.export(serialize_object(numpy.zeros(9000, "u1")))
+writer.release(pooled)
+print(len(os.listdir(folder)), flush=True)
+if sys.argv[3] == "kill":
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("how", ["exit", "kill"])
+def test_a_writer_process_that_ends_leaves_nothing(tmp_path: Path, how: str) -> None:
+    """It exits without closing or releasing: its names go with it. It is SIGKILLed: another
+    cluster's controller starting reclaims them (``sweep_others``), none of its own cluster
+    being left to do it. (A folder of its own stands for /dev/shm, so that no other test run
+    on the machine is touched.)"""
+    folder = tmp_path / "shm"
+    folder.mkdir()
+    prefix = cluster_prefix(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", EXITING_WRITER, str(folder), prefix, how],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert done.stdout.strip() == "2", done.stderr
+    if how == "exit":
+        assert done.returncode == 0, done.stderr
+        assert os.listdir(folder) == []
+        return
+    assert done.returncode == -signal.SIGKILL
+    left = sorted(os.listdir(folder))
+    assert sorted(name[-1] for name in left) == ["p", "w"]
+    assert sweep_others(prefix, folder, min_age=0) == [], "its own cluster sweeps its names"
+    assert sweep_others(None, folder) == [], "not yet a minute old"
+    assert sorted(sweep_others(None, folder, min_age=0)) == left
+    assert os.listdir(folder) == []
+
+
+def test_sweep_others_spares_live_writers_and_hub_links(tmp_path: Path) -> None:
+    folder = tmp_path / "shm"
+    folder.mkdir()
+    other = Settings(cluster_prefix(tmp_path / "other"), "host", THRESHOLD)
+    dead = 2**22 + 54321  # above the default pid_max: no such process
+    live = SharedMemory(other, shm_dir=folder, host="host")
+    _, held = live.export(serialize_object(random_array("u1", (9000,))))
+    gone = SharedMemory(other, shm_dir=folder, host="host", pid=dead)
+    _, orphan = gone.export(serialize_object(random_array("u1", (9000,))))  # never sent
+    _, hub_read = gone.export(serialize_object(random_array("u1", (9000,))), [HUB])
+    gone.release(hub_read)  # handed off: the Hub's link outlives its writer
+    removed = sweep_others(None, folder, min_age=0)
+    assert sorted(removed) == sorted(
+        [
+            link_name(other.prefix, dead, orphan[0].token, None),
+            pool_name(other.prefix, dead, hub_read[0].token),
+        ]
+    )
+    assert sorted(os.listdir(folder)) == sorted(
+        [
+            link_name(other.prefix, os.getpid(), held[0].token, None),
+            link_name(other.prefix, dead, hub_read[0].token, HUB),
+        ]
+    )
+    live.release(held)
+    live.close()

@@ -182,7 +182,8 @@ class Controller:
     def start(self) -> None:
         config = self.config
         make_private_dir(config.cluster_path)
-        self.shm.sweep(hub_alive=False)  # what an earlier run, or its dead processes, left
+        # what an earlier run, or its dead processes, left; and other clusters' dead processes
+        self.shm.sweep(hub_alive=False, others=True)
         self.store = open_store(
             config.db, config.cluster_path, config.cluster_id, retention=config.retention
         )

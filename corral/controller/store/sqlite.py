@@ -4,7 +4,12 @@ One table, one row per task, ordered by an autoincrement ``seq`` (the submission
 Known fields are columns; the dict fields (``header`` ...) are JSON text; fields outside the
 schema go, JSON-encoded, into one ``extra`` column, so they must be JSON-serializable here
 (a record that is not is refused at once with StoreError). Result buffers are one BLOB
-column (last, so scans never walk its overflow pages) plus their lengths.
+column (last, so scans never walk its overflow pages) plus their lengths. Buffers of more
+than :data:`CHUNK_BYTES` in all go instead, as chunks of at most that size, into a second table
+``buffer_chunks`` (the row's BLOB is then NULL): SQLite refuses any single value over about
+1 GB ("string or blob too big"), and a result the buffer limit admits must be kept whatever
+its size. Triggers remove a row's chunks when the row is deleted or its buffers replaced, so
+purges and the size limit treat them like any buffer.
 
 Writes are encoded in the caller's thread (so bad values fail at the call) and applied by a
 :class:`~.base.BatchWriter` thread in WAL mode, many per transaction. ``synchronous=NORMAL``:
@@ -18,9 +23,9 @@ import functools
 import itertools
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 from urllib.parse import quote
 
 import orjson
@@ -68,6 +73,33 @@ CREATE TABLE tasks (
     buffer_lengths TEXT,
     result_buffers BLOB
 )"""
+#: Buffers larger than this in all are stored as chunks of at most this size (SQLite's own
+#: limit on one value is 1,000,000,000 bytes by default).
+CHUNK_BYTES: Final = 64 << 20
+_CHUNKS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS buffer_chunks (
+    msg_id TEXT NOT NULL,
+    part INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    UNIQUE (msg_id, part)
+);
+CREATE TRIGGER IF NOT EXISTS buffer_chunks_replaced
+AFTER UPDATE OF buffer_lengths ON tasks
+WHEN old.result_buffers IS NULL AND old.buffer_lengths IS NOT NULL
+BEGIN DELETE FROM buffer_chunks WHERE msg_id = old.msg_id; END;
+CREATE TRIGGER IF NOT EXISTS buffer_chunks_dropped
+AFTER DELETE ON tasks
+WHEN old.result_buffers IS NULL AND old.buffer_lengths IS NOT NULL
+BEGIN DELETE FROM buffer_chunks WHERE msg_id = old.msg_id; END;
+"""
+_INSERT_CHUNK = "INSERT INTO buffer_chunks (msg_id, part, data) VALUES (?, ?, ?)"
+_CHUNKED = "SELECT result_buffers IS NULL FROM tasks WHERE seq = ?"
+_READ_CHUNKS = "SELECT data FROM buffer_chunks WHERE msg_id = ? ORDER BY part"
+_CHUNKS_SIZE = (
+    "CASE WHEN result_buffers IS NULL AND buffer_lengths IS NOT NULL THEN coalesce((SELECT "
+    "sum(length(data)) FROM buffer_chunks WHERE buffer_chunks.msg_id = tasks.msg_id), 0) "
+    "ELSE 0 END"
+)
 _ALL_COLUMNS = ("seq", "present", "msg_id", *_SCALAR_COLUMNS, "extra", "buffer_lengths")
 _JSON_LIST_MIN = 16
 _ROW_OVERHEAD = 64
@@ -79,11 +111,13 @@ _COMPARE = {"$eq": "=", "$ne": "IS NOT", "$lt": "<", "$lte": "<=", "$gt": ">", "
 
 class Row(NamedTuple):
     """An encoded upsert: column names, their values, and the result buffers as given
-    (joined into one BLOB by the writer thread, not the caller)."""
+    (joined into one BLOB by the writer thread, not the caller); ``chunk`` is the size of
+    their chunks when they are too large for one BLOB, else 0."""
 
     columns: tuple[str, ...]
     values: tuple[Any, ...]
     buffers: list[Any] | None
+    chunk: int = 0
 
     def size(self) -> int:
         """Bytes this write adds to the file, roughly: its text and its buffers."""
@@ -91,13 +125,28 @@ class Row(NamedTuple):
         buffers = sum(map(len, self.buffers or ()))  # bytes or flat byte views
         return _ROW_OVERHEAD + text + buffers
 
+    @property
+    def chunked(self) -> bool:
+        """Whether the buffers go to ``buffer_chunks`` (the row's BLOB then NULL)."""
+        return self.chunk > 0
+
     def parameters(self) -> tuple[Any, ...]:
         if self.columns[-1] != BUFFERS_FIELD:
             return self.values
         buffers = self.buffers
-        if buffers is None:
+        if buffers is None or self.chunked:
             return (*self.values, None)
         return (*self.values, buffers[0] if len(buffers) == 1 else b"".join(buffers))
+
+    def chunks(self) -> Iterator[tuple[str, int, memoryview]]:
+        """(msg_id, part, data) of a chunked row: each buffer cut in pieces of at most
+        ``chunk`` bytes, in order, no piece spanning two buffers; views, not copies."""
+        part = 0
+        for buffer in self.buffers or ():
+            view = memoryview(buffer).cast("B")
+            for start in range(0, view.nbytes, self.chunk):
+                yield self.values[0], part, view[start : start + self.chunk]
+                part += 1
 
 
 Payload = Row | None  # None: a drop, whose msg_ids are the WriteOp's
@@ -110,8 +159,9 @@ def _dumps(name: str, value: Any) -> str:
         raise StoreError(f"field {name!r} cannot be stored as JSON in SQLite: {exc}") from None
 
 
-def _encode(fields: dict[str, Any]) -> Row:
-    """The row that upserts these (validated) fields."""
+def _encode(fields: dict[str, Any], chunk_bytes: int = CHUNK_BYTES) -> Row:
+    """The row that upserts these (validated) fields; buffers of more than ``chunk_bytes`` in
+    all are marked for chunks of that size."""
     present = 0
     extras: dict[str, list[Any]] = {}
     for name, value in fields.items():
@@ -136,7 +186,8 @@ def _encode(fields: dict[str, Any]) -> Row:
         buffers = fields[BUFFERS_FIELD]
         columns += ["buffer_lengths", BUFFERS_FIELD]
         values.append(None if buffers is None else orjson.dumps([len(b) for b in buffers]).decode())
-    return Row(tuple(columns), tuple(values), buffers)
+    large = buffers is not None and sum(map(len, buffers)) > chunk_bytes
+    return Row(tuple(columns), tuple(values), buffers, chunk_bytes if large else 0)
 
 
 @functools.lru_cache(maxsize=256)
@@ -211,7 +262,8 @@ class SQLiteStore(ResultStore):
     ``read_only`` opens the file with ``mode=ro`` (to inspect a cluster's history): reads
     work, writes fail in the writer and are reported as StoreError by the next call.
     ``max_size`` caps the file (bytes); writes beyond it fail the same way, so a runaway
-    cluster cannot fill the disk unnoticed.
+    cluster cannot fill the disk unnoticed. ``chunk_bytes`` (at most :data:`CHUNK_BYTES`,
+    the default) is where buffers start going to chunks; smaller values are for tests.
     """
 
     def __init__(
@@ -222,7 +274,11 @@ class SQLiteStore(ResultStore):
         max_size: int | None = None,
         max_batch: int = 1000,
         retention: RetentionSettings | None = None,
+        chunk_bytes: int = CHUNK_BYTES,
     ) -> None:
+        if not 0 < chunk_bytes <= CHUNK_BYTES:
+            raise StoreError(f"chunk_bytes must be in 1..{CHUNK_BYTES}, not {chunk_bytes}")
+        self.chunk_bytes = chunk_bytes
         self._setup_retention(retention)
         self.path = Path(path)
         self._lock = threading.Lock()
@@ -285,6 +341,8 @@ class SQLiteStore(ResultStore):
                 f"{self.path} is not a corral result store of schema version "
                 f"{SCHEMA_VERSION} (found {version if exists else 'no table'})"
             )
+        if not read_only:
+            db.executescript(_CHUNKS_SCHEMA)  # also added to a store made before chunks
         if not read_only and self.retention is not None:
             if db.execute("PRAGMA auto_vacuum").fetchone()[0] != _INCREMENTAL:
                 db.execute("VACUUM")  # a store made before auto_vacuum: converted once
@@ -306,8 +364,7 @@ class SQLiteStore(ResultStore):
                         db.execute(_DELETE, (orjson.dumps(op.msg_ids).decode(),))
                         dropped = True
                 else:
-                    rows = (op.payload.parameters() for op in run if op.payload is not None)
-                    db.executemany(_upsert_sql(columns), rows)
+                    self._upsert_run(_upsert_sql(columns), run)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -317,6 +374,26 @@ class SQLiteStore(ResultStore):
             # give the pages of dropped records back to the file system (the file shrinks
             # at the next checkpoint), so purges free disk space, not just rows
             db.executescript("PRAGMA incremental_vacuum")  # execute() frees one page only
+
+    def _upsert_run(self, sql: str, run: Iterator[WriteOp[Payload]]) -> None:
+        """Upserts of the same columns: one executemany, except that a chunked row is
+        written alone and followed by its chunks (its trigger first removes the old ones)."""
+        db = self._db
+        rows: list[tuple[Any, ...]] = []
+        for op in run:
+            row = op.payload
+            if row is None:
+                continue
+            if not row.chunked:
+                rows.append(row.parameters())
+                continue
+            if rows:
+                db.executemany(sql, rows)
+                rows = []
+            db.execute(sql, row.parameters())
+            db.executemany(_INSERT_CHUNK, row.chunks())
+        if rows:
+            db.executemany(sql, rows)
 
     # ------------------------------------------------------------ interface
 
@@ -328,7 +405,7 @@ class SQLiteStore(ResultStore):
 
     def _upsert(self, msg_id: str, fields: dict[str, Any]) -> None:
         checked = self._omit_large_buffers(validate_record(msg_id, fields))
-        payload = _encode(checked)
+        payload = _encode(checked, self.chunk_bytes)
         self._writer.submit(WriteOp("upsert", (msg_id,), payload))
         if self.retention is not None:
             self._account(msg_id, checked, payload.size())
@@ -344,8 +421,13 @@ class SQLiteStore(ResultStore):
     def _stored_sizes(self) -> list[tuple[str, int, Any, Any]]:
         """(msg_id, size, status, received) of every record, without reading any buffer."""
         size = " + ".join(
-            f"coalesce(length({name}), 0)"
-            for name in (*_SCALAR_COLUMNS, "extra", "buffer_lengths", BUFFERS_FIELD)
+            [
+                *(
+                    f"coalesce(length({name}), 0)"
+                    for name in (*_SCALAR_COLUMNS, "extra", "buffer_lengths", BUFFERS_FIELD)
+                ),
+                _CHUNKS_SIZE,
+            ]
         )
         sql = f"SELECT msg_id, {_ROW_OVERHEAD} + {size}, status, received FROM tasks ORDER BY seq"
         with self._lock:
@@ -463,12 +545,12 @@ class SQLiteStore(ResultStore):
                 for row in db.execute(sql, params):
                     record, lengths = _decode(row, columns)
                     if lengths is not None and buffers_early:
-                        record[BUFFERS_FIELD] = self._read_buffers(row[0], lengths)
+                        record[BUFFERS_FIELD] = self._read_buffers(row[0], row[2], lengths)
                         lengths = None
                     if residue and not matches(record, residue):
                         continue
                     if lengths is not None:
-                        record[BUFFERS_FIELD] = self._read_buffers(row[0], lengths)
+                        record[BUFFERS_FIELD] = self._read_buffers(row[0], row[2], lengths)
                     records.append(project(record, fields))
             except sqlite3.Error as exc:
                 raise StoreError(f"reading the result store {self.path} failed: {exc}") from exc
@@ -476,12 +558,36 @@ class SQLiteStore(ResultStore):
                 db.execute("COMMIT")
         return records
 
-    def _read_buffers(self, seq: int, lengths: list[int]) -> list[bytes]:
-        """Each buffer read straight from the BLOB into its own bytes object: one copy."""
+    def _read_buffers(self, seq: int, msg_id: str, lengths: list[int]) -> list[bytes]:
+        """Each buffer read straight from the BLOB into its own bytes object: one copy (a
+        chunked buffer of more than one chunk: two)."""
         if not any(lengths):
             return [b"" for _ in lengths]
+        (chunked,) = self._reader.execute(_CHUNKED, (seq,)).fetchone()
+        if chunked:
+            return self._read_chunks(msg_id, lengths)
         with self._reader.blobopen("tasks", BUFFERS_FIELD, seq, readonly=True) as blob:
             return [blob.read(length) if length else b"" for length in lengths]
+
+    def _read_chunks(self, msg_id: str, lengths: list[int]) -> list[bytes]:
+        chunks = (row[0] for row in self._reader.execute(_READ_CHUNKS, (msg_id,)))
+        buffers: list[bytes] = []
+        for length in lengths:
+            pieces: list[bytes] = []
+            got = 0
+            while got < length:
+                piece = next(chunks, None)
+                if piece is None:
+                    break
+                pieces.append(piece)
+                got += len(piece)
+            if got != length:
+                raise StoreError(
+                    f"the result store {self.path} is damaged: a buffer of {msg_id} should "
+                    f"hold {length} bytes, its chunks hold {got}"
+                )
+            buffers.append(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+        return buffers
 
 
 def _columns_of(op: WriteOp[Payload]) -> tuple[str, ...] | None:

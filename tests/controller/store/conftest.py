@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from pymongo import MongoClient
 
-from corral.controller.store import MemoryStore, ResultStore, SQLiteStore
+from corral.controller.store import MemoryStore, ResultStore, RetentionSettings, SQLiteStore
 from corral.controller.store.mongodb import MongoStore
 from tools.mongod import MONGOD_VENV, REPO_ROOT, find_mongod, running_mongod
 from tools.mongod import free_port as free_port_number
@@ -112,3 +112,34 @@ def persistent_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterat
 def store(store_factory: StoreFactory) -> ResultStore:
     """A fresh, empty store of each backend."""
     return store_factory()
+
+
+Opener = Callable[[RetentionSettings], ResultStore]
+
+
+@pytest.fixture(params=("memory", "sqlite", "mongodb"))
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def open_bounded(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Opener]:
+    """Opens stores of one backend, bounded by the settings given, on one location; every
+    store opened is closed at the end."""
+    opened: list[ResultStore] = []
+    url = request.getfixturevalue("mongodb_database") if backend == "mongodb" else ""
+
+    def open_store(settings: RetentionSettings) -> ResultStore:
+        store: ResultStore
+        if backend == "memory":
+            store = MemoryStore(settings)
+        elif backend == "sqlite":
+            store = SQLiteStore(tmp_path / "tasks.db", retention=settings)
+        else:
+            store = MongoStore(url, "test", retention=settings)
+        opened.append(store)
+        return store
+
+    yield open_store
+    for store in opened:
+        store.close()

@@ -5,46 +5,15 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pymongo import MongoClient
 
-from corral.controller.store import MemoryStore, ResultStore, RetentionSettings, SQLiteStore
-from corral.controller.store.mongodb import MongoStore
+from corral.controller.store import RetentionSettings, SQLiteStore
 from corral.controller.store.retention import MIB, OMITTED_FIELD
-
-Opener = Callable[[RetentionSettings], ResultStore]
-
-
-@pytest.fixture(params=("memory", "sqlite", "mongodb"))
-def backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def open_bounded(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Opener]:
-    """Opens stores of one backend, bounded by the settings given, on one location; every
-    store opened is closed at the end."""
-    opened: list[ResultStore] = []
-    url = request.getfixturevalue("mongodb_database") if backend == "mongodb" else ""
-
-    def open_store(settings: RetentionSettings) -> ResultStore:
-        store: ResultStore
-        if backend == "memory":
-            store = MemoryStore(settings)
-        elif backend == "sqlite":
-            store = SQLiteStore(tmp_path / "tasks.db", retention=settings)
-        else:
-            store = MongoStore(url, "test", retention=settings)
-        opened.append(store)
-        return store
-
-    yield open_store
-    for store in opened:
-        store.close()
+from tests.controller.store.conftest import Opener
 
 
 def request_record(msg_id: str) -> dict[str, Any]:
