@@ -458,6 +458,10 @@ class IOThread:
         named = [str(msg_id) for msg_id in msg_ids]
         running = self.abort_running(named, interrupt)
         self.aborts.add(msg_id for msg_id in named if msg_id != running)
+        if running is None and interrupt:
+            # the main thread may have started one of them since it was asked above, after
+            # its own last look at the abort list: ask again, so that it is interrupted
+            running = self.abort_running(named, interrupt)
         if running is not None and interrupt:
             self.deliver_signal(signal.SIGINT)
             return None

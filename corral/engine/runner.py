@@ -270,15 +270,19 @@ class TaskRunner:
         """Answer one task request with exactly one reply; never raises for user code."""
         msg = request.msg
         if self.aborts.take(msg.msg_id):
-            reason = f"task {msg.msg_id} was aborted by an abort_request"
-            reply = aborted_reply_msg(self.session, self.identity, msg, reason)
-            self.send_msg(request.channel, reply, msg.idents)
+            self._answer_aborted(request)
             return
         if msg.msg_type in MAIN_THREAD_CONTROL_TYPES:
             self._control(request)
             return
         limit = time_limit(msg)
         self.gate.arm(msg.msg_id, None if limit is None else time.monotonic() + limit)
+        if self.aborts.take(msg.msg_id):
+            # an abort_request that came between the check above and arm(): the I/O thread
+            # saw nothing running, so it left the abort here (see IOThread._abort)
+            self.gate.disarm()
+            self._answer_aborted(request)
+            return
         refs: list[SegmentRef] = []
         try:
             reply, refs = self._run(msg)
@@ -294,6 +298,12 @@ class TaskRunner:
                 self.shm.release(refs)  # the readers' own links keep the result alive
         if msg.msg_type == "execute_request":
             self.publish("status", {"execution_state": "idle"}, msg)
+
+    def _answer_aborted(self, request: Request) -> None:
+        msg = request.msg
+        reason = f"task {msg.msg_id} was aborted by an abort_request"
+        reply = aborted_reply_msg(self.session, self.identity, msg, reason)
+        self.send_msg(request.channel, reply, msg.idents)
 
     def _control(self, request: Request) -> None:
         """A control request that must not overlap a task (``clear_request``); its reply."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -58,6 +59,10 @@ def spawn(children: list[Any], args: list[str], env: dict[str, str], cwd: Path) 
         encoding="utf-8",
         dimensions=(40, 120),
         timeout=60,
+        # Ctrl-C must raise KeyboardInterrupt in the child even when this run was started in
+        # the background, whose children inherit SIGINT ignored (then Python installs no
+        # handler for it)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     children.append(child)
     return child
