@@ -148,7 +148,7 @@ def measure_raw(array: np.ndarray) -> dict[str, Any]:
             return req.recv_multipart(copy=False)
 
         def push() -> object:
-            req.send(memoryview(array), copy=False)
+            req.send(array.data, copy=False)
             return req.recv()
 
         def pull() -> np.ndarray:
@@ -227,7 +227,7 @@ def measure_cluster(name: str, running: Running, array: np.ndarray) -> dict[str,
             held[:] = [client.scatter(array, workers=[workers[0]], hash=False, direct=True)]
             return held[0]
 
-        def pull() -> np.ndarray:
+        def pull() -> Any:
             return client.gather(held[0], direct=True)
     else:
         view = client[client.ids[0]]
@@ -243,8 +243,8 @@ def measure_cluster(name: str, running: Running, array: np.ndarray) -> dict[str,
         def direct_submit(n: int) -> list[Any]:
             return [views[i % len(views)].apply_async(one) for i in range(n)]
 
-        def total(results: list[Any]) -> int:
-            return sum(collect(results, lambda result, left: result.get(left), TIMEOUT))
+        def total(futures: list[Any]) -> int:
+            return sum(collect(futures, lambda result, left: result.get(left), TIMEOUT))
 
         def mapped() -> list[int]:
             return list(balanced.map_async(double, range(MAP_ITEMS)).get(TIMEOUT))
@@ -252,7 +252,7 @@ def measure_cluster(name: str, running: Running, array: np.ndarray) -> dict[str,
         def push() -> object:
             return view.push({"a": array}, block=False).get(TIMEOUT)
 
-        def pull() -> np.ndarray:
+        def pull() -> Any:
             return view.pull("a", block=False).get(TIMEOUT)
 
     check(apply_one() == 1, f"{name} no-op")
@@ -360,7 +360,8 @@ def run_child(system: str, source: Path | None, workdir: Path) -> dict[str, Any]
     ]
     print(f"  {system} ...", file=sys.stderr, flush=True)
     subprocess.run(command, cwd=workdir, env=env, check=True, timeout=CHILD_TIMEOUT)
-    return json.loads(out.read_text())
+    measured: dict[str, Any] = json.loads(out.read_text())
+    return measured
 
 
 def median_of(runs: list[dict[str, Any]], *path: str) -> float | None:
@@ -465,9 +466,9 @@ def main() -> None:
     args = parser.parse_args()
     diagnose_hangs()
     if args.measure:
-        source = os.environ.get("CORRAL_BENCH_SOURCE")
-        if source:  # common.py put this worktree first on the path: the baseline goes before it
-            sys.path.insert(0, source)
+        baseline = os.environ.get("CORRAL_BENCH_SOURCE")
+        if baseline:  # common.py put this worktree first on the path: the baseline goes before it
+            sys.path.insert(0, baseline)
         Path(args.out).write_text(json.dumps(measure(args.measure)))
         return
 
