@@ -56,6 +56,10 @@ $(BENCH_VENV)/.installed: pyproject.toml | sysdeps
 bench: sysdeps $(BENCH_VENV)/.installed mongod chromium
 	for script in bench/bench_*.py; do $(BENCH_VENV)/bin/python $$script || exit 1; done
 
+.PHONY: bench-targets
+bench-targets: sysdeps $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python bench/bench_targets.py $(BENCH_ARGS)
+
 lint: venv
 	$(VENV)/bin/ruff check corral tests bench tools
 	$(VENV)/bin/ruff format --check corral tests bench tools

@@ -1,7 +1,8 @@
 """Cutting sequences into parts for engines, and joining the parts' results back.
 
 ``scatter`` and ``DirectView.map`` give each engine one contiguous part (:func:`partition`);
-``LoadBalancedView.map`` sends one task per fixed-size chunk (:func:`chunk`); ``gather`` and
+``LoadBalancedView.map`` sends one task per fixed-size chunk (:func:`chunk`, of
+:func:`default_chunksize` items unless the caller chose); ``gather`` and
 every map result put the pieces back together (:func:`join`). These are pure functions, so
 their guarantees are property-tested without a cluster:
 
@@ -19,7 +20,12 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-__all__ = ["as_sequence", "chunk", "common_length", "join", "partition"]
+__all__ = ["as_sequence", "chunk", "common_length", "default_chunksize", "join", "partition"]
+
+# Chunks per engine that a default load-balanced map aims for: twice the scheduler's default
+# prefetch (16 outstanding tasks per engine), so that most chunks are still handed out as
+# engines free up rather than all at submission.
+CHUNKS_PER_ENGINE = 32
 
 
 def as_sequence(values: Iterable[Any]) -> Sequence[Any]:
@@ -75,6 +81,23 @@ def chunk(seq: Iterable[Any], size: int) -> list[Any]:
         raise ValueError(f"chunksize must be at least 1, not {size}")
     values = as_sequence(seq)
     return [values[start : start + size] for start in range(0, len(values), size)]
+
+
+def default_chunksize(items: int, engines: int) -> int:
+    """Items per task of a load-balanced map called without ``chunksize``.
+
+    One task per item costs a full round trip through the scheduler per item (about half a
+    millisecond of CPU over all processes), which dominates short functions; one big chunk per
+    engine loses load balancing for long or uneven ones. This keeps CHUNKS_PER_ENGINE chunks
+    per engine (``engines`` taken as at least 1): a map of fewer items than that per engine,
+    the usual shape of a map of long tasks, stays one task per item exactly as with
+    ``chunksize=1``, and a long map still balances over many chunks with the final ones
+    small relative to the whole. The task duration itself is not known at submission, so the
+    scale comes from the item and engine counts only.
+    """
+    if items < 0:
+        raise ValueError(f"a map cannot have {items} items")
+    return max(1, items // (max(1, engines) * CHUNKS_PER_ENGINE))
 
 
 def join(parts: Sequence[Any]) -> Any:

@@ -23,7 +23,7 @@ from corral.client.dataview import DataMovement
 from corral.client.deferred import direct_pending, submit_when_done
 from corral.client.dependencies import as_dependency, prune_after, prune_follow
 from corral.client.lazymap import LazyMap
-from corral.client.mapping import as_sequence, chunk, partition
+from corral.client.mapping import as_sequence, chunk, default_chunksize, partition
 from corral.client.remote import map_chunk
 from corral.client.remotefunction import ParallelFunction, RemoteFunction
 from corral.errors import ImpossibleDependency
@@ -166,7 +166,9 @@ class View:
     ) -> Any:
         """``f`` applied to every element of ``sequences`` (zipped, up to the shortest), in
         parallel: the list of results if ``block``, else an AsyncMapResult. With
-        ``return_exceptions`` a failed element's error stands in its place."""
+        ``return_exceptions`` a failed element's error stands in its place. A load-balanced
+        map without ``chunksize`` sends ``mapping.default_chunksize`` items per task (one per
+        item for short maps and with ``return_exceptions``)."""
         return self._map(
             map_chunk,
             f,
@@ -611,7 +613,12 @@ class LoadBalancedView(View):
         ordered: bool = True,
         return_exceptions: bool = False,
     ) -> Any:
-        chunks = [chunk(seq, chunksize or 1) for seq in _common(sequences)]
+        values = _common(sequences)
+        if not chunksize:
+            # with return_exceptions every item must fail alone: one task per item
+            items = len(values[0])
+            chunksize = 1 if return_exceptions else default_chunksize(items, len(self))
+        chunks = [chunk(seq, chunksize) for seq in values]
         # every call is serialized before the first is sent: one that cannot be pickled fails
         # the whole call at the caller, and nothing is sent
         packed = [

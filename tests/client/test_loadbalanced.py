@@ -12,6 +12,7 @@ import pytest
 
 from corral.client.asyncresult import AsyncMapResult
 from corral.client.dependencies import depend, require
+from corral.client.mapping import CHUNKS_PER_ENGINE
 from corral.errors import ImpossibleDependency, RemoteError, UnmetDependency
 from corral.protocol.dependency import Dependency
 
@@ -47,6 +48,21 @@ def test_apply_and_map_ordered(rc) -> None:  # type: ignore[no-untyped-def]
     spread = lb.map_async(nap, [0.2] * 4)
     spread.get(30)
     assert {md["engine_id"] for md in spread.metadata} == {0, 1}  # type: ignore[union-attr]
+
+
+def test_default_map_chunks_long_maps_but_not_failures(rc) -> None:  # type: ignore[no-untyped-def]
+    lb = rc.load_balanced_view()
+    items = 2 * CHUNKS_PER_ENGINE * 10 + 7
+    result = lb.map_async(square, range(items))
+    assert result.get(60) == [i * i for i in range(items)]
+    assert len(result) == items
+    assert len(result.msg_ids) == -(-items // 10)  # 10 items per task with 2 engines
+    # with return_exceptions each item is its own task, so one failure marks only its item
+    odd = lb.map_async(lambda x: fail("odd") if x % 2 else x, range(items), return_exceptions=True)
+    values = odd.get(60)
+    assert len(odd.msg_ids) == items
+    assert values[::2] == list(range(0, items, 2))
+    assert all(isinstance(v, RemoteError) for v in values[1::2])
 
 
 def test_map_unordered_yields_in_completion_order(rc) -> None:  # type: ignore[no-untyped-def]

@@ -10,7 +10,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from corral.client.mapping import as_sequence, chunk, common_length, join, partition
+from corral.client.mapping import (
+    CHUNKS_PER_ENGINE,
+    as_sequence,
+    chunk,
+    common_length,
+    default_chunksize,
+    join,
+    partition,
+)
 
 PARTS = st.integers(min_value=1, max_value=40)
 
@@ -67,6 +75,21 @@ def test_chunk_sizes_and_join(seq: Any, size: int) -> None:
     assert join(chunks) == seq if chunks else len(seq) == 0
 
 
+@given(st.integers(min_value=0, max_value=10**7), st.integers(min_value=0, max_value=512))
+def test_default_chunksize_keeps_many_chunks_per_engine(items: int, engines: int) -> None:
+    size = default_chunksize(items, engines)
+    chunks = -(-items // size)
+    assert size >= 1
+    if items < max(1, engines) * CHUNKS_PER_ENGINE:
+        assert size == 1  # short maps (long tasks) stay one task per item
+    else:
+        assert (
+            max(1, engines) * CHUNKS_PER_ENGINE
+            <= chunks
+            < 2 * max(1, engines) * (CHUNKS_PER_ENGINE + 1)
+        )
+
+
 @given(st.lists(st.lists(st.integers()), min_size=1))
 def test_join_lists_concatenates_in_order(parts: list[list[int]]) -> None:
     assert join(parts) == [x for part in parts for x in part]
@@ -98,6 +121,8 @@ def test_invalid_arguments() -> None:
         partition([1], 0)
     with pytest.raises(ValueError, match="chunksize"):
         chunk([1], 0)
+    with pytest.raises(ValueError, match="-1 items"):
+        default_chunksize(-1, 2)
     with pytest.raises(ValueError, match="different lengths"):
         common_length([[1, 2], [1]])
     with pytest.raises(ValueError, match="at least one"):

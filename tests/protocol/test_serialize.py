@@ -727,3 +727,42 @@ def test_random_pickle_behind_valid_checksum_raises_only_serialization_error(
             unpack(frames)
         except SerializationError:
             pass
+
+
+class _SerializesWhilePickled:
+    """An object whose reduction serializes another object: the thread's pickler is busy."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_serialized, (serialize_object(self.inner, THRESHOLD)[0],))
+
+
+def _rebuild_serialized(head: bytes) -> object:
+    return deserialize_object([head])
+
+
+def test_reused_pickler_keeps_nothing_between_dumps() -> None:
+    """Each thread reuses one pickler: a dump must not depend on what came before it."""
+    shared = [1, 2]
+    first = serialize_object([shared, shared], THRESHOLD)
+    with socket.socket() as sock, pytest.raises(SerializationError, match="socket"):
+        serialize_object({"half": [1] * 100, "bad": sock}, THRESHOLD)
+    assert serialize_object([shared, shared], THRESHOLD) == first  # no memo, no leftover bytes
+    big = np.arange(THRESHOLD, dtype=np.int64)
+    frames = serialize_object({"a": big}, THRESHOLD)
+    assert len(frames) == 2  # the array went out of band; the next dump has no buffer left
+    assert len(serialize_object({"a": 1}, THRESHOLD)) == 1
+    assert round_trip(_SerializesWhilePickled({"x": [3]})) == {"x": [3]}
+    results: dict[int, Any] = {}
+
+    def work(index: int) -> None:
+        results[index] = [round_trip((index, list(range(index)))) for _ in range(50)]
+
+    threads = [threading.Thread(target=work, args=(index,)) for index in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert results == {i: [(i, list(range(i)))] * 50 for i in range(4)}
