@@ -4,7 +4,9 @@
 the view they use (``suffix`` gives a second view its own ``%px<suffix>`` ... set). They behave
 as ipyparallel's: ``%px`` runs one line on the view's engines and ``%%px`` a cell, blocking and
 streaming output by default; output is shown labelled by engine (``[stdout:0]``,
-``Out[0:3]:``). Ctrl-C while a cell runs aborts it on the engines (the cluster stays usable).
+``Out[0:3]:``). Ctrl-C while a cell runs aborts it on the engines (the cluster stays usable);
+``%%px --signal-on-interrupt SIG`` sends that signal to the engines instead (ipyparallel's
+option: ``SIGKILL``, ``9``, ``0`` ...), and returns without waiting.
 Bad options print the usage as a UsageError, never a traceback.
 """
 
@@ -73,6 +75,12 @@ def _parser(prog: str, exec_options: bool, output_options: bool) -> _Parser:
         _exec_options(parser)
     if exec_options and output_options:  # %%px only
         parser.add_argument("--local", action="store_true", help="also run the cell here")
+        parser.add_argument(
+            "--signal-on-interrupt",
+            dest="signal",
+            default="SIGINT",
+            help="on Ctrl-C: SIGINT (default) aborts the cell; another signal is sent as is",
+        )
     if output_options:
         _output_options(parser)
     return parser
@@ -142,7 +150,7 @@ class ParallelMagics:
             result = self.run(cell, targets, block=False, save_name=args.save_name)
             self.shell.run_cell(cell)
             if self.block if args.block is None else args.block:
-                return self._finish(result, args.groupby, stream=False)
+                return self._finish(result, args.groupby, stream=False, signal=args.signal)
             return result
         return self.run(
             cell,
@@ -152,6 +160,7 @@ class ParallelMagics:
             groupby=args.groupby,
             save_name=args.save_name,
             verbose=args.verbose,
+            signal=args.signal,
         )
 
     def pxresult(self, line: str = "") -> None:
@@ -223,6 +232,7 @@ class ParallelMagics:
         groupby: str = "type",
         save_name: str | None = None,
         verbose: bool | None = None,
+        signal: str = "SIGINT",
     ) -> Any:
         """Send ``code`` to the engines; wait and show the output when blocking, else return
         the AsyncResult (also kept for %pxresult)."""
@@ -240,12 +250,14 @@ class ParallelMagics:
             self.shell.user_ns[save_name] = result
         if not block:
             return result
-        self._finish(result, groupby, self.stream if stream is None else stream)
+        self._finish(result, groupby, self.stream if stream is None else stream, signal)
         return None
 
-    def _finish(self, result: AsyncResult, groupby: str, stream: bool) -> None:
+    def _finish(
+        self, result: AsyncResult, groupby: str, stream: bool, signal: str = "SIGINT"
+    ) -> None:
         """Wait (streaming output if asked), show the output, raise the remote error(s).
-        Ctrl-C aborts the work on the engines instead."""
+        Ctrl-C aborts the work on the engines instead (or sends them ``signal``)."""
         try:
             if stream:
                 with result.stream_output():
@@ -253,7 +265,14 @@ class ParallelMagics:
             else:
                 result.wait()
         except KeyboardInterrupt:
-            self._interrupted(result)
+            print(
+                f"Received Keyboard Interrupt. Sending signal {signal} to engines...",
+                file=sys.stderr,
+            )
+            if signal.upper() in ("SIGINT", "INT", "2"):
+                self._interrupted(result)
+            else:
+                self._signalled(result, signal)
             return
         result.display_outputs(groupby, result_only=stream)
         result.get()
@@ -268,6 +287,17 @@ class ParallelMagics:
             print(f"%px interrupted; aborting it on the engines failed: {err}", file=sys.stderr)
             return
         print(f"%px interrupted: aborted on engine(s) {engines}", file=sys.stderr)
+
+    def _signalled(self, result: AsyncResult, signal: str) -> None:
+        """Ctrl-C with another ``--signal-on-interrupt``: send it to the cell's engines, and
+        return without waiting (after SIGKILL the engines never answer)."""
+        engines = sorted({e for e in _engine_ids(result) if e is not None})
+        try:
+            self._view().client.send_signal(
+                int(signal) if signal.isdigit() else signal, engines, block=False
+            )
+        except (CorralError, ValueError) as err:
+            print(f"%px interrupted; sending {signal} failed: {err}", file=sys.stderr)
 
 
 def _engine_ids(result: AsyncResult) -> list[int | None]:

@@ -172,3 +172,60 @@ def test_px_with_no_engines_says_so(tmp_path: Path, capsys) -> None:  # type: ig
             assert "Traceback" not in out + err
     finally:
         InteractiveShell.clear_instance()
+
+
+def _ctrl_c_once_waiting(started: Path) -> Any:
+    """A SIGALRM handler that plays Ctrl-C once the cell runs on the engines and %%px waits
+    for it (re-arming itself until then), so the test does not depend on timing."""
+    import signal
+    import sys
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        waiting = False
+        while frame is not None:
+            waiting = waiting or frame.f_code.co_name == "_finish"
+            frame = frame.f_back
+        if waiting and started.exists():
+            raise KeyboardInterrupt
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+
+    assert sys.platform != "win32"
+    return signal.signal(signal.SIGALRM, on_alarm)
+
+
+@pytest.mark.parametrize("option", ["", "--signal-on-interrupt 0"])
+def test_ctrl_c_during_a_blocking_cell(shell, capsys, tmp_path: Path, option: str) -> None:  # type: ignore[no-untyped-def]
+    """Ctrl-C: by default SIGINT, i.e. the cell is aborted on the engines; with another
+    ``--signal-on-interrupt`` that signal is sent and %%px returns at once (signal 0 leaves
+    the cell running, so the test then lets it finish)."""
+    import signal
+
+    started, release = tmp_path / "started", tmp_path / "release"
+    cell = (
+        "import os, time\n"
+        f"open({str(started)!r}, 'w').close()\n"
+        "deadline = time.monotonic() + 60\n"
+        f"while not os.path.exists({str(release)!r}) and time.monotonic() < deadline:\n"
+        "    time.sleep(0.01)\n"
+        "print('Exiting...')\n"
+    )
+    run(shell, capsys, "rc[:].activate()")
+    previous = _ctrl_c_once_waiting(started)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        capsys.readouterr()
+        shell.run_cell_magic("px", option, cell)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    out, err = capsys.readouterr()
+    sent = "SIGINT" if not option else "0"
+    assert f"Received Keyboard Interrupt. Sending signal {sent} to engines..." in err
+    assert "Exiting..." not in out
+    result = shell._corral_magics[""].last_result
+    if not option:
+        assert "aborted on engine(s) [0, 1]" in err and result.done()
+    else:
+        release.touch()
+        result.get(timeout=60)  # signal 0 changed nothing: the cell runs to its end
+        assert [line.split("] ")[-1] for line in result.stdout] == ["Exiting...\n"] * 2
