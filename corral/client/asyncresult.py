@@ -422,9 +422,13 @@ class AsyncResult(futures.Future[Any]):
         """Show what the requests printed and displayed, and execute results, labelled by
         engine as ipyparallel does (``[stdout:0] ...``, ``Out[0:3]: ...``); rich outputs render
         in Jupyter. ``groupby``: ``type``, ``engine`` or ``order`` (see
-        :func:`corral.client.outputs.display_outputs`); ``result_only`` skips stdout/stderr."""
-        from corral.client.outputs import display_outputs
+        :func:`corral.client.outputs.display_outputs`); ``result_only`` skips stdout/stderr.
+        A single-engine result (``rc[3].execute(...)``) is shown without labels, as there."""
+        from corral.client.outputs import display_outputs, display_single_output
 
+        if self._single and len(self.msg_ids) == 1:
+            display_single_output(self._records, self.msg_ids[0], result_only)
+            return
         display_outputs(self._records, self.msg_ids, groupby, result_only)
 
     # ------------------------------------------------------------------ container protocol

@@ -95,11 +95,30 @@ def test_display_outputs_groupings(rc, capsys) -> None:  # type: ignore[no-untyp
 
 
 def test_multiline_output_puts_the_label_on_its_own_line(rc, capsys) -> None:  # type: ignore[no-untyped-def]
-    ar = rc[0].execute("print('a')\nprint('b')")
+    ar = rc[[0]].execute("print('a')\nprint('b')")
     ar.get(timeout=30)
     capsys.readouterr()
     ar.display_outputs()
     assert capsys.readouterr().out == "[stdout:0]\na\nb\n"
+
+
+def test_a_single_engine_result_is_shown_without_labels(rc, capsys) -> None:  # type: ignore[no-untyped-def]
+    """As ipyparallel shows ``rc[i].execute(...)``: the text as printed, the result plain."""
+    ar = rc[0].execute("import sys\nprint(5555)\nprint('w', file=sys.stderr)\n6 * 7", silent=False)
+    ar.get(timeout=30)
+    capsys.readouterr()
+    ar.display_outputs()
+    assert capsys.readouterr() == ("5555\n42\n", "w\n")
+    ar.display_outputs(result_only=True)
+    assert capsys.readouterr() == ("42\n", "")
+    quiet = rc[0].execute("a = 5")
+    quiet.get(timeout=30)
+    quiet.display_outputs()
+    assert capsys.readouterr() == ("", "")
+    failed = rc[0].execute("print(5555)\n1/0")
+    failed.get(timeout=30, return_exceptions=True)
+    failed.display_outputs()
+    assert capsys.readouterr() == ("5555\n", "")
 
 
 def test_display_and_rich_results_reach_the_client(rc) -> None:  # type: ignore[no-untyped-def]
