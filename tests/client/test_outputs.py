@@ -137,6 +137,19 @@ def test_display_and_rich_results_reach_the_client(rc) -> None:  # type: ignore[
     assert reply.execute_result["data"]["text/html"] == "<i>result</i>"
 
 
+def test_a_rich_result_keeps_its_metadata(rc) -> None:  # type: ignore[no-untyped-def]
+    """An image's width travels with it: ``_repr_png_`` gives (data, metadata) as IPython's."""
+    import base64
+
+    code = "from IPython.display import Image\nImage(data=b'garbage', format='png', width=10)"
+    reply = rc[0].execute(code, silent=False).get(timeout=30)
+    data, metadata = reply._repr_png_()
+    assert data == base64.b64encode(b"garbage").decode("ascii") and metadata == {"width": 10}
+    assert reply.execute_result["metadata"] == {"image/png": {"width": 10}}
+    plain = rc[0].execute("6 * 7", silent=False).get(timeout=30)
+    assert plain.execute_result["metadata"] == {} and plain._repr_png_() is None
+
+
 def display_from_a_function() -> int:
     from IPython.display import Markdown, display
 
