@@ -777,8 +777,10 @@ class Client(ControlCalls, HubQueries):
         return self.load_balanced_view(targets, **flags).executor
 
     def activate(self, targets: Targets = "all", suffix: str = "") -> DirectView:
-        """A DirectView on ``targets``, made the one IPython's %px magics use."""
+        """A blocking DirectView on ``targets`` (as ipyparallel's), made the one IPython's
+        %px magics use."""
         view = self.direct_view(targets)
+        view.block = True
         view.activate(suffix)
         return view
 

@@ -2,8 +2,9 @@
 
 ``%load_ext corral`` registers them; ``view.activate(suffix)`` (or ``rc.activate()``) chooses
 the view they use (``suffix`` gives a second view its own ``%px<suffix>`` ... set). They behave
-as ipyparallel's: ``%px`` runs one line on the view's engines and ``%%px`` a cell, blocking and
-streaming output by default; output is shown labelled by engine (``[stdout:0]``,
+as ipyparallel's: ``%px`` runs one line on the view's engines and ``%%px`` a cell, blocking when
+the view does (its ``block`` flag, which ``%pxconfig --block`` sets and ``rc.activate()`` turns
+on) and streaming output; output is shown labelled by engine (``[stdout:0]``,
 ``Out[0:3]:``). Ctrl-C while a cell runs aborts it on the engines (the cluster stays usable);
 ``%%px --signal-on-interrupt SIG`` sends that signal to the engines instead (ipyparallel's
 option: ``SIGKILL``, ``9``, ``0`` ...), and returns without waiting.
@@ -117,7 +118,6 @@ class ParallelMagics:
         self.shell = shell
         self.suffix = suffix
         self.view: DirectView | None = None
-        self.block = True
         self.stream = True
         self.verbose = False
         self.last_result: AsyncResult | None = None
@@ -138,8 +138,11 @@ class ParallelMagics:
     # ------------------------------------------------------------------ the magics
 
     def px(self, line: str = "") -> Any:
-        """%px CODE: run one line on the active view's engines."""
+        """%px CODE: run one line on the active view's engines (the line as typed: ``{x}``
+        in an f-string is the engine's x, not expanded from this namespace first)."""
         return self.run(line)
+
+    px.__dict__["_ipython_magic_no_var_expand"] = True  # what IPython's @no_var_expand sets
 
     def cell_px(self, line: str = "", cell: str = "") -> Any:
         """%%px [options]: run the cell on the engines (see the options with %%px --help)."""
@@ -149,7 +152,7 @@ class ParallelMagics:
         if args.local:
             result = self.run(cell, targets, block=False, save_name=args.save_name)
             self.shell.run_cell(cell)
-            if self.block if args.block is None else args.block:
+            if view.block if args.block is None else args.block:
                 return self._finish(result, args.groupby, stream=False, signal=args.signal)
             return result
         return self.run(
@@ -173,13 +176,14 @@ class ParallelMagics:
         self._finish(self.last_result, args.groupby, stream=False)
 
     def pxconfig(self, line: str = "") -> None:
-        """%pxconfig [options]: the defaults of %px (targets, blocking, streaming, verbose)."""
+        """%pxconfig [options]: the defaults of %px (targets, blocking, streaming, verbose);
+        targets and blocking are the view's own flags, as in ipyparallel."""
         args = self._parse(self._config_parser, line)
         view = self._view()
         if args.targets:
             view.targets = parse_targets(args.targets, view.client.ids)
         if args.block is not None:
-            self.block = args.block
+            view.block = args.block
         if args.stream is not None:
             self.stream = args.stream
         if args.verbose is not None:
@@ -237,7 +241,7 @@ class ParallelMagics:
         """Send ``code`` to the engines; wait and show the output when blocking, else return
         the AsyncResult (also kept for %pxresult)."""
         view = self._view()
-        block = self.block if block is None else block
+        block = view.block if block is None else block
         if self.verbose if verbose is None else verbose:
             where = view.targets if targets is None else targets
             print(f"{'Parallel' if block else 'Async parallel'} execution on engine(s): {where}")
