@@ -296,13 +296,22 @@ class CompositeError(RemoteError):
 
 
 class AlreadyDisplayedError(RemoteError):
-    """An error whose output was already shown (IPython magics); ``original_error`` is it."""
+    """Errors whose output was already shown (``%%px --stream`` printed the tracebacks as
+    they came); ``original_error`` is the RemoteError or CompositeError, and IPython shows
+    only ``N errors`` instead of every traceback again."""
 
     def __init__(self, original_error: RemoteError) -> None:
         super().__init__(
             original_error.ename, original_error.evalue, original_error.traceback, None
         )
         self.original_error = original_error
+        self.n = len(getattr(original_error, "elist", None) or [original_error])
+
+    def __str__(self) -> str:
+        return f"{self.n} errors"
+
+    def render_traceback(self) -> list[str]:
+        return [str(self)]
 
 
 def _label(error: RemoteError) -> str:

@@ -226,6 +226,9 @@ class Client(ControlCalls, HubQueries):
             self._shm_hosts.update((reply.content or {}).get("engine_hosts") or {})
             for engine_id, uuid in (reply.content or {}).get("engines", {}).items():
                 self._add_engine(int(engine_id), uuid)
+        from corral.client.magics import activate_default
+
+        activate_default(self)
 
     # ------------------------------------------------------------------ lifetime
 

@@ -20,13 +20,19 @@ import sys
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from corral.client.outputs import GROUPINGS
-from corral.errors import CorralError, InvalidTarget, NoEnginesRegistered, TimeoutError
+from corral.errors import (
+    CorralError,
+    InvalidTarget,
+    NoEnginesRegistered,
+    TimeoutError,
+)
 
 if TYPE_CHECKING:
     from corral.client.asyncresult import AsyncResult
+    from corral.client.client import Client
     from corral.client.view import DirectView
 
-__all__ = ["ParallelMagics", "activate", "load_ipython_extension"]
+__all__ = ["ParallelMagics", "activate", "activate_default", "load_ipython_extension"]
 
 NO_VIEW = (
     "no active view: connect a client and activate a view first, e.g. "
@@ -336,7 +342,20 @@ def activate(view: DirectView, suffix: str = "") -> None:
     shell = get_ipython()
     if shell is None:
         raise RuntimeError("view.activate() registers IPython magics: run it inside IPython")
-    _for_suffix(shell, suffix.strip()).view = view
+    magics = _for_suffix(shell, suffix.strip())
+    magics.view = view
+    magics.stream = True  # each activation starts from the defaults, as in ipyparallel
+    magics.verbose = False
+
+
+def activate_default(client: Client) -> None:
+    """In IPython, a new client with no %px magics yet activates a blocking view of all its
+    engines (ipyparallel's Client does the same); elsewhere nothing happens."""
+    ipython = sys.modules.get("IPython")  # never import IPython only to find it is unused
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is None or "px" in shell.magics_manager.magics["line"]:
+        return
+    client.activate()
 
 
 def load_ipython_extension(shell: Any) -> None:

@@ -245,8 +245,22 @@ def test_px_follows_the_views_block_flag_and_sends_the_line_as_typed(shell, caps
     assert rc[:].pull("y", block=True) == ["engine", "engine"]
     run(shell, capsys, "%pxconfig --block")
     assert shell.user_ns["view"].block is True
-    assert run(shell, capsys, "%px print(y)")[0].splitlines() == [
-        "[stdout:0] engine",
-        "[stdout:1] engine",
-    ]
+    out, _ = run(shell, capsys, "%px print(y)")
+    assert lines(out) == ["[stdout:0] engine", "[stdout:1] engine"]
     assert rc.activate().block is True  # Client.activate makes a blocking view, as there
+    run(shell, capsys, "%pxconfig --verbose")
+    run(shell, capsys, "rc[:].activate()")  # a new activation starts from the defaults
+    assert not run(shell, capsys, "ar = %px 1")[0].startswith("Async parallel execution")
+
+
+def test_a_client_made_in_ipython_activates_the_magics(shell, capsys) -> None:  # type: ignore[no-untyped-def]
+    """As ipyparallel's: with no %px yet, a new Client activates a blocking view of all."""
+    from corral.client.client import Client
+
+    rc = shell.user_ns["rc"]
+    assert "px" not in shell.magics_manager.magics["line"]
+    with Client(connection_file=rc.connection_file) as client:
+        assert "px" in shell.magics_manager.magics["line"]
+        out, _ = run(shell, capsys, "%px print('auto')")
+        assert lines(out) == ["[stdout:0] auto", "[stdout:1] auto"]
+        assert client is not rc

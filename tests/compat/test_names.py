@@ -180,3 +180,12 @@ def test_multiple_instance_error_is_a_key_error() -> None:
     assert issubclass(corral.MultipleInstanceError, KeyError)
     assert issubclass(corral.MultipleInstanceError, errors.CorralError)
     assert error.MultipleInstanceError is corral.MultipleInstanceError
+
+
+def test_already_displayed_error_summarises() -> None:
+    composite = error.CompositeError(
+        "one or more exceptions", [("ValueError", "bad", "tb 0", {"engine_id": 0})] * 3
+    )
+    shown = error.AlreadyDisplayedError(composite)
+    assert str(shown) == "3 errors" and shown.render_traceback() == ["3 errors"]
+    assert shown.original_error is composite and isinstance(shown, error.RemoteError)
