@@ -62,6 +62,30 @@ version_info = (0, 1, 0)
 
 _EXPORTS["ViewExecutor"] = "corral.client.executor"
 _EXPORTS["register_joblib_backend"] = "corral.client.joblib_backend"
+# ipyparallel's serializer, cluster manager and remaining error helpers (issue 11)
+_EXPORTS.update(
+    {
+        **dict.fromkeys(
+            (
+                "PrePickled",
+                "can",
+                "can_map",
+                "uncan",
+                "uncan_map",
+                "serialize_object",
+                "deserialize_object",
+                "pack_apply_message",
+                "unpack_apply_message",
+            ),
+            "corral.protocol.canning",
+        ),
+        **dict.fromkeys(
+            ("MultipleInstanceError", "wrap_exception", "unwrap_exception"), "corral.errors"
+        ),
+        "dependent": "corral.client.dependencies",
+        "ClusterManager": "corral.cluster.manager",
+    }
+)
 __all__ = sorted([*_EXPORTS, "version_info", "load_ipython_extension"])
 
 

@@ -16,6 +16,7 @@ from corral.errors import (
     InvalidTarget,
     IPythonError,
     KernelError,
+    MultipleInstanceError,
     NoEnginesRegistered,
     RemoteError,
     RemoteErrorInfo,
@@ -25,6 +26,8 @@ from corral.errors import (
     TimeoutError,
     UnmetDependency,
     collect_exceptions,
+    unwrap_exception,
+    wrap_exception,
 )
 
 __all__ = [
@@ -39,6 +42,7 @@ __all__ = [
     "InvalidDependency",
     "InvalidTarget",
     "KernelError",
+    "MultipleInstanceError",
     "NoEnginesRegistered",
     "RemoteError",
     "RemoteErrorInfo",
@@ -48,4 +52,6 @@ __all__ = [
     "TimeoutError",
     "UnmetDependency",
     "collect_exceptions",
+    "unwrap_exception",
+    "wrap_exception",
 ]

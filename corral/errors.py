@@ -9,6 +9,7 @@ the wire (the remote exception class may not even exist on the client).
 from __future__ import annotations
 
 import builtins
+import sys
 import traceback as traceback_module
 from typing import Any, NamedTuple
 
@@ -66,6 +67,14 @@ class SharedMemoryError(CorralError):
 
 class ConnectionError(CorralError, builtins.ConnectionError):  # noqa: A001
     """The controller cannot be reached, or went away while a call was waiting on it."""
+
+
+class MultipleInstanceError(CorralError, KeyError):
+    """A second instance of something there may be only one of: a cluster that a
+    ClusterManager already manages (ipyparallel's name, from traitlets' singletons)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 class LaunchError(CorralError):
@@ -287,13 +296,22 @@ class CompositeError(RemoteError):
 
 
 class AlreadyDisplayedError(RemoteError):
-    """An error whose output was already shown (IPython magics); ``original_error`` is it."""
+    """Errors whose output was already shown (``%%px --stream`` printed the tracebacks as
+    they came); ``original_error`` is the RemoteError or CompositeError, and IPython shows
+    only ``N errors`` instead of every traceback again."""
 
     def __init__(self, original_error: RemoteError) -> None:
         super().__init__(
             original_error.ename, original_error.evalue, original_error.traceback, None
         )
         self.original_error = original_error
+        self.n = len(getattr(original_error, "elist", None) or [original_error])
+
+    def __str__(self) -> str:
+        return f"{self.n} errors"
+
+    def render_traceback(self) -> list[str]:
+        return [str(self)]
 
 
 def _label(error: RemoteError) -> str:
@@ -377,3 +395,20 @@ def collect_exceptions(results: list[Any], method: str) -> list[Any]:
     if not errors:
         return results
     raise CompositeError(f"one or more exceptions from call to method: {method}", errors)
+
+
+def wrap_exception(engine_info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The exception being handled (in an ``except`` block) as error reply content, as
+    ipyparallel's ``wrap_exception``: status, ename, evalue, traceback lines, engine_info."""
+    exc = sys.exception()
+    if exc is None:
+        raise RuntimeError("wrap_exception() is called in an except block, while handling one")
+    content = error_content(exc)
+    content["engine_info"] = dict(engine_info or {})
+    return content
+
+
+def unwrap_exception(content: dict[str, Any]) -> RemoteError:
+    """The RemoteError (or subclass named by ``ename``) for error reply content, as
+    :func:`wrap_exception` or an engine produced it."""
+    return error_from_content(content)

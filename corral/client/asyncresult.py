@@ -301,16 +301,26 @@ class AsyncResult(futures.Future[Any]):
         return asyncio.wrap_future(self).__await__()
 
     def wait_interactive(
-        self, interval: float = 0.1, timeout: float | None = None, widget: bool | None = None
+        self,
+        interval: float = 0.1,
+        timeout: float | None = None,
+        widget: bool | None = None,
+        return_when: str = futures.ALL_COMPLETED,
     ) -> None:
         """Wait with a progress bar of the requests answered (done/total, rate, time left):
         a text bar on a terminal, the widget in Jupyter (``widget``: force one or the other).
-        Returns when all are done or after ``timeout`` seconds (see :meth:`ready`). Ctrl-C
-        closes the bar and raises KeyboardInterrupt; the work goes on."""
+        Returns when all are done (or, with ``return_when``, the first is done or the first
+        failed) or after ``timeout`` seconds (see :meth:`ready`). Ctrl-C closes the bar and
+        raises KeyboardInterrupt; the work goes on."""
         from corral.client.progress import wait_for_futures
 
         wait_for_futures(
-            self._children, interval=interval, timeout=timeout, desc=self._fname, widget=widget
+            self._children,
+            interval=interval,
+            timeout=timeout,
+            desc=self._fname,
+            widget=widget,
+            return_when=return_when,
         )
 
     def stream_output(self) -> OutputStreamer:
@@ -412,9 +422,13 @@ class AsyncResult(futures.Future[Any]):
         """Show what the requests printed and displayed, and execute results, labelled by
         engine as ipyparallel does (``[stdout:0] ...``, ``Out[0:3]: ...``); rich outputs render
         in Jupyter. ``groupby``: ``type``, ``engine`` or ``order`` (see
-        :func:`corral.client.outputs.display_outputs`); ``result_only`` skips stdout/stderr."""
-        from corral.client.outputs import display_outputs
+        :func:`corral.client.outputs.display_outputs`); ``result_only`` skips stdout/stderr.
+        A single-engine result (``rc[3].execute(...)``) is shown without labels, as there."""
+        from corral.client.outputs import display_outputs, display_single_output
 
+        if self._single and len(self.msg_ids) == 1:
+            display_single_output(self._records, self.msg_ids[0], result_only)
+            return
         display_outputs(self._records, self.msg_ids, groupby, result_only)
 
     # ------------------------------------------------------------------ container protocol

@@ -33,6 +33,7 @@ __all__ = [
     "Dependency",
     "as_dependency",
     "depend",
+    "dependent",
     "known_outcomes",
     "prune_after",
     "prune_follow",
@@ -115,6 +116,15 @@ def depend(condition: Callable[..., Any], *args: Any, **kwargs: Any) -> Callable
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def dependent(
+    function: Callable[..., Any], condition: Callable[..., Any], *args: Any, **kwargs: Any
+) -> Callable[..., Any]:
+    """``function`` that first requires ``condition(*args, **kwargs)`` to be true where it
+    runs (ipyparallel's ``dependent``: what ``@depend(condition, *args)`` makes of it).
+    UnmetDependency when it is false, so a load-balanced task moves to another engine."""
+    return depend(condition, *args, **kwargs)(function)
 
 
 def require(*items: str | ModuleType | Callable[..., Any], **objects: Any) -> Callable[[F], F]:

@@ -1,10 +1,11 @@
 """A joblib parallel backend that runs ``joblib.Parallel`` batches on a corral view.
 
-``lview.register_joblib_backend()`` (or :func:`register_joblib_backend` with a view) registers
-it under the name ``"corral"``; then ``with joblib.parallel_config(backend="corral"):
-joblib.Parallel(n_jobs=-1)(...)`` sends each of joblib's batches as one task. ``n_jobs=-1``
-means one worker per registered engine. joblib must be importable on the engines too: a batch
-is a joblib object that the engine calls.
+``lview.register_joblib_backend()`` (or :func:`register_view_backend`) registers a view under
+the name ``"corral"``; :func:`register_joblib_backend` (ipyparallel's top-level function)
+registers one that connects to the default cluster itself. Then
+``with joblib.parallel_config(backend="corral"): joblib.Parallel(n_jobs=-1)(...)`` sends each
+of joblib's batches as one task. ``n_jobs=-1`` means one worker per registered engine. joblib
+must be importable on the engines too: a batch is a joblib object that the engine calls.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from corral.client.view import View
 
-__all__ = ["register_joblib_backend"]
+__all__ = ["register_joblib_backend", "register_view_backend"]
 
 BACKEND_NAME = "corral"
 
@@ -38,10 +39,34 @@ def _backend_class() -> type[Any]:
         uses_threads = False
         supports_sharedmem = False
 
-        def __init__(self, view: View, **kwargs: Any) -> None:
+        def __init__(self, view: View | None = None, **kwargs: Any) -> None:
             super().__init__(**kwargs)
-            self.view = view
+            self._given_view = view
+            self._own_view: View | None = None
             self._outstanding: list[Any] = []
+
+        @property
+        def _view(self) -> View:
+            """The view batches run on (ipyparallel's attribute name): the one registered, or
+            a load-balanced view of a Client of the default cluster, made when first needed
+            and closed by :meth:`terminate` (joblib calls it after each ``Parallel`` call)."""
+            if self._given_view is not None:
+                return self._given_view
+            if self._own_view is None:
+                from corral.client.client import Client
+
+                self._own_view = Client().load_balanced_view()
+            return self._own_view
+
+        @property
+        def view(self) -> View:
+            return self._view
+
+        def terminate(self) -> None:
+            super().terminate()
+            own, self._own_view = self._own_view, None
+            if own is not None:
+                own.client.close()
 
         def effective_n_jobs(self, n_jobs: int | None) -> int:
             if n_jobs == 0:
@@ -79,9 +104,19 @@ def _backend_class() -> type[Any]:
     return CorralBackend
 
 
-def register_joblib_backend(
-    view: View, name: str = BACKEND_NAME, make_default: bool = False
-) -> None:
+def register_joblib_backend(name: str | None = None, make_default: bool = False) -> None:
+    """ipyparallel's ``register_joblib_backend``: a backend that, whenever joblib uses it,
+    connects a Client to the default cluster (``Client()``) and runs batches load-balanced on
+    all its engines. Registered as ``name``; by default both as ``"corral"`` and as
+    ``"ipyparallel"``, the name programs written for ipyparallel ask joblib for."""
+    from joblib.parallel import register_parallel_backend
+
+    backend = _backend_class()
+    for each in [name] if name is not None else [BACKEND_NAME, "ipyparallel"]:
+        register_parallel_backend(each, backend, make_default)
+
+
+def register_view_backend(view: View, name: str = BACKEND_NAME, make_default: bool = False) -> None:
     """Register ``view`` as joblib backend ``name`` (``make_default``: also make it the
     backend joblib uses when none is named). A DirectView lends its engines to a
     load-balanced view: each batch must run once, on one of them, not on all."""

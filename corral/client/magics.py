@@ -2,9 +2,12 @@
 
 ``%load_ext corral`` registers them; ``view.activate(suffix)`` (or ``rc.activate()``) chooses
 the view they use (``suffix`` gives a second view its own ``%px<suffix>`` ... set). They behave
-as ipyparallel's: ``%px`` runs one line on the view's engines and ``%%px`` a cell, blocking and
-streaming output by default; output is shown labelled by engine (``[stdout:0]``,
-``Out[0:3]:``). Ctrl-C while a cell runs aborts it on the engines (the cluster stays usable).
+as ipyparallel's: ``%px`` runs one line on the view's engines and ``%%px`` a cell, blocking when
+the view does (its ``block`` flag, which ``%pxconfig --block`` sets and ``rc.activate()`` turns
+on) and streaming output; output is shown labelled by engine (``[stdout:0]``,
+``Out[0:3]:``). Ctrl-C while a cell runs aborts it on the engines (the cluster stays usable);
+``%%px --signal-on-interrupt SIG`` sends that signal to the engines instead (ipyparallel's
+option: ``SIGKILL``, ``9``, ``0`` ...), and returns without waiting.
 Bad options print the usage as a UsageError, never a traceback.
 """
 
@@ -17,13 +20,19 @@ import sys
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from corral.client.outputs import GROUPINGS
-from corral.errors import CorralError, InvalidTarget, NoEnginesRegistered, TimeoutError
+from corral.errors import (
+    CorralError,
+    InvalidTarget,
+    NoEnginesRegistered,
+    TimeoutError,
+)
 
 if TYPE_CHECKING:
     from corral.client.asyncresult import AsyncResult
+    from corral.client.client import Client
     from corral.client.view import DirectView
 
-__all__ = ["ParallelMagics", "activate", "load_ipython_extension"]
+__all__ = ["ParallelMagics", "activate", "activate_default", "load_ipython_extension"]
 
 NO_VIEW = (
     "no active view: connect a client and activate a view first, e.g. "
@@ -73,6 +82,12 @@ def _parser(prog: str, exec_options: bool, output_options: bool) -> _Parser:
         _exec_options(parser)
     if exec_options and output_options:  # %%px only
         parser.add_argument("--local", action="store_true", help="also run the cell here")
+        parser.add_argument(
+            "--signal-on-interrupt",
+            dest="signal",
+            default="SIGINT",
+            help="on Ctrl-C: SIGINT (default) aborts the cell; another signal is sent as is",
+        )
     if output_options:
         _output_options(parser)
     return parser
@@ -109,7 +124,6 @@ class ParallelMagics:
         self.shell = shell
         self.suffix = suffix
         self.view: DirectView | None = None
-        self.block = True
         self.stream = True
         self.verbose = False
         self.last_result: AsyncResult | None = None
@@ -130,8 +144,11 @@ class ParallelMagics:
     # ------------------------------------------------------------------ the magics
 
     def px(self, line: str = "") -> Any:
-        """%px CODE: run one line on the active view's engines."""
+        """%px CODE: run one line on the active view's engines (the line as typed: ``{x}``
+        in an f-string is the engine's x, not expanded from this namespace first)."""
         return self.run(line)
+
+    px.__dict__["_ipython_magic_no_var_expand"] = True  # what IPython's @no_var_expand sets
 
     def cell_px(self, line: str = "", cell: str = "") -> Any:
         """%%px [options]: run the cell on the engines (see the options with %%px --help)."""
@@ -141,8 +158,8 @@ class ParallelMagics:
         if args.local:
             result = self.run(cell, targets, block=False, save_name=args.save_name)
             self.shell.run_cell(cell)
-            if self.block if args.block is None else args.block:
-                return self._finish(result, args.groupby, stream=False)
+            if view.block if args.block is None else args.block:
+                return self._finish(result, args.groupby, stream=False, signal=args.signal)
             return result
         return self.run(
             cell,
@@ -152,6 +169,7 @@ class ParallelMagics:
             groupby=args.groupby,
             save_name=args.save_name,
             verbose=args.verbose,
+            signal=args.signal,
         )
 
     def pxresult(self, line: str = "") -> None:
@@ -164,13 +182,14 @@ class ParallelMagics:
         self._finish(self.last_result, args.groupby, stream=False)
 
     def pxconfig(self, line: str = "") -> None:
-        """%pxconfig [options]: the defaults of %px (targets, blocking, streaming, verbose)."""
+        """%pxconfig [options]: the defaults of %px (targets, blocking, streaming, verbose);
+        targets and blocking are the view's own flags, as in ipyparallel."""
         args = self._parse(self._config_parser, line)
         view = self._view()
         if args.targets:
             view.targets = parse_targets(args.targets, view.client.ids)
         if args.block is not None:
-            self.block = args.block
+            view.block = args.block
         if args.stream is not None:
             self.stream = args.stream
         if args.verbose is not None:
@@ -223,11 +242,12 @@ class ParallelMagics:
         groupby: str = "type",
         save_name: str | None = None,
         verbose: bool | None = None,
+        signal: str = "SIGINT",
     ) -> Any:
         """Send ``code`` to the engines; wait and show the output when blocking, else return
         the AsyncResult (also kept for %pxresult)."""
         view = self._view()
-        block = self.block if block is None else block
+        block = view.block if block is None else block
         if self.verbose if verbose is None else verbose:
             where = view.targets if targets is None else targets
             print(f"{'Parallel' if block else 'Async parallel'} execution on engine(s): {where}")
@@ -240,12 +260,14 @@ class ParallelMagics:
             self.shell.user_ns[save_name] = result
         if not block:
             return result
-        self._finish(result, groupby, self.stream if stream is None else stream)
+        self._finish(result, groupby, self.stream if stream is None else stream, signal)
         return None
 
-    def _finish(self, result: AsyncResult, groupby: str, stream: bool) -> None:
+    def _finish(
+        self, result: AsyncResult, groupby: str, stream: bool, signal: str = "SIGINT"
+    ) -> None:
         """Wait (streaming output if asked), show the output, raise the remote error(s).
-        Ctrl-C aborts the work on the engines instead."""
+        Ctrl-C aborts the work on the engines instead (or sends them ``signal``)."""
         try:
             if stream:
                 with result.stream_output():
@@ -253,7 +275,14 @@ class ParallelMagics:
             else:
                 result.wait()
         except KeyboardInterrupt:
-            self._interrupted(result)
+            print(
+                f"Received Keyboard Interrupt. Sending signal {signal} to engines...",
+                file=sys.stderr,
+            )
+            if signal.upper() in ("SIGINT", "INT", "2"):
+                self._interrupted(result)
+            else:
+                self._signalled(result, signal)
             return
         result.display_outputs(groupby, result_only=stream)
         result.get()
@@ -268,6 +297,17 @@ class ParallelMagics:
             print(f"%px interrupted; aborting it on the engines failed: {err}", file=sys.stderr)
             return
         print(f"%px interrupted: aborted on engine(s) {engines}", file=sys.stderr)
+
+    def _signalled(self, result: AsyncResult, signal: str) -> None:
+        """Ctrl-C with another ``--signal-on-interrupt``: send it to the cell's engines, and
+        return without waiting (after SIGKILL the engines never answer)."""
+        engines = sorted({e for e in _engine_ids(result) if e is not None})
+        try:
+            self._view().client.send_signal(
+                int(signal) if signal.isdigit() else signal, engines, block=False
+            )
+        except (CorralError, ValueError) as err:
+            print(f"%px interrupted; sending {signal} failed: {err}", file=sys.stderr)
 
 
 def _engine_ids(result: AsyncResult) -> list[int | None]:
@@ -302,7 +342,20 @@ def activate(view: DirectView, suffix: str = "") -> None:
     shell = get_ipython()
     if shell is None:
         raise RuntimeError("view.activate() registers IPython magics: run it inside IPython")
-    _for_suffix(shell, suffix.strip()).view = view
+    magics = _for_suffix(shell, suffix.strip())
+    magics.view = view
+    magics.stream = True  # each activation starts from the defaults, as in ipyparallel
+    magics.verbose = False
+
+
+def activate_default(client: Client) -> None:
+    """In IPython, a new client with no %px magics yet activates a blocking view of all its
+    engines (ipyparallel's Client does the same); elsewhere nothing happens."""
+    ipython = sys.modules.get("IPython")  # never import IPython only to find it is unused
+    shell = ipython.get_ipython() if ipython is not None else None
+    if shell is None or "px" in shell.magics_manager.magics["line"]:
+        return
+    client.activate()
 
 
 def load_ipython_extension(shell: Any) -> None:

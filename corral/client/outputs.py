@@ -25,7 +25,7 @@ from typing import Any, TextIO
 from corral.client.records import Metadata, Records
 from corral.protocol.session import Message
 
-__all__ = ["GROUPINGS", "OutputStreamer", "display_outputs"]
+__all__ = ["GROUPINGS", "OutputStreamer", "display_outputs", "display_single_output"]
 
 GROUPINGS = ("engine", "order", "type")
 STREAMS = ("stdout", "stderr")
@@ -238,6 +238,24 @@ def display_outputs(
                 _show_outputs(md, index)
     for md, count in zip(mds, counts, strict=True):
         _show_result(md, count)
+
+
+def display_single_output(records: Records, msg_id: str, result_only: bool = False) -> None:
+    """Show the output of one finished request of a single-engine call (``rc[3].execute``)
+    as ipyparallel does: its stdout and stderr as printed and its displays, without engine
+    labels, then its result as the reply shows itself (``Out[3:5]: ...``). ``result_only``
+    skips stdout and stderr only (they were streamed already), as for several engines."""
+    md = records.metadata.get(msg_id) or Metadata(msg_id=msg_id)
+    for name in () if result_only else STREAMS:
+        text = md[name]
+        if text:
+            file = sys.stdout if name == "stdout" else sys.stderr
+            file.write(text)
+            file.flush()
+    for output in md["outputs"]:
+        if isinstance(output, dict) and isinstance(output.get("data"), dict):
+            _show_data(output["data"], output.get("metadata") or {})
+    _show_result(md, _execution_count(records, msg_id))
 
 
 def _execution_count(records: Records, msg_id: str) -> Any:

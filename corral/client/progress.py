@@ -91,17 +91,22 @@ def wait_for_futures(
     unit: str = "tasks",
     widget: bool | None = None,
     file: TextIO | None = None,
+    return_when: str = futures.ALL_COMPLETED,
 ) -> bool:
-    """Wait for ``pending`` with a bar of how many are done; True if all finished within
-    ``timeout`` seconds (None or negative: no limit)."""
+    """Wait for ``pending`` with a bar of how many are done; True if ``return_when`` (as for
+    :func:`concurrent.futures.wait`: all done, the first done, the first failed) came true
+    within ``timeout`` seconds (None or negative: no limit)."""
     items = list(pending)
 
     def count() -> int:
         return sum(1 for item in items if item.done())
 
     def step(seconds: float) -> bool:
-        _, not_done = futures.wait(items, seconds)
-        return not not_done
+        done, not_done = futures.wait(items, seconds, return_when=return_when)
+        if not not_done or (return_when == futures.FIRST_COMPLETED and done):
+            return True
+        failed = (item for item in done if not item.cancelled() and item.exception(0))
+        return return_when == futures.FIRST_EXCEPTION and any(failed)
 
     bar = progress_bar(len(items), desc, unit, widget=widget, file=file)
     bar.update(count())

@@ -400,7 +400,10 @@ class Records:
             if key in _DATE_KEYS:
                 md[key] = parse_date(value)
             elif key == "execute_result":
-                md[key] = self._execute_result(msg_id, value, content)
+                extra = metadata.get("execute_result_metadata")
+                md[key] = self._execute_result(msg_id, value, content, extra)
+            elif key == "execute_result_metadata":
+                continue  # part of execute_result
             elif value is not None or key not in md:
                 md[key] = value
         if "stdout" in metadata or "stderr" in metadata:
@@ -409,16 +412,19 @@ class Records:
         md["received"] = datetime.now(UTC)
 
     def _execute_result(
-        self, msg_id: str, data: Any, content: Mapping[str, Any]
+        self, msg_id: str, data: Any, content: Mapping[str, Any], extra: Any = None
     ) -> dict[str, Any] | None:
         """The reply's result bundle in ipyparallel's shape (``{"data": {mime: ...},
-        "metadata": {}, "execution_count": n}``); None for a silent execute."""
+        "metadata": {mime: ...}, "execution_count": n}``, the metadata from the reply's
+        ``execute_result_metadata``); None for a silent execute."""
         if msg_id in self._silent or not isinstance(data, dict):
             self._silent.discard(msg_id)
             return None
         if "data" in data and isinstance(data["data"], dict):
             return data
-        return {"data": data, "metadata": {}, "execution_count": content.get("execution_count")}
+        metadata = dict(extra) if isinstance(extra, dict) else {}
+        count = content.get("execution_count")
+        return {"data": data, "metadata": metadata, "execution_count": count}
 
     def _outcome(
         self,

@@ -237,9 +237,9 @@ class View:
     def register_joblib_backend(self, name: str = "corral", make_default: bool = False) -> None:
         """Make this view joblib backend ``name``: ``joblib.parallel_config(backend=name)``
         then runs ``joblib.Parallel`` on its engines (see corral.client.joblib_backend)."""
-        from corral.client.joblib_backend import register_joblib_backend
+        from corral.client.joblib_backend import register_view_backend
 
-        register_joblib_backend(self, name, make_default)
+        register_view_backend(self, name, make_default)
 
     # ------------------------------------------------------------------ bookkeeping
 

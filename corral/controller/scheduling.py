@@ -28,11 +28,15 @@ Rules decided here (the shell and clients rely on them):
 - ``timeout`` runs from submission until the task is dispatched for the first time. At the
   deadline, a task still waiting for dependencies, or queued with no registered engine that may
   run it, fails with DependencyTimeout; a task merely waiting for a free slot keeps its place.
-  Retries are not timed.
+  Retries are not timed, except as below.
 - A failure reply with retries left, and an engine lost mid-task with retries left, dispatch the
   task again preferring an engine it has not failed on (if only such engines are busy, one it
   failed on is used rather than waiting). A task pinned by ``follow`` to a lost engine cannot be
   retried and fails with EngineError.
+- With a ``timeout``, a failure reply's retry never goes back to an engine the task failed on
+  (ipyparallel's rule): once it has failed on every registered engine that may run it, it waits
+  for a new engine, and fails with TaskTimeout when the timeout (from submission) has passed.
+  Without a timeout that wait could last for ever, so the rule above applies instead.
 - An engine that cannot satisfy a task's ``depend`` condition or ``require`` import (its reply
   is an UnmetDependency error) is not a failure and costs no retry: the task goes to an engine
   that has not refused it, and fails with ImpossibleDependency only once every registered
@@ -59,6 +63,7 @@ from corral.errors import (
     ImpossibleDependency,
     InvalidDependency,
     RemoteError,
+    TaskTimeout,
 )
 from corral.protocol.dependency import Dependency
 
@@ -195,6 +200,9 @@ class SchedulerCore:
         self._queue_any: list[_Entry] = []  # heap of queued tasks any engine may run
         self._queue_for: dict[str, list[_Entry]] = {}  # heaps of the others, per allowed uuid
         self._deadlines: list[tuple[float, int, _Record]] = []
+        # tasks with a timeout that failed on every engine that may run them, retries left:
+        # they wait for a new engine or their deadline (few, so scanned on registration)
+        self._exhausted: dict[str, _Record] = {}
         self._running = 0
         self._seq = 0
         self._clock = 0
@@ -212,6 +220,12 @@ class SchedulerCore:
         self._engines[engine_uuid] = engine
         self._free[engine_uuid] = engine
         actions: list[Action] = []
+        for msg_id, record in list(self._exhausted.items()):
+            if engine.load >= self.max_outstanding:
+                break
+            if record.allows(engine) and engine_uuid not in record.avoid:
+                del self._exhausted[msg_id]
+                self._dispatch(record, engine, actions)
         self._fill(engine, actions)
         return actions
 
@@ -296,7 +310,11 @@ class SchedulerCore:
         self._release(record, engine)
         actions: list[Action] = []
         if not success and retry and record.retries_left > 0:
-            self._retry(record, engine_uuid, actions)
+            deadline = record.deadline
+            if deadline is not None and not self._untried_engine(record, engine_uuid):
+                self._wait_for_new_engine(record, engine_uuid, deadline, now, actions)
+            else:
+                self._retry(record, engine_uuid, actions)
             self._fill(engine, actions)
             return actions
         del self._records[msg_id]
@@ -351,9 +369,12 @@ class SchedulerCore:
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= now:
             _, _, record = heapq.heappop(deadlines)
-            if record.attempts or record.state == _DONE:
+            if not self._timed(record):
                 continue
             msg_id = record.task.msg_id
+            if self._exhausted.pop(msg_id, None) is not None:
+                self._fail(record, TaskTimeout, self._exhausted_reason(record), actions, finished)
+                continue
             if record.state == _WAITING:
                 unmet = self._graph.pending(self._graph.waiter(msg_id))
                 self._graph.remove(msg_id)
@@ -371,7 +392,7 @@ class SchedulerCore:
         """The earliest time ``tick`` may have work. It may then find none (the task went on
         to wait only for a free slot), but never has work earlier."""
         deadlines = self._deadlines
-        while deadlines and (deadlines[0][2].attempts or deadlines[0][2].state == _DONE):
+        while deadlines and not self._timed(deadlines[0][2]):
             heapq.heappop(deadlines)
         return deadlines[0][0] if deadlines else None
 
@@ -465,6 +486,44 @@ class SchedulerCore:
             del self._queue_for[engine.uuid]
 
     # ------------------------------------------------------------------ placement
+
+    def _timed(self, record: _Record) -> bool:
+        """Whether the task's deadline still applies: it never ran, or it waits for an engine
+        it has not failed on (see the module's rules)."""
+        if record.state == _DONE:
+            return False
+        return not record.attempts or record.task.msg_id in self._exhausted
+
+    def _untried_engine(self, record: _Record, failed_on: str) -> bool:
+        avoid = record.avoid | {failed_on}
+        return any(
+            record.allows(engine) and uuid not in avoid for uuid, engine in self._engines.items()
+        )
+
+    def _wait_for_new_engine(
+        self, record: _Record, failed_on: str, deadline: float, now: float, actions: list[Action]
+    ) -> None:
+        """A retry with a timeout and no engine it has not failed on: wait for a new one until
+        the deadline (TaskTimeout at once if it has passed)."""
+        record.retries_left -= 1
+        record.avoid = record.avoid | {failed_on}
+        if now >= deadline:
+            finished: _Finished = deque()
+            self._fail(record, TaskTimeout, self._exhausted_reason(record), actions, finished)
+            self._settle(finished, now, actions)
+            return
+        record.state = _QUEUED
+        self._seq += 1
+        record.seq = self._seq
+        self._exhausted[record.task.msg_id] = record
+        heapq.heappush(self._deadlines, (deadline, self._seq, record))
+
+    def _exhausted_reason(self, record: _Record) -> str:
+        return (
+            f"task {record.task.msg_id} timed out after {record.task.timeout} s: it failed on "
+            f"each of the {len(record.avoid)} engine(s) that may run it, and a retry does not "
+            "go back to an engine it failed on"
+        )
 
     def _retry(self, record: _Record, failed_on: str, actions: list[Action]) -> None:
         record.retries_left -= 1

@@ -65,9 +65,10 @@ class Namespace:
     def __init__(self) -> None:
         self.user_ns: dict[str, Any] = {}
         # set by the engine when IPython is installed (corral.engine.shell): a translator of
-        # IPython syntax into Python, and a formatter of values into mime bundles
+        # IPython syntax into Python, and a formatter of values into mime bundles and their
+        # metadata (an image's size ...)
         self.transform: Callable[[str], str] | None = None
-        self.formatter: Callable[[Any], dict[str, Any]] | None = None
+        self.formatter: Callable[[Any], tuple[dict[str, Any], dict[str, Any]]] | None = None
         self.execution_count = 0
         self._cells_run = 0
         self._cells: deque[str] = deque()
@@ -157,7 +158,16 @@ class Namespace:
 
     def execute_bundle(self, code: str, *, silent: bool = False) -> dict[str, Any] | None:
         """Run a cell; the mime bundle of its last statement's value if that is a non-None
-        expression (``{"text/plain": repr}``, richer with IPython's formatters).
+        expression (see :meth:`execute_result`)."""
+        result = self.execute_result(code, silent=silent)
+        return None if result is None else result[0]
+
+    def execute_result(
+        self, code: str, *, silent: bool = False
+    ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """Run a cell; ``(bundle, metadata)`` of its last statement's value if that is a
+        non-None expression: ``({"text/plain": repr}, {})``, richer with IPython's formatters
+        (whose metadata says e.g. an image's width).
 
         The whole cell is compiled before anything runs, so a syntax error anywhere runs
         nothing. Each cell gets a filename ``<cell-N>`` registered with linecache, so
@@ -181,7 +191,7 @@ class Namespace:
         value = eval(tail, self.user_ns)
         if value is None:
             return None
-        return self.formatter(value) if self.formatter else {"text/plain": repr(value)}
+        return self.formatter(value) if self.formatter else ({"text/plain": repr(value)}, {})
 
     def _compile_ipython(
         self, code: str, filename: str, error: SyntaxError

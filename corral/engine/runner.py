@@ -334,7 +334,7 @@ class TaskRunner:
             self.publish("execute_input", {"code": content["code"], "execution_count": count}, msg)
 
         failure: BaseException | None = None
-        result: JSONDict | None = None
+        result: tuple[JSONDict, JSONDict] | None = None
         self.call = None
         buffers: list[Any] = []
         displays: list[JSONDict] = []
@@ -346,7 +346,7 @@ class TaskRunner:
                     self.gate.enter_task()
                     if is_execute:
                         code = content["code"]
-                        result = self.namespace.execute_bundle(code, silent=silent)
+                        result = self.namespace.execute_result(code, silent=silent)
                     else:
                         buffers = self._apply(msg)
                 finally:
@@ -379,10 +379,12 @@ class TaskRunner:
         if is_execute:
             count = self.namespace.execution_count
             reply_content["execution_count"] = count
-            data = result if failure is None else None
+            data, result_metadata = result if failure is None and result else (None, {})
             extra["execute_result"] = data
+            if result_metadata:
+                extra["execute_result_metadata"] = result_metadata
             if data is not None and not silent:
-                message = {"data": data, "metadata": {}, "execution_count": count}
+                message = {"data": data, "metadata": result_metadata, "execution_count": count}
                 self.publish("execute_result", message, msg)
         metadata = reply_metadata(
             self.identity,

@@ -63,12 +63,13 @@ class EngineShell:
         """The cell in plain Python (IPython's input transformers)."""
         return str(self.shell.transform_cell(code))
 
-    def format(self, value: Any) -> dict[str, Any]:
-        """``value``'s mime bundle (``text/plain`` always, richer types when it has them)."""
-        data, _ = self.shell.display_formatter.format(value)
+    def format(self, value: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``value``'s mime bundle (``text/plain`` always, richer types when it has them) and
+        its metadata per mime type (``{"image/png": {"width": 10}}``)."""
+        data, metadata = self.shell.display_formatter.format(value)
         bundle = jsonable_bundle(dict(data))
         bundle.setdefault("text/plain", repr(value))
-        return bundle
+        return bundle, jsonable_bundle(dict(metadata or {}))
 
     def bind(self, user_ns: dict[str, Any]) -> None:
         """Run magics in ``user_ns`` (the engine namespace) without adding a name to it, and

@@ -277,3 +277,18 @@ def test_records_of_requests(rc) -> None:  # type: ignore[no-untyped-def]
     assert [rc.results[m] for m in ar.msg_ids] == [0, 0]
     assert rc.metadata[ar.msg_ids[0]].engine_id == 0
     assert rc.wait(timeout=30)
+
+
+def test_patching_client_new_can_be_undone(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """ipyparallel's tests (and users') patch ``Client.__new__`` with mock; once undone,
+    Client(...) must work again, not fail in ``object.__new__``."""
+    from unittest import mock
+
+    from corral.client.client import Client
+    from corral.errors import ConnectionError
+
+    sentinel = object()
+    with mock.patch.object(Client, "__new__", lambda *args, **kwargs: sentinel):
+        assert Client() is sentinel
+    with pytest.raises(ConnectionError, match="no connection file"):
+        Client(connection_file=tmp_path / "missing.json")

@@ -141,10 +141,34 @@ def test_joblib_parallel_on_the_cluster_equals_local(rc) -> None:  # type: ignor
         joblib.Parallel(n_jobs=-1)(joblib.delayed(fail)(i) for i in range(4))
 
 
-def test_top_level_register_joblib_backend(rc) -> None:  # type: ignore[no-untyped-def]
+def test_view_backend_of_a_direct_view(rc) -> None:  # type: ignore[no-untyped-def]
+    from corral.client.joblib_backend import register_view_backend
+
+    register_view_backend(rc[:], name="corral-direct")
+    with joblib.parallel_config(backend="corral-direct"):
+        parallel = joblib.Parallel(n_jobs=2)
+        assert parallel._backend._view.client is rc  # ipyparallel's attribute
+        result = parallel(joblib.delayed(square)(i) for i in range(5))
+    assert result == [0, 1, 4, 9, 16]
+
+
+def test_ipyparallels_register_joblib_backend_uses_the_default_cluster(  # type: ignore[no-untyped-def]
+    rc, tmp_path, monkeypatch
+) -> None:
+    """``register_joblib_backend()`` with no view: each Parallel call connects a Client() to
+    the default cluster (here: $CORRAL_DIR/default, holding this cluster's connection file)
+    and closes it afterwards; the names "corral" and "ipyparallel" both work."""
+    import shutil
+
     import corral
 
-    corral.register_joblib_backend(rc[:], name="corral-direct")
-    with joblib.parallel_config(backend="corral-direct"):
-        result = joblib.Parallel(n_jobs=2)(joblib.delayed(square)(i) for i in range(5))
-    assert result == [0, 1, 4, 9, 16]
+    (tmp_path / "default").mkdir()
+    shutil.copy(rc.connection_file, tmp_path / "default" / "corral-client.json")
+    monkeypatch.setenv("CORRAL_DIR", str(tmp_path))
+    corral.register_joblib_backend()
+    for name in ("ipyparallel", "corral"):
+        with joblib.parallel_config(backend=name):
+            parallel = joblib.Parallel(n_jobs=-1)
+            pids = set(parallel(joblib.delayed(where)(i) for i in range(8)))
+        assert pids and os.getpid() not in pids
+        assert parallel._backend._own_view is None  # its client was closed after the call

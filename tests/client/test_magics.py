@@ -11,6 +11,7 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from traitlets.config import Config
 
+from corral.client.asyncresult import AsyncResult
 from tests.conftest import running_cluster
 
 
@@ -48,7 +49,7 @@ def test_px_without_an_active_view_says_what_to_do(shell, capsys) -> None:  # ty
 
 
 def test_px_line_and_cell(shell, capsys) -> None:  # type: ignore[no-untyped-def]
-    run(shell, capsys, "rc[:].activate()")
+    run(shell, capsys, "rc.activate()")
     assert run(shell, capsys, "%px a = 5") == ("", "")
     out, _ = run(shell, capsys, "%px print(a)")
     assert lines(out) == ["[stdout:0] 5", "[stdout:1] 5"]
@@ -60,7 +61,7 @@ def test_px_line_and_cell(shell, capsys) -> None:  # type: ignore[no-untyped-def
 
 
 def test_px_stream_shows_lines_as_they_come(shell, capsys) -> None:  # type: ignore[no-untyped-def]
-    run(shell, capsys, "rc[:].activate()")
+    run(shell, capsys, "rc.activate()")
     cell = (
         "%%px --stream\nimport sys\nfor i in range(3):\n    print('tick', i)\n"
         "print('E', file=sys.stderr)"
@@ -76,7 +77,7 @@ def test_px_stream_shows_lines_as_they_come(shell, capsys) -> None:  # type: ign
 
 
 def test_px_options(shell, capsys) -> None:  # type: ignore[no-untyped-def]
-    run(shell, capsys, "rc[:].activate()")
+    run(shell, capsys, "rc.activate()")
     out, _ = run(shell, capsys, "%%px --targets 1\nprint('one')")
     assert out == "[stdout:1] one\n"
     out, _ = run(shell, capsys, "%%px -t ::2 --verbose\nprint('even')")
@@ -100,7 +101,7 @@ def test_px_options(shell, capsys) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_pxconfig_and_autopx(shell, capsys) -> None:  # type: ignore[no-untyped-def]
-    run(shell, capsys, "view = rc[:]; view.activate()")
+    run(shell, capsys, "view = rc.activate()")
     run(shell, capsys, "%pxconfig --targets 0 --verbose")
     out, _ = run(shell, capsys, "%px print('cfg')")
     assert out == "Parallel execution on engine(s): 0\n[stdout:0] cfg\n"
@@ -121,7 +122,7 @@ def test_pxconfig_and_autopx(shell, capsys) -> None:  # type: ignore[no-untyped-
 
 
 def test_suffix_gives_a_second_view_its_own_magics(shell, capsys) -> None:  # type: ignore[no-untyped-def]
-    run(shell, capsys, "rc[:].activate(); rc[1].activate('1')")
+    run(shell, capsys, "rc.activate(); rc.activate(1, '1')")
     out, _ = run(shell, capsys, "%px1 print('only one')")
     assert out == "[stdout:1] only one\n"
     out, _ = run(shell, capsys, "%%px1\nprint('cell')")
@@ -131,7 +132,7 @@ def test_suffix_gives_a_second_view_its_own_magics(shell, capsys) -> None:  # ty
 
 
 def test_bad_input_prints_usage_not_a_traceback(shell, capsys) -> None:  # type: ignore[no-untyped-def]
-    run(shell, capsys, "rc[:].activate()")
+    run(shell, capsys, "rc.activate()")
     for cell in (
         "%%px --bogus\n1",
         "%%px --group-outputs=colour\n1",
@@ -149,7 +150,7 @@ def test_bad_input_prints_usage_not_a_traceback(shell, capsys) -> None:  # type:
 
 
 def test_remote_errors_show_engine_and_exception(shell, capsys) -> None:  # type: ignore[no-untyped-def]
-    run(shell, capsys, "rc[:].activate()")
+    run(shell, capsys, "rc.activate()")
     out, err = run(shell, capsys, "%%px\nprint('before')\n1 / 0")
     text = out + err
     assert "[stdout:0] before" in text and "[stdout:1] before" in text
@@ -172,3 +173,94 @@ def test_px_with_no_engines_says_so(tmp_path: Path, capsys) -> None:  # type: ig
             assert "Traceback" not in out + err
     finally:
         InteractiveShell.clear_instance()
+
+
+def _ctrl_c_once_waiting(started: Path) -> Any:
+    """A SIGALRM handler that plays Ctrl-C once the cell runs on the engines and %%px waits
+    for it (re-arming itself until then), so the test does not depend on timing."""
+    import signal
+    import sys
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        waiting = False
+        while frame is not None:
+            waiting = waiting or frame.f_code.co_name == "_finish"
+            frame = frame.f_back
+        if waiting and started.exists():
+            raise KeyboardInterrupt
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+
+    assert sys.platform != "win32"
+    return signal.signal(signal.SIGALRM, on_alarm)
+
+
+@pytest.mark.parametrize("option", ["", "--signal-on-interrupt 0"])
+def test_ctrl_c_during_a_blocking_cell(shell, capsys, tmp_path: Path, option: str) -> None:  # type: ignore[no-untyped-def]
+    """Ctrl-C: by default SIGINT, i.e. the cell is aborted on the engines; with another
+    ``--signal-on-interrupt`` that signal is sent and %%px returns at once (signal 0 leaves
+    the cell running, so the test then lets it finish)."""
+    import signal
+
+    started, release = tmp_path / "started", tmp_path / "release"
+    cell = (
+        "import os, time\n"
+        f"open({str(started)!r}, 'w').close()\n"
+        "deadline = time.monotonic() + 60\n"
+        f"while not os.path.exists({str(release)!r}) and time.monotonic() < deadline:\n"
+        "    time.sleep(0.01)\n"
+        "print('Exiting...')\n"
+    )
+    run(shell, capsys, "rc.activate()")
+    previous = _ctrl_c_once_waiting(started)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        capsys.readouterr()
+        shell.run_cell_magic("px", option, cell)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    out, err = capsys.readouterr()
+    sent = "SIGINT" if not option else "0"
+    assert f"Received Keyboard Interrupt. Sending signal {sent} to engines..." in err
+    assert "Exiting..." not in out
+    result = shell._corral_magics[""].last_result
+    if not option:
+        assert "aborted on engine(s) [0, 1]" in err and result.done()
+    else:
+        release.touch()
+        result.get(timeout=60)  # signal 0 changed nothing: the cell runs to its end
+        assert [line.split("] ")[-1] for line in result.stdout] == ["Exiting...\n"] * 2
+
+
+def test_px_follows_the_views_block_flag_and_sends_the_line_as_typed(shell, capsys) -> None:  # type: ignore[no-untyped-def]
+    """As ipyparallel: %px blocks when the view does (%pxconfig --block sets the flag), and
+    ``{x}`` in the line is the engine's x, not expanded from the client namespace first."""
+    rc = shell.user_ns["rc"]
+    rc[:].push({"x": "engine"}, block=True)
+    run(shell, capsys, "view = rc[:]; view.activate(); x = 'client'")
+    assert shell.user_ns["view"].block is False
+    run(shell, capsys, "ar = %px y = f'{x}'")
+    ar = shell.user_ns["ar"]
+    assert isinstance(ar, AsyncResult) and ar.get(timeout=30) is not None
+    assert rc[:].pull("y", block=True) == ["engine", "engine"]
+    run(shell, capsys, "%pxconfig --block")
+    assert shell.user_ns["view"].block is True
+    out, _ = run(shell, capsys, "%px print(y)")
+    assert lines(out) == ["[stdout:0] engine", "[stdout:1] engine"]
+    assert rc.activate().block is True  # Client.activate makes a blocking view, as there
+    run(shell, capsys, "%pxconfig --verbose")
+    run(shell, capsys, "rc[:].activate()")  # a new activation starts from the defaults
+    assert not run(shell, capsys, "ar = %px 1")[0].startswith("Async parallel execution")
+
+
+def test_a_client_made_in_ipython_activates_the_magics(shell, capsys) -> None:  # type: ignore[no-untyped-def]
+    """As ipyparallel's: with no %px yet, a new Client activates a blocking view of all."""
+    from corral.client.client import Client
+
+    rc = shell.user_ns["rc"]
+    assert "px" not in shell.magics_manager.magics["line"]
+    with Client(connection_file=rc.connection_file) as client:
+        assert "px" in shell.magics_manager.magics["line"]
+        out, _ = run(shell, capsys, "%px print('auto')")
+        assert lines(out) == ["[stdout:0] auto", "[stdout:1] auto"]
+        assert client is not rc

@@ -95,11 +95,33 @@ def test_display_outputs_groupings(rc, capsys) -> None:  # type: ignore[no-untyp
 
 
 def test_multiline_output_puts_the_label_on_its_own_line(rc, capsys) -> None:  # type: ignore[no-untyped-def]
-    ar = rc[0].execute("print('a')\nprint('b')")
+    ar = rc[[0]].execute("print('a')\nprint('b')")
     ar.get(timeout=30)
     capsys.readouterr()
     ar.display_outputs()
     assert capsys.readouterr().out == "[stdout:0]\na\nb\n"
+
+
+def test_a_single_engine_result_is_shown_without_labels(rc, capsys) -> None:  # type: ignore[no-untyped-def]
+    """As ipyparallel shows ``rc[i].execute(...)``: the text as printed, the result as the
+    reply shows itself."""
+    ar = rc[0].execute("import sys\nprint(5555)\nprint('w', file=sys.stderr)\n6 * 7", silent=False)
+    ar.get(timeout=30)
+    capsys.readouterr()
+    ar.display_outputs()
+    out, err = capsys.readouterr()
+    assert out.startswith("5555\nOut[0:") and out.endswith("]: 42\n") and err == "w\n"
+    ar.display_outputs(result_only=True)
+    out, err = capsys.readouterr()
+    assert out.startswith("Out[0:") and out.endswith("]: 42\n") and err == ""
+    quiet = rc[0].execute("a = 5")
+    quiet.get(timeout=30)
+    quiet.display_outputs()
+    assert capsys.readouterr() == ("", "")
+    failed = rc[0].execute("print(5555)\n1/0")
+    failed.get(timeout=30, return_exceptions=True)
+    failed.display_outputs()
+    assert capsys.readouterr() == ("5555\n", "")
 
 
 def test_display_and_rich_results_reach_the_client(rc) -> None:  # type: ignore[no-untyped-def]
@@ -116,6 +138,19 @@ def test_display_and_rich_results_reach_the_client(rc) -> None:  # type: ignore[
     assert [output["data"]["text/html"] for output in md["outputs"]] == ["<b>bold</b>"]
     assert md["execute_result"]["data"]["text/html"] == "<i>result</i>"
     assert reply.execute_result["data"]["text/html"] == "<i>result</i>"
+
+
+def test_a_rich_result_keeps_its_metadata(rc) -> None:  # type: ignore[no-untyped-def]
+    """An image's width travels with it: ``_repr_png_`` gives (data, metadata) as IPython's."""
+    import base64
+
+    code = "from IPython.display import Image\nImage(data=b'garbage', format='png', width=10)"
+    reply = rc[0].execute(code, silent=False).get(timeout=30)
+    data, metadata = reply._repr_png_()
+    assert data == base64.b64encode(b"garbage").decode("ascii") and metadata == {"width": 10}
+    assert reply.execute_result["metadata"] == {"image/png": {"width": 10}}
+    plain = rc[0].execute("6 * 7", silent=False).get(timeout=30)
+    assert plain.execute_result["metadata"] == {} and plain._repr_png_() is None
 
 
 def display_from_a_function() -> int:

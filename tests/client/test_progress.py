@@ -43,3 +43,29 @@ def test_wait_for_engines_interactive(rc, capsys) -> None:  # type: ignore[no-un
     with pytest.raises(TimeoutError, match="2 of 5 engines registered"):
         rc.wait_for_engines(5, timeout=0.3, interactive=True)
     assert "2/5" in capsys.readouterr().err
+
+
+def fail_first(i: int) -> int:
+    if i == 0:
+        raise ValueError("first")
+    time.sleep(30)
+    return i
+
+
+def test_wait_interactive_return_when(rc, capsys) -> None:  # type: ignore[no-untyped-def]
+    """FIRST_EXCEPTION / FIRST_COMPLETED return as soon as that happened (the 30 s item still
+    runs), not after everything; the rest is aborted afterwards."""
+    from concurrent.futures import FIRST_COMPLETED, FIRST_EXCEPTION
+
+    from corral.errors import CompositeError
+
+    view = rc[:]
+    for return_when in (FIRST_EXCEPTION, FIRST_COMPLETED):
+        ar = view.map_async(fail_first, range(len(view)))
+        ar.wait_interactive(interval=0.05, timeout=60, return_when=return_when)
+        assert not ar.ready() and ar.progress >= 1
+        ar.abort()
+        with pytest.raises(CompositeError) as failed:
+            ar.get(timeout=60)
+        assert {name for name, *_ in failed.value.elist} == {"ValueError", "TaskAborted"}
+    capsys.readouterr()

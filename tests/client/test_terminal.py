@@ -178,7 +178,7 @@ def test_ctrl_c_during_px_aborts_the_engines_work(  # type: ignore[no-untyped-de
     connection = cluster.path / "corral-client.json"
     child.sendline(f"import corral; rc = corral.Client(connection_file={str(connection)!r})")
     child.expect(PROMPT)
-    child.sendline("rc.wait_for_engines(2); rc[:].activate()")
+    child.sendline("rc.wait_for_engines(2); rc.activate()")
     child.expect(PROMPT)
     for line in ("%%px --stream", "import time", "print('started', flush=True)", "time.sleep(120)"):
         child.sendline(line)

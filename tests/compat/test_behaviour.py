@@ -159,3 +159,22 @@ def test_purging_results(rc) -> None:  # type: ignore[no-untyped-def]
     assert not rc.results and not rc.history and rc.hub_history() == []
     md = rc.metadata["never-sent"]  # metadata reads as empty for unknown ids, as there
     assert md["engine_id"] is None
+
+
+def test_dependent_prepickled_and_canned_on_engines(rc) -> None:  # type: ignore[no-untyped-def]
+    """ipyparallel's ``dependent`` moves a task to the engine where its condition holds;
+    PrePickled and Canned objects reach engines as the objects they wrap."""
+    chosen = rc.ids[0]
+    rc[:].push({"can_run_here": False}, block=True)
+    rc[chosen].push({"can_run_here": True}, block=True)
+    where = corral.dependent(os.getpid, marked)
+    assert rc.load_balanced_view().apply_sync(where) == rc[chosen].apply_sync(os.getpid)
+    rc[:].push({"can_run_here": False}, block=True)
+    with pytest.raises(error.ImpossibleDependency):
+        rc.load_balanced_view().apply_async(where).get(30)
+    shared = corral.PrePickled(list(range(1000)))
+    assert rc[:].apply_sync(lambda values: (type(values).__name__, sum(values)), shared) == [
+        ("list", 499500)
+    ] * len(rc.ids)
+    canned = corral.can(lambda x: x * 3)
+    assert rc[:].apply_sync(lambda c, x: corral.uncan(c)(x), canned, 5) == [15] * len(rc.ids)

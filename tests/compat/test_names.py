@@ -13,9 +13,9 @@ import pytest
 import corral
 from corral import error, errors
 
-# ipyparallel 9.2's top-level names that corral provides (introspected from its wheel); the
-# ones left out are its serializer internals, its traitlets apps and issue 15's (ViewExecutor,
-# register_joblib_backend, bind_kernel).
+# ipyparallel 9.2's top-level names that corral provides (introspected from its wheel); left
+# out: bind_kernel and load_jupyter_server_extension (corral engines are not IPython kernels,
+# and corral's dashboard is not a Jupyter server extension; docs/compat.md).
 IPYPARALLEL_NAMES = """
 ALL_COMPLETED AlreadyDisplayedError AsyncHubResult AsyncMapResult AsyncResult BroadcastView
 Client Cluster CompositeError Dependency DependencyTimeout DirectView EngineError
@@ -24,6 +24,9 @@ KernelError LoadBalancedView NoEnginesRegistered ParallelFunction Reference Remo
 RemoteFunction TaskAborted TaskRejectError TaskTimeout TimeoutError UnmetDependency
 collect_exceptions depend error interactive parallel remote require use_cloudpickle
 use_dill use_pickle version_info
+ViewExecutor register_joblib_backend ClusterManager MultipleInstanceError PrePickled can
+can_map uncan uncan_map dependent serialize_object deserialize_object pack_apply_message
+unpack_apply_message wrap_exception unwrap_exception
 """.split()
 
 
@@ -156,3 +159,33 @@ def test_dependency_is_a_set_with_check_and_unreachable() -> None:
     assert nested == {"a", "c", "d", "e"} and nested.msg_ids == frozenset(nested)
     assert corral.Dependency([]).check(set())  # empty: always met
     assert nested.as_dict()["msg_ids"] == ["a", "c", "d", "e"]
+
+
+def test_wrap_and_unwrap_exception_round_trip() -> None:
+    try:
+        {}["missing"]
+    except KeyError:
+        content = corral.wrap_exception({"engine_id": 3})
+    assert content["status"] == "error" and content["ename"] == "KeyError"
+    assert content["engine_info"] == {"engine_id": 3}
+    assert any("KeyError" in line for line in content["traceback"])
+    remote = corral.unwrap_exception(content)
+    assert isinstance(remote, error.RemoteError) and remote.ename == "KeyError"
+    assert remote.engine_info["engine_id"] == 3 and "KeyError" in remote.traceback
+    with pytest.raises(RuntimeError, match="except block"):
+        corral.wrap_exception()
+
+
+def test_multiple_instance_error_is_a_key_error() -> None:
+    assert issubclass(corral.MultipleInstanceError, KeyError)
+    assert issubclass(corral.MultipleInstanceError, errors.CorralError)
+    assert error.MultipleInstanceError is corral.MultipleInstanceError
+
+
+def test_already_displayed_error_summarises() -> None:
+    composite = error.CompositeError(
+        "one or more exceptions", [("ValueError", "bad", "tb 0", {"engine_id": 0})] * 3
+    )
+    shown = error.AlreadyDisplayedError(composite)
+    assert str(shown) == "3 errors" and shown.render_traceback() == ["3 errors"]
+    assert shown.original_error is composite and isinstance(shown, error.RemoteError)

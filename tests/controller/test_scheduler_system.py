@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from corral.errors import DependencyTimeout, EngineError, ImpossibleDependency, RemoteError
+from corral.errors import (
+    DependencyTimeout,
+    EngineError,
+    ImpossibleDependency,
+    RemoteError,
+    TaskTimeout,
+)
 from corral.protocol.dependency import Dependency
 from corral.protocol.references import interactive
 from tests.conftest import start_cluster
@@ -143,6 +149,22 @@ def test_retries_resubmit_a_failed_task(rc, tmp_path: Path) -> None:  # type: ig
         assert isinstance(view.apply_async(flaky, str(tmp_path / "a")).get(timeout=20), int)
     with pytest.raises(RemoteError, match="first attempt fails"):
         view.apply_async(flaky, str(tmp_path / "b")).get(timeout=20)
+
+
+def fail_here() -> int:
+    raise ValueError(f"failed on {os.getpid()}")
+
+
+def test_timed_retries_never_return_to_a_failed_engine(rc) -> None:  # type: ignore[no-untyped-def]
+    """ipyparallel's rule (and its test_retries): with more retries than engines and a
+    timeout, the task fails on each engine once, then times out with TaskTimeout."""
+    view = rc.load_balanced_view()
+    with view.temp_flags(retries=len(rc.ids) + 2, timeout=0.1):
+        with pytest.raises(TaskTimeout, match=f"each of the {len(rc.ids)} engine"):
+            view.apply_async(fail_here).get(timeout=30)
+    with view.temp_flags(retries=len(rc.ids) - 1):  # as many attempts as engines: all fail
+        with pytest.raises(RemoteError, match="failed on"):
+            view.apply_async(fail_here).get(timeout=30)
 
 
 def test_targets_restrict_engines(rc) -> None:  # type: ignore[no-untyped-def]

@@ -27,7 +27,13 @@ from corral.controller.scheduling import (
     SchedulerCore,
     Task,
 )
-from corral.errors import DependencyTimeout, EngineError, ImpossibleDependency, InvalidDependency
+from corral.errors import (
+    DependencyTimeout,
+    EngineError,
+    ImpossibleDependency,
+    InvalidDependency,
+    TaskTimeout,
+)
 from corral.protocol.dependency import Dependency
 
 
@@ -88,11 +94,16 @@ class Sim:
         engine = self.running.pop(msg_id)
         self.queues[engine].remove(msg_id)
         actions = self.core.task_finished(msg_id, engine, success, self.now)
-        assert actions, "a reply for a running task always gives an action"
-        if isinstance(actions[0], Complete):
+        if not actions or actions[0].msg_id != msg_id:
+            # a timed retry waiting for an engine it has not failed on (others may fill its slot)
+            assert not success and self.core.task_state(msg_id) == "queued"
+        elif isinstance(actions[0], Complete):
             assert actions[0].msg_id == msg_id
             target = self.succeeded_on if success else self.failed_on
             target[engine].add(msg_id)
+        elif isinstance(actions[0], Fail):  # such a retry, past its deadline
+            assert not success and actions[0].error is TaskTimeout
+            assert actions[0].msg_id == msg_id
         else:
             assert not success and isinstance(actions[0], Dispatch)
             assert actions[0].msg_id == msg_id
@@ -127,7 +138,7 @@ class Sim:
                 assert replied is not None and replied[0] == action.msg_id
                 self._ended(action, replied[1])
             else:
-                assert issubclass(action.error, ImpossibleDependency | EngineError)
+                assert issubclass(action.error, ImpossibleDependency | EngineError | TaskTimeout)
                 assert action.msg_id not in self.running
                 self._ended(action, False)
         for uuid in self.engines:
@@ -646,15 +657,42 @@ def test_waiting_for_a_free_slot_is_not_timed() -> None:
     assert dispatches(sim.finish("hog")) == [("patient", "e1")]
 
 
-def test_dispatched_tasks_and_retries_are_not_timed() -> None:
+def test_dispatched_tasks_and_retries_after_engine_loss_are_not_timed() -> None:
     sim = Sim(engines=["e1"])
     sim.submit("t", timeout=1.0, retries=2)
     assert sim.core.next_deadline() is None
     sim.now = 10.0
-    sim.finish("t", success=False)
     sim.remove("e1")
     assert sim.tick(100.0) == []
     assert dispatches(sim.add("e2")) == [("t", "e2")]
+
+
+def test_with_a_timeout_a_retry_never_goes_back_to_an_engine_it_failed_on() -> None:
+    """ipyparallel's rule: the task waits for a new engine, and times out with TaskTimeout."""
+    sim = Sim(engines=["e1", "e2"])
+    sim.submit("t", timeout=5.0, retries=5)
+    first = sim.running["t"]
+    other = ({"e1", "e2"} - {first}).pop()
+    assert dispatches(sim.finish("t", success=False)) == [("t", other)]
+    assert sim.finish("t", success=False) == []  # failed everywhere: it waits
+    assert sim.core.task_state("t") == "queued" and sim.core.next_deadline() == 5.0
+    assert sim.tick(4.9) == []
+    assert dispatches(sim.add("e3")) == [("t", "e3")]  # a new engine takes it
+    assert sim.finish("t", success=False) == []
+    (failed,) = sim.tick(5.0)
+    assert isinstance(failed, Fail) and failed.error is TaskTimeout
+    assert "3 engine(s)" in failed.reason and sim.core.task_state("t") is None
+    assert sim.attempts["t"] == 3
+
+
+def test_an_exhausted_retry_past_its_deadline_times_out_at_once() -> None:
+    sim = Sim(engines=["solo"])
+    sim.submit("t", timeout=1.0, retries=3)
+    sim.now = 2.0
+    (failed,) = sim.finish("t", success=False)
+    assert isinstance(failed, Fail) and failed.error is TaskTimeout
+    sim.submit("u", retries=3)  # no timeout: retried on the same engine, never stuck
+    assert dispatches(sim.finish("u", success=False)) == [("u", "solo")]
 
 
 def test_no_timeouts_no_deadline() -> None:
@@ -804,6 +842,10 @@ def no_queued_task_has_a_free_engine(sim: Sim) -> None:
     for msg_id, task in sim.tasks.items():
         if msg_id in sim.final or sim.core.task_state(msg_id) != "queued" or task.follow.msg_ids:
             continue
+        tried = set(sim.dispatched_to[msg_id])
+        allowed = [e for e in sim.engines if task.targets is None or e in task.targets]
+        if task.timeout is not None and tried and tried.issuperset(allowed):
+            continue  # a timed retry waits for an engine it has not failed on
         assert not [e for e in free if task.targets is None or e in task.targets], msg_id
 
 

@@ -27,7 +27,10 @@ def test_plain_syntax_errors_are_left_alone() -> None:
 def test_a_transform_runs_translated_cells() -> None:
     namespace = Namespace()
     namespace.transform = lambda code: code.replace("%double ", "2 * ")
-    namespace.formatter = lambda value: {"text/plain": repr(value), "text/html": f"<b>{value}</b>"}
+    namespace.formatter = lambda value: (
+        {"text/plain": repr(value), "text/html": f"<b>{value}</b>"},
+        {"text/html": {"isolated": True}},
+    )
     assert namespace.execute_bundle("%double 21") == {"text/plain": "42", "text/html": "<b>42</b>"}
     with pytest.raises(SyntaxError):
         namespace.execute("1 +")  # the transform changed nothing: the original error

@@ -40,6 +40,15 @@ HEARTBEAT = 0.25  # the peer's test controller runs with --ping=250
 _state: dict[str, Any] = {"cluster": None, "dir": None}
 
 
+def _redirect_in(module_name: str) -> bool:
+    """Whether to point a name at corral in the ipyparallel submodule defining it too. Not in
+    its serializer: tests importing ``ipyparallel.serialize`` test that (run.py skips them),
+    and its own functions there call each other through the module's globals."""
+    return module_name.startswith("ipyparallel.") and not module_name.startswith(
+        "ipyparallel.serialize"
+    )
+
+
 def _point_public_names_at_corral() -> list[str]:
     """Replace ipyparallel's public names by corral's; return the ones corral lacks."""
     missing = []
@@ -54,7 +63,7 @@ def _point_public_names_at_corral() -> list[str]:
             missing.append(name)
         else:
             home = sys.modules.get(getattr(value, "__module__", "") or "")
-            if home is not None and home.__name__.startswith("ipyparallel."):
+            if home is not None and _redirect_in(home.__name__):
                 setattr(home, name, replacement)  # e.g. ipyparallel.client.client.Client
             setattr(ipyparallel, name, replacement)
     # the one helper the peer's tests take from a submodule rather than the top level
