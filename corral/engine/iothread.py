@@ -133,6 +133,7 @@ class IOThread:
         self._pending_registration: str | None = None
         self._sigint_watch: tuple[int, float] | None = None
         self.replies = ReplyLog()
+        self._reported_dropped = 0  # replies.dropped when last logged
         self.gate = gate
         self._limited: dict[str, Request] = {}  # requests with a time limit, not answered
         self._overrun: tuple[str, float] | None = None  # (msg_id, when to stop the engine)
@@ -231,7 +232,6 @@ class IOThread:
         self.addresses = {name: str(content[name]) for name in ADDRESS_FIELDS}
         self.identity.id = int(content["id"])
         self.heartbeat_period = float(content.get("heartbeat_period", self.heartbeat_period))
-        self.replies.keep_for = 2 * self.heartbeat_period
         self.shm.configure(Settings.from_json(content.get("shm")))
         self.log.info("registered as engine %d (uuid %s)", self.identity.id, self.identity.uuid)
 
@@ -516,6 +516,9 @@ class IOThread:
             if content.get("uuid") in (None, self.identity.uuid):
                 self.shutdown(1, "the controller unregistered this engine", unregister=False)
             return
+        if msg.msg_type == "replies_recorded":
+            self._on_replies_recorded(content)
+            return
         if msg.msg_type != "registration_reply" or msg.parent_id != self._pending_registration:
             self.log.debug("ignored %s on the registration socket", msg.msg_type)
             return
@@ -537,14 +540,30 @@ class IOThread:
         for channel, reply in resend:
             send_frames(self._sockets[channel], reply)
 
+    def _on_replies_recorded(self, content: dict[str, Any]) -> None:
+        """The Hub wrote these replies' records (and every earlier one on their channel)."""
+        try:
+            validate_content("replies_recorded", content)
+        except InvalidContent as err:
+            self.rejected += 1
+            self.log.warning("dropped replies_recorded: %s", err)
+            return
+        for channel, msg_id in content.items():
+            self.replies.recorded(channel.encode(), msg_id)
+        if self.replies.dropped > self._reported_dropped:
+            self.log.warning(
+                "the controller has not confirmed %d replies: dropped the oldest %d unconfirmed",
+                len(self.replies.recent),
+                self.replies.dropped - self._reported_dropped,
+            )
+            self._reported_dropped = self.replies.dropped
+
     def _on_ping(self, frames: list[zmq.Frame]) -> None:
         """Note the controller is alive. Pings are ``<beat>.<controller instance>``: a new
         instance is a restarted controller that does not know this engine: re-register now."""
         self._last_ping = time.monotonic()
         parts = frames[-1].bytes.split(b".")  # a probe adds ".<n>" after the instance
         instance = parts[1] if len(parts) > 1 else b""
-        if instance == self._hub_instance:
-            self.replies.controller_alive(self._last_ping)
         if self._hub_instance is not None and instance != self._hub_instance and not self._lost:
             self.log.warning("the controller restarted; re-registering")
             self._lost = True
