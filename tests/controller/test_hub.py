@@ -509,3 +509,39 @@ def test_replies_are_confirmed_only_once_their_records_are_written(tmp_path: Pat
         assert store.get_record(req.msg_id)["status"] == "ok"
     finally:
         store.close()
+
+
+def hub_tables(hub: Hub) -> dict[str, int]:
+    """The size of every table the Hub keeps per task (the activity log has a fixed capacity)."""
+    return {
+        "pending": len(hub.pending),
+        "balanced": len(hub.balanced),
+        "resendable": len(hub.resendable),
+        "restored": len(hub.restored),
+        "reported": len(hub.reported),
+        "replies_seen": len(hub.replies_seen),
+        "replies_writing": len(hub.replies_writing),
+        "engine_queues": sum(len(e.queue) + len(e.tasks) for e in hub.engines.values()),
+        "engine_completed": sum(len(e.completed) for e in hub.engines.values()),
+        "stored": len(hub.store.get_history()),
+    }
+
+
+def test_tables_stay_bounded_over_rounds_with_purging(hub: Hub) -> None:
+    register(hub, "a")
+    register(hub, "b")
+    for _ in range(3):
+        for index in range(500):
+            engine = "ab"[index % 2]
+            balanced = submit_balanced(hub, retries=1, engine_uuid=engine)
+            hub.handle_monitor(b"task_out", [b"client-1", engine.encode()], reply_for(balanced))
+            direct = submit_mux(hub, engine)
+            hub.handle_monitor(b"mux_out", [b"client-1", engine.encode()], reply_for(direct))
+        payload, _ = hub.tick()
+        for uuid in ("a", "b"):
+            hub.handle_pong(uuid, payload)
+        assert hub_tables(hub)["engine_completed"] == 1000
+        (reply,) = hub.handle_request([b"client-1"], request("purge_request", msg_ids="all"))
+        assert reply.content["status"] == "ok"
+        assert set(hub_tables(hub).values()) == {0}, hub_tables(hub)
+    assert len(hub.activity.recent) <= hub.activity.capacity
