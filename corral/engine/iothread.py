@@ -130,7 +130,7 @@ class IOThread:
         self._hub_instance: bytes | None = None
         self._lost = False
         self._next_attempt = 0.0
-        self._pending_registration: str | None = None
+        self._registrations: set[str] = set()  # re-registration requests not answered
         self._sigint_watch: tuple[int, float] | None = None
         self.replies = ReplyLog()
         self._reported_dropped = 0  # replies.dropped when last logged
@@ -519,16 +519,21 @@ class IOThread:
         if msg.msg_type == "replies_recorded":
             self._on_replies_recorded(content)
             return
-        if msg.msg_type != "registration_reply" or msg.parent_id != self._pending_registration:
+        if msg.msg_type != "registration_reply" or msg.parent_id not in self._registrations:
             self.log.debug("ignored %s on the registration socket", msg.msg_type)
             return
-        self._pending_registration = None
-        self._lost = False
+        # every attempt made during the outage reaches the restarted controller (zmq queued
+        # them): the first is accepted, the later ones are refused as already registered
+        self._registrations.discard(msg.parent_id)
         if content.get("status") != "ok":
-            self.log.warning(
-                "re-registration refused: %s: %s", content.get("ename"), content.get("evalue")
-            )
+            if not self._registrations:
+                self._lost = False
+                self.log.warning(
+                    "re-registration refused: %s: %s", content.get("ename"), content.get("evalue")
+                )
             return
+        self._registrations.clear()
+        self._lost = False
         if any(str(content.get(name)) != self.addresses[name] for name in ADDRESS_FIELDS):
             self.shutdown(1, "the controller came back on other addresses", unregister=False)
         self._accept_registration(content)
@@ -578,7 +583,7 @@ class IOThread:
             self.log.warning("no heartbeat from the controller for %.1f s", now - self._last_ping)
             self._lost = True
         if self._lost and now >= self._next_attempt:
-            self._pending_registration = self._send_registration(self.identity.id, again=True)
+            self._registrations.add(self._send_registration(self.identity.id, again=True))
             self._next_attempt = now + window
 
     def _publish_stats(self) -> None:
