@@ -97,6 +97,7 @@ def main() -> int:
                 print(json.dumps(samples[-1]), flush=True)
         expected = args.tasks * (args.tasks - 1) // 2
         assert checksum == expected, f"wrong results: {checksum} != {expected}"
+        stored = len(rc.hub_history())  # what purging (or the time to live) left in the store
     finally:
         cluster.stop()
     first, last = samples[0], samples[-1]
@@ -113,6 +114,7 @@ def main() -> int:
             if first[key] is not None and last[key] is not None
         },
         "tasks_per_s": round(args.tasks / last["seconds"], 1),
+        "stored_at_end": stored,
     }
     print(f"{'tasks':>9} {'s':>7} {'client':>8} {'hub':>8} {'scheduler':>10}  (MB RSS)")
     for row in samples:
@@ -121,6 +123,7 @@ def main() -> int:
             f"{row['scheduler_mb']!s:>10}"
         )
     print("growth after the first batch:", summary["growth_mb"])
+    print("records left in the Hub's store:", stored)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(summary, indent=2))
     return 0
