@@ -2,13 +2,16 @@
 
 A cluster of ``--engines`` engines runs ``--tasks`` no-op load-balanced tasks (one request
 each, ``chunksize=1``) in batches of ``--batch``; after each batch the client purges the Hub's
-records (``purge_results("all")``) and its own (``purge_local_results("all")``). The resident
+records (``purge_results("all")``) and its own (``purge_local_results("all")``), or, with
+``--result-ttl S``, only its own while the controller purges results older than S seconds by
+itself (``corral controller --result-ttl``). The resident
 memory of the client (this process), the controller (Hub), the task scheduler and the engines
 is sampled after every ``--sample`` tasks. Flat means: the last sample is within a small margin
 of the one after the first batch (warm caches).
 
     .venv/bin/python bench/memory.py                      # 1,000,000 tasks
     .venv/bin/python bench/memory.py --tasks 200000       # a shorter run
+    .venv/bin/python bench/memory.py --result-ttl 30      # the Hub purges by age
 
 Prints a table and writes ``bench/results/memory.json``.
 """
@@ -66,11 +69,14 @@ def main() -> int:
     parser.add_argument("--sample", type=int, default=100_000)
     parser.add_argument("--engines", type=int, default=2)
     parser.add_argument("--db", default="sqlite")
+    parser.add_argument("--result-ttl", type=float, default=None, help="seconds; see above")
     parser.add_argument("--json", type=Path, default=RESULTS)
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="corral-memory-"))
     samples: list[dict[str, Any]] = []
-    cluster = Cluster(args.engines, cluster_dir=base, db=args.db, timeout=120)
+    cluster = Cluster(
+        args.engines, cluster_dir=base, db=args.db, timeout=120, result_ttl=args.result_ttl
+    )
     rc = cluster.start()
     try:
         view = rc.load_balanced_view()
@@ -82,7 +88,8 @@ def main() -> int:
             result = view.map_async(noop, range(done, done + count), chunksize=1)
             checksum += sum(result.get(timeout=600))
             done += count
-            rc.purge_results("all")
+            if args.result_ttl is None:
+                rc.purge_results("all")
             rc.purge_local_results("all")
             del result
             if done == args.batch or done % args.sample == 0 or done == args.tasks:
@@ -90,6 +97,7 @@ def main() -> int:
                 print(json.dumps(samples[-1]), flush=True)
         expected = args.tasks * (args.tasks - 1) // 2
         assert checksum == expected, f"wrong results: {checksum} != {expected}"
+        stored = len(rc.hub_history())  # what purging (or the time to live) left in the store
     finally:
         cluster.stop()
     first, last = samples[0], samples[-1]
@@ -97,6 +105,7 @@ def main() -> int:
         "tasks": args.tasks,
         "batch": args.batch,
         "db": args.db,
+        "result_ttl": args.result_ttl,
         "engines": args.engines,
         "samples": samples,
         "growth_mb": {
@@ -105,6 +114,7 @@ def main() -> int:
             if first[key] is not None and last[key] is not None
         },
         "tasks_per_s": round(args.tasks / last["seconds"], 1),
+        "stored_at_end": stored,
     }
     print(f"{'tasks':>9} {'s':>7} {'client':>8} {'hub':>8} {'scheduler':>10}  (MB RSS)")
     for row in samples:
@@ -113,6 +123,7 @@ def main() -> int:
             f"{row['scheduler_mb']!s:>10}"
         )
     print("growth after the first batch:", summary["growth_mb"])
+    print("records left in the Hub's store:", stored)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(summary, indent=2))
     return 0

@@ -515,8 +515,10 @@ class Client(ControlCalls, HubQueries):
         def on_reply(reply: Message) -> None:
             records = (reply.content or {}).get("records") or []
             plan = recovery.answered({r["msg_id"]: r.get("status", "") for r in records})
+            resent = 0
             for msg_id in plan.lost:
                 if self._resend(msg_id, "the controller died before it recorded it"):
+                    resent += 1
                     continue
                 self._records.fail(
                     msg_id,
@@ -524,6 +526,13 @@ class Client(ControlCalls, HubQueries):
                         "the controller died before it recorded this request, so it never "
                         "reached an engine; submit it again"
                     ),
+                )
+            if resent:
+                log.warning(
+                    "client: %d task(s) sent again: the controller died before it recorded "
+                    "them (the first: %s)",
+                    resent,
+                    plan.lost[0],
                 )
             if plan.fetch:
                 self._fetch_results(plan.fetch, 0.0, time.monotonic() + self.timeout)
@@ -544,7 +553,7 @@ class Client(ControlCalls, HubQueries):
         msg = self._resender.take(msg_id)
         if msg is None or self._io.closed:
             return False
-        log.warning("client: task %s sent again: %s", msg_id, why)
+        log.debug("client: task %s sent again: %s", msg_id, why)  # callers log a summary
         self._io.send_now("task", self.session.serialize(msg))
         return True
 

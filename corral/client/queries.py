@@ -13,6 +13,7 @@ the remote error) when the task does.
 
 from __future__ import annotations
 
+import logging
 import time
 import weakref
 from collections.abc import Iterable, Sequence
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from corral.client.view import View
     from corral.protocol.session import Session
     from corral.sharedmem import SharedMemory
+
+log = logging.getLogger("corral.client")
 
 __all__ = ["HubQueries"]
 
@@ -172,6 +175,7 @@ class HubQueries:
 
     def _store_hub_results(self, content: dict[str, Any], buffers: Sequence[Frame]) -> None:
         offset = 0
+        resent: list[str] = []
         for msg_id in content.get("completed", []):
             record = content.get(msg_id)
             if not isinstance(record, dict):
@@ -184,6 +188,7 @@ class HubQueries:
             if (record.get("metadata") or {}).get(RESENDABLE) and self._resend(
                 msg_id, "the controller restarted while it waited in the task scheduler"
             ):
+                resent.append(msg_id)
                 offset += count
                 continue
             self._records.pending.pop(msg_id, None)  # settled from the store: a reply is late
@@ -199,6 +204,13 @@ class HubQueries:
                 submitted=(record.get("parent_header") or {}).get("date"),
             )
             offset += count
+        if resent:
+            log.warning(
+                "client: %d task(s) sent again: the controller restarted while they waited in "
+                "the task scheduler (the first: %s)",
+                len(resent),
+                resent[0],
+            )
 
     # ------------------------------------------------------------------ purging
 

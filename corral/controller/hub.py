@@ -9,6 +9,7 @@ path: it learns of requests and replies from the queues' monitor copies and writ
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -119,6 +120,10 @@ class Hub:
         # load-balanced tasks failed as lost in a restart, which their client may send again
         self.resendable: set[str] = set()
         self.activity = Activity()  # counts and recent completions, for live views
+        # engine uuid -> queue -> the newest reply seen from it since the last tick; then,
+        # with the store's write mark, waiting until those records are written (oldest first)
+        self.replies_seen: dict[str, dict[str, str]] = {}
+        self.replies_writing: deque[tuple[int, dict[str, dict[str, str]]]] = deque()
 
     def restore(self) -> None:
         """After a restart: tasks the store still has pending may yet be answered by engines
@@ -448,7 +453,7 @@ class Hub:
             self._forget_purged(self.store.expire_results())
         except StoreError as err:  # a failing store must not stop the heartbeat
             log.error("hub: purging expired results failed: %s", err)
-        actions: list[Action] = []
+        actions: list[Action] = self._confirm_recorded()
         if self.restored and self.hearts.beat >= self.restored_until_beat:
             self._settle_restored()
         for uuid in failed:
@@ -462,6 +467,23 @@ class Hub:
                 self.expected_from.pop(uuid, None)
                 log.warning("hub: engine %s registered but its heart never beat", uuid)
         return payload, actions
+
+    def _confirm_recorded(self) -> list[Action]:
+        """Tell each engine which of its replies are now written to the store, so that it stops
+        keeping them for a restarted controller (see :mod:`corral.engine.replies`). Never
+        waits for the store: replies seen since the last tick wait for a later one."""
+        if self.replies_seen:
+            self.replies_writing.append((self.store.write_mark(), self.replies_seen))
+            self.replies_seen = {}
+        done: dict[str, dict[str, str]] = {}
+        while self.replies_writing and self.store.written(self.replies_writing[0][0]):
+            for uuid, newest in self.replies_writing.popleft()[1].items():
+                done.setdefault(uuid, {}).update(newest)
+        return [
+            Send("registration", "replies_recorded", newest, idents=(uuid.encode(),))
+            for uuid, newest in done.items()
+            if uuid in self.by_uuid
+        ]
 
     def _forget_purged(self, msg_ids: list[str]) -> None:
         """Results the store purged (time to live, size limit) leave the Hub's tables too, so a
@@ -580,9 +602,13 @@ class Hub:
 
     def _record_reply(self, queue: str, idents: Sequence[bytes], msg: Message) -> None:
         msg_id = msg.parent_id
-        if msg_id is None or msg_id not in self.pending:
-            return  # a duplicate (e.g. a resumed engine's late reply) or not a task
+        if msg_id is None:
+            return
         engine_uuid = _ident(idents, 1)  # a reply travels (client, engine)
+        if engine_uuid in self.by_uuid:  # its engine may forget it once it is written
+            self.replies_seen.setdefault(engine_uuid, {})[queue] = msg_id
+        if msg_id not in self.pending:
+            return  # a duplicate (e.g. a resumed engine's late reply) or not a task
         if engine_uuid in self.dropped:
             return  # a late reply of an engine declared dead: its tasks were settled without it
         expected = self.pending.pop(msg_id)

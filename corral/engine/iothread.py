@@ -130,9 +130,10 @@ class IOThread:
         self._hub_instance: bytes | None = None
         self._lost = False
         self._next_attempt = 0.0
-        self._pending_registration: str | None = None
+        self._registrations: set[str] = set()  # re-registration requests not answered
         self._sigint_watch: tuple[int, float] | None = None
         self.replies = ReplyLog()
+        self._reported_dropped = 0  # replies.dropped when last logged
         self.gate = gate
         self._limited: dict[str, Request] = {}  # requests with a time limit, not answered
         self._overrun: tuple[str, float] | None = None  # (msg_id, when to stop the engine)
@@ -231,7 +232,6 @@ class IOThread:
         self.addresses = {name: str(content[name]) for name in ADDRESS_FIELDS}
         self.identity.id = int(content["id"])
         self.heartbeat_period = float(content.get("heartbeat_period", self.heartbeat_period))
-        self.replies.keep_for = 2 * self.heartbeat_period
         self.shm.configure(Settings.from_json(content.get("shm")))
         self.log.info("registered as engine %d (uuid %s)", self.identity.id, self.identity.uuid)
 
@@ -520,16 +520,24 @@ class IOThread:
             if content.get("uuid") in (None, self.identity.uuid):
                 self.shutdown(1, "the controller unregistered this engine", unregister=False)
             return
-        if msg.msg_type != "registration_reply" or msg.parent_id != self._pending_registration:
+        if msg.msg_type == "replies_recorded":
+            self._on_replies_recorded(content)
+            return
+        if msg.msg_type != "registration_reply" or msg.parent_id not in self._registrations:
             self.log.debug("ignored %s on the registration socket", msg.msg_type)
             return
-        self._pending_registration = None
-        self._lost = False
+        # every attempt made during the outage reaches the restarted controller (zmq queued
+        # them): the first is accepted, the later ones are refused as already registered
+        self._registrations.discard(msg.parent_id)
         if content.get("status") != "ok":
-            self.log.warning(
-                "re-registration refused: %s: %s", content.get("ename"), content.get("evalue")
-            )
+            if not self._registrations:
+                self._lost = False
+                self.log.warning(
+                    "re-registration refused: %s: %s", content.get("ename"), content.get("evalue")
+                )
             return
+        self._registrations.clear()
+        self._lost = False
         if any(str(content.get(name)) != self.addresses[name] for name in ADDRESS_FIELDS):
             self.shutdown(1, "the controller came back on other addresses", unregister=False)
         self._accept_registration(content)
@@ -541,14 +549,30 @@ class IOThread:
         for channel, reply in resend:
             send_frames(self._sockets[channel], reply)
 
+    def _on_replies_recorded(self, content: dict[str, Any]) -> None:
+        """The Hub wrote these replies' records (and every earlier one on their channel)."""
+        try:
+            validate_content("replies_recorded", content)
+        except InvalidContent as err:
+            self.rejected += 1
+            self.log.warning("dropped replies_recorded: %s", err)
+            return
+        for channel, msg_id in content.items():
+            self.replies.recorded(channel.encode(), msg_id)
+        if self.replies.dropped > self._reported_dropped:
+            self.log.warning(
+                "the controller has not confirmed %d replies: dropped the oldest %d unconfirmed",
+                len(self.replies.recent),
+                self.replies.dropped - self._reported_dropped,
+            )
+            self._reported_dropped = self.replies.dropped
+
     def _on_ping(self, frames: list[zmq.Frame]) -> None:
         """Note the controller is alive. Pings are ``<beat>.<controller instance>``: a new
         instance is a restarted controller that does not know this engine: re-register now."""
         self._last_ping = time.monotonic()
         parts = frames[-1].bytes.split(b".")  # a probe adds ".<n>" after the instance
         instance = parts[1] if len(parts) > 1 else b""
-        if instance == self._hub_instance:
-            self.replies.controller_alive(self._last_ping)
         if self._hub_instance is not None and instance != self._hub_instance and not self._lost:
             self.log.warning("the controller restarted; re-registering")
             self._lost = True
@@ -563,7 +587,7 @@ class IOThread:
             self.log.warning("no heartbeat from the controller for %.1f s", now - self._last_ping)
             self._lost = True
         if self._lost and now >= self._next_attempt:
-            self._pending_registration = self._send_registration(self.identity.id, again=True)
+            self._registrations.add(self._send_registration(self.identity.id, again=True))
             self._next_attempt = now + window
 
     def _publish_stats(self) -> None:

@@ -2,11 +2,15 @@
 
 A controller killed while a reply is on its way loses it (zmq keeps what the engine sends
 while the controller is down and delivers it on reconnection, but not what was already in the
-dead controller's buffers). So the engine remembers the replies of the last
-``keep_for`` seconds (a ping from the controller since then shows it was alive to read them) and,
-when it registers with a restarted controller, names the tasks it still holds and the replies it
-sends again; the Hub records each reply once, clients ignore a reply they already have. No
-sockets here: the I/O thread calls these methods with the time.
+dead controller's buffers, nor what its Hub had read but not yet written to its store). So the
+engine keeps each reply until the Hub says it is recorded: every heartbeat period the Hub sends
+``replies_recorded``, naming per channel the newest reply of this engine whose record is
+written to its store. Replies travel in order on each channel (engine, queue, Hub monitor), so
+that reply and every earlier one on its channel are safe and forgotten. When the engine
+registers with a restarted controller, it names the tasks it still holds and the replies it
+sends again; the Hub records each reply once, clients ignore a reply they already have. At most
+``MAX_KEPT`` replies are kept (a Hub that far behind loses the oldest, with a warning). No
+sockets here: the I/O thread calls these methods.
 """
 
 from __future__ import annotations
@@ -19,16 +23,17 @@ import orjson
 
 from corral.protocol.session import DELIMITER, Frame, frame_view
 
-MAX_KEPT = 10_000  # recent replies kept at most, whatever their age
+MAX_KEPT = 10_000  # replies kept at most while the Hub has not confirmed them
 
 
 @dataclass
 class ReplyLog:
-    """Tasks received and not answered (``held``) and replies sent recently (``recent``)."""
+    """Tasks received and not answered (``held``) and replies the Hub has not confirmed as
+    recorded (``recent``, oldest first)."""
 
-    keep_for: float = 6.0
     held: dict[str, None] = field(default_factory=dict)
     recent: OrderedDict[str, tuple[float, bytes, list[Frame]]] = field(default_factory=OrderedDict)
+    dropped: int = 0  # unconfirmed replies pushed out by MAX_KEPT
 
     def received(self, msg_id: str) -> None:
         self.held[msg_id] = None
@@ -43,16 +48,24 @@ class ReplyLog:
         self.recent[msg_id] = (now, channel, list(frames))
         while len(self.recent) > MAX_KEPT:
             self.recent.popitem(last=False)
+            self.dropped += 1
         return msg_id
 
-    def controller_alive(self, now: float) -> None:
-        """A ping came: replies older than ``keep_for`` were read by this controller."""
-        limit = now - self.keep_for
-        while self.recent:
-            msg_id, (sent, _, _) = next(iter(self.recent.items()))
-            if sent >= limit:
-                return
-            del self.recent[msg_id]
+    def recorded(self, channel: bytes, msg_id: str) -> int:
+        """The Hub wrote the record of the reply to ``msg_id`` sent on ``channel``: forget it
+        and every earlier reply on that channel (they reached the Hub before it). Replies on
+        other channels stay. How many were forgotten (0 if ``msg_id`` is not kept)."""
+        if self.recent.get(msg_id, (0.0, None))[1] != channel:
+            return 0
+        done = []
+        for kept_id, (_, kept_channel, _) in self.recent.items():
+            if kept_channel == channel:
+                done.append(kept_id)
+            if kept_id == msg_id:
+                break
+        for kept_id in done:
+            del self.recent[kept_id]
+        return len(done)
 
     def to_report(self) -> list[str]:
         """The msg_ids a restarted controller must expect answers for from this engine."""

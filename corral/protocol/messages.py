@@ -69,6 +69,8 @@ _SPECS = [
         {"shm_host": (str,), "info": (dict,)},
     ),
     _spec("unregistration_notification", {"id": (int,), "uuid": (str,)}, optional={"why": (str,)}),
+    # -- Hub to one engine (registration ROUTER): its newest reply per queue, recorded --
+    _spec("replies_recorded", optional={"mux": (str,), "task": (str,)}),
     # -- client queries (Hub ROUTER) --
     _spec("queue_request", optional={"verbose": (bool,), "targets": INT_LIST}),
     _reply("queue_reply"),

@@ -31,3 +31,41 @@ def test_finished_requests_are_forgotten_and_pending_ones_kept(rc: Any) -> None:
     assert running.get(timeout=60) == 1.0
     rc.purge_local_results([running])
     assert running.msg_ids[0] not in rc.results
+
+
+def _client_tables(rc: Any) -> dict[str, int]:
+    """The size of every table the client keeps per request."""
+    records = rc._records
+    return {
+        "futures": len(records.futures),
+        "pending": len(records.pending),
+        "results": len(records.results),
+        "metadata": len(records.metadata),
+        "history": len(records.history),
+        "outstanding": len(records.outstanding),
+        "streams_final": len(records._streams_final),
+        "silent": len(records._silent),
+        "trackers": len(records.trackers),
+        "iopub_listeners": len(records.iopub_listeners),
+        "resend_held": len(rc._resender.held),
+        "views_history": sum(len(view.history) for view in rc._views),
+    }
+
+
+def test_tables_stay_bounded_over_rounds_with_purging(rc: Any) -> None:
+    """A long run in miniature: rounds of tasks, each followed by purge_results('all'); no
+    table of the client or the Hub keeps anything of a purged round."""
+    view = rc.load_balanced_view()
+    direct = rc[0]
+    for round_number in range(3):
+        balanced = view.map_async(_nap, [0.0] * 200, chunksize=1)
+        executed = direct.execute("x = 1", silent=True)
+        applied = direct.apply_async(_nap, 0.0)
+        assert balanced.get(timeout=120) == [0.0] * 200
+        executed.get(timeout=60)
+        assert applied.get(timeout=60) == 0.0
+        rc.purge_results("all")
+        tables = _client_tables(rc)
+        assert set(tables.values()) == {0}, (round_number, tables)
+        assert rc.hub_history() == [], round_number
+        assert rc.queue_status()["unassigned"] == 0

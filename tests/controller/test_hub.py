@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from corral.controller.hub import Hub, Send, Stop
 from corral.controller.store.memory import MemoryStore
+from corral.controller.store.sqlite import SQLiteStore
 from corral.protocol.messages import RESENDABLE
 from corral.protocol.session import Message, Session
 
@@ -463,3 +466,82 @@ def test_db_request_with_a_limit_answers_one_page_and_the_total(hub: Hub) -> Non
     assert ids == [requests[3].msg_id, requests[2].msg_id]
     (bad,) = hub.handle_request([b"c"], request("db_request", query={}, limit=0))
     assert isinstance(bad, Send) and bad.content["ename"] == "QueryError"
+
+
+def test_engines_are_told_their_newest_recorded_reply_per_queue(hub: Hub) -> None:
+    register(hub, "a")
+    register(hub, "b")
+    first, second, direct = submit_mux(hub, "a"), submit_mux(hub, "a"), submit_mux(hub, "b")
+    hub.handle_monitor(b"mux_out", [b"client-1", b"a"], reply_for(first))
+    hub.handle_monitor(b"mux_out", [b"client-1", b"a"], reply_for(second))
+    task = session.msg("apply_request", {})
+    hub.handle_monitor(b"task_in", [b"client-1"], task)
+    hub.handle_monitor(b"task_out", [b"client-1", b"a"], reply_for(task))
+    hub.handle_monitor(b"mux_out", [b"client-1", b"b"], reply_for(direct))
+    hub.handle_monitor(b"mux_out", [b"client-1", b"b"], reply_for(direct))  # a duplicate too
+    hub.handle_monitor(b"mux_out", [b"client-1", b"gone"], reply_for(direct))  # not registered
+    _, actions = hub.tick()
+    confirmed = {a.idents: a.content for a in actions if a.msg_type == "replies_recorded"}
+    assert confirmed == {
+        (b"a",): {"mux": second.msg_id, "task": task.msg_id},
+        (b"b",): {"mux": direct.msg_id},
+    }
+    _, actions = hub.tick()
+    assert not [a for a in actions if a.msg_type == "replies_recorded"]  # once each
+
+
+def test_replies_are_confirmed_only_once_their_records_are_written(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "tasks.db")
+    try:
+        hub = Hub(store, ENGINE_ADDRESSES, CLIENT_ADDRESSES, heartbeat_period=1.0)
+        register(hub, "a")
+        req = submit_mux(hub, "a")
+        hub.handle_monitor(b"mux_out", [b"client-1", b"a"], reply_for(req))
+        mark = store.write_mark()
+        _, actions = hub.tick()
+        confirmed = [a for a in actions if a.msg_type == "replies_recorded"]
+        assert bool(confirmed) == store.written(mark)  # the writer thread may be done already
+        store.flush()
+        if not confirmed:
+            _, actions = hub.tick()
+            confirmed = [a for a in actions if a.msg_type == "replies_recorded"]
+        assert [a.content for a in confirmed] == [{"mux": req.msg_id}]
+        assert store.get_record(req.msg_id)["status"] == "ok"
+    finally:
+        store.close()
+
+
+def hub_tables(hub: Hub) -> dict[str, int]:
+    """The size of every table the Hub keeps per task (the activity log has a fixed capacity)."""
+    return {
+        "pending": len(hub.pending),
+        "balanced": len(hub.balanced),
+        "resendable": len(hub.resendable),
+        "restored": len(hub.restored),
+        "reported": len(hub.reported),
+        "replies_seen": len(hub.replies_seen),
+        "replies_writing": len(hub.replies_writing),
+        "engine_queues": sum(len(e.queue) + len(e.tasks) for e in hub.engines.values()),
+        "engine_completed": sum(len(e.completed) for e in hub.engines.values()),
+        "stored": len(hub.store.get_history()),
+    }
+
+
+def test_tables_stay_bounded_over_rounds_with_purging(hub: Hub) -> None:
+    register(hub, "a")
+    register(hub, "b")
+    for _ in range(3):
+        for index in range(500):
+            engine = "ab"[index % 2]
+            balanced = submit_balanced(hub, retries=1, engine_uuid=engine)
+            hub.handle_monitor(b"task_out", [b"client-1", engine.encode()], reply_for(balanced))
+            direct = submit_mux(hub, engine)
+            hub.handle_monitor(b"mux_out", [b"client-1", engine.encode()], reply_for(direct))
+        payload, _ = hub.tick()
+        for uuid in ("a", "b"):
+            hub.handle_pong(uuid, payload)
+        assert hub_tables(hub)["engine_completed"] == 1000
+        (reply,) = hub.handle_request([b"client-1"], request("purge_request", msg_ids="all"))
+        assert reply.content["status"] == "ok"
+        assert set(hub_tables(hub).values()) == {0}, hub_tables(hub)
+    assert len(hub.activity.recent) <= hub.activity.capacity

@@ -995,3 +995,33 @@ def test_priorities_keep_targets_and_dependencies() -> None:
     assert dispatches(sim.finish("a")) == [("any", "e1")]
     assert sim.core.task_state("after-a") == "queued"
     assert dispatches(sim.finish("on-e2")) == [("after-a", "e2")]
+
+
+def test_tables_stay_bounded_when_finished_tasks_are_forgotten() -> None:
+    """What the socket shell does after FINISHED_MEMORY answers: forget the oldest outcome.
+    Then nothing of a finished round stays in the core, whatever its tasks named."""
+    sim = Sim(engines=["e1", "e2"])
+    for round_number in range(3):
+        names = [f"r{round_number}-{index}" for index in range(300)]
+        for index, msg_id in enumerate(names):
+            fields: dict[str, object] = {"timeout": 60.0, "retries": 1}
+            if index % 3 == 1:
+                fields["after"] = dep(names[index - 1])
+            elif index % 3 == 2:
+                fields["follow"] = dep(names[index - 2], all=False)
+            sim.submit(msg_id, **fields)
+        sim.drain(success=lambda msg_id: not msg_id.endswith("7"))
+        assert all(sim.core.task_state(m) is None for m in names)
+        sim.core.forget(names)
+        sim.core.next_deadline()  # drops the deadlines of finished tasks
+        core, graph = sim.core, sim.core._graph
+        sizes = {
+            "records": len(core._records),
+            "queued": len(core._queue_any) + sum(map(len, core._queue_for.values())),
+            "deadlines": len(core._deadlines),
+            "outcomes": len(graph._outcomes),
+            "waiters": len(graph._waiters),
+            "waiting_on": len(graph._waiting_on),
+            "at_location": len(graph._at_location),
+        }
+        assert set(sizes.values()) == {0}, (round_number, sizes)

@@ -17,7 +17,7 @@ from corral.protocol.references import Reference, interactive
 from corral.protocol.serialize import deserialize_object, pack_apply_message
 from corral.protocol.session import Message, Session
 from corral.sharedmem import host_identity
-from tests.engine.controller_double import WAIT, FakeController, is_idle
+from tests.engine.controller_double import KEY, WAIT, FakeController, is_idle
 from tests.polling import until
 from tests.wire import send_msg
 
@@ -134,6 +134,54 @@ def test_reregisters_when_pings_stop(controller: FakeController) -> None:
     until(  # the new id shows in replies once the engine has taken the reply
         lambda: execute(controller, "None").metadata["engine_id"] == 4, WAIT, "the new id"
     )
+
+
+def _answer_registration(controller: FakeController, request: Message, ok: bool) -> None:
+    if ok:
+        content = {"status": "ok", "id": 0, "heartbeat_period": 0.05, **controller.addresses()}
+    else:
+        content = {"status": "error", "ename": "RegistrationError", "evalue": "registered"}
+    send_msg(
+        controller.session,
+        controller.registration,
+        "registration_reply",
+        content,
+        parent=request,
+        idents=request.idents,
+    )
+
+
+def test_unconfirmed_replies_are_sent_again_though_a_later_attempt_is_refused(
+    controller: FakeController,
+) -> None:
+    """A restarted controller gets every attempt the engine queued while it was gone: the
+    first is accepted, the others refused as already registered. The engine still sends the
+    replies the Hub never confirmed; a confirmed one is forgotten."""
+    controller.start_engine()
+    controller.register(engine_id=0, period=0.05)
+    confirmed = execute(controller, "1")
+    kept = execute(controller, "2")
+    send_msg(
+        controller.session,
+        controller.registration,
+        "replies_recorded",
+        {"mux": confirmed.parent_header["msg_id"]},
+        idents=(controller.uuid.encode(),),
+    )
+    attempts = [controller.recv_type(controller.registration, "registration_request")]
+    deadline = time.monotonic() + WAIT
+    # no pings: it re-registers all along; wait for an attempt sent after the confirmation
+    while (attempts[-1].content or {}).get("tasks") != [kept.parent_header["msg_id"]]:
+        assert time.monotonic() < deadline, [a.content for a in attempts]
+        attempts.append(controller.recv_type(controller.registration, "registration_request"))
+    attempts.append(controller.recv_type(controller.registration, "registration_request"))
+    _answer_registration(controller, attempts[0], ok=True)
+    for attempt in attempts[1:]:
+        _answer_registration(controller, attempt, ok=False)
+    # the same message again: a fresh session, as a restarted scheduler has (no replay seen)
+    again = controller.recv(controller.mux, WAIT, Session(KEY, check_msg_type=False))
+    assert again.parent_header["msg_id"] == kept.parent_header["msg_id"]
+    assert again.content == kept.content
 
 
 def test_unregistration_notification_makes_the_engine_exit(controller: FakeController) -> None:

@@ -21,16 +21,27 @@ def test_parent_msg_id_reads_the_parent_header() -> None:
     assert parent_msg_id([b"<IDS|MSG>", b"sig"]) is None
 
 
-def test_held_until_replied_then_kept_until_the_controller_is_seen_alive() -> None:
-    log = ReplyLog(keep_for=2.0)
+def test_held_until_replied_then_kept_until_the_hub_confirms_the_record() -> None:
+    log = ReplyLog()
     log.received("a")
     log.received("b")
     log.replied(b"mux", reply_frames("a"), now=10.0)
     assert log.to_report() == ["b", "a"]
-    log.controller_alive(now=11.0)  # too recent to be sure it was read
-    assert "a" in log.recent
-    log.controller_alive(now=12.5)
+    # no clock forgets it: a Hub far behind may not have read it yet however old it is
+    assert log.recorded(b"task", "a") == 0  # confirmed on another channel: not this reply
+    assert log.to_report() == ["b", "a"]
+    assert log.recorded(b"mux", "a") == 1
     assert log.to_report() == ["b"]
+
+
+def test_a_confirmation_covers_earlier_replies_of_its_channel_only() -> None:
+    log = ReplyLog()
+    for msg_id, channel in [("t1", b"task"), ("m1", b"mux"), ("t2", b"task"), ("t3", b"task")]:
+        log.replied(channel, reply_frames(msg_id), now=0.0)
+    assert log.recorded(b"task", "t2") == 2
+    assert list(log.recent) == ["m1", "t3"]
+    assert log.recorded(b"task", "unknown") == 0  # already forgotten, or never sent here
+    assert list(log.recent) == ["m1", "t3"]
 
 
 def test_resend_gives_recent_replies_oldest_first_once() -> None:
@@ -50,3 +61,4 @@ def test_recent_replies_are_bounded() -> None:
         log.recent[str(index)] = (0.0, b"mux", frames)
     log.replied(b"mux", reply_frames("newest"), now=0.0)
     assert len(log.recent) == MAX_KEPT and "newest" in log.recent and "0" not in log.recent
+    assert log.dropped == 6

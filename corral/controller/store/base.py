@@ -237,6 +237,15 @@ class ResultStore(ABC):
     def close(self) -> None:
         """Flush, release connections and threads; idempotent. Later calls raise."""
 
+    def write_mark(self) -> int:
+        """A mark of the writes issued so far, for :meth:`written` (never waits)."""
+        return 0
+
+    def written(self, mark: int) -> bool:
+        """Whether every write issued before ``mark`` was taken is applied (or failed and was
+        logged). Stores that write at the call, like this default, always say yes."""
+        return True
+
     # ------------------------------------------------------------ retention (retention.py)
 
     retention: Retention | None = None
@@ -452,6 +461,16 @@ class BatchWriter(Generic[PayloadT]):
             self._raise_error()
             if self._done < target:
                 raise StoreError(f"{self._name}: the writer thread stopped with writes queued")
+
+    def mark(self) -> int:
+        """How many writes were submitted so far: a mark for :meth:`applied`."""
+        with self._condition:
+            return self._submitted
+
+    def applied(self, mark: int) -> bool:
+        """Whether the first ``mark`` writes are applied or have failed (never waits)."""
+        with self._condition:
+            return self._done >= mark
 
     def check(self) -> None:
         """Raise the pending error of a failed write, if any, without waiting."""

@@ -341,6 +341,12 @@ class MongoStore(ResultStore):
         except PyMongoError as exc:
             raise StoreError(f"reading the result store {self.name} failed: {exc}") from exc
 
+    def write_mark(self) -> int:
+        return self._writer.mark()
+
+    def written(self, mark: int) -> bool:
+        return self._writer.applied(mark)
+
     def flush(self) -> None:
         if self._closed:
             raise StoreError(f"the MongoDB result store {self.name} is closed")

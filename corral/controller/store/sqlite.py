@@ -499,6 +499,12 @@ class SQLiteStore(ResultStore):
             self._check_open()
             return [row[0] for row in self._reader.execute("SELECT msg_id FROM tasks ORDER BY seq")]
 
+    def write_mark(self) -> int:
+        return self._writer.mark()
+
+    def written(self, mark: int) -> bool:
+        return self._writer.applied(mark)
+
     def flush(self) -> None:
         self._check_open()
         self._writer.flush()

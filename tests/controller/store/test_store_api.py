@@ -433,3 +433,11 @@ def test_reopen_sees_every_record(persistent_factory: StoreFactory) -> None:
     assert second.get_record("m2")["result_buffers"] == [b"r" * 5_000_000]
     second.add_record("m4", {"status": "pending"})
     assert second.get_history() == ["m0", "m1", "m2", "m3", "m4"]
+
+
+def test_a_write_mark_is_written_once_its_writes_are_applied(store: ResultStore) -> None:
+    store.add_record("a", full_record("a"))
+    mark = store.write_mark()
+    store.flush()
+    assert store.written(mark)
+    assert store.get_record("a")["msg_id"] == "a"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from corral.controller.store import SQLiteStore, open_store
-from corral.controller.store.base import SCALAR_FIELD_CATEGORIES
+from corral.controller.store.base import SCALAR_FIELD_CATEGORIES, BatchWriter, WriteOp
 from corral.controller.store.query import parse_query, split_query
 from corral.controller.store.sqlite import sql_where
 from corral.errors import StoreError
@@ -231,3 +231,26 @@ def test_concurrent_readers_and_a_writer(sqlite_store: SQLiteStore) -> None:
             reader.join()
     assert errors == []
     assert len(sqlite_store.find_records({"status": "ok"}, keys=[])) == 2000
+
+
+def test_batch_writer_marks_say_which_writes_are_applied_without_waiting() -> None:
+    release = threading.Event()
+    applied: list[str] = []
+
+    def apply(batch: list[WriteOp[None]]) -> None:
+        assert release.wait(30), "the test never released the writer"
+        applied.extend(op.msg_ids[0] for op in batch)
+
+    writer: BatchWriter[None] = BatchWriter(apply, name="test writer", linger=0.0)
+    try:
+        writer.submit(WriteOp("upsert", ("a",), None))
+        mark = writer.mark()
+        writer.submit(WriteOp("upsert", ("b",), None))
+        assert mark == 1 and not writer.applied(mark)  # held by the writer: not applied yet
+        release.set()
+        writer.flush()
+        assert writer.applied(mark) and writer.applied(writer.mark())
+        assert applied == ["a", "b"]
+    finally:
+        release.set()
+        writer.close()
