@@ -29,6 +29,7 @@ from common import (
     check,
     collect,
     corral_cluster,
+    cpu_seconds,
     diagnose_hangs,
     final_process_check,
     machine_load,
@@ -61,17 +62,6 @@ def throughput(client: Any) -> float:
     return ROUND_TASKS / elapsed
 
 
-def cpu(processes: list[psutil.Process]) -> float:
-    total = 0.0
-    for process in processes:
-        try:
-            times = process.cpu_times()
-        except psutil.Error:
-            continue
-        total += times.user + times.system + times.children_user + times.children_system
-    return total
-
-
 def browser_processes(driver: Any) -> list[psutil.Process]:
     """chromedriver and every Chromium process below it."""
     root = psutil.Process(driver.service.process.pid)
@@ -90,11 +80,15 @@ def open_round(cluster: Any) -> tuple[float, float, float]:
                 check(time.monotonic() < deadline, "the page receives updates")
                 time.sleep(0.1)  # waiting for the page's first ticks
             processes = browser_processes(driver)
-            before = time.perf_counter(), cpu([dashboard]), cpu(processes)
+            before = (
+                time.perf_counter(),
+                cpu_seconds([dashboard], children=True),
+                cpu_seconds(processes, children=True),
+            )
             rate = throughput(cluster.client)
             seconds = time.perf_counter() - before[0]
-            dashboard_cores = (cpu([dashboard]) - before[1]) / seconds
-            browser_cores = (cpu(processes) - before[2]) / seconds
+            dashboard_cores = (cpu_seconds([dashboard], children=True) - before[1]) / seconds
+            browser_cores = (cpu_seconds(processes, children=True) - before[2]) / seconds
             updates = driver.execute_script("return window.corralDashboard.updates")
             check(updates >= 2, "the page kept updating")
     finally:

@@ -26,7 +26,14 @@ from typing import Any
 
 import orjson
 import psutil
-from common import check, corral_cluster, final_process_check, print_table, write_results
+from common import (
+    check,
+    corral_cluster,
+    cpu_seconds,
+    final_process_check,
+    print_table,
+    write_results,
+)
 
 from corral.controller.hub import Hub, Send
 from corral.controller.store import SQLiteStore
@@ -186,14 +193,7 @@ def synthetic_snapshot() -> tuple[dict[str, Any], dict[str, Any]]:
 
 def chromium_cpu(driver: Any) -> float:
     root = psutil.Process(driver.service.process.pid)
-    total = 0.0
-    for process in [root, *root.children(recursive=True)]:
-        try:
-            times = process.cpu_times()
-        except psutil.Error:
-            continue
-        total += times.user + times.system
-    return total
+    return cpu_seconds([root, *root.children(recursive=True)])
 
 
 RENDER = """

@@ -46,6 +46,7 @@ from common import (
     collect,
     corral_cluster,
     corral_scheduler,
+    cpu_seconds,
     dask_cluster,
     diagnose_hangs,
     final_process_check,
@@ -111,17 +112,6 @@ def roles(running: Running) -> dict[str, list[psutil.Process]]:
             found["engines"].append(process)
     found["client"].append(psutil.Process())
     return found
-
-
-def cpu_seconds(processes: list[psutil.Process]) -> float:
-    total = 0.0
-    for process in processes:
-        try:
-            times = process.cpu_times()
-        except psutil.Error:
-            continue
-        total += times.user + times.system
-    return total
 
 
 class CpuMeter:

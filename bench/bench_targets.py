@@ -48,6 +48,7 @@ from common import (
     check,
     collect,
     corral_cluster,
+    cpu_seconds,
     dask_cluster,
     dask_workers,
     diagnose_hangs,
@@ -105,20 +106,6 @@ def gbps(step: Callable[[], object]) -> float:
     """GB/s of one ARRAY_MB transfer: median of BIG_ROUNDS after one warm-up."""
     step()
     return ARRAY_MB / 1000 / statistics.median(timed(step)[0] for _ in range(BIG_ROUNDS))
-
-
-def cpu_seconds(processes: list[psutil.Process]) -> float:
-    total = 0.0
-    for process in processes:
-        try:
-            times = process.cpu_times()
-        except psutil.Error:
-            continue
-        total += times.user + times.system
-    return total
-
-
-# ---------------------------------------------------------------- one system, in a child
 
 
 def lb_run(

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -387,3 +387,18 @@ def mongod() -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="mongod-bench-") as folder:
         with running_mongod(binary, Path(folder)) as url:
             yield url
+
+
+def cpu_seconds(processes: Iterable[psutil.Process], *, children: bool = False) -> float:
+    """User and system CPU seconds of ``processes`` (those gone meanwhile count 0);
+    ``children``: with their waited-for children's too."""
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+        if children:
+            total += times.children_user + times.children_system
+    return total
