@@ -307,7 +307,11 @@ class Hub:
                     idents,
                     msg,
                     "registration_reply",
-                    error_reply("RegistrationError", f"engine id {requested} is in use"),
+                    # id_in_use: the engine may ask again (its predecessor may be dying)
+                    {
+                        **error_reply("RegistrationError", f"engine id {requested} is in use"),
+                        "id_in_use": requested,
+                    },
                 )
             ]
         if requested is None:

@@ -64,6 +64,7 @@ from .runner import (
 )
 from .stats import STATS_PERIOD, STATS_TOPIC, StatsSampler
 
+ID_IN_USE_RETRY = 0.25  # seconds between registrations asking for an id still in use
 CONTROL_TYPES = frozenset({"clear_request", "abort_request", "signal_request", "shutdown_request"})
 ADDRESS_FIELDS = ("mux", "control", "task", "iopub", "hb_ping", "hb_pong")
 BATCH = 64
@@ -209,6 +210,12 @@ class IOThread:
             if reply is None or reply.parent_id != msg_id:
                 continue
             content = reply.content or {}
+            if content.get("id_in_use") is not None and remaining > ID_IN_USE_RETRY:
+                # a supervisor restarting a dead engine under its id can be faster than the
+                # Hub's death detection: ask again until the old holder is gone or time is up
+                time.sleep(ID_IN_USE_RETRY)
+                msg_id = self._send_registration(self.requested_id)
+                continue
             if content.get("status") != "ok":
                 self.failure = (
                     f"the controller refused registration: {content.get('ename', 'error')}: "
