@@ -90,16 +90,7 @@ def test_an_id_still_in_use_is_asked_for_again(controller: FakeController) -> No
     for answer in ({"id_in_use": 3}, {}):  # refused as in use, then for good
         request = controller.recv_type(controller.registration, "registration_request")
         assert request.content is not None and request.content["id"] == 3
-        evalue = "engine id 3 is in use"
-        content = {"status": "error", "ename": "RegistrationError", "evalue": evalue}
-        send_msg(
-            controller.session,
-            controller.registration,
-            "registration_reply",
-            {**content, **answer},
-            parent=request,
-            idents=request.idents,
-        )
+        _reply_registration(controller, request, {**_refusal("engine id 3 is in use"), **answer})
     assert engine.wait_exit() == 1
     assert "is in use" in engine.log()
 
@@ -110,15 +101,7 @@ def test_refused_registration_exits_with_the_reason(controller: FakeController) 
     assert request.content is not None and request.content.pop("info")["pid"] == engine.popen.pid
     assert request.content == {"uuid": "my-engine-uuid", "id": 3, "shm_host": host_identity()}
     assert request.idents == (b"my-engine-uuid",)
-    content = {"status": "error", "ename": "RegistrationError", "evalue": "uuid already in use"}
-    send_msg(
-        controller.session,
-        controller.registration,
-        "registration_reply",
-        content,
-        parent=request,
-        idents=request.idents,
-    )
+    _reply_registration(controller, request, _refusal("uuid already in use"))
     assert engine.wait_exit() == 1
     assert "uuid already in use" in engine.log()
 
@@ -159,7 +142,17 @@ def _answer_registration(controller: FakeController, request: Message, ok: bool)
     if ok:
         content = {"status": "ok", "id": 0, "heartbeat_period": 0.05, **controller.addresses()}
     else:
-        content = {"status": "error", "ename": "RegistrationError", "evalue": "registered"}
+        content = _refusal("registered")
+    _reply_registration(controller, request, content)
+
+
+def _refusal(evalue: str) -> dict[str, str]:
+    return {"status": "error", "ename": "RegistrationError", "evalue": evalue}
+
+
+def _reply_registration(
+    controller: FakeController, request: Message, content: dict[str, object]
+) -> None:
     send_msg(
         controller.session,
         controller.registration,
