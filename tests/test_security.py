@@ -18,8 +18,8 @@ from zmq.utils.monitor import recv_monitor_message
 
 from corral.cli import _controller_args, build_parser
 from corral.client.client import Client
-from corral.engine.connection import EngineConnectionInfo
 from corral.errors import ConnectionError
+from corral.protocol.connection_files import EngineConnection
 from corral.protocol.serialize import pack_apply_message
 from corral.protocol.session import Session
 from corral.security import (
@@ -178,8 +178,8 @@ def test_a_curve_round_trip_over_tcp() -> None:
 def test_engine_connection_info_reads_the_curve_section() -> None:
     keys = CurveKeys.generate()
     info = {"key": "k", "registration": 5555, "curve": keys.to_connection()}
-    assert EngineConnectionInfo.from_dict(info).curve == CurveKeys.from_connection(info)
-    assert EngineConnectionInfo.from_dict({"key": "k", "registration": 5555}).curve is None
+    assert EngineConnection.from_json(info).curve == CurveKeys.from_connection(info)
+    assert EngineConnection.from_json({"key": "k", "registration": 5555}).curve is None
 
 
 def test_the_cli_passes_curve_through_to_the_controller() -> None:
