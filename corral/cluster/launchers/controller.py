@@ -56,7 +56,6 @@ class SSHController:
         self.remote_base = str(self.options.get("remote_dir") or ".corral")
         self.process: subprocess.Popen[bytes] | None = None
         self.log = local_path / "controller-ssh.log"
-        self.far_pid: int | None = None
 
     def _ssh(self, command: str, tty: bool = False) -> list[str]:
         ssh = require_tool(str(self.options.get("ssh") or "ssh"), "ssh controller")
@@ -119,7 +118,6 @@ class SSHController:
         self.local_path.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_private_json(self.local_path / ENGINE_FILE, engine)
         write_private_json(self.local_path / CLIENT_FILE, client)
-        self.far_pid = pid
         return True
 
     def stop(self, timeout: float) -> None:
