@@ -20,12 +20,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
 
 import orjson
 
 from corral.errors import ConnectionError
-from corral.security import CurveKeys
+
+if TYPE_CHECKING:  # imported when a file is read: corral.security loads zmq.auth (slow)
+    from corral.security import CurveKeys
 
 __all__ = [
     "CLIENT_FILE",
@@ -167,6 +169,8 @@ class _Fields:
         return None if value is None else float(value)
 
     def curve(self) -> CurveKeys | None:
+        from corral.security import CurveKeys
+
         try:
             return CurveKeys.from_connection(self.info)
         except ConnectionError as err:
