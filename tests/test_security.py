@@ -16,7 +16,7 @@ import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from corral.cli import _controller_args, build_parser
+from corral.cli.flags import build_parser, controller_args
 from corral.client.client import Client
 from corral.errors import ConnectionError
 from corral.protocol.connection_files import EngineConnection
@@ -184,8 +184,8 @@ def test_engine_connection_info_reads_the_curve_section() -> None:
 
 def test_the_cli_passes_curve_through_to_the_controller() -> None:
     args = build_parser().parse_args(["start", "--curve", "-n", "1"])
-    assert args.curve and "--curve" in _controller_args(args)
-    assert "--curve" not in _controller_args(build_parser().parse_args(["start"]))
+    assert args.curve and "--curve" in controller_args(args)
+    assert "--curve" not in controller_args(build_parser().parse_args(["start"]))
 
 
 # ------------------------------------------------------------------ a real curve cluster
