@@ -16,9 +16,8 @@ from pathlib import Path
 from corral.cli.flags import cluster_path, controller_args
 from corral.cluster.folders import STATE_FILE
 from corral.errors import CorralError
-from corral.protocol.connection_files import CLIENT_FILE, read_json_object
+from corral.protocol.connection_files import CLIENT_FILE, DASHBOARD_FILE, read_json_object
 
-DASHBOARD_FILE = "dashboard.json"  # written by the dashboard (corral/dashboard/server.py)
 MANAGER_LOG = "cluster-manager.log"
 
 

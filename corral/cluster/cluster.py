@@ -41,6 +41,7 @@ from corral.cluster.supervisor import RestartPolicy, Supervisor
 from corral.errors import ConnectionError, CorralError, TimeoutError
 from corral.protocol.connection_files import (
     CLIENT_FILE,
+    DASHBOARD_FILE,
     DEFAULT_CLUSTER_ID,
     ENGINE_FILE,
     cluster_dir_from,
@@ -273,12 +274,12 @@ class Cluster:
         process = self._spawn(args + self.dashboard_args, "dashboard.log")
         self.dashboard_process = process
         _wait_for(
-            lambda: _written_by(self.path / "dashboard.json", process.pid, "pid"),
+            lambda: _written_by(self.path / DASHBOARD_FILE, process.pid, "pid"),
             self.timeout,
             f"dashboard of cluster {self.cluster_id}",
             alive=lambda: process.poll() is None,
         )
-        self.dashboard_url = str(json.loads((self.path / "dashboard.json").read_text())["url"])
+        self.dashboard_url = str(json.loads((self.path / DASHBOARD_FILE).read_text())["url"])
         self._save_state()
         return self.dashboard_url
 

@@ -30,7 +30,12 @@ from typing import Any, Literal
 
 import psutil
 
-from corral.protocol.connection_files import CLIENT_FILE, ENGINE_FILE, read_json_object
+from corral.protocol.connection_files import (
+    CLIENT_FILE,
+    ENGINE_FILE,
+    STORE_FILE,
+    read_json_object,
+)
 
 log = logging.getLogger("corral.cluster")
 
@@ -196,7 +201,7 @@ def inventory(base: Path) -> list[ClusterFolder]:
 
 
 def _is_cluster_folder(path: Path) -> bool:
-    markers = (LOCK_FILE, STATE_FILE, CLIENT_FILE, ENGINE_FILE, "tasks.db", "controller.log")
+    markers = (LOCK_FILE, STATE_FILE, CLIENT_FILE, ENGINE_FILE, STORE_FILE, "controller.log")
     return any((path / name).exists() for name in markers)
 
 

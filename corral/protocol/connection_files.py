@@ -32,10 +32,12 @@ if TYPE_CHECKING:  # imported when a file is read: corral.security loads zmq.aut
 __all__ = [
     "CLIENT_FILE",
     "CLUSTER_DIR_VARIABLE",
+    "DASHBOARD_FILE",
     "DEFAULT_CLUSTER_DIR",
     "DEFAULT_CLUSTER_ID",
     "ENGINE_FILE",
     "RESTORE_FILE",
+    "STORE_FILE",
     "ClientConnection",
     "CommonFields",
     "EngineConnection",
@@ -48,6 +50,8 @@ __all__ = [
 CLIENT_FILE = "corral-client.json"
 ENGINE_FILE = "corral-engine.json"
 RESTORE_FILE = "controller-restore.json"  # key and ports for --restore; kept after a clean stop
+DASHBOARD_FILE = "dashboard.json"  # the dashboard's {url, port, pid}, while it runs
+STORE_FILE = "tasks.db"  # the SQLite result store
 DEFAULT_CLUSTER_ID = "default"
 DEFAULT_CLUSTER_DIR = "~/.corral"
 CLUSTER_DIR_VARIABLE = "CORRAL_DIR"  # read by the entry points only, through cluster_dir_from
