@@ -20,7 +20,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import orjson
 
@@ -117,9 +117,6 @@ def _load(path: Path, what: str) -> object:
         raise ConnectionError(f"the {what} {path} is not valid JSON: {err}") from None
 
 
-T = TypeVar("T")
-
-
 class _Fields:
     """Typed access to one decoded file, each error naming the file and the field."""
 
@@ -129,7 +126,7 @@ class _Fields:
         self.info: Mapping[str, Any] = info
         self.where = where
 
-    def _get(self, name: str, kind: type[T] | tuple[type, ...], default: Any) -> Any:
+    def _get(self, name: str, kind: type | tuple[type, ...], default: Any) -> Any:
         value = self.info.get(name, default)
         if value is _REQUIRED:
             raise ConnectionError(f"{self.where} lacks the field {name!r}")
@@ -139,7 +136,7 @@ class _Fields:
 
     def port(self, name: str) -> int:
         value = self._get(name, int, _REQUIRED)
-        if isinstance(value, bool) or not 0 < value < 65536:
+        if value is None or isinstance(value, bool) or not 0 < value < 65536:
             raise ConnectionError(f"{self.where}: field {name!r} is not a port: {value!r}")
         return int(value)
 
@@ -147,7 +144,8 @@ class _Fields:
         return None if self.info.get(name) is None else self.port(name)
 
     def text(self, name: str, default: str) -> str:
-        return str(self._get(name, str, default))
+        value = self._get(name, str, default)
+        return default if value is None else str(value)
 
     def optional_text(self, name: str) -> str | None:
         value = self._get(name, str, None)
@@ -155,6 +153,8 @@ class _Fields:
 
     def key(self) -> bytes:
         value = self._get("key", (str, bytes), _REQUIRED)
+        if value is None:
+            raise ConnectionError(f"{self.where}: field 'key' has the wrong type: None")
         try:
             return value.encode("ascii") if isinstance(value, str) else bytes(value)
         except UnicodeEncodeError:

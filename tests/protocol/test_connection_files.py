@@ -6,6 +6,8 @@ import stat
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from corral.errors import ConnectionError
 from corral.protocol.connection_files import (
@@ -74,6 +76,11 @@ def test_client_file_addresses_and_unknown_fields() -> None:
     }
 
 
+def test_null_fields_take_their_defaults() -> None:
+    info = EngineConnection.from_json({"key": "k", "registration": 1, "ip": None})
+    assert info.registration_url == "tcp://127.0.0.1:1"
+
+
 def test_engine_file_needs_only_key_and_registration() -> None:
     info = EngineConnection.from_json(
         {"key": "k", "registration": 5555, "transport": "tcp", "ip": "10.0.0.1", "extra": 1}
@@ -94,6 +101,8 @@ def test_engine_file_needs_only_key_and_registration() -> None:
         ({"registration": 1}, "lacks the field 'key'"),
         ({"key": "k"}, "lacks the field 'registration'"),
         ({"key": "k", "registration": "x"}, "'registration' has the wrong type"),
+        ({"key": "k", "registration": None}, "'registration' is not a port"),
+        ({"key": None, "registration": 1}, "'key' has the wrong type"),
         ({"key": "k", "registration": 70000}, "'registration' is not a port"),
         ({"key": "k", "registration": True}, "'registration' is not a port"),
         ({"key": 5, "registration": 1}, "'key' has the wrong type"),
@@ -124,3 +133,23 @@ def test_unreadable_files(tmp_path: Path) -> None:
     assert read_json_object(tmp_path / "list.json") is None
     assert read_json_object(tmp_path / "bad.json") is None
     assert read_json_object(tmp_path / "missing.json") is None
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=8,
+)
+FIELDS = st.sampled_from(
+    ["key", "registration", "notification", "mux", "control", "task", "iopub", "ip", "curve",
+     "shm", "store", "cluster_id", "controller_pid", "heartbeat_period", "hb_ping"]
+)  # fmt: skip
+
+
+@given(st.dictionaries(FIELDS, JSON) | JSON)
+def test_garbage_in_gives_a_connection_error(info: object) -> None:
+    for kind in (ClientConnection, EngineConnection):
+        try:
+            kind.from_json(info)
+        except ConnectionError:
+            pass
