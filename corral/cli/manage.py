@@ -9,7 +9,8 @@ from pathlib import Path
 
 from corral.cli.flags import cluster_base, cluster_path
 from corral.cluster.folders import STATE_FILE
-from corral.protocol.connection_files import CLIENT_FILE, read_json_object
+from corral.errors import ConnectionError
+from corral.protocol.connection_files import CLIENT_FILE, ClientConnection, read_json_object
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
@@ -82,10 +83,11 @@ def cmd_list(args: argparse.Namespace) -> int:
         return 0
     rows = []
     for client_file in sorted(base.glob(f"*/{CLIENT_FILE}")):
-        info = read_json_object(client_file)
-        if info is None:
-            continue
-        pid = controller_running(client_file.parent, info)
+        try:
+            info = ClientConnection.read(client_file)
+        except ConnectionError:
+            continue  # being written or removed: not a cluster to list
+        pid = controller_running(client_file.parent, info.controller_pid)
         if pid is None:
             continue
         engines = restarts = "?"
@@ -101,14 +103,12 @@ def cmd_list(args: argparse.Namespace) -> int:
             )
             engines = str(local + launched)
             restarts = _restarts(state.get("restarts") or {})
-        store = info.get("store")
-        if not isinstance(store, dict):
-            store = {}
+        store = info.store or {}
         limits = (
             f"{store.get('db', '?')}: buffers {store.get('buffer_limit', '?')}, "
             f"size {store.get('size_limit', '?')}, ttl {store.get('ttl', '?')}"
         )
-        rows.append((client_file.parent.name, pid, engines, restarts, info.get("ip", ""), limits))
+        rows.append((client_file.parent.name, pid, engines, restarts, info.ip, limits))
     if not rows:
         print(f"no running clusters in {base}")
         return 0

@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 ENGINE_COLUMNS = ("engine", "host", "pid", "launcher", "job", "mpi rank")
 
 
-def controller_running(folder: Path, client_info: dict[str, Any]) -> str | None:
-    """The controller's pid as `corral list` shows it if it runs, else None. A controller on
+def controller_running(folder: Path, pid: int | None) -> str | None:
+    """The controller's pid (``pid``, from its connection file) as `corral list` shows it if
+    it runs, else None. A controller on
     this host is checked by its pid; one started over ssh by the ssh session that carries it,
     whose pid the state file records (the far pid means nothing here), shown as ``PID@HOST``;
     one in a batch job by asking its scheduler, shown as ``PID (slurm job 12)``."""
@@ -33,7 +34,6 @@ def controller_running(folder: Path, client_info: dict[str, Any]) -> str | None:
 
     from corral.cluster.launchers.controller import remote_record
 
-    pid = client_info.get("controller_pid")
     state = _state(folder)
     job = _controller_job(state)
     if job is not None:
