@@ -26,8 +26,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from corral.errors import LaunchError
-from corral.protocol.connection_files import CLIENT_FILE, ENGINE_FILE, write_private_json
+from corral.errors import ConnectionError, LaunchError
+from corral.protocol.connection_files import (
+    CLIENT_FILE,
+    ENGINE_FILE,
+    ClientConnection,
+    EngineConnection,
+    write_private_json,
+)
 
 from .base import log_tail, require_tool, run_tool
 from .local import spawn, terminate
@@ -111,9 +117,13 @@ class SSHController:
             output = run_tool(self._ssh(command), f"reading the connection files on {self.host}")
             engine_text, client_text = output.split(SEPARATOR)
             engine, client = json.loads(engine_text), json.loads(client_text)
-        except (LaunchError, ValueError):
-            return False  # not written yet
-        if engine.get("controller_pid") != pid or client.get("controller_pid") != pid:
+            pids = {
+                EngineConnection.from_json(engine).controller_pid,
+                ClientConnection.from_json(client).controller_pid,
+            }
+        except (LaunchError, ValueError, ConnectionError):
+            return False  # not written yet, or half written
+        if pids != {pid}:
             return False  # a former controller's files
         self.local_path.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_private_json(self.local_path / ENGINE_FILE, engine)
