@@ -17,20 +17,11 @@ import pytest
 from corral.client.client import Client
 from corral.errors import ConnectionError
 from tests.conftest import running_cluster
+from tests.polling import file_appears
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 PROMPT = 10.0  # seconds: far more than a failing call needs, far less than for ever
-
-
-def wait_for_file(path: str, timeout: float) -> str:
-    """Task body: block until ``path`` exists (the test's go signal), at most ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path} never appeared")
-        time.sleep(0.01)
-    return path
 
 
 def outcome_within(call: Callable[[], Any], timeout: float = PROMPT) -> BaseException | None:
@@ -71,9 +62,9 @@ def test_a_failed_io_thread_makes_every_call_fail_at_once(own_cluster: Any, tmp_
     rc = Client(own_cluster.path / "corral-client.json", timeout=30)
     try:
         rc.wait_for_engines(2, timeout=30)
-        in_flight = rc[1].apply_async(wait_for_file, str(tmp_path / "never"), 120)
+        in_flight = rc[1].apply_async(file_appears, str(tmp_path / "never"), 120)
         go = tmp_path / "go"
-        fatal = rc[0].apply_async(wait_for_file, str(go), 60)
+        fatal = rc[0].apply_async(file_appears, str(go), 60)
         fatal.add_done_callback(lambda _: sys.exit("a done callback called sys.exit"))
         go.touch()
         assert fatal.get(timeout=30) == str(go)
