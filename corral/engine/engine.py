@@ -22,17 +22,15 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
-import zmq
-
 from corral.errors import ConnectionError, CorralError
 from corral.lifetime import exit_with_owner
 from corral.protocol.session import Frame, Session
 from corral.sharedmem import SharedMemory
-from corral.sockets import send_frames
 
 from .connection import EngineConnectionInfo, engine_connection_file
 from .interrupts import InterruptGate
-from .iothread import IOThread
+from .iothread import EngineParts, IOSettings, IOThread
+from .link import LinkSettings
 from .namespace import Namespace, OutputCapture
 from .placement import engine_placement
 from .runner import AbortList, EngineIdentity, TaskRunner, WorkQueue
@@ -90,7 +88,6 @@ class Engine:
         self.registration_timeout = registration_timeout
         self.unregister_timeout = unregister_timeout
         self.missed_beats = missed_beats
-        self.context: zmq.Context[Any] = zmq.Context()
         self.work = WorkQueue()
         self.gate = InterruptGate()
         self.shm = SharedMemory()  # the registration reply turns it on (same host, enabled)
@@ -106,9 +103,7 @@ class Engine:
             max_result_bytes=max_result_bytes,
             shm=self.shm,
         )
-        self._inproc = f"inproc://corral-engine-{self.identity.uuid}"
-        self._push: zmq.Socket[Any] | None = None
-        self._push_lock = threading.Lock()
+        self._io: IOThread | None = None
 
     @property
     def namespace(self) -> Namespace:
@@ -121,40 +116,32 @@ class Engine:
         registration.
         """
         wakeup_fd = self._install_signal_handlers()
-        io = IOThread(
-            context=self.context,
-            session=self.session,
-            identity=self.identity,
-            info=self.info,
-            work=self.work,
-            aborts=self.runner.aborts,
-            inproc=self._inproc,
-            close_main_socket=self._close_push,
-            sigint_seen=lambda: self.gate.seen,
-            abort_running=self.gate.request_abort,
-            wakeup_fd=wakeup_fd,
-            requested_id=self.requested_id,
-            registration_timeout=self.registration_timeout,
+        settings = IOSettings(
+            self.info,
+            LinkSettings(self.requested_id, self.registration_timeout, self.missed_beats),
             unregister_timeout=self.unregister_timeout,
-            missed_beats=self.missed_beats,
-            log=self.log,
-            shm=self.shm,
-            gate=self.gate,
-            running=lambda: self.gate.running,
+            wakeup_fd=wakeup_fd,
         )
+        parts = EngineParts(
+            self.session,
+            self.identity,
+            self.work,
+            self.runner.aborts,
+            self.gate,
+            self.shm,
+            self.log,
+        )
+        io = IOThread(settings, parts)
         io.start()
         io.registered.wait()
         if io.failure is not None:
             io.join()
             raise ConnectionError(io.failure)
+        self._io = io
         if self.use_ipython:  # IPython syntax, display(), rich results: corral.engine.shell
             shell = load_shell(self.runner.namespace.user_ns, self.log)
             if shell is not None:
                 self.runner.use_shell(shell)
-        push = self.context.socket(zmq.PUSH)
-        push.connect(self._inproc)
-        with self._push_lock:
-            self._push = push
         while True:
             request = self.work.get()
             try:
@@ -164,21 +151,10 @@ class Engine:
 
     def _post(self, channel: bytes, frames: Sequence[Frame]) -> None:
         """Hand frames to the I/O thread; called from the main thread and the output flusher."""
-        with self.gate.shielded(), self._push_lock:
-            if self._push is not None:
-                send_frames(self._push, [channel, *frames])
-
-    def _close_push(self, timeout: float) -> bool:
-        """Close the main thread's socket from the I/O thread at exit; False if it is busy."""
-        if not self._push_lock.acquire(timeout=timeout):
-            return False
-        try:
-            if self._push is not None:
-                self._push.close(linger=0)
-                self._push = None
-        finally:
-            self._push_lock.release()
-        return True
+        io = self._io
+        if io is not None:
+            with self.gate.shielded():
+                io.post(channel, frames)
 
     def _install_signal_handlers(self) -> int | None:
         """SIGINT -> the interrupt gate; SIGTERM -> a byte on the wakeup pipe for the I/O

@@ -24,7 +24,9 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import zmq
@@ -39,16 +41,24 @@ from corral.errors import (
     UnknownMessageType,
 )
 from corral.protocol.messages import validate_content
-from corral.protocol.session import Message, Session, utcnow
-from corral.protocol.shm import Settings
+from corral.protocol.session import Frame, Message, Session, utcnow
 from corral.security import client_options, make_client
 from corral.sharedmem import SharedMemory
 from corral.sockets import send_frames
 
 from .connection import EngineConnectionInfo
 from .interrupts import InterruptGate
+from .link import (
+    Action,
+    EngineLink,
+    Fail,
+    LinkSettings,
+    Phase,
+    Registered,
+    Resend,
+    SendRegistration,
+)
 from .namespace import TASK_SIGNALS
-from .replies import ReplyLog
 from .runner import (
     MAIN_THREAD_CONTROL_TYPES,
     TASK_TYPES,
@@ -64,9 +74,7 @@ from .runner import (
 )
 from .stats import STATS_PERIOD, STATS_TOPIC, StatsSampler
 
-ID_IN_USE_RETRY = 0.25  # seconds between registrations asking for an id still in use
 CONTROL_TYPES = frozenset({"clear_request", "abort_request", "signal_request", "shutdown_request"})
-ADDRESS_FIELDS = ("mux", "control", "task", "iopub", "hb_ping", "hb_pong")
 BATCH = 64
 LINGER_MS = 1000
 SIGINT_RESEND = 0.05
@@ -74,70 +82,69 @@ SIGINT_RESEND_FOR = 5.0
 TIME_LIMIT_GRACE = 3.0  # seconds a task over its time limit has to stop once interrupted
 
 
-class IOThread:
-    """Owns and serves the engine's sockets; see the module docstring for the loop."""
+@dataclass(frozen=True)
+class IOSettings:
+    """What the I/O thread is told at start: where the controller is and how to leave it."""
 
-    def __init__(
-        self,
-        *,
-        context: zmq.Context[Any],
-        session: Session,
-        identity: EngineIdentity,
-        info: EngineConnectionInfo,
-        work: WorkQueue,
-        aborts: AbortList,
-        inproc: str,
-        close_main_socket: Callable[[float], bool],
-        sigint_seen: Callable[[], int],
-        abort_running: Callable[[list[str], bool], str | None],
-        wakeup_fd: int | None,
-        requested_id: int | None,
-        registration_timeout: float,
-        unregister_timeout: float,
-        missed_beats: int,
-        log: logging.Logger,
-        shm: SharedMemory | None = None,
-        gate: InterruptGate | None = None,
-        running: Callable[[], str | None] = lambda: None,
-    ) -> None:
-        self.shm = shm or SharedMemory()
-        self.context = context
-        self.session = session
-        self.identity = identity
-        self.info = info
-        self.work = work
-        self.aborts = aborts
-        self.inproc = inproc
-        self.close_main_socket = close_main_socket
-        self.sigint_seen = sigint_seen
-        self.abort_running = abort_running
-        self.wakeup_fd = wakeup_fd
-        self.requested_id = requested_id
-        self.registration_timeout = registration_timeout
-        self.unregister_timeout = unregister_timeout
-        self.missed_beats = missed_beats
-        self.log = log
-        self.running = running
+    info: EngineConnectionInfo
+    link: LinkSettings = field(default_factory=LinkSettings)
+    unregister_timeout: float = 1.0  # seconds to wait for the Hub's unregistration_reply
+    wakeup_fd: int | None = None  # the signal wake-up pipe (SIGTERM); None: not watched
+
+
+@dataclass
+class EngineParts:
+    """The engine's state that its main thread and I/O thread share."""
+
+    session: Session
+    identity: EngineIdentity
+    work: WorkQueue
+    aborts: AbortList
+    gate: InterruptGate
+    shm: SharedMemory
+    log: logging.Logger
+
+
+class IOThread:
+    """Owns and serves the engine's sockets; see the module docstring for the loop.
+
+    Other threads reach it through :meth:`post` only.
+    """
+
+    def __init__(self, settings: IOSettings, parts: EngineParts) -> None:
+        self.settings = settings
+        self.info = settings.info
+        self.session = parts.session
+        self.identity = parts.identity
+        self.work = parts.work
+        self.aborts = parts.aborts
+        self.gate = parts.gate
+        self.shm = parts.shm
+        self.log = parts.log
+        self.link = EngineLink(
+            self.identity.uuid,
+            self.session.new_msg_id,
+            settings.link,
+            placement=self.identity.placement,
+            shm_host=self.shm.host,
+            registration_address=self.info.registration,
+            log=self.log,
+        )
+        self.context: zmq.Context[Any] = zmq.Context()
         self.stats = StatsSampler()
         self._next_stats = 0.0
         self.registered = threading.Event()
         self.failure: str | None = None
         self.rejected = 0  # messages dropped: bad signature, replay, malformed
-        self.addresses: dict[str, str] = {}
-        self.heartbeat_period = 3.0
         self._sockets: dict[bytes, zmq.Socket[Any]] = {}
-        self._registration: zmq.Socket[Any] | None = None
-        self._last_ping = 0.0
-        self._hub_instance: bytes | None = None
-        self._lost = False
-        self._next_attempt = 0.0
-        self._registrations: set[str] = set()  # re-registration requests not answered
         self._sigint_watch: tuple[int, float] | None = None
-        self.replies = ReplyLog()
-        self._reported_dropped = 0  # replies.dropped when last logged
-        self.gate = gate
         self._limited: dict[str, Request] = {}  # requests with a time limit, not answered
         self._overrun: tuple[str, float] | None = None  # (msg_id, when to stop the engine)
+        self._inbox: deque[tuple[bytes, Sequence[Frame]]] = deque()
+        self._inbox_read, self._inbox_write = os.pipe()
+        os.set_blocking(self._inbox_read, False)
+        os.set_blocking(self._inbox_write, False)
+        self._inbox_open = True
         main_ident = threading.main_thread().ident
         assert main_ident is not None
         self._main_ident = main_ident
@@ -148,6 +155,14 @@ class IOThread:
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
+
+    def post(self, channel: bytes, frames: Sequence[Frame]) -> None:
+        """(Any thread.) Send ``frames`` on ``channel`` from the I/O thread, in call order."""
+        self._inbox.append((channel, frames))
+        try:
+            os.write(self._inbox_write, b"\0")
+        except BlockingIOError:  # the pipe is full: the I/O thread is already woken
+            pass
 
     # ------------------------------------------------------------------ startup
 
@@ -162,85 +177,49 @@ class IOThread:
                 self._close_sockets(linger=0)
                 self.registered.set()
                 return
-            self._connect()
             self.registered.set()
             self._loop()
         except BaseException:
             self.log.critical("the engine's I/O thread failed; exiting", exc_info=True)
             self.shutdown(1, "internal error", unregister=False)
 
-    def _registration_msg(self, content: dict[str, Any]) -> Message:
-        """Built without catalogue validation: the catalogue's registration_request lacks the
-        optional ``id`` that docs/wire-flows.md gives it."""
-        return Message(
-            header=self.session.header("registration_request"),
-            parent_header={},
-            metadata={},
-            content=content,
-        )
-
-    def _send_registration(self, engine_id: int | None, *, again: bool = False) -> str:
-        """``again``: to a controller that restarted, naming the tasks this engine holds and
-        the replies it will send again (:mod:`.replies`)."""
-        content: dict[str, Any] = {"uuid": self.identity.uuid}
-        if self.identity.placement:
-            content["info"] = self.identity.placement
-        if engine_id is not None:
-            content["id"] = engine_id
-        if again:
-            content["tasks"] = self.replies.to_report()
-        if self.shm.host is not None:
-            content["shm_host"] = self.shm.host
-        msg = self._registration_msg(content)
-        assert self._registration is not None
-        send_frames(self._registration, self.session.serialize(msg))
-        return msg.msg_id
+    def _perform(self, actions: list[Action]) -> None:
+        """Carry out what the link core decided."""
+        for action in actions:
+            if isinstance(action, SendRegistration):
+                msg = Message(
+                    header={**self.session.header("registration_request"), "msg_id": action.msg_id},
+                    parent_header={},
+                    metadata={},
+                    content=action.content,
+                )
+                send_frames(self._sockets[b"registration"], self.session.serialize(msg))
+            elif isinstance(action, Registered):
+                self.identity.id = action.engine_id
+                self.shm.configure(action.shm)
+                if action.first:
+                    self._connect(action.addresses)
+            elif isinstance(action, Resend):
+                for channel, reply in action.replies:
+                    send_frames(self._sockets[channel], reply)
+            elif isinstance(action, Fail):
+                self.failure = action.reason
+            else:
+                self.shutdown(action.code, action.reason, unregister=action.unregister)
 
     def _register(self) -> bool:
         """First registration; False (with ``failure`` set) if refused or unanswered."""
         sock = self._dealer(b"registration")
         sock.connect(self.info.registration)
-        self._registration = sock
-        msg_id = self._send_registration(self.requested_id)
-        deadline = time.monotonic() + self.registration_timeout
-        while (remaining := deadline - time.monotonic()) > 0:
-            if not sock.poll(int(remaining * 1000) + 1):
-                break
-            reply = self._decode(b"registration", sock.recv_multipart(copy=False))
-            if reply is None or reply.parent_id != msg_id:
-                continue
-            content = reply.content or {}
-            if content.get("id_in_use") is not None and remaining > ID_IN_USE_RETRY:
-                # a supervisor restarting a dead engine under its id can be faster than the
-                # Hub's death detection: ask again until the old holder is gone or time is up
-                time.sleep(ID_IN_USE_RETRY)
-                msg_id = self._send_registration(self.requested_id)
-                continue
-            if content.get("status") != "ok":
-                self.failure = (
-                    f"the controller refused registration: {content.get('ename', 'error')}: "
-                    f"{content.get('evalue', content)}"
-                )
-                return False
-            try:
-                self._accept_registration(content)
-            except (KeyError, TypeError, ValueError) as err:
-                self.failure = f"unusable registration reply ({err!r}): {content}"
-                return False
-            return True
-        self.failure = (
-            f"no registration reply from {self.info.registration} within "
-            f"{self.registration_timeout:g} s: is the controller running, and does the engine's "
-            "connection file hold its current key?"
-        )
-        return False
-
-    def _accept_registration(self, content: dict[str, Any]) -> None:
-        self.addresses = {name: str(content[name]) for name in ADDRESS_FIELDS}
-        self.identity.id = int(content["id"])
-        self.heartbeat_period = float(content.get("heartbeat_period", self.heartbeat_period))
-        self.shm.configure(Settings.from_json(content.get("shm")))
-        self.log.info("registered as engine %d (uuid %s)", self.identity.id, self.identity.uuid)
+        self._perform(self.link.start(time.monotonic()))
+        while self.link.phase is Phase.REGISTERING:
+            deadline = self.link.next_deadline()
+            assert deadline is not None
+            if sock.poll(max(int((deadline - time.monotonic()) * 1000) + 1, 1)):
+                self._on_registration(sock.recv_multipart(copy=False))
+            else:
+                self._perform(self.link.tick(time.monotonic()))
+        return self.failure is None
 
     def _dealer(self, name: bytes) -> zmq.Socket[Any]:
         sock: zmq.Socket[Any] = self.context.socket(zmq.DEALER)
@@ -254,22 +233,19 @@ class IOThread:
         if self.info.curve is not None:
             make_client(sock, self.info.curve)
 
-    def _connect(self) -> None:
+    def _connect(self, addresses: dict[str, str]) -> None:
         """Queues and iopub first, the heart last: the Hub announces the engine on its first
         pong, and by then requests sent to it must find its queue sockets connected."""
         for name in (b"mux", b"control", b"task"):
-            self._dealer(name).connect(self.addresses[name.decode()])
+            self._dealer(name).connect(addresses[name.decode()])
         iopub = self.context.socket(zmq.PUB)
         self._secure(iopub)
-        iopub.connect(self.addresses["iopub"])
+        iopub.connect(addresses["iopub"])
         self._sockets[b"iopub"] = iopub
-        pull = self.context.socket(zmq.PULL)
-        pull.bind(self.inproc)
-        self._sockets[b"main"] = pull
         pings = self.context.socket(zmq.SUB)
         pings.setsockopt(zmq.SUBSCRIBE, b"")
         self._secure(pings)
-        pings.connect(self.addresses["hb_ping"])
+        pings.connect(addresses["hb_ping"])
         self._sockets[b"pings"] = pings
         # C-level forwarder without the GIL: pongs continue while user code holds it
         heart = ThreadDevice(zmq.FORWARDER, zmq.SUB, zmq.DEALER)
@@ -279,37 +255,39 @@ class IOThread:
             for option, value in client_options(self.info.curve):
                 heart.setsockopt_in(option, value)
                 heart.setsockopt_out(option, value)
-        heart.connect_in(self.addresses["hb_ping"])
+        heart.connect_in(addresses["hb_ping"])
         heart.setsockopt_out(zmq.IDENTITY, self.identity.uuid.encode())
-        heart.connect_out(self.addresses["hb_pong"])
+        heart.connect_out(addresses["hb_pong"])
         heart.start()
-        self._last_ping = time.monotonic()
 
     # ------------------------------------------------------------------ loop
 
     def _loop(self) -> NoReturn:
         poller = zmq.Poller()
-        order = [b"control", b"registration", b"pings", b"mux", b"task", b"main"]
+        order = [b"control", b"registration", b"pings", b"mux", b"task"]
         for name in order:
             poller.register(self._sockets[name], zmq.POLLIN)
-        if self.wakeup_fd is not None:
-            poller.register(self.wakeup_fd, zmq.POLLIN)
+        poller.register(self._inbox_read, zmq.POLLIN)
+        if self.settings.wakeup_fd is not None:
+            poller.register(self.settings.wakeup_fd, zmq.POLLIN)
         handlers: dict[bytes, Callable[[list[zmq.Frame]], None]] = {
             b"control": self._on_control,
             b"registration": self._on_registration,
             b"pings": self._on_ping,
             b"mux": lambda frames: self._on_task(b"mux", frames),
             b"task": lambda frames: self._on_task(b"task", frames),
-            b"main": self._forward,
         }
         while True:
-            timeout = (
-                SIGINT_RESEND if self._sigint_watch else min(STATS_PERIOD, self.heartbeat_period)
-            )
+            period = self.link.heartbeat_period
+            timeout = SIGINT_RESEND if self._sigint_watch else min(STATS_PERIOD, period)
             timeout = min(timeout, self._check_time_limit())
-            events = dict(poller.poll(int(timeout * 1000)))
-            if self.wakeup_fd is not None and self.wakeup_fd in events:
-                self._on_signals(os.read(self.wakeup_fd, 64))
+            link_due = self.link.next_deadline()
+            if link_due is not None:
+                timeout = min(timeout, max(link_due - time.monotonic(), 0.0))
+            events = dict(poller.poll(int(timeout * 1000) + 1))
+            wakeup_fd = self.settings.wakeup_fd
+            if wakeup_fd is not None and wakeup_fd in events:
+                self._on_signals(os.read(wakeup_fd, 64))
             for name in order:
                 sock = self._sockets[name]
                 if sock not in events:
@@ -320,8 +298,10 @@ class IOThread:
                     except zmq.Again:
                         break
                     handlers[name](frames)
+            if self._inbox_read in events:
+                self._drain_inbox()
             self._resend_sigint()
-            self._check_heartbeat()
+            self._perform(self.link.tick(time.monotonic()))
             self._publish_stats()
 
     def _decode(self, channel: bytes, frames: list[zmq.Frame]) -> Message | None:
@@ -337,18 +317,27 @@ class IOThread:
         reply = error_reply_msg(self.session, self.identity, request, exc)
         send_frames(self._sockets[channel], self.session.serialize(reply, request.idents))
 
-    def _forward(self, frames: list[zmq.Frame]) -> None:
-        """Frames from the main thread: the first names the socket, the rest is the message."""
-        channel = frames[0].bytes
+    def _drain_inbox(self) -> None:
+        """Send what other threads posted, oldest first."""
+        try:
+            while os.read(self._inbox_read, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        while self._inbox:
+            self._forward(*self._inbox.popleft())
+
+    def _forward(self, channel: bytes, frames: Sequence[Frame]) -> None:
+        """Frames posted by another thread for ``channel``."""
         sock = self._sockets.get(channel)
-        if sock is None or channel in (b"main", b"pings", b"registration"):
-            self.log.error("main thread sent frames for unknown channel %r", channel)
+        if sock is None or channel in (b"pings", b"registration"):
+            self.log.error("frames posted for unknown channel %r", channel)
             return
         if channel in (b"mux", b"task"):
-            msg_id = self.replies.replied(channel, frames[1:], time.monotonic())
+            msg_id = self.link.replied(channel, frames, time.monotonic())
             if msg_id is not None:
                 self._limited.pop(msg_id, None)
-        send_frames(sock, frames[1:])
+        send_frames(sock, frames)
 
     def _on_task(self, channel: bytes, frames: list[zmq.Frame]) -> None:
         msg = self._decode(channel, frames)
@@ -375,7 +364,7 @@ class IOThread:
         except InvalidContent as err:
             self._reply_error(channel, msg, err)
             return
-        self.replies.received(msg.msg_id)
+        self.link.received(msg.msg_id)
         request = Request(channel, msg)
         if limited:
             self._limited[msg.msg_id] = request
@@ -387,11 +376,10 @@ class IOThread:
         with TaskTimeout and stop this engine (exit status 1: a supervisor starts it again
         under its id). Seconds until the next check is due."""
         gate = self.gate
-        running = None if gate is None else gate.running
-        deadline = None if gate is None else gate.deadline
-        if gate is None or running is None or deadline is None:
+        running, deadline = gate.running, gate.deadline
+        if running is None or deadline is None:
             self._overrun = None
-            return self.heartbeat_period
+            return self.link.heartbeat_period
         now = time.monotonic()
         if self._overrun is None or self._overrun[0] != running:
             if now < deadline:
@@ -463,12 +451,12 @@ class IOThread:
             self._abort_queued("aborted by an abort_request for all queued tasks")
             return None
         named = [str(msg_id) for msg_id in msg_ids]
-        running = self.abort_running(named, interrupt)
+        running = self.gate.request_abort(named, interrupt)
         self.aborts.add(msg_id for msg_id in named if msg_id != running)
         if running is None and interrupt:
             # the main thread may have started one of them since it was asked above, after
             # its own last look at the abort list: ask again, so that it is interrupted
-            running = self.abort_running(named, interrupt)
+            running = self.gate.request_abort(named, interrupt)
         if running is not None and interrupt:
             self.deliver_signal(signal.SIGINT)
             return None
@@ -482,7 +470,7 @@ class IOThread:
                 return
             reply = aborted_reply_msg(self.session, self.identity, request.msg, reason)
             frames = self.session.serialize(reply, request.msg.idents)
-            self.replies.replied(request.channel, frames, time.monotonic())
+            self.link.replied(request.channel, frames, time.monotonic())
             send_frames(self._sockets[request.channel], frames)
 
     def deliver_signal(self, signum: int) -> None:
@@ -501,13 +489,13 @@ class IOThread:
         signal.pthread_kill(self._main_ident, signum)
         if signum == signal.SIGINT:
             deadline = time.monotonic() + SIGINT_RESEND_FOR
-            self._sigint_watch = (self.sigint_seen(), deadline)
+            self._sigint_watch = (self.gate.seen, deadline)
 
     def _resend_sigint(self) -> None:
         if self._sigint_watch is None:
             return
         seen, deadline = self._sigint_watch
-        if self.sigint_seen() != seen or time.monotonic() > deadline:
+        if self.gate.seen != seen or time.monotonic() > deadline:
             self._sigint_watch = None
         else:
             signal.pthread_kill(self._main_ident, signal.SIGINT)
@@ -522,80 +510,17 @@ class IOThread:
         msg = self._decode(b"registration", frames)
         if msg is None:
             return
-        content = msg.content or {}
-        if msg.msg_type == "unregistration_notification":
-            if content.get("uuid") in (None, self.identity.uuid):
-                self.shutdown(1, "the controller unregistered this engine", unregister=False)
-            return
-        if msg.msg_type == "replies_recorded":
-            self._on_replies_recorded(content)
-            return
-        if msg.msg_type != "registration_reply" or msg.parent_id not in self._registrations:
-            self.log.debug("ignored %s on the registration socket", msg.msg_type)
-            return
-        # every attempt made during the outage reaches the restarted controller (zmq queued
-        # them): the first is accepted, the later ones are refused as already registered
-        self._registrations.discard(msg.parent_id)
-        if content.get("status") != "ok":
-            if not self._registrations:
-                self._lost = False
-                self.log.warning(
-                    "re-registration refused: %s: %s", content.get("ename"), content.get("evalue")
-                )
-            return
-        self._registrations.clear()
-        self._lost = False
-        if any(str(content.get(name)) != self.addresses[name] for name in ADDRESS_FIELDS):
-            self.shutdown(1, "the controller came back on other addresses", unregister=False)
-        self._accept_registration(content)
-        resend = self.replies.to_resend()
-        if resend:
-            self.log.info(
-                "sending %d recent replies again to the restarted controller", len(resend)
-            )
-        for channel, reply in resend:
-            send_frames(self._sockets[channel], reply)
-
-    def _on_replies_recorded(self, content: dict[str, Any]) -> None:
-        """The Hub wrote these replies' records (and every earlier one on their channel)."""
         try:
-            validate_content("replies_recorded", content)
+            actions = self.link.on_registration_message(msg, time.monotonic())
         except InvalidContent as err:
             self.rejected += 1
-            self.log.warning("dropped replies_recorded: %s", err)
+            self.log.warning("%s", err)
             return
-        for channel, msg_id in content.items():
-            self.replies.recorded(channel.encode(), msg_id)
-        if self.replies.dropped > self._reported_dropped:
-            self.log.warning(
-                "the controller has not confirmed %d replies: dropped the oldest %d unconfirmed",
-                len(self.replies.recent),
-                self.replies.dropped - self._reported_dropped,
-            )
-            self._reported_dropped = self.replies.dropped
+        self._perform(actions)
 
     def _on_ping(self, frames: list[zmq.Frame]) -> None:
-        """Note the controller is alive. Pings are ``<beat>.<controller instance>``: a new
-        instance is a restarted controller that does not know this engine: re-register now."""
-        self._last_ping = time.monotonic()
-        parts = frames[-1].bytes.split(b".")  # a probe adds ".<n>" after the instance
-        instance = parts[1] if len(parts) > 1 else b""
-        if self._hub_instance is not None and instance != self._hub_instance and not self._lost:
-            self.log.warning("the controller restarted; re-registering")
-            self._lost = True
-            self._next_attempt = 0.0
-        self._hub_instance = instance
-
-    def _check_heartbeat(self) -> None:
-        """Re-register while the Hub's pings are missing (see the module docstring)."""
-        now = time.monotonic()
-        window = self.heartbeat_period * self.missed_beats
-        if not self._lost and now - self._last_ping > window:
-            self.log.warning("no heartbeat from the controller for %.1f s", now - self._last_ping)
-            self._lost = True
-        if self._lost and now >= self._next_attempt:
-            self._registrations.add(self._send_registration(self.identity.id, again=True))
-            self._next_attempt = now + window
+        """A ping from the Hub: the controller is alive (and which instance it is)."""
+        self._perform(self.link.on_ping(frames[-1].bytes, time.monotonic()))
 
     def _publish_stats(self) -> None:
         """Once per STATS_PERIOD: this engine's CPU, memory and running task (stats.py)."""
@@ -603,7 +528,7 @@ class IOThread:
         if now < self._next_stats:
             return
         self._next_stats = now + STATS_PERIOD
-        msg = self.session.msg("engine_stats", self.stats.sample(self.running(), now))
+        msg = self.session.msg("engine_stats", self.stats.sample(self.gate.running, now))
         topic = STATS_TOPIC + str(self.identity.id).encode()
         send_frames(self._sockets[b"iopub"], [topic, *self.session.serialize(msg)])
 
@@ -623,8 +548,8 @@ class IOThread:
         try:
             if b"mux" in self._sockets:
                 self._abort_queued(f"engine {self.identity.id} shut down ({reason})")
-                self._drain_main()
-            if unregister and self._registration is not None:
+                self._drain_inbox()
+            if unregister and b"registration" in self._sockets:
                 self._unregister()
             self._close_sockets(linger=LINGER_MS)
             self.shm.close()
@@ -637,25 +562,17 @@ class IOThread:
                     stream.flush()
             os._exit(exit_code)
 
-    def _drain_main(self) -> None:
-        main = self._sockets[b"main"]
-        while True:
-            try:
-                self._forward(main.recv_multipart(zmq.NOBLOCK, copy=False))
-            except zmq.Again:
-                return
-
     def _unregister(self) -> None:
         """Tell the Hub we leave; wait for its reply at most ``unregister_timeout``."""
-        assert self._registration is not None
+        sock = self._sockets[b"registration"]
         content = {"id": self.identity.id, "uuid": self.identity.uuid}
         msg = self.session.msg("unregistration_request", content)
-        send_frames(self._registration, self.session.serialize(msg))
-        deadline = time.monotonic() + self.unregister_timeout
+        send_frames(sock, self.session.serialize(msg))
+        deadline = time.monotonic() + self.settings.unregister_timeout
         while (remaining := deadline - time.monotonic()) > 0:
-            if not self._registration.poll(int(remaining * 1000) + 1):
+            if not sock.poll(int(remaining * 1000) + 1):
                 return
-            reply = self._decode(b"registration", self._registration.recv_multipart(copy=False))
+            reply = self._decode(b"registration", sock.recv_multipart(copy=False))
             if reply is not None and reply.parent_id == msg.msg_id:
                 return
 
@@ -663,5 +580,4 @@ class IOThread:
         """Close every socket; wait (at most ``linger`` ms) for queued messages to leave."""
         for sock in self._sockets.values():
             sock.close(linger=linger)
-        if self.close_main_socket(linger / 1000):
-            self.context.term()
+        self.context.term()
