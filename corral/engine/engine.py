@@ -91,12 +91,13 @@ class Engine:
         self.work = WorkQueue()
         self.gate = InterruptGate()
         self.shm = SharedMemory()  # the registration reply turns it on (same host, enabled)
+        self.capture = OutputCapture(log=self.log)
         self.runner = TaskRunner(
             self.session,
             self.identity,
             self._post,
             namespace=Namespace(),
-            capture=OutputCapture(log=self.log),
+            capture=self.capture,
             aborts=AbortList(),
             gate=self.gate,
             log=self.log,
@@ -130,6 +131,7 @@ class Engine:
             self.gate,
             self.shm,
             self.log,
+            self.capture,
         )
         io = IOThread(settings, parts)
         io.start()

@@ -31,7 +31,6 @@ from typing import Any, NoReturn
 
 import zmq
 import zmq.utils.garbage
-from zmq.devices import ThreadDevice
 
 from corral.errors import (
     InvalidContent,
@@ -42,11 +41,12 @@ from corral.errors import (
 )
 from corral.protocol.messages import validate_content
 from corral.protocol.session import Frame, Message, Session, utcnow
-from corral.security import client_options, make_client
+from corral.security import make_client
 from corral.sharedmem import SharedMemory
 from corral.sockets import send_frames
 
 from .connection import EngineConnectionInfo
+from .heart import Heart
 from .interrupts import InterruptGate
 from .link import (
     Action,
@@ -58,7 +58,7 @@ from .link import (
     Resend,
     SendRegistration,
 )
-from .namespace import TASK_SIGNALS
+from .namespace import TASK_SIGNALS, OutputCapture
 from .runner import (
     MAIN_THREAD_CONTROL_TYPES,
     TASK_TYPES,
@@ -103,6 +103,7 @@ class EngineParts:
     gate: InterruptGate
     shm: SharedMemory
     log: logging.Logger
+    capture: OutputCapture
 
 
 class IOThread:
@@ -144,7 +145,8 @@ class IOThread:
         self._inbox_read, self._inbox_write = os.pipe()
         os.set_blocking(self._inbox_read, False)
         os.set_blocking(self._inbox_write, False)
-        self._inbox_open = True
+        self.capture = parts.capture
+        self._heart: Heart | None = None
         main_ident = threading.main_thread().ident
         assert main_ident is not None
         self._main_ident = main_ident
@@ -247,18 +249,13 @@ class IOThread:
         self._secure(pings)
         pings.connect(addresses["hb_ping"])
         self._sockets[b"pings"] = pings
-        # C-level forwarder without the GIL: pongs continue while user code holds it
-        heart = ThreadDevice(zmq.FORWARDER, zmq.SUB, zmq.DEALER)
-        heart.context_factory = zmq.Context  # its own context: never blocks our term()
-        heart.setsockopt_in(zmq.SUBSCRIBE, b"")
-        if self.info.curve is not None:
-            for option, value in client_options(self.info.curve):
-                heart.setsockopt_in(option, value)
-                heart.setsockopt_out(option, value)
-        heart.connect_in(addresses["hb_ping"])
-        heart.setsockopt_out(zmq.IDENTITY, self.identity.uuid.encode())
-        heart.connect_out(addresses["hb_pong"])
-        heart.start()
+        self._heart = Heart(
+            addresses["hb_ping"],
+            addresses["hb_pong"],
+            self.identity.uuid.encode(),
+            self.info.curve,
+        )
+        self._heart.start()
 
     # ------------------------------------------------------------------ loop
 
@@ -546,11 +543,14 @@ class IOThread:
             self.rejected,
         )
         try:
+            self.capture.close(timeout=LINGER_MS / 1000)  # posts the text not yet streamed
             if b"mux" in self._sockets:
                 self._abort_queued(f"engine {self.identity.id} shut down ({reason})")
                 self._drain_inbox()
             if unregister and b"registration" in self._sockets:
                 self._unregister()
+            if self._heart is not None:
+                self._heart.stop(timeout=LINGER_MS / 1000)
             self._close_sockets(linger=LINGER_MS)
             self.shm.close()
         except BaseException:

@@ -340,6 +340,7 @@ class OutputCapture:
         self._last_publish = 0.0
         self._deadline: float | None = None
         self._flusher: threading.Thread | None = None
+        self._closed = False
 
     @contextmanager
     def capture(self, publish: PublishCallback | None = None) -> Iterator[CapturedOutput]:
@@ -427,18 +428,29 @@ class OutputCapture:
             text += f"\n[corral: {dropped} more characters were streamed but not kept]\n"
         return text
 
+    def close(self, timeout: float = 5.0) -> None:
+        """Publish what is pending, then stop and join the flusher thread (at most
+        ``timeout`` seconds). Later text is kept for the reply but no longer streamed early."""
+        with self._lock:
+            self._closed = True
+            self._publish_pending()
+            self._wakeup.notify()
+            flusher = self._flusher
+        if flusher is not None:
+            flusher.join(timeout)
+
     def _start_flusher(self) -> None:
-        if self._flusher is None:
+        if self._flusher is None and not self._closed:
             self._flusher = threading.Thread(
                 target=self._flush_loop, name="corral-output-flusher", daemon=True
             )
             self._flusher.start()
 
     def _flush_loop(self) -> None:
-        """Publish pending text when a deadline passes. Runs for the life of the process."""
+        """Publish pending text when a deadline passes, until :meth:`close`."""
         signal.pthread_sigmask(signal.SIG_BLOCK, TASK_SIGNALS)
         with self._lock:
-            while True:
+            while not self._closed:
                 if self._deadline is None:
                     self._wakeup.wait()
                     continue
