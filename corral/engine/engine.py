@@ -22,14 +22,14 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
-from corral.errors import ConnectionError, CorralError
+from corral.errors import CorralError
 from corral.lifetime import exit_with_owner
 from corral.protocol.session import Frame, Session
 from corral.sharedmem import SharedMemory
 
 from .connection import EngineConnectionInfo, engine_connection_file
 from .interrupts import InterruptGate
-from .iothread import EngineParts, IOSettings, IOThread
+from .iothread import EngineParts, IOSettings, IOShell
 from .link import LinkSettings
 from .namespace import Namespace, OutputCapture
 from .placement import engine_placement
@@ -104,7 +104,7 @@ class Engine:
             max_result_bytes=max_result_bytes,
             shm=self.shm,
         )
-        self._io: IOThread | None = None
+        self._io: IOShell | None = None
 
     @property
     def namespace(self) -> Namespace:
@@ -116,12 +116,10 @@ class Engine:
         Raises corral.errors.ConnectionError if the controller refuses or never answers the
         registration.
         """
-        wakeup_fd = self._install_signal_handlers()
         settings = IOSettings(
             self.info,
             LinkSettings(self.requested_id, self.registration_timeout, self.missed_beats),
             unregister_timeout=self.unregister_timeout,
-            wakeup_fd=wakeup_fd,
         )
         parts = EngineParts(
             self.session,
@@ -133,12 +131,10 @@ class Engine:
             self.log,
             self.capture,
         )
-        io = IOThread(settings, parts)
+        io = IOShell(settings, parts)
+        self._install_signal_handlers(io)
         io.start()
-        io.registered.wait()
-        if io.failure is not None:
-            io.join()
-            raise ConnectionError(io.failure)
+        io.wait_registered()
         self._io = io
         if self.use_ipython:  # IPython syntax, display(), rich results: corral.engine.shell
             shell = load_shell(self.runner.namespace.user_ns, self.log)
@@ -158,20 +154,15 @@ class Engine:
             with self.gate.shielded():
                 io.post(channel, frames)
 
-    def _install_signal_handlers(self) -> int | None:
-        """SIGINT -> the interrupt gate; SIGTERM -> a byte on the wakeup pipe for the I/O
-        thread. The pipe is written by the C-level handler, so it works even while the main
-        thread is inside a long call. Only possible on the main thread."""
+    def _install_signal_handlers(self, io: IOShell) -> None:
+        """SIGINT -> the interrupt gate (a KeyboardInterrupt in the running task); SIGTERM ->
+        the I/O loop's signal wake-up, which works even while the main thread is inside a
+        long call. Only possible on the main thread."""
         if threading.current_thread() is not threading.main_thread():
             self.log.warning("engine not on the main thread: SIGINT/SIGTERM handling disabled")
-            return None
-        read_fd, write_fd = os.pipe()
-        os.set_blocking(read_fd, False)
-        os.set_blocking(write_fd, False)
-        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+            return
         signal.signal(signal.SIGINT, self.gate.handle_sigint)
-        signal.signal(signal.SIGTERM, lambda signum, frame: None)
-        return read_fd
+        io.handle_signals()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

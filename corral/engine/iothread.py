@@ -1,18 +1,19 @@
-"""The engine's I/O thread: the one owner of every engine socket.
+"""The engine's I/O thread: the socket shell around the link core (:mod:`.link`).
 
-It registers with the Hub, connects the queues, iopub and the heart, then loops on one poller:
-control first (served here at once, even while a task runs on the main thread, except
-``clear_request``, which empties the namespace and so is handed to the main thread to run
-after the running task, ahead of queued ones), then the registration socket, heartbeat pings,
-mux and task requests (decoded and queued for the main thread), the main thread's outgoing
-frames (forwarded to the socket they name) and the signal wakeup pipe (SIGTERM). Every exit of
-the process goes through :meth:`IOThread.shutdown`.
+One :class:`~corral.loop.LoopThread` owns every engine socket. Its setup connects the
+registration socket and starts the first registration; once the Hub accepts it, the queues,
+iopub and the heart are connected and the sockets are served in priority order: control (served
+at once, even while a task runs on the main thread, except ``clear_request``, which empties the
+namespace and so is handed to the main thread to run after the running task, ahead of queued
+ones), registration, heartbeat pings, then mux and task requests (decoded and queued for the
+main thread). Other threads (the main thread's replies, the output flusher's streams) reach the
+sockets only through :meth:`IOShell.post`, the loop's one hand-off path. Timers replace a poll
+timeout computed by hand: the link's next deadline, the engine stats, a running task's time
+limit and the re-sent SIGINT.
 
-Controller loss: the thread watches the Hub's pings with its own SUB socket. When none has come
-for ``missed_beats`` periods it sends ``registration_request`` with its current id every
-``missed_beats`` periods until the Hub answers (zmq reconnects by itself, so a controller that
-restarts on the same addresses gets the engine back under its old id). A reply naming other
-addresses cannot be followed (the heart device cannot be moved), so the engine then exits.
+What to do about the controller (register, retry, time out, notice it is gone, re-register,
+send kept replies again) is decided by :class:`~.link.EngineLink`; this module performs its
+actions. Every exit of the process goes through :meth:`IOShell.shutdown`.
 """
 
 from __future__ import annotations
@@ -24,21 +25,22 @@ import signal
 import sys
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any
 
 import zmq
 import zmq.utils.garbage
 
 from corral.errors import (
+    ConnectionError,
     InvalidContent,
     ProtocolError,
     SharedMemoryRefused,
     TaskTimeout,
     UnknownMessageType,
 )
+from corral.loop import Loop, LoopThread, Timer
 from corral.protocol.messages import validate_content
 from corral.protocol.session import Frame, Message, Session, utcnow
 from corral.security import make_client
@@ -48,16 +50,7 @@ from corral.sockets import send_frames
 from .connection import EngineConnectionInfo
 from .heart import Heart
 from .interrupts import InterruptGate
-from .link import (
-    Action,
-    EngineLink,
-    Fail,
-    LinkSettings,
-    Phase,
-    Registered,
-    Resend,
-    SendRegistration,
-)
+from .link import Action, EngineLink, Exit, Fail, LinkSettings, Registered, Resend, SendRegistration
 from .namespace import TASK_SIGNALS, OutputCapture
 from .runner import (
     MAIN_THREAD_CONTROL_TYPES,
@@ -75,11 +68,13 @@ from .runner import (
 from .stats import STATS_PERIOD, STATS_TOPIC, StatsSampler
 
 CONTROL_TYPES = frozenset({"clear_request", "abort_request", "signal_request", "shutdown_request"})
-BATCH = 64
+BATCH = 64  # messages per socket per turn: control is served again soon
 LINGER_MS = 1000
 SIGINT_RESEND = 0.05
 SIGINT_RESEND_FOR = 5.0
 TIME_LIMIT_GRACE = 3.0  # seconds a task over its time limit has to stop once interrupted
+TIME_LIMIT_CHECK = 0.1  # seconds between looks for a time-limited task not yet started
+REGISTRATION_MARGIN = 10.0  # seconds the main thread waits past the registration timeout
 
 
 @dataclass(frozen=True)
@@ -89,7 +84,6 @@ class IOSettings:
     info: EngineConnectionInfo
     link: LinkSettings = field(default_factory=LinkSettings)
     unregister_timeout: float = 1.0  # seconds to wait for the Hub's unregistration_reply
-    wakeup_fd: int | None = None  # the signal wake-up pipe (SIGTERM); None: not watched
 
 
 @dataclass
@@ -106,10 +100,11 @@ class EngineParts:
     capture: OutputCapture
 
 
-class IOThread:
-    """Owns and serves the engine's sockets; see the module docstring for the loop.
+class IOShell:
+    """Owns and serves the engine's sockets on its loop thread; see the module docstring.
 
-    Other threads reach it through :meth:`post` only.
+    The owner (the main thread) calls :meth:`start`, then :meth:`wait_registered`; other
+    threads hand frames over with :meth:`post` only.
     """
 
     def __init__(self, settings: IOSettings, parts: EngineParts) -> None:
@@ -122,6 +117,7 @@ class IOThread:
         self.gate = parts.gate
         self.shm = parts.shm
         self.log = parts.log
+        self.capture = parts.capture
         self.link = EngineLink(
             self.identity.uuid,
             self.session.new_msg_id,
@@ -131,97 +127,65 @@ class IOThread:
             registration_address=self.info.registration,
             log=self.log,
         )
+        self.thread = LoopThread("corral-engine-io", self._setup, self._teardown)
+        self.loop: Loop = self.thread.loop
         self.context: zmq.Context[Any] = zmq.Context()
         self.stats = StatsSampler()
-        self._next_stats = 0.0
-        self.registered = threading.Event()
-        self.failure: str | None = None
-        self.rejected = 0  # messages dropped: bad signature, replay, malformed
+        self.failure: str | None = None  # why the first registration failed
+        self.rejected = 0  # messages dropped here: bad signature, replay, malformed
+        self._registered = threading.Event()
+        self._exit: Exit | None = None  # set by shutdown(): the teardown ends the process
         self._sockets: dict[bytes, zmq.Socket[Any]] = {}
-        self._sigint_watch: tuple[int, float] | None = None
+        self._heart: Heart | None = None
+        self._link_timer: Timer | None = None
+        self._sigint_timer: Timer | None = None
+        self._limit_timer: Timer | None = None
         self._limited: dict[str, Request] = {}  # requests with a time limit, not answered
         self._overrun: tuple[str, float] | None = None  # (msg_id, when to stop the engine)
-        self._inbox: deque[tuple[bytes, Sequence[Frame]]] = deque()
-        self._inbox_read, self._inbox_write = os.pipe()
-        os.set_blocking(self._inbox_read, False)
-        os.set_blocking(self._inbox_write, False)
-        self.capture = parts.capture
-        self._heart: Heart | None = None
         main_ident = threading.main_thread().ident
         assert main_ident is not None
         self._main_ident = main_ident
-        self._thread = threading.Thread(target=self._main, name="corral-engine-io", daemon=True)
+
+    # ------------------------------------------------------------------ the owner's side
+
+    def handle_signals(self) -> None:
+        """SIGTERM makes the engine unregister and exit, even while a task runs: the loop
+        hears it through its signal wake-up at once. Main thread only, before :meth:`start`."""
+        self.loop.handle_signals([signal.SIGTERM], self._on_signal)
 
     def start(self) -> None:
-        self._thread.start()
+        self.thread.start()
 
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
+    def wait_registered(self) -> None:
+        """Until the Hub accepted this engine; ConnectionError (the thread joined) if it
+        refused or never answered."""
+        timeout = self.settings.link.registration_timeout + REGISTRATION_MARGIN
+        if not self._registered.wait(timeout):
+            self.failure = f"the registration did not end within {timeout:g} s"
+        if self.failure is not None:
+            self.thread.stop()
+            raise ConnectionError(self.failure)
 
     def post(self, channel: bytes, frames: Sequence[Frame]) -> None:
-        """(Any thread.) Send ``frames`` on ``channel`` from the I/O thread, in call order."""
-        self._inbox.append((channel, frames))
+        """(Any thread.) Send ``frames`` on ``channel`` from the I/O thread, in call order.
+        Dropped once the engine is shutting down (the process is about to end)."""
         try:
-            os.write(self._inbox_write, b"\0")
-        except BlockingIOError:  # the pipe is full: the I/O thread is already woken
-            pass
+            self.loop.call_soon_threadsafe(self._forward, channel, frames)
+        except ConnectionError:
+            self.log.debug("dropped frames for %r: the I/O thread has stopped", channel)
 
     # ------------------------------------------------------------------ startup
 
-    def _main(self) -> None:
+    def _setup(self, loop: Loop) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, TASK_SIGNALS)
         # pyzmq starts its zero-copy garbage collector thread on first use; started here, it
         # inherits the blocked mask and cannot take SIGINT meant for the main thread
         if not zmq.utils.garbage.gc.is_alive():
             zmq.utils.garbage.gc.start()
-        try:
-            if not self._register():
-                self._close_sockets(linger=0)
-                self.registered.set()
-                return
-            self.registered.set()
-            self._loop()
-        except BaseException:
-            self.log.critical("the engine's I/O thread failed; exiting", exc_info=True)
-            self.shutdown(1, "internal error", unregister=False)
-
-    def _perform(self, actions: list[Action]) -> None:
-        """Carry out what the link core decided."""
-        for action in actions:
-            if isinstance(action, SendRegistration):
-                msg = Message(
-                    header={**self.session.header("registration_request"), "msg_id": action.msg_id},
-                    parent_header={},
-                    metadata={},
-                    content=action.content,
-                )
-                send_frames(self._sockets[b"registration"], self.session.serialize(msg))
-            elif isinstance(action, Registered):
-                self.identity.id = action.engine_id
-                self.shm.configure(action.shm)
-                if action.first:
-                    self._connect(action.addresses)
-            elif isinstance(action, Resend):
-                for channel, reply in action.replies:
-                    send_frames(self._sockets[channel], reply)
-            elif isinstance(action, Fail):
-                self.failure = action.reason
-            else:
-                self.shutdown(action.code, action.reason, unregister=action.unregister)
-
-    def _register(self) -> bool:
-        """First registration; False (with ``failure`` set) if refused or unanswered."""
-        sock = self._dealer(b"registration")
-        sock.connect(self.info.registration)
-        self._perform(self.link.start(time.monotonic()))
-        while self.link.phase is Phase.REGISTERING:
-            deadline = self.link.next_deadline()
-            assert deadline is not None
-            if sock.poll(max(int((deadline - time.monotonic()) * 1000) + 1, 1)):
-                self._on_registration(sock.recv_multipart(copy=False))
-            else:
-                self._perform(self.link.tick(time.monotonic()))
-        return self.failure is None
+        registration = self._dealer(b"registration")
+        registration.connect(self.info.registration)
+        loop.add_socket(registration, self._on_registration)
+        self._perform(self.link.start(loop.time()))
 
     def _dealer(self, name: bytes) -> zmq.Socket[Any]:
         sock: zmq.Socket[Any] = self.context.socket(zmq.DEALER)
@@ -237,7 +201,8 @@ class IOThread:
 
     def _connect(self, addresses: dict[str, str]) -> None:
         """Queues and iopub first, the heart last: the Hub announces the engine on its first
-        pong, and by then requests sent to it must find its queue sockets connected."""
+        pong, and by then requests sent to it must find its queue sockets connected. The
+        sockets are served in this order: control, registration, pings, mux, task."""
         for name in (b"mux", b"control", b"task"):
             self._dealer(name).connect(addresses[name.decode()])
         iopub = self.context.socket(zmq.PUB)
@@ -249,60 +214,73 @@ class IOThread:
         self._secure(pings)
         pings.connect(addresses["hb_ping"])
         self._sockets[b"pings"] = pings
+        loop = self.loop
+        loop.remove(self._sockets[b"registration"])  # added again after control
+        loop.add_socket(self._sockets[b"control"], self._on_control, batch=BATCH)
+        loop.add_socket(self._sockets[b"registration"], self._on_registration, batch=BATCH)
+        loop.add_socket(pings, self._on_ping, batch=BATCH)
+        loop.add_socket(self._sockets[b"mux"], self._on_mux, batch=BATCH)
+        loop.add_socket(self._sockets[b"task"], self._on_task, batch=BATCH)
         self._heart = Heart(
-            addresses["hb_ping"],
-            addresses["hb_pong"],
-            self.identity.uuid.encode(),
-            self.info.curve,
+            addresses["hb_ping"], addresses["hb_pong"], self.identity.uuid.encode(), self.info.curve
         )
         self._heart.start()
+        self._publish_stats()
+        loop.call_every(STATS_PERIOD, self._publish_stats)
 
-    # ------------------------------------------------------------------ loop
+    # ------------------------------------------------------------------ the link core
 
-    def _loop(self) -> NoReturn:
-        poller = zmq.Poller()
-        order = [b"control", b"registration", b"pings", b"mux", b"task"]
-        for name in order:
-            poller.register(self._sockets[name], zmq.POLLIN)
-        poller.register(self._inbox_read, zmq.POLLIN)
-        if self.settings.wakeup_fd is not None:
-            poller.register(self.settings.wakeup_fd, zmq.POLLIN)
-        handlers: dict[bytes, Callable[[list[zmq.Frame]], None]] = {
-            b"control": self._on_control,
-            b"registration": self._on_registration,
-            b"pings": self._on_ping,
-            b"mux": lambda frames: self._on_task(b"mux", frames),
-            b"task": lambda frames: self._on_task(b"task", frames),
-        }
-        while True:
-            period = self.link.heartbeat_period
-            timeout = SIGINT_RESEND if self._sigint_watch else min(STATS_PERIOD, period)
-            timeout = min(timeout, self._check_time_limit())
-            link_due = self.link.next_deadline()
-            if link_due is not None:
-                timeout = min(timeout, max(link_due - time.monotonic(), 0.0))
-            events = dict(poller.poll(int(timeout * 1000) + 1))
-            wakeup_fd = self.settings.wakeup_fd
-            if wakeup_fd is not None and wakeup_fd in events:
-                self._on_signals(os.read(wakeup_fd, 64))
-            for name in order:
-                sock = self._sockets[name]
-                if sock not in events:
-                    continue
-                for _ in range(BATCH):  # bounded, so control is served again soon
-                    try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    handlers[name](frames)
-            if self._inbox_read in events:
-                self._drain_inbox()
-            self._resend_sigint()
-            self._perform(self.link.tick(time.monotonic()))
-            self._publish_stats()
+    def _perform(self, actions: list[Action]) -> None:
+        """Carry out what the link core decided, then wake it when it next has to decide."""
+        for action in actions:
+            if isinstance(action, SendRegistration):
+                header = {**self.session.header("registration_request"), "msg_id": action.msg_id}
+                msg = Message(header, {}, {}, action.content)
+                send_frames(self._sockets[b"registration"], self.session.serialize(msg))
+            elif isinstance(action, Registered):
+                self.identity.id = action.engine_id
+                self.shm.configure(action.shm)
+                if action.first:
+                    self._connect(action.addresses)
+                    self._registered.set()
+            elif isinstance(action, Resend):
+                for channel, reply in action.replies:
+                    send_frames(self._sockets[channel], reply)
+            elif isinstance(action, Fail):
+                self.failure = action.reason
+                self._registered.set()
+                self.loop.stop()
+                return
+            else:
+                self.shutdown(action.code, action.reason, unregister=action.unregister)
+                return
+        if self._link_timer is not None:
+            self._link_timer.cancel()
+        due = self.link.next_deadline()
+        self._link_timer = None if due is None else self.loop.call_at(due, self._link_tick)
+
+    def _link_tick(self) -> None:
+        self._link_timer = None
+        self._perform(self.link.tick(self.loop.time()))
+
+    def _on_registration(self, frames: list[zmq.Frame]) -> None:
+        """Raises InvalidContent for a malformed ``replies_recorded`` (the loop counts it)."""
+        msg = self._decode(b"registration", frames)
+        if msg is not None:
+            self._perform(self.link.on_registration_message(msg, self.loop.time()))
+
+    def _on_ping(self, frames: list[zmq.Frame]) -> None:
+        """A ping from the Hub: the controller is alive (and which instance it is)."""
+        if self._exit is None:
+            self._perform(self.link.on_ping(frames[-1].bytes, self.loop.time()))
+
+    # ------------------------------------------------------------------ tasks
 
     def _decode(self, channel: bytes, frames: list[zmq.Frame]) -> Message | None:
-        """A verified message, or None after logging why it was dropped."""
+        """A verified message, or None after logging why it was dropped (or if the engine is
+        shutting down: nothing new is taken then)."""
+        if self._exit is not None:
+            return None
         try:
             return self.session.feed(frames)
         except ProtocolError as err:
@@ -310,33 +288,33 @@ class IOThread:
             self.log.warning("dropped a message on %s: %s", channel.decode(), err)
             return None
 
+    def _send(self, channel: bytes, frames: Sequence[Frame]) -> None:
+        send_frames(self._sockets[channel], frames)
+
     def _reply_error(self, channel: bytes, request: Message, exc: BaseException) -> None:
         reply = error_reply_msg(self.session, self.identity, request, exc)
-        send_frames(self._sockets[channel], self.session.serialize(reply, request.idents))
-
-    def _drain_inbox(self) -> None:
-        """Send what other threads posted, oldest first."""
-        try:
-            while os.read(self._inbox_read, 4096):
-                pass
-        except BlockingIOError:
-            pass
-        while self._inbox:
-            self._forward(*self._inbox.popleft())
+        self._send(channel, self.session.serialize(reply, request.idents))
 
     def _forward(self, channel: bytes, frames: Sequence[Frame]) -> None:
-        """Frames posted by another thread for ``channel``."""
-        sock = self._sockets.get(channel)
-        if sock is None or channel in (b"pings", b"registration"):
+        """Frames another thread posted for ``channel``; a reply is kept until recorded."""
+        if channel not in (b"mux", b"task", b"control", b"iopub") or channel not in self._sockets:
             self.log.error("frames posted for unknown channel %r", channel)
             return
         if channel in (b"mux", b"task"):
-            msg_id = self.link.replied(channel, frames, time.monotonic())
+            msg_id = self.link.replied(channel, frames, self.loop.time())
             if msg_id is not None:
                 self._limited.pop(msg_id, None)
-        send_frames(sock, frames)
+        self._send(channel, frames)
 
-    def _on_task(self, channel: bytes, frames: list[zmq.Frame]) -> None:
+    def _on_mux(self, frames: list[zmq.Frame]) -> None:
+        self._take_task(b"mux", frames)
+
+    def _on_task(self, frames: list[zmq.Frame]) -> None:
+        self._take_task(b"task", frames)
+
+    def _take_task(self, channel: bytes, frames: list[zmq.Frame]) -> None:
+        """Queue a verified apply or execute request for the main thread; others get an
+        error reply."""
         msg = self._decode(channel, frames)
         if msg is None:
             return
@@ -365,28 +343,36 @@ class IOThread:
         request = Request(channel, msg)
         if limited:
             self._limited[msg.msg_id] = request
+            if self._limit_timer is None:
+                self._limit_timer = self.loop.call_later(0.0, self._check_time_limit)
         self.work.put(request)
 
-    def _check_time_limit(self) -> float:
+    def _check_time_limit(self) -> None:
         """Enforce the running task's time limit: interrupt it at its deadline (it fails with
         TaskTimeout); if it is still running ``TIME_LIMIT_GRACE`` seconds later, answer it
         with TaskTimeout and stop this engine (exit status 1: a supervisor starts it again
-        under its id). Seconds until the next check is due."""
+        under its id). Runs while time-limited requests are unanswered."""
+        self._limit_timer = None
+        if not self._limited or self._exit is not None:
+            self._overrun = None
+            return
         gate = self.gate
         running, deadline = gate.running, gate.deadline
-        if running is None or deadline is None:
+        now = self.loop.time()
+        if running is None or deadline is None:  # queued, or between arm and the check
             self._overrun = None
-            return self.link.heartbeat_period
-        now = time.monotonic()
+            self._limit_timer = self.loop.call_later(TIME_LIMIT_CHECK, self._check_time_limit)
+            return
         if self._overrun is None or self._overrun[0] != running:
             if now < deadline:
-                return deadline - now
+                self._limit_timer = self.loop.call_at(deadline, self._check_time_limit)
+                return
             if gate.request_abort([running], time_limit=True) is not None:
                 self.deliver_signal(signal.SIGINT)
             self._overrun = (running, now + TIME_LIMIT_GRACE)
-            return TIME_LIMIT_GRACE
         if now < self._overrun[1]:
-            return self._overrun[1] - now
+            self._limit_timer = self.loop.call_at(self._overrun[1], self._check_time_limit)
+            return
         request = self._limited.pop(running, None)
         reason = (
             f"task {running} ran longer than its time limit and did not stop when interrupted: "
@@ -435,7 +421,7 @@ class IOThread:
             parent=msg,
             metadata=reply_metadata(self.identity, "ok", started),
         )
-        send_frames(self._sockets[b"control"], self.session.serialize(reply, msg.idents))
+        self._send(b"control", self.session.serialize(reply, msg.idents))
         if msg.msg_type == "shutdown_request":
             self.shutdown(0, "shutdown_request")
 
@@ -467,8 +453,9 @@ class IOThread:
                 return
             reply = aborted_reply_msg(self.session, self.identity, request.msg, reason)
             frames = self.session.serialize(reply, request.msg.idents)
-            self.link.replied(request.channel, frames, time.monotonic())
-            send_frames(self._sockets[request.channel], frames)
+            self._limited.pop(request.msg.msg_id, None)
+            self.link.replied(request.channel, frames, self.loop.time())
+            self._send(request.channel, frames)
 
     def deliver_signal(self, signum: int) -> None:
         """Signal this process, aimed at the main thread.
@@ -485,73 +472,70 @@ class IOThread:
             raise ValueError(f"{signum} is not a valid signal number on this system")
         signal.pthread_kill(self._main_ident, signum)
         if signum == signal.SIGINT:
-            deadline = time.monotonic() + SIGINT_RESEND_FOR
-            self._sigint_watch = (self.gate.seen, deadline)
+            if self._sigint_timer is not None:
+                self._sigint_timer.cancel()
+            self._sigint_timer = self.loop.call_every(
+                SIGINT_RESEND, self._resend_sigint, self.gate.seen, self.loop.time()
+            )
 
-    def _resend_sigint(self) -> None:
-        if self._sigint_watch is None:
-            return
-        seen, deadline = self._sigint_watch
-        if self.gate.seen != seen or time.monotonic() > deadline:
-            self._sigint_watch = None
+    def _resend_sigint(self, seen: int, sent: float) -> None:
+        if self.gate.seen != seen or self.loop.time() > sent + SIGINT_RESEND_FOR:
+            if self._sigint_timer is not None:
+                self._sigint_timer.cancel()
+                self._sigint_timer = None
         else:
             signal.pthread_kill(self._main_ident, signal.SIGINT)
 
-    def _on_signals(self, signums: bytes) -> None:
-        if signal.SIGTERM in signums:
+    def _on_signal(self, signum: int) -> None:
+        if signum == signal.SIGTERM:
             self.shutdown(0, "SIGTERM")
-
-    # ------------------------------------------------------------------ Hub and heartbeat
-
-    def _on_registration(self, frames: list[zmq.Frame]) -> None:
-        msg = self._decode(b"registration", frames)
-        if msg is None:
-            return
-        try:
-            actions = self.link.on_registration_message(msg, time.monotonic())
-        except InvalidContent as err:
-            self.rejected += 1
-            self.log.warning("%s", err)
-            return
-        self._perform(actions)
-
-    def _on_ping(self, frames: list[zmq.Frame]) -> None:
-        """A ping from the Hub: the controller is alive (and which instance it is)."""
-        self._perform(self.link.on_ping(frames[-1].bytes, time.monotonic()))
 
     def _publish_stats(self) -> None:
         """Once per STATS_PERIOD: this engine's CPU, memory and running task (stats.py)."""
-        now = time.monotonic()
-        if now < self._next_stats:
+        if self._exit is not None:
             return
-        self._next_stats = now + STATS_PERIOD
-        msg = self.session.msg("engine_stats", self.stats.sample(self.gate.running, now))
+        stats = self.stats.sample(self.gate.running, self.loop.time())
+        msg = self.session.msg("engine_stats", stats)
         topic = STATS_TOPIC + str(self.identity.id).encode()
-        send_frames(self._sockets[b"iopub"], [topic, *self.session.serialize(msg)])
+        self._send(b"iopub", [topic, *self.session.serialize(msg)])
 
     # ------------------------------------------------------------------ exit
 
-    def shutdown(self, exit_code: int, reason: str, *, unregister: bool = True) -> NoReturn:
-        """Abort queued work, forward what the main thread sent, unregister, close, exit.
-
-        Exits the process with ``os._exit`` even while the main thread is inside user code.
-        """
+    def shutdown(self, exit_code: int, reason: str, *, unregister: bool = True) -> None:
+        """End the engine (loop thread only): the text not yet streamed and the replies other
+        threads handed over are sent, queued tasks are answered as aborted, the Hub is told
+        (``unregister``), every socket and thread is closed, and the process exits with
+        ``exit_code`` through ``os._exit``, even while the main thread is inside user code.
+        Nothing new is taken once this is called; the rest happens in the teardown."""
+        if self._exit is not None:
+            return
         self.log.info(
             "engine %s shutting down: %s (%d messages rejected)",
             self.identity.id,
             reason,
-            self.rejected,
+            self.rejected + self.loop.rejected,
         )
+        self._exit = Exit(exit_code, reason, unregister)
         try:
             self.capture.close(timeout=LINGER_MS / 1000)  # posts the text not yet streamed
+        finally:
+            self.loop.stop(f"engine {self.identity.id} is shutting down ({reason})")
+
+    def _teardown(self) -> None:
+        """Last on the loop thread, after the hand-offs accepted before the stop ran."""
+        exit_ = self._exit
+        if exit_ is None and self.failure is not None:  # the first registration failed
+            self._close(linger=0)
+            return
+        if exit_ is None:  # the loop itself failed (LoopThread logged it)
+            self.log.critical("the engine's I/O thread failed; exiting")
+            exit_ = Exit(1, "internal error")
+        try:
             if b"mux" in self._sockets:
-                self._abort_queued(f"engine {self.identity.id} shut down ({reason})")
-                self._drain_inbox()
-            if unregister and b"registration" in self._sockets:
+                self._abort_queued(f"engine {self.identity.id} shut down ({exit_.reason})")
+            if exit_.unregister and self._registered.is_set():
                 self._unregister()
-            if self._heart is not None:
-                self._heart.stop(timeout=LINGER_MS / 1000)
-            self._close_sockets(linger=LINGER_MS)
+            self._close(linger=LINGER_MS)
             self.shm.close()
         except BaseException:
             self.log.exception("error during shutdown")
@@ -560,7 +544,7 @@ class IOThread:
             for stream in (sys.__stdout__, sys.__stderr__):
                 if stream is not None:
                     stream.flush()
-            os._exit(exit_code)
+            os._exit(exit_.code)
 
     def _unregister(self) -> None:
         """Tell the Hub we leave; wait for its reply at most ``unregister_timeout``."""
@@ -572,12 +556,18 @@ class IOThread:
         while (remaining := deadline - time.monotonic()) > 0:
             if not sock.poll(int(remaining * 1000) + 1):
                 return
-            reply = self._decode(b"registration", sock.recv_multipart(copy=False))
-            if reply is not None and reply.parent_id == msg.msg_id:
+            try:
+                reply = self.session.feed(sock.recv_multipart(copy=False))
+            except ProtocolError:
+                continue
+            if reply.parent_id == msg.msg_id:
                 return
 
-    def _close_sockets(self, linger: int) -> None:
-        """Close every socket; wait (at most ``linger`` ms) for queued messages to leave."""
+    def _close(self, linger: int) -> None:
+        """Stop the heart, close every socket (waiting at most ``linger`` ms for queued
+        messages to leave) and the context."""
+        if self._heart is not None:
+            self._heart.stop(timeout=LINGER_MS / 1000)
         for sock in self._sockets.values():
             sock.close(linger=linger)
         self.context.term()
