@@ -1,10 +1,16 @@
 """The engine process: user code on the main thread, every socket on one I/O thread.
 
-:class:`Engine` wires the parts together. The I/O thread (:mod:`.iothread`) registers with the
-Hub and owns all sockets; the main thread takes requests from a queue and runs them with
-:class:`~corral.engine.runner.TaskRunner`, handing finished frames to the I/O thread over an
-inproc PUSH socket. Signals: SIGINT raises KeyboardInterrupt in the running task only (ignored
-while idle); SIGTERM makes the I/O thread unregister and exit, even while a task runs.
+:class:`Engine` wires the parts together. Cores (no sockets, no clock) keep plain names:
+:mod:`.link` (registration, controller loss, re-registration, replies kept), :mod:`.runner`
+(one request's messages and reply), :mod:`.replies`, :mod:`.interrupts`. The socket shell is
+:mod:`.io_shell`: a :class:`~corral.loop.LoopThread` that owns every socket and performs the
+link core's actions. The main thread takes requests from a queue and runs them with
+:class:`~corral.engine.runner.TaskRunner`, handing finished frames to the I/O thread through
+the loop's one hand-off path. Threads, each with an owner that stops and joins it: the I/O
+thread (owned by :class:`Engine`), the heart (:mod:`.heart`) and the output flusher
+(:class:`~.namespace.OutputCapture`), both stopped by the I/O thread at shutdown. Signals:
+SIGINT raises KeyboardInterrupt in the running task only (ignored while idle); SIGTERM makes
+the I/O thread unregister and exit, even while a task runs.
 
     python -m corral.engine --file PATH
     python -m corral.engine [--cluster-id ID] [--cluster-dir DIR]   # <DIR>/<ID>/corral-engine.json
@@ -29,12 +35,12 @@ from corral.sharedmem import SharedMemory
 
 from .connection import EngineConnectionInfo, engine_connection_file
 from .interrupts import InterruptGate
-from .iothread import EngineParts, IOSettings, IOShell
+from .io_shell import EngineParts, IOSettings, IOShell
+from .ipython import load_shell
 from .link import LinkSettings
 from .namespace import Namespace, OutputCapture
 from .placement import engine_placement
 from .runner import AbortList, EngineIdentity, TaskRunner, WorkQueue
-from .shell import load_shell
 
 ConnectionSource = str | os.PathLike[str] | Mapping[str, Any] | EngineConnectionInfo
 
@@ -136,7 +142,7 @@ class Engine:
         io.start()
         io.wait_registered()
         self._io = io
-        if self.use_ipython:  # IPython syntax, display(), rich results: corral.engine.shell
+        if self.use_ipython:  # IPython syntax, display(), rich results: corral.engine.ipython
             shell = load_shell(self.runner.namespace.user_ns, self.log)
             if shell is not None:
                 self.runner.use_shell(shell)

@@ -27,7 +27,7 @@ from typing import Any
 
 from corral.protocol.references import Reference, is_interactive
 
-from .shell import IPYTHON_HINT, looks_like_ipython
+from .ipython import IPYTHON_HINT, looks_like_ipython
 
 PublishCallback = Callable[[str, str], None]
 """``publish(stream_name, text)``: called with ``"stdout"`` or ``"stderr"`` and new text."""
@@ -64,7 +64,7 @@ class Namespace:
 
     def __init__(self) -> None:
         self.user_ns: dict[str, Any] = {}
-        # set by the engine when IPython is installed (corral.engine.shell): a translator of
+        # set by the engine when IPython is installed (corral.engine.ipython): a translator of
         # IPython syntax into Python, and a formatter of values into mime bundles and their
         # metadata (an image's size ...)
         self.transform: Callable[[str], str] | None = None
