@@ -261,7 +261,8 @@ class IOShell:
 
     def _link_tick(self) -> None:
         self._link_timer = None
-        self._perform(self.link.tick(self.loop.time()))
+        if self._exit is None:
+            self._perform(self.link.tick(self.loop.time()))
 
     def _on_registration(self, frames: list[zmq.Frame]) -> None:
         """Raises InvalidContent for a malformed ``replies_recorded`` (the loop counts it)."""
