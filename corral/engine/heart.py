@@ -2,21 +2,19 @@
 
 The echo is a zmq proxy (SUB from the Hub's ping PUB to a DEALER on its pong ROUTER) that runs
 without the GIL, so pongs continue while user code holds it: a busy engine is not taken for a
-dead one. The proxy's sockets and context belong to the heart's thread; its owner (the engine's
-I/O thread) stops it through a control socket (``TERMINATE``) and joins it.
+dead one. The proxy's sockets belong to the heart's thread; its owner (the engine's I/O thread)
+stops it by terminating the heart's own context (the proxy then ends with ETERM and the thread
+closes its sockets) and joins it.
 """
 
 from __future__ import annotations
 
-import itertools
 import threading
 from typing import Any
 
 import zmq
 
 from corral.security import CurveKeys, make_client
-
-_names = itertools.count()
 
 
 class Heart:
@@ -30,9 +28,7 @@ class Heart:
         self.identity = identity
         self.curve = curve
         self.failure: BaseException | None = None
-        self._context: zmq.Context[Any] = zmq.Context()  # its own: never blocks another term()
-        self._control = f"inproc://corral-heart-{next(_names)}"
-        self._ready = threading.Event()
+        self._context: zmq.Context[Any] = zmq.Context()  # its own: stop() terminates it
         self._thread = threading.Thread(target=self._run, name="corral-engine-heart", daemon=True)
 
     def start(self) -> None:
@@ -42,40 +38,36 @@ class Heart:
         return self._thread.is_alive()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """End the proxy and join its thread (each wait at most ``timeout`` seconds)."""
-        if self._thread.ident is None:
-            self._context.term()
-            return
-        if self._ready.wait(timeout):
-            steer: zmq.Socket[Any] = self._context.socket(zmq.PAIR)
-            try:
-                steer.connect(self._control)
-                steer.send(b"TERMINATE")
-            finally:
-                steer.close(linger=int(timeout * 1000))
-        self._thread.join(timeout)
-        if not self._thread.is_alive():
-            self._context.term()
+        """End the proxy and join its thread (at most ``timeout`` seconds).
+
+        Terminating the heart's own context makes the proxy's poll fail with ETERM on the
+        heart's thread, which then closes its sockets itself; the termination returns once
+        they are closed."""
+        self._context.term()
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
 
     def _run(self) -> None:
-        pings: zmq.Socket[Any] = self._context.socket(zmq.SUB)
-        pongs: zmq.Socket[Any] = self._context.socket(zmq.DEALER)
-        control: zmq.Socket[Any] = self._context.socket(zmq.PAIR)
+        sockets: list[zmq.Socket[Any]] = []
         try:
-            for sock in (pings, pongs):
+            pings: zmq.Socket[Any] = self._context.socket(zmq.SUB)
+            sockets.append(pings)
+            pongs: zmq.Socket[Any] = self._context.socket(zmq.DEALER)
+            sockets.append(pongs)
+            for sock in sockets:
                 sock.linger = 0
                 if self.curve is not None:
                     make_client(sock, self.curve)
             pings.setsockopt(zmq.SUBSCRIBE, b"")
             pongs.setsockopt(zmq.IDENTITY, self.identity)
-            control.bind(self._control)
             pings.connect(self.ping_address)
             pongs.connect(self.pong_address)
-            self._ready.set()
-            zmq.proxy_steerable(pings, pongs, None, control)
-        except BaseException as err:  # reported to the owner, which logs it
-            self.failure = err
+            zmq.proxy(pings, pongs)
+        except zmq.ContextTerminated:
+            pass  # stop()
+        except BaseException as err:
+            if not self._context.closed:  # after stop(), an error is the stop itself
+                self.failure = err
         finally:
-            self._ready.set()
-            for sock in (pings, pongs, control):
+            for sock in sockets:
                 sock.close(linger=0)
