@@ -1,10 +1,16 @@
 """The engine process: user code on the main thread, every socket on one I/O thread.
 
-:class:`Engine` wires the parts together. The I/O thread (:mod:`.iothread`) registers with the
-Hub and owns all sockets; the main thread takes requests from a queue and runs them with
-:class:`~corral.engine.runner.TaskRunner`, handing finished frames to the I/O thread over an
-inproc PUSH socket. Signals: SIGINT raises KeyboardInterrupt in the running task only (ignored
-while idle); SIGTERM makes the I/O thread unregister and exit, even while a task runs.
+:class:`Engine` wires the parts together. Cores (no sockets, no clock) keep plain names:
+:mod:`.link` (registration, controller loss, re-registration, replies kept), :mod:`.runner`
+(one request's messages and reply), :mod:`.replies`, :mod:`.interrupts`. The socket shell is
+:mod:`.io_shell`: a :class:`~corral.loop.LoopThread` that owns every socket and performs the
+link core's actions. The main thread takes requests from a queue and runs them with
+:class:`~corral.engine.runner.TaskRunner`, handing finished frames to the I/O thread through
+the loop's one hand-off path. Threads, each with an owner that stops and joins it: the I/O
+thread (owned by :class:`Engine`), the heart (:mod:`.heart`) and the output flusher
+(:class:`~.namespace.OutputCapture`), both stopped by the I/O thread at shutdown. Signals:
+SIGINT raises KeyboardInterrupt in the running task only (ignored while idle); SIGTERM makes
+the I/O thread unregister and exit, even while a task runs.
 
     python -m corral.engine --file PATH
     python -m corral.engine [--cluster-id ID] [--cluster-dir DIR]   # <DIR>/<ID>/corral-engine.json
@@ -22,9 +28,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
-import zmq
-
-from corral.errors import ConnectionError, CorralError
+from corral.errors import CorralError
 from corral.lifetime import exit_with_owner
 from corral.protocol.connection_files import (
     ENGINE_FILE,
@@ -34,14 +38,14 @@ from corral.protocol.connection_files import (
 )
 from corral.protocol.session import Frame, Session
 from corral.sharedmem import SharedMemory
-from corral.sockets import send_frames
 
 from .interrupts import InterruptGate
-from .iothread import IOThread
+from .io_shell import EngineParts, IOSettings, IOShell
+from .ipython import load_shell
+from .link import LinkSettings
 from .namespace import Namespace, OutputCapture
 from .placement import engine_placement
 from .runner import AbortList, EngineIdentity, TaskRunner, WorkQueue
-from .shell import load_shell
 
 ConnectionSource = str | os.PathLike[str] | Mapping[str, Any] | EngineConnection
 
@@ -95,25 +99,23 @@ class Engine:
         self.registration_timeout = registration_timeout
         self.unregister_timeout = unregister_timeout
         self.missed_beats = missed_beats
-        self.context: zmq.Context[Any] = zmq.Context()
         self.work = WorkQueue()
         self.gate = InterruptGate()
         self.shm = SharedMemory()  # the registration reply turns it on (same host, enabled)
+        self.capture = OutputCapture(log=self.log)
         self.runner = TaskRunner(
             self.session,
             self.identity,
             self._post,
             namespace=Namespace(),
-            capture=OutputCapture(log=self.log),
+            capture=self.capture,
             aborts=AbortList(),
             gate=self.gate,
             log=self.log,
             max_result_bytes=max_result_bytes,
             shm=self.shm,
         )
-        self._inproc = f"inproc://corral-engine-{self.identity.uuid}"
-        self._push: zmq.Socket[Any] | None = None
-        self._push_lock = threading.Lock()
+        self._io: IOShell | None = None
 
     @property
     def namespace(self) -> Namespace:
@@ -125,41 +127,30 @@ class Engine:
         Raises corral.errors.ConnectionError if the controller refuses or never answers the
         registration.
         """
-        wakeup_fd = self._install_signal_handlers()
-        io = IOThread(
-            context=self.context,
-            session=self.session,
-            identity=self.identity,
-            info=self.info,
-            work=self.work,
-            aborts=self.runner.aborts,
-            inproc=self._inproc,
-            close_main_socket=self._close_push,
-            sigint_seen=lambda: self.gate.seen,
-            abort_running=self.gate.request_abort,
-            wakeup_fd=wakeup_fd,
-            requested_id=self.requested_id,
-            registration_timeout=self.registration_timeout,
+        settings = IOSettings(
+            self.info,
+            LinkSettings(self.requested_id, self.registration_timeout, self.missed_beats),
             unregister_timeout=self.unregister_timeout,
-            missed_beats=self.missed_beats,
-            log=self.log,
-            shm=self.shm,
-            gate=self.gate,
-            running=lambda: self.gate.running,
         )
+        parts = EngineParts(
+            self.session,
+            self.identity,
+            self.work,
+            self.runner.aborts,
+            self.gate,
+            self.shm,
+            self.log,
+            self.capture,
+        )
+        io = IOShell(settings, parts)
+        self._install_signal_handlers(io)
         io.start()
-        io.registered.wait()
-        if io.failure is not None:
-            io.join()
-            raise ConnectionError(io.failure)
-        if self.use_ipython:  # IPython syntax, display(), rich results: corral.engine.shell
+        io.wait_registered()
+        self._io = io
+        if self.use_ipython:  # IPython syntax, display(), rich results: corral.engine.ipython
             shell = load_shell(self.runner.namespace.user_ns, self.log)
             if shell is not None:
                 self.runner.use_shell(shell)
-        push = self.context.socket(zmq.PUSH)
-        push.connect(self._inproc)
-        with self._push_lock:
-            self._push = push
         while True:
             request = self.work.get()
             try:
@@ -169,36 +160,20 @@ class Engine:
 
     def _post(self, channel: bytes, frames: Sequence[Frame]) -> None:
         """Hand frames to the I/O thread; called from the main thread and the output flusher."""
-        with self.gate.shielded(), self._push_lock:
-            if self._push is not None:
-                send_frames(self._push, [channel, *frames])
+        io = self._io
+        if io is not None:
+            with self.gate.shielded():
+                io.post(channel, frames)
 
-    def _close_push(self, timeout: float) -> bool:
-        """Close the main thread's socket from the I/O thread at exit; False if it is busy."""
-        if not self._push_lock.acquire(timeout=timeout):
-            return False
-        try:
-            if self._push is not None:
-                self._push.close(linger=0)
-                self._push = None
-        finally:
-            self._push_lock.release()
-        return True
-
-    def _install_signal_handlers(self) -> int | None:
-        """SIGINT -> the interrupt gate; SIGTERM -> a byte on the wakeup pipe for the I/O
-        thread. The pipe is written by the C-level handler, so it works even while the main
-        thread is inside a long call. Only possible on the main thread."""
+    def _install_signal_handlers(self, io: IOShell) -> None:
+        """SIGINT -> the interrupt gate (a KeyboardInterrupt in the running task); SIGTERM ->
+        the I/O loop's signal wake-up, which works even while the main thread is inside a
+        long call. Only possible on the main thread."""
         if threading.current_thread() is not threading.main_thread():
             self.log.warning("engine not on the main thread: SIGINT/SIGTERM handling disabled")
-            return None
-        read_fd, write_fd = os.pipe()
-        os.set_blocking(read_fd, False)
-        os.set_blocking(write_fd, False)
-        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+            return
         signal.signal(signal.SIGINT, self.gate.handle_sigint)
-        signal.signal(signal.SIGTERM, lambda signum, frame: None)
-        return read_fd
+        io.handle_signals()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

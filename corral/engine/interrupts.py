@@ -23,7 +23,7 @@ class InterruptGate:
     idle, and after the task's user code has finished, SIGINT is ignored.
 
     ``seen`` counts the handler's runs, so a sender can tell whether a signal it sent has been
-    handled yet (see :meth:`corral.engine.iothread.IOThread.deliver_signal`).
+    handled yet (see :meth:`corral.engine.io_shell.IOShell.deliver_signal`).
 
     An abort_request naming the running request interrupts it the same way
     (:meth:`request_abort`); ``aborted`` then tells the runner to report it as aborted. Such a

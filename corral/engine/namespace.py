@@ -27,7 +27,7 @@ from typing import Any
 
 from corral.protocol.references import Reference, bind_function, is_interactive
 
-from .shell import IPYTHON_HINT, looks_like_ipython
+from .ipython import IPYTHON_HINT, looks_like_ipython
 
 PublishCallback = Callable[[str, str], None]
 """``publish(stream_name, text)``: called with ``"stdout"`` or ``"stderr"`` and new text."""
@@ -49,7 +49,7 @@ class Namespace:
 
     def __init__(self) -> None:
         self.user_ns: dict[str, Any] = {}
-        # set by the engine when IPython is installed (corral.engine.shell): a translator of
+        # set by the engine when IPython is installed (corral.engine.ipython): a translator of
         # IPython syntax into Python, and a formatter of values into mime bundles and their
         # metadata (an image's size ...)
         self.transform: Callable[[str], str] | None = None
@@ -295,6 +295,7 @@ class OutputCapture:
         self._last_publish = 0.0
         self._deadline: float | None = None
         self._flusher: threading.Thread | None = None
+        self._closed = False
 
     @contextmanager
     def capture(self, publish: PublishCallback | None = None) -> Iterator[CapturedOutput]:
@@ -382,18 +383,29 @@ class OutputCapture:
             text += f"\n[corral: {dropped} more characters were streamed but not kept]\n"
         return text
 
+    def close(self, timeout: float = 5.0) -> None:
+        """Publish what is pending, then stop and join the flusher thread (at most
+        ``timeout`` seconds). Later text is kept for the reply but no longer streamed early."""
+        with self._lock:
+            self._closed = True
+            self._publish_pending()
+            self._wakeup.notify()
+            flusher = self._flusher
+        if flusher is not None:
+            flusher.join(timeout)
+
     def _start_flusher(self) -> None:
-        if self._flusher is None:
+        if self._flusher is None and not self._closed:
             self._flusher = threading.Thread(
                 target=self._flush_loop, name="corral-output-flusher", daemon=True
             )
             self._flusher.start()
 
     def _flush_loop(self) -> None:
-        """Publish pending text when a deadline passes. Runs for the life of the process."""
+        """Publish pending text when a deadline passes, until :meth:`close`."""
         signal.pthread_sigmask(signal.SIG_BLOCK, TASK_SIGNALS)
         with self._lock:
-            while True:
+            while not self._closed:
                 if self._deadline is None:
                     self._wakeup.wait()
                     continue

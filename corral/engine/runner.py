@@ -33,8 +33,8 @@ from corral.protocol.shm import METADATA_KEY, SegmentRef, encode_refs
 from corral.sharedmem import SharedMemory
 
 from .interrupts import InterruptGate
+from .ipython import EngineShell
 from .namespace import Namespace, OutputCapture, strip_engine_frames
-from .shell import EngineShell
 from .summary import describe_call
 
 SendCallback = Callable[[bytes, Sequence[Frame]], None]
@@ -239,7 +239,7 @@ class TaskRunner:
             self.use_shell(shell)
 
     def use_shell(self, shell: EngineShell) -> None:
-        """Run cells with IPython (syntax, display(), rich results): see corral.engine.shell."""
+        """Run cells with IPython (syntax, display(), rich results): see corral.engine.ipython."""
         self.shell = shell
         shell.bind(self.namespace.user_ns)
         self.namespace.transform = shell.transform
@@ -279,7 +279,7 @@ class TaskRunner:
         self.gate.arm(msg.msg_id, None if limit is None else time.monotonic() + limit)
         if self.aborts.take(msg.msg_id):
             # an abort_request that came between the check above and arm(): the I/O thread
-            # saw nothing running, so it left the abort here (see IOThread._abort)
+            # saw nothing running, so it left the abort here (see IOShell._abort)
             self.gate.disarm()
             self._answer_aborted(request)
             return

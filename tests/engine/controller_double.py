@@ -243,7 +243,10 @@ class FakeController:
         deadline = time.monotonic() + timeout
         while True:
             if not self.iopub.poll(int(max(deadline - time.monotonic(), 0) * 1000)):
-                raise AssertionError(f"iopub: condition not met; got {received}")
+                logs = "\n".join(engine.log() for engine in self.engines)
+                raise AssertionError(
+                    f"iopub: condition not met; got {received}; engine logs:\n{logs}"
+                )
             topic, *frames = self.iopub.recv_multipart()
             msg = self.session.feed(frames)
             received.append((topic, msg))

@@ -23,6 +23,10 @@ from tests.wire import send_msg
 
 CAPTURED = "from the client"
 LONG_TASK = "import time\ntime.sleep(30)"
+SLEEPING = "sleeping"
+# says when its user code runs: "busy" is published before, and an interrupt landing between
+# the two is a KeyboardInterrupt raised as user code starts (no user line in its traceback)
+LONG_TASK_SAYING_SO = f"import time\nprint({SLEEPING!r}, flush=True)\ntime.sleep(30)"
 
 
 def apply_msg(session: Session, f: Any, *args: Any, **kwargs: Any) -> Message:
@@ -48,6 +52,17 @@ def wait_started(controller: FakeController, request: Message) -> None:
             msg.msg_type == "status"
             and msg.parent_header.get("msg_id") == request.msg_id
             and msg.content == {"execution_state": "busy"}
+        )
+    )
+
+
+def wait_sleeping(controller: FakeController, request: Message) -> None:
+    """Until ``request`` (a LONG_TASK_SAYING_SO) prints that its user code runs."""
+    controller.iopub_until(
+        lambda msg: (
+            msg.msg_type == "stream"
+            and msg.parent_header.get("msg_id") == request.msg_id
+            and SLEEPING in str((msg.content or {}).get("text"))
         )
     )
 
@@ -306,8 +321,8 @@ def test_control_is_served_while_a_task_runs_and_sigint_interrupts_it(
     controller: FakeController,
 ) -> None:
     controller.started()
-    long = controller.send("mux", "execute_request", {"code": LONG_TASK})
-    wait_started(controller, long)
+    long = controller.send("mux", "execute_request", {"code": LONG_TASK_SAYING_SO})
+    wait_sleeping(controller, long)
     started = time.monotonic()
     clear = controller.send("control", "clear_request", {})  # waits for the task to end
     interrupt(controller)  # served at once all the same

@@ -272,6 +272,7 @@ def test_rapid_writes_are_coalesced_in_order() -> None:
     assert published.text("stdout") == expected_out
     streams = [name for _, name, _ in published.calls]
     assert streams[:2] == ["stdout", "stderr"]
+    capture.close()
 
 
 def test_pending_line_is_flushed_while_the_task_still_runs() -> None:
@@ -284,6 +285,28 @@ def test_pending_line_is_flushed_while_the_task_still_runs() -> None:
         assert published.event.wait(5.0), "the pending line was not flushed during the task"
         assert published.text("stdout") == "first\nsecond\n"
     assert published.calls[-1][0] == "corral-output-flusher"
+    capture.close()
+
+
+def _flushers() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "corral-output-flusher"}
+
+
+def test_close_publishes_pending_text_and_joins_the_flusher() -> None:
+    published = Published()
+    capture = OutputCapture(flush_interval=30.0)
+    before = _flushers()
+    with capture.capture(published) as output:
+        print("first")  # published at once
+        print("second")  # within the interval: pending, the flusher waits for its deadline
+        started = _flushers() - before
+        assert len(started) == 1 and published.text("stdout") == "first\n"
+        capture.close()
+        assert published.text("stdout") == "first\nsecond\n"
+        assert not next(iter(started)).is_alive()
+        print("third")  # still kept for the reply; no flusher starts again
+        assert not _flushers() - before
+    assert output.stdout == published.text("stdout") == "first\nsecond\nthird\n"
 
 
 def test_explicit_flush_publishes() -> None:

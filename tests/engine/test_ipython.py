@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from corral.engine.ipython import jsonable_bundle, looks_like_ipython
 from corral.engine.namespace import Namespace
-from corral.engine.shell import jsonable_bundle, looks_like_ipython
 
 
 @pytest.mark.parametrize("code", ["%time 1", "!ls", "x = 1\nx?", "  %%timeit\n1"])

@@ -1,0 +1,574 @@
+"""The engine's I/O thread: the socket shell around the link core (:mod:`.link`).
+
+One :class:`~corral.loop.LoopThread` owns every engine socket. Its setup connects the
+registration socket and starts the first registration; once the Hub accepts it, the queues,
+iopub and the heart are connected and the sockets are served in priority order: control (served
+at once, even while a task runs on the main thread, except ``clear_request``, which empties the
+namespace and so is handed to the main thread to run after the running task, ahead of queued
+ones), registration, heartbeat pings, then mux and task requests (decoded and queued for the
+main thread). Other threads (the main thread's replies, the output flusher's streams) reach the
+sockets only through :meth:`IOShell.post`, the loop's one hand-off path. Timers replace a poll
+timeout computed by hand: the link's next deadline, the engine stats, a running task's time
+limit and the re-sent SIGINT.
+
+What to do about the controller (register, retry, time out, notice it is gone, re-register,
+send kept replies again) is decided by :class:`~.link.EngineLink`; this module performs its
+actions. Every exit of the process goes through :meth:`IOShell.shutdown`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+import zmq.utils.garbage
+
+from corral.errors import (
+    ConnectionError,
+    InvalidContent,
+    ProtocolError,
+    SharedMemoryRefused,
+    TaskTimeout,
+    UnknownMessageType,
+)
+from corral.loop import Loop, LoopThread, Timer
+from corral.protocol.connection_files import EngineConnection
+from corral.protocol.messages import validate_content
+from corral.protocol.session import Frame, Message, Session, utcnow
+from corral.security import make_client
+from corral.sharedmem import SharedMemory
+from corral.sockets import send_frames
+
+from .heart import Heart
+from .interrupts import InterruptGate
+from .link import Action, EngineLink, Exit, Fail, LinkSettings, Registered, Resend, SendRegistration
+from .namespace import TASK_SIGNALS, OutputCapture
+from .runner import (
+    MAIN_THREAD_CONTROL_TYPES,
+    TASK_TYPES,
+    AbortList,
+    EngineIdentity,
+    Request,
+    WorkQueue,
+    aborted_reply_msg,
+    error_reply_msg,
+    reply_metadata,
+    reply_type,
+    time_limit,
+)
+from .stats import STATS_PERIOD, STATS_TOPIC, StatsSampler
+
+CONTROL_TYPES = frozenset({"clear_request", "abort_request", "signal_request", "shutdown_request"})
+BATCH = 64  # messages per socket per turn: control is served again soon
+LINGER_MS = 1000
+SIGINT_RESEND = 0.05
+SIGINT_RESEND_FOR = 5.0
+TIME_LIMIT_GRACE = 3.0  # seconds a task over its time limit has to stop once interrupted
+TIME_LIMIT_CHECK = 0.1  # seconds between looks for a time-limited task not yet started
+REGISTRATION_MARGIN = 10.0  # seconds the main thread waits past the registration timeout
+
+
+@dataclass(frozen=True)
+class IOSettings:
+    """What the I/O thread is told at start: where the controller is and how to leave it."""
+
+    info: EngineConnection
+    link: LinkSettings = field(default_factory=LinkSettings)
+    unregister_timeout: float = 1.0  # seconds to wait for the Hub's unregistration_reply
+
+
+@dataclass
+class EngineParts:
+    """The engine's state that its main thread and I/O thread share."""
+
+    session: Session
+    identity: EngineIdentity
+    work: WorkQueue
+    aborts: AbortList
+    gate: InterruptGate
+    shm: SharedMemory
+    log: logging.Logger
+    capture: OutputCapture
+
+
+class IOShell:
+    """Owns and serves the engine's sockets on its loop thread; see the module docstring.
+
+    The owner (the main thread) calls :meth:`start`, then :meth:`wait_registered`; other
+    threads hand frames over with :meth:`post` only.
+    """
+
+    def __init__(self, settings: IOSettings, parts: EngineParts) -> None:
+        self.settings = settings
+        self.info = settings.info
+        self.session = parts.session
+        self.identity = parts.identity
+        self.work = parts.work
+        self.aborts = parts.aborts
+        self.gate = parts.gate
+        self.shm = parts.shm
+        self.log = parts.log
+        self.capture = parts.capture
+        self.link = EngineLink(
+            self.identity.uuid,
+            self.session.new_msg_id,
+            settings.link,
+            placement=self.identity.placement,
+            shm_host=self.shm.host,
+            registration_address=self.info.registration_url,
+            log=self.log,
+        )
+        self.thread = LoopThread("corral-engine-io", self._setup, self._teardown)
+        self.loop: Loop = self.thread.loop
+        self.context: zmq.Context[Any] = zmq.Context()
+        self.stats = StatsSampler()
+        self.failure: str | None = None  # why the first registration failed
+        self.rejected = 0  # messages dropped here: bad signature, replay, malformed
+        self._registered = threading.Event()
+        self._exit: Exit | None = None  # set by shutdown(): the teardown ends the process
+        self._sockets: dict[bytes, zmq.Socket[Any]] = {}
+        self._heart: Heart | None = None
+        self._link_timer: Timer | None = None
+        self._sigint_timer: Timer | None = None
+        self._limit_timer: Timer | None = None
+        self._limited: dict[str, Request] = {}  # requests with a time limit, not answered
+        self._overrun: tuple[str, float] | None = None  # (msg_id, when to stop the engine)
+        main_ident = threading.main_thread().ident
+        assert main_ident is not None
+        self._main_ident = main_ident
+
+    # ------------------------------------------------------------------ the owner's side
+
+    def handle_signals(self) -> None:
+        """SIGTERM makes the engine unregister and exit, even while a task runs: the loop
+        hears it through its signal wake-up at once. Main thread only, before :meth:`start`."""
+        self.loop.handle_signals([signal.SIGTERM], self._on_signal)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def wait_registered(self) -> None:
+        """Until the Hub accepted this engine; ConnectionError (the thread joined) if it
+        refused or never answered."""
+        timeout = self.settings.link.registration_timeout + REGISTRATION_MARGIN
+        if not self._registered.wait(timeout):
+            self.failure = f"the registration did not end within {timeout:g} s"
+        if self.failure is not None:
+            self.thread.stop()
+            raise ConnectionError(self.failure)
+
+    def post(self, channel: bytes, frames: Sequence[Frame]) -> None:
+        """(Any thread.) Send ``frames`` on ``channel`` from the I/O thread, in call order.
+        Dropped once the engine is shutting down (the process is about to end)."""
+        try:
+            self.loop.call_soon_threadsafe(self._forward, channel, frames)
+        except ConnectionError:
+            self.log.debug("dropped frames for %r: the I/O thread has stopped", channel)
+
+    # ------------------------------------------------------------------ startup
+
+    def _setup(self, loop: Loop) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, TASK_SIGNALS)
+        # pyzmq starts its zero-copy garbage collector thread on first use; started here, it
+        # inherits the blocked mask and cannot take SIGINT meant for the main thread
+        if not zmq.utils.garbage.gc.is_alive():
+            zmq.utils.garbage.gc.start()
+        registration = self._dealer(b"registration")
+        registration.connect(self.info.registration_url)
+        loop.add_socket(registration, self._on_registration)
+        self._perform(self.link.start(loop.time()))
+
+    def _dealer(self, name: bytes) -> zmq.Socket[Any]:
+        sock: zmq.Socket[Any] = self.context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, self.identity.uuid.encode())
+        self._secure(sock)
+        self._sockets[name] = sock
+        return sock
+
+    def _secure(self, sock: zmq.Socket[Any]) -> None:
+        """A curve client of the controller when the cluster uses --curve (TCP sockets only)."""
+        if self.info.curve is not None:
+            make_client(sock, self.info.curve)
+
+    def _connect(self, addresses: dict[str, str]) -> None:
+        """Queues and iopub first, the heart last: the Hub announces the engine on its first
+        pong, and by then requests sent to it must find its queue sockets connected. The
+        sockets are served in this order: control, registration, pings, mux, task."""
+        for name in (b"mux", b"control", b"task"):
+            self._dealer(name).connect(addresses[name.decode()])
+        iopub = self.context.socket(zmq.PUB)
+        self._secure(iopub)
+        iopub.connect(addresses["iopub"])
+        self._sockets[b"iopub"] = iopub
+        pings = self.context.socket(zmq.SUB)
+        pings.setsockopt(zmq.SUBSCRIBE, b"")
+        self._secure(pings)
+        pings.connect(addresses["hb_ping"])
+        self._sockets[b"pings"] = pings
+        loop = self.loop
+        loop.remove(self._sockets[b"registration"])  # added again after control
+        loop.add_socket(self._sockets[b"control"], self._on_control, batch=BATCH)
+        loop.add_socket(self._sockets[b"registration"], self._on_registration, batch=BATCH)
+        loop.add_socket(pings, self._on_ping, batch=BATCH)
+        loop.add_socket(self._sockets[b"mux"], self._on_mux, batch=BATCH)
+        loop.add_socket(self._sockets[b"task"], self._on_task, batch=BATCH)
+        self._heart = Heart(
+            addresses["hb_ping"], addresses["hb_pong"], self.identity.uuid.encode(), self.info.curve
+        )
+        self._heart.start()
+        self._publish_stats()
+        loop.call_every(STATS_PERIOD, self._publish_stats)
+
+    # ------------------------------------------------------------------ the link core
+
+    def _perform(self, actions: list[Action]) -> None:
+        """Carry out what the link core decided, then wake it when it next has to decide."""
+        for action in actions:
+            if isinstance(action, SendRegistration):
+                header = {**self.session.header("registration_request"), "msg_id": action.msg_id}
+                msg = Message(header, {}, {}, action.content)
+                send_frames(self._sockets[b"registration"], self.session.serialize(msg))
+            elif isinstance(action, Registered):
+                self.identity.id = action.engine_id
+                self.shm.configure(action.shm)
+                if action.first:
+                    self._connect(action.addresses)
+                    self._registered.set()
+            elif isinstance(action, Resend):
+                for channel, reply in action.replies:
+                    send_frames(self._sockets[channel], reply)
+            elif isinstance(action, Fail):
+                self.failure = action.reason
+                self._registered.set()
+                self.loop.stop()
+                return
+            else:
+                self.shutdown(action.code, action.reason, unregister=action.unregister)
+                return
+        if self._link_timer is not None:
+            self._link_timer.cancel()
+        due = self.link.next_deadline()
+        self._link_timer = None if due is None else self.loop.call_at(due, self._link_tick)
+
+    def _link_tick(self) -> None:
+        self._link_timer = None
+        if self._exit is None:
+            self._perform(self.link.tick(self.loop.time()))
+
+    def _on_registration(self, frames: list[zmq.Frame]) -> None:
+        """Raises InvalidContent for a malformed ``replies_recorded`` (the loop counts it)."""
+        msg = self._decode(b"registration", frames)
+        if msg is not None:
+            self._perform(self.link.on_registration_message(msg, self.loop.time()))
+
+    def _on_ping(self, frames: list[zmq.Frame]) -> None:
+        """A ping from the Hub: the controller is alive (and which instance it is)."""
+        if self._exit is None:
+            self._perform(self.link.on_ping(frames[-1].bytes, self.loop.time()))
+
+    # ------------------------------------------------------------------ tasks
+
+    def _decode(self, channel: bytes, frames: list[zmq.Frame]) -> Message | None:
+        """A verified message, or None after logging why it was dropped (or if the engine is
+        shutting down: nothing new is taken then)."""
+        if self._exit is not None:
+            return None
+        try:
+            return self.session.feed(frames)
+        except ProtocolError as err:
+            self.rejected += 1
+            self.log.warning("dropped a message on %s: %s", channel.decode(), err)
+            return None
+
+    def _send(self, channel: bytes, frames: Sequence[Frame]) -> None:
+        send_frames(self._sockets[channel], frames)
+
+    def _reply_error(self, channel: bytes, request: Message, exc: BaseException) -> None:
+        reply = error_reply_msg(self.session, self.identity, request, exc)
+        self._send(channel, self.session.serialize(reply, request.idents))
+
+    def _forward(self, channel: bytes, frames: Sequence[Frame]) -> None:
+        """Frames another thread posted for ``channel``; a reply is kept until recorded."""
+        if channel not in (b"mux", b"task", b"control", b"iopub") or channel not in self._sockets:
+            self.log.error("frames posted for unknown channel %r", channel)
+            return
+        if channel in (b"mux", b"task"):
+            msg_id = self.link.replied(channel, frames, self.loop.time())
+            if msg_id is not None:
+                self._limited.pop(msg_id, None)
+        self._send(channel, frames)
+
+    def _on_mux(self, frames: list[zmq.Frame]) -> None:
+        self._take_task(b"mux", frames)
+
+    def _on_task(self, frames: list[zmq.Frame]) -> None:
+        self._take_task(b"task", frames)
+
+    def _take_task(self, channel: bytes, frames: list[zmq.Frame]) -> None:
+        """Queue a verified apply or execute request for the main thread; others get an
+        error reply."""
+        msg = self._decode(channel, frames)
+        if msg is None:
+            return
+        try:
+            msg = self.shm.resolve(msg)  # verified above: only then is a reference mapped
+        except SharedMemoryRefused as err:
+            self.rejected += 1
+            self.log.warning("refused the buffers of %s: %s", msg.msg_id, err)
+            self._reply_error(channel, msg, err)
+            return
+        if msg.msg_type not in TASK_TYPES:
+            where = "belongs on the control channel" if msg.msg_type in CONTROL_TYPES else ""
+            error = UnknownMessageType(
+                f"{msg.msg_type!r} {where or 'is not a request this engine serves'}; the "
+                f"{channel.decode()} channel takes {' and '.join(sorted(TASK_TYPES))}"
+            )
+            self._reply_error(channel, msg, error)
+            return
+        try:
+            validate_content(msg.msg_type, msg.content or {})
+            limited = time_limit(msg) is not None
+        except InvalidContent as err:
+            self._reply_error(channel, msg, err)
+            return
+        self.link.received(msg.msg_id)
+        request = Request(channel, msg)
+        if limited:
+            self._limited[msg.msg_id] = request
+            if self._limit_timer is None:
+                self._limit_timer = self.loop.call_later(0.0, self._check_time_limit)
+        self.work.put(request)
+
+    def _check_time_limit(self) -> None:
+        """Enforce the running task's time limit: interrupt it at its deadline (it fails with
+        TaskTimeout); if it is still running ``TIME_LIMIT_GRACE`` seconds later, answer it
+        with TaskTimeout and stop this engine (exit status 1: a supervisor starts it again
+        under its id). Runs while time-limited requests are unanswered."""
+        self._limit_timer = None
+        if not self._limited or self._exit is not None:
+            self._overrun = None
+            return
+        gate = self.gate
+        running, deadline = gate.running, gate.deadline
+        now = self.loop.time()
+        if running is None or deadline is None:  # queued, or between arm and the check
+            self._overrun = None
+            self._limit_timer = self.loop.call_later(TIME_LIMIT_CHECK, self._check_time_limit)
+            return
+        if self._overrun is None or self._overrun[0] != running:
+            if now < deadline:
+                self._limit_timer = self.loop.call_at(deadline, self._check_time_limit)
+                return
+            if gate.request_abort([running], time_limit=True) is not None:
+                self.deliver_signal(signal.SIGINT)
+            self._overrun = (running, now + TIME_LIMIT_GRACE)
+        if now < self._overrun[1]:
+            self._limit_timer = self.loop.call_at(self._overrun[1], self._check_time_limit)
+            return
+        request = self._limited.pop(running, None)
+        reason = (
+            f"task {running} ran longer than its time limit and did not stop when interrupted: "
+            "its engine was stopped"
+        )
+        if request is not None:
+            error = TaskTimeout(
+                "TaskTimeout", reason, engine_id=self.identity.id, engine_uuid=self.identity.uuid
+            )
+            self._reply_error(request.channel, request.msg, error)
+        self.shutdown(1, reason)
+
+    # ------------------------------------------------------------------ control
+
+    def _on_control(self, frames: list[zmq.Frame]) -> None:
+        msg = self._decode(b"control", frames)
+        if msg is None:
+            return
+        started = utcnow()
+        if msg.msg_type not in CONTROL_TYPES:
+            error = UnknownMessageType(
+                f"{msg.msg_type!r} is not served on the control channel; "
+                f"it takes {', '.join(sorted(CONTROL_TYPES))}"
+            )
+            self._reply_error(b"control", msg, error)
+            return
+        content = msg.content or {}
+        answer: dict[str, Any] = {"status": "ok"}
+        try:
+            validate_content(msg.msg_type, content)
+            if msg.msg_type in MAIN_THREAD_CONTROL_TYPES:
+                self.work.put_next(Request(b"control", msg))  # the main thread replies
+                return
+            if msg.msg_type == "abort_request":
+                spared = self._abort(content.get("msg_ids"), content.get("running", True))
+                if spared is not None:
+                    answer["running"] = [spared]
+            elif msg.msg_type == "signal_request":
+                self.deliver_signal(int(content["sig"]))
+        except Exception as err:
+            self._reply_error(b"control", msg, err)
+            return
+        reply = self.session.msg(
+            reply_type(msg.msg_type),
+            answer,
+            parent=msg,
+            metadata=reply_metadata(self.identity, "ok", started),
+        )
+        self._send(b"control", self.session.serialize(reply, msg.idents))
+        if msg.msg_type == "shutdown_request":
+            self.shutdown(0, "shutdown_request")
+
+    def _abort(self, msg_ids: list[Any] | None, interrupt: bool = True) -> str | None:
+        """Abort the named tasks: the running one at once (interrupted like SIGINT, answered
+        as aborted), the others when they are reached. None: every queued task now, leaving
+        the running one alone. ``interrupt=False`` leaves a running named task alone too and
+        returns its msg_id (a cancel, which only stops what has not started)."""
+        if msg_ids is None:
+            self._abort_queued("aborted by an abort_request for all queued tasks")
+            return None
+        named = [str(msg_id) for msg_id in msg_ids]
+        running = self.gate.request_abort(named, interrupt)
+        self.aborts.add(msg_id for msg_id in named if msg_id != running)
+        if running is None and interrupt:
+            # the main thread may have started one of them since it was asked above, after
+            # its own last look at the abort list: ask again, so that it is interrupted
+            running = self.gate.request_abort(named, interrupt)
+        if running is not None and interrupt:
+            self.deliver_signal(signal.SIGINT)
+            return None
+        return running
+
+    def _abort_queued(self, reason: str) -> None:
+        while True:
+            try:
+                request = self.work.get_nowait()
+            except queue.Empty:
+                return
+            reply = aborted_reply_msg(self.session, self.identity, request.msg, reason)
+            frames = self.session.serialize(reply, request.msg.idents)
+            self._limited.pop(request.msg.msg_id, None)
+            self.link.replied(request.channel, frames, self.loop.time())
+            self._send(request.channel, frames)
+
+    def deliver_signal(self, signum: int) -> None:
+        """Signal this process, aimed at the main thread.
+
+        A process-directed signal may be taken by any thread that does not block it (a
+        library's helper thread, a thread of the user's), and then the main thread's blocking
+        call (``time.sleep``) is not interrupted; signals whose action is process-wide
+        (SIGTERM, SIGKILL, SIGSTOP) act the same either way. SIGINT is re-sent every
+        ``SIGINT_RESEND`` seconds until the gate's handler has run: on CPython 3.11 another
+        thread can reset the flag that makes the main thread run pending handlers, and a
+        SIGINT that lands just before a blocking call would then wait for that call to end.
+        """
+        if signum not in signal.valid_signals():
+            raise ValueError(f"{signum} is not a valid signal number on this system")
+        signal.pthread_kill(self._main_ident, signum)
+        if signum == signal.SIGINT:
+            if self._sigint_timer is not None:
+                self._sigint_timer.cancel()
+            self._sigint_timer = self.loop.call_every(
+                SIGINT_RESEND, self._resend_sigint, self.gate.seen, self.loop.time()
+            )
+
+    def _resend_sigint(self, seen: int, sent: float) -> None:
+        if self.gate.seen != seen or self.loop.time() > sent + SIGINT_RESEND_FOR:
+            if self._sigint_timer is not None:
+                self._sigint_timer.cancel()
+                self._sigint_timer = None
+        else:
+            signal.pthread_kill(self._main_ident, signal.SIGINT)
+
+    def _on_signal(self, signum: int) -> None:
+        if signum == signal.SIGTERM:
+            self.shutdown(0, "SIGTERM")
+
+    def _publish_stats(self) -> None:
+        """Once per STATS_PERIOD: this engine's CPU, memory and running task (stats.py)."""
+        if self._exit is not None:
+            return
+        stats = self.stats.sample(self.gate.running, self.loop.time())
+        msg = self.session.msg("engine_stats", stats)
+        topic = STATS_TOPIC + str(self.identity.id).encode()
+        self._send(b"iopub", [topic, *self.session.serialize(msg)])
+
+    # ------------------------------------------------------------------ exit
+
+    def shutdown(self, exit_code: int, reason: str, *, unregister: bool = True) -> None:
+        """End the engine (loop thread only): the text not yet streamed and the replies other
+        threads handed over are sent, queued tasks are answered as aborted, the Hub is told
+        (``unregister``), every socket and thread is closed, and the process exits with
+        ``exit_code`` through ``os._exit``, even while the main thread is inside user code.
+        Nothing new is taken once this is called; the rest happens in the teardown."""
+        if self._exit is not None:
+            return
+        self.log.info(
+            "engine %s shutting down: %s (%d messages rejected)",
+            self.identity.id,
+            reason,
+            self.rejected + self.loop.rejected,
+        )
+        self._exit = Exit(exit_code, reason, unregister)
+        try:
+            self.capture.close(timeout=LINGER_MS / 1000)  # posts the text not yet streamed
+        finally:
+            self.loop.stop(f"engine {self.identity.id} is shutting down ({reason})")
+
+    def _teardown(self) -> None:
+        """Last on the loop thread, after the hand-offs accepted before the stop ran."""
+        exit_ = self._exit
+        if exit_ is None and self.failure is not None:  # the first registration failed
+            self._close(linger=0)
+            return
+        if exit_ is None:  # the loop itself failed (LoopThread logged it)
+            self.log.critical("the engine's I/O thread failed; exiting")
+            exit_ = Exit(1, "internal error")
+        try:
+            if b"mux" in self._sockets:
+                self._abort_queued(f"engine {self.identity.id} shut down ({exit_.reason})")
+            if exit_.unregister and self._registered.is_set():
+                self._unregister()
+            self._close(linger=LINGER_MS)
+            self.shm.close()
+        except BaseException:
+            self.log.exception("error during shutdown")
+        finally:
+            logging.shutdown()
+            for stream in (sys.__stdout__, sys.__stderr__):
+                if stream is not None:
+                    stream.flush()
+            os._exit(exit_.code)
+
+    def _unregister(self) -> None:
+        """Tell the Hub we leave; wait for its reply at most ``unregister_timeout``."""
+        sock = self._sockets[b"registration"]
+        content = {"id": self.identity.id, "uuid": self.identity.uuid}
+        msg = self.session.msg("unregistration_request", content)
+        send_frames(sock, self.session.serialize(msg))
+        deadline = time.monotonic() + self.settings.unregister_timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            if not sock.poll(int(remaining * 1000) + 1):
+                return
+            try:
+                reply = self.session.feed(sock.recv_multipart(copy=False))
+            except ProtocolError:
+                continue
+            if reply.parent_id == msg.msg_id:
+                return
+
+    def _close(self, linger: int) -> None:
+        """Stop the heart, close every socket (waiting at most ``linger`` ms for queued
+        messages to leave) and the context."""
+        if self._heart is not None:
+            self._heart.stop(timeout=LINGER_MS / 1000)
+        for sock in self._sockets.values():
+            sock.close(linger=linger)
+        self.context.term()
