@@ -10,7 +10,10 @@ future; when the last one is done this object completes too, with:
 - a map: the parts joined back into one sequence, in order (:func:`corral.client.mapping.join`).
 
 Because it is a real Future it works with ``concurrent.futures.wait``/``as_completed``, with
-``await`` in asyncio, and with ``add_done_callback``. Blocking calls take a timeout and raise
+``await`` in asyncio, and with ``add_done_callback``. Done-callbacks added to an AsyncResult of
+a client run on that client's callbacks thread (:mod:`corral.client.completion`), one after
+another: a callback that blocks delays later callbacks, never another result or the routing
+of replies. Blocking calls take a timeout and raise
 :class:`corral.errors.TimeoutError`; the work itself goes on.
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent import futures
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
@@ -32,8 +36,8 @@ from corral.client.records import _DEFAULTS, Metadata, Records, settle
 from corral.errors import RemoteError, TimeoutError, collect_exceptions
 
 if TYPE_CHECKING:
-    from corral.client.client import Client
     from corral.client.outputs import OutputStreamer
+    from corral.client.submitter import Submitter
 
 __all__ = [
     "ALL_COMPLETED",
@@ -45,6 +49,10 @@ __all__ = [
 ]
 
 _DONE_TRACKER = zmq.MessageTracker()  # nothing to watch: sent as soon as handed over
+
+
+def _call(fn: Callable[[futures.Future[Any]], object], done: futures.Future[Any]) -> None:
+    fn(done)
 
 
 def _forever(timeout: float | None) -> bool:
@@ -65,7 +73,7 @@ class AsyncResult(futures.Future[Any]):
         *,
         fname: str = "unknown",
         single: bool = False,
-        client: Client | None = None,
+        client: Submitter | None = None,
         owner: bool = True,
         return_exceptions: bool = False,
         trackers: Sequence[zmq.MessageTracker] = (),
@@ -87,16 +95,41 @@ class AsyncResult(futures.Future[Any]):
         else:
             threading.Thread(target=self._watch_send, name="corral-track", daemon=True).start()
         self._children = [records.futures[msg_id] for msg_id in self.msg_ids]
+        records.hold(self.msg_ids)
+        weakref.finalize(self, records.release, tuple(self.msg_ids))
         self._lock = threading.Lock()
         self._remaining = len(self._children)
         if not self._children:
             self._finish()
+        # The children reach this object only through ``link``, emptied once it is finished:
+        # a finished AsyncResult nobody holds is then garbage, and its records are released.
+        link: list[AsyncResult | None] = [self]
+        self._link = link
+
+        def child_done(_: futures.Future[Any]) -> None:
+            result = link[0]
+            if result is not None:
+                result._child_done()
+
         for child in self._children:
-            child.add_done_callback(self._child_done)
+            child.add_done_callback(child_done)
 
     # ------------------------------------------------------------------ completion
 
-    def _child_done(self, _child: futures.Future[Any]) -> None:
+    def add_done_callback(self, fn: Callable[[futures.Future[Any]], object]) -> None:
+        """Call ``fn(self)`` once this is done: at once on this thread if it is done already,
+        else on the client's callbacks thread (see the module doc)."""
+        if self._client is None or self.done():
+            super().add_done_callback(fn)
+            return
+        run = self._client.run_callback
+
+        def hand_over(done: futures.Future[Any]) -> None:
+            run(lambda: _call(fn, done))
+
+        super().add_done_callback(hand_over)
+
+    def _child_done(self) -> None:
         with self._lock:
             self._remaining -= 1
             last = self._remaining == 0
@@ -104,6 +137,8 @@ class AsyncResult(futures.Future[Any]):
             self._finish()
 
     def _finish(self) -> None:
+        if self._children:
+            self._link[0] = None
         try:
             value = self._reduce([_outcome(child) for child in self._children])
         except BaseException as exc:  # noqa: BLE001 - the future carries whatever was raised
@@ -263,7 +298,7 @@ class AsyncResult(futures.Future[Any]):
             for msg_id, child in zip(self.msg_ids, self._children, strict=True)
             if not child.done()
         ]
-        if self._client is None or not self._client._cancel(pending):
+        if self._client is None or not self._client.cancel_requests(pending):
             return False
         return super().cancel()
 
@@ -488,7 +523,7 @@ class AsyncMapResult(AsyncResult):
         *,
         fname: str = "map",
         ordered: bool = True,
-        client: Client | None = None,
+        client: Submitter | None = None,
         joiner: Callable[[Sequence[Any]], Any] = join,
         item_counts: Sequence[int] | None = None,
         return_exceptions: bool = False,

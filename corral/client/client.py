@@ -28,12 +28,15 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import zmq
+
+from corral.client.completion import Worker
 from corral.client.connection import (
     CLIENT_FILE,
     DEFAULT_TIMEOUT,
@@ -47,6 +50,7 @@ from corral.client.ioloop import ClientIO
 from corral.client.queries import HubQueries
 from corral.client.records import SERVICE, TASK, Records
 from corral.client.recovery import RECOVERY_PERIOD, Recovery, Resender
+from corral.client.submitter import Target, Targets
 from corral.errors import (
     ConnectionError,
     EngineError,
@@ -71,9 +75,6 @@ __all__ = ["Client", "Target", "Targets"]
 log = logging.getLogger("corral.client")
 
 LINK_CHECK = 0.25  # seconds between looks at the controller link while waiting for results
-
-Target = tuple[int, str]  # (engine id, engine uuid)
-Targets = int | Sequence[int] | slice | str | None  # an id, ids, a slice of ids, or "all"
 
 
 class _Handler:
@@ -200,7 +201,10 @@ class Client(ControlCalls, HubQueries):
             username=getpass.getuser(),
         )
         self.addresses = client_addresses(info)
-        self._records = Records()
+        # off the I/O thread: deserializing and settling results, and users' done-callbacks
+        self._results_worker = Worker(f"corral-client-results-{self.session.session_id[:8]}")
+        self._callbacks_worker = Worker(f"corral-client-callbacks-{self.session.session_id[:8]}")
+        self._records = Records(defer=self._results_worker.submit)
         self._resender = Resender()  # unanswered load-balanced requests, to send again
         self._engines: dict[int, str] = {}
         self._uuids: dict[str, int] = {}
@@ -212,11 +216,16 @@ class Client(ControlCalls, HubQueries):
         self._views: weakref.WeakSet[View] = weakref.WeakSet()
         curve = CurveKeys.from_connection(info)
         self._io = ClientIO(self.session, self.addresses, _Handler(self), curve)
-        self._io.start(timeout)
+        try:
+            self._io.start(timeout)
+        except BaseException:
+            self._results_worker.close()
+            self._callbacks_worker.close()
+            raise
         try:
             reply = self._query("connection_request", {})
         except BaseException as exc:
-            self._io.close()
+            self.close()
             if not isinstance(exc, ConnectionError):
                 raise
             raise ConnectionError(
@@ -240,7 +249,37 @@ class Client(ControlCalls, HubQueries):
         ConnectionError. Calling it again does nothing. ``linger`` (ipyparallel's) is
         accepted: queued sends are always flushed for a bounded time before closing."""
         self._io.close()
+        self._results_worker.close()  # settles what the I/O thread failed on its way out
+        self._callbacks_worker.close()
         self._shm.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether requests are refused: after :meth:`close`, or once the I/O thread failed."""
+        return self._io.closed
+
+    @property
+    def records(self) -> Records:
+        """What this client knows of every request it sent (see corral.client.records)."""
+        return self._records
+
+    def engine_uuids(self) -> set[str]:
+        """The uuids of the engines registered now."""
+        return set(self._uuids)
+
+    def take_trackers(self, msg_ids: Iterable[str]) -> list[zmq.MessageTracker]:
+        """The MessageTrackers of ``msg_ids`` sent with ``track``; each handed over once."""
+        trackers = self._records.trackers
+        return [trackers.pop(m) for m in msg_ids if m in trackers]
+
+    def register_view(self, view: View) -> None:
+        """Remember ``view`` (weakly) so that purging results trims its history too."""
+        self._views.add(view)
+
+    def run_callback(self, call: Callable[[], None]) -> None:
+        """Run ``call`` on this client's callbacks thread (an AsyncResult's done-callbacks),
+        after those handed over before it."""
+        self._callbacks_worker.submit(call)
 
     def spin(self) -> None:
         """Nothing to do: corral's I/O thread handles incoming messages as they arrive
@@ -662,14 +701,14 @@ class Client(ControlCalls, HubQueries):
                 lambda _: self._resender.release(msg_id)
             )
         if uuid is not None and uuid not in self._uuids:
-            self._records.fail(msg.msg_id, _engine_gone(engine_id, uuid))
+            self._records.fail(msg.msg_id, _engine_gone(engine_id, uuid), at_once=True)
             return msg.msg_id
         try:
             tracker = self._io.send(
                 channel.encode(), frames, len(frames) - len(buffers) if track else None
             )
         except Exception as exc:
-            self._records.fail(msg.msg_id, exc)
+            self._records.fail(msg.msg_id, exc, at_once=True)
             raise
         if tracker is not None:
             self._records.trackers[msg.msg_id] = tracker
@@ -692,7 +731,7 @@ class Client(ControlCalls, HubQueries):
         dependency): it gets a msg_id, a failed result, and later tasks can depend on it."""
         msg = self.session.msg(msg_type, {}, metadata=metadata)
         self._records.track(msg, "task")
-        self._records.fail(msg.msg_id, error)
+        self._records.fail(msg.msg_id, error, at_once=True)
         return msg.msg_id
 
     def _query(self, msg_type: str, content: dict[str, Any]) -> Message:

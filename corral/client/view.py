@@ -30,8 +30,8 @@ from corral.errors import ImpossibleDependency
 from corral.protocol.serialize import pack_apply_message
 
 if TYPE_CHECKING:
-    from corral.client.client import Client, Targets
     from corral.client.executor import ViewExecutor
+    from corral.client.submitter import Submitter, Targets
 
 __all__ = ["DirectView", "LoadBalancedView", "View"]
 
@@ -63,7 +63,7 @@ class View:
 
     _flags: tuple[str, ...] = ("block", "targets", "track", "label", "time_limit")
 
-    def __init__(self, client: Client, targets: Any, block: bool = False) -> None:
+    def __init__(self, client: Submitter, targets: Any, block: bool = False) -> None:
         self.client = client
         self.targets = targets
         self.block = block
@@ -71,7 +71,8 @@ class View:
         self.label: str | None = None
         self.time_limit: float | None = None
         self.history: list[str] = []
-        client._views.add(self)  # purge_local_results trims every view's history too
+        self._compactions = 0  # the records' compactions this history was trimmed for
+        client.register_view(self)  # purge_local_results trims every view's history too
 
     @property
     def time_limit(self) -> float | None:
@@ -243,12 +244,22 @@ class View:
 
     # ------------------------------------------------------------------ bookkeeping
 
+    def _remember(self, msg_ids: list[str]) -> None:
+        """Add to ``history``, first leaving out what the records forgot (released results)
+        if they did since the last time: the history stays as bounded as the records."""
+        records = self.client.records
+        if records.compactions != self._compactions:
+            self._compactions = records.compactions
+            kept = records.futures
+            self.history = [msg_id for msg_id in self.history if msg_id in kept]
+        self.history.extend(msg_ids)
+
     def _result(
         self, msg_ids: list[str], fname: str, single: bool = False, owner: bool = True
     ) -> AsyncResult:
-        self.history.extend(msg_ids)
+        self._remember(msg_ids)
         return AsyncResult(
-            self.client._records,
+            self.client.records,
             msg_ids,
             fname=fname,
             single=single,
@@ -265,9 +276,9 @@ class View:
         item_counts: list[int],
         return_exceptions: bool = False,
     ) -> AsyncMapResult:
-        self.history.extend(msg_ids)
+        self._remember(msg_ids)
         return AsyncMapResult(
-            self.client._records,
+            self.client.records,
             msg_ids,
             fname=fname,
             ordered=ordered,
@@ -278,8 +289,7 @@ class View:
         )
 
     def _trackers(self, msg_ids: list[str]) -> list[Any]:
-        trackers = self.client._records.trackers
-        return [trackers.pop(m) for m in msg_ids if m in trackers]
+        return self.client.take_trackers(msg_ids)
 
     @property
     def outstanding(self) -> set[str]:
@@ -334,7 +344,7 @@ class DirectView(DataMovement, View):
     engines registered at each call). With an int target results are single values; with
     several, lists in target order."""
 
-    def __init__(self, client: Client, targets: Targets = "all", block: bool = False) -> None:
+    def __init__(self, client: Submitter, targets: Targets = "all", block: bool = False) -> None:
         super().__init__(client, "all" if targets is None else targets, block)
 
     def __len__(self) -> int:
@@ -482,7 +492,7 @@ class LoadBalancedView(View):
 
     def __init__(
         self,
-        client: Client,
+        client: Submitter,
         targets: int | Sequence[int] | None = None,
         block: bool = False,
         retries: int = 0,
@@ -548,10 +558,10 @@ class LoadBalancedView(View):
         if flags["targets"] is not None:
             targets = {uuid for _, uuid in self.client.resolve_targets(flags["targets"])}
         metadata = {"label": flags["label"]} if flags["label"] else {}
-        records = self.client._records
+        records = self.client.records
         after = prune_after(records, as_dependency(flags["after"]))
         follow, targets = prune_follow(
-            records, set(self.client._uuids), as_dependency(flags["follow"]), targets
+            records, self.client.engine_uuids(), as_dependency(flags["follow"]), targets
         )
         if after is not None:
             metadata["after"] = after.as_dict()
