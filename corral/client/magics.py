@@ -14,6 +14,7 @@ Bad options print the usage as a UsageError, never a traceback.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import re
 import shlex
 import sys
@@ -21,9 +22,12 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from corral.client.outputs import GROUPINGS
 from corral.errors import (
+    AlreadyDisplayedError,
+    CompositeError,
     CorralError,
     InvalidTarget,
     NoEnginesRegistered,
+    RemoteError,
     TimeoutError,
 )
 
@@ -271,7 +275,7 @@ class ParallelMagics:
         try:
             if stream:
                 with result.stream_output():
-                    result.wait()
+                    shown = _stream_errors(result)
             else:
                 result.wait()
         except KeyboardInterrupt:
@@ -285,7 +289,16 @@ class ParallelMagics:
                 self._signalled(result, signal)
             return
         result.display_outputs(groupby, result_only=stream)
-        result.get()
+        if not stream:
+            result.get()
+            return
+        try:
+            result.get()
+        except CompositeError as err:
+            if not shown:
+                raise
+            # every traceback is on the screen already: say how many, as ipyparallel does
+            raise AlreadyDisplayedError(err) from None
 
     def _interrupted(self, result: AsyncResult) -> None:
         """Ctrl-C during a blocking %px: abort the cell on the engines, and say so."""
@@ -308,6 +321,20 @@ class ParallelMagics:
             )
         except (CorralError, ValueError) as err:
             print(f"%px interrupted; sending {signal} failed: {err}", file=sys.stderr)
+
+
+def _stream_errors(result: AsyncResult) -> int:
+    """Wait for ``result``, printing each request's remote traceback to stderr as it fails
+    (``%%px --stream``); how many were printed."""
+    shown = 0
+    for child in concurrent.futures.as_completed(result._children):
+        error = child.exception()
+        if isinstance(error, RemoteError):
+            engine = error.engine_id if error.engine_id is not None else "?"
+            label = f"[{engine}:{error.method or 'apply'}]:"
+            print("\n".join([label, *error.render_traceback()]), file=sys.stderr, flush=True)
+            shown += 1
+    return shown
 
 
 def _engine_ids(result: AsyncResult) -> list[int | None]:

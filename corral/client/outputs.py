@@ -179,7 +179,9 @@ def _show_data(data: dict[str, Any], metadata: dict[str, Any], prompt: str = "")
     import IPython.display
 
     if prompt:
-        print(prompt)
+        # on the prompt's line, as ipyparallel: a terminal shell prints the text form right
+        # after it (Out[0:3]: <Math object>), a notebook shows the rich form below it
+        print(prompt, end="", flush=True)
     publish: Any = IPython.display.publish_display_data
     publish(_decoded(data), metadata)
 

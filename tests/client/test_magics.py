@@ -58,6 +58,10 @@ def test_px_line_and_cell(shell, capsys) -> None:  # type: ignore[no-untyped-def
     assert len(shown) == 2
     assert shown[0].startswith("Out[0:") and shown[0].endswith("]: 10")
     assert shown[1].startswith("Out[1:") and shown[1].endswith("]: 10")
+    # a rich result: the terminal shows its text form on the prompt's line, as ipyparallel
+    out, _ = run(shell, capsys, "%%px\nfrom IPython.display import Math\nMath('x^2')")
+    shown = [line for line in out.splitlines() if line.startswith("Out[")]
+    assert len(shown) == 2 and all("<IPython.core.display.Math object>" in s for s in shown)
 
 
 def test_px_stream_shows_lines_as_they_come(shell, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -156,6 +160,13 @@ def test_remote_errors_show_engine_and_exception(shell, capsys) -> None:  # type
     assert "[stdout:0] before" in text and "[stdout:1] before" in text
     # labelled per engine as ipyparallel's CompositeError renders them
     assert "ZeroDivisionError" in text and "[0:execute]" in text and "[1:execute]" in text
+    # streaming (the default) showed each traceback as it failed: only a count follows
+    assert "2 errors" in text and text.count("ZeroDivisionError:") == 2
+    out, err = run(shell, capsys, "%%px --no-stream\n1 / 0")
+    text = out + err
+    # not streamed: the CompositeError itself, each error's summary line and traceback
+    assert "one or more exceptions" in text and text.count("ZeroDivisionError:") == 4
+    assert "[0:execute]" in text and "[1:execute]" in text
     out, _ = run(shell, capsys, "%px print('still fine')")
     assert lines(out) == ["[stdout:0] still fine", "[stdout:1] still fine"]
 
