@@ -27,7 +27,7 @@ from corral.protocol.session import Frame, Message
 
 if TYPE_CHECKING:
     from corral.client.client import Client
-    from corral.client.ioloop import ClientIO
+    from corral.client.io_shell import ClientIO
     from corral.client.records import Records
     from corral.client.submitter import Target, Targets
     from corral.client.view import View

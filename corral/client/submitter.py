@@ -18,8 +18,9 @@ if TYPE_CHECKING:
     import zmq
 
     from corral.client.asyncresult import AsyncResult
+    from corral.client.balanced import LoadBalancedView
     from corral.client.records import Records
-    from corral.client.view import LoadBalancedView, View
+    from corral.client.view import View
     from corral.protocol.session import Frame, Session
 
 __all__ = ["Submitter", "Target", "Targets"]

@@ -1,5 +1,6 @@
-"""The client's I/O thread against a real cluster: the hand-off from user threads, and what
-happens to every later call once the thread has died."""
+"""The client's I/O shell (its loop thread) against a real cluster: the hand-off from user
+threads, callbacks kept off that thread, and what happens to every later call once the thread
+has died."""
 
 from __future__ import annotations
 
@@ -78,9 +79,13 @@ def test_a_failed_io_thread_makes_every_call_fail_at_once(own_cluster: Any, tmp_
         rc.wait_for_engines(2, timeout=30)
         in_flight = rc[1].apply_async(wait_for_file, str(tmp_path / "never"), 120)
         waited = rc[0].apply_async(wait_for_file, str(tmp_path / "never-either"), 120)
+        io_thread = rc._io._owner  # noqa: SLF001
         rc._io.call_soon(_end_the_loop)  # noqa: SLF001
-        rc._io._thread.join(30)  # noqa: SLF001
-        assert not rc._io._thread.is_alive(), "the I/O thread did not end"  # noqa: SLF001
+        deadline = time.monotonic() + 30
+        while io_thread.alive and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not io_thread.alive, "the I/O thread did not end"
+        assert isinstance(io_thread.failure, SystemExit)
 
         error = outcome_within(lambda: in_flight.get(timeout=60))
         assert isinstance(error, ConnectionError)
@@ -178,3 +183,24 @@ def test_many_short_lived_submitting_threads_leak_no_file_descriptor(rc: Client)
             assert not thread.is_alive()
     assert not failures, failures[:3]
     assert open_fds() - before <= 2, f"{open_fds() - before} descriptors more after 200 threads"
+
+
+def test_close_stops_and_joins_every_thread_the_client_started(own_cluster: Any) -> None:
+    """The I/O thread, the results and callbacks workers and a non-blocking wait_for_engines
+    helper all end by the time close() returns; the wait fails with ConnectionError."""
+    before = set(threading.enumerate())
+    rc = Client(own_cluster.path / "corral-client.json", timeout=30)
+    rc.wait_for_engines(2, timeout=30)
+    tracked = rc[0].apply_async(abs, -1)
+    tracked.add_done_callback(lambda _: None)
+    assert tracked.get(timeout=PROMPT * 3) == 1
+    waiting = rc.wait_for_engines(99, timeout=None, block=False)
+    assert waiting is not None
+    started = set(threading.enumerate()) - before
+    names = sorted(thread.name for thread in started)
+    assert any("client-io" in name for name in names), names
+    assert any("wait-for-engines" in name for name in names), names
+    assert outcome_within(rc.close) is None
+    assert isinstance(waiting.exception(timeout=PROMPT), ConnectionError)
+    alive = [thread.name for thread in started if thread.is_alive()]
+    assert alive == [], alive
