@@ -90,6 +90,7 @@ class AsyncResult(ResultInfo, futures.Future[Any]):
         self.owner = owner
         self._return_exceptions = return_exceptions
         self._tracker = zmq.MessageTracker(*trackers) if trackers else _DONE_TRACKER
+        self._sent_event = _SentEvent(self._tracker)  # ipyparallel's name; its tests use it
         self._children = [records.futures[msg_id] for msg_id in self.msg_ids]
         records.hold(self.msg_ids)
         weakref.finalize(self, records.release, tuple(self.msg_ids))
@@ -165,10 +166,8 @@ class AsyncResult(ResultInfo, futures.Future[Any]):
 
     def wait_for_send(self, timeout: float | None = -1) -> None:
         """Wait until :attr:`sent`; TimeoutError if not within ``timeout`` seconds."""
-        try:
-            self._tracker.wait(-1 if timeout is None or timeout < 0 else timeout)
-        except zmq.NotDone:
-            raise TimeoutError(f"{self._fname}: not sent after {timeout} s") from None
+        if not self._sent_event.wait(None if _forever(timeout) else timeout):
+            raise TimeoutError(f"{self._fname}: not sent after {timeout} s")
 
     # ------------------------------------------------------------------ waiting
 
@@ -514,6 +513,26 @@ class AsyncMapResult(AsyncResult):
         if isinstance(key, str):
             return self._metadata_values(key)
         return self.get()[key]
+
+
+class _SentEvent:
+    """An Event-like view of a MessageTracker (``wait``, ``is_set``): waiting for a tracked
+    send blocks the waiter only, with no thread watching the tracker meanwhile."""
+
+    __slots__ = ("_tracker",)
+
+    def __init__(self, tracker: zmq.MessageTracker) -> None:
+        self._tracker = tracker
+
+    def is_set(self) -> bool:
+        return bool(self._tracker.done)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        try:
+            self._tracker.wait(-1 if timeout is None else timeout)
+        except zmq.NotDone:
+            return False
+        return True
 
 
 class _Failure:

@@ -440,6 +440,8 @@ class Records:
                 self.results.pop(msg_id, None)
                 self.metadata.pop(msg_id, None)
                 self._streams_final.discard(msg_id)
+                self._silent.discard(msg_id)
+                self.trackers.pop(msg_id, None)
                 self._orphans.discard(msg_id)
                 dropped.add(msg_id)
             self._stale |= dropped
