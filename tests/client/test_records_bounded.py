@@ -65,6 +65,7 @@ def _run_tasks(records: Records, count: int, first: int = 0) -> None:
         assert result.get(timeout=30) == index
 
 
+@pytest.mark.timeout(240)  # 20,000 tasks under tracemalloc: 6-12 s alone, far more when loaded
 @pytest.mark.parametrize("threaded", [False, True], ids=["inline", "results-worker"])
 def test_tables_stay_flat_over_20000_tasks_whose_results_are_dropped(
     threaded: bool, request: pytest.FixtureRequest
@@ -112,6 +113,7 @@ def test_a_held_result_keeps_its_record_and_a_dropped_pending_one_goes_once_sett
     assert kept_request.msg_id not in records.metadata
 
 
+@pytest.mark.timeout(180)  # 2,000 round trips, one after another
 def test_a_client_forgets_tasks_whose_results_are_dropped(rc: Any) -> None:
     """Real tasks through a cluster: after 2,000 load-balanced and direct tasks whose
     AsyncResults were dropped, the client holds records of none of them (its view's history
