@@ -2,8 +2,12 @@
 
 A Client reads the cluster's ``corral-client.json``, starts its one I/O thread
 (:mod:`corral.client.io_shell`), asks the Hub for the engine table and then keeps that table
-current from registration notifications, never by polling. Views (:mod:`corral.client.view`)
-build requests through it; :mod:`corral.client.records` keeps what it learns of them.
+current from registration notifications, never by polling (:mod:`corral.client.link`). Views
+(:mod:`corral.client.view`, :mod:`corral.client.balanced`) build requests through it, seeing
+only the :class:`~corral.client.submitter.Submitter` protocol; :mod:`corral.client.records`
+keeps what it learns of them. Results are deserialized and settled, and users' done-callbacks
+run, on two worker threads the client owns (:mod:`corral.client.completion`), never on the
+I/O thread. ``close()`` stops and joins every thread the client started.
 
 Timeouts: any Hub query unanswered after ``timeout`` seconds raises ConnectionError, and a
 control call (abort, clear, signal, shutdown) unanswered by an engine raises TimeoutError, so
