@@ -96,7 +96,7 @@ class ClientIO:
         self._down: set[str] = set()
         self._refused = 0  # messages the handler refused after they parsed (see ``rejected``)
         self._connect_timeout = 0.0
-        self._io_thread: int | None = None  # the loop thread's ident, once it runs
+        self._io_thread: threading.Thread | None = None  # the loop's thread, once it runs
         self._closing = threading.Lock()  # close() from two threads: one joins, one waits
         self._close_asked = False
         self._joined = False
@@ -144,7 +144,7 @@ class ClientIO:
     @property
     def on_io_thread(self) -> bool:
         """Whether the caller is the I/O thread itself."""
-        return threading.get_ident() == self._io_thread
+        return threading.current_thread() is self._io_thread  # idents are reused, objects not
 
     @property
     def link_up(self) -> bool:
@@ -222,7 +222,7 @@ class ClientIO:
         return sock
 
     def _setup(self, loop: Loop) -> None:
-        self._io_thread = threading.get_ident()
+        self._io_thread = threading.current_thread()
         identity = self.session.session_id.encode()
         for name in ("mux", "control", "task"):
             sock = self._socket(name, zmq.DEALER)

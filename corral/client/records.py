@@ -213,7 +213,7 @@ class Records:
         self.trackers: dict[str, Any] = {}  # msg_id -> zmq.MessageTracker, until claimed
         self.outstanding: set[str] = set()
         self._streams_final: set[str] = set()
-        # msg_id -> called (I/O thread) after each iopub message of that request is recorded
+        # msg_id -> called (through ``defer``) after each iopub message of it is recorded
         self.iopub_listeners: dict[str, Callable[[Message], None]] = {}
         self._silent: set[str] = set()  # silent execute requests: no execute_result
         self.late_replies = 0  # replies that found their request settled already, ignored
@@ -392,8 +392,8 @@ class Records:
         elif kind == "display_data":
             md["outputs"].append(content)
         listener = self.iopub_listeners.get(parent)
-        if listener is not None:
-            listener(msg)
+        if listener is not None:  # it prints: through ``defer``, never on the routing thread
+            self._defer(lambda: listener(msg))
 
     # ------------------------------------------------------------------ helpers
 
