@@ -2,8 +2,8 @@
 
 A Cluster (or `corral start`) starts the controller and engines as its children and passes
 ``--owner-pid``; the controller starts its scheduler the same way. If the owner dies without
-stopping them (killed, crashed), each child notices that its parent changed and terminates
-itself cleanly with SIGTERM, which every process handles (unregister, flush the store, close
+stopping them (killed, crashed), each child learns of it at once and terminates itself
+cleanly with SIGTERM, which every process handles (unregister, flush the store, close
 sockets).
 
 A process whose main thread waits in ``zmq.Poller.poll`` does not see a signal until the poll
@@ -14,27 +14,33 @@ returns: pyzmq runs the Python handler and polls again for the rest of the timeo
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import threading
-import time
-
-CHECK_PERIOD = 1.0
 
 
-def exit_with_owner(owner_pid: int | None, period: float = CHECK_PERIOD) -> None:
-    """SIGTERM this process once ``owner_pid`` (its parent at start) is no longer its parent.
+def exit_with_owner(owner_pid: int | None) -> None:
+    """SIGTERM this process as soon as ``owner_pid`` (its parent at start) ends.
 
-    Polls ``os.getppid()`` from a daemon thread: a dead parent's children are re-parented, so
-    this is immune to pid reuse. Linux's PR_SET_PDEATHSIG is not used because it fires when the
-    *thread* that spawned us exits, which would kill clusters started from a worker thread.
+    A Linux pidfd of the owner becomes readable when it ends: one thread waits on it, so the
+    process reacts at once and nothing polls. Opened only while the owner is still this
+    process's parent, so a reused pid is never mistaken for it. Linux's PR_SET_PDEATHSIG is not
+    used because it fires when the *thread* that spawned us exits, which would kill clusters
+    started from a worker thread.
     """
     if not owner_pid or os.getppid() != owner_pid:
         return
+    try:
+        owner = os.pidfd_open(owner_pid)
+    except ProcessLookupError:
+        owner = -1
+    if owner < 0 or os.getppid() != owner_pid:  # it ended before (or while) we looked
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
 
     def watch() -> None:
-        while os.getppid() == owner_pid:
-            time.sleep(period)  # no event exists for "my parent died" without the Linux hook
+        select.select([owner], [], [])  # readable once the owner has ended
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="owner-watch", daemon=True).start()

@@ -198,8 +198,9 @@ class Loop:
     def call_every(self, period: float, callback: Callback, *args: Any) -> Timer:
         """Run ``callback(*args)`` every ``period`` seconds, the first time after one period.
 
-        A late turn does not cause a burst of catch-up calls: the next call is one period after
-        the one that ran, or after now if the loop fell more than a period behind.
+        A late turn does not cause a burst of catch-up calls: the calls keep their schedule, and
+        when the loop fell more than a period behind the missed ones are skipped and the next is
+        one period after now.
         """
         if period <= 0:
             raise ValueError(f"call_every needs a positive period, not {period}")
@@ -317,7 +318,9 @@ class Loop:
                 continue
             self._call(timer.callback, timer.args)
             if timer.period is not None and not timer.cancelled:
-                timer.when = max(timer.when + timer.period, time.monotonic())
+                following = timer.when + timer.period
+                late = time.monotonic()
+                timer.when = following if following > late else late + timer.period
                 heapq.heappush(timers, (timer.when, next(self._sequence), timer))
 
     def _call(self, callback: Callback, args: tuple[Any, ...]) -> None:

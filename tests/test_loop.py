@@ -37,6 +37,14 @@ def pair(ctx: zmq.Context[Any], url: str | None = None) -> tuple[zmq.Socket[Any]
     return push, pull
 
 
+@pytest.fixture
+def loop() -> Iterator[Loop]:
+    """A loop closed after the test, whatever happened (its wake-up sockets released)."""
+    made = Loop("test")
+    yield made
+    made.close()
+
+
 def run_with_deadline(loop: Loop, seconds: float = BOUND) -> None:
     """Run ``loop`` on this thread; fail the test (not hang) if it is still running later."""
     expired: list[bool] = []
@@ -50,8 +58,7 @@ def run_with_deadline(loop: Loop, seconds: float = BOUND) -> None:
     assert not expired, "the loop was not stopped by the test's event in time"
 
 
-def test_sockets_are_drained_in_the_order_added(context: zmq.Context[Any]) -> None:
-    loop = Loop("test")
+def test_sockets_are_drained_in_the_order_added(context: zmq.Context[Any], loop: Loop) -> None:
     urgent_push, urgent = pair(context, "inproc://urgent")
     later_push, later = pair(context, "inproc://later")
     seen: list[tuple[str, bytes]] = []
@@ -71,13 +78,11 @@ def test_sockets_are_drained_in_the_order_added(context: zmq.Context[Any]) -> No
         urgent_push.send(b"u%d" % i)
     run_with_deadline(loop)
     assert [body for _, body in seen] == [b"u0", b"u1", b"u2", b"l0", b"l1", b"l2"]
-    loop.close()
     for sock in (urgent_push, urgent, later_push, later):
         sock.close(linger=0)
 
 
-def test_a_failing_handler_costs_one_message(context: zmq.Context[Any]) -> None:
-    loop = Loop("test")
+def test_a_failing_handler_costs_one_message(context: zmq.Context[Any], loop: Loop) -> None:
     push, pull = pair(context)
     good: list[bytes] = []
 
@@ -97,7 +102,6 @@ def test_a_failing_handler_costs_one_message(context: zmq.Context[Any]) -> None:
     run_with_deadline(loop)
     assert good == [b"first", b"last"]
     assert loop.rejected == 2
-    loop.close()
     push.close(linger=0)
     pull.close(linger=0)
 
@@ -148,8 +152,7 @@ def test_hand_offs_before_stop_run_and_later_ones_are_refused() -> None:
         thread.loop.call_soon_threadsafe(ran.append, 99)
 
 
-def test_timers_fire_in_order_and_cancel() -> None:
-    loop = Loop("test")
+def test_timers_fire_in_order_and_cancel(loop: Loop) -> None:
     fired: list[str] = []
     loop.call_later(0.03, fired.append, "second")
     loop.call_later(0.01, fired.append, "first")
@@ -167,31 +170,28 @@ def test_timers_fire_in_order_and_cancel() -> None:
     run_with_deadline(loop)
     assert fired == ["first", "second"]
     assert len(ticks) == 3
-    loop.close()
 
 
-def test_a_late_periodic_timer_does_not_burst() -> None:
-    loop = Loop("test")
+def test_a_late_periodic_timer_does_not_burst(loop: Loop) -> None:
     ticks: list[float] = []
 
     def tick() -> None:
         ticks.append(time.monotonic())
         if len(ticks) == 1:
             time.sleep(0.2)  # the loop falls 20 periods behind
-        if len(ticks) == 3:
+        if len(ticks) == 6:
             loop.stop()
 
     loop.call_every(0.01, tick)
     run_with_deadline(loop)
-    # after the slow call the next one is due "now", the one after a full period later
-    assert ticks[2] - ticks[1] >= 0.009
-    loop.close()
+    # no catch-up burst of the 20 missed calls: the four intervals after the first late call
+    # take at least three periods (a loaded machine only makes them longer)
+    assert ticks[5] - ticks[1] >= 0.03
 
 
 def test_a_failing_callback_is_logged_and_the_loop_goes_on(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, loop: Loop
 ) -> None:
-    loop = Loop("test")
 
     def broken() -> None:
         raise RuntimeError("boom")
@@ -200,11 +200,9 @@ def test_a_failing_callback_is_logged_and_the_loop_goes_on(
     loop.call_later(0.01, loop.stop)
     run_with_deadline(loop)
     assert "a callback failed" in caplog.text
-    loop.close()
 
 
-def test_a_signal_wakes_an_idle_loop_at_once() -> None:
-    loop = Loop("test")
+def test_a_signal_wakes_an_idle_loop_at_once(loop: Loop) -> None:
     got: list[int] = []
 
     def on_signal(signum: int) -> None:
@@ -226,7 +224,6 @@ def test_a_signal_wakes_an_idle_loop_at_once() -> None:
         assert got == [signal.SIGUSR1]
         assert time.monotonic() - started < BOUND
     finally:
-        loop.close()
         signal.signal(signal.SIGUSR1, previous)
 
 

@@ -25,3 +25,15 @@ def test_readme_example_runs(tmp_path: Path) -> None:
     assert lines[1] == "4950"
     assert lines[2].startswith("1024 ") and lines[2].endswith("RUNS ONCE THE FIRST TASK IS DONE")
     assert lines[3] == str([x**2 for x in range(10)])
+
+
+def test_readme_links_stay_in_the_repository() -> None:
+    """Every link of the README is a file of this repository (nothing a newcomer cannot
+    open from a clone), and the architecture page is among them."""
+    root = README.parent
+    links = re.findall(r"\]\(([^)\s]+)\)", README.read_text())
+    assert "docs/architecture.md" in links
+    for link in links:
+        target = (root / link.split("#")[0]).resolve()
+        assert "://" not in link and not link.startswith("/"), link
+        assert target.is_relative_to(root) and target.exists(), link

@@ -16,10 +16,10 @@ import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from corral.cli import _controller_args, build_parser
+from corral.cli.flags import build_parser, controller_args
 from corral.client.client import Client
-from corral.engine.connection import EngineConnectionInfo
 from corral.errors import ConnectionError
+from corral.protocol.connection_files import EngineConnection
 from corral.protocol.serialize import pack_apply_message
 from corral.protocol.session import Session
 from corral.security import (
@@ -178,14 +178,14 @@ def test_a_curve_round_trip_over_tcp() -> None:
 def test_engine_connection_info_reads_the_curve_section() -> None:
     keys = CurveKeys.generate()
     info = {"key": "k", "registration": 5555, "curve": keys.to_connection()}
-    assert EngineConnectionInfo.from_dict(info).curve == CurveKeys.from_connection(info)
-    assert EngineConnectionInfo.from_dict({"key": "k", "registration": 5555}).curve is None
+    assert EngineConnection.from_json(info).curve == CurveKeys.from_connection(info)
+    assert EngineConnection.from_json({"key": "k", "registration": 5555}).curve is None
 
 
 def test_the_cli_passes_curve_through_to_the_controller() -> None:
     args = build_parser().parse_args(["start", "--curve", "-n", "1"])
-    assert args.curve and "--curve" in _controller_args(args)
-    assert "--curve" not in _controller_args(build_parser().parse_args(["start"]))
+    assert args.curve and "--curve" in controller_args(args)
+    assert "--curve" not in controller_args(build_parser().parse_args(["start"]))
 
 
 # ------------------------------------------------------------------ a real curve cluster

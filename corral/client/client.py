@@ -41,14 +41,6 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from corral.client.completion import Worker
-from corral.client.connection import (
-    CLIENT_FILE,
-    DEFAULT_TIMEOUT,
-    check_connection_info,
-    client_addresses,
-    find_connection_file,
-    read_connection_file,
-)
 from corral.client.control import ControlCalls
 from corral.client.io_shell import ClientIO
 from corral.client.link import ControllerLink, IOHandler, engine_gone
@@ -62,9 +54,14 @@ from corral.errors import (
     NoEnginesRegistered,
     QueryError,
 )
+from corral.protocol.connection_files import (
+    CLIENT_FILE,
+    ClientConnection,
+    cluster_dir_from,
+    cluster_folder,
+)
 from corral.protocol.session import Frame, Message, Session
 from corral.protocol.shm import METADATA_KEY, SegmentRef, Settings, encode_refs
-from corral.security import CurveKeys
 from corral.sharedmem import SharedMemory
 
 if TYPE_CHECKING:
@@ -76,6 +73,8 @@ if TYPE_CHECKING:
 __all__ = ["Client", "Target", "Targets"]
 
 log = logging.getLogger("corral.client")
+
+DEFAULT_TIMEOUT = 10.0  # seconds a call waits on an unreachable controller
 
 
 class Client(ControllerLink, ControlCalls, HubQueries):
@@ -133,27 +132,29 @@ class Client(ControllerLink, ControlCalls, HubQueries):
                 "to reach it across machines with encryption and authentication"
             )
         source = connection_info_or_file or url_file or connection_file
+        self.connection_file: Path | None = None
         if isinstance(source, dict):
-            self.connection_file = None
-            info = check_connection_info(dict(source), "the connection info given")
+            info = ClientConnection.from_json(source, "the connection info given")
         else:
             if source is None and profile_dir is not None:
                 source = Path(profile_dir) / CLIENT_FILE
-            self.connection_file = find_connection_file(
-                source, cluster_id or profile, cluster_dir or ipython_dir
-            )
-            info = read_connection_file(self.connection_file)
-        self._shm = SharedMemory(_shm_settings(info.get("shm"), shm_threshold))
+            if source is None:
+                # Client() is an entry point like the CLI: it alone reads $CORRAL_DIR here
+                base = cluster_dir or ipython_dir or cluster_dir_from(os.environ)
+                source = cluster_folder(base, cluster_id or profile) / CLIENT_FILE
+            self.connection_file = Path(source).expanduser()
+            info = ClientConnection.read(self.connection_file)
+        self._shm = SharedMemory(_shm_settings(info.shm, shm_threshold))
         self._shm_hosts: dict[str, str] = {}  # engine uuid -> host identity
         self.timeout = timeout
         self.outage_grace = timeout if outage_grace is None else outage_grace
-        self.cluster_id: str = info.get("cluster_id") or cluster_id or "default"
+        self.cluster_id: str = info.cluster_id
         self.session = Session(
-            info["key"],
-            signature_scheme=info.get("signature_scheme", "hmac-sha256"),
+            info.key,
+            signature_scheme=info.signature_scheme,
             username=getpass.getuser(),
         )
-        self.addresses = client_addresses(info)
+        self.addresses = info.addresses()
         # off the I/O thread: deserializing and settling results, and users' done-callbacks
         self._results_worker = Worker(f"corral-client-results-{self.session.session_id[:8]}")
         self._callbacks_worker = Worker(f"corral-client-callbacks-{self.session.session_id[:8]}")
@@ -168,8 +169,7 @@ class Client(ControllerLink, ControlCalls, HubQueries):
         self._controller: str | None = None  # the run of the controller last connected to
         self._views: weakref.WeakSet[View] = weakref.WeakSet()
         self._helpers: set[threading.Thread] = set()  # owned, joined by close()
-        curve = CurveKeys.from_connection(info)
-        self._io = ClientIO(self.session, self.addresses, IOHandler(self), curve)
+        self._io = ClientIO(self.session, self.addresses, IOHandler(self), info.curve)
         try:
             self._io.start(timeout)
         except BaseException:

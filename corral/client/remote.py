@@ -7,8 +7,9 @@ writes into it and ``pull`` reads from it. Inside them only builtins and names i
 body are available, which is why they import their helpers locally.
 
 A user function handed to one of these (the ``f`` of a map, the function under ``depend``) is
-bound to the namespace by :func:`bind_namespace` when it is interactive, exactly as the engine
-binds a function applied directly; otherwise it keeps its own globals.
+bound to the namespace by :func:`corral.protocol.references.bind_namespace` when it is
+interactive, exactly as the engine binds a function applied directly; otherwise it keeps its
+own globals.
 """
 
 from __future__ import annotations
@@ -16,16 +17,14 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from types import CodeType, FunctionType
 from typing import Any
 
 import cloudpickle  # type: ignore[import-untyped]
 
 from corral.errors import UnmetDependency
-from corral.protocol.references import interactive, is_interactive
+from corral.protocol.references import interactive
 
 __all__ = [
-    "bind_namespace",
     "call_chunk",
     "guarded",
     "map_chunk",
@@ -34,41 +33,13 @@ __all__ = [
 ]
 
 
-def bind_namespace(f: Any, namespace: dict[str, Any]) -> Any:
-    """``f`` with ``namespace`` as its globals if it is interactive; anything else unchanged.
-
-    Names ``f`` reads that the namespace lacks are filled in from the globals it was pickled
-    with, so a helper or constant the client captured still resolves.
-    """
-    if not isinstance(f, FunctionType) or not is_interactive(f) or f.__globals__ is namespace:
-        return f
-    captured = f.__globals__
-    for name in _names_used(f.__code__):
-        if name not in namespace and name in captured and not name.startswith("__"):
-            namespace[name] = captured[name]
-    bound = FunctionType(f.__code__, namespace, f.__name__, f.__defaults__, f.__closure__)
-    bound.__kwdefaults__ = f.__kwdefaults__
-    bound.__qualname__ = f.__qualname__
-    bound.__dict__.update(f.__dict__)
-    return bound
-
-
-def _names_used(code: CodeType) -> set[str]:
-    """Global names ``code`` and the functions nested in it may read."""
-    names = set(code.co_names)
-    for const in code.co_consts:
-        if isinstance(const, CodeType):
-            names |= _names_used(const)
-    return names
-
-
 @interactive
 def push_namespace(values: dict[str, Any]) -> None:
     """Assign ``values`` in the engine's namespace (``DirectView.push``); a dotted name
     ``"a.b"`` sets attribute ``b`` of the engine's ``a``. An interactive function pushed is
     bound to the namespace, so that calling it there reads the engine's names, as when it is
     applied."""
-    from corral.client.remote import bind_namespace
+    from corral.protocol.references import bind_namespace
 
     namespace = globals()
     for name, pushed in values.items():
@@ -105,7 +76,7 @@ def pull_namespace(names: str | list[str]) -> Any:
 @interactive
 def map_chunk(f: Callable[..., Any], *chunks: Sequence[Any]) -> list[Any]:
     """``list(map(f, *chunks))`` on the engine: one part of a parallel map."""
-    from corral.client.remote import bind_namespace
+    from corral.protocol.references import bind_namespace
 
     return list(map(bind_namespace(f, globals()), *chunks))
 
@@ -113,7 +84,7 @@ def map_chunk(f: Callable[..., Any], *chunks: Sequence[Any]) -> list[Any]:
 @interactive
 def call_chunk(f: Callable[..., Any], *chunks: Sequence[Any]) -> Any:
     """``f(*chunks)`` on the engine: one part of a ``parallel`` function's call."""
-    from corral.client.remote import bind_namespace
+    from corral.protocol.references import bind_namespace
 
     return bind_namespace(f, globals())(*chunks)
 
@@ -144,7 +115,7 @@ def guarded(
     def guarded_call(*args: Any, **kwargs: Any) -> Any:
         from importlib import import_module
 
-        from corral.client.remote import bind_namespace
+        from corral.protocol.references import bind_namespace
 
         namespace = globals()
         on_engine = namespace.get("__name__") != module_name

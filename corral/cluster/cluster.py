@@ -25,7 +25,7 @@ from typing import Any
 import psutil
 
 from corral.client.client import Client
-from corral.cluster.folders import hold, reclaim_temporary, release
+from corral.cluster.folders import STATE_FILE, hold, reclaim_temporary, release
 from corral.cluster.launchers.base import (
     EngineLauncher,
     LaunchSpec,
@@ -39,24 +39,30 @@ from corral.cluster.launchers.registry import engine_launcher
 from corral.cluster.launchers.watch import cancel_recorded_jobs, stop_launchers
 from corral.cluster.supervisor import RestartPolicy, Supervisor
 from corral.errors import ConnectionError, CorralError, TimeoutError
+from corral.protocol.connection_files import (
+    CLIENT_FILE,
+    DASHBOARD_FILE,
+    DEFAULT_CLUSTER_ID,
+    ENGINE_FILE,
+    cluster_dir_from,
+    cluster_folder,
+)
 from corral.sharedmem import cluster_prefix, sweep
-
-CLIENT_FILE = "corral-client.json"
-ENGINE_FILE = "corral-engine.json"
-STATE_FILE = "cluster.json"
 
 log = logging.getLogger("corral.cluster")
 
 
 def default_cluster_dir() -> Path:
-    """Where clusters live: ``$CORRAL_DIR`` or ``~/.corral``."""
-    return Path(os.environ.get("CORRAL_DIR", "~/.corral")).expanduser()
+    """Where clusters live: ``$CORRAL_DIR`` or ``~/.corral`` (``Cluster`` and the CLI are
+    the entry points that read the environment)."""
+    return cluster_dir_from(os.environ)
 
 
-def cluster_path(cluster_id: str = "default", cluster_dir: str | Path | None = None) -> Path:
+def cluster_path(
+    cluster_id: str = DEFAULT_CLUSTER_ID, cluster_dir: str | Path | None = None
+) -> Path:
     """The folder of one cluster: ``<cluster_dir>/<cluster_id>``."""
-    base = Path(cluster_dir).expanduser() if cluster_dir else default_cluster_dir()
-    return base / cluster_id
+    return cluster_folder(cluster_dir or default_cluster_dir(), cluster_id)
 
 
 def _wait_for(predicate: Any, timeout: float, what: str, alive: Any = None) -> None:
@@ -268,12 +274,12 @@ class Cluster:
         process = self._spawn(args + self.dashboard_args, "dashboard.log")
         self.dashboard_process = process
         _wait_for(
-            lambda: _written_by(self.path / "dashboard.json", process.pid, "pid"),
+            lambda: _written_by(self.path / DASHBOARD_FILE, process.pid, "pid"),
             self.timeout,
             f"dashboard of cluster {self.cluster_id}",
             alive=lambda: process.poll() is None,
         )
-        self.dashboard_url = str(json.loads((self.path / "dashboard.json").read_text())["url"])
+        self.dashboard_url = str(json.loads((self.path / DASHBOARD_FILE).read_text())["url"])
         self._save_state()
         return self.dashboard_url
 

@@ -18,7 +18,6 @@ stops, and, if its owner was killed, by the next ``Cluster`` start or ``corral c
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import shutil
@@ -31,12 +30,17 @@ from typing import Any, Literal
 
 import psutil
 
+from corral.protocol.connection_files import (
+    CLIENT_FILE,
+    ENGINE_FILE,
+    STORE_FILE,
+    read_json_object,
+)
+
 log = logging.getLogger("corral.cluster")
 
 LOCK_FILE = "cluster.lock"
 STATE_FILE = "cluster.json"  # written by Cluster (corral/cluster/cluster.py)
-CLIENT_FILE = "corral-client.json"  # written by the controller
-ENGINE_FILE = "corral-engine.json"
 LOCK_TIMEOUT = 10.0
 
 State = Literal["running", "stopped", "stale"]
@@ -102,11 +106,7 @@ def _exclusive(path: Path, create: bool) -> Iterator[bool]:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
+    return read_json_object(path) or {}
 
 
 def _alive_since(pid: Any, written: float) -> bool:
@@ -201,7 +201,7 @@ def inventory(base: Path) -> list[ClusterFolder]:
 
 
 def _is_cluster_folder(path: Path) -> bool:
-    markers = (LOCK_FILE, STATE_FILE, CLIENT_FILE, ENGINE_FILE, "tasks.db", "controller.log")
+    markers = (LOCK_FILE, STATE_FILE, CLIENT_FILE, ENGINE_FILE, STORE_FILE, "controller.log")
     return any((path / name).exists() for name in markers)
 
 

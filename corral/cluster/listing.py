@@ -14,7 +14,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from corral.cluster.folders import STATE_FILE
 from corral.errors import CorralError
+from corral.protocol.connection_files import CLIENT_FILE, read_json_object
 
 if TYPE_CHECKING:
     from corral.cluster.launchers.batch import BatchLauncher
@@ -22,8 +24,9 @@ if TYPE_CHECKING:
 ENGINE_COLUMNS = ("engine", "host", "pid", "launcher", "job", "mpi rank")
 
 
-def controller_running(folder: Path, client_info: dict[str, Any]) -> str | None:
-    """The controller's pid as `corral list` shows it if it runs, else None. A controller on
+def controller_running(folder: Path, pid: int | None) -> str | None:
+    """The controller's pid (``pid``, from its connection file) as `corral list` shows it if
+    it runs, else None. A controller on
     this host is checked by its pid; one started over ssh by the ssh session that carries it,
     whose pid the state file records (the far pid means nothing here), shown as ``PID@HOST``;
     one in a batch job by asking its scheduler, shown as ``PID (slurm job 12)``."""
@@ -31,7 +34,6 @@ def controller_running(folder: Path, client_info: dict[str, Any]) -> str | None:
 
     from corral.cluster.launchers.controller import remote_record
 
-    pid = client_info.get("controller_pid")
     state = _state(folder)
     job = _controller_job(state)
     if job is not None:
@@ -51,11 +53,7 @@ def controller_running(folder: Path, client_info: dict[str, Any]) -> str | None:
 
 def _state(folder: Path) -> dict[str, Any]:
     """The cluster's state file (written by its manager), or {}."""
-    try:
-        state = json.loads((folder / "cluster.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return state if isinstance(state, dict) else {}
+    return read_json_object(folder / STATE_FILE) or {}
 
 
 def _controller_job(state: dict[str, Any]) -> BatchLauncher | None:
@@ -129,9 +127,9 @@ def describe_engines(cluster_folders: Iterable[Path]) -> list[str]:
     out: list[str] = []
     for folder in cluster_folders:
         out.append(f"\n{folder.name}:")
-        out.extend(f"  {line}" for line in launch_lines(folder / "cluster.json"))
+        out.extend(f"  {line}" for line in launch_lines(folder / STATE_FILE))
         try:
-            rows = engine_rows(folder / "corral-client.json")
+            rows = engine_rows(folder / CLIENT_FILE)
         except CorralError as err:
             out.append(f"  engines: cannot ask the controller ({err})")
             continue

@@ -4,8 +4,9 @@ Two parts. :class:`Backoff` is the decision, with no processes and no clock of i
 that a process exited (and when), it answers whether to start it again and after how long, so
 that a process that keeps dying is restarted ever more slowly instead of in a tight loop, while
 one that ran for a good while before dying is restarted at once. :class:`Supervisor` is the thin
-shell: one thread that learns of each exit the moment it happens (a Linux pidfd per process,
-readable when the process ends) and runs the restart callbacks its owner gave it.
+shell: one owned loop thread (:class:`corral.loop.LoopThread`) that learns of each exit the
+moment it happens (a Linux pidfd per process, readable when the process ends) and runs the
+restart callbacks its owner gave it.
 
 A process that exits with status 0 stopped on purpose (a shutdown request, SIGTERM) and is left
 alone; any other status, or death by a signal, is a crash.
@@ -15,13 +16,15 @@ from __future__ import annotations
 
 import logging
 import os
-import selectors
 import signal
 import subprocess
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from corral.errors import ConnectionError
+from corral.loop import LoopThread, Timer
 
 log = logging.getLogger("corral.cluster")
 
@@ -102,8 +105,8 @@ class _Watched:
     process: Process
     restart: Restart
     backoff: Backoff
-    due: float | None = None  # when to restart it (it is dead), None while it runs
-    pidfd: int = -1
+    pidfd: int = -1  # readable when the process ends; -1 while it is not running
+    timer: Timer | None = None  # the restart to come, while it is dead
 
 
 class Supervisor:
@@ -113,6 +116,10 @@ class Supervisor:
     thread and returns the new process. ``on_change`` is called after every restart (the
     Cluster saves its state file). :meth:`stop` ends the supervision (call it before stopping
     the processes on purpose); :attr:`given_up` names processes it stopped restarting.
+
+    The shell is a :class:`~corral.loop.LoopThread`: each process's pidfd is a reader of its
+    loop, each pending restart a timer, and :meth:`watch` hands work over with
+    ``call_soon_threadsafe``; :meth:`stop` stops and joins the thread.
     """
 
     def __init__(
@@ -123,14 +130,12 @@ class Supervisor:
         self.policy = policy or RestartPolicy()
         self.on_change = on_change
         self.given_up: dict[str, str] = {}
-        self._watched: dict[str, _Watched] = {}
-        self._lock = threading.Lock()
-        self._selector = selectors.DefaultSelector()
-        self._wake_read, self._wake_write = os.pipe()
-        self._selector.register(self._wake_read, selectors.EVENT_READ, None)
+        self._watched: dict[str, _Watched] = {}  # changed on the loop thread only
+        self._lock = threading.Lock()  # for readers on other threads (restarts)
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="corral-supervisor", daemon=True)
+        self._thread = LoopThread("corral-supervisor", lambda loop: None, self._untrack_all)
         self._thread.start()
+        self._loop = self._thread.loop
 
     @property
     def restarts(self) -> dict[str, int]:
@@ -139,65 +144,48 @@ class Supervisor:
             return {name: w.backoff.restarts for name, w in self._watched.items()}
 
     def watch(self, name: str, process: Process, restart: Restart) -> None:
-        with self._lock:
-            backoff = Backoff(self.policy, started_at=time.monotonic())
-            self._watched[name] = _Watched(name, process, restart, backoff)
-        self._wake()
+        watched = _Watched(name, process, restart, Backoff(self.policy, time.monotonic()))
+        try:
+            self._loop.call_soon_threadsafe(self._add, watched)
+        except ConnectionError as err:
+            log.warning("supervisor: not watching %s: %s", name, err)
 
     def stop(self, timeout: float = 90.0) -> None:
         """End the supervision; a restart under way finishes first (at most ``timeout``)."""
         self._stopping = True
-        self._wake()
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
+        self._thread.stop(timeout)
 
-    def _wake(self) -> None:
-        try:
-            os.write(self._wake_write, b"x")
-        except OSError:
-            pass  # closed: the thread has ended
+    # ------------------------------------------------------------ on the loop thread
 
-    # ------------------------------------------------------------ the thread
-
-    def _run(self) -> None:
-        try:
-            while not self._stopping:
-                self._track_new()
-                timeout = self._next_due()
-                for key, _ in self._selector.select(timeout):
-                    if key.data is None:
-                        os.read(self._wake_read, 4096)
-                    else:
-                        self._on_exit(key.data)
-                self._restart_due()
-        finally:
-            for watched in self._watched.values():
-                self._untrack(watched)
-            self._selector.close()
-            os.close(self._wake_read)
-            os.close(self._wake_write)
-
-    def _track_new(self) -> None:
+    def _add(self, watched: _Watched) -> None:
         with self._lock:
-            fresh = [w for w in self._watched.values() if w.pidfd < 0 and w.due is None]
-        for watched in fresh:
-            try:
-                watched.pidfd = os.pidfd_open(watched.process.pid)
-            except ProcessLookupError:
-                self._on_exit(watched)  # gone before we looked
-                continue
-            self._selector.register(watched.pidfd, selectors.EVENT_READ, watched)
+            self._watched[watched.name] = watched
+        self._track(watched)
+
+    def _track(self, watched: _Watched) -> None:
+        try:
+            watched.pidfd = os.pidfd_open(watched.process.pid)
+        except ProcessLookupError:
+            self._on_exit(watched)  # gone before we looked
+            return
+        self._loop.add_reader(watched.pidfd, lambda: self._on_exit(watched))
 
     def _untrack(self, watched: _Watched) -> None:
         if watched.pidfd >= 0:
-            self._selector.unregister(watched.pidfd)
+            self._loop.remove(watched.pidfd)
             os.close(watched.pidfd)
             watched.pidfd = -1
 
-    def _next_due(self) -> float | None:
+    def _untrack_all(self) -> None:
+        for watched in self._watched.values():
+            self._untrack(watched)
+            if watched.timer is not None:
+                watched.timer.cancel()
+
+    def _forget(self, watched: _Watched, reason: str) -> None:
+        self.given_up[watched.name] = reason
         with self._lock:
-            due = [w.due for w in self._watched.values() if w.due is not None]
-        return max(0.0, min(due) - time.monotonic()) if due else None
+            del self._watched[watched.name]
 
     def _on_exit(self, watched: _Watched) -> None:
         self._untrack(watched)
@@ -207,9 +195,7 @@ class Supervisor:
             return
         if not decision.restart:
             log.warning("supervisor: %s %s", watched.name, decision.reason)
-            self.given_up[watched.name] = decision.reason
-            with self._lock:
-                del self._watched[watched.name]
+            self._forget(watched, decision.reason)
             if self.on_change is not None:
                 self.on_change()
             return
@@ -221,28 +207,24 @@ class Supervisor:
             decision.delay,
             watched.backoff.restarts + 1,
         )
-        watched.due = time.monotonic() + decision.delay
+        watched.timer = self._loop.call_later(decision.delay, self._restart, watched)
 
-    def _restart_due(self) -> None:
-        now = time.monotonic()
-        with self._lock:
-            due = [w for w in self._watched.values() if w.due is not None and w.due <= now]
-        for watched in due:
-            if self._stopping:
-                return
-            try:
-                watched.process = watched.restart()
-            except Exception as err:  # noqa: BLE001 - any failure to start is a crash to retry
-                log.error("supervisor: restarting %s failed: %s", watched.name, err)
-                decision = watched.backoff.exited(time.monotonic(), 1)
-                watched.due = time.monotonic() + decision.delay if decision.restart else None
-                if not decision.restart:
-                    self.given_up[watched.name] = f"restart failed: {err}"
-                    with self._lock:
-                        del self._watched[watched.name]
-                continue
-            watched.due = None
-            watched.backoff.started(time.monotonic())
-            log.warning("supervisor: %s restarted (pid %d)", watched.name, watched.process.pid)
-            if self.on_change is not None:
-                self.on_change()
+    def _restart(self, watched: _Watched) -> None:
+        watched.timer = None
+        if self._stopping:
+            return
+        try:
+            watched.process = watched.restart()
+        except Exception as err:  # noqa: BLE001 - any failure to start is a crash to retry
+            log.error("supervisor: restarting %s failed: %s", watched.name, err)
+            decision = watched.backoff.exited(time.monotonic(), 1)
+            if decision.restart:
+                watched.timer = self._loop.call_later(decision.delay, self._restart, watched)
+            else:
+                self._forget(watched, f"restart failed: {err}")
+            return
+        watched.backoff.started(time.monotonic())
+        log.warning("supervisor: %s restarted (pid %d)", watched.name, watched.process.pid)
+        self._track(watched)
+        if self.on_change is not None:
+            self.on_change()

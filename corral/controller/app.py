@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -33,6 +33,15 @@ from corral.controller.loop import drain
 from corral.controller.store import RetentionSettings, SQLiteStore, open_store
 from corral.errors import CorralError, InvalidContent, ProtocolError, UnknownMessageType
 from corral.lifetime import SignalWakeup
+from corral.protocol.connection_files import (
+    CLIENT_FILE,
+    ENGINE_FILE,
+    RESTORE_FILE,
+    ClientConnection,
+    EngineConnection,
+    read_json_object,
+    write_private_json,
+)
 from corral.protocol.messages import KNOWN_TYPES, error_reply, validate_content
 from corral.protocol.session import Message, Session, frame_view, new_key, split_identities
 from corral.protocol.shm import (
@@ -52,10 +61,7 @@ ThreadProxy: Any = zmq_devices.ThreadProxy
 
 log = logging.getLogger("corral.controller")
 
-CLIENT_FILE = "corral-client.json"
-ENGINE_FILE = "corral-engine.json"
 STATS_FILE = "controller-stats.json"
-RESTORE_FILE = "controller-restore.json"  # key and ports for --restore; kept after a clean stop
 REGISTRATION_PING = 0.05  # seconds between repeated beats while an engine waits to register
 PROBE_PERIOD = 0.04  # seconds between probes of an engine whose connection closed
 SHM_SWEEP_PERIOD = 2.0  # seconds between sweeps of the segments of dead processes
@@ -82,16 +88,6 @@ class ControllerConfig:
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     shm_threshold: int = DEFAULT_THRESHOLD  # bytes; 0 turns the same-host fast path off
     location: str | None = None  # the address others connect to (default: see location.py)
-
-
-def write_private_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON readable by the owner only (0600), created that way (no window of 0644)."""
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
 
 
 def make_private_dir(path: Path) -> None:
@@ -258,57 +254,46 @@ class Controller:
         )
         if config.restore:
             self.hub.restore()
-        common = {
-            "cluster_id": config.cluster_id,
-            "key": config.key.decode("ascii"),
-            "signature_scheme": "hmac-sha256",
-            "transport": config.transport,
-            "ip": self.connect_ip,
-            "location": socket.gethostname(),
-            "controller_pid": os.getpid(),
-            "registration": reg_port,
-        }
-        if self.curve is not None:
-            common["curve"] = self.curve.to_connection()
-        if self.shm.settings is not None:
-            common["shm"] = self.shm.settings.to_json()
-        client_ports = {
-            "notification": notify_port,
-            "mux": mux_client,
-            "control": control_client,
-            "task": task_client,
-            "iopub": iopub_client,
-        }
-        engine_ports = {
-            "mux_engine": mux_engine,
-            "control_engine": control_engine,
-            "task_engine": task_engine,
-            "iopub_engine": iopub_engine,
-            "hb_ping": ping_port,
-            "hb_pong": pong_port,
-        }
-        write_private_json(
-            config.cluster_path / CLIENT_FILE,
-            {
-                **common,
-                **client_ports,
-                "store": {"db": config.db.split(":")[0], **config.retention.describe()},
-                # readers of the history (the dashboard) page the file without the Hub
-                **(
-                    {"sqlite_store": str(self.store.path.absolute())}
-                    if isinstance(self.store, SQLiteStore)
-                    else {}
-                ),
-            },
+        common = EngineConnection(
+            cluster_id=config.cluster_id,
+            key=config.key,
+            transport=config.transport,
+            ip=self.connect_ip,
+            location=socket.gethostname(),
+            controller_pid=os.getpid(),
+            registration=reg_port,
+            curve=self.curve,
+            shm=None if self.shm.settings is None else self.shm.settings.to_json(),
         )
+        engine_file = replace(
+            common,
+            mux_engine=mux_engine,
+            control_engine=control_engine,
+            task_engine=task_engine,
+            iopub_engine=iopub_engine,
+            hb_ping=ping_port,
+            hb_pong=pong_port,
+            heartbeat_period=config.heartbeat_period,
+        )
+        client_file = ClientConnection(
+            **common.common_fields(),
+            notification=notify_port,
+            mux=mux_client,
+            control=control_client,
+            task=task_client,
+            iopub=iopub_client,
+            store={"db": config.db.split(":")[0], **config.retention.describe()},
+            # readers of the history (the dashboard) page the file without the Hub
+            sqlite_store=(
+                str(self.store.path.absolute()) if isinstance(self.store, SQLiteStore) else None
+            ),
+        )
+        write_private_json(config.cluster_path / CLIENT_FILE, client_file.to_json())
         # what --restore needs outlives the connection files, which a clean stop removes
         write_private_json(
-            config.cluster_path / RESTORE_FILE, {**common, **client_ports, **engine_ports}
+            config.cluster_path / RESTORE_FILE, {**engine_file.to_json(), **client_file.to_json()}
         )
-        write_private_json(
-            config.cluster_path / ENGINE_FILE,
-            {**common, **engine_ports, "heartbeat_period": config.heartbeat_period},
-        )
+        write_private_json(config.cluster_path / ENGINE_FILE, engine_file.to_json())
         log.info(
             "controller %s listening on %s (registration port %d)",
             config.cluster_id,
@@ -618,10 +603,7 @@ def _previous_connection(cluster_path: Path) -> dict[str, Any]:
     behind, else from the restore file a cleanly stopped one kept."""
     merged: dict[str, Any] = {}
     for name in (RESTORE_FILE, CLIENT_FILE, ENGINE_FILE):
-        try:
-            merged.update(json.loads((cluster_path / name).read_text()))
-        except (OSError, ValueError):
-            continue
+        merged.update(read_json_object(cluster_path / name) or {})
     return merged
 
 

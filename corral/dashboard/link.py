@@ -20,13 +20,13 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from corral.client.connection import client_addresses, read_connection_file
 from corral.controller.store import SQLiteStore
 from corral.controller.store.base import KNOWN_FIELDS
 from corral.controller.store.query import validate_query
 from corral.errors import CorralError, ProtocolError, StoreError, TimeoutError
+from corral.protocol.connection_files import ClientConnection
 from corral.protocol.session import Frame, Message, Session, frame_view
-from corral.security import CurveKeys, make_client
+from corral.security import make_client
 
 log = logging.getLogger("corral.dashboard")
 
@@ -49,18 +49,18 @@ class HubLink:
         on_stats: NotificationHandler,
         timeout: float = 10.0,
     ) -> None:
-        info = read_connection_file(connection_file)
+        info = ClientConnection.read(connection_file)
         self.info = info
-        self.cluster_id = str(info.get("cluster_id", "default"))
-        self.key = str(info["key"]).encode("ascii")
-        self.addresses = client_addresses(info)
+        self.cluster_id = info.cluster_id
+        self.key = info.key
+        self.addresses = info.addresses()
         self.session = Session(
             self.key,
-            signature_scheme=info.get("signature_scheme", "hmac-sha256"),
+            signature_scheme=info.signature_scheme,
             username="dashboard",
             check_msg_type=False,
         )
-        self.curve = CurveKeys.from_connection(info)
+        self.curve = info.curve
         self.timeout = timeout
         self.on_notification = on_notification
         self.on_stats = on_stats
@@ -152,8 +152,8 @@ class History:
 
     def __init__(self, link: HubLink) -> None:
         self.link = link
-        path = link.info.get("sqlite_store")
-        self.path = Path(path) if isinstance(path, str) else None
+        path = link.info.sqlite_store
+        self.path = Path(path) if path is not None else None
         self._store: SQLiteStore | None = None
 
     def _open(self) -> SQLiteStore | None:

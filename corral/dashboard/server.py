@@ -26,6 +26,7 @@ from aiohttp import WSMsgType, web
 
 from corral.controller.store.base import MAX_PAGE
 from corral.errors import CorralError
+from corral.protocol.connection_files import CLIENT_FILE, DASHBOARD_FILE, ENGINE_FILE
 from corral.protocol.session import Message
 
 from . import details
@@ -36,9 +37,6 @@ from .model import ClusterModel
 log = logging.getLogger("corral.dashboard")
 
 STATIC = Path(__file__).parent / "static"
-CLIENT_FILE = "corral-client.json"
-ENGINE_FILE = "corral-engine.json"
-DASHBOARD_FILE = "dashboard.json"
 PAGE_SIZE = 50
 SECURITY_HEADERS = {
     "Content-Security-Policy": (

@@ -26,11 +26,16 @@ import zmq
 
 from corral.errors import ConnectionError, CorralError
 from corral.lifetime import exit_with_owner
+from corral.protocol.connection_files import (
+    ENGINE_FILE,
+    EngineConnection,
+    cluster_dir_from,
+    cluster_folder,
+)
 from corral.protocol.session import Frame, Session
 from corral.sharedmem import SharedMemory
 from corral.sockets import send_frames
 
-from .connection import EngineConnectionInfo, engine_connection_file
 from .interrupts import InterruptGate
 from .iothread import IOThread
 from .namespace import Namespace, OutputCapture
@@ -38,14 +43,14 @@ from .placement import engine_placement
 from .runner import AbortList, EngineIdentity, TaskRunner, WorkQueue
 from .shell import load_shell
 
-ConnectionSource = str | os.PathLike[str] | Mapping[str, Any] | EngineConnectionInfo
+ConnectionSource = str | os.PathLike[str] | Mapping[str, Any] | EngineConnection
 
 
 class Engine:
     """One engine: registers with the controller found in ``connection`` and serves it.
 
     ``connection`` is the path of ``corral-engine.json``, its parsed contents, or an
-    :class:`EngineConnectionInfo`. ``requested_id`` asks the Hub for a particular engine id
+    :class:`EngineConnection`. ``requested_id`` asks the Hub for a particular engine id
     (the one this engine had before a controller restart). ``max_result_bytes`` bounds the
     serialized size of an apply result (larger: an error reply). :meth:`run` never returns: the
     process ends from the I/O thread on shutdown_request, SIGTERM or loss of registration.
@@ -65,19 +70,19 @@ class Engine:
         use_ipython: bool = True,
         placement: Mapping[str, Any] | None = None,
     ) -> None:
-        if isinstance(connection, EngineConnectionInfo):
+        if isinstance(connection, EngineConnection):
             info = connection
         elif isinstance(connection, Mapping):
-            info = EngineConnectionInfo.from_dict(connection)
+            info = EngineConnection.from_json(connection)
         else:
-            info = EngineConnectionInfo.from_file(connection)
+            info = EngineConnection.read(connection)
         self.info = info
         self.log = log or logging.getLogger("corral.engine")
         if not info.key:
             self.log.warning("the connection file has an empty key: messages are not signed")
         self.identity = EngineIdentity(
             engine_uuid or str(uuid.uuid4()),
-            placement=dict(engine_placement() if placement is None else placement),
+            placement=dict(engine_placement({}) if placement is None else placement),
         )
         self.session = Session(
             info.key,
@@ -236,10 +241,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s corral.engine[%(process)d] %(levelname)s %(message)s",
     )
-    path = args.file or engine_connection_file(args.cluster_id, args.cluster_dir)
+    cluster_dir = args.cluster_dir or cluster_dir_from(os.environ)
+    path = args.file or cluster_folder(cluster_dir, args.cluster_id) / ENGINE_FILE
     exit_with_owner(args.owner_pid)
     try:
-        placement = engine_placement(mpi_rank=_init_mpi() if args.mpi else None)
+        placement = engine_placement(os.environ, mpi_rank=_init_mpi() if args.mpi else None)
         engine = Engine(
             path,
             engine_uuid=args.uuid,

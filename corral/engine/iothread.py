@@ -38,6 +38,7 @@ from corral.errors import (
     TaskTimeout,
     UnknownMessageType,
 )
+from corral.protocol.connection_files import EngineConnection
 from corral.protocol.messages import validate_content
 from corral.protocol.session import Message, Session, utcnow
 from corral.protocol.shm import Settings
@@ -45,7 +46,6 @@ from corral.security import client_options, make_client
 from corral.sharedmem import SharedMemory
 from corral.sockets import send_frames
 
-from .connection import EngineConnectionInfo
 from .interrupts import InterruptGate
 from .namespace import TASK_SIGNALS
 from .replies import ReplyLog
@@ -83,7 +83,7 @@ class IOThread:
         context: zmq.Context[Any],
         session: Session,
         identity: EngineIdentity,
-        info: EngineConnectionInfo,
+        info: EngineConnection,
         work: WorkQueue,
         aborts: AbortList,
         inproc: str,
@@ -199,7 +199,7 @@ class IOThread:
     def _register(self) -> bool:
         """First registration; False (with ``failure`` set) if refused or unanswered."""
         sock = self._dealer(b"registration")
-        sock.connect(self.info.registration)
+        sock.connect(self.info.registration_url)
         self._registration = sock
         msg_id = self._send_registration(self.requested_id)
         deadline = time.monotonic() + self.registration_timeout
@@ -229,7 +229,7 @@ class IOThread:
                 return False
             return True
         self.failure = (
-            f"no registration reply from {self.info.registration} within "
+            f"no registration reply from {self.info.registration_url} within "
             f"{self.registration_timeout:g} s: is the controller running, and does the engine's "
             "connection file hold its current key?"
         )

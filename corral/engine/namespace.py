@@ -25,28 +25,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from corral.protocol.references import Reference, is_interactive
+from corral.protocol.references import Reference, bind_function, is_interactive
 
 from .shell import IPYTHON_HINT, looks_like_ipython
 
 PublishCallback = Callable[[str, str], None]
 """``publish(stream_name, text)``: called with ``"stdout"`` or ``"stderr"`` and new text."""
 
-# Module attributes cloudpickle stores with a function's globals; they describe the client's
-# module, not user data, so they never overwrite or pollute the engine namespace.
-_MODULE_DUNDERS = frozenset(
-    {
-        "__builtins__",
-        "__name__",
-        "__package__",
-        "__path__",
-        "__file__",
-        "__loader__",
-        "__spec__",
-        "__doc__",
-        "__cached__",
-    }
-)
 _ENGINE_DIR = str(Path(__file__).resolve().parent)
 _LINECACHE_KEEP = 256
 
@@ -111,28 +96,9 @@ class Namespace:
         return value
 
     def bind(self, f: types.FunctionType) -> types.FunctionType:
-        """A copy of ``f`` whose globals are this namespace.
-
-        Of the names ``f`` captured on the client (its ``__globals__``), only those its code
-        reads (:func:`global_names`) are added to the namespace, and only where it lacks them:
-        what the engine already holds wins, so a pushed value is never silently replaced by a
-        stale client copy, and a function from an importable module (whose ``__globals__`` is
-        that whole module) does not pour the module into the namespace.
-        """
-        captured = f.__globals__
-        for name in global_names(f.__code__):
-            if name in captured and name not in _MODULE_DUNDERS and name not in self.user_ns:
-                self.user_ns[name] = captured[name]
-        bound = types.FunctionType(
-            f.__code__, self.user_ns, f.__name__, f.__defaults__, f.__closure__
-        )
-        bound.__kwdefaults__ = f.__kwdefaults__
-        bound.__dict__.update(f.__dict__)
-        bound.__qualname__ = f.__qualname__
-        bound.__module__ = f.__module__
-        bound.__doc__ = f.__doc__
-        bound.__annotations__ = f.__annotations__
-        return bound
+        """A copy of ``f`` whose globals are this namespace (the rule, shared with the
+        client's helpers, is :func:`corral.protocol.references.bind_function`)."""
+        return bind_function(f, self.user_ns)
 
     def apply(self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """``f(*args, **kwargs)`` with top-level References resolved from the namespace.
@@ -217,17 +183,6 @@ class Namespace:
         self._cells.append(filename)
         while len(self._cells) > _LINECACHE_KEEP:
             linecache.cache.pop(self._cells.popleft(), None)
-
-
-def global_names(code: types.CodeType) -> set[str]:
-    """Names ``code`` and the code nested in it (inner functions, lambdas, comprehensions)
-    may read as globals: their ``co_names``. Attribute names are among them, so this is a
-    superset, but bounded by what the code mentions."""
-    names = set(code.co_names)
-    for constant in code.co_consts:
-        if isinstance(constant, types.CodeType):
-            names |= global_names(constant)
-    return names
 
 
 def _compile_cell(code: str, filename: str) -> tuple[types.CodeType, types.CodeType | None]:

@@ -29,15 +29,15 @@ def _first_int(environ: Mapping[str, str], names: tuple[str, ...]) -> int | None
     return None
 
 
-def engine_placement(
-    environ: Mapping[str, str] | None = None, mpi_rank: int | None = None
-) -> dict[str, Any]:
+def engine_placement(environ: Mapping[str, str], mpi_rank: int | None = None) -> dict[str, Any]:
     """This engine's host, pid, MPI rank and size (None outside MPI and multi-task job steps),
     launcher and job id.
 
-    ``mpi_rank`` overrides the environment (the rank mpi4py reports, when it is loaded).
+    ``environ`` is the engine process's environment, passed in by its entry point (the
+    launcher's variables are read there only); ``mpi_rank`` overrides it (the rank mpi4py
+    reports, when it is loaded).
     """
-    env = os.environ if environ is None else environ
+    env = environ
     job_id = next((env[name] for name in JOB_VARIABLES if env.get(name)), None)
     size = _first_int(env, SIZE_VARIABLES)
     if mpi_rank is None and size is not None:  # a rank means something only within a size

@@ -27,6 +27,7 @@ from typing import Any
 import cloudpickle  # type: ignore[import-untyped]
 
 from corral.protocol import serialize
+from corral.protocol.references import with_globals
 from corral.protocol.serialize import FrameLike
 
 __all__ = [
@@ -64,11 +65,7 @@ class Canned:
     def get_object(self, g: dict[str, Any] | None = None) -> Any:
         obj = cloudpickle.loads(self.data)
         if g is not None and isinstance(obj, FunctionType):
-            rebound = FunctionType(obj.__code__, g, obj.__name__, obj.__defaults__, obj.__closure__)
-            rebound.__kwdefaults__ = obj.__kwdefaults__
-            rebound.__qualname__ = obj.__qualname__
-            rebound.__dict__.update(obj.__dict__)
-            return rebound
+            return with_globals(obj, g)
         return obj
 
     def __repr__(self) -> str:

@@ -1,14 +1,32 @@
-"""Values a client puts into an apply call that the engine resolves in its own namespace."""
+"""Values a client puts into an apply call that the engine resolves in its own namespace,
+and the one rule (:func:`bind_namespace`) by which an interactive function runs there."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import CodeType, FunctionType
 from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 INTERACTIVE_ATTRIBUTE = "__corral_interactive__"
+
+# Module attributes cloudpickle stores with a function's globals; they describe the client's
+# module, not user data, so they never overwrite or pollute the engine namespace.
+MODULE_DUNDERS = frozenset(
+    {
+        "__builtins__",
+        "__name__",
+        "__package__",
+        "__path__",
+        "__file__",
+        "__loader__",
+        "__spec__",
+        "__doc__",
+        "__cached__",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -47,3 +65,53 @@ def is_interactive(f: Callable[..., Any]) -> bool:
     return (
         bool(getattr(f, INTERACTIVE_ATTRIBUTE, False)) or getattr(f, "__module__", "") == "__main__"
     )
+
+
+def global_names(code: CodeType) -> set[str]:
+    """Names ``code`` and the code nested in it (inner functions, lambdas, comprehensions)
+    may read as globals: their ``co_names``. Attribute names are among them, so this is a
+    superset, but bounded by what the code mentions."""
+    names = set(code.co_names)
+    for constant in code.co_consts:
+        if isinstance(constant, CodeType):
+            names |= global_names(constant)
+    return names
+
+
+def with_globals(f: FunctionType, namespace: dict[str, Any]) -> FunctionType:
+    """A copy of ``f`` whose globals are ``namespace``, keeping its defaults, closure, name,
+    attributes, docstring and annotations."""
+    bound = FunctionType(f.__code__, namespace, f.__name__, f.__defaults__, f.__closure__)
+    bound.__kwdefaults__ = f.__kwdefaults__
+    bound.__dict__.update(f.__dict__)
+    bound.__qualname__ = f.__qualname__
+    bound.__module__ = f.__module__
+    bound.__doc__ = f.__doc__
+    bound.__annotations__ = f.__annotations__
+    return bound
+
+
+def bind_namespace(f: Any, namespace: dict[str, Any]) -> Any:
+    """``f`` with ``namespace`` as its globals if it is an interactive function (see
+    :func:`bind_function`); anything else unchanged. The client's helpers that run on the
+    engine (push, map parts) bind user functions with it, as the engine binds one applied
+    directly."""
+    if not isinstance(f, FunctionType) or not is_interactive(f) or f.__globals__ is namespace:
+        return f
+    return bind_function(f, namespace)
+
+
+def bind_function(f: FunctionType, namespace: dict[str, Any]) -> FunctionType:
+    """A copy of ``f`` whose globals are ``namespace``.
+
+    Of the names ``f`` captured on the client (its ``__globals__``), only those its code reads
+    (:func:`global_names`) are added to the namespace, and only where it lacks them: what the
+    engine already holds wins, so a pushed value is never silently replaced by a stale client
+    copy, and a function from an importable module (whose ``__globals__`` is that whole module)
+    does not pour the module into the namespace.
+    """
+    captured = f.__globals__
+    for name in global_names(f.__code__):
+        if name in captured and name not in MODULE_DUNDERS and name not in namespace:
+            namespace[name] = captured[name]
+    return with_globals(f, namespace)

@@ -49,6 +49,7 @@ import zmq
 
 from corral.errors import SerializationError
 from corral.protocol.references import Reference
+from corral.protocol.session import frame_view
 
 if TYPE_CHECKING:
     import numpy
@@ -274,7 +275,7 @@ def _dump(obj: object, buffer_threshold: int, what: str = "") -> list[bytes | me
 
 def _as_view(frame: object, index: int) -> memoryview:
     if isinstance(frame, zmq.Frame):
-        frame = frame.buffer
+        frame = frame_view(frame)
     if not isinstance(frame, bytes | bytearray | memoryview):
         raise SerializationError(f"frame {index} is a {type(frame).__name__}, not bytes-like")
     view = memoryview(frame)

@@ -67,7 +67,6 @@ __all__ = [
 DEFAULT_THRESHOLD: Final = 1 << 20
 METADATA_KEY: Final = "shm"
 READER_KEY: Final = "shm_reader"
-TOKEN_HEX: Final = 32
 MAX_SEGMENT_BYTES: Final = 1 << 40
 _MAX_PID: Final = 1 << 31
 _PREFIX = re.compile(r"corral-[0-9a-f]{16}")

@@ -16,6 +16,7 @@ import pytest
 
 from corral.client.executor import ViewExecutor
 from corral.errors import RemoteError, TaskAborted, TimeoutError
+from tests.polling import until
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -97,9 +98,8 @@ def test_shutdown_cancel_futures_aborts_unfinished_work(rc) -> None:  # type: ig
     executor = rc[0].executor
     running = executor.submit(nap, 60)
     queued = executor.submit(nap, 60)
-    deadline = time.monotonic() + 30
-    while rc.queue_status(0)["queue"] < 2 and time.monotonic() < deadline:
-        time.sleep(0.02)  # both requests reached the engine: one runs, one waits
+    # both requests reached the engine: one runs, one waits
+    until(lambda: rc.queue_status(0)["queue"] >= 2, 30, "both requests to reach the engine")
     started = time.monotonic()
     executor.shutdown(wait=True, cancel_futures=True)
     assert time.monotonic() - started < 30

@@ -18,20 +18,11 @@ import pytest
 from corral.client.client import Client
 from corral.errors import ConnectionError
 from tests.conftest import running_cluster
+from tests.polling import file_appears, until
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 PROMPT = 10.0  # seconds: far more than a failing call needs, far less than for ever
-
-
-def wait_for_file(path: str, timeout: float) -> str:
-    """Task body: block until ``path`` exists (the test's go signal), at most ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path} never appeared")
-        time.sleep(0.01)
-    return path
 
 
 def outcome_within(call: Callable[[], Any], timeout: float = PROMPT) -> BaseException | None:
@@ -77,14 +68,11 @@ def test_a_failed_io_thread_makes_every_call_fail_at_once(own_cluster: Any, tmp_
     rc = Client(own_cluster.path / "corral-client.json", timeout=30)
     try:
         rc.wait_for_engines(2, timeout=30)
-        in_flight = rc[1].apply_async(wait_for_file, str(tmp_path / "never"), 120)
-        waited = rc[0].apply_async(wait_for_file, str(tmp_path / "never-either"), 120)
+        in_flight = rc[1].apply_async(file_appears, str(tmp_path / "never"), 120)
+        waited = rc[0].apply_async(file_appears, str(tmp_path / "never-either"), 120)
         io_thread = rc._io._owner  # noqa: SLF001
         rc._io.call_soon(_end_the_loop)  # noqa: SLF001
-        deadline = time.monotonic() + 30
-        while io_thread.alive and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert not io_thread.alive, "the I/O thread did not end"
+        until(lambda: not io_thread.alive, 30, "the I/O thread to end")
         assert isinstance(io_thread.failure, SystemExit)
 
         error = outcome_within(lambda: in_flight.get(timeout=60))

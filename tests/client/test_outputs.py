@@ -4,33 +4,22 @@ stream_output, display_outputs, display() and rich results, IPython syntax in ex
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import cloudpickle
 import pytest
 
 from corral.errors import RemoteError
+from tests.polling import file_appears, until
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-def wait_for(predicate, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 def print_then_wait(flag: str) -> str:
-    import os
-    import time
 
     print("first line", flush=True)
     print("partial ", end="", flush=True)
-    deadline = time.monotonic() + 30
-    while not os.path.exists(flag) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    file_appears(flag, 30)
     print("end")
     print("to stderr", file=sys.stderr)
     return "done"
@@ -47,7 +36,7 @@ def test_stream_output_prints_while_the_task_runs(rc, tmp_path: Path, capsys) ->
 
     with ar.stream_output():
         # the first line is on screen while the task still waits for the flag
-        wait_for(lambda: printed("first line\n"))
+        until(lambda: printed("first line\n"), 30, "the first line")
         assert not ar.done()
         flag.touch()
         assert ar.get(timeout=30) == "done"

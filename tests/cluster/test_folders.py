@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
@@ -17,6 +16,7 @@ import pytest
 from corral.cluster.cluster import Cluster
 from corral.cluster.folders import clean, inspect, inventory
 from tests.conftest import HEARTBEAT
+from tests.polling import until
 
 
 def corral(*args: str, base: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -28,13 +28,6 @@ def corral(*args: str, base: Path, timeout: float = 60) -> subprocess.CompletedP
         text=True,
         timeout=timeout,
     )
-
-
-def wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def temporary(base: Path, n: int = 1) -> Cluster:
@@ -91,7 +84,7 @@ def start_and_kill_owner(base: Path) -> Path:
         if owner.stdout is not None:
             owner.stdout.close()
     path = Path(started["path"])
-    wait_until(lambda: inspect(path).state != "running", 20, "the folder lock to be released")
+    until(lambda: inspect(path).state != "running", 20, "the folder lock to be released")
     folder = inspect(path)
     assert folder.state == "stale" and folder.temporary and folder.size > 0
     return path
@@ -124,7 +117,7 @@ def test_a_kept_cluster_keeps_its_results_across_a_restart(tmp_path: Path) -> No
         ar = rc[:].apply_async(lambda: "kept result")
         assert ar.get(timeout=30) == ["kept result"]
         msg_id = ar.msg_ids[0]
-        wait_until(lambda: not rc.result_status([msg_id])["pending"], 10, "the Hub to record it")
+        until(lambda: not rc.result_status([msg_id])["pending"], 10, "the Hub to record it")
     (folder,) = inventory(tmp_path)
     assert folder.cluster_id == first.cluster_id and folder.state == "stopped"
     assert not folder.temporary
@@ -162,7 +155,7 @@ def test_clean_never_touches_a_running_cluster(tmp_path: Path) -> None:
     )
     try:
         with Cluster(n=1, cluster_dir=tmp_path, heartbeat_period=HEARTBEAT) as rc:
-            wait_until(
+            until(
                 lambda: (tmp_path / "by-hand" / "corral-client.json").exists(),
                 30,
                 "the controller started by hand",

@@ -21,9 +21,9 @@ def gone_pid() -> int:
 
 
 def test_a_local_controller_runs_while_its_pid_does(tmp_path: Path) -> None:
-    assert controller_running(tmp_path, {"controller_pid": os.getpid()}) == str(os.getpid())
-    assert controller_running(tmp_path, {"controller_pid": gone_pid()}) is None
-    assert controller_running(tmp_path, {}) is None
+    assert controller_running(tmp_path, os.getpid()) == str(os.getpid())
+    assert controller_running(tmp_path, gone_pid()) is None
+    assert controller_running(tmp_path, None) is None
 
 
 def test_a_far_controller_runs_while_its_ssh_session_does(tmp_path: Path) -> None:
@@ -31,13 +31,13 @@ def test_a_far_controller_runs_while_its_ssh_session_does(tmp_path: Path) -> Non
     (tmp_path / REMOTE_RECORD).write_text(json.dumps({"host": "login1", "cluster_id": "c"}))
     state = {"controller_launcher": "ssh", "controller_pid": os.getpid()}
     (tmp_path / "cluster.json").write_text(json.dumps(state))
-    info = {"controller_pid": far_pid}
+    info = far_pid
     assert controller_running(tmp_path, info) == f"{far_pid}@login1"
     state["controller_pid"] = gone_pid()
     (tmp_path / "cluster.json").write_text(json.dumps(state))
-    assert controller_running(tmp_path, info) is None  # the session ended: not running
+    assert controller_running(tmp_path, far_pid) is None  # the session ended: not running
     # a far pid that happens to exist here does not make it run
-    assert controller_running(tmp_path, {"controller_pid": os.getpid()}) is None
+    assert controller_running(tmp_path, os.getpid()) is None
 
 
 def test_a_record_of_a_former_far_controller_does_not_count_for_a_local_one(
@@ -46,5 +46,5 @@ def test_a_record_of_a_former_far_controller_does_not_count_for_a_local_one(
     (tmp_path / REMOTE_RECORD).write_text(json.dumps({"host": "login1", "cluster_id": "c"}))
     state = {"controller_launcher": "local", "controller_pid": os.getpid()}
     (tmp_path / "cluster.json").write_text(json.dumps(state))
-    assert controller_running(tmp_path, {"controller_pid": os.getpid()}) == str(os.getpid())
-    assert controller_running(tmp_path, {"controller_pid": gone_pid()}) is None
+    assert controller_running(tmp_path, os.getpid()) == str(os.getpid())
+    assert controller_running(tmp_path, gone_pid()) is None

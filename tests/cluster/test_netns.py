@@ -8,12 +8,12 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.polling import until
 from tools import netns
 
 HOSTS = ("controller", "engine1", "engine2", "client", "intruder")
@@ -80,11 +80,12 @@ def test_cluster_across_namespaces_with_curve(
             "controller.log",
         )  # fmt: skip
         engine_file = tmp_path / "nets" / "corral-engine.json"
-        deadline = time.monotonic() + 60
-        while not engine_file.exists():
+
+        def written() -> bool:
             assert controller.poll() is None, (tmp_path / "controller.log").read_text()
-            assert time.monotonic() < deadline, "the controller wrote no connection file"
-            time.sleep(0.05)  # polling for a file another process writes
+            return engine_file.exists()
+
+        until(written, 60, "the controller to write its connection file")
         info = json.loads(engine_file.read_text())
         assert info["ip"] == controller_address  # reachable, never 0.0.0.0
         assert "curve" in info  # on by default beyond loopback

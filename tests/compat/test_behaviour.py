@@ -12,7 +12,8 @@ import corral
 from corral import error
 from corral.client.asyncresult import AsyncHubResult
 from corral.client.client import Client
-from tests.compat.conftest import loud_sleep, until
+from tests.compat.conftest import loud_sleep
+from tests.polling import until
 
 
 @corral.interactive

@@ -16,7 +16,8 @@ import zmq
 import corral
 from corral import error
 from corral.client.asyncresult import AsyncHubResult
-from tests.compat.conftest import loud_sleep, until
+from tests.compat.conftest import loud_sleep
+from tests.polling import until
 
 
 def slow_double(x: int) -> int:

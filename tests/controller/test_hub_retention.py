@@ -3,7 +3,6 @@ results leave the Hub's own tables; then the same through a real cluster and two
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from tests.controller.test_hub import (
     request,
     submit_mux,
 )
+from tests.polling import until
 
 
 def bounded_hub(settings: RetentionSettings) -> tuple[Hub, MemoryStore]:
@@ -90,10 +90,7 @@ def test_another_client_is_told_a_large_result_was_not_stored(tmp_path: Path) ->
         assert np.array_equal(large_ar.get(timeout=30), array)  # the submitter has it
         assert small_ar.get(timeout=30) == b"small"
         ids = [small_ar.msg_ids[0], large_ar.msg_ids[0]]
-        deadline = time.monotonic() + 10
-        while rc.result_status(ids)["pending"]:
-            assert time.monotonic() < deadline, "the Hub never recorded the replies"
-            time.sleep(0.01)
+        until(lambda: not rc.result_status(ids)["pending"], 10, "the Hub to record the replies")
         with cluster.connect() as other:
             assert other.get_result(ids[0]).get(timeout=30) == b"small"
             with pytest.raises(ResultNotStored, match="--store-buffer-limit"):
@@ -107,8 +104,12 @@ def test_a_short_time_to_live_empties_the_hub(tmp_path: Path) -> None:
         rc = cluster.client
         ar = rc[0].apply_async(lambda: "soon gone")
         assert ar.get(timeout=30) == "soon gone"
-        deadline = time.monotonic() + 30
-        while ar.msg_ids[0] in rc.hub_history() or rc.queue_status(verbose=True)[0]["completed"]:
-            assert time.monotonic() < deadline, "the result never expired"
-            time.sleep(0.05)
+        until(
+            lambda: (
+                ar.msg_ids[0] not in rc.hub_history()
+                and not rc.queue_status(verbose=True)[0]["completed"]
+            ),
+            30,
+            "the result to expire",
+        )
         assert rc[0].apply_sync(lambda: "still serving") == "still serving"

@@ -20,7 +20,7 @@ from corral.errors import (
 from corral.protocol.dependency import Dependency
 from corral.protocol.references import interactive
 from tests.conftest import start_cluster
-from tests.polling import until
+from tests.polling import file_appears, until
 
 
 def append_line(path: str, text: str, delay: float = 0.0) -> str:
@@ -33,17 +33,6 @@ def append_line(path: str, text: str, delay: float = 0.0) -> str:
 def fail_after(delay: float) -> None:
     time.sleep(delay)
     raise ValueError("planned failure")
-
-
-def wait_for_file(path: str, timeout: float = 60.0) -> str:
-    """A task that runs until the test creates ``path``: "slow" for exactly as long as the
-    test needs, however loaded the machine is."""
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path} was never created")
-        time.sleep(0.01)
-    return path
 
 
 def test_after_orders_by_side_effect(rc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -69,7 +58,7 @@ def test_follow_runs_on_the_same_engine(rc) -> None:  # type: ignore[no-untyped-
 def test_any_runs_after_the_first_of_its_dependencies(rc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     view = rc.load_balanced_view()
     release = tmp_path / "release"
-    slow = view.apply_async(wait_for_file, str(release))  # runs until released below
+    slow = view.apply_async(file_appears, str(release))  # runs until released below
     quick = view.apply_async(time.sleep, 0.1)
     with view.temp_flags(after=Dependency.of([slow, quick], all=False)):
         dependent = view.apply_async(lambda: "ran")
@@ -123,7 +112,7 @@ def test_impossible_dependency_fails_fast(rc) -> None:  # type: ignore[no-untype
 def test_dependency_timeout(rc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     view = rc.load_balanced_view()
     release = tmp_path / "release"
-    slow = view.apply_async(wait_for_file, str(release))  # unfinished until the timeout fired
+    slow = view.apply_async(file_appears, str(release))  # unfinished until the timeout fired
     with view.temp_flags(after=[slow], timeout=0.3):
         impatient = view.apply_async(lambda: "must not run")
     try:

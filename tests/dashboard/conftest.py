@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -11,6 +10,7 @@ from typing import Any, TypeVar
 import pytest
 
 from tests.conftest import running_cluster
+from tests.polling import until
 
 T = TypeVar("T")
 
@@ -24,15 +24,8 @@ def dashboard_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]
 
 
 def wait_until(check: Callable[[], T], timeout: float, what: str, period: float = 0.1) -> T:
-    """Poll ``check`` until it returns something true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(period)  # polling a page or a server: there is no event to await
+    """:func:`tests.polling.until` at a page's pace (a page or a server: no event to await)."""
+    return until(check, timeout, what, interval=period)
 
 
 def base_url(cluster: Any) -> str:

@@ -97,7 +97,11 @@ def test_tutorial_notebook_runs_end_to_end(tmp_path: Path, monkeypatch) -> None:
     rich = outputs_of(notebook, "rich-result")
     markdown = [o["data"]["text/markdown"] for o in rich if o["output_type"] == "display_data"]
     assert len(markdown) == 2 and all(m.startswith("*engine pid ") for m in markdown)
-    assert re.fullmatch(r"Out\[0:\d+\]: \nOut\[1:\d+\]: \n", text_of(rich, "stdout"))
+    # each prompt, then its engine's rich result right after it (a terminal would show the
+    # text form on the prompt's line, as ipyparallel)
+    kinds = [o["output_type"] for o in rich]
+    assert kinds == ["stream", "display_data", "stream", "display_data"], kinds
+    assert re.fullmatch(r"Out\[0:\d+\]: Out\[1:\d+\]: ", text_of(rich, "stdout"))
 
     squares = [i * i for i in range(6)]
     assert result_of(outputs_of(notebook, "executor")) == str((squares, squares, 144))

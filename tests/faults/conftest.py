@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -9,9 +10,12 @@ from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 class Scripts:
-    """Runs small Python programs as separate client processes; kills any left running."""
+    """Runs small Python programs as separate client processes; kills any left running. They
+    run from the repository with it on their path, so they can use ``tests.polling``."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -21,12 +25,14 @@ class Scripts:
         """Run ``source`` with ``args``; its stdout. AssertionError if it fails."""
         path = self.folder / f"script-{len(self.processes)}.py"
         path.write_text(source)
+        path_entries = [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
         process = subprocess.Popen(
             [sys.executable, str(path), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            cwd=Path(__file__).resolve().parents[2],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(path_entries)},
         )
         self.processes.append(process)
         out, err = process.communicate(timeout=timeout)

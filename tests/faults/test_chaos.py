@@ -45,6 +45,8 @@ def test_chaos_loses_nothing(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+        if process.stdout is not None:  # left open when communicate timed out
+            process.stdout.close()
     summary = json.loads(out.read_text())
     print(json.dumps(summary, indent=2))
     assert summary["controller_kills"] == 2 and summary["engine_kills"] >= 3, summary

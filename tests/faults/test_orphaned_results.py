@@ -14,26 +14,20 @@ from corral.errors import RemoteError
 from tests.faults.conftest import Scripts
 
 SUBMIT_AND_VANISH = """
-import json, os, sys, time
+import json, os, sys
 import numpy as np
 from corral import Client
 from corral.errors import QueryError
+from tests.polling import file_appears, until
 
-def wait_for(path):
-    # the test creates path once this client has exited: until then the task runs
-    import os, time
-    deadline = time.monotonic() + 60
-    while not os.path.exists(path):
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.01)
-
+# the test creates release once this client has exited: until then the tasks run
 def slow_array(n, seed, release):
     import numpy as np
-    wait_for(release)
+    file_appears(release)
     return np.random.default_rng(seed).random(n)
 
 def fails(release):
-    wait_for(release)
+    file_appears(release)
     raise ValueError("an error kept for later")
 
 rc = Client(sys.argv[1], timeout=30)
@@ -46,14 +40,13 @@ failing = rc[0].apply_async(fails, release)
 ids = {"direct": direct.msg_ids, "balanced": [ar.msg_ids[0] for ar in balanced],
        "failing": failing.msg_ids}
 # exit once the requests have left (the Hub knows them), before their results are back
-deadline = time.monotonic() + 30
-while True:
+def known():
     try:
-        rc.result_status(sum(ids.values(), []))
-        break
+        return rc.result_status(sum(ids.values(), [])) is not None
     except QueryError:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+        return False
+
+until(known, 30, "the Hub to know every request")
 assert not direct.done() and not failing.done()
 print(json.dumps(ids), flush=True)
 if sys.argv[2] == "hard":

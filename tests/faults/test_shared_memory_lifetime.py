@@ -95,14 +95,16 @@ def test_an_engine_killed_while_holding_a_segment_leaves_nothing(tmp_path: Path)
 REQUESTER = """
 import sys, time
 from corral import Client, Reference
+from tests.polling import file_appears
 
-def slow_big():
-    import time, numpy
-    time.sleep(1.0)
+def big_once_released(release):
+    # the test creates release once this client is dead: the reply cannot reach it
+    import numpy
+    file_appears(release)
     return numpy.full(500_000, 7.0)
 
 rc = Client(sys.argv[1])
-print(rc[0].apply_async(slow_big).msg_ids[0], flush=True)
+print(rc[0].apply_async(big_once_released, sys.argv[2]).msg_ids[0], flush=True)
 time.sleep(120)
 """
 
@@ -112,11 +114,15 @@ def test_a_client_killed_before_reading_its_reply_leaves_nothing(tmp_path: Path)
     with running_cluster(tmp_path, 1) as cluster:
         rc = cluster.client
         rc.wait_for_engines(1, timeout=30)
-        with child(REQUESTER, str(cluster.path / "corral-client.json")) as requester:
+        release = tmp_path / "release"
+        client_file = str(cluster.path / "corral-client.json")
+        with child(REQUESTER, client_file, str(release)) as requester:
             assert requester.stdout is not None
             msg_id = requester.stdout.readline().strip()
             until(lambda: _known(rc, msg_id), 30, "the Hub to see the request")
             requester.kill()
+            requester.wait(30)
+        release.touch()
         until(lambda: not rc.result_status([msg_id])["pending"], 30, "the reply")
         assert np.array_equal(rc.get_result(msg_id).get(timeout=30), np.full(500_000, 7.0))
         gone = (f"-r{requester.pid}", "-h", "-w")

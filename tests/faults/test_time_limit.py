@@ -13,6 +13,7 @@ import pytest
 from corral.cluster.supervisor import RestartPolicy
 from corral.errors import TaskTimeout
 from tests.conftest import running_cluster
+from tests.polling import until
 
 LIMIT = 2.0  # seconds: generous, so a short task never overruns on a loaded machine
 
@@ -77,13 +78,14 @@ def test_a_task_that_ignores_the_interrupt_has_its_engine_restarted(tmp_path: Pa
             view.apply_sync(_stubborn, 60)
         assert other.get(timeout=30) == 2.0
         rc.wait_for_engines(2, timeout=30)
-        deadline = time.monotonic() + 30
-        while True:  # the restarted engine 0 answers under its id
+
+        def restarted_pid() -> int | None:
             try:
-                new_pid = rc[0].apply_sync(os.getpid)
-                break
+                return int(rc[0].apply_sync(os.getpid))
             except Exception:  # noqa: BLE001 - the old engine 0 until it is replaced
-                assert time.monotonic() < deadline, "engine 0 did not come back"
                 rc.wait_for_engines(2, timeout=30)
+                return None
+
+        new_pid = until(restarted_pid, 30, "engine 0 to come back under its id")
         assert new_pid != pid
         assert cluster.restarts.get("engine-0") == 1

@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from corral.errors import LaunchError
+from corral.protocol.connection_files import CLIENT_FILE, ENGINE_FILE
 
 from .base import LaunchSpec
 from .batch import BatchLauncher
 
-CONNECTION_FILES = ("corral-engine.json", "corral-client.json")
+CONNECTION_FILES = (ENGINE_FILE, CLIENT_FILE)
 
 
 def batch_controller_names() -> tuple[str, ...]:

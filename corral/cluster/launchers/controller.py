@@ -18,7 +18,6 @@ far controller runs (by its ssh session here, not by a pid of another host) and 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import subprocess
@@ -27,7 +26,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from corral.errors import LaunchError
+from corral.errors import ConnectionError, LaunchError
+from corral.protocol.connection_files import (
+    CLIENT_FILE,
+    ENGINE_FILE,
+    ClientConnection,
+    EngineConnection,
+    write_private_json,
+)
 
 from .base import log_tail, require_tool, run_tool
 from .local import spawn, terminate
@@ -37,13 +43,6 @@ PID_LINE = re.compile(r"corral-controller-pid (\d+)")
 SEPARATOR = "----corral-separator----"
 REMOTE_RECORD = "controller-remote.json"  # in the near folder: where the far controller runs
 SSH_KEYS = ("ssh", "port", "identity", "ssh_args")  # the options that reach the far host
-
-
-def write_private(path: Path, data: Mapping[str, Any]) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2)
-    os.chmod(path, 0o600)
 
 
 class SSHController:
@@ -63,7 +62,6 @@ class SSHController:
         self.remote_base = str(self.options.get("remote_dir") or ".corral")
         self.process: subprocess.Popen[bytes] | None = None
         self.log = local_path / "controller-ssh.log"
-        self.far_pid: int | None = None
 
     def _ssh(self, command: str, tty: bool = False) -> list[str]:
         ssh = require_tool(str(self.options.get("ssh") or "ssh"), "ssh controller")
@@ -79,7 +77,7 @@ class SSHController:
         ]  # fmt: skip
         command = f"echo corral-controller-pid $$; exec {shlex.join(argv)}"
         self.local_path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_private(
+        write_private_json(
             self.local_path / REMOTE_RECORD,
             {
                 "host": self.host,
@@ -112,21 +110,24 @@ class SSHController:
         """Copy the far connection files here if this controller (``pid``) has written them."""
         folder = f"{self.remote_base}/{self.cluster_id}"
         command = (
-            f"cat {shlex.quote(folder + '/corral-engine.json')} && echo {SEPARATOR} && "
-            f"cat {shlex.quote(folder + '/corral-client.json')}"
+            f"cat {shlex.quote(f'{folder}/{ENGINE_FILE}')} && echo {SEPARATOR} && "
+            f"cat {shlex.quote(f'{folder}/{CLIENT_FILE}')}"
         )
         try:
             output = run_tool(self._ssh(command), f"reading the connection files on {self.host}")
             engine_text, client_text = output.split(SEPARATOR)
             engine, client = json.loads(engine_text), json.loads(client_text)
-        except (LaunchError, ValueError):
-            return False  # not written yet
-        if engine.get("controller_pid") != pid or client.get("controller_pid") != pid:
+            pids = {
+                EngineConnection.from_json(engine).controller_pid,
+                ClientConnection.from_json(client).controller_pid,
+            }
+        except (LaunchError, ValueError, ConnectionError):
+            return False  # not written yet, or half written
+        if pids != {pid}:
             return False  # a former controller's files
         self.local_path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_private(self.local_path / "corral-engine.json", engine)
-        write_private(self.local_path / "corral-client.json", client)
-        self.far_pid = pid
+        write_private_json(self.local_path / ENGINE_FILE, engine)
+        write_private_json(self.local_path / CLIENT_FILE, client)
         return True
 
     def stop(self, timeout: float) -> None:
@@ -137,7 +138,7 @@ class SSHController:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             terminate(self.process)
-        for name in ("corral-engine.json", "corral-client.json"):
+        for name in (ENGINE_FILE, CLIENT_FILE):
             (self.local_path / name).unlink(missing_ok=True)
 
 

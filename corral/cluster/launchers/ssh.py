@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.errors import LaunchError
+from corral.protocol.connection_files import ENGINE_FILE
 
 from .base import EngineLauncher, LaunchSpec, log_tail, require_tool, run_tool
 from .local import spawn, terminate
@@ -90,7 +91,7 @@ class SSHLauncher(EngineLauncher):
 
     @property
     def remote_file(self) -> str:
-        return f"{self.remote_dir}/corral-engine.json"
+        return f"{self.remote_dir}/{ENGINE_FILE}"
 
     def _ssh(self, host: str, command: str) -> list[str]:
         return [*ssh_base(self.spec.options, self._tool), host, command]

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from corral.errors import StoreError
+from corral.protocol.connection_files import STORE_FILE
 
 from .base import ResultStore
 from .memory import MemoryStore
@@ -71,7 +72,7 @@ def _open_sqlite(
     if url == "sqlite":
         if cluster_dir is None:
             raise StoreError("result store URL 'sqlite' needs a cluster folder for tasks.db")
-        return SQLiteStore(Path(cluster_dir) / "tasks.db", retention=retention)
+        return SQLiteStore(Path(cluster_dir) / STORE_FILE, retention=retention)
     parts = urlsplit(url)
     if parts.netloc or not parts.path.startswith("/") or parts.fragment:
         raise StoreError(f"bad SQLite result store URL {url!r}: expected {_URL_FORMS}")

@@ -166,9 +166,6 @@ class RetentionSettings:
         }
 
 
-UNLIMITED = RetentionSettings(buffer_limit=None, size_limit=None, ttl=None)
-
-
 @dataclass(frozen=True)
 class Purge:
     """Records to drop, and why (for the log line the store writes)."""

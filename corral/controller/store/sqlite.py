@@ -15,17 +15,18 @@ Writes are encoded in the caller's thread (so bad values fail at the call) and a
 :class:`~.base.BatchWriter` thread in WAL mode, many per transaction. ``synchronous=NORMAL``:
 a committed batch survives the process being killed; a power cut may lose the last batches,
 never corrupt the file. Reads flush the writer first, then read on their own connection.
+The schema and the encoding of records into rows (pure, no connection) are in
+:mod:`.sqlite_rows`; this module owns the connections and the writer.
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Final, NamedTuple
+from typing import Any
 from urllib.parse import quote
 
 import orjson
@@ -33,13 +34,8 @@ import orjson
 from corral.errors import StoreError
 
 from .base import (
-    BOOL_FIELDS,
     BUFFERS_FIELD,
-    DICT_FIELDS,
-    INT_FIELDS,
-    KNOWN_FIELDS,
     SCALAR_FIELD_CATEGORIES,
-    TEXT_FIELDS,
     BatchWriter,
     ResultStore,
     WriteOp,
@@ -49,211 +45,31 @@ from .base import (
     project,
     validate_record,
 )
-from .query import Atom, matches, parse_query, split_query
+from .query import matches, parse_query, split_query
 from .retention import RetentionSettings
-
-SCHEMA_VERSION = 1
-#: Known fields other than msg_id, in column order; a field's position is its bit in the
-#: ``present`` column, which tells a field set to None from a field never set.
-_FIELDS = (*TEXT_FIELDS[1:], *INT_FIELDS, *BOOL_FIELDS, *DICT_FIELDS, BUFFERS_FIELD)
-_BITS = {name: 1 << index for index, name in enumerate(_FIELDS)}
-_SQL_TYPES = {
-    **dict.fromkeys(TEXT_FIELDS, "TEXT"),
-    **dict.fromkeys((*INT_FIELDS, *BOOL_FIELDS), "INTEGER"),
-    **dict.fromkeys(DICT_FIELDS, "TEXT"),
-}
-_SCALAR_COLUMNS = tuple(name for name in _FIELDS if name != BUFFERS_FIELD)
-_SCHEMA = f"""
-CREATE TABLE tasks (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    msg_id TEXT NOT NULL UNIQUE,
-    present INTEGER NOT NULL DEFAULT 0,
-    {", ".join(f"{name} {_SQL_TYPES[name]}" for name in _SCALAR_COLUMNS)},
-    extra TEXT,
-    buffer_lengths TEXT,
-    result_buffers BLOB
-)"""
-#: Buffers larger than this in all are stored as chunks of at most this size (SQLite's own
-#: limit on one value is 1,000,000,000 bytes by default).
-CHUNK_BYTES: Final = 64 << 20
-_CHUNKS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS buffer_chunks (
-    msg_id TEXT NOT NULL,
-    part INTEGER NOT NULL,
-    data BLOB NOT NULL,
-    UNIQUE (msg_id, part)
-);
-CREATE TRIGGER IF NOT EXISTS buffer_chunks_replaced
-AFTER UPDATE OF buffer_lengths ON tasks
-WHEN old.result_buffers IS NULL AND old.buffer_lengths IS NOT NULL
-BEGIN DELETE FROM buffer_chunks WHERE msg_id = old.msg_id; END;
-CREATE TRIGGER IF NOT EXISTS buffer_chunks_dropped
-AFTER DELETE ON tasks
-WHEN old.result_buffers IS NULL AND old.buffer_lengths IS NOT NULL
-BEGIN DELETE FROM buffer_chunks WHERE msg_id = old.msg_id; END;
-"""
-_INSERT_CHUNK = "INSERT INTO buffer_chunks (msg_id, part, data) VALUES (?, ?, ?)"
-_CHUNKED = "SELECT result_buffers IS NULL FROM tasks WHERE seq = ?"
-_READ_CHUNKS = "SELECT data FROM buffer_chunks WHERE msg_id = ? ORDER BY part"
-_CHUNKS_SIZE = (
-    "CASE WHEN result_buffers IS NULL AND buffer_lengths IS NOT NULL THEN coalesce((SELECT "
-    "sum(length(data)) FROM buffer_chunks WHERE buffer_chunks.msg_id = tasks.msg_id), 0) "
-    "ELSE 0 END"
+from .sqlite_rows import (
+    ALL_COLUMNS,
+    CHUNK_BYTES,
+    CHUNKS_SCHEMA,
+    CHUNKS_SIZE,
+    DELETE,
+    INCREMENTAL,
+    INSERT_CHUNK,
+    IS_CHUNKED,
+    READ_CHUNKS,
+    ROW_OVERHEAD,
+    SCALAR_COLUMNS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    TABLE_EXISTS,
+    Payload,
+    columns_for,
+    columns_of,
+    decode_row,
+    encode_row,
+    sql_where,
+    upsert_sql,
 )
-_ALL_COLUMNS = ("seq", "present", "msg_id", *_SCALAR_COLUMNS, "extra", "buffer_lengths")
-_JSON_LIST_MIN = 16
-_ROW_OVERHEAD = 64
-_INCREMENTAL = 2  # PRAGMA auto_vacuum value
-_TABLE_EXISTS = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'tasks'"
-_DELETE = "DELETE FROM tasks WHERE msg_id IN (SELECT value FROM json_each(?))"
-_COMPARE = {"$eq": "=", "$ne": "IS NOT", "$lt": "<", "$lte": "<=", "$gt": ">", "$gte": ">="}
-
-
-class Row(NamedTuple):
-    """An encoded upsert: column names, their values, and the result buffers as given
-    (joined into one BLOB by the writer thread, not the caller); ``chunk`` is the size of
-    their chunks when they are too large for one BLOB, else 0."""
-
-    columns: tuple[str, ...]
-    values: tuple[Any, ...]
-    buffers: list[Any] | None
-    chunk: int = 0
-
-    def size(self) -> int:
-        """Bytes this write adds to the file, roughly: its text and its buffers."""
-        text = sum([len(value) for value in self.values if value.__class__ is str])
-        buffers = sum(map(len, self.buffers or ()))  # bytes or flat byte views
-        return _ROW_OVERHEAD + text + buffers
-
-    @property
-    def chunked(self) -> bool:
-        """Whether the buffers go to ``buffer_chunks`` (the row's BLOB then NULL)."""
-        return self.chunk > 0
-
-    def parameters(self) -> tuple[Any, ...]:
-        if self.columns[-1] != BUFFERS_FIELD:
-            return self.values
-        buffers = self.buffers
-        if buffers is None or self.chunked:
-            return (*self.values, None)
-        return (*self.values, buffers[0] if len(buffers) == 1 else b"".join(buffers))
-
-    def chunks(self) -> Iterator[tuple[str, int, memoryview]]:
-        """(msg_id, part, data) of a chunked row: each buffer cut in pieces of at most
-        ``chunk`` bytes, in order, no piece spanning two buffers; views, not copies."""
-        part = 0
-        for buffer in self.buffers or ():
-            view = memoryview(buffer).cast("B")
-            for start in range(0, view.nbytes, self.chunk):
-                yield self.values[0], part, view[start : start + self.chunk]
-                part += 1
-
-
-Payload = Row | None  # None: a drop, whose msg_ids are the WriteOp's
-
-
-def _dumps(name: str, value: Any) -> str:
-    try:
-        return orjson.dumps(value).decode()
-    except TypeError as exc:
-        raise StoreError(f"field {name!r} cannot be stored as JSON in SQLite: {exc}") from None
-
-
-def _encode(fields: dict[str, Any], chunk_bytes: int = CHUNK_BYTES) -> Row:
-    """The row that upserts these (validated) fields; buffers of more than ``chunk_bytes`` in
-    all are marked for chunks of that size."""
-    present = 0
-    extras: dict[str, list[Any]] = {}
-    for name, value in fields.items():
-        if name in _BITS:
-            present |= _BITS[name]
-        elif name != "msg_id":
-            extras[name] = [value]
-    columns: list[str] = ["msg_id", "present"]
-    values: list[Any] = [fields["msg_id"], present]
-    for name in _SCALAR_COLUMNS:
-        if name in fields:
-            value = fields[name]
-            columns.append(name)
-            values.append(
-                _dumps(name, value) if name in DICT_FIELDS and value is not None else value
-            )
-    if extras:
-        columns.append("extra")
-        values.append(_dumps("extra fields", extras))
-    buffers = None
-    if BUFFERS_FIELD in fields:
-        buffers = fields[BUFFERS_FIELD]
-        columns += ["buffer_lengths", BUFFERS_FIELD]
-        values.append(None if buffers is None else orjson.dumps([len(b) for b in buffers]).decode())
-    large = buffers is not None and sum(map(len, buffers)) > chunk_bytes
-    return Row(tuple(columns), tuple(values), buffers, chunk_bytes if large else 0)
-
-
-@functools.lru_cache(maxsize=256)
-def _upsert_sql(columns: tuple[str, ...]) -> str:
-    updates = []
-    for name in columns[1:]:
-        if name == "present":
-            updates.append("present = present | excluded.present")
-        elif name == "extra":
-            # Each extra value is wrapped in a one-item list, so that json_patch replaces
-            # it whole (and a None value is kept, not deleted).
-            updates.append(
-                "extra = CASE WHEN extra IS NULL THEN excluded.extra "
-                "ELSE json_patch(extra, excluded.extra) END"
-            )
-        else:
-            updates.append(f"{name} = excluded.{name}")
-    return (
-        f"INSERT INTO tasks ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
-        f"ON CONFLICT (msg_id) DO UPDATE SET {', '.join(updates)}"
-    )
-
-
-def _members(values: tuple[Any, ...]) -> tuple[str, list[Any]]:
-    """An SQL list; long lists of strings travel as one JSON parameter (no variable limit)."""
-    if len(values) >= _JSON_LIST_MIN and all(isinstance(v, str) for v in values):
-        return "(SELECT value FROM json_each(?))", [orjson.dumps(list(values)).decode()]
-    return f"({', '.join('?' * len(values))})", list(values)
-
-
-def sql_where(atoms: list[Atom]) -> tuple[str, list[Any]]:
-    """A WHERE clause with exactly the semantics of the atoms (NULL is None or missing)."""
-    parts: list[str] = []
-    params: list[Any] = []
-    for atom in atoms:
-        name = atom.field
-        if atom.kind == "never":
-            parts.append("0")
-        elif atom.kind in ("null", "not_null"):
-            parts.append(f"{name} IS {'' if atom.kind == 'null' else 'NOT '}NULL")
-        elif atom.kind == "compare":
-            parts.append(f"{name} {_COMPARE[atom.operator]} ?")
-            params.append(atom.value)
-        else:
-            members, member_params = _members(atom.values)
-            params += member_params
-            if atom.kind == "in":
-                expression = f"{name} IN {members}"
-                parts.append(f"({name} IS NULL OR {expression})" if atom.with_null else expression)
-            elif atom.with_null:
-                parts.append(f"({name} IS NOT NULL AND {name} NOT IN {members})")
-            else:
-                parts.append(f"({name} IS NULL OR {name} NOT IN {members})")
-    return " AND ".join(parts) or "1", params
-
-
-def _columns_for(fields: set[str] | None) -> tuple[str, ...]:
-    if fields is None:
-        return _ALL_COLUMNS
-    columns = ["seq", "present", "msg_id"]
-    columns += [name for name in _SCALAR_COLUMNS if name in fields]
-    if any(name not in KNOWN_FIELDS for name in fields):
-        columns.append("extra")
-    if BUFFERS_FIELD in fields:
-        columns.append("buffer_lengths")
-    return tuple(columns)
 
 
 class SQLiteStore(ResultStore):
@@ -319,7 +135,7 @@ class SQLiteStore(ResultStore):
 
     def _prepare(self, read_only: bool, max_size: int | None) -> None:
         db = self._db
-        exists = db.execute(_TABLE_EXISTS).fetchone()[0]
+        exists = db.execute(TABLE_EXISTS).fetchone()[0]
         if not read_only:
             # before the first table is created: purged pages go back to the file system
             db.execute("PRAGMA auto_vacuum = INCREMENTAL")
@@ -330,8 +146,8 @@ class SQLiteStore(ResultStore):
             db.execute("PRAGMA journal_size_limit = 67108864")
             if not exists:
                 db.execute("BEGIN IMMEDIATE")  # another process may be creating it too
-                if db.execute(_TABLE_EXISTS).fetchone()[0] == 0:
-                    db.execute(_SCHEMA)
+                if db.execute(TABLE_EXISTS).fetchone()[0] == 0:
+                    db.execute(SCHEMA)
                     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 db.execute("COMMIT")
                 exists = True
@@ -342,9 +158,9 @@ class SQLiteStore(ResultStore):
                 f"{SCHEMA_VERSION} (found {version if exists else 'no table'})"
             )
         if not read_only:
-            db.executescript(_CHUNKS_SCHEMA)  # also added to a store made before chunks
+            db.executescript(CHUNKS_SCHEMA)  # also added to a store made before chunks
         if not read_only and self.retention is not None:
-            if db.execute("PRAGMA auto_vacuum").fetchone()[0] != _INCREMENTAL:
+            if db.execute("PRAGMA auto_vacuum").fetchone()[0] != INCREMENTAL:
                 db.execute("VACUUM")  # a store made before auto_vacuum: converted once
         if max_size is not None:
             page_size = db.execute("PRAGMA page_size").fetchone()[0]
@@ -358,13 +174,13 @@ class SQLiteStore(ResultStore):
         dropped = False
         db.execute("BEGIN IMMEDIATE")
         try:
-            for columns, run in itertools.groupby(batch, key=_columns_of):
+            for columns, run in itertools.groupby(batch, key=columns_of):
                 if columns is None:
                     for op in run:
-                        db.execute(_DELETE, (orjson.dumps(op.msg_ids).decode(),))
+                        db.execute(DELETE, (orjson.dumps(op.msg_ids).decode(),))
                         dropped = True
                 else:
-                    self._upsert_run(_upsert_sql(columns), run)
+                    self._upsert_run(upsert_sql(columns), run)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -391,7 +207,7 @@ class SQLiteStore(ResultStore):
                 db.executemany(sql, rows)
                 rows = []
             db.execute(sql, row.parameters())
-            db.executemany(_INSERT_CHUNK, row.chunks())
+            db.executemany(INSERT_CHUNK, row.chunks())
         if rows:
             db.executemany(sql, rows)
 
@@ -405,7 +221,7 @@ class SQLiteStore(ResultStore):
 
     def _upsert(self, msg_id: str, fields: dict[str, Any]) -> None:
         checked = self._omit_large_buffers(validate_record(msg_id, fields))
-        payload = _encode(checked, self.chunk_bytes)
+        payload = encode_row(checked, self.chunk_bytes)
         self._writer.submit(WriteOp("upsert", (msg_id,), payload))
         if self.retention is not None:
             self._account(msg_id, checked, payload.size())
@@ -424,12 +240,12 @@ class SQLiteStore(ResultStore):
             [
                 *(
                     f"coalesce(length({name}), 0)"
-                    for name in (*_SCALAR_COLUMNS, "extra", "buffer_lengths", BUFFERS_FIELD)
+                    for name in (*SCALAR_COLUMNS, "extra", "buffer_lengths", BUFFERS_FIELD)
                 ),
-                _CHUNKS_SIZE,
+                CHUNKS_SIZE,
             ]
         )
-        sql = f"SELECT msg_id, {_ROW_OVERHEAD} + {size}, status, received FROM tasks ORDER BY seq"
+        sql = f"SELECT msg_id, {ROW_OVERHEAD} + {size}, status, received FROM tasks ORDER BY seq"
         with self._lock:
             return [(row[0], row[1], row[2], row[3]) for row in self._reader.execute(sql)]
 
@@ -439,7 +255,7 @@ class SQLiteStore(ResultStore):
             self.flush()
             return {}
         where = "msg_id IN (SELECT value FROM json_each(?))"
-        records = self._select(_ALL_COLUMNS, where, [orjson.dumps(ids).decode()], [], None)
+        records = self._select(ALL_COLUMNS, where, [orjson.dumps(ids).decode()], [], None)
         return {record["msg_id"]: record for record in records}
 
     def find_records(
@@ -450,7 +266,7 @@ class SQLiteStore(ResultStore):
         atoms, residue = split_query(conditions, SCALAR_FIELD_CATEGORIES)
         where, params = sql_where(atoms)
         needed = None if fields is None else {*fields, *(c.field for c in residue)}
-        return self._select(_columns_for(needed), where, params, residue, fields)
+        return self._select(columns_for(needed), where, params, residue, fields)
 
     def find_page(
         self,
@@ -482,7 +298,7 @@ class SQLiteStore(ResultStore):
             skip, limit = max(0, int(total) - skip - limit), min(limit, int(total) - skip)
         order = "DESC" if newest_first != flip else "ASC"
         page = self._select(
-            _columns_for(None if fields is None else set(fields)),
+            columns_for(None if fields is None else set(fields)),
             where,
             params,
             [],
@@ -549,7 +365,7 @@ class SQLiteStore(ResultStore):
             db.execute("BEGIN")
             try:
                 for row in db.execute(sql, params):
-                    record, lengths = _decode(row, columns)
+                    record, lengths = decode_row(row, columns)
                     if lengths is not None and buffers_early:
                         record[BUFFERS_FIELD] = self._read_buffers(row[0], row[2], lengths)
                         lengths = None
@@ -569,14 +385,14 @@ class SQLiteStore(ResultStore):
         chunked buffer of more than one chunk: two)."""
         if not any(lengths):
             return [b"" for _ in lengths]
-        (chunked,) = self._reader.execute(_CHUNKED, (seq,)).fetchone()
+        (chunked,) = self._reader.execute(IS_CHUNKED, (seq,)).fetchone()
         if chunked:
             return self._read_chunks(msg_id, lengths)
         with self._reader.blobopen("tasks", BUFFERS_FIELD, seq, readonly=True) as blob:
             return [blob.read(length) if length else b"" for length in lengths]
 
     def _read_chunks(self, msg_id: str, lengths: list[int]) -> list[bytes]:
-        chunks = (row[0] for row in self._reader.execute(_READ_CHUNKS, (msg_id,)))
+        chunks = (row[0] for row in self._reader.execute(READ_CHUNKS, (msg_id,)))
         buffers: list[bytes] = []
         for length in lengths:
             pieces: list[bytes] = []
@@ -594,32 +410,3 @@ class SQLiteStore(ResultStore):
                 )
             buffers.append(pieces[0] if len(pieces) == 1 else b"".join(pieces))
         return buffers
-
-
-def _columns_of(op: WriteOp[Payload]) -> tuple[str, ...] | None:
-    return None if op.payload is None else op.payload.columns
-
-
-def _decode(row: tuple[Any, ...], columns: tuple[str, ...]) -> tuple[dict[str, Any], Any]:
-    """A record from a row, and its buffer lengths when the buffers are still to read."""
-    present = row[1]
-    record: dict[str, Any] = {"msg_id": row[2]}
-    lengths = None
-    for name, value in zip(columns[3:], row[3:], strict=True):
-        if name == "extra":
-            if value is not None:
-                record.update((key, item[0]) for key, item in orjson.loads(value).items())
-        elif name == "buffer_lengths":
-            if present & _BITS[BUFFERS_FIELD]:
-                if value is None:
-                    record[BUFFERS_FIELD] = None
-                else:
-                    lengths = orjson.loads(value)
-        elif present & _BITS[name]:
-            if value is not None:
-                if name in DICT_FIELDS:
-                    value = orjson.loads(value)
-                elif name in BOOL_FIELDS:
-                    value = bool(value)
-            record[name] = value
-    return record, lengths

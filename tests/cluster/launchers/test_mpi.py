@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from corral.client.client import Client
+from tests.polling import until
 
 from .conftest import corral
 
@@ -116,10 +117,7 @@ def test_one_mpi_engine_dying_leaves_the_others(tmp_path: Path) -> None:
 
     with Cluster(n=3, engines="mpi", cluster_dir=tmp_path, heartbeat_period=0.5) as rc:
         rc[0].apply_async(os._exit, 3)
-        deadline = time.monotonic() + 30
-        while rc.ids != [1, 2]:
-            assert time.monotonic() < deadline, f"engines now {rc.ids}"
-            time.sleep(0.05)  # polling the registry for the loss
+        until(lambda: rc.ids == [1, 2], 30, "the registry to lose engine 0")
         assert rc[:].apply_sync(lambda: "alive") == ["alive", "alive"]
 
 

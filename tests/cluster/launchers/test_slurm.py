@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -17,17 +16,13 @@ import psutil
 import pytest
 
 from corral.client.client import Client
+from tests.polling import until
 from tools.slurm import jobs
 
 from .conftest import corral
 from .test_mpi import processes_mentioning
 
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out after {timeout} s: {what}"
-        time.sleep(0.1)  # polling Slurm and the Hub for a state change
+SLURM_POLL = 0.1  # seconds between looks at Slurm and the Hub for a state change
 
 
 @pytest.mark.timeout(240)
@@ -89,12 +84,18 @@ def test_scancel_is_noticed_and_engines_unregistered_promptly(
             rc.wait_for_engines(2, timeout=60)
             subprocess.run(["scancel", job_id], env=env, check=True, timeout=30)
             cancelled = time.monotonic()
-            wait_until(lambda: not rc.ids, 15, "the Hub to unregister the cancelled engines")
+            until(
+                lambda: not rc.ids,
+                15,
+                "the Hub to unregister the cancelled engines",
+                interval=SLURM_POLL,
+            )
             assert time.monotonic() - cancelled < 15  # SIGTERM: they unregister themselves
-        wait_until(
+        until(
             lambda: "lost: slurm job" in corral("list", env=env).stdout,
             30,
             "corral list to say the job was lost",
+            interval=SLURM_POLL,
         )
         listing = corral("list", env=env).stdout
         assert f"JOB {job_id} ON" in listing and "CANCELLED" in listing, listing
@@ -124,7 +125,12 @@ def test_a_job_over_its_walltime_is_noticed_and_listed_with_slurms_reason(
         with Client(connection_file=folder / "corral-client.json", timeout=30) as rc:
             rc.wait_for_engines(2, timeout=60)
             assert rc[:].apply_sync(lambda: "before the limit") == ["before the limit"] * 2
-            wait_until(lambda: not rc.ids, 150, "the Hub to unregister the timed-out engines")
+            until(
+                lambda: not rc.ids,
+                150,
+                "the Hub to unregister the timed-out engines",
+                interval=SLURM_POLL,
+            )
             unregistered = time.time()
 
         def job() -> str:
@@ -133,16 +139,22 @@ def test_a_job_over_its_walltime_is_noticed_and_listed_with_slurms_reason(
                 env=env, capture_output=True, text=True, timeout=30,
             ).stdout  # fmt: skip
 
-        wait_until(lambda: "JobState=TIMEOUT" in job(), 60, "Slurm to end the job as TIMEOUT")
+        until(
+            lambda: "JobState=TIMEOUT" in job(),
+            60,
+            "Slurm to end the job as TIMEOUT",
+            interval=SLURM_POLL,
+        )
         ended = re.search(r"\bEndTime=(\S+)", job())
         assert ended is not None
         limit_hit = datetime.strptime(ended.group(1), "%Y-%m-%dT%H:%M:%S").timestamp()
         # the engines leave when Slurm ends the job (SIGTERM at the limit), not minutes later
         assert unregistered - limit_hit < 20
-        wait_until(
+        until(
             lambda: "lost: slurm job" in corral("list", env=env).stdout,
             30,
             "corral list to say the job was lost",
+            interval=SLURM_POLL,
         )
         listing = corral("list", env=env).stdout
         assert f"lost: slurm job {job_id} is TIMEOUT" in listing, listing

@@ -17,7 +17,7 @@ import pytest
 from corral.controller.store import SQLiteStore, open_store
 from corral.controller.store.base import SCALAR_FIELD_CATEGORIES, BatchWriter, WriteOp
 from corral.controller.store.query import parse_query, split_query
-from corral.controller.store.sqlite import sql_where
+from corral.controller.store.sqlite_rows import sql_where
 from corral.errors import StoreError
 from tests.polling import until
 

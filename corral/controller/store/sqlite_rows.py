@@ -1,0 +1,263 @@
+"""How a task record becomes a SQLite row and back, with no connection in sight.
+
+The layout (docs in :mod:`.sqlite`): one ``tasks`` row per record, known fields as columns,
+dict fields as JSON text, unknown fields JSON-encoded in ``extra``, a ``present`` bit per
+known field (a field set to None differs from one never set), and result buffers either as
+one BLOB or, past :data:`CHUNK_BYTES` in all, as chunks in ``buffer_chunks``. Everything
+here is pure: the schema, encoding a record (in the caller's thread, so a bad value fails at
+the call), the upsert statement for a set of columns, the WHERE clause for a parsed query,
+and decoding a row.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from typing import Any, Final, NamedTuple
+
+import orjson
+
+from corral.errors import StoreError
+
+from .base import (
+    BOOL_FIELDS,
+    BUFFERS_FIELD,
+    DICT_FIELDS,
+    INT_FIELDS,
+    KNOWN_FIELDS,
+    TEXT_FIELDS,
+    WriteOp,
+)
+from .query import Atom
+
+SCHEMA_VERSION = 1
+#: Known fields other than msg_id, in column order; a field's position is its bit in the
+#: ``present`` column, which tells a field set to None from a field never set.
+_FIELDS = (*TEXT_FIELDS[1:], *INT_FIELDS, *BOOL_FIELDS, *DICT_FIELDS, BUFFERS_FIELD)
+_BITS = {name: 1 << index for index, name in enumerate(_FIELDS)}
+_SQL_TYPES = {
+    **dict.fromkeys(TEXT_FIELDS, "TEXT"),
+    **dict.fromkeys((*INT_FIELDS, *BOOL_FIELDS), "INTEGER"),
+    **dict.fromkeys(DICT_FIELDS, "TEXT"),
+}
+SCALAR_COLUMNS = tuple(name for name in _FIELDS if name != BUFFERS_FIELD)
+SCHEMA = f"""
+CREATE TABLE tasks (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    msg_id TEXT NOT NULL UNIQUE,
+    present INTEGER NOT NULL DEFAULT 0,
+    {", ".join(f"{name} {_SQL_TYPES[name]}" for name in SCALAR_COLUMNS)},
+    extra TEXT,
+    buffer_lengths TEXT,
+    result_buffers BLOB
+)"""
+#: Buffers larger than this in all are stored as chunks of at most this size (SQLite's own
+#: limit on one value is 1,000,000,000 bytes by default).
+CHUNK_BYTES: Final = 64 << 20
+CHUNKS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS buffer_chunks (
+    msg_id TEXT NOT NULL,
+    part INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    UNIQUE (msg_id, part)
+);
+CREATE TRIGGER IF NOT EXISTS buffer_chunks_replaced
+AFTER UPDATE OF buffer_lengths ON tasks
+WHEN old.result_buffers IS NULL AND old.buffer_lengths IS NOT NULL
+BEGIN DELETE FROM buffer_chunks WHERE msg_id = old.msg_id; END;
+CREATE TRIGGER IF NOT EXISTS buffer_chunks_dropped
+AFTER DELETE ON tasks
+WHEN old.result_buffers IS NULL AND old.buffer_lengths IS NOT NULL
+BEGIN DELETE FROM buffer_chunks WHERE msg_id = old.msg_id; END;
+"""
+INSERT_CHUNK = "INSERT INTO buffer_chunks (msg_id, part, data) VALUES (?, ?, ?)"
+IS_CHUNKED = "SELECT result_buffers IS NULL FROM tasks WHERE seq = ?"
+READ_CHUNKS = "SELECT data FROM buffer_chunks WHERE msg_id = ? ORDER BY part"
+CHUNKS_SIZE = (
+    "CASE WHEN result_buffers IS NULL AND buffer_lengths IS NOT NULL THEN coalesce((SELECT "
+    "sum(length(data)) FROM buffer_chunks WHERE buffer_chunks.msg_id = tasks.msg_id), 0) "
+    "ELSE 0 END"
+)
+ALL_COLUMNS = ("seq", "present", "msg_id", *SCALAR_COLUMNS, "extra", "buffer_lengths")
+_JSON_LIST_MIN = 16
+ROW_OVERHEAD = 64
+INCREMENTAL = 2  # PRAGMA auto_vacuum value
+TABLE_EXISTS = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'tasks'"
+DELETE = "DELETE FROM tasks WHERE msg_id IN (SELECT value FROM json_each(?))"
+_COMPARE = {"$eq": "=", "$ne": "IS NOT", "$lt": "<", "$lte": "<=", "$gt": ">", "$gte": ">="}
+
+
+class Row(NamedTuple):
+    """An encoded upsert: column names, their values, and the result buffers as given
+    (joined into one BLOB by the writer thread, not the caller); ``chunk`` is the size of
+    their chunks when they are too large for one BLOB, else 0."""
+
+    columns: tuple[str, ...]
+    values: tuple[Any, ...]
+    buffers: list[Any] | None
+    chunk: int = 0
+
+    def size(self) -> int:
+        """Bytes this write adds to the file, roughly: its text and its buffers."""
+        text = sum([len(value) for value in self.values if value.__class__ is str])
+        buffers = sum(map(len, self.buffers or ()))  # bytes or flat byte views
+        return ROW_OVERHEAD + text + buffers
+
+    @property
+    def chunked(self) -> bool:
+        """Whether the buffers go to ``buffer_chunks`` (the row's BLOB then NULL)."""
+        return self.chunk > 0
+
+    def parameters(self) -> tuple[Any, ...]:
+        if self.columns[-1] != BUFFERS_FIELD:
+            return self.values
+        buffers = self.buffers
+        if buffers is None or self.chunked:
+            return (*self.values, None)
+        return (*self.values, buffers[0] if len(buffers) == 1 else b"".join(buffers))
+
+    def chunks(self) -> Iterator[tuple[str, int, memoryview]]:
+        """(msg_id, part, data) of a chunked row: each buffer cut in pieces of at most
+        ``chunk`` bytes, in order, no piece spanning two buffers; views, not copies."""
+        part = 0
+        for buffer in self.buffers or ():
+            view = memoryview(buffer).cast("B")
+            for start in range(0, view.nbytes, self.chunk):
+                yield self.values[0], part, view[start : start + self.chunk]
+                part += 1
+
+
+Payload = Row | None  # None: a drop, whose msg_ids are the WriteOp's
+
+
+def _dumps(name: str, value: Any) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError as exc:
+        raise StoreError(f"field {name!r} cannot be stored as JSON in SQLite: {exc}") from None
+
+
+def encode_row(fields: dict[str, Any], chunk_bytes: int = CHUNK_BYTES) -> Row:
+    """The row that upserts these (validated) fields; buffers of more than ``chunk_bytes`` in
+    all are marked for chunks of that size."""
+    present = 0
+    extras: dict[str, list[Any]] = {}
+    for name, value in fields.items():
+        if name in _BITS:
+            present |= _BITS[name]
+        elif name != "msg_id":
+            extras[name] = [value]
+    columns: list[str] = ["msg_id", "present"]
+    values: list[Any] = [fields["msg_id"], present]
+    for name in SCALAR_COLUMNS:
+        if name in fields:
+            value = fields[name]
+            columns.append(name)
+            values.append(
+                _dumps(name, value) if name in DICT_FIELDS and value is not None else value
+            )
+    if extras:
+        columns.append("extra")
+        values.append(_dumps("extra fields", extras))
+    buffers = None
+    if BUFFERS_FIELD in fields:
+        buffers = fields[BUFFERS_FIELD]
+        columns += ["buffer_lengths", BUFFERS_FIELD]
+        values.append(None if buffers is None else orjson.dumps([len(b) for b in buffers]).decode())
+    large = buffers is not None and sum(map(len, buffers)) > chunk_bytes
+    return Row(tuple(columns), tuple(values), buffers, chunk_bytes if large else 0)
+
+
+@functools.lru_cache(maxsize=256)
+def upsert_sql(columns: tuple[str, ...]) -> str:
+    updates = []
+    for name in columns[1:]:
+        if name == "present":
+            updates.append("present = present | excluded.present")
+        elif name == "extra":
+            # Each extra value is wrapped in a one-item list, so that json_patch replaces
+            # it whole (and a None value is kept, not deleted).
+            updates.append(
+                "extra = CASE WHEN extra IS NULL THEN excluded.extra "
+                "ELSE json_patch(extra, excluded.extra) END"
+            )
+        else:
+            updates.append(f"{name} = excluded.{name}")
+    return (
+        f"INSERT INTO tasks ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
+        f"ON CONFLICT (msg_id) DO UPDATE SET {', '.join(updates)}"
+    )
+
+
+def _members(values: tuple[Any, ...]) -> tuple[str, list[Any]]:
+    """An SQL list; long lists of strings travel as one JSON parameter (no variable limit)."""
+    if len(values) >= _JSON_LIST_MIN and all(isinstance(v, str) for v in values):
+        return "(SELECT value FROM json_each(?))", [orjson.dumps(list(values)).decode()]
+    return f"({', '.join('?' * len(values))})", list(values)
+
+
+def sql_where(atoms: list[Atom]) -> tuple[str, list[Any]]:
+    """A WHERE clause with exactly the semantics of the atoms (NULL is None or missing)."""
+    parts: list[str] = []
+    params: list[Any] = []
+    for atom in atoms:
+        name = atom.field
+        if atom.kind == "never":
+            parts.append("0")
+        elif atom.kind in ("null", "not_null"):
+            parts.append(f"{name} IS {'' if atom.kind == 'null' else 'NOT '}NULL")
+        elif atom.kind == "compare":
+            parts.append(f"{name} {_COMPARE[atom.operator]} ?")
+            params.append(atom.value)
+        else:
+            members, member_params = _members(atom.values)
+            params += member_params
+            if atom.kind == "in":
+                expression = f"{name} IN {members}"
+                parts.append(f"({name} IS NULL OR {expression})" if atom.with_null else expression)
+            elif atom.with_null:
+                parts.append(f"({name} IS NOT NULL AND {name} NOT IN {members})")
+            else:
+                parts.append(f"({name} IS NULL OR {name} NOT IN {members})")
+    return " AND ".join(parts) or "1", params
+
+
+def columns_for(fields: set[str] | None) -> tuple[str, ...]:
+    if fields is None:
+        return ALL_COLUMNS
+    columns = ["seq", "present", "msg_id"]
+    columns += [name for name in SCALAR_COLUMNS if name in fields]
+    if any(name not in KNOWN_FIELDS for name in fields):
+        columns.append("extra")
+    if BUFFERS_FIELD in fields:
+        columns.append("buffer_lengths")
+    return tuple(columns)
+
+
+def columns_of(op: WriteOp[Payload]) -> tuple[str, ...] | None:
+    return None if op.payload is None else op.payload.columns
+
+
+def decode_row(row: tuple[Any, ...], columns: tuple[str, ...]) -> tuple[dict[str, Any], Any]:
+    """A record from a row, and its buffer lengths when the buffers are still to read."""
+    present = row[1]
+    record: dict[str, Any] = {"msg_id": row[2]}
+    lengths = None
+    for name, value in zip(columns[3:], row[3:], strict=True):
+        if name == "extra":
+            if value is not None:
+                record.update((key, item[0]) for key, item in orjson.loads(value).items())
+        elif name == "buffer_lengths":
+            if present & _BITS[BUFFERS_FIELD]:
+                if value is None:
+                    record[BUFFERS_FIELD] = None
+                else:
+                    lengths = orjson.loads(value)
+        elif present & _BITS[name]:
+            if value is not None:
+                if name in DICT_FIELDS:
+                    value = orjson.loads(value)
+                elif name in BOOL_FIELDS:
+                    value = bool(value)
+            record[name] = value
+    return record, lengths

@@ -1,0 +1,52 @@
+"""The ``corral`` command's flags: where clusters are, and what ``corral start`` forwards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from corral.cli import main
+from corral.cli.flags import build_parser, cluster_base, cluster_path, controller_args
+
+
+def test_cluster_dir_flag_wins_over_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    parser = build_parser()
+    monkeypatch.setenv("CORRAL_DIR", str(tmp_path / "env"))
+    args = parser.parse_args(["stop", "--cluster-id", "c1"])
+    assert cluster_base(args) == tmp_path / "env"
+    assert cluster_path(args) == tmp_path / "env" / "c1"
+    args = parser.parse_args(["stop", "--cluster-dir", str(tmp_path / "flag")])
+    assert cluster_path(args) == tmp_path / "flag" / "default"
+    monkeypatch.delenv("CORRAL_DIR")
+    assert cluster_base(parser.parse_args(["list"])) == Path.home() / ".corral"
+
+
+def test_start_forwards_its_controller_flags_to_the_controller() -> None:
+    """``corral start`` hands its controller flags on (to ``Cluster`` and to its own
+    ``--daemon`` copy): each must parse as a ``corral controller`` flag with the same value."""
+    parser = build_parser()
+    given = [
+        "start", "--ip", "0.0.0.0", "--heartbeat-period", "0.5", "--max-misses", "4",
+        "--scheduler", "lru", "--max-outstanding", "3", "--restore", "--curve",
+        "--store-buffer-limit", "1M", "--store-size-limit", "1G", "--result-ttl", "1d",
+        "--shm-threshold", "0", "--location", "example.org",
+    ]  # fmt: skip
+    start = parser.parse_args(given)
+    controller = parser.parse_args(["controller", *controller_args(start)])
+    for name in (
+        "ip", "heartbeat_period", "max_misses", "scheduler", "max_outstanding", "restore",
+        "curve", "store_buffer_limit", "store_size_limit", "result_ttl", "shm_threshold",
+        "location", "insecure", "no_curve",
+    ):  # fmt: skip
+        assert getattr(controller, name) == getattr(start, name), name
+
+
+def test_unknown_flags_are_refused_except_for_the_engine(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["list", "--cluster-dir", str(tmp_path), "--no-such-flag"])
+    assert info.value.code == 2
+    _, extra = build_parser().parse_known_args(["engine", "--id", "3"])
+    assert extra == ["--id", "3"]

@@ -1,0 +1,66 @@
+"""A process started with an owner ends (by SIGTERM) as soon as its owner does."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+
+from tests.polling import until
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHILD = """
+import signal, sys, time
+from corral.lifetime import exit_with_owner
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+exit_with_owner(int(sys.argv[1]))
+print("watching", flush=True)
+time.sleep(120)
+"""
+
+OWNER = """
+import os, subprocess, sys
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1], str(os.getpid())])
+print(child.pid, flush=True)
+child.wait()
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_a_child_ends_when_its_owner_is_killed() -> None:
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER, CHILD], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    child_pid = 0
+    try:
+        assert owner.stdout is not None
+        child_pid = int(owner.stdout.readline())
+        assert owner.stdout.readline() == "watching\n"  # the child's, on the same pipe
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(30)
+        until(lambda: _gone(child_pid), 30, "the child to end with its owner")
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
+        if child_pid and not _gone(child_pid):
+            psutil.Process(child_pid).kill()
+        if owner.stdout is not None:
+            owner.stdout.close()
+
+
+def test_no_owner_or_another_parent_means_no_watch() -> None:
+    from corral.lifetime import exit_with_owner
+
+    exit_with_owner(None)  # a process started by hand
+    exit_with_owner(1 if psutil.Process().ppid() != 1 else 2)  # not this process's parent
