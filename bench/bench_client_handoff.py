@@ -20,7 +20,7 @@ from typing import Any
 import zmq
 from common import print_table, write_results
 
-from corral.client.ioloop import ClientIO
+from corral.client.io_shell import ClientIO
 from corral.protocol.session import Message, Session
 
 MESSAGES = 50_000

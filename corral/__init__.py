@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Client": "corral.client.client",
     "DirectView": "corral.client.view",
-    "LoadBalancedView": "corral.client.view",
+    "LoadBalancedView": "corral.client.balanced",
     "AsyncResult": "corral.client.asyncresult",
     "AsyncMapResult": "corral.client.asyncresult",
     "Cluster": "corral.cluster.cluster",

@@ -6,11 +6,12 @@ checks where it runs.
 """
 
 from corral.client.asyncresult import AsyncMapResult, AsyncResult
+from corral.client.balanced import LoadBalancedView
 from corral.client.client import Client
 from corral.client.dependencies import depend, require
 from corral.client.records import ExecuteReply, Metadata
 from corral.client.remotefunction import ParallelFunction, RemoteFunction
-from corral.client.view import DirectView, LoadBalancedView, View
+from corral.client.view import DirectView, View
 
 __all__ = [
     "AsyncMapResult",

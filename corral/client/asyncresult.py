@@ -10,7 +10,10 @@ future; when the last one is done this object completes too, with:
 - a map: the parts joined back into one sequence, in order (:func:`corral.client.mapping.join`).
 
 Because it is a real Future it works with ``concurrent.futures.wait``/``as_completed``, with
-``await`` in asyncio, and with ``add_done_callback``. Blocking calls take a timeout and raise
+``await`` in asyncio, and with ``add_done_callback``. Done-callbacks added to an AsyncResult of
+a client run on that client's callbacks thread (:mod:`corral.client.completion`), one after
+another: a callback that blocks delays later callbacks, never another result or the routing
+of replies. Blocking calls take a timeout and raise
 :class:`corral.errors.TimeoutError`; the work itself goes on.
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent import futures
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
@@ -29,11 +33,12 @@ import zmq
 
 from corral.client.mapping import join
 from corral.client.records import _DEFAULTS, Metadata, Records, settle
+from corral.client.resultinfo import ResultInfo
 from corral.errors import RemoteError, TimeoutError, collect_exceptions
 
 if TYPE_CHECKING:
-    from corral.client.client import Client
     from corral.client.outputs import OutputStreamer
+    from corral.client.submitter import Submitter
 
 __all__ = [
     "ALL_COMPLETED",
@@ -47,11 +52,15 @@ __all__ = [
 _DONE_TRACKER = zmq.MessageTracker()  # nothing to watch: sent as soon as handed over
 
 
+def _call(fn: Callable[[futures.Future[Any]], object], done: futures.Future[Any]) -> None:
+    fn(done)
+
+
 def _forever(timeout: float | None) -> bool:
     return timeout is None or timeout < 0
 
 
-class AsyncResult(futures.Future[Any]):
+class AsyncResult(ResultInfo, futures.Future[Any]):
     """The pending result of one submission (see the module doc for what it resolves to).
 
     ``msg_ids`` are the requests behind it; ``metadata`` is one :class:`Metadata` per request
@@ -65,7 +74,7 @@ class AsyncResult(futures.Future[Any]):
         *,
         fname: str = "unknown",
         single: bool = False,
-        client: Client | None = None,
+        client: Submitter | None = None,
         owner: bool = True,
         return_exceptions: bool = False,
         trackers: Sequence[zmq.MessageTracker] = (),
@@ -81,22 +90,43 @@ class AsyncResult(futures.Future[Any]):
         self.owner = owner
         self._return_exceptions = return_exceptions
         self._tracker = zmq.MessageTracker(*trackers) if trackers else _DONE_TRACKER
-        self._sent_event = threading.Event()
-        if self._tracker.done:
-            self._sent_event.set()
-        else:
-            threading.Thread(target=self._watch_send, name="corral-track", daemon=True).start()
+        self._sent_event = _SentEvent(self._tracker)  # ipyparallel's name; its tests use it
         self._children = [records.futures[msg_id] for msg_id in self.msg_ids]
+        records.hold(self.msg_ids)
+        weakref.finalize(self, records.release, tuple(self.msg_ids))
         self._lock = threading.Lock()
         self._remaining = len(self._children)
         if not self._children:
             self._finish()
+        # The children reach this object only through ``link``, emptied once it is finished:
+        # a finished AsyncResult nobody holds is then garbage, and its records are released.
+        link: list[AsyncResult | None] = [self]
+        self._link = link
+
+        def child_done(_: futures.Future[Any]) -> None:
+            result = link[0]
+            if result is not None:
+                result._child_done()
+
         for child in self._children:
-            child.add_done_callback(self._child_done)
+            child.add_done_callback(child_done)
 
     # ------------------------------------------------------------------ completion
 
-    def _child_done(self, _child: futures.Future[Any]) -> None:
+    def add_done_callback(self, fn: Callable[[futures.Future[Any]], object]) -> None:
+        """Call ``fn(self)`` once this is done: at once on this thread if it is done already,
+        else on the client's callbacks thread (see the module doc)."""
+        if self._client is None or self.done():
+            super().add_done_callback(fn)
+            return
+        run = self._client.run_callback
+
+        def hand_over(done: futures.Future[Any]) -> None:
+            run(lambda: _call(fn, done))
+
+        super().add_done_callback(hand_over)
+
+    def _child_done(self) -> None:
         with self._lock:
             self._remaining -= 1
             last = self._remaining == 0
@@ -104,6 +134,8 @@ class AsyncResult(futures.Future[Any]):
             self._finish()
 
     def _finish(self) -> None:
+        if self._children:
+            self._link[0] = None
         try:
             value = self._reduce([_outcome(child) for child in self._children])
         except BaseException as exc:  # noqa: BLE001 - the future carries whatever was raised
@@ -125,10 +157,6 @@ class AsyncResult(futures.Future[Any]):
         return values[0] if self._single else values
 
     # ------------------------------------------------------------------ sending
-
-    def _watch_send(self) -> None:
-        self._tracker.wait()
-        self._sent_event.set()
 
     @property
     def sent(self) -> bool:
@@ -263,7 +291,7 @@ class AsyncResult(futures.Future[Any]):
             for msg_id, child in zip(self.msg_ids, self._children, strict=True)
             if not child.done()
         ]
-        if self._client is None or not self._client._cancel(pending):
+        if self._client is None or not self._client.cancel_requests(pending):
             return False
         return super().cancel()
 
@@ -344,93 +372,6 @@ class AsyncResult(futures.Future[Any]):
         if pending:
             self._client.abort(pending)
 
-    # ------------------------------------------------------------------ metadata and output
-
-    @property
-    def progress(self) -> int:
-        """How many of the items are done (requests, or map elements for a map)."""
-        return sum(1 for child in self._children if child.done())
-
-    @property
-    def metadata(self) -> Metadata | list[Metadata]:
-        """The request's Metadata (single target), or one per request."""
-        found = [self._records.metadata.get(m) or Metadata(msg_id=m) for m in self.msg_ids]
-        return found[0] if self._single else found
-
-    def _metadata_values(self, key: str) -> Any:
-        values = [(self._records.metadata.get(m) or Metadata(msg_id=m))[key] for m in self.msg_ids]
-        return values[0] if self._single else values
-
-    @property
-    def stdout(self) -> str | list[str]:
-        """What the request(s) printed to stdout."""
-        return self._metadata_values("stdout")  # type: ignore[no-any-return]
-
-    @property
-    def stderr(self) -> str | list[str]:
-        """What the request(s) printed to stderr."""
-        return self._metadata_values("stderr")  # type: ignore[no-any-return]
-
-    @property
-    def engine_id(self) -> int | None | list[int | None]:
-        """Where the request(s) ran (known once started, or at once for direct calls)."""
-        return self._metadata_values("engine_id")  # type: ignore[no-any-return]
-
-    def _dates(self, key: str) -> list[datetime]:
-        return [
-            d
-            for d in (
-                self._records.metadata[m][key] for m in self.msg_ids if m in self._records.metadata
-            )
-            if isinstance(d, datetime)
-        ]
-
-    @property
-    def elapsed(self) -> float:
-        """Seconds since the first request was submitted (until the last answer, once ready)."""
-        submitted = self._dates("submitted")
-        if not submitted:
-            return 0.0
-        if self.done():
-            received = self._dates("received")
-            if received:
-                return (max(received) - min(submitted)).total_seconds()
-        now = datetime.now(min(submitted).tzinfo)
-        return (now - min(submitted)).total_seconds()
-
-    @property
-    def wall_time(self) -> float:
-        """Seconds from the first submission to the last answer; TimeoutError until ready."""
-        if not self.done():
-            raise TimeoutError(f"{self._fname}: not ready, so no wall time yet")
-        return self.elapsed
-
-    @property
-    def serial_time(self) -> float:
-        """Seconds the requests spent running, added up over engines; TimeoutError until
-        ready."""
-        if not self.done():
-            raise TimeoutError(f"{self._fname}: not ready, so no serial time yet")
-        total = 0.0
-        for msg_id in self.msg_ids:
-            md = self._records.metadata.get(msg_id)
-            if md and isinstance(md["started"], datetime) and isinstance(md["completed"], datetime):
-                total += (md["completed"] - md["started"]).total_seconds()
-        return total
-
-    def display_outputs(self, groupby: str = "type", result_only: bool = False) -> None:
-        """Show what the requests printed and displayed, and execute results, labelled by
-        engine as ipyparallel does (``[stdout:0] ...``, ``Out[0:3]: ...``); rich outputs render
-        in Jupyter. ``groupby``: ``type``, ``engine`` or ``order`` (see
-        :func:`corral.client.outputs.display_outputs`); ``result_only`` skips stdout/stderr.
-        A single-engine result (``rc[3].execute(...)``) is shown without labels, as there."""
-        from corral.client.outputs import display_outputs, display_single_output
-
-        if self._single and len(self.msg_ids) == 1:
-            display_single_output(self._records, self.msg_ids[0], result_only)
-            return
-        display_outputs(self._records, self.msg_ids, groupby, result_only)
-
     # ------------------------------------------------------------------ container protocol
 
     def __len__(self) -> int:
@@ -488,7 +429,7 @@ class AsyncMapResult(AsyncResult):
         *,
         fname: str = "map",
         ordered: bool = True,
-        client: Client | None = None,
+        client: Submitter | None = None,
         joiner: Callable[[Sequence[Any]], Any] = join,
         item_counts: Sequence[int] | None = None,
         return_exceptions: bool = False,
@@ -572,6 +513,26 @@ class AsyncMapResult(AsyncResult):
         if isinstance(key, str):
             return self._metadata_values(key)
         return self.get()[key]
+
+
+class _SentEvent:
+    """An Event-like view of a MessageTracker (``wait``, ``is_set``): waiting for a tracked
+    send blocks the waiter only, with no thread watching the tracker meanwhile."""
+
+    __slots__ = ("_tracker",)
+
+    def __init__(self, tracker: zmq.MessageTracker) -> None:
+        self._tracker = tracker
+
+    def is_set(self) -> bool:
+        return bool(self._tracker.done)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        try:
+            self._tracker.wait(-1 if timeout is None else timeout)
+        except zmq.NotDone:
+            return False
+        return True
 
 
 class _Failure:

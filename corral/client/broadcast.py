@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from corral.client.view import DirectView
 
 if TYPE_CHECKING:
-    from corral.client.client import Client, Targets
+    from corral.client.submitter import Submitter, Targets
 
 __all__ = ["BroadcastView"]
 
@@ -24,7 +24,7 @@ class BroadcastView(DirectView):
 
     def __init__(
         self,
-        client: Client,
+        client: Submitter,
         targets: Targets = "all",
         block: bool = False,
         is_coalescing: bool = False,

@@ -1,9 +1,13 @@
 """The Client: connection to a controller, the engine table, Hub queries and control calls.
 
 A Client reads the cluster's ``corral-client.json``, starts its one I/O thread
-(:mod:`corral.client.ioloop`), asks the Hub for the engine table and then keeps that table
-current from registration notifications, never by polling. Views (:mod:`corral.client.view`)
-build requests through it; :mod:`corral.client.records` keeps what it learns of them.
+(:mod:`corral.client.io_shell`), asks the Hub for the engine table and then keeps that table
+current from registration notifications, never by polling (:mod:`corral.client.link`). Views
+(:mod:`corral.client.view`, :mod:`corral.client.balanced`) build requests through it, seeing
+only the :class:`~corral.client.submitter.Submitter` protocol; :mod:`corral.client.records`
+keeps what it learns of them. Results are deserialized and settled, and users' done-callbacks
+run, on two worker threads the client owns (:mod:`corral.client.completion`), never on the
+I/O thread. ``close()`` stops and joins every thread the client started.
 
 Timeouts: any Hub query unanswered after ``timeout`` seconds raises ConnectionError, and a
 control call (abort, clear, signal, shutdown) unanswered by an engine raises TimeoutError, so
@@ -28,25 +32,27 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import zmq
+
+from corral.client.completion import Worker
 from corral.client.control import ControlCalls
-from corral.client.ioloop import ClientIO
+from corral.client.io_shell import ClientIO
+from corral.client.link import ControllerLink, IOHandler, engine_gone
 from corral.client.queries import HubQueries
-from corral.client.records import SERVICE, TASK, Records
-from corral.client.recovery import RECOVERY_PERIOD, Recovery, Resender
+from corral.client.records import Records
+from corral.client.recovery import Resender
+from corral.client.submitter import Target, Targets
 from corral.errors import (
     ConnectionError,
-    EngineError,
     InvalidTarget,
     NoEnginesRegistered,
     QueryError,
-    SharedMemoryRefused,
-    TimeoutError,
 )
 from corral.protocol.connection_files import (
     CLIENT_FILE,
@@ -59,70 +65,19 @@ from corral.protocol.shm import METADATA_KEY, SegmentRef, Settings, encode_refs
 from corral.sharedmem import SharedMemory
 
 if TYPE_CHECKING:
+    from corral.client.balanced import LoadBalancedView
     from corral.client.broadcast import BroadcastView
     from corral.client.executor import ViewExecutor
-    from corral.client.view import DirectView, LoadBalancedView, View
+    from corral.client.view import DirectView, View
 
 __all__ = ["Client", "Target", "Targets"]
 
 log = logging.getLogger("corral.client")
 
 DEFAULT_TIMEOUT = 10.0  # seconds a call waits on an unreachable controller
-LINK_CHECK = 0.25  # seconds between looks at the controller link while waiting for results
-
-Target = tuple[int, str]  # (engine id, engine uuid)
-Targets = int | Sequence[int] | slice | str | None  # an id, ids, a slice of ids, or "all"
 
 
-class _Handler:
-    """The I/O thread's view of a Client: where each decoded message goes."""
-
-    def __init__(self, client: Client) -> None:
-        self.client = client
-
-    def on_reply(self, msg: Message) -> None:
-        records = self.client._records
-        try:
-            msg = self.client._shm.resolve(msg)  # verified by the I/O thread already
-        except SharedMemoryRefused as err:
-            self.client._io.rejected += 1
-            log.warning("client: refused the buffers of a reply to %s: %s", msg.parent_id, err)
-            pending = records.pending.get(msg.parent_id or "")
-            if pending is None or pending.kind != SERVICE:
-                records.fail(msg.parent_id or "", err)
-                return
-            stripped = {k: v for k, v in msg.metadata.items() if k != METADATA_KEY}
-            msg = replace(msg, metadata=stripped, buffers=())
-        records.handle_reply(msg)
-
-    def on_notification(self, msg: Message) -> None:
-        content = msg.content or {}
-        if msg.msg_type == "registration_notification":
-            if isinstance(content.get("shm_host"), str):
-                self.client._shm_hosts[content["uuid"]] = content["shm_host"]
-            self.client._engine_registered(content["id"], content["uuid"])
-        elif msg.msg_type == "unregistration_notification":
-            why = content.get("why")
-            self.client._engine_unregistered(
-                content["id"], content["uuid"], why if isinstance(why, str) else None
-            )
-
-    def on_iopub(self, msg: Message) -> None:
-        self.client._records.handle_iopub(msg)
-
-    def on_closed(self) -> None:
-        reason = self.client._io.closed_error()
-        self.client._records.fail_all(
-            lambda: ConnectionError(f"this request was not answered: {reason}")
-        )
-        with self.client._engines_changed:
-            self.client._engines_changed.notify_all()  # wait_for_engines: raise, do not wait
-
-    def on_link(self, up: bool) -> None:
-        self.client._link_changed(up)
-
-
-class Client(ControlCalls, HubQueries):
+class Client(ControllerLink, ControlCalls, HubQueries):
     """A connection to one cluster's controller (see the module doc).
 
     ``rc.ids`` lists the registered engines; ``rc[0]``, ``rc[:]``, ``rc[::2]``, ``rc[[0, 2]]``
@@ -200,7 +155,10 @@ class Client(ControlCalls, HubQueries):
             username=getpass.getuser(),
         )
         self.addresses = info.addresses()
-        self._records = Records()
+        # off the I/O thread: deserializing and settling results, and users' done-callbacks
+        self._results_worker = Worker(f"corral-client-results-{self.session.session_id[:8]}")
+        self._callbacks_worker = Worker(f"corral-client-callbacks-{self.session.session_id[:8]}")
+        self._records = Records(defer=self._results_worker.submit)
         self._resender = Resender()  # unanswered load-balanced requests, to send again
         self._engines: dict[int, str] = {}
         self._uuids: dict[str, int] = {}
@@ -210,12 +168,18 @@ class Client(ControlCalls, HubQueries):
         self._resync: set[str] | None = None  # engines announced since the table was re-asked
         self._controller: str | None = None  # the run of the controller last connected to
         self._views: weakref.WeakSet[View] = weakref.WeakSet()
-        self._io = ClientIO(self.session, self.addresses, _Handler(self), info.curve)
-        self._io.start(timeout)
+        self._helpers: set[threading.Thread] = set()  # owned, joined by close()
+        self._io = ClientIO(self.session, self.addresses, IOHandler(self), info.curve)
+        try:
+            self._io.start(timeout)
+        except BaseException:
+            self._results_worker.close()
+            self._callbacks_worker.close()
+            raise
         try:
             reply = self._query("connection_request", {})
         except BaseException as exc:
-            self._io.close()
+            self.close()
             if not isinstance(exc, ConnectionError):
                 raise
             raise ConnectionError(
@@ -238,8 +202,39 @@ class Client(ControlCalls, HubQueries):
         """Stop the I/O thread and close every socket; unanswered requests fail with
         ConnectionError. Calling it again does nothing. ``linger`` (ipyparallel's) is
         accepted: queued sends are always flushed for a bounded time before closing."""
-        self._io.close()
+        self._io.close()  # wakes every wait for engines: they raise, their helpers end
+        self._join_helpers()
+        self._results_worker.close()  # settles what the I/O thread failed on its way out
+        self._callbacks_worker.close()
         self._shm.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether requests are refused: after :meth:`close`, or once the I/O thread failed."""
+        return self._io.closed
+
+    @property
+    def records(self) -> Records:
+        """What this client knows of every request it sent (see corral.client.records)."""
+        return self._records
+
+    def engine_uuids(self) -> set[str]:
+        """The uuids of the engines registered now."""
+        return set(self._uuids)
+
+    def take_trackers(self, msg_ids: Iterable[str]) -> list[zmq.MessageTracker]:
+        """The MessageTrackers of ``msg_ids`` sent with ``track``; each handed over once."""
+        trackers = self._records.trackers
+        return [trackers.pop(m) for m in msg_ids if m in trackers]
+
+    def register_view(self, view: View) -> None:
+        """Remember ``view`` (weakly) so that purging results trims its history too."""
+        self._views.add(view)
+
+    def run_callback(self, call: Callable[[], None]) -> None:
+        """Run ``call`` on this client's callbacks thread (an AsyncResult's done-callbacks),
+        after those handed over before it."""
+        self._callbacks_worker.submit(call)
 
     def spin(self) -> None:
         """Nothing to do: corral's I/O thread handles incoming messages as they arrive
@@ -317,7 +312,7 @@ class Client(ControlCalls, HubQueries):
         """A view whose tasks the scheduler places, on any engine or only on ``targets``
         (``"all"``: any); ``flags`` (``block``, ``retries``, ``after``, ``follow``,
         ``timeout``, ``track``, ``label``) are set on it."""
-        from corral.client.view import LoadBalancedView
+        from corral.client.balanced import LoadBalancedView
 
         if targets == "all":
             targets = None
@@ -337,224 +332,6 @@ class Client(ControlCalls, HubQueries):
         view = BroadcastView(self, targets, is_coalescing=is_coalescing)
         view.set_flags(**flags)
         return view
-
-    def wait_for_engines(
-        self,
-        n: int | None = None,
-        timeout: float | None = -1,
-        block: bool = True,
-        interactive: bool | None = None,
-    ) -> futures.Future[None] | None:
-        """Block until at least ``n`` engines are registered (None: one); TimeoutError after
-        ``timeout`` seconds (None or negative: wait forever), ConnectionError once the
-        controller has been unreachable for the client's own ``timeout`` (while it is, the
-        engine table is stale and does not count). ``block=False``: a Future of the same wait
-        at once. ``interactive``: show a progress bar of the engines meanwhile."""
-        count = 1 if n is None else n
-        if interactive and block:
-            from corral.client.progress import wait_for_engines
-
-            wait_for_engines(self, count, timeout=timeout)
-            return None
-        if not block:
-            waiting: futures.Future[None] = futures.Future()
-
-            def wait_in_thread() -> None:
-                try:
-                    self._wait_for_engines(count, timeout)
-                except BaseException as exc:  # noqa: BLE001 - the future carries it
-                    waiting.set_exception(exc)
-                else:
-                    waiting.set_result(None)
-
-            threading.Thread(target=wait_in_thread, name="wait_for_engines", daemon=True).start()
-            return waiting
-        self._wait_for_engines(count, timeout)
-        return None
-
-    def _wait_for_engines(self, n: int, timeout: float | None) -> None:
-        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
-        with self._engines_changed:
-            while len(self._engines) < n or self._link_lost_at is not None:
-                if self._io.closed:
-                    raise self._io.closed_error()
-                now = time.monotonic()
-                wait = None if deadline is None else deadline - now
-                if wait is not None and wait <= 0:
-                    raise TimeoutError(
-                        f"{len(self._engines)} of {n} engines registered after {timeout} s"
-                    )
-                if self._link_lost_at is not None:
-                    link_left = self._link_lost_at + self.timeout - now
-                    if link_left <= 0:
-                        raise self._unreachable(f"waiting for {n} engines")
-                    wait = link_left if wait is None else min(wait, link_left)
-                self._engines_changed.wait(wait if wait is not None else 1.0)
-
-    def _unreachable(self, doing: str, within: float | None = None) -> ConnectionError:
-        lost = self._link_lost_at
-        since = f"{time.monotonic() - lost:.1f} s ago" if lost is not None else "just now"
-        return ConnectionError(
-            f"{doing}: the controller at {self.addresses['hub']} did not answer: it is "
-            f"unreachable (the connection dropped {since} and did not come back within "
-            f"{self.timeout if within is None else within} s). Is it running? A controller "
-            "restarted with --restore is found again by this client by itself."
-        )
-
-    def wait_for_futures(
-        self,
-        pending: Iterable[futures.Future[Any]],
-        timeout: float | None,
-        doing: str,
-        *,
-        any_done: bool = False,
-    ) -> bool:
-        """Wait until every future (``any_done``: one) is done (True) or ``timeout`` passes
-        (False; None or negative: no limit). ConnectionError once the controller has been
-        unreachable for ``outage_grace`` seconds with some still pending: nothing could complete
-        them then. A controller back within the grace changes nothing."""
-        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
-        everything = list(pending)
-        waiting = [f for f in everything if not f.done()]
-        while waiting and not (any_done and len(waiting) < len(everything)):
-            now = time.monotonic()
-            lost = self._link_lost_at
-            step = LINK_CHECK
-            if lost is not None:
-                step = lost + self.outage_grace - now
-                if step <= 0:
-                    raise self._unreachable(doing, self.outage_grace)
-            if deadline is not None:
-                if deadline <= now:
-                    return False
-                step = min(step, deadline - now)
-            _, not_done = futures.wait(
-                waiting, step, futures.FIRST_COMPLETED if any_done else futures.ALL_COMPLETED
-            )
-            waiting = list(not_done)
-        return True
-
-    def _wait_for_link(self, deadline: float, doing: str) -> None:
-        """Return once the controller link is up; ConnectionError if not by ``deadline``."""
-        with self._engines_changed:
-            while self._link_lost_at is not None:
-                if self._io.closed:
-                    raise self._io.closed_error()
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise self._unreachable(doing)
-                self._engines_changed.wait(left)
-
-    def _link_changed(self, up: bool) -> None:
-        """(I/O thread) The controller link dropped, or its sockets are connected again. The
-        client counts as reconnected only once the Hub has sent the engine table again:
-        registrations published meanwhile never reached it, and a direct request to an engine
-        that has not re-registered yet would be dropped by the new MUX."""
-        if up:
-            with self._engines_changed:
-                self._resync = set()
-            self._request_engine_table()
-            return
-        with self._engines_changed:
-            if self._link_lost_at is None:
-                self._link_lost_at = time.monotonic()
-            self._resync = None
-            self._engines_changed.notify_all()
-
-    def _request_engine_table(self) -> None:
-        """(I/O thread) connection_request; the reply replaces the engine table, keeping the
-        engines announced while it was on its way, and ends the outage. Asked again while the
-        sockets stay connected and no reply comes."""
-        msg = self.session.msg("connection_request", {})
-
-        def on_reply(reply: Message) -> None:
-            content = reply.content or {}
-            with self._engines_changed:
-                if content.get("status") != "ok" or self._resync is None:
-                    return
-                announced, self._resync = self._resync, None
-                self._controller = content.get("controller")
-                self._shm_hosts.update(content.get("engine_hosts") or {})
-                engines = {
-                    int(engine_id): uuid
-                    for engine_id, uuid in content.get("engines", {}).items()
-                    if uuid not in self._gone
-                }
-                engines.update({i: u for i, u in self._engines.items() if u in announced})
-                self._engines = engines
-                self._uuids = {u: i for i, u in engines.items()}
-                self._link_lost_at = None
-                self._engines_changed.notify_all()
-            self._recover(Recovery.of(self._unanswered()))
-
-        def on_timeout() -> None:
-            if self._records.pending.pop(msg.msg_id, None) is not None and self._io.link_up:
-                self._request_engine_table()
-
-        self._records.track_service(msg.msg_id, "hub", on_reply=on_reply)
-        self._io.send_now("hub", self.session.serialize(msg))
-        self._io.call_later(self.timeout, on_timeout)
-
-    def _unanswered(self) -> list[str]:
-        return [
-            msg_id
-            for msg_id, pending in list(self._records.pending.items())
-            if pending.kind == TASK and pending.channel in ("mux", "task")
-        ]
-
-    def _recover(self, recovery: Recovery) -> None:
-        """(I/O thread) After an outage: ask the Hub about requests still unanswered here
-        (see :mod:`corral.client.recovery`), until each is settled."""
-        msg_ids = recovery.to_ask(self._unanswered())
-        if not msg_ids or self._io.closed:
-            return
-        query = {"query": {"msg_id": {"$in": msg_ids}}, "keys": ["msg_id", "status"]}
-        msg = self.session.msg("db_request", query)
-
-        def on_reply(reply: Message) -> None:
-            records = (reply.content or {}).get("records") or []
-            plan = recovery.answered({r["msg_id"]: r.get("status", "") for r in records})
-            resent = 0
-            for msg_id in plan.lost:
-                if self._resend(msg_id, "the controller died before it recorded it"):
-                    resent += 1
-                    continue
-                self._records.fail(
-                    msg_id,
-                    ConnectionError(
-                        "the controller died before it recorded this request, so it never "
-                        "reached an engine; submit it again"
-                    ),
-                )
-            if resent:
-                log.warning(
-                    "client: %d task(s) sent again: the controller died before it recorded "
-                    "them (the first: %s)",
-                    resent,
-                    plan.lost[0],
-                )
-            if plan.fetch:
-                self._fetch_results(plan.fetch, 0.0, time.monotonic() + self.timeout)
-            if plan.ask_again:
-                self._io.call_later(RECOVERY_PERIOD, lambda: self._recover(recovery))
-
-        def on_timeout() -> None:
-            if self._records.pending.pop(msg.msg_id, None) is not None and self._io.link_up:
-                self._recover(recovery)  # no answer but connected: ask again
-
-        self._records.track_service(msg.msg_id, "hub", on_reply=on_reply)
-        self._io.send_now("hub", self.session.serialize(msg))
-        self._io.call_later(self.timeout, on_timeout)
-
-    def _resend(self, msg_id: str, why: str) -> bool:
-        """(I/O thread) Send a held load-balanced request again, same msg_id; False if it is
-        not held (direct, answered, or sent again too often already)."""
-        msg = self._resender.take(msg_id)
-        if msg is None or self._io.closed:
-            return False
-        log.debug("client: task %s sent again: %s", msg_id, why)  # callers log a summary
-        self._io.send_now("task", self.session.serialize(msg))
-        return True
 
     def resolve_targets(self, targets: Targets) -> list[Target]:
         """``(engine_id, engine_uuid)`` for each target; InvalidTarget for an id that is not
@@ -591,27 +368,6 @@ class Client(ControlCalls, HubQueries):
                 )
             resolved.append((engine_id, uuid))
         return resolved
-
-    def _add_engine(self, engine_id: int, uuid: str) -> None:
-        if uuid in self._gone:
-            return
-        self._engines = {**self._engines, engine_id: uuid}
-        self._uuids = {**self._uuids, uuid: engine_id}
-        self._engines_changed.notify_all()
-
-    def _engine_registered(self, engine_id: int, uuid: str) -> None:
-        with self._engines_changed:
-            self._add_engine(engine_id, uuid)
-            if self._resync is not None:
-                self._resync.add(uuid)
-
-    def _engine_unregistered(self, engine_id: int, uuid: str, why: str | None = None) -> None:
-        with self._engines_changed:
-            self._gone.add(uuid)
-            self._engines = {i: u for i, u in self._engines.items() if u != uuid}
-            self._uuids = {u: i for i, u in self._engines.items()}
-            self._engines_changed.notify_all()
-        self._records.fail_engine(uuid, lambda: _engine_gone(engine_id, uuid, why))
 
     # ------------------------------------------------------------------ sending
 
@@ -661,14 +417,14 @@ class Client(ControlCalls, HubQueries):
                 lambda _: self._resender.release(msg_id)
             )
         if uuid is not None and uuid not in self._uuids:
-            self._records.fail(msg.msg_id, _engine_gone(engine_id, uuid))
+            self._records.fail(msg.msg_id, engine_gone(engine_id, uuid), at_once=True)
             return msg.msg_id
         try:
             tracker = self._io.send(
                 channel.encode(), frames, len(frames) - len(buffers) if track else None
             )
         except Exception as exc:
-            self._records.fail(msg.msg_id, exc)
+            self._records.fail(msg.msg_id, exc, at_once=True)
             raise
         if tracker is not None:
             self._records.trackers[msg.msg_id] = tracker
@@ -691,7 +447,7 @@ class Client(ControlCalls, HubQueries):
         dependency): it gets a msg_id, a failed result, and later tasks can depend on it."""
         msg = self.session.msg(msg_type, {}, metadata=metadata)
         self._records.track(msg, "task")
-        self._records.fail(msg.msg_id, error)
+        self._records.fail(msg.msg_id, error, at_once=True)
         return msg.msg_id
 
     def _query(self, msg_type: str, content: dict[str, Any]) -> Message:
@@ -809,13 +565,3 @@ def _shm_settings(section: object, threshold: int | None) -> Settings | None:
     if settings is None or threshold is None:
         return settings
     return replace(settings, threshold=threshold) if threshold > 0 else None
-
-
-def _engine_gone(engine_id: int | None, uuid: str, why: str | None = None) -> EngineError:
-    return EngineError(
-        "EngineError",
-        f"engine {engine_id} ({uuid}) was unregistered while this request was outstanding: "
-        + (why or "it stopped, died or missed its heartbeats"),
-        engine_id=engine_id,
-        engine_uuid=uuid,
-    )

@@ -15,8 +15,9 @@ from corral.client.asyncresult import AsyncResult
 from corral.errors import ConnectionError, EngineError, TimeoutError
 
 if TYPE_CHECKING:
-    from corral.client.client import Client, Target, Targets
+    from corral.client.client import Client
     from corral.client.records import Records
+    from corral.client.submitter import Target, Targets
 
 __all__ = ["ControlCalls"]
 
@@ -88,7 +89,7 @@ class ControlCalls:
         msg_ids = None if jobs is None else self.msg_ids_of(jobs)
         return self._control("abort_request", {"msg_ids": msg_ids}, targets, block)
 
-    def _cancel(self, msg_ids: list[str]) -> bool:
+    def cancel_requests(self, msg_ids: list[str]) -> bool:
         """Abort ``msg_ids`` wherever they wait, unless one is already running (then that one
         is left alone, and False); True if none was. TimeoutError if an engine does not
         answer within ``timeout``."""

@@ -24,7 +24,7 @@ from corral.client.remote import pull_namespace, push_namespace
 
 if TYPE_CHECKING:
     from corral.client.asyncresult import AsyncMapResult, AsyncResult
-    from corral.client.client import Target, Targets
+    from corral.client.submitter import Target, Targets
     from corral.client.view import View
 
 __all__ = ["DataMovement", "interleave", "round_robin"]

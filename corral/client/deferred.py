@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING, Any
 from corral.errors import ImpossibleDependency
 
 if TYPE_CHECKING:
-    from corral.client.client import Client
+    from corral.client.submitter import Submitter
 
 __all__ = ["direct_pending", "submit_when_done"]
 
 
-def direct_pending(client: Client, msg_ids: frozenset[str]) -> list[futures.Future[Any]]:
+def direct_pending(client: Submitter, msg_ids: frozenset[str]) -> list[futures.Future[Any]]:
     """The futures of those ``msg_ids`` that are direct (MUX) requests still unanswered."""
-    records = client._records
+    records = client.records
     waits = []
     for msg_id in msg_ids:
         pending = records.pending.get(msg_id)
@@ -37,7 +37,7 @@ def direct_pending(client: Client, msg_ids: frozenset[str]) -> list[futures.Futu
 
 
 def submit_when_done(
-    client: Client,
+    client: Submitter,
     packed: Sequence[Sequence[Any]],
     waits: Sequence[futures.Future[Any]],
     metadata: Callable[[], dict[str, Any]],
@@ -50,21 +50,21 @@ def submit_when_done(
     msg_ids = [str(header["msg_id"]) for header in headers]
     for header, buffers in zip(headers, packed, strict=True):
         held = session.msg("apply_request", {}, metadata={}, buffers=buffers, header=header)
-        client._records.track(held, "task")
+        client.records.track(held, "task")
     remaining = [len(waits)]
     lock = threading.Lock()
 
     def send() -> None:
-        if client._io.closed or not any(m in client._records.pending for m in msg_ids):
+        if client.closed or not any(m in client.records.pending for m in msg_ids):
             return  # the client closed (and failed them), or they were aborted meanwhile
         try:
             request_metadata = metadata()
         except ImpossibleDependency as error:
             for msg_id in msg_ids:
-                client._records.fail(msg_id, error)
+                client.records.fail(msg_id, error, at_once=True)
             return
         for header, buffers in zip(headers, packed, strict=True):
-            if header["msg_id"] not in client._records.pending:
+            if header["msg_id"] not in client.records.pending:
                 continue
             client.send_request(
                 "task",

@@ -40,7 +40,7 @@ class OutputStreamer:
     """Prints the stdout/stderr of ``msg_ids`` as it arrives, until :meth:`stop`.
 
     Text goes to the ``sys.stdout``/``sys.stderr`` current at :meth:`start` (a Jupyter cell's
-    output when started in one), written from the client's I/O thread. A line is prefixed with
+    output when started in one), written from the client's results thread. A line is prefixed with
     its stream and engine when it starts; a request's partial line is finished before another
     request's text is printed.
     """
@@ -87,7 +87,7 @@ class OutputStreamer:
         return lambda _future: self._catch_up(msg_id)
 
     def _on_iopub(self, msg: Message) -> None:
-        """(I/O thread) Records has appended this stream's text to the metadata already."""
+        """(Results thread) Records has appended this stream's text to the metadata already."""
         if msg.msg_type == "stream" and msg.parent_id is not None:
             self._catch_up(msg.parent_id)
 

@@ -26,9 +26,10 @@ from corral.errors import ConnectionError, QueryError, ResultNotStored
 from corral.protocol.session import Frame, Message
 
 if TYPE_CHECKING:
-    from corral.client.client import Client, Target, Targets
-    from corral.client.ioloop import ClientIO
+    from corral.client.client import Client
+    from corral.client.io_shell import ClientIO
     from corral.client.records import Records
+    from corral.client.submitter import Target, Targets
     from corral.client.view import View
     from corral.protocol.session import Session
     from corral.sharedmem import SharedMemory

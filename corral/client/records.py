@@ -12,6 +12,17 @@ Rules the rest of the client relies on:
   ignored.
 - ``results`` and ``metadata`` are written before the request's future completes, so code
   woken by the future sees them.
+- What a reply says about its request (metadata, captured output) is recorded on the thread
+  that feeds the reply; what may take long (deserializing the value, settling the future and
+  the callbacks that triggers) is handed to ``defer`` (the client's results worker, see
+  :mod:`corral.client.completion`), so a large result never stops the routing thread. Deferred
+  settlements run in the order handed over.
+- The tables stay bounded: each AsyncResult :meth:`~Records.hold` s its requests and releases
+  them when it is garbage (a weakref finalizer). A request no AsyncResult holds any more is
+  forgotten once it has finished (:meth:`~Records.forget`, as purging does), so a program that
+  drops its AsyncResults keeps the client's memory flat over any number of tasks. Releases are
+  only queued where they happen (a finalizer may run on any thread, in the middle of anything)
+  and applied on the settling thread.
 - A reply's ``stdout``/``stderr`` metadata is authoritative: what arrived on iopub before it is
   replaced, and iopub for an answered request is ignored, so captured output never depends on
   which socket was read first.
@@ -21,7 +32,8 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Callable, Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -190,7 +202,8 @@ class Records:
     yet answered. ``results[msg_id]`` is the value, or the RemoteError the request raised.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, defer: Callable[[Callable[[], None]], None] | None = None) -> None:
+        self._defer: Callable[[Callable[[], None]], None] = defer or _run_now
         self.futures: dict[str, Future[Any]] = {}
         self.pending: dict[str, Pending] = {}
         self.results: dict[str, Any] = {}
@@ -200,10 +213,17 @@ class Records:
         self.trackers: dict[str, Any] = {}  # msg_id -> zmq.MessageTracker, until claimed
         self.outstanding: set[str] = set()
         self._streams_final: set[str] = set()
-        # msg_id -> called (I/O thread) after each iopub message of that request is recorded
+        # msg_id -> called (through ``defer``) after each iopub message of it is recorded
         self.iopub_listeners: dict[str, Callable[[Message], None]] = {}
         self._silent: set[str] = set()  # silent execute requests: no execute_result
         self.late_replies = 0  # replies that found their request settled already, ignored
+        self._lock = threading.Lock()  # history and holders: written by several threads
+        self._holders: dict[str, int] = {}  # msg_id -> AsyncResults holding it
+        self._released: collections.deque[Sequence[str]] = collections.deque()
+        self._sweep_queued = False
+        self._orphans: set[str] = set()  # released while unfinished: forgotten once settled
+        self._stale: set[str] = set()  # forgotten, still in ``history`` until it is compacted
+        self.compactions = 0  # how often ``history`` was compacted (views trim theirs then)
 
     # ------------------------------------------------------------------ submitting thread
 
@@ -232,9 +252,11 @@ class Records:
             self._silent.add(msg_id)
         self.futures[msg_id] = future
         if in_history:
-            self.history.append(msg_id)
+            with self._lock:
+                self.history.append(msg_id)
             self.outstanding.add(msg_id)
         self.pending[msg_id] = Pending(future, TASK, channel, engine_uuid)
+        self._queue_sweep()
         return future
 
     def track_service(
@@ -291,28 +313,45 @@ class Records:
         future: Future[Any] | None = None,
         submitted: object = None,
     ) -> None:
-        """Record a reply (from the engine, the scheduler, or the Hub's store) and settle."""
+        """Record a reply (from the engine, the scheduler, or the Hub's store); its value is
+        deserialized and the future settled through ``defer``."""
         md = self.metadata.get(msg_id)
         if md is None:
             md = self.metadata[msg_id] = Metadata(msg_id=msg_id)
         if submitted is not None and md["submitted"] is None:
             md["submitted"] = parse_date(submitted)
         self._update_metadata(msg_id, md, metadata, content)
-        value, failed = self._outcome(msg_id, header, content, md, list(buffers))
+        if future is None:
+            future = self.futures.setdefault(msg_id, Future())
+        settled = future
+        frames = list(buffers)
+        self._defer(lambda: self._settle_reply(msg_id, header, content, md, frames, settled))
+
+    def _settle_reply(
+        self,
+        msg_id: str,
+        header: Mapping[str, Any],
+        content: Mapping[str, Any],
+        md: Metadata,
+        buffers: list[Frame],
+        future: Future[Any],
+    ) -> None:
+        value, failed = self._outcome(msg_id, header, content, md, buffers)
         if failed:
             md["error"] = value
         self.results[msg_id] = value
         self.outstanding.discard(msg_id)
-        if future is None:
-            future = self.futures.setdefault(msg_id, Future())
         settle(future, value, failed)
+        self._settled(msg_id)
 
-    def fail(self, msg_id: str, error: BaseException) -> bool:
-        """Settle a pending request with ``error``; False if it was already settled."""
+    def fail(self, msg_id: str, error: BaseException, *, at_once: bool = False) -> bool:
+        """Settle a pending request with ``error``; False if it was already settled.
+        ``at_once``: settle on this thread rather than through ``defer`` (a submitting thread
+        failing its own request before it was sent, so the caller sees it done)."""
         pending = self.pending.pop(msg_id, None)
         if pending is None:
             return False
-        self._fail(msg_id, pending, error)
+        self._fail(msg_id, pending, error, at_once)
         return True
 
     def fail_engine(self, engine_uuid: str, error: Callable[[], BaseException]) -> list[str]:
@@ -353,12 +392,19 @@ class Records:
         elif kind == "display_data":
             md["outputs"].append(content)
         listener = self.iopub_listeners.get(parent)
-        if listener is not None:
-            listener(msg)
+        if listener is not None:  # it prints: through ``defer``, never on the routing thread
+            self._defer(lambda: listener(msg))
 
     # ------------------------------------------------------------------ helpers
 
-    def complete_error(self, msg_id: str, error: BaseException) -> None:
+    def complete_error(
+        self,
+        msg_id: str,
+        error: BaseException,
+        future: Future[Any] | None = None,
+        *,
+        at_once: bool = False,
+    ) -> None:
         """Record that ``msg_id`` failed without a reply (engine lost, Hub unreachable, the
         client closed) and settle its future."""
         md = self.metadata.get(msg_id)
@@ -367,31 +413,101 @@ class Records:
         md["status"] = "error"
         md["error"] = error
         md["received"] = datetime.now(UTC)
+        if future is None:
+            future = self.futures.setdefault(msg_id, Future())
+        settled = future
+        defer = _run_now if at_once else self._defer
+        defer(lambda: self._settle_error(msg_id, error, settled))
+
+    def _settle_error(self, msg_id: str, error: BaseException, future: Future[Any]) -> None:
         self.results[msg_id] = error
         self.outstanding.discard(msg_id)
-        settle(self.futures.setdefault(msg_id, Future()), error, failed=True)
+        settle(future, error, failed=True)
+        self._settled(msg_id)
 
-    def forget(self, msg_ids: Iterable[str]) -> int:
+    def forget(self, msg_ids: Iterable[str], *, compact: bool = True) -> int:
         """Drop what is kept of finished requests (results, metadata, history); requests still
-        pending are kept. How many were forgotten."""
+        pending are kept. How many were forgotten. ``compact=False`` (releases) leaves them in
+        ``history`` until as many are stale there as there are live records: one compaction
+        per that many releases, so releasing one at a time costs no quadratic time."""
         dropped = set()
-        for msg_id in msg_ids:
-            future = self.futures.get(msg_id)
-            if msg_id in self.pending or (future is not None and not future.done()):
-                continue
-            self.futures.pop(msg_id, None)
-            self.results.pop(msg_id, None)
-            self.metadata.pop(msg_id, None)
-            self._streams_final.discard(msg_id)
-            dropped.add(msg_id)
-        if dropped:
-            self.history = [m for m in self.history if m not in dropped]
+        with self._lock:
+            for msg_id in msg_ids:
+                future = self.futures.get(msg_id)
+                if msg_id in self.pending or (future is not None and not future.done()):
+                    continue
+                self.futures.pop(msg_id, None)
+                self.results.pop(msg_id, None)
+                self.metadata.pop(msg_id, None)
+                self._streams_final.discard(msg_id)
+                self._silent.discard(msg_id)
+                self.trackers.pop(msg_id, None)
+                self._orphans.discard(msg_id)
+                dropped.add(msg_id)
+            self._stale |= dropped
+            if self._stale and (compact or len(self._stale) >= max(_STALE_MIN, len(self.futures))):
+                self.history = [m for m in self.history if m not in self._stale]
+                self._stale.clear()
+                self.compactions += 1
         return len(dropped)
 
-    def _fail(self, msg_id: str, pending: Pending, error: BaseException) -> None:
+    # ------------------------------------------------------------------ holding
+
+    def hold(self, msg_ids: Iterable[str]) -> None:
+        """An AsyncResult now holds ``msg_ids``: keep their records while it lives."""
+        with self._lock:
+            for msg_id in msg_ids:
+                self._holders[msg_id] = self._holders.get(msg_id, 0) + 1
+                self._orphans.discard(msg_id)
+
+    def release(self, msg_ids: Sequence[str]) -> None:
+        """An AsyncResult holding ``msg_ids`` is gone (its finalizer: any thread, any time).
+        Only queued here; applied at the next settlement or ``track``."""
+        self._released.append(msg_ids)
+
+    @property
+    def held(self) -> int:
+        """How many requests some AsyncResult holds now."""
+        return len(self._holders)
+
+    def _settled(self, msg_id: str) -> None:
+        """(Settling thread) Forget ``msg_id`` if it was released while unfinished; apply the
+        releases queued meanwhile."""
+        if msg_id in self._orphans:
+            self.forget([msg_id], compact=False)
+        self._queue_sweep()
+
+    def _queue_sweep(self) -> None:
+        if self._released and not self._sweep_queued:
+            self._sweep_queued = True
+            self._defer(self._sweep)
+
+    def _sweep(self) -> None:
+        """Apply queued releases: a request no AsyncResult holds is forgotten if finished,
+        else when it settles."""
+        self._sweep_queued = False
+        finished = []
+        with self._lock:
+            while self._released:
+                for msg_id in self._released.popleft():
+                    left = self._holders.get(msg_id, 0) - 1
+                    if left > 0:
+                        self._holders[msg_id] = left
+                        continue
+                    self._holders.pop(msg_id, None)
+                    future = self.futures.get(msg_id)
+                    if msg_id in self.pending or (future is not None and not future.done()):
+                        self._orphans.add(msg_id)
+                    else:
+                        finished.append(msg_id)
+        if finished:
+            self.forget(finished, compact=False)
+
+    def _fail(self, msg_id: str, pending: Pending, error: BaseException, at_once: bool) -> None:
         if pending.kind == TASK:
-            self.complete_error(msg_id, error)
-        settle(pending.future, error, failed=True)
+            self.complete_error(msg_id, error, pending.future, at_once=at_once)
+        else:
+            settle(pending.future, error, failed=True)
 
     def _update_metadata(
         self, msg_id: str, md: Metadata, metadata: Mapping[str, Any], content: Mapping[str, Any]
@@ -456,6 +572,13 @@ class Records:
         except CorralError as exc:
             log.warning("client: cannot deserialize the result of %s: %s", msg_id, exc)
             return exc, True
+
+
+_STALE_MIN = 256  # forgotten msg_ids that may wait in ``history`` before it is compacted
+
+
+def _run_now(call: Callable[[], None]) -> None:
+    call()
 
 
 def _topic_engine_id(idents: tuple[bytes, ...]) -> int | None:

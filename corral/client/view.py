@@ -1,5 +1,5 @@
-"""Views: how work is addressed. DirectView names engines; LoadBalancedView lets the scheduler
-choose.
+"""Views: how work is addressed. DirectView names engines; LoadBalancedView
+(:mod:`corral.client.balanced`) lets the scheduler choose.
 
 Every submission serializes the call once (:func:`~corral.protocol.serialize.pack_apply_message`,
 zero-copy for large buffers), sends one request per engine or per task through the client, and
@@ -20,27 +20,23 @@ from typing import TYPE_CHECKING, Any
 from corral.client import pickling
 from corral.client.asyncresult import AsyncMapResult, AsyncResult
 from corral.client.dataview import DataMovement
-from corral.client.deferred import direct_pending, submit_when_done
-from corral.client.dependencies import as_dependency, prune_after, prune_follow
-from corral.client.lazymap import LazyMap
-from corral.client.mapping import as_sequence, chunk, default_chunksize, partition
+from corral.client.mapping import as_sequence, partition
 from corral.client.remote import map_chunk
 from corral.client.remotefunction import ParallelFunction, RemoteFunction
-from corral.errors import ImpossibleDependency
 from corral.protocol.serialize import pack_apply_message
 
 if TYPE_CHECKING:
-    from corral.client.client import Client, Targets
     from corral.client.executor import ViewExecutor
+    from corral.client.submitter import Submitter, Targets
 
-__all__ = ["DirectView", "LoadBalancedView", "View"]
+__all__ = ["DirectView", "View"]
 
 
-def _name(f: Callable[..., Any]) -> str:
+def function_name(f: Callable[..., Any]) -> str:
     return getattr(f, "__name__", type(f).__name__)
 
 
-def _common(sequences: Sequence[Any]) -> list[Sequence[Any]]:
+def cut_to_shortest(sequences: Sequence[Any]) -> list[Sequence[Any]]:
     """The sequences of a map, cut to the shortest (as the builtin ``map`` and ipyparallel
     do); ValueError without any."""
     if not sequences:
@@ -63,7 +59,7 @@ class View:
 
     _flags: tuple[str, ...] = ("block", "targets", "track", "label", "time_limit")
 
-    def __init__(self, client: Client, targets: Any, block: bool = False) -> None:
+    def __init__(self, client: Submitter, targets: Any, block: bool = False) -> None:
         self.client = client
         self.targets = targets
         self.block = block
@@ -71,7 +67,8 @@ class View:
         self.label: str | None = None
         self.time_limit: float | None = None
         self.history: list[str] = []
-        client._views.add(self)  # purge_local_results trims every view's history too
+        self._compactions = 0  # the records' compactions this history was trimmed for
+        client.register_view(self)  # purge_local_results trims every view's history too
 
     @property
     def time_limit(self) -> float | None:
@@ -243,12 +240,22 @@ class View:
 
     # ------------------------------------------------------------------ bookkeeping
 
+    def _remember(self, msg_ids: list[str]) -> None:
+        """Add to ``history``, first leaving out what the records forgot (released results)
+        if they did since the last time: the history stays as bounded as the records."""
+        records = self.client.records
+        if records.compactions != self._compactions:
+            self._compactions = records.compactions
+            kept = records.futures
+            self.history = [msg_id for msg_id in self.history if msg_id in kept]
+        self.history.extend(msg_ids)
+
     def _result(
         self, msg_ids: list[str], fname: str, single: bool = False, owner: bool = True
     ) -> AsyncResult:
-        self.history.extend(msg_ids)
+        self._remember(msg_ids)
         return AsyncResult(
-            self.client._records,
+            self.client.records,
             msg_ids,
             fname=fname,
             single=single,
@@ -265,9 +272,9 @@ class View:
         item_counts: list[int],
         return_exceptions: bool = False,
     ) -> AsyncMapResult:
-        self.history.extend(msg_ids)
+        self._remember(msg_ids)
         return AsyncMapResult(
-            self.client._records,
+            self.client.records,
             msg_ids,
             fname=fname,
             ordered=ordered,
@@ -278,8 +285,7 @@ class View:
         )
 
     def _trackers(self, msg_ids: list[str]) -> list[Any]:
-        trackers = self.client._records.trackers
-        return [trackers.pop(m) for m in msg_ids if m in trackers]
+        return self.client.take_trackers(msg_ids)
 
     @property
     def outstanding(self) -> set[str]:
@@ -334,7 +340,7 @@ class DirectView(DataMovement, View):
     engines registered at each call). With an int target results are single values; with
     several, lists in target order."""
 
-    def __init__(self, client: Client, targets: Targets = "all", block: bool = False) -> None:
+    def __init__(self, client: Submitter, targets: Targets = "all", block: bool = False) -> None:
         super().__init__(client, "all" if targets is None else targets, block)
 
     def __len__(self) -> int:
@@ -379,7 +385,7 @@ class DirectView(DataMovement, View):
         resolved, single = self._resolve(targets)
         buffers = pack_apply_message(f, args, kwargs)
         msg_ids = [self._send("apply_request", {}, buffers, target) for target in resolved]
-        result = self._result(msg_ids, _name(f), single)
+        result = self._result(msg_ids, function_name(f), single)
         return result.get() if block else result
 
     def _map(
@@ -394,7 +400,7 @@ class DirectView(DataMovement, View):
         return_exceptions: bool = False,
     ) -> Any:
         resolved, _ = self._resolve(None)
-        values = _common(sequences)
+        values = cut_to_shortest(sequences)
         parts = [partition(seq, len(resolved)) for seq in values]
         calls = [
             (part_function, (f, *chunks), target)
@@ -403,7 +409,7 @@ class DirectView(DataMovement, View):
         ]
         msg_ids = self._send_all(calls)
         counts = [len(args[1]) for _, args, _ in calls]
-        result = self._map_result(msg_ids, _name(f), ordered, counts, return_exceptions)
+        result = self._map_result(msg_ids, function_name(f), ordered, counts, return_exceptions)
         return result.get() if block else result
 
     def _block(self, block: bool | None) -> bool:
@@ -464,204 +470,3 @@ class DirectView(DataMovement, View):
 
     def abort(self, jobs: Any = None, targets: Targets = None, block: bool | None = None) -> Any:
         return super().abort(jobs, self.targets if targets is None else targets, block)
-
-
-class LoadBalancedView(View):
-    """Tasks the scheduler places on whichever engine is free.
-
-    Flags: ``targets`` (engine ids the tasks may use; None: any), ``retries`` (resubmissions
-    after a failure), ``after`` (run once these tasks finished) and ``follow`` (run where these
-    ran) as msg_ids, AsyncResults or a :class:`Dependency`, and ``timeout`` (seconds the
-    dependencies may take), and ``priority`` (an int, default 0: while tasks wait for a free
-    engine, higher priorities leave the queue first, equal ones in submission order).
-    Dependencies this client already knows to be met are left out of the request; one that can
-    no longer be met fails the task at once with ImpossibleDependency, without sending it.
-    """
-
-    _flags = (*View._flags, "retries", "after", "follow", "timeout", "priority")
-
-    def __init__(
-        self,
-        client: Client,
-        targets: int | Sequence[int] | None = None,
-        block: bool = False,
-        retries: int = 0,
-        after: Any = None,
-        follow: Any = None,
-        timeout: float | None = None,
-        priority: int = 0,
-    ) -> None:
-        super().__init__(client, targets, block)
-        self.retries = retries
-        self.after = after
-        self.follow = follow
-        self.timeout = timeout
-        self.priority = priority
-
-    @property
-    def priority(self) -> int:
-        return self._priority
-
-    @priority.setter
-    def priority(self, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"priority must be an int, not {value!r}")
-        self._priority = value
-
-    def __len__(self) -> int:
-        if self.targets is None:
-            return len(self.client.ids)
-        return len(self.client.resolve_targets(self.targets))
-
-    @property
-    def retries(self) -> int:
-        return self._retries
-
-    @retries.setter
-    def retries(self, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"retries must be an int >= 0, not {value!r}")
-        self._retries = value
-
-    @property
-    def timeout(self) -> float | None:
-        return self._timeout
-
-    @timeout.setter
-    def timeout(self, value: float | None) -> None:
-        if value is not None and not (isinstance(value, int | float) and value >= 0):
-            raise ValueError(f"timeout must be None or seconds >= 0, not {value!r}")
-        self._timeout = value
-
-    def _status_targets(self, targets: Targets) -> Targets:
-        return targets if targets is not None else self.targets
-
-    # ------------------------------------------------------------------ submission
-
-    def _flag_snapshot(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self._flags}
-
-    def _task_metadata(self, flags: dict[str, Any]) -> dict[str, Any]:
-        """Request metadata from the ``flags`` (a snapshot), dependencies pruned against what
-        this client knows; raises ImpossibleDependency for one that can never be met."""
-        targets = None
-        if flags["targets"] is not None:
-            targets = {uuid for _, uuid in self.client.resolve_targets(flags["targets"])}
-        metadata = {"label": flags["label"]} if flags["label"] else {}
-        records = self.client._records
-        after = prune_after(records, as_dependency(flags["after"]))
-        follow, targets = prune_follow(
-            records, set(self.client._uuids), as_dependency(flags["follow"]), targets
-        )
-        if after is not None:
-            metadata["after"] = after.as_dict()
-        if follow is not None:
-            metadata["follow"] = follow.as_dict()
-        if targets is not None:
-            metadata["targets"] = sorted(targets)
-        if flags["retries"]:
-            metadata["retries"] = flags["retries"]
-        if flags["timeout"] is not None:
-            metadata["timeout"] = flags["timeout"]
-        if flags["priority"]:
-            metadata["priority"] = flags["priority"]
-        if flags["time_limit"] is not None:
-            metadata["time_limit"] = flags["time_limit"]
-        return metadata
-
-    def _submit(self, packed: list[list[Any]]) -> list[str]:
-        flags = self._flag_snapshot()
-        named = frozenset().union(
-            *(dep.msg_ids for dep in map(as_dependency, (self.after, self.follow)) if dep)
-        )
-        waits = direct_pending(self.client, named)
-        if waits:  # held here until those direct tasks answer (see corral.client.deferred)
-            return submit_when_done(
-                self.client, packed, waits, lambda: self._task_metadata(flags), self.track
-            )
-        try:
-            metadata = self._task_metadata(flags)
-        except ImpossibleDependency as error:
-            return [self.client.fail_request("apply_request", {}, error) for _ in packed]
-        return [
-            self.client.send_request(
-                "task",
-                "apply_request",
-                {},
-                metadata=metadata,
-                buffers=buffers,
-                track=self.track,
-            )
-            for buffers in packed
-        ]
-
-    def _apply(
-        self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *, block: bool
-    ) -> Any:
-        (msg_id,) = self._submit([pack_apply_message(f, args, kwargs)])
-        result = self._result([msg_id], _name(f), single=True)
-        return result.get() if block else result
-
-    def _map(
-        self,
-        part_function: Callable[..., Any],
-        f: Callable[..., Any],
-        sequences: Sequence[Any],
-        *,
-        block: bool,
-        chunksize: int | None = None,
-        ordered: bool = True,
-        return_exceptions: bool = False,
-    ) -> Any:
-        values = _common(sequences)
-        if not chunksize:
-            # with return_exceptions every item must fail alone: one task per item
-            items = len(values[0])
-            chunksize = 1 if return_exceptions else default_chunksize(items, len(self))
-        chunks = [chunk(seq, chunksize) for seq in values]
-        # every call is serialized before the first is sent: one that cannot be pickled fails
-        # the whole call at the caller, and nothing is sent
-        packed = [
-            pack_apply_message(part_function, (f, *parts), {})
-            for parts in zip(*chunks, strict=True)
-        ]
-        counts = [len(parts[0]) for parts in zip(*chunks, strict=True)]
-        msg_ids = self._submit(packed)
-        result = self._map_result(msg_ids, _name(f), ordered, counts, return_exceptions)
-        return result.get() if block else result
-
-    def imap(
-        self,
-        f: Callable[..., Any],
-        *iterables: Iterable[Any],
-        ordered: bool = True,
-        max_outstanding: int | str = "auto",
-        return_exceptions: bool = False,
-    ) -> LazyMap:
-        """Lazily map ``f`` over (possibly endless) iterables, one task per element,
-        keeping at most ``max_outstanding`` in flight (``"auto"``: twice the engine count).
-        The iterator's ``cancel()`` stops submitting."""
-        limit = max(2, 2 * len(self)) if max_outstanding == "auto" else max_outstanding
-        if not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"max_outstanding must be 'auto' or an int >= 1, not {limit!r}")
-        return LazyMap(
-            lambda args: self._apply(f, args, {}, block=False),
-            iterables,
-            limit,
-            ordered,
-            return_exceptions,
-        )
-
-    def shutdown(
-        self,
-        targets: Targets = None,
-        restart: bool = False,
-        hub: bool = False,
-        block: bool | None = None,
-    ) -> None:
-        """Stop the engines this view may use (``targets``, else the view's, else all), and
-        the controller too with ``hub=True``."""
-        chosen = targets if targets is not None else self.targets
-        self.client.shutdown(
-            "all" if chosen is None else chosen, restart=restart, hub=hub, block=block
-        )

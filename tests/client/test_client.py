@@ -227,14 +227,15 @@ def test_get_result_from_a_second_client(rc, cluster) -> None:  # type: ignore[n
     failing = rc[0].apply_async(lambda: 1 / 0)
     with cluster.connect() as other:
         until(lambda: done.msg_ids[0] in other.hub_history(), 10, "the Hub to record it")
-        assert other.get_result(done.msg_ids[0]).get(timeout=30) == {"answer": 42}
+        first = other.get_result(done.msg_ids[0])
+        assert first.get(timeout=30) == {"answer": 42}
         fetched = other.get_result(running.msg_ids[0])  # pending at the Hub: asked again
         assert fetched.get(timeout=30) == 0.5
         assert fetched.metadata["engine_id"] == 1
         until(lambda: failing.msg_ids[0] in other.hub_history(), 10, "the Hub to record it")
         with pytest.raises(RemoteError, match="ZeroDivisionError"):
             other.get_result(failing.msg_ids, block=True).get(0)
-        assert other.results[done.msg_ids[0]] == {"answer": 42}
+        assert other.results[done.msg_ids[0]] == {"answer": 42}  # ``first`` holds the record
     # the client that sent it resolves its own results without asking the Hub
     assert rc.get_result(done.msg_ids[0]).get(0) == {"answer": 42}
     assert rc.get_result(rc.history.index(done.msg_ids[0])).get(0) == {"answer": 42}

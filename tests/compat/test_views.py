@@ -62,7 +62,9 @@ def test_track_gives_a_message_tracker_on_zero_copy_sends(rc) -> None:  # type: 
     assert tracked.sent and tracked._tracker.done
     assert tracked.get(30) == untracked.get(30) == data.size
     pushed = view.push({"big": data}, block=False, track=True)
+    assert pushed._sent_event.wait(30)  # ipyparallel's own tests wait on this private name
     pushed.wait_for_send(30)
+    assert pushed._sent_event.is_set()
     pushed.get(30)
 
 

@@ -1,5 +1,6 @@
-"""The client's I/O thread against a real cluster: the hand-off from user threads, and what
-happens to every later call once the thread has died."""
+"""The client's I/O shell (its loop thread) against a real cluster: the hand-off from user
+threads, callbacks kept off that thread, and what happens to every later call once the thread
+has died."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 from corral.client.client import Client
 from corral.errors import ConnectionError
 from tests.conftest import running_cluster
-from tests.polling import file_appears
+from tests.polling import file_appears, until
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -55,25 +56,30 @@ def own_cluster(tmp_path: Path) -> Iterator[Any]:
         yield cluster
 
 
+def _end_the_loop() -> None:
+    """Runs on the I/O thread: SystemExit is not an Exception, so it leaves the loop."""
+    raise SystemExit("the I/O loop was made to fail")
+
+
 def test_a_failed_io_thread_makes_every_call_fail_at_once(own_cluster: Any, tmp_path: Path) -> None:
-    """A user's done callback that calls sys.exit() runs on the I/O thread and ends its loop
-    (concurrent.futures catches only Exception). The request still in flight then fails, and
-    every later call raises ConnectionError naming the cause instead of blocking for ever."""
+    """A failure that leaves the I/O thread's loop (SystemExit from a call on it) ends the
+    thread. The request still in flight then fails, and every later call (get, apply, wait,
+    queries) raises ConnectionError naming the cause instead of blocking for ever."""
     rc = Client(own_cluster.path / "corral-client.json", timeout=30)
     try:
         rc.wait_for_engines(2, timeout=30)
         in_flight = rc[1].apply_async(file_appears, str(tmp_path / "never"), 120)
-        go = tmp_path / "go"
-        fatal = rc[0].apply_async(file_appears, str(go), 60)
-        fatal.add_done_callback(lambda _: sys.exit("a done callback called sys.exit"))
-        go.touch()
-        assert fatal.get(timeout=30) == str(go)
-        rc._io._thread.join(30)  # noqa: SLF001
-        assert not rc._io._thread.is_alive(), "the I/O thread did not end"  # noqa: SLF001
+        waited = rc[0].apply_async(file_appears, str(tmp_path / "never-either"), 120)
+        io_thread = rc._io._owner  # noqa: SLF001
+        rc._io.call_soon(_end_the_loop)  # noqa: SLF001
+        until(lambda: not io_thread.alive, 30, "the I/O thread to end")
+        assert isinstance(io_thread.failure, SystemExit)
 
         error = outcome_within(lambda: in_flight.get(timeout=60))
         assert isinstance(error, ConnectionError)
         assert "SystemExit" in str(error)
+        assert outcome_within(lambda: waited.wait(60)) is None
+        assert waited.done() and isinstance(waited.exception(), ConnectionError)
 
         calls: dict[str, Callable[[], Any]] = {
             "apply_sync": lambda: rc[0].apply_sync(abs, -1),
@@ -89,10 +95,47 @@ def test_a_failed_io_thread_makes_every_call_fail_at_once(own_cluster: Any, tmp_
             assert isinstance(error, ConnectionError), (name, error)
             assert "I/O thread failed" in str(error) and "SystemExit" in str(error), name
             assert time.monotonic() - started < PROMPT, name
+        assert outcome_within(lambda: rc.wait(timeout=60)) is None  # nothing left to wait for
         assert rc._io.closed  # noqa: SLF001
     finally:
         assert outcome_within(rc.close) is None
     assert outcome_within(rc.close) is None  # closing again does nothing
+
+
+def test_a_blocking_done_callback_delays_no_other_result(rc: Client, tmp_path: Path) -> None:
+    """A user's done-callback runs on the client's callbacks thread, not the routing thread:
+    while one blocks (until the test releases it), other results still arrive and complete,
+    and the blocked callback's own result is complete too."""
+    release = threading.Event()
+    entered = threading.Event()
+
+    def blocking(_: Any) -> None:
+        entered.set()
+        release.wait(PROMPT * 6)
+
+    try:
+        first = rc[0].apply_async(abs, -1)
+        first.add_done_callback(blocking)
+        assert entered.wait(PROMPT), "the done-callback never ran"
+        assert first.done() and first.get(0) == 1
+        later = rc.load_balanced_view().map_async(abs, range(-50, 0), chunksize=5)
+        assert later.get(timeout=PROMPT * 3) == list(range(50, 0, -1))
+        assert not release.is_set()  # the callback was still blocked all along
+        ran: list[int] = []
+        ran_now = threading.Event()
+
+        def record(done: Any) -> None:
+            ran.append(done.result())
+            ran_now.set()
+
+        queued = rc[1].apply_async(abs, -2)
+        queued.add_done_callback(record)
+        assert queued.get(timeout=PROMPT * 3) == 2
+        assert ran == []  # callbacks run in order: this one waits behind the blocked one
+    finally:
+        release.set()
+    assert ran_now.wait(PROMPT * 3), "the queued callback never ran"
+    assert ran == [2]
 
 
 def test_closed_client_refuses_calls_with_a_clear_error(own_cluster: Any) -> None:
@@ -128,3 +171,24 @@ def test_many_short_lived_submitting_threads_leak_no_file_descriptor(rc: Client)
             assert not thread.is_alive()
     assert not failures, failures[:3]
     assert open_fds() - before <= 2, f"{open_fds() - before} descriptors more after 200 threads"
+
+
+def test_close_stops_and_joins_every_thread_the_client_started(own_cluster: Any) -> None:
+    """The I/O thread, the results and callbacks workers and a non-blocking wait_for_engines
+    helper all end by the time close() returns; the wait fails with ConnectionError."""
+    before = set(threading.enumerate())
+    rc = Client(own_cluster.path / "corral-client.json", timeout=30)
+    rc.wait_for_engines(2, timeout=30)
+    tracked = rc[0].apply_async(abs, -1)
+    tracked.add_done_callback(lambda _: None)
+    assert tracked.get(timeout=PROMPT * 3) == 1
+    waiting = rc.wait_for_engines(99, timeout=None, block=False)
+    assert waiting is not None
+    started = set(threading.enumerate()) - before
+    names = sorted(thread.name for thread in started)
+    assert any("client-io" in name for name in names), names
+    assert any("wait-for-engines" in name for name in names), names
+    assert outcome_within(rc.close) is None
+    assert isinstance(waiting.exception(timeout=PROMPT), ConnectionError)
+    alive = [thread.name for thread in started if thread.is_alive()]
+    assert alive == [], alive

@@ -1,0 +1,326 @@
+"""The client's I/O shell: one thread owns every socket and routes replies to a Handler.
+
+User threads never touch a zmq socket: every one is created, used and closed on the I/O
+thread, a :class:`~corral.loop.LoopThread` (the event loop every corral process runs, see
+:mod:`corral.loop`). A submitting thread builds and signs its message itself, then hands the
+frames (zero-copy) over with the loop's ``call_soon_threadsafe``, its one wake-up path: no
+socket per calling thread, so a program that submits from thousands of short-lived threads
+holds the same file descriptors as one that does not. The I/O thread sends the frames
+untouched and feeds every message it receives, decoded and verified, to a :class:`Handler`.
+
+    user thread  --(channel, frames)-->  loop hand-off   I/O thread (Loop)
+                                                 |-- mux/control/task DEALERs (identity =
+                                                 |   session id), hub DEALER  --> controller
+                                                 |<- replies, notifications (SUB), iopub (SUB)
+
+Failure: if the loop stops for any reason (:meth:`ClientIO.close`, or an error that leaves
+it), hand-offs are refused first, then the handler hears ``on_closed`` and fails everything
+pending. Every later hand-off raises :class:`~corral.errors.ConnectionError` at once, naming
+the error that stopped the thread, so no call can wait for a thread that is gone.
+
+Socket monitors on the hub DEALER and the notification SUB (loop readers) tell the handler
+when the link to the controller drops and when it is back (``on_link``). ``call_soon`` runs a
+function on the I/O thread (the Hub polling of ``get_result``); ``call_later`` schedules one
+there (timeouts, retries).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, cast
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from corral.errors import ConnectionError
+from corral.loop import Loop, LoopThread
+from corral.protocol.session import Frame, Message, Session
+from corral.security import CurveKeys, make_client
+from corral.sockets import send_frames
+
+log = logging.getLogger("corral.client")
+
+__all__ = ["ClientIO", "Handler"]
+
+CHANNELS = ("mux", "control", "task", "hub")
+_CLOSED = "this client is closed; create a new Client to reconnect"
+_BATCH = 256  # messages read from one socket before looking at the others
+_HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+
+
+class Handler(Protocol):
+    """What the I/O thread calls with each decoded message; runs on the I/O thread only."""
+
+    def on_reply(self, msg: Message) -> None: ...
+
+    def on_notification(self, msg: Message) -> None: ...
+
+    def on_iopub(self, msg: Message) -> None: ...
+
+    def on_closed(self) -> None: ...
+
+    def on_link(self, up: bool) -> None: ...
+
+
+class ClientIO:
+    """Sockets, hand-off and routing for one client (see the module doc).
+
+    ``addresses`` maps ``hub``, ``notification``, ``mux``, ``control``, ``task`` and ``iopub``
+    to URLs. ``curve`` (a ``--curve`` cluster's keys) makes every controller-facing socket a
+    curve client. :meth:`start` raises :class:`~corral.errors.ConnectionError` if no controller
+    completes a connection to the notification socket within ``timeout`` seconds.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        addresses: Mapping[str, str],
+        handler: Handler,
+        curve: CurveKeys | None = None,
+    ) -> None:
+        self.session = session
+        self.addresses = dict(addresses)
+        self.handler = handler
+        self.curve = curve
+        self.context: zmq.Context[Any] = zmq.Context()
+        self._sockets: dict[str, zmq.Socket[Any]] = {}
+        self._targets: dict[bytes, zmq.Socket[Any]] = {}
+        self._links: dict[zmq.Socket[Any], tuple[str, zmq.Socket[Any]]] = {}
+        self._down: set[str] = set()
+        self._refused = 0  # messages the handler refused after they parsed (see ``rejected``)
+        self._connect_timeout = 0.0
+        self._io_thread: threading.Thread | None = None  # the loop's thread, once it runs
+        self._closing = threading.Lock()  # close() from two threads: one joins, one waits
+        self._close_asked = False
+        self._joined = False
+        self._owner = LoopThread(
+            f"corral-client-io-{session.session_id[:8]}", self._setup, self._teardown
+        )
+        self._loop = self._owner.loop
+
+    # ------------------------------------------------------------------ any thread
+
+    def start(self, timeout: float) -> None:
+        """Start the I/O thread; return once its sockets reached the controller."""
+        self._connect_timeout = timeout
+        try:
+            self._owner.start(timeout + 30.0)  # setup waits up to ``timeout`` for the handshake
+        except BaseException:
+            self._joined = True
+            self.context.term()
+            raise
+
+    @property
+    def rejected(self) -> int:
+        """Messages dropped: they did not parse or verify, or their buffers were refused."""
+        return self._loop.rejected + self._refused
+
+    def count_rejected(self) -> None:
+        """(I/O thread) The handler dropped (part of) a message that parsed."""
+        self._refused += 1
+
+    @property
+    def closed(self) -> bool:
+        """Whether hand-offs are refused: after :meth:`close`, or once the I/O thread died."""
+        return self._loop.closed_because is not None
+
+    def closed_error(self) -> ConnectionError:
+        """The error for a call made on a closed client: why it is closed."""
+        failure = self._owner.failure
+        if failure is not None and not self._close_asked:
+            return ConnectionError(
+                f"this client's I/O thread failed ({type(failure).__name__}: {failure}) and the "
+                "client can no longer reach the controller; create a new Client"
+            )
+        return ConnectionError(_CLOSED)
+
+    @property
+    def on_io_thread(self) -> bool:
+        """Whether the caller is the I/O thread itself."""
+        return threading.current_thread() is self._io_thread  # idents are reused, objects not
+
+    @property
+    def link_up(self) -> bool:
+        """Whether the hub and notification sockets are connected to the controller."""
+        return not self._down
+
+    def send(
+        self, channel: bytes, frames: Sequence[Frame], track_from: int | None = None
+    ) -> zmq.MessageTracker | None:
+        """Hand a signed message's frames to the I/O thread (``channel``: b"mux", b"control",
+        b"task" or b"hub"). Frames are not copied; the buffers must not change until sent.
+
+        ``track_from``: the frames from that index on (the data buffers) are tracked; the
+        MessageTracker returned is done once zmq has released every one of them, i.e. once
+        the message has left the process and the buffers may be changed again.
+        ConnectionError at once if the client is closed or its I/O thread has failed."""
+        tracker = None
+        if track_from is not None:
+            tracked = [zmq.Frame(frame, track=True) for frame in frames[track_from:]]
+            frames = [*frames[:track_from], *tracked]
+            tracker = zmq.MessageTracker(*tracked)
+        try:
+            self._loop.call_soon_threadsafe(self._forward, channel, frames)
+        except ConnectionError:
+            raise self.closed_error() from None
+        return tracker
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` on the I/O thread, soon, after what was handed over before it."""
+        try:
+            self._loop.call_soon_threadsafe(callback)
+        except ConnectionError:
+            raise self.closed_error() from None
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the I/O thread (pending requests fail with ConnectionError), close sockets.
+        What was handed over before is sent first. Also releases a client whose I/O thread
+        failed; calling it again does nothing."""
+        if self.on_io_thread:
+            raise RuntimeError(
+                "cannot close a client from its own I/O thread; close it from another thread"
+            )
+        with self._closing:
+            if self._joined:
+                return
+            self._close_asked = self._owner.failure is None
+            self._loop.stop(_CLOSED)
+            self._owner.stop(timeout)
+            self._joined = True
+            if self._owner.alive:
+                log.error("client: the I/O thread did not stop within %s s; abandoning it", timeout)
+                self.context.destroy(linger=0)
+            else:
+                self.context.term()
+
+    # ------------------------------------------------------------------ I/O thread only
+
+    def send_now(self, channel: str, frames: Sequence[Frame]) -> None:
+        """Send on a controller socket directly (I/O thread only)."""
+        send_frames(self._sockets[channel], frames)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> None:
+        """Run ``callback`` on the I/O thread after ``delay`` seconds (I/O thread only)."""
+        self._loop.call_later(delay, callback)
+
+    def _forward(self, channel: bytes, frames: Sequence[Frame]) -> None:
+        send_frames(self._targets[channel], frames)
+
+    def _socket(self, name: str, kind: int) -> zmq.Socket[Any]:
+        sock: zmq.Socket[Any] = self.context.socket(kind)
+        sock.linger = 0
+        if self.curve is not None:
+            make_client(sock, self.curve)
+        self._sockets[name] = sock
+        return sock
+
+    def _setup(self, loop: Loop) -> None:
+        self._io_thread = threading.current_thread()
+        identity = self.session.session_id.encode()
+        for name in ("mux", "control", "task"):
+            sock = self._socket(name, zmq.DEALER)
+            sock.identity = identity
+            sock.sndhwm = sock.rcvhwm = 0
+            sock.connect(self.addresses[name])
+        hub = self._socket("hub", zmq.DEALER)
+        hub.sndhwm = hub.rcvhwm = 0
+        hub.connect(self.addresses["hub"])
+        iopub = self._socket("iopub", zmq.SUB)
+        iopub.rcvhwm = 0
+        iopub.subscribe(b"")
+        iopub.connect(self.addresses["iopub"])
+        notification = self._socket("notification", zmq.SUB)
+        notification.rcvhwm = 0
+        notification.subscribe(b"")
+        self._connect_and_handshake(notification, self.addresses["notification"])
+        for name, sock in (("hub", hub), ("notification", notification)):
+            events = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+            address = f"inproc://corral-link-{name}-{self.session.session_id}"
+            monitor = sock.get_monitor_socket(events, address)
+            self._links[monitor] = (name, sock)
+        self._targets = {name.encode(): self._sockets[name] for name in CHANNELS}
+        handler = self.handler
+        for name in CHANNELS:
+            loop.add_socket(self._sockets[name], self._decoded(handler.on_reply), batch=_BATCH)
+        loop.add_socket(iopub, self._decoded(handler.on_iopub), batch=_BATCH)
+        loop.add_socket(notification, self._decoded(handler.on_notification), batch=_BATCH)
+        for monitor in self._links:
+            loop.add_reader(monitor, functools.partial(self._on_link_event, monitor))
+
+    def _decoded(self, handle: Callable[[Message], None]) -> Callable[[list[zmq.Frame]], None]:
+        """A loop handler: verify and decode the frames, then ``handle`` the message. A message
+        that does not parse or verify raises ProtocolError (ReplayError for one received
+        before: engines resend replies after a controller restart), which the loop counts in
+        ``rejected`` and logs."""
+        feed = self.session.feed
+
+        def handle_frames(frames: list[zmq.Frame]) -> None:
+            handle(feed(frames))
+
+        return handle_frames
+
+    def _connect_and_handshake(self, sock: zmq.Socket[Any], address: str) -> None:
+        """Connect and wait until the controller completed the handshake, so that the
+        subscription is in place before the client asks for the engine table (a registration
+        published in between is then not missed). A refused handshake (curve keys missing or
+        stale) fails at once: retrying cannot fix it."""
+        monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | _HANDSHAKE_FAILED)
+        try:
+            sock.connect(address)
+            if not monitor.poll(max(1, int(self._connect_timeout * 1000))):
+                raise ConnectionError(
+                    f"no controller answered at {address} within {self._connect_timeout} s: "
+                    "is the cluster running? Start one with `corral start` (or "
+                    "corral.Cluster in Python), or check the connection file"
+                )
+            if recv_monitor_message(monitor)["event"] != zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                raise ConnectionError(
+                    f"the controller at {address} refused the handshake: a --curve cluster "
+                    "admits only clients with the curve keys of its current connection file"
+                )
+        finally:
+            sock.disable_monitor()
+            monitor.close(linger=0)
+
+    def _on_link_event(self, monitor: zmq.Socket[Any]) -> None:
+        """A connection to the controller dropped or came back. The handler hears when the
+        link goes down (either socket lost it) and when it is up again (both are back): zmq
+        reconnects by itself, re-sending the SUB's subscription, but notifications published
+        meanwhile are lost, so the handler then asks for the engine table again."""
+        name, _ = self._links[monitor]
+        was_up = not self._down
+        while _readable(monitor):
+            if recv_monitor_message(monitor)["event"] == zmq.EVENT_DISCONNECTED:
+                self._down.add(name)
+            else:
+                self._down.discard(name)
+        if was_up != (not self._down):
+            self.handler.on_link(not self._down)
+
+    def _teardown(self) -> None:
+        """(I/O thread, last) Fail everything pending, then close every socket."""
+        try:
+            self.handler.on_closed()
+        finally:
+            self._close_sockets()
+
+    def _close_sockets(self) -> None:
+        for monitor, (_, sock) in self._links.items():
+            sock.disable_monitor()
+            monitor.close(linger=0)
+        self._links.clear()
+        for sock in self._sockets.values():
+            sock.close(linger=0)
+        self._sockets.clear()
+
+
+def _readable(sock: zmq.Socket[Any]) -> bool:
+    """Whether a message is waiting: cheaper than a NOBLOCK recv that raises zmq.Again."""
+    return bool(cast(int, sock.get(zmq.EVENTS)) & zmq.POLLIN)

@@ -1,0 +1,388 @@
+"""The client's link to the controller: the engine table, outages, and what the I/O thread
+routes to the client.
+
+:class:`IOHandler` is what the I/O shell (:mod:`corral.client.io_shell`) calls with each
+decoded message. :class:`ControllerLink`, a mixin of :class:`corral.client.client.Client`,
+keeps the engine table current from registration notifications, notices when the controller
+is unreachable (socket monitors) and, once it is back, asks the Hub for the engine table again
+and recovers the requests left unanswered (:mod:`corral.client.recovery`). Waiting for engines,
+for results and for the link all fail with ConnectionError once the controller has been away
+too long, instead of waiting for ever.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent import futures
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, cast
+
+from corral.client.records import SERVICE, TASK
+from corral.client.recovery import RECOVERY_PERIOD, Recovery
+from corral.errors import ConnectionError, EngineError, SharedMemoryRefused, TimeoutError
+from corral.protocol.session import Message
+from corral.protocol.shm import METADATA_KEY
+
+if TYPE_CHECKING:
+    from corral.client.client import Client
+    from corral.client.io_shell import ClientIO
+    from corral.client.records import Records
+    from corral.client.recovery import Resender
+    from corral.protocol.session import Session
+
+__all__ = ["LINK_CHECK", "ControllerLink", "IOHandler", "engine_gone"]
+
+log = logging.getLogger("corral.client")
+
+LINK_CHECK = 0.25  # seconds between looks at the controller link while waiting for results
+
+
+class IOHandler:
+    """The I/O thread's view of a Client: where each decoded message goes."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def on_reply(self, msg: Message) -> None:
+        records = self.client._records
+        try:
+            msg = self.client._shm.resolve(msg)  # verified by the I/O thread already
+        except SharedMemoryRefused as err:
+            self.client._io.count_rejected()
+            log.warning("client: refused the buffers of a reply to %s: %s", msg.parent_id, err)
+            pending = records.pending.get(msg.parent_id or "")
+            if pending is None or pending.kind != SERVICE:
+                records.fail(msg.parent_id or "", err)
+                return
+            stripped = {k: v for k, v in msg.metadata.items() if k != METADATA_KEY}
+            msg = replace(msg, metadata=stripped, buffers=())
+        records.handle_reply(msg)
+
+    def on_notification(self, msg: Message) -> None:
+        content = msg.content or {}
+        if msg.msg_type == "registration_notification":
+            if isinstance(content.get("shm_host"), str):
+                self.client._shm_hosts[content["uuid"]] = content["shm_host"]
+            self.client._engine_registered(content["id"], content["uuid"])
+        elif msg.msg_type == "unregistration_notification":
+            why = content.get("why")
+            self.client._engine_unregistered(
+                content["id"], content["uuid"], why if isinstance(why, str) else None
+            )
+
+    def on_iopub(self, msg: Message) -> None:
+        self.client._records.handle_iopub(msg)
+
+    def on_closed(self) -> None:
+        reason = self.client._io.closed_error()
+        self.client._records.fail_all(
+            lambda: ConnectionError(f"this request was not answered: {reason}")
+        )
+        with self.client._engines_changed:
+            self.client._engines_changed.notify_all()  # wait_for_engines: raise, do not wait
+
+    def on_link(self, up: bool) -> None:
+        self.client._link_changed(up)
+
+
+class ControllerLink:
+    """The engine table and the controller link of a Client (see the module doc)."""
+
+    if TYPE_CHECKING:  # provided by Client
+        session: Session
+        timeout: float
+        outage_grace: float
+        addresses: dict[str, str]
+        _io: ClientIO
+        _records: Records
+        _resender: Resender
+        _engines: dict[int, str]
+        _uuids: dict[str, int]
+        _gone: set[str]
+        _engines_changed: threading.Condition
+        _link_lost_at: float | None
+        _resync: set[str] | None
+        _controller: str | None
+        _shm_hosts: dict[str, str]
+        _helpers: set[threading.Thread]
+
+        def _fetch_results(
+            self, msg_ids: list[str], delay: float, unknown_until: float
+        ) -> None: ...
+
+    def wait_for_engines(
+        self,
+        n: int | None = None,
+        timeout: float | None = -1,
+        block: bool = True,
+        interactive: bool | None = None,
+    ) -> futures.Future[None] | None:
+        """Block until at least ``n`` engines are registered (None: one); TimeoutError after
+        ``timeout`` seconds (None or negative: wait forever), ConnectionError once the
+        controller has been unreachable for the client's own ``timeout`` (while it is, the
+        engine table is stale and does not count). ``block=False``: a Future of the same wait
+        at once. ``interactive``: show a progress bar of the engines meanwhile."""
+        count = 1 if n is None else n
+        if interactive and block:
+            from corral.client.progress import wait_for_engines
+
+            wait_for_engines(cast("Client", self), count, timeout=timeout)
+            return None
+        if not block:
+            waiting: futures.Future[None] = futures.Future()
+
+            def wait_in_thread() -> None:
+                try:
+                    self._wait_for_engines(count, timeout)
+                except BaseException as exc:  # noqa: BLE001 - the future carries it
+                    waiting.set_exception(exc)
+                else:
+                    waiting.set_result(None)
+
+            self._start_helper("corral-wait-for-engines", wait_in_thread)
+            return waiting
+        self._wait_for_engines(count, timeout)
+        return None
+
+    def _start_helper(self, name: str, run: Callable[[], None]) -> None:
+        """Run ``run`` on a thread this client owns: :meth:`_join_helpers` (from ``close``)
+        joins it, once closing has woken every wait."""
+
+        def helper() -> None:
+            try:
+                run()
+            finally:
+                with self._engines_changed:
+                    self._helpers.discard(threading.current_thread())
+
+        thread = threading.Thread(target=helper, name=name, daemon=True)
+        with self._engines_changed:
+            self._helpers.add(thread)
+        thread.start()
+
+    def _join_helpers(self, timeout: float = 10.0) -> None:
+        with self._engines_changed:
+            helpers = list(self._helpers)
+        for thread in helpers:
+            if thread is not threading.current_thread():
+                thread.join(timeout)
+                if thread.is_alive():
+                    log.error("client: helper %s did not end within %s s", thread.name, timeout)
+
+    def _wait_for_engines(self, n: int, timeout: float | None) -> None:
+        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
+        with self._engines_changed:
+            while len(self._engines) < n or self._link_lost_at is not None:
+                if self._io.closed:
+                    raise self._io.closed_error()
+                now = time.monotonic()
+                wait = None if deadline is None else deadline - now
+                if wait is not None and wait <= 0:
+                    raise TimeoutError(
+                        f"{len(self._engines)} of {n} engines registered after {timeout} s"
+                    )
+                if self._link_lost_at is not None:
+                    link_left = self._link_lost_at + self.timeout - now
+                    if link_left <= 0:
+                        raise self._unreachable(f"waiting for {n} engines")
+                    wait = link_left if wait is None else min(wait, link_left)
+                self._engines_changed.wait(wait if wait is not None else 1.0)
+
+    def _unreachable(self, doing: str, within: float | None = None) -> ConnectionError:
+        lost = self._link_lost_at
+        since = f"{time.monotonic() - lost:.1f} s ago" if lost is not None else "just now"
+        return ConnectionError(
+            f"{doing}: the controller at {self.addresses['hub']} did not answer: it is "
+            f"unreachable (the connection dropped {since} and did not come back within "
+            f"{self.timeout if within is None else within} s). Is it running? A controller "
+            "restarted with --restore is found again by this client by itself."
+        )
+
+    def wait_for_futures(
+        self,
+        pending: Iterable[futures.Future[Any]],
+        timeout: float | None,
+        doing: str,
+        *,
+        any_done: bool = False,
+    ) -> bool:
+        """Wait until every future (``any_done``: one) is done (True) or ``timeout`` passes
+        (False; None or negative: no limit). ConnectionError once the controller has been
+        unreachable for ``outage_grace`` seconds with some still pending: nothing could complete
+        them then. A controller back within the grace changes nothing."""
+        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
+        everything = list(pending)
+        waiting = [f for f in everything if not f.done()]
+        while waiting and not (any_done and len(waiting) < len(everything)):
+            now = time.monotonic()
+            lost = self._link_lost_at
+            step = LINK_CHECK
+            if lost is not None:
+                step = lost + self.outage_grace - now
+                if step <= 0:
+                    raise self._unreachable(doing, self.outage_grace)
+            if deadline is not None:
+                if deadline <= now:
+                    return False
+                step = min(step, deadline - now)
+            _, not_done = futures.wait(
+                waiting, step, futures.FIRST_COMPLETED if any_done else futures.ALL_COMPLETED
+            )
+            waiting = list(not_done)
+        return True
+
+    def _wait_for_link(self, deadline: float, doing: str) -> None:
+        """Return once the controller link is up; ConnectionError if not by ``deadline``."""
+        with self._engines_changed:
+            while self._link_lost_at is not None:
+                if self._io.closed:
+                    raise self._io.closed_error()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise self._unreachable(doing)
+                self._engines_changed.wait(left)
+
+    def _link_changed(self, up: bool) -> None:
+        """(I/O thread) The controller link dropped, or its sockets are connected again. The
+        client counts as reconnected only once the Hub has sent the engine table again:
+        registrations published meanwhile never reached it, and a direct request to an engine
+        that has not re-registered yet would be dropped by the new MUX."""
+        if up:
+            with self._engines_changed:
+                self._resync = set()
+            self._request_engine_table()
+            return
+        with self._engines_changed:
+            if self._link_lost_at is None:
+                self._link_lost_at = time.monotonic()
+            self._resync = None
+            self._engines_changed.notify_all()
+
+    def _request_engine_table(self) -> None:
+        """(I/O thread) connection_request; the reply replaces the engine table, keeping the
+        engines announced while it was on its way, and ends the outage. Asked again while the
+        sockets stay connected and no reply comes."""
+        msg = self.session.msg("connection_request", {})
+
+        def on_reply(reply: Message) -> None:
+            content = reply.content or {}
+            with self._engines_changed:
+                if content.get("status") != "ok" or self._resync is None:
+                    return
+                announced, self._resync = self._resync, None
+                self._controller = content.get("controller")
+                self._shm_hosts.update(content.get("engine_hosts") or {})
+                engines = {
+                    int(engine_id): uuid
+                    for engine_id, uuid in content.get("engines", {}).items()
+                    if uuid not in self._gone
+                }
+                engines.update({i: u for i, u in self._engines.items() if u in announced})
+                self._engines = engines
+                self._uuids = {u: i for i, u in engines.items()}
+                self._link_lost_at = None
+                self._engines_changed.notify_all()
+            self._recover(Recovery.of(self._unanswered()))
+
+        def on_timeout() -> None:
+            if self._records.pending.pop(msg.msg_id, None) is not None and self._io.link_up:
+                self._request_engine_table()
+
+        self._records.track_service(msg.msg_id, "hub", on_reply=on_reply)
+        self._io.send_now("hub", self.session.serialize(msg))
+        self._io.call_later(self.timeout, on_timeout)
+
+    def _unanswered(self) -> list[str]:
+        return [
+            msg_id
+            for msg_id, pending in list(self._records.pending.items())
+            if pending.kind == TASK and pending.channel in ("mux", "task")
+        ]
+
+    def _recover(self, recovery: Recovery) -> None:
+        """(I/O thread) After an outage: ask the Hub about requests still unanswered here
+        (see :mod:`corral.client.recovery`), until each is settled."""
+        msg_ids = recovery.to_ask(self._unanswered())
+        if not msg_ids or self._io.closed:
+            return
+        query = {"query": {"msg_id": {"$in": msg_ids}}, "keys": ["msg_id", "status"]}
+        msg = self.session.msg("db_request", query)
+
+        def on_reply(reply: Message) -> None:
+            records = (reply.content or {}).get("records") or []
+            plan = recovery.answered({r["msg_id"]: r.get("status", "") for r in records})
+            resent = 0
+            for msg_id in plan.lost:
+                if self._resend(msg_id, "the controller died before it recorded it"):
+                    resent += 1
+                    continue
+                self._records.fail(
+                    msg_id,
+                    ConnectionError(
+                        "the controller died before it recorded this request, so it never "
+                        "reached an engine; submit it again"
+                    ),
+                )
+            if resent:
+                log.warning(
+                    "client: %d task(s) sent again: the controller died before it recorded "
+                    "them (the first: %s)",
+                    resent,
+                    plan.lost[0],
+                )
+            if plan.fetch:
+                self._fetch_results(plan.fetch, 0.0, time.monotonic() + self.timeout)
+            if plan.ask_again:
+                self._io.call_later(RECOVERY_PERIOD, lambda: self._recover(recovery))
+
+        def on_timeout() -> None:
+            if self._records.pending.pop(msg.msg_id, None) is not None and self._io.link_up:
+                self._recover(recovery)  # no answer but connected: ask again
+
+        self._records.track_service(msg.msg_id, "hub", on_reply=on_reply)
+        self._io.send_now("hub", self.session.serialize(msg))
+        self._io.call_later(self.timeout, on_timeout)
+
+    def _resend(self, msg_id: str, why: str) -> bool:
+        """(I/O thread) Send a held load-balanced request again, same msg_id; False if it is
+        not held (direct, answered, or sent again too often already)."""
+        msg = self._resender.take(msg_id)
+        if msg is None or self._io.closed:
+            return False
+        log.debug("client: task %s sent again: %s", msg_id, why)  # callers log a summary
+        self._io.send_now("task", self.session.serialize(msg))
+        return True
+
+    def _add_engine(self, engine_id: int, uuid: str) -> None:
+        if uuid in self._gone:
+            return
+        self._engines = {**self._engines, engine_id: uuid}
+        self._uuids = {**self._uuids, uuid: engine_id}
+        self._engines_changed.notify_all()
+
+    def _engine_registered(self, engine_id: int, uuid: str) -> None:
+        with self._engines_changed:
+            self._add_engine(engine_id, uuid)
+            if self._resync is not None:
+                self._resync.add(uuid)
+
+    def _engine_unregistered(self, engine_id: int, uuid: str, why: str | None = None) -> None:
+        with self._engines_changed:
+            self._gone.add(uuid)
+            self._engines = {i: u for i, u in self._engines.items() if u != uuid}
+            self._uuids = {u: i for i, u in self._engines.items()}
+            self._engines_changed.notify_all()
+        self._records.fail_engine(uuid, lambda: engine_gone(engine_id, uuid, why))
+
+
+def engine_gone(engine_id: int | None, uuid: str, why: str | None = None) -> EngineError:
+    return EngineError(
+        "EngineError",
+        f"engine {engine_id} ({uuid}) was unregistered while this request was outstanding: "
+        + (why or "it stopped, died or missed its heartbeats"),
+        engine_id=engine_id,
+        engine_uuid=uuid,
+    )
