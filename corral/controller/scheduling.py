@@ -42,6 +42,13 @@ Rules decided here (the shell and clients rely on them):
   that has not refused it, and fails with ImpossibleDependency only once every registered
   engine that may run it has (:meth:`SchedulerCore.task_unmet`).
 - Every Fail counts as a failure for dependents, as does a Complete of a failed reply.
+- A Dispatch the shell could not send (the engine registered but its task connection is not up
+  yet) is reported with :meth:`SchedulerCore.engine_unreachable` and sent again every
+  ``UNREACHABLE_RETRY`` seconds until ``UNREACHABLE_GRACE`` after the first failure; then the
+  task stays with that engine until the Hub declares it dead (:meth:`remove_engine`).
+- The last ``finished_memory`` finished msg_ids are remembered (:meth:`SchedulerCore.answered`):
+  a reply for one of them is late (its task was failed or resubmitted) and must not reach the
+  client; the outcome of a task that falls out of that memory is forgotten.
 - Choosing an engine costs O(free eligible engines); everything else per task is O(1) plus
   O(its dependencies). Nothing scans all tasks.
 """
@@ -68,6 +75,9 @@ from corral.errors import (
 from corral.protocol.dependency import Dependency
 
 POLICIES: Final = ("leastload", "lru", "random", "weighted")
+FINISHED_MEMORY: Final = 100_000  # recent tasks whose late replies are recognised
+UNREACHABLE_GRACE: Final = 5.0  # seconds to keep sending to an engine not yet connected
+UNREACHABLE_RETRY: Final = 0.01  # seconds between those attempts
 
 
 @dataclass(frozen=True)
@@ -104,7 +114,7 @@ class Fail:
     """Answer the client with an error reply of this class; the task is finished."""
 
     msg_id: str
-    error: type[RemoteError]
+    error: type[Exception]  # a RemoteError, or the ProtocolError/TypeError of a bad request
     reason: str
 
 
@@ -172,6 +182,16 @@ class _Record:
         )
 
 
+@dataclass(slots=True)
+class _Unreachable:
+    """A Dispatch the shell could not send, and when to send it again (None: sent again,
+    waiting to hear whether that failed too)."""
+
+    engine_uuid: str
+    since: float
+    retry_at: float | None
+
+
 _Entry: TypeAlias = tuple[int, int, _Record]  # (-priority, seq, record): a heap key
 _Finished: TypeAlias = deque[tuple[_Record, bool, "_Engine | None"]]
 
@@ -184,7 +204,11 @@ class SchedulerCore:
     """
 
     def __init__(
-        self, policy: str = "leastload", max_outstanding: int = 16, seed: int | None = None
+        self,
+        policy: str = "leastload",
+        max_outstanding: int = 16,
+        seed: int | None = None,
+        finished_memory: int = FINISHED_MEMORY,
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown scheduler policy {policy!r}; choose one of {POLICIES}")
@@ -207,6 +231,9 @@ class SchedulerCore:
         self._seq = 0
         self._clock = 0
         self._registrations = 0
+        self._finished: dict[str, None] = {}  # recently finished msg_ids, oldest first
+        self._finished_memory = finished_memory
+        self._unreachable: dict[str, _Unreachable] = {}
 
     # ------------------------------------------------------------------ events
 
@@ -319,6 +346,7 @@ class SchedulerCore:
             return actions
         del self._records[msg_id]
         record.state = _DONE
+        self._remember(msg_id)
         actions.append(Complete(msg_id))
         self._fill(engine, actions)
         self._settle(deque([(record, success, engine)]), now, actions)
@@ -362,9 +390,63 @@ class SchedulerCore:
             self._free[engine.uuid] = engine
         record.engine = None
 
+    def reject(self, msg_id: str, error: type[Exception], reason: str) -> list[Action]:
+        """A request the shell could not turn into a task (wrong type, bad metadata, a msg_id
+        already submitted): its Fail, and it counts as answered (see :meth:`answered`)."""
+        self._remember(msg_id)
+        return [Fail(msg_id, error, reason)]
+
+    def answered(self, msg_id: str) -> bool:
+        """Whether this scheduler finished ``msg_id`` lately: a reply for it now is late (the
+        task was failed or resubmitted) and must be dropped. A reply for a msg_id neither
+        running nor answered is for a task sent before a controller restart."""
+        return msg_id in self._finished
+
+    def engine_unreachable(self, msg_id: str, engine_uuid: str, now: float) -> None:
+        """The shell could not send the Dispatch of ``msg_id`` to ``engine_uuid`` (its task
+        connection is not up yet, or it just died): :meth:`tick` sends it again (see the
+        module's rules). Ignored if the task is no longer running there."""
+        record = self._records.get(msg_id)
+        if record is None or record.engine is None or record.engine.uuid != engine_uuid:
+            return
+        entry = self._unreachable.get(msg_id)
+        since = now if entry is None or entry.engine_uuid != engine_uuid else entry.since
+        if now - since > UNREACHABLE_GRACE:
+            del self._unreachable[msg_id]  # the Hub will declare the engine dead
+            return
+        self._unreachable[msg_id] = _Unreachable(engine_uuid, since, now + UNREACHABLE_RETRY)
+
+    def _remember(self, msg_id: str) -> None:
+        """Remember the newest ``finished_memory`` finished tasks; forget the outcome of each
+        one that falls out, so neither grows with every task ever run (a task that names one
+        as a dependency later is refused as unknown)."""
+        if self._unreachable:
+            self._unreachable.pop(msg_id, None)
+        finished = self._finished
+        finished[msg_id] = None
+        if len(finished) > self._finished_memory:
+            oldest = next(iter(finished))
+            del finished[oldest]
+            self.forget([oldest])
+
+    def _retry_unreachable(self, now: float, actions: list[Action]) -> None:
+        for msg_id, entry in list(self._unreachable.items()):
+            if entry.retry_at is None or entry.retry_at > now:
+                continue
+            record = self._records.get(msg_id)
+            engine = None if record is None else record.engine
+            if record is None or engine is None or engine.uuid != entry.engine_uuid:
+                del self._unreachable[msg_id]  # finished, or sent elsewhere since
+                continue
+            entry.retry_at = None
+            actions.append(Dispatch(msg_id, entry.engine_uuid, record.attempts - 1))
+
     def tick(self, now: float) -> list[Action]:
-        """Fail the tasks whose timeout ran out by ``now`` (see the module's rules)."""
+        """Send again the Dispatches due (see :meth:`engine_unreachable`) and fail the tasks
+        whose timeout ran out by ``now`` (see the module's rules)."""
         actions: list[Action] = []
+        if self._unreachable:
+            self._retry_unreachable(now, actions)
         finished: _Finished = deque()
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= now:
@@ -394,7 +476,11 @@ class SchedulerCore:
         deadlines = self._deadlines
         while deadlines and not self._timed(deadlines[0][2]):
             heapq.heappop(deadlines)
-        return deadlines[0][0] if deadlines else None
+        when = deadlines[0][0] if deadlines else None
+        for entry in self._unreachable.values():
+            if entry.retry_at is not None and (when is None or entry.retry_at < when):
+                when = entry.retry_at
+        return when
 
     def forget(self, msg_ids: Iterable[str]) -> None:
         """Drop the outcomes of purged tasks, so bookkeeping does not grow without bound.
@@ -458,6 +544,7 @@ class SchedulerCore:
     ) -> None:
         del self._records[record.task.msg_id]
         record.state = _DONE
+        self._remember(record.task.msg_id)
         actions.append(Fail(record.task.msg_id, error, reason))
         finished.append((record, False, None))
 
@@ -586,6 +673,8 @@ class SchedulerCore:
 
     def _dispatch(self, record: _Record, engine: _Engine, actions: list[Action]) -> None:
         msg_id = record.task.msg_id
+        if self._unreachable:
+            self._unreachable.pop(msg_id, None)  # this Dispatch replaces any pending retry
         record.state = _RUNNING
         record.engine = engine
         engine.running[msg_id] = record
