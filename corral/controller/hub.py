@@ -21,7 +21,6 @@ import logging
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -30,13 +29,19 @@ from corral.controller.activity import Activity
 from corral.controller.heartbeat import HeartMonitor
 from corral.controller.hub_actions import (
     Action,
-    AddRecord,
     ExpireResults,
     Send,
     Stop,
     UpdateRecord,
 )
-from corral.controller.hub_queries import MAX_QUERY_IDS, QUERIES, answer
+from corral.controller.hub_queries import QUERIES, answer
+from corral.controller.hub_records import (
+    iso_date,
+    record_destination,
+    record_reply,
+    record_request,
+)
+from corral.controller.hub_restart import expect_answers, lost_balanced, restore, settle_restored
 from corral.controller.store.base import ResultStore
 from corral.errors import (
     EngineError,
@@ -62,20 +67,6 @@ log = logging.getLogger("corral.hub")
 
 REGISTRATION_PING = 0.05  # seconds between repeated beats while an engine waits to register
 PROBE_PERIOD = 0.04  # seconds between probes of an engine whose connection closed
-# the fields of a result, emptied when a task lost in a restart is sent again
-CLEARED_RESULT: dict[str, Any] = {
-    "result_header": None,
-    "result_metadata": None,
-    "result_content": None,
-    "result_buffers": [],
-    "completed": None,
-    "received": None,
-}
-
-
-def iso_date(now: float) -> str:
-    """``now`` (seconds since the epoch) as every date on the wire: ISO 8601 with zone."""
-    return datetime.fromtimestamp(now, UTC).isoformat()
 
 
 def _due(deadline: float | None, now: float, span: float) -> bool:
@@ -155,103 +146,9 @@ class Hub:
         self.replies_writing: deque[tuple[int, dict[str, dict[str, str]]]] = deque()
 
     def restore(self) -> None:
-        """After a restart: tasks the store still has pending may yet be answered by engines
-        that survived, so their replies must be recorded when they come."""
-        keys = ["engine_uuid", "queue", "metadata"]
-        for record in self.store.find_records({"status": "pending"}, keys):
-            self.pending[record["msg_id"]] = record.get("engine_uuid")
-            if record.get("queue") == "task":
-                retries = (record.get("metadata") or {}).get("retries")
-                self.balanced[record["msg_id"]] = retries if isinstance(retries, int) else 0
-        self.restored = dict(self.pending)
-        self.restored_until_beat = self.hearts.beat + 2 * self.hearts.max_misses
-        # new engines get ids above every id in the stored records
-        records = self.store.find_records({"engine_id": {"$ne": None}}, ["engine_id"])
-        ids = [r["engine_id"] for r in records if isinstance(r.get("engine_id"), int)]
-        self.next_id = max([self.next_id, *(engine_id + 1 for engine_id in ids)])
-
-    def _settle_restored(self, now: float) -> list[Action]:
-        """Tasks pending before the restart whose engine did not come back in time (or that
-        waited in the old scheduler, which is gone) can never be answered: fail them, so that
-        no client waits for them for ever."""
-        date = iso_date(now)
-        writes: list[Action] = []
-        for msg_id, engine_uuid in self.restored.items():
-            if msg_id not in self.pending or msg_id in self.reported:
-                continue
-            del self.pending[msg_id]
-            if engine_uuid in self.by_uuid:
-                where = f"its engine {engine_uuid} came back without it: it never reached it"
-            elif engine_uuid:
-                where = f"its engine {engine_uuid} did not come back"
-            else:
-                where = "it waited in the task scheduler, which restarted empty"
-            content = error_content(
-                EngineError("EngineError", f"lost in a controller restart: {where}"), None, None
-            )
-            # a load-balanced task that never reached an engine, or may be retried: the client
-            # that still holds the request sends it again (see corral.client.recovery)
-            never_ran = engine_uuid is None or engine_uuid in self.by_uuid
-            resendable = self._lost_balanced(msg_id, never_ran)
-            changes = {
-                "status": "error",
-                "result_content": content,
-                "completed": date,
-                "result_metadata": {
-                    "status": "error",
-                    "engine_uuid": engine_uuid,
-                    **({RESENDABLE: True} if resendable else {}),
-                },
-            }
-            writes.append(UpdateRecord(msg_id, changes))
-            log.warning("hub: task %s %s", msg_id, f"lost in the restart: {where}")
-        self.restored = {}
-        self.reported.clear()
-        return writes
-
-    def _lost_balanced(self, msg_id: str, never_ran: bool) -> bool:
-        """Whether a restored task, now failed, is load-balanced and may be sent again: it
-        never reached an engine, or its ``retries`` allow another attempt."""
-        retries = self.balanced.pop(msg_id, None)
-        if retries is None or not (never_ran or retries > 0):
-            return False
-        self.resendable.add(msg_id)
-        return True
-
-    def _expect_answers(self, uuid: str, msg_ids: Any) -> list[Action]:
-        """An engine back after a restart holds these tasks or sends their replies again:
-        the replies must be recorded, also of tasks this controller never saw recorded."""
-        if not isinstance(msg_ids, list) or not all(isinstance(m, str) for m in msg_ids):
-            raise InvalidContent("tasks must be a list of msg_ids")
-        msg_ids = msg_ids[:MAX_QUERY_IDS]
-        known = self.store.get_records([m for m in msg_ids if m not in self.pending])
-        self.expected_from[uuid] = msg_ids
-        writes: list[Action] = []
-        for msg_id in msg_ids:
-            if msg_id in self.pending:
-                self.pending[msg_id] = uuid
-                self.reported.add(msg_id)
-            elif msg_id not in known:
-                self.pending[msg_id] = uuid
-                self.reported.add(msg_id)
-                record = {
-                    "msg_id": msg_id,
-                    "header": {"msg_id": msg_id},
-                    "metadata": {},
-                    "content": {},
-                    "queue": None,
-                    "client_uuid": None,
-                    "engine_uuid": uuid,
-                    "engine_id": None,
-                    "submitted": None,
-                    "status": "pending",
-                    "started": None,
-                    "completed": None,
-                    "received": None,
-                    "resubmitted": False,
-                }
-                writes.append(AddRecord(msg_id, record))
-        return writes
+        """After a restart: re-mark the tasks the store still has pending (see
+        :func:`corral.controller.hub_restart.restore`)."""
+        restore(self)
 
     # ------------------------------------------------------------ registration
 
@@ -377,7 +274,7 @@ class Hub:
             dict(info) if isinstance(info, dict) else {},
         )
         self.told_stale.discard(uuid)
-        writes = self._expect_answers(uuid, content["tasks"]) if "tasks" in content else []
+        writes = expect_answers(self, uuid, content["tasks"]) if "tasks" in content else []
         reply = ok_reply(
             id=engine_id, heartbeat_period=self.heartbeat_period, **self.engine_addresses
         )
@@ -486,7 +383,7 @@ class Hub:
             # controller restart no scheduler knows: their client may send them again
             self.pending.pop(msg_id, None)
             self.activity.complete(msg_id, entry.id, "error", None, date)
-            resendable = self._lost_balanced(msg_id, never_ran=False)
+            resendable = lost_balanced(self, msg_id, never_ran=False)
             changes = {
                 "status": "error",
                 "result_content": failure,
@@ -550,7 +447,7 @@ class Hub:
         payload, failed = self.hearts.tick()
         actions: list[Action] = [ExpireResults(), *self._confirm_recorded()]
         if self.restored and self.hearts.beat >= self.restored_until_beat:
-            actions.extend(self._settle_restored(now))
+            actions.extend(settle_restored(self, now))
         for uuid in failed:
             entry = self.by_uuid.get(uuid)
             if entry is not None:
@@ -642,111 +539,9 @@ class Hub:
         replies (none for anything else)."""
         queue, _, direction = prefix.decode("ascii", "replace").partition("_")
         if direction == "in" and queue in ("mux", "task"):
-            return self._record_request(queue, idents, msg)
+            return record_request(self, queue, idents, msg)
         if direction == "out" and queue in ("mux", "task"):
-            return self._record_reply(queue, idents, msg, now)
+            return record_reply(self, queue, idents, msg, now)
         if direction == "dest" and msg.content is not None:
-            return self._record_destination(msg.content["msg_id"], msg.content["engine_id"])
+            return record_destination(self, msg.content["msg_id"], msg.content["engine_id"])
         return []
-
-    def _record_request(self, queue: str, idents: Sequence[bytes], msg: Message) -> list[Action]:
-        if msg.msg_type not in ("apply_request", "execute_request"):
-            return []
-        # monitor copies carry identities as the queue sent them on: destination first, so a
-        # MUX request is (engine, client) and a task request, not yet routed, is (client,)
-        if queue == "mux":
-            engine_uuid: str | None = _ident(idents, 0)
-            client = _ident(idents, 1)
-        else:
-            engine_uuid, client = None, _ident(idents, 0)
-        entry = self.by_uuid.get(engine_uuid) if engine_uuid else None
-        msg_id = msg.msg_id
-        self.pending[msg_id] = engine_uuid
-        if entry is not None:
-            entry.queue[msg_id] = None
-        label = msg.metadata.get("label")
-        self.activity.submit()
-        resent = msg_id in self.resendable  # sent again after a restart lost it
-        self.resendable.discard(msg_id)
-        record = {
-            **({"label": label} if isinstance(label, str) else {}),
-            "msg_id": msg_id,
-            "header": msg.header,
-            "metadata": msg.metadata,
-            "content": msg.content or {},
-            "queue": queue,
-            "client_uuid": client,
-            "engine_uuid": engine_uuid,
-            "engine_id": entry.id if entry else None,
-            "submitted": msg.header.get("date"),
-            "status": "pending",
-            "started": None,
-            "completed": None,
-            "received": None,
-            "resubmitted": resent,
-            **(CLEARED_RESULT if resent else {}),
-        }
-        return [AddRecord(msg_id, record)]
-
-    def _record_destination(self, msg_id: str, engine_uuid: str) -> list[Action]:
-        entry = self.by_uuid.get(engine_uuid)
-        if msg_id not in self.pending:
-            return []
-        self.pending[msg_id] = engine_uuid
-        if entry is not None:
-            entry.tasks[msg_id] = None
-        changes = {"engine_uuid": engine_uuid, "engine_id": entry.id if entry else None}
-        return [UpdateRecord(msg_id, changes)]
-
-    def _record_reply(
-        self, queue: str, idents: Sequence[bytes], msg: Message, now: float
-    ) -> list[Action]:
-        msg_id = msg.parent_id
-        if msg_id is None:
-            return []
-        engine_uuid = _ident(idents, 1)  # a reply travels (client, engine)
-        if engine_uuid in self.by_uuid:  # its engine may forget it once it is written
-            self.replies_seen.setdefault(engine_uuid, {})[queue] = msg_id
-        if msg_id not in self.pending:
-            return []  # a duplicate (e.g. a resumed engine's late reply) or not a task
-        if engine_uuid in self.dropped:
-            return []  # a late reply of an engine declared dead: its tasks were settled without it
-        expected = self.pending.pop(msg_id)
-        if expected is not None and expected != engine_uuid and engine_uuid != "scheduler":
-            self.pending[msg_id] = expected
-            return []  # a reply from an engine the task was taken away from
-        self.balanced.pop(msg_id, None)
-        entry = self.by_uuid.get(engine_uuid) or (self.by_uuid.get(expected) if expected else None)
-        if entry is not None:
-            entry.queue.pop(msg_id, None)
-            entry.tasks.pop(msg_id, None)
-            entry.completed[msg_id] = None
-        content = msg.content or {}
-        metadata = msg.metadata
-        self.activity.complete(
-            msg_id,
-            entry.id if entry else metadata.get("engine_id"),
-            str(content.get("status", "error")),
-            metadata.get("started"),
-            metadata.get("completed"),
-        )
-        date = iso_date(now)
-        changes = {
-            "status": content.get("status", "error"),
-            "result_header": msg.header,
-            "result_metadata": metadata,
-            "result_content": content,
-            "result_buffers": [frame_view(b) for b in msg.buffers],
-            "started": metadata.get("started"),
-            "completed": metadata.get("completed") or date,
-            "received": date,
-            "stdout": metadata.get("stdout", ""),
-            "stderr": metadata.get("stderr", ""),
-            "engine_uuid": entry.uuid if entry else engine_uuid,
-            "engine_id": entry.id if entry else metadata.get("engine_id"),
-        }
-        return [UpdateRecord(msg_id, changes)]
-
-
-def _ident(idents: Sequence[bytes], index: int) -> str:
-    return idents[index].decode("utf-8", "replace") if len(idents) > index else ""

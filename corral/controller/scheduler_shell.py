@@ -20,7 +20,8 @@ import orjson
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-from corral.controller.scheduling import Action, Complete, Dispatch, Fail, SchedulerCore, Task
+from corral.controller.scheduling import SchedulerCore
+from corral.controller.scheduling_state import Action, Complete, Dispatch, Fail, Task
 from corral.errors import CorralError, ProtocolError, RemoteError, error_content
 from corral.loop import Loop, Timer
 from corral.protocol.dependency import Dependency

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import pytest
 
-from corral.controller.scheduling import (
+from corral.controller.scheduling import SchedulerCore
+from corral.controller.scheduling_state import (
     UNREACHABLE_GRACE,
     UNREACHABLE_RETRY,
     Complete,
     Dispatch,
     Fail,
-    SchedulerCore,
     Task,
 )
 from corral.errors import ProtocolError
