@@ -1,10 +1,13 @@
-"""Starts a controller: binds every socket, runs the queues, and drives the Hub.
+"""Starts a controller: binds every socket, starts the queues and the scheduler, and runs the Hub.
 
 Processes and threads (docs/architecture.md): the MUX and control queues are pyzmq's C
-monitored queues and iopub a C proxy, each in its own thread, so no Python runs per message on
-those paths. The task scheduler runs in its own process (`corral.controller.scheduler`) so that
-its Python never competes with the Hub's for the GIL. This thread runs the Hub: registration and
-queries, heartbeats, and the monitor stream of every queue.
+monitored queues and iopub a C proxy, each in its own thread (owned here: joined on close), so
+no Python runs per message on those paths. The task scheduler runs in its own process
+(`corral.controller.scheduler`) so that its Python never competes with the Hub's for the GIL.
+The main thread runs the Hub: :mod:`corral.controller.hub_shell` drives the
+:class:`~corral.controller.hub.Hub` core on one :class:`~corral.loop.Loop`, which also takes
+SIGTERM/SIGINT at once. This module owns what lives as long as the process: the sockets, the
+connection files, the scheduler process and the clean stop.
 """
 
 from __future__ import annotations
@@ -194,7 +197,6 @@ class Controller:
         # to engines by the file descriptor their pongs arrive on, make the Hub probe them
         self.pong_events = self.pong.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._sockets.append(self.pong_events)
-        self._pong_fds: dict[int, str] = {}
         # two monitor SUBs: one bound for the scheduler's PUB (a curve server under --curve),
         # one connected to the devices' inproc PUBs (inproc has no wire, so no curve)
         self.monitor, monitor_port = self._bind(zmq.SUB)

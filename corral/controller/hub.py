@@ -12,7 +12,9 @@ Rules that live here, so that tests drive them without sockets or sleeps: reques
 engine ids (increasing, never handed out again unasked, above every stored one after a restore),
 the beat once per period, the current beat repeated every ``REGISTRATION_PING`` while an engine
 waits to be registered, probes every ``PROBE_PERIOD`` while an engine is suspected, and what an
-engine's loss or a controller restart does to the records.
+engine's loss or a controller restart does to the records. The core's other parts are
+functions of the Hub: :mod:`~corral.controller.hub_records` (records from monitor copies),
+:mod:`~corral.controller.hub_restart` (``--restore``) and :mod:`~corral.controller.hub_queries`.
 """
 
 from __future__ import annotations
