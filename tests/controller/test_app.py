@@ -86,3 +86,17 @@ def test_the_scheduler_ends_when_its_controller_is_killed(
     controller.kill()
     controller.wait()
     scheduler.wait(15)  # psutil.TimeoutExpired if it outlives its controller
+
+
+def test_a_dead_scheduler_stops_its_controller_at_once_with_a_fault_status(
+    controller: subprocess.Popen[bytes],
+) -> None:
+    """The Hub watches its scheduler's stdout pipe: its end is seen at once, not polled, and
+    the controller exits 1 so that a supervisor restarts it."""
+    (scheduler,) = psutil.Process(controller.pid).children()
+    started = time.monotonic()
+    scheduler.kill()
+    returncode = controller.wait(HEARTBEAT / 2)
+    took = time.monotonic() - started
+    assert returncode == 1
+    assert took < 3, f"the controller took {took:.1f} s to see its scheduler die"
