@@ -36,6 +36,7 @@ from common import (
 )
 
 from corral.controller.hub import Hub, Send
+from corral.controller.hub_actions import Action, Stop, apply_writes
 from corral.controller.store import SQLiteStore
 from corral.protocol.session import Session
 from tools.chromium import chromium
@@ -46,22 +47,30 @@ CALLS = 20
 session = Session(b"bench-key")
 
 
+def record(hub: Hub, actions: list[Action]) -> list[Send | Stop]:
+    """Apply the Hub's store writes as its shell does; the messages it would send."""
+    return apply_writes(hub.store, actions, hub.forget_purged)
+
+
 def fill(hub: Hub) -> list[str]:
     """Register ENGINES engines and record TASKS load-balanced tasks with their replies."""
     uuids = [f"engine-{i}" for i in range(ENGINES)]
     for uuid in uuids:
-        hub.handle_request([uuid.encode()], session.msg("registration_request", {"uuid": uuid}))
-    payload, _ = hub.tick()
+        registration = session.msg("registration_request", {"uuid": uuid})
+        record(hub, hub.handle_request([uuid.encode()], registration, time.time()))
+    payload, actions = hub.tick(time.time())
+    record(hub, actions)
     for uuid in uuids:
-        hub.handle_pong(uuid, payload)
+        record(hub, hub.handle_pong(uuid, payload, time.time()))
     msg_ids = []
     start = datetime(2026, 1, 1, tzinfo=UTC)
     for i in range(TASKS):
         request = session.msg("apply_request", {})
         uuid = uuids[i % ENGINES]
-        hub.handle_monitor(b"task_in", [b"client"], request)
+        record(hub, hub.handle_monitor(b"task_in", [b"client"], request, time.time()))
         destination = {"msg_id": request.msg_id, "engine_id": uuid}
-        hub.handle_monitor(b"task_dest", [], session.msg("task_destination", destination))
+        copy = session.msg("task_destination", destination)
+        record(hub, hub.handle_monitor(b"task_dest", [], copy, time.time()))
         began = start + timedelta(milliseconds=10 * i)
         metadata = {
             "started": began.isoformat(),
@@ -70,7 +79,7 @@ def fill(hub: Hub) -> list[str]:
         }
         status = "error" if i % 97 == 0 else "ok"
         reply = session.msg("apply_reply", {"status": status}, parent=request, metadata=metadata)
-        hub.handle_monitor(b"task_out", [b"client", uuid.encode()], reply)
+        record(hub, hub.handle_monitor(b"task_out", [b"client", uuid.encode()], reply, time.time()))
         msg_ids.append(request.msg_id)
     hub.store.flush()
     return msg_ids
@@ -82,7 +91,7 @@ def timed_request(hub: Hub, msg_type: str, content: dict[str, Any]) -> tuple[flo
     for _ in range(CALLS):
         msg = session.msg(msg_type, content)
         begin = time.perf_counter()
-        (reply,) = hub.handle_request([b"dashboard"], msg)
+        (reply,) = record(hub, hub.handle_request([b"dashboard"], msg, time.time()))
         times.append(time.perf_counter() - begin)
     assert isinstance(reply, Send)
     check(reply.content["status"] == "ok", f"{msg_type} answered: {reply.content}")

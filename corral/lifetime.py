@@ -6,9 +6,9 @@ stopping them (killed, crashed), each child learns of it at once and terminates 
 cleanly with SIGTERM, which every process handles (unregister, flush the store, close
 sockets).
 
-A process whose main thread waits in ``zmq.Poller.poll`` does not see a signal until the poll
-returns: pyzmq runs the Python handler and polls again for the rest of the timeout.
-:class:`SignalWakeup` makes the poll return at once.
+Acting on SIGTERM at once is the event loop's part: :meth:`corral.loop.Loop.handle_signals`.
+The watching thread started here lives as long as the process and holds nothing to release,
+so nobody joins it: it ends with the process, the way the owner's end ends the process.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import select
 import signal
-import socket
 import threading
 
 
@@ -44,33 +43,3 @@ def exit_with_owner(owner_pid: int | None) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="owner-watch", daemon=True).start()
-
-
-class SignalWakeup:
-    """A socket that becomes readable when a signal with a Python handler arrives.
-
-    Register :meth:`fileno` in the poller of the main thread's loop and :meth:`drain` it when
-    readable; the handler itself (which sets the loop's stop flag) has run by then. Uses
-    ``signal.set_wakeup_fd``, so there is one per process, created on the main thread.
-    """
-
-    def __init__(self) -> None:
-        self._reader, self._writer = socket.socketpair()
-        self._reader.setblocking(False)
-        self._writer.setblocking(False)
-        self._previous = signal.set_wakeup_fd(self._writer.fileno(), warn_on_full_buffer=False)
-
-    def fileno(self) -> int:
-        return self._reader.fileno()
-
-    def drain(self) -> None:
-        try:
-            while self._reader.recv(64):
-                pass
-        except BlockingIOError:
-            pass
-
-    def close(self) -> None:
-        signal.set_wakeup_fd(self._previous)
-        self._reader.close()
-        self._writer.close()

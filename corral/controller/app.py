@@ -1,10 +1,13 @@
-"""Starts a controller: binds every socket, runs the queues, and drives the Hub.
+"""Starts a controller: binds every socket, starts the queues and the scheduler, and runs the Hub.
 
 Processes and threads (docs/architecture.md): the MUX and control queues are pyzmq's C
-monitored queues and iopub a C proxy, each in its own thread, so no Python runs per message on
-those paths. The task scheduler runs in its own process (`corral.controller.scheduler`) so that
-its Python never competes with the Hub's for the GIL. This thread runs the Hub: registration and
-queries, heartbeats, and the monitor stream of every queue.
+monitored queues and iopub a C proxy, each in its own thread (owned here: joined on close), so
+no Python runs per message on those paths. The task scheduler runs in its own process
+(`corral.controller.scheduler`) so that its Python never competes with the Hub's for the GIL.
+The main thread runs the Hub: :mod:`corral.controller.hub_shell` drives the
+:class:`~corral.controller.hub.Hub` core on one :class:`~corral.loop.Loop`, which also takes
+SIGTERM/SIGINT at once. This module owns what lives as long as the process: the sockets, the
+connection files, the scheduler process and the clean stop.
 """
 
 from __future__ import annotations
@@ -21,18 +24,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any
 
-import orjson
 import zmq
 from zmq import devices as zmq_devices
 from zmq.auth.thread import ThreadAuthenticator
-from zmq.utils.monitor import recv_monitor_message
 
-from corral.controller.hub import Hub, Send, Stop
+from corral.controller.hub import Hub
+from corral.controller.hub_shell import HubShell
 from corral.controller.location import reachable_address
-from corral.controller.loop import drain
 from corral.controller.store import RetentionSettings, SQLiteStore, open_store
-from corral.errors import CorralError, InvalidContent, ProtocolError, UnknownMessageType
-from corral.lifetime import SignalWakeup
+from corral.errors import CorralError
+from corral.loop import Loop
 from corral.protocol.connection_files import (
     CLIENT_FILE,
     ENGINE_FILE,
@@ -42,18 +43,13 @@ from corral.protocol.connection_files import (
     read_json_object,
     write_private_json,
 )
-from corral.protocol.messages import KNOWN_TYPES, error_reply, validate_content
-from corral.protocol.session import Message, Session, frame_view, new_key, split_identities
+from corral.protocol.session import Session, new_key
 from corral.protocol.shm import (
     DEFAULT_THRESHOLD,
-    METADATA_KEY,
-    SegmentRef,
     Settings,
-    encode_refs,
 )
 from corral.security import CurveKeys, make_server, server_options, start_authenticator
 from corral.sharedmem import SharedMemory, cluster_prefix, host_identity
-from corral.sockets import send_frames
 
 # pyzmq's device classes carry no type hints: typed here as Any, once
 ThreadMonitoredQueue: Any = zmq_devices.ThreadMonitoredQueue
@@ -62,9 +58,6 @@ ThreadProxy: Any = zmq_devices.ThreadProxy
 log = logging.getLogger("corral.controller")
 
 STATS_FILE = "controller-stats.json"
-REGISTRATION_PING = 0.05  # seconds between repeated beats while an engine waits to register
-PROBE_PERIOD = 0.04  # seconds between probes of an engine whose connection closed
-SHM_SWEEP_PERIOD = 2.0  # seconds between sweeps of the segments of dead processes
 
 
 @dataclass(frozen=True)
@@ -113,16 +106,17 @@ class Controller:
         self.connect_ip = reachable_address(config.ip, config.location)
         self.connect_url = f"{config.transport}://{self.connect_ip}"
         self._stopping = False
-        self.signals: SignalWakeup | None = None  # set by run_controller: SIGTERM wakes the loop
+        self.loop = Loop("hub")  # the main thread's: run_controller routes signals to it
+        self.shell: HubShell | None = None
         self.failed = False  # stopped by a fault (the scheduler died), not on request
         self._devices: list[Any] = []
+        self._sockets: list[zmq.Socket[Any]] = []  # this thread's, all closed by close()
         self._scheduler: subprocess.Popen[bytes] | None = None
         self.hub: Hub | None = None
         # fresh keys on every start: the server secret is never stored, so a restored
         # controller cannot take back the engines and clients of the one before it
         self.curve = CurveKeys.generate() if config.curve else None
         self._authenticator: ThreadAuthenticator | None = None
-        self.counts = {"rejected": 0, "monitored": 0, "queries": 0}
         self.shm = SharedMemory(_shm_settings(config), hub=True)
 
     # ------------------------------------------------------------ start
@@ -132,9 +126,15 @@ class Controller:
         port = self.previous.get(name)
         return port if isinstance(port, int) and port > 0 else 0
 
-    def _bind(self, kind: int, name: str = "") -> tuple[zmq.Socket[Any], int]:
+    def _socket(self, kind: int) -> zmq.Socket[Any]:
+        """A socket of this thread, closed by :meth:`close` before the context ends."""
         sock = self.context.socket(kind)
         sock.linger = 0
+        self._sockets.append(sock)
+        return sock
+
+    def _bind(self, kind: int, name: str = "") -> tuple[zmq.Socket[Any], int]:
+        sock = self._socket(kind)
         if self.curve is not None:
             make_server(sock, self.curve)
         port = self._port(name)
@@ -192,13 +192,12 @@ class Controller:
         # a dead engine's connections close at once: the pong socket's disconnections, mapped
         # to engines by the file descriptor their pongs arrive on, make the Hub probe them
         self.pong_events = self.pong.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-        self._pong_fds: dict[int, str] = {}
+        self._sockets.append(self.pong_events)
         # two monitor SUBs: one bound for the scheduler's PUB (a curve server under --curve),
         # one connected to the devices' inproc PUBs (inproc has no wire, so no curve)
         self.monitor, monitor_port = self._bind(zmq.SUB)
         self.monitor.subscribe(b"")
-        self.queue_monitor = self.context.socket(zmq.SUB)
-        self.queue_monitor.linger = 0
+        self.queue_monitor = self._socket(zmq.SUB)
         # no high-water mark on the monitor path: a copy dropped there is a task the Hub never
         # records (it lags behind a burst, then catches up); set before any peer connects
         for monitor in (self.monitor, self.queue_monitor):
@@ -241,16 +240,12 @@ class Controller:
             "iopub": address(iopub_client),
             "notification": address(notify_port),
         }
-        first_id = 0
-        if config.restore:
-            first_id = _next_engine_id(self.store)
         self.hub = Hub(
             self.store,
             {k: v for k, v in engine_addresses.items() if v},
             client_addresses,
             config.heartbeat_period,
             config.max_misses,
-            first_id,
         )
         if config.restore:
             self.hub.restore()
@@ -334,188 +329,46 @@ class Controller:
     # ------------------------------------------------------------ serve
 
     def serve_forever(self) -> None:
-        """The Hub loop: registration/queries, monitor copies, pongs, and a beat per period."""
+        """Run the Hub's loop (:mod:`corral.controller.hub_shell`) until stopped."""
         assert self.hub is not None
-        poller = zmq.Poller()
-        for sock in (
-            self.registration,
-            self.monitor,
-            self.queue_monitor,
-            self.pong,
-            self.pong_events,
-        ):
-            poller.register(sock, zmq.POLLIN)
-        if self.signals is not None:
-            poller.register(self.signals.fileno(), zmq.POLLIN)
-        period = self.config.heartbeat_period
-        next_beat = next_repeat = next_probe = next_sweep = time.monotonic()
-        while not self._stopping:
-            now = time.monotonic()
-            if now >= next_sweep:
-                self.shm.sweep()
-                next_sweep = now + SHM_SWEEP_PERIOD
-            if now >= next_beat:
-                payload, actions = self.hub.tick()
-                self.ping.send(payload)
-                self._perform(actions)
-                next_beat = max(next_beat + period, now + period / 2)
-            elif self.hub.pending_registrations and now >= next_repeat:
-                # an engine waits for its first pong to be registered: repeat the current beat
-                # (the count does not advance, so no other heart is judged) instead of making
-                # it wait up to a whole period
-                self.ping.send(self.hub.hearts.payload())
-                next_repeat = now + REGISTRATION_PING
-            if self.hub.hearts.suspects and now >= next_probe:
-                payload, actions = self.hub.probe()
-                self.ping.send(payload)
-                self._perform(actions)
-                next_probe = now + PROBE_PERIOD
-            wake = next_beat
-            if self.hub.pending_registrations:
-                wake = min(wake, max(next_repeat, now))
-            if self.hub.hearts.suspects:
-                wake = min(wake, max(next_probe, now))
-            events = dict(poller.poll(int(max(0.0, wake - time.monotonic()) * 1000)))
-            if self.signals is not None and self.signals.fileno() in events:
-                self.signals.drain()  # the handler has run: _stopping is set
-            if self.pong_events in events:
-                self._on_pong_events()
-            if self.pong in events:
-                self._drain(self.pong, self._on_pong)
-            # copies before queries: a query then sees every task whose copy has arrived
-            for monitor in (self.queue_monitor, self.monitor):
-                if monitor in events:
-                    self._drain(monitor, self._on_monitor)
-            if self.registration in events:
-                # copies that arrived while the others were handled come first too
-                for monitor in (self.queue_monitor, self.monitor):
-                    self._drain(monitor, self._on_monitor)
-                self._drain(self.registration, self._on_request)
-            if self._scheduler is not None and self._scheduler.poll() is not None:
-                log.error("the task scheduler exited (%s); stopping", self._scheduler.returncode)
-                self._stopping = self.failed = True
-
-    def _drain(self, sock: zmq.Socket[Any], handle: Any) -> None:
-        drain(sock, handle, self.counts, log)
-
-    def _on_pong(self, frames: list[zmq.Frame]) -> None:
-        if len(frames) != 2:
-            raise ProtocolError(f"heartbeat with {len(frames)} frames")
-        assert self.hub is not None
-        uuid = frames[0].bytes.decode("utf-8", "replace")
-        try:
-            self._pong_fds[int(frames[1].get(zmq.SRCFD))] = uuid
-        except zmq.ZMQError:
-            pass  # no descriptor for this frame: that engine is judged by its beats alone
-        self._perform(self.hub.handle_pong(uuid, frames[1].bytes))
-
-    def _on_pong_events(self) -> None:
-        """Connections of the pong socket that closed: the engine behind each is probed."""
-        assert self.hub is not None
-        while self.pong_events.poll(0):
-            event = recv_monitor_message(self.pong_events)
-            uuid = self._pong_fds.pop(int(event["value"]), None)
-            if uuid is not None:
-                log.info("hub: the connection of engine %s closed; probing it", uuid)
-                self.hub.connection_closed(uuid)
-
-    def _on_request(self, frames: list[zmq.Frame]) -> None:
-        assert self.hub is not None
-        idents, msg_frames = split_identities(frames)
-        msg = self.session.deserialize(msg_frames, content=False, idents=idents)
-        reply_type = msg.msg_type.replace("_request", "_reply")
-        try:
-            if msg.msg_type not in KNOWN_TYPES:
-                raise UnknownMessageType(f"unknown msg_type {msg.msg_type!r}")
-            content = orjson.loads(frame_view(msg_frames[4]))
-            if not isinstance(content, dict):
-                raise InvalidContent("content is not a JSON object")
-            validate_content(msg.msg_type, content)
-        except (ProtocolError, orjson.JSONDecodeError) as err:
-            self.counts["rejected"] += 1
-            log.warning("hub: rejected %s: %s", msg.msg_type, err)
-            if msg.msg_type.endswith("_request"):
-                self._send(
-                    Send(
-                        "registration",
-                        reply_type,
-                        error_reply(type(err).__name__, str(err)),
-                        msg.header,
-                        tuple(idents),
-                    )
-                )
-            return
-        self.counts["queries"] += 1
-        full = Message(
-            msg.header, msg.parent_header, msg.metadata, content, msg.buffers, msg.idents
+        sockets = {
+            "registration": self.registration,
+            "notification": self.notification,
+            "ping": self.ping,
+            "pong": self.pong,
+            "pong_events": self.pong_events,
+            "monitor": self.monitor,
+            "queue_monitor": self.queue_monitor,
+        }
+        self.shell = HubShell(
+            self.loop,
+            self.hub,
+            self.session,
+            self.store,
+            self.shm,
+            sockets,
+            self._stop,
+            self._scheduler,
         )
-        self._perform(self.hub.handle_request(idents, full), msg.metadata)
-
-    def _on_monitor(self, frames: list[zmq.Frame]) -> None:
-        assert self.hub is not None
-        prefix = frames[0].bytes
-        idents, msg_frames = split_identities(frames[1:])
-        msg = self.session.deserialize(msg_frames, content=True, idents=idents)
-        self.counts["monitored"] += 1
-        self.hub.handle_monitor(prefix, idents, self._shm_resolve(prefix, msg))
-
-    def _shm_resolve(self, prefix: bytes, msg: Message) -> Message:
-        """A monitored reply with its segments mapped (the Hub records the data, never a
-        reference); a request without its references (the Hub does not keep its buffers).
-        A reply whose segments cannot be mapped is recorded as an error that says why."""
-        if METADATA_KEY not in msg.metadata:
-            return msg
-        if not prefix.endswith(b"_out"):
-            return self.shm.strip(msg)
-        try:
-            return self.shm.resolve(msg)
-        except ProtocolError as err:
-            self.counts["rejected"] += 1
-            log.warning("hub: the result of %s is not recorded: %s", msg.parent_id, err)
-            content = error_reply(type(err).__name__, f"the result's data was lost: {err}")
-            return Message(msg.header, msg.parent_header, msg.metadata, content, (), msg.idents)
-
-    def _perform(
-        self, actions: list[Send | Stop], request_metadata: dict[str, Any] | None = None
-    ) -> None:
-        for action in actions:
-            if isinstance(action, Stop):
-                log.info("hub: shutdown requested")
-                self._stopping = True
-            else:
-                self._send(action, request_metadata)
-
-    def _send(self, action: Send, request_metadata: dict[str, Any] | None = None) -> None:
-        sock = self.registration if action.channel == "registration" else self.notification
-        content, buffers = action.content, list(action.buffers)
-        metadata: dict[str, Any] = {}
-        refs: list[SegmentRef] = []
-        if action.msg_type == "registration_reply" and self.shm.settings is not None:
-            content = {**content, "shm": self.shm.settings.to_json()}
-        elif buffers and request_metadata:
-            try:
-                buffers, refs = self.shm.export_reply(request_metadata, buffers, hub_reads=False)
-            except CorralError as err:  # no room in /dev/shm: the socket path still works
-                log.warning("hub: %s sent without shared memory: %s", action.msg_type, err)
-            if refs:
-                metadata = {METADATA_KEY: encode_refs(refs)}
-        msg = self.session.msg(action.msg_type, content, action.parent, metadata, buffers)
-        try:
-            send_frames(sock, self.session.serialize(msg, action.idents))
-        except zmq.ZMQError as err:
-            log.warning("could not send %s: %s", action.msg_type, err)
-        finally:
-            self.shm.release(refs)
+        self.shm.sweep()
+        if not self._stopping:
+            self.loop.run()
 
     # ------------------------------------------------------------ stop
 
     def request_stop(self, *_: Any) -> None:
+        """SIGTERM/SIGINT (through the loop, at once) or a caller: stop serving."""
+        self._stop(False)
+
+    def _stop(self, failed: bool) -> None:
         self._stopping = True
+        self.failed = self.failed or failed
+        self.loop.stop()
 
     def close(self) -> None:
-        """Stop the scheduler, flush the store, close every socket, remove connection files,
-        and write the message counts to ``controller-stats.json``."""
-        scheduler_counts = None
+        """Stop the scheduler, flush the store, close every socket, join the device threads,
+        remove connection files, and write the message counts to ``controller-stats.json``."""
+        scheduler_counts = self.shell.scheduler_counts if self.shell is not None else None
         if self._scheduler is not None:
             if self._scheduler.poll() is None:
                 self._scheduler.send_signal(signal.SIGTERM)
@@ -524,7 +377,7 @@ class Controller:
                 except subprocess.TimeoutExpired:
                     self._scheduler.kill()
                     self._scheduler.wait()
-            scheduler_counts = self._scheduler_counts()
+            scheduler_counts = scheduler_counts or self._scheduler_counts()
         self._write_stats(scheduler_counts)
         if hasattr(self, "store"):
             try:
@@ -535,8 +388,16 @@ class Controller:
             self._authenticator.stop()
         if hasattr(self, "pong_events"):
             self.pong.disable_monitor()
-            self.pong_events.close(linger=0)
-        self.context.destroy(linger=0)
+        self.loop.close()
+        for sock in self._sockets:
+            sock.close(linger=0)
+        # the devices' threads own their sockets: terminating the context ends their proxies,
+        # they close their sockets, and term returns; then each thread is joined
+        self.context.term()
+        for device in self._devices:
+            device.join(10)
+            if device.launcher.is_alive():
+                log.warning("a queue device thread did not stop")
         self.shm.sweep(final=True)
         for name in (CLIENT_FILE, ENGINE_FILE):
             try:
@@ -559,7 +420,9 @@ class Controller:
         test prints it): messages handled, and rejected (bad signature, replay, malformed)."""
         stats = {
             "controller": {
-                **self.counts,
+                "rejected": self.loop.rejected,
+                "monitored": self.shell.monitored if self.shell is not None else 0,
+                "queries": self.hub.queries if self.hub is not None else 0,
                 "hub_rejected": self.hub.rejected if self.hub is not None else 0,
             },
             "scheduler": scheduler_counts,
@@ -624,24 +487,15 @@ def _read_json_line(stream: IO[bytes], timeout: float) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _next_engine_id(store: Any) -> int:
-    """After a restore, new engines get ids above every id in the stored records."""
-    records = store.find_records({"engine_id": {"$ne": None}}, ["engine_id"])
-    ids = [r["engine_id"] for r in records if isinstance(r.get("engine_id"), int)]
-    return max(ids) + 1 if ids else 0
-
-
 def run_controller(config: ControllerConfig) -> int:
     """Run a controller in this process until SIGINT/SIGTERM or a hub shutdown request (exit
     status 0), or a fault (1: a supervisor restarts it)."""
     controller = Controller(config)
-    signal.signal(signal.SIGTERM, controller.request_stop)
-    signal.signal(signal.SIGINT, controller.request_stop)
-    controller.signals = SignalWakeup()
+    # acted on at once by the loop, also when they arrive while start() still runs
+    controller.loop.handle_signals((signal.SIGTERM, signal.SIGINT), controller.request_stop)
     try:
         controller.start()
         controller.serve_forever()
     finally:
         controller.close()
-        controller.signals.close()
     return 1 if controller.failed else 0

@@ -1,61 +1,80 @@
-"""The Hub as a state machine: engine registry, task records, and client queries.
+"""The Hub as a state machine: engine registry, heartbeat timing, task records, queries.
 
-Every method takes a decoded message (or a tick) and returns the messages to send, as
-:class:`Send` values; :mod:`corral.controller.app` owns the sockets. The Hub is never on the data
-path: it learns of requests and replies from the queues' monitor copies and writes them to a
-:class:`~corral.controller.store.base.ResultStore`, whose writes happen off this thread.
+Every method takes a decoded message (or the time) and returns what to do as values
+(:mod:`corral.controller.hub_actions`): messages to send, and store writes. Its shell,
+:mod:`corral.controller.hub_shell`, owns the sockets and the clock: it passes ``now`` (seconds
+since the epoch) into every call that needs time, asks :meth:`Hub.next_deadline` when to call
+:meth:`Hub.wake` next, and applies the writes. The Hub reads its injected
+:class:`~corral.controller.store.base.ResultStore` for queries only. It is never on the data
+path: it learns of requests and replies from the queues' monitor copies.
+
+Rules that live here, so that tests drive them without sockets or sleeps: request validation,
+engine ids (increasing, never handed out again unasked, above every stored one after a restore),
+the beat once per period, the current beat repeated every ``REGISTRATION_PING`` while an engine
+waits to be registered, probes every ``PROBE_PERIOD`` while an engine is suspected, and what an
+engine's loss or a controller restart does to the records. The core's other parts are
+functions of the Hub: :mod:`~corral.controller.hub_records` (records from monitor copies),
+:mod:`~corral.controller.hub_restart` (``--restore``) and :mod:`~corral.controller.hub_queries`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+import orjson
 
 from corral.controller.activity import Activity
 from corral.controller.heartbeat import HeartMonitor
-from corral.controller.store.base import ResultStore, check_page
-from corral.controller.store.query import validate_query
-from corral.controller.store.retention import OMITTED_FIELD, not_stored_message
-from corral.errors import EngineError, InvalidContent, QueryError, StoreError, error_content
-from corral.protocol.messages import RESENDABLE, error_reply, ok_reply
-from corral.protocol.session import Frame, Message, frame_view, utcnow
+from corral.controller.hub_actions import (
+    Action,
+    ExpireResults,
+    Send,
+    Stop,
+    UpdateRecord,
+)
+from corral.controller.hub_queries import QUERIES, answer
+from corral.controller.hub_records import (
+    iso_date,
+    record_destination,
+    record_reply,
+    record_request,
+)
+from corral.controller.hub_restart import expect_answers, lost_balanced, restore, settle_restored
+from corral.controller.store.base import ResultStore
+from corral.errors import (
+    EngineError,
+    InvalidContent,
+    ProtocolError,
+    QueryError,
+    StoreError,
+    UnknownMessageType,
+    error_content,
+)
+from corral.protocol.messages import (
+    KNOWN_TYPES,
+    RESENDABLE,
+    error_reply,
+    ok_reply,
+    validate_content,
+)
+from corral.protocol.session import Frame, Message, frame_view
+
+__all__ = ["Action", "EngineEntry", "Hub", "Send", "Stop"]
 
 log = logging.getLogger("corral.hub")
 
-MAX_QUERY_IDS = 100_000
-# the fields of a result, emptied when a task lost in a restart is sent again
-CLEARED_RESULT: dict[str, Any] = {
-    "result_header": None,
-    "result_metadata": None,
-    "result_content": None,
-    "result_buffers": [],
-    "completed": None,
-    "received": None,
-}
+REGISTRATION_PING = 0.05  # seconds between repeated beats while an engine waits to register
+PROBE_PERIOD = 0.04  # seconds between probes of an engine whose connection closed
 
 
-@dataclass(frozen=True)
-class Send:
-    """A message for the app to send: on the registration ROUTER (``idents`` first) or the
-    notification PUB."""
-
-    channel: str
-    msg_type: str
-    content: dict[str, Any]
-    parent: dict[str, Any] | None = None
-    idents: tuple[bytes, ...] = ()
-    buffers: tuple[Frame, ...] = ()
-
-
-@dataclass(frozen=True)
-class Stop:
-    """The Hub was asked to shut the controller down (after its reply is sent)."""
-
-
-Action = Send | Stop
+def _due(deadline: float | None, now: float, span: float) -> bool:
+    """Whether a deadline set at most ``span`` ahead has come. One further ahead than that
+    means the wall clock was set back: it is due now rather than after the step."""
+    return deadline is None or now >= deadline or deadline > now + span
 
 
 @dataclass
@@ -83,7 +102,7 @@ class Hub:
     """Registration, heartbeat bookkeeping, task records and queries for one controller.
 
     ``addresses`` are the URLs engines and clients need (the registration and connection replies
-    carry them); ``heartbeat_period`` is only reported to engines, the app does the timing.
+    carry them); the Hub beats every ``heartbeat_period`` seconds of the ``now`` it is given.
     """
 
     def __init__(
@@ -93,7 +112,6 @@ class Hub:
         client_addresses: dict[str, str | None],
         heartbeat_period: float,
         max_misses: int = 3,
-        first_engine_id: int = 0,
     ) -> None:
         self.store = store
         self.engine_addresses = engine_addresses
@@ -103,7 +121,11 @@ class Hub:
         self.engines: dict[int, EngineEntry] = {}
         self.by_uuid: dict[str, EngineEntry] = {}
         self.pending_registrations: dict[str, PendingRegistration] = {}
-        self.next_id = first_engine_id
+        self.next_id = 0
+        self.queries = 0  # requests answered (valid ones; the rejected are in ``rejected``)
+        self.next_beat: float | None = None  # None: beat at the first wake
+        self.next_repeat: float | None = None
+        self.next_probe: float | None = None
         self.pending: dict[str, str | None] = {}  # msg_id -> engine uuid (None: unassigned)
         self.dropped: set[str] = set()  # hearts this Hub declared dead
         self.retired_ids: set[int] = set()  # ids of engines gone while this Hub runs
@@ -126,142 +148,68 @@ class Hub:
         self.replies_writing: deque[tuple[int, dict[str, dict[str, str]]]] = deque()
 
     def restore(self) -> None:
-        """After a restart: tasks the store still has pending may yet be answered by engines
-        that survived, so their replies must be recorded when they come."""
-        keys = ["engine_uuid", "queue", "metadata"]
-        for record in self.store.find_records({"status": "pending"}, keys):
-            self.pending[record["msg_id"]] = record.get("engine_uuid")
-            if record.get("queue") == "task":
-                retries = (record.get("metadata") or {}).get("retries")
-                self.balanced[record["msg_id"]] = retries if isinstance(retries, int) else 0
-        self.restored = dict(self.pending)
-        self.restored_until_beat = self.hearts.beat + 2 * self.hearts.max_misses
-
-    def _settle_restored(self) -> None:
-        """Tasks pending before the restart whose engine did not come back in time (or that
-        waited in the old scheduler, which is gone) can never be answered: fail them, so that
-        no client waits for them for ever."""
-        now = utcnow()
-        for msg_id, engine_uuid in self.restored.items():
-            if msg_id not in self.pending or msg_id in self.reported:
-                continue
-            del self.pending[msg_id]
-            if engine_uuid in self.by_uuid:
-                where = f"its engine {engine_uuid} came back without it: it never reached it"
-            elif engine_uuid:
-                where = f"its engine {engine_uuid} did not come back"
-            else:
-                where = "it waited in the task scheduler, which restarted empty"
-            content = error_content(
-                EngineError("EngineError", f"lost in a controller restart: {where}"), None, None
-            )
-            # a load-balanced task that never reached an engine, or may be retried: the client
-            # that still holds the request sends it again (see corral.client.recovery)
-            never_ran = engine_uuid is None or engine_uuid in self.by_uuid
-            resendable = self._lost_balanced(msg_id, never_ran)
-            self.store.update_record(
-                msg_id,
-                {
-                    "status": "error",
-                    "result_content": content,
-                    "completed": now,
-                    "result_metadata": {
-                        "status": "error",
-                        "engine_uuid": engine_uuid,
-                        **({RESENDABLE: True} if resendable else {}),
-                    },
-                },
-            )
-            log.warning("hub: task %s %s", msg_id, f"lost in the restart: {where}")
-        self.restored = {}
-        self.reported.clear()
-
-    def _lost_balanced(self, msg_id: str, never_ran: bool) -> bool:
-        """Whether a restored task, now failed, is load-balanced and may be sent again: it
-        never reached an engine, or its ``retries`` allow another attempt."""
-        retries = self.balanced.pop(msg_id, None)
-        if retries is None or not (never_ran or retries > 0):
-            return False
-        self.resendable.add(msg_id)
-        return True
-
-    def _expect_answers(self, uuid: str, msg_ids: Any) -> None:
-        """An engine back after a restart holds these tasks or sends their replies again:
-        the replies must be recorded, also of tasks this controller never saw recorded."""
-        if not isinstance(msg_ids, list) or not all(isinstance(m, str) for m in msg_ids):
-            raise InvalidContent("tasks must be a list of msg_ids")
-        msg_ids = msg_ids[:MAX_QUERY_IDS]
-        known = self.store.get_records([m for m in msg_ids if m not in self.pending])
-        self.expected_from[uuid] = msg_ids
-        for msg_id in msg_ids:
-            if msg_id in self.pending:
-                self.pending[msg_id] = uuid
-                self.reported.add(msg_id)
-            elif msg_id not in known:
-                self.pending[msg_id] = uuid
-                self.reported.add(msg_id)
-                self.store.add_record(
-                    msg_id,
-                    {
-                        "msg_id": msg_id,
-                        "header": {"msg_id": msg_id},
-                        "metadata": {},
-                        "content": {},
-                        "queue": None,
-                        "client_uuid": None,
-                        "engine_uuid": uuid,
-                        "engine_id": None,
-                        "submitted": None,
-                        "status": "pending",
-                        "started": None,
-                        "completed": None,
-                        "received": None,
-                        "resubmitted": False,
-                    },
-                )
+        """After a restart: re-mark the tasks the store still has pending (see
+        :func:`corral.controller.hub_restart.restore`)."""
+        restore(self)
 
     # ------------------------------------------------------------ registration
 
-    def handle_request(self, idents: Sequence[bytes], msg: Message) -> list[Action]:
-        """A message on the registration ROUTER: registration, connection, or a query."""
-        assert msg.content is not None
-        handler = getattr(self, "_on_" + msg.msg_type, None)
+    def handle_request(
+        self,
+        idents: Sequence[bytes],
+        msg: Message,
+        now: float,
+        raw_content: Frame | bytes | None = None,
+    ) -> list[Action]:
+        """A message on the registration ROUTER: registration, connection, or a query.
+
+        The shell parses the header only and passes the content frame as ``raw_content``; the
+        Hub checks the type and the content (a request gets an error reply naming what is
+        wrong, anything else is dropped) and answers. ``msg.content`` is used when
+        ``raw_content`` is None (a message decoded whole)."""
         reply_type = msg.msg_type.replace("_request", "_reply")
-        if handler is None or not msg.msg_type.endswith("_request"):
+        try:
+            if msg.msg_type not in KNOWN_TYPES:
+                raise UnknownMessageType(f"unknown msg_type {msg.msg_type!r}")
+            content = msg.content if raw_content is None else orjson.loads(frame_view(raw_content))
+            if not isinstance(content, dict):
+                raise InvalidContent("content is not a JSON object")
+            validate_content(msg.msg_type, content)
+        except (ProtocolError, orjson.JSONDecodeError) as err:
+            return self._refuse(idents, msg, reply_type, err)
+        msg = replace(msg, content=content)
+        query = QUERIES.get(msg.msg_type)
+        handler: Callable[..., list[Action]] | None = (
+            getattr(self, "_on_" + msg.msg_type, None) if query is None else None
+        )
+        if (query is None and handler is None) or not msg.msg_type.endswith("_request"):
             self.rejected += 1
             log.warning("hub: unexpected %s on the registration socket", msg.msg_type)
             if not msg.msg_type.endswith("_request"):
                 return []
-            return [
-                self._reply(
-                    idents,
-                    msg,
-                    reply_type,
-                    error_reply("InvalidRequest", f"the Hub does not handle {msg.msg_type}"),
-                )
-            ]
+            why = f"the Hub does not handle {msg.msg_type}"
+            return [answer(idents, msg, reply_type, error_reply("InvalidRequest", why))]
+        self.queries += 1
         try:
-            result: list[Action] = handler(idents, msg)
-            return result
+            if query is not None:
+                return query(self, idents, msg)
+            assert handler is not None
+            return handler(idents, msg, now)
         except (QueryError, InvalidContent, StoreError, ValueError, TypeError) as err:
-            self.rejected += 1
-            log.warning("hub: %s rejected: %s", msg.msg_type, err)
-            content = error_reply(type(err).__name__, str(err))
-            return [self._reply(idents, msg, reply_type, content)]
+            return self._refuse(idents, msg, reply_type, err)
 
-    def _reply(
-        self,
-        idents: Sequence[bytes],
-        request: Message,
-        msg_type: str,
-        content: dict[str, Any],
-        buffers: Iterable[Frame] = (),
-    ) -> Send:
-        return Send(
-            "registration", msg_type, content, request.header, tuple(idents), tuple(buffers)
-        )
+    def _refuse(
+        self, idents: Sequence[bytes], msg: Message, reply_type: str, err: Exception
+    ) -> list[Action]:
+        self.rejected += 1
+        log.warning("hub: rejected %s: %s", msg.msg_type, err)
+        if not msg.msg_type.endswith("_request"):
+            return []
+        return [answer(idents, msg, reply_type, error_reply(type(err).__name__, str(err)))]
 
-    def _on_registration_request(self, idents: Sequence[bytes], msg: Message) -> list[Action]:
+    def _on_registration_request(
+        self, idents: Sequence[bytes], msg: Message, now: float
+    ) -> list[Action]:
         content = msg.content or {}
         uuid = content["uuid"]
         requested = content.get("id")
@@ -270,7 +218,7 @@ class Hub:
             # resubmitted, so it must not answer for them, nor get an engine id again
             self.told_stale.add(uuid)
             return [
-                self._reply(
+                answer(
                     idents,
                     msg,
                     "registration_reply",
@@ -289,7 +237,7 @@ class Hub:
             ]
         if uuid in self.by_uuid or uuid in self.pending_registrations:
             return [
-                self._reply(
+                answer(
                     idents,
                     msg,
                     "registration_reply",
@@ -303,7 +251,7 @@ class Hub:
         # for it: a supervisor restarting a dead engine keeps its id
         if requested is not None and requested in in_use:
             return [
-                self._reply(
+                answer(
                     idents,
                     msg,
                     "registration_reply",
@@ -328,15 +276,16 @@ class Hub:
             dict(info) if isinstance(info, dict) else {},
         )
         self.told_stale.discard(uuid)
-        if "tasks" in content:
-            self._expect_answers(uuid, content["tasks"])
+        writes = expect_answers(self, uuid, content["tasks"]) if "tasks" in content else []
         reply = ok_reply(
             id=engine_id, heartbeat_period=self.heartbeat_period, **self.engine_addresses
         )
         log.info("hub: engine %s asked to register as %d; waiting for its heart", uuid, engine_id)
-        return [self._reply(idents, msg, "registration_reply", reply)]
+        return [*writes, answer(idents, msg, "registration_reply", reply)]
 
-    def _on_unregistration_request(self, idents: Sequence[bytes], msg: Message) -> list[Action]:
+    def _on_unregistration_request(
+        self, idents: Sequence[bytes], msg: Message, now: float
+    ) -> list[Action]:
         content = msg.content or {}
         entry = None
         if "uuid" in content:
@@ -345,18 +294,20 @@ class Hub:
             entry = self.engines.get(content["id"])
         if entry is None:
             return [
-                self._reply(
+                answer(
                     idents,
                     msg,
                     "unregistration_reply",
                     error_reply("RegistrationError", f"no such engine: {content}"),
                 )
             ]
-        actions: list[Action] = [self._reply(idents, msg, "unregistration_reply", ok_reply())]
-        actions.extend(self._unregister(entry, "engine asked to unregister"))
+        actions: list[Action] = [answer(idents, msg, "unregistration_reply", ok_reply())]
+        actions.extend(self._unregister(entry, "engine asked to unregister", now))
         return actions
 
-    def _on_connection_request(self, idents: Sequence[bytes], msg: Message) -> list[Action]:
+    def _on_connection_request(
+        self, idents: Sequence[bytes], msg: Message, now: float
+    ) -> list[Action]:
         engines = {str(e.id): e.uuid for e in self.engines.values()}
         hosts = {e.uuid: e.shm_host for e in self.engines.values() if e.shm_host}
         engine_info = {str(e.id): {"uuid": e.uuid, **e.info} for e in self.engines.values()}
@@ -367,9 +318,9 @@ class Hub:
             engine_info=engine_info,
             **self.client_addresses,
         )
-        return [self._reply(idents, msg, "connection_reply", reply)]
+        return [answer(idents, msg, "connection_reply", reply)]
 
-    def _stale(self, msg: Message) -> str | None:
+    def stale(self, msg: Message) -> str | None:
         """Why a request that changes state must not act here: it names another run of the
         controller (a zmq socket queues while it reconnects, so a request sent to a controller
         that died reaches the one restarted in its place)."""
@@ -383,15 +334,19 @@ class Hub:
             f"one is {self.instance}) and is ignored: send it again if it is still meant"
         )
 
-    def _on_hub_shutdown_request(self, idents: Sequence[bytes], msg: Message) -> list[Action]:
-        stale = self._stale(msg)
+    def _on_hub_shutdown_request(
+        self, idents: Sequence[bytes], msg: Message, now: float
+    ) -> list[Action]:
+        stale = self.stale(msg)
         if stale is not None:
             content = error_reply("StaleRequest", stale)
-            return [self._reply(idents, msg, "hub_shutdown_reply", content)]
-        return [self._reply(idents, msg, "hub_shutdown_reply", ok_reply()), Stop()]
+            return [answer(idents, msg, "hub_shutdown_reply", content)]
+        return [answer(idents, msg, "hub_shutdown_reply", ok_reply()), Stop()]
 
-    def _register(self, pending: PendingRegistration) -> list[Action]:
-        entry = EngineEntry(pending.id, pending.uuid, utcnow(), pending.shm_host, info=pending.info)
+    def _register(self, pending: PendingRegistration, now: float) -> list[Action]:
+        entry = EngineEntry(
+            pending.id, pending.uuid, iso_date(now), pending.shm_host, info=pending.info
+        )
         self.engines[entry.id] = entry
         self.by_uuid[entry.uuid] = entry
         for msg_id in self.expected_from.pop(entry.uuid, []):
@@ -404,7 +359,8 @@ class Hub:
             content["shm_host"] = entry.shm_host
         return [Send("notification", "registration_notification", content)]
 
-    def _unregister(self, entry: EngineEntry, why: str) -> list[Action]:
+    def _unregister(self, entry: EngineEntry, why: str, now: float) -> list[Action]:
+        """Forget an engine; fail its direct tasks (writes), free its load-balanced ones."""
         del self.engines[entry.id]
         del self.by_uuid[entry.uuid]
         self.retired_ids.add(entry.id)
@@ -421,50 +377,84 @@ class Hub:
             entry.id,
             entry.uuid,
         )
-        now = utcnow()
+        date = iso_date(now)
+        actions: list[Action] = []
         for msg_id in list(entry.queue):
             # direct tasks can never complete now; load-balanced ones are the scheduler's to
             # resubmit or fail, and its reply will update the record; those restored after a
             # controller restart no scheduler knows: their client may send them again
             self.pending.pop(msg_id, None)
-            self.activity.complete(msg_id, entry.id, "error", None, now)
-            resendable = self._lost_balanced(msg_id, never_ran=False)
-            self.store.update_record(
-                msg_id,
-                {
+            self.activity.complete(msg_id, entry.id, "error", None, date)
+            resendable = lost_balanced(self, msg_id, never_ran=False)
+            changes = {
+                "status": "error",
+                "result_content": failure,
+                "completed": date,
+                "result_metadata": {
                     "status": "error",
-                    "result_content": failure,
-                    "completed": now,
-                    "result_metadata": {
-                        "status": "error",
-                        "engine_id": entry.id,
-                        "engine_uuid": entry.uuid,
-                        **({RESENDABLE: True} if resendable else {}),
-                    },
+                    "engine_id": entry.id,
+                    "engine_uuid": entry.uuid,
+                    **({RESENDABLE: True} if resendable else {}),
                 },
-            )
+            }
+            actions.append(UpdateRecord(msg_id, changes))
         for msg_id in entry.tasks:
             self.pending[msg_id] = None
         content = {"id": entry.id, "uuid": entry.uuid, "why": why}
-        return [Send("notification", "unregistration_notification", content)]
+        actions.append(Send("notification", "unregistration_notification", content))
+        return actions
 
     # ------------------------------------------------------------ heartbeat
 
-    def tick(self) -> tuple[bytes, list[Action]]:
-        """One heartbeat period: the ping payload, and what failures and expiries mean."""
+    def next_deadline(self, now: float) -> float:
+        """When :meth:`wake` next has work: the next beat, or sooner the next registration
+        repeat or probe. Never more than a period after ``now`` (a clock set back)."""
+        when = now if self.next_beat is None else min(self.next_beat, now + self.heartbeat_period)
+        if self.pending_registrations:
+            when = min(when, now if self.next_repeat is None else self.next_repeat)
+        if self.hearts.suspects:
+            when = min(when, now if self.next_probe is None else self.next_probe)
+        return when
+
+    def wake(self, now: float) -> tuple[list[bytes], list[Action]]:
+        """Whatever is due at ``now``: the pings to publish and what they decided.
+
+        A beat once per period (never closer than half a period, however late the call); while
+        an engine waits to be registered, the current beat again every ``REGISTRATION_PING``
+        (its count does not advance, so no other heart is judged) instead of making it wait up
+        to a whole period; while an engine is suspected, a probe every ``PROBE_PERIOD``."""
+        pings: list[bytes] = []
+        actions: list[Action] = []
+        period = self.heartbeat_period
+        if _due(self.next_beat, now, period):
+            payload, actions = self.tick(now)
+            pings.append(payload)
+            last = (
+                now if self.next_beat is None or self.next_beat > now + period else self.next_beat
+            )
+            self.next_beat = max(last + period, now + period / 2)
+        elif self.pending_registrations and _due(self.next_repeat, now, REGISTRATION_PING):
+            pings.append(self.hearts.payload())
+            self.next_repeat = now + REGISTRATION_PING
+        if self.hearts.suspects and _due(self.next_probe, now, PROBE_PERIOD):
+            payload, lost = self.probe(now)
+            pings.append(payload)
+            actions.extend(lost)
+            self.next_probe = now + PROBE_PERIOD
+        return pings, actions
+
+    def tick(self, now: float) -> tuple[bytes, list[Action]]:
+        """One beat, now (:meth:`wake` calls it once per period): the ping payload, and what
+        failures and expiries mean."""
         payload, failed = self.hearts.tick()
-        try:
-            self._forget_purged(self.store.expire_results())
-        except StoreError as err:  # a failing store must not stop the heartbeat
-            log.error("hub: purging expired results failed: %s", err)
-        actions: list[Action] = self._confirm_recorded()
+        actions: list[Action] = [ExpireResults(), *self._confirm_recorded()]
         if self.restored and self.hearts.beat >= self.restored_until_beat:
-            self._settle_restored()
+            actions.extend(settle_restored(self, now))
         for uuid in failed:
             entry = self.by_uuid.get(uuid)
             if entry is not None:
                 self.dropped.add(uuid)
-                actions.extend(self._unregister(entry, "heartbeat stopped"))
+                actions.extend(self._unregister(entry, "heartbeat stopped", now))
         for uuid, pending in list(self.pending_registrations.items()):
             if pending.expires_at_beat <= self.hearts.beat:
                 del self.pending_registrations[uuid]
@@ -489,7 +479,7 @@ class Hub:
             if uuid in self.by_uuid
         ]
 
-    def _forget_purged(self, msg_ids: list[str]) -> None:
+    def forget_purged(self, msg_ids: list[str]) -> None:
         """Results the store purged (time to live, size limit) leave the Hub's tables too, so a
         long-running controller's memory stays bounded like its store."""
         if not msg_ids:
@@ -500,11 +490,12 @@ class Hub:
                 completed.pop(msg_id, None)
 
     def connection_closed(self, uuid: str) -> None:
-        """A connection of this engine closed (the app saw it on the pong socket): probe it."""
+        """A connection of this engine closed (the shell saw it on the pong socket): probe it
+        (:meth:`next_deadline` then asks for a wake at once)."""
         if uuid in self.by_uuid:
             self.hearts.suspect(uuid)
 
-    def probe(self) -> tuple[bytes, list[Action]]:
+    def probe(self, now: float) -> tuple[bytes, list[Action]]:
         """A probe to publish while engines are suspected; those that stopped answering are
         unregistered as dead, as after missed beats (their late replies are ignored)."""
         payload, failed = self.hearts.probe()
@@ -513,17 +504,18 @@ class Hub:
             entry = self.by_uuid.get(uuid)
             if entry is not None:
                 self.dropped.add(uuid)
-                actions.extend(self._unregister(entry, "its connections closed: it died"))
+                actions.extend(self._unregister(entry, "its connections closed: it died", now))
         return payload, actions
 
-    def handle_pong(self, uuid: str, payload: bytes) -> list[Action]:
+    def handle_pong(self, uuid: str, payload: bytes, now: float) -> list[Action]:
+        """A heart's answer: the first one of an engine waiting to register registers it."""
         if uuid in self.by_uuid:
             self.hearts.pong(uuid, payload)
             return []
         pending = self.pending_registrations.pop(uuid, None)
         if pending is not None:
             self.hearts.pong(uuid, payload)
-            return self._register(pending)
+            return self._register(pending, now)
         if uuid in self.dropped and uuid not in self.told_stale:
             # a heart we dropped (paused process, partition) came back: its tasks were failed
             # or resubmitted, so tell it to stop rather than let it answer for them twice.
@@ -542,289 +534,16 @@ class Hub:
 
     # ------------------------------------------------------------ monitor: task records
 
-    def handle_monitor(self, prefix: bytes, idents: Sequence[bytes], msg: Message) -> None:
-        """A copy of a queue's traffic: record requests, destinations and replies."""
+    def handle_monitor(
+        self, prefix: bytes, idents: Sequence[bytes], msg: Message, now: float
+    ) -> list[Action]:
+        """A copy of a queue's traffic: the record writes for requests, destinations and
+        replies (none for anything else)."""
         queue, _, direction = prefix.decode("ascii", "replace").partition("_")
         if direction == "in" and queue in ("mux", "task"):
-            self._record_request(queue, idents, msg)
-        elif direction == "out" and queue in ("mux", "task"):
-            self._record_reply(queue, idents, msg)
-        elif direction == "dest" and msg.content is not None:
-            self._record_destination(msg.content["msg_id"], msg.content["engine_id"])
-
-    def _record_request(self, queue: str, idents: Sequence[bytes], msg: Message) -> None:
-        if msg.msg_type not in ("apply_request", "execute_request"):
-            return
-        # monitor copies carry identities as the queue sent them on: destination first, so a
-        # MUX request is (engine, client) and a task request, not yet routed, is (client,)
-        if queue == "mux":
-            engine_uuid: str | None = _ident(idents, 0)
-            client = _ident(idents, 1)
-        else:
-            engine_uuid, client = None, _ident(idents, 0)
-        entry = self.by_uuid.get(engine_uuid) if engine_uuid else None
-        msg_id = msg.msg_id
-        self.pending[msg_id] = engine_uuid
-        if entry is not None:
-            entry.queue[msg_id] = None
-        label = msg.metadata.get("label")
-        self.activity.submit()
-        resent = msg_id in self.resendable  # sent again after a restart lost it
-        self.resendable.discard(msg_id)
-        self.store.add_record(
-            msg_id,
-            {
-                **({"label": label} if isinstance(label, str) else {}),
-                "msg_id": msg_id,
-                "header": msg.header,
-                "metadata": msg.metadata,
-                "content": msg.content or {},
-                "queue": queue,
-                "client_uuid": client,
-                "engine_uuid": engine_uuid,
-                "engine_id": entry.id if entry else None,
-                "submitted": msg.header.get("date"),
-                "status": "pending",
-                "started": None,
-                "completed": None,
-                "received": None,
-                "resubmitted": resent,
-                **(CLEARED_RESULT if resent else {}),
-            },
-        )
-
-    def _record_destination(self, msg_id: str, engine_uuid: str) -> None:
-        entry = self.by_uuid.get(engine_uuid)
-        if msg_id not in self.pending:
-            return
-        self.pending[msg_id] = engine_uuid
-        if entry is not None:
-            entry.tasks[msg_id] = None
-        self.store.update_record(
-            msg_id, {"engine_uuid": engine_uuid, "engine_id": entry.id if entry else None}
-        )
-
-    def _record_reply(self, queue: str, idents: Sequence[bytes], msg: Message) -> None:
-        msg_id = msg.parent_id
-        if msg_id is None:
-            return
-        engine_uuid = _ident(idents, 1)  # a reply travels (client, engine)
-        if engine_uuid in self.by_uuid:  # its engine may forget it once it is written
-            self.replies_seen.setdefault(engine_uuid, {})[queue] = msg_id
-        if msg_id not in self.pending:
-            return  # a duplicate (e.g. a resumed engine's late reply) or not a task
-        if engine_uuid in self.dropped:
-            return  # a late reply of an engine declared dead: its tasks were settled without it
-        expected = self.pending.pop(msg_id)
-        if expected is not None and expected != engine_uuid and engine_uuid != "scheduler":
-            self.pending[msg_id] = expected
-            return  # a reply from an engine the task was taken away from
-        self.balanced.pop(msg_id, None)
-        entry = self.by_uuid.get(engine_uuid) or (self.by_uuid.get(expected) if expected else None)
-        if entry is not None:
-            entry.queue.pop(msg_id, None)
-            entry.tasks.pop(msg_id, None)
-            entry.completed[msg_id] = None
-        content = msg.content or {}
-        metadata = msg.metadata
-        self.activity.complete(
-            msg_id,
-            entry.id if entry else metadata.get("engine_id"),
-            str(content.get("status", "error")),
-            metadata.get("started"),
-            metadata.get("completed"),
-        )
-        self.store.update_record(
-            msg_id,
-            {
-                "status": content.get("status", "error"),
-                "result_header": msg.header,
-                "result_metadata": metadata,
-                "result_content": content,
-                "result_buffers": [frame_view(b) for b in msg.buffers],
-                "started": metadata.get("started"),
-                "completed": metadata.get("completed") or utcnow(),
-                "received": utcnow(),
-                "stdout": metadata.get("stdout", ""),
-                "stderr": metadata.get("stderr", ""),
-                "engine_uuid": entry.uuid if entry else engine_uuid,
-                "engine_id": entry.id if entry else metadata.get("engine_id"),
-            },
-        )
-
-    # ------------------------------------------------------------ queries
-
-    def _targets(self, targets: Any) -> list[EngineEntry]:
-        if targets is None:
-            return sorted(self.engines.values(), key=lambda e: e.id)
-        if not isinstance(targets, list):
-            raise QueryError("targets must be a list of engine ids or uuids, or null")
-        entries = []
-        for target in targets:
-            entry = (
-                self.engines.get(target)
-                if isinstance(target, int)
-                else self.by_uuid.get(target)
-                if isinstance(target, str)
-                else None
-            )
-            if entry is None:
-                raise QueryError(f"no such engine: {target!r}")
-            entries.append(entry)
-        return entries
-
-    def _msg_ids(self, value: Any) -> list[str]:
-        if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
-            raise QueryError("msg_ids must be a list of strings")
-        if len(value) > MAX_QUERY_IDS:
-            raise QueryError(f"too many msg_ids in one query: {len(value)} > {MAX_QUERY_IDS}")
-        return value
-
-    def _on_queue_request(self, idents: Sequence[bytes], msg: Message) -> list[Action]:
-        content = msg.content or {}
-        verbose = content.get("verbose", False)
-        reply: dict[str, Any] = ok_reply()
-        for entry in self._targets(content.get("targets")):
-            lists = {
-                "completed": list(entry.completed),
-                "queue": list(entry.queue),
-                "tasks": list(entry.tasks),
-            }
-            reply[str(entry.id)] = lists if verbose else {k: len(v) for k, v in lists.items()}
-        unassigned = [msg_id for msg_id, engine in self.pending.items() if engine is None]
-        reply["unassigned"] = unassigned if verbose else len(unassigned)
-        return [self._reply(idents, msg, "queue_reply", reply)]
-
-    def _on_result_request(self, idents: Sequence[bytes], msg: Message) -> list[Action]:
-        content = msg.content or {}
-        msg_ids = self._msg_ids(content.get("msg_ids"))
-        statusonly = content.get("statusonly", False)
-        records = self.store.get_records(msg_ids)
-        unknown = [m for m in msg_ids if m not in records]
-        if unknown and content.get("unknown_pending"):
-            # the asker may know of a submission whose copy has not reached the Hub yet: it
-            # is told so, and asks again (see Client.get_result)
-            reply_unknown: dict[str, Any] = ok_reply(pending=[], completed=[], unknown=unknown)
-            known = [m for m in msg_ids if m in records]
-            msg_ids, unknown = known, []
-        else:
-            reply_unknown = {}
-        if unknown:
-            raise QueryError(
-                f"no such msg_id: {unknown[0]}"
-                + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
-            )
-        reply: dict[str, Any] = reply_unknown or ok_reply(pending=[], completed=[])
-        buffers: list[Frame] = []
-        for msg_id in msg_ids:
-            record = records[msg_id]
-            if record.get("status") == "pending" or msg_id in self.pending:
-                reply["pending"].append(msg_id)
-                continue
-            reply["completed"].append(msg_id)
-            if statusonly:
-                continue
-            result_buffers = list(record.get("result_buffers") or [])
-            reply[msg_id] = {
-                "header": record.get("result_header") or {},
-                "parent_header": record.get("header") or {},
-                "metadata": record.get("result_metadata") or {},
-                "content": record.get("result_content") or {},
-                "buffer_count": len(result_buffers),
-            }
-            if record.get(OMITTED_FIELD):
-                reply[msg_id]["not_stored"] = not_stored_message(msg_id, record[OMITTED_FIELD])
-            buffers.extend(result_buffers)
-        return [self._reply(idents, msg, "result_reply", reply, buffers)]
-
-    def _on_purge_request(self, idents: Sequence[bytes], msg: Message) -> list[Action]:
-        stale = self._stale(msg)
-        if stale is not None:
-            return [self._reply(idents, msg, "purge_reply", error_reply("StaleRequest", stale))]
-        content = msg.content or {}
-        msg_ids = content.get("msg_ids", [])
-        engine_ids = content.get("engine_ids") or []
-        if msg_ids == "all":
-            self.store.drop_matching_records({"status": {"$ne": "pending"}})
-            for entry in self.engines.values():
-                entry.completed.clear()
-        else:
-            msg_ids = self._msg_ids(msg_ids)
-            records = self.store.get_records(msg_ids)
-            for msg_id in msg_ids:
-                if msg_id not in records:
-                    raise QueryError(f"cannot purge unknown msg_id {msg_id}")
-                if msg_id in self.pending or records[msg_id].get("status") == "pending":
-                    raise QueryError(f"cannot purge pending msg_id {msg_id}")
-            self.store.drop_records(msg_ids)
-            for entry in self.engines.values():
-                for msg_id in msg_ids:
-                    entry.completed.pop(msg_id, None)
-        for entry in self._targets(list(engine_ids)) if engine_ids else []:
-            self.store.drop_matching_records(
-                {"engine_uuid": entry.uuid, "status": {"$ne": "pending"}}
-            )
-            entry.completed.clear()
-        return [self._reply(idents, msg, "purge_reply", ok_reply())]
-
-    def _on_history_request(self, idents: Sequence[bytes], msg: Message) -> list[Action]:
-        return [
-            self._reply(idents, msg, "history_reply", ok_reply(history=self.store.get_history()))
-        ]
-
-    def _on_db_request(self, idents: Sequence[bytes], msg: Message) -> list[Action]:
-        content = msg.content or {}
-        query = content["query"]
-        keys = content.get("keys")
-        validate_query(query)
-        if keys is not None and not all(isinstance(k, str) for k in keys):
-            raise QueryError("keys must be a list of field names")
-        extra: dict[str, Any] = {}
-        if "limit" in content:
-            # one page, newest first unless asked otherwise, and the number of matches
-            limit, skip = check_page(content["limit"], content.get("skip", 0))
-            newest_first = bool(content.get("newest_first", True))
-            records, extra["total"] = self.store.find_page(
-                query, keys, limit=limit, skip=skip, newest_first=newest_first
-            )
-        else:
-            records = self.store.find_records(query, keys)
-        buffers: list[Frame] = []
-        for record in records:
-            for name in ("result_buffers", "buffers"):
-                if keys is None:
-                    record.pop(name, None)  # buffers only when asked for by name
-                elif name in record:
-                    found = list(record.pop(name) or [])
-                    record[name.replace("buffers", "buffer_count")] = len(found)
-                    buffers.extend(found)
-        reply = ok_reply(records=records, **extra)
-        return [self._reply(idents, msg, "db_reply", reply, buffers)]
-
-    def _on_status_request(self, idents: Sequence[bytes], msg: Message) -> list[Action]:
-        """The live state in one small reply: each engine's queue lengths, the unassigned
-        tasks, counts, and the completions after sequence number ``since``."""
-        since = (msg.content or {}).get("since", 0)
-        engines = {
-            str(entry.id): {
-                "uuid": entry.uuid,
-                "registered": entry.registered,
-                "queue": len(entry.queue),
-                "tasks": len(entry.tasks),
-                "completed": len(entry.completed),
-            }
-            for entry in self.engines.values()
-        }
-        unassigned = sum(1 for engine in self.pending.values() if engine is None)
-        reply = ok_reply(
-            instance=self.hearts.instance.decode(),
-            engines=engines,
-            unassigned=unassigned,
-            pending=len(self.pending),
-            **self.activity.since(since),
-        )
-        return [self._reply(idents, msg, "status_reply", reply)]
-
-
-def _ident(idents: Sequence[bytes], index: int) -> str:
-    return idents[index].decode("utf-8", "replace") if len(idents) > index else ""
+            return record_request(self, queue, idents, msg)
+        if direction == "out" and queue in ("mux", "task"):
+            return record_reply(self, queue, idents, msg, now)
+        if direction == "dest" and msg.content is not None:
+            return record_destination(self, msg.content["msg_id"], msg.content["engine_id"])
+        return []

@@ -42,6 +42,13 @@ Rules decided here (the shell and clients rely on them):
   that has not refused it, and fails with ImpossibleDependency only once every registered
   engine that may run it has (:meth:`SchedulerCore.task_unmet`).
 - Every Fail counts as a failure for dependents, as does a Complete of a failed reply.
+- A Dispatch the shell could not send (the engine registered but its task connection is not up
+  yet) is reported with :meth:`SchedulerCore.engine_unreachable` and sent again every
+  ``UNREACHABLE_RETRY`` seconds until ``UNREACHABLE_GRACE`` after the first failure; then the
+  task stays with that engine until the Hub declares it dead (:meth:`remove_engine`).
+- The last ``finished_memory`` finished msg_ids are remembered (:meth:`SchedulerCore.answered`):
+  a reply for one of them is late (its task was failed or resubmitted) and must not reach the
+  client; the outcome of a task that falls out of that memory is forgotten.
 - Choosing an engine costs O(free eligible engines); everything else per task is O(1) plus
   O(its dependencies). Nothing scans all tasks.
 """
@@ -51,12 +58,32 @@ from __future__ import annotations
 import heapq
 import random
 from collections import deque
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from operator import attrgetter
+from collections.abc import Iterable
 from typing import Final, TypeAlias
 
 from corral.controller.dependencies import DependencyGraph, Wait, Waiter, follow_placement
+from corral.controller.scheduling_state import (
+    DONE,
+    FINISHED_MEMORY,
+    NEVER_USED,
+    QUEUED,
+    RUNNING,
+    STATE_NAMES,
+    WAITING,
+    Action,
+    Complete,
+    Dispatch,
+    EngineState,
+    Fail,
+    FinishedMemory,
+    QueueEntry,
+    Redelivery,
+    Task,
+    TaskRecord,
+    choose_engine,
+    is_current,
+    some,
+)
 from corral.errors import (
     DependencyTimeout,
     EngineError,
@@ -65,115 +92,11 @@ from corral.errors import (
     RemoteError,
     TaskTimeout,
 )
-from corral.protocol.dependency import Dependency
 
 POLICIES: Final = ("leastload", "lru", "random", "weighted")
 
 
-@dataclass(frozen=True)
-class Task:
-    """What the scheduler needs to know of an ``apply_request``: its metadata, decoded."""
-
-    msg_id: str
-    after: Dependency = Dependency.EMPTY
-    follow: Dependency = Dependency.EMPTY
-    targets: frozenset[str] | None = None
-    timeout: float | None = None
-    retries: int = 0
-    priority: int = 0
-
-    def __post_init__(self) -> None:
-        if self.retries < 0:
-            raise ValueError(f"retries must be >= 0, not {self.retries}")
-        if self.timeout is not None and not self.timeout >= 0:
-            raise ValueError(f"timeout must be None or >= 0 seconds, not {self.timeout}")
-
-
-@dataclass(frozen=True, slots=True)
-class Dispatch:
-    """Send the task to this engine. ``attempt`` is 0 at first and counts retries, so the
-    shell knows when it must re-sign the request."""
-
-    msg_id: str
-    engine_uuid: str
-    attempt: int
-
-
-@dataclass(frozen=True, slots=True)
-class Fail:
-    """Answer the client with an error reply of this class; the task is finished."""
-
-    msg_id: str
-    error: type[RemoteError]
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Complete:
-    """Forward the engine's reply to the client; the task is finished."""
-
-    msg_id: str
-
-
-Action: TypeAlias = Dispatch | Fail | Complete
-
-_WAITING, _QUEUED, _RUNNING, _DONE = range(4)
-_STATE_NAMES: Final = ("waiting", "queued", "running")
-_NEVER_USED: Final = -(2**62)  # below every dispatch clock value: new engines count as LRU
-_load_then_lru = attrgetter("load", "last_used")
-_last_used = attrgetter("last_used")
-
-
-@dataclass(eq=False, slots=True)
-class _Engine:
-    """One registered engine; a re-registered uuid gets a new one (identity matters)."""
-
-    uuid: str
-    last_used: int  # the dispatch clock when it last got a task
-    load: int = 0
-    alive: bool = True
-    running: dict[str, _Record] = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        return f"engine {self.uuid}"
-
-
-@dataclass(eq=False, slots=True)
-class _Record:
-    """One unfinished task and where it stands."""
-
-    task: Task
-    deadline: float | None
-    retries_left: int
-    state: int = _WAITING
-    engine: _Engine | None = None
-    attempts: int = 0  # dispatches so far
-    avoid: frozenset[str] = frozenset()  # engine uuids it failed on or was lost on
-    refused: frozenset[str] = frozenset()  # engine uuids that cannot meet its depend/require
-    pinned: frozenset[_Engine] | None = None  # where follow allows it to run
-    seq: int = 0  # of its current queue entries; older entries are stale
-
-    def unusable(self, engine: _Engine) -> str | None:
-        """Why follow may not send this task to ``engine`` (None: it may)."""
-        if not engine.alive:
-            return "which is gone"
-        targets = self.task.targets
-        if targets is not None and engine.uuid not in targets:
-            return "which the task's targets exclude"
-        return None
-
-    def allows(self, engine: _Engine) -> bool:
-        targets = self.task.targets
-        pinned = self.pinned
-        return (
-            (targets is None or engine.uuid in targets)
-            and (pinned is None or engine in pinned)
-            and engine.uuid not in self.refused
-        )
-
-
-_Entry: TypeAlias = tuple[int, int, _Record]  # (-priority, seq, record): a heap key
-_Finished: TypeAlias = deque[tuple[_Record, bool, "_Engine | None"]]
+_Finished: TypeAlias = deque[tuple[TaskRecord, bool, "EngineState | None"]]
 
 
 class SchedulerCore:
@@ -184,7 +107,11 @@ class SchedulerCore:
     """
 
     def __init__(
-        self, policy: str = "leastload", max_outstanding: int = 16, seed: int | None = None
+        self,
+        policy: str = "leastload",
+        max_outstanding: int = 16,
+        seed: int | None = None,
+        finished_memory: int = FINISHED_MEMORY,
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown scheduler policy {policy!r}; choose one of {POLICIES}")
@@ -193,20 +120,22 @@ class SchedulerCore:
         self.policy = policy
         self.max_outstanding = max_outstanding
         self._rng = random.Random(seed)
-        self._engines: dict[str, _Engine] = {}
-        self._free: dict[str, _Engine] = {}  # registered engines below max_outstanding
-        self._records: dict[str, _Record] = {}  # every unfinished task
-        self._graph: DependencyGraph[_Engine] = DependencyGraph()
-        self._queue_any: list[_Entry] = []  # heap of queued tasks any engine may run
-        self._queue_for: dict[str, list[_Entry]] = {}  # heaps of the others, per allowed uuid
-        self._deadlines: list[tuple[float, int, _Record]] = []
+        self._engines: dict[str, EngineState] = {}
+        self._free: dict[str, EngineState] = {}  # registered engines below max_outstanding
+        self._records: dict[str, TaskRecord] = {}  # every unfinished task
+        self._graph: DependencyGraph[EngineState] = DependencyGraph()
+        self._queue_any: list[QueueEntry] = []  # heap of queued tasks any engine may run
+        self._queue_for: dict[str, list[QueueEntry]] = {}  # heaps of the others, per allowed uuid
+        self._deadlines: list[tuple[float, int, TaskRecord]] = []
         # tasks with a timeout that failed on every engine that may run them, retries left:
         # they wait for a new engine or their deadline (few, so scanned on registration)
-        self._exhausted: dict[str, _Record] = {}
+        self._exhausted: dict[str, TaskRecord] = {}
         self._running = 0
         self._seq = 0
         self._clock = 0
         self._registrations = 0
+        self._finished = FinishedMemory(finished_memory)
+        self._unreachable = Redelivery()
 
     # ------------------------------------------------------------------ events
 
@@ -216,7 +145,7 @@ class SchedulerCore:
         if engine_uuid in self._engines:
             raise ValueError(f"engine {engine_uuid} is already registered")
         self._registrations += 1
-        engine = _Engine(engine_uuid, _NEVER_USED + self._registrations)
+        engine = EngineState(engine_uuid, NEVER_USED + self._registrations)
         self._engines[engine_uuid] = engine
         self._free[engine_uuid] = engine
         actions: list[Action] = []
@@ -272,7 +201,7 @@ class SchedulerCore:
         named = task.after.msg_ids | task.follow.msg_ids
         unknown = sorted(m for m in named if m not in records and graph.outcome(m) is None)
         deadline = None if task.timeout is None else now + task.timeout
-        record = records[msg_id] = _Record(task, deadline, task.retries)
+        record = records[msg_id] = TaskRecord(task, deadline, task.retries)
         if deadline is not None:
             self._seq += 1
             heapq.heappush(self._deadlines, (deadline, self._seq, record))
@@ -283,7 +212,7 @@ class SchedulerCore:
         finished: _Finished = deque()
         if unknown:
             reason = (
-                f"task {msg_id} depends on {_some(unknown)}, unknown to the scheduler (never "
+                f"task {msg_id} depends on {some(unknown)}, unknown to the scheduler (never "
                 "submitted, or forgotten); leave out dependencies that already finished"
             )
             self._fail(record, InvalidDependency, reason, actions, finished)
@@ -318,7 +247,8 @@ class SchedulerCore:
             self._fill(engine, actions)
             return actions
         del self._records[msg_id]
-        record.state = _DONE
+        record.state = DONE
+        self._remember(msg_id)
         actions.append(Complete(msg_id))
         self._fill(engine, actions)
         self._settle(deque([(record, success, engine)]), now, actions)
@@ -353,7 +283,7 @@ class SchedulerCore:
         self._settle(finished, now, actions)
         return actions
 
-    def _release(self, record: _Record, engine: _Engine) -> None:
+    def _release(self, record: TaskRecord, engine: EngineState) -> None:
         """The task no longer runs on ``engine``: its slot is free again."""
         del engine.running[record.task.msg_id]
         engine.load -= 1
@@ -362,9 +292,47 @@ class SchedulerCore:
             self._free[engine.uuid] = engine
         record.engine = None
 
+    def reject(self, msg_id: str, error: type[Exception], reason: str) -> list[Action]:
+        """A request the shell could not turn into a task (wrong type, bad metadata, a msg_id
+        already submitted): its Fail, and it counts as answered (see :meth:`answered`)."""
+        self._remember(msg_id)
+        return [Fail(msg_id, error, reason)]
+
+    def answered(self, msg_id: str) -> bool:
+        """Whether this scheduler finished ``msg_id`` lately: a reply for it now is late (the
+        task was failed or resubmitted) and must be dropped. A reply for a msg_id neither
+        running nor answered is for a task sent before a controller restart."""
+        return msg_id in self._finished
+
+    def engine_unreachable(self, msg_id: str, engine_uuid: str, now: float) -> None:
+        """The shell could not send the Dispatch of ``msg_id`` to ``engine_uuid`` (its task
+        connection is not up yet, or it just died): :meth:`tick` sends it again (see the
+        module's rules). Ignored if the task is no longer running there."""
+        if self._running_on(msg_id) == engine_uuid:
+            self._unreachable.failed(msg_id, engine_uuid, now)
+
+    def _running_on(self, msg_id: str) -> str | None:
+        record = self._records.get(msg_id)
+        engine = None if record is None else record.engine
+        return None if engine is None else engine.uuid
+
+    def _remember(self, msg_id: str) -> None:
+        """Remember the newest finished tasks; forget the outcome of the one that falls out,
+        so neither grows with every task ever run (a task that names it later is refused)."""
+        if self._unreachable:
+            self._unreachable.discard(msg_id)
+        forgotten = self._finished.add(msg_id)
+        if forgotten is not None:
+            self.forget([forgotten])
+
     def tick(self, now: float) -> list[Action]:
-        """Fail the tasks whose timeout ran out by ``now`` (see the module's rules)."""
+        """Send again the Dispatches due (see :meth:`engine_unreachable`) and fail the tasks
+        whose timeout ran out by ``now`` (see the module's rules)."""
         actions: list[Action] = []
+        if self._unreachable:
+            for msg_id, engine_uuid in self._unreachable.due(now, self._running_on):
+                attempt = self._records[msg_id].attempts - 1
+                actions.append(Dispatch(msg_id, engine_uuid, attempt))
         finished: _Finished = deque()
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= now:
@@ -375,10 +343,10 @@ class SchedulerCore:
             if self._exhausted.pop(msg_id, None) is not None:
                 self._fail(record, TaskTimeout, self._exhausted_reason(record), actions, finished)
                 continue
-            if record.state == _WAITING:
+            if record.state == WAITING:
                 unmet = self._graph.pending(self._graph.waiter(msg_id))
                 self._graph.remove(msg_id)
-                detail = f"still waiting for {_some(unmet)}"
+                detail = f"still waiting for {some(unmet)}"
             elif not self._has_eligible_engine(record):
                 detail = "no registered engine may run it"
             else:
@@ -394,7 +362,11 @@ class SchedulerCore:
         deadlines = self._deadlines
         while deadlines and not self._timed(deadlines[0][2]):
             heapq.heappop(deadlines)
-        return deadlines[0][0] if deadlines else None
+        when = deadlines[0][0] if deadlines else None
+        retry = self._unreachable.next_deadline() if self._unreachable else None
+        if retry is not None and (when is None or retry < when):
+            return retry
+        return when
 
     def forget(self, msg_ids: Iterable[str]) -> None:
         """Drop the outcomes of purged tasks, so bookkeeping does not grow without bound.
@@ -416,12 +388,16 @@ class SchedulerCore:
         """'waiting' (dependencies), 'queued' (an engine or a slot) or 'running'; None once
         finished, or never seen."""
         record = self._records.get(msg_id)
-        return None if record is None else _STATE_NAMES[record.state]
+        return None if record is None else STATE_NAMES[record.state]
 
     # ------------------------------------------------------------------ dependencies
 
     def _evaluate(
-        self, waiter: Waiter[_Engine], now: float | None, actions: list[Action], finished: _Finished
+        self,
+        waiter: Waiter[EngineState],
+        now: float | None,
+        actions: list[Action],
+        finished: _Finished,
     ) -> None:
         """Act on a waiter whose dependencies changed: keep it, fail it, or queue it. ``now``
         None (an engine left) skips the late-timeout check; tick catches those."""
@@ -450,26 +426,29 @@ class SchedulerCore:
 
     def _fail(
         self,
-        record: _Record,
+        record: TaskRecord,
         error: type[RemoteError],
         reason: str,
         actions: list[Action],
         finished: _Finished,
     ) -> None:
         del self._records[record.task.msg_id]
-        record.state = _DONE
+        record.state = DONE
+        self._remember(record.task.msg_id)
         actions.append(Fail(record.task.msg_id, error, reason))
         finished.append((record, False, None))
 
-    def _drop_pinned_to(self, engine: _Engine, actions: list[Action], finished: _Finished) -> None:
+    def _drop_pinned_to(
+        self, engine: EngineState, actions: list[Action], finished: _Finished
+    ) -> None:
         """After ``engine`` left, fail queued tasks that follow allowed only there."""
         queue = self._queue_for.get(engine.uuid)
         if not queue:
             return
-        kept: list[_Entry] = []
+        kept: list[QueueEntry] = []
         for entry in queue:
             _, seq, record = entry
-            if record.state != _QUEUED or record.seq != seq:
+            if record.state != QUEUED or record.seq != seq:
                 continue
             if record.pinned is None:
                 kept.append(entry)
@@ -487,21 +466,21 @@ class SchedulerCore:
 
     # ------------------------------------------------------------------ placement
 
-    def _timed(self, record: _Record) -> bool:
+    def _timed(self, record: TaskRecord) -> bool:
         """Whether the task's deadline still applies: it never ran, or it waits for an engine
         it has not failed on (see the module's rules)."""
-        if record.state == _DONE:
+        if record.state == DONE:
             return False
         return not record.attempts or record.task.msg_id in self._exhausted
 
-    def _untried_engine(self, record: _Record, failed_on: str) -> bool:
+    def _untried_engine(self, record: TaskRecord, failed_on: str) -> bool:
         avoid = record.avoid | {failed_on}
         return any(
             record.allows(engine) and uuid not in avoid for uuid, engine in self._engines.items()
         )
 
     def _wait_for_new_engine(
-        self, record: _Record, failed_on: str, deadline: float, now: float, actions: list[Action]
+        self, record: TaskRecord, failed_on: str, deadline: float, now: float, actions: list[Action]
     ) -> None:
         """A retry with a timeout and no engine it has not failed on: wait for a new one until
         the deadline (TaskTimeout at once if it has passed)."""
@@ -512,26 +491,26 @@ class SchedulerCore:
             self._fail(record, TaskTimeout, self._exhausted_reason(record), actions, finished)
             self._settle(finished, now, actions)
             return
-        record.state = _QUEUED
+        record.state = QUEUED
         self._seq += 1
         record.seq = self._seq
         self._exhausted[record.task.msg_id] = record
         heapq.heappush(self._deadlines, (deadline, self._seq, record))
 
-    def _exhausted_reason(self, record: _Record) -> str:
+    def _exhausted_reason(self, record: TaskRecord) -> str:
         return (
             f"task {record.task.msg_id} timed out after {record.task.timeout} s: it failed on "
             f"each of the {len(record.avoid)} engine(s) that may run it, and a retry does not "
             "go back to an engine it failed on"
         )
 
-    def _retry(self, record: _Record, failed_on: str, actions: list[Action]) -> None:
+    def _retry(self, record: TaskRecord, failed_on: str, actions: list[Action]) -> None:
         record.retries_left -= 1
         record.avoid = record.avoid | {failed_on}
         self._enqueue_or_dispatch(record, actions)
 
-    def _enqueue_or_dispatch(self, record: _Record, actions: list[Action]) -> None:
-        record.state = _QUEUED
+    def _enqueue_or_dispatch(self, record: TaskRecord, actions: list[Action]) -> None:
+        record.state = QUEUED
         engine = self._pick(record)
         if engine is not None:
             self._dispatch(record, engine, actions)
@@ -557,36 +536,27 @@ class SchedulerCore:
                 # entries go stale when another engine took the task: drop them now and then
                 # (at powers of two, so O(log n) amortized), lest a queue for a uuid that never
                 # registers grow with every task that names it
-                current = [queued for queued in queue if _is_current(queued)]
+                current = [queued for queued in queue if is_current(queued)]
                 heapq.heapify(current)
                 queue[:] = current
 
-    def _pick(self, record: _Record) -> _Engine | None:
+    def _pick(self, record: TaskRecord) -> EngineState | None:
         """A free engine the task may run on, chosen by the policy; None if there is none."""
         if not self._free:
             return None
         if record.pinned is None and record.task.targets is None and not record.avoid:
-            return self._choose(list(self._free.values()))
+            return choose_engine(self.policy, self._rng, list(self._free.values()))
         candidates = [e for e in self._free.values() if record.allows(e)]
         if record.avoid:
             fresh = [e for e in candidates if e.uuid not in record.avoid]
             candidates = fresh or candidates
-        return self._choose(candidates) if candidates else None
+        return choose_engine(self.policy, self._rng, candidates) if candidates else None
 
-    def _choose(self, candidates: Sequence[_Engine]) -> _Engine:
-        policy = self.policy
-        if policy == "leastload":
-            return min(candidates, key=_load_then_lru)
-        if policy == "lru":
-            return min(candidates, key=_last_used)
-        if policy == "random":
-            return self._rng.choice(candidates)
-        weights = [1.0 / (1 + engine.load) for engine in candidates]
-        return self._rng.choices(candidates, weights)[0]
-
-    def _dispatch(self, record: _Record, engine: _Engine, actions: list[Action]) -> None:
+    def _dispatch(self, record: TaskRecord, engine: EngineState, actions: list[Action]) -> None:
         msg_id = record.task.msg_id
-        record.state = _RUNNING
+        if self._unreachable:
+            self._unreachable.discard(msg_id)  # this Dispatch replaces any pending retry
+        record.state = RUNNING
         record.engine = engine
         engine.running[msg_id] = record
         engine.load += 1
@@ -598,16 +568,16 @@ class SchedulerCore:
         actions.append(Dispatch(msg_id, engine.uuid, record.attempts))
         record.attempts += 1
 
-    def _fill(self, engine: _Engine, actions: list[Action]) -> None:
+    def _fill(self, engine: EngineState, actions: list[Action]) -> None:
         """Give a freed (or new) engine the queued tasks it may run, highest priority first and
         oldest first among equals, up to its cap."""
         queue_any = self._queue_any
         queue_own = self._queue_for.get(engine.uuid)
         heappop = heapq.heappop
         while engine.load < self.max_outstanding and (queue_any or queue_own):
-            while queue_any and not _is_current(queue_any[0]):
+            while queue_any and not is_current(queue_any[0]):
                 heappop(queue_any)
-            while queue_own and not (_is_current(queue_own[0]) and queue_own[0][2].allows(engine)):
+            while queue_own and not (is_current(queue_own[0]) and queue_own[0][2].allows(engine)):
                 heappop(queue_own)
             if queue_own and (not queue_any or queue_own[0][:2] < queue_any[0][:2]):
                 record = heappop(queue_own)[2]
@@ -619,20 +589,10 @@ class SchedulerCore:
         if queue_own is not None and not queue_own:
             del self._queue_for[engine.uuid]
 
-    def _has_eligible_engine(self, record: _Record) -> bool:
+    def _has_eligible_engine(self, record: TaskRecord) -> bool:
         if record.pinned is not None:
             return any(engine.alive for engine in record.pinned)
         targets = record.task.targets
         if targets is None:
             return bool(self._engines)
         return any(uuid in self._engines for uuid in targets)
-
-
-def _is_current(entry: _Entry) -> bool:
-    _, seq, record = entry
-    return record.state == _QUEUED and record.seq == seq
-
-
-def _some(msg_ids: Sequence[str], limit: int = 5) -> str:
-    shown = ", ".join(msg_ids[:limit])
-    return shown if len(msg_ids) <= limit else f"{shown} and {len(msg_ids) - limit} more"

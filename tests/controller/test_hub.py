@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from corral.controller.hub import Hub, Send, Stop
+from corral.controller.hub import Send, Stop
 from corral.controller.store.memory import MemoryStore
 from corral.controller.store.sqlite import SQLiteStore
 from corral.protocol.messages import RESENDABLE
 from corral.protocol.session import Message, Session
+from tests.controller.hub_harness import HubHarness
 
 KEY = b"hub-test-key"
 ENGINE_ADDRESSES = {"mux": "tcp://127.0.0.1:1", "hb_ping": "tcp://127.0.0.1:2"}
@@ -18,8 +19,8 @@ CLIENT_ADDRESSES = {"mux": "tcp://127.0.0.1:3"}
 
 
 @pytest.fixture
-def hub() -> Hub:
-    return Hub(
+def hub() -> HubHarness:
+    return HubHarness.create(
         MemoryStore(), ENGINE_ADDRESSES, CLIENT_ADDRESSES, heartbeat_period=1.0, max_misses=2
     )
 
@@ -31,7 +32,7 @@ def request(msg_type: str, **content: object) -> Message:
     return session.msg(msg_type, dict(content))
 
 
-def register(hub: Hub, uuid: str, **extra: object) -> int:
+def register(hub: HubHarness, uuid: str, **extra: object) -> int:
     (reply,) = hub.handle_request(
         [uuid.encode()], request("registration_request", uuid=uuid, **extra)
     )
@@ -56,13 +57,13 @@ def reply_for(req: Message, status: str = "ok", buffers: tuple = ()) -> Message:
     )
 
 
-def submit_mux(hub: Hub, engine_uuid: str) -> Message:
+def submit_mux(hub: HubHarness, engine_uuid: str) -> Message:
     req = session.msg("apply_request", {})
     hub.handle_monitor(b"mux_in", [engine_uuid.encode(), b"client-1"], req)
     return req
 
 
-def test_registration_reply_carries_id_and_addresses(hub: Hub) -> None:
+def test_registration_reply_carries_id_and_addresses(hub: HubHarness) -> None:
     (reply,) = hub.handle_request([b"e1"], request("registration_request", uuid="e1"))
     assert reply.content["id"] == 0
     assert reply.content["heartbeat_period"] == 1.0
@@ -71,14 +72,14 @@ def test_registration_reply_carries_id_and_addresses(hub: Hub) -> None:
     assert hub.engines == {}  # registered only once its heart beats
 
 
-def test_ids_increase_and_are_never_reused(hub: Hub) -> None:
+def test_ids_increase_and_are_never_reused(hub: HubHarness) -> None:
     assert register(hub, "a") == 0
     assert register(hub, "b") == 1
     hub.handle_request([b"a"], request("unregistration_request", uuid="a"))
     assert register(hub, "c") == 2
 
 
-def test_uuid_or_id_in_use_is_an_error_reply(hub: Hub) -> None:
+def test_uuid_or_id_in_use_is_an_error_reply(hub: HubHarness) -> None:
     register(hub, "a")
     (dup,) = hub.handle_request([b"a"], request("registration_request", uuid="a"))
     assert dup.content["status"] == "error" and "already registered" in dup.content["evalue"]
@@ -86,12 +87,12 @@ def test_uuid_or_id_in_use_is_an_error_reply(hub: Hub) -> None:
     assert taken.content["status"] == "error" and "in use" in taken.content["evalue"]
 
 
-def test_requested_free_id_is_granted(hub: Hub) -> None:
+def test_requested_free_id_is_granted(hub: HubHarness) -> None:
     assert register(hub, "a", id=7) == 7
     assert register(hub, "b") == 8
 
 
-def test_dead_heart_unregisters_and_fails_direct_tasks(hub: Hub) -> None:
+def test_dead_heart_unregisters_and_fails_direct_tasks(hub: HubHarness) -> None:
     register(hub, "a")
     req = submit_mux(hub, "a")
     actions = []
@@ -104,7 +105,7 @@ def test_dead_heart_unregisters_and_fails_direct_tasks(hub: Hub) -> None:
     assert record["result_content"]["ename"] == "EngineError"
 
 
-def test_dropped_heart_is_told_to_stop_once(hub: Hub) -> None:
+def test_dropped_heart_is_told_to_stop_once(hub: HubHarness) -> None:
     register(hub, "paused")
     for _ in range(5):
         hub.tick()
@@ -115,7 +116,7 @@ def test_dropped_heart_is_told_to_stop_once(hub: Hub) -> None:
 
 
 def test_dropped_engine_cannot_register_again_and_its_id_is_only_given_when_asked(
-    hub: Hub,
+    hub: HubHarness,
 ) -> None:
     register(hub, "paused")
     register(hub, "other")
@@ -140,7 +141,7 @@ def test_dropped_engine_cannot_register_again_and_its_id_is_only_given_when_aske
     assert register(hub, "restarted-1", id=1) == 1
 
 
-def test_late_reply_of_a_dropped_engine_is_not_recorded(hub: Hub) -> None:
+def test_late_reply_of_a_dropped_engine_is_not_recorded(hub: HubHarness) -> None:
     register(hub, "paused")
     register(hub, "other")
     req = session.msg("apply_request", {})
@@ -160,20 +161,20 @@ def test_late_reply_of_a_dropped_engine_is_not_recorded(hub: Hub) -> None:
     assert [bytes(b) for b in record["result_buffers"]] == [b"new"]
 
 
-def test_unknown_heart_is_left_to_register(hub: Hub) -> None:
+def test_unknown_heart_is_left_to_register(hub: HubHarness) -> None:
     """After a controller restart, engines beat before they re-register: leave them be."""
     payload, _ = hub.tick()
     assert hub.handle_pong("from-before-restart", payload) == []
 
 
-def test_connection_reply_lists_engines(hub: Hub) -> None:
+def test_connection_reply_lists_engines(hub: HubHarness) -> None:
     register(hub, "a")
     (reply,) = hub.handle_request([b"c"], request("connection_request"))
     assert reply.content["engines"] == {"0": "a"}
     assert reply.content["mux"] == CLIENT_ADDRESSES["mux"]
 
 
-def test_records_and_result_request(hub: Hub) -> None:
+def test_records_and_result_request(hub: HubHarness) -> None:
     register(hub, "a")
     req = submit_mux(hub, "a")
     (status,) = hub.handle_request([b"c"], request("result_request", msg_ids=[req.msg_id]))
@@ -191,12 +192,12 @@ def test_records_and_result_request(hub: Hub) -> None:
     assert record["stdout"] == "hi\n"
 
 
-def test_result_request_unknown_is_error(hub: Hub) -> None:
+def test_result_request_unknown_is_error(hub: HubHarness) -> None:
     (reply,) = hub.handle_request([b"c"], request("result_request", msg_ids=["nope"]))
     assert reply.content["status"] == "error" and "nope" in reply.content["evalue"]
 
 
-def test_queue_request_counts_and_verbose(hub: Hub) -> None:
+def test_queue_request_counts_and_verbose(hub: HubHarness) -> None:
     register(hub, "a")
     done = submit_mux(hub, "a")
     hub.handle_monitor(b"mux_out", [b"client-1", b"a"], reply_for(done))
@@ -209,7 +210,7 @@ def test_queue_request_counts_and_verbose(hub: Hub) -> None:
     assert bad.content["status"] == "error" and "42" in bad.content["evalue"]
 
 
-def test_task_destination_tracks_load_balanced_work(hub: Hub) -> None:
+def test_task_destination_tracks_load_balanced_work(hub: HubHarness) -> None:
     register(hub, "a")
     req = session.msg("apply_request", {})
     hub.handle_monitor(b"task_in", [b"client-1"], req)
@@ -221,7 +222,7 @@ def test_task_destination_tracks_load_balanced_work(hub: Hub) -> None:
     assert hub.store.get_record(req.msg_id)["engine_id"] == 0
 
 
-def test_purge(hub: Hub) -> None:
+def test_purge(hub: HubHarness) -> None:
     register(hub, "a")
     done = submit_mux(hub, "a")
     hub.handle_monitor(b"mux_out", [b"client-1", b"a"], reply_for(done))
@@ -238,7 +239,7 @@ def test_purge(hub: Hub) -> None:
     assert hub.store.get_history() == [pending.msg_id]
 
 
-def test_history_and_db_query(hub: Hub) -> None:
+def test_history_and_db_query(hub: HubHarness) -> None:
     register(hub, "a")
     first = submit_mux(hub, "a")
     second = submit_mux(hub, "a")
@@ -256,13 +257,13 @@ def test_history_and_db_query(hub: Hub) -> None:
     assert bad.content["status"] == "error" and "$where" in bad.content["evalue"]
 
 
-def test_huge_msg_id_list_is_rejected(hub: Hub) -> None:
+def test_huge_msg_id_list_is_rejected(hub: HubHarness) -> None:
     ids = [str(i) for i in range(100_001)]
     (reply,) = hub.handle_request([b"c"], request("result_request", msg_ids=ids))
     assert reply.content["status"] == "error" and "too many" in reply.content["evalue"]
 
 
-def test_late_reply_from_replaced_engine_is_ignored(hub: Hub) -> None:
+def test_late_reply_from_replaced_engine_is_ignored(hub: HubHarness) -> None:
     register(hub, "a")
     register(hub, "b")
     req = session.msg("apply_request", {})
@@ -276,17 +277,19 @@ def test_late_reply_from_replaced_engine_is_ignored(hub: Hub) -> None:
     assert hub.store.get_record(req.msg_id)["status"] == "ok"
 
 
-def test_hub_shutdown(hub: Hub) -> None:
+def test_hub_shutdown(hub: HubHarness) -> None:
     reply, stop = hub.handle_request([b"c"], request("hub_shutdown_request"))
     assert reply.content["status"] == "ok" and isinstance(stop, Stop)
 
 
-def test_unknown_request_type_gets_error(hub: Hub) -> None:
+def test_unknown_request_type_gets_error(hub: HubHarness) -> None:
     (reply,) = hub.handle_request([b"c"], request("clear_request"))
     assert reply.content["status"] == "error"
 
 
-def test_engine_whose_connection_closed_and_answers_no_probe_is_unregistered(hub: Hub) -> None:
+def test_engine_whose_connection_closed_and_answers_no_probe_is_unregistered(
+    hub: HubHarness,
+) -> None:
     register(hub, "killed")
     register(hub, "alive")
     req = submit_mux(hub, "killed")
@@ -306,7 +309,7 @@ def test_engine_whose_connection_closed_and_answers_no_probe_is_unregistered(hub
     assert hub.tick()[1] == []  # failed once
 
 
-def test_state_changing_requests_meant_for_another_run_are_refused(hub: Hub) -> None:
+def test_state_changing_requests_meant_for_another_run_are_refused(hub: HubHarness) -> None:
     (reply,) = hub.handle_request([b"c"], request("connection_request"))
     assert reply.content["controller"] == hub.instance
     for msg_type in ("hub_shutdown_request", "purge_request"):
@@ -320,14 +323,16 @@ def test_state_changing_requests_meant_for_another_run_are_refused(hub: Hub) -> 
     assert ok.content["status"] == "ok" and isinstance(stop, Stop)
 
 
-def restarted_hub(store: MemoryStore) -> Hub:
-    hub = Hub(store, ENGINE_ADDRESSES, CLIENT_ADDRESSES, heartbeat_period=1.0, max_misses=2)
+def restarted_hub(store: MemoryStore) -> HubHarness:
+    hub = HubHarness.create(
+        store, ENGINE_ADDRESSES, CLIENT_ADDRESSES, heartbeat_period=1.0, max_misses=2
+    )
     hub.restore()
     return hub
 
 
 def test_after_a_restart_tasks_no_engine_holds_are_failed_and_held_ones_recorded() -> None:
-    before = Hub(MemoryStore(), ENGINE_ADDRESSES, CLIENT_ADDRESSES, 1.0, max_misses=2)
+    before = HubHarness.create(MemoryStore(), ENGINE_ADDRESSES, CLIENT_ADDRESSES, 1.0, max_misses=2)
     register(before, "back")
     register(before, "gone")
     held = submit_mux(before, "back")
@@ -352,7 +357,7 @@ def test_after_a_restart_tasks_no_engine_holds_are_failed_and_held_ones_recorded
     assert hub.store.get_record(held.msg_id)["status"] == "ok"
 
 
-def submit_balanced(hub: Hub, retries: int = 0, engine_uuid: str | None = None) -> Message:
+def submit_balanced(hub: HubHarness, retries: int = 0, engine_uuid: str | None = None) -> Message:
     req = session.msg("apply_request", {}, metadata={"retries": retries})
     hub.handle_monitor(b"task_in", [b"client-1"], req)
     if engine_uuid is not None:
@@ -361,7 +366,7 @@ def submit_balanced(hub: Hub, retries: int = 0, engine_uuid: str | None = None) 
     return req
 
 
-def settle_restored(hub: Hub, *alive: str) -> None:
+def settle_restored(hub: HubHarness, *alive: str) -> None:
     while hub.restored:
         hub.tick()
         for uuid in alive:
@@ -369,7 +374,7 @@ def settle_restored(hub: Hub, *alive: str) -> None:
 
 
 def test_after_a_restart_lost_balanced_tasks_are_marked_for_their_client_to_send_again() -> None:
-    before = Hub(MemoryStore(), ENGINE_ADDRESSES, CLIENT_ADDRESSES, 1.0, max_misses=2)
+    before = HubHarness.create(MemoryStore(), ENGINE_ADDRESSES, CLIENT_ADDRESSES, 1.0, max_misses=2)
     register(before, "back")
     register(before, "gone")
     waiting = submit_balanced(before)  # in the old scheduler's queue
@@ -400,7 +405,7 @@ def test_after_a_restart_lost_balanced_tasks_are_marked_for_their_client_to_send
 
 
 def test_balanced_tasks_an_engine_held_across_a_restart_are_resendable_if_it_dies() -> None:
-    before = Hub(MemoryStore(), ENGINE_ADDRESSES, CLIENT_ADDRESSES, 1.0, max_misses=2)
+    before = HubHarness.create(MemoryStore(), ENGINE_ADDRESSES, CLIENT_ADDRESSES, 1.0, max_misses=2)
     register(before, "e")
     retried = submit_balanced(before, retries=1, engine_uuid="e")
     once = submit_balanced(before, retries=0, engine_uuid="e")
@@ -421,7 +426,7 @@ def test_balanced_tasks_an_engine_held_across_a_restart_are_resendable_if_it_die
 # ------------------------------------------------------------ live status and pages
 
 
-def test_status_request_reports_queues_counts_and_recent_completions(hub: Hub) -> None:
+def test_status_request_reports_queues_counts_and_recent_completions(hub: HubHarness) -> None:
     uuid = "e-status"
     engine_id = register(hub, uuid)
     first, second = submit_mux(hub, uuid), submit_mux(hub, uuid)
@@ -443,7 +448,7 @@ def test_status_request_reports_queues_counts_and_recent_completions(hub: Hub) -
     assert later.content["counts"] == {"ok": 1, "error": 1}
 
 
-def test_a_dead_engines_direct_tasks_count_as_failures(hub: Hub) -> None:
+def test_a_dead_engines_direct_tasks_count_as_failures(hub: HubHarness) -> None:
     uuid = "e-dies"
     register(hub, uuid)
     submit_mux(hub, uuid)
@@ -454,7 +459,7 @@ def test_a_dead_engines_direct_tasks_count_as_failures(hub: Hub) -> None:
     assert reply.content["counts"] == {"error": 1} and reply.content["engines"] == {}
 
 
-def test_db_request_with_a_limit_answers_one_page_and_the_total(hub: Hub) -> None:
+def test_db_request_with_a_limit_answers_one_page_and_the_total(hub: HubHarness) -> None:
     uuid = "e-page"
     register(hub, uuid)
     requests = [submit_mux(hub, uuid) for _ in range(5)]
@@ -468,7 +473,7 @@ def test_db_request_with_a_limit_answers_one_page_and_the_total(hub: Hub) -> Non
     assert isinstance(bad, Send) and bad.content["ename"] == "QueryError"
 
 
-def test_engines_are_told_their_newest_recorded_reply_per_queue(hub: Hub) -> None:
+def test_engines_are_told_their_newest_recorded_reply_per_queue(hub: HubHarness) -> None:
     register(hub, "a")
     register(hub, "b")
     first, second, direct = submit_mux(hub, "a"), submit_mux(hub, "a"), submit_mux(hub, "b")
@@ -493,7 +498,7 @@ def test_engines_are_told_their_newest_recorded_reply_per_queue(hub: Hub) -> Non
 def test_replies_are_confirmed_only_once_their_records_are_written(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "tasks.db")
     try:
-        hub = Hub(store, ENGINE_ADDRESSES, CLIENT_ADDRESSES, heartbeat_period=1.0)
+        hub = HubHarness.create(store, ENGINE_ADDRESSES, CLIENT_ADDRESSES, heartbeat_period=1.0)
         register(hub, "a")
         req = submit_mux(hub, "a")
         hub.handle_monitor(b"mux_out", [b"client-1", b"a"], reply_for(req))
@@ -511,7 +516,7 @@ def test_replies_are_confirmed_only_once_their_records_are_written(tmp_path: Pat
         store.close()
 
 
-def hub_tables(hub: Hub) -> dict[str, int]:
+def hub_tables(hub: HubHarness) -> dict[str, int]:
     """The size of every table the Hub keeps per task (the activity log has a fixed capacity)."""
     return {
         "pending": len(hub.pending),
@@ -527,7 +532,7 @@ def hub_tables(hub: Hub) -> dict[str, int]:
     }
 
 
-def test_tables_stay_bounded_over_rounds_with_purging(hub: Hub) -> None:
+def test_tables_stay_bounded_over_rounds_with_purging(hub: HubHarness) -> None:
     register(hub, "a")
     register(hub, "b")
     for _ in range(3):

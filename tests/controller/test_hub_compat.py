@@ -4,7 +4,8 @@ db queries that leave buffers out unless asked for."""
 
 from __future__ import annotations
 
-from corral.controller.hub import Hub, Send
+from corral.controller.hub import Send
+from tests.controller.hub_harness import HubHarness
 from tests.controller.test_hub import hub, register, reply_for, request, session, submit_mux
 
 __all__ = ["hub"]  # the fixture, shared with test_hub
@@ -16,7 +17,7 @@ def only(actions: list[object]) -> Send:
     return reply
 
 
-def test_unknown_msg_ids_are_reported_not_refused_when_asked(hub: Hub) -> None:
+def test_unknown_msg_ids_are_reported_not_refused_when_asked(hub: HubHarness) -> None:
     register(hub, "e0")
     known = submit_mux(hub, "e0")
     reply = only(
@@ -37,7 +38,7 @@ def test_unknown_msg_ids_are_reported_not_refused_when_asked(hub: Hub) -> None:
     assert refused.content["status"] == "error"  # without the flag: as before
 
 
-def test_verbose_queue_status_lists_unassigned_msg_ids(hub: Hub) -> None:
+def test_verbose_queue_status_lists_unassigned_msg_ids(hub: HubHarness) -> None:
     register(hub, "e0")
     task = session.msg("apply_request", {}, metadata={"label": "mine"})
     hub.handle_monitor(b"task_in", [b"client-1"], task)
@@ -53,7 +54,7 @@ def test_verbose_queue_status_lists_unassigned_msg_ids(hub: Hub) -> None:
     assert [r["msg_id"] for r in labelled["records"]] == [task.msg_id]
 
 
-def test_db_query_leaves_buffers_out_unless_named(hub: Hub) -> None:
+def test_db_query_leaves_buffers_out_unless_named(hub: HubHarness) -> None:
     register(hub, "e0")
     req = submit_mux(hub, "e0")
     hub.handle_monitor(b"mux_out", [b"client-1", b"e0"], reply_for(req, buffers=(b"xy",)))

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from corral.controller.hub import Hub, Send
+from corral.controller.hub import Send
 from corral.controller.store.memory import MemoryStore
 from corral.controller.store.retention import RetentionSettings
 from corral.errors import ResultNotStored
 from tests.conftest import running_cluster
+from tests.controller.hub_harness import HubHarness
 from tests.controller.test_hub import (
     CLIENT_ADDRESSES,
     ENGINE_ADDRESSES,
@@ -24,9 +25,11 @@ from tests.controller.test_hub import (
 from tests.polling import until
 
 
-def bounded_hub(settings: RetentionSettings) -> tuple[Hub, MemoryStore]:
+def bounded_hub(settings: RetentionSettings) -> tuple[HubHarness, MemoryStore]:
     store = MemoryStore(settings)
-    hub = Hub(store, ENGINE_ADDRESSES, CLIENT_ADDRESSES, heartbeat_period=1.0, max_misses=2)
+    hub = HubHarness.create(
+        store, ENGINE_ADDRESSES, CLIENT_ADDRESSES, heartbeat_period=1.0, max_misses=2
+    )
     return hub, store
 
 

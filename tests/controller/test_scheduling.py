@@ -998,7 +998,7 @@ def test_priorities_keep_targets_and_dependencies() -> None:
 
 
 def test_tables_stay_bounded_when_finished_tasks_are_forgotten() -> None:
-    """What the socket shell does after FINISHED_MEMORY answers: forget the oldest outcome.
+    """What the core does to a task falling out of its finished memory: forget its outcome.
     Then nothing of a finished round stays in the core, whatever its tasks named."""
     sim = Sim(engines=["e1", "e2"])
     for round_number in range(3):

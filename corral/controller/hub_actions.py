@@ -1,0 +1,110 @@
+"""What the Hub core (:mod:`corral.controller.hub`) asks its shell to do, as values.
+
+The Hub decides; its shell (:mod:`corral.controller.hub_shell`) sends the messages and applies
+the store writes, in the order the Hub returned them. Writes being values keeps the core free of
+I/O and lets a test replay exactly what a controller would write (:func:`apply_writes` is the one
+place that turns them into store calls, for the shell and the tests alike). The store stays
+injected into the Hub for reads: a query sees every write the shell applied before it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+from corral.controller.store.base import ResultStore
+from corral.errors import StoreError
+from corral.protocol.session import Frame
+
+log = logging.getLogger("corral.hub")
+
+
+@dataclass(frozen=True)
+class Send:
+    """A message for the shell to send: on the registration ROUTER (``idents`` first) or the
+    notification PUB."""
+
+    channel: str
+    msg_type: str
+    content: dict[str, Any]
+    parent: dict[str, Any] | None = None
+    idents: tuple[bytes, ...] = ()
+    buffers: tuple[Frame, ...] = ()
+
+
+@dataclass(frozen=True)
+class Stop:
+    """The Hub was asked to shut the controller down (after its reply is sent)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AddRecord:
+    """Record a task the Hub learnt of (a request's copy, or one an engine reported)."""
+
+    msg_id: str
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateRecord:
+    """Merge fields into a task's record (destination, result, failure)."""
+
+    msg_id: str
+    changes: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class DropRecords:
+    """Forget these tasks (a purge by msg_id)."""
+
+    msg_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DropMatching:
+    """Forget every task matching a query (a purge of everything, or of one engine's)."""
+
+    query: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ExpireResults:
+    """Once per beat: let the store purge what outlived its time to live, then tell the Hub
+    which msg_ids went (:meth:`Hub.forget_purged`), so its tables stay as bounded as the store."""
+
+
+StoreWrite: TypeAlias = AddRecord | UpdateRecord | DropRecords | DropMatching | ExpireResults
+Action: TypeAlias = Send | Stop | StoreWrite
+Message: TypeAlias = Send | Stop
+
+
+def apply_writes(
+    store: ResultStore,
+    actions: Iterable[Action],
+    forget_purged: Callable[[list[str]], None],
+) -> list[Message]:
+    """Apply the store writes among ``actions`` in order; return the rest (what to send).
+
+    A write the store refuses is logged and costs that write only, as a message that cannot be
+    handled costs that message only; a failing purge never stops the heartbeat.
+    """
+    messages: list[Message] = []
+    for action in actions:
+        try:
+            if isinstance(action, AddRecord):
+                store.add_record(action.msg_id, action.record)
+            elif isinstance(action, UpdateRecord):
+                store.update_record(action.msg_id, action.changes)
+            elif isinstance(action, DropRecords):
+                store.drop_records(list(action.msg_ids))
+            elif isinstance(action, DropMatching):
+                store.drop_matching_records(action.query)
+            elif isinstance(action, ExpireResults):
+                forget_purged(store.expire_results())
+            else:
+                messages.append(action)
+        except StoreError as err:
+            log.error("hub: result store: %s failed: %s", type(action).__name__, err)
+    return messages

@@ -1,0 +1,226 @@
+"""The Hub's answers to client queries: engines' queues, results, purges, history, the store.
+
+Functions of the :class:`~corral.controller.hub.Hub` core (it dispatches ``<type>_request`` to
+the function of that name in :data:`QUERIES`): they read the injected store and the Hub's tables
+and return the reply to send, and for a purge the store writes for the shell to apply. No
+sockets and no clock, like the rest of the core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from corral.controller.hub_actions import Action, DropMatching, DropRecords, Send
+from corral.controller.store.base import check_page
+from corral.controller.store.query import validate_query
+from corral.controller.store.retention import OMITTED_FIELD, not_stored_message
+from corral.errors import QueryError
+from corral.protocol.messages import error_reply, ok_reply
+from corral.protocol.session import Frame, Message
+
+if TYPE_CHECKING:
+    from corral.controller.hub import EngineEntry, Hub
+
+MAX_QUERY_IDS = 100_000
+
+
+def answer(
+    idents: Sequence[bytes],
+    request: Message,
+    msg_type: str,
+    content: dict[str, Any],
+    buffers: Iterable[Frame] = (),
+) -> Send:
+    """The reply to ``request``, addressed back through the registration ROUTER."""
+    return Send("registration", msg_type, content, request.header, tuple(idents), tuple(buffers))
+
+
+def targets_of(hub: Hub, targets: Any) -> list[EngineEntry]:
+    if targets is None:
+        return sorted(hub.engines.values(), key=lambda e: e.id)
+    if not isinstance(targets, list):
+        raise QueryError("targets must be a list of engine ids or uuids, or null")
+    entries = []
+    for target in targets:
+        entry = (
+            hub.engines.get(target)
+            if isinstance(target, int)
+            else hub.by_uuid.get(target)
+            if isinstance(target, str)
+            else None
+        )
+        if entry is None:
+            raise QueryError(f"no such engine: {target!r}")
+        entries.append(entry)
+    return entries
+
+
+def msg_ids_of(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
+        raise QueryError("msg_ids must be a list of strings")
+    if len(value) > MAX_QUERY_IDS:
+        raise QueryError(f"too many msg_ids in one query: {len(value)} > {MAX_QUERY_IDS}")
+    return value
+
+
+def queue_request(hub: Hub, idents: Sequence[bytes], msg: Message) -> list[Action]:
+    content = msg.content or {}
+    verbose = content.get("verbose", False)
+    reply: dict[str, Any] = ok_reply()
+    for entry in targets_of(hub, content.get("targets")):
+        lists = {
+            "completed": list(entry.completed),
+            "queue": list(entry.queue),
+            "tasks": list(entry.tasks),
+        }
+        reply[str(entry.id)] = lists if verbose else {k: len(v) for k, v in lists.items()}
+    unassigned = [msg_id for msg_id, engine in hub.pending.items() if engine is None]
+    reply["unassigned"] = unassigned if verbose else len(unassigned)
+    return [answer(idents, msg, "queue_reply", reply)]
+
+
+def result_request(hub: Hub, idents: Sequence[bytes], msg: Message) -> list[Action]:
+    content = msg.content or {}
+    msg_ids = msg_ids_of(content.get("msg_ids"))
+    statusonly = content.get("statusonly", False)
+    records = hub.store.get_records(msg_ids)
+    unknown = [m for m in msg_ids if m not in records]
+    if unknown and content.get("unknown_pending"):
+        # the asker may know of a submission whose copy has not reached the Hub yet: it
+        # is told so, and asks again (see Client.get_result)
+        reply_unknown: dict[str, Any] = ok_reply(pending=[], completed=[], unknown=unknown)
+        known = [m for m in msg_ids if m in records]
+        msg_ids, unknown = known, []
+    else:
+        reply_unknown = {}
+    if unknown:
+        raise QueryError(
+            f"no such msg_id: {unknown[0]}"
+            + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else "")
+        )
+    reply: dict[str, Any] = reply_unknown or ok_reply(pending=[], completed=[])
+    buffers: list[Frame] = []
+    for msg_id in msg_ids:
+        record = records[msg_id]
+        if record.get("status") == "pending" or msg_id in hub.pending:
+            reply["pending"].append(msg_id)
+            continue
+        reply["completed"].append(msg_id)
+        if statusonly:
+            continue
+        result_buffers = list(record.get("result_buffers") or [])
+        reply[msg_id] = {
+            "header": record.get("result_header") or {},
+            "parent_header": record.get("header") or {},
+            "metadata": record.get("result_metadata") or {},
+            "content": record.get("result_content") or {},
+            "buffer_count": len(result_buffers),
+        }
+        if record.get(OMITTED_FIELD):
+            reply[msg_id]["not_stored"] = not_stored_message(msg_id, record[OMITTED_FIELD])
+        buffers.extend(result_buffers)
+    return [answer(idents, msg, "result_reply", reply, buffers)]
+
+
+def purge_request(hub: Hub, idents: Sequence[bytes], msg: Message) -> list[Action]:
+    """Forget completed results: the reply, then the drops for the shell to apply. Every
+    named msg_id and engine is checked first, so a bad purge drops nothing."""
+    stale = hub.stale(msg)
+    if stale is not None:
+        return [answer(idents, msg, "purge_reply", error_reply("StaleRequest", stale))]
+    content = msg.content or {}
+    msg_ids = content.get("msg_ids", [])
+    engine_ids = content.get("engine_ids") or []
+    engines = targets_of(hub, list(engine_ids)) if engine_ids else []
+    actions: list[Action] = [answer(idents, msg, "purge_reply", ok_reply())]
+    if msg_ids == "all":
+        actions.append(DropMatching({"status": {"$ne": "pending"}}))
+        for entry in hub.engines.values():
+            entry.completed.clear()
+    else:
+        msg_ids = msg_ids_of(msg_ids)
+        records = hub.store.get_records(msg_ids)
+        for msg_id in msg_ids:
+            if msg_id not in records:
+                raise QueryError(f"cannot purge unknown msg_id {msg_id}")
+            if msg_id in hub.pending or records[msg_id].get("status") == "pending":
+                raise QueryError(f"cannot purge pending msg_id {msg_id}")
+        actions.append(DropRecords(tuple(msg_ids)))
+        for entry in hub.engines.values():
+            for msg_id in msg_ids:
+                entry.completed.pop(msg_id, None)
+    for entry in engines:
+        actions.append(DropMatching({"engine_uuid": entry.uuid, "status": {"$ne": "pending"}}))
+        entry.completed.clear()
+    return actions
+
+
+def history_request(hub: Hub, idents: Sequence[bytes], msg: Message) -> list[Action]:
+    return [answer(idents, msg, "history_reply", ok_reply(history=hub.store.get_history()))]
+
+
+def db_request(hub: Hub, idents: Sequence[bytes], msg: Message) -> list[Action]:
+    content = msg.content or {}
+    query = content["query"]
+    keys = content.get("keys")
+    validate_query(query)
+    if keys is not None and not all(isinstance(k, str) for k in keys):
+        raise QueryError("keys must be a list of field names")
+    extra: dict[str, Any] = {}
+    if "limit" in content:
+        # one page, newest first unless asked otherwise, and the number of matches
+        limit, skip = check_page(content["limit"], content.get("skip", 0))
+        newest_first = bool(content.get("newest_first", True))
+        records, extra["total"] = hub.store.find_page(
+            query, keys, limit=limit, skip=skip, newest_first=newest_first
+        )
+    else:
+        records = hub.store.find_records(query, keys)
+    buffers: list[Frame] = []
+    for record in records:
+        for name in ("result_buffers", "buffers"):
+            if keys is None:
+                record.pop(name, None)  # buffers only when asked for by name
+            elif name in record:
+                found = list(record.pop(name) or [])
+                record[name.replace("buffers", "buffer_count")] = len(found)
+                buffers.extend(found)
+    reply = ok_reply(records=records, **extra)
+    return [answer(idents, msg, "db_reply", reply, buffers)]
+
+
+def status_request(hub: Hub, idents: Sequence[bytes], msg: Message) -> list[Action]:
+    """The live state in one small reply: each engine's queue lengths, the unassigned
+    tasks, counts, and the completions after sequence number ``since``."""
+    since = (msg.content or {}).get("since", 0)
+    engines = {
+        str(entry.id): {
+            "uuid": entry.uuid,
+            "registered": entry.registered,
+            "queue": len(entry.queue),
+            "tasks": len(entry.tasks),
+            "completed": len(entry.completed),
+        }
+        for entry in hub.engines.values()
+    }
+    unassigned = sum(1 for engine in hub.pending.values() if engine is None)
+    reply = ok_reply(
+        instance=hub.hearts.instance.decode(),
+        engines=engines,
+        unassigned=unassigned,
+        pending=len(hub.pending),
+        **hub.activity.since(since),
+    )
+    return [answer(idents, msg, "status_reply", reply)]
+
+
+QueryHandler = Callable[["Hub", Sequence[bytes], Message], list[Action]]
+QUERIES: dict[str, QueryHandler] = {
+    "queue_request": queue_request,
+    "result_request": result_request,
+    "purge_request": purge_request,
+    "history_request": history_request,
+    "db_request": db_request,
+    "status_request": status_request,
+}

@@ -1,0 +1,142 @@
+"""The Hub's task records, built from the queues' monitor copies (part of the Hub core).
+
+:meth:`Hub.handle_monitor <corral.controller.hub.Hub.handle_monitor>` dispatches each copy here:
+a request becomes an :class:`~corral.controller.hub_actions.AddRecord`, its destination (the
+scheduler's choice of engine) and its reply become
+:class:`~corral.controller.hub_actions.UpdateRecord` writes for the shell to apply, while the
+Hub's tables (pending tasks, each engine's queue, the activity log) change here at once. Dates
+come from the ``now`` the shell passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from corral.controller.hub_actions import Action, AddRecord, UpdateRecord
+from corral.protocol.session import Message, frame_view
+
+if TYPE_CHECKING:
+    from corral.controller.hub import Hub
+
+
+def iso_date(now: float) -> str:
+    """``now`` (seconds since the epoch) as every date on the wire: ISO 8601 with zone."""
+    return datetime.fromtimestamp(now, UTC).isoformat()
+
+
+# the fields of a result, emptied when a task lost in a restart is sent again
+CLEARED_RESULT: dict[str, Any] = {
+    "result_header": None,
+    "result_metadata": None,
+    "result_content": None,
+    "result_buffers": [],
+    "completed": None,
+    "received": None,
+}
+
+
+def record_request(hub: Hub, queue: str, idents: Sequence[bytes], msg: Message) -> list[Action]:
+    if msg.msg_type not in ("apply_request", "execute_request"):
+        return []
+    # monitor copies carry identities as the queue sent them on: destination first, so a
+    # MUX request is (engine, client) and a task request, not yet routed, is (client,)
+    if queue == "mux":
+        engine_uuid: str | None = _ident(idents, 0)
+        client = _ident(idents, 1)
+    else:
+        engine_uuid, client = None, _ident(idents, 0)
+    entry = hub.by_uuid.get(engine_uuid) if engine_uuid else None
+    msg_id = msg.msg_id
+    hub.pending[msg_id] = engine_uuid
+    if entry is not None:
+        entry.queue[msg_id] = None
+    label = msg.metadata.get("label")
+    hub.activity.submit()
+    resent = msg_id in hub.resendable  # sent again after a restart lost it
+    hub.resendable.discard(msg_id)
+    record = {
+        **({"label": label} if isinstance(label, str) else {}),
+        "msg_id": msg_id,
+        "header": msg.header,
+        "metadata": msg.metadata,
+        "content": msg.content or {},
+        "queue": queue,
+        "client_uuid": client,
+        "engine_uuid": engine_uuid,
+        "engine_id": entry.id if entry else None,
+        "submitted": msg.header.get("date"),
+        "status": "pending",
+        "started": None,
+        "completed": None,
+        "received": None,
+        "resubmitted": resent,
+        **(CLEARED_RESULT if resent else {}),
+    }
+    return [AddRecord(msg_id, record)]
+
+
+def record_destination(hub: Hub, msg_id: str, engine_uuid: str) -> list[Action]:
+    entry = hub.by_uuid.get(engine_uuid)
+    if msg_id not in hub.pending:
+        return []
+    hub.pending[msg_id] = engine_uuid
+    if entry is not None:
+        entry.tasks[msg_id] = None
+    changes = {"engine_uuid": engine_uuid, "engine_id": entry.id if entry else None}
+    return [UpdateRecord(msg_id, changes)]
+
+
+def record_reply(
+    hub: Hub, queue: str, idents: Sequence[bytes], msg: Message, now: float
+) -> list[Action]:
+    msg_id = msg.parent_id
+    if msg_id is None:
+        return []
+    engine_uuid = _ident(idents, 1)  # a reply travels (client, engine)
+    if engine_uuid in hub.by_uuid:  # its engine may forget it once it is written
+        hub.replies_seen.setdefault(engine_uuid, {})[queue] = msg_id
+    if msg_id not in hub.pending:
+        return []  # a duplicate (e.g. a resumed engine's late reply) or not a task
+    if engine_uuid in hub.dropped:
+        return []  # a late reply of an engine declared dead: its tasks were settled without it
+    expected = hub.pending.pop(msg_id)
+    if expected is not None and expected != engine_uuid and engine_uuid != "scheduler":
+        hub.pending[msg_id] = expected
+        return []  # a reply from an engine the task was taken away from
+    hub.balanced.pop(msg_id, None)
+    entry = hub.by_uuid.get(engine_uuid) or (hub.by_uuid.get(expected) if expected else None)
+    if entry is not None:
+        entry.queue.pop(msg_id, None)
+        entry.tasks.pop(msg_id, None)
+        entry.completed[msg_id] = None
+    content = msg.content or {}
+    metadata = msg.metadata
+    hub.activity.complete(
+        msg_id,
+        entry.id if entry else metadata.get("engine_id"),
+        str(content.get("status", "error")),
+        metadata.get("started"),
+        metadata.get("completed"),
+    )
+    date = iso_date(now)
+    changes = {
+        "status": content.get("status", "error"),
+        "result_header": msg.header,
+        "result_metadata": metadata,
+        "result_content": content,
+        "result_buffers": [frame_view(b) for b in msg.buffers],
+        "started": metadata.get("started"),
+        "completed": metadata.get("completed") or date,
+        "received": date,
+        "stdout": metadata.get("stdout", ""),
+        "stderr": metadata.get("stderr", ""),
+        "engine_uuid": entry.uuid if entry else engine_uuid,
+        "engine_id": entry.id if entry else metadata.get("engine_id"),
+    }
+    return [UpdateRecord(msg_id, changes)]
+
+
+def _ident(idents: Sequence[bytes], index: int) -> str:
+    return idents[index].decode("utf-8", "replace") if len(idents) > index else ""

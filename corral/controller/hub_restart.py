@@ -1,0 +1,128 @@
+"""What a controller restart (``--restore``) means to the Hub (part of the Hub core).
+
+A restored Hub re-marks the tasks its store still has pending: engines that survived may still
+answer them, and an engine that registers again names the tasks it holds (``tasks`` in its
+``registration_request``). After ``2 * max_misses`` beats, every restored task no engine named
+can never be answered and is failed; a load-balanced one that never ran, or has retries left, is
+marked so its client may send it again (:data:`~corral.protocol.messages.RESENDABLE`). All of it
+returns store writes for the shell to apply, like the rest of the core.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from corral.controller.hub_actions import Action, AddRecord, UpdateRecord
+from corral.controller.hub_queries import MAX_QUERY_IDS
+from corral.controller.hub_records import iso_date
+from corral.errors import EngineError, InvalidContent, error_content
+from corral.protocol.messages import RESENDABLE
+
+if TYPE_CHECKING:
+    from corral.controller.hub import Hub
+
+log = logging.getLogger("corral.hub")
+
+
+def restore(hub: Hub) -> None:
+    """After a restart: tasks the store still has pending may yet be answered by engines
+    that survived, so their replies must be recorded when they come."""
+    keys = ["engine_uuid", "queue", "metadata"]
+    for record in hub.store.find_records({"status": "pending"}, keys):
+        hub.pending[record["msg_id"]] = record.get("engine_uuid")
+        if record.get("queue") == "task":
+            retries = (record.get("metadata") or {}).get("retries")
+            hub.balanced[record["msg_id"]] = retries if isinstance(retries, int) else 0
+    hub.restored = dict(hub.pending)
+    hub.restored_until_beat = hub.hearts.beat + 2 * hub.hearts.max_misses
+    # new engines get ids above every id in the stored records
+    records = hub.store.find_records({"engine_id": {"$ne": None}}, ["engine_id"])
+    ids = [r["engine_id"] for r in records if isinstance(r.get("engine_id"), int)]
+    hub.next_id = max([hub.next_id, *(engine_id + 1 for engine_id in ids)])
+
+
+def settle_restored(hub: Hub, now: float) -> list[Action]:
+    """Tasks pending before the restart whose engine did not come back in time (or that
+    waited in the old scheduler, which is gone) can never be answered: fail them, so that
+    no client waits for them for ever."""
+    date = iso_date(now)
+    writes: list[Action] = []
+    for msg_id, engine_uuid in hub.restored.items():
+        if msg_id not in hub.pending or msg_id in hub.reported:
+            continue
+        del hub.pending[msg_id]
+        if engine_uuid in hub.by_uuid:
+            where = f"its engine {engine_uuid} came back without it: it never reached it"
+        elif engine_uuid:
+            where = f"its engine {engine_uuid} did not come back"
+        else:
+            where = "it waited in the task scheduler, which restarted empty"
+        content = error_content(
+            EngineError("EngineError", f"lost in a controller restart: {where}"), None, None
+        )
+        # a load-balanced task that never reached an engine, or may be retried: the client
+        # that still holds the request sends it again (see corral.client.recovery)
+        never_ran = engine_uuid is None or engine_uuid in hub.by_uuid
+        resendable = lost_balanced(hub, msg_id, never_ran)
+        changes = {
+            "status": "error",
+            "result_content": content,
+            "completed": date,
+            "result_metadata": {
+                "status": "error",
+                "engine_uuid": engine_uuid,
+                **({RESENDABLE: True} if resendable else {}),
+            },
+        }
+        writes.append(UpdateRecord(msg_id, changes))
+        log.warning("hub: task %s %s", msg_id, f"lost in the restart: {where}")
+    hub.restored = {}
+    hub.reported.clear()
+    return writes
+
+
+def lost_balanced(hub: Hub, msg_id: str, never_ran: bool) -> bool:
+    """Whether a restored task, now failed, is load-balanced and may be sent again: it
+    never reached an engine, or its ``retries`` allow another attempt."""
+    retries = hub.balanced.pop(msg_id, None)
+    if retries is None or not (never_ran or retries > 0):
+        return False
+    hub.resendable.add(msg_id)
+    return True
+
+
+def expect_answers(hub: Hub, uuid: str, msg_ids: Any) -> list[Action]:
+    """An engine back after a restart holds these tasks or sends their replies again:
+    the replies must be recorded, also of tasks this controller never saw recorded."""
+    if not isinstance(msg_ids, list) or not all(isinstance(m, str) for m in msg_ids):
+        raise InvalidContent("tasks must be a list of msg_ids")
+    msg_ids = msg_ids[:MAX_QUERY_IDS]
+    known = hub.store.get_records([m for m in msg_ids if m not in hub.pending])
+    hub.expected_from[uuid] = msg_ids
+    writes: list[Action] = []
+    for msg_id in msg_ids:
+        if msg_id in hub.pending:
+            hub.pending[msg_id] = uuid
+            hub.reported.add(msg_id)
+        elif msg_id not in known:
+            hub.pending[msg_id] = uuid
+            hub.reported.add(msg_id)
+            record = {
+                "msg_id": msg_id,
+                "header": {"msg_id": msg_id},
+                "metadata": {},
+                "content": {},
+                "queue": None,
+                "client_uuid": None,
+                "engine_uuid": uuid,
+                "engine_id": None,
+                "submitted": None,
+                "status": "pending",
+                "started": None,
+                "completed": None,
+                "received": None,
+                "resubmitted": False,
+            }
+            writes.append(AddRecord(msg_id, record))
+    return writes

@@ -1,0 +1,221 @@
+"""The Hub's socket shell: moves frames and time between the controller's sockets and the Hub.
+
+It drives the :class:`~corral.controller.hub.Hub` core on one :class:`~corral.loop.Loop`, the
+controller's main thread (:mod:`corral.controller.app` binds the sockets and runs it). Per
+message it only decodes what the Hub needs and sends what it returns; every rule is the core's.
+The shell keeps what needs I/O: the store writes the Hub returns (applied with
+:func:`~corral.controller.hub_actions.apply_writes`, before the messages of the same call are
+sent), the wall clock (passed to the Hub as ``now``; the Hub says when it next wants to be woken
+and one loop timer waits for that), the pong socket's disconnect events, the shared-memory
+segments of results, and the scheduler process's end.
+
+Sockets are served in priority order each loop turn: pongs (a late pong can cost an engine its
+life), the devices' copies, the scheduler's copies, then registration and queries, so a query
+sees every task whose copy reached the Hub before it. Copies that arrive while requests are
+being answered wait for the next turn: reading them ahead of requests that came before them
+reorders what the Hub sees around a controller restart (bench/chaos.py then found records
+missing, e.g. replies handled before the re-registration that names their tasks).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from corral.controller.hub import Hub
+from corral.controller.hub_actions import Action, Send, Stop, apply_writes
+from corral.controller.store.base import ResultStore
+from corral.errors import CorralError, ProtocolError
+from corral.loop import Loop, Timer
+from corral.protocol.messages import error_reply
+from corral.protocol.session import Message, Session, split_identities
+from corral.protocol.shm import METADATA_KEY, SegmentRef, encode_refs
+from corral.sharedmem import SharedMemory
+from corral.sockets import send_frames
+
+log = logging.getLogger("corral.controller")
+
+SHM_SWEEP_PERIOD = 2.0  # seconds between sweeps of the segments of dead processes
+
+
+class HubShell:
+    """The Hub's sockets on one loop. Construct it on the loop's thread, then ``loop.run()``.
+
+    ``on_stop`` is called (on the loop) when the Hub is asked to shut down or the scheduler
+    process ends; ``scheduler`` is that process, watched through its stdout pipe (its last line
+    is its counts, then end of file), so its end is noticed at once, without polling.
+    """
+
+    def __init__(
+        self,
+        loop: Loop,
+        hub: Hub,
+        session: Session,
+        store: ResultStore,
+        shm: SharedMemory,
+        sockets: dict[str, zmq.Socket[Any]],
+        on_stop: Callable[[bool], None],
+        scheduler: subprocess.Popen[bytes] | None = None,
+    ) -> None:
+        self.loop = loop
+        self.hub = hub
+        self.session = session
+        self.store = store
+        self.shm = shm
+        self.registration = sockets["registration"]
+        self.notification = sockets["notification"]
+        self.ping = sockets["ping"]
+        self.pong = sockets["pong"]
+        self.pong_events = sockets["pong_events"]
+        self.monitor = sockets["monitor"]
+        self.queue_monitor = sockets["queue_monitor"]
+        self.on_stop = on_stop
+        self.scheduler = scheduler
+        self.scheduler_counts: dict[str, Any] | None = None
+        self.monitored = 0
+        self._pong_fds: dict[int, str] = {}
+        self._timer: Timer | None = None
+        loop.add_socket(self.pong, self._on_pong)
+        loop.add_reader(self.pong_events, self._on_pong_events)
+        loop.add_socket(self.queue_monitor, self._on_monitor)
+        loop.add_socket(self.monitor, self._on_monitor)
+        loop.add_socket(self.registration, self._on_request)
+        if scheduler is not None and scheduler.stdout is not None:
+            loop.add_reader(scheduler.stdout.fileno(), self._on_scheduler_output)
+        loop.call_every(SHM_SWEEP_PERIOD, self.shm.sweep)
+        loop.call_soon(self._wake)
+
+    # ------------------------------------------------------------ time
+
+    def _wake(self) -> None:
+        """The Hub's deadline came: publish its pings, act on what they decided, re-arm."""
+        self._timer = None
+        pings, actions = self.hub.wake(time.time())
+        for payload in pings:
+            self.ping.send(payload)
+        self._perform(actions)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        """Arm the timer for the Hub's next deadline, if that is sooner than the armed one
+        (an event can only bring a deadline forward: a registration, a closed connection)."""
+        now = time.time()
+        when = self.loop.time() + max(0.0, self.hub.next_deadline(now) - now)
+        timer = self._timer
+        if timer is not None and not timer.cancelled:
+            if timer.when <= when:
+                return
+            timer.cancel()
+        self._timer = self.loop.call_at(when, self._wake)
+
+    # ------------------------------------------------------------ sockets
+
+    def _on_pong(self, frames: list[zmq.Frame]) -> None:
+        if len(frames) != 2:
+            raise ProtocolError(f"heartbeat with {len(frames)} frames")
+        uuid = frames[0].bytes.decode("utf-8", "replace")
+        try:
+            self._pong_fds[int(frames[1].get(zmq.SRCFD))] = uuid
+        except zmq.ZMQError:
+            pass  # no descriptor for this frame: that engine is judged by its beats alone
+        self._perform(self.hub.handle_pong(uuid, frames[1].bytes, time.time()))
+
+    def _on_pong_events(self) -> None:
+        """Connections of the pong socket that closed: the engine behind each is probed."""
+        while self.pong_events.poll(0):
+            event = recv_monitor_message(self.pong_events)
+            uuid = self._pong_fds.pop(int(event["value"]), None)
+            if uuid is not None:
+                log.info("hub: the connection of engine %s closed; probing it", uuid)
+                self.hub.connection_closed(uuid)
+        self._schedule()
+
+    def _on_request(self, frames: list[zmq.Frame]) -> None:
+        idents, msg_frames = split_identities(frames)
+        msg = self.session.deserialize(msg_frames, content=False, idents=idents)
+        actions = self.hub.handle_request(idents, msg, time.time(), msg_frames[4])
+        self._perform(actions, msg.metadata)
+        self._schedule()
+
+    def _on_monitor(self, frames: list[zmq.Frame]) -> None:
+        prefix = frames[0].bytes
+        idents, msg_frames = split_identities(frames[1:])
+        msg = self.session.deserialize(msg_frames, content=True, idents=idents)
+        self.monitored += 1
+        actions = self.hub.handle_monitor(
+            prefix, idents, self._shm_resolve(prefix, msg), time.time()
+        )
+        if actions:
+            self._perform(actions)
+
+    def _shm_resolve(self, prefix: bytes, msg: Message) -> Message:
+        """A monitored reply with its segments mapped (the Hub records the data, never a
+        reference); a request without its references (the Hub does not keep its buffers).
+        A reply whose segments cannot be mapped is recorded as an error that says why."""
+        if METADATA_KEY not in msg.metadata:
+            return msg
+        if not prefix.endswith(b"_out"):
+            return self.shm.strip(msg)
+        try:
+            return self.shm.resolve(msg)
+        except ProtocolError as err:
+            self.loop.rejected += 1
+            log.warning("hub: the result of %s is not recorded: %s", msg.parent_id, err)
+            content = error_reply(type(err).__name__, f"the result's data was lost: {err}")
+            return Message(msg.header, msg.parent_header, msg.metadata, content, (), msg.idents)
+
+    def _on_scheduler_output(self) -> None:
+        """The scheduler wrote its last line (its counts) or closed its stdout: it ended."""
+        assert self.scheduler is not None and self.scheduler.stdout is not None
+        self.loop.remove(self.scheduler.stdout.fileno())
+        line = self.scheduler.stdout.readline()
+        try:
+            last = json.loads(line) if line else None
+        except ValueError:
+            last = None
+        counts = last.get("counts") if isinstance(last, dict) else None
+        self.scheduler_counts = counts if isinstance(counts, dict) else None
+        if not self.loop.stopping:
+            log.error("the task scheduler exited; stopping")
+            self.on_stop(True)
+
+    # ------------------------------------------------------------ actions
+
+    def _perform(
+        self, actions: list[Action], request_metadata: dict[str, Any] | None = None
+    ) -> None:
+        for action in apply_writes(self.store, actions, self.hub.forget_purged):
+            if isinstance(action, Stop):
+                log.info("hub: shutdown requested")
+                self.on_stop(False)
+            else:
+                self._send(action, request_metadata)
+
+    def _send(self, action: Send, request_metadata: dict[str, Any] | None = None) -> None:
+        sock = self.registration if action.channel == "registration" else self.notification
+        content, buffers = action.content, list(action.buffers)
+        metadata: dict[str, Any] = {}
+        refs: list[SegmentRef] = []
+        if action.msg_type == "registration_reply" and self.shm.settings is not None:
+            content = {**content, "shm": self.shm.settings.to_json()}
+        elif buffers and request_metadata:
+            try:
+                buffers, refs = self.shm.export_reply(request_metadata, buffers, hub_reads=False)
+            except CorralError as err:  # no room in /dev/shm: the socket path still works
+                log.warning("hub: %s sent without shared memory: %s", action.msg_type, err)
+            if refs:
+                metadata = {METADATA_KEY: encode_refs(refs)}
+        msg = self.session.msg(action.msg_type, content, action.parent, metadata, buffers)
+        try:
+            send_frames(sock, self.session.serialize(msg, action.idents))
+        except zmq.ZMQError as err:
+            log.warning("could not send %s: %s", action.msg_type, err)
+        finally:
+            self.shm.release(refs)

@@ -1,0 +1,318 @@
+"""The task scheduler's socket shell: frames between clients, engines and the Hub, on one loop.
+
+Drives :class:`~corral.controller.scheduling.SchedulerCore` (every decision is the core's,
+including retries of a Dispatch an engine could not take yet and which late replies to drop) on
+one :class:`~corral.loop.Loop`. Client-facing ROUTER in, engine-facing ROUTER out
+(docs/wire-flows.md). Per task it verifies the signature and parses header and metadata only;
+content and buffers are forwarded as the zmq Frames they arrived in. Copies go to the Hub's
+monitor SUB (``task_in``, ``task_dest``, ``task_out``). Engines come and go through the Hub's
+notifications. The process around it is :mod:`corral.controller.scheduler`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import zmq
+from zmq.auth.thread import ThreadAuthenticator
+
+from corral.controller.scheduling import SchedulerCore
+from corral.controller.scheduling_state import Action, Complete, Dispatch, Fail, Task
+from corral.errors import CorralError, ProtocolError, RemoteError, error_content
+from corral.loop import Loop, Timer
+from corral.protocol.dependency import Dependency
+from corral.protocol.session import (
+    DELIMITER,
+    Frame,
+    Message,
+    Session,
+    frame_view,
+    split_identities,
+    utcnow,
+)
+from corral.security import CurveKeys, make_client, make_server, start_authenticator
+from corral.sockets import send_frames
+
+log = logging.getLogger("corral.scheduler")
+
+SCHEDULER_IDENT = b"scheduler"
+
+
+@dataclass
+class Pending:
+    """A task the scheduler holds: who sent it, and its frames, untouched."""
+
+    client: bytes
+    msg: Message
+    frames: list[Frame]  # after the delimiter: signature, 4 JSON frames, buffers
+    reply: list[Frame] | None = None
+
+
+class SchedulerShell:
+    """Owns the scheduler's sockets and its loop; every decision is the core's.
+
+    Build it on the thread that runs :attr:`loop` (the process's main thread), then
+    ``loop.run()`` until ``loop.stop()``; :meth:`close` releases the sockets.
+    """
+
+    def __init__(self, settings: dict[str, Any], context: zmq.Context[Any] | None = None) -> None:
+        self.context = context or zmq.Context()
+        self.loop = Loop("scheduler")
+        self.session = Session(
+            settings["key"], signature_scheme=settings["signature_scheme"], username="scheduler"
+        )
+        self.core = SchedulerCore(
+            settings.get("policy", "leastload"), int(settings.get("max_outstanding", 16))
+        )
+        url = settings["url"]
+        # under --curve: ROUTERs are curve servers, the sockets to the Hub curve clients
+        self.curve = CurveKeys.from_connection(settings)
+        self._authenticator: ThreadAuthenticator | None = None
+        if self.curve is not None:
+            self._authenticator = start_authenticator(self.context, self.curve)
+        self.clients = self._socket(zmq.ROUTER, server=True)
+        self.clients.sndhwm = 0  # a ROUTER drops replies it cannot queue: a slow client waits
+        self.client_port = _bind(self.clients, url, settings.get("task"))
+        self.engines = self._socket(zmq.ROUTER, server=True)
+        self.engines.router_mandatory = True
+        self.engine_port = _bind(self.engines, url, settings.get("task_engine"))
+        self.notifications = self._socket(zmq.SUB, server=False)
+        self.notifications.subscribe(b"")
+        self.notifications.connect(settings["notification"])
+        self.monitor = self._socket(zmq.PUB, server=False)
+        self.monitor.sndhwm = 0  # a dropped copy is a task the Hub never records
+        self.monitor.connect(settings["monitor"])
+        self.pending: dict[str, Pending] = {}
+        self.counts = {"submitted": 0, "completed": 0, "failed": 0}
+        self._timer: Timer | None = None
+        # engines come and go first, then replies (they free slots), then new requests
+        self.loop.add_socket(self.notifications, self._on_notification)
+        self.loop.add_socket(self.engines, self._on_engine_reply)
+        self.loop.add_socket(self.clients, self._on_request)
+
+    def _socket(self, kind: int, *, server: bool) -> zmq.Socket[Any]:
+        sock = self.context.socket(kind)
+        sock.linger = 0
+        if self.curve is not None:
+            (make_server if server else make_client)(sock, self.curve)
+        return sock
+
+    # ------------------------------------------------------------ time
+
+    def _schedule(self) -> None:
+        """Arm the one timer for the core's next deadline, if sooner than the armed one."""
+        when = self.core.next_deadline()
+        if when is None:
+            return
+        timer = self._timer
+        if timer is not None and not timer.cancelled:
+            if timer.when <= when:
+                return
+            timer.cancel()
+        self._timer = self.loop.call_at(when, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        self._perform(self.core.tick(time.monotonic()))
+
+    # ------------------------------------------------------------ sockets
+
+    def _on_notification(self, frames: list[zmq.Frame]) -> None:
+        msg = self.session.feed(frames)
+        uuid = (msg.content or {}).get("uuid")
+        if not isinstance(uuid, str):
+            return
+        if msg.msg_type == "registration_notification":
+            try:
+                self._perform(self.core.add_engine(uuid))
+            except ValueError:
+                log.warning("engine %s registered twice", uuid)
+        elif msg.msg_type == "unregistration_notification":
+            self._perform(self.core.remove_engine(uuid))
+
+    def _on_request(self, frames: list[zmq.Frame]) -> None:
+        idents, msg_frames = split_identities(frames)
+        if not idents:
+            raise ProtocolError("task request without a client identity")
+        msg = self.session.deserialize(msg_frames, content=False)
+        client = idents[0]
+        # the Hub records requests without their buffers: copy it the signed frames only
+        send_frames(self.monitor, [b"task_in", client, DELIMITER, *msg_frames[:5]])
+        pending = Pending(client, msg, msg_frames)
+        self.pending[msg.msg_id] = pending
+        self.counts["submitted"] += 1
+        if msg.msg_type not in ("apply_request", "execute_request"):
+            why = f"the task queue does not run {msg.msg_type}"
+            self._perform(self.core.reject(msg.msg_id, ProtocolError, why))
+            return
+        try:
+            task = _task_from(msg)
+            actions = self.core.submit(task, time.monotonic())
+        except (CorralError, ValueError, TypeError) as err:
+            actions = self.core.reject(msg.msg_id, type(err), f"bad task metadata: {err}")
+        self._perform(actions)
+
+    def _on_engine_reply(self, frames: list[zmq.Frame]) -> None:
+        idents, msg_frames = split_identities(frames)
+        if len(idents) < 2:
+            raise ProtocolError("engine reply without engine and client identities")
+        engine_uuid = idents[0].decode("utf-8", "replace")
+        msg = self.session.deserialize(msg_frames, content=True)
+        msg_id = msg.parent_id
+        pending = self.pending.get(msg_id) if msg_id else None
+        if pending is None or msg_id is None:
+            if msg_id is None or self.core.answered(msg_id):
+                # this scheduler already answered it (failed or resubmitted on engine loss):
+                # a second outcome must not reach the client
+                log.info("late reply from %s for a finished task dropped", engine_uuid)
+                return
+            # a task sent before a controller restart: pass the answer on
+            client = idents[1]
+            send_frames(self.clients, [client, idents[0], DELIMITER, *msg_frames])
+            send_frames(self.monitor, [b"task_out", client, idents[0], DELIMITER, *msg_frames])
+            return
+        pending.reply = [idents[0], *msg_frames]
+        content = msg.content or {}
+        status = content.get("status")
+        if status == "error" and content.get("ename") == "UnmetDependency":
+            why = str(content.get("evalue", ""))
+            self._perform(self.core.task_unmet(msg_id, engine_uuid, time.monotonic(), why))
+            if msg_id in self.pending:
+                self.pending[msg_id].reply = None
+            return
+        self._perform(
+            self.core.task_finished(
+                msg_id, engine_uuid, status == "ok", time.monotonic(), retry=status != "aborted"
+            )
+        )
+        if msg_id in self.pending:
+            self.pending[msg_id].reply = None
+
+    # ------------------------------------------------------------ actions
+
+    def _perform(self, actions: list[Action]) -> None:
+        """Carry out the core's actions, then arm the timer for its next deadline."""
+        for action in actions:
+            if isinstance(action, Dispatch):
+                self._dispatch(action.msg_id, action.engine_uuid, action.attempt)
+            elif isinstance(action, Complete):
+                self._complete(action.msg_id)
+            elif isinstance(action, Fail):
+                self._fail(action.msg_id, action.error, action.reason)
+        self._schedule()
+
+    def _dispatch(self, msg_id: str, engine_uuid: str, attempt: int) -> None:
+        pending = self.pending[msg_id]
+        if attempt > 0:
+            pending.frames = self._resigned(pending, attempt)
+        engine = engine_uuid.encode()
+        try:
+            send_frames(self.engines, [engine, pending.client, DELIMITER, *pending.frames])
+        except zmq.ZMQError as err:
+            if err.errno != zmq.EHOSTUNREACH:
+                raise
+            # the engine registered but its task connection is not up yet (or it just died)
+            self.core.engine_unreachable(msg_id, engine_uuid, time.monotonic())
+            return
+        dest = self.session.msg("task_destination", {"msg_id": msg_id, "engine_id": engine_uuid})
+        send_frames(self.monitor, [b"task_dest", *self.session.serialize(dest)])
+
+    def _resigned(self, pending: Pending, attempt: int) -> list[Frame]:
+        """The same request with ``attempt`` in its metadata: a new signature, so the engine's
+        replay protection accepts the retry; the other frames are the originals."""
+        frames = pending.frames
+        metadata = orjson.dumps(dict(pending.msg.metadata, attempt=attempt))
+        header, parent, content = (frame_view(frames[index]) for index in (1, 2, 4))
+        json_frames = [header, parent, metadata, content]
+        return [self.session.sign(json_frames), *json_frames, *frames[5:]]
+
+    def _complete(self, msg_id: str) -> None:
+        pending = self.pending.pop(msg_id)
+        reply = pending.reply
+        if reply is None:
+            return
+        engine, *msg_frames = reply
+        send_frames(self.clients, [pending.client, engine, DELIMITER, *msg_frames])
+        send_frames(self.monitor, [b"task_out", pending.client, engine, DELIMITER, *msg_frames])
+        self.counts["completed"] += 1
+
+    def _fail(self, msg_id: str, error: type[Exception], reason: str) -> None:
+        pending = self.pending.pop(msg_id, None)
+        if pending is None:
+            return
+        if issubclass(error, RemoteError):
+            exc: BaseException = error(error.__name__, reason)
+        else:
+            exc = error(reason)
+        content = error_content(exc)
+        now = utcnow()
+        metadata = {
+            "status": content["status"],
+            "engine_uuid": None,
+            "engine_id": None,
+            "started": None,
+            "completed": now,
+            "stdout": "",
+            "stderr": "",
+            "scheduler_error": error.__name__,
+        }
+        reply = self.session.msg("apply_reply", content, pending.msg, metadata)
+        frames = self.session.serialize(reply)
+        send_frames(self.clients, [pending.client, SCHEDULER_IDENT, *frames])
+        send_frames(self.monitor, [b"task_out", pending.client, SCHEDULER_IDENT, *frames])
+        self.counts["failed"] += 1
+
+    def close(self) -> None:
+        """After the loop returned: release its wake-up sockets, stop the authenticator
+        (joins its thread), then close every socket and the context."""
+        self.loop.close()
+        if self._authenticator is not None:
+            self._authenticator.stop()
+        self.context.destroy(linger=0)
+
+
+def _bind(sock: zmq.Socket[Any], url: str, port: int | None) -> int:
+    """Bind the given port (a restarted controller keeps its ports) or a free one."""
+    if not port:
+        return sock.bind_to_random_port(url)
+    deadline = time.monotonic() + 5
+    while True:  # the scheduler of a killed controller may hold the port a moment longer
+        try:
+            sock.bind(f"{url}:{port}")
+            return port
+        except zmq.ZMQError as err:
+            if err.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _task_from(msg: Message) -> Task:
+    """Decode the scheduling fields of a request's metadata (docs/wire-flows.md, apply_request)."""
+    metadata = msg.metadata
+    targets = metadata.get("targets")
+    if targets is not None:
+        if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+            raise TypeError("targets must be a list of engine uuids")
+        targets = frozenset(targets)
+    timeout = metadata.get("timeout")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)):
+        raise TypeError("timeout must be a number of seconds")
+    retries = metadata.get("retries") or 0
+    if isinstance(retries, bool) or not isinstance(retries, int):
+        raise TypeError("retries must be an integer")
+    priority = metadata.get("priority") or 0
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise TypeError("priority must be an integer")
+    return Task(
+        msg_id=msg.msg_id,
+        after=Dependency.from_wire(metadata.get("after")),
+        follow=Dependency.from_wire(metadata.get("follow")),
+        targets=targets,
+        timeout=float(timeout) if timeout is not None else None,
+        retries=retries,
+        priority=priority,
+    )

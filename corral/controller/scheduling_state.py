@@ -1,0 +1,216 @@
+"""The values of the scheduler core (:mod:`corral.controller.scheduling`): the tasks it takes,
+the actions it returns to its shell (:mod:`corral.controller.scheduler_shell`), the records it
+keeps per engine and per task, and two small tables of its own (recently finished tasks, and
+Dispatches to send again). No sockets and no clock: time comes in as ``now``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from operator import attrgetter
+from typing import Final, TypeAlias
+
+from corral.protocol.dependency import Dependency
+
+FINISHED_MEMORY: Final = 100_000  # recent tasks whose late replies are recognised
+UNREACHABLE_GRACE: Final = 5.0  # seconds to keep sending to an engine not yet connected
+UNREACHABLE_RETRY: Final = 0.01  # seconds between those attempts
+
+
+@dataclass(frozen=True)
+class Task:
+    """What the scheduler needs to know of an ``apply_request``: its metadata, decoded."""
+
+    msg_id: str
+    after: Dependency = Dependency.EMPTY
+    follow: Dependency = Dependency.EMPTY
+    targets: frozenset[str] | None = None
+    timeout: float | None = None
+    retries: int = 0
+    priority: int = 0
+
+    def __post_init__(self) -> None:
+        if self.retries < 0:
+            raise ValueError(f"retries must be >= 0, not {self.retries}")
+        if self.timeout is not None and not self.timeout >= 0:
+            raise ValueError(f"timeout must be None or >= 0 seconds, not {self.timeout}")
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """Send the task to this engine. ``attempt`` is 0 at first and counts retries, so the
+    shell knows when it must re-sign the request."""
+
+    msg_id: str
+    engine_uuid: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Fail:
+    """Answer the client with an error reply of this class; the task is finished."""
+
+    msg_id: str
+    error: type[Exception]  # a RemoteError, or the ProtocolError/TypeError of a bad request
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Complete:
+    """Forward the engine's reply to the client; the task is finished."""
+
+    msg_id: str
+
+
+Action: TypeAlias = Dispatch | Fail | Complete
+
+WAITING, QUEUED, RUNNING, DONE = range(4)
+STATE_NAMES: Final = ("waiting", "queued", "running")
+NEVER_USED: Final = -(2**62)  # below every dispatch clock value: new engines count as LRU
+
+
+@dataclass(eq=False, slots=True)
+class EngineState:
+    """One registered engine; a re-registered uuid gets a new one (identity matters)."""
+
+    uuid: str
+    last_used: int  # the dispatch clock when it last got a task
+    load: int = 0
+    alive: bool = True
+    running: dict[str, TaskRecord] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"engine {self.uuid}"
+
+
+@dataclass(eq=False, slots=True)
+class TaskRecord:
+    """One unfinished task and where it stands."""
+
+    task: Task
+    deadline: float | None
+    retries_left: int
+    state: int = WAITING
+    engine: EngineState | None = None
+    attempts: int = 0  # dispatches so far
+    avoid: frozenset[str] = frozenset()  # engine uuids it failed on or was lost on
+    refused: frozenset[str] = frozenset()  # engine uuids that cannot meet its depend/require
+    pinned: frozenset[EngineState] | None = None  # where follow allows it to run
+    seq: int = 0  # of its current queue entries; older entries are stale
+
+    def unusable(self, engine: EngineState) -> str | None:
+        """Why follow may not send this task to ``engine`` (None: it may)."""
+        if not engine.alive:
+            return "which is gone"
+        targets = self.task.targets
+        if targets is not None and engine.uuid not in targets:
+            return "which the task's targets exclude"
+        return None
+
+    def allows(self, engine: EngineState) -> bool:
+        targets = self.task.targets
+        pinned = self.pinned
+        return (
+            (targets is None or engine.uuid in targets)
+            and (pinned is None or engine in pinned)
+            and engine.uuid not in self.refused
+        )
+
+
+QueueEntry: TypeAlias = tuple[int, int, TaskRecord]  # (-priority, seq, record): a heap key
+
+
+def is_current(entry: QueueEntry) -> bool:
+    _, seq, record = entry
+    return record.state == QUEUED and record.seq == seq
+
+
+class FinishedMemory:
+    """The newest ``capacity`` finished msg_ids, oldest first."""
+
+    def __init__(self, capacity: int = FINISHED_MEMORY) -> None:
+        self.capacity = capacity
+        self._msg_ids: dict[str, None] = {}
+
+    def __contains__(self, msg_id: object) -> bool:
+        return msg_id in self._msg_ids
+
+    def add(self, msg_id: str) -> str | None:
+        """Remember ``msg_id``; the oldest one it pushed out (to be forgotten), if any."""
+        self._msg_ids[msg_id] = None
+        if len(self._msg_ids) <= self.capacity:
+            return None
+        oldest = next(iter(self._msg_ids))
+        del self._msg_ids[oldest]
+        return oldest
+
+
+@dataclass(slots=True)
+class _Undelivered:
+    engine_uuid: str
+    since: float  # the first failure
+    retry_at: float | None  # None: sent again, waiting to hear whether that failed too
+
+
+class Redelivery:
+    """Dispatches the shell could not send: each is due again ``UNREACHABLE_RETRY`` after it
+    failed, until ``UNREACHABLE_GRACE`` after its first failure."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, _Undelivered] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._entries)
+
+    def failed(self, msg_id: str, engine_uuid: str, now: float) -> None:
+        entry = self._entries.get(msg_id)
+        since = now if entry is None or entry.engine_uuid != engine_uuid else entry.since
+        if now - since > UNREACHABLE_GRACE:
+            del self._entries[msg_id]  # given up: the Hub will declare the engine dead
+        else:
+            self._entries[msg_id] = _Undelivered(engine_uuid, since, now + UNREACHABLE_RETRY)
+
+    def discard(self, msg_id: str) -> None:
+        self._entries.pop(msg_id, None)
+
+    def due(self, now: float, running_on: Callable[[str], str | None]) -> Iterator[tuple[str, str]]:
+        """(msg_id, engine uuid) of each Dispatch to send again now; entries whose task no
+        longer runs on that engine (``running_on``) are dropped."""
+        for msg_id, entry in list(self._entries.items()):
+            if entry.retry_at is None or entry.retry_at > now:
+                continue
+            if running_on(msg_id) != entry.engine_uuid:
+                del self._entries[msg_id]  # finished, or sent elsewhere since
+                continue
+            entry.retry_at = None
+            yield msg_id, entry.engine_uuid
+
+    def next_deadline(self) -> float | None:
+        due = [e.retry_at for e in self._entries.values() if e.retry_at is not None]
+        return min(due) if due else None
+
+
+_load_then_lru = attrgetter("load", "last_used")
+_last_used = attrgetter("last_used")
+
+
+def choose_engine(
+    policy: str, rng: random.Random, candidates: Sequence[EngineState]
+) -> EngineState:
+    """One of the free ``candidates`` (never empty), by the scheduler's policy."""
+    if policy == "leastload":
+        return min(candidates, key=_load_then_lru)
+    if policy == "lru":
+        return min(candidates, key=_last_used)
+    if policy == "random":
+        return rng.choice(candidates)
+    weights = [1.0 / (1 + engine.load) for engine in candidates]
+    return rng.choices(candidates, weights)[0]
+
+
+def some(msg_ids: Sequence[str], limit: int = 5) -> str:
+    """The first few msg_ids, for an error message."""
+    shown = ", ".join(msg_ids[:limit])
+    return shown if len(msg_ids) <= limit else f"{shown} and {len(msg_ids) - limit} more"

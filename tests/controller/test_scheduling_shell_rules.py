@@ -1,0 +1,102 @@
+"""Rules the scheduler's socket shell used to hold, now the core's and driven by ``now``: which
+late replies to drop, requests refused before they are tasks, and sending again a Dispatch an
+engine could not take yet (its task connection not up). No sockets, no polling loop."""
+
+from __future__ import annotations
+
+import pytest
+
+from corral.controller.scheduling import SchedulerCore
+from corral.controller.scheduling_state import (
+    UNREACHABLE_GRACE,
+    UNREACHABLE_RETRY,
+    Complete,
+    Dispatch,
+    Fail,
+    Task,
+)
+from corral.errors import ProtocolError
+from corral.protocol.dependency import Dependency
+
+
+def test_finished_tasks_are_answered_and_the_oldest_forgotten() -> None:
+    core = SchedulerCore(finished_memory=3)
+    core.add_engine("e1")
+    for name in ("a", "b", "c", "d"):
+        (dispatch,) = core.submit(Task(name), 0.0)
+        assert dispatch == Dispatch(name, "e1", 0)
+        assert core.answered(name) is False  # running: a reply now is its answer
+        assert core.task_finished(name, "e1", True, 0.0) == [Complete(name)]
+    assert [core.answered(m) for m in "abcd"] == [False, True, True, True]
+    # a's outcome fell out with it: a task naming it now is refused as unknown
+    (refused,) = core.submit(Task("after-a", after=Dependency(frozenset({"a"}))), 0.0)
+    assert isinstance(refused, Fail) and "unknown to the scheduler" in refused.reason
+    assert core.answered("after-a")  # a Fail is an answer too
+
+
+def test_a_request_that_is_no_task_is_failed_and_counts_as_answered() -> None:
+    core = SchedulerCore()
+    assert core.reject("bad", ProtocolError, "the task queue does not run x") == [
+        Fail("bad", ProtocolError, "the task queue does not run x")
+    ]
+    assert core.answered("bad") and core.task_state("bad") is None
+
+
+def test_an_unreachable_engine_is_retried_every_interval_until_the_grace_runs_out() -> None:
+    core = SchedulerCore()
+    core.add_engine("e1")
+    (dispatch,) = core.submit(Task("t"), 100.0)
+    core.engine_unreachable("t", "e1", 100.0)
+    assert core.next_deadline() == pytest.approx(100.0 + UNREACHABLE_RETRY)
+    assert core.tick(100.0) == []  # not yet
+    now = 100.0 + UNREACHABLE_RETRY
+    assert core.tick(now) == [dispatch]  # the same Dispatch, same attempt
+    assert core.next_deadline() is None  # waiting to hear whether it failed again
+    assert core.tick(now + 1.0) == []
+    # failing again and again: retried while within the grace, from the first failure
+    sent = 1
+    while True:
+        core.engine_unreachable("t", "e1", now)
+        due = core.next_deadline()
+        if due is None:
+            break
+        now = due
+        assert core.tick(now) == [dispatch]
+        sent += 1
+    assert now - 100.0 == pytest.approx(UNREACHABLE_GRACE, abs=2 * UNREACHABLE_RETRY)
+    assert sent >= UNREACHABLE_GRACE / UNREACHABLE_RETRY - 2
+    # still the engine's: its loss (the Hub declares it dead) retries or fails it
+    assert core.task_state("t") == "running"
+    (failed,) = core.remove_engine("e1")
+    assert isinstance(failed, Fail) and failed.msg_id == "t"
+
+
+def test_a_retry_is_dropped_once_the_task_finished_or_moved() -> None:
+    core = SchedulerCore()
+    core.add_engine("e1")
+    core.submit(Task("done"), 0.0)
+    core.submit(Task("moved", retries=1), 0.0)
+    core.engine_unreachable("done", "e1", 0.0)
+    core.engine_unreachable("moved", "e1", 0.0)
+    assert core.task_finished("done", "e1", True, 0.0) == [Complete("done")]
+    core.add_engine("e2")
+    # e1 is lost: "moved" is retried on e2 (a new Dispatch replaces the pending retry)
+    assert core.remove_engine("e1") == [Dispatch("moved", "e2", 1)]
+    assert core.next_deadline() is None
+    assert core.tick(1.0) == []
+    core.engine_unreachable("moved", "e1", 1.0)  # stale: it no longer runs there
+    assert core.next_deadline() is None
+
+
+def test_a_retry_waits_for_a_timeout_deadline_in_the_same_timer() -> None:
+    core = SchedulerCore()
+    core.add_engine("e1")
+    core.submit(Task("busy"), 0.0)
+    core.engine_unreachable("busy", "e1", 0.0)
+    core.submit(Task("later", targets=frozenset({"nobody"}), timeout=5.0), 0.0)
+    assert core.next_deadline() == pytest.approx(UNREACHABLE_RETRY)
+    (retry,) = core.tick(UNREACHABLE_RETRY)
+    assert retry == Dispatch("busy", "e1", 0)
+    assert core.next_deadline() == 5.0
+    (timed_out,) = core.tick(5.0)
+    assert isinstance(timed_out, Fail) and timed_out.msg_id == "later"
