@@ -10,6 +10,7 @@ come from the ``now`` the shell passed in.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -18,7 +19,9 @@ from corral.controller.hub_actions import Action, AddRecord, UpdateRecord
 from corral.protocol.session import Message, frame_view
 
 if TYPE_CHECKING:
-    from corral.controller.hub import Hub
+    from corral.controller.hub import EngineEntry, Hub
+
+log = logging.getLogger("corral.hub")
 
 
 def iso_date(now: float) -> str:
@@ -97,10 +100,13 @@ def record_reply(
     engine_uuid = _ident(idents, 1)  # a reply travels (client, engine)
     if engine_uuid in hub.by_uuid:  # its engine may forget it once it is written
         hub.replies_seen.setdefault(engine_uuid, {})[queue] = msg_id
-    if msg_id not in hub.pending:
-        return []  # a duplicate (e.g. a resumed engine's late reply) or not a task
     if engine_uuid in hub.dropped:
         return []  # a late reply of an engine declared dead: its tasks were settled without it
+    if msg_id not in hub.pending:
+        # a duplicate (e.g. a resumed engine's late reply), or a task whose request this Hub
+        # never recorded: submitted just before a controller was killed, its request record
+        # died with that controller while its engine kept the reply for the next one
+        return _record_unknown(hub, queue, idents, msg, now)
     expected = hub.pending.pop(msg_id)
     if expected is not None and expected != engine_uuid and engine_uuid != "scheduler":
         hub.pending[msg_id] = expected
@@ -120,8 +126,17 @@ def record_reply(
         metadata.get("started"),
         metadata.get("completed"),
     )
+    return [UpdateRecord(msg_id, _result_fields(msg, entry, engine_uuid, now))]
+
+
+def _result_fields(
+    msg: Message, entry: EngineEntry | None, engine_uuid: str, now: float
+) -> dict[str, Any]:
+    """The fields a reply fills in its task's record."""
+    content = msg.content or {}
+    metadata = msg.metadata
     date = iso_date(now)
-    changes = {
+    return {
         "status": content.get("status", "error"),
         "result_header": msg.header,
         "result_metadata": metadata,
@@ -135,7 +150,36 @@ def record_reply(
         "engine_uuid": entry.uuid if entry else engine_uuid,
         "engine_id": entry.id if entry else metadata.get("engine_id"),
     }
-    return [UpdateRecord(msg_id, changes)]
+
+
+def _record_unknown(
+    hub: Hub, queue: str, idents: Sequence[bytes], msg: Message, now: float
+) -> list[Action]:
+    """A whole record, from the reply alone, for a task the store does not hold; nothing for
+    a task it does (a duplicate reply: the first one was recorded)."""
+    msg_id = msg.parent_id
+    request = msg.parent_header
+    if (
+        msg_id is None
+        or request.get("msg_type") not in ("apply_request", "execute_request")
+        or hub.store.get_records([msg_id])
+    ):
+        return []
+    engine_uuid = _ident(idents, 1)
+    entry = hub.by_uuid.get(engine_uuid)
+    log.info("hub: recording %s from its reply (its request was never recorded)", msg_id)
+    record = {
+        "msg_id": msg_id,
+        "header": dict(request),
+        "metadata": {},
+        "content": {},
+        "queue": queue,
+        "client_uuid": _ident(idents, 0),
+        "submitted": request.get("date"),
+        "resubmitted": False,
+        **_result_fields(msg, entry, engine_uuid, now),
+    }
+    return [AddRecord(msg_id, record)]
 
 
 def _ident(idents: Sequence[bytes], index: int) -> str:

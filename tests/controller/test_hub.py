@@ -277,6 +277,30 @@ def test_late_reply_from_replaced_engine_is_ignored(hub: HubHarness) -> None:
     assert hub.store.get_record(req.msg_id)["status"] == "ok"
 
 
+def test_a_reply_to_a_request_never_recorded_gets_one_whole_record(hub: HubHarness) -> None:
+    """A controller killed before its request record was written: the engine hands the kept
+    reply to the next Hub, which records the task from the reply, once."""
+    register(hub, "a")
+    req = session.msg("apply_request", {})  # its task_in copy never reached this Hub
+    reply = reply_for(req, buffers=(b"value",))
+    hub.handle_monitor(b"task_out", [b"client-1", b"a"], reply)
+    record = hub.store.get_record(req.msg_id)
+    assert record["status"] == "ok" and record["client_uuid"] == "client-1"
+    assert record["engine_id"] == 0 and record["header"]["msg_id"] == req.msg_id
+    assert [bytes(b) for b in record["result_buffers"]] == [b"value"]
+    assert record["submitted"] == req.header["date"] and record["stdout"] == "hi\n"
+    # the same reply again (an engine resending what was not yet confirmed): no second record
+    hub.handle_monitor(b"task_out", [b"client-1", b"a"], reply_for(req, status="error"))
+    assert hub.store.get_record(req.msg_id)["status"] == "ok"
+    assert len(hub.store.find_records({"msg_id": req.msg_id})) == 1
+    # a reply to something that is not a task is not turned into a record
+    other = session.msg("clear_request", {})
+    hub.handle_monitor(
+        b"mux_out", [b"client-1", b"a"], session.msg("clear_reply", {"status": "ok"}, parent=other)
+    )
+    assert not hub.store.get_records([other.msg_id])
+
+
 def test_hub_shutdown(hub: HubHarness) -> None:
     reply, stop = hub.handle_request([b"c"], request("hub_shutdown_request"))
     assert reply.content["status"] == "ok" and isinstance(stop, Stop)
