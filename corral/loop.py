@@ -427,17 +427,19 @@ class LoopThread:
             raise self.failure
 
     def _main(self) -> None:
+        running = False
         try:
-            try:
-                self._setup(self.loop)
-            finally:
-                self._set_up.set()
+            self._setup(self.loop)
+            running = True
+            self._set_up.set()
             self.loop.run()
         except BaseException as exc:
             self.failure = exc
             self.loop.stop(f"the {self.loop.name} thread failed: {exc!r}")
-            log.exception("%s: the thread failed", self.loop.name)
+            if running:  # a failed setup is raised by start(), to its caller
+                log.exception("%s: the thread failed", self.loop.name)
         finally:
+            self._set_up.set()  # after failure is recorded: start() reads it next
             if self._teardown is not None:
                 try:
                     self._teardown()

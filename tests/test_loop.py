@@ -227,7 +227,7 @@ def test_a_signal_wakes_an_idle_loop_at_once(loop: Loop) -> None:
         signal.signal(signal.SIGUSR1, previous)
 
 
-def test_setup_failure_is_raised_by_start() -> None:
+def test_setup_failure_is_raised_by_start(caplog: pytest.LogCaptureFixture) -> None:
     def setup(loop: Loop) -> None:
         raise ValueError("cannot bind")
 
@@ -235,6 +235,7 @@ def test_setup_failure_is_raised_by_start() -> None:
     with pytest.raises(ValueError, match="cannot bind"):
         thread.start()
     assert not thread.alive
+    assert "the thread failed" not in caplog.text  # raised to the caller, not logged too
     with pytest.raises(ConnectionError):
         thread.loop.call_soon_threadsafe(print)
 
