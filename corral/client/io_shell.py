@@ -295,14 +295,17 @@ class ClientIO:
         reconnects by itself, re-sending the SUB's subscription, but notifications published
         meanwhile are lost, so the handler then asks for the engine table again."""
         name, _ = self._links[monitor]
-        was_up = not self._down
         while _readable(monitor):
+            # one event at a time: a drop and the reconnection read in one go (a controller
+            # restarted within a turn) must still be heard as down, then up, so that the
+            # handler resynchronises after the outage
+            was_up = not self._down
             if recv_monitor_message(monitor)["event"] == zmq.EVENT_DISCONNECTED:
                 self._down.add(name)
             else:
                 self._down.discard(name)
-        if was_up != (not self._down):
-            self.handler.on_link(not self._down)
+            if was_up != (not self._down):
+                self.handler.on_link(not self._down)
 
     def _teardown(self) -> None:
         """(I/O thread, last) Fail everything pending, then close every socket."""

@@ -192,3 +192,96 @@ def test_close_stops_and_joins_every_thread_the_client_started(own_cluster: Any)
     assert isinstance(waiting.exception(timeout=PROMPT), ConnectionError)
     alive = [thread.name for thread in started if thread.is_alive()]
     assert alive == [], alive
+
+
+def _bound(sock: Any, port: int) -> bool:
+    """Bind ``sock`` to ``port`` on loopback; False while the port is still taken."""
+    import zmq
+
+    try:
+        sock.bind(f"tcp://127.0.0.1:{port}")
+    except zmq.ZMQError:
+        return False
+    return True
+
+
+class _LinkRecorder:
+    """A Handler that keeps what the I/O thread reports of the controller link."""
+
+    def __init__(self) -> None:
+        self.links: list[bool] = []
+
+    def on_reply(self, msg: Any) -> None: ...
+
+    def on_notification(self, msg: Any) -> None: ...
+
+    def on_iopub(self, msg: Any) -> None: ...
+
+    def on_closed(self) -> None: ...
+
+    def on_link(self, up: bool) -> None:
+        self.links.append(up)
+
+
+def test_a_drop_and_reconnection_read_in_one_turn_are_heard_as_down_then_up() -> None:
+    """A controller restarted while the I/O thread was busy: its monitors then hold the
+    disconnection and the new handshake together. The handler must still hear the link go
+    down and come back (that is what makes the client resynchronise and resend), not nothing."""
+    import zmq
+
+    from corral.client.io_shell import ClientIO
+    from corral.protocol.session import Session
+
+    ctx: zmq.Context[Any] = zmq.Context()
+    kinds = {"hub": zmq.ROUTER, "notification": zmq.XPUB, "mux": zmq.ROUTER}
+    kinds |= {"control": zmq.ROUTER, "task": zmq.ROUTER, "iopub": zmq.XPUB}
+    socks: dict[str, zmq.Socket[Any]] = {}
+    ports: dict[str, int] = {}
+    for name, kind in kinds.items():
+        socks[name] = ctx.socket(kind)
+        socks[name].linger = 0
+        ports[name] = socks[name].bind_to_random_port("tcp://127.0.0.1")
+    handler = _LinkRecorder()
+    io = ClientIO(
+        Session(b"link-test-key"),
+        {name: f"tcp://127.0.0.1:{port}" for name, port in ports.items()},
+        handler,
+    )
+    io.start(PROMPT)
+    try:
+        busy, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            busy.set()
+            release.wait(PROMPT)
+
+        io.call_soon(hold)
+        assert busy.wait(PROMPT)
+        for name in ("hub", "notification"):  # the controller goes and comes back
+            socks[name].close(linger=0)
+        accepted: dict[str, zmq.Socket[Any]] = {}
+        for name, kind in (("hub", zmq.ROUTER), ("notification", zmq.XPUB)):
+            socks[name] = ctx.socket(kind)
+            socks[name].linger = 0
+            socks[name].monitor(f"inproc://{name}-accepted", zmq.EVENT_HANDSHAKE_SUCCEEDED)
+            accepted[name] = ctx.socket(zmq.PAIR)
+            accepted[name].connect(f"inproc://{name}-accepted")
+            # the old socket releases its port soon
+            sock, port = socks[name], ports[name]
+            until(lambda: _bound(sock, port), PROMPT, f"{name} to bind again")  # noqa: B023
+        # both client sockets are connected again before the I/O thread reads its monitors
+        for name, events in accepted.items():
+            assert events.poll(int(PROMPT * 1000)), f"the client's {name} did not come back"
+            socks[name].monitor(None, 0)
+            events.close(linger=0)
+        release.set()
+        until(lambda: handler.links[-1:] == [True], PROMPT, "the link to be reported up")
+        # down, then up: once per socket when each monitor is read in turn, never nothing
+        links = handler.links
+        assert links[0] is False and links[-1] is True and len(links) in (2, 4), links
+        assert all(a != b for a, b in zip(links, links[1:], strict=False)), links
+    finally:
+        io.close()
+        for sock in socks.values():
+            sock.close(linger=0)
+        ctx.term()
