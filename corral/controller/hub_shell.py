@@ -10,11 +10,11 @@ and one loop timer waits for that), the pong socket's disconnect events, the sha
 segments of results, and the scheduler process's end.
 
 Sockets are served in priority order each loop turn: pongs (a late pong can cost an engine its
-life), the devices' copies, the scheduler's copies, then registration and queries, so a query
-sees every task whose copy reached the Hub before it. Copies that arrive while requests are
-being answered wait for the next turn: reading them ahead of requests that came before them
-reorders what the Hub sees around a controller restart (bench/chaos.py then found records
-missing, e.g. replies handled before the re-registration that names their tasks).
+life), the devices' copies, the scheduler's copies, then registration and queries; copies that
+arrived since the poll are read before each request too, so a query sees every task whose copy
+came first (a client's submission is known to the next query of any client). A reply read so
+ahead of the re-registration that names its task is still recorded: a reply to a task the Hub
+has no record of makes a whole record (see :mod:`.hub_records`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from corral.controller.hub import Hub
 from corral.controller.hub_actions import Action, Send, Stop, apply_writes
 from corral.controller.store.base import ResultStore
 from corral.errors import CorralError, ProtocolError
-from corral.loop import Loop, Timer
+from corral.loop import DRAIN_BATCH, Loop, Timer
 from corral.protocol.messages import error_reply
 from corral.protocol.session import Message, Session, split_identities
 from corral.protocol.shm import METADATA_KEY, SegmentRef, encode_refs
@@ -138,11 +138,29 @@ class HubShell:
         self._schedule()
 
     def _on_request(self, frames: list[zmq.Frame]) -> None:
+        self._catch_up()
         idents, msg_frames = split_identities(frames)
         msg = self.session.deserialize(msg_frames, content=False, idents=idents)
         actions = self.hub.handle_request(idents, msg, time.time(), msg_frames[4])
         self._perform(actions, msg.metadata)
         self._schedule()
+
+    def _catch_up(self) -> None:
+        """Copies that reached the monitors after this turn's poll are recorded before a
+        request reads the records."""
+        for monitor in (self.queue_monitor, self.monitor):
+            for _ in range(DRAIN_BATCH):
+                if not int(monitor.get(zmq.EVENTS)) & zmq.POLLIN:
+                    break
+                frames = monitor.recv_multipart(copy=False)
+                try:
+                    self._on_monitor(frames)
+                except CorralError as err:
+                    self.loop.rejected += 1
+                    log.warning("hub: dropped a monitor copy: %s", err)
+                except Exception:  # a bug must cost one copy, never the query after it
+                    self.loop.rejected += 1
+                    log.exception("hub: error while recording a monitor copy; dropped it")
 
     def _on_monitor(self, frames: list[zmq.Frame]) -> None:
         prefix = frames[0].bytes
