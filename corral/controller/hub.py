@@ -458,8 +458,15 @@ class Hub:
         for uuid, pending in list(self.pending_registrations.items()):
             if pending.expires_at_beat <= self.hearts.beat:
                 del self.pending_registrations[uuid]
-                self.expected_from.pop(uuid, None)
                 log.warning("hub: engine %s registered but its heart never beat", uuid)
+                if self.expected_from.get(uuid) and pending.id not in self.engines:
+                    # it said it held tasks (back after a restart) and died before its first
+                    # beat: settle them as for any engine that dies, or they wait for ever
+                    actions.extend(self._register(pending, now))
+                    self.dropped.add(uuid)
+                    entry = self.by_uuid[uuid]
+                    actions.extend(self._unregister(entry, "its heart never beat", now))
+                self.expected_from.pop(uuid, None)
         return payload, actions
 
     def _confirm_recorded(self) -> list[Action]:

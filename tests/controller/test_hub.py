@@ -381,6 +381,29 @@ def test_after_a_restart_tasks_no_engine_holds_are_failed_and_held_ones_recorded
     assert hub.store.get_record(held.msg_id)["status"] == "ok"
 
 
+def test_an_engine_back_with_tasks_that_dies_before_its_first_beat_settles_them() -> None:
+    """Back after a controller restart, an engine names the tasks it holds and is killed
+    before its heart beats: its tasks fail (a direct one) as for any engine that dies, instead
+    of staying pending for ever, and a later beat of that heart is told to stop."""
+    before = HubHarness.create(MemoryStore(), ENGINE_ADDRESSES, CLIENT_ADDRESSES, 1.0, max_misses=2)
+    register(before, "back")
+    held = submit_mux(before, "back")
+    hub = restarted_hub(before.store)
+    (reply,) = hub.handle_request(
+        [b"back"], request("registration_request", uuid="back", id=0, tasks=[held.msg_id])
+    )
+    assert reply.content["status"] == "ok"
+    notes: list[str] = []
+    for _ in range(3 * 2 + 4):  # past the registration's expiry; no pong ever comes
+        _, sent = hub.tick()
+        notes += [m.msg_type for m in sent if isinstance(m, Send)]
+    record = hub.store.get_record(held.msg_id)
+    assert record["status"] == "error" and record["result_content"]["ename"] == "EngineError"
+    assert "unregistration_notification" in notes
+    told = hub.handle_pong("back", hub.hearts.payload())
+    assert [m.msg_type for m in told if isinstance(m, Send)] != ["registration_notification"]
+
+
 def submit_balanced(hub: HubHarness, retries: int = 0, engine_uuid: str | None = None) -> Message:
     req = session.msg("apply_request", {}, metadata={"retries": retries})
     hub.handle_monitor(b"task_in", [b"client-1"], req)
