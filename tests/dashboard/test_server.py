@@ -105,7 +105,13 @@ def test_history_pages_and_msg_id_search(dashboard_cluster: Any) -> None:
     ar = rc.load_balanced_view().map_async(lambda x: x * 3, range(30), chunksize=1)
     assert ar.get(timeout=30) == [x * 3 for x in range(30)]
     target = ar.msg_ids[7]
-    found = get_json(dashboard_cluster, f"/api/tasks?msg_id={target}")
+
+    def recorded() -> Any:
+        # the Hub records a reply from its copy, a moment after the client has the reply
+        found = get_json(dashboard_cluster, f"/api/tasks?msg_id={target}")
+        return found if found["rows"] and found["rows"][0]["status"] != "pending" else None
+
+    found = wait_until(recorded, 30, "the Hub to record the task's reply")
     assert found["total"] == 1 and found["rows"][0]["msg_id"] == target
     assert found["rows"][0]["status"] == "ok" and found["rows"][0]["call"].startswith("map_chunk(")
     page = get_json(dashboard_cluster, "/api/tasks?limit=10&skip=5")
