@@ -32,6 +32,7 @@ import mmap
 import os
 import secrets
 import stat
+import sys
 import threading
 import time
 import weakref
@@ -75,6 +76,7 @@ MAX_POOL_BYTES: Final = 4 << 30  # settled segments one process keeps for reuse,
 POOL_IDLE: Final = 60.0  # seconds a settled segment waits for reuse before it is removed
 _CREATE_FLAGS: Final = os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
 _OPEN_FLAGS: Final = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+_POPULATE: Final = getattr(mmap, "MAP_POPULATE", 0)
 
 
 def host_identity(shm_dir: Path = SHM_DIR) -> str | None:
@@ -238,7 +240,7 @@ class SharedMemory:
                 segment = self._acquire(settings.prefix, data.nbytes)
                 links: list[Path] = []
                 done.append((segment, links))
-                segment.mapping[: data.nbytes] = data
+                copy_into(segment.mapping, data)
                 path = self.shm_dir / link_name(settings.prefix, self.pid, segment.token, None)
                 for reader in dict.fromkeys(readers or ()):
                     link = self.shm_dir / link_name(
@@ -379,7 +381,8 @@ class SharedMemory:
         try:
             os.fchmod(fd, 0o600)
             os.posix_fallocate(fd, 0, size)  # every page exists before it is written through
-            mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED)
+            # every page mapped now, in one call, not by one fault each on the first copy
+            mapping = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE)
         except BaseException:
             os.close(fd)
             _unlink(path)
@@ -532,6 +535,57 @@ class SharedMemory:
                 hub_alive=False,
             )
         return sweep(settings.prefix, self.shm_dir, hub_alive=hub_alive)
+
+
+PARALLEL_COPY_BYTES: Final = 16 << 20  # a copy this large is split between threads
+COPY_CHUNK_BYTES: Final = 8 << 20  # at least this much per thread
+MAX_COPY_THREADS: Final = 4
+
+
+def copy_into(mapping: mmap.mmap, data: memoryview) -> None:
+    """Copy ``data`` (bytes, format "B") to the start of ``mapping``: the one copy the fast path
+    makes. A large buffer is split between up to :data:`MAX_COPY_THREADS` threads, one per core,
+    when numpy is there to copy without the GIL (one core's memory copy is well below what the
+    memory bus carries); otherwise, and for smaller buffers, one plain copy."""
+    size = data.nbytes
+    threads = min(MAX_COPY_THREADS, os.cpu_count() or 1, size // COPY_CHUNK_BYTES)
+    numpy = sys.modules.get("numpy")  # only if the process uses numpy already: no import cost
+    if size < PARALLEL_COPY_BYTES or threads < 2 or numpy is None:
+        mapping[:size] = data
+        return
+    parts = [
+        (
+            numpy.frombuffer(
+                mapping, dtype=numpy.uint8, count=min(step, size - start), offset=start
+            ),
+            numpy.frombuffer(data[start : start + step], dtype=numpy.uint8),
+        )
+        for step in [-(-size // threads)]
+        for start in range(0, size, step)
+    ]
+    failures: list[BaseException] = []
+
+    def copy_part(target: Any, source: Any) -> None:
+        try:
+            numpy.copyto(target, source)
+        except BaseException as err:  # reported to the caller below, never lost
+            failures.append(err)
+
+    helpers = [
+        threading.Thread(target=copy_part, args=part, name="corral-shm-copy", daemon=True)
+        for part in parts[1:]
+    ]
+    for helper in helpers:
+        helper.start()
+    try:
+        copy_part(*parts[0])
+    finally:
+        for helper in helpers:
+            helper.join()
+        helpers.clear()
+        parts.clear()  # the mapping must keep no exported buffer: it is closed later
+    if failures:
+        raise failures[0]
 
 
 def link_name_w(prefix: str, writer: int, token: str) -> str:
