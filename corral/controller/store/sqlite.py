@@ -208,28 +208,42 @@ class SQLiteStore(ResultStore):
             db.executescript("PRAGMA incremental_vacuum")  # execute() frees one page only
 
     def _upsert_run(self, sql: str, run: Iterator[WriteOp[Payload]]) -> None:
-        """Upserts of the same columns: one executemany, except that a chunked row, or one
-        with request buffers, is written alone and followed by its chunks and parts (its
-        triggers first remove the old ones)."""
+        """Upserts of the same columns: one executemany, then one for the request buffers'
+        parts; a chunked row is written alone and followed by its chunks, and a second row
+        with parts for the same msg_id waits for the first's (each row's triggers remove the
+        old chunks and parts before the new ones go in)."""
         db = self._db
         rows: list[tuple[Any, ...]] = []
+        parts: list[tuple[str, int, memoryview]] = []
+        with_parts: set[str] = set()
+
+        def flush() -> None:
+            if rows:
+                db.executemany(sql, rows)
+            if parts:
+                db.executemany(INSERT_REQUEST_PART, parts)
+            rows.clear()
+            parts.clear()
+            with_parts.clear()
+
         for op in run:
             row = op.payload
             if row is None:
                 continue
-            if not row.chunked and not row.request_buffers:
-                rows.append(row.parameters())
-                continue
-            if rows:
-                db.executemany(sql, rows)
-                rows = []
-            db.execute(sql, row.parameters())
+            msg_id = op.msg_ids[0]
+            if row.chunked or msg_id in with_parts:
+                flush()
             if row.chunked:
+                db.execute(sql, row.parameters())
                 db.executemany(INSERT_CHUNK, row.chunks())
+                if row.request_buffers:
+                    db.executemany(INSERT_REQUEST_PART, row.request_parts())
+                continue
+            rows.append(row.parameters())
             if row.request_buffers:
-                db.executemany(INSERT_REQUEST_PART, row.request_parts())
-        if rows:
-            db.executemany(sql, rows)
+                parts.extend(row.request_parts())
+                with_parts.add(msg_id)
+        flush()
 
     # ------------------------------------------------------------ interface
 

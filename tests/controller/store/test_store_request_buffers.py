@@ -130,6 +130,13 @@ def test_sqlite_parts_of_a_chunked_request(tmp_path: Path) -> None:
         store.flush()
         with closing(sqlite3.connect(path)) as db:
             assert db.execute("SELECT count(*) FROM request_buffers").fetchone()[0] == 0
+        for index in range(50):  # writes of one msg_id in a batch: the last one's parts stay
+            store.add_record("n", request("n", [bytes([index]) * (100 * (index % 7))]))
+        assert store.get_record("n")["buffers"] == [bytes([49]) * 0]
+        store.add_record("n", request("n", [b"k" * 2001]))
+        assert store.get_record("n")["buffers"] == [b"k" * 2001]
+        with closing(sqlite3.connect(path)) as db:
+            assert db.execute("SELECT count(*) FROM request_buffers").fetchone()[0] == 3
 
 
 V1_SCHEMA = """
