@@ -180,7 +180,7 @@ class HubShell:
         msg = self.session.deserialize(msg_frames, content=True, idents=idents)
         self.monitored += 1
         omitted: dict[str, Any] | None = None
-        if METADATA_KEY in msg.metadata and prefix.endswith(b"_in"):
+        if METADATA_KEY in msg.metadata and prefix in (b"mux_in", b"task_in"):
             msg, omitted = self._shm_request(msg)
         else:
             msg = self._shm_resolve(prefix, msg)
