@@ -136,6 +136,11 @@ def test_resubmit_refusals_name_their_reason(tmp_path: Path) -> None:
             rc.resubmit(large)
         assert raised.value.ename == "RequestNotStored"
         assert "--store-buffer-limit" in raised.value.evalue
+        # the scheduler left the buffers out of the Hub's copy (the store's marker would count
+        # them): only their size reached the controller
+        (record,) = rc.db_query({"msg_id": large.msg_id}, keys=["request_buffers_omitted"])
+        marker = record["request_buffers_omitted"]
+        assert marker["bytes"] > 4096 and marker["limit"] == 1024 and "count" not in marker
         direct = rc[0].apply_async(os.getpid)
         direct.get(30)
         rc[0].shutdown(block=True)
