@@ -114,8 +114,9 @@ def _controller_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--store-buffer-limit",
         default=None,
-        help="largest result buffers the store keeps per result; larger results are recorded "
-        "without them (default 64M; 'none': no limit)",
+        help="largest result (and request) buffers the store keeps per task; larger ones are "
+        "recorded without them, and such a request cannot be resubmitted (default 64M; "
+        "'none': no limit)",
     )
     parser.add_argument(
         "--store-size-limit",

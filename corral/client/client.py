@@ -450,9 +450,9 @@ class Client(ControllerLink, ControlCalls, HubQueries):
         self._records.fail(msg.msg_id, error, at_once=True)
         return msg.msg_id
 
-    def _query(self, msg_type: str, content: dict[str, Any]) -> Message:
+    def _query(self, msg_type: str, content: dict[str, Any], refused: bool = False) -> Message:
         """A Hub request and its ``ok`` reply: ConnectionError if none within ``timeout``,
-        QueryError if the Hub refused it."""
+        QueryError if the Hub refused it (``refused``: the refusal is returned instead)."""
         deadline = time.monotonic() + self.timeout
         self._wait_for_link(deadline, msg_type)
         metadata = self._shm.reader_metadata() if msg_type in _BUFFER_QUERIES else None
@@ -474,7 +474,7 @@ class Client(ControllerLink, ControlCalls, HubQueries):
                 f"{self.timeout} s: the controller may be gone or overloaded"
             ) from None
         reply_content = reply.content or {}
-        if reply_content.get("status") != "ok":
+        if reply_content.get("status") != "ok" and not refused:
             raise QueryError(
                 f"{msg_type} refused: {reply_content.get('ename', 'error')}: "
                 f"{reply_content.get('evalue', '')}"

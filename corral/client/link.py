@@ -110,7 +110,7 @@ class ControllerLink:
         _helpers: set[threading.Thread]
 
         def _fetch_results(
-            self, msg_ids: list[str], delay: float, unknown_until: float
+            self, msg_ids: list[str], delay: float, unknown_until: float, ceiling: float = 1.0
         ) -> None: ...
 
     def wait_for_engines(

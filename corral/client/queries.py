@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 from corral.client.asyncresult import AsyncHubResult, AsyncResult
 from corral.client.records import parse_date
 from corral.client.recovery import RESENDABLE
-from corral.errors import ConnectionError, QueryError, ResultNotStored
+from corral.errors import ConnectionError, QueryError, RemoteError, ResultNotStored
 from corral.protocol.session import Frame, Message
 
 if TYPE_CHECKING:
@@ -39,6 +39,9 @@ log = logging.getLogger("corral.client")
 __all__ = ["HubQueries"]
 
 _DB_DATE_KEYS = ("submitted", "started", "completed", "received")
+#: Resubmitted tasks are followed through the Hub alone (their replies go to it, not to the
+#: client): asked about at most this many seconds apart, so a short task is seen done soon.
+RESUBMIT_POLL_CEILING = 0.1
 
 
 class HubQueries:
@@ -55,7 +58,9 @@ class HubQueries:
 
         @property
         def ids(self) -> list[int]: ...
-        def _query(self, msg_type: str, content: dict[str, Any]) -> Message: ...
+        def _query(
+            self, msg_type: str, content: dict[str, Any], refused: bool = False
+        ) -> Message: ...
         def _resend(self, msg_id: str, why: str) -> bool: ...
         def msg_ids_of(self, jobs: Any) -> list[str]: ...
         def resolve_targets(self, targets: Targets) -> list[Target]: ...
@@ -125,8 +130,64 @@ class HubQueries:
             result.wait()
         return result
 
-    def _fetch_results(self, msg_ids: list[str], delay: float, unknown_until: float) -> None:
-        """(I/O thread) Ask the Hub for results; ask again, backing off, while some are pending.
+    def resubmit(
+        self,
+        indices_or_msg_ids: Any = None,
+        metadata: dict[str, Any] | None = None,
+        block: bool | None = None,
+    ) -> AsyncHubResult:
+        """Run finished (or failed, or aborted) tasks again, from the Hub's record of them.
+
+        ``indices_or_msg_ids``: as for :meth:`get_result` (default: the last request). The Hub
+        sends each again under a new msg_id (load-balanced ones through the scheduler, with
+        their dependencies, retries and timeout; direct ones to the same engine, which must
+        still be registered) and the result is an :class:`AsyncHubResult` for the new msg_ids,
+        fetched from the Hub as they finish. ``metadata`` (corral only; ignored by
+        ipyparallel) replaces fields of the recorded metadata, e.g. ``{"retries": 2}``.
+        ``block``: wait for the results first.
+
+        A refusal raises :class:`RemoteError` as ipyparallel's does, and nothing is sent:
+        ``ename`` ``KeyError`` for a msg_id the Hub has no record of, ``RequestNotStored``
+        when the store did not keep the request's buffers (``--store-buffer-limit``),
+        ``EngineError`` for a direct task whose engine is gone. A task still running may be
+        resubmitted (as in ipyparallel): the copy runs beside it.
+        """
+        if indices_or_msg_ids is None:
+            indices_or_msg_ids = -1
+        msg_ids = self.msg_ids_of(indices_or_msg_ids)
+        content: dict[str, Any] = {"msg_ids": msg_ids, **self._meant_for()}
+        if metadata:
+            content["metadata"] = dict(metadata)
+        reply = self._query("resubmit_request", content, refused=True)
+        answer = reply.content or {}
+        if answer.get("status") != "ok":
+            raise RemoteError(
+                str(answer.get("ename", "error")),
+                str(answer.get("evalue", "")),
+                answer.get("traceback") or [],
+            )
+        mapping = answer.get("resubmitted")
+        if not isinstance(mapping, dict) or not all(m in mapping for m in msg_ids):
+            raise QueryError(f"resubmit_reply without the new msg_ids of {msg_ids}: {answer}")
+        new_ids = [str(mapping[msg_id]) for msg_id in msg_ids]
+        for new_id in new_ids:
+            self._records.future_for(new_id)
+        deadline = time.monotonic() + self.timeout
+        self._io.call_soon(
+            lambda: self._fetch_results(new_ids, 0.0, deadline, RESUBMIT_POLL_CEILING)
+        )
+        result = AsyncHubResult(
+            self._records, new_ids, fname="resubmit", client=cast("Client", self)
+        )
+        if block:
+            result.wait()
+        return result
+
+    def _fetch_results(
+        self, msg_ids: list[str], delay: float, unknown_until: float, ceiling: float = 1.0
+    ) -> None:
+        """(I/O thread) Ask the Hub for results; ask again, backing off up to ``ceiling``
+        seconds, while some are pending.
         A msg_id the Hub has not seen yet counts as pending until ``unknown_until`` (its copy
         may still be on its way from a client that just submitted it), then fails with
         QueryError. No answer within ``timeout`` fails them with ConnectionError."""
@@ -157,9 +218,9 @@ class HubQueries:
             still_pending = set(content.get("pending", [])) | unknown
             pending = [m for m in msg_ids if m in still_pending]
             if pending:
-                later = min(max(delay * 2, 0.02), 1.0)
+                later = min(max(delay * 2, 0.02), ceiling)
                 self._io.call_later(
-                    later, lambda: self._fetch_results(pending, later, unknown_until)
+                    later, lambda: self._fetch_results(pending, later, unknown_until, ceiling)
                 )
 
         def on_timeout() -> None:

@@ -48,7 +48,13 @@ from corral.protocol.shm import (
     DEFAULT_THRESHOLD,
     Settings,
 )
-from corral.security import CurveKeys, make_server, server_options, start_authenticator
+from corral.security import (
+    CurveKeys,
+    make_client,
+    make_server,
+    server_options,
+    start_authenticator,
+)
 from corral.sharedmem import SharedMemory, cluster_prefix, host_identity
 
 # pyzmq's device classes carry no type hints: typed here as Any, once
@@ -249,6 +255,18 @@ class Controller:
         )
         if config.restore:
             self.hub.restore()
+        # the Hub's own clients of the MUX and task queues: it sends resubmitted tasks there
+        self.resubmit_sockets: dict[str, zmq.Socket[Any]] = {}
+        for queue, port in (("mux", mux_client), ("task", task_client)):
+            if port is None:
+                continue
+            sock = self._socket(zmq.DEALER)
+            sock.identity = self.hub.resubmit_identity.encode()
+            sock.sndhwm = 0  # a large resubmit is queued whole, never refused half-way
+            if self.curve is not None:
+                make_client(sock, self.curve)
+            sock.connect(f"{self.connect_url}:{port}")
+            self.resubmit_sockets[f"resubmit_{queue}"] = sock
         common = EngineConnection(
             cluster_id=config.cluster_id,
             key=config.key,
@@ -306,6 +324,8 @@ class Controller:
             "monitor": monitor,
             "policy": self.config.scheduler_policy,
             "max_outstanding": self.config.max_outstanding,
+            # the Hub keeps a request's buffers up to this size: larger ones are not copied
+            "request_buffer_limit": self.config.retention.buffer_limit,
             "parent_pid": os.getpid(),
             "task": self._port("task"),
             "task_engine": self._port("task_engine"),
@@ -339,6 +359,7 @@ class Controller:
             "pong_events": self.pong_events,
             "monitor": self.monitor,
             "queue_monitor": self.queue_monitor,
+            **self.resubmit_sockets,
         }
         self.shell = HubShell(
             self.loop,

@@ -44,6 +44,7 @@ from corral.controller.hub_records import (
     record_request,
 )
 from corral.controller.hub_restart import expect_answers, lost_balanced, restore, settle_restored
+from corral.controller.hub_resubmit import resubmit_request
 from corral.controller.store.base import ResultStore
 from corral.errors import (
     EngineError,
@@ -132,6 +133,8 @@ class Hub:
         self.told_stale: set[str] = set()
         self.rejected = 0
         self.instance = self.hearts.instance.decode("ascii")
+        # the identity of the Hub's own sockets on the MUX and task queues (resubmissions)
+        self.resubmit_identity = f"hub-{self.instance}"
         self.restored: dict[str, str | None] = {}  # pending before a restart: msg_id -> engine
         self.reported: set[str] = set()  # restored or unknown tasks an engine says it holds
         self.expected_from: dict[str, list[str]] = {}  # engine uuid -> those it reported
@@ -333,6 +336,11 @@ class Hub:
             f"{msg.msg_type} was sent to an earlier run of this controller ({meant_for}; this "
             f"one is {self.instance}) and is ignored: send it again if it is still meant"
         )
+
+    def _on_resubmit_request(
+        self, idents: Sequence[bytes], msg: Message, now: float
+    ) -> list[Action]:
+        return resubmit_request(self, idents, msg, now)
 
     def _on_hub_shutdown_request(
         self, idents: Sequence[bytes], msg: Message, now: float
@@ -542,13 +550,19 @@ class Hub:
     # ------------------------------------------------------------ monitor: task records
 
     def handle_monitor(
-        self, prefix: bytes, idents: Sequence[bytes], msg: Message, now: float
+        self,
+        prefix: bytes,
+        idents: Sequence[bytes],
+        msg: Message,
+        now: float,
+        request_omitted: dict[str, Any] | None = None,
     ) -> list[Action]:
         """A copy of a queue's traffic: the record writes for requests, destinations and
-        replies (none for anything else)."""
+        replies (none for anything else). ``request_omitted``: why a request's copy comes
+        without its buffers (see :func:`~corral.controller.hub_records.record_request`)."""
         queue, _, direction = prefix.decode("ascii", "replace").partition("_")
         if direction == "in" and queue in ("mux", "task"):
-            return record_request(self, queue, idents, msg)
+            return record_request(self, queue, idents, msg, request_omitted)
         if direction == "out" and queue in ("mux", "task"):
             return record_reply(self, queue, idents, msg, now)
         if direction == "dest" and msg.content is not None:

@@ -35,6 +35,21 @@ class Send:
 
 
 @dataclass(frozen=True)
+class Resubmit:
+    """A recorded request to send again, signed by the Hub with the ``header`` given (the
+    original's with a new msg_id and date): on the task queue through the scheduler, or on the
+    MUX queue to the engine ``engine_uuid``. The replies come back to the Hub's own sockets
+    and are dropped there: the Hub records them from the queues' copies, like any reply."""
+
+    queue: str  # "task" or "mux"
+    engine_uuid: str | None
+    header: dict[str, Any]
+    metadata: dict[str, Any]
+    content: dict[str, Any]
+    buffers: tuple[Frame, ...] = ()
+
+
+@dataclass(frozen=True)
 class Stop:
     """The Hub was asked to shut the controller down (after its reply is sent)."""
 
@@ -76,8 +91,8 @@ class ExpireResults:
 
 
 StoreWrite: TypeAlias = AddRecord | UpdateRecord | DropRecords | DropMatching | ExpireResults
-Action: TypeAlias = Send | Stop | StoreWrite
-Message: TypeAlias = Send | Stop
+Action: TypeAlias = Send | Resubmit | Stop | StoreWrite
+Message: TypeAlias = Send | Resubmit | Stop
 
 
 def apply_writes(

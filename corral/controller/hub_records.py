@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from corral.controller.hub_actions import Action, AddRecord, UpdateRecord
+from corral.controller.store.retention import REQUEST_OMITTED_FIELD
 from corral.protocol.session import Message, frame_view
 
 if TYPE_CHECKING:
@@ -40,7 +41,22 @@ CLEARED_RESULT: dict[str, Any] = {
 }
 
 
-def record_request(hub: Hub, queue: str, idents: Sequence[bytes], msg: Message) -> list[Action]:
+#: The identity frame the scheduler adds to a ``task_in`` copy it sent without the request's
+#: buffers (more than the store keeps), followed by their size in bytes.
+OMITTED_PREFIX = b"omitted:"
+
+
+def record_request(
+    hub: Hub,
+    queue: str,
+    idents: Sequence[bytes],
+    msg: Message,
+    request_omitted: dict[str, Any] | None = None,
+) -> list[Action]:
+    """The record of a request, its buffers included (``Client.resubmit`` sends them again),
+    or with the ``request_buffers_omitted`` marker when the copy came without them:
+    ``request_omitted`` from the shell (shared memory it could not map), or the scheduler's
+    ``omitted:<bytes>`` identity (more than the store keeps)."""
     if msg.msg_type not in ("apply_request", "execute_request"):
         return []
     # monitor copies carry identities as the queue sent them on: destination first, so a
@@ -50,6 +66,8 @@ def record_request(hub: Hub, queue: str, idents: Sequence[bytes], msg: Message) 
         client = _ident(idents, 1)
     else:
         engine_uuid, client = None, _ident(idents, 0)
+        if len(idents) > 1 and idents[1].startswith(OMITTED_PREFIX):
+            request_omitted = _omitted(hub, idents[1][len(OMITTED_PREFIX) :])
     entry = hub.by_uuid.get(engine_uuid) if engine_uuid else None
     msg_id = msg.msg_id
     hub.pending[msg_id] = engine_uuid
@@ -59,14 +77,20 @@ def record_request(hub: Hub, queue: str, idents: Sequence[bytes], msg: Message) 
     hub.activity.submit()
     resent = msg_id in hub.resendable  # sent again after a restart lost it
     hub.resendable.discard(msg_id)
+    if request_omitted is None:
+        kept: dict[str, Any] = {"buffers": [frame_view(b) for b in msg.buffers]}
+    else:
+        kept = {"buffers": None, REQUEST_OMITTED_FIELD: request_omitted}
     record = {
         **({"label": label} if isinstance(label, str) else {}),
         "msg_id": msg_id,
         "header": msg.header,
         "metadata": msg.metadata,
         "content": msg.content or {},
+        **kept,
         "queue": queue,
-        "client_uuid": client,
+        # the Hub's own resubmission keeps the client that asked for it (recorded then)
+        **({} if client == hub.resubmit_identity else {"client_uuid": client}),
         "engine_uuid": engine_uuid,
         "engine_id": entry.id if entry else None,
         "submitted": msg.header.get("date"),
@@ -78,6 +102,12 @@ def record_request(hub: Hub, queue: str, idents: Sequence[bytes], msg: Message) 
         **(CLEARED_RESULT if resent else {}),
     }
     return [AddRecord(msg_id, record)]
+
+
+def _omitted(hub: Hub, size: bytes) -> dict[str, Any]:
+    retention = hub.store.retention
+    limit = retention.settings.buffer_limit if retention is not None else None
+    return {"bytes": int(size) if size.isdigit() else None, "limit": limit}
 
 
 def record_destination(hub: Hub, msg_id: str, engine_uuid: str) -> list[Action]:

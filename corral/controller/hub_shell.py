@@ -5,9 +5,11 @@ controller's main thread (:mod:`corral.controller.app` binds the sockets and run
 message it only decodes what the Hub needs and sends what it returns; every rule is the core's.
 The shell keeps what needs I/O: the store writes the Hub returns (applied with
 :func:`~corral.controller.hub_actions.apply_writes`, before the messages of the same call are
-sent), the wall clock (passed to the Hub as ``now``; the Hub says when it next wants to be woken
-and one loop timer waits for that), the pong socket's disconnect events, the shared-memory
-segments of results, and the scheduler process's end.
+sent), the tasks it sends again (``Client.resubmit``: on its own DEALERs on the MUX and task
+queues, whose replies it drops, as it records them from the copies), the wall clock (passed
+to the Hub as ``now``; the Hub says when it next wants to be woken and one loop timer waits
+for that), the pong socket's disconnect events, the shared-memory segments of requests and
+results, and the scheduler process's end.
 
 Sockets are served in priority order each loop turn: pongs (a late pong can cost an engine its
 life), the devices' copies, the scheduler's copies, then registration and queries; copies that
@@ -30,7 +32,8 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from corral.controller.hub import Hub
-from corral.controller.hub_actions import Action, Send, Stop, apply_writes
+from corral.controller.hub_actions import Action, Resubmit, Send, Stop, apply_writes
+from corral.controller.hub_resubmit import resubmit_failed
 from corral.controller.store.base import ResultStore
 from corral.errors import CorralError, ProtocolError
 from corral.loop import DRAIN_BATCH, Loop, Timer
@@ -76,6 +79,13 @@ class HubShell:
         self.pong_events = sockets["pong_events"]
         self.monitor = sockets["monitor"]
         self.queue_monitor = sockets["queue_monitor"]
+        # the Hub's own clients of the MUX and task queues, for resubmissions (no "task" when
+        # the controller runs without a scheduler)
+        self.resubmit_sockets = {
+            queue: sockets[f"resubmit_{queue}"]
+            for queue in ("mux", "task")
+            if f"resubmit_{queue}" in sockets
+        }
         self.on_stop = on_stop
         self.scheduler = scheduler
         self.scheduler_counts: dict[str, Any] | None = None
@@ -87,6 +97,8 @@ class HubShell:
         loop.add_socket(self.queue_monitor, self._on_monitor)
         loop.add_socket(self.monitor, self._on_monitor)
         loop.add_socket(self.registration, self._on_request)
+        for sock in self.resubmit_sockets.values():
+            loop.add_socket(sock, self._on_resubmitted_reply)
         if scheduler is not None and scheduler.stdout is not None:
             loop.add_reader(scheduler.stdout.fileno(), self._on_scheduler_output)
         loop.call_every(SHM_SWEEP_PERIOD, self.shm.sweep)
@@ -167,16 +179,42 @@ class HubShell:
         idents, msg_frames = split_identities(frames[1:])
         msg = self.session.deserialize(msg_frames, content=True, idents=idents)
         self.monitored += 1
-        actions = self.hub.handle_monitor(
-            prefix, idents, self._shm_resolve(prefix, msg), time.time()
-        )
+        omitted: dict[str, Any] | None = None
+        if METADATA_KEY in msg.metadata and prefix in (b"mux_in", b"task_in"):
+            msg, omitted = self._shm_request(msg)
+        else:
+            msg = self._shm_resolve(prefix, msg)
+        actions = self.hub.handle_monitor(prefix, idents, msg, time.time(), omitted)
         if actions:
             self._perform(actions)
 
+    def _on_resubmitted_reply(self, frames: list[zmq.Frame]) -> None:
+        """A reply to a task the Hub sent again: already recorded from the queue's copy."""
+
+    def _shm_request(self, msg: Message) -> tuple[Message, dict[str, Any] | None]:
+        """A monitored request with its segments mapped, so that the store keeps its data for
+        a resubmission; without them (and why, for the record) when they are more than the
+        store keeps or cannot be mapped."""
+        retention = self.store.retention
+        limit = retention.settings.buffer_limit if retention is not None else None
+        refs = msg.metadata.get(METADATA_KEY)
+        size = sum(
+            ref["size"]
+            for ref in (refs if isinstance(refs, list) else [])
+            if isinstance(ref, dict) and isinstance(ref.get("size"), int)
+        )
+        if limit is not None and size > limit:
+            return self.shm.strip(msg), {"bytes": size, "limit": limit}
+        try:
+            return self.shm.resolve(msg), None
+        except ProtocolError as err:
+            why = f"its shared-memory segments could not be read when the Hub saw it: {err}"
+            return self.shm.strip(msg), {"bytes": size, "why": why}
+
     def _shm_resolve(self, prefix: bytes, msg: Message) -> Message:
         """A monitored reply with its segments mapped (the Hub records the data, never a
-        reference); a request without its references (the Hub does not keep its buffers).
-        A reply whose segments cannot be mapped is recorded as an error that says why."""
+        reference). A reply whose segments cannot be mapped is recorded as an error that
+        says why."""
         if METADATA_KEY not in msg.metadata:
             return msg
         if not prefix.endswith(b"_out"):
@@ -213,8 +251,24 @@ class HubShell:
             if isinstance(action, Stop):
                 log.info("hub: shutdown requested")
                 self.on_stop(False)
+            elif isinstance(action, Resubmit):
+                self._resubmit(action)
             else:
                 self._send(action, request_metadata)
+
+    def _resubmit(self, action: Resubmit) -> None:
+        """Send a recorded request again, signed with its new header, as a client would."""
+        sock = self.resubmit_sockets.get(action.queue)
+        msg = Message(action.header, {}, action.metadata, action.content, action.buffers)
+        idents = (action.engine_uuid.encode(),) if action.engine_uuid is not None else ()
+        try:
+            if sock is None:
+                raise zmq.ZMQError(msg=f"this controller has no {action.queue} queue")
+            send_frames(sock, self.session.serialize(msg, idents), zmq.NOBLOCK)
+        except zmq.ZMQError as err:
+            log.error("hub: could not resubmit %s: %s", msg.msg_id, err)
+            why = f"the controller could not send it again: {err}"
+            self._perform(resubmit_failed(self.hub, msg.msg_id, why, time.time()))
 
     def _send(self, action: Send, request_metadata: dict[str, Any] | None = None) -> None:
         sock = self.registration if action.channel == "registration" else self.notification

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +69,10 @@ class SchedulerShell:
         self.core = SchedulerCore(
             settings.get("policy", "leastload"), int(settings.get("max_outstanding", 16))
         )
+        limit = settings.get("request_buffer_limit")
+        # the Hub keeps a request's buffers up to this size (for a resubmission): larger ones
+        # are left out of its copy, which says so (None: always copied)
+        self.request_buffer_limit: int | None = limit if isinstance(limit, int) else None
         url = settings["url"]
         # under --curve: ROUTERs are curve servers, the sockets to the Hub curve clients
         self.curve = CurveKeys.from_connection(settings)
@@ -140,8 +145,7 @@ class SchedulerShell:
             raise ProtocolError("task request without a client identity")
         msg = self.session.deserialize(msg_frames, content=False)
         client = idents[0]
-        # the Hub records requests without their buffers: copy it the signed frames only
-        send_frames(self.monitor, [b"task_in", client, DELIMITER, *msg_frames[:5]])
+        send_frames(self.monitor, self._request_copy(client, msg_frames))
         pending = Pending(client, msg, msg_frames)
         self.pending[msg.msg_id] = pending
         self.counts["submitted"] += 1
@@ -155,6 +159,19 @@ class SchedulerShell:
         except (CorralError, ValueError, TypeError) as err:
             actions = self.core.reject(msg.msg_id, type(err), f"bad task metadata: {err}")
         self._perform(actions)
+
+    def _request_copy(self, client: bytes, msg_frames: Sequence[Frame]) -> list[Any]:
+        """The Hub's copy of a request: with its buffers (the Hub keeps them, so that the task
+        can be resubmitted) up to the store's per-task limit; beyond, the signed frames only
+        and an ``omitted:<bytes>`` identity that tells the Hub why."""
+        limit = self.request_buffer_limit
+        buffers = msg_frames[5:]
+        if limit is not None and buffers:
+            size = sum(memoryview(frame_view(frame)).nbytes for frame in buffers)
+            if size > limit:
+                omitted = b"omitted:%d" % size
+                return [b"task_in", client, omitted, DELIMITER, *msg_frames[:5]]
+        return [b"task_in", client, DELIMITER, *msg_frames]
 
     def _on_engine_reply(self, frames: list[zmq.Frame]) -> None:
         idents, msg_frames = split_identities(frames)

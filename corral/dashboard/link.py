@@ -21,7 +21,7 @@ import zmq
 import zmq.asyncio
 
 from corral.controller.store import SQLiteStore
-from corral.controller.store.base import KNOWN_FIELDS
+from corral.controller.store.base import KNOWN_FIELDS, REQUEST_BUFFERS_FIELD
 from corral.controller.store.query import validate_query
 from corral.errors import CorralError, ProtocolError, StoreError, TimeoutError
 from corral.protocol.connection_files import ClientConnection
@@ -189,9 +189,11 @@ class History:
             if record is None:
                 return None, []
             buffers = [bytes(b) for b in record.pop("result_buffers", None) or []]
+            record.pop(REQUEST_BUFFERS_FIELD, None)  # the request's own: not shown
             return record, buffers
         # the Hub sends buffers only for keys asked for by name: ask for every stored field
-        query = {"query": {"msg_id": msg_id}, "keys": sorted(KNOWN_FIELDS)}
+        keys = sorted(KNOWN_FIELDS - {REQUEST_BUFFERS_FIELD})
+        query = {"query": {"msg_id": msg_id}, "keys": keys}
         reply = await self.link.request("db_request", query)
         found = (reply.content or {}).get("records", [])
         if not found:

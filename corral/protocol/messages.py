@@ -95,6 +95,8 @@ _SPECS = [
     _reply("db_reply"),
     _spec("status_request", optional={"since": (int,)}),
     _reply("status_reply"),
+    _spec("resubmit_request", {"msg_ids": (list,)}, {"controller": (str,), "metadata": (dict,)}),
+    _reply("resubmit_reply"),
     _spec("hub_shutdown_request", optional={"controller": (str,)}),
     _reply("hub_shutdown_reply"),
     # -- scheduler to Hub --

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from corral.controller.hub import Hub
-from corral.controller.hub_actions import Action, Send, Stop, apply_writes
+from corral.controller.hub_actions import Action, Resubmit, Send, Stop, apply_writes
 from corral.controller.store.base import ResultStore
 from corral.protocol.session import Message
 
@@ -33,35 +33,35 @@ class HubHarness:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.hub, name)
 
-    def perform(self, actions: list[Action]) -> list[Send | Stop]:
+    def perform(self, actions: list[Action]) -> list[Send | Resubmit | Stop]:
         return apply_writes(self.hub.store, actions, self.hub.forget_purged)
 
-    def handle_request(self, idents: Sequence[bytes], msg: Message) -> list[Send | Stop]:
+    def handle_request(self, idents: Sequence[bytes], msg: Message) -> list[Send | Resubmit | Stop]:
         return self.perform(self.hub.handle_request(idents, msg, self.now))
 
-    def handle_pong(self, uuid: str, payload: bytes) -> list[Send | Stop]:
+    def handle_pong(self, uuid: str, payload: bytes) -> list[Send | Resubmit | Stop]:
         return self.perform(self.hub.handle_pong(uuid, payload, self.now))
 
     def handle_monitor(
         self, prefix: bytes, idents: Sequence[bytes], msg: Message
-    ) -> list[Send | Stop]:
+    ) -> list[Send | Resubmit | Stop]:
         return self.perform(self.hub.handle_monitor(prefix, idents, msg, self.now))
 
-    def tick(self) -> tuple[bytes, list[Send | Stop]]:
+    def tick(self) -> tuple[bytes, list[Send | Resubmit | Stop]]:
         """One beat now, whatever the clock says (as a period passing would)."""
         payload, actions = self.hub.tick(self.now)
         return payload, self.perform(actions)
 
-    def probe(self) -> tuple[bytes, list[Send | Stop]]:
+    def probe(self) -> tuple[bytes, list[Send | Resubmit | Stop]]:
         payload, actions = self.hub.probe(self.now)
         return payload, self.perform(actions)
 
-    def wake(self) -> tuple[list[bytes], list[Send | Stop]]:
+    def wake(self) -> tuple[list[bytes], list[Send | Resubmit | Stop]]:
         """What the shell's timer does when :meth:`Hub.next_deadline` comes."""
         pings, actions = self.hub.wake(self.now)
         return pings, self.perform(actions)
 
-    def advance_to_deadline(self) -> tuple[list[bytes], list[Send | Stop]]:
+    def advance_to_deadline(self) -> tuple[list[bytes], list[Send | Resubmit | Stop]]:
         """Move the clock to the Hub's next deadline and wake it there."""
         self.now = max(self.now, self.hub.next_deadline(self.now))
         return self.wake()

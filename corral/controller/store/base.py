@@ -21,7 +21,14 @@ from typing import Any, Generic, Literal, Self, TypeVar
 
 from corral.errors import QueryError, StoreError
 
-from .retention import OMITTED_FIELD, Purge, Retention, RetentionSettings, format_size
+from .retention import (
+    OMITTED_FIELD,
+    REQUEST_OMITTED_FIELD,
+    Purge,
+    Retention,
+    RetentionSettings,
+    format_size,
+)
 
 logger = logging.getLogger("corral.controller.store")
 
@@ -49,7 +56,11 @@ DICT_FIELDS = (
     "result_content",
 )
 BUFFERS_FIELD = "result_buffers"
-KNOWN_FIELDS = frozenset((*TEXT_FIELDS, *INT_FIELDS, *BOOL_FIELDS, *DICT_FIELDS, BUFFERS_FIELD))
+#: The request's own buffers (function and arguments), kept so that the Hub can send the task
+#: again (``Client.resubmit``); bounded by the same per-task limit as a result's buffers.
+REQUEST_BUFFERS_FIELD = "buffers"
+BUFFER_FIELDS = (BUFFERS_FIELD, REQUEST_BUFFERS_FIELD)
+KNOWN_FIELDS = frozenset((*TEXT_FIELDS, *INT_FIELDS, *BOOL_FIELDS, *DICT_FIELDS, *BUFFER_FIELDS))
 
 #: Query category (see :mod:`.query`) of every known field holding one scalar type; a store
 #: can answer conditions on these fields natively (SQL, MongoDB filter) with the exact
@@ -98,13 +109,13 @@ def _check_value(name: str, value: Any) -> Any:
         if not isinstance(value, dict):
             raise StoreError(f"field {name!r} must be a dict or None, not {type(value).__name__}")
         return value
-    return _normalize_buffers(value)
+    return _normalize_buffers(name, value)
 
 
-def _normalize_buffers(value: Any) -> list[bytes | memoryview]:
-    """Result buffers as a list of bytes or flat byte memoryviews, without copying them."""
+def _normalize_buffers(name: str, value: Any) -> list[bytes | memoryview]:
+    """Buffers as a list of bytes or flat byte memoryviews, without copying them."""
     if not isinstance(value, list | tuple):
-        raise StoreError(f"result_buffers must be a list of bytes-like objects, not {value!r}")
+        raise StoreError(f"{name} must be a list of bytes-like objects, not {value!r}")
     buffers: list[bytes | memoryview] = []
     for buffer in value:
         if isinstance(buffer, bytes):
@@ -113,9 +124,9 @@ def _normalize_buffers(value: Any) -> list[bytes | memoryview]:
         try:
             view = memoryview(buffer)
         except TypeError:
-            raise StoreError(f"result_buffers holds a non-buffer {type(buffer).__name__}") from None
+            raise StoreError(f"{name} holds a non-buffer {type(buffer).__name__}") from None
         if not view.contiguous:
-            raise StoreError("result_buffers holds a non-contiguous buffer")
+            raise StoreError(f"{name} holds a non-contiguous buffer")
         buffers.append(view.cast("B") if view.format != "B" or view.ndim != 1 else view)
     return buffers
 
@@ -257,15 +268,20 @@ class ResultStore(ABC):
         self.retention = Retention(settings) if settings is not None else None
 
     def _omit_large_buffers(self, checked: dict[str, Any]) -> dict[str, Any]:
-        """The validated fields to store: result buffers over the per-result limit are replaced
-        by the ``buffers_omitted`` marker (the record itself is kept)."""
-        buffers = checked.get(BUFFERS_FIELD)
-        if self.retention is None or not buffers:
+        """The validated fields to store: result (or request) buffers over the per-task limit
+        are replaced by the ``buffers_omitted`` (``request_buffers_omitted``) marker; the
+        record itself is kept."""
+        if self.retention is None:
             return checked
-        marker = self.retention.omitted(buffers)
-        if marker is None:
-            return checked
-        return {**checked, BUFFERS_FIELD: None, OMITTED_FIELD: marker}
+        for field, marker_field in (
+            (BUFFERS_FIELD, OMITTED_FIELD),
+            (REQUEST_BUFFERS_FIELD, REQUEST_OMITTED_FIELD),
+        ):
+            buffers = checked.get(field)
+            marker = self.retention.omitted(buffers) if buffers else None
+            if marker is not None:
+                checked = {**checked, field: None, marker_field: marker}
+        return checked
 
     def _account(self, msg_id: str, fields: dict[str, Any], size: int) -> None:
         """A write of ``size`` bytes (as this backend measures it) was queued: purge the

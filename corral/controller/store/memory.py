@@ -13,7 +13,7 @@ from typing import Any
 from corral.errors import StoreError
 
 from .base import (
-    BUFFERS_FIELD,
+    BUFFER_FIELDS,
     ResultStore,
     check_keys,
     check_msg_ids,
@@ -29,7 +29,7 @@ class MemoryStore(ResultStore):
 
     Stored records are shallow copies and returned records are fresh shallow copies, but
     nested values (header dicts ...) are shared: callers must not mutate them after
-    handing them over. Result buffers are kept as immutable ``bytes`` (a memoryview is
+    handing them over. Result and request buffers are kept as immutable ``bytes`` (a memoryview is
     copied once, since the memory behind it may change).
     """
 
@@ -53,9 +53,10 @@ class MemoryStore(ResultStore):
 
     def _merge(self, msg_id: str, fields: dict[str, Any]) -> None:
         checked = self._omit_large_buffers(validate_record(msg_id, fields))
-        buffers = checked.get(BUFFERS_FIELD)
-        if buffers is not None:
-            checked[BUFFERS_FIELD] = [b if isinstance(b, bytes) else bytes(b) for b in buffers]
+        for field in BUFFER_FIELDS:
+            buffers = checked.get(field)
+            if buffers is not None:
+                checked[field] = [b if isinstance(b, bytes) else bytes(b) for b in buffers]
         with self._lock:
             self._check_open()
             existing = self._records.get(msg_id)

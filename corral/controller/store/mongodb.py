@@ -10,7 +10,9 @@ Result buffers up to 4 MiB in all are kept inline as a BSON binary list; larger 
 document is capped at 16 MiB) are split into chunk documents tagged with a fresh
 generation id that the task document points to. Chunks are written before the pointer
 and stale generations deleted after it, so a crash leaves orphans, never a dangling
-pointer.
+pointer. A request's own buffers (``buffers``, kept for ``Client.resubmit``) are kept the
+same way: inline up to 1 MiB, else chunks tagged ``field: "buffers"`` behind a
+``_request_buffers`` pointer (result chunks carry no ``field``, as before).
 
 Writes are BSON-encoded in the caller's thread (bad values fail at the call) and sent by
 the shared :class:`~.base.BatchWriter` as ordered bulk writes.
@@ -33,6 +35,7 @@ from corral.errors import StoreError
 
 from .base import (
     BUFFERS_FIELD,
+    REQUEST_BUFFERS_FIELD,
     SCALAR_FIELD_CATEGORIES,
     BatchWriter,
     ResultStore,
@@ -46,15 +49,22 @@ from .query import Atom, Condition, matches, parse_query, split_query
 from .retention import MIB, Purge, RetentionSettings
 
 INLINE_LIMIT = 4 * 1024 * 1024
+REQUEST_INLINE_LIMIT = 1024 * 1024
 CHUNK_SIZE = 4 * 1024 * 1024
 #: A document must stay under 16 MiB with the bookkeeping and inline buffers added to it.
-MAX_DOCUMENT = 16 * 1024 * 1024 - INLINE_LIMIT - 64 * 1024
+MAX_DOCUMENT = 16 * 1024 * 1024 - INLINE_LIMIT - REQUEST_INLINE_LIMIT - 64 * 1024
+#: Per buffer field: the pointer to its chunks, the most kept inline, and the ``field`` tag of
+#: its chunk documents (None: untagged, the result buffers of every version).
+_BUFFER_KINDS: tuple[tuple[str, str, int, str | None], ...] = (
+    (BUFFERS_FIELD, "_buffers", INLINE_LIMIT, None),
+    (REQUEST_BUFFERS_FIELD, "_request_buffers", REQUEST_INLINE_LIMIT, REQUEST_BUFFERS_FIELD),
+)
 _IDS_PER_QUERY = 10_000
 #: Purged bytes after which the collections are compacted, giving the space to the file system.
 COMPACT_AFTER = 64 * MIB
 _UNCHANGED: Any = object()
 
-Payload = tuple[RawBSONDocument, int, Any] | None
+Payload = tuple[RawBSONDocument, int, Any, Any] | None
 
 
 def mongo_filter(atoms: list[Atom]) -> dict[str, Any]:
@@ -79,16 +89,27 @@ def mongo_filter(atoms: list[Atom]) -> dict[str, Any]:
     return parts[0] if len(parts) == 1 else {"$and": parts}
 
 
-def _chunk_documents(gen: ObjectId, msg_id: str, buffers: list[Any]) -> list[dict[str, Any]]:
+def _chunk_documents(
+    gen: ObjectId, msg_id: str, buffers: list[Any], tag: str | None = None
+) -> list[dict[str, Any]]:
     documents = []
     for index, buffer in enumerate(buffers):
         view = memoryview(buffer)
         for part, start in enumerate(range(0, max(len(view), 1), CHUNK_SIZE)):
             data = bytes(view[start : start + CHUNK_SIZE])
-            documents.append(
-                {"gen": gen, "msg_id": msg_id, "index": index, "part": part, "data": data}
-            )
+            document = {"gen": gen, "msg_id": msg_id, "index": index, "part": part, "data": data}
+            if tag is not None:
+                document["field"] = tag
+            documents.append(document)
     return documents
+
+
+def _stale_chunks(msg_id: str, tag: str | None, gen: ObjectId | None) -> dict[str, Any]:
+    """The chunks of one buffer field of ``msg_id`` other than generation ``gen``."""
+    query: dict[str, Any] = {"msg_id": msg_id, "field": tag}  # None matches a missing field
+    if gen is not None:
+        query["gen"] = {"$ne": gen}
+    return query
 
 
 class MongoStore(ResultStore):
@@ -145,6 +166,7 @@ class MongoStore(ResultStore):
         checked = self._omit_large_buffers(validate_record(msg_id, fields))
         status = checked.get("status")
         buffers = checked.pop(BUFFERS_FIELD, _UNCHANGED)
+        request = checked.pop(REQUEST_BUFFERS_FIELD, _UNCHANGED)
         try:
             document = RawBSONDocument(bson.encode(checked))
         except (BSONError, OverflowError, TypeError, ValueError) as exc:
@@ -154,10 +176,13 @@ class MongoStore(ResultStore):
                 f"record {msg_id!r} is {len(document.raw)} bytes without its "
                 f"buffers; MongoDB takes at most {MAX_DOCUMENT}"
             )
-        self._writer.submit(WriteOp("upsert", (msg_id,), (document, next(self._seq), buffers)))
+        payload = (document, next(self._seq), buffers, request)
+        self._writer.submit(WriteOp("upsert", (msg_id,), payload))
         if self.retention is not None:
-            stored = () if buffers is _UNCHANGED or buffers is None else buffers
-            size = len(document.raw) + sum(map(len, stored))  # bytes or flat byte views
+            size = len(document.raw)
+            for stored in (buffers, request):
+                if stored is not _UNCHANGED and stored is not None:
+                    size += sum(map(len, stored))  # bytes or flat byte views
             self._account(msg_id, {"status": status}, size)
 
     def drop_records(self, msg_ids: Sequence[str]) -> None:
@@ -172,13 +197,16 @@ class MongoStore(ResultStore):
         """One ordered bulk write; every request is idempotent, so the writer may retry."""
         requests: list[Any] = []
         chunks: list[dict[str, Any]] = []
-        final_gen: dict[str, ObjectId | None] = {}
+        # (msg_id, chunk tag) -> the generation to keep (None: none)
+        final_gen: dict[tuple[str, str | None], ObjectId | None] = {}
         for op in batch:
             if op.payload is None:
                 requests.append(DeleteMany({"msg_id": {"$in": list(op.msg_ids)}}))
-                final_gen.update(dict.fromkeys(op.msg_ids))
+                for msg_id in op.msg_ids:
+                    for *_, tag in _BUFFER_KINDS:
+                        final_gen[msg_id, tag] = None
                 continue
-            document, seq, buffers = op.payload
+            document, seq, *values = op.payload
             msg_id = op.msg_ids[0]
             requests.append(
                 UpdateOne(
@@ -187,25 +215,26 @@ class MongoStore(ResultStore):
                     upsert=True,
                 )
             )
-            if buffers is _UNCHANGED:
-                continue
-            if buffers is None or sum(len(b) for b in buffers) <= INLINE_LIMIT:
-                inline = None if buffers is None else [bytes(b) for b in buffers]
-                change = {"$set": {BUFFERS_FIELD: inline}, "$unset": {"_buffers": ""}}
-                final_gen[msg_id] = None
-            else:
-                gen = ObjectId()
-                chunks += _chunk_documents(gen, msg_id, buffers)
-                pointer = {"gen": gen, "lengths": [len(b) for b in buffers]}
-                change = {"$set": {"_buffers": pointer}, "$unset": {BUFFERS_FIELD: ""}}
-                final_gen[msg_id] = gen
-            requests.append(UpdateOne({"msg_id": msg_id}, change))
+            for (field, pointer_key, inline_limit, tag), buffers in zip(
+                _BUFFER_KINDS, values, strict=True
+            ):
+                if buffers is _UNCHANGED:
+                    continue
+                if buffers is None or sum(len(b) for b in buffers) <= inline_limit:
+                    inline = None if buffers is None else [bytes(b) for b in buffers]
+                    change = {"$set": {field: inline}, "$unset": {pointer_key: ""}}
+                    final_gen[msg_id, tag] = None
+                else:
+                    gen = ObjectId()
+                    chunks += _chunk_documents(gen, msg_id, buffers, tag)
+                    pointer = {"gen": gen, "lengths": [len(b) for b in buffers]}
+                    change = {"$set": {pointer_key: pointer}, "$unset": {field: ""}}
+                    final_gen[msg_id, tag] = gen
+                requests.append(UpdateOne({"msg_id": msg_id}, change))
         if chunks:
             self._chunks.insert_many(chunks, ordered=True)
         self._tasks.bulk_write(requests, ordered=True)
-        stale = [
-            {"msg_id": m, "gen": {"$ne": g}} if g else {"msg_id": m} for m, g in final_gen.items()
-        ]
+        stale = [_stale_chunks(m, tag, g) for (m, tag), g in final_gen.items()]
         for start in range(0, len(stale), 1000):
             self._chunks.delete_many({"$or": stale[start : start + 1000]})
         if self._purged_bytes >= COMPACT_AFTER and any(op.payload is None for op in batch):
@@ -229,7 +258,12 @@ class MongoStore(ResultStore):
                     "status": 1,
                     "received": 1,
                     "size": {"$bsonSize": "$$ROOT"},
-                    "chunks": {"$sum": {"$ifNull": ["$_buffers.lengths", []]}},
+                    "chunks": {
+                        "$add": [
+                            {"$sum": {"$ifNull": ["$_buffers.lengths", []]}},
+                            {"$sum": {"$ifNull": ["$_request_buffers.lengths", []]}},
+                        ]
+                    },
                 }
             },
         ]
@@ -267,8 +301,9 @@ class MongoStore(ResultStore):
         if fields is not None:
             needed = {*fields, *(c.field for c in residue)}
             projection = dict.fromkeys(needed, 1)
-            if BUFFERS_FIELD in needed:
-                projection["_buffers"] = 1
+            for field, pointer_key, _, _ in _BUFFER_KINDS:
+                if field in needed:
+                    projection[pointer_key] = 1
         self.flush()
         try:
             documents = list(
@@ -278,7 +313,7 @@ class MongoStore(ResultStore):
             )
         except PyMongoError as exc:
             raise StoreError(f"reading the result store {self.name} failed: {exc}") from exc
-        load = fields is None or BUFFERS_FIELD in fields
+        load = fields is None or BUFFERS_FIELD in fields or REQUEST_BUFFERS_FIELD in fields
         return self._finish(documents, residue, fields, load_buffers=load)
 
     def _finish(
@@ -290,7 +325,7 @@ class MongoStore(ResultStore):
         load_buffers: bool,
     ) -> list[dict[str, Any]]:
         """Records from documents: bookkeeping removed, residue applied, chunks joined."""
-        early = any(c.field == BUFFERS_FIELD for c in residue)
+        early = any(c.field in (BUFFERS_FIELD, REQUEST_BUFFERS_FIELD) for c in residue)
         if early:
             self._load_chunks(documents)
         records = []
@@ -303,11 +338,17 @@ class MongoStore(ResultStore):
             self._load_chunks(records)
         for record in records:
             record.pop("_buffers", None)
+            record.pop("_request_buffers", None)
         return [project(record, fields) for record in records]
 
     def _load_chunks(self, documents: list[dict[str, Any]]) -> None:
         """Replace chunk pointers by the buffers, fetched in one query."""
-        pointers = {d["_buffers"]["gen"]: d for d in documents if "_buffers" in d}
+        pointers = {
+            d[pointer_key]["gen"]: (d, field, pointer_key)
+            for d in documents
+            for field, pointer_key, _, _ in _BUFFER_KINDS
+            if pointer_key in d
+        }
         if not pointers:
             return
         parts: dict[ObjectId, dict[int, list[bytes]]] = {gen: {} for gen in pointers}
@@ -319,8 +360,8 @@ class MongoStore(ResultStore):
                 parts[chunk["gen"]].setdefault(chunk["index"], []).append(chunk["data"])
         except PyMongoError as exc:
             raise StoreError(f"reading result buffers from {self.name} failed: {exc}") from exc
-        for gen, document in pointers.items():
-            pointer = document.pop("_buffers")
+        for gen, (document, field, pointer_key) in pointers.items():
+            pointer = document.pop(pointer_key)
             pieces = parts[gen]
             buffers = []
             for index, length in enumerate(pointer["lengths"]):
@@ -328,10 +369,9 @@ class MongoStore(ResultStore):
                 buffers.append(data[0] if len(data) == 1 else b"".join(data))
                 if len(buffers[-1]) != length:
                     raise StoreError(
-                        f"result buffers of {document.get('msg_id')!r} in "
-                        f"{self.name} are incomplete"
+                        f"{field} of {document.get('msg_id')!r} in {self.name} are incomplete"
                     )
-            document[BUFFERS_FIELD] = buffers
+            document[field] = buffers
 
     def get_history(self) -> list[str]:
         self.flush()

@@ -8,6 +8,9 @@ whatever it is kept in, and nothing a user expects to find disappears without a 
   content, timings), with a ``buffers_omitted`` marker instead of the buffers: the submitting
   client got the full result straight from the engine; another client asking the Hub for it
   gets :class:`~corral.errors.ResultNotStored` naming the setting to raise.
+  A request's own buffers (``buffers``: the function and its arguments, which
+  ``Client.resubmit`` sends again) are kept under the same limit; a larger request is recorded
+  with a ``request_buffers_omitted`` marker and cannot be resubmitted.
 - **Total size.** When the records' size passes ``size_limit``, the oldest *completed* results
   (in completion order) are purged until the size is back under 90% of the limit, and a log
   line says how many and why. A pending task's record is never purged.
@@ -38,6 +41,9 @@ DEFAULT_TTL = 7 * 24 * 3600.0
 #: batches (one delete and one vacuum for many records), not one per new result.
 LOW_WATER = 0.9
 OMITTED_FIELD = "buffers_omitted"
+#: The marker of a request whose buffers were not kept (over the limit, or unreadable when the
+#: Hub saw its copy): such a task cannot be resubmitted.
+REQUEST_OMITTED_FIELD = "request_buffers_omitted"
 
 #: The command-line flag (and Cluster argument) of each setting, for messages that say what
 #: to change.

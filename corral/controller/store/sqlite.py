@@ -9,7 +9,9 @@ than :data:`CHUNK_BYTES` in all go instead, as chunks of at most that size, into
 ``buffer_chunks`` (the row's BLOB is then NULL): SQLite refuses any single value over about
 1 GB ("string or blob too big"), and a result the buffer limit admits must be kept whatever
 its size. Triggers remove a row's chunks when the row is deleted or its buffers replaced, so
-purges and the size limit treat them like any buffer.
+purges and the size limit treat them like any buffer. A request's own buffers (``buffers``,
+kept for ``Client.resubmit``) go the same way into ``request_buffers`` (schema version 2; a
+store of version 1 gains the column and the table when opened for writing).
 
 Writes are encoded in the caller's thread (so bad values fail at the call) and applied by a
 :class:`~.base.BatchWriter` thread in WAL mode, many per transaction. ``synchronous=NORMAL``:
@@ -35,6 +37,7 @@ from corral.errors import StoreError
 
 from .base import (
     BUFFERS_FIELD,
+    REQUEST_BUFFERS_FIELD,
     SCALAR_FIELD_CATEGORIES,
     BatchWriter,
     ResultStore,
@@ -55,8 +58,13 @@ from .sqlite_rows import (
     DELETE,
     INCREMENTAL,
     INSERT_CHUNK,
+    INSERT_REQUEST_PART,
     IS_CHUNKED,
+    MIGRATE_FROM_1,
     READ_CHUNKS,
+    READ_REQUEST_PARTS,
+    REQUEST_SCHEMA,
+    REQUEST_SIZE,
     ROW_OVERHEAD,
     SCALAR_COLUMNS,
     SCHEMA,
@@ -152,6 +160,13 @@ class SQLiteStore(ResultStore):
                 db.execute("COMMIT")
                 exists = True
         version = db.execute("PRAGMA user_version").fetchone()[0]
+        if exists and version == 1 and not read_only:
+            db.execute("BEGIN IMMEDIATE")  # another process may be migrating it too
+            if db.execute("PRAGMA user_version").fetchone()[0] == 1:
+                db.execute(MIGRATE_FROM_1)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("COMMIT")
+            version = SCHEMA_VERSION
         if not exists or version != SCHEMA_VERSION:
             raise StoreError(
                 f"{self.path} is not a corral result store of schema version "
@@ -159,6 +174,7 @@ class SQLiteStore(ResultStore):
             )
         if not read_only:
             db.executescript(CHUNKS_SCHEMA)  # also added to a store made before chunks
+            db.executescript(REQUEST_SCHEMA)
         if not read_only and self.retention is not None:
             if db.execute("PRAGMA auto_vacuum").fetchone()[0] != INCREMENTAL:
                 db.execute("VACUUM")  # a store made before auto_vacuum: converted once
@@ -192,24 +208,42 @@ class SQLiteStore(ResultStore):
             db.executescript("PRAGMA incremental_vacuum")  # execute() frees one page only
 
     def _upsert_run(self, sql: str, run: Iterator[WriteOp[Payload]]) -> None:
-        """Upserts of the same columns: one executemany, except that a chunked row is
-        written alone and followed by its chunks (its trigger first removes the old ones)."""
+        """Upserts of the same columns: one executemany, then one for the request buffers'
+        parts; a chunked row is written alone and followed by its chunks, and a second row
+        with parts for the same msg_id waits for the first's (each row's triggers remove the
+        old chunks and parts before the new ones go in)."""
         db = self._db
         rows: list[tuple[Any, ...]] = []
+        parts: list[tuple[str, int, memoryview]] = []
+        with_parts: set[str] = set()
+
+        def flush() -> None:
+            if rows:
+                db.executemany(sql, rows)
+            if parts:
+                db.executemany(INSERT_REQUEST_PART, parts)
+            rows.clear()
+            parts.clear()
+            with_parts.clear()
+
         for op in run:
             row = op.payload
             if row is None:
                 continue
-            if not row.chunked:
-                rows.append(row.parameters())
+            msg_id = op.msg_ids[0]
+            if row.chunked or msg_id in with_parts:
+                flush()
+            if row.chunked:
+                db.execute(sql, row.parameters())
+                db.executemany(INSERT_CHUNK, row.chunks())
+                if row.request_buffers:
+                    db.executemany(INSERT_REQUEST_PART, row.request_parts())
                 continue
-            if rows:
-                db.executemany(sql, rows)
-                rows = []
-            db.execute(sql, row.parameters())
-            db.executemany(INSERT_CHUNK, row.chunks())
-        if rows:
-            db.executemany(sql, rows)
+            rows.append(row.parameters())
+            if row.request_buffers:
+                parts.extend(row.request_parts())
+                with_parts.add(msg_id)
+        flush()
 
     # ------------------------------------------------------------ interface
 
@@ -240,9 +274,16 @@ class SQLiteStore(ResultStore):
             [
                 *(
                     f"coalesce(length({name}), 0)"
-                    for name in (*SCALAR_COLUMNS, "extra", "buffer_lengths", BUFFERS_FIELD)
+                    for name in (
+                        *SCALAR_COLUMNS,
+                        "extra",
+                        "buffer_lengths",
+                        BUFFERS_FIELD,
+                        "request_buffer_lengths",
+                    )
                 ),
                 CHUNKS_SIZE,
+                REQUEST_SIZE,
             ]
         )
         sql = f"SELECT msg_id, {ROW_OVERHEAD} + {size}, status, received FROM tasks ORDER BY seq"
@@ -358,6 +399,7 @@ class SQLiteStore(ResultStore):
         self.flush()
         sql = f"SELECT {', '.join(columns)} FROM tasks WHERE {where} ORDER BY seq{suffix}"
         buffers_early = any(c.field == BUFFERS_FIELD for c in residue)
+        request_early = any(c.field == REQUEST_BUFFERS_FIELD for c in residue)
         records: list[dict[str, Any]] = []
         with self._lock:
             self._check_open()
@@ -365,7 +407,10 @@ class SQLiteStore(ResultStore):
             db.execute("BEGIN")
             try:
                 for row in db.execute(sql, params):
-                    record, lengths = decode_row(row, columns)
+                    record, lengths, request_lengths = decode_row(row, columns)
+                    if request_lengths is not None and request_early:
+                        record[REQUEST_BUFFERS_FIELD] = self._read_request(row[2], request_lengths)
+                        request_lengths = None
                     if lengths is not None and buffers_early:
                         record[BUFFERS_FIELD] = self._read_buffers(row[0], row[2], lengths)
                         lengths = None
@@ -373,6 +418,8 @@ class SQLiteStore(ResultStore):
                         continue
                     if lengths is not None:
                         record[BUFFERS_FIELD] = self._read_buffers(row[0], row[2], lengths)
+                    if request_lengths is not None:
+                        record[REQUEST_BUFFERS_FIELD] = self._read_request(row[2], request_lengths)
                     records.append(project(record, fields))
             except sqlite3.Error as exc:
                 raise StoreError(f"reading the result store {self.path} failed: {exc}") from exc
@@ -391,8 +438,14 @@ class SQLiteStore(ResultStore):
         with self._reader.blobopen("tasks", BUFFERS_FIELD, seq, readonly=True) as blob:
             return [blob.read(length) if length else b"" for length in lengths]
 
-    def _read_chunks(self, msg_id: str, lengths: list[int]) -> list[bytes]:
-        chunks = (row[0] for row in self._reader.execute(READ_CHUNKS, (msg_id,)))
+    def _read_request(self, msg_id: str, lengths: list[int]) -> list[bytes]:
+        """A request's buffers, joined from their parts."""
+        if not any(lengths):
+            return [b"" for _ in lengths]
+        return self._read_chunks(msg_id, lengths, READ_REQUEST_PARTS)
+
+    def _read_chunks(self, msg_id: str, lengths: list[int], sql: str = READ_CHUNKS) -> list[bytes]:
+        chunks = (row[0] for row in self._reader.execute(sql, (msg_id,)))
         buffers: list[bytes] = []
         for length in lengths:
             pieces: list[bytes] = []

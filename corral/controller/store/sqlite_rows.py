@@ -3,7 +3,9 @@
 The layout (docs in :mod:`.sqlite`): one ``tasks`` row per record, known fields as columns,
 dict fields as JSON text, unknown fields JSON-encoded in ``extra``, a ``present`` bit per
 known field (a field set to None differs from one never set), and result buffers either as
-one BLOB or, past :data:`CHUNK_BYTES` in all, as chunks in ``buffer_chunks``. Everything
+one BLOB or, past :data:`CHUNK_BYTES` in all, as chunks in ``buffer_chunks``. A request's
+own buffers (``buffers``, schema version 2) are parts in ``request_buffers``, their lengths
+in the row. Everything
 here is pure: the schema, encoding a record (in the caller's thread, so a bad value fails at
 the call), the upsert statement for a set of columns, the WHERE clause for a parsed query,
 and decoding a row.
@@ -21,26 +23,36 @@ from corral.errors import StoreError
 
 from .base import (
     BOOL_FIELDS,
+    BUFFER_FIELDS,
     BUFFERS_FIELD,
     DICT_FIELDS,
     INT_FIELDS,
     KNOWN_FIELDS,
+    REQUEST_BUFFERS_FIELD,
     TEXT_FIELDS,
     WriteOp,
 )
 from .query import Atom
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: Known fields other than msg_id, in column order; a field's position is its bit in the
-#: ``present`` column, which tells a field set to None from a field never set.
-_FIELDS = (*TEXT_FIELDS[1:], *INT_FIELDS, *BOOL_FIELDS, *DICT_FIELDS, BUFFERS_FIELD)
+#: ``present`` column, which tells a field set to None from a field never set (new fields
+#: go last, so that the bits of a store made by an earlier version keep their meaning).
+_FIELDS = (
+    *TEXT_FIELDS[1:],
+    *INT_FIELDS,
+    *BOOL_FIELDS,
+    *DICT_FIELDS,
+    BUFFERS_FIELD,
+    REQUEST_BUFFERS_FIELD,
+)
 _BITS = {name: 1 << index for index, name in enumerate(_FIELDS)}
 _SQL_TYPES = {
     **dict.fromkeys(TEXT_FIELDS, "TEXT"),
     **dict.fromkeys((*INT_FIELDS, *BOOL_FIELDS), "INTEGER"),
     **dict.fromkeys(DICT_FIELDS, "TEXT"),
 }
-SCALAR_COLUMNS = tuple(name for name in _FIELDS if name != BUFFERS_FIELD)
+SCALAR_COLUMNS = tuple(name for name in _FIELDS if name not in BUFFER_FIELDS)
 SCHEMA = f"""
 CREATE TABLE tasks (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -49,8 +61,11 @@ CREATE TABLE tasks (
     {", ".join(f"{name} {_SQL_TYPES[name]}" for name in SCALAR_COLUMNS)},
     extra TEXT,
     buffer_lengths TEXT,
-    result_buffers BLOB
+    result_buffers BLOB,
+    request_buffer_lengths TEXT
 )"""
+#: From schema version 1 (no request buffers) to 2: one column more, added in place.
+MIGRATE_FROM_1 = "ALTER TABLE tasks ADD COLUMN request_buffer_lengths TEXT"
 #: Buffers larger than this in all are stored as chunks of at most this size (SQLite's own
 #: limit on one value is 1,000,000,000 bytes by default).
 CHUNK_BYTES: Final = 64 << 20
@@ -70,6 +85,30 @@ AFTER DELETE ON tasks
 WHEN old.result_buffers IS NULL AND old.buffer_lengths IS NOT NULL
 BEGIN DELETE FROM buffer_chunks WHERE msg_id = old.msg_id; END;
 """
+#: A request's buffers, cut into parts of at most the chunk size (a small buffer is one part,
+#: an empty one none); the row's ``request_buffer_lengths`` says where each buffer ends.
+REQUEST_SCHEMA = """
+CREATE TABLE IF NOT EXISTS request_buffers (
+    msg_id TEXT NOT NULL,
+    part INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    UNIQUE (msg_id, part)
+);
+CREATE TRIGGER IF NOT EXISTS request_buffers_replaced
+AFTER UPDATE OF request_buffer_lengths ON tasks
+WHEN old.request_buffer_lengths IS NOT NULL
+BEGIN DELETE FROM request_buffers WHERE msg_id = old.msg_id; END;
+CREATE TRIGGER IF NOT EXISTS request_buffers_dropped
+AFTER DELETE ON tasks
+WHEN old.request_buffer_lengths IS NOT NULL
+BEGIN DELETE FROM request_buffers WHERE msg_id = old.msg_id; END;
+"""
+INSERT_REQUEST_PART = "INSERT INTO request_buffers (msg_id, part, data) VALUES (?, ?, ?)"
+READ_REQUEST_PARTS = "SELECT data FROM request_buffers WHERE msg_id = ? ORDER BY part"
+REQUEST_SIZE = (
+    "coalesce((SELECT sum(length(data)) FROM request_buffers "
+    "WHERE request_buffers.msg_id = tasks.msg_id), 0)"
+)
 INSERT_CHUNK = "INSERT INTO buffer_chunks (msg_id, part, data) VALUES (?, ?, ?)"
 IS_CHUNKED = "SELECT result_buffers IS NULL FROM tasks WHERE seq = ?"
 READ_CHUNKS = "SELECT data FROM buffer_chunks WHERE msg_id = ? ORDER BY part"
@@ -78,7 +117,15 @@ CHUNKS_SIZE = (
     "sum(length(data)) FROM buffer_chunks WHERE buffer_chunks.msg_id = tasks.msg_id), 0) "
     "ELSE 0 END"
 )
-ALL_COLUMNS = ("seq", "present", "msg_id", *SCALAR_COLUMNS, "extra", "buffer_lengths")
+ALL_COLUMNS = (
+    "seq",
+    "present",
+    "msg_id",
+    *SCALAR_COLUMNS,
+    "extra",
+    "request_buffer_lengths",
+    "buffer_lengths",
+)
 _JSON_LIST_MIN = 16
 ROW_OVERHEAD = 64
 INCREMENTAL = 2  # PRAGMA auto_vacuum value
@@ -90,18 +137,21 @@ _COMPARE = {"$eq": "=", "$ne": "IS NOT", "$lt": "<", "$lte": "<=", "$gt": ">", "
 class Row(NamedTuple):
     """An encoded upsert: column names, their values, and the result buffers as given
     (joined into one BLOB by the writer thread, not the caller); ``chunk`` is the size of
-    their chunks when they are too large for one BLOB, else 0."""
+    their chunks when they are too large for one BLOB, else 0. ``request_buffers`` (None:
+    not written) go to ``request_buffers`` in parts of at most ``request_part`` bytes."""
 
     columns: tuple[str, ...]
     values: tuple[Any, ...]
     buffers: list[Any] | None
     chunk: int = 0
+    request_buffers: list[Any] | None = None
+    request_part: int = CHUNK_BYTES
 
     def size(self) -> int:
         """Bytes this write adds to the file, roughly: its text and its buffers."""
         text = sum([len(value) for value in self.values if value.__class__ is str])
         buffers = sum(map(len, self.buffers or ()))  # bytes or flat byte views
-        return ROW_OVERHEAD + text + buffers
+        return ROW_OVERHEAD + text + buffers + sum(map(len, self.request_buffers or ()))
 
     @property
     def chunked(self) -> bool:
@@ -124,6 +174,15 @@ class Row(NamedTuple):
             view = memoryview(buffer).cast("B")
             for start in range(0, view.nbytes, self.chunk):
                 yield self.values[0], part, view[start : start + self.chunk]
+                part += 1
+
+    def request_parts(self) -> Iterator[tuple[str, int, memoryview]]:
+        """(msg_id, part, data) of the request's buffers, as :meth:`chunks` cuts them."""
+        part = 0
+        for buffer in self.request_buffers or ():
+            view = memoryview(buffer).cast("B")
+            for start in range(0, view.nbytes, self.request_part):
+                yield self.values[0], part, view[start : start + self.request_part]
                 part += 1
 
 
@@ -159,13 +218,20 @@ def encode_row(fields: dict[str, Any], chunk_bytes: int = CHUNK_BYTES) -> Row:
     if extras:
         columns.append("extra")
         values.append(_dumps("extra fields", extras))
+    request = None
+    if REQUEST_BUFFERS_FIELD in fields:
+        request = fields[REQUEST_BUFFERS_FIELD]
+        columns.append("request_buffer_lengths")
+        values.append(None if request is None else orjson.dumps([len(b) for b in request]).decode())
     buffers = None
     if BUFFERS_FIELD in fields:
         buffers = fields[BUFFERS_FIELD]
         columns += ["buffer_lengths", BUFFERS_FIELD]
         values.append(None if buffers is None else orjson.dumps([len(b) for b in buffers]).decode())
     large = buffers is not None and sum(map(len, buffers)) > chunk_bytes
-    return Row(tuple(columns), tuple(values), buffers, chunk_bytes if large else 0)
+    return Row(
+        tuple(columns), tuple(values), buffers, chunk_bytes if large else 0, request, chunk_bytes
+    )
 
 
 @functools.lru_cache(maxsize=256)
@@ -229,6 +295,8 @@ def columns_for(fields: set[str] | None) -> tuple[str, ...]:
     columns += [name for name in SCALAR_COLUMNS if name in fields]
     if any(name not in KNOWN_FIELDS for name in fields):
         columns.append("extra")
+    if REQUEST_BUFFERS_FIELD in fields:
+        columns.append("request_buffer_lengths")
     if BUFFERS_FIELD in fields:
         columns.append("buffer_lengths")
     return tuple(columns)
@@ -238,15 +306,22 @@ def columns_of(op: WriteOp[Payload]) -> tuple[str, ...] | None:
     return None if op.payload is None else op.payload.columns
 
 
-def decode_row(row: tuple[Any, ...], columns: tuple[str, ...]) -> tuple[dict[str, Any], Any]:
-    """A record from a row, and its buffer lengths when the buffers are still to read."""
+def decode_row(row: tuple[Any, ...], columns: tuple[str, ...]) -> tuple[dict[str, Any], Any, Any]:
+    """A record from a row, and the lengths of its result and request buffers when those are
+    still to read (else None)."""
     present = row[1]
     record: dict[str, Any] = {"msg_id": row[2]}
-    lengths = None
+    lengths = request_lengths = None
     for name, value in zip(columns[3:], row[3:], strict=True):
         if name == "extra":
             if value is not None:
                 record.update((key, item[0]) for key, item in orjson.loads(value).items())
+        elif name == "request_buffer_lengths":
+            if present & _BITS[REQUEST_BUFFERS_FIELD]:
+                if value is None:
+                    record[REQUEST_BUFFERS_FIELD] = None
+                else:
+                    request_lengths = orjson.loads(value)
         elif name == "buffer_lengths":
             if present & _BITS[BUFFERS_FIELD]:
                 if value is None:
@@ -260,4 +335,4 @@ def decode_row(row: tuple[Any, ...], columns: tuple[str, ...]) -> tuple[dict[str
                 elif name in BOOL_FIELDS:
                     value = bool(value)
             record[name] = value
-    return record, lengths
+    return record, lengths, request_lengths
