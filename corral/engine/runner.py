@@ -6,6 +6,15 @@ namespace is done here, between tasks, never while a task runs in that namespace
 socket: it hands finished frames to a ``send(channel, frames)`` callback (the engine forwards
 them to its I/O thread). The helpers below it build the replies the I/O thread sends itself
 (control replies, aborted tasks).
+
+Jupyter's ``stop_on_error`` rule (an execute_request's content, true unless given): when a
+non-silent execute_request fails, the execute requests already queued behind it on this engine
+are answered as aborted instead of run, so that a cell never runs after one it was sent after
+has failed (``%autopx`` and ``%%px`` with a non-blocking view queue cells that way). "Already
+queued" ends at a :class:`QueueMark`: the runner asks for one before it sends the failure's
+reply, and the I/O thread puts it behind every request it has read by then, so a request sent
+on seeing the failure runs. apply_requests are never
+aborted by this rule (as in IPython's kernel: a pull after a failed cell still answers).
 """
 
 from __future__ import annotations
@@ -155,7 +164,20 @@ def aborted_reply_msg(
     )
 
 
-class WorkQueue(queue.Queue[Request]):
+@dataclass(frozen=True)
+class QueueMark:
+    """Not a request: the end of what an execute failure aborts (see the module docstring).
+
+    The runner stops aborting when it reaches the mark, so a request that arrives after it
+    runs normally, however soon after the failure it was sent."""
+
+
+QUEUE_MARK = QueueMark()
+
+WorkItem = Request | QueueMark
+
+
+class WorkQueue(queue.Queue[WorkItem]):
     """The main thread's requests, oldest first, except those put with :meth:`put_next`.
 
     Control requests that touch the namespace go here (a task may be running in it), but ahead
@@ -223,8 +245,11 @@ class TaskRunner:
         max_result_bytes: int | None = None,
         shm: SharedMemory | None = None,
         shell: EngineShell | None = None,
+        mark_queue: Callable[[], None] | None = None,
     ) -> None:
         self.shm = shm
+        self.mark_queue = mark_queue
+        self.aborting: str | None = None  # the failed execute whose queue is being aborted
         self.session = session
         self.max_result_bytes = max_result_bytes
         self.identity = identity
@@ -266,11 +291,22 @@ class TaskRunner:
 
     # ------------------------------------------------------------------ running
 
-    def run(self, request: Request) -> None:
-        """Answer one task request with exactly one reply; never raises for user code."""
+    def run(self, request: WorkItem) -> None:
+        """Answer one task request with exactly one reply; never raises for user code. A
+        :class:`QueueMark` ends the aborting that a failed execute started."""
+        if isinstance(request, QueueMark):
+            self.aborting = None
+            return
         msg = request.msg
         if self.aborts.take(msg.msg_id):
             self._answer_aborted(request)
+            return
+        if self.aborting is not None and msg.msg_type == "execute_request":
+            reason = (
+                f"task {msg.msg_id} was aborted: execute_request {self.aborting}, queued before "
+                f"it on engine {self.identity.id}, failed (stop_on_error)"
+            )
+            self._answer_aborted(request, reason)
             return
         if msg.msg_type in MAIN_THREAD_CONTROL_TYPES:
             self._control(request)
@@ -291,6 +327,8 @@ class TaskRunner:
             reply = error_reply_msg(self.session, self.identity, msg, exc)
         finally:
             self.gate.disarm()
+        if msg.msg_type == "execute_request" and stops_on_error(msg, reply):
+            self._abort_queue(msg.msg_id)  # before the reply: a request sent on seeing it runs
         try:
             self.send_msg(request.channel, reply, msg.idents)
         finally:
@@ -299,9 +337,18 @@ class TaskRunner:
         if msg.msg_type == "execute_request":
             self.publish("status", {"execution_state": "idle"}, msg)
 
-    def _answer_aborted(self, request: Request) -> None:
+    def _abort_queue(self, failed: str) -> None:
+        """Abort the execute requests queued behind ``failed`` until the mark asked for here
+        is reached. Without a ``mark_queue`` nothing can be queued behind it: nothing to do."""
+        if self.mark_queue is None:
+            return
+        self.aborting = failed
+        self.mark_queue()
+
+    def _answer_aborted(self, request: Request, reason: str | None = None) -> None:
         msg = request.msg
-        reason = f"task {msg.msg_id} was aborted by an abort_request"
+        if reason is None:
+            reason = f"task {msg.msg_id} was aborted by an abort_request"
         reply = aborted_reply_msg(self.session, self.identity, msg, reason)
         self.send_msg(request.channel, reply, msg.idents)
 
@@ -466,6 +513,18 @@ class TaskRunner:
 
     def _stream(self, parent: Message, name: str, text: str) -> None:
         self.publish("stream", {"name": name, "text": text}, parent)
+
+
+def stops_on_error(request: Message, reply: Message) -> bool:
+    """Whether ``reply`` to the execute ``request`` aborts the execute requests queued behind
+    it: it failed (status "error", not "aborted"), the request was not silent and did not set
+    ``stop_on_error`` false (Jupyter's messaging spec; the default is true)."""
+    content = request.content or {}
+    return (
+        (reply.content or {}).get("status") == "error"
+        and not content.get("silent", False)
+        and bool(content.get("stop_on_error", True))
+    )
 
 
 def _iopub_error(content: JSONDict) -> JSONDict:
