@@ -136,6 +136,8 @@ class AsyncResult(ResultInfo, futures.Future[Any]):
     def _finish(self) -> None:
         if self._children:
             self._link[0] = None
+        if self.owner:  # before it completes: whoever it wakes sees the client's caches without
+            self._records.take(self.msg_ids)  # them, as ipyparallel's owner (client/cache.py)
         try:
             value = self._reduce([_outcome(child) for child in self._children])
         except BaseException as exc:  # noqa: BLE001 - the future carries whatever was raised
@@ -199,7 +201,12 @@ class AsyncResult(ResultInfo, futures.Future[Any]):
             return (self,)
         return tuple(
             AsyncResult(
-                self._records, [msg_id], fname=self._fname, single=True, client=self._client
+                self._records,
+                [msg_id],
+                fname=self._fname,
+                single=True,
+                client=self._client,
+                owner=False,
             )
             for msg_id in self.msg_ids
         )
@@ -215,6 +222,7 @@ class AsyncResult(ResultInfo, futures.Future[Any]):
             [msg_id for result in results for msg_id in result.msg_ids],
             fname=first._fname,
             client=first._client,
+            owner=False,
         )
 
     def ready(self) -> bool:
@@ -481,7 +489,9 @@ class AsyncMapResult(AsyncResult):
     def split(self) -> tuple[AsyncResult, ...]:
         """One (plain) AsyncResult per request: its part of the map, as a list."""
         return tuple(
-            AsyncResult(self._records, [msg_id], fname=self._fname, client=self._client)
+            AsyncResult(
+                self._records, [msg_id], fname=self._fname, client=self._client, owner=False
+            )
             for msg_id in self.msg_ids
         )
 

@@ -223,6 +223,7 @@ class Records:
         self._sweep_queued = False
         self._orphans: set[str] = set()  # released while unfinished: forgotten once settled
         self._stale: set[str] = set()  # forgotten, still in ``history`` until it is compacted
+        self.taken: set[str] = set()  # finished, taken by their owning AsyncResult (cache.py)
         self.compactions = 0  # how often ``history`` was compacted (views trim theirs then)
 
     # ------------------------------------------------------------------ submitting thread
@@ -443,6 +444,7 @@ class Records:
                 self._silent.discard(msg_id)
                 self.trackers.pop(msg_id, None)
                 self._orphans.discard(msg_id)
+                self.taken.discard(msg_id)
                 dropped.add(msg_id)
             self._stale |= dropped
             if self._stale and (compact or len(self._stale) >= max(_STALE_MIN, len(self.futures))):
@@ -464,6 +466,11 @@ class Records:
         """An AsyncResult holding ``msg_ids`` is gone (its finalizer: any thread, any time).
         Only queued here; applied at the next settlement or ``track``."""
         self._released.append(msg_ids)
+
+    def take(self, msg_ids: Iterable[str]) -> None:
+        """An owning AsyncResult has finished: ``Client.results``/``metadata`` stop showing
+        ``msg_ids`` (ipyparallel's rule, see corral.client.cache); kept here while held."""
+        self.taken.update(msg_id for msg_id in msg_ids if msg_id in self.futures)
 
     @property
     def held(self) -> int:
