@@ -70,6 +70,7 @@ if TYPE_CHECKING:
     from corral.client.broadcast import BroadcastView
     from corral.client.executor import ViewExecutor
     from corral.client.view import DirectView, View
+    from corral.cluster.cluster import Cluster
 
 __all__ = ["Client", "Target", "Targets"]
 
@@ -150,6 +151,7 @@ class Client(ControllerLink, ControlCalls, HubQueries):
         self.timeout = timeout
         self.outage_grace = timeout if outage_grace is None else outage_grace
         self.cluster_id: str = info.cluster_id
+        self.cluster: Cluster | None = None  # the Cluster that connected it, as ipyparallel's
         self.session = Session(
             info.key,
             signature_scheme=info.signature_scheme,

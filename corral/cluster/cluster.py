@@ -396,8 +396,10 @@ class Cluster(ClusterLifecycle):
         (self.path / STATE_FILE).write_text(json.dumps(state))
 
     def connect(self) -> Client:
-        """A new Client of this cluster (the caller closes it)."""
-        return Client(connection_file=self.path / CLIENT_FILE, timeout=self.timeout)
+        """A new Client of this cluster (the caller closes it); its ``cluster`` is this."""
+        client = Client(connection_file=self.path / CLIENT_FILE, timeout=self.timeout)
+        client.cluster = self
+        return client
 
     def start(self, interactive: bool = False) -> Client:
         """Start everything and return a client that sees all ``n`` engines (``interactive``:

@@ -27,7 +27,7 @@ import time
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, cast
 
 from corral.client.client import Client
 from corral.cluster.launchers.watch import stop_launchers
@@ -35,6 +35,7 @@ from corral.errors import CorralError
 from corral.protocol.connection_files import CLIENT_FILE
 
 if TYPE_CHECKING:
+    from corral.cluster.cluster import Cluster
     from corral.cluster.launchers.base import EngineLauncher
     from corral.cluster.supervisor import Supervisor
 
@@ -104,6 +105,7 @@ class ClusterLifecycle:
         it; the cluster closes it when it stops its controller."""
         client_kwargs.setdefault("timeout", self.timeout)
         client = Client(connection_file=self.path / CLIENT_FILE, **client_kwargs)
+        client.cluster = cast("Cluster", self)  # the Cluster this is a base of
         self._clients().add(client)
         return client
 

@@ -22,6 +22,9 @@ def test_start_connect_and_stop_in_steps(tmp_path: Path) -> None:
         assert cluster.start_cluster_sync() is cluster
         assert cluster.supervisor is not None  # restart=True: supervised, as start() does
         rc = cluster.connect_client_sync()
+        assert rc.cluster is cluster
+        with cluster.connect() as other:
+            assert other.cluster is cluster
         rc.wait_for_engines(2, timeout=60)
         assert rc[:].apply_sync(abs, -1) == [1, 1]
         first = list(cluster.engines)
