@@ -192,8 +192,20 @@ class AsyncResult(ResultInfo, futures.Future[Any]):
         return bool(done)
 
     def wait_for_output(self, timeout: float | None = -1) -> bool:
-        """Wait until the output of every request is in (with the reply); True if it is."""
-        return bool(self.wait(timeout))
+        """Wait until the output of every request is in: its reply (which carries the printed
+        text and displays) and every ``publish_data`` message it says the task sent; True if
+        all that came within ``timeout`` seconds."""
+        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
+        if not self.wait(timeout):
+            return False
+        expected = {}
+        for msg_id in self.msg_ids:
+            md = self._records.metadata.get(msg_id)
+            count = md.get("data_messages") if md is not None else None
+            if isinstance(count, int) and count > 0:
+                expected[msg_id] = count
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return not expected or self._records.published.wait(expected, left)
 
     def split(self) -> tuple[AsyncResult, ...]:
         """One AsyncResult per request (itself, if it has only one)."""

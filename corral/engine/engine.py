@@ -39,6 +39,7 @@ from corral.protocol.connection_files import (
 from corral.protocol.session import Frame, Session
 from corral.sharedmem import SharedMemory
 
+from . import datapub
 from .interrupts import InterruptGate
 from .io_shell import EngineParts, IOSettings, IOShell
 from .ipython import load_shell
@@ -116,6 +117,7 @@ class Engine:
             shm=self.shm,
             mark_queue=self._mark_queue,
         )
+        datapub.install(self.runner.publish_data)
         self._io: IOShell | None = None
 
     @property

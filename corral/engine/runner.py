@@ -249,6 +249,8 @@ class TaskRunner:
     ) -> None:
         self.shm = shm
         self.mark_queue = mark_queue
+        self._running: Message | None = None  # the request whose user code runs (publish_data)
+        self._data_messages = 0  # data_message sent for it
         self.aborting: str | None = None  # the failed execute whose queue is being aborted
         self.session = session
         self.max_result_bytes = max_result_bytes
@@ -283,9 +285,11 @@ class TaskRunner:
     def send_msg(self, channel: bytes, msg: Message, idents: Sequence[bytes] = ()) -> None:
         self.send(channel, self.frames(msg, idents))
 
-    def publish(self, msg_type: str, content: JSONDict, parent: Message) -> None:
+    def publish(
+        self, msg_type: str, content: JSONDict, parent: Message, buffers: Sequence[Any] = ()
+    ) -> None:
         """Publish on iopub with topic ``engine.<id>.<msg_type>``."""
-        msg = self.session.msg(msg_type, content, parent=parent)
+        msg = self.session.msg(msg_type, content, parent=parent, buffers=buffers)
         topic = f"engine.{self.identity.id}.{msg_type}".encode()
         self.send(b"iopub", [topic, *self.frames(msg)])
 
@@ -345,6 +349,18 @@ class TaskRunner:
         self.aborting = failed
         self.mark_queue()
 
+    def publish_data(self, data: dict[str, Any]) -> None:
+        """``publish_data(data)`` in user code (corral.engine.datapub): a ``data_message`` for
+        the running task, after the text it printed before. RuntimeError if none runs;
+        SerializationError (raised in the caller) if ``data`` cannot be pickled."""
+        parent = self._running
+        if parent is None:
+            raise RuntimeError("publish_data() is called in a task; no task runs on this engine")
+        buffers = serialize_object(data)
+        self.capture.publish_now()
+        self._data_messages += 1
+        self.publish("data_message", {"keys": list(data)}, parent, buffers)
+
     def _answer_aborted(self, request: Request, reason: str | None = None) -> None:
         msg = request.msg
         if reason is None:
@@ -385,9 +401,11 @@ class TaskRunner:
         self.call = None
         buffers: list[Any] = []
         displays: list[JSONDict] = []
+        self._data_messages = 0
         with self.capture.capture(lambda name, text: self._stream(msg, name, text)) as output:
             if self.shell is not None:
                 self.shell.sink = lambda data, md: self._display(msg, data, md, displays)
+            self._running = msg
             try:
                 try:
                     self.gate.enter_task()
@@ -401,6 +419,7 @@ class TaskRunner:
             except BaseException as exc:  # user code may raise anything, SystemExit included
                 failure = exc
             finally:
+                self._running = None
                 if self.shell is not None:
                     self.shell.sink = None
         refs: list[SegmentRef] = []
@@ -413,6 +432,8 @@ class TaskRunner:
             failure = self._aborted_while_running(msg, failure, self.gate.timed_out)
 
         extra: JSONDict = {"outputs": displays} if displays else {}
+        if self._data_messages:
+            extra["data_messages"] = self._data_messages
         if self.call:
             extra["call"] = self.call
         if failure is not None:

@@ -357,6 +357,73 @@ def test_the_mark_is_asked_for_before_the_failure_reply_is_sent(wire: Wire) -> N
     assert isinstance(QUEUE_MARK, QueueMark)
 
 
+@pytest.fixture
+def installed(runner: TaskRunner) -> Iterator[TaskRunner]:
+    """``runner`` receives ``corral.datapub.publish_data`` calls, as an engine's does."""
+    from corral.engine import datapub
+
+    before = list(datapub._sinks)  # noqa: SLF001
+    datapub.install(runner.publish_data)
+    try:
+        yield runner
+    finally:
+        datapub._sinks[:] = before  # noqa: SLF001
+
+
+def test_publish_data_sends_data_messages_in_output_order(
+    wire: Wire, installed: TaskRunner
+) -> None:
+    code = (
+        "from corral.datapub import publish_data\n"
+        "print('before')\n"
+        "publish_data({'i': 1})\n"
+        "publish_data(dict(i=2, j=[3]))"
+    )
+    request = wire.request("execute_request", {"code": code})
+    installed.run(request)
+    reply = only_reply(wire, request)
+    assert reply.metadata["data_messages"] == 2
+    published = [(topic, msg) for topic, msg in wire.iopub() if msg.msg_type != "status"]
+    assert [msg.msg_type for _, msg in published] == [
+        "execute_input",
+        "stream",
+        "data_message",
+        "data_message",
+    ]
+    data = [msg for _, msg in published if msg.msg_type == "data_message"]
+    assert [msg.content for msg in data] == [{"keys": ["i"]}, {"keys": ["i", "j"]}]
+    assert [deserialize_object(list(msg.buffers)) for msg in data] == [{"i": 1}, {"i": 2, "j": [3]}]
+    assert all(msg.parent_header == request.msg.header for msg in data)
+    assert published[2][0] == b"engine.3.data_message"
+    # a task that publishes nothing says nothing about it
+    wire.sent.clear()
+    quiet = wire.request("execute_request", {"code": "1"})
+    installed.run(quiet)
+    assert "data_messages" not in only_reply(wire, quiet).metadata
+
+
+def test_publish_data_outside_a_task_or_with_bad_data_is_refused(
+    wire: Wire, installed: TaskRunner
+) -> None:
+    from corral.datapub import publish_data
+
+    with pytest.raises(RuntimeError, match="no task runs"):
+        publish_data({"i": 1})
+    with pytest.raises(TypeError, match="dict with str keys"):
+        publish_data([1, 2])  # type: ignore[arg-type]
+    request = wire.request(
+        "execute_request",
+        {
+            "code": "from corral.datapub import publish_data\nimport threading\n"
+            "publish_data({'lock': threading.Lock()})"
+        },
+    )
+    installed.run(request)
+    reply = only_reply(wire, request)
+    assert reply.content is not None and reply.content["ename"] == "SerializationError"
+    assert "data_messages" not in reply.metadata
+
+
 def test_output_json_cannot_hold_is_escaped(wire: Wire, runner: TaskRunner) -> None:
     runner.run(wire.request("execute_request", {"code": "print('\\udcff')\n'\\udcff'"}))
     reply = wire.replies()[0]
