@@ -13,8 +13,8 @@ are answered as aborted instead of run, so that a cell never runs after one it w
 has failed (``%autopx`` and ``%%px`` with a non-blocking view queue cells that way). "Already
 queued" ends at a :class:`QueueMark`: the runner asks for one before it sends the failure's
 reply, and the I/O thread puts it behind every request it has read by then, so a request sent
-on seeing the failure runs. apply_requests are never
-aborted by this rule (as in IPython's kernel: a pull after a failed cell still answers).
+on seeing the failure runs. apply_requests are never aborted by this rule (as in IPython's
+kernel: a pull after a failed cell still answers).
 """
 
 from __future__ import annotations
