@@ -2,8 +2,9 @@
 
 :func:`until` is for the test's side (a file, a query, a page); :func:`file_appears` is a task
 body for the engine's side: a task that runs until the test creates a file, so it is "slow"
-exactly as long as the test needs, however loaded the machine. This module is pickled by value,
-so engines run its functions without importing ``tests``.
+exactly as long as the test needs, however loaded the machine; :func:`requests_queued` holds an
+engine until the requests sent after it have reached it. This module is pickled by value, so
+engines run its functions without importing ``tests``.
 """
 
 from __future__ import annotations
@@ -40,6 +41,18 @@ def file_appears(path: str | os.PathLike[str], timeout: float = 60.0) -> str:
     ``timeout`` seconds."""
     until(lambda: os.path.exists(path), timeout, f"{path} to appear")
     return str(path)
+
+
+def requests_queued(count: int, timeout: float = 60.0) -> int:
+    """Task body: return ``count`` once that many requests wait in this engine's work queue
+    behind the running task (so they have reached the engine, not just been sent); for tests
+    of what an engine does with its queue. AssertionError after ``timeout`` seconds."""
+    import gc
+
+    queues = [item for item in gc.get_objects() if type(item).__name__ == "WorkQueue"]
+    assert len(queues) == 1, f"{len(queues)} work queues in this engine"
+    until(lambda: queues[0].qsize() >= count, timeout, f"{count} queued requests")
+    return count
 
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

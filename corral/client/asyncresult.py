@@ -136,6 +136,8 @@ class AsyncResult(ResultInfo, futures.Future[Any]):
     def _finish(self) -> None:
         if self._children:
             self._link[0] = None
+        if self.owner:  # before it completes: whoever it wakes sees the client's caches without
+            self._records.take(self.msg_ids)  # them, as ipyparallel's owner (client/cache.py)
         try:
             value = self._reduce([_outcome(child) for child in self._children])
         except BaseException as exc:  # noqa: BLE001 - the future carries whatever was raised
@@ -190,8 +192,20 @@ class AsyncResult(ResultInfo, futures.Future[Any]):
         return bool(done)
 
     def wait_for_output(self, timeout: float | None = -1) -> bool:
-        """Wait until the output of every request is in (with the reply); True if it is."""
-        return bool(self.wait(timeout))
+        """Wait until the output of every request is in: its reply (which carries the printed
+        text and displays) and every ``publish_data`` message it says the task sent; True if
+        all that came within ``timeout`` seconds."""
+        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
+        if not self.wait(timeout):
+            return False
+        expected = {}
+        for msg_id in self.msg_ids:
+            md = self._records.metadata.get(msg_id)
+            count = md.get("data_messages") if md is not None else None
+            if isinstance(count, int) and count > 0:
+                expected[msg_id] = count
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return not expected or self._records.published.wait(expected, left)
 
     def split(self) -> tuple[AsyncResult, ...]:
         """One AsyncResult per request (itself, if it has only one)."""
@@ -199,7 +213,12 @@ class AsyncResult(ResultInfo, futures.Future[Any]):
             return (self,)
         return tuple(
             AsyncResult(
-                self._records, [msg_id], fname=self._fname, single=True, client=self._client
+                self._records,
+                [msg_id],
+                fname=self._fname,
+                single=True,
+                client=self._client,
+                owner=False,
             )
             for msg_id in self.msg_ids
         )
@@ -215,6 +234,7 @@ class AsyncResult(ResultInfo, futures.Future[Any]):
             [msg_id for result in results for msg_id in result.msg_ids],
             fname=first._fname,
             client=first._client,
+            owner=False,
         )
 
     def ready(self) -> bool:
@@ -481,7 +501,9 @@ class AsyncMapResult(AsyncResult):
     def split(self) -> tuple[AsyncResult, ...]:
         """One (plain) AsyncResult per request: its part of the map, as a list."""
         return tuple(
-            AsyncResult(self._records, [msg_id], fname=self._fname, client=self._client)
+            AsyncResult(
+                self._records, [msg_id], fname=self._fname, client=self._client, owner=False
+            )
             for msg_id in self.msg_ids
         )
 

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from corral.client.cache import MetadataCache, ResultsCache
 from corral.client.completion import Worker
 from corral.client.control import ControlCalls
 from corral.client.io_shell import ClientIO
@@ -69,6 +70,7 @@ if TYPE_CHECKING:
     from corral.client.broadcast import BroadcastView
     from corral.client.executor import ViewExecutor
     from corral.client.view import DirectView, View
+    from corral.cluster.cluster import Cluster
 
 __all__ = ["Client", "Target", "Targets"]
 
@@ -149,6 +151,7 @@ class Client(ControllerLink, ControlCalls, HubQueries):
         self.timeout = timeout
         self.outage_grace = timeout if outage_grace is None else outage_grace
         self.cluster_id: str = info.cluster_id
+        self.cluster: Cluster | None = None  # the Cluster that connected it, as ipyparallel's
         self.session = Session(
             info.key,
             signature_scheme=info.signature_scheme,
@@ -510,14 +513,16 @@ class Client(ControllerLink, ControlCalls, HubQueries):
         return set(self._records.outstanding)
 
     @property
-    def results(self) -> dict[str, Any]:
-        """msg_id -> result value, or the RemoteError it raised."""
-        return self._records.results
+    def results(self) -> ResultsCache:
+        """msg_id -> result value, or the RemoteError it raised; without the requests an
+        owning AsyncResult has finished (it holds them: corral.client.cache)."""
+        return ResultsCache(self._records)
 
     @property
-    def metadata(self) -> dict[str, Any]:
-        """msg_id -> Metadata (engine, times, captured output)."""
-        return self._records.metadata
+    def metadata(self) -> MetadataCache:
+        """msg_id -> Metadata (engine, times, captured output); empty for a msg_id it does not
+        hold (unknown, or taken by its owning AsyncResult, as in ipyparallel)."""
+        return MetadataCache(self._records)
 
     def wait(self, jobs: Any = None, timeout: float | None = None) -> bool:
         """Wait for ``jobs`` (msg_ids, AsyncResults, any concurrent Futures; default:

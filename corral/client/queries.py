@@ -107,8 +107,9 @@ class HubQueries:
 
         Requests this client knows resolve as they would anyway (an AsyncResult); others
         (sent by another client) give an :class:`AsyncHubResult`, fetched from the Hub and
-        asked for again until they are done. ``owner`` is accepted for ipyparallel programs:
-        results stay in this client's ``results`` either way. ``block``: wait for it first.
+        asked for again until they are done. ``owner``: once done, the AsyncResult takes
+        them out of ``results`` and ``metadata`` (as ipyparallel's; see corral.client.cache);
+        ``view.get_result`` defaults to False. ``block``: wait for it first.
         """
         if indices_or_msg_ids is None:
             indices_or_msg_ids = -1
@@ -123,9 +124,13 @@ class HubQueries:
             deadline = time.monotonic() + self.timeout
             self._io.call_soon(lambda: self._fetch_results(unknown, 0.0, deadline))
         result = cls(
-            self._records, msg_ids, fname="get_result", single=single, client=cast("Client", self)
+            self._records,
+            msg_ids,
+            fname="get_result",
+            single=single,
+            client=cast("Client", self),
+            owner=owner,
         )
-        result.owner = owner
         if block:
             result.wait()
         return result

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from corral.client.published import PublishedData
 from corral.errors import CorralError, error_from_content
 from corral.protocol.serialize import deserialize_object
 from corral.protocol.session import Frame, Message
@@ -223,6 +224,8 @@ class Records:
         self._sweep_queued = False
         self._orphans: set[str] = set()  # released while unfinished: forgotten once settled
         self._stale: set[str] = set()  # forgotten, still in ``history`` until it is compacted
+        self.taken: set[str] = set()  # finished, taken by their owning AsyncResult (cache.py)
+        self.published = PublishedData(self._defer, lambda msg_id: msg_id in self.metadata)
         self.compactions = 0  # how often ``history`` was compacted (views trim theirs then)
 
     # ------------------------------------------------------------------ submitting thread
@@ -372,9 +375,12 @@ class Records:
     def handle_iopub(self, msg: Message) -> None:
         """Output of a request while it runs: streams, displays, execute results."""
         parent = msg.parent_id
+        md = self.metadata.get(parent) if parent is not None else None
+        if parent is not None and md is not None and msg.msg_type == "data_message":
+            self.published.receive(parent, md, msg)  # counts after the reply too
+            return
         if parent is None or parent in self._streams_final:
             return
-        md = self.metadata.get(parent)
         content = msg.content
         if md is None or content is None:
             return
@@ -443,7 +449,9 @@ class Records:
                 self._silent.discard(msg_id)
                 self.trackers.pop(msg_id, None)
                 self._orphans.discard(msg_id)
+                self.taken.discard(msg_id)
                 dropped.add(msg_id)
+            self.published.forget(dropped)
             self._stale |= dropped
             if self._stale and (compact or len(self._stale) >= max(_STALE_MIN, len(self.futures))):
                 self.history = [m for m in self.history if m not in self._stale]
@@ -464,6 +472,11 @@ class Records:
         """An AsyncResult holding ``msg_ids`` is gone (its finalizer: any thread, any time).
         Only queued here; applied at the next settlement or ``track``."""
         self._released.append(msg_ids)
+
+    def take(self, msg_ids: Iterable[str]) -> None:
+        """An owning AsyncResult has finished: ``Client.results``/``metadata`` stop showing
+        ``msg_ids`` (ipyparallel's rule, see corral.client.cache); kept here while held."""
+        self.taken.update(msg_id for msg_id in msg_ids if msg_id in self.futures)
 
     @property
     def held(self) -> int:

@@ -10,7 +10,7 @@ shell, engine table, recovery after outages) can change without touching any vie
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from concurrent import futures
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -54,7 +54,7 @@ class Submitter(Protocol):
     def outstanding(self) -> set[str]: ...
 
     @property
-    def results(self) -> dict[str, Any]: ...
+    def results(self) -> MutableMapping[str, Any]: ...
 
     def __len__(self) -> int: ...
 

@@ -13,7 +13,7 @@ the task in the Hub, for ``db_query``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -293,8 +293,8 @@ class View:
         return set(self.history) & self.client.outstanding
 
     @property
-    def results(self) -> dict[str, Any]:
-        """The client's results (msg_id -> value or error)."""
+    def results(self) -> MutableMapping[str, Any]:
+        """The client's results (msg_id -> value or error; see Client.results)."""
         return self.client.results
 
     def spin(self) -> None:

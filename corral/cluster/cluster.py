@@ -37,6 +37,7 @@ from corral.cluster.launchers.controller import SSHController
 from corral.cluster.launchers.mpi import mpi_controller_prefix
 from corral.cluster.launchers.registry import engine_launcher
 from corral.cluster.launchers.watch import cancel_recorded_jobs, stop_launchers
+from corral.cluster.lifecycle import ClusterLifecycle
 from corral.cluster.supervisor import RestartPolicy, Supervisor
 from corral.errors import ConnectionError, CorralError, TimeoutError
 from corral.protocol.connection_files import (
@@ -77,7 +78,7 @@ def _wait_for(predicate: Any, timeout: float, what: str, alive: Any = None) -> N
         delay = min(delay * 2, 0.1)
 
 
-class Cluster:
+class Cluster(ClusterLifecycle):
     """A controller and ``n`` engines as local processes, with a connected Client.
 
     ``cluster_dir`` is the parent folder (default ``$CORRAL_DIR`` or ``~/.corral``); the cluster
@@ -96,7 +97,9 @@ class Cluster:
     corral.cluster.launchers) and ``launcher_options`` its options (``{"partition": "debug"}``,
     ``{"hosts": ["a", "b"]}``). ``wait_for_engines=False`` returns once the launcher has
     started or submitted them (a batch job may wait in its queue for hours); they register
-    when they run.
+    when they run. ipyparallel's spellings work too: ``controller`` for ``controller_launcher``
+    (a launcher name; launcher classes are ipyparallel's, not accepted), a numeric
+    ``log_level`` (``10``), and its start/stop calls (corral.cluster.lifecycle).
     """
 
     def __init__(
@@ -110,7 +113,7 @@ class Cluster:
         controller_args: Sequence[str] = (),
         engine_args: Sequence[str] = (),
         timeout: float = 60.0,
-        log_level: str = "WARNING",
+        log_level: str | int = "WARNING",
         keep: bool = False,
         store_buffer_limit: str | int | None = None,
         store_size_limit: str | int | None = None,
@@ -124,7 +127,12 @@ class Cluster:
         controller_launcher: str = "local",
         controller_options: Mapping[str, Any] | None = None,
         wait_for_engines: bool = True,
+        controller: str | None = None,
     ) -> None:
+        if controller is not None:
+            controller_launcher = _launcher_name(controller, controller_launcher)
+        if isinstance(log_level, int):
+            log_level = logging.getLevelName(log_level)
         self.n = n
         self.temporary = cluster_id is None and not keep
         self.cluster_id = cluster_id or f"cluster-{uuid.uuid4().hex[:8]}"
@@ -388,8 +396,10 @@ class Cluster:
         (self.path / STATE_FILE).write_text(json.dumps(state))
 
     def connect(self) -> Client:
-        """A new Client of this cluster (the caller closes it)."""
-        return Client(connection_file=self.path / CLIENT_FILE, timeout=self.timeout)
+        """A new Client of this cluster (the caller closes it); its ``cluster`` is this."""
+        client = Client(connection_file=self.path / CLIENT_FILE, timeout=self.timeout)
+        client.cluster = self
+        return client
 
     def start(self, interactive: bool = False) -> Client:
         """Start everything and return a client that sees all ``n`` engines (``interactive``:
@@ -498,6 +508,19 @@ def _written_by(path: Path, pid: int, field: str = "controller_pid", below: bool
         return pid in (parent.pid for parent in psutil.Process(written).parents())
     except psutil.Error:
         return False
+
+
+def _launcher_name(controller: object, controller_launcher: str) -> str:
+    """ipyparallel's ``controller=`` keyword: a launcher name, as ``controller_launcher``."""
+    if not isinstance(controller, str):
+        raise TypeError(
+            f"controller={controller!r}: corral's Cluster takes a launcher name (local, mpi, "
+            "ssh, slurm, pbs, lsf, sge; see corral.cluster.launchers), not a launcher class; "
+            "extra controller flags go in controller_args"
+        )
+    if controller_launcher != "local" and controller_launcher != controller:
+        raise TypeError("give controller or controller_launcher, not both")
+    return controller
 
 
 def _terminate(process: subprocess.Popen[bytes]) -> None:

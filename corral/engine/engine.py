@@ -39,13 +39,14 @@ from corral.protocol.connection_files import (
 from corral.protocol.session import Frame, Session
 from corral.sharedmem import SharedMemory
 
+from . import datapub
 from .interrupts import InterruptGate
 from .io_shell import EngineParts, IOSettings, IOShell
 from .ipython import load_shell
 from .link import LinkSettings
 from .namespace import Namespace, OutputCapture
 from .placement import engine_placement
-from .runner import AbortList, EngineIdentity, TaskRunner, WorkQueue
+from .runner import QUEUE_MARK, AbortList, EngineIdentity, QueueMark, TaskRunner, WorkQueue
 
 ConnectionSource = str | os.PathLike[str] | Mapping[str, Any] | EngineConnection
 
@@ -114,7 +115,9 @@ class Engine:
             log=self.log,
             max_result_bytes=max_result_bytes,
             shm=self.shm,
+            mark_queue=self._mark_queue,
         )
+        datapub.install(self.runner.publish_data)
         self._io: IOShell | None = None
 
     @property
@@ -156,7 +159,8 @@ class Engine:
             try:
                 self.runner.run(request)
             except BaseException:  # the runner answers user errors; this is a last resort
-                self.log.exception("failed to run %s", request.msg.msg_id)
+                name = "a queue mark" if isinstance(request, QueueMark) else request.msg.msg_id
+                self.log.exception("failed to run %s", name)
 
     def _post(self, channel: bytes, frames: Sequence[Frame]) -> None:
         """Hand frames to the I/O thread; called from the main thread and the output flusher."""
@@ -164,6 +168,15 @@ class Engine:
         if io is not None:
             with self.gate.shielded():
                 io.post(channel, frames)
+
+    def _mark_queue(self) -> None:
+        """Put a QueueMark behind the requests that reached this engine (stop_on_error); from
+        the main thread. Before the I/O thread runs there is nothing it could have read."""
+        io = self._io
+        if io is None:
+            self.work.put(QUEUE_MARK)
+        else:
+            io.mark_queue()
 
     def _install_signal_handlers(self, io: IOShell) -> None:
         """SIGINT -> the interrupt gate (a KeyboardInterrupt in the running task); SIGTERM ->

@@ -54,9 +54,11 @@ from .link import Action, EngineLink, Exit, Fail, LinkSettings, Registered, Rese
 from .namespace import TASK_SIGNALS, OutputCapture
 from .runner import (
     MAIN_THREAD_CONTROL_TYPES,
+    QUEUE_MARK,
     TASK_TYPES,
     AbortList,
     EngineIdentity,
+    QueueMark,
     Request,
     WorkQueue,
     aborted_reply_msg,
@@ -173,6 +175,17 @@ class IOShell:
             self.loop.call_soon_threadsafe(self._forward, channel, frames)
         except ConnectionError:
             self.log.debug("dropped frames for %r: the I/O thread has stopped", channel)
+
+    def mark_queue(self) -> None:
+        """(Any thread.) Put a :class:`~.runner.QueueMark` on the work queue behind every
+        request this thread has read so far (stop_on_error: those that reached the engine
+        before an execute failed). In call order with :meth:`post`: asked for before the
+        failure's reply is posted, it is queued before that reply leaves. Once the loop has
+        stopped nothing more is read: the mark goes in at once."""
+        try:
+            self.loop.call_soon_threadsafe(self.work.put, QUEUE_MARK)
+        except ConnectionError:
+            self.work.put(QUEUE_MARK)
 
     # ------------------------------------------------------------------ startup
 
@@ -447,16 +460,24 @@ class IOShell:
         return running
 
     def _abort_queued(self, reason: str) -> None:
+        """Answer every queued request as aborted; queue marks are put back (the runner ends
+        a stop_on_error abort at them)."""
+        marks: list[QueueMark] = []
         while True:
             try:
                 request = self.work.get_nowait()
             except queue.Empty:
-                return
+                break
+            if isinstance(request, QueueMark):
+                marks.append(request)
+                continue
             reply = aborted_reply_msg(self.session, self.identity, request.msg, reason)
             frames = self.session.serialize(reply, request.msg.idents)
             self._limited.pop(request.msg.msg_id, None)
             self.link.replied(request.channel, frames, self.loop.time())
             self._send(request.channel, frames)
+        for mark in marks:
+            self.work.put(mark)
 
     def deliver_signal(self, signum: int) -> None:
         """Signal this process, aimed at the main thread.

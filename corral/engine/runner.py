@@ -6,6 +6,15 @@ namespace is done here, between tasks, never while a task runs in that namespace
 socket: it hands finished frames to a ``send(channel, frames)`` callback (the engine forwards
 them to its I/O thread). The helpers below it build the replies the I/O thread sends itself
 (control replies, aborted tasks).
+
+Jupyter's ``stop_on_error`` rule (an execute_request's content, true unless given): when a
+non-silent execute_request fails, the execute requests already queued behind it on this engine
+are answered as aborted instead of run, so that a cell never runs after one it was sent after
+has failed (``%autopx`` and ``%%px`` with a non-blocking view queue cells that way). "Already
+queued" ends at a :class:`QueueMark`: the runner asks for one before it sends the failure's
+reply, and the I/O thread puts it behind every request it has read by then, so a request sent
+on seeing the failure runs. apply_requests are never aborted by this rule (as in IPython's
+kernel: a pull after a failed cell still answers).
 """
 
 from __future__ import annotations
@@ -155,7 +164,20 @@ def aborted_reply_msg(
     )
 
 
-class WorkQueue(queue.Queue[Request]):
+@dataclass(frozen=True)
+class QueueMark:
+    """Not a request: the end of what an execute failure aborts (see the module docstring).
+
+    The runner stops aborting when it reaches the mark, so a request that arrives after it
+    runs normally, however soon after the failure it was sent."""
+
+
+QUEUE_MARK = QueueMark()
+
+WorkItem = Request | QueueMark
+
+
+class WorkQueue(queue.Queue[WorkItem]):
     """The main thread's requests, oldest first, except those put with :meth:`put_next`.
 
     Control requests that touch the namespace go here (a task may be running in it), but ahead
@@ -223,8 +245,13 @@ class TaskRunner:
         max_result_bytes: int | None = None,
         shm: SharedMemory | None = None,
         shell: EngineShell | None = None,
+        mark_queue: Callable[[], None] | None = None,
     ) -> None:
         self.shm = shm
+        self.mark_queue = mark_queue
+        self._running: Message | None = None  # the request whose user code runs (publish_data)
+        self._data_messages = 0  # data_message sent for it
+        self.aborting: str | None = None  # the failed execute whose queue is being aborted
         self.session = session
         self.max_result_bytes = max_result_bytes
         self.identity = identity
@@ -258,19 +285,32 @@ class TaskRunner:
     def send_msg(self, channel: bytes, msg: Message, idents: Sequence[bytes] = ()) -> None:
         self.send(channel, self.frames(msg, idents))
 
-    def publish(self, msg_type: str, content: JSONDict, parent: Message) -> None:
+    def publish(
+        self, msg_type: str, content: JSONDict, parent: Message, buffers: Sequence[Any] = ()
+    ) -> None:
         """Publish on iopub with topic ``engine.<id>.<msg_type>``."""
-        msg = self.session.msg(msg_type, content, parent=parent)
+        msg = self.session.msg(msg_type, content, parent=parent, buffers=buffers)
         topic = f"engine.{self.identity.id}.{msg_type}".encode()
         self.send(b"iopub", [topic, *self.frames(msg)])
 
     # ------------------------------------------------------------------ running
 
-    def run(self, request: Request) -> None:
-        """Answer one task request with exactly one reply; never raises for user code."""
+    def run(self, request: WorkItem) -> None:
+        """Answer one task request with exactly one reply; never raises for user code. A
+        :class:`QueueMark` ends the aborting that a failed execute started."""
+        if isinstance(request, QueueMark):
+            self.aborting = None
+            return
         msg = request.msg
         if self.aborts.take(msg.msg_id):
             self._answer_aborted(request)
+            return
+        if self.aborting is not None and msg.msg_type == "execute_request":
+            reason = (
+                f"task {msg.msg_id} was aborted: execute_request {self.aborting}, queued before "
+                f"it on engine {self.identity.id}, failed (stop_on_error)"
+            )
+            self._answer_aborted(request, reason)
             return
         if msg.msg_type in MAIN_THREAD_CONTROL_TYPES:
             self._control(request)
@@ -291,6 +331,8 @@ class TaskRunner:
             reply = error_reply_msg(self.session, self.identity, msg, exc)
         finally:
             self.gate.disarm()
+        if msg.msg_type == "execute_request" and stops_on_error(msg, reply):
+            self._abort_queue(msg.msg_id)  # before the reply: a request sent on seeing it runs
         try:
             self.send_msg(request.channel, reply, msg.idents)
         finally:
@@ -299,9 +341,30 @@ class TaskRunner:
         if msg.msg_type == "execute_request":
             self.publish("status", {"execution_state": "idle"}, msg)
 
-    def _answer_aborted(self, request: Request) -> None:
+    def _abort_queue(self, failed: str) -> None:
+        """Abort the execute requests queued behind ``failed`` until the mark asked for here
+        is reached. Without a ``mark_queue`` nothing can be queued behind it: nothing to do."""
+        if self.mark_queue is None:
+            return
+        self.aborting = failed
+        self.mark_queue()
+
+    def publish_data(self, data: dict[str, Any]) -> None:
+        """``publish_data(data)`` in user code (corral.engine.datapub): a ``data_message`` for
+        the running task, after the text it printed before. RuntimeError if none runs;
+        SerializationError (raised in the caller) if ``data`` cannot be pickled."""
+        parent = self._running
+        if parent is None:
+            raise RuntimeError("publish_data() is called in a task; no task runs on this engine")
+        buffers = serialize_object(data)
+        self.capture.publish_now()
+        self._data_messages += 1
+        self.publish("data_message", {"keys": list(data)}, parent, buffers)
+
+    def _answer_aborted(self, request: Request, reason: str | None = None) -> None:
         msg = request.msg
-        reason = f"task {msg.msg_id} was aborted by an abort_request"
+        if reason is None:
+            reason = f"task {msg.msg_id} was aborted by an abort_request"
         reply = aborted_reply_msg(self.session, self.identity, msg, reason)
         self.send_msg(request.channel, reply, msg.idents)
 
@@ -338,9 +401,11 @@ class TaskRunner:
         self.call = None
         buffers: list[Any] = []
         displays: list[JSONDict] = []
+        self._data_messages = 0
         with self.capture.capture(lambda name, text: self._stream(msg, name, text)) as output:
             if self.shell is not None:
                 self.shell.sink = lambda data, md: self._display(msg, data, md, displays)
+            self._running = msg
             try:
                 try:
                     self.gate.enter_task()
@@ -354,6 +419,7 @@ class TaskRunner:
             except BaseException as exc:  # user code may raise anything, SystemExit included
                 failure = exc
             finally:
+                self._running = None
                 if self.shell is not None:
                     self.shell.sink = None
         refs: list[SegmentRef] = []
@@ -366,6 +432,8 @@ class TaskRunner:
             failure = self._aborted_while_running(msg, failure, self.gate.timed_out)
 
         extra: JSONDict = {"outputs": displays} if displays else {}
+        if self._data_messages:
+            extra["data_messages"] = self._data_messages
         if self.call:
             extra["call"] = self.call
         if failure is not None:
@@ -466,6 +534,18 @@ class TaskRunner:
 
     def _stream(self, parent: Message, name: str, text: str) -> None:
         self.publish("stream", {"name": name, "text": text}, parent)
+
+
+def stops_on_error(request: Message, reply: Message) -> bool:
+    """Whether ``reply`` to the execute ``request`` aborts the execute requests queued behind
+    it: it failed (status "error", not "aborted"), the request was not silent and did not set
+    ``stop_on_error`` false (Jupyter's messaging spec; the default is true)."""
+    content = request.content or {}
+    return (
+        (reply.content or {}).get("status") == "error"
+        and not content.get("silent", False)
+        and bool(content.get("stop_on_error", True))
+    )
 
 
 def _iopub_error(content: JSONDict) -> JSONDict:

@@ -136,6 +136,7 @@ _SPECS = [
     _spec("display_data", {"data": (dict,)}, {"metadata": (dict,), "transient": (dict,)}),
     _spec("error", {"ename": (str,), "evalue": (str,), "traceback": (list,)}, open=True),
     _spec("status", {"execution_state": (str,)}),
+    _spec("data_message", {"keys": (list,)}),
     _spec(
         "engine_stats",
         {"pid": (int,), "hostname": (str,), "cpu": (float, int), "memory": (int,)},

@@ -15,6 +15,7 @@ from pathlib import Path
 import cloudpickle
 import pytest
 
+from corral.client.asyncresult import AsyncResult
 from corral.client.client import Client
 from corral.cluster.cluster import Cluster
 from corral.errors import (
@@ -235,7 +236,9 @@ def test_get_result_from_a_second_client(rc, cluster) -> None:  # type: ignore[n
         until(lambda: failing.msg_ids[0] in other.hub_history(), 10, "the Hub to record it")
         with pytest.raises(RemoteError, match="ZeroDivisionError"):
             other.get_result(failing.msg_ids, block=True).get(0)
-        assert other.results[done.msg_ids[0]] == {"answer": 42}  # ``first`` holds the record
+        assert done.msg_ids[0] not in other.results  # ``first`` owns it: taken once done
+        # ``first`` holds the record: found without asking the Hub again
+        assert type(other.get_result(done.msg_ids[0])) is AsyncResult
     # the client that sent it resolves its own results without asking the Hub
     assert rc.get_result(done.msg_ids[0]).get(0) == {"answer": 42}
     assert rc.get_result(rc.history.index(done.msg_ids[0])).get(0) == {"answer": 42}
@@ -275,8 +278,11 @@ def test_records_of_requests(rc) -> None:  # type: ignore[no-untyped-def]
     assert set(ar.msg_ids) <= set(rc.history)
     assert rc.wait(ar, timeout=30)
     assert not set(ar.msg_ids) & rc.outstanding
-    assert [rc.results[m] for m in ar.msg_ids] == [0, 0]
-    assert rc.metadata[ar.msg_ids[0]].engine_id == 0
+    # the view's AsyncResult owns them: once done they leave the client's caches (as in
+    # ipyparallel), and it keeps them
+    assert not set(ar.msg_ids) & set(rc.results) and not set(ar.msg_ids) & set(rc.metadata)
+    assert rc.metadata[ar.msg_ids[0]].engine_id is None  # reads as empty, as there
+    assert ar.get(0) == [0, 0] and ar.metadata[0].engine_id == 0
     assert rc.wait(timeout=30)
 
 
@@ -285,7 +291,6 @@ def test_patching_client_new_can_be_undone(tmp_path) -> None:  # type: ignore[no
     Client(...) must work again, not fail in ``object.__new__``."""
     from unittest import mock
 
-    from corral.client.client import Client
     from corral.errors import ConnectionError
 
     sentinel = object()

@@ -23,14 +23,16 @@ def test_finished_requests_are_forgotten_and_pending_ones_kept(rc: Any) -> None:
     with pytest.raises(RuntimeError, match="outstanding"):  # as ipyparallel: nothing is purged
         rc.purge_local_results("all")
     rc.purge_local_results(done)
+    records = rc._records
     for msg_id in done.msg_ids:
-        assert msg_id not in rc.results and msg_id not in rc.metadata
+        assert msg_id not in records.results and msg_id not in records.metadata
+        assert msg_id not in records.taken
         assert msg_id not in rc.history and msg_id not in view.history
     assert running.msg_ids[0] in rc.history
     assert done.get() == [0.0] * 20  # the AsyncResult keeps its values
     assert running.get(timeout=60) == 1.0
     rc.purge_local_results([running])
-    assert running.msg_ids[0] not in rc.results
+    assert running.msg_ids[0] not in records.results
 
 
 def _client_tables(rc: Any) -> dict[str, int]:
@@ -41,6 +43,7 @@ def _client_tables(rc: Any) -> dict[str, int]:
         "pending": len(records.pending),
         "results": len(records.results),
         "metadata": len(records.metadata),
+        "taken": len(records.taken),
         "history": len(records.history),
         "outstanding": len(records.outstanding),
         "streams_final": len(records._streams_final),

@@ -51,6 +51,7 @@ def _tables(records: Records) -> dict[str, int]:
         "futures": len(records.futures),
         "results": len(records.results),
         "metadata": len(records.metadata),
+        "taken": len(records.taken),
         "outstanding": len(records.outstanding),
         "pending": len(records.pending),
         "held": records.held,

@@ -89,7 +89,7 @@ def test_stdout_and_stderr_of_apply_land_in_metadata(rc) -> None:  # type: ignor
     ar = rc[0].apply_async(chatty, 7)
     assert ar.get(timeout=30) == 7
     assert ar.stdout == "out 7\n" and ar.stderr == "err 7\n"
-    assert rc.metadata[ar.msg_ids[0]]["stdout"] == "out 7\n"
+    assert rc.get_result(ar.msg_ids[0], owner=False).metadata["stdout"] == "out 7\n"
 
 
 def test_push_pull_and_item_access(rc) -> None:  # type: ignore[no-untyped-def]

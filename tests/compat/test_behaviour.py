@@ -139,6 +139,29 @@ def test_client_calls_of_ipyparallel(rc, cluster) -> None:  # type: ignore[no-un
             client.close(linger=0)
 
 
+def test_an_owning_asyncresult_takes_its_results_from_the_client(rc, cluster) -> None:  # type: ignore[no-untyped-def]
+    """ipyparallel's owner rule: a view's AsyncResult (and get_result's by default) takes its
+    results and metadata out of client.results/metadata once done, and keeps them."""
+    ar = rc[rc.ids[-1]].apply_async(os.getpid)
+    pid = ar.get(30)
+    msg_id = ar.msg_ids[0]
+    assert msg_id not in rc.results and msg_id not in rc.metadata
+    assert rc.metadata[msg_id]["status"] is None  # reads as empty, as there
+    assert ar.metadata["status"] == "ok" and ar.get(0) == pid  # the owner keeps them
+    assert rc.get_result(msg_id).get(0) == pid  # still found without the Hub
+    with cluster.connect() as other:
+        until(lambda: msg_id in other.hub_history(), 30, "the Hub to record it")
+        kept = other.get_result(msg_id, owner=False)
+        assert kept.get(30) == pid
+        assert other.results[msg_id] == pid and other.metadata[msg_id]["status"] == "ok"
+        assert dict(other.results) == {msg_id: pid} and len(other.metadata) == 1
+        owned = other.get_result(msg_id)  # owner=True: takes them once done
+        assert owned.get(30) == pid
+        assert msg_id not in other.results and not other.results
+        other.results[msg_id] = "written back"  # the client holds it again
+        assert other.results[msg_id] == "written back"
+
+
 def test_purging_results(rc) -> None:  # type: ignore[no-untyped-def]
     ar = rc[:].apply_async(os.getpid)
     ar.get(30)
@@ -149,7 +172,7 @@ def test_purging_results(rc) -> None:  # type: ignore[no-untyped-def]
         rc.purge_local_results("all")
     busy.get(30)
     rc.purge_local_results(ar)
-    assert not set(ar.msg_ids) & set(rc.results)
+    assert not set(ar.msg_ids) & set(rc._records.results)
     until(lambda: set(ar.msg_ids) <= set(rc.hub_history()), 30, "the Hub to record them")
     rc.purge_hub_results(ar)
     assert not set(ar.msg_ids) & set(rc.hub_history())
@@ -157,7 +180,7 @@ def test_purging_results(rc) -> None:  # type: ignore[no-untyped-def]
     rc.wait(timeout=30)
     until(lambda: not rc.queue_status()["unassigned"], 30, "the Hub to settle")
     rc.purge_everything()
-    assert not rc.results and not rc.history and rc.hub_history() == []
+    assert not rc._records.results and not rc.history and rc.hub_history() == []
     md = rc.metadata["never-sent"]  # metadata reads as empty for unknown ids, as there
     assert md["engine_id"] is None
 

@@ -18,7 +18,7 @@ from corral.protocol.serialize import deserialize_object, pack_apply_message
 from corral.protocol.session import Message, Session
 from corral.sharedmem import host_identity
 from tests.engine.controller_double import KEY, WAIT, FakeController, is_idle
-from tests.polling import until
+from tests.polling import requests_queued, until
 from tests.wire import send_msg
 
 CAPTURED = "from the client"
@@ -361,7 +361,8 @@ def test_clear_never_empties_the_namespace_under_a_running_task(
 
 def test_abort_by_msg_id_including_tasks_not_yet_arrived(controller: FakeController) -> None:
     controller.started()
-    long = controller.send("mux", "execute_request", {"code": LONG_TASK})
+    # interrupted below: stop_on_error false, so that its failure aborts nothing (only the ids)
+    long = controller.send("mux", "execute_request", {"code": LONG_TASK, "stop_on_error": False})
     wait_started(controller, long)
     queued = controller.send("mux", "execute_request", {"code": "ran_queued = True"})
     kept = controller.send("mux", "execute_request", {"code": "'kept'"})
@@ -405,6 +406,30 @@ def test_abort_all_answers_every_queued_task_at_once(controller: FakeController)
     interrupt(controller)  # the running task was not aborted: it is interrupted
     assert (controller.reply_to("mux", long).content or {})["ename"] == "KeyboardInterrupt"
     assert execute(controller, "'next'").metadata["execute_result"] == {"text/plain": "'next'"}
+
+
+def test_a_failed_execute_aborts_the_executes_queued_behind_it(
+    controller: FakeController,
+) -> None:
+    """stop_on_error on a real engine: with requests queued behind it, the first non-silent
+    execute fails, the executes behind it (on mux and task) are aborted, the apply between
+    them runs, and a request sent after the failure's reply runs."""
+    controller.started()
+    gate = controller.send("mux", apply_msg(controller.session, requests_queued, 4))
+    failing = controller.send("mux", "execute_request", {"code": "1/0"})
+    later = controller.send("mux", "execute_request", {"code": "ran_later = True"})
+    pull = controller.send("mux", apply_msg(controller.session, abs, -3))
+    last = controller.send("task", "execute_request", {"code": "ran_last = True"})
+    assert deserialize_object(list(controller.reply_to("mux", gate).buffers)) == 4
+    assert (controller.reply_to("mux", failing).content or {})["ename"] == "ZeroDivisionError"
+    aborted = controller.reply_to("mux", later)
+    assert (aborted.content or {})["status"] == "aborted"
+    assert aborted.metadata["status"] == "aborted"
+    assert failing.msg_id in (aborted.content or {})["evalue"]
+    assert deserialize_object(list(controller.reply_to("mux", pull).buffers)) == 3
+    assert (controller.reply_to("task", last).content or {})["status"] == "aborted"
+    check = execute(controller, "[name for name in ('ran_later', 'ran_last') if name in dir()]")
+    assert check.metadata["execute_result"] == {"text/plain": "[]"}
 
 
 def test_shutdown_while_busy_unregisters_and_exits(controller: FakeController) -> None:

@@ -14,8 +14,10 @@ import pytest
 
 from corral.engine.interrupts import InterruptGate
 from corral.engine.runner import (
+    QUEUE_MARK,
     AbortList,
     EngineIdentity,
+    QueueMark,
     Request,
     TaskRunner,
     WorkQueue,
@@ -242,6 +244,184 @@ def test_aborted_task_never_runs(wire: Wire, runner: TaskRunner) -> None:
     assert reply.metadata["status"] == "aborted"
     assert "ran" not in runner.namespace
     assert wire.iopub() == []
+
+
+def run_queue(runner: TaskRunner, work: WorkQueue) -> None:
+    """Run what is queued (marks included), as the engine's main thread does."""
+    while not work.empty():
+        runner.run(work.get_nowait())
+
+
+def statuses(wire: Wire) -> dict[str, str]:
+    return {reply.parent_id: (reply.content or {})["status"] for reply in wire.replies()}
+
+
+@pytest.fixture
+def work() -> WorkQueue:
+    return WorkQueue()
+
+
+@pytest.fixture
+def marking_runner(wire: Wire, work: WorkQueue) -> TaskRunner:
+    """A runner whose stop_on_error mark goes behind what is queued, as the I/O thread does."""
+    return TaskRunner(
+        wire.engine, EngineIdentity("engine-uuid", 3), wire, mark_queue=lambda: work.put(QUEUE_MARK)
+    )
+
+
+def test_failed_execute_aborts_the_executes_queued_behind_it(
+    wire: Wire, work: WorkQueue, marking_runner: TaskRunner
+) -> None:
+    """Jupyter's stop_on_error: queued execute requests are aborted up to the mark; applies
+    (a pull) still run; what is queued after the mark runs."""
+    failing = wire.request("execute_request", {"code": "1/0", "silent": False})
+    later = wire.request("execute_request", {"code": "later = 1", "silent": False})
+    silent_later = wire.request("execute_request", {"code": "silent_later = 1", "silent": True})
+    pull = wire.apply(lambda: 42)
+    for request in (failing, later, pull, silent_later):
+        work.put(request)
+    run_queue(marking_runner, work)
+    assert marking_runner.aborting is None  # the mark was reached
+    replies = {reply.parent_id: reply for reply in wire.replies()}
+    order = (failing, later, pull, silent_later)
+    assert [statuses(wire)[request.msg.msg_id] for request in order] == [
+        "error",
+        "aborted",
+        "ok",
+        "aborted",
+    ]
+    aborted = replies[later.msg.msg_id]
+    assert aborted.content is not None and aborted.content["ename"] == "TaskAborted"
+    assert (
+        failing.msg.msg_id in aborted.content["evalue"]
+        and "stop_on_error" in aborted.content["evalue"]
+    )
+    assert deserialize_object(list(replies[pull.msg.msg_id].buffers)) == 42
+    assert "later" not in marking_runner.namespace
+    assert "silent_later" not in marking_runner.namespace
+    after = wire.request("execute_request", {"code": "after = 1", "silent": False})
+    work.put(after)
+    run_queue(marking_runner, work)
+    assert statuses(wire)[after.msg.msg_id] == "ok"
+    assert marking_runner.namespace["after"] == 1
+
+
+@pytest.mark.parametrize(
+    "content",
+    [{"code": "1/0", "silent": True}, {"code": "1/0", "stop_on_error": False}],
+    ids=["silent", "stop_on_error_false"],
+)
+def test_a_silent_or_non_stopping_failure_aborts_nothing(
+    wire: Wire, work: WorkQueue, marking_runner: TaskRunner, content: dict[str, Any]
+) -> None:
+    failing = wire.request("execute_request", content)
+    later = wire.request("execute_request", {"code": "later = 1"})
+    work.put(failing)
+    work.put(later)
+    run_queue(marking_runner, work)
+    assert statuses(wire) == {failing.msg.msg_id: "error", later.msg.msg_id: "ok"}
+    assert marking_runner.namespace["later"] == 1
+
+
+def test_failed_apply_or_aborted_execute_aborts_nothing(
+    wire: Wire, work: WorkQueue, marking_runner: TaskRunner
+) -> None:
+    """Only an execute's own failure stops the queue: not an apply's, nor an abort_request's."""
+    failing_apply = wire.apply(lambda: 1 / 0)
+    aborted = wire.request("execute_request", {"code": "x = 1"})
+    later = wire.request("execute_request", {"code": "later = 1"})
+    marking_runner.aborts.add([aborted.msg.msg_id])
+    for request in (failing_apply, aborted, later):
+        work.put(request)
+    run_queue(marking_runner, work)
+    assert statuses(wire) == {
+        failing_apply.msg.msg_id: "error",
+        aborted.msg.msg_id: "aborted",
+        later.msg.msg_id: "ok",
+    }
+
+
+def test_the_mark_is_asked_for_before_the_failure_reply_is_sent(wire: Wire) -> None:
+    """So a request its sender sends on seeing the failure is queued behind the mark."""
+    events: list[str] = []
+
+    def send(channel: bytes, frames: Any) -> None:
+        if channel == b"mux":
+            events.append("reply")
+
+    runner = TaskRunner(
+        wire.engine, EngineIdentity("u", 1), send, mark_queue=lambda: events.append("mark")
+    )
+    runner.run(wire.request("execute_request", {"code": "1/0"}))
+    assert events == ["mark", "reply"]
+    assert isinstance(QUEUE_MARK, QueueMark)
+
+
+@pytest.fixture
+def installed(runner: TaskRunner) -> Iterator[TaskRunner]:
+    """``runner`` receives ``corral.datapub.publish_data`` calls, as an engine's does."""
+    from corral.engine import datapub
+
+    before = list(datapub._sinks)  # noqa: SLF001
+    datapub.install(runner.publish_data)
+    try:
+        yield runner
+    finally:
+        datapub._sinks[:] = before  # noqa: SLF001
+
+
+def test_publish_data_sends_data_messages_in_output_order(
+    wire: Wire, installed: TaskRunner
+) -> None:
+    code = (
+        "from corral.datapub import publish_data\n"
+        "print('before')\n"
+        "publish_data({'i': 1})\n"
+        "publish_data(dict(i=2, j=[3]))"
+    )
+    request = wire.request("execute_request", {"code": code})
+    installed.run(request)
+    reply = only_reply(wire, request)
+    assert reply.metadata["data_messages"] == 2
+    published = [(topic, msg) for topic, msg in wire.iopub() if msg.msg_type != "status"]
+    assert [msg.msg_type for _, msg in published] == [
+        "execute_input",
+        "stream",
+        "data_message",
+        "data_message",
+    ]
+    data = [msg for _, msg in published if msg.msg_type == "data_message"]
+    assert [msg.content for msg in data] == [{"keys": ["i"]}, {"keys": ["i", "j"]}]
+    assert [deserialize_object(list(msg.buffers)) for msg in data] == [{"i": 1}, {"i": 2, "j": [3]}]
+    assert all(msg.parent_header == request.msg.header for msg in data)
+    assert published[2][0] == b"engine.3.data_message"
+    # a task that publishes nothing says nothing about it
+    wire.sent.clear()
+    quiet = wire.request("execute_request", {"code": "1"})
+    installed.run(quiet)
+    assert "data_messages" not in only_reply(wire, quiet).metadata
+
+
+def test_publish_data_outside_a_task_or_with_bad_data_is_refused(
+    wire: Wire, installed: TaskRunner
+) -> None:
+    from corral.datapub import publish_data
+
+    with pytest.raises(RuntimeError, match="no task runs"):
+        publish_data({"i": 1})
+    with pytest.raises(TypeError, match="dict with str keys"):
+        publish_data([1, 2])  # type: ignore[arg-type]
+    request = wire.request(
+        "execute_request",
+        {
+            "code": "from corral.datapub import publish_data\nimport threading\n"
+            "publish_data({'lock': threading.Lock()})"
+        },
+    )
+    installed.run(request)
+    reply = only_reply(wire, request)
+    assert reply.content is not None and reply.content["ename"] == "SerializationError"
+    assert "data_messages" not in reply.metadata
 
 
 def test_output_json_cannot_hold_is_escaped(wire: Wire, runner: TaskRunner) -> None:

@@ -75,7 +75,7 @@ def test_20000_load_balanced_tasks_none_lost_none_duplicated(tmp_path: Path) -> 
         assert len(set(msg_ids)) == TASKS
         until(lambda: hub_recorded(rc, msg_ids), 60, "the Hub to record every task")
         assert len(rc.result_status(msg_ids)["completed"]) == TASKS
-        engines = {md["engine_id"] for md in (rc.metadata[m] for m in msg_ids)}
+        engines = {ar.metadata["engine_id"] for ar in results}
         assert engines == {0, 1, 2, 3}
 
         # a burst of direct requests to one engine: queued in the controller, none dropped

@@ -65,10 +65,10 @@ def test_paused_engine_is_dropped_once_and_told_to_stop(tmp_path: Path) -> None:
                 direct.get(timeout=30)
             assert info.value.engine_id == 1
             until(lambda: rc.ids == [0, 2], 30, "the client to see the engine go")
-            first_error = rc.results[direct.msg_ids[0]]
+            first_error = rc._records.results[direct.msg_ids[0]]
             first_metadata = {  # a snapshot; the error is compared by identity
                 key: value if key == "error" else copy.deepcopy(value)
-                for key, value in rc.metadata[direct.msg_ids[0]].items()
+                for key, value in rc._records.metadata[direct.msg_ids[0]].items()
             }
             assert first_metadata["status"] == "error"
             for ar in queued:
@@ -89,11 +89,11 @@ def test_paused_engine_is_dropped_once_and_told_to_stop(tmp_path: Path) -> None:
         paused_process.wait(30)
         until(lambda: rc._records.late_replies > late_before, 10, "a late reply")  # noqa: SLF001
         # late replies changed nothing: not the client's records, not the Hub's
-        assert rc.results[direct.msg_ids[0]] is first_error
-        assert dict(rc.metadata[direct.msg_ids[0]]) == first_metadata
+        assert rc._records.results[direct.msg_ids[0]] is first_error
+        assert dict(rc._records.metadata[direct.msg_ids[0]]) == first_metadata
         for ar in queued:
-            assert isinstance(rc.results[ar.msg_ids[0]], EngineError)
-            assert rc.metadata[ar.msg_ids[0]]["status"] == "error"
+            assert isinstance(rc._records.results[ar.msg_ids[0]], EngineError)
+            assert rc._records.metadata[ar.msg_ids[0]]["status"] == "error"
         with pytest.raises(EngineError):
             direct.get(timeout=0)
         ids = [direct.msg_ids[0], *(ar.msg_ids[0] for ar in queued)]

@@ -8,7 +8,8 @@ test module is imported it
   one fails instead of silently testing ipyparallel itself;
 - replaces the cluster helpers of ``ipyparallel.tests`` (``setup``, ``teardown``,
   ``add_engines``) with ones that start a corral controller and corral engines, found by
-  ``Client(profile="iptest")``.
+  ``Client(profile="iptest")``; on those engines ``ipyparallel.datapub`` (which tasks import
+  to publish data) is corral's (engine_site/sitecustomize.py).
 
 Submodules (``ipyparallel.serialize``, ``ipyparallel.cluster.launcher`` ...) are left alone:
 tests that import them test ipyparallel's internals, and run.py does not count them.
@@ -35,6 +36,7 @@ import corral
 from corral.cluster.cluster import Cluster
 
 PROFILE = "iptest"
+ENGINE_SITE = Path(__file__).resolve().parent / "engine_site"  # the cluster's sitecustomize
 HEARTBEAT = 0.25  # the peer's test controller runs with --ping=250
 
 _state: dict[str, Any] = {"cluster": None, "dir": None}
@@ -83,6 +85,8 @@ def setup() -> None:
     """Start a corral controller and one engine, as the peer's setup() does with its own."""
     base = tempfile.mkdtemp(prefix="corral-compat-")
     os.environ["CORRAL_DIR"] = base
+    path = _state["pythonpath"] = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ENGINE_SITE), path]))
     cluster = Cluster(
         n=0,
         cluster_id=PROFILE,
@@ -128,6 +132,11 @@ def teardown() -> None:
     if base:
         shutil.rmtree(base, ignore_errors=True)
     os.environ.pop("CORRAL_DIR", None)
+    path = _state.pop("pythonpath", None)
+    if path is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = path
 
 
 _missing: list[str] = []
