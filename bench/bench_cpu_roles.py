@@ -117,6 +117,9 @@ def main() -> None:
             popen.send_signal(2)
         for _, _, popen, _ in spies:
             popen.wait(60)
+    import corral
+
+    print(f"corral from {Path(corral.__file__).parent}")
     print(f"{tasks} load-balanced no-ops, {args.engines} engines: {tasks / seconds:,.0f} tasks/s")
     print("CPU us per task: " + ", ".join(f"{r} {v:.0f}" for r, v in per_task.items()))
     print(f"  total {sum(per_task.values()):.0f}")

@@ -44,17 +44,18 @@ def record_request(hub: Hub, queue: str, idents: Sequence[bytes], msg: Message) 
     if msg.msg_type not in ("apply_request", "execute_request"):
         return []
     # monitor copies carry identities as the queue sent them on: destination first, so a
-    # MUX request is (engine, client) and a task request, not yet routed, is (client,)
+    # MUX request is (engine, client); a task request is (client,), or (client, engine) when
+    # the scheduler dispatched it at once (its destination in the same copy, no task_dest)
     if queue == "mux":
         engine_uuid: str | None = _ident(idents, 0)
         client = _ident(idents, 1)
     else:
-        engine_uuid, client = None, _ident(idents, 0)
+        engine_uuid, client = _ident(idents, 1) or None, _ident(idents, 0)
     entry = hub.by_uuid.get(engine_uuid) if engine_uuid else None
     msg_id = msg.msg_id
     hub.pending[msg_id] = engine_uuid
     if entry is not None:
-        entry.queue[msg_id] = None
+        (entry.queue if queue == "mux" else entry.tasks)[msg_id] = None
     label = msg.metadata.get("label")
     hub.activity.submit()
     resent = msg_id in hub.resendable  # sent again after a restart lost it

@@ -50,6 +50,7 @@ class Pending:
     msg: Message
     frames: list[Frame]  # after the delimiter: signature, 4 JSON frames, buffers
     reply: list[Frame] | None = None
+    copied: bool = False  # its task_in copy went to the Hub
 
 
 class SchedulerShell:
@@ -139,22 +140,32 @@ class SchedulerShell:
         if not idents:
             raise ProtocolError("task request without a client identity")
         msg = self.session.deserialize(msg_frames, content=False)
-        client = idents[0]
-        # the Hub records requests without their buffers: copy it the signed frames only
-        send_frames(self.monitor, [b"task_in", client, DELIMITER, *msg_frames[:5]])
-        pending = Pending(client, msg, msg_frames)
+        pending = Pending(idents[0], msg, msg_frames)
         self.pending[msg.msg_id] = pending
         self.counts["submitted"] += 1
-        if msg.msg_type not in ("apply_request", "execute_request"):
-            why = f"the task queue does not run {msg.msg_type}"
-            self._perform(self.core.reject(msg.msg_id, ProtocolError, why))
-            return
         try:
-            task = _task_from(msg)
-            actions = self.core.submit(task, time.monotonic())
-        except (CorralError, ValueError, TypeError) as err:
-            actions = self.core.reject(msg.msg_id, type(err), f"bad task metadata: {err}")
-        self._perform(actions)
+            if msg.msg_type not in ("apply_request", "execute_request"):
+                why = f"the task queue does not run {msg.msg_type}"
+                self._perform(self.core.reject(msg.msg_id, ProtocolError, why))
+                return
+            try:
+                task = _task_from(msg)
+                actions = self.core.submit(task, time.monotonic())
+            except (CorralError, ValueError, TypeError) as err:
+                actions = self.core.reject(msg.msg_id, type(err), f"bad task metadata: {err}")
+            self._perform(actions)
+        finally:  # the Hub hears of every request, whatever happened to it here
+            self._copy_request(pending)
+
+    def _copy_request(self, pending: Pending, engine: bytes | None = None) -> None:
+        """The request's ``task_in`` copy for the Hub, once, before any other copy of that task:
+        without its buffers (the Hub records requests without them), and naming ``engine``
+        when it goes there at once (then no ``task_dest`` follows: one copy instead of two)."""
+        if pending.copied:
+            return
+        pending.copied = True
+        route = [pending.client] if engine is None else [pending.client, engine]
+        send_frames(self.monitor, [b"task_in", *route, DELIMITER, *pending.frames[:5]])
 
     def _on_engine_reply(self, frames: list[zmq.Frame]) -> None:
         idents, msg_frames = split_identities(frames)
@@ -218,6 +229,9 @@ class SchedulerShell:
             # the engine registered but its task connection is not up yet (or it just died)
             self.core.engine_unreachable(msg_id, engine_uuid, time.monotonic())
             return
+        if not pending.copied:
+            self._copy_request(pending, engine)
+            return
         dest = self.session.msg("task_destination", {"msg_id": msg_id, "engine_id": engine_uuid})
         send_frames(self.monitor, [b"task_dest", *self.session.serialize(dest)])
 
@@ -232,6 +246,7 @@ class SchedulerShell:
 
     def _complete(self, msg_id: str) -> None:
         pending = self.pending.pop(msg_id)
+        self._copy_request(pending)
         reply = pending.reply
         if reply is None:
             return
@@ -244,6 +259,7 @@ class SchedulerShell:
         pending = self.pending.pop(msg_id, None)
         if pending is None:
             return
+        self._copy_request(pending)
         if issubclass(error, RemoteError):
             exc: BaseException = error(error.__name__, reason)
         else:
