@@ -53,6 +53,25 @@ def roles(running: Running) -> dict[str, list[psutil.Process]]:
     return found
 
 
+def thread_times(processes: list[psutil.Process]) -> collections.Counter[str]:
+    """CPU seconds (user + system) by thread name (``/proc/<pid>/task/<tid>/comm``: zmq's
+    I/O threads are ``ZMQbg/IO/0``, Python threads carry their name from Python 3.11 on
+    Linux only if set, else the process's) summed over ``processes``."""
+    found: collections.Counter[str] = collections.Counter()
+    for process in processes:
+        try:
+            threads = process.threads()
+        except psutil.Error:
+            continue
+        for thread in threads:
+            try:
+                name = Path(f"/proc/{process.pid}/task/{thread.id}/comm").read_text().strip()
+            except OSError:
+                continue
+            found[name] += thread.user_time + thread.system_time
+    return found
+
+
 def summarise(collapsed: Path, top: int) -> list[tuple[int, int, str]]:
     """Self and inclusive samples per function from py-spy's collapsed stacks (``--format
     raw``; idle threads are not sampled), most inclusive first."""
@@ -104,6 +123,7 @@ def main() -> None:
                     spies.append((role, process.pid, subprocess.Popen(command), out))
             time.sleep(1.0)  # py-spy attaches before the measured batches (not a sync point)
         before = {role: cpu_seconds(processes) for role, processes in by_role.items()}
+        threads_before = {role: thread_times(processes) for role, processes in by_role.items()}
         started = time.perf_counter()
         for _ in range(args.rounds):
             check(run(args.tasks) == args.tasks, "sum")
@@ -111,6 +131,13 @@ def main() -> None:
         tasks = args.tasks * args.rounds
         per_task: dict[str, Any] = {
             role: (cpu_seconds(processes) - before[role]) / tasks * 1e6
+            for role, processes in by_role.items()
+        }
+        per_thread = {
+            role: {
+                name: (seconds - threads_before[role][name]) / tasks * 1e6
+                for name, seconds in thread_times(processes).items()
+            }
             for role, processes in by_role.items()
         }
         for _, _, popen, _ in spies:
@@ -123,6 +150,9 @@ def main() -> None:
     print(f"{tasks} load-balanced no-ops, {args.engines} engines: {tasks / seconds:,.0f} tasks/s")
     print("CPU us per task: " + ", ".join(f"{r} {v:.0f}" for r, v in per_task.items()))
     print(f"  total {sum(per_task.values()):.0f}")
+    for role, threads in per_thread.items():
+        shown = sorted(threads.items(), key=lambda item: -item[1])
+        print(f"  {role} by thread: " + ", ".join(f"{n} {v:.0f}" for n, v in shown if v >= 1))
     for role, pid, _, out in spies:
         if not out.exists():
             print(f"\n{role} {pid}: no profile written")
