@@ -53,6 +53,17 @@ def roles(running: Running) -> dict[str, list[psutil.Process]]:
     return found
 
 
+def system_seconds(processes: list[psutil.Process]) -> float:
+    """The kernel's share of ``processes``' CPU seconds (system calls, wake-ups, loopback TCP)."""
+    total = 0.0
+    for process in processes:
+        try:
+            total += process.cpu_times().system
+        except psutil.Error:
+            continue
+    return total
+
+
 def thread_times(processes: list[psutil.Process]) -> collections.Counter[str]:
     """CPU seconds (user + system) by thread name (``/proc/<pid>/task/<tid>/comm``: zmq's
     I/O threads are ``ZMQbg/IO/0``, Python threads carry their name from Python 3.11 on
@@ -124,6 +135,7 @@ def main() -> None:
             time.sleep(1.0)  # py-spy attaches before the measured batches (not a sync point)
         before = {role: cpu_seconds(processes) for role, processes in by_role.items()}
         threads_before = {role: thread_times(processes) for role, processes in by_role.items()}
+        system_before = {role: system_seconds(processes) for role, processes in by_role.items()}
         started = time.perf_counter()
         for _ in range(args.rounds):
             check(run(args.tasks) == args.tasks, "sum")
@@ -131,6 +143,10 @@ def main() -> None:
         tasks = args.tasks * args.rounds
         per_task: dict[str, Any] = {
             role: (cpu_seconds(processes) - before[role]) / tasks * 1e6
+            for role, processes in by_role.items()
+        }
+        system = {
+            role: (system_seconds(processes) - system_before[role]) / tasks * 1e6
             for role, processes in by_role.items()
         }
         per_thread = {
@@ -150,6 +166,7 @@ def main() -> None:
     print(f"{tasks} load-balanced no-ops, {args.engines} engines: {tasks / seconds:,.0f} tasks/s")
     print("CPU us per task: " + ", ".join(f"{r} {v:.0f}" for r, v in per_task.items()))
     print(f"  total {sum(per_task.values()):.0f}")
+    print("  of which in the kernel: " + ", ".join(f"{r} {v:.0f}" for r, v in system.items()))
     for role, threads in per_thread.items():
         shown = sorted(threads.items(), key=lambda item: -item[1])
         print(f"  {role} by thread: " + ", ".join(f"{n} {v:.0f}" for n, v in shown if v >= 1))
