@@ -10,12 +10,15 @@ most samples (self time, so the rows of one role add up to its share):
     .venv/bin/python bench/bench_cpu_roles.py --profile /tmp/profiles
 
 py-spy is a tool, never a dependency: ``pip install py-spy`` in the environment that runs this.
+Another corral tree (a baseline from ``git archive``) is measured with ``CORRAL_BENCH_SOURCE=DIR
+PYTHONPATH=DIR``, run from an empty folder.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import os
 import re
 import shutil
 import subprocess
@@ -111,6 +114,9 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, help="py-spy every process, output here")
     parser.add_argument("--top", type=int, default=TOP)
     args = parser.parse_args()
+    baseline = os.environ.get("CORRAL_BENCH_SOURCE")
+    if baseline:  # another corral tree (PYTHONPATH too, for the cluster): before this worktree
+        sys.path.insert(0, baseline)
     spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
     with corral_cluster(args.engines) as running:
         client = running.client
