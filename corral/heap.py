@@ -8,7 +8,9 @@ of a stream of no-op tasks show the collector as one of the largest items in the
 (about 5% of its CPU, most of it in full collections). :func:`settle` is called once a
 process's setup is done: it moves everything alive then out of the collector's sight
 (``gc.freeze``: those objects live for the whole run) and lets young collections run less
-often. Cyclic garbage is still collected; it only waits a little longer.
+often. Cyclic garbage made afterwards is still collected; it only waits a little longer. The
+price: a frozen object that later becomes part of a garbage cycle is never collected, which
+bounds the loss by what was alive at start-up (collected once just before freezing).
 
 Never called in a user's process (the client): how a program's collector runs is its own
 choice.
