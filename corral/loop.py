@@ -48,14 +48,20 @@ from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 import zmq
+import zmq.backend
 
 from corral.errors import ConnectionError, CorralError, ReplayError
+from corral.sockets import recv_frames
 
 log = logging.getLogger("corral.loop")
 
 __all__ = ["Loop", "LoopThread", "Timer"]
 
 DRAIN_BATCH = 1000
+# integer options: ``sock.get(zmq.EVENTS) & zmq.POLLIN`` builds Enum objects on every message
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_backend_get = zmq.backend.Socket.get
 _STOPPED = "the event loop has stopped"
 
 Callback = Callable[..., object]
@@ -121,9 +127,9 @@ class Loop:
 
         def drain() -> None:
             for _ in range(batch):
-                if not cast(int, sock.get(zmq.EVENTS)) & zmq.POLLIN:
+                if not cast(int, _backend_get(sock, _EVENTS)) & _POLLIN:
                     return
-                frames = sock.recv_multipart(copy=False)
+                frames = recv_frames(sock)
                 try:
                     handle(frames)
                 except ReplayError as err:  # e.g. replies resent after a controller restart

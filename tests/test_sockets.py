@@ -1,4 +1,5 @@
-"""send_frames: the same message as send_multipart, and large buffers still not copied."""
+"""send_frames and recv_frames: the same messages as send_multipart and recv_multipart, and
+large buffers still not copied."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 import zmq
 
-from corral.sockets import send_frames
+from corral.sockets import recv_frames, send_frames
 
 
 @pytest.fixture
@@ -52,3 +53,28 @@ def test_noblock_flag(pair) -> None:  # type: ignore[no-untyped-def]
     a, b = pair
     send_frames(a, [b"a", b"b"], zmq.NOBLOCK)
     assert b.recv_multipart() == [b"a", b"b"]
+
+
+def test_recv_frames_returns_every_part_as_frames(pair) -> None:  # type: ignore[no-untyped-def]
+    a, b = pair
+    array = np.arange(1_000_000, dtype=np.int64)
+    a.send_multipart([b"id", b"", b"<IDS|MSG>", memoryview(array)], copy=False)
+    assert b.poll(10_000)
+    frames = recv_frames(b)
+    assert all(isinstance(frame, zmq.Frame) for frame in frames)
+    assert [f.bytes for f in frames[:3]] == [b"id", b"", b"<IDS|MSG>"]
+    assert np.array_equal(np.frombuffer(frames[3].buffer, dtype=np.int64), array)
+
+
+def test_recv_frames_noblock_on_an_empty_socket_raises_again(pair) -> None:  # type: ignore[no-untyped-def]
+    _, b = pair
+    with pytest.raises(zmq.Again):
+        recv_frames(b, zmq.NOBLOCK)
+
+
+def test_small_and_large_bytes_frames_arrive_intact(pair) -> None:  # type: ignore[no-untyped-def]
+    a, b = pair
+    small, large = b"s" * 100, bytes(range(256)) * 1024  # below and above COPY_BELOW
+    send_frames(a, [small, large, b""])
+    assert b.poll(10_000)
+    assert [f.bytes for f in recv_frames(b)] == [small, large, b""]

@@ -28,6 +28,7 @@ import zmq
 from zmq import devices as zmq_devices
 from zmq.auth.thread import ThreadAuthenticator
 
+from corral import heap
 from corral.controller.hub import Hub
 from corral.controller.hub_shell import HubShell
 from corral.controller.location import reachable_address
@@ -516,6 +517,7 @@ def run_controller(config: ControllerConfig) -> int:
     controller.loop.handle_signals((signal.SIGTERM, signal.SIGINT), controller.request_stop)
     try:
         controller.start()
+        heap.settle()
         controller.serve_forever()
     finally:
         controller.close()

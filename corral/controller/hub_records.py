@@ -60,19 +60,24 @@ def record_request(
     if msg.msg_type not in ("apply_request", "execute_request"):
         return []
     # monitor copies carry identities as the queue sent them on: destination first, so a
-    # MUX request is (engine, client) and a task request, not yet routed, is (client,)
+    # MUX request is (engine, client); a task request is (client,), or (client, engine) when
+    # the scheduler dispatched it at once (its destination in the same copy, no task_dest),
+    # then an ``omitted:<bytes>`` identity if the copy comes without the request's buffers
     if queue == "mux":
         engine_uuid: str | None = _ident(idents, 0)
         client = _ident(idents, 1)
     else:
         engine_uuid, client = None, _ident(idents, 0)
-        if len(idents) > 1 and idents[1].startswith(OMITTED_PREFIX):
-            request_omitted = _omitted(hub, idents[1][len(OMITTED_PREFIX) :])
+        for ident in idents[1:]:  # (client, [engine], [omitted:<bytes>])
+            if ident.startswith(OMITTED_PREFIX):
+                request_omitted = _omitted(hub, ident[len(OMITTED_PREFIX) :])
+            elif engine_uuid is None:
+                engine_uuid = ident.decode("utf-8", "replace") or None
     entry = hub.by_uuid.get(engine_uuid) if engine_uuid else None
     msg_id = msg.msg_id
     hub.pending[msg_id] = engine_uuid
     if entry is not None:
-        entry.queue[msg_id] = None
+        (entry.queue if queue == "mux" else entry.tasks)[msg_id] = None
     label = msg.metadata.get("label")
     hub.activity.submit()
     resent = msg_id in hub.resendable  # sent again after a restart lost it

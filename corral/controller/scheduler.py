@@ -16,6 +16,7 @@ import logging
 import signal
 import sys
 
+from corral import heap
 from corral.controller.scheduler_shell import SchedulerShell
 from corral.lifetime import exit_with_owner
 
@@ -35,6 +36,7 @@ def main() -> int:
         json.dumps({"task": scheduler.client_port, "task_engine": scheduler.engine_port}) + "\n"
     )
     sys.stdout.flush()
+    heap.settle()
     try:
         scheduler.loop.run()
     finally:

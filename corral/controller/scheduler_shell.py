@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +50,7 @@ class Pending:
     msg: Message
     frames: list[Frame]  # after the delimiter: signature, 4 JSON frames, buffers
     reply: list[Frame] | None = None
+    copied: bool = False  # its task_in copy went to the Hub
 
 
 class SchedulerShell:
@@ -144,34 +144,42 @@ class SchedulerShell:
         if not idents:
             raise ProtocolError("task request without a client identity")
         msg = self.session.deserialize(msg_frames, content=False)
-        client = idents[0]
-        send_frames(self.monitor, self._request_copy(client, msg_frames))
-        pending = Pending(client, msg, msg_frames)
+        pending = Pending(idents[0], msg, msg_frames)
         self.pending[msg.msg_id] = pending
         self.counts["submitted"] += 1
-        if msg.msg_type not in ("apply_request", "execute_request"):
-            why = f"the task queue does not run {msg.msg_type}"
-            self._perform(self.core.reject(msg.msg_id, ProtocolError, why))
-            return
         try:
-            task = _task_from(msg)
-            actions = self.core.submit(task, time.monotonic())
-        except (CorralError, ValueError, TypeError) as err:
-            actions = self.core.reject(msg.msg_id, type(err), f"bad task metadata: {err}")
-        self._perform(actions)
+            if msg.msg_type not in ("apply_request", "execute_request"):
+                why = f"the task queue does not run {msg.msg_type}"
+                self._perform(self.core.reject(msg.msg_id, ProtocolError, why))
+                return
+            try:
+                task = _task_from(msg)
+                actions = self.core.submit(task, time.monotonic())
+            except (CorralError, ValueError, TypeError) as err:
+                actions = self.core.reject(msg.msg_id, type(err), f"bad task metadata: {err}")
+            self._perform(actions)
+        finally:  # the Hub hears of every request, whatever happened to it here
+            self._copy_request(pending)
 
-    def _request_copy(self, client: bytes, msg_frames: Sequence[Frame]) -> list[Any]:
-        """The Hub's copy of a request: with its buffers (the Hub keeps them, so that the task
-        can be resubmitted) up to the store's per-task limit; beyond, the signed frames only
-        and an ``omitted:<bytes>`` identity that tells the Hub why."""
+    def _copy_request(self, pending: Pending, engine: bytes | None = None) -> None:
+        """The request's ``task_in`` copy for the Hub, once, before any other copy of that task,
+        naming ``engine`` when it goes there at once (then no ``task_dest`` follows: one copy
+        instead of two). With its buffers (the Hub keeps them, so that the task can be
+        resubmitted) up to the store's per-task limit; beyond, the signed frames only and an
+        ``omitted:<bytes>`` identity that tells the Hub why."""
+        if pending.copied:
+            return
+        pending.copied = True
+        route = [pending.client] if engine is None else [pending.client, engine]
+        frames = pending.frames
         limit = self.request_buffer_limit
-        buffers = msg_frames[5:]
-        if limit is not None and buffers:
-            size = sum(memoryview(frame_view(frame)).nbytes for frame in buffers)
+        if limit is not None and len(frames) > 5:
+            size = sum(memoryview(frame_view(frame)).nbytes for frame in frames[5:])
             if size > limit:
                 omitted = b"omitted:%d" % size
-                return [b"task_in", client, omitted, DELIMITER, *msg_frames[:5]]
-        return [b"task_in", client, DELIMITER, *msg_frames]
+                send_frames(self.monitor, [b"task_in", *route, omitted, DELIMITER, *frames[:5]])
+                return
+        send_frames(self.monitor, [b"task_in", *route, DELIMITER, *frames])
 
     def _on_engine_reply(self, frames: list[zmq.Frame]) -> None:
         idents, msg_frames = split_identities(frames)
@@ -235,6 +243,9 @@ class SchedulerShell:
             # the engine registered but its task connection is not up yet (or it just died)
             self.core.engine_unreachable(msg_id, engine_uuid, time.monotonic())
             return
+        if not pending.copied:
+            self._copy_request(pending, engine)
+            return
         dest = self.session.msg("task_destination", {"msg_id": msg_id, "engine_id": engine_uuid})
         send_frames(self.monitor, [b"task_dest", *self.session.serialize(dest)])
 
@@ -249,6 +260,7 @@ class SchedulerShell:
 
     def _complete(self, msg_id: str) -> None:
         pending = self.pending.pop(msg_id)
+        self._copy_request(pending)
         reply = pending.reply
         if reply is None:
             return
@@ -261,6 +273,7 @@ class SchedulerShell:
         pending = self.pending.pop(msg_id, None)
         if pending is None:
             return
+        self._copy_request(pending)
         if issubclass(error, RemoteError):
             exc: BaseException = error(error.__name__, reason)
         else:

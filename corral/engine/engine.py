@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
+from corral import heap
 from corral.errors import CorralError
 from corral.lifetime import exit_with_owner
 from corral.protocol.connection_files import (
@@ -154,6 +155,7 @@ class Engine:
             shell = load_shell(self.runner.namespace.user_ns, self.log)
             if shell is not None:
                 self.runner.use_shell(shell)
+        heap.settle()
         while True:
             request = self.work.get()
             try:

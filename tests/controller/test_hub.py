@@ -222,6 +222,27 @@ def test_task_destination_tracks_load_balanced_work(hub: HubHarness) -> None:
     assert hub.store.get_record(req.msg_id)["engine_id"] == 0
 
 
+def test_task_in_naming_its_engine_records_the_destination(hub: HubHarness) -> None:
+    """The scheduler's copy of a task dispatched at once names the engine (client, engine):
+    the record, the engine's tasks and the engine death handling see it as after a task_dest."""
+    register(hub, "a")
+    req = session.msg("apply_request", {})
+    hub.handle_monitor(b"task_in", [b"client-1", b"a"], req)
+    record = hub.store.get_record(req.msg_id)
+    assert (record["engine_uuid"], record["engine_id"], record["client_uuid"]) == (
+        "a",
+        0,
+        "client-1",
+    )
+    (counts,) = hub.handle_request([b"c"], request("queue_request"))
+    assert counts.content["0"] == {"completed": 0, "queue": 0, "tasks": 1}
+    hub.handle_monitor(b"task_out", [b"client-1", b"a"], reply_for(req))
+    record = hub.store.get_record(req.msg_id)
+    assert (record["status"], record["engine_id"]) == ("ok", 0)
+    (counts,) = hub.handle_request([b"c"], request("queue_request"))
+    assert counts.content["0"] == {"completed": 1, "queue": 0, "tasks": 0}
+
+
 def test_purge(hub: HubHarness) -> None:
     register(hub, "a")
     done = submit_mux(hub, "a")

@@ -180,6 +180,17 @@ def test_a_copy_the_scheduler_sent_without_buffers_is_marked() -> None:
     assert reply.content["ename"] == "RequestNotStored" and "4.88 KiB" in reply.content["evalue"]
 
 
+def test_a_copy_naming_its_engine_and_sent_without_buffers_has_both() -> None:
+    """A task dispatched at once whose buffers were over the limit: (client, engine, omitted)."""
+    hub = make_hub(RetentionSettings(buffer_limit=100))
+    register(hub, "a")
+    req = session.msg("apply_request", {})
+    hub.handle_monitor(b"task_in", [CLIENT, b"a", b"omitted:5000"], req)
+    record = hub.store.get_record(req.msg_id)
+    assert (record["engine_uuid"], record["engine_id"]) == ("a", 0)
+    assert record[REQUEST_OMITTED_FIELD] == {"bytes": 5000, "limit": 100}
+
+
 def test_a_request_the_shell_could_not_read_is_marked_with_why(hub: HubHarness) -> None:
     req = session.msg("apply_request", {})
     hub.perform(hub.hub.handle_monitor(b"task_in", [CLIENT], req, hub.now, {"why": "gone"}))

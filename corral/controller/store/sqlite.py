@@ -23,10 +23,9 @@ The schema and the encoding of records into rows (pure, no connection) are in
 
 from __future__ import annotations
 
-import itertools
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -56,6 +55,7 @@ from .sqlite_rows import (
     CHUNKS_SCHEMA,
     CHUNKS_SIZE,
     DELETE,
+    EXISTING,
     INCREMENTAL,
     INSERT_CHUNK,
     INSERT_REQUEST_PART,
@@ -72,10 +72,11 @@ from .sqlite_rows import (
     TABLE_EXISTS,
     Payload,
     columns_for,
-    columns_of,
     decode_row,
     encode_row,
+    first_written,
     sql_where,
+    upsert_runs,
     upsert_sql,
 )
 
@@ -190,7 +191,9 @@ class SQLiteStore(ResultStore):
         dropped = False
         db.execute("BEGIN IMMEDIATE")
         try:
-            for columns, run in itertools.groupby(batch, key=columns_of):
+            written = orjson.dumps(first_written(batch)).decode()
+            existing = {row[0] for row in db.execute(EXISTING, (written,))}
+            for columns, run in upsert_runs(batch, existing):
                 if columns is None:
                     for op in run:
                         db.execute(DELETE, (orjson.dumps(op.msg_ids).decode(),))
@@ -207,7 +210,7 @@ class SQLiteStore(ResultStore):
             # at the next checkpoint), so purges free disk space, not just rows
             db.executescript("PRAGMA incremental_vacuum")  # execute() frees one page only
 
-    def _upsert_run(self, sql: str, run: Iterator[WriteOp[Payload]]) -> None:
+    def _upsert_run(self, sql: str, run: Iterable[WriteOp[Payload]]) -> None:
         """Upserts of the same columns: one executemany, then one for the request buffers'
         parts; a chunked row is written alone and followed by its chunks, and a second row
         with parts for the same msg_id waits for the first's (each row's triggers remove the

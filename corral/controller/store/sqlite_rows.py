@@ -14,7 +14,7 @@ and decoding a row.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence, Set
 from typing import Any, Final, NamedTuple
 
 import orjson
@@ -131,6 +131,7 @@ ROW_OVERHEAD = 64
 INCREMENTAL = 2  # PRAGMA auto_vacuum value
 TABLE_EXISTS = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'tasks'"
 DELETE = "DELETE FROM tasks WHERE msg_id IN (SELECT value FROM json_each(?))"
+EXISTING = "SELECT msg_id FROM tasks WHERE msg_id IN (SELECT value FROM json_each(?))"
 _COMPARE = {"$eq": "=", "$ne": "IS NOT", "$lt": "<", "$lte": "<=", "$gt": ">", "$gte": ">="}
 
 
@@ -302,8 +303,50 @@ def columns_for(fields: set[str] | None) -> tuple[str, ...]:
     return tuple(columns)
 
 
-def columns_of(op: WriteOp[Payload]) -> tuple[str, ...] | None:
-    return None if op.payload is None else op.payload.columns
+Run = tuple[tuple[str, ...] | None, list[WriteOp[Payload]]]
+
+
+def upsert_runs(batch: Sequence[WriteOp[Payload]], existing: Set[str]) -> list[Run]:
+    """The batch as runs to apply in order, each run one ``executemany`` (columns) or a drop
+    (None). Upserts with the same columns are gathered into one run, not only when adjacent
+    (a task's request and another's reply alternate in a batch), within two rules that make
+    the result that of applying the batch write by write: every write of a record lands in a
+    run no earlier than its previous write, and writes that insert a row (its msg_id not in
+    ``existing`` before the batch, or dropped since) stay in their order, so rows are
+    numbered (``seq``) in the order they were written. A drop is a barrier nothing crosses."""
+    runs: list[Run] = []
+    open_runs: dict[tuple[str, ...], int] = {}  # columns -> the run writes may still join
+    last_run: dict[str, int] = {}  # msg_id -> the run of its latest write
+    dropped: set[str] = set()  # msg_ids dropped in this batch, not written since
+    last_insert = -1  # the run of the latest write that inserts a row
+    for op in batch:
+        row = op.payload
+        if row is None:
+            runs.append((None, [op]))
+            open_runs.clear()
+            last_run.clear()
+            dropped.update(op.msg_ids)
+            last_insert = len(runs) - 1
+            continue
+        msg_id = op.msg_ids[0]
+        inserts = msg_id not in last_run and (msg_id in dropped or msg_id not in existing)
+        index = open_runs.get(row.columns, -1)
+        if index < 0 or index < last_run.get(msg_id, -1) or (inserts and index < last_insert):
+            index = len(runs)
+            runs.append((row.columns, []))
+            open_runs[row.columns] = index
+        runs[index][1].append(op)
+        last_run[msg_id] = index
+        dropped.discard(msg_id)
+        if inserts:
+            last_insert = index
+    return runs
+
+
+def first_written(batch: Sequence[WriteOp[Payload]]) -> list[str]:
+    """The msg_ids the batch upserts, each once: those whose rows ``upsert_runs`` must know
+    to exist or not before the batch."""
+    return list(dict.fromkeys(op.msg_ids[0] for op in batch if op.payload is not None))
 
 
 def decode_row(row: tuple[Any, ...], columns: tuple[str, ...]) -> tuple[dict[str, Any], Any, Any]:

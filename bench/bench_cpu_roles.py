@@ -1,0 +1,189 @@
+"""CPU per load-balanced no-op task, by process role, and where each role spends it.
+
+Starts a corral cluster with 2 engines, submits ROUNDS batches of TASKS no-ops one by one
+(each batch then awaited), and reports the CPU microseconds per task of the client (this
+process), the controller (Hub and devices), the task scheduler and the engines (summed).
+With ``--profile DIR`` it also attaches ``py-spy record`` (idle threads not sampled) to
+every process of the cluster for the whole run and prints, per role, the functions with the
+most samples (self time, so the rows of one role add up to its share):
+
+    .venv/bin/python bench/bench_cpu_roles.py --profile /tmp/profiles
+
+py-spy is a tool, never a dependency: ``pip install py-spy`` in the environment that runs this.
+Another corral tree (a baseline from ``git archive``) is measured with ``CORRAL_BENCH_SOURCE=DIR
+PYTHONPATH=DIR``, run from an empty folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+from common import Running, check, collect, corral_cluster, cpu_seconds
+
+ENGINES = 2
+TASKS = 5000
+ROUNDS = 3
+TIMEOUT = 300.0
+TOP = 25
+
+
+def one() -> int:
+    return 1
+
+
+def roles(running: Running) -> dict[str, list[psutil.Process]]:
+    """The cluster's processes by role, from their command lines (client: this process)."""
+    found: dict[str, list[psutil.Process]] = collections.defaultdict(list)
+    for process in running.processes:
+        cmdline = " ".join(process.cmdline())
+        if "corral.controller.scheduler" in cmdline:
+            found["scheduler"].append(process)
+        elif "controller" in cmdline:
+            found["hub"].append(process)
+        else:
+            found["engines"].append(process)
+    found["client"].append(psutil.Process())
+    return found
+
+
+def system_seconds(processes: list[psutil.Process]) -> float:
+    """The kernel's share of ``processes``' CPU seconds (system calls, wake-ups, loopback TCP)."""
+    total = 0.0
+    for process in processes:
+        try:
+            total += process.cpu_times().system
+        except psutil.Error:
+            continue
+    return total
+
+
+def thread_times(processes: list[psutil.Process]) -> collections.Counter[str]:
+    """CPU seconds (user + system) by thread name (``/proc/<pid>/task/<tid>/comm``: zmq's
+    I/O threads are ``ZMQbg/IO/0``, Python threads carry their name from Python 3.11 on
+    Linux only if set, else the process's) summed over ``processes``."""
+    found: collections.Counter[str] = collections.Counter()
+    for process in processes:
+        try:
+            threads = process.threads()
+        except psutil.Error:
+            continue
+        for thread in threads:
+            try:
+                name = Path(f"/proc/{process.pid}/task/{thread.id}/comm").read_text().strip()
+            except OSError:
+                continue
+            found[name] += thread.user_time + thread.system_time
+    return found
+
+
+def summarise(collapsed: Path, top: int) -> list[tuple[int, int, str]]:
+    """Self and inclusive samples per function from py-spy's collapsed stacks (``--format
+    raw``; idle threads are not sampled), most inclusive first."""
+    own: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        frames = [re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";")]
+        own[frames[-1]] += int(count)
+        for frame in set(frames):
+            inclusive[frame] += int(count)
+        total += int(count)
+    rows = [(total, total, "(all samples)")]
+    rows += [(n, own[frame], frame) for frame, n in inclusive.most_common(top)]
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=TASKS)
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser.add_argument("--engines", type=int, default=ENGINES)
+    parser.add_argument("--profile", type=Path, help="py-spy every process, output here")
+    parser.add_argument("--top", type=int, default=TOP)
+    args = parser.parse_args()
+    baseline = os.environ.get("CORRAL_BENCH_SOURCE")
+    if baseline:  # another corral tree (PYTHONPATH too, for the cluster): before this worktree
+        sys.path.insert(0, baseline)
+    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    with corral_cluster(args.engines) as running:
+        client = running.client
+        view = client.load_balanced_view()
+        by_role = roles(running)
+
+        def run(count: int) -> int:
+            results = [view.apply_async(one) for _ in range(count)]
+            return sum(collect(results, lambda result, left: result.get(left), TIMEOUT))
+
+        check(run(200) == 200, "warm-up")
+        spies: list[tuple[str, int, subprocess.Popen[bytes], Path]] = []
+        if args.profile is not None:
+            check(spy is not None, "py-spy is not installed")
+            args.profile.mkdir(parents=True, exist_ok=True)
+            for role, processes in by_role.items():
+                for process in processes:
+                    out = args.profile / f"{role}-{process.pid}.txt"
+                    command = [str(spy), "record", "--format", "raw", "-r", "100", "--nonblocking"]
+                    command += ["-p", str(process.pid), "-o", str(out)]
+                    spies.append((role, process.pid, subprocess.Popen(command), out))
+            time.sleep(1.0)  # py-spy attaches before the measured batches (not a sync point)
+        before = {role: cpu_seconds(processes) for role, processes in by_role.items()}
+        threads_before = {role: thread_times(processes) for role, processes in by_role.items()}
+        system_before = {role: system_seconds(processes) for role, processes in by_role.items()}
+        started = time.perf_counter()
+        for _ in range(args.rounds):
+            check(run(args.tasks) == args.tasks, "sum")
+        seconds = time.perf_counter() - started
+        tasks = args.tasks * args.rounds
+        per_task: dict[str, Any] = {
+            role: (cpu_seconds(processes) - before[role]) / tasks * 1e6
+            for role, processes in by_role.items()
+        }
+        system = {
+            role: (system_seconds(processes) - system_before[role]) / tasks * 1e6
+            for role, processes in by_role.items()
+        }
+        per_thread = {
+            role: {
+                name: (seconds - threads_before[role][name]) / tasks * 1e6
+                for name, seconds in thread_times(processes).items()
+            }
+            for role, processes in by_role.items()
+        }
+        for _, _, popen, _ in spies:
+            popen.send_signal(2)
+        for _, _, popen, _ in spies:
+            popen.wait(60)
+    import corral
+
+    print(f"corral from {Path(corral.__file__).parent}")
+    print(f"{tasks} load-balanced no-ops, {args.engines} engines: {tasks / seconds:,.0f} tasks/s")
+    print("CPU us per task: " + ", ".join(f"{r} {v:.0f}" for r, v in per_task.items()))
+    print(f"  total {sum(per_task.values()):.0f}")
+    print("  of which in the kernel: " + ", ".join(f"{r} {v:.0f}" for r, v in system.items()))
+    for role, threads in per_thread.items():
+        shown = sorted(threads.items(), key=lambda item: -item[1])
+        print(f"  {role} by thread: " + ", ".join(f"{n} {v:.0f}" for n, v in shown if v >= 1))
+    for role, pid, _, out in spies:
+        if not out.exists():
+            print(f"\n{role} {pid}: no profile written")
+            continue
+        print(f"\n{role} (pid {pid}), samples: inclusive, self, function")
+        for count, self_count, frame in summarise(out, args.top):
+            print(f"{count:8d} {self_count:8d}  {frame[:140]}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""The scheduler shell's copies for the Hub, with real sockets: a task dispatched at once is
+announced by one ``task_in`` copy that names its engine; a task that waits for an engine by a
+``task_in`` copy without one and a ``task_dest`` when it leaves; every task by a ``task_out``."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import zmq
+
+from corral.controller.scheduler_shell import SchedulerShell
+from corral.protocol.session import Message, Session
+from tests.polling import until
+
+KEY = b"scheduler-copies-key"
+LOOPBACK = "tcp://127.0.0.1"
+WAIT = 30.0  # seconds: generous for a loaded machine, still bounded
+
+
+@dataclass
+class Rig:
+    session: Session
+    context: zmq.Context[Any]
+    notifications: zmq.Socket[Any]  # the Hub's PUB, as the scheduler's SUB sees it
+    monitor: zmq.Socket[Any]  # the Hub's monitor SUB
+    client: zmq.Socket[Any]
+    engine: zmq.Socket[Any]
+    copies: list[tuple[bytes, list[bytes], Message]]
+
+    def read_copies(self) -> None:
+        while self.monitor.poll(0):
+            prefix, *rest = self.monitor.recv_multipart()
+            idents = rest[: rest.index(b"<IDS|MSG>")]
+            self.copies.append((prefix, idents, Session(KEY).feed(rest)))
+
+    def copies_of(self, msg_id: str) -> list[tuple[bytes, list[bytes]]]:
+        """(prefix, identities) of every copy about ``msg_id`` received so far, in order."""
+        self.read_copies()
+        found = []
+        for prefix, idents, msg in self.copies:
+            about = {
+                b"task_in": msg.msg_id,
+                b"task_dest": (msg.content or {}).get("msg_id"),
+                b"task_out": msg.parent_id,
+            }.get(prefix)
+            if about == msg_id:
+                found.append((prefix, idents))
+        return found
+
+    def request(self) -> Message:
+        msg = self.session.msg("apply_request", {}, buffers=[b"function-and-arguments"])
+        self.client.send_multipart(self.session.serialize(msg))
+        return msg
+
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    session = Session(KEY)
+    context: zmq.Context[Any] = zmq.Context()
+    sockets: list[zmq.Socket[Any]] = []
+
+    def socket(kind: int) -> zmq.Socket[Any]:
+        sock = context.socket(kind)
+        sock.linger = 0
+        sockets.append(sock)
+        return sock
+
+    notifications = socket(zmq.PUB)
+    notification_port = notifications.bind_to_random_port(LOOPBACK)
+    monitor = socket(zmq.SUB)
+    monitor.subscribe(b"")
+    monitor_port = monitor.bind_to_random_port(LOOPBACK)
+    settings = {
+        "key": KEY.decode(),
+        "signature_scheme": "hmac-sha256",
+        "url": LOOPBACK,
+        "notification": f"{LOOPBACK}:{notification_port}",
+        "monitor": f"{LOOPBACK}:{monitor_port}",
+    }
+    shell = SchedulerShell(settings)
+    thread = threading.Thread(target=shell.loop.run, name="scheduler-under-test")
+    thread.start()
+    try:
+        client = socket(zmq.DEALER)
+        client.identity = b"client-1"
+        client.connect(f"{LOOPBACK}:{shell.client_port}")
+        engine = socket(zmq.DEALER)
+        engine.identity = b"engine-1"
+        engine.connect(f"{LOOPBACK}:{shell.engine_port}")
+        yield Rig(session, context, notifications, monitor, client, engine, [])
+    finally:
+        shell.loop.stop()
+        thread.join(WAIT)
+        shell.close()
+        for sock in sockets:
+            sock.close(0)
+        context.term()
+    assert not thread.is_alive(), "the scheduler's loop did not stop"
+
+
+def recv_message(rig: Rig, sock: zmq.Socket[Any]) -> tuple[list[bytes], Message]:
+    assert sock.poll(int(WAIT * 1000)), "nothing arrived"
+    frames = sock.recv_multipart()
+    split = frames.index(b"<IDS|MSG>")
+    return frames[:split], Session(KEY).feed(frames)  # a copy may carry the same signature
+
+
+def monitor_link_up(rig: Rig) -> None:
+    """Wait until copies reach the monitor SUB (a PUB drops what it sends before the SUB's
+    subscription arrives): requests the scheduler refuses at once, until one is copied."""
+
+    def refused_and_copied() -> bool:
+        msg = rig.session.msg("clear_request", {})
+        rig.client.send_multipart(rig.session.serialize(msg))
+        recv_message(rig, rig.client)  # the refusal
+        return bool(rig.copies_of(msg.msg_id))
+
+    until(refused_and_copied, WAIT, "the scheduler's monitor link")
+
+
+def test_copies_name_the_engine_at_once_or_follow_with_task_dest(rig: Rig) -> None:
+    monitor_link_up(rig)
+    # no engine yet: the request waits, and the Hub hears of it without a destination
+    waiting = rig.request()
+    until(lambda: rig.copies_of(waiting.msg_id), WAIT, "the waiting task's task_in copy")
+    assert rig.copies_of(waiting.msg_id) == [(b"task_in", [b"client-1"])]
+
+    def announce() -> bool:  # PUB/SUB: repeated until the scheduler heard it
+        note = rig.session.msg("registration_notification", {"id": 0, "uuid": "engine-1"})
+        rig.notifications.send_multipart(rig.session.serialize(note))
+        return bool(rig.engine.poll(50))
+
+    until(announce, WAIT, "the scheduler to send the waiting task to the new engine")
+    idents, dispatched = recv_message(rig, rig.engine)
+    assert (idents, dispatched.msg_id) == ([b"client-1"], waiting.msg_id)
+    assert [bytes(b) for b in dispatched.buffers] == [b"function-and-arguments"]
+    until(lambda: len(rig.copies_of(waiting.msg_id)) == 2, WAIT, "the task_dest copy")
+    assert rig.copies_of(waiting.msg_id)[1] == (b"task_dest", [])
+
+    # an engine is free: one copy, naming it, and no task_dest
+    at_once = rig.request()
+    idents, dispatched = recv_message(rig, rig.engine)
+    assert (idents, dispatched.msg_id) == ([b"client-1"], at_once.msg_id)
+    until(lambda: rig.copies_of(at_once.msg_id), WAIT, "the dispatched task's copy")
+    assert rig.copies_of(at_once.msg_id) == [(b"task_in", [b"client-1", b"engine-1"])]
+
+    for request in (waiting, at_once):
+        reply = rig.session.msg("apply_reply", {"status": "ok"}, parent=request)
+        rig.engine.send_multipart([b"client-1", *rig.session.serialize(reply)])
+        idents, answer = recv_message(rig, rig.client)
+        assert (idents, answer.parent_id) == ([b"engine-1"], request.msg_id)
+    for msg_id in (waiting.msg_id, at_once.msg_id):
+        until(lambda: rig.copies_of(msg_id)[-1][0] == b"task_out", WAIT, "task_out copies")  # noqa: B023
+        assert rig.copies_of(msg_id)[-1] == (b"task_out", [b"client-1", b"engine-1"])
+    assert len(rig.copies_of(at_once.msg_id)) == 2  # task_in naming the engine, task_out
