@@ -8,6 +8,8 @@ failing one runs, whatever the machine's load."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from corral import error
@@ -58,7 +60,7 @@ def test_autopx_with_a_non_blocking_view(rc) -> None:  # type: ignore[no-untyped
 
     config = Config()
     config.HistoryManager.enabled = False
-    shell = InteractiveShell.instance(config=config)
+    shell: Any = InteractiveShell.instance(config=config)  # IPython's methods are untyped
     view = rc[rc.ids[-1]]
     view.push({"requests_queued": requests_queued}, block=True)
     try:

@@ -20,6 +20,7 @@ from corral.engine.runner import (
     QueueMark,
     Request,
     TaskRunner,
+    WorkItem,
     WorkQueue,
     error_reply_msg,
     reply_type,
@@ -226,7 +227,7 @@ def test_work_queue_puts_control_requests_ahead_of_queued_tasks(wire: Wire) -> N
     work.put(second)
     work.put_next(clear)
     assert [work.get_nowait() for _ in range(3)] == [clear, first, second]
-    waiter: list[Request] = []
+    waiter: list[WorkItem] = []
     taker = threading.Thread(target=lambda: waiter.append(work.get(timeout=10)))
     taker.start()
     work.put_next(clear)  # wakes a main thread blocked on an empty queue
@@ -253,7 +254,7 @@ def run_queue(runner: TaskRunner, work: WorkQueue) -> None:
 
 
 def statuses(wire: Wire) -> dict[str, str]:
-    return {reply.parent_id: (reply.content or {})["status"] for reply in wire.replies()}
+    return {str(reply.parent_id): (reply.content or {})["status"] for reply in wire.replies()}
 
 
 @pytest.fixture
