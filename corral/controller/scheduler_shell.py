@@ -87,7 +87,7 @@ class SchedulerShell:
         self.monitor.sndhwm = 0  # a dropped copy is a task the Hub never records
         self.monitor.connect(settings["monitor"])
         self.pending: dict[str, Pending] = {}
-        self.counts = {"submitted": 0, "completed": 0, "failed": 0}
+        self.counts = {"submitted": 0, "completed": 0, "failed": 0, "duplicates": 0}
         self._timer: Timer | None = None
         # engines come and go first, then replies (they free slots), then new requests
         self.loop.add_socket(self.notifications, self._on_notification)
@@ -140,6 +140,13 @@ class SchedulerShell:
             raise ProtocolError("task request without a client identity")
         msg = self.session.deserialize(msg_frames, content=False)
         client = idents[0]
+        if self.core.task_state(msg.msg_id) is not None:
+            # a client sends a load-balanced request again when a controller restart may have
+            # lost it (same msg_id, a new signature); this copy must neither replace the held
+            # one nor give it a second outcome
+            self.counts["duplicates"] += 1
+            log.info("task %s sent again while held here: the copy is dropped", msg.msg_id)
+            return
         # the Hub records requests without their buffers: copy it the signed frames only
         send_frames(self.monitor, [b"task_in", client, DELIMITER, *msg_frames[:5]])
         pending = Pending(client, msg, msg_frames)
