@@ -40,6 +40,7 @@ from corral.errors import (
     TaskTimeout,
     UnknownMessageType,
 )
+from corral.lifetime import watch_owner
 from corral.loop import Loop, LoopThread, Timer
 from corral.protocol.connection_files import EngineConnection
 from corral.protocol.messages import validate_content
@@ -152,6 +153,11 @@ class IOShell:
         """SIGTERM makes the engine unregister and exit, even while a task runs: the loop
         hears it through its signal wake-up at once. Main thread only, before :meth:`start`."""
         self.loop.handle_signals([signal.SIGTERM], self._on_signal)
+
+    def end_with_owner(self, owner_pid: int | None) -> None:
+        """Shut down as on SIGTERM as soon as ``owner_pid`` (the process that started this
+        engine) ends: its pidfd is a reader on the I/O loop. Before :meth:`start`."""
+        watch_owner(self.loop, owner_pid, lambda: self._on_signal(signal.SIGTERM))
 
     def start(self) -> None:
         self.thread.start()
