@@ -53,6 +53,7 @@ from .heart import Heart
 from .interrupts import InterruptGate
 from .link import Action, EngineLink, Exit, Fail, LinkSettings, Registered, Resend, SendRegistration
 from .namespace import TASK_SIGNALS, OutputCapture
+from .replies import marked_resent
 from .runner import (
     MAIN_THREAD_CONTROL_TYPES,
     TASK_TYPES,
@@ -251,7 +252,7 @@ class IOShell:
                     self._registered.set()
             elif isinstance(action, Resend):
                 for channel, reply in action.replies:
-                    send_frames(self._sockets[channel], reply)
+                    send_frames(self._sockets[channel], marked_resent(reply, self.session.sign))
             elif isinstance(action, Fail):
                 self.failure = action.reason
                 self._registered.set()
