@@ -242,7 +242,7 @@ def test_get_result_from_a_second_client(rc, cluster) -> None:  # type: ignore[n
     assert rc.get_result(rc.history.index(done.msg_ids[0])).get(0) == {"answer": 42}
 
 
-def test_many_results_from_a_second_client_come_in_chunks(rc, cluster) -> None:  # type: ignore[no-untyped-def]
+def test_many_results_from_a_second_client_come_in_chunks(rc: Client, cluster: Cluster) -> None:
     """More results than one request fetches: each chunk is asked for once the one before is
     answered, so the Hub stays free for its heartbeats and other queries between them."""
     count = 2 * FETCH_CHUNK + 7
