@@ -7,8 +7,11 @@ cleanly with SIGTERM, which every process handles (unregister, flush the store, 
 sockets).
 
 Acting on SIGTERM at once is the event loop's part: :meth:`corral.loop.Loop.handle_signals`.
-The watching thread started here lives as long as the process and holds nothing to release,
-so nobody joins it: it ends with the process, the way the owner's end ends the process.
+A process with a :class:`~corral.loop.Loop` (controller, scheduler, engine) watches its owner
+on that loop (:func:`watch_owner`: one more reader, no thread). Only a process without one
+(the dashboard, on asyncio) uses :func:`exit_with_owner`, whose watching thread lives as long
+as the process and holds nothing to release, so nobody joins it: it ends with the process, the
+way the owner's end ends the process.
 """
 
 from __future__ import annotations
@@ -17,24 +20,62 @@ import os
 import select
 import signal
 import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from corral.loop import Loop
 
 
-def exit_with_owner(owner_pid: int | None) -> None:
-    """SIGTERM this process as soon as ``owner_pid`` (its parent at start) ends.
+def _owner_pidfd(owner_pid: int | None) -> int | None:
+    """A pidfd of ``owner_pid`` (readable once it ends); None if there is no owner to watch
+    (none given, or not this process's parent); -1 if it has already ended.
 
-    A Linux pidfd of the owner becomes readable when it ends: one thread waits on it, so the
-    process reacts at once and nothing polls. Opened only while the owner is still this
-    process's parent, so a reused pid is never mistaken for it. Linux's PR_SET_PDEATHSIG is not
-    used because it fires when the *thread* that spawned us exits, which would kill clusters
-    started from a worker thread.
+    A Linux pidfd tells of the owner's end at once, and nothing polls. It is opened only while
+    the owner is still this process's parent, so a reused pid is never mistaken for it. Linux's
+    PR_SET_PDEATHSIG is not used because it fires when the *thread* that spawned us exits,
+    which would kill clusters started from a worker thread.
     """
     if not owner_pid or os.getppid() != owner_pid:
-        return
+        return None
     try:
         owner = os.pidfd_open(owner_pid)
     except ProcessLookupError:
-        owner = -1
-    if owner < 0 or os.getppid() != owner_pid:  # it ended before (or while) we looked
+        return -1
+    if os.getppid() != owner_pid:  # it ended while we looked
+        os.close(owner)
+        return -1
+    return owner
+
+
+def watch_owner(loop: Loop, owner_pid: int | None, on_gone: Callable[[], object]) -> None:
+    """Run ``on_gone()`` on ``loop`` as soon as ``owner_pid`` (this process's parent at start)
+    ends: the owner's pidfd is one more reader of the loop, so the process acts on it in the
+    same turn as on its messages, with no thread to join. Call it before the loop runs, from
+    the thread that sets the loop up; ``on_gone`` should do what SIGTERM does (a clean stop)."""
+    owner = _owner_pidfd(owner_pid)
+    if owner is None:
+        return
+    if owner < 0:
+        loop.call_soon_threadsafe(on_gone)
+        return
+
+    def gone() -> None:
+        loop.remove(owner)
+        os.close(owner)
+        on_gone()
+
+    loop.add_reader(owner, gone)
+
+
+def exit_with_owner(owner_pid: int | None) -> None:
+    """SIGTERM this process as soon as ``owner_pid`` (its parent at start) ends: one thread
+    waits on the owner's pidfd (for a process without a :class:`~corral.loop.Loop`; see
+    :func:`watch_owner`)."""
+    owner = _owner_pidfd(owner_pid)
+    if owner is None:
+        return
+    if owner < 0:
         os.kill(os.getpid(), signal.SIGTERM)
         return
 

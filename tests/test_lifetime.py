@@ -22,6 +22,18 @@ print("watching", flush=True)
 time.sleep(120)
 """
 
+LOOP_CHILD = """
+import sys, threading
+from corral.lifetime import watch_owner
+from corral.loop import Loop
+loop = Loop("child")
+watch_owner(loop, int(sys.argv[1]), loop.stop)
+print("watching", flush=True)
+loop.run()
+loop.close()
+print("ended", threading.active_count(), flush=True)
+"""
+
 OWNER = """
 import os, subprocess, sys
 child = subprocess.Popen([sys.executable, "-c", sys.argv[1], str(os.getpid())])
@@ -64,3 +76,43 @@ def test_no_owner_or_another_parent_means_no_watch() -> None:
 
     exit_with_owner(None)  # a process started by hand
     exit_with_owner(1 if psutil.Process().ppid() != 1 else 2)  # not this process's parent
+
+
+def test_a_child_with_a_loop_stops_it_when_its_owner_is_killed_without_a_thread() -> None:
+    """The owner's pidfd is a reader on the child's loop: the loop returns by itself (no
+    SIGTERM, no watching thread left to join)."""
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER, LOOP_CHILD], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    child_pid = 0
+    try:
+        assert owner.stdout is not None
+        child_pid = int(owner.stdout.readline())
+        assert owner.stdout.readline() == "watching\n"
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(30)
+        # the child still writes to the pipe its dead owner shared with it
+        assert owner.stdout.readline() == "ended 1\n"
+        until(lambda: _gone(child_pid), 30, "the child to end with its owner")
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
+        if child_pid and not _gone(child_pid):
+            psutil.Process(child_pid).kill()
+        if owner.stdout is not None:
+            owner.stdout.close()
+
+
+def test_watching_no_owner_adds_nothing_to_the_loop() -> None:
+    from corral.lifetime import watch_owner
+    from corral.loop import Loop
+
+    loop = Loop("no-owner")
+    try:
+        watch_owner(loop, None, loop.stop)
+        watch_owner(loop, 1 if psutil.Process().ppid() != 1 else 2, loop.stop)
+        loop.call_later(0.05, loop.stop)
+        loop.run()  # returns by the timer, not by an owner's end
+    finally:
+        loop.close()

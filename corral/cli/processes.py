@@ -16,7 +16,6 @@ from corral.protocol.connection_files import ENGINE_FILE
 def cmd_controller(args: argparse.Namespace) -> int:
     from corral.controller.app import ControllerConfig, run_controller
     from corral.controller.location import curve_decision
-    from corral.lifetime import exit_with_owner
 
     args.ip = args.ip or "127.0.0.1"
     try:
@@ -61,8 +60,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
         location=args.location,
         shm_threshold=args.shm_threshold,
     )
-    exit_with_owner(args.owner_pid)
-    return run_controller(config)
+    return run_controller(config, owner_pid=args.owner_pid)
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:

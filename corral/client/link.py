@@ -110,8 +110,15 @@ class ControllerLink:
         _helpers: set[threading.Thread]
 
         def _fetch_results(
-            self, msg_ids: list[str], delay: float, unknown_until: float, ceiling: float = 1.0
+            self,
+            msg_ids: list[str],
+            delay: float,
+            unknown_until: float,
+            ceiling: float = 1.0,
+            then: Callable[[], None] | None = None,
         ) -> None: ...
+
+        def _fetch_in_chunks(self, msg_ids: list[str]) -> None: ...
 
     def wait_for_engines(
         self,
@@ -334,7 +341,7 @@ class ControllerLink:
                     plan.lost[0],
                 )
             if plan.fetch:
-                self._fetch_results(plan.fetch, 0.0, time.monotonic() + self.timeout)
+                self._fetch_in_chunks(plan.fetch)
             if plan.ask_again:
                 self._io.call_later(RECOVERY_PERIOD, lambda: self._recover(recovery))
 

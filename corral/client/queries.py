@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from corral.client.asyncresult import AsyncHubResult, AsyncResult
@@ -24,6 +24,8 @@ from corral.client.records import parse_date
 from corral.client.recovery import RESENDABLE
 from corral.errors import ConnectionError, QueryError, RemoteError, ResultNotStored
 from corral.protocol.session import Frame, Message
+
+FETCH_CHUNK = 1000  # results per result_request when many are fetched at once (recovery)
 
 if TYPE_CHECKING:
     from corral.client.client import Client
@@ -121,8 +123,7 @@ class HubQueries:
         cls = AsyncResult
         if unknown:
             cls = AsyncHubResult
-            deadline = time.monotonic() + self.timeout
-            self._io.call_soon(lambda: self._fetch_results(unknown, 0.0, deadline))
+            self._io.call_soon(lambda: self._fetch_in_chunks(unknown))
         result = cls(
             self._records,
             msg_ids,
@@ -188,14 +189,30 @@ class HubQueries:
             result.wait()
         return result
 
+    def _fetch_in_chunks(self, msg_ids: list[str]) -> None:
+        """(I/O thread) Fetch many results from the Hub, ``FETCH_CHUNK`` per request, each
+        sent once the one before is answered (or timed out). The Hub serves one request at a
+        time between its heartbeats: after a controller restart a client fetched tens of
+        thousands of results in one request, which kept the Hub from its pings, engine
+        registrations and every other query for seconds."""
+        chunk, rest = msg_ids[:FETCH_CHUNK], msg_ids[FETCH_CHUNK:]
+        then = (lambda: self._fetch_in_chunks(rest)) if rest else None
+        self._fetch_results(chunk, 0.0, time.monotonic() + self.timeout, then=then)
+
     def _fetch_results(
-        self, msg_ids: list[str], delay: float, unknown_until: float, ceiling: float = 1.0
+        self,
+        msg_ids: list[str],
+        delay: float,
+        unknown_until: float,
+        ceiling: float = 1.0,
+        then: Callable[[], None] | None = None,
     ) -> None:
         """(I/O thread) Ask the Hub for results; ask again, backing off up to ``ceiling``
         seconds, while some are pending.
         A msg_id the Hub has not seen yet counts as pending until ``unknown_until`` (its copy
         may still be on its way from a client that just submitted it), then fails with
-        QueryError. No answer within ``timeout`` fails them with ConnectionError."""
+        QueryError. No answer within ``timeout`` fails them with ConnectionError. ``then`` is
+        called once this first answer (or its timeout) is handled."""
         msg = self.session.msg(
             "result_request",
             {"msg_ids": msg_ids, "statusonly": False, "unknown_pending": True},
@@ -211,6 +228,8 @@ class HubQueries:
                 )
                 for msg_id in msg_ids:
                     records.complete_error(msg_id, error)
+                if then is not None:
+                    then()
                 return
             self._store_hub_results(content, reply.buffers)
             unknown = set(content.get("unknown", []))
@@ -227,6 +246,8 @@ class HubQueries:
                 self._io.call_later(
                     later, lambda: self._fetch_results(pending, later, unknown_until, ceiling)
                 )
+            if then is not None:
+                then()
 
         def on_timeout() -> None:
             if records.pending.pop(msg.msg_id, None) is not None:
@@ -235,6 +256,8 @@ class HubQueries:
                 )
                 for msg_id in msg_ids:
                     records.complete_error(msg_id, error)
+                if then is not None:
+                    then()
 
         records.track_service(msg.msg_id, "hub", on_reply=on_reply)
         self._io.send_now("hub", self.session.serialize(msg))

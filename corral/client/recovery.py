@@ -15,9 +15,9 @@ ConnectionError, to be submitted again. The decisions are here, without sockets.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from corral.protocol.messages import RESENDABLE
+from corral.protocol.messages import RESENDABLE, RESENT
 from corral.protocol.session import Message
 
 __all__ = ["RECOVERY_PERIOD", "RESENDABLE", "Plan", "Recovery", "Resender"]
@@ -95,9 +95,14 @@ class Resender:
         self.held.pop(msg_id, None)
 
     def take(self, msg_id: str) -> Message | None:
-        """The request to send again, or None (not held, or sent too often already)."""
+        """The request to send again, or None (not held, or sent too often already). Its
+        metadata counts the times it was sent again (``RESENT``), which gives it a new
+        signature: an engine that received the first copy (from a scheduler a restart killed)
+        and no longer holds it would otherwise drop it as a replay, and the task would wait
+        for ever for a reply no engine will send."""
         entry = self.held.get(msg_id)
         if entry is None or entry[1] >= RESEND_LIMIT:
             return None
-        self.held[msg_id] = (entry[0], entry[1] + 1)
-        return entry[0]
+        request, sent = entry[0], entry[1] + 1
+        self.held[msg_id] = (request, sent)
+        return replace(request, metadata={**request.metadata, RESENT: sent})

@@ -34,6 +34,7 @@ from corral.controller.hub_shell import HubShell
 from corral.controller.location import reachable_address
 from corral.controller.store import RetentionSettings, SQLiteStore, open_store
 from corral.errors import CorralError
+from corral.lifetime import watch_owner
 from corral.loop import Loop
 from corral.protocol.connection_files import (
     CLIENT_FILE,
@@ -509,12 +510,14 @@ def _read_json_line(stream: IO[bytes], timeout: float) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def run_controller(config: ControllerConfig) -> int:
-    """Run a controller in this process until SIGINT/SIGTERM or a hub shutdown request (exit
-    status 0), or a fault (1: a supervisor restarts it)."""
+def run_controller(config: ControllerConfig, owner_pid: int | None = None) -> int:
+    """Run a controller in this process until SIGINT/SIGTERM, a hub shutdown request or the
+    end of ``owner_pid`` (its parent: ``--owner-pid``) (exit status 0), or a fault (1: a
+    supervisor restarts it)."""
     controller = Controller(config)
     # acted on at once by the loop, also when they arrive while start() still runs
     controller.loop.handle_signals((signal.SIGTERM, signal.SIGINT), controller.request_stop)
+    watch_owner(controller.loop, owner_pid, controller.request_stop)
     try:
         controller.start()
         heap.settle()

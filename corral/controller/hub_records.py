@@ -143,15 +143,24 @@ def record_reply(
         # died with that controller while its engine kept the reply for the next one
         return _record_unknown(hub, queue, idents, msg, now)
     expected = hub.pending.pop(msg_id)
-    if expected is not None and expected != engine_uuid and engine_uuid != "scheduler":
+    if queue == "mux" and expected is not None and expected != engine_uuid:
         hub.pending[msg_id] = expected
-        return []  # a reply from an engine the task was taken away from
+        return []  # a direct task's reply from an engine it was not sent to
+    # the task queue's copies come from the scheduler, which passes on one outcome per task it
+    # holds, whichever engine ran it, and an engine's answer to a task it does not hold (sent
+    # before a controller restart): either is the task's result, even from another engine
+    # than the Hub expected (after a restart, an engine that names the tasks it holds can
+    # re-point a task the client had meanwhile sent again and another engine answered)
     hub.balanced.pop(msg_id, None)
     entry = hub.by_uuid.get(engine_uuid) or (hub.by_uuid.get(expected) if expected else None)
     if entry is not None:
         entry.queue.pop(msg_id, None)
         entry.tasks.pop(msg_id, None)
         entry.completed[msg_id] = None
+    awaited = hub.by_uuid.get(expected) if expected else None
+    if awaited is not None and awaited is not entry:  # its death must not fail the task now
+        awaited.queue.pop(msg_id, None)
+        awaited.tasks.pop(msg_id, None)
     content = msg.content or {}
     metadata = msg.metadata
     hub.activity.complete(

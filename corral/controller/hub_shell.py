@@ -12,9 +12,11 @@ for that), the pong socket's disconnect events, the shared-memory segments of re
 results, and the scheduler process's end.
 
 Sockets are served in priority order each loop turn: pongs (a late pong can cost an engine its
-life), the devices' copies, the scheduler's copies, then registration and queries; copies that
-arrived since the poll are read before each request too, so a query sees every task whose copy
-came first (a client's submission is known to the next query of any client). A reply read so
+life), the devices' copies, the scheduler's copies (at most ``MONITOR_BATCH`` of each per turn,
+so the beat's timer is never far away), then registration and queries; copies that arrived
+since the poll are read before each request (but an engine's registration) too, so a query sees
+every task whose copy came first (a client's submission is known to the next query of any
+client). A reply read so
 ahead of the re-registration that names its task is still recorded: a reply to a task the Hub
 has no record of makes a whole record (see :mod:`.hub_records`).
 """
@@ -46,6 +48,14 @@ from corral.sockets import send_frames
 log = logging.getLogger("corral.controller")
 
 SHM_SWEEP_PERIOD = 2.0  # seconds between sweeps of the segments of dead processes
+# copies read per monitor socket per loop turn: the beat (a timer) runs between turns, and a
+# backlog of copies (100000 tasks submitted at once) must not delay it past the engines'
+# patience, nor pongs, registrations and queries
+MONITOR_BATCH = 250
+# an engine's (un)registration reads no task record: no catching up on copies first (with a
+# backlog, each of an engine's repeated attempts cost a whole batch of copies: the beat
+# stopped for over a minute and every engine took the controller for lost)
+ENGINE_REQUESTS = frozenset({"registration_request", "unregistration_request"})
 
 
 class HubShell:
@@ -94,8 +104,8 @@ class HubShell:
         self._timer: Timer | None = None
         loop.add_socket(self.pong, self._on_pong)
         loop.add_reader(self.pong_events, self._on_pong_events)
-        loop.add_socket(self.queue_monitor, self._on_monitor)
-        loop.add_socket(self.monitor, self._on_monitor)
+        loop.add_socket(self.queue_monitor, self._on_monitor, batch=MONITOR_BATCH)
+        loop.add_socket(self.monitor, self._on_monitor, batch=MONITOR_BATCH)
         loop.add_socket(self.registration, self._on_request)
         for sock in self.resubmit_sockets.values():
             loop.add_socket(sock, self._on_resubmitted_reply)
@@ -150,9 +160,10 @@ class HubShell:
         self._schedule()
 
     def _on_request(self, frames: list[zmq.Frame]) -> None:
-        self._catch_up()
         idents, msg_frames = split_identities(frames)
         msg = self.session.deserialize(msg_frames, content=False, idents=idents)
+        if msg.msg_type not in ENGINE_REQUESTS:
+            self._catch_up()
         actions = self.hub.handle_request(idents, msg, time.time(), msg_frames[4])
         self._perform(actions, msg.metadata)
         self._schedule()

@@ -5,8 +5,9 @@ shell, which drives :class:`~corral.controller.scheduling.SchedulerCore`). The c
 it with its settings as one JSON line on stdin; it answers with one JSON line
 ``{"task": port, "task_engine": port}``, and when it stops writes one more,
 ``{"counts": {...}}`` (tasks submitted, completed, failed, and messages rejected). It stops on
-SIGTERM, at once (the signal wakes its loop), and when its controller is gone
-(:func:`corral.lifetime.exit_with_owner`); SIGINT is the controller's to decide on.
+SIGTERM, at once (the signal wakes its loop), and when its controller is gone (the
+controller's pidfd is a reader on the same loop: :func:`corral.lifetime.watch_owner`); SIGINT
+is the controller's to decide on.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 
 from corral import heap
 from corral.controller.scheduler_shell import SchedulerShell
-from corral.lifetime import exit_with_owner
+from corral.lifetime import watch_owner
 
 
 def main() -> int:
@@ -31,7 +32,7 @@ def main() -> int:
     scheduler = SchedulerShell(settings)
     scheduler.loop.handle_signals((signal.SIGTERM,), lambda _signum: scheduler.loop.stop())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the controller decides when we stop
-    exit_with_owner(settings.get("parent_pid"))  # SIGTERM once the controller is gone
+    watch_owner(scheduler.loop, settings.get("parent_pid"), scheduler.loop.stop)
     sys.stdout.write(
         json.dumps({"task": scheduler.client_port, "task_engine": scheduler.engine_port}) + "\n"
     )

@@ -92,7 +92,7 @@ class SchedulerShell:
         self.monitor.sndhwm = 0  # a dropped copy is a task the Hub never records
         self.monitor.connect(settings["monitor"])
         self.pending: dict[str, Pending] = {}
-        self.counts = {"submitted": 0, "completed": 0, "failed": 0}
+        self.counts = {"submitted": 0, "completed": 0, "failed": 0, "duplicates": 0}
         self._timer: Timer | None = None
         # engines come and go first, then replies (they free slots), then new requests
         self.loop.add_socket(self.notifications, self._on_notification)
@@ -144,7 +144,15 @@ class SchedulerShell:
         if not idents:
             raise ProtocolError("task request without a client identity")
         msg = self.session.deserialize(msg_frames, content=False)
-        pending = Pending(idents[0], msg, msg_frames)
+        client = idents[0]
+        if self.core.task_state(msg.msg_id) is not None:
+            # a client sends a load-balanced request again when a controller restart may have
+            # lost it (same msg_id, a new signature); this copy must neither replace the held
+            # one nor give it a second outcome
+            self.counts["duplicates"] += 1
+            log.info("task %s sent again while held here: the copy is dropped", msg.msg_id)
+            return
+        pending = Pending(client, msg, msg_frames)
         self.pending[msg.msg_id] = pending
         self.counts["submitted"] += 1
         try:

@@ -45,7 +45,10 @@ Rules decided here (the shell and clients rely on them):
 - A Dispatch the shell could not send (the engine registered but its task connection is not up
   yet) is reported with :meth:`SchedulerCore.engine_unreachable` and sent again every
   ``UNREACHABLE_RETRY`` seconds until ``UNREACHABLE_GRACE`` after the first failure; then the
-  task stays with that engine until the Hub declares it dead (:meth:`remove_engine`).
+  task is taken back from that engine (it never reached it, so no retry is spent) and goes to
+  another one, or waits in the queue, preferring engines other than that one. It is never left
+  with an engine it was not delivered to: an engine the Hub still counts alive (its heart
+  beats) but that this scheduler cannot reach would hold it for ever.
 - The last ``finished_memory`` finished msg_ids are remembered (:meth:`SchedulerCore.answered`):
   a reply for one of them is late (its task was failed or resubmitted) and must not reach the
   client; the outcome of a task that falls out of that memory is forgotten.
@@ -283,6 +286,16 @@ class SchedulerCore:
         self._settle(finished, now, actions)
         return actions
 
+    def _take_back(self, record: TaskRecord, actions: list[Action]) -> None:
+        """The task never reached its engine within the grace (see the module's rules): it
+        goes to another engine, or back to the queue, avoiding that one; no retry is spent."""
+        engine = record.engine
+        assert engine is not None
+        self._release(record, engine)
+        record.avoid = record.avoid | {engine.uuid}
+        self._enqueue_or_dispatch(record, actions)
+        self._fill(engine, actions)
+
     def _release(self, record: TaskRecord, engine: EngineState) -> None:
         """The task no longer runs on ``engine``: its slot is free again."""
         del engine.running[record.task.msg_id]
@@ -294,7 +307,10 @@ class SchedulerCore:
 
     def reject(self, msg_id: str, error: type[Exception], reason: str) -> list[Action]:
         """A request the shell could not turn into a task (wrong type, bad metadata, a msg_id
-        already submitted): its Fail, and it counts as answered (see :meth:`answered`)."""
+        already submitted): its Fail, and it counts as answered (see :meth:`answered`). None
+        for a msg_id this scheduler holds: that task keeps its one outcome."""
+        if msg_id in self._records:
+            return []
         self._remember(msg_id)
         return [Fail(msg_id, error, reason)]
 
@@ -330,9 +346,12 @@ class SchedulerCore:
         whose timeout ran out by ``now`` (see the module's rules)."""
         actions: list[Action] = []
         if self._unreachable:
-            for msg_id, engine_uuid in self._unreachable.due(now, self._running_on):
-                attempt = self._records[msg_id].attempts - 1
-                actions.append(Dispatch(msg_id, engine_uuid, attempt))
+            for msg_id, engine_uuid, expired in self._unreachable.due(now, self._running_on):
+                record = self._records[msg_id]
+                if expired:
+                    self._take_back(record, actions)
+                else:
+                    actions.append(Dispatch(msg_id, engine_uuid, record.attempts - 1))
         finished: _Finished = deque()
         deadlines = self._deadlines
         while deadlines and deadlines[0][0] <= now:

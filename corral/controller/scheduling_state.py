@@ -152,11 +152,13 @@ class _Undelivered:
     engine_uuid: str
     since: float  # the first failure
     retry_at: float | None  # None: sent again, waiting to hear whether that failed too
+    expired: bool = False  # the grace ran out: take the task back from that engine
 
 
 class Redelivery:
     """Dispatches the shell could not send: each is due again ``UNREACHABLE_RETRY`` after it
-    failed, until ``UNREACHABLE_GRACE`` after its first failure."""
+    failed, until ``UNREACHABLE_GRACE`` after its first failure; then it is due once more,
+    marked expired, for the core to take the task back from that engine."""
 
     def __init__(self) -> None:
         self._entries: dict[str, _Undelivered] = {}
@@ -167,25 +169,30 @@ class Redelivery:
     def failed(self, msg_id: str, engine_uuid: str, now: float) -> None:
         entry = self._entries.get(msg_id)
         since = now if entry is None or entry.engine_uuid != engine_uuid else entry.since
-        if now - since > UNREACHABLE_GRACE:
-            del self._entries[msg_id]  # given up: the Hub will declare the engine dead
-        else:
-            self._entries[msg_id] = _Undelivered(engine_uuid, since, now + UNREACHABLE_RETRY)
+        expired = now - since > UNREACHABLE_GRACE
+        retry_at = now if expired else now + UNREACHABLE_RETRY
+        self._entries[msg_id] = _Undelivered(engine_uuid, since, retry_at, expired)
 
     def discard(self, msg_id: str) -> None:
         self._entries.pop(msg_id, None)
 
-    def due(self, now: float, running_on: Callable[[str], str | None]) -> Iterator[tuple[str, str]]:
-        """(msg_id, engine uuid) of each Dispatch to send again now; entries whose task no
-        longer runs on that engine (``running_on``) are dropped."""
+    def due(
+        self, now: float, running_on: Callable[[str], str | None]
+    ) -> Iterator[tuple[str, str, bool]]:
+        """(msg_id, engine uuid, expired) of each Dispatch to send again now, or (expired) to
+        take back; entries whose task no longer runs on that engine (``running_on``) are
+        dropped."""
         for msg_id, entry in list(self._entries.items()):
             if entry.retry_at is None or entry.retry_at > now:
                 continue
             if running_on(msg_id) != entry.engine_uuid:
                 del self._entries[msg_id]  # finished, or sent elsewhere since
                 continue
-            entry.retry_at = None
-            yield msg_id, entry.engine_uuid
+            if entry.expired:
+                del self._entries[msg_id]
+            else:
+                entry.retry_at = None
+            yield msg_id, entry.engine_uuid, entry.expired
 
     def next_deadline(self) -> float | None:
         due = [e.retry_at for e in self._entries.values() if e.retry_at is not None]

@@ -9,8 +9,9 @@ link core's actions. The main thread takes requests from a queue and runs them w
 the loop's one hand-off path. Threads, each with an owner that stops and joins it: the I/O
 thread (owned by :class:`Engine`), the heart (:mod:`.heart`) and the output flusher
 (:class:`~.namespace.OutputCapture`), both stopped by the I/O thread at shutdown. Signals:
-SIGINT raises KeyboardInterrupt in the running task only (ignored while idle); SIGTERM makes
-the I/O thread unregister and exit, even while a task runs.
+SIGINT raises KeyboardInterrupt in the running task only (ignored while idle); SIGTERM, or the
+end of the process that started it (``--owner-pid``, watched on the I/O loop), makes the I/O
+thread unregister and exit, even while a task runs.
 
     python -m corral.engine --file PATH
     python -m corral.engine [--cluster-id ID] [--cluster-dir DIR]   # <DIR>/<ID>/corral-engine.json
@@ -30,7 +31,6 @@ from typing import Any, NoReturn
 
 from corral import heap
 from corral.errors import CorralError
-from corral.lifetime import exit_with_owner
 from corral.protocol.connection_files import (
     ENGINE_FILE,
     EngineConnection,
@@ -75,6 +75,7 @@ class Engine:
         max_result_bytes: int | None = None,
         use_ipython: bool = True,
         placement: Mapping[str, Any] | None = None,
+        owner_pid: int | None = None,
     ) -> None:
         if isinstance(connection, EngineConnection):
             info = connection
@@ -97,6 +98,7 @@ class Engine:
             check_msg_type=False,  # unknown types are answered with an error, not dropped
         )
         self.requested_id = requested_id
+        self.owner_pid = owner_pid  # its parent (--owner-pid): the engine ends with it
         self.use_ipython = use_ipython
         self.registration_timeout = registration_timeout
         self.unregister_timeout = unregister_timeout
@@ -148,6 +150,7 @@ class Engine:
         )
         io = IOShell(settings, parts)
         self._install_signal_handlers(io)
+        io.end_with_owner(self.owner_pid)
         io.start()
         io.wait_registered()
         self._io = io
@@ -233,7 +236,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     cluster_dir = args.cluster_dir or cluster_dir_from(os.environ)
     path = args.file or cluster_folder(cluster_dir, args.cluster_id) / ENGINE_FILE
-    exit_with_owner(args.owner_pid)
     try:
         placement = engine_placement(os.environ, mpi_rank=_init_mpi() if args.mpi else None)
         engine = Engine(
@@ -244,6 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_result_bytes=args.max_result_bytes,
             use_ipython=not args.no_ipython,
             placement=placement,
+            owner_pid=args.owner_pid,
         )
         engine.run()
     except CorralError as err:

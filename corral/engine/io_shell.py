@@ -40,6 +40,7 @@ from corral.errors import (
     TaskTimeout,
     UnknownMessageType,
 )
+from corral.lifetime import watch_owner
 from corral.loop import Loop, LoopThread, Timer
 from corral.protocol.connection_files import EngineConnection
 from corral.protocol.messages import validate_content
@@ -52,6 +53,7 @@ from .heart import Heart
 from .interrupts import InterruptGate
 from .link import Action, EngineLink, Exit, Fail, LinkSettings, Registered, Resend, SendRegistration
 from .namespace import TASK_SIGNALS, OutputCapture
+from .replies import marked_resent
 from .runner import (
     MAIN_THREAD_CONTROL_TYPES,
     QUEUE_MARK,
@@ -154,6 +156,11 @@ class IOShell:
         """SIGTERM makes the engine unregister and exit, even while a task runs: the loop
         hears it through its signal wake-up at once. Main thread only, before :meth:`start`."""
         self.loop.handle_signals([signal.SIGTERM], self._on_signal)
+
+    def end_with_owner(self, owner_pid: int | None) -> None:
+        """Shut down as on SIGTERM as soon as ``owner_pid`` (the process that started this
+        engine) ends: its pidfd is a reader on the I/O loop. Before :meth:`start`."""
+        watch_owner(self.loop, owner_pid, lambda: self._on_signal(signal.SIGTERM))
 
     def start(self) -> None:
         self.thread.start()
@@ -258,7 +265,7 @@ class IOShell:
                     self._registered.set()
             elif isinstance(action, Resend):
                 for channel, reply in action.replies:
-                    send_frames(self._sockets[channel], reply)
+                    send_frames(self._sockets[channel], marked_resent(reply, self.session.sign))
             elif isinstance(action, Fail):
                 self.failure = action.reason
                 self._registered.set()

@@ -8,7 +8,8 @@ engine keeps each reply until the Hub says it is recorded: every heartbeat perio
 written to its store. Replies travel in order on each channel (engine, queue, Hub monitor), so
 that reply and every earlier one on its channel are safe and forgotten. When the engine
 registers with a restarted controller, it names the tasks it still holds and the replies it
-sends again; the Hub records each reply once, clients ignore a reply they already have. At most
+sends again, each marked as such (:func:`marked_resent`: a new signature, never a replay); the
+Hub records each reply once, clients ignore a reply they already have. At most
 ``MAX_KEPT`` replies are kept (a Hub that far behind loses the oldest, with a warning). No
 sockets here: the I/O thread calls these methods.
 """
@@ -16,11 +17,12 @@ sockets here: the I/O thread calls these methods.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import orjson
 
+from corral.protocol.messages import RESENT
 from corral.protocol.session import DELIMITER, Frame, frame_view
 
 MAX_KEPT = 10_000  # replies kept at most while the Hub has not confirmed them
@@ -76,6 +78,30 @@ class ReplyLog:
         replies = [(channel, frames) for _, channel, frames in self.recent.values()]
         self.recent.clear()
         return replies
+
+
+def marked_resent(
+    frames: Sequence[Frame], sign: Callable[[Sequence[bytes | memoryview]], bytes]
+) -> list[Frame]:
+    """A kept reply to send again: ``resent: true`` in its metadata, so a new signature
+    (``sign``: the engine session's). The first copy may have reached the restarted
+    scheduler before anything could use it: its copy to the Hub sent before the Hub's
+    subscription arrived is dropped, and the client, not yet reconnected, missed it too.
+    Unchanged, the second copy is a replay the scheduler drops, and the task the Hub waits
+    on is never answered. Frames without a readable metadata frame are returned unchanged."""
+    for index, frame in enumerate(frames):
+        view = frame_view(frame)
+        if len(view) == len(DELIMITER) and bytes(view) == DELIMITER:
+            json_frames = [frame_view(f) for f in frames[index + 2 : index + 6]]
+            try:
+                metadata = orjson.loads(json_frames[2])
+            except (IndexError, orjson.JSONDecodeError):
+                return list(frames)
+            if len(json_frames) != 4 or not isinstance(metadata, dict):
+                return list(frames)
+            json_frames[2] = orjson.dumps({**metadata, RESENT: True})
+            return [*frames[: index + 1], sign(json_frames), *json_frames, *frames[index + 6 :]]
+    return list(frames)
 
 
 def parent_msg_id(frames: Sequence[Frame]) -> str | None:

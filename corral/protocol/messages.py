@@ -204,3 +204,7 @@ def error_reply(ename: str, evalue: str, **fields: Any) -> dict[str, Any]:
 # restart (it waited in the old task scheduler); a client that still holds the request sends it
 # again under the same msg_id (see corral.client.recovery.Resender).
 RESENDABLE = "resendable"
+# A message's metadata mark: a copy sent again after a controller restart may have lost the
+# first (a request: how many times the client sent it again; a reply an engine kept: true).
+# It changes the signature, so the copy is never dropped as a replay of the first.
+RESENT = "resent"

@@ -17,6 +17,7 @@ import pytest
 
 from corral.client.asyncresult import AsyncResult
 from corral.client.client import Client
+from corral.client.queries import FETCH_CHUNK
 from corral.cluster.cluster import Cluster
 from corral.errors import (
     ConnectionError,
@@ -244,6 +245,22 @@ def test_get_result_from_a_second_client(rc, cluster) -> None:  # type: ignore[n
     # the client that sent it resolves its own results without asking the Hub
     assert rc.get_result(done.msg_ids[0]).get(0) == {"answer": 42}
     assert rc.get_result(rc.history.index(done.msg_ids[0])).get(0) == {"answer": 42}
+
+
+def test_many_results_from_a_second_client_come_in_chunks(rc: Client, cluster: Cluster) -> None:
+    """More results than one request fetches: each chunk is asked for once the one before is
+    answered, so the Hub stays free for its heartbeats and other queries between them."""
+    count = 2 * FETCH_CHUNK + 7
+    sent = rc.load_balanced_view().map_async(lambda x: x * 3, range(count), chunksize=1)
+    assert sent.get(timeout=120) == [x * 3 for x in range(count)]
+    with cluster.connect() as other:
+        until(
+            lambda: not other.result_status(sent.msg_ids)["pending"],
+            30,
+            "the Hub to record every result",
+        )
+        fetched = other.get_result(sent.msg_ids)  # one map chunk, a list, per request
+        assert fetched.get(timeout=120) == [[x * 3] for x in range(count)]
 
 
 def test_hub_that_stops_answering_is_a_connection_error(own_cluster: Cluster) -> None:

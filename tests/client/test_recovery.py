@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from corral.client.recovery import RESEND_LIMIT, UNKNOWN_CHECKS, Recovery, Resender
+from corral.protocol.messages import RESENT
 from corral.protocol.session import Session
 
 
@@ -36,9 +37,29 @@ def test_a_held_request_is_given_back_a_bounded_number_of_times_until_released()
     resender = Resender()
     assert resender.take("unknown") is None
     resender.hold(msg.msg_id, msg)
-    for _ in range(RESEND_LIMIT):
-        assert resender.take(msg.msg_id) is msg
+    for sent in range(1, RESEND_LIMIT + 1):
+        again = resender.take(msg.msg_id)
+        assert again is not None
+        assert (again.header, again.content, again.buffers) == (msg.header, msg.content, ())
+        assert again.metadata == {**msg.metadata, RESENT: sent}
     assert resender.take(msg.msg_id) is None  # sent again often enough: it fails instead
     resender.hold("answered", msg)
     resender.release("answered")
     assert resender.take("answered") is None and "answered" not in resender.held
+
+
+def test_each_copy_sent_again_has_a_new_signature() -> None:
+    """Engines drop a signature they have seen as a replay: a copy the restarted scheduler
+    forwards unchanged to an engine that received the first one would never be answered."""
+    session = Session(b"k")
+    msg = session.msg("apply_request", {}, metadata={"retries": 2})
+    resender = Resender()
+    resender.hold(msg.msg_id, msg)
+    copies = [resender.take(msg.msg_id) for _ in range(RESEND_LIMIT)]
+    signatures = {session.serialize(m)[1] for m in [msg, *copies] if m is not None}
+    assert len(signatures) == RESEND_LIMIT + 1
+    receiver = Session(b"k")
+    for copy in [msg, *copies]:
+        assert copy is not None
+        frames = session.serialize(copy)
+        assert receiver.deserialize(frames[1:]).msg_id == msg.msg_id  # none is a replay

@@ -284,7 +284,13 @@ def test_huge_msg_id_list_is_rejected(hub: HubHarness) -> None:
     assert reply.content["status"] == "error" and "too many" in reply.content["evalue"]
 
 
-def test_late_reply_from_replaced_engine_is_ignored(hub: HubHarness) -> None:
+def test_the_task_queues_first_outcome_is_recorded_whichever_engine_gave_it(
+    hub: HubHarness,
+) -> None:
+    """The scheduler passes on one outcome per task (and the client takes the first one it
+    gets): the Hub records the same, even from another engine than its task_destination named,
+    and a later reply is a duplicate. A direct task's reply from an engine it was not sent to
+    is ignored."""
     register(hub, "a")
     register(hub, "b")
     req = session.msg("apply_request", {})
@@ -293,9 +299,14 @@ def test_late_reply_from_replaced_engine_is_ignored(hub: HubHarness) -> None:
         b"task_dest", [], session.msg("task_destination", {"msg_id": req.msg_id, "engine_id": "b"})
     )
     hub.handle_monitor(b"task_out", [b"client-1", b"a"], reply_for(req, status="error"))
-    assert hub.store.get_record(req.msg_id)["status"] == "pending"
+    assert hub.store.get_record(req.msg_id)["status"] == "error"
     hub.handle_monitor(b"task_out", [b"client-1", b"b"], reply_for(req))
-    assert hub.store.get_record(req.msg_id)["status"] == "ok"
+    assert hub.store.get_record(req.msg_id)["status"] == "error"
+    direct = submit_mux(hub, "b")
+    hub.handle_monitor(b"mux_out", [b"client-1", b"a"], reply_for(direct))
+    assert hub.store.get_record(direct.msg_id)["status"] == "pending"
+    hub.handle_monitor(b"mux_out", [b"client-1", b"b"], reply_for(direct))
+    assert hub.store.get_record(direct.msg_id)["status"] == "ok"
 
 
 def test_a_reply_to_a_request_never_recorded_gets_one_whole_record(hub: HubHarness) -> None:
@@ -618,3 +629,31 @@ def test_tables_stay_bounded_over_rounds_with_purging(hub: HubHarness) -> None:
         assert reply.content["status"] == "ok"
         assert set(hub_tables(hub).values()) == {0}, hub_tables(hub)
     assert len(hub.activity.recent) <= hub.activity.capacity
+
+
+def test_a_task_sent_again_is_recorded_from_whichever_engine_answers_it() -> None:
+    """After a restart, a load-balanced task is failed as lost and sent again by its client;
+    the new scheduler gives it to another engine, and only then does the engine that held it
+    come back and name it. The scheduler's reply (from the other engine) is the outcome: the
+    record must not stay pending, waiting for the engine that named it (the scheduler drops
+    that one's late reply). A chaos run left 16 records pending so."""
+    before = HubHarness.create(MemoryStore(), ENGINE_ADDRESSES, CLIENT_ADDRESSES, 1.0, max_misses=2)
+    register(before, "slow")
+    held = submit_balanced(before, retries=2)  # the Hub died before its task_dest
+    hub = restarted_hub(before.store)
+    register(hub, "other", id=1)
+    settle_restored(hub, "other")
+    assert hub.store.get_record(held.msg_id)["result_metadata"].get(RESENDABLE) is True
+    hub.handle_monitor(b"task_in", [b"client-1"], held)  # sent again
+    dest = session.msg("task_destination", {"msg_id": held.msg_id, "engine_id": "other"})
+    hub.handle_monitor(b"task_dest", [], dest)
+    register(hub, "slow", id=0, tasks=[held.msg_id])  # back late, naming the task it held
+    hub.handle_monitor(b"task_out", [b"client-1", b"other"], reply_for(held))
+    record = hub.store.get_record(held.msg_id)
+    assert record["status"] == "ok" and record["engine_uuid"] == "other"
+    assert held.msg_id not in hub.pending
+    hub.connection_closed("slow")  # the engine that named it dies: the result stays
+    for _ in range(hub.hearts.probe_limit + 1):
+        hub.probe()
+    assert "slow" not in hub.by_uuid
+    assert hub.store.get_record(held.msg_id)["status"] == "ok"

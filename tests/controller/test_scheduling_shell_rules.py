@@ -58,17 +58,45 @@ def test_an_unreachable_engine_is_retried_every_interval_until_the_grace_runs_ou
     while True:
         core.engine_unreachable("t", "e1", now)
         due = core.next_deadline()
-        if due is None:
+        assert due is not None
+        if due == now:  # the grace ran out: due at once, to be taken back
             break
         now = due
         assert core.tick(now) == [dispatch]
         sent += 1
     assert now - 100.0 == pytest.approx(UNREACHABLE_GRACE, abs=2 * UNREACHABLE_RETRY)
     assert sent >= UNREACHABLE_GRACE / UNREACHABLE_RETRY - 2
-    # still the engine's: its loss (the Hub declares it dead) retries or fails it
+    # taken back: e1 is the only engine, so it is tried again there, as a new attempt
+    assert core.tick(now) == [Dispatch("t", "e1", 1)]
     assert core.task_state("t") == "running"
     (failed,) = core.remove_engine("e1")
     assert isinstance(failed, Fail) and failed.msg_id == "t"
+
+
+def test_a_task_never_delivered_within_the_grace_goes_to_another_engine() -> None:
+    """An engine the Hub counts alive but this scheduler cannot reach (its task connection
+    never came up) must not hold a task for ever while another engine idles: no
+    unregistration will ever free it."""
+    core = SchedulerCore(max_outstanding=1)
+    core.add_engine("e1")
+    assert core.submit(Task("stuck"), 0.0) == [Dispatch("stuck", "e1", 0)]
+    core.add_engine("e2")  # idle from now on
+    now = 0.0
+    core.engine_unreachable("stuck", "e1", now)
+    while True:  # e1 never becomes reachable
+        due = core.next_deadline()
+        assert due is not None
+        if due == now:
+            break
+        now = due
+        assert core.tick(now) == [Dispatch("stuck", "e1", 0)]
+        core.engine_unreachable("stuck", "e1", now)
+    assert now > UNREACHABLE_GRACE
+    # taken back from e1 (a new attempt, no retry spent: the task has none) and sent to e2
+    assert core.tick(now) == [Dispatch("stuck", "e2", 1)]
+    assert core.outstanding("e1") == 0 and core.outstanding("e2") == 1
+    assert core.task_finished("stuck", "e2", True, now) == [Complete("stuck")]
+    assert core.next_deadline() is None
 
 
 def test_a_retry_is_dropped_once_the_task_finished_or_moved() -> None:
@@ -100,3 +128,16 @@ def test_a_retry_waits_for_a_timeout_deadline_in_the_same_timer() -> None:
     assert core.next_deadline() == 5.0
     (timed_out,) = core.tick(5.0)
     assert isinstance(timed_out, Fail) and timed_out.msg_id == "later"
+
+
+def test_a_held_task_is_never_rejected_so_it_keeps_its_one_outcome() -> None:
+    """A request sent again under the msg_id of a task the scheduler holds is not a task; its
+    rejection must not answer the held one (which would then be answered twice)."""
+    core = SchedulerCore()
+    assert core.submit(Task("held"), 0.0) == []  # no engine yet: queued
+    with pytest.raises(ValueError, match="already submitted"):
+        core.submit(Task("held"), 0.0)
+    assert core.reject("held", ProtocolError, "already submitted") == []
+    assert not core.answered("held") and core.task_state("held") == "queued"
+    assert core.add_engine("e1") == [Dispatch("held", "e1", 0)]
+    assert core.task_finished("held", "e1", True, 0.0) == [Complete("held")]

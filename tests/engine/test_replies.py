@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from corral.engine.replies import MAX_KEPT, ReplyLog, parent_msg_id
-from corral.protocol.session import Session
+from corral.engine.replies import MAX_KEPT, ReplyLog, marked_resent, parent_msg_id
+from corral.protocol.messages import RESENT
+from corral.protocol.session import Frame, Session, frame_view
 
 session = Session(b"key")
 
 
-def reply_frames(request_id: str) -> list[bytes]:
+def reply_frames(request_id: str) -> list[Frame]:
     request = session.msg("apply_request", {})
     request.header["msg_id"] = request_id
     reply = session.msg("apply_reply", {"status": "ok"}, parent=request)
-    return [bytes(f) for f in session.serialize(reply, [b"client"])]
+    return [bytes(frame_view(f)) for f in session.serialize(reply, [b"client"])]
 
 
 def test_parent_msg_id_reads_the_parent_header() -> None:
@@ -62,3 +63,19 @@ def test_recent_replies_are_bounded() -> None:
     log.replied(b"mux", reply_frames("newest"), now=0.0)
     assert len(log.recent) == MAX_KEPT and "newest" in log.recent and "0" not in log.recent
     assert log.dropped == 6
+
+
+def test_a_reply_sent_again_has_a_new_signature_and_is_no_replay() -> None:
+    """The restarted scheduler may have received the first copy (queued in the engine while
+    no scheduler ran) before its copy to the Hub could be delivered; an identical second copy
+    would be dropped there as a replay and the task never recorded."""
+    frames = reply_frames("task-1")
+    again = marked_resent(frames, session.sign)
+    assert again[0] == b"client" and parent_msg_id(again) == "task-1"
+    assert again[2] != frames[2]  # the signature
+    receiver = Session(b"key")
+    first = receiver.feed(frames)
+    second = receiver.feed(again)  # not a ReplayError
+    assert second.metadata == {**first.metadata, RESENT: True}
+    assert (second.header, second.content) == (first.header, first.content)
+    assert marked_resent([b"no", b"delimiter"], session.sign) == [b"no", b"delimiter"]

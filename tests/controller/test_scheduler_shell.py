@@ -1,0 +1,136 @@
+"""The scheduler's socket shell with real sockets on loopback: the test plays the Hub (its
+notification PUB and monitor SUB), a client and an engine, around a SchedulerShell running its
+loop on a thread of this process. Every wait polls a socket with a deadline."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pytest
+import zmq
+
+from corral.controller.scheduler_shell import SchedulerShell
+from corral.protocol.messages import RESENT
+from corral.protocol.session import Message, Session
+from tests.wire import recv_msg, send_msg
+
+KEY = "scheduler-shell-test-key"
+LOCALHOST = "tcp://127.0.0.1"
+WAIT = 30.0  # generous: the machine may be loaded; only a hang reaches it
+
+
+@dataclass
+class Peers:
+    """The sockets the test plays, and the shell under test."""
+
+    shell: SchedulerShell
+    hub: zmq.Socket[Any]  # PUB: registration notifications
+    client: zmq.Socket[Any]  # DEALER on the clients ROUTER
+    engine: zmq.Socket[Any]  # DEALER on the engines ROUTER, identity = its uuid
+    session: Session  # the client's and the Hub's
+    engine_session: Session
+
+    def register_engine(self, uuid: str, first_task: Message) -> Message:
+        """Announce the engine until the scheduler sends it ``first_task`` (a notification
+        published before its SUB is connected is lost, so it is published again)."""
+        for _ in range(int(WAIT / 0.1)):
+            send_msg(self.session, self.hub, "registration_notification", {"id": 0, "uuid": uuid})
+            if self.engine.poll(100):
+                request = recv_msg(self.engine_session, self.engine)
+                assert request.msg_id == first_task.msg_id
+                return request
+        raise AssertionError("the scheduler never sent a task to the announced engine")
+
+    def next_request(self) -> Message:
+        assert self.engine.poll(int(WAIT * 1000)), "no task reached the engine"
+        return recv_msg(self.engine_session, self.engine)
+
+    def reply(self, request: Message) -> None:
+        reply = self.engine_session.msg("apply_reply", {"status": "ok"}, request, {"status": "ok"})
+        send_msg(self.engine_session, self.engine, reply, idents=request.idents)
+
+    def next_reply(self) -> Message:
+        assert self.client.poll(int(WAIT * 1000)), "no reply reached the client"
+        return recv_msg(self.session, self.client)
+
+
+@pytest.fixture
+def peers() -> Iterator[Peers]:
+    context: zmq.Context[Any] = zmq.Context()
+    hub = context.socket(zmq.PUB)
+    notify_port = hub.bind_to_random_port(LOCALHOST)
+    monitor = context.socket(zmq.SUB)
+    monitor.subscribe(b"")
+    monitor_port = monitor.bind_to_random_port(LOCALHOST)
+    settings = {
+        "key": KEY,
+        "signature_scheme": "hmac-sha256",
+        "url": LOCALHOST,
+        "notification": f"{LOCALHOST}:{notify_port}",
+        "monitor": f"{LOCALHOST}:{monitor_port}",
+        "max_outstanding": 1,
+    }
+    built = threading.Event()
+    box: list[SchedulerShell] = []
+
+    def run() -> None:  # the shell's sockets belong to the thread that runs its loop
+        shell = SchedulerShell(settings)
+        box.append(shell)
+        built.set()
+        try:
+            shell.loop.run()
+        finally:
+            shell.close()
+
+    thread = threading.Thread(target=run, name="scheduler-under-test")
+    thread.start()
+    sockets = [hub, monitor]
+    try:
+        assert built.wait(WAIT), "the scheduler shell did not start"
+        shell = box[0]
+        client = context.socket(zmq.DEALER)
+        client.connect(f"{LOCALHOST}:{shell.client_port}")
+        engine = context.socket(zmq.DEALER)
+        engine.setsockopt(zmq.IDENTITY, b"engine-a")
+        engine.connect(f"{LOCALHOST}:{shell.engine_port}")
+        sockets += [client, engine]
+        yield Peers(shell, hub, client, engine, Session(KEY), Session(KEY))
+    finally:
+        if box:
+            box[0].loop.call_soon_threadsafe(box[0].loop.stop)
+        thread.join(WAIT)
+        for sock in sockets:
+            sock.close(linger=0)
+        context.term()
+    assert not thread.is_alive(), "the scheduler's loop did not stop"
+
+
+def test_a_request_sent_again_while_held_is_dropped_and_the_held_one_keeps_its_outcome(
+    peers: Peers,
+) -> None:
+    """A client sends a load-balanced request again (same msg_id, a new signature) when a
+    controller restart may have lost it. Before, the copy replaced the held request and was
+    failed as already submitted, so the held task had no request left to send: its dispatch
+    raised, and the tasks dispatched with it were never sent either, waiting for ever."""
+    session = peers.session
+    first = send_msg(session, peers.client, "apply_request", {}, metadata={"retries": 2})
+    request = peers.register_engine("engine-a", first)  # running there: the one slot is taken
+    held = send_msg(session, peers.client, "apply_request", {}, metadata={"retries": 2})
+    again = replace(held, metadata={**held.metadata, RESENT: 1})
+    send_msg(session, peers.client, again)  # queued behind the running one, sent again
+    later = send_msg(session, peers.client, "apply_request", {})
+    peers.reply(request)
+    assert peers.next_reply().parent_id == first.msg_id
+    # the held task and the one after it both reach the engine, each once, and are answered
+    for expected in (held, later):
+        request = peers.next_request()
+        assert request.msg_id == expected.msg_id
+        peers.reply(request)
+        reply = peers.next_reply()
+        assert reply.parent_id == expected.msg_id
+        assert reply.content is not None and reply.content["status"] == "ok"
+    assert not peers.client.poll(200), "a second outcome reached the client"
+    assert peers.shell.counts["duplicates"] == 1
