@@ -4,6 +4,7 @@ test_terminal.py): what they count, timeouts, and that they end at 100%."""
 from __future__ import annotations
 
 import sys
+import threading
 import time
 
 import cloudpickle
@@ -19,10 +20,29 @@ def nap(seconds: float) -> float:
     return seconds
 
 
-def test_client_wait_interactive_counts_everything_outstanding(rc, capsys) -> None:  # type: ignore[no-untyped-def]
+def wait_for(path: str) -> str:
+    """Task body: return once ``path`` exists (at most 60 s)."""
+    import os
+
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return path
+
+
+def test_client_wait_interactive_counts_everything_outstanding(rc, capsys, tmp_path) -> None:  # type: ignore[no-untyped-def]
     view = rc.load_balanced_view()
-    results = [view.apply_async(nap, 0.05) for _ in range(8)]
-    assert rc.wait_interactive(interval=0.02, timeout=60) is True
+    gate = tmp_path / "gate"
+    # no task can finish before the wait starts: the gate opens 0.5 s after it is called
+    results = [view.apply_async(wait_for, str(gate)) for _ in range(8)]
+    assert len(rc.outstanding) == 8
+    opener = threading.Timer(0.5, gate.touch)
+    opener.start()
+    try:
+        assert rc.wait_interactive(interval=0.02, timeout=60) is True
+    finally:
+        opener.cancel()
+        gate.touch()
     assert all(r.done() for r in results)
     bar = capsys.readouterr().err
     assert "tasks: 100%" in bar and "8/8" in bar
