@@ -5,6 +5,8 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -49,18 +51,19 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def test_a_child_ends_when_its_owner_is_killed() -> None:
+@contextmanager
+def owned_child(child: str) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """An owner process running ``child`` (given the owner's pid), once the child watches it:
+    (the owner, the child's pid). Both are gone afterwards, however the test ended."""
     owner = subprocess.Popen(
-        [sys.executable, "-c", OWNER, CHILD], stdout=subprocess.PIPE, text=True, cwd=ROOT
+        [sys.executable, "-c", OWNER, child], stdout=subprocess.PIPE, text=True, cwd=ROOT
     )
     child_pid = 0
     try:
         assert owner.stdout is not None
         child_pid = int(owner.stdout.readline())
         assert owner.stdout.readline() == "watching\n"  # the child's, on the same pipe
-        owner.send_signal(signal.SIGKILL)
-        owner.wait(30)
-        until(lambda: _gone(child_pid), 30, "the child to end with its owner")
+        yield owner, child_pid
     finally:
         if owner.poll() is None:
             owner.kill()
@@ -69,6 +72,13 @@ def test_a_child_ends_when_its_owner_is_killed() -> None:
             psutil.Process(child_pid).kill()
         if owner.stdout is not None:
             owner.stdout.close()
+
+
+def test_a_child_ends_when_its_owner_is_killed() -> None:
+    with owned_child(CHILD) as (owner, child_pid):
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(30)
+        until(lambda: _gone(child_pid), 30, "the child to end with its owner")
 
 
 def test_no_owner_or_another_parent_means_no_watch() -> None:
@@ -81,27 +91,12 @@ def test_no_owner_or_another_parent_means_no_watch() -> None:
 def test_a_child_with_a_loop_stops_it_when_its_owner_is_killed_without_a_thread() -> None:
     """The owner's pidfd is a reader on the child's loop: the loop returns by itself (no
     SIGTERM, no watching thread left to join)."""
-    owner = subprocess.Popen(
-        [sys.executable, "-c", OWNER, LOOP_CHILD], stdout=subprocess.PIPE, text=True, cwd=ROOT
-    )
-    child_pid = 0
-    try:
-        assert owner.stdout is not None
-        child_pid = int(owner.stdout.readline())
-        assert owner.stdout.readline() == "watching\n"
+    with owned_child(LOOP_CHILD) as (owner, child_pid):
         owner.send_signal(signal.SIGKILL)
         owner.wait(30)
         # the child still writes to the pipe its dead owner shared with it
-        assert owner.stdout.readline() == "ended 1\n"
+        assert owner.stdout is not None and owner.stdout.readline() == "ended 1\n"
         until(lambda: _gone(child_pid), 30, "the child to end with its owner")
-    finally:
-        if owner.poll() is None:
-            owner.kill()
-            owner.wait()
-        if child_pid and not _gone(child_pid):
-            psutil.Process(child_pid).kill()
-        if owner.stdout is not None:
-            owner.stdout.close()
 
 
 def test_watching_no_owner_adds_nothing_to_the_loop() -> None:
