@@ -32,7 +32,6 @@ import mmap
 import os
 import secrets
 import stat
-import sys
 import threading
 import time
 import weakref
@@ -57,6 +56,7 @@ from corral.protocol.shm import (
     reader_metadata,
     reader_of,
 )
+from corral.shmcopy import copy_into
 from corral.shmsweep import SHM_DIR, pid_alive, sweep, sweep_others
 from corral.shmsweep import unlink_name as _unlink
 
@@ -535,57 +535,6 @@ class SharedMemory:
                 hub_alive=False,
             )
         return sweep(settings.prefix, self.shm_dir, hub_alive=hub_alive)
-
-
-PARALLEL_COPY_BYTES: Final = 16 << 20  # a copy this large is split between threads
-COPY_CHUNK_BYTES: Final = 8 << 20  # at least this much per thread
-MAX_COPY_THREADS: Final = 4
-
-
-def copy_into(mapping: mmap.mmap, data: memoryview) -> None:
-    """Copy ``data`` (bytes, format "B") to the start of ``mapping``: the one copy the fast path
-    makes. A large buffer is split between up to :data:`MAX_COPY_THREADS` threads, one per core,
-    when numpy is there to copy without the GIL (one core's memory copy is well below what the
-    memory bus carries); otherwise, and for smaller buffers, one plain copy."""
-    size = data.nbytes
-    threads = min(MAX_COPY_THREADS, os.cpu_count() or 1, size // COPY_CHUNK_BYTES)
-    numpy = sys.modules.get("numpy")  # only if the process uses numpy already: no import cost
-    if size < PARALLEL_COPY_BYTES or threads < 2 or numpy is None:
-        mapping[:size] = data
-        return
-    parts = [
-        (
-            numpy.frombuffer(
-                mapping, dtype=numpy.uint8, count=min(step, size - start), offset=start
-            ),
-            numpy.frombuffer(data[start : start + step], dtype=numpy.uint8),
-        )
-        for step in [-(-size // threads)]
-        for start in range(0, size, step)
-    ]
-    failures: list[BaseException] = []
-
-    def copy_part(target: Any, source: Any) -> None:
-        try:
-            numpy.copyto(target, source)
-        except BaseException as err:  # reported to the caller below, never lost
-            failures.append(err)
-
-    helpers = [
-        threading.Thread(target=copy_part, args=part, name="corral-shm-copy", daemon=True)
-        for part in parts[1:]
-    ]
-    for helper in helpers:
-        helper.start()
-    try:
-        copy_part(*parts[0])
-    finally:
-        for helper in helpers:
-            helper.join()
-        helpers.clear()
-        parts.clear()  # the mapping must keep no exported buffer: it is closed later
-    if failures:
-        raise failures[0]
 
 
 def link_name_w(prefix: str, writer: int, token: str) -> str:

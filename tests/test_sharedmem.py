@@ -18,6 +18,7 @@ import pytest
 import zmq
 
 import corral.sharedmem as sharedmem
+import corral.shmcopy as shmcopy
 from corral.errors import SharedMemoryError, SharedMemoryRefused, SignatureError
 from corral.protocol.serialize import deserialize_object, serialize_object
 from corral.protocol.session import Message, Session
@@ -240,7 +241,7 @@ def test_a_reused_segment_carries_the_new_data(settings: Settings) -> None:
     assert names(settings) == []
 
 
-@pytest.mark.parametrize("size", [sharedmem.PARALLEL_COPY_BYTES + 12345, 3 << 20])
+@pytest.mark.parametrize("size", [shmcopy.PARALLEL_COPY_BYTES + 12345, 3 << 20])
 def test_a_large_copy_split_between_threads_is_bit_exact(size: int) -> None:
     """Above PARALLEL_COPY_BYTES the copy is split between threads (an odd size, so the last
     part is short); below it one plain copy. Either way the bytes land exactly, from a read-only
@@ -250,7 +251,7 @@ def test_a_large_copy_split_between_threads_is_bit_exact(size: int) -> None:
     source = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
     mapping = mmap.mmap(-1, size + 100)
     mapping[size:] = b"\xff" * 100
-    sharedmem.copy_into(mapping, memoryview(source))
+    shmcopy.copy_into(mapping, memoryview(source))
     assert mapping[:size] == source
     assert mapping[size:] == b"\xff" * 100, "nothing written past the buffer"
     mapping.close()
