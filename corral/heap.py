@@ -1,6 +1,6 @@
 """The garbage collector's settings for corral's own long-running processes.
 
-The controller, the task scheduler and the engines allocate a few short-lived containers per
+The controller and the task scheduler allocate a few short-lived containers per
 message (decoded JSON, frames, records) and keep a heap that hardly changes after start-up
 (modules, functions, the cores' tables). With CPython's defaults a young collection runs every
 700 net allocations, and every full collection walks the whole start-up heap again: profiles
@@ -12,8 +12,8 @@ often. Cyclic garbage made afterwards is still collected; it only waits a little
 price: a frozen object that later becomes part of a garbage cycle is never collected, which
 bounds the loss by what was alive at start-up (collected once just before freezing).
 
-Never called in a user's process (the client): how a program's collector runs is its own
-choice.
+Never called in a process that runs a user's code (the client, the engines): how a program's
+collector runs, and what ``gc.get_objects()`` shows it, is its own choice.
 """
 
 from __future__ import annotations

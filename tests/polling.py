@@ -49,7 +49,6 @@ def requests_queued(count: int, timeout: float = 60.0) -> int:
     of what an engine does with its queue. AssertionError after ``timeout`` seconds."""
     import gc
 
-    gc.unfreeze()  # engines freeze their start-up heap (corral.heap), out of get_objects' sight
     queues = [item for item in gc.get_objects() if type(item).__name__ == "WorkQueue"]
     assert len(queues) == 1, f"{len(queues)} work queues in this engine"
     until(lambda: queues[0].qsize() >= count, timeout, f"{count} queued requests")

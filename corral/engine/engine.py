@@ -29,7 +29,6 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
-from corral import heap
 from corral.errors import CorralError
 from corral.protocol.connection_files import (
     ENGINE_FILE,
@@ -158,7 +157,6 @@ class Engine:
             shell = load_shell(self.runner.namespace.user_ns, self.log)
             if shell is not None:
                 self.runner.use_shell(shell)
-        heap.settle()
         while True:
             request = self.work.get()
             try:
