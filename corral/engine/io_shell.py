@@ -49,6 +49,7 @@ from corral.security import make_client
 from corral.sharedmem import SharedMemory
 from corral.sockets import send_frames
 
+from .handshake import HandshakeWatch
 from .heart import Heart
 from .interrupts import InterruptGate
 from .link import Action, EngineLink, Exit, Fail, LinkSettings, Registered, Resend, SendRegistration
@@ -141,6 +142,7 @@ class IOShell:
         self._exit: Exit | None = None  # set by shutdown(): the teardown ends the process
         self._sockets: dict[bytes, zmq.Socket[Any]] = {}
         self._heart: Heart | None = None
+        self._handshakes: HandshakeWatch | None = None
         self._link_timer: Timer | None = None
         self._sigint_timer: Timer | None = None
         self._limit_timer: Timer | None = None
@@ -220,11 +222,16 @@ class IOShell:
             make_client(sock, self.info.curve)
 
     def _connect(self, addresses: dict[str, str]) -> None:
-        """Queues and iopub first, the heart last: the Hub announces the engine on its first
-        pong, and by then requests sent to it must find its queue sockets connected. The
-        sockets are served in this order: control, registration, pings, mux, task."""
-        for name in (b"mux", b"control", b"task"):
-            self._dealer(name).connect(addresses[name.decode()])
+        """Queues and iopub first, the heart once the queues' handshakes are done: the Hub
+        announces the engine on its first pong, and by then requests sent to it must find its
+        queue sockets connected (:mod:`.handshake`). The sockets are served in this order:
+        control, registration, pings, mux, task."""
+        queues = [self._dealer(name) for name in (b"mux", b"control", b"task")]
+        self._handshakes = HandshakeWatch(
+            self.loop, queues, lambda: self._start_heart(addresses)
+        )  # before connecting: a handshake on loopback can end at once
+        for name, sock in zip((b"mux", b"control", b"task"), queues, strict=True):
+            sock.connect(addresses[name.decode()])
         iopub = self.context.socket(zmq.PUB)
         self._secure(iopub)
         iopub.connect(addresses["iopub"])
@@ -241,12 +248,14 @@ class IOShell:
         loop.add_socket(pings, self._on_ping, batch=BATCH)
         loop.add_socket(self._sockets[b"mux"], self._on_mux, batch=BATCH)
         loop.add_socket(self._sockets[b"task"], self._on_task, batch=BATCH)
+        self._publish_stats()
+        loop.call_every(STATS_PERIOD, self._publish_stats)
+
+    def _start_heart(self, addresses: dict[str, str]) -> None:
         self._heart = Heart(
             addresses["hb_ping"], addresses["hb_pong"], self.identity.uuid.encode(), self.info.curve
         )
         self._heart.start()
-        self._publish_stats()
-        loop.call_every(STATS_PERIOD, self._publish_stats)
 
     # ------------------------------------------------------------------ the link core
 
@@ -595,6 +604,8 @@ class IOShell:
     def _close(self, linger: int) -> None:
         """Stop the heart, close every socket (waiting at most ``linger`` ms for queued
         messages to leave) and the context."""
+        if self._handshakes is not None:
+            self._handshakes.close()
         if self._heart is not None:
             self._heart.stop(timeout=LINGER_MS / 1000)
         for sock in self._sockets.values():

@@ -37,11 +37,21 @@ def test_paused_engine_is_dropped_once_and_told_to_stop(tmp_path: Path) -> None:
     rc = cluster.start()
     try:
         pids = dict(zip(rc.ids, rc[:].apply_sync(os.getpid), strict=True))
+        # the scheduler learns of engines from the Hub's notifications, as the client does but
+        # not necessarily first: a task pinned to each engine runs once the scheduler knows it,
+        # so the spread of the map below is decided among all three
+        for engine_id in rc.ids:
+            pinned = rc.load_balanced_view(targets=[engine_id])
+            assert pinned.apply_async(os.getpid).get(timeout=60) == pids[engine_id]
         paused_process = next(p for p in cluster.engines if p.pid == pids[1])
         paused_uuid = rc._engines[1]  # noqa: SLF001
         marker = str(tmp_path / "finished")
 
         direct = rc[1].apply_async(nap_and_mark, DIRECT_SECONDS, marker)
+        # running before anything else is sent: the MUX and the task queue are separate paths,
+        # so work sent to both at once may reach the engine in either order (the load-balanced
+        # tasks sometimes ran, and ended, first)
+        until(lambda: bool(direct.stdout), 60, "the direct task to start")
         # queued behind it: on waking the engine runs at most one of them before it is
         # stopped, and answers the other as aborted, a late reply that must change nothing
         queued = [rc[1].apply_async(nap_and_mark, 1.0, marker) for _ in range(2)]
@@ -50,7 +60,6 @@ def test_paused_engine_is_dropped_once_and_told_to_stop(tmp_path: Path) -> None:
         retried = rc.load_balanced_view(retries=1).map_async(
             nap_and_mark, [1.0] * 6, [marker] * 6, chunksize=1
         )  # long enough that all are placed before any ends, some of them on engine 1
-        until(lambda: bool(direct.stdout), 60, "the direct task to start")
         # the targeted task and at least one of the map's (least-load spreads them; how many
         # land on engine 1 depends on timing, and nothing below depends on the number)
         until(

@@ -1,0 +1,100 @@
+"""The engine starts beating only once its queue sockets are connected (corral.engine.handshake):
+real sockets on loopback, a real loop thread."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import zmq
+
+from corral.engine.handshake import HandshakeWatch
+from corral.loop import Loop, LoopThread
+
+WAIT = 10.0  # every wait bounded
+
+
+def free_port() -> int:
+    with zmq.Context() as ctx, ctx.socket(zmq.ROUTER) as probe:
+        return probe.bind_to_random_port("tcp://127.0.0.1")
+
+
+@contextmanager
+def watched_dealers(
+    identities: list[bytes], port: int, patience: float = 10.0
+) -> Iterator[tuple[threading.Event, list[zmq.Socket[Any]]]]:
+    """DEALERs connecting to ``port`` on a loop thread, watched; yields (ready, sockets)."""
+    ready = threading.Event()
+    ctx: zmq.Context[Any] = zmq.Context()
+    sockets: list[zmq.Socket[Any]] = []
+    watch: list[HandshakeWatch] = []
+
+    def setup(loop: Loop) -> None:
+        for identity in identities:
+            sock = ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.IDENTITY, identity)
+            sockets.append(sock)
+        watch.append(HandshakeWatch(loop, sockets, ready.set, patience))
+        for sock in sockets:
+            sock.connect(f"tcp://127.0.0.1:{port}")
+
+    def teardown() -> None:
+        watch[0].close()
+        for sock in sockets:
+            sock.close(linger=0)
+
+    thread = LoopThread("handshake-test", setup, teardown)
+    thread.start()
+    try:
+        yield ready, sockets
+    finally:
+        thread.stop()
+        ctx.term()
+
+
+def test_ready_only_once_the_peer_listens_and_then_it_routes_to_every_identity() -> None:
+    port = free_port()
+    identities = [b"mux-engine", b"control-engine", b"task-engine"]
+    with (
+        watched_dealers(identities, port) as (ready, _),
+        zmq.Context() as ctx,
+        ctx.socket(zmq.ROUTER) as router,
+    ):
+        # nothing listens yet: the connections retry, the heart must not start
+        assert not ready.wait(0.3)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # unknown identity: EHOSTUNREACH, no drop
+        router.bind(f"tcp://127.0.0.1:{port}")
+        assert ready.wait(WAIT), "the handshakes were not reported"
+        # what the Hub's announcement leads to: requests to each identity are routed, not
+        # dropped (with ROUTER_MANDATORY an unknown identity raises instead)
+        deadline = threading.Event()
+        for identity in identities:
+            for _ in range(100):  # the router's own side attaches the pipe in its next call
+                try:
+                    router.send_multipart([identity, b"request"])
+                    break
+                except zmq.ZMQError as err:
+                    assert err.errno == zmq.EHOSTUNREACH
+                    deadline.wait(0.001)
+            else:
+                pytest.fail(f"{identity!r} not routable after the watch reported ready")
+
+
+def test_gives_up_after_its_patience_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    port = free_port()  # nothing will listen there
+    with caplog.at_level(logging.WARNING, logger="corral.engine.handshake"):
+        with watched_dealers([b"lonely"], port, patience=0.2) as (ready, _):
+            assert ready.wait(WAIT)
+    assert any("not established after 0.2 s" in r.getMessage() for r in caplog.records)
+
+
+def test_a_handshake_done_before_the_loop_turns_is_not_missed() -> None:
+    with zmq.Context() as ctx, ctx.socket(zmq.ROUTER) as router:
+        port = router.bind_to_random_port("tcp://127.0.0.1")
+        for _ in range(20):  # loopback handshakes end at once: the watch is attached first
+            with watched_dealers([b"quick"], port) as (ready, _):
+                assert ready.wait(WAIT)
