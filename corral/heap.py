@@ -13,21 +13,27 @@ often. Cyclic garbage made afterwards is still collected; it only waits a little
 price: a frozen object that later becomes part of a garbage cycle is never collected, which
 bounds the loss by what was alive at start-up (collected once just before freezing).
 
-Never called in a process that runs a user's code (the client, the engines): how a program's
-collector runs, and what ``gc.get_objects()`` shows it, is its own choice.
+:func:`settle` is never called in a process that runs a user's code (the client, the
+engines): how a program's collector runs, and what ``gc.get_objects()`` shows it, is its own
+choice.
 
 Trimming (:func:`trim`, when :class:`TrimSchedule` says so). Every task allocates frames, JSON
 and zmq message buffers with the C allocator (Python objects over 512 bytes, dict tables, zmq's
 receive buffers in its I/O thread's arena), and frees them once answered. glibc keeps what is
 freed inside its arenas for reuse and returns only a large free block at the very top of the
-main heap; a hole under a live block stays resident. Over a long stream of tasks with bounded
-tables the holes add up: measured over 400,000 no-op tasks, a scheduler whose allocator held
-30-40 MB free (``mallinfo2``) of its 35-55 MB, and RSS that crept with it while the Python
-heap and the cores' tables stayed flat. ``malloc_trim(0)`` gives back every free page of every
-arena (``madvise``), at a cost of a few ms to a few tens of ms for a heap of that size; so it
-runs after a burst of work, when the process is idle (no task pending, a purge just done), or
-at the latest every ``max_interval`` seconds while work goes on. Without glibc (musl, macOS)
-:func:`trim` does nothing: those allocators return memory their own way.
+main heap, and only once it exceeds a threshold that grows each time a large block it had
+mapped on its own is freed (after which blocks of that size come from the heap too). A hole
+under a live block stays resident. Over a long stream of tasks with bounded tables the holes
+add up: measured over 400,000 no-op tasks, the scheduler's allocator held 30-40 MB free
+(``mallinfo2``) of its 35-60 MB and the Hub's free part grew in 10 MB steps (20 to 41 MB), with
+RSS following, while the Python heap (``sys._debugmallocstats``) and the cores' tables stayed
+flat. ``malloc_trim(0)`` gives back every free page of every arena (``madvise``), at a cost of
+a few ms to a few tens of ms for a heap of that size; so it runs after a burst of work, when
+the process is idle (no task pending, a purge just done), or at the latest every
+``max_interval`` seconds while work goes on. The scheduler and the Hub trim so, and a client
+after a local purge (a program sees no difference but its RSS). Python's own small-object
+arenas are not the C allocator's and are untouched. Without glibc (musl, macOS) :func:`trim`
+does nothing: those allocators return memory their own way.
 """
 
 from __future__ import annotations
