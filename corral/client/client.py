@@ -40,12 +40,13 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from corral import heap
 from corral.client.cache import MetadataCache, ResultsCache
 from corral.client.completion import Worker
 from corral.client.control import ControlCalls
 from corral.client.io_shell import ClientIO
 from corral.client.link import ControllerLink, IOHandler, engine_gone
-from corral.client.queries import HubQueries
+from corral.client.queries import PURGE_TRIM_SCHEDULE, HubQueries
 from corral.client.records import Records
 from corral.client.recovery import Resender
 from corral.client.submitter import Target, Targets
@@ -162,6 +163,7 @@ class Client(ControllerLink, ControlCalls, HubQueries):
         self._results_worker = Worker(f"corral-client-results-{self.session.session_id[:8]}")
         self._callbacks_worker = Worker(f"corral-client-callbacks-{self.session.session_id[:8]}")
         self._records = Records(defer=self._results_worker.submit)
+        self._trim = heap.TrimSchedule(*PURGE_TRIM_SCHEDULE)  # after purges: queries.py
         self._resender = Resender()  # unanswered load-balanced requests, to send again
         self._engines: dict[int, str] = {}
         self._uuids: dict[str, int] = {}

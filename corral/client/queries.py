@@ -19,6 +19,7 @@ import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
+from corral import heap
 from corral.client.asyncresult import AsyncHubResult, AsyncResult
 from corral.client.records import parse_date
 from corral.client.recovery import RESENDABLE
@@ -44,6 +45,9 @@ _DB_DATE_KEYS = ("submitted", "started", "completed", "received")
 #: Resubmitted tasks are followed through the Hub alone (their replies go to it, not to the
 #: client): asked about at most this many seconds apart, so a short task is seen done soon.
 RESUBMIT_POLL_CEILING = 0.1
+#: A local purge gives the freed memory back to the system (:mod:`corral.heap`) once 10,000
+#: records or more were forgotten since the last time, at most once a second.
+PURGE_TRIM_SCHEDULE = (10_000, 1.0, 1.0)
 
 
 class HubQueries:
@@ -57,6 +61,7 @@ class HubQueries:
         _shm: SharedMemory
         _views: weakref.WeakSet[View]
         _controller: str | None
+        _trim: heap.TrimSchedule
 
         @property
         def ids(self) -> list[int]: ...
@@ -330,8 +335,9 @@ class HubQueries:
                 raise RuntimeError(
                     f"cannot purge all local results: {len(records.outstanding)} are outstanding"
                 )
-            records.forget(list(records.results) + list(records.metadata))
+            forgotten = records.forget(list(records.results) + list(records.metadata))
             self._trim_view_histories()
+            self._give_back(forgotten)
             return
         msg_ids = self.msg_ids_of(jobs)
         engine_ids = set(self._engine_ids(targets))
@@ -344,8 +350,16 @@ class HubQueries:
         busy = [m for m in msg_ids if m in records.outstanding]
         if busy:
             raise RuntimeError(f"cannot purge outstanding results: {busy[:3]}")
-        records.forget(msg_ids)
+        forgotten = records.forget(msg_ids)
         self._trim_view_histories()
+        self._give_back(forgotten)
+
+    def _give_back(self, forgotten: int) -> None:
+        """After a purge: what the forgotten records held is free, but the C allocator keeps
+        it (corral.heap); give it back to the system when the schedule says so, so that a
+        client purging as it goes stays flat over millions of tasks."""
+        if self._trim.due(time.monotonic(), forgotten, idle=True):
+            heap.trim()
 
     def _trim_view_histories(self) -> None:
         """Views' histories keep only what the records still hold: purging keeps the

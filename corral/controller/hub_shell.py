@@ -33,8 +33,17 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from corral import heap
 from corral.controller.hub import Hub
-from corral.controller.hub_actions import Action, Resubmit, Send, Stop, apply_writes
+from corral.controller.hub_actions import (
+    Action,
+    DropMatching,
+    DropRecords,
+    Resubmit,
+    Send,
+    Stop,
+    apply_writes,
+)
 from corral.controller.hub_resubmit import resubmit_failed
 from corral.controller.store.base import ResultStore
 from corral.errors import CorralError, ProtocolError
@@ -56,6 +65,9 @@ MONITOR_BATCH = 250
 # backlog, each of an engine's repeated attempts cost a whole batch of copies: the beat
 # stopped for over a minute and every engine took the controller for lost)
 ENGINE_REQUESTS = frozenset({"registration_request", "unregistration_request"})
+# after a purge (a client's, or the time to live's), give the freed memory back to the system
+# (corral.heap), at most every 10 s
+PURGE_TRIM_SCHEDULE = (1, 10.0, 10.0)
 
 
 class HubShell:
@@ -102,6 +114,8 @@ class HubShell:
         self.monitored = 0
         self._pong_fds: dict[int, str] = {}
         self._timer: Timer | None = None
+        self._trim = heap.TrimSchedule(*PURGE_TRIM_SCHEDULE)
+        self._purged = 0  # tasks purged by the actions being performed
         loop.add_socket(self.pong, self._on_pong)
         loop.add_reader(self.pong_events, self._on_pong_events)
         loop.add_socket(self.queue_monitor, self._on_monitor, batch=MONITOR_BATCH)
@@ -258,7 +272,10 @@ class HubShell:
     def _perform(
         self, actions: list[Action], request_metadata: dict[str, Any] | None = None
     ) -> None:
-        for action in apply_writes(self.store, actions, self.hub.forget_purged):
+        for action in actions:
+            if isinstance(action, DropRecords | DropMatching):
+                self._purged += 1
+        for action in apply_writes(self.store, actions, self._forget_purged):
             if isinstance(action, Stop):
                 log.info("hub: shutdown requested")
                 self.on_stop(False)
@@ -266,6 +283,15 @@ class HubShell:
                 self._resubmit(action)
             else:
                 self._send(action, request_metadata)
+        if self._purged:
+            purged, self._purged = self._purged, 0
+            if self._trim.due(time.monotonic(), purged, idle=True):
+                heap.trim()
+
+    def _forget_purged(self, msg_ids: list[str]) -> None:
+        """The store purged these by itself (time to live): the Hub forgets them too."""
+        self._purged += len(msg_ids)
+        self.hub.forget_purged(msg_ids)
 
     def _resubmit(self, action: Resubmit) -> None:
         """Send a recorded request again, signed with its new header, as a client would."""

@@ -20,6 +20,7 @@ import orjson
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
+from corral import heap
 from corral.controller.scheduling import SchedulerCore
 from corral.controller.scheduling_state import Action, Complete, Dispatch, Fail, Task
 from corral.errors import CorralError, ProtocolError, RemoteError, error_content
@@ -40,6 +41,9 @@ from corral.sockets import send_frames
 log = logging.getLogger("corral.scheduler")
 
 SCHEDULER_IDENT = b"scheduler"
+TRIM_SCHEDULE = (10_000, 2.0, 30.0)
+"""Give freed memory back after 10,000 finished tasks, when none is pending (at most every 2 s),
+or every 30 s if some always are: :class:`corral.heap.TrimSchedule`."""
 
 
 @dataclass
@@ -92,7 +96,9 @@ class SchedulerShell:
         self.monitor.sndhwm = 0  # a dropped copy is a task the Hub never records
         self.monitor.connect(settings["monitor"])
         self.pending: dict[str, Pending] = {}
-        self.counts = {"submitted": 0, "completed": 0, "failed": 0, "duplicates": 0}
+        self.counts = {"submitted": 0, "completed": 0, "failed": 0, "duplicates": 0, "trims": 0}
+        min_work, min_interval, max_interval = settings.get("trim_schedule", TRIM_SCHEDULE)
+        self._trim = heap.TrimSchedule(int(min_work), float(min_interval), float(max_interval))
         self._timer: Timer | None = None
         # engines come and go first, then replies (they free slots), then new requests
         self.loop.add_socket(self.notifications, self._on_notification)
@@ -271,11 +277,13 @@ class SchedulerShell:
         self._copy_request(pending)
         reply = pending.reply
         if reply is None:
+            self._finished()
             return
         engine, *msg_frames = reply
         send_frames(self.clients, [pending.client, engine, DELIMITER, *msg_frames])
         send_frames(self.monitor, [b"task_out", pending.client, engine, DELIMITER, *msg_frames])
         self.counts["completed"] += 1
+        self._finished()
 
     def _fail(self, msg_id: str, error: type[Exception], reason: str) -> None:
         pending = self.pending.pop(msg_id, None)
@@ -303,6 +311,14 @@ class SchedulerShell:
         send_frames(self.clients, [pending.client, SCHEDULER_IDENT, *frames])
         send_frames(self.monitor, [b"task_out", pending.client, SCHEDULER_IDENT, *frames])
         self.counts["failed"] += 1
+        self._finished()
+
+    def _finished(self) -> None:
+        """A task left: what it held is freed. Give the allocator's free memory back when the
+        schedule says so (the RSS of a long run stays flat; see :mod:`corral.heap`)."""
+        if self._trim.due(time.monotonic(), 1, idle=not self.pending):
+            heap.trim()
+            self.counts["trims"] += 1
 
     def close(self) -> None:
         """After the loop returned: release its wake-up sockets, stop the authenticator

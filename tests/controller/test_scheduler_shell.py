@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -15,6 +16,7 @@ import zmq
 from corral.controller.scheduler_shell import SchedulerShell
 from corral.protocol.messages import RESENT
 from corral.protocol.session import Message, Session
+from tests.polling import until
 from tests.wire import recv_msg, send_msg
 
 KEY = "scheduler-shell-test-key"
@@ -59,6 +61,14 @@ class Peers:
 
 @pytest.fixture
 def peers() -> Iterator[Peers]:
+    with running_peers() as running:
+        yield running
+
+
+@contextmanager
+def running_peers(**extra_settings: Any) -> Iterator[Peers]:
+    """A SchedulerShell on its own thread with the test's sockets around it; stopped and
+    joined on exit."""
     context: zmq.Context[Any] = zmq.Context()
     hub = context.socket(zmq.PUB)
     notify_port = hub.bind_to_random_port(LOCALHOST)
@@ -72,6 +82,7 @@ def peers() -> Iterator[Peers]:
         "notification": f"{LOCALHOST}:{notify_port}",
         "monitor": f"{LOCALHOST}:{monitor_port}",
         "max_outstanding": 1,
+        **extra_settings,
     }
     built = threading.Event()
     box: list[SchedulerShell] = []
@@ -134,3 +145,23 @@ def test_a_request_sent_again_while_held_is_dropped_and_the_held_one_keeps_its_o
         assert reply.content is not None and reply.content["status"] == "ok"
     assert not peers.client.poll(200), "a second outcome reached the client"
     assert peers.shell.counts["duplicates"] == 1
+
+
+def test_freed_memory_goes_back_after_enough_tasks_once_none_is_pending() -> None:
+    """Trimming (corral.heap) waits for the schedule's work (here 3 finished tasks) and, while
+    tasks are still pending, for its longest interval (here never): the 4 tasks queued at once
+    are answered one by one, and the one trim comes with the last, when none is left."""
+    with running_peers(trim_schedule=[3, 0.0, 3600.0]) as peers:
+        session = peers.session
+        tasks = [send_msg(session, peers.client, "apply_request", {}) for _ in range(4)]
+        request = peers.register_engine("engine-a", tasks[0])
+        for index, task in enumerate(tasks):
+            if index:
+                request = peers.next_request()
+            assert request.msg_id == task.msg_id
+            peers.reply(request)
+            assert peers.next_reply().parent_id == task.msg_id
+            if index < 3:
+                assert peers.shell.counts["trims"] == 0
+        until(lambda: peers.shell.counts["trims"] == 1, WAIT, "the trim once idle")
+        assert peers.shell.counts["completed"] == 4
