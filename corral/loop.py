@@ -21,9 +21,9 @@ One turn of :meth:`Loop.run`::
 A socket added with :meth:`add_socket` is drained while ``zmq.EVENTS`` says a message waits (up
 to ``batch`` per turn, so one busy socket cannot starve the others); raising ``zmq.Again`` on
 every empty socket cost tens of microseconds per turn. The first message of a drain is the one
-the poll saw, taken without that question (one ``getsockopt`` fewer per wake-up). A message whose handler raises costs that
-message only: it is counted in :attr:`Loop.rejected` and logged. A callback that raises is
-logged; neither ever stops the loop.
+the poll saw, taken without that question (one ``getsockopt`` fewer per wake-up). A message
+whose handler raises costs that message only: it is counted in :attr:`Loop.rejected` and
+logged. A callback that raises is logged; neither ever stops the loop.
 
 Signals: :meth:`handle_signals` (main thread only) points ``signal.set_wakeup_fd`` at the loop,
 so a SIGTERM makes the poll return at once and its callback runs on the loop, instead of the

@@ -33,6 +33,8 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from corral.controller.destination import PREFIX as DESTINATION
+from corral.controller.destination import read_destination
 from corral.controller.hub import Hub
 from corral.controller.hub_actions import Action, Resubmit, Send, Stop, apply_writes
 from corral.controller.hub_resubmit import resubmit_failed
@@ -187,6 +189,11 @@ class HubShell:
 
     def _on_monitor(self, frames: list[zmq.Frame]) -> None:
         prefix = frames[0].bytes
+        if prefix == DESTINATION:
+            self.monitored += 1
+            msg_id, engine_uuid = read_destination(self.session, frames)
+            self._perform(self.hub.handle_destination(msg_id, engine_uuid))
+            return
         idents, msg_frames = split_identities(frames[1:])
         msg = self.session.deserialize(msg_frames, content=True, idents=idents)
         self.monitored += 1

@@ -20,6 +20,7 @@ import orjson
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
+from corral.controller.destination import destination_frames
 from corral.controller.scheduling import SchedulerCore
 from corral.controller.scheduling_state import Action, Complete, Dispatch, Fail, Task
 from corral.errors import CorralError, ProtocolError, RemoteError, error_content
@@ -254,8 +255,7 @@ class SchedulerShell:
         if not pending.copied:
             self._copy_request(pending, engine)
             return
-        dest = self.session.msg("task_destination", {"msg_id": msg_id, "engine_id": engine_uuid})
-        send_frames(self.monitor, [b"task_dest", *self.session.serialize(dest)])
+        send_frames(self.monitor, destination_frames(self.session, msg_id, engine_uuid, attempt))
 
     def _resigned(self, pending: Pending, attempt: int) -> list[Frame]:
         """The same request with ``attempt`` in its metadata: a new signature, so the engine's
