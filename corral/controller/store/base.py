@@ -432,6 +432,11 @@ class BatchWriter(Generic[PayloadT]):
     Batches form naturally: while one commits, the next accumulates; and the writer lingers up
     to ``linger`` seconds for more writes before a small batch (not when a flush is waiting),
     so a steady trickle of tasks costs one commit per few milliseconds, not one per write.
+    A commit costs about as much as writing ten small rows (SQLite, measured with the store
+    alone: ~60 us of writer CPU per task at 4 tasks per commit, ~40 at 16 and more), so the
+    linger is 20 ms: at a thousand tasks a second that is some twenty tasks per commit. Reads
+    never wait for it (a flush cuts it short); what a killed controller may lose grows from the
+    last 5 to the last 20 ms of writes, which engines still hold until the writes are applied.
 
     Writes still queued when the interpreter exits are applied by an ``atexit`` hook, so a
     controller that exits without closing its store loses nothing it had queued.
@@ -443,7 +448,7 @@ class BatchWriter(Generic[PayloadT]):
         *,
         name: str,
         max_batch: int = 1000,
-        linger: float = 0.005,
+        linger: float = 0.02,
     ) -> None:
         self._apply = apply
         self._name = name
