@@ -13,6 +13,7 @@ import pytest
 import zmq
 
 from corral.controller.destination import read_destination
+from corral.controller.packing import unpack
 from corral.controller.scheduler_shell import SchedulerShell
 from corral.protocol.session import Message, Session
 from tests.polling import until
@@ -40,7 +41,7 @@ class Rig:
                 msg_id, engine_uuid = read_destination(self.hub_session, frames)
                 self.copies.append((frames[0], [], msg_id))
                 continue
-            prefix, *rest = frames
+            prefix, *rest = [bytes(frame) for frame in unpack(frames)]
             idents = rest[: rest.index(b"<IDS|MSG>")]
             self.copies.append((prefix, idents, self.hub_session.feed(rest)))
 
