@@ -68,9 +68,7 @@ def fill(hub: Hub) -> list[str]:
         request = session.msg("apply_request", {})
         uuid = uuids[i % ENGINES]
         record(hub, hub.handle_monitor(b"task_in", [b"client"], request, time.time()))
-        destination = {"msg_id": request.msg_id, "engine_id": uuid}
-        copy = session.msg("task_destination", destination)
-        record(hub, hub.handle_monitor(b"task_dest", [], copy, time.time()))
+        record(hub, hub.handle_destination(request.msg_id, uuid))
         began = start + timedelta(milliseconds=10 * i)
         metadata = {
             "started": began.isoformat(),

@@ -8,8 +8,11 @@ frames (the envelope: identities, signature, JSON) are copied into the message i
 wrapped in a ``zmq.Frame``: a copy of a few hundred bytes costs less than the Frame object and
 the deferred free of a zero-copy send (``bench/bench_protocol.py``).
 
-:func:`recv_frames` is ``recv_multipart(copy=False)`` the same way (integer options, no sugar
-layer): every frame is a ``zmq.Frame``, so a large buffer is never copied.
+:func:`recv_frames` is ``recv_multipart(copy=False)`` the same way (no sugar layer): every frame
+is a ``zmq.Frame``, so a large buffer is never copied. Whether more parts follow is read from
+the frame (``Frame.more``, which the backend sets from the message it received) rather than
+with ``getsockopt(RCVMORE)``: the backend's ``get`` converts its option to an Enum on every
+call, which cost more than the receive itself for a small frame (``bench/bench_protocol.py``).
 """
 
 from __future__ import annotations
@@ -25,10 +28,8 @@ COPY_BELOW = 64 * 1024
 ``zmq.Frame`` objects go zero-copy."""
 
 _SNDMORE = int(zmq.SNDMORE)
-_RCVMORE = int(zmq.RCVMORE)
 _backend_send = zmq.backend.Socket.send
 _backend_recv = zmq.backend.Socket.recv
-_backend_get = zmq.backend.Socket.get
 
 
 def send_frames(sock: zmq.Socket[Any], frames: Sequence[Any], flags: int = 0) -> None:
@@ -49,7 +50,9 @@ def recv_frames(sock: zmq.Socket[Any], flags: int = 0) -> list[zmq.Frame]:
     ``flags`` apply to the first part (``zmq.NOBLOCK`` raises ``zmq.Again`` if nothing waits);
     the other parts of a message are always there once its first part is.
     """
-    frames: list[zmq.Frame] = [_backend_recv(sock, flags, False)]
-    while _backend_get(sock, _RCVMORE):
-        frames.append(_backend_recv(sock, 0, False))
+    frame: zmq.Frame = _backend_recv(sock, flags, False)
+    frames = [frame]
+    while frame.more:
+        frame = _backend_recv(sock, 0, False)
+        frames.append(frame)
     return frames

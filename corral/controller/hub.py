@@ -557,7 +557,7 @@ class Hub:
         now: float,
         request_omitted: dict[str, Any] | None = None,
     ) -> list[Action]:
-        """A copy of a queue's traffic: the record writes for requests, destinations and
+        """A copy of a queue's traffic: the record writes for requests and
         replies (none for anything else). ``request_omitted``: why a request's copy comes
         without its buffers (see :func:`~corral.controller.hub_records.record_request`)."""
         queue, _, direction = prefix.decode("ascii", "replace").partition("_")
@@ -565,6 +565,9 @@ class Hub:
             return record_request(self, queue, idents, msg, request_omitted)
         if direction == "out" and queue in ("mux", "task"):
             return record_reply(self, queue, idents, msg, now)
-        if direction == "dest" and msg.content is not None:
-            return record_destination(self, msg.content["msg_id"], msg.content["engine_id"])
         return []
+
+    def handle_destination(self, msg_id: str, engine_uuid: str) -> list[Action]:
+        """The scheduler's ``task_dest`` copy (:mod:`.destination`): a task that waited was
+        sent to ``engine_uuid``; the record write, if the Hub still holds the task pending."""
+        return record_destination(self, msg_id, engine_uuid)

@@ -27,13 +27,15 @@ import json
 import logging
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from corral import heap
+from corral.controller.destination import PREFIX as DESTINATION
+from corral.controller.destination import read_destination
 from corral.controller.hub import Hub
 from corral.controller.hub_actions import (
     Action,
@@ -45,11 +47,12 @@ from corral.controller.hub_actions import (
     apply_writes,
 )
 from corral.controller.hub_resubmit import resubmit_failed
+from corral.controller.packing import unpack
 from corral.controller.store.base import ResultStore
 from corral.errors import CorralError, ProtocolError
 from corral.loop import DRAIN_BATCH, Loop, Timer
 from corral.protocol.messages import error_reply
-from corral.protocol.session import Message, Session, split_identities
+from corral.protocol.session import Frame, Message, Session, frame_view, split_identities
 from corral.protocol.shm import METADATA_KEY, SegmentRef, encode_refs
 from corral.sharedmem import SharedMemory
 from corral.sockets import send_frames
@@ -119,7 +122,7 @@ class HubShell:
         loop.add_socket(self.pong, self._on_pong)
         loop.add_reader(self.pong_events, self._on_pong_events)
         loop.add_socket(self.queue_monitor, self._on_monitor, batch=MONITOR_BATCH)
-        loop.add_socket(self.monitor, self._on_monitor, batch=MONITOR_BATCH)
+        loop.add_socket(self.monitor, self._on_scheduler_copy, batch=MONITOR_BATCH)
         loop.add_socket(self.registration, self._on_request)
         for sock in self.resubmit_sockets.values():
             loop.add_socket(sock, self._on_resubmitted_reply)
@@ -185,13 +188,16 @@ class HubShell:
     def _catch_up(self) -> None:
         """Copies that reached the monitors after this turn's poll are recorded before a
         request reads the records."""
-        for monitor in (self.queue_monitor, self.monitor):
+        for monitor, handle in (
+            (self.queue_monitor, self._on_monitor),
+            (self.monitor, self._on_scheduler_copy),
+        ):
             for _ in range(DRAIN_BATCH):
                 if not int(monitor.get(zmq.EVENTS)) & zmq.POLLIN:
                     break
                 frames = monitor.recv_multipart(copy=False)
                 try:
-                    self._on_monitor(frames)
+                    handle(frames)
                 except CorralError as err:
                     self.loop.rejected += 1
                     log.warning("hub: dropped a monitor copy: %s", err)
@@ -199,8 +205,18 @@ class HubShell:
                     self.loop.rejected += 1
                     log.exception("hub: error while recording a monitor copy; dropped it")
 
-    def _on_monitor(self, frames: list[zmq.Frame]) -> None:
-        prefix = frames[0].bytes
+    def _on_scheduler_copy(self, frames: list[zmq.Frame]) -> None:
+        """A copy from the scheduler: a compact ``task_dest`` (:mod:`.destination`), or a
+        packed ``task_in`` / ``task_out`` (:mod:`.packing`), read as the devices' copies."""
+        if frames[0].bytes == DESTINATION:
+            self.monitored += 1
+            msg_id, engine_uuid = read_destination(self.session, frames)
+            self._perform(self.hub.handle_destination(msg_id, engine_uuid))
+            return
+        self._on_monitor(unpack(frames))
+
+    def _on_monitor(self, frames: Sequence[Frame]) -> None:
+        prefix = bytes(frame_view(frames[0]))
         idents, msg_frames = split_identities(frames[1:])
         msg = self.session.deserialize(msg_frames, content=True, idents=idents)
         self.monitored += 1

@@ -5,7 +5,8 @@ including retries of a Dispatch an engine could not take yet and which late repl
 one :class:`~corral.loop.Loop`. Client-facing ROUTER in, engine-facing ROUTER out
 (docs/wire-flows.md). Per task it verifies the signature and parses header and metadata only;
 content and buffers are forwarded as the zmq Frames they arrived in. Copies go to the Hub's
-monitor SUB (``task_in``, ``task_dest``, ``task_out``). Engines come and go through the Hub's
+monitor SUB (``task_in``, ``task_out`` packed into few frames by :mod:`.packing`; the compact
+``task_dest`` of :mod:`.destination`). Engines come and go through the Hub's
 notifications. The process around it is :mod:`corral.controller.scheduler`.
 """
 
@@ -21,6 +22,8 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from corral import heap
+from corral.controller.destination import destination_frames
+from corral.controller.packing import pack
 from corral.controller.scheduling import SchedulerCore
 from corral.controller.scheduling_state import Action, Complete, Dispatch, Fail, Task
 from corral.errors import CorralError, ProtocolError, RemoteError, error_content
@@ -191,9 +194,11 @@ class SchedulerShell:
             size = sum(memoryview(frame_view(frame)).nbytes for frame in frames[5:])
             if size > limit:
                 omitted = b"omitted:%d" % size
-                send_frames(self.monitor, [b"task_in", *route, omitted, DELIMITER, *frames[:5]])
+                send_frames(
+                    self.monitor, pack(b"task_in", [*route, omitted, DELIMITER, *frames[:5]])
+                )
                 return
-        send_frames(self.monitor, [b"task_in", *route, DELIMITER, *frames])
+        send_frames(self.monitor, pack(b"task_in", [*route, DELIMITER, *frames]))
 
     def _on_engine_reply(self, frames: list[zmq.Frame]) -> None:
         idents, msg_frames = split_identities(frames)
@@ -212,7 +217,9 @@ class SchedulerShell:
             # a task sent before a controller restart: pass the answer on
             client = idents[1]
             send_frames(self.clients, [client, idents[0], DELIMITER, *msg_frames])
-            send_frames(self.monitor, [b"task_out", client, idents[0], DELIMITER, *msg_frames])
+            send_frames(
+                self.monitor, pack(b"task_out", [client, idents[0], DELIMITER, *msg_frames])
+            )
             return
         pending.reply = [idents[0], *msg_frames]
         content = msg.content or {}
@@ -260,8 +267,7 @@ class SchedulerShell:
         if not pending.copied:
             self._copy_request(pending, engine)
             return
-        dest = self.session.msg("task_destination", {"msg_id": msg_id, "engine_id": engine_uuid})
-        send_frames(self.monitor, [b"task_dest", *self.session.serialize(dest)])
+        send_frames(self.monitor, destination_frames(self.session, msg_id, engine_uuid, attempt))
 
     def _resigned(self, pending: Pending, attempt: int) -> list[Frame]:
         """The same request with ``attempt`` in its metadata: a new signature, so the engine's
@@ -281,7 +287,8 @@ class SchedulerShell:
             return
         engine, *msg_frames = reply
         send_frames(self.clients, [pending.client, engine, DELIMITER, *msg_frames])
-        send_frames(self.monitor, [b"task_out", pending.client, engine, DELIMITER, *msg_frames])
+        copy = [pending.client, engine, DELIMITER, *msg_frames]
+        send_frames(self.monitor, pack(b"task_out", copy))
         self.counts["completed"] += 1
         self._finished()
 
@@ -309,7 +316,7 @@ class SchedulerShell:
         reply = self.session.msg("apply_reply", content, pending.msg, metadata)
         frames = self.session.serialize(reply)
         send_frames(self.clients, [pending.client, SCHEDULER_IDENT, *frames])
-        send_frames(self.monitor, [b"task_out", pending.client, SCHEDULER_IDENT, *frames])
+        send_frames(self.monitor, pack(b"task_out", [pending.client, SCHEDULER_IDENT, *frames]))
         self.counts["failed"] += 1
         self._finished()
 

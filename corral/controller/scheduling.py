@@ -52,8 +52,10 @@ Rules decided here (the shell and clients rely on them):
 - The last ``finished_memory`` finished msg_ids are remembered (:meth:`SchedulerCore.answered`):
   a reply for one of them is late (its task was failed or resubmitted) and must not reach the
   client; the outcome of a task that falls out of that memory is forgotten.
-- Choosing an engine costs O(free eligible engines); everything else per task is O(1) plus
-  O(its dependencies). Nothing scans all tasks.
+- Choosing an engine for a task free to run anywhere costs O(log engines) under ``leastload``
+  and ``lru`` (:mod:`.free_engines`), O(free engines) under the random policies, and
+  O(free eligible engines) for a task with targets, follow or engines to avoid; everything else
+  per task is O(1) plus O(its dependencies). Nothing scans all tasks.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ from collections.abc import Iterable
 from typing import Final, TypeAlias
 
 from corral.controller.dependencies import DependencyGraph, Wait, Waiter, follow_placement
+from corral.controller.free_engines import FreeEngines
 from corral.controller.scheduling_state import (
     DONE,
     FINISHED_MEMORY,
@@ -124,7 +127,7 @@ class SchedulerCore:
         self.max_outstanding = max_outstanding
         self._rng = random.Random(seed)
         self._engines: dict[str, EngineState] = {}
-        self._free: dict[str, EngineState] = {}  # registered engines below max_outstanding
+        self._free = FreeEngines(policy)  # registered engines below max_outstanding
         self._records: dict[str, TaskRecord] = {}  # every unfinished task
         self._graph: DependencyGraph[EngineState] = DependencyGraph()
         self._queue_any: list[QueueEntry] = []  # heap of queued tasks any engine may run
@@ -150,7 +153,7 @@ class SchedulerCore:
         self._registrations += 1
         engine = EngineState(engine_uuid, NEVER_USED + self._registrations)
         self._engines[engine_uuid] = engine
-        self._free[engine_uuid] = engine
+        self._free.put(engine)
         actions: list[Action] = []
         for msg_id, record in list(self._exhausted.items()):
             if engine.load >= self.max_outstanding:
@@ -168,7 +171,7 @@ class SchedulerCore:
         if engine is None:
             return []
         engine.alive = False
-        self._free.pop(engine_uuid, None)
+        self._free.remove(engine_uuid)
         actions: list[Action] = []
         finished: _Finished = deque()
         lost = list(engine.running.values())
@@ -301,8 +304,8 @@ class SchedulerCore:
         del engine.running[record.task.msg_id]
         engine.load -= 1
         self._running -= 1
-        if engine.load == self.max_outstanding - 1:
-            self._free[engine.uuid] = engine
+        if engine.alive:  # a slot is free: it is (again) a free engine, with a new load
+            self._free.put(engine)
         record.engine = None
 
     def reject(self, msg_id: str, error: type[Exception], reason: str) -> list[Action]:
@@ -564,6 +567,8 @@ class SchedulerCore:
         if not self._free:
             return None
         if record.pinned is None and record.task.targets is None and not record.avoid:
+            if self._free.ordered:
+                return self._free.best()
             return choose_engine(self.policy, self._rng, list(self._free.values()))
         candidates = [e for e in self._free.values() if record.allows(e)]
         if record.avoid:
@@ -583,7 +588,9 @@ class SchedulerCore:
         self._clock += 1
         engine.last_used = self._clock
         if engine.load >= self.max_outstanding:
-            del self._free[engine.uuid]
+            self._free.remove(engine.uuid)
+        else:
+            self._free.put(engine)  # its load and last use changed
         actions.append(Dispatch(msg_id, engine.uuid, record.attempts))
         record.attempts += 1
 

@@ -225,9 +225,18 @@ class Session:
         if self._auth is None:
             return
         signature = bytes(frame_view(msg_frames[0]))
+        self.verify_signature(signature, [frame_view(f) for f in msg_frames[1:5]])
+
+    def verify_signature(self, signature: bytes, parts: Sequence[bytes | memoryview]) -> None:
+        """Check ``signature`` over ``parts`` (as :meth:`sign` made it) and record it, so that
+        the same signed parts are refused when they come again: :meth:`verify`'s check, for
+        the few compact messages that are not a whole envelope (the scheduler's ``task_dest``
+        copy). SignatureError or ReplayError as :meth:`verify`; nothing when unsigned."""
+        if self._auth is None:
+            return
         if not signature:
             raise SignatureError("unsigned message (empty signature) on a signed session")
-        expected = self.sign([frame_view(f) for f in msg_frames[1:5]])
+        expected = self.sign(parts)
         if not hmac.compare_digest(signature, expected):
             raise SignatureError("invalid signature: wrong key, or the message was altered")
         if signature in self._digests:

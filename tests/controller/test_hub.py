@@ -146,15 +146,13 @@ def test_late_reply_of_a_dropped_engine_is_not_recorded(hub: HubHarness) -> None
     register(hub, "other")
     req = session.msg("apply_request", {})
     hub.handle_monitor(b"task_in", [b"client-1"], req)
-    dest = session.msg("task_destination", {"msg_id": req.msg_id, "engine_id": "paused"})
-    hub.handle_monitor(b"task_dest", [], dest)
+    hub.handle_destination(req.msg_id, "paused")
     while "paused" in hub.by_uuid:
         hub.tick()
     # the scheduler resubmits it; the paused engine's late reply may come first
     hub.handle_monitor(b"task_out", [b"client-1", b"paused"], reply_for(req, buffers=(b"old",)))
     assert hub.store.get_record(req.msg_id)["status"] == "pending"
-    dest = session.msg("task_destination", {"msg_id": req.msg_id, "engine_id": "other"})
-    hub.handle_monitor(b"task_dest", [], dest)
+    hub.handle_destination(req.msg_id, "other")
     hub.handle_monitor(b"task_out", [b"client-1", b"other"], reply_for(req, buffers=(b"new",)))
     record = hub.store.get_record(req.msg_id)
     assert record["status"] == "ok" and record["engine_uuid"] == "other"
@@ -214,8 +212,7 @@ def test_task_destination_tracks_load_balanced_work(hub: HubHarness) -> None:
     register(hub, "a")
     req = session.msg("apply_request", {})
     hub.handle_monitor(b"task_in", [b"client-1"], req)
-    dest = session.msg("task_destination", {"msg_id": req.msg_id, "engine_id": "a"})
-    hub.handle_monitor(b"task_dest", [], dest)
+    hub.handle_destination(req.msg_id, "a")
     (counts,) = hub.handle_request([b"c"], request("queue_request"))
     assert counts.content["0"]["tasks"] == 1
     hub.handle_monitor(b"task_out", [b"client-1", b"a"], reply_for(req))
@@ -295,9 +292,7 @@ def test_the_task_queues_first_outcome_is_recorded_whichever_engine_gave_it(
     register(hub, "b")
     req = session.msg("apply_request", {})
     hub.handle_monitor(b"task_in", [b"client-1"], req)
-    hub.handle_monitor(
-        b"task_dest", [], session.msg("task_destination", {"msg_id": req.msg_id, "engine_id": "b"})
-    )
+    hub.handle_destination(req.msg_id, "b")
     hub.handle_monitor(b"task_out", [b"client-1", b"a"], reply_for(req, status="error"))
     assert hub.store.get_record(req.msg_id)["status"] == "error"
     hub.handle_monitor(b"task_out", [b"client-1", b"b"], reply_for(req))
@@ -440,8 +435,7 @@ def submit_balanced(hub: HubHarness, retries: int = 0, engine_uuid: str | None =
     req = session.msg("apply_request", {}, metadata={"retries": retries})
     hub.handle_monitor(b"task_in", [b"client-1"], req)
     if engine_uuid is not None:
-        dest = session.msg("task_destination", {"msg_id": req.msg_id, "engine_id": engine_uuid})
-        hub.handle_monitor(b"task_dest", [], dest)
+        hub.handle_destination(req.msg_id, engine_uuid)
     return req
 
 
@@ -645,8 +639,7 @@ def test_a_task_sent_again_is_recorded_from_whichever_engine_answers_it() -> Non
     settle_restored(hub, "other")
     assert hub.store.get_record(held.msg_id)["result_metadata"].get(RESENDABLE) is True
     hub.handle_monitor(b"task_in", [b"client-1"], held)  # sent again
-    dest = session.msg("task_destination", {"msg_id": held.msg_id, "engine_id": "other"})
-    hub.handle_monitor(b"task_dest", [], dest)
+    hub.handle_destination(held.msg_id, "other")
     register(hub, "slow", id=0, tasks=[held.msg_id])  # back late, naming the task it held
     hub.handle_monitor(b"task_out", [b"client-1", b"other"], reply_for(held))
     record = hub.store.get_record(held.msg_id)

@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 import zmq
 
+from corral.controller.destination import read_destination
+from corral.controller.packing import unpack
 from corral.controller.scheduler_shell import SchedulerShell
 from corral.protocol.session import Message, Session
 from tests.polling import until
@@ -29,24 +31,29 @@ class Rig:
     monitor: zmq.Socket[Any]  # the Hub's monitor SUB
     client: zmq.Socket[Any]
     engine: zmq.Socket[Any]
-    copies: list[tuple[bytes, list[bytes], Message]]
+    copies: list[tuple[bytes, list[bytes], Message | str]]  # a task_dest: its msg_id
+    hub_session: Session  # the Hub's side: verifies (and remembers) what it reads
 
     def read_copies(self) -> None:
         while self.monitor.poll(0):
-            prefix, *rest = self.monitor.recv_multipart()
+            frames = self.monitor.recv_multipart()
+            if frames[0] == b"task_dest":  # compact: about (msg_id, engine), not an envelope
+                msg_id, engine_uuid = read_destination(self.hub_session, frames)
+                self.copies.append((frames[0], [], msg_id))
+                continue
+            prefix, *rest = [bytes(frame) for frame in unpack(frames)]
             idents = rest[: rest.index(b"<IDS|MSG>")]
-            self.copies.append((prefix, idents, Session(KEY).feed(rest)))
+            self.copies.append((prefix, idents, self.hub_session.feed(rest)))
 
     def copies_of(self, msg_id: str) -> list[tuple[bytes, list[bytes]]]:
         """(prefix, identities) of every copy about ``msg_id`` received so far, in order."""
         self.read_copies()
         found = []
-        for prefix, idents, msg in self.copies:
-            about = {
-                b"task_in": msg.msg_id,
-                b"task_dest": (msg.content or {}).get("msg_id"),
-                b"task_out": msg.parent_id,
-            }.get(prefix)
+        for prefix, idents, copy in self.copies:
+            if isinstance(copy, str):
+                about: str | None = copy
+            else:
+                about = {b"task_in": copy.msg_id, b"task_out": copy.parent_id}.get(prefix)
             if about == msg_id:
                 found.append((prefix, idents))
         return found
@@ -91,7 +98,7 @@ def rig() -> Iterator[Rig]:
         engine = socket(zmq.DEALER)
         engine.identity = b"engine-1"
         engine.connect(f"{LOOPBACK}:{shell.engine_port}")
-        yield Rig(session, context, notifications, monitor, client, engine, [])
+        yield Rig(session, context, notifications, monitor, client, engine, [], Session(KEY))
     finally:
         shell.loop.stop()
         thread.join(WAIT)

@@ -197,41 +197,64 @@ def _dumps(name: str, value: Any) -> str:
         raise StoreError(f"field {name!r} cannot be stored as JSON in SQLite: {exc}") from None
 
 
-def encode_row(fields: dict[str, Any], chunk_bytes: int = CHUNK_BYTES) -> Row:
-    """The row that upserts these (validated) fields; buffers of more than ``chunk_bytes`` in
-    all are marked for chunks of that size."""
+class _Layout(NamedTuple):
+    """Where the fields of a record with a given set of names go: the ``present`` bits, the
+    scalar columns in column order (and whether each holds JSON), the names kept in ``extra``,
+    and whether request or result buffers are written."""
+
+    present: int
+    scalars: tuple[tuple[str, bool], ...]
+    extras: tuple[str, ...]
+    columns: tuple[str, ...]
+    request: bool
+    buffers: bool
+
+
+@functools.lru_cache(maxsize=256)
+def _layout(names: tuple[str, ...]) -> _Layout:
+    """The layout of a record with these field names, worked out once per set of names (the
+    Hub writes a few kinds of record, each always with the same names)."""
     present = 0
-    extras: dict[str, list[Any]] = {}
-    for name, value in fields.items():
+    extras: list[str] = []
+    for name in names:
         if name in _BITS:
             present |= _BITS[name]
         elif name != "msg_id":
-            extras[name] = [value]
-    columns: list[str] = ["msg_id", "present"]
-    values: list[Any] = [fields["msg_id"], present]
-    for name in SCALAR_COLUMNS:
-        if name in fields:
-            value = fields[name]
-            columns.append(name)
-            values.append(
-                _dumps(name, value) if name in DICT_FIELDS and value is not None else value
-            )
+            extras.append(name)
+    scalars = tuple((name, name in DICT_FIELDS) for name in SCALAR_COLUMNS if name in names)
+    columns = ["msg_id", "present", *(name for name, _ in scalars)]
     if extras:
         columns.append("extra")
-        values.append(_dumps("extra fields", extras))
-    request = None
-    if REQUEST_BUFFERS_FIELD in fields:
-        request = fields[REQUEST_BUFFERS_FIELD]
+    request = REQUEST_BUFFERS_FIELD in names
+    if request:
         columns.append("request_buffer_lengths")
+    buffers = BUFFERS_FIELD in names
+    if buffers:
+        columns += ["buffer_lengths", BUFFERS_FIELD]
+    return _Layout(present, scalars, tuple(extras), tuple(columns), request, buffers)
+
+
+def encode_row(fields: dict[str, Any], chunk_bytes: int = CHUNK_BYTES) -> Row:
+    """The row that upserts these (validated) fields; buffers of more than ``chunk_bytes`` in
+    all are marked for chunks of that size."""
+    layout = _layout(tuple(fields))
+    values: list[Any] = [fields["msg_id"], layout.present]
+    for name, is_json in layout.scalars:
+        value = fields[name]
+        values.append(_dumps(name, value) if is_json and value is not None else value)
+    if layout.extras:
+        values.append(_dumps("extra fields", {name: [fields[name]] for name in layout.extras}))
+    request = None
+    if layout.request:
+        request = fields[REQUEST_BUFFERS_FIELD]
         values.append(None if request is None else orjson.dumps([len(b) for b in request]).decode())
     buffers = None
-    if BUFFERS_FIELD in fields:
+    if layout.buffers:
         buffers = fields[BUFFERS_FIELD]
-        columns += ["buffer_lengths", BUFFERS_FIELD]
         values.append(None if buffers is None else orjson.dumps([len(b) for b in buffers]).decode())
     large = buffers is not None and sum(map(len, buffers)) > chunk_bytes
     return Row(
-        tuple(columns), tuple(values), buffers, chunk_bytes if large else 0, request, chunk_bytes
+        layout.columns, tuple(values), buffers, chunk_bytes if large else 0, request, chunk_bytes
     )
 
 
