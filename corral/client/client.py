@@ -417,7 +417,7 @@ class Client(ControllerLink, ControlCalls, HubQueries):
             msg_id = msg.msg_id
             self._resender.hold(msg_id, msg)
             self._records.futures[msg_id].add_done_callback(
-                lambda _: self._resender.release(msg_id)
+                lambda _: self._resender.release(msg_id), inline=True
             )
         if uuid is not None and uuid not in self._uuids:
             self._records.fail(msg.msg_id, engine_gone(engine_id, uuid), at_once=True)
