@@ -96,19 +96,14 @@ class AsyncResult(ResultInfo, futures.Future[Any]):
         self._children = [records.futures[msg_id] for msg_id in self.msg_ids]
         records.hold(self.msg_ids)
         self._held: tuple[str, ...] | None = tuple(self.msg_ids)  # released by ``__del__``
-        self._lock = threading.Lock()
+        # parts may finish on several threads at once; one part needs no lock
+        self._lock = threading.Lock() if len(self._children) > 1 else None
         self._remaining = len(self._children)
         if not self._children:
             self._finish()
         # The children reach this object only through ``link``, emptied once it is finished:
         # a finished AsyncResult nobody holds is then garbage, and its records are released.
-        link: list[AsyncResult | None] = [self]
-        self._link = link
-
-        def child_done(_: futures.Future[Any]) -> None:
-            result = link[0]
-            if result is not None:
-                result._child_done()
+        link = self._link = _ChildLink(self)
 
         # a part settled on the client's I/O thread may finish this result there: cheap, no
         # user code runs (its own callbacks are handed to the callbacks thread); a map's join
@@ -117,7 +112,7 @@ class AsyncResult(ResultInfo, futures.Future[Any]):
         for child in self._children:
             if not inline:
                 child.allow_inline = False
-            child.add_done_callback(child_done, inline=inline)
+            child.add_done_callback(link, inline=inline)
 
     def __del__(self) -> None:
         """Garbage: the records of its requests may go (applied later, see Records.release).
@@ -143,6 +138,9 @@ class AsyncResult(ResultInfo, futures.Future[Any]):
         super().add_done_callback(hand_over)
 
     def _child_done(self) -> None:
+        if self._lock is None:
+            self._finish()
+            return
         with self._lock:
             self._remaining -= 1
             last = self._remaining == 0
@@ -151,7 +149,7 @@ class AsyncResult(ResultInfo, futures.Future[Any]):
 
     def _finish(self) -> None:
         if self._children:
-            self._link[0] = None
+            self._link.result = None
         if self.owner:  # before it completes: whoever it wakes sees the client's caches without
             self._records.take(self.msg_ids)  # them, as ipyparallel's owner (client/cache.py)
         try:
@@ -558,6 +556,22 @@ class AsyncMapResult(AsyncResult):
         if isinstance(key, str):
             return self._metadata_values(key)
         return self.get()[key]
+
+
+class _ChildLink:
+    """The done-callback of an AsyncResult's parts: counts one part done, until the result is
+    finished (then it points nowhere, so the parts no longer keep the result alive). One
+    small object instead of a closure, its cell and a list per result."""
+
+    __slots__ = ("result",)
+
+    def __init__(self, result: AsyncResult) -> None:
+        self.result: AsyncResult | None = result
+
+    def __call__(self, _: futures.Future[Any]) -> None:
+        result = self.result
+        if result is not None:
+            result._child_done()
 
 
 class _SentEvent:

@@ -47,7 +47,7 @@ from corral.client.io_shell import ClientIO
 from corral.client.link import ControllerLink, IOHandler, engine_gone
 from corral.client.queries import HubQueries
 from corral.client.records import Records
-from corral.client.recovery import Resender
+from corral.client.recovery import Resender, ResendRelease
 from corral.client.submitter import Target, Targets
 from corral.errors import (
     ConnectionError,
@@ -417,7 +417,7 @@ class Client(ControllerLink, ControlCalls, HubQueries):
             msg_id = msg.msg_id
             self._resender.hold(msg_id, msg)
             self._records.futures[msg_id].add_done_callback(
-                lambda _: self._resender.release(msg_id), inline=True
+                ResendRelease(self._resender, msg_id), inline=True
             )
         if uuid is not None and uuid not in self._uuids:
             self._records.fail(msg.msg_id, engine_gone(engine_id, uuid), at_once=True)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 import sys
 import threading
 import zlib
@@ -286,6 +287,12 @@ def _as_view(frame: object, index: int) -> memoryview:
     return view
 
 
+# The bytes of the opcodes that make an unpickler look a global up (GLOBAL, INST,
+# STACK_GLOBAL, EXT1/2/4): a pickle without any (a number, a short string) cannot import, and
+# skips the slower guarded unpickler. Data bytes may match too: that only costs the guard.
+_MAY_IMPORT: Final = re.compile(rb"[ci\x93\x82-\x84]")
+
+
 class _LoadedOnlyUnpickler(pickle.Unpickler):
     """An unpickler that refuses to import: every global it needs must come from a module
     already in ``sys.modules`` (else :class:`~corral.errors.ImportNeeded`)."""
@@ -327,7 +334,7 @@ def _load(frames: Sequence[FrameLike], loaded_only: bool = False) -> object:
 
     buffers = iter(views[1:])
     try:
-        if loaded_only:
+        if loaded_only and _MAY_IMPORT.search(head, _PICKLE_START) is not None:
             stream = io.BytesIO(head[_PICKLE_START:])
             obj = _LoadedOnlyUnpickler(stream, buffers=buffers).load()
         else:
