@@ -5,9 +5,10 @@ A Client reads the cluster's ``corral-client.json``, starts its one I/O thread
 current from registration notifications, never by polling (:mod:`corral.client.link`). Views
 (:mod:`corral.client.view`, :mod:`corral.client.balanced`) build requests through it, seeing
 only the :class:`~corral.client.submitter.Submitter` protocol; :mod:`corral.client.records`
-keeps what it learns of them. Results are deserialized and settled, and users' done-callbacks
-run, on two worker threads the client owns (:mod:`corral.client.completion`), never on the
-I/O thread. ``close()`` stops and joins every thread the client started.
+keeps what it learns of them. Small results are settled by the I/O thread that reads them
+(:mod:`corral.client.requestfuture`); larger ones are deserialized and settled, and users'
+done-callbacks run, on two worker threads the client owns (:mod:`corral.client.completion`),
+never on the I/O thread. ``close()`` stops and joins every thread the client started.
 
 Timeouts: any Hub query unanswered after ``timeout`` seconds raises ConnectionError, and a
 control call (abort, clear, signal, shutdown) unanswered by an engine raises TimeoutError, so
