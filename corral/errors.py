@@ -50,6 +50,11 @@ class SerializationError(CorralError):
     """An object could not be serialized, or bytes could not be turned back into one."""
 
 
+class ImportNeeded(SerializationError):
+    """Deserializing would import a module not imported yet, and the caller asked not to
+    (``deserialize_object(..., loaded_only=True)``): it deserializes on another thread."""
+
+
 class SharedMemoryRefused(ProtocolError):
     """A shared-memory reference in a signed message that this process will not map: not one
     of this cluster's segments (forged or guessed name, wrong prefix), of the wrong size or

@@ -22,7 +22,6 @@ from __future__ import annotations
 import threading
 import time
 import warnings
-import weakref
 from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent import futures
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION
@@ -33,6 +32,7 @@ import zmq
 
 from corral.client.mapping import join
 from corral.client.records import _DEFAULTS, Metadata, Records, settle
+from corral.client.requestfuture import lighten
 from corral.client.resultinfo import ResultInfo
 from corral.errors import RemoteError, TimeoutError, collect_exceptions
 
@@ -67,6 +67,8 @@ class AsyncResult(ResultInfo, futures.Future[Any]):
     (just one for a single-target call) with the engine, times and captured output.
     """
 
+    _joins_cheaply = True  # finishing it is cheap enough for the I/O thread (not a map's join)
+
     def __init__(
         self,
         records: Records,
@@ -80,6 +82,7 @@ class AsyncResult(ResultInfo, futures.Future[Any]):
         trackers: Sequence[zmq.MessageTracker] = (),
     ) -> None:
         super().__init__()
+        lighten(self)
         if single and len(msg_ids) != 1:
             raise ValueError(f"a single result needs exactly one msg_id, got {len(msg_ids)}")
         self.msg_ids: list[str] = list(msg_ids)
@@ -90,26 +93,34 @@ class AsyncResult(ResultInfo, futures.Future[Any]):
         self.owner = owner
         self._return_exceptions = return_exceptions
         self._tracker = zmq.MessageTracker(*trackers) if trackers else _DONE_TRACKER
-        self._sent_event = _SentEvent(self._tracker)  # ipyparallel's name; its tests use it
         self._children = [records.futures[msg_id] for msg_id in self.msg_ids]
         records.hold(self.msg_ids)
-        weakref.finalize(self, records.release, tuple(self.msg_ids))
-        self._lock = threading.Lock()
+        self._held: tuple[str, ...] | None = tuple(self.msg_ids)  # released by ``__del__``
+        # parts may finish on several threads at once; one part needs no lock
+        self._lock = threading.Lock() if len(self._children) > 1 else None
         self._remaining = len(self._children)
         if not self._children:
             self._finish()
         # The children reach this object only through ``link``, emptied once it is finished:
         # a finished AsyncResult nobody holds is then garbage, and its records are released.
-        link: list[AsyncResult | None] = [self]
-        self._link = link
+        link = self._link = _ChildLink(self)
 
-        def child_done(_: futures.Future[Any]) -> None:
-            result = link[0]
-            if result is not None:
-                result._child_done()
-
+        # a part settled on the client's I/O thread may finish this result there: cheap, no
+        # user code runs (its own callbacks are handed to the callbacks thread); a map's join
+        # of its parts may take long: its parts are settled on the results thread, as before
+        inline = self._client is not None and self._joins_cheaply
         for child in self._children:
-            child.add_done_callback(child_done)
+            if not inline:
+                child.allow_inline = False
+            child.add_done_callback(link, inline=inline)
+
+    def __del__(self) -> None:
+        """Garbage: the records of its requests may go (applied later, see Records.release).
+        Cheaper than a ``weakref.finalize`` per result, and as safe: it only queues."""
+        held = getattr(self, "_held", None)  # None if __init__ raised before holding
+        if held is not None:
+            self._held = None
+            self._records.release(held)
 
     # ------------------------------------------------------------------ completion
 
@@ -127,6 +138,9 @@ class AsyncResult(ResultInfo, futures.Future[Any]):
         super().add_done_callback(hand_over)
 
     def _child_done(self) -> None:
+        if self._lock is None:
+            self._finish()
+            return
         with self._lock:
             self._remaining -= 1
             last = self._remaining == 0
@@ -135,7 +149,7 @@ class AsyncResult(ResultInfo, futures.Future[Any]):
 
     def _finish(self) -> None:
         if self._children:
-            self._link[0] = None
+            self._link.result = None
         if self.owner:  # before it completes: whoever it wakes sees the client's caches without
             self._records.take(self.msg_ids)  # them, as ipyparallel's owner (client/cache.py)
         try:
@@ -159,6 +173,11 @@ class AsyncResult(ResultInfo, futures.Future[Any]):
         return values[0] if self._single else values
 
     # ------------------------------------------------------------------ sending
+
+    @property
+    def _sent_event(self) -> _SentEvent:
+        """ipyparallel's name (its tests wait on it); made when asked for, as few are."""
+        return _SentEvent(self._tracker)
 
     @property
     def sent(self) -> bool:
@@ -442,6 +461,8 @@ class AsyncMapResult(AsyncResult):
     arrives: in submission order (``ordered=True``) or in completion order.
     """
 
+    _joins_cheaply = False
+
     def __init__(
         self,
         records: Records,
@@ -535,6 +556,22 @@ class AsyncMapResult(AsyncResult):
         if isinstance(key, str):
             return self._metadata_values(key)
         return self.get()[key]
+
+
+class _ChildLink:
+    """The done-callback of an AsyncResult's parts: counts one part done, until the result is
+    finished (then it points nowhere, so the parts no longer keep the result alive). One
+    small object instead of a closure, its cell and a list per result."""
+
+    __slots__ = ("result",)
+
+    def __init__(self, result: AsyncResult) -> None:
+        self.result: AsyncResult | None = result
+
+    def __call__(self, _: futures.Future[Any]) -> None:
+        result = self.result
+        if result is not None:
+            result._child_done()
 
 
 class _SentEvent:

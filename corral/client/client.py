@@ -5,9 +5,10 @@ A Client reads the cluster's ``corral-client.json``, starts its one I/O thread
 current from registration notifications, never by polling (:mod:`corral.client.link`). Views
 (:mod:`corral.client.view`, :mod:`corral.client.balanced`) build requests through it, seeing
 only the :class:`~corral.client.submitter.Submitter` protocol; :mod:`corral.client.records`
-keeps what it learns of them. Results are deserialized and settled, and users' done-callbacks
-run, on two worker threads the client owns (:mod:`corral.client.completion`), never on the
-I/O thread. ``close()`` stops and joins every thread the client started.
+keeps what it learns of them. Small results are settled by the I/O thread that reads them
+(:mod:`corral.client.requestfuture`); larger ones are deserialized and settled, and users'
+done-callbacks run, on two worker threads the client owns (:mod:`corral.client.completion`),
+never on the I/O thread. ``close()`` stops and joins every thread the client started.
 
 Timeouts: any Hub query unanswered after ``timeout`` seconds raises ConnectionError, and a
 control call (abort, clear, signal, shutdown) unanswered by an engine raises TimeoutError, so
@@ -48,7 +49,7 @@ from corral.client.io_shell import ClientIO
 from corral.client.link import ControllerLink, IOHandler, engine_gone
 from corral.client.queries import PURGE_TRIM_SCHEDULE, HubQueries
 from corral.client.records import Records
-from corral.client.recovery import Resender
+from corral.client.recovery import Resender, ResendRelease
 from corral.client.submitter import Target, Targets
 from corral.errors import (
     ConnectionError,
@@ -419,7 +420,7 @@ class Client(ControllerLink, ControlCalls, HubQueries):
             msg_id = msg.msg_id
             self._resender.hold(msg_id, msg)
             self._records.futures[msg_id].add_done_callback(
-                lambda _: self._resender.release(msg_id)
+                ResendRelease(self._resender, msg_id), inline=True
             )
         if uuid is not None and uuid not in self._uuids:
             self._records.fail(msg.msg_id, engine_gone(engine_id, uuid), at_once=True)

@@ -4,7 +4,9 @@ The I/O thread only moves frames and updates what a reply says about its request
 take long runs on a :class:`Worker` instead:
 
 - ``results``: deserializing a reply's value, settling its future and what that triggers
-  (an AsyncResult joining the parts of a map, releasing shared-memory segments);
+  (an AsyncResult joining the parts of a map, releasing shared-memory segments), for every
+  reply the I/O thread does not settle itself (:mod:`corral.client.requestfuture`: small
+  ones, whose callbacks not marked cheap are handed here);
 - ``callbacks``: the done-callbacks users add to an AsyncResult, which may block for as long
   as they like without delaying any other result.
 

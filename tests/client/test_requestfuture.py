@@ -1,0 +1,212 @@
+"""Settling small replies on the thread that reads them (corral.client.requestfuture, and
+Records.complete), without sockets: replies made by hand, a real results worker."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from corral.client.asyncresult import AsyncMapResult, AsyncResult
+from corral.client.completion import Worker
+from corral.client.records import Records
+from corral.client.requestfuture import (
+    INLINE_LIMIT,
+    LightCondition,
+    RequestFuture,
+    settles_inline,
+)
+from corral.protocol.serialize import serialize_object
+from corral.protocol.session import Message, Session
+
+SESSION = Session(b"key")
+PROMPT = 10.0  # seconds: far longer than any step here takes
+
+
+@pytest.fixture
+def worker() -> Iterator[Worker]:
+    worker = Worker("test-results")
+    yield worker
+    worker.close()
+
+
+class Deferrals:
+    """A ``defer`` that counts the calls handed to the worker and notes their thread."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.count = 0
+        self.threads: list[str] = []
+
+    def __call__(self, call: Callable[[], None]) -> None:
+        self.count += 1
+
+        def noted() -> None:
+            self.threads.append(threading.current_thread().name)
+            call()
+
+        self.worker.submit(noted)
+
+    def drain(self) -> None:
+        done = threading.Event()
+        self.worker.submit(done.set)
+        assert done.wait(PROMPT)
+
+
+class Client:
+    """What an AsyncResult asks of its client here: where its done-callbacks run."""
+
+    @staticmethod
+    def run_callback(call: Callable[[], None]) -> None:
+        call()
+
+
+def request(records: Records) -> Message:
+    msg = SESSION.msg("apply_request", {})
+    records.track(msg, "task")
+    return msg
+
+
+def reply(parent: Message, buffers: list[Any]) -> Message:
+    return SESSION.msg(
+        "apply_reply",
+        {"status": "ok"},
+        parent=parent,
+        metadata={"status": "ok", "engine_id": 0},
+        buffers=buffers,
+    )
+
+
+def test_a_small_reply_settles_on_the_reading_thread(worker: Worker) -> None:
+    defer = Deferrals(worker)
+    records = Records(defer)
+    req = request(records)
+    ar = AsyncResult(records, [req.msg_id], single=True, client=Client())
+    assert records.handle_reply(reply(req, serialize_object({"answer": 42})))
+    assert ar.done() and ar.get(0) == {"answer": 42}  # no wait: settled by handle_reply itself
+    assert defer.count == 0
+    assert records.results[req.msg_id] == {"answer": 42} and not records.outstanding
+
+
+def test_a_large_reply_or_one_needing_an_import_goes_to_the_worker(
+    worker: Worker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    defer = Deferrals(worker)
+    records = Records(defer)
+    large, importing = request(records), request(records)
+    (tmp_path / "corral_settle_probe.py").write_text("def value():\n    return 7\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import corral_settle_probe
+
+    needs_import = serialize_object(corral_settle_probe.value)
+    monkeypatch.delitem(sys.modules, "corral_settle_probe")
+    records.handle_reply(reply(large, serialize_object(b"x" * (INLINE_LIMIT + 1))))
+    records.handle_reply(reply(importing, needs_import))
+    defer.drain()
+    assert records.futures[large.msg_id].result(0) == b"x" * (INLINE_LIMIT + 1)
+    assert records.futures[importing.msg_id].result(0)() == 7  # imported on the worker
+    assert defer.count == 2 and set(defer.threads) == {"test-results"}
+
+
+def test_callbacks_not_marked_inline_never_run_on_the_settling_thread(worker: Worker) -> None:
+    defer = Deferrals(worker)
+    records = Records(defer)
+    req = request(records)
+    future = records.futures[req.msg_id]
+    seen: dict[str, str] = {}
+    future.add_done_callback(lambda _: seen.setdefault("inline", _thread()), inline=True)
+    future.add_done_callback(lambda _: seen.setdefault("other", _thread()))
+    records.handle_reply(reply(req, serialize_object(1)))
+    assert seen == {"inline": threading.current_thread().name}  # the other one is queued
+    defer.drain()
+    assert seen["other"] == "test-results"
+    late: list[str] = []
+    future.add_done_callback(lambda _: late.append(_thread()))  # done already: runs at once
+    assert late == [threading.current_thread().name]
+
+
+def test_a_maps_parts_settle_on_the_worker_with_the_join(worker: Worker) -> None:
+    """A map's join may take long: its parts are settled on the results worker, so the map
+    is done as soon as its last part is (nothing waits on a hop in between)."""
+    defer = Deferrals(worker)
+    records = Records(defer)
+    parts = [request(records) for _ in range(3)]
+    ar = AsyncMapResult(records, [p.msg_id for p in parts], client=Client())
+    for index, part in enumerate(parts):
+        records.handle_reply(reply(part, serialize_object([index])))
+    defer.drain()
+    assert ar.get(0) == [0, 1, 2] and defer.count == 3
+
+
+def test_a_release_racing_an_inline_settlement_forgets_the_request(worker: Worker) -> None:
+    """An AsyncResult dropped while its reply is being settled on another thread: whichever
+    runs first, the request is forgotten once both are done (nothing kept for ever)."""
+    records = Records(Deferrals(worker))
+    for _ in range(200):
+        req = request(records)
+        ar = AsyncResult(records, [req.msg_id], single=True, client=None)
+        del ar  # released; applied by the next track or settlement, on its thread
+        settler = threading.Thread(
+            target=records.handle_reply, args=(reply(req, serialize_object(0)),)
+        )
+        settler.start()
+        request(records)  # a track, applying the release, while the reply settles
+        settler.join(PROMPT)
+    Deferrals(worker).drain()
+    request(records)  # applies any release left
+    finished = [m for m, f in records.futures.items() if f.done()]
+    assert finished == [], f"{len(finished)} finished requests kept"
+
+
+def test_light_condition_serves_every_way_of_waiting() -> None:
+    """Futures with a LightCondition still work with result(), wait(), as_completed() and
+    add_done_callback from other threads."""
+    futures = [RequestFuture(lambda call: call()) for _ in range(20)]
+    assert all(isinstance(f._condition, LightCondition) for f in futures)  # noqa: SLF001
+    order: list[int] = []
+    for index, future in enumerate(futures):
+        future.add_done_callback(lambda _, index=index: order.append(index), inline=True)
+
+    def settle_all() -> None:
+        for index, future in enumerate(futures):
+            future.set_result(index)
+
+    setter = threading.Timer(0.05, settle_all)
+    setter.start()
+    try:
+        assert futures[-1].result(PROMPT) == 19
+        done, pending = concurrent.futures.wait(futures, PROMPT)
+        assert len(done) == 20 and not pending
+        assert sorted(f.result() for f in concurrent.futures.as_completed(futures, PROMPT)) == list(
+            range(20)
+        )
+    finally:
+        setter.join(PROMPT)
+    assert order == list(range(20))
+    failed = RequestFuture(lambda call: call())
+    failed.set_exception(ValueError("first"))
+    done, pending = concurrent.futures.wait(  # takes each condition again while holding it
+        [failed, RequestFuture(lambda call: call())], PROMPT, concurrent.futures.FIRST_EXCEPTION
+    )
+    assert done == {failed} and len(pending) == 1
+    waited = RequestFuture(lambda call: call())
+    with pytest.raises(concurrent.futures.TimeoutError):
+        waited.result(0.01)
+    assert waited.cancel() and waited.cancelled()
+
+
+def test_settles_inline_counts_every_kind_of_frame() -> None:
+    assert settles_inline([b"x" * INLINE_LIMIT])
+    assert not settles_inline([b"x" * INLINE_LIMIT, memoryview(b"y")])
+    assert settles_inline([zmq.Frame(b"x" * 10), memoryview(bytearray(20)), b""])
+    assert not settles_inline([zmq.Frame(b"x" * (INLINE_LIMIT + 1))])
+
+
+def _thread() -> str:
+    return threading.current_thread().name
