@@ -31,6 +31,13 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from corral.client.mapping import join
+from corral.client.outcomes import (
+    Failure,
+    SentEvent,
+    collect_outcomes,
+    items_of,
+    outcome_of,
+)
 from corral.client.records import _DEFAULTS, Metadata, Records, settle
 from corral.client.requestfuture import lighten
 from corral.client.resultinfo import ResultInfo
@@ -153,7 +160,7 @@ class AsyncResult(ResultInfo, futures.Future[Any]):
         if self.owner:  # before it completes: whoever it wakes sees the client's caches without
             self._records.take(self.msg_ids)  # them, as ipyparallel's owner (client/cache.py)
         try:
-            value = self._reduce([_outcome(child) for child in self._children])
+            value = self._reduce([outcome_of(child) for child in self._children])
         except BaseException as exc:  # noqa: BLE001 - the future carries whatever was raised
             settle(self, exc, failed=True)
         else:
@@ -161,23 +168,23 @@ class AsyncResult(ResultInfo, futures.Future[Any]):
 
     def _reduce(self, outcomes: list[Any]) -> Any:
         if self._single:
-            if isinstance(outcomes[0], _Failure):
+            if isinstance(outcomes[0], Failure):
                 raise outcomes[0].error
             return outcomes[0]
-        return _collect(outcomes, self._fname, self._return_exceptions)
+        return collect_outcomes(outcomes, self._fname, self._return_exceptions)
 
     def _with_exceptions(self) -> Any:
         """The result with each failure in place of its value (``return_exceptions``)."""
-        outcomes = [_outcome(child) for child in self._children]
-        values = [o.error if isinstance(o, _Failure) else o for o in outcomes]
+        outcomes = [outcome_of(child) for child in self._children]
+        values = [o.error if isinstance(o, Failure) else o for o in outcomes]
         return values[0] if self._single else values
 
     # ------------------------------------------------------------------ sending
 
     @property
-    def _sent_event(self) -> _SentEvent:
+    def _sent_event(self) -> SentEvent:
         """ipyparallel's name (its tests wait on it); made when asked for, as few are."""
-        return _SentEvent(self._tracker)
+        return SentEvent(self._tracker)
 
     @property
     def sent(self) -> bool:
@@ -489,7 +496,7 @@ class AsyncMapResult(AsyncResult):
         )
 
     def _reduce(self, outcomes: list[Any]) -> Any:
-        parts = _collect(outcomes, self._fname, self._return_exceptions)
+        parts = collect_outcomes(outcomes, self._fname, self._return_exceptions)
         return self._joiner([self._part(index, part) for index, part in enumerate(parts)])
 
     def _part(self, index: int, part: Any) -> Any:
@@ -500,8 +507,8 @@ class AsyncMapResult(AsyncResult):
         return part
 
     def _with_exceptions(self) -> Any:
-        outcomes = [_outcome(child) for child in self._children]
-        parts = [o.error if isinstance(o, _Failure) else o for o in outcomes]
+        outcomes = [outcome_of(child) for child in self._children]
+        parts = [o.error if isinstance(o, Failure) else o for o in outcomes]
         return self._joiner([self._part(index, part) for index, part in enumerate(parts)])
 
     def __len__(self) -> int:
@@ -538,7 +545,7 @@ class AsyncMapResult(AsyncResult):
                 continue
             if isinstance(error, RemoteError):
                 collect_exceptions([error], self._fname)  # raises a CompositeError
-            yield from _items(child.result())
+            yield from items_of(child.result())
 
     def _in_completion_order(self) -> Iterator[futures.Future[Any]]:
         """The requests as they finish; ConnectionError if the controller stays away."""
@@ -572,63 +579,6 @@ class _ChildLink:
         result = self.result
         if result is not None:
             result._child_done()
-
-
-class _SentEvent:
-    """An Event-like view of a MessageTracker (``wait``, ``is_set``): waiting for a tracked
-    send blocks the waiter only, with no thread watching the tracker meanwhile."""
-
-    __slots__ = ("_tracker",)
-
-    def __init__(self, tracker: zmq.MessageTracker) -> None:
-        self._tracker = tracker
-
-    def is_set(self) -> bool:
-        return bool(self._tracker.done)
-
-    def wait(self, timeout: float | None = None) -> bool:
-        try:
-            self._tracker.wait(-1 if timeout is None else timeout)
-        except zmq.NotDone:
-            return False
-        return True
-
-
-class _Failure:
-    """An exception standing in a list of outcomes (a result value may itself be one)."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-def _outcome(child: futures.Future[Any]) -> Any:
-    error = child.exception()
-    return _Failure(error) if error is not None else child.result()
-
-
-def _collect(outcomes: list[Any], fname: str, return_exceptions: bool = False) -> list[Any]:
-    """Values in order; remote errors raised as one CompositeError (even a single one, as
-    ipyparallel does for calls to several engines), a client-side failure (the client
-    closed, bytes that do not deserialize) raised first. ``return_exceptions``: errors stand
-    in place of their values instead."""
-    failures = [o.error for o in outcomes if isinstance(o, _Failure)]
-    if not failures:
-        return outcomes
-    if return_exceptions:
-        return [o.error if isinstance(o, _Failure) else o for o in outcomes]
-    for error in failures:
-        if not isinstance(error, RemoteError):
-            raise error
-    return collect_exceptions(failures, fname)  # raises: failures is not empty
-
-
-def _items(part: Any) -> Iterator[Any]:
-    if not hasattr(part, "__iter__"):
-        yield part
-    else:
-        yield from part
 
 
 class AsyncHubResult(AsyncResult):
