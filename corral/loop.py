@@ -17,6 +17,7 @@ One turn of :meth:`Loop.run`::
     ready sockets, in the order they were added               # priority: add the most urgent first
     calls queued with call_soon                               # loop thread only
     due timers                                                # call_at / call_later / call_every
+    turn-end callbacks                                        # outboxes send what the turn queued
 
 A socket added with :meth:`add_socket` is drained while ``zmq.EVENTS`` says a message waits (up
 to ``batch`` per turn, so one busy socket cannot starve the others); raising ``zmq.Again`` on
@@ -51,6 +52,7 @@ from typing import Any, cast
 import zmq
 import zmq.backend
 
+from corral.bundles import Outbox, split_bundle
 from corral.errors import ConnectionError, CorralError, ReplayError
 from corral.sockets import recv_frames
 
@@ -98,6 +100,7 @@ class Loop:
         self.rejected = 0  # messages dropped because their handler raised
         self._poller = zmq.Poller()
         self._handlers: dict[Pollable, Callable[[], None]] = {}
+        self._turn_end: tuple[Callable[[], object], ...] = ()
         self._order: tuple[tuple[Pollable, Callable[[], None]], ...] = ()
         self._ready: deque[tuple[Callback, tuple[Any, ...]]] = deque()
         self._timers: list[tuple[float, int, Timer]] = []
@@ -121,12 +124,21 @@ class Loop:
     # ------------------------------------------------------------ sources
 
     def add_socket(
-        self, sock: zmq.Socket[Any], handle: FrameHandler, *, batch: int = DRAIN_BATCH
+        self,
+        sock: zmq.Socket[Any],
+        handle: FrameHandler,
+        *,
+        batch: int = DRAIN_BATCH,
+        bundles: bool = False,
     ) -> None:
         """Call ``handle(frames)`` for each message ``sock`` receives (zero-copy frames).
 
-        Sockets are served in the order they were added: add the most urgent first.
+        Sockets are served in the order they were added: add the most urgent first. With
+        ``bundles``, a bundle (:mod:`corral.bundles`) is handed on message by message, each
+        as if it had come alone (a bundle counts as one message of ``batch``).
         """
+        if bundles:
+            handle = self._unbundling(handle)
 
         def drain() -> None:
             # the poll saw a message: the first is taken without asking zmq.EVENTS (a
@@ -143,19 +155,50 @@ class Loop:
                     return
                 else:
                     frames = recv_frames(sock)
-                try:
-                    handle(frames)
-                except ReplayError as err:  # e.g. replies resent after a controller restart
-                    self.rejected += 1
-                    log.info("%s: dropped a message received before: %s", self.name, err)
-                except CorralError as err:
-                    self.rejected += 1
-                    log.warning("%s: dropped a message: %s", self.name, err)
-                except Exception:  # a bug must cost one message, never the process
-                    self.rejected += 1
-                    log.exception("%s: error while handling a message; dropped it", self.name)
+                self._handle(handle, frames)
 
         self._add(sock, drain)
+
+    def _unbundling(self, handle: FrameHandler) -> FrameHandler:
+        """``handle`` for each message of a bundle, each message's failure its own."""
+
+        def handle_bundle(frames: list[zmq.Frame]) -> None:
+            messages = split_bundle(frames)
+            if messages is None:
+                handle(frames)
+                return
+            for message in messages:
+                self._handle(handle, message)  # type: ignore[arg-type]
+
+        return handle_bundle
+
+    def _handle(self, handle: FrameHandler, frames: list[zmq.Frame]) -> None:
+        try:
+            handle(frames)
+        except ReplayError as err:  # e.g. replies resent after a controller restart
+            self.rejected += 1
+            log.info("%s: dropped a message received before: %s", self.name, err)
+        except CorralError as err:
+            self.rejected += 1
+            log.warning("%s: dropped a message: %s", self.name, err)
+        except Exception:  # a bug must cost one message, never the process
+            self.rejected += 1
+            log.exception("%s: error while handling a message; dropped it", self.name)
+
+    def add_outbox(self, outbox: Outbox) -> None:
+        """Send what ``outbox`` holds at the end of every turn (and once more after the last
+        hand-offs when the loop stops); a failed send is logged with what it cost."""
+
+        def flush() -> None:
+            for error, tags in outbox.flush():
+                log.error("%s: %d message(s) not sent: %s", self.name, len(tags), error)
+
+        self.at_turn_end(flush)
+
+    def at_turn_end(self, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` at the end of every turn, after sockets, calls and timers, in
+        the order added; and after the hand-offs run when the loop stops."""
+        self._turn_end = (*self._turn_end, callback)
 
     def add_reader(self, source: Pollable, callback: Callable[[], object]) -> None:
         """Call ``callback()`` whenever ``source`` (a zmq socket, a file descriptor or a socket
@@ -307,6 +350,8 @@ class Loop:
             self._call(callback, args)
         if self._timers:
             self._run_timers()
+        for callback in self._turn_end:
+            self._call(callback, ())
 
     def _check_sources(self, ready: dict[Any, int]) -> None:
         """The poller named something we do not watch: a zmq socket closed under the loop
@@ -380,6 +425,8 @@ class Loop:
         while self._ready:
             callback, args = self._ready.popleft()
             self._call(callback, args)
+        for callback in self._turn_end:
+            self._call(callback, ())
 
     def close(self) -> None:
         """Release the wake-up sockets (not the caller's sockets); after :meth:`run` returned."""

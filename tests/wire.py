@@ -6,12 +6,18 @@ frames they did not decode), so it lives here rather than on :class:`Session`.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import zmq
 
-from corral.protocol.session import Frame, JSONDict, Message, Session
+from corral.bundles import split_bundle
+from corral.protocol.session import Frame, JSONDict, Message, Session, frame_view
+
+# messages of a bundle not read yet, per socket
+_unread: WeakKeyDictionary[zmq.Socket[Any], deque[list[Any]]] = WeakKeyDictionary()
 
 
 def send_msg(
@@ -36,5 +42,25 @@ def send_msg(
 def recv_msg(
     session: Session, sock: zmq.Socket[Any], flags: int = 0, *, content: bool = True
 ) -> Message:
-    """Receive and decode one message (buffers stay zmq Frames)."""
-    return session.feed(sock.recv_multipart(flags, copy=False), content=content)
+    """Receive and decode one message (buffers stay zmq Frames, or views of a bundle)."""
+    return session.feed(recv_one(sock, flags, copy=False), content=content)
+
+
+def recv_one(sock: zmq.Socket[Any], flags: int = 0, *, copy: bool = True) -> list[Any]:
+    """The next message on ``sock`` as corral's loops see it: the messages of a bundle
+    (:mod:`corral.bundles`) one at a time; ``copy``: as ``bytes``."""
+    queue = _unread.get(sock)
+    if queue:
+        return queue.popleft()
+    frames = sock.recv_multipart(flags, copy=False)
+    messages: list[list[Any]] = split_bundle(frames) or [frames]  # type: ignore[assignment]
+    if copy:
+        messages = [[bytes(frame_view(frame)) for frame in message] for message in messages]
+    if len(messages) > 1:
+        _unread.setdefault(sock, deque()).extend(messages[1:])
+    return messages[0]
+
+
+def readable(sock: zmq.Socket[Any], timeout_ms: int = 0) -> bool:
+    """Whether :func:`recv_one` has a message, waiting at most ``timeout_ms``."""
+    return bool(_unread.get(sock)) or bool(sock.poll(timeout_ms))

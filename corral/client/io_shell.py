@@ -35,6 +35,7 @@ from typing import Any, Protocol, cast
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from corral.bundles import Outbox
 from corral.errors import ConnectionError
 from corral.loop import Loop, LoopThread
 from corral.protocol.session import Frame, Message, Session
@@ -92,6 +93,7 @@ class ClientIO:
         self.context: zmq.Context[Any] = zmq.Context()
         self._sockets: dict[str, zmq.Socket[Any]] = {}
         self._targets: dict[bytes, zmq.Socket[Any]] = {}
+        self._outboxes: dict[bytes, Outbox] = {}
         self._links: dict[zmq.Socket[Any], tuple[str, zmq.Socket[Any]]] = {}
         self._down: set[str] = set()
         self._refused = 0  # messages the handler refused after they parsed (see ``rejected``)
@@ -203,15 +205,19 @@ class ClientIO:
     # ------------------------------------------------------------------ I/O thread only
 
     def send_now(self, channel: str, frames: Sequence[Frame]) -> None:
-        """Send on a controller socket directly (I/O thread only)."""
-        send_frames(self._sockets[channel], frames)
+        """Send on a controller socket at the end of this turn (I/O thread only)."""
+        self._forward(channel.encode(), frames)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> None:
         """Run ``callback`` on the I/O thread after ``delay`` seconds (I/O thread only)."""
         self._loop.call_later(delay, callback)
 
     def _forward(self, channel: bytes, frames: Sequence[Frame]) -> None:
-        send_frames(self._targets[channel], frames)
+        outbox = self._outboxes.get(channel)
+        if outbox is not None:
+            outbox.put(frames)
+        else:
+            send_frames(self._targets[channel], frames)
 
     def _socket(self, name: str, kind: int) -> zmq.Socket[Any]:
         sock: zmq.Socket[Any] = self.context.socket(kind)
@@ -246,9 +252,20 @@ class ClientIO:
             monitor = sock.get_monitor_socket(events, address)
             self._links[monitor] = (name, sock)
         self._targets = {name.encode(): self._sockets[name] for name in CHANNELS}
+        # requests leave at the end of a turn, a bundle per peer when several are ready
+        # (corral.bundles): through the MUX one per engine, to the scheduler all in one
+        for name, route_length in (("mux", 1), ("task", 0)):
+            outbox = Outbox(self._sockets[name], route_length)
+            self._outboxes[name.encode()] = outbox
+            loop.add_outbox(outbox)
         handler = self.handler
         for name in CHANNELS:
-            loop.add_socket(self._sockets[name], self._decoded(handler.on_reply), batch=_BATCH)
+            loop.add_socket(
+                self._sockets[name],
+                self._decoded(handler.on_reply),
+                batch=_BATCH,
+                bundles=name in ("mux", "task"),
+            )
         loop.add_socket(iopub, self._decoded(handler.on_iopub), batch=_BATCH)
         loop.add_socket(notification, self._decoded(handler.on_notification), batch=_BATCH)
         for monitor in self._links:

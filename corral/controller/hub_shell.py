@@ -34,6 +34,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from corral import heap
+from corral.bundles import split_bundle
 from corral.controller.destination import PREFIX as DESTINATION
 from corral.controller.destination import read_destination
 from corral.controller.hub import Hub
@@ -121,8 +122,9 @@ class HubShell:
         self._purged = 0  # tasks purged by the actions being performed
         loop.add_socket(self.pong, self._on_pong)
         loop.add_reader(self.pong_events, self._on_pong_events)
-        loop.add_socket(self.queue_monitor, self._on_monitor, batch=MONITOR_BATCH)
-        loop.add_socket(self.monitor, self._on_scheduler_copy, batch=MONITOR_BATCH)
+        # copies come in bundles when they queue up (corral.bundles)
+        loop.add_socket(self.queue_monitor, self._on_monitor, batch=MONITOR_BATCH, bundles=True)
+        loop.add_socket(self.monitor, self._on_scheduler_copy, batch=MONITOR_BATCH, bundles=True)
         loop.add_socket(self.registration, self._on_request)
         for sock in self.resubmit_sockets.values():
             loop.add_socket(sock, self._on_resubmitted_reply)
@@ -197,18 +199,26 @@ class HubShell:
                     break
                 frames = monitor.recv_multipart(copy=False)
                 try:
-                    handle(frames)
+                    bundled = split_bundle(frames)
                 except CorralError as err:
                     self.loop.rejected += 1
-                    log.warning("hub: dropped a monitor copy: %s", err)
-                except Exception:  # a bug must cost one copy, never the query after it
-                    self.loop.rejected += 1
-                    log.exception("hub: error while recording a monitor copy; dropped it")
+                    log.warning("hub: dropped a bundle of monitor copies: %s", err)
+                    continue
+                copies: Sequence[Sequence[Frame]] = [frames] if bundled is None else bundled
+                for copy in copies:
+                    try:
+                        handle(copy)
+                    except CorralError as err:
+                        self.loop.rejected += 1
+                        log.warning("hub: dropped a monitor copy: %s", err)
+                    except Exception:  # a bug must cost one copy, never the query after it
+                        self.loop.rejected += 1
+                        log.exception("hub: error while recording a monitor copy; dropped it")
 
-    def _on_scheduler_copy(self, frames: list[zmq.Frame]) -> None:
+    def _on_scheduler_copy(self, frames: Sequence[Frame]) -> None:
         """A copy from the scheduler: a compact ``task_dest`` (:mod:`.destination`), or a
         packed ``task_in`` / ``task_out`` (:mod:`.packing`), read as the devices' copies."""
-        if frames[0].bytes == DESTINATION:
+        if bytes(frame_view(frames[0])) == DESTINATION:
             self.monitored += 1
             msg_id, engine_uuid = read_destination(self.session, frames)
             self._perform(self.hub.handle_destination(msg_id, engine_uuid))

@@ -22,6 +22,7 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from corral import heap
+from corral.bundles import Outbox
 from corral.controller.destination import destination_frames
 from corral.controller.packing import pack
 from corral.controller.scheduling import SchedulerCore
@@ -39,7 +40,6 @@ from corral.protocol.session import (
     utcnow,
 )
 from corral.security import CurveKeys, make_client, make_server, start_authenticator
-from corral.sockets import send_frames
 
 log = logging.getLogger("corral.scheduler")
 
@@ -58,6 +58,7 @@ class Pending:
     frames: list[Frame]  # after the delimiter: signature, 4 JSON frames, buffers
     reply: list[Frame] | None = None
     copied: bool = False  # its task_in copy went to the Hub
+    queued_to: str | None = None  # the engine of a Dispatch this turn will send
 
 
 class SchedulerShell:
@@ -98,6 +99,12 @@ class SchedulerShell:
         self.monitor = self._socket(zmq.PUB, server=False)
         self.monitor.sndhwm = 0  # a dropped copy is a task the Hub never records
         self.monitor.connect(settings["monitor"])
+        # what a turn sends, sent at its end, a bundle per peer (corral.bundles); Dispatches
+        # made this turn, for their copies once the engines' sends are done (_flush)
+        self.to_clients = Outbox(self.clients, 1)
+        self.to_engines = Outbox(self.engines, 1)
+        self.to_hub = Outbox(self.monitor, 0)
+        self._dispatched: list[tuple[Pending, str, int]] = []
         self.pending: dict[str, Pending] = {}
         self.counts = {"submitted": 0, "completed": 0, "failed": 0, "duplicates": 0, "trims": 0}
         min_work, min_interval, max_interval = settings.get("trim_schedule", TRIM_SCHEDULE)
@@ -105,8 +112,9 @@ class SchedulerShell:
         self._timer: Timer | None = None
         # engines come and go first, then replies (they free slots), then new requests
         self.loop.add_socket(self.notifications, self._on_notification)
-        self.loop.add_socket(self.engines, self._on_engine_reply)
-        self.loop.add_socket(self.clients, self._on_request)
+        self.loop.add_socket(self.engines, self._on_engine_reply, bundles=True)
+        self.loop.add_socket(self.clients, self._on_request, bundles=True)
+        self.loop.at_turn_end(self._flush)
 
     def _socket(self, kind: int, *, server: bool) -> zmq.Socket[Any]:
         sock = self.context.socket(kind)
@@ -175,8 +183,10 @@ class SchedulerShell:
             except (CorralError, ValueError, TypeError) as err:
                 actions = self.core.reject(msg.msg_id, type(err), f"bad task metadata: {err}")
             self._perform(actions)
-        finally:  # the Hub hears of every request, whatever happened to it here
-            self._copy_request(pending)
+        finally:  # the Hub hears of every request, whatever happened to it here (of one
+            # dispatched at once, naming its engine, once it is sent: _flush)
+            if pending.queued_to is None:
+                self._copy_request(pending)
 
     def _copy_request(self, pending: Pending, engine: bytes | None = None) -> None:
         """The request's ``task_in`` copy for the Hub, once, before any other copy of that task,
@@ -194,11 +204,9 @@ class SchedulerShell:
             size = sum(memoryview(frame_view(frame)).nbytes for frame in frames[5:])
             if size > limit:
                 omitted = b"omitted:%d" % size
-                send_frames(
-                    self.monitor, pack(b"task_in", [*route, omitted, DELIMITER, *frames[:5]])
-                )
+                self.to_hub.put(pack(b"task_in", [*route, omitted, DELIMITER, *frames[:5]]))
                 return
-        send_frames(self.monitor, pack(b"task_in", [*route, DELIMITER, *frames]))
+        self.to_hub.put(pack(b"task_in", [*route, DELIMITER, *frames]))
 
     def _on_engine_reply(self, frames: list[zmq.Frame]) -> None:
         idents, msg_frames = split_identities(frames)
@@ -216,10 +224,8 @@ class SchedulerShell:
                 return
             # a task sent before a controller restart: pass the answer on
             client = idents[1]
-            send_frames(self.clients, [client, idents[0], DELIMITER, *msg_frames])
-            send_frames(
-                self.monitor, pack(b"task_out", [client, idents[0], DELIMITER, *msg_frames])
-            )
+            self.to_clients.put([client, idents[0], DELIMITER, *msg_frames])
+            self.to_hub.put(pack(b"task_out", [client, idents[0], DELIMITER, *msg_frames]))
             return
         pending.reply = [idents[0], *msg_frames]
         content = msg.content or {}
@@ -255,19 +261,46 @@ class SchedulerShell:
         pending = self.pending[msg_id]
         if attempt > 0:
             pending.frames = self._resigned(pending, attempt)
-        engine = engine_uuid.encode()
-        try:
-            send_frames(self.engines, [engine, pending.client, DELIMITER, *pending.frames])
-        except zmq.ZMQError as err:
-            if err.errno != zmq.EHOSTUNREACH:
-                raise
-            # the engine registered but its task connection is not up yet (or it just died)
-            self.core.engine_unreachable(msg_id, engine_uuid, time.monotonic())
-            return
-        if not pending.copied:
-            self._copy_request(pending, engine)
-            return
-        send_frames(self.monitor, destination_frames(self.session, msg_id, engine_uuid, attempt))
+        dispatch = (pending, engine_uuid, attempt)
+        self.to_engines.put(
+            [engine_uuid.encode(), pending.client, DELIMITER, *pending.frames], dispatch
+        )
+        pending.queued_to = engine_uuid
+        self._dispatched.append(dispatch)
+
+    def _flush(self) -> None:
+        """(End of every turn.) Send the turn's Dispatches, a bundle per engine; then the Hub's
+        copies of them (``task_in`` naming the engine, or ``task_dest`` for a task the Hub
+        knows already): only for those that left, since an engine whose task connection is
+        not up yet (or that just died) refuses them (ROUTER_MANDATORY) and the core sends
+        them again later. Then the copies and the replies the turn made."""
+        unsent: set[int] = set()
+        failures = self.to_engines.flush()
+        if failures:
+            for error, tags in failures:
+                if error.errno != zmq.EHOSTUNREACH:
+                    log.warning("%d task(s) not sent to an engine: %s", len(tags), error)
+                unsent.update(id(dispatch) for dispatch in tags)
+        dispatched = self._dispatched
+        self._dispatched = []
+        for dispatch in dispatched:
+            pending, engine_uuid, attempt = dispatch
+            pending.queued_to = None
+            msg_id = pending.msg.msg_id
+            if self.pending.get(msg_id) is not pending:
+                continue  # it ended this turn: its copies went then
+            if id(dispatch) in unsent:
+                self.core.engine_unreachable(msg_id, engine_uuid, time.monotonic())
+                self._copy_request(pending)
+            elif not pending.copied:
+                self._copy_request(pending, engine_uuid.encode())
+            else:
+                self.to_hub.put(destination_frames(self.session, msg_id, engine_uuid, attempt))
+        for outbox in (self.to_clients, self.to_hub):  # replies first: latency
+            for error, tags in outbox.flush():
+                log.error("%d message(s) not sent: %s", len(tags), error)
+        if unsent:
+            self._schedule()
 
     def _resigned(self, pending: Pending, attempt: int) -> list[Frame]:
         """The same request with ``attempt`` in its metadata: a new signature, so the engine's
@@ -286,9 +319,9 @@ class SchedulerShell:
             self._finished()
             return
         engine, *msg_frames = reply
-        send_frames(self.clients, [pending.client, engine, DELIMITER, *msg_frames])
+        self.to_clients.put([pending.client, engine, DELIMITER, *msg_frames])
         copy = [pending.client, engine, DELIMITER, *msg_frames]
-        send_frames(self.monitor, pack(b"task_out", copy))
+        self.to_hub.put(pack(b"task_out", copy))
         self.counts["completed"] += 1
         self._finished()
 
@@ -315,8 +348,8 @@ class SchedulerShell:
         }
         reply = self.session.msg("apply_reply", content, pending.msg, metadata)
         frames = self.session.serialize(reply)
-        send_frames(self.clients, [pending.client, SCHEDULER_IDENT, *frames])
-        send_frames(self.monitor, pack(b"task_out", [pending.client, SCHEDULER_IDENT, *frames]))
+        self.to_clients.put([pending.client, SCHEDULER_IDENT, *frames])
+        self.to_hub.put(pack(b"task_out", [pending.client, SCHEDULER_IDENT, *frames]))
         self.counts["failed"] += 1
         self._finished()
 

@@ -32,6 +32,7 @@ from typing import Any
 import zmq
 import zmq.utils.garbage
 
+from corral.bundles import Outbox
 from corral.errors import (
     ConnectionError,
     InvalidContent,
@@ -141,6 +142,7 @@ class IOShell:
         self._registered = threading.Event()
         self._exit: Exit | None = None  # set by shutdown(): the teardown ends the process
         self._sockets: dict[bytes, zmq.Socket[Any]] = {}
+        self._outboxes: dict[bytes, Outbox] = {}
         self._heart: Heart | None = None
         self._handshakes: HandshakeWatch | None = None
         self._link_timer: Timer | None = None
@@ -246,8 +248,14 @@ class IOShell:
         loop.add_socket(self._sockets[b"control"], self._on_control, batch=BATCH)
         loop.add_socket(self._sockets[b"registration"], self._on_registration, batch=BATCH)
         loop.add_socket(pings, self._on_ping, batch=BATCH)
-        loop.add_socket(self._sockets[b"mux"], self._on_mux, batch=BATCH)
-        loop.add_socket(self._sockets[b"task"], self._on_task, batch=BATCH)
+        loop.add_socket(self._sockets[b"mux"], self._on_mux, batch=BATCH, bundles=True)
+        loop.add_socket(self._sockets[b"task"], self._on_task, batch=BATCH, bundles=True)
+        # replies leave at the end of a turn, a bundle per peer when several are ready
+        # (corral.bundles): through the MUX one per client, to the scheduler all in one
+        for channel, route_length in ((b"mux", 1), (b"task", 0)):
+            outbox = Outbox(self._sockets[channel], route_length)
+            self._outboxes[channel] = outbox
+            loop.add_outbox(outbox)
         self._publish_stats()
         loop.call_every(STATS_PERIOD, self._publish_stats)
 
@@ -274,7 +282,7 @@ class IOShell:
                     self._registered.set()
             elif isinstance(action, Resend):
                 for channel, reply in action.replies:
-                    send_frames(self._sockets[channel], marked_resent(reply, self.session.sign))
+                    self._send(channel, marked_resent(reply, self.session.sign))
             elif isinstance(action, Fail):
                 self.failure = action.reason
                 self._registered.set()
@@ -319,7 +327,11 @@ class IOShell:
             return None
 
     def _send(self, channel: bytes, frames: Sequence[Frame]) -> None:
-        send_frames(self._sockets[channel], frames)
+        outbox = self._outboxes.get(channel)
+        if outbox is not None:
+            outbox.put(frames)
+        else:
+            send_frames(self._sockets[channel], frames)
 
     def _reply_error(self, channel: bytes, request: Message, exc: BaseException) -> None:
         reply = error_reply_msg(self.session, self.identity, request, exc)
@@ -602,8 +614,12 @@ class IOShell:
                 return
 
     def _close(self, linger: int) -> None:
-        """Stop the heart, close every socket (waiting at most ``linger`` ms for queued
-        messages to leave) and the context."""
+        """Send what the outboxes hold (the aborts of the teardown), stop the heart, close
+        every socket (waiting at most ``linger`` ms for queued messages to leave) and the
+        context."""
+        for outbox in self._outboxes.values():
+            for error, _ in outbox.flush():
+                self.log.error("replies not sent at exit: %s", error)
         if self._handshakes is not None:
             self._handshakes.close()
         if self._heart is not None:

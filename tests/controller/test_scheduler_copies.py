@@ -17,6 +17,7 @@ from corral.controller.packing import unpack
 from corral.controller.scheduler_shell import SchedulerShell
 from corral.protocol.session import Message, Session
 from tests.polling import until
+from tests.wire import readable, recv_one
 
 KEY = b"scheduler-copies-key"
 LOOPBACK = "tcp://127.0.0.1"
@@ -35,8 +36,8 @@ class Rig:
     hub_session: Session  # the Hub's side: verifies (and remembers) what it reads
 
     def read_copies(self) -> None:
-        while self.monitor.poll(0):
-            frames = self.monitor.recv_multipart()
+        while readable(self.monitor):
+            frames = recv_one(self.monitor)
             if frames[0] == b"task_dest":  # compact: about (msg_id, engine), not an envelope
                 msg_id, engine_uuid = read_destination(self.hub_session, frames)
                 self.copies.append((frames[0], [], msg_id))
@@ -110,8 +111,8 @@ def rig() -> Iterator[Rig]:
 
 
 def recv_message(rig: Rig, sock: zmq.Socket[Any]) -> tuple[list[bytes], Message]:
-    assert sock.poll(int(WAIT * 1000)), "nothing arrived"
-    frames = sock.recv_multipart()
+    assert readable(sock, int(WAIT * 1000)), "nothing arrived"
+    frames = recv_one(sock)
     split = frames.index(b"<IDS|MSG>")
     return frames[:split], Session(KEY).feed(frames)  # a copy may carry the same signature
 

@@ -20,7 +20,7 @@ import orjson
 import zmq
 
 from corral.protocol.session import Message, Session
-from tests.wire import send_msg
+from tests.wire import readable, recv_one, send_msg
 
 KEY = "engine-test-key-0123456789"
 LOCALHOST = "tcp://127.0.0.1"
@@ -137,10 +137,10 @@ class FakeController:
         self, sock: zmq.Socket[Any], timeout: float = WAIT, session: Session | None = None
     ) -> Message:
         """The next message on ``sock`` (identities in ``idents``), or AssertionError."""
-        if not sock.poll(int(timeout * 1000)):
+        if not readable(sock, int(timeout * 1000)):
             logs = "\n".join(engine.log() for engine in self.engines)
             raise AssertionError(f"nothing received within {timeout} s; engine logs:\n{logs}")
-        return (session or self.session).feed(sock.recv_multipart())
+        return (session or self.session).feed(recv_one(sock))
 
     def recv_type(self, sock: zmq.Socket[Any], msg_type: str, timeout: float = WAIT) -> Message:
         """The next message of ``msg_type`` on ``sock``, skipping others."""

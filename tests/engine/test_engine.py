@@ -19,7 +19,7 @@ from corral.protocol.session import Message, Session
 from corral.sharedmem import host_identity
 from tests.engine.controller_double import KEY, WAIT, FakeController, is_idle
 from tests.polling import requests_queued, until
-from tests.wire import send_msg
+from tests.wire import readable, send_msg
 
 CAPTURED = "from the client"
 LONG_TASK = "import time\ntime.sleep(30)"
@@ -399,7 +399,7 @@ def test_abort_all_answers_every_queued_task_at_once(controller: FakeController)
         assert time.monotonic() < deadline, waiting
         reply = controller.call("control", "abort_request", {"msg_ids": None})
         assert reply.content == {"status": "ok"}
-        while waiting and controller.mux.poll(200):
+        while waiting and readable(controller.mux, 200):
             aborted = controller.recv(controller.mux)
             assert (aborted.content or {})["status"] == "aborted"
             waiting.discard(aborted.parent_header["msg_id"])

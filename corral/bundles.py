@@ -1,0 +1,221 @@
+"""Many messages in one zmq message when they queue up: bundles, and the outbox that makes them.
+
+Every hop of a task costs Python and libzmq work per zmq message and per frame, whatever its
+size (a no-op task is about a dozen small frames), and at a high rate several messages for the
+same peer are ready within one turn of a loop: the scheduler dispatching a burst to an engine,
+an engine's replies, the client's submissions, the copies for the Hub. An :class:`Outbox`
+holds what a turn sends on one socket and, at the end of the turn (:meth:`Loop.add_outbox
+<corral.loop.Loop.add_outbox>`), sends the messages for one route as one *bundle*::
+
+    [*route, MARK, layout, packed, *large]
+
+- ``route``: the frames the sockets on the way consume (a ROUTER's peer identity; nothing
+  for a DEALER talking to a ROUTER). Every message of a bundle shares them.
+- ``layout``: signed 64-bit little-endian integers: the number of messages, then for each
+  its number of frames and each frame's length, :data:`LARGE` for a frame sent on its own in
+  ``large``.
+- ``packed``: every small frame (below :data:`~corral.sockets.COPY_BELOW`) joined.
+- ``large``: frames too large to copy, and tracked ``zmq.Frame`` objects, never copied.
+
+The receiver (:meth:`Loop.add_socket <corral.loop.Loop.add_socket>` with ``bundles=True``)
+finds ``MARK`` among the first frames and hands each message on as ``[*route, *frames]``, small
+frames as views of ``packed``, exactly the frames it would have received alone: handlers never
+see a bundle. A message alone in its turn is sent as it is (no bundle, no cost), so the wire
+is unchanged at low rates and a peer that never bundles needs nothing new.
+
+Each message keeps its own signature, checked by the handler as before; a bundle adds
+none (it only saves per-message costs), and a malformed one is dropped whole with
+MalformedMessage. The order of messages for one route is kept; messages for different routes
+were never ordered with each other.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from array import array
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import zmq
+
+from corral.errors import MalformedMessage
+from corral.protocol.session import Frame, frame_view
+from corral.sockets import COPY_BELOW, send_frames
+
+log = logging.getLogger("corral.bundles")
+
+__all__ = ["MARK", "Outbox", "bundle", "split_bundle"]
+
+MARK = b"<IDS|BUNDLE>"
+"""Where a bundle's route ends (a message's route ends at ``<IDS|MSG>``)."""
+LARGE = -1
+"""In a layout: the frame is the next one of ``large``."""
+MAX_ROUTE = 4
+"""A bundle's mark is looked for among this many first frames: a route is at most a peer's
+identity, another's after a device swapped them, and a monitor copy's prefix."""
+MAX_MESSAGES = 4096
+"""Messages per bundle at most: a longer burst goes out as several bundles (a receiver drains
+a bundle in one go, so this bounds how long one bundle holds up the other sockets)."""
+_MAX_LAYOUT = 1 << 22
+_SWAP = sys.byteorder != "little"
+_MARK_LENGTH = len(MARK)
+
+
+def bundle(route: Sequence[Frame], messages: Sequence[Sequence[Frame]]) -> list[Frame]:
+    """``messages`` (each without ``route``) as one bundle to ``route`` (see the module doc)."""
+    layout = array("q", [len(messages)])
+    small: list[bytes | memoryview] = []
+    large: list[Frame] = []
+    for frames in messages:
+        layout.append(len(frames))
+        for frame in frames:
+            if type(frame) is bytes:
+                size = len(frame)
+                view: bytes | memoryview = frame
+            elif isinstance(frame, zmq.Frame) and frame.tracker is not None:
+                size = COPY_BELOW  # its sender waits for zmq to release it: never copied
+                view = b""
+            else:
+                view = frame_view(frame)
+                size = memoryview(view).nbytes
+            if size < COPY_BELOW:
+                layout.append(size)
+                small.append(view)
+            else:
+                layout.append(LARGE)
+                large.append(frame)
+    if _SWAP:
+        layout.byteswap()
+    return [*route, MARK, layout.tobytes(), b"".join(small), *large]
+
+
+def split_bundle(frames: Sequence[Frame]) -> list[list[Frame]] | None:
+    """The messages of a bundle, each as ``[*route, *its frames]``; None if ``frames`` is a
+    message, not a bundle. MalformedMessage if the bundle does not hold what its layout says."""
+    at = -1
+    for index in range(min(MAX_ROUTE + 1, len(frames))):
+        frame = frames[index]
+        if len(frame) == _MARK_LENGTH and bytes(frame_view(frame)) == MARK:
+            at = index
+            break
+    if at < 0:
+        return None
+    if len(frames) < at + 3:
+        raise MalformedMessage(f"a bundle of {len(frames)} frames has no layout or packed frame")
+    route = list(frames[:at])
+    layout_view = memoryview(frame_view(frames[at + 1])).cast("B")
+    layout = array("q")
+    if layout_view.nbytes % layout.itemsize or layout_view.nbytes > _MAX_LAYOUT:
+        raise MalformedMessage("a bundle's layout is not a list of lengths")
+    layout.frombytes(layout_view)
+    if _SWAP:
+        layout.byteswap()
+    packed = memoryview(frame_view(frames[at + 2])).cast("B")
+    large = frames[at + 3 :]
+    if not layout or not 0 < layout[0] <= MAX_MESSAGES:
+        raise MalformedMessage("a bundle's layout does not count its messages")
+    messages: list[list[Frame]] = []
+    offset = taken = 0
+    position = 1
+    end = len(layout)
+    for _ in range(layout[0]):
+        if position >= end:
+            raise MalformedMessage("a bundle's layout ends before its last message")
+        count = layout[position]
+        position += 1
+        if not 0 < count <= end - position:
+            raise MalformedMessage("a bundle's layout names more frames than it lists")
+        message: list[Frame] = list(route)
+        for length in layout[position : position + count]:
+            if length == LARGE:
+                if taken >= len(large):
+                    raise MalformedMessage("a bundle names more large frames than it has")
+                message.append(large[taken])
+                taken += 1
+            elif 0 <= length <= len(packed) - offset:
+                message.append(packed[offset : offset + length])
+                offset += length
+            else:
+                raise MalformedMessage("a bundle's layout runs past its packed frame")
+        position += count
+        messages.append(message)
+    if position != end or offset != len(packed) or taken != len(large):
+        raise MalformedMessage("a bundle holds more than its layout names")
+    return messages
+
+
+class Outbox:
+    """What one loop turn sends on ``sock``, sent at the turn's end: one bundle per route.
+
+    ``route_length``: how many leading frames of each message are its route (the frames the
+    sockets on the way consume, see the module doc); messages with the same route share a
+    bundle, in the order they were put. Owned by the loop thread of ``sock``, like the socket:
+    every send on ``sock`` must go through the outbox, or order is lost.
+    """
+
+    __slots__ = ("sock", "route_length", "_pending", "_count", "sent", "bundled")
+
+    def __init__(self, sock: zmq.Socket[Any], route_length: int) -> None:
+        if not 0 <= route_length <= MAX_ROUTE - 1:
+            raise ValueError(f"a route has 0 to {MAX_ROUTE - 1} frames, not {route_length}")
+        self.sock = sock
+        self.route_length = route_length
+        # route -> (its frames, [(message, tag)])
+        self._pending: dict[Hashable, tuple[list[Frame], list[tuple[Sequence[Frame], Any]]]] = {}
+        self._count = 0
+        self.sent = 0  # zmq messages sent
+        self.bundled = 0  # messages that went in a bundle
+
+    def __len__(self) -> int:
+        return self._count
+
+    def put(self, frames: Sequence[Frame], tag: Any = None) -> None:
+        """Queue ``frames`` (route first) for the end of the turn; ``tag`` comes back with a
+        failure of :meth:`flush`."""
+        length = self.route_length
+        if length == 0:
+            key: Hashable = ()
+        elif length == 1:
+            first = frames[0]
+            key = first if type(first) is bytes else bytes(frame_view(first))
+        else:
+            key = tuple(bytes(frame_view(frame)) for frame in frames[:length])
+        entry = self._pending.get(key)
+        if entry is None:
+            self._pending[key] = (list(frames[:length]), [(frames, tag)])
+        else:
+            entry[1].append((frames, tag))
+        self._count += 1
+
+    def flush(self) -> list[tuple[zmq.ZMQError, list[Any]]]:
+        """Send everything queued. A route whose send fails does not stop the others: the
+        failures come back, each with the tags of the messages that were not sent."""
+        if not self._count:
+            return []
+        pending = self._pending
+        self._pending = {}
+        self._count = 0
+        failures: list[tuple[zmq.ZMQError, list[Any]]] = []
+        length = self.route_length
+        for route, entries in pending.values():
+            for start in range(0, len(entries), MAX_MESSAGES):
+                chunk = entries[start : start + MAX_MESSAGES]
+                try:
+                    if len(chunk) == 1:
+                        send_frames(self.sock, chunk[0][0])
+                    else:
+                        send_frames(self.sock, bundle(route, [m[length:] for m, _ in chunk]))
+                        self.bundled += len(chunk)
+                except zmq.ZMQError as err:
+                    failures.append((err, [tag for _, tag in chunk]))
+                    continue
+                self.sent += 1
+        return failures
+
+    def discard(self) -> int:
+        """Forget what is queued (the socket is closing); how many messages that was."""
+        count = self._count
+        self._pending = {}
+        self._count = 0
+        return count
