@@ -154,7 +154,7 @@ class Outbox:
     every send on ``sock`` must go through the outbox, or order is lost.
     """
 
-    __slots__ = ("sock", "route_length", "_pending", "_count", "sent", "bundled")
+    __slots__ = ("sock", "route_length", "_pending", "_count", "messages", "sent", "bundled")
 
     def __init__(self, sock: zmq.Socket[Any], route_length: int) -> None:
         if not 0 <= route_length <= MAX_ROUTE - 1:
@@ -164,6 +164,7 @@ class Outbox:
         # route -> (its frames, [(message, tag)])
         self._pending: dict[Hashable, tuple[list[Frame], list[tuple[Sequence[Frame], Any]]]] = {}
         self._count = 0
+        self.messages = 0  # messages put
         self.sent = 0  # zmq messages sent
         self.bundled = 0  # messages that went in a bundle
 
@@ -187,6 +188,7 @@ class Outbox:
         else:
             entry[1].append((frames, tag))
         self._count += 1
+        self.messages += 1
 
     def flush(self) -> list[tuple[zmq.ZMQError, list[Any]]]:
         """Send everything queued. A route whose send fails does not stop the others: the
@@ -212,6 +214,10 @@ class Outbox:
                     continue
                 self.sent += 1
         return failures
+
+    def stats(self) -> dict[str, int]:
+        """Messages put, and zmq messages sent for them (a bundle is one)."""
+        return {"messages": self.messages, "zmq_messages": self.sent}
 
     def discard(self) -> int:
         """Forget what is queued (the socket is closing); how many messages that was."""

@@ -42,7 +42,11 @@ def main() -> int:
         scheduler.loop.run()
     finally:
         scheduler.close()
-        counts = {**scheduler.counts, "rejected": scheduler.loop.rejected}
+        counts = {
+            **scheduler.counts,
+            "rejected": scheduler.loop.rejected,
+            "sends": scheduler.sends(),
+        }
         try:  # the controller reads this last line into its stats file
             sys.stdout.write(json.dumps({"counts": counts}) + "\n")
             sys.stdout.flush()

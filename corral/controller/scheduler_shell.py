@@ -353,6 +353,15 @@ class SchedulerShell:
         self.counts["failed"] += 1
         self._finished()
 
+    def sends(self) -> dict[str, dict[str, int]]:
+        """Messages sent to each peer and the zmq messages they took (bundles, see
+        :mod:`corral.bundles`): the scheduler's exit counts (the controller's stats file)."""
+        return {
+            "engines": self.to_engines.stats(),
+            "clients": self.to_clients.stats(),
+            "hub": self.to_hub.stats(),
+        }
+
     def _finished(self) -> None:
         """A task left: what it held is freed. Give the allocator's free memory back when the
         schedule says so (the RSS of a long run stays flat; see :mod:`corral.heap`)."""

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import zmq
 
+from corral.bundles import Outbox, split_bundle
 from corral.controller.destination import read_destination
 from corral.controller.packing import unpack
 from corral.controller.scheduler_shell import SchedulerShell
@@ -34,6 +35,7 @@ class Rig:
     engine: zmq.Socket[Any]
     copies: list[tuple[bytes, list[bytes], Message | str]]  # a task_dest: its msg_id
     hub_session: Session  # the Hub's side: verifies (and remembers) what it reads
+    shell: SchedulerShell | None = None
 
     def read_copies(self) -> None:
         while readable(self.monitor):
@@ -99,7 +101,7 @@ def rig() -> Iterator[Rig]:
         engine = socket(zmq.DEALER)
         engine.identity = b"engine-1"
         engine.connect(f"{LOOPBACK}:{shell.engine_port}")
-        yield Rig(session, context, notifications, monitor, client, engine, [], Session(KEY))
+        yield Rig(session, context, notifications, monitor, client, engine, [], Session(KEY), shell)
     finally:
         shell.loop.stop()
         thread.join(WAIT)
@@ -165,3 +167,43 @@ def test_copies_name_the_engine_at_once_or_follow_with_task_dest(rig: Rig) -> No
         until(lambda: rig.copies_of(msg_id)[-1][0] == b"task_out", WAIT, "task_out copies")  # noqa: B023
         assert rig.copies_of(msg_id)[-1] == (b"task_out", [b"client-1", b"engine-1"])
     assert len(rig.copies_of(at_once.msg_id)) == 2  # task_in naming the engine, task_out
+
+
+def test_a_burst_leaves_in_bundles(rig: Rig) -> None:
+    """Tasks waiting when an engine comes leave in the turn it came: one zmq message to the
+    engine holding as many as it may take (max_outstanding, 16), and their copies one to the
+    Hub; the engine's replies in one bundle reach the client, every one of them."""
+    monitor_link_up(rig)
+    waiting = [rig.request() for _ in range(20)]
+    until(lambda: all(rig.copies_of(m.msg_id) for m in waiting), WAIT, "their task_in copies")
+    assert rig.shell is not None
+    before = rig.shell.sends()
+
+    def announce() -> bool:  # PUB/SUB: repeated until the scheduler heard it
+        note = rig.session.msg("registration_notification", {"id": 0, "uuid": "engine-1"})
+        rig.notifications.send_multipart(rig.session.serialize(note))
+        return bool(rig.engine.poll(50))
+
+    until(announce, WAIT, "the scheduler to send the waiting tasks to the new engine")
+    bundle = split_bundle(rig.engine.recv_multipart(copy=False))
+    assert bundle is not None, "the first 16 tasks came as single messages"
+    dispatched = [Session(KEY).feed(frames) for frames in bundle]
+    assert [m.msg_id for m in dispatched] == [m.msg_id for m in waiting[:16]]
+    assert all(m.idents == (b"client-1",) for m in dispatched)
+    for request in waiting[:16]:
+        until(lambda: len(rig.copies_of(request.msg_id)) == 2, WAIT, "task_dest copies")  # noqa: B023
+    after = rig.shell.sends()
+    assert after["engines"]["messages"] - before["engines"]["messages"] == 16
+    assert after["engines"]["zmq_messages"] - before["engines"]["zmq_messages"] == 1
+    assert after["hub"]["messages"] - before["hub"]["messages"] == 16
+    assert after["hub"]["zmq_messages"] - before["hub"]["zmq_messages"] == 1
+
+    replies = Outbox(rig.engine, 0)  # as an engine answers a burst
+    for request in dispatched:
+        reply = rig.session.msg("apply_reply", {"status": "ok"}, parent=request)
+        replies.put([b"client-1", *rig.session.serialize(reply)])
+    replies.flush()
+    answered = [recv_message(rig, rig.client)[1].parent_id for _ in range(16)]
+    assert answered == [m.msg_id for m in waiting[:16]]
+    rest = [recv_message(rig, rig.engine)[1].msg_id for _ in range(4)]  # slots freed
+    assert rest == [m.msg_id for m in waiting[16:]]
