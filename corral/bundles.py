@@ -150,17 +150,31 @@ class Outbox:
 
     ``route_length``: how many leading frames of each message are its route (the frames the
     sockets on the way consume, see the module doc); messages with the same route share a
-    bundle, in the order they were put. Owned by the loop thread of ``sock``, like the socket:
-    every send on ``sock`` must go through the outbox, or order is lost.
+    bundle, in the order they were put. With ``always_bundle`` a message alone in its turn is
+    a bundle of one (its small frames joined: fewer frames to send and receive than itself),
+    for a receiver that only ever reads bundles. Owned by the loop thread of ``sock``, like
+    the socket: every send on ``sock`` must go through the outbox, or order is lost.
     """
 
-    __slots__ = ("sock", "route_length", "_pending", "_count", "messages", "sent", "bundled")
+    __slots__ = (
+        "sock",
+        "route_length",
+        "always",
+        "_pending",
+        "_count",
+        "messages",
+        "sent",
+        "bundled",
+    )
 
-    def __init__(self, sock: zmq.Socket[Any], route_length: int) -> None:
+    def __init__(
+        self, sock: zmq.Socket[Any], route_length: int, *, always_bundle: bool = False
+    ) -> None:
         if not 0 <= route_length <= MAX_ROUTE - 1:
             raise ValueError(f"a route has 0 to {MAX_ROUTE - 1} frames, not {route_length}")
         self.sock = sock
         self.route_length = route_length
+        self.always = always_bundle  # a message alone goes as a bundle of one too
         # route -> (its frames, [(message, tag)])
         self._pending: dict[Hashable, tuple[list[Frame], list[tuple[Sequence[Frame], Any]]]] = {}
         self._count = 0
@@ -204,7 +218,7 @@ class Outbox:
             for start in range(0, len(entries), MAX_MESSAGES):
                 chunk = entries[start : start + MAX_MESSAGES]
                 try:
-                    if len(chunk) == 1:
+                    if len(chunk) == 1 and not self.always:
                         send_frames(self.sock, chunk[0][0])
                     else:
                         send_frames(self.sock, bundle(route, [m[length:] for m, _ in chunk]))

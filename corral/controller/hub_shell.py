@@ -48,7 +48,6 @@ from corral.controller.hub_actions import (
     apply_writes,
 )
 from corral.controller.hub_resubmit import resubmit_failed
-from corral.controller.packing import unpack
 from corral.controller.store.base import ResultStore
 from corral.errors import CorralError, ProtocolError
 from corral.loop import DRAIN_BATCH, Loop, Timer
@@ -217,13 +216,14 @@ class HubShell:
 
     def _on_scheduler_copy(self, frames: Sequence[Frame]) -> None:
         """A copy from the scheduler: a compact ``task_dest`` (:mod:`.destination`), or a
-        packed ``task_in`` / ``task_out`` (:mod:`.packing`), read as the devices' copies."""
+        ``task_in`` / ``task_out`` (they come in bundles, handed on one by one: see
+        :mod:`corral.bundles`), read as the devices' copies."""
         if bytes(frame_view(frames[0])) == DESTINATION:
             self.monitored += 1
             msg_id, engine_uuid = read_destination(self.session, frames)
             self._perform(self.hub.handle_destination(msg_id, engine_uuid))
             return
-        self._on_monitor(unpack(frames))
+        self._on_monitor(frames)
 
     def _on_monitor(self, frames: Sequence[Frame]) -> None:
         prefix = bytes(frame_view(frames[0]))

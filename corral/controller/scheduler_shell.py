@@ -5,7 +5,7 @@ including retries of a Dispatch an engine could not take yet and which late repl
 one :class:`~corral.loop.Loop`. Client-facing ROUTER in, engine-facing ROUTER out
 (docs/wire-flows.md). Per task it verifies the signature and parses header and metadata only;
 content and buffers are forwarded as the zmq Frames they arrived in. Copies go to the Hub's
-monitor SUB (``task_in``, ``task_out`` packed into few frames by :mod:`.packing`; the compact
+monitor SUB (``task_in``, ``task_out``, always in bundles: :mod:`corral.bundles`; the compact
 ``task_dest`` of :mod:`.destination`). Engines come and go through the Hub's
 notifications. The process around it is :mod:`corral.controller.scheduler`.
 """
@@ -24,7 +24,6 @@ from zmq.auth.thread import ThreadAuthenticator
 from corral import heap
 from corral.bundles import Outbox
 from corral.controller.destination import destination_frames
-from corral.controller.packing import pack
 from corral.controller.scheduling import SchedulerCore
 from corral.controller.scheduling_state import Action, Complete, Dispatch, Fail, Task
 from corral.errors import CorralError, ProtocolError, RemoteError, error_content
@@ -103,7 +102,7 @@ class SchedulerShell:
         # made this turn, for their copies once the engines' sends are done (_flush)
         self.to_clients = Outbox(self.clients, 1)
         self.to_engines = Outbox(self.engines, 1)
-        self.to_hub = Outbox(self.monitor, 0)
+        self.to_hub = Outbox(self.monitor, 0, always_bundle=True)  # the Hub reads bundles
         self._dispatched: list[tuple[Pending, str, int]] = []
         self.pending: dict[str, Pending] = {}
         self.counts = {"submitted": 0, "completed": 0, "failed": 0, "duplicates": 0, "trims": 0}
@@ -204,9 +203,9 @@ class SchedulerShell:
             size = sum(memoryview(frame_view(frame)).nbytes for frame in frames[5:])
             if size > limit:
                 omitted = b"omitted:%d" % size
-                self.to_hub.put(pack(b"task_in", [*route, omitted, DELIMITER, *frames[:5]]))
+                self.to_hub.put([b"task_in", *route, omitted, DELIMITER, *frames[:5]])
                 return
-        self.to_hub.put(pack(b"task_in", [*route, DELIMITER, *frames]))
+        self.to_hub.put([b"task_in", *route, DELIMITER, *frames])
 
     def _on_engine_reply(self, frames: list[zmq.Frame]) -> None:
         idents, msg_frames = split_identities(frames)
@@ -225,7 +224,7 @@ class SchedulerShell:
             # a task sent before a controller restart: pass the answer on
             client = idents[1]
             self.to_clients.put([client, idents[0], DELIMITER, *msg_frames])
-            self.to_hub.put(pack(b"task_out", [client, idents[0], DELIMITER, *msg_frames]))
+            self.to_hub.put([b"task_out", client, idents[0], DELIMITER, *msg_frames])
             return
         pending.reply = [idents[0], *msg_frames]
         content = msg.content or {}
@@ -320,8 +319,7 @@ class SchedulerShell:
             return
         engine, *msg_frames = reply
         self.to_clients.put([pending.client, engine, DELIMITER, *msg_frames])
-        copy = [pending.client, engine, DELIMITER, *msg_frames]
-        self.to_hub.put(pack(b"task_out", copy))
+        self.to_hub.put([b"task_out", pending.client, engine, DELIMITER, *msg_frames])
         self.counts["completed"] += 1
         self._finished()
 
@@ -349,7 +347,7 @@ class SchedulerShell:
         reply = self.session.msg("apply_reply", content, pending.msg, metadata)
         frames = self.session.serialize(reply)
         self.to_clients.put([pending.client, SCHEDULER_IDENT, *frames])
-        self.to_hub.put(pack(b"task_out", [pending.client, SCHEDULER_IDENT, *frames]))
+        self.to_hub.put([b"task_out", pending.client, SCHEDULER_IDENT, *frames])
         self.counts["failed"] += 1
         self._finished()
 
