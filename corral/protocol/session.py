@@ -32,6 +32,7 @@ DELIMITER = b"<IDS|MSG>"
 PROTOCOL_VERSION = "5.3"
 SIGNATURE_SCHEMES = {"hmac-sha256": hashlib.sha256, "hmac-sha512": hashlib.sha512}
 MAX_HEADER_BYTES = 64 * 1024
+ONE_SHOT_BELOW = 64 * 1024  # bytes of JSON signed in one call (see Session.sign)
 DIGEST_HISTORY_SIZE = 1 << 17
 HEADER_FIELDS = ("msg_id", "msg_type", "session", "username", "date", "version")
 
@@ -130,6 +131,7 @@ class Session:
         self.max_header_bytes = max_header_bytes
         self.digest_history_size = digest_history_size
         self._auth = hmac.new(key, digestmod=SIGNATURE_SCHEMES[signature_scheme]) if key else None
+        self._digest_name = signature_scheme.removeprefix("hmac-")
         self._digests: dict[bytes, None] = {}
         self._id_prefix = str(uuid.uuid4())[:24]
         self._id_counter = itertools.count(1)  # next() is atomic: safe across threads
@@ -179,9 +181,16 @@ class Session:
     # ------------------------------------------------------------------ signing
 
     def sign(self, json_frames: Sequence[bytes | memoryview]) -> bytes:
-        """Hex HMAC of the four JSON frames; empty when signing is disabled."""
+        """Hex HMAC of the four JSON frames; empty when signing is disabled.
+
+        Small frames (nearly every message) are joined and signed in one call to the C one-shot
+        ``hmac.digest``, about a third cheaper than a prepared HMAC's copy and four updates;
+        large ones are fed to the HMAC as they are, never copied."""
         if self._auth is None:
             return b""
+        if sum(map(len, json_frames)) < ONE_SHOT_BELOW:  # bytes, or views of bytes
+            joined = b"".join(json_frames)
+            return hmac.digest(self.key, joined, self._digest_name).hex().encode("ascii")
         auth = self._auth.copy()
         for part in json_frames:
             auth.update(part)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from collections.abc import Iterator
 from datetime import datetime
@@ -277,3 +279,15 @@ def test_signed_garbage_only_raises_protocol_errors(header: bytes, content: byte
         Session(KEY).feed(signed(Session(KEY), header, content))
     except ProtocolError:
         pass
+
+
+@pytest.mark.parametrize("scheme", ["hmac-sha256", "hmac-sha512"])
+@pytest.mark.parametrize("content_size", [2, 70_000])  # one-shot below 64 KiB, updates above
+def test_the_signature_is_the_hmac_of_the_four_json_frames(scheme: str, content_size: int) -> None:
+    """Signing takes two paths by size: both give the HMAC of the frames in order."""
+    session = Session(KEY, signature_scheme=scheme)
+    frames = [b'{"msg_id": "a"}', memoryview(b"{}"), b'{"x": 1}', b"c" * content_size]
+    reference = hmac.new(KEY, digestmod=getattr(hashlib, scheme.removeprefix("hmac-")))
+    for frame in frames:
+        reference.update(frame)
+    assert session.sign(frames) == reference.hexdigest().encode("ascii")
