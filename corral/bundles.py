@@ -72,10 +72,10 @@ def bundle(route: Sequence[Frame], messages: Sequence[Sequence[Frame]]) -> list[
         for frame in frames:
             kind = type(frame)
             if kind is bytes:
-                size = len(frame)  # type: ignore[arg-type]
+                size = len(frame)
                 view: bytes | memoryview = frame  # type: ignore[assignment]
             elif kind is zmq.Frame:  # received (or tracked by its sender: never copied)
-                size = len(frame)  # type: ignore[arg-type]
+                size = len(frame)
                 if size >= COPY_BELOW or frame.tracker is not None:  # type: ignore[union-attr]
                     lengths.append(LARGE)
                     large.append(frame)
