@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from common import write_results
 
 TASKS = 20000
 REPEATS = 5
@@ -75,8 +76,8 @@ def run_once(
         "monitor": zmq.SUB,
         "queue_monitor": zmq.SUB,
     }
-    for name, kind in kinds.items():
-        sockets[name] = context.socket(kind)
+    for name, socket_type in kinds.items():
+        sockets[name] = context.socket(socket_type)
     sockets["pong_events"] = sockets["pong"].get_monitor_socket(zmq.EVENT_DISCONNECTED)
     hub = Hub(store, {}, {}, heartbeat_period=3.0)
     loop = Loop("bench")
@@ -149,6 +150,7 @@ def run_once(
         return feeding / tasks * 1e6, (process - thread) / tasks * 1e6
     finally:
         store.close()
+        loop.close()
         for sock in sockets.values():
             sock.close(0)
         context.term()
@@ -182,10 +184,21 @@ def main() -> None:
             f"  Hub thread {thread:6.1f} us/task, writer {writer:6.1f}, "
             f"total {thread + writer:6.1f}"
         )
+    hub = statistics.median(hub_us)
+    writer = statistics.median(writer_us)
+    total = statistics.median(h + w for h, w in zip(hub_us, writer_us, strict=True))
     print(
-        f"{args.tasks} tasks x {args.repeats}, median CPU us per task: Hub thread "
-        f"{statistics.median(hub_us):.1f}, writer {statistics.median(writer_us):.1f}, total "
-        f"{statistics.median(h + w for h, w in zip(hub_us, writer_us, strict=True)):.1f}"
+        f"{args.tasks} tasks x {args.repeats}, median CPU us per task: Hub thread {hub:.1f}, "
+        f"writer {writer:.1f}, total {total:.1f}"
+    )
+    write_results(
+        "hub_copies",
+        {
+            "settings": vars(args) | {"corral": str(Path(corral.__file__).parent)},
+            "hub_thread_us": hub_us,
+            "writer_us": writer_us,
+            "median_us": {"hub_thread": hub, "writer": writer, "total": total},
+        },
     )
 
 
