@@ -150,9 +150,12 @@ class Row(NamedTuple):
     chunk: int = 0
     request_buffers: list[Any] | None = None
     request_part: int = CHUNK_BYTES
+    known_size: int = -1  # size() worked out while encoding (-1: not)
 
     def size(self) -> int:
         """Bytes this write adds to the file, roughly: its text and its buffers."""
+        if self.known_size >= 0:
+            return self.known_size
         text = sum([len(value) for value in self.values if value.__class__ is str])
         buffers = sum(map(len, self.buffers or ()))  # bytes or flat byte views
         return ROW_OVERHEAD + text + buffers + sum(map(len, self.request_buffers or ()))
@@ -212,7 +215,7 @@ class _Layout(NamedTuple):
     columns: tuple[str, ...]
     request: bool
     buffers: bool
-    types: tuple[type, ...]
+    checks: tuple[tuple[str, type, bool], ...]
 
 
 _TYPES: dict[str, type] = {
@@ -244,8 +247,8 @@ def _layout(names: tuple[str, ...]) -> _Layout:
     buffers = BUFFERS_FIELD in names
     if buffers:
         columns += ["buffer_lengths", BUFFERS_FIELD]
-    types = tuple(_TYPES[name] for name, _ in scalars)
-    return _Layout(present, scalars, tuple(extras), tuple(columns), request, buffers, types)
+    checks = tuple((name, _TYPES[name], is_json) for name, is_json in scalars)
+    return _Layout(present, scalars, tuple(extras), tuple(columns), request, buffers, checks)
 
 
 def encode_row(fields: dict[str, Any], chunk_bytes: int = CHUNK_BYTES) -> Row:
@@ -262,20 +265,41 @@ def encode_row(fields: dict[str, Any], chunk_bytes: int = CHUNK_BYTES) -> Row:
 
 
 def _with_buffers(
-    layout: _Layout, values: list[Any], fields: dict[str, Any], chunk_bytes: int
+    layout: _Layout,
+    values: list[Any],
+    fields: dict[str, Any],
+    chunk_bytes: int,
+    text: int | None = None,
 ) -> Row:
-    """The row, once its scalar values are encoded: the buffers' lengths, and the buffers."""
-    request = None
-    if layout.request:
-        request = fields[REQUEST_BUFFERS_FIELD]
-        values.append(None if request is None else orjson.dumps([len(b) for b in request]).decode())
-    buffers = None
-    if layout.buffers:
-        buffers = fields[BUFFERS_FIELD]
-        values.append(None if buffers is None else orjson.dumps([len(b) for b in buffers]).decode())
-    large = buffers is not None and sum(map(len, buffers)) > chunk_bytes
+    """The row, once its scalar values are encoded: the buffers' lengths, and the buffers.
+    ``text``: the length of the text among ``values`` so far, if known (then the row carries
+    its size, as :meth:`Row.size` would count it)."""
+    sizes = [0, 0]  # request, result: bytes (buffers are bytes or flat byte views)
+    given: list[Any] = [None, None]
+    for index, (written, name) in enumerate(
+        ((layout.request, REQUEST_BUFFERS_FIELD), (layout.buffers, BUFFERS_FIELD))
+    ):
+        if not written:
+            continue
+        buffers = given[index] = fields[name]
+        if buffers is None:
+            values.append(None)
+            continue
+        lengths = [len(b) for b in buffers]
+        sizes[index] = sum(lengths)
+        encoded = orjson.dumps(lengths).decode()
+        if text is not None:
+            text += len(encoded)
+        values.append(encoded)
+    size = -1 if text is None else ROW_OVERHEAD + text + sizes[0] + sizes[1]
     return Row(
-        layout.columns, tuple(values), buffers, chunk_bytes if large else 0, request, chunk_bytes
+        layout.columns,
+        tuple(values),
+        given[1],
+        chunk_bytes if sizes[1] > chunk_bytes else 0,
+        given[0],
+        chunk_bytes,
+        size,
     )
 
 
@@ -312,20 +336,24 @@ def encode_exact(
     if msg_id.__class__ is not str or not msg_id or fields.get("msg_id", msg_id) != msg_id:
         return None
     values: list[Any] = [msg_id, layout.present]
-    for (name, is_json), kind in zip(layout.scalars, layout.types, strict=True):
+    text = len(msg_id)  # what Row.size counts, added up on the way
+    for name, kind, is_json in layout.checks:
         value = fields[name]
         if value is not None:
             if value.__class__ is not kind:
                 return None
             if is_json:
                 value = _dumps(name, value)
+                text += len(value)
+            elif kind is str:
+                text += len(fields[name])
             elif kind is int and not INT64_MIN <= fields[name] <= INT64_MAX:
                 return None
         values.append(value)
     for present, name in ((layout.request, REQUEST_BUFFERS_FIELD), (layout.buffers, BUFFERS_FIELD)):
         if present and fields[name] is not None and not _flat_buffers(fields[name], buffer_limit):
             return None
-    return _with_buffers(layout, values, fields, chunk_bytes)
+    return _with_buffers(layout, values, fields, chunk_bytes, text)
 
 
 @functools.lru_cache(maxsize=256)
