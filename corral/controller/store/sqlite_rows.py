@@ -206,8 +206,8 @@ def _dumps(name: str, value: Any) -> str:
 class _Layout(NamedTuple):
     """Where the fields of a record with a given set of names go: the ``present`` bits, the
     scalar columns in column order (and whether each holds JSON), the names kept in ``extra``,
-    and whether request or result buffers are written; ``types`` is each scalar's one exact
-    type for :func:`encode_exact`."""
+    and whether request or result buffers are written; ``checks``: each scalar's name, its one
+    exact type and whether it holds JSON, for :func:`encode_exact`."""
 
     present: int
     scalars: tuple[tuple[str, bool], ...]
@@ -346,7 +346,7 @@ def encode_exact(
                 value = _dumps(name, value)
                 text += len(value)
             elif kind is str:
-                text += len(fields[name])
+                text += len(fields[name])  # (value, narrowed to object above, is this str)
             elif kind is int and not INT64_MIN <= fields[name] <= INT64_MAX:
                 return None
         values.append(value)
