@@ -346,7 +346,7 @@ def encode_exact(
                 value = _dumps(name, value)
                 text += len(value)
             elif kind is str:
-                text += len(fields[name])  # (value, narrowed to object above, is this str)
+                text += len(fields[name])  # the str itself (typed as value is not)
             elif kind is int and not INT64_MIN <= fields[name] <= INT64_MAX:
                 return None
         values.append(value)
