@@ -53,7 +53,7 @@ def run_once(
     from corral.controller.store import MemoryStore, ResultStore, RetentionSettings, SQLiteStore
     from corral.loop import Loop
     from corral.protocol.serialize import pack_apply_message
-    from corral.protocol.session import DELIMITER, Session, new_key
+    from corral.protocol.session import DELIMITER, Session, frame_view, new_key
     from corral.sharedmem import SharedMemory
 
     key = new_key()
@@ -118,7 +118,9 @@ def run_once(
                 frames = client.serialize(request)
                 waits = index % 100 < waiting * 100
                 path = [route] if waits else [route, uuid.encode()]
-                streams.append([zmq.Frame(bytes(f)) for f in pack(b"task_in", [*path, *frames])])
+                streams.append(
+                    [zmq.Frame(bytes(frame_view(f))) for f in pack(b"task_in", [*path, *frames])]
+                )
                 if waits:
                     dest = destination_frames(scheduler, request.msg_id, uuid, 0)
                     streams.append([zmq.Frame(f) for f in dest])
@@ -130,14 +132,14 @@ def run_once(
                     buffers=[b"CRL\x01\x12\xe9\x18\xf9\x80\x05K\x01."],
                 )
                 copy = [route, uuid.encode(), DELIMITER, *engine.serialize(reply)[1:]]
-                replies.append([zmq.Frame(bytes(f)) for f in pack(b"task_out", copy)])
+                replies.append([zmq.Frame(bytes(frame_view(f))) for f in pack(b"task_out", copy)])
                 if index >= lag:
                     streams.append(replies[index - lag])
             if first + BLOCK >= tasks:
                 streams.extend(replies[max(0, tasks - lag) :])
             began = time.thread_time()
-            for frames in streams:
-                handle(frames)
+            for copy_frames in streams:
+                handle(copy_frames)
             feeding += time.thread_time() - began
             if rate:  # the store's writer sees the pace of a cluster, not a flood
                 time.sleep(max(0.0, paced + (first + BLOCK) / rate - time.perf_counter()))
