@@ -68,6 +68,13 @@ __all__ = ["Action", "EngineEntry", "Hub", "Send", "Stop"]
 
 log = logging.getLogger("corral.hub")
 
+#: The copies that make task records: prefix -> (queue, whether it is the request).
+MONITORED = {
+    b"mux_in": ("mux", True),
+    b"task_in": ("task", True),
+    b"mux_out": ("mux", False),
+    b"task_out": ("task", False),
+}
 REGISTRATION_PING = 0.05  # seconds between repeated beats while an engine waits to register
 PROBE_PERIOD = 0.04  # seconds between probes of an engine whose connection closed
 
@@ -560,12 +567,13 @@ class Hub:
         """A copy of a queue's traffic: the record writes for requests and
         replies (none for anything else). ``request_omitted``: why a request's copy comes
         without its buffers (see :func:`~corral.controller.hub_records.record_request`)."""
-        queue, _, direction = prefix.decode("ascii", "replace").partition("_")
-        if direction == "in" and queue in ("mux", "task"):
+        route = MONITORED.get(prefix)
+        if route is None:  # the control queue's copies: nothing to record
+            return []
+        queue, request = route
+        if request:
             return record_request(self, queue, idents, msg, request_omitted)
-        if direction == "out" and queue in ("mux", "task"):
-            return record_reply(self, queue, idents, msg, now)
-        return []
+        return record_reply(self, queue, idents, msg, now)
 
     def handle_destination(self, msg_id: str, engine_uuid: str) -> list[Action]:
         """The scheduler's ``task_dest`` copy (:mod:`.destination`): a task that waited was

@@ -82,30 +82,27 @@ def record_request(
     hub.activity.submit()
     resent = msg_id in hub.resendable  # sent again after a restart lost it
     hub.resendable.discard(msg_id)
+    record: dict[str, Any] = {"label": label} if isinstance(label, str) else {}
+    record["msg_id"] = msg_id
+    record["header"] = msg.header
+    record["metadata"] = msg.metadata
+    record["content"] = msg.content or {}
     if request_omitted is None:
-        kept: dict[str, Any] = {"buffers": [frame_view(b) for b in msg.buffers]}
+        record["buffers"] = [frame_view(b) for b in msg.buffers]
     else:
-        kept = {"buffers": None, REQUEST_OMITTED_FIELD: request_omitted}
-    record = {
-        **({"label": label} if isinstance(label, str) else {}),
-        "msg_id": msg_id,
-        "header": msg.header,
-        "metadata": msg.metadata,
-        "content": msg.content or {},
-        **kept,
-        "queue": queue,
-        # the Hub's own resubmission keeps the client that asked for it (recorded then)
-        **({} if client == hub.resubmit_identity else {"client_uuid": client}),
-        "engine_uuid": engine_uuid,
-        "engine_id": entry.id if entry else None,
-        "submitted": msg.header.get("date"),
-        "status": "pending",
-        "started": None,
-        "completed": None,
-        "received": None,
-        "resubmitted": resent,
-        **(CLEARED_RESULT if resent else {}),
-    }
+        record["buffers"] = None
+        record[REQUEST_OMITTED_FIELD] = request_omitted
+    record["queue"] = queue
+    if client != hub.resubmit_identity:  # the Hub's own resubmission: recorded when asked
+        record["client_uuid"] = client
+    record["engine_uuid"] = engine_uuid
+    record["engine_id"] = entry.id if entry else None
+    record["submitted"] = msg.header.get("date")
+    record["status"] = "pending"
+    record["started"] = record["completed"] = record["received"] = None
+    record["resubmitted"] = resent
+    if resent:
+        record.update(CLEARED_RESULT)
     return [AddRecord(msg_id, record)]
 
 

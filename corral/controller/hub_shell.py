@@ -71,6 +71,7 @@ ENGINE_REQUESTS = frozenset({"registration_request", "unregistration_request"})
 # after a purge (a client's, or the time to live's), give the freed memory back to the system
 # (corral.heap), at most every 10 s
 PURGE_TRIM_SCHEDULE = (1, 10.0, 10.0)
+PURGES = (DropRecords, DropMatching)
 
 
 class HubShell:
@@ -231,10 +232,11 @@ class HubShell:
         msg = self.session.deserialize(msg_frames, content=True, idents=idents)
         self.monitored += 1
         omitted: dict[str, Any] | None = None
-        if METADATA_KEY in msg.metadata and prefix in (b"mux_in", b"task_in"):
-            msg, omitted = self._shm_request(msg)
-        else:
-            msg = self._shm_resolve(prefix, msg)
+        if METADATA_KEY in msg.metadata:  # data in shared memory (none for small tasks)
+            if prefix in (b"mux_in", b"task_in"):
+                msg, omitted = self._shm_request(msg)
+            else:
+                msg = self._shm_resolve(prefix, msg)
         actions = self.hub.handle_monitor(prefix, idents, msg, time.time(), omitted)
         if actions:
             self._perform(actions)
@@ -299,7 +301,7 @@ class HubShell:
         self, actions: list[Action], request_metadata: dict[str, Any] | None = None
     ) -> None:
         for action in actions:
-            if isinstance(action, DropRecords | DropMatching):
+            if isinstance(action, PURGES):
                 self._purged += 1
         for action in apply_writes(self.store, actions, self._forget_purged):
             if isinstance(action, Stop):

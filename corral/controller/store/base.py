@@ -455,7 +455,7 @@ class BatchWriter(Generic[PayloadT]):
         self._max_batch = max_batch
         self._linger = linger
         self._flushing = 0  # callers waiting in flush(): write at once
-        self._condition = threading.Condition()
+        self._condition = threading.Condition(threading.Lock())  # never taken twice
         self._pending: deque[WriteOp[PayloadT]] = deque()
         self._submitted = 0
         self._done = 0

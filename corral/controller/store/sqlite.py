@@ -73,8 +73,10 @@ from .sqlite_rows import (
     Payload,
     columns_for,
     decode_row,
+    encode_exact,
     encode_row,
     first_written,
+    merge_upserts,
     sql_where,
     upsert_runs,
     upsert_sql,
@@ -186,9 +188,11 @@ class SQLiteStore(ResultStore):
     # ------------------------------------------------------------ writes (writer thread)
 
     def _apply(self, batch: list[WriteOp[Payload]]) -> None:
-        """One transaction; runs of upserts with the same columns go in one executemany."""
+        """One transaction; a record's upserts merged into one row where they can be, then runs
+        of upserts with the same columns go in one executemany."""
         db = self._db
         dropped = False
+        batch = merge_upserts(batch)
         db.execute("BEGIN IMMEDIATE")
         try:
             written = orjson.dumps(first_written(batch)).decode()
@@ -257,11 +261,15 @@ class SQLiteStore(ResultStore):
         self._upsert(msg_id, changes)
 
     def _upsert(self, msg_id: str, fields: dict[str, Any]) -> None:
-        checked = self._omit_large_buffers(validate_record(msg_id, fields))
-        payload = encode_row(checked, self.chunk_bytes)
+        retention = self.retention
+        limit = retention.settings.buffer_limit if retention is not None else None
+        payload = encode_exact(msg_id, fields, self.chunk_bytes, limit)
+        if payload is None:  # not the Hub's usual record: validated, omitted, encoded apart
+            fields = self._omit_large_buffers(validate_record(msg_id, fields))
+            payload = encode_row(fields, self.chunk_bytes)
         self._writer.submit(WriteOp("upsert", (msg_id,), payload))
-        if self.retention is not None:
-            self._account(msg_id, checked, payload.size())
+        if retention is not None:
+            self._account(msg_id, fields, payload.size())
 
     def drop_records(self, msg_ids: Sequence[str]) -> None:
         ids = tuple(check_msg_ids(msg_ids))

@@ -14,7 +14,8 @@ and decoding a row.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence, Set
+import operator
+from collections.abc import Callable, Iterator, Sequence, Set
 from typing import Any, Final, NamedTuple
 
 import orjson
@@ -26,6 +27,8 @@ from .base import (
     BUFFER_FIELDS,
     BUFFERS_FIELD,
     DICT_FIELDS,
+    INT64_MAX,
+    INT64_MIN,
     INT_FIELDS,
     KNOWN_FIELDS,
     REQUEST_BUFFERS_FIELD,
@@ -147,9 +150,12 @@ class Row(NamedTuple):
     chunk: int = 0
     request_buffers: list[Any] | None = None
     request_part: int = CHUNK_BYTES
+    known_size: int = -1  # size() worked out while encoding (-1: not)
 
     def size(self) -> int:
         """Bytes this write adds to the file, roughly: its text and its buffers."""
+        if self.known_size >= 0:
+            return self.known_size
         text = sum([len(value) for value in self.values if value.__class__ is str])
         buffers = sum(map(len, self.buffers or ()))  # bytes or flat byte views
         return ROW_OVERHEAD + text + buffers + sum(map(len, self.request_buffers or ()))
@@ -200,7 +206,8 @@ def _dumps(name: str, value: Any) -> str:
 class _Layout(NamedTuple):
     """Where the fields of a record with a given set of names go: the ``present`` bits, the
     scalar columns in column order (and whether each holds JSON), the names kept in ``extra``,
-    and whether request or result buffers are written."""
+    and whether request or result buffers are written; ``checks``: each scalar's name, its one
+    exact type and whether it holds JSON, for :func:`encode_exact`."""
 
     present: int
     scalars: tuple[tuple[str, bool], ...]
@@ -208,6 +215,15 @@ class _Layout(NamedTuple):
     columns: tuple[str, ...]
     request: bool
     buffers: bool
+    checks: tuple[tuple[str, type, bool], ...]
+
+
+_TYPES: dict[str, type] = {
+    **dict.fromkeys(TEXT_FIELDS, str),
+    **dict.fromkeys(INT_FIELDS, int),
+    **dict.fromkeys(BOOL_FIELDS, bool),
+    **dict.fromkeys(DICT_FIELDS, dict),
+}
 
 
 @functools.lru_cache(maxsize=256)
@@ -231,7 +247,8 @@ def _layout(names: tuple[str, ...]) -> _Layout:
     buffers = BUFFERS_FIELD in names
     if buffers:
         columns += ["buffer_lengths", BUFFERS_FIELD]
-    return _Layout(present, scalars, tuple(extras), tuple(columns), request, buffers)
+    checks = tuple((name, _TYPES[name], is_json) for name, is_json in scalars)
+    return _Layout(present, scalars, tuple(extras), tuple(columns), request, buffers, checks)
 
 
 def encode_row(fields: dict[str, Any], chunk_bytes: int = CHUNK_BYTES) -> Row:
@@ -244,18 +261,99 @@ def encode_row(fields: dict[str, Any], chunk_bytes: int = CHUNK_BYTES) -> Row:
         values.append(_dumps(name, value) if is_json and value is not None else value)
     if layout.extras:
         values.append(_dumps("extra fields", {name: [fields[name]] for name in layout.extras}))
-    request = None
-    if layout.request:
-        request = fields[REQUEST_BUFFERS_FIELD]
-        values.append(None if request is None else orjson.dumps([len(b) for b in request]).decode())
-    buffers = None
-    if layout.buffers:
-        buffers = fields[BUFFERS_FIELD]
-        values.append(None if buffers is None else orjson.dumps([len(b) for b in buffers]).decode())
-    large = buffers is not None and sum(map(len, buffers)) > chunk_bytes
+    return _with_buffers(layout, values, fields, chunk_bytes)
+
+
+def _with_buffers(
+    layout: _Layout,
+    values: list[Any],
+    fields: dict[str, Any],
+    chunk_bytes: int,
+    text: int | None = None,
+) -> Row:
+    """The row, once its scalar values are encoded: the buffers' lengths, and the buffers.
+    ``text``: the length of the text among ``values`` so far, if known (then the row carries
+    its size, as :meth:`Row.size` would count it)."""
+    sizes = [0, 0]  # request, result: bytes (buffers are bytes or flat byte views)
+    given: list[Any] = [None, None]
+    for index, (written, name) in enumerate(
+        ((layout.request, REQUEST_BUFFERS_FIELD), (layout.buffers, BUFFERS_FIELD))
+    ):
+        if not written:
+            continue
+        buffers = given[index] = fields[name]
+        if buffers is None:
+            values.append(None)
+            continue
+        lengths = [len(b) for b in buffers]
+        sizes[index] = sum(lengths)
+        encoded = orjson.dumps(lengths).decode()
+        if text is not None:
+            text += len(encoded)
+        values.append(encoded)
+    size = -1 if text is None else ROW_OVERHEAD + text + sizes[0] + sizes[1]
     return Row(
-        layout.columns, tuple(values), buffers, chunk_bytes if large else 0, request, chunk_bytes
+        layout.columns,
+        tuple(values),
+        given[1],
+        chunk_bytes if sizes[1] > chunk_bytes else 0,
+        given[0],
+        chunk_bytes,
+        size,
     )
+
+
+def _flat_buffers(value: Any, limit: int | None) -> bool:
+    """Whether ``value`` is buffers :func:`~.base.validate_record` keeps as they are (a list
+    of bytes and flat, contiguous byte views) and, with ``limit``, no more than it in all."""
+    if value.__class__ is not list:
+        return False
+    for buffer in value:
+        if buffer.__class__ is bytes:
+            continue
+        if not (
+            buffer.__class__ is memoryview
+            and buffer.format == "B"
+            and buffer.ndim == 1
+            and buffer.c_contiguous
+        ):
+            return False
+    return limit is None or sum(map(len, value)) <= limit
+
+
+def encode_exact(
+    msg_id: str, fields: dict[str, Any], chunk_bytes: int, buffer_limit: int | None
+) -> Row | None:
+    """The row for a write that :func:`~.base.validate_record` would pass unchanged and the
+    per-task buffer limit keeps whole, in one pass: every name a known field, every value None
+    or of exactly its field's type (an int within 64 bits; buffers a list of bytes or flat
+    byte views of at most ``buffer_limit`` in all). None for anything else: the caller then
+    validates, omits and encodes the long way, which accepts and refuses what it always did.
+    The Hub's own records take this path (JSON it decoded, views of frames it received)."""
+    layout = _layout(tuple(fields))
+    if layout.extras:
+        return None
+    if msg_id.__class__ is not str or not msg_id or fields.get("msg_id", msg_id) != msg_id:
+        return None
+    values: list[Any] = [msg_id, layout.present]
+    text = len(msg_id)  # what Row.size counts, added up on the way
+    for name, kind, is_json in layout.checks:
+        value = fields[name]
+        if value is not None:
+            if value.__class__ is not kind:
+                return None
+            if is_json:
+                value = _dumps(name, value)
+                text += len(value)
+            elif kind is str:
+                text += len(fields[name])  # the str itself (typed as value is not)
+            elif kind is int and not INT64_MIN <= fields[name] <= INT64_MAX:
+                return None
+        values.append(value)
+    for present, name in ((layout.request, REQUEST_BUFFERS_FIELD), (layout.buffers, BUFFERS_FIELD)):
+        if present and fields[name] is not None and not _flat_buffers(fields[name], buffer_limit):
+            return None
+    return _with_buffers(layout, values, fields, chunk_bytes, text)
 
 
 @functools.lru_cache(maxsize=256)
@@ -324,6 +422,91 @@ def columns_for(fields: set[str] | None) -> tuple[str, ...]:
     if BUFFERS_FIELD in fields:
         columns.append("buffer_lengths")
     return tuple(columns)
+
+
+#: Every column an upsert may write, in the order :func:`_layout` puts them.
+_COLUMN_ORDER = (
+    "msg_id",
+    "present",
+    *SCALAR_COLUMNS,
+    "extra",
+    "request_buffer_lengths",
+    "buffer_lengths",
+    BUFFERS_FIELD,
+)
+
+
+@functools.lru_cache(maxsize=256)
+def _merged_layout(
+    first: tuple[str, ...], second: tuple[str, ...]
+) -> tuple[tuple[str, ...], Callable[[tuple[Any, ...]], tuple[Any, ...]]] | None:
+    """The columns of two upserts of one record written as one, and a getter that picks each
+    value from the two rows' values joined (the second's where both write a column). None
+    when both write ``extra`` (merged by SQLite's ``json_patch``, not here)."""
+    if "extra" in first and "extra" in second:
+        return None
+    names = {*first, *second}
+    columns = tuple(name for name in _COLUMN_ORDER if name in names)
+    # the buffers column (always last) has no value: the writer appends the joined buffers,
+    # so a column's index among the names is its value's index
+    offset = len(first) - (BUFFERS_FIELD in first)
+    indices = [
+        offset + second.index(name) if name in second else first.index(name)
+        for name in columns
+        if name != BUFFERS_FIELD
+    ]
+    return columns, operator.itemgetter(*indices)
+
+
+def merge_rows(first: Row, second: Row) -> Row | None:
+    """One row that writes what ``first`` then ``second`` (upserts of the same record) write,
+    or None when they must stay two (both carry extra fields). The second's value wins for a
+    column both write; ``present`` bits add up; buffers are the last ones written."""
+    layout = _merged_layout(first.columns, second.columns)
+    if layout is None:
+        return None
+    columns, pick = layout
+    a, b = first.values, second.values
+    values = pick(a + b)
+    values = (values[0], a[1] | b[1], *values[2:])  # present: both rows' bits
+    result = second if BUFFERS_FIELD in second.columns else first
+    request = second if "request_buffer_lengths" in second.columns else first
+    return Row(
+        columns,
+        values,
+        result.buffers,
+        result.chunk,
+        request.request_buffers,
+        request.request_part,
+    )
+
+
+def merge_upserts(batch: Sequence[WriteOp[Payload]]) -> list[WriteOp[Payload]]:
+    """The batch with each record's upserts written as one where they can be (a task's
+    request and its reply usually land in the same batch: one row inserted whole instead of
+    inserted, then updated). The merged write takes the place of the record's first one, so
+    rows are still numbered in the order they were first written; a drop is a barrier no
+    merge crosses. Applying the result is applying the batch write by write."""
+    merged: list[WriteOp[Payload]] = []
+    index: dict[str, int] = {}  # msg_id -> its merged upsert's place in ``merged``
+    for op in batch:
+        row = op.payload
+        if row is None:
+            index.clear()
+            merged.append(op)
+            continue
+        msg_id = op.msg_ids[0]
+        at = index.get(msg_id)
+        if at is not None:
+            previous = merged[at].payload
+            assert previous is not None
+            combined = merge_rows(previous, row)
+            if combined is not None:
+                merged[at] = WriteOp("upsert", op.msg_ids, combined)
+                continue
+        index[msg_id] = len(merged)
+        merged.append(op)
+    return merged
 
 
 Run = tuple[tuple[str, ...] | None, list[WriteOp[Payload]]]

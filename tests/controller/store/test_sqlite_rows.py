@@ -1,15 +1,29 @@
 """How the SQLite writer groups a batch into runs (``upsert_runs``): same-column upserts in
 one run when that keeps every record's writes in order and the writes that insert rows in
-their order; the result checked against applying the writes one by one."""
+their order; how it merges a record's upserts into one row (``merge_upserts``); and the
+one-pass encoding of the Hub's records (``encode_exact``). Each checked against applying
+the writes one by one, or against the long way."""
 
 from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
-from corral.controller.store.base import WriteOp
+import pytest
+
+from corral.controller.store.base import WriteOp, validate_record
+from corral.controller.store.retention import RetentionSettings
 from corral.controller.store.sqlite import SQLiteStore
-from corral.controller.store.sqlite_rows import Payload, Row, upsert_runs
+from corral.controller.store.sqlite_rows import (
+    Payload,
+    Row,
+    encode_exact,
+    encode_row,
+    merge_rows,
+    merge_upserts,
+    upsert_runs,
+)
 
 
 def op(msg_id: str, columns: str) -> WriteOp[Payload]:
@@ -100,3 +114,148 @@ def test_runs_cover_the_batch_exactly_once() -> None:
     runs = upsert_runs(batch, frozenset({"m1", "m3"}))
     assert sorted(id(o) for _, ops in runs for o in ops) == sorted(id(o) for o in batch)
     assert len(runs) < len(batch)
+
+
+def test_a_request_and_its_reply_merge_into_one_row() -> None:
+    request = encode_row(
+        {"msg_id": "a", "status": "pending", "header": {"h": 1}, "buffers": [b"fn"]}
+    )
+    reply = encode_row(
+        {"msg_id": "a", "status": "ok", "result_content": {"x": 2}, "result_buffers": [b"r"]}
+    )
+    merged = merge_rows(request, reply)
+    assert merged is not None
+    by_column = dict(zip(merged.columns, merged.values, strict=False))
+    assert by_column["status"] == "ok"  # the later write wins
+    assert by_column["header"] == '{"h":1}' and by_column["result_content"] == '{"x":2}'
+    assert by_column["present"] == request.values[1] | reply.values[1]
+    assert merged.request_buffers == [b"fn"] and merged.buffers == [b"r"]
+    assert merged.columns[-1] == "result_buffers"  # the blob stays the last parameter
+    assert merged.parameters()[-1] == b"r"
+
+
+def test_rows_with_extra_fields_on_both_sides_stay_apart() -> None:
+    first = encode_row({"msg_id": "a", "note": 1})
+    second = encode_row({"msg_id": "a", "other": 2})
+    assert merge_rows(first, second) is None
+    merged = merge_upserts([WriteOp("upsert", ("a",), first), WriteOp("upsert", ("a",), second)])
+    assert [o.payload for o in merged] == [first, second]
+
+
+def test_merges_never_cross_a_drop_and_keep_the_first_place() -> None:
+    rows = {key: encode_row({"msg_id": key[0], "stdout": key}) for key in ("a1", "b1", "a2", "a3")}
+    batch: list[WriteOp[Payload]] = [
+        WriteOp("upsert", ("a",), rows["a1"]),
+        WriteOp("upsert", ("b",), rows["b1"]),
+        WriteOp("upsert", ("a",), rows["a2"]),
+        drop("a"),
+        WriteOp("upsert", ("a",), rows["a3"]),
+    ]
+    merged = merge_upserts(batch)
+    assert [o.msg_ids for o in merged] == [("a",), ("b",), ("a",), ("a",)]
+    first = merged[0].payload
+    assert (
+        first is not None and dict(zip(first.columns, first.values, strict=False))["stdout"] == "a2"
+    )
+    assert merged[3].payload is rows["a3"]
+
+
+def test_merged_batches_store_what_writes_one_by_one_store(tmp_path: Path) -> None:
+    """The Hub's kinds of write (request with its buffers, destination, reply with result
+    buffers, some chunked; extra fields; drops) in random interleavings: a store whose writer
+    merges them holds exactly what one applying each write alone holds."""
+    rng = random.Random(7)
+    writes = []
+    for step in range(600):
+        msg_id = f"m{rng.randrange(30)}"
+        writes.append((rng.choice(["request", "dest", "reply", "extra", "drop"]), msg_id, step))
+    stores = [
+        SQLiteStore(tmp_path / "merged.db", chunk_bytes=16),
+        SQLiteStore(tmp_path / "single.db", chunk_bytes=16, max_batch=1),
+    ]
+    try:
+        for store in stores:
+            for kind, msg_id, step in writes:
+                if kind == "request":
+                    fields = {
+                        "msg_id": msg_id,
+                        "header": {"step": step},
+                        "status": "pending",
+                        "buffers": [b"f" * (step % 40), b""],
+                        "engine_id": None,
+                    }
+                    store.add_record(msg_id, fields)
+                elif kind == "dest":
+                    store.update_record(msg_id, {"engine_uuid": "e", "engine_id": step % 3})
+                elif kind == "reply":
+                    buffers = [b"r" * (step % 50)]
+                    changes = {"status": "ok", "result_buffers": buffers, "stdout": str(step)}
+                    store.update_record(msg_id, changes)
+                elif kind == "extra":
+                    store.update_record(msg_id, {f"x{step % 2}": step, "received": str(step)})
+                else:
+                    store.drop_records([msg_id])
+            store.flush()
+        merged, single = stores
+        assert merged.get_history() == single.get_history()
+        ids = single.get_history()
+        assert merged.get_records(ids) == single.get_records(ids)
+    finally:
+        for store in stores:
+            store.close()
+
+
+HUB_REQUEST = {
+    "msg_id": "t1",
+    "header": {"msg_id": "t1", "date": "2026-01-01T00:00:00+00:00"},
+    "metadata": {"retries": 1},
+    "content": {},
+    "buffers": [memoryview(b"pickled function")],
+    "queue": "task",
+    "client_uuid": "c",
+    "engine_uuid": "e",
+    "engine_id": 0,
+    "submitted": "2026-01-01T00:00:00+00:00",
+    "status": "pending",
+    "started": None,
+    "resubmitted": False,
+}
+
+
+@pytest.mark.parametrize(
+    ("changes", "exact"),
+    [
+        ({}, True),
+        ({"result_buffers": [b"a", memoryview(b"bc")]}, True),
+        ({"engine_id": 2**63}, False),  # out of 64 bits: refused the long way
+        ({"engine_id": True}, False),  # a bool is not an engine id
+        ({"status": 3}, False),
+        ({"header": [1]}, False),
+        ({"note": "an extra field"}, False),
+        ({"buffers": (b"a",)}, False),  # a tuple: normalised the long way
+        ({"buffers": [memoryview(b"abcd")[::2]]}, False),  # not contiguous
+        ({"buffers": [memoryview(bytearray(8)).cast("d")]}, False),  # not bytes: cast
+        ({"result_buffers": [b"x" * 40]}, False),  # over the buffer limit: omitted
+        ({"msg_id": "other"}, False),
+    ],
+)
+def test_the_one_pass_encoding_is_the_long_way_or_declines(
+    changes: dict[str, Any], exact: bool
+) -> None:
+    """``encode_exact`` gives the very row validate + omit + encode gives, or None (then the
+    store takes the long way, which refuses what it always refused)."""
+    fields = {**HUB_REQUEST, **changes}
+    row = encode_exact("t1", fields, 1 << 20, 32)
+    assert (row is not None) == exact
+    if row is not None:
+        store = SQLiteStore.__new__(SQLiteStore)
+        store._setup_retention(RetentionSettings(buffer_limit=32))
+        expected = encode_row(store._omit_large_buffers(validate_record("t1", fields)), 1 << 20)
+        assert row.columns == expected.columns and row.values == expected.values
+        assert row.size() == expected.size() and row.chunk == expected.chunk
+        assert [bytes(b) for b in row.buffers or []] == [bytes(b) for b in expected.buffers or []]
+
+
+def test_the_one_pass_encoding_declines_bad_msg_ids() -> None:
+    assert encode_exact("", {"status": "ok"}, 1 << 20, None) is None
+    assert encode_exact(None, {"status": "ok"}, 1 << 20, None) is None  # type: ignore[arg-type]

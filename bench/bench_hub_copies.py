@@ -1,0 +1,208 @@
+"""The Hub's CPU per load-balanced task, alone: the scheduler's copies fed to a real HubShell.
+
+No cluster: a Hub with one registered engine, the default SQLite store in a temporary folder,
+and a :class:`~corral.controller.hub_shell.HubShell` on real (unconnected) sockets. Each task is
+what the scheduler sends the Hub for a no-op ``apply`` (``bench_cpu_roles.py``'s task): a
+packed ``task_in`` copy (with the engine when it was dispatched at once, else without, then a
+``task_dest`` copy: ``--waiting`` of them) and a packed ``task_out`` copy, the copies signed
+as a client and an engine sign them, and fed to the shell's handler in the order a steady
+stream interleaves them (``--lag`` requests ahead of the replies). Prints CPU microseconds per
+task in the Hub's thread and in the store's writer thread (the whole process minus the Hub's
+thread), the writes' reads-see-writes checked at the end (every task found completed):
+
+    PYTHONPATH=. .venv/bin/python bench/bench_hub_copies.py --tasks 20000 --repeats 5
+
+Another tree is measured with ``CORRAL_BENCH_SOURCE=DIR PYTHONPATH=DIR``, as the other scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq
+from common import write_results
+
+TASKS = 20000
+REPEATS = 5
+LAG = 8  # requests seen before the first reply: a few tasks in flight, as with two engines
+WAITING = 0.2  # share of tasks that wait in the scheduler (task_in without engine, task_dest)
+BLOCK = 20  # tasks built, then fed
+RATE = 2000.0  # tasks per second fed (about bench_cpu_roles.py's pace): batches as there
+
+
+def one() -> int:
+    return 1
+
+
+def run_once(
+    tasks: int, lag: int, waiting: float, folder: Path, kind: str, rate: float
+) -> tuple[float, float]:
+    """(Hub thread, writer) CPU us per task for one stream of ``tasks`` tasks."""
+    from corral import heap
+    from corral.controller.destination import destination_frames
+    from corral.controller.hub import Hub
+    from corral.controller.hub_shell import HubShell
+    from corral.controller.packing import pack
+    from corral.controller.store import MemoryStore, ResultStore, RetentionSettings, SQLiteStore
+    from corral.loop import Loop
+    from corral.protocol.serialize import pack_apply_message
+    from corral.protocol.session import DELIMITER, Session, frame_view, new_key
+    from corral.sharedmem import SharedMemory
+
+    key = new_key()
+    hub_session = Session(key, username="controller", check_msg_type=False)
+    client = Session(key, username="user")
+    engine = Session(key, username="corral")
+    scheduler = Session(key, username="scheduler")
+    store: ResultStore = (
+        SQLiteStore(folder / "tasks.db", retention=RetentionSettings())
+        if kind == "sqlite"
+        else MemoryStore(RetentionSettings())
+    )
+    context = zmq.Context()
+    sockets: dict[str, Any] = {}
+    kinds = {
+        "registration": zmq.ROUTER,
+        "notification": zmq.PUB,
+        "ping": zmq.PUB,
+        "pong": zmq.ROUTER,
+        "monitor": zmq.SUB,
+        "queue_monitor": zmq.SUB,
+    }
+    for name, socket_type in kinds.items():
+        sockets[name] = context.socket(socket_type)
+    sockets["pong_events"] = sockets["pong"].get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    hub = Hub(store, {}, {}, heartbeat_period=3.0)
+    loop = Loop("bench")
+    shell = HubShell(loop, hub, hub_session, store, SharedMemory(None, hub=True), sockets, print)
+    try:
+        uuid = "a6f7a72a-f42a-46e2-8447-8860fbb91a7e"
+        registration = client.msg("registration_request", {"uuid": uuid})
+        hub.handle_request([uuid.encode()], registration, time.time())
+        payload, _ = hub.tick(time.time())
+        hub.handle_pong(uuid, payload, time.time())
+        assert uuid in hub.by_uuid
+        buffers = [bytes(b) for b in pack_apply_message(one, (), {})]
+        metadata = {"shm_reader": {"host": "49c12acfdd61cb5aec0c34c0fc34c095", "pid": 1}}
+        reply_metadata = {
+            "engine_uuid": uuid,
+            "engine_id": 0,
+            "status": "ok",
+            "started": "2026-11-30T15:20:59.126589+00:00",
+            "completed": "2026-11-30T15:20:59.127009+00:00",
+            "stdout": "",
+            "stderr": "",
+            "engine_host": "vm",
+            "call": "one()",
+        }
+        route = client.session_id.encode()
+        replies: list[list[zmq.Frame]] = []
+        heap.settle()  # as the controller does once it is set up
+        handle = shell._on_scheduler_copy
+        feeding = 0.0
+        started_thread = time.thread_time()
+        started_process = time.process_time()
+        paced = time.perf_counter()
+        for first in range(0, tasks, BLOCK):
+            # built just before they are fed, as copies are received just before they are read
+            streams: list[list[zmq.Frame]] = []
+            for index in range(first, min(tasks, first + BLOCK)):
+                request = client.msg("apply_request", {}, metadata=metadata, buffers=buffers)
+                frames = client.serialize(request)
+                waits = index % 100 < waiting * 100
+                path = [route] if waits else [route, uuid.encode()]
+                streams.append(
+                    [zmq.Frame(bytes(frame_view(f))) for f in pack(b"task_in", [*path, *frames])]
+                )
+                if waits:
+                    dest = destination_frames(scheduler, request.msg_id, uuid, 0)
+                    streams.append([zmq.Frame(f) for f in dest])
+                reply = engine.msg(
+                    "apply_reply",
+                    {"status": "ok"},
+                    parent=request,
+                    metadata=reply_metadata,
+                    buffers=[b"CRL\x01\x12\xe9\x18\xf9\x80\x05K\x01."],
+                )
+                copy = [route, uuid.encode(), DELIMITER, *engine.serialize(reply)[1:]]
+                replies.append([zmq.Frame(bytes(frame_view(f))) for f in pack(b"task_out", copy)])
+                if index >= lag:
+                    streams.append(replies[index - lag])
+            if first + BLOCK >= tasks:
+                streams.extend(replies[max(0, tasks - lag) :])
+            began = time.thread_time()
+            for copy_frames in streams:
+                handle(copy_frames)
+            feeding += time.thread_time() - began
+            if rate:  # the store's writer sees the pace of a cluster, not a flood
+                time.sleep(max(0.0, paced + (first + BLOCK) / rate - time.perf_counter()))
+        store.flush()
+        thread = time.thread_time() - started_thread
+        process = time.process_time() - started_process
+        done = store.find_records({"status": "ok"}, ["msg_id"])
+        if len(done) != tasks or hub.pending:
+            raise SystemExit(f"{len(done)} of {tasks} tasks recorded as done")
+        return feeding / tasks * 1e6, (process - thread) / tasks * 1e6
+    finally:
+        store.close()
+        loop.close()
+        for sock in sockets.values():
+            sock.close(0)
+        context.term()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=TASKS)
+    parser.add_argument("--repeats", type=int, default=REPEATS)
+    parser.add_argument("--lag", type=int, default=LAG)
+    parser.add_argument("--waiting", type=float, default=WAITING)
+    parser.add_argument("--rate", type=float, default=RATE, help="tasks/s; 0: at once")
+    parser.add_argument("--store", choices=("sqlite", "memory"), default="sqlite")
+    args = parser.parse_args()
+    baseline = os.environ.get("CORRAL_BENCH_SOURCE")
+    if baseline:
+        sys.path.insert(0, baseline)
+    import corral
+
+    print(f"corral from {Path(corral.__file__).parent}")
+    hub_us: list[float] = []
+    writer_us: list[float] = []
+    for _ in range(args.repeats):
+        with tempfile.TemporaryDirectory(prefix="bench-hub-") as folder:
+            thread, writer = run_once(
+                args.tasks, args.lag, args.waiting, Path(folder), args.store, args.rate
+            )
+        hub_us.append(thread)
+        writer_us.append(writer)
+        print(
+            f"  Hub thread {thread:6.1f} us/task, writer {writer:6.1f}, "
+            f"total {thread + writer:6.1f}"
+        )
+    hub = statistics.median(hub_us)
+    writer = statistics.median(writer_us)
+    total = statistics.median(h + w for h, w in zip(hub_us, writer_us, strict=True))
+    print(
+        f"{args.tasks} tasks x {args.repeats}, median CPU us per task: Hub thread {hub:.1f}, "
+        f"writer {writer:.1f}, total {total:.1f}"
+    )
+    write_results(
+        "hub_copies",
+        {
+            "settings": vars(args) | {"corral": str(Path(corral.__file__).parent)},
+            "hub_thread_us": hub_us,
+            "writer_us": writer_us,
+            "median_us": {"hub_thread": hub, "writer": writer, "total": total},
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
