@@ -2,13 +2,14 @@
 
 No cluster: a Hub with one registered engine, the default SQLite store in a temporary folder,
 and a :class:`~corral.controller.hub_shell.HubShell` on real (unconnected) sockets. Each task is
-what the scheduler sends the Hub for a no-op ``apply`` (``bench_cpu_roles.py``'s task): a
-packed ``task_in`` copy (with the engine when it was dispatched at once, else without, then a
-``task_dest`` copy: ``--waiting`` of them) and a packed ``task_out`` copy, the copies signed
-as a client and an engine sign them, and fed to the shell's handler in the order a steady
-stream interleaves them (``--lag`` requests ahead of the replies). Prints CPU microseconds per
-task in the Hub's thread and in the store's writer thread (the whole process minus the Hub's
-thread), the writes' reads-see-writes checked at the end (every task found completed):
+what the scheduler sends the Hub for a no-op ``apply`` (``bench_cpu_roles.py``'s task), as the
+Hub's loop hands it on from a bundle (bytes frames): a ``task_in`` copy (with the engine when it
+was dispatched at once, else without, then a ``task_dest`` copy: ``--waiting`` of them) and a
+``task_out`` copy, the copies signed as a client and an engine sign them, and fed to the
+shell's handler in the order a steady stream interleaves them (``--lag`` requests ahead of the
+replies). Prints CPU microseconds per task in the Hub's thread and in the store's writer thread
+(the whole process minus the Hub's thread), the writes' reads-see-writes checked at the end
+(every task found completed):
 
     PYTHONPATH=. .venv/bin/python bench/bench_hub_copies.py --tasks 20000 --repeats 5
 
@@ -49,7 +50,6 @@ def run_once(
     from corral.controller.destination import destination_frames
     from corral.controller.hub import Hub
     from corral.controller.hub_shell import HubShell
-    from corral.controller.packing import pack
     from corral.controller.store import MemoryStore, ResultStore, RetentionSettings, SQLiteStore
     from corral.loop import Loop
     from corral.protocol.serialize import pack_apply_message
@@ -103,7 +103,7 @@ def run_once(
             "call": "one()",
         }
         route = client.session_id.encode()
-        replies: list[list[zmq.Frame]] = []
+        replies: list[list[bytes]] = []
         heap.settle()  # as the controller does once it is set up
         handle = shell._on_scheduler_copy
         feeding = 0.0
@@ -112,15 +112,13 @@ def run_once(
         paced = time.perf_counter()
         for first in range(0, tasks, BLOCK):
             # built just before they are fed, as copies are received just before they are read
-            streams: list[list[zmq.Frame]] = []
+            streams: list[list[Any]] = []
             for index in range(first, min(tasks, first + BLOCK)):
                 request = client.msg("apply_request", {}, metadata=metadata, buffers=buffers)
                 frames = client.serialize(request)
                 waits = index % 100 < waiting * 100
                 path = [route] if waits else [route, uuid.encode()]
-                streams.append(
-                    [zmq.Frame(bytes(frame_view(f))) for f in pack(b"task_in", [*path, *frames])]
-                )
+                streams.append([b"task_in", *path, *(bytes(frame_view(f)) for f in frames)])
                 if waits:
                     dest = destination_frames(scheduler, request.msg_id, uuid, 0)
                     streams.append([zmq.Frame(f) for f in dest])
@@ -132,7 +130,7 @@ def run_once(
                     buffers=[b"CRL\x01\x12\xe9\x18\xf9\x80\x05K\x01."],
                 )
                 copy = [route, uuid.encode(), DELIMITER, *engine.serialize(reply)[1:]]
-                replies.append([zmq.Frame(bytes(frame_view(f))) for f in pack(b"task_out", copy)])
+                replies.append([b"task_out", *(bytes(frame_view(f)) for f in copy)])
                 if index >= lag:
                     streams.append(replies[index - lag])
             if first + BLOCK >= tasks:
