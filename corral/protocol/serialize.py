@@ -49,6 +49,8 @@ import cloudpickle  # type: ignore[import-untyped]
 import zmq
 
 from corral.errors import ImportNeeded, SerializationError
+from corral.protocol import functioncache
+from corral.protocol.functioncache import CallEntry
 from corral.protocol.references import Reference
 from corral.protocol.session import frame_view
 
@@ -68,7 +70,10 @@ _MAGIC: Final = b"CRL"
 _HEADER: Final = _MAGIC + bytes([FORMAT_VERSION])
 _CRC_SIZE: Final = 4
 _PICKLE_START: Final = len(_HEADER) + _CRC_SIZE
+_PICKLE_PREFIX: Final = b"\x80\x05\x95"  # PROTO 5, FRAME (its 8-byte length follows)
 _PROTOCOL: Final = 5
+_CALL_TAIL: Final = b"\x87\x94."  # TUPLE3 MEMOIZE STOP: closes the pickle of (f, args, kwargs)
+_CALLS_KEPT: Final = 32  # functions per thread whose pickle is kept for reuse
 
 FrameLike = bytes | bytearray | memoryview | zmq.Frame
 
@@ -169,6 +174,9 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
         self._memoryviews: dict[int, tuple[pickle.PickleBuffer, memoryview]] = {}
         self._ndarray: type | None = None
         self.busy = False
+        self._calls: dict[Callable[..., Any], CallEntry] = {}  # see dump_call_frames
+        self._seen: dict[Callable[..., Any], None] = {}  # by-value functions called once
+        self.reused = 0  # call pickles made from a kept function pickle (for tests)
 
     def dump_frames(self, obj: object, buffer_threshold: int) -> list[bytes | memoryview]:
         """``obj`` as frame 0 (marker, version, CRC, pickle) and its out-of-band buffers."""
@@ -184,13 +192,100 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
                 whole[:_PICKLE_START] = _HEADER + crc.to_bytes(_CRC_SIZE, "little")
             return [stream.getvalue(), *self._buffers]
         finally:
-            self.clear_memo()
-            self.globals_ref.clear()
-            self._buffers = []
-            self._memoryviews.clear()
-            stream.seek(0)
-            stream.truncate()  # also gives back the memory of a large pickle
-            self.busy = False
+            self._reset()  # truncating also gives back the memory of a large pickle
+
+    def dump_call_frames(
+        self, f: Callable[..., Any], args: object, kwargs: object, buffer_threshold: int
+    ) -> list[bytes | memoryview]:
+        """The frames of :meth:`dump_frames` for ``(f, args, kwargs)``, reusing the pickle of
+        ``f`` when :mod:`corral.protocol.functioncache` says it cannot have changed: the same
+        bytes, without cloudpickle writing the function again. A by-value function is kept
+        from its second call on (a lambda made for one call costs nothing more)."""
+        print_ = functioncache.fingerprint(f)
+        entry = self._calls.get(f) if print_ is not None else None
+        if print_ is None or (entry is None and not self._seen_before(f)):
+            return self.dump_frames((f, args, kwargs), buffer_threshold)
+        if entry is None or not functioncache.same(entry.fingerprint, print_):
+            entry = self._remember(f, print_)
+        if entry.ops is None:
+            return self.dump_frames((f, args, kwargs), buffer_threshold)
+        frames = self._dump_after(entry, args, kwargs, buffer_threshold)
+        if frames is None:
+            return self.dump_frames((f, args, kwargs), buffer_threshold)
+        self.reused += 1
+        return frames
+
+    def _seen_before(self, f: Callable[..., Any]) -> bool:
+        if f in self._seen:
+            return True
+        if len(self._seen) >= _CALLS_KEPT:
+            del self._seen[next(iter(self._seen))]
+        self._seen[f] = None
+        return False
+
+    def _remember(self, f: Callable[..., Any], print_: tuple[object, ...]) -> CallEntry:
+        """A new entry for ``f``: its pickle's opcodes and the memo after them, or an entry
+        saying it is not reusable with this fingerprint."""
+        entry = CallEntry(print_)
+        if functioncache.reusable(print_):
+            self.busy = True
+            stream = self._stream
+            try:
+                self._buffer_threshold = 0  # any out-of-band buffer: not reusable
+                self._ndarray = getattr(sys.modules.get("numpy"), "ndarray", None)
+                self.dump(f)
+                body = functioncache.frame_body(memoryview(stream.getvalue()))
+                ops = bytes(body) if body is not None and not self._buffers else None
+                if ops is not None:
+                    entry = CallEntry(print_, ops, self.memo.copy(), dict(self.globals_ref))
+            finally:
+                self._reset()
+        if len(self._calls) >= _CALLS_KEPT:
+            del self._calls[next(iter(self._calls))]
+        self._calls[f] = entry
+        return entry
+
+    def _dump_after(
+        self, entry: CallEntry, args: object, kwargs: object, buffer_threshold: int
+    ) -> list[bytes | memoryview] | None:
+        """The call pickle from ``entry``'s opcodes, then ``args`` and ``kwargs`` pickled with
+        the memo and ``globals_ref`` the function left, so that they refer to its objects as
+        in one pickle; None when the whole would not fit one frame (then pickle it afresh)."""
+        assert entry.ops is not None and entry.memo is not None and entry.globals_ref is not None
+        stream = self._stream
+        self._buffer_threshold = buffer_threshold
+        self._ndarray = getattr(sys.modules.get("numpy"), "ndarray", None)
+        self.busy = True
+        try:
+            self.memo = entry.memo
+            self.globals_ref = dict(entry.globals_ref)
+            self.dump(args)
+            middle = stream.tell()
+            self.dump(kwargs)
+            whole = memoryview(stream.getvalue())  # a copy: the stream is truncated after
+            first = functioncache.frame_body(whole[:middle])
+            second = functioncache.frame_body(whole[middle:])
+            if first is None or second is None:
+                return None
+            size = len(entry.ops) + len(first) + len(second) + len(_CALL_TAIL)
+            if size >= functioncache.FRAME_LIMIT:
+                return None
+            length = size.to_bytes(8, "little")
+            pickled = b"".join((_PICKLE_PREFIX, length, entry.ops, first, second, _CALL_TAIL))
+            crc = zlib.crc32(pickled)
+            return [_HEADER + crc.to_bytes(_CRC_SIZE, "little") + pickled, *self._buffers]
+        finally:
+            self._reset()
+
+    def _reset(self) -> None:
+        """Forget everything of the last dump (memo, globals_ref, buffers, output)."""
+        self.clear_memo()
+        self.globals_ref.clear()
+        self._buffers = []
+        self._memoryviews.clear()
+        self._stream.seek(0)
+        self._stream.truncate()
+        self.busy = False
 
     def _take_buffer(self, buffer: pickle.PickleBuffer) -> bool:
         """pickle's buffer_callback: True keeps the buffer in the pickle."""
@@ -405,7 +500,14 @@ def pack_apply_message(
         key: _wrap_large_bytes(value, buffer_threshold, wrapped) for key, value in kwargs.items()
     }
     name = getattr(f, "__qualname__", None) or type(f).__name__
-    return _dump((f, args, kwargs), buffer_threshold, f"the call {name}(...)")
+    try:
+        return _thread_pickler().dump_call_frames(f, args, kwargs, buffer_threshold)
+    except SerializationError:
+        raise
+    except Exception as exc:
+        raise SerializationError(
+            f"cannot serialize the call {name}(...): {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def unpack_apply_message(

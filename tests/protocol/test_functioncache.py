@@ -1,0 +1,256 @@
+"""corral.protocol.functioncache: a call pickle reused from a kept function pickle is, byte for
+byte, what cloudpickle writes afresh, whatever changed in between; and it is reused."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from corral.protocol import functioncache
+from corral.protocol.serialize import (
+    _Pickler,
+    _thread_pickler,
+    _wrap_large_bytes,
+    pack_apply_message,
+    unpack_apply_message,
+)
+
+THRESHOLD = 1024
+
+
+def script(source: str) -> dict[str, Any]:
+    """The globals of ``source`` run as a script (``__main__``): its functions travel by
+    value, as a user's do."""
+    namespace: dict[str, Any] = {"__name__": "__main__"}
+    exec(compile(source, "<script>", "exec"), namespace)  # noqa: S102 - test scripts
+    return namespace
+
+
+def fresh(f: Callable[..., Any], args: tuple[Any, ...] = (), kwargs: Any = None) -> list[bytes]:
+    """The frames a new pickler writes for the call now (no kept pickle anywhere)."""
+    kwargs = kwargs or {}
+    wrapped: dict[int, Any] = {}
+    args = tuple(_wrap_large_bytes(arg, THRESHOLD, wrapped) for arg in args)
+    kwargs = {k: _wrap_large_bytes(v, THRESHOLD, wrapped) for k, v in kwargs.items()}
+    return [bytes(frame) for frame in _Pickler().dump_frames((f, args, kwargs), THRESHOLD)]
+
+
+def packed(f: Callable[..., Any], args: tuple[Any, ...] = (), kwargs: Any = None) -> list[bytes]:
+    return [bytes(frame) for frame in pack_apply_message(f, args, kwargs or {})]
+
+
+def reused() -> int:
+    return _thread_pickler().reused
+
+
+def check(f: Callable[..., Any], args: tuple[Any, ...] = (), kwargs: Any = None) -> int:
+    """Pack the call three times, each equal to a fresh pickle; how many were reused."""
+    before = reused()
+    for _ in range(3):
+        assert packed(f, args, kwargs) == fresh(f, args, kwargs)
+    return reused() - before
+
+
+def test_a_no_op_is_reused_and_identical() -> None:
+    f = script("def one():\n    return 1\n")["one"]
+    assert check(f) >= 2  # kept from its second call on
+    g, args, kwargs = unpack_apply_message(pack_apply_message(f, (), {}))
+    assert g() == 1 and args == () and kwargs == {}
+
+
+def test_arguments_of_every_kind_including_buffers() -> None:
+    f = script("def f(*a, **k):\n    return a, k\n")["f"]
+    array = np.arange(10000, dtype=np.float64)
+    args = (1, "x", [1, 2, {"a": (3, 4)}], None, 2.5, b"y" * 5000, array, bytearray(b"z" * 3000))
+    kwargs = {"key": {1, 2}, "view": memoryview(b"w" * 4000)}
+    assert check(f, args, kwargs) >= 2
+    frames = pack_apply_message(f, args, kwargs)
+    assert len(frames) > 1  # the large buffers still travel out of band, after the pickle
+    g, got_args, got_kwargs = unpack_apply_message(frames)
+    assert got_args[:6] == args[:6] and np.array_equal(got_args[6], array)
+    assert got_kwargs["key"] == {1, 2} and bytes(got_kwargs["view"]) == b"w" * 4000
+
+
+def test_objects_shared_with_the_arguments_stay_shared() -> None:
+    namespace = script(
+        "T = (1, 'shared', (2, 3))\n"
+        "def make():\n    s = 'cell'\n    def f(x):\n        return T, s, x\n    return f\n"
+        "f = make()\n"
+    )
+    f, shared = namespace["f"], namespace["T"]
+    cell = f.__closure__[0].cell_contents
+    assert check(f, (shared, cell, f)) >= 2
+    g, args, _ = unpack_apply_message(pack_apply_message(f, (shared, cell, f), {}))
+    globals_tuple, closure_value, _ = g(0)
+    assert args[0] is globals_tuple and args[1] is closure_value and args[2] is g
+
+
+def test_another_function_with_the_same_globals_shares_them() -> None:
+    namespace = script("def f(g):\n    return g\ndef h():\n    return 2\n")
+    f, h = namespace["f"], namespace["h"]
+    assert check(f, (h,)) >= 2
+    g, (h2,), _ = unpack_apply_message(pack_apply_message(f, (h,), {}))
+    assert g.__globals__ is h2.__globals__
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "ns['X'] = 2",
+        "ns['X'] = 1.0",  # equal to 1, pickled differently
+        "ns['X'] = True",
+        "ns['Y'] = 5",  # a name the code reads, absent until now
+        "del ns['X']",
+        "ns['__file__'] = 'other.py'",  # stored with the globals by cloudpickle
+        "f.__defaults__ = (7,)",
+        "f.__kwdefaults__ = {'k': 3}",
+        "f.__dict__['tag'] = 'a'",
+        "f.__doc__ = 'documented'",
+        "f.__name__ = 'renamed'",
+        "f.__qualname__ = 'renamed'",
+        "f.__annotations__['x'] = 'int'",
+        "f.__code__ = ns['other'].__code__",
+        "ns['set_cell'](9)",  # a closure cell assigned through nonlocal
+    ],
+)
+def test_any_change_to_what_the_function_reads_is_sent(change: str) -> None:
+    ns = script(
+        "X = 1\n"
+        "def make():\n"
+        "    c = 0\n"
+        "    def f(x=1, *, k=2):\n        return X + x + k + c + (Y if X > 100 else 0)\n"
+        "    def set_cell(v):\n        nonlocal c\n        c = v\n"
+        "    def other(x=1, *, k=2):\n        return c - 1\n"
+        "    return f, set_cell, other\n"
+        "f, set_cell, other = make()\n"
+    )
+    f = ns["f"]
+    assert check(f, (1,)) >= 2
+    exec(change, {"ns": ns, "f": f})  # noqa: S102 - the change under test
+    assert packed(f, (1,)) == fresh(f, (1,))  # rebuilt: the new state is sent
+    assert check(f, (1,)) == 3  # and kept again from then on
+
+
+def test_a_function_reading_mutable_state_is_never_reused() -> None:
+    ns = script("STATE = [1]\ndef f():\n    return sum(STATE)\n")
+    f = ns["f"]
+    assert check(f) == 0
+    ns["STATE"].append(41)
+    assert packed(f) == fresh(f)
+    g, _, _ = unpack_apply_message(pack_apply_message(f, (), {}))
+    assert g() == 42
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "[1]",
+        "{'a': 1}",
+        "{1}",
+        "(1, [2])",
+        "1j",
+        "...",
+        "print",
+        "lambda: 1",
+        "int",
+        "__import__('math')",
+    ],
+)
+def test_globals_that_are_not_deeply_immutable_are_never_reused(value: str) -> None:
+    ns = script(f"V = {value}\ndef f():\n    return V\n")
+    assert check(ns["f"]) == 0
+
+
+def test_functions_pickled_by_reference_or_made_per_call_are_not_kept() -> None:
+    assert check(len) == 0
+    assert check(functioncache.by_value) == 0  # importable: pickled by name
+    before = reused()
+    for index in range(5):
+        g = script(f"def g():\n    return {index}\n")["g"]
+        assert packed(g) == fresh(g)  # a new function each time: pickled afresh
+    assert reused() == before
+
+
+def test_a_call_over_one_frame_is_pickled_afresh() -> None:
+    f = script("def f(x):\n    return len(x)\n")["f"]
+    large = list(range(30000))  # in-band, well over 64 KiB of pickle
+    assert check(f, (large,)) == 0
+    assert check(f, (1,)) >= 2
+
+
+def test_each_thread_keeps_its_own() -> None:
+    f = script("def f(x):\n    return x\n")["f"]
+    failures: list[BaseException] = []
+
+    def work(offset: int) -> None:
+        try:
+            for index in range(200):
+                assert packed(f, (offset + index,)) == fresh(f, (offset + index,))
+        except BaseException as exc:  # noqa: BLE001 - reported by the test thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n * 1000,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not failures and not any(thread.is_alive() for thread in threads)
+
+
+def test_the_kept_pickles_are_bounded() -> None:
+    for index in range(100):
+        g = script(f"def g():\n    return {index}\n")["g"]
+        packed(g)
+        packed(g)
+    pickler = _thread_pickler()
+    assert len(pickler._calls) <= 32 and len(pickler._seen) <= 32
+
+
+frozen_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.tuples(inner, inner) | st.frozensets(st.integers(), max_size=3),
+    max_leaves=6,
+)
+any_values = (
+    frozen_values
+    | st.lists(st.integers(), max_size=3)
+    | st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["A", "B", "default"]), any_values), max_size=6))
+def test_random_histories_of_changes(changes: list[tuple[str, Any]]) -> None:
+    ns = script("A = 0\nB = 'b'\ndef f(x, d=0):\n    return (A, B, x, d)\n")
+    f = ns["f"]
+    for name, value in changes:
+        if name == "default":
+            f.__defaults__ = (value,)
+        else:
+            ns[name] = value
+        for _ in range(2):
+            assert packed(f, (value,)) == fresh(f, (value,))
+    assert unpack_apply_message(pack_apply_message(f, (1,), {}))[0](1)[2] == 1
+
+
+def test_fingerprints_compare_by_identity() -> None:
+    assert functioncache.same((1, "a"), (1, "a"))
+    assert not functioncache.same((1,), (1.0,))
+    assert not functioncache.same((1,), (1, 2))
+    assert functioncache.fingerprint(len) is None
+    assert functioncache.fingerprint(functioncache.by_value) is None  # importable
+
+
+def test_frame_body_refuses_what_is_not_one_frame() -> None:
+    assert functioncache.frame_body(memoryview(b"\x80\x05).")) == b")"
+    assert functioncache.frame_body(memoryview(b"garbage")) is None
+    assert (
+        functioncache.frame_body(memoryview(b"\x80\x05\x95" + (99).to_bytes(8, "little") + b"}."))
+        is None
+    )
