@@ -137,8 +137,16 @@ class Records:
     yet answered. ``results[msg_id]`` is the value, or the RemoteError the request raised.
     """
 
-    def __init__(self, defer: Callable[[Callable[[], None]], None] | None = None) -> None:
+    def __init__(
+        self,
+        defer: Callable[[Callable[[], None]], None] | None = None,
+        on_settled: Callable[[str], object] | None = None,
+    ) -> None:
         self._defer: Callable[[Callable[[], None]], None] = defer or _run_now
+        # called with the msg_id of every request settled by a reply or an error, after its
+        # future (the client lets its Resender drop the copy it kept): one call, where a
+        # done-callback per request cost an object and a lock
+        self._on_settled = on_settled
         self.futures: dict[str, RequestFuture] = {}
         self.pending: dict[str, Pending] = {}
         self.results: dict[str, Any] = {}
@@ -434,10 +442,12 @@ class Records:
         return len(self._holders)
 
     def _settled(self, msg_id: str) -> None:
-        """(Settling thread) Forget ``msg_id`` if it was released while unfinished; apply the
-        releases queued meanwhile. The look at the orphans holds the lock: a reply settled on
-        the I/O thread may race a sweep on the results worker, which marks the orphan under it
-        only while the future is not done."""
+        """(Settling thread) Tell ``on_settled``; forget ``msg_id`` if it was released while
+        unfinished; apply the releases queued meanwhile. The look at the orphans holds the
+        lock: a reply settled on the I/O thread may race a sweep on the results worker, which
+        marks the orphan under it only while the future is not done."""
+        if self._on_settled is not None:
+            self._on_settled(msg_id)
         with self._lock:
             orphan = msg_id in self._orphans
         if orphan:

@@ -17,6 +17,7 @@ from corral.client.asyncresult import AsyncMapResult, AsyncResult
 from corral.client.completion import Worker
 from corral.client.records import Records
 from corral.client.requestfuture import (
+    FUTURE_FIELDS,
     INLINE_LIMIT,
     LightCondition,
     RequestFuture,
@@ -210,3 +211,18 @@ def test_settles_inline_counts_every_kind_of_frame() -> None:
 
 def _thread() -> str:
     return threading.current_thread().name
+
+
+def test_light_futures_are_initialised_as_future_init_does() -> None:
+    """RequestFuture and AsyncResult skip ``Future.__init__`` (see ``lighten``): the fields it
+    sets must be exactly those, with the same initial values, on this Python."""
+    reference = concurrent.futures.Future()
+    assert tuple(vars(reference)) == FUTURE_FIELDS
+    light = RequestFuture(lambda call: call())
+    for name in FUTURE_FIELDS[1:]:
+        assert getattr(light, name) == getattr(reference, name), name
+    assert isinstance(light._condition, LightCondition)
+    result = AsyncResult(Records(), [])  # no parts: done at once
+    assert result.done() and result.get() == []
+    light.set_result(3)
+    assert light.result(0) == 3 and light.done()
