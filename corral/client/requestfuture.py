@@ -21,6 +21,7 @@ a slow or blocking callback still never stops the routing of replies.
 
 from __future__ import annotations
 
+import _thread
 import collections
 import threading
 from collections.abc import Callable, Sequence
@@ -55,7 +56,7 @@ class LightCondition(threading.Condition):
     """
 
     def __init__(self) -> None:  # the base's __init__ would copy the lock's methods: skipped
-        self._lock: Any = threading.RLock()
+        self._lock: Any = _thread.RLock()  # threading.RLock's C type, without its wrapper
         self._waiters: collections.deque[Any] = collections.deque()
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:

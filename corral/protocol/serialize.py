@@ -412,9 +412,12 @@ def _load(frames: Sequence[FrameLike], loaded_only: bool = False) -> object:
             ) from exc
     if len(frames) == 0:
         raise SerializationError("no frames to deserialize")
-    views = [_as_view(frame, index) for index, frame in enumerate(frames)]
+    if len(frames) == 1:  # a small result: no out-of-band buffers
+        views = [_as_view(frames[0], 0)]
+    else:
+        views = [_as_view(frame, index) for index, frame in enumerate(frames)]
     head = views[0]
-    if len(head) < len(_HEADER) or bytes(head[: len(_MAGIC)]) != _MAGIC:
+    if len(head) < len(_HEADER) or head[: len(_MAGIC)].tobytes() != _MAGIC:
         raise SerializationError("first frame does not start with corral's serialization marker")
     if head[len(_MAGIC)] != FORMAT_VERSION:
         raise SerializationError(
@@ -438,11 +441,12 @@ def _load(frames: Sequence[FrameLike], loaded_only: bool = False) -> object:
         raise
     except Exception as exc:
         raise SerializationError(f"cannot deserialize: {type(exc).__name__}: {exc}") from exc
-    unused = sum(1 for _ in buffers)
-    if unused:
-        raise SerializationError(
-            f"{unused} of {len(views) - 1} buffer frames were not used by the pickle"
-        )
+    if len(views) > 1:
+        unused = sum(1 for _ in buffers)
+        if unused:
+            raise SerializationError(
+                f"{unused} of {len(views) - 1} buffer frames were not used by the pickle"
+            )
     return obj
 
 
