@@ -151,6 +151,8 @@ class Client(ControllerLink, ControlCalls, HubQueries):
         self._shm = SharedMemory(_shm_settings(info.shm, shm_threshold))
         self._shm_hosts: dict[str, str] = {}  # engine uuid -> host identity
         self._shm_reader = self._shm.reader_metadata()  # in each apply request (empty: off)
+        settings = self._shm.settings
+        self._shm_threshold = settings.threshold if settings is not None else 0
         # whether every engine of a table (the _uuids dict) shares this host: asked per task
         self._all_share_host: tuple[dict[str, int], int, bool] | None = None
         self.timeout = timeout
@@ -407,7 +409,9 @@ class Client(ControllerLink, ControlCalls, HubQueries):
         refs: list[SegmentRef] = []
         if msg_type == "apply_request" and self._shm_reader:
             metadata = {**metadata, **self._shm_reader} if metadata else self._shm_reader
-            if buffers and self._engines_share_host(channel, target):
+            if _may_export(buffers, self._shm_threshold) and self._engines_share_host(
+                channel, target
+            ):
                 buffers, refs = self._shm.export(buffers)  # held until this request settles
                 if refs:
                     metadata = {**metadata, METADATA_KEY: encode_refs(refs)}
@@ -569,6 +573,17 @@ class Client(ControllerLink, ControlCalls, HubQueries):
 
 
 _BUFFER_QUERIES = frozenset({"result_request", "db_request"})  # replies that carry buffers
+
+
+def _may_export(buffers: Sequence[Frame], threshold: int) -> bool:
+    """Whether some buffer may be large enough for shared memory: False at once for the
+    usual small call (its pickle alone, as bytes, under the threshold), which would
+    otherwise cost a memoryview per frame in ``SharedMemory.export`` per task."""
+    if not buffers:
+        return False
+    if len(buffers) == 1 and type(buffers[0]) is bytes:
+        return len(buffers[0]) >= threshold
+    return True
 
 
 def _shm_settings(section: object, threshold: int | None) -> Settings | None:
