@@ -58,16 +58,19 @@ _STRUCTURE: Final = (0, 1, 2, 8)  # the function, its code, its globals, its clo
 _ATOMS: Final = frozenset({type(None), bool, int, float, str, bytes})
 _MODULE_KEYS: Final = ("__package__", "__name__", "__path__", "__file__")  # cloudpickle's
 _MAX_DEPTH: Final = 32
+_MAX_SKIP: Final = 64  # calls pickled without a look after many changes in a row
 
 
 class CallEntry:
-    """The reusable start of one function's call pickle: its ``fingerprint`` when made, the
-    function's opcodes (None: the function was not reusable with that fingerprint, so it is
-    pickled afresh until something changes), the pickler memo after them and cloudpickle's
-    ``globals_ref``. Holding the fingerprint keeps its objects alive, so no identity in it can
-    be taken by a new object."""
+    """What is known of one function's call pickle: its ``fingerprint`` when noted; the
+    function's opcodes, the pickler memo after them and cloudpickle's ``globals_ref``, once
+    kept. Without opcodes it is a ``candidate`` (kept if the next call finds the same
+    fingerprint) or, not a candidate, a function not reusable while it reads these objects.
+    ``skip``: calls to pickle afresh without taking a fingerprint, after ``misses`` changes
+    in a row. Holding the fingerprint keeps its objects alive, so no identity in it can be
+    taken by a new object."""
 
-    __slots__ = ("fingerprint", "globals_ref", "memo", "ops")
+    __slots__ = ("candidate", "fingerprint", "globals_ref", "memo", "misses", "ops", "skip")
 
     def __init__(
         self,
@@ -75,11 +78,17 @@ class CallEntry:
         ops: bytes | None = None,
         memo: dict[int, tuple[int, object]] | None = None,
         globals_ref: dict[int, dict[str, Any]] | None = None,
+        *,
+        candidate: bool = True,
+        misses: int = 0,
     ) -> None:
         self.fingerprint = fingerprint
         self.ops = ops
         self.memo = memo
         self.globals_ref = globals_ref
+        self.candidate = candidate
+        self.misses = misses  # candidates in a row that the next call found changed
+        self.skip = min(2**misses, _MAX_SKIP) if misses else 0  # calls not to look at
 
 
 def by_value(f: FunctionType) -> bool:

@@ -43,6 +43,7 @@ import sys
 import threading
 import zlib
 from collections.abc import Callable, Sequence
+from types import FunctionType
 from typing import TYPE_CHECKING, Any, Final
 
 import cloudpickle  # type: ignore[import-untyped]
@@ -174,8 +175,8 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
         self._memoryviews: dict[int, tuple[pickle.PickleBuffer, memoryview]] = {}
         self._ndarray: type | None = None
         self.busy = False
-        self._calls: dict[Callable[..., Any], CallEntry] = {}  # see dump_call_frames
-        self._seen: dict[Callable[..., Any], None] = {}  # by-value functions called once
+        self._calls: dict[FunctionType, CallEntry | None] = {}  # see dump_call_frames
+        self.kept = 0  # function pickles kept (for tests)
         self.reused = 0  # call pickles made from a kept function pickle (for tests)
 
     def dump_frames(self, obj: object, buffer_threshold: int) -> list[bytes | memoryview]:
@@ -199,34 +200,52 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
     ) -> list[bytes | memoryview]:
         """The frames of :meth:`dump_frames` for ``(f, args, kwargs)``, reusing the pickle of
         ``f`` when :mod:`corral.protocol.functioncache` says it cannot have changed: the same
-        bytes, without cloudpickle writing the function again. A by-value function is kept
-        from its second call on (a lambda made for one call costs nothing more)."""
+        bytes, without cloudpickle writing the function again.
+
+        A by-value function is noted at its first call; from its second on, its fingerprint
+        is taken; once two calls in a row find the same one, its pickle is kept. So a lambda
+        made for one call costs a dict entry, and a function whose globals change at every
+        call (a counter) never costs a pickle more, and fingerprints ever more rarely (after
+        n changes in a row, the next min(2**n, 64) calls are pickled without looking)."""
+        if type(f) is not FunctionType:
+            return self.dump_frames((f, args, kwargs), buffer_threshold)
+        calls = self._calls
+        if f not in calls:
+            if functioncache.by_value(f):
+                self._keep(f, None)
+            return self.dump_frames((f, args, kwargs), buffer_threshold)
+        entry = calls[f]
+        if entry is not None and entry.skip:  # it changed at each of its last calls
+            entry.skip -= 1
+            return self.dump_frames((f, args, kwargs), buffer_threshold)
         print_ = functioncache.fingerprint(f)
-        entry = self._calls.get(f) if print_ is not None else None
-        if print_ is None or (entry is None and not self._seen_before(f)):
+        if print_ is None or entry is None or not functioncache.same(entry.fingerprint, print_):
+            if print_ is not None:  # kept if the next call finds the same
+                misses = entry.misses + 1 if entry is not None and entry.candidate else 0
+                self._keep(f, CallEntry(print_, misses=misses))
             return self.dump_frames((f, args, kwargs), buffer_threshold)
-        if entry is None or not functioncache.same(entry.fingerprint, print_):
-            entry = self._remember(f, print_)
         if entry.ops is None:
-            return self.dump_frames((f, args, kwargs), buffer_threshold)
+            if not entry.candidate:  # not reusable while it reads these objects
+                return self.dump_frames((f, args, kwargs), buffer_threshold)
+            entry = self._remember(f, print_)
+            if entry.ops is None:
+                return self.dump_frames((f, args, kwargs), buffer_threshold)
         frames = self._dump_after(entry, args, kwargs, buffer_threshold)
         if frames is None:
             return self.dump_frames((f, args, kwargs), buffer_threshold)
         self.reused += 1
         return frames
 
-    def _seen_before(self, f: Callable[..., Any]) -> bool:
-        if f in self._seen:
-            return True
-        if len(self._seen) >= _CALLS_KEPT:
-            del self._seen[next(iter(self._seen))]
-        self._seen[f] = None
-        return False
+    def _keep(self, f: FunctionType, entry: CallEntry | None) -> None:
+        calls = self._calls
+        if f not in calls and len(calls) >= _CALLS_KEPT:
+            del calls[next(iter(calls))]  # the oldest noted
+        calls[f] = entry
 
-    def _remember(self, f: Callable[..., Any], print_: tuple[object, ...]) -> CallEntry:
-        """A new entry for ``f``: its pickle's opcodes and the memo after them, or an entry
-        saying it is not reusable with this fingerprint."""
-        entry = CallEntry(print_)
+    def _remember(self, f: FunctionType, print_: tuple[object, ...]) -> CallEntry:
+        """The kept pickle of ``f``: its opcodes and the memo after them, or an entry saying
+        it is not reusable with this fingerprint."""
+        entry = CallEntry(print_, candidate=False)
         if functioncache.reusable(print_):
             self.busy = True
             stream = self._stream
@@ -237,12 +256,12 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
                 body = functioncache.frame_body(memoryview(stream.getvalue()))
                 ops = bytes(body) if body is not None and not self._buffers else None
                 if ops is not None:
-                    entry = CallEntry(print_, ops, self.memo.copy(), dict(self.globals_ref))
+                    memo, globals_ref = self.memo.copy(), dict(self.globals_ref)
+                    entry = CallEntry(print_, ops, memo, globals_ref, candidate=False)
+                    self.kept += 1
             finally:
                 self._reset()
-        if len(self._calls) >= _CALLS_KEPT:
-            del self._calls[next(iter(self._calls))]
-        self._calls[f] = entry
+        self._keep(f, entry)
         return entry
 
     def _dump_after(

@@ -226,3 +226,18 @@ def test_light_futures_are_initialised_as_future_init_does() -> None:
     assert result.done() and result.get() == []
     light.set_result(3)
     assert light.result(0) == 3 and light.done()
+
+
+def test_on_settled_hears_each_request_once_whatever_settles_it(worker: Worker) -> None:
+    """The client's Resender drops its copy of a load-balanced request from this hook: a
+    reply (inline or on the worker), an error and a late reply are each told exactly once."""
+    told: list[str] = []
+    defer = Deferrals(worker)
+    records = Records(defer, told.append)
+    small, large, failed = request(records), request(records), request(records)
+    records.handle_reply(reply(small, serialize_object(1)))
+    records.handle_reply(reply(large, serialize_object(b"x" * (INLINE_LIMIT + 1))))
+    records.fail(failed.msg_id, RuntimeError("engine gone"))
+    assert not records.handle_reply(reply(small, serialize_object(2)))  # late: ignored
+    defer.drain()
+    assert sorted(told) == sorted([small.msg_id, large.msg_id, failed.msg_id])
