@@ -47,17 +47,31 @@ INLINE_LIMIT = 64 * 1024
 Offload = Callable[[Callable[[], None]], None]
 
 
+_NO_WAITERS: Any = ()  # what notify() sees of a condition nothing ever waited on
+
+
 class LightCondition(threading.Condition):
     """``threading.Condition()`` (over an RLock, as a Future's) with nothing copied onto the
     instance: the base class copies five bound methods of its lock onto every condition; here
     they are methods of the class, delegating to the lock. The lock stays reentrant:
     ``concurrent.futures.wait`` asks a future whether it was cancelled while holding its
-    condition.
+    condition. The waiters' deque is made by the first :meth:`wait` (most futures are never
+    waited on: two objects fewer per task for the collector); until then ``notify`` finds an
+    empty tuple, which it only reads.
     """
 
     def __init__(self) -> None:  # the base's __init__ would copy the lock's methods: skipped
         self._lock: Any = _thread.RLock()  # threading.RLock's C type, without its wrapper
-        self._waiters: collections.deque[Any] = collections.deque()
+        self._waiters: collections.deque[Any] = _NO_WAITERS
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._waiters is _NO_WAITERS:
+            self._waiters = collections.deque()
+        return super().wait(timeout)
+
+    def _at_fork_reinit(self) -> None:
+        self._lock._at_fork_reinit()
+        self._waiters = _NO_WAITERS
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         return bool(self._lock.acquire(blocking, timeout))
@@ -89,7 +103,8 @@ def lighten(future: Future[Any]) -> None:
     future._result = None
     future._exception = None
     future._waiters = []
-    vars(future)["_done_callbacks"] = []  # not in typeshed's Future
+    # not in typeshed's Future; vars(future)[...] would give the instance a dict of its own
+    object.__setattr__(future, "_done_callbacks", [])
 
 
 class RequestFuture(Future[Any]):

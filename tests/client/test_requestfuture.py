@@ -241,3 +241,27 @@ def test_on_settled_hears_each_request_once_whatever_settles_it(worker: Worker) 
     assert not records.handle_reply(reply(small, serialize_object(2)))  # late: ignored
     defer.drain()
     assert sorted(told) == sorted([small.msg_id, large.msg_id, failed.msg_id])
+
+
+def test_a_light_condition_makes_its_waiters_queue_when_first_waited_on() -> None:
+    condition = LightCondition()
+    with condition:
+        condition.notify_all()  # nothing waits: nothing to wake, nothing made
+        assert condition._waiters == ()
+    woken = threading.Event()
+
+    def waiter() -> None:
+        with condition:
+            condition.wait_for(woken.is_set, PROMPT)
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    deadline = PROMPT
+    while not condition._waiters and deadline > 0:  # until the waiter waits (bounded)
+        threading.Event().wait(0.01)
+        deadline -= 0.01
+    with condition:
+        woken.set()
+        condition.notify_all()
+    thread.join(PROMPT)
+    assert not thread.is_alive()
