@@ -30,6 +30,7 @@ places) the call is pickled afresh.
 from __future__ import annotations
 
 import operator
+import weakref
 from types import CodeType, FunctionType
 from typing import Any, Final
 
@@ -62,33 +63,37 @@ _MAX_SKIP: Final = 64  # calls pickled without a look after many changes in a ro
 
 
 class CallEntry:
-    """What is known of one function's call pickle: its ``fingerprint`` when noted; the
-    function's opcodes, the pickler memo after them and cloudpickle's ``globals_ref``, once
-    kept. Without opcodes it is a ``candidate`` (kept if the next call finds the same
-    fingerprint) or, not a candidate, a function not reusable while it reads these objects.
-    ``skip``: calls to pickle afresh without taking a fingerprint, after ``misses`` changes
-    in a row. Holding the fingerprint keeps its objects alive, so no identity in it can be
-    taken by a new object."""
+    """What one thread's pickler knows of a by-value function it pickled (its ``function``,
+    weakly: a function called once is not kept alive by being noted).
 
-    __slots__ = ("candidate", "fingerprint", "globals_ref", "memo", "misses", "ops", "skip")
+    - noted: no ``fingerprint`` yet (or none worth keeping: the function read something
+      not deeply immutable, and ``skip`` calls are pickled afresh before it looks again);
+    - candidate: a ``fingerprint`` of deeply immutable objects, no ``ops`` yet: kept if the
+      next call finds the same;
+    - kept: ``ops``, the pickler ``memo`` after them and cloudpickle's ``globals_ref``.
+
+    Only fingerprints of :func:`reusable` functions are held, and holding one keeps its
+    objects alive, so no identity in it can be taken by a new object. ``misses``: looks in a
+    row that found the function changed or not reusable; the next ``min(2**misses, 64)``
+    calls are pickled afresh without a look.
+    """
+
+    __slots__ = ("fingerprint", "function", "globals_ref", "memo", "misses", "ops", "skip")
 
     def __init__(
         self,
-        fingerprint: tuple[object, ...],
-        ops: bytes | None = None,
-        memo: dict[int, tuple[int, object]] | None = None,
-        globals_ref: dict[int, dict[str, Any]] | None = None,
+        function: weakref.ref[FunctionType],
+        fingerprint: tuple[object, ...] | None = None,
         *,
-        candidate: bool = True,
         misses: int = 0,
     ) -> None:
+        self.function = function
         self.fingerprint = fingerprint
-        self.ops = ops
-        self.memo = memo
-        self.globals_ref = globals_ref
-        self.candidate = candidate
-        self.misses = misses  # candidates in a row that the next call found changed
-        self.skip = min(2**misses, _MAX_SKIP) if misses else 0  # calls not to look at
+        self.ops: bytes | None = None
+        self.memo: dict[int, tuple[int, object]] | None = None
+        self.globals_ref: dict[int, dict[str, Any]] | None = None
+        self.misses = misses
+        self.skip = min(2**misses, _MAX_SKIP) if misses else 0
 
 
 def by_value(f: FunctionType) -> bool:

@@ -41,6 +41,7 @@ import pickle
 import re
 import sys
 import threading
+import weakref
 import zlib
 from collections.abc import Callable, Sequence
 from types import FunctionType
@@ -175,7 +176,7 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
         self._memoryviews: dict[int, tuple[pickle.PickleBuffer, memoryview]] = {}
         self._ndarray: type | None = None
         self.busy = False
-        self._calls: dict[FunctionType, CallEntry | None] = {}  # see dump_call_frames
+        self._calls: dict[int, CallEntry] = {}  # by id(function): see dump_call_frames
         self.kept = 0  # function pickles kept (for tests)
         self.reused = 0  # call pickles made from a kept function pickle (for tests)
 
@@ -202,67 +203,75 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
         ``f`` when :mod:`corral.protocol.functioncache` says it cannot have changed: the same
         bytes, without cloudpickle writing the function again.
 
-        A by-value function is noted at its first call; from its second on, its fingerprint
-        is taken; once two calls in a row find the same one, its pickle is kept. So a lambda
-        made for one call costs a dict entry, and a function whose globals change at every
-        call (a counter) never costs a pickle more, and fingerprints ever more rarely (after
-        n changes in a row, the next min(2**n, 64) calls are pickled without looking)."""
+        A by-value function is noted (weakly) at its first call and fingerprinted at its
+        second; once two calls in a row find the same fingerprint of deeply immutable
+        objects, its pickle is kept. So a lambda made for one call costs a dict entry; a
+        function reading mutable objects, or whose globals change at every call, never costs
+        a pickle more, and is looked at ever more rarely (see ``CallEntry.skip``)."""
         if type(f) is not FunctionType:
             return self.dump_frames((f, args, kwargs), buffer_threshold)
         calls = self._calls
-        if f not in calls:
+        entry = calls.get(id(f))
+        if entry is None or entry.function() is not f:  # new (or a dead one's id)
             if functioncache.by_value(f):
-                self._keep(f, None)
+                self._keep(CallEntry(weakref.ref(f)))
             return self.dump_frames((f, args, kwargs), buffer_threshold)
-        entry = calls[f]
-        if entry is not None and entry.skip:  # it changed at each of its last calls
+        if entry.skip:
             entry.skip -= 1
             return self.dump_frames((f, args, kwargs), buffer_threshold)
         print_ = functioncache.fingerprint(f)
-        if print_ is None or entry is None or not functioncache.same(entry.fingerprint, print_):
-            if print_ is not None:  # kept if the next call finds the same
-                misses = entry.misses + 1 if entry is not None and entry.candidate else 0
-                self._keep(f, CallEntry(print_, misses=misses))
+        if print_ is None:
+            del calls[id(f)]
             return self.dump_frames((f, args, kwargs), buffer_threshold)
-        if entry.ops is None:
-            if not entry.candidate:  # not reusable while it reads these objects
-                return self.dump_frames((f, args, kwargs), buffer_threshold)
-            entry = self._remember(f, print_)
-            if entry.ops is None:
-                return self.dump_frames((f, args, kwargs), buffer_threshold)
+        if entry.fingerprint is None or not functioncache.same(entry.fingerprint, print_):
+            # first look, or it changed: a candidate if reusable, else looked at less often;
+            # a candidate that changed before it was kept counts as a miss, a kept one not
+            if functioncache.reusable(print_):
+                churned = entry.fingerprint is not None and entry.ops is None
+                misses = entry.misses + 1 if churned else 0
+                self._keep(CallEntry(entry.function, print_, misses=misses))
+            else:
+                self._keep(CallEntry(entry.function, misses=entry.misses + 1))
+            return self.dump_frames((f, args, kwargs), buffer_threshold)
+        if entry.ops is None and not self._remember(f, entry):
+            self._keep(CallEntry(entry.function, misses=entry.misses + 1))
+            return self.dump_frames((f, args, kwargs), buffer_threshold)
         frames = self._dump_after(entry, args, kwargs, buffer_threshold)
         if frames is None:
             return self.dump_frames((f, args, kwargs), buffer_threshold)
         self.reused += 1
         return frames
 
-    def _keep(self, f: FunctionType, entry: CallEntry | None) -> None:
+    def _keep(self, entry: CallEntry) -> None:
+        function = entry.function()
+        if function is None:
+            return
         calls = self._calls
-        if f not in calls and len(calls) >= _CALLS_KEPT:
+        key = id(function)
+        if key not in calls and len(calls) >= _CALLS_KEPT:
             del calls[next(iter(calls))]  # the oldest noted
-        calls[f] = entry
+        calls[key] = entry
 
-    def _remember(self, f: FunctionType, print_: tuple[object, ...]) -> CallEntry:
-        """The kept pickle of ``f``: its opcodes and the memo after them, or an entry saying
-        it is not reusable with this fingerprint."""
-        entry = CallEntry(print_, candidate=False)
-        if functioncache.reusable(print_):
-            self.busy = True
-            stream = self._stream
-            try:
-                self._buffer_threshold = 0  # any out-of-band buffer: not reusable
-                self._ndarray = getattr(sys.modules.get("numpy"), "ndarray", None)
-                self.dump(f)
-                body = functioncache.frame_body(memoryview(stream.getvalue()))
-                ops = bytes(body) if body is not None and not self._buffers else None
-                if ops is not None:
-                    memo, globals_ref = self.memo.copy(), dict(self.globals_ref)
-                    entry = CallEntry(print_, ops, memo, globals_ref, candidate=False)
-                    self.kept += 1
-            finally:
-                self._reset()
-        self._keep(f, entry)
-        return entry
+    def _remember(self, f: FunctionType, entry: CallEntry) -> bool:
+        """Keep the pickle of ``f`` in ``entry`` (a candidate whose fingerprint the call
+        found again): its opcodes and the memo after them. False if it is not one frame
+        without out-of-band buffers (then it is not reusable)."""
+        self.busy = True
+        stream = self._stream
+        try:
+            self._buffer_threshold = 0  # any out-of-band buffer: not reusable
+            self._ndarray = getattr(sys.modules.get("numpy"), "ndarray", None)
+            self.dump(f)
+            body = functioncache.frame_body(memoryview(stream.getvalue()))
+            if body is None or self._buffers:
+                return False
+            entry.ops = bytes(body)
+            entry.memo = self.memo.copy()
+            entry.globals_ref = dict(self.globals_ref)
+            self.kept += 1
+            return True
+        finally:
+            self._reset()
 
     def _dump_after(
         self, entry: CallEntry, args: object, kwargs: object, buffer_threshold: int

@@ -3,7 +3,9 @@ byte, what cloudpickle writes afresh, whatever changed in between; and it is reu
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -185,6 +187,24 @@ def test_a_function_whose_globals_change_at_every_call_is_never_pickled_twice() 
         ns["N"] += 1000  # a new int object each time
         assert packed(f) == fresh(f)
     assert pickler.kept == kept and reused() == before
+
+
+def test_what_a_function_reads_is_not_kept_alive_by_the_pickler() -> None:
+    """Only kept pickles hold their function (and its immutable state); a function noted or
+    looked at, and anything mutable it reads, is freed as soon as the caller drops it."""
+
+    class Payload(list[int]):  # a list that can be referred to weakly
+        pass
+
+    make = script("def make(p):\n    def f():\n        return p\n    return f\n")["make"]
+    payload = Payload([1])
+    f = make(payload)
+    payload_ref, function_ref = weakref.ref(payload), weakref.ref(f)
+    for _ in range(4):
+        assert packed(f) == fresh(f)
+    del f, payload
+    gc.collect()
+    assert payload_ref() is None and function_ref() is None
 
 
 def test_a_call_over_one_frame_is_pickled_afresh() -> None:
