@@ -242,10 +242,12 @@ def test_the_kept_pickles_are_bounded() -> None:
     assert len(pickler._calls) <= 32
 
 
-frozen_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-    lambda inner: st.tuples(inner, inner) | st.frozensets(st.integers(), max_size=3),
-    max_leaves=6,
+atoms = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)
+frozen_values = (
+    atoms
+    | st.tuples(atoms, atoms)
+    | st.tuples(st.tuples(atoms, atoms), atoms)
+    | st.frozensets(st.integers(), max_size=3)
 )
 any_values = (
     frozen_values
