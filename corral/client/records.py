@@ -171,9 +171,8 @@ class Records:
         on_settled: Callable[[str], object] | None = None,
     ) -> None:
         self._defer: Callable[[Callable[[], None]], None] = defer or _run_now
-        # called with the msg_id of every request settled by a reply or an error, after its
-        # future (the client lets its Resender drop the copy it kept): one call, where a
-        # done-callback per request cost an object and a lock
+        # told each settled msg_id after its future (the client's Resender drops its copy):
+        # one call, where a done-callback per request cost an object and a lock
         self._on_settled = on_settled
         self.futures: dict[str, RequestFuture] = {}
         self.pending: dict[str, Pending] = {}
