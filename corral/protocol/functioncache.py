@@ -36,6 +36,7 @@ from typing import Any, Final
 
 __all__ = [
     "FRAME_LIMIT",
+    "small_arguments",
     "CallEntry",
     "by_value",
     "fingerprint",
@@ -198,6 +199,47 @@ def reusable(print_: tuple[object, ...]) -> bool:
         for index, part in enumerate(print_)
         if index not in _STRUCTURE
     )
+
+
+_ARGUMENT_BUDGET: Final = 16 * 1024  # bytes, a bound on the arguments' pickle (see below)
+_ATOM_SIZE: Final = 16  # at most what pickle writes for a number, None or a bool, with opcode
+_MAX_LOOKS: Final = 32  # objects small_arguments looks at before it gives up
+
+
+def small_arguments(args: Any, kwargs: Any) -> bool:
+    """Whether ``args`` and ``kwargs`` surely pickle to well under one 64 KiB frame, judged
+    in at most 32 looks: numbers, strings and bytes (counted at four bytes a character) and
+    containers of those, within a budget of 16 KiB. The kept pickle is used only for such
+    calls; for others the arguments cost more than the function anyway, and pickling them
+    afresh never pickles them twice (when the whole would not fit one frame). Looking costs
+    far more per object than the C pickler does, so it stops early."""
+    if type(args) is not tuple or type(kwargs) is not dict:
+        return False
+    left = _ARGUMENT_BUDGET
+    looks = _MAX_LOOKS
+    pending: list[Any] = [args, *kwargs.values()]
+    while pending:
+        value = pending.pop()
+        looks -= 1
+        kind = type(value)
+        if kind is str:
+            left -= 4 * len(value) + _ATOM_SIZE
+        elif kind is bytes:
+            left -= len(value) + _ATOM_SIZE
+        elif kind in _ATOMS:
+            left -= _ATOM_SIZE
+        elif kind is tuple or kind is list or kind is frozenset or kind is set or kind is dict:
+            left -= _ATOM_SIZE
+            if len(pending) + len(value) * (2 if kind is dict else 1) > looks:
+                return False
+            pending.extend(value)
+            if kind is dict:
+                pending.extend(value.values())
+        else:
+            return False  # anything else is not counted
+        if left < 0 or looks < 0:
+            return False
+    return True
 
 
 def frame_body(output: memoryview) -> memoryview | None:

@@ -219,6 +219,8 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
         if entry.skip:
             entry.skip -= 1
             return self.dump_frames((f, args, kwargs), buffer_threshold)
+        if not functioncache.small_arguments(args, kwargs):
+            return self.dump_frames((f, args, kwargs), buffer_threshold)
         print_ = functioncache.fingerprint(f)
         if print_ is None:
             del calls[id(f)]

@@ -66,37 +66,54 @@ def test_a_no_op_is_reused_and_identical() -> None:
     assert g() == 1 and args == () and kwargs == {}
 
 
-def test_arguments_of_every_kind_including_buffers() -> None:
+def test_small_arguments_of_every_kind() -> None:
+    f = script("def f(*a, **k):\n    return a, k\n")["f"]
+    args = (1, "x", [1, 2, {"a": (3, 4)}], None, 2.5, b"y" * 500, True, -(10**30))
+    kwargs = {"key": {1, 2}, "other": frozenset({"a"}), "text": "\u00e9" * 100}
+    assert check(f, args, kwargs) == 2
+    g, got_args, got_kwargs = unpack_apply_message(pack_apply_message(f, args, kwargs))
+    assert got_args == args and got_kwargs == kwargs and g(1) == ((1,), {})
+
+
+def test_large_or_other_arguments_are_pickled_afresh_with_the_function() -> None:
+    """Buffers, arrays, functions, objects: pickled afresh (equal bytes, nothing reused), so
+    that arguments costing more than the function are never pickled twice."""
     f = script("def f(*a, **k):\n    return a, k\n")["f"]
     array = np.arange(10000, dtype=np.float64)
-    args = (1, "x", [1, 2, {"a": (3, 4)}], None, 2.5, b"y" * 5000, array, bytearray(b"z" * 3000))
-    kwargs = {"key": {1, 2}, "view": memoryview(b"w" * 4000)}
-    assert check(f, args, kwargs) >= 2
-    frames = pack_apply_message(f, args, kwargs)
-    assert len(frames) > 1  # the large buffers still travel out of band, after the pickle
-    g, got_args, got_kwargs = unpack_apply_message(frames)
-    assert got_args[:6] == args[:6] and np.array_equal(got_args[6], array)
-    assert got_kwargs["key"] == {1, 2} and bytes(got_kwargs["view"]) == b"w" * 4000
+    for args, kwargs in [
+        ((array,), {}),
+        ((b"y" * 5000, bytearray(b"z" * 3000)), {}),
+        ((), {"view": memoryview(b"w" * 4000)}),
+        ((list(range(30000)),), {}),  # in-band, over one frame
+        (("x" * 20000,), {}),
+        ((f,), {}),
+        ((ValueError("an object"),), {}),
+    ]:
+        assert check(f, args, kwargs) == 0
+    frames = pack_apply_message(f, (array,), {})
+    assert len(frames) > 1  # the array still travels out of band, after the pickle
+    assert np.array_equal(unpack_apply_message(frames)[1][0], array)
+    assert check(f, (1,)) >= 2  # kept all along for small calls
 
 
 def test_objects_shared_with_the_arguments_stay_shared() -> None:
     namespace = script(
         "T = (1, 'shared', (2, 3))\n"
-        "def make():\n    s = 'cell'\n    def f(x):\n        return T, s, x\n    return f\n"
+        "def make():\n    s = 'cell'\n    def f(x, y=None):\n        return T, s, x\n    return f\n"
         "f = make()\n"
     )
     f, shared = namespace["f"], namespace["T"]
     cell = f.__closure__[0].cell_contents
-    assert check(f, (shared, cell, f)) >= 2
-    g, args, _ = unpack_apply_message(pack_apply_message(f, (shared, cell, f), {}))
+    assert check(f, (shared, cell)) >= 2
+    g, args, _ = unpack_apply_message(pack_apply_message(f, (shared, cell), {}))
     globals_tuple, closure_value, _ = g(0)
-    assert args[0] is globals_tuple and args[1] is closure_value and args[2] is g
+    assert args[0] is globals_tuple and args[1] is closure_value
 
 
 def test_another_function_with_the_same_globals_shares_them() -> None:
     namespace = script("def f(g):\n    return g\ndef h():\n    return 2\n")
     f, h = namespace["f"], namespace["h"]
-    assert check(f, (h,)) >= 2
+    assert check(f, (h,)) == 0  # a function argument: pickled afresh, as one pickle
     g, (h2,), _ = unpack_apply_message(pack_apply_message(f, (h,), {}))
     assert g.__globals__ is h2.__globals__
 
@@ -207,11 +224,14 @@ def test_what_a_function_reads_is_not_kept_alive_by_the_pickler() -> None:
     assert payload_ref() is None and function_ref() is None
 
 
-def test_a_call_over_one_frame_is_pickled_afresh() -> None:
-    f = script("def f(x):\n    return len(x)\n")["f"]
-    large = list(range(30000))  # in-band, well over 64 KiB of pickle
-    assert check(f, (large,)) == 0
-    assert check(f, (1,)) >= 2
+def test_the_budget_of_small_arguments() -> None:
+    assert functioncache.small_arguments((), {})
+    assert functioncache.small_arguments((1, "x" * 1000, [1.0] * 10), {"a": (None, b"x")})
+    assert not functioncache.small_arguments(("x" * 5000,), {})  # 4 bytes a character
+    assert not functioncache.small_arguments((list(range(100)),), {})  # too many to look at
+    assert not functioncache.small_arguments(([[[[[[[[[[1] * 5] * 5] * 5]]]]]]],), {})
+    assert not functioncache.small_arguments((), {"a": object()})
+    assert not functioncache.small_arguments([1], {})  # args are a tuple
 
 
 def test_each_thread_keeps_its_own() -> None:
