@@ -24,7 +24,9 @@ pickler with it before writing the arguments), so an argument that is an object 
 function's pickle is written as a reference to it, exactly as in one pickle. The result is the
 very bytes a fresh pickle would be (tests/protocol/test_functioncache.py compares them); when
 it would not be (a pickle over one 64 KiB frame, where the pickler splits frames at its own
-places) the call is pickled afresh.
+places) the call is pickled afresh. The kept pickle is used only for calls whose arguments
+are small (:func:`small_arguments`): for the others the arguments cost more than the
+function, and must never be pickled twice.
 """
 
 from __future__ import annotations
@@ -71,7 +73,8 @@ class CallEntry:
       not deeply immutable, and ``skip`` calls are pickled afresh before it looks again);
     - candidate: a ``fingerprint`` of deeply immutable objects, no ``ops`` yet: kept if the
       next call finds the same;
-    - kept: ``ops``, the pickler ``memo`` after them and cloudpickle's ``globals_ref``.
+    - kept: ``ops`` and the pickler ``memo`` after them (cloudpickle's ``globals_ref`` plays
+      no part: the arguments of a reused call hold no function, see :func:`small_arguments`).
 
     Only fingerprints of :func:`reusable` functions are held, and holding one keeps its
     objects alive, so no identity in it can be taken by a new object. ``misses``: looks in a
@@ -79,7 +82,7 @@ class CallEntry:
     calls are pickled afresh without a look.
     """
 
-    __slots__ = ("fingerprint", "function", "globals_ref", "memo", "misses", "ops", "skip")
+    __slots__ = ("fingerprint", "function", "memo", "misses", "ops", "skip")
 
     def __init__(
         self,
@@ -92,7 +95,6 @@ class CallEntry:
         self.fingerprint = fingerprint
         self.ops: bytes | None = None
         self.memo: dict[int, tuple[int, object]] | None = None
-        self.globals_ref: dict[int, dict[str, Any]] | None = None
         self.misses = misses
         self.skip = min(2**misses, _MAX_SKIP) if misses else 0
 

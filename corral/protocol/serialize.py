@@ -269,7 +269,6 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
                 return False
             entry.ops = bytes(body)
             entry.memo = self.memo.copy()
-            entry.globals_ref = dict(self.globals_ref)
             self.kept += 1
             return True
         finally:
@@ -279,16 +278,15 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
         self, entry: CallEntry, args: object, kwargs: object, buffer_threshold: int
     ) -> list[bytes | memoryview] | None:
         """The call pickle from ``entry``'s opcodes, then ``args`` and ``kwargs`` pickled with
-        the memo and ``globals_ref`` the function left, so that they refer to its objects as
+        the memo the function left, so that they refer to its objects as
         in one pickle; None when the whole would not fit one frame (then pickle it afresh)."""
-        assert entry.ops is not None and entry.memo is not None and entry.globals_ref is not None
+        assert entry.ops is not None and entry.memo is not None
         stream = self._stream
         self._buffer_threshold = buffer_threshold
         self._ndarray = getattr(sys.modules.get("numpy"), "ndarray", None)
         self.busy = True
         try:
             self.memo = entry.memo
-            self.globals_ref = dict(entry.globals_ref)
             self.dump(args)
             middle = stream.tell()
             self.dump(kwargs)
