@@ -88,8 +88,7 @@ class AsyncResult(ResultInfo, futures.Future[Any]):
         return_exceptions: bool = False,
         trackers: Sequence[zmq.MessageTracker] = (),
     ) -> None:
-        super().__init__()
-        lighten(self)
+        lighten(self)  # in place of Future.__init__ (ResultInfo has no __init__)
         if single and len(msg_ids) != 1:
             raise ValueError(f"a single result needs exactly one msg_id, got {len(msg_ids)}")
         self.msg_ids: list[str] = list(msg_ids)

@@ -98,7 +98,18 @@ class LoadBalancedView(View):
     # ------------------------------------------------------------------ submission
 
     def _flag_snapshot(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self._flags}
+        """The flags a task's metadata is made of, as they are now (a held task is sent
+        later, with the flags of its submission)."""
+        return {
+            "targets": self.targets,
+            "label": self.label,
+            "after": self.after,
+            "follow": self.follow,
+            "retries": self._retries,
+            "timeout": self._timeout,
+            "priority": self._priority,
+            "time_limit": self._time_limit,
+        }
 
     def _task_metadata(self, flags: dict[str, Any]) -> dict[str, Any]:
         """Request metadata from the ``flags`` (a snapshot), dependencies pruned against what
@@ -108,10 +119,13 @@ class LoadBalancedView(View):
             targets = {uuid for _, uuid in self.client.resolve_targets(flags["targets"])}
         metadata = {"label": flags["label"]} if flags["label"] else {}
         records = self.client.records
-        after = prune_after(records, as_dependency(flags["after"]))
-        follow, targets = prune_follow(
-            records, self.client.engine_uuids(), as_dependency(flags["follow"]), targets
-        )
+        after = follow = None
+        if flags["after"] is not None:
+            after = prune_after(records, as_dependency(flags["after"]))
+        if flags["follow"] is not None:
+            follow, targets = prune_follow(
+                records, self.client.engine_uuids(), as_dependency(flags["follow"]), targets
+            )
         if after is not None:
             metadata["after"] = after.as_dict()
         if follow is not None:
@@ -130,10 +144,12 @@ class LoadBalancedView(View):
 
     def _submit(self, packed: list[list[Any]]) -> list[str]:
         flags = self._flag_snapshot()
-        named = frozenset().union(
-            *(dep.msg_ids for dep in map(as_dependency, (self.after, self.follow)) if dep)
-        )
-        waits = direct_pending(self.client, named)
+        waits = []
+        if self.after is not None or self.follow is not None:
+            named = frozenset().union(
+                *(dep.msg_ids for dep in map(as_dependency, (self.after, self.follow)) if dep)
+            )
+            waits = direct_pending(self.client, named)
         if waits:  # held here until those direct tasks answer (see corral.client.deferred)
             return submit_when_done(
                 self.client, packed, waits, lambda: self._task_metadata(flags), self.track

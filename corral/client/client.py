@@ -49,7 +49,7 @@ from corral.client.io_shell import ClientIO
 from corral.client.link import ControllerLink, IOHandler, engine_gone
 from corral.client.queries import PURGE_TRIM_SCHEDULE, HubQueries
 from corral.client.records import Records
-from corral.client.recovery import Resender, ResendRelease
+from corral.client.recovery import Resender
 from corral.client.submitter import Target, Targets
 from corral.errors import (
     ConnectionError,
@@ -150,6 +150,11 @@ class Client(ControllerLink, ControlCalls, HubQueries):
             info = ClientConnection.read(self.connection_file)
         self._shm = SharedMemory(_shm_settings(info.shm, shm_threshold))
         self._shm_hosts: dict[str, str] = {}  # engine uuid -> host identity
+        self._shm_reader = self._shm.reader_metadata()  # in each apply request (empty: off)
+        settings = self._shm.settings
+        self._shm_threshold = settings.threshold if settings is not None else 0
+        # whether every engine of a table (the _uuids dict) shares this host: asked per task
+        self._all_share_host: tuple[dict[str, int], int, bool] | None = None
         self.timeout = timeout
         self.outage_grace = timeout if outage_grace is None else outage_grace
         self.cluster_id: str = info.cluster_id
@@ -163,9 +168,9 @@ class Client(ControllerLink, ControlCalls, HubQueries):
         # off the I/O thread: deserializing and settling results, and users' done-callbacks
         self._results_worker = Worker(f"corral-client-results-{self.session.session_id[:8]}")
         self._callbacks_worker = Worker(f"corral-client-callbacks-{self.session.session_id[:8]}")
-        self._records = Records(defer=self._results_worker.submit)
-        self._trim = heap.TrimSchedule(*PURGE_TRIM_SCHEDULE)  # after purges: queries.py
         self._resender = Resender()  # unanswered load-balanced requests, to send again
+        self._records = Records(self._results_worker.submit, self._resender.release)
+        self._trim = heap.TrimSchedule(*PURGE_TRIM_SCHEDULE)  # after purges: queries.py
         self._engines: dict[int, str] = {}
         self._uuids: dict[str, int] = {}
         self._gone: set[str] = set()
@@ -402,12 +407,14 @@ class Client(ControllerLink, ControlCalls, HubQueries):
             self._wait_for_link(time.monotonic() + self.timeout, msg_type)
         session = self.session
         refs: list[SegmentRef] = []
-        if msg_type == "apply_request" and self._shm.enabled:
-            metadata = {**(metadata or {}), **self._shm.reader_metadata()}
-            if buffers and self._engines_share_host(channel, target):
+        if msg_type == "apply_request" and self._shm_reader:
+            metadata = {**metadata, **self._shm_reader} if metadata else self._shm_reader
+            if _may_export(buffers, self._shm_threshold) and self._engines_share_host(
+                channel, target
+            ):
                 buffers, refs = self._shm.export(buffers)  # held until this request settles
                 if refs:
-                    metadata[METADATA_KEY] = encode_refs(refs)
+                    metadata = {**metadata, METADATA_KEY: encode_refs(refs)}
         msg = session.msg(msg_type, content, metadata=metadata, buffers=buffers, header=header)
         idents = (target[1].encode(),) if target is not None else ()
         frames = session.serialize(msg, idents)
@@ -417,11 +424,7 @@ class Client(ControllerLink, ControlCalls, HubQueries):
         if refs:
             self._records.futures[msg.msg_id].add_done_callback(lambda _: self._shm.release(refs))
         if channel == "task":
-            msg_id = msg.msg_id
-            self._resender.hold(msg_id, msg)
-            self._records.futures[msg_id].add_done_callback(
-                ResendRelease(self._resender, msg_id), inline=True
-            )
+            self._resender.hold(msg.msg_id, msg)  # until settled: Records calls release
         if uuid is not None and uuid not in self._uuids:
             self._records.fail(msg.msg_id, engine_gone(engine_id, uuid), at_once=True)
             return msg.msg_id
@@ -441,12 +444,18 @@ class Client(ControllerLink, ControlCalls, HubQueries):
         the target, or for a load-balanced task every registered engine."""
         if target is not None:
             return self._shm.same_host(self._shm_hosts.get(target[1]))
-        uuids = list(self._uuids)
-        return (
-            channel == "task"
-            and bool(uuids)
-            and all(self._shm.same_host(self._shm_hosts.get(uuid)) for uuid in uuids)
+        if channel != "task":
+            return False
+        uuids = self._uuids  # replaced, never changed in place, when the table changes
+        key = (uuids, len(self._shm_hosts))  # a host is learnt before its engine is added
+        cached = self._all_share_host
+        if cached is not None and cached[0] is key[0] and cached[1] == key[1]:
+            return cached[2]
+        shared = bool(uuids) and all(
+            self._shm.same_host(self._shm_hosts.get(uuid)) for uuid in uuids
         )
+        self._all_share_host = (uuids, key[1], shared)
+        return shared
 
     def fail_request(self, msg_type: str, metadata: dict[str, Any], error: BaseException) -> str:
         """Record a request that is never sent because it is known to fail (an impossible
@@ -564,6 +573,17 @@ class Client(ControllerLink, ControlCalls, HubQueries):
 
 
 _BUFFER_QUERIES = frozenset({"result_request", "db_request"})  # replies that carry buffers
+
+
+def _may_export(buffers: Sequence[Frame], threshold: int) -> bool:
+    """Whether some buffer may be large enough for shared memory: False at once for the
+    usual small call (its pickle alone, as bytes, under the threshold), which would
+    otherwise cost a memoryview per frame in ``SharedMemory.export`` per task."""
+    if not buffers:
+        return False
+    if len(buffers) == 1 and type(buffers[0]) is bytes:
+        return len(buffers[0]) >= threshold
+    return True
 
 
 def _shm_settings(section: object, threshold: int | None) -> Settings | None:

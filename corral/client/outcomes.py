@@ -16,6 +16,8 @@ import zmq
 
 from corral.errors import RemoteError, collect_exceptions
 
+_FINISHED = "FINISHED"  # concurrent.futures' state of a future with a result or an error
+
 
 class SentEvent:
     """An Event-like view of a MessageTracker (``wait``, ``is_set``): waiting for a tracked
@@ -47,6 +49,12 @@ class Failure:
 
 
 def outcome_of(child: futures.Future[Any]) -> Any:
+    """A done part's value, or its error as a :class:`Failure`. A finished future's fields
+    never change again, so they are read without taking its lock twice (``exception()`` then
+    ``result()``); a cancelled one raises CancelledError, as ``exception()`` does."""
+    if child._state == _FINISHED:
+        error = child._exception
+        return Failure(error) if error is not None else child._result
     error = child.exception()
     return Failure(error) if error is not None else child.result()
 

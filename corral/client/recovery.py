@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from corral.protocol.messages import RESENDABLE, RESENT
 from corral.protocol.session import Message
 
-__all__ = ["RECOVERY_PERIOD", "RESENDABLE", "Plan", "Recovery", "ResendRelease", "Resender"]
+__all__ = ["RECOVERY_PERIOD", "RESENDABLE", "Plan", "Recovery", "Resender"]
 
 RECOVERY_PERIOD = 1.0  # seconds between questions to the Hub after an outage
 UNKNOWN_CHECKS = 3  # answers without a record before a request counts as lost
@@ -72,20 +72,6 @@ class Recovery:
 
 
 RESEND_LIMIT = 3  # times one load-balanced request is sent again after restarts lost it
-
-
-class ResendRelease:
-    """The done-callback that lets a :class:`Resender` forget an answered request: one slotted
-    object per load-balanced task, where a closure cost four to the collector."""
-
-    __slots__ = ("msg_id", "resender")
-
-    def __init__(self, resender: Resender, msg_id: str) -> None:
-        self.resender = resender
-        self.msg_id = msg_id
-
-    def __call__(self, _: object) -> None:
-        self.resender.release(self.msg_id)
 
 
 @dataclass

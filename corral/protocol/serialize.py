@@ -41,14 +41,18 @@ import pickle
 import re
 import sys
 import threading
+import weakref
 import zlib
 from collections.abc import Callable, Sequence
+from types import FunctionType
 from typing import TYPE_CHECKING, Any, Final
 
 import cloudpickle  # type: ignore[import-untyped]
 import zmq
 
 from corral.errors import ImportNeeded, SerializationError
+from corral.protocol import functioncache
+from corral.protocol.functioncache import CallEntry
 from corral.protocol.references import Reference
 from corral.protocol.session import frame_view
 
@@ -68,7 +72,10 @@ _MAGIC: Final = b"CRL"
 _HEADER: Final = _MAGIC + bytes([FORMAT_VERSION])
 _CRC_SIZE: Final = 4
 _PICKLE_START: Final = len(_HEADER) + _CRC_SIZE
+_PICKLE_PREFIX: Final = b"\x80\x05\x95"  # PROTO 5, FRAME (its 8-byte length follows)
 _PROTOCOL: Final = 5
+_CALL_TAIL: Final = b"\x87\x94."  # TUPLE3 MEMOIZE STOP: closes the pickle of (f, args, kwargs)
+_CALLS_KEPT: Final = 32  # functions per thread whose pickle is kept for reuse
 
 FrameLike = bytes | bytearray | memoryview | zmq.Frame
 
@@ -169,6 +176,9 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
         self._memoryviews: dict[int, tuple[pickle.PickleBuffer, memoryview]] = {}
         self._ndarray: type | None = None
         self.busy = False
+        self._calls: dict[int, CallEntry] = {}  # by id(function): see dump_call_frames
+        self.kept = 0  # function pickles kept (for tests)
+        self.reused = 0  # call pickles made from a kept function pickle (for tests)
 
     def dump_frames(self, obj: object, buffer_threshold: int) -> list[bytes | memoryview]:
         """``obj`` as frame 0 (marker, version, CRC, pickle) and its out-of-band buffers."""
@@ -184,13 +194,126 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
                 whole[:_PICKLE_START] = _HEADER + crc.to_bytes(_CRC_SIZE, "little")
             return [stream.getvalue(), *self._buffers]
         finally:
-            self.clear_memo()
-            self.globals_ref.clear()
-            self._buffers = []
-            self._memoryviews.clear()
-            stream.seek(0)
-            stream.truncate()  # also gives back the memory of a large pickle
-            self.busy = False
+            self._reset()  # truncating also gives back the memory of a large pickle
+
+    def dump_call_frames(
+        self, f: Callable[..., Any], args: object, kwargs: object, buffer_threshold: int
+    ) -> list[bytes | memoryview]:
+        """The frames of :meth:`dump_frames` for ``(f, args, kwargs)``, reusing the pickle of
+        ``f`` when :mod:`corral.protocol.functioncache` says it cannot have changed: the same
+        bytes, without cloudpickle writing the function again.
+
+        A by-value function is noted (weakly) at its first call and fingerprinted at its
+        second; once two calls in a row find the same fingerprint of deeply immutable
+        objects, its pickle is kept. So a lambda made for one call costs a dict entry; a
+        function reading mutable objects, or whose globals change at every call, never costs
+        a pickle more, and is looked at ever more rarely (see ``CallEntry.skip``)."""
+        if type(f) is not FunctionType:
+            return self.dump_frames((f, args, kwargs), buffer_threshold)
+        calls = self._calls
+        entry = calls.get(id(f))
+        if entry is None or entry.function() is not f:  # new (or a dead one's id)
+            if functioncache.by_value(f):
+                self._keep(CallEntry(weakref.ref(f)))
+            return self.dump_frames((f, args, kwargs), buffer_threshold)
+        if entry.skip:
+            entry.skip -= 1
+            return self.dump_frames((f, args, kwargs), buffer_threshold)
+        if not functioncache.small_arguments(args, kwargs):
+            return self.dump_frames((f, args, kwargs), buffer_threshold)
+        print_ = functioncache.fingerprint(f)
+        if print_ is None:
+            del calls[id(f)]
+            return self.dump_frames((f, args, kwargs), buffer_threshold)
+        if entry.fingerprint is None or not functioncache.same(entry.fingerprint, print_):
+            # first look, or it changed: a candidate if reusable, else looked at less often;
+            # a candidate that changed before it was kept counts as a miss, a kept one not
+            if functioncache.reusable(print_):
+                churned = entry.fingerprint is not None and entry.ops is None
+                misses = entry.misses + 1 if churned else 0
+                self._keep(CallEntry(entry.function, print_, misses=misses))
+            else:
+                self._keep(CallEntry(entry.function, misses=entry.misses + 1))
+            return self.dump_frames((f, args, kwargs), buffer_threshold)
+        if entry.ops is None and not self._remember(f, entry):
+            self._keep(CallEntry(entry.function, misses=entry.misses + 1))
+            return self.dump_frames((f, args, kwargs), buffer_threshold)
+        frames = self._dump_after(entry, args, kwargs, buffer_threshold)
+        if frames is None:
+            return self.dump_frames((f, args, kwargs), buffer_threshold)
+        self.reused += 1
+        return frames
+
+    def _keep(self, entry: CallEntry) -> None:
+        function = entry.function()
+        if function is None:
+            return
+        calls = self._calls
+        key = id(function)
+        if key not in calls and len(calls) >= _CALLS_KEPT:
+            del calls[next(iter(calls))]  # the oldest noted
+        calls[key] = entry
+
+    def _remember(self, f: FunctionType, entry: CallEntry) -> bool:
+        """Keep the pickle of ``f`` in ``entry`` (a candidate whose fingerprint the call
+        found again): its opcodes and the memo after them. False if it is not one frame
+        without out-of-band buffers (then it is not reusable)."""
+        self.busy = True
+        stream = self._stream
+        try:
+            self._buffer_threshold = 0  # any out-of-band buffer: not reusable
+            self._ndarray = getattr(sys.modules.get("numpy"), "ndarray", None)
+            self.dump(f)
+            body = functioncache.frame_body(memoryview(stream.getvalue()))
+            if body is None or self._buffers:
+                return False
+            entry.ops = bytes(body)
+            entry.memo = self.memo.copy()
+            self.kept += 1
+            return True
+        finally:
+            self._reset()
+
+    def _dump_after(
+        self, entry: CallEntry, args: object, kwargs: object, buffer_threshold: int
+    ) -> list[bytes | memoryview] | None:
+        """The call pickle from ``entry``'s opcodes, then ``args`` and ``kwargs`` pickled with
+        the memo the function left, so that they refer to its objects as
+        in one pickle; None when the whole would not fit one frame (then pickle it afresh)."""
+        assert entry.ops is not None and entry.memo is not None
+        stream = self._stream
+        self._buffer_threshold = buffer_threshold
+        self._ndarray = getattr(sys.modules.get("numpy"), "ndarray", None)
+        self.busy = True
+        try:
+            self.memo = entry.memo
+            self.dump(args)
+            middle = stream.tell()
+            self.dump(kwargs)
+            whole = memoryview(stream.getvalue())  # a copy: the stream is truncated after
+            first = functioncache.frame_body(whole[:middle])
+            second = functioncache.frame_body(whole[middle:])
+            if first is None or second is None:
+                return None
+            size = len(entry.ops) + len(first) + len(second) + len(_CALL_TAIL)
+            if size >= functioncache.FRAME_LIMIT:
+                return None
+            length = size.to_bytes(8, "little")
+            pickled = b"".join((_PICKLE_PREFIX, length, entry.ops, first, second, _CALL_TAIL))
+            crc = zlib.crc32(pickled)
+            return [_HEADER + crc.to_bytes(_CRC_SIZE, "little") + pickled, *self._buffers]
+        finally:
+            self._reset()
+
+    def _reset(self) -> None:
+        """Forget everything of the last dump (memo, globals_ref, buffers, output)."""
+        self.clear_memo()
+        self.globals_ref.clear()
+        self._buffers = []
+        self._memoryviews.clear()
+        self._stream.seek(0)
+        self._stream.truncate()
+        self.busy = False
 
     def _take_buffer(self, buffer: pickle.PickleBuffer) -> bool:
         """pickle's buffer_callback: True keeps the buffer in the pickle."""
@@ -317,9 +440,12 @@ def _load(frames: Sequence[FrameLike], loaded_only: bool = False) -> object:
             ) from exc
     if len(frames) == 0:
         raise SerializationError("no frames to deserialize")
-    views = [_as_view(frame, index) for index, frame in enumerate(frames)]
+    if len(frames) == 1:  # a small result: no out-of-band buffers
+        views = [_as_view(frames[0], 0)]
+    else:
+        views = [_as_view(frame, index) for index, frame in enumerate(frames)]
     head = views[0]
-    if len(head) < len(_HEADER) or bytes(head[: len(_MAGIC)]) != _MAGIC:
+    if len(head) < len(_HEADER) or head[: len(_MAGIC)].tobytes() != _MAGIC:
         raise SerializationError("first frame does not start with corral's serialization marker")
     if head[len(_MAGIC)] != FORMAT_VERSION:
         raise SerializationError(
@@ -343,11 +469,12 @@ def _load(frames: Sequence[FrameLike], loaded_only: bool = False) -> object:
         raise
     except Exception as exc:
         raise SerializationError(f"cannot deserialize: {type(exc).__name__}: {exc}") from exc
-    unused = sum(1 for _ in buffers)
-    if unused:
-        raise SerializationError(
-            f"{unused} of {len(views) - 1} buffer frames were not used by the pickle"
-        )
+    if len(views) > 1:
+        unused = sum(1 for _ in buffers)
+        if unused:
+            raise SerializationError(
+                f"{unused} of {len(views) - 1} buffer frames were not used by the pickle"
+            )
     return obj
 
 
@@ -405,7 +532,14 @@ def pack_apply_message(
         key: _wrap_large_bytes(value, buffer_threshold, wrapped) for key, value in kwargs.items()
     }
     name = getattr(f, "__qualname__", None) or type(f).__name__
-    return _dump((f, args, kwargs), buffer_threshold, f"the call {name}(...)")
+    try:
+        return _thread_pickler().dump_call_frames(f, args, kwargs, buffer_threshold)
+    except SerializationError:
+        raise
+    except Exception as exc:
+        raise SerializationError(
+            f"cannot serialize the call {name}(...): {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def unpack_apply_message(

@@ -17,6 +17,7 @@ from corral.client.asyncresult import AsyncMapResult, AsyncResult
 from corral.client.completion import Worker
 from corral.client.records import Records
 from corral.client.requestfuture import (
+    FUTURE_FIELDS,
     INLINE_LIMIT,
     LightCondition,
     RequestFuture,
@@ -210,3 +211,57 @@ def test_settles_inline_counts_every_kind_of_frame() -> None:
 
 def _thread() -> str:
     return threading.current_thread().name
+
+
+def test_light_futures_are_initialised_as_future_init_does() -> None:
+    """RequestFuture and AsyncResult skip ``Future.__init__`` (see ``lighten``): the fields it
+    sets must be exactly those, with the same initial values, on this Python."""
+    reference = concurrent.futures.Future()
+    assert tuple(vars(reference)) == FUTURE_FIELDS
+    light = RequestFuture(lambda call: call())
+    for name in FUTURE_FIELDS[1:]:
+        assert getattr(light, name) == getattr(reference, name), name
+    assert isinstance(light._condition, LightCondition)
+    result = AsyncResult(Records(), [])  # no parts: done at once
+    assert result.done() and result.get() == []
+    light.set_result(3)
+    assert light.result(0) == 3 and light.done()
+
+
+def test_on_settled_hears_each_request_once_whatever_settles_it(worker: Worker) -> None:
+    """The client's Resender drops its copy of a load-balanced request from this hook: a
+    reply (inline or on the worker), an error and a late reply are each told exactly once."""
+    told: list[str] = []
+    defer = Deferrals(worker)
+    records = Records(defer, told.append)
+    small, large, failed = request(records), request(records), request(records)
+    records.handle_reply(reply(small, serialize_object(1)))
+    records.handle_reply(reply(large, serialize_object(b"x" * (INLINE_LIMIT + 1))))
+    records.fail(failed.msg_id, RuntimeError("engine gone"))
+    assert not records.handle_reply(reply(small, serialize_object(2)))  # late: ignored
+    defer.drain()
+    assert sorted(told) == sorted([small.msg_id, large.msg_id, failed.msg_id])
+
+
+def test_a_light_condition_makes_its_waiters_queue_when_first_waited_on() -> None:
+    condition = LightCondition()
+    with condition:
+        condition.notify_all()  # nothing waits: nothing to wake, nothing made
+        assert condition._waiters == ()
+    woken = threading.Event()
+
+    def waiter() -> None:
+        with condition:
+            condition.wait_for(woken.is_set, PROMPT)
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    deadline = PROMPT
+    while not condition._waiters and deadline > 0:  # until the waiter waits (bounded)
+        threading.Event().wait(0.01)
+        deadline -= 0.01
+    with condition:
+        woken.set()
+        condition.notify_all()
+    thread.join(PROMPT)
+    assert not thread.is_alive()

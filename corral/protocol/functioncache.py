@@ -1,0 +1,260 @@
+"""When the pickle of a function may be reused for the next call of it, byte for byte.
+
+An apply request is one pickle of ``(f, args, kwargs)`` (:mod:`corral.protocol.serialize`).
+For a function defined in ``__main__`` (a script, a notebook) or inside another function,
+cloudpickle writes the function by value: its code, the globals it reads, its closure, its
+defaults and attributes. That is about three quarters of the CPU of packing a no-op call, and
+it is the same work for every call of the same function, as long as nothing it reads changed.
+
+This module decides when nothing can have changed. :func:`fingerprint` lists, by identity,
+every object cloudpickle reads to write the function: the function and its code, the values of
+the globals its code names (or their absence), the module attributes cloudpickle stores with
+them, the closure cells' contents, name, qualified name, module, docstring, defaults, keyword
+defaults, annotations and attribute dict (their keys and values). A pickle made once is reused
+only while every one of those objects is the same object as then *and* was, then, deeply
+immutable (:func:`reusable`: ``None``, ``bool``, ``int``, ``float``, ``str``, ``bytes`` of
+exactly those types, tuples and frozensets of them, and code whose constants are such). The
+pickler writes all of those natively, never through ``copyreg``, so the same objects give the
+same bytes. A function that reads anything else (a list, a dict, a class, a module, another
+function) is pickled afresh on every call, as before.
+
+Sharing between the function and the arguments is kept: the reused part comes with the
+pickler's memo as it stood after the function (:mod:`corral.protocol.serialize` seeds the
+pickler with it before writing the arguments), so an argument that is an object of the
+function's pickle is written as a reference to it, exactly as in one pickle. The result is the
+very bytes a fresh pickle would be (tests/protocol/test_functioncache.py compares them); when
+it would not be (a pickle over one 64 KiB frame, where the pickler splits frames at its own
+places) the call is pickled afresh. The kept pickle is used only for calls whose arguments
+are small (:func:`small_arguments`): for the others the arguments cost more than the
+function, and must never be pickled twice.
+"""
+
+from __future__ import annotations
+
+import operator
+import weakref
+from types import CodeType, FunctionType
+from typing import Any, Final
+
+__all__ = [
+    "FRAME_LIMIT",
+    "small_arguments",
+    "CallEntry",
+    "by_value",
+    "fingerprint",
+    "frame_body",
+    "reusable",
+    "same",
+]
+
+FRAME_LIMIT: Final = 64 * 1024  # the C pickler's frame size target: one frame below it
+_PROTO: Final = b"\x80\x05"
+_FRAME: Final = 0x95
+_FRAME_HEADER: Final = 9  # FRAME opcode + 8-byte little-endian length
+_STOP: Final = ord(".")
+
+_ABSENT: Final = object()  # a global the function's code names but its globals lack
+_EMPTY_CELL: Final = object()  # a closure cell without a value yet
+_END: Final = object()  # closes a variable-length section of a fingerprint
+_NO_MAPPING: Final = object()  # a mapping attribute that is None
+_MARKERS: Final = (_ABSENT, _EMPTY_CELL, _END, _NO_MAPPING)
+_STRUCTURE: Final = (0, 1, 2, 8)  # the function, its code, its globals, its closure's cells
+_ATOMS: Final = frozenset({type(None), bool, int, float, str, bytes})
+_MODULE_KEYS: Final = ("__package__", "__name__", "__path__", "__file__")  # cloudpickle's
+_MAX_DEPTH: Final = 32
+_MAX_SKIP: Final = 64  # calls pickled without a look after many changes in a row
+
+
+class CallEntry:
+    """What one thread's pickler knows of a by-value function it pickled (its ``function``,
+    weakly: a function called once is not kept alive by being noted).
+
+    - noted: no ``fingerprint`` yet (or none worth keeping: the function read something
+      not deeply immutable, and ``skip`` calls are pickled afresh before it looks again);
+    - candidate: a ``fingerprint`` of deeply immutable objects, no ``ops`` yet: kept if the
+      next call finds the same;
+    - kept: ``ops`` and the pickler ``memo`` after them (cloudpickle's ``globals_ref`` plays
+      no part: the arguments of a reused call hold no function, see :func:`small_arguments`).
+
+    Only fingerprints of :func:`reusable` functions are held, and holding one keeps its
+    objects alive, so no identity in it can be taken by a new object. ``misses``: looks in a
+    row that found the function changed or not reusable; the next ``min(2**misses, 64)``
+    calls are pickled afresh without a look.
+    """
+
+    __slots__ = ("fingerprint", "function", "memo", "misses", "ops", "skip")
+
+    def __init__(
+        self,
+        function: weakref.ref[FunctionType],
+        fingerprint: tuple[object, ...] | None = None,
+        *,
+        misses: int = 0,
+    ) -> None:
+        self.function = function
+        self.fingerprint = fingerprint
+        self.ops: bytes | None = None
+        self.memo: dict[int, tuple[int, object]] | None = None
+        self.misses = misses
+        self.skip = min(2**misses, _MAX_SKIP) if misses else 0
+
+
+def by_value(f: FunctionType) -> bool:
+    """Whether cloudpickle writes ``f`` by value whatever modules are imported: defined in
+    ``__main__``, or inside another function (``<locals>`` in its qualified name, which no
+    module attribute lookup resolves)."""
+    module = f.__module__
+    if type(module) is str and module == "__main__":
+        return True
+    return "<locals>" in f.__qualname__.split(".")
+
+
+def _names(code: CodeType) -> tuple[str, ...]:
+    """Every name ``code`` and the code nested in it may read as a global (a superset of
+    cloudpickle's: attribute names are among ``co_names`` too)."""
+    found: dict[str, None] = dict.fromkeys(code.co_names)
+    for constant in code.co_consts:
+        if isinstance(constant, CodeType):
+            found.update(dict.fromkeys(_names(constant)))
+    return tuple(found)
+
+
+_NAMES: dict[CodeType, tuple[str, ...]] = {}
+_NAMES_LIMIT: Final = 256
+
+
+def _global_names(code: CodeType) -> tuple[str, ...]:
+    names = _NAMES.get(code)
+    if names is None:
+        if len(_NAMES) >= _NAMES_LIMIT:
+            _NAMES.clear()
+        names = _NAMES[code] = _names(code)
+    return names
+
+
+def fingerprint(f: Any) -> tuple[object, ...] | None:
+    """Every object cloudpickle reads to write ``f`` (see the module doc), in a fixed order;
+    None if ``f`` is not a plain function written by value."""
+    if type(f) is not FunctionType or not by_value(f):
+        return None
+    code = f.__code__
+    namespace = f.__globals__
+    parts: list[object] = [f, code, namespace, f.__name__, f.__qualname__, f.__module__]
+    parts += (f.__doc__, f.__defaults__, f.__closure__)
+    parts += [namespace.get(name, _ABSENT) for name in _global_names(code)]
+    parts.append(_END)
+    parts += [namespace.get(key, _ABSENT) for key in _MODULE_KEYS]
+    for cell in f.__closure__ or ():
+        try:
+            parts.append(cell.cell_contents)
+        except ValueError:
+            parts.append(_EMPTY_CELL)
+    parts.append(_END)
+    for mapping in (f.__kwdefaults__, f.__annotations__, f.__dict__):
+        if mapping is None:
+            parts.append(_NO_MAPPING)
+            continue
+        parts += mapping.keys()
+        parts.append(_END)
+        parts += mapping.values()
+        parts.append(_END)
+    return tuple(parts)
+
+
+def same(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
+    """Whether two fingerprints hold the same objects (identity: ``1``, ``1.0`` and ``True``
+    are equal, but pickle differently)."""
+    return len(a) == len(b) and all(map(operator.is_, a, b))
+
+
+def _frozen(value: object, depth: int = 0) -> bool:
+    kind = type(value)
+    if kind in _ATOMS:
+        return True
+    if (kind is tuple or kind is frozenset) and depth < _MAX_DEPTH:
+        return all(_frozen(item, depth + 1) for item in value)  # type: ignore[attr-defined]
+    return False
+
+
+def _code_frozen(code: CodeType, depth: int = 0) -> bool:
+    if depth >= _MAX_DEPTH:
+        return False
+    for constant in code.co_consts:
+        if isinstance(constant, CodeType):
+            if type(constant) is not CodeType or not _code_frozen(constant, depth + 1):
+                return False
+        elif not _frozen(constant):
+            return False
+    return True
+
+
+def reusable(print_: tuple[object, ...]) -> bool:
+    """Whether the function of fingerprint ``print_`` reads only deeply immutable objects of
+    natively pickled types, so that the same objects always pickle to the same bytes."""
+    code, namespace, closure = print_[1], print_[2], print_[8]
+    if type(code) is not CodeType or not _code_frozen(code):
+        return False
+    if type(namespace) is not dict or (closure is not None and type(closure) is not tuple):
+        return False
+    return all(
+        _frozen(part) or any(part is marker for marker in _MARKERS)
+        for index, part in enumerate(print_)
+        if index not in _STRUCTURE
+    )
+
+
+_ARGUMENT_BUDGET: Final = 16 * 1024  # bytes, a bound on the arguments' pickle (see below)
+_ATOM_SIZE: Final = 16  # at most what pickle writes for a number, None or a bool, with opcode
+_MAX_LOOKS: Final = 32  # objects small_arguments looks at before it gives up
+
+
+def small_arguments(args: Any, kwargs: Any) -> bool:
+    """Whether ``args`` and ``kwargs`` surely pickle to well under one 64 KiB frame, judged
+    in at most 32 looks: numbers, strings and bytes (counted at four bytes a character) and
+    containers of those, within a budget of 16 KiB. The kept pickle is used only for such
+    calls; for others the arguments cost more than the function anyway, and pickling them
+    afresh never pickles them twice (when the whole would not fit one frame). Looking costs
+    far more per object than the C pickler does, so it stops early."""
+    if type(args) is not tuple or type(kwargs) is not dict:
+        return False
+    left = _ARGUMENT_BUDGET
+    looks = _MAX_LOOKS
+    pending: list[Any] = [args, *kwargs.values()]
+    while pending:
+        value = pending.pop()
+        looks -= 1
+        kind = type(value)
+        if kind is str:
+            left -= 4 * len(value) + _ATOM_SIZE
+        elif kind is bytes:
+            left -= len(value) + _ATOM_SIZE
+        elif kind in _ATOMS:
+            left -= _ATOM_SIZE
+        elif kind is tuple or kind is list or kind is frozenset or kind is set or kind is dict:
+            left -= _ATOM_SIZE
+            if len(pending) + len(value) * (2 if kind is dict else 1) > looks:
+                return False
+            pending.extend(value)
+            if kind is dict:
+                pending.extend(value.values())
+        else:
+            return False  # anything else is not counted
+        if left < 0 or looks < 0:
+            return False
+    return True
+
+
+def frame_body(output: memoryview) -> memoryview | None:
+    """The opcodes of one complete pickle the C pickler wrote at protocol 5 (``PROTO 5``, one
+    frame or a tiny unframed tail, ``STOP``), without ``PROTO``, framing and ``STOP``; None if
+    it is not that shape (several frames: large data)."""
+    if len(output) < 3 or output[0] != _PROTO[0] or output[1] != _PROTO[1] or output[-1] != _STOP:
+        return None
+    if output[2] != _FRAME:
+        return output[2:-1] if len(output) < 2 + 4 else None  # frames under 4 bytes: unframed
+    if len(output) < 2 + _FRAME_HEADER + 1:
+        return None
+    length = int.from_bytes(output[3 : 3 + 8], "little")
+    if length != len(output) - 2 - _FRAME_HEADER:
+        return None
+    return output[2 + _FRAME_HEADER : -1]
