@@ -1,15 +1,24 @@
-"""Wait until an engine's queue sockets are connected before its heart starts beating.
+"""Whether an engine's queue sockets are connected to the controller, and waiting until they are.
 
-The Hub announces an engine on its first pong, and from then on clients and the task scheduler
-send it requests through the controller's engine-facing ROUTERs. A ROUTER silently drops a
-message for an identity that has not connected yet, so a request sent in that window was lost
-(seen on a loaded machine: the first direct request after ``wait_for_engines`` never answered).
-``connect`` only starts a connection in zmq's I/O thread, so connecting the queues before the
-heart does not order the handshakes. This watch does: it listens to each queue socket's monitor
-for ``HANDSHAKE_SUCCEEDED`` (the ZMTP greeting and, with Curve, the key exchange done, so the
-peer ROUTER knows the identity) and calls ``ready`` once every one has reported, or after
-``patience`` seconds with a warning (a controller that does not answer would not answer the
-heart either; the engine's link core then handles the loss as before).
+The Hub announces an engine once it registered and beats, and from then on clients and the task
+scheduler send it requests through the controller's engine-facing ROUTERs. A ROUTER silently
+drops a message for an identity that has not connected yet, so a request sent in that window
+was lost and its caller waited for ever. Two moments open that window:
+
+- at start: ``connect`` only starts a connection in zmq's I/O thread, so connecting the queues
+  before the heart does not order the handshakes (seen on a loaded machine: the first direct
+  request after ``wait_for_engines`` never answered). The heart starts once the queues are up.
+- after a controller restart: every socket reconnects on its own schedule, and the registration
+  socket could be back (the engine registers again, the Hub announces it) before the MUX's
+  DEALER (seen in CI: the first direct request after the restart never answered). The engine
+  registers again only once its queues are up again.
+
+:class:`QueueLinks` listens to each queue socket's monitor for ``HANDSHAKE_SUCCEEDED`` (the
+ZMTP greeting and, with Curve, the key exchange done, so the peer ROUTER knows the identity)
+and ``DISCONNECTED``, for the engine's whole life. :meth:`QueueLinks.when_connected` runs a
+callback once every queue is connected, at once if they are; or after ``patience`` seconds with
+a warning (a controller that does not answer would not answer the heart or the registration
+either; the engine's link core then handles the loss as before).
 """
 
 from __future__ import annotations
@@ -26,71 +35,95 @@ from corral.loop import Loop, Timer
 
 log = logging.getLogger(__name__)
 
-WATCHED_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED
+WATCHED_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 DEFAULT_PATIENCE = 10.0  # seconds: longer than any handshake on a working network
 
 
-class HandshakeWatch:
-    """Call ``ready()`` once, when every socket given has completed a handshake.
+class QueueLinks:
+    """The connection state of some sockets (one peer each), from their monitors.
 
     Create it *before* connecting the sockets: a monitor only reports the events that happen
     after it is attached, and a handshake on loopback can finish at once. Owned by ``loop``'s
-    thread (the sockets' owner); :meth:`close` releases the monitors (also done on ready).
+    thread (the sockets' owner); :meth:`close` releases the monitors and drops the waiters.
     """
 
     def __init__(
         self,
         loop: Loop,
         sockets: Iterable[zmq.Socket[Any]],
-        ready: Callable[[], None],
         patience: float = DEFAULT_PATIENCE,
     ) -> None:
         self.loop = loop
-        self._ready = ready
+        self.patience = patience
         self._monitors: dict[zmq.Socket[Any], zmq.Socket[Any]] = {}
-        self._waiting: set[zmq.Socket[Any]] = set()
+        self._down: set[zmq.Socket[Any]] = set()
+        self._waiting: list[tuple[Callable[[], None], Timer]] = []
         for sock in sockets:
             monitor = sock.get_monitor_socket(WATCHED_EVENTS)
             self._monitors[sock] = monitor
-            self._waiting.add(sock)
+            self._down.add(sock)
             loop.add_reader(monitor, functools.partial(self._on_events, sock))
-        self._timer: Timer | None = loop.call_later(patience, self._give_up, patience)
-        self.done = False
+
+    @property
+    def connected(self) -> bool:
+        """Every socket is connected, as far as the events read so far say."""
+        return not self._down
+
+    def when_connected(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once every socket is connected: now if they are (after reading the
+        events not read yet), else when the last one connects, or after ``patience`` seconds
+        with a warning. Callbacks run in the order given."""
+        for sock in list(self._monitors):
+            self._read(sock)
+        if not self._down and not self._waiting:
+            callback()
+            return
+        timer = self.loop.call_later(self.patience, self._give_up, callback)
+        self._waiting.append((callback, timer))
+        self._release()
 
     def _on_events(self, sock: zmq.Socket[Any]) -> None:
+        self._read(sock)
+        self._release()
+
+    def _read(self, sock: zmq.Socket[Any]) -> None:
         monitor = self._monitors.get(sock)
         if monitor is None:
             return
         while monitor.poll(0):
             event = parse_monitor_message(monitor.recv_multipart())
             if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self._waiting.discard(sock)
-        if not self._waiting:
-            self._finish()
+                self._down.discard(sock)
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
+                self._down.add(sock)
 
-    def _give_up(self, patience: float) -> None:
-        self._timer = None
-        if not self.done:
-            log.warning(
-                "%d queue connection(s) to the controller not established after %g s; "
-                "starting the heartbeat anyway",
-                len(self._waiting),
-                patience,
-            )
-            self._finish()
-
-    def _finish(self) -> None:
-        if self.done:
+    def _release(self) -> None:
+        """Every socket is up: run what waited for that."""
+        if self._down:
             return
-        self.done = True
-        self.close()
-        self._ready()
+        waiting, self._waiting = self._waiting, []
+        for callback, timer in waiting:
+            timer.cancel()
+            callback()
+
+    def _give_up(self, callback: Callable[[], None]) -> None:
+        entry = next((e for e in self._waiting if e[0] is callback), None)
+        if entry is None:
+            return
+        self._waiting.remove(entry)
+        log.warning(
+            "%d queue connection(s) to the controller not established after %g s; "
+            "going on without them",
+            len(self._down),
+            self.patience,
+        )
+        callback()
 
     def close(self) -> None:
-        """Stop watching: the monitors are detached and closed, the timer cancelled."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        """Stop watching: the monitors are detached and closed, waiting callbacks dropped."""
+        for _, timer in self._waiting:
+            timer.cancel()
+        self._waiting = []
         for sock, monitor in self._monitors.items():
             self.loop.remove(monitor)
             try:

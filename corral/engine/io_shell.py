@@ -50,7 +50,7 @@ from corral.security import make_client
 from corral.sharedmem import SharedMemory
 from corral.sockets import send_frames
 
-from .handshake import HandshakeWatch
+from .handshake import QueueLinks
 from .heart import Heart
 from .interrupts import InterruptGate
 from .link import Action, EngineLink, Exit, Fail, LinkSettings, Registered, Resend, SendRegistration
@@ -144,7 +144,8 @@ class IOShell:
         self._sockets: dict[bytes, zmq.Socket[Any]] = {}
         self._outboxes: dict[bytes, Outbox] = {}
         self._heart: Heart | None = None
-        self._handshakes: HandshakeWatch | None = None
+        self._queue_links: QueueLinks | None = None
+        self._registration_waits: SendRegistration | None = None  # for the queues to connect
         self._link_timer: Timer | None = None
         self._sigint_timer: Timer | None = None
         self._limit_timer: Timer | None = None
@@ -226,12 +227,13 @@ class IOShell:
     def _connect(self, addresses: dict[str, str]) -> None:
         """Queues and iopub first, the heart once the queues' handshakes are done: the Hub
         announces the engine on its first pong, and by then requests sent to it must find its
-        queue sockets connected (:mod:`.handshake`). The sockets are served in this order:
-        control, registration, pings, mux, task."""
+        queue sockets connected (:mod:`.handshake`; a registration after a controller restart
+        waits for them the same way). The sockets are served in this order: control,
+        registration, pings, mux, task."""
         queues = [self._dealer(name) for name in (b"mux", b"control", b"task")]
-        self._handshakes = HandshakeWatch(
-            self.loop, queues, lambda: self._start_heart(addresses)
-        )  # before connecting: a handshake on loopback can end at once
+        # watched before connecting: a handshake on loopback can end at once
+        self._queue_links = QueueLinks(self.loop, queues)
+        self._queue_links.when_connected(lambda: self._start_heart(addresses))
         for name, sock in zip((b"mux", b"control", b"task"), queues, strict=True):
             sock.connect(addresses[name.decode()])
         iopub = self.context.socket(zmq.PUB)
@@ -271,9 +273,13 @@ class IOShell:
         """Carry out what the link core decided, then wake it when it next has to decide."""
         for action in actions:
             if isinstance(action, SendRegistration):
-                header = {**self.session.header("registration_request"), "msg_id": action.msg_id}
-                msg = Message(header, {}, {}, action.content)
-                send_frames(self._sockets[b"registration"], self.session.serialize(msg))
+                if self._queue_links is None:  # the first: no queue socket exists yet
+                    self._send_registration(action)
+                else:  # again (a restarted controller): announced only once reachable
+                    waiting = self._registration_waits is not None
+                    self._registration_waits = action  # the newest attempt names most
+                    if not waiting:
+                        self._queue_links.when_connected(self._send_waiting_registration)
             elif isinstance(action, Registered):
                 self.identity.id = action.engine_id
                 self.shm.configure(action.shm)
@@ -295,6 +301,18 @@ class IOShell:
             self._link_timer.cancel()
         due = self.link.next_deadline()
         self._link_timer = None if due is None else self.loop.call_at(due, self._link_tick)
+
+    def _send_waiting_registration(self) -> None:
+        action, self._registration_waits = self._registration_waits, None
+        if action is not None:
+            self._send_registration(action)
+
+    def _send_registration(self, action: SendRegistration) -> None:
+        if self._exit is not None:
+            return
+        header = {**self.session.header("registration_request"), "msg_id": action.msg_id}
+        msg = Message(header, {}, {}, action.content)
+        send_frames(self._sockets[b"registration"], self.session.serialize(msg))
 
     def _link_tick(self) -> None:
         self._link_timer = None
@@ -620,8 +638,8 @@ class IOShell:
         for outbox in self._outboxes.values():
             for error, _ in outbox.flush():
                 self.log.error("replies not sent at exit: %s", error)
-        if self._handshakes is not None:
-            self._handshakes.close()
+        if self._queue_links is not None:
+            self._queue_links.close()
         if self._heart is not None:
             self._heart.stop(timeout=LINGER_MS / 1000)
         for sock in self._sockets.values():

@@ -1,5 +1,6 @@
-"""The engine starts beating only once its queue sockets are connected (corral.engine.handshake):
-real sockets on loopback, a real loop thread."""
+"""The engine starts beating, and registers again after a controller restart, only once its
+queue sockets are connected (corral.engine.handshake): real sockets on loopback, a real loop
+thread."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 import zmq
 
-from corral.engine.handshake import HandshakeWatch
+from corral.engine.handshake import QueueLinks
 from corral.loop import Loop, LoopThread
 
 WAIT = 10.0  # every wait bounded
@@ -31,14 +32,15 @@ def watched_dealers(
     ready = threading.Event()
     ctx: zmq.Context[Any] = zmq.Context()
     sockets: list[zmq.Socket[Any]] = []
-    watch: list[HandshakeWatch] = []
+    watch: list[QueueLinks] = []
 
     def setup(loop: Loop) -> None:
         for identity in identities:
             sock = ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.IDENTITY, identity)
             sockets.append(sock)
-        watch.append(HandshakeWatch(loop, sockets, ready.set, patience))
+        watch.append(QueueLinks(loop, sockets, patience))
+        watch[0].when_connected(ready.set)
         for sock in sockets:
             sock.connect(f"tcp://127.0.0.1:{port}")
 
@@ -98,3 +100,69 @@ def test_a_handshake_done_before_the_loop_turns_is_not_missed() -> None:
         for _ in range(20):  # loopback handshakes end at once: the watch is attached first
             with watched_dealers([b"quick"], port) as (ready, _):
                 assert ready.wait(WAIT)
+
+
+def _routable(router: zmq.Socket[Any], identity: bytes) -> bool:
+    """A ROUTER_MANDATORY send to ``identity`` goes through (the router's side attaches a new
+    pipe in its next call: a few tries)."""
+    pause = threading.Event()
+    for _ in range(100):
+        try:
+            router.send_multipart([identity, b"request"])
+            return True
+        except zmq.ZMQError as err:
+            assert err.errno == zmq.EHOSTUNREACH
+            pause.wait(0.001)
+    return False
+
+
+def test_after_the_peer_restarts_a_wait_ends_only_once_reconnected() -> None:
+    """A controller restart: the ROUTER goes, the DEALER notices; a callback asked for then
+    (the engine's registration again) runs only once the new ROUTER can route to it."""
+    port = free_port()
+    ctx: zmq.Context[Any] = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.IDENTITY, b"engine-mux")
+    dealer.setsockopt(zmq.RECONNECT_IVL, 50)
+    links: list[QueueLinks] = []
+    first, again = threading.Event(), threading.Event()
+    routed_when_called: list[bool] = []
+
+    def setup(loop: Loop) -> None:
+        links.append(QueueLinks(loop, [dealer]))
+        links[0].when_connected(first.set)
+        dealer.connect(f"tcp://127.0.0.1:{port}")
+
+    def teardown() -> None:
+        links[0].close()
+        dealer.close(linger=0)
+
+    thread = LoopThread("queue-links-test", setup, teardown)
+    try:
+        with ctx.socket(zmq.ROUTER) as old:
+            old.bind(f"tcp://127.0.0.1:{port}")
+            thread.start()
+            assert first.wait(WAIT)
+        # the old controller is gone: wait until the watch has seen the connection drop
+        deadline = threading.Event()
+        for _ in range(1000):
+            thread.loop.call_soon_threadsafe(lambda: None)  # a turn reads the monitor
+            if not links[0].connected:
+                break
+            deadline.wait(0.01)
+        assert not links[0].connected
+        with ctx.socket(zmq.ROUTER) as new:
+            new.setsockopt(zmq.ROUTER_MANDATORY, 1)
+
+            def registration() -> None:
+                routed_when_called.append(_routable(new, b"engine-mux"))
+                again.set()
+
+            thread.loop.call_soon_threadsafe(links[0].when_connected, registration)
+            assert not again.wait(0.3), "ran while the queue was disconnected"
+            new.bind(f"tcp://127.0.0.1:{port}")
+            assert again.wait(WAIT)
+            assert routed_when_called == [True]
+    finally:
+        thread.stop()
+        ctx.term()
