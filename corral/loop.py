@@ -137,8 +137,7 @@ class Loop:
         ``bundles``, a bundle (:mod:`corral.bundles`) is handed on message by message, each
         as if it had come alone (a bundle counts as one message of ``batch``).
         """
-        if bundles:
-            handle = self._unbundling(handle)
+        deliver = self.deliver if bundles else self._handle
 
         def drain() -> None:
             # the poll saw a message: the first is taken without asking zmq.EVENTS (a
@@ -155,22 +154,26 @@ class Loop:
                     return
                 else:
                     frames = recv_frames(sock)
-                self._handle(handle, frames)
+                deliver(handle, frames)
 
         self._add(sock, drain)
 
-    def _unbundling(self, handle: FrameHandler) -> FrameHandler:
-        """``handle`` for each message of a bundle, each message's failure its own."""
-
-        def handle_bundle(frames: list[zmq.Frame]) -> None:
+    def deliver(self, handle: FrameHandler, frames: list[zmq.Frame]) -> None:
+        """What a drain with ``bundles`` does with one message it received, for a shell that
+        reads a socket itself (the Hub catching up on its monitors before a query): the
+        messages of a bundle one by one, each failure (and a malformed bundle's) counted in
+        :attr:`rejected` and logged, never raised."""
+        try:
             messages = split_bundle(frames)
-            if messages is None:
-                handle(frames)
-                return
-            for message in messages:
-                self._handle(handle, message)  # type: ignore[arg-type]
-
-        return handle_bundle
+        except CorralError as err:
+            self.rejected += 1
+            log.warning("%s: dropped a bundle: %s", self.name, err)
+            return
+        if messages is None:
+            self._handle(handle, frames)
+            return
+        for message in messages:
+            self._handle(handle, message)  # type: ignore[arg-type]
 
     def _handle(self, handle: FrameHandler, frames: list[zmq.Frame]) -> None:
         try:

@@ -34,7 +34,6 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from corral import heap
-from corral.bundles import split_bundle
 from corral.controller.destination import PREFIX as DESTINATION
 from corral.controller.destination import read_destination
 from corral.controller.hub import Hub
@@ -197,23 +196,8 @@ class HubShell:
             for _ in range(DRAIN_BATCH):
                 if not int(monitor.get(zmq.EVENTS)) & zmq.POLLIN:
                     break
-                frames = monitor.recv_multipart(copy=False)
-                try:
-                    bundled = split_bundle(frames)
-                except CorralError as err:
-                    self.loop.rejected += 1
-                    log.warning("hub: dropped a bundle of monitor copies: %s", err)
-                    continue
-                copies: Sequence[Sequence[Frame]] = [frames] if bundled is None else bundled
-                for copy in copies:
-                    try:
-                        handle(copy)
-                    except CorralError as err:
-                        self.loop.rejected += 1
-                        log.warning("hub: dropped a monitor copy: %s", err)
-                    except Exception:  # a bug must cost one copy, never the query after it
-                        self.loop.rejected += 1
-                        log.exception("hub: error while recording a monitor copy; dropped it")
+                # a bad copy costs itself, never the query after it
+                self.loop.deliver(handle, monitor.recv_multipart(copy=False))
 
     def _on_scheduler_copy(self, frames: Sequence[Frame]) -> None:
         """A copy from the scheduler: a compact ``task_dest`` (:mod:`.destination`), or a
