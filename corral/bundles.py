@@ -242,10 +242,3 @@ class Outbox:
     def stats(self) -> dict[str, int]:
         """Messages put, and zmq messages sent for them (a bundle is one)."""
         return {"messages": self.messages, "zmq_messages": self.sent}
-
-    def discard(self) -> int:
-        """Forget what is queued (the socket is closing); how many messages that was."""
-        count = self._count
-        self._pending = {}
-        self._count = 0
-        return count

@@ -274,12 +274,10 @@ class SchedulerShell:
         not up yet (or that just died) refuses them (ROUTER_MANDATORY) and the core sends
         them again later. Then the copies and the replies the turn made."""
         unsent: set[int] = set()
-        failures = self.to_engines.flush()
-        if failures:
-            for error, tags in failures:
-                if error.errno != zmq.EHOSTUNREACH:
-                    log.warning("%d task(s) not sent to an engine: %s", len(tags), error)
-                unsent.update(id(dispatch) for dispatch in tags)
+        for error, tags in self.to_engines.flush():
+            if error.errno != zmq.EHOSTUNREACH:
+                log.warning("%d task(s) not sent to an engine: %s", len(tags), error)
+            unsent.update(id(dispatch) for dispatch in tags)
         dispatched = self._dispatched
         self._dispatched = []
         for dispatch in dispatched:
