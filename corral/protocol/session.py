@@ -32,7 +32,7 @@ DELIMITER = b"<IDS|MSG>"
 PROTOCOL_VERSION = "5.3"
 SIGNATURE_SCHEMES = {"hmac-sha256": hashlib.sha256, "hmac-sha512": hashlib.sha512}
 MAX_HEADER_BYTES = 64 * 1024
-ONE_SHOT_BELOW = 64 * 1024  # bytes of JSON signed in one call (see Session.sign)
+JOIN_BELOW = 64 * 1024  # bytes of JSON joined before signing (see Session.sign)
 DIGEST_HISTORY_SIZE = 1 << 17
 HEADER_FIELDS = ("msg_id", "msg_type", "session", "username", "date", "version")
 
@@ -131,7 +131,9 @@ class Session:
         self.max_header_bytes = max_header_bytes
         self.digest_history_size = digest_history_size
         self._auth = hmac.new(key, digestmod=SIGNATURE_SCHEMES[signature_scheme]) if key else None
-        self._digest_name = signature_scheme.removeprefix("hmac-")
+        # the C HMAC inside hmac.HMAC when OpenSSL provides it; the wrapper otherwise (both
+        # have copy, update and hexdigest)
+        self._prototype: Any = getattr(self._auth, "_hmac", None) or self._auth
         self._digests: dict[bytes, None] = {}
         self._id_prefix = str(uuid.uuid4())[:24]
         self._id_counter = itertools.count(1)  # next() is atomic: safe across threads
@@ -183,17 +185,22 @@ class Session:
     def sign(self, json_frames: Sequence[bytes | memoryview]) -> bytes:
         """Hex HMAC of the four JSON frames; empty when signing is disabled.
 
-        Small frames (nearly every message) are joined and signed in one call to the C one-shot
-        ``hmac.digest``, about a third cheaper than a prepared HMAC's copy and four updates;
-        large ones are fed to the HMAC as they are, never copied."""
-        if self._auth is None:
+        A copy of the keyed HMAC prepared at start (OpenSSL's own object when the ``hmac``
+        module wraps one, skipping the pure-Python wrapper) is fed the frames joined in one
+        ``update``. Below 2 KiB an update holds the GIL, unlike ``hmac.digest``, which always
+        releases it: in a process whose other thread waits for the GIL (the engine's and the
+        client's I/O threads) each release can hand the GIL over and wait to get it back, and
+        the one-shot call was slower anyway (1.2 against 1.85 microseconds for 800 bytes of
+        JSON). Large frames are fed as they are, not joined."""
+        prototype = self._prototype
+        if prototype is None:
             return b""
-        if sum(map(len, json_frames)) < ONE_SHOT_BELOW:  # bytes, or views of bytes
-            joined = b"".join(json_frames)
-            return hmac.digest(self.key, joined, self._digest_name).hex().encode("ascii")
-        auth = self._auth.copy()
-        for part in json_frames:
-            auth.update(part)
+        auth = prototype.copy()
+        if sum(map(len, json_frames)) < JOIN_BELOW:  # bytes, or views of bytes
+            auth.update(b"".join(json_frames))
+        else:
+            for part in json_frames:
+                auth.update(part)
         return auth.hexdigest().encode("ascii")
 
     def serialize(self, msg: Message, idents: Sequence[bytes] = ()) -> list[Frame]:
