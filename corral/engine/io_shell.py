@@ -72,14 +72,11 @@ from .runner import (
     time_limit,
 )
 from .stats import STATS_PERIOD, STATS_TOPIC, StatsSampler
+from .time_limits import SignalSender, TimeLimits
 
 CONTROL_TYPES = frozenset({"clear_request", "abort_request", "signal_request", "shutdown_request"})
 BATCH = 64  # messages per socket per turn: control is served again soon
 LINGER_MS = 1000
-SIGINT_RESEND = 0.05
-SIGINT_RESEND_FOR = 5.0
-TIME_LIMIT_GRACE = 3.0  # seconds a task over its time limit has to stop once interrupted
-TIME_LIMIT_CHECK = 0.1  # seconds between looks for a time-limited task not yet started
 REGISTRATION_MARGIN = 10.0  # seconds the main thread waits past the registration timeout
 
 
@@ -147,13 +144,12 @@ class IOShell:
         self._queue_links: QueueLinks | None = None
         self._registration_waits: SendRegistration | None = None  # for the queues to connect
         self._link_timer: Timer | None = None
-        self._sigint_timer: Timer | None = None
-        self._limit_timer: Timer | None = None
-        self._limited: dict[str, Request] = {}  # requests with a time limit, not answered
-        self._overrun: tuple[str, float] | None = None  # (msg_id, when to stop the engine)
         main_ident = threading.main_thread().ident
         assert main_ident is not None
-        self._main_ident = main_ident
+        self.signals = SignalSender(self.loop, self.gate, main_ident)
+        self.limits = TimeLimits(
+            self.loop, self.gate, self.signals, self._overrun, lambda: self._exit is not None
+        )
 
     # ------------------------------------------------------------------ the owner's side
 
@@ -363,7 +359,7 @@ class IOShell:
         if channel in (b"mux", b"task"):
             msg_id = self.link.replied(channel, frames, self.loop.time())
             if msg_id is not None:
-                self._limited.pop(msg_id, None)
+                self.limits.answered(msg_id)
         self._send(channel, frames)
 
     def _on_mux(self, frames: list[zmq.Frame]) -> None:
@@ -402,42 +398,12 @@ class IOShell:
         self.link.received(msg.msg_id)
         request = Request(channel, msg)
         if limited:
-            self._limited[msg.msg_id] = request
-            if self._limit_timer is None:
-                self._limit_timer = self.loop.call_later(0.0, self._check_time_limit)
+            self.limits.watch(request)
         self.work.put(request)
 
-    def _check_time_limit(self) -> None:
-        """Enforce the running task's time limit: interrupt it at its deadline (it fails with
-        TaskTimeout); if it is still running ``TIME_LIMIT_GRACE`` seconds later, answer it
-        with TaskTimeout and stop this engine (exit status 1: a supervisor starts it again
-        under its id). Runs while time-limited requests are unanswered."""
-        self._limit_timer = None
-        if not self._limited or self._exit is not None:
-            self._overrun = None
-            return
-        gate = self.gate
-        running, deadline = gate.running, gate.deadline
-        now = self.loop.time()
-        if running is None or deadline is None:  # queued, or between arm and the check
-            self._overrun = None
-            self._limit_timer = self.loop.call_later(TIME_LIMIT_CHECK, self._check_time_limit)
-            return
-        if self._overrun is None or self._overrun[0] != running:
-            if now < deadline:
-                self._limit_timer = self.loop.call_at(deadline, self._check_time_limit)
-                return
-            if gate.request_abort([running], time_limit=True) is not None:
-                self.deliver_signal(signal.SIGINT)
-            self._overrun = (running, now + TIME_LIMIT_GRACE)
-        if now < self._overrun[1]:
-            self._limit_timer = self.loop.call_at(self._overrun[1], self._check_time_limit)
-            return
-        request = self._limited.pop(running, None)
-        reason = (
-            f"task {running} ran longer than its time limit and did not stop when interrupted: "
-            "its engine was stopped"
-        )
+    def _overrun(self, request: Request | None, reason: str) -> None:
+        """A task ignored its time limit's interrupt (see :class:`.time_limits.TimeLimits`):
+        answer it with TaskTimeout, then stop this engine (exit status 1)."""
         if request is not None:
             error = TaskTimeout(
                 "TaskTimeout", reason, engine_id=self.identity.id, engine_uuid=self.identity.uuid
@@ -519,40 +485,15 @@ class IOShell:
                 continue
             reply = aborted_reply_msg(self.session, self.identity, request.msg, reason)
             frames = self.session.serialize(reply, request.msg.idents)
-            self._limited.pop(request.msg.msg_id, None)
+            self.limits.answered(request.msg.msg_id)
             self.link.replied(request.channel, frames, self.loop.time())
             self._send(request.channel, frames)
         for mark in marks:
             self.work.put(mark)
 
     def deliver_signal(self, signum: int) -> None:
-        """Signal this process, aimed at the main thread.
-
-        A process-directed signal may be taken by any thread that does not block it (a
-        library's helper thread, a thread of the user's), and then the main thread's blocking
-        call (``time.sleep``) is not interrupted; signals whose action is process-wide
-        (SIGTERM, SIGKILL, SIGSTOP) act the same either way. SIGINT is re-sent every
-        ``SIGINT_RESEND`` seconds until the gate's handler has run: on CPython 3.11 another
-        thread can reset the flag that makes the main thread run pending handlers, and a
-        SIGINT that lands just before a blocking call would then wait for that call to end.
-        """
-        if signum not in signal.valid_signals():
-            raise ValueError(f"{signum} is not a valid signal number on this system")
-        signal.pthread_kill(self._main_ident, signum)
-        if signum == signal.SIGINT:
-            if self._sigint_timer is not None:
-                self._sigint_timer.cancel()
-            self._sigint_timer = self.loop.call_every(
-                SIGINT_RESEND, self._resend_sigint, self.gate.seen, self.loop.time()
-            )
-
-    def _resend_sigint(self, seen: int, sent: float) -> None:
-        if self.gate.seen != seen or self.loop.time() > sent + SIGINT_RESEND_FOR:
-            if self._sigint_timer is not None:
-                self._sigint_timer.cancel()
-                self._sigint_timer = None
-        else:
-            signal.pthread_kill(self._main_ident, signal.SIGINT)
+        """Signal the main thread (:class:`.time_limits.SignalSender`)."""
+        self.signals.send(signum)
 
     def _on_signal(self, signum: int) -> None:
         if signum == signal.SIGTERM:

@@ -201,7 +201,8 @@ class Session:
         else:
             for part in json_frames:
                 auth.update(part)
-        return auth.hexdigest().encode("ascii")
+        digest: str = auth.hexdigest()
+        return digest.encode("ascii")
 
     def serialize(self, msg: Message, idents: Sequence[bytes] = ()) -> list[Frame]:
         """Frames ready for ``send_multipart(copy=False)``; buffers are passed as they are."""
