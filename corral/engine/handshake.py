@@ -18,7 +18,9 @@ ZMTP greeting and, with Curve, the key exchange done, so the peer ROUTER knows t
 and ``DISCONNECTED``, for the engine's whole life. :meth:`QueueLinks.when_connected` runs a
 callback once every queue is connected, at once if they are; or after ``patience`` seconds with
 a warning (a controller that does not answer would not answer the heart or the registration
-either; the engine's link core then handles the loss as before).
+either; the engine's link core then handles the loss as before). The warning is logged once
+while the queues stay down: during a long controller outage the engine asks again at each
+registration attempt, and those later give-ups are logged at debug level only.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class QueueLinks:
         self._monitors: dict[zmq.Socket[Any], zmq.Socket[Any]] = {}
         self._down: set[zmq.Socket[Any]] = set()
         self._waiting: list[tuple[Callable[[], None], Timer]] = []
+        self._warned = False  # the give-up warning of this outage is logged
         for sock in sockets:
             monitor = sock.get_monitor_socket(WATCHED_EVENTS)
             self._monitors[sock] = monitor
@@ -94,6 +97,8 @@ class QueueLinks:
             event = parse_monitor_message(monitor.recv_multipart())
             if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._down.discard(sock)
+                if not self._down:
+                    self._warned = False  # the next outage is warned about again
             elif event["event"] == zmq.EVENT_DISCONNECTED:
                 self._down.add(sock)
 
@@ -111,12 +116,15 @@ class QueueLinks:
         if entry is None:
             return
         self._waiting.remove(entry)
-        log.warning(
+        log.log(
+            logging.DEBUG if self._warned else logging.WARNING,
             "%d queue connection(s) to the controller not established after %g s; "
-            "going on without them",
+            "going on without them%s",
             len(self._down),
             self.patience,
+            " (still)" if self._warned else "",
         )
+        self._warned = True
         callback()
 
     def close(self) -> None:

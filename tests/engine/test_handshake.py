@@ -26,13 +26,17 @@ def free_port() -> int:
 
 @contextmanager
 def watched_dealers(
-    identities: list[bytes], port: int, patience: float = 10.0
+    identities: list[bytes],
+    port: int,
+    patience: float = 10.0,
+    watch: list[QueueLinks] | None = None,
 ) -> Iterator[tuple[threading.Event, list[zmq.Socket[Any]]]]:
-    """DEALERs connecting to ``port`` on a loop thread, watched; yields (ready, sockets)."""
+    """DEALERs connecting to ``port`` on a loop thread, watched; yields (ready, sockets). The
+    QueueLinks is appended to ``watch`` when given."""
     ready = threading.Event()
     ctx: zmq.Context[Any] = zmq.Context()
     sockets: list[zmq.Socket[Any]] = []
-    watch: list[QueueLinks] = []
+    watch = [] if watch is None else watch
 
     def setup(loop: Loop) -> None:
         for identity in identities:
@@ -114,6 +118,23 @@ def _routable(router: zmq.Socket[Any], identity: bytes) -> bool:
             assert err.errno == zmq.EHOSTUNREACH
             pause.wait(0.001)
     return False
+
+
+def test_the_warning_is_logged_once_per_outage(caplog: pytest.LogCaptureFixture) -> None:
+    """A long outage: every registration attempt waits again and gives up again; only the
+    first give-up is a warning, the others are debug lines."""
+    port = free_port()  # nothing will listen there
+    gave_up = [threading.Event() for _ in range(3)]
+    watch: list[QueueLinks] = []
+    with caplog.at_level(logging.DEBUG, logger="corral.engine.handshake"):
+        with watched_dealers([b"lonely"], port, patience=0.1, watch=watch) as (ready, _):
+            assert ready.wait(WAIT)
+            links = watch[0]
+            for event in gave_up:
+                links.loop.call_soon_threadsafe(links.when_connected, event.set)
+                assert event.wait(WAIT)
+    levels = [r.levelno for r in caplog.records if "not established" in r.getMessage()]
+    assert levels == [logging.WARNING] + [logging.DEBUG] * 3
 
 
 def test_after_the_peer_restarts_a_wait_ends_only_once_reconnected() -> None:
