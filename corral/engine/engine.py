@@ -1,14 +1,16 @@
-"""The engine process: user code on the main thread, every socket on one I/O thread.
+"""The engine process: user code and the task sockets on the main thread, the rest on an I/O thread.
 
 :class:`Engine` wires the parts together. Cores (no sockets, no clock) keep plain names:
 :mod:`.link` (registration, controller loss, re-registration, replies kept), :mod:`.runner`
-(one request's messages and reply), :mod:`.replies`, :mod:`.interrupts`. The socket shell is
-:mod:`.io_shell`: a :class:`~corral.loop.LoopThread` that owns every socket and performs the
-link core's actions. The main thread takes requests from a queue and runs them with
-:class:`~corral.engine.runner.TaskRunner`, handing finished frames to the I/O thread through
-the loop's one hand-off path. Threads, each with an owner that stops and joins it: the I/O
-thread (owned by :class:`Engine`), the heart (:mod:`.heart`) and the output flusher
-(:class:`~.namespace.OutputCapture`), both stopped by the I/O thread at shutdown. Signals:
+(one request's messages and reply), :mod:`.replies`, :mod:`.interrupts`. Two socket shells:
+:mod:`.task_shell`, the main thread's loop over the mux and task sockets, which reads requests
+and runs them with :class:`~corral.engine.runner.TaskRunner` between its turns (no other
+thread is woken per task); and :mod:`.io_shell`, a :class:`~corral.loop.LoopThread` that owns
+every other socket (registration, control, pings, iopub) and performs the link core's
+actions, borrowing the task sockets when it must (aborts, resends, exit). Threads, each with
+an owner that stops and joins it: the I/O thread (owned by :class:`Engine`), the heart
+(:mod:`.heart`) and the output flusher (:class:`~.namespace.OutputCapture`), both stopped by
+the I/O thread at shutdown. Signals:
 SIGINT raises KeyboardInterrupt in the running task only (ignored while idle); SIGTERM, or the
 end of the process that started it (``--owner-pid``, watched on the I/O loop), makes the I/O
 thread unregister and exit, even while a task runs.
@@ -46,7 +48,8 @@ from .ipython import load_shell
 from .link import LinkSettings
 from .namespace import Namespace, OutputCapture
 from .placement import engine_placement
-from .runner import QUEUE_MARK, AbortList, EngineIdentity, QueueMark, TaskRunner, WorkQueue
+from .runner import AbortList, EngineIdentity, Request, TaskRunner
+from .task_shell import TASK_CHANNELS, TaskShell
 
 ConnectionSource = str | os.PathLike[str] | Mapping[str, Any] | EngineConnection
 
@@ -102,7 +105,6 @@ class Engine:
         self.registration_timeout = registration_timeout
         self.unregister_timeout = unregister_timeout
         self.missed_beats = missed_beats
-        self.work = WorkQueue()
         self.gate = InterruptGate()
         self.shm = SharedMemory()  # the registration reply turns it on (same host, enabled)
         self.capture = OutputCapture(log=self.log)
@@ -121,6 +123,14 @@ class Engine:
         )
         datapub.install(self.runner.publish_data)
         self._io: IOShell | None = None
+        self.tasks = TaskShell(
+            self.session,
+            self.identity,
+            self.shm,
+            self.log,
+            watch_time_limit=self._watch_time_limit,
+            on_failure=self._task_loop_failed,
+        )
 
     @property
     def namespace(self) -> Namespace:
@@ -140,7 +150,7 @@ class Engine:
         parts = EngineParts(
             self.session,
             self.identity,
-            self.work,
+            self.tasks,
             self.runner.aborts,
             self.gate,
             self.shm,
@@ -157,16 +167,17 @@ class Engine:
             shell = load_shell(self.runner.namespace.user_ns, self.log)
             if shell is not None:
                 self.runner.use_shell(shell)
-        while True:
-            request = self.work.get()
-            try:
-                self.runner.run(request)
-            except BaseException:  # the runner answers user errors; this is a last resort
-                name = "a queue mark" if isinstance(request, QueueMark) else request.msg.msg_id
-                self.log.exception("failed to run %s", name)
+        self.tasks.run(self.runner)  # returns only if its loop failed: the I/O thread exits
+        threading.Event().wait()
+        raise AssertionError("unreachable: the I/O thread ends the process")
 
     def _post(self, channel: bytes, frames: Sequence[Frame]) -> None:
-        """Hand frames to the I/O thread; called from the main thread and the output flusher."""
+        """A reply (mux, task) to the main thread's sockets; anything else (control, iopub)
+        to the I/O thread. From the main thread, and the output flusher (iopub only)."""
+        if channel in TASK_CHANNELS:
+            with self.gate.shielded():
+                self.tasks.reply(channel, frames)
+            return
         io = self._io
         if io is not None:
             with self.gate.shielded():
@@ -174,12 +185,19 @@ class Engine:
 
     def _mark_queue(self) -> None:
         """Put a QueueMark behind the requests that reached this engine (stop_on_error); from
-        the main thread. Before the I/O thread runs there is nothing it could have read."""
+        the main thread."""
+        self.tasks.mark_queue()
+
+    def _watch_time_limit(self, request: Request) -> None:
+        """(Main thread.) A request with a time limit: the I/O thread enforces it."""
         io = self._io
-        if io is None:
-            self.work.put(QUEUE_MARK)
-        else:
-            io.mark_queue()
+        if io is not None:
+            io.loop.call_soon_threadsafe(io.limits.watch, request)
+
+    def _task_loop_failed(self, reason: str) -> None:
+        io = self._io
+        if io is not None:
+            io.loop.call_soon_threadsafe(io.shutdown, 1, reason)
 
     def _install_signal_handlers(self, io: IOShell) -> None:
         """SIGINT -> the interrupt gate (a KeyboardInterrupt in the running task); SIGTERM ->

@@ -1,15 +1,18 @@
 """The engine's I/O thread: the socket shell around the link core (:mod:`.link`).
 
-One :class:`~corral.loop.LoopThread` owns every engine socket. Its setup connects the
-registration socket and starts the first registration; once the Hub accepts it, the queues,
-iopub and the heart are connected and the sockets are served in priority order: control (served
-at once, even while a task runs on the main thread, except ``clear_request``, which empties the
+One :class:`~corral.loop.LoopThread` owns the engine's sockets but the task sockets. Its setup
+connects the registration socket and starts the first registration; once the Hub accepts it,
+the queues, iopub and the heart are connected; mux and task go to the main thread's loop
+(:mod:`.task_shell`), and the others are served in priority order: control (served at once,
+even while a task runs on the main thread, except ``clear_request``, which empties the
 namespace and so is handed to the main thread to run after the running task, ahead of queued
-ones), registration, heartbeat pings, then mux and task requests (decoded and queued for the
-main thread). Other threads (the main thread's replies, the output flusher's streams) reach the
-sockets only through :meth:`IOShell.post`, the loop's one hand-off path. Timers replace a poll
-timeout computed by hand: the link's next deadline, the engine stats, a running task's time
-limit and the re-sent SIGINT.
+ones), registration, heartbeat pings. What the link core must know of the main thread's tasks
+(received, replied) is read from the task shell's notes before it decides; when this thread
+must send on a task socket (aborts, kept replies sent again, a task over its time limit, exit)
+it borrows it (:meth:`~.task_shell.TaskShell.borrow`). Other threads (the output flusher's
+streams) reach the sockets only through :meth:`IOShell.post`, the loop's one hand-off path.
+Timers replace a poll timeout computed by hand: the link's next deadline, the engine stats, a
+running task's time limit and the re-sent SIGINT.
 
 What to do about the controller (register, retry, time out, notice it is gone, re-register,
 send kept replies again) is decided by :class:`~.link.EngineLink`; this module performs its
@@ -20,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import signal
 import sys
 import threading
@@ -35,9 +37,7 @@ import zmq.utils.garbage
 from corral.bundles import Outbox
 from corral.errors import (
     ConnectionError,
-    InvalidContent,
     ProtocolError,
-    SharedMemoryRefused,
     TaskTimeout,
     UnknownMessageType,
 )
@@ -58,20 +58,15 @@ from .namespace import TASK_SIGNALS, OutputCapture
 from .replies import marked_resent
 from .runner import (
     MAIN_THREAD_CONTROL_TYPES,
-    QUEUE_MARK,
-    TASK_TYPES,
     AbortList,
     EngineIdentity,
-    QueueMark,
     Request,
-    WorkQueue,
-    aborted_reply_msg,
     error_reply_msg,
     reply_metadata,
     reply_type,
-    time_limit,
 )
 from .stats import STATS_PERIOD, STATS_TOPIC, StatsSampler
+from .task_shell import TASK_CHANNELS, TaskShell
 from .time_limits import SignalSender, TimeLimits
 
 CONTROL_TYPES = frozenset({"clear_request", "abort_request", "signal_request", "shutdown_request"})
@@ -95,7 +90,7 @@ class EngineParts:
 
     session: Session
     identity: EngineIdentity
-    work: WorkQueue
+    tasks: TaskShell
     aborts: AbortList
     gate: InterruptGate
     shm: SharedMemory
@@ -115,7 +110,7 @@ class IOShell:
         self.info = settings.info
         self.session = parts.session
         self.identity = parts.identity
-        self.work = parts.work
+        self.tasks = parts.tasks
         self.aborts = parts.aborts
         self.gate = parts.gate
         self.shm = parts.shm
@@ -148,7 +143,12 @@ class IOShell:
         assert main_ident is not None
         self.signals = SignalSender(self.loop, self.gate, main_ident)
         self.limits = TimeLimits(
-            self.loop, self.gate, self.signals, self._overrun, lambda: self._exit is not None
+            self.loop,
+            self.gate,
+            self.signals,
+            self._overrun,
+            lambda: self._exit is not None,
+            refresh=self._drain_notes,
         )
 
     # ------------------------------------------------------------------ the owner's side
@@ -184,17 +184,6 @@ class IOShell:
         except ConnectionError:
             self.log.debug("dropped frames for %r: the I/O thread has stopped", channel)
 
-    def mark_queue(self) -> None:
-        """(Any thread.) Put a :class:`~.runner.QueueMark` on the work queue behind every
-        request this thread has read so far (stop_on_error: those that reached the engine
-        before an execute failed). In call order with :meth:`post`: asked for before the
-        failure's reply is posted, it is queued before that reply leaves. Once the loop has
-        stopped nothing more is read: the mark goes in at once."""
-        try:
-            self.loop.call_soon_threadsafe(self.work.put, QUEUE_MARK)
-        except ConnectionError:
-            self.work.put(QUEUE_MARK)
-
     # ------------------------------------------------------------------ startup
 
     def _setup(self, loop: Loop) -> None:
@@ -206,6 +195,7 @@ class IOShell:
         registration = self._dealer(b"registration")
         registration.connect(self.info.registration_url)
         loop.add_socket(registration, self._on_registration)
+        loop.at_turn_end(self._drain_notes)
         self._perform(self.link.start(loop.time()))
 
     def _dealer(self, name: bytes) -> zmq.Socket[Any]:
@@ -246,14 +236,8 @@ class IOShell:
         loop.add_socket(self._sockets[b"control"], self._on_control, batch=BATCH)
         loop.add_socket(self._sockets[b"registration"], self._on_registration, batch=BATCH)
         loop.add_socket(pings, self._on_ping, batch=BATCH)
-        loop.add_socket(self._sockets[b"mux"], self._on_mux, batch=BATCH, bundles=True)
-        loop.add_socket(self._sockets[b"task"], self._on_task, batch=BATCH, bundles=True)
-        # replies leave at the end of a turn, a bundle per peer when several are ready
-        # (corral.bundles): through the MUX one per client, to the scheduler all in one
-        for channel, route_length in ((b"mux", 1), (b"task", 0)):
-            outbox = Outbox(self._sockets[channel], route_length)
-            self._outboxes[channel] = outbox
-            loop.add_outbox(outbox)
+        # the main thread serves the task sockets from now on (task_shell.py)
+        self.tasks.attach(self._sockets[b"mux"], self._sockets[b"task"])
         self._publish_stats()
         loop.call_every(STATS_PERIOD, self._publish_stats)
 
@@ -283,8 +267,9 @@ class IOShell:
                     self._connect(action.addresses)
                     self._registered.set()
             elif isinstance(action, Resend):
-                for channel, reply in action.replies:
-                    self._send(channel, marked_resent(reply, self.session.sign))
+                with self.tasks.borrow():
+                    for channel, reply in action.replies:
+                        self.tasks.send_now(channel, marked_resent(reply, self.session.sign), False)
             elif isinstance(action, Fail):
                 self.failure = action.reason
                 self._registered.set()
@@ -313,12 +298,14 @@ class IOShell:
     def _link_tick(self) -> None:
         self._link_timer = None
         if self._exit is None:
+            self._drain_notes()
             self._perform(self.link.tick(self.loop.time()))
 
     def _on_registration(self, frames: list[zmq.Frame]) -> None:
         """Raises InvalidContent for a malformed ``replies_recorded`` (the loop counts it)."""
         msg = self._decode(b"registration", frames)
         if msg is not None:
+            self._drain_notes()  # a replies_recorded names replies the main thread sent
             self._perform(self.link.on_registration_message(msg, self.loop.time()))
 
     def _on_ping(self, frames: list[zmq.Frame]) -> None:
@@ -341,65 +328,44 @@ class IOShell:
             return None
 
     def _send(self, channel: bytes, frames: Sequence[Frame]) -> None:
+        if channel in TASK_CHANNELS:  # the main thread's sockets: borrowed
+            with self.tasks.borrow():
+                self.tasks.send_now(channel, frames)
+            return
         outbox = self._outboxes.get(channel)
         if outbox is not None:
             outbox.put(frames)
         else:
             send_frames(self._sockets[channel], frames)
 
+    def _drain_notes(self) -> None:
+        """Tell the link core what the main thread received and replied since the last call
+        (it was not woken for each): before the link decides, and at the end of every turn."""
+        notes = self.tasks.notes
+        if not notes:
+            return
+        now = self.loop.time()
+        link = self.link
+        while notes:
+            kind, first, second = notes.popleft()
+            if kind == "received":
+                link.received(first)
+            else:
+                msg_id = link.replied(first, second, now)
+                if msg_id is not None:
+                    self.limits.answered(msg_id)
+
     def _reply_error(self, channel: bytes, request: Message, exc: BaseException) -> None:
         reply = error_reply_msg(self.session, self.identity, request, exc)
         self._send(channel, self.session.serialize(reply, request.idents))
 
     def _forward(self, channel: bytes, frames: Sequence[Frame]) -> None:
-        """Frames another thread posted for ``channel``; a reply is kept until recorded."""
+        """Frames another thread posted for ``channel`` (control, iopub; a task reply posted
+        here is sent through the main thread's sockets, kept until recorded)."""
         if channel not in (b"mux", b"task", b"control", b"iopub") or channel not in self._sockets:
             self.log.error("frames posted for unknown channel %r", channel)
             return
-        if channel in (b"mux", b"task"):
-            msg_id = self.link.replied(channel, frames, self.loop.time())
-            if msg_id is not None:
-                self.limits.answered(msg_id)
         self._send(channel, frames)
-
-    def _on_mux(self, frames: list[zmq.Frame]) -> None:
-        self._take_task(b"mux", frames)
-
-    def _on_task(self, frames: list[zmq.Frame]) -> None:
-        self._take_task(b"task", frames)
-
-    def _take_task(self, channel: bytes, frames: list[zmq.Frame]) -> None:
-        """Queue a verified apply or execute request for the main thread; others get an
-        error reply."""
-        msg = self._decode(channel, frames)
-        if msg is None:
-            return
-        try:
-            msg = self.shm.resolve(msg)  # verified above: only then is a reference mapped
-        except SharedMemoryRefused as err:
-            self.rejected += 1
-            self.log.warning("refused the buffers of %s: %s", msg.msg_id, err)
-            self._reply_error(channel, msg, err)
-            return
-        if msg.msg_type not in TASK_TYPES:
-            where = "belongs on the control channel" if msg.msg_type in CONTROL_TYPES else ""
-            error = UnknownMessageType(
-                f"{msg.msg_type!r} {where or 'is not a request this engine serves'}; the "
-                f"{channel.decode()} channel takes {' and '.join(sorted(TASK_TYPES))}"
-            )
-            self._reply_error(channel, msg, error)
-            return
-        try:
-            validate_content(msg.msg_type, msg.content or {})
-            limited = time_limit(msg) is not None
-        except InvalidContent as err:
-            self._reply_error(channel, msg, err)
-            return
-        self.link.received(msg.msg_id)
-        request = Request(channel, msg)
-        if limited:
-            self.limits.watch(request)
-        self.work.put(request)
 
     def _overrun(self, request: Request | None, reason: str) -> None:
         """A task ignored its time limit's interrupt (see :class:`.time_limits.TimeLimits`):
@@ -430,7 +396,7 @@ class IOShell:
         try:
             validate_content(msg.msg_type, content)
             if msg.msg_type in MAIN_THREAD_CONTROL_TYPES:
-                self.work.put_next(Request(b"control", msg))  # the main thread replies
+                self.tasks.put_next(Request(b"control", msg))  # the main thread replies
                 return
             if msg.msg_type == "abort_request":
                 spared = self._abort(content.get("msg_ids"), content.get("running", True))
@@ -472,24 +438,10 @@ class IOShell:
         return running
 
     def _abort_queued(self, reason: str) -> None:
-        """Answer every queued request as aborted; queue marks are put back (the runner ends
-        a stop_on_error abort at them)."""
-        marks: list[QueueMark] = []
-        while True:
-            try:
-                request = self.work.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(request, QueueMark):
-                marks.append(request)
-                continue
-            reply = aborted_reply_msg(self.session, self.identity, request.msg, reason)
-            frames = self.session.serialize(reply, request.msg.idents)
-            self.limits.answered(request.msg.msg_id)
-            self.link.replied(request.channel, frames, self.loop.time())
-            self._send(request.channel, frames)
-        for mark in marks:
-            self.work.put(mark)
+        """Answer every request that reached this engine and has not started as aborted (the
+        main thread's queue and sockets, borrowed)."""
+        with self.tasks.borrow():
+            self.tasks.abort_queued(reason)
 
     def deliver_signal(self, signum: int) -> None:
         """Signal the main thread (:class:`.time_limits.SignalSender`)."""
@@ -522,7 +474,7 @@ class IOShell:
             "engine %s shutting down: %s (%d messages rejected)",
             self.identity.id,
             reason,
-            self.rejected + self.loop.rejected,
+            self.rejected + self.loop.rejected + self.tasks.rejected + self.tasks.loop.rejected,
         )
         self._exit = Exit(exit_code, reason, unregister)
         try:
@@ -540,8 +492,9 @@ class IOShell:
             self.log.critical("the engine's I/O thread failed; exiting")
             exit_ = Exit(1, "internal error")
         try:
+            self.tasks.take_over()  # the main thread never sends again: its replies go now
             if b"mux" in self._sockets:
-                self._abort_queued(f"engine {self.identity.id} shut down ({exit_.reason})")
+                self.tasks.abort_queued(f"engine {self.identity.id} shut down ({exit_.reason})")
             if exit_.unregister and self._registered.is_set():
                 self._unregister()
             self._close(linger=LINGER_MS)
@@ -579,6 +532,8 @@ class IOShell:
         for outbox in self._outboxes.values():
             for error, _ in outbox.flush():
                 self.log.error("replies not sent at exit: %s", error)
+        for error_text in self.tasks.flush():  # taken over by the teardown
+            self.log.error("replies not sent at exit: %s", error_text)
         if self._queue_links is not None:
             self._queue_links.close()
         if self._heart is not None:

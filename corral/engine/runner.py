@@ -3,18 +3,18 @@
 :class:`TaskRunner` turns an ``apply_request`` or ``execute_request`` into iopub messages and
 exactly one reply, whatever the user code does. It also serves ``clear_request``: emptying the
 namespace is done here, between tasks, never while a task runs in that namespace. It owns no
-socket: it hands finished frames to a ``send(channel, frames)`` callback (the engine forwards
-them to its I/O thread). The helpers below it build the replies the I/O thread sends itself
-(control replies, aborted tasks).
+socket: it hands finished frames to a ``send(channel, frames)`` callback (the engine sends
+replies from the main thread's loop, the rest through its I/O thread). The helpers below it
+build the replies the shells send themselves (control replies, aborted tasks).
 
 Jupyter's ``stop_on_error`` rule (an execute_request's content, true unless given): when a
 non-silent execute_request fails, the execute requests already queued behind it on this engine
 are answered as aborted instead of run, so that a cell never runs after one it was sent after
 has failed (``%autopx`` and ``%%px`` with a non-blocking view queue cells that way). "Already
 queued" ends at a :class:`QueueMark`: the runner asks for one before it sends the failure's
-reply, and the I/O thread puts it behind every request it has read by then, so a request sent
-on seeing the failure runs. apply_requests are never aborted by this rule (as in IPython's
-kernel: a pull after a failed cell still answers).
+reply, and the task shell puts it behind every request that has reached the engine by then,
+so a request sent on seeing the failure runs. apply_requests are never aborted by this rule
+(as in IPython's kernel: a pull after a failed cell still answers).
 """
 
 from __future__ import annotations
@@ -184,11 +184,11 @@ class WorkQueue:
     Control requests that touch the namespace go here (a task may be running in it), but ahead
     of queued tasks: the control channel is still served before queued work.
 
-    Every task crosses it from the I/O thread to the main thread, so it is built for that
-    hand-off: the items in a deque, and one token per item in a ``queue.SimpleQueue`` (C code)
-    that the main thread blocks on. A ``queue.Queue`` (two Python Conditions, a lock allocated
-    per wait) cost about three times as much CPU per hand-off. An item is appended before its
-    token is put and popped after a token is taken, so a taker always finds one.
+    It can also be shared by threads: the items in a deque, and one token per item in a
+    ``queue.SimpleQueue`` (C code) that a taker blocks on (a ``queue.Queue``, two Python
+    Conditions and a lock allocated per wait, cost about three times as much CPU per hand-off).
+    An item is appended before its token is put and popped after a token is taken, so a taker
+    always finds one. The engine's task shell fills and takes it on the main thread.
     """
 
     def __init__(self) -> None:

@@ -86,12 +86,15 @@ class TimeLimits:
         signals: SignalSender,
         overrun: Overrun,
         stopping: Callable[[], bool],
+        *,
+        refresh: Callable[[], None] | None = None,
     ) -> None:
         self.loop = loop
         self.gate = gate
         self.signals = signals
         self.overrun = overrun
         self.stopping = stopping
+        self.refresh = refresh  # brings answered() up to date before a look
         self._requests: dict[str, Request] = {}
         self._timer: Timer | None = None
         self._overrun: tuple[str, float] | None = None  # (msg_id, when to stop the engine)
@@ -108,6 +111,8 @@ class TimeLimits:
 
     def _check(self) -> None:
         self._timer = None
+        if self.refresh is not None:
+            self.refresh()
         if not self._requests or self.stopping():
             self._overrun = None
             return

@@ -1,0 +1,308 @@
+"""The engine's main thread: its own loop over the mux and task sockets, and the tasks it runs.
+
+A request read by the I/O thread and handed to the main thread, and its reply handed back,
+cost two thread wake-ups per task: about 130 us of a 1 ms apply round trip on two cores, and
+more of its tail, where a woken thread waits for a core. So the main thread owns the two task
+sockets (mux: direct requests through the MUX; task: the load-balancing scheduler's) and runs
+a :class:`~corral.loop.Loop` of its own over them: it reads and verifies requests, runs them one
+at a time between turns (so a turn reads what arrived meanwhile), and sends each reply at the
+end of its turn, in a bundle with others when several are ready (:mod:`corral.bundles`). The
+I/O thread keeps everything else (registration, control, heartbeat, iopub, the link core) and
+is not woken per task: what the link core must learn of tasks and replies is left in
+:attr:`notes` for it to read before it next decides anything.
+
+The I/O thread still needs the task sockets now and then, also while the main thread runs user
+code for hours: to answer every queued request of an ``abort_request`` at once, to send kept
+replies again after a controller restart, to answer a task that overran its time limit, and at
+exit. :meth:`TaskShell.borrow` gives it the sockets, the queue and the outbox: the main thread
+holds :attr:`lock` while its loop runs and lets it go while a task's user code runs, and when
+the I/O thread asks for it between tasks, at the end of the current turn.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import zmq
+
+from corral.bundles import Outbox
+from corral.errors import InvalidContent, ProtocolError, SharedMemoryRefused, UnknownMessageType
+from corral.loop import Loop
+from corral.protocol.messages import validate_content
+from corral.protocol.session import Frame, Message, Session
+from corral.sharedmem import SharedMemory
+from corral.sockets import recv_frames
+
+from .runner import (
+    QUEUE_MARK,
+    TASK_TYPES,
+    EngineIdentity,
+    QueueMark,
+    Request,
+    TaskRunner,
+    WorkQueue,
+    aborted_reply_msg,
+    error_reply_msg,
+    time_limit,
+)
+
+CONTROL_TYPES = frozenset({"clear_request", "abort_request", "signal_request", "shutdown_request"})
+BATCH = 64  # messages per socket per turn
+TASK_CHANNELS = (b"mux", b"task")
+
+Note = tuple[str, Any, Any]
+"""What the link core must learn, in order: ``("received", msg_id, None)`` or
+``("replied", channel, frames)``."""
+
+
+class TaskShell:
+    """The main thread's loop over the task sockets; see the module docstring.
+
+    The I/O thread calls :meth:`attach` when the engine registered, then only :meth:`borrow`,
+    :meth:`send_now`, :meth:`abort_queued` and :meth:`put_next`; the main thread calls
+    :meth:`run`, and the runner's callbacks :meth:`reply` and :meth:`mark_queue`.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        identity: EngineIdentity,
+        shm: SharedMemory,
+        log: logging.Logger,
+        watch_time_limit: Callable[[Request], None],
+        on_failure: Callable[[str], None],
+    ) -> None:
+        self.session = session
+        self.identity = identity
+        self.shm = shm
+        self.log = log
+        self.watch_time_limit = watch_time_limit  # hands a limited request to the I/O thread
+        self.on_failure = on_failure  # the loop itself failed: the engine must stop
+        self.loop = Loop("engine-tasks")
+        self.work = WorkQueue()
+        self.notes: deque[Note] = deque()  # for the link core, read by the I/O thread
+        self.lock = threading.Lock()  # whoever holds it may use the sockets, work and outbox
+        self.rejected = 0  # requests dropped here: bad signature, replay, malformed
+        self._sockets: dict[bytes, zmq.Socket[Any]] = {}
+        self._outboxes: dict[bytes, Outbox] = {}
+        self._wanted = threading.Condition(threading.Lock())
+        self._borrowers = 0  # I/O-thread calls waiting for or holding the lock
+        self._scheduled = False
+
+    # ------------------------------------------------------------------ set-up
+
+    def attach(self, mux: zmq.Socket[Any], task: zmq.Socket[Any]) -> None:
+        """(I/O thread, at registration.) The task sockets; the main thread serves them from
+        :meth:`run` on (the registration event orders this before it)."""
+        self._sockets = {b"mux": mux, b"task": task}
+        self._outboxes = {b"mux": Outbox(mux, 1), b"task": Outbox(task, 0)}
+
+    def run(self, runner: TaskRunner) -> None:
+        """(Main thread.) Serve the task sockets and run requests until the process ends (the
+        I/O thread ends it), or until ``self.loop.stop()``; if the loop itself fails (a bug),
+        ``on_failure`` is told why and this returns."""
+        self.runner = runner
+        loop = self.loop
+        loop.add_socket(self._sockets[b"mux"], self._on_mux, batch=BATCH, bundles=True)
+        loop.add_socket(self._sockets[b"task"], self._on_task, batch=BATCH, bundles=True)
+        for outbox in self._outboxes.values():
+            loop.add_outbox(outbox)
+        loop.at_turn_end(self._lend_if_asked)  # then what the I/O thread queued is scheduled
+        loop.at_turn_end(self._schedule)
+        self.lock.acquire()
+        try:
+            loop.run()
+        except Exception as exc:  # its poll failed
+            self.log.exception("the engine's task loop failed")
+            self.on_failure(f"the task loop failed: {exc!r}")
+        finally:
+            self.lock.release()
+
+    # ------------------------------------------------------------------ requests (main thread)
+
+    def _on_mux(self, frames: list[zmq.Frame]) -> None:
+        self._take(b"mux", frames)
+
+    def _on_task(self, frames: list[zmq.Frame]) -> None:
+        self._take(b"task", frames)
+
+    def _take(self, channel: bytes, frames: list[zmq.Frame]) -> None:
+        """Queue a verified apply or execute request; others get an error reply."""
+        try:
+            msg = self.session.feed(frames)
+        except ProtocolError as err:
+            self.rejected += 1
+            self.log.warning("dropped a message on %s: %s", channel.decode(), err)
+            return
+        try:
+            msg = self.shm.resolve(msg)  # verified above: only then is a reference mapped
+        except SharedMemoryRefused as err:
+            self.rejected += 1
+            self.log.warning("refused the buffers of %s: %s", msg.msg_id, err)
+            self._reply_error(channel, msg, err)
+            return
+        if msg.msg_type not in TASK_TYPES:
+            where = "belongs on the control channel" if msg.msg_type in CONTROL_TYPES else ""
+            error = UnknownMessageType(
+                f"{msg.msg_type!r} {where or 'is not a request this engine serves'}; the "
+                f"{channel.decode()} channel takes {' and '.join(sorted(TASK_TYPES))}"
+            )
+            self._reply_error(channel, msg, error)
+            return
+        try:
+            validate_content(msg.msg_type, msg.content or {})
+            limited = time_limit(msg) is not None
+        except InvalidContent as err:
+            self._reply_error(channel, msg, err)
+            return
+        self.notes.append(("received", msg.msg_id, None))
+        request = Request(channel, msg)
+        if limited:
+            self.watch_time_limit(request)
+        self.work.put(request)
+
+    def _reply_error(self, channel: bytes, request: Message, exc: BaseException) -> None:
+        reply = error_reply_msg(self.session, self.identity, request, exc)
+        self._queue_reply(channel, self.session.serialize(reply, request.idents))
+
+    def _schedule(self) -> None:
+        """(Turn end.) Run the next request on the next turn, after the sockets were read."""
+        if not self._scheduled and not self.work.empty():
+            self._scheduled = True
+            self.loop.call_soon(self._run_next)
+
+    def _run_next(self) -> None:
+        self._scheduled = False
+        try:
+            item = self.work.get_nowait()
+        except Exception:  # queue.Empty: the I/O thread answered them all meanwhile
+            return
+        self.lock.release()  # user code may run for hours: the I/O thread may borrow meanwhile
+        try:
+            self.runner.run(item)
+        except BaseException:  # the runner answers user errors; this is a last resort
+            name = "a queue mark" if isinstance(item, QueueMark) else item.msg.msg_id
+            self.log.exception("failed to run %s", name)
+        finally:
+            self.lock.acquire()
+
+    def reply(self, channel: bytes, frames: Sequence[Frame]) -> None:
+        """(Main thread, from the runner: also while the lock is lent.) Send a reply at the
+        end of this turn; the link core keeps it until the Hub recorded it."""
+        with self.lock:
+            self._queue_reply(channel, frames)
+
+    def _queue_reply(self, channel: bytes, frames: Sequence[Frame], keep: bool = True) -> None:
+        if keep:
+            self.notes.append(("replied", channel, frames))
+        self._outboxes[channel].put(frames)
+
+    def mark_queue(self) -> None:
+        """(Main thread, from the runner.) A :class:`QueueMark` behind every request that has
+        reached this engine so far: those still in the sockets are read first."""
+        with self.lock:
+            self.take_available()
+            self.work.put(QUEUE_MARK)
+
+    def take_available(self) -> int:
+        """Read what waits in the task sockets into the queue now (with the lock held); the
+        number of requests queued."""
+        for channel, handle in ((b"mux", self._on_mux), (b"task", self._on_task)):
+            sock = self._sockets[channel]
+            while True:
+                try:
+                    frames = recv_frames(sock, zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                self.loop.deliver(handle, frames)
+        return self.work.qsize()
+
+    # ------------------------------------------------------------------ the I/O thread's side
+
+    @contextmanager
+    def borrow(self) -> Iterator[None]:
+        """(I/O thread.) The task sockets, queue and outbox, for the block: at once while a
+        task runs or before :meth:`run`; else at the end of the main loop's current turn."""
+        with self._wanted:
+            self._borrowers += 1
+        try:
+            self.loop.call_soon_threadsafe(_nothing)  # a polling main loop ends its turn
+        except Exception:  # the main loop is gone (only while the process ends)
+            pass
+        self.lock.acquire()
+        try:
+            yield
+        finally:
+            with self._wanted:
+                self._borrowers -= 1
+                self._wanted.notify_all()
+            self.lock.release()
+
+    def _lend_if_asked(self) -> None:
+        """(Main thread, turn end.) Let the I/O thread have the lock, and wait for it back."""
+        with self._wanted:
+            if not self._borrowers:
+                return
+        self.lock.release()
+        with self._wanted:
+            while self._borrowers:
+                self._wanted.wait()
+        self.lock.acquire()
+
+    def take_over(self) -> None:
+        """(I/O thread, at exit.) The lock for good: the main thread never touches the task
+        sockets again (it waits for the lock until the process ends)."""
+        with self._wanted:
+            self._borrowers += 1
+        try:
+            self.loop.call_soon_threadsafe(_nothing)
+        except Exception:
+            pass
+        self.lock.acquire()
+
+    def send_now(self, channel: bytes, frames: Sequence[Frame], keep: bool = True) -> None:
+        """(I/O thread, lock held via :meth:`borrow` or :meth:`take_over`.) Send now, after
+        what the outboxes hold: replies leave in the order the link core learns of them.
+        ``keep=False``: not a reply for the link core to keep (one it sends again)."""
+        self._queue_reply(channel, frames, keep)
+        for error in self.flush():
+            self.log.error("replies not sent: %s", error)
+
+    def abort_queued(self, reason: str) -> None:
+        """(I/O thread, lock held.) Answer every request that reached this engine and has not
+        started as aborted; queue marks are put back (the runner ends a stop_on_error abort at
+        them)."""
+        if not self._sockets:
+            return
+        self.take_available()
+        marks: list[QueueMark] = []
+        while not self.work.empty():
+            request = self.work.get_nowait()
+            if isinstance(request, QueueMark):
+                marks.append(request)
+                continue
+            reply = aborted_reply_msg(self.session, self.identity, request.msg, reason)
+            self._queue_reply(request.channel, self.session.serialize(reply, request.msg.idents))
+        for mark in marks:
+            self.work.put(mark)
+        for error in self.flush():
+            self.log.error("aborted replies not sent: %s", error)
+
+    def flush(self) -> list[str]:
+        """(I/O thread, lock held.) Send what the outboxes hold; the errors, if any."""
+        return [str(error) for outbox in self._outboxes.values() for error, _ in outbox.flush()]
+
+    def put_next(self, request: Request) -> None:
+        """(Any thread.) Run ``request`` as soon as the running task (if any) ends, ahead of
+        queued ones (``clear_request``)."""
+        with self.borrow():
+            self.work.put_next(request)
+
+
+def _nothing() -> None:
+    """A hand-off that only wakes a loop."""

@@ -1,0 +1,180 @@
+"""The engine's main-thread loop over its task sockets (corral.engine.task_shell), and how the
+I/O thread borrows those sockets: real DEALERs on loopback, a ROUTER playing the MUX, the loop
+on a thread of its own."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import zmq
+
+from corral.engine.runner import EngineIdentity, Request, TaskRunner
+from corral.engine.task_shell import TaskShell
+from corral.protocol.serialize import deserialize_object, pack_apply_message
+from corral.protocol.session import Message, Session
+from corral.sharedmem import SharedMemory
+from tests.wire import readable, recv_one
+
+WAIT = 10.0  # every wait bounded
+KEY = b"task-shell-test-key"
+
+
+@dataclass
+class Served:
+    shell: TaskShell
+    mux: zmq.Socket[Any]  # the ROUTER the engine's mux DEALER connects to
+    session: Session  # the client's
+    limited: list[Request]
+
+
+@contextmanager
+def served() -> Iterator[Served]:
+    """A TaskShell serving DEALERs connected to a ROUTER, on a thread, stopped at the end."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    task_router = ctx.socket(zmq.ROUTER)
+    task_port = task_router.bind_to_random_port("tcp://127.0.0.1")
+    dealers = []
+    for at in (port, task_port):
+        dealer = ctx.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.IDENTITY, b"engine")
+        dealer.connect(f"tcp://127.0.0.1:{at}")
+        dealers.append(dealer)
+    engine_session = Session(KEY, session_id="engine")
+    identity = EngineIdentity("engine", 0)
+    limited: list[Request] = []
+    failures: list[str] = []
+    shell = TaskShell(
+        engine_session,
+        identity,
+        SharedMemory(),
+        logging.getLogger("test.task_shell"),
+        watch_time_limit=limited.append,
+        on_failure=failures.append,
+    )
+    shell.attach(dealers[0], dealers[1])
+    runner = TaskRunner(
+        engine_session, identity, shell.reply, mark_queue=shell.mark_queue, shm=SharedMemory()
+    )
+    thread = threading.Thread(target=shell.run, args=(runner,), name="task-shell-test")
+    thread.start()
+    try:
+        yield Served(shell, router, Session(KEY, session_id="client"), limited)
+    finally:
+        shell.loop.stop()
+        thread.join(WAIT)
+        assert not thread.is_alive(), "the task loop did not stop"
+        shell.loop.close()
+        assert failures == []
+        for sock in (*dealers, router, task_router):
+            sock.close(linger=0)
+        ctx.term()
+
+
+def send_apply(served: Served, f: Any, *args: Any, **metadata: Any) -> Message:
+    msg = served.session.msg(
+        "apply_request", {}, metadata=metadata, buffers=pack_apply_message(f, args, {})
+    )
+    served.mux.send_multipart([b"engine", *served.session.serialize(msg, [b"client"])])
+    return msg
+
+
+def reply_to(served: Served, request: Message) -> Message:
+    """The next message the engine sends on mux, which must answer ``request``."""
+    assert readable(served.mux, WAIT), f"no reply to {request.msg_id}"
+    frames = recv_one(served.mux)
+    assert frames[0] == b"engine"
+    reply = served.session.feed(frames[1:])
+    assert reply.parent_id == request.msg_id
+    assert reply.idents == (b"client",)
+    return reply
+
+
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+def test_requests_are_run_and_answered_by_the_loop() -> None:
+    with served() as s:
+        for n in range(3):
+            request = send_apply(s, add, n, 1)
+            reply = reply_to(s, request)
+            assert reply.content == {"status": "ok"}
+            assert deserialize_object(list(reply.buffers)) == n + 1
+        received = [note for note in s.shell.notes if note[0] == "received"]
+        assert len(received) == 3  # left for the I/O thread's link core
+
+
+def test_a_time_limited_request_is_handed_to_the_io_thread() -> None:
+    with served() as s:
+        request = send_apply(s, add, 1, 1, time_limit=30)
+        reply_to(s, request)
+        assert [r.msg.msg_id for r in s.limited] == [request.msg_id]
+
+
+def test_borrowing_while_the_loop_waits_ends_its_turn_and_gives_the_sockets_back() -> None:
+    with served() as s:
+        reply_to(s, send_apply(s, add, 1, 2))  # the loop is up, now waiting in its poll
+        lent = threading.Event()
+
+        def borrow() -> None:
+            with s.shell.borrow():
+                lent.set()
+
+        borrower = threading.Thread(target=borrow)
+        borrower.start()
+        borrower.join(WAIT)
+        assert lent.is_set() and not borrower.is_alive()
+        reply = reply_to(s, send_apply(s, add, 2, 3))  # and the loop serves on
+        assert deserialize_object(list(reply.buffers)) == 5
+
+
+def test_while_a_task_runs_its_queue_is_aborted_at_once() -> None:
+    """What an abort_request for every queued task does (IOShell._abort_queued): the I/O
+    thread borrows the sockets while user code runs, reads what waits in them and answers it
+    as aborted; the running task still ends and answers."""
+    started, release = threading.Event(), threading.Event()
+
+    def blocking() -> str:
+        started.set()
+        assert release.wait(WAIT)
+        return "done"
+
+    _CALLS["blocking"] = blocking  # run by name: the loop thread shares this process
+    with served() as s:
+        running = send_apply(s, _call, "blocking")
+        assert started.wait(WAIT)
+        queued = [send_apply(s, add, n, n) for n in range(3)]
+        with s.shell.borrow():
+            until_queued(s.shell, 3)
+            s.shell.abort_queued("aborted by the test")
+        for request in queued:
+            assert (reply_to(s, request).content or {})["status"] == "aborted"
+        release.set()
+        assert deserialize_object(list(reply_to(s, running).buffers)) == "done"
+
+
+_CALLS: dict[str, Any] = {}
+
+
+def _call(name: str) -> Any:
+    """Run the callable registered in this process under ``name`` (pickled by reference, so
+    the loop thread finds the test's own objects)."""
+    return _CALLS.pop(name)()
+
+
+def until_queued(shell: TaskShell, count: int) -> None:
+    """With the lock held: until ``count`` requests have been read into the queue."""
+    deadline = threading.Event()
+    for _ in range(1000):
+        if shell.take_available() >= count:
+            return
+        deadline.wait(0.01)
+    pytest.fail(f"{count} requests never reached the queue")
