@@ -130,6 +130,7 @@ class Engine:
             self.log,
             watch_time_limit=self._watch_time_limit,
             on_failure=self._task_loop_failed,
+            hold_until=self._send_held_at,
         )
 
     @property
@@ -193,6 +194,13 @@ class Engine:
         io = self._io
         if io is not None:
             io.loop.call_soon_threadsafe(io.limits.watch, request)
+
+    def _send_held_at(self, deadline: float) -> None:
+        """(Main thread.) A task starts while replies are held: the I/O thread sends them at
+        ``deadline`` (a ``time.monotonic`` value) if they are still held then."""
+        io = self._io
+        if io is not None:
+            io.loop.call_soon_threadsafe(io.loop.call_at, deadline, self.tasks.send_held)
 
     def _task_loop_failed(self, reason: str) -> None:
         io = self._io

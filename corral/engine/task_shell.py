@@ -22,7 +22,9 @@ the I/O thread asks for it between tasks, at the end of the current turn.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -53,6 +55,7 @@ from .runner import (
 
 CONTROL_TYPES = frozenset({"clear_request", "abort_request", "signal_request", "shutdown_request"})
 BATCH = 64  # messages per socket per turn
+HOLD_REPLIES = 0.002  # seconds a reply may wait for the short tasks queued behind it
 TASK_CHANNELS = (b"mux", b"task")
 
 Note = tuple[str, Any, Any]
@@ -76,6 +79,7 @@ class TaskShell:
         log: logging.Logger,
         watch_time_limit: Callable[[Request], None],
         on_failure: Callable[[str], None],
+        hold_until: Callable[[float], None] = lambda deadline: None,
     ) -> None:
         self.session = session
         self.identity = identity
@@ -83,6 +87,8 @@ class TaskShell:
         self.log = log
         self.watch_time_limit = watch_time_limit  # hands a limited request to the I/O thread
         self.on_failure = on_failure  # the loop itself failed: the engine must stop
+        # asks the I/O thread to send the held replies at a deadline (see _run_next)
+        self.hold_until = hold_until
         self.loop = Loop("engine-tasks")
         self.work = WorkQueue()
         self.notes: deque[Note] = deque()  # for the link core, read by the I/O thread
@@ -93,6 +99,8 @@ class TaskShell:
         self._wanted = threading.Condition(threading.Lock())
         self._borrowers = 0  # I/O-thread calls waiting for or holding the lock
         self._scheduled = False
+        self._held_since: float | None = None  # when the oldest reply not sent was queued
+        self._hold_asked = False  # hold_until was called for the replies held now
 
     # ------------------------------------------------------------------ set-up
 
@@ -110,8 +118,7 @@ class TaskShell:
         loop = self.loop
         loop.add_socket(self._sockets[b"mux"], self._on_mux, batch=BATCH, bundles=True)
         loop.add_socket(self._sockets[b"task"], self._on_task, batch=BATCH, bundles=True)
-        for outbox in self._outboxes.values():
-            loop.add_outbox(outbox)
+        loop.at_turn_end(self._flush_turn)
         loop.at_turn_end(self._lend_if_asked)  # then what the I/O thread queued is scheduled
         loop.at_turn_end(self._schedule)
         self.lock.acquire()
@@ -177,19 +184,33 @@ class TaskShell:
             self.loop.call_soon(self._run_next)
 
     def _run_next(self) -> None:
+        """Run queued requests. Replies are sent at the end of the turn, so after a short task
+        the next queued one runs at once and its reply joins the same bundle (one message to
+        the scheduler for several replies: it costs it far less than one each). A reply waits
+        for the tasks behind it at most ``HOLD_REPLIES`` seconds: the loop stops taking more
+        once its oldest held reply is that old, and before a task starts with replies held,
+        the I/O thread is asked to send them at that deadline if the task is still running
+        then (it borrows the sockets while user code runs)."""
         self._scheduled = False
-        try:
-            item = self.work.get_nowait()
-        except Exception:  # queue.Empty: the I/O thread answered them all meanwhile
-            return
-        self.lock.release()  # user code may run for hours: the I/O thread may borrow meanwhile
-        try:
-            self.runner.run(item)
-        except BaseException:  # the runner answers user errors; this is a last resort
-            name = "a queue mark" if isinstance(item, QueueMark) else item.msg.msg_id
-            self.log.exception("failed to run %s", name)
-        finally:
-            self.lock.acquire()
+        while True:
+            try:
+                item = self.work.get_nowait()
+            except queue.Empty:  # the I/O thread answered them all meanwhile
+                return
+            if self._held_since is not None and not self._hold_asked:
+                self._hold_asked = True
+                self.hold_until(self._held_since + HOLD_REPLIES)
+            self.lock.release()  # user code may run for hours: the I/O thread may borrow
+            try:
+                self.runner.run(item)
+            except BaseException:  # the runner answers user errors; this is a last resort
+                name = "a queue mark" if isinstance(item, QueueMark) else item.msg.msg_id
+                self.log.exception("failed to run %s", name)
+            finally:
+                self.lock.acquire()
+            held = self._held_since
+            if self.work.empty() or held is None or time.monotonic() - held >= HOLD_REPLIES:
+                return
 
     def reply(self, channel: bytes, frames: Sequence[Frame]) -> None:
         """(Main thread, from the runner: also while the lock is lent.) Send a reply at the
@@ -198,6 +219,8 @@ class TaskShell:
             self._queue_reply(channel, frames)
 
     def _queue_reply(self, channel: bytes, frames: Sequence[Frame], keep: bool = True) -> None:
+        if self._held_since is None:
+            self._held_since = time.monotonic()
         if keep:
             self.notes.append(("replied", channel, frames))
         self._outboxes[channel].put(frames)
@@ -294,8 +317,22 @@ class TaskShell:
             self.log.error("aborted replies not sent: %s", error)
 
     def flush(self) -> list[str]:
-        """(I/O thread, lock held.) Send what the outboxes hold; the errors, if any."""
+        """(Lock held.) Send what the outboxes hold; the errors, if any."""
+        self._held_since = None
+        self._hold_asked = False
         return [str(error) for outbox in self._outboxes.values() for error, _ in outbox.flush()]
+
+    def _flush_turn(self) -> None:
+        """(Main thread, turn end.) Send the replies of this turn."""
+        if self._held_since is not None:
+            for error in self.flush():
+                self.log.error("replies not sent: %s", error)
+
+    def send_held(self) -> None:
+        """(I/O thread, at a deadline asked by ``hold_until``.) Send the replies a long task
+        holds back (none if the main thread sent them meanwhile)."""
+        with self.borrow():
+            self._flush_turn()
 
     def put_next(self, request: Request) -> None:
         """(Any thread.) Run ``request`` as soon as the running task (if any) ends, ahead of

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ def served() -> Iterator[Served]:
     """A TaskShell serving DEALERs connected to a ROUTER, on a thread, stopped at the end."""
     ctx: zmq.Context[Any] = zmq.Context()
     router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a request before the DEALER connects: refused
     port = router.bind_to_random_port("tcp://127.0.0.1")
     task_router = ctx.socket(zmq.ROUTER)
     task_port = task_router.bind_to_random_port("tcp://127.0.0.1")
@@ -51,6 +53,13 @@ def served() -> Iterator[Served]:
     identity = EngineIdentity("engine", 0)
     limited: list[Request] = []
     failures: list[str] = []
+    timers: list[threading.Timer] = []
+
+    def hold_until(deadline: float) -> None:  # what the I/O thread does (Engine._send_held_at)
+        timer = threading.Timer(max(0.0, deadline - time.monotonic()), shell.send_held)
+        timers.append(timer)
+        timer.start()
+
     shell = TaskShell(
         engine_session,
         identity,
@@ -58,6 +67,7 @@ def served() -> Iterator[Served]:
         logging.getLogger("test.task_shell"),
         watch_time_limit=limited.append,
         on_failure=failures.append,
+        hold_until=hold_until,
     )
     shell.attach(dealers[0], dealers[1])
     runner = TaskRunner(
@@ -69,6 +79,8 @@ def served() -> Iterator[Served]:
         yield Served(shell, router, Session(KEY, session_id="client"), limited)
     finally:
         shell.loop.stop()
+        for timer in timers:
+            timer.join(WAIT)
         thread.join(WAIT)
         assert not thread.is_alive(), "the task loop did not stop"
         shell.loop.close()
@@ -82,8 +94,16 @@ def send_apply(served: Served, f: Any, *args: Any, **metadata: Any) -> Message:
     msg = served.session.msg(
         "apply_request", {}, metadata=metadata, buffers=pack_apply_message(f, args, {})
     )
-    served.mux.send_multipart([b"engine", *served.session.serialize(msg, [b"client"])])
-    return msg
+    frames = [b"engine", *served.session.serialize(msg, [b"client"])]
+    pause = threading.Event()
+    for _ in range(1000):  # until the engine's DEALER has connected (bounded)
+        try:
+            served.mux.send_multipart(frames)
+            return msg
+        except zmq.ZMQError as err:
+            assert err.errno == zmq.EHOSTUNREACH
+            pause.wait(0.01)
+    raise AssertionError("the engine's mux DEALER never connected")
 
 
 def reply_to(served: Served, request: Message) -> Message:
@@ -178,3 +198,35 @@ def until_queued(shell: TaskShell, count: int) -> None:
             return
         deadline.wait(0.01)
     pytest.fail(f"{count} requests never reached the queue")
+
+
+def test_replies_of_short_tasks_are_not_held_back_by_a_long_one() -> None:
+    """Tasks queued together run in one turn and their replies leave together; but a reply
+    waits for the tasks behind it at most HOLD_REPLIES seconds: a long task behind a short
+    one does not hold the short one's reply until it ends."""
+    gate, long_task = threading.Event(), threading.Event()
+    started = threading.Event()
+
+    def first() -> str:
+        started.set()
+        assert gate.wait(WAIT)
+        return "first"
+
+    def last() -> str:
+        assert long_task.wait(WAIT)
+        return "last"
+
+    _CALLS["first"], _CALLS["last"] = first, last
+    with served() as s:
+        running = send_apply(s, _call, "first")
+        assert started.wait(WAIT)
+        short = send_apply(s, add, 20, 22)
+        long_request = send_apply(s, _call, "last")
+        with s.shell.borrow():
+            until_queued(s.shell, 2)  # both wait behind the first: the same turn runs them
+        gate.set()
+        assert deserialize_object(list(reply_to(s, running).buffers)) == "first"
+        assert deserialize_object(list(reply_to(s, short).buffers)) == 42
+        assert not long_task.is_set()  # both answered while the long task still runs
+        long_task.set()
+        assert deserialize_object(list(reply_to(s, long_request).buffers)) == "last"
