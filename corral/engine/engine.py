@@ -28,7 +28,7 @@ import signal
 import sys
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 from corral.errors import CorralError
@@ -191,21 +191,24 @@ class Engine:
 
     def _watch_time_limit(self, request: Request) -> None:
         """(Main thread.) A request with a time limit: the I/O thread enforces it."""
-        io = self._io
-        if io is not None:
-            io.loop.call_soon_threadsafe(io.limits.watch, request)
+        self._to_io_thread(lambda io: io.limits.watch(request))
 
     def _send_held_at(self, deadline: float) -> None:
         """(Main thread.) A task starts while replies are held: the I/O thread sends them at
         ``deadline`` (a ``time.monotonic`` value) if they are still held then."""
-        io = self._io
-        if io is not None:
-            io.loop.call_soon_threadsafe(io.loop.call_at, deadline, self.tasks.send_held)
+        self._to_io_thread(lambda io: io.loop.call_at(deadline, self.tasks.send_held))
 
     def _task_loop_failed(self, reason: str) -> None:
+        self._to_io_thread(lambda io: io.shutdown(1, reason))
+
+    def _to_io_thread(self, call: Callable[[IOShell], object]) -> None:
+        """Run ``call(io)`` on the I/O thread; nothing once it stopped (the process ends)."""
         io = self._io
         if io is not None:
-            io.loop.call_soon_threadsafe(io.shutdown, 1, reason)
+            try:
+                io.loop.call_soon_threadsafe(call, io)
+            except ConnectionError:
+                pass
 
     def _install_signal_handlers(self, io: IOShell) -> None:
         """SIGINT -> the interrupt gate (a KeyboardInterrupt in the running task); SIGTERM ->
