@@ -57,6 +57,7 @@ from .link import Action, EngineLink, Exit, Fail, LinkSettings, Registered, Rese
 from .namespace import TASK_SIGNALS, OutputCapture
 from .replies import marked_resent
 from .runner import (
+    CONTROL_TYPES,
     MAIN_THREAD_CONTROL_TYPES,
     AbortList,
     EngineIdentity,
@@ -69,7 +70,6 @@ from .stats import STATS_PERIOD, STATS_TOPIC, StatsSampler
 from .task_shell import TASK_CHANNELS, TaskShell
 from .time_limits import SignalSender, TimeLimits
 
-CONTROL_TYPES = frozenset({"clear_request", "abort_request", "signal_request", "shutdown_request"})
 BATCH = 64  # messages per socket per turn: control is served again soon
 LINGER_MS = 1000
 REGISTRATION_MARGIN = 10.0  # seconds the main thread waits past the registration timeout
@@ -311,6 +311,7 @@ class IOShell:
     def _on_ping(self, frames: list[zmq.Frame]) -> None:
         """A ping from the Hub: the controller is alive (and which instance it is)."""
         if self._exit is None:
+            self._drain_notes()  # a restarted controller is told the tasks this engine holds
             self._perform(self.link.on_ping(frames[-1].bytes, self.loop.time()))
 
     # ------------------------------------------------------------------ tasks

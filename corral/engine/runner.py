@@ -52,6 +52,7 @@ SendCallback = Callable[[bytes, Sequence[Frame]], None]
 
 TASK_TYPES = frozenset({"apply_request", "execute_request"})
 MAIN_THREAD_CONTROL_TYPES = frozenset({"clear_request"})
+CONTROL_TYPES = frozenset({"clear_request", "abort_request", "signal_request", "shutdown_request"})
 ABORT_MEMORY = 100_000
 
 

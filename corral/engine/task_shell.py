@@ -41,6 +41,7 @@ from corral.sharedmem import SharedMemory
 from corral.sockets import recv_frames
 
 from .runner import (
+    CONTROL_TYPES,
     QUEUE_MARK,
     TASK_TYPES,
     EngineIdentity,
@@ -53,7 +54,6 @@ from .runner import (
     time_limit,
 )
 
-CONTROL_TYPES = frozenset({"clear_request", "abort_request", "signal_request", "shutdown_request"})
 BATCH = 64  # messages per socket per turn
 HOLD_REPLIES = 0.002  # seconds a reply may wait for the short tasks queued behind it
 TASK_CHANNELS = (b"mux", b"task")
