@@ -55,7 +55,8 @@ from .runner import (
 )
 
 BATCH = 64  # messages per socket per turn
-HOLD_REPLIES = 0.002  # seconds a reply may wait for the short tasks queued behind it
+HOLD_REPLIES = 0.002  # seconds a reply may wait for the tasks queued behind it, at most
+BATCH_FOR = 0.001  # seconds of held replies after which the loop sends them (end of turn)
 TASK_CHANNELS = (b"mux", b"task")
 
 Note = tuple[str, Any, Any]
@@ -188,9 +189,10 @@ class TaskShell:
         the next queued one runs at once and its reply joins the same bundle (one message to
         the scheduler for several replies: it costs it far less than one each). A reply waits
         for the tasks behind it at most ``HOLD_REPLIES`` seconds: the loop stops taking more
-        once its oldest held reply is that old, and before a task starts with replies held,
-        the I/O thread is asked to send them at that deadline if the task is still running
-        then (it borrows the sockets while user code runs)."""
+        once its oldest held reply is ``BATCH_FOR`` old, and before a task starts with
+        replies held, the I/O thread is asked to send them at the deadline if a task still
+        holds them then (it borrows the sockets while user code runs; a batch of short tasks
+        has ended and been sent by then, and the I/O thread finds nothing to do)."""
         self._scheduled = False
         while True:
             try:
@@ -209,7 +211,7 @@ class TaskShell:
             finally:
                 self.lock.acquire()
             held = self._held_since
-            if self.work.empty() or held is None or time.monotonic() - held >= HOLD_REPLIES:
+            if self.work.empty() or held is None or time.monotonic() - held >= BATCH_FOR:
                 return
 
     def reply(self, channel: bytes, frames: Sequence[Frame]) -> None:
@@ -323,7 +325,7 @@ class TaskShell:
         return [str(error) for outbox in self._outboxes.values() for error, _ in outbox.flush()]
 
     def _flush_turn(self) -> None:
-        """(Main thread, turn end.) Send the replies of this turn."""
+        """(Turn end, or the I/O thread with the lock.) Send the replies held."""
         if self._held_since is not None:
             for error in self.flush():
                 self.log.error("replies not sent: %s", error)
@@ -331,6 +333,9 @@ class TaskShell:
     def send_held(self) -> None:
         """(I/O thread, at a deadline asked by ``hold_until``.) Send the replies a long task
         holds back (none if the main thread sent them meanwhile)."""
+        held = self._held_since  # a hint read without the lock: the check is repeated under it
+        if held is None or time.monotonic() - held < HOLD_REPLIES - BATCH_FOR / 2:
+            return  # sent meanwhile; those held now are younger and have their own deadline
         with self.borrow():
             self._flush_turn()
 
