@@ -113,12 +113,13 @@ def main() -> None:
     parser.add_argument("--engines", type=int, default=ENGINES)
     parser.add_argument("--profile", type=Path, help="py-spy every process, output here")
     parser.add_argument("--top", type=int, default=TOP)
+    parser.add_argument("--db", default="sqlite", help="the controller's store (Cluster's db)")
     args = parser.parse_args()
     baseline = os.environ.get("CORRAL_BENCH_SOURCE")
     if baseline:  # another corral tree (PYTHONPATH too, for the cluster): before this worktree
         sys.path.insert(0, baseline)
     spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
-    with corral_cluster(args.engines) as running:
+    with corral_cluster(args.engines, db=args.db) as running:
         client = running.client
         view = client.load_balanced_view()
         by_role = roles(running)
@@ -169,7 +170,8 @@ def main() -> None:
     import corral
 
     print(f"corral from {Path(corral.__file__).parent}")
-    print(f"{tasks} load-balanced no-ops, {args.engines} engines: {tasks / seconds:,.0f} tasks/s")
+    print(f"{tasks} load-balanced no-ops, {args.engines} engines, {args.db} store: ", end="")
+    print(f"{tasks / seconds:,.0f} tasks/s")
     print("CPU us per task: " + ", ".join(f"{r} {v:.0f}" for r, v in per_task.items()))
     print(f"  total {sum(per_task.values()):.0f}")
     print("  of which in the kernel: " + ", ".join(f"{r} {v:.0f}" for r, v in system.items()))

@@ -78,6 +78,7 @@ from .sqlite_rows import (
     first_written,
     merge_upserts,
     sql_where,
+    statement_sizes,
     upsert_runs,
     upsert_sql,
 )
@@ -203,7 +204,7 @@ class SQLiteStore(ResultStore):
                         db.execute(DELETE, (orjson.dumps(op.msg_ids).decode(),))
                         dropped = True
                 else:
-                    self._upsert_run(upsert_sql(columns), run)
+                    self._upsert_run(columns, run)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -214,19 +215,26 @@ class SQLiteStore(ResultStore):
             # at the next checkpoint), so purges free disk space, not just rows
             db.executescript("PRAGMA incremental_vacuum")  # execute() frees one page only
 
-    def _upsert_run(self, sql: str, run: Iterable[WriteOp[Payload]]) -> None:
-        """Upserts of the same columns: one executemany, then one for the request buffers'
-        parts; a chunked row is written alone and followed by its chunks, and a second row
-        with parts for the same msg_id waits for the first's (each row's triggers remove the
-        old chunks and parts before the new ones go in)."""
+    def _upsert_run(self, columns: tuple[str, ...], run: Iterable[WriteOp[Payload]]) -> None:
+        """Upserts of the same columns: a few multi-row statements (:func:`statement_sizes`),
+        then one executemany for the request buffers' parts; a chunked row is written alone
+        and followed by its chunks, and a second row with parts for the same msg_id waits for
+        the first's (each row's triggers remove the old chunks and parts before the new ones
+        go in)."""
         db = self._db
         rows: list[tuple[Any, ...]] = []
         parts: list[tuple[str, int, memoryview]] = []
         with_parts: set[str] = set()
 
         def flush() -> None:
-            if rows:
-                db.executemany(sql, rows)
+            start = 0
+            for size in statement_sizes(len(rows)):
+                if size == 1:
+                    db.execute(upsert_sql(columns), rows[start])
+                else:
+                    values = [value for row in rows[start : start + size] for value in row]
+                    db.execute(upsert_sql(columns, size), values)
+                start += size
             if parts:
                 db.executemany(INSERT_REQUEST_PART, parts)
             rows.clear()
@@ -241,7 +249,7 @@ class SQLiteStore(ResultStore):
             if row.chunked or msg_id in with_parts:
                 flush()
             if row.chunked:
-                db.execute(sql, row.parameters())
+                db.execute(upsert_sql(columns), row.parameters())
                 db.executemany(INSERT_CHUNK, row.chunks())
                 if row.request_buffers:
                     db.executemany(INSERT_REQUEST_PART, row.request_parts())

@@ -356,8 +356,27 @@ def encode_exact(
     return _with_buffers(layout, values, fields, chunk_bytes, text)
 
 
-@functools.lru_cache(maxsize=256)
-def upsert_sql(columns: tuple[str, ...]) -> str:
+#: The most rows one upsert statement writes. A run of rows goes in statements of
+#: power-of-two sizes up to this (a few statements to prepare per set of columns): each
+#: statement is one step in SQLite, so one release of the GIL, where ``executemany`` steps,
+#: and releases it, once per row. 64 rows of the widest layout bind about 1,100 values, far
+#: under SQLite's limit of 32,766.
+ROWS_PER_STATEMENT: Final = 64
+
+
+def statement_sizes(count: int) -> Iterator[int]:
+    """How many rows each statement of a run of ``count`` rows writes: as many of
+    :data:`ROWS_PER_STATEMENT` as fit, then the binary digits of the rest (``100``: 64, 32, 4)."""
+    while count:
+        size = min(ROWS_PER_STATEMENT, 1 << (count.bit_length() - 1))
+        yield size
+        count -= size
+
+
+@functools.lru_cache(maxsize=512)
+def upsert_sql(columns: tuple[str, ...], rows: int = 1) -> str:
+    """The upsert of ``rows`` rows of these columns in one statement (multi-row VALUES: the
+    rows are applied in order, a later one updating what an earlier one inserted)."""
     updates = []
     for name in columns[1:]:
         if name == "present":
@@ -371,8 +390,9 @@ def upsert_sql(columns: tuple[str, ...]) -> str:
             )
         else:
             updates.append(f"{name} = excluded.{name}")
+    values = ", ".join([f"({', '.join('?' * len(columns))})"] * rows)
     return (
-        f"INSERT INTO tasks ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
+        f"INSERT INTO tasks ({', '.join(columns)}) VALUES {values} "
         f"ON CONFLICT (msg_id) DO UPDATE SET {', '.join(updates)}"
     )
 

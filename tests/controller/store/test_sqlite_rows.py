@@ -22,7 +22,9 @@ from corral.controller.store.sqlite_rows import (
     encode_row,
     merge_rows,
     merge_upserts,
+    statement_sizes,
     upsert_runs,
+    upsert_sql,
 )
 
 
@@ -105,6 +107,15 @@ def test_grouped_batches_store_what_writes_one_by_one_store(tmp_path: Path) -> N
     finally:
         for store in stores:
             store.close()
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 3, 63, 64, 65, 100, 1000])
+def test_a_run_is_written_in_few_statements_of_every_row(count: int) -> None:
+    sizes = list(statement_sizes(count))
+    assert sum(sizes) == count
+    assert all(size in (1, 2, 4, 8, 16, 32, 64) for size in sizes)
+    assert len(sizes) <= count // 64 + 7
+    assert upsert_sql(("msg_id", "status"), 3).count("(?, ?)") == 3
 
 
 def test_runs_cover_the_batch_exactly_once() -> None:
