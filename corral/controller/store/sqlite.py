@@ -10,8 +10,12 @@ than :data:`CHUNK_BYTES` in all go instead, as chunks of at most that size, into
 1 GB ("string or blob too big"), and a result the buffer limit admits must be kept whatever
 its size. Triggers remove a row's chunks when the row is deleted or its buffers replaced, so
 purges and the size limit treat them like any buffer. A request's own buffers (``buffers``,
-kept for ``Client.resubmit``) go the same way into ``request_buffers`` (schema version 2; a
-store of version 1 gains the column and the table when opened for writing).
+kept for ``Client.resubmit``) go the same way: one BLOB column, ``request_data``, or past
+that size parts in ``request_buffers``. Schema versions: 1 had no request buffers, 2 put
+every request's buffers in ``request_buffers`` (one row per buffer: a second insert per
+task), 3 (this one) keeps them in the row. A store of version 1 or 2 gains the columns and
+the table in place when opened for writing; its old requests stay where they were and are
+read from there. A read-only open reads a store of version 2 or 3.
 
 Writes are encoded in the caller's thread (so bad values fail at the call) and applied by a
 :class:`~.base.BatchWriter` thread in WAL mode, many per transaction. ``synchronous=NORMAL``:
@@ -60,9 +64,12 @@ from .sqlite_rows import (
     INSERT_CHUNK,
     INSERT_REQUEST_PART,
     IS_CHUNKED,
+    IS_REQUEST_INLINE,
     MIGRATE_FROM_1,
+    MIGRATE_FROM_2,
     READ_CHUNKS,
     READ_REQUEST_PARTS,
+    REQUEST_DATA,
     REQUEST_SCHEMA,
     REQUEST_SIZE,
     ROW_OVERHEAD,
@@ -164,18 +171,24 @@ class SQLiteStore(ResultStore):
                 db.execute("COMMIT")
                 exists = True
         version = db.execute("PRAGMA user_version").fetchone()[0]
-        if exists and version == 1 and not read_only:
+        if exists and version in (1, 2) and not read_only:
             db.execute("BEGIN IMMEDIATE")  # another process may be migrating it too
-            if db.execute("PRAGMA user_version").fetchone()[0] == 1:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version == 1:
                 db.execute(MIGRATE_FROM_1)
+            if version in (1, 2):
+                db.execute(MIGRATE_FROM_2)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             db.execute("COMMIT")
-            version = SCHEMA_VERSION
-        if not exists or version != SCHEMA_VERSION:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+        readable = (2, SCHEMA_VERSION) if read_only else (SCHEMA_VERSION,)
+        if not exists or version not in readable:
             raise StoreError(
                 f"{self.path} is not a corral result store of schema version "
-                f"{SCHEMA_VERSION} (found {version if exists else 'no table'})"
+                f"{' or '.join(map(str, readable))} (found {version if exists else 'no table'})"
             )
+        # version 2 (read only) has no request_data: every request is in request_buffers
+        self._inline_requests = version >= 3
         if not read_only:
             db.executescript(CHUNKS_SCHEMA)  # also added to a store made before chunks
             db.executescript(REQUEST_SCHEMA)
@@ -217,10 +230,10 @@ class SQLiteStore(ResultStore):
 
     def _upsert_run(self, columns: tuple[str, ...], run: Iterable[WriteOp[Payload]]) -> None:
         """Upserts of the same columns: a few multi-row statements (:func:`statement_sizes`),
-        then one executemany for the request buffers' parts; a chunked row is written alone
-        and followed by its chunks, and a second row with parts for the same msg_id waits for
-        the first's (each row's triggers remove the old chunks and parts before the new ones
-        go in)."""
+        then one executemany for the parts of requests too large for their row's BLOB; a
+        chunked row is written alone and followed by its chunks, and a second row with parts
+        for the same msg_id waits for the first's (each row's triggers remove the old chunks
+        and parts before the new ones go in)."""
         db = self._db
         rows: list[tuple[Any, ...]] = []
         parts: list[tuple[str, int, memoryview]] = []
@@ -251,11 +264,11 @@ class SQLiteStore(ResultStore):
             if row.chunked:
                 db.execute(upsert_sql(columns), row.parameters())
                 db.executemany(INSERT_CHUNK, row.chunks())
-                if row.request_buffers:
+                if row.request_part:
                     db.executemany(INSERT_REQUEST_PART, row.request_parts())
                 continue
             rows.append(row.parameters())
-            if row.request_buffers:
+            if row.request_part:
                 parts.extend(row.request_parts())
                 with_parts.add(msg_id)
         flush()
@@ -299,6 +312,7 @@ class SQLiteStore(ResultStore):
                         "buffer_lengths",
                         BUFFERS_FIELD,
                         "request_buffer_lengths",
+                        REQUEST_DATA,
                     )
                 ),
                 CHUNKS_SIZE,
@@ -428,7 +442,9 @@ class SQLiteStore(ResultStore):
                 for row in db.execute(sql, params):
                     record, lengths, request_lengths = decode_row(row, columns)
                     if request_lengths is not None and request_early:
-                        record[REQUEST_BUFFERS_FIELD] = self._read_request(row[2], request_lengths)
+                        record[REQUEST_BUFFERS_FIELD] = self._read_request(
+                            row[0], row[2], request_lengths
+                        )
                         request_lengths = None
                     if lengths is not None and buffers_early:
                         record[BUFFERS_FIELD] = self._read_buffers(row[0], row[2], lengths)
@@ -438,7 +454,9 @@ class SQLiteStore(ResultStore):
                     if lengths is not None:
                         record[BUFFERS_FIELD] = self._read_buffers(row[0], row[2], lengths)
                     if request_lengths is not None:
-                        record[REQUEST_BUFFERS_FIELD] = self._read_request(row[2], request_lengths)
+                        record[REQUEST_BUFFERS_FIELD] = self._read_request(
+                            row[0], row[2], request_lengths
+                        )
                     records.append(project(record, fields))
             except sqlite3.Error as exc:
                 raise StoreError(f"reading the result store {self.path} failed: {exc}") from exc
@@ -457,10 +475,16 @@ class SQLiteStore(ResultStore):
         with self._reader.blobopen("tasks", BUFFERS_FIELD, seq, readonly=True) as blob:
             return [blob.read(length) if length else b"" for length in lengths]
 
-    def _read_request(self, msg_id: str, lengths: list[int]) -> list[bytes]:
-        """A request's buffers, joined from their parts."""
+    def _read_request(self, seq: int, msg_id: str, lengths: list[int]) -> list[bytes]:
+        """A request's buffers: from the row's BLOB (one copy each), or joined from their parts
+        (a large request, or one written by schema version 2)."""
         if not any(lengths):
             return [b"" for _ in lengths]
+        if not self._inline_requests:  # read only, version 2 when opened: migrated since?
+            self._inline_requests = self._reader.execute("PRAGMA user_version").fetchone()[0] >= 3
+        if self._inline_requests and self._reader.execute(IS_REQUEST_INLINE, (seq,)).fetchone()[0]:
+            with self._reader.blobopen("tasks", REQUEST_DATA, seq, readonly=True) as blob:
+                return [blob.read(length) if length else b"" for length in lengths]
         return self._read_chunks(msg_id, lengths, READ_REQUEST_PARTS)
 
     def _read_chunks(self, msg_id: str, lengths: list[int], sql: str = READ_CHUNKS) -> list[bytes]:

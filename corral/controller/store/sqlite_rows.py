@@ -4,8 +4,9 @@ The layout (docs in :mod:`.sqlite`): one ``tasks`` row per record, known fields 
 dict fields as JSON text, unknown fields JSON-encoded in ``extra``, a ``present`` bit per
 known field (a field set to None differs from one never set), and result buffers either as
 one BLOB or, past :data:`CHUNK_BYTES` in all, as chunks in ``buffer_chunks``. A request's
-own buffers (``buffers``, schema version 2) are parts in ``request_buffers``, their lengths
-in the row. Everything
+own buffers (``buffers``) go the same way: one BLOB in the row's ``request_data`` (schema
+version 3), or past :data:`CHUNK_BYTES` parts in ``request_buffers`` (version 2 kept every
+request there, one row per buffer), their lengths in the row. Everything
 here is pure: the schema, encoding a record (in the caller's thread, so a bad value fails at
 the call), the upsert statement for a set of columns, the WHERE clause for a parsed query,
 and decoding a row.
@@ -37,7 +38,7 @@ from .base import (
 )
 from .query import Atom
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Known fields other than msg_id, in column order; a field's position is its bit in the
 #: ``present`` column, which tells a field set to None from a field never set (new fields
 #: go last, so that the bits of a store made by an earlier version keep their meaning).
@@ -65,10 +66,16 @@ CREATE TABLE tasks (
     extra TEXT,
     buffer_lengths TEXT,
     result_buffers BLOB,
-    request_buffer_lengths TEXT
+    request_buffer_lengths TEXT,
+    request_data BLOB
 )"""
 #: From schema version 1 (no request buffers) to 2: one column more, added in place.
 MIGRATE_FROM_1 = "ALTER TABLE tasks ADD COLUMN request_buffer_lengths TEXT"
+#: From 2 (every request's buffers in ``request_buffers``) to 3: their BLOB in the row, added
+#: in place; rows written before keep their parts, which reads still find (NULL here).
+MIGRATE_FROM_2 = "ALTER TABLE tasks ADD COLUMN request_data BLOB"
+#: The column of a request's buffers joined (NULL: in ``request_buffers``, or none).
+REQUEST_DATA = "request_data"
 #: Buffers larger than this in all are stored as chunks of at most this size (SQLite's own
 #: limit on one value is 1,000,000,000 bytes by default).
 CHUNK_BYTES: Final = 64 << 20
@@ -88,8 +95,9 @@ AFTER DELETE ON tasks
 WHEN old.result_buffers IS NULL AND old.buffer_lengths IS NOT NULL
 BEGIN DELETE FROM buffer_chunks WHERE msg_id = old.msg_id; END;
 """
-#: A request's buffers, cut into parts of at most the chunk size (a small buffer is one part,
-#: an empty one none); the row's ``request_buffer_lengths`` says where each buffer ends.
+#: A request's buffers of more than the chunk size in all (and, in stores of schema version 2,
+#: every request's), cut into parts of at most the chunk size (an empty buffer has none);
+#: the row's ``request_buffer_lengths`` says where each buffer ends.
 REQUEST_SCHEMA = """
 CREATE TABLE IF NOT EXISTS request_buffers (
     msg_id TEXT NOT NULL,
@@ -114,6 +122,7 @@ REQUEST_SIZE = (
 )
 INSERT_CHUNK = "INSERT INTO buffer_chunks (msg_id, part, data) VALUES (?, ?, ?)"
 IS_CHUNKED = "SELECT result_buffers IS NULL FROM tasks WHERE seq = ?"
+IS_REQUEST_INLINE = "SELECT request_data IS NOT NULL FROM tasks WHERE seq = ?"
 READ_CHUNKS = "SELECT data FROM buffer_chunks WHERE msg_id = ? ORDER BY part"
 CHUNKS_SIZE = (
     "CASE WHEN result_buffers IS NULL AND buffer_lengths IS NOT NULL THEN coalesce((SELECT "
@@ -142,14 +151,16 @@ class Row(NamedTuple):
     """An encoded upsert: column names, their values, and the result buffers as given
     (joined into one BLOB by the writer thread, not the caller); ``chunk`` is the size of
     their chunks when they are too large for one BLOB, else 0. ``request_buffers`` (None:
-    not written) go to ``request_buffers`` in parts of at most ``request_part`` bytes."""
+    not written) likewise: one BLOB in ``request_data``, or when ``request_part`` is not 0,
+    parts of at most that many bytes in ``request_buffers``. The two BLOB columns come last
+    in ``columns`` and have no entry in ``values`` (:meth:`parameters` adds them)."""
 
     columns: tuple[str, ...]
     values: tuple[Any, ...]
     buffers: list[Any] | None
     chunk: int = 0
     request_buffers: list[Any] | None = None
-    request_part: int = CHUNK_BYTES
+    request_part: int = 0
     known_size: int = -1  # size() worked out while encoding (-1: not)
 
     def size(self) -> int:
@@ -166,12 +177,22 @@ class Row(NamedTuple):
         return self.chunk > 0
 
     def parameters(self) -> tuple[Any, ...]:
-        if self.columns[-1] != BUFFERS_FIELD:
-            return self.values
-        buffers = self.buffers
-        if buffers is None or self.chunked:
-            return (*self.values, None)
-        return (*self.values, buffers[0] if len(buffers) == 1 else b"".join(buffers))
+        """The values to bind, the BLOBs joined (in the writer thread)."""
+        columns = self.columns
+        last = columns[-1]
+        if last == BUFFERS_FIELD:
+            buffers = self.buffers
+            blob = None if buffers is None or self.chunked else _joined(buffers)
+            if columns[-2] == REQUEST_DATA:
+                return (*self.values, self._request_blob(), blob)
+            return (*self.values, blob)
+        if last == REQUEST_DATA:
+            return (*self.values, self._request_blob())
+        return self.values
+
+    def _request_blob(self) -> Any:
+        buffers = self.request_buffers
+        return None if buffers is None or self.request_part else _joined(buffers)
 
     def chunks(self) -> Iterator[tuple[str, int, memoryview]]:
         """(msg_id, part, data) of a chunked row: each buffer cut in pieces of at most
@@ -184,7 +205,10 @@ class Row(NamedTuple):
                 part += 1
 
     def request_parts(self) -> Iterator[tuple[str, int, memoryview]]:
-        """(msg_id, part, data) of the request's buffers, as :meth:`chunks` cuts them."""
+        """(msg_id, part, data) of the request's buffers, as :meth:`chunks` cuts them (none
+        when they go in the row's BLOB)."""
+        if not self.request_part:
+            return
         part = 0
         for buffer in self.request_buffers or ():
             view = memoryview(buffer).cast("B")
@@ -194,6 +218,11 @@ class Row(NamedTuple):
 
 
 Payload = Row | None  # None: a drop, whose msg_ids are the WriteOp's
+
+
+def _joined(buffers: list[Any]) -> Any:
+    """Buffers as one value to bind: a single buffer as it is (no copy)."""
+    return buffers[0] if len(buffers) == 1 else b"".join(buffers)
 
 
 def _dumps(name: str, value: Any) -> str:
@@ -246,7 +275,11 @@ def _layout(names: tuple[str, ...]) -> _Layout:
         columns.append("request_buffer_lengths")
     buffers = BUFFERS_FIELD in names
     if buffers:
-        columns += ["buffer_lengths", BUFFERS_FIELD]
+        columns.append("buffer_lengths")
+    if request:  # the BLOBs last: they have no value until the writer joins them
+        columns.append(REQUEST_DATA)
+    if buffers:
+        columns.append(BUFFERS_FIELD)
     checks = tuple((name, _TYPES[name], is_json) for name, is_json in scalars)
     return _Layout(present, scalars, tuple(extras), tuple(columns), request, buffers, checks)
 
@@ -298,7 +331,7 @@ def _with_buffers(
         given[1],
         chunk_bytes if sizes[1] > chunk_bytes else 0,
         given[0],
-        chunk_bytes,
+        chunk_bytes if sizes[0] > chunk_bytes else 0,
         size,
     )
 
@@ -452,8 +485,11 @@ _COLUMN_ORDER = (
     "extra",
     "request_buffer_lengths",
     "buffer_lengths",
+    REQUEST_DATA,
     BUFFERS_FIELD,
 )
+#: The columns whose value a row's ``values`` lack (the writer joins them from the buffers).
+_BLOBS = (REQUEST_DATA, BUFFERS_FIELD)
 
 
 @functools.lru_cache(maxsize=256)
@@ -467,13 +503,13 @@ def _merged_layout(
         return None
     names = {*first, *second}
     columns = tuple(name for name in _COLUMN_ORDER if name in names)
-    # the buffers column (always last) has no value: the writer appends the joined buffers,
+    # the BLOB columns (always last) have no value: the writer appends the joined buffers,
     # so a column's index among the names is its value's index
-    offset = len(first) - (BUFFERS_FIELD in first)
+    offset = len(first) - (REQUEST_DATA in first) - (BUFFERS_FIELD in first)
     indices = [
         offset + second.index(name) if name in second else first.index(name)
         for name in columns
-        if name != BUFFERS_FIELD
+        if name not in _BLOBS
     ]
     return columns, operator.itemgetter(*indices)
 
