@@ -59,7 +59,6 @@ from .sqlite_rows import (
     CHUNKS_SCHEMA,
     CHUNKS_SIZE,
     DELETE,
-    EXISTING,
     INCREMENTAL,
     INSERT_CHUNK,
     INSERT_REQUEST_PART,
@@ -77,12 +76,12 @@ from .sqlite_rows import (
     SCHEMA,
     SCHEMA_VERSION,
     TABLE_EXISTS,
+    KnownRows,
     Payload,
     columns_for,
     decode_row,
     encode_exact,
     encode_row,
-    first_written,
     merge_upserts,
     sql_where,
     statement_sizes,
@@ -132,6 +131,7 @@ class SQLiteStore(ResultStore):
             if isinstance(exc, StoreError):
                 raise
             raise StoreError(f"cannot open the SQLite result store {self.path}: {exc}") from exc
+        self._known = KnownRows()  # the writer thread's only
         self._writer: BatchWriter[Payload] = BatchWriter(
             self._apply, name=f"sqlite writer ({self.path.name})", max_batch=max_batch
         )
@@ -203,15 +203,14 @@ class SQLiteStore(ResultStore):
 
     def _apply(self, batch: list[WriteOp[Payload]]) -> None:
         """One transaction; a record's upserts merged into one row where they can be, then runs
-        of upserts with the same columns go in one executemany."""
+        of upserts with the same columns go in a few multi-row statements (which rows exist
+        already, so which writes may be grouped: :class:`KnownRows`, no query)."""
         db = self._db
         dropped = False
         batch = merge_upserts(batch)
         db.execute("BEGIN IMMEDIATE")
         try:
-            written = orjson.dumps(first_written(batch)).decode()
-            existing = {row[0] for row in db.execute(EXISTING, (written,))}
-            for columns, run in upsert_runs(batch, existing):
+            for columns, run in upsert_runs(batch, self._known):
                 if columns is None:
                     for op in run:
                         db.execute(DELETE, (orjson.dumps(op.msg_ids).decode(),))
@@ -223,6 +222,7 @@ class SQLiteStore(ResultStore):
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+        self._known.committed(batch)
         if dropped:
             # give the pages of dropped records back to the file system (the file shrinks
             # at the next checkpoint), so purges free disk space, not just rows

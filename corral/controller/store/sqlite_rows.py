@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import operator
-from collections.abc import Callable, Iterator, Sequence, Set
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from typing import Any, Final, NamedTuple
 
 import orjson
@@ -143,7 +143,6 @@ ROW_OVERHEAD = 64
 INCREMENTAL = 2  # PRAGMA auto_vacuum value
 TABLE_EXISTS = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'tasks'"
 DELETE = "DELETE FROM tasks WHERE msg_id IN (SELECT value FROM json_each(?))"
-EXISTING = "SELECT msg_id FROM tasks WHERE msg_id IN (SELECT value FROM json_each(?))"
 _COMPARE = {"$eq": "=", "$ne": "IS NOT", "$lt": "<", "$lte": "<=", "$gt": ">", "$gte": ">="}
 
 
@@ -545,6 +544,7 @@ def merge_upserts(batch: Sequence[WriteOp[Payload]]) -> list[WriteOp[Payload]]:
     merge crosses. Applying the result is applying the batch write by write."""
     merged: list[WriteOp[Payload]] = []
     index: dict[str, int] = {}  # msg_id -> its merged upsert's place in ``merged``
+    rows: dict[int, Row] = {}  # place -> the row merged there so far (WriteOps made at the end)
     for op in batch:
         row = op.payload
         if row is None:
@@ -554,21 +554,23 @@ def merge_upserts(batch: Sequence[WriteOp[Payload]]) -> list[WriteOp[Payload]]:
         msg_id = op.msg_ids[0]
         at = index.get(msg_id)
         if at is not None:
-            previous = merged[at].payload
+            previous = rows.get(at) or merged[at].payload
             assert previous is not None
             combined = merge_rows(previous, row)
             if combined is not None:
-                merged[at] = WriteOp("upsert", op.msg_ids, combined)
+                rows[at] = combined
                 continue
         index[msg_id] = len(merged)
         merged.append(op)
+    for at, row in rows.items():
+        merged[at] = WriteOp("upsert", merged[at].msg_ids, row)
     return merged
 
 
 Run = tuple[tuple[str, ...] | None, list[WriteOp[Payload]]]
 
 
-def upsert_runs(batch: Sequence[WriteOp[Payload]], existing: Set[str]) -> list[Run]:
+def upsert_runs(batch: Sequence[WriteOp[Payload]], existing: Container[str]) -> list[Run]:
     """The batch as runs to apply in order, each run one ``executemany`` (columns) or a drop
     (None). Upserts with the same columns are gathered into one run, not only when adjacent
     (a task's request and another's reply alternate in a batch), within two rules that make
@@ -605,10 +607,37 @@ def upsert_runs(batch: Sequence[WriteOp[Payload]], existing: Set[str]) -> list[R
     return runs
 
 
-def first_written(batch: Sequence[WriteOp[Payload]]) -> list[str]:
-    """The msg_ids the batch upserts, each once: those whose rows ``upsert_runs`` must know
-    to exist or not before the batch."""
-    return list(dict.fromkeys(op.msg_ids[0] for op in batch if op.payload is not None))
+#: How many msg_ids :class:`KnownRows` remembers at least (at most twice as many): more than
+#: the tasks a busy cluster runs between a task's request and its result.
+KNOWN_ROWS: Final = 1 << 16
+
+
+class KnownRows:
+    """The msg_ids whose rows exist because the writer upserted them in a committed batch and
+    has not dropped them since: what :func:`upsert_runs` needs to know of a batch without a
+    query. Bounded: the most recent :data:`KNOWN_ROWS` or more; a msg_id forgotten (or
+    written before this store was opened) only counts as one whose write may insert a row,
+    which keeps that write in its place among inserts: fewer writes grouped, same result."""
+
+    def __init__(self, limit: int = KNOWN_ROWS) -> None:
+        self._limit = limit
+        self._recent: set[str] = set()
+        self._older: set[str] = set()
+
+    def __contains__(self, msg_id: object) -> bool:
+        return msg_id in self._recent or msg_id in self._older
+
+    def committed(self, batch: Iterable[WriteOp[Payload]]) -> None:
+        """The batch is committed: its upserted rows exist, its dropped ones do not."""
+        recent = self._recent
+        for op in batch:
+            if op.payload is None:
+                recent.difference_update(op.msg_ids)
+                self._older.difference_update(op.msg_ids)
+            else:
+                recent.add(op.msg_ids[0])
+        if len(recent) > self._limit:
+            self._older, self._recent = recent, set()
 
 
 def decode_row(row: tuple[Any, ...], columns: tuple[str, ...]) -> tuple[dict[str, Any], Any, Any]:

@@ -16,6 +16,7 @@ from corral.controller.store.base import WriteOp, validate_record
 from corral.controller.store.retention import RetentionSettings
 from corral.controller.store.sqlite import SQLiteStore
 from corral.controller.store.sqlite_rows import (
+    KnownRows,
     Payload,
     Row,
     encode_exact,
@@ -116,6 +117,53 @@ def test_a_run_is_written_in_few_statements_of_every_row(count: int) -> None:
     assert all(size in (1, 2, 4, 8, 16, 32, 64) for size in sizes)
     assert len(sizes) <= count // 64 + 7
     assert upsert_sql(("msg_id", "status"), 3).count("(?, ?)") == 3
+
+
+def test_known_rows_are_those_written_and_not_dropped_and_bounded() -> None:
+    known = KnownRows(limit=4)
+    known.committed([op("a", "request"), op("b", "reply"), drop("b"), op("c", "reply")])
+    assert "a" in known and "c" in known and "b" not in known
+    known.committed([drop("a", "x")])
+    assert "a" not in known and "c" in known
+    known.committed([op(f"n{i}", "request") for i in range(5)])  # over the limit: kept a while
+    assert "c" in known and all(f"n{i}" in known for i in range(5))
+    known.committed([op(f"k{i}", "request") for i in range(5)])
+    assert "c" not in known and "n0" not in known  # forgotten: counted as maybe new
+    assert all(f"k{i}" in known for i in range(5))
+
+
+def test_a_reopened_store_groups_writes_of_rows_it_did_not_write(tmp_path: Path) -> None:
+    """Rows from before the store was opened are unknown to its writer (writes to them count
+    as maybe inserting): batches still store what writes one by one store."""
+    rng = random.Random(5)
+    stores = [SQLiteStore(tmp_path / "grouped.db"), SQLiteStore(tmp_path / "single.db")]
+    for store in stores:
+        for index in range(20):
+            store.add_record(f"m{index}", {"status": "pending"})
+        store.close()
+    writes = [(rng.randrange(30), rng.choice(["add", "update", "drop"])) for _ in range(300)]
+    stores = [
+        SQLiteStore(tmp_path / "grouped.db"),
+        SQLiteStore(tmp_path / "single.db", max_batch=1),
+    ]
+    try:
+        for store in stores:
+            for index, kind in writes:
+                msg_id = f"m{index}"
+                if kind == "add":
+                    store.add_record(msg_id, {"status": "pending", "stdout": "x"})
+                elif kind == "update":
+                    store.update_record(msg_id, {"status": "ok", "result_buffers": [b"r"]})
+                else:
+                    store.drop_records([msg_id])
+            store.flush()
+        grouped, single = stores
+        assert grouped.get_history() == single.get_history()
+        ids = single.get_history()
+        assert grouped.get_records(ids) == single.get_records(ids)
+    finally:
+        for store in stores:
+            store.close()
 
 
 def test_runs_cover_the_batch_exactly_once() -> None:
