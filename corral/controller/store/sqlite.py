@@ -63,10 +63,10 @@ from .sqlite_rows import (
     INSERT_CHUNK,
     INSERT_REQUEST_PART,
     IS_CHUNKED,
-    IS_REQUEST_INLINE,
     MIGRATE_FROM_1,
     MIGRATE_FROM_2,
     READ_CHUNKS,
+    READ_REQUEST_DATA,
     READ_REQUEST_PARTS,
     REQUEST_DATA,
     REQUEST_SCHEMA,
@@ -476,15 +476,22 @@ class SQLiteStore(ResultStore):
             return [blob.read(length) if length else b"" for length in lengths]
 
     def _read_request(self, seq: int, msg_id: str, lengths: list[int]) -> list[bytes]:
-        """A request's buffers: from the row's BLOB (one copy each), or joined from their parts
-        (a large request, or one written by schema version 2)."""
+        """A request's buffers: the row's BLOB read in one query and cut (a single buffer is
+        the BLOB itself), or joined from their parts (a request larger than the chunk size, or
+        one written by schema version 2)."""
         if not any(lengths):
             return [b"" for _ in lengths]
         if not self._inline_requests:  # read only, version 2 when opened: migrated since?
             self._inline_requests = self._reader.execute("PRAGMA user_version").fetchone()[0] >= 3
-        if self._inline_requests and self._reader.execute(IS_REQUEST_INLINE, (seq,)).fetchone()[0]:
-            with self._reader.blobopen("tasks", REQUEST_DATA, seq, readonly=True) as blob:
-                return [blob.read(length) if length else b"" for length in lengths]
+        if self._inline_requests:
+            (data,) = self._reader.execute(READ_REQUEST_DATA, (seq,)).fetchone()
+            if data is not None:
+                if len(data) != sum(lengths):
+                    raise StoreError(
+                        f"the result store {self.path} is damaged: the request buffers of "
+                        f"{msg_id} should hold {sum(lengths)} bytes, its row holds {len(data)}"
+                    )
+                return _split(data, lengths)
         return self._read_chunks(msg_id, lengths, READ_REQUEST_PARTS)
 
     def _read_chunks(self, msg_id: str, lengths: list[int], sql: str = READ_CHUNKS) -> list[bytes]:
@@ -506,3 +513,16 @@ class SQLiteStore(ResultStore):
                 )
             buffers.append(pieces[0] if len(pieces) == 1 else b"".join(pieces))
         return buffers
+
+
+def _split(data: bytes, lengths: list[int]) -> list[bytes]:
+    """Buffers of these lengths, one after the other in ``data`` (one buffer: ``data`` itself)."""
+    if len(lengths) == 1 and lengths[0] == len(data):
+        return [data]
+    view = memoryview(data)
+    buffers: list[bytes] = []
+    start = 0
+    for length in lengths:
+        buffers.append(bytes(view[start : start + length]))
+        start += length
+    return buffers

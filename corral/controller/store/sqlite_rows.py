@@ -122,7 +122,7 @@ REQUEST_SIZE = (
 )
 INSERT_CHUNK = "INSERT INTO buffer_chunks (msg_id, part, data) VALUES (?, ?, ?)"
 IS_CHUNKED = "SELECT result_buffers IS NULL FROM tasks WHERE seq = ?"
-IS_REQUEST_INLINE = "SELECT request_data IS NOT NULL FROM tasks WHERE seq = ?"
+READ_REQUEST_DATA = "SELECT request_data FROM tasks WHERE seq = ?"
 READ_CHUNKS = "SELECT data FROM buffer_chunks WHERE msg_id = ? ORDER BY part"
 CHUNKS_SIZE = (
     "CASE WHEN result_buffers IS NULL AND buffer_lengths IS NOT NULL THEN coalesce((SELECT "

@@ -252,3 +252,15 @@ def test_sqlite_store_of_version_2_keeps_its_requests_where_they_are(tmp_path: P
                 assert db.execute("SELECT count(*) FROM request_buffers").fetchone()[0] == 0
     with SQLiteStore(path, read_only=True) as reader:
         assert reader.get_history() == ["new"]
+
+
+def test_sqlite_request_in_its_row_of_the_wrong_length_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.db"
+    with SQLiteStore(path) as store:
+        store.add_record("m", request("m", [b"ab", b"cde"]))
+        assert store.get_record("m")["buffers"] == [b"ab", b"cde"]
+        with closing(sqlite3.connect(path)) as db:
+            db.execute("UPDATE tasks SET request_data = x'00' WHERE msg_id = 'm'")
+            db.commit()
+        with pytest.raises(StoreError, match="damaged"):
+            store.get_record("m")
