@@ -30,6 +30,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
+from itertools import chain
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -210,7 +211,7 @@ class SQLiteStore(ResultStore):
         batch = merge_upserts(batch)
         db.execute("BEGIN IMMEDIATE")
         try:
-            for columns, run in upsert_runs(batch, self._known):
+            for columns, run in upsert_runs(batch, self._known.ids):
                 if columns is None:
                     for op in run:
                         db.execute(DELETE, (orjson.dumps(op.msg_ids).decode(),))
@@ -245,7 +246,7 @@ class SQLiteStore(ResultStore):
                 if size == 1:
                     db.execute(upsert_sql(columns), rows[start])
                 else:
-                    values = [value for row in rows[start : start + size] for value in row]
+                    values = list(chain.from_iterable(rows[start : start + size]))
                     db.execute(upsert_sql(columns, size), values)
                 start += size
             if parts:
@@ -259,9 +260,10 @@ class SQLiteStore(ResultStore):
             if row is None:
                 continue
             msg_id = op.msg_ids[0]
-            if row.chunked or msg_id in with_parts:
+            chunked = row.chunk > 0
+            if chunked or msg_id in with_parts:
                 flush()
-            if row.chunked:
+            if chunked:
                 db.execute(upsert_sql(columns), row.parameters())
                 db.executemany(INSERT_CHUNK, row.chunks())
                 if row.request_part:

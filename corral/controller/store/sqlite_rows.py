@@ -615,29 +615,26 @@ KNOWN_ROWS: Final = 1 << 16
 class KnownRows:
     """The msg_ids whose rows exist because the writer upserted them in a committed batch and
     has not dropped them since: what :func:`upsert_runs` needs to know of a batch without a
-    query. Bounded: the most recent :data:`KNOWN_ROWS` or more; a msg_id forgotten (or
-    written before this store was opened) only counts as one whose write may insert a row,
-    which keeps that write in its place among inserts: fewer writes grouped, same result."""
+    query (``ids``, a dict for its C-speed ``in``). Bounded: at least the last ``limit``
+    first written are kept; a msg_id forgotten (or written before this store was opened) only
+    counts as one whose write may insert a row, which keeps that write in its place among
+    inserts: fewer writes grouped, the same result."""
 
     def __init__(self, limit: int = KNOWN_ROWS) -> None:
         self._limit = limit
-        self._recent: set[str] = set()
-        self._older: set[str] = set()
-
-    def __contains__(self, msg_id: object) -> bool:
-        return msg_id in self._recent or msg_id in self._older
+        self.ids: dict[str, None] = {}
 
     def committed(self, batch: Iterable[WriteOp[Payload]]) -> None:
         """The batch is committed: its upserted rows exist, its dropped ones do not."""
-        recent = self._recent
+        ids = self.ids
         for op in batch:
             if op.payload is None:
-                recent.difference_update(op.msg_ids)
-                self._older.difference_update(op.msg_ids)
+                for msg_id in op.msg_ids:
+                    ids.pop(msg_id, None)
             else:
-                recent.add(op.msg_ids[0])
-        if len(recent) > self._limit:
-            self._older, self._recent = recent, set()
+                ids[op.msg_ids[0]] = None
+        if len(ids) > 2 * self._limit:  # keep the newest (in the order first written)
+            self.ids = dict.fromkeys(list(ids)[-self._limit :])
 
 
 def decode_row(row: tuple[Any, ...], columns: tuple[str, ...]) -> tuple[dict[str, Any], Any, Any]:
