@@ -70,7 +70,9 @@ def system_seconds(processes: list[psutil.Process]) -> float:
 def thread_times(processes: list[psutil.Process]) -> collections.Counter[str]:
     """CPU seconds (user + system) by thread name (``/proc/<pid>/task/<tid>/comm``: zmq's
     I/O threads are ``ZMQbg/IO/0``, Python threads carry their name from Python 3.11 on
-    Linux only if set, else the process's) summed over ``processes``."""
+    Linux only if set, else the process's) summed over ``processes``. A thread named as its
+    process that is not its main thread is counted apart, as ``<name> (other)``: in the Hub,
+    the result store's writer thread."""
     found: collections.Counter[str] = collections.Counter()
     for process in processes:
         try:
@@ -82,6 +84,8 @@ def thread_times(processes: list[psutil.Process]) -> collections.Counter[str]:
                 name = Path(f"/proc/{process.pid}/task/{thread.id}/comm").read_text().strip()
             except OSError:
                 continue
+            if thread.id != process.pid and name == process.name():
+                name += " (other)"
             found[name] += thread.user_time + thread.system_time
     return found
 
