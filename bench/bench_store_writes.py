@@ -12,6 +12,11 @@ checks that every task reads back complete:
 
     PYTHONPATH=. .venv/bin/python bench/bench_store_writes.py --repeats 5
 
+``--writer-alone N`` measures the writer's work without its thread: the writes encoded as the
+store encodes them, cut into batches of the writes of N tasks each (at 4000 tasks/s a 20 ms
+linger gathers about 80), applied one batch after the other by the store's batch function in
+this thread (private, called here only to time it free of thread hand-offs and pacing).
+
 Another tree is measured with ``CORRAL_BENCH_SOURCE=DIR PYTHONPATH=DIR``, as the other scripts.
 """
 
@@ -104,6 +109,36 @@ def replay(
         store.close()
 
 
+def writer_alone(writes: list[Write], results: list[int], tasks: int, folder: Path) -> float:
+    """CPU us per task of applying the writes in batches of ``tasks`` tasks' writes, no thread."""
+    from corral.controller.store import RetentionSettings, SQLiteStore
+    from corral.controller.store.base import WriteOp
+    from corral.controller.store.sqlite_rows import CHUNK_BYTES, encode_exact
+
+    limit = RetentionSettings().buffer_limit
+    batches: list[list[Any]] = []
+    done = 0
+    for block in range(0, len(results), tasks):
+        end = results[min(len(results), block + tasks) - 1] + 1
+        batch: list[Any] = []
+        for _, msg_id, fields in writes[done:end]:
+            row = encode_exact(msg_id, fields, CHUNK_BYTES, limit)
+            if row is None:
+                raise SystemExit(f"{msg_id}: not the Hub's usual record")
+            batch.append(WriteOp("upsert", (msg_id,), row))
+        batches.append(batch)
+        done = end
+    store = SQLiteStore(folder / "tasks.db", retention=RetentionSettings())
+    try:
+        store.flush()
+        started = time.thread_time()
+        for batch in batches:
+            store._apply(batch)  # the writer thread's own step
+        return (time.thread_time() - started) / len(results) * 1e6
+    finally:
+        store.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=TASKS)
@@ -112,6 +147,7 @@ def main() -> None:
     parser.add_argument("--waiting", type=float, default=WAITING)
     parser.add_argument("--rate", type=float, default=RATE, help="tasks/s; 0: at once")
     parser.add_argument("--store", choices=("sqlite", "memory"), default="sqlite")
+    parser.add_argument("--writer-alone", type=int, metavar="TASKS", help="see the docs")
     args = parser.parse_args()
     baseline = os.environ.get("CORRAL_BENCH_SOURCE")
     if baseline:
@@ -120,6 +156,15 @@ def main() -> None:
 
     print(f"corral from {Path(corral.__file__).parent}")
     writes, results = record_writes(args.tasks, args.lag, args.waiting)
+    if args.writer_alone:
+        alone: list[float] = []
+        for _ in range(args.repeats):
+            with tempfile.TemporaryDirectory(prefix="bench-store-") as folder:
+                alone.append(writer_alone(writes, results, args.writer_alone, Path(folder)))
+        print("  writer alone, us/task: " + ", ".join(f"{value:.1f}" for value in alone))
+        print(f"median {statistics.median(alone):.1f}, min {min(alone):.1f}")
+        write_results("store_writes", {"settings": vars(args), "writer_alone_us": alone})
+        return
     caller_us: list[float] = []
     writer_us: list[float] = []
     for _ in range(args.repeats):
