@@ -84,6 +84,7 @@ from .sqlite_rows import (
     encode_exact,
     encode_row,
     merge_upserts,
+    rows_per_statement,
     sql_where,
     statement_sizes,
     upsert_runs,
@@ -145,7 +146,9 @@ class SQLiteStore(ResultStore):
 
     @staticmethod
     def _connect(uri: str) -> sqlite3.Connection:
-        db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(
+            uri, uri=True, isolation_level=None, check_same_thread=False, cached_statements=256
+        )
         try:
             db.execute("PRAGMA busy_timeout = 10000")
         except sqlite3.Error:
@@ -240,9 +243,11 @@ class SQLiteStore(ResultStore):
         parts: list[tuple[str, int, memoryview]] = []
         with_parts: set[str] = set()
 
+        most = rows_per_statement(len(columns), db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+
         def flush() -> None:
             start = 0
-            for size in statement_sizes(len(rows)):
+            for size in statement_sizes(len(rows), most):
                 if size == 1:
                     db.execute(upsert_sql(columns), rows[start])
                 else:

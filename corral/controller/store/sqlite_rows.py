@@ -391,18 +391,26 @@ def encode_exact(
 #: The most rows one upsert statement writes. A run of rows goes in statements of
 #: power-of-two sizes up to this (a few statements to prepare per set of columns): each
 #: statement is one step in SQLite, so one release of the GIL, where ``executemany`` steps,
-#: and releases it, once per row. 64 rows of the widest layout bind about 1,100 values, far
-#: under SQLite's limit of 32,766.
+#: and releases it, once per row. 64 rows of the widest layout bind under 2,000 values, far
+#: under SQLite's usual limit of 32,766 (a library built with a lower one gets fewer rows per
+#: statement: :func:`rows_per_statement`).
 ROWS_PER_STATEMENT: Final = 64
 
 
-def statement_sizes(count: int) -> Iterator[int]:
-    """How many rows each statement of a run of ``count`` rows writes: as many of
-    :data:`ROWS_PER_STATEMENT` as fit, then the binary digits of the rest (``100``: 64, 32, 4)."""
+def statement_sizes(count: int, most: int = ROWS_PER_STATEMENT) -> Iterator[int]:
+    """How many rows each statement of a run of ``count`` rows writes: as many of ``most`` (a
+    power of two) as fit, then the binary digits of the rest (``100``: 64, 32, 4)."""
     while count:
-        size = min(ROWS_PER_STATEMENT, 1 << (count.bit_length() - 1))
+        size = min(most, 1 << (count.bit_length() - 1))
         yield size
         count -= size
+
+
+def rows_per_statement(columns: int, max_values: int) -> int:
+    """The most rows of ``columns`` values one statement binds under SQLite's ``max_values``
+    limit: a power of two, at most :data:`ROWS_PER_STATEMENT`, at least 1."""
+    fit = max(1, min(ROWS_PER_STATEMENT, max_values // max(1, columns)))
+    return 1 << (fit.bit_length() - 1)
 
 
 @functools.lru_cache(maxsize=512)

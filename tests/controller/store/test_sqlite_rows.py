@@ -7,6 +7,7 @@ the writes one by one, or against the long way."""
 from __future__ import annotations
 
 import random
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from corral.controller.store.sqlite_rows import (
     encode_row,
     merge_rows,
     merge_upserts,
+    rows_per_statement,
     statement_sizes,
     upsert_runs,
     upsert_sql,
@@ -117,6 +119,28 @@ def test_a_run_is_written_in_few_statements_of_every_row(count: int) -> None:
     assert all(size in (1, 2, 4, 8, 16, 32, 64) for size in sizes)
     assert len(sizes) <= count // 64 + 7
     assert upsert_sql(("msg_id", "status"), 3).count("(?, ?)") == 3
+
+
+def test_rows_per_statement_stay_under_the_variable_limit() -> None:
+    assert rows_per_statement(29, 32766) == 64
+    assert rows_per_statement(29, 999) == 32  # an older SQLite's default limit
+    assert rows_per_statement(29, 100) == 2
+    assert rows_per_statement(29, 10) == 1
+    assert list(statement_sizes(100, 32)) == [32, 32, 32, 4]
+
+
+def test_a_store_under_a_low_variable_limit_writes_in_batches(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Statements fit the library's limit: no batch fails (to be retried write by write)."""
+    with SQLiteStore(tmp_path / "tasks.db") as store:
+        # the writer's connection, limited as a small build of SQLite is
+        store._db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 40)
+        for index in range(300):
+            store.add_record(f"m{index}", {"status": "pending", "stdout": "x", "engine_id": 1})
+        store.flush()
+        assert store.get_history() == [f"m{index}" for index in range(300)]
+    assert not [record for record in caplog.records if "failed" in record.getMessage()]
 
 
 def test_known_rows_are_those_written_and_not_dropped_and_bounded() -> None:
