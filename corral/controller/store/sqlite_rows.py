@@ -615,9 +615,10 @@ def upsert_runs(batch: Sequence[WriteOp[Payload]], existing: Container[str]) -> 
     return runs
 
 
-#: How many msg_ids :class:`KnownRows` remembers at least (at most twice as many): more than
-#: the tasks a busy cluster runs between a task's request and its result.
-KNOWN_ROWS: Final = 1 << 16
+#: How many msg_ids :class:`KnownRows` remembers at least (at most twice as many, some 4 MB):
+#: more than the tasks a busy cluster queues between a task's request and its result (5000 in
+#: ``bench_cpu_roles.py``); a longer queue only groups its results' writes less well.
+KNOWN_ROWS: Final = 1 << 14
 
 
 class KnownRows:
