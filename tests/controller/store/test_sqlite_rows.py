@@ -216,6 +216,20 @@ def test_a_request_and_its_reply_merge_into_one_row() -> None:
     assert merged.parameters()[-1] == b"r"
 
 
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [({}, {}), ({}, {"status": "ok"}), ({"status": "ok"}, {}), ({"engine_id": 1}, {"status": "x"})],
+)
+def test_small_writes_merge(first: dict[str, Any], second: dict[str, Any]) -> None:
+    """Writes of no field or one merge too (their values after ``present`` are 0 or 1)."""
+    a = encode_row(validate_record("m", first))
+    b = encode_row(validate_record("m", second))
+    merged = merge_rows(a, b)
+    assert merged is not None
+    expected = encode_row(validate_record("m", {**first, **second}))
+    assert merged.columns == expected.columns and merged.values == expected.values
+
+
 def test_rows_with_extra_fields_on_both_sides_stay_apart() -> None:
     first = encode_row({"msg_id": "a", "note": 1})
     second = encode_row({"msg_id": "a", "other": 2})
