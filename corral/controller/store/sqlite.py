@@ -22,7 +22,8 @@ Writes are encoded in the caller's thread (so bad values fail at the call) and a
 a committed batch survives the process being killed; a power cut may lose the last batches,
 never corrupt the file. Reads flush the writer first, then read on their own connection.
 The schema and the encoding of records into rows (pure, no connection) are in
-:mod:`.sqlite_rows`; this module owns the connections and the writer.
+:mod:`.sqlite_rows`, how a batch becomes statements in :mod:`.sqlite_batches`; this module owns
+the connections and the writer.
 """
 
 from __future__ import annotations
@@ -54,6 +55,14 @@ from .base import (
 )
 from .query import matches, parse_query, split_query
 from .retention import RetentionSettings
+from .sqlite_batches import (
+    KnownRows,
+    merge_upserts,
+    rows_per_statement,
+    statement_sizes,
+    upsert_runs,
+    upsert_sql,
+)
 from .sqlite_rows import (
     ALL_COLUMNS,
     CHUNK_BYTES,
@@ -77,18 +86,12 @@ from .sqlite_rows import (
     SCHEMA,
     SCHEMA_VERSION,
     TABLE_EXISTS,
-    KnownRows,
     Payload,
     columns_for,
     decode_row,
     encode_exact,
     encode_row,
-    merge_upserts,
-    rows_per_statement,
     sql_where,
-    statement_sizes,
-    upsert_runs,
-    upsert_sql,
 )
 
 

@@ -1,4 +1,5 @@
-"""How the SQLite writer groups a batch into runs (``upsert_runs``): same-column upserts in
+"""The SQLite writer's batches (``sqlite_batches``) and rows (``sqlite_rows``). How it groups a
+batch into runs (``upsert_runs``): same-column upserts in
 one run when that keeps every record's writes in order and the writes that insert rows in
 their order; how it merges a record's upserts into one row (``merge_upserts``); and the
 one-pass encoding of the Hub's records (``encode_exact``). Each checked against applying
@@ -16,18 +17,20 @@ import pytest
 from corral.controller.store.base import WriteOp, validate_record
 from corral.controller.store.retention import RetentionSettings
 from corral.controller.store.sqlite import SQLiteStore
-from corral.controller.store.sqlite_rows import (
+from corral.controller.store.sqlite_batches import (
     KnownRows,
-    Payload,
-    Row,
-    encode_exact,
-    encode_row,
     merge_rows,
     merge_upserts,
     rows_per_statement,
     statement_sizes,
     upsert_runs,
     upsert_sql,
+)
+from corral.controller.store.sqlite_rows import (
+    Payload,
+    Row,
+    encode_exact,
+    encode_row,
 )
 
 
