@@ -70,7 +70,9 @@ def system_seconds(processes: list[psutil.Process]) -> float:
 def thread_times(processes: list[psutil.Process]) -> collections.Counter[str]:
     """CPU seconds (user + system) by thread name (``/proc/<pid>/task/<tid>/comm``: zmq's
     I/O threads are ``ZMQbg/IO/0``, Python threads carry their name from Python 3.11 on
-    Linux only if set, else the process's) summed over ``processes``."""
+    Linux only if set, else the process's) summed over ``processes``. A thread named as its
+    process that is not its main thread is counted apart, as ``<name> (other)``: in the Hub,
+    the result store's writer thread."""
     found: collections.Counter[str] = collections.Counter()
     for process in processes:
         try:
@@ -82,6 +84,8 @@ def thread_times(processes: list[psutil.Process]) -> collections.Counter[str]:
                 name = Path(f"/proc/{process.pid}/task/{thread.id}/comm").read_text().strip()
             except OSError:
                 continue
+            if thread.id != process.pid and name == process.name():
+                name += " (other)"
             found[name] += thread.user_time + thread.system_time
     return found
 
@@ -113,12 +117,13 @@ def main() -> None:
     parser.add_argument("--engines", type=int, default=ENGINES)
     parser.add_argument("--profile", type=Path, help="py-spy every process, output here")
     parser.add_argument("--top", type=int, default=TOP)
+    parser.add_argument("--db", default="sqlite", help="the controller's store (Cluster's db)")
     args = parser.parse_args()
     baseline = os.environ.get("CORRAL_BENCH_SOURCE")
     if baseline:  # another corral tree (PYTHONPATH too, for the cluster): before this worktree
         sys.path.insert(0, baseline)
     spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
-    with corral_cluster(args.engines) as running:
+    with corral_cluster(args.engines, db=args.db) as running:
         client = running.client
         view = client.load_balanced_view()
         by_role = roles(running)
@@ -169,7 +174,8 @@ def main() -> None:
     import corral
 
     print(f"corral from {Path(corral.__file__).parent}")
-    print(f"{tasks} load-balanced no-ops, {args.engines} engines: {tasks / seconds:,.0f} tasks/s")
+    print(f"{tasks} load-balanced no-ops, {args.engines} engines, {args.db} store: ", end="")
+    print(f"{tasks / seconds:,.0f} tasks/s")
     print("CPU us per task: " + ", ".join(f"{r} {v:.0f}" for r, v in per_task.items()))
     print(f"  total {sum(per_task.values()):.0f}")
     print("  of which in the kernel: " + ", ".join(f"{r} {v:.0f}" for r, v in system.items()))

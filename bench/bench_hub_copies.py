@@ -43,9 +43,16 @@ def one() -> int:
 
 
 def run_once(
-    tasks: int, lag: int, waiting: float, folder: Path, kind: str, rate: float
+    tasks: int,
+    lag: int,
+    waiting: float,
+    folder: Path,
+    kind: str,
+    rate: float,
+    given: Any = None,
 ) -> tuple[float, float]:
-    """(Hub thread, writer) CPU us per task for one stream of ``tasks`` tasks."""
+    """(Hub thread, writer) CPU us per task for one stream of ``tasks`` tasks; ``given``: a
+    store to use instead of a new one of ``kind`` (``bench_store_writes.py`` records with it)."""
     from corral import heap
     from corral.controller.destination import destination_frames
     from corral.controller.hub import Hub
@@ -62,7 +69,9 @@ def run_once(
     engine = Session(key, username="corral")
     scheduler = Session(key, username="scheduler")
     store: ResultStore = (
-        SQLiteStore(folder / "tasks.db", retention=RetentionSettings())
+        given
+        if given is not None
+        else SQLiteStore(folder / "tasks.db", retention=RetentionSettings())
         if kind == "sqlite"
         else MemoryStore(RetentionSettings())
     )

@@ -10,15 +10,20 @@ than :data:`CHUNK_BYTES` in all go instead, as chunks of at most that size, into
 1 GB ("string or blob too big"), and a result the buffer limit admits must be kept whatever
 its size. Triggers remove a row's chunks when the row is deleted or its buffers replaced, so
 purges and the size limit treat them like any buffer. A request's own buffers (``buffers``,
-kept for ``Client.resubmit``) go the same way into ``request_buffers`` (schema version 2; a
-store of version 1 gains the column and the table when opened for writing).
+kept for ``Client.resubmit``) go the same way: one BLOB column, ``request_data``, or past
+that size parts in ``request_buffers``. Schema versions: 1 had no request buffers, 2 put
+every request's buffers in ``request_buffers`` (one row per buffer: a second insert per
+task), 3 (this one) keeps them in the row. A store of version 1 or 2 gains the columns and
+the table in place when opened for writing; its old requests stay where they were and are
+read from there. A read-only open reads a store of version 2 or 3.
 
 Writes are encoded in the caller's thread (so bad values fail at the call) and applied by a
 :class:`~.base.BatchWriter` thread in WAL mode, many per transaction. ``synchronous=NORMAL``:
 a committed batch survives the process being killed; a power cut may lose the last batches,
 never corrupt the file. Reads flush the writer first, then read on their own connection.
 The schema and the encoding of records into rows (pure, no connection) are in
-:mod:`.sqlite_rows`; this module owns the connections and the writer.
+:mod:`.sqlite_rows`, how a batch becomes statements in :mod:`.sqlite_batches`; this module owns
+the connections and the writer.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
+from itertools import chain
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -49,20 +55,30 @@ from .base import (
 )
 from .query import matches, parse_query, split_query
 from .retention import RetentionSettings
+from .sqlite_batches import (
+    KnownRows,
+    merge_upserts,
+    rows_per_statement,
+    statement_sizes,
+    upsert_runs,
+    upsert_sql,
+)
 from .sqlite_rows import (
     ALL_COLUMNS,
     CHUNK_BYTES,
     CHUNKS_SCHEMA,
     CHUNKS_SIZE,
     DELETE,
-    EXISTING,
     INCREMENTAL,
     INSERT_CHUNK,
     INSERT_REQUEST_PART,
     IS_CHUNKED,
     MIGRATE_FROM_1,
+    MIGRATE_FROM_2,
     READ_CHUNKS,
+    READ_REQUEST_DATA,
     READ_REQUEST_PARTS,
+    REQUEST_DATA,
     REQUEST_SCHEMA,
     REQUEST_SIZE,
     ROW_OVERHEAD,
@@ -75,11 +91,7 @@ from .sqlite_rows import (
     decode_row,
     encode_exact,
     encode_row,
-    first_written,
-    merge_upserts,
     sql_where,
-    upsert_runs,
-    upsert_sql,
 )
 
 
@@ -124,6 +136,7 @@ class SQLiteStore(ResultStore):
             if isinstance(exc, StoreError):
                 raise
             raise StoreError(f"cannot open the SQLite result store {self.path}: {exc}") from exc
+        self._known = KnownRows()  # the writer thread's only
         self._writer: BatchWriter[Payload] = BatchWriter(
             self._apply, name=f"sqlite writer ({self.path.name})", max_batch=max_batch
         )
@@ -136,7 +149,9 @@ class SQLiteStore(ResultStore):
 
     @staticmethod
     def _connect(uri: str) -> sqlite3.Connection:
-        db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        db = sqlite3.connect(
+            uri, uri=True, isolation_level=None, check_same_thread=False, cached_statements=256
+        )
         try:
             db.execute("PRAGMA busy_timeout = 10000")
         except sqlite3.Error:
@@ -163,18 +178,24 @@ class SQLiteStore(ResultStore):
                 db.execute("COMMIT")
                 exists = True
         version = db.execute("PRAGMA user_version").fetchone()[0]
-        if exists and version == 1 and not read_only:
+        if exists and version in (1, 2) and not read_only:
             db.execute("BEGIN IMMEDIATE")  # another process may be migrating it too
-            if db.execute("PRAGMA user_version").fetchone()[0] == 1:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version == 1:
                 db.execute(MIGRATE_FROM_1)
+            if version in (1, 2):
+                db.execute(MIGRATE_FROM_2)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             db.execute("COMMIT")
-            version = SCHEMA_VERSION
-        if not exists or version != SCHEMA_VERSION:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+        readable = (2, SCHEMA_VERSION) if read_only else (SCHEMA_VERSION,)
+        if not exists or version not in readable:
             raise StoreError(
                 f"{self.path} is not a corral result store of schema version "
-                f"{SCHEMA_VERSION} (found {version if exists else 'no table'})"
+                f"{' or '.join(map(str, readable))} (found {version if exists else 'no table'})"
             )
+        # version 2 (read only) has no request_data: every request is in request_buffers
+        self._inline_requests = version >= 3
         if not read_only:
             db.executescript(CHUNKS_SCHEMA)  # also added to a store made before chunks
             db.executescript(REQUEST_SCHEMA)
@@ -189,44 +210,53 @@ class SQLiteStore(ResultStore):
 
     def _apply(self, batch: list[WriteOp[Payload]]) -> None:
         """One transaction; a record's upserts merged into one row where they can be, then runs
-        of upserts with the same columns go in one executemany."""
+        of upserts with the same columns go in a few multi-row statements (which rows exist
+        already, so which writes may be grouped: :class:`KnownRows`, no query)."""
         db = self._db
         dropped = False
         batch = merge_upserts(batch)
         db.execute("BEGIN IMMEDIATE")
         try:
-            written = orjson.dumps(first_written(batch)).decode()
-            existing = {row[0] for row in db.execute(EXISTING, (written,))}
-            for columns, run in upsert_runs(batch, existing):
+            for columns, run in upsert_runs(batch, self._known.ids):
                 if columns is None:
                     for op in run:
                         db.execute(DELETE, (orjson.dumps(op.msg_ids).decode(),))
                         dropped = True
                 else:
-                    self._upsert_run(upsert_sql(columns), run)
+                    self._upsert_run(columns, run)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+        self._known.committed(batch)
         if dropped:
             # give the pages of dropped records back to the file system (the file shrinks
             # at the next checkpoint), so purges free disk space, not just rows
             db.executescript("PRAGMA incremental_vacuum")  # execute() frees one page only
 
-    def _upsert_run(self, sql: str, run: Iterable[WriteOp[Payload]]) -> None:
-        """Upserts of the same columns: one executemany, then one for the request buffers'
-        parts; a chunked row is written alone and followed by its chunks, and a second row
-        with parts for the same msg_id waits for the first's (each row's triggers remove the
-        old chunks and parts before the new ones go in)."""
+    def _upsert_run(self, columns: tuple[str, ...], run: Iterable[WriteOp[Payload]]) -> None:
+        """Upserts of the same columns: a few multi-row statements (:func:`statement_sizes`),
+        then one executemany for the parts of requests too large for their row's BLOB; a
+        chunked row is written alone and followed by its chunks, and a second row with parts
+        for the same msg_id waits for the first's (each row's triggers remove the old chunks
+        and parts before the new ones go in)."""
         db = self._db
         rows: list[tuple[Any, ...]] = []
         parts: list[tuple[str, int, memoryview]] = []
         with_parts: set[str] = set()
 
+        most = rows_per_statement(len(columns), db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+
         def flush() -> None:
-            if rows:
-                db.executemany(sql, rows)
+            start = 0
+            for size in statement_sizes(len(rows), most):
+                if size == 1:
+                    db.execute(upsert_sql(columns), rows[start])
+                else:
+                    values = list(chain.from_iterable(rows[start : start + size]))
+                    db.execute(upsert_sql(columns, size), values)
+                start += size
             if parts:
                 db.executemany(INSERT_REQUEST_PART, parts)
             rows.clear()
@@ -238,16 +268,17 @@ class SQLiteStore(ResultStore):
             if row is None:
                 continue
             msg_id = op.msg_ids[0]
-            if row.chunked or msg_id in with_parts:
+            chunked = row.chunk > 0
+            if chunked or msg_id in with_parts:
                 flush()
-            if row.chunked:
-                db.execute(sql, row.parameters())
+            if chunked:
+                db.execute(upsert_sql(columns), row.parameters())
                 db.executemany(INSERT_CHUNK, row.chunks())
-                if row.request_buffers:
+                if row.request_part:
                     db.executemany(INSERT_REQUEST_PART, row.request_parts())
                 continue
             rows.append(row.parameters())
-            if row.request_buffers:
+            if row.request_part:
                 parts.extend(row.request_parts())
                 with_parts.add(msg_id)
         flush()
@@ -291,6 +322,7 @@ class SQLiteStore(ResultStore):
                         "buffer_lengths",
                         BUFFERS_FIELD,
                         "request_buffer_lengths",
+                        REQUEST_DATA,
                     )
                 ),
                 CHUNKS_SIZE,
@@ -420,7 +452,9 @@ class SQLiteStore(ResultStore):
                 for row in db.execute(sql, params):
                     record, lengths, request_lengths = decode_row(row, columns)
                     if request_lengths is not None and request_early:
-                        record[REQUEST_BUFFERS_FIELD] = self._read_request(row[2], request_lengths)
+                        record[REQUEST_BUFFERS_FIELD] = self._read_request(
+                            row[0], row[2], request_lengths
+                        )
                         request_lengths = None
                     if lengths is not None and buffers_early:
                         record[BUFFERS_FIELD] = self._read_buffers(row[0], row[2], lengths)
@@ -430,7 +464,9 @@ class SQLiteStore(ResultStore):
                     if lengths is not None:
                         record[BUFFERS_FIELD] = self._read_buffers(row[0], row[2], lengths)
                     if request_lengths is not None:
-                        record[REQUEST_BUFFERS_FIELD] = self._read_request(row[2], request_lengths)
+                        record[REQUEST_BUFFERS_FIELD] = self._read_request(
+                            row[0], row[2], request_lengths
+                        )
                     records.append(project(record, fields))
             except sqlite3.Error as exc:
                 raise StoreError(f"reading the result store {self.path} failed: {exc}") from exc
@@ -449,10 +485,23 @@ class SQLiteStore(ResultStore):
         with self._reader.blobopen("tasks", BUFFERS_FIELD, seq, readonly=True) as blob:
             return [blob.read(length) if length else b"" for length in lengths]
 
-    def _read_request(self, msg_id: str, lengths: list[int]) -> list[bytes]:
-        """A request's buffers, joined from their parts."""
+    def _read_request(self, seq: int, msg_id: str, lengths: list[int]) -> list[bytes]:
+        """A request's buffers: the row's BLOB read in one query and cut (a single buffer is
+        the BLOB itself), or joined from their parts (a request larger than the chunk size, or
+        one written by schema version 2)."""
         if not any(lengths):
             return [b"" for _ in lengths]
+        if not self._inline_requests:  # read only, version 2 when opened: migrated since?
+            self._inline_requests = self._reader.execute("PRAGMA user_version").fetchone()[0] >= 3
+        if self._inline_requests:
+            (data,) = self._reader.execute(READ_REQUEST_DATA, (seq,)).fetchone()
+            if data is not None:
+                if len(data) != sum(lengths):
+                    raise StoreError(
+                        f"the result store {self.path} is damaged: the request buffers of "
+                        f"{msg_id} should hold {sum(lengths)} bytes, its row holds {len(data)}"
+                    )
+                return _split(data, lengths)
         return self._read_chunks(msg_id, lengths, READ_REQUEST_PARTS)
 
     def _read_chunks(self, msg_id: str, lengths: list[int], sql: str = READ_CHUNKS) -> list[bytes]:
@@ -474,3 +523,16 @@ class SQLiteStore(ResultStore):
                 )
             buffers.append(pieces[0] if len(pieces) == 1 else b"".join(pieces))
         return buffers
+
+
+def _split(data: bytes, lengths: list[int]) -> list[bytes]:
+    """Buffers of these lengths, one after the other in ``data`` (one buffer: ``data`` itself)."""
+    if len(lengths) == 1 and lengths[0] == len(data):
+        return [data]
+    view = memoryview(data)
+    buffers: list[bytes] = []
+    start = 0
+    for length in lengths:
+        buffers.append(bytes(view[start : start + length]))
+        start += length
+    return buffers

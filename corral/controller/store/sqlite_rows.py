@@ -4,18 +4,19 @@ The layout (docs in :mod:`.sqlite`): one ``tasks`` row per record, known fields 
 dict fields as JSON text, unknown fields JSON-encoded in ``extra``, a ``present`` bit per
 known field (a field set to None differs from one never set), and result buffers either as
 one BLOB or, past :data:`CHUNK_BYTES` in all, as chunks in ``buffer_chunks``. A request's
-own buffers (``buffers``, schema version 2) are parts in ``request_buffers``, their lengths
-in the row. Everything
+own buffers (``buffers``) go the same way: one BLOB in the row's ``request_data`` (schema
+version 3), or past :data:`CHUNK_BYTES` parts in ``request_buffers`` (version 2 kept every
+request there, one row per buffer), their lengths in the row. Everything
 here is pure: the schema, encoding a record (in the caller's thread, so a bad value fails at
 the call), the upsert statement for a set of columns, the WHERE clause for a parsed query,
-and decoding a row.
+and decoding a row. How the writer turns a batch of rows into statements is in
+:mod:`.sqlite_batches`.
 """
 
 from __future__ import annotations
 
 import functools
-import operator
-from collections.abc import Callable, Iterator, Sequence, Set
+from collections.abc import Iterator
 from typing import Any, Final, NamedTuple
 
 import orjson
@@ -33,11 +34,10 @@ from .base import (
     KNOWN_FIELDS,
     REQUEST_BUFFERS_FIELD,
     TEXT_FIELDS,
-    WriteOp,
 )
 from .query import Atom
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Known fields other than msg_id, in column order; a field's position is its bit in the
 #: ``present`` column, which tells a field set to None from a field never set (new fields
 #: go last, so that the bits of a store made by an earlier version keep their meaning).
@@ -65,10 +65,16 @@ CREATE TABLE tasks (
     extra TEXT,
     buffer_lengths TEXT,
     result_buffers BLOB,
-    request_buffer_lengths TEXT
+    request_buffer_lengths TEXT,
+    request_data BLOB
 )"""
 #: From schema version 1 (no request buffers) to 2: one column more, added in place.
 MIGRATE_FROM_1 = "ALTER TABLE tasks ADD COLUMN request_buffer_lengths TEXT"
+#: From 2 (every request's buffers in ``request_buffers``) to 3: their BLOB in the row, added
+#: in place; rows written before keep their parts, which reads still find (NULL here).
+MIGRATE_FROM_2 = "ALTER TABLE tasks ADD COLUMN request_data BLOB"
+#: The column of a request's buffers joined (NULL: in ``request_buffers``, or none).
+REQUEST_DATA = "request_data"
 #: Buffers larger than this in all are stored as chunks of at most this size (SQLite's own
 #: limit on one value is 1,000,000,000 bytes by default).
 CHUNK_BYTES: Final = 64 << 20
@@ -88,8 +94,9 @@ AFTER DELETE ON tasks
 WHEN old.result_buffers IS NULL AND old.buffer_lengths IS NOT NULL
 BEGIN DELETE FROM buffer_chunks WHERE msg_id = old.msg_id; END;
 """
-#: A request's buffers, cut into parts of at most the chunk size (a small buffer is one part,
-#: an empty one none); the row's ``request_buffer_lengths`` says where each buffer ends.
+#: A request's buffers of more than the chunk size in all (and, in stores of schema version 2,
+#: every request's), cut into parts of at most the chunk size (an empty buffer has none);
+#: the row's ``request_buffer_lengths`` says where each buffer ends.
 REQUEST_SCHEMA = """
 CREATE TABLE IF NOT EXISTS request_buffers (
     msg_id TEXT NOT NULL,
@@ -114,6 +121,7 @@ REQUEST_SIZE = (
 )
 INSERT_CHUNK = "INSERT INTO buffer_chunks (msg_id, part, data) VALUES (?, ?, ?)"
 IS_CHUNKED = "SELECT result_buffers IS NULL FROM tasks WHERE seq = ?"
+READ_REQUEST_DATA = "SELECT request_data FROM tasks WHERE seq = ?"
 READ_CHUNKS = "SELECT data FROM buffer_chunks WHERE msg_id = ? ORDER BY part"
 CHUNKS_SIZE = (
     "CASE WHEN result_buffers IS NULL AND buffer_lengths IS NOT NULL THEN coalesce((SELECT "
@@ -134,7 +142,6 @@ ROW_OVERHEAD = 64
 INCREMENTAL = 2  # PRAGMA auto_vacuum value
 TABLE_EXISTS = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'tasks'"
 DELETE = "DELETE FROM tasks WHERE msg_id IN (SELECT value FROM json_each(?))"
-EXISTING = "SELECT msg_id FROM tasks WHERE msg_id IN (SELECT value FROM json_each(?))"
 _COMPARE = {"$eq": "=", "$ne": "IS NOT", "$lt": "<", "$lte": "<=", "$gt": ">", "$gte": ">="}
 
 
@@ -142,14 +149,16 @@ class Row(NamedTuple):
     """An encoded upsert: column names, their values, and the result buffers as given
     (joined into one BLOB by the writer thread, not the caller); ``chunk`` is the size of
     their chunks when they are too large for one BLOB, else 0. ``request_buffers`` (None:
-    not written) go to ``request_buffers`` in parts of at most ``request_part`` bytes."""
+    not written) likewise: one BLOB in ``request_data``, or when ``request_part`` is not 0,
+    parts of at most that many bytes in ``request_buffers``. The two BLOB columns come last
+    in ``columns`` and have no entry in ``values`` (:meth:`parameters` adds them)."""
 
     columns: tuple[str, ...]
     values: tuple[Any, ...]
     buffers: list[Any] | None
     chunk: int = 0
     request_buffers: list[Any] | None = None
-    request_part: int = CHUNK_BYTES
+    request_part: int = 0
     known_size: int = -1  # size() worked out while encoding (-1: not)
 
     def size(self) -> int:
@@ -166,12 +175,22 @@ class Row(NamedTuple):
         return self.chunk > 0
 
     def parameters(self) -> tuple[Any, ...]:
-        if self.columns[-1] != BUFFERS_FIELD:
-            return self.values
-        buffers = self.buffers
-        if buffers is None or self.chunked:
-            return (*self.values, None)
-        return (*self.values, buffers[0] if len(buffers) == 1 else b"".join(buffers))
+        """The values to bind, the BLOBs joined (in the writer thread)."""
+        columns = self.columns
+        last = columns[-1]
+        if last == BUFFERS_FIELD:
+            buffers = self.buffers
+            blob = None if buffers is None or self.chunked else _joined(buffers)
+            if columns[-2] == REQUEST_DATA:
+                return (*self.values, self._request_blob(), blob)
+            return (*self.values, blob)
+        if last == REQUEST_DATA:
+            return (*self.values, self._request_blob())
+        return self.values
+
+    def _request_blob(self) -> Any:
+        buffers = self.request_buffers
+        return None if buffers is None or self.request_part else _joined(buffers)
 
     def chunks(self) -> Iterator[tuple[str, int, memoryview]]:
         """(msg_id, part, data) of a chunked row: each buffer cut in pieces of at most
@@ -184,7 +203,10 @@ class Row(NamedTuple):
                 part += 1
 
     def request_parts(self) -> Iterator[tuple[str, int, memoryview]]:
-        """(msg_id, part, data) of the request's buffers, as :meth:`chunks` cuts them."""
+        """(msg_id, part, data) of the request's buffers, as :meth:`chunks` cuts them (none
+        when they go in the row's BLOB)."""
+        if not self.request_part:
+            return
         part = 0
         for buffer in self.request_buffers or ():
             view = memoryview(buffer).cast("B")
@@ -194,6 +216,11 @@ class Row(NamedTuple):
 
 
 Payload = Row | None  # None: a drop, whose msg_ids are the WriteOp's
+
+
+def _joined(buffers: list[Any]) -> Any:
+    """Buffers as one value to bind: a single buffer as it is (no copy)."""
+    return buffers[0] if len(buffers) == 1 else b"".join(buffers)
 
 
 def _dumps(name: str, value: Any) -> str:
@@ -246,7 +273,11 @@ def _layout(names: tuple[str, ...]) -> _Layout:
         columns.append("request_buffer_lengths")
     buffers = BUFFERS_FIELD in names
     if buffers:
-        columns += ["buffer_lengths", BUFFERS_FIELD]
+        columns.append("buffer_lengths")
+    if request:  # the BLOBs last: they have no value until the writer joins them
+        columns.append(REQUEST_DATA)
+    if buffers:
+        columns.append(BUFFERS_FIELD)
     checks = tuple((name, _TYPES[name], is_json) for name, is_json in scalars)
     return _Layout(present, scalars, tuple(extras), tuple(columns), request, buffers, checks)
 
@@ -298,7 +329,7 @@ def _with_buffers(
         given[1],
         chunk_bytes if sizes[1] > chunk_bytes else 0,
         given[0],
-        chunk_bytes,
+        chunk_bytes if sizes[0] > chunk_bytes else 0,
         size,
     )
 
@@ -356,27 +387,6 @@ def encode_exact(
     return _with_buffers(layout, values, fields, chunk_bytes, text)
 
 
-@functools.lru_cache(maxsize=256)
-def upsert_sql(columns: tuple[str, ...]) -> str:
-    updates = []
-    for name in columns[1:]:
-        if name == "present":
-            updates.append("present = present | excluded.present")
-        elif name == "extra":
-            # Each extra value is wrapped in a one-item list, so that json_patch replaces
-            # it whole (and a None value is kept, not deleted).
-            updates.append(
-                "extra = CASE WHEN extra IS NULL THEN excluded.extra "
-                "ELSE json_patch(extra, excluded.extra) END"
-            )
-        else:
-            updates.append(f"{name} = excluded.{name}")
-    return (
-        f"INSERT INTO tasks ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
-        f"ON CONFLICT (msg_id) DO UPDATE SET {', '.join(updates)}"
-    )
-
-
 def _members(values: tuple[Any, ...]) -> tuple[str, list[Any]]:
     """An SQL list; long lists of strings travel as one JSON parameter (no variable limit)."""
     if len(values) >= _JSON_LIST_MIN and all(isinstance(v, str) for v in values):
@@ -422,137 +432,6 @@ def columns_for(fields: set[str] | None) -> tuple[str, ...]:
     if BUFFERS_FIELD in fields:
         columns.append("buffer_lengths")
     return tuple(columns)
-
-
-#: Every column an upsert may write, in the order :func:`_layout` puts them.
-_COLUMN_ORDER = (
-    "msg_id",
-    "present",
-    *SCALAR_COLUMNS,
-    "extra",
-    "request_buffer_lengths",
-    "buffer_lengths",
-    BUFFERS_FIELD,
-)
-
-
-@functools.lru_cache(maxsize=256)
-def _merged_layout(
-    first: tuple[str, ...], second: tuple[str, ...]
-) -> tuple[tuple[str, ...], Callable[[tuple[Any, ...]], tuple[Any, ...]]] | None:
-    """The columns of two upserts of one record written as one, and a getter that picks each
-    value from the two rows' values joined (the second's where both write a column). None
-    when both write ``extra`` (merged by SQLite's ``json_patch``, not here)."""
-    if "extra" in first and "extra" in second:
-        return None
-    names = {*first, *second}
-    columns = tuple(name for name in _COLUMN_ORDER if name in names)
-    # the buffers column (always last) has no value: the writer appends the joined buffers,
-    # so a column's index among the names is its value's index
-    offset = len(first) - (BUFFERS_FIELD in first)
-    indices = [
-        offset + second.index(name) if name in second else first.index(name)
-        for name in columns
-        if name != BUFFERS_FIELD
-    ]
-    return columns, operator.itemgetter(*indices)
-
-
-def merge_rows(first: Row, second: Row) -> Row | None:
-    """One row that writes what ``first`` then ``second`` (upserts of the same record) write,
-    or None when they must stay two (both carry extra fields). The second's value wins for a
-    column both write; ``present`` bits add up; buffers are the last ones written."""
-    layout = _merged_layout(first.columns, second.columns)
-    if layout is None:
-        return None
-    columns, pick = layout
-    a, b = first.values, second.values
-    values = pick(a + b)
-    values = (values[0], a[1] | b[1], *values[2:])  # present: both rows' bits
-    result = second if BUFFERS_FIELD in second.columns else first
-    request = second if "request_buffer_lengths" in second.columns else first
-    return Row(
-        columns,
-        values,
-        result.buffers,
-        result.chunk,
-        request.request_buffers,
-        request.request_part,
-    )
-
-
-def merge_upserts(batch: Sequence[WriteOp[Payload]]) -> list[WriteOp[Payload]]:
-    """The batch with each record's upserts written as one where they can be (a task's
-    request and its reply usually land in the same batch: one row inserted whole instead of
-    inserted, then updated). The merged write takes the place of the record's first one, so
-    rows are still numbered in the order they were first written; a drop is a barrier no
-    merge crosses. Applying the result is applying the batch write by write."""
-    merged: list[WriteOp[Payload]] = []
-    index: dict[str, int] = {}  # msg_id -> its merged upsert's place in ``merged``
-    for op in batch:
-        row = op.payload
-        if row is None:
-            index.clear()
-            merged.append(op)
-            continue
-        msg_id = op.msg_ids[0]
-        at = index.get(msg_id)
-        if at is not None:
-            previous = merged[at].payload
-            assert previous is not None
-            combined = merge_rows(previous, row)
-            if combined is not None:
-                merged[at] = WriteOp("upsert", op.msg_ids, combined)
-                continue
-        index[msg_id] = len(merged)
-        merged.append(op)
-    return merged
-
-
-Run = tuple[tuple[str, ...] | None, list[WriteOp[Payload]]]
-
-
-def upsert_runs(batch: Sequence[WriteOp[Payload]], existing: Set[str]) -> list[Run]:
-    """The batch as runs to apply in order, each run one ``executemany`` (columns) or a drop
-    (None). Upserts with the same columns are gathered into one run, not only when adjacent
-    (a task's request and another's reply alternate in a batch), within two rules that make
-    the result that of applying the batch write by write: every write of a record lands in a
-    run no earlier than its previous write, and writes that insert a row (its msg_id not in
-    ``existing`` before the batch, or dropped since) stay in their order, so rows are
-    numbered (``seq``) in the order they were written. A drop is a barrier nothing crosses."""
-    runs: list[Run] = []
-    open_runs: dict[tuple[str, ...], int] = {}  # columns -> the run writes may still join
-    last_run: dict[str, int] = {}  # msg_id -> the run of its latest write
-    dropped: set[str] = set()  # msg_ids dropped in this batch, not written since
-    last_insert = -1  # the run of the latest write that inserts a row
-    for op in batch:
-        row = op.payload
-        if row is None:
-            runs.append((None, [op]))
-            open_runs.clear()
-            last_run.clear()
-            dropped.update(op.msg_ids)
-            last_insert = len(runs) - 1
-            continue
-        msg_id = op.msg_ids[0]
-        inserts = msg_id not in last_run and (msg_id in dropped or msg_id not in existing)
-        index = open_runs.get(row.columns, -1)
-        if index < 0 or index < last_run.get(msg_id, -1) or (inserts and index < last_insert):
-            index = len(runs)
-            runs.append((row.columns, []))
-            open_runs[row.columns] = index
-        runs[index][1].append(op)
-        last_run[msg_id] = index
-        dropped.discard(msg_id)
-        if inserts:
-            last_insert = index
-    return runs
-
-
-def first_written(batch: Sequence[WriteOp[Payload]]) -> list[str]:
-    """The msg_ids the batch upserts, each once: those whose rows ``upsert_runs`` must know
-    to exist or not before the batch."""
-    return list(dict.fromkeys(op.msg_ids[0] for op in batch if op.payload is not None))
 
 
 def decode_row(row: tuple[Any, ...], columns: tuple[str, ...]) -> tuple[dict[str, Any], Any, Any]:

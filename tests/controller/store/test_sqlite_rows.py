@@ -1,4 +1,5 @@
-"""How the SQLite writer groups a batch into runs (``upsert_runs``): same-column upserts in
+"""The SQLite writer's batches (``sqlite_batches``) and rows (``sqlite_rows``). How it groups a
+batch into runs (``upsert_runs``): same-column upserts in
 one run when that keeps every record's writes in order and the writes that insert rows in
 their order; how it merges a record's upserts into one row (``merge_upserts``); and the
 one-pass encoding of the Hub's records (``encode_exact``). Each checked against applying
@@ -7,6 +8,7 @@ the writes one by one, or against the long way."""
 from __future__ import annotations
 
 import random
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +17,20 @@ import pytest
 from corral.controller.store.base import WriteOp, validate_record
 from corral.controller.store.retention import RetentionSettings
 from corral.controller.store.sqlite import SQLiteStore
+from corral.controller.store.sqlite_batches import (
+    KnownRows,
+    merge_rows,
+    merge_upserts,
+    rows_per_statement,
+    statement_sizes,
+    upsert_runs,
+    upsert_sql,
+)
 from corral.controller.store.sqlite_rows import (
     Payload,
     Row,
     encode_exact,
     encode_row,
-    merge_rows,
-    merge_upserts,
-    upsert_runs,
 )
 
 
@@ -107,6 +115,83 @@ def test_grouped_batches_store_what_writes_one_by_one_store(tmp_path: Path) -> N
             store.close()
 
 
+@pytest.mark.parametrize("count", [0, 1, 2, 3, 63, 64, 65, 100, 1000])
+def test_a_run_is_written_in_few_statements_of_every_row(count: int) -> None:
+    sizes = list(statement_sizes(count))
+    assert sum(sizes) == count
+    assert all(size in (1, 2, 4, 8, 16, 32, 64) for size in sizes)
+    assert len(sizes) <= count // 64 + 7
+    assert upsert_sql(("msg_id", "status"), 3).count("(?, ?)") == 3
+
+
+def test_rows_per_statement_stay_under_the_variable_limit() -> None:
+    assert rows_per_statement(29, 32766) == 64
+    assert rows_per_statement(29, 999) == 32  # an older SQLite's default limit
+    assert rows_per_statement(29, 100) == 2
+    assert rows_per_statement(29, 10) == 1
+    assert list(statement_sizes(100, 32)) == [32, 32, 32, 4]
+
+
+def test_a_store_under_a_low_variable_limit_writes_in_batches(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Statements fit the library's limit: no batch fails (to be retried write by write)."""
+    with SQLiteStore(tmp_path / "tasks.db") as store:
+        # the writer's connection, limited as a small build of SQLite is
+        store._db.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 40)
+        for index in range(300):
+            store.add_record(f"m{index}", {"status": "pending", "stdout": "x", "engine_id": 1})
+        store.flush()
+        assert store.get_history() == [f"m{index}" for index in range(300)]
+    assert not [record for record in caplog.records if "failed" in record.getMessage()]
+
+
+def test_known_rows_are_those_written_and_not_dropped_and_bounded() -> None:
+    known = KnownRows(limit=4)
+    known.committed([op("a", "request"), op("b", "reply"), drop("b"), op("c", "reply")])
+    assert "a" in known.ids and "c" in known.ids and "b" not in known.ids
+    known.committed([drop("a", "x")])
+    assert "a" not in known.ids and "c" in known.ids
+    known.committed([op(f"n{i}", "request") for i in range(7)])  # 8: up to twice the limit
+    assert "c" in known.ids and all(f"n{i}" in known.ids for i in range(7))
+    known.committed([op("k", "request")])  # over: the newest four kept
+    assert list(known.ids) == ["n4", "n5", "n6", "k"]  # the others count as maybe new
+
+
+def test_a_reopened_store_groups_writes_of_rows_it_did_not_write(tmp_path: Path) -> None:
+    """Rows from before the store was opened are unknown to its writer (writes to them count
+    as maybe inserting): batches still store what writes one by one store."""
+    rng = random.Random(5)
+    stores = [SQLiteStore(tmp_path / "grouped.db"), SQLiteStore(tmp_path / "single.db")]
+    for store in stores:
+        for index in range(20):
+            store.add_record(f"m{index}", {"status": "pending"})
+        store.close()
+    writes = [(rng.randrange(30), rng.choice(["add", "update", "drop"])) for _ in range(300)]
+    stores = [
+        SQLiteStore(tmp_path / "grouped.db"),
+        SQLiteStore(tmp_path / "single.db", max_batch=1),
+    ]
+    try:
+        for store in stores:
+            for index, kind in writes:
+                msg_id = f"m{index}"
+                if kind == "add":
+                    store.add_record(msg_id, {"status": "pending", "stdout": "x"})
+                elif kind == "update":
+                    store.update_record(msg_id, {"status": "ok", "result_buffers": [b"r"]})
+                else:
+                    store.drop_records([msg_id])
+            store.flush()
+        grouped, single = stores
+        assert grouped.get_history() == single.get_history()
+        ids = single.get_history()
+        assert grouped.get_records(ids) == single.get_records(ids)
+    finally:
+        for store in stores:
+            store.close()
+
+
 def test_runs_cover_the_batch_exactly_once() -> None:
     columns = ["request", "reply", "label"]
     batch = [op(f"m{i % 5}", columns[i % 3]) for i in range(30)]
@@ -132,6 +217,20 @@ def test_a_request_and_its_reply_merge_into_one_row() -> None:
     assert merged.request_buffers == [b"fn"] and merged.buffers == [b"r"]
     assert merged.columns[-1] == "result_buffers"  # the blob stays the last parameter
     assert merged.parameters()[-1] == b"r"
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [({}, {}), ({}, {"status": "ok"}), ({"status": "ok"}, {}), ({"engine_id": 1}, {"status": "x"})],
+)
+def test_small_writes_merge(first: dict[str, Any], second: dict[str, Any]) -> None:
+    """Writes of no field or one merge too (their values after ``present`` are 0 or 1)."""
+    a = encode_row(validate_record("m", first))
+    b = encode_row(validate_record("m", second))
+    merged = merge_rows(a, b)
+    assert merged is not None
+    expected = encode_row(validate_record("m", {**first, **second}))
+    assert merged.columns == expected.columns and merged.values == expected.values
 
 
 def test_rows_with_extra_fields_on_both_sides_stay_apart() -> None:

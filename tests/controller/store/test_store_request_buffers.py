@@ -1,7 +1,9 @@
 """Every backend (memory, SQLite, a real mongod) keeps a request's own buffers (``buffers``),
 which ``Client.resubmit`` sends again: round trip small and chunked, replaced, dropped, bounded
 by the per-task buffer limit, counted in the size limit, independent of the result buffers;
-and an SQLite store of schema version 1 gains them when opened for writing."""
+an SQLite store keeps a small request in its row and a large one in parts; and an SQLite store
+of schema version 1 or 2 gains the columns when opened for writing, its old requests read
+where they were written."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pymongo import MongoClient
 
 from corral.controller.store import ResultStore, RetentionSettings, SQLiteStore
 from corral.controller.store.retention import OMITTED_FIELD, REQUEST_OMITTED_FIELD
+from corral.controller.store.sqlite_rows import REQUEST_SCHEMA
 from corral.errors import StoreError
 from tests.controller.store.conftest import Opener, StoreFactory
 
@@ -122,10 +125,18 @@ def test_sqlite_parts_of_a_chunked_request(tmp_path: Path) -> None:
         store.flush()
         with closing(sqlite3.connect(path)) as db:
             assert db.execute("SELECT count(*) FROM request_buffers").fetchone()[0] == 4
-        store.update_record("m", {"buffers": [b"c"]})
+        store.update_record("m", {"buffers": [b"c"]})  # small: in the row, old parts gone
         store.flush()
         with closing(sqlite3.connect(path)) as db:
-            assert db.execute("SELECT count(*) FROM request_buffers").fetchone()[0] == 1
+            assert db.execute("SELECT count(*) FROM request_buffers").fetchone()[0] == 0
+            (data,) = db.execute("SELECT request_data FROM tasks WHERE msg_id = 'm'").fetchone()
+            assert data == b"c"
+        assert store.get_record("m")["buffers"] == [b"c"]
+        store.update_record("m", {"buffers": [b"d" * 1001, b"e"]})  # large again: parts
+        assert store.get_record("m")["buffers"] == [b"d" * 1001, b"e"]
+        with closing(sqlite3.connect(path)) as db:
+            assert db.execute("SELECT count(*) FROM request_buffers").fetchone()[0] == 3
+            assert db.execute("SELECT request_data FROM tasks").fetchone()[0] is None
         store.drop_records(["m"])
         store.flush()
         with closing(sqlite3.connect(path)) as db:
@@ -195,3 +206,61 @@ def test_mongodb_chunks_of_requests_and_results_are_told_apart(mongodb_database:
         store.flush()
         with MongoClient(mongodb_database, serverSelectionTimeoutMS=10_000) as client:
             assert client.get_default_database()["test.buffers"].count_documents({}) == 0
+
+
+def write_version_2(path: Path) -> None:
+    """A store as schema version 2 wrote it: a request's buffers in ``request_buffers``."""
+    status_bit, request_bit = 1 << 7, 1 << 20  # the fields' places after msg_id
+    with closing(sqlite3.connect(path)) as db:
+        db.execute(V1_SCHEMA)
+        db.execute("ALTER TABLE tasks ADD COLUMN request_buffer_lengths TEXT")
+        db.executescript(REQUEST_SCHEMA)
+        db.execute(
+            "INSERT INTO tasks (msg_id, present, status, request_buffer_lengths) "
+            "VALUES ('old', ?, 'ok', '[3, 0, 2]')",
+            (status_bit | request_bit,),
+        )
+        db.executemany(
+            "INSERT INTO request_buffers (msg_id, part, data) VALUES ('old', ?, ?)",
+            [(0, b"abc"), (1, b"de")],
+        )
+        db.execute("PRAGMA user_version = 2")
+        db.commit()
+
+
+def test_sqlite_store_of_version_2_keeps_its_requests_where_they_are(tmp_path: Path) -> None:
+    """Version 2 read only as it is; opened for writing, it gains the row's BLOB for new
+    requests while the old ones are read from their parts, also by a reader opened before."""
+    path = tmp_path / "tasks.db"
+    write_version_2(path)
+    old = {"msg_id": "old", "status": "ok", "buffers": [b"abc", b"", b"de"]}
+    with SQLiteStore(path, read_only=True) as reader:
+        assert reader.get_record("old") == old
+        with SQLiteStore(path) as store:
+            assert store.get_record("old") == old
+            store.add_record("new", request("new", [b"f", b"gh"]))
+            assert store.get_record("new")["buffers"] == [b"f", b"gh"]
+            store.flush()
+            assert reader.get_record("new")["buffers"] == [b"f", b"gh"]
+            with closing(sqlite3.connect(path)) as db:
+                assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+                parts = "SELECT msg_id, count(*) FROM request_buffers GROUP BY msg_id"
+                assert db.execute(parts).fetchall() == [("old", 2)]
+            store.drop_records(["old"])
+            store.flush()
+            with closing(sqlite3.connect(path)) as db:
+                assert db.execute("SELECT count(*) FROM request_buffers").fetchone()[0] == 0
+    with SQLiteStore(path, read_only=True) as reader:
+        assert reader.get_history() == ["new"]
+
+
+def test_sqlite_request_in_its_row_of_the_wrong_length_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "tasks.db"
+    with SQLiteStore(path) as store:
+        store.add_record("m", request("m", [b"ab", b"cde"]))
+        assert store.get_record("m")["buffers"] == [b"ab", b"cde"]
+        with closing(sqlite3.connect(path)) as db:
+            db.execute("UPDATE tasks SET request_data = x'00' WHERE msg_id = 'm'")
+            db.commit()
+        with pytest.raises(StoreError, match="damaged"):
+            store.get_record("m")
