@@ -165,14 +165,21 @@ def run_once(
         context.term()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def feed_options(
+    parser: argparse.ArgumentParser, *, lag: int = LAG, waiting: float = WAITING, rate: float = RATE
+) -> None:
+    """The options of a run that feeds the Hub's writes (also bench_store_writes.py's)."""
     parser.add_argument("--tasks", type=int, default=TASKS)
     parser.add_argument("--repeats", type=int, default=REPEATS)
-    parser.add_argument("--lag", type=int, default=LAG)
-    parser.add_argument("--waiting", type=float, default=WAITING)
-    parser.add_argument("--rate", type=float, default=RATE, help="tasks/s; 0: at once")
+    parser.add_argument("--lag", type=int, default=lag)
+    parser.add_argument("--waiting", type=float, default=waiting)
+    parser.add_argument("--rate", type=float, default=rate, help="tasks/s; 0: at once")
     parser.add_argument("--store", choices=("sqlite", "memory"), default="sqlite")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    feed_options(parser)
     args = parser.parse_args()
     baseline = os.environ.get("CORRAL_BENCH_SOURCE")
     if baseline:

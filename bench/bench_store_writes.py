@@ -31,10 +31,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench_hub_copies import feed_options
 from common import write_results
 
-TASKS = 20000
-REPEATS = 5
 LAG = 2000
 WAITING = 1.0
 RATE = 4000.0
@@ -141,12 +140,7 @@ def writer_alone(writes: list[Write], results: list[int], tasks: int, folder: Pa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, default=TASKS)
-    parser.add_argument("--repeats", type=int, default=REPEATS)
-    parser.add_argument("--lag", type=int, default=LAG)
-    parser.add_argument("--waiting", type=float, default=WAITING)
-    parser.add_argument("--rate", type=float, default=RATE, help="tasks/s; 0: at once")
-    parser.add_argument("--store", choices=("sqlite", "memory"), default="sqlite")
+    feed_options(parser, lag=LAG, waiting=WAITING, rate=RATE)
     parser.add_argument("--writer-alone", type=int, metavar="TASKS", help="see the docs")
     args = parser.parse_args()
     baseline = os.environ.get("CORRAL_BENCH_SOURCE")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,23 @@ def drop(*msg_ids: str) -> WriteOp[Payload]:
 
 def shape(batch: list[WriteOp[Payload]], existing: frozenset[str] = frozenset()) -> list[list[str]]:
     return [[o.msg_ids[0] for o in ops] for _, ops in upsert_runs(batch, existing)]
+
+
+def assert_batches_store_what_single_writes_store(
+    grouped: SQLiteStore, single: SQLiteStore, write: Callable[[SQLiteStore], None]
+) -> None:
+    """``write`` applied to both stores (``single`` opened with ``max_batch=1``): they hold the
+    same records in the same order. Both are closed."""
+    try:
+        for store in (grouped, single):
+            write(store)
+            store.flush()
+        assert grouped.get_history() == single.get_history()
+        ids = single.get_history()
+        assert grouped.get_records(ids) == single.get_records(ids)
+    finally:
+        grouped.close()
+        single.close()
 
 
 def test_requests_and_replies_of_other_tasks_gather_into_two_runs() -> None:
@@ -90,29 +108,23 @@ def test_grouped_batches_store_what_writes_one_by_one_store(tmp_path: Path) -> N
         msg_id = f"m{rng.randrange(40)}"
         kind = rng.choice(["add", "update", "update", "label", "drop"])
         writes.append((kind, msg_id, step))
-    stores = [
+
+    def write(store: SQLiteStore) -> None:
+        for kind, msg_id, step in writes:
+            if kind == "add":
+                store.add_record(msg_id, {"status": "pending", "stdout": f"{step}"})
+            elif kind == "update":
+                store.update_record(msg_id, {"status": "ok", "result_buffers": [b"%d" % step]})
+            elif kind == "label":
+                store.update_record(msg_id, {"label": f"l{step}", "note": step})
+            else:
+                store.drop_records([msg_id])
+
+    assert_batches_store_what_single_writes_store(
         SQLiteStore(tmp_path / "grouped.db"),
         SQLiteStore(tmp_path / "single.db", max_batch=1),
-    ]
-    try:
-        for store in stores:
-            for kind, msg_id, step in writes:
-                if kind == "add":
-                    store.add_record(msg_id, {"status": "pending", "stdout": f"{step}"})
-                elif kind == "update":
-                    store.update_record(msg_id, {"status": "ok", "result_buffers": [b"%d" % step]})
-                elif kind == "label":
-                    store.update_record(msg_id, {"label": f"l{step}", "note": step})
-                else:
-                    store.drop_records([msg_id])
-            store.flush()
-        grouped, single = stores
-        assert grouped.get_history() == single.get_history()
-        ids = single.get_history()
-        assert grouped.get_records(ids) == single.get_records(ids)
-    finally:
-        for store in stores:
-            store.close()
+        write,
+    )
 
 
 @pytest.mark.parametrize("count", [0, 1, 2, 3, 63, 64, 65, 100, 1000])
@@ -168,28 +180,22 @@ def test_a_reopened_store_groups_writes_of_rows_it_did_not_write(tmp_path: Path)
             store.add_record(f"m{index}", {"status": "pending"})
         store.close()
     writes = [(rng.randrange(30), rng.choice(["add", "update", "drop"])) for _ in range(300)]
-    stores = [
+
+    def write(store: SQLiteStore) -> None:
+        for index, kind in writes:
+            msg_id = f"m{index}"
+            if kind == "add":
+                store.add_record(msg_id, {"status": "pending", "stdout": "x"})
+            elif kind == "update":
+                store.update_record(msg_id, {"status": "ok", "result_buffers": [b"r"]})
+            else:
+                store.drop_records([msg_id])
+
+    assert_batches_store_what_single_writes_store(
         SQLiteStore(tmp_path / "grouped.db"),
         SQLiteStore(tmp_path / "single.db", max_batch=1),
-    ]
-    try:
-        for store in stores:
-            for index, kind in writes:
-                msg_id = f"m{index}"
-                if kind == "add":
-                    store.add_record(msg_id, {"status": "pending", "stdout": "x"})
-                elif kind == "update":
-                    store.update_record(msg_id, {"status": "ok", "result_buffers": [b"r"]})
-                else:
-                    store.drop_records([msg_id])
-            store.flush()
-        grouped, single = stores
-        assert grouped.get_history() == single.get_history()
-        ids = single.get_history()
-        assert grouped.get_records(ids) == single.get_records(ids)
-    finally:
-        for store in stores:
-            store.close()
+        write,
+    )
 
 
 def test_runs_cover_the_batch_exactly_once() -> None:
@@ -268,40 +274,34 @@ def test_merged_batches_store_what_writes_one_by_one_store(tmp_path: Path) -> No
     for step in range(600):
         msg_id = f"m{rng.randrange(30)}"
         writes.append((rng.choice(["request", "dest", "reply", "extra", "drop"]), msg_id, step))
-    stores = [
+
+    def write(store: SQLiteStore) -> None:
+        for kind, msg_id, step in writes:
+            if kind == "request":
+                fields = {
+                    "msg_id": msg_id,
+                    "header": {"step": step},
+                    "status": "pending",
+                    "buffers": [b"f" * (step % 40), b""],
+                    "engine_id": None,
+                }
+                store.add_record(msg_id, fields)
+            elif kind == "dest":
+                store.update_record(msg_id, {"engine_uuid": "e", "engine_id": step % 3})
+            elif kind == "reply":
+                buffers = [b"r" * (step % 50)]
+                changes = {"status": "ok", "result_buffers": buffers, "stdout": str(step)}
+                store.update_record(msg_id, changes)
+            elif kind == "extra":
+                store.update_record(msg_id, {f"x{step % 2}": step, "received": str(step)})
+            else:
+                store.drop_records([msg_id])
+
+    assert_batches_store_what_single_writes_store(
         SQLiteStore(tmp_path / "merged.db", chunk_bytes=16),
         SQLiteStore(tmp_path / "single.db", chunk_bytes=16, max_batch=1),
-    ]
-    try:
-        for store in stores:
-            for kind, msg_id, step in writes:
-                if kind == "request":
-                    fields = {
-                        "msg_id": msg_id,
-                        "header": {"step": step},
-                        "status": "pending",
-                        "buffers": [b"f" * (step % 40), b""],
-                        "engine_id": None,
-                    }
-                    store.add_record(msg_id, fields)
-                elif kind == "dest":
-                    store.update_record(msg_id, {"engine_uuid": "e", "engine_id": step % 3})
-                elif kind == "reply":
-                    buffers = [b"r" * (step % 50)]
-                    changes = {"status": "ok", "result_buffers": buffers, "stdout": str(step)}
-                    store.update_record(msg_id, changes)
-                elif kind == "extra":
-                    store.update_record(msg_id, {f"x{step % 2}": step, "received": str(step)})
-                else:
-                    store.drop_records([msg_id])
-            store.flush()
-        merged, single = stores
-        assert merged.get_history() == single.get_history()
-        ids = single.get_history()
-        assert merged.get_records(ids) == single.get_records(ids)
-    finally:
-        for store in stores:
-            store.close()
+        write,
+    )
 
 
 HUB_REQUEST = {
