@@ -183,37 +183,28 @@ class WorkQueue:
     """The main thread's requests, oldest first, except those put with :meth:`put_next`.
 
     Control requests that touch the namespace go here (a task may be running in it), but ahead
-    of queued tasks: the control channel is still served before queued work.
-
-    It can also be shared by threads: the items in a deque, and one token per item in a
-    ``queue.SimpleQueue`` (C code) that a taker blocks on (a ``queue.Queue``, two Python
-    Conditions and a lock allocated per wait, cost about three times as much CPU per hand-off).
-    An item is appended before its token is put and popped after a token is taken, so a taker
-    always finds one. The engine's task shell fills and takes it on the main thread.
+    of queued tasks: the control channel is still served before queued work. Used by one thread
+    at a time (the engine's task shell: its main loop, or the I/O thread while it holds the
+    shell's lock), so it never blocks.
     """
 
     def __init__(self) -> None:
         self._items: collections.deque[WorkItem] = collections.deque()
-        self._tokens: queue.SimpleQueue[None] = queue.SimpleQueue()
 
     def put(self, item: WorkItem) -> None:
         """Queue ``item`` behind everything queued."""
         self._items.append(item)
-        self._tokens.put(None)
 
     def put_next(self, request: Request) -> None:
         """Queue ``request`` to run as soon as the running task (if any) ends."""
         self._items.appendleft(request)
-        self._tokens.put(None)
-
-    def get(self, block: bool = True, timeout: float | None = None) -> WorkItem:
-        """The next item, waiting for one (raises ``queue.Empty`` as ``queue.Queue`` does when
-        ``block`` is false or ``timeout`` passes)."""
-        self._tokens.get(block, timeout)
-        return self._items.popleft()
 
     def get_nowait(self) -> WorkItem:
-        return self.get(block=False)
+        """The next item; ``queue.Empty`` if there is none (as ``queue.Queue`` raises)."""
+        try:
+            return self._items.popleft()
+        except IndexError:
+            raise queue.Empty from None
 
     def qsize(self) -> int:
         return len(self._items)
