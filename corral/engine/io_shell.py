@@ -34,7 +34,6 @@ from typing import Any
 import zmq
 import zmq.utils.garbage
 
-from corral.bundles import Outbox
 from corral.errors import (
     ConnectionError,
     ProtocolError,
@@ -134,7 +133,6 @@ class IOShell:
         self._registered = threading.Event()
         self._exit: Exit | None = None  # set by shutdown(): the teardown ends the process
         self._sockets: dict[bytes, zmq.Socket[Any]] = {}
-        self._outboxes: dict[bytes, Outbox] = {}
         self._heart: Heart | None = None
         self._queue_links: QueueLinks | None = None
         self._registration_waits: SendRegistration | None = None  # for the queues to connect
@@ -333,11 +331,7 @@ class IOShell:
             with self.tasks.borrow():
                 self.tasks.send_now(channel, frames)
             return
-        outbox = self._outboxes.get(channel)
-        if outbox is not None:
-            outbox.put(frames)
-        else:
-            send_frames(self._sockets[channel], frames)
+        send_frames(self._sockets[channel], frames)
 
     def _drain_notes(self) -> None:
         """Tell the link core what the main thread received and replied since the last call
@@ -527,12 +521,9 @@ class IOShell:
                 return
 
     def _close(self, linger: int) -> None:
-        """Send what the outboxes hold (the aborts of the teardown), stop the heart, close
-        every socket (waiting at most ``linger`` ms for queued messages to leave) and the
-        context."""
-        for outbox in self._outboxes.values():
-            for error, _ in outbox.flush():
-                self.log.error("replies not sent at exit: %s", error)
+        """Send what the task shell's outboxes hold (the aborts of the teardown), stop the
+        heart, close every socket (waiting at most ``linger`` ms for queued messages to leave)
+        and the context."""
         for error_text in self.tasks.flush():  # taken over by the teardown
             self.log.error("replies not sent at exit: %s", error_text)
         if self._queue_links is not None:

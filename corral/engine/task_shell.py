@@ -253,13 +253,7 @@ class TaskShell:
     def borrow(self) -> Iterator[None]:
         """(I/O thread.) The task sockets, queue and outbox, for the block: at once while a
         task runs or before :meth:`run`; else at the end of the main loop's current turn."""
-        with self._wanted:
-            self._borrowers += 1
-        try:
-            self.loop.call_soon_threadsafe(_nothing)  # a polling main loop ends its turn
-        except Exception:  # the main loop is gone (only while the process ends)
-            pass
-        self.lock.acquire()
+        self._acquire_from_main()
         try:
             yield
         finally:
@@ -282,11 +276,16 @@ class TaskShell:
     def take_over(self) -> None:
         """(I/O thread, at exit.) The lock for good: the main thread never touches the task
         sockets again (it waits for the lock until the process ends)."""
+        self._acquire_from_main()
+
+    def _acquire_from_main(self) -> None:
+        """(I/O thread.) Ask the main loop for the lock (it lends it at the end of its turn,
+        see :meth:`_lend_if_asked`) and take it."""
         with self._wanted:
             self._borrowers += 1
         try:
-            self.loop.call_soon_threadsafe(_nothing)
-        except Exception:
+            self.loop.call_soon_threadsafe(_nothing)  # a polling main loop ends its turn
+        except Exception:  # the main loop is gone (only while the process ends)
             pass
         self.lock.acquire()
 
