@@ -42,6 +42,7 @@ from corral.protocol.session import Frame, Session
 from corral.sharedmem import SharedMemory
 
 from . import datapub
+from .alarm import open_alarm
 from .interrupts import InterruptGate
 from .io_shell import EngineParts, IOSettings, IOShell
 from .ipython import load_shell
@@ -131,6 +132,7 @@ class Engine:
             watch_time_limit=self._watch_time_limit,
             on_failure=self._task_loop_failed,
             hold_until=self._send_held_at,
+            alarm=open_alarm(),
         )
 
     @property
@@ -159,6 +161,8 @@ class Engine:
             self.capture,
         )
         io = IOShell(settings, parts)
+        if self.tasks.alarm is not None:
+            io.loop.add_reader(self.tasks.alarm.fd, self.tasks.on_alarm)
         self._install_signal_handlers(io)
         io.end_with_owner(self.owner_pid)
         io.start()

@@ -40,6 +40,7 @@ from corral.protocol.session import Frame, Message, Session
 from corral.sharedmem import SharedMemory
 from corral.sockets import recv_frames
 
+from .alarm import Alarm
 from .runner import (
     CONTROL_TYPES,
     QUEUE_MARK,
@@ -81,6 +82,7 @@ class TaskShell:
         watch_time_limit: Callable[[Request], None],
         on_failure: Callable[[str], None],
         hold_until: Callable[[float], None] = lambda deadline: None,
+        alarm: Alarm | None = None,
     ) -> None:
         self.session = session
         self.identity = identity
@@ -88,8 +90,10 @@ class TaskShell:
         self.log = log
         self.watch_time_limit = watch_time_limit  # hands a limited request to the I/O thread
         self.on_failure = on_failure  # the loop itself failed: the engine must stop
-        # asks the I/O thread to send the held replies at a deadline (see _run_next)
+        # the I/O thread sends the held replies at a deadline (see _run_next): it polls the
+        # alarm's descriptor; without one (not Linux), hold_until hands it the deadline
         self.hold_until = hold_until
+        self.alarm = alarm
         self.loop = Loop("engine-tasks")
         self.work = WorkQueue()
         self.notes: deque[Note] = deque()  # for the link core, read by the I/O thread
@@ -201,7 +205,10 @@ class TaskShell:
                 return
             if self._held_since is not None and not self._hold_asked:
                 self._hold_asked = True
-                self.hold_until(self._held_since + HOLD_REPLIES)
+                if self.alarm is not None:
+                    self.alarm.arm(self._held_since + HOLD_REPLIES)
+                else:
+                    self.hold_until(self._held_since + HOLD_REPLIES)
             self.lock.release()  # user code may run for hours: the I/O thread may borrow
             try:
                 self.runner.run(item)
@@ -320,7 +327,10 @@ class TaskShell:
     def flush(self) -> list[str]:
         """(Lock held.) Send what the outboxes hold; the errors, if any."""
         self._held_since = None
-        self._hold_asked = False
+        if self._hold_asked:
+            self._hold_asked = False
+            if self.alarm is not None:
+                self.alarm.disarm()
         return [str(error) for outbox in self._outboxes.values() for error, _ in outbox.flush()]
 
     def _flush_turn(self) -> None:
@@ -329,9 +339,14 @@ class TaskShell:
             for error in self.flush():
                 self.log.error("replies not sent: %s", error)
 
+    def on_alarm(self) -> None:
+        """(I/O thread, its loop polls :attr:`alarm`.) The deadline of held replies passed."""
+        if self.alarm is not None and self.alarm.clear():
+            self.send_held()
+
     def send_held(self) -> None:
-        """(I/O thread, at a deadline asked by ``hold_until``.) Send the replies a long task
-        holds back (none if the main thread sent them meanwhile)."""
+        """(I/O thread, at the deadline of the alarm or of ``hold_until``.) Send the replies a
+        long task holds back (none if the main thread sent them meanwhile)."""
         held = self._held_since  # a hint read without the lock: the check is repeated under it
         if held is None or time.monotonic() - held < HOLD_REPLIES - BATCH_FOR / 2:
             return  # sent meanwhile; those held now are younger and have their own deadline
