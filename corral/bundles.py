@@ -93,7 +93,14 @@ def bundle(route: Sequence[Frame], messages: Sequence[Sequence[Frame]]) -> list[
     layout = array("q", lengths)
     if _SWAP:
         layout.byteswap()
-    return [*route, MARK, layout.tobytes(), b"".join(small), *large]
+    packed: Frame = b"".join(small)
+    if len(packed) >= COPY_BELOW:
+        # Sent as bytes, so large a frame would go without a copy, and pyzmq learns that
+        # libzmq is done with it from its garbage-collector thread: one more Python thread
+        # woken per bundle, and the GIL taken from the loop. Our own join, copied once more
+        # into a zmq.Frame, costs less.
+        packed = zmq.Frame(packed, copy=True)
+    return [*route, MARK, layout.tobytes(), packed, *large]
 
 
 def split_bundle(frames: Sequence[Frame]) -> list[list[Frame]] | None:
