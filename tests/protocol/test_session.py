@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -23,7 +23,7 @@ from corral.errors import (
     SignatureError,
     UnknownMessageType,
 )
-from corral.protocol.session import DELIMITER, Session, new_key, split_identities
+from corral.protocol.session import DELIMITER, Session, new_key, split_identities, utcnow
 from tests.wire import recv_msg, send_msg
 
 KEY = b"a-test-key-0123456789abcdef"
@@ -291,3 +291,15 @@ def test_the_signature_is_the_hmac_of_the_four_json_frames(scheme: str, content_
     for frame in frames:
         reference.update(frame)
     assert session.sign(frames) == reference.hexdigest().encode("ascii")
+
+
+def test_utcnow_is_an_iso_utc_timestamp_with_microseconds_and_keeps_time() -> None:
+    before = datetime.now(UTC)
+    stamps = [utcnow() for _ in range(1000)]
+    after = datetime.now(UTC)
+    parsed = [datetime.fromisoformat(stamp) for stamp in stamps]
+    assert all(len(stamp) == len("2026-01-02T03:04:05.000006+00:00") for stamp in stamps)
+    assert all(when.utcoffset() == timedelta(0) for when in parsed)
+    assert parsed == sorted(parsed)  # the per-second prefix never lags its microseconds
+    tolerance = timedelta(milliseconds=1)  # two clocks read in turn: rounding only
+    assert before - tolerance <= parsed[0] and parsed[-1] <= after + tolerance
