@@ -243,12 +243,13 @@ class Loop:
         with self._inbox_lock:
             if self._closed_because is not None:
                 raise ConnectionError(self._closed_because)
-            if not self._inbox:
-                try:
-                    self._wake_writer.send(b"\0")
-                except BlockingIOError:  # a byte is already pending: the loop wakes anyway
-                    pass
+            wake = not self._inbox
             self._inbox.append((callback, args))
+        if wake:  # after the lock: the send lets the GIL go, and the loop may want the lock
+            try:
+                self._wake_writer.send(b"\0")
+            except OSError:  # a byte is pending (the loop wakes anyway), or the loop closed
+                pass
 
     def call_at(self, when: float, callback: Callback, *args: Any) -> Timer:
         """Run ``callback(*args)`` at ``when`` (a :func:`time.monotonic` value); loop thread."""
@@ -366,13 +367,18 @@ class Loop:
         log.debug("%s: poll reported unwatched sources %s", self.name, list(ready))
 
     def _take_inbox(self) -> None:
+        # The wake-up bytes are read first, outside the lock: a byte is written with the first
+        # item of an empty inbox, in one critical section, so every byte read here belongs to
+        # an item taken below, and an item put after the take writes a new byte. The lock is
+        # held only for the swap: a hand-off waiting on it while this thread is in a system
+        # call (which lets the GIL go) would make the two threads take turns at the GIL.
+        try:
+            self._wake_reader.recv(64)
+        except BlockingIOError:
+            pass
         with self._inbox_lock:
-            items = list(self._inbox)
-            self._inbox.clear()
-            try:
-                self._wake_reader.recv(64)
-            except BlockingIOError:
-                pass
+            items = self._inbox
+            self._inbox = deque()
         for callback, args in items:
             self._call(callback, args)
 
