@@ -240,7 +240,7 @@ class ClientIO:
         hub.connect(self.addresses["hub"])
         iopub = self._socket("iopub", zmq.SUB)
         iopub.rcvhwm = 0
-        iopub.subscribe(b"")
+        iopub.subscribe(b"engine.")  # output of tasks; not the stats.<id> reports (dashboard)
         iopub.connect(self.addresses["iopub"])
         notification = self._socket("notification", zmq.SUB)
         notification.rcvhwm = 0

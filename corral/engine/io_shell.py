@@ -65,7 +65,7 @@ from .runner import (
     reply_metadata,
     reply_type,
 )
-from .stats import STATS_PERIOD, STATS_TOPIC, StatsSampler
+from .stats import STATS_PERIOD, STATS_TOPIC, StatsSampler, StatsSubscribers
 from .task_shell import TASK_CHANNELS, TaskShell
 from .time_limits import SignalSender, TimeLimits
 
@@ -128,6 +128,8 @@ class IOShell:
         self.loop: Loop = self.thread.loop
         self.context: zmq.Context[Any] = zmq.Context()
         self.stats = StatsSampler()
+        self.stats_subscribers = StatsSubscribers()
+        self._stats_timer: Timer | None = None
         self.failure: str | None = None  # why the first registration failed
         self.rejected = 0  # messages dropped here: bad signature, replay, malformed
         self._registered = threading.Event()
@@ -220,7 +222,8 @@ class IOShell:
         self._queue_links.when_connected(lambda: self._start_heart(addresses))
         for name, sock in zip((b"mux", b"control", b"task"), queues, strict=True):
             sock.connect(addresses[name.decode()])
-        iopub = self.context.socket(zmq.PUB)
+        # XPUB: it hears which topics are subscribed (the reports only when someone reads them)
+        iopub = self.context.socket(zmq.XPUB)
         self._secure(iopub)
         iopub.connect(addresses["iopub"])
         self._sockets[b"iopub"] = iopub
@@ -236,8 +239,19 @@ class IOShell:
         loop.add_socket(pings, self._on_ping, batch=BATCH)
         # the main thread serves the task sockets from now on (task_shell.py)
         self.tasks.attach(self._sockets[b"mux"], self._sockets[b"task"])
-        self._publish_stats()
-        loop.call_every(STATS_PERIOD, self._publish_stats)
+        loop.add_socket(self._sockets[b"iopub"], self._on_iopub_subscription, batch=BATCH)
+
+    def _on_iopub_subscription(self, frames: list[zmq.Frame]) -> None:
+        """A topic of iopub got its first subscriber or lost its last: start or stop the
+        once-a-second reports (stats.py)."""
+        if not self.stats_subscribers.update(frames[0].bytes):
+            return
+        if self.stats_subscribers.wanted and self._exit is None:
+            self._publish_stats()  # at once: a dashboard that just connected sees it now
+            self._stats_timer = self.loop.call_every(STATS_PERIOD, self._publish_stats)
+        elif self._stats_timer is not None:
+            self._stats_timer.cancel()
+            self._stats_timer = None
 
     def _start_heart(self, addresses: dict[str, str]) -> None:
         self._heart = Heart(
@@ -533,3 +547,4 @@ class IOShell:
         for sock in self._sockets.values():
             sock.close(linger=linger)
         self.context.term()
+        self.stats.close()
