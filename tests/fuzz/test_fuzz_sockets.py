@@ -112,6 +112,8 @@ def test_fuzz_every_socket_then_serve_correctly(fuzzed_cluster: object, tmp_path
             sock.connect(f"{url}:{port}")
             engine_uuid = rc._engines[rc.ids[0]].encode()  # noqa: SLF001
             prefix = [engine_uuid] if name in ("mux", "control") else []
+            if kind == zmq.PUB:  # under the topic clients subscribe to (else the proxy drops it)
+                prefix = [b"engine.0.stream"]
             if kind == zmq.PUB:
                 wait_until_forwarded(sock, rc)
             for _ in range(ROUNDS_PER_SOCKET):
