@@ -18,9 +18,9 @@ import zmq
 from corral.engine.alarm import open_alarm
 from corral.engine.runner import EngineIdentity, Request, TaskRunner
 from corral.engine.task_shell import TaskShell
+from corral.loop import Loop, LoopThread
 from corral.protocol.serialize import deserialize_object, pack_apply_message
 from corral.protocol.session import Message, Session
-from corral.loop import Loop, LoopThread
 from corral.sharedmem import SharedMemory
 from tests.wire import readable, recv_one
 
