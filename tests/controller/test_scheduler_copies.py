@@ -4,6 +4,7 @@ announced by one ``task_in`` copy that names its engine; a task that waits for a
 
 from __future__ import annotations
 
+import queue
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -176,7 +177,12 @@ def test_a_burst_leaves_in_bundles(rig: Rig) -> None:
     waiting = [rig.request() for _ in range(20)]
     until(lambda: all(rig.copies_of(m.msg_id) for m in waiting), WAIT, "their task_in copies")
     assert rig.shell is not None
-    before = rig.shell.sends()
+    # on the scheduler's thread: a count read from here may miss the send of copies already
+    # received (the count follows the send), and that send would then count as this burst's
+    done: queue.Queue[dict[str, dict[str, int]]] = queue.Queue()
+    under_test = rig.shell
+    under_test.loop.call_soon_threadsafe(lambda: done.put(under_test.sends()))
+    before = done.get(timeout=WAIT)
 
     def announce() -> bool:  # PUB/SUB: repeated until the scheduler heard it
         note = rig.session.msg("registration_notification", {"id": 0, "uuid": "engine-1"})
