@@ -15,10 +15,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -66,6 +68,8 @@ ThreadProxy: Any = zmq_devices.ThreadProxy
 log = logging.getLogger("corral.controller")
 
 STATS_FILE = "controller-stats.json"
+# the longest path a Unix socket address may have (107 bytes on Linux, 103 on macOS)
+MAX_SOCKET_PATH = 100
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,10 @@ class Controller:
         self.curve = CurveKeys.generate() if config.curve else None
         self._authenticator: ThreadAuthenticator | None = None
         self.shm = SharedMemory(_shm_settings(config), hub=True)
+        # whether the scheduler's copies reach the Hub over a socket only this user can reach
+        # (_bind_monitor), and the directory that holds it (removed by close)
+        self.trusted_copies = False
+        self._private_dir: str | None = None
 
     # ------------------------------------------------------------ start
 
@@ -151,6 +159,30 @@ class Controller:
         else:
             port = sock.bind_to_random_port(self.url)
         return sock, port
+
+    def _bind_monitor(self) -> tuple[zmq.Socket[Any], str]:
+        """The SUB for the scheduler's copies and the address the scheduler connects to: a Unix
+        socket in a new directory only this user can enter (mode 0700), so that no other
+        user's process can write copies to the Hub (:attr:`trusted_copies`); TCP on the
+        controller's address where there are no Unix sockets or the path would be too long."""
+        sock = self._socket(zmq.SUB)
+        if self.curve is not None:
+            make_server(sock, self.curve)
+        if zmq.has("ipc"):
+            try:
+                folder = tempfile.mkdtemp(prefix="corral-monitor-")  # mode 0700
+            except OSError as err:
+                log.warning("no private folder for the scheduler's copies (%s): using TCP", err)
+            else:
+                path = os.path.join(folder, "monitor")
+                if len(os.fsencode(path)) <= MAX_SOCKET_PATH:
+                    self._private_dir = folder
+                    sock.bind(f"ipc://{path}")
+                    self.trusted_copies = True
+                    return sock, f"ipc://{path}"
+                os.rmdir(folder)
+        port = sock.bind_to_random_port(self.url)
+        return sock, f"{self.url}:{port}"
 
     def _bind_device(self, device: Any, side: str, name: str) -> int:
         if self.curve is not None:
@@ -203,7 +235,7 @@ class Controller:
         self._sockets.append(self.pong_events)
         # two monitor SUBs: one bound for the scheduler's PUB (a curve server under --curve),
         # one connected to the devices' inproc PUBs (inproc has no wire, so no curve)
-        self.monitor, monitor_port = self._bind(zmq.SUB)
+        self.monitor, monitor_address = self._bind_monitor()
         self.monitor.subscribe(b"")
         self.queue_monitor = self._socket(zmq.SUB)
         # no high-water mark on the monitor path: a copy dropped there is a task the Hub never
@@ -227,7 +259,7 @@ class Controller:
         task_client = task_engine = None
         if config.scheduler:
             task_client, task_engine = self._start_scheduler(
-                f"{self.url}:{notify_port}", f"{self.url}:{monitor_port}"
+                f"{self.url}:{notify_port}", monitor_address
             )
 
         def address(port: int | None) -> str | None:
@@ -372,6 +404,7 @@ class Controller:
             sockets,
             self._stop,
             self._scheduler,
+            trusted_copies=self.trusted_copies,
         )
         self.shm.sweep()
         if not self._stopping:
@@ -421,6 +454,8 @@ class Controller:
             device.join(10)
             if device.launcher.is_alive():
                 log.warning("a queue device thread did not stop")
+        if self._private_dir is not None:
+            shutil.rmtree(self._private_dir, ignore_errors=True)
         self.shm.sweep(final=True)
         for name in (CLIENT_FILE, ENGINE_FILE):
             try:

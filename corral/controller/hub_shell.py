@@ -91,6 +91,8 @@ class HubShell:
         sockets: dict[str, zmq.Socket[Any]],
         on_stop: Callable[[bool], None],
         scheduler: subprocess.Popen[bytes] | None = None,
+        *,
+        trusted_copies: bool = False,
     ) -> None:
         self.loop = loop
         self.hub = hub
@@ -113,6 +115,10 @@ class HubShell:
         }
         self.on_stop = on_stop
         self.scheduler = scheduler
+        # the scheduler's copies come over a socket only this user's processes can reach, and
+        # the scheduler checked every signature in them: checking again here would add nothing
+        # (docs/wire-flows.md, "Who checks what"); the devices' copies are always checked
+        self.verify_scheduler_copies = not trusted_copies
         self.scheduler_counts: dict[str, Any] | None = None
         self.monitored = 0
         self._pong_fds: dict[int, str] = {}
@@ -205,15 +211,22 @@ class HubShell:
         :mod:`corral.bundles`), read as the devices' copies."""
         if bytes(frame_view(frames[0])) == DESTINATION:
             self.monitored += 1
-            msg_id, engine_uuid = read_destination(self.session, frames)
+            msg_id, engine_uuid = read_destination(
+                self.session, frames, verify=self.verify_scheduler_copies
+            )
             self._perform(self.hub.handle_destination(msg_id, engine_uuid))
             return
-        self._on_monitor(frames)
+        self._record_copy(frames, self.verify_scheduler_copies)
 
     def _on_monitor(self, frames: Sequence[Frame]) -> None:
+        """A copy from the MUX or control device: a client's or an engine's message as it
+        came, so its signature is checked here."""
+        self._record_copy(frames, True)
+
+    def _record_copy(self, frames: Sequence[Frame], verify: bool) -> None:
         prefix = bytes(frame_view(frames[0]))
         idents, msg_frames = split_identities(frames[1:])
-        msg = self.session.deserialize(msg_frames, content=True, idents=idents)
+        msg = self.session.deserialize(msg_frames, content=True, idents=idents, verify=verify)
         self.monitored += 1
         omitted: dict[str, Any] | None = None
         if METADATA_KEY in msg.metadata:  # data in shared memory (none for small tasks)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -100,3 +102,27 @@ def test_a_dead_scheduler_stops_its_controller_at_once_with_a_fault_status(
     took = time.monotonic() - started
     assert returncode == 1
     assert took < 3, f"the controller took {took:.1f} s to see its scheduler die"
+
+
+def unix_paths(pid: int) -> set[str]:
+    return {
+        str(connection.laddr)
+        for connection in psutil.Process(pid).net_connections(kind="unix")
+        if connection.laddr
+    }
+
+
+def test_the_scheduler_copies_reach_the_hub_over_a_socket_only_its_user_can_reach(
+    controller: subprocess.Popen[bytes],
+) -> None:
+    """The Hub does not check the signatures of the scheduler's copies (the scheduler did), so
+    no other user may be able to write to the socket they come on: a Unix socket in a folder
+    of mode 0700, never a TCP port; the folder goes with the controller."""
+    (path,) = {Path(name) for name in unix_paths(controller.pid) if name.endswith("/monitor")}
+    folder = path.parent.stat()
+    assert stat.S_IMODE(folder.st_mode) == 0o700
+    assert folder.st_uid == os.getuid()
+    assert stat.S_ISSOCK(path.stat().st_mode)
+    controller.send_signal(signal.SIGTERM)
+    assert controller.wait(HEARTBEAT / 2) == 0
+    assert not path.parent.exists()
