@@ -48,7 +48,7 @@ from corral.controller.hub_actions import (
 )
 from corral.controller.hub_resubmit import resubmit_failed
 from corral.controller.store.base import ResultStore
-from corral.errors import CorralError, ProtocolError
+from corral.errors import CorralError, ProtocolError, StoreError
 from corral.loop import DRAIN_BATCH, Loop, Timer
 from corral.protocol.messages import error_reply
 from corral.protocol.session import Frame, Message, Session, frame_view, split_identities
@@ -125,11 +125,13 @@ class HubShell:
         self._timer: Timer | None = None
         self._trim = heap.TrimSchedule(*PURGE_TRIM_SCHEDULE)
         self._purged = 0  # tasks purged by the actions being performed
+        self._received = 0.0  # when the bundle of scheduler copies being read came
         loop.add_socket(self.pong, self._on_pong)
         loop.add_reader(self.pong_events, self._on_pong_events)
         # copies come in bundles when they queue up (corral.bundles)
         loop.add_socket(self.queue_monitor, self._on_monitor, batch=MONITOR_BATCH, bundles=True)
-        loop.add_socket(self.monitor, self._on_scheduler_copy, batch=MONITOR_BATCH, bundles=True)
+        # the scheduler's come in bundles always: each is read as one burst (_on_scheduler_message)
+        loop.add_socket(self.monitor, self._on_scheduler_message, batch=MONITOR_BATCH)
         loop.add_socket(self.registration, self._on_request)
         for sock in self.resubmit_sockets.values():
             loop.add_socket(sock, self._on_resubmitted_reply)
@@ -196,19 +198,34 @@ class HubShell:
         """Copies that reached the monitors after this turn's poll are recorded before a
         request reads the records."""
         for monitor, handle in (
-            (self.queue_monitor, self._on_monitor),
-            (self.monitor, self._on_scheduler_copy),
+            (self.queue_monitor, self._on_device_message),
+            (self.monitor, self._on_scheduler_message),
         ):
             for _ in range(DRAIN_BATCH):
                 if not int(monitor.get(zmq.EVENTS)) & zmq.POLLIN:
                     break
                 # a bad copy costs itself, never the query after it
-                self.loop.deliver(handle, monitor.recv_multipart(copy=False))
+                handle(monitor.recv_multipart(copy=False))
+
+    def _on_device_message(self, frames: list[zmq.Frame]) -> None:
+        self.loop.deliver(self._on_monitor, frames)
+
+    def _on_scheduler_message(self, frames: list[zmq.Frame]) -> None:
+        """A bundle of the scheduler's copies (:mod:`corral.bundles`), read as one burst: the
+        copies one by one (a bad one costs itself), all dated by the moment the bundle came,
+        and their store writes queued together (:meth:`ResultStore.holding_writes`) when the
+        last is read. Reads of the store in between still see every write before them."""
+        self._received = time.time()
+        try:
+            with self.store.holding_writes():
+                self.loop.deliver(self._on_scheduler_copy, frames)
+        except StoreError as err:  # an earlier write's failure, already logged by the writer
+            log.error("hub: result store: %s", err)
 
     def _on_scheduler_copy(self, frames: Sequence[Frame]) -> None:
-        """A copy from the scheduler: a compact ``task_dest`` (:mod:`.destination`), or a
-        ``task_in`` / ``task_out`` (they come in bundles, handed on one by one: see
-        :mod:`corral.bundles`), read as the devices' copies."""
+        """A copy from the scheduler (from a bundle, :meth:`_on_scheduler_message`): a
+        compact ``task_dest`` (:mod:`.destination`), or a ``task_in`` / ``task_out``, read as
+        the devices' copies."""
         if bytes(frame_view(frames[0])) == DESTINATION:
             self.monitored += 1
             msg_id, engine_uuid = read_destination(
@@ -216,14 +233,14 @@ class HubShell:
             )
             self._perform(self.hub.handle_destination(msg_id, engine_uuid))
             return
-        self._record_copy(frames, self.verify_scheduler_copies)
+        self._record_copy(frames, self.verify_scheduler_copies, self._received)
 
     def _on_monitor(self, frames: Sequence[Frame]) -> None:
         """A copy from the MUX or control device: a client's or an engine's message as it
         came, so its signature is checked here."""
-        self._record_copy(frames, True)
+        self._record_copy(frames, True, time.time())
 
-    def _record_copy(self, frames: Sequence[Frame], verify: bool) -> None:
+    def _record_copy(self, frames: Sequence[Frame], verify: bool, now: float) -> None:
         prefix = bytes(frame_view(frames[0]))
         idents, msg_frames = split_identities(frames[1:])
         msg = self.session.deserialize(msg_frames, content=True, idents=idents, verify=verify)
@@ -234,7 +251,7 @@ class HubShell:
                 msg, omitted = self._shm_request(msg)
             else:
                 msg = self._shm_resolve(prefix, msg)
-        actions = self.hub.handle_monitor(prefix, idents, msg, time.time(), omitted)
+        actions = self.hub.handle_monitor(prefix, idents, msg, now, omitted)
         if actions:
             self._perform(actions)
 
