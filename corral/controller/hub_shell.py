@@ -28,7 +28,7 @@ import logging
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -51,7 +51,14 @@ from corral.controller.store.base import ResultStore
 from corral.errors import CorralError, ProtocolError, StoreError
 from corral.loop import DRAIN_BATCH, Loop, Timer
 from corral.protocol.messages import error_reply
-from corral.protocol.session import Frame, Message, Session, frame_view, split_identities
+from corral.protocol.session import (
+    DELIMITER,
+    Frame,
+    Message,
+    Session,
+    frame_view,
+    split_identities,
+)
 from corral.protocol.shm import METADATA_KEY, SegmentRef, encode_refs
 from corral.sharedmem import SharedMemory
 from corral.sockets import send_frames
@@ -71,6 +78,8 @@ ENGINE_REQUESTS = frozenset({"registration_request", "unregistration_request"})
 # (corral.heap), at most every 10 s
 PURGE_TRIM_SCHEDULE = (1, 10.0, 10.0)
 PURGES = (DropRecords, DropMatching)
+# the prefix, at most three identities (client, engine, omitted:<bytes>) and the delimiter
+MAX_COPY_ROUTE = 5
 
 
 class HubShell:
@@ -242,7 +251,7 @@ class HubShell:
 
     def _record_copy(self, frames: Sequence[Frame], verify: bool, now: float) -> None:
         prefix = bytes(frame_view(frames[0]))
-        idents, msg_frames = split_identities(frames[1:])
+        idents, msg_frames = _split_copy(frames)
         msg = self.session.deserialize(msg_frames, content=True, idents=idents, verify=verify)
         self.monitored += 1
         omitted: dict[str, Any] | None = None
@@ -370,3 +379,17 @@ class HubShell:
             log.warning("could not send %s: %s", action.msg_type, err)
         finally:
             self.shm.release(refs)
+
+
+def _split_copy(frames: Sequence[Frame]) -> tuple[list[bytes], list[Frame]]:
+    """The identities and the message frames of a copy ``[prefix, *identities, <IDS|MSG>,
+    ...]``, as :func:`~corral.protocol.session.split_identities` splits ``frames[1:]``. A copy
+    from a bundle has ``bytes`` frames, compared as they are (no view and no copy per frame,
+    half the time); anything else takes the general way."""
+    for index in range(1, min(len(frames), MAX_COPY_ROUTE)):
+        frame = frames[index]
+        if frame.__class__ is not bytes:
+            break
+        if frame == DELIMITER:
+            return list(cast(Sequence[bytes], frames[1:index])), list(frames[index + 1 :])
+    return split_identities(frames[1:])

@@ -16,10 +16,18 @@ import zmq
 from corral.bundles import bundle
 from corral.controller.destination import destination_frames
 from corral.controller.hub import Hub
-from corral.controller.hub_shell import HubShell
+from corral.controller.hub_shell import HubShell, _split_copy
 from corral.controller.store import RetentionSettings, SQLiteStore
+from corral.errors import MalformedMessage
 from corral.loop import Loop
-from corral.protocol.session import DELIMITER, Message, Session, frame_view, new_key
+from corral.protocol.session import (
+    DELIMITER,
+    Message,
+    Session,
+    frame_view,
+    new_key,
+    split_identities,
+)
 from corral.sharedmem import SharedMemory
 
 KEY = new_key()
@@ -154,3 +162,24 @@ def test_a_bundle_is_read_as_one_burst_that_later_reads_see_whole(shell: Shell) 
     (received,) = {record["received"] for record in records.values()}
     assert before <= datetime.fromisoformat(received).timestamp() <= time.time()
     assert not shell.hub.pending
+
+
+@pytest.mark.parametrize(
+    "copy",
+    [
+        [b"task_in", b"client", b"engine", DELIMITER, b"sig", b"{}", b"{}", b"{}", b"{}", b"b"],
+        [b"task_in", b"client", DELIMITER, b"sig", b"{}", b"{}", b"{}", b"{}"],
+        [b"mux_in", zmq.Frame(b"engine"), zmq.Frame(b"client"), zmq.Frame(DELIMITER), b"sig"],
+        [b"task_in", b"a", b"b", b"c", b"d", b"e", DELIMITER, b"sig"],  # a long route
+    ],
+)
+def test_a_copy_splits_as_every_message_splits(copy: list[Any]) -> None:
+    idents, msg_frames = _split_copy(copy)
+    expected_idents, expected_frames = split_identities(copy[1:])
+    assert idents == expected_idents and msg_frames == expected_frames
+    assert all(type(ident) is bytes for ident in idents)
+
+
+def test_a_copy_without_a_delimiter_is_malformed() -> None:
+    with pytest.raises(MalformedMessage):
+        _split_copy([b"task_in", b"client", b"sig", b"{}"])
