@@ -134,6 +134,7 @@ class Controller:
         # (_bind_monitor), and the directory that holds it (removed by close)
         self.trusted_copies = False
         self._private_dir: str | None = None
+        self._monitor_events: zmq.Socket[Any] | None = None  # until the scheduler connected
 
     # ------------------------------------------------------------ start
 
@@ -163,8 +164,9 @@ class Controller:
     def _bind_monitor(self) -> tuple[zmq.Socket[Any], str]:
         """The SUB for the scheduler's copies and the address the scheduler connects to: a Unix
         socket in a new directory only this user can enter (mode 0700), so that no other
-        user's process can write copies to the Hub (:attr:`trusted_copies`); TCP on the
-        controller's address where there are no Unix sockets or the path would be too long."""
+        user's process can write copies to the Hub (:attr:`trusted_copies`), removed as soon
+        as the scheduler is connected (:meth:`_seal_monitor`); TCP on the controller's address
+        where there are no Unix sockets or the path would be too long."""
         sock = self._socket(zmq.SUB)
         if self.curve is not None:
             make_server(sock, self.curve)
@@ -174,15 +176,46 @@ class Controller:
             except OSError as err:
                 log.warning("no private folder for the scheduler's copies (%s): using TCP", err)
             else:
+                self._private_dir = folder
                 path = os.path.join(folder, "monitor")
                 if len(os.fsencode(path)) <= MAX_SOCKET_PATH:
-                    self._private_dir = folder
-                    sock.bind(f"ipc://{path}")
-                    self.trusted_copies = True
-                    return sock, f"ipc://{path}"
-                os.rmdir(folder)
+                    # watched before anyone can connect: the scheduler's connection is the
+                    # first accepted (_seal_monitor)
+                    self._monitor_events = sock.get_monitor_socket(zmq.EVENT_ACCEPTED)
+                    self._sockets.append(self._monitor_events)
+                    try:
+                        sock.bind(f"ipc://{path}")
+                    except zmq.ZMQError as err:
+                        log.warning("cannot bind %s (%s): copies come over TCP", path, err)
+                    else:
+                        self.trusted_copies = True
+                        return sock, f"ipc://{path}"
+                self._remove_private_dir()
         port = sock.bind_to_random_port(self.url)
         return sock, f"{self.url}:{port}"
+
+    def _seal_monitor(self, timeout: float = 30.0) -> None:
+        """Once the scheduler's PUB is connected to the Unix socket of :meth:`_bind_monitor`,
+        the socket's file and folder go: the connection stays, no other process can ever
+        connect, and a controller killed later leaves nothing behind. Without a scheduler
+        they go at once. A scheduler that did not connect within ``timeout`` is logged (its
+        copies would not reach the Hub) and the file stays until :meth:`close`."""
+        events = self._monitor_events
+        if events is None:
+            return
+        try:
+            if self._scheduler is not None and not events.poll(int(timeout * 1000)):
+                log.error("the scheduler did not connect to the Hub within %s s", timeout)
+                return
+            self._remove_private_dir()
+        finally:
+            self.monitor.disable_monitor()
+            self._monitor_events = None
+
+    def _remove_private_dir(self) -> None:
+        if self._private_dir is not None:
+            shutil.rmtree(self._private_dir, ignore_errors=True)
+            self._private_dir = None
 
     def _bind_device(self, device: Any, side: str, name: str) -> int:
         if self.curve is not None:
@@ -261,6 +294,7 @@ class Controller:
             task_client, task_engine = self._start_scheduler(
                 f"{self.url}:{notify_port}", monitor_address
             )
+        self._seal_monitor()
 
         def address(port: int | None) -> str | None:
             return f"{self.connect_url}:{port}" if port is not None else None
@@ -454,8 +488,7 @@ class Controller:
             device.join(10)
             if device.launcher.is_alive():
                 log.warning("a queue device thread did not stop")
-        if self._private_dir is not None:
-            shutil.rmtree(self._private_dir, ignore_errors=True)
+        self._remove_private_dir()
         self.shm.sweep(final=True)
         for name in (CLIENT_FILE, ENGINE_FILE):
             try:

@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from corral.controller.app import Controller, ControllerConfig
 from tests.polling import until
 
 HEARTBEAT = 60.0  # a long period: an exit that waits for the next beat would take this long
@@ -112,17 +113,34 @@ def unix_paths(pid: int) -> set[str]:
     }
 
 
-def test_the_scheduler_copies_reach_the_hub_over_a_socket_only_its_user_can_reach(
+def test_the_scheduler_copies_come_over_a_socket_no_one_else_can_reach_or_find(
     controller: subprocess.Popen[bytes],
 ) -> None:
     """The Hub does not check the signatures of the scheduler's copies (the scheduler did), so
-    no other user may be able to write to the socket they come on: a Unix socket in a folder
-    of mode 0700, never a TCP port; the folder goes with the controller."""
+    no other process may be able to write to the socket they come on: a Unix socket (never a
+    TCP port) whose file and folder are gone once the scheduler is connected, so nothing is
+    left behind either, even by a controller killed later."""
     (path,) = {Path(name) for name in unix_paths(controller.pid) if name.endswith("/monitor")}
-    folder = path.parent.stat()
-    assert stat.S_IMODE(folder.st_mode) == 0o700
-    assert folder.st_uid == os.getuid()
-    assert stat.S_ISSOCK(path.stat().st_mode)
-    controller.send_signal(signal.SIGTERM)
-    assert controller.wait(HEARTBEAT / 2) == 0
+    assert path.parent.name.startswith("corral-monitor-")
     assert not path.parent.exists()
+    controller.kill()
+    controller.wait()
+    assert not path.parent.exists()
+
+
+def test_the_socket_is_made_in_a_folder_only_its_user_can_enter(tmp_path: Path) -> None:
+    controller = Controller(ControllerConfig(cluster_path=tmp_path, key=b"test-key"))
+    try:
+        controller.monitor, address = controller._bind_monitor()
+        assert controller.trusted_copies
+        path = Path(address.removeprefix("ipc://"))
+        folder = path.parent.stat()
+        assert stat.S_IMODE(folder.st_mode) == 0o700 and folder.st_uid == os.getuid()
+        assert stat.S_ISSOCK(path.stat().st_mode)
+        controller._seal_monitor()  # no scheduler to wait for: removed at once
+        assert not path.parent.exists()
+    finally:
+        controller.loop.close()
+        for sock in controller._sockets:
+            sock.close(linger=0)
+        controller.context.term()
