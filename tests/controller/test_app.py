@@ -23,7 +23,7 @@ HEARTBEAT = 60.0  # a long period: an exit that waits for the next beat would ta
 
 def written_by(path: Path, pid: int) -> bool:
     try:
-        return json.loads(path.read_text()).get("controller_pid") == pid
+        return bool(json.loads(path.read_text()).get("controller_pid") == pid)
     except (OSError, ValueError):
         return False
 
