@@ -15,10 +15,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -66,6 +68,8 @@ ThreadProxy: Any = zmq_devices.ThreadProxy
 log = logging.getLogger("corral.controller")
 
 STATS_FILE = "controller-stats.json"
+# the longest path a Unix socket address may have (107 bytes on Linux, 103 on macOS)
+MAX_SOCKET_PATH = 100
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,11 @@ class Controller:
         self.curve = CurveKeys.generate() if config.curve else None
         self._authenticator: ThreadAuthenticator | None = None
         self.shm = SharedMemory(_shm_settings(config), hub=True)
+        # whether the scheduler's copies reach the Hub over a socket only this user can reach
+        # (_bind_monitor), and the directory that holds it (removed by close)
+        self.trusted_copies = False
+        self._private_dir: str | None = None
+        self._monitor_events: zmq.Socket[Any] | None = None  # until the scheduler connected
 
     # ------------------------------------------------------------ start
 
@@ -151,6 +160,62 @@ class Controller:
         else:
             port = sock.bind_to_random_port(self.url)
         return sock, port
+
+    def _bind_monitor(self) -> tuple[zmq.Socket[Any], str]:
+        """The SUB for the scheduler's copies and the address the scheduler connects to: a Unix
+        socket in a new directory only this user can enter (mode 0700), so that no other
+        user's process can write copies to the Hub (:attr:`trusted_copies`), removed as soon
+        as the scheduler is connected (:meth:`_seal_monitor`); TCP on the controller's address
+        where there are no Unix sockets or the path would be too long."""
+        sock = self._socket(zmq.SUB)
+        if self.curve is not None:
+            make_server(sock, self.curve)
+        if zmq.has("ipc"):
+            try:
+                folder = tempfile.mkdtemp(prefix="corral-monitor-")  # mode 0700
+            except OSError as err:
+                log.warning("no private folder for the scheduler's copies (%s): using TCP", err)
+            else:
+                self._private_dir = folder
+                path = os.path.join(folder, "monitor")
+                if len(os.fsencode(path)) <= MAX_SOCKET_PATH:
+                    # watched before anyone can connect: the scheduler's connection is the
+                    # first accepted (_seal_monitor)
+                    self._monitor_events = sock.get_monitor_socket(zmq.EVENT_ACCEPTED)
+                    self._sockets.append(self._monitor_events)
+                    try:
+                        sock.bind(f"ipc://{path}")
+                    except zmq.ZMQError as err:
+                        log.warning("cannot bind %s (%s): copies come over TCP", path, err)
+                    else:
+                        self.trusted_copies = True
+                        return sock, f"ipc://{path}"
+                self._remove_private_dir()
+        port = sock.bind_to_random_port(self.url)
+        return sock, f"{self.url}:{port}"
+
+    def _seal_monitor(self, timeout: float = 30.0) -> None:
+        """Once the scheduler's PUB is connected to the Unix socket of :meth:`_bind_monitor`,
+        the socket's file and folder go: the connection stays, no other process can ever
+        connect, and a controller killed later leaves nothing behind. Without a scheduler
+        they go at once. A scheduler that did not connect within ``timeout`` is logged (its
+        copies would not reach the Hub) and the file stays until :meth:`close`."""
+        events = self._monitor_events
+        if events is None:
+            return
+        try:
+            if self._scheduler is not None and not events.poll(int(timeout * 1000)):
+                log.error("the scheduler did not connect to the Hub within %s s", timeout)
+                return
+            self._remove_private_dir()
+        finally:
+            self.monitor.disable_monitor()
+            self._monitor_events = None
+
+    def _remove_private_dir(self) -> None:
+        if self._private_dir is not None:
+            shutil.rmtree(self._private_dir, ignore_errors=True)
+            self._private_dir = None
 
     def _bind_device(self, device: Any, side: str, name: str) -> int:
         if self.curve is not None:
@@ -203,7 +268,7 @@ class Controller:
         self._sockets.append(self.pong_events)
         # two monitor SUBs: one bound for the scheduler's PUB (a curve server under --curve),
         # one connected to the devices' inproc PUBs (inproc has no wire, so no curve)
-        self.monitor, monitor_port = self._bind(zmq.SUB)
+        self.monitor, monitor_address = self._bind_monitor()
         self.monitor.subscribe(b"")
         self.queue_monitor = self._socket(zmq.SUB)
         # no high-water mark on the monitor path: a copy dropped there is a task the Hub never
@@ -227,8 +292,9 @@ class Controller:
         task_client = task_engine = None
         if config.scheduler:
             task_client, task_engine = self._start_scheduler(
-                f"{self.url}:{notify_port}", f"{self.url}:{monitor_port}"
+                f"{self.url}:{notify_port}", monitor_address
             )
+        self._seal_monitor()
 
         def address(port: int | None) -> str | None:
             return f"{self.connect_url}:{port}" if port is not None else None
@@ -372,6 +438,7 @@ class Controller:
             sockets,
             self._stop,
             self._scheduler,
+            trusted_copies=self.trusted_copies,
         )
         self.shm.sweep()
         if not self._stopping:
@@ -421,6 +488,7 @@ class Controller:
             device.join(10)
             if device.launcher.is_alive():
                 log.warning("a queue device thread did not stop")
+        self._remove_private_dir()
         self.shm.sweep(final=True)
         for name in (CLIENT_FILE, ENGINE_FILE):
             try:

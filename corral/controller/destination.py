@@ -32,17 +32,22 @@ def destination_frames(
     return [PREFIX, session.sign([PREFIX, payload]), payload]
 
 
-def read_destination(session: Session, frames: Sequence[Frame]) -> tuple[str, str]:
+def read_destination(
+    session: Session, frames: Sequence[Frame], *, verify: bool = True
+) -> tuple[str, str]:
     """``(msg_id, engine_uuid)`` of a ``task_dest`` copy, once its signature is checked.
 
     MalformedMessage for anything but the three frames above; SignatureError or ReplayError
-    from the session (a copy altered, or received before)."""
+    from the session (a copy altered, or received before). ``verify=False`` skips the
+    signature, for a copy that came over the Hub's private channel from its own scheduler
+    (see :meth:`Session.deserialize <corral.protocol.session.Session.deserialize>`)."""
     if len(frames) != 3 or bytes(frame_view(frames[0])) != PREFIX:
         raise MalformedMessage(f"a task_dest copy has 3 frames, not {len(frames)}")
     payload = frame_view(frames[2])
     if len(payload) > MAX_PAYLOAD:
         raise MalformedMessage(f"oversized task_dest copy: {len(payload)} bytes")
-    session.verify_signature(bytes(frame_view(frames[1])), [PREFIX, payload])
+    if verify:
+        session.verify_signature(bytes(frame_view(frames[1])), [PREFIX, payload])
     try:
         fields = orjson.loads(payload)
     except orjson.JSONDecodeError as err:

@@ -10,6 +10,7 @@ come from the ``now`` the shell passed in.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -25,8 +26,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("corral.hub")
 
 
+@functools.lru_cache(maxsize=1)
 def iso_date(now: float) -> str:
-    """``now`` (seconds since the epoch) as every date on the wire: ISO 8601 with zone."""
+    """``now`` (seconds since the epoch) as every date on the wire: ISO 8601 with zone. The
+    last one is kept: the shell dates every copy of a bundle by the moment it came, and
+    formatting a date cost about a microsecond, once per reply."""
     return datetime.fromtimestamp(now, UTC).isoformat()
 
 

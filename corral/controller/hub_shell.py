@@ -28,7 +28,7 @@ import logging
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -48,10 +48,17 @@ from corral.controller.hub_actions import (
 )
 from corral.controller.hub_resubmit import resubmit_failed
 from corral.controller.store.base import ResultStore
-from corral.errors import CorralError, ProtocolError
+from corral.errors import CorralError, ProtocolError, StoreError
 from corral.loop import DRAIN_BATCH, Loop, Timer
 from corral.protocol.messages import error_reply
-from corral.protocol.session import Frame, Message, Session, frame_view, split_identities
+from corral.protocol.session import (
+    DELIMITER,
+    Frame,
+    Message,
+    Session,
+    frame_view,
+    split_identities,
+)
 from corral.protocol.shm import METADATA_KEY, SegmentRef, encode_refs
 from corral.sharedmem import SharedMemory
 from corral.sockets import send_frames
@@ -71,6 +78,8 @@ ENGINE_REQUESTS = frozenset({"registration_request", "unregistration_request"})
 # (corral.heap), at most every 10 s
 PURGE_TRIM_SCHEDULE = (1, 10.0, 10.0)
 PURGES = (DropRecords, DropMatching)
+# the prefix, at most three identities (client, engine, omitted:<bytes>) and the delimiter
+MAX_COPY_ROUTE = 5
 
 
 class HubShell:
@@ -91,6 +100,8 @@ class HubShell:
         sockets: dict[str, zmq.Socket[Any]],
         on_stop: Callable[[bool], None],
         scheduler: subprocess.Popen[bytes] | None = None,
+        *,
+        trusted_copies: bool = False,
     ) -> None:
         self.loop = loop
         self.hub = hub
@@ -113,17 +124,23 @@ class HubShell:
         }
         self.on_stop = on_stop
         self.scheduler = scheduler
+        # the scheduler's copies come over a socket only this user's processes can reach, and
+        # the scheduler checked every signature in them: checking again here would add nothing
+        # (docs/wire-flows.md, "Who checks what"); the devices' copies are always checked
+        self.verify_scheduler_copies = not trusted_copies
         self.scheduler_counts: dict[str, Any] | None = None
         self.monitored = 0
         self._pong_fds: dict[int, str] = {}
         self._timer: Timer | None = None
         self._trim = heap.TrimSchedule(*PURGE_TRIM_SCHEDULE)
         self._purged = 0  # tasks purged by the actions being performed
+        self._received = 0.0  # when the bundle of scheduler copies being read came
         loop.add_socket(self.pong, self._on_pong)
         loop.add_reader(self.pong_events, self._on_pong_events)
         # copies come in bundles when they queue up (corral.bundles)
         loop.add_socket(self.queue_monitor, self._on_monitor, batch=MONITOR_BATCH, bundles=True)
-        loop.add_socket(self.monitor, self._on_scheduler_copy, batch=MONITOR_BATCH, bundles=True)
+        # the scheduler's come in bundles always: each is read as one burst (_on_scheduler_message)
+        loop.add_socket(self.monitor, self._on_scheduler_message, batch=MONITOR_BATCH)
         loop.add_socket(self.registration, self._on_request)
         for sock in self.resubmit_sockets.values():
             loop.add_socket(sock, self._on_resubmitted_reply)
@@ -190,30 +207,52 @@ class HubShell:
         """Copies that reached the monitors after this turn's poll are recorded before a
         request reads the records."""
         for monitor, handle in (
-            (self.queue_monitor, self._on_monitor),
-            (self.monitor, self._on_scheduler_copy),
+            (self.queue_monitor, self._on_device_message),
+            (self.monitor, self._on_scheduler_message),
         ):
             for _ in range(DRAIN_BATCH):
                 if not int(monitor.get(zmq.EVENTS)) & zmq.POLLIN:
                     break
                 # a bad copy costs itself, never the query after it
-                self.loop.deliver(handle, monitor.recv_multipart(copy=False))
+                handle(monitor.recv_multipart(copy=False))
+
+    def _on_device_message(self, frames: list[zmq.Frame]) -> None:
+        self.loop.deliver(self._on_monitor, frames)
+
+    def _on_scheduler_message(self, frames: list[zmq.Frame]) -> None:
+        """A bundle of the scheduler's copies (:mod:`corral.bundles`), read as one burst: the
+        copies one by one (a bad one costs itself), all dated by the moment the bundle came,
+        and their store writes queued together (:meth:`ResultStore.holding_writes`) when the
+        last is read. Reads of the store in between still see every write before them."""
+        self._received = time.time()
+        try:
+            with self.store.holding_writes():
+                self.loop.deliver(self._on_scheduler_copy, frames)
+        except StoreError as err:  # an earlier write's failure, already logged by the writer
+            log.error("hub: result store: %s", err)
 
     def _on_scheduler_copy(self, frames: Sequence[Frame]) -> None:
-        """A copy from the scheduler: a compact ``task_dest`` (:mod:`.destination`), or a
-        ``task_in`` / ``task_out`` (they come in bundles, handed on one by one: see
-        :mod:`corral.bundles`), read as the devices' copies."""
+        """A copy from the scheduler (from a bundle, :meth:`_on_scheduler_message`): a
+        compact ``task_dest`` (:mod:`.destination`), or a ``task_in`` / ``task_out``, read as
+        the devices' copies."""
         if bytes(frame_view(frames[0])) == DESTINATION:
             self.monitored += 1
-            msg_id, engine_uuid = read_destination(self.session, frames)
+            msg_id, engine_uuid = read_destination(
+                self.session, frames, verify=self.verify_scheduler_copies
+            )
             self._perform(self.hub.handle_destination(msg_id, engine_uuid))
             return
-        self._on_monitor(frames)
+        self._record_copy(frames, self.verify_scheduler_copies, self._received)
 
     def _on_monitor(self, frames: Sequence[Frame]) -> None:
+        """A copy from the MUX or control device: a client's or an engine's message as it
+        came, so its signature is checked here."""
+        self._record_copy(frames, True, time.time())
+
+    def _record_copy(self, frames: Sequence[Frame], verify: bool, now: float) -> None:
         prefix = bytes(frame_view(frames[0]))
-        idents, msg_frames = split_identities(frames[1:])
-        msg = self.session.deserialize(msg_frames, content=True, idents=idents)
+        idents, msg_frames = _split_copy(frames)
+        msg = self.session.deserialize(msg_frames, content=True, idents=idents, verify=verify)
         self.monitored += 1
         omitted: dict[str, Any] | None = None
         if METADATA_KEY in msg.metadata:  # data in shared memory (none for small tasks)
@@ -221,7 +260,7 @@ class HubShell:
                 msg, omitted = self._shm_request(msg)
             else:
                 msg = self._shm_resolve(prefix, msg)
-        actions = self.hub.handle_monitor(prefix, idents, msg, time.time(), omitted)
+        actions = self.hub.handle_monitor(prefix, idents, msg, now, omitted)
         if actions:
             self._perform(actions)
 
@@ -340,3 +379,17 @@ class HubShell:
             log.warning("could not send %s: %s", action.msg_type, err)
         finally:
             self.shm.release(refs)
+
+
+def _split_copy(frames: Sequence[Frame]) -> tuple[list[bytes], list[Frame]]:
+    """The identities and the message frames of a copy ``[prefix, *identities, <IDS|MSG>,
+    ...]``, as :func:`~corral.protocol.session.split_identities` splits ``frames[1:]``. A copy
+    from a bundle has ``bytes`` frames, compared as they are (no view and no copy per frame,
+    half the time); anything else takes the general way."""
+    for index in range(1, min(len(frames), MAX_COPY_ROUTE)):
+        frame = frames[index]
+        if frame.__class__ is not bytes:
+            break
+        if frame == DELIMITER:
+            return list(cast(Sequence[bytes], frames[1:index])), list(frames[index + 1 :])
+    return split_identities(frames[1:])

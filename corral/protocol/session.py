@@ -239,6 +239,15 @@ class Session:
         Raises SignatureError on a bad or missing signature and ReplayError on a signature seen
         before. Does not parse anything.
         """
+        self._check_sizes(msg_frames)
+        if self._auth is None:
+            return
+        signature = bytes(frame_view(msg_frames[0]))
+        self.verify_signature(signature, [frame_view(f) for f in msg_frames[1:5]])
+
+    def _check_sizes(self, msg_frames: Sequence[Frame]) -> None:
+        """MalformedMessage unless there are the five frames of an envelope and its header and
+        parent header are within :attr:`max_header_bytes`."""
         if len(msg_frames) < 5:
             raise MalformedMessage(
                 f"too few frames: {len(msg_frames)} after the delimiter, need at least 5 "
@@ -254,10 +263,6 @@ class Session:
                 f"oversized parent_header: {len(frame_view(msg_frames[2]))} bytes "
                 f"(limit {self.max_header_bytes})"
             )
-        if self._auth is None:
-            return
-        signature = bytes(frame_view(msg_frames[0]))
-        self.verify_signature(signature, [frame_view(f) for f in msg_frames[1:5]])
 
     def verify_signature(self, signature: bytes, parts: Sequence[bytes | memoryview]) -> None:
         """Check ``signature`` over ``parts`` (as :meth:`sign` made it) and record it, so that
@@ -300,13 +305,21 @@ class Session:
         *,
         content: bool = True,
         idents: Sequence[bytes] = (),
+        verify: bool = True,
     ) -> Message:
         """Verify and decode message frames (those after the delimiter).
 
         With ``content=False`` only header, parent_header and metadata are parsed: what a router
         or the Hub's monitor needs. Buffers are returned as given, never copied.
+        ``verify=False`` checks the frames' count and sizes but not the signature, and records
+        nothing for replay protection: only for frames that reached this process over a channel
+        no one but a process that verified them can write to (the Hub's copies from its own
+        scheduler, docs/wire-flows.md "Who checks what").
         """
-        self.verify(msg_frames)
+        if verify:
+            self.verify(msg_frames)
+        else:
+            self._check_sizes(msg_frames)
         header = self._load(msg_frames[1], "header")
         for name in HEADER_FIELDS:
             if not isinstance(header.get(name), str):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -13,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from corral.controller.app import Controller, ControllerConfig
 from tests.polling import until
 
 HEARTBEAT = 60.0  # a long period: an exit that waits for the next beat would take this long
@@ -20,7 +23,7 @@ HEARTBEAT = 60.0  # a long period: an exit that waits for the next beat would ta
 
 def written_by(path: Path, pid: int) -> bool:
     try:
-        return json.loads(path.read_text()).get("controller_pid") == pid
+        return bool(json.loads(path.read_text()).get("controller_pid") == pid)
     except (OSError, ValueError):
         return False
 
@@ -100,3 +103,44 @@ def test_a_dead_scheduler_stops_its_controller_at_once_with_a_fault_status(
     took = time.monotonic() - started
     assert returncode == 1
     assert took < 3, f"the controller took {took:.1f} s to see its scheduler die"
+
+
+def unix_paths(pid: int) -> set[str]:
+    return {
+        str(connection.laddr)
+        for connection in psutil.Process(pid).net_connections(kind="unix")
+        if connection.laddr
+    }
+
+
+def test_the_scheduler_copies_come_over_a_socket_no_one_else_can_reach_or_find(
+    controller: subprocess.Popen[bytes],
+) -> None:
+    """The Hub does not check the signatures of the scheduler's copies (the scheduler did), so
+    no other process may be able to write to the socket they come on: a Unix socket (never a
+    TCP port) whose file and folder are gone once the scheduler is connected, so nothing is
+    left behind either, even by a controller killed later."""
+    (path,) = {Path(name) for name in unix_paths(controller.pid) if name.endswith("/monitor")}
+    assert path.parent.name.startswith("corral-monitor-")
+    assert not path.parent.exists()
+    controller.kill()
+    controller.wait()
+    assert not path.parent.exists()
+
+
+def test_the_socket_is_made_in_a_folder_only_its_user_can_enter(tmp_path: Path) -> None:
+    controller = Controller(ControllerConfig(cluster_path=tmp_path, key=b"test-key"))
+    try:
+        controller.monitor, address = controller._bind_monitor()
+        assert controller.trusted_copies
+        path = Path(address.removeprefix("ipc://"))
+        folder = path.parent.stat()
+        assert stat.S_IMODE(folder.st_mode) == 0o700 and folder.st_uid == os.getuid()
+        assert stat.S_ISSOCK(path.stat().st_mode)
+        controller._seal_monitor()  # no scheduler to wait for: removed at once
+        assert not path.parent.exists()
+    finally:
+        controller.loop.close()
+        for sock in controller._sockets:
+            sock.close(linger=0)
+        controller.context.term()

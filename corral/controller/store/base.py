@@ -9,15 +9,13 @@ caller always reads its own writes.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import threading
 from abc import ABC, abstractmethod
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from types import TracebackType
-from typing import Any, Generic, Literal, Self, TypeVar
+from typing import Any, Self
 
 from corral.errors import QueryError, StoreError
 
@@ -29,6 +27,10 @@ from .retention import (
     RetentionSettings,
     format_size,
 )
+
+# the writer thread lives in .writer; imported from here by the stores written before it moved
+from .writer import BatchWriter as BatchWriter
+from .writer import WriteOp as WriteOp
 
 logger = logging.getLogger("corral.controller.store")
 
@@ -261,6 +263,14 @@ class ResultStore(ABC):
     def close(self) -> None:
         """Flush, release connections and threads; idempotent. Later calls raise."""
 
+    def holding_writes(self) -> AbstractContextManager[None]:
+        """A block whose writes this thread makes may be queued together at its end (a store
+        with a writer thread: :meth:`BatchWriter.holding <.writer.BatchWriter.holding>`), for
+        a caller that makes many in a burst. Reads and every other call still see every write
+        made before them; a write's own error is still raised at its call. This default holds
+        nothing."""
+        return nullcontext()
+
     def write_mark(self) -> int:
         """A mark of the writes issued so far, for :meth:`written` (never waits)."""
         return 0
@@ -407,193 +417,3 @@ class ResultStore(ABC):
         traceback: TracebackType | None,
     ) -> None:
         self.close()
-
-
-PayloadT = TypeVar("PayloadT")
-
-
-@dataclass(frozen=True, slots=True)
-class WriteOp(Generic[PayloadT]):
-    """One queued write: ``upsert`` one record or ``drop`` several; payload is the backend's."""
-
-    kind: Literal["upsert", "drop"]
-    msg_ids: tuple[str, ...]
-    payload: PayloadT
-
-
-class BatchWriter(Generic[PayloadT]):
-    """A thread applying queued writes in batches: the caller never waits on storage.
-
-    ``apply`` runs in the writer thread and applies a batch in order, in one transaction
-    where the backend has them; it raises if any write failed. When a batch fails, each of
-    its writes is retried alone, so one bad write loses only itself (writes must therefore
-    be idempotent: upserts and drops are). What still fails is logged and becomes the
-    StoreError raised by the next :meth:`submit`, :meth:`flush` or :meth:`check` call.
-    Batches form naturally: while one commits, the next accumulates; and the writer lingers up
-    to ``linger`` seconds for more writes before a small batch (not when a flush is waiting),
-    so a steady trickle of tasks costs one commit per few milliseconds, not one per write.
-    A commit costs about as much as writing ten small rows (SQLite, measured with the store
-    alone: ~60 us of writer CPU per task at 4 tasks per commit, ~40 at 16 and more), so the
-    linger is 20 ms: at a thousand tasks a second that is some twenty tasks per commit. Reads
-    never wait for it (a flush cuts it short); what a killed controller may lose grows from the
-    last 5 to the last 20 ms of writes, which engines still hold until the writes are applied.
-
-    Writes still queued when the interpreter exits are applied by an ``atexit`` hook, so a
-    controller that exits without closing its store loses nothing it had queued.
-    """
-
-    def __init__(
-        self,
-        apply: Callable[[list[WriteOp[PayloadT]]], None],
-        *,
-        name: str,
-        max_batch: int = 1000,
-        linger: float = 0.02,
-    ) -> None:
-        self._apply = apply
-        self._name = name
-        self._max_batch = max_batch
-        self._linger = linger
-        self._flushing = 0  # callers waiting in flush(): write at once
-        self._condition = threading.Condition(threading.Lock())  # never taken twice
-        self._pending: deque[WriteOp[PayloadT]] = deque()
-        self._submitted = 0
-        self._done = 0
-        self._closing = False
-        self._stopped = False
-        self._error: StoreError | None = None
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-        atexit.register(self._close_at_exit)
-
-    def submit(self, op: WriteOp[PayloadT]) -> None:
-        """Queue a write, then raise the pending error of an earlier write, if any.
-
-        The new write stays queued either way: upserts are idempotent, so a caller that
-        retries after the error duplicates nothing.
-        """
-        with self._condition:
-            if self._closing:
-                raise StoreError(f"{self._name}: the result store is closed")
-            self._pending.append(op)
-            self._submitted += 1
-            if len(self._pending) == 1:  # the writer sleeps only on an empty queue
-                self._condition.notify_all()
-            self._raise_error()
-
-    def flush(self) -> None:
-        """Wait until every write submitted so far is applied or has failed (then raise)."""
-        with self._condition:
-            target = self._submitted
-            self._flushing += 1
-            self._condition.notify_all()  # cut the writer's linger short
-            try:
-                while self._done < target and not self._stopped:
-                    self._condition.wait()
-            finally:
-                self._flushing -= 1
-            self._raise_error()
-            if self._done < target:
-                raise StoreError(f"{self._name}: the writer thread stopped with writes queued")
-
-    def mark(self) -> int:
-        """How many writes were submitted so far: a mark for :meth:`applied`."""
-        with self._condition:
-            return self._submitted
-
-    def applied(self, mark: int) -> bool:
-        """Whether the first ``mark`` writes are applied or have failed (never waits)."""
-        with self._condition:
-            return self._done >= mark
-
-    def check(self) -> None:
-        """Raise the pending error of a failed write, if any, without waiting."""
-        with self._condition:
-            self._raise_error()
-
-    def close(self) -> None:
-        """Apply everything queued, stop the thread, then report any pending error."""
-        atexit.unregister(self._close_at_exit)
-        with self._condition:
-            self._closing = True
-            self._condition.notify_all()
-        self._thread.join()
-        self.check()
-
-    def _close_at_exit(self) -> None:
-        try:
-            self.close()
-        except StoreError:
-            pass  # already logged by the writer thread; nobody is left to raise it to
-
-    def _raise_error(self) -> None:
-        error, self._error = self._error, None
-        if error is not None:
-            raise error
-
-    def _run(self) -> None:
-        try:
-            while True:
-                with self._condition:
-                    while not self._pending and not self._closing:
-                        self._condition.wait()
-                    if not self._pending:
-                        return
-                    if len(self._pending) < self._max_batch and not (
-                        self._closing or self._flushing
-                    ):
-                        # linger a moment: one commit for a burst of writes, not one per write
-                        self._condition.wait(self._linger)
-                    count = min(len(self._pending), self._max_batch)
-                    batch = [self._pending.popleft() for _ in range(count)]
-                failed = self._apply_batch(batch)
-                with self._condition:
-                    if failed:
-                        self._record_failure(failed)
-                    self._done += len(batch)
-                    self._condition.notify_all()
-                # written: drop the rows now, not at the next write (their buffers may be a
-                # large result, or a shared-memory mapping another process waits to reuse)
-                del batch, failed
-        finally:
-            with self._condition:
-                self._stopped = True
-                self._condition.notify_all()
-
-    def _apply_batch(
-        self, batch: list[WriteOp[PayloadT]]
-    ) -> list[tuple[WriteOp[PayloadT], Exception]]:
-        try:
-            self._apply(batch)
-            return []
-        except Exception as exc:
-            if len(batch) == 1:
-                return [(batch[0], exc)]
-            logger.warning(
-                "%s: batch of %d writes failed (%s); retrying one by one",
-                self._name,
-                len(batch),
-                exc,
-            )
-        failed = []
-        for op in batch:
-            try:
-                self._apply([op])
-            except Exception as exc:
-                failed.append((op, exc))
-        return failed
-
-    def _record_failure(self, failed: list[tuple[WriteOp[PayloadT], Exception]]) -> None:
-        msg_ids = [msg_id for op, _ in failed for msg_id in op.msg_ids]
-        first = failed[0][1]
-        shown = ", ".join(msg_ids[:5]) + (" ..." if len(msg_ids) > 5 else "")
-        message = (
-            f"{self._name}: {len(failed)} write(s) to the result store failed and were lost "
-            f"({type(first).__name__}: {first}); msg_ids: {shown}"
-        )
-        logger.error(message, exc_info=first)
-        if self._error is not None:
-            message = f"{self._error}; and then {message}"
-        error = StoreError(message)
-        error.__cause__ = first
-        self._error = error

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import bson
@@ -380,6 +381,9 @@ class MongoStore(ResultStore):
             return [document["msg_id"] for document in cursor]
         except PyMongoError as exc:
             raise StoreError(f"reading the result store {self.name} failed: {exc}") from exc
+
+    def holding_writes(self) -> AbstractContextManager[None]:
+        return self._writer.holding()
 
     def write_mark(self) -> int:
         return self._writer.mark()

@@ -31,6 +31,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -398,6 +399,9 @@ class SQLiteStore(ResultStore):
         with self._lock:
             self._check_open()
             return [row[0] for row in self._reader.execute("SELECT msg_id FROM tasks ORDER BY seq")]
+
+    def holding_writes(self) -> AbstractContextManager[None]:
+        return self._writer.holding()
 
     def write_mark(self) -> int:
         return self._writer.mark()

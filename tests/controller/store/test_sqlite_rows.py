@@ -33,6 +33,7 @@ from corral.controller.store.sqlite_rows import (
     encode_exact,
     encode_row,
 )
+from corral.errors import StoreError
 
 
 def op(msg_id: str, columns: str) -> WriteOp[Payload]:
@@ -336,6 +337,10 @@ HUB_REQUEST = {
         ({"buffers": [memoryview(bytearray(8)).cast("d")]}, False),  # not bytes: cast
         ({"result_buffers": [b"x" * 40]}, False),  # over the buffer limit: omitted
         ({"msg_id": "other"}, False),
+        ({"header": None, "engine_id": None, "buffers": None}, True),  # None as it is
+        ({"engine_id": -(2**63)}, True),
+        ({"resubmitted": 1}, False),  # an int is not a bool
+        ({"queue": b"task"}, False),
     ],
 )
 def test_the_one_pass_encoding_is_the_long_way_or_declines(
@@ -353,6 +358,11 @@ def test_the_one_pass_encoding_is_the_long_way_or_declines(
         assert row.columns == expected.columns and row.values == expected.values
         assert row.size() == expected.size() and row.chunk == expected.chunk
         assert [bytes(b) for b in row.buffers or []] == [bytes(b) for b in expected.buffers or []]
+
+
+def test_the_one_pass_encoding_refuses_what_json_cannot_hold_at_the_call() -> None:
+    with pytest.raises(StoreError, match="'metadata' cannot be stored as JSON"):
+        encode_exact("t1", {**HUB_REQUEST, "metadata": {"x": object()}}, 1 << 20, None)
 
 
 def test_the_one_pass_encoding_declines_bad_msg_ids() -> None:

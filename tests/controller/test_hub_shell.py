@@ -1,0 +1,185 @@
+"""The Hub's shell (corral/controller/hub_shell.py) reading copies: whose signatures it checks,
+and the scheduler's bundles read as one burst. Real sockets (unconnected: the copies are
+handed to the shell's handlers as its loop hands them) and a real SQLite store."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from corral.bundles import bundle
+from corral.controller.destination import destination_frames
+from corral.controller.hub import Hub
+from corral.controller.hub_shell import HubShell, _split_copy
+from corral.controller.store import RetentionSettings, SQLiteStore
+from corral.errors import MalformedMessage
+from corral.loop import Loop
+from corral.protocol.session import (
+    DELIMITER,
+    Message,
+    Session,
+    frame_view,
+    new_key,
+    split_identities,
+)
+from corral.sharedmem import SharedMemory
+
+KEY = new_key()
+ENGINE = "a6f7a72a-f42a-46e2-8447-8860fbb91a7e"
+CLIENT = Session(KEY, username="user")
+WORKER = Session(KEY, username="engine")
+SCHEDULER = Session(KEY, username="scheduler")
+STRANGER = Session(new_key(), username="stranger")  # signs with another key
+
+
+class Shell:
+    """A HubShell with one registered engine, its store and its loop."""
+
+    def __init__(self, folder: Path, trusted: bool) -> None:
+        self.context: zmq.Context[Any] = zmq.Context()
+        kinds = {
+            "registration": zmq.ROUTER,
+            "notification": zmq.PUB,
+            "ping": zmq.PUB,
+            "pong": zmq.ROUTER,
+            "monitor": zmq.SUB,
+            "queue_monitor": zmq.SUB,
+        }
+        self.sockets: dict[str, zmq.Socket[Any]] = {
+            name: self.context.socket(kind) for name, kind in kinds.items()
+        }
+        self.sockets["pong_events"] = self.sockets["pong"].get_monitor_socket(
+            zmq.EVENT_DISCONNECTED
+        )
+        self.store = SQLiteStore(folder / "tasks.db", retention=RetentionSettings())
+        self.hub = Hub(self.store, {}, {}, heartbeat_period=3.0)
+        self.loop = Loop("test hub")
+        session = Session(KEY, username="controller", check_msg_type=False)
+        self.shell = HubShell(
+            self.loop,
+            self.hub,
+            session,
+            self.store,
+            SharedMemory(None, hub=True),
+            self.sockets,
+            lambda failed: None,
+            trusted_copies=trusted,
+        )
+        registration = CLIENT.msg("registration_request", {"uuid": ENGINE})
+        self.hub.handle_request([ENGINE.encode()], registration, time.time())
+        payload, _ = self.hub.tick(time.time())
+        self.hub.handle_pong(ENGINE, payload, time.time())
+        assert ENGINE in self.hub.by_uuid
+
+    def close(self) -> None:
+        self.store.close()
+        self.loop.close()
+        self.sockets["pong"].disable_monitor()
+        for sock in self.sockets.values():
+            sock.close(0)
+        self.context.term()
+
+
+@pytest.fixture(params=[True, False], ids=["trusted", "checked"])
+def shell(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Shell]:
+    shell = Shell(tmp_path, request.param)
+    yield shell
+    shell.close()
+
+
+def frames(message: list[Any]) -> list[Any]:
+    """A message's frames as the loop hands them to a handler (bytes stand for zmq.Frame)."""
+    return message
+
+
+def request_copy(prefix: bytes, signer: Session = CLIENT) -> tuple[Message, list[bytes]]:
+    """A request and its copy as a queue sends it: ``task_in`` (client, engine) from the
+    scheduler, ``mux_in`` (engine, client) from the MUX device."""
+    request = signer.msg("apply_request", {}, buffers=[b"function", b"arguments"])
+    route = [CLIENT.session_id.encode(), ENGINE.encode()]
+    if prefix == b"mux_in":
+        route.reverse()
+    frames = [bytes(frame_view(frame)) for frame in signer.serialize(request)]
+    return request, [prefix, *route, *frames]
+
+
+def reply_copy(prefix: bytes, request: Message, signer: Session = WORKER) -> list[bytes]:
+    reply = signer.msg("apply_reply", {"status": "ok"}, parent=request, buffers=[b"result"])
+    frames = [bytes(frame_view(frame)) for frame in signer.serialize(reply)]
+    return [prefix, CLIENT.session_id.encode(), ENGINE.encode(), DELIMITER, *frames[1:]]
+
+
+def test_the_devices_copies_are_always_checked(shell: Shell) -> None:
+    forged, copy = request_copy(b"mux_in", STRANGER)
+    shell.loop.deliver(shell.shell._on_monitor, frames(copy))
+    assert shell.loop.rejected == 1
+    signed, copy = request_copy(b"mux_in")
+    shell.loop.deliver(shell.shell._on_monitor, frames(copy))
+    assert shell.loop.rejected == 1
+    assert shell.store.get_history() == [signed.msg_id]
+
+
+def test_the_scheduler_copies_are_checked_unless_they_come_over_the_private_socket(
+    shell: Shell,
+) -> None:
+    trusted = not shell.shell.verify_scheduler_copies
+    request, copy = request_copy(b"task_in", STRANGER)
+    shell.shell._on_scheduler_message(frames(bundle([], [copy])))
+    assert shell.loop.rejected == (0 if trusted else 1)
+    assert shell.store.get_history() == ([request.msg_id] if trusted else [])
+
+
+def test_a_bundle_is_read_as_one_burst_that_later_reads_see_whole(shell: Shell) -> None:
+    """Copies of several tasks in one bundle (requests, a task_dest, replies): every write
+    is in the store for the read after it, and the replies are dated by the bundle."""
+    requests: list[Message] = []
+    copies: list[list[bytes]] = []
+    for index in range(5):
+        request, copy = request_copy(b"task_in")
+        if index == 0:  # a task that waited: no engine in its copy, then where it went
+            copy.pop(2)
+            copies.append(copy)
+            copies.append(destination_frames(SCHEDULER, request.msg_id, ENGINE, 0))
+        else:
+            copies.append(copy)
+        requests.append(request)
+    copies.extend(reply_copy(b"task_out", request) for request in requests)
+    before = time.time()
+    shell.shell._on_scheduler_message(frames(bundle([], copies)))
+    assert shell.loop.rejected == 0
+    records = shell.store.get_records([request.msg_id for request in requests])
+    assert len(records) == 5
+    assert {record["status"] for record in records.values()} == {"ok"}
+    assert {record["engine_uuid"] for record in records.values()} == {ENGINE}
+    assert all(record["buffers"] == [b"function", b"arguments"] for record in records.values())
+    assert all(record["result_buffers"] == [b"result"] for record in records.values())
+    (received,) = {record["received"] for record in records.values()}
+    assert before <= datetime.fromisoformat(received).timestamp() <= time.time()
+    assert not shell.hub.pending
+
+
+@pytest.mark.parametrize(
+    "copy",
+    [
+        [b"task_in", b"client", b"engine", DELIMITER, b"sig", b"{}", b"{}", b"{}", b"{}", b"b"],
+        [b"task_in", b"client", DELIMITER, b"sig", b"{}", b"{}", b"{}", b"{}"],
+        [b"mux_in", zmq.Frame(b"engine"), zmq.Frame(b"client"), zmq.Frame(DELIMITER), b"sig"],
+        [b"task_in", b"a", b"b", b"c", b"d", b"e", DELIMITER, b"sig"],  # a long route
+    ],
+)
+def test_a_copy_splits_as_every_message_splits(copy: list[Any]) -> None:
+    idents, msg_frames = _split_copy(copy)
+    expected_idents, expected_frames = split_identities(copy[1:])
+    assert idents == expected_idents and msg_frames == expected_frames
+    assert all(type(ident) is bytes for ident in idents)
+
+
+def test_a_copy_without_a_delimiter_is_malformed() -> None:
+    with pytest.raises(MalformedMessage):
+        _split_copy([b"task_in", b"client", b"sig", b"{}"])
