@@ -272,7 +272,7 @@ class SchedulerShell:
         copies of them (``task_in`` naming the engine, or ``task_dest`` for a task the Hub
         knows already): only for those that left, since an engine whose task connection is
         not up yet (or that just died) refuses them (ROUTER_MANDATORY) and the core sends
-        them again later. Then the copies and the replies the turn made."""
+        them again later. Then the copies the turn made, and then the replies."""
         unsent: set[int] = set()
         for error, tags in self.to_engines.flush():
             if error.errno != zmq.EHOSTUNREACH:
@@ -293,7 +293,10 @@ class SchedulerShell:
                 self._copy_request(pending, engine_uuid.encode())
             else:
                 self.to_hub.put(destination_frames(self.session, msg_id, engine_uuid, attempt))
-        for outbox in (self.to_clients, self.to_hub):  # replies first: latency
+        # the copies before the replies: a client that purges (or queries) right after a
+        # reply finds the Hub has the task's copy already, not still on its way (a purge of
+        # everything then left behind the tasks whose copies came after it)
+        for outbox in (self.to_hub, self.to_clients):
             for error, tags in outbox.flush():
                 log.error("%d message(s) not sent: %s", len(tags), error)
         if unsent:
