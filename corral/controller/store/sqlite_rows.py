@@ -340,23 +340,14 @@ def _with_buffers(
     ``text``: the length of the text among ``values`` so far, if known (then the row carries
     its size, as :meth:`Row.size` would count it)."""
     request = result = None
-    request_size = result_size = lengths_text = 0
+    request_size = result_size = request_text = result_text = 0
     if layout.request:
         request = fields[REQUEST_BUFFERS_FIELD]
-        if request is None:
-            values.append(None)
-        else:
-            request_size, encoded = _lengths(request)
-            lengths_text += len(encoded)
-            values.append(encoded)
+        request_size, request_text = _append_lengths(values, request)
     if layout.buffers:
         result = fields[BUFFERS_FIELD]
-        if result is None:
-            values.append(None)
-        else:
-            result_size, encoded = _lengths(result)
-            lengths_text += len(encoded)
-            values.append(encoded)
+        result_size, result_text = _append_lengths(values, result)
+    lengths_text = request_text + result_text
     size = -1 if text is None else ROW_OVERHEAD + text + lengths_text + request_size + result_size
     return Row(
         layout.columns,
@@ -367,6 +358,17 @@ def _with_buffers(
         chunk_bytes if request_size > chunk_bytes else 0,
         size,
     )
+
+
+def _append_lengths(values: list[Any], buffers: list[Any] | None) -> tuple[int, int]:
+    """Append the lengths column of ``buffers`` (NULL for none) to ``values``; the buffers'
+    total size and the length of that text."""
+    if buffers is None:
+        values.append(None)
+        return 0, 0
+    size, encoded = _lengths(buffers)
+    values.append(encoded)
+    return size, len(encoded)
 
 
 def _lengths(buffers: list[Any]) -> tuple[int, str]:
