@@ -8,8 +8,7 @@ is in a request, whether the interrupt is raised, held or ignored.
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Iterator
-from contextlib import contextmanager
+from collections.abc import Collection
 from types import FrameType
 
 
@@ -102,17 +101,36 @@ class InterruptGate:
         self._in_task = False
         self.disarm()
 
-    @contextmanager
-    def shielded(self) -> Iterator[None]:
-        """A region of the main thread that SIGINT must not interrupt; other threads pass."""
+    def shielded(self) -> _Shield:
+        """A region of the main thread that SIGINT must not interrupt; other threads pass.
+        (Every reply is sent inside one: a plain class, cheaper than a generator.)"""
+        return _Shield(self)
+
+    def _enter_shield(self) -> bool:
         if threading.get_ident() != self._main_ident:
-            yield
-            return
+            return False
         self._shield_depth += 1
-        try:
-            yield
-        finally:
-            self._shield_depth -= 1
-            if not self._shield_depth and self._pending and self._in_task:
-                self._pending = False
-                raise KeyboardInterrupt
+        return True
+
+    def _leave_shield(self) -> None:
+        self._shield_depth -= 1
+        if not self._shield_depth and self._pending and self._in_task:
+            self._pending = False
+            raise KeyboardInterrupt
+
+
+class _Shield:
+    """The ``with`` block of :meth:`InterruptGate.shielded`."""
+
+    __slots__ = ("_gate", "_entered")
+
+    def __init__(self, gate: InterruptGate) -> None:
+        self._gate = gate
+        self._entered = False
+
+    def __enter__(self) -> None:
+        self._entered = self._gate._enter_shield()  # noqa: SLF001 - the gate's own block
+
+    def __exit__(self, *exc: object) -> None:
+        if self._entered:
+            self._gate._leave_shield()  # noqa: SLF001

@@ -20,8 +20,7 @@ import threading
 import time
 import types
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -296,34 +295,40 @@ class OutputCapture:
         self._deadline: float | None = None
         self._flusher: threading.Thread | None = None
         self._closed = False
+        self._streams: tuple[CapturedStream, CapturedStream] | None = None
 
-    @contextmanager
-    def capture(self, publish: PublishCallback | None = None) -> Iterator[CapturedOutput]:
+    def capture(self, publish: PublishCallback | None = None) -> _CaptureBlock:
         """Redirect stdout/stderr into this capture until the block ends.
 
         The yielded :class:`CapturedOutput` holds the task's complete text once the block
-        has exited (also when it exits with an exception).
+        has exited (also when it exits with an exception). Every task of an engine enters
+        one, so it is a plain class rather than a generator-based context manager, and the
+        two stand-in streams are made once and reused while they stay open.
         """
-        output = CapturedOutput()
+        return _CaptureBlock(self, publish)
+
+    def _begin(self, publish: PublishCallback | None) -> None:
         with self._lock:
             self._publish = publish
             self._pending = []
             self._kept = {"stdout": [], "stderr": []}
             self._sizes = {"stdout": 0, "stderr": 0}
             self._deadline = None
-        saved = sys.stdout, sys.stderr
-        sys.stdout = CapturedStream(self, "stdout")
-        sys.stderr = CapturedStream(self, "stderr")
-        try:
-            yield output
-        finally:
-            sys.stdout, sys.stderr = saved
-            with self._lock:
-                self._publish_pending()
-                self._publish = None
-                self._deadline = None
-                output.stdout = self._text("stdout")
-                output.stderr = self._text("stderr")
+        streams = self._streams
+        if streams is None or streams[0].closed or streams[1].closed:  # user code closed one
+            streams = self._streams = (
+                CapturedStream(self, "stdout"),
+                CapturedStream(self, "stderr"),
+            )
+        sys.stdout, sys.stderr = streams
+
+    def _end(self, output: CapturedOutput) -> None:
+        with self._lock:
+            self._publish_pending()
+            self._publish = None
+            self._deadline = None
+            output.stdout = self._text("stdout")
+            output.stderr = self._text("stderr")
 
     def write(self, name: str, text: str) -> None:
         """Record ``text`` written to stream ``name`` (called by :class:`CapturedStream`)."""
@@ -414,6 +419,27 @@ class OutputCapture:
                     self._wakeup.wait(remaining)
                     continue
                 self._publish_pending()
+
+
+class _CaptureBlock:
+    """The ``with`` block of :meth:`OutputCapture.capture`."""
+
+    __slots__ = ("_capture", "_publish", "_output", "_saved")
+
+    def __init__(self, capture: OutputCapture, publish: PublishCallback | None) -> None:
+        self._capture = capture
+        self._publish = publish
+        self._output = CapturedOutput()
+        self._saved: tuple[Any, Any] = (None, None)
+
+    def __enter__(self) -> CapturedOutput:
+        self._saved = sys.stdout, sys.stderr
+        self._capture._begin(self._publish)  # noqa: SLF001 - the capture's own block
+        return self._output
+
+    def __exit__(self, *exc: object) -> None:
+        sys.stdout, sys.stderr = self._saved
+        self._capture._end(self._output)  # noqa: SLF001
 
 
 class CapturedOutput:

@@ -326,6 +326,20 @@ def test_capture_is_reusable_and_tasks_do_not_mix() -> None:
     assert (first.stdout, second.stdout) == ("one\n", "two\n")
 
 
+def test_a_task_that_closes_its_stdout_does_not_break_the_next() -> None:
+    """The stand-in streams are reused from task to task: a closed one is replaced."""
+    capture = OutputCapture()
+    with capture.capture() as first:
+        print("one")
+        sys.stdout.close()
+        sys.stderr.close()
+    with capture.capture() as second:
+        assert not sys.stdout.closed
+        print("two")
+        sys.stdout.writelines(["three\n"])  # a TextIOBase method that checks closed
+    assert (first.stdout, second.stdout) == ("one\n", "two\nthree\n")
+
+
 def test_kept_text_is_bounded_but_everything_is_published() -> None:
     published = Published()
     capture = OutputCapture(max_chars=10)
