@@ -488,7 +488,18 @@ def serialize_object(obj: object, buffer_threshold: int = 1024) -> list[bytes | 
     are sent changes what is sent. Raises SerializationError if ``obj`` (or anything it holds,
     such as a lock, generator or socket) cannot be pickled; the message names the type.
     """
+    kind = type(obj)
+    if kind in _SMALL_ATOMS or (kind in _SIZED_ATOMS and len(obj) < buffer_threshold):  # type: ignore[arg-type]
+        # the pickle the C pickler writes for them (reducer_override is never asked about
+        # these types): the same bytes, without the reusable pickler's set-up and reset, for
+        # the result of nearly every small task
+        pickled = pickle.dumps(obj, _PROTOCOL)
+        return [_HEADER + zlib.crc32(pickled).to_bytes(_CRC_SIZE, "little") + pickled]
     return _dump(_wrap_large_bytes(obj, buffer_threshold, {}), buffer_threshold)
+
+
+_SMALL_ATOMS: Final = frozenset({type(None), bool, int, float, complex})
+_SIZED_ATOMS: Final = frozenset({str, bytes})
 
 
 def deserialize_object(buffers: Sequence[FrameLike], *, loaded_only: bool = False) -> object:

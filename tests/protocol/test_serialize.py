@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from corral.errors import ImportNeeded, SerializationError
 from corral.protocol.serialize import (
+    _thread_pickler,
     deserialize_object,
     pack_apply_message,
     serialize_object,
@@ -810,3 +811,24 @@ def test_loaded_only_rejects_bad_frames_as_a_full_load_does(frames: list[bytes])
         deserialize_object(frames, loaded_only=True)
     assert type(full.value) is type(loaded_only.value) is SerializationError
     assert str(full.value) == str(loaded_only.value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [None, True, False, 0, -1, 10**40, 2.5, float("nan"), 1 + 2j, "", "é" * 300, b"", b"x" * 1023],
+)
+def test_small_atoms_take_the_short_path_with_the_same_bytes(value: object) -> None:
+    """A task's small result skips the reusable pickler; what it sends must not change."""
+    short = serialize_object(value)
+    assert len(short) == 1
+    general = _thread_pickler().dump_frames(value, 1024)
+    assert [bytes(memoryview(f)) for f in short] == [bytes(memoryview(f)) for f in general]
+    loaded = deserialize_object(short)
+    assert loaded == value or (loaded != loaded and value != value)  # nan
+    assert type(loaded) is type(value)
+
+
+def test_a_large_string_or_bytes_still_goes_out_of_band() -> None:
+    frames = serialize_object(b"y" * 5000)
+    assert len(frames) == 2 and bytes(frames[1]) == b"y" * 5000
+    assert deserialize_object(frames) == b"y" * 5000
