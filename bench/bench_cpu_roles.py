@@ -1,7 +1,8 @@
 """CPU per load-balanced no-op task, by process role, and where each role spends it.
 
 Starts a corral cluster with 2 engines, submits ROUNDS batches of TASKS no-ops one by one
-(each batch then awaited), and reports the CPU microseconds per task of the client (this
+(load-balanced, or with ``--direct`` round-robin over the engines' direct views, through the
+MUX; each batch then awaited), and reports the CPU microseconds per task of the client (this
 process), the controller (Hub and devices), the task scheduler and the engines (summed).
 With ``--profile DIR`` it also attaches ``py-spy record`` (idle threads not sampled) to
 every process of the cluster for the whole run and prints, per role, the functions with the
@@ -118,6 +119,11 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, help="py-spy every process, output here")
     parser.add_argument("--top", type=int, default=TOP)
     parser.add_argument("--db", default="sqlite", help="the controller's store (Cluster's db)")
+    parser.add_argument(
+        "--direct",
+        action="store_true",
+        help="direct tasks through the MUX, round-robin over the engines, instead of load-balanced",
+    )
     args = parser.parse_args()
     baseline = os.environ.get("CORRAL_BENCH_SOURCE")
     if baseline:  # another corral tree (PYTHONPATH too, for the cluster): before this worktree
@@ -126,10 +132,14 @@ def main() -> None:
     with corral_cluster(args.engines, db=args.db) as running:
         client = running.client
         view = client.load_balanced_view()
+        engines = [client[engine_id] for engine_id in client.ids]
         by_role = roles(running)
 
         def run(count: int) -> int:
-            results = [view.apply_async(one) for _ in range(count)]
+            if args.direct:
+                results = [engines[i % len(engines)].apply_async(one) for i in range(count)]
+            else:
+                results = [view.apply_async(one) for _ in range(count)]
             return sum(collect(results, lambda result, left: result.get(left), TIMEOUT))
 
         check(run(200) == 200, "warm-up")
@@ -174,7 +184,8 @@ def main() -> None:
     import corral
 
     print(f"corral from {Path(corral.__file__).parent}")
-    print(f"{tasks} load-balanced no-ops, {args.engines} engines, {args.db} store: ", end="")
+    kind = "direct (round-robin)" if args.direct else "load-balanced"
+    print(f"{tasks} {kind} no-ops, {args.engines} engines, {args.db} store: ", end="")
     print(f"{tasks / seconds:,.0f} tasks/s")
     print("CPU us per task: " + ", ".join(f"{r} {v:.0f}" for r, v in per_task.items()))
     print(f"  total {sum(per_task.values()):.0f}")
