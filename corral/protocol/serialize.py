@@ -427,6 +427,25 @@ class _LoadedOnlyUnpickler(pickle.Unpickler):
 
 
 def _load(frames: Sequence[FrameLike], loaded_only: bool = False) -> object:
+    if type(frames) is list or type(frames) is tuple:
+        if len(frames) == 1 and type(frames[0]) is bytes:
+            whole: bytes = frames[0]  # a small object in one frame: most results and calls
+            if (
+                whole.startswith(_HEADER)
+                and len(whole) >= _PICKLE_START
+                and not (loaded_only and _MAY_IMPORT.search(whole, _PICKLE_START) is not None)
+            ):
+                body = memoryview(whole)[_PICKLE_START:]
+                if zlib.crc32(body) == int.from_bytes(
+                    whole[len(_HEADER) : _PICKLE_START], "little"
+                ):
+                    try:
+                        return pickle.loads(body, buffers=())
+                    except Exception as exc:
+                        raise SerializationError(
+                            f"cannot deserialize: {type(exc).__name__}: {exc}"
+                        ) from exc
+        # anything else, or a check that failed: the general way, which names the failure
     if isinstance(frames, bytes | bytearray | memoryview | zmq.Frame | str):
         raise SerializationError(
             f"expected a sequence of frames, got a single {type(frames).__name__}"
@@ -570,6 +589,6 @@ def unpack_apply_message(
         raise SerializationError(f"not an apply message: {type(f).__name__} is not callable")
     if not isinstance(args, tuple):
         raise SerializationError(f"not an apply message: args is a {type(args).__name__}")
-    if not (isinstance(kwargs, dict) and all(isinstance(key, str) for key in kwargs)):
+    if not (isinstance(kwargs, dict) and (not kwargs or all(isinstance(k, str) for k in kwargs))):
         raise SerializationError("not an apply message: kwargs is not a dict with str keys")
     return f, args, kwargs
