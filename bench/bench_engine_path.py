@@ -11,8 +11,12 @@ unbundle, verify, decode, unpack, run, pack the result, build, sign and bundle t
 A feeder thread keeps about ``--ahead`` tasks in flight, as the scheduler does with its
 engines' queues; its CPU is not counted.
 
-Median of ``--rounds`` rounds of ``--tasks`` tasks. Another corral tree (a baseline from
-``git archive``) is measured with ``CORRAL_BENCH_SOURCE=DIR PYTHONPATH=DIR``::
+Median of ``--rounds`` rounds of ``--tasks`` tasks. ``--parts`` times the steps of a task
+apart instead, in a hot loop without sockets (thread CPU per call, best of 5): verifying and
+decoding a request (``Session.feed``), unpacking the call, the output capture, serializing the
+result, making the reply, and ``TaskRunner.run`` whole (reply frames dropped). Another corral
+tree (a baseline from ``git archive``) is measured with ``CORRAL_BENCH_SOURCE=DIR
+PYTHONPATH=DIR``::
 
     PYTHONPATH=. .bench-venv/bin/python bench/bench_engine_path.py
 """
@@ -189,17 +193,96 @@ def measure(tasks: int, rounds: int, bundle: int, ahead: int) -> list[float]:
     return figures
 
 
+def parts(calls: int) -> dict[str, float]:
+    """Thread CPU microseconds per call of each step of a no-op task (see the module doc)."""
+    import timeit
+
+    from corral.engine.interrupts import InterruptGate
+    from corral.engine.namespace import Namespace, OutputCapture
+    from corral.engine.runner import AbortList, EngineIdentity, Request, TaskRunner
+    from corral.protocol.serialize import (
+        pack_apply_message,
+        serialize_object,
+        unpack_apply_message,
+    )
+    from corral.protocol.session import Session
+
+    key = os.urandom(32).hex().encode()
+    client = Session(key)
+    buffers = pack_apply_message(one, (), {})
+    metadata = {"shm_reader": {"host": "bench", "pid": os.getpid()}}
+
+    def requests(count: int) -> list[list[bytes]]:
+        made = []
+        for _ in range(count):
+            msg = client.msg("apply_request", {}, metadata=metadata, buffers=buffers)
+            made.append([bytes(memoryview(f)) for f in client.serialize(msg, [b"client-1"])])
+        return made
+
+    def best(step: Any, number: int = calls) -> float:
+        runs = timeit.repeat(step, number=number, repeat=5, timer=time.thread_time)
+        return min(runs) / number * 1e6
+
+    figures: dict[str, float] = {}
+    engine = Session(key, check_msg_type=False)
+    fresh = iter(requests(6 * calls))
+    figures["Session.feed (split, verify, parse)"] = best(lambda: engine.feed(next(fresh)))
+    request = engine.feed(requests(1)[0])
+    figures["unpack_apply_message"] = best(lambda: unpack_apply_message(request.buffers))
+    capture = OutputCapture()
+
+    def captured() -> None:
+        with capture.capture(None):
+            pass
+
+    figures["output capture, enter and exit"] = best(captured)
+    figures["serialize_object(1)"] = best(lambda: serialize_object(1))
+    reply_metadata = {"engine_uuid": "u" * 36, "engine_id": 0, "status": "ok"}
+    result = serialize_object(1)
+    figures["Session.msg of the reply"] = best(
+        lambda: engine.msg(
+            "apply_reply", {"status": "ok"}, parent=request, metadata=reply_metadata, buffers=result
+        )
+    )
+    identity = EngineIdentity("u" * 36, 0)
+    runner = TaskRunner(
+        Session(key, check_msg_type=False),
+        identity,
+        lambda channel, frames: None,
+        namespace=Namespace(),
+        capture=capture,
+        aborts=AbortList(),
+        gate=InterruptGate(),
+        log=logging.getLogger("bench.engine"),
+    )
+    reader = Session(key, check_msg_type=False)
+    queued = iter([Request(b"task", reader.feed(frames)) for frames in requests(6 * calls)])
+    figures["TaskRunner.run, whole"] = best(lambda: runner.run(next(queued)))
+    capture.close(timeout=1.0)
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=TASKS)
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--bundle", type=int, default=4, help="requests per zmq message")
     parser.add_argument("--ahead", type=int, default=16, help="tasks in flight at most")
+    parser.add_argument("--parts", action="store_true", help="time the steps apart (hot loop)")
     args = parser.parse_args()
+    baseline = os.environ.get("CORRAL_BENCH_SOURCE")
+    if baseline:  # another corral tree: before this worktree (common put it first on the path)
+        sys.path.insert(0, baseline)
     import corral
 
     origin = Path(corral.__file__).resolve().parent
     print(f"corral from {origin}")
+    if args.parts:
+        steps = parts(5000)
+        for name, value in steps.items():
+            print(f"{name:40s} {value:7.2f} us")
+        write_results("bench_engine_path_parts", {"us_per_call": steps})
+        return
     figures = measure(args.tasks, args.rounds, args.bundle, args.ahead)
     median = statistics.median(figures)
     print(
