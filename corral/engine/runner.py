@@ -323,17 +323,18 @@ class TaskRunner:
             self.aborting = None
             return
         msg = request.msg
+        is_execute = msg.msg_type == "execute_request"
         if self.aborts.take(msg.msg_id):
             self._answer_aborted(request)
             return
-        if self.aborting is not None and msg.msg_type == "execute_request":
+        if self.aborting is not None and is_execute:
             reason = (
                 f"task {msg.msg_id} was aborted: execute_request {self.aborting}, queued before "
                 f"it on engine {self.identity.id}, failed (stop_on_error)"
             )
             self._answer_aborted(request, reason)
             return
-        if msg.msg_type in MAIN_THREAD_CONTROL_TYPES:
+        if not is_execute and msg.msg_type in MAIN_THREAD_CONTROL_TYPES:
             self._control(request)
             return
         limit = time_limit(msg)
@@ -352,14 +353,14 @@ class TaskRunner:
             reply = error_reply_msg(self.session, self.identity, msg, exc)
         finally:
             self.gate.disarm()
-        if msg.msg_type == "execute_request" and stops_on_error(msg, reply):
+        if is_execute and stops_on_error(msg, reply):
             self._abort_queue(msg.msg_id)  # before the reply: a request sent on seeing it runs
         try:
             self.send_msg(request.channel, reply, msg.idents)
         finally:
             if self.shm is not None:
                 self.shm.release(refs)  # the readers' own links keep the result alive
-        if msg.msg_type == "execute_request":
+        if is_execute:
             self.publish("status", {"execution_state": "idle"}, msg)
 
     def _abort_queue(self, failed: str) -> None:
@@ -409,7 +410,8 @@ class TaskRunner:
         segments its buffers became (to release once it is sent)."""
         started = utcnow()
         content = msg.content or {}
-        is_execute = msg.msg_type == "execute_request"
+        msg_type = msg.msg_type
+        is_execute = msg_type == "execute_request"
         silent = is_execute and bool(content.get("silent"))
         if is_execute:  # front ends show busy/idle for cells; apply tasks skip two messages
             self.publish("status", {"execution_state": "busy"}, msg)
@@ -485,7 +487,7 @@ class TaskRunner:
             **extra,
         )
         reply = self.session.msg(
-            reply_type(msg.msg_type), reply_content, parent=msg, metadata=metadata, buffers=buffers
+            reply_type(msg_type), reply_content, parent=msg, metadata=metadata, buffers=buffers
         )
         return reply, refs
 

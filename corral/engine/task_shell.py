@@ -156,16 +156,17 @@ class TaskShell:
             self.log.warning("refused the buffers of %s: %s", msg.msg_id, err)
             self._reply_error(channel, msg, err)
             return
-        if msg.msg_type not in TASK_TYPES:
-            where = "belongs on the control channel" if msg.msg_type in CONTROL_TYPES else ""
+        msg_type = msg.msg_type
+        if msg_type not in TASK_TYPES:
+            where = "belongs on the control channel" if msg_type in CONTROL_TYPES else ""
             error = UnknownMessageType(
-                f"{msg.msg_type!r} {where or 'is not a request this engine serves'}; the "
+                f"{msg_type!r} {where or 'is not a request this engine serves'}; the "
                 f"{channel.decode()} channel takes {' and '.join(sorted(TASK_TYPES))}"
             )
             self._reply_error(channel, msg, error)
             return
         try:
-            validate_content(msg.msg_type, msg.content or {})
+            validate_content(msg_type, msg.content or {})
             limited = time_limit(msg) is not None
         except InvalidContent as err:
             self._reply_error(channel, msg, err)
