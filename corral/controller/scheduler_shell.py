@@ -3,11 +3,11 @@
 Drives :class:`~corral.controller.scheduling.SchedulerCore` (every decision is the core's,
 including retries of a Dispatch an engine could not take yet and which late replies to drop) on
 one :class:`~corral.loop.Loop`. Client-facing ROUTER in, engine-facing ROUTER out
-(docs/wire-flows.md). Per task it verifies the signature and parses header and metadata only;
-content and buffers are forwarded as the zmq Frames they arrived in. Copies go to the Hub's
-monitor SUB (``task_in``, ``task_out``, always in bundles: :mod:`corral.bundles`; the compact
-``task_dest`` of :mod:`.destination`). Engines come and go through the Hub's
-notifications. The process around it is :mod:`corral.controller.scheduler`.
+(docs/wire-flows.md). Per task it verifies the signature and reads only what it decides on
+(:mod:`.scheduler_wire`); content and buffers are forwarded as the frames they arrived in.
+Copies go to the Hub's monitor SUB (``task_in``, ``task_out``, always in bundles:
+:mod:`corral.bundles`; the compact ``task_dest`` of :mod:`.destination`). Engines come and go
+through the Hub's notifications. The process around it is :mod:`corral.controller.scheduler`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from corral import heap
 from corral.bundles import Outbox
 from corral.controller.destination import destination_frames
+from corral.controller.scheduler_wire import read_reply, read_request, split_route
 from corral.controller.scheduling import SchedulerCore
 from corral.controller.scheduling_state import Action, Complete, Dispatch, Fail, Task
 from corral.errors import CorralError, ProtocolError, RemoteError, error_content
@@ -32,10 +33,8 @@ from corral.protocol.dependency import Dependency
 from corral.protocol.session import (
     DELIMITER,
     Frame,
-    Message,
     Session,
     frame_view,
-    split_identities,
     utcnow,
 )
 from corral.security import CurveKeys, make_client, make_server, start_authenticator
@@ -48,12 +47,15 @@ TRIM_SCHEDULE = (10_000, 2.0, 30.0)
 or every 30 s if some always are: :class:`corral.heap.TrimSchedule`."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Pending:
-    """A task the scheduler holds: who sent it, and its frames, untouched."""
+    """A task the scheduler holds: who sent it, what it read of it (:mod:`.scheduler_wire`),
+    and its frames, untouched."""
 
     client: bytes
-    msg: Message
+    msg_id: str
+    header: dict[str, Any]
+    metadata: dict[str, Any]
     frames: list[Frame]  # after the delimiter: signature, 4 JSON frames, buffers
     reply: list[Frame] | None = None
     copied: bool = False  # its task_in copy went to the Hub
@@ -156,31 +158,33 @@ class SchedulerShell:
             self._perform(self.core.remove_engine(uuid))
 
     def _on_request(self, frames: list[zmq.Frame]) -> None:
-        idents, msg_frames = split_identities(frames)
+        idents, msg_frames = split_route(frames)
         if not idents:
             raise ProtocolError("task request without a client identity")
-        msg = self.session.deserialize(msg_frames, content=False)
+        header, metadata = read_request(self.session, msg_frames)
+        msg_id: str = header["msg_id"]
         client = idents[0]
-        if self.core.task_state(msg.msg_id) is not None:
+        if self.core.task_state(msg_id) is not None:
             # a client sends a load-balanced request again when a controller restart may have
             # lost it (same msg_id, a new signature); this copy must neither replace the held
             # one nor give it a second outcome
             self.counts["duplicates"] += 1
-            log.info("task %s sent again while held here: the copy is dropped", msg.msg_id)
+            log.info("task %s sent again while held here: the copy is dropped", msg_id)
             return
-        pending = Pending(client, msg, msg_frames)
-        self.pending[msg.msg_id] = pending
+        pending = Pending(client, msg_id, header, metadata, msg_frames)
+        self.pending[msg_id] = pending
         self.counts["submitted"] += 1
         try:
-            if msg.msg_type not in ("apply_request", "execute_request"):
-                why = f"the task queue does not run {msg.msg_type}"
-                self._perform(self.core.reject(msg.msg_id, ProtocolError, why))
+            msg_type = header["msg_type"]
+            if msg_type not in ("apply_request", "execute_request"):
+                why = f"the task queue does not run {msg_type}"
+                self._perform(self.core.reject(msg_id, ProtocolError, why))
                 return
             try:
-                task = _task_from(msg)
+                task = _task_from(msg_id, metadata)
                 actions = self.core.submit(task, time.monotonic())
             except (CorralError, ValueError, TypeError) as err:
-                actions = self.core.reject(msg.msg_id, type(err), f"bad task metadata: {err}")
+                actions = self.core.reject(msg_id, type(err), f"bad task metadata: {err}")
             self._perform(actions)
         finally:  # the Hub hears of every request, whatever happened to it here (of one
             # dispatched at once, naming its engine, once it is sent: _flush)
@@ -208,12 +212,11 @@ class SchedulerShell:
         self.to_hub.put([b"task_in", *route, DELIMITER, *frames])
 
     def _on_engine_reply(self, frames: list[zmq.Frame]) -> None:
-        idents, msg_frames = split_identities(frames)
+        idents, msg_frames = split_route(frames)
         if len(idents) < 2:
             raise ProtocolError("engine reply without engine and client identities")
         engine_uuid = idents[0].decode("utf-8", "replace")
-        msg = self.session.deserialize(msg_frames, content=True)
-        msg_id = msg.parent_id
+        msg_id, content = read_reply(self.session, msg_frames)
         pending = self.pending.get(msg_id) if msg_id else None
         if pending is None or msg_id is None:
             if msg_id is None or self.core.answered(msg_id):
@@ -227,8 +230,7 @@ class SchedulerShell:
             self.to_hub.put([b"task_out", client, idents[0], DELIMITER, *msg_frames])
             return
         pending.reply = [idents[0], *msg_frames]
-        content = msg.content or {}
-        status = content.get("status")
+        status = content["status"]
         if status == "error" and content.get("ename") == "UnmetDependency":
             why = str(content.get("evalue", ""))
             self._perform(self.core.task_unmet(msg_id, engine_uuid, time.monotonic(), why))
@@ -283,7 +285,7 @@ class SchedulerShell:
         for dispatch in dispatched:
             pending, engine_uuid, attempt = dispatch
             pending.queued_to = None
-            msg_id = pending.msg.msg_id
+            msg_id = pending.msg_id
             if self.pending.get(msg_id) is not pending:
                 continue  # it ended this turn: its copies went then
             if id(dispatch) in unsent:
@@ -306,7 +308,7 @@ class SchedulerShell:
         """The same request with ``attempt`` in its metadata: a new signature, so the engine's
         replay protection accepts the retry; the other frames are the originals."""
         frames = pending.frames
-        metadata = orjson.dumps(dict(pending.msg.metadata, attempt=attempt))
+        metadata = orjson.dumps(dict(pending.metadata, attempt=attempt))
         header, parent, content = (frame_view(frames[index]) for index in (1, 2, 4))
         json_frames = [header, parent, metadata, content]
         return [self.session.sign(json_frames), *json_frames, *frames[5:]]
@@ -345,7 +347,7 @@ class SchedulerShell:
             "stderr": "",
             "scheduler_error": error.__name__,
         }
-        reply = self.session.msg("apply_reply", content, pending.msg, metadata)
+        reply = self.session.msg("apply_reply", content, pending.header, metadata)
         frames = self.session.serialize(reply)
         self.to_clients.put([pending.client, SCHEDULER_IDENT, *frames])
         self.to_hub.put([b"task_out", pending.client, SCHEDULER_IDENT, *frames])
@@ -392,9 +394,8 @@ def _bind(sock: zmq.Socket[Any], url: str, port: int | None) -> int:
             time.sleep(0.05)
 
 
-def _task_from(msg: Message) -> Task:
+def _task_from(msg_id: str, metadata: dict[str, Any]) -> Task:
     """Decode the scheduling fields of a request's metadata (docs/wire-flows.md, apply_request)."""
-    metadata = msg.metadata
     targets = metadata.get("targets")
     if targets is not None:
         if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
@@ -410,7 +411,7 @@ def _task_from(msg: Message) -> Task:
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise TypeError("priority must be an integer")
     return Task(
-        msg_id=msg.msg_id,
+        msg_id=msg_id,
         after=Dependency.from_wire(metadata.get("after")),
         follow=Dependency.from_wire(metadata.get("follow")),
         targets=targets,
