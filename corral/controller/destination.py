@@ -25,11 +25,16 @@ MAX_PAYLOAD = 4096  # bytes: two ids and a number
 
 
 def destination_frames(
-    session: Session, msg_id: str, engine_uuid: str, attempt: int
+    session: Session, msg_id: str, engine_uuid: str, attempt: int, *, signed: bool = True
 ) -> list[bytes]:
-    """The copy saying that ``msg_id`` was sent to ``engine_uuid`` (its ``attempt``-th dispatch)."""
+    """The copy saying that ``msg_id`` was sent to ``engine_uuid`` (its ``attempt``-th dispatch).
+
+    ``signed=False`` leaves the signature frame empty, for a Hub that does not check the
+    scheduler's copies (they reach it over its private channel: docs/wire-flows.md, "Who
+    checks what"); it saves the scheduler an HMAC per waiting task. A Hub that checks refuses
+    such a copy (SignatureError), so both sides follow the same setting (``trusted_copies``)."""
     payload = orjson.dumps([msg_id, engine_uuid, attempt])
-    return [PREFIX, session.sign([PREFIX, payload]), payload]
+    return [PREFIX, session.sign([PREFIX, payload]) if signed else b"", payload]
 
 
 def read_destination(

@@ -100,6 +100,9 @@ class SchedulerShell:
         self.monitor = self._socket(zmq.PUB, server=False)
         self.monitor.sndhwm = 0  # a dropped copy is a task the Hub never records
         self.monitor.connect(settings["monitor"])
+        # a Hub that trusts this scheduler's copies does not check their signatures: the one
+        # copy signed only for it (task_dest) goes unsigned then (docs/wire-flows.md)
+        self.sign_copies = not settings.get("trusted_copies", False)
         # what a turn sends, sent at its end, a bundle per peer (corral.bundles); Dispatches
         # made this turn, for their copies once the engines' sends are done (_flush)
         self.to_clients = Outbox(self.clients, 1)
@@ -294,7 +297,11 @@ class SchedulerShell:
             elif not pending.copied:
                 self._copy_request(pending, engine_uuid.encode())
             else:
-                self.to_hub.put(destination_frames(self.session, msg_id, engine_uuid, attempt))
+                self.to_hub.put(
+                    destination_frames(
+                        self.session, msg_id, engine_uuid, attempt, signed=self.sign_copies
+                    )
+                )
         # the copies before the replies: a client that purges (or queries) right after a
         # reply finds the Hub has the task's copy already, not still on its way (a purge of
         # everything then left behind the tasks whose copies came after it)

@@ -62,3 +62,11 @@ def test_unsigned_sessions_read_it_too() -> None:
     frames = destination_frames(Session(b""), "task-1", "engine-a", 2)
     assert frames[1] == b""
     assert read_destination(Session(b""), frames) == ("task-1", "engine-a")
+
+
+def test_an_unsigned_copy_is_read_only_by_a_hub_that_trusts_its_scheduler() -> None:
+    frames = destination_frames(Session(KEY), "task-1", "engine-a", 0, signed=False)
+    assert frames[1] == b""
+    assert read_destination(Session(KEY), frames, verify=False) == ("task-1", "engine-a")
+    with pytest.raises(SignatureError):
+        read_destination(Session(KEY), frames)

@@ -36,12 +36,17 @@ class Rig:
     copies: list[tuple[bytes, list[bytes], Message | str]]  # a task_dest: its msg_id
     hub_session: Session  # the Hub's side: verifies (and remembers) what it reads
     shell: SchedulerShell | None = None
+    trusted: bool = False  # the scheduler was told the Hub does not check its copies
 
     def read_copies(self) -> None:
         while readable(self.monitor):
             frames = recv_one(self.monitor)
             if frames[0] == b"task_dest":  # compact: about (msg_id, engine), not an envelope
-                msg_id, engine_uuid = read_destination(self.hub_session, frames)
+                if self.trusted:  # unsigned: a Hub that checks refuses it
+                    assert frames[1] == b""
+                msg_id, engine_uuid = read_destination(
+                    self.hub_session, frames, verify=not self.trusted
+                )
                 self.copies.append((frames[0], [], msg_id))
                 continue
             prefix, *rest = frames
@@ -67,8 +72,9 @@ class Rig:
         return msg
 
 
-@pytest.fixture
-def rig() -> Iterator[Rig]:
+@pytest.fixture(params=[False, True], ids=["checked", "trusted"])
+def rig(request: pytest.FixtureRequest) -> Iterator[Rig]:
+    trusted: bool = request.param
     session = Session(KEY)
     context: zmq.Context[Any] = zmq.Context()
     sockets: list[zmq.Socket[Any]] = []
@@ -90,6 +96,7 @@ def rig() -> Iterator[Rig]:
         "url": LOOPBACK,
         "notification": f"{LOOPBACK}:{notification_port}",
         "monitor": f"{LOOPBACK}:{monitor_port}",
+        "trusted_copies": trusted,
     }
     shell = SchedulerShell(settings)
     thread = threading.Thread(target=shell.loop.run, name="scheduler-under-test")
@@ -101,7 +108,18 @@ def rig() -> Iterator[Rig]:
         engine = socket(zmq.DEALER)
         engine.identity = b"engine-1"
         engine.connect(f"{LOOPBACK}:{shell.engine_port}")
-        yield Rig(session, context, notifications, monitor, client, engine, [], Session(KEY), shell)
+        yield Rig(
+            session,
+            context,
+            notifications,
+            monitor,
+            client,
+            engine,
+            [],
+            Session(KEY),
+            shell,
+            trusted,
+        )
     finally:
         shell.loop.stop()
         thread.join(WAIT)
