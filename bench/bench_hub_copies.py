@@ -4,8 +4,9 @@ No cluster: a Hub with one registered engine, the default SQLite store in a temp
 and a :class:`~corral.controller.hub_shell.HubShell` on real (unconnected) sockets. Each task is
 what the scheduler sends the Hub for a no-op ``apply`` (``bench_cpu_roles.py``'s task), in
 bundles of ``BLOCK`` tasks' copies as the scheduler sends them (read as the Hub's loop reads a
-received bundle): a ``task_in`` copy (with the engine when it
-was dispatched at once, else without, then a ``task_dest`` copy: ``--waiting`` of them) and a
+received bundle): a ``task_in`` copy (with the engine when it was dispatched at once, else
+without, then a ``task_dest`` copy: ``--waiting`` of them; in a tree that batches them, one
+copy names a block's dispatches up to the next reply, as a scheduler's turn) and a
 ``task_out`` copy, the copies signed as a client and an engine sign them, and fed to the
 shell's handler in the order a steady stream interleaves them (``--lag`` requests ahead of the
 replies). Prints CPU microseconds per task in the Hub's thread and in the store's writer thread
@@ -57,7 +58,7 @@ def run_once(
     store to use instead of a new one of ``kind`` (``bench_store_writes.py`` records with it)."""
     from corral import heap
     from corral.bundles import bundle
-    from corral.controller.destination import destination_frames
+    from corral.controller import destination
     from corral.controller.hub import Hub
     from corral.controller.hub_shell import HubShell
     from corral.controller.store import MemoryStore, ResultStore, RetentionSettings, SQLiteStore
@@ -120,6 +121,8 @@ def run_once(
             "call": "one()",
         }
         route = client.session_id.encode()
+        # a tree whose scheduler names a turn's dispatches in one task_dest copy
+        batched = getattr(destination, "destinations_frames", None)
         replies: list[list[bytes]] = []
         heap.settle()  # as the controller does once it is set up
         # a block's copies come as one bundle, read as the Hub's loop reads the scheduler's
@@ -133,15 +136,18 @@ def run_once(
         for first in range(0, tasks, BLOCK):
             # built just before they are fed, as copies are received just before they are read
             streams: list[list[Any]] = []
+            dispatched: list[tuple[str, str, int]] = []
             for index in range(first, min(tasks, first + BLOCK)):
                 request = client.msg("apply_request", {}, metadata=metadata, buffers=buffers)
                 frames = client.serialize(request)
                 waits = index % 100 < waiting * 100
                 path = [route] if waits else [route, uuid.encode()]
                 streams.append([b"task_in", *path, *(bytes(frame_view(f)) for f in frames)])
-                if waits:
-                    dest = destination_frames(scheduler, request.msg_id, uuid, 0)
+                if waits and batched is None:  # a tree whose copy names one dispatch
+                    dest = destination.destination_frames(scheduler, request.msg_id, uuid, 0)
                     streams.append([zmq.Frame(f) for f in dest])
+                elif waits:
+                    dispatched.append((request.msg_id, uuid, 0))
                 reply = engine.msg(
                     "apply_reply",
                     {"status": "ok"},
@@ -152,7 +158,13 @@ def run_once(
                 copy = [route, uuid.encode(), DELIMITER, *engine.serialize(reply)[1:]]
                 replies.append([b"task_out", *(bytes(frame_view(f)) for f in copy)])
                 if index >= lag:
+                    if index - lag >= first and dispatched and batched is not None:
+                        # a reply of this block's: where its task went comes first
+                        streams.append(batched(scheduler, dispatched, signed=not trusted))
+                        dispatched = []
                     streams.append(replies[index - lag])
+            if dispatched and batched is not None:  # the block's, as one turn's: one copy
+                streams.append(batched(scheduler, dispatched, signed=not trusted))
             if first + BLOCK >= tasks:
                 streams.extend(replies[max(0, tasks - lag) :])
             copies = bundle([], streams)

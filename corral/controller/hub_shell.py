@@ -35,7 +35,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from corral import heap
 from corral.controller.destination import PREFIX as DESTINATION
-from corral.controller.destination import read_destination
+from corral.controller.destination import read_destinations
 from corral.controller.hub import Hub
 from corral.controller.hub_actions import (
     Action,
@@ -237,10 +237,11 @@ class HubShell:
         the devices' copies."""
         if bytes(frame_view(frames[0])) == DESTINATION:
             self.monitored += 1
-            msg_id, engine_uuid = read_destination(
+            destinations = read_destinations(
                 self.session, frames, verify=self.verify_scheduler_copies
             )
-            self._perform(self.hub.handle_destination(msg_id, engine_uuid))
+            for msg_id, engine_uuid in destinations:
+                self._perform(self.hub.handle_destination(msg_id, engine_uuid))
             return
         self._record_copy(frames, self.verify_scheduler_copies, self._received)
 

@@ -23,7 +23,7 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from corral import heap
 from corral.bundles import Outbox
-from corral.controller.destination import destination_frames
+from corral.controller.destination import MAX_ENTRIES, Dispatched, destinations_frames
 from corral.controller.scheduler_wire import read_reply, read_request, split_route
 from corral.controller.scheduling import SchedulerCore
 from corral.controller.scheduling_state import Action, Complete, Dispatch, Fail, Task
@@ -274,10 +274,10 @@ class SchedulerShell:
 
     def _flush(self) -> None:
         """(End of every turn.) Send the turn's Dispatches, a bundle per engine; then the Hub's
-        copies of them (``task_in`` naming the engine, or ``task_dest`` for a task the Hub
-        knows already): only for those that left, since an engine whose task connection is
-        not up yet (or that just died) refuses them (ROUTER_MANDATORY) and the core sends
-        them again later. Then the copies the turn made, and then the replies."""
+        copies of them (``task_in`` naming the engine, or, for the tasks the Hub knows already,
+        one ``task_dest`` naming them all): only for those that left, since an engine whose
+        task connection is not up yet (or that just died) refuses them (ROUTER_MANDATORY) and
+        the core sends them again later. Then the copies the turn made, and then the replies."""
         unsent: set[int] = set()
         for error, tags in self.to_engines.flush():
             if error.errno != zmq.EHOSTUNREACH:
@@ -285,6 +285,7 @@ class SchedulerShell:
             unsent.update(id(dispatch) for dispatch in tags)
         dispatched = self._dispatched
         self._dispatched = []
+        destinations: list[Dispatched] = []  # of tasks the Hub knows already: one copy
         for dispatch in dispatched:
             pending, engine_uuid, attempt = dispatch
             pending.queued_to = None
@@ -297,11 +298,10 @@ class SchedulerShell:
             elif not pending.copied:
                 self._copy_request(pending, engine_uuid.encode())
             else:
-                self.to_hub.put(
-                    destination_frames(
-                        self.session, msg_id, engine_uuid, attempt, signed=self.sign_copies
-                    )
-                )
+                destinations.append((msg_id, engine_uuid, attempt))
+        for start in range(0, len(destinations), MAX_ENTRIES):
+            chunk = destinations[start : start + MAX_ENTRIES]
+            self.to_hub.put(destinations_frames(self.session, chunk, signed=self.sign_copies))
         # the copies before the replies: a client that purges (or queries) right after a
         # reply finds the Hub has the task's copy already, not still on its way (a purge of
         # everything then left behind the tasks whose copies came after it)
