@@ -47,6 +47,7 @@ from corral.controller.hub_actions import (
     apply_writes,
 )
 from corral.controller.hub_resubmit import resubmit_failed
+from corral.controller.scheduler_wire import read_copy
 from corral.controller.store.base import ResultStore
 from corral.errors import CorralError, ProtocolError, StoreError
 from corral.loop import DRAIN_BATCH, Loop, Timer
@@ -253,7 +254,10 @@ class HubShell:
     def _record_copy(self, frames: Sequence[Frame], verify: bool, now: float) -> None:
         prefix = bytes(frame_view(frames[0]))
         idents, msg_frames = _split_copy(frames)
-        msg = self.session.deserialize(msg_frames, content=True, idents=idents, verify=verify)
+        if verify:
+            msg = self.session.deserialize(msg_frames, idents=idents)
+        else:  # the scheduler's, over the private channel: the same checks but the signature's
+            msg = read_copy(self.session, msg_frames, idents)
         self.monitored += 1
         omitted: dict[str, Any] | None = None
         if METADATA_KEY in msg.metadata:  # data in shared memory (none for small tasks)

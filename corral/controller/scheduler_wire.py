@@ -1,4 +1,4 @@
-"""What the scheduler reads of the messages it routes: the least that lets it decide, checked.
+"""What the scheduler reads of the messages it routes, and how the Hub reads its copies of them.
 
 The scheduler forwards a client's request and an engine's reply as the frames they came in;
 it decides on a few fields only. A request: its signature, its header (msg_id and msg_type,
@@ -10,6 +10,10 @@ same way), the parent's msg_id and the content's status (and, for an unmet depen
 error's name and value); its metadata, which is most of a reply's JSON, is for the client and
 the Hub. Cutting out the general path's :class:`~corral.protocol.session.Message`, its views
 per frame and the checks of fields nobody here reads halves the scheduler's parsing per task.
+
+The Hub reads every frame of the scheduler's copies (it records them), without checking their
+signatures (docs/wire-flows.md, "Who checks what"): :func:`read_copy` is
+:meth:`Session.deserialize` with ``verify=False`` without its view and check per frame.
 
 Frames unbundled by the loop are ``bytes`` (:mod:`corral.bundles`); a message that came alone
 is ``zmq.Frame`` objects. Both are read, the first without a view per frame.
@@ -23,11 +27,12 @@ from typing import Any, cast
 import orjson
 
 from corral.errors import MalformedMessage, UnknownMessageType
-from corral.protocol.messages import KNOWN_TYPES
+from corral.protocol.messages import KNOWN_TYPES, validate_content
 from corral.protocol.session import (
     DELIMITER,
     HEADER_FIELDS,
     Frame,
+    Message,
     Session,
     frame_view,
     split_identities,
@@ -52,10 +57,13 @@ def split_route(frames: Sequence[Frame]) -> tuple[list[bytes], list[Frame]]:
     return split_identities(frames)
 
 
-def _json_parts(session: Session, msg_frames: Sequence[Frame]) -> list[bytes | memoryview]:
+def _json_parts(
+    session: Session, msg_frames: Sequence[Frame], *, verify: bool = True
+) -> list[bytes | memoryview]:
     """The four JSON frames of an envelope, once its signature is checked (and recorded, for
-    replay protection): MalformedMessage for too few frames or an oversized header or parent
-    header, SignatureError or ReplayError from the session, as :meth:`Session.verify`."""
+    replay protection; not with ``verify=False``): MalformedMessage for too few frames or an
+    oversized header or parent header, SignatureError or ReplayError from the session, as
+    :meth:`Session.verify`."""
     if len(msg_frames) < 5:
         raise MalformedMessage(
             f"too few frames: {len(msg_frames)} after the delimiter, need at least 5 "
@@ -66,6 +74,8 @@ def _json_parts(session: Session, msg_frames: Sequence[Frame]) -> list[bytes | m
     for name, part in (("header", parts[0]), ("parent_header", parts[1])):
         if len(part) > limit:
             raise MalformedMessage(f"oversized {name}: {len(part)} bytes (limit {limit})")
+    if not verify:
+        return parts
     signature = msg_frames[0]
     session.verify_signature(
         signature if isinstance(signature, bytes) else bytes(frame_view(signature)), parts
@@ -114,3 +124,18 @@ def read_reply(session: Session, msg_frames: Sequence[Frame]) -> tuple[str | Non
     if content.get("status").__class__ is not str:
         raise MalformedMessage("a reply's content has no status string")
     return (str(parent_id) if parent_id is not None else None), content
+
+
+def read_copy(session: Session, msg_frames: Sequence[Frame], idents: Sequence[bytes]) -> Message:
+    """A whole message from a copy the Hub trusts (frames after the delimiter): what
+    ``session.deserialize(msg_frames, idents=idents, verify=False)`` gives, with its checks
+    (the frames' count and header sizes, every header field, each JSON frame an object, the
+    content against the catalogue when the session checks types) and its errors."""
+    parts = _json_parts(session, msg_frames, verify=False)
+    header = _header(session, parts[0])
+    parent_header = _load(parts[1], "parent_header")
+    metadata = _load(parts[2], "metadata")
+    content = _load(parts[3], "content")
+    if session.check_msg_type:
+        validate_content(header["msg_type"], content)
+    return Message(header, parent_header, metadata, content, tuple(msg_frames[5:]), tuple(idents))

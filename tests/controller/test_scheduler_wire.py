@@ -12,7 +12,7 @@ import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from corral.controller.scheduler_wire import read_reply, read_request, split_route
+from corral.controller.scheduler_wire import read_copy, read_reply, read_request, split_route
 from corral.errors import CorralError, MalformedMessage, ReplayError, SignatureError
 from corral.protocol.session import DELIMITER, Frame, Session, frame_view, split_identities
 
@@ -112,6 +112,43 @@ def test_a_bad_header_or_parent_is_refused_as_the_general_path_refuses_it(
     reply = _resigned(_reply(Session(KEY)), index, part)
     with pytest.raises(type(general.value)):
         read_reply(Session(KEY), reply)
+
+
+@pytest.mark.parametrize("check_types", [True, False])
+@pytest.mark.parametrize("wrap", [list, _as_zmq])
+def test_a_copy_reads_as_deserialize_reads_it_without_the_signature(
+    check_types: bool, wrap: Callable[[list[Frame]], list[Frame]]
+) -> None:
+    hub = Session(KEY, check_msg_type=check_types)
+    for frames in (_request(Session(KEY), {"label": "x"}), _reply(Session(KEY))):
+        frames = wrap(frames)
+        frames[0] = b"not checked"
+        copy = read_copy(hub, frames, [b"client", b"engine"])
+        expected = hub.deserialize(frames, idents=[b"client", b"engine"], verify=False)
+        assert copy == expected
+
+
+@pytest.mark.parametrize("check_types", [True, False])
+def test_a_bad_copy_is_refused_as_deserialize_refuses_it(check_types: bool) -> None:
+    hub = Session(KEY, check_msg_type=check_types)
+    bad = [
+        *[_resigned(_reply(Session(KEY)), index, part) for index, part in BAD_PARTS],
+        _resigned(_reply(Session(KEY)), 3, b"[]"),
+        _resigned(_reply(Session(KEY)), 4, b"nope"),
+        _resigned(_reply(Session(KEY)), 4, orjson.dumps({"status": 1})),
+        _reply(Session(KEY))[:4],
+    ]
+    refused = 0
+    for frames in bad:
+        try:
+            expected = hub.deserialize(frames, verify=False)
+        except CorralError as error:
+            refused += 1
+            with pytest.raises(type(error)):
+                read_copy(hub, frames, ())
+        else:  # a session that checks no types takes an unknown type and any content
+            assert read_copy(hub, frames, ()) == expected
+    assert refused == (len(bad) if check_types else len(bad) - 2)
 
 
 def test_bad_metadata_of_a_request_and_bad_content_of_a_reply_are_refused() -> None:
