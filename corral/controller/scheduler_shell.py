@@ -207,7 +207,11 @@ class SchedulerShell:
         frames = pending.frames
         limit = self.request_buffer_limit
         if limit is not None and len(frames) > 5:
-            size = sum(memoryview(frame_view(frame)).nbytes for frame in frames[5:])
+            size = 0
+            for frame in frames[5:]:  # a bundle's are bytes: their length is their size
+                size += (
+                    len(frame) if isinstance(frame, bytes) else memoryview(frame_view(frame)).nbytes
+                )
             if size > limit:
                 omitted = b"omitted:%d" % size
                 self.to_hub.put([b"task_in", *route, omitted, DELIMITER, *frames[:5]])
