@@ -22,9 +22,10 @@ is ``zmq.Frame`` objects. Both are read, the first without a view per frame.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 import orjson
+import zmq
 
 from corral.errors import MalformedMessage, UnknownMessageType
 from corral.protocol.messages import KNOWN_TYPES, validate_content
@@ -42,18 +43,26 @@ JSONDict = dict[str, Any]
 MAX_ROUTE = 4
 """A message the scheduler reads has at most an engine's and a client's identity before its
 delimiter; further in, :func:`split_route` takes the general way."""
+_DELIMITER_LENGTH = len(DELIMITER)
 
 
 def split_route(frames: Sequence[Frame]) -> tuple[list[bytes], list[Frame]]:
     """The identities and the message frames, as :func:`~corral.protocol.session.
-    split_identities` splits them. Frames from a bundle are ``bytes``, compared as they are
-    (no view and no copy per frame); anything else takes the general way."""
+    split_identities` splits them. A message from a bundle has its route as the ``zmq.Frame``
+    objects the bundle came with and its own frames as ``bytes``: the first are told from the
+    delimiter by their length, the second compared as they are (no view per frame); anything
+    else (a frame of the delimiter's length among the first, a memoryview, no delimiter among
+    the first :data:`MAX_ROUTE`) takes the general way."""
     for index in range(min(len(frames), MAX_ROUTE)):
         frame = frames[index]
-        if frame.__class__ is not bytes:
+        if isinstance(frame, bytes):
+            if frame == DELIMITER:
+                idents = [
+                    f if isinstance(f, bytes) else bytes(frame_view(f)) for f in frames[:index]
+                ]
+                return idents, list(frames[index + 1 :])
+        elif not isinstance(frame, zmq.Frame) or len(frame) == _DELIMITER_LENGTH:
             break
-        if frame == DELIMITER:
-            return list(cast(Sequence[bytes], frames[:index])), list(frames[index + 1 :])
     return split_identities(frames)
 
 

@@ -178,11 +178,16 @@ frame_lists = st.lists(
 
 
 @settings(max_examples=300, deadline=None)
-@given(frame_lists, st.booleans())
-def test_split_route_splits_as_split_identities(frames: list[bytes], as_zmq: bool) -> None:
-    given_frames: list[Frame] = list(frames)
-    if as_zmq:
-        given_frames = [zmq.Frame(frame) for frame in frames]
+@given(frame_lists, st.integers(0, 8), st.sampled_from(["zmq", "memoryview"]))
+def test_split_route_splits_as_split_identities(
+    frames: list[bytes], wrapped: int, wrapper: str
+) -> None:
+    """Whatever the frames' kinds: the first ``wrapped`` of them as zmq Frames (a bundle's
+    route) or memoryviews, the rest bytes."""
+    wrap = zmq.Frame if wrapper == "zmq" else memoryview
+    given_frames: list[Frame] = [
+        wrap(frame) if index < wrapped else frame for index, frame in enumerate(frames)
+    ]
     try:
         expected = split_identities(given_frames)
     except MalformedMessage:
@@ -191,4 +196,5 @@ def test_split_route_splits_as_split_identities(frames: list[bytes], as_zmq: boo
         return
     idents, rest = split_route(given_frames)
     assert idents == expected[0]
+    assert all(type(ident) is bytes for ident in idents)
     assert [bytes(frame_view(f)) for f in rest] == [bytes(frame_view(f)) for f in expected[1]]
