@@ -11,9 +11,9 @@ error's name and value); its metadata, which is most of a reply's JSON, is for t
 the Hub. Cutting out the general path's :class:`~corral.protocol.session.Message`, its views
 per frame and the checks of fields nobody here reads halves the scheduler's parsing per task.
 
-The Hub reads every frame of the scheduler's copies (it records them), without checking their
-signatures (docs/wire-flows.md, "Who checks what"): :func:`read_copy` is
-:meth:`Session.deserialize` with ``verify=False`` without its view and check per frame.
+The Hub reads every frame of the copies it records: :func:`read_copy` is
+:meth:`Session.deserialize` without its view and check per frame, with the signature checked
+for the devices' copies and not for the scheduler's (docs/wire-flows.md, "Who checks what").
 
 Frames unbundled by the loop are ``bytes`` (:mod:`corral.bundles`); a message that came alone
 is ``zmq.Frame`` objects. Both are read, the first without a view per frame.
@@ -135,12 +135,15 @@ def read_reply(session: Session, msg_frames: Sequence[Frame]) -> tuple[str | Non
     return (str(parent_id) if parent_id is not None else None), content
 
 
-def read_copy(session: Session, msg_frames: Sequence[Frame], idents: Sequence[bytes]) -> Message:
-    """A whole message from a copy the Hub trusts (frames after the delimiter): what
-    ``session.deserialize(msg_frames, idents=idents, verify=False)`` gives, with its checks
-    (the frames' count and header sizes, every header field, each JSON frame an object, the
-    content against the catalogue when the session checks types) and its errors."""
-    parts = _json_parts(session, msg_frames, verify=False)
+def read_copy(
+    session: Session, msg_frames: Sequence[Frame], idents: Sequence[bytes], *, verify: bool = True
+) -> Message:
+    """A whole message from a copy for the Hub (frames after the delimiter): what
+    ``session.deserialize(msg_frames, idents=idents, verify=verify)`` gives, with its checks
+    (the signature unless ``verify`` is False, the frames' count and header sizes, every header
+    field, each JSON frame an object, the content against the catalogue when the session
+    checks types) and its errors, without its view and checks per frame."""
+    parts = _json_parts(session, msg_frames, verify=verify)
     header = _header(session, parts[0])
     parent_header = _load(parts[1], "parent_header")
     metadata = _load(parts[2], "metadata")

@@ -123,9 +123,22 @@ def test_a_copy_reads_as_deserialize_reads_it_without_the_signature(
     for frames in (_request(Session(KEY), {"label": "x"}), _reply(Session(KEY))):
         frames = wrap(frames)
         frames[0] = b"not checked"
-        copy = read_copy(hub, frames, [b"client", b"engine"])
+        copy = read_copy(hub, frames, [b"client", b"engine"], verify=False)
         expected = hub.deserialize(frames, idents=[b"client", b"engine"], verify=False)
         assert copy == expected
+
+
+def test_a_checked_copy_has_its_signature_checked_and_recorded() -> None:
+    hub = Session(KEY)
+    frames = _reply(Session(KEY))
+    assert read_copy(hub, frames, [b"c"]) == Session(KEY).deserialize(frames, idents=[b"c"])
+    with pytest.raises(ReplayError):
+        read_copy(hub, frames, [b"c"])
+    altered = _reply(Session(KEY))
+    altered[4] = orjson.dumps({"status": "error"})
+    with pytest.raises(SignatureError):
+        read_copy(hub, altered, [])
+    assert read_copy(hub, altered, [], verify=False).content == {"status": "error"}
 
 
 @pytest.mark.parametrize("check_types", [True, False])
@@ -145,9 +158,9 @@ def test_a_bad_copy_is_refused_as_deserialize_refuses_it(check_types: bool) -> N
         except CorralError as error:
             refused += 1
             with pytest.raises(type(error)):
-                read_copy(hub, frames, ())
+                read_copy(hub, frames, (), verify=False)
         else:  # a session that checks no types takes an unknown type and any content
-            assert read_copy(hub, frames, ()) == expected
+            assert read_copy(hub, frames, (), verify=False) == expected
     assert refused == (len(bad) if check_types else len(bad) - 2)
 
 
