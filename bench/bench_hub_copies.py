@@ -53,9 +53,11 @@ def run_once(
     kind: str,
     rate: float,
     given: Any = None,
+    direct: bool = False,
 ) -> tuple[float, float]:
     """(Hub thread, writer) CPU us per task for one stream of ``tasks`` tasks; ``given``: a
-    store to use instead of a new one of ``kind`` (``bench_store_writes.py`` records with it)."""
+    store to use instead of a new one of ``kind`` (``bench_store_writes.py`` records with it).
+    ``direct``: the MUX device's copies instead of the scheduler's (see :func:`direct_block`)."""
     from corral import heap
     from corral.bundles import bundle
     from corral.controller import destination
@@ -134,6 +136,14 @@ def run_once(
         started_process = time.process_time()
         paced = time.perf_counter()
         for first in range(0, tasks, BLOCK):
+            if direct:
+                for copies in direct_block(client, engine, uuid, first, tasks, buffers, bundle):
+                    began = time.thread_time()
+                    loop.deliver(shell._on_monitor, copies)
+                    feeding += time.thread_time() - began
+                if rate:
+                    time.sleep(max(0.0, paced + (first + BLOCK) / rate - time.perf_counter()))
+                continue
             # built just before they are fed, as copies are received just before they are read
             streams: list[list[Any]] = []
             dispatched: list[tuple[str, str, int]] = []
@@ -188,6 +198,44 @@ def run_once(
         context.term()
 
 
+def direct_block(
+    client: Any, engine: Any, uuid: str, first: int, tasks: int, buffers: Any, bundle: Any
+) -> list[list[zmq.Frame]]:
+    """A block of direct tasks as the MUX device publishes its copies when the client and the
+    engine bundle (``[b"mux_in", engine, client, <bundle>]``, then ``[b"mux_out", client,
+    engine, <bundle>]`` with their replies), every frame a received ``zmq.Frame``."""
+    from corral.protocol.session import DELIMITER
+
+    requests = [
+        client.msg("apply_request", {}, buffers=buffers)
+        for _ in range(first, min(tasks, first + BLOCK))
+    ]
+    replies = [
+        engine.msg(
+            "apply_reply",
+            {"status": "ok"},
+            parent=request,
+            metadata={
+                "engine_uuid": uuid,
+                "engine_id": 0,
+                "status": "ok",
+                "stdout": "",
+                "stderr": "",
+            },
+            buffers=[b"CRL\x01\x12\xe9\x18\xf9\x80\x05K\x01."],
+        )
+        for request in requests
+    ]
+    peer = client.session_id.encode()
+    copies_in = bundle(
+        [b"mux_in", uuid.encode(), peer], [[DELIMITER, *client.serialize(m)[1:]] for m in requests]
+    )
+    copies_out = bundle(
+        [b"mux_out", peer, uuid.encode()], [[DELIMITER, *engine.serialize(m)[1:]] for m in replies]
+    )
+    return [[zmq.Frame(bytes(frame)) for frame in copies] for copies in (copies_in, copies_out)]
+
+
 def feed_options(
     parser: argparse.ArgumentParser, *, lag: int = LAG, waiting: float = WAITING, rate: float = RATE
 ) -> None:
@@ -203,6 +251,9 @@ def feed_options(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     feed_options(parser)
+    parser.add_argument(
+        "--direct", action="store_true", help="the MUX device's copies (signed, checked)"
+    )
     args = parser.parse_args()
     baseline = os.environ.get("CORRAL_BENCH_SOURCE")
     if baseline:
@@ -215,7 +266,13 @@ def main() -> None:
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory(prefix="bench-hub-") as folder:
             thread, writer = run_once(
-                args.tasks, args.lag, args.waiting, Path(folder), args.store, args.rate
+                args.tasks,
+                args.lag,
+                args.waiting,
+                Path(folder),
+                args.store,
+                args.rate,
+                direct=args.direct,
             )
         hub_us.append(thread)
         writer_us.append(writer)
