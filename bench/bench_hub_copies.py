@@ -137,9 +137,9 @@ def run_once(
         paced = time.perf_counter()
         for first in range(0, tasks, BLOCK):
             if direct:
-                for copies in direct_block(client, engine, uuid, first, tasks, buffers, bundle):
+                for published in direct_block(client, engine, uuid, first, tasks, buffers, bundle):
                     began = time.thread_time()
-                    loop.deliver(shell._on_monitor, copies)
+                    loop.deliver(shell._on_monitor, published)
                     feeding += time.thread_time() - began
                 if rate:
                     time.sleep(max(0.0, paced + (first + BLOCK) / rate - time.perf_counter()))

@@ -49,7 +49,7 @@ def run_once(tasks: int, turn: int) -> tuple[float, float]:
     sockets: list[zmq.Socket[Any]] = []
 
     def socket(kind: int) -> zmq.Socket[Any]:
-        sock = context.socket(kind)
+        sock: zmq.Socket[Any] = context.socket(kind)
         sock.linger = 0
         sockets.append(sock)
         return sock
@@ -81,7 +81,7 @@ def run_once(tasks: int, turn: int) -> tuple[float, float]:
         time.sleep(CONNECT_WAIT)  # a bench, not a test: a dispatch refused now would be retried
         client, engines = Session(KEY, username="user"), Session(KEY, username="corral")
         requests = {}
-        received = []
+        received: list[list[Any]] = []
         buffers = [b"f" * 60, b"a" * 20, b"k" * 20]  # about a no-op's packed apply
         for _ in range(tasks):
             msg = client.msg("apply_request", {}, metadata={}, buffers=buffers)
@@ -123,16 +123,16 @@ def run_once(tasks: int, turn: int) -> tuple[float, float]:
             drain()
         replying = 0.0
         while shell.pending:
-            running = []
+            running: list[list[Any]] = []
             for msg_id in shell.pending:
-                uuid = shell.core._running_on(msg_id)
-                if uuid is not None:
-                    running.append(reply(msg_id, uuid))
+                running_on = shell.core._running_on(msg_id)
+                if running_on is not None:
+                    running.append(reply(msg_id, running_on))
                     if len(running) == REPLY_TURN:
                         break
             began = time.thread_time()
-            for frames in running:
-                shell._on_engine_reply(frames)
+            for replied in running:
+                shell._on_engine_reply(replied)
             shell._flush()
             replying += time.thread_time() - began
             drain()
