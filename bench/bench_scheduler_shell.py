@@ -36,7 +36,7 @@ REPEATS = 3
 TURN = 64  # requests read per loop turn
 REPLY_TURN = 8  # replies read per loop turn
 KEY = b"bench-scheduler-shell-key"
-CONNECT_WAIT = 0.5  # seconds for the engines' connections to be up before the first dispatch
+CONNECT_WAIT = 10.0  # seconds at most for the engines' connections to be up
 
 
 def run_once(tasks: int, turn: int) -> tuple[float, float]:
@@ -69,16 +69,27 @@ def run_once(tasks: int, turn: int) -> tuple[float, float]:
     }
     shell = SchedulerShell(settings, context)
     try:
+        deadline = time.monotonic() + CONNECT_WAIT
         for index in range(2):
             uuid = f"00000000-0000-0000-0000-00000000000{index}"
             engine = socket(zmq.DEALER)
             engine.identity = uuid.encode()
             engine.connect(f"tcp://127.0.0.1:{shell.engine_port}")
+            while True:  # the ROUTER refuses (mandatory routing) until the engine is connected
+                try:
+                    shell.engines.send_multipart([uuid.encode(), b"probe"])
+                    break
+                except zmq.ZMQError as err:
+                    if err.errno != zmq.EHOSTUNREACH or time.monotonic() > deadline:
+                        raise
+                    engine.poll(10)
+            if not engine.poll(int(CONNECT_WAIT * 1000)):
+                raise SystemExit("the engine's probe did not arrive")
+            engine.recv_multipart()
             shell._perform(shell.core.add_engine(uuid))
         client_socket = socket(zmq.DEALER)
         client_socket.identity = b"client-1"
         client_socket.connect(f"tcp://127.0.0.1:{shell.client_port}")
-        time.sleep(CONNECT_WAIT)  # a bench, not a test: a dispatch refused now would be retried
         client, engines = Session(KEY, username="user"), Session(KEY, username="corral")
         requests = {}
         received: list[list[Any]] = []
@@ -130,6 +141,8 @@ def run_once(tasks: int, turn: int) -> tuple[float, float]:
                     running.append(reply(msg_id, running_on))
                     if len(running) == REPLY_TURN:
                         break
+            if not running:  # a dispatch the shell could not send: nothing would end it here
+                raise SystemExit(f"{len(shell.pending)} tasks held and none running")
             began = time.thread_time()
             for replied in running:
                 shell._on_engine_reply(replied)
