@@ -4,8 +4,9 @@ No cluster: a Hub with one registered engine, the default SQLite store in a temp
 and a :class:`~corral.controller.hub_shell.HubShell` on real (unconnected) sockets. Each task is
 what the scheduler sends the Hub for a no-op ``apply`` (``bench_cpu_roles.py``'s task), in
 bundles of ``BLOCK`` tasks' copies as the scheduler sends them (read as the Hub's loop reads a
-received bundle): a ``task_in`` copy (with the engine when it
-was dispatched at once, else without, then a ``task_dest`` copy: ``--waiting`` of them) and a
+received bundle): a ``task_in`` copy (with the engine when it was dispatched at once, else
+without, then a ``task_dest`` copy: ``--waiting`` of them; in a tree that batches them, one
+copy names a block's dispatches up to the next reply, as a scheduler's turn) and a
 ``task_out`` copy, the copies signed as a client and an engine sign them, and fed to the
 shell's handler in the order a steady stream interleaves them (``--lag`` requests ahead of the
 replies). Prints CPU microseconds per task in the Hub's thread and in the store's writer thread
@@ -52,12 +53,14 @@ def run_once(
     kind: str,
     rate: float,
     given: Any = None,
+    direct: bool = False,
 ) -> tuple[float, float]:
     """(Hub thread, writer) CPU us per task for one stream of ``tasks`` tasks; ``given``: a
-    store to use instead of a new one of ``kind`` (``bench_store_writes.py`` records with it)."""
+    store to use instead of a new one of ``kind`` (``bench_store_writes.py`` records with it).
+    ``direct``: the MUX device's copies instead of the scheduler's (see :func:`direct_block`)."""
     from corral import heap
     from corral.bundles import bundle
-    from corral.controller.destination import destination_frames
+    from corral.controller import destination
     from corral.controller.hub import Hub
     from corral.controller.hub_shell import HubShell
     from corral.controller.store import MemoryStore, ResultStore, RetentionSettings, SQLiteStore
@@ -120,6 +123,8 @@ def run_once(
             "call": "one()",
         }
         route = client.session_id.encode()
+        # a tree whose scheduler names a turn's dispatches in one task_dest copy
+        batched = getattr(destination, "destinations_frames", None)
         replies: list[list[bytes]] = []
         heap.settle()  # as the controller does once it is set up
         # a block's copies come as one bundle, read as the Hub's loop reads the scheduler's
@@ -131,17 +136,28 @@ def run_once(
         started_process = time.process_time()
         paced = time.perf_counter()
         for first in range(0, tasks, BLOCK):
+            if direct:
+                for published in direct_block(client, engine, uuid, first, tasks, buffers, bundle):
+                    began = time.thread_time()
+                    loop.deliver(shell._on_monitor, published)
+                    feeding += time.thread_time() - began
+                if rate:
+                    time.sleep(max(0.0, paced + (first + BLOCK) / rate - time.perf_counter()))
+                continue
             # built just before they are fed, as copies are received just before they are read
             streams: list[list[Any]] = []
+            dispatched: list[tuple[str, str, int]] = []
             for index in range(first, min(tasks, first + BLOCK)):
                 request = client.msg("apply_request", {}, metadata=metadata, buffers=buffers)
                 frames = client.serialize(request)
                 waits = index % 100 < waiting * 100
                 path = [route] if waits else [route, uuid.encode()]
                 streams.append([b"task_in", *path, *(bytes(frame_view(f)) for f in frames)])
-                if waits:
-                    dest = destination_frames(scheduler, request.msg_id, uuid, 0)
+                if waits and batched is None:  # a tree whose copy names one dispatch
+                    dest = destination.destination_frames(scheduler, request.msg_id, uuid, 0)
                     streams.append([zmq.Frame(f) for f in dest])
+                elif waits:
+                    dispatched.append((request.msg_id, uuid, 0))
                 reply = engine.msg(
                     "apply_reply",
                     {"status": "ok"},
@@ -152,7 +168,13 @@ def run_once(
                 copy = [route, uuid.encode(), DELIMITER, *engine.serialize(reply)[1:]]
                 replies.append([b"task_out", *(bytes(frame_view(f)) for f in copy)])
                 if index >= lag:
+                    if index - lag >= first and dispatched and batched is not None:
+                        # a reply of this block's: where its task went comes first
+                        streams.append(batched(scheduler, dispatched, signed=not trusted))
+                        dispatched = []
                     streams.append(replies[index - lag])
+            if dispatched and batched is not None:  # the block's, as one turn's: one copy
+                streams.append(batched(scheduler, dispatched, signed=not trusted))
             if first + BLOCK >= tasks:
                 streams.extend(replies[max(0, tasks - lag) :])
             copies = bundle([], streams)
@@ -176,6 +198,44 @@ def run_once(
         context.term()
 
 
+def direct_block(
+    client: Any, engine: Any, uuid: str, first: int, tasks: int, buffers: Any, bundle: Any
+) -> list[list[zmq.Frame]]:
+    """A block of direct tasks as the MUX device publishes its copies when the client and the
+    engine bundle (``[b"mux_in", engine, client, <bundle>]``, then ``[b"mux_out", client,
+    engine, <bundle>]`` with their replies), every frame a received ``zmq.Frame``."""
+    from corral.protocol.session import DELIMITER
+
+    requests = [
+        client.msg("apply_request", {}, buffers=buffers)
+        for _ in range(first, min(tasks, first + BLOCK))
+    ]
+    replies = [
+        engine.msg(
+            "apply_reply",
+            {"status": "ok"},
+            parent=request,
+            metadata={
+                "engine_uuid": uuid,
+                "engine_id": 0,
+                "status": "ok",
+                "stdout": "",
+                "stderr": "",
+            },
+            buffers=[b"CRL\x01\x12\xe9\x18\xf9\x80\x05K\x01."],
+        )
+        for request in requests
+    ]
+    peer = client.session_id.encode()
+    copies_in = bundle(
+        [b"mux_in", uuid.encode(), peer], [[DELIMITER, *client.serialize(m)[1:]] for m in requests]
+    )
+    copies_out = bundle(
+        [b"mux_out", peer, uuid.encode()], [[DELIMITER, *engine.serialize(m)[1:]] for m in replies]
+    )
+    return [[zmq.Frame(bytes(frame)) for frame in copies] for copies in (copies_in, copies_out)]
+
+
 def feed_options(
     parser: argparse.ArgumentParser, *, lag: int = LAG, waiting: float = WAITING, rate: float = RATE
 ) -> None:
@@ -191,6 +251,9 @@ def feed_options(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     feed_options(parser)
+    parser.add_argument(
+        "--direct", action="store_true", help="the MUX device's copies (signed, checked)"
+    )
     args = parser.parse_args()
     baseline = os.environ.get("CORRAL_BENCH_SOURCE")
     if baseline:
@@ -203,7 +266,13 @@ def main() -> None:
     for _ in range(args.repeats):
         with tempfile.TemporaryDirectory(prefix="bench-hub-") as folder:
             thread, writer = run_once(
-                args.tasks, args.lag, args.waiting, Path(folder), args.store, args.rate
+                args.tasks,
+                args.lag,
+                args.waiting,
+                Path(folder),
+                args.store,
+                args.rate,
+                direct=args.direct,
             )
         hub_us.append(thread)
         writer_us.append(writer)

@@ -398,6 +398,8 @@ class Controller:
             "task": self._port("task"),
             "task_engine": self._port("task_engine"),
             "log_level": logging.getLogger().level,
+            # the Hub does not check this scheduler's copies (_bind_monitor)
+            "trusted_copies": self.trusted_copies,
         }
         if self.curve is not None:
             settings["curve"] = self.curve.to_settings()

@@ -35,7 +35,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from corral import heap
 from corral.controller.destination import PREFIX as DESTINATION
-from corral.controller.destination import read_destination
+from corral.controller.destination import read_destinations
 from corral.controller.hub import Hub
 from corral.controller.hub_actions import (
     Action,
@@ -47,6 +47,7 @@ from corral.controller.hub_actions import (
     apply_writes,
 )
 from corral.controller.hub_resubmit import resubmit_failed
+from corral.controller.scheduler_wire import read_copy, split_route
 from corral.controller.store.base import ResultStore
 from corral.errors import CorralError, ProtocolError, StoreError
 from corral.loop import DRAIN_BATCH, Loop, Timer
@@ -237,10 +238,11 @@ class HubShell:
         the devices' copies."""
         if bytes(frame_view(frames[0])) == DESTINATION:
             self.monitored += 1
-            msg_id, engine_uuid = read_destination(
+            destinations = read_destinations(
                 self.session, frames, verify=self.verify_scheduler_copies
             )
-            self._perform(self.hub.handle_destination(msg_id, engine_uuid))
+            for msg_id, engine_uuid in destinations:
+                self._perform(self.hub.handle_destination(msg_id, engine_uuid))
             return
         self._record_copy(frames, self.verify_scheduler_copies, self._received)
 
@@ -252,7 +254,7 @@ class HubShell:
     def _record_copy(self, frames: Sequence[Frame], verify: bool, now: float) -> None:
         prefix = bytes(frame_view(frames[0]))
         idents, msg_frames = _split_copy(frames)
-        msg = self.session.deserialize(msg_frames, content=True, idents=idents, verify=verify)
+        msg = read_copy(self.session, msg_frames, idents, verify=verify)
         self.monitored += 1
         omitted: dict[str, Any] | None = None
         if METADATA_KEY in msg.metadata:  # data in shared memory (none for small tasks)
@@ -385,11 +387,12 @@ def _split_copy(frames: Sequence[Frame]) -> tuple[list[bytes], list[Frame]]:
     """The identities and the message frames of a copy ``[prefix, *identities, <IDS|MSG>,
     ...]``, as :func:`~corral.protocol.session.split_identities` splits ``frames[1:]``. A copy
     from a bundle has ``bytes`` frames, compared as they are (no view and no copy per frame,
-    half the time); anything else takes the general way."""
+    half the time); anything else (a device's copy from a bundle: its route zmq Frames, its own
+    frames bytes) goes through :func:`~.scheduler_wire.split_route`."""
     for index in range(1, min(len(frames), MAX_COPY_ROUTE)):
         frame = frames[index]
         if frame.__class__ is not bytes:
             break
         if frame == DELIMITER:
             return list(cast(Sequence[bytes], frames[1:index])), list(frames[index + 1 :])
-    return split_identities(frames[1:])
+    return split_route(frames[1:])

@@ -3,11 +3,11 @@
 Drives :class:`~corral.controller.scheduling.SchedulerCore` (every decision is the core's,
 including retries of a Dispatch an engine could not take yet and which late replies to drop) on
 one :class:`~corral.loop.Loop`. Client-facing ROUTER in, engine-facing ROUTER out
-(docs/wire-flows.md). Per task it verifies the signature and parses header and metadata only;
-content and buffers are forwarded as the zmq Frames they arrived in. Copies go to the Hub's
-monitor SUB (``task_in``, ``task_out``, always in bundles: :mod:`corral.bundles`; the compact
-``task_dest`` of :mod:`.destination`). Engines come and go through the Hub's
-notifications. The process around it is :mod:`corral.controller.scheduler`.
+(docs/wire-flows.md). Per task it verifies the signature and reads only what it decides on
+(:mod:`.scheduler_wire`); content and buffers are forwarded as the frames they arrived in.
+Copies go to the Hub's monitor SUB (``task_in``, ``task_out``, always in bundles:
+:mod:`corral.bundles`; the compact ``task_dest`` of :mod:`.destination`). Engines come and go
+through the Hub's notifications. The process around it is :mod:`corral.controller.scheduler`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from corral import heap
 from corral.bundles import Outbox
-from corral.controller.destination import destination_frames
+from corral.controller.destination import MAX_ENTRIES, Dispatched, destinations_frames
+from corral.controller.scheduler_wire import read_reply, read_request, split_route
 from corral.controller.scheduling import SchedulerCore
 from corral.controller.scheduling_state import Action, Complete, Dispatch, Fail, Task
 from corral.errors import CorralError, ProtocolError, RemoteError, error_content
@@ -32,10 +33,8 @@ from corral.protocol.dependency import Dependency
 from corral.protocol.session import (
     DELIMITER,
     Frame,
-    Message,
     Session,
     frame_view,
-    split_identities,
     utcnow,
 )
 from corral.security import CurveKeys, make_client, make_server, start_authenticator
@@ -48,12 +47,15 @@ TRIM_SCHEDULE = (10_000, 2.0, 30.0)
 or every 30 s if some always are: :class:`corral.heap.TrimSchedule`."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Pending:
-    """A task the scheduler holds: who sent it, and its frames, untouched."""
+    """A task the scheduler holds: who sent it, what it read of it (:mod:`.scheduler_wire`),
+    and its frames, untouched."""
 
     client: bytes
-    msg: Message
+    msg_id: str
+    header: dict[str, Any]
+    metadata: dict[str, Any]
     frames: list[Frame]  # after the delimiter: signature, 4 JSON frames, buffers
     reply: list[Frame] | None = None
     copied: bool = False  # its task_in copy went to the Hub
@@ -98,6 +100,9 @@ class SchedulerShell:
         self.monitor = self._socket(zmq.PUB, server=False)
         self.monitor.sndhwm = 0  # a dropped copy is a task the Hub never records
         self.monitor.connect(settings["monitor"])
+        # a Hub that trusts this scheduler's copies does not check their signatures: the one
+        # copy signed only for it (task_dest) goes unsigned then (docs/wire-flows.md)
+        self.sign_copies = not settings.get("trusted_copies", False)
         # what a turn sends, sent at its end, a bundle per peer (corral.bundles); Dispatches
         # made this turn, for their copies once the engines' sends are done (_flush)
         self.to_clients = Outbox(self.clients, 1)
@@ -156,31 +161,33 @@ class SchedulerShell:
             self._perform(self.core.remove_engine(uuid))
 
     def _on_request(self, frames: list[zmq.Frame]) -> None:
-        idents, msg_frames = split_identities(frames)
+        idents, msg_frames = split_route(frames)
         if not idents:
             raise ProtocolError("task request without a client identity")
-        msg = self.session.deserialize(msg_frames, content=False)
+        header, metadata = read_request(self.session, msg_frames)
+        msg_id: str = header["msg_id"]
         client = idents[0]
-        if self.core.task_state(msg.msg_id) is not None:
+        if self.core.task_state(msg_id) is not None:
             # a client sends a load-balanced request again when a controller restart may have
             # lost it (same msg_id, a new signature); this copy must neither replace the held
             # one nor give it a second outcome
             self.counts["duplicates"] += 1
-            log.info("task %s sent again while held here: the copy is dropped", msg.msg_id)
+            log.info("task %s sent again while held here: the copy is dropped", msg_id)
             return
-        pending = Pending(client, msg, msg_frames)
-        self.pending[msg.msg_id] = pending
+        pending = Pending(client, msg_id, header, metadata, msg_frames)
+        self.pending[msg_id] = pending
         self.counts["submitted"] += 1
         try:
-            if msg.msg_type not in ("apply_request", "execute_request"):
-                why = f"the task queue does not run {msg.msg_type}"
-                self._perform(self.core.reject(msg.msg_id, ProtocolError, why))
+            msg_type = header["msg_type"]
+            if msg_type not in ("apply_request", "execute_request"):
+                why = f"the task queue does not run {msg_type}"
+                self._perform(self.core.reject(msg_id, ProtocolError, why))
                 return
             try:
-                task = _task_from(msg)
+                task = _task_from(msg_id, metadata)
                 actions = self.core.submit(task, time.monotonic())
             except (CorralError, ValueError, TypeError) as err:
-                actions = self.core.reject(msg.msg_id, type(err), f"bad task metadata: {err}")
+                actions = self.core.reject(msg_id, type(err), f"bad task metadata: {err}")
             self._perform(actions)
         finally:  # the Hub hears of every request, whatever happened to it here (of one
             # dispatched at once, naming its engine, once it is sent: _flush)
@@ -200,7 +207,11 @@ class SchedulerShell:
         frames = pending.frames
         limit = self.request_buffer_limit
         if limit is not None and len(frames) > 5:
-            size = sum(memoryview(frame_view(frame)).nbytes for frame in frames[5:])
+            size = 0
+            for frame in frames[5:]:  # a bundle's are bytes: their length is their size
+                size += (
+                    len(frame) if isinstance(frame, bytes) else memoryview(frame_view(frame)).nbytes
+                )
             if size > limit:
                 omitted = b"omitted:%d" % size
                 self.to_hub.put([b"task_in", *route, omitted, DELIMITER, *frames[:5]])
@@ -208,12 +219,11 @@ class SchedulerShell:
         self.to_hub.put([b"task_in", *route, DELIMITER, *frames])
 
     def _on_engine_reply(self, frames: list[zmq.Frame]) -> None:
-        idents, msg_frames = split_identities(frames)
+        idents, msg_frames = split_route(frames)
         if len(idents) < 2:
             raise ProtocolError("engine reply without engine and client identities")
         engine_uuid = idents[0].decode("utf-8", "replace")
-        msg = self.session.deserialize(msg_frames, content=True)
-        msg_id = msg.parent_id
+        msg_id, content = read_reply(self.session, msg_frames)
         pending = self.pending.get(msg_id) if msg_id else None
         if pending is None or msg_id is None:
             if msg_id is None or self.core.answered(msg_id):
@@ -227,8 +237,7 @@ class SchedulerShell:
             self.to_hub.put([b"task_out", client, idents[0], DELIMITER, *msg_frames])
             return
         pending.reply = [idents[0], *msg_frames]
-        content = msg.content or {}
-        status = content.get("status")
+        status = content["status"]
         if status == "error" and content.get("ename") == "UnmetDependency":
             why = str(content.get("evalue", ""))
             self._perform(self.core.task_unmet(msg_id, engine_uuid, time.monotonic(), why))
@@ -269,10 +278,10 @@ class SchedulerShell:
 
     def _flush(self) -> None:
         """(End of every turn.) Send the turn's Dispatches, a bundle per engine; then the Hub's
-        copies of them (``task_in`` naming the engine, or ``task_dest`` for a task the Hub
-        knows already): only for those that left, since an engine whose task connection is
-        not up yet (or that just died) refuses them (ROUTER_MANDATORY) and the core sends
-        them again later. Then the copies the turn made, and then the replies."""
+        copies of them (``task_in`` naming the engine, or, for the tasks the Hub knows already,
+        one ``task_dest`` naming them all): only for those that left, since an engine whose
+        task connection is not up yet (or that just died) refuses them (ROUTER_MANDATORY) and
+        the core sends them again later. Then the copies the turn made, and then the replies."""
         unsent: set[int] = set()
         for error, tags in self.to_engines.flush():
             if error.errno != zmq.EHOSTUNREACH:
@@ -280,10 +289,11 @@ class SchedulerShell:
             unsent.update(id(dispatch) for dispatch in tags)
         dispatched = self._dispatched
         self._dispatched = []
+        destinations: list[Dispatched] = []  # of tasks the Hub knows already: one copy
         for dispatch in dispatched:
             pending, engine_uuid, attempt = dispatch
             pending.queued_to = None
-            msg_id = pending.msg.msg_id
+            msg_id = pending.msg_id
             if self.pending.get(msg_id) is not pending:
                 continue  # it ended this turn: its copies went then
             if id(dispatch) in unsent:
@@ -292,7 +302,10 @@ class SchedulerShell:
             elif not pending.copied:
                 self._copy_request(pending, engine_uuid.encode())
             else:
-                self.to_hub.put(destination_frames(self.session, msg_id, engine_uuid, attempt))
+                destinations.append((msg_id, engine_uuid, attempt))
+        for start in range(0, len(destinations), MAX_ENTRIES):
+            chunk = destinations[start : start + MAX_ENTRIES]
+            self.to_hub.put(destinations_frames(self.session, chunk, signed=self.sign_copies))
         # the copies before the replies: a client that purges (or queries) right after a
         # reply finds the Hub has the task's copy already, not still on its way (a purge of
         # everything then left behind the tasks whose copies came after it)
@@ -306,7 +319,7 @@ class SchedulerShell:
         """The same request with ``attempt`` in its metadata: a new signature, so the engine's
         replay protection accepts the retry; the other frames are the originals."""
         frames = pending.frames
-        metadata = orjson.dumps(dict(pending.msg.metadata, attempt=attempt))
+        metadata = orjson.dumps(dict(pending.metadata, attempt=attempt))
         header, parent, content = (frame_view(frames[index]) for index in (1, 2, 4))
         json_frames = [header, parent, metadata, content]
         return [self.session.sign(json_frames), *json_frames, *frames[5:]]
@@ -345,7 +358,7 @@ class SchedulerShell:
             "stderr": "",
             "scheduler_error": error.__name__,
         }
-        reply = self.session.msg("apply_reply", content, pending.msg, metadata)
+        reply = self.session.msg("apply_reply", content, pending.header, metadata)
         frames = self.session.serialize(reply)
         self.to_clients.put([pending.client, SCHEDULER_IDENT, *frames])
         self.to_hub.put([b"task_out", pending.client, SCHEDULER_IDENT, *frames])
@@ -392,9 +405,8 @@ def _bind(sock: zmq.Socket[Any], url: str, port: int | None) -> int:
             time.sleep(0.05)
 
 
-def _task_from(msg: Message) -> Task:
+def _task_from(msg_id: str, metadata: dict[str, Any]) -> Task:
     """Decode the scheduling fields of a request's metadata (docs/wire-flows.md, apply_request)."""
-    metadata = msg.metadata
     targets = metadata.get("targets")
     if targets is not None:
         if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
@@ -410,7 +422,7 @@ def _task_from(msg: Message) -> Task:
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise TypeError("priority must be an integer")
     return Task(
-        msg_id=msg.msg_id,
+        msg_id=msg_id,
         after=Dependency.from_wire(metadata.get("after")),
         follow=Dependency.from_wire(metadata.get("follow")),
         targets=targets,

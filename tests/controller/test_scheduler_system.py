@@ -237,3 +237,35 @@ def test_a_slow_engine_gets_fewer_tasks(rc) -> None:  # type: ignore[no-untyped-
     view = rc.load_balanced_view()
     ran_on = [ar.get(timeout=60) for ar in [view.apply_async(sleep_here) for _ in range(300)]]
     assert ran_on.count(fast) > 2 * ran_on.count(slow), (ran_on.count(fast), ran_on.count(slow))
+
+
+def test_the_hub_learns_where_waiting_tasks_went(rc, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Tasks that wait in the scheduler for a free slot reach an engine in a later turn, and
+    the Hub learns which from the scheduler's ``task_dest`` copy (one per turn, unsigned over
+    the Hub's private channel) while they run, not only from their results."""
+    view = rc.load_balanced_view()
+    first, second = tmp_path / "first", tmp_path / "second"
+    slots = 2 * 16  # two engines, 16 tasks outstanding each (the controller's default)
+    try:
+        blocking = [view.apply_async(file_appears, str(first)) for _ in range(slots)]
+        waiting = [view.apply_async(file_appears, str(second)) for _ in range(4)]
+        msg_ids = [result.msg_ids[0] for result in waiting]
+
+        def engines_recorded() -> list[str | None]:
+            records = rc.db_query({"msg_id": {"$in": msg_ids}}, keys=["engine_uuid"])
+            return [record.get("engine_uuid") for record in records]
+
+        until(lambda: len(engines_recorded()) == 4, 30, "the waiting tasks' records")
+        assert engines_recorded() == [None] * 4, "the tasks did not wait for a slot"
+        first.touch()
+        until(
+            lambda: all(engines_recorded()) and len(engines_recorded()) == 4,
+            30,
+            "the Hub to record where the waiting tasks went",
+        )
+        assert not any(result.ready() for result in waiting)
+    finally:
+        first.touch()
+        second.touch()
+    for result in blocking + waiting:
+        result.get(timeout=30)

@@ -1,0 +1,153 @@
+"""What the scheduler reads of the messages it routes, and how the Hub reads its copies of them.
+
+The scheduler forwards a client's request and an engine's reply as the frames they came in;
+it decides on a few fields only. A request: its signature, its header (msg_id and msg_type,
+every header field checked as :meth:`Session.deserialize
+<corral.protocol.session.Session.deserialize>` checks them, so that the Hub, which trusts the
+scheduler's copies, never gets one it cannot read) and its metadata (the scheduling fields);
+its content and buffers are never parsed. A reply: its signature, its header (checked the
+same way), the parent's msg_id and the content's status (and, for an unmet dependency, the
+error's name and value); its metadata, which is most of a reply's JSON, is for the client and
+the Hub. Cutting out the general path's :class:`~corral.protocol.session.Message`, its views
+per frame and the checks of fields nobody here reads halves the scheduler's parsing per task.
+
+The Hub reads every frame of the copies it records: :func:`read_copy` is
+:meth:`Session.deserialize` without its view and check per frame, with the signature checked
+for the devices' copies and not for the scheduler's (docs/wire-flows.md, "Who checks what").
+
+Frames unbundled by the loop are ``bytes`` (:mod:`corral.bundles`); a message that came alone
+is ``zmq.Frame`` objects. Both are read, the first without a view per frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import zmq
+
+from corral.errors import MalformedMessage, UnknownMessageType
+from corral.protocol.messages import KNOWN_TYPES, validate_content
+from corral.protocol.session import (
+    DELIMITER,
+    HEADER_FIELDS,
+    Frame,
+    Message,
+    Session,
+    frame_view,
+    split_identities,
+)
+
+JSONDict = dict[str, Any]
+MAX_ROUTE = 4
+"""A message the scheduler reads has at most an engine's and a client's identity before its
+delimiter; further in, :func:`split_route` takes the general way."""
+_DELIMITER_LENGTH = len(DELIMITER)
+
+
+def split_route(frames: Sequence[Frame]) -> tuple[list[bytes], list[Frame]]:
+    """The identities and the message frames, as :func:`~corral.protocol.session.
+    split_identities` splits them. A message from a bundle has its route as the ``zmq.Frame``
+    objects the bundle came with and its own frames as ``bytes``: the first are told from the
+    delimiter by their length, the second compared as they are (no view per frame); anything
+    else (a frame of the delimiter's length among the first, a memoryview, no delimiter among
+    the first :data:`MAX_ROUTE`) takes the general way."""
+    for index in range(min(len(frames), MAX_ROUTE)):
+        frame = frames[index]
+        if isinstance(frame, bytes):
+            if frame == DELIMITER:
+                idents = [
+                    f if isinstance(f, bytes) else bytes(frame_view(f)) for f in frames[:index]
+                ]
+                return idents, list(frames[index + 1 :])
+        elif not isinstance(frame, zmq.Frame) or len(frame) == _DELIMITER_LENGTH:
+            break
+    return split_identities(frames)
+
+
+def _json_parts(
+    session: Session, msg_frames: Sequence[Frame], *, verify: bool = True
+) -> list[bytes | memoryview]:
+    """The four JSON frames of an envelope, once its signature is checked (and recorded, for
+    replay protection; not with ``verify=False``): MalformedMessage for too few frames or an
+    oversized header or parent header, SignatureError or ReplayError from the session, as
+    :meth:`Session.verify`."""
+    if len(msg_frames) < 5:
+        raise MalformedMessage(
+            f"too few frames: {len(msg_frames)} after the delimiter, need at least 5 "
+            "(signature, header, parent_header, metadata, content)"
+        )
+    parts = [frame if isinstance(frame, bytes) else frame_view(frame) for frame in msg_frames[1:5]]
+    limit = session.max_header_bytes
+    for name, part in (("header", parts[0]), ("parent_header", parts[1])):
+        if len(part) > limit:
+            raise MalformedMessage(f"oversized {name}: {len(part)} bytes (limit {limit})")
+    if not verify:
+        return parts
+    signature = msg_frames[0]
+    session.verify_signature(
+        signature if isinstance(signature, bytes) else bytes(frame_view(signature)), parts
+    )
+    return parts
+
+
+def _load(part: bytes | memoryview, name: str) -> JSONDict:
+    try:
+        value = orjson.loads(part)
+    except orjson.JSONDecodeError as err:
+        raise MalformedMessage(f"invalid JSON in {name} frame: {err}") from None
+    if value.__class__ is not dict:
+        raise MalformedMessage(f"{name} is a JSON {type(value).__name__}, expected an object")
+    return value
+
+
+def _header(session: Session, part: bytes | memoryview) -> JSONDict:
+    header = _load(part, "header")
+    for name in HEADER_FIELDS:
+        if header.get(name).__class__ is not str:
+            raise MalformedMessage(f"header field {name!r} is missing or not a string")
+    if session.check_msg_type and header["msg_type"] not in KNOWN_TYPES:
+        raise UnknownMessageType(f"unknown msg_type {header['msg_type']!r}")
+    return header
+
+
+def read_request(session: Session, msg_frames: Sequence[Frame]) -> tuple[JSONDict, JSONDict]:
+    """``(header, metadata)`` of a request (frames after the delimiter), once its signature is
+    checked; its parent header is checked to be an object, its content is not read. The
+    errors of :meth:`Session.deserialize` for the same faults."""
+    parts = _json_parts(session, msg_frames)
+    header = _header(session, parts[0])
+    _load(parts[1], "parent_header")
+    return header, _load(parts[2], "metadata")
+
+
+def read_reply(session: Session, msg_frames: Sequence[Frame]) -> tuple[str | None, JSONDict]:
+    """``(parent msg_id, content)`` of a reply (frames after the delimiter), once its signature
+    and header are checked. The content is an object with a ``status`` string (MalformedMessage
+    otherwise); the rest of it is the client's to check."""
+    parts = _json_parts(session, msg_frames)
+    _header(session, parts[0])
+    parent_id = _load(parts[1], "parent_header").get("msg_id")
+    content = _load(parts[3], "content")
+    if content.get("status").__class__ is not str:
+        raise MalformedMessage("a reply's content has no status string")
+    return (str(parent_id) if parent_id is not None else None), content
+
+
+def read_copy(
+    session: Session, msg_frames: Sequence[Frame], idents: Sequence[bytes], *, verify: bool = True
+) -> Message:
+    """A whole message from a copy for the Hub (frames after the delimiter): what
+    ``session.deserialize(msg_frames, idents=idents, verify=verify)`` gives, with its checks
+    (the signature unless ``verify`` is False, the frames' count and header sizes, every header
+    field, each JSON frame an object, the content against the catalogue when the session
+    checks types) and its errors, without its view and checks per frame."""
+    parts = _json_parts(session, msg_frames, verify=verify)
+    header = _header(session, parts[0])
+    parent_header = _load(parts[1], "parent_header")
+    metadata = _load(parts[2], "metadata")
+    content = _load(parts[3], "content")
+    if session.check_msg_type:
+        validate_content(header["msg_type"], content)
+    return Message(header, parent_header, metadata, content, tuple(msg_frames[5:]), tuple(idents))
