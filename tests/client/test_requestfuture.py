@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -265,3 +266,51 @@ def test_a_light_condition_makes_its_waiters_queue_when_first_waited_on() -> Non
         condition.notify_all()
     thread.join(PROMPT)
     assert not thread.is_alive()
+
+
+def test_light_futures_settle_as_future_does(caplog: pytest.LogCaptureFixture) -> None:
+    """LightFuture's own set_result/set_exception: settled once (InvalidStateError after, as
+    the base), a thread waiting in result() is woken, each callback runs once and one that
+    raises is logged without stopping the next, and the callbacks are not kept."""
+    future = RequestFuture(lambda call: call())
+    calls: list[str] = []
+
+    def failing(_: concurrent.futures.Future[Any]) -> None:
+        calls.append("failing")
+        raise RuntimeError("a callback failed")
+
+    future.add_done_callback(failing, inline=True)
+    future.add_done_callback(lambda _: calls.append("second"), inline=True)
+    got: list[Any] = []
+    waiter = threading.Thread(target=lambda: got.append(future.result(PROMPT)))
+    waiter.start()
+    deadline = time.monotonic() + PROMPT
+    while not future._condition._waiters and time.monotonic() < deadline:  # noqa: SLF001
+        time.sleep(0.001)  # polling for the waiter to be in wait(), bounded
+    assert future._condition._waiters  # noqa: SLF001
+    future.set_result(7)
+    waiter.join(PROMPT)
+    assert got == [7] and calls == ["failing", "second"]
+    assert "exception calling callback" in caplog.text
+    assert future._done_callbacks == ()  # noqa: SLF001
+    future.add_done_callback(lambda _: calls.append("late"), inline=True)
+    assert calls[-1] == "late"
+    with pytest.raises(concurrent.futures.InvalidStateError):
+        future.set_result(8)
+    with pytest.raises(concurrent.futures.InvalidStateError):
+        future.set_exception(ValueError("late"))
+    assert future.result(0) == 7
+    failed = RequestFuture(lambda call: call())
+    done_waiting = threading.Thread(
+        target=lambda: got.append(concurrent.futures.wait([failed], PROMPT))
+    )
+    done_waiting.start()
+    failed.set_exception(ValueError("failed"))
+    done_waiting.join(PROMPT)
+    assert got[-1].done == {failed}
+    with pytest.raises(ValueError, match="failed"):
+        failed.result(0)
+    cancelled = RequestFuture(lambda call: call())
+    assert cancelled.cancel()
+    with pytest.raises(concurrent.futures.InvalidStateError):
+        cancelled.set_result(1)
