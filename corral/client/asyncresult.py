@@ -56,6 +56,7 @@ __all__ = [
     "AsyncResult",
 ]
 
+_FINISHED = "FINISHED"  # concurrent.futures' state of a future with a result or an error
 _DONE_TRACKER = zmq.MessageTracker()  # nothing to watch: sent as soon as handed over
 
 
@@ -162,6 +163,14 @@ class AsyncResult(ResultInfo, LightFuture):
             self._link = None
         if self.owner:  # before it completes: whoever it wakes sees the client's caches without
             self._records.take(self.msg_ids)  # them, as ipyparallel's owner (client/cache.py)
+        if self._single and self._children[0]._state == _FINISHED:
+            child = self._children[0]  # what _reduce makes of one part, without its steps
+            error = child._exception
+            if error is not None:
+                settle(self, error, failed=True)
+            else:
+                settle(self, child._result, failed=False)
+            return
         try:
             value = self._reduce([outcome_of(child) for child in self._children])
         except BaseException as exc:  # noqa: BLE001 - the future carries whatever was raised

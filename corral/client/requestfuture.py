@@ -104,7 +104,10 @@ def lighten(future: Future[Any]) -> None:
     future._state = _PENDING
     future._result = None
     future._exception = None
-    future._waiters = []
+    if isinstance(future, LightFuture):
+        future._waiting = None  # its waiters' list is made when first asked for
+    else:
+        future._waiters = []
     # not in typeshed's Future; vars(future)[...] would give the instance a dict of its own
     object.__setattr__(future, "_done_callbacks", [])
 
@@ -124,11 +127,31 @@ class LightFuture(Future[Any]):
     the three Python calls behind it, for every future), and the callbacks' list is dropped
     once they ran (a done future calls a new callback at once and never adds it), so a
     settled future held for long keeps neither the list nor what the callbacks held: fewer
-    objects for the collector per finished task. Construction is :func:`lighten`'s.
+    objects for the collector per finished task. The list of ``concurrent.futures.wait``'s
+    waiters is made when that first asks for it: most futures are never waited on that way,
+    so that is one object fewer per future for as long as it is held. Construction is
+    :func:`lighten`'s.
     """
+
+    __slots__ = ("_waiting",)
 
     if TYPE_CHECKING:  # set by lighten(); typeshed's Future does not list the callbacks
         _done_callbacks: list[Callable[[Future[Any]], object]]
+
+    _waiting: list[Any] | None
+
+    @property
+    def _waiters(self) -> list[Any]:
+        """``Future._waiters``, made at the first use (``wait`` and ``as_completed`` add to
+        it)."""
+        waiting = self._waiting
+        if waiting is None:
+            waiting = self._waiting = []
+        return waiting
+
+    @_waiters.setter
+    def _waiters(self, waiters: list[Any]) -> None:
+        self._waiting = waiters
 
     def set_result(self, result: Any) -> None:
         condition: Any = self._condition  # a LightCondition (lighten)
@@ -137,7 +160,7 @@ class LightFuture(Future[Any]):
                 raise InvalidStateError(f"{self._state}: {self!r}")
             self._result = result
             self._state = _FINISHED
-            for waiter in self._waiters:
+            for waiter in self._waiting or ():
                 waiter.add_result(self)
             if condition._waiters:
                 condition.notify_all()
@@ -150,7 +173,7 @@ class LightFuture(Future[Any]):
                 raise InvalidStateError(f"{self._state}: {self!r}")
             self._exception = exception
             self._state = _FINISHED
-            for waiter in self._waiters:
+            for waiter in self._waiting or ():
                 waiter.add_exception(self)
             if condition._waiters:
                 condition.notify_all()
