@@ -209,19 +209,20 @@ class Records:
         in_history: bool = True,
     ) -> RequestFuture:
         """Register an apply, execute or control request before it is sent."""
-        msg_id = msg.msg_id
+        header = msg.header
+        msg_id: str = header["msg_id"]
         future = RequestFuture(self._defer)
         request_metadata = msg.metadata
         self.metadata[msg_id] = Metadata.of_request(
             msg_id,
-            parse_date(msg.header.get("date")),
+            parse_date(header.get("date")),
             engine_uuid,
             engine_id,
             request_metadata.get("after"),
             request_metadata.get("follow"),
             request_metadata.get("label"),
         )
-        if msg.msg_type == "execute_request" and (msg.content or {}).get("silent"):
+        if header["msg_type"] == "execute_request" and (msg.content or {}).get("silent"):
             self._silent.add(msg_id)
         self.futures[msg_id] = future
         if in_history:

@@ -155,7 +155,7 @@ class LightFuture(Future[Any]):
 
     def set_result(self, result: Any) -> None:
         condition: Any = self._condition  # a LightCondition (lighten)
-        with condition:
+        with condition._lock:  # what ``with condition`` takes, without its Python frame
             if self._state not in _SETTLEABLE:
                 raise InvalidStateError(f"{self._state}: {self!r}")
             self._result = result
@@ -168,7 +168,7 @@ class LightFuture(Future[Any]):
 
     def set_exception(self, exception: BaseException | None) -> None:
         condition: Any = self._condition
-        with condition:
+        with condition._lock:
             if self._state not in _SETTLEABLE:
                 raise InvalidStateError(f"{self._state}: {self!r}")
             self._exception = exception
