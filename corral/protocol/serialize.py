@@ -532,10 +532,12 @@ def pack_apply_message(
         if not isinstance(key, str):
             raise TypeError(f"apply kwargs keys must be str, got {key!r}")
     wrapped: dict[int, _LargeBytes] = {}
-    args = tuple(_wrap_large_bytes(arg, buffer_threshold, wrapped) for arg in args)
-    kwargs = {
-        key: _wrap_large_bytes(value, buffer_threshold, wrapped) for key, value in kwargs.items()
-    }
+    args = tuple(_wrap_large_bytes(arg, buffer_threshold, wrapped) for arg in args) if args else ()
+    kwargs = (
+        {key: _wrap_large_bytes(value, buffer_threshold, wrapped) for key, value in kwargs.items()}
+        if kwargs
+        else {}
+    )
     name = getattr(f, "__qualname__", None) or type(f).__name__
     try:
         return _thread_pickler().dump_call_frames(f, args, kwargs, buffer_threshold)
