@@ -9,28 +9,39 @@
   which settles the request's future and the AsyncResult waiting on it.
 - **pack**: ``pack_apply_message`` alone, for a function of ``__main__`` (by value), a builtin
   (by reference) and a function of ``__main__`` with a small argument.
+- **round trips** (``--cluster``, issue 13 round seven): a real cluster of 2 engines; ``--tasks``
+  no-ops submitted one by one (``apply_async``, all held) then awaited, on a load-balanced view
+  and round-robin on two direct views: the CPU per task of the user's thread and of the
+  client's I/O thread (``/proc``), and of the cyclic collector on the user's thread
+  (``gc.callbacks``); then the median and p99 of ``view.apply_async(one).get()`` on one
+  engine after a warm-up.
 
 Each figure is the median over ``--rounds`` rounds of the thread's CPU time (``time.thread_time``)
 divided by the calls; the cyclic collector runs as usual. Another corral tree (a baseline from
 ``git archive``) is measured with ``CORRAL_BENCH_SOURCE=DIR PYTHONPATH=DIR``::
 
-    PYTHONPATH=. .bench-venv/bin/python bench/bench_client_path.py
+    PYTHONPATH=. .bench-venv/bin/python bench/bench_client_path.py [--cluster]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import check, corral_cluster, write_results
+from common import check, corral_cluster, latency, write_results
 
 ROUNDS = 7
 CALLS = 5000
+TASKS = 15000
+LATENCY_ROUNDS = 2000
 
 
 def one() -> int:
@@ -69,7 +80,7 @@ def reply_figures(rounds: int) -> dict[str, float]:
     from corral.client.asyncresult import AsyncResult
     from corral.client.records import Records
     from corral.protocol.serialize import pack_apply_message, serialize_object
-    from corral.protocol.session import Session
+    from corral.protocol.session import Session, frame_view
 
     key = os.urandom(32).hex().encode()
     client, engine = Session(key), Session(key)
@@ -97,7 +108,7 @@ def reply_figures(rounds: int) -> dict[str, float]:
             reply = engine.msg(
                 "apply_reply", {"status": "ok"}, parent=request, metadata=metadata, buffers=result
             )
-            frames = [b"engine-uuid", *(bytes(frame) for frame in engine.serialize(reply))]
+            frames = [b"engine-uuid", *(bytes(frame_view(f)) for f in engine.serialize(reply))]
             pending.append((frames, held))
         start = time.thread_time()
         for frames, _ in pending:
@@ -135,6 +146,61 @@ def submit_figures(rounds: int) -> dict[str, float]:
     }
 
 
+class CollectorClock:
+    """Thread CPU seconds the cyclic collector takes on the thread that installs it."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._thread = threading.get_ident()
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if threading.get_ident() != self._thread:
+            return
+        if phase == "start":
+            self._started = time.thread_time()
+        else:
+            self.seconds += time.thread_time() - self._started
+
+
+def cluster_figures(tasks: int) -> dict[str, float]:
+    """CPU per task of the client's two threads for no-ops one by one (see the module doc),
+    and the apply round trip."""
+    figures: dict[str, float] = {}
+    with corral_cluster(2) as running:
+        client = running.client
+        io_thread = client._io._io_thread
+        assert io_thread is not None and io_thread.native_id is not None
+        balanced = client.load_balanced_view()
+        direct = [client[0], client[1]]
+        ways: dict[str, Callable[[int], list[Any]]] = {
+            "lb": lambda count: [balanced.apply_async(one) for _ in range(count)],
+            "direct": lambda count: [direct[i % 2].apply_async(one) for i in range(count)],
+        }
+        for name, submit in ways.items():
+            check(sum(r.get(60) for r in submit(200)) == 200, "warm-up")
+            clock = CollectorClock()
+            gc.callbacks.append(clock)
+            try:
+                io_before = _thread_cpu(io_thread.native_id)
+                start = time.thread_time()
+                results = submit(tasks)
+                check(sum(r.get(300) for r in results) == tasks, "every no-op answered")
+                user = time.thread_time() - start
+                io = _thread_cpu(io_thread.native_id) - io_before
+            finally:
+                gc.callbacks.remove(clock)
+            del results
+            figures[f"{name}: user's thread, per task"] = user / tasks * 1e6
+            figures[f"{name}: of which the collector"] = clock.seconds / tasks * 1e6
+            figures[f"{name}: I/O thread, per task"] = io / tasks * 1e6
+        single = client[0]
+        times = latency(lambda: single.apply_async(one).get(60), LATENCY_ROUNDS, warmup=200)
+        figures["apply round trip, median"] = times["median_us"]
+        figures["apply round trip, p99"] = times["p99_us"]
+    return figures
+
+
 def _thread_cpu(native_id: int) -> float:
     """CPU seconds of a thread of this process, from /proc (user + system)."""
     fields = Path(f"/proc/self/task/{native_id}/stat").read_text().rsplit(")", 1)[1].split()
@@ -145,14 +211,22 @@ def _thread_cpu(native_id: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser.add_argument("--cluster", action="store_true", help="also the round trips")
+    parser.add_argument("--tasks", type=int, default=TASKS, help="no-ops per round-trip run")
+    parser.add_argument("--only-cluster", action="store_true", help="the round trips alone")
     args = parser.parse_args()
     baseline = os.environ.get("CORRAL_BENCH_SOURCE")
     if baseline:
         sys.path.insert(0, baseline)
     import corral
 
-    figures = {**pack_figures(args.rounds), **reply_figures(args.rounds)}
-    figures.update(submit_figures(args.rounds))
+    figures: dict[str, float] = {}
+    if not args.only_cluster:
+        figures.update(pack_figures(args.rounds))
+        figures.update(reply_figures(args.rounds))
+        figures.update(submit_figures(args.rounds))
+    if args.cluster or args.only_cluster:
+        figures.update(cluster_figures(args.tasks))
     print(f"corral from {Path(corral.__file__).parent}")
     for name, value in figures.items():
         print(f"{name:40s} {value:8.1f} us")

@@ -39,7 +39,7 @@ from corral.client.outcomes import (
     outcome_of,
 )
 from corral.client.records import _DEFAULTS, Metadata, Records, settle
-from corral.client.requestfuture import lighten
+from corral.client.requestfuture import LightFuture, lighten
 from corral.client.resultinfo import ResultInfo
 from corral.errors import RemoteError, TimeoutError, collect_exceptions
 
@@ -56,6 +56,7 @@ __all__ = [
     "AsyncResult",
 ]
 
+_FINISHED = "FINISHED"  # concurrent.futures' state of a future with a result or an error
 _DONE_TRACKER = zmq.MessageTracker()  # nothing to watch: sent as soon as handed over
 
 
@@ -67,7 +68,7 @@ def _forever(timeout: float | None) -> bool:
     return timeout is None or timeout < 0
 
 
-class AsyncResult(ResultInfo, futures.Future[Any]):
+class AsyncResult(ResultInfo, LightFuture):
     """The pending result of one submission (see the module doc for what it resolves to).
 
     ``msg_ids`` are the requests behind it; ``metadata`` is one :class:`Metadata` per request
@@ -105,8 +106,10 @@ class AsyncResult(ResultInfo, futures.Future[Any]):
         # parts may finish on several threads at once; one part needs no lock
         self._lock = threading.Lock() if len(self._children) > 1 else None
         self._remaining = len(self._children)
+        self._link: _ChildLink | None = None
         if not self._children:
             self._finish()
+            return
         # The children reach this object only through ``link``, emptied once it is finished:
         # a finished AsyncResult nobody holds is then garbage, and its records are released.
         link = self._link = _ChildLink(self)
@@ -154,10 +157,20 @@ class AsyncResult(ResultInfo, futures.Future[Any]):
             self._finish()
 
     def _finish(self) -> None:
-        if self._children:
-            self._link.result = None
+        link = self._link
+        if link is not None:  # None while __init__ finishes a result without parts
+            link.result = None
+            self._link = None
         if self.owner:  # before it completes: whoever it wakes sees the client's caches without
             self._records.take(self.msg_ids)  # them, as ipyparallel's owner (client/cache.py)
+        if self._single and self._children[0]._state == _FINISHED:
+            child = self._children[0]  # what _reduce makes of one part, without its steps
+            error = child._exception
+            if error is not None:
+                settle(self, error, failed=True)
+            else:
+                settle(self, child._result, failed=False)
+            return
         try:
             value = self._reduce([outcome_of(child) for child in self._children])
         except BaseException as exc:  # noqa: BLE001 - the future carries whatever was raised

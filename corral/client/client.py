@@ -415,29 +415,40 @@ class Client(ControllerLink, ControlCalls, HubQueries):
                 buffers, refs = self._shm.export(buffers)  # held until this request settles
                 if refs:
                     metadata = {**metadata, METADATA_KEY: encode_refs(refs)}
-        msg = session.msg(msg_type, content, metadata=metadata, buffers=buffers, header=header)
+        if msg_type == "apply_request" and not content:  # valid as it is: no catalogue check
+            msg = Message(
+                header or session.header(msg_type),
+                {},
+                dict(metadata) if metadata else {},
+                content,
+                tuple(buffers),
+            )
+        else:
+            msg = session.msg(msg_type, content, metadata=metadata, buffers=buffers, header=header)
+        msg_id: str = msg.header["msg_id"]
         idents = (target[1].encode(),) if target is not None else ()
         frames = session.serialize(msg, idents)
         engine_id, uuid = target if target is not None else (None, None)
+        records = self._records
         if header is None:
-            self._records.track(msg, channel, uuid, engine_id, in_history=in_history)
+            records.track(msg, channel, uuid, engine_id, in_history=in_history)
         if refs:
-            self._records.futures[msg.msg_id].add_done_callback(lambda _: self._shm.release(refs))
+            records.futures[msg_id].add_done_callback(lambda _: self._shm.release(refs))
         if channel == "task":
-            self._resender.hold(msg.msg_id, msg)  # until settled: Records calls release
+            self._resender.hold(msg_id, msg)  # until settled: Records calls release
         if uuid is not None and uuid not in self._uuids:
-            self._records.fail(msg.msg_id, engine_gone(engine_id, uuid), at_once=True)
-            return msg.msg_id
+            records.fail(msg_id, engine_gone(engine_id, uuid), at_once=True)
+            return msg_id
         try:
             tracker = self._io.send(
                 channel.encode(), frames, len(frames) - len(buffers) if track else None
             )
         except Exception as exc:
-            self._records.fail(msg.msg_id, exc, at_once=True)
+            records.fail(msg_id, exc, at_once=True)
             raise
         if tracker is not None:
-            self._records.trackers[msg.msg_id] = tracker
-        return msg.msg_id
+            records.trackers[msg_id] = tracker
+        return msg_id
 
     def _engines_share_host(self, channel: str, target: Target | None) -> bool:
         """Whether the engine(s) that may read a request see this process's shared memory:

@@ -72,7 +72,8 @@ _DEFAULTS: dict[str, Any] = {
     "label": None,
 }
 _DATE_KEYS = frozenset({"submitted", "started", "completed", "received"})
-_SPECIAL_KEYS = _DATE_KEYS | {"execute_result", "execute_result_metadata"}  # not copied as is
+_RESULT_KEYS = frozenset({"execute_result", "execute_result_metadata"})
+_SPECIAL_KEYS = _DATE_KEYS | _RESULT_KEYS  # not copied as they are
 
 
 def parse_date(value: object) -> datetime | None:
@@ -208,19 +209,20 @@ class Records:
         in_history: bool = True,
     ) -> RequestFuture:
         """Register an apply, execute or control request before it is sent."""
-        msg_id = msg.msg_id
+        header = msg.header
+        msg_id: str = header["msg_id"]
         future = RequestFuture(self._defer)
         request_metadata = msg.metadata
         self.metadata[msg_id] = Metadata.of_request(
             msg_id,
-            parse_date(msg.header.get("date")),
+            parse_date(header.get("date")),
             engine_uuid,
             engine_id,
             request_metadata.get("after"),
             request_metadata.get("follow"),
             request_metadata.get("label"),
         )
-        if msg.msg_type == "execute_request" and (msg.content or {}).get("silent"):
+        if header["msg_type"] == "execute_request" and (msg.content or {}).get("silent"):
             self._silent.add(msg_id)
         self.futures[msg_id] = future
         if in_history:
@@ -517,16 +519,25 @@ class Records:
     def _update_metadata(
         self, msg_id: str, md: Metadata, metadata: Mapping[str, Any], content: Mapping[str, Any]
     ) -> None:
-        for key, value in metadata.items():
-            if key not in _SPECIAL_KEYS:
-                if value is not None or key not in md:
-                    md[key] = value
-            elif key in _DATE_KEYS:
-                md[key] = parse_date(value)
-            elif key == "execute_result":
-                extra = metadata.get("execute_result_metadata")
-                md[key] = self._execute_result(msg_id, value, content, extra)
-            # execute_result_metadata: part of execute_result
+        if (
+            type(metadata) is dict
+            and _RESULT_KEYS.isdisjoint(metadata)
+            and None not in metadata.values()
+        ):
+            md.update(metadata)  # an engine's reply: copied in one call, then its dates parsed
+            for key in _DATE_KEYS.intersection(metadata):
+                md[key] = parse_date(metadata[key])
+        else:
+            for key, value in metadata.items():
+                if key not in _SPECIAL_KEYS:
+                    if value is not None or key not in md:
+                        md[key] = value
+                elif key in _DATE_KEYS:
+                    md[key] = parse_date(value)
+                elif key == "execute_result":
+                    extra = metadata.get("execute_result_metadata")
+                    md[key] = self._execute_result(msg_id, value, content, extra)
+                # execute_result_metadata: part of execute_result
         if "stdout" in metadata or "stderr" in metadata:
             self._streams_final.add(msg_id)
         md["status"] = content.get("status", md.get("status"))

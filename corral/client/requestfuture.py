@@ -9,8 +9,9 @@ hands it to the worker as before otherwise (large buffers, a pickle that would i
 module: see :func:`corral.protocol.serialize.deserialize_object` with ``loaded_only``).
 
 Every task has two futures (its request's and its AsyncResult), so their weight counts too:
-each carries a :class:`LightCondition` instead of ``threading.Condition()`` (which copies five
-bound methods of its lock onto each instance): ten objects fewer per task for the collector.
+each is a :class:`LightFuture`, whose condition is a bare reentrant lock (``threading.Condition``
+is three objects and five bound methods), whose waiting is its own, and which keeps nothing
+it no longer needs once settled: a third of the objects per task for the collector.
 
 What runs on the settling thread is then only what was registered as cheap: callbacks added
 with ``inline=True`` (the client's own bookkeeping: releasing a request's shared-memory
@@ -23,10 +24,11 @@ from __future__ import annotations
 
 import _thread
 import collections
-import threading
+import logging
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future
-from typing import Any
+from concurrent.futures import CancelledError, Future, InvalidStateError
+from concurrent.futures import TimeoutError as FuturesTimeoutError
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -35,7 +37,7 @@ from corral.protocol.session import Frame
 __all__ = [
     "FUTURE_FIELDS",
     "INLINE_LIMIT",
-    "LightCondition",
+    "LightFuture",
     "RequestFuture",
     "lighten",
     "settles_inline",
@@ -47,67 +49,185 @@ INLINE_LIMIT = 64 * 1024
 Offload = Callable[[Callable[[], None]], None]
 
 
-_NO_WAITERS: Any = ()  # what notify() sees of a condition nothing ever waited on
-
-
-class LightCondition(threading.Condition):
-    """``threading.Condition()`` (over an RLock, as a Future's) with nothing copied onto the
-    instance: the base class copies five bound methods of its lock onto every condition; here
-    they are methods of the class, delegating to the lock. The lock stays reentrant:
-    ``concurrent.futures.wait`` asks a future whether it was cancelled while holding its
-    condition. The waiters' deque is made by the first :meth:`wait` (most futures are never
-    waited on: two objects fewer per task for the collector); until then ``notify`` finds an
-    empty tuple, which it only reads.
-    """
-
-    def __init__(self) -> None:  # the base's __init__ would copy the lock's methods: skipped
-        self._lock: Any = _thread.RLock()  # threading.RLock's C type, without its wrapper
-        self._waiters: collections.deque[Any] = _NO_WAITERS
-
-    def wait(self, timeout: float | None = None) -> bool:
-        if self._waiters is _NO_WAITERS:
-            self._waiters = collections.deque()
-        return super().wait(timeout)
-
-    def _at_fork_reinit(self) -> None:
-        self._lock._at_fork_reinit()
-        self._waiters = _NO_WAITERS
-
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-        return bool(self._lock.acquire(blocking, timeout))
-
-    def release(self) -> None:
-        self._lock.release()
-
-    def _release_save(self) -> Any:
-        return self._lock._release_save()
-
-    def _acquire_restore(self, state: Any) -> None:
-        self._lock._acquire_restore(state)
-
-    def _is_owned(self) -> bool:
-        return bool(self._lock._is_owned())
-
-
 _PENDING = "PENDING"  # concurrent.futures' state names
+_RUNNING = "RUNNING"
+_FINISHED = "FINISHED"
+_CANCELLED = frozenset({"CANCELLED", "CANCELLED_AND_NOTIFIED"})
+_SETTLEABLE = frozenset({_PENDING, _RUNNING})
+_NO_CALLBACKS: Any = ()  # a settled future's callbacks: run, never added to again
+_log = logging.getLogger("concurrent.futures")  # where Future logs a failing callback
+
 FUTURE_FIELDS = ("_condition", "_state", "_result", "_exception", "_waiters", "_done_callbacks")
 """What ``Future.__init__`` sets (tests/client/test_requestfuture.py checks it still is)."""
 
 
-def lighten(future: Future[Any]) -> None:
-    """Initialise ``future`` as ``Future.__init__`` does, with a :class:`LightCondition`: the
-    base would build a ``threading.Condition`` (an RLock and five bound methods) only for it
-    to be replaced, a tenth of the cost of submitting a task in both futures of it."""
-    future._condition = LightCondition()
+def lighten(future: LightFuture) -> None:
+    """Initialise ``future`` as ``Future.__init__`` does, with a bare reentrant lock for its
+    condition (see :class:`LightFuture`) and no waiters' list until one is needed."""
+    # not a threading.Condition by type: LightFuture does its own waiting and waking
+    object.__setattr__(future, "_condition", _thread.RLock())
     future._state = _PENDING
     future._result = None
     future._exception = None
-    future._waiters = []
+    future._waiting = None  # concurrent.futures' waiters: made when first asked for
+    future._sleepers = None  # threads in result()/exception(): made by the first
     # not in typeshed's Future; vars(future)[...] would give the instance a dict of its own
     object.__setattr__(future, "_done_callbacks", [])
 
 
-class RequestFuture(Future[Any]):
+class LightFuture(Future[Any]):
+    """A ``concurrent.futures.Future`` with less per instance and less per settlement, for
+    the two futures of every task.
+
+    Its ``_condition`` is a bare ``_thread.RLock``: ``with``, ``acquire`` and ``release`` are
+    all that ``concurrent.futures`` (``wait``, ``as_completed``) and the base's other methods
+    use of it. The only waiting and waking on it are this class's: :meth:`result` and
+    :meth:`exception` wait as ``Condition.wait`` does (a lock of their own, queued while the
+    future's lock is let go), and settling or cancelling wakes them, so a condition object is
+    never needed. ``set_result`` and ``set_exception`` do what the base does, in the same
+    order (state, ``wait``'s waiters, the threads in ``result``, then the done-callbacks
+    outside the lock), and drop the callbacks' list once they ran (a done future calls a new
+    callback at once and never adds it). The list of ``concurrent.futures``' waiters is made
+    when that first asks for it. So a pending future is three objects (itself, its lock, its
+    callbacks' list) and a finished one two.
+    """
+
+    __slots__ = ("_sleepers", "_waiting")
+
+    if TYPE_CHECKING:  # set by lighten(); typeshed's Future does not list the callbacks
+        _done_callbacks: list[Callable[[Future[Any]], object]]
+
+    _waiting: list[Any] | None
+    _sleepers: collections.deque[Any] | None
+
+    @property
+    def _waiters(self) -> list[Any]:
+        """``Future._waiters``, made at the first use (``wait`` and ``as_completed`` add to
+        it)."""
+        waiting = self._waiting
+        if waiting is None:
+            waiting = self._waiting = []
+        return waiting
+
+    @_waiters.setter
+    def _waiters(self, waiters: list[Any]) -> None:
+        self._waiting = waiters
+
+    # ------------------------------------------------------------------ waiting
+
+    def result(self, timeout: float | None = None) -> Any:
+        with self._condition:
+            self._settled_within(timeout)
+            error = self._exception
+            if error is None:
+                return self._result
+        try:
+            raise error
+        finally:
+            del error, self  # as the base: no cycle through this frame's traceback
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        with self._condition:
+            self._settled_within(timeout)
+            return self._exception
+
+    def _settled_within(self, timeout: float | None) -> None:
+        """(Holding the lock) Return once finished, waiting up to ``timeout`` seconds (None:
+        forever) as ``Future.result`` does; CancelledError or TimeoutError otherwise."""
+        if self._state != _FINISHED and self._state not in _CANCELLED:
+            self._sleep(timeout)
+        if self._state in _CANCELLED:
+            raise CancelledError()
+        if self._state != _FINISHED:
+            raise FuturesTimeoutError()
+
+    def _sleep(self, timeout: float | None) -> bool:
+        """(Holding the lock) Wait until woken or ``timeout`` passes, letting the lock go
+        meanwhile, as ``Condition.wait``; whether it was woken."""
+        lock: Any = self._condition
+        sleeper = _thread.allocate_lock()
+        sleeper.acquire()
+        sleepers = self._sleepers
+        if sleepers is None:
+            sleepers = self._sleepers = collections.deque()
+        sleepers.append(sleeper)
+        saved = lock._release_save()
+        woken = False
+        try:
+            if timeout is None:
+                woken = sleeper.acquire()
+            elif timeout > 0:
+                woken = sleeper.acquire(True, timeout)
+            else:
+                woken = sleeper.acquire(False)
+            return woken
+        finally:
+            lock._acquire_restore(saved)
+            if not woken:
+                try:
+                    sleepers.remove(sleeper)
+                except ValueError:
+                    pass
+
+    def _wake(self) -> None:
+        """(Holding the lock) Wake every thread in :meth:`_sleep`."""
+        sleepers = self._sleepers
+        while sleepers:
+            sleepers.popleft().release()
+
+    # ------------------------------------------------------------------ settling
+
+    def cancel(self) -> bool:
+        with self._condition:
+            if self._state == _RUNNING or self._state == _FINISHED:
+                return False
+            if self._state in _CANCELLED:
+                return True
+            self._state = "CANCELLED"
+            self._wake()
+        self._run_callbacks()
+        return True
+
+    def set_result(self, result: Any) -> None:
+        with self._condition:
+            if self._state not in _SETTLEABLE:
+                raise InvalidStateError(f"{self._state}: {self!r}")
+            self._result = result
+            self._state = _FINISHED
+            for waiter in self._waiting or ():
+                waiter.add_result(self)
+            if self._sleepers:
+                self._wake()
+        self._run_callbacks()
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        with self._condition:
+            if self._state not in _SETTLEABLE:
+                raise InvalidStateError(f"{self._state}: {self!r}")
+            self._exception = exception
+            self._state = _FINISHED
+            for waiter in self._waiting or ():
+                waiter.add_exception(self)
+            if self._sleepers:
+                self._wake()
+        self._run_callbacks()
+
+    def _invoke_callbacks(self) -> None:  # the base's cancel paths call it
+        self._run_callbacks()
+
+    def _run_callbacks(self) -> None:
+        callbacks = self._done_callbacks
+        if not callbacks:
+            return
+        object.__setattr__(self, "_done_callbacks", _NO_CALLBACKS)
+        for callback in callbacks:
+            try:
+                callback(self)
+            except Exception:
+                _log.exception("exception calling callback for %r", self)
+
+
+class RequestFuture(LightFuture):
     """A request's future in :class:`~corral.client.records.Records` (see the module doc).
 
     ``offload`` runs a call on the results worker; callbacks not added with ``inline=True`` go

@@ -74,7 +74,9 @@ class CallEntry:
     - candidate: a ``fingerprint`` of deeply immutable objects, no ``ops`` yet: kept if the
       next call finds the same;
     - kept: ``ops`` and the pickler ``memo`` after them (cloudpickle's ``globals_ref`` plays
-      no part: the arguments of a reused call hold no function, see :func:`small_arguments`).
+      no part: the arguments of a reused call hold no function, see :func:`small_arguments`),
+      and once it was called without arguments, that call's whole frame (``bare``): the
+      same bytes for every such call while the fingerprint holds, so they are not rebuilt.
 
     Only fingerprints of :func:`reusable` functions are held, and holding one keeps its
     objects alive, so no identity in it can be taken by a new object. ``misses``: looks in a
@@ -82,7 +84,7 @@ class CallEntry:
     calls are pickled afresh without a look.
     """
 
-    __slots__ = ("fingerprint", "function", "memo", "misses", "ops", "skip")
+    __slots__ = ("bare", "fingerprint", "function", "memo", "misses", "ops", "skip")
 
     def __init__(
         self,
@@ -94,6 +96,7 @@ class CallEntry:
         self.function = function
         self.fingerprint = fingerprint
         self.ops: bytes | None = None
+        self.bare: bytes | None = None
         self.memo: dict[int, tuple[int, object]] | None = None
         self.misses = misses
         self.skip = min(2**misses, _MAX_SKIP) if misses else 0

@@ -238,9 +238,14 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
         if entry.ops is None and not self._remember(f, entry):
             self._keep(CallEntry(entry.function, misses=entry.misses + 1))
             return self.dump_frames((f, args, kwargs), buffer_threshold)
+        if not args and not kwargs and entry.bare is not None:
+            self.reused += 1  # a call without arguments: the same bytes every time
+            return [entry.bare]
         frames = self._dump_after(entry, args, kwargs, buffer_threshold)
         if frames is None:
             return self.dump_frames((f, args, kwargs), buffer_threshold)
+        if not args and not kwargs and len(frames) == 1 and type(frames[0]) is bytes:
+            entry.bare = frames[0]
         self.reused += 1
         return frames
 
@@ -557,10 +562,12 @@ def pack_apply_message(
         if not isinstance(key, str):
             raise TypeError(f"apply kwargs keys must be str, got {key!r}")
     wrapped: dict[int, _LargeBytes] = {}
-    args = tuple(_wrap_large_bytes(arg, buffer_threshold, wrapped) for arg in args)
-    kwargs = {
-        key: _wrap_large_bytes(value, buffer_threshold, wrapped) for key, value in kwargs.items()
-    }
+    args = tuple(_wrap_large_bytes(arg, buffer_threshold, wrapped) for arg in args) if args else ()
+    kwargs = (
+        {key: _wrap_large_bytes(value, buffer_threshold, wrapped) for key, value in kwargs.items()}
+        if kwargs
+        else {}
+    )
     name = getattr(f, "__qualname__", None) or type(f).__name__
     try:
         return _thread_pickler().dump_call_frames(f, args, kwargs, buffer_threshold)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from corral.client.records import Records
 from corral.client.requestfuture import (
     FUTURE_FIELDS,
     INLINE_LIMIT,
-    LightCondition,
+    LightFuture,
     RequestFuture,
     settles_inline,
 )
@@ -166,10 +167,10 @@ def test_a_release_racing_an_inline_settlement_forgets_the_request(worker: Worke
 
 
 def test_light_condition_serves_every_way_of_waiting() -> None:
-    """Futures with a LightCondition still work with result(), wait(), as_completed() and
-    add_done_callback from other threads."""
+    """Light futures (a bare lock for a condition, their own waiting) still work with
+    result(), wait(), as_completed() and add_done_callback from other threads."""
     futures = [RequestFuture(lambda call: call()) for _ in range(20)]
-    assert all(isinstance(f._condition, LightCondition) for f in futures)  # noqa: SLF001
+    assert all(isinstance(f, LightFuture) for f in futures)
     order: list[int] = []
     for index, future in enumerate(futures):
         future.add_done_callback(lambda _, index=index: order.append(index), inline=True)
@@ -221,7 +222,7 @@ def test_light_futures_are_initialised_as_future_init_does() -> None:
     light = RequestFuture(lambda call: call())
     for name in FUTURE_FIELDS[1:]:
         assert getattr(light, name) == getattr(reference, name), name
-    assert isinstance(light._condition, LightCondition)
+    assert type(light._condition).__name__ == "RLock"  # the C lock, no Condition
     result = AsyncResult(Records(), [])  # no parts: done at once
     assert result.done() and result.get() == []
     light.set_result(3)
@@ -243,25 +244,87 @@ def test_on_settled_hears_each_request_once_whatever_settles_it(worker: Worker) 
     assert sorted(told) == sorted([small.msg_id, large.msg_id, failed.msg_id])
 
 
-def test_a_light_condition_makes_its_waiters_queue_when_first_waited_on() -> None:
-    condition = LightCondition()
-    with condition:
-        condition.notify_all()  # nothing waits: nothing to wake, nothing made
-        assert condition._waiters == ()
-    woken = threading.Event()
+def test_a_light_future_makes_its_sleepers_queue_when_first_waited_on() -> None:
+    """Nothing is made for waiting until a thread waits in result(); a waiter that times out
+    leaves the queue, one woken by the settlement gets the result, and a cancellation wakes
+    them with CancelledError."""
+    future = RequestFuture(lambda call: call())
+    assert future._sleepers is None and future._waiting is None  # noqa: SLF001
+    with pytest.raises(concurrent.futures.TimeoutError):
+        future.result(0.01)
+    with pytest.raises(concurrent.futures.TimeoutError):
+        future.exception(0)
+    assert not future._sleepers  # noqa: SLF001
+    outcomes: list[Any] = []
 
-    def waiter() -> None:
-        with condition:
-            condition.wait_for(woken.is_set, PROMPT)
+    def wait_for(target: RequestFuture) -> None:
+        try:
+            outcomes.append(target.result(PROMPT))
+        except concurrent.futures.CancelledError as error:
+            outcomes.append(type(error))
 
-    thread = threading.Thread(target=waiter)
-    thread.start()
-    deadline = PROMPT
-    while not condition._waiters and deadline > 0:  # until the waiter waits (bounded)
-        threading.Event().wait(0.01)
-        deadline -= 0.01
-    with condition:
-        woken.set()
-        condition.notify_all()
-    thread.join(PROMPT)
-    assert not thread.is_alive()
+    cancelled = RequestFuture(lambda call: call())
+    threads = [threading.Thread(target=wait_for, args=(f,)) for f in (future, cancelled) * 2]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + PROMPT
+    while time.monotonic() < deadline and not (
+        len(future._sleepers or ()) == 2 and len(cancelled._sleepers or ()) == 2  # noqa: SLF001
+    ):
+        time.sleep(0.001)  # polling for both waiters of each to be asleep, bounded
+    future.set_result("done")
+    assert cancelled.cancel()
+    for thread in threads:
+        thread.join(PROMPT)
+    assert sorted(map(str, outcomes)) == sorted(
+        map(str, ["done", "done", *[concurrent.futures.CancelledError] * 2])
+    )
+    assert not future._sleepers and not cancelled._sleepers  # noqa: SLF001
+
+
+def test_light_futures_settle_as_future_does(caplog: pytest.LogCaptureFixture) -> None:
+    """LightFuture's own set_result/set_exception: settled once (InvalidStateError after, as
+    the base), a thread waiting in result() is woken, each callback runs once and one that
+    raises is logged without stopping the next, and the callbacks are not kept."""
+    future = RequestFuture(lambda call: call())
+    calls: list[str] = []
+
+    def failing(_: concurrent.futures.Future[Any]) -> None:
+        calls.append("failing")
+        raise RuntimeError("a callback failed")
+
+    future.add_done_callback(failing, inline=True)
+    future.add_done_callback(lambda _: calls.append("second"), inline=True)
+    got: list[Any] = []
+    waiter = threading.Thread(target=lambda: got.append(future.result(PROMPT)))
+    waiter.start()
+    deadline = time.monotonic() + PROMPT
+    while not future._sleepers and time.monotonic() < deadline:  # noqa: SLF001
+        time.sleep(0.001)  # polling for the waiter to be in result(), bounded
+    assert future._sleepers  # noqa: SLF001
+    future.set_result(7)
+    waiter.join(PROMPT)
+    assert got == [7] and calls == ["failing", "second"]
+    assert "exception calling callback" in caplog.text
+    assert not future._done_callbacks and not isinstance(future._done_callbacks, list)  # noqa: SLF001
+    future.add_done_callback(lambda _: calls.append("late"), inline=True)
+    assert calls[-1] == "late"
+    with pytest.raises(concurrent.futures.InvalidStateError):
+        future.set_result(8)
+    with pytest.raises(concurrent.futures.InvalidStateError):
+        future.set_exception(ValueError("late"))
+    assert future.result(0) == 7
+    failed = RequestFuture(lambda call: call())
+    done_waiting = threading.Thread(
+        target=lambda: got.append(concurrent.futures.wait([failed], PROMPT))
+    )
+    done_waiting.start()
+    failed.set_exception(ValueError("failed"))
+    done_waiting.join(PROMPT)
+    assert got[-1].done == {failed}
+    with pytest.raises(ValueError, match="failed"):
+        failed.result(0)
+    cancelled = RequestFuture(lambda call: call())
+    assert cancelled.cancel()
+    with pytest.raises(concurrent.futures.InvalidStateError):
+        cancelled.set_result(1)

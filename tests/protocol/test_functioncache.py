@@ -156,6 +156,42 @@ def test_any_change_to_what_the_function_reads_is_sent(change: str) -> None:
     assert check(f, (1,)) == 4  # and kept again from the next call on
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        "ns['X'] = 2",
+        "ns['X'] = 1.0",
+        "f.__defaults__ = (5,)",
+        "f.__kwdefaults__ = {'k': 3}",
+        "f.__code__ = ns['other'].__code__",
+        "ns['set_cell'](9)",
+    ],
+)
+def test_a_call_without_arguments_is_kept_whole_until_a_change(change: str) -> None:
+    """A kept function called without arguments is sent as the same frame every time (made
+    once), calls with arguments in between are not confused with it, and any change to what
+    the function reads is sent."""
+    ns = script(
+        "X = 1\n"
+        "def make():\n"
+        "    c = 0\n"
+        "    def f(x=1, *, k=2):\n        return X + x + k + c\n"
+        "    def set_cell(v):\n        nonlocal c\n        c = v\n"
+        "    def other(x=1, *, k=2):\n        return c - 1\n"
+        "    return f, set_cell, other\n"
+        "f, set_cell, other = make()\n"
+    )
+    f = ns["f"]
+    assert check(f) >= 2
+    assert pack_apply_message(f, (), {})[0] is pack_apply_message(f, (), {})[0]
+    assert packed(f, (1,)) == fresh(f, (1,))
+    assert packed(f) == fresh(f)
+    exec(change, {"ns": ns, "f": f})  # noqa: S102 - the change under test
+    assert packed(f) == fresh(f)
+    assert check(f) == 4
+    assert unpack_apply_message(pack_apply_message(f, (), {}))[0]() == f()
+
+
 def test_a_function_reading_mutable_state_is_never_reused() -> None:
     ns = script("STATE = [1]\ndef f():\n    return sum(STATE)\n")
     f = ns["f"]
