@@ -29,14 +29,13 @@ import argparse
 import gc
 import os
 import statistics
-import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import check, corral_cluster, latency, write_results
+from common import check, corral_cluster, latency, use_source, write_results
 
 ROUNDS = 7
 CALLS = 5000
@@ -215,10 +214,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=TASKS, help="no-ops per round-trip run")
     parser.add_argument("--only-cluster", action="store_true", help="the round trips alone")
     args = parser.parse_args()
-    baseline = os.environ.get("CORRAL_BENCH_SOURCE")
-    if baseline:
-        sys.path.insert(0, baseline)
-    import corral
+    origin = use_source(show=False)
 
     figures: dict[str, float] = {}
     if not args.only_cluster:
@@ -227,7 +223,7 @@ def main() -> None:
         figures.update(submit_figures(args.rounds))
     if args.cluster or args.only_cluster:
         figures.update(cluster_figures(args.tasks))
-    print(f"corral from {Path(corral.__file__).parent}")
+    print(f"corral from {origin}")
     for name, value in figures.items():
         print(f"{name:40s} {value:8.1f} us")
     write_results("client_path", {"figures_us": figures, "rounds": args.rounds, "calls": CALLS})

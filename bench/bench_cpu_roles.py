@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import re
 import shutil
 import subprocess
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from common import Running, check, collect, corral_cluster, cpu_seconds
+from common import Running, check, collect, corral_cluster, cpu_seconds, use_source
 
 ENGINES = 2
 TASKS = 5000
@@ -125,9 +124,7 @@ def main() -> None:
         help="direct tasks through the MUX, round-robin over the engines, instead of load-balanced",
     )
     args = parser.parse_args()
-    baseline = os.environ.get("CORRAL_BENCH_SOURCE")
-    if baseline:  # another corral tree (PYTHONPATH too, for the cluster): before this worktree
-        sys.path.insert(0, baseline)
+    origin = use_source(show=False)  # printed with the figures
     spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
     with corral_cluster(args.engines, db=args.db) as running:
         client = running.client
@@ -181,9 +178,7 @@ def main() -> None:
             popen.send_signal(2)
         for _, _, popen, _ in spies:
             popen.wait(60)
-    import corral
-
-    print(f"corral from {Path(corral.__file__).parent}")
+    print(f"corral from {origin}")
     kind = "direct (round-robin)" if args.direct else "load-balanced"
     print(f"{tasks} {kind} no-ops, {args.engines} engines, {args.db} store: ", end="")
     print(f"{tasks / seconds:,.0f} tasks/s")

@@ -30,11 +30,10 @@ import statistics
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import zmq
-from common import check, write_results
+from common import check, use_source, write_results
 
 ROUNDS = 7
 TASKS = 5000
@@ -270,13 +269,7 @@ def main() -> None:
     parser.add_argument("--ahead", type=int, default=16, help="tasks in flight at most")
     parser.add_argument("--parts", action="store_true", help="time the steps apart (hot loop)")
     args = parser.parse_args()
-    baseline = os.environ.get("CORRAL_BENCH_SOURCE")
-    if baseline:  # another corral tree: before this worktree (common put it first on the path)
-        sys.path.insert(0, baseline)
-    import corral
-
-    origin = Path(corral.__file__).resolve().parent
-    print(f"corral from {origin}")
+    use_source()
     if args.parts:
         steps = parts(5000)
         for name, value in steps.items():

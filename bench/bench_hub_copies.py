@@ -21,9 +21,7 @@ Another tree is measured with ``CORRAL_BENCH_SOURCE=DIR PYTHONPATH=DIR``, as the
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import tempfile
 import time
 from inspect import signature
@@ -31,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq
-from common import write_results
+from common import use_source, write_results
 
 TASKS = 20000
 REPEATS = 5
@@ -255,12 +253,7 @@ def main() -> None:
         "--direct", action="store_true", help="the MUX device's copies (signed, checked)"
     )
     args = parser.parse_args()
-    baseline = os.environ.get("CORRAL_BENCH_SOURCE")
-    if baseline:
-        sys.path.insert(0, baseline)
-    import corral
-
-    print(f"corral from {Path(corral.__file__).parent}")
+    origin = use_source()
     hub_us: list[float] = []
     writer_us: list[float] = []
     for _ in range(args.repeats):
@@ -290,7 +283,7 @@ def main() -> None:
     write_results(
         "hub_copies",
         {
-            "settings": vars(args) | {"corral": str(Path(corral.__file__).parent)},
+            "settings": vars(args) | {"corral": str(origin)},
             "hub_thread_us": hub_us,
             "writer_us": writer_us,
             "median_us": {"hub_thread": hub, "writer": writer, "total": total},

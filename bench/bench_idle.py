@@ -14,13 +14,11 @@ Another corral tree (a baseline from ``git archive``) is measured with
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
 import psutil
 from bench_cpu_roles import roles
-from common import check, corral_cluster
+from common import check, corral_cluster, use_source
 
 SETTLE = 2.0  # seconds after the engines registered, before measuring
 
@@ -41,9 +39,7 @@ def main() -> None:
     parser.add_argument("--engines", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
-    baseline = os.environ.get("CORRAL_BENCH_SOURCE")
-    if baseline:
-        sys.path.insert(0, baseline)
+    use_source(show=False)
     with corral_cluster(args.engines) as running:
         check(len(running.client.ids) == args.engines, "every engine registered")
         by_role = {role: found for role, found in roles(running).items() if role != "client"}

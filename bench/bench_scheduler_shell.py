@@ -19,17 +19,14 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import zmq
-from common import write_results
+from common import use_source, write_results
 
 TASKS = 20000
 REPEATS = 3
@@ -166,12 +163,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=REPEATS)
     parser.add_argument("--turn", type=int, default=TURN, help="requests per loop turn")
     args = parser.parse_args()
-    baseline = os.environ.get("CORRAL_BENCH_SOURCE")
-    if baseline:
-        sys.path.insert(0, baseline)
-    import corral
-
-    print(f"corral from {Path(corral.__file__).parent}")
+    origin = use_source()
     totals: list[float] = []
     runs = []
     for _ in range(args.repeats):
@@ -189,7 +181,7 @@ def main() -> None:
     write_results(
         "scheduler_shell",
         {
-            "settings": vars(args) | {"corral": str(Path(corral.__file__).parent)},
+            "settings": vars(args) | {"corral": str(origin)},
             "runs": runs,
             "median_us": statistics.median(totals),
         },

@@ -23,16 +23,14 @@ Another tree is measured with ``CORRAL_BENCH_SOURCE=DIR PYTHONPATH=DIR``, as the
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from bench_hub_copies import feed_options
-from common import write_results
+from common import use_source, write_results
 
 LAG = 2000
 WAITING = 1.0
@@ -143,12 +141,7 @@ def main() -> None:
     feed_options(parser, lag=LAG, waiting=WAITING, rate=RATE)
     parser.add_argument("--writer-alone", type=int, metavar="TASKS", help="see the docs")
     args = parser.parse_args()
-    baseline = os.environ.get("CORRAL_BENCH_SOURCE")
-    if baseline:
-        sys.path.insert(0, baseline)
-    import corral
-
-    print(f"corral from {Path(corral.__file__).parent}")
+    origin = use_source()
     writes, results = record_writes(args.tasks, args.lag, args.waiting)
     if args.writer_alone:
         alone: list[float] = []
@@ -176,7 +169,7 @@ def main() -> None:
     write_results(
         "store_writes",
         {
-            "settings": vars(args) | {"corral": str(Path(corral.__file__).parent)},
+            "settings": vars(args) | {"corral": str(origin)},
             "caller_us": caller_us,
             "writer_us": writer_us,
             "median_us": {"caller": caller, "writer": writer},

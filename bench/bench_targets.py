@@ -58,6 +58,7 @@ from common import (
     machine_load,
     print_table,
     timed,
+    use_source,
     write_results,
 )
 
@@ -453,9 +454,7 @@ def main() -> None:
     args = parser.parse_args()
     diagnose_hangs()
     if args.measure:
-        baseline = os.environ.get("CORRAL_BENCH_SOURCE")
-        if baseline:  # common.py put this worktree first on the path: the baseline goes before it
-            sys.path.insert(0, baseline)
+        use_source(show=False)
         Path(args.out).write_text(json.dumps(measure(args.measure)))
         return
 

@@ -141,6 +141,21 @@ def collect(results: Sequence[Any], get: Callable[[Any, float], Any], timeout: f
     return values
 
 
+def use_source(*, show: bool = True) -> Path:
+    """The corral tree a run measures, imported: ``CORRAL_BENCH_SOURCE`` (another tree, such as
+    a baseline from ``git archive``; on PYTHONPATH too, for the cluster's processes) goes before
+    this worktree, which this module put first on the path. Printed unless ``show`` is False."""
+    baseline = os.environ.get("CORRAL_BENCH_SOURCE")
+    if baseline:
+        sys.path.insert(0, baseline)
+    import corral
+
+    origin = Path(corral.__file__).resolve().parent
+    if show:
+        print(f"corral from {origin}")
+    return origin
+
+
 def check(condition: bool, what: str) -> None:
     """Refuse to report a figure measured on a broken path."""
     if not condition:
