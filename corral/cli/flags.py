@@ -137,6 +137,25 @@ def _controller_flags(parser: argparse.ArgumentParser) -> None:
         help="buffers of at least this many bytes go through shared memory between processes "
         "on one host (default 1048576; 0 turns the fast path off)",
     )
+    parser.add_argument(
+        "--hub-nice",
+        type=_nice_steps,
+        default=10,
+        help="nice steps the Hub's bookkeeping threads (its loop, the store's writer) run below "
+        "the threads that carry tasks, so they never hold up a round trip (default 10; 0: the "
+        "same priority)",
+    )
+
+
+def _nice_steps(text: str) -> int:
+    """A number of nice steps: 0 (no change) to 19 (the lowest priority)."""
+    try:
+        steps = int(text)
+    except ValueError:
+        steps = -1
+    if not 0 <= steps <= 19:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of nice steps from 0 to 19")
+    return steps
 
 
 def _dashboard_flags(parser: argparse.ArgumentParser) -> None:
@@ -232,7 +251,7 @@ def controller_args(args: argparse.Namespace) -> list[str]:
     for flag in ("store_buffer_limit", "store_size_limit", "result_ttl"):
         if getattr(args, flag) is not None:
             flags += ["--" + flag.replace("_", "-"), getattr(args, flag)]
-    flags += ["--shm-threshold", str(args.shm_threshold)]
+    flags += ["--shm-threshold", str(args.shm_threshold), "--hub-nice", str(args.hub_nice)]
     if args.no_curve:
         flags.append("--no-curve")
     if args.location:

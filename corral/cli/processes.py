@@ -59,6 +59,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
         curve=curve,
         location=args.location,
         shm_threshold=args.shm_threshold,
+        hub_nice=args.hub_nice,
     )
     return run_controller(config, owner_pid=args.owner_pid)
 

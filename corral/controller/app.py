@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,6 +39,7 @@ from corral.controller.store import RetentionSettings, SQLiteStore, open_store
 from corral.errors import CorralError
 from corral.lifetime import watch_owner
 from corral.loop import Loop
+from corral.priority import lower
 from corral.protocol.connection_files import (
     CLIENT_FILE,
     ENGINE_FILE,
@@ -93,6 +95,7 @@ class ControllerConfig:
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     shm_threshold: int = DEFAULT_THRESHOLD  # bytes; 0 turns the same-host fast path off
     location: str | None = None  # the address others connect to (default: see location.py)
+    hub_nice: int = 10  # nice steps the Hub's threads run below the data path (corral.priority)
 
 
 def make_private_dir(path: Path) -> None:
@@ -443,6 +446,8 @@ class Controller:
             trusted_copies=self.trusted_copies,
         )
         self.shm.sweep()
+        # the devices' threads and the scheduler (started by now) keep their priority
+        lower([threading.current_thread(), *self.store.background_threads()], self.config.hub_nice)
         if not self._stopping:
             self.loop.run()
 

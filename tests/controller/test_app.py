@@ -144,3 +144,41 @@ def test_the_socket_is_made_in_a_folder_only_its_user_can_enter(tmp_path: Path) 
         for sock in controller._sockets:
             sock.close(linger=0)
         controller.context.term()
+
+
+def thread_nices(pid: int) -> dict[int, int]:
+    """Each thread of process ``pid`` and its nice value."""
+    return {
+        int(task): os.getpriority(os.PRIO_PROCESS, int(task))
+        for task in os.listdir(f"/proc/{pid}/task")
+    }
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_the_hubs_loop_and_store_writer_run_below_the_threads_that_carry_tasks(
+    controller: subprocess.Popen[bytes],
+) -> None:
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    lowered = min(19, own + 10)
+    until(lambda: thread_nices(controller.pid)[controller.pid] == lowered, 30, "the Hub lowered")
+    nices = thread_nices(controller.pid)
+    # the Hub's loop (the main thread) and the SQLite store's writer; the MUX, control and
+    # iopub devices, libzmq's threads and the scheduler process keep the priority they had
+    assert sorted(nices.values()).count(lowered) == 2, nices
+    assert sum(1 for value in nices.values() if value == own) >= 5, nices
+    (scheduler,) = psutil.Process(controller.pid).children()
+    assert set(thread_nices(scheduler.pid).values()) == {own}
+
+
+def test_a_nice_out_of_range_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    for value in ("20", "-1", "ten"):
+        done = subprocess.run(
+            [sys.executable, "-m", "corral", "controller", "--cluster-dir", str(tmp_path)]
+            + ["--hub-nice", value],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2
+        assert "nice steps from 0 to 19" in done.stderr
+    assert not any(tmp_path.iterdir())  # no cluster folder made

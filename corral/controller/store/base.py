@@ -271,6 +271,11 @@ class ResultStore(ABC):
         nothing."""
         return nullcontext()
 
+    def background_threads(self) -> list[threading.Thread]:
+        """The threads this store runs beside its caller's (a writer thread): the controller
+        runs them at the Hub's lower CPU priority (:mod:`corral.priority`). None by default."""
+        return []
+
     def write_mark(self) -> int:
         """A mark of the writes issued so far, for :meth:`written` (never waits)."""
         return 0

@@ -21,6 +21,7 @@ the shared :class:`~.base.BatchWriter` as ordered bulk writes.
 from __future__ import annotations
 
 import itertools
+import threading
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any
@@ -156,6 +157,9 @@ class MongoStore(ResultStore):
                 raise
 
     # ------------------------------------------------------------ writes
+
+    def background_threads(self) -> list[threading.Thread]:
+        return [self._writer.thread]
 
     def add_record(self, msg_id: str, record: dict[str, Any]) -> None:
         self._upsert(msg_id, record)

@@ -286,6 +286,9 @@ class SQLiteStore(ResultStore):
 
     # ------------------------------------------------------------ interface
 
+    def background_threads(self) -> list[threading.Thread]:
+        return [self._writer.thread]
+
     def add_record(self, msg_id: str, record: dict[str, Any]) -> None:
         self._upsert(msg_id, record)
 

@@ -82,6 +82,11 @@ class BatchWriter(Generic[PayloadT]):
         self._thread.start()
         atexit.register(self._close_at_exit)
 
+    @property
+    def thread(self) -> threading.Thread:
+        """The thread that applies the writes."""
+        return self._thread
+
     def submit(self, op: WriteOp[PayloadT]) -> None:
         """Queue a write, then raise the pending error of an earlier write, if any.
 
