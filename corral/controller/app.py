@@ -447,7 +447,7 @@ class Controller:
         )
         self.shm.sweep()
         # the devices' threads and the scheduler (started by now) keep their priority
-        lower([threading.current_thread(), *self.store.background_threads()], self.config.hub_nice)
+        lower([*self.store.background_threads(), threading.current_thread()], self.config.hub_nice)
         if not self._stopping:
             self.loop.run()
 
