@@ -1,0 +1,284 @@
+"""Where a direct apply round trip's time goes, stage by stage, across the client and the engine.
+
+Starts a cluster of one engine and runs ``--rounds`` round trips of a no-op one after the other
+(``view.apply_async(one).get()``), with time marks taken in both processes on the same clock
+(``time.perf_counter_ns``, the system's monotonic clock on Linux, shared by all processes):
+
+- client, user's thread: ``apply_async`` called; the request handed to the I/O thread
+  (``Loop.call_soon_threadsafe``); ``apply_async`` returned; ``get()`` returned;
+- client, I/O thread: the request sent (``bundles.send_frames`` called), the reply received
+  (``loop.recv_frames`` on the mux socket), the result settled (``LightFuture.set_result``);
+- engine, main thread: the request received (``loop.recv_frames``), ``TaskRunner.run``
+  started and ended, the reply sent (``bundles.send_frames`` called).
+
+The engine's marks come from a ``sitecustomize`` this script writes to a temporary folder and
+puts first on the engine's ``PYTHONPATH``; it writes them to a file when the engine exits. The
+marks cost a few hundred nanoseconds each. Each stage's median and 90th percentile are
+printed; the stages of one round trip add up to it, so the table says where a round trip's
+time goes (the MUX device, a C thread in the controller, is inside the two transport
+stages, with the wake-up of the thread that receives)::
+
+    PYTHONPATH=. .bench-venv/bin/python bench/bench_trace.py --rounds 2000
+
+Another corral tree (a baseline from ``git archive``) is measured with
+``CORRAL_BENCH_SOURCE=DIR PYTHONPATH=DIR``, run from an empty folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import collections
+import json
+import os
+import shlex
+import statistics
+import tempfile
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from common import check, corral_cluster, print_table, use_source
+
+WARMUP = 200
+TIMEOUT = 60.0
+
+ENGINE_HOOKS = textwrap.dedent(
+    '''
+    """Time marks of the engine's main thread (bench/bench_trace.py): written at exit."""
+    import json, os, threading, time
+
+    _out = os.environ.get("CORRAL_TRACE_DIR")
+    if _out:
+        import corral.bundles, corral.loop
+        from corral.engine.runner import TaskRunner
+
+        _marks = {"recv": [], "run_start": [], "run_end": [], "send": []}
+        _clock = time.perf_counter_ns
+        _main = threading.main_thread()
+
+        def _after(name, function):
+            marks = _marks[name]
+
+            def marked(*args, **kwargs):
+                value = function(*args, **kwargs)
+                if threading.current_thread() is _main:
+                    marks.append(_clock())
+                return value
+
+            return marked
+
+        def _before(name, function):  # a send: its peer may read it before it returns
+            marks = _marks[name]
+
+            def marked(*args, **kwargs):
+                if threading.current_thread() is _main:
+                    marks.append(_clock())
+                return function(*args, **kwargs)
+
+            return marked
+
+        corral.loop.recv_frames = _after("recv", corral.loop.recv_frames)
+        corral.bundles.send_frames = _before("send", corral.bundles.send_frames)
+        _run = TaskRunner.run
+
+        def _run_marked(self, item):
+            _marks["run_start"].append(_clock())
+            try:
+                return _run(self, item)
+            finally:
+                _marks["run_end"].append(_clock())
+
+        TaskRunner.run = _run_marked
+
+        def _dump():
+            path = os.path.join(_out, f"engine-{os.getpid()}.json")
+            with open(path, "w") as f:
+                json.dump(_marks, f)
+
+        _exit = os._exit
+
+        def _exit_dumping(code):
+            try:
+                _dump()
+            finally:
+                _exit(code)
+
+        os._exit = _exit_dumping
+    '''
+)
+
+
+def one() -> int:
+    return 1
+
+
+class ClientMarks:
+    """The client's marks, from hooks on the functions its two threads call per round trip."""
+
+    def __init__(self) -> None:
+        self.marks: dict[str, list[int]] = collections.defaultdict(list)
+        self.received: dict[int, list[int]] = collections.defaultdict(list)  # per socket
+        self.user = threading.current_thread()
+        self._undo: list[Callable[[], None]] = []
+
+    def install(self) -> None:
+        import corral.bundles
+        import corral.loop
+        from corral.client.requestfuture import LightFuture
+
+        clock, marks, received, user = time.perf_counter_ns, self.marks, self.received, self.user
+
+        def patch(owner: Any, name: str, wrapper: Callable[[Any], Any]) -> None:
+            original = getattr(owner, name)
+            setattr(owner, name, wrapper(original))
+            self._undo.append(lambda: setattr(owner, name, original))
+
+        def handoff(original: Any) -> Any:
+            def marked(loop: Any, *args: Any) -> Any:
+                if threading.current_thread() is user:
+                    marks["handoff"].append(clock())
+                return original(loop, *args)
+
+            return marked
+
+        def send(original: Any) -> Any:
+            def marked(sock: Any, *args: Any, **kwargs: Any) -> Any:
+                marks["send"].append(clock())  # before: the engine may read it before it returns
+                return original(sock, *args, **kwargs)
+
+            return marked
+
+        def recv(original: Any) -> Any:
+            def marked(sock: Any, *args: Any, **kwargs: Any) -> Any:
+                value = original(sock, *args, **kwargs)
+                received[id(sock)].append(clock())
+                return value
+
+            return marked
+
+        def settle(original: Any) -> Any:
+            def marked(future: Any, result: Any) -> Any:
+                value = original(future, result)
+                marks["settled"].append(clock())
+                return value
+
+            return marked
+
+        patch(corral.loop.Loop, "call_soon_threadsafe", handoff)
+        patch(corral.bundles, "send_frames", send)
+        patch(corral.loop, "recv_frames", recv)
+        patch(LightFuture, "set_result", settle)
+
+    def uninstall(self) -> None:
+        for undo in reversed(self._undo):
+            undo()
+
+
+STAGES = [
+    ("client: apply_async until the hand-off", "start", "handoff"),
+    ("client: hand-off until the I/O thread sent it", "handoff", "send"),
+    ("transport: MUX, engine wakes and reads it", "send", "e_recv"),
+    ("engine: read until the task starts", "e_recv", "run_start"),
+    ("engine: TaskRunner.run", "run_start", "run_end"),
+    ("engine: run until the reply is sent", "run_end", "e_send"),
+    ("transport: MUX, client I/O thread reads it", "e_send", "recv"),
+    ("client: reply read until settled", "recv", "settled"),
+    ("client: settled until get() returned", "settled", "end"),
+]
+
+
+def trace(rounds: int, controller_args: list[str]) -> dict[str, list[int]]:
+    with tempfile.TemporaryDirectory(prefix="corral-trace-") as folder:
+        hooks = Path(folder) / "hooks"
+        hooks.mkdir()
+        (hooks / "sitecustomize.py").write_text(ENGINE_HOOKS)
+        before = {key: os.environ.get(key) for key in ("PYTHONPATH", "CORRAL_TRACE_DIR")}
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            [str(hooks), *filter(None, [before["PYTHONPATH"]])]
+        )
+        os.environ["CORRAL_TRACE_DIR"] = folder
+        client_marks = ClientMarks()
+        try:
+            with corral_cluster(1, controller_args=controller_args) as running:
+                view = running.client[running.client.ids[0]]
+                check(view.apply_async(one).get(TIMEOUT) == 1, "a no-op on the engine")
+                client_marks.install()
+                try:
+                    starts, ends = [], []
+                    clock = time.perf_counter_ns
+                    for _ in range(WARMUP + rounds):
+                        starts.append(clock())
+                        result = view.apply_async(one)
+                        result.get(TIMEOUT)
+                        ends.append(clock())
+                finally:
+                    client_marks.uninstall()
+        finally:
+            for key, value in before.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+        (dumped,) = Path(folder).glob("engine-*.json")
+        engine = json.loads(dumped.read_text())
+    total = WARMUP + rounds
+    for name, found in engine.items():
+        check(len(found) >= total, f"engine {name}: {len(found)} marks for {total} round trips")
+    # the engine's marks are one per round trip (its first ones: the check above)
+    marks = {
+        f"e_{key}" if key in ("recv", "send") else key: v[-total:] for key, v in engine.items()
+    }
+    marks.update(start=starts, end=ends)
+    # the client's hooks may fire more than once per round trip (a settled future may settle
+    # another; other sockets receive now and then): each stage's mark is the first one at or
+    # after the stage before it
+    client = {
+        **client_marks.marks,
+        "recv": sorted(t for ts in client_marks.received.values() for t in ts),
+    }
+    for name, after in (
+        ("handoff", "start"),
+        ("send", "handoff"),
+        ("recv", "e_send"),
+        ("settled", "recv"),
+    ):
+        marks[name] = [next_mark(client[name], when) for when in marks[after]]
+    return {name: found[WARMUP:] for name, found in marks.items()}
+
+
+def next_mark(found: list[int], when: int) -> int:
+    """The first of the sorted marks ``found`` at or after ``when``."""
+    index = bisect.bisect_left(found, when)
+    check(index < len(found), "a mark for every stage of every round trip")
+    return found[index]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2000)
+    parser.add_argument(
+        "--controller-args", default="", help='flags for the controller: "--hub-nice 0"'
+    )
+    args = parser.parse_args()
+    use_source()
+    marks = trace(args.rounds, shlex.split(args.controller_args))
+    rows = []
+    for label, begin, end in STAGES:
+        spans = [(b - a) / 1000 for a, b in zip(marks[begin], marks[end], strict=True)]
+        check(min(spans) >= 0, f"{label}: marks in order")
+        rows.append([label, statistics.median(spans), statistics.quantiles(spans, n=10)[-1]])
+    whole = [(b - a) / 1000 for a, b in zip(marks["start"], marks["end"], strict=True)]
+    rows.append(["round trip (apply_async to get)", statistics.median(whole), None])
+    print_table(
+        f"one direct no-op round trip, {args.rounds} in a row, us {args.controller_args}",
+        ["stage", "median", "p90"],
+        rows,
+    )
+
+
+if __name__ == "__main__":
+    main()
