@@ -3,7 +3,9 @@
 Starts a corral cluster with 2 engines, submits ROUNDS batches of TASKS no-ops one by one
 (load-balanced, or with ``--direct`` round-robin over the engines' direct views, through the
 MUX; each batch then awaited), and reports the CPU microseconds per task of the client (this
-process), the controller (Hub and devices), the task scheduler and the engines (summed).
+process), the controller (Hub and devices), the task scheduler and the engines (summed),
+counted until the Hub has recorded every task (it works off the tasks' path and may finish
+after the client holds every result; tasks/s is the client's view, until then).
 With ``--profile DIR`` it also attaches ``py-spy record`` (idle threads not sampled) to
 every process of the cluster for the whole run and prints, per role, the functions with the
 most samples (self time, so the rows of one role add up to its share):
@@ -28,7 +30,15 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from common import Running, check, collect, corral_cluster, cpu_seconds, use_source
+from common import (
+    HubBarrier,
+    Running,
+    check,
+    collect,
+    corral_cluster,
+    cpu_seconds,
+    use_source,
+)
 
 ENGINES = 2
 TASKS = 5000
@@ -132,14 +142,17 @@ def main() -> None:
         engines = [client[engine_id] for engine_id in client.ids]
         by_role = roles(running)
 
-        def run(count: int) -> int:
+        def run(count: int) -> list[Any]:
             if args.direct:
                 results = [engines[i % len(engines)].apply_async(one) for i in range(count)]
             else:
                 results = [view.apply_async(one) for _ in range(count)]
-            return sum(collect(results, lambda result, left: result.get(left), TIMEOUT))
+            values = collect(results, lambda result, left: result.get(left), TIMEOUT)
+            check(sum(values) == count, "sum")
+            return results
 
-        check(run(200) == 200, "warm-up")
+        barrier = HubBarrier(client)
+        barrier.settle(run(200))  # the warm-up, recorded by the Hub
         spies: list[tuple[str, int, subprocess.Popen[bytes], Path]] = []
         if args.profile is not None:
             check(spy is not None, "py-spy is not installed")
@@ -156,9 +169,11 @@ def main() -> None:
         system_before = {role: system_seconds(processes) for role, processes in by_role.items()}
         started = time.perf_counter()
         for _ in range(args.rounds):
-            check(run(args.tasks) == args.tasks, "sum")
+            last = run(args.tasks)[-1]
         seconds = time.perf_counter() - started
         tasks = args.tasks * args.rounds
+        # CPU counted until the Hub has recorded them all: it works off the tasks' path
+        barrier.wait(tasks, last)
         per_task: dict[str, Any] = {
             role: (cpu_seconds(processes) - before[role]) / tasks * 1e6
             for role, processes in by_role.items()

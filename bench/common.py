@@ -141,6 +141,56 @@ def collect(results: Sequence[Any], get: Callable[[Any, float], Any], timeout: f
     return values
 
 
+def hub_completed(client: Any) -> int:
+    """How many tasks the Hub (corral's, or ipyparallel's) counts as completed, all engines."""
+    status = client.queue_status()
+    return sum(int(value["completed"]) for value in status.values() if isinstance(value, dict))
+
+
+class HubBarrier:
+    """Counts a batch of tasks as done only once the Hub has recorded them.
+
+    The Hub records copies of each task off the task's path, so it may still be at work when
+    the client holds every result (the more so at a lower CPU priority, ``--hub-nice``): CPU
+    times read then leave part of its share out. :meth:`settle` waits until the Hub has
+    recorded everything submitted so far (its completed count stops moving, and the given
+    results are completed), :meth:`wait` until it has recorded ``count`` more than at the last
+    settle; both end with a result query, which reads the store after the writes queued before
+    it. Call :meth:`settle` before the measured batch and :meth:`wait` after it."""
+
+    def __init__(self, client: Any, timeout: float = 120.0) -> None:
+        self.client = client
+        self.timeout = timeout
+        self.completed = 0
+
+    def settle(self, results: Sequence[Any]) -> None:
+        msg_ids = [msg_id for result in results for msg_id in result.msg_ids]
+        deadline = time.monotonic() + self.timeout
+        seen = -1
+        while True:
+            try:
+                done = not self.client.result_status(msg_ids)["pending"]
+            except Exception:  # a copy not read yet: the Hub does not know the msg_id
+                done = False
+            count = hub_completed(self.client)
+            if done and count == seen:
+                self.completed = count
+                return
+            seen = count
+            if time.monotonic() > deadline:
+                raise LostResults(f"the Hub did not settle within {self.timeout} s")
+            time.sleep(0.02)  # the Hub answers after the copies queued before the query
+
+    def wait(self, count: int, last: Any) -> None:
+        deadline = time.monotonic() + self.timeout
+        while hub_completed(self.client) < self.completed + count:
+            if time.monotonic() > deadline:
+                raise LostResults(f"the Hub did not record {count} tasks in {self.timeout} s")
+            time.sleep(0.01)
+        self.client.result_status(last.msg_ids)  # a store read: the queued writes first
+        self.completed += count
+
+
 def use_source(*, show: bool = True) -> Path:
     """The corral tree a run measures, imported: ``CORRAL_BENCH_SOURCE`` (another tree, such as
     a baseline from ``git archive``; on PYTHONPATH too, for the cluster's processes) goes before
