@@ -5,11 +5,12 @@ engines of longer tasks never do, and the cap comes back down when the tasks get
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 
 import pytest
 
 from corral.controller.scheduling import POLICIES, SchedulerCore
-from corral.controller.scheduling_state import BURST_GAP, Dispatch
+from corral.controller.scheduling_state import BURST_GAP, Action, Dispatch
 from tests.controller.test_scheduling import (
     Sim,
     finish_everything,
@@ -91,7 +92,7 @@ def test_leastload_still_sends_a_task_to_the_least_loaded_engine() -> None:
     assert dispatches_of(sim.submit("c")) == ["fast"]
 
 
-def dispatches_of(actions: list[object]) -> list[str]:
+def dispatches_of(actions: Sequence[Action]) -> list[str]:
     return [a.engine_uuid for a in actions if isinstance(a, Dispatch)]
 
 
