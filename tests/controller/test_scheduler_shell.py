@@ -16,7 +16,7 @@ import zmq
 from corral.bundles import split_bundle
 from corral.controller.scheduler_shell import BURST_PREFETCH, SchedulerShell
 from corral.protocol.messages import RESENT
-from corral.protocol.session import Message, Session
+from corral.protocol.session import Frame, Message, Session
 from tests.polling import until
 from tests.wire import recv_msg, send_msg
 
@@ -178,8 +178,10 @@ def test_an_engine_answering_in_bursts_is_sent_more_than_max_outstanding() -> No
             send_msg(session, peers.client, "apply_request", {})
         notice = {"id": 0, "uuid": "engine-a"}
         until(  # published again until the scheduler's SUB heard it and sent tasks
-            lambda: send_msg(session, peers.hub, "registration_notification", notice) is not None
-            and peers.engine.poll(100) != 0,
+            lambda: (
+                send_msg(session, peers.hub, "registration_notification", notice) is not None
+                and peers.engine.poll(100) != 0
+            ),
             WAIT,
             "the scheduler to send tasks to the announced engine",
         )
@@ -202,7 +204,7 @@ def received(peers: Peers, *, wait: bool) -> list[Message]:
     ``wait``, at least one."""
     found: list[Message] = []
     while peers.engine.poll(int(WAIT * 1000) if wait and not found else 20):
-        frames = peers.engine.recv_multipart(copy=False)
+        frames: list[Frame] = list(peers.engine.recv_multipart(copy=False))
         for message in split_bundle(frames) or [frames]:
             found.append(peers.engine_session.feed(message))
     return found
