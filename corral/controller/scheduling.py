@@ -52,8 +52,9 @@ Rules decided here (the shell and clients rely on them):
 - An engine holds at most ``max_outstanding`` tasks (running and queued there), or, with
   ``burst_prefetch`` above 1, up to ``burst_prefetch`` times that while most of its recent
   replies came within ``BURST_GAP`` (half a millisecond) of the one before: it runs tasks far
-  shorter than a millisecond. Engines of longer tasks keep ``max_outstanding``. The cap only
-  bounds prefetch: the policy still chooses among the engines below their cap, so under
+  shorter than a millisecond, and its last reply is at most ``BURST_HOLD`` (0.1 s) old (tasks
+  submitted after a pause may be long ones). Engines of longer tasks keep ``max_outstanding``.
+  The cap only bounds prefetch: the policy still chooses among the engines below their cap, so under
   ``leastload`` an engine holds more than ``max_outstanding`` only while every other engine
   that may run the task is at its cap or at least as loaded.
 - The last ``finished_memory`` finished msg_ids are remembered (:meth:`SchedulerCore.answered`):
@@ -77,6 +78,7 @@ from corral.controller.dependencies import DependencyGraph, Wait, Waiter, follow
 from corral.controller.free_engines import FreeEngines
 from corral.controller.scheduling_state import (
     BURST_GAP,
+    BURST_HOLD,
     BURST_WEIGHT,
     BURSTY,
     DONE,
@@ -140,6 +142,7 @@ class SchedulerCore:
         self.max_outstanding = max_outstanding
         # an engine answering in bursts may hold this many (see _observe); 1: never more
         self.burst_cap = max_outstanding * burst_prefetch
+        self._now = 0.0  # the latest time an event brought (add and remove bring none)
         self._rng = random.Random(seed)
         self._engines: dict[str, EngineState] = {}
         self._free = FreeEngines(policy)  # registered engines below their cap
@@ -172,7 +175,7 @@ class SchedulerCore:
         self._free.put(engine)
         actions: list[Action] = []
         for msg_id, record in list(self._exhausted.items()):
-            if engine.load >= engine.cap:
+            if engine.load >= engine.cap:  # max_outstanding: a new engine
                 break
             if record.allows(engine) and engine_uuid not in record.avoid:
                 del self._exhausted[msg_id]
@@ -216,6 +219,7 @@ class SchedulerCore:
     def submit(self, task: Task, now: float) -> list[Action]:
         """Accept a task; dispatch it now if its dependencies allow and an engine has room.
         A msg_id that is unfinished, or finished and not forgotten, is a ValueError."""
+        self._now = now
         msg_id = task.msg_id
         records, graph = self._records, self._graph
         if msg_id in records or graph.outcome(msg_id) is not None:
@@ -256,6 +260,7 @@ class SchedulerCore:
         the engine was declared lost) is stale: no actions, drop it."""
         record = self._records.get(msg_id)
         engine = None if record is None else record.engine
+        self._now = now
         if record is None or engine is None or engine.uuid != engine_uuid:
             return []
         if self.burst_cap > self.max_outstanding:
@@ -284,6 +289,7 @@ class SchedulerCore:
         ImpossibleDependency if every registered engine that may run it has. A stale reply
         (the task is not running there) gives no actions. ``why``: the engine's reason, quoted
         in the final error."""
+        self._now = now
         record = self._records.get(msg_id)
         engine = None if record is None else record.engine
         if record is None or engine is None or engine.uuid != engine_uuid:
@@ -343,6 +349,14 @@ class SchedulerCore:
         engine.burstiness += ((1.0 if burst else 0.0) - engine.burstiness) * BURST_WEIGHT
         engine.cap = self.burst_cap if engine.burstiness >= BURSTY else self.max_outstanding
 
+    def _cap(self, engine: EngineState) -> int:
+        """How many tasks ``engine`` may hold now: its cap, but ``max_outstanding`` once its
+        last reply is ``BURST_HOLD`` old (tasks submitted after a pause may be long ones)."""
+        cap = engine.cap
+        if cap > self.max_outstanding and self._now - engine.last_reply > BURST_HOLD:
+            return self.max_outstanding
+        return cap
+
     def reject(self, msg_id: str, error: type[Exception], reason: str) -> list[Action]:
         """A request the shell could not turn into a task (wrong type, bad metadata, a msg_id
         already submitted): its Fail, and it counts as answered (see :meth:`answered`). None
@@ -382,6 +396,7 @@ class SchedulerCore:
     def tick(self, now: float) -> list[Action]:
         """Send again the Dispatches due (see :meth:`engine_unreachable`) and fail the tasks
         whose timeout ran out by ``now`` (see the module's rules)."""
+        self._now = now
         actions: list[Action] = []
         if self._unreachable:
             for msg_id, engine_uuid, expired in self._unreachable.due(now, self._running_on):
@@ -441,7 +456,7 @@ class SchedulerCore:
         """Tasks this engine may hold now: ``max_outstanding``, more while it answers in
         bursts (see the module's rules); 0 for an engine not registered."""
         engine = self._engines.get(engine_uuid)
-        return 0 if engine is None else engine.cap
+        return 0 if engine is None else self._cap(engine)
 
     def waiting_count(self) -> int:
         """Tasks submitted and not dispatched: waiting for dependencies, an engine or a slot."""
@@ -605,13 +620,19 @@ class SchedulerCore:
 
     def _pick(self, record: TaskRecord) -> EngineState | None:
         """A free engine the task may run on, chosen by the policy; None if there is none."""
-        if not self._free:
+        free = self._free
+        if free.ordered and self.burst_cap > self.max_outstanding:
+            # an engine whose raised cap lapsed (see _cap) is full until its next reply
+            while (best := free.best()) is not None and best.load >= self._cap(best):
+                free.remove(best.uuid)
+        if not free:
             return None
         if record.pinned is None and record.task.targets is None and not record.avoid:
-            if self._free.ordered:
-                return self._free.best()
-            return choose_engine(self.policy, self._rng, list(self._free.values()))
-        candidates = [e for e in self._free.values() if record.allows(e)]
+            if free.ordered:
+                return free.best()
+            candidates = [e for e in free.values() if e.load < self._cap(e)]
+            return choose_engine(self.policy, self._rng, candidates) if candidates else None
+        candidates = [e for e in free.values() if record.allows(e) and e.load < self._cap(e)]
         if record.avoid:
             fresh = [e for e in candidates if e.uuid not in record.avoid]
             candidates = fresh or candidates
@@ -641,7 +662,8 @@ class SchedulerCore:
         queue_any = self._queue_any
         queue_own = self._queue_for.get(engine.uuid)
         heappop = heapq.heappop
-        while engine.load < engine.cap and (queue_any or queue_own):
+        cap = self._cap(engine)
+        while engine.load < cap and (queue_any or queue_own):
             while queue_any and not is_current(queue_any[0]):
                 heappop(queue_any)
             while queue_own and not (is_current(queue_own[0]) and queue_own[0][2].allows(engine)):

@@ -18,6 +18,7 @@ FINISHED_MEMORY: Final = 100_000  # recent tasks whose late replies are recognis
 BURST_GAP: Final = 0.0005  # seconds: a reply this soon after the engine's previous one is a burst
 BURST_WEIGHT: Final = 0.125  # of the newest reply in an engine's burstiness (an average)
 BURSTY: Final = 0.5  # burstiness from which an engine may hold burst_prefetch times more
+BURST_HOLD: Final = 0.1  # seconds after its last reply an engine still counts as bursting
 UNREACHABLE_GRACE: Final = 5.0  # seconds to keep sending to an engine not yet connected
 UNREACHABLE_RETRY: Final = 0.01  # seconds between those attempts
 

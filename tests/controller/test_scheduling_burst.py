@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import pytest
 
 from corral.controller.scheduling import POLICIES, SchedulerCore
-from corral.controller.scheduling_state import BURST_GAP, Action, Dispatch
+from corral.controller.scheduling_state import BURST_GAP, BURST_HOLD, Action, Dispatch
 from tests.controller.test_scheduling import (
     Sim,
     finish_everything,
@@ -75,6 +75,24 @@ def test_the_cap_comes_back_down_when_replies_come_apart() -> None:
         assert not [a for a in sim.log[before:] if isinstance(a, Dispatch)]
     reply_oldest(sim, "e1", APART)
     assert sim.core.outstanding("e1") == 2  # refilled to max_outstanding only
+
+
+def test_after_a_pause_an_engine_takes_max_outstanding_until_it_answers_again() -> None:
+    """Tasks submitted after a pause may be long ones: an engine whose last reply is older
+    than BURST_HOLD takes max_outstanding of them; its next reply in a burst restores its cap."""
+    sim = Sim(SchedulerCore(max_outstanding=2, burst_prefetch=4), engines=["e1"])
+    submit_many(sim, 8)
+    reply_oldest(sim, "e1", APART)
+    while sim.core.capacity("e1") == 2:
+        reply_oldest(sim, "e1", 0.0)
+    sim.drain()
+    sim.now += BURST_HOLD + APART  # the core learns the time from the next event
+    submit_many(sim, 10)
+    assert sim.core.capacity("e1") == 2
+    assert sim.core.outstanding("e1") == 2
+    reply_oldest(sim, "e1", 0.0)  # a burst again (its burstiness was kept)
+    assert sim.core.capacity("e1") == 8
+    assert sim.core.outstanding("e1") == 8
 
 
 def test_leastload_still_sends_a_task_to_the_least_loaded_engine() -> None:
