@@ -621,15 +621,16 @@ class SchedulerCore:
     def _pick(self, record: TaskRecord) -> EngineState | None:
         """A free engine the task may run on, chosen by the policy; None if there is none."""
         free = self._free
-        if free.ordered and self.burst_cap > self.max_outstanding:
-            # an engine whose raised cap lapsed (see _cap) is full until its next reply
-            while (best := free.best()) is not None and best.load >= self._cap(best):
-                free.remove(best.uuid)
         if not free:
             return None
         if record.pinned is None and record.task.targets is None and not record.avoid:
             if free.ordered:
-                return free.best()
+                best = free.best()
+                # an engine whose raised cap lapsed (see _cap) is full until its next reply
+                while best is not None and best.load >= self._cap(best):
+                    free.remove(best.uuid)
+                    best = free.best()
+                return best
             candidates = [e for e in free.values() if e.load < self._cap(e)]
             return choose_engine(self.policy, self._rng, candidates) if candidates else None
         candidates = [e for e in free.values() if record.allows(e) and e.load < self._cap(e)]
@@ -649,7 +650,7 @@ class SchedulerCore:
         self._running += 1
         self._clock += 1
         engine.last_used = self._clock
-        if engine.load >= engine.cap:
+        if engine.load >= self._cap(engine):
             self._free.remove(engine.uuid)
         else:
             self._free.put(engine)  # its load and last use changed
