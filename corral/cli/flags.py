@@ -81,7 +81,10 @@ def _controller_flags(parser: argparse.ArgumentParser) -> None:
         help="load-balancing policy",
     )
     parser.add_argument(
-        "--max-outstanding", type=int, default=16, help="tasks in flight per engine (prefetch)"
+        "--max-outstanding",
+        type=int,
+        default=16,
+        help="tasks in flight per engine (prefetch); 4x for an engine running sub-ms tasks",
     )
     parser.add_argument(
         "--owner-pid",

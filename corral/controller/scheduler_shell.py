@@ -42,6 +42,11 @@ from corral.security import CurveKeys, make_client, make_server, start_authentic
 log = logging.getLogger("corral.scheduler")
 
 SCHEDULER_IDENT = b"scheduler"
+BURST_PREFETCH = 4
+"""An engine that answers in bursts (tasks far shorter than a millisecond) may hold this many
+times ``max_outstanding`` (:class:`~corral.controller.scheduling.SchedulerCore`): with many
+engines on few cores each wake of an engine then finds a long run of tasks (bench/README.md,
+round eight). 1: always ``max_outstanding``."""
 TRIM_SCHEDULE = (10_000, 2.0, 30.0)
 """Give freed memory back after 10,000 finished tasks, when none is pending (at most every 2 s),
 or every 30 s if some always are: :class:`corral.heap.TrimSchedule`."""
@@ -76,7 +81,9 @@ class SchedulerShell:
             settings["key"], signature_scheme=settings["signature_scheme"], username="scheduler"
         )
         self.core = SchedulerCore(
-            settings.get("policy", "leastload"), int(settings.get("max_outstanding", 16))
+            settings.get("policy", "leastload"),
+            int(settings.get("max_outstanding", 16)),
+            burst_prefetch=int(settings.get("burst_prefetch", BURST_PREFETCH)),
         )
         limit = settings.get("request_buffer_limit")
         # the Hub keeps a request's buffers up to this size (for a resubmission): larger ones

@@ -49,6 +49,14 @@ Rules decided here (the shell and clients rely on them):
   another one, or waits in the queue, preferring engines other than that one. It is never left
   with an engine it was not delivered to: an engine the Hub still counts alive (its heart
   beats) but that this scheduler cannot reach would hold it for ever.
+- An engine holds at most ``max_outstanding`` tasks (running and queued there), or, with
+  ``burst_prefetch`` above 1, up to ``burst_prefetch`` times that while most of its recent
+  replies came within ``BURST_GAP`` (half a millisecond) of the one before: it runs tasks far
+  shorter than a millisecond, and its last reply is at most ``BURST_HOLD`` (0.1 s) old (tasks
+  submitted after a pause may be long ones). Engines of longer tasks keep ``max_outstanding``.
+  The cap only bounds prefetch: the policy still chooses among the engines below their cap, so under
+  ``leastload`` an engine holds more than ``max_outstanding`` only while every other engine
+  that may run the task is at its cap or at least as loaded.
 - The last ``finished_memory`` finished msg_ids are remembered (:meth:`SchedulerCore.answered`):
   a reply for one of them is late (its task was failed or resubmitted) and must not reach the
   client; the outcome of a task that falls out of that memory is forgotten.
@@ -69,6 +77,10 @@ from typing import Final, TypeAlias
 from corral.controller.dependencies import DependencyGraph, Wait, Waiter, follow_placement
 from corral.controller.free_engines import FreeEngines
 from corral.controller.scheduling_state import (
+    BURST_GAP,
+    BURST_HOLD,
+    BURST_WEIGHT,
+    BURSTY,
     DONE,
     FINISHED_MEMORY,
     NEVER_USED,
@@ -118,16 +130,22 @@ class SchedulerCore:
         max_outstanding: int = 16,
         seed: int | None = None,
         finished_memory: int = FINISHED_MEMORY,
+        burst_prefetch: int = 1,
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown scheduler policy {policy!r}; choose one of {POLICIES}")
         if max_outstanding < 1:
             raise ValueError(f"max_outstanding must be >= 1, not {max_outstanding}")
+        if burst_prefetch < 1:
+            raise ValueError(f"burst_prefetch must be >= 1, not {burst_prefetch}")
         self.policy = policy
         self.max_outstanding = max_outstanding
+        # an engine answering in bursts may hold this many (see _observe); 1: never more
+        self.burst_cap = max_outstanding * burst_prefetch
+        self._now = 0.0  # the latest time an event brought (add and remove bring none)
         self._rng = random.Random(seed)
         self._engines: dict[str, EngineState] = {}
-        self._free = FreeEngines(policy)  # registered engines below max_outstanding
+        self._free = FreeEngines(policy)  # registered engines below their cap
         self._records: dict[str, TaskRecord] = {}  # every unfinished task
         self._graph: DependencyGraph[EngineState] = DependencyGraph()
         self._queue_any: list[QueueEntry] = []  # heap of queued tasks any engine may run
@@ -152,11 +170,12 @@ class SchedulerCore:
             raise ValueError(f"engine {engine_uuid} is already registered")
         self._registrations += 1
         engine = EngineState(engine_uuid, NEVER_USED + self._registrations)
+        engine.cap = self.max_outstanding
         self._engines[engine_uuid] = engine
         self._free.put(engine)
         actions: list[Action] = []
         for msg_id, record in list(self._exhausted.items()):
-            if engine.load >= self.max_outstanding:
+            if engine.load >= engine.cap:  # max_outstanding: a new engine
                 break
             if record.allows(engine) and engine_uuid not in record.avoid:
                 del self._exhausted[msg_id]
@@ -200,6 +219,7 @@ class SchedulerCore:
     def submit(self, task: Task, now: float) -> list[Action]:
         """Accept a task; dispatch it now if its dependencies allow and an engine has room.
         A msg_id that is unfinished, or finished and not forgotten, is a ValueError."""
+        self._now = now
         msg_id = task.msg_id
         records, graph = self._records, self._graph
         if msg_id in records or graph.outcome(msg_id) is not None:
@@ -240,8 +260,11 @@ class SchedulerCore:
         the engine was declared lost) is stale: no actions, drop it."""
         record = self._records.get(msg_id)
         engine = None if record is None else record.engine
+        self._now = now
         if record is None or engine is None or engine.uuid != engine_uuid:
             return []
+        if self.burst_cap > self.max_outstanding:
+            self._observe(engine, now)
         self._release(record, engine)
         actions: list[Action] = []
         if not success and retry and record.retries_left > 0:
@@ -266,6 +289,7 @@ class SchedulerCore:
         ImpossibleDependency if every registered engine that may run it has. A stale reply
         (the task is not running there) gives no actions. ``why``: the engine's reason, quoted
         in the final error."""
+        self._now = now
         record = self._records.get(msg_id)
         engine = None if record is None else record.engine
         if record is None or engine is None or engine.uuid != engine_uuid:
@@ -304,9 +328,34 @@ class SchedulerCore:
         del engine.running[record.task.msg_id]
         engine.load -= 1
         self._running -= 1
-        if engine.alive:  # a slot is free: it is (again) a free engine, with a new load
-            self._free.put(engine)
+        if engine.alive:  # a slot is free: below its cap, it is free with a new load
+            if engine.load < engine.cap:
+                self._free.put(engine)
+            else:  # its cap went down (see _observe)
+                self._free.remove(engine.uuid)
         record.engine = None
+
+    def _observe(self, engine: EngineState, now: float) -> None:
+        """An engine replied at ``now``: how much it may hold (see the module's rules). A reply
+        within ``BURST_GAP`` of its previous one means it finished tasks far shorter than a
+        millisecond in a row (an engine runs one task at a time, and sends the replies of a
+        short run together); while most of its recent replies came so, it may hold
+        ``burst_prefetch`` times ``max_outstanding``, so that each time it gets a core it
+        finds a long run queued: an engine woken for a few tasks costs more per task than the
+        tasks, most of all with many engines on few cores. Engines of longer tasks (replies
+        apart) keep ``max_outstanding``, so such tasks are spread as before."""
+        burst = now - engine.last_reply < BURST_GAP
+        engine.last_reply = now
+        engine.burstiness += ((1.0 if burst else 0.0) - engine.burstiness) * BURST_WEIGHT
+        engine.cap = self.burst_cap if engine.burstiness >= BURSTY else self.max_outstanding
+
+    def _cap(self, engine: EngineState) -> int:
+        """How many tasks ``engine`` may hold now: its cap, but ``max_outstanding`` once its
+        last reply is ``BURST_HOLD`` old (tasks submitted after a pause may be long ones)."""
+        cap = engine.cap
+        if cap > self.max_outstanding and self._now - engine.last_reply > BURST_HOLD:
+            return self.max_outstanding
+        return cap
 
     def reject(self, msg_id: str, error: type[Exception], reason: str) -> list[Action]:
         """A request the shell could not turn into a task (wrong type, bad metadata, a msg_id
@@ -347,6 +396,7 @@ class SchedulerCore:
     def tick(self, now: float) -> list[Action]:
         """Send again the Dispatches due (see :meth:`engine_unreachable`) and fail the tasks
         whose timeout ran out by ``now`` (see the module's rules)."""
+        self._now = now
         actions: list[Action] = []
         if self._unreachable:
             for msg_id, engine_uuid, expired in self._unreachable.due(now, self._running_on):
@@ -401,6 +451,12 @@ class SchedulerCore:
         """Tasks in flight on this engine (0 for an engine not registered)."""
         engine = self._engines.get(engine_uuid)
         return 0 if engine is None else engine.load
+
+    def capacity(self, engine_uuid: str) -> int:
+        """Tasks this engine may hold now: ``max_outstanding``, more while it answers in
+        bursts (see the module's rules); 0 for an engine not registered."""
+        engine = self._engines.get(engine_uuid)
+        return 0 if engine is None else self._cap(engine)
 
     def waiting_count(self) -> int:
         """Tasks submitted and not dispatched: waiting for dependencies, an engine or a slot."""
@@ -564,13 +620,20 @@ class SchedulerCore:
 
     def _pick(self, record: TaskRecord) -> EngineState | None:
         """A free engine the task may run on, chosen by the policy; None if there is none."""
-        if not self._free:
+        free = self._free
+        if not free:
             return None
         if record.pinned is None and record.task.targets is None and not record.avoid:
-            if self._free.ordered:
-                return self._free.best()
-            return choose_engine(self.policy, self._rng, list(self._free.values()))
-        candidates = [e for e in self._free.values() if record.allows(e)]
+            if free.ordered:
+                best = free.best()
+                # an engine whose raised cap lapsed (see _cap) is full until its next reply
+                while best is not None and best.load >= self._cap(best):
+                    free.remove(best.uuid)
+                    best = free.best()
+                return best
+            candidates = [e for e in free.values() if e.load < self._cap(e)]
+            return choose_engine(self.policy, self._rng, candidates) if candidates else None
+        candidates = [e for e in free.values() if record.allows(e) and e.load < self._cap(e)]
         if record.avoid:
             fresh = [e for e in candidates if e.uuid not in record.avoid]
             candidates = fresh or candidates
@@ -587,7 +650,7 @@ class SchedulerCore:
         self._running += 1
         self._clock += 1
         engine.last_used = self._clock
-        if engine.load >= self.max_outstanding:
+        if engine.load >= self._cap(engine):
             self._free.remove(engine.uuid)
         else:
             self._free.put(engine)  # its load and last use changed
@@ -600,7 +663,8 @@ class SchedulerCore:
         queue_any = self._queue_any
         queue_own = self._queue_for.get(engine.uuid)
         heappop = heapq.heappop
-        while engine.load < self.max_outstanding and (queue_any or queue_own):
+        cap = self._cap(engine)
+        while engine.load < cap and (queue_any or queue_own):
             while queue_any and not is_current(queue_any[0]):
                 heappop(queue_any)
             while queue_own and not (is_current(queue_own[0]) and queue_own[0][2].allows(engine)):

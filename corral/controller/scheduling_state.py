@@ -15,6 +15,10 @@ from typing import Final, TypeAlias
 from corral.protocol.dependency import Dependency
 
 FINISHED_MEMORY: Final = 100_000  # recent tasks whose late replies are recognised
+BURST_GAP: Final = 0.0005  # seconds: a reply this soon after the engine's previous one is a burst
+BURST_WEIGHT: Final = 0.125  # of the newest reply in an engine's burstiness (an average)
+BURSTY: Final = 0.5  # burstiness from which an engine may hold burst_prefetch times more
+BURST_HOLD: Final = 0.1  # seconds after its last reply an engine still counts as bursting
 UNREACHABLE_GRACE: Final = 5.0  # seconds to keep sending to an engine not yet connected
 UNREACHABLE_RETRY: Final = 0.01  # seconds between those attempts
 
@@ -78,8 +82,11 @@ class EngineState:
     uuid: str
     last_used: int  # the dispatch clock when it last got a task
     load: int = 0
+    cap: int = 1  # tasks it may hold now (the core sets it: SchedulerCore._observe)
     alive: bool = True
     running: dict[str, TaskRecord] = field(default_factory=dict)
+    last_reply: float = float("-inf")  # when its previous reply came
+    burstiness: float = 0.0  # the recent share of its replies that came in bursts
 
     def __str__(self) -> str:
         return f"engine {self.uuid}"

@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 import zmq
 
-from corral.controller.scheduler_shell import SchedulerShell
+from corral.bundles import split_bundle
+from corral.controller.scheduler_shell import BURST_PREFETCH, SchedulerShell
 from corral.protocol.messages import RESENT
-from corral.protocol.session import Message, Session
+from corral.protocol.session import Frame, Message, Session
 from tests.polling import until
 from tests.wire import recv_msg, send_msg
 
@@ -165,3 +166,45 @@ def test_freed_memory_goes_back_after_enough_tasks_once_none_is_pending() -> Non
                 assert peers.shell.counts["trims"] == 0
         until(lambda: peers.shell.counts["trims"] == 1, WAIT, "the trim once idle")
         assert peers.shell.counts["completed"] == 4
+
+
+def test_an_engine_answering_in_bursts_is_sent_more_than_max_outstanding() -> None:
+    """The shell times each reply (the core decides, test_scheduling_burst.py): an engine
+    whose replies come back to back, as a run of short tasks' replies do, is soon sent more
+    than max_outstanding tasks at once (BURST_PREFETCH times as many at most)."""
+    with running_peers(max_outstanding=2) as peers:
+        session = peers.session
+        for _ in range(400):
+            send_msg(session, peers.client, "apply_request", {})
+        notice = {"id": 0, "uuid": "engine-a"}
+        until(  # published again until the scheduler's SUB heard it and sent tasks
+            lambda: (
+                send_msg(session, peers.hub, "registration_notification", notice) is not None
+                and peers.engine.poll(100) != 0
+            ),
+            WAIT,
+            "the scheduler to send tasks to the announced engine",
+        )
+        held: list[Message] = []
+        most = 0
+        for _ in range(150):  # answer everything held back to back, then take what came
+            held += received(peers, wait=held == [])
+            most = max(most, len(held))
+            if most > 2:
+                break
+            for request in held:
+                peers.reply(request)
+            held = []
+        assert 2 < most <= 2 * BURST_PREFETCH, f"at most {most} tasks held at once"
+        assert peers.shell.core.capacity("engine-a") == 2 * BURST_PREFETCH
+
+
+def received(peers: Peers, *, wait: bool) -> list[Message]:
+    """Every request waiting at the engine (a turn's dispatches come as one bundle); with
+    ``wait``, at least one."""
+    found: list[Message] = []
+    while peers.engine.poll(int(WAIT * 1000) if wait and not found else 20):
+        frames: list[Frame] = list(peers.engine.recv_multipart(copy=False))
+        for message in split_bundle(frames) or [frames]:
+            found.append(peers.engine_session.feed(message))
+    return found

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from corral.controller.scheduler_shell import BURST_PREFETCH
 from corral.errors import (
     DependencyTimeout,
     EngineError,
@@ -245,7 +246,9 @@ def test_the_hub_learns_where_waiting_tasks_went(rc, tmp_path: Path) -> None:  #
     the Hub's private channel) while they run, not only from their results."""
     view = rc.load_balanced_view()
     first, second = tmp_path / "first", tmp_path / "second"
-    slots = 2 * 16  # two engines, 16 tasks outstanding each (the controller's default)
+    # two engines, 16 tasks outstanding each (the controller's default), or BURST_PREFETCH
+    # times that after earlier tests' short tasks: enough to fill them either way
+    slots = 2 * 16 * BURST_PREFETCH
     try:
         blocking = [view.apply_async(file_appears, str(first)) for _ in range(slots)]
         waiting = [view.apply_async(file_appears, str(second)) for _ in range(4)]

@@ -46,7 +46,6 @@ class Sim:
 
     def __init__(self, core: SchedulerCore | None = None, engines: Iterable[str] = ()) -> None:
         self.core = core or SchedulerCore()
-        self.cap = self.core.max_outstanding
         self.now = 0.0
         self.engines: set[str] = set()
         self.tasks: dict[str, Task] = {}
@@ -142,7 +141,9 @@ class Sim:
                 assert action.msg_id not in self.running
                 self._ended(action, False)
         for uuid in self.engines:
-            assert self.core.outstanding(uuid) == len(self.queues[uuid]) <= self.cap
+            # more than its capacity only after that went down: no Dispatch above it (below)
+            assert self.core.outstanding(uuid) == len(self.queues[uuid]) <= self.core.burst_cap
+            assert self.core.max_outstanding <= self.core.capacity(uuid) <= self.core.burst_cap
         unfinished = len(self.tasks) - len(self.final)
         assert self.core.waiting_count() == unfinished - len(self.running)
         return actions
@@ -160,6 +161,7 @@ class Sim:
         self.attempts[msg_id] += 1
         self.running[msg_id] = engine
         self.queues[engine].append(msg_id)
+        assert len(self.queues[engine]) <= self.core.capacity(engine), f"{engine} over its cap"
         self.dispatched_to[msg_id].append(engine)
 
     def _ended(self, action: Complete | Fail, success: bool) -> None:
@@ -838,7 +840,7 @@ def random_task_fields(rng: random.Random, known: list[str]) -> dict[str, object
 
 def no_queued_task_has_a_free_engine(sim: Sim) -> None:
     """The scheduler never holds back a ready task from an engine that has room for it."""
-    free = [e for e in sim.engines if sim.core.outstanding(e) < sim.cap]
+    free = [e for e in sim.engines if sim.core.outstanding(e) < sim.core.capacity(e)]
     for msg_id, task in sim.tasks.items():
         if msg_id in sim.final or sim.core.task_state(msg_id) != "queued" or task.follow.msg_ids:
             continue
@@ -922,10 +924,12 @@ class SchedulerMachine(RuleBasedStateMachine):
         policy=st.sampled_from(POLICIES),
         cap=st.integers(1, 3),
         seed=st.integers(0, 3),
+        burst=st.sampled_from([1, 3]),
     )
     @precondition(lambda self: not self.sim.tasks and not self.sim.engines)
-    def configure(self, policy: str, cap: int, seed: int) -> None:
-        self.sim = Sim(SchedulerCore(policy, max_outstanding=cap, seed=seed))
+    def configure(self, policy: str, cap: int, seed: int, burst: int) -> None:
+        core = SchedulerCore(policy, max_outstanding=cap, seed=seed, burst_prefetch=burst)
+        self.sim = Sim(core)
 
     @rule(uuid=st.sampled_from(POOL))
     def add_engine(self, uuid: str) -> None:
