@@ -241,8 +241,7 @@ class HubShell:
             destinations = read_destinations(
                 self.session, frames, verify=self.verify_scheduler_copies
             )
-            for msg_id, engine_uuid in destinations:
-                self._perform(self.hub.handle_destination(msg_id, engine_uuid))
+            self._perform(self.hub.handle_destinations(destinations))
             return
         self._record_copy(frames, self.verify_scheduler_copies, self._received)
 

@@ -92,6 +92,7 @@ from .sqlite_rows import (
     decode_row,
     encode_exact,
     encode_row,
+    engine_row,
     sql_where,
 )
 
@@ -302,6 +303,32 @@ class SQLiteStore(ResultStore):
         self._writer.submit(WriteOp("upsert", (msg_id,), payload))
         if retention is not None:
             self._account(msg_id, fields, payload.size())
+
+    def set_engines(self, destinations: Iterable[tuple[str, str, int | None]]) -> None:
+        """The rows made at once (:func:`engine_row`) and queued under one lock; a value not
+        exactly its type takes :meth:`update_record`'s way, in its place."""
+        ops: list[WriteOp[Payload]] = []
+        sizes: list[tuple[str, int]] = []
+        failure: StoreError | None = None
+        for msg_id, engine_uuid, engine_id in destinations:
+            row = engine_row(msg_id, engine_uuid, engine_id)
+            if row is not None:
+                ops.append(WriteOp("upsert", (msg_id,), row))
+                sizes.append((msg_id, row.known_size))
+                continue
+            try:
+                self._writer.submit_many(ops)
+                ops = []
+                self.update_record(msg_id, {"engine_uuid": engine_uuid, "engine_id": engine_id})
+            except StoreError as err:
+                failure = failure or err
+        try:
+            self._writer.submit_many(ops)
+        except StoreError as err:
+            failure = failure or err
+        self._account_many(sizes)
+        if failure is not None:
+            raise failure
 
     def drop_records(self, msg_ids: Sequence[str]) -> None:
         ids = tuple(check_msg_ids(msg_ids))

@@ -424,6 +424,30 @@ def encode_exact(
     return _with_buffers(layout, checked[0], fields, chunk_bytes, checked[1])
 
 
+_ENGINE_LAYOUT = _layout(("engine_uuid", "engine_id"))
+
+
+def engine_row(msg_id: Any, engine_uuid: Any, engine_id: Any) -> Row | None:
+    """The row :func:`encode_exact` makes of ``{"engine_uuid": engine_uuid, "engine_id":
+    engine_id}`` for ``msg_id``, without a dict, a layout lookup or a generated check (the
+    Hub writes one per task that waited for an engine); None where that would be None (a
+    value not exactly its type: the caller then takes the long way)."""
+    if (
+        msg_id.__class__ is not str
+        or not msg_id
+        or (engine_uuid is not None and engine_uuid.__class__ is not str)
+        or (
+            engine_id is not None
+            and (engine_id.__class__ is not int or not INT64_MIN <= engine_id <= INT64_MAX)
+        )
+    ):
+        return None
+    layout = _ENGINE_LAYOUT
+    text = len(msg_id) + (0 if engine_uuid is None else len(engine_uuid))
+    values = (msg_id, layout.present, engine_uuid, engine_id)
+    return Row(layout.columns, values, None, 0, None, 0, ROW_OVERHEAD + text)
+
+
 def _members(values: tuple[Any, ...]) -> tuple[str, list[Any]]:
     """An SQL list; long lists of strings travel as one JSON parameter (no variable limit)."""
     if len(values) >= _JSON_LIST_MIN and all(isinstance(v, str) for v in values):

@@ -104,6 +104,21 @@ class BatchWriter(Generic[PayloadT]):
                 self._condition.notify_all()
             self._raise_error()
 
+    def submit_many(self, ops: list[WriteOp[PayloadT]]) -> None:
+        """:meth:`submit` of each of ``ops`` in order, under one lock (held, inside
+        :meth:`holding` on this thread); the pending error of an earlier write is raised once
+        they are all queued."""
+        held = self._held
+        if held is not None and self._holder == threading.get_ident():
+            if self._closing:
+                raise StoreError(f"{self._name}: the result store is closed")
+            held.extend(ops)
+            return
+        if ops:
+            self._queue(ops)
+        else:
+            self.check()
+
     @contextmanager
     def holding(self) -> Iterator[None]:
         """Writes this thread submits in the block are queued together when it ends: one lock
