@@ -328,6 +328,9 @@ HUB_REQUEST = {
     [
         ({}, True),
         ({"result_buffers": [b"a", memoryview(b"bc")]}, True),
+        ({"result_buffers": [b""], "buffers": []}, True),
+        ({"result_buffers": [b"x" * 32], "buffers": [memoryview(b"y" * 32)]}, True),  # the limit
+        ({"result_buffers": [b"x" * 33]}, False),  # one byte over it: omitted
         ({"engine_id": 2**63}, False),  # out of 64 bits: refused the long way
         ({"engine_id": True}, False),  # a bool is not an engine id
         ({"status": 3}, False),
