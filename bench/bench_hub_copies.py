@@ -141,7 +141,7 @@ def run_once(
             if direct:
                 for published in direct_block(client, engine, uuid, first, tasks, buffers, bundle):
                     began = time.thread_time()
-                    loop.deliver(shell._on_monitor, published)
+                    shell._on_device_message(published)  # what the loop calls
                     feeding += time.thread_time() - began
                 if rate:
                     time.sleep(max(0.0, paced + (first + BLOCK) / rate - time.perf_counter()))
