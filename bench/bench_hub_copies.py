@@ -179,10 +179,12 @@ def run_once(
                 dest = destination.destination_frames(scheduler, msg_id, uuid, 0)
                 streams.append([zmq.Frame(f) for f in dest])
             streams.extend(replies[i] for i in answered)
-            copies = bundle([], streams)
-            began = time.thread_time()
-            handle(copies)
-            feeding += time.thread_time() - began
+            # the last block's tail of replies (--lag of them) in bundles a bundle can hold
+            for at in range(0, len(streams), 1000):
+                copies = bundle([], streams[at : at + 1000])
+                began = time.thread_time()
+                handle(copies)
+                feeding += time.thread_time() - began
             if rate:  # the store's writer sees the pace of a cluster, not a flood
                 time.sleep(max(0.0, paced + (first + BLOCK) / rate - time.perf_counter()))
         store.flush()
