@@ -14,7 +14,7 @@ import pytest
 import zmq
 
 from corral.bundles import bundle
-from corral.controller.destination import destination_frames
+from corral.controller.destination import destination_frames, destinations_frames
 from corral.controller.hub import Hub
 from corral.controller.hub_shell import HubShell, _split_copy
 from corral.controller.store import RetentionSettings, SQLiteStore
@@ -162,6 +162,34 @@ def test_a_bundle_is_read_as_one_burst_that_later_reads_see_whole(shell: Shell) 
     (received,) = {record["received"] for record in records.values()}
     assert before <= datetime.fromisoformat(received).timestamp() <= time.time()
     assert not shell.hub.pending
+
+
+def test_a_turns_task_dest_copy_sets_the_engine_of_every_waiting_task_it_names(
+    shell: Shell,
+) -> None:
+    """One task_dest copy names a scheduler turn's dispatches (one write for them all): every
+    task the Hub holds pending gets its engine, a name it does not know is skipped, and a
+    reply in the same bundle still completes its record."""
+    requests: list[Message] = []
+    copies: list[list[bytes]] = []
+    for _ in range(4):
+        request, copy = request_copy(b"task_in")
+        copy.pop(2)  # waited: no engine in its copy
+        copies.append(copy)
+        requests.append(request)
+    shell.shell._on_scheduler_message(frames(bundle([], copies)))
+    dispatched = [(request.msg_id, ENGINE, 0) for request in requests]
+    dispatched.insert(1, ("never-seen", ENGINE, 0))
+    signed = shell.shell.verify_scheduler_copies  # as the controller sets both sides
+    turn = [destinations_frames(SCHEDULER, dispatched, signed=signed)]
+    turn.append(reply_copy(b"task_out", requests[0]))
+    shell.shell._on_scheduler_message(frames(bundle([], turn)))
+    assert shell.loop.rejected == 0
+    records = shell.store.get_records([request.msg_id for request in requests])
+    assert [(r["engine_uuid"], r["engine_id"]) for r in records.values()] == [(ENGINE, 0)] * 4
+    assert [r["status"] for r in records.values()] == ["ok", "pending", "pending", "pending"]
+    assert shell.store.get_history() == [request.msg_id for request in requests]
+    assert set(shell.hub.by_uuid[ENGINE].tasks) == {r.msg_id for r in requests[1:]}
 
 
 def test_a_devices_bundle_is_read_as_one_burst_and_a_bad_copy_costs_itself(shell: Shell) -> None:
