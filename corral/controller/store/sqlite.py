@@ -316,11 +316,14 @@ class SQLiteStore(ResultStore):
                 ops.append(WriteOp("upsert", (msg_id,), row))
                 sizes.append((msg_id, row.known_size))
                 continue
+            queued, ops = ops, []  # the rows before it go first, queued even if this raises
             try:
-                self._writer.submit_many(ops)
-                ops = []
+                self._writer.submit_many(queued)
+            except StoreError as err:  # an earlier write's failure
+                failure = failure or err
+            try:
                 self.update_record(msg_id, {"engine_uuid": engine_uuid, "engine_id": engine_id})
-            except StoreError as err:
+            except StoreError as err:  # this value's (or an earlier write's)
                 failure = failure or err
         try:
             self._writer.submit_many(ops)
