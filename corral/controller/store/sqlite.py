@@ -32,7 +32,6 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
-from itertools import chain
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -88,6 +87,7 @@ from .sqlite_rows import (
     SCHEMA_VERSION,
     TABLE_EXISTS,
     Payload,
+    Row,
     columns_for,
     decode_row,
     encode_exact,
@@ -244,7 +244,7 @@ class SQLiteStore(ResultStore):
         for the same msg_id waits for the first's (each row's triggers remove the old chunks
         and parts before the new ones go in)."""
         db = self._db
-        rows: list[tuple[Any, ...]] = []
+        rows: list[Row] = []
         parts: list[tuple[str, int, memoryview]] = []
         with_parts: set[str] = set()
 
@@ -253,11 +253,10 @@ class SQLiteStore(ResultStore):
         def flush() -> None:
             start = 0
             for size in statement_sizes(len(rows), most):
-                if size == 1:
-                    db.execute(upsert_sql(columns), rows[start])
-                else:
-                    values = list(chain.from_iterable(rows[start : start + size]))
-                    db.execute(upsert_sql(columns, size), values)
+                values: list[Any] = []
+                for row in rows[start : start + size]:
+                    row.bind(values)
+                db.execute(upsert_sql(columns, size), values)
                 start += size
             if parts:
                 db.executemany(INSERT_REQUEST_PART, parts)
@@ -279,7 +278,7 @@ class SQLiteStore(ResultStore):
                 if row.request_part:
                     db.executemany(INSERT_REQUEST_PART, row.request_parts())
                 continue
-            rows.append(row.parameters())
+            rows.append(row)
             if row.request_part:
                 parts.extend(row.request_parts())
                 with_parts.add(msg_id)

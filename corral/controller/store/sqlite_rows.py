@@ -176,17 +176,24 @@ class Row(NamedTuple):
 
     def parameters(self) -> tuple[Any, ...]:
         """The values to bind, the BLOBs joined (in the writer thread)."""
+        values: list[Any] = []
+        self.bind(values)
+        return tuple(values)
+
+    def bind(self, values: list[Any]) -> None:
+        """Append the values to bind to ``values``, the BLOBs joined (in the writer thread):
+        a multi-row statement's parameters are its rows' one after the other, made without a
+        tuple per row."""
+        values += self.values
         columns = self.columns
         last = columns[-1]
         if last == BUFFERS_FIELD:
-            buffers = self.buffers
-            blob = None if buffers is None or self.chunked else _joined(buffers)
             if columns[-2] == REQUEST_DATA:
-                return (*self.values, self._request_blob(), blob)
-            return (*self.values, blob)
-        if last == REQUEST_DATA:
-            return (*self.values, self._request_blob())
-        return self.values
+                values.append(self._request_blob())
+            buffers = self.buffers
+            values.append(None if buffers is None or self.chunk else _joined(buffers))
+        elif last == REQUEST_DATA:
+            values.append(self._request_blob())
 
     def _request_blob(self) -> Any:
         buffers = self.request_buffers
