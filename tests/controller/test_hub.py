@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from corral.controller.hub import Send, Stop
+from corral.controller.hub_actions import SetEngines
 from corral.controller.store.memory import MemoryStore
 from corral.controller.store.sqlite import SQLiteStore
 from corral.protocol.messages import RESENDABLE
@@ -231,6 +232,7 @@ def test_a_turns_destinations_are_one_write_of_the_tasks_still_pending(hub: HubH
     (write,) = hub.hub.handle_destinations(
         [(first.msg_id, "a"), (done.msg_id, "a"), ("never-seen", "a"), (second.msg_id, "gone")]
     )
+    assert isinstance(write, SetEngines)
     assert write.destinations == ((first.msg_id, "a", 0), (second.msg_id, "gone", None))
     assert hub.hub.handle_destinations([(done.msg_id, "a"), ("never-seen", "a")]) == []
     hub.perform([write])
@@ -242,6 +244,7 @@ def test_a_turns_destinations_are_one_write_of_the_tasks_still_pending(hub: HubH
     ]
     assert records[done.msg_id]["status"] == "ok"
     (counts,) = hub.handle_request([b"c"], request("queue_request"))
+    assert isinstance(counts, Send)
     assert counts.content["0"]["tasks"] == 1  # the first: the other engine is not registered
 
 
