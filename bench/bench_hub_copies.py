@@ -5,13 +5,16 @@ and a :class:`~corral.controller.hub_shell.HubShell` on real (unconnected) socke
 what the scheduler sends the Hub for a no-op ``apply`` (``bench_cpu_roles.py``'s task), in
 bundles of ``BLOCK`` tasks' copies as the scheduler sends them (read as the Hub's loop reads a
 received bundle): a ``task_in`` copy (with the engine when it was dispatched at once, else
-without, then a ``task_dest`` copy: ``--waiting`` of them; in a tree that batches them, one
-copy names a block's dispatches up to the next reply, as a scheduler's turn) and a
+without: ``--waiting`` of them, whose engine a ``task_dest`` copy names later) and a
 ``task_out`` copy, the copies signed as a client and an engine sign them, and fed to the
 shell's handler in the order a steady stream interleaves them (``--lag`` requests ahead of the
-replies). Prints CPU microseconds per task in the Hub's thread and in the store's writer thread
-(the whole process minus the Hub's thread), the writes' reads-see-writes checked at the end
-(every task found completed):
+replies). A task that waited is dispatched, and named in its scheduler turn's ``task_dest``
+copy (one per block; in a tree without such copies, one copy per dispatch), in the block of its
+reply, before it: as when a backlog waits for engines, so that its engine and its result reach
+the store together, as in a cluster (until round eight the copy came right after the request,
+and the store merged the engine into the request instead). Prints CPU microseconds per task in
+the Hub's thread and in the store's writer thread (the whole process minus the Hub's thread),
+the writes' reads-see-writes checked at the end (every task found completed):
 
     PYTHONPATH=. .venv/bin/python bench/bench_hub_copies.py --tasks 20000 --repeats 5
 
@@ -124,6 +127,7 @@ def run_once(
         # a tree whose scheduler names a turn's dispatches in one task_dest copy
         batched = getattr(destination, "destinations_frames", None)
         replies: list[list[bytes]] = []
+        waited: list[Any] = []  # each task's msg_id if it waited for an engine, else None
         heap.settle()  # as the controller does once it is set up
         # a block's copies come as one bundle, read as the Hub's loop reads the scheduler's
         handle = getattr(shell, "_on_scheduler_message", None) or (
@@ -137,25 +141,21 @@ def run_once(
             if direct:
                 for published in direct_block(client, engine, uuid, first, tasks, buffers, bundle):
                     began = time.thread_time()
-                    loop.deliver(shell._on_monitor, published)
+                    shell._on_device_message(published)  # what the loop calls
                     feeding += time.thread_time() - began
                 if rate:
                     time.sleep(max(0.0, paced + (first + BLOCK) / rate - time.perf_counter()))
                 continue
             # built just before they are fed, as copies are received just before they are read
             streams: list[list[Any]] = []
-            dispatched: list[tuple[str, str, int]] = []
+            answered: list[int] = []  # the tasks whose replies this block carries
             for index in range(first, min(tasks, first + BLOCK)):
                 request = client.msg("apply_request", {}, metadata=metadata, buffers=buffers)
                 frames = client.serialize(request)
                 waits = index % 100 < waiting * 100
                 path = [route] if waits else [route, uuid.encode()]
                 streams.append([b"task_in", *path, *(bytes(frame_view(f)) for f in frames)])
-                if waits and batched is None:  # a tree whose copy names one dispatch
-                    dest = destination.destination_frames(scheduler, request.msg_id, uuid, 0)
-                    streams.append([zmq.Frame(f) for f in dest])
-                elif waits:
-                    dispatched.append((request.msg_id, uuid, 0))
+                waited.append(request.msg_id if waits else None)
                 reply = engine.msg(
                     "apply_reply",
                     {"status": "ok"},
@@ -166,19 +166,25 @@ def run_once(
                 copy = [route, uuid.encode(), DELIMITER, *engine.serialize(reply)[1:]]
                 replies.append([b"task_out", *(bytes(frame_view(f)) for f in copy)])
                 if index >= lag:
-                    if index - lag >= first and dispatched and batched is not None:
-                        # a reply of this block's: where its task went comes first
-                        streams.append(batched(scheduler, dispatched, signed=not trusted))
-                        dispatched = []
-                    streams.append(replies[index - lag])
-            if dispatched and batched is not None:  # the block's, as one turn's: one copy
-                streams.append(batched(scheduler, dispatched, signed=not trusted))
+                    answered.append(index - lag)
             if first + BLOCK >= tasks:
-                streams.extend(replies[max(0, tasks - lag) :])
-            copies = bundle([], streams)
-            began = time.thread_time()
-            handle(copies)
-            feeding += time.thread_time() - began
+                answered.extend(range(max(0, tasks - lag), tasks))
+            # a task that waited was dispatched when an engine came free, shortly before its
+            # reply: the scheduler's turn that sent it names it in one task_dest copy, before
+            # the replies (a tree whose copy names one dispatch: a copy each)
+            dispatched = [(waited[i], uuid, 0) for i in answered if waited[i] is not None]
+            for at in range(0, len(dispatched) if batched is not None else 0, 256):
+                streams.append(batched(scheduler, dispatched[at : at + 256], signed=not trusted))
+            for msg_id, _, _ in dispatched if batched is None else ():
+                dest = destination.destination_frames(scheduler, msg_id, uuid, 0)
+                streams.append([zmq.Frame(f) for f in dest])
+            streams.extend(replies[i] for i in answered)
+            # the last block's tail of replies (--lag of them) in bundles a bundle can hold
+            for at in range(0, len(streams), 1000):
+                copies = bundle([], streams[at : at + 1000])
+                began = time.thread_time()
+                handle(copies)
+                feeding += time.thread_time() - began
             if rate:  # the store's writer sees the pace of a cluster, not a flood
                 time.sleep(max(0.0, paced + (first + BLOCK) / rate - time.perf_counter()))
         store.flush()

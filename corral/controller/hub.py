@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -39,7 +39,7 @@ from corral.controller.hub_actions import (
 from corral.controller.hub_queries import QUERIES, answer
 from corral.controller.hub_records import (
     iso_date,
-    record_destination,
+    record_destinations,
     record_reply,
     record_request,
 )
@@ -576,6 +576,12 @@ class Hub:
         return record_reply(self, queue, idents, msg, now)
 
     def handle_destination(self, msg_id: str, engine_uuid: str) -> list[Action]:
-        """The scheduler's ``task_dest`` copy (:mod:`.destination`): a task that waited was
-        sent to ``engine_uuid``; the record write, if the Hub still holds the task pending."""
-        return record_destination(self, msg_id, engine_uuid)
+        """One dispatch of the scheduler's ``task_dest`` copy: :meth:`handle_destinations` of
+        it alone."""
+        return record_destinations(self, ((msg_id, engine_uuid),))
+
+    def handle_destinations(self, destinations: Iterable[tuple[str, str]]) -> list[Action]:
+        """The scheduler's ``task_dest`` copy (:mod:`.destination`): tasks that waited were
+        sent to these engines, ``(msg_id, engine_uuid)`` each; one write of the engine fields
+        of those the Hub still holds pending."""
+        return record_destinations(self, destinations)

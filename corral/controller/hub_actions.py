@@ -71,6 +71,15 @@ class UpdateRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class SetEngines:
+    """Where tasks went: ``(msg_id, engine_uuid, engine_id)`` each, the engine fields of
+    their records (a scheduler turn's ``task_dest`` copy names many: one write for them all,
+    :meth:`ResultStore.set_engines <corral.controller.store.base.ResultStore.set_engines>`)."""
+
+    destinations: tuple[tuple[str, str, int | None], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class DropRecords:
     """Forget these tasks (a purge by msg_id)."""
 
@@ -90,7 +99,9 @@ class ExpireResults:
     which msg_ids went (:meth:`Hub.forget_purged`), so its tables stay as bounded as the store."""
 
 
-StoreWrite: TypeAlias = AddRecord | UpdateRecord | DropRecords | DropMatching | ExpireResults
+StoreWrite: TypeAlias = (
+    AddRecord | UpdateRecord | SetEngines | DropRecords | DropMatching | ExpireResults
+)
 Action: TypeAlias = Send | Resubmit | Stop | StoreWrite
 Message: TypeAlias = Send | Resubmit | Stop
 
@@ -112,6 +123,8 @@ def apply_writes(
                 store.add_record(action.msg_id, action.record)
             elif isinstance(action, UpdateRecord):
                 store.update_record(action.msg_id, action.changes)
+            elif isinstance(action, SetEngines):
+                store.set_engines(action.destinations)
             elif isinstance(action, DropRecords):
                 store.drop_records(list(action.msg_ids))
             elif isinstance(action, DropMatching):

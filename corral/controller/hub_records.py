@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from corral.controller.hub_actions import Action, AddRecord, UpdateRecord
+from corral.controller.hub_actions import Action, AddRecord, SetEngines, UpdateRecord
 from corral.controller.store.retention import REQUEST_OMITTED_FIELD
 from corral.protocol.session import Message, frame_view
 
@@ -116,15 +116,24 @@ def _omitted(hub: Hub, size: bytes) -> dict[str, Any]:
     return {"bytes": int(size) if size.isdigit() else None, "limit": limit}
 
 
-def record_destination(hub: Hub, msg_id: str, engine_uuid: str) -> list[Action]:
-    entry = hub.by_uuid.get(engine_uuid)
-    if msg_id not in hub.pending:
-        return []
-    hub.pending[msg_id] = engine_uuid
-    if entry is not None:
-        entry.tasks[msg_id] = None
-    changes = {"engine_uuid": engine_uuid, "engine_id": entry.id if entry else None}
-    return [UpdateRecord(msg_id, changes)]
+def record_destinations(hub: Hub, destinations: Iterable[tuple[str, str]]) -> list[Action]:
+    """Where tasks that waited went (the scheduler's ``task_dest`` copy names a turn's
+    dispatches): one write of the engine fields of those the Hub still holds pending, none
+    for the others (answered, or forgotten)."""
+    pending = hub.pending
+    by_uuid = hub.by_uuid
+    changes: list[tuple[str, str, int | None]] = []
+    for msg_id, engine_uuid in destinations:
+        if msg_id not in pending:
+            continue
+        pending[msg_id] = engine_uuid
+        entry = by_uuid.get(engine_uuid)
+        if entry is None:
+            changes.append((msg_id, engine_uuid, None))
+        else:
+            entry.tasks[msg_id] = None
+            changes.append((msg_id, engine_uuid, entry.id))
+    return [SetEngines(tuple(changes))] if changes else []
 
 
 def record_reply(

@@ -28,7 +28,7 @@ import logging
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -57,7 +57,6 @@ from corral.protocol.session import (
     Frame,
     Message,
     Session,
-    frame_view,
     split_identities,
 )
 from corral.protocol.shm import METADATA_KEY, SegmentRef, encode_refs
@@ -135,11 +134,11 @@ class HubShell:
         self._timer: Timer | None = None
         self._trim = heap.TrimSchedule(*PURGE_TRIM_SCHEDULE)
         self._purged = 0  # tasks purged by the actions being performed
-        self._received = 0.0  # when the bundle of scheduler copies being read came
+        self._received = 0.0  # when the bundle of copies being read came
         loop.add_socket(self.pong, self._on_pong)
         loop.add_reader(self.pong_events, self._on_pong_events)
-        # copies come in bundles when they queue up (corral.bundles)
-        loop.add_socket(self.queue_monitor, self._on_monitor, batch=MONITOR_BATCH, bundles=True)
+        # copies come in bundles when they queue up (corral.bundles): each read as one burst
+        loop.add_socket(self.queue_monitor, self._on_device_message, batch=MONITOR_BATCH)
         # the scheduler's come in bundles always: each is read as one burst (_on_scheduler_message)
         loop.add_socket(self.monitor, self._on_scheduler_message, batch=MONITOR_BATCH)
         loop.add_socket(self.registration, self._on_request)
@@ -218,7 +217,15 @@ class HubShell:
                 handle(monitor.recv_multipart(copy=False))
 
     def _on_device_message(self, frames: list[zmq.Frame]) -> None:
-        self.loop.deliver(self._on_monitor, frames)
+        """A copy from the MUX or control device, or a bundle of them (a client's or an
+        engine's bundle as it came), read as one burst as the scheduler's are
+        (:meth:`_on_scheduler_message`): dated once, their store writes queued together."""
+        self._received = time.time()
+        try:
+            with self.store.holding_writes():
+                self.loop.deliver(self._on_monitor, frames)
+        except StoreError as err:  # an earlier write's failure, already logged by the writer
+            log.error("hub: result store: %s", err)
 
     def _on_scheduler_message(self, frames: list[zmq.Frame]) -> None:
         """A bundle of the scheduler's copies (:mod:`corral.bundles`), read as one burst: the
@@ -236,23 +243,22 @@ class HubShell:
         """A copy from the scheduler (from a bundle, :meth:`_on_scheduler_message`): a
         compact ``task_dest`` (:mod:`.destination`), or a ``task_in`` / ``task_out``, read as
         the devices' copies."""
-        if bytes(frame_view(frames[0])) == DESTINATION:
+        if _ident_bytes(frames[0]) == DESTINATION:
             self.monitored += 1
             destinations = read_destinations(
                 self.session, frames, verify=self.verify_scheduler_copies
             )
-            for msg_id, engine_uuid in destinations:
-                self._perform(self.hub.handle_destination(msg_id, engine_uuid))
+            self._perform(self.hub.handle_destinations(destinations))
             return
         self._record_copy(frames, self.verify_scheduler_copies, self._received)
 
     def _on_monitor(self, frames: Sequence[Frame]) -> None:
-        """A copy from the MUX or control device: a client's or an engine's message as it
-        came, so its signature is checked here."""
-        self._record_copy(frames, True, time.time())
+        """A copy from the MUX or control device (from :meth:`_on_device_message`): a
+        client's or an engine's message as it came, so its signature is checked here."""
+        self._record_copy(frames, True, self._received)
 
     def _record_copy(self, frames: Sequence[Frame], verify: bool, now: float) -> None:
-        prefix = bytes(frame_view(frames[0]))
+        prefix = _ident_bytes(frames[0])
         idents, msg_frames = _split_copy(frames)
         msg = read_copy(self.session, msg_frames, idents, verify=verify)
         self.monitored += 1
@@ -386,13 +392,28 @@ class HubShell:
 def _split_copy(frames: Sequence[Frame]) -> tuple[list[bytes], list[Frame]]:
     """The identities and the message frames of a copy ``[prefix, *identities, <IDS|MSG>,
     ...]``, as :func:`~corral.protocol.session.split_identities` splits ``frames[1:]``. A copy
-    from a bundle has ``bytes`` frames, compared as they are (no view and no copy per frame,
-    half the time); anything else (a device's copy from a bundle: its route zmq Frames, its own
-    frames bytes) goes through :func:`~.scheduler_wire.split_route`."""
+    from a bundle has its own frames as ``bytes``, compared as they are (no view and no copy
+    per frame); its route (a device's copy: the identities the queue sent it on) is the bundle's
+    ``zmq.Frame`` objects, shared by every copy of the bundle, told from the delimiter by their
+    length and read through ``Frame.bytes``, which copies once and keeps the copy (a copy per
+    bundle, not per message). Anything else goes through :func:`~.scheduler_wire.split_route`."""
     for index in range(1, min(len(frames), MAX_COPY_ROUTE)):
         frame = frames[index]
-        if frame.__class__ is not bytes:
+        if frame.__class__ is bytes:
+            if frame == DELIMITER:
+                return [_ident_bytes(f) for f in frames[1:index]], list(frames[index + 1 :])
+        elif frame.__class__ is not zmq.Frame or len(frame) == _DELIMITER_LENGTH:
             break
-        if frame == DELIMITER:
-            return list(cast(Sequence[bytes], frames[1:index])), list(frames[index + 1 :])
     return split_route(frames[1:])
+
+
+def _ident_bytes(frame: Frame) -> bytes:
+    """A frame's bytes: a ``zmq.Frame``'s copied once, then kept by the frame."""
+    if isinstance(frame, bytes):
+        return frame
+    if isinstance(frame, zmq.Frame):
+        return frame.bytes
+    return bytes(frame)
+
+
+_DELIMITER_LENGTH = len(DELIMITER)

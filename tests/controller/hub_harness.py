@@ -50,6 +50,11 @@ class HubHarness:
     def handle_destination(self, msg_id: str, engine_uuid: str) -> list[Send | Resubmit | Stop]:
         return self.perform(self.hub.handle_destination(msg_id, engine_uuid))
 
+    def handle_destinations(
+        self, destinations: Sequence[tuple[str, str]]
+    ) -> list[Send | Resubmit | Stop]:
+        return self.perform(self.hub.handle_destinations(destinations))
+
     def tick(self) -> tuple[bytes, list[Send | Resubmit | Stop]]:
         """One beat now, whatever the clock says (as a period passing would)."""
         payload, actions = self.hub.tick(self.now)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from corral.controller.hub import Send, Stop
+from corral.controller.hub_actions import SetEngines
 from corral.controller.store.memory import MemoryStore
 from corral.controller.store.sqlite import SQLiteStore
 from corral.protocol.messages import RESENDABLE
@@ -217,6 +218,34 @@ def test_task_destination_tracks_load_balanced_work(hub: HubHarness) -> None:
     assert counts.content["0"]["tasks"] == 1
     hub.handle_monitor(b"task_out", [b"client-1", b"a"], reply_for(req))
     assert hub.store.get_record(req.msg_id)["engine_id"] == 0
+
+
+def test_a_turns_destinations_are_one_write_of_the_tasks_still_pending(hub: HubHarness) -> None:
+    """A task_dest copy names a scheduler turn's dispatches: the Hub writes the engine of
+    each task it still holds pending in one write (none when it holds none of them)."""
+    register(hub, "a")
+    first, second, done = (session.msg("apply_request", {}) for _ in range(3))
+    for req in (first, second, done):
+        hub.handle_monitor(b"task_in", [b"client-1"], req)
+    hub.handle_destination(done.msg_id, "a")
+    hub.handle_monitor(b"task_out", [b"client-1", b"a"], reply_for(done))
+    (write,) = hub.hub.handle_destinations(
+        [(first.msg_id, "a"), (done.msg_id, "a"), ("never-seen", "a"), (second.msg_id, "gone")]
+    )
+    assert isinstance(write, SetEngines)
+    assert write.destinations == ((first.msg_id, "a", 0), (second.msg_id, "gone", None))
+    assert hub.hub.handle_destinations([(done.msg_id, "a"), ("never-seen", "a")]) == []
+    hub.perform([write])
+    records = hub.store.get_records([first.msg_id, second.msg_id, done.msg_id])
+    assert [(r["engine_uuid"], r["engine_id"]) for r in records.values()] == [
+        ("a", 0),
+        ("gone", None),
+        ("a", 0),
+    ]
+    assert records[done.msg_id]["status"] == "ok"
+    (counts,) = hub.handle_request([b"c"], request("queue_request"))
+    assert isinstance(counts, Send)
+    assert counts.content["0"]["tasks"] == 1  # the first: the other engine is not registered
 
 
 def test_task_in_naming_its_engine_records_the_destination(hub: HubHarness) -> None:

@@ -14,7 +14,7 @@ import pytest
 import zmq
 
 from corral.bundles import bundle
-from corral.controller.destination import destination_frames
+from corral.controller.destination import destination_frames, destinations_frames
 from corral.controller.hub import Hub
 from corral.controller.hub_shell import HubShell, _split_copy
 from corral.controller.store import RetentionSettings, SQLiteStore
@@ -164,10 +164,77 @@ def test_a_bundle_is_read_as_one_burst_that_later_reads_see_whole(shell: Shell) 
     assert not shell.hub.pending
 
 
+def test_a_turns_task_dest_copy_sets_the_engine_of_every_waiting_task_it_names(
+    shell: Shell,
+) -> None:
+    """One task_dest copy names a scheduler turn's dispatches (one write for them all): every
+    task the Hub holds pending gets its engine, a name it does not know is skipped, and a
+    reply in the same bundle still completes its record."""
+    requests: list[Message] = []
+    copies: list[list[bytes]] = []
+    for _ in range(4):
+        request, copy = request_copy(b"task_in")
+        copy.pop(2)  # waited: no engine in its copy
+        copies.append(copy)
+        requests.append(request)
+    shell.shell._on_scheduler_message(frames(bundle([], copies)))
+    dispatched = [(request.msg_id, ENGINE, 0) for request in requests]
+    dispatched.insert(1, ("never-seen", ENGINE, 0))
+    signed = shell.shell.verify_scheduler_copies  # as the controller sets both sides
+    turn = [destinations_frames(SCHEDULER, dispatched, signed=signed)]
+    turn.append(reply_copy(b"task_out", requests[0]))
+    shell.shell._on_scheduler_message(frames(bundle([], turn)))
+    assert shell.loop.rejected == 0
+    records = shell.store.get_records([request.msg_id for request in requests])
+    assert [(r["engine_uuid"], r["engine_id"]) for r in records.values()] == [(ENGINE, 0)] * 4
+    assert [r["status"] for r in records.values()] == ["ok", "pending", "pending", "pending"]
+    assert shell.store.get_history() == [request.msg_id for request in requests]
+    assert set(shell.hub.by_uuid[ENGINE].tasks) == {r.msg_id for r in requests[1:]}
+
+
+def test_a_devices_bundle_is_read_as_one_burst_and_a_bad_copy_costs_itself(shell: Shell) -> None:
+    """A MUX device's bundle (a client's requests or an engine's replies, as the device
+    publishes them: its prefix and route as received frames, one bundle of the messages):
+    every copy is checked and recorded, a forged one is dropped alone, and the replies are
+    dated by their bundle."""
+    requests = [CLIENT.msg("apply_request", {}, buffers=[b"function"]) for _ in range(4)]
+    forged = STRANGER.msg("apply_request", {})
+    client, engine = CLIENT.session_id.encode(), ENGINE.encode()
+
+    def published(prefix: bytes, route: list[bytes], signed: list[Any]) -> list[zmq.Frame]:
+        messages = [[DELIMITER, *signer.serialize(m)[1:]] for signer, m in signed]
+        return [zmq.Frame(bytes(frame_view(f))) for f in bundle([prefix, *route], messages)]
+
+    signed_requests = [(CLIENT, m) for m in requests]
+    signed_requests.insert(2, (STRANGER, forged))
+    replies = [
+        WORKER.msg("apply_reply", {"status": "ok"}, parent=m, buffers=[b"result"]) for m in requests
+    ]
+    shell.shell._on_device_message(published(b"mux_in", [engine, client], signed_requests))
+    assert shell.loop.rejected == 1
+    assert shell.store.get_history() == [m.msg_id for m in requests]
+    before = time.time()
+    shell.shell._on_device_message(
+        published(b"mux_out", [client, engine], [(WORKER, m) for m in replies])
+    )
+    assert shell.loop.rejected == 1
+    records = shell.store.get_records([m.msg_id for m in requests])
+    assert {r["status"] for r in records.values()} == {"ok"}
+    assert {r["engine_uuid"] for r in records.values()} == {ENGINE}
+    assert all(r["result_buffers"] == [b"result"] for r in records.values())
+    (received,) = {r["received"] for r in records.values()}
+    assert before <= datetime.fromisoformat(received).timestamp() <= time.time()
+    assert not shell.hub.pending
+
+
 @pytest.mark.parametrize(
     "copy",
     [
         [b"task_in", b"client", b"engine", DELIMITER, b"sig", b"{}", b"{}", b"{}", b"{}", b"b"],
+        # a device's copy from a bundle: its prefix and route as received, its frames bytes
+        [zmq.Frame(b"mux_in"), zmq.Frame(b"engine"), zmq.Frame(b"client"), DELIMITER, b"sig"],
+        [b"mux_in", zmq.Frame(b"x" * len(DELIMITER)), DELIMITER, b"sig"],  # the delimiter's length
+        [b"mux_in", zmq.Frame(b"engine"), memoryview(DELIMITER), b"sig"],
         [b"task_in", b"client", DELIMITER, b"sig", b"{}", b"{}", b"{}", b"{}"],
         [b"mux_in", zmq.Frame(b"engine"), zmq.Frame(b"client"), zmq.Frame(DELIMITER), b"sig"],
         [b"task_in", b"a", b"b", b"c", b"d", b"e", DELIMITER, b"sig"],  # a long route

@@ -234,6 +234,21 @@ class ResultStore(ABC):
     def update_record(self, msg_id: str, changes: dict[str, Any]) -> None:
         """Merge ``changes`` into the task's top-level fields."""
 
+    def set_engines(self, destinations: Iterable[tuple[str, str, int | None]]) -> None:
+        """Set the engine fields (``engine_uuid``, ``engine_id``) of several tasks, each
+        ``(msg_id, engine_uuid, engine_id)``: what :meth:`update_record` of each does, in
+        order (the Hub learns where a scheduler turn's waiting tasks went in one copy). Every
+        write is made even when one fails; then the first failure is raised. A backend may
+        make them in one go."""
+        failure: StoreError | None = None
+        for msg_id, engine_uuid, engine_id in destinations:
+            try:
+                self.update_record(msg_id, {"engine_uuid": engine_uuid, "engine_id": engine_id})
+            except StoreError as err:
+                failure = failure or err
+        if failure is not None:
+            raise failure
+
     @abstractmethod
     def get_records(self, msg_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The records of the known ``msg_ids``, in submission order; unknown ones absent."""
@@ -319,6 +334,21 @@ class ResultStore(ABC):
         with self._retention_lock:
             purge = self.retention.recorded(msg_id, size, fields.get("status"))
         if purge is not None:
+            self._apply_purge(purge)
+
+    def _account_many(self, sizes: Iterable[tuple[str, int]]) -> None:
+        """:meth:`_account` of writes that set no status, ``(msg_id, size)`` each, under one
+        lock."""
+        if self.retention is None:
+            return
+        purges: list[Purge] = []
+        with self._retention_lock:
+            recorded = self.retention.recorded
+            for msg_id, size in sizes:
+                purge = recorded(msg_id, size, None)
+                if purge is not None:
+                    purges.append(purge)
+        for purge in purges:
             self._apply_purge(purge)
 
     def _forget(self, msg_ids: Sequence[str]) -> None:

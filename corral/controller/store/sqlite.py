@@ -32,7 +32,6 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
-from itertools import chain
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -88,10 +87,12 @@ from .sqlite_rows import (
     SCHEMA_VERSION,
     TABLE_EXISTS,
     Payload,
+    Row,
     columns_for,
     decode_row,
     encode_exact,
     encode_row,
+    engine_row,
     sql_where,
 )
 
@@ -243,7 +244,7 @@ class SQLiteStore(ResultStore):
         for the same msg_id waits for the first's (each row's triggers remove the old chunks
         and parts before the new ones go in)."""
         db = self._db
-        rows: list[tuple[Any, ...]] = []
+        rows: list[Row] = []
         parts: list[tuple[str, int, memoryview]] = []
         with_parts: set[str] = set()
 
@@ -252,11 +253,10 @@ class SQLiteStore(ResultStore):
         def flush() -> None:
             start = 0
             for size in statement_sizes(len(rows), most):
-                if size == 1:
-                    db.execute(upsert_sql(columns), rows[start])
-                else:
-                    values = list(chain.from_iterable(rows[start : start + size]))
-                    db.execute(upsert_sql(columns, size), values)
+                values: list[Any] = []
+                for row in rows[start : start + size]:
+                    row.bind(values)
+                db.execute(upsert_sql(columns, size), values)
                 start += size
             if parts:
                 db.executemany(INSERT_REQUEST_PART, parts)
@@ -278,7 +278,7 @@ class SQLiteStore(ResultStore):
                 if row.request_part:
                     db.executemany(INSERT_REQUEST_PART, row.request_parts())
                 continue
-            rows.append(row.parameters())
+            rows.append(row)
             if row.request_part:
                 parts.extend(row.request_parts())
                 with_parts.add(msg_id)
@@ -305,6 +305,35 @@ class SQLiteStore(ResultStore):
         self._writer.submit(WriteOp("upsert", (msg_id,), payload))
         if retention is not None:
             self._account(msg_id, fields, payload.size())
+
+    def set_engines(self, destinations: Iterable[tuple[str, str, int | None]]) -> None:
+        """The rows made at once (:func:`engine_row`) and queued under one lock; a value not
+        exactly its type takes :meth:`update_record`'s way, in its place."""
+        ops: list[WriteOp[Payload]] = []
+        sizes: list[tuple[str, int]] = []
+        failure: StoreError | None = None
+        for msg_id, engine_uuid, engine_id in destinations:
+            row = engine_row(msg_id, engine_uuid, engine_id)
+            if row is not None:
+                ops.append(WriteOp("upsert", (msg_id,), row))
+                sizes.append((msg_id, row.known_size))
+                continue
+            queued, ops = ops, []  # the rows before it go first, queued even if this raises
+            try:
+                self._writer.submit_many(queued)
+            except StoreError as err:  # an earlier write's failure
+                failure = failure or err
+            try:
+                self.update_record(msg_id, {"engine_uuid": engine_uuid, "engine_id": engine_id})
+            except StoreError as err:  # this value's (or an earlier write's)
+                failure = failure or err
+        try:
+            self._writer.submit_many(ops)
+        except StoreError as err:
+            failure = failure or err
+        self._account_many(sizes)
+        if failure is not None:
+            raise failure
 
     def drop_records(self, msg_ids: Sequence[str]) -> None:
         ids = tuple(check_msg_ids(msg_ids))

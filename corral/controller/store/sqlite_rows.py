@@ -176,17 +176,24 @@ class Row(NamedTuple):
 
     def parameters(self) -> tuple[Any, ...]:
         """The values to bind, the BLOBs joined (in the writer thread)."""
+        values: list[Any] = []
+        self.bind(values)
+        return tuple(values)
+
+    def bind(self, values: list[Any]) -> None:
+        """Append the values to bind to ``values``, the BLOBs joined (in the writer thread):
+        a multi-row statement's parameters are its rows' one after the other, made without a
+        tuple per row."""
+        values += self.values
         columns = self.columns
         last = columns[-1]
         if last == BUFFERS_FIELD:
-            buffers = self.buffers
-            blob = None if buffers is None or self.chunked else _joined(buffers)
             if columns[-2] == REQUEST_DATA:
-                return (*self.values, self._request_blob(), blob)
-            return (*self.values, blob)
-        if last == REQUEST_DATA:
-            return (*self.values, self._request_blob())
-        return self.values
+                values.append(self._request_blob())
+            buffers = self.buffers
+            values.append(None if buffers is None or self.chunk else _joined(buffers))
+        elif last == REQUEST_DATA:
+            values.append(self._request_blob())
 
     def _request_blob(self) -> Any:
         buffers = self.request_buffers
@@ -330,25 +337,17 @@ def encode_row(fields: dict[str, Any], chunk_bytes: int = CHUNK_BYTES) -> Row:
 
 
 def _with_buffers(
-    layout: _Layout,
-    values: list[Any],
-    fields: dict[str, Any],
-    chunk_bytes: int,
-    text: int | None = None,
+    layout: _Layout, values: list[Any], fields: dict[str, Any], chunk_bytes: int
 ) -> Row:
-    """The row, once its scalar values are encoded: the buffers' lengths, and the buffers.
-    ``text``: the length of the text among ``values`` so far, if known (then the row carries
-    its size, as :meth:`Row.size` would count it)."""
+    """The row, once its scalar values are encoded: the buffers' lengths, and the buffers."""
     request = result = None
-    request_size = result_size = request_text = result_text = 0
+    request_size = result_size = 0
     if layout.request:
         request = fields[REQUEST_BUFFERS_FIELD]
-        request_size, request_text = _append_lengths(values, request)
+        request_size = _append_lengths(values, request)
     if layout.buffers:
         result = fields[BUFFERS_FIELD]
-        result_size, result_text = _append_lengths(values, result)
-    lengths_text = request_text + result_text
-    size = -1 if text is None else ROW_OVERHEAD + text + lengths_text + request_size + result_size
+        result_size = _append_lengths(values, result)
     return Row(
         layout.columns,
         tuple(values),
@@ -356,19 +355,18 @@ def _with_buffers(
         chunk_bytes if result_size > chunk_bytes else 0,
         request,
         chunk_bytes if request_size > chunk_bytes else 0,
-        size,
     )
 
 
-def _append_lengths(values: list[Any], buffers: list[Any] | None) -> tuple[int, int]:
+def _append_lengths(values: list[Any], buffers: list[Any] | None) -> int:
     """Append the lengths column of ``buffers`` (NULL for none) to ``values``; the buffers'
-    total size and the length of that text."""
+    total size."""
     if buffers is None:
         values.append(None)
-        return 0, 0
+        return 0
     size, encoded = _lengths(buffers)
     values.append(encoded)
-    return size, len(encoded)
+    return size
 
 
 def _lengths(buffers: list[Any]) -> tuple[int, str]:
@@ -378,11 +376,14 @@ def _lengths(buffers: list[Any]) -> tuple[int, str]:
     return sum(lengths), orjson.dumps(lengths).decode()
 
 
-def _flat_buffers(value: Any, limit: int | None) -> bool:
-    """Whether ``value`` is buffers :func:`~.base.validate_record` keeps as they are (a list
-    of bytes and flat, contiguous byte views) and, with ``limit``, no more than it in all."""
+def _flat_lengths(value: Any, limit: int | None) -> tuple[int, str] | None:
+    """The size in all and the lengths column (:func:`_lengths`) of buffers
+    :func:`~.base.validate_record` keeps as they are (a list of bytes and flat, contiguous
+    byte views) and, with ``limit``, no more than it in all; None for anything else. One
+    pass, and one buffer's lengths without a JSON encoder (the Hub's usual request and
+    result)."""
     if value.__class__ is not list:
-        return False
+        return None
     for buffer in value:
         if buffer.__class__ is bytes:
             continue
@@ -392,8 +393,15 @@ def _flat_buffers(value: Any, limit: int | None) -> bool:
             and buffer.ndim == 1
             and buffer.c_contiguous
         ):
-            return False
-    return limit is None or sum(map(len, value)) <= limit
+            return None
+    if len(value) == 1:
+        size = len(value[0])
+        encoded = f"[{size}]"
+    else:
+        size, encoded = _lengths(value)
+    if limit is not None and size > limit:
+        return None
+    return size, encoded
 
 
 def encode_exact(
@@ -404,24 +412,72 @@ def encode_exact(
     or of exactly its field's type (an int within 64 bits; buffers a list of bytes or flat
     byte views of at most ``buffer_limit`` in all). None for anything else: the caller then
     validates, omits and encodes the long way, which accepts and refuses what it always did.
-    The Hub's own records take this path (JSON it decoded, views of frames it received)."""
+    The Hub's own records take this path (JSON it decoded, views of frames it received); it
+    makes the row :func:`encode_row` makes, with its size (tested so)."""
     layout = _layout(tuple(fields))
-    if layout.extras:
-        return None
-    if msg_id.__class__ is not str or not msg_id or fields.get("msg_id", msg_id) != msg_id:
+    if (
+        layout.extras
+        or msg_id.__class__ is not str
+        or not msg_id
+        or fields.get("msg_id", msg_id) != msg_id
+    ):
         return None
     checked = layout.exact(msg_id, fields)  # the values, and the text Row.size counts
     if checked is None:
         return None
+    values, size = checked
+    size += ROW_OVERHEAD
+    request = result = None
+    request_part = result_chunk = 0
     if layout.request:
-        buffers = fields[REQUEST_BUFFERS_FIELD]
-        if buffers is not None and not _flat_buffers(buffers, buffer_limit):
-            return None
+        request = fields[REQUEST_BUFFERS_FIELD]
+        if request is None:
+            values.append(None)
+        else:
+            lengths = _flat_lengths(request, buffer_limit)
+            if lengths is None:
+                return None
+            values.append(lengths[1])
+            size += lengths[0] + len(lengths[1])
+            if lengths[0] > chunk_bytes:
+                request_part = chunk_bytes
     if layout.buffers:
-        buffers = fields[BUFFERS_FIELD]
-        if buffers is not None and not _flat_buffers(buffers, buffer_limit):
-            return None
-    return _with_buffers(layout, checked[0], fields, chunk_bytes, checked[1])
+        result = fields[BUFFERS_FIELD]
+        if result is None:
+            values.append(None)
+        else:
+            lengths = _flat_lengths(result, buffer_limit)
+            if lengths is None:
+                return None
+            values.append(lengths[1])
+            size += lengths[0] + len(lengths[1])
+            if lengths[0] > chunk_bytes:
+                result_chunk = chunk_bytes
+    return Row(layout.columns, tuple(values), result, result_chunk, request, request_part, size)
+
+
+_ENGINE_LAYOUT = _layout(("engine_uuid", "engine_id"))
+
+
+def engine_row(msg_id: Any, engine_uuid: Any, engine_id: Any) -> Row | None:
+    """The row :func:`encode_exact` makes of ``{"engine_uuid": engine_uuid, "engine_id":
+    engine_id}`` for ``msg_id``, without a dict, a layout lookup or a generated check (the
+    Hub writes one per task that waited for an engine); None where that would be None (a
+    value not exactly its type: the caller then takes the long way)."""
+    if (
+        msg_id.__class__ is not str
+        or not msg_id
+        or (engine_uuid is not None and engine_uuid.__class__ is not str)
+        or (
+            engine_id is not None
+            and (engine_id.__class__ is not int or not INT64_MIN <= engine_id <= INT64_MAX)
+        )
+    ):
+        return None
+    layout = _ENGINE_LAYOUT
+    text = len(msg_id) + (0 if engine_uuid is None else len(engine_uuid))
+    values = (msg_id, layout.present, engine_uuid, engine_id)
+    return Row(layout.columns, values, None, 0, None, 0, ROW_OVERHEAD + text)
 
 
 def _members(values: tuple[Any, ...]) -> tuple[str, list[Any]]:

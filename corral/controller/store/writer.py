@@ -15,8 +15,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Generic, Literal, TypeVar
+from typing import Generic, Literal, NamedTuple, TypeVar
 
 from corral.errors import StoreError
 
@@ -25,9 +24,11 @@ logger = logging.getLogger("corral.controller.store")
 PayloadT = TypeVar("PayloadT")
 
 
-@dataclass(frozen=True, slots=True)
-class WriteOp(Generic[PayloadT]):
-    """One queued write: ``upsert`` one record or ``drop`` several; payload is the backend's."""
+class WriteOp(NamedTuple, Generic[PayloadT]):
+    """One queued write: ``upsert`` one record or ``drop`` several; payload is the backend's.
+
+    A named tuple: the Hub makes two or three per task, and one costs half what a frozen
+    dataclass does (0.20 against 0.36 us to make)."""
 
     kind: Literal["upsert", "drop"]
     msg_ids: tuple[str, ...]
@@ -108,6 +109,21 @@ class BatchWriter(Generic[PayloadT]):
             if len(self._pending) == 1:  # the writer sleeps only on an empty queue
                 self._condition.notify_all()
             self._raise_error()
+
+    def submit_many(self, ops: list[WriteOp[PayloadT]]) -> None:
+        """:meth:`submit` of each of ``ops`` in order, under one lock (held, inside
+        :meth:`holding` on this thread); the pending error of an earlier write is raised once
+        they are all queued."""
+        held = self._held
+        if held is not None and self._holder == threading.get_ident():
+            if self._closing:
+                raise StoreError(f"{self._name}: the result store is closed")
+            held.extend(ops)
+            return
+        if ops:
+            self._queue(ops)
+        else:
+            self.check()
 
     @contextmanager
     def holding(self) -> Iterator[None]:

@@ -32,6 +32,7 @@ from corral.controller.store.sqlite_rows import (
     Row,
     encode_exact,
     encode_row,
+    engine_row,
 )
 from corral.errors import StoreError
 
@@ -327,6 +328,9 @@ HUB_REQUEST = {
     [
         ({}, True),
         ({"result_buffers": [b"a", memoryview(b"bc")]}, True),
+        ({"result_buffers": [b""], "buffers": []}, True),
+        ({"result_buffers": [b"x" * 32], "buffers": [memoryview(b"y" * 32)]}, True),  # the limit
+        ({"result_buffers": [b"x" * 33]}, False),  # one byte over it: omitted
         ({"engine_id": 2**63}, False),  # out of 64 bits: refused the long way
         ({"engine_id": True}, False),  # a bool is not an engine id
         ({"status": 3}, False),
@@ -368,3 +372,30 @@ def test_the_one_pass_encoding_refuses_what_json_cannot_hold_at_the_call() -> No
 def test_the_one_pass_encoding_declines_bad_msg_ids() -> None:
     assert encode_exact("", {"status": "ok"}, 1 << 20, None) is None
     assert encode_exact(None, {"status": "ok"}, 1 << 20, None) is None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("msg_id", "engine_uuid", "engine_id"),
+    [
+        ("t1", "e", 0),
+        ("t1", "a6f7a72a-f42a-46e2-8447-8860fbb91a7e", None),
+        ("t1", None, 3),
+        ("t1", "e", 2**63),  # out of 64 bits
+        ("t1", "e", True),  # a bool is not an engine id
+        ("t1", b"e", 1),
+        ("", "e", 1),
+        (None, "e", 1),
+    ],
+)
+def test_an_engine_row_is_the_one_pass_encoding_of_its_two_fields(
+    msg_id: Any, engine_uuid: Any, engine_id: Any
+) -> None:
+    """``engine_row`` (the Hub's ``task_dest`` writes) gives the row ``encode_exact`` gives
+    for the same two fields, and None where it gives None."""
+    row = engine_row(msg_id, engine_uuid, engine_id)
+    fields = {"engine_uuid": engine_uuid, "engine_id": engine_id}
+    expected = encode_exact(msg_id, fields, 1 << 20, 32)
+    assert (row is None) == (expected is None)
+    if row is not None and expected is not None:
+        assert row == expected
+        assert row.size() == expected.size()

@@ -107,6 +107,29 @@ def test_add_and_update_are_upserts_that_keep_submission_order(store: ResultStor
     assert store.get_record("b") == {"msg_id": "b", "status": "ok"}
 
 
+def test_set_engines_is_an_update_of_each(store: ResultStore) -> None:
+    """Every backend: what update_record of each engine field pair does, in order, also for a
+    task not recorded yet (an upsert, numbered where it is first written)."""
+    store.add_record("a", {"status": "pending", "engine_uuid": None})
+    store.add_record("b", {"status": "pending"})
+    store.set_engines([("b", "engine-1", 1), ("new", "engine-2", None), ("a", "engine-2", 2)])
+    store.set_engines([("b", "engine-3", 3)])  # sent again (a retry): the last one wins
+    assert store.get_history() == ["a", "b", "new"]
+    assert store.get_records(["a", "b", "new"]) == {
+        "a": {"msg_id": "a", "status": "pending", "engine_uuid": "engine-2", "engine_id": 2},
+        "b": {"msg_id": "b", "status": "pending", "engine_uuid": "engine-3", "engine_id": 3},
+        "new": {"msg_id": "new", "engine_uuid": "engine-2", "engine_id": None},
+    }
+
+
+def test_set_engines_makes_every_good_write_and_raises_for_a_bad_one(store: ResultStore) -> None:
+    bad: Any = [("a", "engine-1", 0), ("b", "engine-1", 2**70), ("c", 5, 1), ("d", "e", 4)]
+    with pytest.raises(StoreError, match="64 bits"):
+        store.set_engines(bad)
+    assert store.get_history() == ["a", "d"]
+    assert store.get_record("d") == {"msg_id": "d", "engine_uuid": "e", "engine_id": 4}
+
+
 def test_order_is_submission_order_not_timestamps(store: ResultStore) -> None:
     for index, second in enumerate([30, 10, 20, 5]):
         store.add_record(f"m{index}", {"submitted": stamp(second)})

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -117,6 +118,35 @@ def test_queued_writes_are_applied_when_the_process_exits_without_close(tmp_path
     subprocess.run([sys.executable, "-c", script, str(path)], cwd=REPO_ROOT, check=True)
     with SQLiteStore(path) as store:
         assert len(store.get_history()) == 5000
+
+
+def test_set_engines_after_a_failed_write_makes_every_good_write(tmp_path: Path) -> None:
+    """An earlier write's failure (raised by the next call) and a value of the wrong type in
+    the middle of a turn's engine writes cost nothing else: the rows before and after the bad
+    one are written, and the first failure is raised."""
+    with SQLiteStore(tmp_path / "tasks.db", max_size=2_000_000) as store:
+        store.add_record("huge", {"result_buffers": [b"\xff" * 3_000_000]})
+        mark = store.write_mark()
+        until(lambda: store.written(mark), 30, "the oversized write to fail")
+
+        class Name(str):
+            """A string, but not exactly one: its write takes update_record's long way."""
+
+        with pytest.raises(StoreError, match="full"):
+            store.set_engines([("a", "e", 1), ("b", Name("f"), 2), ("c", "e", 3)])
+        bad: Any = [("d", "e", 4), ("x", 5, 5), ("y", "e", 2**70), ("z", "e", 6)]
+        with pytest.raises(StoreError, match="must be string"):
+            store.set_engines(bad)
+        store.flush()
+        assert store.get_history() == ["a", "b", "c", "d", "z"]
+        records = store.get_records(store.get_history())
+        assert [(r["engine_uuid"], r["engine_id"]) for r in records.values()] == [
+            ("e", 1),
+            ("f", 2),
+            ("e", 3),
+            ("e", 4),
+            ("e", 6),
+        ]
 
 
 def test_disk_full_is_reported_and_loses_only_the_failing_write(

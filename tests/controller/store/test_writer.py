@@ -116,6 +116,32 @@ def test_an_earlier_failure_is_raised_when_the_block_ends_and_nothing_held_is_lo
     assert recorder.applied == ["upsert:after"]
 
 
+def test_many_writes_queue_in_order_held_or_not_and_raise_an_earlier_failure(
+    writer: BatchWriter[None], recorder: Recorder
+) -> None:
+    writer.submit_many([upsert("a"), upsert("b")])
+    with writer.holding():
+        writer.submit(upsert("c"))
+        writer.submit_many([upsert("d"), upsert("e")])
+        assert writer.mark() == 5
+    writer.flush()
+    assert recorder.applied == [f"upsert:{msg_id}" for msg_id in "abcde"]
+    recorder.fail = {"bad"}
+    writer.submit(upsert("bad"))
+    with pytest.raises(StoreError, match="bad"):
+        writer.flush()
+    writer.submit(upsert("bad"))
+    with pytest.raises(StoreError, match="bad"):  # raised by the flush or by submit_many
+        writer.submit_many([upsert("f")])
+        writer.flush()
+    writer.flush()
+    assert recorder.applied[-1] == "upsert:f"
+    writer.submit_many([])  # nothing to queue: only the pending error, if any
+    writer.close()
+    with pytest.raises(StoreError, match="closed"):
+        writer.submit_many([upsert("g")])
+
+
 def test_close_queues_what_is_held(recorder: Recorder) -> None:
     writer: BatchWriter[None] = BatchWriter(recorder, name="test writer", linger=0.0)
     with writer.holding():
