@@ -376,6 +376,22 @@ def _lengths(buffers: list[Any]) -> tuple[int, str]:
     return sum(lengths), orjson.dumps(lengths).decode()
 
 
+def _buffers_column(
+    values: list[Any], buffers: Any, buffer_limit: int | None, chunk_bytes: int
+) -> tuple[int, int] | None:
+    """Append the lengths column of ``buffers`` (None stays None) to ``values``; the bytes it
+    adds to the row's size and the chunk to write it in (0: in one piece), or None when
+    :func:`_flat_lengths` refuses them (the caller takes the general way)."""
+    if buffers is None:
+        values.append(None)
+        return 0, 0
+    lengths = _flat_lengths(buffers, buffer_limit)
+    if lengths is None:
+        return None
+    values.append(lengths[1])
+    return lengths[0] + len(lengths[1]), chunk_bytes if lengths[0] > chunk_bytes else 0
+
+
 def _flat_lengths(value: Any, limit: int | None) -> tuple[int, str] | None:
     """The size in all and the lengths column (:func:`_lengths`) of buffers
     :func:`~.base.validate_record` keeps as they are (a list of bytes and flat, contiguous
@@ -431,28 +447,18 @@ def encode_exact(
     request_part = result_chunk = 0
     if layout.request:
         request = fields[REQUEST_BUFFERS_FIELD]
-        if request is None:
-            values.append(None)
-        else:
-            lengths = _flat_lengths(request, buffer_limit)
-            if lengths is None:
-                return None
-            values.append(lengths[1])
-            size += lengths[0] + len(lengths[1])
-            if lengths[0] > chunk_bytes:
-                request_part = chunk_bytes
+        added = _buffers_column(values, request, buffer_limit, chunk_bytes)
+        if added is None:
+            return None
+        size += added[0]
+        request_part = added[1]
     if layout.buffers:
         result = fields[BUFFERS_FIELD]
-        if result is None:
-            values.append(None)
-        else:
-            lengths = _flat_lengths(result, buffer_limit)
-            if lengths is None:
-                return None
-            values.append(lengths[1])
-            size += lengths[0] + len(lengths[1])
-            if lengths[0] > chunk_bytes:
-                result_chunk = chunk_bytes
+        added = _buffers_column(values, result, buffer_limit, chunk_bytes)
+        if added is None:
+            return None
+        size += added[0]
+        result_chunk = added[1]
     return Row(layout.columns, tuple(values), result, result_chunk, request, request_part, size)
 
 
