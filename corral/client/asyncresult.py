@@ -110,14 +110,15 @@ class AsyncResult(ResultInfo, LightFuture):
         if not self._children:
             self._finish()
             return
-        # The children reach this object only through ``link``, emptied once it is finished:
-        # a finished AsyncResult nobody holds is then garbage, and its records are released.
-        link = self._link = _ChildLink(self)
-
         # a part settled on the client's I/O thread may finish this result there: cheap, no
         # user code runs (its own callbacks are handed to the callbacks thread); a map's join
         # of its parts may take long: its parts are settled on the results thread, as before
         inline = self._client is not None and self._joins_cheaply
+        if inline and len(self._children) == 1 and self._children[0].attach(self):
+            return  # told by the request's future itself (forgotten once told): no link
+        # The children reach this object only through ``link``, emptied once it is finished:
+        # a finished AsyncResult nobody holds is then garbage, and its records are released.
+        link = self._link = _ChildLink(self)
         for child in self._children:
             if not inline:
                 child.allow_inline = False

@@ -416,12 +416,10 @@ class Client(ControllerLink, ControlCalls, HubQueries):
                 if refs:
                     metadata = {**metadata, METADATA_KEY: encode_refs(refs)}
         if msg_type == "apply_request" and not content:  # valid as it is: no catalogue check
+            shared = self._shm_reader  # never changed: shared by the requests, not copied
+            request_metadata = shared if metadata is shared else dict(metadata or {})
             msg = Message(
-                header or session.header(msg_type),
-                {},
-                dict(metadata) if metadata else {},
-                content,
-                tuple(buffers),
+                header or session.header(msg_type), {}, request_metadata, content, tuple(buffers)
             )
         else:
             msg = session.msg(msg_type, content, metadata=metadata, buffers=buffers, header=header)

@@ -28,7 +28,7 @@ import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, Future, InvalidStateError
 from concurrent.futures import TimeoutError as FuturesTimeoutError
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import zmq
 
@@ -71,8 +71,7 @@ def lighten(future: LightFuture) -> None:
     future._exception = None
     future._waiting = None  # concurrent.futures' waiters: made when first asked for
     future._sleepers = None  # threads in result()/exception(): made by the first
-    # not in typeshed's Future; vars(future)[...] would give the instance a dict of its own
-    object.__setattr__(future, "_done_callbacks", [])
+    future._callbacks = None  # the done-callbacks: made by the first added
 
 
 class LightFuture(Future[Any]):
@@ -88,17 +87,25 @@ class LightFuture(Future[Any]):
     order (state, ``wait``'s waiters, the threads in ``result``, then the done-callbacks
     outside the lock), and drop the callbacks' list once they ran (a done future calls a new
     callback at once and never adds it). The list of ``concurrent.futures``' waiters is made
-    when that first asks for it. So a pending future is three objects (itself, its lock, its
-    callbacks' list) and a finished one two.
+    when that first asks for it, and so is the callbacks' list, when a first callback is added
+    (most AsyncResults never get one). So a future is two objects (itself, its lock), three
+    while it has callbacks to run.
     """
 
-    __slots__ = ("_sleepers", "_waiting")
-
-    if TYPE_CHECKING:  # set by lighten(); typeshed's Future does not list the callbacks
-        _done_callbacks: list[Callable[[Future[Any]], object]]
+    __slots__ = ("_callbacks", "_sleepers", "_waiting")
 
     _waiting: list[Any] | None
     _sleepers: collections.deque[Any] | None
+    _callbacks: list[Callable[[Future[Any]], object]] | None
+
+    @property
+    def _done_callbacks(self) -> list[Callable[[Future[Any]], object]]:
+        """``Future._done_callbacks``, made at the first use (``add_done_callback`` below
+        adds to it without asking for it)."""
+        callbacks = self._callbacks
+        if callbacks is None:
+            callbacks = self._callbacks = []
+        return callbacks
 
     @property
     def _waiters(self) -> list[Any]:
@@ -212,19 +219,40 @@ class LightFuture(Future[Any]):
                 self._wake()
         self._run_callbacks()
 
+    def add_done_callback(self, fn: Callable[[Future[Any]], object]) -> None:
+        """As the base: ``fn(self)`` once done, at once if it is; its list made when needed."""
+        with self._condition:
+            if self._state in _SETTLEABLE:
+                callbacks = self._callbacks
+                if callbacks is None:
+                    callbacks = self._callbacks = []
+                callbacks.append(fn)
+                return
+        try:
+            fn(self)
+        except Exception:
+            _log.exception("exception calling callback for %r", self)
+
     def _invoke_callbacks(self) -> None:  # the base's cancel paths call it
         self._run_callbacks()
 
     def _run_callbacks(self) -> None:
-        callbacks = self._done_callbacks
+        callbacks = self._callbacks
         if not callbacks:
             return
-        object.__setattr__(self, "_done_callbacks", _NO_CALLBACKS)
+        self._callbacks = _NO_CALLBACKS
         for callback in callbacks:
             try:
                 callback(self)
             except Exception:
                 _log.exception("exception calling callback for %r", self)
+
+
+class Owner(Protocol):
+    """What a request's future tells when it is done, in place of a done-callback: the one
+    AsyncResult over that request alone (``AsyncResult._child_done``)."""
+
+    def _child_done(self) -> None: ...
 
 
 class RequestFuture(LightFuture):
@@ -239,6 +267,29 @@ class RequestFuture(LightFuture):
         self._offload = offload
         self.settling_inline = False  # True while the I/O thread settles it
         self.allow_inline = True  # False: always settled on the results worker (a map's part)
+        self._owner: Owner | None = None
+
+    def attach(self, owner: Owner) -> bool:
+        """Have ``owner._child_done()`` called once this is done, after its callbacks, on the
+        settling thread (as a callback added with ``inline=True``); False, and nothing done,
+        if it is done already or has an owner. The AsyncResult of a single request (nearly
+        every ``apply``) is told so instead of through a callback: no callbacks' list and no
+        link object per task, which the collector would walk while the result is held."""
+        with self._condition:
+            if self._owner is not None or self._state not in _SETTLEABLE:
+                return False
+            self._owner = owner
+        return True
+
+    def _run_callbacks(self) -> None:
+        super()._run_callbacks()
+        owner = self._owner
+        if owner is not None:
+            self._owner = None  # the result no longer reachable from here: it may be garbage
+            try:
+                owner._child_done()
+            except Exception:
+                _log.exception("exception telling %r that %r is done", owner, self)
 
     def add_done_callback(
         self, fn: Callable[[Future[Any]], object], *, inline: bool = False
