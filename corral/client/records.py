@@ -43,6 +43,7 @@ from typing import Any
 
 from corral.client.executereply import ExecuteReply
 from corral.client.published import PublishedData
+from corral.client.requestfuture import TASK as TASK_KIND
 from corral.client.requestfuture import RequestFuture, settles_inline
 from corral.errors import CorralError, ImportNeeded, error_from_content
 from corral.protocol.serialize import deserialize_object
@@ -132,13 +133,14 @@ class Metadata(dict[str, Any]):
         return md
 
 
-TASK = "task"  # apply/execute/control: settles with a value or a RemoteError
+TASK = TASK_KIND  # apply/execute/control: settles with a value or a RemoteError
 SERVICE = "service"  # hub query: settles with the reply Message, or calls on_reply
 
 
 @dataclass(slots=True)
 class Pending:
-    """An unanswered request: what settles it and where it went."""
+    """An unanswered request: what settles it and where it went. A task's own
+    :class:`RequestFuture` stands in ``Records.pending`` in place of one (same fields)."""
 
     future: Future[Any]
     kind: str
@@ -176,7 +178,7 @@ class Records:
         # one call, where a done-callback per request cost an object and a lock
         self._on_settled = on_settled
         self.futures: dict[str, RequestFuture] = {}
-        self.pending: dict[str, Pending] = {}
+        self.pending: dict[str, Pending | RequestFuture] = {}
         self.results: dict[str, Any] = {}
         # a missing key reads as empty metadata, as ipyparallel's ``client.metadata`` does
         self.metadata: dict[str, Metadata] = collections.defaultdict(Metadata)
@@ -211,7 +213,7 @@ class Records:
         """Register an apply, execute or control request before it is sent."""
         header = msg.header
         msg_id: str = header["msg_id"]
-        future = RequestFuture(self._defer)
+        future = RequestFuture(self._defer, channel, engine_uuid)
         request_metadata = msg.metadata
         self.metadata[msg_id] = Metadata.of_request(
             msg_id,
@@ -229,7 +231,7 @@ class Records:
             with self._lock:
                 self.history.append(msg_id)
             self.outstanding.add(msg_id)
-        self.pending[msg_id] = Pending(future, TASK, channel, engine_uuid)
+        self.pending[msg_id] = future  # its own entry (see RequestFuture)
         self._sweep()
         return future
 
@@ -298,7 +300,7 @@ class Records:
         if future is None:
             future = self.futures.setdefault(msg_id, RequestFuture(self._defer))
         settled = future
-        frames = list(buffers)
+        frames = buffers if type(buffers) is tuple else tuple(buffers)  # a reply's: a tuple
         if isinstance(future, RequestFuture) and future.allow_inline and settles_inline(frames):
             try:
                 outcome = self._outcome(msg_id, header, content, md, frames, loaded_only=True)
@@ -319,7 +321,7 @@ class Records:
         header: Mapping[str, Any],
         content: Mapping[str, Any],
         md: Metadata,
-        buffers: list[Frame],
+        buffers: Sequence[Frame],
         future: Future[Any],
     ) -> None:
         self._finish_reply(msg_id, md, self._outcome(msg_id, header, content, md, buffers), future)
@@ -510,7 +512,9 @@ class Records:
         if finished:
             self.forget(finished, compact=False)
 
-    def _fail(self, msg_id: str, pending: Pending, error: BaseException, at_once: bool) -> None:
+    def _fail(
+        self, msg_id: str, pending: Pending | RequestFuture, error: BaseException, at_once: bool
+    ) -> None:
         if pending.kind == TASK:
             self.complete_error(msg_id, error, pending.future, at_once=at_once)
         else:
@@ -564,7 +568,7 @@ class Records:
         header: Mapping[str, Any],
         content: Mapping[str, Any],
         md: Metadata,
-        buffers: list[Frame],
+        buffers: Sequence[Frame],
         *,
         loaded_only: bool = False,
     ) -> tuple[Any, bool]:

@@ -38,10 +38,15 @@ __all__ = [
     "FUTURE_FIELDS",
     "INLINE_LIMIT",
     "LightFuture",
+    "TASK",
     "RequestFuture",
     "lighten",
     "settles_inline",
 ]
+
+TASK = "task"
+"""``kind`` of a pending apply, execute or control request: settles with a value or an error
+(:class:`corral.client.records.Pending` has the other kind, a Hub query)."""
 
 INLINE_LIMIT = 64 * 1024
 """Replies whose buffers hold at most this many bytes may be settled on the I/O thread."""
@@ -121,6 +126,11 @@ class LightFuture(Future[Any]):
         self._waiting = waiters
 
     # ------------------------------------------------------------------ waiting
+
+    def done(self) -> bool:
+        """As the base, without taking the lock: one read of the state, which is set once, in
+        one assignment, under the lock (the records ask it of every request they release)."""
+        return self._state not in _SETTLEABLE
 
     def result(self, timeout: float | None = None) -> Any:
         with self._condition:
@@ -260,14 +270,29 @@ class RequestFuture(LightFuture):
 
     ``offload`` runs a call on the results worker; callbacks not added with ``inline=True`` go
     through it whenever the future is settled inline.
+
+    While its request is unanswered it is also the request's entry in ``Records.pending``
+    (where a Hub query has a ``Pending``): it has the same fields, ``kind`` (:data:`TASK`),
+    ``channel``, ``engine_uuid``, ``on_reply`` (None) and ``future`` (itself), so a task costs
+    no second object there.
     """
 
-    def __init__(self, offload: Offload) -> None:
+    kind = TASK
+    on_reply: None = None
+
+    def __init__(self, offload: Offload, channel: str = "", engine_uuid: str | None = None) -> None:
         lighten(self)  # in place of Future.__init__
         self._offload = offload
         self.settling_inline = False  # True while the I/O thread settles it
         self.allow_inline = True  # False: always settled on the results worker (a map's part)
         self._owner: Owner | None = None
+        self.channel = channel  # where it was sent: "mux", "control" or "task"
+        self.engine_uuid = engine_uuid  # the engine it was sent to, if named
+
+    @property
+    def future(self) -> RequestFuture:
+        """Itself, as ``Pending.future`` (see the class doc)."""
+        return self
 
     def attach(self, owner: Owner) -> bool:
         """Have ``owner._child_done()`` called once this is done, after its callbacks, on the
