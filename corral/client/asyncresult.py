@@ -89,10 +89,14 @@ class AsyncResult(ResultInfo, LightFuture):
         return_exceptions: bool = False,
         trackers: Sequence[zmq.MessageTracker] = (),
     ) -> None:
-        lighten(self)  # in place of Future.__init__ (ResultInfo has no __init__)
         if single and len(msg_ids) != 1:
+            lighten(self)
             raise ValueError(f"a single result needs exactly one msg_id, got {len(msg_ids)}")
         self.msg_ids: list[str] = list(msg_ids)
+        self._children = [records.futures[msg_id] for msg_id in self.msg_ids]
+        # in place of Future.__init__ (ResultInfo has no __init__); over one request, with
+        # that request's lock (see lighten)
+        lighten(self, self._children[0]._condition if len(self._children) == 1 else None)
         self._records = records
         self._client = client
         self._fname = fname
@@ -100,7 +104,6 @@ class AsyncResult(ResultInfo, LightFuture):
         self.owner = owner
         self._return_exceptions = return_exceptions
         self._tracker = zmq.MessageTracker(*trackers) if trackers else _DONE_TRACKER
-        self._children = [records.futures[msg_id] for msg_id in self.msg_ids]
         records.hold(self.msg_ids)
         self._held: tuple[str, ...] | None = tuple(self.msg_ids)  # released by ``__del__``
         # parts may finish on several threads at once; one part needs no lock

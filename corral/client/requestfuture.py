@@ -66,11 +66,17 @@ FUTURE_FIELDS = ("_condition", "_state", "_result", "_exception", "_waiters", "_
 """What ``Future.__init__`` sets (tests/client/test_requestfuture.py checks it still is)."""
 
 
-def lighten(future: LightFuture) -> None:
+def lighten(future: LightFuture, lock: Any = None) -> None:
     """Initialise ``future`` as ``Future.__init__`` does, with a bare reentrant lock for its
-    condition (see :class:`LightFuture`) and no waiters' list until one is needed."""
+    condition (see :class:`LightFuture`) and no waiters' list until one is needed.
+
+    ``lock``: another LightFuture's lock, to share (an AsyncResult over one request takes its
+    request's: one object fewer per task). Safe because a LightFuture's waiting is its own:
+    settling one wakes only the threads in its own ``result()``/``exception()``, and the lock
+    only orders the reads and writes of each future's fields; it is reentrant, so
+    ``concurrent.futures.wait`` taking both futures' locks takes it twice."""
     # not a threading.Condition by type: LightFuture does its own waiting and waking
-    object.__setattr__(future, "_condition", _thread.RLock())
+    object.__setattr__(future, "_condition", _thread.RLock() if lock is None else lock)
     future._state = _PENDING
     future._result = None
     future._exception = None
