@@ -236,6 +236,8 @@ class Client(ControllerLink, ControlCalls, HubQueries):
     def take_trackers(self, msg_ids: Iterable[str]) -> list[zmq.MessageTracker]:
         """The MessageTrackers of ``msg_ids`` sent with ``track``; each handed over once."""
         trackers = self._records.trackers
+        if not trackers:  # nothing sent with ``track``: the usual case, once per submission
+            return []
         return [trackers.pop(m) for m in msg_ids if m in trackers]
 
     def register_view(self, view: View) -> None:
