@@ -431,7 +431,7 @@ class Client(ControllerLink, ControlCalls, HubQueries):
         engine_id, uuid = target if target is not None else (None, None)
         records = self._records
         if header is None:
-            records.track(msg, channel, uuid, engine_id, in_history=in_history)
+            records.track(msg, channel, uuid, engine_id, in_history=in_history, sweep=False)
         if refs:
             records.futures[msg_id].add_done_callback(lambda _: self._shm.release(refs))
         if channel == "task":
@@ -448,6 +448,7 @@ class Client(ControllerLink, ControlCalls, HubQueries):
             raise
         if tracker is not None:
             records.trackers[msg_id] = tracker
+        records.sweep()  # released results forgotten once the request is on its way
         return msg_id
 
     def _engines_share_host(self, channel: str, target: Target | None) -> bool:

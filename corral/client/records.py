@@ -209,8 +209,11 @@ class Records:
         engine_id: int | None = None,
         *,
         in_history: bool = True,
+        sweep: bool = True,
     ) -> RequestFuture:
-        """Register an apply, execute or control request before it is sent."""
+        """Register an apply, execute or control request before it is sent. ``sweep=False``:
+        the caller calls :meth:`sweep` itself, later (the client: once the request is handed
+        over, so that forgetting released results does not delay it)."""
         header = msg.header
         msg_id: str = header["msg_id"]
         future = RequestFuture(self._defer, channel, engine_uuid)
@@ -232,7 +235,8 @@ class Records:
                 self.history.append(msg_id)
             self.outstanding.add(msg_id)
         self.pending[msg_id] = future  # its own entry (see RequestFuture)
-        self._sweep()
+        if sweep:
+            self.sweep()
         return future
 
     def track_service(
@@ -426,27 +430,50 @@ class Records:
         pending are kept. How many were forgotten. ``compact=False`` (releases) leaves them in
         ``history`` until as many are stale there as there are live records: one compaction
         per that many releases, so releasing one at a time costs no quadratic time."""
-        dropped = set()
         with self._lock:
-            for msg_id in msg_ids:
-                future = self.futures.get(msg_id)
-                if msg_id in self.pending or (future is not None and not future.done()):
-                    continue
-                self.futures.pop(msg_id, None)
-                self.results.pop(msg_id, None)
-                self.metadata.pop(msg_id, None)
-                self._streams_final.discard(msg_id)
-                self._silent.discard(msg_id)
-                self.trackers.pop(msg_id, None)
-                self._orphans.discard(msg_id)
-                self.taken.discard(msg_id)
-                dropped.add(msg_id)
+            return self._forget_locked(msg_ids, compact)
+
+    def _forget_locked(self, msg_ids: Iterable[str], compact: bool) -> int:
+        """:meth:`forget`, holding the lock (a sweep forgets what it found under it). The sets
+        that are usually empty (silent executes, trackers, orphans) are only looked at when
+        they are not: a request is added to each before it is settled, so never during this."""
+        futures, pending, results, metadata = (
+            self.futures,
+            self.pending,
+            self.results,
+            self.metadata,
+        )
+        streams, silent, trackers, orphans, taken = (
+            self._streams_final,
+            self._silent,
+            self.trackers,
+            self._orphans,
+            self.taken,
+        )
+        dropped = set()
+        for msg_id in msg_ids:
+            future = futures.get(msg_id)
+            if msg_id in pending or (future is not None and not future.done()):
+                continue
+            futures.pop(msg_id, None)
+            results.pop(msg_id, None)
+            metadata.pop(msg_id, None)
+            streams.discard(msg_id)
+            taken.discard(msg_id)
+            if silent:
+                silent.discard(msg_id)
+            if trackers:
+                trackers.pop(msg_id, None)
+            if orphans:
+                orphans.discard(msg_id)
+            dropped.add(msg_id)
+        if dropped:
             self.published.forget(dropped)
             self._stale |= dropped
-            if self._stale and (compact or len(self._stale) >= max(_STALE_MIN, len(self.futures))):
-                self.history = [m for m in self.history if m not in self._stale]
-                self._stale.clear()
-                self.compactions += 1
+        if self._stale and (compact or len(self._stale) >= max(_STALE_MIN, len(futures))):
+            self.history = [m for m in self.history if m not in self._stale]
+            self._stale.clear()
+            self.compactions += 1
         return len(dropped)
 
     # ------------------------------------------------------------------ holding
@@ -487,12 +514,13 @@ class Records:
             orphan = msg_id in self._orphans
         if orphan:
             self.forget([msg_id], compact=False)
-        self._sweep()
+        self.sweep()
 
-    def _sweep(self) -> None:
+    def sweep(self) -> None:
         """Apply queued releases: a request no AsyncResult holds is forgotten if finished,
-        else when it settles. Called where no lock is held (``track``, after a settlement):
-        any thread; the lock orders it with settlements on other threads (``_settled``)."""
+        else when it settles. Called where no lock is held (``track``, after a settlement,
+        and by the client once a request is handed over): any thread; the lock orders it with
+        settlements on other threads (``_settled``)."""
         if not self._released:
             return
         finished = []
@@ -509,8 +537,8 @@ class Records:
                         self._orphans.add(msg_id)
                     else:
                         finished.append(msg_id)
-        if finished:
-            self.forget(finished, compact=False)
+            if finished:
+                self._forget_locked(finished, compact=False)
 
     def _fail(
         self, msg_id: str, pending: Pending | RequestFuture, error: BaseException, at_once: bool
