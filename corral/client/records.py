@@ -72,7 +72,8 @@ _DEFAULTS: dict[str, Any] = {
     "data": {},
     "label": None,
 }
-_DATE_KEYS = frozenset({"submitted", "started", "completed", "received"})
+_DATE_ORDER = ("submitted", "started", "completed", "received")
+_DATE_KEYS = frozenset(_DATE_ORDER)
 _RESULT_KEYS = frozenset({"execute_result", "execute_result_metadata"})
 _SPECIAL_KEYS = _DATE_KEYS | _RESULT_KEYS  # not copied as they are
 
@@ -87,6 +88,16 @@ def parse_date(value: object) -> datetime | None:
         return datetime.fromisoformat(value)
     except ValueError:
         return None
+
+
+def _wire_date(value: object) -> datetime | None:
+    """:func:`parse_date` with the usual case first: a string, as every engine writes."""
+    if type(value) is str:
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    return parse_date(value)
 
 
 class Metadata(dict[str, Any]):
@@ -557,8 +568,10 @@ class Records:
             and None not in metadata.values()
         ):
             md.update(metadata)  # an engine's reply: copied in one call, then its dates parsed
-            for key in _DATE_KEYS.intersection(metadata):
-                md[key] = parse_date(metadata[key])
+            for key in _DATE_ORDER:
+                value = metadata.get(key)
+                if value is not None:
+                    md[key] = _wire_date(value)
         else:
             for key, value in metadata.items():
                 if key not in _SPECIAL_KEYS:

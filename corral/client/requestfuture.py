@@ -349,7 +349,10 @@ def settles_inline(buffers: Sequence[Frame], limit: int = INLINE_LIMIT) -> bool:
     """Whether a reply with these buffers is small enough to settle on the I/O thread."""
     total = 0
     for frame in buffers:
-        if isinstance(frame, memoryview):
+        kind = type(frame)
+        if kind is bytes or kind is zmq.Frame:  # as received: the usual case, checked first
+            total += len(frame)
+        elif isinstance(frame, memoryview):
             total += frame.nbytes
         elif isinstance(frame, zmq.Frame | bytes):
             total += len(frame)
