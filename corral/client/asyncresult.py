@@ -89,11 +89,14 @@ class AsyncResult(ResultInfo, LightFuture):
         return_exceptions: bool = False,
         trackers: Sequence[zmq.MessageTracker] = (),
     ) -> None:
-        if single and len(msg_ids) != 1:
-            lighten(self)
-            raise ValueError(f"a single result needs exactly one msg_id, got {len(msg_ids)}")
-        self.msg_ids: list[str] = list(msg_ids)
-        self._children = [records.futures[msg_id] for msg_id in self.msg_ids]
+        try:
+            if single and len(msg_ids) != 1:
+                raise ValueError(f"a single result needs exactly one msg_id, got {len(msg_ids)}")
+            self.msg_ids: list[str] = list(msg_ids)
+            self._children = [records.futures[msg_id] for msg_id in self.msg_ids]
+        except BaseException:
+            lighten(self)  # a future still, for whoever shows it in a traceback
+            raise
         # in place of Future.__init__ (ResultInfo has no __init__); over one request, with
         # that request's lock (see lighten)
         lighten(self, self._children[0]._condition if len(self._children) == 1 else None)
