@@ -14,7 +14,9 @@
   and round-robin on two direct views: the CPU per task of the user's thread and of the
   client's I/O thread (``/proc``), and of the cyclic collector on the user's thread
   (``gc.callbacks``); then the median and p99 of ``view.apply_async(one).get()`` on one
-  engine after a warm-up.
+  engine after a warm-up, with the CPU of the two threads per round trip (round eight: one
+  task at a time, every step runs cold, so a round trip costs them several times a task of
+  the batches above).
 
 Each figure is the median over ``--rounds`` rounds of the thread's CPU time (``time.thread_time``)
 divided by the calls; the cyclic collector runs as usual. Another corral tree (a baseline from
@@ -194,9 +196,17 @@ def cluster_figures(tasks: int) -> dict[str, float]:
             figures[f"{name}: of which the collector"] = clock.seconds / tasks * 1e6
             figures[f"{name}: I/O thread, per task"] = io / tasks * 1e6
         single = client[0]
-        times = latency(lambda: single.apply_async(one).get(60), LATENCY_ROUNDS, warmup=200)
+        for _ in range(200):  # warm-up, before the threads' clocks are read
+            single.apply_async(one).get(60)
+        io_before = _thread_cpu(io_thread.native_id)
+        user_before = time.thread_time()
+        times = latency(lambda: single.apply_async(one).get(60), LATENCY_ROUNDS, warmup=0)
+        user = time.thread_time() - user_before
+        io = _thread_cpu(io_thread.native_id) - io_before
         figures["apply round trip, median"] = times["median_us"]
         figures["apply round trip, p99"] = times["p99_us"]
+        figures["round trip: user's thread, per trip"] = user / LATENCY_ROUNDS * 1e6
+        figures["round trip: I/O thread, per trip"] = io / LATENCY_ROUNDS * 1e6
     return figures
 
 

@@ -89,10 +89,17 @@ class AsyncResult(ResultInfo, LightFuture):
         return_exceptions: bool = False,
         trackers: Sequence[zmq.MessageTracker] = (),
     ) -> None:
-        lighten(self)  # in place of Future.__init__ (ResultInfo has no __init__)
-        if single and len(msg_ids) != 1:
-            raise ValueError(f"a single result needs exactly one msg_id, got {len(msg_ids)}")
-        self.msg_ids: list[str] = list(msg_ids)
+        try:
+            if single and len(msg_ids) != 1:
+                raise ValueError(f"a single result needs exactly one msg_id, got {len(msg_ids)}")
+            self.msg_ids: list[str] = list(msg_ids)
+            self._children = [records.futures[msg_id] for msg_id in self.msg_ids]
+        except BaseException:
+            lighten(self)  # a future still, for whoever shows it in a traceback
+            raise
+        # in place of Future.__init__ (ResultInfo has no __init__); over one request, with
+        # that request's lock (see lighten)
+        lighten(self, self._children[0]._condition if len(self._children) == 1 else None)
         self._records = records
         self._client = client
         self._fname = fname
@@ -100,7 +107,6 @@ class AsyncResult(ResultInfo, LightFuture):
         self.owner = owner
         self._return_exceptions = return_exceptions
         self._tracker = zmq.MessageTracker(*trackers) if trackers else _DONE_TRACKER
-        self._children = [records.futures[msg_id] for msg_id in self.msg_ids]
         records.hold(self.msg_ids)
         self._held: tuple[str, ...] | None = tuple(self.msg_ids)  # released by ``__del__``
         # parts may finish on several threads at once; one part needs no lock
@@ -110,14 +116,15 @@ class AsyncResult(ResultInfo, LightFuture):
         if not self._children:
             self._finish()
             return
-        # The children reach this object only through ``link``, emptied once it is finished:
-        # a finished AsyncResult nobody holds is then garbage, and its records are released.
-        link = self._link = _ChildLink(self)
-
         # a part settled on the client's I/O thread may finish this result there: cheap, no
         # user code runs (its own callbacks are handed to the callbacks thread); a map's join
         # of its parts may take long: its parts are settled on the results thread, as before
         inline = self._client is not None and self._joins_cheaply
+        if inline and len(self._children) == 1 and self._children[0].attach(self):
+            return  # told by the request's future itself (forgotten once told): no link
+        # The children reach this object only through ``link``, emptied once it is finished:
+        # a finished AsyncResult nobody holds is then garbage, and its records are released.
+        link = self._link = _ChildLink(self)
         for child in self._children:
             if not inline:
                 child.allow_inline = False

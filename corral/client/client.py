@@ -236,6 +236,8 @@ class Client(ControllerLink, ControlCalls, HubQueries):
     def take_trackers(self, msg_ids: Iterable[str]) -> list[zmq.MessageTracker]:
         """The MessageTrackers of ``msg_ids`` sent with ``track``; each handed over once."""
         trackers = self._records.trackers
+        if not trackers:  # nothing sent with ``track``: the usual case, once per submission
+            return []
         return [trackers.pop(m) for m in msg_ids if m in trackers]
 
     def register_view(self, view: View) -> None:
@@ -416,12 +418,10 @@ class Client(ControllerLink, ControlCalls, HubQueries):
                 if refs:
                     metadata = {**metadata, METADATA_KEY: encode_refs(refs)}
         if msg_type == "apply_request" and not content:  # valid as it is: no catalogue check
+            shared = self._shm_reader  # never changed: shared by the requests, not copied
+            request_metadata = shared if metadata is shared else dict(metadata or {})
             msg = Message(
-                header or session.header(msg_type),
-                {},
-                dict(metadata) if metadata else {},
-                content,
-                tuple(buffers),
+                header or session.header(msg_type), {}, request_metadata, content, tuple(buffers)
             )
         else:
             msg = session.msg(msg_type, content, metadata=metadata, buffers=buffers, header=header)
@@ -431,7 +431,7 @@ class Client(ControllerLink, ControlCalls, HubQueries):
         engine_id, uuid = target if target is not None else (None, None)
         records = self._records
         if header is None:
-            records.track(msg, channel, uuid, engine_id, in_history=in_history)
+            records.track(msg, channel, uuid, engine_id, in_history=in_history, sweep=False)
         if refs:
             records.futures[msg_id].add_done_callback(lambda _: self._shm.release(refs))
         if channel == "task":
@@ -448,6 +448,7 @@ class Client(ControllerLink, ControlCalls, HubQueries):
             raise
         if tracker is not None:
             records.trackers[msg_id] = tracker
+        records.sweep()  # released results forgotten once the request is on its way
         return msg_id
 
     def _engines_share_host(self, channel: str, target: Target | None) -> bool:

@@ -43,6 +43,7 @@ from typing import Any
 
 from corral.client.executereply import ExecuteReply
 from corral.client.published import PublishedData
+from corral.client.requestfuture import TASK as TASK_KIND
 from corral.client.requestfuture import RequestFuture, settles_inline
 from corral.errors import CorralError, ImportNeeded, error_from_content
 from corral.protocol.serialize import deserialize_object
@@ -71,7 +72,8 @@ _DEFAULTS: dict[str, Any] = {
     "data": {},
     "label": None,
 }
-_DATE_KEYS = frozenset({"submitted", "started", "completed", "received"})
+_DATE_ORDER = ("submitted", "started", "completed", "received")
+_DATE_KEYS = frozenset(_DATE_ORDER)
 _RESULT_KEYS = frozenset({"execute_result", "execute_result_metadata"})
 _SPECIAL_KEYS = _DATE_KEYS | _RESULT_KEYS  # not copied as they are
 
@@ -86,6 +88,16 @@ def parse_date(value: object) -> datetime | None:
         return datetime.fromisoformat(value)
     except ValueError:
         return None
+
+
+def _wire_date(value: object) -> datetime | None:
+    """:func:`parse_date` with the usual case first: a string, as every engine writes."""
+    if type(value) is str:
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    return parse_date(value)
 
 
 class Metadata(dict[str, Any]):
@@ -132,13 +144,14 @@ class Metadata(dict[str, Any]):
         return md
 
 
-TASK = "task"  # apply/execute/control: settles with a value or a RemoteError
+TASK = TASK_KIND  # apply/execute/control: settles with a value or a RemoteError
 SERVICE = "service"  # hub query: settles with the reply Message, or calls on_reply
 
 
 @dataclass(slots=True)
 class Pending:
-    """An unanswered request: what settles it and where it went."""
+    """An unanswered request: what settles it and where it went. A task's own
+    :class:`RequestFuture` stands in ``Records.pending`` in place of one (same fields)."""
 
     future: Future[Any]
     kind: str
@@ -176,7 +189,7 @@ class Records:
         # one call, where a done-callback per request cost an object and a lock
         self._on_settled = on_settled
         self.futures: dict[str, RequestFuture] = {}
-        self.pending: dict[str, Pending] = {}
+        self.pending: dict[str, Pending | RequestFuture] = {}
         self.results: dict[str, Any] = {}
         # a missing key reads as empty metadata, as ipyparallel's ``client.metadata`` does
         self.metadata: dict[str, Metadata] = collections.defaultdict(Metadata)
@@ -207,11 +220,14 @@ class Records:
         engine_id: int | None = None,
         *,
         in_history: bool = True,
+        sweep: bool = True,
     ) -> RequestFuture:
-        """Register an apply, execute or control request before it is sent."""
+        """Register an apply, execute or control request before it is sent. ``sweep=False``:
+        the caller calls :meth:`sweep` itself, later (the client: once the request is handed
+        over, so that forgetting released results does not delay it)."""
         header = msg.header
         msg_id: str = header["msg_id"]
-        future = RequestFuture(self._defer)
+        future = RequestFuture(self._defer, channel, engine_uuid)
         request_metadata = msg.metadata
         self.metadata[msg_id] = Metadata.of_request(
             msg_id,
@@ -229,8 +245,9 @@ class Records:
             with self._lock:
                 self.history.append(msg_id)
             self.outstanding.add(msg_id)
-        self.pending[msg_id] = Pending(future, TASK, channel, engine_uuid)
-        self._sweep()
+        self.pending[msg_id] = future  # its own entry (see RequestFuture)
+        if sweep:
+            self.sweep()
         return future
 
     def track_service(
@@ -298,7 +315,7 @@ class Records:
         if future is None:
             future = self.futures.setdefault(msg_id, RequestFuture(self._defer))
         settled = future
-        frames = list(buffers)
+        frames = buffers if type(buffers) is tuple else tuple(buffers)  # a reply's: a tuple
         if isinstance(future, RequestFuture) and future.allow_inline and settles_inline(frames):
             try:
                 outcome = self._outcome(msg_id, header, content, md, frames, loaded_only=True)
@@ -319,7 +336,7 @@ class Records:
         header: Mapping[str, Any],
         content: Mapping[str, Any],
         md: Metadata,
-        buffers: list[Frame],
+        buffers: Sequence[Frame],
         future: Future[Any],
     ) -> None:
         self._finish_reply(msg_id, md, self._outcome(msg_id, header, content, md, buffers), future)
@@ -424,27 +441,50 @@ class Records:
         pending are kept. How many were forgotten. ``compact=False`` (releases) leaves them in
         ``history`` until as many are stale there as there are live records: one compaction
         per that many releases, so releasing one at a time costs no quadratic time."""
-        dropped = set()
         with self._lock:
-            for msg_id in msg_ids:
-                future = self.futures.get(msg_id)
-                if msg_id in self.pending or (future is not None and not future.done()):
-                    continue
-                self.futures.pop(msg_id, None)
-                self.results.pop(msg_id, None)
-                self.metadata.pop(msg_id, None)
-                self._streams_final.discard(msg_id)
-                self._silent.discard(msg_id)
-                self.trackers.pop(msg_id, None)
-                self._orphans.discard(msg_id)
-                self.taken.discard(msg_id)
-                dropped.add(msg_id)
+            return self._forget_locked(msg_ids, compact)
+
+    def _forget_locked(self, msg_ids: Iterable[str], compact: bool) -> int:
+        """:meth:`forget`, holding the lock (a sweep forgets what it found under it). The sets
+        that are usually empty (silent executes, trackers, orphans) are only looked at when
+        they are not: a request is added to each before it is settled, so never during this."""
+        futures, pending, results, metadata = (
+            self.futures,
+            self.pending,
+            self.results,
+            self.metadata,
+        )
+        streams, silent, trackers, orphans, taken = (
+            self._streams_final,
+            self._silent,
+            self.trackers,
+            self._orphans,
+            self.taken,
+        )
+        dropped = set()
+        for msg_id in msg_ids:
+            future = futures.get(msg_id)
+            if msg_id in pending or (future is not None and not future.done()):
+                continue
+            futures.pop(msg_id, None)
+            results.pop(msg_id, None)
+            metadata.pop(msg_id, None)
+            streams.discard(msg_id)
+            taken.discard(msg_id)
+            if silent:
+                silent.discard(msg_id)
+            if trackers:
+                trackers.pop(msg_id, None)
+            if orphans:
+                orphans.discard(msg_id)
+            dropped.add(msg_id)
+        if dropped:
             self.published.forget(dropped)
             self._stale |= dropped
-            if self._stale and (compact or len(self._stale) >= max(_STALE_MIN, len(self.futures))):
-                self.history = [m for m in self.history if m not in self._stale]
-                self._stale.clear()
-                self.compactions += 1
+        if self._stale and (compact or len(self._stale) >= max(_STALE_MIN, len(futures))):
+            self.history = [m for m in self.history if m not in self._stale]
+            self._stale.clear()
+            self.compactions += 1
         return len(dropped)
 
     # ------------------------------------------------------------------ holding
@@ -485,12 +525,13 @@ class Records:
             orphan = msg_id in self._orphans
         if orphan:
             self.forget([msg_id], compact=False)
-        self._sweep()
+        self.sweep()
 
-    def _sweep(self) -> None:
+    def sweep(self) -> None:
         """Apply queued releases: a request no AsyncResult holds is forgotten if finished,
-        else when it settles. Called where no lock is held (``track``, after a settlement):
-        any thread; the lock orders it with settlements on other threads (``_settled``)."""
+        else when it settles. Called where no lock is held (``track``, after a settlement,
+        and by the client once a request is handed over): any thread; the lock orders it with
+        settlements on other threads (``_settled``)."""
         if not self._released:
             return
         finished = []
@@ -507,10 +548,12 @@ class Records:
                         self._orphans.add(msg_id)
                     else:
                         finished.append(msg_id)
-        if finished:
-            self.forget(finished, compact=False)
+            if finished:
+                self._forget_locked(finished, compact=False)
 
-    def _fail(self, msg_id: str, pending: Pending, error: BaseException, at_once: bool) -> None:
+    def _fail(
+        self, msg_id: str, pending: Pending | RequestFuture, error: BaseException, at_once: bool
+    ) -> None:
         if pending.kind == TASK:
             self.complete_error(msg_id, error, pending.future, at_once=at_once)
         else:
@@ -525,8 +568,10 @@ class Records:
             and None not in metadata.values()
         ):
             md.update(metadata)  # an engine's reply: copied in one call, then its dates parsed
-            for key in _DATE_KEYS.intersection(metadata):
-                md[key] = parse_date(metadata[key])
+            for key in _DATE_ORDER:
+                value = metadata.get(key)
+                if value is not None:
+                    md[key] = _wire_date(value)
         else:
             for key, value in metadata.items():
                 if key not in _SPECIAL_KEYS:
@@ -564,7 +609,7 @@ class Records:
         header: Mapping[str, Any],
         content: Mapping[str, Any],
         md: Metadata,
-        buffers: list[Frame],
+        buffers: Sequence[Frame],
         *,
         loaded_only: bool = False,
     ) -> tuple[Any, bool]:

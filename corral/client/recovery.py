@@ -86,13 +86,18 @@ class Resender:
     AsyncResult simply completes. Direct requests are not held: their engine may have run them.
     """
 
-    held: dict[str, tuple[Message, int]] = field(default_factory=dict)
+    held: dict[str, Message] = field(default_factory=dict)
+    # msg_id -> times sent again, for the few held requests sent again: kept apart so that
+    # holding one (every load-balanced task) costs a dict entry, no tuple for the collector
+    resent: dict[str, int] = field(default_factory=dict)
 
     def hold(self, msg_id: str, request: Message) -> None:
-        self.held[msg_id] = (request, 0)
+        self.held[msg_id] = request
 
     def release(self, msg_id: str) -> None:
         self.held.pop(msg_id, None)
+        if self.resent:
+            self.resent.pop(msg_id, None)
 
     def take(self, msg_id: str) -> Message | None:
         """The request to send again, or None (not held, or sent too often already). Its
@@ -100,9 +105,9 @@ class Resender:
         signature: an engine that received the first copy (from a scheduler a restart killed)
         and no longer holds it would otherwise drop it as a replay, and the task would wait
         for ever for a reply no engine will send."""
-        entry = self.held.get(msg_id)
-        if entry is None or entry[1] >= RESEND_LIMIT:
+        request = self.held.get(msg_id)
+        sent = self.resent.get(msg_id, 0) + 1
+        if request is None or sent > RESEND_LIMIT:
             return None
-        request, sent = entry[0], entry[1] + 1
-        self.held[msg_id] = (request, sent)
+        self.resent[msg_id] = sent
         return replace(request, metadata={**request.metadata, RESENT: sent})

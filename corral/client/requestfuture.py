@@ -28,7 +28,7 @@ import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, Future, InvalidStateError
 from concurrent.futures import TimeoutError as FuturesTimeoutError
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import zmq
 
@@ -38,10 +38,15 @@ __all__ = [
     "FUTURE_FIELDS",
     "INLINE_LIMIT",
     "LightFuture",
+    "TASK",
     "RequestFuture",
     "lighten",
     "settles_inline",
 ]
+
+TASK = "task"
+"""``kind`` of a pending apply, execute or control request: settles with a value or an error
+(:class:`corral.client.records.Pending` has the other kind, a Hub query)."""
 
 INLINE_LIMIT = 64 * 1024
 """Replies whose buffers hold at most this many bytes may be settled on the I/O thread."""
@@ -61,18 +66,23 @@ FUTURE_FIELDS = ("_condition", "_state", "_result", "_exception", "_waiters", "_
 """What ``Future.__init__`` sets (tests/client/test_requestfuture.py checks it still is)."""
 
 
-def lighten(future: LightFuture) -> None:
+def lighten(future: LightFuture, lock: Any = None) -> None:
     """Initialise ``future`` as ``Future.__init__`` does, with a bare reentrant lock for its
-    condition (see :class:`LightFuture`) and no waiters' list until one is needed."""
+    condition (see :class:`LightFuture`) and no waiters' list until one is needed.
+
+    ``lock``: another LightFuture's lock, to share (an AsyncResult over one request takes its
+    request's: one object fewer per task). Safe because a LightFuture's waiting is its own:
+    settling one wakes only the threads in its own ``result()``/``exception()``, and the lock
+    only orders the reads and writes of each future's fields; it is reentrant, so
+    ``concurrent.futures.wait`` taking both futures' locks takes it twice."""
     # not a threading.Condition by type: LightFuture does its own waiting and waking
-    object.__setattr__(future, "_condition", _thread.RLock())
+    object.__setattr__(future, "_condition", _thread.RLock() if lock is None else lock)
     future._state = _PENDING
     future._result = None
     future._exception = None
     future._waiting = None  # concurrent.futures' waiters: made when first asked for
     future._sleepers = None  # threads in result()/exception(): made by the first
-    # not in typeshed's Future; vars(future)[...] would give the instance a dict of its own
-    object.__setattr__(future, "_done_callbacks", [])
+    future._callbacks = None  # the done-callbacks: made by the first added
 
 
 class LightFuture(Future[Any]):
@@ -88,17 +98,25 @@ class LightFuture(Future[Any]):
     order (state, ``wait``'s waiters, the threads in ``result``, then the done-callbacks
     outside the lock), and drop the callbacks' list once they ran (a done future calls a new
     callback at once and never adds it). The list of ``concurrent.futures``' waiters is made
-    when that first asks for it. So a pending future is three objects (itself, its lock, its
-    callbacks' list) and a finished one two.
+    when that first asks for it, and so is the callbacks' list, when a first callback is added
+    (most AsyncResults never get one). So a future is two objects (itself, its lock), three
+    while it has callbacks to run.
     """
 
-    __slots__ = ("_sleepers", "_waiting")
-
-    if TYPE_CHECKING:  # set by lighten(); typeshed's Future does not list the callbacks
-        _done_callbacks: list[Callable[[Future[Any]], object]]
+    __slots__ = ("_callbacks", "_sleepers", "_waiting")
 
     _waiting: list[Any] | None
     _sleepers: collections.deque[Any] | None
+    _callbacks: list[Callable[[Future[Any]], object]] | None
+
+    @property
+    def _done_callbacks(self) -> list[Callable[[Future[Any]], object]]:
+        """``Future._done_callbacks``, made at the first use (``add_done_callback`` below
+        adds to it without asking for it)."""
+        callbacks = self._callbacks
+        if callbacks is None:
+            callbacks = self._callbacks = []
+        return callbacks
 
     @property
     def _waiters(self) -> list[Any]:
@@ -114,6 +132,11 @@ class LightFuture(Future[Any]):
         self._waiting = waiters
 
     # ------------------------------------------------------------------ waiting
+
+    def done(self) -> bool:
+        """As the base, without taking the lock: one read of the state, which is set once, in
+        one assignment, under the lock (the records ask it of every request they release)."""
+        return self._state not in _SETTLEABLE
 
     def result(self, timeout: float | None = None) -> Any:
         with self._condition:
@@ -212,14 +235,28 @@ class LightFuture(Future[Any]):
                 self._wake()
         self._run_callbacks()
 
+    def add_done_callback(self, fn: Callable[[Future[Any]], object]) -> None:
+        """As the base: ``fn(self)`` once done, at once if it is; its list made when needed."""
+        with self._condition:
+            if self._state in _SETTLEABLE:
+                callbacks = self._callbacks
+                if callbacks is None:
+                    callbacks = self._callbacks = []
+                callbacks.append(fn)
+                return
+        try:
+            fn(self)
+        except Exception:
+            _log.exception("exception calling callback for %r", self)
+
     def _invoke_callbacks(self) -> None:  # the base's cancel paths call it
         self._run_callbacks()
 
     def _run_callbacks(self) -> None:
-        callbacks = self._done_callbacks
+        callbacks = self._callbacks
         if not callbacks:
             return
-        object.__setattr__(self, "_done_callbacks", _NO_CALLBACKS)
+        self._callbacks = _NO_CALLBACKS
         for callback in callbacks:
             try:
                 callback(self)
@@ -227,18 +264,63 @@ class LightFuture(Future[Any]):
                 _log.exception("exception calling callback for %r", self)
 
 
+class Owner(Protocol):
+    """What a request's future tells when it is done, in place of a done-callback: the one
+    AsyncResult over that request alone (``AsyncResult._child_done``)."""
+
+    def _child_done(self) -> None: ...
+
+
 class RequestFuture(LightFuture):
     """A request's future in :class:`~corral.client.records.Records` (see the module doc).
 
     ``offload`` runs a call on the results worker; callbacks not added with ``inline=True`` go
     through it whenever the future is settled inline.
+
+    While its request is unanswered it is also the request's entry in ``Records.pending``
+    (where a Hub query has a ``Pending``): it has the same fields, ``kind`` (:data:`TASK`),
+    ``channel``, ``engine_uuid``, ``on_reply`` (None) and ``future`` (itself), so a task costs
+    no second object there.
     """
 
-    def __init__(self, offload: Offload) -> None:
+    kind = TASK
+    on_reply: None = None
+
+    def __init__(self, offload: Offload, channel: str = "", engine_uuid: str | None = None) -> None:
         lighten(self)  # in place of Future.__init__
         self._offload = offload
         self.settling_inline = False  # True while the I/O thread settles it
         self.allow_inline = True  # False: always settled on the results worker (a map's part)
+        self._owner: Owner | None = None
+        self.channel = channel  # where it was sent: "mux", "control" or "task"
+        self.engine_uuid = engine_uuid  # the engine it was sent to, if named
+
+    @property
+    def future(self) -> RequestFuture:
+        """Itself, as ``Pending.future`` (see the class doc)."""
+        return self
+
+    def attach(self, owner: Owner) -> bool:
+        """Have ``owner._child_done()`` called once this is done, after its callbacks, on the
+        settling thread (as a callback added with ``inline=True``); False, and nothing done,
+        if it is done already or has an owner. The AsyncResult of a single request (nearly
+        every ``apply``) is told so instead of through a callback: no callbacks' list and no
+        link object per task, which the collector would walk while the result is held."""
+        with self._condition:
+            if self._owner is not None or self._state not in _SETTLEABLE:
+                return False
+            self._owner = owner
+        return True
+
+    def _run_callbacks(self) -> None:
+        super()._run_callbacks()
+        owner = self._owner
+        if owner is not None:
+            self._owner = None  # the result no longer reachable from here: it may be garbage
+            try:
+                owner._child_done()
+            except Exception:
+                _log.exception("exception telling %r that %r is done", owner, self)
 
     def add_done_callback(
         self, fn: Callable[[Future[Any]], object], *, inline: bool = False
@@ -267,7 +349,10 @@ def settles_inline(buffers: Sequence[Frame], limit: int = INLINE_LIMIT) -> bool:
     """Whether a reply with these buffers is small enough to settle on the I/O thread."""
     total = 0
     for frame in buffers:
-        if isinstance(frame, memoryview):
+        kind = type(frame)
+        if kind is bytes or kind is zmq.Frame:  # as received: the usual case, checked first
+            total += len(frame)
+        elif isinstance(frame, memoryview):
             total += frame.nbytes
         elif isinstance(frame, zmq.Frame | bytes):
             total += len(frame)

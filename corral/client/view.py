@@ -33,7 +33,8 @@ __all__ = ["DirectView", "View"]
 
 
 def function_name(f: Callable[..., Any]) -> str:
-    return getattr(f, "__name__", type(f).__name__)
+    name = getattr(f, "__name__", None)  # the type's name only when needed: once per call
+    return name if isinstance(name, str) else type(f).__name__
 
 
 def cut_to_shortest(sequences: Sequence[Any]) -> list[Sequence[Any]]:

@@ -328,3 +328,47 @@ def test_light_futures_settle_as_future_does(caplog: pytest.LogCaptureFixture) -
     assert cancelled.cancel()
     with pytest.raises(concurrent.futures.InvalidStateError):
         cancelled.set_result(1)
+
+
+def test_a_one_request_result_is_told_by_its_request_and_shares_its_lock() -> None:
+    """The AsyncResult over one request is told by the request's future itself (attach: no
+    link object, no callbacks' list) and shares its lock; another result over the same
+    request falls back to a callback; every way of waiting still works across threads; the
+    request's future is also its entry in ``pending``."""
+    records = Records()
+    req = request(records)
+    client: Any = Client()  # what an AsyncResult asks of a client here (not all of Submitter)
+    child = records.futures[req.msg_id]
+    assert records.pending[req.msg_id] is child
+    assert child.kind == "task" and child.channel == "task" and child.future is child
+    result = AsyncResult(records, [req.msg_id], single=True, client=client)
+    assert child._owner is result and child._callbacks is None  # noqa: SLF001
+    assert result._link is None and result._condition is child._condition  # noqa: SLF001
+    other = AsyncResult(records, [req.msg_id], single=True, client=client, owner=False)
+    assert not child.attach(other) and other._link is not None  # noqa: SLF001
+    assert result._callbacks is None and other._callbacks is None  # noqa: SLF001
+    got: list[Any] = []
+    waiters = [
+        threading.Thread(  # the future's own wait (AsyncResult.get waits through a client)
+            target=lambda: got.append(result.exception(PROMPT) or result.get(0))
+        ),
+        threading.Thread(
+            target=lambda: got.append(concurrent.futures.wait([result, child, other], PROMPT))
+        ),
+    ]
+    for waiter in waiters:
+        waiter.start()
+    deadline = time.monotonic() + PROMPT
+    while not (result._sleepers and child._waiting) and time.monotonic() < deadline:  # noqa: SLF001
+        time.sleep(0.001)  # polling for both waiters to be waiting, bounded
+    assert records.handle_reply(reply(req, serialize_object(5)))
+    for waiter in waiters:
+        waiter.join(PROMPT)
+    done = {result, child, other}
+    assert 5 in got and any(isinstance(item, tuple) and item[0] == done for item in got)
+    assert result.get(0) == other.get(0) == 5 and child._owner is None  # noqa: SLF001
+    assert req.msg_id not in records.pending
+    settled = request(records)
+    assert records.handle_reply(reply(settled, serialize_object(6)))
+    late = AsyncResult(records, [settled.msg_id], single=True, client=client)
+    assert not records.futures[settled.msg_id].attach(late) and late.get(0) == 6
