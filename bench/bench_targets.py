@@ -320,9 +320,12 @@ def measure(system: str) -> dict[str, Any]:
     factory = {"ipyparallel": ipyparallel_cluster, "dask": dask_cluster}.get(system, corral_cluster)
     name = system if system in ("ipyparallel", "dask") else "corral"
     with factory(ENGINES) as running:
+        if name == "corral":  # a relative PYTHONPATH can give the cluster another corral
+            origin = corral_origin(running.client)
+            check(origin["client"] == origin["engine"], f"one corral everywhere: {origin}")
         result = measure_cluster(name, running, array)
         if name == "corral":
-            result["corral_origin"] = corral_origin(running.client)
+            result["corral_origin"] = origin
     check(not running.leftovers, f"{system} left {running.leftovers}")
     return result
 
