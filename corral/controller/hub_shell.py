@@ -50,7 +50,7 @@ from corral.controller.hub_resubmit import resubmit_failed
 from corral.controller.scheduler_wire import read_copy, split_route
 from corral.controller.store.base import ResultStore
 from corral.errors import CorralError, ProtocolError, StoreError
-from corral.loop import DRAIN_BATCH, Loop, Timer
+from corral.loop import DRAIN_BATCH, FrameHandler, Loop, Timer
 from corral.protocol.messages import error_reply
 from corral.protocol.session import (
     DELIMITER,
@@ -220,22 +220,22 @@ class HubShell:
         """A copy from the MUX or control device, or a bundle of them (a client's or an
         engine's bundle as it came), read as one burst as the scheduler's are
         (:meth:`_on_scheduler_message`): dated once, their store writes queued together."""
-        self._received = time.time()
-        try:
-            with self.store.holding_writes():
-                self.loop.deliver(self._on_monitor, frames)
-        except StoreError as err:  # an earlier write's failure, already logged by the writer
-            log.error("hub: result store: %s", err)
+        self._read_burst(self._on_monitor, frames)
 
     def _on_scheduler_message(self, frames: list[zmq.Frame]) -> None:
         """A bundle of the scheduler's copies (:mod:`corral.bundles`), read as one burst: the
         copies one by one (a bad one costs itself), all dated by the moment the bundle came,
         and their store writes queued together (:meth:`ResultStore.holding_writes`) when the
         last is read. Reads of the store in between still see every write before them."""
+        self._read_burst(self._on_scheduler_copy, frames)
+
+    def _read_burst(self, handle: FrameHandler, frames: list[zmq.Frame]) -> None:
+        """``handle`` each message of ``frames`` (a bundle, or one message), all dated by the
+        moment they came, their store writes queued together when the last is read."""
         self._received = time.time()
         try:
             with self.store.holding_writes():
-                self.loop.deliver(self._on_scheduler_copy, frames)
+                self.loop.deliver(handle, frames)
         except StoreError as err:  # an earlier write's failure, already logged by the writer
             log.error("hub: result store: %s", err)
 

@@ -95,20 +95,7 @@ class BatchWriter(Generic[PayloadT]):
         retries after the error duplicates nothing. Inside :meth:`holding` on this thread, the
         write is held (a closed store still raises at once).
         """
-        held = self._held
-        if held is not None and self._holder == threading.get_ident():
-            if self._closing:
-                raise StoreError(f"{self._name}: the result store is closed")
-            held.append(op)
-            return
-        with self._condition:
-            if self._closing:
-                raise StoreError(f"{self._name}: the result store is closed")
-            self._pending.append(op)
-            self._submitted += 1
-            if len(self._pending) == 1:  # the writer sleeps only on an empty queue
-                self._condition.notify_all()
-            self._raise_error()
+        self.submit_many([op])
 
     def submit_many(self, ops: list[WriteOp[PayloadT]]) -> None:
         """:meth:`submit` of each of ``ops`` in order, under one lock (held, inside
