@@ -128,7 +128,13 @@ def run_once(
         batched = getattr(destination, "destinations_frames", None)
         replies: list[list[bytes]] = []
         waited: list[Any] = []  # each task's msg_id if it waited for an engine, else None
-        heap.settle()  # as the controller does once it is set up
+        # as the controller does once it is set up (a tree from before the Hub's own threshold:
+        # the default one)
+        hub_young = getattr(heap, "HUB_YOUNG_THRESHOLD", None)
+        if hub_young is not None:
+            heap.settle(hub_young)
+        else:
+            heap.settle()
         # a block's copies come as one bundle, read as the Hub's loop reads the scheduler's
         handle = getattr(shell, "_on_scheduler_message", None) or (
             lambda frames: loop.deliver(shell._on_scheduler_copy, frames)

@@ -18,12 +18,14 @@ class Node:
         self.other: Node | None = None
 
 
-def test_settle_freezes_the_heap_and_still_collects_cycles() -> None:
+@pytest.mark.parametrize("young", [None, heap.HUB_YOUNG_THRESHOLD])
+def test_settle_freezes_the_heap_and_still_collects_cycles(young: int | None) -> None:
+    """With the default young threshold (the scheduler's) and the controller's own."""
     threshold = gc.get_threshold()
     try:
-        heap.settle()
+        heap.settle() if young is None else heap.settle(young)
         assert gc.get_freeze_count() > 0
-        assert gc.get_threshold()[0] == heap.YOUNG_THRESHOLD
+        assert gc.get_threshold()[0] == (heap.YOUNG_THRESHOLD if young is None else young)
         assert gc.get_threshold()[1:] == threshold[1:]
         first, second = Node(), Node()
         first.other, second.other = second, first

@@ -595,7 +595,7 @@ def run_controller(config: ControllerConfig, owner_pid: int | None = None) -> in
     watch_owner(controller.loop, owner_pid, controller.request_stop)
     try:
         controller.start()
-        heap.settle()
+        heap.settle(heap.HUB_YOUNG_THRESHOLD)
         controller.serve_forever()
     finally:
         controller.close()

@@ -401,7 +401,9 @@ def _split_copy(frames: Sequence[Frame]) -> tuple[list[bytes], list[Frame]]:
         frame = frames[index]
         if frame.__class__ is bytes:
             if frame == DELIMITER:
-                return [_ident_bytes(f) for f in frames[1:index]], list(frames[index + 1 :])
+                idents = [f if f.__class__ is bytes else _ident_bytes(f) for f in frames[1:index]]
+                rest = frames[index + 1 :]  # a list's slice is a list already: no second copy
+                return idents, rest if rest.__class__ is list else list(rest)
         elif frame.__class__ is not zmq.Frame or len(frame) == _DELIMITER_LENGTH:
             break
     return split_route(frames[1:])

@@ -336,21 +336,6 @@ class ResultStore(ABC):
         if purge is not None:
             self._apply_purge(purge)
 
-    def _account_many(self, sizes: Iterable[tuple[str, int]]) -> None:
-        """:meth:`_account` of writes that set no status, ``(msg_id, size)`` each, under one
-        lock."""
-        if self.retention is None:
-            return
-        purges: list[Purge] = []
-        with self._retention_lock:
-            recorded = self.retention.recorded
-            for msg_id, size in sizes:
-                purge = recorded(msg_id, size, None)
-                if purge is not None:
-                    purges.append(purge)
-        for purge in purges:
-            self._apply_purge(purge)
-
     def _forget(self, msg_ids: Sequence[str]) -> None:
         """Records were dropped: they no longer count towards the size limit."""
         if self.retention is not None:

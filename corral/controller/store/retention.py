@@ -209,14 +209,16 @@ class Retention:
     def recorded(self, msg_id: str, size: int, status: Any) -> Purge | None:
         """A write of ``size`` bytes to ``msg_id``; ``status`` is the field written (or None
         if the write did not set it). Returns what the size limit now requires purging."""
-        self.sizes[msg_id] = self.sizes.get(msg_id, 0) + size
+        sizes = self.sizes
+        sizes[msg_id] = sizes.get(msg_id, 0) + size
         self.total += size
         if status == "pending":
             self.completed.pop(msg_id, None)
         elif isinstance(status, str):
             self.completed.pop(msg_id, None)  # completed again (resubmitted): now the newest
             self.completed[msg_id] = self.clock()
-        return self._over_limit()
+        limit = self.settings.size_limit
+        return None if limit is None or self.total <= limit else self._over_limit()
 
     def restored(self, msg_id: str, size: int, completed_at: float | None) -> None:
         """A record found in a store being reopened (``completed_at`` None: pending), in

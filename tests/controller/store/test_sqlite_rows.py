@@ -241,6 +241,22 @@ def test_small_writes_merge(first: dict[str, Any], second: dict[str, Any]) -> No
     assert merged.columns == expected.columns and merged.values == expected.values
 
 
+def test_a_write_of_every_field_of_the_one_before_takes_its_place_as_it_is() -> None:
+    """A waiting task's engine, then its result (which names the engine again): the result's
+    row is the merged row, the same object; the engine row's bits are among its own."""
+    engine = engine_row("a", "e", 1)
+    result = encode_row(
+        {"msg_id": "a", "status": "ok", "engine_uuid": "e", "engine_id": 1, "stdout": "x"}
+    )
+    assert engine is not None
+    assert merge_rows(engine, result) is result
+    merged = merge_upserts([WriteOp("upsert", ("a",), engine), WriteOp("upsert", ("a",), result)])
+    assert [o.payload for o in merged] == [result]
+    assert merge_rows(result, engine) is not result  # the other way, the engine row writes less
+    extra = encode_row({"msg_id": "a", "note": 1})
+    assert merge_rows(extra, result) is not result  # an extra field is merged by SQLite
+
+
 def test_rows_with_extra_fields_on_both_sides_stay_apart() -> None:
     first = encode_row({"msg_id": "a", "note": 1})
     second = encode_row({"msg_id": "a", "other": 2})
