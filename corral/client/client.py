@@ -448,7 +448,7 @@ class Client(ControllerLink, ControlCalls, HubQueries):
                 len(frames) - len(buffers) if track else None,
                 at_once=len(records.outstanding) <= 1,
             )
-        except Exception as exc:
+        except BaseException as exc:  # Ctrl-C too: it may have left half a message, dropped
             records.fail(msg_id, exc, at_once=True)
             raise
         if tracker is not None:

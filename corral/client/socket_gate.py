@@ -51,12 +51,30 @@ from corral.sockets import COPY_BELOW, recv_frames, send_frames
 
 log = logging.getLogger("corral.client")
 
-__all__ = ["SendOrder", "SocketGate"]
+__all__ = ["SendOrder", "SocketGate", "send_whole"]
 
 _EVENTS = zmq.SocketOption.EVENTS
 _POLLIN = int(zmq.POLLIN)
 _NOBLOCK = int(zmq.NOBLOCK)
 _backend_get = zmq.backend.Socket.get
+_backend_send = zmq.backend.Socket.send
+
+
+def send_whole(sock: zmq.Socket[Any], frames: Sequence[Frame]) -> None:
+    """:func:`~corral.sockets.send_frames`, from a thread that a signal may interrupt.
+
+    A KeyboardInterrupt (the main thread, Ctrl-C) raised between two frames would leave the
+    message open, and the socket's next message would continue it: two requests garbled
+    into one. So a send that did not finish ends the message with an empty frame (the peer
+    drops one malformed message, counted and logged) before the error goes on. The I/O
+    thread never needs this: signals interrupt only the main thread."""
+    complete = False
+    try:
+        send_frames(sock, frames)
+        complete = True
+    finally:
+        if not complete:
+            _backend_send(sock, b"", 0, True)
 
 
 class SendOrder:
@@ -124,7 +142,7 @@ class SocketGate:
         with self.lock:
             at_once = self.order.may_send_now(at_once) and self._loop.closed_because is None
             if at_once:
-                send_frames(self.sock, frames)
+                send_whole(self.sock, frames)
                 self.sent_at_once += 1
                 wake = self._take_readable()
             else:

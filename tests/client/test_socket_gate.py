@@ -1,7 +1,8 @@
 """The request sockets shared by submitting threads and the I/O thread
 (corral/client/socket_gate.py): the sending rule without sockets, then a ClientIO against
 stand-in controller sockets on loopback: order per thread across many threads, replies that
-arrive while other threads send (none may wait unnoticed), and closing while threads send."""
+arrive while other threads send (none may wait unnoticed), and closing while threads send;
+last, which requests a Client on a real cluster sends from the submitting thread."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import pytest
 import zmq
 
 from corral.bundles import split_bundle
+from corral.client.client import Client
 from corral.client.io_shell import ClientIO
-from corral.client.socket_gate import SendOrder
+from corral.client.socket_gate import SendOrder, send_whole
 from corral.errors import ConnectionError
 from corral.protocol.session import Message, Session
 from tests.polling import until
@@ -43,6 +45,43 @@ def test_sending_more_than_was_queued_is_a_bug_that_raises() -> None:
     order.queue()
     with pytest.raises(ValueError, match="sent 2 messages of 1 queued"):
         order.sent(2)
+
+
+class InterruptedAt(list[bytes]):
+    """Frames whose iteration raises KeyboardInterrupt before frame ``at``, as Ctrl-C may
+    between two frames of a send on the main thread."""
+
+    def __init__(self, frames: list[bytes], at: int) -> None:
+        super().__init__(frames)
+        self.at = at
+
+    def __iter__(self) -> Iterator[bytes]:
+        for index, frame in enumerate(list.__iter__(self)):
+            if index == self.at:
+                raise KeyboardInterrupt
+            yield frame
+
+
+def test_a_send_interrupted_between_frames_ends_its_message_so_the_next_is_whole() -> None:
+    """Half a message left open would swallow the socket's next message; the interrupted
+    send ends it (an empty frame), so the peer gets one short message and the next one as
+    it was sent."""
+    context: zmq.Context[Any] = zmq.Context()
+    try:
+        pull, push = context.socket(zmq.PULL), context.socket(zmq.PUSH)
+        port = pull.bind_to_random_port("tcp://127.0.0.1")
+        push.connect(f"tcp://127.0.0.1:{port}")
+        with pytest.raises(KeyboardInterrupt):
+            send_whole(push, InterruptedAt([b"a", b"b", b"c", b"d"], at=2))
+        send_whole(push, [b"next", b"whole"])
+        assert pull.poll(int(BOUND * 1000))
+        assert pull.recv_multipart() == [b"a", b"b", b""]
+        assert pull.poll(int(BOUND * 1000))
+        assert pull.recv_multipart() == [b"next", b"whole"]
+        for sock in (pull, push):
+            sock.close(linger=0)
+    finally:
+        context.term()
 
 
 # ------------------------------------------------------------------ a ClientIO on loopback
@@ -210,3 +249,26 @@ def test_closing_while_threads_send_ends_every_send_with_success_or_connection_e
     assert len(outcomes) == 4
     assert all(isinstance(outcome, ConnectionError) for outcome in outcomes), outcomes
     assert running.handler.closed.is_set()
+
+
+# ------------------------------------------------------------------ a Client on a cluster
+
+
+def test_a_request_alone_in_flight_leaves_from_its_thread_and_a_burst_through_the_io_thread(
+    rc: Client,
+) -> None:
+    """The client's rule for ``at_once``: a round trip's request is sent by the submitting
+    thread itself (no I/O thread wake-up on the way out); in a burst, every request after
+    the first is handed over, so that the I/O thread sends them in bundles. Both ways, every
+    result comes back."""
+    direct, balanced = rc[0], rc.load_balanced_view()
+    rc.wait(timeout=BOUND)
+    for view, channel in ((direct, b"mux"), (balanced, b"task")):
+        gate = rc._io._gates[channel]  # noqa: SLF001
+        before = gate.sent_at_once
+        assert [view.apply_async(abs, -n).get(BOUND) for n in range(5)] == list(range(5))
+        assert gate.sent_at_once == before + 5
+        before = gate.sent_at_once
+        burst = [view.apply_async(abs, -n) for n in range(50)]
+        assert [result.get(BOUND) for result in burst] == list(range(50))
+        assert gate.sent_at_once <= before + 1  # the first of the burst, at most
