@@ -5,9 +5,12 @@ Starts a cluster of one engine and runs ``--rounds`` round trips of a no-op one 
 (``time.perf_counter_ns``, the system's monotonic clock on Linux, shared by all processes):
 
 - client, user's thread: ``apply_async`` called; the request handed to the I/O thread
-  (``Loop.call_soon_threadsafe``); ``apply_async`` returned; ``get()`` returned;
+  (``Loop.call_soon_threadsafe``), or sent by this thread itself (``socket_gate.send_frames``:
+  both marks at once, the hand-off stage is then 0); ``apply_async`` returned; ``get()``
+  returned;
 - client, I/O thread: the request sent (``bundles.send_frames`` called), the reply received
-  (``loop.recv_frames`` on the mux socket), the result settled (``LightFuture.set_result``);
+  (``loop.recv_frames`` or ``socket_gate.recv_frames`` on the mux socket), the result settled
+  (``LightFuture.set_result``);
 - engine, main thread: the request received (``loop.recv_frames``), ``TaskRunner.run``
   started and ended, the reply sent (``bundles.send_frames`` called).
 
@@ -168,10 +171,27 @@ class ClientMarks:
 
             return marked
 
+        def direct(original: Any) -> Any:
+            def marked(sock: Any, *args: Any, **kwargs: Any) -> Any:
+                if threading.current_thread() is user:  # no hand-off: it is the send
+                    now = clock()
+                    marks["handoff"].append(now)
+                    marks["send"].append(now)
+                return original(sock, *args, **kwargs)
+
+            return marked
+
         patch(corral.loop.Loop, "call_soon_threadsafe", handoff)
         patch(corral.bundles, "send_frames", send)
         patch(corral.loop, "recv_frames", recv)
         patch(LightFuture, "set_result", settle)
+        try:  # a tree whose submitting thread may send itself (corral/client/socket_gate.py)
+            import corral.client.socket_gate as gate
+        except ImportError:
+            pass
+        else:
+            patch(gate, "send_frames", direct)
+            patch(gate, "recv_frames", recv)
 
     def uninstall(self) -> None:
         for undo in reversed(self._undo):

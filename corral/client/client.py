@@ -440,10 +440,15 @@ class Client(ControllerLink, ControlCalls, HubQueries):
             records.fail(msg_id, engine_gone(engine_id, uuid), at_once=True)
             return msg_id
         try:
+            # alone in flight, the request leaves from this thread (no I/O thread wake-up
+            # on the way out); in a burst, through the I/O thread, in bundles
             tracker = self._io.send(
-                channel.encode(), frames, len(frames) - len(buffers) if track else None
+                channel.encode(),
+                frames,
+                len(frames) - len(buffers) if track else None,
+                at_once=len(records.outstanding) <= 1,
             )
-        except Exception as exc:
+        except BaseException as exc:  # Ctrl-C too: it may have left half a message, dropped
             records.fail(msg_id, exc, at_once=True)
             raise
         if tracker is not None:

@@ -1,17 +1,20 @@
-"""The client's I/O shell: one thread owns every socket and routes replies to a Handler.
+"""The client's I/O shell: one thread owns the client's sockets and routes replies to a Handler.
 
-User threads never touch a zmq socket: every one is created, used and closed on the I/O
-thread, a :class:`~corral.loop.LoopThread` (the event loop every corral process runs, see
-:mod:`corral.loop`). A submitting thread builds and signs its message itself, then hands the
-frames (zero-copy) over with the loop's ``call_soon_threadsafe``, its one wake-up path: no
-socket per calling thread, so a program that submits from thousands of short-lived threads
-holds the same file descriptors as one that does not. The I/O thread sends the frames
-untouched and feeds every message it receives, decoded and verified, to a :class:`Handler`.
+Every socket is created and closed on the I/O thread, a :class:`~corral.loop.LoopThread`
+(the event loop every corral process runs, see :mod:`corral.loop`), and every one but the two
+request sockets is used by it alone. A submitting thread builds and signs its message itself;
+on mux and task, when nothing else is in flight, it sends the frames itself under the
+socket's lock (:mod:`corral.client.socket_gate`: one thread at a time, order kept), sparing the
+I/O thread a wake-up per round trip; otherwise it hands them over (zero-copy) with the loop's
+``call_soon_threadsafe``, whose one wake-up serves a whole burst. Either way no socket per
+calling thread, so a program that submits from thousands of short-lived threads holds the same
+file descriptors as one that does not. The I/O thread sends what it is handed untouched and
+feeds every message it receives, decoded and verified, to a :class:`Handler`.
 
     user thread  --(channel, frames)-->  loop hand-off   I/O thread (Loop)
-                                                 |-- mux/control/task DEALERs (identity =
-                                                 |   session id), hub DEALER  --> controller
-                                                 |<- replies, notifications (SUB), iopub (SUB)
+          |  (mux/task, nothing in flight)        |-- mux/control/task DEALERs (identity =
+          +------ under the socket's lock ------->|   session id), hub DEALER  --> controller
+                                                  |<- replies, notifications (SUB), iopub (SUB)
 
 Failure: if the loop stops for any reason (:meth:`ClientIO.close`, or an error that leaves
 it), hand-offs are refused first, then the handler hears ``on_closed`` and fails everything
@@ -35,7 +38,7 @@ from typing import Any, Protocol, cast
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from corral.bundles import Outbox
+from corral.client.socket_gate import SocketGate
 from corral.errors import ConnectionError
 from corral.loop import Loop, LoopThread
 from corral.protocol.session import Frame, Message, Session
@@ -93,7 +96,7 @@ class ClientIO:
         self.context: zmq.Context[Any] = zmq.Context()
         self._sockets: dict[str, zmq.Socket[Any]] = {}
         self._targets: dict[bytes, zmq.Socket[Any]] = {}
-        self._outboxes: dict[bytes, Outbox] = {}
+        self._gates: dict[bytes, SocketGate] = {}  # mux and task: shared, see socket_gate
         self._links: dict[zmq.Socket[Any], tuple[str, zmq.Socket[Any]]] = {}
         self._down: set[str] = set()
         self._refused = 0  # messages the handler refused after they parsed (see ``rejected``)
@@ -154,11 +157,19 @@ class ClientIO:
         return not self._down
 
     def send(
-        self, channel: bytes, frames: Sequence[Frame], track_from: int | None = None
+        self,
+        channel: bytes,
+        frames: Sequence[Frame],
+        track_from: int | None = None,
+        *,
+        at_once: bool = False,
     ) -> zmq.MessageTracker | None:
-        """Hand a signed message's frames to the I/O thread (``channel``: b"mux", b"control",
-        b"task" or b"hub"). Frames are not copied; the buffers must not change until sent.
+        """Send a signed message's frames (``channel``: b"mux", b"control", b"task" or
+        b"hub"), from any thread. Frames are not copied; the buffers must not change until sent.
 
+        ``at_once``: on mux and task, send on this thread when nothing is queued ahead for that
+        socket (:mod:`corral.client.socket_gate`), sparing the I/O thread's wake-up; otherwise,
+        and on the other channels, the frames are handed to the I/O thread.
         ``track_from``: the frames from that index on (the data buffers) are tracked; the
         MessageTracker returned is done once zmq has released every one of them, i.e. once
         the message has left the process and the buffers may be changed again.
@@ -168,8 +179,12 @@ class ClientIO:
             tracked = [zmq.Frame(frame, track=True) for frame in frames[track_from:]]
             frames = [*frames[:track_from], *tracked]
             tracker = zmq.MessageTracker(*tracked)
+        gate = self._gates.get(channel)
         try:
-            self._loop.call_soon_threadsafe(self._forward, channel, frames)
+            if gate is not None:
+                gate.submit(frames, at_once)
+            else:
+                self._loop.call_soon_threadsafe(self._forward, channel, frames)
         except ConnectionError:
             raise self.closed_error() from None
         return tracker
@@ -205,19 +220,21 @@ class ClientIO:
     # ------------------------------------------------------------------ I/O thread only
 
     def send_now(self, channel: str, frames: Sequence[Frame]) -> None:
-        """Send on a controller socket at the end of this turn (I/O thread only)."""
-        self._forward(channel.encode(), frames)
+        """Send on a controller socket (I/O thread only): mux and task at the end of this
+        turn, after what was queued for them before; hub and control at once."""
+        gate = self._gates.get(channel.encode())
+        if gate is not None:
+            gate.put(frames)
+        else:
+            self._forward(channel.encode(), frames)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> None:
         """Run ``callback`` on the I/O thread after ``delay`` seconds (I/O thread only)."""
         self._loop.call_later(delay, callback)
 
     def _forward(self, channel: bytes, frames: Sequence[Frame]) -> None:
-        outbox = self._outboxes.get(channel)
-        if outbox is not None:
-            outbox.put(frames)
-        else:
-            send_frames(self._targets[channel], frames)
+        """(I/O thread) Send on hub or control, which only this thread uses."""
+        send_frames(self._targets[channel], frames)
 
     def _socket(self, name: str, kind: int) -> zmq.Socket[Any]:
         sock: zmq.Socket[Any] = self.context.socket(kind)
@@ -252,20 +269,19 @@ class ClientIO:
             monitor = sock.get_monitor_socket(events, address)
             self._links[monitor] = (name, sock)
         self._targets = {name.encode(): self._sockets[name] for name in CHANNELS}
-        # requests leave at the end of a turn, a bundle per peer when several are ready
-        # (corral.bundles): through the MUX one per engine, to the scheduler all in one
-        for name, route_length in (("mux", 1), ("task", 0)):
-            outbox = Outbox(self._sockets[name], route_length)
-            self._outboxes[name.encode()] = outbox
-            loop.add_outbox(outbox)
         handler = self.handler
+        # mux and task are shared with submitting threads (corral.client.socket_gate);
+        # what the I/O thread sends on them leaves at the end of a turn, a bundle per peer
+        # when several are ready (corral.bundles): through the MUX one per engine, to the
+        # scheduler all in one. Sockets are served in this order: replies first.
         for name in CHANNELS:
-            loop.add_socket(
-                self._sockets[name],
-                self._decoded(handler.on_reply),
-                batch=_BATCH,
-                bundles=name in ("mux", "task"),
-            )
+            sock, on_reply = self._sockets[name], self._decoded(handler.on_reply)
+            if name in ("mux", "task"):
+                gate = SocketGate(loop, sock, 1 if name == "mux" else 0, on_reply, _BATCH)
+                gate.install()
+                self._gates[name.encode()] = gate
+            else:
+                loop.add_socket(sock, on_reply, batch=_BATCH)
         loop.add_socket(iopub, self._decoded(handler.on_iopub), batch=_BATCH)
         loop.add_socket(notification, self._decoded(handler.on_notification), batch=_BATCH)
         for monitor in self._links:
@@ -332,6 +348,8 @@ class ClientIO:
             self._close_sockets()
 
     def _close_sockets(self) -> None:
+        for gate in self._gates.values():
+            gate.close()  # under its lock: a submitting thread may be sending on it
         for monitor, (_, sock) in self._links.items():
             sock.disable_monitor()
             monitor.close(linger=0)

@@ -114,28 +114,34 @@ def test_a_blocking_done_callback_delays_no_other_result(rc: Client, tmp_path: P
         release.wait(PROMPT * 6)
 
     try:
-        first = rc[0].apply_async(abs, -1)
+        # both requests stay unfinished until their callback is added (a request done
+        # already runs it at once, on this thread)
+        started = str(tmp_path / "start")
+        first = rc[0].apply_async(file_appears, started, PROMPT * 3)
         first.add_done_callback(blocking)
-        assert entered.wait(PROMPT), "the done-callback never ran"
-        assert first.done() and first.get(0) == 1
+        Path(started).touch()
+        assert entered.wait(PROMPT * 3), "the done-callback never ran"
+        assert first.done() and first.get(0) == started
         later = rc.load_balanced_view().map_async(abs, range(-50, 0), chunksize=5)
         assert later.get(timeout=PROMPT * 3) == list(range(50, 0, -1))
         assert not release.is_set()  # the callback was still blocked all along
-        ran: list[int] = []
+        ran: list[str] = []
         ran_now = threading.Event()
 
         def record(done: Any) -> None:
             ran.append(done.result())
             ran_now.set()
 
-        queued = rc[1].apply_async(abs, -2)
+        go = str(tmp_path / "go")
+        queued = rc[1].apply_async(file_appears, go, PROMPT * 3)
         queued.add_done_callback(record)
-        assert queued.get(timeout=PROMPT * 3) == 2
+        Path(go).touch()
+        assert queued.get(timeout=PROMPT * 3) == go
         assert ran == []  # callbacks run in order: this one waits behind the blocked one
     finally:
         release.set()
     assert ran_now.wait(PROMPT * 3), "the queued callback never ran"
-    assert ran == [2]
+    assert ran == [go]
 
 
 def test_closed_client_refuses_calls_with_a_clear_error(own_cluster: Any) -> None:
