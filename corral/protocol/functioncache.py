@@ -76,7 +76,9 @@ class CallEntry:
       not deeply immutable, and ``skip`` calls are pickled afresh before it looks again);
     - candidate: a ``fingerprint`` of deeply immutable objects, no ``ops`` yet: kept if the
       next call finds the same;
-    - kept: ``ops`` and the pickler ``memo`` after them (cloudpickle's ``globals_ref`` plays
+    - kept: ``ops`` (and ``opening``: a call pickle's bytes up to the length of its
+      arguments' frame, ``ops`` framed) and the pickler ``memo`` after them (cloudpickle's
+      ``globals_ref`` plays
       no part: the arguments of a reused call hold no function, see :func:`small_arguments`),
       and once it was called without arguments, that call's whole frame (``bare``): the
       same bytes for every such call while the fingerprint holds, so they are not rebuilt.
@@ -87,7 +89,7 @@ class CallEntry:
     calls are pickled afresh without a look.
     """
 
-    __slots__ = ("bare", "fingerprint", "function", "memo", "misses", "ops", "skip")
+    __slots__ = ("bare", "fingerprint", "function", "memo", "misses", "opening", "ops", "skip")
 
     def __init__(
         self,
@@ -99,6 +101,7 @@ class CallEntry:
         self.function = function
         self.fingerprint = fingerprint
         self.ops: bytes | None = None
+        self.opening: bytes | None = None
         self.bare: bytes | None = None
         self.memo: dict[int, tuple[int, object]] | None = None
         self.misses = misses

@@ -275,6 +275,8 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
             if body is None or self._buffers:
                 return False
             entry.ops = bytes(body)
+            length = len(body).to_bytes(8, "little")
+            entry.opening = b"".join((_PICKLE_PREFIX, length, body, _FRAME_OPCODE))
             entry.memo = self.memo.copy()
             self.kept += 1
             return True
@@ -289,7 +291,7 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
         in two, the function's opcodes alone in the first frame, for the engine's templates
         (docs/wire-flows.md, "apply_request"). None when the whole would not fit one frame
         (then pickle it afresh)."""
-        assert entry.ops is not None and entry.memo is not None
+        assert entry.ops is not None and entry.opening is not None and entry.memo is not None
         stream = self._stream
         self._buffer_threshold = buffer_threshold
         self._ndarray = getattr(sys.modules.get("numpy"), "ndarray", None)
@@ -307,18 +309,8 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
             size = len(first) + len(second) + len(_CALL_TAIL)
             if len(entry.ops) + size >= functioncache.FRAME_LIMIT:
                 return None
-            pickled = b"".join(
-                (
-                    _PICKLE_PREFIX,
-                    len(entry.ops).to_bytes(8, "little"),
-                    entry.ops,
-                    _FRAME_OPCODE,
-                    size.to_bytes(8, "little"),
-                    first,
-                    second,
-                    _CALL_TAIL,
-                )
-            )
+            opening, length = entry.opening, size.to_bytes(8, "little")
+            pickled = b"".join((opening, length, first, second, _CALL_TAIL))
             crc = zlib.crc32(pickled)
             return [_HEADER + crc.to_bytes(_CRC_SIZE, "little") + pickled, *self._buffers]
         finally:

@@ -103,7 +103,6 @@ def unpacked(frames: list[bytes]) -> tuple[Any, Any, Any]:
 
 
 SOURCE = """
-import math
 X = 3
 NAME = "name"
 T = (1, "x", (2.5, None))
@@ -137,8 +136,6 @@ annotated.tag = "attribute"
 lam = lambda *a, **k: (a, k)
 def comprehension(n):
     return [i * X for i in range(n)], {k: k for k in "ab"}
-def interned(name, text="name"):
-    return name, text
 """
 
 FUNCTIONS = ["no_op", "defaults", "reads", "counter", "annotated", "lam", "comprehension"]
