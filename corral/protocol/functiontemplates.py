@@ -31,7 +31,10 @@ uses a stand-in fails (it refuses attributes, comparison, hashing, calls), and o
 arguments keep is seen (its reference count), so such a call, and anything else this path
 does not read exactly as a whole unpickle would, is unpickled whole instead. A first frame
 that is not one function's pickle (a wrong or lying boundary) gives no template, and those
-calls are unpickled whole too: never a wrong function.
+calls are unpickled whole too: never a wrong function. (One reading differs: a second frame
+crafted to fetch a callable itself and hand it a stand-in that it only looks at by identity or
+type, ``id()``, ``type()``, ``is``, computes from the stand-in. No pickler writes such a frame,
+and a peer that can send one holds the key, so it can run any code on the engine anyway.)
 
 Kept per thread without a lock: the engine unpacks calls on its main thread, and the reference
 counts of a template's stand-ins are only meaningful while no other thread uses them.
