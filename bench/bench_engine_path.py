@@ -57,7 +57,8 @@ class Scheduler:
         self.outbox = Outbox(self.router, 1)
         self.key = os.urandom(32).hex().encode()
         self.client = Session(self.key)
-        self.buffers = pack_apply_message(one, (), {})
+        for _ in range(3):  # from the third call on a client sends the kept pickle
+            self.buffers = pack_apply_message(one, (), {})
         self.metadata = {"shm_reader": {"host": "bench", "pid": os.getpid()}}
         self.bundle = bundle
         self.ahead = ahead
@@ -208,7 +209,8 @@ def parts(calls: int) -> dict[str, float]:
 
     key = os.urandom(32).hex().encode()
     client = Session(key)
-    buffers = pack_apply_message(one, (), {})
+    for _ in range(3):  # from the third call on a client sends the kept pickle
+        buffers = pack_apply_message(one, (), {})
     metadata = {"shm_reader": {"host": "bench", "pid": os.getpid()}}
 
     def requests(count: int) -> list[list[bytes]]:

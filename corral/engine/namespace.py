@@ -106,8 +106,10 @@ class Namespace:
         with the namespace as its globals, so it reads pushed names and ``global x`` writes land
         where ``execute`` and later applies see them.
         """
-        args = tuple(self.resolve(arg) for arg in args)
-        kwargs = {key: self.resolve(value) for key, value in kwargs.items()}
+        if args:
+            args = tuple(self.resolve(arg) for arg in args)
+        if kwargs:
+            kwargs = {key: self.resolve(value) for key, value in kwargs.items()}
         f = self.resolve(f, 1)
         if isinstance(f, types.FunctionType) and is_interactive(f):
             f = self.bind(f)

@@ -28,6 +28,8 @@ _NAMED = (  # shown by their qualified name
 def describe_call(f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     """``name(arg, ..., key=value)``, at most MAX_CALL characters."""
     name = getattr(f, "__qualname__", None) or type(f).__name__
+    if not args and not kwargs:
+        return f"{name}()" if len(name) <= MAX_CALL - 2 else name[: MAX_CALL - 1] + "…"
     parts = [describe(arg) for arg in args[:6]]
     if len(args) > 6:
         parts.append(f"... {len(args) - 6} more")

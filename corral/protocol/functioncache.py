@@ -1,4 +1,4 @@
-"""When the pickle of a function may be reused for the next call of it, byte for byte.
+"""When the pickle of a function may be reused for the next call of it, opcode for opcode.
 
 An apply request is one pickle of ``(f, args, kwargs)`` (:mod:`corral.protocol.serialize`).
 For a function defined in ``__main__`` (a script, a notebook) or inside another function,
@@ -21,12 +21,13 @@ function) is pickled afresh on every call, as before.
 Sharing between the function and the arguments is kept: the reused part comes with the
 pickler's memo as it stood after the function (:mod:`corral.protocol.serialize` seeds the
 pickler with it before writing the arguments), so an argument that is an object of the
-function's pickle is written as a reference to it, exactly as in one pickle. The result is the
-very bytes a fresh pickle would be (tests/protocol/test_functioncache.py compares them); when
-it would not be (a pickle over one 64 KiB frame, where the pickler splits frames at its own
-places) the call is pickled afresh. The kept pickle is used only for calls whose arguments
-are small (:func:`small_arguments`): for the others the arguments cost more than the
-function, and must never be pickled twice.
+function's pickle is written as a reference to it, exactly as in one pickle. The result holds
+the very opcodes a fresh pickle would (tests/protocol/test_functioncache.py compares them),
+framed in two, the function's part first, so that an engine can rebuild the function once and
+unpickle only the arguments (:mod:`corral.protocol.functiontemplates`, docs/wire-flows.md
+"apply_request"); a call that would not fit one 64 KiB frame is pickled afresh. The kept
+pickle is used only for calls whose arguments are small (:func:`small_arguments`): for the
+others the arguments cost more than the function, and must never be pickled twice.
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ __all__ = [
     "small_arguments",
     "CallEntry",
     "by_value",
+    "code_frozen",
     "fingerprint",
     "frame_body",
+    "frozen",
     "reusable",
     "same",
 ]
@@ -73,7 +76,9 @@ class CallEntry:
       not deeply immutable, and ``skip`` calls are pickled afresh before it looks again);
     - candidate: a ``fingerprint`` of deeply immutable objects, no ``ops`` yet: kept if the
       next call finds the same;
-    - kept: ``ops`` and the pickler ``memo`` after them (cloudpickle's ``globals_ref`` plays
+    - kept: ``ops`` (and ``opening``: a call pickle's bytes up to the length of its
+      arguments' frame, ``ops`` framed) and the pickler ``memo`` after them (cloudpickle's
+      ``globals_ref`` plays
       no part: the arguments of a reused call hold no function, see :func:`small_arguments`),
       and once it was called without arguments, that call's whole frame (``bare``): the
       same bytes for every such call while the fingerprint holds, so they are not rebuilt.
@@ -84,7 +89,7 @@ class CallEntry:
     calls are pickled afresh without a look.
     """
 
-    __slots__ = ("bare", "fingerprint", "function", "memo", "misses", "ops", "skip")
+    __slots__ = ("bare", "fingerprint", "function", "memo", "misses", "opening", "ops", "skip")
 
     def __init__(
         self,
@@ -96,6 +101,7 @@ class CallEntry:
         self.function = function
         self.fingerprint = fingerprint
         self.ops: bytes | None = None
+        self.opening: bytes | None = None
         self.bare: bytes | None = None
         self.memo: dict[int, tuple[int, object]] | None = None
         self.misses = misses
@@ -170,23 +176,26 @@ def same(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
     return len(a) == len(b) and all(map(operator.is_, a, b))
 
 
-def _frozen(value: object, depth: int = 0) -> bool:
+def frozen(value: object, depth: int = 0) -> bool:
+    """Whether ``value`` is deeply immutable and pickled natively: ``None``, ``bool``, ``int``,
+    ``float``, ``str``, ``bytes`` of exactly those types, and tuples and frozensets of them."""
     kind = type(value)
     if kind in _ATOMS:
         return True
     if (kind is tuple or kind is frozenset) and depth < _MAX_DEPTH:
-        return all(_frozen(item, depth + 1) for item in value)  # type: ignore[attr-defined]
+        return all(frozen(item, depth + 1) for item in value)  # type: ignore[attr-defined]
     return False
 
 
-def _code_frozen(code: CodeType, depth: int = 0) -> bool:
+def code_frozen(code: CodeType, depth: int = 0) -> bool:
+    """Whether every constant of ``code``, and of the code nested in it, is :func:`frozen`."""
     if depth >= _MAX_DEPTH:
         return False
     for constant in code.co_consts:
         if isinstance(constant, CodeType):
-            if type(constant) is not CodeType or not _code_frozen(constant, depth + 1):
+            if type(constant) is not CodeType or not code_frozen(constant, depth + 1):
                 return False
-        elif not _frozen(constant):
+        elif not frozen(constant):
             return False
     return True
 
@@ -195,12 +204,12 @@ def reusable(print_: tuple[object, ...]) -> bool:
     """Whether the function of fingerprint ``print_`` reads only deeply immutable objects of
     natively pickled types, so that the same objects always pickle to the same bytes."""
     code, namespace, closure = print_[1], print_[2], print_[8]
-    if type(code) is not CodeType or not _code_frozen(code):
+    if type(code) is not CodeType or not code_frozen(code):
         return False
     if type(namespace) is not dict or (closure is not None and type(closure) is not tuple):
         return False
     return all(
-        _frozen(part) or any(part is marker for marker in _MARKERS)
+        frozen(part) or any(part is marker for marker in _MARKERS)
         for index, part in enumerate(print_)
         if index not in _STRUCTURE
     )

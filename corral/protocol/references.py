@@ -67,14 +67,33 @@ def is_interactive(f: Callable[..., Any]) -> bool:
     )
 
 
-def global_names(code: CodeType) -> set[str]:
+def global_names(code: CodeType) -> frozenset[str]:
     """Names ``code`` and the code nested in it (inner functions, lambdas, comprehensions)
     may read as globals: their ``co_names``. Attribute names are among them, so this is a
-    superset, but bounded by what the code mentions."""
+    superset, but bounded by what the code mentions.
+
+    Kept for the last :data:`NAMES_KEPT` code objects (by identity, each held so its id is
+    not reused): the engine builds a new function for every call of a by-value function from
+    its template (:mod:`corral.protocol.functiontemplates`), all of them sharing one code."""
+    kept = _names_by_code.get(id(code))
+    if kept is not None and kept[0] is code:
+        return kept[1]
+    names = frozenset(_names(code))
+    if len(_names_by_code) >= NAMES_KEPT:
+        _names_by_code.clear()
+    _names_by_code[id(code)] = (code, names)
+    return names
+
+
+NAMES_KEPT = 256
+_names_by_code: dict[int, tuple[CodeType, frozenset[str]]] = {}
+
+
+def _names(code: CodeType) -> set[str]:
     names = set(code.co_names)
     for constant in code.co_consts:
         if isinstance(constant, CodeType):
-            names |= global_names(constant)
+            names |= _names(constant)
     return names
 
 

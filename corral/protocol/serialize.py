@@ -51,7 +51,7 @@ import cloudpickle  # type: ignore[import-untyped]
 import zmq
 
 from corral.errors import ImportNeeded, SerializationError
-from corral.protocol import functioncache
+from corral.protocol import functioncache, functiontemplates
 from corral.protocol.functioncache import CallEntry
 from corral.protocol.references import Reference
 from corral.protocol.session import frame_view
@@ -73,9 +73,11 @@ _HEADER: Final = _MAGIC + bytes([FORMAT_VERSION])
 _CRC_SIZE: Final = 4
 _PICKLE_START: Final = len(_HEADER) + _CRC_SIZE
 _PICKLE_PREFIX: Final = b"\x80\x05\x95"  # PROTO 5, FRAME (its 8-byte length follows)
+_FRAME_OPCODE: Final = b"\x95"
 _PROTOCOL: Final = 5
 _CALL_TAIL: Final = b"\x87\x94."  # TUPLE3 MEMOIZE STOP: closes the pickle of (f, args, kwargs)
 _CALLS_KEPT: Final = 32  # functions per thread whose pickle is kept for reuse
+_CALL_LIMIT: Final = 2 * functioncache.FRAME_LIMIT  # over this a call is never framed in two
 
 FrameLike = bytes | bytearray | memoryview | zmq.Frame
 
@@ -273,6 +275,8 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
             if body is None or self._buffers:
                 return False
             entry.ops = bytes(body)
+            length = len(body).to_bytes(8, "little")
+            entry.opening = b"".join((_PICKLE_PREFIX, length, body, _FRAME_OPCODE))
             entry.memo = self.memo.copy()
             self.kept += 1
             return True
@@ -283,9 +287,11 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
         self, entry: CallEntry, args: object, kwargs: object, buffer_threshold: int
     ) -> list[bytes | memoryview] | None:
         """The call pickle from ``entry``'s opcodes, then ``args`` and ``kwargs`` pickled with
-        the memo the function left, so that they refer to its objects as
-        in one pickle; None when the whole would not fit one frame (then pickle it afresh)."""
-        assert entry.ops is not None and entry.memo is not None
+        the memo the function left, so that they refer to its objects as in one pickle; framed
+        in two, the function's opcodes alone in the first frame, for the engine's templates
+        (docs/wire-flows.md, "apply_request"). None when the whole would not fit one frame
+        (then pickle it afresh)."""
+        assert entry.ops is not None and entry.opening is not None and entry.memo is not None
         stream = self._stream
         self._buffer_threshold = buffer_threshold
         self._ndarray = getattr(sys.modules.get("numpy"), "ndarray", None)
@@ -300,11 +306,11 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
             second = functioncache.frame_body(whole[middle:])
             if first is None or second is None:
                 return None
-            size = len(entry.ops) + len(first) + len(second) + len(_CALL_TAIL)
-            if size >= functioncache.FRAME_LIMIT:
+            size = len(first) + len(second) + len(_CALL_TAIL)
+            if len(entry.ops) + size >= functioncache.FRAME_LIMIT:
                 return None
-            length = size.to_bytes(8, "little")
-            pickled = b"".join((_PICKLE_PREFIX, length, entry.ops, first, second, _CALL_TAIL))
+            opening, length = entry.opening, size.to_bytes(8, "little")
+            pickled = b"".join((opening, length, first, second, _CALL_TAIL))
             crc = zlib.crc32(pickled)
             return [_HEADER + crc.to_bytes(_CRC_SIZE, "little") + pickled, *self._buffers]
         finally:
@@ -502,6 +508,28 @@ def _load(frames: Sequence[FrameLike], loaded_only: bool = False) -> object:
     return obj
 
 
+def _load_templated(frames: Sequence[FrameLike]) -> tuple[Any, Any, Any] | None:
+    """The call in ``frames`` if a client framed it from a kept function pickle: the function
+    built from this thread's template, the arguments unpickled alone
+    (:mod:`corral.protocol.functiontemplates`); None for any other call, and for one the
+    template cannot read exactly as a whole unpickle would (then it is unpickled whole)."""
+    if (type(frames) is not list and type(frames) is not tuple) or len(frames) != 1:
+        return None  # a call with out-of-band buffers is never framed in two
+    whole = frames[0]
+    if type(whole) is not bytes:
+        if not isinstance(whole, zmq.Frame) or len(whole) > _CALL_LIMIT:
+            return None
+        whole = bytes(frame_view(whole))  # a copy of a small frame: bytes slice faster
+    end = functiontemplates.function_end(whole, _PICKLE_START)
+    if end is None or not whole.startswith(_HEADER):
+        return None
+    if zlib.crc32(memoryview(whole)[_PICKLE_START:]) != int.from_bytes(
+        whole[len(_HEADER) : _PICKLE_START], "little"
+    ):
+        return None  # the general way names the failure
+    return functiontemplates.thread_templates().load_call(whole, _PICKLE_START, end)
+
+
 # ---------------------------------------------------------------- public API
 
 
@@ -586,7 +614,9 @@ def unpack_apply_message(
 
     Raises SerializationError if the frames are not an intact apply message.
     """
-    obj = _load(buffers)
+    obj: object = _load_templated(buffers)
+    if obj is None:
+        obj = _load(buffers)
     if not (isinstance(obj, tuple) and len(obj) == 3):
         raise SerializationError(
             f"not an apply message: expected (f, args, kwargs), got {type(obj).__name__}"

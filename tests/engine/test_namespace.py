@@ -13,6 +13,7 @@ import cloudpickle
 import pytest
 
 from corral.engine.namespace import Namespace, OutputCapture, strip_engine_frames
+from corral.protocol import references
 from corral.protocol.references import Reference, interactive
 
 
@@ -171,6 +172,23 @@ def test_only_globals_the_code_reads_are_copied(ns: Namespace) -> None:
     exec(source, scope)
     assert ns.apply(interactive(scope["f"]), (), {}) == [2, 3]
     assert {name for name in ns.user_ns if not name.startswith("__")} == {"data", "helper"}
+
+
+def test_the_names_a_code_reads_are_kept_by_code_object_and_bounded() -> None:
+    """A function rebuilt for every call shares its code: its names are worked out once;
+    another code object, even an equal one, is looked at itself; the cache is bounded."""
+    make = "def f():\n    return [helper(x) for x in data] + [other]\n"
+    first: dict[str, Any] = {}
+    exec(make, first)
+    code = first["f"].__code__
+    assert references.global_names(code) == {"helper", "data", "other"}
+    assert references.global_names(code) is references.global_names(code)
+    for index in range(references.NAMES_KEPT + 10):
+        scope: dict[str, Any] = {}
+        exec(f"def g():\n    return name_{index}\n", scope)
+        assert references.global_names(scope["g"].__code__) == {f"name_{index}"}
+    assert len(references._names_by_code) <= references.NAMES_KEPT  # noqa: SLF001
+    assert references.global_names(code) == {"helper", "data", "other"}
 
 
 def test_rebinding_keeps_defaults_kwdefaults_closure_and_attributes(ns: Namespace) -> None:

@@ -1,0 +1,340 @@
+"""A by-value function rebuilt once per engine thread, and each call's arguments unpickled alone.
+
+A function defined in ``__main__`` travels by value: its code, globals, closure and defaults in
+the pickle of every call. The client keeps that part of the pickle while nothing it reads can
+have changed (:mod:`corral.protocol.functioncache`) and then frames the call in two
+(docs/wire-flows.md, "apply_request")::
+
+    PROTO 5 | FRAME a | the function's opcodes | FRAME b | the arguments' opcodes, TUPLE3,
+                                                          MEMOIZE, STOP
+
+Any unpickler reads that as the one pickle of ``(f, args, kwargs)`` it is, so an engine that
+knows nothing of this still works. Unpickling the function was three quarters of unpacking a
+no-op call (about 4 of 5.5 us) and made some forty objects per task; this module makes it once.
+
+:class:`FunctionTemplates` (one per thread, :func:`thread_templates`) keys a bounded cache on the
+bytes of the first frame. The first time, it unpickles them alone, and keeps a
+:class:`FunctionTemplate` only if the function's state is deeply immutable (the same rule as the
+client's, :func:`~corral.protocol.functioncache.frozen`): code, the values of its globals, its
+closure cells' contents, name, qualified name, module, docstring, defaults, keyword defaults,
+annotations and attributes. Every call then gets a *new* function built from those parts, with
+new dicts and new cells, so a function that changes its own attributes, defaults or closure
+cells (``nonlocal``) leaks nothing into the next call, as a freshly unpickled one would.
+
+The arguments are unpickled with the unpickler's memo as it stood after the function, so an
+argument that is an object of the function's pickle (a string its code names, its defaults
+tuple) is that very object, as in one pickle: the memo is rebuilt by a short prelude of
+opcodes from the template's seed, the deeply immutable objects themselves and, for every other
+one (the function, its dicts, cells, the helpers cloudpickle called), a stand-in. The function
+itself is a stand-in too, at the bottom of the stack where the full unpickle has it. Whatever
+uses a stand-in fails (it refuses attributes, comparison, hashing, calls), and one that the
+arguments keep is seen (its reference count), so such a call, and anything else this path
+does not read exactly as a whole unpickle would, is unpickled whole instead. A first frame
+that is not one function's pickle (a wrong or lying boundary) gives no template, and those
+calls are unpickled whole too: never a wrong function. (One reading differs: a second frame
+crafted to fetch a callable itself and hand it a stand-in that it only looks at by identity or
+type, ``id()``, ``type()``, ``is``, computes from the stand-in. No pickler writes such a frame,
+and a peer that can send one holds the key, so it can run any code on the engine anyway.)
+
+Kept per thread without a lock: the engine unpacks calls on its main thread, and the reference
+counts of a template's stand-ins are only meaningful while no other thread uses them.
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import pickle
+import re
+import struct
+import sys
+import threading
+from types import CellType, CodeType, FunctionType
+from typing import Any, Final, NoReturn
+
+from corral.protocol.functioncache import FRAME_LIMIT, code_frozen, frozen
+
+__all__ = [
+    "TEMPLATES_KEPT",
+    "FunctionTemplate",
+    "FunctionTemplates",
+    "function_end",
+    "thread_templates",
+]
+
+TEMPLATES_KEPT: Final = 32  # functions per thread; the least recently used goes first
+_PROTO: Final = b"\x80\x05"
+_FRAME: Final = 0x95
+_PROTO_5: Final = int.from_bytes(_PROTO, "little")
+_OPENING: Final = struct.Struct("<HBQ")  # PROTO 5, FRAME, the first frame's length
+_FRAME_START: Final = struct.Struct("<BQ")  # FRAME, its length
+_FRAME_HEADER: Final = 9  # FRAME opcode + 8-byte little-endian length
+_FIRST: Final = len(_PROTO) + _FRAME_HEADER  # where the function's opcodes start
+_FRAMED: Final = _PROTO + b"\x95"
+_STOP: Final = b"."
+_GETS: Final = re.compile(b"[hjg]")  # BINGET, LONG_BINGET, GET (or data bytes that match)
+_NEXT_BUFFER: Final = b"\x97"  # pushes the next object of the ``buffers`` given to the unpickler
+_MEMOIZE: Final = b"\x94"
+_MARK: Final = b"("
+_POP_MARK: Final = b"1"
+_EMPTY_CELL: Final = object()  # a closure cell without a value
+_BUILTINS: Final = (builtins, builtins.__dict__)  # what cloudpickle puts in a function's globals
+_MISSING: Final = object()
+
+
+def function_end(pickled: bytes, start: int) -> int | None:
+    """Where the function's opcodes end in the call pickle at ``pickled[start:]`` if it is
+    framed in two as the client frames a kept function's call (the module doc); None for any
+    other pickle. A pickle the C pickler frames itself never starts with a frame under 64 KiB
+    followed at once by another."""
+    size = len(pickled)
+    if size < start + _FIRST + _FRAME_HEADER + 1:
+        return None
+    protocol, frame, first = _OPENING.unpack_from(pickled, start)
+    if protocol != _PROTO_5 or frame != _FRAME or first >= FRAME_LIMIT:
+        return None
+    end = start + _FIRST + first
+    if end + _FRAME_HEADER >= size:
+        return None
+    frame, second = _FRAME_START.unpack_from(pickled, end)
+    if frame != _FRAME or end + _FRAME_HEADER + second != size:
+        return None
+    return int(end)
+
+
+class _StandIn:
+    """Stands for an object of the function's part while a call's arguments are unpickled
+    (see :meth:`FunctionTemplate.call`): every use of it raises, so that the call is unpickled
+    whole instead; no attribute, no comparison, no hash, no truth value, no text."""
+
+    __slots__ = ()
+    __hash__ = None  # type: ignore[assignment]
+
+    def __getattribute__(self, name: str) -> NoReturn:
+        raise TypeError("an object of the function's pickle was used by its arguments")
+
+    def __eq__(self, other: object) -> NoReturn:
+        raise TypeError("an object of the function's pickle was compared by its arguments")
+
+    __ne__ = __lt__ = __le__ = __gt__ = __ge__ = __eq__
+
+    def __bool__(self) -> NoReturn:
+        raise TypeError("an object of the function's pickle was tested by its arguments")
+
+    def __repr__(self) -> str:
+        raise TypeError("an object of the function's pickle was shown by its arguments")
+
+    __str__ = __repr__  # format() goes through it too
+
+
+def _frozen_items(mapping: object) -> bool:
+    return type(mapping) is dict and all(
+        type(key) is str and frozen(value) for key, value in mapping.items()
+    )
+
+
+def _kept_in_seed(value: object) -> bool:
+    """Whether an object of the function's pickle is given to the arguments as itself: deeply
+    immutable, so sharing it from call to call is sharing it within one pickle."""
+    return frozen(value) or (type(value) is CodeType and code_frozen(value))
+
+
+class FunctionTemplate:
+    """The deeply immutable parts of one unpickled function, and the memo its pickle left.
+
+    :meth:`build` makes a new function from them for every call; :meth:`call` unpickles a
+    call's arguments with that memo. Made only by :meth:`load`.
+    """
+
+    __slots__ = (
+        "annotations",
+        "attributes",
+        "closure",
+        "code",
+        "defaults",
+        "doc",
+        "globals",
+        "kwdefaults",
+        "module",
+        "name",
+        "qualname",
+        "_prelude",
+        "_seed",
+        "_stand_in",
+        "_withheld",
+    )
+
+    def __init__(self, function: FunctionType, memo: list[object]) -> None:
+        self.code = function.__code__
+        self.globals = function.__globals__.copy()
+        self.name = function.__name__
+        self.qualname = function.__qualname__
+        self.module = function.__module__
+        self.doc = function.__doc__
+        self.defaults = function.__defaults__
+        kwdefaults = function.__kwdefaults__
+        self.kwdefaults = None if kwdefaults is None else kwdefaults.copy()
+        self.annotations = function.__annotations__.copy()
+        self.attributes = function.__dict__.copy()
+        self.closure: tuple[object, ...] | None = None
+        if function.__closure__ is not None:
+            self.closure = tuple(_contents(cell) for cell in function.__closure__)
+        self._stand_in = _StandIn()  # the function, at the bottom of the stack
+        self._withheld = _StandIn()  # every other object of the memo not given as itself
+        withheld = self._withheld
+        self._seed = (
+            self._stand_in,
+            *(value if _kept_in_seed(value) else withheld for value in memo),
+        )
+        # the stand-in for the function, then each memo entry pushed and memoized in order
+        # (the unpickler numbers them 0, 1, ... as the whole pickle's did), then dropped
+        self._prelude = _NEXT_BUFFER + _MARK + (_NEXT_BUFFER + _MEMOIZE) * len(memo) + _POP_MARK
+
+    @staticmethod
+    def load(ops: bytes) -> FunctionTemplate | None:
+        """The template of the function that ``ops`` (one complete pickle's opcodes, without
+        protocol, framing and stop) unpickle to; None if they are not that, or if its state is
+        not deeply immutable, or if the memo they leave is not numbered 0, 1, ... (then the
+        calls are unpickled whole)."""
+        try:
+            unpickler = pickle.Unpickler(io.BytesIO(_PROTO + ops + _STOP), buffers=())
+            function = unpickler.load()
+            memo = unpickler.memo.copy()
+        except Exception:  # not one pickle: the boundary was not the function's end
+            return None
+        if not _immutable_function(function) or not all(map(memo.__contains__, range(len(memo)))):
+            return None  # (numbered otherwise, the prelude would number it wrong)
+        return FunctionTemplate(function, [memo[index] for index in range(len(memo))])
+
+    def build(self) -> FunctionType:
+        """A new function, as the template's pickle unpickles to: its own globals dict, cells,
+        keyword defaults, annotations and attribute dict; the immutable parts shared."""
+        closure = None
+        if self.closure is not None:
+            closure = tuple(
+                CellType() if value is _EMPTY_CELL else CellType(value) for value in self.closure
+            )
+        function = FunctionType(self.code, self.globals.copy(), self.name, self.defaults, closure)
+        if self.kwdefaults is not None:
+            function.__kwdefaults__ = self.kwdefaults.copy()
+        function.__annotations__ = self.annotations.copy()
+        if self.attributes:
+            function.__dict__.update(self.attributes)
+        function.__qualname__ = self.qualname
+        function.__module__ = self.module
+        function.__doc__ = self.doc
+        return function
+
+    def call(self, pickled: bytes, start: int) -> tuple[FunctionType, Any, Any] | None:
+        """``(f, args, kwargs)`` from the second frame of a call pickle, at ``start`` (the
+        arguments' opcodes, ``TUPLE3``, ``MEMOIZE``, ``STOP``), run after the prelude as one
+        pickle framed like the original, so every opcode reads what it would have read in it;
+        None (unpickle the call whole) if it fails, leaves anything but
+        ``(function, args, kwargs)``, or keeps a stand-in anywhere. Opcodes that read no memo
+        entry (no byte of one) need no prelude but the function's stand-in."""
+        arguments = pickled[start:]
+        prelude = self._prelude if _GETS.search(arguments) else _NEXT_BUFFER
+        size = (len(prelude) + len(arguments)).to_bytes(8, "little")
+        data = b"".join((_FRAMED, size, prelude, arguments))
+        stand_in, withheld = self._stand_in, self._withheld
+        held = sys.getrefcount(stand_in), sys.getrefcount(withheld)
+        try:
+            loaded = pickle.loads(data, buffers=self._seed)
+        except Exception:
+            return None
+        if type(loaded) is not tuple or len(loaded) != 3 or loaded[0] is not stand_in:
+            return None
+        if (sys.getrefcount(stand_in) - 1, sys.getrefcount(withheld)) != held:
+            return None  # an argument holds a stand-in: an object of the function's part
+        return self.build(), loaded[1], loaded[2]
+
+
+def _contents(cell: CellType) -> object:
+    try:
+        return cell.cell_contents
+    except ValueError:
+        return _EMPTY_CELL
+
+
+def _immutable_function(function: object) -> bool:
+    """Whether ``function`` is a plain function whose state is deeply immutable (the module
+    doc), its globals' ``__builtins__`` aside (the interpreter's, set by every unpickle), and
+    whose keyword defaults and annotations are not one dict (a template would part them)."""
+    if type(function) is not FunctionType:
+        return False
+    if not code_frozen(function.__code__) or getattr(function, "__type_params__", None):
+        return False
+    namespace = function.__globals__
+    if type(namespace) is not dict or not all(
+        type(key) is str
+        and (frozen(value) or (key == "__builtins__" and any(value is b for b in _BUILTINS)))
+        for key, value in namespace.items()
+    ):
+        return False
+    closure = function.__closure__
+    if closure is not None and not all(
+        frozen(value) for value in map(_contents, closure) if value is not _EMPTY_CELL
+    ):
+        return False
+    kwdefaults = function.__kwdefaults__
+    annotations = function.__annotations__
+    return (
+        frozen(function.__defaults__)
+        and (kwdefaults is None or (_frozen_items(kwdefaults) and kwdefaults is not annotations))
+        and _frozen_items(annotations)
+        and _frozen_items(function.__dict__)
+        and type(function.__name__) is str
+        and type(function.__qualname__) is str
+        and frozen(function.__module__)
+        and frozen(function.__doc__)
+    )
+
+
+class FunctionTemplates:
+    """One thread's templates, by the bytes of the function's frame (at most ``limit``, the
+    least recently used dropped first); a frame that gave no template is remembered too, so
+    its calls are unpickled whole without trying again."""
+
+    def __init__(self, limit: int = TEMPLATES_KEPT) -> None:
+        self.limit = limit
+        self._entries: dict[bytes, FunctionTemplate | None] = {}
+        self.made = 0  # templates made (for tests)
+        self.used = 0  # calls unpacked through a template (for tests)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def load_call(
+        self, pickled: bytes, start: int, end: int
+    ) -> tuple[FunctionType, Any, Any] | None:
+        """``(f, args, kwargs)`` of the call pickle at ``pickled[start:]`` (checksum checked)
+        framed in two by a client, ``end`` its :func:`function_end`; None for a function the
+        template refused, and for arguments the template cannot read (the module doc)."""
+        key = pickled[start + _FIRST : end]
+        entries = self._entries
+        template = entries.pop(key, _MISSING)
+        if template is _MISSING:
+            template = FunctionTemplate.load(key)
+            if template is not None:
+                self.made += 1
+            while len(entries) >= self.limit:
+                del entries[next(iter(entries))]
+        entries[key] = template  # type: ignore[assignment]
+        if template is None:
+            return None
+        assert isinstance(template, FunctionTemplate)
+        call = template.call(pickled, end + _FRAME_HEADER)
+        if call is not None:
+            self.used += 1
+        return call
+
+
+_local = threading.local()
+
+
+def thread_templates() -> FunctionTemplates:
+    """This thread's templates (made at its first call)."""
+    templates: FunctionTemplates | None = getattr(_local, "templates", None)
+    if templates is None:
+        templates = _local.templates = FunctionTemplates()
+    return templates
