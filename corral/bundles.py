@@ -171,6 +171,14 @@ class Outbox:
     a bundle of one (its small frames joined: fewer frames to send and receive than itself),
     for a receiver that only ever reads bundles. Owned by the loop thread of ``sock``, like
     the socket: every send on ``sock`` must go through the outbox, or order is lost.
+
+    ``mirror=(socket, prefix)``: every message also goes to that socket, as
+    ``[*prefix, *route, *its frames]`` once unbundled there, in bundles always: each bundle
+    made for ``sock`` is sent there as it is behind ``prefix`` (a message alone is a bundle of
+    one there). A message sent to two peers is so laid out once, not once per peer (the
+    scheduler's replies and their ``task_out`` copies for the Hub). A turn's mirror copies
+    all leave before its messages to ``sock``; sends of others on the mirror socket are
+    ordered with them by the owner (flush that outbox first, or after).
     """
 
     __slots__ = (
@@ -182,14 +190,25 @@ class Outbox:
         "messages",
         "sent",
         "bundled",
+        "mirror",
+        "mirrored",
     )
 
     def __init__(
-        self, sock: zmq.Socket[Any], route_length: int, *, always_bundle: bool = False
+        self,
+        sock: zmq.Socket[Any],
+        route_length: int,
+        *,
+        always_bundle: bool = False,
+        mirror: tuple[zmq.Socket[Any], Sequence[bytes]] | None = None,
     ) -> None:
         if not 0 <= route_length <= MAX_ROUTE - 1:
             raise ValueError(f"a route has 0 to {MAX_ROUTE - 1} frames, not {route_length}")
+        if mirror is not None and len(mirror[1]) + route_length > MAX_ROUTE:
+            raise ValueError(f"a mirror's prefix and route are at most {MAX_ROUTE} frames")
         self.sock = sock
+        self.mirror = (mirror[0], list(mirror[1])) if mirror is not None else None
+        self.mirrored = 0  # zmq messages sent to the mirror
         self.route_length = route_length
         self.always = always_bundle  # a message alone goes as a bundle of one too
         # route -> (its frames, [(message, tag)])
@@ -231,21 +250,52 @@ class Outbox:
         self._count = 0
         failures: list[tuple[zmq.ZMQError, list[Any]]] = []
         length = self.route_length
+        mirror = self.mirror
+        # (what goes to sock, whether it is a bundle, the chunk's entries)
+        outgoing: list[tuple[Sequence[Frame], bool, list[tuple[Sequence[Frame], Any]]]] = []
         for route, entries in pending.values():
             for start in range(0, len(entries), MAX_MESSAGES):
                 chunk = entries[start : start + MAX_MESSAGES]
-                try:
-                    if len(chunk) == 1 and not self.always:
-                        send_frames(self.sock, chunk[0][0])
-                    else:
-                        send_frames(self.sock, bundle(route, [m[length:] for m, _ in chunk]))
-                        self.bundled += len(chunk)
-                except zmq.ZMQError as err:
-                    failures.append((err, [tag for _, tag in chunk]))
-                    continue
-                self.sent += 1
+                if len(chunk) == 1 and not self.always:
+                    outgoing.append((chunk[0][0], False, chunk))
+                    if mirror is not None:  # the copies read bundles only
+                        self._mirror(mirror, bundle(route, [chunk[0][0][length:]]), failures)
+                else:
+                    made = bundle(route, [m[length:] for m, _ in chunk])
+                    outgoing.append((made, True, chunk))
+                    if mirror is not None:
+                        self._mirror(mirror, made, failures)
+        for frames, bundled, chunk in outgoing:
+            try:
+                send_frames(self.sock, frames)
+            except zmq.ZMQError as err:
+                failures.append((err, [tag for _, tag in chunk]))
+                continue
+            self.sent += 1
+            if bundled:
+                self.bundled += len(chunk)
         return failures
 
+    def _mirror(
+        self,
+        mirror: tuple[zmq.Socket[Any], list[bytes]],
+        frames: Sequence[Frame],
+        failures: list[tuple[zmq.ZMQError, list[Any]]],
+    ) -> None:
+        """Send one bundle's copy to the mirror; a failure is reported without tags (the
+        messages themselves may still reach their peer)."""
+        sock, prefix = mirror
+        try:
+            send_frames(sock, [*prefix, *frames])
+        except zmq.ZMQError as err:
+            failures.append((err, []))
+            return
+        self.mirrored += 1
+
     def stats(self) -> dict[str, int]:
-        """Messages put, and zmq messages sent for them (a bundle is one)."""
-        return {"messages": self.messages, "zmq_messages": self.sent}
+        """Messages put, and zmq messages sent for them (a bundle is one); with a mirror, the
+        zmq messages sent to it too (``mirrored``)."""
+        counts = {"messages": self.messages, "zmq_messages": self.sent}
+        if self.mirror is not None:
+            counts["mirrored"] = self.mirrored
+        return counts

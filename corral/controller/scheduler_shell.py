@@ -112,7 +112,9 @@ class SchedulerShell:
         self.sign_copies = not settings.get("trusted_copies", False)
         # what a turn sends, sent at its end, a bundle per peer (corral.bundles); Dispatches
         # made this turn, for their copies once the engines' sends are done (_flush)
-        self.to_clients = Outbox(self.clients, 1)
+        # every reply to a client has its task_out copy for the Hub: the client's bundle is
+        # sent there too, behind the prefix (made once, not once per peer)
+        self.to_clients = Outbox(self.clients, 1, mirror=(self.monitor, [b"task_out"]))
         self.to_engines = Outbox(self.engines, 1)
         self.to_hub = Outbox(self.monitor, 0, always_bundle=True)  # the Hub reads bundles
         self._dispatched: list[tuple[Pending, str, int]] = []
@@ -239,9 +241,7 @@ class SchedulerShell:
                 log.info("late reply from %s for a finished task dropped", engine_uuid)
                 return
             # a task sent before a controller restart: pass the answer on
-            client = idents[1]
-            self.to_clients.put([client, idents[0], DELIMITER, *msg_frames])
-            self.to_hub.put([b"task_out", client, idents[0], DELIMITER, *msg_frames])
+            self.to_clients.put([idents[1], idents[0], DELIMITER, *msg_frames])  # and task_out
             return
         pending.reply = [idents[0], *msg_frames]
         status = content["status"]
@@ -315,7 +315,8 @@ class SchedulerShell:
             self.to_hub.put(destinations_frames(self.session, chunk, signed=self.sign_copies))
         # the copies before the replies: a client that purges (or queries) right after a
         # reply finds the Hub has the task's copy already, not still on its way (a purge of
-        # everything then left behind the tasks whose copies came after it)
+        # everything then left behind the tasks whose copies came after it); the task_out
+        # copies (to_clients' mirror) leave after the task_in ones and before any reply
         for outbox in (self.to_hub, self.to_clients):
             for error, tags in outbox.flush():
                 log.error("%d message(s) not sent: %s", len(tags), error)
@@ -339,8 +340,7 @@ class SchedulerShell:
             self._finished()
             return
         engine, *msg_frames = reply
-        self.to_clients.put([pending.client, engine, DELIMITER, *msg_frames])
-        self.to_hub.put([b"task_out", pending.client, engine, DELIMITER, *msg_frames])
+        self.to_clients.put([pending.client, engine, DELIMITER, *msg_frames])  # and task_out
         self.counts["completed"] += 1
         self._finished()
 
@@ -367,18 +367,21 @@ class SchedulerShell:
         }
         reply = self.session.msg("apply_reply", content, pending.header, metadata)
         frames = self.session.serialize(reply)
-        self.to_clients.put([pending.client, SCHEDULER_IDENT, *frames])
-        self.to_hub.put([b"task_out", pending.client, SCHEDULER_IDENT, *frames])
+        self.to_clients.put([pending.client, SCHEDULER_IDENT, *frames])  # and task_out
         self.counts["failed"] += 1
         self._finished()
 
     def sends(self) -> dict[str, dict[str, int]]:
         """Messages sent to each peer and the zmq messages they took (bundles, see
         :mod:`corral.bundles`): the scheduler's exit counts (the controller's stats file)."""
+        clients, hub = self.to_clients.stats(), self.to_hub.stats()
         return {
             "engines": self.to_engines.stats(),
-            "clients": self.to_clients.stats(),
-            "hub": self.to_hub.stats(),
+            "clients": {"messages": clients["messages"], "zmq_messages": clients["zmq_messages"]},
+            "hub": {  # the task_out copies go with the clients' bundles (to_clients' mirror)
+                "messages": hub["messages"] + clients["messages"],
+                "zmq_messages": hub["zmq_messages"] + clients["mirrored"],
+            },
         }
 
     def _finished(self) -> None:
