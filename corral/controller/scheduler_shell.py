@@ -26,7 +26,14 @@ from corral.bundles import Outbox
 from corral.controller.destination import MAX_ENTRIES, Dispatched, destinations_frames
 from corral.controller.scheduler_wire import read_reply, read_request, split_route
 from corral.controller.scheduling import SchedulerCore
-from corral.controller.scheduling_state import Action, Complete, Dispatch, Fail, Task
+from corral.controller.scheduling_state import (
+    BURST_PREFETCH,
+    Action,
+    Complete,
+    Dispatch,
+    Fail,
+    Task,
+)
 from corral.errors import CorralError, ProtocolError, RemoteError, error_content
 from corral.loop import Loop, Timer
 from corral.protocol.dependency import Dependency
@@ -42,11 +49,6 @@ from corral.security import CurveKeys, make_client, make_server, start_authentic
 log = logging.getLogger("corral.scheduler")
 
 SCHEDULER_IDENT = b"scheduler"
-BURST_PREFETCH = 4
-"""An engine that answers in bursts (tasks far shorter than a millisecond) may hold this many
-times ``max_outstanding`` (:class:`~corral.controller.scheduling.SchedulerCore`): with many
-engines on few cores each wake of an engine then finds a long run of tasks (bench/README.md,
-round eight). 1: always ``max_outstanding``."""
 TRIM_SCHEDULE = (10_000, 2.0, 30.0)
 """Give freed memory back after 10,000 finished tasks, when none is pending (at most every 2 s),
 or every 30 s if some always are: :class:`corral.heap.TrimSchedule`."""
@@ -75,6 +77,10 @@ class SchedulerShell:
     """
 
     def __init__(self, settings: dict[str, Any], context: zmq.Context[Any] | None = None) -> None:
+        """``settings``: what the controller writes on the scheduler's stdin
+        (:meth:`Controller._start_scheduler <corral.controller.app.Controller>`); ``policy``,
+        ``max_outstanding`` and ``burst_prefetch`` (default :data:`~corral.controller.
+        scheduling_state.BURST_PREFETCH`) go to the core, which refuses bad values."""
         self.context = context or zmq.Context()
         self.loop = Loop("scheduler")
         self.session = Session(
