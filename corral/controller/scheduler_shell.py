@@ -49,6 +49,8 @@ from corral.security import CurveKeys, make_client, make_server, start_authentic
 log = logging.getLogger("corral.scheduler")
 
 SCHEDULER_IDENT = b"scheduler"
+SCHEDULING_FIELDS = frozenset(("after", "follow", "targets", "timeout", "retries", "priority"))
+"""The metadata keys :func:`_task_from` reads."""
 TRIM_SCHEDULE = (10_000, 2.0, 30.0)
 """Give freed memory back after 10,000 finished tasks, when none is pending (at most every 2 s),
 or every 30 s if some always are: :class:`corral.heap.TrimSchedule`."""
@@ -422,7 +424,10 @@ def _bind(sock: zmq.Socket[Any], url: str, port: int | None) -> int:
 
 
 def _task_from(msg_id: str, metadata: dict[str, Any]) -> Task:
-    """Decode the scheduling fields of a request's metadata (docs/wire-flows.md, apply_request)."""
+    """Decode the scheduling fields of a request's metadata (docs/wire-flows.md, apply_request).
+    Most requests name none of them: those are a plain Task at once."""
+    if SCHEDULING_FIELDS.isdisjoint(metadata):
+        return Task(msg_id)
     targets = metadata.get("targets")
     if targets is not None:
         if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):

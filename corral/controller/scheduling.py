@@ -225,7 +225,11 @@ class SchedulerCore:
         if msg_id in records or graph.outcome(msg_id) is not None:
             raise ValueError(f"task {msg_id} was already submitted")
         named = task.after.msg_ids | task.follow.msg_ids
-        unknown = sorted(m for m in named if m not in records and graph.outcome(m) is None)
+        unknown = (  # before this task's own record: a task naming itself is refused
+            sorted(m for m in named if m not in records and graph.outcome(m) is None)
+            if named
+            else []
+        )
         deadline = None if task.timeout is None else now + task.timeout
         record = records[msg_id] = TaskRecord(task, deadline, task.retries)
         if deadline is not None:
