@@ -162,6 +162,35 @@ def split_bundle(frames: Sequence[Frame]) -> list[list[Frame]] | None:
     return messages
 
 
+_MADE = object()
+"""The tag of an outbox entry that is a bundle made elsewhere (:meth:`Outbox.put_bundle`)."""
+
+
+def _chunks(entries: list[tuple[Sequence[Frame], Any]]) -> list[list[tuple[Sequence[Frame], Any]]]:
+    """One route's entries as they go out: runs of at most :data:`MAX_MESSAGES` messages,
+    each made bundle alone, in the order they were put."""
+    if not any(tag is _MADE for _, tag in entries):
+        return [
+            entries[start : start + MAX_MESSAGES] for start in range(0, len(entries), MAX_MESSAGES)
+        ]
+    chunks: list[list[tuple[Sequence[Frame], Any]]] = []
+    run: list[tuple[Sequence[Frame], Any]] = []
+    for entry in entries:
+        if entry[1] is _MADE:
+            if run:
+                chunks.append(run)
+                run = []
+            chunks.append([entry])
+        else:
+            run.append(entry)
+            if len(run) == MAX_MESSAGES:
+                chunks.append(run)
+                run = []
+    if run:
+        chunks.append(run)
+    return chunks
+
+
 class Outbox:
     """What one loop turn sends on ``sock``, sent at the turn's end: one bundle per route.
 
@@ -240,6 +269,22 @@ class Outbox:
         self._count += 1
         self.messages += 1
 
+    def put_bundle(self, frames: Sequence[Frame], count: int) -> None:
+        """Queue a bundle made elsewhere (one received: ``frames`` with its own route, the
+        ``count`` messages it holds), sent at the end of the turn as it is, after what was put
+        before it and before what is put after it. Only on an outbox whose messages have no
+        route (the scheduler's copies for the Hub): a route here would be the made bundle's
+        own, and another outbox's to the same peer would not be ordered with it."""
+        if self.route_length:
+            raise ValueError("a made bundle goes only on an outbox without routes")
+        entry = self._pending.get(())
+        if entry is None:
+            self._pending[()] = ([], [(frames, _MADE)])
+        else:
+            entry[1].append((frames, _MADE))
+        self._count += 1
+        self.messages += count
+
     def flush(self) -> list[tuple[zmq.ZMQError, list[Any]]]:
         """Send everything queued. A route whose send fails does not stop the others: the
         failures come back, each with the tags of the messages that were not sent."""
@@ -254,9 +299,10 @@ class Outbox:
         # (what goes to sock, whether it is a bundle, the chunk's entries)
         outgoing: list[tuple[Sequence[Frame], bool, list[tuple[Sequence[Frame], Any]]]] = []
         for route, entries in pending.values():
-            for start in range(0, len(entries), MAX_MESSAGES):
-                chunk = entries[start : start + MAX_MESSAGES]
-                if len(chunk) == 1 and not self.always:
+            for chunk in _chunks(entries):
+                if chunk[0][1] is _MADE:  # a bundle made elsewhere (put_bundle): as it is
+                    outgoing.append((chunk[0][0], False, []))
+                elif len(chunk) == 1 and not self.always:
                     outgoing.append((chunk[0][0], False, chunk))
                     if mirror is not None:  # the copies read bundles only
                         self._mirror(mirror, bundle(route, [chunk[0][0][length:]]), failures)

@@ -317,6 +317,36 @@ def test_a_mirror_gets_every_message_behind_its_prefix_in_bundles_first(
     assert _bytes(recv_frames(peer)) == _bytes(lone[1:])  # alone: as it is
 
 
+def test_a_made_bundle_goes_as_it_is_between_what_was_put_before_and_after(
+    context: _Sockets,
+) -> None:
+    """``put_bundle`` (a bundle received, passed on): sent as it is, in order, the messages
+    put before and after it bundled on either side; only on an outbox without routes."""
+    pull = context.socket(zmq.PULL)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    push = context.socket(zmq.PUSH)
+    push.connect(f"tcp://127.0.0.1:{port}")
+    with pytest.raises(ValueError, match="without routes"):
+        Outbox(push, 1).put_bundle([b"x"], 1)
+    outbox = Outbox(push, 0, always_bundle=True)
+    sent = [_message(index) for index in range(5)]
+    made = [b"prefix", *bundle([b"peer"], sent[1:3])]
+    outbox.put(sent[0])
+    outbox.put_bundle(made, 2)
+    outbox.put(sent[3])
+    outbox.put(sent[4])
+    assert outbox.flush() == []
+    assert outbox.stats() == {"messages": 5, "zmq_messages": 3}
+    received = []
+    for _ in range(3):
+        assert pull.poll(10_000)
+        received.append(recv_frames(pull))
+    assert _bytes(received[1]) == _bytes(made)
+    unbundled = [split_bundle(frames) or [] for frames in received]
+    assert [_bytes(m) for m in unbundled[0]] == [_bytes(sent[0])]
+    assert [_bytes(m) for m in unbundled[2]] == [_bytes(m) for m in sent[3:]]
+
+
 def test_a_bundle_crosses_the_mux_and_its_copy_unbundles_like_the_messages(
     context: _Sockets,
 ) -> None:

@@ -22,7 +22,7 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from corral import heap
-from corral.bundles import Outbox
+from corral.bundles import MARK, Outbox
 from corral.controller.destination import MAX_ENTRIES, Dispatched, destinations_frames
 from corral.controller.scheduler_wire import read_reply, read_request, split_route
 from corral.controller.scheduling import SchedulerCore
@@ -126,6 +126,9 @@ class SchedulerShell:
         self.to_engines = Outbox(self.engines, 1)
         self.to_hub = Outbox(self.monitor, 0, always_bundle=True)  # the Hub reads bundles
         self._dispatched: list[tuple[Pending, str, int]] = []
+        # while a client's bundle is read (_on_requests): its requests held without a copy
+        self._held: list[Pending] | None = None
+        self._read = 0  # requests of that bundle read, held or not
         self.pending: dict[str, Pending] = {}
         self.counts = {"submitted": 0, "completed": 0, "failed": 0, "duplicates": 0, "trims": 0}
         min_work, min_interval, max_interval = settings.get("trim_schedule", TRIM_SCHEDULE)
@@ -134,7 +137,7 @@ class SchedulerShell:
         # engines come and go first, then replies (they free slots), then new requests
         self.loop.add_socket(self.notifications, self._on_notification)
         self.loop.add_socket(self.engines, self._on_engine_reply, bundles=True)
-        self.loop.add_socket(self.clients, self._on_request, bundles=True)
+        self.loop.add_socket(self.clients, self._on_requests)
         self.loop.at_turn_end(self._flush)
 
     def _socket(self, kind: int, *, server: bool) -> zmq.Socket[Any]:
@@ -177,7 +180,47 @@ class SchedulerShell:
         elif msg.msg_type == "unregistration_notification":
             self._perform(self.core.remove_engine(uuid))
 
+    def _on_requests(self, frames: list[zmq.Frame]) -> None:
+        """What the clients ROUTER received: one request, or a client's bundle of them
+        (:mod:`corral.bundles`), each read by :meth:`_on_request`. When every request of a
+        bundle is held here without a copy yet (none went to an engine at once, none was
+        refused, dropped or answered, none with buffers over the store's limit), the bundle
+        itself goes to the Hub behind ``task_in``: unbundled there, each copy is the frames
+        it would have had alone, ``[b"task_in", client_id, DELIMITER, ...]``, as the client's
+        requests they are (signatures checked here), and the scheduler lays none of them
+        out again. Otherwise each gets its own copy, as a request alone does."""
+        if len(frames) < 4 or len(frames[1]) != len(MARK) or frames[1].bytes != MARK:
+            self.loop.deliver(self._on_request, frames)  # a request alone
+            return
+        limit = self.request_buffer_limit
+        if limit is not None and sum(len(frame) for frame in frames) > limit:
+            self.loop.deliver(self._on_request, frames)  # some may be over the limit
+            return
+        held: list[Pending] = []
+        self._held, self._read = held, 0
+        try:
+            self.loop.deliver(self._on_request, frames)
+        finally:
+            self._held = None
+        count = int.from_bytes(frames[2].bytes[:8], "little", signed=True)
+        whole = 0 < self._read == count == len(held) and all(
+            pending.queued_to is None
+            and not pending.copied
+            and self.pending.get(pending.msg_id) is pending
+            for pending in held
+        )
+        if whole:
+            for pending in held:
+                pending.copied = True
+            self.to_hub.put_bundle([b"task_in", *frames], count)
+            return
+        for pending in held:
+            if pending.queued_to is None:
+                self._copy_request(pending)
+
     def _on_request(self, frames: list[zmq.Frame]) -> None:
+        if self._held is not None:
+            self._read += 1
         idents, msg_frames = split_route(frames)
         if not idents:
             raise ProtocolError("task request without a client identity")
@@ -207,8 +250,13 @@ class SchedulerShell:
                 actions = self.core.reject(msg_id, type(err), f"bad task metadata: {err}")
             self._perform(actions)
         finally:  # the Hub hears of every request, whatever happened to it here (of one
-            # dispatched at once, naming its engine, once it is sent: _flush)
-            if pending.queued_to is None:
+            # dispatched at once, naming its engine, once it is sent: _flush; of one in a
+            # client's bundle, once the bundle is read: _on_requests)
+            if pending.queued_to is not None:
+                pass
+            elif self._held is not None:
+                self._held.append(pending)
+            else:
                 self._copy_request(pending)
 
     def _copy_request(self, pending: Pending, engine: bytes | None = None) -> None:
