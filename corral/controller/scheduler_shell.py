@@ -6,8 +6,12 @@ one :class:`~corral.loop.Loop`. Client-facing ROUTER in, engine-facing ROUTER ou
 (docs/wire-flows.md). Per task it verifies the signature and reads only what it decides on
 (:mod:`.scheduler_wire`); content and buffers are forwarded as the frames they arrived in.
 Copies go to the Hub's monitor SUB (``task_in``, ``task_out``, always in bundles:
-:mod:`corral.bundles`; the compact ``task_dest`` of :mod:`.destination`). Engines come and go
-through the Hub's notifications. The process around it is :mod:`corral.controller.scheduler`.
+:mod:`corral.bundles`; the compact ``task_dest`` of :mod:`.destination`); a message is laid
+out once for its peer and the Hub: the bundle of replies made for a client is also the Hub's
+``task_out`` copies (the client outbox's mirror), and a client's bundle of requests that all
+wait here is passed on as their ``task_in`` copies (:meth:`SchedulerShell._on_requests`).
+Engines come and go through the Hub's notifications. The process around it is
+:mod:`corral.controller.scheduler`.
 """
 
 from __future__ import annotations
