@@ -166,10 +166,12 @@ _MADE = object()
 """The tag of an outbox entry that is a bundle made elsewhere (:meth:`Outbox.put_bundle`)."""
 
 
-def _chunks(entries: list[tuple[Sequence[Frame], Any]]) -> list[list[tuple[Sequence[Frame], Any]]]:
+def _chunks(
+    entries: list[tuple[Sequence[Frame], Any]], made: bool
+) -> list[list[tuple[Sequence[Frame], Any]]]:
     """One route's entries as they go out: runs of at most :data:`MAX_MESSAGES` messages,
-    each made bundle alone, in the order they were put."""
-    if not any(tag is _MADE for _, tag in entries):
+    each made bundle alone (``made``: there may be some), in the order they were put."""
+    if not made:
         return [
             entries[start : start + MAX_MESSAGES] for start in range(0, len(entries), MAX_MESSAGES)
         ]
@@ -216,6 +218,7 @@ class Outbox:
         "always",
         "_pending",
         "_count",
+        "_made",
         "messages",
         "sent",
         "bundled",
@@ -243,6 +246,7 @@ class Outbox:
         # route -> (its frames, [(message, tag)])
         self._pending: dict[Hashable, tuple[list[Frame], list[tuple[Sequence[Frame], Any]]]] = {}
         self._count = 0
+        self._made = False  # a made bundle was put this turn (put_bundle)
         self.messages = 0  # messages put
         self.sent = 0  # zmq messages sent
         self.bundled = 0  # messages that went in a bundle
@@ -282,6 +286,7 @@ class Outbox:
             self._pending[()] = ([], [(frames, _MADE)])
         else:
             entry[1].append((frames, _MADE))
+        self._made = True
         self._count += 1
         self.messages += count
 
@@ -293,13 +298,14 @@ class Outbox:
         pending = self._pending
         self._pending = {}
         self._count = 0
+        any_made, self._made = self._made, False
         failures: list[tuple[zmq.ZMQError, list[Any]]] = []
         length = self.route_length
         mirror = self.mirror
         # (what goes to sock, whether it is a bundle, the chunk's entries)
         outgoing: list[tuple[Sequence[Frame], bool, list[tuple[Sequence[Frame], Any]]]] = []
         for route, entries in pending.values():
-            for chunk in _chunks(entries):
+            for chunk in _chunks(entries, any_made):
                 if chunk[0][1] is _MADE:  # a bundle made elsewhere (put_bundle): as it is
                     outgoing.append((chunk[0][0], False, []))
                 elif len(chunk) == 1 and not self.always:
