@@ -206,7 +206,7 @@ class SchedulerShell:
             self.loop.deliver(self._on_request, frames)
         finally:
             self._held = None
-        count = int.from_bytes(frames[2].bytes[:8], "little", signed=True)
+        count = int.from_bytes(frames[2].buffer[:8], "little", signed=True)  # no copy
         whole = 0 < self._read == count == len(held) and all(
             pending.queued_to is None
             and not pending.copied
