@@ -296,3 +296,23 @@ def test_a_bundle_with_a_request_not_held_gets_a_copy_per_request(rig: Rig) -> N
     for msg in (first, second):  # one copy each
         alone = [b"task_in", b"client-1", *rig.session.serialize(msg)]
         assert found[msg.msg_id] == [[bytes(frame_view(frame)) for frame in alone]]
+
+
+def test_a_malformed_or_forged_bundle_never_reaches_the_hub(rig: Rig) -> None:
+    """The Hub trusts the scheduler's copies: a client's bundle the scheduler could not read
+    whole (a layout that does not match, a request signed with another key) is not passed
+    on; the next copy the Hub gets is the next good request's."""
+    monitor_link_up(rig)
+    good = rig.session.msg("apply_request", {}, buffers=[b"function-and-arguments"])
+    forged = Session(b"another key").msg("apply_request", {}, buffers=[b"function"])
+    layout = (2).to_bytes(8, "little") + (1).to_bytes(8, "little") + (99).to_bytes(8, "little")
+    rig.client.send_multipart([MARK, layout, b"short"])  # names more than it holds
+    outbox = Outbox(rig.client, 0)
+    outbox.put(Session(b"another key").serialize(forged))
+    outbox.put(rig.session.serialize(good))
+    outbox.flush()
+    found: dict[str, list[list[bytes]]] = {}
+    raw = raw_copies_until(rig, {good.msg_id}, found)
+    assert forged.msg_id not in found
+    assert raw[-1][0] == MARK  # the good request's own copy, from the scheduler's bundle
+    assert not any(frames[0] == b"task_in" and MARK in frames[:3] for frames in raw)
