@@ -256,12 +256,11 @@ class SchedulerShell:
         finally:  # the Hub hears of every request, whatever happened to it here (of one
             # dispatched at once, naming its engine, once it is sent: _flush; of one in a
             # client's bundle, once the bundle is read: _on_requests)
-            if pending.queued_to is not None:
-                pass
-            elif self._held is not None:
-                self._held.append(pending)
-            else:
-                self._copy_request(pending)
+            if pending.queued_to is None:
+                if self._held is not None:
+                    self._held.append(pending)
+                else:
+                    self._copy_request(pending)
 
     def _copy_request(self, pending: Pending, engine: bytes | None = None) -> None:
         """The request's ``task_in`` copy for the Hub, once, before any other copy of that task,
