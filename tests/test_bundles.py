@@ -290,7 +290,8 @@ def test_a_mirror_gets_every_message_behind_its_prefix_in_bundles_first(
         Outbox(router, 1, mirror=(push, [b"1", b"2", b"3", b"4"]))
     outbox = Outbox(router, 1, mirror=(push, [b"copy"]))
     large = np.arange(20_000, dtype=np.int64)  # 160 kB: never joined
-    burst = [[b"peer", *_message(0)], [b"peer", *_message(1), memoryview(large)]]
+    joined = [b"j" * 40_000, b"k" * 40_000]  # small frames, joined past 64 KiB: a zmq.Frame
+    burst = [[b"peer", *_message(0), *joined], [b"peer", *_message(1), memoryview(large)]]
     for message in burst:
         outbox.put(message)
     assert outbox.flush() == []
