@@ -8,7 +8,10 @@ the client's requests in turns of ``--turn`` (each as a message from a bundle: t
 ended by the shell's flush (the sends of dispatches, copies and replies). With 2 engines of
 16 slots nearly every task waits, as in ``bench_cpu_roles.py``. What is timed is the shell's
 and the core's work (parsing, decisions, copies, bundling, sends); the loop's receive and
-unbundling, and building the messages, are not. Prints the thread CPU us per task:
+unbundling, and building the messages, are not. With ``--client-bundles`` each turn's
+requests come as the client sends them, one bundle, handed to the shell as its loop hands
+what the clients' socket received (the unbundling timed too: the scheduler may pass a
+client's bundle on to the Hub as its copies). Prints the thread CPU us per task:
 
     PYTHONPATH=. .venv/bin/python bench/bench_scheduler_shell.py --tasks 20000 --repeats 3
 
@@ -36,8 +39,9 @@ KEY = b"bench-scheduler-shell-key"
 CONNECT_WAIT = 10.0  # seconds at most for the engines' connections to be up
 
 
-def run_once(tasks: int, turn: int) -> tuple[float, float]:
+def run_once(tasks: int, turn: int, client_bundles: bool = False) -> tuple[float, float]:
     """(requests, replies) phase: thread CPU us per task."""
+    from corral.bundles import bundle
     from corral.controller.scheduler_shell import SchedulerShell
     from corral.protocol.session import Session
 
@@ -119,13 +123,27 @@ def run_once(tasks: int, turn: int) -> tuple[float, float]:
                 while sock.poll(0):
                     sock.recv_multipart(copy=False)
 
+        # a client's bundle of a turn's requests, as the clients' socket receives it
+        bundles = [
+            [zmq.Frame(b"client-1")]
+            + [zmq.Frame(frame) for frame in bundle([], [m[1:] for m in received[at : at + turn]])]
+            for at in range(0, tasks, turn)
+        ]
+        # what the shell's loop calls for what the clients' socket received (older trees:
+        # the loop unbundled, the shell read each request)
+        on_received = getattr(shell, "_on_requests", None) or (
+            lambda frames: shell.loop.deliver(shell._on_request, frames)
+        )
         gc.collect()
         gc.freeze()
         submitting = 0.0
         for start in range(0, tasks, turn):
             began = time.thread_time()
-            for frames in received[start : start + turn]:
-                shell._on_request(frames)
+            if client_bundles:
+                on_received(bundles[start // turn])
+            else:
+                for frames in received[start : start + turn]:
+                    shell._on_request(frames)
             shell._flush()
             submitting += time.thread_time() - began
             drain()
@@ -162,12 +180,17 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=TASKS)
     parser.add_argument("--repeats", type=int, default=REPEATS)
     parser.add_argument("--turn", type=int, default=TURN, help="requests per loop turn")
+    parser.add_argument(
+        "--client-bundles",
+        action="store_true",
+        help="each turn's requests as one client bundle, unbundled by the shell (timed)",
+    )
     args = parser.parse_args()
     origin = use_source()
     totals: list[float] = []
     runs = []
     for _ in range(args.repeats):
-        requests, replies = run_once(args.tasks, args.turn)
+        requests, replies = run_once(args.tasks, args.turn, args.client_bundles)
         totals.append(requests + replies)
         runs.append({"requests_us": requests, "replies_us": replies})
         print(

@@ -162,6 +162,37 @@ def split_bundle(frames: Sequence[Frame]) -> list[list[Frame]] | None:
     return messages
 
 
+_MADE = object()
+"""The tag of an outbox entry that is a bundle made elsewhere (:meth:`Outbox.put_bundle`)."""
+
+
+def _chunks(
+    entries: list[tuple[Sequence[Frame], Any]], made: bool
+) -> list[list[tuple[Sequence[Frame], Any]]]:
+    """One route's entries as they go out: runs of at most :data:`MAX_MESSAGES` messages,
+    each made bundle alone (``made``: there may be some), in the order they were put."""
+    if not made:
+        return [
+            entries[start : start + MAX_MESSAGES] for start in range(0, len(entries), MAX_MESSAGES)
+        ]
+    chunks: list[list[tuple[Sequence[Frame], Any]]] = []
+    run: list[tuple[Sequence[Frame], Any]] = []
+    for entry in entries:
+        if entry[1] is _MADE:
+            if run:
+                chunks.append(run)
+                run = []
+            chunks.append([entry])
+        else:
+            run.append(entry)
+            if len(run) == MAX_MESSAGES:
+                chunks.append(run)
+                run = []
+    if run:
+        chunks.append(run)
+    return chunks
+
+
 class Outbox:
     """What one loop turn sends on ``sock``, sent at the turn's end: one bundle per route.
 
@@ -171,6 +202,14 @@ class Outbox:
     a bundle of one (its small frames joined: fewer frames to send and receive than itself),
     for a receiver that only ever reads bundles. Owned by the loop thread of ``sock``, like
     the socket: every send on ``sock`` must go through the outbox, or order is lost.
+
+    ``mirror=(socket, prefix)``: every message also goes to that socket, as
+    ``[*prefix, *route, *its frames]`` once unbundled there, in bundles always: each bundle
+    made for ``sock`` is sent there as it is behind ``prefix`` (a message alone is a bundle of
+    one there). A message sent to two peers is so laid out once, not once per peer (the
+    scheduler's replies and their ``task_out`` copies for the Hub). A turn's mirror copies
+    all leave before its messages to ``sock``; sends of others on the mirror socket are
+    ordered with them by the owner (flush that outbox first, or after).
     """
 
     __slots__ = (
@@ -179,22 +218,35 @@ class Outbox:
         "always",
         "_pending",
         "_count",
+        "_made",
         "messages",
         "sent",
         "bundled",
+        "mirror",
+        "mirrored",
     )
 
     def __init__(
-        self, sock: zmq.Socket[Any], route_length: int, *, always_bundle: bool = False
+        self,
+        sock: zmq.Socket[Any],
+        route_length: int,
+        *,
+        always_bundle: bool = False,
+        mirror: tuple[zmq.Socket[Any], Sequence[bytes]] | None = None,
     ) -> None:
         if not 0 <= route_length <= MAX_ROUTE - 1:
             raise ValueError(f"a route has 0 to {MAX_ROUTE - 1} frames, not {route_length}")
+        if mirror is not None and len(mirror[1]) + route_length > MAX_ROUTE:
+            raise ValueError(f"a mirror's prefix and route are at most {MAX_ROUTE} frames")
         self.sock = sock
+        self.mirror = (mirror[0], list(mirror[1])) if mirror is not None else None
+        self.mirrored = 0  # zmq messages sent to the mirror
         self.route_length = route_length
         self.always = always_bundle  # a message alone goes as a bundle of one too
         # route -> (its frames, [(message, tag)])
         self._pending: dict[Hashable, tuple[list[Frame], list[tuple[Sequence[Frame], Any]]]] = {}
         self._count = 0
+        self._made = False  # a made bundle was put this turn (put_bundle)
         self.messages = 0  # messages put
         self.sent = 0  # zmq messages sent
         self.bundled = 0  # messages that went in a bundle
@@ -221,6 +273,23 @@ class Outbox:
         self._count += 1
         self.messages += 1
 
+    def put_bundle(self, frames: Sequence[Frame], count: int) -> None:
+        """Queue a bundle made elsewhere (one received: ``frames`` with its own route, the
+        ``count`` messages it holds), sent at the end of the turn as it is, after what was put
+        before it and before what is put after it. Only on an outbox whose messages have no
+        route (the scheduler's copies for the Hub): a route here would be the made bundle's
+        own, and another outbox's to the same peer would not be ordered with it."""
+        if self.route_length:
+            raise ValueError("a made bundle goes only on an outbox without routes")
+        entry = self._pending.get(())
+        if entry is None:
+            self._pending[()] = ([], [(frames, _MADE)])
+        else:
+            entry[1].append((frames, _MADE))
+        self._made = True
+        self._count += 1
+        self.messages += count
+
     def flush(self) -> list[tuple[zmq.ZMQError, list[Any]]]:
         """Send everything queued. A route whose send fails does not stop the others: the
         failures come back, each with the tags of the messages that were not sent."""
@@ -229,23 +298,56 @@ class Outbox:
         pending = self._pending
         self._pending = {}
         self._count = 0
+        any_made, self._made = self._made, False
         failures: list[tuple[zmq.ZMQError, list[Any]]] = []
         length = self.route_length
+        mirror = self.mirror
+        # (what goes to sock, whether it is a bundle, the chunk's entries)
+        outgoing: list[tuple[Sequence[Frame], bool, list[tuple[Sequence[Frame], Any]]]] = []
         for route, entries in pending.values():
-            for start in range(0, len(entries), MAX_MESSAGES):
-                chunk = entries[start : start + MAX_MESSAGES]
-                try:
-                    if len(chunk) == 1 and not self.always:
-                        send_frames(self.sock, chunk[0][0])
-                    else:
-                        send_frames(self.sock, bundle(route, [m[length:] for m, _ in chunk]))
-                        self.bundled += len(chunk)
-                except zmq.ZMQError as err:
-                    failures.append((err, [tag for _, tag in chunk]))
-                    continue
-                self.sent += 1
+            for chunk in _chunks(entries, any_made):
+                if chunk[0][1] is _MADE:  # a bundle made elsewhere (put_bundle): as it is
+                    outgoing.append((chunk[0][0], False, []))
+                elif len(chunk) == 1 and not self.always:
+                    outgoing.append((chunk[0][0], False, chunk))
+                    if mirror is not None:  # the copies read bundles only
+                        self._mirror(mirror, bundle(route, [chunk[0][0][length:]]), failures)
+                else:
+                    made = bundle(route, [m[length:] for m, _ in chunk])
+                    outgoing.append((made, True, chunk))
+                    if mirror is not None:
+                        self._mirror(mirror, made, failures)
+        for frames, bundled, chunk in outgoing:
+            try:
+                send_frames(self.sock, frames)
+            except zmq.ZMQError as err:
+                failures.append((err, [tag for _, tag in chunk]))
+                continue
+            self.sent += 1
+            if bundled:
+                self.bundled += len(chunk)
         return failures
 
+    def _mirror(
+        self,
+        mirror: tuple[zmq.Socket[Any], list[bytes]],
+        frames: Sequence[Frame],
+        failures: list[tuple[zmq.ZMQError, list[Any]]],
+    ) -> None:
+        """Send one bundle's copy to the mirror; a failure is reported without tags (the
+        messages themselves may still reach their peer)."""
+        sock, prefix = mirror
+        try:
+            send_frames(sock, [*prefix, *frames])
+        except zmq.ZMQError as err:
+            failures.append((err, []))
+            return
+        self.mirrored += 1
+
     def stats(self) -> dict[str, int]:
-        """Messages put, and zmq messages sent for them (a bundle is one)."""
-        return {"messages": self.messages, "zmq_messages": self.sent}
+        """Messages put, and zmq messages sent for them (a bundle is one); with a mirror, the
+        zmq messages sent to it too (``mirrored``)."""
+        counts = {"messages": self.messages, "zmq_messages": self.sent}
+        if self.mirror is not None:
+            counts["mirrored"] = self.mirrored
+        return counts

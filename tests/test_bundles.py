@@ -267,6 +267,87 @@ def test_a_refused_route_comes_back_with_its_tags(context: _Sockets) -> None:
     assert SESSION.feed(recv_frames(peer)).content == {"status": "ok", "index": 2}
 
 
+def test_a_mirror_gets_every_message_behind_its_prefix_in_bundles_first(
+    context: _Sockets,
+) -> None:
+    """With a mirror, each bundle made for the peer goes to the mirror socket too, behind the
+    prefix; a message alone goes to the peer as it is and to the mirror
+    as a bundle of one. Unbundled there, every copy is ``[*prefix, *route, *its frames]``,
+    a large frame included (sent to both, copied to neither)."""
+    router = context.socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    peer = context.socket(zmq.DEALER)
+    peer.identity = b"peer"
+    peer.connect(f"tcp://127.0.0.1:{port}")
+    peer.send(b"hello")
+    assert router.poll(10_000)
+    router.recv_multipart()
+    pull = context.socket(zmq.PULL)
+    mirror_port = pull.bind_to_random_port("tcp://127.0.0.1")
+    push = context.socket(zmq.PUSH)
+    push.connect(f"tcp://127.0.0.1:{mirror_port}")
+    with pytest.raises(ValueError, match="at most"):
+        Outbox(router, 1, mirror=(push, [b"1", b"2", b"3", b"4"]))
+    outbox = Outbox(router, 1, mirror=(push, [b"copy"]))
+    large = np.arange(20_000, dtype=np.int64)  # 160 kB: never joined
+    joined = [b"j" * 40_000, b"k" * 40_000]  # small frames, joined past 64 KiB: a zmq.Frame
+    burst = [[b"peer", *_message(0), *joined], [b"peer", *_message(1), memoryview(large)]]
+    for message in burst:
+        outbox.put(message)
+    assert outbox.flush() == []
+    lone = [b"peer", *_message(2)]
+    outbox.put(lone)
+    assert outbox.flush() == []
+    assert outbox.stats() == {"messages": 3, "zmq_messages": 2, "mirrored": 2}
+
+    copies: list[list[Any]] = []
+    for _ in range(2):
+        assert pull.poll(10_000)
+        raw = recv_frames(pull)
+        assert _bytes(raw[:3]) == [b"copy", b"peer", MARK]
+        unbundled = split_bundle(raw)
+        assert unbundled is not None
+        copies.extend(unbundled)
+    sent = [*burst, lone]
+    assert [_bytes(m) for m in copies] == [_bytes([b"copy", *m]) for m in sent]
+    assert np.array_equal(np.frombuffer(copies[1][-1], dtype=np.int64), large)
+    assert peer.poll(10_000)
+    bundled = split_bundle(recv_frames(peer))
+    assert bundled is not None and [_bytes(m) for m in bundled] == [_bytes(m[1:]) for m in burst]
+    assert peer.poll(10_000)
+    assert _bytes(recv_frames(peer)) == _bytes(lone[1:])  # alone: as it is
+
+
+def test_a_made_bundle_goes_as_it_is_between_what_was_put_before_and_after(
+    context: _Sockets,
+) -> None:
+    """``put_bundle`` (a bundle received, passed on): sent as it is, in order, the messages
+    put before and after it bundled on either side; only on an outbox without routes."""
+    pull = context.socket(zmq.PULL)
+    port = pull.bind_to_random_port("tcp://127.0.0.1")
+    push = context.socket(zmq.PUSH)
+    push.connect(f"tcp://127.0.0.1:{port}")
+    with pytest.raises(ValueError, match="without routes"):
+        Outbox(push, 1).put_bundle([b"x"], 1)
+    outbox = Outbox(push, 0, always_bundle=True)
+    sent = [_message(index) for index in range(5)]
+    made = [b"prefix", *bundle([b"peer"], sent[1:3])]
+    outbox.put(sent[0])
+    outbox.put_bundle(made, 2)
+    outbox.put(sent[3])
+    outbox.put(sent[4])
+    assert outbox.flush() == []
+    assert outbox.stats() == {"messages": 5, "zmq_messages": 3}
+    received = []
+    for _ in range(3):
+        assert pull.poll(10_000)
+        received.append(recv_frames(pull))
+    assert _bytes(received[1]) == _bytes(made)
+    unbundled = [split_bundle(frames) or [] for frames in received]
+    assert [_bytes(m) for m in unbundled[0]] == [_bytes(sent[0])]
+    assert [_bytes(m) for m in unbundled[2]] == [_bytes(m) for m in sent[3:]]
+
+
 def test_a_bundle_crosses_the_mux_and_its_copy_unbundles_like_the_messages(
     context: _Sockets,
 ) -> None:

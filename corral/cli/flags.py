@@ -10,6 +10,11 @@ import argparse
 import os
 from pathlib import Path
 
+from corral.controller.scheduling_state import (
+    BURST_PREFETCH,
+    MAX_BURST_PREFETCH,
+    check_burst_prefetch,
+)
 from corral.protocol.connection_files import (
     DEFAULT_CLUSTER_ID,
     ENGINE_FILE,
@@ -84,7 +89,16 @@ def _controller_flags(parser: argparse.ArgumentParser) -> None:
         "--max-outstanding",
         type=int,
         default=16,
-        help="tasks in flight per engine (prefetch); 4x for an engine running sub-ms tasks",
+        help="tasks in flight per engine (prefetch); --burst-prefetch times as many for an "
+        "engine running sub-ms tasks",
+    )
+    parser.add_argument(
+        "--burst-prefetch",
+        type=_burst_prefetch,
+        default=BURST_PREFETCH,
+        help="an engine answering tasks far shorter than a millisecond in bursts may hold this "
+        f"many times --max-outstanding (default {BURST_PREFETCH}; 1: never more; at most "
+        f"{MAX_BURST_PREFETCH})",
     )
     parser.add_argument(
         "--owner-pid",
@@ -159,6 +173,17 @@ def _nice_steps(text: str) -> int:
     if not 0 <= steps <= 19:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of nice steps from 0 to 19")
     return steps
+
+
+def _burst_prefetch(text: str) -> int:
+    """A whole number from 1 to MAX_BURST_PREFETCH (argparse's error, exit status 2, else)."""
+    try:
+        return check_burst_prefetch(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a burst prefetch from 1 (never more than --max-outstanding) "
+            f"to {MAX_BURST_PREFETCH}"
+        ) from None
 
 
 def _dashboard_flags(parser: argparse.ArgumentParser) -> None:
@@ -244,6 +269,8 @@ def controller_args(args: argparse.Namespace) -> list[str]:
         args.scheduler,
         "--max-outstanding",
         str(args.max_outstanding),
+        "--burst-prefetch",
+        str(args.burst_prefetch),
     ]
     if args.restore:
         flags.append("--restore")

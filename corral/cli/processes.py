@@ -56,6 +56,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
         restore=args.restore,
         scheduler_policy=args.scheduler,
         max_outstanding=args.max_outstanding,
+        burst_prefetch=args.burst_prefetch,
         curve=curve,
         location=args.location,
         shm_threshold=args.shm_threshold,

@@ -35,6 +35,7 @@ from corral import heap
 from corral.controller.hub import Hub
 from corral.controller.hub_shell import HubShell
 from corral.controller.location import reachable_address
+from corral.controller.scheduling_state import BURST_PREFETCH, check_burst_prefetch
 from corral.controller.store import RetentionSettings, SQLiteStore, open_store
 from corral.errors import CorralError
 from corral.lifetime import watch_owner
@@ -96,6 +97,15 @@ class ControllerConfig:
     shm_threshold: int = DEFAULT_THRESHOLD  # bytes; 0 turns the same-host fast path off
     location: str | None = None  # the address others connect to (default: see location.py)
     hub_nice: int = 10  # nice steps the Hub's threads run below the data path (corral.priority)
+    # an engine answering sub-millisecond tasks in bursts may hold this many times
+    # max_outstanding (corral.controller.scheduling); 1: never more
+    burst_prefetch: int = BURST_PREFETCH
+
+    def __post_init__(self) -> None:
+        """Refuse a scheduler setting the scheduler process would refuse only once started."""
+        check_burst_prefetch(self.burst_prefetch)
+        if self.max_outstanding < 1:
+            raise ValueError(f"max_outstanding must be >= 1, not {self.max_outstanding}")
 
 
 def make_private_dir(path: Path) -> None:
@@ -385,9 +395,11 @@ class Controller:
             reg_port,
         )
 
-    def _start_scheduler(self, notification: str, monitor: str) -> tuple[int, int]:
-        """Start the task scheduler process; it reports the two ports it bound."""
-        settings = {
+    def scheduler_settings(self, notification: str, monitor: str) -> dict[str, Any]:
+        """What the task scheduler process is told on its stdin (:class:`~corral.controller.
+        scheduler_shell.SchedulerShell`): the key, where to bind and connect, the policy and
+        its limits, the store's buffer limit, whether the Hub checks its copies."""
+        settings: dict[str, Any] = {
             "key": self.config.key.decode("ascii"),
             "signature_scheme": "hmac-sha256",
             "url": self.url,
@@ -395,6 +407,7 @@ class Controller:
             "monitor": monitor,
             "policy": self.config.scheduler_policy,
             "max_outstanding": self.config.max_outstanding,
+            "burst_prefetch": self.config.burst_prefetch,
             # the Hub keeps a request's buffers up to this size: larger ones are not copied
             "request_buffer_limit": self.config.retention.buffer_limit,
             "parent_pid": os.getpid(),
@@ -406,6 +419,11 @@ class Controller:
         }
         if self.curve is not None:
             settings["curve"] = self.curve.to_settings()
+        return settings
+
+    def _start_scheduler(self, notification: str, monitor: str) -> tuple[int, int]:
+        """Start the task scheduler process; it reports the two ports it bound."""
+        settings = self.scheduler_settings(notification, monitor)
         self._scheduler = subprocess.Popen(
             [sys.executable, "-m", "corral.controller.scheduler"],
             stdin=subprocess.PIPE,

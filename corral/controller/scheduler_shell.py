@@ -6,8 +6,12 @@ one :class:`~corral.loop.Loop`. Client-facing ROUTER in, engine-facing ROUTER ou
 (docs/wire-flows.md). Per task it verifies the signature and reads only what it decides on
 (:mod:`.scheduler_wire`); content and buffers are forwarded as the frames they arrived in.
 Copies go to the Hub's monitor SUB (``task_in``, ``task_out``, always in bundles:
-:mod:`corral.bundles`; the compact ``task_dest`` of :mod:`.destination`). Engines come and go
-through the Hub's notifications. The process around it is :mod:`corral.controller.scheduler`.
+:mod:`corral.bundles`; the compact ``task_dest`` of :mod:`.destination`); a message is laid
+out once for its peer and the Hub: the bundle of replies made for a client is also the Hub's
+``task_out`` copies (the client outbox's mirror), and a client's bundle of requests that all
+wait here is passed on as their ``task_in`` copies (:meth:`SchedulerShell._on_requests`).
+Engines come and go through the Hub's notifications. The process around it is
+:mod:`corral.controller.scheduler`.
 """
 
 from __future__ import annotations
@@ -22,11 +26,18 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from corral import heap
-from corral.bundles import Outbox
+from corral.bundles import MARK, Outbox
 from corral.controller.destination import MAX_ENTRIES, Dispatched, destinations_frames
 from corral.controller.scheduler_wire import read_reply, read_request, split_route
 from corral.controller.scheduling import SchedulerCore
-from corral.controller.scheduling_state import Action, Complete, Dispatch, Fail, Task
+from corral.controller.scheduling_state import (
+    BURST_PREFETCH,
+    Action,
+    Complete,
+    Dispatch,
+    Fail,
+    Task,
+)
 from corral.errors import CorralError, ProtocolError, RemoteError, error_content
 from corral.loop import Loop, Timer
 from corral.protocol.dependency import Dependency
@@ -42,11 +53,8 @@ from corral.security import CurveKeys, make_client, make_server, start_authentic
 log = logging.getLogger("corral.scheduler")
 
 SCHEDULER_IDENT = b"scheduler"
-BURST_PREFETCH = 4
-"""An engine that answers in bursts (tasks far shorter than a millisecond) may hold this many
-times ``max_outstanding`` (:class:`~corral.controller.scheduling.SchedulerCore`): with many
-engines on few cores each wake of an engine then finds a long run of tasks (bench/README.md,
-round eight). 1: always ``max_outstanding``."""
+SCHEDULING_FIELDS = frozenset(("after", "follow", "targets", "timeout", "retries", "priority"))
+"""The metadata keys :func:`_task_from` reads."""
 TRIM_SCHEDULE = (10_000, 2.0, 30.0)
 """Give freed memory back after 10,000 finished tasks, when none is pending (at most every 2 s),
 or every 30 s if some always are: :class:`corral.heap.TrimSchedule`."""
@@ -75,6 +83,10 @@ class SchedulerShell:
     """
 
     def __init__(self, settings: dict[str, Any], context: zmq.Context[Any] | None = None) -> None:
+        """``settings``: what the controller writes on the scheduler's stdin
+        (:meth:`Controller._start_scheduler <corral.controller.app.Controller>`); ``policy``,
+        ``max_outstanding`` and ``burst_prefetch`` (default :data:`~corral.controller.
+        scheduling_state.BURST_PREFETCH`) go to the core, which refuses bad values."""
         self.context = context or zmq.Context()
         self.loop = Loop("scheduler")
         self.session = Session(
@@ -112,10 +124,15 @@ class SchedulerShell:
         self.sign_copies = not settings.get("trusted_copies", False)
         # what a turn sends, sent at its end, a bundle per peer (corral.bundles); Dispatches
         # made this turn, for their copies once the engines' sends are done (_flush)
-        self.to_clients = Outbox(self.clients, 1)
+        # every reply to a client has its task_out copy for the Hub: the client's bundle is
+        # sent there too, behind the prefix (made once, not once per peer)
+        self.to_clients = Outbox(self.clients, 1, mirror=(self.monitor, [b"task_out"]))
         self.to_engines = Outbox(self.engines, 1)
         self.to_hub = Outbox(self.monitor, 0, always_bundle=True)  # the Hub reads bundles
         self._dispatched: list[tuple[Pending, str, int]] = []
+        # while a client's bundle is read (_on_requests): its requests held without a copy
+        self._held: list[Pending] | None = None
+        self._read = 0  # requests of that bundle read, held or not
         self.pending: dict[str, Pending] = {}
         self.counts = {"submitted": 0, "completed": 0, "failed": 0, "duplicates": 0, "trims": 0}
         min_work, min_interval, max_interval = settings.get("trim_schedule", TRIM_SCHEDULE)
@@ -124,7 +141,7 @@ class SchedulerShell:
         # engines come and go first, then replies (they free slots), then new requests
         self.loop.add_socket(self.notifications, self._on_notification)
         self.loop.add_socket(self.engines, self._on_engine_reply, bundles=True)
-        self.loop.add_socket(self.clients, self._on_request, bundles=True)
+        self.loop.add_socket(self.clients, self._on_requests)
         self.loop.at_turn_end(self._flush)
 
     def _socket(self, kind: int, *, server: bool) -> zmq.Socket[Any]:
@@ -167,7 +184,47 @@ class SchedulerShell:
         elif msg.msg_type == "unregistration_notification":
             self._perform(self.core.remove_engine(uuid))
 
+    def _on_requests(self, frames: list[zmq.Frame]) -> None:
+        """What the clients ROUTER received: one request, or a client's bundle of them
+        (:mod:`corral.bundles`), each read by :meth:`_on_request`. When every request of a
+        bundle is held here without a copy yet (none went to an engine at once, none was
+        refused, dropped or answered, none with buffers over the store's limit), the bundle
+        itself goes to the Hub behind ``task_in``: unbundled there, each copy is the frames
+        it would have had alone, ``[b"task_in", client_id, DELIMITER, ...]``, as the client's
+        requests they are (signatures checked here), and the scheduler lays none of them
+        out again. Otherwise each gets its own copy, as a request alone does."""
+        if len(frames) < 4 or len(frames[1]) != len(MARK) or frames[1].bytes != MARK:
+            self.loop.deliver(self._on_request, frames)  # a request alone
+            return
+        limit = self.request_buffer_limit
+        if limit is not None and sum(len(frame) for frame in frames) > limit:
+            self.loop.deliver(self._on_request, frames)  # some may be over the limit
+            return
+        held: list[Pending] = []
+        self._held, self._read = held, 0
+        try:
+            self.loop.deliver(self._on_request, frames)
+        finally:
+            self._held = None
+        count = int.from_bytes(frames[2].buffer[:8], "little", signed=True)  # no copy
+        whole = 0 < self._read == count == len(held) and all(
+            pending.queued_to is None
+            and not pending.copied
+            and self.pending.get(pending.msg_id) is pending
+            for pending in held
+        )
+        if whole:
+            for pending in held:
+                pending.copied = True
+            self.to_hub.put_bundle([b"task_in", *frames], count)
+            return
+        for pending in held:
+            if pending.queued_to is None:
+                self._copy_request(pending)
+
     def _on_request(self, frames: list[zmq.Frame]) -> None:
+        if self._held is not None:
+            self._read += 1
         idents, msg_frames = split_route(frames)
         if not idents:
             raise ProtocolError("task request without a client identity")
@@ -197,9 +254,13 @@ class SchedulerShell:
                 actions = self.core.reject(msg_id, type(err), f"bad task metadata: {err}")
             self._perform(actions)
         finally:  # the Hub hears of every request, whatever happened to it here (of one
-            # dispatched at once, naming its engine, once it is sent: _flush)
+            # dispatched at once, naming its engine, once it is sent: _flush; of one in a
+            # client's bundle, once the bundle is read: _on_requests)
             if pending.queued_to is None:
-                self._copy_request(pending)
+                if self._held is not None:
+                    self._held.append(pending)
+                else:
+                    self._copy_request(pending)
 
     def _copy_request(self, pending: Pending, engine: bytes | None = None) -> None:
         """The request's ``task_in`` copy for the Hub, once, before any other copy of that task,
@@ -239,9 +300,7 @@ class SchedulerShell:
                 log.info("late reply from %s for a finished task dropped", engine_uuid)
                 return
             # a task sent before a controller restart: pass the answer on
-            client = idents[1]
-            self.to_clients.put([client, idents[0], DELIMITER, *msg_frames])
-            self.to_hub.put([b"task_out", client, idents[0], DELIMITER, *msg_frames])
+            self.to_clients.put([idents[1], idents[0], DELIMITER, *msg_frames])  # and task_out
             return
         pending.reply = [idents[0], *msg_frames]
         status = content["status"]
@@ -315,7 +374,8 @@ class SchedulerShell:
             self.to_hub.put(destinations_frames(self.session, chunk, signed=self.sign_copies))
         # the copies before the replies: a client that purges (or queries) right after a
         # reply finds the Hub has the task's copy already, not still on its way (a purge of
-        # everything then left behind the tasks whose copies came after it)
+        # everything then left behind the tasks whose copies came after it); the task_out
+        # copies (to_clients' mirror) leave after the task_in ones and before any reply
         for outbox in (self.to_hub, self.to_clients):
             for error, tags in outbox.flush():
                 log.error("%d message(s) not sent: %s", len(tags), error)
@@ -339,8 +399,7 @@ class SchedulerShell:
             self._finished()
             return
         engine, *msg_frames = reply
-        self.to_clients.put([pending.client, engine, DELIMITER, *msg_frames])
-        self.to_hub.put([b"task_out", pending.client, engine, DELIMITER, *msg_frames])
+        self.to_clients.put([pending.client, engine, DELIMITER, *msg_frames])  # and task_out
         self.counts["completed"] += 1
         self._finished()
 
@@ -367,18 +426,21 @@ class SchedulerShell:
         }
         reply = self.session.msg("apply_reply", content, pending.header, metadata)
         frames = self.session.serialize(reply)
-        self.to_clients.put([pending.client, SCHEDULER_IDENT, *frames])
-        self.to_hub.put([b"task_out", pending.client, SCHEDULER_IDENT, *frames])
+        self.to_clients.put([pending.client, SCHEDULER_IDENT, *frames])  # and task_out
         self.counts["failed"] += 1
         self._finished()
 
     def sends(self) -> dict[str, dict[str, int]]:
         """Messages sent to each peer and the zmq messages they took (bundles, see
         :mod:`corral.bundles`): the scheduler's exit counts (the controller's stats file)."""
+        clients, hub = self.to_clients.stats(), self.to_hub.stats()
         return {
             "engines": self.to_engines.stats(),
-            "clients": self.to_clients.stats(),
-            "hub": self.to_hub.stats(),
+            "clients": {"messages": clients["messages"], "zmq_messages": clients["zmq_messages"]},
+            "hub": {  # the task_out copies go with the clients' bundles (to_clients' mirror)
+                "messages": hub["messages"] + clients["messages"],
+                "zmq_messages": hub["zmq_messages"] + clients["mirrored"],
+            },
         }
 
     def _finished(self) -> None:
@@ -413,7 +475,10 @@ def _bind(sock: zmq.Socket[Any], url: str, port: int | None) -> int:
 
 
 def _task_from(msg_id: str, metadata: dict[str, Any]) -> Task:
-    """Decode the scheduling fields of a request's metadata (docs/wire-flows.md, apply_request)."""
+    """Decode the scheduling fields of a request's metadata (docs/wire-flows.md, apply_request).
+    Most requests name none of them: those are a plain Task at once."""
+    if SCHEDULING_FIELDS.isdisjoint(metadata):
+        return Task(msg_id)
     targets = metadata.get("targets")
     if targets is not None:
         if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):

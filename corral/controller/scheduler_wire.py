@@ -57,10 +57,13 @@ def split_route(frames: Sequence[Frame]) -> tuple[list[bytes], list[Frame]]:
         frame = frames[index]
         if isinstance(frame, bytes):
             if frame == DELIMITER:
+                # before it: bytes, or zmq.Frame objects (their bytes copied once and cached)
                 idents = [
-                    f if isinstance(f, bytes) else bytes(frame_view(f)) for f in frames[:index]
+                    f if isinstance(f, bytes) else f.bytes  # type: ignore[union-attr]
+                    for f in frames[:index]
                 ]
-                return idents, list(frames[index + 1 :])
+                rest = frames[index + 1 :]
+                return idents, rest if type(rest) is list else list(rest)
         elif not isinstance(frame, zmq.Frame) or len(frame) == _DELIMITER_LENGTH:
             break
     return split_identities(frames)

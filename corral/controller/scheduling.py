@@ -225,7 +225,11 @@ class SchedulerCore:
         if msg_id in records or graph.outcome(msg_id) is not None:
             raise ValueError(f"task {msg_id} was already submitted")
         named = task.after.msg_ids | task.follow.msg_ids
-        unknown = sorted(m for m in named if m not in records and graph.outcome(m) is None)
+        unknown = (  # before this task's own record: a task naming itself is refused
+            sorted(m for m in named if m not in records and graph.outcome(m) is None)
+            if named
+            else []
+        )
         deadline = None if task.timeout is None else now + task.timeout
         record = records[msg_id] = TaskRecord(task, deadline, task.retries)
         if deadline is not None:
@@ -265,9 +269,12 @@ class SchedulerCore:
             return []
         if self.burst_cap > self.max_outstanding:
             self._observe(engine, now)
-        self._release(record, engine)
+        final = success or not retry or record.retries_left <= 0
+        # a final reply's freed slot is refilled at once (_fill), which sets the engine's
+        # place among the free ones: marking it free first would only be undone
+        self._release(record, engine, mark_free=not final)
         actions: list[Action] = []
-        if not success and retry and record.retries_left > 0:
+        if not final:
             deadline = record.deadline
             if deadline is not None and not self._untried_engine(record, engine_uuid):
                 self._wait_for_new_engine(record, engine_uuid, deadline, now, actions)
@@ -279,8 +286,14 @@ class SchedulerCore:
         record.state = DONE
         self._remember(msg_id)
         actions.append(Complete(msg_id))
-        self._fill(engine, actions)
-        self._settle(deque([(record, success, engine)]), now, actions)
+        if not self._fill(engine, actions):
+            self._mark_free(engine)
+        woken = self._graph.resolve(msg_id, success, engine)
+        if woken:  # most tasks have no dependents: no cascade to run (_settle)
+            finished: _Finished = deque()
+            for waiter in woken:
+                self._evaluate(waiter, now, actions, finished)
+            self._settle(finished, now, actions)
         return actions
 
     def task_unmet(self, msg_id: str, engine_uuid: str, now: float, why: str = "") -> list[Action]:
@@ -323,17 +336,24 @@ class SchedulerCore:
         self._enqueue_or_dispatch(record, actions)
         self._fill(engine, actions)
 
-    def _release(self, record: TaskRecord, engine: EngineState) -> None:
-        """The task no longer runs on ``engine``: its slot is free again."""
+    def _release(self, record: TaskRecord, engine: EngineState, *, mark_free: bool = True) -> None:
+        """The task no longer runs on ``engine``: its slot is free again (marked so unless
+        ``mark_free`` is False: then the caller does, with :meth:`_mark_free`, before any
+        engine is picked)."""
         del engine.running[record.task.msg_id]
         engine.load -= 1
         self._running -= 1
-        if engine.alive:  # a slot is free: below its cap, it is free with a new load
+        if mark_free:
+            self._mark_free(engine)
+        record.engine = None
+
+    def _mark_free(self, engine: EngineState) -> None:
+        """A live engine's load changed: below its cap, it is free with its new load."""
+        if engine.alive:
             if engine.load < engine.cap:
                 self._free.put(engine)
             else:  # its cap went down (see _observe)
                 self._free.remove(engine.uuid)
-        record.engine = None
 
     def _observe(self, engine: EngineState, now: float) -> None:
         """An engine replied at ``now``: how much it may hold (see the module's rules). A reply
@@ -657,9 +677,11 @@ class SchedulerCore:
         actions.append(Dispatch(msg_id, engine.uuid, record.attempts))
         record.attempts += 1
 
-    def _fill(self, engine: EngineState, actions: list[Action]) -> None:
+    def _fill(self, engine: EngineState, actions: list[Action]) -> bool:
         """Give a freed (or new) engine the queued tasks it may run, highest priority first and
-        oldest first among equals, up to its cap."""
+        oldest first among equals, up to its cap. Whether it gave any (each dispatch sets the
+        engine's place among the free ones)."""
+        given = False
         queue_any = self._queue_any
         queue_own = self._queue_for.get(engine.uuid)
         heappop = heapq.heappop
@@ -676,8 +698,10 @@ class SchedulerCore:
             else:
                 break
             self._dispatch(record, engine, actions)
+            given = True
         if queue_own is not None and not queue_own:
             del self._queue_for[engine.uuid]
+        return given
 
     def _has_eligible_engine(self, record: TaskRecord) -> bool:
         if record.pinned is not None:

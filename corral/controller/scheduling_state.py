@@ -21,6 +21,28 @@ BURSTY: Final = 0.5  # burstiness from which an engine may hold burst_prefetch t
 BURST_HOLD: Final = 0.1  # seconds after its last reply an engine still counts as bursting
 UNREACHABLE_GRACE: Final = 5.0  # seconds to keep sending to an engine not yet connected
 UNREACHABLE_RETRY: Final = 0.01  # seconds between those attempts
+BURST_PREFETCH: Final = 4
+"""The controller's default ``burst_prefetch`` (``--burst-prefetch``): an engine that answers in
+bursts (tasks far shorter than a millisecond) may hold this many times ``max_outstanding``
+(:class:`~corral.controller.scheduling.SchedulerCore`): with many engines on few cores each
+wake of an engine then finds a long run of tasks (bench/README.md, round eight). 1: always
+``max_outstanding``."""
+MAX_BURST_PREFETCH: Final = 64
+"""The largest ``burst_prefetch`` a controller takes: more would only let one engine hoard a
+burst of tasks other engines could run."""
+
+
+def check_burst_prefetch(value: object) -> int:
+    """``value`` if it is a whole number from 1 to :data:`MAX_BURST_PREFETCH`; ValueError
+    saying so otherwise (the controller's check of its setting, before any process starts)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"burst_prefetch must be a whole number, not {value!r}")
+    if not 1 <= value <= MAX_BURST_PREFETCH:
+        raise ValueError(
+            "burst_prefetch must be from 1 (never more than max_outstanding) to "
+            f"{MAX_BURST_PREFETCH}, not {value}"
+        )
+    return value
 
 
 @dataclass(frozen=True)

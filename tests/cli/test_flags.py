@@ -30,14 +30,16 @@ def test_start_forwards_its_controller_flags_to_the_controller() -> None:
     parser = build_parser()
     given = [
         "start", "--ip", "0.0.0.0", "--heartbeat-period", "0.5", "--max-misses", "4",
-        "--scheduler", "lru", "--max-outstanding", "3", "--restore", "--curve",
+        "--scheduler", "lru", "--max-outstanding", "3", "--burst-prefetch", "2", "--restore",
+        "--curve",
         "--store-buffer-limit", "1M", "--store-size-limit", "1G", "--result-ttl", "1d",
         "--shm-threshold", "0", "--location", "example.org",
     ]  # fmt: skip
     start = parser.parse_args(given)
     controller = parser.parse_args(["controller", *controller_args(start)])
     for name in (
-        "ip", "heartbeat_period", "max_misses", "scheduler", "max_outstanding", "restore",
+        "ip", "heartbeat_period", "max_misses", "scheduler", "max_outstanding",
+        "burst_prefetch", "restore",
         "curve", "store_buffer_limit", "store_size_limit", "result_ttl", "shm_threshold",
         "location", "insecure", "no_curve",
     ):  # fmt: skip

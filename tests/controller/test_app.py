@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from corral.controller.app import Controller, ControllerConfig
+from corral.controller.scheduling_state import BURST_PREFETCH, MAX_BURST_PREFETCH
 from tests.polling import until
 
 HEARTBEAT = 60.0  # a long period: an exit that waits for the next beat would take this long
@@ -128,6 +129,39 @@ def test_the_scheduler_copies_come_over_a_socket_no_one_else_can_reach_or_find(
     assert not path.parent.exists()
 
 
+def test_the_scheduler_is_given_the_controllers_prefetch_settings(tmp_path: Path) -> None:
+    config = ControllerConfig(
+        cluster_path=tmp_path, key=b"test-key", max_outstanding=3, burst_prefetch=2
+    )
+    controller = Controller(config)
+    try:
+        settings = controller.scheduler_settings("tcp://127.0.0.1:1", "ipc:///nowhere")
+    finally:
+        controller.loop.close()
+        controller.context.term()
+    assert (settings["max_outstanding"], settings["burst_prefetch"]) == (3, 2)
+    # the default is the scheduler's own
+    assert ControllerConfig(cluster_path=tmp_path).burst_prefetch == BURST_PREFETCH
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "why"),
+    [
+        ("burst_prefetch", 0, "from 1"),
+        ("burst_prefetch", MAX_BURST_PREFETCH + 1, "from 1"),
+        ("burst_prefetch", 2.0, "whole number"),
+        ("burst_prefetch", True, "whole number"),
+        ("max_outstanding", 0, ">= 1"),
+    ],
+)
+def test_a_bad_scheduler_setting_is_refused_by_the_config(
+    tmp_path: Path, field: str, value: object, why: str
+) -> None:
+    """Refused before a scheduler process starts (which would only fail once running)."""
+    with pytest.raises(ValueError, match=why):
+        ControllerConfig(cluster_path=tmp_path, **{field: value})  # type: ignore[arg-type]
+
+
 def test_the_socket_is_made_in_a_folder_only_its_user_can_enter(tmp_path: Path) -> None:
     controller = Controller(ControllerConfig(cluster_path=tmp_path, key=b"test-key"))
     try:
@@ -186,4 +220,23 @@ def test_a_nice_out_of_range_is_refused_before_anything_starts(tmp_path: Path) -
         )
         assert done.returncode == 2
         assert "nice steps from 0 to 19" in done.stderr
+    assert not any(tmp_path.iterdir())  # no cluster folder made
+
+
+def test_a_burst_prefetch_out_of_range_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    for command in ("controller", "start"):
+        for value in ("0", str(MAX_BURST_PREFETCH + 1), "four"):
+            done = subprocess.run(
+                [sys.executable, "-m", "corral", command, "--cluster-dir", str(tmp_path)]
+                + ["--burst-prefetch", value],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 2, done.stderr
+            expected = (
+                "is not a burst prefetch from 1 (never more than --max-outstanding) to "
+                f"{MAX_BURST_PREFETCH}"
+            )
+            assert expected in done.stderr
     assert not any(tmp_path.iterdir())  # no cluster folder made

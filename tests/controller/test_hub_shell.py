@@ -164,6 +164,36 @@ def test_a_bundle_is_read_as_one_burst_that_later_reads_see_whole(shell: Shell) 
     assert not shell.hub.pending
 
 
+def test_a_clients_bundle_and_a_bundle_of_replies_passed_on_are_recorded_as_copies(
+    shell: Shell,
+) -> None:
+    """The scheduler passes on a client's bundle of waiting requests behind ``task_in`` and
+    the bundle of replies it made for a client behind ``task_out`` (route frames as the
+    loop receives them, zmq.Frame objects): every request and reply is recorded as its own
+    copy would have been."""
+    requests = [
+        CLIENT.msg("apply_request", {}, buffers=[b"function", b"arguments"]) for _ in range(2)
+    ]
+    client = CLIENT.session_id.encode()
+    sent = [[bytes(frame_view(f)) for f in CLIENT.serialize(msg)] for msg in requests]
+    passed_on = [zmq.Frame(b"task_in"), *map(zmq.Frame, bundle([client], sent))]
+    shell.shell._on_scheduler_message(passed_on)
+    dispatched = [(m.msg_id, ENGINE, 0) for m in requests]
+    signed = shell.shell.verify_scheduler_copies  # as the controller sets both sides
+    turn = [destinations_frames(SCHEDULER, dispatched, signed=signed)]
+    shell.shell._on_scheduler_message(frames(bundle([], turn)))
+    replies = [reply_copy(b"task_out", request)[2:] for request in requests]  # engine, ...
+    mirrored = [zmq.Frame(b"task_out"), *map(zmq.Frame, bundle([client], replies))]
+    shell.shell._on_scheduler_message(mirrored)
+    assert shell.loop.rejected == 0
+    records = shell.store.get_records([request.msg_id for request in requests])
+    assert [r["status"] for r in records.values()] == ["ok", "ok"]
+    assert {r["engine_uuid"] for r in records.values()} == {ENGINE}
+    assert all(r["buffers"] == [b"function", b"arguments"] for r in records.values())
+    assert all(r["result_buffers"] == [b"result"] for r in records.values())
+    assert not shell.hub.pending
+
+
 def test_a_turns_task_dest_copy_sets_the_engine_of_every_waiting_task_it_names(
     shell: Shell,
 ) -> None:

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import zmq
 
-from corral.bundles import Outbox, split_bundle
+from corral.bundles import MARK, Outbox, split_bundle
 from corral.controller.destination import read_destinations
 from corral.controller.scheduler_shell import SchedulerShell
-from corral.protocol.session import Message, Session
+from corral.protocol.session import Message, Session, frame_view
 from tests.polling import until
 from tests.wire import readable, recv_one
 
@@ -238,3 +238,81 @@ def test_a_burst_leaves_in_bundles(rig: Rig) -> None:
     assert answered == [m.msg_id for m in waiting[:16]]
     rest = [recv_message(rig, rig.engine)[1].msg_id for _ in range(4)]  # slots freed
     assert rest == [m.msg_id for m in waiting[16:]]
+
+
+def raw_copies_until(
+    rig: Rig, wanted: set[str], found: dict[str, list[list[bytes]]]
+) -> list[list[bytes]]:
+    """The zmq messages on the Hub's monitor (as they came, not unbundled) until copies of
+    every msg_id in ``wanted`` came; ``found``: each msg_id's copies, unbundled."""
+    raw: list[list[bytes]] = []
+    while not wanted <= found.keys():
+        assert rig.monitor.poll(int(WAIT * 1000)), f"no copy of {sorted(wanted - found.keys())}"
+        frames = rig.monitor.recv_multipart()
+        raw.append(frames)
+        for message in split_bundle(frames) or [frames]:
+            copy = [bytes(frame_view(frame)) for frame in message]
+            if copy[0] == b"task_in":
+                msg = rig.hub_session.feed(copy)  # verified as the Hub verifies it
+                found.setdefault(msg.msg_id, []).append(copy)
+    return raw
+
+
+def test_a_clients_bundle_of_waiting_requests_reaches_the_hub_as_it_came(rig: Rig) -> None:
+    """No engine: every request of a client's bundle waits, so the bundle itself is their
+    task_in copies, behind the prefix (one zmq message, laid out by the client only); each
+    unbundles to the copy it would have had alone."""
+    monitor_link_up(rig)
+    requests = [
+        rig.session.msg("apply_request", {}, buffers=[b"function-and-arguments %d" % index])
+        for index in range(5)
+    ]
+    outbox = Outbox(rig.client, 0)  # as a client sends a burst
+    for msg in requests:
+        outbox.put(rig.session.serialize(msg))
+    outbox.flush()
+    found: dict[str, list[list[bytes]]] = {}
+    raw = raw_copies_until(rig, {m.msg_id for m in requests}, found)
+    assert raw[-1][:3] == [b"task_in", b"client-1", MARK]
+    for msg in requests:
+        alone = [b"task_in", b"client-1", *rig.session.serialize(msg)]
+        assert found[msg.msg_id] == [[bytes(frame_view(frame)) for frame in alone]]
+
+
+def test_a_bundle_with_a_request_not_held_gets_a_copy_per_request(rig: Rig) -> None:
+    """A bundle holding a request the scheduler drops (the same one twice: a replay) is not
+    passed on: each request it holds gets its own copy, and the dropped one none."""
+    monitor_link_up(rig)
+    first, second = (
+        rig.session.msg("apply_request", {}, buffers=[b"function-and-arguments"]) for _ in "12"
+    )
+    outbox = Outbox(rig.client, 0)
+    for msg in (first, first, second):
+        outbox.put(rig.session.serialize(msg))
+    outbox.flush()
+    found: dict[str, list[list[bytes]]] = {}
+    raw = raw_copies_until(rig, {first.msg_id, second.msg_id}, found)
+    assert raw[-1][0] == MARK  # the scheduler's own bundle of copies, no route
+    for msg in (first, second):  # one copy each
+        alone = [b"task_in", b"client-1", *rig.session.serialize(msg)]
+        assert found[msg.msg_id] == [[bytes(frame_view(frame)) for frame in alone]]
+
+
+def test_a_malformed_or_forged_bundle_never_reaches_the_hub(rig: Rig) -> None:
+    """The Hub trusts the scheduler's copies: a client's bundle the scheduler could not read
+    whole (a layout that does not match, a request signed with another key) is not passed
+    on; the next copy the Hub gets is the next good request's."""
+    monitor_link_up(rig)
+    good = rig.session.msg("apply_request", {}, buffers=[b"function-and-arguments"])
+    forged = Session(b"another key").msg("apply_request", {}, buffers=[b"function"])
+    layout = (2).to_bytes(8, "little") + (1).to_bytes(8, "little") + (99).to_bytes(8, "little")
+    rig.client.send_multipart([MARK, layout, b"short"])  # names more than it holds
+    outbox = Outbox(rig.client, 0)
+    outbox.put(Session(b"another key").serialize(forged))
+    outbox.put(rig.session.serialize(good))
+    outbox.flush()
+    found: dict[str, list[list[bytes]]] = {}
+    raw = raw_copies_until(rig, {good.msg_id}, found)
+    assert forged.msg_id not in found
+    assert raw[-1][0] == MARK  # the good request's own copy, from the scheduler's bundle
+    assert not any(frames[0] == b"task_in" and MARK in frames[:3] for frames in raw)

@@ -199,6 +199,33 @@ def test_an_engine_answering_in_bursts_is_sent_more_than_max_outstanding() -> No
         assert peers.shell.core.capacity("engine-a") == 2 * BURST_PREFETCH
 
 
+def test_burst_prefetch_one_keeps_every_engine_at_max_outstanding() -> None:
+    """The controller's ``--burst-prefetch`` reaches the core through the settings: with 1,
+    an engine answering back to back is never sent more than max_outstanding."""
+    with running_peers(max_outstanding=2, burst_prefetch=1) as peers:
+        session = peers.session
+        for _ in range(100):
+            send_msg(session, peers.client, "apply_request", {})
+        notice = {"id": 0, "uuid": "engine-a"}
+        until(
+            lambda: (
+                send_msg(session, peers.hub, "registration_notification", notice) is not None
+                and peers.engine.poll(100) != 0
+            ),
+            WAIT,
+            "the scheduler to send tasks to the announced engine",
+        )
+        answered = most = 0
+        while answered < 40:  # answer what is held back to back, then take what came
+            held = received(peers, wait=True)
+            most = max(most, len(held))
+            for request in held:
+                peers.reply(request)
+            answered += len(held)
+        assert most <= 2, f"{most} tasks held at once"
+        assert peers.shell.core.capacity("engine-a") == 2
+
+
 def received(peers: Peers, *, wait: bool) -> list[Message]:
     """Every request waiting at the engine (a turn's dispatches come as one bundle); with
     ``wait``, at least one."""
