@@ -52,6 +52,7 @@ from corral.protocol.shm import (
     decode_refs,
     large_buffers,
     link_name,
+    named_segments,
     pool_name,
     reader_metadata,
     reader_of,
@@ -214,7 +215,11 @@ class SharedMemory:
     # ------------------------------------------------------------------ writing
 
     def export(
-        self, frames: Sequence[Frame], readers: Sequence[int] | None = None
+        self,
+        frames: Sequence[Frame],
+        readers: Sequence[int] | None = None,
+        *,
+        hub_link: bool = False,
     ) -> tuple[list[Frame], list[SegmentRef]]:
         """Put the buffers of at least ``threshold`` bytes into segments.
 
@@ -223,10 +228,21 @@ class SharedMemory:
         once the message is sent. Returns the frames to send (an empty frame where a buffer
         became a segment) and the references for the metadata. Raises SharedMemoryError, having
         left nothing behind, when /dev/shm or RAM lacks the space or refuses the write.
+
+        ``hub_link`` (held segments of a request, on the controller's host): the Hub's link is
+        made now, beside the writer's name. The Hub reads a request from its copy, off the
+        task's path and at a lower priority: under load the reply can reach the writer, which
+        then settles the request and takes its name back, before the Hub has read the copy,
+        and the data it keeps for a resubmission would be lost. The Hub removes its link once
+        it has read the segment, or decided not to (:meth:`forget`).
         """
         settings = self.settings
         if settings is None or self.host is None or not frames:
             return list(frames), []
+        if readers is None and hub_link and settings.host == self.host:
+            link_readers: Sequence[int] = (HUB,)
+        else:
+            link_readers = readers or ()
         views = [memoryview(frame_view(frame)) for frame in frames]
         indices = large_buffers([view.nbytes for view in views], settings.threshold)
         if not indices:
@@ -242,7 +258,7 @@ class SharedMemory:
                 done.append((segment, links))
                 copy_into(segment.mapping, data)
                 path = self.shm_dir / link_name(settings.prefix, self.pid, segment.token, None)
-                for reader in dict.fromkeys(readers or ()):
+                for reader in dict.fromkeys(link_readers):
                     link = self.shm_dir / link_name(
                         settings.prefix, self.pid, segment.token, reader
                     )
@@ -464,8 +480,11 @@ class SharedMemory:
             if ref.hold and not linked:
                 try:
                     os.link(self.shm_dir / name, own)
-                except FileExistsError:
+                except FileExistsError:  # made by the writer (a request's Hub link), or ours
                     pass
+                except FileNotFoundError:  # settled: readable only through a link made before
+                    if not os.path.lexists(own):
+                        raise
             fd = os.open(own, _OPEN_FLAGS)
         except FileNotFoundError:
             self._unmapped(own)
@@ -503,6 +522,22 @@ class SharedMemory:
                 return
             self._mapped.pop(own, None)
         _unlink(own)
+
+    def forget(self, msg: Message) -> None:
+        """This process will not read the segments of ``msg`` (the Hub keeps a request without
+        its buffers): remove the links the writer made for it (:meth:`export`'s
+        ``hub_link``), unless a mapping of its own holds one. Malformed references are left
+        alone; well-formed ones count even when the buffers did not come (the scheduler
+        leaves out what the store would not keep)."""
+        settings = self.settings
+        if settings is None:
+            return
+        for writer, token in named_segments(msg.metadata.get(METADATA_KEY)):
+            own = self.shm_dir / link_name(settings.prefix, writer, token, self.reader)
+            with self._lock:
+                if own in self._mapped:
+                    continue
+            _unlink(own)
 
     def strip(self, msg: Message) -> Message:
         """``msg`` without its references, mapping nothing (the Hub records requests without

@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -467,3 +468,71 @@ def test_sweep_others_spares_live_writers_and_hub_links(tmp_path: Path) -> None:
     )
     live.release(held)
     live.close()
+
+
+def test_a_request_s_hub_link_outlives_its_settling(settings: Settings) -> None:
+    """The Hub reads a request from its copy, off the task's path: under load the writer may
+    settle the request (its name goes to the pool) first. The link made for the Hub at export
+    keeps the data readable until the Hub has read it, then goes, and the writer reuses the
+    segment."""
+    writer, me = SharedMemory(settings), os.getpid()
+    hub = SharedMemory(settings, hub=True)
+    array = random_array("f8", (3000,))
+    frames, held = writer.export(serialize_object(array), hub_link=True)
+    token = held[0].token
+    assert held[0].hold, "still held: the engine links the writer's name itself"
+    assert names(settings) == sorted(link_name(settings.prefix, me, token, r) for r in (None, HUB))
+    writer.release(held)  # the reply came before the Hub read the copy
+    mapped = hub.resolve(message(frames, held))
+    assert_bit_exact(array, deserialize_object(mapped.buffers))
+    assert names(settings) == sorted(
+        [link_name(settings.prefix, me, token, HUB), pool(settings, token)]
+    )
+    del mapped
+    gc.collect()
+    assert names(settings) == [pool(settings, token)]
+    _, again = writer.export(serialize_object(array), hub_link=True)
+    assert link_name(settings.prefix, me, again[0].token, None) in names(settings)
+    assert pool(settings, token) not in names(settings), "no reader left: the segment is reused"
+    hub.forget(message(frames, again))
+    writer.release(again)
+    writer.close()
+    assert names(settings) == []
+
+
+def test_without_the_hub_link_a_settled_request_is_gone(settings: Settings) -> None:
+    """What the Hub's link is for: a held name alone is taken back when the request settles."""
+    writer, hub = SharedMemory(settings), SharedMemory(settings, hub=True)
+    frames, held = writer.export(serialize_object(random_array("u1", (9000,))))
+    writer.release(held)
+    with pytest.raises(SharedMemoryRefused, match="does not exist"):
+        hub.resolve(message(frames, held))
+    writer.close()
+    assert names(settings) == []
+
+
+def test_the_hub_forgets_what_it_will_not_read(settings: Settings) -> None:
+    """A request the store keeps without its buffers (over its limit, or its copy came
+    without them) leaves no link of the Hub's behind; a mapping of its own keeps its link."""
+    writer, hub, me = SharedMemory(settings), SharedMemory(settings, hub=True), os.getpid()
+    frames, held = writer.export(serialize_object(random_array("u1", (9000,))), hub_link=True)
+    without_buffers = Session(KEY).msg("apply_request", {}, metadata={"shm": encode_refs(held)})
+    hub.forget(without_buffers)
+    assert names(settings) == [link_name(settings.prefix, me, held[0].token, None)]
+    frames, second = writer.export(serialize_object(random_array("u1", (9000,))), hub_link=True)
+    mapped = hub.resolve(message(frames, second))
+    hub.forget(message(frames, second))  # mapped: its link stays with the mapping
+    assert link_name(settings.prefix, me, second[0].token, HUB) in names(settings)
+    del mapped
+    gc.collect()
+    writer.release(held + second)
+    writer.close()
+    assert names(settings) == []
+
+
+def test_no_hub_link_for_a_writer_on_another_host_than_the_controller(settings: Settings) -> None:
+    writer = SharedMemory(replace(settings, host="another-host"), host=settings.host)
+    frames, held = writer.export(serialize_object(random_array("u1", (9000,))), hub_link=True)
+    assert names(settings) == [link_name(settings.prefix, os.getpid(), held[0].token, None)]
+    writer.release(held)
+    writer.close()

@@ -414,7 +414,8 @@ class Client(ControllerLink, ControlCalls, HubQueries):
             if _may_export(buffers, self._shm_threshold) and self._engines_share_host(
                 channel, target
             ):
-                buffers, refs = self._shm.export(buffers)  # held until this request settles
+                # held until this request settles, and for the Hub until it has read them
+                buffers, refs = self._shm.export(buffers, hub_link=True)
                 if refs:
                     metadata = {**metadata, METADATA_KEY: encode_refs(refs)}
         if msg_type == "apply_request" and not content:  # valid as it is: no catalogue check

@@ -288,10 +288,12 @@ class HubShell:
             if isinstance(ref, dict) and isinstance(ref.get("size"), int)
         )
         if limit is not None and size > limit:
+            self.shm.forget(msg)  # the link its writer made for the Hub (sharedmem.export)
             return self.shm.strip(msg), {"bytes": size, "limit": limit}
         try:
             return self.shm.resolve(msg), None
         except ProtocolError as err:
+            self.shm.forget(msg)  # links of segments it never reached
             why = f"its shared-memory segments could not be read when the Hub saw it: {err}"
             return self.shm.strip(msg), {"bytes": size, "why": why}
 

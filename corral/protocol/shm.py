@@ -57,6 +57,7 @@ __all__ = [
     "encode_refs",
     "large_buffers",
     "link_name",
+    "named_segments",
     "parse_link",
     "pool_name",
     "plan_sweep",
@@ -222,6 +223,22 @@ def decode_refs(value: object, frame_sizes: Sequence[int]) -> list[SegmentRef]:
         seen.add(index)
         refs.append(SegmentRef(index, size, writer, token, hold))
     return refs
+
+
+def named_segments(value: object) -> list[tuple[int, str]]:
+    """(writer, token) of each well-formed reference in ``value``, ignoring the rest and the
+    buffer slots: the names a reader may have been given links under, for one that will not
+    read the message (a copy that came without its buffers is still owed the cleanup)."""
+    named: list[tuple[int, str]] = []
+    for item in value if isinstance(value, list) else ():
+        if not isinstance(item, dict):
+            continue
+        writer, token = item.get("writer"), item.get("token")
+        if not (isinstance(writer, int) and _is_int(writer) and 0 < writer < _MAX_PID):
+            continue
+        if isinstance(token, str) and _TOKEN.fullmatch(token):
+            named.append((writer, token))
+    return named
 
 
 def reader_metadata(host: str, pid: int) -> dict[str, Any]:

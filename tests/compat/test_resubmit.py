@@ -4,6 +4,7 @@ under new msg_ids, from its store, and the client follows them as results held b
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 
 import corral
 from corral.client.asyncresult import AsyncHubResult
+from corral.sharedmem import SHM_DIR
 from tests.conftest import running_cluster
 from tests.polling import file_appears, until
 
@@ -150,3 +152,37 @@ def test_resubmit_refusals_name_their_reason(tmp_path: Path) -> None:
             rc.resubmit(direct)
         assert raised.value.ename == "EngineError"
         assert time.monotonic() - started < 30
+
+
+def written_names() -> list[str]:
+    """This process's shared-memory names of messages on their way (not yet settled)."""
+    mine = f"-{os.getpid()}-"
+    return [n for n in os.listdir(SHM_DIR) if mine in n and n.endswith("-w")]
+
+
+def test_a_large_request_answered_before_the_hub_read_its_copy_can_be_resubmitted(
+    tmp_path: Path,
+) -> None:
+    """The Hub reads a request's copy off the task's path, at a lower priority: under load the
+    reply can reach the client, which settles the request and takes its shared-memory name
+    back, before the Hub has read the copy. Here the controller is stopped while a
+    load-balanced task (client, scheduler and engine only) runs and is answered; once it runs
+    again the Hub still finds the request's data (the link the client made for it), so the
+    task can be sent again."""
+    with running_cluster(tmp_path, 1) as cluster:
+        rc = cluster.client
+        rc.wait_for_engines(1, timeout=30)
+        view = rc.load_balanced_view()
+        assert view.apply_async(len, b"warm").get(30) == 4
+        payload = os.urandom(3 << 20)
+        controller = cluster.controller
+        os.kill(controller.pid, signal.SIGSTOP)
+        try:
+            first = view.apply_async(len, payload)
+            assert first.get(30) == 3 << 20  # answered while the Hub could read nothing
+            until(lambda: not written_names(), 10, "the client to settle the request")
+        finally:
+            os.kill(controller.pid, signal.SIGCONT)
+        assert rc.resubmit(first).get(30) == [3 << 20]
+        (record,) = rc.db_query({"msg_id": first.msg_id}, keys=["request_buffers_omitted"])
+        assert not record.get("request_buffers_omitted")

@@ -18,6 +18,7 @@ from corral.protocol.shm import (
     encode_refs,
     large_buffers,
     link_name,
+    named_segments,
     parse_link,
     plan_sweep,
     reader_metadata,
@@ -172,3 +173,21 @@ def test_sweep_removes_what_only_dead_processes_could_read() -> None:
     doomed = plan_sweep(PREFIX, names, is_alive)
     assert sorted(doomed) == sorted([names[1], names[2], names[3], names[5]])
     assert len(asked) == len(set(asked)), "each pid is checked once"
+
+
+def test_named_segments_reads_writer_and_token_of_well_formed_references_only() -> None:
+    """What a reader that will not read a message may unlink: names of well-formed references,
+    whatever the buffers (a copy may come without them); anything else is skipped."""
+    good = ref_dict(index=7, writer=42, token=TOKEN)
+    other = ref_dict(writer=43, token="cd" * 16)
+    assert named_segments([good, other]) == [(42, TOKEN), (43, "cd" * 16)]
+    bad = [
+        "x",
+        ref_dict(writer=0),
+        ref_dict(writer=True),
+        ref_dict(writer="42"),
+        ref_dict(token="../etc"),
+        ref_dict(token=TOKEN.upper() + "zz"),
+    ]
+    assert named_segments([*bad, good]) == [(42, TOKEN)]
+    assert named_segments(None) == [] and named_segments({"writer": 42}) == []
