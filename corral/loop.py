@@ -240,16 +240,28 @@ class Loop:
         nothing is queued that nobody will run. Not for signal handlers: they may interrupt a
         thread holding the hand-off lock (use :meth:`handle_signals`).
         """
-        with self._inbox_lock:
-            if self._closed_because is not None:
-                raise ConnectionError(self._closed_because)
-            wake = not self._inbox
-            self._inbox.append((callback, args))
-        if wake:  # after the lock: the send lets the GIL go, and the loop may want the lock
-            try:
-                self._wake_writer.send(b"\0")
-            except OSError:  # a byte is pending (the loop wakes anyway), or the loop closed
-                pass
+        try:
+            with self._inbox_lock:
+                if self._closed_because is not None:
+                    raise ConnectionError(self._closed_because)
+                wake = not self._inbox
+                self._inbox.append((callback, args))
+            if wake:  # after the lock: the send lets the GIL go, and the loop may want the lock
+                self._wake()
+        except BaseException:
+            # a KeyboardInterrupt (Ctrl-C in the main thread) between the append and the
+            # wake-up byte would leave the call queued with no byte written: every later
+            # hand-off finds the inbox not empty and writes none either, and the loop would
+            # never take them. One byte too many only costs a turn.
+            if self._inbox:
+                self._wake()
+            raise
+
+    def _wake(self) -> None:
+        try:
+            self._wake_writer.send(b"\0")
+        except OSError:  # a byte is pending (the loop wakes anyway), or the loop closed
+            pass
 
     def call_at(self, when: float, callback: Callback, *args: Any) -> Timer:
         """Run ``callback(*args)`` at ``when`` (a :func:`time.monotonic` value); loop thread."""

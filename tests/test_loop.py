@@ -136,6 +136,44 @@ def test_hand_offs_run_on_the_loop_thread_in_order() -> None:
         assert [i for sender, i in seen if sender == n] == list(range(500))
 
 
+class InterruptedOnce:
+    """A wake-up socket whose first send is interrupted, as by a Ctrl-C in the main thread
+    just before it."""
+
+    def __init__(self, wrapped: Any) -> None:
+        self.wrapped = wrapped
+        self.interrupted = False
+
+    def send(self, data: bytes) -> int:
+        if not self.interrupted:
+            self.interrupted = True
+            raise KeyboardInterrupt
+        return int(self.wrapped.send(data))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wrapped, name)
+
+
+def test_a_hand_off_interrupted_before_its_wake_up_does_not_strand_later_ones() -> None:
+    """A Ctrl-C between queuing a call and writing the wake-up byte: that call and every
+    later one still run (without the byte, each later hand-off would find the inbox not
+    empty, write none, and the loop would sleep on them)."""
+    thread = LoopThread("test", lambda loop: None)
+    thread.start()
+    loop = thread.loop
+    ran: list[int] = []
+    done = threading.Event()
+    loop._wake_writer = InterruptedOnce(loop._wake_writer)  # type: ignore[assignment]  # noqa: SLF001
+    with pytest.raises(KeyboardInterrupt):
+        loop.call_soon_threadsafe(ran.append, 1)
+    loop.call_soon_threadsafe(ran.append, 2)
+    loop.call_soon_threadsafe(done.set)
+    assert done.wait(BOUND), "the hand-offs after an interrupted one never ran"
+    assert ran == [1, 2]
+    loop._wake_writer = loop._wake_writer.wrapped  # type: ignore[attr-defined]  # noqa: SLF001
+    thread.stop()
+
+
 def test_hand_offs_before_stop_run_and_later_ones_are_refused() -> None:
     thread = LoopThread("test", lambda loop: None)
     thread.start()
