@@ -243,18 +243,26 @@ def test_a_loop_flushes_its_outboxes_at_the_end_of_each_turn(context: _Sockets) 
     assert receiver.rejected == 1
 
 
-def test_a_refused_route_comes_back_with_its_tags(context: _Sockets) -> None:
-    """A ROUTER_MANDATORY socket refuses a peer it does not know: that route's messages come
-    back as a failure with their tags, and the other routes are sent."""
+def _connected(
+    context: _Sockets, identity: bytes, *, mandatory: bool = False
+) -> tuple[zmq.Socket[bytes], zmq.Socket[bytes]]:
+    """A ROUTER and a DEALER of ``identity`` connected to it, the ROUTER knowing the peer."""
     router = context.socket(zmq.ROUTER)
-    router.router_mandatory = True
+    router.router_mandatory = mandatory
     port = router.bind_to_random_port("tcp://127.0.0.1")
     peer = context.socket(zmq.DEALER)
-    peer.identity = b"known"
+    peer.identity = identity
     peer.connect(f"tcp://127.0.0.1:{port}")
     peer.send(b"hello")
     assert router.poll(10_000)
     router.recv_multipart()
+    return router, peer
+
+
+def test_a_refused_route_comes_back_with_its_tags(context: _Sockets) -> None:
+    """A ROUTER_MANDATORY socket refuses a peer it does not know: that route's messages come
+    back as a failure with their tags, and the other routes are sent."""
+    router, peer = _connected(context, b"known", mandatory=True)
     outbox = Outbox(router, 1)
     outbox.put([b"nobody", *_message(1)], "t1")
     outbox.put([b"known", *_message(2)], "t2")
@@ -274,14 +282,7 @@ def test_a_mirror_gets_every_message_behind_its_prefix_in_bundles_first(
     prefix; a message alone goes to the peer as it is and to the mirror
     as a bundle of one. Unbundled there, every copy is ``[*prefix, *route, *its frames]``,
     a large frame included (sent to both, copied to neither)."""
-    router = context.socket(zmq.ROUTER)
-    port = router.bind_to_random_port("tcp://127.0.0.1")
-    peer = context.socket(zmq.DEALER)
-    peer.identity = b"peer"
-    peer.connect(f"tcp://127.0.0.1:{port}")
-    peer.send(b"hello")
-    assert router.poll(10_000)
-    router.recv_multipart()
+    router, peer = _connected(context, b"peer")
     pull = context.socket(zmq.PULL)
     mirror_port = pull.bind_to_random_port("tcp://127.0.0.1")
     push = context.socket(zmq.PUSH)

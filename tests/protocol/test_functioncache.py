@@ -24,16 +24,9 @@ from corral.protocol.serialize import (
     pack_apply_message,
     unpack_apply_message,
 )
+from tests.protocol.pickles import script, unframed
 
 THRESHOLD = 1024
-
-
-def script(source: str) -> dict[str, Any]:
-    """The globals of ``source`` run as a script (``__main__``): its functions travel by
-    value, as a user's do."""
-    namespace: dict[str, Any] = {"__name__": "__main__"}
-    exec(compile(source, "<script>", "exec"), namespace)  # noqa: S102 - test scripts
-    return namespace
 
 
 def fresh(f: Callable[..., Any], args: tuple[Any, ...] = (), kwargs: Any = None) -> list[bytes]:
@@ -55,14 +48,7 @@ def opcodes(frames: list[bytes]) -> list[bytes]:
     head, rest = frames[0], frames[1:]
     pickled = head[8:]
     assert zlib.crc32(pickled) == int.from_bytes(head[4:8], "little")
-    assert pickled[:2] == b"\x80\x05"
-    parts, at = [], 2
-    while at < len(pickled) and pickled[at] == 0x95:
-        length = int.from_bytes(pickled[at + 1 : at + 9], "little")
-        parts.append(pickled[at + 9 : at + 9 + length])
-        at += 9 + length
-    parts.append(pickled[at:])
-    return [head[:4] + b"".join(parts), *rest]
+    return [head[:4] + unframed(pickled), *rest]
 
 
 def same(reused: list[bytes], afresh: list[bytes]) -> bool:

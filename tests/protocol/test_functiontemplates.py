@@ -23,16 +23,9 @@ from corral.errors import SerializationError
 from corral.protocol import functiontemplates
 from corral.protocol.functiontemplates import FunctionTemplates, function_end, thread_templates
 from corral.protocol.serialize import pack_apply_message, unpack_apply_message
+from tests.protocol.pickles import script, unframed
 
 HEADER = 8  # marker, version, CRC-32 before the pickle (corral.protocol.serialize)
-
-
-def script(source: str) -> dict[str, Any]:
-    """The globals of ``source`` run as a script (``__main__``): its functions travel by
-    value, as a user's do."""
-    namespace: dict[str, Any] = {"__name__": "__main__"}
-    exec(compile(source, "<script>", "exec"), namespace)  # noqa: S102 - test scripts
-    return namespace
 
 
 def kept(f: Callable[..., Any], args: tuple[Any, ...] = (), kwargs: Any = None) -> list[bytes]:
@@ -229,18 +222,6 @@ def test_an_empty_closure_cell_stays_empty() -> None:
     with pytest.raises(NameError):
         g()
     assert shape(unpacked(kept(f))) == shape(whole(kept(f)))
-
-
-def unframed(pickled: bytes) -> bytes:
-    """The opcodes of a protocol 5 pickle, framing taken out, ``STOP`` kept."""
-    assert pickled[:2] == b"\x80\x05"
-    parts, at = [], 2
-    while at < len(pickled) and pickled[at] == 0x95:
-        length = int.from_bytes(pickled[at + 1 : at + 9], "little")
-        parts.append(pickled[at + 9 : at + 9 + length])
-        at += 9 + length
-    parts.append(pickled[at:])
-    return b"".join(parts)
 
 
 def framed_in_two(ops: bytes, boundary: int) -> list[bytes]:
