@@ -437,6 +437,9 @@ class Client(ControllerLink, ControlCalls, HubQueries):
         engines are back)."""
         if target is not None and self._link_lost_at is not None:
             self._wait_for_link(time.monotonic() + self.timeout, msg_type)
+        # released results forgotten before the request is made, not once it is on its way:
+        # then the submitting thread runs nothing while its request is in transit
+        self._records.sweep()
         session = self.session
         refs: list[SegmentRef] = []
         if msg_type == "apply_request" and self._shm_reader:
@@ -490,7 +493,6 @@ class Client(ControllerLink, ControlCalls, HubQueries):
             raise
         if tracker is not None:
             records.trackers[msg_id] = tracker
-        records.sweep()  # released results forgotten once the request is on its way
 
     def _engines_share_host(self, channel: str, target: Target | None) -> bool:
         """Whether the engine(s) that may read a request see this process's shared memory:
