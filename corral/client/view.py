@@ -278,15 +278,18 @@ class View:
         submitting thread has nothing left to do but return (or wait in ``get()``) while the
         request is in transit, instead of taking a core from the processes and threads it
         goes through. Not for ``track`` (the tracker is made by the send). A send that fails
-        leaves no msg_id in this view's history, as when the result was built after it."""
+        leaves no msg_id in this view's history, as when the result was built after it; an
+        error between the two halves (Ctrl-C) fails the request, never sent, so that nothing
+        waits for it for ever."""
         client = self.client
         request = client.prepare_request(
             channel, "apply_request", {}, buffers=buffers, metadata=metadata, target=target
         )
-        result = self._result([request.msg_id], fname, single)
         try:
+            result = self._result([request.msg_id], fname, single)
             client.dispatch_request(request)
-        except BaseException:
+        except BaseException as error:
+            client.records.fail(request.msg_id, error, at_once=True)  # unless the send did
             history = self.history
             if history and history[-1] == request.msg_id:
                 history.pop()
