@@ -173,8 +173,13 @@ class LoadBalancedView(View):
     def _apply(
         self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], *, block: bool
     ) -> Any:
-        (msg_id,) = self._submit([pack_apply_message(f, args, kwargs)])
-        result = self._result([msg_id], function_name(f), single=True)
+        buffers = pack_apply_message(f, args, kwargs)
+        if self.track or self.after is not None or self.follow is not None:
+            (msg_id,) = self._submit([buffers])  # may be held, or failed without a send
+            result = self._result([msg_id], function_name(f), single=True)
+        else:  # the usual task: its AsyncResult built before it is sent
+            metadata = self._task_metadata(self._flag_snapshot())
+            result = self._apply_one("task", metadata, buffers, None, function_name(f), True)
         return result.get() if block else result
 
     def _map(

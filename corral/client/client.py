@@ -50,7 +50,7 @@ from corral.client.link import ControllerLink, IOHandler, engine_gone
 from corral.client.queries import PURGE_TRIM_SCHEDULE, HubQueries
 from corral.client.records import Records
 from corral.client.recovery import Resender
-from corral.client.submitter import Target, Targets
+from corral.client.submitter import OutgoingRequest, Target, Targets
 from corral.errors import (
     ConnectionError,
     InvalidTarget,
@@ -397,9 +397,39 @@ class Client(ControllerLink, ControlCalls, HubQueries):
         track: bool = False,
         header: dict[str, Any] | None = None,
     ) -> str:
-        """Sign, track and hand off one request; its msg_id. With a ``target`` it goes to
-        that engine (mux or control); a target already gone fails at once with EngineError.
-        ``track``: keep a MessageTracker of the data buffers in ``_records.trackers``.
+        """Sign, track and hand off one request; its msg_id: :meth:`prepare_request` (see
+        there for the arguments) then :meth:`dispatch_request`."""
+        request = self.prepare_request(
+            channel,
+            msg_type,
+            content,
+            buffers=buffers,
+            metadata=metadata,
+            target=target,
+            in_history=in_history,
+            track=track,
+            header=header,
+        )
+        self.dispatch_request(request)
+        return request.msg_id
+
+    def prepare_request(
+        self,
+        channel: str,
+        msg_type: str,
+        content: dict[str, Any],
+        *,
+        buffers: Sequence[Frame] = (),
+        metadata: dict[str, Any] | None = None,
+        target: Target | None = None,
+        in_history: bool = True,
+        track: bool = False,
+        header: dict[str, Any] | None = None,
+    ) -> OutgoingRequest:
+        """Sign and track one request, not yet sent: its future is in the records, so what
+        the call returns (an AsyncResult) can be built before :meth:`dispatch_request` sends
+        it. With a ``target`` it goes to that engine (mux or control). ``track``: keep a
+        MessageTracker of the data buffers in ``_records.trackers`` (made by the dispatch).
         ``header``: one made earlier, for a request already tracked (a held task, see
         :mod:`corral.client.deferred`).
         While the controller is unreachable such a request waits up to ``timeout`` for it, then
@@ -407,6 +437,9 @@ class Client(ControllerLink, ControlCalls, HubQueries):
         engines are back)."""
         if target is not None and self._link_lost_at is not None:
             self._wait_for_link(time.monotonic() + self.timeout, msg_type)
+        # released results forgotten before the request is made, not once it is on its way:
+        # then the submitting thread runs nothing while its request is in transit
+        self._records.sweep()
         session = self.session
         refs: list[SegmentRef] = []
         if msg_type == "apply_request" and self._shm_reader:
@@ -437,16 +470,23 @@ class Client(ControllerLink, ControlCalls, HubQueries):
             records.futures[msg_id].add_done_callback(lambda _: self._shm.release(refs))
         if channel == "task":
             self._resender.hold(msg_id, msg)  # until settled: Records calls release
+        track_from = len(frames) - len(buffers) if track else None
+        return OutgoingRequest(msg_id, channel, frames, track_from, uuid, engine_id)
+
+    def dispatch_request(self, request: OutgoingRequest) -> None:
+        """Send a request :meth:`prepare_request` made (once). A target already gone fails it
+        at once with EngineError; an error of the send fails it and is raised."""
+        msg_id, uuid, records = request.msg_id, request.engine_uuid, self._records
         if uuid is not None and uuid not in self._uuids:
-            records.fail(msg_id, engine_gone(engine_id, uuid), at_once=True)
-            return msg_id
+            records.fail(msg_id, engine_gone(request.engine_id, uuid), at_once=True)
+            return
         try:
             # alone in flight, the request leaves from this thread (no I/O thread wake-up
             # on the way out); in a burst, through the I/O thread, in bundles
             tracker = self._io.send(
-                channel.encode(),
-                frames,
-                len(frames) - len(buffers) if track else None,
+                request.channel.encode(),
+                request.frames,
+                request.track_from,
                 at_once=len(records.outstanding) <= 1,
             )
         except BaseException as exc:  # Ctrl-C too: it may have left half a message, dropped
@@ -454,8 +494,6 @@ class Client(ControllerLink, ControlCalls, HubQueries):
             raise
         if tracker is not None:
             records.trackers[msg_id] = tracker
-        records.sweep()  # released results forgotten once the request is on its way
-        return msg_id
 
     def _engines_share_host(self, channel: str, target: Target | None) -> bool:
         """Whether the engine(s) that may read a request see this process's shared memory:

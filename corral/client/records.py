@@ -223,8 +223,8 @@ class Records:
         sweep: bool = True,
     ) -> RequestFuture:
         """Register an apply, execute or control request before it is sent. ``sweep=False``:
-        the caller calls :meth:`sweep` itself, later (the client: once the request is handed
-        over, so that forgetting released results does not delay it)."""
+        the caller calls :meth:`sweep` itself (the client: before it builds the request, so
+        that once the request is sent its thread has nothing left to do)."""
         header = msg.header
         msg_id: str = header["msg_id"]
         future = RequestFuture(self._defer, channel, engine_uuid)
@@ -530,7 +530,7 @@ class Records:
     def sweep(self) -> None:
         """Apply queued releases: a request no AsyncResult holds is forgotten if finished,
         else when it settles. Called where no lock is held (``track``, after a settlement,
-        and by the client once a request is handed over): any thread; the lock orders it with
+        and by the client before it builds a request): any thread; the lock orders it with
         settlements on other threads (``_settled``)."""
         if not self._released:
             return

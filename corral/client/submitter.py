@@ -23,10 +23,38 @@ if TYPE_CHECKING:
     from corral.client.view import View
     from corral.protocol.session import Frame, Session
 
-__all__ = ["Submitter", "Target", "Targets"]
+__all__ = ["OutgoingRequest", "Submitter", "Target", "Targets"]
 
 Target = tuple[int, str]  # (engine id, engine uuid)
 Targets = int | Sequence[int] | slice | str | None  # an id, ids, a slice of ids, or "all"
+
+
+class OutgoingRequest:
+    """A request signed and tracked but not yet sent (:meth:`Submitter.prepare_request`).
+
+    A view builds what its call returns between the two halves, so that once the request
+    leaves the submitting thread has little left to do but wait: while the request is in
+    transit, every microsecond it runs takes a core from the processes and zmq threads the
+    request goes through.
+    """
+
+    __slots__ = ("msg_id", "channel", "frames", "track_from", "engine_uuid", "engine_id")
+
+    def __init__(
+        self,
+        msg_id: str,
+        channel: str,
+        frames: list[Frame],
+        track_from: int | None,
+        engine_uuid: str | None,
+        engine_id: int | None,
+    ) -> None:
+        self.msg_id = msg_id
+        self.channel = channel  # "mux", "control" or "task"
+        self.frames = frames  # signed, ready to send
+        self.track_from = track_from  # the frames tracked from there on (None: no tracking)
+        self.engine_uuid = engine_uuid  # the target engine, if named
+        self.engine_id = engine_id
 
 
 class Submitter(Protocol):
@@ -79,6 +107,26 @@ class Submitter(Protocol):
         track: bool = ...,
         header: dict[str, Any] | None = ...,
     ) -> str: ...
+
+    def prepare_request(
+        self,
+        channel: str,
+        msg_type: str,
+        content: dict[str, Any],
+        *,
+        buffers: Sequence[Frame] = ...,
+        metadata: dict[str, Any] | None = ...,
+        target: Target | None = ...,
+        in_history: bool = ...,
+        track: bool = ...,
+        header: dict[str, Any] | None = ...,
+    ) -> OutgoingRequest:
+        """``send_request``'s first half: signed and tracked (its future in ``records``)."""
+        ...
+
+    def dispatch_request(self, request: OutgoingRequest) -> None:
+        """``send_request``'s second half: send what ``prepare_request`` made, once."""
+        ...
 
     def fail_request(
         self, msg_type: str, metadata: dict[str, Any], error: BaseException

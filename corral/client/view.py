@@ -265,6 +265,37 @@ class View:
             trackers=self._trackers(msg_ids),
         )
 
+    def _apply_one(
+        self,
+        channel: str,
+        metadata: dict[str, Any],
+        buffers: Sequence[Any],
+        target: tuple[int, str] | None,
+        fname: str,
+        single: bool,
+    ) -> AsyncResult:
+        """Send one apply_request, its AsyncResult built before the request leaves: then the
+        submitting thread has nothing left to do but return (or wait in ``get()``) while the
+        request is in transit, instead of taking a core from the processes and threads it
+        goes through. Not for ``track`` (the tracker is made by the send). A send that fails
+        leaves no msg_id in this view's history, as when the result was built after it; an
+        error between the two halves (Ctrl-C) fails the request, never sent, so that nothing
+        waits for it for ever."""
+        client = self.client
+        request = client.prepare_request(
+            channel, "apply_request", {}, buffers=buffers, metadata=metadata, target=target
+        )
+        try:
+            result = self._result([request.msg_id], fname, single)
+            client.dispatch_request(request)
+        except BaseException as error:
+            client.records.fail(request.msg_id, error, at_once=True)  # unless the send did
+            history = self.history
+            if history and history[-1] == request.msg_id:
+                history.pop()
+            raise
+        return result
+
     def _map_result(
         self,
         msg_ids: list[str],
@@ -385,8 +416,14 @@ class DirectView(DataMovement, View):
     ) -> Any:
         resolved, single = self._resolve(targets)
         buffers = pack_apply_message(f, args, kwargs)
-        msg_ids = [self._send("apply_request", {}, buffers, target) for target in resolved]
-        result = self._result(msg_ids, function_name(f), single)
+        if len(resolved) == 1 and not self.track:
+            metadata = self._request_metadata()
+            result = self._apply_one(
+                "mux", metadata, buffers, resolved[0], function_name(f), single
+            )
+        else:
+            msg_ids = [self._send("apply_request", {}, buffers, target) for target in resolved]
+            result = self._result(msg_ids, function_name(f), single)
         return result.get() if block else result
 
     def _map(

@@ -29,6 +29,7 @@ from corral.errors import (
     TaskAborted,
     TimeoutError,
 )
+from corral.protocol.serialize import pack_apply_message
 from tests.polling import until
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -290,6 +291,48 @@ def test_close_fails_pending_and_refuses_new_work(cluster) -> None:  # type: ign
         client[0].apply_async(nap, 0)
     client.close()  # twice is fine
     assert "closed" in repr(client)
+
+
+@pytest.mark.parametrize("balanced", [False, True])
+def test_a_send_refused_leaves_no_msg_id_in_the_view(cluster, balanced: bool) -> None:  # type: ignore[no-untyped-def]
+    """The AsyncResult is built before the request leaves; a send that fails then raises as
+    before, and the view's history does not name the request (the records fail it)."""
+    client = cluster.connect()
+    client.wait_for_engines(2, timeout=30)
+    view = client.load_balanced_view() if balanced else client[0]
+    assert view.apply_async(nap, 0).get(timeout=30) == 0
+    sent = list(view.history)
+    with client:
+        pass
+    with pytest.raises(ConnectionError, match="closed"):
+        view.apply_async(nap, 0)
+    assert view.history == sent
+    (refused,) = [m for m in client.history if m not in sent]
+    with pytest.raises(ConnectionError, match="closed"):
+        client.records.futures[refused].result(timeout=10)
+
+
+def test_a_request_prepared_is_tracked_then_sent_once_dispatched(rc) -> None:  # type: ignore[no-untyped-def]
+    """The two halves of ``send_request`` that views use to build what a call returns before
+    the request leaves: after the first the request is tracked and pending; the second sends
+    it; to an engine already gone it fails at once with EngineError."""
+    (target,) = rc.resolve_targets(0)
+    request = rc.prepare_request(
+        "mux", "apply_request", {}, buffers=pack_apply_message(nap, (0,), {}), target=target
+    )
+    assert request.msg_id in rc.outstanding and request.msg_id in rc.history
+    result = AsyncResult(rc.records, [request.msg_id], fname="nap", single=True, client=rc)
+    assert not result.done()
+    rc.dispatch_request(request)
+    assert result.get(timeout=30) == 0
+    gone = rc.prepare_request(
+        "mux", "apply_request", {}, buffers=pack_apply_message(nap, (0,), {}), target=(9, "x")
+    )
+    failed = AsyncResult(rc.records, [gone.msg_id], fname="nap", single=True, client=rc)
+    rc.dispatch_request(gone)
+    assert failed.done()
+    with pytest.raises(EngineError, match="unregistered"):
+        failed.get(timeout=0)
 
 
 def test_records_of_requests(rc) -> None:  # type: ignore[no-untyped-def]
