@@ -5,7 +5,9 @@ Starts a corral cluster with 2 engines, submits ROUNDS batches of TASKS no-ops o
 MUX; each batch then awaited), and reports the CPU microseconds per task of the client (this
 process), the controller (Hub and devices), the task scheduler and the engines (summed),
 counted until the Hub has recorded every task (it works off the tasks' path and may finish
-after the client holds every result; tasks/s is the client's view, until then).
+after the client holds every result; tasks/s is the client's view, until then), and how
+many messages the scheduler sent per zmq message to each peer (its bundles, from the stopped
+controller's stats file: the whole run, warm-up included).
 With ``--profile DIR`` it also attaches ``py-spy record`` (idle threads not sampled) to
 every process of the cluster for the whole run and prints, per role, the functions with the
 most samples (self time, so the rows of one role add up to its share):
@@ -120,6 +122,20 @@ def summarise(collapsed: Path, top: int) -> list[tuple[int, int, str]]:
     return rows
 
 
+def scheduler_sends(stats: dict[str, Any] | None) -> str:
+    """The scheduler's sends by peer from the controller's stats file, as messages per zmq
+    message (how large its bundles were: :mod:`corral.bundles`); "" if the file has none."""
+    sends = ((stats or {}).get("scheduler") or {}).get("sends")
+    if not isinstance(sends, dict):
+        return ""
+    shown = []
+    for peer, counts in sends.items():
+        messages, zmq_messages = counts.get("messages", 0), counts.get("zmq_messages", 0)
+        if zmq_messages:
+            shown.append(f"to {peer} {messages / zmq_messages:.1f} ({messages} in {zmq_messages})")
+    return ", ".join(shown)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=TASKS)
@@ -136,7 +152,8 @@ def main() -> None:
     args = parser.parse_args()
     origin = use_source(show=False)  # printed with the figures
     spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
-    with corral_cluster(args.engines, db=args.db) as running:
+    # keep: the cluster folder (in a temporary one) outlives the stop, with the stats file
+    with corral_cluster(args.engines, db=args.db, keep=True) as running:
         client = running.client
         view = client.load_balanced_view()
         engines = [client[engine_id] for engine_id in client.ids]
@@ -203,6 +220,9 @@ def main() -> None:
     for role, threads in per_thread.items():
         shown = sorted(threads.items(), key=lambda item: -item[1])
         print(f"  {role} by thread: " + ", ".join(f"{n} {v:.0f}" for n, v in shown if v >= 1))
+    sends = scheduler_sends(running.stats)
+    if sends:
+        print("  scheduler's messages per zmq message (whole run, warm-up too): " + sends)
     for role, pid, _, out in spies:
         if not out.exists():
             print(f"\n{role} {pid}: no profile written")

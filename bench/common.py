@@ -304,6 +304,8 @@ class Running:
     processes: list[psutil.Process] = field(default_factory=list)
     leftovers: list[str] = field(default_factory=list)
     stop_seconds: float | None = None
+    # corral only: what the stopped controller wrote to its stats file (message counts)
+    stats: dict[str, Any] | None = None
 
 
 def descendants() -> list[psutil.Process]:
@@ -377,6 +379,19 @@ def corral_cluster(n: int, **options: Any) -> Iterator[Running]:
         finally:
             running.stop_seconds, _ = timed(cluster.stop)
             running.leftovers = reap(running.processes, "corral")
+            running.stats = controller_stats(Path(folder))
+
+
+def controller_stats(folder: Path) -> dict[str, Any] | None:
+    """The stats file a stopped corral controller left in its cluster folder (None if none:
+    an older tree, or a controller that could not write it)."""
+    for path in folder.rglob("controller-stats.json"):
+        try:
+            found = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return found if isinstance(found, dict) else None
+    return None
 
 
 def corral_scheduler(cluster: Any) -> psutil.Process:

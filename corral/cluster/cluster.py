@@ -34,6 +34,7 @@ from corral.cluster.launchers.base import (
 )
 from corral.cluster.launchers.batch_controller import controller_job, start_controller_job
 from corral.cluster.launchers.controller import SSHController
+from corral.cluster.launchers.local import scheduling_args, usable_cores
 from corral.cluster.launchers.mpi import mpi_controller_prefix
 from corral.cluster.launchers.registry import engine_launcher
 from corral.cluster.launchers.watch import cancel_recorded_jobs, stop_launchers
@@ -154,6 +155,7 @@ class Cluster(ClusterLifecycle):
         self.log_level = log_level
         self.controller: subprocess.Popen[bytes] | None = None
         self.engines: list[subprocess.Popen[bytes]] = []  # the local launcher's processes
+        self._engines_started = 0  # local engines asked for so far (scheduling_args)
         self.engine_launcher = engines
         self.launcher_options = dict(launcher_options or {})
         self.launchers: list[EngineLauncher] = []
@@ -311,6 +313,7 @@ class Cluster(ClusterLifecycle):
             self._save_state()
             return []
         started = []
+        self._engines_started = len(self.engines) + n
         for _ in range(n):
             index = len(self.engines)
             engine = self._spawn_engine(index)
@@ -322,7 +325,9 @@ class Cluster(ClusterLifecycle):
         return started
 
     def _spawn_engine(self, index: int) -> subprocess.Popen[bytes]:
-        """Engine ``index`` asks for engine id ``index``: started again, it keeps it."""
+        """Engine ``index`` asks for engine id ``index``: started again, it keeps it. Under
+        SCHED_BATCH when this cluster's local engines outnumber the cores (decided when they
+        were asked for: engines started before a later ``start_engines`` keep their policy)."""
         args = [
             "engine",
             "--file",
@@ -333,6 +338,7 @@ class Cluster(ClusterLifecycle):
             str(os.getpid()),
             "--id",
             str(index),
+            *scheduling_args(self._engines_started, usable_cores()),
             *self.engine_args,
         ]
         return self._spawn(args, f"engine-{index}.log", launcher_environment("local"))

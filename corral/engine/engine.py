@@ -43,6 +43,7 @@ from corral.sharedmem import SharedMemory
 
 from . import datapub
 from .alarm import open_alarm
+from .cpu_policy import use_batch_scheduling
 from .interrupts import InterruptGate
 from .io_shell import EngineParts, IOSettings, IOShell
 from .ipython import load_shell
@@ -259,12 +260,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="initialise MPI (mpi4py) before registering, so tasks share COMM_WORLD",
     )
+    parser.add_argument(
+        "--batch-scheduling",
+        action="store_true",
+        help="run under SCHED_BATCH (Linux): a woken engine does not preempt the process "
+        "running on its core (the local launcher's choice when engines outnumber the cores)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
         stream=sys.stderr,
         format="%(asctime)s corral.engine[%(process)d] %(levelname)s %(message)s",
     )
+    if args.batch_scheduling:  # before any thread starts: they inherit it
+        use_batch_scheduling(logging.getLogger("corral.engine"))
     cluster_dir = args.cluster_dir or cluster_dir_from(os.environ)
     path = args.file or cluster_folder(cluster_dir, args.cluster_id) / ENGINE_FILE
     try:

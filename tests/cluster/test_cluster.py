@@ -18,7 +18,7 @@ import pytest
 
 from corral.errors import EngineError
 from corral.protocol.references import interactive
-from tests.conftest import HEARTBEAT, start_cluster
+from tests.conftest import HEARTBEAT, running_cluster, start_cluster
 from tests.polling import until
 
 
@@ -188,3 +188,32 @@ def test_cluster_processes_exit_when_their_owner_is_killed(tmp_path: Path) -> No
             owner.wait()
         if owner.stdout is not None:
             owner.stdout.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SCHED_BATCH is Linux's")
+def test_local_engines_outnumbering_the_cores_run_under_sched_batch(tmp_path: Path) -> None:
+    """(corral.engine.cpu_policy) Decided when they are asked for: here one more than the
+    cores, so every thread of every engine has it; the engines still serve tasks."""
+    from corral.cluster.launchers.local import usable_cores
+
+    cores = usable_cores()
+    assert cores is not None
+    with running_cluster(tmp_path, cores + 1) as cluster:
+        rc = cluster.client
+        assert rc.load_balanced_view().map_sync(abs, [-1, -2, -3]) == [1, 2, 3]
+        for engine in cluster.engines:
+            tasks = os.listdir(f"/proc/{engine.pid}/task")
+            policies = {os.sched_getscheduler(int(tid)) for tid in tasks}
+            assert policies == {os.SCHED_BATCH}, (engine.pid, policies)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SCHED_BATCH is Linux's")
+def test_local_engines_within_the_cores_keep_the_default_policy(cluster) -> None:  # type: ignore[no-untyped-def]
+    from corral.cluster.launchers.local import usable_cores
+
+    cores = usable_cores()
+    expected = (
+        os.SCHED_BATCH if cores is not None and len(cluster.engines) > cores else os.SCHED_OTHER
+    )
+    for engine in cluster.engines:
+        assert os.sched_getscheduler(engine.pid) == expected
