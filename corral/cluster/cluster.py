@@ -48,6 +48,7 @@ from corral.protocol.connection_files import (
     ENGINE_FILE,
     cluster_dir_from,
     cluster_folder,
+    write_private_json,
 )
 from corral.sharedmem import cluster_prefix, sweep
 
@@ -399,7 +400,9 @@ class Cluster(ClusterLifecycle):
             "dashboard_pid": self.dashboard_process.pid if self.dashboard_process else None,
             "launchers": [launcher.state() for launcher in self.launchers],
         }
-        (self.path / STATE_FILE).write_text(json.dumps(state))
+        # renamed into place: `corral start --daemon`, `corral list` and `corral stop` read it
+        # while the manager rewrites it (a reader saw half a file under load)
+        write_private_json(self.path / STATE_FILE, state)
 
     def connect(self) -> Client:
         """A new Client of this cluster (the caller closes it); its ``cluster`` is this."""
