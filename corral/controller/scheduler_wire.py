@@ -15,8 +15,10 @@ The Hub reads every frame of the copies it records: :func:`read_copy` is
 :meth:`Session.deserialize` without its view and check per frame, with the signature checked
 for the devices' copies and not for the scheduler's (docs/wire-flows.md, "Who checks what").
 
-Frames unbundled by the loop are ``bytes`` (:mod:`corral.bundles`); a message that came alone
-is ``zmq.Frame`` objects. Both are read, the first without a view per frame.
+The scheduler's and the Hub's loops read small frames as ``bytes`` (a bundle's are sliced
+from one, :mod:`corral.bundles`; a message alone's are copied as received,
+:func:`corral.sockets.recv_small_as_bytes`), which are read without a view per frame; frames
+of 64 KiB and more stay ``zmq.Frame`` objects, and those are read too.
 """
 
 from __future__ import annotations
@@ -48,9 +50,9 @@ _DELIMITER_LENGTH = len(DELIMITER)
 
 def split_route(frames: Sequence[Frame]) -> tuple[list[bytes], list[Frame]]:
     """The identities and the message frames, as :func:`~corral.protocol.session.
-    split_identities` splits them. A message from a bundle has its route as the ``zmq.Frame``
-    objects the bundle came with and its own frames as ``bytes``: the first are told from the
-    delimiter by their length, the second compared as they are (no view per frame); anything
+    split_identities` splits them. Frames that are ``bytes`` are compared as they are (no
+    view per frame); a route of ``zmq.Frame`` objects (a shell reading Frames) is told from
+    the delimiter by their length and read through ``Frame.bytes``; anything
     else (a frame of the delimiter's length among the first, a memoryview, no delimiter among
     the first :data:`MAX_ROUTE`) takes the general way."""
     for index in range(min(len(frames), MAX_ROUTE)):
