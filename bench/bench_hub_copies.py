@@ -18,6 +18,11 @@ the writes' reads-see-writes checked at the end (every task found completed):
 
     PYTHONPATH=. .venv/bin/python bench/bench_hub_copies.py --tasks 20000 --repeats 5
 
+``--direct`` feeds the MUX device's copies instead (bundled, as when clients and engines
+bundle), and ``--direct --alone`` publishes them one message each (as the MUX publishes a
+round trip's) on an inproc PUB to the shell's device monitor, read by the shell's own loop:
+the Hub's thread CPU then includes the loop's turns and its receive of every frame.
+
 Another tree is measured with ``CORRAL_BENCH_SOURCE=DIR PYTHONPATH=DIR``, as the other scripts.
 """
 
@@ -55,10 +60,12 @@ def run_once(
     rate: float,
     given: Any = None,
     direct: bool = False,
+    alone: bool = False,
 ) -> tuple[float, float]:
     """(Hub thread, writer) CPU us per task for one stream of ``tasks`` tasks; ``given``: a
     store to use instead of a new one of ``kind`` (``bench_store_writes.py`` records with it).
-    ``direct``: the MUX device's copies instead of the scheduler's (see :func:`direct_block`)."""
+    ``direct``: the MUX device's copies instead of the scheduler's (see :func:`direct_block`);
+    with ``alone``, one message each, received by the shell's own loop (see :func:`feed_alone`)."""
     from corral import heap
     from corral.bundles import bundle
     from corral.controller import destination
@@ -95,7 +102,9 @@ def run_once(
     for name, socket_type in kinds.items():
         sockets[name] = context.socket(socket_type)
     sockets["pong_events"] = sockets["pong"].get_monitor_socket(zmq.EVENT_DISCONNECTED)
-    hub = Hub(store, {}, {}, heartbeat_period=3.0)
+    # alone, the shell's loop runs, and with it the beat: no engine answers it here, so a
+    # beat long enough that the engine is not dropped while the run lasts
+    hub = Hub(store, {}, {}, heartbeat_period=3600.0 if alone else 3.0)
     loop = Loop("bench")
     # as the controller runs it: the scheduler's copies over its private socket (a tree from
     # before that had no such option and checked every copy)
@@ -103,6 +112,20 @@ def run_once(
     shell = HubShell(
         loop, hub, hub_session, store, SharedMemory(None, hub=True), sockets, print, **trusted
     )
+    publisher = context.socket(zmq.PUB)  # plays the MUX device's monitor PUB (alone)
+    if alone:
+        publisher.sndhwm = 0
+        sockets["queue_monitor"].rcvhwm = 0
+        sockets["queue_monitor"].subscribe(b"")
+        sockets["queue_monitor"].bind("inproc://bench-monitor-mux")
+        publisher.connect("inproc://bench-monitor-mux")
+        monitor_sub = sockets["queue_monitor"]
+        while True:  # until the subscription reached the publisher (probes read here)
+            publisher.send(b"probe")
+            if monitor_sub.poll(10):
+                break
+        while monitor_sub.poll(10):
+            monitor_sub.recv()
     try:
         uuid = "a6f7a72a-f42a-46e2-8447-8860fbb91a7e"
         registration = client.msg("registration_request", {"uuid": uuid})
@@ -144,6 +167,16 @@ def run_once(
         started_process = time.process_time()
         paced = time.perf_counter()
         for first in range(0, tasks, BLOCK):
+            if direct and alone:
+                feeding += feed_alone(
+                    loop,
+                    shell,
+                    publisher,
+                    direct_block(client, engine, uuid, first, tasks, buffers, None),
+                )
+                if rate:
+                    time.sleep(max(0.0, paced + (first + BLOCK) / rate - time.perf_counter()))
+                continue
             if direct:
                 for published in direct_block(client, engine, uuid, first, tasks, buffers, bundle):
                     began = time.thread_time()
@@ -203,17 +236,35 @@ def run_once(
     finally:
         store.close()
         loop.close()
-        for sock in sockets.values():
+        for sock in (*sockets.values(), publisher):
             sock.close(0)
         context.term()
 
 
+def feed_alone(loop: Any, shell: Any, publisher: Any, copies: list[list[bytes]]) -> float:
+    """Publish ``copies`` (one message each) to the shell's device monitor and run its loop
+    until it has read them: the thread CPU seconds of those turns (receiving included, as the
+    tree's loop receives)."""
+    target = shell.monitored + len(copies)
+    for frames in copies:
+        publisher.send_multipart(frames, copy=True)
+    began = time.thread_time()
+    deadline = time.monotonic() + 30.0
+    while shell.monitored < target:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the Hub read {shell.monitored} of {target} copies in 30 s")
+        loop._turn()  # noqa: SLF001 - one turn of the shell's own loop, as it runs
+    return time.thread_time() - began
+
+
 def direct_block(
     client: Any, engine: Any, uuid: str, first: int, tasks: int, buffers: Any, bundle: Any
-) -> list[list[zmq.Frame]]:
+) -> list[list[Any]]:
     """A block of direct tasks as the MUX device publishes its copies when the client and the
     engine bundle (``[b"mux_in", engine, client, <bundle>]``, then ``[b"mux_out", client,
-    engine, <bundle>]`` with their replies), every frame a received ``zmq.Frame``."""
+    engine, <bundle>]`` with their replies), every frame a received ``zmq.Frame``. With
+    ``bundle`` None, each copy alone, as bytes to publish (``[b"mux_in", engine, client,
+    DELIMITER, ...]``, the requests' then the replies')."""
     from corral.protocol.session import DELIMITER
 
     requests = [
@@ -237,6 +288,10 @@ def direct_block(
         for request in requests
     ]
     peer = client.session_id.encode()
+    if bundle is None:
+        return [
+            [b"mux_in", uuid.encode(), peer, *map(bytes, client.serialize(m))] for m in requests
+        ] + [[b"mux_out", peer, uuid.encode(), *map(bytes, engine.serialize(m))] for m in replies]
     copies_in = bundle(
         [b"mux_in", uuid.encode(), peer], [[DELIMITER, *client.serialize(m)[1:]] for m in requests]
     )
@@ -264,6 +319,11 @@ def main() -> None:
     parser.add_argument(
         "--direct", action="store_true", help="the MUX device's copies (signed, checked)"
     )
+    parser.add_argument(
+        "--alone",
+        action="store_true",
+        help="with --direct: one copy per message, read from a socket by the shell's loop",
+    )
     args = parser.parse_args()
     origin = use_source()
     hub_us: list[float] = []
@@ -278,6 +338,7 @@ def main() -> None:
                 args.store,
                 args.rate,
                 direct=args.direct,
+                alone=args.alone,
             )
         hub_us.append(thread)
         writer_us.append(writer)

@@ -9,9 +9,11 @@ Starts a cluster of one engine and runs ``--rounds`` round trips of a no-op one 
   both marks at once, the hand-off stage is then 0); ``apply_async`` returned; ``get()``
   returned;
 - client, I/O thread: the request sent (``bundles.send_frames`` called), the reply received
-  (``loop.recv_frames`` or ``socket_gate.recv_frames`` on the mux socket), the result settled
+  (``loop.recv_frames`` or ``socket_gate.recv_frames``, or their ``recv_small_as_bytes``, on
+  the mux socket), the result settled
   (``LightFuture.set_result``);
-- engine, main thread: the request received (``loop.recv_frames``), ``TaskRunner.run``
+- engine, main thread: the request received (``loop.recv_frames`` or
+  ``loop.recv_small_as_bytes``), ``TaskRunner.run``
   started and ended, the reply sent (``bundles.send_frames`` called).
 
 The engine's marks come from a ``sitecustomize`` this script writes to a temporary folder and
@@ -85,6 +87,8 @@ ENGINE_HOOKS = textwrap.dedent(
             return marked
 
         corral.loop.recv_frames = _after("recv", corral.loop.recv_frames)
+        if hasattr(corral.loop, "recv_small_as_bytes"):  # a tree whose task sockets read bytes
+            corral.loop.recv_small_as_bytes = _after("recv", corral.loop.recv_small_as_bytes)
         corral.bundles.send_frames = _before("send", corral.bundles.send_frames)
         _run = TaskRunner.run
 
@@ -191,7 +195,12 @@ class ClientMarks:
             pass
         else:
             patch(gate, "send_frames", direct)
-            patch(gate, "recv_frames", recv)
+            # the receive it uses: small frames as bytes in a tree that has that function
+            patch(
+                gate,
+                "recv_small_as_bytes" if hasattr(gate, "recv_small_as_bytes") else "recv_frames",
+                recv,
+            )
 
     def uninstall(self) -> None:
         for undo in reversed(self._undo):

@@ -54,7 +54,7 @@ import zmq.backend
 
 from corral.bundles import Outbox, split_bundle
 from corral.errors import ConnectionError, CorralError, ReplayError
-from corral.sockets import recv_frames
+from corral.sockets import recv_frames, recv_small_as_bytes
 
 log = logging.getLogger("corral.loop")
 
@@ -130,14 +130,22 @@ class Loop:
         *,
         batch: int = DRAIN_BATCH,
         bundles: bool = False,
+        small_as_bytes: bool = False,
     ) -> None:
         """Call ``handle(frames)`` for each message ``sock`` receives (zero-copy frames).
 
         Sockets are served in the order they were added: add the most urgent first. With
         ``bundles``, a bundle (:mod:`corral.bundles`) is handed on message by message, each
-        as if it had come alone (a bundle counts as one message of ``batch``).
+        as if it had come alone (a bundle counts as one message of ``batch``). With
+        ``small_as_bytes``, frames under 64 KiB are handed on as ``bytes``, larger ones as
+        ``zmq.Frame`` (:func:`corral.sockets.recv_small_as_bytes`: cheaper for a handler that
+        parses the envelope; not for one that needs a Frame's properties).
         """
         deliver = self.deliver if bundles else self._handle
+        receive = cast(
+            Callable[[zmq.Socket[Any], int], list[zmq.Frame]],
+            recv_small_as_bytes if small_as_bytes else recv_frames,
+        )  # handlers of such sockets read bytes and Frames alike
 
         def drain() -> None:
             # the poll saw a message: the first is taken without asking zmq.EVENTS (a
@@ -147,13 +155,13 @@ class Loop:
                 if first:
                     first = False
                     try:
-                        frames = recv_frames(sock, _NOBLOCK)
+                        frames = receive(sock, _NOBLOCK)
                     except zmq.Again:
                         return
                 elif not cast(int, _backend_get(sock, _EVENTS)) & _POLLIN:
                     return
                 else:
-                    frames = recv_frames(sock)
+                    frames = receive(sock, 0)
                 deliver(handle, frames)
 
         self._add(sock, drain)

@@ -12,8 +12,10 @@ from typing import Any
 import pytest
 import zmq
 
+from corral.bundles import bundle
 from corral.errors import ConnectionError, ProtocolError
 from corral.loop import Loop, LoopThread
+from corral.sockets import COPY_BELOW
 
 BOUND = 10.0  # seconds: only separates "happened" from "hung"
 
@@ -102,6 +104,29 @@ def test_a_failing_handler_costs_one_message(context: zmq.Context[Any], loop: Lo
     run_with_deadline(loop)
     assert good == [b"first", b"last"]
     assert loop.rejected == 2
+    push.close(linger=0)
+    pull.close(linger=0)
+
+
+def test_small_frames_as_bytes_also_from_bundles(context: zmq.Context[Any], loop: Loop) -> None:
+    """With ``small_as_bytes``, a message alone reaches its handler as a bundle's messages do:
+    small frames as bytes, a large one as the zmq Frame received (not copied)."""
+    push, pull = pair(context)
+    large = b"L" * COPY_BELOW
+    seen: list[list[Any]] = []
+
+    def handle(frames: list[zmq.Frame]) -> None:
+        seen.append(list(frames))
+        if len(seen) == 3:
+            loop.stop()
+
+    loop.add_socket(pull, handle, bundles=True, small_as_bytes=True)
+    push.send_multipart([b"alone", large])
+    push.send_multipart(bundle([b"route"], [[b"first"], [b"second", b"2"]]))
+    run_with_deadline(loop)
+    assert [type(frame) for frame in seen[0]] == [bytes, zmq.Frame]
+    assert seen[0][0] == b"alone" and seen[0][1].bytes == large
+    assert seen[1:] == [[b"route", b"first"], [b"route", b"second", b"2"]]
     push.close(linger=0)
     pull.close(linger=0)
 

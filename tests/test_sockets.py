@@ -1,5 +1,5 @@
-"""send_frames and recv_frames: the same messages as send_multipart and recv_multipart, and
-large buffers still not copied."""
+"""send_frames, recv_frames and recv_small_as_bytes: the same messages as send_multipart and
+recv_multipart, and large buffers still not copied."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import zmq
 
-from corral.sockets import recv_frames, send_frames
+from corral.sockets import COPY_BELOW, recv_frames, recv_small_as_bytes, send_frames
 
 
 @pytest.fixture
@@ -78,3 +78,30 @@ def test_small_and_large_bytes_frames_arrive_intact(pair) -> None:  # type: igno
     send_frames(a, [small, large, b""])
     assert b.poll(10_000)
     assert [f.bytes for f in recv_frames(b)] == [small, large, b""]
+
+
+def test_recv_small_as_bytes_copies_small_frames_only(pair) -> None:  # type: ignore[no-untyped-def]
+    a, b = pair
+    array = np.arange(1_000_000, dtype=np.int64)
+    edge = b"e" * (COPY_BELOW - 1)
+    at_limit = b"l" * COPY_BELOW
+    a.send_multipart([b"id", b"", edge, at_limit, memoryview(array), b"last"], copy=False)
+    assert b.poll(10_000)
+    frames = recv_small_as_bytes(b)
+    assert [type(frame) for frame in frames] == [bytes, bytes, bytes, zmq.Frame, zmq.Frame, bytes]
+    assert frames[:3] == [b"id", b"", edge]
+    assert frames[3].bytes == at_limit  # type: ignore[union-attr]
+    assert np.array_equal(np.frombuffer(frames[4].buffer, dtype=np.int64), array)  # type: ignore[union-attr]
+    assert frames[5] == b"last"
+
+
+def test_recv_small_as_bytes_keeps_messages_apart(pair) -> None:  # type: ignore[no-untyped-def]
+    a, b = pair
+    send_frames(a, [b"one"])
+    send_frames(a, [b"two", b"parts"])
+    assert b.poll(10_000)
+    assert recv_small_as_bytes(b) == [b"one"]
+    assert b.poll(10_000)
+    assert recv_small_as_bytes(b) == [b"two", b"parts"]
+    with pytest.raises(zmq.Again):
+        recv_small_as_bytes(b, zmq.NOBLOCK)

@@ -47,7 +47,7 @@ from corral.bundles import Outbox
 from corral.errors import ConnectionError
 from corral.loop import FrameHandler, Loop
 from corral.protocol.session import Frame
-from corral.sockets import COPY_BELOW, recv_frames, send_frames
+from corral.sockets import recv_small_as_bytes, send_frames
 
 log = logging.getLogger("corral.client")
 
@@ -199,7 +199,7 @@ class SocketGate:
         frames, the result's pickle) reads them, and a zmq.Frame's memoryview, made anew at
         each read, cost more than one copy (a reply fed and settled in 16 us instead of 29,
         warm). A message that came in a bundle gets them so too (corral.bundles)."""
-        received: list[list[zmq.Frame]] = []
+        received: list[list[bytes | zmq.Frame]] = []
         with self.lock:
             self._drain_asked = False
             if self.order.closed:
@@ -207,15 +207,14 @@ class SocketGate:
             sock, batch = self.sock, self._batch
             while len(received) < batch and cast(int, _backend_get(sock, _EVENTS)) & _POLLIN:
                 try:
-                    received.append(recv_frames(sock, _NOBLOCK))
+                    received.append(recv_small_as_bytes(sock, _NOBLOCK))
                 except zmq.Again:
                     break
         if len(received) >= self._batch:
             self._loop.call_soon(self._drain)  # more may wait: the descriptor says no more
         deliver, handle = self._loop.deliver, self._handle
         for frames in received:
-            small_as_bytes = [f.bytes if len(f) < COPY_BELOW else f for f in frames]
-            deliver(handle, cast(list[zmq.Frame], small_as_bytes))  # handlers read any Frame
+            deliver(handle, cast(list[zmq.Frame], frames))  # handlers read any Frame
 
     def _flush(self) -> None:
         """(Turn end) Send what this turn queued, a bundle per peer."""

@@ -28,7 +28,7 @@ import logging
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -61,7 +61,7 @@ from corral.protocol.session import (
 )
 from corral.protocol.shm import METADATA_KEY, SegmentRef, encode_refs
 from corral.sharedmem import SharedMemory
-from corral.sockets import send_frames
+from corral.sockets import recv_small_as_bytes, send_frames
 
 log = logging.getLogger("corral.controller")
 
@@ -135,13 +135,19 @@ class HubShell:
         self._trim = heap.TrimSchedule(*PURGE_TRIM_SCHEDULE)
         self._purged = 0  # tasks purged by the actions being performed
         self._received = 0.0  # when the bundle of copies being read came
-        loop.add_socket(self.pong, self._on_pong)
+        loop.add_socket(self.pong, self._on_pong)  # zmq Frames: their SRCFD is read
         loop.add_reader(self.pong_events, self._on_pong_events)
+        # the other sockets' small frames are read as bytes, as a bundle's messages come: every
+        # frame of a copy is parsed (corral.sockets.recv_small_as_bytes)
         # copies come in bundles when they queue up (corral.bundles): each read as one burst
-        loop.add_socket(self.queue_monitor, self._on_device_message, batch=MONITOR_BATCH)
+        loop.add_socket(
+            self.queue_monitor, self._on_device_message, batch=MONITOR_BATCH, small_as_bytes=True
+        )
         # the scheduler's come in bundles always: each is read as one burst (_on_scheduler_message)
-        loop.add_socket(self.monitor, self._on_scheduler_message, batch=MONITOR_BATCH)
-        loop.add_socket(self.registration, self._on_request)
+        loop.add_socket(
+            self.monitor, self._on_scheduler_message, batch=MONITOR_BATCH, small_as_bytes=True
+        )
+        loop.add_socket(self.registration, self._on_request, small_as_bytes=True)
         for sock in self.resubmit_sockets.values():
             loop.add_socket(sock, self._on_resubmitted_reply)
         if scheduler is not None and scheduler.stdout is not None:
@@ -214,7 +220,7 @@ class HubShell:
                 if not int(monitor.get(zmq.EVENTS)) & zmq.POLLIN:
                     break
                 # a bad copy costs itself, never the query after it
-                handle(monitor.recv_multipart(copy=False))
+                handle(cast(list[zmq.Frame], recv_small_as_bytes(monitor)))
 
     def _on_device_message(self, frames: list[zmq.Frame]) -> None:
         """A copy from the MUX or control device, or a bundle of them (a client's or an
@@ -393,12 +399,12 @@ class HubShell:
 
 def _split_copy(frames: Sequence[Frame]) -> tuple[list[bytes], list[Frame]]:
     """The identities and the message frames of a copy ``[prefix, *identities, <IDS|MSG>,
-    ...]``, as :func:`~corral.protocol.session.split_identities` splits ``frames[1:]``. A copy
-    from a bundle has its own frames as ``bytes``, compared as they are (no view and no copy
-    per frame); its route (a device's copy: the identities the queue sent it on) is the bundle's
-    ``zmq.Frame`` objects, shared by every copy of the bundle, told from the delimiter by their
-    length and read through ``Frame.bytes``, which copies once and keeps the copy (a copy per
-    bundle, not per message). Anything else goes through :func:`~.scheduler_wire.split_route`."""
+    ...]``, as :func:`~corral.protocol.session.split_identities` splits ``frames[1:]``. The
+    loop hands the copies on with their small frames as ``bytes`` (a bundle's, and a copy
+    that came alone), compared as they are (no view and no copy per frame); a route of
+    ``zmq.Frame`` objects (a copy read some other way) is told from the delimiter by their
+    length and read through ``Frame.bytes``, which copies once and keeps the copy. Anything
+    else goes through :func:`~.scheduler_wire.split_route`."""
     for index in range(1, min(len(frames), MAX_COPY_ROUTE)):
         frame = frames[index]
         if frame.__class__ is bytes:

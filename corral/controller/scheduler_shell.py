@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,8 +141,10 @@ class SchedulerShell:
         self._timer: Timer | None = None
         # engines come and go first, then replies (they free slots), then new requests
         self.loop.add_socket(self.notifications, self._on_notification)
-        self.loop.add_socket(self.engines, self._on_engine_reply, bundles=True)
-        self.loop.add_socket(self.clients, self._on_requests)
+        # small frames read as bytes (corral.sockets.recv_small_as_bytes): parsed without a
+        # view per read, and bundled on as they are
+        self.loop.add_socket(self.engines, self._on_engine_reply, bundles=True, small_as_bytes=True)
+        self.loop.add_socket(self.clients, self._on_requests, small_as_bytes=True)
         self.loop.at_turn_end(self._flush)
 
     def _socket(self, kind: int, *, server: bool) -> zmq.Socket[Any]:
@@ -193,7 +196,7 @@ class SchedulerShell:
         it would have had alone, ``[b"task_in", client_id, DELIMITER, ...]``, as the client's
         requests they are (signatures checked here), and the scheduler lays none of them
         out again. Otherwise each gets its own copy, as a request alone does."""
-        if len(frames) < 4 or len(frames[1]) != len(MARK) or frames[1].bytes != MARK:
+        if len(frames) < 4 or len(frames[1]) != len(MARK) or bytes(frame_view(frames[1])) != MARK:
             self.loop.deliver(self._on_request, frames)  # a request alone
             return
         limit = self.request_buffer_limit
@@ -206,7 +209,7 @@ class SchedulerShell:
             self.loop.deliver(self._on_request, frames)
         finally:
             self._held = None
-        count = int.from_bytes(frames[2].buffer[:8], "little", signed=True)  # no copy
+        count = int.from_bytes(frame_view(frames[2])[:8], "little", signed=True)
         whole = 0 < self._read == count == len(held) and all(
             pending.queued_to is None
             and not pending.copied
@@ -222,7 +225,7 @@ class SchedulerShell:
             if pending.queued_to is None:
                 self._copy_request(pending)
 
-    def _on_request(self, frames: list[zmq.Frame]) -> None:
+    def _on_request(self, frames: Sequence[Frame]) -> None:
         if self._held is not None:
             self._read += 1
         idents, msg_frames = split_route(frames)
@@ -286,7 +289,7 @@ class SchedulerShell:
                 return
         self.to_hub.put([b"task_in", *route, DELIMITER, *frames])
 
-    def _on_engine_reply(self, frames: list[zmq.Frame]) -> None:
+    def _on_engine_reply(self, frames: Sequence[Frame]) -> None:
         idents, msg_frames = split_route(frames)
         if len(idents) < 2:
             raise ProtocolError("engine reply without engine and client identities")

@@ -15,8 +15,10 @@ The Hub reads every frame of the copies it records: :func:`read_copy` is
 :meth:`Session.deserialize` without its view and check per frame, with the signature checked
 for the devices' copies and not for the scheduler's (docs/wire-flows.md, "Who checks what").
 
-Frames unbundled by the loop are ``bytes`` (:mod:`corral.bundles`); a message that came alone
-is ``zmq.Frame`` objects. Both are read, the first without a view per frame.
+The scheduler's and the Hub's loops read small frames as ``bytes`` (a bundle's are sliced
+from one, :mod:`corral.bundles`; a message alone's are copied as received,
+:func:`corral.sockets.recv_small_as_bytes`), which are read without a view per frame; frames
+of 64 KiB and more stay ``zmq.Frame`` objects, and those are read too.
 """
 
 from __future__ import annotations
@@ -48,9 +50,9 @@ _DELIMITER_LENGTH = len(DELIMITER)
 
 def split_route(frames: Sequence[Frame]) -> tuple[list[bytes], list[Frame]]:
     """The identities and the message frames, as :func:`~corral.protocol.session.
-    split_identities` splits them. A message from a bundle has its route as the ``zmq.Frame``
-    objects the bundle came with and its own frames as ``bytes``: the first are told from the
-    delimiter by their length, the second compared as they are (no view per frame); anything
+    split_identities` splits them. Frames that are ``bytes`` are compared as they are (no
+    view per frame); a route of ``zmq.Frame`` objects (a shell reading Frames) is told from
+    the delimiter by their length and read through ``Frame.bytes``; anything
     else (a frame of the delimiter's length among the first, a memoryview, no delimiter among
     the first :data:`MAX_ROUTE`) takes the general way."""
     for index in range(min(len(frames), MAX_ROUTE)):
@@ -115,11 +117,80 @@ def _header(session: Session, part: bytes | memoryview) -> JSONDict:
     return header
 
 
+def _usual_parts(
+    session: Session, msg_frames: Sequence[Frame], verify: bool
+) -> tuple[bytes, bytes, bytes, bytes] | None:
+    """The four JSON frames of the usual envelope (a signature and four JSON frames, all
+    ``bytes``, headers within the size limit), its signature checked and recorded when
+    ``verify``; None for any other (the checked way then reads it and names its fault).
+
+    Every reader below reads the usual envelope inline, without a call per frame, and falls
+    back to its checked way on any fault, with ``verify=False`` once this checked the
+    signature: checked again, it would be refused as a replay, hiding the real fault."""
+    if len(msg_frames) < 5:
+        return None
+    signature, header, parent, metadata, content = (
+        msg_frames[0],
+        msg_frames[1],
+        msg_frames[2],
+        msg_frames[3],
+        msg_frames[4],
+    )
+    limit = session.max_header_bytes
+    if not (
+        signature.__class__ is bytes
+        and header.__class__ is bytes
+        and parent.__class__ is bytes
+        and metadata.__class__ is bytes
+        and content.__class__ is bytes
+        and len(header) <= limit
+        and len(parent) <= limit
+    ):
+        return None
+    parts = (header, parent, metadata, content)
+    if verify:
+        session.verify_signature(signature, parts)
+    return parts
+
+
+def _usual_header(session: Session, header: Any) -> bool:
+    """Whether a parsed header is what :func:`_header` accepts."""
+    if header.__class__ is not dict:
+        return False
+    get = header.get
+    return (
+        get("msg_id").__class__ is str
+        and get("msg_type").__class__ is str
+        and get("session").__class__ is str
+        and get("username").__class__ is str
+        and get("date").__class__ is str
+        and get("version").__class__ is str
+        and (not session.check_msg_type or header["msg_type"] in KNOWN_TYPES)
+    )
+
+
 def read_request(session: Session, msg_frames: Sequence[Frame]) -> tuple[JSONDict, JSONDict]:
     """``(header, metadata)`` of a request (frames after the delimiter), once its signature is
     checked; its parent header is checked to be an object, its content is not read. The
     errors of :meth:`Session.deserialize` for the same faults."""
-    parts = _json_parts(session, msg_frames)
+    parts = _usual_parts(session, msg_frames, True)
+    if parts is None:
+        return _read_request_checked(session, msg_frames, verify=True)
+    try:
+        header = orjson.loads(parts[0])
+        parent = orjson.loads(parts[1])
+        metadata = orjson.loads(parts[2])
+    except orjson.JSONDecodeError:
+        return _read_request_checked(session, msg_frames, verify=False)
+    if _usual_header(session, header) and parent.__class__ is dict and metadata.__class__ is dict:
+        return header, metadata
+    return _read_request_checked(session, msg_frames, verify=False)
+
+
+def _read_request_checked(
+    session: Session, msg_frames: Sequence[Frame], *, verify: bool
+) -> tuple[JSONDict, JSONDict]:
+    parts = _json_parts(session, msg_frames, verify=verify)
     header = _header(session, parts[0])
     _load(parts[1], "parent_header")
     return header, _load(parts[2], "metadata")
@@ -129,7 +200,30 @@ def read_reply(session: Session, msg_frames: Sequence[Frame]) -> tuple[str | Non
     """``(parent msg_id, content)`` of a reply (frames after the delimiter), once its signature
     and header are checked. The content is an object with a ``status`` string (MalformedMessage
     otherwise); the rest of it is the client's to check."""
-    parts = _json_parts(session, msg_frames)
+    parts = _usual_parts(session, msg_frames, True)
+    if parts is None:
+        return _read_reply_checked(session, msg_frames, verify=True)
+    try:
+        header = orjson.loads(parts[0])
+        parent = orjson.loads(parts[1])
+        content = orjson.loads(parts[3])
+    except orjson.JSONDecodeError:
+        return _read_reply_checked(session, msg_frames, verify=False)
+    if (
+        _usual_header(session, header)
+        and parent.__class__ is dict
+        and content.__class__ is dict
+        and content.get("status").__class__ is str
+    ):
+        parent_id = parent.get("msg_id")
+        return (str(parent_id) if parent_id is not None else None), content
+    return _read_reply_checked(session, msg_frames, verify=False)
+
+
+def _read_reply_checked(
+    session: Session, msg_frames: Sequence[Frame], *, verify: bool
+) -> tuple[str | None, JSONDict]:
+    parts = _json_parts(session, msg_frames, verify=verify)
     _header(session, parts[0])
     parent_id = _load(parts[1], "parent_header").get("msg_id")
     content = _load(parts[3], "content")
@@ -145,7 +239,39 @@ def read_copy(
     ``session.deserialize(msg_frames, idents=idents, verify=verify)`` gives, with its checks
     (the signature unless ``verify`` is False, the frames' count and header sizes, every header
     field, each JSON frame an object, the content against the catalogue when the session
-    checks types) and its errors, without its view and checks per frame."""
+    checks types) and its errors, without its view and checks per frame.
+
+    The Hub reads every copy, so the usual one (four JSON frames as ``bytes``, each an
+    object, a header of strings, in a session that does not check types: the controller's)
+    is read inline, without a call per frame; anything else, and any fault, takes the
+    checked way below, which names it."""
+    # a session that checks types validates the content: the checked way does
+    parts = None if session.check_msg_type else _usual_parts(session, msg_frames, verify)
+    if parts is None:
+        return _read_copy_checked(session, msg_frames, idents, verify=verify)
+    try:
+        header = orjson.loads(parts[0])
+        parent_header = orjson.loads(parts[1])
+        metadata = orjson.loads(parts[2])
+        content = orjson.loads(parts[3])
+    except orjson.JSONDecodeError:
+        return _read_copy_checked(session, msg_frames, idents, verify=False)
+    if (
+        _usual_header(session, header)
+        and parent_header.__class__ is dict
+        and metadata.__class__ is dict
+        and content.__class__ is dict
+    ):
+        return Message(
+            header, parent_header, metadata, content, tuple(msg_frames[5:]), tuple(idents)
+        )
+    return _read_copy_checked(session, msg_frames, idents, verify=False)
+
+
+def _read_copy_checked(
+    session: Session, msg_frames: Sequence[Frame], idents: Sequence[bytes], *, verify: bool
+) -> Message:
+    """:func:`read_copy` frame by frame, each check raising its own error."""
     parts = _json_parts(session, msg_frames, verify=verify)
     header = _header(session, parts[0])
     parent_header = _load(parts[1], "parent_header")

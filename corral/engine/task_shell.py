@@ -28,7 +28,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import zmq
 
@@ -38,7 +38,7 @@ from corral.loop import Loop
 from corral.protocol.messages import validate_content
 from corral.protocol.session import Frame, Message, Session
 from corral.sharedmem import SharedMemory
-from corral.sockets import recv_frames
+from corral.sockets import recv_small_as_bytes
 
 from .alarm import Alarm
 from .runner import (
@@ -121,8 +121,11 @@ class TaskShell:
         ``on_failure`` is told why and this returns."""
         self.runner = runner
         loop = self.loop
-        loop.add_socket(self._sockets[b"mux"], self._on_mux, batch=BATCH, bundles=True)
-        loop.add_socket(self._sockets[b"task"], self._on_task, batch=BATCH, bundles=True)
+        # a request's envelope and small buffers read as bytes: parsed, unpacked and
+        # answered from them without a view per read (corral.sockets.recv_small_as_bytes)
+        for channel, handle in ((b"mux", self._on_mux), (b"task", self._on_task)):
+            sock = self._sockets[channel]
+            loop.add_socket(sock, handle, batch=BATCH, bundles=True, small_as_bytes=True)
         loop.at_turn_end(self._end_turn)
         self.lock.acquire()
         try:
@@ -135,13 +138,13 @@ class TaskShell:
 
     # ------------------------------------------------------------------ requests (main thread)
 
-    def _on_mux(self, frames: list[zmq.Frame]) -> None:
+    def _on_mux(self, frames: Sequence[Frame]) -> None:
         self._take(b"mux", frames)
 
-    def _on_task(self, frames: list[zmq.Frame]) -> None:
+    def _on_task(self, frames: Sequence[Frame]) -> None:
         self._take(b"task", frames)
 
-    def _take(self, channel: bytes, frames: list[zmq.Frame]) -> None:
+    def _take(self, channel: bytes, frames: Sequence[Frame]) -> None:
         """Queue a verified apply or execute request; others get an error reply."""
         try:
             msg = self.session.feed(frames)
@@ -260,10 +263,10 @@ class TaskShell:
             sock = self._sockets[channel]
             while True:
                 try:
-                    frames = recv_frames(sock, zmq.NOBLOCK)
+                    frames = recv_small_as_bytes(sock, zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                self.loop.deliver(handle, frames)
+                self.loop.deliver(handle, cast(list[zmq.Frame], frames))
         return self.work.qsize()
 
     # ------------------------------------------------------------------ the I/O thread's side

@@ -164,6 +164,35 @@ def test_a_bad_copy_is_refused_as_deserialize_refuses_it(check_types: bool) -> N
     assert refused == (len(bad) if check_types else len(bad) - 2)
 
 
+def test_a_signed_bad_copy_is_refused_for_its_fault_not_as_a_replay() -> None:
+    """The controller's session (no type checks) reads a usual copy inline after checking its
+    signature; a fault found after that check is named by the checked way, which must not
+    check (and refuse) the recorded signature again."""
+    bad = [
+        *[_resigned(_reply(Session(KEY)), index, part) for index, part in BAD_PARTS],
+        _resigned(_reply(Session(KEY)), 3, b"[]"),
+        _resigned(_reply(Session(KEY)), 4, b"nope"),
+        _resigned(_request(Session(KEY)), 1, orjson.dumps({"msg_id": 1})),
+    ]
+    refused = 0
+    for frames in bad:
+        try:
+            expected = Session(KEY, check_msg_type=False).deserialize(frames)
+        except CorralError as error:
+            refused += 1
+            assert not isinstance(error, ReplayError)
+            with pytest.raises(type(error)):
+                read_copy(Session(KEY, check_msg_type=False), frames, ())
+        else:  # an unknown type: this session takes it
+            assert read_copy(Session(KEY, check_msg_type=False), frames, ()) == expected
+    assert refused == len(bad) - 1
+    good = _reply(Session(KEY))
+    hub = Session(KEY, check_msg_type=False)
+    assert read_copy(hub, good, [b"c"]) == Session(KEY).deserialize(good, idents=[b"c"])
+    with pytest.raises(ReplayError):
+        read_copy(hub, good, [b"c"])
+
+
 def test_bad_metadata_of_a_request_and_bad_content_of_a_reply_are_refused() -> None:
     with pytest.raises(MalformedMessage):
         read_request(Session(KEY), _resigned(_request(Session(KEY)), 3, b"[]"))
