@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +20,7 @@ from corral.client.io_shell import ClientIO
 from corral.client.socket_gate import SendOrder, send_whole
 from corral.errors import ConnectionError
 from corral.protocol.session import Message, Session
-from tests.polling import until
+from tests.polling import file_appears, until
 
 BOUND = 10.0  # seconds: only separates "happened" from "hung"
 KEY = b"socket-gate-test-key"
@@ -255,12 +256,13 @@ def test_closing_while_threads_send_ends_every_send_with_success_or_connection_e
 
 
 def test_a_request_alone_in_flight_leaves_from_its_thread_and_a_burst_through_the_io_thread(
-    rc: Client,
+    rc: Client, tmp_path: Path
 ) -> None:
     """The client's rule for ``at_once``: a round trip's request is sent by the submitting
-    thread itself (no I/O thread wake-up on the way out); in a burst, every request after
-    the first is handed over, so that the I/O thread sends them in bundles. Both ways, every
-    result comes back."""
+    thread itself (no I/O thread wake-up on the way out); while another request is in
+    flight, each is handed over, so that the I/O thread sends them in bundles. Both ways,
+    every result comes back. (The burst waits behind a task that runs until the test says
+    go: a reply coming back mid-burst would make the next request alone in flight again.)"""
     direct, balanced = rc[0], rc.load_balanced_view()
     rc.wait(timeout=BOUND)
     for view, channel in ((direct, b"mux"), (balanced, b"task")):
@@ -268,7 +270,11 @@ def test_a_request_alone_in_flight_leaves_from_its_thread_and_a_burst_through_th
         before = gate.sent_at_once
         assert [view.apply_async(abs, -n).get(BOUND) for n in range(5)] == list(range(5))
         assert gate.sent_at_once == before + 5
+        go = tmp_path / f"go-{channel.decode()}"
+        blocker = view.apply_async(file_appears, str(go), BOUND)
         before = gate.sent_at_once
         burst = [view.apply_async(abs, -n) for n in range(50)]
+        assert gate.sent_at_once == before, "in a burst behind a request in flight: handed over"
+        go.touch()
+        assert blocker.get(BOUND) == str(go)
         assert [result.get(BOUND) for result in burst] == list(range(50))
-        assert gate.sent_at_once <= before + 1  # the first of the burst, at most
