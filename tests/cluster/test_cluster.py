@@ -103,10 +103,11 @@ def test_cli_start_daemon_list_stop(tmp_path: Path) -> None:
         str(HEARTBEAT),
         cwd=tmp_path,
     )
-    assert started.returncode == 0, started.stderr
-    state = json.loads((tmp_path / "cli" / "cluster.json").read_text())
-    pids = [state["manager_pid"], state["controller_pid"], *state["engine_pids"]]
-    try:
+    pids: list[int] = []
+    try:  # stopped whatever fails below: a daemon left running would outlive the test
+        assert started.returncode == 0, started.stderr
+        state = json.loads((tmp_path / "cli" / "cluster.json").read_text())
+        pids = [state["manager_pid"], state["controller_pid"], *state["engine_pids"]]
         listing = corral("list", cwd=tmp_path)
         assert "cli" in listing.stdout and " 2 " in listing.stdout, listing.stdout
 
