@@ -14,7 +14,14 @@ from hypothesis import strategies as st
 
 from corral.controller.scheduler_wire import read_copy, read_reply, read_request, split_route
 from corral.errors import CorralError, MalformedMessage, ReplayError, SignatureError
-from corral.protocol.session import DELIMITER, Frame, Session, frame_view, split_identities
+from corral.protocol.session import (
+    DELIMITER,
+    HEADER_FIELDS,
+    Frame,
+    Session,
+    frame_view,
+    split_identities,
+)
 
 KEY = b"scheduler-wire-key"
 
@@ -191,6 +198,31 @@ def test_a_signed_bad_copy_is_refused_for_its_fault_not_as_a_replay() -> None:
     assert read_copy(hub, good, [b"c"]) == Session(KEY).deserialize(good, idents=[b"c"])
     with pytest.raises(ReplayError):
         read_copy(hub, good, [b"c"])
+
+
+@pytest.mark.parametrize("field", HEADER_FIELDS)
+@pytest.mark.parametrize("value", [None, 7])
+def test_each_header_field_is_checked_on_the_inline_path_as_on_the_checked_one(
+    field: str, value: object
+) -> None:
+    """The usual envelope's header check is written out field by field for speed
+    (``_usual_header``): each of the session's header fields, missing or not a string, is
+    refused there as the general path refuses it."""
+    readers: list[tuple[list[Frame], Callable[[Session, list[Frame]], object]]] = [
+        (_request(Session(KEY)), read_request),
+        (_reply(Session(KEY)), read_reply),
+    ]
+    for message, reader in readers:
+        header = orjson.loads(bytes(frame_view(message[1])))
+        if value is None:
+            del header[field]
+        else:
+            header[field] = value
+        bad = _resigned(message, 1, orjson.dumps(header))
+        with pytest.raises(CorralError) as general:
+            Session(KEY).deserialize(bad, content=False)
+        with pytest.raises(type(general.value)):
+            reader(Session(KEY), bad)
 
 
 def test_bad_metadata_of_a_request_and_bad_content_of_a_reply_are_refused() -> None:
