@@ -68,7 +68,6 @@ Rules decided here (the shell and clients rely on them):
 
 from __future__ import annotations
 
-import heapq
 import random
 from collections import deque
 from collections.abc import Iterable
@@ -94,14 +93,13 @@ from corral.controller.scheduling_state import (
     EngineState,
     Fail,
     FinishedMemory,
-    QueueEntry,
     Redelivery,
     Task,
     TaskRecord,
     choose_engine,
-    is_current,
     some,
 )
+from corral.controller.task_queues import Deadlines, TaskQueues
 from corral.errors import (
     DependencyTimeout,
     EngineError,
@@ -148,12 +146,8 @@ class SchedulerCore:
         self._free = FreeEngines(policy)  # registered engines below their cap
         self._records: dict[str, TaskRecord] = {}  # every unfinished task
         self._graph: DependencyGraph[EngineState] = DependencyGraph()
-        self._queue_any: list[QueueEntry] = []  # heap of queued tasks any engine may run
-        self._queue_for: dict[str, list[QueueEntry]] = {}  # heaps of the others, per allowed uuid
-        self._deadlines: list[tuple[float, int, TaskRecord]] = []
-        # tasks with a timeout that failed on every engine that may run them, retries left:
-        # they wait for a new engine or their deadline (few, so scanned on registration)
-        self._exhausted: dict[str, TaskRecord] = {}
+        self._queued = TaskQueues()  # tasks ready to run, waiting for a free slot
+        self._deadlines = Deadlines()
         self._running = 0
         self._seq = 0
         self._clock = 0
@@ -174,11 +168,12 @@ class SchedulerCore:
         self._engines[engine_uuid] = engine
         self._free.put(engine)
         actions: list[Action] = []
-        for msg_id, record in list(self._exhausted.items()):
+        exhausted = self._deadlines.exhausted
+        for msg_id, record in list(exhausted.items()):
             if engine.load >= engine.cap:  # max_outstanding: a new engine
                 break
             if record.allows(engine) and engine_uuid not in record.avoid:
-                del self._exhausted[msg_id]
+                del exhausted[msg_id]
                 self._dispatch(record, engine, actions)
         self._fill(engine, actions)
         return actions
@@ -234,7 +229,7 @@ class SchedulerCore:
         record = records[msg_id] = TaskRecord(task, deadline, task.retries)
         if deadline is not None:
             self._seq += 1
-            heapq.heappush(self._deadlines, (deadline, self._seq, record))
+            self._deadlines.add(deadline, self._seq, record)
         actions: list[Action] = []
         if not named and (task.targets is None or task.targets):
             self._enqueue_or_dispatch(record, actions)
@@ -426,13 +421,9 @@ class SchedulerCore:
                 else:
                     actions.append(Dispatch(msg_id, engine_uuid, record.attempts - 1))
         finished: _Finished = deque()
-        deadlines = self._deadlines
-        while deadlines and deadlines[0][0] <= now:
-            _, _, record = heapq.heappop(deadlines)
-            if not self._timed(record):
-                continue
+        for record in self._deadlines.due(now):
             msg_id = record.task.msg_id
-            if self._exhausted.pop(msg_id, None) is not None:
+            if self._deadlines.exhausted.pop(msg_id, None) is not None:
                 self._fail(record, TaskTimeout, self._exhausted_reason(record), actions, finished)
                 continue
             if record.state == WAITING:
@@ -451,10 +442,7 @@ class SchedulerCore:
     def next_deadline(self) -> float | None:
         """The earliest time ``tick`` may have work. It may then find none (the task went on
         to wait only for a free slot), but never has work earlier."""
-        deadlines = self._deadlines
-        while deadlines and not self._timed(deadlines[0][2]):
-            heapq.heappop(deadlines)
-        when = deadlines[0][0] if deadlines else None
+        when = self._deadlines.earliest()
         retry = self._unreachable.next_deadline() if self._unreachable else None
         if retry is not None and (when is None or retry < when):
             return retry
@@ -540,36 +528,12 @@ class SchedulerCore:
         self, engine: EngineState, actions: list[Action], finished: _Finished
     ) -> None:
         """After ``engine`` left, fail queued tasks that follow allowed only there."""
-        queue = self._queue_for.get(engine.uuid)
-        if not queue:
-            return
-        kept: list[QueueEntry] = []
-        for entry in queue:
-            _, seq, record = entry
-            if record.state != QUEUED or record.seq != seq:
-                continue
-            if record.pinned is None:
-                kept.append(entry)
-                continue
-            record.pinned = frozenset(e for e in record.pinned if e.alive)
-            if not record.pinned:
-                msg_id = record.task.msg_id
-                reason = f"follow ties task {msg_id} to engine {engine.uuid}, which is gone"
-                self._fail(record, ImpossibleDependency, reason, actions, finished)
-        if kept:
-            heapq.heapify(kept)
-            self._queue_for[engine.uuid] = kept
-        else:
-            del self._queue_for[engine.uuid]
+        for record in self._queued.drop_pinned_to(engine):
+            msg_id = record.task.msg_id
+            reason = f"follow ties task {msg_id} to engine {engine.uuid}, which is gone"
+            self._fail(record, ImpossibleDependency, reason, actions, finished)
 
     # ------------------------------------------------------------------ placement
-
-    def _timed(self, record: TaskRecord) -> bool:
-        """Whether the task's deadline still applies: it never ran, or it waits for an engine
-        it has not failed on (see the module's rules)."""
-        if record.state == DONE:
-            return False
-        return not record.attempts or record.task.msg_id in self._exhausted
 
     def _untried_engine(self, record: TaskRecord, failed_on: str) -> bool:
         avoid = record.avoid | {failed_on}
@@ -592,8 +556,8 @@ class SchedulerCore:
         record.state = QUEUED
         self._seq += 1
         record.seq = self._seq
-        self._exhausted[record.task.msg_id] = record
-        heapq.heappush(self._deadlines, (deadline, self._seq, record))
+        self._deadlines.exhausted[record.task.msg_id] = record
+        self._deadlines.add(deadline, self._seq, record)
 
     def _exhausted_reason(self, record: TaskRecord) -> str:
         return (
@@ -615,28 +579,16 @@ class SchedulerCore:
             return
         self._seq += 1
         record.seq = self._seq
-        entry = (-record.task.priority, self._seq, record)
+        uuids: Iterable[str] | None
         if record.pinned is not None:
-            uuids: Iterable[str] = [e.uuid for e in record.pinned]
+            uuids = [e.uuid for e in record.pinned]
         elif record.task.targets is not None:
             uuids = record.task.targets
         elif record.refused:
             uuids = [uuid for uuid in self._engines if uuid not in record.refused]
         else:
-            heapq.heappush(self._queue_any, entry)
-            return
-        for uuid in uuids:
-            queue = self._queue_for.get(uuid)
-            if queue is None:
-                queue = self._queue_for[uuid] = []
-            heapq.heappush(queue, entry)
-            if len(queue) >= 64 and not len(queue) & (len(queue) - 1):
-                # entries go stale when another engine took the task: drop them now and then
-                # (at powers of two, so O(log n) amortized), lest a queue for a uuid that never
-                # registers grow with every task that names it
-                current = [queued for queued in queue if is_current(queued)]
-                heapq.heapify(current)
-                queue[:] = current
+            uuids = None
+        self._queued.push(record, self._seq, uuids)
 
     def _pick(self, record: TaskRecord) -> EngineState | None:
         """A free engine the task may run on, chosen by the policy; None if there is none."""
@@ -682,25 +634,14 @@ class SchedulerCore:
         oldest first among equals, up to its cap. Whether it gave any (each dispatch sets the
         engine's place among the free ones)."""
         given = False
-        queue_any = self._queue_any
-        queue_own = self._queue_for.get(engine.uuid)
-        heappop = heapq.heappop
         cap = self._cap(engine)
-        while engine.load < cap and (queue_any or queue_own):
-            while queue_any and not is_current(queue_any[0]):
-                heappop(queue_any)
-            while queue_own and not (is_current(queue_own[0]) and queue_own[0][2].allows(engine)):
-                heappop(queue_own)
-            if queue_own and (not queue_any or queue_own[0][:2] < queue_any[0][:2]):
-                record = heappop(queue_own)[2]
-            elif queue_any:
-                record = heappop(queue_any)[2]
-            else:
+        pop_for = self._queued.pop_for
+        while engine.load < cap:
+            record = pop_for(engine)
+            if record is None:
                 break
             self._dispatch(record, engine, actions)
             given = True
-        if queue_own is not None and not queue_own:
-            del self._queue_for[engine.uuid]
         return given
 
     def _has_eligible_engine(self, record: TaskRecord) -> bool:

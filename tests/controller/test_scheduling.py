@@ -1026,7 +1026,7 @@ def test_tables_stay_bounded_when_finished_tasks_are_forgotten() -> None:
         core, graph = sim.core, sim.core._graph
         sizes = {
             "records": len(core._records),
-            "queued": len(core._queue_any) + sum(map(len, core._queue_for.values())),
+            "queued": len(core._queued),
             "deadlines": len(core._deadlines),
             "outcomes": len(graph._outcomes),
             "waiters": len(graph._waiters),
