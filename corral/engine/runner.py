@@ -87,7 +87,10 @@ def time_limit(msg: Message) -> float | None:
 
 def reply_type(msg_type: str) -> str:
     """``foo_request`` -> ``foo_reply``; any other type gets ``_reply`` appended."""
-    return msg_type.removesuffix("_request") + "_reply"
+    return _REPLY_TYPES.get(msg_type) or msg_type.removesuffix("_request") + "_reply"
+
+
+_REPLY_TYPES = {"apply_request": "apply_reply", "execute_request": "execute_reply"}
 
 
 def reply_metadata(
@@ -238,7 +241,11 @@ class AbortList:
                 del self._ids[next(iter(self._ids))]
 
     def take(self, msg_id: str) -> bool:
-        """Whether ``msg_id`` is to be aborted; forgets it either way."""
+        """Whether ``msg_id`` is to be aborted; forgets it either way. (Asked twice per task:
+        while nothing is to be aborted the answer needs no lock, the emptiness of a dict being
+        read in one step.)"""
+        if not self._ids:
+            return False
         with self._lock:
             return self._ids.pop(msg_id, 0) is None
 
@@ -327,23 +334,25 @@ class TaskRunner:
             self.aborting = None
             return
         msg = request.msg
-        is_execute = msg.msg_type == "execute_request"
-        if self.aborts.take(msg.msg_id):
+        msg_type = msg.msg_type
+        msg_id = msg.msg_id
+        is_execute = msg_type == "execute_request"
+        if self.aborts.take(msg_id):
             self._answer_aborted(request)
             return
         if self.aborting is not None and is_execute:
             reason = (
-                f"task {msg.msg_id} was aborted: execute_request {self.aborting}, queued before "
+                f"task {msg_id} was aborted: execute_request {self.aborting}, queued before "
                 f"it on engine {self.identity.id}, failed (stop_on_error)"
             )
             self._answer_aborted(request, reason)
             return
-        if not is_execute and msg.msg_type in MAIN_THREAD_CONTROL_TYPES:
+        if not is_execute and msg_type in MAIN_THREAD_CONTROL_TYPES:
             self._control(request)
             return
         limit = time_limit(msg)
-        self.gate.arm(msg.msg_id, None if limit is None else time.monotonic() + limit)
-        if self.aborts.take(msg.msg_id):
+        self.gate.arm(msg_id, None if limit is None else time.monotonic() + limit)
+        if self.aborts.take(msg_id):
             # an abort_request that came between the check above and arm(): the I/O thread
             # saw nothing running, so it left the abort here (see IOShell._abort)
             self.gate.disarm()
@@ -353,7 +362,7 @@ class TaskRunner:
         try:
             reply, refs = self._run(msg)
         except Exception as exc:  # a bug of the engine, not user code: still answer
-            self.log.exception("engine error while running %s %s", msg.msg_type, msg.msg_id)
+            self.log.exception("engine error while running %s %s", msg_type, msg_id)
             reply = error_reply_msg(self.session, self.identity, msg, exc)
         finally:
             self.gate.disarm()
@@ -458,42 +467,48 @@ class TaskRunner:
         if isinstance(failure, KeyboardInterrupt) and self.gate.aborted:
             failure = self._aborted_while_running(msg, failure, self.gate.timed_out)
 
-        extra: JSONDict = {"outputs": displays} if displays else {}
-        if self._data_messages:
-            extra["data_messages"] = self._data_messages
-        if self.call:
-            extra["call"] = self.call
         if failure is not None:
             reply_content = failure_content(failure, self.identity)
             self.publish("error", _iopub_error(reply_content), msg)
             buffers = []
         else:
             reply_content = {"status": "ok"}
-            if refs:
-                extra[METADATA_KEY] = encode_refs(refs)
-        if is_execute:
-            count = self.namespace.execution_count
-            reply_content["execution_count"] = count
-            data, result_metadata = result if failure is None and result else (None, {})
-            extra["execute_result"] = data
-            if result_metadata:
-                extra["execute_result_metadata"] = result_metadata
-            if data is not None and not silent:
-                message = {"data": data, "metadata": result_metadata, "execution_count": count}
-                self.publish("execute_result", message, msg)
+        completed = utcnow()
         metadata = reply_metadata(
             self.identity,
             reply_content["status"],
             started,
-            utcnow(),
+            completed,
             output.stdout,
             output.stderr,
-            **extra,
         )
-        reply = self.session.msg(
-            reply_type(msg_type), reply_content, parent=msg, metadata=metadata, buffers=buffers
-        )
-        return reply, refs
+        if displays:
+            metadata["outputs"] = displays
+        if self._data_messages:
+            metadata["data_messages"] = self._data_messages
+        if self.call:
+            metadata["call"] = self.call
+        if refs and failure is None:
+            metadata[METADATA_KEY] = encode_refs(refs)
+        if is_execute:
+            count = self.namespace.execution_count
+            reply_content["execution_count"] = count
+            data, result_metadata = result if failure is None and result else (None, {})
+            metadata["execute_result"] = data
+            if result_metadata:
+                metadata["execute_result_metadata"] = result_metadata
+            if data is not None and not silent:
+                message = {"data": data, "metadata": result_metadata, "execution_count": count}
+                self.publish("execute_result", message, msg)
+        if failure is not None:  # content made from a user's exception: checked as ever
+            reply = self.session.msg(
+                reply_type(msg_type), reply_content, parent=msg, metadata=metadata
+            )
+            return reply, refs
+        # {"status": "ok"} (and an int execution_count) is a valid reply by construction, and
+        # the metadata dict is this reply's own: no check, no copy (every task makes one)
+        header = self.session.header(reply_type(msg_type), completed)
+        return Message(header, msg.header, metadata, reply_content, tuple(buffers)), refs
 
     def _aborted_while_running(
         self, msg: Message, interrupt: KeyboardInterrupt, timed_out: bool

@@ -41,6 +41,7 @@ from corral.sharedmem import SharedMemory
 from corral.sockets import recv_small_as_bytes
 
 from .alarm import Alarm
+from .envelope import read_request
 from .runner import (
     CONTROL_TYPES,
     QUEUE_MARK,
@@ -147,7 +148,7 @@ class TaskShell:
     def _take(self, channel: bytes, frames: Sequence[Frame]) -> None:
         """Queue a verified apply or execute request; others get an error reply."""
         try:
-            msg = self.session.feed(frames)
+            msg = read_request(self.session, frames)
         except ProtocolError as err:
             self.rejected += 1
             self.log.warning("dropped a message on %s: %s", channel.decode(), err)
