@@ -127,9 +127,13 @@ def build_engine(ctx: zmq.Context[Any], address: str, key: bytes) -> tuple[Any, 
         alarm=open_alarm(),
     )
 
-    def post(channel: bytes, frames: Any) -> None:  # as Engine._post does for a reply
+    def post(channel: bytes, frames: Any) -> None:  # as Engine._post does
         with gate.shielded():
             shell.reply(channel, frames)
+
+    def post_reply(channel: bytes, frames: Any, answers: str) -> None:  # Engine._post_reply
+        with gate.shielded():
+            shell.reply(channel, frames, answers)
 
     runner = TaskRunner(
         session,
@@ -141,6 +145,7 @@ def build_engine(ctx: zmq.Context[Any], address: str, key: bytes) -> tuple[Any, 
         gate=gate,
         log=log,
         shm=shm,
+        reply=post_reply,
     )
     task = ctx.socket(zmq.DEALER)
     task.identity = b"bench-engine"

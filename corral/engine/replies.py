@@ -40,10 +40,13 @@ class ReplyLog:
     def received(self, msg_id: str) -> None:
         self.held[msg_id] = None
 
-    def replied(self, channel: bytes, frames: Sequence[Frame], now: float) -> str | None:
+    def replied(
+        self, channel: bytes, frames: Sequence[Frame], now: float, answers: str | None = None
+    ) -> str | None:
         """A reply leaves on ``channel``; ``frames`` are its identities and message. The
-        msg_id it answers (None if unreadable)."""
-        msg_id = parent_msg_id(frames)
+        msg_id it answers (``answers`` when its sender knew it, else read from the frames'
+        parent header; None if unreadable)."""
+        msg_id = answers if answers is not None else parent_msg_id(frames)
         if msg_id is None:
             return None
         self.held.pop(msg_id, None)

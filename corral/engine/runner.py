@@ -49,6 +49,10 @@ from .summary import describe_call
 
 SendCallback = Callable[[bytes, Sequence[Frame]], None]
 """``send(channel, frames)``: channel is b"mux", b"task", b"control" or b"iopub"."""
+ReplyCallback = Callable[[bytes, Sequence[Frame], str], None]
+"""``reply(channel, frames, answers)``: a request's reply, and the msg_id of that request (the
+engine keeps each reply by it until the Hub recorded it: given here, it is not parsed again
+from the frames)."""
 
 TASK_TYPES = frozenset({"apply_request", "execute_request"})
 MAIN_THREAD_CONTROL_TYPES = frozenset({"clear_request"})
@@ -278,8 +282,10 @@ class TaskRunner:
         shm: SharedMemory | None = None,
         shell: EngineShell | None = None,
         mark_queue: Callable[[], None] | None = None,
+        reply: ReplyCallback | None = None,
     ) -> None:
         self.shm = shm
+        self.reply = reply  # None: replies go through send like the rest
         self.mark_queue = mark_queue
         self._running: Message | None = None  # the request whose user code runs (publish_data)
         self._data_messages = 0  # data_message sent for it
@@ -316,6 +322,14 @@ class TaskRunner:
 
     def send_msg(self, channel: bytes, msg: Message, idents: Sequence[bytes] = ()) -> None:
         self.send(channel, self.frames(msg, idents))
+
+    def send_reply(self, channel: bytes, reply: Message, request: Message) -> None:
+        """Send ``reply`` to ``request`` on the request's channel (to its sender)."""
+        frames = self.frames(reply, request.idents)
+        if self.reply is None:
+            self.send(channel, frames)
+        else:
+            self.reply(channel, frames, request.msg_id)
 
     def publish(
         self, msg_type: str, content: JSONDict, parent: Message, buffers: Sequence[Any] = ()
@@ -369,7 +383,7 @@ class TaskRunner:
         if is_execute and stops_on_error(msg, reply):
             self._abort_queue(msg.msg_id)  # before the reply: a request sent on seeing it runs
         try:
-            self.send_msg(request.channel, reply, msg.idents)
+            self.send_reply(request.channel, reply, msg)
         finally:
             if self.shm is not None:
                 self.shm.release(refs)  # the readers' own links keep the result alive
@@ -401,7 +415,7 @@ class TaskRunner:
         if reason is None:
             reason = f"task {msg.msg_id} was aborted by an abort_request"
         reply = aborted_reply_msg(self.session, self.identity, msg, reason)
-        self.send_msg(request.channel, reply, msg.idents)
+        self.send_reply(request.channel, reply, msg)
 
     def _control(self, request: Request) -> None:
         """A control request that must not overlap a task (``clear_request``); its reply."""
@@ -416,7 +430,7 @@ class TaskRunner:
             reply = self.session.msg(
                 reply_type(msg.msg_type), {"status": "ok"}, parent=msg, metadata=metadata
             )
-        self.send_msg(request.channel, reply, msg.idents)
+        self.send_reply(request.channel, reply, msg)
 
     def _run(self, msg: Message) -> tuple[Message, list[SegmentRef]]:
         """Run the task with its output captured; the reply to send, and the shared-memory

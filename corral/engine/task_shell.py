@@ -61,9 +61,9 @@ HOLD_REPLIES = 0.002  # seconds a reply may wait for the tasks queued behind it,
 BATCH_FOR = 0.001  # seconds of held replies after which the loop sends them (end of turn)
 TASK_CHANNELS = (b"mux", b"task")
 
-Note = tuple[str, Any, Any]
-"""What the link core must learn, in order: ``("received", msg_id, None)`` or
-``("replied", channel, frames)``."""
+Note = tuple[str, Any, Any, str | None]
+"""What the link core must learn, in order: ``("received", msg_id, None, None)`` or
+``("replied", channel, frames, msg_id of the request answered, None if not known)``."""
 
 
 class TaskShell:
@@ -175,7 +175,7 @@ class TaskShell:
         except InvalidContent as err:
             self._reply_error(channel, msg, err)
             return
-        self.notes.append(("received", msg.msg_id, None))
+        self.notes.append(("received", msg.msg_id, None, None))
         request = Request(channel, msg)
         if limited:
             self.watch_time_limit(request)
@@ -237,17 +237,20 @@ class TaskShell:
             if self.work.empty() or held is None or time.monotonic() - held >= BATCH_FOR:
                 return
 
-    def reply(self, channel: bytes, frames: Sequence[Frame]) -> None:
+    def reply(self, channel: bytes, frames: Sequence[Frame], answers: str | None = None) -> None:
         """(Main thread, from the runner: also while the lock is lent.) Send a reply at the
-        end of this turn; the link core keeps it until the Hub recorded it."""
+        end of this turn; the link core keeps it until the Hub recorded it (by ``answers``,
+        the msg_id of the request, read from the frames when not given)."""
         with self.lock:
-            self._queue_reply(channel, frames)
+            self._queue_reply(channel, frames, True, answers)
 
-    def _queue_reply(self, channel: bytes, frames: Sequence[Frame], keep: bool = True) -> None:
+    def _queue_reply(
+        self, channel: bytes, frames: Sequence[Frame], keep: bool = True, answers: str | None = None
+    ) -> None:
         if self._held_since is None:
             self._held_since = time.monotonic()
         if keep:
-            self.notes.append(("replied", channel, frames))
+            self.notes.append(("replied", channel, frames, answers))
         self._outboxes[channel].put(frames)
 
     def mark_queue(self) -> None:

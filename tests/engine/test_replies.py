@@ -35,6 +35,20 @@ def test_held_until_replied_then_kept_until_the_hub_confirms_the_record() -> Non
     assert log.to_report() == ["b"]
 
 
+def test_a_reply_named_by_its_sender_is_kept_under_that_name() -> None:
+    """The main thread names the request a reply answers: the frames are not parsed then
+    (unreadable ones are kept too); unnamed, they are read as before."""
+    log = ReplyLog()
+    log.received("a")
+    assert log.replied(b"task", [b"not", b"parsed"], now=1.0, answers="a") == "a"
+    assert log.replied(b"task", reply_frames("b"), now=2.0) == "b"
+    assert log.replied(b"task", [b"unreadable"], now=3.0) is None
+    assert log.to_report() == ["a", "b"]
+    first, second = log.to_resend()
+    assert first == (b"task", [b"not", b"parsed"])
+    assert parent_msg_id(second[1]) == "b"
+
+
 def test_a_confirmation_covers_earlier_replies_of_its_channel_only() -> None:
     log = ReplyLog()
     for msg_id, channel in [("t1", b"task"), ("m1", b"mux"), ("t2", b"task"), ("t3", b"task")]:
