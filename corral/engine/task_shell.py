@@ -249,6 +249,9 @@ class TaskShell:
     ) -> None:
         if self._held_since is None:
             self._held_since = time.monotonic()
+        # as a tuple (of bytes, nearly always): the collector stops tracking it at its first
+        # pass, and the I/O thread keeps it, with its note, until the Hub recorded the reply
+        frames = tuple(frames)
         if keep:
             self.notes.append(("replied", channel, frames, answers))
         self._outboxes[channel].put(frames)
