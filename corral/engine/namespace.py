@@ -329,7 +329,10 @@ class OutputCapture:
 
     def _end(self, output: CapturedOutput) -> None:
         with self._lock:
-            self._publish_pending()
+            if self._pending:
+                self._publish_pending()
+            else:  # what _publish_pending does when nothing is pending
+                self._last_publish = time.monotonic()
             self._publish = None
             self._deadline = None
             if self._written:  # a task that printed nothing leaves the output's "" as it is

@@ -4,8 +4,9 @@
 exactly one reply, whatever the user code does. It also serves ``clear_request``: emptying the
 namespace is done here, between tasks, never while a task runs in that namespace. It owns no
 socket: it hands finished frames to a ``send(channel, frames)`` callback (the engine sends
-replies from the main thread's loop, the rest through its I/O thread). The helpers below it
-build the replies the shells send themselves (control replies, aborted tasks).
+replies from the main thread's loop, the rest through its I/O thread). The replies the shells
+send themselves (control replies, aborted tasks) are built by :mod:`.reply_messages`, whose
+names this module also exports, as it did when they lived here.
 
 Jupyter's ``stop_on_error`` rule (an execute_request's content, true unless given): when a
 non-silent execute_request fails, the execute requests already queued behind it on this engine
@@ -26,7 +27,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any
 
 from corral.errors import (
@@ -35,7 +36,6 @@ from corral.errors import (
     SharedMemoryError,
     TaskAborted,
     TaskTimeout,
-    error_content,
 )
 from corral.protocol.serialize import serialize_object, unpack_apply_message
 from corral.protocol.session import Frame, JSONDict, Message, Session, utcnow
@@ -45,6 +45,13 @@ from corral.sharedmem import SharedMemory
 from .interrupts import InterruptGate
 from .ipython import EngineShell
 from .namespace import Namespace, OutputCapture, strip_engine_frames
+from .reply_messages import EngineIdentity as EngineIdentity
+from .reply_messages import aborted_reply_msg as aborted_reply_msg
+from .reply_messages import error_reply_msg as error_reply_msg
+from .reply_messages import failure_content as failure_content
+from .reply_messages import iopub_error, json_safe_msg, stops_on_error
+from .reply_messages import reply_metadata as reply_metadata
+from .reply_messages import reply_type as reply_type
 from .summary import describe_call
 
 SendCallback = Callable[[bytes, Sequence[Frame]], None]
@@ -58,16 +65,6 @@ TASK_TYPES = frozenset({"apply_request", "execute_request"})
 MAIN_THREAD_CONTROL_TYPES = frozenset({"clear_request"})
 CONTROL_TYPES = frozenset({"clear_request", "abort_request", "signal_request", "shutdown_request"})
 ABORT_MEMORY = 100_000
-
-
-@dataclass
-class EngineIdentity:
-    """Who this engine is on the wire. ``id`` is None until registered, and may change when the
-    engine re-registers with a restarted controller."""
-
-    uuid: str
-    id: int | None = None
-    placement: dict[str, Any] = field(default_factory=dict)  # host, pid, MPI rank ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,94 +84,6 @@ def time_limit(msg: Message) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise InvalidContent(f"time_limit must be a number of seconds > 0, not {value!r}")
     return float(value)
-
-
-def reply_type(msg_type: str) -> str:
-    """``foo_request`` -> ``foo_reply``; any other type gets ``_reply`` appended."""
-    return _REPLY_TYPES.get(msg_type) or msg_type.removesuffix("_request") + "_reply"
-
-
-_REPLY_TYPES = {"apply_request": "apply_reply", "execute_request": "execute_reply"}
-
-
-def reply_metadata(
-    identity: EngineIdentity,
-    status: str,
-    started: str,
-    completed: str | None = None,
-    stdout: str = "",
-    stderr: str = "",
-    **extra: Any,
-) -> JSONDict:
-    """The metadata every engine reply carries (docs/wire-flows.md, apply_reply). (Built in
-    place, one key at a time: every reply makes one, and merging literal dicts cost a third
-    more.)"""
-    metadata: JSONDict = {
-        "engine_uuid": identity.uuid,
-        "engine_id": identity.id,
-        "status": status,
-        "started": started,
-        "completed": completed or utcnow(),
-        "stdout": stdout,
-        "stderr": stderr,
-    }
-    placement = identity.placement
-    if "host" in placement:
-        metadata["engine_host"] = placement["host"]
-    rank = placement.get("mpi_rank")
-    if rank is not None:
-        metadata["mpi_rank"] = rank
-    if extra:
-        metadata.update(extra)
-    return metadata
-
-
-def failure_content(exc: BaseException, identity: EngineIdentity) -> JSONDict:
-    """Error reply content for ``exc``, never raising (user exceptions can be hostile)."""
-    try:
-        return error_content(strip_engine_frames(exc), identity.id, identity.uuid)
-    except Exception as formatting_error:
-        return {
-            "status": "error",
-            "ename": type(exc).__name__,
-            "evalue": f"<the error could not be formatted: {formatting_error!r}>",
-            "traceback": [],
-            "engine_info": {"engine_id": identity.id, "engine_uuid": identity.uuid},
-        }
-
-
-def error_reply_msg(
-    session: Session, identity: EngineIdentity, request: Message, exc: BaseException
-) -> Message:
-    """A reply to ``request`` (any type, even one outside the catalogue) reporting ``exc``.
-
-    Built without catalogue validation, so a request of an unknown type still gets an answer
-    (``<type>_reply``) and its sender does not wait forever.
-    """
-    content = failure_content(exc, identity)
-    now = utcnow()
-    msg_type = reply_type(request.msg_type)
-    return Message(
-        header=session.header(msg_type),
-        parent_header=request.header,
-        metadata=reply_metadata(identity, content["status"], now, now),
-        content=content,
-    )
-
-
-def aborted_reply_msg(
-    session: Session, identity: EngineIdentity, request: Message, reason: str
-) -> Message:
-    """The ``aborted`` reply of a task that will never run."""
-    exc = TaskAborted("TaskAborted", reason, engine_id=identity.id, engine_uuid=identity.uuid)
-    content = error_content(exc, identity.id, identity.uuid)
-    now = utcnow()
-    return session.msg(
-        reply_type(request.msg_type),
-        content,
-        parent=request,
-        metadata=reply_metadata(identity, "aborted", now, now),
-    )
 
 
 @dataclass(frozen=True)
@@ -318,7 +227,7 @@ class TaskRunner:
         try:
             return self.session.serialize(msg, idents)
         except TypeError:  # orjson.JSONEncodeError: e.g. print("\udcff") in user code
-            return self.session.serialize(_json_safe_msg(msg), idents)
+            return self.session.serialize(json_safe_msg(msg), idents)
 
     def send_msg(self, channel: bytes, msg: Message, idents: Sequence[bytes] = ()) -> None:
         self.send(channel, self.frames(msg, idents))
@@ -348,8 +257,9 @@ class TaskRunner:
             self.aborting = None
             return
         msg = request.msg
-        msg_type = msg.msg_type
-        msg_id = msg.msg_id
+        header = msg.header  # its fields are strings: the parse checked them
+        msg_type: str = header["msg_type"]
+        msg_id: str = header["msg_id"]
         is_execute = msg_type == "execute_request"
         if self.aborts.take(msg_id):
             self._answer_aborted(request)
@@ -385,7 +295,7 @@ class TaskRunner:
         try:
             self.send_reply(request.channel, reply, msg)
         finally:
-            if self.shm is not None:
+            if refs and self.shm is not None:
                 self.shm.release(refs)  # the readers' own links keep the result alive
         if is_execute:
             self.publish("status", {"execution_state": "idle"}, msg)
@@ -483,7 +393,7 @@ class TaskRunner:
 
         if failure is not None:
             reply_content = failure_content(failure, self.identity)
-            self.publish("error", _iopub_error(reply_content), msg)
+            self.publish("error", iopub_error(reply_content), msg)
             buffers = []
         else:
             reply_content = {"status": "ok"}
@@ -560,10 +470,10 @@ class TaskRunner:
             ) from None
         self.call = describe_call(f, args, kwargs)
         result = self.namespace.apply(f, args, kwargs)
-        name = getattr(f, "__name__", "the function")
         try:
-            frames = list(serialize_object(result))
+            frames = serialize_object(result)  # a new list: the caller's to change
         except Exception as err:  # MemoryError included: a result too large to serialize
+            name = getattr(f, "__name__", "the function")
             raise SerializationError(
                 f"the result of {name} could not be serialized: "
                 f"{err if isinstance(err, SerializationError) else f'{type(err).__name__}: {err}'}"
@@ -572,6 +482,7 @@ class TaskRunner:
         if limit is not None:
             size = sum(memoryview(frame).nbytes for frame in frames)
             if size > limit:
+                name = getattr(f, "__name__", "the function")
                 raise SerializationError(
                     f"the result of {name} is {size} bytes serialized, over this engine's limit "
                     f"of {limit} bytes (--max-result-bytes): return less, or store it elsewhere"
@@ -590,40 +501,3 @@ class TaskRunner:
 
     def _stream(self, parent: Message, name: str, text: str) -> None:
         self.publish("stream", {"name": name, "text": text}, parent)
-
-
-def stops_on_error(request: Message, reply: Message) -> bool:
-    """Whether ``reply`` to the execute ``request`` aborts the execute requests queued behind
-    it: it failed (status "error", not "aborted"), the request was not silent and did not set
-    ``stop_on_error`` false (Jupyter's messaging spec; the default is true)."""
-    content = request.content or {}
-    return (
-        (reply.content or {}).get("status") == "error"
-        and not content.get("silent", False)
-        and bool(content.get("stop_on_error", True))
-    )
-
-
-def _iopub_error(content: JSONDict) -> JSONDict:
-    return {key: content[key] for key in ("ename", "evalue", "traceback", "engine_info")}
-
-
-def _json_safe(value: Any) -> Any:
-    """``value`` with every string made encodable as UTF-8 (lone surrogates escaped)."""
-    if isinstance(value, str):
-        return value.encode("utf-8", "backslashreplace").decode("utf-8")
-    if isinstance(value, dict):
-        return {_json_safe(key): _json_safe(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(item) for item in value]
-    return value
-
-
-def _json_safe_msg(msg: Message) -> Message:
-    return replace(
-        msg,
-        header=_json_safe(msg.header),
-        parent_header=_json_safe(msg.parent_header),
-        metadata=_json_safe(msg.metadata),
-        content=_json_safe(msg.content),
-    )

@@ -160,7 +160,8 @@ class TaskShell:
             self.log.warning("refused the buffers of %s: %s", msg.msg_id, err)
             self._reply_error(channel, msg, err)
             return
-        msg_type = msg.msg_type
+        header = msg.header  # its fields are strings: the parse checked them
+        msg_type: str = header["msg_type"]
         if msg_type not in TASK_TYPES:
             where = "belongs on the control channel" if msg_type in CONTROL_TYPES else ""
             error = UnknownMessageType(
@@ -171,11 +172,11 @@ class TaskShell:
             return
         try:
             validate_content(msg_type, msg.content or {})
-            limited = time_limit(msg) is not None
+            limited = "time_limit" in msg.metadata and time_limit(msg) is not None
         except InvalidContent as err:
             self._reply_error(channel, msg, err)
             return
-        self.notes.append(("received", msg.msg_id, None, None))
+        self.notes.append(("received", header["msg_id"], None, None))
         request = Request(channel, msg)
         if limited:
             self.watch_time_limit(request)

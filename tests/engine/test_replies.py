@@ -53,8 +53,9 @@ def test_a_reply_named_by_its_sender_is_kept_under_that_name() -> None:
 
 def test_kept_replies_are_not_walked_by_every_collection() -> None:
     """Thousands of replies wait for the Hub's confirmation (seconds): kept as tuples of bytes,
-    the cyclic collector stops tracking them instead of walking them in every later pass (and promoting them to the oldest generation, whose walks cost most): the
-    frames at the first pass, the entry holding them at the next."""
+    the cyclic collector stops tracking them instead of walking them in every later pass (and
+    promoting them to the oldest generation, whose walks cost most): the frames at the first
+    pass, the entry holding them at the next."""
     log = ReplyLog()
     log.replied(b"task", reply_frames("a"), now=1.0, answers="a")
     gc.collect()
