@@ -13,8 +13,9 @@ engines' queues; its CPU is not counted.
 
 Median of ``--rounds`` rounds of ``--tasks`` tasks. ``--parts`` times the steps of a task
 apart instead, in a hot loop without sockets (thread CPU per call, best of 5): verifying and
-decoding a request (``Session.feed``), unpacking the call, the output capture, serializing the
-result, making the reply, and ``TaskRunner.run`` whole (reply frames dropped). Another corral
+decoding a request (``Session.feed``, and the engine's inline ``read_request``), unpacking
+the call, the output capture, serializing the result, making the reply, and
+``TaskRunner.run`` whole (reply frames dropped). Another corral
 tree (a baseline from ``git archive``) is measured with ``CORRAL_BENCH_SOURCE=DIR
 PYTHONPATH=DIR``::
 
@@ -127,9 +128,13 @@ def build_engine(ctx: zmq.Context[Any], address: str, key: bytes) -> tuple[Any, 
         alarm=open_alarm(),
     )
 
-    def post(channel: bytes, frames: Any) -> None:  # as Engine._post does for a reply
+    def post(channel: bytes, frames: Any) -> None:  # as Engine._post does
         with gate.shielded():
             shell.reply(channel, frames)
+
+    def post_reply(channel: bytes, frames: Any, answers: str) -> None:  # Engine._post_reply
+        with gate.shielded():
+            shell.reply(channel, frames, answers)
 
     runner = TaskRunner(
         session,
@@ -141,6 +146,7 @@ def build_engine(ctx: zmq.Context[Any], address: str, key: bytes) -> tuple[Any, 
         gate=gate,
         log=log,
         shm=shm,
+        reply=post_reply,
     )
     task = ctx.socket(zmq.DEALER)
     task.identity = b"bench-engine"
@@ -228,6 +234,16 @@ def parts(calls: int) -> dict[str, float]:
     engine = Session(key, check_msg_type=False)
     fresh = iter(requests(6 * calls))
     figures["Session.feed (split, verify, parse)"] = best(lambda: engine.feed(next(fresh)))
+    try:  # the engine's own reading of a request (trees before it have none)
+        from corral.engine.envelope import read_request
+    except ImportError:
+        pass
+    else:
+        inline = Session(key, check_msg_type=False)
+        fresh = iter(requests(6 * calls))
+        figures["read_request (the engine's read)"] = best(
+            lambda: read_request(inline, next(fresh))
+        )
     request = engine.feed(requests(1)[0])
     figures["unpack_apply_message"] = best(lambda: unpack_apply_message(request.buffers))
     capture = OutputCapture()

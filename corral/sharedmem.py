@@ -153,6 +153,14 @@ def _remove_owned(owned: _Owned) -> None:
         os.close(segment.fd)
 
 
+def _all_small_bytes(frames: Sequence[Frame], threshold: int) -> bool:
+    """Whether every frame is ``bytes`` shorter than ``threshold``: none would be a segment."""
+    for frame in frames:
+        if type(frame) is not bytes or len(frame) >= threshold:
+            return False
+    return True
+
+
 class SharedMemory:
     """This process's end of the fast path. ``settings`` None (or no usable /dev/shm) turns it
     off: :meth:`export` then returns the buffers unchanged and :meth:`resolve` refuses any
@@ -289,8 +297,12 @@ class SharedMemory:
         self, request_metadata: Mapping[str, Any], frames: Sequence[Frame], *, hub_reads: bool
     ) -> tuple[list[Frame], list[SegmentRef]]:
         """Segments for the buffers of a reply, when its requester advertised a reader on this
-        host (and, with ``hub_reads``, the Hub can read them too: it records every result)."""
+        host (and, with ``hub_reads``, the Hub can read them too: it records every result).
+        A reply whose frames are all small bytes (nearly every task's result) is answered
+        before the requester's metadata is read."""
         settings = self.settings
+        if settings is None or _all_small_bytes(frames, settings.threshold):
+            return list(frames), []
         reader = reader_of(request_metadata)
         if settings is None or reader is None or not self.same_host(reader[0]):
             return list(frames), []

@@ -175,6 +175,21 @@ def test_below_the_threshold_nothing_changes(settings: Settings) -> None:
     assert names(settings) == []
 
 
+def test_a_reply_of_small_bytes_is_sent_as_it_is(settings: Settings) -> None:
+    """An engine's usual reply (small bytes frames) goes out unchanged, whatever the request's
+    metadata says; a large buffer of the same reply still becomes a segment for its reader."""
+    shm = SharedMemory(settings)
+    reader = {"shm_reader": {"host": settings.host, "pid": os.getpid()}}
+    small = serialize_object(7)
+    for metadata in ({}, reader, {"shm_reader": "not a reader"}):
+        assert shm.export_reply(metadata, small, hub_reads=True) == (small, [])
+    large = serialize_object(np.arange(THRESHOLD, dtype=np.float64))
+    out, refs = shm.export_reply(reader, large, hub_reads=True)
+    assert len(refs) == 1 and out[refs[0].index] == b""
+    shm.release(refs)
+    shm.close()
+
+
 def test_received_arrays_are_mapped_writable_and_private(settings: Settings) -> None:
     array = random_array("f8", (1000,))
     writer = SharedMemory(settings)  # kept: a collected writer removes its names

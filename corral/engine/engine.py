@@ -122,6 +122,7 @@ class Engine:
             max_result_bytes=max_result_bytes,
             shm=self.shm,
             mark_queue=self._mark_queue,
+            reply=self._post_reply,
         )
         datapub.install(self.runner.publish_data)
         self._io: IOShell | None = None
@@ -188,6 +189,15 @@ class Engine:
         if io is not None:
             with self.gate.shielded():
                 io.post(channel, frames)
+
+    def _post_reply(self, channel: bytes, frames: Sequence[Frame], answers: str) -> None:
+        """A request's reply: as :meth:`_post`, naming the request it answers (a task reply is
+        kept by that msg_id until the Hub recorded it). From the main thread."""
+        if channel in TASK_CHANNELS:
+            with self.gate.shielded():
+                self.tasks.reply(channel, frames, answers)
+            return
+        self._post(channel, frames)
 
     def _mark_queue(self) -> None:
         """Put a QueueMark behind the requests that reached this engine (stop_on_error); from

@@ -356,11 +356,11 @@ class IOShell:
         now = self.loop.time()
         link = self.link
         while notes:
-            kind, first, second = notes.popleft()
+            kind, first, second, answers = notes.popleft()
             if kind == "received":
                 link.received(first)
             else:
-                msg_id = link.replied(first, second, now)
+                msg_id = link.replied(first, second, now, answers)
                 if msg_id is not None:
                     self.limits.answered(msg_id)
 

@@ -226,9 +226,12 @@ class EngineLink:
         """A task arrived: a restarted controller must expect its answer from this engine."""
         self.replies.received(msg_id)
 
-    def replied(self, channel: bytes, frames: Sequence[Frame], now: float) -> str | None:
-        """A reply leaves on ``channel``: kept until recorded. The msg_id it answers."""
-        return self.replies.replied(channel, frames, now)
+    def replied(
+        self, channel: bytes, frames: Sequence[Frame], now: float, answers: str | None = None
+    ) -> str | None:
+        """A reply leaves on ``channel``: kept until recorded. The msg_id it answers
+        (``answers``, or read from the frames)."""
+        return self.replies.replied(channel, frames, now, answers)
 
     # ------------------------------------------------------------------ helpers
 

@@ -298,6 +298,7 @@ class OutputCapture:
         self._flusher: threading.Thread | None = None
         self._closed = False
         self._streams: tuple[CapturedStream, CapturedStream] | None = None
+        self._written = False  # text came since the last _begin (or ever, before the first)
 
     def capture(self, publish: PublishCallback | None = None) -> _CaptureBlock:
         """Redirect stdout/stderr into this capture until the block ends.
@@ -312,9 +313,11 @@ class OutputCapture:
     def _begin(self, publish: PublishCallback | None) -> None:
         with self._lock:
             self._publish = publish
-            self._pending = []
-            self._kept = {"stdout": [], "stderr": []}
-            self._sizes = {"stdout": 0, "stderr": 0}
+            if self._written:  # else the lists and counts are still empty: nothing to renew
+                self._written = False
+                self._pending = []
+                self._kept = {"stdout": [], "stderr": []}
+                self._sizes = {"stdout": 0, "stderr": 0}
             self._deadline = None
         streams = self._streams
         if streams is None or streams[0].closed or streams[1].closed:  # user code closed one
@@ -326,17 +329,22 @@ class OutputCapture:
 
     def _end(self, output: CapturedOutput) -> None:
         with self._lock:
-            self._publish_pending()
+            if self._pending:
+                self._publish_pending()
+            else:  # what _publish_pending does when nothing is pending
+                self._last_publish = time.monotonic()
             self._publish = None
             self._deadline = None
-            output.stdout = self._text("stdout")
-            output.stderr = self._text("stderr")
+            if self._written:  # a task that printed nothing leaves the output's "" as it is
+                output.stdout = self._text("stdout")
+                output.stderr = self._text("stderr")
 
     def write(self, name: str, text: str) -> None:
         """Record ``text`` written to stream ``name`` (called by :class:`CapturedStream`)."""
         if not text:
             return
         with self._lock:
+            self._written = True
             size = self._sizes[name]
             if size < self.max_chars:
                 self._kept[name].append(text[: self.max_chars - size])

@@ -34,20 +34,27 @@ class ReplyLog:
     recorded (``recent``, oldest first)."""
 
     held: dict[str, None] = field(default_factory=dict)
-    recent: OrderedDict[str, tuple[float, bytes, list[Frame]]] = field(default_factory=OrderedDict)
+    # each reply's frames as a tuple: a tuple of bytes the collector stops tracking at its
+    # first pass, so thousands of kept replies are not walked again by every later one
+    recent: OrderedDict[str, tuple[float, bytes, tuple[Frame, ...]]] = field(
+        default_factory=OrderedDict
+    )
     dropped: int = 0  # unconfirmed replies pushed out by MAX_KEPT
 
     def received(self, msg_id: str) -> None:
         self.held[msg_id] = None
 
-    def replied(self, channel: bytes, frames: Sequence[Frame], now: float) -> str | None:
+    def replied(
+        self, channel: bytes, frames: Sequence[Frame], now: float, answers: str | None = None
+    ) -> str | None:
         """A reply leaves on ``channel``; ``frames`` are its identities and message. The
-        msg_id it answers (None if unreadable)."""
-        msg_id = parent_msg_id(frames)
+        msg_id it answers (``answers`` when its sender knew it, else read from the frames'
+        parent header; None if unreadable)."""
+        msg_id = answers if answers is not None else parent_msg_id(frames)
         if msg_id is None:
             return None
         self.held.pop(msg_id, None)
-        self.recent[msg_id] = (now, channel, list(frames))
+        self.recent[msg_id] = (now, channel, tuple(frames))
         while len(self.recent) > MAX_KEPT:
             self.recent.popitem(last=False)
             self.dropped += 1
@@ -75,7 +82,7 @@ class ReplyLog:
 
     def to_resend(self) -> list[tuple[bytes, list[Frame]]]:
         """The recent replies, oldest first, to send again (then forgotten)."""
-        replies = [(channel, frames) for _, channel, frames in self.recent.values()]
+        replies = [(channel, list(frames)) for _, channel, frames in self.recent.values()]
         self.recent.clear()
         return replies
 

@@ -4,8 +4,9 @@
 exactly one reply, whatever the user code does. It also serves ``clear_request``: emptying the
 namespace is done here, between tasks, never while a task runs in that namespace. It owns no
 socket: it hands finished frames to a ``send(channel, frames)`` callback (the engine sends
-replies from the main thread's loop, the rest through its I/O thread). The helpers below it
-build the replies the shells send themselves (control replies, aborted tasks).
+replies from the main thread's loop, the rest through its I/O thread). The replies the shells
+send themselves (control replies, aborted tasks) are built by :mod:`.reply_messages`, whose
+names this module also exports, as it did when they lived here.
 
 Jupyter's ``stop_on_error`` rule (an execute_request's content, true unless given): when a
 non-silent execute_request fails, the execute requests already queued behind it on this engine
@@ -26,7 +27,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any
 
 from corral.errors import (
@@ -35,7 +36,6 @@ from corral.errors import (
     SharedMemoryError,
     TaskAborted,
     TaskTimeout,
-    error_content,
 )
 from corral.protocol.serialize import serialize_object, unpack_apply_message
 from corral.protocol.session import Frame, JSONDict, Message, Session, utcnow
@@ -45,25 +45,26 @@ from corral.sharedmem import SharedMemory
 from .interrupts import InterruptGate
 from .ipython import EngineShell
 from .namespace import Namespace, OutputCapture, strip_engine_frames
+from .reply_messages import EngineIdentity as EngineIdentity
+from .reply_messages import aborted_reply_msg as aborted_reply_msg
+from .reply_messages import error_reply_msg as error_reply_msg
+from .reply_messages import failure_content as failure_content
+from .reply_messages import iopub_error, json_safe_msg, stops_on_error
+from .reply_messages import reply_metadata as reply_metadata
+from .reply_messages import reply_type as reply_type
 from .summary import describe_call
 
 SendCallback = Callable[[bytes, Sequence[Frame]], None]
 """``send(channel, frames)``: channel is b"mux", b"task", b"control" or b"iopub"."""
+ReplyCallback = Callable[[bytes, Sequence[Frame], str], None]
+"""``reply(channel, frames, answers)``: a request's reply, and the msg_id of that request (the
+engine keeps each reply by it until the Hub recorded it: given here, it is not parsed again
+from the frames)."""
 
 TASK_TYPES = frozenset({"apply_request", "execute_request"})
 MAIN_THREAD_CONTROL_TYPES = frozenset({"clear_request"})
 CONTROL_TYPES = frozenset({"clear_request", "abort_request", "signal_request", "shutdown_request"})
 ABORT_MEMORY = 100_000
-
-
-@dataclass
-class EngineIdentity:
-    """Who this engine is on the wire. ``id`` is None until registered, and may change when the
-    engine re-registers with a restarted controller."""
-
-    uuid: str
-    id: int | None = None
-    placement: dict[str, Any] = field(default_factory=dict)  # host, pid, MPI rank ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,91 +84,6 @@ def time_limit(msg: Message) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise InvalidContent(f"time_limit must be a number of seconds > 0, not {value!r}")
     return float(value)
-
-
-def reply_type(msg_type: str) -> str:
-    """``foo_request`` -> ``foo_reply``; any other type gets ``_reply`` appended."""
-    return msg_type.removesuffix("_request") + "_reply"
-
-
-def reply_metadata(
-    identity: EngineIdentity,
-    status: str,
-    started: str,
-    completed: str | None = None,
-    stdout: str = "",
-    stderr: str = "",
-    **extra: Any,
-) -> JSONDict:
-    """The metadata every engine reply carries (docs/wire-flows.md, apply_reply). (Built in
-    place, one key at a time: every reply makes one, and merging literal dicts cost a third
-    more.)"""
-    metadata: JSONDict = {
-        "engine_uuid": identity.uuid,
-        "engine_id": identity.id,
-        "status": status,
-        "started": started,
-        "completed": completed or utcnow(),
-        "stdout": stdout,
-        "stderr": stderr,
-    }
-    placement = identity.placement
-    if "host" in placement:
-        metadata["engine_host"] = placement["host"]
-    rank = placement.get("mpi_rank")
-    if rank is not None:
-        metadata["mpi_rank"] = rank
-    if extra:
-        metadata.update(extra)
-    return metadata
-
-
-def failure_content(exc: BaseException, identity: EngineIdentity) -> JSONDict:
-    """Error reply content for ``exc``, never raising (user exceptions can be hostile)."""
-    try:
-        return error_content(strip_engine_frames(exc), identity.id, identity.uuid)
-    except Exception as formatting_error:
-        return {
-            "status": "error",
-            "ename": type(exc).__name__,
-            "evalue": f"<the error could not be formatted: {formatting_error!r}>",
-            "traceback": [],
-            "engine_info": {"engine_id": identity.id, "engine_uuid": identity.uuid},
-        }
-
-
-def error_reply_msg(
-    session: Session, identity: EngineIdentity, request: Message, exc: BaseException
-) -> Message:
-    """A reply to ``request`` (any type, even one outside the catalogue) reporting ``exc``.
-
-    Built without catalogue validation, so a request of an unknown type still gets an answer
-    (``<type>_reply``) and its sender does not wait forever.
-    """
-    content = failure_content(exc, identity)
-    now = utcnow()
-    msg_type = reply_type(request.msg_type)
-    return Message(
-        header=session.header(msg_type),
-        parent_header=request.header,
-        metadata=reply_metadata(identity, content["status"], now, now),
-        content=content,
-    )
-
-
-def aborted_reply_msg(
-    session: Session, identity: EngineIdentity, request: Message, reason: str
-) -> Message:
-    """The ``aborted`` reply of a task that will never run."""
-    exc = TaskAborted("TaskAborted", reason, engine_id=identity.id, engine_uuid=identity.uuid)
-    content = error_content(exc, identity.id, identity.uuid)
-    now = utcnow()
-    return session.msg(
-        reply_type(request.msg_type),
-        content,
-        parent=request,
-        metadata=reply_metadata(identity, "aborted", now, now),
-    )
 
 
 @dataclass(frozen=True)
@@ -238,7 +154,11 @@ class AbortList:
                 del self._ids[next(iter(self._ids))]
 
     def take(self, msg_id: str) -> bool:
-        """Whether ``msg_id`` is to be aborted; forgets it either way."""
+        """Whether ``msg_id`` is to be aborted; forgets it either way. (Asked twice per task:
+        while nothing is to be aborted the answer needs no lock, the emptiness of a dict being
+        read in one step.)"""
+        if not self._ids:
+            return False
         with self._lock:
             return self._ids.pop(msg_id, 0) is None
 
@@ -271,8 +191,10 @@ class TaskRunner:
         shm: SharedMemory | None = None,
         shell: EngineShell | None = None,
         mark_queue: Callable[[], None] | None = None,
+        reply: ReplyCallback | None = None,
     ) -> None:
         self.shm = shm
+        self.reply = reply  # None: replies go through send like the rest
         self.mark_queue = mark_queue
         self._running: Message | None = None  # the request whose user code runs (publish_data)
         self._data_messages = 0  # data_message sent for it
@@ -305,10 +227,18 @@ class TaskRunner:
         try:
             return self.session.serialize(msg, idents)
         except TypeError:  # orjson.JSONEncodeError: e.g. print("\udcff") in user code
-            return self.session.serialize(_json_safe_msg(msg), idents)
+            return self.session.serialize(json_safe_msg(msg), idents)
 
     def send_msg(self, channel: bytes, msg: Message, idents: Sequence[bytes] = ()) -> None:
         self.send(channel, self.frames(msg, idents))
+
+    def send_reply(self, channel: bytes, reply: Message, request: Message) -> None:
+        """Send ``reply`` to ``request`` on the request's channel (to its sender)."""
+        frames = self.frames(reply, request.idents)
+        if self.reply is None:
+            self.send(channel, frames)
+        else:
+            self.reply(channel, frames, request.msg_id)
 
     def publish(
         self, msg_type: str, content: JSONDict, parent: Message, buffers: Sequence[Any] = ()
@@ -327,23 +257,26 @@ class TaskRunner:
             self.aborting = None
             return
         msg = request.msg
-        is_execute = msg.msg_type == "execute_request"
-        if self.aborts.take(msg.msg_id):
+        header = msg.header  # its fields are strings: the parse checked them
+        msg_type: str = header["msg_type"]
+        msg_id: str = header["msg_id"]
+        is_execute = msg_type == "execute_request"
+        if self.aborts.take(msg_id):
             self._answer_aborted(request)
             return
         if self.aborting is not None and is_execute:
             reason = (
-                f"task {msg.msg_id} was aborted: execute_request {self.aborting}, queued before "
+                f"task {msg_id} was aborted: execute_request {self.aborting}, queued before "
                 f"it on engine {self.identity.id}, failed (stop_on_error)"
             )
             self._answer_aborted(request, reason)
             return
-        if not is_execute and msg.msg_type in MAIN_THREAD_CONTROL_TYPES:
+        if not is_execute and msg_type in MAIN_THREAD_CONTROL_TYPES:
             self._control(request)
             return
         limit = time_limit(msg)
-        self.gate.arm(msg.msg_id, None if limit is None else time.monotonic() + limit)
-        if self.aborts.take(msg.msg_id):
+        self.gate.arm(msg_id, None if limit is None else time.monotonic() + limit)
+        if self.aborts.take(msg_id):
             # an abort_request that came between the check above and arm(): the I/O thread
             # saw nothing running, so it left the abort here (see IOShell._abort)
             self.gate.disarm()
@@ -353,16 +286,16 @@ class TaskRunner:
         try:
             reply, refs = self._run(msg)
         except Exception as exc:  # a bug of the engine, not user code: still answer
-            self.log.exception("engine error while running %s %s", msg.msg_type, msg.msg_id)
+            self.log.exception("engine error while running %s %s", msg_type, msg_id)
             reply = error_reply_msg(self.session, self.identity, msg, exc)
         finally:
             self.gate.disarm()
         if is_execute and stops_on_error(msg, reply):
             self._abort_queue(msg.msg_id)  # before the reply: a request sent on seeing it runs
         try:
-            self.send_msg(request.channel, reply, msg.idents)
+            self.send_reply(request.channel, reply, msg)
         finally:
-            if self.shm is not None:
+            if refs and self.shm is not None:
                 self.shm.release(refs)  # the readers' own links keep the result alive
         if is_execute:
             self.publish("status", {"execution_state": "idle"}, msg)
@@ -392,7 +325,7 @@ class TaskRunner:
         if reason is None:
             reason = f"task {msg.msg_id} was aborted by an abort_request"
         reply = aborted_reply_msg(self.session, self.identity, msg, reason)
-        self.send_msg(request.channel, reply, msg.idents)
+        self.send_reply(request.channel, reply, msg)
 
     def _control(self, request: Request) -> None:
         """A control request that must not overlap a task (``clear_request``); its reply."""
@@ -407,7 +340,7 @@ class TaskRunner:
             reply = self.session.msg(
                 reply_type(msg.msg_type), {"status": "ok"}, parent=msg, metadata=metadata
             )
-        self.send_msg(request.channel, reply, msg.idents)
+        self.send_reply(request.channel, reply, msg)
 
     def _run(self, msg: Message) -> tuple[Message, list[SegmentRef]]:
         """Run the task with its output captured; the reply to send, and the shared-memory
@@ -458,42 +391,48 @@ class TaskRunner:
         if isinstance(failure, KeyboardInterrupt) and self.gate.aborted:
             failure = self._aborted_while_running(msg, failure, self.gate.timed_out)
 
-        extra: JSONDict = {"outputs": displays} if displays else {}
-        if self._data_messages:
-            extra["data_messages"] = self._data_messages
-        if self.call:
-            extra["call"] = self.call
         if failure is not None:
             reply_content = failure_content(failure, self.identity)
-            self.publish("error", _iopub_error(reply_content), msg)
+            self.publish("error", iopub_error(reply_content), msg)
             buffers = []
         else:
             reply_content = {"status": "ok"}
-            if refs:
-                extra[METADATA_KEY] = encode_refs(refs)
-        if is_execute:
-            count = self.namespace.execution_count
-            reply_content["execution_count"] = count
-            data, result_metadata = result if failure is None and result else (None, {})
-            extra["execute_result"] = data
-            if result_metadata:
-                extra["execute_result_metadata"] = result_metadata
-            if data is not None and not silent:
-                message = {"data": data, "metadata": result_metadata, "execution_count": count}
-                self.publish("execute_result", message, msg)
+        completed = utcnow()
         metadata = reply_metadata(
             self.identity,
             reply_content["status"],
             started,
-            utcnow(),
+            completed,
             output.stdout,
             output.stderr,
-            **extra,
         )
-        reply = self.session.msg(
-            reply_type(msg_type), reply_content, parent=msg, metadata=metadata, buffers=buffers
-        )
-        return reply, refs
+        if displays:
+            metadata["outputs"] = displays
+        if self._data_messages:
+            metadata["data_messages"] = self._data_messages
+        if self.call:
+            metadata["call"] = self.call
+        if refs and failure is None:
+            metadata[METADATA_KEY] = encode_refs(refs)
+        if is_execute:
+            count = self.namespace.execution_count
+            reply_content["execution_count"] = count
+            data, result_metadata = result if failure is None and result else (None, {})
+            metadata["execute_result"] = data
+            if result_metadata:
+                metadata["execute_result_metadata"] = result_metadata
+            if data is not None and not silent:
+                message = {"data": data, "metadata": result_metadata, "execution_count": count}
+                self.publish("execute_result", message, msg)
+        if failure is not None:  # content made from a user's exception: checked as ever
+            reply = self.session.msg(
+                reply_type(msg_type), reply_content, parent=msg, metadata=metadata
+            )
+            return reply, refs
+        # {"status": "ok"} (and an int execution_count) is a valid reply by construction, and
+        # the metadata dict is this reply's own: no check, no copy (every task makes one)
+        header = self.session.header(reply_type(msg_type), completed)
+        return Message(header, msg.header, metadata, reply_content, tuple(buffers)), refs
 
     def _aborted_while_running(
         self, msg: Message, interrupt: KeyboardInterrupt, timed_out: bool
@@ -531,10 +470,10 @@ class TaskRunner:
             ) from None
         self.call = describe_call(f, args, kwargs)
         result = self.namespace.apply(f, args, kwargs)
-        name = getattr(f, "__name__", "the function")
         try:
-            frames = list(serialize_object(result))
+            frames = serialize_object(result)  # a new list: the caller's to change
         except Exception as err:  # MemoryError included: a result too large to serialize
+            name = getattr(f, "__name__", "the function")
             raise SerializationError(
                 f"the result of {name} could not be serialized: "
                 f"{err if isinstance(err, SerializationError) else f'{type(err).__name__}: {err}'}"
@@ -543,6 +482,7 @@ class TaskRunner:
         if limit is not None:
             size = sum(memoryview(frame).nbytes for frame in frames)
             if size > limit:
+                name = getattr(f, "__name__", "the function")
                 raise SerializationError(
                     f"the result of {name} is {size} bytes serialized, over this engine's limit "
                     f"of {limit} bytes (--max-result-bytes): return less, or store it elsewhere"
@@ -561,40 +501,3 @@ class TaskRunner:
 
     def _stream(self, parent: Message, name: str, text: str) -> None:
         self.publish("stream", {"name": name, "text": text}, parent)
-
-
-def stops_on_error(request: Message, reply: Message) -> bool:
-    """Whether ``reply`` to the execute ``request`` aborts the execute requests queued behind
-    it: it failed (status "error", not "aborted"), the request was not silent and did not set
-    ``stop_on_error`` false (Jupyter's messaging spec; the default is true)."""
-    content = request.content or {}
-    return (
-        (reply.content or {}).get("status") == "error"
-        and not content.get("silent", False)
-        and bool(content.get("stop_on_error", True))
-    )
-
-
-def _iopub_error(content: JSONDict) -> JSONDict:
-    return {key: content[key] for key in ("ename", "evalue", "traceback", "engine_info")}
-
-
-def _json_safe(value: Any) -> Any:
-    """``value`` with every string made encodable as UTF-8 (lone surrogates escaped)."""
-    if isinstance(value, str):
-        return value.encode("utf-8", "backslashreplace").decode("utf-8")
-    if isinstance(value, dict):
-        return {_json_safe(key): _json_safe(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(item) for item in value]
-    return value
-
-
-def _json_safe_msg(msg: Message) -> Message:
-    return replace(
-        msg,
-        header=_json_safe(msg.header),
-        parent_header=_json_safe(msg.parent_header),
-        metadata=_json_safe(msg.metadata),
-        content=_json_safe(msg.content),
-    )

@@ -41,6 +41,7 @@ from corral.sharedmem import SharedMemory
 from corral.sockets import recv_small_as_bytes
 
 from .alarm import Alarm
+from .envelope import read_request
 from .runner import (
     CONTROL_TYPES,
     QUEUE_MARK,
@@ -60,9 +61,9 @@ HOLD_REPLIES = 0.002  # seconds a reply may wait for the tasks queued behind it,
 BATCH_FOR = 0.001  # seconds of held replies after which the loop sends them (end of turn)
 TASK_CHANNELS = (b"mux", b"task")
 
-Note = tuple[str, Any, Any]
-"""What the link core must learn, in order: ``("received", msg_id, None)`` or
-``("replied", channel, frames)``."""
+Note = tuple[str, Any, Any, str | None]
+"""What the link core must learn, in order: ``("received", msg_id, None, None)`` or
+``("replied", channel, frames, msg_id of the request answered, None if not known)``."""
 
 
 class TaskShell:
@@ -147,7 +148,7 @@ class TaskShell:
     def _take(self, channel: bytes, frames: Sequence[Frame]) -> None:
         """Queue a verified apply or execute request; others get an error reply."""
         try:
-            msg = self.session.feed(frames)
+            msg = read_request(self.session, frames)
         except ProtocolError as err:
             self.rejected += 1
             self.log.warning("dropped a message on %s: %s", channel.decode(), err)
@@ -159,7 +160,8 @@ class TaskShell:
             self.log.warning("refused the buffers of %s: %s", msg.msg_id, err)
             self._reply_error(channel, msg, err)
             return
-        msg_type = msg.msg_type
+        header = msg.header  # its fields are strings: the parse checked them
+        msg_type: str = header["msg_type"]
         if msg_type not in TASK_TYPES:
             where = "belongs on the control channel" if msg_type in CONTROL_TYPES else ""
             error = UnknownMessageType(
@@ -170,11 +172,11 @@ class TaskShell:
             return
         try:
             validate_content(msg_type, msg.content or {})
-            limited = time_limit(msg) is not None
+            limited = "time_limit" in msg.metadata and time_limit(msg) is not None
         except InvalidContent as err:
             self._reply_error(channel, msg, err)
             return
-        self.notes.append(("received", msg.msg_id, None))
+        self.notes.append(("received", header["msg_id"], None, None))
         request = Request(channel, msg)
         if limited:
             self.watch_time_limit(request)
@@ -236,17 +238,23 @@ class TaskShell:
             if self.work.empty() or held is None or time.monotonic() - held >= BATCH_FOR:
                 return
 
-    def reply(self, channel: bytes, frames: Sequence[Frame]) -> None:
+    def reply(self, channel: bytes, frames: Sequence[Frame], answers: str | None = None) -> None:
         """(Main thread, from the runner: also while the lock is lent.) Send a reply at the
-        end of this turn; the link core keeps it until the Hub recorded it."""
+        end of this turn; the link core keeps it until the Hub recorded it (by ``answers``,
+        the msg_id of the request, read from the frames when not given)."""
         with self.lock:
-            self._queue_reply(channel, frames)
+            self._queue_reply(channel, frames, True, answers)
 
-    def _queue_reply(self, channel: bytes, frames: Sequence[Frame], keep: bool = True) -> None:
+    def _queue_reply(
+        self, channel: bytes, frames: Sequence[Frame], keep: bool = True, answers: str | None = None
+    ) -> None:
         if self._held_since is None:
             self._held_since = time.monotonic()
+        # as a tuple (of bytes, nearly always): the collector stops tracking it at its first
+        # pass, and the I/O thread keeps it, with its note, until the Hub recorded the reply
+        frames = tuple(frames)
         if keep:
-            self.notes.append(("replied", channel, frames))
+            self.notes.append(("replied", channel, frames, answers))
         self._outboxes[channel].put(frames)
 
     def mark_queue(self) -> None:

@@ -199,13 +199,15 @@ class Session:
         than a uuid4 per message."""
         return f"{self._id_prefix}{next(self._id_counter):012x}"
 
-    def header(self, msg_type: str) -> JSONDict:
+    def header(self, msg_type: str, date: str | None = None) -> JSONDict:
+        """A new message's header, dated now or ``date`` (a :func:`utcnow` string the caller
+        just took: an engine's reply is dated when its task completed, one clock read less)."""
         return {
             "msg_id": self.new_msg_id(),
             "msg_type": msg_type,
             "session": self.session_id,
             "username": self.username,
-            "date": utcnow(),
+            "date": date or utcnow(),
             "version": PROTOCOL_VERSION,
         }
 

@@ -344,6 +344,28 @@ def test_capture_is_reusable_and_tasks_do_not_mix() -> None:
     assert (first.stdout, second.stdout) == ("one\n", "two\n")
 
 
+def test_a_silent_task_between_two_that_print_keeps_nothing_of_theirs() -> None:
+    """A task that printed nothing reuses the capture's lists as they are (they are empty):
+    neither the text before it nor text written between tasks leaks into a task's output."""
+    published = Published()
+    capture = OutputCapture()
+    with capture.capture(published) as first:
+        print("one", file=sys.stderr)
+    with capture.capture(published) as silent:
+        pass
+    stray = capture._streams[0]  # type: ignore[index]  # a reference kept by user code
+    stray.write("between tasks\n")
+    with capture.capture(published) as quiet_again:
+        pass
+    with capture.capture(published) as third:
+        print("three")
+    assert (first.stdout, first.stderr) == ("", "one\n")
+    assert (silent.stdout, silent.stderr) == ("", "")
+    assert (quiet_again.stdout, quiet_again.stderr) == ("", "")
+    assert (third.stdout, third.stderr) == ("three\n", "")
+    assert published.text("stdout") == "three\n"
+
+
 def test_a_task_that_closes_its_stdout_does_not_break_the_next() -> None:
     """The stand-in streams are reused from task to task: a closed one is replaced."""
     capture = OutputCapture()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 from corral.engine.replies import MAX_KEPT, ReplyLog, marked_resent, parent_msg_id
 from corral.protocol.messages import RESENT
 from corral.protocol.session import Frame, Session, frame_view
@@ -33,6 +35,34 @@ def test_held_until_replied_then_kept_until_the_hub_confirms_the_record() -> Non
     assert log.to_report() == ["b", "a"]
     assert log.recorded(b"mux", "a") == 1
     assert log.to_report() == ["b"]
+
+
+def test_a_reply_named_by_its_sender_is_kept_under_that_name() -> None:
+    """The main thread names the request a reply answers: the frames are not parsed then
+    (unreadable ones are kept too); unnamed, they are read as before."""
+    log = ReplyLog()
+    log.received("a")
+    assert log.replied(b"task", [b"not", b"parsed"], now=1.0, answers="a") == "a"
+    assert log.replied(b"task", reply_frames("b"), now=2.0) == "b"
+    assert log.replied(b"task", [b"unreadable"], now=3.0) is None
+    assert log.to_report() == ["a", "b"]
+    first, second = log.to_resend()
+    assert first == (b"task", [b"not", b"parsed"])
+    assert parent_msg_id(second[1]) == "b"
+
+
+def test_kept_replies_are_not_walked_by_every_collection() -> None:
+    """Thousands of replies wait for the Hub's confirmation (seconds): kept as tuples of bytes,
+    the cyclic collector stops tracking them instead of walking them in every later pass (and
+    promoting them to the oldest generation, whose walks cost most): the frames at the first
+    pass, the entry holding them at the next."""
+    log = ReplyLog()
+    log.replied(b"task", reply_frames("a"), now=1.0, answers="a")
+    gc.collect()
+    gc.collect()
+    kept = log.recent["a"]
+    assert not gc.is_tracked(kept[2]) and not gc.is_tracked(kept)
+    assert log.to_resend()[0][1] == list(kept[2])
 
 
 def test_a_confirmation_covers_earlier_replies_of_its_channel_only() -> None:

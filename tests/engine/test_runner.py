@@ -106,6 +106,25 @@ def test_apply_with_numpy_arguments(wire: Wire, runner: TaskRunner) -> None:
     assert all(msg.parent_header == request.msg.header for _, msg in wire.iopub())
 
 
+def test_an_apply_reply_is_dated_when_its_task_completed(wire: Wire, runner: TaskRunner) -> None:
+    """The usual reply is built without Session.msg (no check, no copy): it still reads as a
+    checked apply_reply (the test's reader validates content), dated at ``completed``, with
+    the call described and the output of each task its own."""
+    quiet = wire.apply(abs, -2)
+    runner.run(quiet)
+    loud = wire.apply(print, "hello")
+    runner.run(loud)
+    first, second = wire.replies()
+    assert first.header["date"] == first.metadata["completed"]
+    assert first.metadata["started"] <= first.metadata["completed"]
+    assert first.content == {"status": "ok"}
+    assert first.metadata["call"] == "abs(-2)"
+    assert (first.metadata["stdout"], second.metadata["stdout"]) == ("", "hello\n")
+    assert deserialize_object(list(first.buffers)) == 2
+    assert first.header["msg_id"] != second.header["msg_id"]
+    assert first.header["session"] == wire.engine.session_id
+
+
 def test_execute_streams_and_returns_the_result(wire: Wire, runner: TaskRunner) -> None:
     request = wire.request("execute_request", {"code": "print('hi')\nx = 6\nx * 7"})
     runner.run(request)

@@ -16,6 +16,7 @@ import pytest
 import zmq
 
 from corral.engine.alarm import open_alarm
+from corral.engine.replies import parent_msg_id
 from corral.engine.runner import EngineIdentity, Request, TaskRunner
 from corral.engine.task_shell import TaskShell
 from corral.loop import Loop, LoopThread
@@ -84,8 +85,13 @@ def served(guard: str = "alarm") -> Iterator[Served]:
 
     io_thread = LoopThread("task-shell-test-io", io_setup)
     io_thread.start()
-    runner = TaskRunner(
-        engine_session, identity, shell.reply, mark_queue=shell.mark_queue, shm=SharedMemory()
+    runner = TaskRunner(  # as the engine makes it: replies name their request
+        engine_session,
+        identity,
+        shell.reply,
+        mark_queue=shell.mark_queue,
+        shm=SharedMemory(),
+        reply=shell.reply,
     )
     thread = threading.Thread(target=shell.run, args=(runner,), name="task-shell-test")
     thread.start()
@@ -140,13 +146,18 @@ def add(x: int, y: int) -> int:
 
 def test_requests_are_run_and_answered_by_the_loop() -> None:
     with served() as s:
+        requests = []
         for n in range(3):
             request = send_apply(s, add, n, 1)
+            requests.append(request.msg_id)
             reply = reply_to(s, request)
             assert reply.content == {"status": "ok"}
             assert deserialize_object(list(reply.buffers)) == n + 1
         received = [note for note in s.shell.notes if note[0] == "received"]
-        assert len(received) == 3  # left for the I/O thread's link core
+        assert [note[1] for note in received] == requests  # left for the I/O thread's link core
+        replied = [note for note in s.shell.notes if note[0] == "replied"]
+        assert [note[3] for note in replied] == requests  # named: not parsed again there
+        assert [parent_msg_id(note[2]) for note in replied] == requests
 
 
 def test_a_time_limited_request_is_handed_to_the_io_thread() -> None:

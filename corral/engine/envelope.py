@@ -1,0 +1,81 @@
+"""The engine's reading of a task request: the usual envelope inline, anything else the general way.
+
+Every task an engine runs is read here first, so the general parser's steps add up: a search
+for the delimiter, a view of each frame, a method call and an ``isinstance`` per JSON frame.
+A request from the MUX or the scheduler nearly always comes as one client identity, the
+delimiter and five or more ``bytes`` frames (small frames are read as bytes, and a bundle's
+messages are bytes slices: :func:`corral.sockets.recv_small_as_bytes`). For that shape
+:func:`read_request` checks the signature with the session (recorded against replays as
+always), parses the four JSON frames and checks them inline. Anything else, or any fault
+found in that shape, goes to :meth:`Session.feed <corral.protocol.session.Session.feed>` /
+:meth:`Session.deserialize <corral.protocol.session.Session.deserialize>`, which raise the
+same errors as ever (after a verified signature, the general parse runs without verifying it
+again: it is recorded now, and would be refused as a replay, hiding the real fault).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import cast
+
+import orjson
+
+from corral.protocol.session import DELIMITER, HEADER_FIELDS, Frame, Message, Session
+
+_loads = orjson.loads
+
+
+def read_request(session: Session, frames: Sequence[Frame]) -> Message:
+    """The verified, parsed request in ``frames`` (as received: identities included).
+
+    The same Message, and the same errors (SignatureError, ReplayError, MalformedMessage,
+    UnknownMessageType), as ``session.feed(frames)``."""
+    if len(frames) < 7 or session.check_msg_type:
+        return session.feed(frames)
+    ident = frames[0]
+    delimiter = frames[1]
+    signature = frames[2]
+    header_json = frames[3]
+    parent_json = frames[4]
+    metadata_json = frames[5]
+    content_json = frames[6]
+    if not (
+        type(ident) is bytes
+        and ident != DELIMITER
+        and type(delimiter) is bytes
+        and delimiter == DELIMITER
+        and type(signature) is bytes
+        and type(header_json) is bytes
+        and type(parent_json) is bytes
+        and type(metadata_json) is bytes
+        and type(content_json) is bytes
+        and len(header_json) <= session.max_header_bytes
+        and len(parent_json) <= session.max_header_bytes
+    ):
+        return session.feed(frames)
+    session.verify_signature(signature, (header_json, parent_json, metadata_json, content_json))
+    try:
+        header = _loads(header_json)
+        parent_header = _loads(parent_json)
+        metadata = _loads(metadata_json)
+        content = _loads(content_json)
+    except orjson.JSONDecodeError:
+        return _parse_checked(session, frames)
+    if (
+        type(header) is not dict
+        or type(parent_header) is not dict
+        or type(metadata) is not dict
+        or type(content) is not dict
+    ):
+        return _parse_checked(session, frames)
+    for name in HEADER_FIELDS:
+        if type(header.get(name)) is not str:
+            return _parse_checked(session, frames)
+    return Message(header, parent_header, metadata, content, tuple(frames[7:]), (ident,))
+
+
+def _parse_checked(session: Session, frames: Sequence[Frame]) -> Message:
+    """The general parse of a request whose signature was verified (and recorded) already:
+    it raises the error that names the fault."""
+    ident = cast(bytes, frames[0])  # checked by read_request
+    return session.deserialize(list(frames[2:]), idents=[ident], verify=False)
