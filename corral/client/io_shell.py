@@ -38,8 +38,8 @@ from typing import Any, Protocol, cast
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from corral.client.socket_gate import SocketGate
-from corral.errors import ConnectionError
+from corral.client.socket_gate import Sleepy, SocketGate
+from corral.errors import ConnectionError, ReplayError
 from corral.loop import Loop, LoopThread
 from corral.protocol.session import Frame, Message, Session
 from corral.security import CurveKeys, make_client
@@ -63,6 +63,12 @@ class Handler(Protocol):
     """What the I/O thread calls with each decoded message; runs on the I/O thread only."""
 
     def on_reply(self, msg: Message) -> None: ...
+
+    def on_reply_again(self, msg: Message) -> None:
+        """A reply whose handling a KeyboardInterrupt cut on a thread reading it while it
+        waited (corral.client.socket_gate): settle its request if it was taken from the
+        pending ones and not settled; on the I/O thread."""
+        ...
 
     def on_notification(self, msg: Message) -> None: ...
 
@@ -125,7 +131,8 @@ class ClientIO:
     @property
     def rejected(self) -> int:
         """Messages dropped: they did not parse or verify, or their buffers were refused."""
-        return self._loop.rejected + self._refused
+        off_loop = sum(gate.rejected for gate in self._gates.values())
+        return self._loop.rejected + self._refused + off_loop
 
     def count_rejected(self) -> None:
         """(I/O thread) The handler dropped (part of) a message that parsed."""
@@ -188,6 +195,16 @@ class ClientIO:
         except ConnectionError:
             raise self.closed_error() from None
         return tracker
+
+    def wait_reading(self, channel: str, future: Sleepy, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for ``future``, a reply expected on ``channel`` (mux
+        or task), reading that socket's replies on this thread meanwhile if no other thread
+        does (:meth:`SocketGate.lead`); False at once if this thread may not (then wait on
+        the future as usual)."""
+        gate = self._gates.get(channel.encode())
+        if gate is None or self.on_io_thread:
+            return False
+        return gate.lead(future, timeout)
 
     def call_soon(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` on the I/O thread, soon, after what was handed over before it."""
@@ -274,14 +291,15 @@ class ClientIO:
         # what the I/O thread sends on them leaves at the end of a turn, a bundle per peer
         # when several are ready (corral.bundles): through the MUX one per engine, to the
         # scheduler all in one. Sockets are served in this order: replies first.
+        replies = _Replies(self.session, handler)
         for name in CHANNELS:
-            sock, on_reply = self._sockets[name], self._decoded(handler.on_reply)
+            sock = self._sockets[name]
             if name in ("mux", "task"):
-                gate = SocketGate(loop, sock, 1 if name == "mux" else 0, on_reply, _BATCH)
+                gate = SocketGate(loop, sock, 1 if name == "mux" else 0, replies, _BATCH)
                 gate.install()
                 self._gates[name.encode()] = gate
             else:
-                loop.add_socket(sock, on_reply, batch=_BATCH)
+                loop.add_socket(sock, self._decoded(handler.on_reply), batch=_BATCH)
         loop.add_socket(iopub, self._decoded(handler.on_iopub), batch=_BATCH)
         loop.add_socket(notification, self._decoded(handler.on_notification), batch=_BATCH)
         for monitor in self._links:
@@ -357,6 +375,30 @@ class ClientIO:
         for sock in self._sockets.values():
             sock.close(linger=0)
         self._sockets.clear()
+
+
+class _Replies:
+    """How the request sockets' replies are read (:class:`corral.client.socket_gate.Reader`),
+    on the I/O thread or on a thread waiting for one."""
+
+    __slots__ = ("decode", "handle", "_session", "_handler")
+
+    def __init__(self, session: Session, handler: Handler) -> None:
+        self._session = session
+        self._handler = handler
+        self.decode = session.feed
+        self.handle = handler.on_reply
+
+    def decode_again(self, frames: list[Frame]) -> Message:
+        """Decoded again after a cut: refused as seen before only if the cut decoding
+        recorded its signature, which it does once it has verified it."""
+        try:
+            return self._session.feed(frames)
+        except ReplayError:
+            return self._session.feed_verified(frames)
+
+    def handle_again(self, msg: Message) -> None:
+        self._handler.on_reply_again(msg)
 
 
 def _readable(sock: zmq.Socket[Any]) -> bool:

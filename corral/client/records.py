@@ -202,6 +202,9 @@ class Records:
         self._silent: set[str] = set()  # silent execute requests: no execute_result
         self.late_replies = 0  # replies that found their request settled already, ignored
         self._lock = threading.Lock()  # history and holders: written by several threads
+        # a request's captured output: iopub (the I/O thread) and its reply (whichever
+        # thread reads it, corral.client.socket_gate) must not interleave on one Metadata
+        self._output_lock = threading.Lock()
         self._holders: dict[str, int] = {}  # msg_id -> AsyncResults holding it
         self._released: collections.deque[Sequence[str]] = collections.deque()
         self._orphans: set[str] = set()  # released while unfinished: forgotten once settled
@@ -269,10 +272,17 @@ class Records:
 
     # ------------------------------------------------------------------ I/O thread
 
-    def handle_reply(self, msg: Message) -> bool:
-        """Settle the request ``msg`` answers; False if none is pending (late or foreign)."""
+    def handle_reply(self, msg: Message, *, again: bool = False) -> bool:
+        """Settle the request ``msg`` answers; False if none is pending (late or foreign).
+        ``again``: its handling was cut (Ctrl-C on a thread reading its reply, see
+        corral.client.socket_gate), maybe after it was taken from ``pending``: a request
+        not pending but not settled either is then settled by this reply."""
         parent = msg.parent_id
         pending = self.pending.pop(parent, None) if parent is not None else None
+        if pending is None and again and parent is not None:
+            future = self.futures.get(parent)
+            if future is not None and not future.done() and parent not in self.pending:
+                pending = future
         if pending is None:
             self.late_replies += 1
             return False
@@ -311,7 +321,8 @@ class Records:
             md = self.metadata[msg_id] = Metadata(msg_id=msg_id)
         if submitted is not None and md["submitted"] is None:
             md["submitted"] = parse_date(submitted)
-        self._update_metadata(msg_id, md, metadata, content)
+        with self._output_lock:
+            self._update_metadata(msg_id, md, metadata, content)
         if future is None:
             future = self.futures.setdefault(msg_id, RequestFuture(self._defer))
         settled = future
@@ -379,6 +390,10 @@ class Records:
 
     def handle_iopub(self, msg: Message) -> None:
         """Output of a request while it runs: streams, displays, execute results."""
+        with self._output_lock:
+            self._record_output(msg)
+
+    def _record_output(self, msg: Message) -> None:
         parent = msg.parent_id
         md = self.metadata.get(parent) if parent is not None else None
         if parent is not None and md is not None and msg.msg_type == "data_message":
