@@ -9,7 +9,10 @@ I/O thread a wake-up per round trip; otherwise it hands them over (zero-copy) wi
 ``call_soon_threadsafe``, whose one wake-up serves a whole burst. Either way no socket per
 calling thread, so a program that submits from thousands of short-lived threads holds the same
 file descriptors as one that does not. The I/O thread sends what it is handed untouched and
-feeds every message it receives, decoded and verified, to a :class:`Handler`.
+feeds every message it receives, decoded and verified, to a :class:`Handler`; a thread waiting
+for a reply on mux or task may read that socket and feed its replies to the handler itself
+(:meth:`ClientIO.wait_reading`, :meth:`corral.client.socket_gate.SocketGate.lead`), so
+``on_reply`` runs on the I/O thread or on such a thread, one reader at a time per socket.
 
     user thread  --(channel, frames)-->  loop hand-off   I/O thread (Loop)
           |  (mux/task, nothing in flight)        |-- mux/control/task DEALERs (identity =

@@ -264,22 +264,24 @@ class SocketGate:
         if self._lead_set is None:
             return False
         me = threading.get_ident()
-        with self.lock:
-            if self._leader is not None or self.order.closed or self._loop.stopping:
-                return False
-            self._leader = me
-            self.led += 1
-            # under the lock: the socket is open, so its descriptor is still its own
-            self._io_set.unregister(self._fd)  # the I/O thread is not woken for replies now
-        try:
+        took = False
+        try:  # whatever interrupts it (Ctrl-C), a thread that took the lead gives it back
+            with self.lock:
+                if self._leader is not None or self.order.closed or self._loop.stopping:
+                    return False
+                self._leader, took = me, True
+                self.led += 1
+                # under the lock: the socket is open, so its descriptor is still its own
+                self._io_set.unregister(self._fd)  # the I/O thread is not woken for replies
             waker = _Waker(self._wake_fd, me)
-            if future.add_sleeper(waker):
-                try:
+            try:
+                if future.add_sleeper(waker):
                     self._lead_until(future, time.monotonic() + timeout)
-                finally:
-                    future.remove_sleeper(waker)
+            finally:
+                future.remove_sleeper(waker)
         finally:
-            self._resign()
+            if took:
+                self._resign()
         return True
 
     # ------------------------------------------------------------------ the leader
@@ -389,7 +391,10 @@ class SocketGate:
             if self.order.closed:
                 self._close_sets()
                 return
-            self._io_set.register(self._fd, select.EPOLLIN)
+            try:
+                self._io_set.register(self._fd, select.EPOLLIN)
+            except FileExistsError:
+                pass  # cut before it was taken out
             wake = self._take_readable()
         if wake:
             try:
