@@ -41,6 +41,7 @@ from typing import Any, Protocol, cast
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from corral.client import reply_wire
 from corral.client.socket_gate import Sleepy, SocketGate
 from corral.errors import ConnectionError, ReplayError
 from corral.loop import Loop, LoopThread
@@ -313,7 +314,7 @@ class ClientIO:
         that does not parse or verify raises ProtocolError (ReplayError for one received
         before: engines resend replies after a controller restart), which the loop counts in
         ``rejected`` and logs."""
-        feed = self.session.feed
+        feed = functools.partial(reply_wire.feed, self.session)
 
         def handle_frames(frames: list[zmq.Frame]) -> None:
             handle(feed(frames))
@@ -389,7 +390,7 @@ class _Replies:
     def __init__(self, session: Session, handler: Handler) -> None:
         self._session = session
         self._handler = handler
-        self.decode = session.feed
+        self.decode = functools.partial(reply_wire.feed, session)
         self.handle = handler.on_reply
 
     def decode_again(self, frames: list[Frame]) -> Message:
