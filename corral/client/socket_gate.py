@@ -165,17 +165,24 @@ class Reader(Protocol):
 
 class _Waker:
     """A leader's place among its future's sleepers: settled by another thread, the future
-    wakes the leader through the eventfd it polls (its own settling needs no wake-up)."""
+    wakes the leader through the eventfd it polls (its own settling needs no wake-up). It
+    writes only while its gate's eventfd is the one it was made for, so a waker left behind
+    (a Ctrl-C between adding and removing it) never writes to a descriptor closed since."""
 
-    __slots__ = ("fd", "leader")
+    __slots__ = ("gate", "fd", "leader")
 
-    def __init__(self, fd: int, leader: int) -> None:
+    def __init__(self, gate: SocketGate, fd: int, leader: int) -> None:
+        self.gate = gate
         self.fd = fd
         self.leader = leader
 
     def release(self) -> None:
-        if threading.get_ident() != self.leader:
-            os.eventfd_write(self.fd, 1)
+        if threading.get_ident() == self.leader:
+            return
+        gate = self.gate
+        with gate.lock:
+            if gate._wake_fd == self.fd:
+                os.eventfd_write(self.fd, 1)
 
 
 class Sleepy(Protocol):
@@ -272,8 +279,11 @@ class SocketGate:
                 self._leader, took = me, True
                 self.led += 1
                 # under the lock: the socket is open, so its descriptor is still its own
-                self._io_set.unregister(self._fd)  # the I/O thread is not woken for replies
-            waker = _Waker(self._wake_fd, me)
+                try:
+                    self._io_set.unregister(self._fd)  # the I/O thread is not woken for replies
+                except FileNotFoundError:
+                    pass  # not given back by a lead that a Ctrl-C cut: taken out already
+            waker = _Waker(self, self._wake_fd, me)
             try:
                 if future.add_sleeper(waker):
                     self._lead_until(future, time.monotonic() + timeout)
@@ -387,14 +397,15 @@ class SocketGate:
         """(Leader) Give the socket back to the I/O thread: its descriptor back in the loop's
         set, and a drain if a message waits (the descriptor tells of changes only)."""
         with self.lock:
-            self._leader = None
             if self.order.closed:
+                self._leader = None
                 self._close_sets()
                 return
             try:
                 self._io_set.register(self._fd, select.EPOLLIN)
             except FileExistsError:
                 pass  # cut before it was taken out
+            self._leader = None  # after the descriptor is back: a cut here leaves no one deaf
             wake = self._take_readable()
         if wake:
             try:
@@ -443,9 +454,9 @@ class SocketGate:
             return  # the loop no longer runs: its poller forgets the set's descriptor
         for epoll in (self._io_set, self._lead_set):
             epoll.close()
-        os.close(self._wake_fd)
+        wake_fd, self._wake_fd = self._wake_fd, -1  # wakers left behind check it (_Waker)
+        os.close(wake_fd)
         self._lead_set = self._io_set = None
-        self._wake_fd = -1
 
     def _take_readable(self) -> bool:
         """(Lock held, after using the socket) Whether a message waits that nobody will be

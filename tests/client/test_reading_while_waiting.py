@@ -17,7 +17,7 @@ from corral.client.client import Client
 from corral.client.io_shell import ClientIO
 from corral.client.records import Records
 from corral.client.requestfuture import RequestFuture
-from corral.client.socket_gate import LEADING, SocketGate
+from corral.client.socket_gate import LEADING, SocketGate, _Waker
 from corral.protocol.session import Message, Session
 from tests.polling import until
 
@@ -320,6 +320,18 @@ def test_a_ctrl_c_that_cuts_the_handling_loses_no_reply(stand_in: StandIn) -> No
     assert [parent for parent, _ in stand_in.handler.handled] == [first.msg_id, second.msg_id]
     assert stand_in.handler.again == [first.msg_id]
     assert not stand_in.leading()
+
+
+def test_a_waker_left_behind_writes_nothing_once_its_gate_closed() -> None:
+    """A Ctrl-C between adding a leader's waker to a future and removing it leaves it there;
+    settled after the client closed, the future must not write to a descriptor closed since
+    (its number may be another file's by then)."""
+    running = StandIn()
+    gate = running.gate
+    waker = _Waker(gate, gate._wake_fd, leader=-1)  # noqa: SLF001
+    running.close()
+    assert gate._wake_fd == -1  # noqa: SLF001
+    waker.release()  # nothing written, nothing raised
 
 
 # ------------------------------------------------------------------ the records, without sockets
