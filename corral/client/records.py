@@ -32,6 +32,7 @@ Rules the rest of the client relies on:
 
 from __future__ import annotations
 
+import _thread
 import collections
 import logging
 import threading
@@ -202,6 +203,13 @@ class Records:
         self._silent: set[str] = set()  # silent execute requests: no execute_result
         self.late_replies = 0  # replies that found their request settled already, ignored
         self._lock = threading.Lock()  # history and holders: written by several threads
+        # the lock of every request's future (and of each one-request AsyncResult, which
+        # shares its request's): one object, where one per task was one more for the cyclic
+        # collector to walk while results are held. Safe as each future's own: it only
+        # orders the reads and writes of a future's fields, held for microseconds, never
+        # while a thread sleeps (a LightFuture's waiters sleep on locks of their own), and
+        # reentrant for concurrent.futures.wait, which takes each future's lock in turn
+        self._future_lock = _thread.RLock()
         # a request's captured output: iopub (the I/O thread) and its reply (whichever
         # thread reads it, corral.client.socket_gate) must not interleave on one Metadata
         self._output_lock = threading.Lock()
@@ -230,7 +238,7 @@ class Records:
         that once the request is sent its thread has nothing left to do)."""
         header = msg.header
         msg_id: str = header["msg_id"]
-        future = RequestFuture(self._defer, channel, engine_uuid)
+        future = RequestFuture(self._defer, channel, engine_uuid, self._future_lock)
         request_metadata = msg.metadata
         self.metadata[msg_id] = Metadata.of_request(
             msg_id,

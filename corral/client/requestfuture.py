@@ -314,8 +314,14 @@ class RequestFuture(LightFuture):
     kind = TASK
     on_reply: None = None
 
-    def __init__(self, offload: Offload, channel: str = "", engine_uuid: str | None = None) -> None:
-        lighten(self)  # in place of Future.__init__
+    def __init__(
+        self,
+        offload: Offload,
+        channel: str = "",
+        engine_uuid: str | None = None,
+        lock: Any = None,
+    ) -> None:
+        lighten(self, lock)  # in place of Future.__init__
         self._offload = offload
         self.settling_inline = False  # True while the I/O thread settles it
         self.allow_inline = True  # False: always settled on the results worker (a map's part)
