@@ -5,9 +5,13 @@ a Ctrl-C that cuts its handling; then the same through a Client on a real cluste
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -377,3 +381,68 @@ def test_get_reads_its_reply_on_the_waiting_thread_and_threads_share_the_socket(
         assert not worker.is_alive()
     assert results == {n: list(range(50)) for n in range(6)}
     assert rc.wait([direct.apply_async(abs, -1), balanced.apply_async(abs, -2)], BOUND)
+
+
+CTRL_C_SCRIPT = """
+import pathlib, sys, time
+import corral
+
+def released(path, timeout):
+    import os, time
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(path)
+        time.sleep(0.01)
+    return path
+
+rc = corral.Client(connection_file=sys.argv[1])
+view = rc[rc.ids[0]]
+result = view.apply_async(released, sys.argv[2], 60)
+try:
+    print("waiting", flush=True)
+    result.get(60)
+    print("not interrupted", flush=True)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+pathlib.Path(sys.argv[2]).touch()
+print(result.get(30) == sys.argv[2])
+print([view.apply_async(abs, -n).get(30) for n in range(20)] == list(range(20)))
+print(rc._io._gates[b"mux"]._leader is None, rc._io._gates[b"mux"].led > 0)
+rc.close()
+"""
+
+
+def test_ctrl_c_in_a_thread_waiting_in_get_leaves_the_client_working(
+    cluster: Any, tmp_path: Path
+) -> None:
+    """Ctrl-C in a script waiting in ``get()`` (its main thread leading the mux socket, or
+    about to): KeyboardInterrupt is raised there, and afterwards the same client gets that
+    result and twenty more round trips, and nobody leads."""
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(CTRL_C_SCRIPT)
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            str(script),
+            str(cluster.path / "corral-client.json"),
+            str(tmp_path / "go"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # SIGINT must raise KeyboardInterrupt in the child even when this run was started in
+        # the background, whose children inherit SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "waiting"
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=4 * BOUND)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(BOUND)
+    assert child.returncode == 0, err
+    assert out.split() == ["interrupted", "True", "True", "True", "True"], (out, err)
