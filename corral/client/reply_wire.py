@@ -20,13 +20,20 @@ from typing import cast
 
 import orjson
 
-from corral.protocol.messages import KNOWN_TYPES, validate_content
+from corral.protocol.messages import CATALOGUE, KNOWN_TYPES, STATUS, validate_content
 from corral.protocol.session import DELIMITER, Frame, Message, Session
 
 __all__ = ["feed"]
 
 _loads = orjson.loads
 _JSONDecodeError = orjson.JSONDecodeError
+# replies whose content is valid as soon as its status is a string (every engine's reply):
+# checked inline, the catalogue's check for every other type and any other content
+_STATUS_ONLY = frozenset(
+    msg_type
+    for msg_type, spec in CATALOGUE.items()
+    if spec.required == STATUS and not spec.optional and spec.open
+)
 
 
 def feed(session: Session, frames: Sequence[Frame]) -> Message:
@@ -86,7 +93,8 @@ def feed(session: Session, frames: Sequence[Frame]) -> Message:
     if session.check_msg_type:
         if msg_type not in KNOWN_TYPES:
             return _checked(session, frames)
-        validate_content(msg_type, content)  # InvalidContent, as Session.deserialize raises it
+        if msg_type not in _STATUS_ONLY or content.get("status").__class__ is not str:
+            validate_content(msg_type, content)  # InvalidContent, as Session.deserialize raises
     return Message(header, parent, metadata, content, tuple(frames[7:]), (ident,))
 
 

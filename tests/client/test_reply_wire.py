@@ -79,6 +79,11 @@ def _cases() -> dict[str, list[Any]]:
         "date a number": _resigned(usual, _header(date=5)),
         "unknown type": _resigned(usual, _header(msg_type="no_such_reply")),
         "invalid content": _resigned(usual, _json(6, {"status": 7})),
+        "no status": _resigned(usual, _json(6, {"value": 1})),
+        "status and more": _resigned(usual, _json(6, {"status": "error", "ename": "E"})),
+        "a request's content": _resigned(
+            _resigned(usual, _header(msg_type="execute_request")), _json(6, {"silent": 1})
+        ),
         "oversized header": _resigned(usual, _header(padding="x" * 70_000)),
     }
 
@@ -108,6 +113,11 @@ def test_the_inline_reading_gives_what_session_feed_gives(case: str) -> None:
     assert inline == general
     if case == "usual":
         assert isinstance(inline[0][0], dict) and inline[2][0].__name__ == "ReplayError"
+
+
+def test_replies_with_a_status_alone_are_the_catalogues_status_only_types() -> None:
+    assert "apply_reply" in reply_wire._STATUS_ONLY  # noqa: SLF001
+    assert "execute_request" not in reply_wire._STATUS_ONLY  # noqa: SLF001
 
 
 def test_an_unsigned_session_reads_the_usual_shape_inline_too() -> None:
