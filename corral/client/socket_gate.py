@@ -54,14 +54,20 @@ anyway can read its reply itself. The rules:
   failing a request of a lost engine or a closing client) ends its wait at once. Its wait is
   bounded by the timeout it was given; it then stops leading.
 - **Nothing lost on Ctrl-C.** A KeyboardInterrupt in a leading main thread (while it waits,
-  receives or handles) stops it leading; a message it received but had not finished handling
-  is handed to the I/O thread, which decodes it again (without the replay check if its
-  signature was already recorded) and settles its request if the interrupted handling had
-  taken it from the pending requests without settling it.
+  receives or handles) stops it leading; the message it was handling is handed to the I/O
+  thread, which decodes it again (without the replay check if its signature was already
+  recorded) and settles its request if the interrupted handling had taken it from the
+  pending requests without settling it, then handles what was received after it. What is
+  received waits in the gate's queue until handled, so a message cut where it may have been
+  handled already is at worst handled twice: refused as a replay, or found settled.
+- **Re-entered.** A signal handler that calls ``get()`` on a leading main thread reads on
+  (:attr:`SocketGate.handling` is reentrant), the queue first: what the interrupted reading
+  had received is handled before what comes later.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import select
@@ -214,7 +220,9 @@ class SocketGate:
     ) -> None:
         self.sock = sock
         self.lock = threading.Lock()
-        self.handling = threading.Lock()  # receiving and handling, in order (module doc)
+        # receiving and handling, in order (module doc); reentrant for a signal handler's
+        # get() on a leading thread (_lead_again)
+        self.handling = threading.RLock()
         self.order = SendOrder()
         self.sent_at_once = 0  # requests a submitting thread sent itself
         self.led = 0  # waits in which a user thread read the socket (tests, benches)
@@ -229,6 +237,8 @@ class SocketGate:
         self._lead_set: Any = None  # select.epoll a leader waits on: ZMQ_FD and the eventfd
         self._wake_fd = -1  # the leader's eventfd
         self._leader: int | None = None  # the thread that leads now
+        # received, not yet handled: whoever reads next (under ``handling``) handles it first
+        self._unhandled: collections.deque[list[Any]] = collections.deque()
 
     # ------------------------------------------------------------------ any thread
 
@@ -271,6 +281,8 @@ class SocketGate:
         if self._lead_set is None:
             return False
         me = threading.get_ident()
+        if self._leader == me:
+            return self._lead_again(future, timeout)
         took = False
         try:  # whatever interrupts it (Ctrl-C), a thread that took the lead gives it back
             with self.lock:
@@ -294,6 +306,20 @@ class SocketGate:
                 self._resign()
         return True
 
+    def _lead_again(self, future: Sleepy, timeout: float) -> bool:
+        """(The leader, re-entered: a signal handler's ``get()`` on the main thread while it
+        leads) Wait reading as the outer lead does, which gives the socket back later. Reading
+        is reentrant (:attr:`handling`); a handler that interrupted a use of the socket itself
+        (a receive or a send, under :attr:`lock`) would wait for ever, as one that submits
+        while that thread sends always did."""
+        waker = _Waker(self, self._wake_fd, threading.get_ident())
+        try:
+            if future.add_sleeper(waker):
+                self._lead_until(future, time.monotonic() + timeout)
+        finally:
+            future.remove_sleeper(waker)
+        return True
+
     # ------------------------------------------------------------------ the leader
 
     def _lead_until(self, future: Sleepy, deadline: float) -> None:
@@ -315,54 +341,66 @@ class SocketGate:
                         pass
 
     def _read(self) -> bool:
-        """(Leader) Receive a batch and handle it, in order; whether more may wait."""
-        received: list[list[Any]] = []
+        """(Leader) What earlier readers left, then a batch received and handled, in order;
+        whether more may wait."""
         with self.handling:
+            self._handle_queue()
             with self.lock:
                 if self.order.closed:
                     return False
-                sock, batch = self.sock, self._batch
-                while len(received) < batch and cast(int, _backend_get(sock, _EVENTS)) & _POLLIN:
-                    if not _receive(sock, received):
-                        break
-            if received:
-                self._handle_all(received)
-        return len(received) >= self._batch
+                count = self._receive_batch()
+            self._handle_queue()
+        return count >= self._batch
 
-    def _handle_all(self, received: list[list[Any]]) -> None:
-        """(Leader, holding ``handling``) Hand each message on, a bundle's one by one; if a
-        KeyboardInterrupt (or anything) cuts this, what is left goes to the I/O thread, the
-        cut message with how far it got (see the module doc), before the error goes on."""
-        units: list[list[Any]] = []
-        index, msg = -1, None
+    def _receive_batch(self) -> int:
+        """(Holding ``handling`` and the lock) Receive up to a batch into the queue; how many."""
+        sock, batch, queue = self.sock, self._batch, self._unhandled
+        count = 0
+        while count < batch and cast(int, _backend_get(sock, _EVENTS)) & _POLLIN:
+            if not _receive(sock, queue):
+                break
+            count += 1
+        return count
+
+    def _handle_queue(self) -> None:
+        """(Holding ``handling``) Hand on each message received and not yet handled, in order,
+        a bundle's one by one. The queue is the gate's, so a reader that re-enters (a signal
+        handler's get() on a leading thread) handles what the interrupted one had left, in
+        order. If a KeyboardInterrupt (or anything) cuts this, the I/O thread finishes the
+        cut message, with how far it got, then the rest (see the module doc); a message cut
+        where it may have been handled already is refused as a replay or found settled."""
+        queue = self._unhandled
+        decode, handle = self._reader.decode, self._reader.handle
+        current: list[Any] | None = None
+        msg: Message | None = None
         try:
-            for frames in received:
-                small = [f.bytes if len(f) < COPY_BELOW else f for f in frames]
+            while queue:
+                current = queue.popleft()
+                msg = None
+                small = [_small(frame) for frame in current]
                 try:
                     parts = split_bundle(small)
                 except CorralError as err:
                     self._dropped(err)
+                    current = None
                     continue
-                units.extend(parts if parts is not None else (small,))
-            received = []
-            decode, handle = self._reader.decode, self._reader.handle
-            for index, frames in enumerate(units):  # noqa: B007 - read after a cut
-                msg = None
+                if parts is not None:
+                    queue.extendleft(reversed(parts))
+                    current = None
+                    continue
                 try:
-                    msg = decode(frames)
+                    msg = decode(small)
                     handle(msg)
                 except Exception as err:  # noqa: BLE001 - counted and logged as the loop does
                     self._dropped(err)
+                current = None
         except BaseException:
-            if received:  # cut before any was handled: the I/O thread handles them all
-                self._hand_back(None, None, received)
-            elif index >= 0:
-                self._hand_back(units[index], msg, units[index + 1 :])
+            self._hand_back(current, msg)
             raise
 
     def _dropped(self, err: Exception) -> None:
-        """A message that failed to decode or handle off the I/O thread: counted and logged
-        as the loop does (:meth:`corral.loop.Loop.deliver`)."""
+        """A message that failed to decode or handle: counted and logged as the loop does
+        (:meth:`corral.loop.Loop.deliver`)."""
         self.rejected += 1
         name = self._loop.name
         if isinstance(err, ReplayError):
@@ -372,21 +410,25 @@ class SocketGate:
         else:
             log.error("%s: error while handling a message; dropped it", name, exc_info=err)
 
-    def _hand_back(self, cut: list[Any] | None, msg: Message | None, rest: list[list[Any]]) -> None:
-        """(Leader, interrupted) Have the I/O thread finish the ``cut`` message (``msg`` if it
-        was decoded) and handle the ``rest`` as it handles what it reads."""
+    def _hand_back(self, cut: list[Any] | None, msg: Message | None) -> None:
+        """(A leader, interrupted) Have the I/O thread finish the ``cut`` message (``msg`` if
+        it was decoded) and handle what is left in the queue."""
         reader = self._reader
 
         def finish() -> None:
             with self.handling:
                 if cut is not None:
                     try:
-                        reader.handle_again(msg if msg is not None else reader.decode_again(cut))
+                        frames = [_small(frame) for frame in cut]
+                        parts = split_bundle(frames)
+                        if msg is not None:
+                            reader.handle_again(msg)
+                        else:
+                            for part in parts if parts is not None else (frames,):
+                                reader.handle_again(reader.decode_again(part))
                     except Exception as err:  # noqa: BLE001 - counted and logged
                         self._dropped(err)
-                deliver, handle = self._loop.deliver, self._handle_frames
-                for frames in rest:
-                    deliver(handle, [_small(frame) for frame in frames])
+                self._handle_queue()
 
         try:
             self._loop.call_soon_threadsafe(finish)
@@ -466,32 +508,21 @@ class SocketGate:
         self._drain_asked = True
         return True
 
-    def _handle_frames(self, frames: list[zmq.Frame]) -> None:
-        reader = self._reader
-        reader.handle(reader.decode(cast(list[Frame], frames)))
-
     def _drain(self) -> None:
         """Receive a batch under the lock, then hand each message on without it, its small
         frames as bytes: every step of decoding a reply (identities, signature, four JSON
         frames, the result's pickle) reads them, and a zmq.Frame's memoryview, made anew at
         each read, cost more than one copy (a reply fed and settled in 16 us instead of 29,
         warm). A message that came in a bundle gets them so too (corral.bundles)."""
-        received: list[list[Any]] = []
         with self.handling:
             with self.lock:
                 self._drain_asked = False
                 if self.order.closed:
                     return
-                sock, batch = self.sock, self._batch
-                while len(received) < batch and cast(int, _backend_get(sock, _EVENTS)) & _POLLIN:
-                    if not _receive(sock, received):
-                        break
-            if len(received) >= self._batch:
+                count = self._receive_batch()
+            if count >= self._batch:
                 self._loop.call_soon(self._drain)  # more may wait: the descriptor says no more
-            deliver, handle = self._loop.deliver, self._handle_frames
-            for frames in received:
-                small = [f.bytes if len(f) < COPY_BELOW else f for f in frames]
-                deliver(handle, small)  # handlers read any Frame
+            self._handle_queue()
 
     def _flush(self) -> None:
         """(Turn end) Send what this turn queued, a bundle per peer."""
@@ -513,12 +544,12 @@ class SocketGate:
 
 def _small(frame: Any) -> Any:
     """A received zmq Frame under :data:`COPY_BELOW` as bytes (see ``_drain``)."""
-    if isinstance(frame, zmq.Frame) and len(frame) < COPY_BELOW:
-        return frame.bytes
-    return frame
+    if frame.__class__ is bytes or len(frame) >= COPY_BELOW:
+        return frame
+    return frame.bytes if isinstance(frame, zmq.Frame) else frame
 
 
-def _receive(sock: zmq.Socket[Any], received: list[list[Any]]) -> bool:
+def _receive(sock: zmq.Socket[Any], received: collections.deque[list[Any]]) -> bool:
     """Receive one waiting message into ``received`` as zmq Frames; False if none waited.
     The message is in ``received`` from its first frame on, and its other frames are read
     whatever interrupts the reading (Ctrl-C on the main thread): half a message left in the

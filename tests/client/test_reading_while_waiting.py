@@ -43,6 +43,7 @@ class Settler:
         self.handled: list[tuple[str, int]] = []  # (parent msg_id, thread ident), in order
         self.again: list[str] = []
         self.interrupt_next = threading.Event()  # the next reply read off the I/O thread raises
+        self.nested: Any = None  # called (once) from the next reply's handling off the I/O thread
         self.io_thread: int | None = None
         self.lock = threading.Lock()
 
@@ -57,6 +58,9 @@ class Settler:
         if me != self.io_thread and self.interrupt_next.is_set():
             self.interrupt_next.clear()
             raise KeyboardInterrupt  # as Ctrl-C would, in the middle of handling
+        nested, self.nested = self.nested, None
+        if nested is not None and me != self.io_thread:
+            nested()  # as a signal handler calling get() would, in the middle of handling
         with self.lock:
             self.handled.append((parent, me))
         self.futures[parent].set_result(msg)
@@ -336,6 +340,33 @@ def test_a_waker_left_behind_writes_nothing_once_its_gate_closed() -> None:
     running.close()
     assert gate._wake_fd == -1  # noqa: SLF001
     waker.release()  # nothing written, nothing raised
+
+
+def test_a_wait_reading_inside_the_leaders_handling_reads_on(stand_in: StandIn) -> None:
+    """A signal handler that calls get() runs in the middle of whatever the main thread does,
+    its handling of a reply too: that inner wait reads on (the leader's reading is
+    reentrant, and the messages the interrupted reading had received but not handled are
+    the gate's, handled first) instead of waiting for a reply nobody reads."""
+    first, first_future = stand_in.request()
+    second, second_future = stand_in.request()
+    inner: list[bool] = []
+
+    def wait_inside() -> None:
+        inner.append(stand_in.io.wait_reading("mux", second_future, BOUND))
+
+    def reply_both() -> None:
+        stand_in.reply(first)
+        stand_in.reply(second)  # read with the first, or after it: by the inner wait either way
+
+    stand_in.handler.nested = wait_inside
+    replier = _after(stand_in.leading, reply_both)
+    assert stand_in.io.wait_reading("mux", first_future, BOUND)
+    replier.join(BOUND)
+    assert inner == [True]
+    assert second_future.done() and first_future.done()
+    me = threading.get_ident()
+    assert stand_in.handler.handled == [(second.msg_id, me), (first.msg_id, me)]
+    assert not stand_in.leading()
 
 
 # ------------------------------------------------------------------ the records, without sockets
