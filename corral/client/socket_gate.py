@@ -98,6 +98,7 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _backend_get = zmq.backend.Socket.get
 _backend_send = zmq.backend.Socket.send
 _backend_recv = zmq.backend.Socket.recv
+_FRAME = zmq.Frame
 
 
 def send_whole(sock: zmq.Socket[Any], frames: Sequence[Frame]) -> None:
@@ -377,7 +378,9 @@ class SocketGate:
             while queue:
                 current = queue.popleft()
                 msg = None
-                small = [_small(frame) for frame in current]
+                small = [
+                    f.bytes if f.__class__ is _FRAME and len(f) < COPY_BELOW else f for f in current
+                ]
                 try:
                     parts = split_bundle(small)
                 except CorralError as err:
