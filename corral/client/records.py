@@ -1,8 +1,10 @@
 """What a client knows of every request it sent: futures, results, metadata (sans-I/O).
 
 :class:`Records` is the client's state machine. The submitting thread calls ``track`` before
-the request leaves; the I/O thread feeds it each decoded reply, iopub message and engine loss;
-nothing here touches a socket, so the rules are tested by feeding messages by hand.
+the request leaves; the I/O thread feeds it each decoded reply, iopub message and engine loss
+(a reply on mux or task may be fed by a thread waiting for a result instead, one reader at a
+time per socket: :mod:`corral.client.socket_gate`); nothing here touches a socket, so the
+rules are tested by feeding messages by hand.
 
 Rules the rest of the client relies on:
 
