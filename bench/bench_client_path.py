@@ -5,7 +5,8 @@
   thread's CPU per call, from ``pack_apply_message`` to the AsyncResult and the hand-off to
   the I/O thread. The I/O thread's CPU for sending them is reported beside it.
 - **reply**: what the I/O thread does with one reply, without sockets: verify and decode the
-  frames an engine's session signed (:meth:`Session.feed`), then ``Records.handle_reply``,
+  frames an engine's session signed (:meth:`Session.feed`, or the client's inline reading
+  ``corral.client.reply_wire.feed`` in a tree that has it), then ``Records.handle_reply``,
   which settles the request's future and the AsyncResult waiting on it.
 - **pack**: ``pack_apply_message`` alone, for a function of ``__main__`` (by value), a builtin
   (by reference) and a function of ``__main__`` with a small argument.
@@ -83,6 +84,13 @@ def reply_figures(rounds: int) -> dict[str, float]:
     from corral.protocol.serialize import pack_apply_message, serialize_object
     from corral.protocol.session import Session, frame_view
 
+    try:  # the client's own reading of the usual reply, in a tree that has one
+        from corral.client.reply_wire import feed
+    except ImportError:
+
+        def feed(session: Session, frames: list[bytes]) -> Any:
+            return session.feed(frames)
+
     key = os.urandom(32).hex().encode()
     client, engine = Session(key), Session(key)
     records = Records()
@@ -113,7 +121,7 @@ def reply_figures(rounds: int) -> dict[str, float]:
             pending.append((frames, held))
         start = time.thread_time()
         for frames, _ in pending:
-            records.handle_reply(client.feed(frames))
+            records.handle_reply(feed(client, frames))
         figures.append((time.thread_time() - start) / CALLS * 1e6)
         check(all(held.get(0) == 1 for _, held in pending), "every reply settled its result")
         del pending

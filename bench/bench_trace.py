@@ -10,7 +10,8 @@ Starts a cluster of one engine and runs ``--rounds`` round trips of a no-op one 
   returned;
 - client, I/O thread: the request sent (``bundles.send_frames`` called), the reply received
   (``loop.recv_frames`` or ``socket_gate.recv_frames``, or their ``recv_small_as_bytes``, on
-  the mux socket), the result settled
+  the mux socket; ``socket_gate._receive`` in a tree where the thread waiting in ``get()``
+  reads its reply itself, which it then marks), the result settled
   (``LightFuture.set_result``);
 - engine, main thread: the request received (``loop.recv_frames`` or
   ``loop.recv_small_as_bytes``), ``TaskRunner.run``
@@ -167,6 +168,15 @@ class ClientMarks:
 
             return marked
 
+        def received_one(original: Any) -> Any:
+            def marked(sock: Any, into: Any) -> Any:
+                got = original(sock, into)
+                if got:
+                    received[id(sock)].append(clock())
+                return got
+
+            return marked
+
         def settle(original: Any) -> Any:
             def marked(future: Any, result: Any) -> Any:
                 value = original(future, result)
@@ -195,12 +205,11 @@ class ClientMarks:
             pass
         else:
             patch(gate, "send_frames", direct)
-            # the receive it uses: small frames as bytes in a tree that has that function
-            patch(
-                gate,
-                "recv_small_as_bytes" if hasattr(gate, "recv_small_as_bytes") else "recv_frames",
-                recv,
-            )
+            if hasattr(gate, "_receive"):  # a tree where the waiting thread may read too
+                patch(gate, "_receive", received_one)
+            else:  # the receive it uses: small frames as bytes in a tree that has that function
+                small = hasattr(gate, "recv_small_as_bytes")
+                patch(gate, "recv_small_as_bytes" if small else "recv_frames", recv)
 
     def uninstall(self) -> None:
         for undo in reversed(self._undo):

@@ -130,6 +130,14 @@ class AsyncResult(ResultInfo, LightFuture):
                 child.allow_inline = False
             child.add_done_callback(link, inline=inline)
 
+    @property
+    def reply_channel(self) -> str | None:
+        """The socket its first unanswered request's reply comes on (see LightFuture)."""
+        for child in self._children:
+            if not child.done():
+                return child.reply_channel
+        return None
+
     def __del__(self) -> None:
         """Garbage: the records of its requests may go (applied later, see Records.release).
         Cheaper than a ``weakref.finalize`` per result, and as safe: it only queues."""

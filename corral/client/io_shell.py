@@ -9,7 +9,10 @@ I/O thread a wake-up per round trip; otherwise it hands them over (zero-copy) wi
 ``call_soon_threadsafe``, whose one wake-up serves a whole burst. Either way no socket per
 calling thread, so a program that submits from thousands of short-lived threads holds the same
 file descriptors as one that does not. The I/O thread sends what it is handed untouched and
-feeds every message it receives, decoded and verified, to a :class:`Handler`.
+feeds every message it receives, decoded and verified, to a :class:`Handler`; a thread waiting
+for a reply on mux or task may read that socket and feed its replies to the handler itself
+(:meth:`ClientIO.wait_reading`, :meth:`corral.client.socket_gate.SocketGate.lead`), so
+``on_reply`` runs on the I/O thread or on such a thread, one reader at a time per socket.
 
     user thread  --(channel, frames)-->  loop hand-off   I/O thread (Loop)
           |  (mux/task, nothing in flight)        |-- mux/control/task DEALERs (identity =
@@ -38,8 +41,9 @@ from typing import Any, Protocol, cast
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from corral.client.socket_gate import SocketGate
-from corral.errors import ConnectionError
+from corral.client import reply_wire
+from corral.client.socket_gate import Sleepy, SocketGate
+from corral.errors import ConnectionError, ReplayError
 from corral.loop import Loop, LoopThread
 from corral.protocol.session import Frame, Message, Session
 from corral.security import CurveKeys, make_client
@@ -63,6 +67,12 @@ class Handler(Protocol):
     """What the I/O thread calls with each decoded message; runs on the I/O thread only."""
 
     def on_reply(self, msg: Message) -> None: ...
+
+    def on_reply_again(self, msg: Message) -> None:
+        """A reply whose handling a KeyboardInterrupt cut on a thread reading it while it
+        waited (corral.client.socket_gate): settle its request if it was taken from the
+        pending ones and not settled; on the I/O thread."""
+        ...
 
     def on_notification(self, msg: Message) -> None: ...
 
@@ -125,7 +135,8 @@ class ClientIO:
     @property
     def rejected(self) -> int:
         """Messages dropped: they did not parse or verify, or their buffers were refused."""
-        return self._loop.rejected + self._refused
+        off_loop = sum(gate.rejected for gate in self._gates.values())
+        return self._loop.rejected + self._refused + off_loop
 
     def count_rejected(self) -> None:
         """(I/O thread) The handler dropped (part of) a message that parsed."""
@@ -188,6 +199,16 @@ class ClientIO:
         except ConnectionError:
             raise self.closed_error() from None
         return tracker
+
+    def wait_reading(self, channel: str, future: Sleepy, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for ``future``, a reply expected on ``channel`` (mux
+        or task), reading that socket's replies on this thread meanwhile if no other thread
+        does (:meth:`SocketGate.lead`); False at once if this thread may not (then wait on
+        the future as usual)."""
+        gate = self._gates.get(channel.encode())
+        if gate is None or self.on_io_thread:
+            return False
+        return gate.lead(future, timeout)
 
     def call_soon(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` on the I/O thread, soon, after what was handed over before it."""
@@ -274,14 +295,15 @@ class ClientIO:
         # what the I/O thread sends on them leaves at the end of a turn, a bundle per peer
         # when several are ready (corral.bundles): through the MUX one per engine, to the
         # scheduler all in one. Sockets are served in this order: replies first.
+        replies = _Replies(self.session, handler)
         for name in CHANNELS:
-            sock, on_reply = self._sockets[name], self._decoded(handler.on_reply)
+            sock = self._sockets[name]
             if name in ("mux", "task"):
-                gate = SocketGate(loop, sock, 1 if name == "mux" else 0, on_reply, _BATCH)
+                gate = SocketGate(loop, sock, 1 if name == "mux" else 0, replies, _BATCH)
                 gate.install()
                 self._gates[name.encode()] = gate
             else:
-                loop.add_socket(sock, on_reply, batch=_BATCH)
+                loop.add_socket(sock, self._decoded(handler.on_reply), batch=_BATCH)
         loop.add_socket(iopub, self._decoded(handler.on_iopub), batch=_BATCH)
         loop.add_socket(notification, self._decoded(handler.on_notification), batch=_BATCH)
         for monitor in self._links:
@@ -292,7 +314,7 @@ class ClientIO:
         that does not parse or verify raises ProtocolError (ReplayError for one received
         before: engines resend replies after a controller restart), which the loop counts in
         ``rejected`` and logs."""
-        feed = self.session.feed
+        feed = functools.partial(reply_wire.feed, self.session)
 
         def handle_frames(frames: list[zmq.Frame]) -> None:
             handle(feed(frames))
@@ -357,6 +379,30 @@ class ClientIO:
         for sock in self._sockets.values():
             sock.close(linger=0)
         self._sockets.clear()
+
+
+class _Replies:
+    """How the request sockets' replies are read (:class:`corral.client.socket_gate.Reader`),
+    on the I/O thread or on a thread waiting for one."""
+
+    __slots__ = ("decode", "handle", "_session", "_handler")
+
+    def __init__(self, session: Session, handler: Handler) -> None:
+        self._session = session
+        self._handler = handler
+        self.decode = functools.partial(reply_wire.feed, session)
+        self.handle = handler.on_reply
+
+    def decode_again(self, frames: list[Frame]) -> Message:
+        """Decoded again after a cut: refused as seen before only if the cut decoding
+        recorded its signature, which it does once it has verified it."""
+        try:
+            return self._session.feed(frames)
+        except ReplayError:
+            return self._session.feed_verified(frames)
+
+    def handle_again(self, msg: Message) -> None:
+        self._handler.on_reply_again(msg)
 
 
 def _readable(sock: zmq.Socket[Any]) -> bool:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from corral.client.io_shell import ClientIO
     from corral.client.records import Records
     from corral.client.recovery import Resender
+    from corral.client.socket_gate import Sleepy
     from corral.protocol.session import Session
 
 __all__ = ["LINK_CHECK", "ControllerLink", "IOHandler", "engine_gone"]
@@ -38,6 +39,7 @@ __all__ = ["LINK_CHECK", "ControllerLink", "IOHandler", "engine_gone"]
 log = logging.getLogger("corral.client")
 
 LINK_CHECK = 0.25  # seconds between looks at the controller link while waiting for results
+_FEW = 8  # futures waited for one at a time (reading replies meanwhile); more: futures.wait
 
 
 class IOHandler:
@@ -60,6 +62,18 @@ class IOHandler:
             stripped = {k: v for k, v in msg.metadata.items() if k != METADATA_KEY}
             msg = replace(msg, metadata=stripped, buffers=())
         records.handle_reply(msg)
+
+    def on_reply_again(self, msg: Message) -> None:
+        """(I/O thread) A reply whose handling a Ctrl-C cut on a thread that read it while
+        waiting: handled again, settling its request if the cut took it from ``pending``."""
+        try:
+            msg = self.client._shm.resolve(msg)
+        except SharedMemoryRefused as err:
+            self.client._io.count_rejected()
+            log.warning("client: refused the buffers of a reply to %s: %s", msg.parent_id, err)
+            self.client._records.fail(msg.parent_id or "", err)
+            return
+        self.client._records.handle_reply(msg, again=True)
 
     def on_notification(self, msg: Message) -> None:
         content = msg.content or {}
@@ -235,9 +249,17 @@ class ControllerLink:
                 if deadline <= now:
                     return False
                 step = min(step, deadline - now)
-            if len(waiting) == 1:  # get() of one result: its own condition, no waiter object
-                _wait_one(waiting[0], step)
-                waiting = [] if waiting[0].done() else waiting
+            if len(waiting) == 1 or (len(waiting) <= _FEW and not any_done):
+                # get() of one result, or all of a few, one at a time: this thread reads the
+                # replies itself if no other does (corral.client.socket_gate), else it waits
+                # on the future's own condition (no waiter object)
+                first = waiting[0]
+                channel = getattr(first, "reply_channel", None)
+                if channel is None or not self._io.wait_reading(
+                    channel, cast("Sleepy", first), step
+                ):
+                    _wait_one(first, step)
+                waiting = [f for f in waiting if not f.done()]
                 continue
             _, not_done = futures.wait(
                 waiting, step, futures.FIRST_COMPLETED if any_done else futures.ALL_COMPLETED

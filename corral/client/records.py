@@ -1,8 +1,10 @@
 """What a client knows of every request it sent: futures, results, metadata (sans-I/O).
 
 :class:`Records` is the client's state machine. The submitting thread calls ``track`` before
-the request leaves; the I/O thread feeds it each decoded reply, iopub message and engine loss;
-nothing here touches a socket, so the rules are tested by feeding messages by hand.
+the request leaves; the I/O thread feeds it each decoded reply, iopub message and engine loss
+(a reply on mux or task may be fed by a thread waiting for a result instead, one reader at a
+time per socket: :mod:`corral.client.socket_gate`); nothing here touches a socket, so the
+rules are tested by feeding messages by hand.
 
 Rules the rest of the client relies on:
 
@@ -32,6 +34,7 @@ Rules the rest of the client relies on:
 
 from __future__ import annotations
 
+import _thread
 import collections
 import logging
 import threading
@@ -202,6 +205,16 @@ class Records:
         self._silent: set[str] = set()  # silent execute requests: no execute_result
         self.late_replies = 0  # replies that found their request settled already, ignored
         self._lock = threading.Lock()  # history and holders: written by several threads
+        # the lock of every request's future (and of each one-request AsyncResult, which
+        # shares its request's): one object, where one per task was one more for the cyclic
+        # collector to walk while results are held. Safe as each future's own: it only
+        # orders the reads and writes of a future's fields, held for microseconds, never
+        # while a thread sleeps (a LightFuture's waiters sleep on locks of their own), and
+        # reentrant for concurrent.futures.wait, which takes each future's lock in turn
+        self._future_lock = _thread.RLock()
+        # a request's captured output: iopub (the I/O thread) and its reply (whichever
+        # thread reads it, corral.client.socket_gate) must not interleave on one Metadata
+        self._output_lock = threading.Lock()
         self._holders: dict[str, int] = {}  # msg_id -> AsyncResults holding it
         self._released: collections.deque[Sequence[str]] = collections.deque()
         self._orphans: set[str] = set()  # released while unfinished: forgotten once settled
@@ -227,7 +240,7 @@ class Records:
         that once the request is sent its thread has nothing left to do)."""
         header = msg.header
         msg_id: str = header["msg_id"]
-        future = RequestFuture(self._defer, channel, engine_uuid)
+        future = RequestFuture(self._defer, channel, engine_uuid, self._future_lock)
         request_metadata = msg.metadata
         self.metadata[msg_id] = Metadata.of_request(
             msg_id,
@@ -269,10 +282,17 @@ class Records:
 
     # ------------------------------------------------------------------ I/O thread
 
-    def handle_reply(self, msg: Message) -> bool:
-        """Settle the request ``msg`` answers; False if none is pending (late or foreign)."""
+    def handle_reply(self, msg: Message, *, again: bool = False) -> bool:
+        """Settle the request ``msg`` answers; False if none is pending (late or foreign).
+        ``again``: its handling was cut (Ctrl-C on a thread reading its reply, see
+        corral.client.socket_gate), maybe after it was taken from ``pending``: a request
+        not pending but not settled either is then settled by this reply."""
         parent = msg.parent_id
         pending = self.pending.pop(parent, None) if parent is not None else None
+        if pending is None and again and parent is not None:
+            future = self.futures.get(parent)
+            if future is not None and not future.done() and parent not in self.pending:
+                pending = future
         if pending is None:
             self.late_replies += 1
             return False
@@ -311,7 +331,8 @@ class Records:
             md = self.metadata[msg_id] = Metadata(msg_id=msg_id)
         if submitted is not None and md["submitted"] is None:
             md["submitted"] = parse_date(submitted)
-        self._update_metadata(msg_id, md, metadata, content)
+        with self._output_lock:
+            self._update_metadata(msg_id, md, metadata, content)
         if future is None:
             future = self.futures.setdefault(msg_id, RequestFuture(self._defer))
         settled = future
@@ -379,6 +400,10 @@ class Records:
 
     def handle_iopub(self, msg: Message) -> None:
         """Output of a request while it runs: streams, displays, execute results."""
+        with self._output_lock:
+            self._record_output(msg)
+
+    def _record_output(self, msg: Message) -> None:
         parent = msg.parent_id
         md = self.metadata.get(parent) if parent is not None else None
         if parent is not None and md is not None and msg.msg_type == "data_message":

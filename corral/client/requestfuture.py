@@ -192,6 +192,34 @@ class LightFuture(Future[Any]):
                 except ValueError:
                     pass
 
+    def add_sleeper(self, sleeper: Any) -> bool:
+        """Have ``sleeper.release()`` called (under this future's lock) when it is done, as
+        a thread in :meth:`result` is woken; False, and nothing added, if it is done. A
+        thread that reads replies while it waits (corral.client.socket_gate) waits so."""
+        with self._condition:
+            if self._state not in _SETTLEABLE:
+                return False
+            sleepers = self._sleepers
+            if sleepers is None:
+                sleepers = self._sleepers = collections.deque()
+            sleepers.append(sleeper)
+            return True
+
+    def remove_sleeper(self, sleeper: Any) -> None:
+        """Forget ``sleeper`` if it was not woken."""
+        with self._condition:
+            try:
+                if self._sleepers:
+                    self._sleepers.remove(sleeper)
+            except ValueError:
+                pass
+
+    @property
+    def reply_channel(self) -> str | None:
+        """The socket its replies come on (``"mux"``, ``"task"``), if one: a thread waiting
+        for it may read them (corral.client.socket_gate)."""
+        return None
+
     def _wake(self) -> None:
         """(Holding the lock) Wake every thread in :meth:`_sleep`."""
         sleepers = self._sleepers
@@ -286,14 +314,24 @@ class RequestFuture(LightFuture):
     kind = TASK
     on_reply: None = None
 
-    def __init__(self, offload: Offload, channel: str = "", engine_uuid: str | None = None) -> None:
-        lighten(self)  # in place of Future.__init__
+    def __init__(
+        self,
+        offload: Offload,
+        channel: str = "",
+        engine_uuid: str | None = None,
+        lock: Any = None,
+    ) -> None:
+        lighten(self, lock)  # in place of Future.__init__
         self._offload = offload
         self.settling_inline = False  # True while the I/O thread settles it
         self.allow_inline = True  # False: always settled on the results worker (a map's part)
         self._owner: Owner | None = None
         self.channel = channel  # where it was sent: "mux", "control" or "task"
         self.engine_uuid = engine_uuid  # the engine it was sent to, if named
+
+    @property
+    def reply_channel(self) -> str | None:
+        return self.channel or None
 
     @property
     def future(self) -> RequestFuture:

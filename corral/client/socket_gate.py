@@ -31,33 +31,74 @@ thread sends a request itself when it may, and hands it over only when it may no
   submitting thread that finds it closed, or the loop refusing hand-offs, hands over, which
   raises ConnectionError. A request sent just before the client closes is pending in its
   records, which the close fails: nothing is lost without an error.
+
+Replies are read by whichever thread *leads* the socket: the I/O thread, or a user thread
+blocked waiting for a result (:meth:`SocketGate.lead`). Waking the I/O thread for a reply, and
+then the waiting thread from it, cost a thread wake-up per round trip; a thread that waits
+anyway can read its reply itself. The rules:
+
+- **One reader at a time, in order.** Receiving and handling what was received happen under
+  :attr:`SocketGate.handling` (the I/O thread's drains and the leader's reads alike), the
+  socket itself under :attr:`SocketGate.lock` as above: replies are handled in the order the
+  socket gave them, whoever reads them, and whoever reads settles every reply it reads, for
+  any thread's request.
+- **One leader, which the I/O thread then does not wake for.** The I/O thread's loop watches
+  the socket's descriptor through an epoll set of its own; a leader takes the descriptor out
+  of it (under the lock, so never a closed socket's), waits on it and on a wake-up eventfd,
+  and puts it back when it stops, then has the I/O thread drain the socket if a message
+  waits (as after any use of it). Other waiting threads follow: they sleep on their futures,
+  and the leader or the I/O thread settles them. Without epoll and eventfd (not Linux) no
+  thread leads and the I/O thread reads everything, as before.
+- **Woken for its own result.** The leader waits on its future as a sleeper whose wake-up is
+  a write to the eventfd, so a result settled elsewhere (the results worker, the I/O thread
+  failing a request of a lost engine or a closing client) ends its wait at once. Its wait is
+  bounded by the timeout it was given; it then stops leading.
+- **Nothing lost on Ctrl-C.** A KeyboardInterrupt in a leading main thread (while it waits,
+  receives or handles) stops it leading; the message it was handling is handed to the I/O
+  thread, which decodes it again (without the replay check if its signature was already
+  recorded) and settles its request if the interrupted handling had taken it from the
+  pending requests without settling it, then handles what was received after it. What is
+  received waits in the gate's queue until handled, so a message cut where it may have been
+  handled already is at worst handled twice: refused as a replay, or found settled.
+- **Re-entered.** A signal handler that calls ``get()`` on a leading main thread reads on
+  (:attr:`SocketGate.handling` is reentrant), the queue first: what the interrupted reading
+  had received is handled before what comes later.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
+import os
+import select
 import threading
+import time
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import zmq
 import zmq.backend
 
-from corral.bundles import Outbox
-from corral.errors import ConnectionError
-from corral.loop import FrameHandler, Loop
-from corral.protocol.session import Frame
-from corral.sockets import recv_small_as_bytes, send_frames
+from corral.bundles import Outbox, split_bundle
+from corral.errors import ConnectionError, CorralError, ReplayError
+from corral.loop import Loop
+from corral.protocol.session import Frame, Message
+from corral.sockets import COPY_BELOW, send_frames
 
 log = logging.getLogger("corral.client")
 
-__all__ = ["SendOrder", "SocketGate", "send_whole"]
+__all__ = ["LEADING", "Reader", "SendOrder", "SocketGate", "send_whole"]
+
+LEADING = hasattr(select, "epoll") and hasattr(os, "eventfd")
+"""Whether a waiting thread may read replies itself (see the module doc): Linux."""
 
 _EVENTS = zmq.SocketOption.EVENTS
 _POLLIN = int(zmq.POLLIN)
 _NOBLOCK = int(zmq.NOBLOCK)
 _backend_get = zmq.backend.Socket.get
 _backend_send = zmq.backend.Socket.send
+_backend_recv = zmq.backend.Socket.recv
+_FRAME = zmq.Frame
 
 
 def send_whole(sock: zmq.Socket[Any], frames: Sequence[Frame]) -> None:
@@ -106,12 +147,68 @@ class SendOrder:
         self.queued -= count
 
 
+class Reader(Protocol):
+    """What a gate does with each message it receives (one at a time, in order, under
+    :attr:`SocketGate.handling`), on whichever thread read it."""
+
+    def decode(self, frames: list[Frame]) -> Message:
+        """Verify and decode: ProtocolError (ReplayError for one seen before) to drop it."""
+        ...
+
+    def handle(self, msg: Message) -> None:
+        """Act on a decoded message (settle the request it answers)."""
+        ...
+
+    def decode_again(self, frames: list[Frame]) -> Message:
+        """(I/O thread) :meth:`decode` of a message whose decoding a KeyboardInterrupt cut:
+        its signature may already be recorded as seen."""
+        ...
+
+    def handle_again(self, msg: Message) -> None:
+        """(I/O thread) :meth:`handle` of a message whose handling a KeyboardInterrupt cut:
+        its request may have been taken from the pending ones and not settled."""
+        ...
+
+
+class _Waker:
+    """A leader's place among its future's sleepers: settled by another thread, the future
+    wakes the leader through the eventfd it polls (its own settling needs no wake-up). It
+    writes only while its gate's eventfd is the one it was made for, so a waker left behind
+    (a Ctrl-C between adding and removing it) never writes to a descriptor closed since."""
+
+    __slots__ = ("gate", "fd", "leader")
+
+    def __init__(self, gate: SocketGate, fd: int, leader: int) -> None:
+        self.gate = gate
+        self.fd = fd
+        self.leader = leader
+
+    def release(self) -> None:
+        if threading.get_ident() == self.leader:
+            return
+        gate = self.gate
+        with gate.lock:
+            if gate._wake_fd == self.fd:
+                os.eventfd_write(self.fd, 1)
+
+
+class Sleepy(Protocol):
+    """A future a leader can wait on (:class:`corral.client.requestfuture.LightFuture`)."""
+
+    def done(self) -> bool: ...
+
+    def add_sleeper(self, sleeper: Any) -> bool: ...
+
+    def remove_sleeper(self, sleeper: Any) -> None: ...
+
+
 class SocketGate:
     """A request socket (mux or task) shared under a lock (see the module doc).
 
-    Created and installed on the I/O thread (:meth:`install`); :meth:`submit` from any thread;
-    :meth:`put` and :meth:`close` on the I/O thread only. ``handle`` gets each message
-    received (a bundle's messages one by one), on the I/O thread, without the lock held.
+    Created and installed on the I/O thread (:meth:`install`); :meth:`submit` and
+    :meth:`lead` from any thread; :meth:`put` and :meth:`close` on the I/O thread only.
+    ``reader`` gets each message received (a bundle's messages one by one), without the
+    socket's lock held, on the thread that read it.
     """
 
     def __init__(
@@ -119,18 +216,30 @@ class SocketGate:
         loop: Loop,
         sock: zmq.Socket[Any],
         route_length: int,
-        handle: FrameHandler,
+        reader: Reader,
         batch: int,
     ) -> None:
         self.sock = sock
         self.lock = threading.Lock()
+        # receiving and handling, in order (module doc); reentrant for a signal handler's
+        # get() on a leading thread (_lead_again)
+        self.handling = threading.RLock()
         self.order = SendOrder()
         self.sent_at_once = 0  # requests a submitting thread sent itself
+        self.led = 0  # waits in which a user thread read the socket (tests, benches)
+        self.rejected = 0  # messages dropped when handled off the I/O thread
         self._loop = loop
         self._outbox = Outbox(sock, route_length)
-        self._handle = handle
+        self._reader = reader
         self._batch = batch
         self._drain_asked = False  # a drain is queued on the loop: no second one
+        self._fd = -1  # the socket's ZMQ_FD, once installed
+        self._io_set: Any = None  # select.epoll the I/O thread's loop watches (with LEADING)
+        self._lead_set: Any = None  # select.epoll a leader waits on: ZMQ_FD and the eventfd
+        self._wake_fd = -1  # the leader's eventfd
+        self._leader: int | None = None  # the thread that leads now
+        # received, not yet handled: whoever reads next (under ``handling``) handles it first
+        self._unhandled: collections.deque[list[Any]] = collections.deque()
 
     # ------------------------------------------------------------------ any thread
 
@@ -165,12 +274,206 @@ class SocketGate:
             except ConnectionError:
                 pass  # closing: nothing more is read
 
+    def lead(self, future: Sleepy, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for ``future``, reading and handling this socket's
+        messages meanwhile (any thread's replies), if no other thread leads it; False at
+        once, nothing done, if this thread may not lead (then wait as a follower). Returns
+        True once it led, ``future`` done or not (the caller checks, and its deadline)."""
+        if self._lead_set is None:
+            return False
+        me = threading.get_ident()
+        if self._leader == me:
+            return self._lead_again(future, timeout)
+        took = False
+        try:  # whatever interrupts it (Ctrl-C), a thread that took the lead gives it back
+            with self.lock:
+                if self._leader is not None or self.order.closed or self._loop.stopping:
+                    return False
+                self._leader, took = me, True
+                self.led += 1
+                # under the lock: the socket is open, so its descriptor is still its own
+                try:
+                    self._io_set.unregister(self._fd)  # the I/O thread is not woken for replies
+                except FileNotFoundError:
+                    pass  # not given back by a lead that a Ctrl-C cut: taken out already
+            waker = _Waker(self, self._wake_fd, me)
+            try:
+                if future.add_sleeper(waker):
+                    self._lead_until(future, time.monotonic() + timeout)
+            finally:
+                future.remove_sleeper(waker)
+        finally:
+            if took:
+                self._resign()
+        return True
+
+    def _lead_again(self, future: Sleepy, timeout: float) -> bool:
+        """(The leader, re-entered: a signal handler's ``get()`` on the main thread while it
+        leads) Wait reading as the outer lead does, which gives the socket back later. Reading
+        is reentrant (:attr:`handling`); a handler that interrupted a use of the socket itself
+        (a receive or a send, under :attr:`lock`) would wait for ever, as one that submits
+        while that thread sends always did."""
+        waker = _Waker(self, self._wake_fd, threading.get_ident())
+        try:
+            if future.add_sleeper(waker):
+                self._lead_until(future, time.monotonic() + timeout)
+        finally:
+            future.remove_sleeper(waker)
+        return True
+
+    # ------------------------------------------------------------------ the leader
+
+    def _lead_until(self, future: Sleepy, deadline: float) -> None:
+        lead_set, wake_fd = self._lead_set, self._wake_fd
+        while True:
+            more = self._read()  # what waits now: the descriptor tells only of changes
+            if future.done():
+                return
+            if more:
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            for fd, _ in lead_set.poll(left):
+                if fd == wake_fd:
+                    try:
+                        os.eventfd_read(wake_fd)
+                    except BlockingIOError:
+                        pass
+
+    def _read(self) -> bool:
+        """(Leader) What earlier readers left, then a batch received and handled, in order;
+        whether more may wait."""
+        with self.handling:
+            self._handle_queue()
+            with self.lock:
+                if self.order.closed:
+                    return False
+                count = self._receive_batch()
+            self._handle_queue()
+        return count >= self._batch
+
+    def _receive_batch(self) -> int:
+        """(Holding ``handling`` and the lock) Receive up to a batch into the queue; how many."""
+        sock, batch, queue = self.sock, self._batch, self._unhandled
+        count = 0
+        while count < batch and cast(int, _backend_get(sock, _EVENTS)) & _POLLIN:
+            if not _receive(sock, queue):
+                break
+            count += 1
+        return count
+
+    def _handle_queue(self) -> None:
+        """(Holding ``handling``) Hand on each message received and not yet handled, in order,
+        a bundle's one by one. The queue is the gate's, so a reader that re-enters (a signal
+        handler's get() on a leading thread) handles what the interrupted one had left, in
+        order. If a KeyboardInterrupt (or anything) cuts this, the I/O thread finishes the
+        cut message, with how far it got, then the rest (see the module doc); a message cut
+        where it may have been handled already is refused as a replay or found settled."""
+        queue = self._unhandled
+        decode, handle = self._reader.decode, self._reader.handle
+        current: list[Any] | None = None
+        msg: Message | None = None
+        try:
+            while queue:
+                current = queue.popleft()
+                msg = None
+                small = [
+                    f.bytes if f.__class__ is _FRAME and len(f) < COPY_BELOW else f for f in current
+                ]
+                try:
+                    parts = split_bundle(small)
+                except CorralError as err:
+                    self._dropped(err)
+                    current = None
+                    continue
+                if parts is not None:
+                    queue.extendleft(reversed(parts))
+                    current = None
+                    continue
+                try:
+                    msg = decode(small)
+                    handle(msg)
+                except Exception as err:  # noqa: BLE001 - counted and logged as the loop does
+                    self._dropped(err)
+                current = None
+        except BaseException:
+            self._hand_back(current, msg)
+            raise
+
+    def _dropped(self, err: Exception) -> None:
+        """A message that failed to decode or handle: counted and logged as the loop does
+        (:meth:`corral.loop.Loop.deliver`)."""
+        self.rejected += 1
+        name = self._loop.name
+        if isinstance(err, ReplayError):
+            log.info("%s: dropped a message received before: %s", name, err)
+        elif isinstance(err, CorralError):
+            log.warning("%s: dropped a message: %s", name, err)
+        else:
+            log.error("%s: error while handling a message; dropped it", name, exc_info=err)
+
+    def _hand_back(self, cut: list[Any] | None, msg: Message | None) -> None:
+        """(A leader, interrupted) Have the I/O thread finish the ``cut`` message (``msg`` if
+        it was decoded) and handle what is left in the queue."""
+        reader = self._reader
+
+        def finish() -> None:
+            with self.handling:
+                if cut is not None:
+                    try:
+                        frames = [_small(frame) for frame in cut]
+                        parts = split_bundle(frames)
+                        if msg is not None:
+                            reader.handle_again(msg)
+                        else:
+                            for part in parts if parts is not None else (frames,):
+                                reader.handle_again(reader.decode_again(part))
+                    except Exception as err:  # noqa: BLE001 - counted and logged
+                        self._dropped(err)
+                self._handle_queue()
+
+        try:
+            self._loop.call_soon_threadsafe(finish)
+        except ConnectionError:
+            pass  # closing: the records fail what is pending
+
+    def _resign(self) -> None:
+        """(Leader) Give the socket back to the I/O thread: its descriptor back in the loop's
+        set, and a drain if a message waits (the descriptor tells of changes only)."""
+        with self.lock:
+            if self.order.closed:
+                self._leader = None
+                self._close_sets()
+                return
+            try:
+                self._io_set.register(self._fd, select.EPOLLIN)
+            except FileExistsError:
+                pass  # cut before it was taken out
+            self._leader = None  # after the descriptor is back: a cut here leaves no one deaf
+            wake = self._take_readable()
+        if wake:
+            try:
+                self._loop.call_soon_threadsafe(self._drain)
+            except ConnectionError:
+                pass  # closing: nothing more is read
+
     # ------------------------------------------------------------------ I/O thread
 
     def install(self) -> None:
-        """Have the loop wake on the socket's descriptor, and send what a turn queued at its
-        end."""
-        self._loop.add_reader(cast(int, self.sock.get(zmq.FD)), self._drain)
+        """Have the loop wake on the socket's descriptor (through an epoll set a leader can
+        take it out of), and send what a turn queued at its end."""
+        self._fd = cast(int, self.sock.get(zmq.FD))
+        if LEADING:
+            self._io_set = select.epoll()
+            self._io_set.register(self._fd, select.EPOLLIN)
+            self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            self._lead_set = select.epoll()
+            self._lead_set.register(self._fd, select.EPOLLIN)
+            self._lead_set.register(self._wake_fd, select.EPOLLIN)
+            self._loop.add_reader(self._io_set.fileno(), self._drain)
+        else:
+            self._loop.add_reader(self._fd, self._drain)
         self._loop.at_turn_end(self._flush)
 
     def put(self, frames: Sequence[Frame]) -> None:
@@ -180,10 +483,25 @@ class SocketGate:
         self._outbox.put(frames)
 
     def close(self) -> None:
-        """Close the socket (teardown): a submitting thread finds it closed and hands over."""
+        """Close the socket (teardown): a submitting thread finds it closed and hands over; a
+        leader is woken, and closes the epoll sets and the eventfd when it stops."""
         with self.lock:
             self.order.closed = True
             self.sock.close(linger=0)
+            if self._leader is None:
+                self._close_sets()
+            else:
+                os.eventfd_write(self._wake_fd, 1)
+
+    def _close_sets(self) -> None:
+        """(Lock held, no leader) Close the epoll sets and the eventfd, once."""
+        if self._lead_set is None:
+            return  # the loop no longer runs: its poller forgets the set's descriptor
+        for epoll in (self._io_set, self._lead_set):
+            epoll.close()
+        wake_fd, self._wake_fd = self._wake_fd, -1  # wakers left behind check it (_Waker)
+        os.close(wake_fd)
+        self._lead_set = self._io_set = None
 
     def _take_readable(self) -> bool:
         """(Lock held, after using the socket) Whether a message waits that nobody will be
@@ -199,22 +517,15 @@ class SocketGate:
         frames, the result's pickle) reads them, and a zmq.Frame's memoryview, made anew at
         each read, cost more than one copy (a reply fed and settled in 16 us instead of 29,
         warm). A message that came in a bundle gets them so too (corral.bundles)."""
-        received: list[list[bytes | zmq.Frame]] = []
-        with self.lock:
-            self._drain_asked = False
-            if self.order.closed:
-                return
-            sock, batch = self.sock, self._batch
-            while len(received) < batch and cast(int, _backend_get(sock, _EVENTS)) & _POLLIN:
-                try:
-                    received.append(recv_small_as_bytes(sock, _NOBLOCK))
-                except zmq.Again:
-                    break
-        if len(received) >= self._batch:
-            self._loop.call_soon(self._drain)  # more may wait: the descriptor says no more
-        deliver, handle = self._loop.deliver, self._handle
-        for frames in received:
-            deliver(handle, cast(list[zmq.Frame], frames))  # handlers read any Frame
+        with self.handling:
+            with self.lock:
+                self._drain_asked = False
+                if self.order.closed:
+                    return
+                count = self._receive_batch()
+            if count >= self._batch:
+                self._loop.call_soon(self._drain)  # more may wait: the descriptor says no more
+            self._handle_queue()
 
     def _flush(self) -> None:
         """(Turn end) Send what this turn queued, a bundle per peer."""
@@ -232,3 +543,31 @@ class SocketGate:
             self._loop.call_soon(self._drain)
         for error, tags in failures:
             log.error("%s: %d message(s) not sent: %s", self._loop.name, len(tags), error)
+
+
+def _small(frame: Any) -> Any:
+    """A received zmq Frame under :data:`COPY_BELOW` as bytes (see ``_drain``)."""
+    if frame.__class__ is bytes or len(frame) >= COPY_BELOW:
+        return frame
+    return frame.bytes if isinstance(frame, zmq.Frame) else frame
+
+
+def _receive(sock: zmq.Socket[Any], received: collections.deque[list[Any]]) -> bool:
+    """Receive one waiting message into ``received`` as zmq Frames; False if none waited.
+    The message is in ``received`` from its first frame on, and its other frames are read
+    whatever interrupts the reading (Ctrl-C on the main thread): half a message left in the
+    socket would be read as the start of the next one."""
+    try:
+        frame = _backend_recv(sock, _NOBLOCK, False)
+    except zmq.Again:
+        return False
+    frames = [frame]
+    received.append(frames)
+    try:
+        while frame.more:
+            frame = _backend_recv(sock, 0, False)
+            frames.append(frame)
+    finally:
+        while frames[-1].more:
+            frames.append(_backend_recv(sock, 0, False))
+    return True

@@ -98,6 +98,9 @@ class Recorder:
     def on_reply(self, msg: Message) -> None:
         self.replies.append(msg)
 
+    def on_reply_again(self, msg: Message) -> None:
+        self.replies.append(msg)
+
     def on_notification(self, msg: Message) -> None: ...
 
     def on_iopub(self, msg: Message) -> None: ...
