@@ -60,6 +60,10 @@ class AddRecord:
 
     msg_id: str
     record: dict[str, Any]
+    #: The JSON texts, as received, that some of the record's dict fields were decoded from
+    #: (field name -> text; None: none): a store that keeps JSON text may keep these as they
+    #: came instead of encoding the dicts again (:meth:`ResultStore.add_decoded_record`).
+    json_texts: dict[str, bytes] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +72,8 @@ class UpdateRecord:
 
     msg_id: str
     changes: dict[str, Any]
+    #: As :attr:`AddRecord.json_texts`, for dict fields of ``changes``.
+    json_texts: dict[str, bytes] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,9 +126,15 @@ def apply_writes(
     for action in actions:
         try:
             if isinstance(action, AddRecord):
-                store.add_record(action.msg_id, action.record)
+                if action.json_texts is None:
+                    store.add_record(action.msg_id, action.record)
+                else:
+                    store.add_decoded_record(action.msg_id, action.record, action.json_texts)
             elif isinstance(action, UpdateRecord):
-                store.update_record(action.msg_id, action.changes)
+                if action.json_texts is None:
+                    store.update_record(action.msg_id, action.changes)
+                else:
+                    store.update_decoded_record(action.msg_id, action.changes, action.json_texts)
             elif isinstance(action, SetEngines):
                 store.set_engines(action.destinations)
             elif isinstance(action, DropRecords):

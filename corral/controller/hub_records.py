@@ -45,6 +45,10 @@ CLEARED_RESULT: dict[str, Any] = {
 }
 
 
+#: A copy's four JSON frames as received (header, parent header, metadata, content), each the
+#: text its part of the :class:`~corral.protocol.session.Message` was decoded from.
+JSONTexts = tuple[bytes, bytes, bytes, bytes]
+
 #: The identity frame the scheduler adds to a ``task_in`` copy it sent without the request's
 #: buffers (more than the store keeps), followed by their size in bytes.
 OMITTED_PREFIX = b"omitted:"
@@ -56,11 +60,13 @@ def record_request(
     idents: Sequence[bytes],
     msg: Message,
     request_omitted: dict[str, Any] | None = None,
+    texts: JSONTexts | None = None,
 ) -> list[Action]:
     """The record of a request, its buffers included (``Client.resubmit`` sends them again),
     or with the ``request_buffers_omitted`` marker when the copy came without them:
     ``request_omitted`` from the shell (shared memory it could not map), or the scheduler's
-    ``omitted:<bytes>`` identity (more than the store keeps)."""
+    ``omitted:<bytes>`` identity (more than the store keeps). ``texts``: the JSON frames
+    ``msg`` was decoded from, passed on to the store with the fields they became."""
     if msg.msg_type not in ("apply_request", "execute_request"):
         return []
     # monitor copies carry identities as the queue sent them on: destination first, so a
@@ -107,7 +113,10 @@ def record_request(
     record["resubmitted"] = resent
     if resent:
         record.update(CLEARED_RESULT)
-    return [AddRecord(msg_id, record)]
+    if texts is None:
+        return [AddRecord(msg_id, record)]
+    json_texts = {"header": texts[0], "metadata": texts[2], "content": texts[3]}
+    return [AddRecord(msg_id, record, json_texts)]
 
 
 def _omitted(hub: Hub, size: bytes) -> dict[str, Any]:
@@ -137,8 +146,15 @@ def record_destinations(hub: Hub, destinations: Iterable[tuple[str, str]]) -> li
 
 
 def record_reply(
-    hub: Hub, queue: str, idents: Sequence[bytes], msg: Message, now: float
+    hub: Hub,
+    queue: str,
+    idents: Sequence[bytes],
+    msg: Message,
+    now: float,
+    texts: JSONTexts | None = None,
 ) -> list[Action]:
+    """The result fields of a reply's task (``texts`` as :func:`record_request` takes them);
+    a whole record when the Hub never saw its request (:func:`_record_unknown`)."""
     msg_id = msg.parent_id
     if msg_id is None:
         return []
@@ -180,7 +196,15 @@ def record_reply(
         metadata.get("started"),
         metadata.get("completed"),
     )
-    return [UpdateRecord(msg_id, _result_fields(msg, entry, engine_uuid, now))]
+    changes = _result_fields(msg, entry, engine_uuid, now)
+    if texts is None:
+        return [UpdateRecord(msg_id, changes)]
+    json_texts = {
+        "result_header": texts[0],
+        "result_metadata": texts[2],
+        "result_content": texts[3],
+    }
+    return [UpdateRecord(msg_id, changes, json_texts)]
 
 
 def _result_fields(

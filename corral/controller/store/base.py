@@ -234,6 +234,22 @@ class ResultStore(ABC):
     def update_record(self, msg_id: str, changes: dict[str, Any]) -> None:
         """Merge ``changes`` into the task's top-level fields."""
 
+    def add_decoded_record(
+        self, msg_id: str, record: dict[str, Any], json_texts: Mapping[str, bytes]
+    ) -> None:
+        """:meth:`add_record`, for a record some of whose dict fields were decoded from JSON
+        text as received (``json_texts``, by field name; each the very text its field's dict
+        was parsed from, UTF-8): a backend that keeps JSON text may keep those texts as they
+        came instead of encoding the dicts again (SQLite). This default ignores them."""
+        self.add_record(msg_id, record)
+
+    def update_decoded_record(
+        self, msg_id: str, changes: dict[str, Any], json_texts: Mapping[str, bytes]
+    ) -> None:
+        """:meth:`update_record`, with the JSON texts of dict fields of ``changes`` as
+        :meth:`add_decoded_record` takes them. This default ignores them."""
+        self.update_record(msg_id, changes)
+
     def set_engines(self, destinations: Iterable[tuple[str, str, int | None]]) -> None:
         """Set the engine fields (``engine_uuid``, ``engine_id``) of several tasks, each
         ``(msg_id, engine_uuid, engine_id)``: what :meth:`update_record` of each does, in

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from corral.controller.store.base import WriteOp, validate_record
@@ -415,3 +416,65 @@ def test_an_engine_row_is_the_one_pass_encoding_of_its_two_fields(
     if row is not None and expected is not None:
         assert row == expected
         assert row.size() == expected.size()
+
+
+@pytest.mark.parametrize(
+    "texts",
+    [
+        {},
+        {"header": orjson.dumps(HUB_REQUEST["header"])},
+        {
+            "header": b'{ "date": "2026-01-01T00:00:00+00:00", "msg_id": "t1" }',
+            "metadata": b'{"retries":1}',
+            "content": b"{}",
+        },
+        {"metadata": b'{"retries": 1}'},
+    ],
+)
+def test_the_one_pass_encoding_keeps_json_texts_as_they_came(texts: dict[str, bytes]) -> None:
+    """With the JSON texts a record's dict fields were decoded from, ``encode_exact`` keeps
+    them as they came (however they are spaced or ordered): the row is the one made without
+    them, but for those columns, which decode to the same values, and its size counts them."""
+    fields = dict(HUB_REQUEST)
+    row = encode_exact("t1", fields, 1 << 20, 32, texts)
+    plain = encode_exact("t1", fields, 1 << 20, 32)
+    assert row is not None and plain is not None
+    assert row.columns == plain.columns
+    for column, value, expected in zip(row.columns, row.values, plain.values, strict=False):
+        if column in texts:
+            assert value == texts[column].decode()
+            assert orjson.loads(value) == orjson.loads(expected)
+        else:
+            assert value == expected
+    extra = sum(len(texts[c].decode()) - len(orjson.dumps(fields[c])) for c in texts)
+    assert row.size() == plain.size() + extra
+
+
+def test_the_one_pass_encoding_encodes_a_dict_whose_text_is_not_utf8() -> None:
+    """A text that is not UTF-8 (never one a dict was decoded from) is not kept: its dict is
+    encoded as without texts."""
+    texts = {"metadata": b'{"retries": 1, "x": "\xff"}', "content": b"{}"}
+    row = encode_exact("t1", dict(HUB_REQUEST), 1 << 20, 32, texts)
+    plain = encode_exact("t1", dict(HUB_REQUEST), 1 << 20, 32)
+    assert row is not None and plain is not None
+    assert row.values == plain.values
+
+
+def test_decoded_records_read_back_as_added(tmp_path: Path) -> None:
+    """``add_decoded_record`` / ``update_decoded_record`` store what ``add_record`` /
+    ``update_record`` store, the dict fields kept as the texts that came."""
+    header = b'{"msg_id": "t1",  "date": "2026-01-01T00:00:00+00:00"}'
+    reply = b'{"status":"ok"}'
+    with SQLiteStore(tmp_path / "tasks.db") as store:
+        request = {**HUB_REQUEST, "header": orjson.loads(header)}
+        store.add_decoded_record("t1", request, {"header": header, "content": b"{}"})
+        changes = {"status": "ok", "result_content": orjson.loads(reply)}
+        store.update_decoded_record("t1", changes, {"result_content": reply})
+        record = store.get_record("t1")
+        assert record["header"] == orjson.loads(header)
+        assert record["result_content"] == {"status": "ok"}
+        assert record["buffers"] == [b"pickled function"]
+        store.flush()
+    with sqlite3.connect(tmp_path / "tasks.db") as db:
+        (stored,) = db.execute("SELECT header FROM tasks").fetchone()
+    assert stored == header.decode()
