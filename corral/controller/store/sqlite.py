@@ -1,6 +1,6 @@
 """The SQLite result store: the default, one file (``tasks.db``) in the cluster folder.
 
-One table, one row per task, ordered by its rowid ``seq`` (the order first written).
+One table, one row per task, ordered by an autoincrement ``seq`` (the submission order).
 Known fields are columns; the dict fields (``header`` ...) are JSON text; fields outside the
 schema go, JSON-encoded, into one ``extra`` column, so they must be JSON-serializable here
 (a record that is not is refused at once with StoreError). Result buffers are one BLOB

@@ -70,48 +70,6 @@ def test_msg_id_queries_use_the_index(sqlite_store: SQLiteStore) -> None:
             assert "USING INDEX" in " ".join(row[3] for row in plan)
 
 
-def test_rows_keep_the_order_first_written_after_the_newest_are_dropped(
-    sqlite_store: SQLiteStore,
-) -> None:
-    """``seq`` is a plain rowid (no ``sqlite_sequence`` to update per insert): a number freed
-    by dropping the newest rows may be handed out again, and rows are still read in the order
-    they were first written, a later write of an older row keeping its place."""
-    for msg_id in ("a", "b", "c"):
-        sqlite_store.add_record(msg_id, {"status": "pending"})
-    sqlite_store.drop_records(["c"])
-    sqlite_store.add_record("d", {"status": "pending"})
-    sqlite_store.update_record("a", {"status": "ok"})
-    sqlite_store.add_record("e", {"status": "pending"})
-    assert sqlite_store.get_history() == ["a", "b", "d", "e"]
-    assert [r["msg_id"] for r in sqlite_store.find_records({})] == ["a", "b", "d", "e"]
-    with closing(sqlite3.connect(sqlite_store.path)) as db:
-        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
-    assert "sqlite_sequence" not in tables
-
-
-def test_a_file_made_with_an_autoincrement_key_is_read_and_written(tmp_path: Path) -> None:
-    """Files of schema version 3 made before ``seq`` became a plain rowid declare it
-    ``AUTOINCREMENT``: opened again, they are read and written as before."""
-    path = tmp_path / "tasks.db"
-    with SQLiteStore(path) as store:
-        store.add_record("old", {"status": "ok", "buffers": [b"f"]})
-    with closing(sqlite3.connect(path)) as db:
-        schema = db.execute("SELECT sql FROM sqlite_master WHERE name = 'tasks'").fetchone()[0]
-        db.execute("ALTER TABLE tasks RENAME TO previous")
-        db.execute(schema.replace("PRIMARY KEY", "PRIMARY KEY AUTOINCREMENT", 1))
-        db.execute("INSERT INTO tasks SELECT * FROM previous")
-        db.execute("DROP TABLE previous")
-        db.commit()
-    with SQLiteStore(path) as store:
-        store.add_record("new", {"status": "pending", "buffers": [b"g"]})
-        store.drop_records(["new"])
-        store.add_record("newer", {"status": "pending"})
-        assert store.get_history() == ["old", "newer"]
-        assert store.get_record("old")["buffers"] == [b"f"]
-    with closing(sqlite3.connect(path)) as db:
-        assert db.execute("SELECT name, seq FROM sqlite_sequence").fetchall() == [("tasks", 3)]
-
-
 def test_records_survive_sigkill_mid_write(tmp_path: Path) -> None:
     """A writer killed mid-batch loses at most what it had not yet flushed."""
     path = tmp_path / "tasks.db"
