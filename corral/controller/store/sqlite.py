@@ -347,8 +347,11 @@ class SQLiteStore(ResultStore):
             fields = self._omit_large_buffers(validate_record(msg_id, fields))
             payload = encode_row(fields, self.chunk_bytes)
         self._writer.submit(_tuple_new(WriteOp, ("upsert", (msg_id,), payload)))
-        if retention is not None:
-            self._account(msg_id, fields, payload.size())
+        if retention is not None:  # ResultStore._account, inline: two or three a task
+            with self._retention_lock:
+                purge = retention.recorded(msg_id, payload.size(), fields.get("status"))
+            if purge is not None:
+                self._apply_purge(purge)
 
     def set_engines(self, destinations: Iterable[tuple[str, str, int | None]]) -> None:
         """The rows made at once (:func:`engine_row`) and queued under one lock; a value not
