@@ -38,7 +38,6 @@ from corral.controller.hub_actions import (
 )
 from corral.controller.hub_queries import QUERIES, answer
 from corral.controller.hub_records import (
-    JSONTexts,
     iso_date,
     record_destinations,
     record_reply,
@@ -46,7 +45,7 @@ from corral.controller.hub_records import (
 )
 from corral.controller.hub_restart import expect_answers, lost_balanced, restore, settle_restored
 from corral.controller.hub_resubmit import resubmit_request
-from corral.controller.store.base import ResultStore
+from corral.controller.store.base import MessageJSON, ResultStore
 from corral.errors import (
     EngineError,
     InvalidContent,
@@ -564,7 +563,7 @@ class Hub:
         msg: Message,
         now: float,
         request_omitted: dict[str, Any] | None = None,
-        texts: JSONTexts | None = None,
+        texts: MessageJSON | None = None,
     ) -> list[Action]:
         """A copy of a queue's traffic: the record writes for requests and
         replies (none for anything else). ``request_omitted``: why a request's copy comes

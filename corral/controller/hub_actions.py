@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-from corral.controller.store.base import ResultStore
+from corral.controller.store.base import MessageJSON, ResultStore
 from corral.errors import StoreError
 from corral.protocol.session import Frame
 
@@ -60,10 +60,11 @@ class AddRecord:
 
     msg_id: str
     record: dict[str, Any]
-    #: The JSON texts, as received, that some of the record's dict fields were decoded from
-    #: (field name -> text; None: none): a store that keeps JSON text may keep these as they
-    #: came instead of encoding the dicts again (:meth:`ResultStore.add_decoded_record`).
-    json_texts: dict[str, bytes] | None = None
+    #: The JSON frames, as received, of the message the record's header, metadata and
+    #: content were decoded from (None: not known): a store that keeps JSON text may keep
+    #: them as they came instead of encoding the dicts again
+    #: (:meth:`ResultStore.add_decoded_record`).
+    json_texts: MessageJSON | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +73,8 @@ class UpdateRecord:
 
     msg_id: str
     changes: dict[str, Any]
-    #: As :attr:`AddRecord.json_texts`, for dict fields of ``changes``.
-    json_texts: dict[str, bytes] | None = None
+    #: As :attr:`AddRecord.json_texts`, for a reply's result fields in ``changes``.
+    json_texts: MessageJSON | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from corral.controller.hub_actions import Action, AddRecord, SetEngines, UpdateRecord
+from corral.controller.store.base import MessageJSON
 from corral.controller.store.retention import REQUEST_OMITTED_FIELD
 from corral.protocol.session import Message, frame_view
 
@@ -45,10 +46,6 @@ CLEARED_RESULT: dict[str, Any] = {
 }
 
 
-#: A copy's four JSON frames as received (header, parent header, metadata, content), each the
-#: text its part of the :class:`~corral.protocol.session.Message` was decoded from.
-JSONTexts = tuple[bytes, bytes, bytes, bytes]
-
 #: The identity frame the scheduler adds to a ``task_in`` copy it sent without the request's
 #: buffers (more than the store keeps), followed by their size in bytes.
 OMITTED_PREFIX = b"omitted:"
@@ -60,7 +57,7 @@ def record_request(
     idents: Sequence[bytes],
     msg: Message,
     request_omitted: dict[str, Any] | None = None,
-    texts: JSONTexts | None = None,
+    texts: MessageJSON | None = None,
 ) -> list[Action]:
     """The record of a request, its buffers included (``Client.resubmit`` sends them again),
     or with the ``request_buffers_omitted`` marker when the copy came without them:
@@ -115,8 +112,7 @@ def record_request(
         record.update(CLEARED_RESULT)
     if texts is None:
         return [AddRecord(msg_id, record)]
-    json_texts = {"header": texts[0], "metadata": texts[2], "content": texts[3]}
-    return [AddRecord(msg_id, record, json_texts)]
+    return [AddRecord(msg_id, record, texts)]
 
 
 def _omitted(hub: Hub, size: bytes) -> dict[str, Any]:
@@ -151,7 +147,7 @@ def record_reply(
     idents: Sequence[bytes],
     msg: Message,
     now: float,
-    texts: JSONTexts | None = None,
+    texts: MessageJSON | None = None,
 ) -> list[Action]:
     """The result fields of a reply's task (``texts`` as :func:`record_request` takes them);
     a whole record when the Hub never saw its request (:func:`_record_unknown`)."""
@@ -199,12 +195,7 @@ def record_reply(
     changes = _result_fields(msg, entry, engine_uuid, now)
     if texts is None:
         return [UpdateRecord(msg_id, changes)]
-    json_texts = {
-        "result_header": texts[0],
-        "result_metadata": texts[2],
-        "result_content": texts[3],
-    }
-    return [UpdateRecord(msg_id, changes, json_texts)]
+    return [UpdateRecord(msg_id, changes, texts)]
 
 
 def _result_fields(

@@ -46,10 +46,9 @@ from corral.controller.hub_actions import (
     Stop,
     apply_writes,
 )
-from corral.controller.hub_records import JSONTexts
 from corral.controller.hub_resubmit import resubmit_failed
 from corral.controller.scheduler_wire import read_copy, split_route
-from corral.controller.store.base import ResultStore
+from corral.controller.store.base import MessageJSON, ResultStore
 from corral.errors import CorralError, ProtocolError, StoreError
 from corral.loop import DRAIN_BATCH, FrameHandler, Loop, Timer
 from corral.protocol.messages import error_reply
@@ -270,14 +269,23 @@ class HubShell:
         msg = read_copy(self.session, msg_frames, idents, verify=verify)
         self.monitored += 1
         omitted: dict[str, Any] | None = None
-        texts: JSONTexts | None = None
+        texts: MessageJSON | None = None
         if METADATA_KEY in msg.metadata:  # data in shared memory (none for small tasks)
             if prefix in (b"mux_in", b"task_in"):
                 msg, omitted = self._shm_request(msg)
             else:
                 msg = self._shm_resolve(prefix, msg)
-        else:  # the message is what its JSON frames say: the store may keep them as they came
-            texts = _json_texts(msg_frames)
+        else:
+            # the message is what its JSON frames say: the store may keep them as they came
+            # (when they are bytes, as the loop hands small frames on)
+            header, parent, metadata, content = msg_frames[1:5]
+            if (
+                header.__class__ is bytes
+                and parent.__class__ is bytes
+                and metadata.__class__ is bytes
+                and content.__class__ is bytes
+            ):
+                texts = (header, parent, metadata, content)
         actions = self.hub.handle_monitor(prefix, idents, msg, now, omitted, texts)
         if actions:
             self._perform(actions)
@@ -419,20 +427,6 @@ def _split_copy(frames: Sequence[Frame]) -> tuple[list[bytes], list[Frame]]:
         elif frame.__class__ is not zmq.Frame or len(frame) == _DELIMITER_LENGTH:
             break
     return split_route(frames[1:])
-
-
-def _json_texts(msg_frames: Sequence[Frame]) -> JSONTexts | None:
-    """A read copy's four JSON frames (after the signature) when all are ``bytes``, as the
-    loop hands on small frames; None otherwise (the store then encodes the decoded dicts)."""
-    header, parent, metadata, content = msg_frames[1:5]
-    if (
-        header.__class__ is bytes
-        and parent.__class__ is bytes
-        and metadata.__class__ is bytes
-        and content.__class__ is bytes
-    ):
-        return (header, parent, metadata, content)
-    return None
 
 
 def _ident_bytes(frame: Frame) -> bytes:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from .base import (
     REQUEST_BUFFERS_FIELD,
     SCALAR_FIELD_CATEGORIES,
     BatchWriter,
+    MessageJSON,
     ResultStore,
     WriteOp,
     check_keys,
@@ -322,15 +323,15 @@ class SQLiteStore(ResultStore):
         self._upsert(msg_id, changes)
 
     def add_decoded_record(
-        self, msg_id: str, record: dict[str, Any], json_texts: Mapping[str, bytes]
+        self, msg_id: str, record: dict[str, Any], json_texts: MessageJSON
     ) -> None:
-        """The JSON texts are kept as they came (:func:`encode_exact`): the Hub's records
+        """The JSON frames are kept as they came (:func:`encode_exact`): the Hub's records
         hold its copies' header, metadata and content, six dicts a task, which cost about
         0.1 us each to encode again."""
         self._upsert(msg_id, record, json_texts)
 
     def update_decoded_record(
-        self, msg_id: str, changes: dict[str, Any], json_texts: Mapping[str, bytes]
+        self, msg_id: str, changes: dict[str, Any], json_texts: MessageJSON
     ) -> None:
         self._upsert(msg_id, changes, json_texts)
 
@@ -338,7 +339,7 @@ class SQLiteStore(ResultStore):
         self,
         msg_id: str,
         fields: dict[str, Any],
-        json_texts: Mapping[str, bytes] | None = None,
+        json_texts: MessageJSON | None = None,
     ) -> None:
         retention = self.retention
         limit = retention.settings.buffer_limit if retention is not None else None

@@ -16,7 +16,7 @@ and decoding a row. How the writer turns a batch of rows into statements is in
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from typing import Any, Final, NamedTuple, cast
 
 import orjson
@@ -34,6 +34,7 @@ from .base import (
     KNOWN_FIELDS,
     REQUEST_BUFFERS_FIELD,
     TEXT_FIELDS,
+    MessageJSON,
 )
 from .query import Atom
 
@@ -245,8 +246,17 @@ def _dumps(name: str, value: Any) -> str:
 #: What a layout's exact check (:func:`_exact_check`) returns: the row's values so far (msg_id,
 #: present, the scalars) and the length of their text; None for a value not exactly its type.
 ExactCheck = Callable[[str, dict[str, Any]], tuple[list[Any], int] | None]
-#: The same, given the JSON texts some dict fields were decoded from (field name -> text).
-ExactTextsCheck = Callable[[str, dict[str, Any], Mapping[str, bytes]], tuple[list[Any], int] | None]
+#: The same, given the JSON frames of the message the record's dict fields were decoded from.
+ExactTextsCheck = Callable[[str, dict[str, Any], MessageJSON], tuple[list[Any], int] | None]
+#: The frame of a message's JSON (:data:`~.base.MessageJSON`) a dict field was decoded from.
+_FRAME_OF = {
+    "header": 0,
+    "metadata": 2,
+    "content": 3,
+    "result_header": 0,
+    "result_metadata": 2,
+    "result_content": 3,
+}
 
 
 class _Layout(NamedTuple):
@@ -316,11 +326,16 @@ def _exact_check(
     exactly its field's type or the record is not for this path (None); a dict is JSON-encoded
     (StoreError when it cannot be), an int must fit in 64 bits; and the length of the text is
     added up for :meth:`Row.size`. With ``texts``, the function takes a third argument, the
-    JSON texts some dict fields were decoded from (:meth:`~.base.ResultStore.add_decoded_record`),
-    and keeps a field's text as it came (UTF-8 decoded) instead of encoding its dict again;
-    a field without one (or one not UTF-8) is encoded as without ``texts``. The source is built
-    from the known field names only."""
+    JSON frames of the message the record's dict fields were decoded from
+    (:meth:`~.base.ResultStore.add_decoded_record`), and keeps each field's frame as it came
+    (UTF-8 decoded) instead of encoding its dict again; a frame that is not UTF-8 (never one a
+    dict was decoded from), and every field of a record that holds both a request's and a
+    result's (whose frames would be two messages'), are encoded as without ``texts``. The
+    source is built from the known field names only."""
     lines = [f"def check(msg_id, fields{', texts' if texts else ''}):", "    text = len(msg_id)"]
+    names_json = [name for name, is_json in scalars if is_json]
+    if len({name.startswith("result_") for name in names_json}) > 1:
+        texts = False  # a request's and a result's dicts: which message's frames?
     names = []
     for index, (name, is_json) in enumerate(scalars):
         kind = _TYPES[name].__name__
@@ -330,11 +345,8 @@ def _exact_check(
         lines.append(f"        if {value}.__class__ is not {kind}: return None")
         if is_json and texts:
             lines += [
-                f"        t = texts.get({name!r})",
-                "        if t.__class__ is bytes:",
-                f"            try: {value} = t.decode()",
-                f"            except UnicodeDecodeError: {value} = _dumps({name!r}, {value})",
-                f"        else: {value} = _dumps({name!r}, {value})",
+                f"        try: {value} = texts[{_FRAME_OF[name]}].decode()",
+                f"        except UnicodeDecodeError: {value} = _dumps({name!r}, {value})",
                 f"        text += len({value})",
             ]
         elif is_json:
@@ -452,7 +464,7 @@ def encode_exact(
     fields: dict[str, Any],
     chunk_bytes: int,
     buffer_limit: int | None,
-    json_texts: Mapping[str, bytes] | None = None,
+    json_texts: MessageJSON | None = None,
 ) -> Row | None:
     """The row for a write that :func:`~.base.validate_record` would pass unchanged and the
     per-task buffer limit keeps whole, in one pass: every name a known field, every value None
@@ -461,7 +473,8 @@ def encode_exact(
     validates, omits and encodes the long way, which accepts and refuses what it always did.
     The Hub's own records take this path (JSON it decoded, views of frames it received); it
     makes the row :func:`encode_row` makes, with its size (tested so). ``json_texts``: the JSON
-    texts some dict fields were decoded from, kept as they came (the same values once read)."""
+    frames of the message the record's dict fields were decoded from, kept as they came (the
+    same values once read)."""
     layout = _layout(tuple(fields))
     if (
         layout.extras
