@@ -45,7 +45,7 @@ from corral.controller.hub_records import (
 )
 from corral.controller.hub_restart import expect_answers, lost_balanced, restore, settle_restored
 from corral.controller.hub_resubmit import resubmit_request
-from corral.controller.store.base import ResultStore
+from corral.controller.store.base import MessageJSON, ResultStore
 from corral.errors import (
     EngineError,
     InvalidContent,
@@ -563,17 +563,20 @@ class Hub:
         msg: Message,
         now: float,
         request_omitted: dict[str, Any] | None = None,
+        texts: MessageJSON | None = None,
     ) -> list[Action]:
         """A copy of a queue's traffic: the record writes for requests and
         replies (none for anything else). ``request_omitted``: why a request's copy comes
-        without its buffers (see :func:`~corral.controller.hub_records.record_request`)."""
+        without its buffers (see :func:`~corral.controller.hub_records.record_request`);
+        ``texts``: the copy's JSON frames ``msg`` was decoded from, if the shell has them as
+        they came (the store may keep them instead of encoding the dicts again)."""
         route = MONITORED.get(prefix)
         if route is None:  # the control queue's copies: nothing to record
             return []
         queue, request = route
         if request:
-            return record_request(self, queue, idents, msg, request_omitted)
-        return record_reply(self, queue, idents, msg, now)
+            return record_request(self, queue, idents, msg, request_omitted, texts)
+        return record_reply(self, queue, idents, msg, now, texts)
 
     def handle_destination(self, msg_id: str, engine_uuid: str) -> list[Action]:
         """One dispatch of the scheduler's ``task_dest`` copy: :meth:`handle_destinations` of

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
-from corral.controller.store.base import ResultStore
+from corral.controller.store.base import MessageJSON, ResultStore
 from corral.errors import StoreError
 from corral.protocol.session import Frame
 
@@ -60,6 +60,11 @@ class AddRecord:
 
     msg_id: str
     record: dict[str, Any]
+    #: The JSON frames, as received, of the message the record's header, metadata and
+    #: content were decoded from (None: not known): a store that keeps JSON text may keep
+    #: them as they came instead of encoding the dicts again
+    #: (:meth:`ResultStore.add_decoded_record`).
+    json_texts: MessageJSON | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +73,8 @@ class UpdateRecord:
 
     msg_id: str
     changes: dict[str, Any]
+    #: As :attr:`AddRecord.json_texts`, for a reply's result fields in ``changes``.
+    json_texts: MessageJSON | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,9 +127,15 @@ def apply_writes(
     for action in actions:
         try:
             if isinstance(action, AddRecord):
-                store.add_record(action.msg_id, action.record)
+                if action.json_texts is None:
+                    store.add_record(action.msg_id, action.record)
+                else:
+                    store.add_decoded_record(action.msg_id, action.record, action.json_texts)
             elif isinstance(action, UpdateRecord):
-                store.update_record(action.msg_id, action.changes)
+                if action.json_texts is None:
+                    store.update_record(action.msg_id, action.changes)
+                else:
+                    store.update_decoded_record(action.msg_id, action.changes, action.json_texts)
             elif isinstance(action, SetEngines):
                 store.set_engines(action.destinations)
             elif isinstance(action, DropRecords):

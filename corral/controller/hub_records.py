@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from corral.controller.hub_actions import Action, AddRecord, SetEngines, UpdateRecord
+from corral.controller.store.base import MessageJSON
 from corral.controller.store.retention import REQUEST_OMITTED_FIELD
 from corral.protocol.session import Message, frame_view
 
@@ -56,11 +57,13 @@ def record_request(
     idents: Sequence[bytes],
     msg: Message,
     request_omitted: dict[str, Any] | None = None,
+    texts: MessageJSON | None = None,
 ) -> list[Action]:
     """The record of a request, its buffers included (``Client.resubmit`` sends them again),
     or with the ``request_buffers_omitted`` marker when the copy came without them:
     ``request_omitted`` from the shell (shared memory it could not map), or the scheduler's
-    ``omitted:<bytes>`` identity (more than the store keeps)."""
+    ``omitted:<bytes>`` identity (more than the store keeps). ``texts``: the JSON frames
+    ``msg`` was decoded from, passed on to the store with the fields they became."""
     if msg.msg_type not in ("apply_request", "execute_request"):
         return []
     # monitor copies carry identities as the queue sent them on: destination first, so a
@@ -107,7 +110,9 @@ def record_request(
     record["resubmitted"] = resent
     if resent:
         record.update(CLEARED_RESULT)
-    return [AddRecord(msg_id, record)]
+    if texts is None:
+        return [AddRecord(msg_id, record)]
+    return [AddRecord(msg_id, record, texts)]
 
 
 def _omitted(hub: Hub, size: bytes) -> dict[str, Any]:
@@ -137,8 +142,15 @@ def record_destinations(hub: Hub, destinations: Iterable[tuple[str, str]]) -> li
 
 
 def record_reply(
-    hub: Hub, queue: str, idents: Sequence[bytes], msg: Message, now: float
+    hub: Hub,
+    queue: str,
+    idents: Sequence[bytes],
+    msg: Message,
+    now: float,
+    texts: MessageJSON | None = None,
 ) -> list[Action]:
+    """The result fields of a reply's task (``texts`` as :func:`record_request` takes them);
+    a whole record when the Hub never saw its request (:func:`_record_unknown`)."""
     msg_id = msg.parent_id
     if msg_id is None:
         return []
@@ -180,7 +192,10 @@ def record_reply(
         metadata.get("started"),
         metadata.get("completed"),
     )
-    return [UpdateRecord(msg_id, _result_fields(msg, entry, engine_uuid, now))]
+    changes = _result_fields(msg, entry, engine_uuid, now)
+    if texts is None:
+        return [UpdateRecord(msg_id, changes)]
+    return [UpdateRecord(msg_id, changes, texts)]
 
 
 def _result_fields(

@@ -48,7 +48,7 @@ from corral.controller.hub_actions import (
 )
 from corral.controller.hub_resubmit import resubmit_failed
 from corral.controller.scheduler_wire import read_copy, split_route
-from corral.controller.store.base import ResultStore
+from corral.controller.store.base import MessageJSON, ResultStore
 from corral.errors import CorralError, ProtocolError, StoreError
 from corral.loop import DRAIN_BATCH, FrameHandler, Loop, Timer
 from corral.protocol.messages import error_reply
@@ -269,12 +269,24 @@ class HubShell:
         msg = read_copy(self.session, msg_frames, idents, verify=verify)
         self.monitored += 1
         omitted: dict[str, Any] | None = None
+        texts: MessageJSON | None = None
         if METADATA_KEY in msg.metadata:  # data in shared memory (none for small tasks)
             if prefix in (b"mux_in", b"task_in"):
                 msg, omitted = self._shm_request(msg)
             else:
                 msg = self._shm_resolve(prefix, msg)
-        actions = self.hub.handle_monitor(prefix, idents, msg, now, omitted)
+        else:
+            # the message is what its JSON frames say: the store may keep them as they came
+            # (when they are bytes, as the loop hands small frames on)
+            header, parent, metadata, content = msg_frames[1:5]
+            if (
+                header.__class__ is bytes
+                and parent.__class__ is bytes
+                and metadata.__class__ is bytes
+                and content.__class__ is bytes
+            ):
+                texts = (header, parent, metadata, content)
+        actions = self.hub.handle_monitor(prefix, idents, msg, now, omitted, texts)
         if actions:
             self._perform(actions)
 

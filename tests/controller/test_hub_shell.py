@@ -4,8 +4,10 @@ handed to the shell's handlers as its loop hands them) and a real SQLite store."
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -162,6 +164,24 @@ def test_a_bundle_is_read_as_one_burst_that_later_reads_see_whole(shell: Shell) 
     (received,) = {record["received"] for record in records.values()}
     assert before <= datetime.fromisoformat(received).timestamp() <= time.time()
     assert not shell.hub.pending
+
+
+def test_a_copys_json_frames_are_stored_as_they_came(shell: Shell) -> None:
+    """The header, metadata and content of a request and of its reply reach the SQLite store
+    as the frames that carried them (not decoded and encoded again), and read back as the
+    messages said."""
+    request, copy = request_copy(b"task_in")
+    reply = reply_copy(b"task_out", request)
+    shell.shell._on_scheduler_message(frames(bundle([], [copy, reply])))
+    record = shell.store.get_record(request.msg_id)
+    assert record["header"] == request.header and record["result_content"] == {"status": "ok"}
+    shell.store.flush()
+    columns = "header, metadata, content, result_header, result_metadata, result_content"
+    with closing(sqlite3.connect(shell.store.path)) as db:
+        stored = db.execute(f"SELECT {columns} FROM tasks").fetchone()
+    # [prefix, two identities, delimiter, signature, header, parent, metadata, content, ...]
+    wire = [copy[5], copy[7], copy[8], reply[5], reply[7], reply[8]]
+    assert list(stored) == [frame.decode() for frame in wire]
 
 
 def test_a_clients_bundle_and_a_bundle_of_replies_passed_on_are_recorded_as_copies(

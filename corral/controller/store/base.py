@@ -62,6 +62,8 @@ BUFFERS_FIELD = "result_buffers"
 #: again (``Client.resubmit``); bounded by the same per-task limit as a result's buffers.
 REQUEST_BUFFERS_FIELD = "buffers"
 BUFFER_FIELDS = (BUFFERS_FIELD, REQUEST_BUFFERS_FIELD)
+#: A message's four JSON frames as received: header, parent header, metadata, content.
+MessageJSON = tuple[bytes, bytes, bytes, bytes]
 KNOWN_FIELDS = frozenset((*TEXT_FIELDS, *INT_FIELDS, *BOOL_FIELDS, *DICT_FIELDS, *BUFFER_FIELDS))
 
 #: Query category (see :mod:`.query`) of every known field holding one scalar type; a store
@@ -233,6 +235,25 @@ class ResultStore(ABC):
     @abstractmethod
     def update_record(self, msg_id: str, changes: dict[str, Any]) -> None:
         """Merge ``changes`` into the task's top-level fields."""
+
+    def add_decoded_record(
+        self, msg_id: str, record: dict[str, Any], json_texts: MessageJSON
+    ) -> None:
+        """:meth:`add_record`, for a record whose ``header``, ``metadata`` and ``content``
+        (a request's) or ``result_header``, ``result_metadata`` and ``result_content`` (a
+        reply's) fields were decoded from the JSON frames ``json_texts`` of one message as
+        received (header, parent header, metadata, content; UTF-8): a backend that keeps JSON
+        text may keep those frames as they came instead of encoding the dicts again (SQLite).
+        This default ignores them."""
+        self.add_record(msg_id, record)
+
+    def update_decoded_record(
+        self, msg_id: str, changes: dict[str, Any], json_texts: MessageJSON
+    ) -> None:
+        """:meth:`update_record`, with the JSON frames of the message some dict fields of
+        ``changes`` were decoded from, as :meth:`add_decoded_record` takes them. This default
+        ignores them."""
+        self.update_record(msg_id, changes)
 
     def set_engines(self, destinations: Iterable[tuple[str, str, int | None]]) -> None:
         """Set the engine fields (``engine_uuid``, ``engine_id``) of several tasks, each

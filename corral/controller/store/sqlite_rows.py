@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, cast
 
 import orjson
 
@@ -34,6 +34,7 @@ from .base import (
     KNOWN_FIELDS,
     REQUEST_BUFFERS_FIELD,
     TEXT_FIELDS,
+    MessageJSON,
 )
 from .query import Atom
 
@@ -245,13 +246,25 @@ def _dumps(name: str, value: Any) -> str:
 #: What a layout's exact check (:func:`_exact_check`) returns: the row's values so far (msg_id,
 #: present, the scalars) and the length of their text; None for a value not exactly its type.
 ExactCheck = Callable[[str, dict[str, Any]], tuple[list[Any], int] | None]
+#: The same, given the JSON frames of the message the record's dict fields were decoded from.
+ExactTextsCheck = Callable[[str, dict[str, Any], MessageJSON], tuple[list[Any], int] | None]
+#: The frame of a message's JSON (:data:`~.base.MessageJSON`) a dict field was decoded from.
+_FRAME_OF = {
+    "header": 0,
+    "metadata": 2,
+    "content": 3,
+    "result_header": 0,
+    "result_metadata": 2,
+    "result_content": 3,
+}
 
 
 class _Layout(NamedTuple):
     """Where the fields of a record with a given set of names go: the ``present`` bits, the
     scalar columns in column order (and whether each holds JSON), the names kept in ``extra``,
     and whether request or result buffers are written; ``exact``: :func:`encode_exact`'s
-    check and encoding of the scalars of such a record."""
+    check and encoding of the scalars of such a record (``exact_texts``: the same, keeping the
+    JSON text a dict field was decoded from when it is given)."""
 
     present: int
     scalars: tuple[tuple[str, bool], ...]
@@ -260,6 +273,7 @@ class _Layout(NamedTuple):
     request: bool
     buffers: bool
     exact: ExactCheck
+    exact_texts: ExactTextsCheck
 
 
 _TYPES: dict[str, type] = {
@@ -295,19 +309,33 @@ def _layout(names: tuple[str, ...]) -> _Layout:
         columns.append(REQUEST_DATA)
     if buffers:
         columns.append(BUFFERS_FIELD)
-    exact = _exact_check(present, scalars)
-    return _Layout(present, scalars, tuple(extras), tuple(columns), request, buffers, exact)
+    exact = cast(ExactCheck, _exact_check(present, scalars, texts=False))
+    exact_texts = cast(ExactTextsCheck, _exact_check(present, scalars, texts=True))
+    return _Layout(
+        present, scalars, tuple(extras), tuple(columns), request, buffers, exact, exact_texts
+    )
 
 
-def _exact_check(present: int, scalars: tuple[tuple[str, bool], ...]) -> ExactCheck:
+def _exact_check(
+    present: int, scalars: tuple[tuple[str, bool], ...], *, texts: bool
+) -> Callable[..., tuple[list[Any], int] | None]:
     """The function that checks and encodes the scalars of a record of one layout for
     :func:`encode_exact`, written out for that layout (as :mod:`dataclasses` writes an
     ``__init__``): one step per field, no loop over a table of fields, which cost about
     twice as much for the Hub's writes. For each scalar in column order: None as it is, else
     exactly its field's type or the record is not for this path (None); a dict is JSON-encoded
     (StoreError when it cannot be), an int must fit in 64 bits; and the length of the text is
-    added up for :meth:`Row.size`. The source is built from the known field names only."""
-    lines = ["def check(msg_id, fields):", "    text = len(msg_id)"]
+    added up for :meth:`Row.size`. With ``texts``, the function takes a third argument, the
+    JSON frames of the message the record's dict fields were decoded from
+    (:meth:`~.base.ResultStore.add_decoded_record`), and keeps each field's frame as it came
+    (UTF-8 decoded) instead of encoding its dict again; a frame that is not UTF-8 (never one a
+    dict was decoded from), and every field of a record that holds both a request's and a
+    result's (whose frames would be two messages'), are encoded as without ``texts``. The
+    source is built from the known field names only."""
+    lines = [f"def check(msg_id, fields{', texts' if texts else ''}):", "    text = len(msg_id)"]
+    names_json = [name for name, is_json in scalars if is_json]
+    if len({name.startswith("result_") for name in names_json}) > 1:
+        texts = False  # a request's and a result's dicts: which message's frames?
     names = []
     for index, (name, is_json) in enumerate(scalars):
         kind = _TYPES[name].__name__
@@ -315,7 +343,13 @@ def _exact_check(present: int, scalars: tuple[tuple[str, bool], ...]) -> ExactCh
         names.append(value)
         lines += [f"    {value} = fields[{name!r}]", f"    if {value} is not None:"]
         lines.append(f"        if {value}.__class__ is not {kind}: return None")
-        if is_json:
+        if is_json and texts:
+            lines += [
+                f"        try: {value} = texts[{_FRAME_OF[name]}].decode()",
+                f"        except UnicodeDecodeError: {value} = _dumps({name!r}, {value})",
+                f"        text += len({value})",
+            ]
+        elif is_json:
             lines.append(f"        {value} = _dumps({name!r}, {value}); text += len({value})")
         elif kind == "str":
             lines.append(f"        text += len({value})")
@@ -324,7 +358,7 @@ def _exact_check(present: int, scalars: tuple[tuple[str, bool], ...]) -> ExactCh
     lines.append(f"    return [msg_id, {present}, {', '.join(names)}], text")
     namespace: dict[str, Any] = {"_dumps": _dumps}
     exec("\n".join(lines), namespace)  # noqa: S102 - source from known field names only
-    check: ExactCheck = namespace["check"]
+    check: Callable[..., tuple[list[Any], int] | None] = namespace["check"]
     return check
 
 
@@ -426,7 +460,11 @@ def _flat_lengths(value: Any, limit: int | None) -> tuple[int, str] | None:
 
 
 def encode_exact(
-    msg_id: str, fields: dict[str, Any], chunk_bytes: int, buffer_limit: int | None
+    msg_id: str,
+    fields: dict[str, Any],
+    chunk_bytes: int,
+    buffer_limit: int | None,
+    json_texts: MessageJSON | None = None,
 ) -> Row | None:
     """The row for a write that :func:`~.base.validate_record` would pass unchanged and the
     per-task buffer limit keeps whole, in one pass: every name a known field, every value None
@@ -434,7 +472,9 @@ def encode_exact(
     byte views of at most ``buffer_limit`` in all). None for anything else: the caller then
     validates, omits and encodes the long way, which accepts and refuses what it always did.
     The Hub's own records take this path (JSON it decoded, views of frames it received); it
-    makes the row :func:`encode_row` makes, with its size (tested so)."""
+    makes the row :func:`encode_row` makes, with its size (tested so). ``json_texts``: the JSON
+    frames of the message the record's dict fields were decoded from, kept as they came (the
+    same values once read)."""
     layout = _layout(tuple(fields))
     if (
         layout.extras
@@ -443,7 +483,12 @@ def encode_exact(
         or fields.get("msg_id", msg_id) != msg_id
     ):
         return None
-    checked = layout.exact(msg_id, fields)  # the values, and the text Row.size counts
+    # the values, and the text Row.size counts
+    checked = (
+        layout.exact(msg_id, fields)
+        if json_texts is None
+        else layout.exact_texts(msg_id, fields, json_texts)
+    )
     if checked is None:
         return None
     values, size = checked

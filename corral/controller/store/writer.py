@@ -20,6 +20,7 @@ from typing import Generic, Literal, NamedTuple, TypeVar
 from corral.errors import StoreError
 
 logger = logging.getLogger("corral.controller.store")
+_get_ident = threading.get_ident
 
 PayloadT = TypeVar("PayloadT")
 
@@ -93,8 +94,13 @@ class BatchWriter(Generic[PayloadT]):
 
         The new write stays queued either way: upserts are idempotent, so a caller that
         retries after the error duplicates nothing. Inside :meth:`holding` on this thread, the
-        write is held (a closed store still raises at once).
+        write is held (a closed store still raises at once): appended here, without
+        :meth:`submit_many`'s list (the Hub submits two or three writes a task so).
         """
+        held = self._held
+        if held is not None and self._holder == _get_ident() and not self._closing:
+            held.append(op)
+            return
         self.submit_many([op])
 
     def submit_many(self, ops: list[WriteOp[PayloadT]]) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from corral.controller.store.base import WriteOp, validate_record
@@ -415,3 +416,90 @@ def test_an_engine_row_is_the_one_pass_encoding_of_its_two_fields(
     if row is not None and expected is not None:
         assert row == expected
         assert row.size() == expected.size()
+
+
+REQUEST_FRAMES = {
+    "compact": (orjson.dumps(HUB_REQUEST["header"]), b"{}", b'{"retries":1}', b"{}"),
+    "spaced": (
+        b'{ "date": "2026-01-01T00:00:00+00:00", "msg_id": "t1" }',
+        b"{}",
+        b'{"retries": 1}',
+        b" {} ",
+    ),
+}
+
+
+@pytest.mark.parametrize("frames", REQUEST_FRAMES.values(), ids=REQUEST_FRAMES)
+def test_the_one_pass_encoding_keeps_json_frames_as_they_came(
+    frames: tuple[bytes, bytes, bytes, bytes],
+) -> None:
+    """With the JSON frames a record's dict fields were decoded from, ``encode_exact`` keeps
+    them as they came (however they are spaced or ordered): the row is the one made without
+    them, but for those columns, which decode to the same values, and its size counts them."""
+    fields = dict(HUB_REQUEST)
+    row = encode_exact("t1", fields, 1 << 20, 32, frames)
+    plain = encode_exact("t1", fields, 1 << 20, 32)
+    assert row is not None and plain is not None
+    assert row.columns == plain.columns
+    kept = {"header": frames[0], "metadata": frames[2], "content": frames[3]}
+    for column, value, expected in zip(row.columns, row.values, plain.values, strict=False):
+        if column in kept:
+            assert value == kept[column].decode()
+            assert orjson.loads(value) == orjson.loads(expected)
+        else:
+            assert value == expected
+    extra = sum(len(kept[c]) - len(orjson.dumps(fields[c])) for c in kept)
+    assert row.size() == plain.size() + extra
+
+
+def test_a_results_frames_go_to_its_result_fields() -> None:
+    frames = (b'{"msg_id": "r1"}', b'{"msg_id": "t1"}', b'{"engine_id": 0}', b'{"status":"ok"}')
+    fields = {
+        "status": "ok",
+        "result_header": {"msg_id": "r1"},
+        "result_metadata": {"engine_id": 0},
+        "result_content": {"status": "ok"},
+    }
+    row = encode_exact("t1", fields, 1 << 20, 32, frames)
+    assert row is not None
+    stored = dict(zip(row.columns, row.values, strict=False))
+    assert stored["result_header"] == frames[0].decode()
+    assert stored["result_metadata"] == frames[2].decode()
+    assert stored["result_content"] == frames[3].decode()
+
+
+def test_the_one_pass_encoding_encodes_what_frames_cannot_stand_for() -> None:
+    """A frame that is not UTF-8 (never one a dict was decoded from) is not kept, and a record
+    holding a request's and a result's dicts (two messages) keeps none: their dicts are
+    encoded as without frames."""
+    plain = encode_exact("t1", dict(HUB_REQUEST), 1 << 20, 32)
+    not_utf8 = (b"{}", b"{}", b'{"retries": 1, "x": "\xff"}', b"{}")
+    row = encode_exact("t1", dict(HUB_REQUEST), 1 << 20, 32, not_utf8)
+    assert row is not None and plain is not None
+    metadata = row.columns.index("metadata")
+    assert row.values[metadata] == plain.values[metadata]
+    both = {**HUB_REQUEST, "result_content": {"status": "ok"}}
+    row = encode_exact("t1", both, 1 << 20, 32, (b"{ }", b"{}", b"{ }", b"{ }"))
+    plain = encode_exact("t1", both, 1 << 20, 32)
+    assert row is not None and plain is not None and row.values == plain.values
+
+
+def test_decoded_records_read_back_as_added(tmp_path: Path) -> None:
+    """``add_decoded_record`` / ``update_decoded_record`` store what ``add_record`` /
+    ``update_record`` store, the dict fields kept as the frames that came."""
+    header = b'{"msg_id": "t1",  "date": "2026-01-01T00:00:00+00:00"}'
+    reply = b'{"status":"ok"}'
+    with SQLiteStore(tmp_path / "tasks.db") as store:
+        request = {**HUB_REQUEST, "header": orjson.loads(header)}
+        request_frames = (header, b"{}", b'{"retries": 1}', b"{}")
+        store.add_decoded_record("t1", request, request_frames)
+        changes = {"status": "ok", "result_content": orjson.loads(reply)}
+        store.update_decoded_record("t1", changes, (b"{}", header, b"{}", reply))
+        record = store.get_record("t1")
+        assert record["header"] == orjson.loads(header)
+        assert record["result_content"] == {"status": "ok"}
+        assert record["buffers"] == [b"pickled function"]
+        store.flush()
+    with sqlite3.connect(tmp_path / "tasks.db") as db:
+        (stored,) = db.execute("SELECT header FROM tasks").fetchone()
+    assert stored == header.decode()

@@ -464,3 +464,20 @@ def test_a_write_mark_is_written_once_its_writes_are_applied(store: ResultStore)
     store.flush()
     assert store.written(mark)
     assert store.get_record("a")["msg_id"] == "a"
+
+
+def test_decoded_records_are_stored_as_records(store: ResultStore) -> None:
+    """The Hub passes on the JSON frames its copies' dicts were decoded from; every backend
+    stores the same record with them as without (SQLite keeps the frames, the others the
+    dicts)."""
+    record = full_record("m0")
+    header = b' {"date": "%s", "msg_type": "apply_request", "msg_id": "m0"}' % stamp(0).encode()
+    metadata = b'{"after": [], "follow": [], "timeout": null, "retries": 0}'
+    store.add_decoded_record("m0", record, (header, b"{}", metadata, b"{}"))
+    store.add_record("m1", {**full_record("m1")})
+    result = {"status": "ok", "result_content": {"status": "ok"}, "completed": stamp(2)}
+    store.update_decoded_record("m0", result, (b"{}", b"{}", b"{}", b'{"status" : "ok"}'))
+    store.update_record("m1", result)
+    got = store.get_records(["m0", "m1"])
+    assert got["m0"] == {**got["m1"], "msg_id": "m0", "header": record["header"]}
+    assert got["m0"]["result_content"] == {"status": "ok"}

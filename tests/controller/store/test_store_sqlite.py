@@ -284,3 +284,39 @@ def test_batch_writer_marks_say_which_writes_are_applied_without_waiting() -> No
     finally:
         release.set()
         writer.close()
+
+
+def test_values_bound_as_they_are_read_back_and_a_programs_adapter_stays(
+    tmp_path: Path,
+) -> None:
+    """The store has None, bools and bytes bound without the adapter lookup that fails for
+    each (an adapter that hands the value back): they read back as before; a program's own
+    adapter for such a type, registered first, is left as it is."""
+    key = (bytes, sqlite3.PrepareProtocol)
+    own = sqlite3.adapters.pop(key, None)
+    tagged: list[bytes] = []
+
+    def tag(value: bytes) -> bytes:
+        tagged.append(value)
+        return value
+
+    sqlite3.register_adapter(bytes, tag)
+    try:
+        with SQLiteStore(tmp_path / "tasks.db") as store:
+            store.add_record(
+                "m", {"status": None, "resubmitted": True, "result_buffers": [b"data"]}
+            )
+            assert store.get_record("m") == {
+                "msg_id": "m",
+                "status": None,
+                "resubmitted": True,
+                "result_buffers": [b"data"],
+            }
+            assert sqlite3.adapters[key] is tag and tagged == [b"data"]
+            for kind in (type(None), bool):
+                adapter = sqlite3.adapters[(kind, sqlite3.PrepareProtocol)]
+                assert adapter(kind()) == kind()
+    finally:
+        del sqlite3.adapters[key]
+        if own is not None:
+            sqlite3.adapters[key] = own
