@@ -65,10 +65,11 @@ waiting task's request (a ``Pending``, its header and metadata dicts, its frames
 core's record) until an engine answers, and under a burst thousands wait at once: at 10,000
 young collections kept finding them alive and moving them up a generation, to be walked again
 there. Measured with ``bench_cpu_roles.py`` (15,000 load-balanced no-ops, the collector's own
-callbacks in the scheduler, start-up included): 0.0155 and 0.0153 s at 10,000, 0.0076 and
-0.0082 s at 100,000 (42-43 young collections against 32, most of them during the imports
-before :func:`settle`), about 0.5 us per task. The scheduler makes little cyclic garbage (463
-objects collected in those runs, start-up included)."""
+callbacks in the scheduler, start-up included, five and six alternating runs): 0.0153-0.0211 s
+at 10,000 (40-43 young collections), 0.0076-0.0091 s at 100,000 in four runs (32-33, most of
+them during the imports before :func:`settle`) and 0.028 s in two, where one young collection
+fell in a burst: about 0.6 us per task by the medians, 0.2 by the means. The scheduler makes
+little cyclic garbage (450-463 objects collected in a run, start-up included)."""
 
 
 def settle(young_threshold: int = YOUNG_THRESHOLD) -> None:
