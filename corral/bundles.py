@@ -67,17 +67,22 @@ def bundle(route: Sequence[Frame], messages: Sequence[Sequence[Frame]]) -> list[
     small: list[bytes | memoryview] = []
     large: list[Frame] = []
     lengths: list[int] = [len(messages)]
+    add_length, add_small = lengths.append, small.append  # bound once: called per frame
     for frames in messages:
-        lengths.append(len(frames))
+        add_length(len(frames))
         for frame in frames:
             kind = type(frame)
             if kind is bytes:
                 size = len(frame)
+                if size < COPY_BELOW:  # nearly every frame: the envelope's, small buffers
+                    add_length(size)
+                    add_small(frame)  # type: ignore[arg-type]
+                    continue
                 view: bytes | memoryview = frame  # type: ignore[assignment]
             elif kind is zmq.Frame:  # received (or tracked by its sender: never copied)
                 size = len(frame)
                 if size >= COPY_BELOW or frame.tracker is not None:  # type: ignore[union-attr]
-                    lengths.append(LARGE)
+                    add_length(LARGE)
                     large.append(frame)
                     continue
                 view = frame.bytes  # type: ignore[union-attr]  # a small copy: joins fastest
@@ -85,10 +90,10 @@ def bundle(route: Sequence[Frame], messages: Sequence[Sequence[Frame]]) -> list[
                 view = frame_view(frame)
                 size = memoryview(view).nbytes
             if size < COPY_BELOW:
-                lengths.append(size)
-                small.append(view)
+                add_length(size)
+                add_small(view)
             else:
-                lengths.append(LARGE)
+                add_length(LARGE)
                 large.append(frame)
     layout = array("q", lengths)
     if _SWAP:

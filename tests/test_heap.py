@@ -18,7 +18,7 @@ class Node:
         self.other: Node | None = None
 
 
-@pytest.mark.parametrize("young", [None, heap.HUB_YOUNG_THRESHOLD])
+@pytest.mark.parametrize("young", [None, heap.HUB_YOUNG_THRESHOLD, heap.SCHEDULER_YOUNG_THRESHOLD])
 def test_settle_freezes_the_heap_and_still_collects_cycles(young: int | None) -> None:
     """With the default young threshold (the scheduler's) and the controller's own."""
     threshold = gc.get_threshold()

@@ -37,7 +37,7 @@ def main() -> int:
         json.dumps({"task": scheduler.client_port, "task_engine": scheduler.engine_port}) + "\n"
     )
     sys.stdout.flush()
-    heap.settle()
+    heap.settle(heap.SCHEDULER_YOUNG_THRESHOLD)
     try:
         scheduler.loop.run()
     finally:

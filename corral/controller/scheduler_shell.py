@@ -71,7 +71,7 @@ class Pending:
     header: dict[str, Any]
     metadata: dict[str, Any]
     frames: list[Frame]  # after the delimiter: signature, 4 JSON frames, buffers
-    reply: list[Frame] | None = None
+    reply: list[Frame] | None = None  # the engine's reply as it goes to the client, once read
     copied: bool = False  # its task_in copy went to the Hub
     queued_to: str | None = None  # the engine of a Dispatch this turn will send
 
@@ -305,21 +305,22 @@ class SchedulerShell:
             # a task sent before a controller restart: pass the answer on
             self.to_clients.put([idents[1], idents[0], DELIMITER, *msg_frames])  # and task_out
             return
-        pending.reply = [idents[0], *msg_frames]
+        # laid out once for the client (and its task_out copy); dropped after the core's
+        # decision if the task stays (a retry): the core's call adds no task, so a task still
+        # held under this msg_id is this same Pending
+        pending.reply = [pending.client, idents[0], DELIMITER, *msg_frames]
         status = content["status"]
         if status == "error" and content.get("ename") == "UnmetDependency":
             why = str(content.get("evalue", ""))
             self._perform(self.core.task_unmet(msg_id, engine_uuid, time.monotonic(), why))
-            if msg_id in self.pending:
-                self.pending[msg_id].reply = None
+            pending.reply = None
             return
         self._perform(
             self.core.task_finished(
                 msg_id, engine_uuid, status == "ok", time.monotonic(), retry=status != "aborted"
             )
         )
-        if msg_id in self.pending:
-            self.pending[msg_id].reply = None
+        pending.reply = None
 
     # ------------------------------------------------------------ actions
 
@@ -401,8 +402,7 @@ class SchedulerShell:
         if reply is None:
             self._finished()
             return
-        engine, *msg_frames = reply
-        self.to_clients.put([pending.client, engine, DELIMITER, *msg_frames])  # and task_out
+        self.to_clients.put(reply)  # and task_out
         self.counts["completed"] += 1
         self._finished()
 
@@ -481,7 +481,7 @@ def _task_from(msg_id: str, metadata: dict[str, Any]) -> Task:
     """Decode the scheduling fields of a request's metadata (docs/wire-flows.md, apply_request).
     Most requests name none of them: those are a plain Task at once."""
     if SCHEDULING_FIELDS.isdisjoint(metadata):
-        return Task(msg_id)
+        return Task.plain(msg_id)
     targets = metadata.get("targets")
     if targets is not None:
         if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):

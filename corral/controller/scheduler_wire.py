@@ -54,7 +54,21 @@ def split_route(frames: Sequence[Frame]) -> tuple[list[bytes], list[Frame]]:
     view per frame); a route of ``zmq.Frame`` objects (a shell reading Frames) is told from
     the delimiter by their length and read through ``Frame.bytes``; anything
     else (a frame of the delimiter's length among the first, a memoryview, no delimiter among
-    the first :data:`MAX_ROUTE`) takes the general way."""
+    the first :data:`MAX_ROUTE`) takes the general way.
+
+    The two routes the scheduler reads nearly always (a client's identity, then the
+    delimiter; an engine's and a client's, then the delimiter), all ``bytes`` as a bundle's
+    messages and the small-as-bytes sockets give them, are taken first without the loop."""
+    if len(frames) > 2:
+        first, second = frames[0], frames[1]
+        if type(first) is bytes and type(second) is bytes and first != DELIMITER:
+            if second == DELIMITER:
+                rest = frames[2:]
+                return [first], rest if type(rest) is list else list(rest)
+            third = frames[2]
+            if type(third) is bytes and third == DELIMITER:
+                rest = frames[3:]
+                return [first, second], rest if type(rest) is list else list(rest)
     for index in range(min(len(frames), MAX_ROUTE)):
         frame = frames[index]
         if isinstance(frame, bytes):

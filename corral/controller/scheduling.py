@@ -402,7 +402,7 @@ class SchedulerCore:
     def _remember(self, msg_id: str) -> None:
         """Remember the newest finished tasks; forget the outcome of the one that falls out,
         so neither grows with every task ever run (a task that names it later is refused)."""
-        if self._unreachable:
+        if self._unreachable.entries:
             self._unreachable.discard(msg_id)
         forgotten = self._finished.add(msg_id)
         if forgotten is not None:
@@ -413,7 +413,7 @@ class SchedulerCore:
         whose timeout ran out by ``now`` (see the module's rules)."""
         self._now = now
         actions: list[Action] = []
-        if self._unreachable:
+        if self._unreachable.entries:
             for msg_id, engine_uuid, expired in self._unreachable.due(now, self._running_on):
                 record = self._records[msg_id]
                 if expired:
@@ -443,7 +443,7 @@ class SchedulerCore:
         """The earliest time ``tick`` may have work. It may then find none (the task went on
         to wait only for a free slot), but never has work earlier."""
         when = self._deadlines.earliest()
-        retry = self._unreachable.next_deadline() if self._unreachable else None
+        retry = self._unreachable.next_deadline() if self._unreachable.entries else None
         if retry is not None and (when is None or retry < when):
             return retry
         return when
@@ -613,7 +613,7 @@ class SchedulerCore:
 
     def _dispatch(self, record: TaskRecord, engine: EngineState, actions: list[Action]) -> None:
         msg_id = record.task.msg_id
-        if self._unreachable:
+        if self._unreachable.entries:
             self._unreachable.discard(msg_id)  # this Dispatch replaces any pending retry
         record.state = RUNNING
         record.engine = engine

@@ -63,6 +63,22 @@ class Task:
         if self.timeout is not None and not self.timeout >= 0:
             raise ValueError(f"timeout must be None or >= 0 seconds, not {self.timeout}")
 
+    @classmethod
+    def plain(cls, msg_id: str) -> Task:
+        """``Task(msg_id)``, equal to it and as frozen, for a request that names no scheduling
+        field (nearly every one): its fields are set in one step instead of the frozen
+        ``__init__``'s ``object.__setattr__`` per field and ``__post_init__`` (the defaults
+        need no check), about 0.16 us instead of 0.6 per request."""
+        task = object.__new__(cls)
+        fields = task.__dict__
+        fields.update(_PLAIN_FIELDS)
+        fields["msg_id"] = msg_id
+        return task
+
+
+_PLAIN_FIELDS = dict(Task("").__dict__)
+"""The fields of a task with every default (:meth:`Task.plain`)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Dispatch:
@@ -190,20 +206,20 @@ class Redelivery:
     marked expired, for the core to take the task back from that engine."""
 
     def __init__(self) -> None:
-        self._entries: dict[str, _Undelivered] = {}
-
-    def __bool__(self) -> bool:
-        return bool(self._entries)
+        # read by the core (never changed there) before each call: truthy while a Dispatch
+        # awaits its redelivery, which is rare; a dict tested as it is, not a method called
+        # on every dispatch and decision (four times per task)
+        self.entries: dict[str, _Undelivered] = {}
 
     def failed(self, msg_id: str, engine_uuid: str, now: float) -> None:
-        entry = self._entries.get(msg_id)
+        entry = self.entries.get(msg_id)
         since = now if entry is None or entry.engine_uuid != engine_uuid else entry.since
         expired = now - since > UNREACHABLE_GRACE
         retry_at = now if expired else now + UNREACHABLE_RETRY
-        self._entries[msg_id] = _Undelivered(engine_uuid, since, retry_at, expired)
+        self.entries[msg_id] = _Undelivered(engine_uuid, since, retry_at, expired)
 
     def discard(self, msg_id: str) -> None:
-        self._entries.pop(msg_id, None)
+        self.entries.pop(msg_id, None)
 
     def due(
         self, now: float, running_on: Callable[[str], str | None]
@@ -211,20 +227,20 @@ class Redelivery:
         """(msg_id, engine uuid, expired) of each Dispatch to send again now, or (expired) to
         take back; entries whose task no longer runs on that engine (``running_on``) are
         dropped."""
-        for msg_id, entry in list(self._entries.items()):
+        for msg_id, entry in list(self.entries.items()):
             if entry.retry_at is None or entry.retry_at > now:
                 continue
             if running_on(msg_id) != entry.engine_uuid:
-                del self._entries[msg_id]  # finished, or sent elsewhere since
+                del self.entries[msg_id]  # finished, or sent elsewhere since
                 continue
             if entry.expired:
-                del self._entries[msg_id]
+                del self.entries[msg_id]
             else:
                 entry.retry_at = None
             yield msg_id, entry.engine_uuid, entry.expired
 
     def next_deadline(self) -> float | None:
-        due = [e.retry_at for e in self._entries.values() if e.retry_at is not None]
+        due = [e.retry_at for e in self.entries.values() if e.retry_at is not None]
         return min(due) if due else None
 
 

@@ -272,3 +272,24 @@ def test_split_route_splits_as_split_identities(
     assert idents == expected[0]
     assert all(type(ident) is bytes for ident in idents)
     assert [bytes(frame_view(f)) for f in rest] == [bytes(frame_view(f)) for f in expected[1]]
+
+
+@pytest.mark.parametrize(
+    "route",
+    [
+        [b"client-1"],
+        [b"engine-uuid", b"client-1"],
+        [b"a", b"b", b"c"],
+        [DELIMITER],
+        [b"x", DELIMITER],
+    ],
+)
+def test_split_route_reads_the_usual_routes_as_split_identities(route: list[bytes]) -> None:
+    """The two usual routes (one or two ``bytes`` identities) are taken without the loop; the
+    others, and a tuple of frames, split as split_identities splits them."""
+    frames = [*route, DELIMITER, *_request(Session(KEY))]
+    for sequence in (frames, tuple(frames)):
+        idents, rest = split_route(sequence)
+        expected_idents, expected_rest = split_identities(list(sequence))
+        assert idents == expected_idents and type(rest) is list
+        assert [bytes(frame_view(f)) for f in rest] == [bytes(frame_view(f)) for f in expected_rest]
