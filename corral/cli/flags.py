@@ -162,12 +162,6 @@ def _controller_flags(parser: argparse.ArgumentParser) -> None:
         "the threads that carry tasks, so they never hold up a round trip (default 10; 0: the "
         "same priority)",
     )
-    parser.add_argument(
-        "--no-local-sockets",
-        action="store_true",
-        help="bind the queues on TCP only: by default the MUX and control queues are also bound "
-        "on Unix sockets, which engines and clients on this host use (a cheaper hop)",
-    )
 
 
 def _nice_steps(text: str) -> int:
@@ -288,8 +282,6 @@ def controller_args(args: argparse.Namespace) -> list[str]:
         if getattr(args, flag) is not None:
             flags += ["--" + flag.replace("_", "-"), getattr(args, flag)]
     flags += ["--shm-threshold", str(args.shm_threshold), "--hub-nice", str(args.hub_nice)]
-    if args.no_local_sockets:
-        flags.append("--no-local-sockets")
     if args.no_curve:
         flags.append("--no-curve")
     if args.location:

@@ -61,7 +61,6 @@ def cmd_controller(args: argparse.Namespace) -> int:
         location=args.location,
         shm_threshold=args.shm_threshold,
         hub_nice=args.hub_nice,
-        local_sockets=not args.no_local_sockets,
     )
     return run_controller(config, owner_pid=args.owner_pid)
 

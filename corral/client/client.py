@@ -63,12 +63,6 @@ from corral.protocol.connection_files import (
     cluster_dir_from,
     cluster_folder,
 )
-from corral.protocol.local_sockets import (
-    CLIENT_FIELDS,
-    LocalSockets,
-    host_identity,
-    prefer_local,
-)
 from corral.protocol.session import Frame, Message, Session
 from corral.protocol.shm import METADATA_KEY, SegmentRef, Settings, encode_refs
 from corral.sharedmem import SharedMemory
@@ -170,13 +164,7 @@ class Client(ControllerLink, ControlCalls, HubQueries):
             signature_scheme=info.signature_scheme,
             username=getpass.getuser(),
         )
-        # a client on the controller's host reaches the queues over Unix sockets
-        self.addresses = prefer_local(
-            info.addresses(),
-            CLIENT_FIELDS,
-            LocalSockets.from_json(info.local_sockets),
-            host_identity(),
-        )
+        self.addresses = info.addresses()
         # off the I/O thread: deserializing and settling results, and users' done-callbacks
         self._results_worker = Worker(f"corral-client-results-{self.session.session_id[:8]}")
         self._callbacks_worker = Worker(f"corral-client-callbacks-{self.session.session_id[:8]}")

@@ -18,7 +18,6 @@ import os
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import tempfile
@@ -42,7 +41,6 @@ from corral.errors import CorralError
 from corral.lifetime import watch_owner
 from corral.loop import Loop
 from corral.priority import lower
-from corral.protocol import local_sockets
 from corral.protocol.connection_files import (
     CLIENT_FILE,
     ENGINE_FILE,
@@ -99,8 +97,6 @@ class ControllerConfig:
     shm_threshold: int = DEFAULT_THRESHOLD  # bytes; 0 turns the same-host fast path off
     location: str | None = None  # the address others connect to (default: see location.py)
     hub_nice: int = 10  # nice steps the Hub's threads run below the data path (corral.priority)
-    # bind the queues on Unix sockets too, for peers on this host (corral.protocol.local_sockets)
-    local_sockets: bool = True
     # an engine answering sub-millisecond tasks in bursts may hold this many times
     # max_outstanding (corral.controller.scheduling); 1: never more
     burst_prefetch: int = BURST_PREFETCH
@@ -115,24 +111,6 @@ class ControllerConfig:
 def make_private_dir(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(path, 0o700)
-
-
-def _make_socket_folder(folder: Path) -> bool:
-    """Make the folder of the Unix sockets (and its parent) mode 0700, and make sure they
-    are this user's own, real folders: one in the shared temporary folder could have been
-    made by someone else first. False (the peers then use TCP, logged) when not."""
-    try:
-        for path in (folder.parent, folder):
-            path.mkdir(mode=0o700, exist_ok=True)
-            info = os.lstat(path)
-            if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
-                raise OSError(f"{path} is not a folder of this user's")
-            if stat.S_IMODE(info.st_mode) != 0o700:
-                os.chmod(path, 0o700)
-    except OSError as err:
-        log.warning("no private folder for Unix sockets (%s): every peer uses TCP", err)
-        return False
-    return True
 
 
 class Controller:
@@ -170,14 +148,6 @@ class Controller:
         self.trusted_copies = False
         self._private_dir: str | None = None
         self._monitor_events: zmq.Socket[Any] | None = None  # until the scheduler connected
-        # the Unix sockets bound beside the queues' TCP ports (port field -> address), and
-        # their folder, removed by close
-        self._socket_folder = (
-            local_sockets.socket_folder(config.cluster_path, tempfile.gettempdir())
-            if config.local_sockets
-            else None
-        )
-        self.local_addresses: dict[str, str] = {}
 
     # ------------------------------------------------------------ start
 
@@ -279,8 +249,6 @@ class Controller:
         device.daemon = True
         client_port = self._bind_device(device, "in", name)
         engine_port = self._bind_device(device, "out", f"{name}_engine")
-        self._bind_local(device, "in", name)
-        self._bind_local(device, "out", f"{name}_engine")
         device.setsockopt_mon(zmq.SNDHWM, 0)  # every copy reaches the Hub (see start)
         device.bind_mon(f"inproc://monitor-{name}")
         device.setsockopt_in(zmq.LINGER, 0)
@@ -293,25 +261,9 @@ class Controller:
         self._devices.append(device)
         return client_port, engine_port
 
-    def _bind_local(self, device: Any, side: str, name: str) -> None:
-        """Bind one side of a device on a Unix socket as well, for the peers on this host: a
-        hop through loopback TCP costs more (corral.protocol.local_sockets). The folder is
-        0700 inside the 0700 cluster folder: only this user connects there. A stale file of a
-        killed controller is replaced (libzmq unlinks it when it binds)."""
-        folder = self._socket_folder
-        if folder is None:
-            return
-        address = f"ipc://{folder / name}"
-        getattr(device, f"bind_{side}")(address)
-        self.local_addresses[name] = address
-
     def start(self) -> None:
         config = self.config
         make_private_dir(config.cluster_path)
-        if self._socket_folder is not None and not (
-            zmq.has("ipc") and _make_socket_folder(self._socket_folder)
-        ):
-            self._socket_folder = None
         # what an earlier run, or its dead processes, left; and other clusters' dead processes
         self.shm.sweep(hub_alive=False, others=True)
         self.store = open_store(
@@ -406,13 +358,6 @@ class Controller:
             registration=reg_port,
             curve=self.curve,
             shm=None if self.shm.settings is None else self.shm.settings.to_json(),
-            local_sockets=(
-                local_sockets.LocalSockets(
-                    local_sockets.host_identity(), self.local_addresses
-                ).to_json()
-                if self.local_addresses
-                else None
-            ),
         )
         engine_file = replace(
             common,
@@ -472,8 +417,6 @@ class Controller:
             # the Hub does not check this scheduler's copies (_bind_monitor)
             "trusted_copies": self.trusted_copies,
         }
-        if self._socket_folder is not None:
-            settings["local_sockets"] = str(self._socket_folder)
         if self.curve is not None:
             settings["curve"] = self.curve.to_settings()
         return settings
@@ -492,11 +435,6 @@ class Controller:
         ports = _read_json_line(self._scheduler.stdout, timeout=30)
         if ports is None:
             raise CorralError("the task scheduler process did not start; see the controller log")
-        bound = ports.get("local_sockets")
-        if isinstance(bound, dict) and self._socket_folder is not None:
-            self.local_addresses.update(
-                {name: address for name, address in bound.items() if isinstance(address, str)}
-            )
         return int(ports["task"]), int(ports["task_engine"])
 
     # ------------------------------------------------------------ serve
@@ -576,8 +514,6 @@ class Controller:
             if device.launcher.is_alive():
                 log.warning("a queue device thread did not stop")
         self._remove_private_dir()
-        if self._socket_folder is not None:
-            shutil.rmtree(self._socket_folder, ignore_errors=True)
         self.shm.sweep(final=True)
         for name in (CLIENT_FILE, ENGINE_FILE):
             try:

@@ -34,14 +34,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the controller decides when we stop
     watch_owner(scheduler.loop, settings.get("parent_pid"), scheduler.loop.stop)
     sys.stdout.write(
-        json.dumps(
-            {
-                "task": scheduler.client_port,
-                "task_engine": scheduler.engine_port,
-                "local_sockets": scheduler.local_addresses,
-            }
-        )
-        + "\n"
+        json.dumps({"task": scheduler.client_port, "task_engine": scheduler.engine_port}) + "\n"
     )
     sys.stdout.flush()
     heap.settle()

@@ -114,19 +114,6 @@ class SchedulerShell:
         self.engines = self._socket(zmq.ROUTER, server=True)
         self.engines.router_mandatory = True
         self.engine_port = _bind(self.engines, url, settings.get("task_engine"))
-        # beside the TCP ports, Unix sockets for the peers on this host, in the controller's
-        # private folder (corral.protocol.local_sockets): port field -> address bound
-        self.local_addresses: dict[str, str] = {}
-        folder = settings.get("local_sockets")
-        if isinstance(folder, str):
-            for name, sock in (("task", self.clients), ("task_engine", self.engines)):
-                address = f"ipc://{folder}/{name}"
-                try:
-                    sock.bind(address)
-                except zmq.ZMQError as err:  # the peers then use TCP
-                    log.warning("cannot bind %s (%s): every peer uses TCP", address, err)
-                else:
-                    self.local_addresses[name] = address
         self.notifications = self._socket(zmq.SUB, server=False)
         self.notifications.subscribe(b"")
         self.notifications.connect(settings["notification"])

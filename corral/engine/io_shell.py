@@ -43,12 +43,6 @@ from corral.errors import (
 from corral.lifetime import watch_owner
 from corral.loop import Loop, LoopThread, Timer
 from corral.protocol.connection_files import EngineConnection
-from corral.protocol.local_sockets import (
-    ENGINE_FIELDS,
-    LocalSockets,
-    host_identity,
-    prefer_local,
-)
 from corral.protocol.messages import validate_content
 from corral.protocol.session import Frame, Message, Session, utcnow
 from corral.security import make_client
@@ -226,15 +220,8 @@ class IOShell:
         # watched before connecting: a handshake on loopback can end at once
         self._queue_links = QueueLinks(self.loop, queues)
         self._queue_links.when_connected(lambda: self._start_heart(addresses))
-        # an engine on the controller's host reaches the queues over Unix sockets
-        local = prefer_local(
-            addresses,
-            ENGINE_FIELDS,
-            LocalSockets.from_json(self.info.local_sockets),
-            host_identity(),
-        )
         for name, sock in zip((b"mux", b"control", b"task"), queues, strict=True):
-            sock.connect(local[name.decode()])
+            sock.connect(addresses[name.decode()])
         # XPUB: it hears which topics are subscribed (the reports only when someone reads them)
         iopub = self.context.socket(zmq.XPUB)
         self._secure(iopub)

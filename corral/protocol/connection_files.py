@@ -197,7 +197,6 @@ class CommonFields(TypedDict):
     controller_pid: int | None
     curve: CurveKeys | None
     shm: dict[str, Any] | None
-    local_sockets: dict[str, Any] | None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -214,8 +213,6 @@ class _Common:
     controller_pid: int | None = None
     curve: CurveKeys | None = None  # set when the controller runs with --curve
     shm: dict[str, Any] | None = None  # protocol.shm.Settings.to_json(), when the fast path is on
-    # protocol.local_sockets.LocalSockets.to_json(): Unix sockets for peers on this host
-    local_sockets: dict[str, Any] | None = None
 
     def url(self, port: int) -> str:
         """The address of one of this file's ports."""
@@ -242,8 +239,6 @@ class _Common:
             data["curve"] = self.curve.to_connection()
         if self.shm is not None:
             data["shm"] = self.shm
-        if self.local_sockets is not None:
-            data["local_sockets"] = self.local_sockets
         return data
 
     def common_fields(self) -> CommonFields:
@@ -259,7 +254,6 @@ class _Common:
             controller_pid=self.controller_pid,
             curve=self.curve,
             shm=self.shm,
-            local_sockets=self.local_sockets,
         )
 
     @staticmethod
@@ -275,7 +269,6 @@ class _Common:
             controller_pid=fields.pid(),
             curve=fields.curve(),
             shm=fields.section("shm"),
-            local_sockets=fields.section("local_sockets"),
         )
 
 
