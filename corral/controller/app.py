@@ -472,6 +472,8 @@ class Controller:
         lower([*self.store.background_threads(), threading.current_thread()], self.config.hub_nice)
         if not self._stopping:
             self.loop.run()
+        # copies that came before the stop are recorded (the devices' wait copy_delay)
+        self.shell.read_waiting_copies()
 
     # ------------------------------------------------------------ stop
 

@@ -168,11 +168,8 @@ class HubShell:
     # ------------------------------------------------------------ time
 
     def _wake(self) -> None:
-        """The Hub's deadline came: publish its pings, act on what they decided, re-arm.
-        Copies that came are read first: a deadline may drop an engine, whose replies that
-        reached their clients must be recorded as such."""
+        """The Hub's deadline came: publish its pings, act on what they decided, re-arm."""
         self._timer = None
-        self._catch_up()
         pings, actions = self.hub.wake(time.time())
         for payload in pings:
             self.ping.send(payload)
@@ -229,8 +226,9 @@ class HubShell:
         from the round trip at the moment it needs both (on two cores about 100 us of a 500 us
         direct round trip; bench/README.md, "Round ten"), and read later, the copies of several
         round trips are read in one wake-up. The monitor is not polled meanwhile (it stays
-        readable). Nothing reads records without the copies that came before: a query, and
-        each of the Hub's deadlines, reads them first (:meth:`_catch_up`)."""
+        readable). No query reads records without the copies that came before it: it reads
+        them first (:meth:`_catch_up`). The beat does not (with a backlog of copies it would
+        wait for them, and the engines take a late beat for a lost controller)."""
         self.loop.remove(self.queue_monitor)
         self.loop.call_later(self.copy_delay, self._read_device_copies)
 
@@ -249,6 +247,14 @@ class HubShell:
                 self.loop.call_later(0, self._read_device_copies)
             else:
                 self.loop.add_reader(monitor, self._copies_waiting)
+
+    def read_waiting_copies(self) -> None:
+        """(Once the loop stopped.) Record the copies that came and were not read yet: the
+        devices' wait ``copy_delay`` before they are read."""
+        try:
+            self._catch_up()
+        except zmq.ZMQError as err:  # a socket the failure closed: nothing left to read
+            log.warning("hub: copies not read at the stop: %s", err)
 
     def _catch_up(self) -> None:
         """Copies that reached the monitors after this turn's poll are recorded before a
