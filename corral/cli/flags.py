@@ -162,25 +162,6 @@ def _controller_flags(parser: argparse.ArgumentParser) -> None:
         "the threads that carry tasks, so they never hold up a round trip (default 10; 0: the "
         "same priority)",
     )
-    parser.add_argument(
-        "--hub-copy-delay",
-        type=_copy_delay,
-        default=0.002,
-        help="seconds the Hub lets the copies of direct tasks wait before it records them, so "
-        "that it records several round trips' at once instead of taking a core from each "
-        "(default 0.002; 0: at once). Queries still see every task sent before them",
-    )
-
-
-def _copy_delay(text: str) -> float:
-    """Seconds from 0 to 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be from 0 to 1 second, not {text}")
-    return value
 
 
 def _nice_steps(text: str) -> int:
@@ -301,7 +282,6 @@ def controller_args(args: argparse.Namespace) -> list[str]:
         if getattr(args, flag) is not None:
             flags += ["--" + flag.replace("_", "-"), getattr(args, flag)]
     flags += ["--shm-threshold", str(args.shm_threshold), "--hub-nice", str(args.hub_nice)]
-    flags += ["--hub-copy-delay", str(args.hub_copy_delay)]
     if args.no_curve:
         flags.append("--no-curve")
     if args.location:

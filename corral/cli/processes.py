@@ -61,7 +61,6 @@ def cmd_controller(args: argparse.Namespace) -> int:
         location=args.location,
         shm_threshold=args.shm_threshold,
         hub_nice=args.hub_nice,
-        hub_copy_delay=args.hub_copy_delay,
     )
     return run_controller(config, owner_pid=args.owner_pid)
 

@@ -33,7 +33,7 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from corral import heap
 from corral.controller.hub import Hub
-from corral.controller.hub_shell import COPY_DELAY, HubShell
+from corral.controller.hub_shell import HubShell
 from corral.controller.location import reachable_address
 from corral.controller.scheduling_state import BURST_PREFETCH, check_burst_prefetch
 from corral.controller.store import RetentionSettings, SQLiteStore, open_store
@@ -97,9 +97,6 @@ class ControllerConfig:
     shm_threshold: int = DEFAULT_THRESHOLD  # bytes; 0 turns the same-host fast path off
     location: str | None = None  # the address others connect to (default: see location.py)
     hub_nice: int = 10  # nice steps the Hub's threads run below the data path (corral.priority)
-    # seconds the MUX and control devices' copies wait before the Hub reads them (0: at once);
-    # corral.controller.hub_shell.HubShell._copies_waiting
-    hub_copy_delay: float = COPY_DELAY
     # an engine answering sub-millisecond tasks in bursts may hold this many times
     # max_outstanding (corral.controller.scheduling); 1: never more
     burst_prefetch: int = BURST_PREFETCH
@@ -465,15 +462,12 @@ class Controller:
             self._stop,
             self._scheduler,
             trusted_copies=self.trusted_copies,
-            copy_delay=self.config.hub_copy_delay,
         )
         self.shm.sweep()
         # the devices' threads and the scheduler (started by now) keep their priority
         lower([*self.store.background_threads(), threading.current_thread()], self.config.hub_nice)
         if not self._stopping:
             self.loop.run()
-        # copies that came before the stop are recorded (the devices' wait copy_delay)
-        self.shell.read_waiting_copies()
 
     # ------------------------------------------------------------ stop
 

@@ -70,8 +70,6 @@ SHM_SWEEP_PERIOD = 2.0  # seconds between sweeps of the segments of dead process
 # backlog of copies (100000 tasks submitted at once) must not delay it past the engines'
 # patience, nor pongs, registrations and queries
 MONITOR_BATCH = 250
-# seconds the devices' copies wait before the Hub reads them (HubShell._copies_waiting)
-COPY_DELAY = 0.002
 # an engine's (un)registration reads no task record: no catching up on copies first (with a
 # backlog, each of an engine's repeated attempts cost a whole batch of copies: the beat
 # stopped for over a minute and every engine took the controller for lost)
@@ -104,7 +102,6 @@ class HubShell:
         scheduler: subprocess.Popen[bytes] | None = None,
         *,
         trusted_copies: bool = False,
-        copy_delay: float = COPY_DELAY,
     ) -> None:
         self.loop = loop
         self.hub = hub
@@ -138,21 +135,14 @@ class HubShell:
         self._trim = heap.TrimSchedule(*PURGE_TRIM_SCHEDULE)
         self._purged = 0  # tasks purged by the actions being performed
         self._received = 0.0  # when the bundle of copies being read came
-        self.copy_delay = copy_delay
         loop.add_socket(self.pong, self._on_pong)  # zmq Frames: their SRCFD is read
         loop.add_reader(self.pong_events, self._on_pong_events)
         # the other sockets' small frames are read as bytes, as a bundle's messages come: every
         # frame of a copy is parsed (corral.sockets.recv_small_as_bytes)
         # copies come in bundles when they queue up (corral.bundles): each read as one burst
-        if copy_delay > 0:
-            loop.add_reader(self.queue_monitor, self._copies_waiting)
-        else:
-            loop.add_socket(
-                self.queue_monitor,
-                self._on_device_message,
-                batch=MONITOR_BATCH,
-                small_as_bytes=True,
-            )
+        loop.add_socket(
+            self.queue_monitor, self._on_device_message, batch=MONITOR_BATCH, small_as_bytes=True
+        )
         # the scheduler's come in bundles always: each is read as one burst (_on_scheduler_message)
         loop.add_socket(
             self.monitor, self._on_scheduler_message, batch=MONITOR_BATCH, small_as_bytes=True
@@ -218,43 +208,6 @@ class HubShell:
         actions = self.hub.handle_request(idents, msg, time.time(), msg_frames[4])
         self._perform(actions, msg.metadata)
         self._schedule()
-
-    def _copies_waiting(self) -> None:
-        """A device's copy came: read it, and those that come after it, ``copy_delay``
-        seconds later. A copy of a direct request comes as the request reaches its engine, the
-        copy of its reply as the reply reaches its client: read at once, the Hub takes a core
-        from the round trip at the moment it needs both (on two cores about 100 us of a 500 us
-        direct round trip; bench/README.md, "Round ten"), and read later, the copies of several
-        round trips are read in one wake-up. The monitor is not polled meanwhile (it stays
-        readable). No query reads records without the copies that came before it: it reads
-        them first (:meth:`_catch_up`). The beat does not (with a backlog of copies it would
-        wait for them, and the engines take a late beat for a lost controller)."""
-        self.loop.remove(self.queue_monitor)
-        self.loop.call_later(self.copy_delay, self._read_device_copies)
-
-    def _read_device_copies(self) -> None:
-        """Read what the device monitor holds, a batch per turn, then wait for the next."""
-        monitor = self.queue_monitor
-        more = True
-        try:
-            for _ in range(MONITOR_BATCH):
-                if not int(monitor.get(zmq.EVENTS)) & zmq.POLLIN:
-                    more = False
-                    break
-                self._on_device_message(cast(list[zmq.Frame], recv_small_as_bytes(monitor)))
-        finally:  # whatever failed, the copies are read on
-            if more:  # the next turn reads on (pongs and queries come between)
-                self.loop.call_later(0, self._read_device_copies)
-            else:
-                self.loop.add_reader(monitor, self._copies_waiting)
-
-    def read_waiting_copies(self) -> None:
-        """(Once the loop stopped.) Record the copies that came and were not read yet: the
-        devices' wait ``copy_delay`` before they are read."""
-        try:
-            self._catch_up()
-        except zmq.ZMQError as err:  # a socket the failure closed: nothing left to read
-            log.warning("hub: copies not read at the stop: %s", err)
 
     def _catch_up(self) -> None:
         """Copies that reached the monitors after this turn's poll are recorded before a

@@ -223,20 +223,6 @@ def test_a_nice_out_of_range_is_refused_before_anything_starts(tmp_path: Path) -
     assert not any(tmp_path.iterdir())  # no cluster folder made
 
 
-def test_a_copy_delay_out_of_range_is_refused_before_anything_starts(tmp_path: Path) -> None:
-    for value, why in (("2", "from 0 to 1 second"), ("-0.1", "from 0 to 1"), ("soon", "number")):
-        done = subprocess.run(
-            [sys.executable, "-m", "corral", "controller", "--cluster-dir", str(tmp_path)]
-            + ["--hub-copy-delay", value],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert done.returncode == 2
-        assert why in done.stderr
-    assert not any(tmp_path.iterdir())
-
-
 def test_a_burst_prefetch_out_of_range_is_refused_before_anything_starts(tmp_path: Path) -> None:
     for command in ("controller", "start"):
         for value in ("0", str(MAX_BURST_PREFETCH + 1), "four"):

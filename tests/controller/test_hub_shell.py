@@ -16,7 +16,7 @@ import zmq
 from corral.bundles import bundle
 from corral.controller.destination import destination_frames, destinations_frames
 from corral.controller.hub import Hub
-from corral.controller.hub_shell import COPY_DELAY, HubShell, _split_copy
+from corral.controller.hub_shell import HubShell, _split_copy
 from corral.controller.store import RetentionSettings, SQLiteStore
 from corral.errors import MalformedMessage
 from corral.loop import Loop
@@ -41,7 +41,7 @@ STRANGER = Session(new_key(), username="stranger")  # signs with another key
 class Shell:
     """A HubShell with one registered engine, its store and its loop."""
 
-    def __init__(self, folder: Path, trusted: bool, copy_delay: float = COPY_DELAY) -> None:
+    def __init__(self, folder: Path, trusted: bool) -> None:
         self.context: zmq.Context[Any] = zmq.Context()
         kinds = {
             "registration": zmq.ROUTER,
@@ -70,7 +70,6 @@ class Shell:
             self.sockets,
             lambda failed: None,
             trusted_copies=trusted,
-            copy_delay=copy_delay,
         )
         registration = CLIENT.msg("registration_request", {"uuid": ENGINE})
         self.hub.handle_request([ENGINE.encode()], registration, time.time())
@@ -281,52 +280,3 @@ def test_a_copy_splits_as_every_message_splits(copy: list[Any]) -> None:
 def test_a_copy_without_a_delimiter_is_malformed() -> None:
     with pytest.raises(MalformedMessage):
         _split_copy([b"task_in", b"client", b"sig", b"{}"])
-
-
-def test_the_devices_copies_are_read_a_moment_later_but_before_any_query(tmp_path: Path) -> None:
-    """A device's copy is recorded ``copy_delay`` after it came, with those that came
-    meanwhile, not at once (it comes as its task needs the cores); a query reads the copies
-    waiting first."""
-    delay = 0.2
-    shell = Shell(tmp_path, trusted=True, copy_delay=delay)
-    device = shell.context.socket(zmq.PUB)
-    try:
-        device.bind("inproc://test-device-copies")
-        monitor = shell.sockets["queue_monitor"]
-        monitor.subscribe(b"")
-        monitor.connect("inproc://test-device-copies")
-        store = shell.store
-        shell.loop._turn()  # the Hub's first wake
-
-        def publish_until_read() -> Message:
-            # a SUB's subscription reaches the PUB a moment after it connects
-            request, copy = request_copy(b"mux_in")
-            deadline = time.monotonic() + 10
-            while not monitor.poll(10):
-                assert time.monotonic() < deadline, "the monitor never got a copy"
-                device.send_multipart(copy)
-            return request
-
-        first = publish_until_read()
-        arrived = time.monotonic()
-        shell.loop._turn()  # sees the copy, reads nothing yet
-        assert store.get_history() == []
-        second, copy = request_copy(b"mux_in")
-        device.send_multipart(copy)  # comes meanwhile: read with the first
-        deadline = time.monotonic() + 10
-        while len(store.get_history()) < 2:
-            assert time.monotonic() < deadline, "the copies were never read"
-            shell.loop._turn()
-        assert time.monotonic() - arrived >= delay
-        assert set(store.get_history()) >= {first.msg_id, second.msg_id}
-        # a query reads what waits at once, and so does the stop
-        third = publish_until_read()
-        shell.shell._catch_up()
-        assert third.msg_id in store.get_history()
-        fourth = publish_until_read()
-        shell.loop._turn()  # sees it: read copy_delay later, but the loop stops first
-        shell.shell.read_waiting_copies()
-        assert fourth.msg_id in store.get_history()
-    finally:
-        device.close(0)
-        shell.close()
