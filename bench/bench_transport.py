@@ -18,8 +18,9 @@ read, one zmq I/O thread, every side waiting in a ``zmq.Poller``):
 - ``device_nice`` / ``device_cpu``: the device thread's nice value, and pinning it to a core;
 - ``wait``: how both ends wait for a message: ``block`` (a blocking ``recv``), ``poller``
   (``zmq.Poller``, as ``corral.loop.Loop`` does), ``fd`` (``select.poll`` on ``ZMQ_FD``, then
-  ``ZMQ_EVENTS``, as the client's I/O thread does), ``loop`` (a ``corral.loop.Loop``, both
-  ends), ``spin<N>`` (non-blocking receives for N microseconds, then a blocking one);
+  ``ZMQ_EVENTS``, as the client's I/O thread does), ``loop`` (a ``corral.loop.Loop`` on the
+  echo's side, a poller on the client's), ``spin<N>`` (non-blocking receives for N
+  microseconds, then a blocking one);
 - ``immediate``: ``ZMQ_IMMEDIATE`` on the DEALERs.
 
 ``raw`` is the floor: DEALER to an echoing ROUTER, one hop, no device. Each case is run
