@@ -22,7 +22,9 @@ puts first on the engine's ``PYTHONPATH``; it writes them to a file when the eng
 marks cost a few hundred nanoseconds each. Each stage's median, 90th and 99th percentile
 are printed; the stages of one round trip add up to it, so the table says where a round trip's
 time goes (the MUX device, a C thread in the controller, is inside the two transport
-stages, with the wake-up of the thread that receives)::
+stages, with the wake-up of the thread that receives). Last comes the CPU of every process
+(the cluster's and this one) per round trip: counted by the kernel, it holds under other load
+when the wall-clock figures do not::
 
     PYTHONPATH=. .bench-venv/bin/python bench/bench_trace.py --rounds 2000
 
@@ -47,7 +49,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import check, corral_cluster, print_table, use_source
+from common import check, corral_cluster, cpu_seconds, print_table, use_source
 
 WARMUP = 200
 TIMEOUT = 60.0
@@ -229,7 +231,7 @@ STAGES = [
 ]
 
 
-def trace(rounds: int, controller_args: list[str]) -> dict[str, list[int]]:
+def trace(rounds: int, controller_args: list[str]) -> tuple[dict[str, list[int]], float]:
     with tempfile.TemporaryDirectory(prefix="corral-trace-") as folder:
         hooks = Path(folder) / "hooks"
         hooks.mkdir()
@@ -248,11 +250,14 @@ def trace(rounds: int, controller_args: list[str]) -> dict[str, list[int]]:
                 try:
                     starts, ends = [], []
                     clock = time.perf_counter_ns
-                    for _ in range(WARMUP + rounds):
+                    for round_number in range(WARMUP + rounds):
+                        if round_number == WARMUP:
+                            cpu = cpu_seconds(running.processes) + time.process_time()
                         starts.append(clock())
                         result = view.apply_async(one)
                         result.get(TIMEOUT)
                         ends.append(clock())
+                    cpu = cpu_seconds(running.processes) + time.process_time() - cpu
                 finally:
                     client_marks.uninstall()
         finally:
@@ -285,7 +290,7 @@ def trace(rounds: int, controller_args: list[str]) -> dict[str, list[int]]:
         ("settled", "recv"),
     ):
         marks[name] = [next_mark(client[name], when) for when in marks[after]]
-    return {name: found[WARMUP:] for name, found in marks.items()}
+    return {name: found[WARMUP:] for name, found in marks.items()}, cpu * 1e6 / rounds
 
 
 def next_mark(found: list[int], when: int) -> int:
@@ -312,7 +317,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     use_source()
-    marks = trace(args.rounds, shlex.split(args.controller_args))
+    marks, cpu = trace(args.rounds, shlex.split(args.controller_args))
     rows = []
     for label, begin, end in STAGES:
         spans = [(b - a) / 1000 for a, b in zip(marks[begin], marks[end], strict=True)]
@@ -325,6 +330,7 @@ def main() -> None:
         ["stage", "median", "p90", "p99"],
         rows,
     )
+    print(f"CPU per round trip, every process (the client's marks included): {cpu:.0f} us")
 
 
 if __name__ == "__main__":
