@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from corral.client.mapping import join
+from corral.client.metadata import METADATA_DEFAULTS, Metadata
 from corral.client.outcomes import (
     Failure,
     SentEvent,
@@ -38,7 +39,7 @@ from corral.client.outcomes import (
     items_of,
     outcome_of,
 )
-from corral.client.records import _DEFAULTS, Metadata, Records, settle
+from corral.client.records import Records, settle
 from corral.client.requestfuture import LightFuture, lighten
 from corral.client.resultinfo import ResultInfo
 from corral.errors import RemoteError, TimeoutError, collect_exceptions
@@ -476,12 +477,12 @@ class AsyncResult(ResultInfo, LightFuture):
         return child
 
     def __getattr__(self, key: str) -> Any:
-        if not key.startswith("_") and (key in _DEFAULTS or key == "outputs"):
+        if not key.startswith("_") and (key in METADATA_DEFAULTS or key == "outputs"):
             return self._metadata_values(key)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r}")
 
     def __dir__(self) -> list[str]:
-        return sorted({*super().__dir__(), *_DEFAULTS, "outputs"})
+        return sorted({*super().__dir__(), *METADATA_DEFAULTS, "outputs"})
 
     def __repr__(self) -> str:
         state = "finished" if self.done() else "pending"

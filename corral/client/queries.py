@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from corral import heap
 from corral.client.asyncresult import AsyncHubResult, AsyncResult
-from corral.client.records import parse_date
+from corral.client.metadata import parse_date
 from corral.client.recovery import RESENDABLE
 from corral.errors import ConnectionError, QueryError, RemoteError, ResultNotStored
 from corral.protocol.session import Frame, Message

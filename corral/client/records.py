@@ -45,6 +45,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from corral.client.executereply import ExecuteReply
+from corral.client.metadata import (
+    DATE_KEYS,
+    DATE_ORDER,
+    RESULT_KEYS,
+    SPECIAL_KEYS,
+    Metadata,
+    parse_date,
+    wire_date,
+)
 from corral.client.published import PublishedData
 from corral.client.requestfuture import TASK as TASK_KIND
 from corral.client.requestfuture import RequestFuture, settles_inline
@@ -55,97 +64,6 @@ from corral.protocol.session import Frame, Message
 log = logging.getLogger("corral.client")
 
 __all__ = ["ExecuteReply", "Metadata", "Pending", "Records", "parse_date"]
-
-_DEFAULTS: dict[str, Any] = {
-    "msg_id": None,
-    "submitted": None,
-    "started": None,
-    "completed": None,
-    "received": None,
-    "engine_id": None,
-    "engine_uuid": None,
-    "status": None,
-    "stdout": "",
-    "stderr": "",
-    "execute_input": None,
-    "execute_result": None,
-    "error": None,
-    "after": None,
-    "follow": None,
-    "data": {},
-    "label": None,
-}
-_DATE_ORDER = ("submitted", "started", "completed", "received")
-_DATE_KEYS = frozenset(_DATE_ORDER)
-_RESULT_KEYS = frozenset({"execute_result", "execute_result_metadata"})
-_SPECIAL_KEYS = _DATE_KEYS | _RESULT_KEYS  # not copied as they are
-
-
-def parse_date(value: object) -> datetime | None:
-    """An ISO 8601 wire date as an aware datetime (None for anything else)."""
-    if isinstance(value, datetime):
-        return value
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        return None
-
-
-def _wire_date(value: object) -> datetime | None:
-    """:func:`parse_date` with the usual case first: a string, as every engine writes."""
-    if type(value) is str:
-        try:
-            return datetime.fromisoformat(value)
-        except ValueError:
-            return None
-    return parse_date(value)
-
-
-class Metadata(dict[str, Any]):
-    """Per-request metadata: a dict with every key present, also readable as attributes
-    (``md.engine_id``). Dates are datetimes; ``outputs`` holds display_data contents."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(_DEFAULTS)
-        self["outputs"] = []
-        self["data"] = {}
-        self.update(*args, **kwargs)
-
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self[key]
-        except KeyError:
-            raise AttributeError(key) from None
-
-    @classmethod
-    def of_request(
-        cls,
-        msg_id: str,
-        submitted: datetime | None,
-        engine_uuid: str | None,
-        engine_id: int | None,
-        after: Any,
-        follow: Any,
-        label: Any,
-    ) -> Metadata:
-        """``Metadata(msg_id=..., submitted=..., ...)`` for a request being sent, the same
-        dict built without ``__init__``'s keyword handling: one per task, three times
-        cheaper."""
-        md: Metadata = dict.__new__(cls)
-        dict.update(md, _DEFAULTS)
-        md["outputs"] = []
-        md["data"] = {}
-        md["msg_id"] = msg_id
-        md["submitted"] = submitted
-        md["engine_uuid"] = engine_uuid
-        md["engine_id"] = engine_id
-        md["after"] = after
-        md["follow"] = follow
-        md["label"] = label
-        return md
-
 
 TASK = TASK_KIND  # apply/execute/control: settles with a value or a RemoteError
 SERVICE = "service"  # hub query: settles with the reply Message, or calls on_reply
@@ -589,20 +507,20 @@ class Records:
     ) -> None:
         if (
             type(metadata) is dict
-            and _RESULT_KEYS.isdisjoint(metadata)
+            and RESULT_KEYS.isdisjoint(metadata)
             and None not in metadata.values()
         ):
             md.update(metadata)  # an engine's reply: copied in one call, then its dates parsed
-            for key in _DATE_ORDER:
+            for key in DATE_ORDER:
                 value = metadata.get(key)
                 if value is not None:
-                    md[key] = _wire_date(value)
+                    md[key] = wire_date(value)
         else:
             for key, value in metadata.items():
-                if key not in _SPECIAL_KEYS:
+                if key not in SPECIAL_KEYS:
                     if value is not None or key not in md:
                         md[key] = value
-                elif key in _DATE_KEYS:
+                elif key in DATE_KEYS:
                     md[key] = parse_date(value)
                 elif key == "execute_result":
                     extra = metadata.get("execute_result_metadata")

@@ -1,0 +1,103 @@
+"""The metadata of one request, as a user reads it (``ar.metadata``, ``rc.metadata[msg_id]``).
+
+A dict with every key ipyparallel users read present from the start (None, or empty), also
+readable as attributes; dates parsed to aware datetimes. :class:`~corral.client.records.Records`
+fills it from the request as sent and from what the reply and iopub say.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+__all__ = ["DATE_KEYS", "DATE_ORDER", "METADATA_DEFAULTS", "Metadata", "parse_date", "wire_date"]
+
+METADATA_DEFAULTS: dict[str, Any] = {
+    "msg_id": None,
+    "submitted": None,
+    "started": None,
+    "completed": None,
+    "received": None,
+    "engine_id": None,
+    "engine_uuid": None,
+    "status": None,
+    "stdout": "",
+    "stderr": "",
+    "execute_input": None,
+    "execute_result": None,
+    "error": None,
+    "after": None,
+    "follow": None,
+    "data": {},
+    "label": None,
+}
+DATE_ORDER = ("submitted", "started", "completed", "received")
+DATE_KEYS = frozenset(DATE_ORDER)
+RESULT_KEYS = frozenset({"execute_result", "execute_result_metadata"})
+SPECIAL_KEYS = DATE_KEYS | RESULT_KEYS  # not copied as they are
+
+
+def parse_date(value: object) -> datetime | None:
+    """An ISO 8601 wire date as an aware datetime (None for anything else)."""
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def wire_date(value: object) -> datetime | None:
+    """:func:`parse_date` with the usual case first: a string, as every engine writes."""
+    if type(value) is str:
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    return parse_date(value)
+
+
+class Metadata(dict[str, Any]):
+    """Per-request metadata: a dict with every key present, also readable as attributes
+    (``md.engine_id``). Dates are datetimes; ``outputs`` holds display_data contents."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(METADATA_DEFAULTS)
+        self["outputs"] = []
+        self["data"] = {}
+        self.update(*args, **kwargs)
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    @classmethod
+    def of_request(
+        cls,
+        msg_id: str,
+        submitted: datetime | None,
+        engine_uuid: str | None,
+        engine_id: int | None,
+        after: Any,
+        follow: Any,
+        label: Any,
+    ) -> Metadata:
+        """``Metadata(msg_id=..., submitted=..., ...)`` for a request being sent, the same
+        dict built without ``__init__``'s keyword handling: one per task, three times
+        cheaper."""
+        md: Metadata = dict.__new__(cls)
+        dict.update(md, METADATA_DEFAULTS)
+        md["outputs"] = []
+        md["data"] = {}
+        md["msg_id"] = msg_id
+        md["submitted"] = submitted
+        md["engine_uuid"] = engine_uuid
+        md["engine_id"] = engine_id
+        md["after"] = after
+        md["follow"] = follow
+        md["label"] = label
+        return md
