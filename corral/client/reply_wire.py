@@ -20,8 +20,9 @@ from typing import cast
 
 import orjson
 
-from corral.protocol.messages import CATALOGUE, KNOWN_TYPES, STATUS, validate_content
+from corral.protocol.messages import CATALOGUE, STATUS, validate_content
 from corral.protocol.session import DELIMITER, Frame, Message, Session
+from corral.protocol.usual import load_objects, usual_header, usual_json
 
 __all__ = ["feed"]
 
@@ -40,59 +41,24 @@ def feed(session: Session, frames: Sequence[Frame]) -> Message:
     """``session.feed(frames)`` (see the module doc)."""
     if len(frames) < 7:
         return session.feed(frames)
-    ident, delimiter, signature, header_bytes, parent_bytes, metadata_bytes, content_bytes = (
-        frames[0],
-        frames[1],
-        frames[2],
-        frames[3],
-        frames[4],
-        frames[5],
-        frames[6],
-    )
-    limit = session.max_header_bytes
+    ident = frames[0]
+    delimiter = frames[1]
     if not (
         ident.__class__ is bytes
         and delimiter.__class__ is bytes
         and delimiter == DELIMITER
         and ident != DELIMITER
-        and signature.__class__ is bytes
-        and header_bytes.__class__ is bytes
-        and parent_bytes.__class__ is bytes
-        and metadata_bytes.__class__ is bytes
-        and content_bytes.__class__ is bytes
-        and len(header_bytes) <= limit
-        and len(parent_bytes) <= limit
     ):
         return session.feed(frames)
-    session.verify_signature(signature, (header_bytes, parent_bytes, metadata_bytes, content_bytes))
-    try:
-        header = _loads(header_bytes)
-        parent = _loads(parent_bytes)
-        metadata = _loads(metadata_bytes)
-        content = _loads(content_bytes)
-    except _JSONDecodeError:
+    parts = usual_json(session, frames, 2)
+    if parts is None:
+        return session.feed(frames)
+    loaded = load_objects(parts)
+    if loaded is None or not usual_header(session, loaded[0]):
         return _checked(session, frames)
-    if not (
-        header.__class__ is dict
-        and parent.__class__ is dict
-        and metadata.__class__ is dict
-        and content.__class__ is dict
-    ):
-        return _checked(session, frames)
-    get = header.get
-    msg_type = get("msg_type")
-    if not (
-        get("msg_id").__class__ is str
-        and msg_type.__class__ is str
-        and get("session").__class__ is str
-        and get("username").__class__ is str
-        and get("date").__class__ is str
-        and get("version").__class__ is str
-    ):
-        return _checked(session, frames)
+    header, parent, metadata, content = loaded
+    msg_type = header["msg_type"]
     if session.check_msg_type:
-        if msg_type not in KNOWN_TYPES:
-            return _checked(session, frames)
         if msg_type not in _STATUS_ONLY or content.get("status").__class__ is not str:
             validate_content(msg_type, content)  # InvalidContent, as Session.deserialize raises
     return Message(header, parent, metadata, content, tuple(frames[7:]), (ident,))

@@ -40,6 +40,7 @@ from corral.protocol.session import (
     frame_view,
     split_identities,
 )
+from corral.protocol.usual import usual_header, usual_json
 
 JSONDict = dict[str, Any]
 MAX_ROUTE = 4
@@ -131,63 +132,11 @@ def _header(session: Session, part: bytes | memoryview) -> JSONDict:
     return header
 
 
-def _usual_parts(
-    session: Session, msg_frames: Sequence[Frame], verify: bool
-) -> tuple[bytes, bytes, bytes, bytes] | None:
-    """The four JSON frames of the usual envelope (a signature and four JSON frames, all
-    ``bytes``, headers within the size limit), its signature checked and recorded when
-    ``verify``; None for any other (the checked way then reads it and names its fault).
-
-    Every reader below reads the usual envelope inline, without a call per frame, and falls
-    back to its checked way on any fault, with ``verify=False`` once this checked the
-    signature: checked again, it would be refused as a replay, hiding the real fault."""
-    if len(msg_frames) < 5:
-        return None
-    signature, header, parent, metadata, content = (
-        msg_frames[0],
-        msg_frames[1],
-        msg_frames[2],
-        msg_frames[3],
-        msg_frames[4],
-    )
-    limit = session.max_header_bytes
-    if not (
-        signature.__class__ is bytes
-        and header.__class__ is bytes
-        and parent.__class__ is bytes
-        and metadata.__class__ is bytes
-        and content.__class__ is bytes
-        and len(header) <= limit
-        and len(parent) <= limit
-    ):
-        return None
-    parts = (header, parent, metadata, content)
-    if verify:
-        session.verify_signature(signature, parts)
-    return parts
-
-
-def _usual_header(session: Session, header: Any) -> bool:
-    """Whether a parsed header is what :func:`_header` accepts."""
-    if header.__class__ is not dict:
-        return False
-    get = header.get
-    return (
-        get("msg_id").__class__ is str
-        and get("msg_type").__class__ is str
-        and get("session").__class__ is str
-        and get("username").__class__ is str
-        and get("date").__class__ is str
-        and get("version").__class__ is str
-        and (not session.check_msg_type or header["msg_type"] in KNOWN_TYPES)
-    )
-
-
 def read_request(session: Session, msg_frames: Sequence[Frame]) -> tuple[JSONDict, JSONDict]:
     """``(header, metadata)`` of a request (frames after the delimiter), once its signature is
     checked; its parent header is checked to be an object, its content is not read. The
     errors of :meth:`Session.deserialize` for the same faults."""
-    parts = _usual_parts(session, msg_frames, True)
+    parts = usual_json(session, msg_frames, 0)
     if parts is None:
         return _read_request_checked(session, msg_frames, verify=True)
     try:
@@ -196,7 +145,7 @@ def read_request(session: Session, msg_frames: Sequence[Frame]) -> tuple[JSONDic
         metadata = orjson.loads(parts[2])
     except orjson.JSONDecodeError:
         return _read_request_checked(session, msg_frames, verify=False)
-    if _usual_header(session, header) and parent.__class__ is dict and metadata.__class__ is dict:
+    if usual_header(session, header) and parent.__class__ is dict and metadata.__class__ is dict:
         return header, metadata
     return _read_request_checked(session, msg_frames, verify=False)
 
@@ -214,7 +163,7 @@ def read_reply(session: Session, msg_frames: Sequence[Frame]) -> tuple[str | Non
     """``(parent msg_id, content)`` of a reply (frames after the delimiter), once its signature
     and header are checked. The content is an object with a ``status`` string (MalformedMessage
     otherwise); the rest of it is the client's to check."""
-    parts = _usual_parts(session, msg_frames, True)
+    parts = usual_json(session, msg_frames, 0)
     if parts is None:
         return _read_reply_checked(session, msg_frames, verify=True)
     try:
@@ -224,7 +173,7 @@ def read_reply(session: Session, msg_frames: Sequence[Frame]) -> tuple[str | Non
     except orjson.JSONDecodeError:
         return _read_reply_checked(session, msg_frames, verify=False)
     if (
-        _usual_header(session, header)
+        usual_header(session, header)
         and parent.__class__ is dict
         and content.__class__ is dict
         and content.get("status").__class__ is str
@@ -260,7 +209,7 @@ def read_copy(
     is read inline, without a call per frame; anything else, and any fault, takes the
     checked way below, which names it."""
     # a session that checks types validates the content: the checked way does
-    parts = None if session.check_msg_type else _usual_parts(session, msg_frames, verify)
+    parts = None if session.check_msg_type else usual_json(session, msg_frames, 0, verify)
     if parts is None:
         return _read_copy_checked(session, msg_frames, idents, verify=verify)
     try:
@@ -271,7 +220,7 @@ def read_copy(
     except orjson.JSONDecodeError:
         return _read_copy_checked(session, msg_frames, idents, verify=False)
     if (
-        _usual_header(session, header)
+        usual_header(session, header)
         and parent_header.__class__ is dict
         and metadata.__class__ is dict
         and content.__class__ is dict

@@ -18,11 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import cast
 
-import orjson
-
-from corral.protocol.session import DELIMITER, HEADER_FIELDS, Frame, Message, Session
-
-_loads = orjson.loads
+from corral.protocol.session import DELIMITER, Frame, Message, Session
+from corral.protocol.usual import load_objects, usual_header, usual_json
 
 
 def read_request(session: Session, frames: Sequence[Frame]) -> Message:
@@ -34,43 +31,20 @@ def read_request(session: Session, frames: Sequence[Frame]) -> Message:
         return session.feed(frames)
     ident = frames[0]
     delimiter = frames[1]
-    signature = frames[2]
-    header_json = frames[3]
-    parent_json = frames[4]
-    metadata_json = frames[5]
-    content_json = frames[6]
     if not (
         type(ident) is bytes
         and ident != DELIMITER
         and type(delimiter) is bytes
         and delimiter == DELIMITER
-        and type(signature) is bytes
-        and type(header_json) is bytes
-        and type(parent_json) is bytes
-        and type(metadata_json) is bytes
-        and type(content_json) is bytes
-        and len(header_json) <= session.max_header_bytes
-        and len(parent_json) <= session.max_header_bytes
     ):
         return session.feed(frames)
-    session.verify_signature(signature, (header_json, parent_json, metadata_json, content_json))
-    try:
-        header = _loads(header_json)
-        parent_header = _loads(parent_json)
-        metadata = _loads(metadata_json)
-        content = _loads(content_json)
-    except orjson.JSONDecodeError:
+    parts = usual_json(session, frames, 2)
+    if parts is None:
+        return session.feed(frames)
+    loaded = load_objects(parts)
+    if loaded is None or not usual_header(session, loaded[0]):
         return _parse_checked(session, frames)
-    if (
-        type(header) is not dict
-        or type(parent_header) is not dict
-        or type(metadata) is not dict
-        or type(content) is not dict
-    ):
-        return _parse_checked(session, frames)
-    for name in HEADER_FIELDS:
-        if type(header.get(name)) is not str:
-            return _parse_checked(session, frames)
+    header, parent_header, metadata, content = loaded
     return Message(header, parent_header, metadata, content, tuple(frames[7:]), (ident,))
 
 

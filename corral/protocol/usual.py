@@ -1,0 +1,97 @@
+"""The usual envelope read inline: the first steps every role's fast reader shares (sans-I/O).
+
+Nearly every message on the task path has one shape: a signature and four JSON frames, all
+``bytes`` (small frames are read as bytes, and a bundle's messages are bytes slices:
+:func:`corral.sockets.recv_small_as_bytes`), each JSON frame an object, the header's fields
+strings. The engine (:mod:`corral.engine.envelope`), the scheduler
+(:mod:`corral.controller.scheduler_wire`) and the client (:mod:`corral.client.reply_wire`)
+read that shape with these helpers, without a call per frame, and hand anything else, and any
+fault, to the general parser of :class:`~corral.protocol.session.Session`, which names it.
+Once :func:`usual_json` has checked a signature, the general parser must run with
+``verify=False``: the signature is recorded, and a second check would refuse it as a replay,
+hiding the real fault.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, TypeAlias
+
+import orjson
+
+from corral.protocol.messages import KNOWN_TYPES
+from corral.protocol.session import Frame, Session
+
+__all__ = ["load_objects", "usual_header", "usual_json"]
+
+_loads = orjson.loads
+_JSONDecodeError = orjson.JSONDecodeError
+JSONDict: TypeAlias = dict[str, Any]
+
+
+def usual_json(
+    session: Session, frames: Sequence[Frame], at: int, verify: bool = True
+) -> tuple[bytes, bytes, bytes, bytes] | None:
+    """The four JSON frames after the signature at ``frames[at]``, when the five are ``bytes``
+    and the headers within the session's size limit, the signature checked and recorded when
+    ``verify``; None for any other shape (nothing checked then)."""
+    if len(frames) < at + 5:
+        return None
+    signature = frames[at]
+    header = frames[at + 1]
+    parent = frames[at + 2]
+    metadata = frames[at + 3]
+    content = frames[at + 4]
+    limit = session.max_header_bytes
+    if not (
+        signature.__class__ is bytes
+        and header.__class__ is bytes
+        and parent.__class__ is bytes
+        and metadata.__class__ is bytes
+        and content.__class__ is bytes
+        and len(header) <= limit
+        and len(parent) <= limit
+    ):
+        return None
+    parts: tuple[bytes, bytes, bytes, bytes] = (header, parent, metadata, content)
+    if verify:
+        session.verify_signature(signature, parts)
+    return parts
+
+
+def load_objects(
+    parts: tuple[bytes, bytes, bytes, bytes],
+) -> tuple[JSONDict, JSONDict, JSONDict, JSONDict] | None:
+    """The four JSON frames parsed, when each is a JSON object; None otherwise."""
+    try:
+        header = _loads(parts[0])
+        parent = _loads(parts[1])
+        metadata = _loads(parts[2])
+        content = _loads(parts[3])
+    except _JSONDecodeError:
+        return None
+    if (
+        header.__class__ is dict
+        and parent.__class__ is dict
+        and metadata.__class__ is dict
+        and content.__class__ is dict
+    ):
+        return header, parent, metadata, content
+    return None
+
+
+def usual_header(session: Session, header: Any) -> bool:
+    """Whether a parsed header is what the general parser accepts: an object whose fields
+    (the session's ``HEADER_FIELDS``) are strings, of a known type if the session checks."""
+    if header.__class__ is not dict:
+        return False
+    get = header.get
+    return (
+        get("msg_id").__class__ is str
+        and get("msg_type").__class__ is str
+        and get("session").__class__ is str
+        and get("username").__class__ is str
+        and get("date").__class__ is str
+        and get("version").__class__ is str
+        and (not session.check_msg_type or header["msg_type"] in KNOWN_TYPES)
+    )
