@@ -210,6 +210,25 @@ class ClientIO:
             return False
         return gate.lead(future, timeout)
 
+    def catch_up(self) -> None:
+        """(I/O thread) Handle every reply already received on mux and task, whichever thread
+        leads them (:meth:`SocketGate.catch_up`)."""
+        for gate in self._gates.values():
+            gate.catch_up()
+
+    def _news(self, handler: Handler) -> Callable[[Message], None]:
+        """``handler.on_notification``, after the replies already received are handled: an
+        engine's unregistration fails what that engine has not answered, and a reply it sent
+        before it left must settle its request first (a thread leading the request socket may
+        not have had a core yet to read it)."""
+        on_notification = handler.on_notification
+
+        def news(msg: Message) -> None:
+            self.catch_up()
+            on_notification(msg)
+
+        return news
+
     def call_soon(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` on the I/O thread, soon, after what was handed over before it."""
         try:
@@ -305,7 +324,7 @@ class ClientIO:
             else:
                 loop.add_socket(sock, self._decoded(handler.on_reply), batch=_BATCH)
         loop.add_socket(iopub, self._decoded(handler.on_iopub), batch=_BATCH)
-        loop.add_socket(notification, self._decoded(handler.on_notification), batch=_BATCH)
+        loop.add_socket(notification, self._decoded(self._news(handler)), batch=_BATCH)
         for monitor in self._links:
             loop.add_reader(monitor, functools.partial(self._on_link_event, monitor))
 

@@ -527,6 +527,22 @@ class SocketGate:
                 self._loop.call_soon(self._drain)  # more may wait: the descriptor says no more
             self._handle_queue()
 
+    def catch_up(self) -> None:
+        """(I/O thread) Read and handle at once every message already here, whoever leads:
+        before the client acts on news from another socket that is later than those messages
+        (an engine's unregistration fails what that engine has not answered, and a reply the
+        engine sent before it left must settle its request first; with a leader slow to get a
+        core, that reply could wait unread while the I/O thread read the news)."""
+        more = True
+        while more:
+            with self.handling:
+                with self.lock:
+                    if self.order.closed:
+                        return
+                    count = self._receive_batch()
+                self._handle_queue()
+            more = count >= self._batch
+
     def _flush(self) -> None:
         """(Turn end) Send what this turn queued, a bundle per peer."""
         outbox = self._outbox

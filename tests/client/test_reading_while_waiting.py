@@ -46,6 +46,7 @@ class Settler:
         self.nested: Any = None  # called (once) from the next reply's handling off the I/O thread
         self.io_thread: int | None = None
         self.lock = threading.Lock()
+        self.on_news: Any = None  # called with each notification
 
     def expect(self, msg_id: str) -> RequestFuture:
         future = RequestFuture(_run_now, "mux")
@@ -69,7 +70,9 @@ class Settler:
         self.again.append(msg.parent_id or "")
         self.on_reply(msg)
 
-    def on_notification(self, msg: Message) -> None: ...
+    def on_notification(self, msg: Message) -> None:
+        if self.on_news is not None:
+            self.on_news(msg)
 
     def on_iopub(self, msg: Message) -> None: ...
 
@@ -116,6 +119,11 @@ class StandIn:
         reply = self.engine.msg("apply_reply", {"status": "ok"}, parent=request)
         self.sockets["mux"].send_multipart([self.identity, *self.engine.serialize(reply)])
 
+    def notify(self) -> None:
+        """A notification from the Hub (what it says does not matter to the ClientIO)."""
+        msg = self.session.msg("unregistration_notification", {"id": 0, "uuid": "e"})
+        self.sockets["notification"].send_multipart(self.session.serialize(msg))
+
     def leading(self) -> bool:
         return self.gate._leader is not None  # noqa: SLF001
 
@@ -133,6 +141,16 @@ def stand_in() -> Iterator[StandIn]:
         yield running
     finally:
         running.close()
+
+
+def _running(thread: int | None, function: str) -> bool:
+    """Whether ``thread`` is inside a call of ``function`` now."""
+    frame = sys._current_frames().get(thread or 0)  # noqa: SLF001
+    while frame is not None:
+        if frame.f_code.co_name == function:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _after(condition: Any, then: Any) -> threading.Thread:
@@ -281,6 +299,42 @@ def test_a_wait_that_times_out_gives_the_socket_back_to_the_io_thread(
     stand_in.reply(request)  # read by the I/O thread now
     assert future.result(BOUND).parent_id == request.msg_id
     assert stand_in.handler.handled == [(request.msg_id, stand_in.handler.io_thread)]
+
+
+def test_a_notification_is_handled_after_the_replies_already_received(
+    stand_in: StandIn,
+) -> None:
+    """An engine's unregistration fails what it has not answered: a reply it sent before it
+    left, received while the thread leading the socket is busy, is handled first."""
+    news: list[bool] = []
+    stand_in.handler.on_news = lambda msg: news.append(True)
+    until(lambda: news or stand_in.notify(), BOUND, "the notification subscription")
+    request_b, future_b = stand_in.request()
+    request_a, future_a = stand_in.request()
+    busy, release = threading.Event(), threading.Event()
+
+    def hold() -> None:  # the leader, inside its handling of B's reply
+        busy.set()
+        release.wait(BOUND)
+
+    stand_in.handler.nested = hold
+    leader = threading.Thread(target=stand_in.gate.lead, args=(future_b, BOUND))
+    leader.start()
+    until(stand_in.leading, BOUND, "a leader")
+    stand_in.reply(request_b)
+    assert busy.wait(BOUND)
+    stand_in.reply(request_a)  # here before the notification, unread: the leader is busy
+    done_at_news: list[bool] = []
+    stand_in.handler.on_news = lambda msg: done_at_news.append(future_a.done())
+    stand_in.notify()
+    io_thread = stand_in.handler.io_thread
+    # the I/O thread handled the news at once (A unanswered), or waits to read A first
+    until(lambda: done_at_news or _running(io_thread, "catch_up"), BOUND, "the news received")
+    release.set()
+    until(lambda: done_at_news, BOUND, "the notification handled")
+    assert done_at_news == [True]
+    leader.join(BOUND)
+    assert future_b.done()
 
 
 def test_closing_the_client_wakes_a_thread_that_waits_reading() -> None:

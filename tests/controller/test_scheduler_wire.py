@@ -206,8 +206,8 @@ def test_each_header_field_is_checked_on_the_inline_path_as_on_the_checked_one(
     field: str, value: object
 ) -> None:
     """The usual envelope's header check is written out field by field for speed
-    (``corral.protocol.usual.usual_header``): each of the session's header fields, missing or not a string, is
-    refused there as the general path refuses it."""
+    (``corral.protocol.usual.usual_header``): each of the session's header fields, missing
+    or not a string, is refused there as the general path refuses it."""
     readers: list[tuple[list[Frame], Callable[[Session, list[Frame]], object]]] = [
         (_request(Session(KEY)), read_request),
         (_reply(Session(KEY)), read_reply),
