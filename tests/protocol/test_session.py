@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import sys
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -176,6 +178,39 @@ def test_replay_history_is_bounded() -> None:
     for _ in range(500):
         receiver.feed(frames_of(sender))
     assert len(receiver._digests) <= 100
+
+
+def test_a_message_fed_by_several_threads_at_once_is_accepted_once() -> None:
+    """Two threads may feed one session (a client's I/O thread and a thread reading its own
+    reply): the same signed message arriving on both is accepted by one of them only. (The
+    check and the record of a signature are adjacent steps with no call between them, where
+    CPython 3.11 never switches threads: keep them so.)"""
+    sender, receiver = Session(KEY), Session(KEY)
+    messages = [frames_of(sender) for _ in range(300)]
+    accepted: list[bytes] = []
+    start = threading.Barrier(6)
+
+    def feed_all() -> None:
+        start.wait(10)
+        for frames in messages:
+            try:
+                receiver.feed(list(frames))
+            except ReplayError:
+                continue
+            accepted.append(frames[frames.index(DELIMITER) + 1])
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter allows
+    try:
+        threads = [threading.Thread(target=feed_all) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        sys.setswitchinterval(interval)
+    assert not any(thread.is_alive() for thread in threads)
+    assert sorted(accepted) == sorted(frames[frames.index(DELIMITER) + 1] for frames in messages)
 
 
 def test_missing_delimiter() -> None:
