@@ -6,28 +6,24 @@ the content. For a no-op task that was about half of what the client's reader sp
 reply (``bench/bench_client_path.py``, "reply"), much of it calls per frame. Nearly every
 message a client gets has one shape: one routing identity (the engine's uuid, or the topic),
 the delimiter, a signature and four JSON frames, all ``bytes`` (the client's sockets read small
-frames as bytes). :func:`feed` reads that shape inline and hands anything else, and any fault,
-to ``Session.feed`` (or, once the signature is checked and recorded, to
-``Session.deserialize`` without checking it again, which would refuse it as a replay): the
-same :class:`~corral.protocol.session.Message`, or the same error, either way
-(tests/client/test_reply_wire.py compares the two).
+frames as bytes). :func:`feed` reads that shape inline
+(:func:`corral.protocol.usual.read_routed`, as the engine reads its requests) and hands
+anything else, and any fault, to the general parser: the same
+:class:`~corral.protocol.session.Message`, or the same error, either way
+(tests/client/test_reply_wire.py compares the two); an engine's reply's content is checked
+inline when its status is a string, any other by the message catalogue.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import cast
-
-import orjson
 
 from corral.protocol.messages import CATALOGUE, STATUS, validate_content
-from corral.protocol.session import DELIMITER, Frame, Message, Session
-from corral.protocol.usual import load_objects, usual_header, usual_json
+from corral.protocol.session import Frame, Message, Session
+from corral.protocol.usual import read_routed
 
 __all__ = ["feed"]
 
-_loads = orjson.loads
-_JSONDecodeError = orjson.JSONDecodeError
 # replies whose content is valid as soon as its status is a string (every engine's reply):
 # checked inline, the catalogue's check for every other type and any other content
 _STATUS_ONLY = frozenset(
@@ -39,33 +35,9 @@ _STATUS_ONLY = frozenset(
 
 def feed(session: Session, frames: Sequence[Frame]) -> Message:
     """``session.feed(frames)`` (see the module doc)."""
-    if len(frames) < 7:
-        return session.feed(frames)
-    ident = frames[0]
-    delimiter = frames[1]
-    if not (
-        ident.__class__ is bytes
-        and delimiter.__class__ is bytes
-        and delimiter == DELIMITER
-        and ident != DELIMITER
-    ):
-        return session.feed(frames)
-    parts = usual_json(session, frames, 2)
-    if parts is None:
-        return session.feed(frames)
-    loaded = load_objects(parts)
-    if loaded is None or not usual_header(session, loaded[0]):
-        return _checked(session, frames)
-    header, parent, metadata, content = loaded
-    msg_type = header["msg_type"]
+    msg = read_routed(session, frames)
     if session.check_msg_type:
-        if msg_type not in _STATUS_ONLY or content.get("status").__class__ is not str:
-            validate_content(msg_type, content)  # InvalidContent, as Session.deserialize raises
-    return Message(header, parent, metadata, content, tuple(frames[7:]), (ident,))
-
-
-def _checked(session: Session, frames: Sequence[Frame]) -> Message:
-    """The general way, for a message whose signature :func:`feed` checked and recorded: it
-    names the fault (or decodes what the inline way does not take)."""
-    ident = cast(bytes, frames[0])  # bytes: checked by feed
-    return session.deserialize(list(frames[2:]), idents=[ident], verify=False)
+        content = msg.content or {}
+        if msg.msg_type not in _STATUS_ONLY or content.get("status").__class__ is not str:
+            validate_content(msg.msg_type, content)  # InvalidContent, as feed raises
+    return msg

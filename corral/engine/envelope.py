@@ -16,10 +16,9 @@ again: it is recorded now, and would be refused as a replay, hiding the real fau
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import cast
 
-from corral.protocol.session import DELIMITER, Frame, Message, Session
-from corral.protocol.usual import load_objects, usual_header, usual_json
+from corral.protocol.session import Frame, Message, Session
+from corral.protocol.usual import read_routed
 
 
 def read_request(session: Session, frames: Sequence[Frame]) -> Message:
@@ -27,29 +26,6 @@ def read_request(session: Session, frames: Sequence[Frame]) -> Message:
 
     The same Message, and the same errors (SignatureError, ReplayError, MalformedMessage,
     UnknownMessageType), as ``session.feed(frames)``."""
-    if len(frames) < 7 or session.check_msg_type:
+    if session.check_msg_type:  # the catalogue's check of the content: feed's
         return session.feed(frames)
-    ident = frames[0]
-    delimiter = frames[1]
-    if not (
-        type(ident) is bytes
-        and ident != DELIMITER
-        and type(delimiter) is bytes
-        and delimiter == DELIMITER
-    ):
-        return session.feed(frames)
-    parts = usual_json(session, frames, 2)
-    if parts is None:
-        return session.feed(frames)
-    loaded = load_objects(parts)
-    if loaded is None or not usual_header(session, loaded[0]):
-        return _parse_checked(session, frames)
-    header, parent_header, metadata, content = loaded
-    return Message(header, parent_header, metadata, content, tuple(frames[7:]), (ident,))
-
-
-def _parse_checked(session: Session, frames: Sequence[Frame]) -> Message:
-    """The general parse of a request whose signature was verified (and recorded) already:
-    it raises the error that names the fault."""
-    ident = cast(bytes, frames[0])  # checked by read_request
-    return session.deserialize(list(frames[2:]), idents=[ident], verify=False)
+    return read_routed(session, frames)

@@ -20,9 +20,9 @@ from typing import Any, TypeAlias
 import orjson
 
 from corral.protocol.messages import KNOWN_TYPES
-from corral.protocol.session import Frame, Session
+from corral.protocol.session import DELIMITER, Frame, Message, Session
 
-__all__ = ["load_objects", "usual_header", "usual_json"]
+__all__ = ["load_objects", "read_routed", "usual_header", "usual_json"]
 
 _loads = orjson.loads
 _JSONDecodeError = orjson.JSONDecodeError
@@ -95,3 +95,31 @@ def usual_header(session: Session, header: Any) -> bool:
         and get("version").__class__ is str
         and (not session.check_msg_type or header["msg_type"] in KNOWN_TYPES)
     )
+
+
+def read_routed(session: Session, frames: Sequence[Frame]) -> Message:
+    """``session.feed(frames)`` for a message received with one routing identity (a request
+    on an engine's task sockets, a reply on a client's): the same Message, or the same error
+    (SignatureError, ReplayError, MalformedMessage, UnknownMessageType), the usual shape read
+    inline. The content is not checked against the message catalogue (``feed`` checks it when
+    the session checks types): the caller checks what it needs."""
+    if len(frames) < 7:
+        return session.feed(frames)
+    ident = frames[0]
+    delimiter = frames[1]
+    if not (
+        ident.__class__ is bytes
+        and ident != DELIMITER
+        and delimiter.__class__ is bytes
+        and delimiter == DELIMITER
+    ):
+        return session.feed(frames)
+    parts = usual_json(session, frames, 2)
+    if parts is None:
+        return session.feed(frames)
+    loaded = load_objects(parts)
+    if loaded is None or not usual_header(session, loaded[0]):
+        # signature recorded: the general parse without it names the fault (not a replay)
+        return session.deserialize(list(frames[2:]), idents=[ident], verify=False)
+    header, parent, metadata, content = loaded
+    return Message(header, parent, metadata, content, tuple(frames[7:]), (ident,))
