@@ -18,11 +18,11 @@ import pytest
 import zmq
 
 from corral.client.client import Client
-from corral.client.io_shell import ClientIO
 from corral.client.records import Records
 from corral.client.requestfuture import RequestFuture
 from corral.client.socket_gate import LEADING, SocketGate, _Waker
 from corral.protocol.session import Message, Session
+from tests.client.standin import ControllerStandIn
 from tests.polling import until
 
 BOUND = 10.0  # seconds: only separates "happened" from "hung"
@@ -84,27 +84,14 @@ class Settler:
     def on_link(self, up: bool) -> None: ...
 
 
-class StandIn:
+class StandIn(ControllerStandIn):
     """A controller's mux ROUTER on loopback (and the other sockets a ClientIO connects to),
     an engine's session to answer with, and a ClientIO."""
 
     def __init__(self) -> None:
-        self.context: zmq.Context[Any] = zmq.Context()
-        self.sockets: dict[str, zmq.Socket[Any]] = {}
-        addresses = {}
-        kinds = {"hub": zmq.ROUTER, "notification": zmq.PUB, "mux": zmq.ROUTER}
-        kinds |= {"control": zmq.ROUTER, "task": zmq.ROUTER, "iopub": zmq.PUB}
-        for name, kind in kinds.items():
-            sock = self.context.socket(kind)
-            sock.linger = 0
-            sock.sndhwm = sock.rcvhwm = 0
-            addresses[name] = f"tcp://127.0.0.1:{sock.bind_to_random_port('tcp://127.0.0.1')}"
-            self.sockets[name] = sock
-        self.session = Session(KEY)
         self.engine = Session(KEY)
         self.handler = Settler()
-        self.io = ClientIO(self.session, addresses, self.handler)
-        self.io.start(BOUND)
+        super().__init__(KEY, self.handler, BOUND)
         self.io.call_soon(lambda: setattr(self.handler, "io_thread", threading.get_ident()))
         until(lambda: self.handler.io_thread is not None, BOUND, "the I/O thread's ident")
         self.identity = self.session.session_id.encode()
@@ -126,12 +113,6 @@ class StandIn:
 
     def leading(self) -> bool:
         return self.gate._leader is not None  # noqa: SLF001
-
-    def close(self) -> None:
-        self.io.close()
-        for sock in self.sockets.values():
-            sock.close(linger=0)
-        self.context.term()
 
 
 @pytest.fixture

@@ -16,10 +16,10 @@ import zmq
 
 from corral.bundles import split_bundle
 from corral.client.client import Client
-from corral.client.io_shell import ClientIO
 from corral.client.socket_gate import SendOrder, send_whole
 from corral.errors import ConnectionError
 from corral.protocol.session import Message, Session
+from tests.client.standin import ControllerStandIn
 from tests.polling import file_appears, until
 
 BOUND = 10.0  # seconds: only separates "happened" from "hung"
@@ -111,25 +111,12 @@ class Recorder:
     def on_link(self, up: bool) -> None: ...
 
 
-class StandIn:
+class StandIn(ControllerStandIn):
     """Controller-side sockets bound on loopback, and a ClientIO connected to them."""
 
     def __init__(self) -> None:
-        self.context: zmq.Context[Any] = zmq.Context()
-        self.sockets: dict[str, zmq.Socket[Any]] = {}
-        addresses = {}
-        kinds = {"hub": zmq.ROUTER, "notification": zmq.PUB, "mux": zmq.ROUTER}
-        kinds |= {"control": zmq.ROUTER, "task": zmq.ROUTER, "iopub": zmq.PUB}
-        for name, kind in kinds.items():
-            sock = self.context.socket(kind)
-            sock.linger = 0
-            sock.sndhwm = sock.rcvhwm = 0
-            addresses[name] = f"tcp://127.0.0.1:{sock.bind_to_random_port('tcp://127.0.0.1')}"
-            self.sockets[name] = sock
-        self.session = Session(KEY)
         self.handler = Recorder()
-        self.io = ClientIO(self.session, addresses, self.handler)
-        self.io.start(BOUND)
+        super().__init__(KEY, self.handler, BOUND)
 
     def receive(self, name: str, count: int) -> list[list[bytes]]:
         """``count`` messages as the controller's ROUTER gets them, bundles opened, each
@@ -142,12 +129,6 @@ class StandIn:
             messages = split_bundle(frames[1:]) or [frames[1:]]
             found.extend([bytes(frame) for frame in message] for message in messages)
         return found
-
-    def close(self) -> None:
-        self.io.close()
-        for sock in self.sockets.values():
-            sock.close(linger=0)
-        self.context.term()
 
 
 @pytest.fixture
