@@ -3,7 +3,7 @@ I/O shell tested against frames the test sends and reads itself, no controller p
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
 import zmq
 
@@ -37,6 +37,12 @@ class ControllerStandIn:
         self.session = Session(key)
         self.io = ClientIO(self.session, addresses, handler)
         self.io.start(bound)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
         self.io.close()

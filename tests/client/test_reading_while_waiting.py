@@ -117,11 +117,8 @@ class StandIn(ControllerStandIn):
 
 @pytest.fixture
 def stand_in() -> Iterator[StandIn]:
-    running = StandIn()
-    try:
+    with StandIn() as running:
         yield running
-    finally:
-        running.close()
 
 
 def _running(thread: int | None, function: str) -> bool:

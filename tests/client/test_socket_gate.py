@@ -133,11 +133,8 @@ class StandIn(ControllerStandIn):
 
 @pytest.fixture
 def stand_in() -> Iterator[StandIn]:
-    running = StandIn()
-    try:
+    with StandIn() as running:
         yield running
-    finally:
-        running.close()
 
 
 def test_each_threads_requests_leave_in_the_order_it_submitted_them(stand_in: StandIn) -> None:
