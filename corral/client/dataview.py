@@ -15,7 +15,7 @@ from __future__ import annotations
 import builtins
 import itertools
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -86,6 +86,7 @@ class DataMovement:
             ordered: bool,
             item_counts: list[int],
             return_exceptions: bool = ...,
+            joiner: Callable[[Sequence[Any]], Any] = ...,
         ) -> AsyncMapResult: ...
         def _apply(
             self,
@@ -180,9 +181,8 @@ class DataMovement:
         _check_dist(dist)
         resolved, _ = self._resolve(targets)
         msg_ids = self._send_all((pull_namespace, (key,), target) for target in resolved)
-        result = self._map_result(msg_ids, "gather", True, [1] * len(msg_ids))
-        if dist == "r":
-            result._joiner = interleave
+        joiner = interleave if dist == "r" else join
+        result = self._map_result(msg_ids, "gather", True, [1] * len(msg_ids), joiner=joiner)
         return result.get() if self._block(block) else result
 
     @contextmanager

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from corral.client import pickling
 from corral.client.asyncresult import AsyncMapResult, AsyncResult
 from corral.client.dataview import DataMovement
-from corral.client.mapping import as_sequence, partition
+from corral.client.mapping import as_sequence, join, partition
 from corral.client.remote import map_chunk
 from corral.client.remotefunction import ParallelFunction, RemoteFunction
 from corral.protocol.serialize import pack_apply_message
@@ -303,7 +303,10 @@ class View:
         ordered: bool,
         item_counts: list[int],
         return_exceptions: bool = False,
+        joiner: Callable[[Sequence[Any]], Any] = join,
     ) -> AsyncMapResult:
+        """The joiner is given here, never set afterwards: the parts may all have arrived
+        (and been joined) before this returns."""
         self._remember(msg_ids)
         return AsyncMapResult(
             self.client.records,
@@ -313,6 +316,7 @@ class View:
             client=self.client,
             item_counts=item_counts,
             return_exceptions=return_exceptions,
+            joiner=joiner,
             trackers=self._trackers(msg_ids),
         )
 

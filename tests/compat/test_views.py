@@ -103,6 +103,25 @@ def test_any_failure_of_a_multi_engine_call_is_a_composite_error(rc) -> None:  #
         rc[-1].apply_sync(lambda: 1 / 0)
 
 
+def test_a_round_robin_gather_whose_parts_arrived_before_its_result_is_built_interleaves(
+    rc, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """The parts may all be back before ``gather`` builds its result (CI saw it once): the
+    join must be the interleave from the start, never set on the result afterwards."""
+    dv = rc[:]
+    dv.scatter("part", list(range(11)), dist="r", block=True)
+    build = type(dv)._map_result
+
+    def after_the_parts(view, msg_ids, *args, **kwargs):  # type: ignore[no-untyped-def]
+        parts = [rc.records.futures[msg_id] for msg_id in msg_ids]
+        concurrent.futures.wait(parts, timeout=30)
+        assert all(part.done() for part in parts)
+        return build(view, msg_ids, *args, **kwargs)
+
+    monkeypatch.setattr(type(dv), "_map_result", after_the_parts)
+    assert dv.gather("part", dist="r", block=True) == list(range(11))
+
+
 def test_scatter_gather_every_dist_and_nested_names(rc) -> None:  # type: ignore[no-untyped-def]
     dv = rc[:]
     for dist in ("b", "r"):
