@@ -28,7 +28,7 @@ import cloudpickle  # type: ignore[import-untyped]
 
 from corral.protocol import serialize
 from corral.protocol.references import with_globals
-from corral.protocol.serialize import FrameLike
+from corral.protocol.unpickling import FrameLike
 
 __all__ = [
     "Canned",

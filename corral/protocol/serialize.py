@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import io
 import pickle
-import re
 import sys
 import threading
 import weakref
@@ -48,13 +47,20 @@ from types import FunctionType
 from typing import TYPE_CHECKING, Any, Final
 
 import cloudpickle  # type: ignore[import-untyped]
-import zmq
 
-from corral.errors import ImportNeeded, SerializationError
-from corral.protocol import functioncache, functiontemplates
+from corral.errors import SerializationError
+from corral.protocol import functioncache
 from corral.protocol.functioncache import CallEntry
 from corral.protocol.references import Reference
-from corral.protocol.session import frame_view
+from corral.protocol.unpickling import (
+    CRC_SIZE,
+    FORMAT_VERSION,
+    HEADER,
+    PICKLE_START,
+    FrameLike,
+    load_frames,
+    load_templated_call,
+)
 
 if TYPE_CHECKING:
     import numpy
@@ -67,19 +73,11 @@ __all__ = [
     "unpack_apply_message",
 ]
 
-FORMAT_VERSION: Final = 1
-_MAGIC: Final = b"CRL"
-_HEADER: Final = _MAGIC + bytes([FORMAT_VERSION])
-_CRC_SIZE: Final = 4
-_PICKLE_START: Final = len(_HEADER) + _CRC_SIZE
 _PICKLE_PREFIX: Final = b"\x80\x05\x95"  # PROTO 5, FRAME (its 8-byte length follows)
 _FRAME_OPCODE: Final = b"\x95"
 _PROTOCOL: Final = 5
 _CALL_TAIL: Final = b"\x87\x94."  # TUPLE3 MEMOIZE STOP: closes the pickle of (f, args, kwargs)
 _CALLS_KEPT: Final = 32  # functions per thread whose pickle is kept for reuse
-_CALL_LIMIT: Final = 2 * functioncache.FRAME_LIMIT  # over this a call is never framed in two
-
-FrameLike = bytes | bytearray | memoryview | zmq.Frame
 
 
 # ---------------------------------------------------------------- rebuilders
@@ -189,11 +187,11 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
         self._ndarray = getattr(sys.modules.get("numpy"), "ndarray", None)
         self.busy = True
         try:
-            stream.write(bytes(_PICKLE_START))
+            stream.write(bytes(PICKLE_START))
             self.dump(obj)
             with stream.getbuffer() as whole:
-                crc = zlib.crc32(whole[_PICKLE_START:])
-                whole[:_PICKLE_START] = _HEADER + crc.to_bytes(_CRC_SIZE, "little")
+                crc = zlib.crc32(whole[PICKLE_START:])
+                whole[:PICKLE_START] = HEADER + crc.to_bytes(CRC_SIZE, "little")
             return [stream.getvalue(), *self._buffers]
         finally:
             self._reset()  # truncating also gives back the memory of a large pickle
@@ -312,7 +310,7 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
             opening, length = entry.opening, size.to_bytes(8, "little")
             pickled = b"".join((opening, length, first, second, _CALL_TAIL))
             crc = zlib.crc32(pickled)
-            return [_HEADER + crc.to_bytes(_CRC_SIZE, "little") + pickled, *self._buffers]
+            return [HEADER + crc.to_bytes(CRC_SIZE, "little") + pickled, *self._buffers]
         finally:
             self._reset()
 
@@ -405,131 +403,6 @@ def _dump(obj: object, buffer_threshold: int, what: str = "") -> list[bytes | me
         ) from exc
 
 
-# ---------------------------------------------------------------- unpickling
-
-
-def _as_view(frame: object, index: int) -> memoryview:
-    if isinstance(frame, zmq.Frame):
-        frame = frame_view(frame)
-    if not isinstance(frame, bytes | bytearray | memoryview):
-        raise SerializationError(f"frame {index} is a {type(frame).__name__}, not bytes-like")
-    view = memoryview(frame)
-    if not view.c_contiguous:
-        raise SerializationError(f"frame {index} is not contiguous memory")
-    if view.format != "B" or view.ndim != 1:
-        view = view.cast("B")
-    return view
-
-
-# The bytes of the opcodes that make an unpickler look a global up (GLOBAL, INST,
-# STACK_GLOBAL, EXT1/2/4): a pickle without any (a number, a short string) cannot import, and
-# skips the slower guarded unpickler. Data bytes may match too: that only costs the guard.
-_MAY_IMPORT: Final = re.compile(rb"[ci\x93\x82-\x84]")
-
-
-class _LoadedOnlyUnpickler(pickle.Unpickler):
-    """An unpickler that refuses to import: every global it needs must come from a module
-    already in ``sys.modules`` (else :class:`~corral.errors.ImportNeeded`)."""
-
-    def find_class(self, module_name: str, name: str) -> Any:
-        if module_name not in sys.modules:
-            raise ImportNeeded(f"unpickling needs module {module_name!r}, not imported yet")
-        return super().find_class(module_name, name)
-
-
-def _load(frames: Sequence[FrameLike], loaded_only: bool = False) -> object:
-    if type(frames) is list or type(frames) is tuple:
-        if len(frames) == 1 and type(frames[0]) is bytes:
-            whole: bytes = frames[0]  # a small object in one frame: most results and calls
-            if (
-                whole.startswith(_HEADER)
-                and len(whole) >= _PICKLE_START
-                and not (loaded_only and _MAY_IMPORT.search(whole, _PICKLE_START) is not None)
-            ):
-                body = memoryview(whole)[_PICKLE_START:]
-                if zlib.crc32(body) == int.from_bytes(
-                    whole[len(_HEADER) : _PICKLE_START], "little"
-                ):
-                    try:
-                        return pickle.loads(body, buffers=())
-                    except Exception as exc:
-                        raise SerializationError(
-                            f"cannot deserialize: {type(exc).__name__}: {exc}"
-                        ) from exc
-        # anything else, or a check that failed: the general way, which names the failure
-    if isinstance(frames, bytes | bytearray | memoryview | zmq.Frame | str):
-        raise SerializationError(
-            f"expected a sequence of frames, got a single {type(frames).__name__}"
-        )
-    if not isinstance(frames, list | tuple):
-        try:
-            frames = list(frames)
-        except TypeError as exc:
-            raise SerializationError(
-                f"expected a sequence of frames, got {type(frames).__name__}"
-            ) from exc
-    if len(frames) == 0:
-        raise SerializationError("no frames to deserialize")
-    if len(frames) == 1:  # a small result: no out-of-band buffers
-        views = [_as_view(frames[0], 0)]
-    else:
-        views = [_as_view(frame, index) for index, frame in enumerate(frames)]
-    head = views[0]
-    if len(head) < len(_HEADER) or head[: len(_MAGIC)].tobytes() != _MAGIC:
-        raise SerializationError("first frame does not start with corral's serialization marker")
-    if head[len(_MAGIC)] != FORMAT_VERSION:
-        raise SerializationError(
-            f"serialization format version {head[len(_MAGIC)]}; this corral reads "
-            f"version {FORMAT_VERSION}"
-        )
-    if len(head) < _PICKLE_START:
-        raise SerializationError("first frame is truncated: no checksum")
-    expected_crc = int.from_bytes(head[len(_HEADER) : _PICKLE_START], "little")
-    if zlib.crc32(head[_PICKLE_START:]) != expected_crc:
-        raise SerializationError("checksum mismatch: the first frame is truncated or corrupted")
-
-    buffers = iter(views[1:])
-    try:
-        if loaded_only and _MAY_IMPORT.search(head, _PICKLE_START) is not None:
-            stream = io.BytesIO(head[_PICKLE_START:])
-            obj = _LoadedOnlyUnpickler(stream, buffers=buffers).load()
-        else:
-            obj = pickle.loads(head[_PICKLE_START:], buffers=buffers)
-    except ImportNeeded:
-        raise
-    except Exception as exc:
-        raise SerializationError(f"cannot deserialize: {type(exc).__name__}: {exc}") from exc
-    if len(views) > 1:
-        unused = sum(1 for _ in buffers)
-        if unused:
-            raise SerializationError(
-                f"{unused} of {len(views) - 1} buffer frames were not used by the pickle"
-            )
-    return obj
-
-
-def _load_templated(frames: Sequence[FrameLike]) -> tuple[Any, Any, Any] | None:
-    """The call in ``frames`` if a client framed it from a kept function pickle: the function
-    built from this thread's template, the arguments unpickled alone
-    (:mod:`corral.protocol.functiontemplates`); None for any other call, and for one the
-    template cannot read exactly as a whole unpickle would (then it is unpickled whole)."""
-    if (type(frames) is not list and type(frames) is not tuple) or len(frames) != 1:
-        return None  # a call with out-of-band buffers is never framed in two
-    whole = frames[0]
-    if type(whole) is not bytes:
-        if not isinstance(whole, zmq.Frame) or len(whole) > _CALL_LIMIT:
-            return None
-        whole = bytes(frame_view(whole))  # a copy of a small frame: bytes slice faster
-    end = functiontemplates.function_end(whole, _PICKLE_START)
-    if end is None or not whole.startswith(_HEADER):
-        return None
-    if zlib.crc32(memoryview(whole)[_PICKLE_START:]) != int.from_bytes(
-        whole[len(_HEADER) : _PICKLE_START], "little"
-    ):
-        return None  # the general way names the failure
-    return functiontemplates.thread_templates().load_call(whole, _PICKLE_START, end)
-
-
 # ---------------------------------------------------------------- public API
 
 
@@ -546,7 +419,7 @@ def serialize_object(obj: object, buffer_threshold: int = 1024) -> list[bytes | 
         # these types): the same bytes, without the reusable pickler's set-up and reset, for
         # the result of nearly every small task
         pickled = pickle.dumps(obj, _PROTOCOL)
-        return [_HEADER + zlib.crc32(pickled).to_bytes(_CRC_SIZE, "little") + pickled]
+        return [HEADER + zlib.crc32(pickled).to_bytes(CRC_SIZE, "little") + pickled]
     return _dump(_wrap_large_bytes(obj, buffer_threshold, {}), buffer_threshold)
 
 
@@ -566,7 +439,7 @@ def deserialize_object(buffers: Sequence[FrameLike], *, loaded_only: bool = Fals
     the pickle names (an import can take seconds: the client's I/O thread must not wait for
     one, see corral.client.requestfuture); the caller then deserializes again elsewhere.
     """
-    return _load(buffers, loaded_only)
+    return load_frames(buffers, loaded_only)
 
 
 def pack_apply_message(
@@ -614,9 +487,9 @@ def unpack_apply_message(
 
     Raises SerializationError if the frames are not an intact apply message.
     """
-    obj: object = _load_templated(buffers)
+    obj: object = load_templated_call(buffers)
     if obj is None:
-        obj = _load(buffers)
+        obj = load_frames(buffers)
     if not (isinstance(obj, tuple) and len(obj) == 3):
         raise SerializationError(
             f"not an apply message: expected (f, args, kwargs), got {type(obj).__name__}"
