@@ -1,0 +1,150 @@
+"""Bursts of tiny tasks packed on a few engines of a host with far fewer cores than engines.
+
+With 64 engines on 2 cores, every engine that holds tasks in a burst of sub-millisecond ones
+waits its turn for a core and resumes with its caches cold after the 63 others ran: at 64
+engines the engines cost about a quarter more CPU per task than at 4, and 64 engines ran
+fewer tasks per second than 4 (bench/README.md, rounds eight, nine and eleven). Spreading such
+a burst buys nothing there (the cores are the limit, not the engines), so while it lasts the
+scheduler keeps it on a few engines of that host, which stay warm, and lets the others sleep.
+
+Which engines share CPUs, and how many: each engine reports the machine it runs on (its
+kernel's boot id: containers of one kernel share its CPUs) and the CPU ids it may run on
+(``cpus`` in its registration, docs/wire-flows.md). The engines of one machine form a
+:class:`HostGroup`; its cores are the union of their CPU ids (engines pinned to one core each
+count as many cores as engines: they are not oversubscribed). A group with more than
+``per_core`` times its cores engines is *oversubscribed*; its first ``per_core`` x cores
+engines, in registration order, are its *packing* engines (:attr:`EngineState.packs`).
+
+The rule (the scheduler core applies it, :mod:`corral.controller.scheduling`): while a packing
+engine answers in bursts (most of its recent replies within ``BURST_GAP`` of the one before,
+the burst rule's test), its group is *packing*, and the group's other engines are *held*
+(:attr:`EngineState.held`): they take no task that any engine may run. They still take tasks
+with targets, ``follow`` or engines that refused them (those go where they must), and finish
+what they hold. The packing lapses ``BURST_HOLD`` (0.1 s) after the last such burst reply, as a
+raised burst cap does (tasks submitted after a pause may be long ones, and a burst whose
+packing engines all got stuck in long tasks must not keep the other engines idle): then the
+held engines are released and take queued tasks at once (:meth:`Hosts.due`, on the core's
+tick). A burst that starts after a pause is spread as before, until a packing engine replies
+in a burst.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Final
+
+from corral.controller.scheduling_state import BURST_HOLD, EngineState
+
+BURST_PACKING: Final = 2
+"""The scheduler's default ``burst_packing``: engines per core that run a burst of tiny tasks
+on an oversubscribed host (bench/README.md, round eleven: on 2 cores, 4 packing engines of 64
+ran a burst of no-ops cheapest; 2 or 3 lost throughput, 6 or 8 CPU). 0: never pack."""
+
+
+@dataclass(eq=False, slots=True)
+class HostGroup:
+    """The registered engines of one machine, in registration order, and its CPU ids."""
+
+    machine: str
+    engines: list[EngineState] = field(default_factory=list)
+    cpus: Counter[int] = field(default_factory=Counter)  # CPU id -> engines that may use it
+    packing: bool = False
+    packing_until: float = float("-inf")  # the packing lapses then, without a burst reply
+
+
+class Hosts:
+    """Engines grouped by machine, and which of them a burst may use; see the module
+    docstring. ``per_core`` 0 turns packing off (no engine ever packs or is held)."""
+
+    def __init__(self, per_core: int) -> None:
+        if per_core < 0:
+            raise ValueError(f"burst_packing must be >= 0, not {per_core}")
+        self.per_core = per_core
+        self._groups: dict[str, HostGroup] = {}
+        self._packing: set[HostGroup] = set()
+        self.next_check: float | None = None
+        """When :meth:`due` may release held engines (None: no group is packing). The core
+        reports it in its next deadline; it may find the packing renewed since."""
+
+    def add(self, engine: EngineState, machine: str, cpus: Iterable[int]) -> list[EngineState]:
+        """``engine`` registered on ``machine`` and may run on ``cpus``: it joins that group
+        (held if the group packs and it is not one of its packing engines). The engines no
+        longer held (more cores may let more engines pack), for the core to fill."""
+        group = self._groups.get(machine)
+        if group is None:
+            group = self._groups[machine] = HostGroup(machine)
+        engine.group = group
+        engine.cpus = frozenset(cpus)
+        group.engines.append(engine)
+        group.cpus.update(engine.cpus)
+        return self._regroup(group)
+
+    def remove(self, engine: EngineState) -> list[EngineState]:
+        """``engine`` left: the engines no longer held (the next one in line packs in its
+        place), for the core to fill."""
+        group = engine.group
+        if group is None:
+            return []
+        engine.group = None
+        engine.packs = engine.held = False
+        group.engines.remove(engine)
+        group.cpus.subtract(engine.cpus)
+        group.cpus = +group.cpus  # without the CPU ids no engine of it may use any more
+        if not group.engines:
+            del self._groups[group.machine]
+            self._packing.discard(group)
+            return []
+        return self._regroup(group)
+
+    def burst(self, engine: EngineState, now: float) -> None:
+        """A packing engine (``engine.packs``) replied in a burst at ``now``: its group packs
+        until ``BURST_HOLD`` later, holding its other engines."""
+        group = engine.group
+        assert group is not None
+        group.packing_until = now + BURST_HOLD
+        if group.packing:
+            return
+        group.packing = True
+        self._packing.add(group)
+        for other in group.engines:
+            if not other.packs:
+                other.held = True
+        if self.next_check is None or group.packing_until < self.next_check:
+            self.next_check = group.packing_until
+
+    def due(self, now: float) -> list[EngineState]:
+        """The engines released at ``now``: those of every group whose packing lapsed (no
+        burst reply from its packing engines for ``BURST_HOLD``)."""
+        released: list[EngineState] = []
+        next_check = None
+        for group in list(self._packing):
+            if group.packing_until <= now:
+                self._packing.discard(group)
+                group.packing = False
+                for engine in group.engines:
+                    if engine.held:
+                        engine.held = False
+                        released.append(engine)
+            elif next_check is None or group.packing_until < next_check:
+                next_check = group.packing_until
+        self.next_check = next_check
+        return released
+
+    def _regroup(self, group: HostGroup) -> list[EngineState]:
+        """Which engines of ``group`` pack and which are held, after it changed; the engines
+        no longer held."""
+        size = self.per_core * len(group.cpus)
+        oversubscribed = self.per_core > 0 and len(group.engines) > size
+        if not oversubscribed and group.packing:
+            group.packing = False
+            self._packing.discard(group)
+        released = []
+        for index, engine in enumerate(group.engines):
+            engine.packs = oversubscribed and index < size
+            held = group.packing and not engine.packs
+            if engine.held and not held:
+                released.append(engine)
+            engine.held = held
+        return released
