@@ -15,17 +15,21 @@ count as many cores as engines: they are not oversubscribed). A group with more 
 ``per_core`` times its cores engines is *oversubscribed*; its first ``per_core`` x cores
 engines, in registration order, are its *packing* engines (:attr:`EngineState.packs`).
 
-The rule (the scheduler core applies it, :mod:`corral.controller.scheduling`): while a packing
-engine answers in bursts (most of its recent replies within ``BURST_GAP`` of the one before,
-the burst rule's test), its group is *packing*, and the group's other engines are *held*
-(:attr:`EngineState.held`): they take no task that any engine may run. They still take tasks
+The rule (the scheduler core applies it, :mod:`corral.controller.scheduling`): a reply of a
+packing engine within ``BURST_GAP`` of its previous one (a burst reply: it ran a task far
+shorter than a millisecond, the burst rule's test) starts or renews the *packing* of its
+group, and the group's other engines are *held* (:attr:`EngineState.held`): they take no
+task that any engine may run. They still take tasks
 with targets, ``follow`` or engines that refused them (those go where they must), and finish
 what they hold. The packing lapses ``BURST_HOLD`` (0.1 s) after the last such burst reply, as a
 raised burst cap does (tasks submitted after a pause may be long ones, and a burst whose
 packing engines all got stuck in long tasks must not keep the other engines idle): then the
 held engines are released and take queued tasks at once (:meth:`Hosts.due`, on the core's
 tick). A burst that starts after a pause is spread as before, until a packing engine replies
-in a burst.
+in a burst. The test is each reply's, not the burst rule's average over recent replies: that
+average needs a few replies to rise after a pause, during which leastload spreads a thousand
+tasks over 64 engines (bench/README.md, round eleven), and a packing engine's reply after a
+long task, not a burst, must not renew the packing.
 """
 
 from __future__ import annotations
@@ -39,8 +43,24 @@ from corral.controller.scheduling_state import BURST_HOLD, EngineState
 
 BURST_PACKING: Final = 2
 """The scheduler's default ``burst_packing``: engines per core that run a burst of tiny tasks
-on an oversubscribed host (bench/README.md, round eleven: on 2 cores, 4 packing engines of 64
-ran a burst of no-ops cheapest; 2 or 3 lost throughput, 6 or 8 CPU). 0: never pack."""
+on an oversubscribed host (bench/README.md, round eleven: 64 engines on 2 cores, every no-op
+on the first 2, 4 or 8: 4 ran them fastest; 2 ran fewer per second, 8 cost more CPU per
+task). 0: never pack."""
+MAX_BURST_PACKING: Final = 64
+"""The largest ``burst_packing`` a controller takes: beyond, no host has so many engines per
+core that packing would apply."""
+
+
+def check_burst_packing(value: object) -> int:
+    """``value`` if it is a whole number from 0 to :data:`MAX_BURST_PACKING`; ValueError
+    saying so otherwise (the controller's check of its setting, before any process starts)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"burst_packing must be a whole number, not {value!r}")
+    if not 0 <= value <= MAX_BURST_PACKING:
+        raise ValueError(
+            f"burst_packing must be from 0 (never pack) to {MAX_BURST_PACKING}, not {value}"
+        )
+    return value
 
 
 @dataclass(eq=False, slots=True)

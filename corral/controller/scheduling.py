@@ -60,10 +60,11 @@ Rules decided here (the shell and clients rely on them):
   that may run the task is at its cap or at least as loaded.
 - With ``burst_packing`` above 0, a burst of such tasks on a host with more than
   ``burst_packing`` engines per core (engines say where they run: ``add_engine``) is kept on
-  the first ``burst_packing`` x cores engines of that host while one of them answers in
-  bursts: the host's other engines are *held*, and take no task any engine may run (tasks
-  with targets, ``follow`` or refusals still go to them), until ``BURST_HOLD`` after the last
-  such burst reply (:mod:`.packing`). The policy chooses among the engines not held.
+  the first ``burst_packing`` x cores engines of that host while they answer in bursts (a
+  reply within ``BURST_GAP`` of the engine's previous one): the host's other engines are
+  *held*, and take no task any engine may run (tasks with targets, ``follow`` or refusals
+  still go to them), until ``BURST_HOLD`` after the last such burst reply (:mod:`.packing`).
+  The policy chooses among the engines not held.
 - The last ``finished_memory`` finished msg_ids are remembered (:meth:`SchedulerCore.answered`):
   a reply for one of them is late (its task was failed or resubmitted) and must not reach the
   client; the outcome of a task that falls out of that memory is forgotten.
@@ -383,12 +384,9 @@ class SchedulerCore:
         burst = now - engine.last_reply < BURST_GAP
         engine.last_reply = now
         engine.burstiness += ((1.0 if burst else 0.0) - engine.burstiness) * BURST_WEIGHT
-        if engine.burstiness >= BURSTY:
-            engine.cap = self.burst_cap
-            if engine.packs:
-                self._hosts.burst(engine, now)
-        else:
-            engine.cap = self.max_outstanding
+        engine.cap = self.burst_cap if engine.burstiness >= BURSTY else self.max_outstanding
+        if burst and engine.packs:  # its host packs while such replies come (.packing)
+            self._hosts.burst(engine, now)
 
     def _cap(self, engine: EngineState) -> int:
         """How many tasks ``engine`` may hold now: its cap, but ``max_outstanding`` once its

@@ -102,6 +102,32 @@ def test_each_burst_reply_of_a_packing_engine_renews_the_packing() -> None:
         assert sim.core.held("e5")
 
 
+def test_the_first_burst_reply_of_a_packing_engine_starts_the_packing() -> None:
+    """Not the burst rule's average, which rises only after a few burst replies: meanwhile
+    leastload would fill every engine of the host."""
+    sim = packed_sim()
+    submit_many(sim, 2000)
+    sim.now += APART
+    sim.finish(sim.queues["e0"][0])  # a first reply is never a burst
+    assert not sim.core.held("e4")
+    sim.finish(sim.queues["e0"][0])  # the next one at once is
+    assert sim.core.held("e4") and sim.core.capacity("e0") == 2  # its cap not raised yet
+
+
+def test_replies_apart_do_not_renew_the_packing() -> None:
+    """A packing engine that now answers longer tasks (replies apart) keeps answering, but
+    not in bursts: the packing lapses BURST_HOLD after its last burst reply, and the held
+    engines take the queue."""
+    sim = packed_sim()
+    submit_many(sim, 2000)
+    burst_until_packed(sim)
+    last_burst = sim.now
+    while sim.now < last_burst + BURST_HOLD:
+        sim.now += APART
+        sim.finish(sim.queues["e0"][0])
+    assert set(dispatched_to(sim.tick(sim.now))) == set(EIGHT[4:])
+
+
 def test_replies_of_held_engines_do_not_renew_the_packing() -> None:
     """A burst stuck on its packing engines (long tasks there) must not keep the others idle
     because they answered tiny tasks: only the packing engines' bursts count."""
