@@ -87,6 +87,7 @@ class Hosts:
         self.next_check: float | None = None
         """When :meth:`due` may release held engines (None: no group is packing). The core
         reports it in its next deadline; it may find the packing renewed since."""
+        self.counts = {"started": 0, "lapsed": 0}  # packings, for the scheduler's exit counts
 
     def add(self, engine: EngineState, machine: str, cpus: Iterable[int]) -> list[EngineState]:
         """``engine`` registered on ``machine`` and may run on ``cpus``: it joins that group
@@ -128,6 +129,7 @@ class Hosts:
             return
         group.packing = True
         self._packing.add(group)
+        self.counts["started"] += 1
         for other in group.engines:
             if not other.packs:
                 other.held = True
@@ -143,6 +145,7 @@ class Hosts:
             if group.packing_until <= now:
                 self._packing.discard(group)
                 group.packing = False
+                self.counts["lapsed"] += 1
                 for engine in group.engines:
                     if engine.held:
                         engine.held = False

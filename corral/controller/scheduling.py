@@ -509,6 +509,11 @@ class SchedulerCore:
         group = None if engine is None else engine.group
         return group.packing_until if group is not None and group.packing else None
 
+    def packing_counts(self) -> dict[str, int]:
+        """How many times a host started packing a burst, and how many times a packing lapsed
+        (:mod:`.packing`): the scheduler's exit counts."""
+        return dict(self._hosts.counts)
+
     def waiting_count(self) -> int:
         """Tasks submitted and not dispatched: waiting for dependencies, an engine or a slot."""
         return len(self._records) - self._running

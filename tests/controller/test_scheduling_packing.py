@@ -88,6 +88,7 @@ def test_the_packing_lapses_after_burst_hold_and_the_held_engines_take_the_queue
     assert all(sim.core.outstanding(u) == sim.core.capacity(u) for u in EIGHT[4:])
     assert not any(sim.core.held(u) for u in EIGHT)
     assert sim.core.next_deadline() is None
+    assert sim.core.packing_counts() == {"started": 1, "lapsed": 1}  # the exit counts
 
 
 def test_each_burst_reply_of_a_packing_engine_renews_the_packing() -> None:
