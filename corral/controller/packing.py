@@ -83,7 +83,9 @@ class Hosts:
             raise ValueError(f"burst_packing must be >= 0, not {per_core}")
         self.per_core = per_core
         self._groups: dict[str, HostGroup] = {}
-        self._packing: set[HostGroup] = set()
+        # the packing groups, in the order they started (a dict: the core's actions must
+        # not depend on the ids of objects, as a set's order would)
+        self._packing: dict[HostGroup, None] = {}
         self.next_check: float | None = None
         """When :meth:`due` may release held engines (None: no group is packing). The core
         reports it in its next deadline; it may find the packing renewed since."""
@@ -115,7 +117,7 @@ class Hosts:
         group.cpus = +group.cpus  # without the CPU ids no engine of it may use any more
         if not group.engines:
             del self._groups[group.machine]
-            self._packing.discard(group)
+            self._packing.pop(group, None)
             return []
         return self._regroup(group)
 
@@ -128,7 +130,7 @@ class Hosts:
         if group.packing:
             return
         group.packing = True
-        self._packing.add(group)
+        self._packing[group] = None
         self.counts["started"] += 1
         for other in group.engines:
             if not other.packs:
@@ -143,7 +145,7 @@ class Hosts:
         next_check = None
         for group in list(self._packing):
             if group.packing_until <= now:
-                self._packing.discard(group)
+                del self._packing[group]
                 group.packing = False
                 self.counts["lapsed"] += 1
                 for engine in group.engines:
@@ -162,7 +164,7 @@ class Hosts:
         oversubscribed = self.per_core > 0 and len(group.engines) > size
         if not oversubscribed and group.packing:
             group.packing = False
-            self._packing.discard(group)
+            self._packing.pop(group, None)
         released = []
         for index, engine in enumerate(group.engines):
             engine.packs = oversubscribed and index < size

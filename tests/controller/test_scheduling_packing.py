@@ -295,3 +295,21 @@ def test_random_schedules_with_packing_keep_every_invariant(seed: int) -> None:
     finish_everything(sim, rng)
     assert len(sim.final) == len(sim.tasks) > 250
     assert held  # the schedule did hold engines
+
+
+def test_packings_lapsing_together_release_their_engines_in_the_order_they_started() -> None:
+    """The core is deterministic: the same calls give the same actions, whatever the ids of
+    its objects."""
+    hosts = {f"a{index}": ("first", [0]) for index in range(3)}
+    hosts.update({f"b{index}": ("second", [0]) for index in range(3)})
+    core = SchedulerCore(max_outstanding=1, burst_packing=1)
+    sim = Sim(core, engines=["b0", "a0", "b1", "a1", "b2", "a2"], hosts=hosts)
+    submit_many(sim, 200)
+    for packing in ("b0", "a0"):  # b's machine starts packing first
+        sim.finish(sim.queues[packing][0])
+        sim.finish(sim.queues[packing][0])
+    for uuid in ("a1", "a2", "b1", "b2"):
+        sim.finish(sim.queues[uuid][0])  # held: nothing new for them
+        assert core.held(uuid) and not sim.queues[uuid]
+    released = dispatched_to(sim.tick(sim.now + BURST_HOLD))
+    assert released == ["b1", "b2", "a1", "a2"]
