@@ -19,9 +19,8 @@ The rule (the scheduler core applies it, :mod:`corral.controller.scheduling`): a
 packing engine within ``BURST_GAP`` of its previous one (a burst reply: it ran a task far
 shorter than a millisecond, the burst rule's test) starts or renews the *packing* of its
 group, and the group's other engines are *held* (:attr:`EngineState.held`): they take no
-task that any engine may run. They still take tasks
-with targets, ``follow`` or engines that refused them (those go where they must), and finish
-what they hold. The packing lapses ``BURST_HOLD`` (0.1 s) after the last such burst reply, as a
+task that any engine may run. They still take tasks with targets, ``follow`` or engines that
+refused them (those go where they must), and finish what they hold. The packing lapses ``BURST_HOLD`` (0.1 s) after the last such burst reply, as a
 raised burst cap does (tasks submitted after a pause may be long ones, and a burst whose
 packing engines all got stuck in long tasks must not keep the other engines idle): then the
 held engines are released and take queued tasks at once (:meth:`Hosts.due`, on the core's
@@ -30,6 +29,13 @@ in a burst. The test is each reply's, not the burst rule's average over recent r
 average needs a few replies to rise after a pause, during which leastload spreads a thousand
 tasks over 64 engines (bench/README.md, round eleven), and a packing engine's reply after a
 long task, not a burst, must not renew the packing.
+
+What this costs: tasks submitted within ``BURST_HOLD`` of a packing engine's last burst reply
+are taken for tiny ones too, so long tasks submitted right after a burst go to the packing
+engines alone (as many as their caps allow) and stay queued there after the lapse (a task
+sent is never taken back). For tasks that need a core, on a host whose cores are all busy,
+this loses nothing; tasks that wait (I/O, sleep) run one after another on those few engines.
+``--burst-packing 0`` turns packing off.
 """
 
 from __future__ import annotations
