@@ -17,18 +17,18 @@ engines, in registration order, are its *packing* engines (:attr:`EngineState.pa
 
 The rule (the scheduler core applies it, :mod:`corral.controller.scheduling`): a reply of a
 packing engine within ``BURST_GAP`` of its previous one (a burst reply: it ran a task far
-shorter than a millisecond, the burst rule's test) starts or renews the *packing* of its
-group, and the group's other engines are *held* (:attr:`EngineState.held`): they take no
-task that any engine may run. They still take tasks with targets, ``follow`` or engines that
-refused them (those go where they must), and finish what they hold. The packing lapses
-``BURST_HOLD`` (0.1 s) after the last such burst reply, as a raised burst cap does (tasks
-submitted after a pause may be long ones, and a burst whose packing engines all got stuck in
-long tasks must not keep the other engines idle): then the held engines are released and
-take queued tasks at once (:meth:`Hosts.due`, on the core's tick). A burst that starts after a pause is spread as before, until a packing engine replies
-in a burst. The test is each reply's, not the burst rule's average over recent replies: that
-average needs a few replies to rise after a pause, during which leastload spreads a thousand
-tasks over 64 engines (bench/README.md, round eleven), and a packing engine's reply after a
-long task, not a burst, must not renew the packing.
+shorter than a millisecond, the burst rule's test) starts or renews the *packing* of its group,
+and the group's other engines are *held* (:attr:`EngineState.held`): they take no task that any
+engine may run. They still take tasks with targets, ``follow`` or engines that refused them
+(those go where they must), and finish what they hold. The packing lapses ``BURST_HOLD``
+(0.1 s) after the last such burst reply, as a raised burst cap does (tasks submitted after a pause
+may be long ones, and a burst whose packing engines all got stuck in long tasks must not keep
+the other engines idle): then the held engines are released and take queued tasks at once
+(:meth:`Hosts.due`, on the core's tick). A burst that starts after a pause is spread as before,
+until a packing engine replies in a burst. The test is each reply's, not the burst rule's
+average over recent replies: that average needs a few replies to rise after a pause, during
+which leastload spreads a thousand tasks over 64 engines (bench/README.md, round eleven), and a
+packing engine's reply after a long task, not a burst, must not renew the packing.
 
 What this costs: tasks submitted within ``BURST_HOLD`` of a packing engine's last burst reply
 are taken for tiny ones too, so long tasks submitted right after a burst go to the packing
