@@ -223,6 +223,9 @@ def main() -> None:
     sends = scheduler_sends(running.stats)
     if sends:
         print("  scheduler's messages per zmq message (whole run, warm-up too): " + sends)
+    packing = ((running.stats or {}).get("scheduler") or {}).get("packing")
+    if isinstance(packing, dict):  # corral.controller.packing: bursts kept on a few engines
+        print(f"  bursts packed: started {packing.get('started')}, lapsed {packing.get('lapsed')}")
     for role, pid, _, out in spies:
         if not out.exists():
             print(f"\n{role} {pid}: no profile written")

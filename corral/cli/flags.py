@@ -10,6 +10,7 @@ import argparse
 import os
 from pathlib import Path
 
+from corral.controller.packing import BURST_PACKING, MAX_BURST_PACKING, check_burst_packing
 from corral.controller.scheduling_state import (
     BURST_PREFETCH,
     MAX_BURST_PREFETCH,
@@ -101,6 +102,14 @@ def _controller_flags(parser: argparse.ArgumentParser) -> None:
         f"{MAX_BURST_PREFETCH})",
     )
     parser.add_argument(
+        "--burst-packing",
+        type=_burst_packing,
+        default=BURST_PACKING,
+        help="on a host with more than this many engines per core, a burst of such tasks runs "
+        f"on this many engines per core while it lasts (default {BURST_PACKING}; 0: never; at "
+        f"most {MAX_BURST_PACKING})",
+    )
+    parser.add_argument(
         "--owner-pid",
         type=int,
         default=None,
@@ -183,6 +192,16 @@ def _burst_prefetch(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a burst prefetch from 1 (never more than --max-outstanding) "
             f"to {MAX_BURST_PREFETCH}"
+        ) from None
+
+
+def _burst_packing(text: str) -> int:
+    """A whole number from 0 to MAX_BURST_PACKING (argparse's error, exit status 2, else)."""
+    try:
+        return check_burst_packing(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a burst packing from 0 (never) to {MAX_BURST_PACKING}"
         ) from None
 
 
@@ -271,6 +290,8 @@ def controller_args(args: argparse.Namespace) -> list[str]:
         str(args.max_outstanding),
         "--burst-prefetch",
         str(args.burst_prefetch),
+        "--burst-packing",
+        str(args.burst_packing),
     ]
     if args.restore:
         flags.append("--restore")

@@ -57,6 +57,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
         scheduler_policy=args.scheduler,
         max_outstanding=args.max_outstanding,
         burst_prefetch=args.burst_prefetch,
+        burst_packing=args.burst_packing,
         curve=curve,
         location=args.location,
         shm_threshold=args.shm_threshold,

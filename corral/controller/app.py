@@ -35,6 +35,7 @@ from corral import heap
 from corral.controller.hub import Hub
 from corral.controller.hub_shell import HubShell
 from corral.controller.location import reachable_address
+from corral.controller.packing import BURST_PACKING, check_burst_packing
 from corral.controller.scheduling_state import BURST_PREFETCH, check_burst_prefetch
 from corral.controller.store import RetentionSettings, SQLiteStore, open_store
 from corral.errors import CorralError
@@ -100,10 +101,14 @@ class ControllerConfig:
     # an engine answering sub-millisecond tasks in bursts may hold this many times
     # max_outstanding (corral.controller.scheduling); 1: never more
     burst_prefetch: int = BURST_PREFETCH
+    # a burst of such tasks on a host with more engines than this per core runs on this many
+    # engines per core of it (corral.controller.packing); 0: never packed
+    burst_packing: int = BURST_PACKING
 
     def __post_init__(self) -> None:
         """Refuse a scheduler setting the scheduler process would refuse only once started."""
         check_burst_prefetch(self.burst_prefetch)
+        check_burst_packing(self.burst_packing)
         if self.max_outstanding < 1:
             raise ValueError(f"max_outstanding must be >= 1, not {self.max_outstanding}")
 
@@ -408,6 +413,7 @@ class Controller:
             "policy": self.config.scheduler_policy,
             "max_outstanding": self.config.max_outstanding,
             "burst_prefetch": self.config.burst_prefetch,
+            "burst_packing": self.config.burst_packing,
             # the Hub keeps a request's buffers up to this size: larger ones are not copied
             "request_buffer_limit": self.config.retention.buffer_limit,
             "parent_pid": os.getpid(),

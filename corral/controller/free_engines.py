@@ -8,6 +8,11 @@ freed). Entries whose engine left or whose key changed since are stale and dropp
 come to the top; the heap is rebuilt when stale entries outnumber the engines, so it stays
 O(engines). The engine picked is exactly the one ``min(engines, key)`` would pick: keys are
 unique (every engine's ``last_used`` is a distinct tick of the dispatch clock).
+
+A *held* engine (:attr:`EngineState.held`, a burst packed on other engines of its host:
+:mod:`corral.controller.packing`) is free, in the mapping, for the tasks that must go where it
+is, but never :meth:`FreeEngines.best`: it has no heap entry while held, and gets one when it is
+put again once released.
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ class FreeEngines:
     def put(self, engine: EngineState) -> None:
         """``engine`` is free (again), or its load or last use changed while free."""
         self._engines[engine.uuid] = engine
-        if self.ordered:
+        if self.ordered and not engine.held:
             entry = (_key(self.policy, engine), next(self._sequence), engine)
             heapq.heappush(self._heap, entry)
             self._bound()
@@ -68,21 +73,27 @@ class FreeEngines:
             self._rebuild()
 
     def best(self) -> EngineState | None:
-        """The free engine the (ordered) policy picks, None if there is none."""
+        """The free engine the (ordered) policy picks, None if there is none; never a held
+        one."""
         heap = self._heap
         engines = self._engines
         policy = self.policy
         while heap:
             key, _, engine = heap[0]
-            if engines.get(engine.uuid) is engine and key == _key(policy, engine):
+            if (
+                engines.get(engine.uuid) is engine
+                and key == _key(policy, engine)
+                and not engine.held
+            ):
                 return engine
             heapq.heappop(heap)
         return None
 
     def _rebuild(self) -> None:
-        """Only the current entries, one per free engine."""
+        """Only the current entries, one per free engine not held."""
         self._heap = [
             (_key(self.policy, engine), next(self._sequence), engine)
             for engine in self._engines.values()
+            if not engine.held
         ]
         heapq.heapify(self._heap)

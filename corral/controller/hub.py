@@ -95,6 +95,7 @@ class EngineEntry:
     tasks: dict[str, None] = field(default_factory=dict)  # load-balanced msg_ids in flight
     completed: dict[str, None] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)  # host, pid, MPI rank, launcher, job id
+    cpus: dict[str, Any] | None = None  # its machine and CPU ids, passed on to the scheduler
 
 
 @dataclass
@@ -104,6 +105,7 @@ class PendingRegistration:
     expires_at_beat: int
     shm_host: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    cpus: dict[str, Any] | None = None
 
 
 class Hub:
@@ -278,12 +280,14 @@ class Hub:
             engine_id = requested
         self.next_id = max(self.next_id, engine_id + 1)
         info = content.get("info")
+        cpus = content.get("cpus")
         self.pending_registrations[uuid] = PendingRegistration(
             engine_id,
             uuid,
             self.hearts.beat + 2 * self.hearts.max_misses + 2,
             content.get("shm_host"),
             dict(info) if isinstance(info, dict) else {},
+            dict(cpus) if isinstance(cpus, dict) else None,
         )
         self.told_stale.discard(uuid)
         writes = expect_answers(self, uuid, content["tasks"]) if "tasks" in content else []
@@ -360,7 +364,12 @@ class Hub:
 
     def _register(self, pending: PendingRegistration, now: float) -> list[Action]:
         entry = EngineEntry(
-            pending.id, pending.uuid, iso_date(now), pending.shm_host, info=pending.info
+            pending.id,
+            pending.uuid,
+            iso_date(now),
+            pending.shm_host,
+            info=pending.info,
+            cpus=pending.cpus,
         )
         self.engines[entry.id] = entry
         self.by_uuid[entry.uuid] = entry
@@ -372,6 +381,8 @@ class Hub:
         content: dict[str, Any] = {"id": entry.id, "uuid": entry.uuid}
         if entry.shm_host:
             content["shm_host"] = entry.shm_host
+        if entry.cpus is not None:  # the scheduler checks it (scheduler_shell._cpus_from)
+            content["cpus"] = entry.cpus
         return [Send("notification", "registration_notification", content)]
 
     def _unregister(self, entry: EngineEntry, why: str, now: float) -> list[Action]:

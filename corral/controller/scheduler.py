@@ -46,6 +46,7 @@ def main() -> int:
             **scheduler.counts,
             "rejected": scheduler.loop.rejected,
             "sends": scheduler.sends(),
+            "packing": scheduler.core.packing_counts(),
         }
         try:  # the controller reads this last line into its stats file
             sys.stdout.write(json.dumps({"counts": counts}) + "\n")

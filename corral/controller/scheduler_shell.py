@@ -29,6 +29,7 @@ from zmq.auth.thread import ThreadAuthenticator
 from corral import heap
 from corral.bundles import MARK, Outbox
 from corral.controller.destination import MAX_ENTRIES, Dispatched, destinations_frames
+from corral.controller.packing import BURST_PACKING
 from corral.controller.scheduler_wire import read_reply, read_request, split_route
 from corral.controller.scheduling import SchedulerCore
 from corral.controller.scheduling_state import (
@@ -86,8 +87,10 @@ class SchedulerShell:
     def __init__(self, settings: dict[str, Any], context: zmq.Context[Any] | None = None) -> None:
         """``settings``: what the controller writes on the scheduler's stdin
         (:meth:`Controller._start_scheduler <corral.controller.app.Controller>`); ``policy``,
-        ``max_outstanding`` and ``burst_prefetch`` (default :data:`~corral.controller.
-        scheduling_state.BURST_PREFETCH`) go to the core, which refuses bad values."""
+        ``max_outstanding``, ``burst_prefetch`` (default :data:`~corral.controller.
+        scheduling_state.BURST_PREFETCH`) and ``burst_packing`` (default
+        :data:`~corral.controller.packing.BURST_PACKING`) go to the core, which refuses bad
+        values."""
         self.context = context or zmq.Context()
         self.loop = Loop("scheduler")
         self.session = Session(
@@ -97,6 +100,7 @@ class SchedulerShell:
             settings.get("policy", "leastload"),
             int(settings.get("max_outstanding", 16)),
             burst_prefetch=int(settings.get("burst_prefetch", BURST_PREFETCH)),
+            burst_packing=int(settings.get("burst_packing", BURST_PACKING)),
         )
         limit = settings.get("request_buffer_limit")
         # the Hub keeps a request's buffers up to this size (for a resubmission): larger ones
@@ -176,12 +180,14 @@ class SchedulerShell:
 
     def _on_notification(self, frames: list[zmq.Frame]) -> None:
         msg = self.session.feed(frames)
-        uuid = (msg.content or {}).get("uuid")
+        content = msg.content or {}
+        uuid = content.get("uuid")
         if not isinstance(uuid, str):
             return
         if msg.msg_type == "registration_notification":
+            machine, cpus = _cpus_from(content.get("cpus"))
             try:
-                self._perform(self.core.add_engine(uuid))
+                self._perform(self.core.add_engine(uuid, machine, cpus))
             except ValueError:
                 log.warning("engine %s registered twice", uuid)
         elif msg.msg_type == "unregistration_notification":
@@ -475,6 +481,32 @@ def _bind(sock: zmq.Socket[Any], url: str, port: int | None) -> int:
             if err.errno != zmq.EADDRINUSE or time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+MAX_CPU_ID = 1 << 20
+"""CPU ids an engine may report (Linux allows 8192 and fewer): a larger or negative one is
+an engine's mistake, not a CPU."""
+
+
+def _cpus_from(reported: object) -> tuple[str | None, list[int]]:
+    """The machine and CPU ids an engine reported at registration (``cpus``,
+    docs/wire-flows.md), or ``(None, [])`` when it said nothing usable: an engine from an older
+    tree, or a malformed field (logged): it is then never packed nor held
+    (:mod:`corral.controller.packing`)."""
+    if reported is None:
+        return None, []
+    if isinstance(reported, dict):
+        machine, ids = reported.get("machine"), reported.get("ids")
+        if (
+            isinstance(machine, str)
+            and machine
+            and isinstance(ids, list)
+            and ids
+            and all(type(cpu) is int and 0 <= cpu < MAX_CPU_ID for cpu in ids)
+        ):
+            return machine, ids
+    log.warning("an engine's cpus %.200r are not {machine, ids}: not packed with others", reported)
+    return None, []
 
 
 def _task_from(msg_id: str, metadata: dict[str, Any]) -> Task:

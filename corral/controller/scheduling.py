@@ -10,8 +10,9 @@ A task moves through: waiting (dependencies unmet, in the :class:`DependencyGrap
 (ready, but no eligible engine has a free slot, or none is registered) -> running (dispatched)
 -> finished (one Complete or one Fail, never both, never twice). Retries send a running task
 back to queued. Queues are ordered by ``priority`` (higher first), then FIFO, and no queued task
-ever has a registered, eligible engine with a free slot, so a freed slot is refilled from the
-queue heads alone: priorities order the queue, they never hold back a task an engine could take.
+ever has a registered, eligible engine with a free slot (a held engine, below, is not eligible
+for a task any engine may run), so a freed slot is refilled from the queue heads alone:
+priorities order the queue, they never hold back a task an engine could take.
 
 Rules decided here (the shell and clients rely on them):
 
@@ -57,6 +58,13 @@ Rules decided here (the shell and clients rely on them):
   The cap only bounds prefetch: the policy still chooses among the engines below their cap, so under
   ``leastload`` an engine holds more than ``max_outstanding`` only while every other engine
   that may run the task is at its cap or at least as loaded.
+- With ``burst_packing`` above 0, a burst of such tasks on a host with more than
+  ``burst_packing`` engines per core (engines say where they run: ``add_engine``) is kept on
+  the first ``burst_packing`` x cores engines of that host while they answer in bursts (a
+  reply within ``BURST_GAP`` of the engine's previous one): the host's other engines are
+  *held*, and take no task any engine may run (tasks with targets, ``follow`` or refusals
+  still go to them), until ``BURST_HOLD`` after the last such burst reply (:mod:`.packing`).
+  The policy chooses among the engines not held.
 - The last ``finished_memory`` finished msg_ids are remembered (:meth:`SchedulerCore.answered`):
   a reply for one of them is late (its task was failed or resubmitted) and must not reach the
   client; the outcome of a task that falls out of that memory is forgotten.
@@ -75,6 +83,7 @@ from typing import Final, TypeAlias
 
 from corral.controller.dependencies import DependencyGraph, Wait, Waiter, follow_placement
 from corral.controller.free_engines import FreeEngines
+from corral.controller.packing import Hosts
 from corral.controller.scheduling_state import (
     BURST_GAP,
     BURST_HOLD,
@@ -129,6 +138,7 @@ class SchedulerCore:
         seed: int | None = None,
         finished_memory: int = FINISHED_MEMORY,
         burst_prefetch: int = 1,
+        burst_packing: int = 0,
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown scheduler policy {policy!r}; choose one of {POLICIES}")
@@ -140,6 +150,9 @@ class SchedulerCore:
         self.max_outstanding = max_outstanding
         # an engine answering in bursts may hold this many (see _observe); 1: never more
         self.burst_cap = max_outstanding * burst_prefetch
+        # engines grouped by host, for bursts packed on a few of them (0 engines per core: off)
+        self._hosts = Hosts(burst_packing)
+        self._track_bursts = self.burst_cap > max_outstanding or burst_packing > 0
         self._now = 0.0  # the latest time an event brought (add and remove bring none)
         self._rng = random.Random(seed)
         self._engines: dict[str, EngineState] = {}
@@ -157,15 +170,21 @@ class SchedulerCore:
 
     # ------------------------------------------------------------------ events
 
-    def add_engine(self, engine_uuid: str) -> list[Action]:
+    def add_engine(
+        self, engine_uuid: str, machine: str | None = None, cpus: Iterable[int] = ()
+    ) -> list[Action]:
         """Register an engine and give it queued work at once. A uuid seen before registers a
-        new engine: ``follow`` never sends work to a restarted one."""
+        new engine: ``follow`` never sends work to a restarted one. ``machine`` and ``cpus``:
+        where it runs and the CPU ids it may use, for packing bursts (None or no ids: unknown,
+        never packing nor held)."""
         if engine_uuid in self._engines:
             raise ValueError(f"engine {engine_uuid} is already registered")
         self._registrations += 1
         engine = EngineState(engine_uuid, NEVER_USED + self._registrations)
         engine.cap = self.max_outstanding
         self._engines[engine_uuid] = engine
+        cpu_ids = frozenset(cpus)
+        released = self._hosts.add(engine, machine, cpu_ids) if machine and cpu_ids else []
         self._free.put(engine)
         actions: list[Action] = []
         exhausted = self._deadlines.exhausted
@@ -176,6 +195,7 @@ class SchedulerCore:
                 del exhausted[msg_id]
                 self._dispatch(record, engine, actions)
         self._fill(engine, actions)
+        self._release_held(released, actions)
         return actions
 
     def remove_engine(self, engine_uuid: str) -> list[Action]:
@@ -187,6 +207,8 @@ class SchedulerCore:
         engine.alive = False
         self._free.remove(engine_uuid)
         actions: list[Action] = []
+        self._release_held(self._hosts.remove(engine), actions)  # before the retries: they
+        # may go to an engine that packs in its place
         finished: _Finished = deque()
         lost = list(engine.running.values())
         engine.running.clear()
@@ -262,7 +284,7 @@ class SchedulerCore:
         self._now = now
         if record is None or engine is None or engine.uuid != engine_uuid:
             return []
-        if self.burst_cap > self.max_outstanding:
+        if self._track_bursts:
             self._observe(engine, now)
         final = success or not retry or record.retries_left <= 0
         # a final reply's freed slot is refilled at once (_fill), which sets the engine's
@@ -363,6 +385,8 @@ class SchedulerCore:
         engine.last_reply = now
         engine.burstiness += ((1.0 if burst else 0.0) - engine.burstiness) * BURST_WEIGHT
         engine.cap = self.burst_cap if engine.burstiness >= BURSTY else self.max_outstanding
+        if burst and engine.packs:  # its host packs while such replies come (.packing)
+            self._hosts.burst(engine, now)
 
     def _cap(self, engine: EngineState) -> int:
         """How many tasks ``engine`` may hold now: its cap, but ``max_outstanding`` once its
@@ -413,6 +437,9 @@ class SchedulerCore:
         whose timeout ran out by ``now`` (see the module's rules)."""
         self._now = now
         actions: list[Action] = []
+        check = self._hosts.next_check
+        if check is not None and check <= now:
+            self._release_held(self._hosts.due(now), actions)
         if self._unreachable.entries:
             for msg_id, engine_uuid, expired in self._unreachable.due(now, self._running_on):
                 record = self._records[msg_id]
@@ -445,7 +472,10 @@ class SchedulerCore:
         when = self._deadlines.earliest()
         retry = self._unreachable.next_deadline() if self._unreachable.entries else None
         if retry is not None and (when is None or retry < when):
-            return retry
+            when = retry
+        check = self._hosts.next_check  # a packing may lapse then (held engines released)
+        if check is not None and (when is None or check < when):
+            return check
         return when
 
     def forget(self, msg_ids: Iterable[str]) -> None:
@@ -465,6 +495,24 @@ class SchedulerCore:
         bursts (see the module's rules); 0 for an engine not registered."""
         engine = self._engines.get(engine_uuid)
         return 0 if engine is None else self._cap(engine)
+
+    def held(self, engine_uuid: str) -> bool:
+        """Whether this engine takes no task that any engine may run now (a burst is packed
+        on other engines of its host; see the module's rules)."""
+        engine = self._engines.get(engine_uuid)
+        return engine is not None and engine.held
+
+    def packed_until(self, engine_uuid: str) -> float | None:
+        """When the packing of this engine's host lapses unless a packing engine answers in a
+        burst again before (None: its host is not packing, or it is not registered)."""
+        engine = self._engines.get(engine_uuid)
+        group = None if engine is None else engine.group
+        return group.packing_until if group is not None and group.packing else None
+
+    def packing_counts(self) -> dict[str, int]:
+        """How many times a host started packing a burst, and how many times a packing lapsed
+        (:mod:`.packing`): the scheduler's exit counts."""
+        return dict(self._hosts.counts)
 
     def waiting_count(self) -> int:
         """Tasks submitted and not dispatched: waiting for dependencies, an engine or a slot."""
@@ -603,9 +651,12 @@ class SchedulerCore:
                     free.remove(best.uuid)
                     best = free.best()
                 return best
-            candidates = [e for e in free.values() if e.load < self._cap(e)]
+            candidates = [e for e in free.values() if e.load < self._cap(e) and not e.held]
             return choose_engine(self.policy, self._rng, candidates) if candidates else None
         candidates = [e for e in free.values() if record.allows(e) and e.load < self._cap(e)]
+        if record.pinned is None and record.task.targets is None and not record.refused:
+            # a retry any engine may run: queued for all (TaskQueues), so never a held engine
+            candidates = [e for e in candidates if not e.held]
         if record.avoid:
             fresh = [e for e in candidates if e.uuid not in record.avoid]
             candidates = fresh or candidates
@@ -643,6 +694,13 @@ class SchedulerCore:
             self._dispatch(record, engine, actions)
             given = True
         return given
+
+    def _release_held(self, engines: list[EngineState], actions: list[Action]) -> None:
+        """Engines no longer held (:mod:`.packing`) are free for any task again: fill them."""
+        for engine in engines:
+            if engine.alive:
+                self._mark_free(engine)
+                self._fill(engine, actions)
 
     def _has_eligible_engine(self, record: TaskRecord) -> bool:
         if record.pinned is not None:

@@ -10,9 +10,12 @@ import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
-from typing import Final, TypeAlias
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 from corral.protocol.dependency import Dependency
+
+if TYPE_CHECKING:
+    from corral.controller.packing import HostGroup
 
 FINISHED_MEMORY: Final = 100_000  # recent tasks whose late replies are recognised
 BURST_GAP: Final = 0.0005  # seconds: a reply this soon after the engine's previous one is a burst
@@ -125,6 +128,12 @@ class EngineState:
     running: dict[str, TaskRecord] = field(default_factory=dict)
     last_reply: float = float("-inf")  # when its previous reply came
     burstiness: float = 0.0  # the recent share of its replies that came in bursts
+    # where it runs, and its part in a burst there (corral.controller.packing): its bursts
+    # keep its group packing (packs), or it takes no task any engine may run (held)
+    group: HostGroup | None = None
+    cpus: frozenset[int] = frozenset()
+    packs: bool = False
+    held: bool = False
 
     def __str__(self) -> str:
         return f"engine {self.uuid}"

@@ -62,8 +62,9 @@ class TaskQueues:
     def pop_for(self, engine: EngineState) -> TaskRecord | None:
         """The next queued task ``engine`` may run (highest priority first, oldest first among
         equals), taken off the queues; None if there is none. Stale entries met on the way
-        are dropped."""
-        queue_any = self._any
+        are dropped. A held engine (:mod:`corral.controller.packing`) takes only the tasks
+        queued for it, none that any engine may run."""
+        queue_any = self._any if not engine.held else []
         queue_own = self._for.get(engine.uuid)
         heappop = heapq.heappop
         while queue_any and not is_current(queue_any[0]):

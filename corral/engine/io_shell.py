@@ -54,6 +54,7 @@ from .heart import Heart
 from .interrupts import InterruptGate
 from .link import Action, EngineLink, Exit, Fail, LinkSettings, Registered, Resend, SendRegistration
 from .namespace import TASK_SIGNALS, OutputCapture
+from .placement import cpu_share
 from .replies import marked_resent
 from .runner import (
     CONTROL_TYPES,
@@ -121,6 +122,7 @@ class IOShell:
             settings.link,
             placement=self.identity.placement,
             shm_host=self.shm.host,
+            cpus=cpu_share(),
             registration_address=self.info.registration_url,
             log=self.log,
         )

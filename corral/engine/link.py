@@ -122,6 +122,7 @@ class EngineLink:
     settings: LinkSettings = field(default_factory=LinkSettings)
     placement: Mapping[str, Any] = field(default_factory=dict)
     shm_host: str | None = None
+    cpus: Mapping[str, Any] | None = None  # its machine and CPU ids, for the scheduler
     registration_address: str = "the controller"  # named in the timeout's message
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("corral.engine"))
 
@@ -247,6 +248,8 @@ class EngineLink:
             content["tasks"] = self.replies.to_report()
         if self.shm_host is not None:
             content["shm_host"] = self.shm_host
+        if self.cpus is not None:
+            content["cpus"] = dict(self.cpus)
         msg_id = self.new_msg_id()
         self._attempts.add(msg_id)
         return SendRegistration(msg_id, content)

@@ -1,4 +1,5 @@
-"""Where an engine runs: host, pid, MPI rank, launcher and batch job, told to the Hub.
+"""Where an engine runs: host, pid, MPI rank, launcher and batch job, told to the Hub; and
+the CPUs it shares with other engines, told to the scheduler.
 
 The engine reads these from its own process and environment when it starts, so that `corral
 list`, ``rc.engine_info()`` and reply metadata can say where each engine is without the
@@ -11,7 +12,10 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
 
 LAUNCHER_VARIABLE = "CORRAL_LAUNCHER"  # set by corral's launchers on the engines they start
 
@@ -50,3 +54,23 @@ def engine_placement(environ: Mapping[str, str], mpi_rank: int | None = None) ->
         "launcher": env.get(LAUNCHER_VARIABLE, "local"),
         "job_id": job_id,
     }
+
+
+def cpu_share(boot_id: Path = BOOT_ID) -> dict[str, Any]:
+    """The machine this engine runs on and the CPU ids it may run on: ``{machine, ids}``, the
+    registration's ``cpus`` (docs/wire-flows.md). The scheduler packs bursts of tiny tasks on
+    a few engines of a machine that has far fewer CPUs than engines
+    (:mod:`corral.controller.packing`).
+
+    The machine is the running kernel's boot id where Linux tells it (every container of one
+    kernel shares its CPUs, and the CPU ids are that kernel's), else the host name. The ids
+    are the process's affinity where the system says (an engine pinned to one core reports
+    that core), else every CPU of the machine.
+    """
+    try:
+        machine = "boot:" + boot_id.read_text().strip()
+    except OSError:
+        machine = "host:" + socket.gethostname()
+    affinity = getattr(os, "sched_getaffinity", None)
+    ids = sorted(affinity(0)) if affinity is not None else list(range(os.cpu_count() or 1))
+    return {"machine": machine, "ids": ids}

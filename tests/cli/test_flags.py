@@ -8,6 +8,7 @@ import pytest
 
 from corral.cli import main
 from corral.cli.flags import build_parser, cluster_base, cluster_path, controller_args
+from corral.controller.packing import BURST_PACKING, MAX_BURST_PACKING
 
 
 def test_cluster_dir_flag_wins_over_the_environment(
@@ -31,6 +32,7 @@ def test_start_forwards_its_controller_flags_to_the_controller() -> None:
     given = [
         "start", "--ip", "0.0.0.0", "--heartbeat-period", "0.5", "--max-misses", "4",
         "--scheduler", "lru", "--max-outstanding", "3", "--burst-prefetch", "2", "--restore",
+        "--burst-packing", "0",
         "--curve",
         "--store-buffer-limit", "1M", "--store-size-limit", "1G", "--result-ttl", "1d",
         "--shm-threshold", "0", "--location", "example.org",
@@ -39,7 +41,7 @@ def test_start_forwards_its_controller_flags_to_the_controller() -> None:
     controller = parser.parse_args(["controller", *controller_args(start)])
     for name in (
         "ip", "heartbeat_period", "max_misses", "scheduler", "max_outstanding",
-        "burst_prefetch", "restore",
+        "burst_prefetch", "burst_packing", "restore",
         "curve", "store_buffer_limit", "store_size_limit", "result_ttl", "shm_threshold",
         "location", "insecure", "no_curve",
     ):  # fmt: skip
@@ -52,3 +54,17 @@ def test_unknown_flags_are_refused_except_for_the_engine(tmp_path: Path) -> None
     assert info.value.code == 2
     _, extra = build_parser().parse_known_args(["engine", "--id", "3"])
     assert extra == ["--id", "3"]
+
+
+@pytest.mark.parametrize("command", ["controller", "start"])
+def test_burst_packing_takes_a_whole_number_from_zero(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = build_parser()
+    assert parser.parse_args([command, "--burst-packing", "0"]).burst_packing == 0
+    assert parser.parse_args([command]).burst_packing == BURST_PACKING
+    for value in ("-1", str(MAX_BURST_PACKING + 1), "two"):
+        with pytest.raises(SystemExit) as info:
+            parser.parse_args([command, "--burst-packing", value])
+        assert info.value.code == 2
+        assert "is not a burst packing from 0 (never)" in capsys.readouterr().err

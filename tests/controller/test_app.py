@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from corral.controller.app import Controller, ControllerConfig
+from corral.controller.packing import BURST_PACKING, MAX_BURST_PACKING
 from corral.controller.scheduling_state import BURST_PREFETCH, MAX_BURST_PREFETCH
 from tests.polling import until
 
@@ -131,7 +132,7 @@ def test_the_scheduler_copies_come_over_a_socket_no_one_else_can_reach_or_find(
 
 def test_the_scheduler_is_given_the_controllers_prefetch_settings(tmp_path: Path) -> None:
     config = ControllerConfig(
-        cluster_path=tmp_path, key=b"test-key", max_outstanding=3, burst_prefetch=2
+        cluster_path=tmp_path, key=b"test-key", max_outstanding=3, burst_prefetch=2, burst_packing=0
     )
     controller = Controller(config)
     try:
@@ -140,8 +141,10 @@ def test_the_scheduler_is_given_the_controllers_prefetch_settings(tmp_path: Path
         controller.loop.close()
         controller.context.term()
     assert (settings["max_outstanding"], settings["burst_prefetch"]) == (3, 2)
-    # the default is the scheduler's own
+    assert settings["burst_packing"] == 0
+    # the defaults are the scheduler's own
     assert ControllerConfig(cluster_path=tmp_path).burst_prefetch == BURST_PREFETCH
+    assert ControllerConfig(cluster_path=tmp_path).burst_packing == BURST_PACKING
 
 
 @pytest.mark.parametrize(
@@ -151,6 +154,9 @@ def test_the_scheduler_is_given_the_controllers_prefetch_settings(tmp_path: Path
         ("burst_prefetch", MAX_BURST_PREFETCH + 1, "from 1"),
         ("burst_prefetch", 2.0, "whole number"),
         ("burst_prefetch", True, "whole number"),
+        ("burst_packing", -1, "from 0"),
+        ("burst_packing", MAX_BURST_PACKING + 1, "from 0"),
+        ("burst_packing", 1.5, "whole number"),
         ("max_outstanding", 0, ">= 1"),
     ],
 )

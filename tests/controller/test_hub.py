@@ -64,6 +64,21 @@ def submit_mux(hub: HubHarness, engine_uuid: str) -> Message:
     return req
 
 
+def test_the_registration_notification_passes_on_the_engines_cpus(hub: HubHarness) -> None:
+    """The scheduler learns where each engine runs from the notification (it checks the
+    field itself: corral.controller.scheduler_shell); an engine that said nothing adds none."""
+    cpus = {"machine": "boot:abc", "ids": [0, 1]}
+    notes = []
+    for uuid, extra in (("with", {"cpus": cpus}), ("without", {})):
+        hub.handle_request([uuid.encode()], request("registration_request", uuid=uuid, **extra))
+        payload, _ = hub.tick()
+        (note,) = hub.handle_pong(uuid, payload)
+        assert isinstance(note, Send)
+        notes.append(note.content)
+    assert notes[0]["cpus"] == cpus
+    assert "cpus" not in notes[1]
+
+
 def test_registration_reply_carries_id_and_addresses(hub: HubHarness) -> None:
     (reply,) = hub.handle_request([b"e1"], request("registration_request", uuid="e1"))
     assert reply.content["id"] == 0

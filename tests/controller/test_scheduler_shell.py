@@ -5,6 +5,7 @@ loop on a thread of this process. Every wait polls a socket with a deadline."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -14,11 +15,11 @@ import pytest
 import zmq
 
 from corral.bundles import split_bundle
-from corral.controller.scheduler_shell import BURST_PREFETCH, SchedulerShell
+from corral.controller.scheduler_shell import BURST_PREFETCH, SchedulerShell, _cpus_from
 from corral.protocol.messages import RESENT
 from corral.protocol.session import Frame, Message, Session
 from tests.polling import until
-from tests.wire import recv_msg, send_msg
+from tests.wire import readable, recv_msg, send_msg
 
 KEY = "scheduler-shell-test-key"
 LOCALHOST = "tcp://127.0.0.1"
@@ -226,12 +227,99 @@ def test_burst_prefetch_one_keeps_every_engine_at_max_outstanding() -> None:
         assert peers.shell.core.capacity("engine-a") == 2
 
 
+def test_a_burst_is_packed_on_the_first_engines_of_an_oversubscribed_host() -> None:
+    """The engines' machine and CPUs reach the core in the Hub's notification: four engines
+    on one core, two per core pack (corral.controller.packing; the rule's cases are in
+    test_scheduling_packing.py). While the first two answer back to back, the other two are
+    held; once those stop, the shell's timer releases the held engines when the packing
+    lapses, not before, and they take queued tasks though no engine replied since."""
+    with running_peers(max_outstanding=2, burst_packing=2) as peers, zmq.Context() as context:
+        session, core = peers.session, peers.shell.core
+        uuids = ["engine-a", "engine-b", "engine-c", "engine-d"]
+        sockets = {"engine-a": peers.engine}
+        for uuid in uuids[1:]:
+            sock = sockets[uuid] = context.socket(zmq.DEALER)
+            sock.setsockopt(zmq.IDENTITY, uuid.encode())
+            sock.linger = 0
+            sock.connect(f"{LOCALHOST}:{peers.shell.engine_port}")
+        try:
+            for _ in range(3000):
+                send_msg(session, peers.client, "apply_request", {})
+            cpus = {"machine": "boot:one-core", "ids": [0]}
+            for index, uuid in enumerate(uuids):  # in this order: a and b pack
+                announce(peers, sockets[uuid], {"id": index, "uuid": uuid, "cpus": cpus})
+            replied = 0
+            for _ in range(300):  # a and b answer what they hold back to back
+                for uuid in uuids[:2]:
+                    for request in received_on(sockets[uuid], peers.engine_session, wait=True):
+                        reply_on(sockets[uuid], peers.engine_session, request)
+                        replied += 1
+                if core.held("engine-c") and core.held("engine-d"):
+                    break
+            assert core.held("engine-c") and core.held("engine-d"), "never packed"
+            assert not core.held("engine-a") and not core.held("engine-b")
+            for _ in range(replied):  # every reply sent has been handled: the lapse is set
+                assert readable(peers.client, int(WAIT * 1000)), "a reply did not come back"
+                recv_msg(session, peers.client)
+            lapse = core.packed_until("engine-c")
+            assert lapse is not None
+            held_by_c = received_on(sockets["engine-c"], peers.engine_session, wait=False)
+            for request in held_by_c:  # c has room now, but is held
+                reply_on(sockets["engine-c"], peers.engine_session, request)
+            assert sockets["engine-c"].poll(int(WAIT * 1000)), "c was never released"
+            assert time.monotonic() >= lapse, "c was sent a task before the packing lapsed"
+            assert not core.held("engine-c") and core.packed_until("engine-c") is None
+        finally:
+            for sock in sockets.values():
+                if sock is not peers.engine:
+                    sock.close(linger=0)
+
+
+def announce(peers: Peers, engine: zmq.Socket[Any], notice: dict[str, Any]) -> None:
+    """Publish the engine's registration until the scheduler sends it a task (its SUB may
+    not be connected yet, or the engine's connection not up: a notification can be lost)."""
+    until(
+        lambda: (
+            send_msg(peers.session, peers.hub, "registration_notification", notice) is not None
+            and engine.poll(100) != 0
+        ),
+        WAIT,
+        f"the scheduler to send tasks to {notice['uuid']}",
+    )
+
+
+def test_an_engines_cpus_are_used_only_when_well_formed() -> None:
+    assert _cpus_from({"machine": "boot:x", "ids": [0, 3]}) == ("boot:x", [0, 3])
+    for malformed in (
+        None,
+        "boot:x",
+        {"machine": "boot:x"},
+        {"machine": "", "ids": [0]},
+        {"machine": "boot:x", "ids": []},
+        {"machine": "boot:x", "ids": [0, -1]},
+        {"machine": "boot:x", "ids": [True]},
+        {"machine": "boot:x", "ids": [0, 1 << 40]},
+        {"machine": 3, "ids": [0]},
+    ):
+        assert _cpus_from(malformed) == (None, []), malformed
+
+
 def received(peers: Peers, *, wait: bool) -> list[Message]:
     """Every request waiting at the engine (a turn's dispatches come as one bundle); with
     ``wait``, at least one."""
+    return received_on(peers.engine, peers.engine_session, wait=wait)
+
+
+def received_on(sock: zmq.Socket[Any], session: Session, *, wait: bool) -> list[Message]:
+    """Every request waiting at this engine socket; with ``wait``, at least one."""
     found: list[Message] = []
-    while peers.engine.poll(int(WAIT * 1000) if wait and not found else 20):
-        frames: list[Frame] = list(peers.engine.recv_multipart(copy=False))
+    while sock.poll(int(WAIT * 1000) if wait and not found else 20):
+        frames: list[Frame] = list(sock.recv_multipart(copy=False))
         for message in split_bundle(frames) or [frames]:
-            found.append(peers.engine_session.feed(message))
+            found.append(session.feed(message))
     return found
+
+
+def reply_on(sock: zmq.Socket[Any], session: Session, request: Message) -> None:
+    reply = session.msg("apply_reply", {"status": "ok"}, request, {"status": "ok"})
+    send_msg(session, sock, reply, idents=request.idents)

@@ -3,6 +3,7 @@ targets, a large DAG, engine death, and load balance."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from corral.controller.packing import BURST_PACKING
 from corral.controller.scheduler_shell import BURST_PREFETCH
 from corral.errors import (
     DependencyTimeout,
@@ -272,3 +274,25 @@ def test_the_hub_learns_where_waiting_tasks_went(rc, tmp_path: Path) -> None:  #
         second.touch()
     for result in blocking + waiting:
         result.get(timeout=30)
+
+
+def test_a_burst_on_more_engines_than_cores_is_packed_and_none_is_lost(tmp_path: Path) -> None:
+    """Engines report their machine and CPUs at registration (corral.engine.placement), the Hub
+    passes them on, and the scheduler packs a burst of no-ops on a few engines of a host with
+    more than BURST_PACKING engines per core (corral.controller.packing): its exit counts say
+    it did, and every task ran once with its own result."""
+    cores = len(os.sched_getaffinity(0))
+    engines = BURST_PACKING * cores + 2
+    if engines > 12:
+        pytest.skip(f"{cores} cores: a cluster oversubscribed enough would be too large here")
+    cluster = start_cluster(tmp_path / "c", engines, cluster_id="packed")  # kept at stop
+    rc = cluster.start()
+    try:
+        view = rc.load_balanced_view()
+        results = [view.apply_async(abs, -index) for index in range(3000)]
+        assert [result.get(timeout=60) for result in results] == list(range(3000))
+    finally:
+        cluster.stop()
+    (stats_file,) = Path(cluster.path).glob("controller-stats.json")
+    packing = json.loads(stats_file.read_text())["scheduler"]["packing"]
+    assert packing["started"] >= 1, packing

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from corral.engine.placement import cpu_share
 from corral.protocol.references import Reference, interactive
 from corral.protocol.serialize import deserialize_object, pack_apply_message
 from corral.protocol.session import Message, Session
@@ -78,7 +79,9 @@ def interrupt(controller: FakeController) -> None:
 def test_registration_and_heartbeat_during_a_busy_loop(controller: FakeController) -> None:
     engine = controller.start_engine()
     request = controller.register(engine_id=0)
-    assert set(request.content or {}) == {"uuid", "shm_host", "info"}  # shm_host: corral.sharedmem
+    assert set(request.content or {}) == {"uuid", "shm_host", "info", "cpus"}  # corral.sharedmem
+    # its machine and CPUs, for the scheduler's packing of bursts (corral.controller.packing)
+    assert (request.content or {})["cpus"] == cpu_share()
     info = (request.content or {})["info"]  # where the engine runs (corral.engine.placement)
     assert (info["pid"], info["launcher"], info["mpi_rank"]) == (engine.popen.pid, "local", None)
     controller.wait_pong()
@@ -114,7 +117,12 @@ def test_refused_registration_exits_with_the_reason(controller: FakeController) 
     engine = controller.start_engine("--uuid", "my-engine-uuid", "--id", "3")
     request = controller.recv_type(controller.registration, "registration_request")
     assert request.content is not None and request.content.pop("info")["pid"] == engine.popen.pid
-    assert request.content == {"uuid": "my-engine-uuid", "id": 3, "shm_host": host_identity()}
+    assert request.content == {
+        "uuid": "my-engine-uuid",
+        "id": 3,
+        "shm_host": host_identity(),
+        "cpus": cpu_share(),
+    }
     assert request.idents == (b"my-engine-uuid",)
     _reply_registration(controller, request, _refusal("uuid already in use"))
     assert engine.wait_exit() == 1
@@ -138,6 +146,7 @@ def test_reregisters_when_pings_stop(controller: FakeController) -> None:
         "id": 0,
         "tasks": [],
         "shm_host": host_identity(),
+        "cpus": cpu_share(),
     }
     content = {"status": "ok", "id": 4, "heartbeat_period": 0.05, **controller.addresses()}
     send_msg(

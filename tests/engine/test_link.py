@@ -83,6 +83,14 @@ def reply_frames(parent_id: str) -> list[Frame]:
     return HUB.serialize(msg, [b"client"])
 
 
+def test_the_registration_names_the_engines_machine_and_cpus() -> None:
+    counter = itertools.count()
+    cpus = {"machine": "boot:abc", "ids": [0, 1]}
+    link = EngineLink(UUID, lambda: f"request-{next(counter)}", cpus=cpus)
+    request = only(link.start(0.0), SendRegistration)
+    assert request.content == {"uuid": UUID, "cpus": cpus}
+
+
 def test_first_registration() -> None:
     link = make_link(requested_id=7)
     request = only(link.start(100.0), SendRegistration)

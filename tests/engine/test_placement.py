@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
-from corral.engine.placement import engine_placement
+from corral.engine.placement import cpu_share, engine_placement
 
 
 def test_plain_local_engine() -> None:
@@ -39,3 +40,19 @@ def test_mpi4py_rank_wins_and_batch_ids() -> None:
     assert engine_placement({"PBS_JOBID": "12[3].srv"})["job_id"] == "12[3].srv"
     assert engine_placement({"LSB_JOBID": "99"})["job_id"] == "99"
     assert engine_placement({"JOB_ID": "7"})["job_id"] == "7"
+
+
+def test_cpu_share_names_the_running_kernel_and_the_cpus_this_process_may_use(
+    tmp_path: Path,
+) -> None:
+    boot_id = tmp_path / "boot_id"
+    boot_id.write_text("8e1c2a9f-kernel\n")
+    share = cpu_share(boot_id)
+    assert share["machine"] == "boot:8e1c2a9f-kernel"
+    assert share["ids"] == sorted(os.sched_getaffinity(0))
+
+
+def test_cpu_share_without_a_boot_id_names_the_host(tmp_path: Path) -> None:
+    share = cpu_share(tmp_path / "absent")
+    assert share["machine"] == "host:" + socket.gethostname()
+    assert share["ids"] and all(isinstance(cpu, int) for cpu in share["ids"])

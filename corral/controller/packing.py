@@ -1,0 +1,181 @@
+"""Bursts of tiny tasks packed on a few engines of a host with far fewer cores than engines.
+
+With 64 engines on 2 cores, every engine that holds tasks in a burst of sub-millisecond ones
+waits its turn for a core and resumes with its caches cold after the 63 others ran: at 64
+engines the engines cost about a quarter more CPU per task than at 4, and 64 engines ran
+fewer tasks per second than 4 (bench/README.md, rounds eight, nine and eleven). Spreading such
+a burst buys nothing there (the cores are the limit, not the engines), so while it lasts the
+scheduler keeps it on a few engines of that host, which stay warm, and lets the others sleep.
+
+Which engines share CPUs, and how many: each engine reports the machine it runs on (its
+kernel's boot id: containers of one kernel share its CPUs) and the CPU ids it may run on
+(``cpus`` in its registration, docs/wire-flows.md). The engines of one machine form a
+:class:`HostGroup`; its cores are the union of their CPU ids (engines pinned to one core each
+count as many cores as engines: they are not oversubscribed). A group with more than
+``per_core`` times its cores engines is *oversubscribed*; its first ``per_core`` x cores
+engines, in registration order, are its *packing* engines (:attr:`EngineState.packs`).
+
+The rule (the scheduler core applies it, :mod:`corral.controller.scheduling`): a reply of a
+packing engine within ``BURST_GAP`` of its previous one (a burst reply: it ran a task far
+shorter than a millisecond, the burst rule's test) starts or renews the *packing* of its group,
+and the group's other engines are *held* (:attr:`EngineState.held`): they take no task that any
+engine may run. They still take tasks with targets, ``follow`` or engines that refused them
+(those go where they must), and finish what they hold. The packing lapses ``BURST_HOLD``
+(0.1 s) after the last such burst reply, as a raised burst cap does (tasks submitted after a pause
+may be long ones, and a burst whose packing engines all got stuck in long tasks must not keep
+the other engines idle): then the held engines are released and take queued tasks at once
+(:meth:`Hosts.due`, on the core's tick). A burst that starts after a pause is spread as before,
+until a packing engine replies in a burst. The test is each reply's, not the burst rule's
+average over recent replies: that average needs a few replies to rise after a pause, during
+which leastload spreads a thousand tasks over 64 engines (bench/README.md, round eleven), and a
+packing engine's reply after a long task, not a burst, must not renew the packing.
+
+What this costs: tasks submitted within ``BURST_HOLD`` of a packing engine's last burst reply
+are taken for tiny ones too, so long tasks submitted right after a burst go to the packing
+engines alone (as many as their caps allow) and stay queued there after the lapse (a task
+sent is never taken back). For tasks that need a core, on a host whose cores are all busy,
+this loses nothing; tasks that wait (I/O, sleep) run one after another on those few engines.
+``--burst-packing 0`` turns packing off.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Final
+
+from corral.controller.scheduling_state import BURST_HOLD, EngineState
+
+BURST_PACKING: Final = 2
+"""The scheduler's default ``burst_packing``: engines per core that run a burst of tiny tasks
+on an oversubscribed host (bench/README.md, round eleven: 64 engines on 2 cores, every no-op
+on the first 2, 4 or 8: 4 ran them fastest; 2 ran fewer per second, 8 cost more CPU per
+task). 0: never pack."""
+MAX_BURST_PACKING: Final = 64
+"""The largest ``burst_packing`` a controller takes: beyond, no host has so many engines per
+core that packing would apply."""
+
+
+def check_burst_packing(value: object) -> int:
+    """``value`` if it is a whole number from 0 to :data:`MAX_BURST_PACKING`; ValueError
+    saying so otherwise (the controller's check of its setting, before any process starts)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"burst_packing must be a whole number, not {value!r}")
+    if not 0 <= value <= MAX_BURST_PACKING:
+        raise ValueError(
+            f"burst_packing must be from 0 (never pack) to {MAX_BURST_PACKING}, not {value}"
+        )
+    return value
+
+
+@dataclass(eq=False, slots=True)
+class HostGroup:
+    """The registered engines of one machine, in registration order, and its CPU ids."""
+
+    machine: str
+    engines: list[EngineState] = field(default_factory=list)
+    cpus: Counter[int] = field(default_factory=Counter)  # CPU id -> engines that may use it
+    packing: bool = False
+    packing_until: float = float("-inf")  # the packing lapses then, without a burst reply
+
+
+class Hosts:
+    """Engines grouped by machine, and which of them a burst may use; see the module
+    docstring. ``per_core`` 0 turns packing off (no engine ever packs or is held)."""
+
+    def __init__(self, per_core: int) -> None:
+        if per_core < 0:
+            raise ValueError(f"burst_packing must be >= 0, not {per_core}")
+        self.per_core = per_core
+        self._groups: dict[str, HostGroup] = {}
+        # the packing groups, in the order they started (a dict: the core's actions must
+        # not depend on the ids of objects, as a set's order would)
+        self._packing: dict[HostGroup, None] = {}
+        self.next_check: float | None = None
+        """When :meth:`due` may release held engines (None: no group is packing). The core
+        reports it in its next deadline; it may find the packing renewed since."""
+        self.counts = {"started": 0, "lapsed": 0}  # packings, for the scheduler's exit counts
+
+    def add(self, engine: EngineState, machine: str, cpus: Iterable[int]) -> list[EngineState]:
+        """``engine`` registered on ``machine`` and may run on ``cpus``: it joins that group
+        (held if the group packs and it is not one of its packing engines). The engines no
+        longer held (more cores may let more engines pack), for the core to fill."""
+        group = self._groups.get(machine)
+        if group is None:
+            group = self._groups[machine] = HostGroup(machine)
+        engine.group = group
+        engine.cpus = frozenset(cpus)
+        group.engines.append(engine)
+        group.cpus.update(engine.cpus)
+        return self._regroup(group)
+
+    def remove(self, engine: EngineState) -> list[EngineState]:
+        """``engine`` left: the engines no longer held (the next one in line packs in its
+        place), for the core to fill."""
+        group = engine.group
+        if group is None:
+            return []
+        engine.group = None
+        engine.packs = engine.held = False
+        group.engines.remove(engine)
+        group.cpus.subtract(engine.cpus)
+        group.cpus = +group.cpus  # without the CPU ids no engine of it may use any more
+        if not group.engines:
+            del self._groups[group.machine]
+            self._packing.pop(group, None)
+            return []
+        return self._regroup(group)
+
+    def burst(self, engine: EngineState, now: float) -> None:
+        """A packing engine (``engine.packs``) replied in a burst at ``now``: its group packs
+        until ``BURST_HOLD`` later, holding its other engines."""
+        group = engine.group
+        assert group is not None
+        group.packing_until = now + BURST_HOLD
+        if group.packing:
+            return
+        group.packing = True
+        self._packing[group] = None
+        self.counts["started"] += 1
+        for other in group.engines:
+            if not other.packs:
+                other.held = True
+        if self.next_check is None or group.packing_until < self.next_check:
+            self.next_check = group.packing_until
+
+    def due(self, now: float) -> list[EngineState]:
+        """The engines released at ``now``: those of every group whose packing lapsed (no
+        burst reply from its packing engines for ``BURST_HOLD``)."""
+        released: list[EngineState] = []
+        next_check = None
+        for group in list(self._packing):
+            if group.packing_until <= now:
+                del self._packing[group]
+                group.packing = False
+                self.counts["lapsed"] += 1
+                for engine in group.engines:
+                    if engine.held:
+                        engine.held = False
+                        released.append(engine)
+            elif next_check is None or group.packing_until < next_check:
+                next_check = group.packing_until
+        self.next_check = next_check
+        return released
+
+    def _regroup(self, group: HostGroup) -> list[EngineState]:
+        """Which engines of ``group`` pack and which are held, after it changed; the engines
+        no longer held."""
+        size = self.per_core * len(group.cpus)
+        oversubscribed = self.per_core > 0 and len(group.engines) > size
+        if not oversubscribed and group.packing:
+            group.packing = False
+            self._packing.pop(group, None)
+        released = []
+        for index, engine in enumerate(group.engines):
+            engine.packs = oversubscribed and index < size
+            held = group.packing and not engine.packs
+            if engine.held and not held:
+                released.append(engine)
+            engine.held = held
+        return released

@@ -1,0 +1,315 @@
+"""The scheduler core's packing of bursts (``burst_packing``, corral.controller.packing): on a
+host with more than ``burst_packing`` engines per core, a burst of tiny tasks runs on the
+first ``burst_packing`` x cores engines while they answer in bursts; the others are held (no
+task any engine may run) until the packing lapses, and tasks that must go to them still do."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import pytest
+
+from corral.controller.packing import Hosts
+from corral.controller.scheduling import POLICIES, SchedulerCore
+from corral.controller.scheduling_state import BURST_GAP, BURST_HOLD, Action, Dispatch, EngineState
+from corral.protocol.dependency import Dependency
+from tests.controller.test_scheduling import (
+    Sim,
+    finish_everything,
+    no_queued_task_has_a_free_engine,
+    random_task_fields,
+)
+
+APART = 10 * BURST_GAP  # between two replies of tasks that are not short
+EIGHT = [f"e{index}" for index in range(8)]
+ON_TWO_CORES = {uuid: ("m", [0, 1]) for uuid in EIGHT}  # 8 engines, 2 cores: 4 pack
+
+
+def packed_sim(
+    policy: str = "leastload", hosts: dict[str, tuple[str, list[int]]] | None = None
+) -> Sim:
+    core = SchedulerCore(policy, max_outstanding=2, burst_prefetch=4, burst_packing=2, seed=1)
+    return Sim(core, engines=EIGHT, hosts=ON_TWO_CORES if hosts is None else hosts)
+
+
+def submit_many(sim: Sim, count: int) -> None:
+    for _ in range(count):
+        sim.submit(f"t{len(sim.tasks)}")
+
+
+def burst_until_packed(sim: Sim, packing: Sequence[str] = EIGHT[:4]) -> None:
+    """The packing engines answer their oldest task back to back (a burst), and the others
+    too until they hold nothing: then every task runs on the packing engines."""
+    for _ in range(200):
+        for uuid in EIGHT:
+            if sim.queues[uuid]:
+                sim.finish(sim.queues[uuid][0])
+        if all(sim.core.held(u) for u in EIGHT if u not in packing) and not any(
+            sim.queues[u] for u in EIGHT if u not in packing
+        ):
+            return
+    raise AssertionError("the burst was never packed")
+
+
+def dispatched_to(actions: Sequence[Action]) -> list[str]:
+    return [a.engine_uuid for a in actions if isinstance(a, Dispatch)]
+
+
+def test_burst_packing_below_zero_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="burst_packing"):
+        SchedulerCore(burst_packing=-1)
+
+
+def test_a_burst_on_an_oversubscribed_host_runs_on_its_first_engines() -> None:
+    sim = packed_sim()
+    submit_many(sim, 2000)
+    assert all(len(sim.queues[u]) == 2 for u in EIGHT)  # a burst after a pause: spread
+    burst_until_packed(sim)
+    for _ in range(100):
+        for uuid in EIGHT[:4]:
+            actions = sim.finish(sim.queues[uuid][0])
+            assert set(dispatched_to(actions)) <= set(EIGHT[:4])
+    assert not any(sim.queues[u] for u in EIGHT[4:])
+    assert all(sim.core.capacity(u) == 8 == len(sim.queues[u]) for u in EIGHT[:4])
+    no_queued_task_has_a_free_engine(sim)
+
+
+def test_the_packing_lapses_after_burst_hold_and_the_held_engines_take_the_queue() -> None:
+    sim = packed_sim()
+    submit_many(sim, 2000)
+    burst_until_packed(sim)
+    last_burst = sim.now
+    assert sim.core.next_deadline() == pytest.approx(last_burst + BURST_HOLD)
+    assert not dispatched_to(sim.tick(last_burst + BURST_HOLD / 2))  # not yet
+    assert sim.core.held("e7")
+    released = dispatched_to(sim.tick(last_burst + BURST_HOLD))
+    assert sorted(set(released)) == EIGHT[4:]  # filled at once, max_outstanding each
+    assert all(sim.core.outstanding(u) == sim.core.capacity(u) for u in EIGHT[4:])
+    assert not any(sim.core.held(u) for u in EIGHT)
+    assert sim.core.next_deadline() is None
+    assert sim.core.packing_counts() == {"started": 1, "lapsed": 1}  # the exit counts
+
+
+def test_each_burst_reply_of_a_packing_engine_renews_the_packing() -> None:
+    sim = packed_sim()
+    submit_many(sim, 2000)
+    burst_until_packed(sim)
+    for _ in range(5):
+        sim.now += BURST_HOLD * 0.6  # each reply comes before the lapse, and is a burst
+        sim.finish(sim.queues["e0"][0])
+        sim.finish(sim.queues["e0"][0])
+        assert not dispatched_to(sim.tick(sim.now))
+        assert sim.core.held("e5")
+
+
+def test_the_first_burst_reply_of_a_packing_engine_starts_the_packing() -> None:
+    """Not the burst rule's average, which rises only after a few burst replies: meanwhile
+    leastload would fill every engine of the host."""
+    sim = packed_sim()
+    submit_many(sim, 2000)
+    sim.now += APART
+    sim.finish(sim.queues["e0"][0])  # a first reply is never a burst
+    assert not sim.core.held("e4")
+    sim.finish(sim.queues["e0"][0])  # the next one at once is
+    assert sim.core.held("e4") and sim.core.capacity("e0") == 2  # its cap not raised yet
+
+
+def test_replies_apart_do_not_renew_the_packing() -> None:
+    """A packing engine that now answers longer tasks (replies apart) keeps answering, but
+    not in bursts: the packing lapses BURST_HOLD after its last burst reply, and the held
+    engines take the queue."""
+    sim = packed_sim()
+    submit_many(sim, 2000)
+    burst_until_packed(sim)
+    last_burst = sim.now
+    while sim.now < last_burst + BURST_HOLD:
+        sim.now += APART
+        sim.finish(sim.queues["e0"][0])
+    assert set(dispatched_to(sim.tick(sim.now))) == set(EIGHT[4:])
+
+
+def test_replies_of_held_engines_do_not_renew_the_packing() -> None:
+    """A burst stuck on its packing engines (long tasks there) must not keep the others idle
+    because they answered tiny tasks: only the packing engines' bursts count."""
+    sim = packed_sim()
+    submit_many(sim, 2000)
+    burst_until_packed(sim)
+    start = sim.now
+    targeted = [f"x{index}" for index in range(40)]
+    for msg_id in targeted:
+        sim.submit(msg_id, targets=frozenset(["e6"]))
+    for _ in range(30):  # e6 answers tiny tasks back to back all along
+        sim.now += BURST_HOLD / 50
+        sim.finish(sim.queues["e6"][0])
+    assert dispatched_to(sim.tick(start + BURST_HOLD))  # lapsed
+    assert not sim.core.held("e5")
+
+
+def test_tasks_that_must_go_to_a_held_engine_still_do() -> None:
+    sim = packed_sim()
+    submit_many(sim, 2000)
+    burst_until_packed(sim)
+    assert dispatched_to(sim.submit("pinned", targets=frozenset(["e6"]))) == ["e6"]
+    assert dispatched_to(sim.submit("either", targets=frozenset(["e5", "e6"]))) == ["e5"]
+    sim.finish("pinned")
+    sim.submit("after-pinned", follow=Dependency(frozenset(["pinned"])))
+    assert sim.running["after-pinned"] == "e6"
+    assert sim.core.held("e6")
+    no_queued_task_has_a_free_engine(sim)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_every_policy_chooses_among_the_engines_not_held(policy: str) -> None:
+    sim = packed_sim(policy)
+    submit_many(sim, 2000)
+    burst_until_packed(sim)
+    for _ in range(60):
+        uuid = random.Random(len(sim.log)).choice(EIGHT[:4])
+        if sim.queues[uuid]:
+            sim.finish(sim.queues[uuid][0])
+    assert not any(sim.queues[u] for u in EIGHT[4:])
+
+
+def test_engines_of_longer_tasks_are_never_packed() -> None:
+    sim = packed_sim()
+    submit_many(sim, 2000)
+    for _ in range(300):
+        sim.now += APART
+        sim.finish_next()
+        assert not any(sim.core.held(u) for u in EIGHT)
+    assert all(sim.queues[u] for u in EIGHT)
+
+
+@pytest.mark.parametrize(
+    "hosts",
+    [
+        {uuid: ("m", [0, 1]) for uuid in EIGHT[:4]},  # 4 engines on 2 cores: 2 per core
+        {uuid: ("m", [index]) for index, uuid in enumerate(EIGHT)},  # each pinned to a core
+        {uuid: (f"m{index % 4}", [0]) for index, uuid in enumerate(EIGHT)},  # 2 per machine
+        {},  # engines that said nothing of their CPUs
+    ],
+    ids=["two-per-core", "pinned", "two-per-machine", "unknown"],
+)
+def test_hosts_not_oversubscribed_never_hold_an_engine(
+    hosts: dict[str, tuple[str, list[int]]],
+) -> None:
+    sim = packed_sim(hosts=hosts)
+    submit_many(sim, 2000)
+    for _ in range(300):
+        sim.finish_next()  # all at one time: every reply a burst
+        assert not any(sim.core.held(u) for u in EIGHT)
+
+
+def test_one_host_packing_holds_none_of_another_hosts_engines() -> None:
+    hosts = dict(ON_TWO_CORES)
+    hosts.update({"f0": ("other", [0, 1]), "f1": ("other", [0, 1])})
+    sim = packed_sim(hosts=hosts)
+    for uuid in ("f0", "f1"):
+        sim.add(uuid)
+    submit_many(sim, 2000)
+    burst_until_packed(sim)
+    assert not sim.core.held("f0") and not sim.core.held("f1")
+    assert sim.queues["f0"] and sim.queues["f1"]
+
+
+def test_when_a_packing_engine_leaves_the_next_one_packs_and_takes_tasks() -> None:
+    sim = packed_sim()
+    submit_many(sim, 2000)
+    burst_until_packed(sim)
+    actions = sim.remove("e1")  # its tasks are retried: on the packing engines, or queued
+    assert not sim.core.held("e4")
+    assert "e4" in dispatched_to(actions)
+    assert sim.core.held("e5")
+    no_queued_task_has_a_free_engine(sim)
+
+
+def test_a_new_engine_of_a_packing_host_is_held_and_takes_nothing_queued() -> None:
+    sim = packed_sim()
+    submit_many(sim, 2000)
+    burst_until_packed(sim)
+    sim.hosts["late"] = ("m", [0, 1])
+    assert not dispatched_to(sim.add("late"))
+    assert sim.core.held("late")
+
+
+def test_more_cores_let_more_engines_pack() -> None:
+    """CPU ids are a machine's union: an engine reporting new ones raises the packing size."""
+    sim = packed_sim()
+    submit_many(sim, 2000)
+    burst_until_packed(sim)
+    sim.hosts["wide"] = ("m", [2, 3])  # 4 cores now: 8 of the 9 engines pack
+    actions = sim.add("wide")
+    assert set(dispatched_to(actions)) == set(EIGHT[4:])
+    assert sim.core.held("wide")
+
+
+def test_the_groups_forget_cpus_and_machines_with_their_engines() -> None:
+    hosts = Hosts(2)
+    engines = [EngineState(f"e{index}", index) for index in range(3)]
+    hosts.add(engines[0], "m", [0])
+    hosts.add(engines[1], "m", [1])
+    hosts.add(engines[2], "n", [0])
+    group = engines[0].group
+    assert group is not None and sorted(group.cpus) == [0, 1]
+    hosts.remove(engines[1])
+    assert sorted(group.cpus) == [0] and engines[1].group is None
+    hosts.remove(engines[0])
+    hosts.remove(engines[2])
+    assert not hosts._groups
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_random_schedules_with_packing_keep_every_invariant(seed: int) -> None:
+    """Sim checks every action; replies come in bursts or apart, ticks come at random, engines
+    come and go, tasks fail, retry, time out and name targets and dependencies."""
+    rng = random.Random(seed)
+    policy = POLICIES[seed % len(POLICIES)]
+    core = SchedulerCore(
+        policy, max_outstanding=rng.randint(1, 3), seed=seed, burst_prefetch=3, burst_packing=1
+    )
+    pool = ("e0", "e1", "e2", "e3")
+    hosts = {"e0": ("m", [0]), "e1": ("m", [0]), "e2": ("m", [0]), "e3": ("n", [0])}
+    sim = Sim(core, engines=pool, hosts=hosts)
+    held = 0
+    for step in range(800):
+        bursts = step // 100 % 2 == 0
+        roll = rng.random()
+        if roll < 0.4:
+            fields = random_task_fields(rng, list(sim.tasks)) if rng.random() < 0.3 else {}
+            sim.submit(f"t{len(sim.tasks)}", **fields)
+        elif roll < 0.9 and sim.running:
+            sim.now += 0.0 if bursts else APART
+            sim.finish(rng.choice(sorted(sim.running)), rng.random() < 0.9)
+        elif roll < 0.93:  # in a burst, before the next reply; else past a lapse, or not
+            sim.tick(sim.now + rng.random() * (BURST_GAP / 2 if bursts else 2 * BURST_HOLD))
+        elif roll < 0.975:
+            missing = [u for u in pool if u not in sim.engines]
+            if missing:
+                sim.add(rng.choice(missing))
+        elif roll < 0.985 and sim.engines:  # seldom: a packing engine must get to burst
+            sim.remove(rng.choice(sorted(sim.engines)))
+        held += any(sim.core.held(u) for u in sim.engines)
+        if rng.random() < 0.2:
+            no_queued_task_has_a_free_engine(sim)
+    finish_everything(sim, rng)
+    assert len(sim.final) == len(sim.tasks) > 250
+    assert held  # the schedule did hold engines
+
+
+def test_packings_lapsing_together_release_their_engines_in_the_order_they_started() -> None:
+    """The core is deterministic: the same calls give the same actions, whatever the ids of
+    its objects."""
+    hosts = {f"a{index}": ("first", [0]) for index in range(3)}
+    hosts.update({f"b{index}": ("second", [0]) for index in range(3)})
+    core = SchedulerCore(max_outstanding=1, burst_packing=1)
+    sim = Sim(core, engines=["b0", "a0", "b1", "a1", "b2", "a2"], hosts=hosts)
+    submit_many(sim, 200)
+    for packing in ("b0", "a0"):  # b's machine starts packing first
+        sim.finish(sim.queues[packing][0])
+        sim.finish(sim.queues[packing][0])
+    for uuid in ("a1", "a2", "b1", "b2"):
+        sim.finish(sim.queues[uuid][0])  # held: nothing new for them
+        assert core.held(uuid) and not sim.queues[uuid]
+    released = dispatched_to(sim.tick(sim.now + BURST_HOLD))
+    assert released == ["b1", "b2", "a1", "a2"]
