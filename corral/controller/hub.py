@@ -91,6 +91,7 @@ class EngineEntry:
     uuid: str
     registered: str
     shm_host: str | None = None  # host identity for the same-host fast path (corral.sharedmem)
+    direct: str | None = None  # where clients on its host may send direct requests
     queue: dict[str, None] = field(default_factory=dict)  # MUX msg_ids sent, not answered
     tasks: dict[str, None] = field(default_factory=dict)  # load-balanced msg_ids in flight
     completed: dict[str, None] = field(default_factory=dict)
@@ -104,6 +105,7 @@ class PendingRegistration:
     expires_at_beat: int
     shm_host: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    direct: str | None = None
 
 
 class Hub:
@@ -284,6 +286,7 @@ class Hub:
             self.hearts.beat + 2 * self.hearts.max_misses + 2,
             content.get("shm_host"),
             dict(info) if isinstance(info, dict) else {},
+            content.get("direct"),
         )
         self.told_stale.discard(uuid)
         writes = expect_answers(self, uuid, content["tasks"]) if "tasks" in content else []
@@ -320,11 +323,13 @@ class Hub:
     ) -> list[Action]:
         engines = {str(e.id): e.uuid for e in self.engines.values()}
         hosts = {e.uuid: e.shm_host for e in self.engines.values() if e.shm_host}
+        direct = {e.uuid: e.direct for e in self.engines.values() if e.direct}
         engine_info = {str(e.id): {"uuid": e.uuid, **e.info} for e in self.engines.values()}
         reply = ok_reply(
             engines=engines,
             controller=self.instance,
             engine_hosts=hosts,
+            engine_direct=direct,
             engine_info=engine_info,
             **self.client_addresses,
         )
@@ -360,7 +365,12 @@ class Hub:
 
     def _register(self, pending: PendingRegistration, now: float) -> list[Action]:
         entry = EngineEntry(
-            pending.id, pending.uuid, iso_date(now), pending.shm_host, info=pending.info
+            pending.id,
+            pending.uuid,
+            iso_date(now),
+            pending.shm_host,
+            direct=pending.direct,
+            info=pending.info,
         )
         self.engines[entry.id] = entry
         self.by_uuid[entry.uuid] = entry
@@ -372,6 +382,8 @@ class Hub:
         content: dict[str, Any] = {"id": entry.id, "uuid": entry.uuid}
         if entry.shm_host:
             content["shm_host"] = entry.shm_host
+        if entry.direct:
+            content["direct"] = entry.direct
         return [Send("notification", "registration_notification", content)]
 
     def _unregister(self, entry: EngineEntry, why: str, now: float) -> list[Action]:
