@@ -352,6 +352,9 @@ class IOShell:
         if self._exit is None:
             self._drain_notes()  # a restarted controller is told the tasks this engine holds
             self._perform(self.link.on_ping(frames[-1].bytes, self.loop.time()))
+            # direct requests queued behind a long task (a load-balanced one too): the Hub
+            # gets their copies now (task_shell.py, TaskShell.look_behind_running_task)
+            self.tasks.look_behind_running_task()
 
     # ------------------------------------------------------------------ tasks
 

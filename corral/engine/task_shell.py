@@ -470,6 +470,18 @@ class TaskShell:
             self._hold_asked = True  # the main thread's next flush disarms it
             alarm.arm(time.monotonic() + WATCH_EVERY)
 
+    def look_behind_running_task(self) -> None:
+        """(I/O thread, at each of the Hub's pings.) While a task runs, read the direct
+        requests waiting behind it and send their copies to the Hub: the alarm does this
+        every ``WATCH_EVERY`` while a task runs that held copies when it started (a direct
+        one), and this, once a beat, behind any other (a load-balanced one), which arms no
+        alarm (arming one per task cost more than the rest of a no-op's bookkeeping)."""
+        if self._running and b"direct" in self._sockets:  # hints: checked again under the lock
+            with self.borrow():
+                if self._running:
+                    self.take_available()
+                    self._flush_turn()
+
     def put_next(self, request: Request) -> None:
         """(Any thread.) Run ``request`` as soon as the running task (if any) ends, ahead of
         queued ones (``clear_request``)."""
