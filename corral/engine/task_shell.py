@@ -424,14 +424,16 @@ class TaskShell:
             self.log.error("aborted replies not sent: %s", error)
 
     def flush(self) -> list[str]:
-        """(Lock held.) Send what the outboxes hold; the errors, if any."""
+        """(Lock held.) Send what the outboxes hold, then the Hub's copies; the errors, if
+        any. The alarm is disarmed last: a system call not spent before the replies leave."""
         self._held_since = self._copies_since = None
+        errors = [str(error) for outbox in self._outboxes.values() for error, _ in outbox.flush()]
+        errors += self._send_copies()
         if self._hold_asked:
             self._hold_asked = False
             if self.alarm is not None:
                 self.alarm.disarm()
-        errors = [str(error) for outbox in self._outboxes.values() for error, _ in outbox.flush()]
-        return errors + self._send_copies()
+        return errors
 
     def _flush_turn(self) -> None:
         """(Turn end, or the I/O thread with the lock.) Send the replies and copies held."""
