@@ -180,10 +180,13 @@ class TaskShell:
 
     def _copy_for_hub(self, prefix: bytes, frames: Sequence[Frame]) -> None:
         """Note the Hub's copy of a direct request or reply, sent in the MUX device's format
-        (``[mux_in, engine, client, msg]``, ``[mux_out, client, engine, msg]``) after the
-        replies of the turn (:meth:`flush`, which lays them out then: nothing of them is done
-        before a reply leaves), or at the held replies' deadline while a long task runs
-        (:meth:`_run_next`), so the Hub's work is never ahead of a reply."""
+        (``[mux_in, engine, client, msg]``, ``[mux_out, client, engine, msg]``) at the end of
+        the turn just before its replies (:meth:`flush`, which lays them out then), or at the
+        held replies' deadline while a long task runs (:meth:`_run_next`). Before the replies:
+        a client that has its reply and asks the Hub about the task (``result_status``,
+        ``purge``) finds it recorded, as through the MUX device, which publishes its copy as
+        it forwards; sending them after the replies saved 1-16 us of a round trip's median
+        (bench_paired.py) and made such questions fail now and then under load."""
         if self._copies_outbox is None:  # a Hub that takes no copies
             return
         if self._copies_since is None:
@@ -191,7 +194,7 @@ class TaskShell:
         self._copies.append((prefix, frames))
 
     def _send_copies(self) -> list[str]:
-        """(Lock held, after the replies.) Send the copies noted; the errors, if any."""
+        """(Lock held, before the replies.) Send the copies noted; the errors, if any."""
         outbox, copies = self._copies_outbox, self._copies
         if outbox is None or not copies:
             return []
@@ -424,11 +427,11 @@ class TaskShell:
             self.log.error("aborted replies not sent: %s", error)
 
     def flush(self) -> list[str]:
-        """(Lock held.) Send what the outboxes hold, then the Hub's copies; the errors, if
+        """(Lock held.) Send the Hub's copies, then what the outboxes hold; the errors, if
         any. The alarm is disarmed last: a system call not spent before the replies leave."""
         self._held_since = self._copies_since = None
-        errors = [str(error) for outbox in self._outboxes.values() for error, _ in outbox.flush()]
-        errors += self._send_copies()
+        errors = self._send_copies()
+        errors += [str(error) for outbox in self._outboxes.values() for error, _ in outbox.flush()]
         if self._hold_asked:
             self._hold_asked = False
             if self.alarm is not None:
