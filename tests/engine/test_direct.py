@@ -35,6 +35,7 @@ class Direct:
     client: zmq.Socket[Any]  # the client's ROUTER, connected to the engine's direct ROUTER
     copies: zmq.Socket[Any]  # the Hub's PULL
     session: Session  # the client's
+    scheduler: zmq.Socket[Any]  # the ROUTER the engine's task DEALER connects to
 
 
 @contextmanager
@@ -48,9 +49,11 @@ def served() -> Iterator[Direct]:
         sockets.append(sock)
         return sock
 
-    queues = []
-    for _ in ("mux", "task"):  # the device and scheduler sides: not used here
+    queues, routers = [], []
+    for _ in ("mux", "task"):  # the device's and the scheduler's sides
         router = socket(zmq.ROUTER)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        routers.append(router)
         port = router.bind_to_random_port("tcp://127.0.0.1")
         dealer = socket(zmq.DEALER)
         dealer.setsockopt(zmq.IDENTITY, b"engine")
@@ -93,7 +96,7 @@ def served() -> Iterator[Direct]:
     thread = threading.Thread(target=shell.run, args=(runner,), name="direct-test")
     thread.start()
     try:
-        yield Direct(shell, client, hub, Session(KEY, session_id="client"))
+        yield Direct(shell, client, hub, Session(KEY, session_id="client"), routers[1])
     finally:
         shell.loop.stop()
         io_thread.stop()
@@ -161,11 +164,14 @@ def test_a_long_tasks_request_is_copied_at_the_deadline_not_at_its_end() -> None
     """The Hub learns of a direct request that runs long (queue_status, the engine's death
     while it runs) within HOLD_REPLIES, from the I/O thread, and of those that wait behind it
     within WATCH_EVERY: no copy waits for the task's end."""
-    started, release = threading.Event(), threading.Event()
+    started, release, ended = threading.Event(), threading.Event(), threading.Event()
 
     def blocking() -> str:
         started.set()
-        assert release.wait(WAIT)
+        try:
+            assert release.wait(WAIT)
+        finally:
+            ended.set()
         return "done"
 
     _CALLS["blocking"] = blocking  # run by name: the loop thread shares this process
@@ -182,10 +188,59 @@ def test_a_long_tasks_request_is_copied_at_the_deadline_not_at_its_end() -> None
         copy_queued = next_copy(s)
         assert copy_queued[:3] == [b"mux_in", b"engine", b"client"]
         assert hub.feed(copy_queued[3:]).msg_id == queued.msg_id
-        assert not release.is_set()
+        assert not ended.is_set(), "the copies waited for the task's end"
         assert not readable(s.client, 0)  # no reply yet: the task still runs
         release.set()
         assert deserialize_object(list(reply_to(s, request).buffers)) == "done"
         assert deserialize_object(list(reply_to(s, queued).buffers)) == 42
         outs = [next_copy(s), next_copy(s)]
         assert [copy[:3] for copy in outs] == [[b"mux_out", b"client", b"engine"]] * 2
+
+
+def send_load_balanced(direct: Direct, f: Any, *args: Any) -> Message:
+    """A request as the scheduler sends it, once the engine's task DEALER is connected."""
+    msg = direct.session.msg("apply_request", {}, buffers=pack_apply_message(f, args, {}))
+    frames = [b"engine", *direct.session.serialize(msg, [b"client"])]
+    pause = threading.Event()
+    for _ in range(1000):  # bounded
+        try:
+            direct.scheduler.send_multipart(frames)
+            return msg
+        except zmq.ZMQError as err:
+            assert err.errno == zmq.EHOSTUNREACH
+            pause.wait(0.01)
+    raise AssertionError("the engine's task DEALER never connected")
+
+
+def test_behind_a_load_balanced_task_a_direct_request_is_copied_while_it_runs() -> None:
+    """Once the engine has served a direct request, every task arms the alarm: a direct
+    request that comes while a load-balanced task runs (no copies held when it started)
+    reaches the Hub before that task ends."""
+    started, release, ended = threading.Event(), threading.Event(), threading.Event()
+
+    def blocking() -> str:
+        started.set()
+        try:
+            assert release.wait(WAIT)
+        finally:
+            ended.set()
+        return "done"
+
+    _CALLS["blocking"] = blocking
+    hub = Session(KEY, session_id="hub")
+    with served() as s:
+        first = send_apply(s, add, 1, 2)
+        assert deserialize_object(list(reply_to(s, first).buffers)) == 3
+        assert [next_copy(s)[0], next_copy(s)[0]] == [b"mux_in", b"mux_out"]
+        balanced = send_load_balanced(s, _call, "blocking")
+        assert started.wait(WAIT)
+        behind = send_apply(s, add, 40, 2)
+        copy = next_copy(s)
+        assert copy[:3] == [b"mux_in", b"engine", b"client"]
+        assert hub.feed(copy[3:]).msg_id == behind.msg_id
+        assert not ended.is_set(), "the copy waited for the task's end"
+        release.set()
+        assert readable(s.scheduler, WAIT_MS)
+        reply = s.session.feed(recv_one(s.scheduler)[1:])
+        assert reply.parent_id == balanced.msg_id
+        assert deserialize_object(list(reply_to(s, behind).buffers)) == 42
