@@ -17,6 +17,10 @@ some runs: ``--b-first`` starts B first; run both orders::
 
     PYTHONPATH=$PWD .venv/bin/python bench/bench_paired.py --b-args="--hub-nice 19"
     PYTHONPATH=$PWD .venv/bin/python bench/bench_paired.py --b-args="--hub-nice 19" --b-first
+
+``--a-mux``: A's round trips go through the controller's MUX device, from a second client made
+with ``Client(direct=False)`` (issue 13, round eleven: the direct path against the MUX on the
+same tree); B's client sends them straight to the engine when it can.
 """
 
 from __future__ import annotations
@@ -77,6 +81,9 @@ def main() -> None:
     parser.add_argument("--a-env", action="append", default=[], help="NAME=VALUE for A")
     parser.add_argument("--b-env", action="append", default=[], help="NAME=VALUE for B")
     parser.add_argument("--b-first", action="store_true", help="start B's cluster first")
+    parser.add_argument(
+        "--a-mux", action="store_true", help="A's client keeps the MUX: Client(direct=False)"
+    )
     args = parser.parse_args()
     use_source()
     sides = {
@@ -91,6 +98,14 @@ def main() -> None:
             with environment(assignments):
                 running = stack.enter_context(corral_cluster(1, controller_args=controller_args))
             client = running.client
+            if side == "A" and args.a_mux:
+                import corral
+
+                client = stack.enter_context(
+                    corral.Client(
+                        connection_file=running.cluster.path / "corral-client.json", direct=False
+                    )
+                )
             client.wait_for_engines(1, timeout=TIMEOUT)
             views[side] = client[client.ids[0]]
             check(views[side].apply_async(one).get(TIMEOUT) == 1, f"a no-op on {side}")
@@ -108,7 +123,8 @@ def main() -> None:
         rows.append(
             [
                 f"{side}: {args.a_args if side == 'A' else args.b_args} "
-                + " ".join(sides[side][1]),
+                + " ".join(sides[side][1])
+                + (" (MUX)" if side == "A" and args.a_mux else ""),
                 statistics.median(medians[side]),
                 statistics.median(ordered),
                 ordered[int(len(ordered) * 0.9)],

@@ -81,9 +81,11 @@ ENGINE_HOOKS = textwrap.dedent(
 
         def _before(name, function):  # a send: its peer may read it before it returns
             marks = _marks[name]
+            import zmq
 
             def marked(*args, **kwargs):
-                if threading.current_thread() is _main:
+                # not the Hub's copies of a direct request (a PUSH, after the reply)
+                if threading.current_thread() is _main and getattr(args[0], "type", 0) != zmq.PUSH:
                     marks.append(_clock())
                 return function(*args, **kwargs)
 
@@ -221,11 +223,11 @@ class ClientMarks:
 STAGES = [
     ("client: apply_async until the hand-off", "start", "handoff"),
     ("client: hand-off until the I/O thread sent it", "handoff", "send"),
-    ("transport: MUX, engine wakes and reads it", "send", "e_recv"),
+    ("transport (MUX or direct), engine reads it", "send", "e_recv"),
     ("engine: read until the task starts", "e_recv", "run_start"),
     ("engine: TaskRunner.run", "run_start", "run_end"),
     ("engine: run until the reply is sent", "run_end", "e_send"),
-    ("transport: MUX, client I/O thread reads it", "e_send", "recv"),
+    ("transport (MUX or direct), client reads it", "e_send", "recv"),
     ("client: reply read until settled", "recv", "settled"),
     ("client: settled until get() returned", "settled", "end"),
 ]

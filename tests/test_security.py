@@ -44,6 +44,7 @@ PEER: dict[int, int] = {  # the socket type that talks to each kind of bound soc
     zmq.XPUB: zmq.SUB,
     zmq.SUB: zmq.PUB,
     zmq.XSUB: zmq.PUB,
+    zmq.PULL: zmq.PUSH,
 }
 Setup = Callable[[zmq.Socket[Any]], None]
 
@@ -283,6 +284,7 @@ def test_every_listening_port_refuses_plain_peers_and_strange_keys(curve_cluster
         "hb_pong": zmq.ROUTER,
         "iopub": zmq.XPUB,
         "iopub_engine": zmq.XSUB,
+        "copies_engine": zmq.PULL,  # the engines' copies of direct requests
         **{
             name: zmq.ROUTER
             for name in ("mux", "control", "task", "mux_engine", "control_engine", "task_engine")

@@ -129,6 +129,7 @@ class Client(ControllerLink, ControlCalls, HubQueries):
         cluster_dir: str | os.PathLike[str] | None = None,
         outage_grace: float | None = None,
         shm_threshold: int | None = None,
+        direct: bool = True,
     ) -> None:
         if sshserver or sshkey or password or paramiko:
             raise ValueError(
@@ -150,6 +151,7 @@ class Client(ControllerLink, ControlCalls, HubQueries):
             info = ClientConnection.read(self.connection_file)
         self._shm = SharedMemory(_shm_settings(info.shm, shm_threshold))
         self._shm_hosts: dict[str, str] = {}  # engine uuid -> host identity
+        self._direct_offers: dict[str, str] = {}  # engine uuid -> its direct address
         self._shm_reader = self._shm.reader_metadata()  # in each apply request (empty: off)
         settings = self._shm.settings
         self._shm_threshold = settings.threshold if settings is not None else 0
@@ -180,7 +182,9 @@ class Client(ControllerLink, ControlCalls, HubQueries):
         self._controller: str | None = None  # the run of the controller last connected to
         self._views: weakref.WeakSet[View] = weakref.WeakSet()
         self._helpers: set[threading.Thread] = set()  # owned, joined by close()
-        self._io = ClientIO(self.session, self.addresses, IOHandler(self), info.curve)
+        self._io = ClientIO(
+            self.session, self.addresses, IOHandler(self), info.curve, direct=direct
+        )
         try:
             self._io.start(timeout)
         except BaseException:
@@ -201,6 +205,7 @@ class Client(ControllerLink, ControlCalls, HubQueries):
         with self._engines_changed:
             self._controller = (reply.content or {}).get("controller")
             self._shm_hosts.update((reply.content or {}).get("engine_hosts") or {})
+            self._direct_offers.update((reply.content or {}).get("engine_direct") or {})
             for engine_id, uuid in (reply.content or {}).get("engines", {}).items():
                 self._add_engine(int(engine_id), uuid)
         from corral.client.magics import activate_default

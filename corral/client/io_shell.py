@@ -98,6 +98,7 @@ class ClientIO:
         addresses: Mapping[str, str],
         handler: Handler,
         curve: CurveKeys | None = None,
+        direct: bool = True,
     ) -> None:
         self.session = session
         self.addresses = dict(addresses)
@@ -107,6 +108,11 @@ class ClientIO:
         self._sockets: dict[str, zmq.Socket[Any]] = {}
         self._targets: dict[bytes, zmq.Socket[Any]] = {}
         self._gates: dict[bytes, SocketGate] = {}  # mux and task: shared, see socket_gate
+        # direct requests: a ROUTER connected to engines on this host, shared as mux is
+        # (never under curve: an engine binds its direct socket without keys)
+        self._direct_wanted = direct and curve is None
+        self._direct: SocketGate | None = None
+        self._direct_peers: dict[bytes, str] = {}  # engine uuid -> the address connected
         self._links: dict[zmq.Socket[Any], tuple[str, zmq.Socket[Any]]] = {}
         self._down: set[str] = set()
         self._refused = 0  # messages the handler refused after they parsed (see ``rejected``)
@@ -190,7 +196,7 @@ class ClientIO:
             tracked = [zmq.Frame(frame, track=True) for frame in frames[track_from:]]
             frames = [*frames[:track_from], *tracked]
             tracker = zmq.MessageTracker(*tracked)
-        gate = self._gates.get(channel)
+        gate = self._gate_for(channel, frames)
         try:
             if gate is not None:
                 gate.submit(frames, at_once)
@@ -205,7 +211,7 @@ class ClientIO:
         or task), reading that socket's replies on this thread meanwhile if no other thread
         does (:meth:`SocketGate.lead`); False at once if this thread may not (then wait on
         the future as usual)."""
-        gate = self._gates.get(channel.encode())
+        gate = self.gate_of(channel, getattr(future, "engine_uuid", None))
         if gate is None or self.on_io_thread:
             return False
         return gate.lead(future, timeout)
@@ -215,6 +221,57 @@ class ClientIO:
         leads them (:meth:`SocketGate.catch_up`)."""
         for gate in self._gates.values():
             gate.catch_up()
+
+    @property
+    def direct_enabled(self) -> bool:
+        """Whether this client sends direct requests straight to engines on its host."""
+        return self._direct is not None
+
+    def connect_direct(self, engine_uuid: str, address: str) -> None:
+        """(Any thread, before any request to that engine is sent.) Send the direct requests
+        for ``engine_uuid`` to ``address``, the engine's own ROUTER, from now on: connected
+        with the engine's uuid as the peer's routing identity, so they are routed (and queued
+        until the connection is made) at once. Once connected, an engine stays on this path:
+        its requests keep their order. Nothing if the direct path is off or already set."""
+        gate, ident = self._direct, engine_uuid.encode()
+        if gate is None or ident in self._direct_peers:
+            return
+        with gate.lock:
+            if gate.order.closed:
+                return
+            gate.sock.setsockopt(zmq.CONNECT_ROUTING_ID, ident)
+            gate.sock.connect(address)
+            self._direct_peers[ident] = address
+
+    def disconnect_direct(self, engine_uuid: str) -> None:
+        """(Any thread.) The engine is gone: stop reconnecting to its address. Its requests
+        still unanswered are failed by the caller (the engine's unregistration)."""
+        gate, ident = self._direct, engine_uuid.encode()
+        if gate is None or ident not in self._direct_peers:
+            return
+        with gate.lock:
+            address = self._direct_peers.pop(ident, None)
+            if address is None or gate.order.closed:
+                return
+            try:
+                gate.sock.disconnect(address)
+            except zmq.ZMQError as err:
+                log.debug("client: disconnecting from %s: %s", address, err)
+
+    def gate_of(self, channel: str, engine_uuid: object = None) -> SocketGate | None:
+        """The shared socket whose replies a request on ``channel`` (to ``engine_uuid``, if
+        named) comes back on: the direct ROUTER for an engine connected there."""
+        if channel == "mux" and isinstance(engine_uuid, str) and self._direct_peers:
+            if engine_uuid.encode() in self._direct_peers:
+                return self._direct
+        return self._gates.get(channel.encode())
+
+    def _gate_for(self, channel: bytes, frames: Sequence[Frame]) -> SocketGate | None:
+        """The shared socket a request goes on: the direct ROUTER for a direct request to an
+        engine connected there, else the channel's own (None: hub and control)."""
+        if channel == b"mux" and self._direct_peers and frames[0] in self._direct_peers:
+            return self._direct
+        return self._gates.get(channel)
 
     def _news(self, handler: Handler) -> Callable[[Message], None]:
         """``handler.on_notification``, after the replies already received are handled: an
@@ -262,7 +319,7 @@ class ClientIO:
     def send_now(self, channel: str, frames: Sequence[Frame]) -> None:
         """Send on a controller socket (I/O thread only): mux and task at the end of this
         turn, after what was queued for them before; hub and control at once."""
-        gate = self._gates.get(channel.encode())
+        gate = self._gate_for(channel.encode(), frames)
         if gate is not None:
             gate.put(frames)
         else:
@@ -323,6 +380,13 @@ class ClientIO:
                 self._gates[name.encode()] = gate
             else:
                 loop.add_socket(sock, self._decoded(handler.on_reply), batch=_BATCH)
+        if self._direct_wanted:
+            direct = self._socket("direct", zmq.ROUTER)
+            direct.identity = identity
+            direct.sndhwm = direct.rcvhwm = 0
+            self._direct = SocketGate(loop, direct, 1, replies, _BATCH)
+            self._direct.install()
+            self._gates[b"direct"] = self._direct  # caught up, counted and closed with mux
         loop.add_socket(iopub, self._decoded(handler.on_iopub), batch=_BATCH)
         loop.add_socket(notification, self._decoded(self._news(handler)), batch=_BATCH)
         for monitor in self._links:

@@ -20,6 +20,7 @@ from concurrent import futures
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
+from corral.client.direct import direct_address
 from corral.client.records import SERVICE, TASK
 from corral.client.recovery import RECOVERY_PERIOD, Recovery
 from corral.errors import ConnectionError, EngineError, SharedMemoryRefused, TimeoutError
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from corral.client.recovery import Resender
     from corral.client.socket_gate import Sleepy
     from corral.protocol.session import Session
+    from corral.sharedmem import SharedMemory
 
 __all__ = ["LINK_CHECK", "ControllerLink", "IOHandler", "engine_gone"]
 
@@ -80,6 +82,8 @@ class IOHandler:
         if msg.msg_type == "registration_notification":
             if isinstance(content.get("shm_host"), str):
                 self.client._shm_hosts[content["uuid"]] = content["shm_host"]
+            if isinstance(content.get("direct"), str):
+                self.client._direct_offers[content["uuid"]] = content["direct"]
             self.client._engine_registered(content["id"], content["uuid"])
         elif msg.msg_type == "unregistration_notification":
             why = content.get("why")
@@ -121,6 +125,8 @@ class ControllerLink:
         _resync: set[str] | None
         _controller: str | None
         _shm_hosts: dict[str, str]
+        _direct_offers: dict[str, str]
+        _shm: SharedMemory
         _helpers: set[threading.Thread]
 
         def _fetch_results(
@@ -308,6 +314,7 @@ class ControllerLink:
                 announced, self._resync = self._resync, None
                 self._controller = content.get("controller")
                 self._shm_hosts.update(content.get("engine_hosts") or {})
+                self._direct_offers.update(content.get("engine_direct") or {})
                 engines = {
                     int(engine_id): uuid
                     for engine_id, uuid in content.get("engines", {}).items()
@@ -392,6 +399,15 @@ class ControllerLink:
     def _add_engine(self, engine_id: int, uuid: str) -> None:
         if uuid in self._gone:
             return
+        if uuid not in self._uuids:  # before any request to it can leave: see client/direct.py
+            address = direct_address(
+                self._io.direct_enabled,
+                self._direct_offers.get(uuid),
+                self._shm_hosts.get(uuid),
+                self._shm.host,
+            )
+            if address is not None:
+                self._io.connect_direct(uuid, address)
         self._engines = {**self._engines, engine_id: uuid}
         self._uuids = {**self._uuids, uuid: engine_id}
         self._engines_changed.notify_all()
@@ -408,6 +424,7 @@ class ControllerLink:
             self._engines = {i: u for i, u in self._engines.items() if u != uuid}
             self._uuids = {u: i for i, u in self._engines.items()}
             self._engines_changed.notify_all()
+        self._io.disconnect_direct(uuid)
         self._records.fail_engine(uuid, lambda: engine_gone(engine_id, uuid, why))
 
 

@@ -291,7 +291,10 @@ class Controller:
         self.queue_monitor = self._socket(zmq.SUB)
         # no high-water mark on the monitor path: a copy dropped there is a task the Hub never
         # records (it lags behind a burst, then catches up); set before any peer connects
-        for monitor in (self.monitor, self.queue_monitor):
+        # engines send the copies of the requests clients sent them directly, and of their
+        # replies, in the devices' format (docs/wire-flows.md, "Direct requests")
+        self.engine_copies, copies_port = self._bind(zmq.PULL, "copies_engine")
+        for monitor in (self.monitor, self.queue_monitor, self.engine_copies):
             monitor.rcvhwm = 0
         self.queue_monitor.subscribe(b"")
         # the monitor PUBs of the devices bind when their threads start: wait for each
@@ -324,6 +327,7 @@ class Controller:
             "iopub": address(iopub_engine),
             "hb_ping": address(ping_port),
             "hb_pong": address(pong_port),
+            "copies": address(copies_port),
         }
         client_addresses = {
             "mux": address(mux_client),
@@ -372,6 +376,7 @@ class Controller:
             iopub_engine=iopub_engine,
             hb_ping=ping_port,
             hb_pong=pong_port,
+            copies_engine=copies_port,
             heartbeat_period=config.heartbeat_period,
         )
         client_file = ClientConnection(
@@ -456,6 +461,7 @@ class Controller:
             "pong_events": self.pong_events,
             "monitor": self.monitor,
             "queue_monitor": self.queue_monitor,
+            "engine_copies": self.engine_copies,
             **self.resubmit_sockets,
         }
         self.shell = HubShell(

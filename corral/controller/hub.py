@@ -91,6 +91,7 @@ class EngineEntry:
     uuid: str
     registered: str
     shm_host: str | None = None  # host identity for the same-host fast path (corral.sharedmem)
+    direct: str | None = None  # where clients on its host may send direct requests
     queue: dict[str, None] = field(default_factory=dict)  # MUX msg_ids sent, not answered
     tasks: dict[str, None] = field(default_factory=dict)  # load-balanced msg_ids in flight
     completed: dict[str, None] = field(default_factory=dict)
@@ -106,6 +107,7 @@ class PendingRegistration:
     shm_host: str | None = None
     info: dict[str, Any] = field(default_factory=dict)
     cpus: dict[str, Any] | None = None
+    direct: str | None = None
 
 
 class Hub:
@@ -288,6 +290,7 @@ class Hub:
             content.get("shm_host"),
             dict(info) if isinstance(info, dict) else {},
             dict(cpus) if isinstance(cpus, dict) else None,
+            content.get("direct"),
         )
         self.told_stale.discard(uuid)
         writes = expect_answers(self, uuid, content["tasks"]) if "tasks" in content else []
@@ -324,11 +327,13 @@ class Hub:
     ) -> list[Action]:
         engines = {str(e.id): e.uuid for e in self.engines.values()}
         hosts = {e.uuid: e.shm_host for e in self.engines.values() if e.shm_host}
+        direct = {e.uuid: e.direct for e in self.engines.values() if e.direct}
         engine_info = {str(e.id): {"uuid": e.uuid, **e.info} for e in self.engines.values()}
         reply = ok_reply(
             engines=engines,
             controller=self.instance,
             engine_hosts=hosts,
+            engine_direct=direct,
             engine_info=engine_info,
             **self.client_addresses,
         )
@@ -368,6 +373,7 @@ class Hub:
             pending.uuid,
             iso_date(now),
             pending.shm_host,
+            direct=pending.direct,
             info=pending.info,
             cpus=pending.cpus,
         )
@@ -383,6 +389,8 @@ class Hub:
             content["shm_host"] = entry.shm_host
         if entry.cpus is not None:  # the scheduler checks it (scheduler_shell._cpus_from)
             content["cpus"] = entry.cpus
+        if entry.direct:
+            content["direct"] = entry.direct
         return [Send("notification", "registration_notification", content)]
 
     def _unregister(self, entry: EngineEntry, why: str, now: float) -> list[Action]:

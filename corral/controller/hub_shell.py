@@ -115,6 +115,7 @@ class HubShell:
         self.pong_events = sockets["pong_events"]
         self.monitor = sockets["monitor"]
         self.queue_monitor = sockets["queue_monitor"]
+        self.engine_copies = sockets.get("engine_copies")
         # the Hub's own clients of the MUX and task queues, for resubmissions (no "task" when
         # the controller runs without a scheduler)
         self.resubmit_sockets = {
@@ -143,6 +144,14 @@ class HubShell:
         loop.add_socket(
             self.queue_monitor, self._on_device_message, batch=MONITOR_BATCH, small_as_bytes=True
         )
+        # the engines' copies of their direct requests and replies, in the devices' format
+        if self.engine_copies is not None:
+            loop.add_socket(
+                self.engine_copies,
+                self._on_device_message,
+                batch=MONITOR_BATCH,
+                small_as_bytes=True,
+            )
         # the scheduler's come in bundles always: each is read as one burst (_on_scheduler_message)
         loop.add_socket(
             self.monitor, self._on_scheduler_message, batch=MONITOR_BATCH, small_as_bytes=True
@@ -212,10 +221,13 @@ class HubShell:
     def _catch_up(self) -> None:
         """Copies that reached the monitors after this turn's poll are recorded before a
         request reads the records."""
-        for monitor, handle in (
+        monitors = [
             (self.queue_monitor, self._on_device_message),
             (self.monitor, self._on_scheduler_message),
-        ):
+        ]
+        if self.engine_copies is not None:
+            monitors.append((self.engine_copies, self._on_device_message))
+        for monitor, handle in monitors:
             for _ in range(DRAIN_BATCH):
                 if not int(monitor.get(zmq.EVENTS)) & zmq.POLLIN:
                     break

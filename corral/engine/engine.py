@@ -64,6 +64,7 @@ class Engine:
     (the one this engine had before a controller restart). ``max_result_bytes`` bounds the
     serialized size of an apply result (larger: an error reply). :meth:`run` never returns: the
     process ends from the I/O thread on shutdown_request, SIGTERM or loss of registration.
+    ``direct=False``: requests come through the controller's MUX only (no direct ROUTER).
     """
 
     def __init__(
@@ -80,6 +81,7 @@ class Engine:
         use_ipython: bool = True,
         placement: Mapping[str, Any] | None = None,
         owner_pid: int | None = None,
+        direct: bool = True,
     ) -> None:
         if isinstance(connection, EngineConnection):
             info = connection
@@ -103,6 +105,7 @@ class Engine:
         )
         self.requested_id = requested_id
         self.owner_pid = owner_pid  # its parent (--owner-pid): the engine ends with it
+        self.direct = direct  # offer clients on this host the direct path (not under curve)
         self.use_ipython = use_ipython
         self.registration_timeout = registration_timeout
         self.unregister_timeout = unregister_timeout
@@ -151,6 +154,7 @@ class Engine:
             self.info,
             LinkSettings(self.requested_id, self.registration_timeout, self.missed_beats),
             unregister_timeout=self.unregister_timeout,
+            direct=self.direct,
         )
         parts = EngineParts(
             self.session,
@@ -276,6 +280,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run under SCHED_BATCH (Linux): a woken engine does not preempt the process "
         "running on its core (the local launcher's choice when engines outnumber the cores)",
     )
+    parser.add_argument(
+        "--no-direct",
+        action="store_true",
+        help="take requests only through the controller's MUX, not straight from clients on "
+        "this host (docs/wire-flows.md, 'Direct requests')",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -297,6 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             use_ipython=not args.no_ipython,
             placement=placement,
             owner_pid=args.owner_pid,
+            direct=not args.no_direct,
         )
         engine.run()
     except CorralError as err:

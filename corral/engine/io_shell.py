@@ -72,6 +72,7 @@ from .time_limits import SignalSender, TimeLimits
 
 BATCH = 64  # messages per socket per turn: control is served again soon
 LINGER_MS = 1000
+DIRECT_IP = "127.0.0.1"  # direct requests come from clients on this host only
 REGISTRATION_MARGIN = 10.0  # seconds the main thread waits past the registration timeout
 
 
@@ -81,6 +82,9 @@ class IOSettings:
 
     info: EngineConnection
     link: LinkSettings = field(default_factory=LinkSettings)
+    # clients on this host may send direct requests to this engine (docs/wire-flows.md,
+    # "Direct requests"); never under --curve (the engine holds no server key)
+    direct: bool = True
     unregister_timeout: float = 1.0  # seconds to wait for the Hub's unregistration_reply
 
 
@@ -196,6 +200,8 @@ class IOShell:
             zmq.utils.garbage.gc.start()
         registration = self._dealer(b"registration")
         registration.connect(self.info.registration_url)
+        if self.settings.direct and self.info.curve is None:
+            self.link.direct_address = self._bind_direct()
         loop.add_socket(registration, self._on_registration)
         loop.at_turn_end(self._drain_notes)
         self._perform(self.link.start(loop.time()))
@@ -206,6 +212,17 @@ class IOShell:
         self._secure(sock)
         self._sockets[name] = sock
         return sock
+
+    def _bind_direct(self) -> str:
+        """The ROUTER clients on this host send their direct requests to, on loopback: a
+        client there connects to it with this engine's uuid as the peer's routing identity,
+        so a request and its reply skip the controller's MUX device (the main thread serves
+        it with the other task sockets once registered)."""
+        sock: zmq.Socket[Any] = self.context.socket(zmq.ROUTER)
+        sock.sndhwm = sock.rcvhwm = 0
+        port = sock.bind_to_random_port(f"tcp://{DIRECT_IP}")
+        self._sockets[b"direct"] = sock
+        return f"tcp://{DIRECT_IP}:{port}"
 
     def _secure(self, sock: zmq.Socket[Any]) -> None:
         """A curve client of the controller when the cluster uses --curve (TCP sockets only)."""
@@ -239,8 +256,18 @@ class IOShell:
         loop.add_socket(self._sockets[b"control"], self._on_control, batch=BATCH)
         loop.add_socket(self._sockets[b"registration"], self._on_registration, batch=BATCH)
         loop.add_socket(pings, self._on_ping, batch=BATCH)
+        direct = self._sockets.get(b"direct")
+        copies = None
+        if direct is not None and "copies" in addresses:
+            copies = self.context.socket(zmq.PUSH)
+            copies.sndhwm = 0  # a copy is never dropped: the Hub records every task from them
+            self._secure(copies)
+            copies.connect(addresses["copies"])
+            self._sockets[b"copies"] = copies
+        elif direct is not None:  # an older Hub: its clients do not know of the direct path
+            self.log.warning("the controller takes no copies of direct requests")
         # the main thread serves the task sockets from now on (task_shell.py)
-        self.tasks.attach(self._sockets[b"mux"], self._sockets[b"task"])
+        self.tasks.attach(self._sockets[b"mux"], self._sockets[b"task"], direct, copies)
         loop.add_socket(self._sockets[b"iopub"], self._on_iopub_subscription, batch=BATCH)
 
     def _on_iopub_subscription(self, frames: list[zmq.Frame]) -> None:
@@ -327,6 +354,9 @@ class IOShell:
         if self._exit is None:
             self._drain_notes()  # a restarted controller is told the tasks this engine holds
             self._perform(self.link.on_ping(frames[-1].bytes, self.loop.time()))
+            # direct requests queued behind a long task (a load-balanced one too): the Hub
+            # gets their copies now (task_shell.py, TaskShell.look_behind_running_task)
+            self.tasks.look_behind_running_task()
 
     # ------------------------------------------------------------------ tasks
 
@@ -373,7 +403,8 @@ class IOShell:
     def _forward(self, channel: bytes, frames: Sequence[Frame]) -> None:
         """Frames another thread posted for ``channel`` (control, iopub; a task reply posted
         here is sent through the main thread's sockets, kept until recorded)."""
-        if channel not in (b"mux", b"task", b"control", b"iopub") or channel not in self._sockets:
+        known = (b"mux", b"task", b"direct", b"control", b"iopub")
+        if channel not in known or channel not in self._sockets:
             self.log.error("frames posted for unknown channel %r", channel)
             return
         self._send(channel, frames)

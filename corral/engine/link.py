@@ -46,6 +46,7 @@ from .replies import ReplyLog
 ID_IN_USE_RETRY = 0.25  # seconds between registrations asking for an id still in use
 DEFAULT_HEARTBEAT_PERIOD = 3.0  # until the registration reply names the Hub's
 ADDRESS_FIELDS = ("mux", "control", "task", "iopub", "hb_ping", "hb_pong")
+OPTIONAL_ADDRESS_FIELDS = ("copies",)  # the Hub's copies of direct requests (a newer Hub)
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ class EngineLink:
     placement: Mapping[str, Any] = field(default_factory=dict)
     shm_host: str | None = None
     cpus: Mapping[str, Any] | None = None  # its machine and CPU ids, for the scheduler
+    direct_address: str | None = None  # where clients on this host may send direct requests
     registration_address: str = "the controller"  # named in the timeout's message
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("corral.engine"))
 
@@ -250,6 +252,8 @@ class EngineLink:
             content["shm_host"] = self.shm_host
         if self.cpus is not None:
             content["cpus"] = dict(self.cpus)
+        if self.direct_address is not None:
+            content["direct"] = self.direct_address
         msg_id = self.new_msg_id()
         self._attempts.add(msg_id)
         return SendRegistration(msg_id, content)
@@ -282,7 +286,11 @@ class EngineLink:
                 )
             return []
         self._attempts.clear()
-        if any(str(content.get(name)) != self.addresses[name] for name in ADDRESS_FIELDS):
+        if any(
+            str(content.get(name)) != self.addresses[name]
+            for name in (*ADDRESS_FIELDS, *OPTIONAL_ADDRESS_FIELDS)
+            if name in self.addresses
+        ):
             return self._exit(1, "the controller came back on other addresses")
         try:
             registered = self._accept(content, first=False)
@@ -300,6 +308,9 @@ class EngineLink:
     def _accept(self, content: dict[str, Any], *, first: bool) -> Registered:
         """The registration reply's fields; KeyError, TypeError or ValueError if unusable."""
         addresses = {name: str(content[name]) for name in ADDRESS_FIELDS}
+        addresses.update(
+            (name, str(content[name])) for name in OPTIONAL_ADDRESS_FIELDS if name in content
+        )
         engine_id = int(content["id"])
         period = float(content.get("heartbeat_period", self.heartbeat_period))
         if not period > 0:

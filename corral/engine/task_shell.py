@@ -59,7 +59,10 @@ from .runner import (
 BATCH = 64  # messages per socket per turn
 HOLD_REPLIES = 0.002  # seconds a reply may wait for the tasks queued behind it, at most
 BATCH_FOR = 0.001  # seconds of held replies after which the loop sends them (end of turn)
-TASK_CHANNELS = (b"mux", b"task")
+WATCH_EVERY = 0.01  # seconds between the I/O thread's reads of the direct socket in a long task
+TASK_CHANNELS = (b"mux", b"task", b"direct")
+MUX_IN = b"mux_in"  # the prefixes of the MUX device's copies, which the Hub records
+MUX_OUT = b"mux_out"
 
 Note = tuple[str, Any, Any, str | None]
 """What the link core must learn, in order: ``("received", msg_id, None, None)`` or
@@ -102,19 +105,38 @@ class TaskShell:
         self.rejected = 0  # requests dropped here: bad signature, replay, malformed
         self._sockets: dict[bytes, zmq.Socket[Any]] = {}
         self._outboxes: dict[bytes, Outbox] = {}
+        self._copies_outbox: Outbox | None = None  # to the Hub, for direct requests
+        self._copies: list[tuple[bytes, Sequence[Frame]]] = []  # made into copies after replies
         self._wanted = threading.Condition(threading.Lock())
         self._borrowers = 0  # I/O-thread calls waiting for or holding the lock
         self._scheduled = False
         self._held_since: float | None = None  # when the oldest reply not sent was queued
+        self._copies_since: float | None = None  # when the oldest copy not sent was queued
+        self._running = False  # user code runs (the lock is lent meanwhile)
+        self._direct_seen = False  # a client sent a request to the direct socket
+        self._engine_ident = identity.uuid.encode()
         self._hold_asked = False  # hold_until was called for the replies held now
 
     # ------------------------------------------------------------------ set-up
 
-    def attach(self, mux: zmq.Socket[Any], task: zmq.Socket[Any]) -> None:
+    def attach(
+        self,
+        mux: zmq.Socket[Any],
+        task: zmq.Socket[Any],
+        direct: zmq.Socket[Any] | None = None,
+        copies: zmq.Socket[Any] | None = None,
+    ) -> None:
         """(I/O thread, at registration.) The task sockets; the main thread serves them from
-        :meth:`run` on (the registration event orders this before it)."""
+        :meth:`run` on (the registration event orders this before it). ``direct``: the ROUTER
+        clients on this host send direct requests to, and ``copies``: the PUSH to the Hub
+        that gets the copies of those requests and their replies."""
         self._sockets = {b"mux": mux, b"task": task}
         self._outboxes = {b"mux": Outbox(mux, 1), b"task": Outbox(task, 0)}
+        if direct is not None:
+            self._sockets[b"direct"] = direct
+            self._outboxes[b"direct"] = Outbox(direct, 1)
+        if copies is not None:
+            self._copies_outbox = Outbox(copies, 0)
 
     def run(self, runner: TaskRunner) -> None:
         """(Main thread.) Serve the task sockets and run requests until the process ends (the
@@ -124,7 +146,7 @@ class TaskShell:
         loop = self.loop
         # a request's envelope and small buffers read as bytes: parsed, unpacked and
         # answered from them without a view per read (corral.sockets.recv_small_as_bytes)
-        for channel, handle in ((b"mux", self._on_mux), (b"task", self._on_task)):
+        for channel, handle in self._handlers():
             sock = self._sockets[channel]
             loop.add_socket(sock, handle, batch=BATCH, bundles=True, small_as_bytes=True)
         loop.at_turn_end(self._end_turn)
@@ -145,6 +167,48 @@ class TaskShell:
     def _on_task(self, frames: Sequence[Frame]) -> None:
         self._take(b"task", frames)
 
+    def _on_direct(self, frames: Sequence[Frame]) -> None:
+        self._direct_seen = True
+        self._take(b"direct", frames)
+
+    def _handlers(self) -> list[tuple[bytes, Callable[[Sequence[Frame]], None]]]:
+        handlers: list[tuple[bytes, Callable[[Sequence[Frame]], None]]] = [
+            (b"mux", self._on_mux),
+            (b"task", self._on_task),
+        ]
+        if b"direct" in self._sockets:
+            handlers.append((b"direct", self._on_direct))
+        return handlers
+
+    def _copy_for_hub(self, prefix: bytes, frames: Sequence[Frame]) -> None:
+        """Note the Hub's copy of a direct request or reply, sent in the MUX device's format
+        (``[mux_in, engine, client, msg]``, ``[mux_out, client, engine, msg]``) at the end of
+        the turn just before its replies (:meth:`flush`, which lays them out then), or at the
+        held replies' deadline while a long task runs (:meth:`_run_next`). Before the replies:
+        a client that has its reply and asks the Hub about the task (``result_status``,
+        ``purge``) finds it recorded, as through the MUX device, which publishes its copy as
+        it forwards; sending them after the replies saved 1-16 us of a round trip's median
+        (bench_paired.py) and made such questions fail now and then under load."""
+        if self._copies_outbox is None:  # a Hub that takes no copies
+            return
+        if self._copies_since is None:
+            self._copies_since = time.monotonic()
+        self._copies.append((prefix, frames))
+
+    def _send_copies(self) -> list[str]:
+        """(Lock held, before the replies.) Send the copies noted; the errors, if any."""
+        outbox, copies = self._copies_outbox, self._copies
+        if outbox is None or not copies:
+            return []
+        self._copies = []
+        engine = self._engine_ident
+        for prefix, frames in copies:
+            if prefix == MUX_IN:
+                outbox.put((prefix, engine, frames[0], *frames[1:]))
+            else:
+                outbox.put((prefix, frames[0], engine, *frames[1:]))
+        return [str(error) for error, _ in outbox.flush()]
+
     def _take(self, channel: bytes, frames: Sequence[Frame]) -> None:
         """Queue a verified apply or execute request; others get an error reply."""
         try:
@@ -153,6 +217,8 @@ class TaskShell:
             self.rejected += 1
             self.log.warning("dropped a message on %s: %s", channel.decode(), err)
             return
+        if channel == b"direct":
+            self._copy_for_hub(MUX_IN, frames)
         try:
             msg = self.shm.resolve(msg)  # verified above: only then is a reference mapped
         except SharedMemoryRefused as err:
@@ -220,12 +286,20 @@ class TaskShell:
                 item = self.work.get_nowait()
             except queue.Empty:  # the I/O thread answered them all meanwhile
                 return
-            if self._held_since is not None and not self._hold_asked:
+            oldest = self._oldest_unsent()
+            if not self._hold_asked and oldest is not None:
                 self._hold_asked = True
                 if self.alarm is not None:
-                    self.alarm.arm(self._held_since + HOLD_REPLIES)
+                    self.alarm.arm(oldest + HOLD_REPLIES)
                 else:
-                    self.hold_until(self._held_since + HOLD_REPLIES)
+                    self.hold_until(oldest + HOLD_REPLIES)
+            elif not self._hold_asked and self._direct_seen and self.alarm is not None:
+                # direct requests that come while this task runs are read and copied for
+                # the Hub from HOLD_REPLIES on (_watch_direct): an engine that serves none
+                # never pays this system call per task
+                self._hold_asked = True
+                self.alarm.arm(time.monotonic() + HOLD_REPLIES)
+            self._running = True
             self.lock.release()  # user code may run for hours: the I/O thread may borrow
             try:
                 self.runner.run(item)
@@ -234,6 +308,7 @@ class TaskShell:
                 self.log.exception("failed to run %s", name)
             finally:
                 self.lock.acquire()
+                self._running = False
             held = self._held_since
             if self.work.empty() or held is None or time.monotonic() - held >= BATCH_FOR:
                 return
@@ -254,8 +329,20 @@ class TaskShell:
         # pass, and the I/O thread keeps it, with its note, until the Hub recorded the reply
         frames = tuple(frames)
         if keep:
-            self.notes.append(("replied", channel, frames, answers))
+            # a direct reply sent again (to a restarted controller) goes through the MUX,
+            # whose device gives the Hub its copy
+            kept_on = b"mux" if channel == b"direct" else channel
+            self.notes.append(("replied", kept_on, frames, answers))
         self._outboxes[channel].put(frames)
+        if channel == b"direct":
+            self._copy_for_hub(MUX_OUT, frames)
+
+    def _oldest_unsent(self) -> float | None:
+        """When the oldest reply or copy not sent yet was queued (None: nothing waits)."""
+        held, copies = self._held_since, self._copies_since
+        if held is None or (copies is not None and copies < held):
+            return copies
+        return held
 
     def mark_queue(self) -> None:
         """(Main thread, from the runner.) A :class:`QueueMark` behind every request that has
@@ -267,7 +354,7 @@ class TaskShell:
     def take_available(self) -> int:
         """Read what waits in the task sockets into the queue now (with the lock held); the
         number of requests queued."""
-        for channel, handle in ((b"mux", self._on_mux), (b"task", self._on_task)):
+        for channel, handle in self._handlers():
             sock = self._sockets[channel]
             while True:
                 try:
@@ -348,17 +435,20 @@ class TaskShell:
             self.log.error("aborted replies not sent: %s", error)
 
     def flush(self) -> list[str]:
-        """(Lock held.) Send what the outboxes hold; the errors, if any."""
-        self._held_since = None
+        """(Lock held.) Send the Hub's copies, then what the outboxes hold; the errors, if
+        any. The alarm is disarmed last: a system call not spent before the replies leave."""
+        self._held_since = self._copies_since = None
+        errors = self._send_copies()
+        errors += [str(error) for outbox in self._outboxes.values() for error, _ in outbox.flush()]
         if self._hold_asked:
             self._hold_asked = False
             if self.alarm is not None:
                 self.alarm.disarm()
-        return [str(error) for outbox in self._outboxes.values() for error, _ in outbox.flush()]
+        return errors
 
     def _flush_turn(self) -> None:
-        """(Turn end, or the I/O thread with the lock.) Send the replies held."""
-        if self._held_since is not None:
+        """(Turn end, or the I/O thread with the lock.) Send the replies and copies held."""
+        if self._held_since is not None or self._copies_since is not None:
             for error in self.flush():
                 self.log.error("replies not sent: %s", error)
 
@@ -370,11 +460,40 @@ class TaskShell:
     def send_held(self) -> None:
         """(I/O thread, at the deadline of the alarm or of ``hold_until``.) Send the replies a
         long task holds back (none if the main thread sent them meanwhile)."""
-        held = self._held_since  # a hint read without the lock: the check is repeated under it
-        if held is None or time.monotonic() - held < HOLD_REPLIES - BATCH_FOR / 2:
+        held = self._oldest_unsent()  # hints read without the lock
+        if held is None and not self._running:
+            return  # sent meanwhile, and the task ended
+        if held is not None and time.monotonic() - held < HOLD_REPLIES - BATCH_FOR / 2:
             return  # sent meanwhile; those held now are younger and have their own deadline
         with self.borrow():
-            self._flush_turn()
+            self._watch_direct()
+
+    def _watch_direct(self) -> None:
+        """(I/O thread, lock borrowed, at the alarm.) Send what is held; and while a task
+        runs, first read the direct requests waiting behind it, so that their copies reach
+        the Hub now (queue_status, the engine's death) and not when the task ends, and look
+        again every ``WATCH_EVERY`` seconds while it runs (the MUX device copies the requests
+        as they pass; the direct socket has no device)."""
+        alarm = self.alarm
+        watching = self._running and b"direct" in self._sockets and alarm is not None
+        if watching:
+            self.take_available()
+        self._flush_turn()
+        if watching and alarm is not None:
+            self._hold_asked = True  # the main thread's next flush disarms it
+            alarm.arm(time.monotonic() + WATCH_EVERY)
+
+    def look_behind_running_task(self) -> None:
+        """(I/O thread, at each of the Hub's pings.) While a task runs, read the direct
+        requests waiting behind it and send their copies to the Hub: the alarm does this
+        every ``WATCH_EVERY`` from HOLD_REPLIES on once this engine has served a direct
+        request, and this, once a beat, on an engine that had none yet (which arms no alarm
+        per task: about 4 us of system calls)."""
+        if self._running and b"direct" in self._sockets:  # hints: checked again under the lock
+            with self.borrow():
+                if self._running:
+                    self.take_available()
+                    self._flush_turn()
 
     def put_next(self, request: Request) -> None:
         """(Any thread.) Run ``request`` as soon as the running task (if any) ends, ahead of

@@ -65,7 +65,15 @@ CLIENT_PORTS = {
     "task": "task",
     "iopub": "iopub",
 }
-ENGINE_PORTS = ("mux_engine", "control_engine", "task_engine", "iopub_engine", "hb_ping", "hb_pong")
+ENGINE_PORTS = (
+    "mux_engine",
+    "control_engine",
+    "task_engine",
+    "iopub_engine",
+    "hb_ping",
+    "hb_pong",
+    "copies_engine",
+)
 
 
 def cluster_dir_from(environ: Mapping[str, str]) -> Path:
@@ -332,6 +340,7 @@ class EngineConnection(_Common):
     iopub_engine: int | None = None
     hb_ping: int | None = None
     hb_pong: int | None = None
+    copies_engine: int | None = None  # the Hub's copies of the engines' direct requests
     heartbeat_period: float | None = None  # seconds
 
     def to_json(self) -> dict[str, Any]:
@@ -353,6 +362,7 @@ class EngineConnection(_Common):
             iopub_engine=fields.optional_port("iopub_engine"),
             hb_ping=fields.optional_port("hb_ping"),
             hb_pong=fields.optional_port("hb_pong"),
+            copies_engine=fields.optional_port("copies_engine"),
             heartbeat_period=fields.number("heartbeat_period"),
         )
 

@@ -55,7 +55,14 @@ _SPECS = [
     _spec(
         "registration_request",
         {"uuid": (str,)},
-        {"id": (int,), "tasks": (list,), "shm_host": (str,), "info": (dict,), "cpus": (dict,)},
+        {
+            "id": (int,),
+            "tasks": (list,),
+            "shm_host": (str,),
+            "info": (dict,),
+            "cpus": (dict,),
+            "direct": (str,),
+        },
     ),
     _reply("registration_reply"),
     _spec("unregistration_request", optional={"id": (int,), "uuid": (str,)}),
@@ -66,7 +73,7 @@ _SPECS = [
     _spec(
         "registration_notification",
         {"id": (int,), "uuid": (str,)},
-        {"shm_host": (str,), "info": (dict,), "cpus": (dict,)},
+        {"shm_host": (str,), "info": (dict,), "cpus": (dict,), "direct": (str,)},
     ),
     _spec("unregistration_notification", {"id": (int,), "uuid": (str,)}, optional={"why": (str,)}),
     # -- Hub to one engine (registration ROUTER): its newest reply per queue, recorded --

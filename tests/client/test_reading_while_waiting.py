@@ -426,7 +426,8 @@ def test_get_reads_its_reply_on_the_waiting_thread_and_threads_share_the_socket(
     direct, balanced = rc[0], rc.load_balanced_view()
     rc.wait(timeout=BOUND)
     for view, channel in ((direct, b"mux"), (balanced, b"task")):
-        gate = rc._io._gates[channel]  # noqa: SLF001
+        gate = rc._io.gate_of(channel.decode(), rc._engines[0])  # noqa: SLF001
+        assert gate is not None
         before = gate.led
         assert [view.apply_async(abs, -n).get(BOUND) for n in range(20)] == list(range(20))
         assert gate.led > before
@@ -471,7 +472,8 @@ except KeyboardInterrupt:
 pathlib.Path(sys.argv[2]).touch()
 print(result.get(30) == sys.argv[2])
 print([view.apply_async(abs, -n).get(30) for n in range(20)] == list(range(20)))
-print(rc._io._gates[b"mux"]._leader is None, rc._io._gates[b"mux"].led > 0)
+gate = rc._io.gate_of("mux", rc._engines[rc.ids[0]])
+print(gate._leader is None, gate.led > 0)
 rc.close()
 """
 

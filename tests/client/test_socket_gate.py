@@ -247,7 +247,8 @@ def test_a_request_alone_in_flight_leaves_from_its_thread_and_a_burst_through_th
     direct, balanced = rc[0], rc.load_balanced_view()
     rc.wait(timeout=BOUND)
     for view, channel in ((direct, b"mux"), (balanced, b"task")):
-        gate = rc._io._gates[channel]  # noqa: SLF001
+        gate = rc._io.gate_of(channel.decode(), rc._engines[0])  # noqa: SLF001
+        assert gate is not None
         before = gate.sent_at_once
         assert [view.apply_async(abs, -n).get(BOUND) for n in range(5)] == list(range(5))
         assert gate.sent_at_once == before + 5

@@ -79,8 +79,10 @@ def interrupt(controller: FakeController) -> None:
 def test_registration_and_heartbeat_during_a_busy_loop(controller: FakeController) -> None:
     engine = controller.start_engine()
     request = controller.register(engine_id=0)
-    assert set(request.content or {}) == {"uuid", "shm_host", "info", "cpus"}  # corral.sharedmem
-    # its machine and CPUs, for the scheduler's packing of bursts (corral.controller.packing)
+    # shm_host: corral.sharedmem; direct: its own ROUTER, for clients on its host; cpus: its
+    # machine and CPUs, for the scheduler's packing of bursts (corral.controller.packing)
+    assert set(request.content or {}) == {"uuid", "shm_host", "info", "cpus", "direct"}
+    assert (request.content or {})["direct"].startswith("tcp://127.0.0.1:")
     assert (request.content or {})["cpus"] == cpu_share()
     info = (request.content or {})["info"]  # where the engine runs (corral.engine.placement)
     assert (info["pid"], info["launcher"], info["mpi_rank"]) == (engine.popen.pid, "local", None)
@@ -117,6 +119,7 @@ def test_refused_registration_exits_with_the_reason(controller: FakeController) 
     engine = controller.start_engine("--uuid", "my-engine-uuid", "--id", "3")
     request = controller.recv_type(controller.registration, "registration_request")
     assert request.content is not None and request.content.pop("info")["pid"] == engine.popen.pid
+    assert request.content.pop("direct").startswith("tcp://127.0.0.1:")  # its own ROUTER
     assert request.content == {
         "uuid": "my-engine-uuid",
         "id": 3,
@@ -140,6 +143,7 @@ def test_reregisters_when_pings_stop(controller: FakeController) -> None:
     controller.register(engine_id=0, period=0.05)
     again = controller.recv_type(controller.registration, "registration_request")
     assert again.content is not None and "host" in again.content.pop("info")
+    assert again.content.pop("direct").startswith("tcp://127.0.0.1:")  # the same ROUTER
     # it names the tasks it holds and the replies it would send again: none yet
     assert again.content == {
         "uuid": controller.uuid,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from corral.client.client import Client
 from corral.errors import EngineError
 from tests.conftest import HEARTBEAT, start_cluster
 from tests.polling import until
@@ -34,7 +35,11 @@ def nap_and_mark(seconds: float, marker: str) -> int:
 @pytest.mark.timeout(120)
 def test_paused_engine_is_dropped_once_and_told_to_stop(tmp_path: Path) -> None:
     cluster = start_cluster(tmp_path, 3)
-    rc = cluster.start()
+    cluster.start()
+    # through the MUX, whose late replies reach the client: one that sends straight to an
+    # engine on its host drops that connection when the engine is unregistered
+    rc = Client(cluster.path / "corral-client.json", timeout=60, direct=False)
+    rc.wait_for_engines(3, timeout=60)
     try:
         pids = dict(zip(rc.ids, rc[:].apply_sync(os.getpid), strict=True))
         # the scheduler learns of engines from the Hub's notifications, as the client does but
@@ -126,4 +131,5 @@ def test_paused_engine_is_dropped_once_and_told_to_stop(tmp_path: Path) -> None:
         assert paused_uuid not in rc._engines.values()  # noqa: SLF001
         assert rc[:].apply_sync(lambda: "ok") == ["ok"] * 3
     finally:
+        rc.close()
         cluster.stop()
