@@ -113,6 +113,33 @@ Action: TypeAlias = Send | Resubmit | Stop | StoreWrite
 Message: TypeAlias = Send | Resubmit | Stop
 
 
+def apply_record_write(store: ResultStore, action: Action) -> bool:
+    """Apply ``action`` if it is a record's write (:class:`AddRecord`, :class:`UpdateRecord`),
+    as :func:`apply_writes` does; False for any other action, left alone. Nearly every copy
+    the Hub reads makes exactly one such write: its shell applies it so, without
+    :func:`apply_writes`' list and dispatch (about 1 us per task of the Hub's thread)."""
+    if isinstance(action, (AddRecord, UpdateRecord)):
+        _write_record(store, action)
+        return True
+    return False
+
+
+def _write_record(store: ResultStore, action: AddRecord | UpdateRecord) -> None:
+    """A record's write; one the store refuses is logged and costs itself."""
+    try:
+        if isinstance(action, AddRecord):
+            if action.json_texts is None:
+                store.add_record(action.msg_id, action.record)
+            else:
+                store.add_decoded_record(action.msg_id, action.record, action.json_texts)
+        elif action.json_texts is None:
+            store.update_record(action.msg_id, action.changes)
+        else:
+            store.update_decoded_record(action.msg_id, action.changes, action.json_texts)
+    except StoreError as err:
+        log.error("hub: result store: %s failed: %s", type(action).__name__, err)
+
+
 def apply_writes(
     store: ResultStore,
     actions: Iterable[Action],
@@ -125,18 +152,11 @@ def apply_writes(
     """
     messages: list[Message] = []
     for action in actions:
+        if isinstance(action, (AddRecord, UpdateRecord)):
+            _write_record(store, action)
+            continue
         try:
-            if isinstance(action, AddRecord):
-                if action.json_texts is None:
-                    store.add_record(action.msg_id, action.record)
-                else:
-                    store.add_decoded_record(action.msg_id, action.record, action.json_texts)
-            elif isinstance(action, UpdateRecord):
-                if action.json_texts is None:
-                    store.update_record(action.msg_id, action.changes)
-                else:
-                    store.update_decoded_record(action.msg_id, action.changes, action.json_texts)
-            elif isinstance(action, SetEngines):
+            if isinstance(action, SetEngines):
                 store.set_engines(action.destinations)
             elif isinstance(action, DropRecords):
                 store.drop_records(list(action.msg_ids))

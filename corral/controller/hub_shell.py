@@ -44,6 +44,7 @@ from corral.controller.hub_actions import (
     Resubmit,
     Send,
     Stop,
+    apply_record_write,
     apply_writes,
 )
 from corral.controller.hub_resubmit import resubmit_failed
@@ -299,7 +300,8 @@ class HubShell:
             ):
                 texts = (header, parent, metadata, content)
         actions = self.hub.handle_monitor(prefix, idents, msg, now, omitted, texts)
-        if actions:
+        # the usual copy makes one record write and nothing to send
+        if actions and not (len(actions) == 1 and apply_record_write(self.store, actions[0])):
             self._perform(actions)
 
     def _on_resubmitted_reply(self, frames: list[zmq.Frame]) -> None:

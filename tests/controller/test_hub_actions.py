@@ -1,0 +1,48 @@
+"""The Hub's actions applied to a store (corral/controller/hub_actions.py): a record's write
+alone (the shell's way for the usual copy) does what applying it among others does."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from corral.controller.hub_actions import (
+    AddRecord,
+    DropRecords,
+    Send,
+    UpdateRecord,
+    apply_record_write,
+    apply_writes,
+)
+from corral.controller.store import MemoryStore
+
+
+def test_a_record_write_alone_is_applied_as_among_others() -> None:
+    alone, among = MemoryStore(), MemoryStore()
+    writes = [
+        AddRecord("a", {"msg_id": "a", "status": "pending"}),
+        UpdateRecord("a", {"status": "ok", "stdout": "x"}),
+    ]
+    for action in writes:
+        assert apply_record_write(alone, action)
+    sent = Send("notification", "x", {})
+    assert apply_writes(among, [*writes, sent], lambda msg_ids: None) == [sent]
+    assert alone.get_records(["a"]) == among.get_records(["a"]) != {}
+
+
+def test_other_actions_are_left_alone() -> None:
+    store = MemoryStore()
+    store.add_record("a", {"status": "ok"})
+    for action in (DropRecords(("a",)), Send("notification", "x", {})):
+        assert not apply_record_write(store, action)
+    assert store.get_history() == ["a"]
+
+
+def test_a_refused_write_is_logged_and_costs_itself(caplog: pytest.LogCaptureFixture) -> None:
+    store = MemoryStore()
+    with caplog.at_level(logging.ERROR, logger="corral.hub"):
+        assert apply_record_write(store, AddRecord("a", {"engine_id": "not a number"}))
+        assert apply_record_write(store, AddRecord("b", {"status": "ok"}))
+    assert "AddRecord failed" in caplog.text
+    assert store.get_history() == ["b"]
