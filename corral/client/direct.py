@@ -16,7 +16,8 @@ sends to one engine keep their order. The rules, as a pure function:
   MUX);
 - the cluster does not use curve (an engine holds no server key, so it binds no direct socket
   under ``--curve``);
-- the engine offered a loopback ``tcp://`` address;
+- the engine offered a loopback ``tcp://`` address in this client's network namespace
+  (:mod:`corral.protocol.direct_offer`: loopback is per namespace, not per host);
 - the engine runs on this client's host: its host identity (:func:`corral.sharedmem.
   host_identity`: the same /dev/shm, pids and user) equals the client's. A client that
   reaches the controller from another machine, or through a tunnel, keeps the MUX.
@@ -24,9 +25,9 @@ sends to one engine keep their order. The rules, as a pure function:
 
 from __future__ import annotations
 
-__all__ = ["LOOPBACK_PREFIX", "direct_address"]
+__all__ = ["direct_address"]
 
-LOOPBACK_PREFIX = "tcp://127.0.0.1:"
+from corral.protocol.direct_offer import network_namespace, read_offer
 
 
 def direct_address(
@@ -34,17 +35,20 @@ def direct_address(
     offered: object,
     engine_host: object,
     own_host: str | None,
+    own_namespace: str | None = None,
 ) -> str | None:
     """The address to send an engine's direct requests to, or None to keep the MUX (see the
     module doc). ``offered``: the engine's ``direct`` field as the Hub passed it on;
-    ``engine_host``: its host identity (``shm_host``); ``own_host``: this client's."""
+    ``engine_host``: its host identity (``shm_host``); ``own_host``: this client's;
+    ``own_namespace``: this client's network namespace (default: this process's)."""
     if not enabled or own_host is None:
         return None
-    if not isinstance(offered, str) or not offered.startswith(LOOPBACK_PREFIX):
+    offer = read_offer(offered)
+    if offer is None:
         return None
-    port = offered[len(LOOPBACK_PREFIX) :]
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    address, namespace = offer
+    if namespace != (network_namespace() if own_namespace is None else own_namespace):
         return None
     if not isinstance(engine_host, str) or engine_host != own_host:
         return None
-    return offered
+    return address

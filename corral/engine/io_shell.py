@@ -43,6 +43,7 @@ from corral.errors import (
 from corral.lifetime import watch_owner
 from corral.loop import Loop, LoopThread, Timer
 from corral.protocol.connection_files import EngineConnection
+from corral.protocol.direct_offer import make_offer
 from corral.protocol.messages import validate_content
 from corral.protocol.session import Frame, Message, Session, utcnow
 from corral.security import make_client
@@ -222,7 +223,7 @@ class IOShell:
         sock.sndhwm = sock.rcvhwm = 0
         port = sock.bind_to_random_port(f"tcp://{DIRECT_IP}")
         self._sockets[b"direct"] = sock
-        return f"tcp://{DIRECT_IP}:{port}"
+        return make_offer(port)  # the address and its network namespace
 
     def _secure(self, sock: zmq.Socket[Any]) -> None:
         """A curve client of the controller when the cluster uses --curve (TCP sockets only)."""

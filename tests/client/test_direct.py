@@ -13,33 +13,46 @@ import pytest
 
 from corral.client.client import Client
 from corral.client.direct import direct_address
+from corral.protocol.direct_offer import make_offer, network_namespace, read_offer
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 BOUND = 30.0  # seconds: every wait bounded
 HOST = "host-a"
-OFFER = "tcp://127.0.0.1:40001"
+NET = "4026531840"
+OFFER = f"tcp://127.0.0.1:40001?net={NET}"
+ADDRESS = "tcp://127.0.0.1:40001"
 
 
 @pytest.mark.parametrize(
     ("enabled", "offered", "engine_host", "own_host", "expected"),
     [
-        (True, OFFER, HOST, HOST, OFFER),  # same host, loopback: direct
+        (True, OFFER, HOST, HOST, ADDRESS),  # same host and namespace, loopback: direct
         (False, OFFER, HOST, HOST, None),  # Client(direct=False)
         (True, None, HOST, HOST, None),  # the engine offers none (--no-direct, --curve)
         (True, OFFER, "host-b", HOST, None),  # another host: its loopback is not ours
         (True, OFFER, None, HOST, None),  # the engine's host is not known
         (True, OFFER, HOST, None, None),  # ours is not known (no usable /dev/shm)
-        (True, "tcp://10.0.0.5:40001", HOST, HOST, None),  # only loopback is offered
-        (True, "tcp://127.0.0.1:0", HOST, HOST, None),  # not a port
-        (True, "tcp://127.0.0.1:x", HOST, HOST, None),
+        (True, f"tcp://10.0.0.5:40001?net={NET}", HOST, HOST, None),  # only loopback
+        (True, f"tcp://127.0.0.1:0?net={NET}", HOST, HOST, None),  # not a port
+        (True, f"tcp://127.0.0.1:x?net={NET}", HOST, HOST, None),
         (True, 40001, HOST, HOST, None),  # not an address
+        # same host, another network namespace (ip netns exec): another loopback
+        (True, "tcp://127.0.0.1:40001?net=4026532001", HOST, HOST, None),
+        (True, ADDRESS, HOST, HOST, None),  # no namespace named: not taken
+        (True, "tcp://127.0.0.1:40001?net=", HOST, HOST, None),
     ],
 )
 def test_which_engines_get_direct_requests(
     enabled: bool, offered: object, engine_host: object, own_host: str | None, expected: str | None
 ) -> None:
-    assert direct_address(enabled, offered, engine_host, own_host) == expected
+    assert direct_address(enabled, offered, engine_host, own_host, NET) == expected
+
+
+def test_an_engine_offers_its_namespace_and_a_client_in_the_same_one_takes_it() -> None:
+    offered = make_offer(40001)
+    assert read_offer(offered) == (ADDRESS, network_namespace())
+    assert direct_address(True, offered, HOST, HOST) == ADDRESS  # this process's namespace
 
 
 def record(key: str, n: int) -> list[int]:
