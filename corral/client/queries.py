@@ -48,6 +48,9 @@ RESUBMIT_POLL_CEILING = 0.1
 #: A local purge gives the freed memory back to the system (:mod:`corral.heap`) once 10,000
 #: records or more were forgotten since the last time, at most once a second.
 PURGE_TRIM_SCHEDULE = (10_000, 1.0, 1.0)
+#: A purge of "all" names this many of the latest results as settled (``_settled``): far
+#: more than can finish within the delay of the Hub's copies.
+SETTLED_LATEST = 10_000
 
 
 class HubQueries:
@@ -316,10 +319,21 @@ class HubQueries:
         msg_ids: list[str] | str = "all" if jobs == "all" else self.msg_ids_of(jobs)
         if not msg_ids and not targets:
             raise ValueError("say what to purge: jobs (msg_ids, AsyncResults or 'all') or targets")
-        self._query(
-            "purge_request",
-            {"msg_ids": msg_ids, "engine_ids": self._engine_ids(targets), **self._meant_for()},
-        )
+        content = {"msg_ids": msg_ids, "engine_ids": self._engine_ids(targets)}
+        settled = self._settled(msg_ids)
+        if settled:
+            content["settled"] = settled
+        self._query("purge_request", {**content, **self._meant_for()})
+
+    def _settled(self, msg_ids: list[str] | str) -> list[str]:
+        """Of the results a purge names, those this client holds: the Hub may not have the
+        copies that finish them yet (they travel apart from the replies) and purges them once
+        they come (docs/wire-flows.md, "Purging"). For ``"all"``, the latest results, which
+        are the only ones whose copies can still be on their way."""
+        results = self._records.results
+        if msg_ids == "all":
+            return list(results)[-SETTLED_LATEST:]  # one copy in C: safe beside the I/O thread
+        return [msg_id for msg_id in msg_ids if msg_id in results]
 
     def _meant_for(self) -> dict[str, str]:
         """The controller run a request that changes state is meant for: the Hub refuses it

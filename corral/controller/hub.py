@@ -139,6 +139,8 @@ class Hub:
         self.next_repeat: float | None = None
         self.next_probe: float | None = None
         self.pending: dict[str, str | None] = {}  # msg_id -> engine uuid (None: unassigned)
+        # settled tasks a purge named before their copies came: purged once recorded (bounded)
+        self.purge_on_record: dict[str, None] = {}
         self.dropped: set[str] = set()  # hearts this Hub declared dead
         self.retired_ids: set[int] = set()  # ids of engines gone while this Hub runs
         self.told_stale: set[str] = set()

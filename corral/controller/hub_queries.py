@@ -23,6 +23,10 @@ if TYPE_CHECKING:
     from corral.controller.hub import EngineEntry, Hub
 
 MAX_QUERY_IDS = 100_000
+# at most this many msg_ids wait to be purged once their copies come (the oldest forgotten):
+# a copy is late by milliseconds, so these are only the results a client got just before it
+# purged; one whose copy never comes (its engine died before sending it) must not stay for ever
+PURGE_ON_RECORD_LIMIT = 20_000
 
 
 def answer(
@@ -125,34 +129,53 @@ def result_request(hub: Hub, idents: Sequence[bytes], msg: Message) -> list[Acti
 
 def purge_request(hub: Hub, idents: Sequence[bytes], msg: Message) -> list[Action]:
     """Forget completed results: the reply, then the drops for the shell to apply. Every
-    named msg_id and engine is checked first, so a bad purge drops nothing."""
+    named msg_id and engine is checked first, so a bad purge drops nothing.
+
+    ``settled``: msg_ids whose results the asking client already holds. The copies that tell
+    this Hub a task finished travel apart from the client's reply (from the scheduler, a
+    device or the engine), so a client that purges right after its results came may ask
+    before they arrive: such a task, still pending here or not yet known, is purged as soon
+    as its result is recorded (``hub_records.purge_recorded``), instead of the purge failing or
+    leaving it behind."""
     stale = hub.stale(msg)
     if stale is not None:
         return [answer(idents, msg, "purge_reply", error_reply("StaleRequest", stale))]
     content = msg.content or {}
     msg_ids = content.get("msg_ids", [])
     engine_ids = content.get("engine_ids") or []
+    settled = dict.fromkeys(msg_ids_of(content.get("settled", [])))  # in the client's order
     engines = targets_of(hub, list(engine_ids)) if engine_ids else []
     actions: list[Action] = [answer(idents, msg, "purge_reply", ok_reply())]
+    later: list[str] = []
     if msg_ids == "all":
         actions.append(DropMatching({"status": {"$ne": "pending"}}))
         for entry in hub.engines.values():
             entry.completed.clear()
+        later = list(settled)  # pending here, or not yet known: the drop above missed them
     else:
         msg_ids = msg_ids_of(msg_ids)
         records = hub.store.get_records(msg_ids)
         for msg_id in msg_ids:
-            if msg_id not in records:
+            if msg_id in settled and (msg_id not in records or msg_id in hub.pending):
+                later.append(msg_id)
+            elif msg_id not in records:
                 raise QueryError(f"cannot purge unknown msg_id {msg_id}")
-            if msg_id in hub.pending or records[msg_id].get("status") == "pending":
+            elif msg_id in hub.pending or records[msg_id].get("status") == "pending":
                 raise QueryError(f"cannot purge pending msg_id {msg_id}")
-        actions.append(DropRecords(tuple(msg_ids)))
+        waiting = set(later)
+        now = tuple(msg_id for msg_id in msg_ids if msg_id not in waiting)
+        actions.append(DropRecords(now))
         for entry in hub.engines.values():
-            for msg_id in msg_ids:
+            for msg_id in now:
                 entry.completed.pop(msg_id, None)
     for entry in engines:
         actions.append(DropMatching({"engine_uuid": entry.uuid, "status": {"$ne": "pending"}}))
         entry.completed.clear()
+    purge_on_record = hub.purge_on_record
+    for msg_id in later:
+        purge_on_record[msg_id] = None
+    while len(purge_on_record) > PURGE_ON_RECORD_LIMIT:
+        del purge_on_record[next(iter(purge_on_record))]
     return actions
 
 

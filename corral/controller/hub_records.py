@@ -16,7 +16,13 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from corral.controller.hub_actions import Action, AddRecord, SetEngines, UpdateRecord
+from corral.controller.hub_actions import (
+    Action,
+    AddRecord,
+    DropRecords,
+    SetEngines,
+    UpdateRecord,
+)
 from corral.controller.store.base import MessageJSON
 from corral.controller.store.retention import REQUEST_OMITTED_FIELD
 from corral.protocol.session import Message, frame_view
@@ -194,8 +200,21 @@ def record_reply(
     )
     changes = _result_fields(msg, entry, engine_uuid, now)
     if texts is None:
-        return [UpdateRecord(msg_id, changes)]
-    return [UpdateRecord(msg_id, changes, texts)]
+        writes: list[Action] = [UpdateRecord(msg_id, changes)]
+    else:
+        writes = [UpdateRecord(msg_id, changes, texts)]
+    return purge_recorded(hub, msg_id, writes) if hub.purge_on_record else writes
+
+
+def purge_recorded(hub: Hub, msg_id: str, writes: list[Action]) -> list[Action]:
+    """``writes`` (a task's result just recorded), then its drop if a purge asked for it
+    before its copy came (see ``hub_queries.purge_request``)."""
+    if msg_id not in hub.purge_on_record:
+        return writes
+    del hub.purge_on_record[msg_id]
+    for entry in hub.engines.values():
+        entry.completed.pop(msg_id, None)
+    return [*writes, DropRecords((msg_id,))]
 
 
 def _result_fields(
@@ -248,7 +267,7 @@ def _record_unknown(
         "resubmitted": False,
         **_result_fields(msg, entry, engine_uuid, now),
     }
-    return [AddRecord(msg_id, record)]
+    return purge_recorded(hub, msg_id, [AddRecord(msg_id, record)])
 
 
 def _ident(idents: Sequence[bytes], index: int) -> str:

@@ -89,7 +89,12 @@ _SPECS = [
     _reply("result_reply"),
     _spec(
         "purge_request",
-        optional={"msg_ids": (list, str), "engine_ids": INT_LIST, "controller": (str,)},
+        optional={
+            "msg_ids": (list, str),
+            "engine_ids": INT_LIST,
+            "controller": (str,),
+            "settled": (list,),
+        },
     ),
     _reply("purge_reply"),
     _spec("history_request"),

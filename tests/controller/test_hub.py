@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from corral.controller import hub_queries
 from corral.controller.hub import Send, Stop
 from corral.controller.hub_actions import SetEngines
 from corral.controller.store.memory import MemoryStore
@@ -299,6 +300,61 @@ def test_purge(hub: HubHarness) -> None:
     (ok_all,) = hub.handle_request([b"c"], request("purge_request", msg_ids="all"))
     assert ok_all.content["status"] == "ok"
     assert hub.store.get_history() == [pending.msg_id]
+
+
+def test_a_purge_of_results_whose_copies_have_not_come_drops_them_once_recorded(
+    hub: HubHarness,
+) -> None:
+    """A client holds results the Hub has not recorded yet (their copies travel apart from
+    the replies): named as ``settled``, they are purged when recorded, not refused or left."""
+    register(hub, "a")
+    running = submit_mux(hub, "a")  # the Hub has the request, not yet the reply's copy
+    (ok,) = hub.handle_request(
+        [b"c"], request("purge_request", msg_ids=[running.msg_id], settled=[running.msg_id])
+    )
+    assert ok.content["status"] == "ok"
+    assert hub.store.get_history() == [running.msg_id]  # still pending here
+    hub.handle_monitor(b"mux_out", [b"client-1", b"a"], reply_for(running))
+    assert hub.store.get_history() == []
+    (counts,) = hub.handle_request([b"c"], request("queue_request"))
+    assert counts.content["0"]["completed"] == 0
+    # a direct task whose two copies both come after the purge: not known at all yet
+    unseen = session.msg("apply_request", {})
+    (ok,) = hub.handle_request(
+        [b"c"], request("purge_request", msg_ids=[unseen.msg_id], settled=[unseen.msg_id])
+    )
+    assert ok.content["status"] == "ok"
+    hub.handle_monitor(b"mux_in", [b"a", b"client-1"], unseen)
+    hub.handle_monitor(b"mux_out", [b"client-1", b"a"], reply_for(unseen))
+    assert hub.store.get_history() == []
+    # "all": the drop takes what is recorded, the settled pending one goes when it comes
+    done, late = submit_mux(hub, "a"), submit_mux(hub, "a")
+    hub.handle_monitor(b"mux_out", [b"client-1", b"a"], reply_for(done))
+    other = submit_mux(hub, "a")  # another client's task, still running: kept
+    (ok,) = hub.handle_request(
+        [b"c"], request("purge_request", msg_ids="all", settled=[done.msg_id, late.msg_id])
+    )
+    assert hub.store.get_history() == [late.msg_id, other.msg_id]
+    hub.handle_monitor(b"mux_out", [b"client-1", b"a"], reply_for(late))
+    hub.handle_monitor(b"mux_out", [b"client-1", b"a"], reply_for(other))
+    assert hub.store.get_history() == [other.msg_id]
+    assert hub.hub.purge_on_record == {done.msg_id: None}  # bounded: see PURGE_ON_RECORD_LIMIT
+    # not settled by the asking client: a pending task still cannot be purged
+    running = submit_mux(hub, "a")
+    (err,) = hub.handle_request([b"c"], request("purge_request", msg_ids=[running.msg_id]))
+    assert err.content["status"] == "error" and "pending" in err.content["evalue"]
+    (bad,) = hub.handle_request([b"c"], request("purge_request", msg_ids="all", settled=[3]))
+    assert bad.content["status"] == "error" and "strings" in bad.content["evalue"]
+
+
+def test_the_msg_ids_waiting_for_their_copies_to_be_purged_are_bounded(
+    hub: HubHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hub_queries, "PURGE_ON_RECORD_LIMIT", 3)
+    ids = [f"never-{n}" for n in range(5)]  # e.g. an engine that died before sending copies
+    (ok,) = hub.handle_request([b"c"], request("purge_request", msg_ids="all", settled=ids))
+    assert ok.content["status"] == "ok"
+    assert list(hub.hub.purge_on_record) == ids[2:]
 
 
 def test_history_and_db_query(hub: HubHarness) -> None:
