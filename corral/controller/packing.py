@@ -45,7 +45,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
-from corral.controller.scheduling_state import BURST_HOLD, EngineState
+from corral.controller.scheduling_state import BURST_HOLD, EngineState, check_setting
 
 BURST_PACKING: Final = 2
 """The scheduler's default ``burst_packing``: engines per core that run a burst of tiny tasks
@@ -60,13 +60,7 @@ core that packing would apply."""
 def check_burst_packing(value: object) -> int:
     """``value`` if it is a whole number from 0 to :data:`MAX_BURST_PACKING`; ValueError
     saying so otherwise (the controller's check of its setting, before any process starts)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"burst_packing must be a whole number, not {value!r}")
-    if not 0 <= value <= MAX_BURST_PACKING:
-        raise ValueError(
-            f"burst_packing must be from 0 (never pack) to {MAX_BURST_PACKING}, not {value}"
-        )
-    return value
+    return check_setting("burst_packing", value, 0, MAX_BURST_PACKING, "never pack")
 
 
 @dataclass(eq=False, slots=True)

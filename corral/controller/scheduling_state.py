@@ -38,13 +38,18 @@ burst of tasks other engines could run."""
 def check_burst_prefetch(value: object) -> int:
     """``value`` if it is a whole number from 1 to :data:`MAX_BURST_PREFETCH`; ValueError
     saying so otherwise (the controller's check of its setting, before any process starts)."""
+    return check_setting(
+        "burst_prefetch", value, 1, MAX_BURST_PREFETCH, "never more than max_outstanding"
+    )
+
+
+def check_setting(name: str, value: object, low: int, high: int, low_means: str) -> int:
+    """``value`` if it is a whole number from ``low`` (which ``low_means``) to ``high``;
+    ValueError naming the setting ``name`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"burst_prefetch must be a whole number, not {value!r}")
-    if not 1 <= value <= MAX_BURST_PREFETCH:
-        raise ValueError(
-            "burst_prefetch must be from 1 (never more than max_outstanding) to "
-            f"{MAX_BURST_PREFETCH}, not {value}"
-        )
+        raise ValueError(f"{name} must be a whole number, not {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be from {low} ({low_means}) to {high}, not {value}")
     return value
 
 

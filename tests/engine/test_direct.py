@@ -160,10 +160,9 @@ def _call(name: str) -> Any:
     return _CALLS.pop(name)()
 
 
-def test_a_long_tasks_request_is_copied_at_the_deadline_not_at_its_end() -> None:
-    """The Hub learns of a direct request that runs long (queue_status, the engine's death
-    while it runs) within HOLD_REPLIES, from the I/O thread, and of those that wait behind it
-    within WATCH_EVERY: no copy waits for the task's end."""
+def blocking_task() -> tuple[threading.Event, threading.Event, threading.Event]:
+    """Register ``blocking`` (run by name: the loop thread shares this process), a task that
+    returns "done" once released: its (started, release, ended) events."""
     started, release, ended = threading.Event(), threading.Event(), threading.Event()
 
     def blocking() -> str:
@@ -174,7 +173,15 @@ def test_a_long_tasks_request_is_copied_at_the_deadline_not_at_its_end() -> None
             ended.set()
         return "done"
 
-    _CALLS["blocking"] = blocking  # run by name: the loop thread shares this process
+    _CALLS["blocking"] = blocking
+    return started, release, ended
+
+
+def test_a_long_tasks_request_is_copied_at_the_deadline_not_at_its_end() -> None:
+    """The Hub learns of a direct request that runs long (queue_status, the engine's death
+    while it runs) within HOLD_REPLIES, from the I/O thread, and of those that wait behind it
+    within WATCH_EVERY: no copy waits for the task's end."""
+    started, release, ended = blocking_task()
     hub = Session(KEY, session_id="hub")
     with served() as s:
         request = send_apply(s, _call, "blocking")
@@ -216,17 +223,7 @@ def test_behind_a_load_balanced_task_a_direct_request_is_copied_while_it_runs() 
     """Once the engine has served a direct request, every task arms the alarm: a direct
     request that comes while a load-balanced task runs (no copies held when it started)
     reaches the Hub before that task ends."""
-    started, release, ended = threading.Event(), threading.Event(), threading.Event()
-
-    def blocking() -> str:
-        started.set()
-        try:
-            assert release.wait(WAIT)
-        finally:
-            ended.set()
-        return "done"
-
-    _CALLS["blocking"] = blocking
+    started, release, ended = blocking_task()
     hub = Session(KEY, session_id="hub")
     with served() as s:
         first = send_apply(s, add, 1, 2)
