@@ -131,7 +131,7 @@ def send_apply(served: Served, f: Any, *args: Any, **metadata: Any) -> Message:
 
 def reply_to(served: Served, request: Message) -> Message:
     """The next message the engine sends on mux, which must answer ``request``."""
-    assert readable(served.mux, WAIT), f"no reply to {request.msg_id}"
+    assert readable(served.mux, int(WAIT * 1000)), f"no reply to {request.msg_id}"
     frames = recv_one(served.mux)
     assert frames[0] == b"engine"
     reply = served.session.feed(frames[1:])
