@@ -33,7 +33,8 @@ def test_sigint_stops_a_running_sleep_and_the_engine_serves_again(rc) -> None:  
         running.get(timeout=20)
     assert info.value.ename == "KeyboardInterrupt"
     assert time.monotonic() - began < 10
-    assert "time.sleep" in info.value.traceback
+    # interrupted inside the task: in its sleep, or still in the print that announced it
+    assert "loud_sleep" in info.value.traceback
     assert rc[0].apply_sync(lambda: "next") == "next"
 
 
@@ -48,7 +49,8 @@ def test_abort_interrupts_a_running_direct_task(rc) -> None:  # type: ignore[no-
     assert time.monotonic() - began < 10
     assert "interrupted while running" in info.value.evalue
     assert info.value.engine_id == 1
-    assert "time.sleep" in info.value.traceback
+    # interrupted inside the task: in its sleep, or still in the print that announced it
+    assert "loud_sleep" in info.value.traceback
     assert running.metadata["status"] == "aborted"
     assert isinstance(queued.get(timeout=20), int), "a task not named by the abort was hurt"
     assert rc[1].apply_sync(lambda: "next") == "next"
