@@ -271,8 +271,9 @@ class OutputCapture:
     publish callback in coalesced chunks: when a newline is written (or the stream is flushed)
     and ``flush_interval`` has passed since the last publish; otherwise a background flusher
     publishes it when the interval ends, so a line printed before a long computation still
-    arrives promptly. Everything left is published when the task ends, before :meth:`capture`
-    returns, so a client sees all streamed output before the reply.
+    arrives promptly. Text without a newline is always left to the flusher. Everything left
+    is published when the task ends, before :meth:`capture` returns, so a client sees all
+    streamed output before the reply.
 
     The publish callback is called from the task's thread or from the flusher thread, one call
     at a time, in write order: it must be safe to call from either.
@@ -355,6 +356,8 @@ class OutputCapture:
                 self._pending.append((name, text))
             if "\n" in text:
                 self._schedule()
+            elif self._deadline is None:
+                self._defer()
 
     def publish_now(self) -> None:
         """Publish pending text at once (before a display, so output keeps its order)."""
@@ -377,6 +380,15 @@ class OutputCapture:
             self._deadline = self._last_publish + self.flush_interval
             self._start_flusher()
             self._wakeup.notify()
+
+    def _defer(self) -> None:
+        """Text without a newline (``print(".", end="")`` as progress): the flusher publishes
+        it once the interval since the last publish ends, at once if it has, never this
+        call (a partial line is not worth a publish per write), so that it is seen while the
+        task still runs, as ipykernel's streams do. Locked."""
+        self._deadline = max(self._last_publish + self.flush_interval, time.monotonic())
+        self._start_flusher()
+        self._wakeup.notify()
 
     def _publish_pending(self) -> None:
         """Hand every pending chunk to the callback, in order. Locked."""

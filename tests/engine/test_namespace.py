@@ -15,6 +15,7 @@ import pytest
 from corral.engine.namespace import Namespace, OutputCapture, strip_engine_frames
 from corral.protocol import references
 from corral.protocol.references import Reference, interactive
+from tests.polling import until
 
 
 @pytest.fixture
@@ -303,6 +304,22 @@ def test_pending_line_is_flushed_while_the_task_still_runs() -> None:
         assert published.event.wait(5.0), "the pending line was not flushed during the task"
         assert published.text("stdout") == "first\nsecond\n"
     assert published.calls[-1][0] == "corral-output-flusher"
+    capture.close()
+
+
+def test_a_partial_line_is_published_by_the_flusher_while_the_task_runs() -> None:
+    """``print(".", end="")`` progress is seen during the task (as ipykernel streams it),
+    published by the flusher, never by the write itself."""
+    published = Published()
+    capture = OutputCapture(flush_interval=0.05)
+    with capture.capture(published):
+        sys.stdout.write("started")
+        assert published.event.wait(5.0), "the partial line waited for the task's end"
+        assert published.calls == [("corral-output-flusher", "stdout", "started")]
+        for _ in range(3):
+            print(".", end="")
+        until(lambda: published.text("stdout") == "started...", 5, "the dots published")
+        assert {thread for thread, _, _ in published.calls} == {"corral-output-flusher"}
     capture.close()
 
 
