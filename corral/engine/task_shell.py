@@ -59,7 +59,11 @@ from .runner import (
 BATCH = 64  # messages per socket per turn
 HOLD_REPLIES = 0.002  # seconds a reply may wait for the tasks queued behind it, at most
 BATCH_FOR = 0.001  # seconds of held replies after which the loop sends them (end of turn)
-WATCH_EVERY = 0.01  # seconds between the I/O thread's reads of the direct socket in a long task
+# seconds between the I/O thread's reads of the direct socket while a task runs: from
+# WATCH_EVERY, doubled after each read up to WATCH_AT_MOST (a task of hours must not wake the
+# engine a hundred times a second; the Hub learns of a request queued behind it within a second)
+WATCH_EVERY = 0.01
+WATCH_AT_MOST = 1.0
 TASK_CHANNELS = (b"mux", b"task", b"direct")
 MUX_IN = b"mux_in"  # the prefixes of the MUX device's copies, which the Hub records
 MUX_OUT = b"mux_out"
@@ -113,6 +117,7 @@ class TaskShell:
         self._held_since: float | None = None  # when the oldest reply not sent was queued
         self._copies_since: float | None = None  # when the oldest copy not sent was queued
         self._running = False  # user code runs (the lock is lent meanwhile)
+        self._watch_every = WATCH_EVERY  # the next look at the direct socket, while it runs
         self._direct_seen = False  # a client sent a request to the direct socket
         self._engine_ident = identity.uuid.encode()
         self._hold_asked = False  # hold_until was called for the replies held now
@@ -300,6 +305,7 @@ class TaskShell:
                 self._hold_asked = True
                 self.alarm.arm(time.monotonic() + HOLD_REPLIES)
             self._running = True
+            self._watch_every = WATCH_EVERY
             self.lock.release()  # user code may run for hours: the I/O thread may borrow
             try:
                 self.runner.run(item)
@@ -472,8 +478,8 @@ class TaskShell:
         """(I/O thread, lock borrowed, at the alarm.) Send what is held; and while a task
         runs, first read the direct requests waiting behind it, so that their copies reach
         the Hub now (queue_status, the engine's death) and not when the task ends, and look
-        again every ``WATCH_EVERY`` seconds while it runs (the MUX device copies the requests
-        as they pass; the direct socket has no device)."""
+        again after ``WATCH_EVERY`` seconds, then ever less often up to ``WATCH_AT_MOST`` (the
+        MUX device copies the requests as they pass; the direct socket has no device)."""
         alarm = self.alarm
         watching = self._running and b"direct" in self._sockets and alarm is not None
         if watching:
@@ -481,7 +487,8 @@ class TaskShell:
         self._flush_turn()
         if watching and alarm is not None:
             self._hold_asked = True  # the main thread's next flush disarms it
-            alarm.arm(time.monotonic() + WATCH_EVERY)
+            alarm.arm(time.monotonic() + self._watch_every)
+            self._watch_every = min(2 * self._watch_every, WATCH_AT_MOST)
 
     def look_behind_running_task(self) -> None:
         """(I/O thread, at each of the Hub's pings.) While a task runs, read the direct

@@ -17,11 +17,12 @@ import zmq
 
 from corral.engine.alarm import open_alarm
 from corral.engine.runner import EngineIdentity, TaskRunner
-from corral.engine.task_shell import HOLD_REPLIES, TaskShell
+from corral.engine.task_shell import HOLD_REPLIES, WATCH_AT_MOST, WATCH_EVERY, TaskShell
 from corral.loop import Loop, LoopThread
 from corral.protocol.serialize import deserialize_object, pack_apply_message
 from corral.protocol.session import DELIMITER, Message, Session
 from corral.sharedmem import SharedMemory
+from tests.polling import until
 from tests.wire import readable, recv_one
 
 WAIT = 10.0  # seconds: every wait bounded
@@ -197,6 +198,9 @@ def test_a_long_tasks_request_is_copied_at_the_deadline_not_at_its_end() -> None
         assert hub.feed(copy_queued[3:]).msg_id == queued.msg_id
         assert not ended.is_set(), "the copies waited for the task's end"
         assert not readable(s.client, 0)  # no reply yet: the task still runs
+        # the I/O thread looks ever less often while the task runs on, up to WATCH_AT_MOST
+        until(lambda: s.shell._watch_every >= 4 * WATCH_EVERY, WAIT, "the looks spaced out")  # noqa: SLF001
+        assert s.shell._watch_every <= WATCH_AT_MOST  # noqa: SLF001
         release.set()
         assert deserialize_object(list(reply_to(s, request).buffers)) == "done"
         assert deserialize_object(list(reply_to(s, queued).buffers)) == 42
