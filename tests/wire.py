@@ -6,6 +6,7 @@ frames they did not decode), so it lives here rather than on :class:`Session`.
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -64,3 +65,18 @@ def recv_one(sock: zmq.Socket[Any], flags: int = 0, *, copy: bool = True) -> lis
 def readable(sock: zmq.Socket[Any], timeout_ms: int = 0) -> bool:
     """Whether :func:`recv_one` has a message, waiting at most ``timeout_ms``."""
     return bool(_unread.get(sock)) or bool(sock.poll(timeout_ms))
+
+
+def send_when_routable(router: zmq.Socket[Any], frames: Sequence[Any], what: str) -> None:
+    """Send ``frames`` on a ROUTER with ``ROUTER_MANDATORY`` once their first frame's peer
+    has connected (EHOSTUNREACH until then), trying every 10 ms for at most 10 s;
+    AssertionError naming ``what`` (the peer's socket) after that."""
+    pause = threading.Event()
+    for _ in range(1000):  # bounded
+        try:
+            router.send_multipart(frames)
+            return
+        except zmq.ZMQError as err:
+            assert err.errno == zmq.EHOSTUNREACH
+            pause.wait(0.01)
+    raise AssertionError(f"{what} never connected")

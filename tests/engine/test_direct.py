@@ -23,7 +23,7 @@ from corral.protocol.serialize import deserialize_object, pack_apply_message
 from corral.protocol.session import DELIMITER, Message, Session
 from corral.sharedmem import SharedMemory
 from tests.polling import until
-from tests.wire import readable, recv_one
+from tests.wire import readable, recv_one, send_when_routable
 
 WAIT = 10.0  # seconds: every wait bounded
 WAIT_MS = int(WAIT * 1000)  # the same, for readable()
@@ -212,15 +212,8 @@ def send_load_balanced(direct: Direct, f: Any, *args: Any) -> Message:
     """A request as the scheduler sends it, once the engine's task DEALER is connected."""
     msg = direct.session.msg("apply_request", {}, buffers=pack_apply_message(f, args, {}))
     frames = [b"engine", *direct.session.serialize(msg, [b"client"])]
-    pause = threading.Event()
-    for _ in range(1000):  # bounded
-        try:
-            direct.scheduler.send_multipart(frames)
-            return msg
-        except zmq.ZMQError as err:
-            assert err.errno == zmq.EHOSTUNREACH
-            pause.wait(0.01)
-    raise AssertionError("the engine's task DEALER never connected")
+    send_when_routable(direct.scheduler, frames, "the engine's task DEALER")
+    return msg
 
 
 def test_behind_a_load_balanced_task_a_direct_request_is_copied_while_it_runs() -> None:

@@ -23,7 +23,7 @@ from corral.loop import Loop, LoopThread
 from corral.protocol.serialize import deserialize_object, pack_apply_message
 from corral.protocol.session import Message, Session
 from corral.sharedmem import SharedMemory
-from tests.wire import readable, recv_one
+from tests.wire import readable, recv_one, send_when_routable
 
 WAIT = 10.0  # every wait bounded
 KEY = b"task-shell-test-key"
@@ -118,15 +118,8 @@ def send_apply(served: Served, f: Any, *args: Any, **metadata: Any) -> Message:
         "apply_request", {}, metadata=metadata, buffers=pack_apply_message(f, args, {})
     )
     frames = [b"engine", *served.session.serialize(msg, [b"client"])]
-    pause = threading.Event()
-    for _ in range(1000):  # until the engine's DEALER has connected (bounded)
-        try:
-            served.mux.send_multipart(frames)
-            return msg
-        except zmq.ZMQError as err:
-            assert err.errno == zmq.EHOSTUNREACH
-            pause.wait(0.01)
-    raise AssertionError("the engine's mux DEALER never connected")
+    send_when_routable(served.mux, frames, "the engine's mux DEALER")
+    return msg
 
 
 def reply_to(served: Served, request: Message) -> Message:
