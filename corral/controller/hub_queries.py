@@ -149,9 +149,12 @@ def purge_request(hub: Hub, idents: Sequence[bytes], msg: Message) -> list[Actio
     later: list[str] = []
     if msg_ids == "all":
         actions.append(DropMatching({"status": {"$ne": "pending"}}))
+        recorded: set[str] = set()
         for entry in hub.engines.values():
+            recorded.update(entry.completed)
             entry.completed.clear()
-        later = list(settled)  # pending here, or not yet known: the drop above missed them
+        # pending here, or not yet known: the drop above missed them (not those it took)
+        later = [msg_id for msg_id in settled if msg_id not in recorded]
     else:
         msg_ids = msg_ids_of(msg_ids)
         records = hub.store.get_records(msg_ids)

@@ -338,7 +338,7 @@ def test_a_purge_of_results_whose_copies_have_not_come_drops_them_once_recorded(
     hub.handle_monitor(b"mux_out", [b"client-1", b"a"], reply_for(late))
     hub.handle_monitor(b"mux_out", [b"client-1", b"a"], reply_for(other))
     assert hub.store.get_history() == [other.msg_id]
-    assert hub.hub.purge_on_record == {done.msg_id: None}  # bounded: see PURGE_ON_RECORD_LIMIT
+    assert hub.hub.purge_on_record == {}  # the recorded one was dropped at once: none waits
     # not settled by the asking client: a pending task still cannot be purged
     running = submit_mux(hub, "a")
     (err,) = hub.handle_request([b"c"], request("purge_request", msg_ids=[running.msg_id]))
