@@ -154,15 +154,18 @@ def record_reply(
     msg: Message,
     now: float,
     texts: MessageJSON | None = None,
+    channel: str | None = None,
 ) -> list[Action]:
     """The result fields of a reply's task (``texts`` as :func:`record_request` takes them);
-    a whole record when the Hub never saw its request (:func:`_record_unknown`)."""
+    a whole record when the Hub never saw its request (:func:`_record_unknown`). ``channel``:
+    the path the copy came by, on which the engine is told it is written (``queue`` if not
+    given; ``direct`` for an engine's own copy, see :meth:`Hub.handle_monitor`)."""
     msg_id = msg.parent_id
     if msg_id is None:
         return []
     engine_uuid = _ident(idents, 1)  # a reply travels (client, engine)
     if engine_uuid in hub.by_uuid:  # its engine may forget it once it is written
-        hub.replies_seen.setdefault(engine_uuid, {})[queue] = msg_id
+        hub.replies_seen.setdefault(engine_uuid, {})[channel or queue] = msg_id
     if engine_uuid in hub.dropped:
         return []  # a late reply of an engine declared dead: its tasks were settled without it
     if msg_id not in hub.pending:

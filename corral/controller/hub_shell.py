@@ -149,7 +149,7 @@ class HubShell:
         if self.engine_copies is not None:
             loop.add_socket(
                 self.engine_copies,
-                self._on_device_message,
+                self._on_engine_message,
                 batch=MONITOR_BATCH,
                 small_as_bytes=True,
             )
@@ -227,7 +227,7 @@ class HubShell:
             (self.monitor, self._on_scheduler_message),
         ]
         if self.engine_copies is not None:
-            monitors.append((self.engine_copies, self._on_device_message))
+            monitors.append((self.engine_copies, self._on_engine_message))
         for monitor, handle in monitors:
             for _ in range(DRAIN_BATCH):
                 if not int(monitor.get(zmq.EVENTS)) & zmq.POLLIN:
@@ -240,6 +240,12 @@ class HubShell:
         engine's bundle as it came), read as one burst as the scheduler's are
         (:meth:`_on_scheduler_message`): dated once, their store writes queued together."""
         self._read_burst(self._on_monitor, frames)
+
+    def _on_engine_message(self, frames: list[zmq.Frame]) -> None:
+        """An engine's copy of a direct request or reply, or a bundle of them, read as the
+        devices' are; a reply here is confirmed to its engine on the ``direct`` channel
+        (:meth:`Hub.handle_monitor`)."""
+        self._read_burst(self._on_engine_copy, frames)
 
     def _on_scheduler_message(self, frames: list[zmq.Frame]) -> None:
         """A bundle of the scheduler's copies (:mod:`corral.bundles`), read as one burst: the
@@ -276,7 +282,14 @@ class HubShell:
         client's or an engine's message as it came, so its signature is checked here."""
         self._record_copy(frames, True, self._received)
 
-    def _record_copy(self, frames: Sequence[Frame], verify: bool, now: float) -> None:
+    def _on_engine_copy(self, frames: Sequence[Frame]) -> None:
+        """A copy from an engine's copies PUSH (from :meth:`_on_engine_message`): checked as
+        a device's, its reply confirmed on the ``direct`` channel."""
+        self._record_copy(frames, True, self._received, direct=True)
+
+    def _record_copy(
+        self, frames: Sequence[Frame], verify: bool, now: float, *, direct: bool = False
+    ) -> None:
         prefix = _ident_bytes(frames[0])
         idents, msg_frames = _split_copy(frames)
         msg = read_copy(self.session, msg_frames, idents, verify=verify)
@@ -299,7 +312,7 @@ class HubShell:
                 and content.__class__ is bytes
             ):
                 texts = (header, parent, metadata, content)
-        actions = self.hub.handle_monitor(prefix, idents, msg, now, omitted, texts)
+        actions = self.hub.handle_monitor(prefix, idents, msg, now, omitted, texts, direct=direct)
         # the usual copy makes one record write and nothing to send
         if actions and not (len(actions) == 1 and apply_record_write(self.store, actions[0])):
             self._perform(actions)

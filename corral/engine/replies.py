@@ -6,7 +6,11 @@ dead controller's buffers, nor what its Hub had read but not yet written to its 
 engine keeps each reply until the Hub says it is recorded: every heartbeat period the Hub sends
 ``replies_recorded``, naming per channel the newest reply of this engine whose record is
 written to its store. Replies travel in order on each channel (engine, queue, Hub monitor), so
-that reply and every earlier one on its channel are safe and forgotten. When the engine
+that reply and every earlier one on its channel are safe and forgotten. A direct reply (from the
+engine's own ROUTER) reaches the Hub as a copy on the engine's copies PUSH, a path no order ties
+to the MUX device's: it is kept on a channel of its own, ``direct``, so that a confirmation of a
+MUX reply never makes the engine forget a direct reply the Hub has not written, nor the other
+way round. When the engine
 registers with a restarted controller, it names the tasks it still holds and the replies it
 sends again, each marked as such (:func:`marked_resent`: a new signature, never a replay); the
 Hub records each reply once, clients ignore a reply they already have. At most
@@ -26,6 +30,8 @@ from corral.protocol.messages import RESENT
 from corral.protocol.session import DELIMITER, Frame, frame_view
 
 MAX_KEPT = 10_000  # replies kept at most while the Hub has not confirmed them
+# the socket a kept reply is sent again on, when not the one it first left on
+RESEND_ON = {b"direct": b"mux"}
 
 
 @dataclass
@@ -81,8 +87,13 @@ class ReplyLog:
         return [*self.held, *self.recent]
 
     def to_resend(self) -> list[tuple[bytes, list[Frame]]]:
-        """The recent replies, oldest first, to send again (then forgotten)."""
-        replies = [(channel, list(frames)) for _, channel, frames in self.recent.values()]
+        """The recent replies, oldest first, to send again (then forgotten), each with the
+        socket it goes on: a direct reply through the MUX, whose device gives the new Hub
+        its copy (the direct socket's peer is the client, which has it or asks the Hub)."""
+        replies = [
+            (RESEND_ON.get(channel, channel), list(frames))
+            for _, channel, frames in self.recent.values()
+        ]
         self.recent.clear()
         return replies
 

@@ -335,10 +335,9 @@ class TaskShell:
         # pass, and the I/O thread keeps it, with its note, until the Hub recorded the reply
         frames = tuple(frames)
         if keep:
-            # a direct reply sent again (to a restarted controller) goes through the MUX,
-            # whose device gives the Hub its copy
-            kept_on = b"mux" if channel == b"direct" else channel
-            self.notes.append(("replied", kept_on, frames, answers))
+            # kept on its own channel: the Hub confirms a direct reply from its copy on the
+            # copies PULL, which no order ties to the MUX device's (see corral.engine.replies)
+            self.notes.append(("replied", channel, frames, answers))
         self._outboxes[channel].put(frames)
         if channel == b"direct":
             self._copy_for_hub(MUX_OUT, frames)

@@ -77,7 +77,7 @@ _SPECS = [
     ),
     _spec("unregistration_notification", {"id": (int,), "uuid": (str,)}, optional={"why": (str,)}),
     # -- Hub to one engine (registration ROUTER): its newest reply per queue, recorded --
-    _spec("replies_recorded", optional={"mux": (str,), "task": (str,)}),
+    _spec("replies_recorded", optional={"mux": (str,), "task": (str,), "direct": (str,)}),
     # -- client queries (Hub ROUTER) --
     _spec("queue_request", optional={"verbose": (bool,), "targets": INT_LIST}),
     _reply("queue_reply"),

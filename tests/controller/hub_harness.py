@@ -43,9 +43,10 @@ class HubHarness:
         return self.perform(self.hub.handle_pong(uuid, payload, self.now))
 
     def handle_monitor(
-        self, prefix: bytes, idents: Sequence[bytes], msg: Message
+        self, prefix: bytes, idents: Sequence[bytes], msg: Message, *, direct: bool = False
     ) -> list[Send | Resubmit | Stop]:
-        return self.perform(self.hub.handle_monitor(prefix, idents, msg, self.now))
+        """``direct``: the copy came from the engine's copies PUSH, not from the device."""
+        return self.perform(self.hub.handle_monitor(prefix, idents, msg, self.now, direct=direct))
 
     def handle_destination(self, msg_id: str, engine_uuid: str) -> list[Send | Resubmit | Stop]:
         return self.perform(self.hub.handle_destination(msg_id, engine_uuid))

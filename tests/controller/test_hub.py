@@ -668,6 +668,26 @@ def test_engines_are_told_their_newest_recorded_reply_per_queue(hub: HubHarness)
     assert not [a for a in actions if a.msg_type == "replies_recorded"]  # once each
 
 
+def test_an_engines_own_copies_are_confirmed_on_a_channel_of_their_own(hub: HubHarness) -> None:
+    """Issue 13, round twelve: a direct reply's copy comes on the engine's copies PUSH and a
+    MUX reply's through the device, two paths no order ties together. Confirmed under one
+    name, the Hub's newest MUX reply made the engine forget a direct reply sent before it
+    whose copy the Hub had not read yet (lost if the controller died then)."""
+    register(hub, "a")
+    by_mux = submit_mux(hub, "a")
+    by_direct = session.msg("apply_request", {})
+    hub.handle_monitor(b"mux_in", [b"a", b"client-2"], by_direct, direct=True)
+    hub.handle_monitor(b"mux_out", [b"client-1", b"a"], reply_for(by_mux))
+    _, actions = hub.tick()
+    confirmed = [a.content for a in actions if a.msg_type == "replies_recorded"]
+    assert confirmed == [{"mux": by_mux.msg_id}]  # nothing said of the direct channel yet
+    hub.handle_monitor(b"mux_out", [b"client-2", b"a"], reply_for(by_direct), direct=True)
+    _, actions = hub.tick()
+    confirmed = [a.content for a in actions if a.msg_type == "replies_recorded"]
+    assert confirmed == [{"direct": by_direct.msg_id}]
+    assert hub.store.get_record(by_direct.msg_id)["status"] == "ok"
+
+
 def test_replies_are_confirmed_only_once_their_records_are_written(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "tasks.db")
     try:

@@ -85,6 +85,22 @@ def test_resend_gives_recent_replies_oldest_first_once() -> None:
     assert log.to_resend() == []
 
 
+def test_direct_replies_are_confirmed_apart_and_sent_again_through_the_mux() -> None:
+    """A direct reply reaches the Hub as the engine's own copy, a MUX reply through the
+    device: a confirmation of the MUX's newest must not forget a direct reply sent before it
+    (its copy may still be on its way), and the other way round. Sent again to a restarted
+    controller, a direct reply goes through the MUX, whose device copies it for the Hub."""
+    log = ReplyLog()
+    for msg_id, channel in [("d1", b"direct"), ("m1", b"mux"), ("d2", b"direct")]:
+        log.replied(channel, reply_frames(msg_id), now=0.0)
+    assert log.recorded(b"mux", "m1") == 1
+    assert list(log.recent) == ["d1", "d2"]
+    assert log.recorded(b"direct", "d1") == 1
+    assert list(log.recent) == ["d2"]
+    log.replied(b"mux", reply_frames("m2"), now=0.0)
+    assert [channel for channel, _ in log.to_resend()] == [b"mux", b"mux"]
+
+
 def test_recent_replies_are_bounded() -> None:
     log = ReplyLog()
     frames = reply_frames("x")
