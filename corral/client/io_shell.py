@@ -243,6 +243,10 @@ class ClientIO:
             gate.sock.connect(address)
             self._direct_peers[ident] = address
 
+    def sends_direct(self, engine_uuid: str) -> bool:
+        """Whether this client sends ``engine_uuid``'s direct requests to its own ROUTER."""
+        return engine_uuid.encode() in self._direct_peers
+
     def disconnect_direct(self, engine_uuid: str) -> None:
         """(Any thread.) The engine is gone: stop reconnecting to its address. Its requests
         still unanswered are failed by the caller (the engine's unregistration)."""

@@ -424,8 +424,51 @@ class ControllerLink:
             self._engines = {i: u for i, u in self._engines.items() if u != uuid}
             self._uuids = {u: i for i, u in self._engines.items()}
             self._engines_changed.notify_all()
+        sent_direct = self._io.sends_direct(uuid)
         self._io.disconnect_direct(uuid)
-        self._records.fail_engine(uuid, lambda: engine_gone(engine_id, uuid, why))
+        sent = [
+            msg_id
+            for msg_id, pending in list(self._records.pending.items())
+            if pending.kind == TASK and pending.engine_uuid == uuid and pending.channel == "mux"
+        ]
+        failed = self._records.fail_engine(uuid, lambda: engine_gone(engine_id, uuid, why))
+        if sent_direct:
+            lost = set(failed)
+            self._report_lost_direct(uuid, [msg_id for msg_id in sent if msg_id in lost])
+
+    def _report_lost_direct(self, uuid: str, msg_ids: list[str]) -> None:
+        """(I/O thread) Tell the Hub of the tasks this client sent straight to the engine
+        ``uuid``, now unregistered, and never got answers for: the engine may have died
+        before their copies left it, and then only this client knows them. The Hub records
+        those it does not know as failed (``direct_lost_request``, see
+        :mod:`corral.controller.hub_gone`), so other clients' ``get_result`` and ``db_query``
+        find them. Nobody waits for the answer; a refusal is logged."""
+        if not msg_ids or self._io.closed:
+            return
+        tasks = []
+        for msg_id in msg_ids:
+            md = self._records.metadata.get(msg_id)
+            submitted = md.get("submitted") if md is not None else None
+            tasks.append([msg_id, submitted.isoformat() if submitted is not None else None])
+        msg = self.session.msg("direct_lost_request", {"engine_uuid": uuid, "tasks": tasks})
+
+        def on_reply(reply: Message) -> None:
+            content = reply.content or {}
+            if content.get("status") != "ok":
+                log.info(
+                    "client: the Hub did not record the %d lost tasks of engine %s: %s: %s",
+                    len(tasks),
+                    uuid,
+                    content.get("ename"),
+                    content.get("evalue"),
+                )
+
+        def on_timeout() -> None:
+            self._records.pending.pop(msg.msg_id, None)
+
+        self._records.track_service(msg.msg_id, "hub", on_reply=on_reply)
+        self._io.send_now("hub", self.session.serialize(msg))
+        self._io.call_later(self.timeout, on_timeout)
 
 
 def engine_gone(engine_id: int | None, uuid: str, why: str | None = None) -> EngineError:

@@ -36,6 +36,7 @@ from corral.controller.hub_actions import (
     Stop,
     UpdateRecord,
 )
+from corral.controller.hub_gone import GoneEngines, record_lost_direct
 from corral.controller.hub_queries import QUERIES, answer
 from corral.controller.hub_records import (
     iso_date,
@@ -47,13 +48,11 @@ from corral.controller.hub_restart import expect_answers, lost_balanced, restore
 from corral.controller.hub_resubmit import resubmit_request
 from corral.controller.store.base import MessageJSON, ResultStore
 from corral.errors import (
-    EngineError,
     InvalidContent,
     ProtocolError,
     QueryError,
     StoreError,
     UnknownMessageType,
-    error_content,
 )
 from corral.protocol.messages import (
     KNOWN_TYPES,
@@ -142,6 +141,7 @@ class Hub:
         # settled tasks a purge named before their copies came: purged once recorded (bounded)
         self.purge_on_record: dict[str, None] = {}
         self.dropped: set[str] = set()  # hearts this Hub declared dead
+        self.gone = GoneEngines()  # engines it unregistered (dead or not): late copies' fate
         self.retired_ids: set[int] = set()  # ids of engines gone while this Hub runs
         self.told_stale: set[str] = set()
         self.rejected = 0
@@ -402,18 +402,10 @@ class Hub:
         self.retired_ids.add(entry.id)
         self.hearts.forget(entry.uuid)
         log.info("hub: engine %d (%s) unregistered: %s", entry.id, entry.uuid, why)
-        failure = error_content(
-            EngineError(
-                "EngineError",
-                f"engine {entry.id} died or was unregistered ({why}) "
-                "while this task was queued or running",
-                engine_id=entry.id,
-                engine_uuid=entry.uuid,
-            ),
-            entry.id,
-            entry.uuid,
-        )
-        date = iso_date(now)
+        # a direct request whose copy comes later is recorded failed as these are
+        # (corral.controller.hub_gone)
+        gone = self.gone.add(entry.id, entry.uuid, why, now)
+        date = gone.date
         actions: list[Action] = []
         for msg_id in list(entry.queue):
             # direct tasks can never complete now; load-balanced ones are the scheduler's to
@@ -421,24 +413,22 @@ class Hub:
             # controller restart no scheduler knows: their client may send them again
             self.pending.pop(msg_id, None)
             self.activity.complete(msg_id, entry.id, "error", None, date)
-            resendable = lost_balanced(self, msg_id, never_ran=False)
-            changes = {
-                "status": "error",
-                "result_content": failure,
-                "completed": date,
-                "result_metadata": {
-                    "status": "error",
-                    "engine_id": entry.id,
-                    "engine_uuid": entry.uuid,
-                    **({RESENDABLE: True} if resendable else {}),
-                },
-            }
+            changes = gone.failed_fields(entry.uuid)
+            if lost_balanced(self, msg_id, never_ran=False):
+                changes["result_metadata"][RESENDABLE] = True
             actions.append(UpdateRecord(msg_id, changes))
         for msg_id in entry.tasks:
             self.pending[msg_id] = None
         content = {"id": entry.id, "uuid": entry.uuid, "why": why}
         actions.append(Send("notification", "unregistration_notification", content))
         return actions
+
+    def _on_direct_lost_request(
+        self, idents: Sequence[bytes], msg: Message, now: float
+    ) -> list[Action]:
+        """A client's direct tasks that died with their engine before it copied them
+        (:func:`~corral.controller.hub_gone.record_lost_direct`)."""
+        return record_lost_direct(self, idents, msg)
 
     # ------------------------------------------------------------ heartbeat
 

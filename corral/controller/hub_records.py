@@ -88,7 +88,12 @@ def record_request(
                 engine_uuid = ident.decode("utf-8", "replace") or None
     entry = hub.by_uuid.get(engine_uuid) if engine_uuid else None
     msg_id = msg.msg_id
-    hub.pending[msg_id] = engine_uuid
+    # a direct request whose copy comes after its engine's unregistration (from a socket, or
+    # the engine's copies PUSH): failed at once, as the engine's other tasks were, never
+    # pending for ever (corral.controller.hub_gone)
+    gone = hub.gone.get(engine_uuid) if entry is None and queue == "mux" else None
+    if gone is None:
+        hub.pending[msg_id] = engine_uuid
     if entry is not None:
         (entry.queue if queue == "mux" else entry.tasks)[msg_id] = None
     label = msg.metadata.get("label")
@@ -116,6 +121,12 @@ def record_request(
     record["resubmitted"] = resent
     if resent:
         record.update(CLEARED_RESULT)
+    if gone is not None and engine_uuid is not None:
+        log.info("hub: %s came after its engine %s was unregistered: failed", msg_id, gone.id)
+        record["engine_id"] = gone.id
+        record.update(gone.failed_fields(engine_uuid))
+        hub.activity.complete(msg_id, gone.id, "error", None, gone.date)
+        return purge_recorded(hub, msg_id, [AddRecord(msg_id, record)])
     if texts is None:
         return [AddRecord(msg_id, record)]
     return [AddRecord(msg_id, record, texts)]

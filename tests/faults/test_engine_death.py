@@ -81,3 +81,57 @@ def test_killed_engine_load_balanced_task_is_retried_elsewhere(tmp_path: Path) -
         with pytest.raises(EngineError) as failed:
             witness.get(timeout=30)
         assert BY_SOCKET_EVENTS in str(failed.value)
+
+
+def _kill_own_engine() -> None:
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.timeout(120)
+def test_direct_tasks_whose_copies_died_with_their_engine_are_recorded_failed(
+    tmp_path: Path,
+) -> None:
+    """A direct task's copy leaves its engine at the end of the turn (or 2 ms into a long
+    task), and one queued behind a running task later still: an engine that dies first takes
+    them with it. The client fails them (EngineError, bounded) and tells the Hub, so that
+    another client's get_result and db_query find them failed, not unknown for ever."""
+    from corral import Client
+
+    with running_cluster(tmp_path, 2, heartbeat_period=HEARTBEAT) as cluster:
+        rc = cluster.client
+        gates = rc._io  # noqa: SLF001
+        assert gates.gate_of("mux", rc._engines[0]) is gates._gates[b"direct"]  # noqa: SLF001
+        # this module imported there first: the killer's unpickling must not outlast the
+        # 2 ms after which the engine's I/O thread sends the copies a long task holds
+        rc[0].apply_sync(_sleeps_and_returns_pid, 0)
+        killer = rc[0].apply_async(_kill_own_engine)
+        behind = rc[0].apply_async(abs, -1)
+        for result in (killer, behind):
+            with pytest.raises(EngineError):
+                result.get(timeout=30)
+        msg_ids = [killer.msg_ids[0], behind.msg_ids[0]]
+        with Client(cluster.path / "corral-client.json", timeout=30, direct=False) as other:
+            records = until(
+                lambda: (
+                    [
+                        r
+                        for r in other.db_query(
+                            {"msg_id": {"$in": msg_ids}}, keys=["msg_id", "status"]
+                        )
+                        if r["status"] != "pending"
+                    ]
+                    if len(other.db_query({"msg_id": {"$in": msg_ids}}, keys=["msg_id"])) == 2
+                    else None
+                ),
+                30,
+                "the Hub to record both lost tasks",
+            )
+            assert sorted(r["msg_id"] for r in records) == sorted(msg_ids)
+            assert {r["status"] for r in records} == {"error"}
+            for msg_id in msg_ids:
+                with pytest.raises(EngineError):
+                    other.get_result(msg_id).get(timeout=30)
+            assert other.queue_status(targets=[1])[1]["queue"] == 0

@@ -1,0 +1,148 @@
+"""Engines that are gone, and the direct tasks the Hub learns of after their engine (part of the
+Hub core).
+
+The Hub fails the direct tasks of an engine it unregisters from the engine's queue, which holds
+the tasks whose requests it had recorded. Two kinds of direct task are not there:
+
+- a request whose copy the Hub reads only after the engine's unregistration (the copy was
+  still in a socket, or on the engine's copies PUSH, when the Hub decided): recorded pending,
+  it would have stayed pending for ever. :meth:`GoneEngines.failed_record_fields` records it
+  failed at once, as the engine's other tasks were;
+- a request sent to the engine's own ROUTER whose copy never left the engine (it died before
+  the end of its turn, or within the first milliseconds of a long task, or while the request
+  waited behind a running task: docs/wire-flows.md, "Direct requests"). Only its client knows
+  of it: when the Hub announces the engine's unregistration, the client fails it and tells the
+  Hub (``direct_lost_request``), which records it failed (:func:`record_lost_direct`), so that
+  ``get_result`` from another client and ``db_query`` find it. A client that died too leaves
+  nobody who knows the task.
+
+No sockets, no clock: the dates come from the ``now`` the shell passed to the Hub.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from corral.controller.hub_actions import Action, AddRecord
+from corral.controller.hub_queries import MAX_QUERY_IDS, answer
+from corral.controller.hub_records import iso_date, purge_recorded
+from corral.errors import EngineError, QueryError, error_content
+from corral.protocol.messages import ok_reply
+from corral.protocol.session import Message
+
+if TYPE_CHECKING:
+    from corral.controller.hub import Hub
+
+MAX_GONE = 10_000  # engines remembered as gone (the oldest forgotten): a few hundred bytes each
+
+
+@dataclass(frozen=True)
+class GoneEngine:
+    """An engine the Hub unregistered: when, why, and the failure its tasks get."""
+
+    id: int
+    date: str  # ISO 8601, when the Hub unregistered it
+    failure: dict[str, Any]  # the error content of its direct tasks
+
+    def failed_fields(self, uuid: str) -> dict[str, Any]:
+        """The result fields of a direct task of this engine that can never be answered."""
+        return {
+            "status": "error",
+            "result_content": self.failure,
+            "completed": self.date,
+            "result_metadata": {"status": "error", "engine_id": self.id, "engine_uuid": uuid},
+        }
+
+
+def engine_failure(engine_id: int, uuid: str, why: str) -> dict[str, Any]:
+    """The error content of a direct task whose engine is gone (``why``: how the Hub knew)."""
+    error = EngineError(
+        "EngineError",
+        f"engine {engine_id} died or was unregistered ({why}) "
+        "while this task was queued or running",
+        engine_id=engine_id,
+        engine_uuid=uuid,
+    )
+    return error_content(error, engine_id, uuid)
+
+
+class GoneEngines:
+    """The engines this Hub unregistered, newest last (at most ``MAX_GONE``)."""
+
+    def __init__(self) -> None:
+        self._gone: OrderedDict[str, GoneEngine] = OrderedDict()
+
+    def add(self, engine_id: int, uuid: str, why: str, now: float) -> GoneEngine:
+        gone = GoneEngine(engine_id, iso_date(now), engine_failure(engine_id, uuid, why))
+        self._gone[uuid] = gone
+        while len(self._gone) > MAX_GONE:
+            self._gone.popitem(last=False)
+        return gone
+
+    def get(self, uuid: str | None) -> GoneEngine | None:
+        return self._gone.get(uuid) if uuid else None
+
+    def __len__(self) -> int:
+        return len(self._gone)
+
+
+def record_lost_direct(hub: Hub, idents: Sequence[bytes], msg: Message) -> list[Action]:
+    """A client's ``direct_lost_request {engine_uuid, tasks: [[msg_id, submitted], ...]}``:
+    tasks it sent straight to that engine, now unregistered, and never got answers for. Each
+    the Hub has no record of is recorded failed, as the engine's other tasks were; those it
+    knows are left as they are. Refused (QueryError) for an engine this Hub has not
+    unregistered: only a gone engine's tasks are lost."""
+    content = msg.content or {}
+    engine_uuid = content["engine_uuid"]
+    gone = hub.gone.get(engine_uuid)
+    if gone is None:
+        raise QueryError(f"engine {engine_uuid} is not one this Hub unregistered")
+    tasks = _lost_tasks(content["tasks"])
+    known = hub.store.get_records([msg_id for msg_id, _ in tasks])
+    client = idents[0].decode("utf-8", "replace") if idents else ""
+    recorded: list[str] = []
+    actions: list[Action] = []
+    for msg_id, submitted in tasks:
+        if msg_id in known or msg_id in hub.pending:
+            continue
+        record: dict[str, Any] = {
+            "msg_id": msg_id,
+            "header": {"msg_id": msg_id, "session": client, "date": submitted},
+            "metadata": {},
+            "content": {},
+            "buffers": [],
+            "queue": "mux",
+            "client_uuid": client,
+            "engine_uuid": engine_uuid,
+            "engine_id": gone.id,
+            "submitted": submitted,
+            "started": None,
+            "received": None,
+            "resubmitted": False,
+            **gone.failed_fields(engine_uuid),
+        }
+        hub.activity.submit()
+        hub.activity.complete(msg_id, gone.id, "error", None, gone.date)
+        actions.extend(purge_recorded(hub, msg_id, [AddRecord(msg_id, record)]))
+        recorded.append(msg_id)
+    return [*actions, answer(idents, msg, "direct_lost_reply", ok_reply(recorded=recorded))]
+
+
+def _lost_tasks(value: Any) -> list[tuple[str, str | None]]:
+    """``[[msg_id, submitted or None], ...]`` checked; QueryError naming what is wrong."""
+    if len(value) > MAX_QUERY_IDS:
+        raise QueryError(f"too many tasks in one report: {len(value)} > {MAX_QUERY_IDS}")
+    tasks: list[tuple[str, str | None]] = []
+    for item in value:
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not isinstance(item[0], str)
+            or not (item[1] is None or isinstance(item[1], str))
+        ):
+            raise QueryError(f"a lost task is [msg_id, submitted date or null], not {item!r}")
+        tasks.append((item[0], item[1]))
+    return tasks

@@ -1,0 +1,119 @@
+"""The Hub and the direct tasks of an engine that is gone (corral.controller.hub_gone): a
+request whose copy comes after the engine's unregistration is failed at once, never pending
+for ever; a client's report of direct tasks whose copies never left the engine records those
+the Hub does not know as failed. The Hub core alone, no sockets."""
+
+from __future__ import annotations
+
+import pytest
+
+from corral.controller.hub import Send
+from corral.controller.hub_gone import MAX_GONE, GoneEngines
+from corral.controller.store.memory import MemoryStore
+from corral.protocol.session import Message, Session
+from tests.controller.hub_harness import HubHarness
+from tests.controller.test_hub import (
+    CLIENT_ADDRESSES,
+    ENGINE_ADDRESSES,
+    register,
+    reply_for,
+    request,
+    submit_mux,
+)
+
+session = Session(b"hub-test-key")
+
+
+@pytest.fixture
+def hub() -> HubHarness:
+    return HubHarness.create(
+        MemoryStore(), ENGINE_ADDRESSES, CLIENT_ADDRESSES, heartbeat_period=1.0, max_misses=2
+    )
+
+
+def kill(hub: HubHarness, uuid: str) -> None:
+    """Its heart stops: unregistered after missed beats."""
+    while uuid in hub.by_uuid:
+        hub.tick()
+
+
+def lost(hub: HubHarness, engine_uuid: str, *msg_ids: str, client: bytes = b"c") -> Send:
+    tasks = [[msg_id, "2026-01-01T00:00:00+00:00"] for msg_id in msg_ids]
+    (reply,) = [
+        a
+        for a in hub.handle_request(
+            [client], request("direct_lost_request", engine_uuid=engine_uuid, tasks=tasks)
+        )
+        if isinstance(a, Send) and a.msg_type == "direct_lost_reply"
+    ]
+    return reply
+
+
+def test_a_request_copied_after_its_engine_was_unregistered_is_failed_not_pending(
+    hub: HubHarness,
+) -> None:
+    """Its copy was still on the engine's copies PUSH (or in a monitor socket) when the Hub
+    declared the engine dead: on 08c2997 it stayed pending for ever."""
+    register(hub, "a")
+    kill(hub, "a")
+    late = submit_mux(hub, "a")
+    assert late.msg_id not in hub.pending
+    record = hub.store.get_record(late.msg_id)
+    assert record["status"] == "error"
+    assert record["result_content"]["ename"] == "EngineError"
+    assert "heartbeat stopped" in record["result_content"]["evalue"]
+    assert record["engine_id"] == 0 and record["client_uuid"] == "client-1"
+    (status,) = hub.handle_request([b"c"], request("result_request", msg_ids=[late.msg_id]))
+    assert status.content["status"] == "ok" and status.content["pending"] == []
+    (queues,) = hub.handle_request([b"c"], request("queue_request"))
+    assert queues.content["unassigned"] == 0
+
+
+def test_a_request_to_an_engine_never_known_stays_pending(hub: HubHarness) -> None:
+    """Only an engine this Hub unregistered fails a late copy: after a controller restart a
+    copy may name an engine that has not registered again yet."""
+    req = submit_mux(hub, "not-yet")
+    assert hub.pending[req.msg_id] == "not-yet"
+
+
+def test_a_clients_report_records_the_direct_tasks_the_hub_never_saw(hub: HubHarness) -> None:
+    register(hub, "a")
+    seen = submit_mux(hub, "a")
+    answered = submit_mux(hub, "a")
+    hub.handle_monitor(b"mux_out", [b"client-1", b"a"], reply_for(answered))
+    kill(hub, "a")
+    reply = lost(hub, "a", "never-copied", seen.msg_id, answered.msg_id, client=b"client-1")
+    assert reply.content["status"] == "ok"
+    assert reply.content["recorded"] == ["never-copied"]  # the others were known
+    record = hub.store.get_record("never-copied")
+    assert record["status"] == "error" and record["result_content"]["ename"] == "EngineError"
+    assert record["client_uuid"] == "client-1" and record["engine_uuid"] == "a"
+    assert record["submitted"] == "2026-01-01T00:00:00+00:00"
+    assert hub.store.get_record(answered.msg_id)["status"] == "ok"  # left as it was
+    # the request's copy, late after all: the record gets the request, still failed
+    late: Message = session.msg("apply_request", {})
+    lost(hub, "a", late.msg_id)
+    hub.handle_monitor(b"mux_in", [b"a", b"client-1"], late, direct=True)
+    record = hub.store.get_record(late.msg_id)
+    assert record["status"] == "error" and record["header"]["msg_type"] == "apply_request"
+    assert late.msg_id not in hub.pending
+
+
+def test_a_report_for_an_engine_not_gone_or_malformed_is_refused(hub: HubHarness) -> None:
+    register(hub, "a")
+    refused = lost(hub, "a", "x")
+    assert refused.content["ename"] == "QueryError" and "not one this Hub" in str(refused.content)
+    assert not hub.store.get_records(["x"])
+    kill(hub, "a")
+    (bad,) = hub.handle_request(
+        [b"c"], request("direct_lost_request", engine_uuid="a", tasks=[["x", 5]])
+    )
+    assert bad.content["status"] == "error" and bad.content["ename"] == "QueryError"
+
+
+def test_gone_engines_are_bounded() -> None:
+    gone = GoneEngines()
+    for n in range(MAX_GONE + 3):
+        gone.add(n, f"e{n}", "test", 0.0)
+    assert len(gone) == MAX_GONE
+    assert gone.get("e0") is None and gone.get(f"e{MAX_GONE + 2}") is not None
