@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from corral.controller.hub_actions import Action, AddRecord
 from corral.controller.hub_queries import MAX_QUERY_IDS, answer
 from corral.controller.hub_records import iso_date, purge_recorded
+from corral.controller.store.retention import REQUEST_OMITTED_FIELD
 from corral.errors import EngineError, QueryError, error_content
 from corral.protocol.messages import ok_reply
 from corral.protocol.session import Message
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from corral.controller.hub import Hub
 
 MAX_GONE = 10_000  # engines remembered as gone (the oldest forgotten): a few hundred bytes each
+# why the record of a task its client reported lost has no request (for resubmit's refusal)
+LOST_REQUEST = "its engine died before it sent the controller a copy of the request"
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,8 @@ def record_lost_direct(hub: Hub, idents: Sequence[bytes], msg: Message) -> list[
             "header": {"msg_id": msg_id, "session": client, "date": submitted},
             "metadata": {},
             "content": {},
-            "buffers": [],
+            "buffers": None,
+            REQUEST_OMITTED_FIELD: {"why": LOST_REQUEST},
             "queue": "mux",
             "client_uuid": client,
             "engine_uuid": engine_uuid,

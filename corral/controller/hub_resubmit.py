@@ -94,6 +94,9 @@ def resubmit_request(hub: Hub, idents: Sequence[bytes], msg: Message, now: float
 
 
 def _check(hub: Hub, msg_id: str, record: dict[str, Any]) -> None:
+    marker = record.get(REQUEST_OMITTED_FIELD)
+    if isinstance(marker, dict) and isinstance(marker.get("why"), str):  # it says why first
+        raise Refused("RequestNotStored", _not_kept(msg_id, record))
     header = record.get("header") or {}
     if header.get("msg_type") not in RESUBMITTABLE:
         raise Refused(

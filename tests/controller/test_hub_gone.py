@@ -90,6 +90,11 @@ def test_a_clients_report_records_the_direct_tasks_the_hub_never_saw(hub: HubHar
     assert record["client_uuid"] == "client-1" and record["engine_uuid"] == "a"
     assert record["submitted"] == "2026-01-01T00:00:00+00:00"
     assert hub.store.get_record(answered.msg_id)["status"] == "ok"  # left as it was
+    (refused,) = hub.handle_request(
+        [b"c"], request("resubmit_request", msg_ids=["never-copied"], controller=hub.instance)
+    )
+    assert refused.content["ename"] == "RequestNotStored"
+    assert "died before it sent the controller a copy" in refused.content["evalue"]
     # the request's copy, late after all: the record gets the request, still failed
     late: Message = session.msg("apply_request", {})
     lost(hub, "a", late.msg_id)
