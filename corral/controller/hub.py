@@ -404,7 +404,7 @@ class Hub:
         log.info("hub: engine %d (%s) unregistered: %s", entry.id, entry.uuid, why)
         # a direct request whose copy comes later is recorded failed as these are
         # (corral.controller.hub_gone)
-        gone = self.gone.add(entry.id, entry.uuid, why, now)
+        gone = self.gone.add(entry.id, entry.uuid, why, now, clean=entry.uuid not in self.dropped)
         date = gone.date
         actions: list[Action] = []
         for msg_id in list(entry.queue):
@@ -413,6 +413,7 @@ class Hub:
             # controller restart no scheduler knows: their client may send them again
             self.pending.pop(msg_id, None)
             self.activity.complete(msg_id, entry.id, "error", None, date)
+            self.gone.failed(msg_id, entry.uuid, gone)
             changes = gone.failed_fields(entry.uuid)
             if lost_balanced(self, msg_id, never_ran=False):
                 changes["result_metadata"][RESENDABLE] = True

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from corral.controller.hub import Hub
 
 MAX_GONE = 10_000  # engines remembered as gone (the oldest forgotten): a few hundred bytes each
+# direct tasks failed with an engine that left cleanly, whose answer may still come (bounded)
+MAX_ANSWERABLE = 20_000
 # why the record of a task its client reported lost has no request (for resubmit's refusal)
 LOST_REQUEST = "its engine died before it sent the controller a copy of the request"
 
@@ -49,6 +51,8 @@ class GoneEngine:
     id: int
     date: str  # ISO 8601, when the Hub unregistered it
     failure: dict[str, Any]  # the error content of its direct tasks
+    # it asked to leave (not declared dead): its replies sent before it left are answers
+    clean: bool = False
 
     def failed_fields(self, uuid: str) -> dict[str, Any]:
         """The result fields of a direct task of this engine that can never be answered."""
@@ -73,13 +77,23 @@ def engine_failure(engine_id: int, uuid: str, why: str) -> dict[str, Any]:
 
 
 class GoneEngines:
-    """The engines this Hub unregistered, newest last (at most ``MAX_GONE``)."""
+    """The engines this Hub unregistered, newest last (at most ``MAX_GONE``), and the direct
+    tasks it failed with one that left cleanly (at most ``MAX_ANSWERABLE``).
+
+    An engine that asks to leave answers what it can first (its queued tasks as aborted) and
+    then unregisters, but the copies of those replies come on another socket than its
+    unregistration (the device's or its own copies PUSH) and may be read after it: such a
+    reply is the task's answer, which the client has too, and replaces the failure
+    (:meth:`take_answer`). A late reply of an engine declared dead never does: its tasks
+    were settled without it."""
 
     def __init__(self) -> None:
         self._gone: OrderedDict[str, GoneEngine] = OrderedDict()
+        self._answerable: OrderedDict[str, str] = OrderedDict()  # msg_id -> engine uuid
 
-    def add(self, engine_id: int, uuid: str, why: str, now: float) -> GoneEngine:
-        gone = GoneEngine(engine_id, iso_date(now), engine_failure(engine_id, uuid, why))
+    def add(self, engine_id: int, uuid: str, why: str, now: float, *, clean: bool) -> GoneEngine:
+        failure = engine_failure(engine_id, uuid, why)
+        gone = GoneEngine(engine_id, iso_date(now), failure, clean)
         self._gone[uuid] = gone
         while len(self._gone) > MAX_GONE:
             self._gone.popitem(last=False)
@@ -87,6 +101,21 @@ class GoneEngines:
 
     def get(self, uuid: str | None) -> GoneEngine | None:
         return self._gone.get(uuid) if uuid else None
+
+    def failed(self, msg_id: str, uuid: str, gone: GoneEngine) -> None:
+        """``msg_id``, sent straight to the gone engine ``uuid``, was recorded failed."""
+        if gone.clean:
+            self._answerable[msg_id] = uuid
+            while len(self._answerable) > MAX_ANSWERABLE:
+                self._answerable.popitem(last=False)
+
+    def take_answer(self, msg_id: str, uuid: str) -> bool:
+        """Whether a reply from ``uuid`` to ``msg_id`` is its answer though the task was
+        failed: its engine left cleanly after sending it. Once only."""
+        if self._answerable.get(msg_id) != uuid:
+            return False
+        del self._answerable[msg_id]
+        return True
 
     def __len__(self) -> int:
         return len(self._gone)

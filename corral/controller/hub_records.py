@@ -126,6 +126,7 @@ def record_request(
         record["engine_id"] = gone.id
         record.update(gone.failed_fields(engine_uuid))
         hub.activity.complete(msg_id, gone.id, "error", None, gone.date)
+        hub.gone.failed(msg_id, engine_uuid, gone)
         return purge_recorded(hub, msg_id, [AddRecord(msg_id, record)])
     if texts is None:
         return [AddRecord(msg_id, record)]
@@ -180,6 +181,11 @@ def record_reply(
     if engine_uuid in hub.dropped:
         return []  # a late reply of an engine declared dead: its tasks were settled without it
     if msg_id not in hub.pending:
+        if queue == "mux" and hub.gone.take_answer(msg_id, engine_uuid):
+            # its engine answered, then left cleanly: the answer's copy came after the
+            # unregistration that failed the task, and replaces the failure
+            changes = _result_fields(msg, None, engine_uuid, now)
+            return purge_recorded(hub, msg_id, [UpdateRecord(msg_id, changes)])
         # a duplicate (e.g. a resumed engine's late reply), or a task whose request this Hub
         # never recorded: submitted just before a controller was killed, its request record
         # died with that controller while its engine kept the reply for the next one

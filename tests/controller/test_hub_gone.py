@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from corral.controller.hub import Send
-from corral.controller.hub_gone import MAX_GONE, GoneEngines
+from corral.controller.hub_gone import MAX_ANSWERABLE, MAX_GONE, GoneEngines
 from corral.controller.store.memory import MemoryStore
 from corral.protocol.session import Message, Session
 from tests.controller.hub_harness import HubHarness
@@ -116,9 +116,43 @@ def test_a_report_for_an_engine_not_gone_or_malformed_is_refused(hub: HubHarness
     assert bad.content["status"] == "error" and bad.content["ename"] == "QueryError"
 
 
+def test_a_reply_copied_after_a_clean_unregistration_replaces_the_failure(
+    hub: HubHarness,
+) -> None:
+    """An engine that leaves answers first, then unregisters; its replies' copies come on
+    another socket and may be read after the unregistration failed the tasks: they are the
+    answers (the client has them). A dead engine's late reply is not."""
+    register(hub, "leaving")
+    answered = submit_mux(hub, "leaving")
+    late = session.msg("apply_request", {})
+    hub.handle_request([b"leaving"], request("unregistration_request", uuid="leaving"))
+    assert hub.store.get_record(answered.msg_id)["status"] == "error"
+    hub.handle_monitor(b"mux_in", [b"leaving", b"client-1"], late, direct=True)
+    assert hub.store.get_record(late.msg_id)["status"] == "error"
+    for req in (answered, late):
+        hub.handle_monitor(b"mux_out", [b"client-1", b"leaving"], reply_for(req), direct=True)
+        record = hub.store.get_record(req.msg_id)
+        assert record["status"] == "ok" and record["stdout"] == "hi\n"
+        assert record["engine_uuid"] == "leaving" and record["result_content"]["status"] == "ok"
+    # once only: a duplicate changes nothing
+    again = reply_for(answered, status="error")
+    hub.handle_monitor(b"mux_out", [b"client-1", b"leaving"], again, direct=True)
+    assert hub.store.get_record(answered.msg_id)["status"] == "ok"
+    register(hub, "dead")
+    settled = submit_mux(hub, "dead")
+    kill(hub, "dead")
+    hub.handle_monitor(b"mux_out", [b"client-1", b"dead"], reply_for(settled), direct=True)
+    assert hub.store.get_record(settled.msg_id)["status"] == "error"
+
+
 def test_gone_engines_are_bounded() -> None:
     gone = GoneEngines()
     for n in range(MAX_GONE + 3):
-        gone.add(n, f"e{n}", "test", 0.0)
+        gone.add(n, f"e{n}", "test", 0.0, clean=True)
     assert len(gone) == MAX_GONE
     assert gone.get("e0") is None and gone.get(f"e{MAX_GONE + 2}") is not None
+    last = gone.get(f"e{MAX_GONE + 2}")
+    assert last is not None
+    for n in range(MAX_ANSWERABLE + 2):
+        gone.failed(f"t{n}", "e", last)
+    assert not gone.take_answer("t0", "e") and gone.take_answer(f"t{MAX_ANSWERABLE + 1}", "e")
