@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zmq
 
 from corral.engine.placement import cpu_share
 from corral.protocol.references import Reference, interactive
@@ -222,6 +223,54 @@ def test_unconfirmed_replies_are_sent_again_though_a_later_attempt_is_refused(
     again = controller.recv(controller.mux, WAIT, Session(KEY, check_msg_type=False))
     assert again.parent_header["msg_id"] == kept.parent_header["msg_id"]
     assert again.content == kept.content
+
+
+def test_a_confirmation_of_mux_replies_keeps_the_direct_replies_sent_before(
+    controller: FakeController,
+) -> None:
+    """Issue 13, round twelve: one engine answers a direct request (on its own ROUTER) and
+    then a MUX request; the Hub confirms the MUX reply. The direct reply's copy travels
+    another path, which the Hub may not have read yet: the engine must keep that reply for a
+    restarted controller, and send it again (through the MUX). On 08c2997 it was kept under
+    the MUX's name, and forgotten with the MUX reply after it."""
+    controller.start_engine()
+    registration = controller.register(engine_id=0, period=0.05)
+    uuid = controller.uuid.encode()
+    address = str((registration.content or {})["direct"]).split("?", 1)[0]
+    client = controller.context.socket(zmq.ROUTER)
+    client.linger = 0
+    client.setsockopt(zmq.IDENTITY, b"client-2")
+    client.setsockopt(zmq.CONNECT_ROUTING_ID, uuid)
+    client.connect(address)
+    client_session = Session(KEY)
+    direct = client_session.msg("execute_request", {"code": "1"})
+    client.send_multipart([uuid, *client_session.serialize(direct)])
+    assert readable(client, int(WAIT * 1000)), "no reply on the direct socket"
+    assert client_session.feed(client.recv_multipart()[1:]).parent_id == direct.msg_id
+    by_mux = execute(controller, "2")
+    confirmed = by_mux.parent_header["msg_id"]
+    send_msg(
+        controller.session,
+        controller.registration,
+        "replies_recorded",
+        {"mux": confirmed},
+        idents=(uuid,),
+    )
+    # no pings: it registers again and again; wait for an attempt made after the confirmation
+    attempts = [controller.recv_type(controller.registration, "registration_request")]
+    deadline = time.monotonic() + WAIT
+    while confirmed in (attempts[-1].content or {}).get("tasks", [confirmed]):
+        assert time.monotonic() < deadline, [a.content for a in attempts]
+        attempts.append(controller.recv_type(controller.registration, "registration_request"))
+    assert (attempts[-1].content or {})["tasks"] == [direct.msg_id]
+    attempts.append(controller.recv_type(controller.registration, "registration_request"))
+    _answer_registration(controller, attempts[0], ok=True)
+    for attempt in attempts[1:]:
+        _answer_registration(controller, attempt, ok=False)
+    again = controller.recv(controller.mux, WAIT, Session(KEY, check_msg_type=False))
+    assert again.idents == (uuid, b"client-2")  # through the MUX, to the direct client
+    assert again.parent_header["msg_id"] == direct.msg_id
+    client.close()
 
 
 def test_unregistration_notification_makes_the_engine_exit(controller: FakeController) -> None:
