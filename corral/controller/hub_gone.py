@@ -159,6 +159,7 @@ def record_lost_direct(hub: Hub, idents: Sequence[bytes], msg: Message) -> list[
         }
         hub.activity.submit()
         hub.activity.complete(msg_id, gone.id, "error", None, gone.date)
+        hub.gone.failed(msg_id, engine_uuid, gone)  # a clean engine's reply may follow
         actions.extend(purge_recorded(hub, msg_id, [AddRecord(msg_id, record)]))
         recorded.append(msg_id)
     return [*actions, answer(idents, msg, "direct_lost_reply", ok_reply(recorded=recorded))]

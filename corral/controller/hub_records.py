@@ -92,12 +92,16 @@ def record_request(
     # the engine's copies PUSH): failed at once, as the engine's other tasks were, never
     # pending for ever (corral.controller.hub_gone)
     gone = hub.gone.get(engine_uuid) if entry is None and queue == "mux" else None
+    # (a rare path: it may read the store) recorded already from its client's report of it
+    # (direct_lost_request), and counted then: the request's fields complete that record
+    counted = gone is not None and bool(hub.store.get_records([msg_id]))
     if gone is None:
         hub.pending[msg_id] = engine_uuid
     if entry is not None:
         (entry.queue if queue == "mux" else entry.tasks)[msg_id] = None
     label = msg.metadata.get("label")
-    hub.activity.submit()
+    if not counted:
+        hub.activity.submit()
     resent = msg_id in hub.resendable  # sent again after a restart lost it
     hub.resendable.discard(msg_id)
     record: dict[str, Any] = {"label": label} if isinstance(label, str) else {}
@@ -125,7 +129,8 @@ def record_request(
         log.info("hub: %s came after its engine %s was unregistered: failed", msg_id, gone.id)
         record["engine_id"] = gone.id
         record.update(gone.failed_fields(engine_uuid))
-        hub.activity.complete(msg_id, gone.id, "error", None, gone.date)
+        if not counted:
+            hub.activity.complete(msg_id, gone.id, "error", None, gone.date)
         hub.gone.failed(msg_id, engine_uuid, gone)
         return purge_recorded(hub, msg_id, [AddRecord(msg_id, record)])
     if texts is None:

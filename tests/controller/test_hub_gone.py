@@ -102,6 +102,10 @@ def test_a_clients_report_records_the_direct_tasks_the_hub_never_saw(hub: HubHar
     record = hub.store.get_record(late.msg_id)
     assert record["status"] == "error" and record["header"]["msg_type"] == "apply_request"
     assert late.msg_id not in hub.pending
+    (status,) = hub.handle_request([b"c"], request("status_request"))
+    # each counted once: the one the unregistration failed, the two reported lost (the
+    # second copied late too), the one answered
+    assert status.content["counts"] == {"ok": 1, "error": 3}
 
 
 def test_a_report_for_an_engine_not_gone_or_malformed_is_refused(hub: HubHarness) -> None:
