@@ -6,8 +6,9 @@ the tasks whose requests it had recorded. Two kinds of direct task are not there
 
 - a request whose copy the Hub reads only after the engine's unregistration (the copy was
   still in a socket, or on the engine's copies PUSH, when the Hub decided): recorded pending,
-  it would have stayed pending for ever. :meth:`GoneEngines.failed_record_fields` records it
-  failed at once, as the engine's other tasks were;
+  it would have stayed pending for ever. It is recorded failed at once, as the engine's other
+  tasks were (:func:`~corral.controller.hub_records.record_request`, with
+  :meth:`GoneEngine.failed_fields`);
 - a request sent to the engine's own ROUTER whose copy never left the engine (it died before
   the end of its turn, or within the first milliseconds of a long task, or while the request
   waited behind a running task: docs/wire-flows.md, "Direct requests"). Only its client knows
