@@ -21,9 +21,9 @@ Writes are encoded in the caller's thread (so bad values fail at the call) and a
 :class:`~.base.BatchWriter` thread in WAL mode, many per transaction. ``synchronous=NORMAL``:
 a committed batch survives the process being killed; a power cut may lose the last batches,
 never corrupt the file. Reads flush the writer first, then read on their own connection.
-The schema and the encoding of records into rows (pure, no connection) are in
-:mod:`.sqlite_rows`, how a batch becomes statements in :mod:`.sqlite_batches`; this module owns
-the connections and the writer.
+The schema is in :mod:`.sqlite_schema`, the encoding of records into rows (pure, no
+connection) in :mod:`.sqlite_rows`, how a batch becomes statements in :mod:`.sqlite_batches`;
+this module owns the connections and the writer.
 """
 
 from __future__ import annotations
@@ -65,6 +65,17 @@ from .sqlite_batches import (
     upsert_sql,
 )
 from .sqlite_rows import (
+    ROW_OVERHEAD,
+    Payload,
+    Row,
+    columns_for,
+    decode_row,
+    encode_exact,
+    encode_row,
+    engine_row,
+    sql_where,
+)
+from .sqlite_schema import (
     ALL_COLUMNS,
     CHUNK_BYTES,
     CHUNKS_SCHEMA,
@@ -82,19 +93,10 @@ from .sqlite_rows import (
     REQUEST_DATA,
     REQUEST_SCHEMA,
     REQUEST_SIZE,
-    ROW_OVERHEAD,
     SCALAR_COLUMNS,
     SCHEMA,
     SCHEMA_VERSION,
     TABLE_EXISTS,
-    Payload,
-    Row,
-    columns_for,
-    decode_row,
-    encode_exact,
-    encode_row,
-    engine_row,
-    sql_where,
 )
 
 #: ``_tuple_new(WriteOp, (...))`` is ``WriteOp(...)`` made in C, as :mod:`.sqlite_rows` makes
