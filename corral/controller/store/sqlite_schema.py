@@ -1,18 +1,22 @@
-"""The SQLite result store's file: its tables, triggers and schema versions, and the fixed
-statements on them.
+"""The SQLite result store's file: its tables, triggers and schema versions, the fixed
+statements on them, and opening a connection that makes or migrates them.
 
 The layout (docs in :mod:`.sqlite`): one ``tasks`` row per record, ordered by ``seq``; the
 known fields as columns in :data:`FIELD_COLUMNS` order, each with its bit in ``present``;
 result buffers in one BLOB or as chunks in ``buffer_chunks``; a request's buffers in the
 row's ``request_data`` or as parts in ``request_buffers``; triggers remove a row's chunks and
 parts with it. Schema version 3; a store of version 1 or 2 gains the columns and the table in
-place when opened for writing (:class:`~.sqlite.SQLiteStore`). How a record becomes a row is
+place when opened for writing (:func:`prepare`). How a record becomes a row is
 :mod:`.sqlite_rows`; the store that owns the connections is :mod:`.sqlite`.
 """
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
 from typing import Final
+
+from corral.errors import StoreError
 
 from .base import (
     BOOL_FIELDS,
@@ -127,3 +131,77 @@ ALL_COLUMNS = (
 INCREMENTAL = 2  # PRAGMA auto_vacuum value
 TABLE_EXISTS = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'tasks'"
 DELETE = "DELETE FROM tasks WHERE msg_id IN (SELECT value FROM json_each(?))"
+
+
+def connect(uri: str) -> sqlite3.Connection:
+    """A connection to the store's ``file:`` URI: autocommit (transactions are explicit),
+    usable from the writer thread, statements cached, and a busy timeout of 10 s for another
+    process that holds the file's lock."""
+    db = sqlite3.connect(
+        uri, uri=True, isolation_level=None, check_same_thread=False, cached_statements=256
+    )
+    try:
+        db.execute("PRAGMA busy_timeout = 10000")
+    except sqlite3.Error:
+        db.close()
+        raise
+    return db
+
+
+def prepare(
+    db: sqlite3.Connection,
+    path: Path,
+    *,
+    read_only: bool,
+    max_size: int | None,
+    incremental_vacuum: bool,
+) -> int:
+    """Make ``db`` a result store of this schema version, or check that it is one, and return
+    the version it has: with ``read_only`` False, in WAL mode (StoreError if the file system
+    refuses it), the table made if missing and a store of version 1 or 2 migrated in place
+    (inside ``BEGIN IMMEDIATE``, as another process may be doing the same); a read-only open
+    reads version 2 or 3 as it is. ``incremental_vacuum`` (a store with a size limit): a store
+    made before auto_vacuum is converted once. ``max_size`` caps the file (bytes)."""
+    exists = db.execute(TABLE_EXISTS).fetchone()[0]
+    if not read_only:
+        # before the first table is created: purged pages go back to the file system
+        db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+        mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            raise StoreError(f"{path}: cannot use WAL mode (got {mode!r})")
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.execute("PRAGMA journal_size_limit = 67108864")
+        if not exists:
+            db.execute("BEGIN IMMEDIATE")  # another process may be creating it too
+            if db.execute(TABLE_EXISTS).fetchone()[0] == 0:
+                db.execute(SCHEMA)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("COMMIT")
+            exists = True
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if exists and version in (1, 2) and not read_only:
+        db.execute("BEGIN IMMEDIATE")  # another process may be migrating it too
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version == 1:
+            db.execute(MIGRATE_FROM_1)
+        if version in (1, 2):
+            db.execute(MIGRATE_FROM_2)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.execute("COMMIT")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+    readable = (2, SCHEMA_VERSION) if read_only else (SCHEMA_VERSION,)
+    if not exists or version not in readable:
+        raise StoreError(
+            f"{path} is not a corral result store of schema version "
+            f"{' or '.join(map(str, readable))} (found {version if exists else 'no table'})"
+        )
+    if not read_only:
+        db.executescript(CHUNKS_SCHEMA)  # also added to a store made before chunks
+        db.executescript(REQUEST_SCHEMA)
+    if not read_only and incremental_vacuum:
+        if db.execute("PRAGMA auto_vacuum").fetchone()[0] != INCREMENTAL:
+            db.execute("VACUUM")  # a store made before auto_vacuum: converted once
+    if max_size is not None:
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        db.execute(f"PRAGMA max_page_count = {max(1, int(max_size) // page_size)}")
+    return int(version)
