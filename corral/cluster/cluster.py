@@ -40,10 +40,11 @@ from corral.cluster.launchers.mpi import mpi_controller_prefix
 from corral.cluster.launchers.registry import engine_launcher
 from corral.cluster.launchers.watch import stop_launchers
 from corral.cluster.lifecycle import ClusterLifecycle
-from corral.cluster.shutdown import nothing_alive, terminate, wait_or_terminate
+from corral.cluster.shutdown import TERMINATE_GRACE, nothing_alive, wait_or_terminate
 from corral.cluster.shutdown import stop_cluster as stop_cluster  # `corral stop`'s, from here too
 from corral.cluster.supervisor import RestartPolicy, Supervisor
 from corral.errors import CorralError, TimeoutError
+from corral.lifetime import terminate
 from corral.protocol.connection_files import (
     CLIENT_FILE,
     DASHBOARD_FILE,
@@ -461,7 +462,7 @@ class Cluster(ClusterLifecycle):
             client.close()
             self.client = None
         if self.dashboard_process is not None:
-            terminate(self.dashboard_process)
+            terminate(self.dashboard_process, TERMINATE_GRACE)
         processes = [p for p in [*self.engines, self.controller] if p is not None]
         deadline = time.monotonic() + (timeout if asked else 0.0)
         wait_or_terminate(processes, deadline)

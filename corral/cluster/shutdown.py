@@ -18,7 +18,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import psutil
 
@@ -26,32 +26,24 @@ from corral.client.client import Client
 from corral.cluster.folders import STATE_FILE
 from corral.cluster.launchers.watch import cancel_recorded_jobs
 from corral.errors import ConnectionError
+from corral.lifetime import terminate
 from corral.protocol.connection_files import CLIENT_FILE
 from corral.sharedmem import cluster_prefix, sweep
 
-__all__ = ["nothing_alive", "stop_cluster", "terminate", "wait_or_terminate"]
+__all__ = ["TERMINATE_GRACE", "nothing_alive", "stop_cluster", "wait_or_terminate"]
 
-
-def terminate(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL after a grace period; reap the process either way."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(3)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+#: Seconds a cluster's process gets to act on SIGTERM before it is killed.
+TERMINATE_GRACE: Final = 3.0
 
 
 def wait_or_terminate(processes: Sequence[subprocess.Popen[bytes]], deadline: float) -> None:
     """Wait for each process until ``deadline`` (``time.monotonic()``; each gets at least 0.1 s
-    more), then :func:`terminate` the ones still running."""
+    more), then terminate the ones still running (:func:`corral.lifetime.terminate`)."""
     for process in processes:
         try:
             process.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            terminate(process)
+            terminate(process, TERMINATE_GRACE)
 
 
 def stop_cluster(path: Path, timeout: float = 10.0) -> bool:

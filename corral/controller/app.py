@@ -37,14 +37,14 @@ from corral.controller.hub import Hub
 from corral.controller.hub_shell import HubShell
 from corral.controller.location import reachable_address
 from corral.controller.scheduler_process import (
+    STOP_GRACE,
     configure_scheduler,
     final_counts,
     launch_scheduler,
-    stop_scheduler,
 )
 from corral.controller.store import SQLiteStore, open_store
 from corral.errors import CorralError
-from corral.lifetime import watch_owner
+from corral.lifetime import terminate, watch_owner
 from corral.loop import Loop
 from corral.priority import lower
 from corral.protocol.connection_files import (
@@ -453,7 +453,7 @@ class Controller:
         remove connection files, and write the message counts to ``controller-stats.json``."""
         scheduler_counts = self.shell.scheduler_counts if self.shell is not None else None
         if self._scheduler is not None:
-            stop_scheduler(self._scheduler)
+            terminate(self._scheduler, STOP_GRACE)
             scheduler_counts = scheduler_counts or final_counts(self._scheduler)
         self._write_stats(scheduler_counts)
         if hasattr(self, "store"):

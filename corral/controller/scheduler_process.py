@@ -3,24 +3,26 @@
 The controller starts ``python -m corral.controller.scheduler``, writes its settings as one
 JSON line on its stdin (:meth:`~corral.controller.app.Controller.scheduler_settings` says
 what they are) and reads the two ports it bound from its stdout; at the end it stops it
-(SIGTERM, SIGKILL if it lingers) and reads the counts the scheduler wrote as its last line.
-Kept apart from :mod:`corral.controller.app`, which owns the sockets and files, because this
-is a pipe protocol with a child process of its own; the scheduler's side of it is
-:mod:`corral.controller.scheduler_shell`.
+(:func:`corral.lifetime.terminate`, given :data:`STOP_GRACE`) and reads the counts the
+scheduler wrote as its last line. Kept apart from :mod:`corral.controller.app`, which owns
+the sockets and files, because this is a pipe protocol with a child process of its own; the
+scheduler's side of it is :mod:`corral.controller.scheduler_shell`.
 """
 
 from __future__ import annotations
 
 import json
 import selectors
-import signal
 import subprocess
 import sys
-from typing import IO, Any
+from typing import IO, Any, Final
 
 from corral.errors import CorralError
 
-__all__ = ["configure_scheduler", "final_counts", "launch_scheduler", "stop_scheduler"]
+__all__ = ["STOP_GRACE", "configure_scheduler", "final_counts", "launch_scheduler"]
+
+#: Seconds the scheduler gets to stop cleanly (and write its counts) after SIGTERM.
+STOP_GRACE: Final = 5.0
 
 
 def launch_scheduler() -> subprocess.Popen[bytes]:
@@ -45,17 +47,6 @@ def configure_scheduler(
     if ports is None:
         raise CorralError("the task scheduler process did not start; see the controller log")
     return int(ports["task"]), int(ports["task_engine"])
-
-
-def stop_scheduler(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL after 5 s; reaped either way (nothing if it ended already)."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def final_counts(process: subprocess.Popen[bytes]) -> dict[str, Any] | None:

@@ -1,5 +1,6 @@
 """Ending a cluster's processes (corral/cluster/shutdown.py) with real child processes; a real
-cluster stopped by ``corral stop`` is in test_cluster.py and test_folders.py."""
+cluster stopped by ``corral stop`` is in test_cluster.py and test_folders.py, ending one
+process (corral.lifetime.terminate) in tests/test_lifetime.py."""
 
 from __future__ import annotations
 
@@ -14,13 +15,9 @@ from pathlib import Path
 import pytest
 
 from corral.cluster.folders import STATE_FILE
-from corral.cluster.shutdown import stop_cluster, terminate, wait_or_terminate
+from corral.cluster.shutdown import stop_cluster, wait_or_terminate
 
 SLEEPER = "import time; print('ready', flush=True); time.sleep(60)"
-STUBBORN = (
-    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-    "print('ready', flush=True); time.sleep(60)"
-)
 
 
 @pytest.fixture
@@ -41,17 +38,6 @@ def start(started: list[subprocess.Popen[bytes]], script: str) -> subprocess.Pop
     started.append(process)
     assert process.stdout is not None and process.stdout.readline() == b"ready\n"
     return process
-
-
-def test_terminate_asks_first_and_kills_what_does_not_listen(
-    spawn: list[subprocess.Popen[bytes]],
-) -> None:
-    polite, stubborn = start(spawn, SLEEPER), start(spawn, STUBBORN)
-    terminate(polite)
-    assert polite.returncode == -signal.SIGTERM
-    terminate(stubborn)  # after its grace period
-    assert stubborn.returncode == -signal.SIGKILL
-    terminate(stubborn)  # already reaped: nothing to do
 
 
 def test_wait_or_terminate_leaves_exited_processes_alone(

@@ -11,7 +11,8 @@ from typing import IO
 
 import pytest
 
-from corral.controller.scheduler_process import final_counts, read_json_line, stop_scheduler
+from corral.controller.scheduler_process import STOP_GRACE, final_counts, read_json_line
+from corral.lifetime import terminate
 
 
 @pytest.fixture
@@ -53,7 +54,7 @@ def test_a_stopped_process_gives_the_counts_of_its_last_line() -> None:
     try:
         assert process.stdout is not None
         assert process.stdout.readline() == b"ready\n"
-        stop_scheduler(process)
+        terminate(process, STOP_GRACE)
         assert process.returncode == 0
         assert final_counts(process) == {"received": 3}
     finally:
