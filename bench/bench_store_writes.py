@@ -110,7 +110,8 @@ def writer_alone(writes: list[Write], results: list[int], tasks: int, folder: Pa
     """CPU us per task of applying the writes in batches of ``tasks`` tasks' writes, no thread."""
     from corral.controller.store import RetentionSettings, SQLiteStore
     from corral.controller.store.base import WriteOp
-    from corral.controller.store.sqlite_rows import CHUNK_BYTES, encode_exact
+    from corral.controller.store.sqlite_rows import encode_exact
+    from corral.controller.store.sqlite_schema import CHUNK_BYTES
 
     limit = RetentionSettings().buffer_limit
     batches: list[list[Any]] = []

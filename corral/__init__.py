@@ -14,7 +14,7 @@ _EXPORTS = {
     "DirectView": "corral.client.view",
     "LoadBalancedView": "corral.client.balanced",
     "AsyncResult": "corral.client.asyncresult",
-    "AsyncMapResult": "corral.client.asyncresult",
+    "AsyncMapResult": "corral.client.asyncmapresult",
     "Cluster": "corral.cluster.cluster",
     "Reference": "corral.protocol.references",
     "interactive": "corral.protocol.references",

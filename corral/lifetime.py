@@ -12,6 +12,9 @@ on that loop (:func:`watch_owner`: one more reader, no thread). Only a process w
 (the dashboard, on asyncio) uses :func:`exit_with_owner`, whose watching thread lives as long
 as the process and holds nothing to release, so nobody joins it: it ends with the process, the
 way the owner's end ends the process.
+
+The owner's side of a child's end is :func:`terminate`: SIGTERM first, SIGKILL only for a
+child that did not act on it within its grace period.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import subprocess
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -84,3 +88,17 @@ def exit_with_owner(owner_pid: int | None) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="owner-watch", daemon=True).start()
+
+
+def terminate(process: subprocess.Popen[bytes], grace: float) -> None:
+    """End a child: SIGTERM (which every corral process acts on at once, cleanly), SIGKILL if
+    it still runs ``grace`` seconds later; reaped either way. A child that has ended already
+    is left as it is."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -17,11 +17,9 @@ Guarantees a caller can rely on:
   long as it maps it); it renames the segment to a new token first, so a late reader of the old
   message finds nothing rather than new data. Fresh pages cost a page fault each (on this 2-core
   VM several times a memory copy); reused ones do not.
-- A reader maps only a regular file of this cluster, owned by its own user, private (no group or
-  other bits) and of exactly the announced size; anything else is refused
-  (:class:`~corral.errors.SharedMemoryRefused`) without reading a byte. Mappings are private
-  copy-on-write: the receiver gets writable memory without a copy, and its writes never reach
-  another reader.
+- A reader maps only a regular file of this cluster, owned by its own user, private and of
+  exactly the announced size, and maps it private copy-on-write (:mod:`corral.shmread`, the
+  reading half, a mixin of :class:`SharedMemory`).
 - Removing a name never invalidates a mapping: the memory lives until its last mapping is gone.
 """
 
@@ -36,28 +34,26 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import psutil
 
-from corral.errors import SharedMemoryError, SharedMemoryRefused
-from corral.protocol.session import Frame, Message, frame_view
+from corral.errors import SharedMemoryError
+from corral.protocol.session import Frame, frame_view
 from corral.protocol.shm import (
     HUB,
-    METADATA_KEY,
     SegmentRef,
     Settings,
-    decode_refs,
     large_buffers,
     link_name,
-    named_segments,
     pool_name,
     reader_metadata,
     reader_of,
 )
 from corral.shmcopy import copy_into
+from corral.shmread import SegmentReading
 from corral.shmsweep import SHM_DIR, pid_alive, sweep, sweep_others
 from corral.shmsweep import unlink_name as _unlink
 
@@ -76,7 +72,6 @@ RESERVE_BYTES: Final = 64 << 20  # left free in /dev/shm and in RAM after a segm
 MAX_POOL_BYTES: Final = 4 << 30  # settled segments one process keeps for reuse, at most
 POOL_IDLE: Final = 60.0  # seconds a settled segment waits for reuse before it is removed
 _CREATE_FLAGS: Final = os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
-_OPEN_FLAGS: Final = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
 _POPULATE: Final = getattr(mmap, "MAP_POPULATE", 0)
 
 
@@ -161,7 +156,7 @@ def _all_small_bytes(frames: Sequence[Frame], threshold: int) -> bool:
     return True
 
 
-class SharedMemory:
+class SharedMemory(SegmentReading):
     """This process's end of the fast path. ``settings`` None (or no usable /dev/shm) turns it
     off: :meth:`export` then returns the buffers unchanged and :meth:`resolve` refuses any
     reference. Thread-safe. ``pool_bytes`` bounds the settled segments kept for reuse (default:
@@ -448,117 +443,6 @@ class SharedMemory:
             "same-host fast path off (shm_threshold=0)"
         )
 
-    # ------------------------------------------------------------------ reading
-
-    def resolve(self, msg: Message) -> Message:
-        """``msg`` with every referenced segment mapped in place of its empty frame, and the
-        ``shm`` key gone from the metadata. Call only on a verified message.
-
-        Raises SharedMemoryRefused when a reference is malformed, names no segment of this
-        cluster readable by this process, or the segment's owner, mode or size is wrong; this
-        process's links of a refused message are removed, so that it leaves nothing behind.
-        """
-        value = msg.metadata.get(METADATA_KEY)
-        if value is None:
-            return msg
-        settings = self.settings
-        if settings is None or self.host is None:
-            raise SharedMemoryRefused(
-                "a message refers to shared memory, but this process has the fast path off "
-                "(another host, or no usable /dev/shm): the sender should not have used it"
-            )
-        refs = decode_refs(value, [memoryview(frame_view(frame)).nbytes for frame in msg.buffers])
-        buffers: list[Frame] = list(msg.buffers)
-        failure: SharedMemoryRefused | None = None
-        for ref in refs:
-            try:
-                buffers[ref.index] = self._map(settings.prefix, ref)
-            except SharedMemoryRefused as err:
-                failure = failure or err
-        if failure is not None:
-            raise failure
-        metadata = {key: item for key, item in msg.metadata.items() if key != METADATA_KEY}
-        return replace(msg, metadata=metadata, buffers=tuple(buffers))
-
-    def _map(self, prefix: str, ref: SegmentRef) -> memoryview:
-        """Map one segment through this process's own link, which lives exactly as long as a
-        mapping of it does (the writer reuses a segment only when no link is left)."""
-        name = ref.name_for(prefix, self.reader)
-        own = self.shm_dir / link_name(prefix, ref.writer, ref.token, self.reader)
-        with self._lock:
-            linked = own in self._mapped
-            self._mapped[own] = self._mapped.get(own, 0) + 1
-        try:
-            if ref.hold and not linked:
-                try:
-                    os.link(self.shm_dir / name, own)
-                except FileExistsError:  # made by the writer (a request's Hub link), or ours
-                    pass
-                except FileNotFoundError:  # settled: readable only through a link made before
-                    if not os.path.lexists(own):
-                        raise
-            fd = os.open(own, _OPEN_FLAGS)
-        except FileNotFoundError:
-            self._unmapped(own)
-            raise SharedMemoryRefused(
-                f"shared-memory segment {name} does not exist: its writer exited (or its "
-                "message was settled) before it was read, it was meant for another process, or "
-                "the name is forged"
-            ) from None
-        except OSError as err:
-            self._unmapped(own)
-            raise SharedMemoryRefused(f"cannot open shared-memory segment {name}: {err}") from None
-        try:
-            problem = _problem(os.fstat(fd), ref.size)
-            if problem is not None:
-                raise SharedMemoryRefused(f"refused shared-memory segment {name}: {problem}")
-            mapping = mmap.mmap(
-                fd, ref.size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE
-            )
-        except (OSError, SharedMemoryRefused) as err:
-            self._unmapped(own)
-            if isinstance(err, SharedMemoryRefused):
-                raise
-            raise SharedMemoryRefused(f"cannot map shared-memory segment {name}: {err}") from None
-        finally:
-            os.close(fd)
-        weakref.finalize(mapping, self._unmapped, own)
-        return memoryview(mapping)
-
-    def _unmapped(self, own: Path) -> None:
-        """One mapping through ``own`` is gone; the last one removes the link."""
-        with self._lock:
-            left = self._mapped.get(own, 1) - 1
-            if left > 0:
-                self._mapped[own] = left
-                return
-            self._mapped.pop(own, None)
-        _unlink(own)
-
-    def forget(self, msg: Message) -> None:
-        """This process will not read the segments of ``msg`` (the Hub keeps a request without
-        its buffers): remove the links the writer made for it (:meth:`export`'s
-        ``hub_link``), unless a mapping of its own holds one. Malformed references are left
-        alone; well-formed ones count even when the buffers did not come (the scheduler
-        leaves out what the store would not keep)."""
-        settings = self.settings
-        if settings is None:
-            return
-        for writer, token in named_segments(msg.metadata.get(METADATA_KEY)):
-            own = self.shm_dir / link_name(settings.prefix, writer, token, self.reader)
-            with self._lock:
-                if own in self._mapped:
-                    continue
-            _unlink(own)
-
-    def strip(self, msg: Message) -> Message:
-        """``msg`` without its references, mapping nothing (the Hub records requests without
-        their buffers)."""
-        if METADATA_KEY not in msg.metadata:
-            return msg
-        metadata = {key: item for key, item in msg.metadata.items() if key != METADATA_KEY}
-        return replace(msg, metadata=metadata)
-
     # ------------------------------------------------------------------ sweeping
 
     def sweep(
@@ -595,15 +479,3 @@ def _default_pool(shm_dir: Path) -> int:
     except OSError:
         return 0
     return min(MAX_POOL_BYTES, fs.f_blocks * fs.f_frsize // 8)
-
-
-def _problem(info: os.stat_result, size: int) -> str | None:
-    if not stat.S_ISREG(info.st_mode):
-        return "not a regular file"
-    if info.st_uid != os.getuid():
-        return f"owned by uid {info.st_uid}, not this user"
-    if info.st_mode & 0o077:
-        return f"mode {stat.S_IMODE(info.st_mode):04o} is not private (0600)"
-    if info.st_size != size:
-        return f"it holds {info.st_size} bytes, the reference says {size}"
-    return None

@@ -111,3 +111,36 @@ def test_watching_no_owner_adds_nothing_to_the_loop() -> None:
         loop.run()  # returns by the timer, not by an owner's end
     finally:
         loop.close()
+
+
+SLEEPER = "import time; print('ready', flush=True); time.sleep(60)"
+STUBBORN = (
+    "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "print('ready', flush=True); time.sleep(60)"
+)
+
+
+def test_terminate_asks_first_and_kills_what_does_not_listen() -> None:
+    """The owner's side: SIGTERM, then SIGKILL after the grace period; reaped either way."""
+    from corral.lifetime import terminate
+
+    children = [
+        subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+        for script in (SLEEPER, STUBBORN)
+    ]
+    try:
+        for child in children:  # its SIGTERM handler set
+            assert child.stdout is not None and child.stdout.readline() == b"ready\n"
+        polite, stubborn = children
+        terminate(polite, grace=30)
+        assert polite.returncode == -signal.SIGTERM
+        terminate(stubborn, grace=0.2)
+        assert stubborn.returncode == -signal.SIGKILL
+        terminate(stubborn, grace=0.2)  # ended already: left as it is
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+            if child.stdout is not None:
+                child.stdout.close()

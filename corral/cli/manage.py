@@ -14,7 +14,7 @@ from corral.protocol.connection_files import CLIENT_FILE, ClientConnection, read
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from corral.cluster.cluster import stop_cluster
+    from corral.cluster.shutdown import stop_cluster
 
     path = cluster_path(args)
     stopped = stop_cluster(path)

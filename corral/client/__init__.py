@@ -5,7 +5,8 @@ every submission returns an ``AsyncResult``. ``depend`` and ``require`` add cond
 checks where it runs.
 """
 
-from corral.client.asyncresult import AsyncMapResult, AsyncResult
+from corral.client.asyncmapresult import AsyncMapResult
+from corral.client.asyncresult import AsyncResult
 from corral.client.balanced import LoadBalancedView
 from corral.client.client import Client
 from corral.client.dependencies import depend, require

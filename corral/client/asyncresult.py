@@ -1,4 +1,5 @@
-"""AsyncResult and AsyncMapResult: the futures every submission returns.
+"""AsyncResult: the future every submission returns (a map's is its subclass AsyncMapResult,
+in :mod:`corral.client.asyncmapresult`, importable from here as well).
 
 An AsyncResult is a ``concurrent.futures.Future`` over one or more requests (one per engine of
 a direct call, one per chunk of a map). The client's I/O thread completes each request's own
@@ -7,7 +8,8 @@ future; when the last one is done this object completes too, with:
 - a single-target call: the value, or the RemoteError it raised;
 - a multi-target call: the list of values in target order; one failure raises that
   RemoteError, several raise a CompositeError holding each;
-- a map: the parts joined back into one sequence, in order (:func:`corral.client.mapping.join`).
+- a map (:class:`~corral.client.asyncmapresult.AsyncMapResult`): the parts joined back into one
+  sequence, in order (:func:`corral.client.mapping.join`).
 
 Because it is a real Future it works with ``concurrent.futures.wait``/``as_completed``, with
 ``await`` in asyncio, and with ``add_done_callback``. Done-callbacks added to an AsyncResult of
@@ -30,21 +32,20 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from corral.client.mapping import join
 from corral.client.metadata import METADATA_DEFAULTS, Metadata
 from corral.client.outcomes import (
     Failure,
     SentEvent,
     collect_outcomes,
-    items_of,
     outcome_of,
 )
 from corral.client.records import Records, settle
 from corral.client.requestfuture import LightFuture, lighten
 from corral.client.resultinfo import ResultInfo
-from corral.errors import RemoteError, TimeoutError, collect_exceptions
+from corral.errors import TimeoutError
 
 if TYPE_CHECKING:
+    from corral.client.asyncmapresult import AsyncMapResult as AsyncMapResult
     from corral.client.outputs import OutputStreamer
     from corral.client.submitter import Submitter
 
@@ -56,6 +57,18 @@ __all__ = [
     "AsyncMapResult",
     "AsyncResult",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``AsyncMapResult``, defined in :mod:`corral.client.asyncmapresult` (a subclass of
+    AsyncResult, so imported from there only when asked for) and importable from here, as
+    from ipyparallel's ``asyncresult``."""
+    if name == "AsyncMapResult":
+        from corral.client.asyncmapresult import AsyncMapResult
+
+        return AsyncMapResult
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _FINISHED = "FINISHED"  # concurrent.futures' state of a future with a result or an error
 _DONE_TRACKER = zmq.MessageTracker()  # nothing to watch: sent as soon as handed over
@@ -487,110 +500,6 @@ class AsyncResult(ResultInfo, LightFuture):
     def __repr__(self) -> str:
         state = "finished" if self.done() else "pending"
         return f"<{type(self).__name__}({self._fname}): {state}>"
-
-
-class AsyncMapResult(AsyncResult):
-    """The result of a map, scatter-gather or parallel call: one request per part.
-
-    The result is the parts joined in order. Iterating yields single items as their part
-    arrives: in submission order (``ordered=True``) or in completion order.
-    """
-
-    _joins_cheaply = False
-
-    def __init__(
-        self,
-        records: Records,
-        msg_ids: Sequence[str],
-        *,
-        fname: str = "map",
-        ordered: bool = True,
-        client: Submitter | None = None,
-        joiner: Callable[[Sequence[Any]], Any] = join,
-        item_counts: Sequence[int] | None = None,
-        return_exceptions: bool = False,
-        trackers: Sequence[zmq.MessageTracker] = (),
-    ) -> None:
-        self.ordered = ordered
-        self._joiner = joiner
-        self._item_counts = list(item_counts) if item_counts is not None else None
-        super().__init__(
-            records,
-            msg_ids,
-            fname=fname,
-            client=client,
-            return_exceptions=return_exceptions,
-            trackers=trackers,
-        )
-
-    def _reduce(self, outcomes: list[Any]) -> Any:
-        parts = collect_outcomes(outcomes, self._fname, self._return_exceptions)
-        return self._joiner([self._part(index, part) for index, part in enumerate(parts)])
-
-    def _part(self, index: int, part: Any) -> Any:
-        """A failed part, with ``return_exceptions``, as its error once per item."""
-        if isinstance(part, BaseException):
-            count = self._item_counts[index] if self._item_counts is not None else 1
-            return [part] * count
-        return part
-
-    def _with_exceptions(self) -> Any:
-        outcomes = [outcome_of(child) for child in self._children]
-        parts = [o.error if isinstance(o, Failure) else o for o in outcomes]
-        return self._joiner([self._part(index, part) for index, part in enumerate(parts)])
-
-    def __len__(self) -> int:
-        if self._item_counts is None:
-            return len(self.msg_ids)
-        return sum(self._item_counts)
-
-    @property
-    def progress(self) -> int:
-        if self._item_counts is None:
-            return super().progress
-        return sum(
-            count
-            for count, child in zip(self._item_counts, self._children, strict=True)
-            if child.done()
-        )
-
-    def split(self) -> tuple[AsyncResult, ...]:
-        """One (plain) AsyncResult per request: its part of the map, as a list."""
-        return tuple(
-            AsyncResult(
-                self._records, [msg_id], fname=self._fname, client=self._client, owner=False
-            )
-            for msg_id in self.msg_ids
-        )
-
-    def __iter__(self) -> Iterator[Any]:
-        children = self._children if self.ordered else self._in_completion_order()
-        for index, child in enumerate(children):
-            error = self._wait_child(child).exception()
-            if error is not None and self._return_exceptions:
-                count = self._item_counts[index] if self._item_counts and self.ordered else 1
-                yield from [error] * count
-                continue
-            if isinstance(error, RemoteError):
-                collect_exceptions([error], self._fname)  # raises a CompositeError
-            yield from items_of(child.result())
-
-    def _in_completion_order(self) -> Iterator[futures.Future[Any]]:
-        """The requests as they finish; ConnectionError if the controller stays away."""
-        if self._client is None:
-            yield from futures.as_completed(self._children)
-            return
-        remaining = list(self._children)
-        while remaining:
-            self._client.wait_for_futures(remaining, None, f"{self._fname}: waiting", any_done=True)
-            finished = [child for child in remaining if child.done()]
-            remaining = [child for child in remaining if child not in finished]
-            yield from finished
-
-    def __getitem__(self, key: int | slice | str) -> Any:
-        if isinstance(key, str):
-            return self._metadata_values(key)
-        return self.get()[key]
 
 
 class _ChildLink:

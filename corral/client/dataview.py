@@ -23,7 +23,8 @@ from corral.client.mapping import as_sequence, join, partition
 from corral.client.remote import pull_namespace, push_namespace
 
 if TYPE_CHECKING:
-    from corral.client.asyncresult import AsyncMapResult, AsyncResult
+    from corral.client.asyncmapresult import AsyncMapResult
+    from corral.client.asyncresult import AsyncResult
     from corral.client.submitter import Target, Targets
     from corral.client.view import View
 

@@ -18,7 +18,8 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from corral.client import pickling
-from corral.client.asyncresult import AsyncMapResult, AsyncResult
+from corral.client.asyncmapresult import AsyncMapResult
+from corral.client.asyncresult import AsyncResult
 from corral.client.dataview import DataMovement
 from corral.client.mapping import as_sequence, join, partition
 from corral.client.remote import map_chunk

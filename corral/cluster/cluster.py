@@ -5,6 +5,8 @@ waits until the client sees every engine, and on exit shuts them all down and ma
 process is left behind, even when the body raised. Meanwhile it supervises them
 (:mod:`corral.cluster.supervisor`): a controller that dies is started again with ``--restore``
 on the same ports and key, an engine that dies is started again under its engine id.
+Stopping a cluster from another process (``corral stop``: :func:`stop_cluster`, importable from
+here too) and ending processes are :mod:`corral.cluster.shutdown`'s.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -37,10 +38,13 @@ from corral.cluster.launchers.controller import SSHController
 from corral.cluster.launchers.local import scheduling_args, usable_cores
 from corral.cluster.launchers.mpi import mpi_controller_prefix
 from corral.cluster.launchers.registry import engine_launcher
-from corral.cluster.launchers.watch import cancel_recorded_jobs, stop_launchers
+from corral.cluster.launchers.watch import stop_launchers
 from corral.cluster.lifecycle import ClusterLifecycle
+from corral.cluster.shutdown import TERMINATE_GRACE, nothing_alive, wait_or_terminate
+from corral.cluster.shutdown import stop_cluster as stop_cluster  # `corral stop`'s, from here too
 from corral.cluster.supervisor import RestartPolicy, Supervisor
-from corral.errors import ConnectionError, CorralError, TimeoutError
+from corral.errors import CorralError, TimeoutError
+from corral.lifetime import terminate
 from corral.protocol.connection_files import (
     CLIENT_FILE,
     DASHBOARD_FILE,
@@ -458,18 +462,15 @@ class Cluster(ClusterLifecycle):
             client.close()
             self.client = None
         if self.dashboard_process is not None:
-            _terminate(self.dashboard_process)
+            terminate(self.dashboard_process, TERMINATE_GRACE)
         processes = [p for p in [*self.engines, self.controller] if p is not None]
         deadline = time.monotonic() + (timeout if asked else 0.0)
-        for process in processes:
-            try:
-                process.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                _terminate(process)
+        wait_or_terminate(processes, deadline)
         stop_launchers(self.launchers, max(1.0, deadline - time.monotonic()))
         if self.remote_controller is not None:
             self.remote_controller.stop(0.0)
-        sweep(cluster_prefix(self.path), alive=_none)  # stopped: no segment is needed any more
+        # stopped: no segment is needed any more
+        sweep(cluster_prefix(self.path), alive=nothing_alive)
         lock, self._lock = self._lock, None
         if self.temporary:
             if lock is not None and not release(lock, self.path, remove_folder=True):
@@ -530,73 +531,3 @@ def _launcher_name(controller: object, controller_launcher: str) -> str:
     if controller_launcher != "local" and controller_launcher != controller:
         raise TypeError("give controller or controller_launcher, not both")
     return controller
-
-
-def _terminate(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL after a grace period; reap the process either way."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(3)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-def stop_cluster(path: Path, timeout: float = 10.0) -> bool:
-    """Stop the cluster in ``path`` (from another process): ask its manager, else the Hub,
-    then kill what is left. True if something was running."""
-    state_file = path / STATE_FILE
-    state: dict[str, Any] = {}
-    if state_file.exists():
-        state = json.loads(state_file.read_text())
-    manager = state.get("manager_pid")
-    pids = [
-        p
-        for p in [
-            manager,
-            state.get("controller_pid"),
-            *state.get("engine_pids", []),
-            state.get("dashboard_pid"),
-        ]
-        if isinstance(p, int) and p != os.getpid()
-    ]
-    was_running = any(psutil.pid_exists(p) for p in pids)
-    if manager and manager != os.getpid() and psutil.pid_exists(manager):
-        os.kill(manager, signal.SIGTERM)
-    elif (path / CLIENT_FILE).exists():
-        try:
-            client = Client(connection_file=path / CLIENT_FILE, timeout=5)
-        except ConnectionError:
-            client = None
-        if client is not None:
-            was_running = True
-            try:
-                client.shutdown(targets="all", hub=True, block=True)
-            except ConnectionError:
-                pass  # it went away meanwhile (its owner died): what is left is killed below
-            finally:
-                client.close()
-    processes = [process for process in map(_process, pids) if process is not None]
-    _, alive = psutil.wait_procs(processes, timeout=timeout)
-    was_running = cancel_recorded_jobs(state.get("launchers", [])) or was_running
-    for process in alive:
-        process.kill()
-    psutil.wait_procs(alive, timeout=timeout)
-    sweep(cluster_prefix(path), alive=_none)  # stopped: no segment is needed any more
-    state_file.unlink(missing_ok=True)
-    return was_running
-
-
-def _none(pid: int) -> bool:
-    """For the sweep after a stop: the names' owners count as gone (a client that still maps a
-    result keeps its memory; only the names go)."""
-    return False
-
-
-def _process(pid: int) -> psutil.Process | None:
-    try:
-        return psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return None

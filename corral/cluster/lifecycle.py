@@ -224,11 +224,6 @@ class ClusterLifecycle:
 
 def _end(processes: Sequence[subprocess.Popen[bytes]], timeout: float) -> None:
     """Wait for ``processes`` to exit, at most ``timeout`` seconds in all; terminate the rest."""
-    from corral.cluster.cluster import _terminate
+    from corral.cluster.shutdown import wait_or_terminate
 
-    deadline = time.monotonic() + timeout
-    for process in processes:
-        try:
-            process.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            _terminate(process)
+    wait_or_terminate(processes, time.monotonic() + timeout)

@@ -7,39 +7,44 @@ no Python runs per message on those paths. The task scheduler runs in its own pr
 The main thread runs the Hub: :mod:`corral.controller.hub_shell` drives the
 :class:`~corral.controller.hub.Hub` core on one :class:`~corral.loop.Loop`, which also takes
 SIGTERM/SIGINT at once. This module owns what lives as long as the process: the sockets, the
-connection files, the scheduler process and the clean stop.
+connection files, the scheduler process and the clean stop. What a controller is told is
+:mod:`corral.controller.config` (``ControllerConfig`` is importable from here too); how its
+scheduler process is started and stopped, :mod:`corral.controller.scheduler_process`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import zmq
 from zmq import devices as zmq_devices
 from zmq.auth.thread import ThreadAuthenticator
 
 from corral import heap
+from corral.controller.config import ControllerConfig, shm_settings
 from corral.controller.hub import Hub
 from corral.controller.hub_shell import HubShell
 from corral.controller.location import reachable_address
-from corral.controller.packing import BURST_PACKING, check_burst_packing
-from corral.controller.scheduling_state import BURST_PREFETCH, check_burst_prefetch
-from corral.controller.store import RetentionSettings, SQLiteStore, open_store
+from corral.controller.scheduler_process import (
+    STOP_GRACE,
+    configure_scheduler,
+    final_counts,
+    launch_scheduler,
+)
+from corral.controller.store import SQLiteStore, open_store
 from corral.errors import CorralError
-from corral.lifetime import watch_owner
+from corral.lifetime import terminate, watch_owner
 from corral.loop import Loop
 from corral.priority import lower
 from corral.protocol.connection_files import (
@@ -52,10 +57,6 @@ from corral.protocol.connection_files import (
     write_private_json,
 )
 from corral.protocol.session import Session, new_key
-from corral.protocol.shm import (
-    DEFAULT_THRESHOLD,
-    Settings,
-)
 from corral.security import (
     CurveKeys,
     make_client,
@@ -63,7 +64,9 @@ from corral.security import (
     server_options,
     start_authenticator,
 )
-from corral.sharedmem import SharedMemory, cluster_prefix, host_identity
+from corral.sharedmem import SharedMemory
+
+__all__ = ["Controller", "ControllerConfig", "run_controller"]
 
 # pyzmq's device classes carry no type hints: typed here as Any, once
 ThreadMonitoredQueue: Any = zmq_devices.ThreadMonitoredQueue
@@ -74,43 +77,6 @@ log = logging.getLogger("corral.controller")
 STATS_FILE = "controller-stats.json"
 # the longest path a Unix socket address may have (107 bytes on Linux, 103 on macOS)
 MAX_SOCKET_PATH = 100
-
-
-@dataclass(frozen=True)
-class ControllerConfig:
-    """Everything a controller needs; the CLI and Cluster build it from flags."""
-
-    cluster_path: Path
-    cluster_id: str = "default"
-    ip: str = "127.0.0.1"
-    transport: str = "tcp"
-    key: bytes = b""
-    insecure: bool = False
-    heartbeat_period: float = 3.0
-    max_misses: int = 3
-    db: str = "sqlite"
-    restore: bool = False
-    scheduler_policy: str = "leastload"
-    max_outstanding: int = 16
-    scheduler: bool = True
-    curve: bool = False
-    retention: RetentionSettings = field(default_factory=RetentionSettings)
-    shm_threshold: int = DEFAULT_THRESHOLD  # bytes; 0 turns the same-host fast path off
-    location: str | None = None  # the address others connect to (default: see location.py)
-    hub_nice: int = 10  # nice steps the Hub's threads run below the data path (corral.priority)
-    # an engine answering sub-millisecond tasks in bursts may hold this many times
-    # max_outstanding (corral.controller.scheduling); 1: never more
-    burst_prefetch: int = BURST_PREFETCH
-    # a burst of such tasks on a host with more engines than this per core runs on this many
-    # engines per core of it (corral.controller.packing); 0: never packed
-    burst_packing: int = BURST_PACKING
-
-    def __post_init__(self) -> None:
-        """Refuse a scheduler setting the scheduler process would refuse only once started."""
-        check_burst_prefetch(self.burst_prefetch)
-        check_burst_packing(self.burst_packing)
-        if self.max_outstanding < 1:
-            raise ValueError(f"max_outstanding must be >= 1, not {self.max_outstanding}")
 
 
 def make_private_dir(path: Path) -> None:
@@ -125,9 +91,9 @@ class Controller:
         self.previous = _previous_connection(config.cluster_path) if config.restore else {}
         if not config.key and self.previous.get("key"):
             # a restored controller keeps its key and ports, so running engines reconnect
-            config = _with_key(config, str(self.previous["key"]).encode("ascii"))
+            config = replace(config, key=str(self.previous["key"]).encode("ascii"))
         if not config.key and not config.insecure:
-            config = _with_key(config, new_key())
+            config = replace(config, key=new_key())
         self.config = config
         self.context = zmq.Context()
         self.session = Session(config.key, username="controller", check_msg_type=False)
@@ -147,7 +113,7 @@ class Controller:
         # controller cannot take back the engines and clients of the one before it
         self.curve = CurveKeys.generate() if config.curve else None
         self._authenticator: ThreadAuthenticator | None = None
-        self.shm = SharedMemory(_shm_settings(config), hub=True)
+        self.shm = SharedMemory(shm_settings(config), hub=True)
         # whether the scheduler's copies reach the Hub over a socket only this user can reach
         # (_bind_monitor), and the directory that holds it (removed by close)
         self.trusted_copies = False
@@ -435,18 +401,8 @@ class Controller:
     def _start_scheduler(self, notification: str, monitor: str) -> tuple[int, int]:
         """Start the task scheduler process; it reports the two ports it bound."""
         settings = self.scheduler_settings(notification, monitor)
-        self._scheduler = subprocess.Popen(
-            [sys.executable, "-m", "corral.controller.scheduler"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-        )
-        assert self._scheduler.stdin is not None and self._scheduler.stdout is not None
-        self._scheduler.stdin.write(json.dumps(settings).encode() + b"\n")
-        self._scheduler.stdin.close()
-        ports = _read_json_line(self._scheduler.stdout, timeout=30)
-        if ports is None:
-            raise CorralError("the task scheduler process did not start; see the controller log")
-        return int(ports["task"]), int(ports["task_engine"])
+        self._scheduler = launch_scheduler()
+        return configure_scheduler(self._scheduler, settings)
 
     # ------------------------------------------------------------ serve
 
@@ -497,14 +453,8 @@ class Controller:
         remove connection files, and write the message counts to ``controller-stats.json``."""
         scheduler_counts = self.shell.scheduler_counts if self.shell is not None else None
         if self._scheduler is not None:
-            if self._scheduler.poll() is None:
-                self._scheduler.send_signal(signal.SIGTERM)
-                try:
-                    self._scheduler.wait(5)
-                except subprocess.TimeoutExpired:
-                    self._scheduler.kill()
-                    self._scheduler.wait()
-            scheduler_counts = scheduler_counts or self._scheduler_counts()
+            terminate(self._scheduler, STOP_GRACE)
+            scheduler_counts = scheduler_counts or final_counts(self._scheduler)
         self._write_stats(scheduler_counts)
         if hasattr(self, "store"):
             try:
@@ -533,16 +483,6 @@ class Controller:
             except FileNotFoundError:
                 pass
 
-    def _scheduler_counts(self) -> dict[str, Any] | None:
-        """The counts the stopped scheduler wrote as its last line, if it could."""
-        assert self._scheduler is not None and self._scheduler.stdout is not None
-        try:
-            last = _read_json_line(self._scheduler.stdout, timeout=1.0)
-        except (OSError, ValueError):
-            return None
-        counts = (last or {}).get("counts")
-        return counts if isinstance(counts, dict) else None
-
     def _write_stats(self, scheduler_counts: dict[str, Any] | None) -> None:
         """What this controller saw, for whoever stops a cluster and wants to know (the fuzz
         test prints it): messages handled, and rejected (bad signature, replay, malformed)."""
@@ -559,21 +499,6 @@ class Controller:
             write_private_json(self.config.cluster_path / STATS_FILE, stats)
         except OSError as err:
             log.warning("could not write %s: %s", STATS_FILE, err)
-
-
-def _shm_settings(config: ControllerConfig) -> Settings | None:
-    """The cluster's fast-path settings; None (off) when turned off, on an unsigned cluster
-    (a reference must come with a signature) or without a usable /dev/shm."""
-    host = host_identity()
-    if config.shm_threshold <= 0 or not config.key or host is None:
-        return None
-    return Settings(cluster_prefix(config.cluster_path), host, config.shm_threshold)
-
-
-def _with_key(config: ControllerConfig, key: bytes) -> ControllerConfig:
-    from dataclasses import replace
-
-    return replace(config, key=key)
 
 
 def _connect_when_bound(sock: zmq.Socket[Any], address: str, timeout: float = 10.0) -> None:
@@ -596,23 +521,6 @@ def _previous_connection(cluster_path: Path) -> dict[str, Any]:
     for name in (RESTORE_FILE, CLIENT_FILE, ENGINE_FILE):
         merged.update(read_json_object(cluster_path / name) or {})
     return merged
-
-
-def _read_json_line(stream: IO[bytes], timeout: float) -> dict[str, Any] | None:
-    import selectors
-
-    selector = selectors.DefaultSelector()
-    selector.register(stream, selectors.EVENT_READ)
-    try:
-        if not selector.select(timeout):
-            return None
-        line = stream.readline()
-    finally:
-        selector.close()
-    if not line:
-        return None
-    value = json.loads(line)
-    return value if isinstance(value, dict) else None
 
 
 def run_controller(config: ControllerConfig, owner_pid: int | None = None) -> int:

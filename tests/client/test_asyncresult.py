@@ -1,4 +1,5 @@
-"""AsyncResult, AsyncMapResult and the Records behind them, with replies made by hand.
+"""AsyncResult and the Records behind them, with replies made by hand (a map's
+AsyncMapResult: test_asyncmapresult.py, with the same helpers).
 
 No sockets: each test tracks requests in a Records, builds the replies an engine (or the
 scheduler, or the Hub) would send, and feeds them in, in whatever order the test needs.
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from corral.client.asyncresult import AsyncMapResult, AsyncResult
+from corral.client.asyncresult import AsyncResult
 from corral.client.dependencies import as_dependency, prune_after, prune_follow
 from corral.client.records import ExecuteReply, Metadata, Records
 from corral.errors import (
@@ -310,61 +311,6 @@ def test_hub_records_complete_futures_of_foreign_requests() -> None:
     assert ar.get(0) == [1, 2]
     assert ar.metadata["engine_id"] == 2 and ar.stdout == "out"  # type: ignore[call-overload]
     assert isinstance(ar.metadata["submitted"], datetime)  # type: ignore[call-overload]
-
-
-# ---------------------------------------------------------------- maps
-
-
-def test_map_result_joins_parts_and_iterates_in_order() -> None:
-    records = Records()
-    reqs = [request(records, None, channel="task") for _ in range(3)]
-    ar = AsyncMapResult(records, [r.msg_id for r in reqs], fname="square")
-    seen: list[int] = []
-    consumer = threading.Thread(target=lambda: seen.extend(ar))
-    consumer.start()
-    for index in (2, 1, 0):
-        records.handle_reply(ok(reqs[index], [index * 2, index * 2 + 1], None))
-    consumer.join(10)
-    assert not consumer.is_alive()
-    assert seen == [0, 1, 2, 3, 4, 5] == ar.get(0)
-    assert ar[3] == 3
-
-
-def test_unordered_map_iterates_in_completion_order() -> None:
-    records = Records()
-    reqs = [request(records, None, channel="task") for _ in range(3)]
-    ar = AsyncMapResult(records, [r.msg_id for r in reqs], ordered=False)
-    records.handle_reply(ok(reqs[2], ["c"], None))
-    iterator = iter(ar)
-    assert next(iterator) == "c"  # the only one done: no waiting for the first
-    records.handle_reply(ok(reqs[0], ["a"], None))
-    assert next(iterator) == "a"
-    records.handle_reply(ok(reqs[1], ["b"], None))
-    assert list(iterator) == ["b"]
-    assert ar.get(0) == ["a", "b", "c"]
-
-
-def test_map_of_numpy_parts_concatenates_and_empty_map_is_done() -> None:
-    records = Records()
-    reqs = [request(records, e) for e in (0, 1)]
-    ar = AsyncMapResult(records, [r.msg_id for r in reqs], fname="gather")
-    records.handle_reply(ok(reqs[0], np.arange(3), 0))
-    records.handle_reply(ok(reqs[1], np.arange(3, 5), 1))
-    assert ar.get(0).tolist() == [0, 1, 2, 3, 4]
-    empty = AsyncMapResult(records, [])
-    assert empty.ready() and empty.get(0) == []
-
-
-def test_map_error_raises_when_iteration_reaches_it() -> None:
-    records = Records()
-    reqs = [request(records, None, channel="task") for _ in range(2)]
-    ar = AsyncMapResult(records, [r.msg_id for r in reqs])
-    records.handle_reply(ok(reqs[0], [1], None))
-    records.handle_reply(fail(reqs[1], raised(RuntimeError("no")), None))
-    iterator = iter(ar)
-    assert next(iterator) == 1
-    with pytest.raises(RemoteError, match="no"):
-        next(iterator)
 
 
 # ---------------------------------------------------------------- futures interoperability

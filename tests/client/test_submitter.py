@@ -22,6 +22,7 @@ VIEW_SIDE = [
     "magics.py",
     "remotefunction.py",
     "asyncresult.py",
+    "asyncmapresult.py",
     "resultinfo.py",
 ]
 

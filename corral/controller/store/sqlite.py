@@ -21,9 +21,10 @@ Writes are encoded in the caller's thread (so bad values fail at the call) and a
 :class:`~.base.BatchWriter` thread in WAL mode, many per transaction. ``synchronous=NORMAL``:
 a committed batch survives the process being killed; a power cut may lose the last batches,
 never corrupt the file. Reads flush the writer first, then read on their own connection.
-The schema and the encoding of records into rows (pure, no connection) are in
-:mod:`.sqlite_rows`, how a batch becomes statements in :mod:`.sqlite_batches`; this module owns
-the connections and the writer.
+The schema, its versions and opening a connection are in :mod:`.sqlite_schema`, the encoding
+of records into rows (pure, no connection) in :mod:`.sqlite_rows`, how a batch becomes
+statements in :mod:`.sqlite_batches`, reading buffers back in :mod:`.sqlite_buffers`; this
+module owns the connections and the writer.
 """
 
 from __future__ import annotations
@@ -64,29 +65,9 @@ from .sqlite_batches import (
     upsert_runs,
     upsert_sql,
 )
+from .sqlite_buffers import read_request_buffers, read_result_buffers
 from .sqlite_rows import (
-    ALL_COLUMNS,
-    CHUNK_BYTES,
-    CHUNKS_SCHEMA,
-    CHUNKS_SIZE,
-    DELETE,
-    INCREMENTAL,
-    INSERT_CHUNK,
-    INSERT_REQUEST_PART,
-    IS_CHUNKED,
-    MIGRATE_FROM_1,
-    MIGRATE_FROM_2,
-    READ_CHUNKS,
-    READ_REQUEST_DATA,
-    READ_REQUEST_PARTS,
-    REQUEST_DATA,
-    REQUEST_SCHEMA,
-    REQUEST_SIZE,
     ROW_OVERHEAD,
-    SCALAR_COLUMNS,
-    SCHEMA,
-    SCHEMA_VERSION,
-    TABLE_EXISTS,
     Payload,
     Row,
     columns_for,
@@ -95,6 +76,19 @@ from .sqlite_rows import (
     encode_row,
     engine_row,
     sql_where,
+)
+from .sqlite_schema import (
+    ALL_COLUMNS,
+    CHUNK_BYTES,
+    CHUNKS_SIZE,
+    DELETE,
+    INSERT_CHUNK,
+    INSERT_REQUEST_PART,
+    REQUEST_DATA,
+    REQUEST_SIZE,
+    SCALAR_COLUMNS,
+    connect,
+    prepare,
 )
 
 #: ``_tuple_new(WriteOp, (...))`` is ``WriteOp(...)`` made in C, as :mod:`.sqlite_rows` makes
@@ -154,10 +148,18 @@ class SQLiteStore(ResultStore):
         target = f"file://{quote(str(self.path.absolute()))}"
         connections: list[sqlite3.Connection] = []
         try:
-            self._db = self._connect(f"{target}?mode={'ro' if read_only else 'rwc'}")
+            self._db = connect(f"{target}?mode={'ro' if read_only else 'rwc'}")
             connections.append(self._db)
-            self._prepare(read_only, max_size)
-            self._reader = self._connect(f"{target}?mode=ro")
+            version = prepare(
+                self._db,
+                self.path,
+                read_only=read_only,
+                max_size=max_size,
+                incremental_vacuum=self.retention is not None,
+            )
+            # version 2 (read only) has no request_data: every request is in request_buffers
+            self._inline_requests = version >= 3
+            self._reader = connect(f"{target}?mode=ro")
             connections.append(self._reader)
         except (sqlite3.Error, StoreError) as exc:
             for connection in connections:
@@ -175,65 +177,6 @@ class SQLiteStore(ResultStore):
             except BaseException:
                 self.close()
                 raise
-
-    @staticmethod
-    def _connect(uri: str) -> sqlite3.Connection:
-        db = sqlite3.connect(
-            uri, uri=True, isolation_level=None, check_same_thread=False, cached_statements=256
-        )
-        try:
-            db.execute("PRAGMA busy_timeout = 10000")
-        except sqlite3.Error:
-            db.close()
-            raise
-        return db
-
-    def _prepare(self, read_only: bool, max_size: int | None) -> None:
-        db = self._db
-        exists = db.execute(TABLE_EXISTS).fetchone()[0]
-        if not read_only:
-            # before the first table is created: purged pages go back to the file system
-            db.execute("PRAGMA auto_vacuum = INCREMENTAL")
-            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if mode != "wal":
-                raise StoreError(f"{self.path}: cannot use WAL mode (got {mode!r})")
-            db.execute("PRAGMA synchronous = NORMAL")
-            db.execute("PRAGMA journal_size_limit = 67108864")
-            if not exists:
-                db.execute("BEGIN IMMEDIATE")  # another process may be creating it too
-                if db.execute(TABLE_EXISTS).fetchone()[0] == 0:
-                    db.execute(SCHEMA)
-                    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                db.execute("COMMIT")
-                exists = True
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if exists and version in (1, 2) and not read_only:
-            db.execute("BEGIN IMMEDIATE")  # another process may be migrating it too
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version == 1:
-                db.execute(MIGRATE_FROM_1)
-            if version in (1, 2):
-                db.execute(MIGRATE_FROM_2)
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            db.execute("COMMIT")
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-        readable = (2, SCHEMA_VERSION) if read_only else (SCHEMA_VERSION,)
-        if not exists or version not in readable:
-            raise StoreError(
-                f"{self.path} is not a corral result store of schema version "
-                f"{' or '.join(map(str, readable))} (found {version if exists else 'no table'})"
-            )
-        # version 2 (read only) has no request_data: every request is in request_buffers
-        self._inline_requests = version >= 3
-        if not read_only:
-            db.executescript(CHUNKS_SCHEMA)  # also added to a store made before chunks
-            db.executescript(REQUEST_SCHEMA)
-        if not read_only and self.retention is not None:
-            if db.execute("PRAGMA auto_vacuum").fetchone()[0] != INCREMENTAL:
-                db.execute("VACUUM")  # a store made before auto_vacuum: converted once
-        if max_size is not None:
-            page_size = db.execute("PRAGMA page_size").fetchone()[0]
-            db.execute(f"PRAGMA max_page_count = {max(1, int(max_size) // page_size)}")
 
     # ------------------------------------------------------------ writes (writer thread)
 
@@ -542,12 +485,16 @@ class SQLiteStore(ResultStore):
                         )
                         request_lengths = None
                     if lengths is not None and buffers_early:
-                        record[BUFFERS_FIELD] = self._read_buffers(row[0], row[2], lengths)
+                        record[BUFFERS_FIELD] = read_result_buffers(
+                            db, self.path, row[0], row[2], lengths
+                        )
                         lengths = None
                     if residue and not matches(record, residue):
                         continue
                     if lengths is not None:
-                        record[BUFFERS_FIELD] = self._read_buffers(row[0], row[2], lengths)
+                        record[BUFFERS_FIELD] = read_result_buffers(
+                            db, self.path, row[0], row[2], lengths
+                        )
                     if request_lengths is not None:
                         record[REQUEST_BUFFERS_FIELD] = self._read_request(
                             row[0], row[2], request_lengths
@@ -559,65 +506,13 @@ class SQLiteStore(ResultStore):
                 db.execute("COMMIT")
         return records
 
-    def _read_buffers(self, seq: int, msg_id: str, lengths: list[int]) -> list[bytes]:
-        """Each buffer read straight from the BLOB into its own bytes object: one copy (a
-        chunked buffer of more than one chunk: two)."""
-        if not any(lengths):
-            return [b"" for _ in lengths]
-        (chunked,) = self._reader.execute(IS_CHUNKED, (seq,)).fetchone()
-        if chunked:
-            return self._read_chunks(msg_id, lengths)
-        with self._reader.blobopen("tasks", BUFFERS_FIELD, seq, readonly=True) as blob:
-            return [blob.read(length) if length else b"" for length in lengths]
-
     def _read_request(self, seq: int, msg_id: str, lengths: list[int]) -> list[bytes]:
-        """A request's buffers: the row's BLOB read in one query and cut (a single buffer is
-        the BLOB itself), or joined from their parts (a request larger than the chunk size, or
-        one written by schema version 2)."""
+        """A request's buffers (:func:`read_request_buffers`), from the row's BLOB where the
+        store's schema has one."""
         if not any(lengths):
             return [b"" for _ in lengths]
         if not self._inline_requests:  # read only, version 2 when opened: migrated since?
             self._inline_requests = self._reader.execute("PRAGMA user_version").fetchone()[0] >= 3
-        if self._inline_requests:
-            (data,) = self._reader.execute(READ_REQUEST_DATA, (seq,)).fetchone()
-            if data is not None:
-                if len(data) != sum(lengths):
-                    raise StoreError(
-                        f"the result store {self.path} is damaged: the request buffers of "
-                        f"{msg_id} should hold {sum(lengths)} bytes, its row holds {len(data)}"
-                    )
-                return _split(data, lengths)
-        return self._read_chunks(msg_id, lengths, READ_REQUEST_PARTS)
-
-    def _read_chunks(self, msg_id: str, lengths: list[int], sql: str = READ_CHUNKS) -> list[bytes]:
-        chunks = (row[0] for row in self._reader.execute(sql, (msg_id,)))
-        buffers: list[bytes] = []
-        for length in lengths:
-            pieces: list[bytes] = []
-            got = 0
-            while got < length:
-                piece = next(chunks, None)
-                if piece is None:
-                    break
-                pieces.append(piece)
-                got += len(piece)
-            if got != length:
-                raise StoreError(
-                    f"the result store {self.path} is damaged: a buffer of {msg_id} should "
-                    f"hold {length} bytes, its chunks hold {got}"
-                )
-            buffers.append(pieces[0] if len(pieces) == 1 else b"".join(pieces))
-        return buffers
-
-
-def _split(data: bytes, lengths: list[int]) -> list[bytes]:
-    """Buffers of these lengths, one after the other in ``data`` (one buffer: ``data`` itself)."""
-    if len(lengths) == 1 and lengths[0] == len(data):
-        return [data]
-    view = memoryview(data)
-    buffers: list[bytes] = []
-    start = 0
-    for length in lengths:
-        buffers.append(bytes(view[start : start + length]))
-        start += length
-    return buffers
+        return read_request_buffers(
+            self._reader, self.path, seq, msg_id, lengths, inline=self._inline_requests
+        )

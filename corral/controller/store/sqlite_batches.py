@@ -17,7 +17,8 @@ from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from typing import Any, Final
 
 from .base import BUFFERS_FIELD, WriteOp
-from .sqlite_rows import REQUEST_DATA, SCALAR_COLUMNS, Payload, Row
+from .sqlite_rows import Payload, Row
+from .sqlite_schema import REQUEST_DATA, SCALAR_COLUMNS
 
 #: The most rows one upsert statement writes. A run of rows goes in statements of
 #: power-of-two sizes up to this (a few statements to prepare per set of columns): each

@@ -7,9 +7,9 @@ one BLOB or, past :data:`CHUNK_BYTES` in all, as chunks in ``buffer_chunks``. A 
 own buffers (``buffers``) go the same way: one BLOB in the row's ``request_data`` (schema
 version 3), or past :data:`CHUNK_BYTES` parts in ``request_buffers`` (version 2 kept every
 request there, one row per buffer), their lengths in the row. Everything
-here is pure: the schema, encoding a record (in the caller's thread, so a bad value fails at
-the call), the upsert statement for a set of columns, the WHERE clause for a parsed query,
-and decoding a row. How the writer turns a batch of rows into statements is in
+here is pure: encoding a record (in the caller's thread, so a bad value fails at the call),
+the WHERE clause for a parsed query, and decoding a row. The tables and the fixed statements
+are in :mod:`.sqlite_schema`; how the writer turns a batch of rows into statements is in
 :mod:`.sqlite_batches`.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator
-from typing import Any, Final, NamedTuple, cast
+from typing import Any, NamedTuple, cast
 
 import orjson
 
@@ -25,7 +25,6 @@ from corral.errors import StoreError
 
 from .base import (
     BOOL_FIELDS,
-    BUFFER_FIELDS,
     BUFFERS_FIELD,
     DICT_FIELDS,
     INT64_MAX,
@@ -37,112 +36,16 @@ from .base import (
     MessageJSON,
 )
 from .query import Atom
+from .sqlite_schema import (
+    ALL_COLUMNS,
+    CHUNK_BYTES,
+    PRESENT_BITS,
+    REQUEST_DATA,
+    SCALAR_COLUMNS,
+)
 
-SCHEMA_VERSION = 3
-#: Known fields other than msg_id, in column order; a field's position is its bit in the
-#: ``present`` column, which tells a field set to None from a field never set (new fields
-#: go last, so that the bits of a store made by an earlier version keep their meaning).
-_FIELDS = (
-    *TEXT_FIELDS[1:],
-    *INT_FIELDS,
-    *BOOL_FIELDS,
-    *DICT_FIELDS,
-    BUFFERS_FIELD,
-    REQUEST_BUFFERS_FIELD,
-)
-_BITS = {name: 1 << index for index, name in enumerate(_FIELDS)}
-_SQL_TYPES = {
-    **dict.fromkeys(TEXT_FIELDS, "TEXT"),
-    **dict.fromkeys((*INT_FIELDS, *BOOL_FIELDS), "INTEGER"),
-    **dict.fromkeys(DICT_FIELDS, "TEXT"),
-}
-SCALAR_COLUMNS = tuple(name for name in _FIELDS if name not in BUFFER_FIELDS)
-SCHEMA = f"""
-CREATE TABLE tasks (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    msg_id TEXT NOT NULL UNIQUE,
-    present INTEGER NOT NULL DEFAULT 0,
-    {", ".join(f"{name} {_SQL_TYPES[name]}" for name in SCALAR_COLUMNS)},
-    extra TEXT,
-    buffer_lengths TEXT,
-    result_buffers BLOB,
-    request_buffer_lengths TEXT,
-    request_data BLOB
-)"""
-#: From schema version 1 (no request buffers) to 2: one column more, added in place.
-MIGRATE_FROM_1 = "ALTER TABLE tasks ADD COLUMN request_buffer_lengths TEXT"
-#: From 2 (every request's buffers in ``request_buffers``) to 3: their BLOB in the row, added
-#: in place; rows written before keep their parts, which reads still find (NULL here).
-MIGRATE_FROM_2 = "ALTER TABLE tasks ADD COLUMN request_data BLOB"
-#: The column of a request's buffers joined (NULL: in ``request_buffers``, or none).
-REQUEST_DATA = "request_data"
-#: Buffers larger than this in all are stored as chunks of at most this size (SQLite's own
-#: limit on one value is 1,000,000,000 bytes by default).
-CHUNK_BYTES: Final = 64 << 20
-CHUNKS_SCHEMA = """
-CREATE TABLE IF NOT EXISTS buffer_chunks (
-    msg_id TEXT NOT NULL,
-    part INTEGER NOT NULL,
-    data BLOB NOT NULL,
-    UNIQUE (msg_id, part)
-);
-CREATE TRIGGER IF NOT EXISTS buffer_chunks_replaced
-AFTER UPDATE OF buffer_lengths ON tasks
-WHEN old.result_buffers IS NULL AND old.buffer_lengths IS NOT NULL
-BEGIN DELETE FROM buffer_chunks WHERE msg_id = old.msg_id; END;
-CREATE TRIGGER IF NOT EXISTS buffer_chunks_dropped
-AFTER DELETE ON tasks
-WHEN old.result_buffers IS NULL AND old.buffer_lengths IS NOT NULL
-BEGIN DELETE FROM buffer_chunks WHERE msg_id = old.msg_id; END;
-"""
-#: A request's buffers of more than the chunk size in all (and, in stores of schema version 2,
-#: every request's), cut into parts of at most the chunk size (an empty buffer has none);
-#: the row's ``request_buffer_lengths`` says where each buffer ends.
-REQUEST_SCHEMA = """
-CREATE TABLE IF NOT EXISTS request_buffers (
-    msg_id TEXT NOT NULL,
-    part INTEGER NOT NULL,
-    data BLOB NOT NULL,
-    UNIQUE (msg_id, part)
-);
-CREATE TRIGGER IF NOT EXISTS request_buffers_replaced
-AFTER UPDATE OF request_buffer_lengths ON tasks
-WHEN old.request_buffer_lengths IS NOT NULL
-BEGIN DELETE FROM request_buffers WHERE msg_id = old.msg_id; END;
-CREATE TRIGGER IF NOT EXISTS request_buffers_dropped
-AFTER DELETE ON tasks
-WHEN old.request_buffer_lengths IS NOT NULL
-BEGIN DELETE FROM request_buffers WHERE msg_id = old.msg_id; END;
-"""
-INSERT_REQUEST_PART = "INSERT INTO request_buffers (msg_id, part, data) VALUES (?, ?, ?)"
-READ_REQUEST_PARTS = "SELECT data FROM request_buffers WHERE msg_id = ? ORDER BY part"
-REQUEST_SIZE = (
-    "coalesce((SELECT sum(length(data)) FROM request_buffers "
-    "WHERE request_buffers.msg_id = tasks.msg_id), 0)"
-)
-INSERT_CHUNK = "INSERT INTO buffer_chunks (msg_id, part, data) VALUES (?, ?, ?)"
-IS_CHUNKED = "SELECT result_buffers IS NULL FROM tasks WHERE seq = ?"
-READ_REQUEST_DATA = "SELECT request_data FROM tasks WHERE seq = ?"
-READ_CHUNKS = "SELECT data FROM buffer_chunks WHERE msg_id = ? ORDER BY part"
-CHUNKS_SIZE = (
-    "CASE WHEN result_buffers IS NULL AND buffer_lengths IS NOT NULL THEN coalesce((SELECT "
-    "sum(length(data)) FROM buffer_chunks WHERE buffer_chunks.msg_id = tasks.msg_id), 0) "
-    "ELSE 0 END"
-)
-ALL_COLUMNS = (
-    "seq",
-    "present",
-    "msg_id",
-    *SCALAR_COLUMNS,
-    "extra",
-    "request_buffer_lengths",
-    "buffer_lengths",
-)
 _JSON_LIST_MIN = 16
 ROW_OVERHEAD = 64
-INCREMENTAL = 2  # PRAGMA auto_vacuum value
-TABLE_EXISTS = "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'tasks'"
-DELETE = "DELETE FROM tasks WHERE msg_id IN (SELECT value FROM json_each(?))"
 _COMPARE = {"$eq": "=", "$ne": "IS NOT", "$lt": "<", "$lte": "<=", "$gt": ">", "$gte": ">="}
 
 
@@ -291,8 +194,8 @@ def _layout(names: tuple[str, ...]) -> _Layout:
     present = 0
     extras: list[str] = []
     for name in names:
-        if name in _BITS:
-            present |= _BITS[name]
+        if name in PRESENT_BITS:
+            present |= PRESENT_BITS[name]
         elif name != "msg_id":
             extras.append(name)
     scalars = tuple((name, name in DICT_FIELDS) for name in SCALAR_COLUMNS if name in names)
@@ -595,18 +498,18 @@ def decode_row(row: tuple[Any, ...], columns: tuple[str, ...]) -> tuple[dict[str
             if value is not None:
                 record.update((key, item[0]) for key, item in orjson.loads(value).items())
         elif name == "request_buffer_lengths":
-            if present & _BITS[REQUEST_BUFFERS_FIELD]:
+            if present & PRESENT_BITS[REQUEST_BUFFERS_FIELD]:
                 if value is None:
                     record[REQUEST_BUFFERS_FIELD] = None
                 else:
                     request_lengths = orjson.loads(value)
         elif name == "buffer_lengths":
-            if present & _BITS[BUFFERS_FIELD]:
+            if present & PRESENT_BITS[BUFFERS_FIELD]:
                 if value is None:
                     record[BUFFERS_FIELD] = None
                 else:
                     lengths = orjson.loads(value)
-        elif present & _BITS[name]:
+        elif present & PRESENT_BITS[name]:
             if value is not None:
                 if name in DICT_FIELDS:
                     value = orjson.loads(value)

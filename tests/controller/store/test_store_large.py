@@ -12,7 +12,7 @@ import pytest
 
 from corral.controller.store import RetentionSettings, SQLiteStore
 from corral.controller.store.retention import MIB, OMITTED_FIELD
-from corral.controller.store.sqlite_rows import CHUNK_BYTES
+from corral.controller.store.sqlite_schema import CHUNK_BYTES
 from corral.errors import StoreError
 from tests.controller.store.conftest import Opener
 from tests.controller.store.test_store_retention import reply, request_record

@@ -17,7 +17,7 @@ from pymongo import MongoClient
 
 from corral.controller.store import ResultStore, RetentionSettings, SQLiteStore
 from corral.controller.store.retention import OMITTED_FIELD, REQUEST_OMITTED_FIELD
-from corral.controller.store.sqlite_rows import REQUEST_SCHEMA
+from corral.controller.store.sqlite_schema import REQUEST_SCHEMA
 from corral.errors import StoreError
 from tests.controller.store.conftest import Opener, StoreFactory
 

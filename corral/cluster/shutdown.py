@@ -1,0 +1,104 @@
+"""Ending a cluster's processes: one at a time, a list by a deadline, or a whole cluster from
+another process.
+
+:class:`~corral.cluster.cluster.Cluster` stops the processes it started itself (asking the
+Hub first, then :func:`wait_or_terminate`); :func:`stop_cluster` is what ``corral stop`` does
+with a cluster some other process manages, knowing only what its ``cluster.json`` recorded:
+it asks the manager (SIGTERM), else the Hub, then kills what is left and sweeps the cluster's
+shared-memory names. Kept apart from :mod:`corral.cluster.cluster`, which starts and
+supervises, because stopping from outside needs none of a running Cluster's state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import psutil
+
+from corral.client.client import Client
+from corral.cluster.folders import STATE_FILE
+from corral.cluster.launchers.watch import cancel_recorded_jobs
+from corral.errors import ConnectionError
+from corral.lifetime import terminate
+from corral.protocol.connection_files import CLIENT_FILE
+from corral.sharedmem import cluster_prefix, sweep
+
+__all__ = ["TERMINATE_GRACE", "nothing_alive", "stop_cluster", "wait_or_terminate"]
+
+#: Seconds a cluster's process gets to act on SIGTERM before it is killed.
+TERMINATE_GRACE: Final = 3.0
+
+
+def wait_or_terminate(processes: Sequence[subprocess.Popen[bytes]], deadline: float) -> None:
+    """Wait for each process until ``deadline`` (``time.monotonic()``; each gets at least 0.1 s
+    more), then terminate the ones still running (:func:`corral.lifetime.terminate`)."""
+    for process in processes:
+        try:
+            process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            terminate(process, TERMINATE_GRACE)
+
+
+def stop_cluster(path: Path, timeout: float = 10.0) -> bool:
+    """Stop the cluster in ``path`` (from another process): ask its manager, else the Hub,
+    then kill what is left. True if something was running."""
+    state_file = path / STATE_FILE
+    state: dict[str, Any] = {}
+    if state_file.exists():
+        state = json.loads(state_file.read_text())
+    manager = state.get("manager_pid")
+    pids = [
+        p
+        for p in [
+            manager,
+            state.get("controller_pid"),
+            *state.get("engine_pids", []),
+            state.get("dashboard_pid"),
+        ]
+        if isinstance(p, int) and p != os.getpid()
+    ]
+    was_running = any(psutil.pid_exists(p) for p in pids)
+    if manager and manager != os.getpid() and psutil.pid_exists(manager):
+        os.kill(manager, signal.SIGTERM)
+    elif (path / CLIENT_FILE).exists():
+        try:
+            client = Client(connection_file=path / CLIENT_FILE, timeout=5)
+        except ConnectionError:
+            client = None
+        if client is not None:
+            was_running = True
+            try:
+                client.shutdown(targets="all", hub=True, block=True)
+            except ConnectionError:
+                pass  # it went away meanwhile (its owner died): what is left is killed below
+            finally:
+                client.close()
+    processes = [process for process in map(_process, pids) if process is not None]
+    _, alive = psutil.wait_procs(processes, timeout=timeout)
+    was_running = cancel_recorded_jobs(state.get("launchers", [])) or was_running
+    for process in alive:
+        process.kill()
+    psutil.wait_procs(alive, timeout=timeout)
+    sweep(cluster_prefix(path), alive=nothing_alive)  # stopped: no segment is needed any more
+    state_file.unlink(missing_ok=True)
+    return was_running
+
+
+def nothing_alive(pid: int) -> bool:
+    """For the sweep after a stop: the names' owners count as gone (a client that still maps a
+    result keeps its memory; only the names go)."""
+    return False
+
+
+def _process(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return None
