@@ -376,17 +376,19 @@ class OutputCapture:
         if now - self._last_publish >= self.flush_interval:
             self._publish_pending()
             return
-        if self._deadline is None:
-            self._deadline = self._last_publish + self.flush_interval
+        due = self._last_publish + self.flush_interval
+        if self._deadline is None or due < self._deadline:  # sooner than a partial line's
+            self._deadline = due
             self._start_flusher()
             self._wakeup.notify()
 
     def _defer(self) -> None:
         """Text without a newline (``print(".", end="")`` as progress): the flusher publishes
-        it once the interval since the last publish ends, at once if it has, never this
-        call (a partial line is not worth a publish per write), so that it is seen while the
-        task still runs, as ipykernel's streams do. Locked."""
-        self._deadline = max(self._last_publish + self.flush_interval, time.monotonic())
+        it one interval after it was written, never this call, so that it is seen while the
+        task still runs, as ipykernel's streams do. Not sooner: ``print("e")`` writes "e"
+        and "\n" apart, and the rest of a line that comes within the interval goes with it
+        (its newline publishes at once when the rate limit allows). Locked."""
+        self._deadline = time.monotonic() + self.flush_interval
         self._start_flusher()
         self._wakeup.notify()
 

@@ -323,6 +323,20 @@ def test_a_partial_line_is_published_by_the_flusher_while_the_task_runs() -> Non
     capture.close()
 
 
+def test_a_line_written_in_pieces_is_published_whole() -> None:
+    """``print("e")`` writes "e" and "\n" apart: the flusher leaves the first piece alone for
+    an interval, so the line goes out as one chunk when its newline comes (the flusher used
+    to publish a task's first partial line at once, splitting lines under load)."""
+    published = Published()
+    capture = OutputCapture(flush_interval=5.0)
+    with capture.capture(published):
+        sys.stdout.write("e")
+        assert not published.event.wait(0.2), "a partial line was published at once"
+        sys.stdout.write("\n")
+    assert published.calls == [("MainThread", "stdout", "e\n")]
+    capture.close()
+
+
 def _flushers() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.name == "corral-output-flusher"}
 
