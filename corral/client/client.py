@@ -46,11 +46,12 @@ from corral.client.cache import MetadataCache, ResultsCache
 from corral.client.completion import Worker
 from corral.client.control import ControlCalls
 from corral.client.io_shell import ClientIO
-from corral.client.link import ControllerLink, IOHandler, engine_gone
+from corral.client.link import ControllerLink, IOHandler
 from corral.client.queries import PURGE_TRIM_SCHEDULE, HubQueries
 from corral.client.records import Records
 from corral.client.recovery import Resender
-from corral.client.submitter import OutgoingRequest, Target, Targets
+from corral.client.sending import RequestSending
+from corral.client.submitter import Target, Targets
 from corral.errors import (
     ConnectionError,
     InvalidTarget,
@@ -63,8 +64,8 @@ from corral.protocol.connection_files import (
     cluster_dir_from,
     cluster_folder,
 )
-from corral.protocol.session import Frame, Message, Session
-from corral.protocol.shm import METADATA_KEY, SegmentRef, Settings, encode_refs
+from corral.protocol.session import Message, Session
+from corral.protocol.shm import Settings
 from corral.sharedmem import SharedMemory
 
 if TYPE_CHECKING:
@@ -81,7 +82,7 @@ log = logging.getLogger("corral.client")
 DEFAULT_TIMEOUT = 10.0  # seconds a call waits on an unreachable controller
 
 
-class Client(ControllerLink, ControlCalls, HubQueries):
+class Client(ControllerLink, RequestSending, ControlCalls, HubQueries):
     """A connection to one cluster's controller (see the module doc).
 
     ``rc.ids`` lists the registered engines; ``rc[0]``, ``rc[:]``, ``rc[::2]``, ``rc[[0, 2]]``
@@ -387,145 +388,6 @@ class Client(ControllerLink, ControlCalls, HubQueries):
             resolved.append((engine_id, uuid))
         return resolved
 
-    # ------------------------------------------------------------------ sending
-
-    def send_request(
-        self,
-        channel: str,
-        msg_type: str,
-        content: dict[str, Any],
-        *,
-        buffers: Sequence[Frame] = (),
-        metadata: dict[str, Any] | None = None,
-        target: Target | None = None,
-        in_history: bool = True,
-        track: bool = False,
-        header: dict[str, Any] | None = None,
-    ) -> str:
-        """Sign, track and hand off one request; its msg_id: :meth:`prepare_request` (see
-        there for the arguments) then :meth:`dispatch_request`."""
-        request = self.prepare_request(
-            channel,
-            msg_type,
-            content,
-            buffers=buffers,
-            metadata=metadata,
-            target=target,
-            in_history=in_history,
-            track=track,
-            header=header,
-        )
-        self.dispatch_request(request)
-        return request.msg_id
-
-    def prepare_request(
-        self,
-        channel: str,
-        msg_type: str,
-        content: dict[str, Any],
-        *,
-        buffers: Sequence[Frame] = (),
-        metadata: dict[str, Any] | None = None,
-        target: Target | None = None,
-        in_history: bool = True,
-        track: bool = False,
-        header: dict[str, Any] | None = None,
-    ) -> OutgoingRequest:
-        """Sign and track one request, not yet sent: its future is in the records, so what
-        the call returns (an AsyncResult) can be built before :meth:`dispatch_request` sends
-        it. With a ``target`` it goes to that engine (mux or control). ``track``: keep a
-        MessageTracker of the data buffers in ``_records.trackers`` (made by the dispatch).
-        ``header``: one made earlier, for a request already tracked (a held task, see
-        :mod:`corral.client.deferred`).
-        While the controller is unreachable such a request waits up to ``timeout`` for it, then
-        raises ConnectionError; load-balanced ones are queued (the scheduler holds them until
-        engines are back)."""
-        if target is not None and self._link_lost_at is not None:
-            self._wait_for_link(time.monotonic() + self.timeout, msg_type)
-        # released results forgotten before the request is made, not once it is on its way:
-        # then the submitting thread runs nothing while its request is in transit
-        self._records.sweep()
-        session = self.session
-        refs: list[SegmentRef] = []
-        if msg_type == "apply_request" and self._shm_reader:
-            metadata = {**metadata, **self._shm_reader} if metadata else self._shm_reader
-            if _may_export(buffers, self._shm_threshold) and self._engines_share_host(
-                channel, target
-            ):
-                # held until this request settles, and for the Hub until it has read them
-                buffers, refs = self._shm.export(buffers, hub_link=True)
-                if refs:
-                    metadata = {**metadata, METADATA_KEY: encode_refs(refs)}
-        if msg_type == "apply_request" and not content:  # valid as it is: no catalogue check
-            shared = self._shm_reader  # never changed: shared by the requests, not copied
-            request_metadata = shared if metadata is shared else dict(metadata or {})
-            msg = Message(
-                header or session.header(msg_type), {}, request_metadata, content, tuple(buffers)
-            )
-        else:
-            msg = session.msg(msg_type, content, metadata=metadata, buffers=buffers, header=header)
-        msg_id: str = msg.header["msg_id"]
-        idents = (target[1].encode(),) if target is not None else ()
-        frames = session.serialize(msg, idents)
-        engine_id, uuid = target if target is not None else (None, None)
-        records = self._records
-        if header is None:
-            records.track(msg, channel, uuid, engine_id, in_history=in_history, sweep=False)
-        if refs:
-            records.futures[msg_id].add_done_callback(lambda _: self._shm.release(refs))
-        if channel == "task":
-            self._resender.hold(msg_id, msg)  # until settled: Records calls release
-        track_from = len(frames) - len(buffers) if track else None
-        return OutgoingRequest(msg_id, channel, frames, track_from, uuid, engine_id)
-
-    def dispatch_request(self, request: OutgoingRequest) -> None:
-        """Send a request :meth:`prepare_request` made (once). A target already gone fails it
-        at once with EngineError; an error of the send fails it and is raised."""
-        msg_id, uuid, records = request.msg_id, request.engine_uuid, self._records
-        if uuid is not None and uuid not in self._uuids:
-            records.fail(msg_id, engine_gone(request.engine_id, uuid), at_once=True)
-            return
-        try:
-            # alone in flight, the request leaves from this thread (no I/O thread wake-up
-            # on the way out); in a burst, through the I/O thread, in bundles
-            tracker = self._io.send(
-                request.channel.encode(),
-                request.frames,
-                request.track_from,
-                at_once=len(records.outstanding) <= 1,
-            )
-        except BaseException as exc:  # Ctrl-C too: it may have left half a message, dropped
-            records.fail(msg_id, exc, at_once=True)
-            raise
-        if tracker is not None:
-            records.trackers[msg_id] = tracker
-
-    def _engines_share_host(self, channel: str, target: Target | None) -> bool:
-        """Whether the engine(s) that may read a request see this process's shared memory:
-        the target, or for a load-balanced task every registered engine."""
-        if target is not None:
-            return self._shm.same_host(self._shm_hosts.get(target[1]))
-        if channel != "task":
-            return False
-        uuids = self._uuids  # replaced, never changed in place, when the table changes
-        key = (uuids, len(self._shm_hosts))  # a host is learnt before its engine is added
-        cached = self._all_share_host
-        if cached is not None and cached[0] is key[0] and cached[1] == key[1]:
-            return cached[2]
-        shared = bool(uuids) and all(
-            self._shm.same_host(self._shm_hosts.get(uuid)) for uuid in uuids
-        )
-        self._all_share_host = (uuids, key[1], shared)
-        return shared
-
-    def fail_request(self, msg_type: str, metadata: dict[str, Any], error: BaseException) -> str:
-        """Record a request that is never sent because it is known to fail (an impossible
-        dependency): it gets a msg_id, a failed result, and later tasks can depend on it."""
-        msg = self.session.msg(msg_type, {}, metadata=metadata)
-        self._records.track(msg, "task")
-        self._records.fail(msg.msg_id, error, at_once=True)
-        return msg.msg_id
-
     def _query(self, msg_type: str, content: dict[str, Any], refused: bool = False) -> Message:
         """A Hub request and its ``ok`` reply: ConnectionError if none within ``timeout``,
         QueryError if the Hub refused it (``refused``: the refusal is returned instead)."""
@@ -634,17 +496,6 @@ class Client(ControllerLink, ControlCalls, HubQueries):
 
 
 _BUFFER_QUERIES = frozenset({"result_request", "db_request"})  # replies that carry buffers
-
-
-def _may_export(buffers: Sequence[Frame], threshold: int) -> bool:
-    """Whether some buffer may be large enough for shared memory: False at once for the
-    usual small call (its pickle alone, as bytes, under the threshold), which would
-    otherwise cost a memoryview per frame in ``SharedMemory.export`` per task."""
-    if not buffers:
-        return False
-    if len(buffers) == 1 and type(buffers[0]) is bytes:
-        return len(buffers[0]) >= threshold
-    return True
 
 
 def _shm_settings(section: object, threshold: int | None) -> Settings | None:
