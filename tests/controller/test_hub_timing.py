@@ -9,8 +9,9 @@ from dataclasses import replace
 import orjson
 import pytest
 
-from corral.controller.hub import PROBE_PERIOD, REGISTRATION_PING, Send
+from corral.controller.hub import Send
 from corral.controller.hub_actions import AddRecord, UpdateRecord
+from corral.controller.hub_beat import PROBE_PERIOD, REGISTRATION_PING
 from corral.controller.store.memory import MemoryStore
 from corral.protocol.session import Message
 from tests.controller.hub_harness import HubHarness

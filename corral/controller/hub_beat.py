@@ -1,0 +1,185 @@
+"""The Hub's heartbeat: when it beats, probes and repeats, and what a silent heart means.
+
+A mixin of :class:`corral.controller.hub.Hub`, sans-I/O like it: the shell asks
+:meth:`HubHeartbeat.next_deadline` when to call :meth:`HubHeartbeat.wake`, which returns the
+pings to publish and the actions they decided (an engine unregistered, replies confirmed as
+recorded, results expired). The beat goes once per period (never closer than half a period,
+however late the call); while an engine waits to be registered, the current beat again every
+``REGISTRATION_PING``; while an engine is suspected (a connection closed), a probe every
+``PROBE_PERIOD``. :class:`~corral.controller.heartbeat.HeartMonitor` keeps the hearts' counts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, cast
+
+from corral.controller.hub_actions import Action, ExpireResults, Send
+from corral.controller.hub_restart import settle_restored
+
+if TYPE_CHECKING:
+    from corral.controller.heartbeat import HeartMonitor
+    from corral.controller.hub import EngineEntry, Hub, PendingRegistration
+    from corral.controller.store.base import ResultStore
+
+__all__ = ["PROBE_PERIOD", "REGISTRATION_PING", "HubHeartbeat"]
+
+log = logging.getLogger("corral.hub")
+
+REGISTRATION_PING = 0.05  # seconds between repeated beats while an engine waits to register
+PROBE_PERIOD = 0.04  # seconds between probes of an engine whose connection closed
+
+
+def _due(deadline: float | None, now: float, span: float) -> bool:
+    """Whether a deadline set at most ``span`` ahead has come. One further ahead than that
+    means the wall clock was set back: it is due now rather than after the step."""
+    return deadline is None or now >= deadline or deadline > now + span
+
+
+class HubHeartbeat:
+    """The heartbeat part of a Hub (see the module doc)."""
+
+    if TYPE_CHECKING:  # provided by Hub
+        store: ResultStore
+        hearts: HeartMonitor
+        heartbeat_period: float
+        next_beat: float | None
+        next_repeat: float | None
+        next_probe: float | None
+        restored: dict[str, str | None]
+        restored_until_beat: int
+        engines: dict[int, EngineEntry]
+        by_uuid: dict[str, EngineEntry]
+        pending_registrations: dict[str, PendingRegistration]
+        expected_from: dict[str, list[str]]
+        dropped: set[str]
+        told_stale: set[str]
+        replies_seen: dict[str, dict[str, str]]
+        replies_writing: deque[tuple[int, dict[str, dict[str, str]]]]
+
+        def _register(self, pending: PendingRegistration, now: float) -> list[Action]: ...
+        def _unregister(self, entry: EngineEntry, why: str, now: float) -> list[Action]: ...
+
+    def next_deadline(self, now: float) -> float:
+        """When :meth:`wake` next has work: the next beat, or sooner the next registration
+        repeat or probe. Never more than a period after ``now`` (a clock set back)."""
+        when = now if self.next_beat is None else min(self.next_beat, now + self.heartbeat_period)
+        if self.pending_registrations:
+            when = min(when, now if self.next_repeat is None else self.next_repeat)
+        if self.hearts.suspects:
+            when = min(when, now if self.next_probe is None else self.next_probe)
+        return when
+
+    def wake(self, now: float) -> tuple[list[bytes], list[Action]]:
+        """Whatever is due at ``now``: the pings to publish and what they decided.
+
+        A beat once per period (never closer than half a period, however late the call); while
+        an engine waits to be registered, the current beat again every ``REGISTRATION_PING``
+        (its count does not advance, so no other heart is judged) instead of making it wait up
+        to a whole period; while an engine is suspected, a probe every ``PROBE_PERIOD``."""
+        pings: list[bytes] = []
+        actions: list[Action] = []
+        period = self.heartbeat_period
+        if _due(self.next_beat, now, period):
+            payload, actions = self.tick(now)
+            pings.append(payload)
+            last = (
+                now if self.next_beat is None or self.next_beat > now + period else self.next_beat
+            )
+            self.next_beat = max(last + period, now + period / 2)
+        elif self.pending_registrations and _due(self.next_repeat, now, REGISTRATION_PING):
+            pings.append(self.hearts.payload())
+            self.next_repeat = now + REGISTRATION_PING
+        if self.hearts.suspects and _due(self.next_probe, now, PROBE_PERIOD):
+            payload, lost = self.probe(now)
+            pings.append(payload)
+            actions.extend(lost)
+            self.next_probe = now + PROBE_PERIOD
+        return pings, actions
+
+    def tick(self, now: float) -> tuple[bytes, list[Action]]:
+        """One beat, now (:meth:`wake` calls it once per period): the ping payload, and what
+        failures and expiries mean."""
+        payload, failed = self.hearts.tick()
+        actions: list[Action] = [ExpireResults(), *self._confirm_recorded()]
+        if self.restored and self.hearts.beat >= self.restored_until_beat:
+            actions.extend(settle_restored(cast("Hub", self), now))  # a mixin of Hub only
+        for uuid in failed:
+            entry = self.by_uuid.get(uuid)
+            if entry is not None:
+                self.dropped.add(uuid)
+                actions.extend(self._unregister(entry, "heartbeat stopped", now))
+        for uuid, pending in list(self.pending_registrations.items()):
+            if pending.expires_at_beat <= self.hearts.beat:
+                del self.pending_registrations[uuid]
+                log.warning("hub: engine %s registered but its heart never beat", uuid)
+                if self.expected_from.get(uuid) and pending.id not in self.engines:
+                    # it said it held tasks (back after a restart) and died before its first
+                    # beat: settle them as for any engine that dies, or they wait for ever
+                    actions.extend(self._register(pending, now))
+                    self.dropped.add(uuid)
+                    entry = self.by_uuid[uuid]
+                    actions.extend(self._unregister(entry, "its heart never beat", now))
+                self.expected_from.pop(uuid, None)
+        return payload, actions
+
+    def _confirm_recorded(self) -> list[Action]:
+        """Tell each engine which of its replies are now written to the store, so that it stops
+        keeping them for a restarted controller (see :mod:`corral.engine.replies`). Never
+        waits for the store: replies seen since the last tick wait for a later one."""
+        if self.replies_seen:
+            self.replies_writing.append((self.store.write_mark(), self.replies_seen))
+            self.replies_seen = {}
+        done: dict[str, dict[str, str]] = {}
+        while self.replies_writing and self.store.written(self.replies_writing[0][0]):
+            for uuid, newest in self.replies_writing.popleft()[1].items():
+                done.setdefault(uuid, {}).update(newest)
+        return [
+            Send("registration", "replies_recorded", newest, idents=(uuid.encode(),))
+            for uuid, newest in done.items()
+            if uuid in self.by_uuid
+        ]
+
+    def connection_closed(self, uuid: str) -> None:
+        """A connection of this engine closed (the shell saw it on the pong socket): probe it
+        (:meth:`next_deadline` then asks for a wake at once)."""
+        if uuid in self.by_uuid:
+            self.hearts.suspect(uuid)
+
+    def probe(self, now: float) -> tuple[bytes, list[Action]]:
+        """A probe to publish while engines are suspected; those that stopped answering are
+        unregistered as dead, as after missed beats (their late replies are ignored)."""
+        payload, failed = self.hearts.probe()
+        actions: list[Action] = []
+        for uuid in failed:
+            entry = self.by_uuid.get(uuid)
+            if entry is not None:
+                self.dropped.add(uuid)
+                actions.extend(self._unregister(entry, "its connections closed: it died", now))
+        return payload, actions
+
+    def handle_pong(self, uuid: str, payload: bytes, now: float) -> list[Action]:
+        """A heart's answer: the first one of an engine waiting to register registers it."""
+        if uuid in self.by_uuid:
+            self.hearts.pong(uuid, payload)
+            return []
+        pending = self.pending_registrations.pop(uuid, None)
+        if pending is not None:
+            self.hearts.pong(uuid, payload)
+            return self._register(pending, now)
+        if uuid in self.dropped and uuid not in self.told_stale:
+            # a heart we dropped (paused process, partition) came back: its tasks were failed
+            # or resubmitted, so tell it to stop rather than let it answer for them twice.
+            # Hearts this Hub never knew (it was restarted) re-register by themselves.
+            self.told_stale.add(uuid)
+            log.warning("hub: heart %s beats but is not registered; telling it to stop", uuid)
+            return [
+                Send(
+                    "registration",
+                    "unregistration_notification",
+                    {"id": -1, "uuid": uuid},
+                    idents=(uuid.encode(),),
+                )
+            ]
+        return []
