@@ -30,11 +30,20 @@ average over recent replies: that average needs a few replies to rise after a pa
 which leastload spreads a thousand tasks over 64 engines (bench/README.md, round eleven), and a
 packing engine's reply after a long task, not a burst, must not renew the packing.
 
-What this costs: tasks submitted within ``BURST_HOLD`` of a packing engine's last burst reply
-are taken for tiny ones too, so long tasks submitted right after a burst go to the packing
-engines alone (as many as their caps allow) and stay queued there after the lapse (a task
-sent is never taken back). For tasks that need a core, on a host whose cores are all busy,
-this loses nothing; tasks that wait (I/O, sleep) run one after another on those few engines.
+While a group packs, its packing engines take more tasks only while they drain them at burst
+speed (:func:`stalled`): a packing engine that holds tasks takes no more once it has not
+replied for ``DRAIN_GAP``, or has not replied yet since it got work while it held none (a task
+given to an idle engine may be a long one: the next waits in the scheduler's queue until that
+engine replies, or goes to another packing engine that drains). A task sent is never taken
+back, so this is what keeps long tasks submitted right after a burst (within ``BURST_HOLD`` of
+its last burst reply) from queueing behind each other on the few packing engines while the
+held ones sit idle: each idle packing engine takes one, and the rest wait in the scheduler.
+And a group whose packing engines have not replied for ``DRAIN_GAP`` while tasks any engine may
+run wait in the scheduler's queue lapses then (:meth:`Hosts.due`): the held engines are
+released and the queued tasks spread over them, one each in turn (bench/README.md, round
+twelve). Tiny tasks reply within ``DRAIN_GAP`` (an engine sends what it has done at least
+every ~2 ms), so a burst keeps its packing; on a loaded machine a group starved of CPU for
+``DRAIN_GAP`` with tasks queued lapses as one stuck in long tasks would.
 ``--burst-packing 0`` turns packing off.
 """
 
@@ -46,6 +55,13 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from corral.controller.scheduling_state import BURST_HOLD, EngineState, check_setting
+
+DRAIN_GAP: Final = 0.01
+"""Seconds without a reply after which a packing engine that holds tasks no longer drains at
+burst speed (:func:`stalled`), and a packing group with tasks queued for any engine lapses
+(:meth:`Hosts.due`). An engine running tiny tasks sends its replies at least every ~2 ms
+(docs/wire-flows.md, "Bundles"); 10 ms leaves room for a turn lost to the other processes on a
+busy host, and is what a long task submitted right after a burst may wait for an engine."""
 
 BURST_PACKING: Final = 2
 """The scheduler's default ``burst_packing``: engines per core that run a burst of tiny tasks
@@ -72,6 +88,21 @@ class HostGroup:
     cpus: Counter[int] = field(default_factory=Counter)  # CPU id -> engines that may use it
     packing: bool = False
     packing_until: float = float("-inf")  # the packing lapses then, without a burst reply
+    progress: float = float("-inf")  # the latest reply of one of its packing engines
+
+
+def stalled(engine: EngineState, now: float) -> bool:
+    """Whether ``engine``, a packing engine of a group that packs, may take no more tasks at
+    ``now``: it holds some and has not drained them at burst speed (no reply since it got
+    work while it held none, or none for ``DRAIN_GAP``). The scheduler core caps it at its
+    load meanwhile (``SchedulerCore._cap``); an idle engine may always take one task."""
+    group = engine.group
+    return (
+        group is not None
+        and group.packing
+        and engine.load > 0
+        and (engine.last_reply < engine.busy_since or now - engine.last_reply > DRAIN_GAP)
+    )
 
 
 class Hosts:
@@ -121,12 +152,23 @@ class Hosts:
             return []
         return self._regroup(group)
 
+    def replied(self, engine: EngineState, now: float, burst: bool) -> None:
+        """A packing engine (``engine.packs``) replied at ``now`` (``burst``: within
+        ``BURST_GAP`` of its previous reply): its group made progress, and a burst reply
+        starts or renews its packing (:meth:`burst`)."""
+        group = engine.group
+        assert group is not None
+        group.progress = now
+        if burst:
+            self.burst(engine, now)
+
     def burst(self, engine: EngineState, now: float) -> None:
         """A packing engine (``engine.packs``) replied in a burst at ``now``: its group packs
         until ``BURST_HOLD`` later, holding its other engines."""
         group = engine.group
         assert group is not None
         group.packing_until = now + BURST_HOLD
+        group.progress = now
         if group.packing:
             return
         group.packing = True
@@ -138,20 +180,30 @@ class Hosts:
         if self.next_check is None or group.packing_until < self.next_check:
             self.next_check = group.packing_until
 
-    def due(self, now: float) -> list[EngineState]:
-        """The engines released at ``now``: those of every group whose packing lapsed (no
-        burst reply from its packing engines for ``BURST_HOLD``)."""
+    def next_stall(self) -> float | None:
+        """When the earliest packing group will have had no reply from its packing engines
+        for ``DRAIN_GAP`` (None: no group packs): it lapses then if tasks any engine may run
+        wait in the scheduler's queue (:meth:`due`)."""
+        if not self._packing:
+            return None
+        return min(group.progress for group in self._packing) + DRAIN_GAP
+
+    def due(self, now: float, tasks_waiting: bool = False) -> list[EngineState]:
+        """The engines of every group whose packing lapsed at ``now``: no burst reply from its
+        packing engines for ``BURST_HOLD``, or (``tasks_waiting``: tasks any engine may run wait
+        in the scheduler's queue) no reply at all for ``DRAIN_GAP``. Its held engines are
+        released, and its packing engines, capped while they did not drain (:func:`stalled`),
+        take tasks as any engine again: the core fills them all."""
         released: list[EngineState] = []
         next_check = None
         for group in list(self._packing):
-            if group.packing_until <= now:
+            if group.packing_until <= now or (tasks_waiting and group.progress + DRAIN_GAP <= now):
                 del self._packing[group]
                 group.packing = False
                 self.counts["lapsed"] += 1
                 for engine in group.engines:
-                    if engine.held:
-                        engine.held = False
-                        released.append(engine)
+                    engine.held = False
+                    released.append(engine)
             elif next_check is None or group.packing_until < next_check:
                 next_check = group.packing_until
         self.next_check = next_check
@@ -167,9 +219,11 @@ class Hosts:
             self._packing.pop(group, None)
         released = []
         for index, engine in enumerate(group.engines):
-            engine.packs = oversubscribed and index < size
-            held = group.packing and not engine.packs
-            if engine.held and not held:
+            packs = oversubscribed and index < size
+            held = group.packing and not packs
+            # no longer held, or no longer packing (its cap may have been its load: stalled)
+            if (engine.held and not held) or (engine.packs and not packs):
                 released.append(engine)
+            engine.packs = packs
             engine.held = held
         return released

@@ -59,6 +59,13 @@ class TaskQueues:
                 heapq.heapify(current)
                 queue[:] = current
 
+    def waiting_for_any(self) -> bool:
+        """Whether a task any engine may run is queued (stale entries at the top dropped)."""
+        queue_any = self._any
+        while queue_any and not is_current(queue_any[0]):
+            heapq.heappop(queue_any)
+        return bool(queue_any)
+
     def pop_for(self, engine: EngineState) -> TaskRecord | None:
         """The next queued task ``engine`` may run (highest priority first, oldest first among
         equals), taken off the queues; None if there is none. Stale entries met on the way

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from corral.controller.packing import Hosts
+from corral.controller.packing import DRAIN_GAP, Hosts
 from corral.controller.scheduling import POLICIES, SchedulerCore
 from corral.controller.scheduling_state import BURST_GAP, BURST_HOLD, Action, Dispatch, EngineState
 from corral.protocol.dependency import Dependency
@@ -75,20 +75,103 @@ def test_a_burst_on_an_oversubscribed_host_runs_on_its_first_engines() -> None:
     no_queued_task_has_a_free_engine(sim)
 
 
-def test_the_packing_lapses_after_burst_hold_and_the_held_engines_take_the_queue() -> None:
+def test_the_packing_lapses_after_burst_hold_once_the_burst_is_done() -> None:
     sim = packed_sim()
     submit_many(sim, 2000)
     burst_until_packed(sim)
+    sim.drain()  # the packing engines answer the rest in a burst: nothing is left queued
     last_burst = sim.now
     assert sim.core.next_deadline() == pytest.approx(last_burst + BURST_HOLD)
     assert not dispatched_to(sim.tick(last_burst + BURST_HOLD / 2))  # not yet
     assert sim.core.held("e7")
-    released = dispatched_to(sim.tick(last_burst + BURST_HOLD))
+    assert not dispatched_to(sim.tick(last_burst + BURST_HOLD))
+    assert not any(sim.core.held(u) for u in EIGHT)
+    assert sim.core.next_deadline() is None
+    assert sim.core.packing_counts() == {"started": 1, "lapsed": 1}  # the exit counts
+    submit_many(sim, 8)
+    assert all(len(sim.queues[u]) == 1 for u in EIGHT)  # spread again
+
+
+def test_packing_engines_silent_for_drain_gap_with_tasks_queued_release_the_held_ones() -> None:
+    """Packing engines stuck in long tasks (or starved of CPU) while tasks wait: the packing
+    lapses DRAIN_GAP after their last reply, not BURST_HOLD, and the held engines take the
+    queue, max_outstanding each."""
+    sim = packed_sim()
+    submit_many(sim, 2000)
+    burst_until_packed(sim)
+    last_reply = sim.now
+    assert sim.core.next_deadline() == pytest.approx(last_reply + DRAIN_GAP)
+    assert not dispatched_to(sim.tick(last_reply + DRAIN_GAP / 2))  # not yet
+    assert sim.core.held("e7")
+    released = dispatched_to(sim.tick(last_reply + DRAIN_GAP))
     assert sorted(set(released)) == EIGHT[4:]  # filled at once, max_outstanding each
     assert all(sim.core.outstanding(u) == sim.core.capacity(u) for u in EIGHT[4:])
     assert not any(sim.core.held(u) for u in EIGHT)
     assert sim.core.next_deadline() is None
-    assert sim.core.packing_counts() == {"started": 1, "lapsed": 1}  # the exit counts
+    assert sim.core.packing_counts() == {"started": 1, "lapsed": 1}
+    no_queued_task_has_a_free_engine(sim)
+
+
+def test_long_tasks_right_after_a_burst_run_side_by_side() -> None:
+    """Tasks submitted just after a packed burst ended (well within BURST_HOLD of its last
+    burst reply) may be long: each idle packing engine takes one, the others wait in the
+    scheduler, and DRAIN_GAP later (no packing engine replied) the held engines take them, one
+    each. None waits behind another on an engine while an engine sits idle."""
+    sim = packed_sim()
+    submit_many(sim, 2000)
+    burst_until_packed(sim)
+    sim.drain()
+    assert sim.core.held("e7")
+    sim.now += BURST_GAP  # the client's next tasks come at once
+    before = len(sim.tasks)
+    submit_many(sim, 8)
+    assert sorted(u for u in EIGHT if sim.queues[u]) == EIGHT[:4]
+    assert all(len(sim.queues[u]) == 1 for u in EIGHT[:4])
+    assert sim.core.task_state(f"t{before + 7}") == "queued"
+    assert sim.core.next_deadline() == pytest.approx(sim.now - BURST_GAP + DRAIN_GAP)
+    sim.tick(sim.now - BURST_GAP + DRAIN_GAP)
+    assert all(len(sim.queues[u]) == 1 for u in EIGHT)  # one long task on every engine
+    assert not any(sim.core.held(u) for u in EIGHT)
+
+
+def test_an_idle_packing_engine_that_answers_at_once_takes_the_tasks_that_waited() -> None:
+    """A burst that comes in pieces (the client slower than the engines) stays packed: the
+    tasks that waited for an idle packing engine's first reply go to it when it comes."""
+    sim = packed_sim()
+    submit_many(sim, 2000)
+    burst_until_packed(sim)
+    sim.drain()
+    sim.now += BURST_GAP
+    submit_many(sim, 40)
+    assert all(len(sim.queues[u]) == 1 for u in EIGHT[:4])
+    assert all(sim.core.capacity(u) == 1 for u in EIGHT[:4])  # until it answers
+    for uuid in EIGHT[:4]:
+        actions = sim.finish(sim.queues[uuid][0])
+        assert set(dispatched_to(actions)) == {uuid}  # filled up to its cap from the queue
+    assert all(len(sim.queues[u]) == sim.core.capacity(u) > 1 for u in EIGHT[:4])
+    assert not any(sim.queues[u] for u in EIGHT[4:])
+    assert sim.core.held("e7")
+    no_queued_task_has_a_free_engine(sim)
+
+
+def test_a_packing_engine_silent_for_drain_gap_takes_no_more_while_others_drain() -> None:
+    sim = packed_sim()
+    submit_many(sim, 2000)
+    burst_until_packed(sim)
+    sim.drain()
+    submit_many(sim, 8)  # at once: every packing engine drains, two each
+    assert all(len(sim.queues[u]) == 2 for u in EIGHT[:4])
+    assert sim.core.capacity("e0") == 8  # its burst raised its cap
+    sim.now += DRAIN_GAP * 1.5  # e0 is stuck in a long task; the others answer
+    for uuid in EIGHT[1:4]:
+        sim.finish(sim.queues[uuid][0])
+    assert sim.core.capacity("e0") == 2 == sim.core.outstanding("e0")
+    submit_many(sim, 12)
+    assert len(sim.queues["e0"]) == 2
+    assert all(len(sim.queues[u]) == sim.core.capacity(u) for u in EIGHT[1:4])
+    assert not any(sim.queues[u] for u in EIGHT[4:])
+    assert sim.core.held("e7")
+    no_queued_task_has_a_free_engine(sim)
 
 
 def test_each_burst_reply_of_a_packing_engine_renews_the_packing() -> None:
