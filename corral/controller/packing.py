@@ -38,12 +38,15 @@ engine replies, or goes to another packing engine that drains). A task sent is n
 back, so this is what keeps long tasks submitted right after a burst (within ``BURST_HOLD`` of
 its last burst reply) from queueing behind each other on the few packing engines while the
 held ones sit idle: each idle packing engine takes one, and the rest wait in the scheduler.
-And a group whose packing engines have not replied for ``DRAIN_GAP`` while tasks any engine may
-run wait in the scheduler's queue lapses then (:meth:`Hosts.due`): the held engines are
-released and the queued tasks spread over them, one each in turn (bench/README.md, round
-twelve). Tiny tasks reply within ``DRAIN_GAP`` (an engine sends what it has done at least
-every ~2 ms), so a burst keeps its packing; on a loaded machine a group starved of CPU for
-``DRAIN_GAP`` with tasks queued lapses as one stuck in long tasks would.
+Those wait ``DRAIN_GAP`` at most: a group whose packing engines all got their work while idle
+and none has replied since, for ``DRAIN_GAP``, while tasks any engine may run wait in the
+scheduler's queue, lapses then (:meth:`Hosts.lapses_at`): the held engines are released and
+the queued tasks spread over them and the packing engines, one each in turn (bench/README.md,
+round twelve). Tiny tasks reply within ``DRAIN_GAP`` (an engine sends what it has done at
+least every ~2 ms). Packing engines that did drain since they last were idle and then fall
+silent (stuck in a long task, or starved of CPU on a busy host: the two cannot be told apart)
+keep the packing until ``BURST_HOLD`` after the last burst reply, as before: they take no
+more meanwhile, and a busy host's starved burst is not spread over cold engines every time.
 ``--burst-packing 0`` turns packing off.
 """
 
@@ -180,24 +183,33 @@ class Hosts:
         if self.next_check is None or group.packing_until < self.next_check:
             self.next_check = group.packing_until
 
-    def next_stall(self) -> float | None:
-        """When the earliest packing group will have had no reply from its packing engines
-        for ``DRAIN_GAP`` (None: no group packs): it lapses then if tasks any engine may run
-        wait in the scheduler's queue (:meth:`due`)."""
-        if not self._packing:
-            return None
-        return min(group.progress for group in self._packing) + DRAIN_GAP
+    @staticmethod
+    def lapses_at(group: HostGroup, tasks_waiting: bool) -> float:
+        """When ``group``'s packing lapses unless a packing engine replies (in a burst) before:
+        ``BURST_HOLD`` after its last burst reply; or, while tasks any engine may run wait in
+        the scheduler's queue (``tasks_waiting``) and every packing engine that holds tasks
+        got them while idle and has not replied since (they may all be long), ``DRAIN_GAP``
+        after the last reply of its packing engines."""
+        until = group.packing_until
+        if tasks_waiting and group.progress + DRAIN_GAP < until:
+            busy = [engine for engine in group.engines if engine.packs and engine.load]
+            if busy and all(engine.last_reply < engine.busy_since for engine in busy):
+                return group.progress + DRAIN_GAP
+        return until
+
+    def next_lapse(self, tasks_waiting: bool) -> float | None:
+        """The earliest :meth:`lapses_at` of the packing groups (None: no group packs)."""
+        lapses = [self.lapses_at(group, tasks_waiting) for group in self._packing]
+        return min(lapses) if lapses else None
 
     def due(self, now: float, tasks_waiting: bool = False) -> list[EngineState]:
-        """The engines of every group whose packing lapsed at ``now``: no burst reply from its
-        packing engines for ``BURST_HOLD``, or (``tasks_waiting``: tasks any engine may run wait
-        in the scheduler's queue) no reply at all for ``DRAIN_GAP``. Its held engines are
-        released, and its packing engines, capped while they did not drain (:func:`stalled`),
-        take tasks as any engine again: the core fills them all."""
+        """The engines of every group whose packing lapsed at ``now`` (:meth:`lapses_at`). Its
+        held engines are released, and its packing engines, capped while they did not drain
+        (:func:`stalled`), take tasks as any engine again: the core fills them all."""
         released: list[EngineState] = []
         next_check = None
         for group in list(self._packing):
-            if group.packing_until <= now or (tasks_waiting and group.progress + DRAIN_GAP <= now):
+            if self.lapses_at(group, tasks_waiting) <= now:
                 del self._packing[group]
                 group.packing = False
                 self.counts["lapsed"] += 1

@@ -66,9 +66,10 @@ Rules decided here (the shell and clients rely on them):
   still go to them), until ``BURST_HOLD`` after the last such burst reply (:mod:`.packing`).
   The policy chooses among the engines not held. Meanwhile a packing engine that holds tasks
   takes more only while it drains them at burst speed (a task given to an idle one may be
-  long: the next ones wait for its reply), and the packing lapses once its packing engines
-  have not replied for ``DRAIN_GAP`` while tasks wait in the queue: long tasks submitted
-  right after a burst run side by side, not one after another on the packing engines.
+  long: the next ones wait for its reply), and the packing lapses once packing engines that
+  all got their tasks while idle have not replied for ``DRAIN_GAP`` while tasks wait in the
+  queue: long tasks submitted right after a burst run side by side, not one after another on
+  the packing engines.
 - The last ``finished_memory`` finished msg_ids are remembered (:meth:`SchedulerCore.answered`):
   a reply for one of them is late (its task was failed or resubmitted) and must not reach the
   client; the outcome of a task that falls out of that memory is forgotten.
@@ -88,7 +89,7 @@ from typing import Final, TypeAlias
 
 from corral.controller.dependencies import DependencyGraph, Wait, Waiter, follow_placement
 from corral.controller.free_engines import FreeEngines
-from corral.controller.packing import DRAIN_GAP, Hosts, stalled
+from corral.controller.packing import Hosts, stalled
 from corral.controller.scheduling_state import (
     BURST_GAP,
     BURST_HOLD,
@@ -445,11 +446,10 @@ class SchedulerCore:
         whose timeout ran out by ``now`` (see the module's rules)."""
         self._now = now
         actions: list[Action] = []
-        check = self._hosts.next_check
-        if check is not None:
+        if self._hosts.next_check is not None:
             waiting = self._queued.waiting_for_any()
-            stall = self._hosts.next_stall() if waiting else None
-            if check <= now or (stall is not None and stall <= now):
+            lapse = self._hosts.next_lapse(waiting)
+            if lapse is not None and lapse <= now:
                 self._release_held(self._hosts.due(now, waiting), actions)
         if self._unreachable.entries:
             for msg_id, engine_uuid, expired in self._unreachable.due(now, self._running_on):
@@ -485,10 +485,8 @@ class SchedulerCore:
         if retry is not None and (when is None or retry < when):
             when = retry
         check = self._hosts.next_check  # a packing may lapse then (held engines released)
-        if check is not None and self._queued.waiting_for_any():
-            stall = self._hosts.next_stall()  # or then, its packing engines stalled
-            if stall is not None and stall < check:
-                check = stall
+        if check is not None:
+            check = self._hosts.next_lapse(self._queued.waiting_for_any())
         if check is not None and (when is None or check < when):
             return check
         return when
@@ -519,16 +517,13 @@ class SchedulerCore:
 
     def packed_until(self, engine_uuid: str) -> float | None:
         """When the packing of this engine's host lapses unless a packing engine answers (in a
-        burst) before: ``BURST_HOLD`` after the last burst reply, or, while tasks wait in the
-        queue, ``DRAIN_GAP`` after the last reply (None: its host is not packing, or the
+        burst) before (:meth:`.packing.Hosts.lapses_at`; None: its host is not packing, or the
         engine is not registered)."""
         engine = self._engines.get(engine_uuid)
         group = None if engine is None else engine.group
         if group is None or not group.packing:
             return None
-        if self._queued.waiting_for_any():
-            return min(group.packing_until, group.progress + DRAIN_GAP)
-        return group.packing_until
+        return self._hosts.lapses_at(group, self._queued.waiting_for_any())
 
     def packing_counts(self) -> dict[str, int]:
         """How many times a host started packing a burst, and how many times a packing lapsed

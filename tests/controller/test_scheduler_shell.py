@@ -232,8 +232,7 @@ def test_a_burst_is_packed_on_the_first_engines_of_an_oversubscribed_host() -> N
     on one core, two per core pack (corral.controller.packing; the rule's cases are in
     test_scheduling_packing.py). While the first two answer back to back, the other two are
     held; once those stop, the shell's timer releases the held engines when the packing
-    lapses (DRAIN_GAP after their last reply, tasks waiting), not before, and they take
-    queued tasks though no engine replied since."""
+    lapses, not before, and they take queued tasks though no engine replied since."""
     with running_peers(max_outstanding=2, burst_packing=2) as peers, zmq.Context() as context:
         session, core = peers.session, peers.shell.core
         uuids = ["engine-a", "engine-b", "engine-c", "engine-d"]

@@ -92,18 +92,19 @@ def test_the_packing_lapses_after_burst_hold_once_the_burst_is_done() -> None:
     assert all(len(sim.queues[u]) == 1 for u in EIGHT)  # spread again
 
 
-def test_packing_engines_silent_for_drain_gap_with_tasks_queued_release_the_held_ones() -> None:
-    """Packing engines stuck in long tasks (or starved of CPU) while tasks wait: the packing
-    lapses DRAIN_GAP after their last reply, not BURST_HOLD, and the held engines take the
-    queue, max_outstanding each."""
+def test_the_packing_lapses_after_burst_hold_and_the_held_engines_take_the_queue() -> None:
+    """Packing engines that drained their tasks and then fall silent with tasks queued (stuck
+    in long tasks, or starved of CPU: the two look alike) keep the packing until BURST_HOLD
+    after their last burst reply; then the held engines take the queue, max_outstanding
+    each."""
     sim = packed_sim()
     submit_many(sim, 2000)
     burst_until_packed(sim)
-    last_reply = sim.now
-    assert sim.core.next_deadline() == pytest.approx(last_reply + DRAIN_GAP)
-    assert not dispatched_to(sim.tick(last_reply + DRAIN_GAP / 2))  # not yet
+    last_burst = sim.now
+    assert sim.core.next_deadline() == pytest.approx(last_burst + BURST_HOLD)
+    assert not dispatched_to(sim.tick(last_burst + BURST_HOLD / 2))  # not yet
     assert sim.core.held("e7")
-    released = dispatched_to(sim.tick(last_reply + DRAIN_GAP))
+    released = dispatched_to(sim.tick(last_burst + BURST_HOLD))
     assert sorted(set(released)) == EIGHT[4:]  # filled at once, max_outstanding each
     assert all(sim.core.outstanding(u) == sim.core.capacity(u) for u in EIGHT[4:])
     assert not any(sim.core.held(u) for u in EIGHT)
