@@ -191,11 +191,17 @@ class Hosts:
         got them while idle and has not replied since (they may all be long), ``DRAIN_GAP``
         after the last reply of its packing engines."""
         until = group.packing_until
-        if tasks_waiting and group.progress + DRAIN_GAP < until:
-            busy = [engine for engine in group.engines if engine.packs and engine.load]
-            if busy and all(engine.last_reply < engine.busy_since for engine in busy):
-                return group.progress + DRAIN_GAP
-        return until
+        if not tasks_waiting or group.progress + DRAIN_GAP >= until:
+            return until
+        unproven = False
+        for engine in group.engines:  # its packing engines first (registration order)
+            if not engine.packs:
+                break
+            if engine.load:
+                if engine.last_reply >= engine.busy_since:
+                    return until  # one drains: in a burst, mostly the first looked at
+                unproven = True
+        return group.progress + DRAIN_GAP if unproven else until
 
     def next_lapse(self, tasks_waiting: bool) -> float | None:
         """The earliest :meth:`lapses_at` of the packing groups (None: no group packs)."""
