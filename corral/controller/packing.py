@@ -123,7 +123,9 @@ class Hosts:
         self.next_check: float | None = None
         """When :meth:`due` may release held engines (None: no group is packing). The core
         reports it in its next deadline; it may find the packing renewed since."""
-        self.counts = {"started": 0, "lapsed": 0}  # packings, for the scheduler's exit counts
+        # packings, for the scheduler's exit counts: started, lapsed, and of those lapsed how
+        # many DRAIN_GAP after the last reply (their engines all given work while idle)
+        self.counts = {"started": 0, "lapsed": 0, "stalled": 0}
 
     def add(self, engine: EngineState, machine: str, cpus: Iterable[int]) -> list[EngineState]:
         """``engine`` registered on ``machine`` and may run on ``cpus``: it joins that group
@@ -215,10 +217,12 @@ class Hosts:
         released: list[EngineState] = []
         next_check = None
         for group in list(self._packing):
-            if self.lapses_at(group, tasks_waiting) <= now:
+            lapse = self.lapses_at(group, tasks_waiting)
+            if lapse <= now:
                 del self._packing[group]
                 group.packing = False
                 self.counts["lapsed"] += 1
+                self.counts["stalled"] += lapse < group.packing_until
                 for engine in group.engines:
                     engine.held = False
                     released.append(engine)

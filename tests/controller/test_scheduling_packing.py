@@ -87,7 +87,7 @@ def test_the_packing_lapses_after_burst_hold_once_the_burst_is_done() -> None:
     assert not dispatched_to(sim.tick(last_burst + BURST_HOLD))
     assert not any(sim.core.held(u) for u in EIGHT)
     assert sim.core.next_deadline() is None
-    assert sim.core.packing_counts() == {"started": 1, "lapsed": 1}  # the exit counts
+    assert sim.core.packing_counts() == {"started": 1, "lapsed": 1, "stalled": 0}  # the exit counts
     submit_many(sim, 8)
     assert all(len(sim.queues[u]) == 1 for u in EIGHT)  # spread again
 
@@ -109,7 +109,7 @@ def test_the_packing_lapses_after_burst_hold_and_the_held_engines_take_the_queue
     assert all(sim.core.outstanding(u) == sim.core.capacity(u) for u in EIGHT[4:])
     assert not any(sim.core.held(u) for u in EIGHT)
     assert sim.core.next_deadline() is None
-    assert sim.core.packing_counts() == {"started": 1, "lapsed": 1}
+    assert sim.core.packing_counts() == {"started": 1, "lapsed": 1, "stalled": 0}
     no_queued_task_has_a_free_engine(sim)
 
 
@@ -133,6 +133,7 @@ def test_long_tasks_right_after_a_burst_run_side_by_side() -> None:
     sim.tick(sim.now - BURST_GAP + DRAIN_GAP)
     assert all(len(sim.queues[u]) == 1 for u in EIGHT)  # one long task on every engine
     assert not any(sim.core.held(u) for u in EIGHT)
+    assert sim.core.packing_counts() == {"started": 1, "lapsed": 1, "stalled": 1}
 
 
 def test_an_idle_packing_engine_that_answers_at_once_takes_the_tasks_that_waited() -> None:
