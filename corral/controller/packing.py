@@ -38,15 +38,18 @@ engine replies, or goes to another packing engine that drains). A task sent is n
 back, so this is what keeps long tasks submitted right after a burst (within ``BURST_HOLD`` of
 its last burst reply) from queueing behind each other on the few packing engines while the
 held ones sit idle: each idle packing engine takes one, and the rest wait in the scheduler.
-Those wait ``DRAIN_GAP`` at most: a group whose packing engines all got their work while idle
-and none has replied since, for ``DRAIN_GAP``, while tasks any engine may run wait in the
-scheduler's queue, lapses then (:meth:`Hosts.lapses_at`): the held engines are released and
-the queued tasks spread over them and the packing engines, one each in turn (bench/README.md,
-round twelve). Tiny tasks reply within ``DRAIN_GAP`` (an engine sends what it has done at
-least every ~2 ms). Packing engines that did drain since they last were idle and then fall
-silent (stuck in a long task, or starved of CPU on a busy host: the two cannot be told apart)
-keep the packing until ``BURST_HOLD`` after the last burst reply, as before: they take no
-more meanwhile, and a busy host's starved burst is not spread over cold engines every time.
+Those wait ``DRAIN_GAP`` at most when they are few: a group whose packing engines all got
+their work while idle and none has replied since, for ``DRAIN_GAP``, while tasks any engine may
+run wait in the scheduler's queue, no more of them than it holds engines, lapses then
+(:meth:`Hosts.lapses_at`): the held engines are released and the queued tasks spread over
+them and the packing engines, one each in turn (bench/README.md, round twelve). Tiny tasks
+reply within ``DRAIN_GAP`` (an engine sends what it has done at least every ~2 ms). More tasks
+waiting are a burst's backlog, most likely (its packing engines starved of CPU on a busy host:
+measured, 2-4 such lapses in a 64-engine run at load 30-40, each spreading the backlog over
+cold engines), and packing engines that did drain since they last were idle and then fall
+silent (stuck in a long task, or starved: the two cannot be told apart) take no more but keep
+the packing until ``BURST_HOLD`` after the last burst reply, as before; then the queue is
+spread over every engine of the group, one task each in turn.
 ``--burst-packing 0`` turns packing off.
 """
 
@@ -185,15 +188,16 @@ class Hosts:
         if self.next_check is None or group.packing_until < self.next_check:
             self.next_check = group.packing_until
 
-    @staticmethod
-    def lapses_at(group: HostGroup, tasks_waiting: bool) -> float:
+    def lapses_at(self, group: HostGroup, waiting: int) -> float:
         """When ``group``'s packing lapses unless a packing engine replies (in a burst) before:
         ``BURST_HOLD`` after its last burst reply; or, while tasks any engine may run wait in
-        the scheduler's queue (``tasks_waiting``) and every packing engine that holds tasks
-        got them while idle and has not replied since (they may all be long), ``DRAIN_GAP``
-        after the last reply of its packing engines."""
+        the scheduler's queue (``waiting`` of them, at least one and no more than its held
+        engines: each may take one) and every packing engine that holds tasks got them while
+        idle and has not replied since (they may all be long), ``DRAIN_GAP`` after the last
+        reply of its packing engines."""
         until = group.packing_until
-        if not tasks_waiting or group.progress + DRAIN_GAP >= until:
+        held = len(group.engines) - self.per_core * len(group.cpus)
+        if not 0 < waiting <= held or group.progress + DRAIN_GAP >= until:
             return until
         unproven = False
         for engine in group.engines:  # its packing engines first (registration order)
@@ -205,19 +209,19 @@ class Hosts:
                 unproven = True
         return group.progress + DRAIN_GAP if unproven else until
 
-    def next_lapse(self, tasks_waiting: bool) -> float | None:
+    def next_lapse(self, waiting: int) -> float | None:
         """The earliest :meth:`lapses_at` of the packing groups (None: no group packs)."""
-        lapses = [self.lapses_at(group, tasks_waiting) for group in self._packing]
+        lapses = [self.lapses_at(group, waiting) for group in self._packing]
         return min(lapses) if lapses else None
 
-    def due(self, now: float, tasks_waiting: bool = False) -> list[EngineState]:
+    def due(self, now: float, waiting: int = 0) -> list[EngineState]:
         """The engines of every group whose packing lapsed at ``now`` (:meth:`lapses_at`). Its
         held engines are released, and its packing engines, capped while they did not drain
         (:func:`stalled`), take tasks as any engine again: the core fills them all."""
         released: list[EngineState] = []
         next_check = None
         for group in list(self._packing):
-            lapse = self.lapses_at(group, tasks_waiting)
+            lapse = self.lapses_at(group, waiting)
             if lapse <= now:
                 del self._packing[group]
                 group.packing = False

@@ -136,6 +136,25 @@ def test_long_tasks_right_after_a_burst_run_side_by_side() -> None:
     assert sim.core.packing_counts() == {"started": 1, "lapsed": 1, "stalled": 1}
 
 
+def test_more_tasks_waiting_than_held_engines_keep_the_packing_until_burst_hold() -> None:
+    """A backlog larger than the held engines is a burst's, most likely (its packing engines
+    starved of CPU): it is not spread over the held engines DRAIN_GAP after the last reply,
+    but BURST_HOLD after the last burst reply, and then one task each in turn, least loaded
+    first."""
+    sim = packed_sim()
+    submit_many(sim, 2000)
+    burst_until_packed(sim)
+    sim.drain()
+    last_burst = sim.now
+    sim.now += BURST_GAP
+    submit_many(sim, 9)  # one for each packing engine, five waiting for 4 held engines
+    assert sim.core.next_deadline() == pytest.approx(last_burst + BURST_HOLD)
+    assert not dispatched_to(sim.tick(last_burst + 2 * DRAIN_GAP))
+    released = dispatched_to(sim.tick(last_burst + BURST_HOLD))
+    assert released == ["e4", "e5", "e6", "e7", "e0"]  # the least loaded first
+    assert sim.core.packing_counts() == {"started": 1, "lapsed": 1, "stalled": 0}
+
+
 def test_an_idle_packing_engine_that_answers_at_once_takes_the_tasks_that_waited() -> None:
     """A burst that comes in pieces (the client slower than the engines) stays packed: the
     tasks that waited for an idle packing engine's first reply go to it when it comes."""
