@@ -120,6 +120,7 @@ class Hosts:
             raise ValueError(f"burst_packing must be >= 0, not {per_core}")
         self.per_core = per_core
         self._groups: dict[str, HostGroup] = {}
+        self._grouped = 0  # engines in the groups
         # the packing groups, in the order they started (a dict: the core's actions must
         # not depend on the ids of objects, as a set's order would)
         self._packing: dict[HostGroup, None] = {}
@@ -139,6 +140,7 @@ class Hosts:
             group = self._groups[machine] = HostGroup(machine)
         engine.group = group
         engine.cpus = frozenset(cpus)
+        self._grouped += 1
         group.engines.append(engine)
         group.cpus.update(engine.cpus)
         return self._regroup(group)
@@ -151,6 +153,7 @@ class Hosts:
             return []
         engine.group = None
         engine.packs = engine.held = False
+        self._grouped -= 1
         group.engines.remove(engine)
         group.cpus.subtract(engine.cpus)
         group.cpus = +group.cpus  # without the CPU ids no engine of it may use any more
@@ -210,9 +213,17 @@ class Hosts:
         return group.progress + DRAIN_GAP if unproven else until
 
     def next_lapse(self, waiting: int) -> float | None:
-        """The earliest :meth:`lapses_at` of the packing groups (None: no group packs)."""
-        lapses = [self.lapses_at(group, waiting) for group in self._packing]
-        return min(lapses) if lapses else None
+        """When :meth:`due` may release engines (None: no group packs): :attr:`next_check`, or
+        an earlier :meth:`lapses_at`. Asked after every event while a burst is packed, when
+        the queue is most often longer than every group: then at once."""
+        check = self.next_check
+        if check is None or not 0 < waiting <= self._grouped:
+            return check
+        for group in self._packing:
+            lapse = self.lapses_at(group, waiting)
+            if lapse < check:
+                check = lapse
+        return check
 
     def due(self, now: float, waiting: int = 0) -> list[EngineState]:
         """The engines of every group whose packing lapsed at ``now`` (:meth:`lapses_at`). Its

@@ -449,7 +449,7 @@ class SchedulerCore:
         if self._hosts.next_check is not None:
             waiting = self._queued.waiting_for_any()
             lapse = self._hosts.next_lapse(waiting)
-            if lapse is not None and lapse <= now:
+            if lapse is not None and lapse <= now:  # (due also sets the next check)
                 self._release_held(self._hosts.due(now, waiting), actions)
         if self._unreachable.entries:
             for msg_id, engine_uuid, expired in self._unreachable.due(now, self._running_on):
