@@ -30,11 +30,11 @@ average over recent replies: that average needs a few replies to rise after a pa
 which leastload spreads a thousand tasks over 64 engines (bench/README.md, round eleven), and a
 packing engine's reply after a long task, not a burst, must not renew the packing.
 
-While a group packs, its packing engines take more tasks only while they drain them at burst
-speed (:func:`stalled`): a packing engine that holds tasks takes no more once it has not
-replied for ``DRAIN_GAP``, or has not replied yet since it got work while it held none (a task
-given to an idle engine may be a long one: the next waits in the scheduler's queue until that
-engine replies, or goes to another packing engine that drains). A task sent is never taken
+While a group packs, a packing engine given a task while it held none takes no more until it
+has replied (:func:`unanswered`): a task given to an idle engine may be a long one, and a
+client's next tasks right after a burst look exactly like the next piece of a burst the client
+feeds more slowly than the engines run it; the next task waits in the scheduler's queue until
+that engine replies, or goes to another packing engine that has. A task sent is never taken
 back, so this is what keeps long tasks submitted right after a burst (within ``BURST_HOLD`` of
 its last burst reply) from queueing behind each other on the few packing engines while the
 held ones sit idle: each idle packing engine takes one, and the rest wait in the scheduler.
@@ -46,10 +46,12 @@ them and the packing engines, one each in turn (bench/README.md, round twelve). 
 reply within ``DRAIN_GAP`` (an engine sends what it has done at least every ~2 ms). More tasks
 waiting are a burst's backlog, most likely (its packing engines starved of CPU on a busy host:
 measured, 2-4 such lapses in a 64-engine run at load 30-40, each spreading the backlog over
-cold engines), and packing engines that did drain since they last were idle and then fall
-silent (stuck in a long task, or starved: the two cannot be told apart) take no more but keep
-the packing until ``BURST_HOLD`` after the last burst reply, as before; then the queue is
-spread over every engine of the group, one task each in turn.
+cold engines), and packing engines that did answer since they last were idle and then fall
+silent (stuck in a long task, or starved: the two cannot be told apart) keep the packing until
+``BURST_HOLD`` after the last burst reply, as before; then the queue is spread over every
+engine of the group, one task each in turn. (Capping such an engine at its load after
+``DRAIN_GAP`` without a reply was tried: on a busy host it capped starved engines of a burst,
+and the engines cost a few microseconds more per task at 64 engines; bench/README.md.)
 ``--burst-packing 0`` turns packing off.
 """
 
@@ -63,11 +65,11 @@ from typing import Final
 from corral.controller.scheduling_state import BURST_HOLD, EngineState, check_setting
 
 DRAIN_GAP: Final = 0.01
-"""Seconds without a reply after which a packing engine that holds tasks no longer drains at
-burst speed (:func:`stalled`), and a packing group with tasks queued for any engine lapses
-(:meth:`Hosts.due`). An engine running tiny tasks sends its replies at least every ~2 ms
-(docs/wire-flows.md, "Bundles"); 10 ms leaves room for a turn lost to the other processes on a
-busy host, and is what a long task submitted right after a burst may wait for an engine."""
+"""Seconds without a reply from its packing engines, all given their work while idle, after
+which a packing group with a few tasks queued for any engine lapses (:meth:`Hosts.lapses_at`).
+An engine running tiny tasks sends its replies at least every ~2 ms (docs/wire-flows.md,
+"Bundles"); 10 ms leaves room for a turn lost to the other processes on a busy host, and is
+what a long task submitted right after a burst may wait for an engine."""
 
 BURST_PACKING: Final = 2
 """The scheduler's default ``burst_packing``: engines per core that run a burst of tiny tasks
@@ -97,17 +99,17 @@ class HostGroup:
     progress: float = float("-inf")  # the latest reply of one of its packing engines
 
 
-def stalled(engine: EngineState, now: float) -> bool:
-    """Whether ``engine``, a packing engine of a group that packs, may take no more tasks at
-    ``now``: it holds some and has not drained them at burst speed (no reply since it got
-    work while it held none, or none for ``DRAIN_GAP``). The scheduler core caps it at its
-    load meanwhile (``SchedulerCore._cap``); an idle engine may always take one task."""
+def unanswered(engine: EngineState) -> bool:
+    """Whether ``engine``, a packing engine of a group that packs, may take no more tasks now:
+    it got its tasks while it held none and has not replied since (they may be long). The
+    scheduler core caps it at its load meanwhile (``SchedulerCore._cap``); an idle engine may
+    always take one task."""
     group = engine.group
     return (
         group is not None
         and group.packing
         and engine.load > 0
-        and (engine.last_reply < engine.busy_since or now - engine.last_reply > DRAIN_GAP)
+        and engine.last_reply < engine.busy_since
     )
 
 
@@ -208,7 +210,7 @@ class Hosts:
                 break
             if engine.load:
                 if engine.last_reply >= engine.busy_since:
-                    return until  # one drains: in a burst, mostly the first looked at
+                    return until  # one answered: in a burst, mostly the first looked at
                 unproven = True
         return group.progress + DRAIN_GAP if unproven else until
 
@@ -227,8 +229,8 @@ class Hosts:
 
     def due(self, now: float, waiting: int = 0) -> list[EngineState]:
         """The engines of every group whose packing lapsed at ``now`` (:meth:`lapses_at`). Its
-        held engines are released, and its packing engines, capped while they did not drain
-        (:func:`stalled`), take tasks as any engine again: the core fills them all."""
+        held engines are released, and its packing engines, capped while unanswered
+        (:func:`unanswered`), take tasks as any engine again: the core fills them all."""
         released: list[EngineState] = []
         next_check = None
         for group in list(self._packing):
@@ -258,7 +260,7 @@ class Hosts:
         for index, engine in enumerate(group.engines):
             packs = oversubscribed and index < size
             held = group.packing and not packs
-            # no longer held, or no longer packing (its cap may have been its load: stalled)
+            # no longer held, or no longer packing (its cap may have been its load: unanswered)
             if (engine.held and not held) or (engine.packs and not packs):
                 released.append(engine)
             engine.packs = packs

@@ -64,12 +64,11 @@ Rules decided here (the shell and clients rely on them):
   reply within ``BURST_GAP`` of the engine's previous one): the host's other engines are
   *held*, and take no task any engine may run (tasks with targets, ``follow`` or refusals
   still go to them), until ``BURST_HOLD`` after the last such burst reply (:mod:`.packing`).
-  The policy chooses among the engines not held. Meanwhile a packing engine that holds tasks
-  takes more only while it drains them at burst speed (a task given to an idle one may be
-  long: the next ones wait for its reply), and the packing lapses once packing engines that
-  all got their tasks while idle have not replied for ``DRAIN_GAP`` while tasks wait in the
-  queue: long tasks submitted right after a burst run side by side, not one after another on
-  the packing engines.
+  The policy chooses among the engines not held. Meanwhile a packing engine given a task while
+  it held none takes no more until it replies (the task may be long: the next ones wait for
+  its reply), and the packing lapses once packing engines that all got their tasks so have not
+  replied for ``DRAIN_GAP`` while a few tasks wait in the queue: long tasks submitted right
+  after a burst run side by side, not one after another on the packing engines.
 - The last ``finished_memory`` finished msg_ids are remembered (:meth:`SchedulerCore.answered`):
   a reply for one of them is late (its task was failed or resubmitted) and must not reach the
   client; the outcome of a task that falls out of that memory is forgotten.
@@ -89,7 +88,7 @@ from typing import Final, TypeAlias
 
 from corral.controller.dependencies import DependencyGraph, Wait, Waiter, follow_placement
 from corral.controller.free_engines import FreeEngines
-from corral.controller.packing import Hosts, stalled
+from corral.controller.packing import Hosts, unanswered
 from corral.controller.scheduling_state import (
     BURST_GAP,
     BURST_HOLD,
@@ -397,11 +396,12 @@ class SchedulerCore:
     def _cap(self, engine: EngineState) -> int:
         """How many tasks ``engine`` may hold now: its cap, but ``max_outstanding`` once its
         last reply is ``BURST_HOLD`` old (tasks submitted after a pause may be long ones), and
-        no more than it holds while it packs a burst and does not drain it (:mod:`.packing`)."""
+        no more than it holds while it packs a burst and got those while idle and has not
+        answered since (:mod:`.packing`)."""
         cap = engine.cap
         if cap > self.max_outstanding and self._now - engine.last_reply > BURST_HOLD:
             cap = self.max_outstanding
-        if engine.packs and stalled(engine, self._now):
+        if engine.packs and unanswered(engine):
             return min(cap, engine.load)
         return cap
 
@@ -716,7 +716,7 @@ class SchedulerCore:
     def _release_held(self, engines: list[EngineState], actions: list[Action]) -> None:
         """Engines no longer held or packing (:mod:`.packing`) are free for any task again:
         fill them, each queued task to the least loaded of them in turn (not each up to its
-        cap in turn: long tasks that waited for a stalled packing would queue behind each
+        cap in turn: long tasks that waited for an unanswered packing would queue behind each
         other on the first ones)."""
         turns = []
         for index, engine in enumerate(engines):

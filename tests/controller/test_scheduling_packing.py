@@ -175,21 +175,20 @@ def test_an_idle_packing_engine_that_answers_at_once_takes_the_tasks_that_waited
     no_queued_task_has_a_free_engine(sim)
 
 
-def test_a_packing_engine_silent_for_drain_gap_takes_no_more_while_others_drain() -> None:
+def test_an_unanswered_packing_engine_takes_no_more_while_others_that_answered_do() -> None:
     sim = packed_sim()
     submit_many(sim, 2000)
     burst_until_packed(sim)
     sim.drain()
-    submit_many(sim, 8)  # at once: every packing engine drains, two each
-    assert all(len(sim.queues[u]) == 2 for u in EIGHT[:4])
-    assert sim.core.capacity("e0") == 8  # its burst raised its cap
-    sim.now += DRAIN_GAP * 1.5  # e0 is stuck in a long task; the others answer
+    sim.now += BURST_GAP
+    submit_many(sim, 4)  # one for each idle packing engine
+    sim.now += DRAIN_GAP * 1.5  # e0's task is long; the others answer theirs
     for uuid in EIGHT[1:4]:
         sim.finish(sim.queues[uuid][0])
-    assert sim.core.capacity("e0") == 2 == sim.core.outstanding("e0")
+    assert sim.core.capacity("e0") == 1 == sim.core.outstanding("e0")
     submit_many(sim, 12)
-    assert len(sim.queues["e0"]) == 2
-    assert all(len(sim.queues[u]) == sim.core.capacity(u) for u in EIGHT[1:4])
+    assert len(sim.queues["e0"]) == 1
+    assert all(len(sim.queues[u]) == sim.core.capacity(u) for u in EIGHT[1:4])  # the rest wait
     assert not any(sim.queues[u] for u in EIGHT[4:])
     assert sim.core.held("e7")
     no_queued_task_has_a_free_engine(sim)
