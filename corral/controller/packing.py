@@ -40,7 +40,7 @@ its last burst reply) from queueing behind each other on the few packing engines
 held ones sit idle: each idle packing engine takes one, and the rest wait in the scheduler.
 Those wait ``DRAIN_GAP`` at most when they are few: a group whose packing engines all got
 their work while idle and none has replied since, for ``DRAIN_GAP``, while tasks any engine may
-run wait in the scheduler's queue, no more of them than it holds engines, lapses then
+run wait in the scheduler's queue, no more of them than its held engines, lapses then
 (:meth:`Hosts.lapses_at`): the held engines are released and the queued tasks spread over
 them and the packing engines, one each in turn (bench/README.md, round twelve). Tiny tasks
 reply within ``DRAIN_GAP`` (an engine sends what it has done at least every ~2 ms). More tasks
@@ -204,15 +204,15 @@ class Hosts:
         held = len(group.engines) - self.per_core * len(group.cpus)
         if not 0 < waiting <= held or group.progress + DRAIN_GAP >= until:
             return until
-        unproven = False
+        busy = False
         for engine in group.engines:  # its packing engines first (registration order)
             if not engine.packs:
                 break
             if engine.load:
                 if engine.last_reply >= engine.busy_since:
                     return until  # one answered: in a burst, mostly the first looked at
-                unproven = True
-        return group.progress + DRAIN_GAP if unproven else until
+                busy = True
+        return group.progress + DRAIN_GAP if busy else until
 
     def next_lapse(self, waiting: int) -> float | None:
         """When :meth:`due` may release engines (None: no group packs): :attr:`next_check`, or
