@@ -225,7 +225,10 @@ def main() -> None:
         print("  scheduler's messages per zmq message (whole run, warm-up too): " + sends)
     packing = ((running.stats or {}).get("scheduler") or {}).get("packing")
     if isinstance(packing, dict):  # corral.controller.packing: bursts kept on a few engines
-        print(f"  bursts packed: started {packing.get('started')}, lapsed {packing.get('lapsed')}")
+        print(
+            f"  bursts packed: started {packing.get('started')}, lapsed {packing.get('lapsed')}"
+            f" (of which early, its packing engines silent: {packing.get('stalled')})"
+        )
     for role, pid, _, out in spies:
         if not out.exists():
             print(f"\n{role} {pid}: no profile written")

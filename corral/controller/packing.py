@@ -30,11 +30,28 @@ average over recent replies: that average needs a few replies to rise after a pa
 which leastload spreads a thousand tasks over 64 engines (bench/README.md, round eleven), and a
 packing engine's reply after a long task, not a burst, must not renew the packing.
 
-What this costs: tasks submitted within ``BURST_HOLD`` of a packing engine's last burst reply
-are taken for tiny ones too, so long tasks submitted right after a burst go to the packing
-engines alone (as many as their caps allow) and stay queued there after the lapse (a task
-sent is never taken back). For tasks that need a core, on a host whose cores are all busy,
-this loses nothing; tasks that wait (I/O, sleep) run one after another on those few engines.
+While a group packs, a packing engine given a task while it held none takes no more until it
+has replied (:func:`unanswered`): a task given to an idle engine may be a long one, and a
+client's next tasks right after a burst look exactly like the next piece of a burst the client
+feeds more slowly than the engines run it; the next task waits in the scheduler's queue until
+that engine replies, or goes to another packing engine that has. A task sent is never taken
+back, so this is what keeps long tasks submitted right after a burst (within ``BURST_HOLD`` of
+its last burst reply) from queueing behind each other on the few packing engines while the
+held ones sit idle: each idle packing engine takes one, and the rest wait in the scheduler.
+Those wait ``DRAIN_GAP`` at most when they are few: a group whose packing engines all got
+their work while idle and none has replied since, for ``DRAIN_GAP``, while tasks any engine may
+run wait in the scheduler's queue, no more of them than its held engines, lapses then
+(:meth:`Hosts.lapses_at`): the held engines are released and the queued tasks spread over
+them and the packing engines, one each in turn (bench/README.md, round twelve). Tiny tasks
+reply within ``DRAIN_GAP`` (an engine sends what it has done at least every ~2 ms). More tasks
+waiting are a burst's backlog, most likely (its packing engines starved of CPU on a busy host:
+measured, 2-4 such lapses in a 64-engine run at load 30-40, each spreading the backlog over
+cold engines), and packing engines that did answer since they last were idle and then fall
+silent (stuck in a long task, or starved: the two cannot be told apart) keep the packing until
+``BURST_HOLD`` after the last burst reply, as before; then the queue is spread over every
+engine of the group, one task each in turn. (Capping such an engine at its load after
+``DRAIN_GAP`` without a reply was tried: on a busy host it capped starved engines of a burst,
+and the engines cost a few microseconds more per task at 64 engines; bench/README.md.)
 ``--burst-packing 0`` turns packing off.
 """
 
@@ -46,6 +63,13 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from corral.controller.scheduling_state import BURST_HOLD, EngineState, check_setting
+
+DRAIN_GAP: Final = 0.01
+"""Seconds without a reply from its packing engines, all given their work while idle, after
+which a packing group with a few tasks queued for any engine lapses (:meth:`Hosts.lapses_at`).
+An engine running tiny tasks sends its replies at least every ~2 ms (docs/wire-flows.md,
+"Bundles"); 10 ms leaves room for a turn lost to the other processes on a busy host, and is
+what a long task submitted right after a burst may wait for an engine."""
 
 BURST_PACKING: Final = 2
 """The scheduler's default ``burst_packing``: engines per core that run a burst of tiny tasks
@@ -72,6 +96,21 @@ class HostGroup:
     cpus: Counter[int] = field(default_factory=Counter)  # CPU id -> engines that may use it
     packing: bool = False
     packing_until: float = float("-inf")  # the packing lapses then, without a burst reply
+    progress: float = float("-inf")  # the latest reply of one of its packing engines
+
+
+def unanswered(engine: EngineState) -> bool:
+    """Whether ``engine``, a packing engine of a group that packs, may take no more tasks now:
+    it got its tasks while it held none and has not replied since (they may be long). The
+    scheduler core caps it at its load meanwhile (``SchedulerCore._cap``); an idle engine may
+    always take one task."""
+    group = engine.group
+    return (
+        group is not None
+        and group.packing
+        and engine.load > 0
+        and engine.last_reply < engine.busy_since
+    )
 
 
 class Hosts:
@@ -83,13 +122,16 @@ class Hosts:
             raise ValueError(f"burst_packing must be >= 0, not {per_core}")
         self.per_core = per_core
         self._groups: dict[str, HostGroup] = {}
+        self._grouped = 0  # engines in the groups
         # the packing groups, in the order they started (a dict: the core's actions must
         # not depend on the ids of objects, as a set's order would)
         self._packing: dict[HostGroup, None] = {}
         self.next_check: float | None = None
         """When :meth:`due` may release held engines (None: no group is packing). The core
         reports it in its next deadline; it may find the packing renewed since."""
-        self.counts = {"started": 0, "lapsed": 0}  # packings, for the scheduler's exit counts
+        # packings, for the scheduler's exit counts: started, lapsed, and of those lapsed how
+        # many DRAIN_GAP after the last reply (their engines all given work while idle)
+        self.counts = {"started": 0, "lapsed": 0, "stalled": 0}
 
     def add(self, engine: EngineState, machine: str, cpus: Iterable[int]) -> list[EngineState]:
         """``engine`` registered on ``machine`` and may run on ``cpus``: it joins that group
@@ -100,6 +142,7 @@ class Hosts:
             group = self._groups[machine] = HostGroup(machine)
         engine.group = group
         engine.cpus = frozenset(cpus)
+        self._grouped += 1
         group.engines.append(engine)
         group.cpus.update(engine.cpus)
         return self._regroup(group)
@@ -112,6 +155,7 @@ class Hosts:
             return []
         engine.group = None
         engine.packs = engine.held = False
+        self._grouped -= 1
         group.engines.remove(engine)
         group.cpus.subtract(engine.cpus)
         group.cpus = +group.cpus  # without the CPU ids no engine of it may use any more
@@ -121,12 +165,23 @@ class Hosts:
             return []
         return self._regroup(group)
 
+    def replied(self, engine: EngineState, now: float, burst: bool) -> None:
+        """A packing engine (``engine.packs``) replied at ``now`` (``burst``: within
+        ``BURST_GAP`` of its previous reply): its group made progress, and a burst reply
+        starts or renews its packing (:meth:`burst`)."""
+        group = engine.group
+        assert group is not None
+        group.progress = now
+        if burst:
+            self.burst(engine, now)
+
     def burst(self, engine: EngineState, now: float) -> None:
         """A packing engine (``engine.packs``) replied in a burst at ``now``: its group packs
         until ``BURST_HOLD`` later, holding its other engines."""
         group = engine.group
         assert group is not None
         group.packing_until = now + BURST_HOLD
+        group.progress = now
         if group.packing:
             return
         group.packing = True
@@ -138,20 +193,56 @@ class Hosts:
         if self.next_check is None or group.packing_until < self.next_check:
             self.next_check = group.packing_until
 
-    def due(self, now: float) -> list[EngineState]:
-        """The engines released at ``now``: those of every group whose packing lapsed (no
-        burst reply from its packing engines for ``BURST_HOLD``)."""
+    def lapses_at(self, group: HostGroup, waiting: int) -> float:
+        """When ``group``'s packing lapses unless a packing engine replies (in a burst) before:
+        ``BURST_HOLD`` after its last burst reply; or, while tasks any engine may run wait in
+        the scheduler's queue (``waiting`` of them, at least one and no more than its held
+        engines: each may take one) and every packing engine that holds tasks got them while
+        idle and has not replied since (they may all be long), ``DRAIN_GAP`` after the last
+        reply of its packing engines."""
+        until = group.packing_until
+        held = len(group.engines) - self.per_core * len(group.cpus)
+        if not 0 < waiting <= held or group.progress + DRAIN_GAP >= until:
+            return until
+        busy = False
+        for engine in group.engines:  # its packing engines first (registration order)
+            if not engine.packs:
+                break
+            if engine.load:
+                if engine.last_reply >= engine.busy_since:
+                    return until  # one answered: in a burst, mostly the first looked at
+                busy = True
+        return group.progress + DRAIN_GAP if busy else until
+
+    def next_lapse(self, waiting: int) -> float | None:
+        """When :meth:`due` may release engines (None: no group packs): :attr:`next_check`, or
+        an earlier :meth:`lapses_at`. Asked after every event while a burst is packed, when
+        the queue is most often longer than every group: then at once."""
+        check = self.next_check
+        if check is None or not 0 < waiting <= self._grouped:
+            return check
+        for group in self._packing:
+            lapse = self.lapses_at(group, waiting)
+            if lapse < check:
+                check = lapse
+        return check
+
+    def due(self, now: float, waiting: int = 0) -> list[EngineState]:
+        """The engines of every group whose packing lapsed at ``now`` (:meth:`lapses_at`). Its
+        held engines are released, and its packing engines, capped while unanswered
+        (:func:`unanswered`), take tasks as any engine again: the core fills them all."""
         released: list[EngineState] = []
         next_check = None
         for group in list(self._packing):
-            if group.packing_until <= now:
+            lapse = self.lapses_at(group, waiting)
+            if lapse <= now:
                 del self._packing[group]
                 group.packing = False
                 self.counts["lapsed"] += 1
+                self.counts["stalled"] += lapse < group.packing_until
                 for engine in group.engines:
-                    if engine.held:
-                        engine.held = False
-                        released.append(engine)
+                    engine.held = False
+                    released.append(engine)
             elif next_check is None or group.packing_until < next_check:
                 next_check = group.packing_until
         self.next_check = next_check
@@ -167,9 +258,11 @@ class Hosts:
             self._packing.pop(group, None)
         released = []
         for index, engine in enumerate(group.engines):
-            engine.packs = oversubscribed and index < size
-            held = group.packing and not engine.packs
-            if engine.held and not held:
+            packs = oversubscribed and index < size
+            held = group.packing and not packs
+            # no longer held, or no longer packing (its cap may have been its load: unanswered)
+            if (engine.held and not held) or (engine.packs and not packs):
                 released.append(engine)
+            engine.packs = packs
             engine.held = held
         return released

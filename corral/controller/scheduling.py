@@ -64,7 +64,11 @@ Rules decided here (the shell and clients rely on them):
   reply within ``BURST_GAP`` of the engine's previous one): the host's other engines are
   *held*, and take no task any engine may run (tasks with targets, ``follow`` or refusals
   still go to them), until ``BURST_HOLD`` after the last such burst reply (:mod:`.packing`).
-  The policy chooses among the engines not held.
+  The policy chooses among the engines not held. Meanwhile a packing engine given a task while
+  it held none takes no more until it replies (the task may be long: the next ones wait for
+  its reply), and the packing lapses once packing engines that all got their tasks so have not
+  replied for ``DRAIN_GAP`` while a few tasks wait in the queue: long tasks submitted right
+  after a burst run side by side, not one after another on the packing engines.
 - The last ``finished_memory`` finished msg_ids are remembered (:meth:`SchedulerCore.answered`):
   a reply for one of them is late (its task was failed or resubmitted) and must not reach the
   client; the outcome of a task that falls out of that memory is forgotten.
@@ -76,6 +80,7 @@ Rules decided here (the shell and clients rely on them):
 
 from __future__ import annotations
 
+import heapq
 import random
 from collections import deque
 from collections.abc import Iterable
@@ -83,7 +88,7 @@ from typing import Final, TypeAlias
 
 from corral.controller.dependencies import DependencyGraph, Wait, Waiter, follow_placement
 from corral.controller.free_engines import FreeEngines
-from corral.controller.packing import Hosts
+from corral.controller.packing import Hosts, unanswered
 from corral.controller.scheduling_state import (
     BURST_GAP,
     BURST_HOLD,
@@ -385,15 +390,19 @@ class SchedulerCore:
         engine.last_reply = now
         engine.burstiness += ((1.0 if burst else 0.0) - engine.burstiness) * BURST_WEIGHT
         engine.cap = self.burst_cap if engine.burstiness >= BURSTY else self.max_outstanding
-        if burst and engine.packs:  # its host packs while such replies come (.packing)
-            self._hosts.burst(engine, now)
+        if engine.packs:  # its host packs while burst replies come (.packing)
+            self._hosts.replied(engine, now, burst)
 
     def _cap(self, engine: EngineState) -> int:
         """How many tasks ``engine`` may hold now: its cap, but ``max_outstanding`` once its
-        last reply is ``BURST_HOLD`` old (tasks submitted after a pause may be long ones)."""
+        last reply is ``BURST_HOLD`` old (tasks submitted after a pause may be long ones), and
+        no more than it holds while it packs a burst and got those while idle and has not
+        answered since (:mod:`.packing`)."""
         cap = engine.cap
         if cap > self.max_outstanding and self._now - engine.last_reply > BURST_HOLD:
-            return self.max_outstanding
+            cap = self.max_outstanding
+        if engine.packs and unanswered(engine):
+            return min(cap, engine.load)
         return cap
 
     def reject(self, msg_id: str, error: type[Exception], reason: str) -> list[Action]:
@@ -437,9 +446,11 @@ class SchedulerCore:
         whose timeout ran out by ``now`` (see the module's rules)."""
         self._now = now
         actions: list[Action] = []
-        check = self._hosts.next_check
-        if check is not None and check <= now:
-            self._release_held(self._hosts.due(now), actions)
+        if self._hosts.next_check is not None:
+            waiting = self._queued.waiting_for_any()
+            lapse = self._hosts.next_lapse(waiting)
+            if lapse is not None and lapse <= now:  # (due also sets the next check)
+                self._release_held(self._hosts.due(now, waiting), actions)
         if self._unreachable.entries:
             for msg_id, engine_uuid, expired in self._unreachable.due(now, self._running_on):
                 record = self._records[msg_id]
@@ -474,6 +485,8 @@ class SchedulerCore:
         if retry is not None and (when is None or retry < when):
             when = retry
         check = self._hosts.next_check  # a packing may lapse then (held engines released)
+        if check is not None:
+            check = self._hosts.next_lapse(self._queued.waiting_for_any())
         if check is not None and (when is None or check < when):
             return check
         return when
@@ -503,11 +516,14 @@ class SchedulerCore:
         return engine is not None and engine.held
 
     def packed_until(self, engine_uuid: str) -> float | None:
-        """When the packing of this engine's host lapses unless a packing engine answers in a
-        burst again before (None: its host is not packing, or it is not registered)."""
+        """When the packing of this engine's host lapses unless a packing engine answers (in a
+        burst) before (:meth:`.packing.Hosts.lapses_at`; None: its host is not packing, or the
+        engine is not registered)."""
         engine = self._engines.get(engine_uuid)
         group = None if engine is None else engine.group
-        return group.packing_until if group is not None and group.packing else None
+        if group is None or not group.packing:
+            return None
+        return self._hosts.lapses_at(group, self._queued.waiting_for_any())
 
     def packing_counts(self) -> dict[str, int]:
         """How many times a host started packing a burst, and how many times a packing lapsed
@@ -669,6 +685,8 @@ class SchedulerCore:
         record.state = RUNNING
         record.engine = engine
         engine.running[msg_id] = record
+        if not engine.load:
+            engine.busy_since = self._now
         engine.load += 1
         self._running += 1
         self._clock += 1
@@ -696,11 +714,25 @@ class SchedulerCore:
         return given
 
     def _release_held(self, engines: list[EngineState], actions: list[Action]) -> None:
-        """Engines no longer held (:mod:`.packing`) are free for any task again: fill them."""
-        for engine in engines:
+        """Engines no longer held or packing (:mod:`.packing`) are free for any task again:
+        fill them, each queued task to the least loaded of them in turn (not each up to its
+        cap in turn: long tasks that waited for an unanswered packing would queue behind each
+        other on the first ones)."""
+        turns = []
+        for index, engine in enumerate(engines):
             if engine.alive:
                 self._mark_free(engine)
-                self._fill(engine, actions)
+                turns.append((engine.load, index, engine))
+        heapq.heapify(turns)
+        pop_for = self._queued.pop_for
+        while turns:
+            _, index, engine = turns[0]
+            record = pop_for(engine) if engine.load < self._cap(engine) else None
+            if record is None:
+                heapq.heappop(turns)
+                continue
+            self._dispatch(record, engine, actions)
+            heapq.heapreplace(turns, (engine.load, index, engine))
 
     def _has_eligible_engine(self, record: TaskRecord) -> bool:
         if record.pinned is not None:

@@ -132,6 +132,7 @@ class EngineState:
     alive: bool = True
     running: dict[str, TaskRecord] = field(default_factory=dict)
     last_reply: float = float("-inf")  # when its previous reply came
+    busy_since: float = float("-inf")  # when it last got a task while it held none
     burstiness: float = 0.0  # the recent share of its replies that came in bursts
     # where it runs, and its part in a burst there (corral.controller.packing): its bursts
     # keep its group packing (packs), or it takes no task any engine may run (held)

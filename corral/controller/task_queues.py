@@ -59,6 +59,14 @@ class TaskQueues:
                 heapq.heapify(current)
                 queue[:] = current
 
+    def waiting_for_any(self) -> int:
+        """About how many tasks any engine may run are queued: none when it says 0 (stale
+        entries at the top are dropped first; others, rare, may still be counted)."""
+        queue_any = self._any
+        while queue_any and not is_current(queue_any[0]):
+            heapq.heappop(queue_any)
+        return len(queue_any)
+
     def pop_for(self, engine: EngineState) -> TaskRecord | None:
         """The next queued task ``engine`` may run (highest priority first, oldest first among
         equals), taken off the queues; None if there is none. Stale entries met on the way

@@ -296,3 +296,28 @@ def test_a_burst_on_more_engines_than_cores_is_packed_and_none_is_lost(tmp_path:
     (stats_file,) = Path(cluster.path).glob("controller-stats.json")
     packing = json.loads(stats_file.read_text())["scheduler"]["packing"]
     assert packing["started"] >= 1, packing
+
+
+def test_long_tasks_right_after_a_packed_burst_each_get_an_engine(tmp_path: Path) -> None:
+    """Tasks submitted right after a packed burst of no-ops (within BURST_HOLD of its last
+    reply) may be long: an idle packing engine takes one and no more until it replies, and
+    the packing lapses DRAIN_GAP after its engines' last reply while tasks wait
+    (corral.controller.packing), so sleeping tasks, one per engine, each run on an engine of
+    their own at once instead of one after another on the packing engines."""
+    cores = len(os.sched_getaffinity(0))
+    engines = BURST_PACKING * cores + 2
+    if engines > 12:
+        pytest.skip(f"{cores} cores: a cluster oversubscribed enough would be too large here")
+    cluster = start_cluster(tmp_path / "c", engines)
+    rc = cluster.start()
+    try:
+        view = rc.load_balanced_view()
+        burst = [view.apply_async(abs, -index) for index in range(3000)]
+        assert [result.get(timeout=60) for result in burst] == list(range(3000))
+        sleepers = [view.apply_async(time.sleep, 1.0) for _ in range(engines)]
+        for result in sleepers:
+            result.get(timeout=60)
+        ran_on = sorted(result.metadata["engine_id"] for result in sleepers)
+        assert ran_on == list(range(engines)), ran_on
+    finally:
+        cluster.stop()

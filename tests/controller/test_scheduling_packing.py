@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from corral.controller.packing import Hosts
+from corral.controller.packing import DRAIN_GAP, Hosts
 from corral.controller.scheduling import POLICIES, SchedulerCore
 from corral.controller.scheduling_state import BURST_GAP, BURST_HOLD, Action, Dispatch, EngineState
 from corral.protocol.dependency import Dependency
@@ -75,7 +75,28 @@ def test_a_burst_on_an_oversubscribed_host_runs_on_its_first_engines() -> None:
     no_queued_task_has_a_free_engine(sim)
 
 
+def test_the_packing_lapses_after_burst_hold_once_the_burst_is_done() -> None:
+    sim = packed_sim()
+    submit_many(sim, 2000)
+    burst_until_packed(sim)
+    sim.drain()  # the packing engines answer the rest in a burst: nothing is left queued
+    last_burst = sim.now
+    assert sim.core.next_deadline() == pytest.approx(last_burst + BURST_HOLD)
+    assert not dispatched_to(sim.tick(last_burst + BURST_HOLD / 2))  # not yet
+    assert sim.core.held("e7")
+    assert not dispatched_to(sim.tick(last_burst + BURST_HOLD))
+    assert not any(sim.core.held(u) for u in EIGHT)
+    assert sim.core.next_deadline() is None
+    assert sim.core.packing_counts() == {"started": 1, "lapsed": 1, "stalled": 0}  # the exit counts
+    submit_many(sim, 8)
+    assert all(len(sim.queues[u]) == 1 for u in EIGHT)  # spread again
+
+
 def test_the_packing_lapses_after_burst_hold_and_the_held_engines_take_the_queue() -> None:
+    """Packing engines that drained their tasks and then fall silent with tasks queued (stuck
+    in long tasks, or starved of CPU: the two look alike) keep the packing until BURST_HOLD
+    after their last burst reply; then the held engines take the queue, max_outstanding
+    each."""
     sim = packed_sim()
     submit_many(sim, 2000)
     burst_until_packed(sim)
@@ -88,7 +109,89 @@ def test_the_packing_lapses_after_burst_hold_and_the_held_engines_take_the_queue
     assert all(sim.core.outstanding(u) == sim.core.capacity(u) for u in EIGHT[4:])
     assert not any(sim.core.held(u) for u in EIGHT)
     assert sim.core.next_deadline() is None
-    assert sim.core.packing_counts() == {"started": 1, "lapsed": 1}  # the exit counts
+    assert sim.core.packing_counts() == {"started": 1, "lapsed": 1, "stalled": 0}
+    no_queued_task_has_a_free_engine(sim)
+
+
+def test_long_tasks_right_after_a_burst_run_side_by_side() -> None:
+    """Tasks submitted just after a packed burst ended (well within BURST_HOLD of its last
+    burst reply) may be long: each idle packing engine takes one, the others wait in the
+    scheduler, and DRAIN_GAP later (no packing engine replied) the held engines take them, one
+    each. None waits behind another on an engine while an engine sits idle."""
+    sim = packed_sim()
+    submit_many(sim, 2000)
+    burst_until_packed(sim)
+    sim.drain()
+    assert sim.core.held("e7")
+    sim.now += BURST_GAP  # the client's next tasks come at once
+    before = len(sim.tasks)
+    submit_many(sim, 8)
+    assert sorted(u for u in EIGHT if sim.queues[u]) == EIGHT[:4]
+    assert all(len(sim.queues[u]) == 1 for u in EIGHT[:4])
+    assert sim.core.task_state(f"t{before + 7}") == "queued"
+    assert sim.core.next_deadline() == pytest.approx(sim.now - BURST_GAP + DRAIN_GAP)
+    sim.tick(sim.now - BURST_GAP + DRAIN_GAP)
+    assert all(len(sim.queues[u]) == 1 for u in EIGHT)  # one long task on every engine
+    assert not any(sim.core.held(u) for u in EIGHT)
+    assert sim.core.packing_counts() == {"started": 1, "lapsed": 1, "stalled": 1}
+
+
+def test_more_tasks_waiting_than_held_engines_keep_the_packing_until_burst_hold() -> None:
+    """A backlog larger than the held engines is a burst's, most likely (its packing engines
+    starved of CPU): it is not spread over the held engines DRAIN_GAP after the last reply,
+    but BURST_HOLD after the last burst reply, and then one task each in turn, least loaded
+    first."""
+    sim = packed_sim()
+    submit_many(sim, 2000)
+    burst_until_packed(sim)
+    sim.drain()
+    last_burst = sim.now
+    sim.now += BURST_GAP
+    submit_many(sim, 9)  # one for each packing engine, five waiting for 4 held engines
+    assert sim.core.next_deadline() == pytest.approx(last_burst + BURST_HOLD)
+    assert not dispatched_to(sim.tick(last_burst + 2 * DRAIN_GAP))
+    released = dispatched_to(sim.tick(last_burst + BURST_HOLD))
+    assert released == ["e4", "e5", "e6", "e7", "e0"]  # the least loaded first
+    assert sim.core.packing_counts() == {"started": 1, "lapsed": 1, "stalled": 0}
+
+
+def test_an_idle_packing_engine_that_answers_at_once_takes_the_tasks_that_waited() -> None:
+    """A burst that comes in pieces (the client slower than the engines) stays packed: the
+    tasks that waited for an idle packing engine's first reply go to it when it comes."""
+    sim = packed_sim()
+    submit_many(sim, 2000)
+    burst_until_packed(sim)
+    sim.drain()
+    sim.now += BURST_GAP
+    submit_many(sim, 40)
+    assert all(len(sim.queues[u]) == 1 for u in EIGHT[:4])
+    assert all(sim.core.capacity(u) == 1 for u in EIGHT[:4])  # until it answers
+    for uuid in EIGHT[:4]:
+        actions = sim.finish(sim.queues[uuid][0])
+        assert set(dispatched_to(actions)) == {uuid}  # filled up to its cap from the queue
+    assert all(len(sim.queues[u]) == sim.core.capacity(u) > 1 for u in EIGHT[:4])
+    assert not any(sim.queues[u] for u in EIGHT[4:])
+    assert sim.core.held("e7")
+    no_queued_task_has_a_free_engine(sim)
+
+
+def test_an_unanswered_packing_engine_takes_no_more_while_others_that_answered_do() -> None:
+    sim = packed_sim()
+    submit_many(sim, 2000)
+    burst_until_packed(sim)
+    sim.drain()
+    sim.now += BURST_GAP
+    submit_many(sim, 4)  # one for each idle packing engine
+    sim.now += DRAIN_GAP * 1.5  # e0's task is long; the others answer theirs
+    for uuid in EIGHT[1:4]:
+        sim.finish(sim.queues[uuid][0])
+    assert sim.core.capacity("e0") == 1 == sim.core.outstanding("e0")
+    submit_many(sim, 12)
+    assert len(sim.queues["e0"]) == 1
+    assert all(len(sim.queues[u]) == sim.core.capacity(u) for u in EIGHT[1:4])  # the rest wait
+    assert not any(sim.queues[u] for u in EIGHT[4:])
+    assert sim.core.held("e7")
+    no_queued_task_has_a_free_engine(sim)
 
 
 def test_each_burst_reply_of_a_packing_engine_renews_the_packing() -> None:
