@@ -80,15 +80,15 @@ Rules decided here (the shell and clients rely on them):
 
 from __future__ import annotations
 
-import heapq
 import random
 from collections import deque
 from collections.abc import Iterable
-from typing import Final, TypeAlias
+from typing import Final
 
 from corral.controller.dependencies import DependencyGraph, Wait, Waiter, follow_placement
 from corral.controller.free_engines import FreeEngines
 from corral.controller.packing import Hosts, unanswered
+from corral.controller.scheduling_placement import Placement
 from corral.controller.scheduling_state import (
     BURST_GAP,
     BURST_HOLD,
@@ -97,8 +97,6 @@ from corral.controller.scheduling_state import (
     DONE,
     FINISHED_MEMORY,
     NEVER_USED,
-    QUEUED,
-    RUNNING,
     STATE_NAMES,
     WAITING,
     Action,
@@ -106,11 +104,11 @@ from corral.controller.scheduling_state import (
     Dispatch,
     EngineState,
     Fail,
+    Finished,
     FinishedMemory,
     Redelivery,
     Task,
     TaskRecord,
-    choose_engine,
     some,
 )
 from corral.controller.task_queues import Deadlines, TaskQueues
@@ -126,10 +124,7 @@ from corral.errors import (
 POLICIES: Final = ("leastload", "lru", "random", "weighted")
 
 
-_Finished: TypeAlias = deque[tuple[TaskRecord, bool, "EngineState | None"]]
-
-
-class SchedulerCore:
+class SchedulerCore(Placement):
     """Engine choice, prefetch limits, dependencies, retries and timeouts for task requests.
 
     Events go in as method calls; each returns the actions to take, in order. Deterministic:
@@ -214,7 +209,7 @@ class SchedulerCore:
         actions: list[Action] = []
         self._release_held(self._hosts.remove(engine), actions)  # before the retries: they
         # may go to an engine that packs in its place
-        finished: _Finished = deque()
+        finished: Finished = deque()
         lost = list(engine.running.values())
         engine.running.clear()
         engine.load = 0
@@ -261,7 +256,7 @@ class SchedulerCore:
         if not named and (task.targets is None or task.targets):
             self._enqueue_or_dispatch(record, actions)
             return actions
-        finished: _Finished = deque()
+        finished: Finished = deque()
         if unknown:
             reason = (
                 f"task {msg_id} depends on {some(unknown)}, unknown to the scheduler (never "
@@ -312,7 +307,7 @@ class SchedulerCore:
             self._mark_free(engine)
         woken = self._graph.resolve(msg_id, success, engine)
         if woken:  # most tasks have no dependents: no cascade to run (_settle)
-            finished: _Finished = deque()
+            finished: Finished = deque()
             for waiter in woken:
                 self._evaluate(waiter, now, actions, finished)
             self._settle(finished, now, actions)
@@ -337,7 +332,7 @@ class SchedulerCore:
             self._enqueue_or_dispatch(record, actions)
             self._fill(engine, actions)
             return actions
-        finished: _Finished = deque()
+        finished: Finished = deque()
         reason = (
             f"no engine can run task {msg_id}: each of the {len(record.refused)} engine(s) it "
             "was tried on could not meet its depend condition or require imports"
@@ -458,7 +453,7 @@ class SchedulerCore:
                     self._take_back(record, actions)
                 else:
                     actions.append(Dispatch(msg_id, engine_uuid, record.attempts - 1))
-        finished: _Finished = deque()
+        finished: Finished = deque()
         for record in self._deadlines.due(now):
             msg_id = record.task.msg_id
             if self._deadlines.exhausted.pop(msg_id, None) is not None:
@@ -547,7 +542,7 @@ class SchedulerCore:
         waiter: Waiter[EngineState],
         now: float | None,
         actions: list[Action],
-        finished: _Finished,
+        finished: Finished,
     ) -> None:
         """Act on a waiter whose dependencies changed: keep it, fail it, or queue it. ``now``
         None (an engine left) skips the late-timeout check; tick catches those."""
@@ -565,7 +560,7 @@ class SchedulerCore:
             record.pinned = verdict
             self._enqueue_or_dispatch(record, actions)
 
-    def _settle(self, finished: _Finished, now: float | None, actions: list[Action]) -> None:
+    def _settle(self, finished: Finished, now: float | None, actions: list[Action]) -> None:
         """Record final outcomes and act on the dependents they wake, until nothing changes.
         A loop, not recursion: failure cascades down a long chain stay flat."""
         graph = self._graph
@@ -580,7 +575,7 @@ class SchedulerCore:
         error: type[RemoteError],
         reason: str,
         actions: list[Action],
-        finished: _Finished,
+        finished: Finished,
     ) -> None:
         del self._records[record.task.msg_id]
         record.state = DONE
@@ -589,155 +584,10 @@ class SchedulerCore:
         finished.append((record, False, None))
 
     def _drop_pinned_to(
-        self, engine: EngineState, actions: list[Action], finished: _Finished
+        self, engine: EngineState, actions: list[Action], finished: Finished
     ) -> None:
         """After ``engine`` left, fail queued tasks that follow allowed only there."""
         for record in self._queued.drop_pinned_to(engine):
             msg_id = record.task.msg_id
             reason = f"follow ties task {msg_id} to engine {engine.uuid}, which is gone"
             self._fail(record, ImpossibleDependency, reason, actions, finished)
-
-    # ------------------------------------------------------------------ placement
-
-    def _untried_engine(self, record: TaskRecord, failed_on: str) -> bool:
-        avoid = record.avoid | {failed_on}
-        return any(
-            record.allows(engine) and uuid not in avoid for uuid, engine in self._engines.items()
-        )
-
-    def _wait_for_new_engine(
-        self, record: TaskRecord, failed_on: str, deadline: float, now: float, actions: list[Action]
-    ) -> None:
-        """A retry with a timeout and no engine it has not failed on: wait for a new one until
-        the deadline (TaskTimeout at once if it has passed)."""
-        record.retries_left -= 1
-        record.avoid = record.avoid | {failed_on}
-        if now >= deadline:
-            finished: _Finished = deque()
-            self._fail(record, TaskTimeout, self._exhausted_reason(record), actions, finished)
-            self._settle(finished, now, actions)
-            return
-        record.state = QUEUED
-        self._seq += 1
-        record.seq = self._seq
-        self._deadlines.exhausted[record.task.msg_id] = record
-        self._deadlines.add(deadline, self._seq, record)
-
-    def _exhausted_reason(self, record: TaskRecord) -> str:
-        return (
-            f"task {record.task.msg_id} timed out after {record.task.timeout} s: it failed on "
-            f"each of the {len(record.avoid)} engine(s) that may run it, and a retry does not "
-            "go back to an engine it failed on"
-        )
-
-    def _retry(self, record: TaskRecord, failed_on: str, actions: list[Action]) -> None:
-        record.retries_left -= 1
-        record.avoid = record.avoid | {failed_on}
-        self._enqueue_or_dispatch(record, actions)
-
-    def _enqueue_or_dispatch(self, record: TaskRecord, actions: list[Action]) -> None:
-        record.state = QUEUED
-        engine = self._pick(record)
-        if engine is not None:
-            self._dispatch(record, engine, actions)
-            return
-        self._seq += 1
-        record.seq = self._seq
-        uuids: Iterable[str] | None
-        if record.pinned is not None:
-            uuids = [e.uuid for e in record.pinned]
-        elif record.task.targets is not None:
-            uuids = record.task.targets
-        elif record.refused:
-            uuids = [uuid for uuid in self._engines if uuid not in record.refused]
-        else:
-            uuids = None
-        self._queued.push(record, self._seq, uuids)
-
-    def _pick(self, record: TaskRecord) -> EngineState | None:
-        """A free engine the task may run on, chosen by the policy; None if there is none."""
-        free = self._free
-        if not free:
-            return None
-        if record.pinned is None and record.task.targets is None and not record.avoid:
-            if free.ordered:
-                best = free.best()
-                # an engine whose raised cap lapsed (see _cap) is full until its next reply
-                while best is not None and best.load >= self._cap(best):
-                    free.remove(best.uuid)
-                    best = free.best()
-                return best
-            candidates = [e for e in free.values() if e.load < self._cap(e) and not e.held]
-            return choose_engine(self.policy, self._rng, candidates) if candidates else None
-        candidates = [e for e in free.values() if record.allows(e) and e.load < self._cap(e)]
-        if record.pinned is None and record.task.targets is None and not record.refused:
-            # a retry any engine may run: queued for all (TaskQueues), so never a held engine
-            candidates = [e for e in candidates if not e.held]
-        if record.avoid:
-            fresh = [e for e in candidates if e.uuid not in record.avoid]
-            candidates = fresh or candidates
-        return choose_engine(self.policy, self._rng, candidates) if candidates else None
-
-    def _dispatch(self, record: TaskRecord, engine: EngineState, actions: list[Action]) -> None:
-        msg_id = record.task.msg_id
-        if self._unreachable.entries:
-            self._unreachable.discard(msg_id)  # this Dispatch replaces any pending retry
-        record.state = RUNNING
-        record.engine = engine
-        engine.running[msg_id] = record
-        if not engine.load:
-            engine.busy_since = self._now
-        engine.load += 1
-        self._running += 1
-        self._clock += 1
-        engine.last_used = self._clock
-        if engine.load >= self._cap(engine):
-            self._free.remove(engine.uuid)
-        else:
-            self._free.put(engine)  # its load and last use changed
-        actions.append(Dispatch(msg_id, engine.uuid, record.attempts))
-        record.attempts += 1
-
-    def _fill(self, engine: EngineState, actions: list[Action]) -> bool:
-        """Give a freed (or new) engine the queued tasks it may run, highest priority first and
-        oldest first among equals, up to its cap. Whether it gave any (each dispatch sets the
-        engine's place among the free ones)."""
-        given = False
-        cap = self._cap(engine)
-        pop_for = self._queued.pop_for
-        while engine.load < cap:
-            record = pop_for(engine)
-            if record is None:
-                break
-            self._dispatch(record, engine, actions)
-            given = True
-        return given
-
-    def _release_held(self, engines: list[EngineState], actions: list[Action]) -> None:
-        """Engines no longer held or packing (:mod:`.packing`) are free for any task again:
-        fill them, each queued task to the least loaded of them in turn (not each up to its
-        cap in turn: long tasks that waited for an unanswered packing would queue behind each
-        other on the first ones)."""
-        turns = []
-        for index, engine in enumerate(engines):
-            if engine.alive:
-                self._mark_free(engine)
-                turns.append((engine.load, index, engine))
-        heapq.heapify(turns)
-        pop_for = self._queued.pop_for
-        while turns:
-            _, index, engine = turns[0]
-            record = pop_for(engine) if engine.load < self._cap(engine) else None
-            if record is None:
-                heapq.heappop(turns)
-                continue
-            self._dispatch(record, engine, actions)
-            heapq.heapreplace(turns, (engine.load, index, engine))
-
-    def _has_eligible_engine(self, record: TaskRecord) -> bool:
-        if record.pinned is not None:
-            return any(engine.alive for engine in record.pinned)
-        targets = record.task.targets
-        if targets is None:
-            return bool(self._engines)
-        return any(uuid in self._engines for uuid in targets)

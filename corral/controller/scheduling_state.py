@@ -7,6 +7,7 @@ Dispatches to send again). No sockets and no clock: time comes in as ``now``.
 from __future__ import annotations
 
 import random
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -179,6 +180,8 @@ class TaskRecord:
         )
 
 
+# tasks whose outcome is final, with their success and where they ran, for their dependents
+Finished: TypeAlias = "deque[tuple[TaskRecord, bool, EngineState | None]]"
 QueueEntry: TypeAlias = tuple[int, int, TaskRecord]  # (-priority, seq, record): a heap key
 
 
