@@ -222,8 +222,8 @@ class Timeline:
         while index < len(self.wakeups) and self.wakeups[index][0] < end:
             when, tid, _ = self.wakeups[index]
             index += 1
-            if tid not in tids:
-                continue
+            if tid not in tids or any(t == tid for _, t, _ in self.running(when, when + 1)):
+                continue  # not one of them, or woken while still on a CPU (about to sleep)
             ran = min(
                 (
                     a
