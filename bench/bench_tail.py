@@ -439,6 +439,16 @@ def analyse(result: dict[str, Any], slow_percentile: float, show: int, runs: boo
         return {k: (100 * counts[k] / len(group), spent[k] / len(group)) for k in counts}
 
     slow_events, normal_events = event_share(slow), event_share(normal)
+    first, last = marks["start"][0], marks["end"][-1]
+    batches = sorted(
+        (b - a) / 1000 for kind, a, b, _ in events if kind == "hub store" and first <= a < last
+    )
+    if batches:
+        print(
+            f"store batches during the round trips: {len(batches)} (one per "
+            f"{len(whole) / len(batches):.0f} round trips), median {statistics.median(batches):.0f}"
+            f" us, {sum(b > 1000 for b in batches)} over 1 ms (the longest {batches[-1]:,.0f} us)"
+        )
     rows = []
     for key in sorted(set(slow_events) | set(normal_events)):
         s, n = slow_events.get(key, (0.0, 0.0)), normal_events.get(key, (0.0, 0.0))
