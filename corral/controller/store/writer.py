@@ -54,10 +54,9 @@ class BatchWriter(Generic[PayloadT]):
     clients, a round trip that meets a 20 ms batch (700-900 us of writer CPU) waited for it,
     and those were nearly all of the slowest 1% of direct round trips (bench/README.md, round
     twelve); at 5 ms a batch is about a quarter of that. At a thousand tasks a second that is
-    some five tasks per commit, at fifteen thousand some seventy (the writer's CPU per task
-    measured the same as at 20 ms there). Reads never wait for it (a flush cuts it short); a
-    killed controller may lose the last 5 ms of writes, which engines still hold until the
-    writes are applied.
+    some five tasks per commit; at full speed batches fill up to ``max_batch`` before the
+    linger counts. Reads never wait for it (a flush cuts it short); a killed controller may
+    lose the last 5 ms of writes, which engines still hold until the writes are applied.
 
     Writes still queued when the interpreter exits are applied by an ``atexit`` hook, so a
     controller that exits without closing its store loses nothing it had queued.
