@@ -48,15 +48,10 @@ class BatchWriter(Generic[PayloadT]):
     to ``linger`` seconds for more writes before a small batch (not when a flush is waiting),
     so a steady trickle of tasks costs one commit per few milliseconds, not one per write.
     A commit costs about as much as writing ten small rows (SQLite, measured with the store
-    alone: ~60 us of writer CPU per task at 4 tasks per commit, ~40 at 16 and more), which is
-    why it lingers at all. It lingers 5 ms, not longer, because a batch is a burst of CPU the
-    data path must share: on a machine whose cores the controller shares with engines and
-    clients, a round trip that meets a 20 ms batch (700-900 us of writer CPU) waited for it,
-    and those were nearly all of the slowest 1% of direct round trips (bench/README.md, round
-    twelve); at 5 ms a batch is about a quarter of that. At a thousand tasks a second that is
-    some five tasks per commit; at full speed batches fill up to ``max_batch`` before the
-    linger counts. Reads never wait for it (a flush cuts it short); a killed controller may
-    lose the last 5 ms of writes, which engines still hold until the writes are applied.
+    alone: ~60 us of writer CPU per task at 4 tasks per commit, ~40 at 16 and more), so the
+    linger is 20 ms: at a thousand tasks a second that is some twenty tasks per commit. Reads
+    never wait for it (a flush cuts it short); what a killed controller may lose grows from the
+    last 5 to the last 20 ms of writes, which engines still hold until the writes are applied.
 
     Writes still queued when the interpreter exits are applied by an ``atexit`` hook, so a
     controller that exits without closing its store loses nothing it had queued.
@@ -68,7 +63,7 @@ class BatchWriter(Generic[PayloadT]):
         *,
         name: str,
         max_batch: int = 1000,
-        linger: float = 0.005,
+        linger: float = 0.02,
     ) -> None:
         self._apply = apply
         self._name = name
