@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from corral.controller.store import SQLiteStore, open_store
+from corral.controller.store import sqlite as sqlite_module
 from corral.controller.store.base import SCALAR_FIELD_CATEGORIES, BatchWriter, WriteOp
 from corral.controller.store.query import parse_query, split_query
 from corral.controller.store.sqlite_rows import sql_where
@@ -56,6 +57,33 @@ def test_file_is_in_wal_mode(sqlite_store: SQLiteStore) -> None:
     with closing(sqlite3.connect(sqlite_store.path)) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert db.execute("SELECT msg_id FROM tasks").fetchall() == [("m1",)]
+
+
+def test_the_writer_gives_way_between_the_statements_of_a_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of many rows is several statements, and the writer thread lets a waiting thread
+    have its CPU between them (a woken engine or client thread does not wait for the whole
+    batch), then commits every row."""
+    gave_way: list[str] = []
+    monkeypatch.setattr(
+        sqlite_module,
+        "_give_way",
+        lambda: gave_way.append(threading.current_thread().name),
+    )
+    store = SQLiteStore(tmp_path / "tasks.db")
+    try:
+        with store.holding_writes():
+            for index in range(100):
+                store.add_record(f"m{index:03d}", {"status": "pending", "engine_id": index})
+        store.flush()
+    finally:
+        store.close()
+    # 100 new rows: statements of 64, 32 and 4 rows, one way given after each and one per run
+    assert len(gave_way) >= 3
+    assert threading.current_thread().name not in gave_way  # the writer's own thread
+    with closing(sqlite3.connect(tmp_path / "tasks.db")) as db:
+        assert db.execute("SELECT count(*) FROM tasks").fetchone()[0] == 100
 
 
 def test_msg_id_queries_use_the_index(sqlite_store: SQLiteStore) -> None:
