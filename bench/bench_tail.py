@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from bench_trace import ENGINE_HOOKS, STAGES, WARMUP, ClientMarks, check, next_mark
+from bench_trace import ENGINE_HOOKS, STAGES, WARMUP, ClientMarks, align_marks, check
 from common import corral_cluster, print_table, use_source
 
 TIMEOUT = 60.0
@@ -327,24 +327,8 @@ def run(rounds: int, use_perf: bool, folder: Path) -> dict[str, Any]:
         events.extend(
             [f"{role} {kind}", a, b, detail] for kind, a, b, detail in json.loads(path.read_text())
         )
-    total = WARMUP + rounds
-    marks = {
-        f"e_{key}" if key in ("recv", "send") else key: v[-total:] for key, v in engine.items()
-    }
-    marks.update(start=starts, end=ends)
-    client = {
-        **client_marks.marks,
-        "recv": sorted(t for ts in client_marks.received.values() for t in ts),
-    }
-    for name, after in (
-        ("handoff", "start"),
-        ("send", "handoff"),
-        ("recv", "e_send"),
-        ("settled", "recv"),
-    ):
-        marks[name] = [next_mark(client[name], when) for when in marks[after]]
     return {
-        "marks": {name: found[WARMUP:] for name, found in marks.items()},
+        "marks": align_marks(engine, starts, ends, client_marks, rounds),
         "events": events,
         "roles": roles,
         "timeline": Timeline.read(perf_data) if use_perf else None,

@@ -273,14 +273,26 @@ def trace(rounds: int, controller_args: list[str]) -> tuple[dict[str, list[int]]
     total = WARMUP + rounds
     for name, found in engine.items():
         check(len(found) >= total, f"engine {name}: {len(found)} marks for {total} round trips")
-    # the engine's marks are one per round trip (its first ones: the check above)
+    return align_marks(engine, starts, ends, client_marks, rounds), cpu * 1e6 / rounds
+
+
+def align_marks(
+    engine: dict[str, list[int]],
+    starts: list[int],
+    ends: list[int],
+    client_marks: ClientMarks,
+    rounds: int,
+) -> dict[str, list[int]]:
+    """Every stage's marks, one per measured round trip (the warm-up left out): the engine's
+    (one per round trip, its last ``WARMUP + rounds``), the user's thread's ``start`` and
+    ``end``, and the client's I/O marks. The client's hooks may fire more than once per round
+    trip (a settled future may settle another; other sockets receive now and then): each
+    stage's mark is the first one at or after the stage before it."""
+    total = WARMUP + rounds
     marks = {
         f"e_{key}" if key in ("recv", "send") else key: v[-total:] for key, v in engine.items()
     }
     marks.update(start=starts, end=ends)
-    # the client's hooks may fire more than once per round trip (a settled future may settle
-    # another; other sockets receive now and then): each stage's mark is the first one at or
-    # after the stage before it
     client = {
         **client_marks.marks,
         "recv": sorted(t for ts in client_marks.received.values() for t in ts),
@@ -292,7 +304,7 @@ def trace(rounds: int, controller_args: list[str]) -> tuple[dict[str, list[int]]
         ("settled", "recv"),
     ):
         marks[name] = [next_mark(client[name], when) for when in marks[after]]
-    return {name: found[WARMUP:] for name, found in marks.items()}, cpu * 1e6 / rounds
+    return {name: found[WARMUP:] for name, found in marks.items()}
 
 
 def next_mark(found: list[int], when: int) -> int:
