@@ -206,9 +206,9 @@ class SQLiteStore(ResultStore):
                     for op in run:
                         db.execute(DELETE, (orjson.dumps(op.msg_ids).decode(),))
                         dropped = True
+                        _give_way()
                 else:
-                    self._upsert_run(columns, run)
-                _give_way()
+                    self._upsert_run(columns, run)  # gives way after each statement
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:

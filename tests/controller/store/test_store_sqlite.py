@@ -79,7 +79,7 @@ def test_the_writer_gives_way_between_the_statements_of_a_batch(
         store.flush()
     finally:
         store.close()
-    # 100 new rows: statements of 64, 32 and 4 rows, one way given after each and one per run
+    # 100 new rows: statements of 64, 32 and 4 rows, a way given after each
     assert len(gave_way) >= 3
     assert threading.current_thread().name not in gave_way  # the writer's own thread
     with closing(sqlite3.connect(tmp_path / "tasks.db")) as db:
