@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
-from common import check, corral_cluster, print_table, use_source
+from common import check, corral_cluster, print_table, restore_environment, use_source
 
 TIMEOUT = 60.0
 WARMUP = 300
@@ -55,11 +55,7 @@ def environment(assignments: list[str]) -> Iterator[None]:
     try:
         yield
     finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        restore_environment(before)
 
 
 def block(view: Any, rounds: int) -> list[float]:

@@ -56,7 +56,7 @@ from typing import Any
 
 import psutil
 from bench_trace import ENGINE_HOOKS, STAGES, WARMUP, ClientMarks, align_marks, check
-from common import corral_cluster, print_table, use_source
+from common import corral_cluster, print_table, restore_environment, use_source
 
 TIMEOUT = 60.0
 FOREIGN_NS = 20_000  # other processes' CPU inside a round trip above which it is not counted
@@ -310,11 +310,7 @@ def run(rounds: int, use_perf: bool, folder: Path) -> dict[str, Any]:
                     recorder.wait(TIMEOUT)
             roles.update(thread_roles(os.getpid(), running.processes))
     finally:
-        for key, value in before.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        restore_environment(before)
         gc.callbacks.remove(namespace["_tail_on_gc"])
         atexit.unregister(namespace["_tail_dump"])
         os._exit = namespace["_tail_exit"]

@@ -49,7 +49,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import check, corral_cluster, cpu_seconds, print_table, use_source
+from common import check, corral_cluster, cpu_seconds, print_table, restore_environment, use_source
 
 WARMUP = 200
 TIMEOUT = 60.0
@@ -263,11 +263,7 @@ def trace(rounds: int, controller_args: list[str]) -> tuple[dict[str, list[int]]
                 finally:
                     client_marks.uninstall()
         finally:
-            for key, value in before.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+            restore_environment(before)
         (dumped,) = Path(folder).glob("engine-*.json")
         engine = json.loads(dumped.read_text())
     total = WARMUP + rounds

@@ -48,6 +48,16 @@ _INTERPRETER_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.for
 # ---------------------------------------------------------------- timing
 
 
+def restore_environment(before: dict[str, str | None]) -> None:
+    """Put back the environment variables a bench set for its cluster (``None``: it had none),
+    so that what runs next starts from the caller's environment."""
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 def latency(step: Callable[[], object], rounds: int, warmup: int = 50) -> dict[str, float]:
     """Per-call times of ``step`` in microseconds: median, 10th, 90th and 99th percentile."""
     for _ in range(warmup):
