@@ -43,6 +43,13 @@ def leading_job_id(output: str, tool: str) -> str:
     return match.group(1)
 
 
+def option_directives(options: Mapping[str, Any], spellings: Mapping[str, str]) -> list[str]:
+    """The lines of the usual options a user set (``queue``, ``account``, ``walltime``), in the
+    order of ``spellings``, which maps each option to its line in one batch system's words (a
+    format with one ``{}``): the options mean the same everywhere, only their spelling differs."""
+    return [line.format(options[name]) for name, line in spellings.items() if options.get(name)]
+
+
 def render(template: str, values: Mapping[str, str]) -> str:
     """Fill every ``{{name}}`` of ``template``; LaunchError naming an unknown hole."""
 

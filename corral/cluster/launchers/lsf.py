@@ -13,7 +13,7 @@ from typing import Any
 
 from corral.errors import LaunchError
 
-from .batch import GONE, BatchSystem, make_batch_launcher
+from .batch import GONE, BatchSystem, make_batch_launcher, option_directives
 
 TEMPLATE = """#!/bin/sh
 {{directives}}
@@ -22,15 +22,12 @@ exec {{engine_command}}
 """
 
 
+SPELLINGS = {"queue": "-q {}", "account": "-P {}", "walltime": "-W {}"}
+
+
 def directives(options: Mapping[str, Any], n: int, job_name: str, log_file: str) -> list[str]:
     lines = [f'-J "{job_name}[1-{n}]"', f"-o {log_file}"]
-    if options.get("queue"):
-        lines.append(f"-q {options['queue']}")
-    if options.get("account"):
-        lines.append(f"-P {options['account']}")
-    if options.get("walltime"):
-        lines.append(f"-W {options['walltime']}")
-    return lines
+    return lines + option_directives(options, SPELLINGS)
 
 
 def submit(script: str, extra: Sequence[str]) -> tuple[list[str], str | None]:

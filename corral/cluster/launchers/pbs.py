@@ -14,7 +14,7 @@ from typing import Any
 
 from corral.errors import LaunchError
 
-from .batch import GONE, BatchSystem, make_batch_launcher
+from .batch import GONE, BatchSystem, make_batch_launcher, option_directives
 
 TEMPLATE = """#!/bin/sh
 {{directives}}
@@ -23,17 +23,14 @@ exec {{engine_command}}
 """
 
 
+SPELLINGS = {"queue": "-q {}", "account": "-A {}", "walltime": "-l walltime={}"}
+
+
 def directives(options: Mapping[str, Any], n: int, job_name: str, log_file: str) -> list[str]:
     lines = [f"-N {job_name}", "-j oe", f"-o {log_file}"]
     if n > 1:
         lines.append(f"{options.get('array_flag') or '-t'} 1-{n}")
-    if options.get("queue"):
-        lines.append(f"-q {options['queue']}")
-    if options.get("account"):
-        lines.append(f"-A {options['account']}")
-    if options.get("walltime"):
-        lines.append(f"-l walltime={options['walltime']}")
-    return lines
+    return lines + option_directives(options, SPELLINGS)
 
 
 def submit(script: str, extra: Sequence[str]) -> tuple[list[str], str | None]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .batch import GONE, BatchSystem, leading_job_id, make_batch_launcher
+from .batch import GONE, BatchSystem, leading_job_id, make_batch_launcher, option_directives
 
 TEMPLATE = """#!/bin/sh
 {{directives}}
@@ -19,15 +19,12 @@ exec {{engine_command}}
 """
 
 
+SPELLINGS = {"queue": "-q {}", "account": "-A {}", "walltime": "-l h_rt={}"}
+
+
 def directives(options: Mapping[str, Any], n: int, job_name: str, log_file: str) -> list[str]:
     lines = [f"-N {job_name}", "-S /bin/sh", "-cwd", "-j y", f"-o {log_file}", f"-t 1-{n}"]
-    if options.get("queue"):
-        lines.append(f"-q {options['queue']}")
-    if options.get("account"):
-        lines.append(f"-A {options['account']}")
-    if options.get("walltime"):
-        lines.append(f"-l h_rt={options['walltime']}")
-    return lines
+    return lines + option_directives(options, SPELLINGS)
 
 
 def submit(script: str, extra: Sequence[str]) -> tuple[list[str], str | None]:

@@ -13,7 +13,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .batch import GONE, BatchSystem, leading_job_id, make_batch_launcher
+from .batch import GONE, BatchSystem, leading_job_id, make_batch_launcher, option_directives
 from .mpi import option_list
 
 TEMPLATE = """#!/bin/sh
@@ -23,16 +23,16 @@ exec srun {{srun_args}} {{engine_command}}
 """
 
 
+SPELLINGS = {"account": "--account={}", "walltime": "--time={}"}
+"""The queue is Slurm's partition: ``partition`` or ``queue``, spelt in :func:`directives`."""
+
+
 def directives(options: Mapping[str, Any], n: int, job_name: str, log_file: str) -> list[str]:
     lines = [f"--job-name={job_name}", f"--ntasks={n}", f"--output={log_file}"]
     partition = options.get("partition") or options.get("queue")
     if partition:
         lines.append(f"--partition={partition}")
-    if options.get("account"):
-        lines.append(f"--account={options['account']}")
-    if options.get("walltime"):
-        lines.append(f"--time={options['walltime']}")
-    return lines
+    return lines + option_directives(options, SPELLINGS)
 
 
 def submit(script: str, extra: Sequence[str]) -> tuple[list[str], str | None]:

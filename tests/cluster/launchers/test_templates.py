@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from corral.cluster.launchers.base import LaunchSpec
-from corral.cluster.launchers.batch import GONE, BatchSystem, job_script, render
+from corral.cluster.launchers.batch import (
+    GONE,
+    BatchSystem,
+    job_script,
+    option_directives,
+    render,
+)
 from corral.cluster.launchers.lsf import LSF
 from corral.cluster.launchers.mpi import mpiexec_command
 from corral.cluster.launchers.pbs import PBS
@@ -200,3 +206,10 @@ def test_the_controllers_job_runs_the_controller_with_its_own_name_and_log(
     assert "corral-c1-controller" in script
     assert f"/shared/corral/c1/controller-{system.name}" in script  # its own log file
     assert "02:00:00" in script
+
+
+def test_option_directives_spell_only_the_options_set_in_the_systems_order() -> None:
+    spellings = {"queue": "-q {}", "account": "-A {}", "walltime": "-l walltime={}"}
+    options = {"walltime": "01:00:00", "queue": "short", "account": "", "extra": "x"}
+    assert option_directives(options, spellings) == ["-q short", "-l walltime=01:00:00"]
+    assert option_directives({}, spellings) == []
