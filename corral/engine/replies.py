@@ -51,13 +51,17 @@ collector stops tracking it at its first pass."""
 
 def compact_reply(frames: Sequence[Frame]) -> KeptReply:
     """``frames`` as a reply is kept (see the module doc): joined, with their lengths, when
-    every frame is ``bytes`` under ``COPY_BELOW``; else as a tuple, not copied (a large
-    result is never copied for this). Already compact: returned as it is."""
+    every frame is ``bytes`` and together they are under ``COPY_BELOW``; else as a tuple,
+    not copied (a large result is never copied for this). Already compact: as it is."""
     if _is_joined(frames):
         return tuple(frames)
+    total = 0
     for frame in frames:
-        if frame.__class__ is not bytes or len(frame) >= COPY_BELOW:
+        if frame.__class__ is not bytes:
             return tuple(frames)
+        total += len(frame)
+    if total >= COPY_BELOW:
+        return tuple(frames)
     return (b"".join(frames), *map(len, frames))  # type: ignore[arg-type]
 
 

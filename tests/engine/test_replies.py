@@ -89,10 +89,13 @@ def test_a_kept_reply_is_joined_and_given_back_frame_by_frame() -> None:
 
 
 def test_a_reply_with_a_large_or_zero_copy_frame_is_kept_as_it_is() -> None:
-    """A result's large buffer is never copied to be kept; nor is a frame that is not bytes."""
+    """A result's large buffers are never copied to be kept (one large frame, or small ones
+    that add up); nor is a frame that is not bytes."""
     large = [*reply_frames("a"), b"x" * COPY_BELOW]
     kept = compact_reply(large)
     assert kept[-1] is large[-1] and kept_frames(kept) == large
+    many = [*reply_frames("c"), *[b"y" * (COPY_BELOW // 4)] * 4]  # small, together large
+    assert compact_reply(many)[-1] is many[-1] and kept_frames(compact_reply(many)) == many
     view = [*reply_frames("b"), memoryview(b"result")]
     assert compact_reply(view)[-1] is view[-1]
 
