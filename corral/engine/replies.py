@@ -88,8 +88,9 @@ class ReplyLog:
     recorded (``recent``, oldest first)."""
 
     held: dict[str, None] = field(default_factory=dict)
-    # each reply's frames as a tuple: a tuple of bytes the collector stops tracking at its
-    # first pass, so thousands of kept replies are not walked again by every later one
+    # each reply kept compact (compact_reply): a flat tuple of bytes and ints the collector
+    # stops tracking at its first pass, so thousands of kept replies are not walked again by
+    # every later one
     recent: OrderedDict[str, tuple[float, bytes, KeptReply]] = field(default_factory=OrderedDict)
     dropped: int = 0  # unconfirmed replies pushed out by MAX_KEPT
 
