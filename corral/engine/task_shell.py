@@ -42,6 +42,7 @@ from corral.sockets import recv_small_as_bytes
 
 from .alarm import Alarm
 from .envelope import read_request
+from .replies import compact_reply
 from .runner import (
     CONTROL_TYPES,
     QUEUE_MARK,
@@ -70,7 +71,8 @@ MUX_OUT = b"mux_out"
 
 Note = tuple[str, Any, Any, str | None]
 """What the link core must learn, in order: ``("received", msg_id, None, None)`` or
-``("replied", channel, frames, msg_id of the request answered, None if not known)``."""
+``("replied", channel, frames, msg_id of the request answered, None if not known)``, the
+frames compact (:func:`corral.engine.replies.compact_reply`)."""
 
 
 class TaskShell:
@@ -331,13 +333,11 @@ class TaskShell:
     ) -> None:
         if self._held_since is None:
             self._held_since = time.monotonic()
-        # as a tuple (of bytes, nearly always): the collector stops tracking it at its first
-        # pass, and the I/O thread keeps it, with its note, until the Hub recorded the reply
-        frames = tuple(frames)
         if keep:
             # kept on its own channel: the Hub confirms a direct reply from its copy on the
-            # copies PULL, which no order ties to the MUX device's (see corral.engine.replies)
-            self.notes.append(("replied", channel, frames, answers))
+            # copies PULL, which no order ties to the MUX device's (see corral.engine.replies);
+            # compact, as the I/O thread keeps it until the Hub recorded the reply
+            self.notes.append(("replied", channel, compact_reply(frames), answers))
         self._outboxes[channel].put(frames)
         if channel == b"direct":
             self._copy_for_hub(MUX_OUT, frames)
