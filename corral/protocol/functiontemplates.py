@@ -27,9 +27,9 @@ tuple) is that very object, as in one pickle: the memo is rebuilt by a short pre
 opcodes from the template's seed, the deeply immutable objects themselves and, for every other
 one (the function, its dicts, cells, the helpers cloudpickle called), a stand-in. The function
 itself is a stand-in too, at the bottom of the stack where the full unpickle has it. Whatever
-uses a stand-in fails (it refuses attributes, comparison, hashing, calls), and one that the
-arguments keep is seen (its reference count), so such a call, and anything else this path
-does not read exactly as a whole unpickle would, is unpickled whole instead. A first frame
+uses a stand-in fails (it refuses attributes but its class, comparison, hashing, calls), and
+one that the arguments keep is seen (its reference count), so such a call, and anything else
+this path does not read exactly as a whole unpickle would, is unpickled whole instead. A first frame
 that is not one function's pickle (a wrong or lying boundary) gives no template, and those
 calls are unpickled whole too: never a wrong function. (One reading differs: a second frame
 crafted to fetch a callable itself and hand it a stand-in that it only looks at by identity or
@@ -105,12 +105,18 @@ def function_end(pickled: bytes, start: int) -> int | None:
 class _StandIn:
     """Stands for an object of the function's part while a call's arguments are unpickled
     (see :meth:`FunctionTemplate.call`): every use of it raises, so that the call is unpickled
-    whole instead; no attribute, no comparison, no hash, no truth value, no text."""
+    whole instead; no attribute (but its class, as ``type()`` gives), no comparison, no hash,
+    no truth value, no text."""
 
     __slots__ = ()
     __hash__ = None  # type: ignore[assignment]
 
-    def __getattribute__(self, name: str) -> NoReturn:
+    def __getattribute__(self, name: str) -> Any:
+        if name == "__class__":
+            # isinstance() reads it, and a stand-in stays reachable from the collector
+            # (gc.get_objects()) while its template lives: a task that walks the heap testing
+            # types (a memory profiler, say) must not fail on it; like type(), it tells nothing
+            return _StandIn
         raise TypeError("an object of the function's pickle was used by its arguments")
 
     def __eq__(self, other: object) -> NoReturn:

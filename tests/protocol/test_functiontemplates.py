@@ -406,6 +406,27 @@ def test_function_end_reads_only_a_call_framed_in_two() -> None:
     assert function_end(b"", 0) is None
 
 
+def test_a_function_walking_the_heap_with_isinstance_sees_the_stand_ins_as_they_are() -> None:
+    """A template's stand-ins are reachable through gc.get_objects() while it lives: a task
+    testing the type of every object (a memory profiler's walk) works at every call."""
+    ns = script(
+        "def count_dicts(n):\n"
+        "    import gc\n"
+        "    return n + sum(1 for o in gc.get_objects() if isinstance(o, dict))\n"
+    )
+    frames = kept(ns["count_dicts"], (1,))
+    templates = thread_templates()
+    before = templates.used
+    for _ in range(3):
+        g, args, kwargs = unpacked(frames)
+        assert g(*args, **kwargs) >= 1
+    assert templates.used > before
+    stand_in = functiontemplates._StandIn()
+    assert not isinstance(stand_in, int) and isinstance(stand_in, functiontemplates._StandIn)
+    with pytest.raises(TypeError, match="used by its arguments"):
+        stand_in.__dict__  # noqa: B018 (every other attribute still refused)
+
+
 @pytest.mark.timeout(120)
 def test_a_by_value_function_on_a_real_engine(rc) -> None:  # type: ignore[no-untyped-def]
     """From a client to an engine, direct and load-balanced: a closure counter starts from
