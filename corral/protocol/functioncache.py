@@ -13,9 +13,12 @@ them, the closure cells' contents, name, qualified name, module, docstring, defa
 defaults, annotations and attribute dict (their keys and values). A pickle made once is reused
 only while every one of those objects is the same object as then *and* was, then, deeply
 immutable (:func:`reusable`: ``None``, ``bool``, ``int``, ``float``, ``str``, ``bytes`` of
-exactly those types, tuples and frozensets of them, and code whose constants are such). The
-pickler writes all of those natively, never through ``copyreg``, so the same objects give the
-same bytes. A function that reads anything else (a list, a dict, a class, a module, another
+exactly those types, tuples and frozensets of them, and code whose constants are such; and the
+builtin types, ``int`` or ``list``, with ``list[int]`` and ``int | None`` made of them, the
+annotations of most typed functions). The pickler writes the values natively and the builtin
+types by their names, never through ``copyreg`` (a ``list[int]`` through its own reduction,
+its origin and arguments: the same each time), so the same objects give the same bytes. A
+function that reads anything else (a list, a dict, a class of its own, a module, another
 function) is pickled afresh on every call, as before.
 
 Sharing between the function and the arguments is kept: the reused part comes with the
@@ -32,9 +35,10 @@ others the arguments cost more than the function, and must never be pickled twic
 
 from __future__ import annotations
 
+import builtins
 import operator
 import weakref
-from types import CodeType, FunctionType
+from types import CodeType, FunctionType, GenericAlias, NoneType, UnionType
 from typing import Any, Final
 
 __all__ = [
@@ -64,6 +68,7 @@ _MARKERS: Final = (_ABSENT, _EMPTY_CELL, _END, _NO_MAPPING)
 _STRUCTURE: Final = (0, 1, 2, 8)  # the function, its code, its globals, its closure's cells
 _ATOMS: Final = frozenset({type(None), bool, int, float, str, bytes})
 _MODULE_KEYS: Final = ("__package__", "__name__", "__path__", "__file__")  # cloudpickle's
+_IMMUTABLE_TYPE: Final = 1 << 8  # Py_TPFLAGS_IMMUTABLETYPE: no attribute of it can be set
 _MAX_DEPTH: Final = 32
 _MAX_SKIP: Final = 64  # calls pickled without a look after many changes in a row
 
@@ -177,14 +182,38 @@ def same(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
 
 
 def frozen(value: object, depth: int = 0) -> bool:
-    """Whether ``value`` is deeply immutable and pickled natively: ``None``, ``bool``, ``int``,
-    ``float``, ``str``, ``bytes`` of exactly those types, and tuples and frozensets of them."""
+    """Whether ``value`` is deeply immutable and always pickled to the same bytes: ``None``,
+    ``bool``, ``int``, ``float``, ``str``, ``bytes`` of exactly those types, tuples and
+    frozensets of them, the builtin types (:func:`builtin_type`), and ``list[int]`` or
+    ``int | None`` made of frozen parts."""
     kind = type(value)
     if kind in _ATOMS:
         return True
-    if (kind is tuple or kind is frozenset) and depth < _MAX_DEPTH:
+    if depth >= _MAX_DEPTH:
+        return False
+    if kind is tuple or kind is frozenset:
         return all(frozen(item, depth + 1) for item in value)  # type: ignore[attr-defined]
+    if kind is type:
+        return builtin_type(value)  # type: ignore[arg-type]
+    if kind is GenericAlias:
+        alias: Any = value
+        return builtin_type(alias.__origin__) and frozen(alias.__args__, depth + 1)
+    if kind is UnionType:
+        return frozen(value.__args__, depth + 1)  # type: ignore[attr-defined]
     return False
+
+
+def builtin_type(value: type) -> bool:
+    """Whether ``value`` is one of the interpreter's builtin types (``int``, ``str``, ``list``,
+    ``NoneType`` ...): none of its attributes can be set, and every pickler writes it by its
+    name. A class of the user's, or of a module, may change or be pickled by value: never."""
+    if value is NoneType:
+        return True
+    return (
+        value.__module__ == "builtins"
+        and bool(value.__flags__ & _IMMUTABLE_TYPE)
+        and getattr(builtins, value.__qualname__, None) is value
+    )
 
 
 def code_frozen(code: CodeType, depth: int = 0) -> bool:

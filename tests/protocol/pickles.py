@@ -7,9 +7,11 @@ from typing import Any
 
 def script(source: str) -> dict[str, Any]:
     """The globals of ``source`` run as a script (``__main__``): its functions travel by
-    value, as a user's do."""
+    value, as a user's do (annotations evaluated, as without ``from __future__ import
+    annotations``, which this module's own would otherwise pass on)."""
     namespace: dict[str, Any] = {"__name__": "__main__"}
-    exec(compile(source, "<script>", "exec"), namespace)  # noqa: S102 - test scripts
+    code = compile(source, "<script>", "exec", dont_inherit=True)
+    exec(code, namespace)  # noqa: S102 - test scripts
     return namespace
 
 

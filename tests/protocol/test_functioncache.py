@@ -226,13 +226,39 @@ def test_a_function_reading_mutable_state_is_never_reused() -> None:
         "...",
         "print",
         "lambda: 1",
-        "int",
+        "type('Own', (), {})",
+        "__import__('collections').OrderedDict",
+        "__import__('typing').Optional[int]",
+        "list[type('Own', (), {})]",
         "__import__('math')",
     ],
 )
 def test_globals_that_are_not_deeply_immutable_are_never_reused(value: str) -> None:
     ns = script(f"V = {value}\ndef f():\n    return V\n")
     assert check(ns["f"]) == 0
+
+
+@pytest.mark.parametrize(
+    "value", ["int", "type(None)", "list[int]", "dict[str, tuple[int, str]]", "int | None"]
+)
+def test_builtin_types_and_their_aliases_are_reused_and_identical(value: str) -> None:
+    """``int``, ``list[int]``, ``int | None``: a global, or the annotations of a typed
+    function (pickled afresh at every call before: 28 against 8 us a call)."""
+    ns = script(
+        f"V = {value}\ndef f():\n    return V\ndef g(x: {value}) -> {value}:\n    return x\n"
+    )
+    assert check(ns["f"]) == 2 and check(ns["g"], (1,)) == 2
+    g, args, _ = unpack_apply_message(pack_apply_message(ns["g"], (1,), {}))
+    assert g(*args) == 1 and g.__annotations__ == ns["g"].__annotations__
+
+
+def test_a_typed_function_whose_annotation_changes_is_sent_changed() -> None:
+    ns = script("def g(x: int) -> int:\n    return x\n")
+    g = ns["g"]
+    assert check(g, (1,)) == 2
+    g.__annotations__["x"] = str
+    assert same(packed(g, (1,)), fresh(g, (1,)))
+    assert unpack_apply_message(pack_apply_message(g, (1,), {}))[0].__annotations__["x"] is str
 
 
 def test_functions_pickled_by_reference_or_made_per_call_are_not_kept() -> None:

@@ -406,6 +406,19 @@ def test_function_end_reads_only_a_call_framed_in_two() -> None:
     assert function_end(b"", 0) is None
 
 
+def test_a_typed_function_gets_a_template() -> None:
+    """Annotations of builtin types (``int``, ``list[str]``, ``float | None``) are deeply
+    immutable: the engine rebuilds such a function from its template, each call's own."""
+    f = script("def f(x: int, y: list[str]) -> float | None:\n    return x + len(y)\n")["f"]
+    frames = kept(f, (1, ["a"]))
+    templates = thread_templates()
+    before = templates.used
+    for _ in range(3):
+        g, args, kwargs = unpacked(frames)
+        assert g(*args, **kwargs) == 2 and g.__annotations__ == f.__annotations__
+    assert templates.used > before
+
+
 def test_a_function_walking_the_heap_with_isinstance_sees_the_stand_ins_as_they_are() -> None:
     """A template's stand-ins are reachable through gc.get_objects() while it lives: a task
     testing the type of every object (a memory profiler's walk) works at every call."""
