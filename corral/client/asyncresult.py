@@ -40,7 +40,7 @@ from corral.client.outcomes import (
     outcome_of,
 )
 from corral.client.records import Records, settle
-from corral.client.requestfuture import LightFuture, lighten
+from corral.client.requestfuture import LightFuture, RequestFuture, lighten
 from corral.client.resultinfo import ResultInfo
 from corral.errors import TimeoutError
 
@@ -106,14 +106,19 @@ class AsyncResult(ResultInfo, LightFuture):
         try:
             if single and len(msg_ids) != 1:
                 raise ValueError(f"a single result needs exactly one msg_id, got {len(msg_ids)}")
-            self.msg_ids: list[str] = list(msg_ids)
-            self._children = [records.futures[msg_id] for msg_id in self.msg_ids]
+            ids = tuple(msg_ids)
+            self._ids = ids
+            self._msg_id_list: list[str] | None = None  # ``msg_ids``, made when first read
+            children = [records.futures[msg_id] for msg_id in ids]
         except BaseException:
             lighten(self)  # a future still, for whoever shows it in a traceback
             raise
+        # one request's future is kept as it is, without a list (see ``_children``)
+        self._only: RequestFuture | None = children[0] if len(children) == 1 else None
+        self._many: list[RequestFuture] | None = None if len(children) == 1 else children
         # in place of Future.__init__ (ResultInfo has no __init__); over one request, with
         # that request's lock (see lighten)
-        lighten(self, self._children[0]._condition if len(self._children) == 1 else None)
+        lighten(self, children[0]._condition if len(children) == 1 else None)
         self._records = records
         self._client = client
         self._fname = fname
@@ -121,28 +126,50 @@ class AsyncResult(ResultInfo, LightFuture):
         self.owner = owner
         self._return_exceptions = return_exceptions
         self._tracker = zmq.MessageTracker(*trackers) if trackers else _DONE_TRACKER
-        records.hold(self.msg_ids)
-        self._held: tuple[str, ...] | None = tuple(self.msg_ids)  # released by ``__del__``
+        records.hold(ids)
+        self._held: tuple[str, ...] | None = ids  # released by ``__del__``
         # parts may finish on several threads at once; one part needs no lock
-        self._lock = threading.Lock() if len(self._children) > 1 else None
-        self._remaining = len(self._children)
+        self._lock = threading.Lock() if len(children) > 1 else None
+        self._remaining = len(children)
         self._link: _ChildLink | None = None
-        if not self._children:
+        if not children:
             self._finish()
             return
         # a part settled on the client's I/O thread may finish this result there: cheap, no
         # user code runs (its own callbacks are handed to the callbacks thread); a map's join
         # of its parts may take long: its parts are settled on the results thread, as before
         inline = self._client is not None and self._joins_cheaply
-        if inline and len(self._children) == 1 and self._children[0].attach(self):
+        if inline and len(children) == 1 and children[0].attach(self):
             return  # told by the request's future itself (forgotten once told): no link
         # The children reach this object only through ``link``, emptied once it is finished:
         # a finished AsyncResult nobody holds is then garbage, and its records are released.
         link = self._link = _ChildLink(self)
-        for child in self._children:
+        for child in children:
             if not inline:
                 child.allow_inline = False
             child.add_done_callback(link, inline=inline)
+
+    @property
+    def msg_ids(self) -> list[str]:
+        """The msg_ids of its requests, in order: one list, made when first read (most
+        results are never asked), so that a held result is one object fewer for the cyclic
+        collector (see ``_children``)."""
+        listed = self._msg_id_list
+        if listed is None:
+            listed = self._msg_id_list = list(self._ids)
+        return listed
+
+    @property
+    def _children(self) -> Sequence[RequestFuture]:
+        """The futures of its requests, in order. One request's (nearly every ``apply``) is
+        held alone and shown in a tuple made when asked: a list per result was one more
+        object per held task for the cyclic collector to walk (it walks every held result
+        at each full collection, and those come more often the more a task leaves alive)."""
+        only = self._only
+        if only is not None:
+            return (only,)
+        assert self._many is not None
+        return self._many
 
     @property
     def reply_channel(self) -> str | None:
@@ -191,9 +218,10 @@ class AsyncResult(ResultInfo, LightFuture):
             link.result = None
             self._link = None
         if self.owner:  # before it completes: whoever it wakes sees the client's caches without
-            self._records.take(self.msg_ids)  # them, as ipyparallel's owner (client/cache.py)
-        if self._single and self._children[0]._state == _FINISHED:
-            child = self._children[0]  # what _reduce makes of one part, without its steps
+            self._records.take(self._ids)  # them, as ipyparallel's owner (client/cache.py)
+        child = self._only
+        if self._single and child is not None and child._state == _FINISHED:
+            # what _reduce makes of one part, without its steps
             error = child._exception
             if error is not None:
                 settle(self, error, failed=True)

@@ -389,7 +389,7 @@ class ControllerLink:
     def _resend(self, msg_id: str, why: str) -> bool:
         """(I/O thread) Send a held load-balanced request again, same msg_id; False if it is
         not held (direct, answered, or sent again too often already)."""
-        msg = self._resender.take(msg_id)
+        msg = self._resender.take(msg_id, self.session)
         if msg is None or self._io.closed:
             return False
         log.debug("client: task %s sent again: %s", msg_id, why)  # callers log a summary

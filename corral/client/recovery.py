@@ -14,11 +14,11 @@ ConnectionError, to be submitted again. The decisions are here, without sockets.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from corral.protocol.messages import RESENDABLE, RESENT
-from corral.protocol.session import Message
+from corral.protocol.session import Frame, Message, Session
 
 __all__ = ["RECOVERY_PERIOD", "RESENDABLE", "Plan", "Recovery", "Resender"]
 
@@ -84,30 +84,40 @@ class Resender:
     sends it once more, up to ``RESEND_LIMIT`` times, when the restarted Hub marks it lost
     (``RESENDABLE``) or has no record of it. Its msg_id stays the same, so the caller's
     AsyncResult simply completes. Direct requests are not held: their engine may have run them.
+
+    A request is held as the frames it was sent as (from its signature on), in a tuple: of
+    ``bytes`` only, as the usual call's are, the cyclic collector stops tracking it at its
+    first look, where the decoded request (a ``Message`` and its buffers' tuple) stayed on
+    its lists, one more object per task in flight to walk at every collection and to count
+    towards the next full one. The few requests sent again are decoded again.
     """
 
-    held: dict[str, Message] = field(default_factory=dict)
+    held: dict[str, tuple[Frame, ...]] = field(default_factory=dict)
     # msg_id -> times sent again, for the few held requests sent again: kept apart so that
     # holding one (every load-balanced task) costs a dict entry, no tuple for the collector
     resent: dict[str, int] = field(default_factory=dict)
 
-    def hold(self, msg_id: str, request: Message) -> None:
-        self.held[msg_id] = request
+    def hold(self, msg_id: str, frames: Sequence[Frame]) -> None:
+        """Keep ``frames``, a request's signed frames from its signature on (no routing
+        identities, no delimiter: what :meth:`Session.deserialize` reads)."""
+        self.held[msg_id] = tuple(frames)
 
     def release(self, msg_id: str) -> None:
         self.held.pop(msg_id, None)
         if self.resent:
             self.resent.pop(msg_id, None)
 
-    def take(self, msg_id: str) -> Message | None:
-        """The request to send again, or None (not held, or sent too often already). Its
-        metadata counts the times it was sent again (``RESENT``), which gives it a new
-        signature: an engine that received the first copy (from a scheduler a restart killed)
-        and no longer holds it would otherwise drop it as a replay, and the task would wait
-        for ever for a reply no engine will send."""
-        request = self.held.get(msg_id)
+    def take(self, msg_id: str, session: Session) -> Message | None:
+        """The request to send again, decoded by ``session`` (which signed it), or None (not
+        held, or sent too often already). Its metadata counts the times it was sent again
+        (``RESENT``), which gives it a new signature: an engine that received the first copy
+        (from a scheduler a restart killed) and no longer holds it would otherwise drop it
+        as a replay, and the task would wait for ever for a reply no engine will send."""
+        frames = self.held.get(msg_id)
         sent = self.resent.get(msg_id, 0) + 1
-        if request is None or sent > RESEND_LIMIT:
+        if frames is None or sent > RESEND_LIMIT:
             return None
+        # not verified (this client signed it) and not recorded: it is signed anew
+        request = session.deserialize(frames, verify=False)
         self.resent[msg_id] = sent
         return replace(request, metadata={**request.metadata, RESENT: sent})

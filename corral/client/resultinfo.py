@@ -8,6 +8,7 @@ AsyncResult lives.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -25,11 +26,16 @@ class ResultInfo:
     """Metadata and output of an AsyncResult's requests (see the module doc)."""
 
     if TYPE_CHECKING:  # provided by AsyncResult
-        msg_ids: list[str]
+
+        @property
+        def msg_ids(self) -> list[str]: ...
+
         _records: Records
         _single: bool
         _fname: str
-        _children: list[RequestFuture]
+
+        @property
+        def _children(self) -> Sequence[RequestFuture]: ...
 
         def done(self) -> bool: ...
 

@@ -133,8 +133,8 @@ class RequestSending:
             records.track(msg, channel, uuid, engine_id, in_history=in_history, sweep=False)
         if refs:
             records.futures[msg_id].add_done_callback(lambda _: self._shm.release(refs))
-        if channel == "task":
-            self._resender.hold(msg_id, msg)  # until settled: Records calls release
+        if channel == "task":  # until settled: Records calls release
+            self._resender.hold(msg_id, frames[len(idents) + 1 :])  # from the signature on
         track_from = len(frames) - len(buffers) if track else None
         return OutgoingRequest(msg_id, channel, frames, track_from, uuid, engine_id)
 

@@ -151,7 +151,7 @@ class Reader(Protocol):
     """What a gate does with each message it receives (one at a time, in order, under
     :attr:`SocketGate.handling`), on whichever thread read it."""
 
-    def decode(self, frames: list[Frame]) -> Message:
+    def decode(self, frames: Sequence[Frame]) -> Message:
         """Verify and decode: ProtocolError (ReplayError for one seen before) to drop it."""
         ...
 
@@ -239,7 +239,8 @@ class SocketGate:
         self._wake_fd = -1  # the leader's eventfd
         self._leader: int | None = None  # the thread that leads now
         # received, not yet handled: whoever reads next (under ``handling``) handles it first
-        self._unhandled: collections.deque[list[Any]] = collections.deque()
+        # (a bundle's messages, once split, as tuples: see ``_handle_queue``)
+        self._unhandled: collections.deque[Sequence[Any]] = collections.deque()
 
     # ------------------------------------------------------------------ any thread
 
@@ -372,25 +373,31 @@ class SocketGate:
         where it may have been handled already is refused as a replay or found settled."""
         queue = self._unhandled
         decode, handle = self._reader.decode, self._reader.handle
-        current: list[Any] | None = None
+        current: Sequence[Any] | None = None
         msg: Message | None = None
         try:
             while queue:
                 current = queue.popleft()
                 msg = None
-                small = [
-                    f.bytes if f.__class__ is _FRAME and len(f) < COPY_BELOW else f for f in current
-                ]
-                try:
-                    parts = split_bundle(small)
-                except CorralError as err:
-                    self._dropped(err)
-                    current = None
-                    continue
-                if parts is not None:
-                    queue.extendleft(reversed(parts))
-                    current = None
-                    continue
+                if current.__class__ is tuple:
+                    # a message of a bundle split here: its small frames bytes already, and
+                    # never a bundle itself (as the loop hands them on), so not looked at again
+                    small: Sequence[Any] = current
+                else:
+                    small = [
+                        f.bytes if f.__class__ is _FRAME and len(f) < COPY_BELOW else f
+                        for f in current
+                    ]
+                    try:
+                        parts = split_bundle(small)
+                    except CorralError as err:
+                        self._dropped(err)
+                        current = None
+                        continue
+                    if parts is not None:
+                        queue.extendleft([tuple(part) for part in reversed(parts)])
+                        current = None
+                        continue
                 try:
                     msg = decode(small)
                     handle(msg)
@@ -413,7 +420,7 @@ class SocketGate:
         else:
             log.error("%s: error while handling a message; dropped it", name, exc_info=err)
 
-    def _hand_back(self, cut: list[Any] | None, msg: Message | None) -> None:
+    def _hand_back(self, cut: Sequence[Any] | None, msg: Message | None) -> None:
         """(A leader, interrupted) Have the I/O thread finish the ``cut`` message (``msg`` if
         it was decoded) and handle what is left in the queue."""
         reader = self._reader
@@ -568,7 +575,7 @@ def _small(frame: Any) -> Any:
     return frame.bytes if isinstance(frame, zmq.Frame) else frame
 
 
-def _receive(sock: zmq.Socket[Any], received: collections.deque[list[Any]]) -> bool:
+def _receive(sock: zmq.Socket[Any], received: collections.deque[Sequence[Any]]) -> bool:
     """Receive one waiting message into ``received`` as zmq Frames; False if none waited.
     The message is in ``received`` from its first frame on, and its other frames are read
     whatever interrupts the reading (Ctrl-C on the main thread): half a message left in the

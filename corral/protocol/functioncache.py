@@ -133,17 +133,21 @@ def _names(code: CodeType) -> tuple[str, ...]:
     return tuple(found)
 
 
-_NAMES: dict[CodeType, tuple[str, ...]] = {}
+_NAMES: dict[CodeType, tuple[tuple[str, ...], tuple[object, ...]]] = {}
 _NAMES_LIMIT: Final = 256
+_MODULE_ABSENT: Final = (_ABSENT,) * len(_MODULE_KEYS)
 
 
-def _global_names(code: CodeType) -> tuple[str, ...]:
-    names = _NAMES.get(code)
-    if names is None:
+def _global_names(code: CodeType) -> tuple[tuple[str, ...], tuple[object, ...]]:
+    """:func:`_names` of ``code``, and as many ``_ABSENT`` (the default of each look-up:
+    ``map(namespace.get, names, absent)`` reads them all without a Python loop)."""
+    found = _NAMES.get(code)
+    if found is None:
         if len(_NAMES) >= _NAMES_LIMIT:
             _NAMES.clear()
-        names = _NAMES[code] = _names(code)
-    return names
+        names = _names(code)
+        found = _NAMES[code] = (names, (_ABSENT,) * len(names))
+    return found
 
 
 def fingerprint(f: Any) -> tuple[object, ...] | None:
@@ -153,12 +157,15 @@ def fingerprint(f: Any) -> tuple[object, ...] | None:
         return None
     code = f.__code__
     namespace = f.__globals__
+    closure = f.__closure__
     parts: list[object] = [f, code, namespace, f.__name__, f.__qualname__, f.__module__]
-    parts += (f.__doc__, f.__defaults__, f.__closure__)
-    parts += [namespace.get(name, _ABSENT) for name in _global_names(code)]
+    parts += (f.__doc__, f.__defaults__, closure)
+    names, absent = _global_names(code)
+    look_up = namespace.get
+    parts += map(look_up, names, absent)  # one call per name, no Python loop (it is per call)
     parts.append(_END)
-    parts += [namespace.get(key, _ABSENT) for key in _MODULE_KEYS]
-    for cell in f.__closure__ or ():
+    parts += map(look_up, _MODULE_KEYS, _MODULE_ABSENT)
+    for cell in closure or ():
         try:
             parts.append(cell.cell_contents)
         except ValueError:
@@ -258,6 +265,8 @@ def small_arguments(args: Any, kwargs: Any) -> bool:
     far more per object than the C pickler does, so it stops early."""
     if type(args) is not tuple or type(kwargs) is not dict:
         return False
+    if not args and not kwargs:
+        return True  # a call without arguments (the usual no-op): nothing to look at
     left = _ARGUMENT_BUDGET
     looks = _MAX_LOOKS
     pending: list[Any] = [args, *kwargs.values()]

@@ -86,6 +86,9 @@ def _dumps(obj: Any) -> bytes:
     return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY)
 
 
+_EMPTY_OBJECT: bytes = _dumps({})  # what an empty header, metadata or content is written as
+
+
 @dataclass(frozen=True, slots=True, init=False)
 class Message:
     """One decoded message. ``content`` is None when the receiver asked for headers only.
@@ -260,12 +263,15 @@ class Session:
         return digest.encode("ascii")
 
     def serialize(self, msg: Message, idents: Sequence[bytes] = ()) -> list[Frame]:
-        """Frames ready for ``send_multipart(copy=False)``; buffers are passed as they are."""
+        """Frames ready for ``send_multipart(copy=False)``; buffers are passed as they are.
+        An empty dict is written as the bytes ``orjson`` writes for it, without the call
+        (a client's every request has an empty parent header, and an apply an empty content)."""
+        parent, metadata, content = msg.parent_header, msg.metadata, msg.content
         json_frames = [
             _dumps(msg.header),
-            _dumps(msg.parent_header),
-            _dumps(msg.metadata),
-            _dumps(msg.content if msg.content is not None else {}),
+            _dumps(parent) if parent else _EMPTY_OBJECT,
+            _dumps(metadata) if metadata else _EMPTY_OBJECT,
+            _dumps(content) if content else _EMPTY_OBJECT,
         ]
         frames: list[Frame] = [*idents, DELIMITER, self.sign(json_frames), *json_frames]
         frames.extend(msg.buffers)

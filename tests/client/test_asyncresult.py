@@ -124,6 +124,27 @@ def test_single_result_value_metadata_and_waiting() -> None:
     assert "finished" in repr(ar)
 
 
+def test_a_held_single_result_keeps_no_list_until_its_msg_ids_are_read() -> None:
+    """Every held result is walked by the cyclic collector at each full collection: a result
+    over one request keeps its msg_id and its request's future without a list of either (a
+    list per result made those collections longer and more frequent), and ``msg_ids`` is
+    still one list, the same at every read."""
+    records = Records()
+    req = request(records)
+    ar = AsyncResult(records, [req.msg_id], fname="f", single=True)
+    assert not [value for value in vars(ar).values() if type(value) is list]
+    assert list(ar._children) == [records.futures[req.msg_id]]
+    ids = ar.msg_ids
+    assert ids == [req.msg_id] and ar.msg_ids is ids
+    assert records.handle_reply(ok(req, 5))
+    assert ar.get(timeout=0) == 5 and ar.msg_ids is ids
+    several = [request(records, engine) for engine in (0, 1)]
+    both = AsyncResult(records, [msg.msg_id for msg in several], fname="f")
+    children = [records.futures[msg.msg_id] for msg in several]
+    assert list(both._children) == children and both._children[0] is children[0]
+    assert both.msg_ids == [msg.msg_id for msg in several]
+
+
 def test_multi_target_list_in_target_order_whatever_the_reply_order() -> None:
     records = Records()
     reqs = [request(records, engine) for engine in (0, 1, 2)]

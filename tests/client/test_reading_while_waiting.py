@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import zmq
 
+from corral.bundles import bundle
 from corral.client.client import Client
 from corral.client.records import Records
 from corral.client.requestfuture import RequestFuture
@@ -359,6 +360,38 @@ def test_a_ctrl_c_that_cuts_the_handling_loses_no_reply(stand_in: StandIn) -> No
     assert second_future.result(BOUND).parent_id == second.msg_id
     assert [parent for parent, _ in stand_in.handler.handled] == [first.msg_id, second.msg_id]
     assert stand_in.handler.again == [first.msg_id]
+    assert not stand_in.leading()
+
+
+def test_a_bundles_replies_are_each_settled_once_in_order_and_a_ctrl_c_loses_none(
+    stand_in: StandIn,
+) -> None:
+    """Six replies in one bundle (as the scheduler sends them): the waiting thread splits it
+    once and handles its messages without looking at them again; a Ctrl-C cutting the
+    handling of the first leaves it and the five after it to the I/O thread, in order."""
+    requests = [stand_in.request() for _ in range(6)]
+    stand_in.handler.interrupt_next.set()
+    engine = stand_in.engine
+
+    def reply_bundled() -> None:
+        replies = [
+            engine.serialize(engine.msg("apply_reply", {"status": "ok"}, parent=request))
+            for request, _ in requests
+        ]
+        stand_in.sockets["mux"].send_multipart(bundle([stand_in.identity], replies))
+
+    replier = _after(stand_in.leading, reply_bundled)
+    last = requests[-1][1]
+    with pytest.raises(KeyboardInterrupt):
+        deadline = time.monotonic() + BOUND
+        while not last.done() and time.monotonic() < deadline:
+            stand_in.io.wait_reading("mux", last, BOUND)
+    replier.join(BOUND)
+    for request, future in requests:
+        assert future.result(BOUND).parent_id == request.msg_id
+    handled = [parent for parent, _ in stand_in.handler.handled]
+    assert handled == [request.msg_id for request, _ in requests]
+    assert stand_in.handler.again == [requests[0][0].msg_id]
     assert not stand_in.leading()
 
 
