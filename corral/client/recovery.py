@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from corral.kept_frames import KeptFrames, compact, expand
 from corral.protocol.messages import RESENDABLE, RESENT
 from corral.protocol.session import Frame, Message, Session
 
@@ -85,14 +86,16 @@ class Resender:
     (``RESENDABLE``) or has no record of it. Its msg_id stays the same, so the caller's
     AsyncResult simply completes. Direct requests are not held: their engine may have run them.
 
-    A request is held as the frames it was sent as (from its signature on), in a tuple: of
-    ``bytes`` only, as the usual call's are, the cyclic collector stops tracking it at its
-    first look, where the decoded request (a ``Message`` and its buffers' tuple) stayed on
-    its lists, one more object per task in flight to walk at every collection and to count
-    towards the next full one. The few requests sent again are decoded again.
+    A request is held as the frames it was sent as (from its signature on), compact
+    (:mod:`corral.kept_frames`: its small frames joined in one exact-size ``bytes``, where
+    orjson's frames each held a 4 KiB buffer): of ``bytes`` and ints only, the cyclic
+    collector stops tracking it at its first look, where the decoded request (a ``Message``
+    and its buffers' tuple) stayed on its lists, one more object per task in flight to walk
+    at every collection and to count towards the next full one. The few requests sent again
+    are decoded again.
     """
 
-    held: dict[str, tuple[Frame, ...]] = field(default_factory=dict)
+    held: dict[str, KeptFrames] = field(default_factory=dict)
     # msg_id -> times sent again, for the few held requests sent again: kept apart so that
     # holding one (every load-balanced task) costs a dict entry, no tuple for the collector
     resent: dict[str, int] = field(default_factory=dict)
@@ -100,7 +103,7 @@ class Resender:
     def hold(self, msg_id: str, frames: Sequence[Frame]) -> None:
         """Keep ``frames``, a request's signed frames from its signature on (no routing
         identities, no delimiter: what :meth:`Session.deserialize` reads)."""
-        self.held[msg_id] = tuple(frames)
+        self.held[msg_id] = compact(frames)
 
     def release(self, msg_id: str) -> None:
         self.held.pop(msg_id, None)
@@ -118,6 +121,6 @@ class Resender:
         if frames is None or sent > RESEND_LIMIT:
             return None
         # not verified (this client signed it) and not recorded: it is signed anew
-        request = session.deserialize(frames, verify=False)
+        request = session.deserialize(expand(frames), verify=False)
         self.resent[msg_id] = sent
         return replace(request, metadata={**request.metadata, RESENT: sent})

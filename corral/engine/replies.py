@@ -17,12 +17,11 @@ Hub records each reply once, clients ignore a reply they already have. At most
 ``MAX_KEPT`` replies are kept (a Hub that far behind loses the oldest, with a warning). No
 sockets here: the I/O thread calls these methods.
 
-A reply is kept *compact* (:func:`compact_reply`): its small frames joined into one ``bytes``
-with their lengths. orjson's ``dumps`` returns a ``bytes`` that keeps the 4 KiB buffer it wrote
-into, whatever its length: a reply's four JSON frames held 16 KiB of heap, and an engine keeps
-thousands of replies for a heartbeat period or two (``MAX_KEPT``: up to 160 MiB), every new
-page of it a fault as the heap grew, and cold in the caches. Joined, a no-op's reply is about
-1 KiB.
+A reply is kept *compact* (:mod:`corral.kept_frames`): its small frames joined into one
+``bytes`` with their lengths. orjson's ``dumps`` returns a ``bytes`` that keeps the 4 KiB
+buffer it wrote into: a reply's four JSON frames held 16 KiB of heap, and an engine keeps
+thousands of replies for a heartbeat period or two (``MAX_KEPT``: up to 160 MiB). Joined, a
+no-op's reply is about 1 KiB.
 """
 
 from __future__ import annotations
@@ -30,56 +29,16 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
 
+from corral.kept_frames import KeptFrames, compact, expand, is_compact
 from corral.protocol.messages import RESENT
 from corral.protocol.session import DELIMITER, Frame, frame_view
-from corral.sockets import COPY_BELOW
 
 MAX_KEPT = 10_000  # replies kept at most while the Hub has not confirmed them
 # the socket a kept reply is sent again on, when not the one it first left on
 RESEND_ON = {b"direct": b"mux"}
-
-KeptReply = tuple[Any, ...]
-"""A reply's frames as :func:`compact_reply` keeps them: ``(joined, *lengths)`` (``bytes``,
-then each frame's length), or the frames themselves as a tuple (a frame is never an int, so
-the two cannot be mistaken for each other). One flat tuple of bytes and ints: the cyclic
-collector stops tracking it at its first pass."""
-
-
-def compact_reply(frames: Sequence[Frame]) -> KeptReply:
-    """``frames`` as a reply is kept (see the module doc): joined, with their lengths, when
-    every frame is ``bytes`` and together they are under ``COPY_BELOW``; else as a tuple,
-    not copied (a large result is never copied for this). Already compact: as it is."""
-    if _is_joined(frames):
-        return tuple(frames)
-    total = 0
-    for frame in frames:
-        if frame.__class__ is not bytes:
-            return tuple(frames)
-        total += len(frame)
-    if total >= COPY_BELOW:
-        return tuple(frames)
-    return (b"".join(frames), *map(len, frames))  # type: ignore[arg-type]
-
-
-def reply_frames(kept: Sequence[Any]) -> list[Frame]:
-    """The frames of a reply kept by :func:`compact_reply` (or of a plain frame list)."""
-    if not _is_joined(kept):
-        return list(kept)
-    joined = kept[0]
-    frames: list[Frame] = []
-    offset = 0
-    for length in kept[1:]:
-        frames.append(joined[offset : offset + length])
-        offset += length
-    return frames
-
-
-def _is_joined(kept: Sequence[Any]) -> bool:
-    return len(kept) > 1 and kept[1].__class__ is int
 
 
 @dataclass
@@ -88,10 +47,10 @@ class ReplyLog:
     recorded (``recent``, oldest first)."""
 
     held: dict[str, None] = field(default_factory=dict)
-    # each reply kept compact (compact_reply): a flat tuple of bytes and ints the collector
+    # each reply kept compact (corral.kept_frames): a flat tuple of bytes and ints the collector
     # stops tracking at its first pass, so thousands of kept replies are not walked again by
     # every later one
-    recent: OrderedDict[str, tuple[float, bytes, KeptReply]] = field(default_factory=OrderedDict)
+    recent: OrderedDict[str, tuple[float, bytes, KeptFrames]] = field(default_factory=OrderedDict)
     dropped: int = 0  # unconfirmed replies pushed out by MAX_KEPT
 
     def received(self, msg_id: str) -> None:
@@ -101,14 +60,14 @@ class ReplyLog:
         self, channel: bytes, frames: Sequence[Frame], now: float, answers: str | None = None
     ) -> str | None:
         """A reply leaves on ``channel``; ``frames`` are its identities and message (or
-        those already made compact: :func:`compact_reply`). The msg_id it answers
+        those already made compact: :func:`~corral.kept_frames.compact`). The msg_id it answers
         (``answers`` when its sender knew it, else read from the frames' parent header; None
         if unreadable)."""
         msg_id = answers if answers is not None else parent_msg_id(frames)
         if msg_id is None:
             return None
         self.held.pop(msg_id, None)
-        self.recent[msg_id] = (now, channel, compact_reply(frames))
+        self.recent[msg_id] = (now, channel, compact(frames))
         while len(self.recent) > MAX_KEPT:
             self.recent.popitem(last=False)
             self.dropped += 1
@@ -139,7 +98,7 @@ class ReplyLog:
         socket it goes on: a direct reply through the MUX, whose device gives the new Hub
         its copy (the direct socket's peer is the client, which has it or asks the Hub)."""
         replies = [
-            (RESEND_ON.get(channel, channel), reply_frames(kept))
+            (RESEND_ON.get(channel, channel), expand(kept))
             for _, channel, kept in self.recent.values()
         ]
         self.recent.clear()
@@ -172,9 +131,9 @@ def marked_resent(
 
 def parent_msg_id(frames: Sequence[Frame]) -> str | None:
     """The msg_id a serialized reply answers (its parent header's), None if unreadable;
-    ``frames`` may be a kept reply (:func:`compact_reply`)."""
-    if _is_joined(frames):
-        frames = reply_frames(frames)
+    ``frames`` may be a kept reply (:func:`~corral.kept_frames.compact`)."""
+    if is_compact(frames):
+        frames = expand(frames)
     for index, frame in enumerate(frames):
         view = frame_view(frame)
         if len(view) == len(DELIMITER) and bytes(view) == DELIMITER:

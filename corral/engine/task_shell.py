@@ -34,6 +34,7 @@ import zmq
 
 from corral.bundles import Outbox
 from corral.errors import InvalidContent, ProtocolError, SharedMemoryRefused, UnknownMessageType
+from corral.kept_frames import compact
 from corral.loop import Loop
 from corral.protocol.messages import validate_content
 from corral.protocol.session import Frame, Message, Session
@@ -42,7 +43,6 @@ from corral.sockets import recv_small_as_bytes
 
 from .alarm import Alarm
 from .envelope import read_request
-from .replies import compact_reply
 from .runner import (
     CONTROL_TYPES,
     QUEUE_MARK,
@@ -72,7 +72,7 @@ MUX_OUT = b"mux_out"
 Note = tuple[str, Any, Any, str | None]
 """What the link core must learn, in order: ``("received", msg_id, None, None)`` or
 ``("replied", channel, frames, msg_id of the request answered, None if not known)``, the
-frames compact (:func:`corral.engine.replies.compact_reply`)."""
+frames compact (:func:`corral.kept_frames.compact`)."""
 
 
 class TaskShell:
@@ -337,7 +337,7 @@ class TaskShell:
             # kept on its own channel: the Hub confirms a direct reply from its copy on the
             # copies PULL, which no order ties to the MUX device's (see corral.engine.replies);
             # compact, as the I/O thread keeps it until the Hub recorded the reply
-            self.notes.append(("replied", channel, compact_reply(frames), answers))
+            self.notes.append(("replied", channel, compact(frames), answers))
         self._outboxes[channel].put(frames)
         if channel == b"direct":
             self._copy_for_hub(MUX_OUT, frames)

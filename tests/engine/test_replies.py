@@ -4,17 +4,10 @@ from __future__ import annotations
 
 import gc
 
-from corral.engine.replies import (
-    MAX_KEPT,
-    ReplyLog,
-    compact_reply,
-    marked_resent,
-    parent_msg_id,
-)
-from corral.engine.replies import reply_frames as kept_frames
+from corral.engine.replies import MAX_KEPT, ReplyLog, marked_resent, parent_msg_id
+from corral.kept_frames import compact, expand
 from corral.protocol.messages import RESENT
 from corral.protocol.session import Frame, Session, frame_view
-from corral.sockets import COPY_BELOW
 
 session = Session(b"key")
 
@@ -70,7 +63,7 @@ def test_kept_replies_are_not_walked_by_every_collection() -> None:
     gc.collect()
     kept = log.recent["a"]
     assert not gc.is_tracked(kept[2]) and not gc.is_tracked(kept)
-    assert log.to_resend()[0][1] == kept_frames(kept[2])
+    assert log.to_resend()[0][1] == expand(kept[2])
 
 
 def test_a_kept_reply_is_joined_and_given_back_frame_by_frame() -> None:
@@ -78,26 +71,14 @@ def test_a_kept_reply_is_joined_and_given_back_frame_by_frame() -> None:
     JSON frames were 16 KiB of heap each, thousands kept): its small bytes frames joined, and
     given back the same frames to send again."""
     frames = reply_frames("a")
-    kept = compact_reply(frames)
+    kept = compact(frames)
     assert isinstance(kept[0], bytes) and kept[0] == b"".join(frames)
-    assert kept_frames(kept) == frames
-    assert compact_reply(kept) == kept  # already compact: as it is
+    assert expand(kept) == frames
+    assert compact(kept) == kept  # already compact: as it is
     log = ReplyLog()
     log.replied(b"mux", kept, now=1.0)  # as the main thread notes it
     assert log.to_report() == ["a"]  # the parent header read from the joined frames
     assert log.to_resend() == [(b"mux", frames)]
-
-
-def test_a_reply_with_a_large_or_zero_copy_frame_is_kept_as_it_is() -> None:
-    """A result's large buffers are never copied to be kept (one large frame, or small ones
-    that add up); nor is a frame that is not bytes."""
-    large = [*reply_frames("a"), b"x" * COPY_BELOW]
-    kept = compact_reply(large)
-    assert kept[-1] is large[-1] and kept_frames(kept) == large
-    many = [*reply_frames("c"), *[b"y" * (COPY_BELOW // 4)] * 4]  # small, together large
-    assert compact_reply(many)[-1] is many[-1] and kept_frames(compact_reply(many)) == many
-    view = [*reply_frames("b"), memoryview(b"result")]
-    assert compact_reply(view)[-1] is view[-1]
 
 
 def test_a_confirmation_covers_earlier_replies_of_its_channel_only() -> None:
