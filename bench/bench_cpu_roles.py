@@ -7,7 +7,9 @@ process), the controller (Hub and devices), the task scheduler and the engines (
 counted until the Hub has recorded every task (it works off the tasks' path and may finish
 after the client holds every result; tasks/s is the client's view, until then), and how
 many messages the scheduler sent per zmq message to each peer (its bundles, from the stopped
-controller's stats file: the whole run, warm-up included).
+controller's stats file: the whole run, warm-up included), and the Hub's file I/O per task
+(write and read calls and bytes: its store's WAL frames and checkpoints, counts that the
+machine's load does not move).
 With ``--profile DIR`` it also attaches ``py-spy record`` (idle threads not sampled) to
 every process of the cluster for the whole run and prints, per role, the functions with the
 most samples (self time, so the rows of one role add up to its share):
@@ -77,6 +79,25 @@ def system_seconds(processes: list[psutil.Process]) -> float:
         except psutil.Error:
             continue
     return total
+
+
+def file_io(processes: list[psutil.Process]) -> tuple[int, int, int, int]:
+    """Write calls, bytes written, read calls and bytes read by ``processes`` (``/proc/<pid>/io``:
+    ``syscw``, ``wchar``, ``syscr``, ``rchar``; zmq's sends on TCP are not among them, its
+    wake-up writes are). In the Hub nearly all are the SQLite store's: its WAL's frames (two
+    writes each: the frame's header, its page), and each checkpoint's copy of those pages to
+    the file (a read and a write each). Counts, so the other sessions' load leaves them be."""
+    found = [0, 0, 0, 0]
+    for process in processes:
+        try:
+            counters = process.io_counters()
+        except (psutil.Error, AttributeError):
+            continue
+        found[0] += counters.write_count
+        found[1] += getattr(counters, "write_chars", counters.write_bytes)
+        found[2] += counters.read_count
+        found[3] += getattr(counters, "read_chars", counters.read_bytes)
+    return found[0], found[1], found[2], found[3]
 
 
 def thread_times(processes: list[psutil.Process]) -> collections.Counter[str]:
@@ -184,6 +205,7 @@ def main() -> None:
         before = {role: cpu_seconds(processes) for role, processes in by_role.items()}
         threads_before = {role: thread_times(processes) for role, processes in by_role.items()}
         system_before = {role: system_seconds(processes) for role, processes in by_role.items()}
+        hub_io_before = file_io(by_role["hub"])
         started = time.perf_counter()
         for _ in range(args.rounds):
             last = run(args.tasks)[-1]
@@ -206,6 +228,10 @@ def main() -> None:
             }
             for role, processes in by_role.items()
         }
+        hub_io_after = file_io(by_role["hub"])
+        hub_io = [
+            (now - then) / tasks for now, then in zip(hub_io_after, hub_io_before, strict=True)
+        ]
         for _, _, popen, _ in spies:
             popen.send_signal(2)
         for _, _, popen, _ in spies:
@@ -220,6 +246,10 @@ def main() -> None:
     for role, threads in per_thread.items():
         shown = sorted(threads.items(), key=lambda item: -item[1])
         print(f"  {role} by thread: " + ", ".join(f"{n} {v:.0f}" for n, v in shown if v >= 1))
+    print(
+        f"  hub's file I/O per task (its store): {hub_io[0]:.2f} writes"
+        f" ({hub_io[1] / 1024:.1f} KiB), {hub_io[2]:.2f} reads ({hub_io[3] / 1024:.1f} KiB)"
+    )
     sends = scheduler_sends(running.stats)
     if sends:
         print("  scheduler's messages per zmq message (whole run, warm-up too): " + sends)

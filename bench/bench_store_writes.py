@@ -17,6 +17,12 @@ store encodes them, cut into batches of the writes of N tasks each (at 4000 task
 linger gathers about 80), applied one batch after the other by the store's batch function in
 this thread (private, called here only to time it free of thread hand-offs and pacing).
 
+``--by-value`` pickles the tasks' function by value, as a client does a function defined in
+``__main__`` (``bench_cpu_roles.py``'s, a notebook's): 477 bytes in each request's row instead of
+52 for one pickled by reference (the module ``bench_hub_copies``, imported here). A cluster's
+rows are that size, and the writer writes about twice the WAL frames per task then
+(bench/README.md, round thirteen).
+
 Another tree is measured with ``CORRAL_BENCH_SOURCE=DIR PYTHONPATH=DIR``, as the other scripts.
 """
 
@@ -141,8 +147,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     feed_options(parser, lag=LAG, waiting=WAITING, rate=RATE)
     parser.add_argument("--writer-alone", type=int, metavar="TASKS", help="see the docs")
+    parser.add_argument("--by-value", action="store_true", help="see the docs")
     args = parser.parse_args()
     origin = use_source()
+    if args.by_value:
+        import bench_hub_copies
+        import cloudpickle
+
+        cloudpickle.register_pickle_by_value(bench_hub_copies)
     writes, results = record_writes(args.tasks, args.lag, args.waiting)
     if args.writer_alone:
         alone: list[float] = []

@@ -59,7 +59,9 @@ from .base import (
 from .query import matches, parse_query, split_query
 from .retention import RetentionSettings
 from .sqlite_batches import (
+    LOOK_AHEAD,
     KnownRows,
+    later_updates,
     merge_upserts,
     rows_per_statement,
     statement_sizes,
@@ -136,6 +138,10 @@ class SQLiteStore(ResultStore):
     ``max_size`` caps the file (bytes); writes beyond it fail the same way, so a runaway
     cluster cannot fill the disk unnoticed. ``chunk_bytes`` (at most :data:`CHUNK_BYTES`,
     the default) is where buffers start going to chunks; smaller values are for tests.
+    ``look_ahead``: how many writes queued behind a batch that ``max_batch`` cut the writer
+    looks at for later writes of the batch's records, applied with it
+    (:func:`~.sqlite_batches.later_updates`; 0: none, every batch is the queue's next
+    writes).
     """
 
     def __init__(
@@ -147,6 +153,7 @@ class SQLiteStore(ResultStore):
         max_batch: int = 1000,
         retention: RetentionSettings | None = None,
         chunk_bytes: int = CHUNK_BYTES,
+        look_ahead: int = LOOK_AHEAD,
     ) -> None:
         if not 0 < chunk_bytes <= CHUNK_BYTES:
             raise StoreError(f"chunk_bytes must be in 1..{CHUNK_BYTES}, not {chunk_bytes}")
@@ -180,7 +187,11 @@ class SQLiteStore(ResultStore):
             raise StoreError(f"cannot open the SQLite result store {self.path}: {exc}") from exc
         self._known = KnownRows()  # the writer thread's only
         self._writer: BatchWriter[Payload] = BatchWriter(
-            self._apply, name=f"sqlite writer ({self.path.name})", max_batch=max_batch
+            self._apply,
+            name=f"sqlite writer ({self.path.name})",
+            max_batch=max_batch,
+            later=later_updates if look_ahead > 0 else None,
+            look_ahead=look_ahead,
         )
         if self.retention is not None and not read_only:
             try:

@@ -206,6 +206,43 @@ def upsert_runs(batch: Sequence[WriteOp[Payload]], existing: Container[str]) -> 
     return runs
 
 
+#: How many writes queued behind a batch :func:`later_updates` looks at (the writer's
+#: batches are at most 1000 writes: a task's writes queued some hundred apart, when the Hub
+#: reads its copies behind a backlog, are found within one batch's length).
+LOOK_AHEAD: Final = 1000
+
+
+def later_updates(
+    batch: Sequence[WriteOp[Payload]], queued: Iterable[WriteOp[Payload]]
+) -> list[int]:
+    """The places, among ``queued`` (writes queued after ``batch``, in order), of the upserts
+    that may be applied with the batch, so that a record's writes that a batch's size limit
+    cut apart land in one batch again (and merge into one row, :func:`merge_upserts`): with a
+    backlog, a waiting task's engine row ends one batch and its result starts the next, and
+    each rewrote the task's page.
+
+    Those are the later upserts of records the batch upserts (and does not drop after),
+    before the first drop queued: each updates a row that exists once the batch is applied
+    (no new ``seq``), and upserts of different records commute, so applying them early gives
+    what applying the queue in order gives. A record's later writes are all taken, in order.
+    Applied early, a write is committed sooner, never later."""
+    written: set[str] = set()
+    for op in batch:
+        if op.payload is None:
+            written.difference_update(op.msg_ids)
+        else:
+            written.add(op.msg_ids[0])
+    found: list[int] = []
+    if not written:
+        return found
+    for place, op in enumerate(queued):
+        if op.payload is None:
+            break
+        if op.msg_ids[0] in written:
+            found.append(place)
+    return found
+
+
 #: How many msg_ids :class:`KnownRows` remembers at least (at most twice as many, some 4 MB):
 #: more than the tasks a busy cluster queues between a task's request and its result (5000 in
 #: ``bench_cpu_roles.py``); a longer queue only groups its results' writes less well.

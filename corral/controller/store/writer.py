@@ -13,9 +13,10 @@ import atexit
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Generic, Literal, NamedTuple, TypeVar
+from itertools import islice
+from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
 from corral.errors import StoreError
 
@@ -34,6 +35,16 @@ class WriteOp(NamedTuple, Generic[PayloadT]):
     kind: Literal["upsert", "drop"]
     msg_ids: tuple[str, ...]
     payload: PayloadT
+
+
+#: What stays in the queue in the place of a write applied early (``later`` below): counted
+#: as applied when the writer reaches it, so :meth:`BatchWriter.applied` still means "every
+#: write up to the mark", never applied itself.
+_TAKEN: Any = WriteOp("drop", (), None)
+
+#: ``later(batch, queued)``: the places among ``queued`` (writes queued after ``batch``) of
+#: those that may be applied with it, as the backend knows (:func:`.sqlite_batches.later_updates`).
+LaterWrites = Callable[[list[WriteOp[PayloadT]], Iterable[WriteOp[PayloadT]]], list[int]]
 
 
 class BatchWriter(Generic[PayloadT]):
@@ -55,6 +66,10 @@ class BatchWriter(Generic[PayloadT]):
 
     Writes still queued when the interpreter exits are applied by an ``atexit`` hook, so a
     controller that exits without closing its store loses nothing it had queued.
+
+    ``later`` (a backend's rule, optional): which of the next ``look_ahead`` queued writes
+    may join a batch that the ``max_batch`` limit cut, applied with it (so sooner, never
+    later, than in order): the SQLite store joins a record's writes that the cut parted.
     """
 
     def __init__(
@@ -64,8 +79,13 @@ class BatchWriter(Generic[PayloadT]):
         name: str,
         max_batch: int = 1000,
         linger: float = 0.02,
+        later: LaterWrites[PayloadT] | None = None,
+        look_ahead: int = 0,
     ) -> None:
         self._apply = apply
+        self._later = later
+        self._look_ahead = look_ahead
+        self._taken = 0  # _TAKEN places in the queue
         self._name = name
         self._max_batch = max_batch
         self._linger = linger
@@ -226,13 +246,18 @@ class BatchWriter(Generic[PayloadT]):
                     ):
                         # linger a moment: one commit for a burst of writes, not one per write
                         self._condition.wait(self._linger)
-                    count = min(len(self._pending), self._max_batch)
-                    batch = [self._pending.popleft() for _ in range(count)]
-                failed = self._apply_batch(batch)
+                    if self._taken:
+                        batch, count = self._take_passing_taken()
+                    else:
+                        count = min(len(self._pending), self._max_batch)
+                        batch = [self._pending.popleft() for _ in range(count)]
+                    if self._later is not None and self._pending and batch:
+                        batch += self._take_later(batch)
+                failed = self._apply_batch(batch) if batch else []
                 with self._condition:
                     if failed:
                         self._record_failure(failed)
-                    self._done += len(batch)
+                    self._done += count  # the queue's first writes: those taken early later
                     self._condition.notify_all()
                 # written: drop the rows now, not at the next write (their buffers may be a
                 # large result, or a shared-memory mapping another process waits to reuse)
@@ -241,6 +266,42 @@ class BatchWriter(Generic[PayloadT]):
             with self._condition:
                 self._stopped = True
                 self._condition.notify_all()
+
+    def _take_passing_taken(self) -> tuple[list[WriteOp[PayloadT]], int]:
+        """(Under the lock.) The next batch, up to ``max_batch`` writes, passing the places of
+        writes taken early (:meth:`_take_later`), and how many places it took from the queue."""
+        pending = self._pending
+        batch: list[WriteOp[PayloadT]] = []
+        count = 0
+        while pending and len(batch) < self._max_batch:
+            op = pending.popleft()
+            count += 1
+            if op is _TAKEN:
+                self._taken -= 1
+            else:
+                batch.append(op)
+        return batch, count
+
+    def _take_later(self, batch: list[WriteOp[PayloadT]]) -> list[WriteOp[PayloadT]]:
+        """(Under the lock.) The queued writes the backend lets join ``batch``, taken from the
+        queue, each leaving :data:`_TAKEN` in its place."""
+        assert self._later is not None
+        pending = self._pending
+        window = list(islice(pending, self._look_ahead))
+        # the places of writes taken before are no writes: the backend never sees them
+        live = [at for at, op in enumerate(window) if op is not _TAKEN] if self._taken else None
+        queued = window if live is None else [window[at] for at in live]
+        places = self._later(batch, queued)
+        if not places:
+            return []
+        taken = [queued[place] for place in places]
+        for place in places:
+            window[place if live is None else live[place]] = _TAKEN
+        self._taken += len(places)
+        for _ in range(len(window)):
+            pending.popleft()
+        pending.extendleft(reversed(window))
+        return taken
 
     def _apply_batch(
         self, batch: list[WriteOp[PayloadT]]

@@ -16,11 +16,13 @@ from typing import Any
 import orjson
 import pytest
 
+from corral.controller.store import sqlite as sqlite_module
 from corral.controller.store.base import WriteOp, validate_record
 from corral.controller.store.retention import RetentionSettings
 from corral.controller.store.sqlite import SQLiteStore
 from corral.controller.store.sqlite_batches import (
     KnownRows,
+    later_updates,
     merge_rows,
     merge_upserts,
     rows_per_statement,
@@ -125,9 +127,70 @@ def test_grouped_batches_store_what_writes_one_by_one_store(tmp_path: Path) -> N
 
     assert_batches_store_what_single_writes_store(
         SQLiteStore(tmp_path / "grouped.db"),
-        SQLiteStore(tmp_path / "single.db", max_batch=1),
+        SQLiteStore(tmp_path / "single.db", max_batch=1, look_ahead=0),
         write,
     )
+
+
+def test_a_batch_takes_the_later_writes_of_its_records_in_order() -> None:
+    batch = [op("a", "request"), op("b", "request")]
+    queued = [op("c", "request"), op("a", "reply"), op("b", "reply"), op("a", "label")]
+    assert later_updates(batch, queued) == [1, 2, 3]
+
+
+def test_a_batch_takes_no_later_write_past_a_drop() -> None:
+    queued = [op("a", "reply"), drop("z"), op("b", "reply"), op("a", "label")]
+    assert later_updates([op("a", "request"), op("b", "request")], queued) == [0]
+
+
+def test_a_record_the_batch_drops_has_no_row_to_update() -> None:
+    queued = [op("a", "reply"), op("b", "reply")]
+    assert later_updates([op("a", "request"), drop("a")], queued) == []
+    assert later_updates([op("a", "request"), drop("a"), op("a", "x")], queued) == [0]
+    assert later_updates([drop("a", "b")], queued) == []
+
+
+def test_batches_that_take_later_writes_store_what_writes_one_by_one_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writes of random interleavings queued at once, so that the writer's small batches
+    are cut and take later writes of their records (counted, so the test sees it happen):
+    the same records, in the same order, as a store written a write per batch."""
+    rng = random.Random(29)
+    writes = []
+    for step in range(600):
+        msg_id = f"m{rng.randrange(30)}"
+        kind = rng.choice(["add", "update", "update", "engine", "label", "drop"])
+        writes.append((kind, msg_id, step))
+    taken: list[int] = []
+
+    def counting(batch: Any, queued: Any) -> list[int]:
+        found = later_updates(batch, queued)
+        taken.append(len(found))
+        return found
+
+    monkeypatch.setattr(sqlite_module, "later_updates", counting)
+
+    def write(store: SQLiteStore) -> None:
+        with store.holding_writes():  # queued at once: the batches are cut
+            for kind, msg_id, step in writes:
+                if kind == "add":
+                    store.add_record(msg_id, {"status": "pending", "stdout": f"{step}"})
+                elif kind == "update":
+                    store.update_record(msg_id, {"status": "ok", "result_buffers": [b"%d" % step]})
+                elif kind == "engine":
+                    store.set_engines([(msg_id, f"engine-{step}", step)])
+                elif kind == "label":
+                    store.update_record(msg_id, {"label": f"l{step}", "note": step})
+                else:
+                    store.drop_records([msg_id])
+
+    assert_batches_store_what_single_writes_store(
+        SQLiteStore(tmp_path / "grouped.db", max_batch=7),
+        SQLiteStore(tmp_path / "single.db", max_batch=1, look_ahead=0),
+        write,
+    )
+    assert sum(taken) > 20
 
 
 @pytest.mark.parametrize("count", [0, 1, 2, 3, 63, 64, 65, 100, 1000])
@@ -196,7 +259,7 @@ def test_a_reopened_store_groups_writes_of_rows_it_did_not_write(tmp_path: Path)
 
     assert_batches_store_what_single_writes_store(
         SQLiteStore(tmp_path / "grouped.db"),
-        SQLiteStore(tmp_path / "single.db", max_batch=1),
+        SQLiteStore(tmp_path / "single.db", max_batch=1, look_ahead=0),
         write,
     )
 
@@ -318,7 +381,7 @@ def test_merged_batches_store_what_writes_one_by_one_store(tmp_path: Path) -> No
 
     assert_batches_store_what_single_writes_store(
         SQLiteStore(tmp_path / "merged.db", chunk_bytes=16),
-        SQLiteStore(tmp_path / "single.db", chunk_bytes=16, max_batch=1),
+        SQLiteStore(tmp_path / "single.db", chunk_bytes=16, max_batch=1, look_ahead=0),
         write,
     )
 

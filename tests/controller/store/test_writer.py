@@ -164,3 +164,47 @@ def test_a_store_holding_writes_answers_reads_with_them(store: ResultStore) -> N
         store.add_record("b", {"status": "pending"})
     assert store.get_record("a")["status"] == "ok"
     assert sorted(store.get_history()) == ["a", "b"]
+
+
+def test_writes_taken_early_join_the_batch_and_marks_still_mean_every_write_before(
+    recorder: Recorder,
+) -> None:
+    """A backend's ``later`` rule takes queued writes into a batch that ``max_batch`` cut
+    (here: the later writes of the batch's records). They are applied with it, their places
+    skipped when the writer reaches them, and ``applied(mark)`` stays true only once every
+    write up to the mark is applied: one taken early does not count before those queued
+    ahead of it."""
+    second_batch = threading.Event()
+    release = threading.Event()
+
+    def apply(batch: list[WriteOp[None]]) -> None:
+        recorder(batch)
+        if len(recorder.batches) == 2:  # hold the writer in its second batch
+            second_batch.set()
+            assert release.wait(30)
+
+    def later(batch: list[WriteOp[None]], queued: Any) -> list[int]:
+        mine = {op.msg_ids[0] for op in batch}
+        return [place for place, op in enumerate(queued) if op.msg_ids[0] in mine]
+
+    writer: BatchWriter[None] = BatchWriter(
+        apply, name="test writer", max_batch=2, linger=0.0, later=later, look_ahead=10
+    )
+    try:
+        with writer.holding():
+            for msg_id in ("a", "b", "c", "a", "d", "b", "e"):
+                writer.submit(upsert(msg_id))
+        assert second_batch.wait(30)
+        # the first batch took a and b, and their later writes (places 4 and 6): applied,
+        # but counted only as the writer passes their places
+        assert recorder.batches[0] == ["upsert:a", "upsert:b", "upsert:a", "upsert:b"]
+        assert writer.applied(2)
+        assert not writer.applied(3)  # c is being applied, a's second write already was
+        release.set()
+        writer.flush()
+        assert recorder.batches[1] == ["upsert:c", "upsert:d"]
+        assert recorder.batches[2:] == [["upsert:e"]]
+        assert writer.applied(7)
+    finally:
+        release.set()
+        writer.close()
