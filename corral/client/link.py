@@ -126,6 +126,7 @@ class ControllerLink:
         _controller: str | None
         _shm_hosts: dict[str, str]
         _direct_offers: dict[str, str]
+        _request_segments: dict[str, list[dict[str, Any]]]
         _shm: SharedMemory
         _helpers: set[threading.Thread]
 
@@ -431,25 +432,34 @@ class ControllerLink:
             for msg_id, pending in list(self._records.pending.items())
             if pending.kind == TASK and pending.engine_uuid == uuid and pending.channel == "mux"
         ]
+        segments = {m: self._request_segments[m] for m in sent if m in self._request_segments}
         failed = self._records.fail_engine(uuid, lambda: engine_gone(engine_id, uuid, why))
         if sent_direct:
             lost = set(failed)
-            self._report_lost_direct(uuid, [msg_id for msg_id in sent if msg_id in lost])
+            tasks = [msg_id for msg_id in sent if msg_id in lost]
+            self._report_lost_direct(uuid, tasks, segments)
 
-    def _report_lost_direct(self, uuid: str, msg_ids: list[str]) -> None:
+    def _report_lost_direct(
+        self, uuid: str, msg_ids: list[str], segments: dict[str, list[dict[str, Any]]]
+    ) -> None:
         """(I/O thread) Tell the Hub of the tasks this client sent straight to the engine
         ``uuid``, now unregistered, and never got answers for: the engine may have died
         before their copies left it, and then only this client knows them. The Hub records
         those it does not know as failed (``direct_lost_request``, see
         :mod:`corral.controller.hub_gone`), so other clients' ``get_result`` and ``db_query``
-        find them. Nobody waits for the answer; a refusal is logged."""
+        find them, and removes its links to their requests' shared-memory segments
+        (``segments``: msg_id -> the request's references), which only their copies would
+        have removed. Nobody waits for the answer; a refusal is logged."""
         if not msg_ids or self._io.closed:
             return
-        tasks = []
+        tasks: list[list[Any]] = []
         for msg_id in msg_ids:
             md = self._records.metadata.get(msg_id)
             submitted = md.get("submitted") if md is not None else None
-            tasks.append([msg_id, submitted.isoformat() if submitted is not None else None])
+            task: list[Any] = [msg_id, submitted.isoformat() if submitted is not None else None]
+            if msg_id in segments:
+                task.append(segments[msg_id])
+            tasks.append(task)
         msg = self.session.msg("direct_lost_request", {"engine_uuid": uuid, "tasks": tasks})
 
         def on_reply(reply: Message) -> None:

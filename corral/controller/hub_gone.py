@@ -14,20 +14,31 @@ the tasks whose requests it had recorded. Two kinds of direct task are not there
   waited behind a running task: docs/wire-flows.md, "Direct requests"). Only its client knows
   of it: when the Hub announces the engine's unregistration, the client fails it and tells the
   Hub (``direct_lost_request``), which records it failed (:func:`record_lost_direct`), so that
-  ``get_result`` from another client and ``db_query`` find it. A client that died too leaves
-  nobody who knows the task.
+  ``get_result`` from another client and ``db_query`` find it, and removes its own links to the
+  request's shared-memory segments, which no copy will ever come to release. A client that
+  died too leaves nobody who knows the task.
+
+An engine this Hub never registered can be named too: after a controller restart, by the
+restored records of the engines that ran before it, and by the copies an engine that survived
+sends (its copies PUSH reconnects by itself) before it has registered again. Such an engine is
+*awaited* (:class:`AwaitedEngine`) for as long as a registration may take; one that has not
+registered by then is declared gone as a dead engine is (:func:`settle_awaited`): its direct
+tasks are failed with an EngineError, its later copies too, a later registration of it is
+refused, and its unregistration is announced, so that clients stop using its direct address
+and fail, then report, what they sent it.
 
 No sockets, no clock: the dates come from the ``now`` the shell passed to the Hub.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from corral.controller.hub_actions import Action, AddRecord
+from corral.controller.hub_actions import Action, AddRecord, ForgetSegments, Send, UpdateRecord
 from corral.controller.hub_queries import MAX_QUERY_IDS, answer
 from corral.controller.hub_records import iso_date, purge_recorded
 from corral.controller.store.retention import REQUEST_OMITTED_FIELD
@@ -36,7 +47,9 @@ from corral.protocol.messages import ok_reply
 from corral.protocol.session import Message
 
 if TYPE_CHECKING:
-    from corral.controller.hub import Hub
+    from corral.controller.hub import EngineEntry, Hub
+
+log = logging.getLogger("corral.hub")
 
 MAX_GONE = 10_000  # engines remembered as gone (the oldest forgotten): a few hundred bytes each
 # direct tasks failed with an engine that left cleanly, whose answer may still come (bounded)
@@ -123,22 +136,25 @@ class GoneEngines:
 
 
 def record_lost_direct(hub: Hub, idents: Sequence[bytes], msg: Message) -> list[Action]:
-    """A client's ``direct_lost_request {engine_uuid, tasks: [[msg_id, submitted], ...]}``:
-    tasks it sent straight to that engine, now unregistered, and never got answers for. Each
-    the Hub has no record of is recorded failed, as the engine's other tasks were; those it
-    knows are left as they are. Refused (QueryError) for an engine this Hub has not
-    unregistered: only a gone engine's tasks are lost."""
+    """A client's ``direct_lost_request {engine_uuid, tasks: [[msg_id, submitted, segments?],
+    ...]}``: tasks it sent straight to that engine, now unregistered, and never got answers
+    for. Each the Hub has no record of is recorded failed, as the engine's other tasks were,
+    and the Hub's links to its request's shared-memory segments (``segments``: the request's
+    ``shm`` references) are removed: its copy, which would have released them, died with the
+    engine. Those it knows are left as they are (their copy came: the Hub read or forgot the
+    segments then). Refused (QueryError) for an engine this Hub has not unregistered: only a
+    gone engine's tasks are lost."""
     content = msg.content or {}
     engine_uuid = content["engine_uuid"]
     gone = hub.gone.get(engine_uuid)
     if gone is None:
         raise QueryError(f"engine {engine_uuid} is not one this Hub unregistered")
     tasks = _lost_tasks(content["tasks"])
-    known = hub.store.get_records([msg_id for msg_id, _ in tasks])
+    known = hub.store.get_records([msg_id for msg_id, _, _ in tasks])
     client = idents[0].decode("utf-8", "replace") if idents else ""
     recorded: list[str] = []
     actions: list[Action] = []
-    for msg_id, submitted in tasks:
+    for msg_id, submitted, segments in tasks:
         if msg_id in known or msg_id in hub.pending:
             continue
         record: dict[str, Any] = {
@@ -162,22 +178,116 @@ def record_lost_direct(hub: Hub, idents: Sequence[bytes], msg: Message) -> list[
         hub.activity.complete(msg_id, gone.id, "error", None, gone.date)
         hub.gone.failed(msg_id, engine_uuid, gone)  # a clean engine's reply may follow
         actions.extend(purge_recorded(hub, msg_id, [AddRecord(msg_id, record)]))
+        if segments:
+            actions.append(ForgetSegments(segments))
         recorded.append(msg_id)
     return [*actions, answer(idents, msg, "direct_lost_reply", ok_reply(recorded=recorded))]
 
 
-def _lost_tasks(value: Any) -> list[tuple[str, str | None]]:
-    """``[[msg_id, submitted or None], ...]`` checked; QueryError naming what is wrong."""
+def _lost_tasks(value: Any) -> list[tuple[str, str | None, list[Any] | None]]:
+    """``[[msg_id, submitted or None, segments?], ...]`` checked; QueryError naming what is
+    wrong. ``segments`` is passed on as it came (a list): the shell reads only the well-formed
+    references in it (:func:`corral.protocol.shm.named_segments`)."""
     if len(value) > MAX_QUERY_IDS:
         raise QueryError(f"too many tasks in one report: {len(value)} > {MAX_QUERY_IDS}")
-    tasks: list[tuple[str, str | None]] = []
+    tasks: list[tuple[str, str | None, list[Any] | None]] = []
     for item in value:
         if (
             not isinstance(item, list)
-            or len(item) != 2
+            or len(item) not in (2, 3)
             or not isinstance(item[0], str)
             or not (item[1] is None or isinstance(item[1], str))
+            or not (len(item) == 2 or isinstance(item[2], list))
         ):
-            raise QueryError(f"a lost task is [msg_id, submitted date or null], not {item!r}")
-        tasks.append((item[0], item[1]))
+            raise QueryError(
+                f"a lost task is [msg_id, submitted date or null, segments?], not {item!r}"
+            )
+        tasks.append((item[0], item[1], item[2] if len(item) == 3 else None))
     return tasks
+
+
+@dataclass
+class AwaitedEngine:
+    """An engine this Hub has not registered that it expects to register (see the module
+    doc): its id if a restored record named one, the beat by which it must have registered,
+    and the direct tasks whose copies named it (pending until it registers or is gone)."""
+
+    id: int | None
+    until_beat: int
+    tasks: dict[str, None] = field(default_factory=dict)
+
+
+def await_engine(
+    hub: Hub,
+    uuid: str,
+    msg_id: str | None = None,
+    engine_id: int | None = None,
+    until_beat: int | None = None,
+) -> None:
+    """``uuid``, not registered here, was named by a direct request's copy (``msg_id``) or a
+    restored record (``engine_id``, ``until_beat``: the restart's window): it has until
+    ``until_beat`` (default: as long as a registration may take) to register. At most
+    ``MAX_GONE`` engines are awaited; past that a new one is not, and logged."""
+    awaited = hub.awaited.get(uuid)
+    if awaited is None:
+        if len(hub.awaited) >= MAX_GONE:
+            log.warning("hub: too many unregistered engines named; %s is not awaited", uuid)
+            return
+        if until_beat is None:
+            until_beat = hub.hearts.beat + 2 * hub.hearts.max_misses + 2
+        awaited = hub.awaited[uuid] = AwaitedEngine(engine_id, until_beat)
+    elif engine_id is not None and awaited.id is None:
+        awaited.id = engine_id
+    if msg_id is not None:
+        awaited.tasks[msg_id] = None
+
+
+def registered(hub: Hub, entry: EngineEntry) -> None:
+    """An awaited engine registered: its direct tasks are its queue's, failed if it dies."""
+    awaited = hub.awaited.pop(entry.uuid, None)
+    if awaited is None:
+        return
+    for msg_id in awaited.tasks:
+        if hub.pending.get(msg_id) == entry.uuid:
+            entry.queue[msg_id] = None
+
+
+def settle_awaited(hub: Hub, now: float) -> list[Action]:
+    """(Each beat.) Awaited engines whose time is up and that have not registered (nor are
+    registering now) are gone: see the module doc."""
+    beat = hub.hearts.beat
+    actions: list[Action] = []
+    for uuid, awaited in list(hub.awaited.items()):
+        if awaited.until_beat > beat or uuid in hub.pending_registrations:
+            continue
+        del hub.awaited[uuid]
+        if uuid not in hub.by_uuid:
+            actions.extend(_declare_gone(hub, uuid, awaited, now))
+    return actions
+
+
+def _declare_gone(hub: Hub, uuid: str, awaited: AwaitedEngine, now: float) -> list[Action]:
+    if awaited.tasks:
+        why = (
+            "it sent this controller copies of direct requests but never registered with it "
+            "(it died or was cut off after a controller restart)"
+        )
+    else:
+        why = "it did not register again after the controller restarted"
+    in_use = {e.id for e in hub.engines.values()}
+    in_use.update(p.id for p in hub.pending_registrations.values())
+    # an id another engine holds now (a supervisor restarted it with --id) is not named
+    engine_id = awaited.id if awaited.id is not None and awaited.id not in in_use else -1
+    log.warning("hub: engine %s (id %s) is gone: %s", uuid, engine_id, why)
+    hub.dropped.add(uuid)  # were it to come back, its tasks were settled without it
+    gone = hub.gone.add(engine_id, uuid, why, now, clean=False)
+    actions: list[Action] = []
+    for msg_id in awaited.tasks:
+        if hub.pending.get(msg_id) != uuid:
+            continue  # answered meanwhile, or settled another way
+        del hub.pending[msg_id]
+        hub.activity.complete(msg_id, engine_id, "error", None, gone.date)
+        actions.append(UpdateRecord(msg_id, gone.failed_fields(uuid)))
+    content = {"id": engine_id, "uuid": uuid, "why": why}
+    actions.append(Send("notification", "unregistration_notification", content))
+    return actions
