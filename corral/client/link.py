@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent import futures
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 from corral.client.direct import direct_address
@@ -41,6 +42,10 @@ __all__ = ["LINK_CHECK", "ControllerLink", "IOHandler", "engine_gone"]
 log = logging.getLogger("corral.client")
 
 LINK_CHECK = 0.25  # seconds between looks at the controller link while waiting for results
+# on a direct engine's end, the tasks it answered in this many seconds before (at most this
+# many) are reported to the Hub: their copies may have died with it (_answered_by)
+ANSWERED_WINDOW = 300.0
+ANSWERED_LATEST = 10_000
 _FEW = 8  # futures waited for one at a time (reading replies meanwhile); more: futures.wait
 
 
@@ -127,6 +132,7 @@ class ControllerLink:
         _shm_hosts: dict[str, str]
         _direct_offers: dict[str, str]
         _request_segments: dict[str, list[dict[str, Any]]]
+        _purged_from_hub: dict[str, None]
         _shm: SharedMemory
         _helpers: set[threading.Thread]
 
@@ -437,10 +443,49 @@ class ControllerLink:
         if sent_direct:
             lost = set(failed)
             tasks = [msg_id for msg_id in sent if msg_id in lost]
-            self._report_lost_direct(uuid, tasks, segments)
+            self._report_lost_direct(uuid, tasks, segments, self._answered_by(uuid))
+
+    def _answered_by(self, uuid: str) -> list[list[Any]]:
+        """(I/O thread, on an engine's end) ``[msg_id, submitted, status, started,
+        completed]`` of the apply and execute requests this client got answers for from
+        ``uuid`` in the last ``ANSWERED_WINDOW`` seconds, newest first, at most
+        ``ANSWERED_LATEST``: their copies may have been queued on the engine's copies PUSH
+        when it died (the Hub reading slowly), and then only this client knows them."""
+        records = self._records
+        since = datetime.now(UTC) - timedelta(seconds=ANSWERED_WINDOW)
+        requests = set(records.history)  # apply and execute: not control requests
+        answered: list[list[Any]] = []
+        for msg_id in reversed(list(records.results)):  # one copy in C: safe beside workers
+            md = records.metadata.get(msg_id)
+            if md is None or md.get("engine_uuid") != uuid or msg_id not in requests:
+                continue
+            if msg_id in self._purged_from_hub:
+                continue  # its record is gone by this client's wish: not made again
+            received, status, completed = md.get("received"), md.get("status"), md["completed"]
+            if received is None or received < since:
+                break  # results are settled about in the order their replies came
+            if completed is None or status not in ("ok", "error", "aborted"):
+                continue  # failed here, without a reply
+            started, submitted = md.get("started"), md.get("submitted")
+            answered.append(
+                [
+                    msg_id,
+                    submitted.isoformat() if submitted is not None else None,
+                    status,
+                    started.isoformat() if started is not None else None,
+                    completed.isoformat(),
+                ]
+            )
+            if len(answered) >= ANSWERED_LATEST:
+                break
+        return answered
 
     def _report_lost_direct(
-        self, uuid: str, msg_ids: list[str], segments: dict[str, list[dict[str, Any]]]
+        self,
+        uuid: str,
+        msg_ids: list[str],
+        segments: dict[str, list[dict[str, Any]]],
+        answered: list[list[Any]] | None = None,
     ) -> None:
         """(I/O thread) Tell the Hub of the tasks this client sent straight to the engine
         ``uuid``, now unregistered, and never got answers for: the engine may have died
@@ -449,8 +494,10 @@ class ControllerLink:
         :mod:`corral.controller.hub_gone`), so other clients' ``get_result`` and ``db_query``
         find them, and removes its links to their requests' shared-memory segments
         (``segments``: msg_id -> the request's references), which only their copies would
-        have removed. Nobody waits for the answer; a refusal is logged."""
-        if not msg_ids or self._io.closed:
+        have removed. ``answered``: tasks this client got the answers of from that engine
+        lately (:meth:`_answered_by`), which the Hub records, without their results, if it
+        never read their copies. Nobody waits for the answer; a refusal is logged."""
+        if (not msg_ids and not answered) or self._io.closed:
             return
         tasks: list[list[Any]] = []
         for msg_id in msg_ids:
@@ -460,7 +507,10 @@ class ControllerLink:
             if msg_id in segments:
                 task.append(segments[msg_id])
             tasks.append(task)
-        msg = self.session.msg("direct_lost_request", {"engine_uuid": uuid, "tasks": tasks})
+        content: dict[str, Any] = {"engine_uuid": uuid, "tasks": tasks}
+        if answered:
+            content["answered"] = answered
+        msg = self.session.msg("direct_lost_request", content)
 
         def on_reply(reply: Message) -> None:
             content = reply.content or {}

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 from corral.controller.hub_actions import Action, AddRecord, ForgetSegments, Send, UpdateRecord
 from corral.controller.hub_queries import MAX_QUERY_IDS, answer
 from corral.controller.hub_records import iso_date, purge_recorded
-from corral.controller.store.retention import REQUEST_OMITTED_FIELD
+from corral.controller.store.retention import OMITTED_FIELD, REQUEST_OMITTED_FIELD
 from corral.errors import EngineError, QueryError, error_content
 from corral.protocol.messages import ok_reply
 from corral.protocol.session import Message
@@ -56,6 +56,11 @@ MAX_GONE = 10_000  # engines remembered as gone (the oldest forgotten): a few hu
 MAX_ANSWERABLE = 20_000
 # why the record of a task its client reported lost has no request (for resubmit's refusal)
 LOST_REQUEST = "its engine died before it sent the controller a copy of the request"
+# why the record of a task its client reported answered has no result (for get_result)
+ANSWER_NOT_COPIED = (
+    "its engine died before it sent the controller a copy of the result; only the client "
+    "that submitted the task received it"
+)
 
 
 @dataclass(frozen=True)
@@ -117,15 +122,18 @@ class GoneEngines:
         return self._gone.get(uuid) if uuid else None
 
     def failed(self, msg_id: str, uuid: str, gone: GoneEngine) -> None:
-        """``msg_id``, sent straight to the gone engine ``uuid``, was recorded failed."""
-        if gone.clean:
-            self._answerable[msg_id] = uuid
-            while len(self._answerable) > MAX_ANSWERABLE:
-                self._answerable.popitem(last=False)
+        """``msg_id``, sent straight to the gone engine ``uuid``, was recorded failed. (A
+        dead engine's tasks are remembered too: its client may report it got the answer,
+        whose copy died with the engine; a late reply of a dead engine is dropped before
+        :meth:`take_answer` is asked.)"""
+        self._answerable[msg_id] = uuid
+        while len(self._answerable) > MAX_ANSWERABLE:
+            self._answerable.popitem(last=False)
 
     def take_answer(self, msg_id: str, uuid: str) -> bool:
-        """Whether a reply from ``uuid`` to ``msg_id`` is its answer though the task was
-        failed: its engine left cleanly after sending it. Once only."""
+        """Whether an answer from ``uuid`` to ``msg_id`` (its reply's late copy, or its
+        client's report of the reply) replaces the failure its engine's end recorded. Once
+        only."""
         if self._answerable.get(msg_id) != uuid:
             return False
         del self._answerable[msg_id]
@@ -176,12 +184,97 @@ def record_lost_direct(hub: Hub, idents: Sequence[bytes], msg: Message) -> list[
         }
         hub.activity.submit()
         hub.activity.complete(msg_id, gone.id, "error", None, gone.date)
-        hub.gone.failed(msg_id, engine_uuid, gone)  # a clean engine's reply may follow
+        hub.gone.failed(msg_id, engine_uuid, gone)  # its answer may follow
         actions.extend(purge_recorded(hub, msg_id, [AddRecord(msg_id, record)]))
         if segments:
             actions.append(ForgetSegments(segments))
         recorded.append(msg_id)
+    answered = _answered_tasks(content.get("answered", []))
+    if answered:
+        actions.extend(_record_answered(hub, client, engine_uuid, gone, answered, recorded))
     return [*actions, answer(idents, msg, "direct_lost_reply", ok_reply(recorded=recorded))]
+
+
+def _record_answered(
+    hub: Hub,
+    client: str,
+    engine_uuid: str,
+    gone: GoneEngine,
+    answered: list[list[Any]],
+    recorded: list[str],
+) -> list[Action]:
+    """The tasks a client reports it got the answers of from the gone engine, whose copies
+    may have died with it (queued on its copies PUSH while the Hub read slowly): each the Hub
+    has no record of is recorded with the client's status and dates and no result
+    (``buffers_omitted`` says why: ``get_result`` from another client raises
+    ResultNotStored); one the engine's end failed gets them instead of the failure; the
+    others are left as they are. Appends the msg_ids it recorded to ``recorded``."""
+    known = hub.store.get_records([item[0] for item in answered])
+    actions: list[Action] = []
+    for msg_id, submitted, status, started, completed in answered:
+        fields: dict[str, Any] = {
+            "status": status,
+            "result_header": None,
+            "result_metadata": {
+                "status": status,
+                "engine_id": gone.id,
+                "engine_uuid": engine_uuid,
+                "started": started,
+                "completed": completed,
+            },
+            "result_content": {"status": status},
+            "result_buffers": [],
+            "started": started,
+            "completed": completed,
+            "received": gone.date,
+            OMITTED_FIELD: {"why": ANSWER_NOT_COPIED},
+        }
+        if msg_id in hub.pending:
+            continue
+        if msg_id in known:
+            if hub.gone.take_answer(msg_id, engine_uuid):
+                actions.extend(purge_recorded(hub, msg_id, [UpdateRecord(msg_id, fields)]))
+                recorded.append(msg_id)
+            continue
+        record: dict[str, Any] = {
+            "msg_id": msg_id,
+            "header": {"msg_id": msg_id, "session": client, "date": submitted},
+            "metadata": {},
+            "content": {},
+            "buffers": None,
+            REQUEST_OMITTED_FIELD: {"why": LOST_REQUEST},
+            "queue": "mux",
+            "client_uuid": client,
+            "engine_uuid": engine_uuid,
+            "engine_id": gone.id,
+            "submitted": submitted,
+            "resubmitted": False,
+            **fields,
+        }
+        hub.activity.submit()
+        hub.activity.complete(msg_id, gone.id, status, started, completed)
+        actions.extend(purge_recorded(hub, msg_id, [AddRecord(msg_id, record)]))
+        recorded.append(msg_id)
+    return actions
+
+
+def _answered_tasks(value: Any) -> list[list[Any]]:
+    """``[[msg_id, submitted, status, started, completed], ...]`` (dates ISO 8601 or null,
+    status ok, error or aborted) checked; QueryError naming what is wrong."""
+    if not isinstance(value, list) or len(value) > MAX_QUERY_IDS:
+        raise QueryError(f"answered must be a list of at most {MAX_QUERY_IDS} tasks")
+    for item in value:
+        if (
+            not isinstance(item, list)
+            or len(item) != 5
+            or not isinstance(item[0], str)
+            or item[2] not in ("ok", "error", "aborted")
+            or not all(date is None or isinstance(date, str) for date in (item[1], *item[3:]))
+        ):
+            raise QueryError(
+                f"an answered task is [msg_id, submitted, status, started, completed], not {item!r}"
+            )
+    return value
 
 
 def _lost_tasks(value: Any) -> list[tuple[str, str | None, list[Any] | None]]:
@@ -287,6 +380,7 @@ def _declare_gone(hub: Hub, uuid: str, awaited: AwaitedEngine, now: float) -> li
             continue  # answered meanwhile, or settled another way
         del hub.pending[msg_id]
         hub.activity.complete(msg_id, engine_id, "error", None, gone.date)
+        hub.gone.failed(msg_id, uuid, gone)
         actions.append(UpdateRecord(msg_id, gone.failed_fields(uuid)))
     content = {"id": engine_id, "uuid": uuid, "why": why}
     actions.append(Send("notification", "unregistration_notification", content))

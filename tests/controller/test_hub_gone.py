@@ -226,6 +226,52 @@ def test_a_lost_report_releases_the_hubs_links_to_the_requests_segments(
     assert reply.content["recorded"] == ["lost", "small"]
 
 
+def test_answers_a_client_got_from_a_dead_engine_are_recorded_without_results(
+    hub: HubHarness,
+) -> None:
+    """The copies of answered tasks can die queued on the engine's copies PUSH: the client
+    reports what it got. A task the Hub never saw is recorded with the client's status and
+    no result (a get_result elsewhere is told why); one the engine's death failed gets the
+    answer instead, once; one recorded from its copies is left alone."""
+    register(hub, "a")
+    failed_by_death = submit_mux(hub, "a")
+    copied = submit_mux(hub, "a")
+    hub.handle_monitor(b"mux_out", [b"client-1", b"a"], reply_for(copied), direct=True)
+    kill(hub, "a")
+    assert hub.store.get_record(failed_by_death.msg_id)["status"] == "error"
+    dates = ["2026-01-01T00:00:00+00:00", "2026-01-01T00:00:01+00:00"]
+    answered = [
+        ["unseen", dates[0], "ok", dates[0], dates[1]],
+        [failed_by_death.msg_id, dates[0], "ok", dates[0], dates[1]],
+        [copied.msg_id, dates[0], "error", dates[0], dates[1]],
+    ]
+    (reply,) = hub.handle_request(
+        [b"client-1"],
+        request("direct_lost_request", engine_uuid="a", tasks=[], answered=answered),
+    )
+    assert reply.content["recorded"] == ["unseen", failed_by_death.msg_id]
+    for msg_id in ("unseen", failed_by_death.msg_id):
+        record = hub.store.get_record(msg_id)
+        assert record["status"] == "ok" and record["completed"] == dates[1]
+        assert record["engine_uuid"] == "a" and record["client_uuid"] in ("client-1", None)
+    assert hub.store.get_record(copied.msg_id)["status"] == "ok"  # its own reply's
+    (results,) = hub.handle_request([b"c"], request("result_request", msg_ids=["unseen"]))
+    assert "died before it sent the controller a copy of the result" in str(
+        results.content["unseen"]["not_stored"]
+    )
+    # once only: a second report changes nothing
+    (again,) = hub.handle_request(
+        [b"client-1"],
+        request("direct_lost_request", engine_uuid="a", tasks=[], answered=answered),
+    )
+    assert again.content["recorded"] == []
+    (bad,) = hub.handle_request(
+        [b"c"],
+        request("direct_lost_request", engine_uuid="a", tasks=[], answered=[["x", None, "?"]]),
+    )
+    assert bad.content["ename"] == "QueryError"
+
+
 def test_a_report_for_an_engine_not_gone_or_malformed_is_refused(hub: HubHarness) -> None:
     register(hub, "a")
     refused = lost(hub, "a", "x")
