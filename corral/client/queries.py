@@ -318,7 +318,15 @@ class HubQueries:
     def purge_hub_results(self, jobs: Any = (), targets: Iterable[int] | int | str = ()) -> None:
         """Make the Hub forget results: of ``jobs`` (msg_ids, AsyncResults, or ``"all"``) and
         of everything that ran on ``targets`` (engine ids, or ``"all"``). Pending tasks cannot
-        be purged (QueryError)."""
+        be purged (QueryError).
+
+        A task whose result this client already holds is done, whatever the Hub knows yet:
+        the copies that tell the Hub a task finished travel apart from the reply, so the Hub
+        may still have it pending or unknown when the purge comes. Such a task is dropped as
+        soon as the Hub records its end (its result, or its engine's death), never refused
+        nor left behind: after ``purge_results("all")`` right after every ``get()``, the
+        Hub ends up holding none of them (ipyparallel's Hub refused a pending msg_id, and
+        left pending ones behind on "all")."""
         msg_ids: list[str] | str = "all" if jobs == "all" else self.msg_ids_of(jobs)
         if not msg_ids and not targets:
             raise ValueError("say what to purge: jobs (msg_ids, AsyncResults or 'all') or targets")

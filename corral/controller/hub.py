@@ -47,6 +47,7 @@ from corral.controller.hub_gone import (
 from corral.controller.hub_queries import QUERIES, answer
 from corral.controller.hub_records import (
     iso_date,
+    purge_recorded,
     record_destinations,
     record_reply,
     record_request,
@@ -427,7 +428,10 @@ class Hub(HubHeartbeat):
             changes = gone.failed_fields(entry.uuid)
             if lost_balanced(self, msg_id, never_ran=False):
                 changes["result_metadata"][RESENDABLE] = True
-            actions.append(UpdateRecord(msg_id, changes))
+            if gone.clean:  # its answer may still come (GoneEngines.take_answer)
+                actions.append(UpdateRecord(msg_id, changes))
+            else:  # settled: a purge that named it before its copies came takes it now
+                actions.extend(purge_recorded(self, msg_id, [UpdateRecord(msg_id, changes)]))
         for msg_id in entry.tasks:
             self.pending[msg_id] = None
         content = {"id": entry.id, "uuid": entry.uuid, "why": why}

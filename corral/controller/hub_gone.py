@@ -381,7 +381,9 @@ def _declare_gone(hub: Hub, uuid: str, awaited: AwaitedEngine, now: float) -> li
         del hub.pending[msg_id]
         hub.activity.complete(msg_id, engine_id, "error", None, gone.date)
         hub.gone.failed(msg_id, uuid, gone)
-        actions.append(UpdateRecord(msg_id, gone.failed_fields(uuid)))
+        actions.extend(
+            purge_recorded(hub, msg_id, [UpdateRecord(msg_id, gone.failed_fields(uuid))])
+        )
     content = {"id": engine_id, "uuid": uuid, "why": why}
     actions.append(Send("notification", "unregistration_notification", content))
     return actions

@@ -272,6 +272,24 @@ def test_answers_a_client_got_from_a_dead_engine_are_recorded_without_results(
     assert bad.content["ename"] == "QueryError"
 
 
+def test_a_purge_that_came_before_the_copies_takes_a_task_its_engines_death_settles(
+    hub: HubHarness,
+) -> None:
+    """The client held the result (its reply came straight from the engine) and purged
+    'all'; the task's finishing copy died with the engine, whose death then failed it: the
+    purge takes it then, as it would have taken the copy's record. On 1015c07 the failed
+    record stayed for ever."""
+    register(hub, "a")
+    settled = submit_mux(hub, "a")
+    (ok,) = hub.handle_request(
+        [b"c"], request("purge_request", msg_ids="all", settled=[settled.msg_id])
+    )
+    assert ok.content["status"] == "ok" and settled.msg_id in hub.pending
+    kill(hub, "a")
+    assert not hub.store.get_records([settled.msg_id])
+    assert settled.msg_id not in hub.purge_on_record
+
+
 def test_a_report_for_an_engine_not_gone_or_malformed_is_refused(hub: HubHarness) -> None:
     register(hub, "a")
     refused = lost(hub, "a", "x")
