@@ -138,7 +138,7 @@ def test_an_engine_that_does_not_come_back_after_a_restart_is_dropped(tmp_path: 
                 30,
                 "the client to drop the gone engine's direct address",
             )
-            assert rc.ids == [0]
+            until(lambda: rc.ids == [0], 30, "engine 0 back, engine 1 not")
             assert rc[0].apply_sync(_sleeps, 0) == 0
             with Client(Path(cluster.path) / "corral-client.json", timeout=30) as other:
                 (record,) = other.db_query({"msg_id": msg_id}, ["status"])
