@@ -33,6 +33,7 @@ No sockets, no clock: the dates come from the ``now`` the shell passed to the Hu
 from __future__ import annotations
 
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -51,6 +52,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("corral.hub")
 
+# an awaited engine has this long at least to register: one back after a controller restart
+# registers once its three queue connections are up again, which it awaits up to 10 s
+# (corral.engine.handshake)
+AWAIT_AT_LEAST = 15.0  # seconds
 MAX_GONE = 10_000  # engines remembered as gone (the oldest forgotten): a few hundred bytes each
 # direct tasks failed with an engine that left cleanly, whose answer may still come (bounded)
 MAX_ANSWERABLE = 20_000
@@ -212,6 +217,8 @@ def _record_answered(
     known = hub.store.get_records([item[0] for item in answered])
     actions: list[Action] = []
     for msg_id, submitted, status, started, completed in answered:
+        if msg_id in hub.pending:
+            continue  # its copies came after all: its reply's will follow
         fields: dict[str, Any] = {
             "status": status,
             "result_header": None,
@@ -229,8 +236,6 @@ def _record_answered(
             "received": gone.date,
             OMITTED_FIELD: {"why": ANSWER_NOT_COPIED},
         }
-        if msg_id in hub.pending:
-            continue
         if msg_id in known:
             if hub.gone.take_answer(msg_id, engine_uuid):
                 actions.extend(purge_recorded(hub, msg_id, [UpdateRecord(msg_id, fields)]))
@@ -318,16 +323,18 @@ def await_engine(
     until_beat: int | None = None,
 ) -> None:
     """``uuid``, not registered here, was named by a direct request's copy (``msg_id``) or a
-    restored record (``engine_id``, ``until_beat``: the restart's window): it has until
-    ``until_beat`` (default: as long as a registration may take) to register. At most
+    restored record (``engine_id``, ``until_beat``: the restart's window, whose end fails its
+    restored tasks): it has until then, and at least as long as a registration may take
+    (``2 * max_misses + 2`` beats, and ``AWAIT_AT_LEAST``), to register. At most
     ``MAX_GONE`` engines are awaited; past that a new one is not, and logged."""
     awaited = hub.awaited.get(uuid)
     if awaited is None:
         if len(hub.awaited) >= MAX_GONE:
             log.warning("hub: too many unregistered engines named; %s is not awaited", uuid)
             return
-        if until_beat is None:
-            until_beat = hub.hearts.beat + 2 * hub.hearts.max_misses + 2
+        hearts = hub.hearts
+        beats = max(2 * hearts.max_misses + 2, math.ceil(AWAIT_AT_LEAST / hub.heartbeat_period))
+        until_beat = max(until_beat or 0, hearts.beat + beats)
         awaited = hub.awaited[uuid] = AwaitedEngine(engine_id, until_beat)
     elif engine_id is not None and awaited.id is None:
         awaited.id = engine_id

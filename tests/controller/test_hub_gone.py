@@ -5,13 +5,14 @@ the Hub does not know as failed. The Hub core alone, no sockets."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
 
 from corral.controller.hub import Send
 from corral.controller.hub_actions import ForgetSegments
-from corral.controller.hub_gone import MAX_ANSWERABLE, MAX_GONE, GoneEngines
+from corral.controller.hub_gone import AWAIT_AT_LEAST, MAX_ANSWERABLE, MAX_GONE, GoneEngines
 from corral.controller.store.memory import MemoryStore
 from corral.protocol.session import Message, Session
 from tests.controller.hub_harness import HubHarness
@@ -86,8 +87,8 @@ def beats(hub: HubHarness, count: int, *alive: str) -> list[Any]:
     return out
 
 
-# a registration's time: 2 * max_misses + 2 beats (max_misses=2 here), and one more
-WINDOW = 2 * 2 + 3
+# a registration's time, in beats of 1 s (max_misses=2 here), and one more
+WINDOW = max(2 * 2 + 2, math.ceil(AWAIT_AT_LEAST)) + 1
 
 
 def test_a_copy_naming_an_engine_never_registered_waits_then_fails_with_it(
