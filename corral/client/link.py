@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from concurrent import futures
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -37,13 +37,13 @@ if TYPE_CHECKING:
     from corral.protocol.session import Session
     from corral.sharedmem import SharedMemory
 
-__all__ = ["LINK_CHECK", "ControllerLink", "IOHandler", "engine_gone"]
+__all__ = ["LINK_CHECK", "ControllerLink", "IOHandler", "answered_by", "engine_gone"]
 
 log = logging.getLogger("corral.client")
 
 LINK_CHECK = 0.25  # seconds between looks at the controller link while waiting for results
 # on a direct engine's end, the tasks it answered in this many seconds before (at most this
-# many) are reported to the Hub: their copies may have died with it (_answered_by)
+# many) are reported to the Hub: their copies may have died with it (answered_by)
 ANSWERED_WINDOW = 300.0
 ANSWERED_LATEST = 10_000
 _FEW = 8  # futures waited for one at a time (reading replies meanwhile); more: futures.wait
@@ -443,42 +443,8 @@ class ControllerLink:
         if sent_direct:
             lost = set(failed)
             tasks = [msg_id for msg_id in sent if msg_id in lost]
-            self._report_lost_direct(uuid, tasks, segments, self._answered_by(uuid))
-
-    def _answered_by(self, uuid: str) -> list[list[Any]]:
-        """(I/O thread, on an engine's end) ``[msg_id, submitted, status, started,
-        completed]`` of the apply and execute requests this client got answers for from
-        ``uuid`` in the last ``ANSWERED_WINDOW`` seconds, newest first, at most
-        ``ANSWERED_LATEST``: their copies may have been queued on the engine's copies PUSH
-        when it died (the Hub reading slowly), and then only this client knows them."""
-        records = self._records
-        since = datetime.now(UTC) - timedelta(seconds=ANSWERED_WINDOW)
-        requests = set(records.history)  # apply and execute: not control requests
-        answered: list[list[Any]] = []
-        for msg_id in reversed(list(records.results)):  # one copy in C: safe beside workers
-            md = records.metadata.get(msg_id)
-            if md is None or md.get("engine_uuid") != uuid or msg_id not in requests:
-                continue
-            if msg_id in self._purged_from_hub:
-                continue  # its record is gone by this client's wish: not made again
-            received, status, completed = md.get("received"), md.get("status"), md["completed"]
-            if received is None or received < since:
-                break  # results are settled about in the order their replies came
-            if completed is None or status not in ("ok", "error", "aborted"):
-                continue  # failed here, without a reply
-            started, submitted = md.get("started"), md.get("submitted")
-            answered.append(
-                [
-                    msg_id,
-                    submitted.isoformat() if submitted is not None else None,
-                    status,
-                    started.isoformat() if started is not None else None,
-                    completed.isoformat(),
-                ]
-            )
-            if len(answered) >= ANSWERED_LATEST:
-                break
-        return answered
+            answered = answered_by(self._records, uuid, self._purged_from_hub)
+            self._report_lost_direct(uuid, tasks, segments, answered)
 
     def _report_lost_direct(
         self,
@@ -495,7 +461,7 @@ class ControllerLink:
         find them, and removes its links to their requests' shared-memory segments
         (``segments``: msg_id -> the request's references), which only their copies would
         have removed. ``answered``: tasks this client got the answers of from that engine
-        lately (:meth:`_answered_by`), which the Hub records, without their results, if it
+        lately (:func:`answered_by`), which the Hub records, without their results, if it
         never read their copies. Nobody waits for the answer; a refusal is logged."""
         if (not msg_ids and not answered) or self._io.closed:
             return
@@ -529,6 +495,43 @@ class ControllerLink:
         self._records.track_service(msg.msg_id, "hub", on_reply=on_reply)
         self._io.send_now("hub", self.session.serialize(msg))
         self._io.call_later(self.timeout, on_timeout)
+
+
+def answered_by(
+    records: Records, uuid: str, purged: Container[str], now: datetime | None = None
+) -> list[list[Any]]:
+    """``[msg_id, submitted, status, started, completed]`` of the apply and execute requests
+    ``records`` got answers for from the engine ``uuid`` within ``ANSWERED_WINDOW`` seconds
+    before ``now``, newest first, at most ``ANSWERED_LATEST``, leaving out those in
+    ``purged`` (purged from the Hub by this client: their records must not be made again).
+    Asked when that engine ends, for the direct requests' report: their copies may have been
+    queued on its copies PUSH when it died (the Hub reading slowly), and then only this
+    client knows them. Requests failed here, without a reply, are not among them."""
+    since = (now or datetime.now(UTC)) - timedelta(seconds=ANSWERED_WINDOW)
+    requests = set(records.history)  # apply and execute: not control requests
+    answered: list[list[Any]] = []
+    for msg_id in reversed(list(records.results)):  # one copy in C: safe beside workers
+        md = records.metadata.get(msg_id)
+        if md is None or md.get("engine_uuid") != uuid or msg_id not in requests:
+            continue
+        received, status, completed = md.get("received"), md.get("status"), md.get("completed")
+        if received is None or received < since:
+            break  # results are settled about in the order their replies came
+        if completed is None or status not in ("ok", "error", "aborted") or msg_id in purged:
+            continue
+        started, submitted = md.get("started"), md.get("submitted")
+        answered.append(
+            [
+                msg_id,
+                submitted.isoformat() if submitted is not None else None,
+                status,
+                started.isoformat() if started is not None else None,
+                completed.isoformat(),
+            ]
+        )
+        if len(answered) >= ANSWERED_LATEST:
+            break
+    return answered
 
 
 def engine_gone(engine_id: int | None, uuid: str, why: str | None = None) -> EngineError:

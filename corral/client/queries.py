@@ -336,7 +336,7 @@ class HubQueries:
             content["settled"] = settled
         self._query("purge_request", {**content, **self._meant_for()})
         # a report of a dead engine's answered tasks must not make their records again
-        # (corral.client.link, _answered_by): the latest ones, which it could name
+        # (corral.client.link.answered_by): the latest ones, which it could name
         purged = self._purged_from_hub
         purged.update(dict.fromkeys(settled if msg_ids == "all" else msg_ids))
         if len(purged) > PURGED_REMEMBERED:

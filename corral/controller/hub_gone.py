@@ -16,7 +16,12 @@ the tasks whose requests it had recorded. Two kinds of direct task are not there
   Hub (``direct_lost_request``), which records it failed (:func:`record_lost_direct`), so that
   ``get_result`` from another client and ``db_query`` find it, and removes its own links to the
   request's shared-memory segments, which no copy will ever come to release. A client that
-  died too leaves nobody who knows the task.
+  died too leaves nobody who knows the task;
+- a task the engine answered whose copies were still queued on its copies PUSH when it died
+  (the Hub reading slowly): its client has the reply, and the same report names it among the
+  tasks the engine answered lately (``answered``). The Hub records it with the client's
+  status and no result (:func:`_record_answered`: ``get_result`` elsewhere raises
+  ResultNotStored saying why).
 
 An engine this Hub never registered can be named too: after a controller restart, by the
 restored records of the engines that ran before it, and by the copies an engine that survived
