@@ -157,6 +157,8 @@ class Client(ControllerLink, RequestSending, ControlCalls, HubQueries):
         self._request_segments: dict[str, list[dict[str, Any]]] = {}
         # the latest msg_ids this client purged from the Hub (queries.py, bounded)
         self._purged_from_hub: dict[str, None] = {}
+        # engines absent after an outage whose direct address was dropped (link.py)
+        self._absent_direct: set[str] = set()
         self._shm_reader = self._shm.reader_metadata()  # in each apply request (empty: off)
         settings = self._shm.settings
         self._shm_threshold = settings.threshold if settings is not None else 0

@@ -46,6 +46,10 @@ LINK_CHECK = 0.25  # seconds between looks at the controller link while waiting 
 # many) are reported to the Hub: their copies may have died with it (answered_by)
 ANSWERED_WINDOW = 300.0
 ANSWERED_LATEST = 10_000
+# an engine the Hub's table lacks after an outage has this long to register again (it does
+# once its queue connections are up, which it awaits up to 10 s) before the client stops
+# reconnecting to its direct address
+DIRECT_GRACE = 30.0
 _FEW = 8  # futures waited for one at a time (reading replies meanwhile); more: futures.wait
 
 
@@ -133,6 +137,7 @@ class ControllerLink:
         _direct_offers: dict[str, str]
         _request_segments: dict[str, list[dict[str, Any]]]
         _purged_from_hub: dict[str, None]
+        _absent_direct: set[str]
         _shm: SharedMemory
         _helpers: set[threading.Thread]
 
@@ -328,10 +333,13 @@ class ControllerLink:
                     if uuid not in self._gone
                 }
                 engines.update({i: u for i, u in self._engines.items() if u in announced})
+                missing = [u for u in self._engines.values() if u not in engines.values()]
                 self._engines = engines
                 self._uuids = {u: i for i, u in engines.items()}
                 self._link_lost_at = None
                 self._engines_changed.notify_all()
+            if missing:
+                self._io.call_later(DIRECT_GRACE, lambda: self._drop_direct_of_absent(missing))
             self._recover(Recovery.of(self._unanswered()))
 
         def on_timeout() -> None:
@@ -341,6 +349,17 @@ class ControllerLink:
         self._records.track_service(msg.msg_id, "hub", on_reply=on_reply)
         self._io.send_now("hub", self.session.serialize(msg))
         self._io.call_later(self.timeout, on_timeout)
+
+    def _drop_direct_of_absent(self, uuids: list[str]) -> None:
+        """(I/O thread) Engines the Hub's table lacked after an outage and that have not
+        registered since: stop reconnecting to their direct addresses (zmq would try for
+        ever). A request to an engine not in the table is refused at once anyway; the ones
+        still unanswered are settled through the Hub (:meth:`_recover`, or the engine's
+        unregistration, which a restarted Hub announces for an engine its records name)."""
+        for uuid in uuids:
+            if uuid not in self._uuids and self._io.sends_direct(uuid):
+                self._io.disconnect_direct(uuid)
+                self._absent_direct.add(uuid)  # its end, if announced, is still reported
 
     def _unanswered(self) -> list[str]:
         return [
@@ -406,6 +425,7 @@ class ControllerLink:
     def _add_engine(self, engine_id: int, uuid: str) -> None:
         if uuid in self._gone:
             return
+        self._absent_direct.discard(uuid)  # back: connected again below
         if uuid not in self._uuids:  # before any request to it can leave: see client/direct.py
             address = direct_address(
                 self._io.direct_enabled,
@@ -431,7 +451,8 @@ class ControllerLink:
             self._engines = {i: u for i, u in self._engines.items() if u != uuid}
             self._uuids = {u: i for i, u in self._engines.items()}
             self._engines_changed.notify_all()
-        sent_direct = self._io.sends_direct(uuid)
+        sent_direct = self._io.sends_direct(uuid) or uuid in self._absent_direct
+        self._absent_direct.discard(uuid)
         self._io.disconnect_direct(uuid)
         sent = [
             msg_id
