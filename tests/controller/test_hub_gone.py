@@ -1,7 +1,9 @@
 """The Hub and the direct tasks of an engine that is gone (corral.controller.hub_gone): a
 request whose copy comes after the engine's unregistration is failed at once, never pending
 for ever; a client's report of direct tasks whose copies never left the engine records those
-the Hub does not know as failed. The Hub core alone, no sockets."""
+the Hub does not know as failed (and releases the Hub's links to their segments), and of the
+tasks it answered whose copies died, records them without results; an engine named but never
+registered (after a restart) is awaited, then gone. The Hub core alone, no sockets."""
 
 from __future__ import annotations
 
