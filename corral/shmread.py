@@ -144,10 +144,15 @@ class SegmentReading:
         ``hub_link``), unless a mapping of its own holds one. Malformed references are left
         alone; well-formed ones count even when the buffers did not come (the scheduler
         leaves out what the store would not keep)."""
+        self.forget_named(msg.metadata.get(METADATA_KEY))
+
+    def forget_named(self, refs: object) -> None:
+        """:meth:`forget` for a message's ``shm`` references alone (``refs``, as they came):
+        the Hub's links to the segments of a request whose copy will never come."""
         settings = self.settings
         if settings is None:
             return
-        for writer, token in named_segments(msg.metadata.get(METADATA_KEY)):
+        for writer, token in named_segments(refs):
             own = self.shm_dir / link_name(settings.prefix, writer, token, self.reader)
             with self._lock:
                 if own in self._mapped:

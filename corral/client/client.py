@@ -153,6 +153,12 @@ class Client(ControllerLink, RequestSending, ControlCalls, HubQueries):
         self._shm = SharedMemory(_shm_settings(info.shm, shm_threshold))
         self._shm_hosts: dict[str, str] = {}  # engine uuid -> host identity
         self._direct_offers: dict[str, str] = {}  # engine uuid -> its direct address
+        # msg_id -> the shm references of an unsettled request that has segments
+        self._request_segments: dict[str, list[dict[str, Any]]] = {}
+        # the latest msg_ids this client purged from the Hub (queries.py, bounded)
+        self._purged_from_hub: dict[str, None] = {}
+        # engines absent after an outage whose direct address was dropped (link.py)
+        self._absent_direct: set[str] = set()
         self._shm_reader = self._shm.reader_metadata()  # in each apply request (empty: off)
         settings = self._shm.settings
         self._shm_threshold = settings.threshold if settings is not None else 0

@@ -15,9 +15,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from concurrent import futures
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 from corral.client.direct import direct_address
@@ -36,11 +37,19 @@ if TYPE_CHECKING:
     from corral.protocol.session import Session
     from corral.sharedmem import SharedMemory
 
-__all__ = ["LINK_CHECK", "ControllerLink", "IOHandler", "engine_gone"]
+__all__ = ["LINK_CHECK", "ControllerLink", "IOHandler", "answered_by", "engine_gone"]
 
 log = logging.getLogger("corral.client")
 
 LINK_CHECK = 0.25  # seconds between looks at the controller link while waiting for results
+# on a direct engine's end, the tasks it answered in this many seconds before (at most this
+# many) are reported to the Hub: their copies may have died with it (answered_by)
+ANSWERED_WINDOW = 300.0
+ANSWERED_LATEST = 10_000
+# an engine the Hub's table lacks after an outage has this long to register again (it does
+# once its queue connections are up, which it awaits up to 10 s) before the client stops
+# reconnecting to its direct address
+DIRECT_GRACE = 30.0
 _FEW = 8  # futures waited for one at a time (reading replies meanwhile); more: futures.wait
 
 
@@ -126,6 +135,9 @@ class ControllerLink:
         _controller: str | None
         _shm_hosts: dict[str, str]
         _direct_offers: dict[str, str]
+        _request_segments: dict[str, list[dict[str, Any]]]
+        _purged_from_hub: dict[str, None]
+        _absent_direct: set[str]
         _shm: SharedMemory
         _helpers: set[threading.Thread]
 
@@ -321,10 +333,13 @@ class ControllerLink:
                     if uuid not in self._gone
                 }
                 engines.update({i: u for i, u in self._engines.items() if u in announced})
+                missing = [u for u in self._engines.values() if u not in engines.values()]
                 self._engines = engines
                 self._uuids = {u: i for i, u in engines.items()}
                 self._link_lost_at = None
                 self._engines_changed.notify_all()
+            if missing:
+                self._io.call_later(DIRECT_GRACE, lambda: self._drop_direct_of_absent(missing))
             self._recover(Recovery.of(self._unanswered()))
 
         def on_timeout() -> None:
@@ -334,6 +349,17 @@ class ControllerLink:
         self._records.track_service(msg.msg_id, "hub", on_reply=on_reply)
         self._io.send_now("hub", self.session.serialize(msg))
         self._io.call_later(self.timeout, on_timeout)
+
+    def _drop_direct_of_absent(self, uuids: list[str]) -> None:
+        """(I/O thread) Engines the Hub's table lacked after an outage and that have not
+        registered since: stop reconnecting to their direct addresses (zmq would try for
+        ever). A request to an engine not in the table is refused at once anyway; the ones
+        still unanswered are settled through the Hub (:meth:`_recover`, or the engine's
+        unregistration, which a restarted Hub announces for an engine its records name)."""
+        for uuid in uuids:
+            if uuid not in self._uuids and self._io.sends_direct(uuid):
+                self._io.disconnect_direct(uuid)
+                self._absent_direct.add(uuid)  # its end, if announced, is still reported
 
     def _unanswered(self) -> list[str]:
         return [
@@ -399,6 +425,7 @@ class ControllerLink:
     def _add_engine(self, engine_id: int, uuid: str) -> None:
         if uuid in self._gone:
             return
+        self._absent_direct.discard(uuid)  # back: connected again below
         if uuid not in self._uuids:  # before any request to it can leave: see client/direct.py
             address = direct_address(
                 self._io.direct_enabled,
@@ -424,33 +451,53 @@ class ControllerLink:
             self._engines = {i: u for i, u in self._engines.items() if u != uuid}
             self._uuids = {u: i for i, u in self._engines.items()}
             self._engines_changed.notify_all()
-        sent_direct = self._io.sends_direct(uuid)
+        sent_direct = self._io.sends_direct(uuid) or uuid in self._absent_direct
+        self._absent_direct.discard(uuid)
         self._io.disconnect_direct(uuid)
         sent = [
             msg_id
             for msg_id, pending in list(self._records.pending.items())
             if pending.kind == TASK and pending.engine_uuid == uuid and pending.channel == "mux"
         ]
+        segments = {m: self._request_segments[m] for m in sent if m in self._request_segments}
         failed = self._records.fail_engine(uuid, lambda: engine_gone(engine_id, uuid, why))
         if sent_direct:
             lost = set(failed)
-            self._report_lost_direct(uuid, [msg_id for msg_id in sent if msg_id in lost])
+            tasks = [msg_id for msg_id in sent if msg_id in lost]
+            answered = answered_by(self._records, uuid, self._purged_from_hub)
+            self._report_lost_direct(uuid, tasks, segments, answered)
 
-    def _report_lost_direct(self, uuid: str, msg_ids: list[str]) -> None:
+    def _report_lost_direct(
+        self,
+        uuid: str,
+        msg_ids: list[str],
+        segments: dict[str, list[dict[str, Any]]],
+        answered: list[list[Any]] | None = None,
+    ) -> None:
         """(I/O thread) Tell the Hub of the tasks this client sent straight to the engine
         ``uuid``, now unregistered, and never got answers for: the engine may have died
         before their copies left it, and then only this client knows them. The Hub records
         those it does not know as failed (``direct_lost_request``, see
         :mod:`corral.controller.hub_gone`), so other clients' ``get_result`` and ``db_query``
-        find them. Nobody waits for the answer; a refusal is logged."""
-        if not msg_ids or self._io.closed:
+        find them, and removes its links to their requests' shared-memory segments
+        (``segments``: msg_id -> the request's references), which only their copies would
+        have removed. ``answered``: tasks this client got the answers of from that engine
+        lately (:func:`answered_by`), which the Hub records, without their results, if it
+        never read their copies. Nobody waits for the answer; a refusal is logged."""
+        if (not msg_ids and not answered) or self._io.closed:
             return
-        tasks = []
+        tasks: list[list[Any]] = []
         for msg_id in msg_ids:
             md = self._records.metadata.get(msg_id)
             submitted = md.get("submitted") if md is not None else None
-            tasks.append([msg_id, submitted.isoformat() if submitted is not None else None])
-        msg = self.session.msg("direct_lost_request", {"engine_uuid": uuid, "tasks": tasks})
+            task: list[Any] = [msg_id, submitted.isoformat() if submitted is not None else None]
+            if msg_id in segments:
+                task.append(segments[msg_id])
+            tasks.append(task)
+        content: dict[str, Any] = {"engine_uuid": uuid, "tasks": tasks}
+        if answered:
+            content["answered"] = answered
+        msg = self.session.msg("direct_lost_request", content)
 
         def on_reply(reply: Message) -> None:
             content = reply.content or {}
@@ -469,6 +516,43 @@ class ControllerLink:
         self._records.track_service(msg.msg_id, "hub", on_reply=on_reply)
         self._io.send_now("hub", self.session.serialize(msg))
         self._io.call_later(self.timeout, on_timeout)
+
+
+def answered_by(
+    records: Records, uuid: str, purged: Container[str], now: datetime | None = None
+) -> list[list[Any]]:
+    """``[msg_id, submitted, status, started, completed]`` of the apply and execute requests
+    ``records`` got answers for from the engine ``uuid`` within ``ANSWERED_WINDOW`` seconds
+    before ``now``, newest first, at most ``ANSWERED_LATEST``, leaving out those in
+    ``purged`` (purged from the Hub by this client: their records must not be made again).
+    Asked when that engine ends, for the direct requests' report: their copies may have been
+    queued on its copies PUSH when it died (the Hub reading slowly), and then only this
+    client knows them. Requests failed here, without a reply, are not among them."""
+    since = (now or datetime.now(UTC)) - timedelta(seconds=ANSWERED_WINDOW)
+    requests = set(records.history)  # apply and execute: not control requests
+    answered: list[list[Any]] = []
+    for msg_id in reversed(list(records.results)):  # one copy in C: safe beside workers
+        md = records.metadata.get(msg_id)
+        if md is None or md.get("engine_uuid") != uuid or msg_id not in requests:
+            continue
+        received, status, completed = md.get("received"), md.get("status"), md.get("completed")
+        if received is None or received < since:
+            break  # results are settled about in the order their replies came
+        if completed is None or status not in ("ok", "error", "aborted") or msg_id in purged:
+            continue
+        started, submitted = md.get("started"), md.get("submitted")
+        answered.append(
+            [
+                msg_id,
+                submitted.isoformat() if submitted is not None else None,
+                status,
+                started.isoformat() if started is not None else None,
+                completed.isoformat(),
+            ]
+        )
+        if len(answered) >= ANSWERED_LATEST:
+            break
+    return answered
 
 
 def engine_gone(engine_id: int | None, uuid: str, why: str | None = None) -> EngineError:

@@ -51,6 +51,8 @@ PURGE_TRIM_SCHEDULE = (10_000, 1.0, 1.0)
 #: A purge of "all" names this many of the latest results as settled (``_settled``): far
 #: more than can finish within the delay of the Hub's copies.
 SETTLED_LATEST = 10_000
+#: The msg_ids of the latest purges of the Hub's records remembered (``_purged_from_hub``).
+PURGED_REMEMBERED = 20_000
 
 
 class HubQueries:
@@ -58,6 +60,7 @@ class HubQueries:
 
     if TYPE_CHECKING:  # provided by Client
         _records: Records
+        _purged_from_hub: dict[str, None]
         _io: ClientIO
         session: Session
         timeout: float
@@ -315,7 +318,15 @@ class HubQueries:
     def purge_hub_results(self, jobs: Any = (), targets: Iterable[int] | int | str = ()) -> None:
         """Make the Hub forget results: of ``jobs`` (msg_ids, AsyncResults, or ``"all"``) and
         of everything that ran on ``targets`` (engine ids, or ``"all"``). Pending tasks cannot
-        be purged (QueryError)."""
+        be purged (QueryError).
+
+        A task whose result this client already holds is done, whatever the Hub knows yet:
+        the copies that tell the Hub a task finished travel apart from the reply, so the Hub
+        may still have it pending or unknown when the purge comes. Such a task is dropped as
+        soon as the Hub records its end (its result, or its engine's death), never refused
+        nor left behind: after ``purge_results("all")`` right after every ``get()``, the
+        Hub ends up holding none of them (ipyparallel's Hub refused a pending msg_id, and
+        left pending ones behind on "all")."""
         msg_ids: list[str] | str = "all" if jobs == "all" else self.msg_ids_of(jobs)
         if not msg_ids and not targets:
             raise ValueError("say what to purge: jobs (msg_ids, AsyncResults or 'all') or targets")
@@ -324,6 +335,12 @@ class HubQueries:
         if settled:
             content["settled"] = settled
         self._query("purge_request", {**content, **self._meant_for()})
+        # a report of a dead engine's answered tasks must not make their records again
+        # (corral.client.link.answered_by): the latest ones, which it could name
+        purged = self._purged_from_hub
+        purged.update(dict.fromkeys(settled if msg_ids == "all" else msg_ids))
+        if len(purged) > PURGED_REMEMBERED:
+            self._purged_from_hub = dict.fromkeys(list(purged)[-PURGED_REMEMBERED:])
 
     def _settled(self, msg_ids: list[str] | str) -> list[str]:
         """Of the results a purge names, those this client holds: the Hub may not have the

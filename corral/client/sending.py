@@ -43,6 +43,7 @@ class RequestSending:
         _shm_reader: dict[str, Any]
         _shm_threshold: int
         _shm_hosts: dict[str, str]
+        _request_segments: dict[str, list[dict[str, Any]]]
         _all_share_host: tuple[dict[str, int], int, bool] | None
         _uuids: dict[str, int]
         _link_lost_at: float | None
@@ -132,11 +133,21 @@ class RequestSending:
         if header is None:
             records.track(msg, channel, uuid, engine_id, in_history=in_history, sweep=False)
         if refs:
-            records.futures[msg_id].add_done_callback(lambda _: self._shm.release(refs))
+            # named in a report of the task lost, if its engine dies with its copy
+            self._request_segments[msg_id] = encode_refs(refs)
+            records.futures[msg_id].add_done_callback(
+                lambda _: self._segments_settled(msg_id, refs)
+            )
         if channel == "task":  # until settled: Records calls release
             self._resender.hold(msg_id, frames[len(idents) + 1 :])  # from the signature on
         track_from = len(frames) - len(buffers) if track else None
         return OutgoingRequest(msg_id, channel, frames, track_from, uuid, engine_id)
+
+    def _segments_settled(self, msg_id: str, refs: list[SegmentRef]) -> None:
+        """The request settled: its segments go to the pool (the Hub's link keeps one for
+        the Hub until it has read the request's copy)."""
+        self._request_segments.pop(msg_id, None)
+        self._shm.release(refs)
 
     def dispatch_request(self, request: OutgoingRequest) -> None:
         """Send a request :meth:`prepare_request` made (once). A target already gone fails it

@@ -38,10 +38,16 @@ from corral.controller.hub_actions import (
     UpdateRecord,
 )
 from corral.controller.hub_beat import PROBE_PERIOD, REGISTRATION_PING, HubHeartbeat
-from corral.controller.hub_gone import GoneEngines, record_lost_direct
+from corral.controller.hub_gone import (
+    AwaitedEngine,
+    GoneEngines,
+    record_lost_direct,
+    registered,
+)
 from corral.controller.hub_queries import QUERIES, answer
 from corral.controller.hub_records import (
     iso_date,
+    purge_recorded,
     record_destinations,
     record_reply,
     record_request,
@@ -144,6 +150,8 @@ class Hub(HubHeartbeat):
         self.purge_on_record: dict[str, None] = {}
         self.dropped: set[str] = set()  # hearts this Hub declared dead
         self.gone = GoneEngines()  # engines it unregistered (dead or not): late copies' fate
+        # engines not registered here that copies or restored records name (hub_gone)
+        self.awaited: dict[str, AwaitedEngine] = {}
         self.retired_ids: set[int] = set()  # ids of engines gone while this Hub runs
         self.told_stale: set[str] = set()
         self.rejected = 0
@@ -387,6 +395,7 @@ class Hub(HubHeartbeat):
             if msg_id in self.pending:
                 # no scheduler knows it now: if this engine dies, the Hub fails it
                 entry.queue[msg_id] = None
+        registered(self, entry)
         log.info("hub: engine %d (%s) registered", entry.id, entry.uuid)
         content: dict[str, Any] = {"id": entry.id, "uuid": entry.uuid}
         if entry.shm_host:
@@ -419,7 +428,10 @@ class Hub(HubHeartbeat):
             changes = gone.failed_fields(entry.uuid)
             if lost_balanced(self, msg_id, never_ran=False):
                 changes["result_metadata"][RESENDABLE] = True
-            actions.append(UpdateRecord(msg_id, changes))
+            if gone.clean:  # its answer may still come (GoneEngines.take_answer)
+                actions.append(UpdateRecord(msg_id, changes))
+            else:  # settled: a purge that named it before its copies came takes it now
+                actions.extend(purge_recorded(self, msg_id, [UpdateRecord(msg_id, changes)]))
         for msg_id in entry.tasks:
             self.pending[msg_id] = None
         content = {"id": entry.id, "uuid": entry.uuid, "why": why}

@@ -106,11 +106,21 @@ class ExpireResults:
     which msg_ids went (:meth:`Hub.forget_purged`), so its tables stay as bounded as the store."""
 
 
+@dataclass(frozen=True, slots=True)
+class ForgetSegments:
+    """Remove the Hub's links to these shared-memory segments (``refs``: a request's ``shm``
+    references, as they came): the copy that would have released them will never come (its
+    engine died first, and its client reported the task lost). A link the Hub maps is left to
+    its mapping (:meth:`corral.shmread.SegmentReading.forget_named`)."""
+
+    refs: list[Any]
+
+
 StoreWrite: TypeAlias = (
     AddRecord | UpdateRecord | SetEngines | DropRecords | DropMatching | ExpireResults
 )
-Action: TypeAlias = Send | Resubmit | Stop | StoreWrite
-Message: TypeAlias = Send | Resubmit | Stop
+Action: TypeAlias = Send | Resubmit | Stop | ForgetSegments | StoreWrite
+Message: TypeAlias = Send | Resubmit | Stop | ForgetSegments
 
 
 def apply_record_write(store: ResultStore, action: Action) -> bool:

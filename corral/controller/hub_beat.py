@@ -16,11 +16,13 @@ from collections import deque
 from typing import TYPE_CHECKING, cast
 
 from corral.controller.hub_actions import Action, ExpireResults, Send
+from corral.controller.hub_gone import settle_awaited
 from corral.controller.hub_restart import settle_restored
 
 if TYPE_CHECKING:
     from corral.controller.heartbeat import HeartMonitor
     from corral.controller.hub import EngineEntry, Hub, PendingRegistration
+    from corral.controller.hub_gone import AwaitedEngine
     from corral.controller.store.base import ResultStore
 
 __all__ = ["PROBE_PERIOD", "REGISTRATION_PING", "HubHeartbeat"]
@@ -57,6 +59,7 @@ class HubHeartbeat:
         told_stale: set[str]
         replies_seen: dict[str, dict[str, str]]
         replies_writing: deque[tuple[int, dict[str, dict[str, str]]]]
+        awaited: dict[str, AwaitedEngine]
 
         def _register(self, pending: PendingRegistration, now: float) -> list[Action]: ...
         def _unregister(self, entry: EngineEntry, why: str, now: float) -> list[Action]: ...
@@ -105,6 +108,8 @@ class HubHeartbeat:
         actions: list[Action] = [ExpireResults(), *self._confirm_recorded()]
         if self.restored and self.hearts.beat >= self.restored_until_beat:
             actions.extend(settle_restored(cast("Hub", self), now))  # a mixin of Hub only
+        if self.awaited:  # engines named but never registered here (hub_gone)
+            actions.extend(settle_awaited(cast("Hub", self), now))
         for uuid in failed:
             entry = self.by_uuid.get(uuid)
             if entry is not None:

@@ -97,6 +97,11 @@ def record_request(
     counted = gone is not None and bool(hub.store.get_records([msg_id]))
     if gone is None:
         hub.pending[msg_id] = engine_uuid
+        if entry is None and queue == "mux" and engine_uuid:
+            # a rare path, and hub_gone imports this module: imported here
+            from corral.controller.hub_gone import await_engine
+
+            await_engine(hub, engine_uuid, msg_id)  # failed if it never registers
     if entry is not None:
         (entry.queue if queue == "mux" else entry.tasks)[msg_id] = None
     label = msg.metadata.get("label")

@@ -14,6 +14,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from corral.controller.hub_actions import Action, AddRecord, UpdateRecord
+from corral.controller.hub_gone import await_engine
 from corral.controller.hub_queries import MAX_QUERY_IDS
 from corral.controller.hub_records import iso_date
 from corral.errors import EngineError, InvalidContent, error_content
@@ -28,14 +29,23 @@ log = logging.getLogger("corral.hub")
 def restore(hub: Hub) -> None:
     """After a restart: tasks the store still has pending may yet be answered by engines
     that survived, so their replies must be recorded when they come."""
-    keys = ["engine_uuid", "queue", "metadata"]
+    keys = ["engine_uuid", "engine_id", "queue", "metadata"]
+    engines: dict[str, int | None] = {}
     for record in hub.store.find_records({"status": "pending"}, keys):
-        hub.pending[record["msg_id"]] = record.get("engine_uuid")
+        engine_uuid = record.get("engine_uuid")
+        hub.pending[record["msg_id"]] = engine_uuid
+        if isinstance(engine_uuid, str) and engine_uuid:
+            engine_id = record.get("engine_id")
+            engines[engine_uuid] = engine_id if isinstance(engine_id, int) else None
         if record.get("queue") == "task":
             retries = (record.get("metadata") or {}).get("retries")
             hub.balanced[record["msg_id"]] = retries if isinstance(retries, int) else 0
     hub.restored = dict(hub.pending)
     hub.restored_until_beat = hub.hearts.beat + 2 * hub.hearts.max_misses
+    # an engine of those tasks that does not come back within the window is gone: its
+    # clients must hear so, to stop using its direct address (hub_gone.settle_awaited)
+    for engine_uuid, engine_id in engines.items():
+        await_engine(hub, engine_uuid, None, engine_id, hub.restored_until_beat)
     # new engines get ids above every id in the stored records
     records = hub.store.find_records({"engine_id": {"$ne": None}}, ["engine_id"])
     ids = [r["engine_id"] for r in records if isinstance(r.get("engine_id"), int)]

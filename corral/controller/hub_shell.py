@@ -41,6 +41,7 @@ from corral.controller.hub_actions import (
     Action,
     DropMatching,
     DropRecords,
+    ForgetSegments,
     Resubmit,
     Send,
     Stop,
@@ -387,6 +388,8 @@ class HubShell:
                 self.on_stop(False)
             elif isinstance(action, Resubmit):
                 self._resubmit(action)
+            elif isinstance(action, ForgetSegments):
+                self.shm.forget_named(action.refs)
             else:
                 self._send(action, request_metadata)
         if self._purged:

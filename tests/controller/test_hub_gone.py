@@ -1,14 +1,20 @@
 """The Hub and the direct tasks of an engine that is gone (corral.controller.hub_gone): a
 request whose copy comes after the engine's unregistration is failed at once, never pending
 for ever; a client's report of direct tasks whose copies never left the engine records those
-the Hub does not know as failed. The Hub core alone, no sockets."""
+the Hub does not know as failed (and releases the Hub's links to their segments), and of the
+tasks it answered whose copies died, records them without results; an engine named but never
+registered (after a restart) is awaited, then gone. The Hub core alone, no sockets."""
 
 from __future__ import annotations
+
+import math
+from typing import Any
 
 import pytest
 
 from corral.controller.hub import Send
-from corral.controller.hub_gone import MAX_ANSWERABLE, MAX_GONE, GoneEngines
+from corral.controller.hub_actions import ForgetSegments
+from corral.controller.hub_gone import AWAIT_AT_LEAST, MAX_ANSWERABLE, MAX_GONE, GoneEngines
 from corral.controller.store.memory import MemoryStore
 from corral.protocol.session import Message, Session
 from tests.controller.hub_harness import HubHarness
@@ -69,11 +75,105 @@ def test_a_request_copied_after_its_engine_was_unregistered_is_failed_not_pendin
     assert queues.content["unassigned"] == 0
 
 
-def test_a_request_to_an_engine_never_known_stays_pending(hub: HubHarness) -> None:
-    """Only an engine this Hub unregistered fails a late copy: after a controller restart a
-    copy may name an engine that has not registered again yet."""
-    req = submit_mux(hub, "not-yet")
-    assert hub.pending[req.msg_id] == "not-yet"
+def sent(actions: list[Any], msg_type: str) -> list[Send]:
+    return [a for a in actions if isinstance(a, Send) and a.msg_type == msg_type]
+
+
+def beats(hub: HubHarness, count: int, *alive: str) -> list[Any]:
+    """``count`` beats, the hearts of ``alive`` answering each; what they sent."""
+    out: list[Any] = []
+    for _ in range(count):
+        out += hub.tick()[1]
+        for uuid in alive:
+            hub.handle_pong(uuid, hub.hearts.payload())
+    return out
+
+
+# a registration's time, in beats of 1 s (max_misses=2 here), and one more
+WINDOW = max(2 * 2 + 2, math.ceil(AWAIT_AT_LEAST)) + 1
+
+
+def test_a_copy_naming_an_engine_never_registered_waits_then_fails_with_it(
+    hub: HubHarness,
+) -> None:
+    """After a controller restart an engine's copies PUSH reconnects by itself, so a copy
+    may name an engine that has not registered again yet: pending while it may still
+    register, then, if it never does, failed with an EngineError and the engine announced
+    gone (clients drop its direct address). On 1015c07 it stayed pending for ever."""
+    req = submit_mux(hub, "never")
+    assert hub.pending[req.msg_id] == "never"
+    out = beats(hub, WINDOW - 2)
+    assert hub.pending[req.msg_id] == "never" and not sent(out, "unregistration_notification")
+    out = beats(hub, 2)
+    assert req.msg_id not in hub.pending
+    record = hub.store.get_record(req.msg_id)
+    assert record["status"] == "error" and record["result_content"]["ename"] == "EngineError"
+    assert "never registered" in record["result_content"]["evalue"]
+    (note,) = sent(out, "unregistration_notification")
+    assert note.content["uuid"] == "never" and note.content["id"] == -1
+    assert "never registered" in note.content["why"]
+    # its clients' reports are taken; a later copy fails at once; it may not register now
+    assert lost(hub, "never", "unseen").content["recorded"] == ["unseen"]
+    assert submit_mux(hub, "never").msg_id not in hub.pending
+    (refused, _) = hub.handle_request([b"never"], request("registration_request", uuid="never"))
+    assert refused.content["status"] == "error"
+    (queues,) = hub.handle_request([b"c"], request("queue_request"))
+    assert queues.content["unassigned"] == 0
+
+
+def test_a_copy_naming_an_engine_that_registers_in_time_is_its_task(hub: HubHarness) -> None:
+    """The engine registers within the window: the task is its queue's, failed if it dies,
+    answered if it answers; nothing is announced."""
+    early = submit_mux(hub, "late")
+    answered = submit_mux(hub, "late")
+    register(hub, "late")
+    assert set(hub.by_uuid["late"].queue) == {early.msg_id, answered.msg_id}
+    hub.handle_monitor(b"mux_out", [b"client-1", b"late"], reply_for(answered), direct=True)
+    assert not sent(beats(hub, WINDOW, "late"), "unregistration_notification")
+    assert hub.pending == {early.msg_id: "late"}
+    kill(hub, "late")
+    assert hub.store.get_record(early.msg_id)["status"] == "error"
+    assert hub.store.get_record(answered.msg_id)["status"] == "ok"
+
+
+def test_after_a_restart_an_engine_that_never_comes_back_is_announced_gone() -> None:
+    """Its restored tasks were failed at the window's end already; now its clients hear it
+    is gone too (its id from the records), so they stop reconnecting to its direct address
+    and fail what they sent it since (reported, and recorded, as for any gone engine)."""
+    before = HubHarness.create(MemoryStore(), ENGINE_ADDRESSES, CLIENT_ADDRESSES, 1.0, max_misses=2)
+    register(before, "back")
+    register(before, "gone")
+    orphan = submit_mux(before, "gone")
+    hub = HubHarness.create(
+        before.store, ENGINE_ADDRESSES, CLIENT_ADDRESSES, heartbeat_period=1.0, max_misses=2
+    )
+    hub.restore()
+    register(hub, "back", id=0, tasks=[])
+    out = beats(hub, WINDOW, "back")
+    notes = sent(out, "unregistration_notification")
+    assert [(n.content["id"], n.content["uuid"]) for n in notes] == [(1, "gone")]
+    assert "after the controller restarted" in notes[0].content["why"]
+    record = hub.store.get_record(orphan.msg_id)
+    assert record["status"] == "error" and "did not come back" in str(record["result_content"])
+    assert lost(hub, "gone", "sent-meanwhile").content["recorded"] == ["sent-meanwhile"]
+    (refused, _) = hub.handle_request([b"gone"], request("registration_request", uuid="gone", id=1))
+    assert refused.content["status"] == "error"
+
+
+def test_a_restored_engine_whose_id_was_taken_is_announced_without_it() -> None:
+    """A supervisor restarted the dead engine with its id and a new uuid: the old one is
+    announced gone with id -1, so a view keyed on ids does not drop the new engine."""
+    before = HubHarness.create(MemoryStore(), ENGINE_ADDRESSES, CLIENT_ADDRESSES, 1.0, max_misses=2)
+    register(before, "old")
+    submit_mux(before, "old")
+    hub = HubHarness.create(
+        before.store, ENGINE_ADDRESSES, CLIENT_ADDRESSES, heartbeat_period=1.0, max_misses=2
+    )
+    hub.restore()
+    register(hub, "new", id=0)
+    notes = sent(beats(hub, WINDOW, "new"), "unregistration_notification")
+    assert [(n.content["id"], n.content["uuid"]) for n in notes] == [(-1, "old")]
+    assert "new" in hub.by_uuid
 
 
 def test_a_clients_report_records_the_direct_tasks_the_hub_never_saw(hub: HubHarness) -> None:
@@ -106,6 +206,91 @@ def test_a_clients_report_records_the_direct_tasks_the_hub_never_saw(hub: HubHar
     # each counted once: the one the unregistration failed, the two reported lost (the
     # second copied late too), the one answered
     assert status.content["counts"] == {"ok": 1, "error": 3}
+
+
+def test_a_lost_report_releases_the_hubs_links_to_the_requests_segments(
+    hub: HubHarness,
+) -> None:
+    """A lost task's request copy never came, so nothing would remove the Hub's link to
+    its shared-memory segments until the controller stopped (on 1015c07 a report naming
+    them was refused as malformed). The links of a task whose copy came are left alone: that
+    copy released them, or the Hub holds them for its record."""
+    register(hub, "a")
+    seen = submit_mux(hub, "a")
+    kill(hub, "a")
+    refs = [{"index": 1, "size": 2 << 20, "writer": 4242, "token": "ab" * 16, "hold": True}]
+    other = [{"index": 1, "size": 2 << 20, "writer": 4242, "token": "cd" * 16, "hold": True}]
+    tasks = [["lost", None, refs], [seen.msg_id, None, other], ["small", None]]
+    actions = hub.handle_request(
+        [b"c"], request("direct_lost_request", engine_uuid="a", tasks=tasks)
+    )
+    assert [a.refs for a in actions if isinstance(a, ForgetSegments)] == [refs]
+    (reply,) = sent(actions, "direct_lost_reply")
+    assert reply.content["recorded"] == ["lost", "small"]
+
+
+def test_answers_a_client_got_from_a_dead_engine_are_recorded_without_results(
+    hub: HubHarness,
+) -> None:
+    """The copies of answered tasks can die queued on the engine's copies PUSH: the client
+    reports what it got. A task the Hub never saw is recorded with the client's status and
+    no result (a get_result elsewhere is told why); one the engine's death failed gets the
+    answer instead, once; one recorded from its copies is left alone."""
+    register(hub, "a")
+    failed_by_death = submit_mux(hub, "a")
+    copied = submit_mux(hub, "a")
+    hub.handle_monitor(b"mux_out", [b"client-1", b"a"], reply_for(copied), direct=True)
+    kill(hub, "a")
+    assert hub.store.get_record(failed_by_death.msg_id)["status"] == "error"
+    dates = ["2026-01-01T00:00:00+00:00", "2026-01-01T00:00:01+00:00"]
+    answered = [
+        ["unseen", dates[0], "ok", dates[0], dates[1]],
+        [failed_by_death.msg_id, dates[0], "ok", dates[0], dates[1]],
+        [copied.msg_id, dates[0], "error", dates[0], dates[1]],
+    ]
+    (reply,) = hub.handle_request(
+        [b"client-1"],
+        request("direct_lost_request", engine_uuid="a", tasks=[], answered=answered),
+    )
+    assert reply.content["recorded"] == ["unseen", failed_by_death.msg_id]
+    for msg_id in ("unseen", failed_by_death.msg_id):
+        record = hub.store.get_record(msg_id)
+        assert record["status"] == "ok" and record["completed"] == dates[1]
+        assert record["engine_uuid"] == "a" and record["client_uuid"] in ("client-1", None)
+    assert hub.store.get_record(copied.msg_id)["status"] == "ok"  # its own reply's
+    (results,) = hub.handle_request([b"c"], request("result_request", msg_ids=["unseen"]))
+    assert "died before it sent the controller a copy of the result" in str(
+        results.content["unseen"]["not_stored"]
+    )
+    # once only: a second report changes nothing
+    (again,) = hub.handle_request(
+        [b"client-1"],
+        request("direct_lost_request", engine_uuid="a", tasks=[], answered=answered),
+    )
+    assert again.content["recorded"] == []
+    (bad,) = hub.handle_request(
+        [b"c"],
+        request("direct_lost_request", engine_uuid="a", tasks=[], answered=[["x", None, "?"]]),
+    )
+    assert bad.content["ename"] == "QueryError"
+
+
+def test_a_purge_that_came_before_the_copies_takes_a_task_its_engines_death_settles(
+    hub: HubHarness,
+) -> None:
+    """The client held the result (its reply came straight from the engine) and purged
+    'all'; the task's finishing copy died with the engine, whose death then failed it: the
+    purge takes it then, as it would have taken the copy's record. On 1015c07 the failed
+    record stayed for ever."""
+    register(hub, "a")
+    settled = submit_mux(hub, "a")
+    (ok,) = hub.handle_request(
+        [b"c"], request("purge_request", msg_ids="all", settled=[settled.msg_id])
+    )
+    assert ok.content["status"] == "ok" and settled.msg_id in hub.pending
+    kill(hub, "a")
+    assert not hub.store.get_records([settled.msg_id])
+    assert settled.msg_id not in hub.purge_on_record
 
 
 def test_a_report_for_an_engine_not_gone_or_malformed_is_refused(hub: HubHarness) -> None:

@@ -6,6 +6,7 @@ stored results."""
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from corral import Client
-from corral.errors import ConnectionError
+from corral.errors import ConnectionError, EngineError
 from tests.conftest import start_cluster
 from tests.polling import until
 
@@ -86,3 +87,106 @@ def _answers(rc: Client) -> bool:
     except ConnectionError:
         return False
     return True
+
+
+def _sleeps(seconds: float) -> float:
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
+@pytest.mark.timeout(120)
+def test_an_engine_that_does_not_come_back_after_a_restart_is_dropped(tmp_path: Path) -> None:
+    """Engine 1 dies with the controller and never registers with the restarted one. Once
+    the restart's registration window has passed, the new Hub announces it gone: the client
+    fails its direct task with an EngineError that says so and stops reconnecting to the
+    engine's direct address (on 1015c07 it kept it for ever: no one announced the engine's
+    end), and another client finds the task failed."""
+    cluster = start_cluster(tmp_path, 2, heartbeat_period=0.5)
+    cluster.start()
+    try:
+        rc = Client(Path(cluster.path) / "corral-client.json", timeout=TIMEOUT)
+        try:
+            rc.wait_for_engines(2, timeout=30)
+            uuid = rc._engines[1]  # noqa: SLF001
+            assert rc._io.sends_direct(uuid)  # noqa: SLF001
+            pid = rc[1].apply_sync(os.getpid)
+            running = rc[1].apply_async(_sleeps, 60)
+            msg_id = running.msg_ids[0]
+            until(
+                lambda: (
+                    [r["status"] for r in rc.db_query({"msg_id": msg_id}, ["status"])]
+                    == ["pending"]
+                ),
+                30,
+                "the Hub to store the task as pending",
+            )
+            assert cluster.controller is not None
+            cluster.controller.send_signal(signal.SIGKILL)
+            cluster.controller.wait()
+            os.kill(pid, signal.SIGKILL)
+            cluster.engines[1].wait()
+
+            cluster.controller_args.append("--restore")
+            cluster.start_controller()
+            with pytest.raises(EngineError) as failed:
+                running.get(timeout=60)
+            assert "restart" in str(failed.value)  # the restart's window failed it
+            until(
+                lambda: not rc._io.sends_direct(uuid),  # noqa: SLF001
+                60,
+                "the client to drop the gone engine's direct address",
+            )
+            until(lambda: rc.ids == [0], 30, "engine 0 back, engine 1 not")
+            assert rc[0].apply_sync(_sleeps, 0) == 0
+            with Client(Path(cluster.path) / "corral-client.json", timeout=30) as other:
+                (record,) = other.db_query({"msg_id": msg_id}, ["status"])
+                assert record["status"] == "error"
+        finally:
+            rc.close()
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_direct_address_the_restarted_hub_does_not_list_is_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Engine 1, idle, dies with the controller: no record names it, so the restarted Hub
+    never speaks of it. Once the client has the new engine table, an engine it lacks has
+    ``DIRECT_GRACE`` (shortened here) to register again; then the client stops reconnecting
+    to its direct address (on 1015c07 zmq tried for ever). Engine 0, back, keeps its own."""
+    from corral.client import link
+
+    monkeypatch.setattr(link, "DIRECT_GRACE", 1.0, raising=False)
+    cluster = start_cluster(tmp_path, 2, heartbeat_period=0.5)
+    cluster.start()
+    try:
+        rc = Client(Path(cluster.path) / "corral-client.json", timeout=TIMEOUT)
+        try:
+            rc.wait_for_engines(2, timeout=30)
+            kept, dropped = rc._engines[0], rc._engines[1]  # noqa: SLF001
+            assert rc._io.sends_direct(kept) and rc._io.sends_direct(dropped)  # noqa: SLF001
+            pid = rc[1].apply_sync(os.getpid)
+            assert cluster.controller is not None
+            cluster.controller.send_signal(signal.SIGKILL)
+            cluster.controller.wait()
+            os.kill(pid, signal.SIGKILL)
+            cluster.engines[1].wait()
+
+            cluster.controller_args.append("--restore")
+            cluster.start_controller()
+            until(lambda: _answers(rc), 30, "the client to reach the new controller")
+            until(
+                lambda: not rc._io.sends_direct(dropped),  # noqa: SLF001
+                30,
+                "the client to drop the absent engine's direct address",
+            )
+            until(lambda: rc.ids == [0], 30, "engine 0 back")
+            assert rc._io.sends_direct(kept)  # noqa: SLF001
+            assert rc[0].apply_sync(_sleeps, 0) == 0
+        finally:
+            rc.close()
+    finally:
+        cluster.stop()

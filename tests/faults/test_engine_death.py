@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.errors import EngineError
+from corral.errors import EngineError, ResultNotStored
 from tests.conftest import running_cluster
 from tests.polling import until
 
@@ -135,3 +135,59 @@ def test_direct_tasks_whose_copies_died_with_their_engine_are_recorded_failed(
                 with pytest.raises(EngineError):
                     other.get_result(msg_id).get(timeout=30)
             assert other.queue_status(targets=[1])[1]["queue"] == 0
+
+
+@pytest.mark.timeout(120)
+def test_direct_tasks_whose_copies_were_queued_on_the_engines_push_when_it_died(
+    tmp_path: Path,
+) -> None:
+    """The Hub reads nothing while it is stopped, so the copies of an engine's direct tasks
+    pile up in the engine's copies PUSH (the kernel's buffers full) while the replies reach
+    their client; the engine is then killed with them queued. ``direct_lost_request``
+    covered only the tasks its client failed; here the client holds every result, and on
+    1015c07 the Hub never heard of most of them. The client now reports what the engine
+    answered lately; the Hub records those it never saw, with the client's status and no
+    result (get_result elsewhere: ResultNotStored, saying why)."""
+    from corral import Client
+
+    with running_cluster(tmp_path, 2, heartbeat_period=HEARTBEAT) as cluster:
+        rc = cluster.client
+        path = cluster.path / "corral-client.json"
+        with Client(path, timeout=30, shm_threshold=0) as sender:
+            sender.wait_for_engines(2, timeout=30)
+            assert sender._io.sends_direct(sender._engines[0])  # noqa: SLF001
+            pid = _engine_pid(sender, 0)
+            controller = cluster.controller
+            assert controller is not None
+            payload = b"x" * 1_000_000
+            controller.send_signal(signal.SIGSTOP)
+            try:
+                results = [sender[0].apply_async(len, payload) for _ in range(40)]
+                assert [r.get(timeout=30) for r in results] == [len(payload)] * 40
+                os.kill(pid, signal.SIGKILL)
+                cluster.engines[0].wait()
+            finally:
+                controller.send_signal(signal.SIGCONT)
+            msg_ids = [r.msg_ids[0] for r in results]
+            until(lambda: rc.ids == [1], 30, "the Hub to unregister the engine")
+
+            def settled() -> dict[str, str] | None:
+                found = rc.db_query({"msg_id": {"$in": msg_ids}}, ["status"])
+                statuses = {r["msg_id"]: r["status"] for r in found}
+                if len(statuses) < len(msg_ids) or "pending" in statuses.values():
+                    return None
+                return statuses
+
+            statuses = until(settled, 30, "every task recorded, none pending")
+            assert set(statuses.values()) == {"ok"}  # as its client got them
+            # those whose copies died: recorded from the client's report, without a result
+            not_copied = 0
+            with Client(path, timeout=30, direct=False) as other:
+                for msg_id in msg_ids:
+                    try:
+                        assert other.get_result(msg_id).get(timeout=30) == len(payload)
+                    except ResultNotStored as err:
+                        assert "died before it sent the controller a copy" in str(err)
+                        not_copied += 1
+            print(f"{not_copied} of {len(msg_ids)} copies died with the engine")
+            assert not_copied  # on 1015c07 those were unknown to the Hub for ever

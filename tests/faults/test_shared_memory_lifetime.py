@@ -92,6 +92,50 @@ def test_an_engine_killed_while_holding_a_segment_leaves_nothing(tmp_path: Path)
     assert names(cluster) == []
 
 
+def _imported() -> None:
+    """Run first, so that this module is imported on the engine before the killer comes."""
+
+
+def _kill_own_engine_with(array: Any) -> None:
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@pytest.mark.timeout(120)
+def test_a_direct_request_lost_with_its_engine_leaves_no_hub_link(tmp_path: Path) -> None:
+    """The engine dies within the task's turn, before the request's copy leaves it: the copy
+    that would have released the Hub's link (``-h``) to the request's segment never comes.
+    The client reports the task lost, naming its segments, and the Hub removes the link (on
+    1015c07 it stayed until the controller stopped)."""
+    with running_cluster(tmp_path, 2) as cluster:
+        rc = cluster.client
+        rc.wait_for_engines(2, timeout=30)
+        assert rc._io.sends_direct(rc._engines[0])  # noqa: SLF001
+        rc[0].apply_sync(_imported)
+        killer = rc[0].apply_async(_kill_own_engine_with, BIG)
+        with pytest.raises(EngineError):
+            killer.get(timeout=30)
+        (record,) = until(
+            lambda: [
+                r
+                for r in rc.db_query({"msg_id": killer.msg_ids[0]}, ["status", "engine_id"])
+                if r["status"] == "error"
+            ],
+            30,
+            "the Hub to record the lost task",
+        )
+        assert record["engine_id"] == 0
+        until(
+            lambda: not [n for n in names(cluster) if n.endswith("-h")],
+            30,
+            "the Hub's link to the lost request's segment to go",
+        )
+        assert rc[1].apply_sync(np.sum, BIG) == BIG.sum()  # the fast path still works
+    assert names(cluster) == []
+
+
 REQUESTER = """
 import sys, time
 from corral import Client, Reference

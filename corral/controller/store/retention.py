@@ -319,7 +319,11 @@ def completion_time(value: Any, default: float) -> float:
 
 
 def not_stored_message(msg_id: str, marker: Any) -> str:
-    """What a client is told when it asks the Hub for a result whose buffers were omitted."""
+    """What a client is told when it asks the Hub for a result whose buffers were omitted
+    (a marker's ``why``: a result the Hub never had, see ``controller/hub_gone.py``)."""
+    why = marker.get("why") if isinstance(marker, dict) else None
+    if isinstance(why, str):
+        return f"the result of {msg_id} is not in the controller's result store: {why}"
     size = marker.get("bytes") if isinstance(marker, dict) else None
     limit = marker.get("limit") if isinstance(marker, dict) else None
     return (
