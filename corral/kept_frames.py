@@ -18,10 +18,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from corral.protocol.session import Frame
+from corral.protocol.session import Frame, frame_view
 from corral.sockets import COPY_BELOW
 
-__all__ = ["KeptFrames", "compact", "expand", "is_compact"]
+__all__ = ["KeptFrames", "compact", "expand", "is_compact", "kept_size"]
 
 KeptFrames = tuple[Any, ...]
 """Frames as :func:`compact` keeps them: ``(joined, *lengths)`` (``bytes``, then each frame's
@@ -61,3 +61,10 @@ def expand(kept: Sequence[Any]) -> list[Frame]:
 def is_compact(kept: Sequence[Any]) -> bool:
     """Whether ``kept`` is :func:`compact`'s joined form."""
     return len(kept) > 1 and kept[1].__class__ is int
+
+
+def kept_size(kept: Sequence[Any]) -> int:
+    """The bytes of the frames ``kept`` holds (compact or not): what keeping them costs."""
+    if is_compact(kept):
+        return len(kept[0])
+    return sum(memoryview(frame_view(frame)).nbytes for frame in kept)

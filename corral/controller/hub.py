@@ -145,6 +145,7 @@ class Hub(HubHeartbeat):
         self.next_beat: float | None = None  # None: beat at the first wake
         self.next_repeat: float | None = None
         self.next_probe: float | None = None
+        self.next_confirm: float | None = None  # replies_recorded, while replies come
         self.pending: dict[str, str | None] = {}  # msg_id -> engine uuid (None: unassigned)
         # settled tasks a purge named before their copies came: purged once recorded (bounded)
         self.purge_on_record: dict[str, None] = {}

@@ -33,6 +33,14 @@ REGISTRATION_PING = 0.05  # seconds between repeated beats while an engine waits
 PROBE_PERIOD = 0.04  # seconds between probes of an engine whose connection closed
 
 
+CONFIRM_PERIOD = 0.25
+"""Seconds between confirmations of recorded replies (``replies_recorded``) while replies
+come, besides the one each beat makes: an engine keeps every unconfirmed reply for a restarted
+controller, at most ``MAX_KEPT`` (:mod:`corral.engine.replies`), and at a burst's rate (5,000
+replies a second an engine) a beat's period of them was more than that: the oldest were
+dropped, and a controller that died then could not have been told them again."""
+
+
 def _due(deadline: float | None, now: float, span: float) -> bool:
     """Whether a deadline set at most ``span`` ahead has come. One further ahead than that
     means the wall clock was set back: it is due now rather than after the step."""
@@ -49,6 +57,7 @@ class HubHeartbeat:
         next_beat: float | None
         next_repeat: float | None
         next_probe: float | None
+        next_confirm: float | None
         restored: dict[str, str | None]
         restored_until_beat: int
         engines: dict[int, EngineEntry]
@@ -66,12 +75,15 @@ class HubHeartbeat:
 
     def next_deadline(self, now: float) -> float:
         """When :meth:`wake` next has work: the next beat, or sooner the next registration
-        repeat or probe. Never more than a period after ``now`` (a clock set back)."""
+        repeat, probe or confirmation of recorded replies. Never more than a period after
+        ``now`` (a clock set back)."""
         when = now if self.next_beat is None else min(self.next_beat, now + self.heartbeat_period)
         if self.pending_registrations:
             when = min(when, now if self.next_repeat is None else self.next_repeat)
         if self.hearts.suspects:
             when = min(when, now if self.next_probe is None else self.next_probe)
+        if self.replies_seen or self.replies_writing:
+            when = min(when, now if self.next_confirm is None else self.next_confirm)
         return when
 
     def wake(self, now: float) -> tuple[list[bytes], list[Action]]:
@@ -80,20 +92,28 @@ class HubHeartbeat:
         A beat once per period (never closer than half a period, however late the call); while
         an engine waits to be registered, the current beat again every ``REGISTRATION_PING``
         (its count does not advance, so no other heart is judged) instead of making it wait up
-        to a whole period; while an engine is suspected, a probe every ``PROBE_PERIOD``."""
+        to a whole period; while an engine is suspected, a probe every ``PROBE_PERIOD``; while
+        replies come, their confirmations every ``CONFIRM_PERIOD``."""
         pings: list[bytes] = []
         actions: list[Action] = []
         period = self.heartbeat_period
         if _due(self.next_beat, now, period):
-            payload, actions = self.tick(now)
+            payload, actions = self.tick(now)  # confirms too
             pings.append(payload)
             last = (
                 now if self.next_beat is None or self.next_beat > now + period else self.next_beat
             )
             self.next_beat = max(last + period, now + period / 2)
-        elif self.pending_registrations and _due(self.next_repeat, now, REGISTRATION_PING):
-            pings.append(self.hearts.payload())
-            self.next_repeat = now + REGISTRATION_PING
+            self.next_confirm = now + CONFIRM_PERIOD
+        else:
+            if self.pending_registrations and _due(self.next_repeat, now, REGISTRATION_PING):
+                pings.append(self.hearts.payload())
+                self.next_repeat = now + REGISTRATION_PING
+            if (self.replies_seen or self.replies_writing) and _due(
+                self.next_confirm, now, CONFIRM_PERIOD
+            ):
+                actions.extend(self._confirm_recorded())
+                self.next_confirm = now + CONFIRM_PERIOD
         if self.hearts.suspects and _due(self.next_probe, now, PROBE_PERIOD):
             payload, lost = self.probe(now)
             pings.append(payload)

@@ -259,11 +259,14 @@ class HubShell:
         """``handle`` each message of ``frames`` (a bundle, or one message), all dated by the
         moment they came, their store writes queued together when the last is read."""
         self._received = time.time()
+        idle = not self.hub.replies_seen
         try:
             with self.store.holding_writes():
                 self.loop.deliver(handle, frames)
         except StoreError as err:  # an earlier write's failure, already logged by the writer
             log.error("hub: result store: %s", err)
+        if idle and self.hub.replies_seen:  # the first replies since a confirmation: its
+            self._schedule()  # time may come before the armed beat's (Hub.next_deadline)
 
     def _on_scheduler_copy(self, frames: Sequence[Frame]) -> None:
         """A copy from the scheduler (from a bundle, :meth:`_on_scheduler_message`): a

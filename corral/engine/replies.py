@@ -32,11 +32,16 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from corral.kept_frames import KeptFrames, compact, expand, is_compact
+from corral.kept_frames import KeptFrames, compact, expand, is_compact, kept_size
 from corral.protocol.messages import RESENT
 from corral.protocol.session import DELIMITER, Frame, frame_view
 
-MAX_KEPT = 10_000  # replies kept at most while the Hub has not confirmed them
+# Replies kept at most while the Hub has not confirmed them, and their bytes at most: the Hub
+# confirms a reply once it has read its copy and written it, which in a burst of tiny tasks
+# comes seconds later (at 10,000: 40,000 of 60,000 replies of a burst on 2 engines were
+# dropped unconfirmed, and a controller dying then could not have been told them again)
+MAX_KEPT = 100_000
+MAX_KEPT_BYTES = 64 << 20
 # the socket a kept reply is sent again on, when not the one it first left on
 RESEND_ON = {b"direct": b"mux"}
 
@@ -51,7 +56,8 @@ class ReplyLog:
     # stops tracking at its first pass, so thousands of kept replies are not walked again by
     # every later one
     recent: OrderedDict[str, tuple[float, bytes, KeptFrames]] = field(default_factory=OrderedDict)
-    dropped: int = 0  # unconfirmed replies pushed out by MAX_KEPT
+    dropped: int = 0  # unconfirmed replies pushed out by MAX_KEPT or MAX_KEPT_BYTES
+    kept_bytes: int = 0  # of the replies in recent
 
     def received(self, msg_id: str) -> None:
         self.held[msg_id] = None
@@ -67,11 +73,20 @@ class ReplyLog:
         if msg_id is None:
             return None
         self.held.pop(msg_id, None)
-        self.recent[msg_id] = (now, channel, compact(frames))
-        while len(self.recent) > MAX_KEPT:
-            self.recent.popitem(last=False)
+        kept = compact(frames)
+        self._forget(msg_id)  # a reply again: the newest is kept
+        self.recent[msg_id] = (now, channel, kept)
+        self.kept_bytes += kept_size(kept)
+        recent = self.recent
+        while len(recent) > MAX_KEPT or (self.kept_bytes > MAX_KEPT_BYTES and len(recent) > 1):
+            self.kept_bytes -= kept_size(recent.popitem(last=False)[1][2])
             self.dropped += 1
         return msg_id
+
+    def _forget(self, msg_id: str) -> None:
+        entry = self.recent.pop(msg_id, None)
+        if entry is not None:
+            self.kept_bytes -= kept_size(entry[2])
 
     def recorded(self, channel: bytes, msg_id: str) -> int:
         """The Hub wrote the record of the reply to ``msg_id`` sent on ``channel``: forget it
@@ -86,7 +101,7 @@ class ReplyLog:
             if kept_id == msg_id:
                 break
         for kept_id in done:
-            del self.recent[kept_id]
+            self._forget(kept_id)
         return len(done)
 
     def to_report(self) -> list[str]:
@@ -102,6 +117,7 @@ class ReplyLog:
             for _, channel, kept in self.recent.values()
         ]
         self.recent.clear()
+        self.kept_bytes = 0
         return replies
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from corral.controller import hub_queries
+from corral.controller import hub_beat, hub_queries
 from corral.controller.hub import Send, Stop
 from corral.controller.hub_actions import SetEngines
 from corral.controller.store.memory import MemoryStore
@@ -686,6 +686,23 @@ def test_an_engines_own_copies_are_confirmed_on_a_channel_of_their_own(hub: HubH
     confirmed = [a.content for a in actions if a.msg_type == "replies_recorded"]
     assert confirmed == [{"direct": by_direct.msg_id}]
     assert hub.store.get_record(by_direct.msg_id)["status"] == "ok"
+
+
+def test_replies_are_confirmed_every_quarter_second_between_beats(hub: HubHarness) -> None:
+    """While replies come, the Hub confirms them every CONFIRM_PERIOD, not only at its beats
+    (every heartbeat period): an engine keeps each reply until confirmed, and a burst's beat
+    worth of them was more than it keeps. Idle, it wakes only for the beats."""
+    register(hub, "a")
+    hub.advance_to_deadline()
+    beat_due = hub.next_beat
+    assert hub.next_deadline(hub.now) == beat_due  # nothing to confirm: the beat
+    req = submit_mux(hub, "a")
+    hub.handle_monitor(b"mux_out", [b"client-1", b"a"], reply_for(req))
+    pings, actions = hub.advance_to_deadline()
+    assert hub.now <= beat_due - hub_beat.CONFIRM_PERIOD / 2 and pings == []  # no beat
+    confirmed = [a.content for a in actions if a.msg_type == "replies_recorded"]
+    assert confirmed == [{"mux": req.msg_id}]
+    assert hub.next_deadline(hub.now) == beat_due  # all confirmed: idle until the beat
 
 
 def test_replies_are_confirmed_only_once_their_records_are_written(tmp_path: Path) -> None:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import gc
 
+import pytest
+
+from corral.engine import replies
 from corral.engine.replies import MAX_KEPT, ReplyLog, marked_resent, parent_msg_id
-from corral.kept_frames import compact, expand
+from corral.kept_frames import compact, expand, kept_size
 from corral.protocol.messages import RESENT
 from corral.protocol.session import Frame, Session, frame_view
+from corral.sockets import COPY_BELOW
 
 session = Session(b"key")
 
@@ -121,10 +125,40 @@ def test_recent_replies_are_bounded() -> None:
     log = ReplyLog()
     frames = reply_frames("x")
     for index in range(MAX_KEPT + 5):
-        log.recent[str(index)] = (0.0, b"mux", frames)
+        log.replied(b"mux", frames, now=0.0, answers=str(index))
     log.replied(b"mux", reply_frames("newest"), now=0.0)
     assert len(log.recent) == MAX_KEPT and "newest" in log.recent and "0" not in log.recent
     assert log.dropped == 6
+    assert log.kept_bytes == sum(kept_size(kept) for _, _, kept in log.recent.values())
+
+
+def test_a_bursts_replies_are_kept_until_confirmed() -> None:
+    """A burst's replies wait seconds for the Hub's confirmation (it reads and writes their
+    copies behind the burst): 30,000 no-op replies on one engine are all kept (10,000 were)."""
+    log = ReplyLog()
+    frames = reply_frames("x")
+    for index in range(30_000):
+        log.replied(b"task", frames, now=0.0, answers=str(index))
+    assert log.dropped == 0 and len(log.recent) == 30_000
+    assert log.recorded(b"task", "29999") == 30_000 and log.kept_bytes == 0
+
+
+def test_kept_replies_are_bounded_in_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large results are kept by the bytes: the oldest go first, the newest always stays;
+    the count follows what is confirmed, resent and replaced."""
+    monkeypatch.setattr(replies, "MAX_KEPT_BYTES", 3 * COPY_BELOW)
+    log = ReplyLog()
+    for index in range(5):
+        log.replied(b"mux", [*reply_frames(str(index)), b"r" * COPY_BELOW], now=0.0)
+    assert list(log.recent) == ["3", "4"] and log.dropped == 3
+    assert log.kept_bytes == sum(kept_size(kept) for _, _, kept in log.recent.values())
+    log.replied(b"mux", reply_frames("4"), now=1.0)  # again, small now: replaces the kept one
+    assert log.kept_bytes == sum(kept_size(kept) for _, _, kept in log.recent.values())
+    assert log.recorded(b"mux", "3") == 1 and list(log.recent) == ["4"]
+    log.replied(b"mux", [*reply_frames("big"), b"r" * (4 * COPY_BELOW)], now=2.0)
+    assert list(log.recent) == ["big"]  # over the bound alone, the newest is still kept
+    log.to_resend()
+    assert log.kept_bytes == 0 and not log.recent
 
 
 def test_a_reply_sent_again_has_a_new_signature_and_is_no_replay() -> None:
