@@ -175,23 +175,8 @@ def record_lost_direct(hub: Hub, idents: Sequence[bytes], msg: Message) -> list[
     for msg_id, submitted, segments in tasks:
         if msg_id in known or msg_id in hub.pending:
             continue
-        record: dict[str, Any] = {
-            "msg_id": msg_id,
-            "header": {"msg_id": msg_id, "session": client, "date": submitted},
-            "metadata": {},
-            "content": {},
-            "buffers": None,
-            REQUEST_OMITTED_FIELD: {"why": LOST_REQUEST},
-            "queue": "mux",
-            "client_uuid": client,
-            "engine_uuid": engine_uuid,
-            "engine_id": gone.id,
-            "submitted": submitted,
-            "started": None,
-            "received": None,
-            "resubmitted": False,
-            **gone.failed_fields(engine_uuid),
-        }
+        record = _lost_request_record(msg_id, client, engine_uuid, gone, submitted)
+        record.update(started=None, received=None, **gone.failed_fields(engine_uuid))
         hub.activity.submit()
         hub.activity.complete(msg_id, gone.id, "error", None, gone.date)
         hub.gone.failed(msg_id, engine_uuid, gone)  # its answer may follow
@@ -203,6 +188,27 @@ def record_lost_direct(hub: Hub, idents: Sequence[bytes], msg: Message) -> list[
     if answered:
         actions.extend(_record_answered(hub, client, engine_uuid, gone, answered, recorded))
     return [*actions, answer(idents, msg, "direct_lost_reply", ok_reply(recorded=recorded))]
+
+
+def _lost_request_record(
+    msg_id: str, client: str, engine_uuid: str, gone: GoneEngine, submitted: Any
+) -> dict[str, Any]:
+    """The record of a direct request whose copy died with its engine, from what its client
+    reported (no request: ``request_buffers_omitted`` says why); its outcome is the caller's."""
+    return {
+        "msg_id": msg_id,
+        "header": {"msg_id": msg_id, "session": client, "date": submitted},
+        "metadata": {},
+        "content": {},
+        "buffers": None,
+        REQUEST_OMITTED_FIELD: {"why": LOST_REQUEST},
+        "queue": "mux",
+        "client_uuid": client,
+        "engine_uuid": engine_uuid,
+        "engine_id": gone.id,
+        "submitted": submitted,
+        "resubmitted": False,
+    }
 
 
 def _record_answered(
@@ -246,21 +252,8 @@ def _record_answered(
                 actions.extend(purge_recorded(hub, msg_id, [UpdateRecord(msg_id, fields)]))
                 recorded.append(msg_id)
             continue
-        record: dict[str, Any] = {
-            "msg_id": msg_id,
-            "header": {"msg_id": msg_id, "session": client, "date": submitted},
-            "metadata": {},
-            "content": {},
-            "buffers": None,
-            REQUEST_OMITTED_FIELD: {"why": LOST_REQUEST},
-            "queue": "mux",
-            "client_uuid": client,
-            "engine_uuid": engine_uuid,
-            "engine_id": gone.id,
-            "submitted": submitted,
-            "resubmitted": False,
-            **fields,
-        }
+        record = _lost_request_record(msg_id, client, engine_uuid, gone, submitted)
+        record.update(fields)
         hub.activity.submit()
         hub.activity.complete(msg_id, gone.id, status, started, completed)
         actions.extend(purge_recorded(hub, msg_id, [AddRecord(msg_id, record)]))
