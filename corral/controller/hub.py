@@ -44,7 +44,7 @@ from corral.controller.hub_gone import (
     record_lost_direct,
     registered,
 )
-from corral.controller.hub_queries import QUERIES, answer
+from corral.controller.hub_queries import QUERIES, Purged, answer
 from corral.controller.hub_records import (
     iso_date,
     purge_recorded,
@@ -149,6 +149,9 @@ class Hub(HubHeartbeat):
         self.pending: dict[str, str | None] = {}  # msg_id -> engine uuid (None: unassigned)
         # settled tasks a purge named before their copies came: purged once recorded (bounded)
         self.purge_on_record: dict[str, None] = {}
+        # what purges dropped, for a dead engine's answered tasks a client reports later
+        # (hub_gone): they must not be made again (hub_queries.Purged)
+        self.purged = Purged()
         self.dropped: set[str] = set()  # hearts this Hub declared dead
         self.gone = GoneEngines()  # engines it unregistered (dead or not): late copies' fate
         # engines not registered here that copies or restored records name (hub_gone)

@@ -224,7 +224,8 @@ def _record_answered(
     has no record of is recorded with the client's status and dates and no result
     (``buffers_omitted`` says why: ``get_result`` from another client raises
     ResultNotStored); one the engine's end failed gets them instead of the failure; the
-    others are left as they are. Appends the msg_ids it recorded to ``recorded``."""
+    others, and those a purge dropped (:class:`~corral.controller.hub_queries.Purged`), are
+    left as they are. Appends the msg_ids it recorded to ``recorded``."""
     known = hub.store.get_records([item[0] for item in answered])
     actions: list[Action] = []
     for msg_id, submitted, status, started, completed in answered:
@@ -252,6 +253,8 @@ def _record_answered(
                 actions.extend(purge_recorded(hub, msg_id, [UpdateRecord(msg_id, fields)]))
                 recorded.append(msg_id)
             continue
+        if hub.purged.dropped(msg_id, engine_uuid, completed):
+            continue  # a purge dropped it (another client's, say): not made again
         record = _lost_request_record(msg_id, client, engine_uuid, gone, submitted)
         record.update(fields)
         hub.activity.submit()

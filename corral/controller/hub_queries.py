@@ -9,6 +9,8 @@ sockets and no clock, like the rest of the core.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +30,64 @@ MAX_QUERY_IDS = 100_000
 # a copy is late by milliseconds, so these are only the results a client got just before it
 # purged; one whose copy never comes (its engine died before sending it) must not stay for ever
 PURGE_ON_RECORD_LIMIT = 20_000
+# msg_ids a purge named, remembered at most (the oldest forgotten): see Purged
+PURGED_REMEMBERED = 20_000
+
+
+@dataclass
+class Purged:
+    """What purges dropped, as far as a later report of a dead engine's answered tasks needs:
+    a client whose direct copies died with their engine reports the tasks it got answers for
+    (hub_gone), and one that another client's purge had dropped must not be recorded again.
+    Purges of ``"all"`` and of an engine's tasks are remembered by their date (a task
+    completed before it would have been dropped), the latest purged msg_ids by name."""
+
+    all_at: datetime | None = None
+    engine_at: dict[str, datetime] = field(default_factory=dict)
+    msg_ids: dict[str, None] = field(default_factory=dict)
+
+    def note(
+        self, when: datetime | None, msg_ids: Iterable[str] | str, engines: Iterable[str]
+    ) -> None:
+        """A purge sent at ``when`` (its header's date; None if unreadable) named these."""
+        if msg_ids == "all":
+            if when is not None and (self.all_at is None or when > self.all_at):
+                self.all_at = when
+        else:
+            remembered = self.msg_ids
+            remembered.update(dict.fromkeys(msg_ids))
+            excess = len(remembered) - PURGED_REMEMBERED
+            if excess > 0:
+                for msg_id in list(islice(remembered, excess)):
+                    del remembered[msg_id]
+        if when is not None:
+            for uuid in engines:
+                self.engine_at[uuid] = max(when, self.engine_at.get(uuid, when))
+
+    def dropped(self, msg_id: str, engine_uuid: str, completed: str | None) -> bool:
+        """Whether a purge dropped (or would have dropped, had its copies come) the task
+        ``msg_id`` that ran on ``engine_uuid`` and completed at ``completed`` (ISO 8601)."""
+        if msg_id in self.msg_ids:
+            return True
+        done = parse_date(completed)
+        if done is None:
+            return False
+        engine_at = self.engine_at.get(engine_uuid)
+        return (self.all_at is not None and done <= self.all_at) or (
+            engine_at is not None and done <= engine_at
+        )
+
+
+def parse_date(value: object) -> datetime | None:
+    """An ISO 8601 date of the wire as an aware datetime (UTC if it names no zone); None if
+    it is not one."""
+    if not isinstance(value, str):
+        return None
+    try:
+        date = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return date if date.tzinfo is not None else date.replace(tzinfo=UTC)
 
 
 def answer(
@@ -175,6 +235,7 @@ def purge_request(hub: Hub, idents: Sequence[bytes], msg: Message) -> list[Actio
     for entry in engines:
         actions.append(DropMatching({"engine_uuid": entry.uuid, "status": {"$ne": "pending"}}))
         entry.completed.clear()
+    hub.purged.note(parse_date(msg.header.get("date")), msg_ids, [e.uuid for e in engines])
     purge_on_record = hub.purge_on_record
     for msg_id in later:
         purge_on_record[msg_id] = None

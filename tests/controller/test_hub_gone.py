@@ -275,6 +275,53 @@ def test_answers_a_client_got_from_a_dead_engine_are_recorded_without_results(
     assert bad.content["ename"] == "QueryError"
 
 
+def test_answers_reported_after_a_purge_dropped_them_are_not_made_again(
+    hub: HubHarness,
+) -> None:
+    """A client reports the answers it got from a dead engine; those another client's purge
+    dropped (by msg_id, "all", or the engine's tasks, then completed before the purge) stay
+    dropped, the others are recorded."""
+    register(hub, "a")
+    register(hub, "b")
+    purged_by_id = submit_mux(hub, "a")
+    hub.handle_monitor(b"mux_out", [b"client-1", b"a"], reply_for(purged_by_id), direct=True)
+    (ok,) = hub.handle_request([b"c2"], request("purge_request", msg_ids=[purged_by_id.msg_id]))
+    assert ok.content["status"] == "ok"
+    (ok,) = hub.handle_request([b"c2"], request("purge_request", engine_ids=[1]))
+    assert ok.content["status"] == "ok"
+    kill(hub, "b")
+    kill(hub, "a")
+    before, after = "2026-01-01T00:00:00+00:00", "2999-01-01T00:00:00+00:00"
+    reported = {
+        "a": [
+            [purged_by_id.msg_id, before, "ok", before, before],
+            ["a-done-before", before, "ok", before, before],
+            ["a-done-after", before, "ok", after, after],
+        ],
+        "b": [["b-done-before", before, "ok", before, before]],
+    }
+    recorded = {}
+    for uuid, answered in reported.items():
+        (reply,) = hub.handle_request(
+            [b"client-1"],
+            request("direct_lost_request", engine_uuid=uuid, tasks=[], answered=answered),
+        )
+        recorded[uuid] = reply.content["recorded"]
+    assert recorded == {"a": ["a-done-before", "a-done-after"], "b": []}  # b's tasks purged
+    (ok,) = hub.handle_request([b"c2"], request("purge_request", msg_ids="all"))
+    assert ok.content["status"] == "ok"
+    late = [
+        ["late-before", before, "ok", before, before],
+        ["late-after", after, "ok", after, after],
+    ]
+    register(hub, "c")
+    kill(hub, "c")
+    (reply,) = hub.handle_request(
+        [b"client-1"], request("direct_lost_request", engine_uuid="c", tasks=[], answered=late)
+    )
+    assert reply.content["recorded"] == ["late-after"]
+
+
 def test_a_purge_that_came_before_the_copies_takes_a_task_its_engines_death_settles(
     hub: HubHarness,
 ) -> None:
