@@ -26,6 +26,7 @@ Guarantees a caller can rely on:
 from __future__ import annotations
 
 import hashlib
+import logging
 import mmap
 import os
 import secrets
@@ -44,6 +45,7 @@ from corral.errors import SharedMemoryError
 from corral.protocol.session import Frame, frame_view
 from corral.protocol.shm import (
     HUB,
+    LoneHubLinks,
     SegmentRef,
     Settings,
     large_buffers,
@@ -67,6 +69,7 @@ __all__ = [
     "sweep_others",
 ]
 
+log = logging.getLogger("corral.sharedmem")
 
 RESERVE_BYTES: Final = 64 << 20  # left free in /dev/shm and in RAM after a segment is written
 MAX_POOL_BYTES: Final = 4 << 30  # settled segments one process keeps for reuse, at most
@@ -186,6 +189,7 @@ class SharedMemory(SegmentReading):
         owned = _Owned(shm_dir, self.pid, self._live, self._pool)
         weakref.finalize(self, _remove_owned, owned)
         self._mapped: dict[Path, int] = {}  # reader links of this process -> live mappings
+        self._lone = LoneHubLinks()  # the Hub's: links no copy will come to release
 
     def configure(self, settings: Settings | None) -> None:
         """New settings (an engine learns them from each registration reply)."""
@@ -465,7 +469,31 @@ class SharedMemory(SegmentReading):
                 lambda pid: pid != self.pid and pid_alive(pid),
                 hub_alive=False,
             )
-        return sweep(settings.prefix, self.shm_dir, hub_alive=hub_alive)
+        swept = sweep(settings.prefix, self.shm_dir, hub_alive=hub_alive)
+        if self.reader == HUB and hub_alive:
+            swept.extend(self._remove_lone_hub_links(settings.prefix))
+        return swept
+
+    def _remove_lone_hub_links(self, prefix: str) -> list[str]:
+        """(The Hub's periodic sweep.) Remove its links that have been the last name of their
+        segment, unmapped, for a while (:class:`~corral.protocol.shm.LoneHubLinks`: a request
+        whose copy died with its engine and whose client is gone too)."""
+        try:
+            names = [name for name in os.listdir(self.shm_dir) if name.startswith(prefix)]
+        except OSError:
+            return []
+        with self._lock:
+            mapped = {path.name for path in self._mapped}
+        removed: list[str] = []
+        for name in self._lone.due(prefix, names, mapped, time.monotonic()):
+            with self._lock:  # not if mapped since the listing (a copy came after all)
+                if self.shm_dir / name in self._mapped:
+                    continue
+                _unlink(self.shm_dir / name)
+            removed.append(name)
+        if removed:
+            log.info("shared memory: removed %d Hub link(s) no copy will release", len(removed))
+        return removed
 
 
 def link_name_w(prefix: str, writer: int, token: str) -> str:

@@ -129,3 +129,28 @@ def test_the_hub_forgets_what_it_will_not_read(settings: Settings) -> None:
     writer.release(held + second)
     writer.close()
     assert names(settings) == []
+
+
+def test_the_hub_removes_its_links_that_no_copy_will_release(settings: Settings) -> None:
+    """A Hub link that outlived every other name of its segment (its writer settled it and
+    dropped it from its pool; its copy died with its engine) goes at the Hub's sweep once it
+    stayed so for the grace (none here); a link the Hub maps stays, with its mapping."""
+    writer, hub, me = (
+        SharedMemory(settings, pool_bytes=0),
+        SharedMemory(settings, hub=True),
+        os.getpid(),
+    )
+    hub._lone.grace = 0.0  # noqa: SLF001
+    lost_frames, lost = writer.export(serialize_object(random_array("u1", (9000,))), hub_link=True)
+    frames, kept = writer.export(serialize_object(random_array("u1", (9000,))), hub_link=True)
+    mapped = hub.resolve(message(frames, kept))
+    writer.release(lost + kept)  # no pool: the writer's names go
+    kept_link = link_name(settings.prefix, me, kept[0].token, HUB)
+    lost_link = link_name(settings.prefix, me, lost[0].token, HUB)
+    assert names(settings) == sorted([kept_link, lost_link])
+    assert hub.sweep() == [lost_link]
+    assert names(settings) == [kept_link]
+    del mapped
+    gc.collect()
+    assert names(settings) == []
+    writer.close()

@@ -385,13 +385,7 @@ class ControllerLink:
                 if self._resend(msg_id, "the controller died before it recorded it"):
                     resent += 1
                     continue
-                self._records.fail(
-                    msg_id,
-                    ConnectionError(
-                        "the controller died before it recorded this request, so it never "
-                        "reached an engine; submit it again"
-                    ),
-                )
+                self._records.fail(msg_id, self._lost_error(msg_id))
             if resent:
                 log.warning(
                     "client: %d task(s) sent again: the controller died before it recorded "
@@ -411,6 +405,36 @@ class ControllerLink:
         self._records.track_service(msg.msg_id, "hub", on_reply=on_reply)
         self._io.send_now("hub", self.session.serialize(msg))
         self._io.call_later(self.timeout, on_timeout)
+
+    def _lost_error(self, msg_id: str) -> BaseException:
+        """(I/O thread) Why a request the restarted Hub has no record of is lost. A direct one
+        never went through the controller: if its engine is not registered with the restarted
+        controller either, the engine is what is gone (it died while the controller was down,
+        say), not a record; otherwise the controller died before it recorded the request."""
+        pending = self._records.pending.get(msg_id)
+        uuid = pending.engine_uuid if pending is not None else None
+        if (
+            pending is not None
+            and uuid is not None
+            and pending.channel == "mux"
+            and uuid not in self._uuids
+            and (self._io.sends_direct(uuid) or uuid in self._absent_direct)
+        ):
+            md = self._records.metadata.get(msg_id)
+            engine_id = md.get("engine_id") if md is not None else None
+            return EngineError(
+                "EngineError",
+                f"engine {engine_id} ({uuid}), to which this request was sent directly, is not "
+                "registered with the restarted controller (it died while the controller was "
+                "down, or has not come back), and the controller has no record of the "
+                "request: its answer will not come; submit it again",
+                engine_id=engine_id,
+                engine_uuid=uuid,
+            )
+        return ConnectionError(
+            "the controller died before it recorded this request, so it never reached an "
+            "engine; submit it again"
+        )
 
     def _resend(self, msg_id: str, why: str) -> bool:
         """(I/O thread) Send a held load-balanced request again, same msg_id; False if it is

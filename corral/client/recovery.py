@@ -9,7 +9,9 @@ answered directly meanwhile, or unknown to the Hub ``UNKNOWN_CHECKS`` times in a
 controller died before it recorded the request, which then never reached an engine). A
 load-balanced request lost that way, or one the restarted Hub marks lost because it waited in
 the old task scheduler, is sent again (see :class:`Resender`); a direct one fails with
-ConnectionError, to be submitted again. The decisions are here, without sockets.
+ConnectionError, to be submitted again, or with EngineError when it went straight to an engine
+the restarted controller does not list either (the engine, not a record, is what is gone:
+``corral.client.link``). The decisions are here, without sockets.
 """
 
 from __future__ import annotations

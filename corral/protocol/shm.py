@@ -51,6 +51,8 @@ __all__ = [
     "METADATA_KEY",
     "READER_KEY",
     "LinkName",
+    "LONE_HUB_LINK_GRACE",
+    "LoneHubLinks",
     "SegmentRef",
     "Settings",
     "decode_refs",
@@ -295,6 +297,53 @@ def plan_sweep(
             if gone:
                 doomed.append(name)
     return doomed
+
+
+LONE_HUB_LINK_GRACE: Final = 60.0  # seconds a Hub link is seen alone before it is removed
+
+
+class LoneHubLinks:
+    """The Hub's links (``h``) that are the last name of their segment, and since when.
+
+    The Hub removes its link to a request's segment once it has read the request's copy (or
+    been told the copy died: ``direct_lost_request``). A copy can die with no one left to say
+    so: a client and its engine killed together (one host's processes), after the client had
+    settled the request (its reply came while the copy waited on the engine's copies PUSH, or
+    it failed the task and died before reporting it). The writer's names then go (settled,
+    then swept with the dead writer, or dropped from a live writer's pool) and so do the dead
+    engine's, and the Hub's link alone keeps the segment, until the controller stops: the
+    sweep counts the Hub as alive, and no copy will come to release it.
+
+    A link that is the only name of its segment (no writer name: the writer gave it up; no
+    other reader's link: no live task maps it), that the Hub does not map (no stored record or
+    request in hand reads through it) and that stayed so for ``grace`` seconds (a copy still on
+    its way, the Hub reading seconds behind in a burst, finds it) is due: :meth:`due`. No
+    sockets, no files: the caller lists the names and removes the links.
+    """
+
+    def __init__(self, grace: float = LONE_HUB_LINK_GRACE) -> None:
+        self.grace = grace
+        self._since: dict[str, float] = {}  # lone Hub link -> when first seen alone
+
+    def due(self, prefix: str, names: Iterable[str], mapped: set[str], now: float) -> list[str]:
+        """Of ``names`` (a listing of the segment folder), the Hub links under ``prefix`` seen
+        alone and unmapped (``mapped``: the names the Hub reads through now) since at least
+        ``grace`` seconds before ``now``. Links no longer alone are forgotten."""
+        names_of: dict[tuple[int, str], list[LinkName]] = {}
+        hub_link: dict[tuple[int, str], str] = {}
+        for name in names:
+            parsed = parse_link(name)
+            if parsed is None or parsed.prefix != prefix:
+                continue
+            key = (parsed.writer, parsed.token)
+            names_of.setdefault(key, []).append(parsed)
+            if parsed.reader == HUB:
+                hub_link[key] = name
+        lone = {
+            name for key, name in hub_link.items() if len(names_of[key]) == 1 and name not in mapped
+        }
+        self._since = {name: self._since.get(name, now) for name in lone}
+        return sorted(name for name, since in self._since.items() if now - since >= self.grace)
 
 
 def _is_int(value: object) -> bool:

@@ -190,3 +190,46 @@ def test_a_direct_address_the_restarted_hub_does_not_list_is_dropped(
             rc.close()
     finally:
         cluster.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_direct_task_whose_engine_died_meanwhile_fails_with_an_engine_error(
+    tmp_path: Path,
+) -> None:
+    """The controller and then engine 1, running a direct task, are killed; the controller
+    is restarted with no record of the task (``--db memory``: --restore gives it back its
+    ports and key, not the records; a controller restarted without --restore has new ones,
+    which no running client or engine reaches), so it never heard of engine 1 either. The
+    client, asking the new Hub about the task, gives it up: its request went straight to
+    engine 1, which the restarted controller does not list, so it fails with an EngineError
+    saying so (on be45d69: ConnectionError, "the controller died before it recorded this
+    request, so it never reached an engine", which is not what happened)."""
+    cluster = start_cluster(tmp_path, 2, heartbeat_period=0.5, db="memory")
+    cluster.start()
+    try:
+        rc = Client(Path(cluster.path) / "corral-client.json", timeout=TIMEOUT)
+        try:
+            rc.wait_for_engines(2, timeout=30)
+            assert rc._io.sends_direct(rc._engines[1])  # noqa: SLF001
+            pid = rc[1].apply_sync(os.getpid)
+            running = rc[1].apply_async(_sleeps, 60)
+            until(lambda: rc.queue_status(targets=[1])[1]["queue"] == 1, 30, "the task to run")
+            assert cluster.controller is not None
+            cluster.controller.send_signal(signal.SIGKILL)
+            cluster.controller.wait()
+            os.kill(pid, signal.SIGKILL)
+            cluster.engines[1].wait()
+
+            cluster.controller_args.append("--restore")  # its ports and key, no records
+            cluster.start_controller()
+            until(lambda: _answers(rc), 30, "the client to reach the new controller")
+            with pytest.raises(EngineError) as info:
+                running.get(timeout=60)
+            assert "not registered with the restarted controller" in str(info.value)
+            assert info.value.engine_id == 1
+            until(lambda: rc.ids == [0], 30, "engine 0 back")
+            assert rc[0].apply_sync(_sleeps, 0) == 0
+        finally:
+            rc.close()
+    finally:
+        cluster.stop()

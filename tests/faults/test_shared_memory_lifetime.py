@@ -21,7 +21,7 @@ from corral import Client, Reference
 from corral.cluster.cluster import stop_cluster
 from corral.errors import ConnectionError, EngineError, QueryError
 from corral.protocol.serialize import serialize_object
-from corral.protocol.shm import HUB
+from corral.protocol.shm import HUB, LONE_HUB_LINK_GRACE
 from corral.sharedmem import SHM_DIR, SharedMemory, cluster_prefix
 from tests.conftest import running_cluster, start_cluster
 from tests.polling import until
@@ -131,6 +131,71 @@ def test_a_direct_request_lost_with_its_engine_leaves_no_hub_link(tmp_path: Path
             lambda: not [n for n in names(cluster) if n.endswith("-h")],
             30,
             "the Hub's link to the lost request's segment to go",
+        )
+        assert rc[1].apply_sync(np.sum, BIG) == BIG.sum()  # the fast path still works
+    assert names(cluster) == []
+
+
+SETTLES_THEN_DIES = """
+import sys, time, numpy
+from corral import Client
+from tests.polling import file_appears
+
+rc = Client(sys.argv[1])
+rc.wait_for_engines(2, timeout=30)
+assert rc._io.sends_direct(rc._engines[0])
+rc[0].apply_sync(len, b"")
+print("ready", flush=True)
+file_appears(sys.argv[2])
+print(rc[0].apply_sync(numpy.sum, numpy.ones(500_000)), flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.timeout(240)
+def test_a_client_that_dies_with_its_engine_leaves_no_hub_link(tmp_path: Path) -> None:
+    """One host's processes die together: a client (a child here) sent engine 0 a request
+    whose data went through shared memory and got its reply, which settled the request's
+    segment; its copy waited on the engine's copies PUSH behind others' (the Hub reads
+    nothing while it is stopped) and died with the engine, killed with the client. No copy
+    and no client's report will release the Hub's ``-h`` link, and the Hub counts as alive
+    to the sweep: on be45d69 the link (and its 4 MB) stayed until the controller stopped.
+    The Hub now removes a link left alone and unmapped for ``LONE_HUB_LINK_GRACE``."""
+    with running_cluster(tmp_path, 2) as cluster:
+        rc = cluster.client
+        path = cluster.path / "corral-client.json"
+        go = tmp_path / "go"
+        with (
+            Client(path, timeout=30, shm_threshold=0) as flooder,
+            child(SETTLES_THEN_DIES, str(path), str(go)) as doomed,
+        ):
+            flooder.wait_for_engines(2, timeout=30)
+            assert flooder._io.sends_direct(flooder._engines[0])  # noqa: SLF001
+            pid = flooder[0].apply_sync(os.getpid)
+            assert doomed.stdout is not None
+            assert doomed.stdout.readline().strip() == "ready"
+            controller = cluster.controller
+            assert controller is not None
+            controller.send_signal(signal.SIGSTOP)
+            try:
+                payload = b"x" * 1_000_000  # copies that fill the kernel's buffers
+                flood = [flooder[0].apply_async(len, payload) for _ in range(40)]
+                assert [r.get(timeout=30) for r in flood] == [len(payload)] * 40
+                go.touch()
+                assert float(doomed.stdout.readline()) == 500_000.0
+                hub_links = [n for n in names(cluster) if n.endswith("-h")]
+                assert any(f"-{doomed.pid}-" in n for n in hub_links), hub_links
+                doomed.kill()
+                doomed.wait(30)
+                os.kill(pid, signal.SIGKILL)
+                cluster.engines[0].wait()
+            finally:
+                controller.send_signal(signal.SIGCONT)
+            until(lambda: rc.ids == [1], 30, "the Hub to unregister engine 0")
+        until(
+            lambda: not [n for n in names(cluster) if n.endswith("-h")],
+            LONE_HUB_LINK_GRACE + 30,
+            "the Hub's link no copy will release to go",
         )
         assert rc[1].apply_sync(np.sum, BIG) == BIG.sum()  # the fast path still works
     assert names(cluster) == []

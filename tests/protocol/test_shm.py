@@ -12,6 +12,7 @@ from corral.errors import SharedMemoryRefused
 from corral.protocol.shm import (
     DEFAULT_THRESHOLD,
     HUB,
+    LoneHubLinks,
     SegmentRef,
     Settings,
     decode_refs,
@@ -21,6 +22,7 @@ from corral.protocol.shm import (
     named_segments,
     parse_link,
     plan_sweep,
+    pool_name,
     reader_metadata,
     reader_of,
 )
@@ -191,3 +193,31 @@ def test_named_segments_reads_writer_and_token_of_well_formed_references_only() 
     ]
     assert named_segments([*bad, good]) == [(42, TOKEN)]
     assert named_segments(None) == [] and named_segments({"writer": 42}) == []
+
+
+def test_a_hub_link_alone_and_unmapped_for_the_grace_is_due() -> None:
+    """A Hub link that is the last name of its segment (the writer gave it up, no other
+    reader links it) is removed once it stayed so ``grace`` seconds and unmapped; one with
+    another name beside it, or that the Hub maps, never is."""
+    lone = link_name(PREFIX, 4242, "a" * 32, HUB)
+    with_writer = [link_name(PREFIX, 4243, "b" * 32, HUB), pool_name(PREFIX, 4243, "b" * 32)]
+    with_reader = [link_name(PREFIX, 4244, "c" * 32, HUB), link_name(PREFIX, 4244, "c" * 32, 77)]
+    mapped = link_name(PREFIX, 4245, "d" * 32, HUB)
+    other_cluster = link_name("corral-" + "f" * 16, 4246, "e" * 32, HUB)
+    names = [lone, *with_writer, *with_reader, mapped, other_cluster]
+    links = LoneHubLinks(grace=60.0)
+    assert links.due(PREFIX, names, {mapped}, now=100.0) == []
+    assert links.due(PREFIX, names, {mapped}, now=159.0) == []
+    assert links.due(PREFIX, names, {mapped}, now=160.0) == [lone]
+    # the one mapped until now is unmapped: its grace starts only now
+    assert links.due(PREFIX, names, set(), now=219.0) == [lone]
+
+
+def test_a_hub_link_that_gets_company_again_starts_its_grace_anew() -> None:
+    lone = link_name(PREFIX, 4242, "a" * 32, HUB)
+    reader = link_name(PREFIX, 4242, "a" * 32, 77)
+    links = LoneHubLinks(grace=60.0)
+    assert links.due(PREFIX, [lone], set(), now=0.0) == []
+    assert links.due(PREFIX, [lone, reader], set(), now=30.0) == []  # an engine maps it now
+    assert links.due(PREFIX, [lone], set(), now=70.0) == []
+    assert links.due(PREFIX, [lone], set(), now=130.0) == [lone]
