@@ -8,16 +8,20 @@ sockets and no clock, like the rest of the core.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from corral.controller.hub_actions import Action, DropMatching, DropRecords, Send
 from corral.controller.store.base import check_page
 from corral.controller.store.query import validate_query
-from corral.controller.store.retention import OMITTED_FIELD, not_stored_message
+from corral.controller.store.retention import (
+    OMITTED_FIELD,
+    completion_time,
+    not_stored_message,
+)
 from corral.errors import QueryError
 from corral.protocol.messages import error_reply, ok_reply
 from corral.protocol.session import Frame, Message
@@ -40,54 +44,47 @@ class Purged:
     a client whose direct copies died with their engine reports the tasks it got answers for
     (hub_gone), and one that another client's purge had dropped must not be recorded again.
     Purges of ``"all"`` and of an engine's tasks are remembered by their date (a task
-    completed before it would have been dropped), the latest purged msg_ids by name."""
+    completed before it would have been dropped; epoch seconds), the latest purged msg_ids by
+    name."""
 
-    all_at: datetime | None = None
-    engine_at: dict[str, datetime] = field(default_factory=dict)
+    all_at: float | None = None
+    engine_at: dict[str, float] = field(default_factory=dict)
     msg_ids: dict[str, None] = field(default_factory=dict)
 
-    def note(
-        self, when: datetime | None, msg_ids: Iterable[str] | str, engines: Iterable[str]
-    ) -> None:
-        """A purge sent at ``when`` (its header's date; None if unreadable) named these."""
+    def note(self, date: object, msg_ids: Iterable[str] | str, engines: Iterable[str]) -> None:
+        """A purge sent at ``date`` (its header's ISO date; ignored if unreadable) named
+        these."""
+        when = completion_time(date, math.nan)
+        known = not math.isnan(when)
         if msg_ids == "all":
-            if when is not None and (self.all_at is None or when > self.all_at):
+            if known and (self.all_at is None or when > self.all_at):
                 self.all_at = when
         else:
-            remembered = self.msg_ids
-            remembered.update(dict.fromkeys(msg_ids))
-            excess = len(remembered) - PURGED_REMEMBERED
-            if excess > 0:
-                for msg_id in list(islice(remembered, excess)):
-                    del remembered[msg_id]
-        if when is not None:
+            self.msg_ids.update(dict.fromkeys(msg_ids))
+            drop_oldest(self.msg_ids, PURGED_REMEMBERED)
+        if known:
             for uuid in engines:
                 self.engine_at[uuid] = max(when, self.engine_at.get(uuid, when))
 
-    def dropped(self, msg_id: str, engine_uuid: str, completed: str | None) -> bool:
+    def dropped(self, msg_id: str, engine_uuid: str, completed: object) -> bool:
         """Whether a purge dropped (or would have dropped, had its copies come) the task
         ``msg_id`` that ran on ``engine_uuid`` and completed at ``completed`` (ISO 8601)."""
         if msg_id in self.msg_ids:
             return True
-        done = parse_date(completed)
-        if done is None:
-            return False
+        done = completion_time(completed, math.inf)  # unreadable: no purge came after it
         engine_at = self.engine_at.get(engine_uuid)
         return (self.all_at is not None and done <= self.all_at) or (
             engine_at is not None and done <= engine_at
         )
 
 
-def parse_date(value: object) -> datetime | None:
-    """An ISO 8601 date of the wire as an aware datetime (UTC if it names no zone); None if
-    it is not one."""
-    if not isinstance(value, str):
-        return None
-    try:
-        date = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return date if date.tzinfo is not None else date.replace(tzinfo=UTC)
+def drop_oldest(table: dict[str, None], limit: int) -> None:
+    """Trim ``table`` (oldest first) to ``limit`` entries, in one pass: deleting its first key
+    again and again walks the deleted slots before it each time (quadratic for many)."""
+    excess = len(table) - limit
+    if excess > 0:
+        for key in list(islice(table, excess)):
+            del table[key]
 
 
 def answer(
@@ -235,15 +232,9 @@ def purge_request(hub: Hub, idents: Sequence[bytes], msg: Message) -> list[Actio
     for entry in engines:
         actions.append(DropMatching({"engine_uuid": entry.uuid, "status": {"$ne": "pending"}}))
         entry.completed.clear()
-    hub.purged.note(parse_date(msg.header.get("date")), msg_ids, [e.uuid for e in engines])
-    purge_on_record = hub.purge_on_record
-    for msg_id in later:
-        purge_on_record[msg_id] = None
-    excess = len(purge_on_record) - PURGE_ON_RECORD_LIMIT
-    if excess > 0:  # the oldest go, taken in one pass (each first key looked up anew after
-        # deletions walks the deleted slots before it: quadratic for many)
-        for msg_id in list(islice(purge_on_record, excess)):
-            del purge_on_record[msg_id]
+    hub.purged.note(msg.header.get("date"), msg_ids, [e.uuid for e in engines])
+    hub.purge_on_record.update(dict.fromkeys(later))
+    drop_oldest(hub.purge_on_record, PURGE_ON_RECORD_LIMIT)
     return actions
 
 

@@ -14,13 +14,13 @@ way round. When the engine
 registers with a restarted controller, it names the tasks it still holds and the replies it
 sends again, each marked as such (:func:`marked_resent`: a new signature, never a replay); the
 Hub records each reply once, clients ignore a reply they already have. At most
-``MAX_KEPT`` replies are kept (a Hub that far behind loses the oldest, with a warning). No
-sockets here: the I/O thread calls these methods.
+``MAX_KEPT`` replies and ``MAX_KEPT_BYTES`` are kept (a Hub that far behind loses the oldest,
+with a warning). No sockets here: the I/O thread calls these methods.
 
 A reply is kept *compact* (:mod:`corral.kept_frames`): its small frames joined into one
 ``bytes`` with their lengths. orjson's ``dumps`` returns a ``bytes`` that keeps the 4 KiB
 buffer it wrote into: a reply's four JSON frames held 16 KiB of heap, and an engine keeps
-thousands of replies for a heartbeat period or two (``MAX_KEPT``: up to 160 MiB). Joined, a
+thousands of replies for a heartbeat period or two (at 10,000 kept, up to 160 MiB). Joined, a
 no-op's reply is about 1 KiB.
 """
 
