@@ -452,11 +452,18 @@ def analyse(result: dict[str, Any], slow_percentile: float, show: int, runs: boo
     hub = {t for t, r in roles.items() if r.startswith("hub:")}
     traced = [i for i in range(len(whole)) if marks["start"][i] >= traced_from]
     behind_hub = []
-    for i in traced:
+    by_hub_thread: dict[str, list[float]] = collections.defaultdict(lambda: [0.0] * len(traced))
+    for number, i in enumerate(traced):
         total = 0
         for when, _, ns in timeline.waits(marks["start"][i], marks["end"][i], path):
-            held = sum(n for _, t, n in timeline.running(when, when + ns) if t in hub)
+            held_by: dict[str, int] = collections.Counter()
+            for _, t, n in timeline.running(when, when + ns):
+                if t in hub:
+                    held_by[roles[t]] += n
+            held = sum(held_by.values())
             total += min(ns, held)
+            for role, n in held_by.items():  # a wait shared by the Hub's threads, pro rata
+                by_hub_thread[role][number] += min(ns, held) * n / held / 1000
         behind_hub.append(total / 1000)
     cuts = statistics.quantiles(behind_hub, n=100)
     print(
@@ -465,6 +472,12 @@ def analyse(result: dict[str, Any], slow_percentile: float, show: int, runs: boo
         f"p90 {cuts[89]:.0f}, p99 {cuts[98]:.0f}, max {max(behind_hub):.0f} us; "
         f"over 100 us in {sum(b > 100 for b in behind_hub)}"
     )
+    for role, waits in sorted(by_hub_thread.items()):
+        role_cuts = statistics.quantiles(waits, n=100)
+        print(
+            f"  of it while {role} ran: mean {statistics.mean(waits):.1f}, "
+            f"p99 {role_cuts[98]:.0f}, over 100 us in {sum(w > 100 for w in waits)}"
+        )
     slow_cpu, normal_cpu = cpu_by_role(slow), cpu_by_role(normal)
     all_cpu = cpu_by_role(traced)
     rows = [

@@ -24,7 +24,9 @@ are printed; the stages of one round trip add up to it, so the table says where 
 time goes (the MUX device, a C thread in the controller, is inside the two transport
 stages, with the wake-up of the thread that receives). Last comes the CPU of every process
 (the cluster's and this one) per round trip: counted by the kernel, it holds under other load
-when the wall-clock figures do not::
+when the wall-clock figures do not; then, on Linux, each thread's CPU, sleeps (a sleep is one
+wake-up) and preemptions per round trip, from ``/proc`` (issue 13, round fourteen: which
+threads wake how often, and which ones take a CPU from another of the round trip)::
 
     PYTHONPATH=. .bench-venv/bin/python bench/bench_trace.py --rounds 2000
 
@@ -233,7 +235,82 @@ STAGES = [
 ]
 
 
-def trace(rounds: int, controller_args: list[str]) -> tuple[dict[str, list[int]], float]:
+ThreadKey = tuple[str, int]  # role, thread id
+
+
+def thread_counts(processes: dict[str, int]) -> dict[ThreadKey, tuple[str, int, int, int]]:
+    """Per thread of ``processes`` (role -> pid; Linux ``/proc``, nothing elsewhere): its name
+    (``main`` for the process's first thread), CPU nanoseconds, and how often it went to sleep
+    (voluntary switches: one per wake-up) and was preempted (involuntary ones)."""
+    found: dict[ThreadKey, tuple[str, int, int, int]] = {}
+    for role, pid in processes.items():
+        tasks = Path(f"/proc/{pid}/task")
+        if not tasks.is_dir():
+            continue
+        for task in tasks.iterdir():
+            try:
+                name = (task / "comm").read_text().strip()
+                status = (task / "status").read_text()
+                cpu_ns = int((task / "schedstat").read_text().split()[0])
+            except (OSError, IndexError, ValueError):
+                continue  # the thread ended meanwhile
+            fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+            name = "main" if task.name == str(pid) else name
+            found[(role, int(task.name))] = (
+                name,
+                cpu_ns,
+                int(fields.get("voluntary_ctxt_switches", "0")),
+                int(fields.get("nonvoluntary_ctxt_switches", "0")),
+            )
+    return found
+
+
+def thread_rows(
+    before: dict[ThreadKey, tuple[str, int, int, int]],
+    after: dict[ThreadKey, tuple[str, int, int, int]],
+    rounds: int,
+) -> list[list[Any]]:
+    """Each thread's CPU (us), sleeps and preemptions per round trip, between two
+    :func:`thread_counts`; threads that did next to nothing left out."""
+    rows = []
+    for key, (name, cpu_ns, sleeps, preempted) in sorted(after.items()):
+        if key not in before:
+            continue
+        _, cpu_before, sleeps_before, preempted_before = before[key]
+        cpu = (cpu_ns - cpu_before) / rounds / 1000
+        if cpu < 0.5 and sleeps - sleeps_before < rounds / 100:
+            continue
+        rows.append(
+            [
+                f"{key[0]}:{name}",
+                cpu,
+                (sleeps - sleeps_before) / rounds,
+                (preempted - preempted_before) / rounds,
+            ]
+        )
+    return rows
+
+
+def process_roles(processes: list[Any]) -> dict[str, int]:
+    """The cluster's processes (and this one, the client) by role, from their command lines."""
+    found = {"client": os.getpid()}
+    for process in processes:
+        try:
+            cmdline = " ".join(process.cmdline())
+        except Exception:  # noqa: BLE001 - gone: not counted
+            continue
+        if "corral.controller.scheduler" in cmdline:
+            found["scheduler"] = process.pid
+        elif "controller" in cmdline:
+            found["hub"] = process.pid
+        else:
+            found["engine"] = process.pid
+    return found
+
+
+def trace(
+    rounds: int, controller_args: list[str]
+) -> tuple[dict[str, list[int]], float, list[list[Any]]]:
     with tempfile.TemporaryDirectory(prefix="corral-trace-") as folder:
         hooks = Path(folder) / "hooks"
         hooks.mkdir()
@@ -254,12 +331,15 @@ def trace(rounds: int, controller_args: list[str]) -> tuple[dict[str, list[int]]
                     clock = time.perf_counter_ns
                     for round_number in range(WARMUP + rounds):
                         if round_number == WARMUP:
+                            roles = process_roles(running.processes)
+                            threads = thread_counts(roles)
                             cpu = cpu_seconds(running.processes) + time.process_time()
                         starts.append(clock())
                         result = view.apply_async(one)
                         result.get(TIMEOUT)
                         ends.append(clock())
                     cpu = cpu_seconds(running.processes) + time.process_time() - cpu
+                    per_thread = thread_rows(threads, thread_counts(roles), rounds)
                 finally:
                     client_marks.uninstall()
         finally:
@@ -269,7 +349,8 @@ def trace(rounds: int, controller_args: list[str]) -> tuple[dict[str, list[int]]
     total = WARMUP + rounds
     for name, found in engine.items():
         check(len(found) >= total, f"engine {name}: {len(found)} marks for {total} round trips")
-    return align_marks(engine, starts, ends, client_marks, rounds), cpu * 1e6 / rounds
+    marks = align_marks(engine, starts, ends, client_marks, rounds)
+    return marks, cpu * 1e6 / rounds, per_thread
 
 
 def align_marks(
@@ -327,7 +408,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     use_source()
-    marks, cpu = trace(args.rounds, shlex.split(args.controller_args))
+    marks, cpu, per_thread = trace(args.rounds, shlex.split(args.controller_args))
     rows = []
     for label, begin, end in STAGES:
         spans = [(b - a) / 1000 for a, b in zip(marks[begin], marks[end], strict=True)]
@@ -341,6 +422,13 @@ def main() -> None:
         rows,
     )
     print(f"CPU per round trip, every process (the client's marks included): {cpu:.0f} us")
+    if per_thread:
+        print_table(
+            "per round trip, by thread (Linux /proc): CPU us, sleeps (one per wake-up), "
+            "preemptions",
+            ["thread", "CPU", "sleeps", "preempted"],
+            per_thread,
+        )
 
 
 if __name__ == "__main__":
