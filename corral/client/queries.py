@@ -373,10 +373,12 @@ class HubQueries:
         msg_ids = self.msg_ids_of(jobs)
         engine_ids = set(self._engine_ids(targets))
         if engine_ids:
+            value = records.metadata.value
             msg_ids += [
                 msg_id
-                for msg_id, md in records.metadata.items()
-                if md["engine_id"] in engine_ids and msg_id not in records.outstanding
+                for msg_id in records.metadata
+                if value(msg_id, "engine_id", None) in engine_ids
+                and msg_id not in records.outstanding
             ]
         busy = [m for m in msg_ids if m in records.outstanding]
         if busy:

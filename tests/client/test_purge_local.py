@@ -48,7 +48,6 @@ def _client_tables(rc: Any) -> dict[str, int]:
         "taken": len(records.taken),
         "history": len(records.history),
         "outstanding": len(records.outstanding),
-        "streams_final": len(records._streams_final),
         "silent": len(records._silent),
         "trackers": len(records.trackers),
         "iopub_listeners": len(records.iopub_listeners),
