@@ -5,8 +5,9 @@ hold a million results. As a :class:`~corral.client.metadata.Metadata` (a dict o
 keys, its ``outputs`` list and ``data`` dict, four datetimes, the reply's strings) one held
 no-op's metadata took about 1 KB, half of what the client kept per held result
 (``bench/README.md``, round fourteen), and most of it is never read. So a request's metadata
-starts as a :class:`CompactMetadata` (what the request said, then what its usual reply said,
-its dates parsed, as one tuple whose repeated strings are shared) and becomes the
+starts compact (a tuple of what the request said, then of what its usual reply said, its
+dates parsed and its repeated strings shared, which the collector soon stops tracking) and
+becomes the
 ``Metadata`` a user reads the first time the whole dict is asked for: that ``Metadata`` is
 stored in its place and is the one every later read gets (so changes to it stay), equal key
 for key to the one built when the reply came (``tests/client/test_metadata_table.py``).
@@ -28,7 +29,7 @@ from typing import Any
 
 from corral.client.metadata import DATE_KEYS, METADATA_DEFAULTS, Metadata, wire_date
 
-__all__ = ["CompactMetadata", "MetadataTable", "ReplyLayout"]
+__all__ = ["ASKED", "MSG_ID", "MetadataTable", "compact_request", "compact_value", "materialize"]
 
 _RAISE: Any = object()  # ``value``'s default: raise KeyError as a dict does
 _MUTABLE_DEFAULTS = frozenset({"outputs", "data"})  # read from the stored Metadata, never a copy
@@ -38,102 +39,82 @@ _LAYOUT_LIMIT = 256  # distinct key orders of replies remembered, likewise
 
 
 class ReplyLayout:
-    """The keys of a reply's metadata in their order, and where its dates and its shareable
-    strings are: the same for nearly every reply, so made once per key order."""
+    """Where the dates and the shareable strings are in a reply's metadata of one key order:
+    the same for nearly every reply, so worked out once per key order."""
 
-    __slots__ = ("dates", "index", "keys", "shared")
+    __slots__ = ("dates", "keys", "shared")
 
     def __init__(self, keys: tuple[str, ...]) -> None:
         self.keys = keys
-        self.index = {key: position for position, key in enumerate(keys)}
         self.dates = tuple(i for i, key in enumerate(keys) if key in DATE_KEYS)
         self.shared = tuple(i for i, key in enumerate(keys) if key in _SHARED_KEYS)
 
 
-class CompactMetadata:
-    """A request's metadata before anyone read it whole (see the module doc): what
-    ``Metadata.of_request`` would hold, then the reply's values in its layout's order (dates
-    parsed), the content's status and when the reply came (``time.time()``)."""
+# A compact entry is a plain tuple: the cyclic collector stops tracking a tuple of strings,
+# numbers, datetimes and such tuples at its first look, so a held result's metadata costs no
+# full collection anything (an object per task was walked by every one of them). Its fields,
+# by position: what the request said (``request``: its after, follow and label, or None when
+# the three are), then, once its usual reply came, the reply metadata's keys and values (dates
+# parsed), the content's status and when the reply came (``time.time()``).
+MSG_ID, SUBMITTED, ENGINE_UUID, ENGINE_ID, REQUEST, KEYS, VALUES, STATUS, RECEIVED = range(9)
+ASKED = 5  # the length of an entry whose reply has not come
 
-    __slots__ = (
-        "engine_id",
-        "engine_uuid",
-        "layout",
-        "msg_id",
-        "received",
-        "request",
-        "status",
-        "submitted",
-        "values",
+
+def compact_request(
+    msg_id: str,
+    submitted: datetime | None,
+    engine_uuid: str | None,
+    engine_id: int | None,
+    request: tuple[Any, Any, Any] | None,
+) -> tuple[Any, ...]:
+    """The compact entry of a request being sent (what ``Metadata.of_request`` holds)."""
+    return (msg_id, submitted, engine_uuid, engine_id, request)
+
+
+def materialize(entry: tuple[Any, ...]) -> Metadata:
+    """The ``Metadata`` the eager records built from the same request and reply."""
+    after, follow, label = entry[REQUEST] or (None, None, None)
+    md = Metadata.of_request(
+        entry[MSG_ID], entry[SUBMITTED], entry[ENGINE_UUID], entry[ENGINE_ID], after, follow, label
     )
+    if len(entry) > ASKED:
+        dict.update(md, zip(entry[KEYS], entry[VALUES], strict=True))
+        md["status"] = entry[STATUS]
+        md["received"] = datetime.fromtimestamp(entry[RECEIVED], UTC)
+    return md
 
-    def __init__(
-        self,
-        msg_id: str,
-        submitted: datetime | None,
-        engine_uuid: str | None,
-        engine_id: int | None,
-        request: tuple[Any, Any, Any] | None,
-    ) -> None:
-        self.msg_id = msg_id
-        self.submitted = submitted
-        self.engine_uuid = engine_uuid
-        self.engine_id = engine_id
-        self.request = request  # (after, follow, label), None when all three are
-        self.layout: ReplyLayout | None = None  # set with ``values`` by the reply
-        self.values: tuple[Any, ...] = ()
-        self.status: Any = None
-        self.received = 0.0
 
-    def materialize(self) -> Metadata:
-        """The ``Metadata`` the eager records built from the same request and reply."""
-        after, follow, label = self.request or (None, None, None)
-        md = Metadata.of_request(
-            self.msg_id, self.submitted, self.engine_uuid, self.engine_id, after, follow, label
-        )
-        layout = self.layout
-        if layout is not None:
-            dict.update(md, zip(layout.keys, self.values, strict=True))
-            md["status"] = self.status
-            md["received"] = datetime.fromtimestamp(self.received, UTC)
-        return md
+_REQUEST_KEYS = {"msg_id": MSG_ID, "submitted": SUBMITTED, "engine_uuid": ENGINE_UUID}
+_REQUEST_KEYS["engine_id"] = ENGINE_ID
+_DEPENDENCY_KEYS = ("after", "follow", "label")
 
-    def value(self, key: str, default: Any = _RAISE) -> Any:
-        """``self.materialize()[key]`` (``default`` if given and the key is absent), without
-        building the dict; never asked for ``outputs`` or ``data`` (see ``MetadataTable``)."""
-        layout = self.layout
-        if layout is not None:
-            if key == "status":
-                return self.status
-            if key == "received":
-                return datetime.fromtimestamp(self.received, UTC)
-            position = layout.index.get(key)
-            if position is not None:
-                return self.values[position]
-        if key == "msg_id":
-            return self.msg_id
-        if key == "submitted":
-            return self.submitted
-        if key == "engine_uuid":
-            return self.engine_uuid
-        if key == "engine_id":
-            return self.engine_id
-        if key in ("after", "follow", "label"):
-            request = self.request
-            return None if request is None else request[("after", "follow", "label").index(key)]
-        if key == "data":
-            return {}
-        if key == "outputs":
-            return []
-        if key in METADATA_DEFAULTS:
-            return METADATA_DEFAULTS[key]
-        if default is _RAISE:
-            raise KeyError(key)
-        return default
 
-    def get(self, key: str, default: Any = None) -> Any:
-        """As ``dict.get`` on its ``Metadata``."""
-        return self.value(key, default)
+def compact_value(entry: tuple[Any, ...], key: str, default: Any = _RAISE) -> Any:
+    """``materialize(entry)[key]`` (``default`` if given and the key is absent), without
+    building the dict; never asked for ``outputs`` or ``data`` (see ``MetadataTable``)."""
+    if len(entry) > ASKED:
+        if key == "status":
+            return entry[STATUS]
+        if key == "received":
+            return datetime.fromtimestamp(entry[RECEIVED], UTC)
+        keys = entry[KEYS]
+        if key in keys:
+            return entry[VALUES][keys.index(key)]
+    position = _REQUEST_KEYS.get(key)
+    if position is not None:
+        return entry[position]
+    if key in _DEPENDENCY_KEYS:
+        request = entry[REQUEST]
+        return None if request is None else request[_DEPENDENCY_KEYS.index(key)]
+    if key == "data":
+        return {}
+    if key == "outputs":
+        return []
+    if key in METADATA_DEFAULTS:
+        return METADATA_DEFAULTS[key]
+    if default is _RAISE:
+        raise KeyError(key)
+    return default
 
 
 class MetadataTable(MutableMapping[str, Metadata]):
@@ -147,32 +128,36 @@ class MetadataTable(MutableMapping[str, Metadata]):
     """
 
     def __init__(self, lock: Any) -> None:
-        self.entries: dict[str, Any] = {}  # Metadata (or a user's dict) or CompactMetadata
+        self.entries: dict[str, Any] = {}  # a compact tuple, or a Metadata (or a user's dict)
         self.lock = lock  # reentrant: the records hold it while they call ``full``
         self._layouts: dict[tuple[str, ...], ReplyLayout] = {}
         self._shared: dict[str, str] = {}
 
     # ------------------------------------------------------------------ the records' side
 
+    def is_compact(self, msg_id: str) -> bool:
+        """Whether the entry of ``msg_id`` is still compact (nobody read it whole)."""
+        return type(self.entries.get(msg_id)) is tuple
+
     def full(self, msg_id: str) -> Metadata | None:
         """(Holding ``lock``) The entry of ``msg_id`` as its ``Metadata``, stored in place of
         its compact form; None if there is none."""
         entry = self.entries.get(msg_id)
-        if type(entry) is CompactMetadata:
-            entry = self.entries[msg_id] = entry.materialize()
+        if type(entry) is tuple:
+            entry = self.entries[msg_id] = materialize(entry)
         return entry
 
     def record_reply(
         self,
-        entry: CompactMetadata,
+        entry: tuple[Any, ...],
         metadata: dict[str, Any],
         status: Any,
         received: float,
     ) -> None:
         """(Holding ``lock``) Keep an apply reply's ``metadata`` (a dict with no ``None``
-        value and no execute result) in ``entry``, not yet replied: its dates parsed (as
-        :func:`wire_date`), the engine's uuid and host, the status and the call as strings
-        shared with other entries."""
+        value and no execute result) in the compact ``entry`` of its request, which has no
+        reply yet: its dates parsed (as :func:`wire_date`), the engine's uuid and host, the
+        status and the call as strings shared with other entries."""
         keys = tuple(metadata)
         layout = self._layouts.get(keys)
         if layout is None:
@@ -189,10 +174,7 @@ class MetadataTable(MutableMapping[str, Metadata]):
                 values[position] = self._share(shared, value)
         if type(status) is str:
             status = self._share(shared, status)
-        entry.values = tuple(values)
-        entry.status = status
-        entry.received = received
-        entry.layout = layout
+        self.entries[entry[MSG_ID]] = (*entry, layout.keys, tuple(values), status, received)
 
     def _share(self, shared: dict[str, str], value: str) -> str:
         found = shared.get(value)
@@ -210,8 +192,8 @@ class MetadataTable(MutableMapping[str, Metadata]):
         the key is absent), without turning a compact entry into its ``Metadata``: what the
         client and an AsyncResult's one-key reads use."""
         entry = self.entries.get(msg_id)
-        if type(entry) is CompactMetadata and key not in _MUTABLE_DEFAULTS:
-            return entry.value(key, default)
+        if type(entry) is tuple and key not in _MUTABLE_DEFAULTS:
+            return compact_value(entry, key, default)
         md = self.get(msg_id) or Metadata(msg_id=msg_id)
         if default is _RAISE:
             return md[key]
@@ -221,9 +203,9 @@ class MetadataTable(MutableMapping[str, Metadata]):
         entry = self.entries.get(msg_id)
         if entry is None:
             return default
-        if type(entry) is CompactMetadata:
+        if type(entry) is tuple:
             with self.lock:
-                return self.full(msg_id) or entry.materialize()  # forgotten meanwhile
+                return self.full(msg_id) or materialize(entry)  # forgotten meanwhile
         return entry
 
     def __getitem__(self, msg_id: str) -> Metadata:

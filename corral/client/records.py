@@ -55,7 +55,7 @@ from corral.client.metadata import (
     parse_date,
     wire_date,
 )
-from corral.client.metadata_table import CompactMetadata, MetadataTable
+from corral.client.metadata_table import ASKED, MSG_ID, MetadataTable, compact_request
 from corral.client.published import PublishedData
 from corral.client.requestfuture import TASK as TASK_KIND
 from corral.client.requestfuture import RequestFuture, settles_inline
@@ -168,7 +168,7 @@ class Records:
         after = request_metadata.get("after")
         follow = request_metadata.get("follow")
         label = request_metadata.get("label")
-        self._metadata_entries[msg_id] = CompactMetadata(
+        self._metadata_entries[msg_id] = compact_request(
             msg_id,
             parse_date(header.get("date")),
             engine_uuid,
@@ -255,16 +255,16 @@ class Records:
         if future is None:
             future = self.futures.setdefault(msg_id, RequestFuture(self._defer))
         settled = future
-        md: Metadata | CompactMetadata
         with self._output_lock:
-            entry = self._metadata_entries.get(msg_id)
-            if type(entry) is CompactMetadata:
+            entry: Any = self._metadata_entries.get(msg_id)
+            compact = type(entry) is tuple
+            if compact:
                 # the request's own string, not the reply's equal copy, which ``results``
                 # would keep as a second key for as long as the result is held
-                msg_id = entry.msg_id
+                msg_id = entry[MSG_ID]
             if (
-                type(entry) is CompactMetadata
-                and entry.layout is None
+                compact
+                and len(entry) == ASKED
                 and submitted is None
                 and type(metadata) is dict
                 and header.get("msg_type") == "apply_reply"
@@ -273,7 +273,6 @@ class Records:
             ):
                 status = content.get("status", metadata.get("status"))
                 self.metadata.record_reply(entry, metadata, status, self._clock())
-                md = entry
             else:
                 md = self.metadata.full(msg_id) or Metadata(msg_id=msg_id)
                 self._metadata_entries[msg_id] = md
@@ -287,36 +286,29 @@ class Records:
         frames = buffers if type(buffers) is tuple else tuple(buffers)  # a reply's: a tuple
         if isinstance(future, RequestFuture) and future.allow_inline and settles_inline(frames):
             try:
-                outcome = self._outcome(msg_id, header, content, md, frames, loaded_only=True)
+                outcome = self._outcome(msg_id, header, content, frames, loaded_only=True)
             except ImportNeeded:
                 pass  # deserialized on the results worker, which may import
             else:
                 future.settling_inline = True
                 try:
-                    self._finish_reply(msg_id, md, outcome, future)
+                    self._finish_reply(msg_id, outcome, future)
                 finally:
                     future.settling_inline = False
                 return
-        self._defer(lambda: self._settle_reply(msg_id, header, content, md, frames, settled))
+        self._defer(lambda: self._settle_reply(msg_id, header, content, frames, settled))
 
     def _settle_reply(
         self,
         msg_id: str,
         header: Mapping[str, Any],
         content: Mapping[str, Any],
-        md: Metadata | CompactMetadata,
         buffers: Sequence[Frame],
         future: Future[Any],
     ) -> None:
-        self._finish_reply(msg_id, md, self._outcome(msg_id, header, content, md, buffers), future)
+        self._finish_reply(msg_id, self._outcome(msg_id, header, content, buffers), future)
 
-    def _finish_reply(
-        self,
-        msg_id: str,
-        md: Metadata | CompactMetadata,
-        outcome: tuple[Any, bool],
-        future: Future[Any],
-    ) -> None:
+    def _finish_reply(self, msg_id: str, outcome: tuple[Any, bool], future: Future[Any]) -> None:
         value, failed = outcome
         if failed:
             with self._output_lock:
@@ -602,7 +594,6 @@ class Records:
         msg_id: str,
         header: Mapping[str, Any],
         content: Mapping[str, Any],
-        md: Metadata | CompactMetadata,
         buffers: Sequence[Frame],
         *,
         loaded_only: bool = False,
@@ -610,18 +601,18 @@ class Records:
         if content.get("status", "error") != "ok":
             error = error_from_content(dict(content))
             if error.engine_id is None:
-                error.engine_id = md.get("engine_id")
+                error.engine_id = self.metadata.value(msg_id, "engine_id", None)
             if error.engine_uuid is None:
-                error.engine_uuid = md.get("engine_uuid")
+                error.engine_uuid = self.metadata.value(msg_id, "engine_uuid", None)
             if error.method is None:
                 reply_type = header.get("msg_type")
                 error.method = "execute" if reply_type == "execute_reply" else "apply"
             return error, True
         msg_type = header.get("msg_type")
         if msg_type == "execute_reply":
-            # never compact (only apply replies are): the Metadata a user reads
-            full = md.materialize() if isinstance(md, CompactMetadata) else md
-            return ExecuteReply(msg_id, content, full), False
+            # its Metadata (only apply replies are kept compact), which a user reads through it
+            md = self.metadata.get(msg_id) or Metadata(msg_id=msg_id)
+            return ExecuteReply(msg_id, content, md), False
         if msg_type == "abort_reply":
             return list(content.get("running", [])), False  # tasks left running, if asked
         if msg_type != "apply_reply":

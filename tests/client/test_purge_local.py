@@ -114,15 +114,13 @@ def test_purging_an_engines_results_forgets_compact_and_read_metadata_alike(rc: 
     """purge_local_results(targets=...) finds what ran there by each record's engine id, read
     without building the Metadata (corral.client.metadata_table); a result whose metadata
     was read whole and one whose was not are purged, or kept, alike."""
-    from corral.client.metadata_table import CompactMetadata
-
     records = rc._records
     results = {engine: [rc[engine].apply_async(_nap, 0.0) for _ in range(4)] for engine in (0, 1)}
     for engine, started in results.items():
         assert [r.get(timeout=60) for r in started] == [0.0] * 4
         assert started[0].metadata["engine_id"] == engine  # read whole: a Metadata now
-    kinds = {type(records.metadata.entries[r.msg_ids[0]]) for r in results[1]}
-    assert CompactMetadata in kinds and len(kinds) == 2
+    compact = [records.metadata.is_compact(r.msg_ids[0]) for r in results[1]]
+    assert compact == [False, True, True, True]
     rc.purge_local_results(targets=0)
     for result in results[0]:
         assert result.msg_ids[0] not in records.metadata
