@@ -55,7 +55,7 @@ from corral.client.metadata import (
     parse_date,
     wire_date,
 )
-from corral.client.metadata_table import ASKED, MSG_ID, MetadataTable, compact_request
+from corral.client.metadata_table import MSG_ID, UNANSWERED, MetadataTable, compact_request
 from corral.client.published import PublishedData
 from corral.client.requestfuture import TASK as TASK_KIND
 from corral.client.requestfuture import RequestFuture, settles_inline
@@ -264,7 +264,7 @@ class Records:
                 msg_id = entry[MSG_ID]
             if (
                 compact
-                and len(entry) == ASKED
+                and len(entry) == UNANSWERED
                 and submitted is None
                 and type(metadata) is dict
                 and header.get("msg_type") == "apply_reply"
@@ -274,8 +274,9 @@ class Records:
                 status = content.get("status", metadata.get("status"))
                 self.metadata.record_reply(entry, metadata, status, self._clock())
             else:
-                md = self.metadata.full(msg_id) or Metadata(msg_id=msg_id)
-                self._metadata_entries[msg_id] = md
+                md = self.metadata.full(msg_id)
+                if md is None:
+                    md = self._metadata_entries[msg_id] = Metadata(msg_id=msg_id)
                 if submitted is not None and md["submitted"] is None:
                     md["submitted"] = parse_date(submitted)
                 self._update_metadata(msg_id, md, metadata, content)
