@@ -46,15 +46,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from corral.client.executereply import ExecuteReply
-from corral.client.metadata import (
-    DATE_KEYS,
-    DATE_ORDER,
-    RESULT_KEYS,
-    SPECIAL_KEYS,
-    Metadata,
-    parse_date,
-    wire_date,
-)
+from corral.client.metadata import RESULT_KEYS, Metadata, parse_date, update_from_reply
 from corral.client.metadata_table import MSG_ID, UNANSWERED, MetadataTable, compact_request
 from corral.client.published import PublishedData
 from corral.client.requestfuture import TASK as TASK_KIND
@@ -279,7 +271,10 @@ class Records:
                     md = self._metadata_entries[msg_id] = Metadata(msg_id=msg_id)
                 if submitted is not None and md["submitted"] is None:
                     md["submitted"] = parse_date(submitted)
-                self._update_metadata(msg_id, md, metadata, content)
+                received = datetime.fromtimestamp(self._clock(), UTC)
+                update_from_reply(md, metadata, content, received, msg_id in self._silent)
+                if "execute_result" in metadata:
+                    self._silent.discard(msg_id)
             if "stdout" in metadata or "stderr" in metadata:
                 request = self.futures.get(msg_id)
                 if request is not None:
@@ -547,48 +542,6 @@ class Records:
             self.complete_error(msg_id, error, pending.future, at_once=at_once)
         else:
             settle(pending.future, error, failed=True)
-
-    def _update_metadata(
-        self, msg_id: str, md: Metadata, metadata: Mapping[str, Any], content: Mapping[str, Any]
-    ) -> None:
-        if (
-            type(metadata) is dict
-            and RESULT_KEYS.isdisjoint(metadata)
-            and None not in metadata.values()
-        ):
-            md.update(metadata)  # an engine's reply: copied in one call, then its dates parsed
-            for key in DATE_ORDER:
-                value = metadata.get(key)
-                if value is not None:
-                    md[key] = wire_date(value)
-        else:
-            for key, value in metadata.items():
-                if key not in SPECIAL_KEYS:
-                    if value is not None or key not in md:
-                        md[key] = value
-                elif key in DATE_KEYS:
-                    md[key] = parse_date(value)
-                elif key == "execute_result":
-                    extra = metadata.get("execute_result_metadata")
-                    md[key] = self._execute_result(msg_id, value, content, extra)
-                # execute_result_metadata: part of execute_result
-        md["status"] = content.get("status", md.get("status"))
-        md["received"] = datetime.fromtimestamp(self._clock(), UTC)
-
-    def _execute_result(
-        self, msg_id: str, data: Any, content: Mapping[str, Any], extra: Any = None
-    ) -> dict[str, Any] | None:
-        """The reply's result bundle in ipyparallel's shape (``{"data": {mime: ...},
-        "metadata": {mime: ...}, "execution_count": n}``, the metadata from the reply's
-        ``execute_result_metadata``); None for a silent execute."""
-        if msg_id in self._silent or not isinstance(data, dict):
-            self._silent.discard(msg_id)
-            return None
-        if "data" in data and isinstance(data["data"], dict):
-            return data
-        metadata = dict(extra) if isinstance(extra, dict) else {}
-        count = content.get("execution_count")
-        return {"data": data, "metadata": metadata, "execution_count": count}
 
     def _outcome(
         self,
