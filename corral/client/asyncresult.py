@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from corral.client.metadata import METADATA_DEFAULTS, Metadata
+from corral.client.metadata import METADATA_DEFAULTS
 from corral.client.outcomes import (
     Failure,
     SentEvent,
@@ -295,8 +295,7 @@ class AsyncResult(ResultInfo, LightFuture):
             return False
         expected = {}
         for msg_id in self.msg_ids:
-            md = self._records.metadata.get(msg_id)
-            count = md.get("data_messages") if md is not None else None
+            count = self._records.metadata.value(msg_id, "data_messages", None)
             if isinstance(count, int) and count > 0:
                 expected[msg_id] = count
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -378,9 +377,7 @@ class AsyncResult(ResultInfo, LightFuture):
         results = self.get(timeout)
         if self._single:
             results = [results]
-        engine_ids = [
-            (self._records.metadata.get(m) or Metadata())["engine_id"] for m in self.msg_ids
-        ]
+        engine_ids = [self._records.metadata.value(m, "engine_id") for m in self.msg_ids]
         if len(set(engine_ids)) != len(engine_ids) or None in engine_ids:
             raise ValueError(f"{self._fname}: results do not map one to one onto engines")
         return dict(zip(engine_ids, results, strict=True))

@@ -33,11 +33,11 @@ class ResultsCache(MutableMapping[str, Any]):
     def __init__(self, records: Records) -> None:
         self._records = records
 
-    def _table(self) -> dict[str, Any]:
+    def _table(self) -> MutableMapping[str, Any]:
         return self._records.results
 
     def _visible(self, msg_id: object) -> bool:
-        return msg_id not in self._records.taken
+        return not self._records.is_taken(msg_id)
 
     def __getitem__(self, msg_id: str) -> Any:
         if not self._visible(msg_id):
@@ -46,7 +46,7 @@ class ResultsCache(MutableMapping[str, Any]):
 
     def __setitem__(self, msg_id: str, value: Any) -> None:
         self._table()[msg_id] = value
-        self._records.taken.discard(msg_id)  # written back: the client holds it again
+        self._records.untake(msg_id)  # written back: the client holds it again
 
     def __delitem__(self, msg_id: str) -> None:
         if not self._visible(msg_id):
@@ -74,10 +74,10 @@ class MetadataCache(ResultsCache):
     """msg_id -> :class:`~corral.client.records.Metadata`; as ipyparallel's, a msg_id it does
     not hold (unknown, or taken by its owner) reads as empty metadata."""
 
-    def _table(self) -> dict[str, Any]:
+    def _table(self) -> MutableMapping[str, Any]:
         return self._records.metadata
 
     def __getitem__(self, msg_id: str) -> Any:
         if not self._visible(msg_id):
             return Metadata()
-        return self._table()[msg_id]  # a defaultdict: unknown ids read as empty
+        return self._table()[msg_id]  # unknown ids read as empty (MetadataTable)

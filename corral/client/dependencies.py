@@ -239,8 +239,7 @@ def prune_follow(
     )
     places: set[str | None] = set()
     for msg_id in accepted & dependency.msg_ids:
-        md = records.metadata.get(msg_id)
-        places.add(md["engine_uuid"] if md is not None else None)
+        places.add(records.metadata.value(msg_id, "engine_uuid", None))
     if dependency.all and (None in places or len(places) != 1):
         raise _impossible("follow", dependency, "the followed tasks did not all run on one engine")
     live = {place for place in places if place is not None and place in live_engines}

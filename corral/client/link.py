@@ -555,16 +555,22 @@ def answered_by(
     since = (now or datetime.now(UTC)) - timedelta(seconds=ANSWERED_WINDOW)
     requests = set(records.history)  # apply and execute: not control requests
     answered: list[list[Any]] = []
+    metadata = records.metadata
+    value = metadata.value  # one key at a time: no Metadata built for the records it reads
     for msg_id in reversed(list(records.results)):  # one copy in C: safe beside workers
-        md = records.metadata.get(msg_id)
-        if md is None or md.get("engine_uuid") != uuid or msg_id not in requests:
+        if (
+            msg_id not in metadata
+            or value(msg_id, "engine_uuid", None) != uuid
+            or msg_id not in requests
+        ):
             continue
-        received, status, completed = md.get("received"), md.get("status"), md.get("completed")
+        received = value(msg_id, "received", None)
+        status, completed = value(msg_id, "status", None), value(msg_id, "completed", None)
         if received is None or received < since:
             break  # results are settled about in the order their replies came
         if completed is None or status not in ("ok", "error", "aborted") or msg_id in purged:
             continue
-        started, submitted = md.get("started"), md.get("submitted")
+        started, submitted = value(msg_id, "started", None), value(msg_id, "submitted", None)
         answered.append(
             [
                 msg_id,

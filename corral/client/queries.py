@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from corral import heap
+from corral.bounded_tables import drop_oldest
 from corral.client.asyncresult import AsyncHubResult, AsyncResult
 from corral.client.metadata import parse_date
 from corral.client.recovery import RESENDABLE
@@ -339,8 +340,7 @@ class HubQueries:
         # (corral.client.link.answered_by): the latest ones, which it could name
         purged = self._purged_from_hub
         purged.update(dict.fromkeys(settled if msg_ids == "all" else msg_ids))
-        if len(purged) > PURGED_REMEMBERED:
-            self._purged_from_hub = dict.fromkeys(list(purged)[-PURGED_REMEMBERED:])
+        drop_oldest(purged, PURGED_REMEMBERED)
 
     def _settled(self, msg_ids: list[str] | str) -> list[str]:
         """Of the results a purge names, those this client holds: the Hub may not have the
@@ -373,10 +373,12 @@ class HubQueries:
         msg_ids = self.msg_ids_of(jobs)
         engine_ids = set(self._engine_ids(targets))
         if engine_ids:
+            value = records.metadata.value
             msg_ids += [
                 msg_id
-                for msg_id, md in records.metadata.items()
-                if md["engine_id"] in engine_ids and msg_id not in records.outstanding
+                for msg_id in records.metadata
+                if value(msg_id, "engine_id", None) in engine_ids
+                and msg_id not in records.outstanding
             ]
         busy = [m for m in msg_ids if m in records.outstanding]
         if busy:

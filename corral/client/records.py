@@ -38,6 +38,7 @@ import _thread
 import collections
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
@@ -45,15 +46,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from corral.client.executereply import ExecuteReply
-from corral.client.metadata import (
-    DATE_KEYS,
-    DATE_ORDER,
-    RESULT_KEYS,
-    SPECIAL_KEYS,
-    Metadata,
-    parse_date,
-    wire_date,
-)
+from corral.client.metadata import RESULT_KEYS, Metadata, parse_date, update_from_reply
+from corral.client.metadata_table import MSG_ID, UNANSWERED, MetadataTable, compact_request
 from corral.client.published import PublishedData
 from corral.client.requestfuture import TASK as TASK_KIND
 from corral.client.requestfuture import RequestFuture, settles_inline
@@ -104,20 +98,27 @@ class Records:
         self,
         defer: Callable[[Callable[[], None]], None] | None = None,
         on_settled: Callable[[str], object] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._defer: Callable[[Callable[[], None]], None] = defer or _run_now
+        self._clock = clock  # when a reply came (``received``), seconds since the epoch
         # told each settled msg_id after its future (the client's Resender drops its copy):
         # one call, where a done-callback per request cost an object and a lock
         self._on_settled = on_settled
         self.futures: dict[str, RequestFuture] = {}
         self.pending: dict[str, Pending | RequestFuture] = {}
         self.results: dict[str, Any] = {}
-        # a missing key reads as empty metadata, as ipyparallel's ``client.metadata`` does
-        self.metadata: dict[str, Metadata] = collections.defaultdict(Metadata)
+        # a request's metadata: iopub (the I/O thread), its reply (whichever thread reads it,
+        # corral.client.socket_gate) and a user's first read of it whole must not interleave
+        # on one entry. Reentrant: the table takes it too, and the records call it holding it
+        self._output_lock = _thread.RLock()
+        # compact until read whole; a missing key reads as empty metadata, as ipyparallel's
+        # ``client.metadata`` does (corral.client.metadata_table)
+        self.metadata = MetadataTable(self._output_lock)
+        self._metadata_entries = self.metadata.entries
         self.history: list[str] = []
         self.trackers: dict[str, Any] = {}  # msg_id -> zmq.MessageTracker, until claimed
         self.outstanding: set[str] = set()
-        self._streams_final: set[str] = set()
         # msg_id -> called (through ``defer``) after each iopub message of it is recorded
         self.iopub_listeners: dict[str, Callable[[Message], None]] = {}
         self._silent: set[str] = set()  # silent execute requests: no execute_result
@@ -130,14 +131,10 @@ class Records:
         # while a thread sleeps (a LightFuture's waiters sleep on locks of their own), and
         # reentrant for concurrent.futures.wait, which takes each future's lock in turn
         self._future_lock = _thread.RLock()
-        # a request's captured output: iopub (the I/O thread) and its reply (whichever
-        # thread reads it, corral.client.socket_gate) must not interleave on one Metadata
-        self._output_lock = threading.Lock()
         self._holders: dict[str, int] = {}  # msg_id -> AsyncResults holding it
         self._released: collections.deque[Sequence[str]] = collections.deque()
         self._orphans: set[str] = set()  # released while unfinished: forgotten once settled
         self._stale: set[str] = set()  # forgotten, still in ``history`` until it is compacted
-        self.taken: set[str] = set()  # finished, taken by their owning AsyncResult (cache.py)
         self.published = PublishedData(self._defer, lambda msg_id: msg_id in self.metadata)
         self.compactions = 0  # how often ``history`` was compacted (views trim theirs then)
 
@@ -160,14 +157,15 @@ class Records:
         msg_id: str = header["msg_id"]
         future = RequestFuture(self._defer, channel, engine_uuid, self._future_lock)
         request_metadata = msg.metadata
-        self.metadata[msg_id] = Metadata.of_request(
+        after = request_metadata.get("after")
+        follow = request_metadata.get("follow")
+        label = request_metadata.get("label")
+        self._metadata_entries[msg_id] = compact_request(
             msg_id,
             parse_date(header.get("date")),
             engine_uuid,
             engine_id,
-            request_metadata.get("after"),
-            request_metadata.get("follow"),
-            request_metadata.get("label"),
+            None if after is None and follow is None and label is None else (after, follow, label),
         )
         if header["msg_type"] == "execute_request" and (msg.content or {}).get("silent"):
             self._silent.add(msg_id)
@@ -243,49 +241,76 @@ class Records:
         submitted: object = None,
     ) -> None:
         """Record a reply (from the engine, the scheduler, or the Hub's store); its value is
-        deserialized and the future settled through ``defer``."""
-        md = self.metadata.get(msg_id)
-        if md is None:
-            md = self.metadata[msg_id] = Metadata(msg_id=msg_id)
-        if submitted is not None and md["submitted"] is None:
-            md["submitted"] = parse_date(submitted)
-        with self._output_lock:
-            self._update_metadata(msg_id, md, metadata, content)
+        deserialized and the future settled through ``defer``. The usual apply reply is kept
+        in the request's compact metadata (corral.client.metadata_table), anything else in
+        its ``Metadata``."""
         if future is None:
             future = self.futures.setdefault(msg_id, RequestFuture(self._defer))
         settled = future
+        with self._output_lock:
+            entry: Any = self._metadata_entries.get(msg_id)
+            compact = type(entry) is tuple
+            if compact:
+                # the request's own string, not the reply's equal copy, which ``results``
+                # would keep as a second key for as long as the result is held
+                msg_id = entry[MSG_ID]
+            if (
+                compact
+                and len(entry) == UNANSWERED
+                and submitted is None
+                and type(metadata) is dict
+                and header.get("msg_type") == "apply_reply"
+                and RESULT_KEYS.isdisjoint(metadata)
+                and None not in metadata.values()
+            ):
+                status = content.get("status", metadata.get("status"))
+                self.metadata.record_reply(entry, metadata, status, self._clock())
+            else:
+                md = self.metadata.full(msg_id)
+                if md is None:
+                    md = self._metadata_entries[msg_id] = Metadata(msg_id=msg_id)
+                if submitted is not None and md["submitted"] is None:
+                    md["submitted"] = parse_date(submitted)
+                received = datetime.fromtimestamp(self._clock(), UTC)
+                update_from_reply(md, metadata, content, received, msg_id in self._silent)
+                if "execute_result" in metadata:
+                    self._silent.discard(msg_id)
+            if "stdout" in metadata or "stderr" in metadata:
+                request = self.futures.get(msg_id)
+                if request is not None:
+                    request.streams_final = True
         frames = buffers if type(buffers) is tuple else tuple(buffers)  # a reply's: a tuple
         if isinstance(future, RequestFuture) and future.allow_inline and settles_inline(frames):
             try:
-                outcome = self._outcome(msg_id, header, content, md, frames, loaded_only=True)
+                outcome = self._outcome(msg_id, header, content, frames, loaded_only=True)
             except ImportNeeded:
                 pass  # deserialized on the results worker, which may import
             else:
                 future.settling_inline = True
                 try:
-                    self._finish_reply(msg_id, md, outcome, future)
+                    self._finish_reply(msg_id, outcome, future)
                 finally:
                     future.settling_inline = False
                 return
-        self._defer(lambda: self._settle_reply(msg_id, header, content, md, frames, settled))
+        self._defer(lambda: self._settle_reply(msg_id, header, content, frames, settled))
 
     def _settle_reply(
         self,
         msg_id: str,
         header: Mapping[str, Any],
         content: Mapping[str, Any],
-        md: Metadata,
         buffers: Sequence[Frame],
         future: Future[Any],
     ) -> None:
-        self._finish_reply(msg_id, md, self._outcome(msg_id, header, content, md, buffers), future)
+        self._finish_reply(msg_id, self._outcome(msg_id, header, content, buffers), future)
 
-    def _finish_reply(
-        self, msg_id: str, md: Metadata, outcome: tuple[Any, bool], future: Future[Any]
-    ) -> None:
+    def _finish_reply(self, msg_id: str, outcome: tuple[Any, bool], future: Future[Any]) -> None:
         value, failed = outcome
         if failed:
-            md["error"] = value
+            with self._output_lock:
+                full = self.metadata.full(msg_id)  # None: purged meanwhile
+                if full is not None:
+                    full["error"] = value
         self.results[msg_id] = value
         self.outstanding.discard(msg_id)
         settle(future, value, failed)
@@ -323,11 +348,15 @@ class Records:
 
     def _record_output(self, msg: Message) -> None:
         parent = msg.parent_id
-        md = self.metadata.get(parent) if parent is not None else None
-        if parent is not None and md is not None and msg.msg_type == "data_message":
-            self.published.receive(parent, md, msg)  # counts after the reply too
+        if parent is None:
             return
-        if parent is None or parent in self._streams_final:
+        if msg.msg_type != "data_message":
+            request = self.futures.get(parent)
+            if request is not None and request.streams_final:
+                return  # its reply said what it printed
+        md = self.metadata.full(parent)
+        if md is not None and msg.msg_type == "data_message":
+            self.published.receive(parent, md, msg)  # counts after the reply too
             return
         content = msg.content
         if md is None or content is None:
@@ -361,12 +390,13 @@ class Records:
     ) -> None:
         """Record that ``msg_id`` failed without a reply (engine lost, Hub unreachable, the
         client closed) and settle its future."""
-        md = self.metadata.get(msg_id)
-        if md is None:
-            md = self.metadata[msg_id] = Metadata(msg_id=msg_id)
-        md["status"] = "error"
-        md["error"] = error
-        md["received"] = datetime.now(UTC)
+        with self._output_lock:
+            md = self.metadata.full(msg_id)
+            if md is None:
+                md = self._metadata_entries[msg_id] = Metadata(msg_id=msg_id)
+            md["status"] = "error"
+            md["error"] = error
+            md["received"] = datetime.fromtimestamp(self._clock(), UTC)
         if future is None:
             future = self.futures.setdefault(msg_id, RequestFuture(self._defer))
         settled = future
@@ -395,15 +425,9 @@ class Records:
             self.futures,
             self.pending,
             self.results,
-            self.metadata,
+            self._metadata_entries,
         )
-        streams, silent, trackers, orphans, taken = (
-            self._streams_final,
-            self._silent,
-            self.trackers,
-            self._orphans,
-            self.taken,
-        )
+        silent, trackers, orphans = self._silent, self.trackers, self._orphans
         dropped = set()
         for msg_id in msg_ids:
             future = futures.get(msg_id)
@@ -412,8 +436,6 @@ class Records:
             futures.pop(msg_id, None)
             results.pop(msg_id, None)
             metadata.pop(msg_id, None)
-            streams.discard(msg_id)
-            taken.discard(msg_id)
             if silent:
                 silent.discard(msg_id)
             if trackers:
@@ -446,11 +468,30 @@ class Records:
 
     def take(self, msg_ids: Iterable[str]) -> None:
         """An owning AsyncResult has finished: ``Client.results``/``metadata`` stop showing
-        ``msg_ids`` (ipyparallel's rule, see corral.client.cache); kept here while held."""
-        futures, taken = self.futures, self.taken
+        ``msg_ids`` (ipyparallel's rule, see corral.client.cache); kept here while held.
+        The mark is on the request's future: a set of them was one more table entry per
+        held result."""
+        futures = self.futures
         for msg_id in msg_ids:
-            if msg_id in futures:
-                taken.add(msg_id)
+            future = futures.get(msg_id)
+            if future is not None:
+                future.taken = True
+
+    def is_taken(self, msg_id: object) -> bool:
+        """Whether an owning AsyncResult took ``msg_id`` (see :meth:`take`)."""
+        future = self.futures.get(msg_id) if type(msg_id) is str else None
+        return future is not None and future.taken
+
+    def untake(self, msg_id: str) -> None:
+        """The client's caches show ``msg_id`` again (a user wrote its result back)."""
+        future = self.futures.get(msg_id)
+        if future is not None:
+            future.taken = False
+
+    @property
+    def taken(self) -> set[str]:
+        """The msg_ids taken by their owners (a scan, for checks and tests)."""
+        return {msg_id for msg_id, future in list(self.futures.items()) if future.taken}
 
     @property
     def held(self) -> int:
@@ -502,56 +543,11 @@ class Records:
         else:
             settle(pending.future, error, failed=True)
 
-    def _update_metadata(
-        self, msg_id: str, md: Metadata, metadata: Mapping[str, Any], content: Mapping[str, Any]
-    ) -> None:
-        if (
-            type(metadata) is dict
-            and RESULT_KEYS.isdisjoint(metadata)
-            and None not in metadata.values()
-        ):
-            md.update(metadata)  # an engine's reply: copied in one call, then its dates parsed
-            for key in DATE_ORDER:
-                value = metadata.get(key)
-                if value is not None:
-                    md[key] = wire_date(value)
-        else:
-            for key, value in metadata.items():
-                if key not in SPECIAL_KEYS:
-                    if value is not None or key not in md:
-                        md[key] = value
-                elif key in DATE_KEYS:
-                    md[key] = parse_date(value)
-                elif key == "execute_result":
-                    extra = metadata.get("execute_result_metadata")
-                    md[key] = self._execute_result(msg_id, value, content, extra)
-                # execute_result_metadata: part of execute_result
-        if "stdout" in metadata or "stderr" in metadata:
-            self._streams_final.add(msg_id)
-        md["status"] = content.get("status", md.get("status"))
-        md["received"] = datetime.now(UTC)
-
-    def _execute_result(
-        self, msg_id: str, data: Any, content: Mapping[str, Any], extra: Any = None
-    ) -> dict[str, Any] | None:
-        """The reply's result bundle in ipyparallel's shape (``{"data": {mime: ...},
-        "metadata": {mime: ...}, "execution_count": n}``, the metadata from the reply's
-        ``execute_result_metadata``); None for a silent execute."""
-        if msg_id in self._silent or not isinstance(data, dict):
-            self._silent.discard(msg_id)
-            return None
-        if "data" in data and isinstance(data["data"], dict):
-            return data
-        metadata = dict(extra) if isinstance(extra, dict) else {}
-        count = content.get("execution_count")
-        return {"data": data, "metadata": metadata, "execution_count": count}
-
     def _outcome(
         self,
         msg_id: str,
         header: Mapping[str, Any],
         content: Mapping[str, Any],
-        md: Metadata,
         buffers: Sequence[Frame],
         *,
         loaded_only: bool = False,
@@ -559,15 +555,17 @@ class Records:
         if content.get("status", "error") != "ok":
             error = error_from_content(dict(content))
             if error.engine_id is None:
-                error.engine_id = md.get("engine_id")
+                error.engine_id = self.metadata.value(msg_id, "engine_id", None)
             if error.engine_uuid is None:
-                error.engine_uuid = md.get("engine_uuid")
+                error.engine_uuid = self.metadata.value(msg_id, "engine_uuid", None)
             if error.method is None:
                 reply_type = header.get("msg_type")
                 error.method = "execute" if reply_type == "execute_reply" else "apply"
             return error, True
         msg_type = header.get("msg_type")
         if msg_type == "execute_reply":
+            # its Metadata (only apply replies are kept compact), which a user reads through it
+            md = self.metadata.get(msg_id) or Metadata(msg_id=msg_id)
             return ExecuteReply(msg_id, content, md), False
         if msg_type == "abort_reply":
             return list(content.get("running", [])), False  # tasks left running, if asked

@@ -328,6 +328,11 @@ class RequestFuture(LightFuture):
         self._owner: Owner | None = None
         self.channel = channel  # where it was sent: "mux", "control" or "task"
         self.engine_uuid = engine_uuid  # the engine it was sent to, if named
+        # marks of its request, here rather than in sets of msg_ids (an entry per held
+        # result): an owning AsyncResult took it (corral.client.cache); its reply said what
+        # it printed, so later iopub streams of it are ignored (corral.client.records)
+        self.taken = False
+        self.streams_final = False
 
     @property
     def reply_channel(self) -> str | None:

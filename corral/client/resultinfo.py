@@ -51,7 +51,9 @@ class ResultInfo:
         return found[0] if self._single else found
 
     def _metadata_values(self, key: str) -> Any:
-        values = [(self._records.metadata.get(m) or Metadata(msg_id=m))[key] for m in self.msg_ids]
+        """One key of each request's metadata, read without building its Metadata."""
+        value = self._records.metadata.value
+        values = [value(m, key) for m in self.msg_ids]
         return values[0] if self._single else values
 
     @property
@@ -70,11 +72,10 @@ class ResultInfo:
         return self._metadata_values("engine_id")  # type: ignore[no-any-return]
 
     def _dates(self, key: str) -> list[datetime]:
+        metadata = self._records.metadata
         return [
             d
-            for d in (
-                self._records.metadata[m][key] for m in self.msg_ids if m in self._records.metadata
-            )
+            for d in (metadata.value(m, key) for m in self.msg_ids if m in metadata)
             if isinstance(d, datetime)
         ]
 
@@ -105,10 +106,14 @@ class ResultInfo:
         if not self.done():
             raise TimeoutError(f"{self._fname}: not ready, so no serial time yet")
         total = 0.0
+        metadata = self._records.metadata
         for msg_id in self.msg_ids:
-            md = self._records.metadata.get(msg_id)
-            if md and isinstance(md["started"], datetime) and isinstance(md["completed"], datetime):
-                total += (md["completed"] - md["started"]).total_seconds()
+            if msg_id not in metadata:
+                continue
+            started = metadata.value(msg_id, "started", None)
+            completed = metadata.value(msg_id, "completed", None)
+            if isinstance(started, datetime) and isinstance(completed, datetime):
+                total += (completed - started).total_seconds()
         return total
 
     def display_outputs(self, groupby: str = "type", result_only: bool = False) -> None:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
 from typing import TYPE_CHECKING, Any
 
+from corral.bounded_tables import drop_oldest
 from corral.controller.hub_actions import Action, DropMatching, DropRecords, Send
 from corral.controller.store.base import check_page
 from corral.controller.store.query import validate_query
@@ -76,15 +76,6 @@ class Purged:
         return (self.all_at is not None and done <= self.all_at) or (
             engine_at is not None and done <= engine_at
         )
-
-
-def drop_oldest(table: dict[str, None], limit: int) -> None:
-    """Trim ``table`` (oldest first) to ``limit`` entries, in one pass: deleting its first key
-    again and again walks the deleted slots before it each time (quadratic for many)."""
-    excess = len(table) - limit
-    if excess > 0:
-        for key in list(islice(table, excess)):
-            del table[key]
 
 
 def answer(

@@ -48,7 +48,6 @@ def _client_tables(rc: Any) -> dict[str, int]:
         "taken": len(records.taken),
         "history": len(records.history),
         "outstanding": len(records.outstanding),
-        "streams_final": len(records._streams_final),
         "silent": len(records._silent),
         "trackers": len(records.trackers),
         "iopub_listeners": len(records.iopub_listeners),
@@ -91,3 +90,43 @@ def test_a_result_purged_as_soon_as_it_came_is_purged_from_the_hub_too(rc: Any) 
         names.extend(result.msg_ids)
     assert not set(names) & set(rc._records.results)
     until(lambda: not set(names) & set(rc.hub_history()), 30, "every record purged")
+
+
+def test_a_client_remembers_only_its_latest_purges_from_the_hub(
+    rc: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The msg_ids a client purged from the Hub (a dead engine's report must not make their
+    records again, corral.client.link.answered_by): the latest, oldest dropped first."""
+    from corral.client import queries
+
+    monkeypatch.setattr(queries, "PURGED_REMEMBERED", 3)
+    view = rc.load_balanced_view()
+    names = []
+    for _ in range(5):
+        result = view.apply_async(_nap, 0.0)
+        assert result.get(timeout=60) == 0.0
+        rc.purge_results(result)
+        names.extend(result.msg_ids)
+    assert list(rc._purged_from_hub) == names[-3:]
+
+
+def test_purging_an_engines_results_forgets_compact_and_read_metadata_alike(rc: Any) -> None:
+    """purge_local_results(targets=...) finds what ran there by each record's engine id, read
+    without building the Metadata (corral.client.metadata_table); a result whose metadata
+    was read whole and one whose was not are purged, or kept, alike."""
+    records = rc._records
+    results = {engine: [rc[engine].apply_async(_nap, 0.0) for _ in range(4)] for engine in (0, 1)}
+    for engine, started in results.items():
+        assert [r.get(timeout=60) for r in started] == [0.0] * 4
+        assert started[0].metadata["engine_id"] == engine  # read whole: a Metadata now
+    compact = [records.metadata.is_compact(r.msg_ids[0]) for r in results[1]]
+    assert compact == [False, True, True, True]
+    rc.purge_local_results(targets=0)
+    for result in results[0]:
+        assert result.msg_ids[0] not in records.metadata
+        assert result.msg_ids[0] not in records.results
+    for result in results[1]:
+        assert result.msg_ids[0] in records.metadata and result.engine_id == 1
+    rc.purge_local_results("all")
+    assert all(r.msg_ids[0] not in records.metadata for r in results[1])
+    assert results[1][3].get() == 0.0  # the AsyncResult keeps its value
