@@ -41,6 +41,8 @@ import weakref
 from types import CodeType, FunctionType, GenericAlias, NoneType, UnionType
 from typing import Any, Final
 
+from corral.protocol import byname
+
 __all__ = [
     "FRAME_LIMIT",
     "small_arguments",
@@ -63,10 +65,12 @@ _STOP: Final = ord(".")
 _ABSENT: Final = object()  # a global the function's code names but its globals lack
 _EMPTY_CELL: Final = object()  # a closure cell without a value yet
 _END: Final = object()  # closes a variable-length section of a fingerprint
+_BY_NAME: Final = object()  # opens the last section: byname.name_parts of the globals
 _NO_MAPPING: Final = object()  # a mapping attribute that is None
 _MARKERS: Final = (_ABSENT, _EMPTY_CELL, _END, _NO_MAPPING)
 _STRUCTURE: Final = (0, 1, 2, 8)  # the function, its code, its globals, its closure's cells
 _ATOMS: Final = frozenset({type(None), bool, int, float, str, bytes})
+_PLAIN: Final = _ATOMS | {object}  # no global written by name among them (object: _ABSENT)
 _MODULE_KEYS: Final = ("__package__", "__name__", "__path__", "__file__")  # cloudpickle's
 _IMMUTABLE_TYPE: Final = 1 << 8  # Py_TPFLAGS_IMMUTABLETYPE: no attribute of it can be set
 _MAX_DEPTH: Final = 32
@@ -162,7 +166,9 @@ def fingerprint(f: Any) -> tuple[object, ...] | None:
     parts += (f.__doc__, f.__defaults__, closure)
     names, absent = _global_names(code)
     look_up = namespace.get
+    start = len(parts)
     parts += map(look_up, names, absent)  # one call per name, no Python loop (it is per call)
+    values = parts[start:]
     parts.append(_END)
     parts += map(look_up, _MODULE_KEYS, _MODULE_ABSENT)
     for cell in closure or ():
@@ -179,6 +185,9 @@ def fingerprint(f: Any) -> tuple[object, ...] | None:
         parts.append(_END)
         parts += mapping.values()
         parts.append(_END)
+    if not _PLAIN.issuperset(map(type, values)):
+        parts.append(_BY_NAME)  # what the pickler consults for globals it writes by name
+        byname.name_parts(values, parts)
     return tuple(parts)
 
 
@@ -238,17 +247,26 @@ def code_frozen(code: CodeType, depth: int = 0) -> bool:
 
 def reusable(print_: tuple[object, ...]) -> bool:
     """Whether the function of fingerprint ``print_`` reads only deeply immutable objects of
-    natively pickled types, so that the same objects always pickle to the same bytes."""
+    natively pickled types, or globals written by name (:func:`corral.protocol.byname.named`,
+    whose state the fingerprint's last section holds), so that the same objects always pickle
+    to the same bytes."""
     code, namespace, closure = print_[1], print_[2], print_[8]
     if type(code) is not CodeType or not code_frozen(code):
         return False
     if type(namespace) is not dict or (closure is not None and type(closure) is not tuple):
         return False
-    return all(
-        frozen(part) or any(part is marker for marker in _MARKERS)
-        for index, part in enumerate(print_)
-        if index not in _STRUCTURE
-    )
+    in_globals = True  # the globals' values come first, up to the first _END
+    for index, part in enumerate(print_):
+        if part is _BY_NAME:
+            return True  # the rest is what byname.named() below consulted
+        if index in _STRUCTURE or frozen(part):
+            continue
+        if part is _END:
+            in_globals = False
+        elif not any(part is marker for marker in _MARKERS):
+            if not (in_globals and index > _STRUCTURE[-1] and byname.named(part)):
+                return False
+    return True
 
 
 _ARGUMENT_BUDGET: Final = 16 * 1024  # bytes, a bound on the arguments' pickle (see below)

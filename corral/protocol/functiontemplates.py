@@ -52,6 +52,8 @@ import threading
 from types import CellType, CodeType, FunctionType
 from typing import Any, Final, NoReturn
 
+from cloudpickle.cloudpickle import subimport as _subimport  # type: ignore[import-untyped]
+
 from corral.protocol.functioncache import FRAME_LIMIT, code_frozen, frozen
 
 __all__ = [
@@ -168,6 +170,7 @@ class FunctionTemplate:
         "_seed",
         "_stand_in",
         "_withheld",
+        "anchors",
     )
 
     def __init__(self, function: FunctionType, memo: list[object]) -> None:
@@ -185,6 +188,9 @@ class FunctionTemplate:
         self.closure: tuple[object, ...] | None = None
         if function.__closure__ is not None:
             self.closure = tuple(_contents(cell) for cell in function.__closure__)
+        # (module name, attribute path, object) of what the unpickle found by name: checked
+        # again before every call (anchored); set by load
+        self.anchors: tuple[tuple[str, tuple[str, ...], object], ...] = ()
         self._stand_in = _StandIn()  # the function, at the bottom of the stack
         self._withheld = _StandIn()  # every other object of the memo not given as itself
         withheld = self._withheld
@@ -200,17 +206,27 @@ class FunctionTemplate:
     def load(ops: bytes) -> FunctionTemplate | None:
         """The template of the function that ``ops`` (one complete pickle's opcodes, without
         protocol, framing and stop) unpickle to; None if they are not that, or if its state is
-        not deeply immutable, or if the memo they leave is not numbered 0, 1, ... (then the
-        calls are unpickled whole)."""
+        not deeply immutable but for globals found by name (:class:`_NameRecorder`), or if the
+        memo they leave is not numbered 0, 1, ... (then the calls are unpickled whole)."""
         try:
-            unpickler = pickle.Unpickler(io.BytesIO(_PROTO + ops + _STOP), buffers=())
+            unpickler = _NameRecorder(io.BytesIO(_PROTO + ops + _STOP), buffers=())
             function = unpickler.load()
             memo = unpickler.memo.copy()
         except Exception:  # not one pickle: the boundary was not the function's end
             return None
-        if not _immutable_function(function) or not all(map(memo.__contains__, range(len(memo)))):
+        found = unpickler.found
+        if not _immutable_function(function, found) or not all(
+            map(memo.__contains__, range(len(memo)))
+        ):
             return None  # (numbered otherwise, the prelude would number it wrong)
-        return FunctionTemplate(function, [memo[index] for index in range(len(memo))])
+        template = FunctionTemplate(function, [memo[index] for index in range(len(memo))])
+        named = {id(value) for value in function.__globals__.values() if not frozen(value)}
+        template.anchors = tuple(
+            (module_name, path, value)
+            for module_name, path, value in found
+            if not path or id(value) in named  # every module it imported, the globals found
+        )
+        return template
 
     def build(self) -> FunctionType:
         """A new function, as the template's pickle unpickles to: its own globals dict, cells,
@@ -231,13 +247,32 @@ class FunctionTemplate:
         function.__doc__ = self.doc
         return function
 
+    def anchored(self) -> bool:
+        """Whether every global found by name, and every module imported, when the template
+        was made is what a whole unpickle would find now (``sys.modules``, then each attribute
+        of the name): the engine's own modules may have been replaced or taken out since."""
+        modules = sys.modules
+        for module_name, path, value in self.anchors:
+            found = modules.get(module_name, _MISSING)
+            for part in path:
+                try:
+                    found = getattr(found, part, _MISSING)
+                except Exception:  # a module's __getattr__ may raise anything
+                    return False
+            if found is not value:
+                return False
+        return True
+
     def call(self, pickled: bytes, start: int) -> tuple[FunctionType, Any, Any] | None:
         """``(f, args, kwargs)`` from the second frame of a call pickle, at ``start`` (the
         arguments' opcodes, ``TUPLE3``, ``MEMOIZE``, ``STOP``), run after the prelude as one
         pickle framed like the original, so every opcode reads what it would have read in it;
         None (unpickle the call whole) if it fails, leaves anything but
         ``(function, args, kwargs)``, or keeps a stand-in anywhere. Opcodes that read no memo
-        entry (no byte of one) need no prelude but the function's stand-in."""
+        entry (no byte of one) need no prelude but the function's stand-in. A global found by
+        name that a whole unpickle would find otherwise now (:meth:`anchored`): None too."""
+        if self.anchors and not self.anchored():
+            return None
         arguments = pickled[start:]
         prelude = self._prelude if _GETS.search(arguments) else _NEXT_BUFFER
         size = (len(prelude) + len(arguments)).to_bytes(8, "little")
@@ -262,10 +297,42 @@ def _contents(cell: CellType) -> object:
         return _EMPTY_CELL
 
 
-def _immutable_function(function: object) -> bool:
+class _NameRecorder(pickle.Unpickler):
+    """An unpickler that notes what it finds by name: each ``(module, qualified name)`` a
+    global opcode names, and each module cloudpickle's ``subimport`` imports, with the object
+    found (``found``: module name, attribute path, object; an empty path for a module)."""
+
+    def __init__(self, file: io.BytesIO, *, buffers: tuple[()]) -> None:
+        super().__init__(file, buffers=buffers)
+        self.found: list[tuple[str, tuple[str, ...], object]] = []
+
+    def find_class(self, module_name: str, name: str) -> Any:
+        value = super().find_class(module_name, name)
+        if value is _subimport:
+            return self._subimport
+        self.found.append((module_name, tuple(name.split(".")), value))
+        return value
+
+    def _subimport(self, name: str) -> object:
+        module = _subimport(name)
+        self.found.append((name, (), module))
+        return module
+
+
+def _by_name(value: object, found: list[tuple[str, tuple[str, ...], object]]) -> bool:
+    """Whether ``value`` is one of the objects the unpickle found by name (a module, a module's
+    function, builtin function or class): the same object for every call while
+    :meth:`FunctionTemplate.anchored` holds, as a whole unpickle would find it."""
+    return any(value is item for _, _, item in found)
+
+
+def _immutable_function(
+    function: object, found: list[tuple[str, tuple[str, ...], object]] | None = None
+) -> bool:
     """Whether ``function`` is a plain function whose state is deeply immutable (the module
-    doc), its globals' ``__builtins__`` aside (the interpreter's, set by every unpickle), and
-    whose keyword defaults and annotations are not one dict (a template would part them)."""
+    doc), its globals' ``__builtins__`` aside (the interpreter's, set by every unpickle) and
+    those ``found`` by name (see :class:`_NameRecorder`), and whose keyword defaults and
+    annotations are not one dict (a template would part them)."""
     if type(function) is not FunctionType:
         return False
     if not code_frozen(function.__code__) or getattr(function, "__type_params__", None):
@@ -273,7 +340,11 @@ def _immutable_function(function: object) -> bool:
     namespace = function.__globals__
     if type(namespace) is not dict or not all(
         type(key) is str
-        and (frozen(value) or (key == "__builtins__" and any(value is b for b in _BUILTINS)))
+        and (
+            frozen(value)
+            or (key == "__builtins__" and any(value is b for b in _BUILTINS))
+            or (found is not None and _by_name(value, found))
+        )
         for key, value in namespace.items()
     ):
         return False

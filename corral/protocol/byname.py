@@ -1,0 +1,173 @@
+"""Globals that a by-value function's pickle names instead of writing: when they may be reused.
+
+A function defined in ``__main__`` that reads ``math`` (``import math``), ``sqrt`` (``from math
+import sqrt``), ``join`` (``from os.path import join``) or ``OrderedDict`` carries those globals
+in its pickle by name: cloudpickle writes a module as ``subimport("math")`` and a module's
+function, class or builtin function as one global opcode (``math sqrt``), which the engine
+resolves in its own modules. Such a pickle stays the same bytes as long as everything the
+pickler consulted to choose and write the name is unchanged, and this module lists exactly that,
+for :func:`corral.protocol.functioncache.fingerprint` to compare by identity at every call
+(:func:`name_parts`) and :func:`~corral.protocol.functioncache.reusable` to accept once
+(:func:`named`):
+
+- a module ``m`` (exactly ``ModuleType``): its ``__name__``, ``sys.modules``'s entry for that
+  name (cloudpickle writes it by name only while the name is there) and cloudpickle's
+  by-value registry (:func:`registry_token`: ``register_pickle_by_value`` turns a module, and
+  every function and class of it, into a by-value pickle), and ``__package__``. A package
+  (``numpy``) is *never* accepted: for one, cloudpickle also writes every imported submodule
+  whose name the function's code could spell (its ``_cloudpickle_submodules``), found by a scan
+  of all of ``sys.modules`` that a change anywhere in it may alter; checking that exactly costs
+  as much as the scan (30 us over 370 modules), so such a function is pickled afresh;
+- a builtin function of a module (``math.sqrt``: ``builtin_function_or_method`` whose
+  ``__self__`` is a module): its ``__module__`` (settable), that module's ``sys.modules`` entry
+  and the attribute of it by the function's name (the pickler checks that it finds the same
+  object), and ``copyreg.dispatch_table``'s entry for the type (a reducer there would be used
+  instead); its name is the interpreter's, fixed;
+- a function or class of an importable module (a plain ``FunctionType`` not written by value,
+  or a class whose metaclass is ``type``): its ``__qualname__`` and ``__module__`` (both
+  settable, but for a class of C, whose ``__qualname__`` is made afresh from its fixed name at
+  every read), the module's ``sys.modules`` entry, its ``__name__`` (the registry is looked up
+  by it) and the attribute the qualified name leads to, and the registry.
+
+Strings are compared by identity: the pickler memoizes the names it writes, so an equal but
+other string object could be written as a reference to an earlier equal object of the pickle.
+Anything else a function reads (an instance, ``functools.partial``, a numpy ufunc through
+``copyreg``, a ``__main__`` class or function) is not by name, and keeps its function pickled
+afresh (:mod:`corral.protocol.functioncache`). The engine's side of the same rule is in
+:mod:`corral.protocol.functiontemplates` (its anchors).
+"""
+
+from __future__ import annotations
+
+import copyreg
+import sys
+from types import BuiltinFunctionType, FunctionType, ModuleType
+from typing import Any, Final
+
+import cloudpickle  # type: ignore[import-untyped]
+
+__all__ = ["name_parts", "named", "registry_token", "resolve"]
+
+_ABSENT: Final = object()  # an attribute or entry not there
+_FIXED: Final = object()  # a name the interpreter makes afresh at each read from fixed C data
+_HEAP_TYPE: Final = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made at run time (its names settable)
+# cloudpickle's set of module names registered by value (register_pickle_by_value), read at every
+# call: the public list_registry_pickle_by_value() copies it
+_REGISTRY: Final[set[str]] = cloudpickle.cloudpickle._PICKLE_BY_VALUE_MODULES
+_PICKLER_TABLE: Final[dict[type, Any]] = cloudpickle.Pickler._dispatch_table
+_TYPES_BY_REDUCER: Final[dict[type, str]] = cloudpickle.cloudpickle._BUILTIN_TYPE_NAMES
+_snapshot: frozenset[str] = frozenset()
+
+
+def registry_token() -> frozenset[str]:
+    """A copy of cloudpickle's by-value registry, the same object while the registry is equal
+    to it: a fingerprint holding it compares by identity, and any registration (or removal)
+    since gives another object."""
+    global _snapshot
+    if _REGISTRY != _snapshot:
+        _snapshot = frozenset(_REGISTRY)
+    return _snapshot
+
+
+def resolve(module_name: object, qualified_name: object) -> object:
+    """What ``sys.modules[module_name]`` and then each attribute of the dotted
+    ``qualified_name`` lead to (``_ABSENT`` if either is missing or not a string): the object a
+    pickler checks it finds, and an unpickler finds."""
+    if type(module_name) is not str or type(qualified_name) is not str:
+        return _ABSENT
+    found = sys.modules.get(module_name, _ABSENT)
+    for part in qualified_name.split("."):
+        if found is _ABSENT:
+            break
+        try:
+            found = getattr(found, part, _ABSENT)
+        except Exception:  # a module's __getattr__ may raise anything
+            return _ABSENT
+    return found
+
+
+def name_parts(values: list[object], parts: list[object]) -> None:
+    """Append to ``parts`` (a fingerprint being made) what the pickler consults to write each of
+    ``values`` (a function's globals) by name, as listed in the module doc; nothing for the
+    values that are not of those kinds. One call per pickled call: kept short."""
+    token_added = False
+    modules = sys.modules
+    for value in values:
+        kind = type(value)
+        if kind is ModuleType:
+            name = getattr(value, "__name__", _ABSENT)
+            parts += (kind, name, modules.get(name, _ABSENT) if type(name) is str else _ABSENT)
+            parts.append(getattr(value, "__package__", _ABSENT))
+        elif kind is BuiltinFunctionType:
+            module_name = getattr(value, "__module__", _ABSENT)
+            self = value.__self__  # type: ignore[attr-defined]
+            found = resolve(module_name, value.__name__)  # type: ignore[attr-defined]
+            parts += (kind, self, module_name, found, copyreg.dispatch_table.get(kind, _ABSENT))
+            continue
+        elif kind is FunctionType or kind is type:
+            qualified_name = getattr(value, "__qualname__", _ABSENT)
+            module_name = getattr(value, "__module__", _ABSENT)
+            module = modules.get(module_name, _ABSENT) if type(module_name) is str else _ABSENT
+            module_own_name = getattr(module, "__name__", _ABSENT)
+            found = resolve(module_name, qualified_name)
+            if kind is type and not value.__flags__ & _HEAP_TYPE:  # type: ignore[attr-defined]
+                qualified_name = _FIXED  # a C type's, made afresh from its fixed tp_name
+            parts += (kind, qualified_name, module_name, module, module_own_name, found)
+        else:
+            continue
+        if not token_added:
+            parts.append(registry_token())
+            token_added = True
+
+
+def _registered(module_name: object) -> bool:
+    """Whether cloudpickle writes the module of that name (and what it holds) by value: it or a
+    package above it is in the registry. A name that is not a string counts as registered."""
+    if type(module_name) is not str:
+        return True
+    name = module_name
+    while True:
+        if name in _REGISTRY:
+            return True
+        parent = name.rpartition(".")[0]
+        if not parent:
+            return False
+        name = parent
+
+
+def named(value: object) -> bool:
+    """Whether cloudpickle writes ``value`` by name now, and only from what :func:`name_parts`
+    lists (the module doc): a module in ``sys.modules`` that is not a package nor registered
+    by value; a module's builtin function found again under its module and name; a function
+    or plain class found again under its module and qualified name, not of ``__main__`` nor
+    of a module registered by value."""
+    kind = type(value)
+    if kind is ModuleType:
+        name = getattr(value, "__name__", None)
+        return (
+            type(name) is str
+            and name in sys.modules
+            and not getattr(value, "__package__", None)
+            and not _registered(name)
+        )
+    if kind is BuiltinFunctionType:
+        return (
+            type(value.__self__) is ModuleType  # type: ignore[attr-defined]
+            and kind not in copyreg.dispatch_table
+            and kind not in _PICKLER_TABLE
+            and resolve(getattr(value, "__module__", None), value.__name__) is value  # type: ignore[attr-defined]
+        )
+    if kind is FunctionType or kind is type:
+        if kind is type and value in _TYPES_BY_REDUCER:
+            return False  # types of the types module: cloudpickle's own reduction
+        qualified_name = getattr(value, "__qualname__", None)
+        module_name = getattr(value, "__module__", None)
+        if type(qualified_name) is not str or module_name == "__main__":
+            return False
+        module = sys.modules.get(module_name) if type(module_name) is str else None
+        return (
+            type(module) is ModuleType
+            and resolve(module_name, qualified_name) is value
+            and not _registered(getattr(module, "__name__", None))
+        )
+    return False

@@ -1,0 +1,291 @@
+"""corral.protocol.byname: a ``__main__`` function reading a module, a module's function, class
+or builtin function keeps its pickle (client) and its template (engine); any change to what
+the pickler consulted to write such a global by name (the global rebound, the module
+registered by value, its ``sys.modules`` entry, the names of the object, the attribute it is
+found under, ``copyreg``) sends what a fresh pickle sends, and an engine whose modules changed
+unpickles the call whole."""
+
+from __future__ import annotations
+
+import cmath
+import copyreg
+import math
+import sys
+import types
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import cloudpickle
+import pytest
+
+from corral.errors import RemoteError
+from corral.protocol import byname
+from corral.protocol.functiontemplates import thread_templates
+from corral.protocol.serialize import pack_apply_message, unpack_apply_message
+from tests.protocol.pickles import script
+from tests.protocol.test_functioncache import check, fresh, packed, same
+from tests.protocol.test_functiontemplates import kept
+
+PROBE = "corral_byname_probe"  # a module only this process has (the engines cannot import it)
+
+SHAPES = {
+    "module": ("import math\ndef f(x):\n    return math.sqrt(x)\n", 2.0),
+    "module under another name": ("import math as m\ndef f(x):\n    return m.floor(x)\n", 2),
+    "builtin function": ("from math import sqrt\ndef f(x):\n    return sqrt(x)\n", 2.0),
+    "builtins' function": ("P = print\ndef f(x):\n    return P is print and x\n", 2.0),
+    "module function": ("from os.path import join\ndef f(x):\n    return join('a', x)\n", "b"),
+    "class of C": (
+        "from collections import OrderedDict\ndef f(x):\n    return OrderedDict(a=x)['a']\n",
+        2.0,
+    ),
+    "class of Python": (
+        "from textwrap import TextWrapper\ndef f(x):\n    return TextWrapper(width=x).width\n",
+        2,
+    ),
+    "several": (
+        "import math, os\nfrom math import floor\nK = 3\n"
+        "def f(x):\n    return (math.sqrt(x), floor(x), os.sep, K)\n",
+        2.0,
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_globals_written_by_name_keep_the_pickle_and_the_template(shape: str) -> None:
+    source, argument = SHAPES[shape]
+    f = script(source)["f"]
+    assert check(f, (argument,)) == 2  # kept from the third call, identical to a fresh pickle
+    frames = kept(f, (argument,))
+    templates = thread_templates()
+    before = templates.used
+    for _ in range(3):
+        g, args, kwargs = unpack_apply_message(frames)
+        assert g(*args, **kwargs) == f(argument)
+    assert templates.used - before == 3
+
+
+def test_a_package_is_pickled_afresh_with_its_imported_submodules() -> None:
+    """cloudpickle writes, with a package, every imported submodule the code could name,
+    found by a scan of all of ``sys.modules``: never kept."""
+    ns = script("import numpy as np\ndef f(x):\n    return np.linalg.norm(x)\n")
+    assert check(ns["f"], (2.0,)) == 0
+
+
+@pytest.fixture
+def probe() -> Iterator[types.ModuleType]:
+    """A module in ``sys.modules`` with a constant, a function and a class of its own; taken
+    out (and out of cloudpickle's registry) after the test."""
+    module = types.ModuleType(PROBE)
+    exec(  # noqa: S102 - the module's own code
+        "VALUE = 7\ndef helper():\n    return 'helper'\nclass Thing:\n    pass\n",
+        module.__dict__,
+    )
+    sys.modules[PROBE] = module
+    try:
+        yield module
+    finally:
+        sys.modules.pop(PROBE, None)
+        if PROBE in cloudpickle.list_registry_pickle_by_value():
+            cloudpickle.unregister_pickle_by_value(module)
+
+
+def follows(f: Callable[..., Any], args: tuple[Any, ...], change: Callable[[], None]) -> None:
+    """``f`` kept, then ``change``: the next calls send what a fresh pickle sends."""
+    assert check(f, args) >= 2
+    change()
+    for _ in range(3):
+        assert same(packed(f, args), fresh(f, args))
+
+
+def test_a_module_global_rebound_is_sent() -> None:
+    ns = script("import math as m\ndef f(x):\n    return m.sqrt(x)\n")
+    follows(ns["f"], (4.0,), lambda: ns.__setitem__("m", cmath))
+    g, args, _ = unpack_apply_message(pack_apply_message(ns["f"], (4.0,), {}))
+    assert g(*args) == 2 + 0j and type(g(*args)) is complex
+
+
+def test_a_module_registered_by_value_is_sent_by_value(probe: types.ModuleType) -> None:
+    ns = script(f"import {PROBE} as p\ndef f():\n    return p.VALUE\n")
+    follows(ns["f"], (), lambda: cloudpickle.register_pickle_by_value(probe))
+    del sys.modules[PROBE]  # the engine's side: only by value can it be read
+    g, _, _ = unpack_apply_message(pack_apply_message(ns["f"], (), {}))
+    assert g() == 7
+    assert check(ns["f"]) == 0  # by value: what it holds may change, never kept
+
+
+def test_a_package_above_registered_by_value_is_sent_by_value(probe: types.ModuleType) -> None:
+    child = types.ModuleType(f"{PROBE}.child")
+    sys.modules[child.__name__] = probe.child = child  # type: ignore[attr-defined]
+    try:
+        ns = script(f"import {PROBE}.child\nc = {PROBE}.child\ndef f():\n    return c\n")
+        follows(ns["f"], (), lambda: cloudpickle.register_pickle_by_value(probe))
+    finally:
+        del sys.modules[child.__name__]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "del sys.modules[PROBE]",
+        "sys.modules[PROBE] = types.ModuleType(PROBE)",
+        "probe.__name__ = 'math'",
+        "probe.__package__ = PROBE",
+    ],
+)
+def test_a_module_whose_entry_or_names_change_is_sent_changed(
+    probe: types.ModuleType, change: str
+) -> None:
+    ns = script(f"import {PROBE} as p\ndef f():\n    return p.VALUE\n")
+    scope = {"sys": sys, "types": types, "PROBE": PROBE, "probe": probe}
+    follows(ns["f"], (), lambda: exec(change, scope))  # noqa: S102
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "probe.helper = lambda: 'other'",
+        "del probe.helper",
+        "helper.__qualname__ = 'Thing'",
+        "helper.__module__ = 'os'",
+        "probe.Thing = int",
+        "Thing.__qualname__ = 'helper'",
+        "Thing.__module__ = '__main__'",
+        "cloudpickle.register_pickle_by_value(probe)",
+        "sys.modules[PROBE] = types.ModuleType(PROBE)",
+    ],
+)
+def test_a_function_or_class_of_a_module_that_changes_is_sent_changed(
+    probe: types.ModuleType, change: str
+) -> None:
+    ns = script(f"from {PROBE} import helper, Thing\ndef f():\n    return helper(), Thing\n")
+    scope = {
+        "sys": sys,
+        "types": types,
+        "cloudpickle": cloudpickle,
+        "PROBE": PROBE,
+        "probe": probe,
+        "helper": probe.helper,
+        "Thing": probe.Thing,
+    }
+    follows(ns["f"], (), lambda: exec(change, scope))  # noqa: S102
+
+
+def test_a_builtin_function_rebound_or_given_a_reducer_is_sent_changed() -> None:
+    ns = script("from math import sqrt\ndef f(x):\n    return sqrt(x)\n")
+    follows(ns["f"], (4.0,), lambda: ns.__setitem__("sqrt", cmath.sqrt))
+    assert type(unpack_apply_message(pack_apply_message(ns["f"], (4.0,), {}))[0](4.0)) is complex
+    ns["sqrt"] = math.sqrt
+    try:
+        follows(
+            ns["f"],
+            (4.0,),
+            lambda: copyreg.pickle(types.BuiltinFunctionType, lambda _: (int, ("1",))),
+        )
+        g = unpack_apply_message(pack_apply_message(ns["f"], (4.0,), {}))[0]
+        assert g.__globals__["sqrt"] == 1  # type: ignore[attr-defined]
+    finally:
+        copyreg.dispatch_table.pop(types.BuiltinFunctionType, None)
+
+
+def test_a_registration_elsewhere_changes_the_token_only() -> None:
+    token = byname.registry_token()
+    assert byname.registry_token() is token
+    module = types.ModuleType(PROBE)
+    sys.modules[PROBE] = module
+    try:
+        cloudpickle.register_pickle_by_value(module)
+        assert byname.registry_token() is not token and PROBE in byname.registry_token()
+        ns = script("import math\ndef f(x):\n    return math.sqrt(x)\n")
+        assert check(ns["f"], (4.0,)) == 2  # another module registered: still kept
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+        del sys.modules[PROBE]
+
+
+def test_an_engine_whose_module_changed_unpickles_the_call_whole(
+    probe: types.ModuleType,
+) -> None:
+    """The template holds the module and the function it found by name; when the engine's
+    ``sys.modules`` or the module's attribute lead elsewhere, a whole unpickle finds the new
+    one, and so does the call."""
+    source = f"import {PROBE} as p\nfrom {PROBE} import helper\ndef f():\n    return p, helper\n"
+    ns = script(source)
+    frames = kept(ns["f"])
+    templates = thread_templates()
+    before = templates.used
+    assert unpack_apply_message(frames)[0]() == (probe, probe.helper)
+    assert templates.used == before + 1
+    other = types.ModuleType(PROBE)
+    other.helper = probe.helper  # type: ignore[attr-defined]
+    sys.modules[PROBE] = other
+    assert unpack_apply_message(frames)[0]() == (other, probe.helper)
+    sys.modules[PROBE] = probe
+    probe.helper = lambda: "replaced"  # type: ignore[attr-defined]
+    g = unpack_apply_message(frames)[0]
+    assert g()[1] is probe.helper
+    assert templates.used == before + 1  # both unpickled whole
+    del sys.modules[PROBE]
+    with pytest.raises(Exception, match=PROBE):
+        unpack_apply_message(frames)
+
+
+# ---------------------------------------------------------------- on a real cluster
+#
+# An engine binds a ``__main__`` function to its own namespace, and a name it already holds
+# wins over the value the call carries (corral.protocol.references.bind_function): to see the
+# value a call carries, the test takes the name out of the engine's namespace first.
+
+
+def engine_templates_used(dv: Any) -> int:
+    dv.execute("from corral.protocol.functiontemplates import thread_templates", block=True)
+    dv.execute("used = thread_templates().used", block=True)
+    return int(dv.pull("used", block=True))
+
+
+@pytest.mark.timeout(120)
+def test_a_module_global_rebound_on_a_real_engine(rc) -> None:  # type: ignore[no-untyped-def]
+    """``m`` read from ``math`` kept and templated on the engine, then rebound to ``cmath``
+    (and ``sqrt`` likewise): the next result is cmath's."""
+    ns = script(
+        "import math as m\nfrom math import sqrt\n"
+        "def f(x):\n    return repr((m.sqrt(x), sqrt(x)))\n"
+    )
+    dv = rc[0]
+    before = engine_templates_used(dv)
+    assert [dv.apply_sync(ns["f"], 4.0) for _ in range(6)] == ["(2.0, 2.0)"] * 6
+    assert engine_templates_used(dv) - before >= 3
+    ns["m"] = cmath
+    dv.execute("del m", block=True)
+    assert dv.apply_sync(ns["f"], 4.0) == "((2+0j), 2.0)"
+    ns["sqrt"] = cmath.sqrt
+    dv.execute("del sqrt", block=True)
+    assert dv.apply_sync(ns["f"], 4.0) == "((2+0j), (2+0j))"
+    rc[:].execute("m = sqrt = None; del m, sqrt", block=True)
+    view = rc.load_balanced_view()
+    assert view.map_sync(ns["f"], [4.0] * 8) == ["((2+0j), (2+0j))"] * 8
+
+
+@pytest.mark.timeout(120)
+def test_a_module_registered_by_value_on_a_real_engine(rc, probe) -> None:  # type: ignore[no-untyped-def]
+    """A module only the client has: by name the engine cannot import it; registered by
+    value between calls, the next call carries it and succeeds."""
+    ns = script(f"import {PROBE} as p\ndef f():\n    return p.VALUE\n")
+    dv = rc[0]
+    for _ in range(4):
+        with pytest.raises(RemoteError, match=PROBE):
+            dv.apply_sync(ns["f"])
+    cloudpickle.register_pickle_by_value(probe)
+    assert dv.apply_sync(ns["f"]) == 7
+    probe.VALUE = 8
+    dv.execute("del p", block=True)
+    assert dv.apply_sync(ns["f"]) == 8
+
+
+@pytest.mark.timeout(120)
+def test_a_helper_redefined_on_a_real_engine(rc) -> None:  # type: ignore[no-untyped-def]
+    ns = script("def g(x):\n    return x + 1\ndef f(x):\n    return g(x)\n")
+    dv = rc[0]
+    assert [dv.apply_sync(ns["f"], 1) for _ in range(4)] == [2] * 4
+    exec(compile("def g(x):\n    return x + 10\n", "<script>", "exec"), ns)  # noqa: S102
+    dv.execute("del g", block=True)
+    assert dv.apply_sync(ns["f"], 1) == 11
