@@ -29,6 +29,7 @@ SHAPES: dict[str, str] = {
     "module (numpy)": "import numpy as np\ndef f(x):\n    return np.sum(x)\n",
     "builtin from module": "from math import sqrt\ndef f(x):\n    return sqrt(x)\n",
     "np.sum taken": "from numpy import sum as total\ndef f(x):\n    return total(x)\n",
+    "ufunc taken": "from numpy import sqrt\ndef f(x):\n    return sqrt(x)\n",
     "module function": "from os.path import join\ndef f(x):\n    return join('a', str(x))\n",
     "module class": (
         "from collections import OrderedDict\ndef f(x):\n    return OrderedDict(a=x)['a']\n"

@@ -29,11 +29,15 @@ for :func:`corral.protocol.functioncache.fingerprint` to compare by identity at 
   every read), the module's ``sys.modules`` entry, its ``__name__`` (the registry is looked up
   by it) and the attribute the qualified name leads to, and the registry.
 
+- a callable object of a C class (a numpy ufunc, ``np.sum``): the reducer the pickler would
+  use (``copyreg``'s for the class, else the object's ``__reduce_ex__``), called at every call,
+  the name it gives, the object's ``__module__`` and what the name leads to there.
+
 Strings are compared by identity: the pickler memoizes the names it writes, so an equal but
 other string object could be written as a reference to an earlier equal object of the pickle.
-Anything else a function reads (an instance, ``functools.partial``, a numpy ufunc through
-``copyreg``, a ``__main__`` class or function) is not by name, and keeps its function pickled
-afresh (:mod:`corral.protocol.functioncache`). The engine's side of the same rule is in
+Anything else a function reads (an instance, ``functools.partial``, a ``__main__`` class or
+function) is not by name, and keeps its function pickled afresh
+(:mod:`corral.protocol.functioncache`). The engine's side of the same rule is in
 :mod:`corral.protocol.functiontemplates` (its anchors).
 """
 
@@ -50,6 +54,7 @@ __all__ = ["name_parts", "named", "registry_token", "resolve"]
 
 _ABSENT: Final = object()  # an attribute or entry not there
 _FIXED: Final = object()  # a name the interpreter makes afresh at each read from fixed C data
+_IMMUTABLE_TYPE: Final = 1 << 8  # Py_TPFLAGS_IMMUTABLETYPE: no attribute of the class settable
 _HEAP_TYPE: Final = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made at run time (its names settable)
 # cloudpickle's set of module names registered by value (register_pickle_by_value), read at every
 # call: the public list_registry_pickle_by_value() copies it
@@ -113,11 +118,38 @@ def name_parts(values: list[object], parts: list[object]) -> None:
             if kind is type and not value.__flags__ & _HEAP_TYPE:  # type: ignore[attr-defined]
                 qualified_name = _FIXED  # a C type's, made afresh from its fixed tp_name
             parts += (kind, qualified_name, module_name, module, module_own_name, found)
+        elif callable(value) and kind.__flags__ & _IMMUTABLE_TYPE and type(kind) is type:
+            parts += _reduced_parts(kind, value)
+            continue
         else:
             continue
         if not token_added:
             parts.append(registry_token())
             token_added = True
+
+
+def _reduced_parts(kind: type, value: object) -> tuple[object, ...]:
+    """What the pickler consults to write a callable object of a C class (a numpy ufunc or
+    ``np.sum``) by name: the reducer it would call (``copyreg``'s for the class, or the
+    object's own ``__reduce_ex__``), called now, and when that gives a name, the object's
+    ``__module__`` and what the name leads to there. A name that is a new string at every
+    call (a ufunc's) is held by value, interned, after a marker: no earlier object of the pickle
+    can be it, so it is always written in full; any other string by identity."""
+    reducer = _PICKLER_TABLE.get(kind, _ABSENT)
+    if reducer is _ABSENT:
+        reducer = copyreg.dispatch_table.get(kind, _ABSENT)
+    try:
+        reduced = value.__reduce_ex__(5) if reducer is _ABSENT else reducer(value)
+    except Exception:
+        return (kind, reducer, _ABSENT)
+    if type(reduced) is not str:
+        return (kind, reducer, _ABSENT)
+    made = sys.getrefcount(reduced) == 2  # this name and the argument: made for this call
+    module_name = getattr(value, "__module__", _ABSENT)
+    found = resolve(module_name, reduced)  # (a look-up may keep a reference: counted before)
+    if made:
+        return (kind, reducer, _FIXED, sys.intern(reduced), module_name, found)
+    return (kind, reducer, reduced, module_name, found)
 
 
 def _registered(module_name: object) -> bool:
@@ -140,7 +172,8 @@ def named(value: object) -> bool:
     lists (the module doc): a module in ``sys.modules`` that is not a package nor registered
     by value; a module's builtin function found again under its module and name; a function
     or plain class found again under its module and qualified name, not of ``__main__`` nor
-    of a module registered by value."""
+    of a module registered by value; a callable object of a C class that its reducer names,
+    found again under its ``__module__`` and that name."""
     kind = type(value)
     if kind is ModuleType:
         name = getattr(value, "__name__", None)
@@ -169,5 +202,15 @@ def named(value: object) -> bool:
             type(module) is ModuleType
             and resolve(module_name, qualified_name) is value
             and not _registered(getattr(module, "__name__", None))
+        )
+    if callable(value) and kind.__flags__ & _IMMUTABLE_TYPE and type(kind) is type:
+        if issubclass(kind, type):
+            return False  # a class of a C metaclass: cloudpickle reduces every class itself
+        parts = _reduced_parts(kind, value)
+        return (
+            len(parts) > 3
+            and parts[-1] is value
+            and type(parts[-2]) is str
+            and parts[-2] != "__main__"
         )
     return False

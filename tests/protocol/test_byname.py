@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import cloudpickle
+import numpy as np
 import pytest
 
 from corral.errors import RemoteError
@@ -42,6 +43,8 @@ SHAPES = {
         "from textwrap import TextWrapper\ndef f(x):\n    return TextWrapper(width=x).width\n",
         2,
     ),
+    "np.sum taken": ("from numpy import sum as total\ndef f(x):\n    return total(x)\n", 2.0),
+    "ufunc taken": ("from numpy import sqrt\ndef f(x):\n    return sqrt(x)\n", 4.0),
     "several": (
         "import math, os\nfrom math import floor\nK = 3\n"
         "def f(x):\n    return (math.sqrt(x), floor(x), os.sep, K)\n",
@@ -185,6 +188,25 @@ def test_a_builtin_function_rebound_or_given_a_reducer_is_sent_changed() -> None
         assert g.__globals__["sqrt"] == 1  # type: ignore[attr-defined]
     finally:
         copyreg.dispatch_table.pop(types.BuiltinFunctionType, None)
+
+
+def test_a_c_callable_whose_reducer_changes_is_sent_changed() -> None:
+    """``np.sum`` (its own ``__reduce_ex__``, here shadowed on the object) and a ufunc
+    (``copyreg``'s reducer for the class, here replaced): what the reducer gives is sent."""
+    ns = script("from numpy import sum as total\ndef f(x):\n    return total(x)\n")
+    ufunc_reducer = copyreg.dispatch_table[np.ufunc]
+    try:
+        follows(ns["f"], (4.0,), lambda: setattr(np.sum, "__reduce_ex__", lambda _: (int, ("5",))))
+        g = unpack_apply_message(pack_apply_message(ns["f"], (4.0,), {}))[0]
+        assert g.__globals__["total"] == 5  # type: ignore[attr-defined]
+        del np.sum.__reduce_ex__
+        f = script("from numpy import sqrt\ndef f(x):\n    return sqrt(x)\n")["f"]
+        follows(f, (4.0,), lambda: copyreg.pickle(np.ufunc, lambda _: (int, ("6",))))
+        g = unpack_apply_message(pack_apply_message(f, (4.0,), {}))[0]
+        assert g.__globals__["sqrt"] == 6  # type: ignore[attr-defined]
+    finally:
+        vars(np.sum).pop("__reduce_ex__", None)
+        copyreg.pickle(np.ufunc, ufunc_reducer)
 
 
 def test_a_registration_elsewhere_changes_the_token_only() -> None:

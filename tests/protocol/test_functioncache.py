@@ -229,7 +229,6 @@ def test_a_function_reading_mutable_state_is_never_reused() -> None:
         "__import__('typing').Optional[int]",
         "list[type('Own', (), {})]",
         "__import__('numpy')",  # a package: see tests/protocol/test_byname.py
-        "__import__('numpy').sqrt",  # a ufunc, reduced through copyreg
         "__import__('functools').partial(print)",
     ],
 )
