@@ -17,9 +17,14 @@ exactly those types, tuples and frozensets of them, and code whose constants are
 builtin types, ``int`` or ``list``, with ``list[int]`` and ``int | None`` made of them, the
 annotations of most typed functions). The pickler writes the values natively and the builtin
 types by their names, never through ``copyreg`` (a ``list[int]`` through its own reduction,
-its origin and arguments: the same each time), so the same objects give the same bytes. A
-function that reads anything else (a list, a dict, a class of its own, a module, another
-function) is pickled afresh on every call, as before.
+its origin and arguments: the same each time), so the same objects give the same bytes.
+Globals the pickler writes by name (a module that is not a package, a module's function,
+class or builtin function, ``np.sum``, a ufunc) are accepted too, with what the pickler
+consults to write them in the fingerprint (:mod:`corral.protocol.byname`); and so are other
+by-value functions it reads (a ``__main__`` helper it calls, itself when recursive), each with
+its own fingerprint after the first, by the same rules. A function that reads anything else (a
+list, a dict, a class of its own, a package such as ``numpy``, ``functools.partial``) is
+pickled afresh on every call, as before.
 
 Sharing between the function and the arguments is kept: the reused part comes with the
 pickler's memo as it stood after the function (:mod:`corral.protocol.serialize` seeds the
@@ -65,7 +70,9 @@ _STOP: Final = ord(".")
 _ABSENT: Final = object()  # a global the function's code names but its globals lack
 _EMPTY_CELL: Final = object()  # a closure cell without a value yet
 _END: Final = object()  # closes a variable-length section of a fingerprint
-_BY_NAME: Final = object()  # opens the last section: byname.name_parts of the globals
+_BY_NAME: Final = object()  # opens a section: byname.name_parts of the function's globals
+_NESTED: Final = object()  # opens the segment of a by-value function the one before reads
+_MAX_HELPERS: Final = 8
 _NO_MAPPING: Final = object()  # a mapping attribute that is None
 _MARKERS: Final = (_ABSENT, _EMPTY_CELL, _END, _NO_MAPPING)
 _STRUCTURE: Final = (0, 1, 2, 8)  # the function, its code, its globals, its closure's cells
@@ -156,13 +163,23 @@ def _global_names(code: CodeType) -> tuple[tuple[str, ...], tuple[object, ...]]:
 
 def fingerprint(f: Any) -> tuple[object, ...] | None:
     """Every object cloudpickle reads to write ``f`` (see the module doc), in a fixed order;
-    None if ``f`` is not a plain function written by value."""
+    None if ``f`` is not a plain function written by value. Each other by-value function it
+    reads as a global (a helper of ``__main__`` it calls), and each those read, adds its own
+    fingerprint after a ``_NESTED`` marker, at most ``_MAX_HELPERS`` of them."""
     if type(f) is not FunctionType or not by_value(f):
         return None
+    parts: list[object] = []
+    _segment(f, parts, [f])
+    return tuple(parts)
+
+
+def _segment(f: FunctionType, parts: list[object], seen: list[FunctionType]) -> None:
+    """Append the fingerprint of ``f`` alone to ``parts``, then those of the by-value
+    functions among its globals not ``seen`` yet (recursion and mutual calls end there)."""
     code = f.__code__
     namespace = f.__globals__
     closure = f.__closure__
-    parts: list[object] = [f, code, namespace, f.__name__, f.__qualname__, f.__module__]
+    parts += (f, code, namespace, f.__name__, f.__qualname__, f.__module__)
     parts += (f.__doc__, f.__defaults__, closure)
     names, absent = _global_names(code)
     look_up = namespace.get
@@ -185,10 +202,21 @@ def fingerprint(f: Any) -> tuple[object, ...] | None:
         parts.append(_END)
         parts += mapping.values()
         parts.append(_END)
-    if not _PLAIN.issuperset(map(type, values)):
-        parts.append(_BY_NAME)  # what the pickler consults for globals it writes by name
-        byname.name_parts(values, parts)
-    return tuple(parts)
+    if _PLAIN.issuperset(map(type, values)):
+        return
+    parts.append(_BY_NAME)  # what the pickler consults for globals it writes by name
+    byname.name_parts(values, parts)
+    for value in values:
+        if type(value) is FunctionType and by_value(value) and not _among(value, seen):
+            if len(seen) > _MAX_HELPERS:
+                return  # the rest without a segment: not reusable
+            seen.append(value)
+            parts.append(_NESTED)
+            _segment(value, parts, seen)
+
+
+def _among(value: object, objects: list[FunctionType]) -> bool:
+    return any(value is item for item in objects)
 
 
 def same(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
@@ -247,24 +275,41 @@ def code_frozen(code: CodeType, depth: int = 0) -> bool:
 
 def reusable(print_: tuple[object, ...]) -> bool:
     """Whether the function of fingerprint ``print_`` reads only deeply immutable objects of
-    natively pickled types, or globals written by name (:func:`corral.protocol.byname.named`,
-    whose state the fingerprint's last section holds), so that the same objects always pickle
-    to the same bytes."""
-    code, namespace, closure = print_[1], print_[2], print_[8]
+    natively pickled types, globals written by name (:func:`corral.protocol.byname.named`,
+    whose state its section after ``_BY_NAME`` holds) and by-value functions of which the
+    same holds (each its own segment after a ``_NESTED`` marker), so that the same objects
+    always pickle to the same bytes."""
+    segments: list[list[object]] = [[]]
+    for part in print_:
+        if part is _NESTED:
+            segments.append([])
+        else:
+            segments[-1].append(part)
+    functions = [segment[0] for segment in segments if segment]
+    return all(_segment_reusable(segment, functions) for segment in segments)
+
+
+def _segment_reusable(segment: list[object], functions: list[object]) -> bool:
+    """:func:`reusable` for one function's segment, ``functions`` those with a segment."""
+    if len(segment) <= _STRUCTURE[-1]:
+        return False
+    code, namespace, closure = segment[1], segment[2], segment[8]
     if type(code) is not CodeType or not code_frozen(code):
         return False
     if type(namespace) is not dict or (closure is not None and type(closure) is not tuple):
         return False
     in_globals = True  # the globals' values come first, up to the first _END
-    for index, part in enumerate(print_):
+    for index, part in enumerate(segment):
         if part is _BY_NAME:
-            return True  # the rest is what byname.named() below consulted
+            return True  # the rest is what byname.named() consulted
         if index in _STRUCTURE or frozen(part):
             continue
         if part is _END:
             in_globals = False
         elif not any(part is marker for marker in _MARKERS):
-            if not (in_globals and index > _STRUCTURE[-1] and byname.named(part)):
+            if not (in_globals and index > _STRUCTURE[-1]):
+                return False
+            if not (byname.named(part) or (type(part) is FunctionType and _among(part, functions))):  # type: ignore[arg-type]
                 return False
     return True
 

@@ -251,6 +251,58 @@ def test_an_engine_whose_module_changed_unpickles_the_call_whole(
         unpack_apply_message(frames)
 
 
+HELPERS = {
+    "helper": "def g(x):\n    return x + K\nK = 1\ndef f(x):\n    return g(x)\n",
+    "recursive": "def f(x):\n    return x if x < 1 else f(x - 1)\n",
+    "mutual": ("def f(x):\n    return x if x < 1 else g(x - 1)\ndef g(x):\n    return f(x)\n"),
+    "helper's helper by name": (
+        "import math\ndef h(x):\n    return math.sqrt(x)\ndef g(x):\n    return h(x)\n"
+        "def f(x):\n    return g(x), h(x)\n"
+    ),
+    "lambda and closure": (
+        "def make(n):\n    def add(x):\n        return x + n\n    return add\n"
+        "add = make(2)\ntwice = lambda x: 2 * x\ndef f(x):\n    return add(twice(x))\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", HELPERS)
+def test_main_helpers_keep_the_pickle(shape: str) -> None:
+    """A ``__main__`` function calling other by-value functions: each adds its own
+    fingerprint, and the pickle is kept while none changes."""
+    f = script(HELPERS[shape])["f"]
+    assert check(f, (4,)) == 2
+    g, args, _ = unpack_apply_message(pack_apply_message(f, (4,), {}))
+    assert g(*args) == f(4)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "def g(x):\n    return x + 10\n",
+        "K = 2",
+        "K = [2]",
+        "g.__defaults__ = (1,)",
+        "g.tag = 'x'",
+        "g.__code__ = (lambda x: -x).__code__",
+        "h = None",
+    ],
+)
+def test_a_helper_that_changes_is_sent_changed(change: str) -> None:
+    ns = script("K = 1\nh = 0\ndef g(x):\n    return x + K + h\ndef f(x):\n    return g(x)\n")
+    follows(ns["f"], (4,), lambda: exec(change, ns))  # noqa: S102
+
+
+def test_helpers_reading_mutable_state_or_too_many_are_pickled_afresh() -> None:
+    ns = script("L = [1]\ndef g():\n    return L\ndef f():\n    return g()\n")
+    assert check(ns["f"]) == 0
+    chain = "def h0():\n    return 0\n" + "".join(
+        f"def h{i}():\n    return h{i - 1}()\n" for i in range(1, 12)
+    )
+    assert check(script(chain)["h11"]) == 0  # more than 8 functions to follow
+    assert check(script(chain)["h5"]) == 2
+
+
 # ---------------------------------------------------------------- on a real cluster
 #
 # An engine binds a ``__main__`` function to its own namespace, and a name it already holds

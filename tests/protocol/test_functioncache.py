@@ -224,7 +224,6 @@ def test_a_function_reading_mutable_state_is_never_reused() -> None:
         "(1, [2])",
         "1j",
         "...",
-        "lambda: 1",
         "type('Own', (), {})",
         "__import__('typing').Optional[int]",
         "list[type('Own', (), {})]",
