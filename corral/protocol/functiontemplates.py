@@ -147,12 +147,8 @@ def _kept_in_seed(value: object) -> bool:
     return frozen(value) or (type(value) is CodeType and code_frozen(value))
 
 
-class FunctionTemplate:
-    """The deeply immutable parts of one unpickled function, and the memo its pickle left.
-
-    :meth:`build` makes a new function from them for every call; :meth:`call` unpickles a
-    call's arguments with that memo. Made only by :meth:`load`.
-    """
+class _FunctionParts:
+    """The deeply immutable parts of one unpickled function: :meth:`make` builds a new one."""
 
     __slots__ = (
         "annotations",
@@ -161,21 +157,14 @@ class FunctionTemplate:
         "code",
         "defaults",
         "doc",
-        "globals",
         "kwdefaults",
         "module",
         "name",
         "qualname",
-        "_prelude",
-        "_seed",
-        "_stand_in",
-        "_withheld",
-        "anchors",
     )
 
-    def __init__(self, function: FunctionType, memo: list[object]) -> None:
+    def __init__(self, function: FunctionType) -> None:
         self.code = function.__code__
-        self.globals = function.__globals__.copy()
         self.name = function.__name__
         self.qualname = function.__qualname__
         self.module = function.__module__
@@ -188,6 +177,74 @@ class FunctionTemplate:
         self.closure: tuple[object, ...] | None = None
         if function.__closure__ is not None:
             self.closure = tuple(_contents(cell) for cell in function.__closure__)
+
+    def make(self, namespace: dict[str, Any]) -> FunctionType:
+        """A new function, as the pickle unpickles to, with ``namespace`` as its globals: its
+        own cells, keyword defaults, annotations and attribute dict; the immutable parts
+        shared."""
+        closure = None
+        if self.closure is not None:
+            closure = tuple(
+                CellType() if value is _EMPTY_CELL else CellType(value) for value in self.closure
+            )
+        function = FunctionType(self.code, namespace, self.name, self.defaults, closure)
+        if self.kwdefaults is not None:
+            function.__kwdefaults__ = self.kwdefaults.copy()
+        function.__annotations__ = self.annotations.copy()
+        if self.attributes:
+            function.__dict__.update(self.attributes)
+        function.__qualname__ = self.qualname
+        function.__module__ = self.module
+        function.__doc__ = self.doc
+        return function
+
+
+class FunctionTemplate:
+    """The deeply immutable parts of one unpickled function, and of the by-value functions it
+    reads as globals (a ``__main__`` helper, itself when recursive), their globals dicts, and
+    the memo the pickle left.
+
+    :meth:`build` makes new functions from them for every call, with new globals dicts (one per
+    dict of the whole unpickle: functions of one client module share theirs there too) in which
+    each such function is the new one; :meth:`call` unpickles a call's arguments with that
+    memo. Made only by :meth:`load`.
+    """
+
+    __slots__ = (
+        "anchors",
+        "functions",
+        "links",
+        "namespaces",
+        "_namespace_of",
+        "_prelude",
+        "_seed",
+        "_stand_in",
+        "_withheld",
+    )
+
+    def __init__(self, graph: list[FunctionType], memo: list[object]) -> None:
+        self.functions = tuple(_FunctionParts(function) for function in graph)
+        namespaces: list[dict[str, Any]] = []
+        namespace_of: list[int] = []
+        for function in graph:
+            shared = [i for i, seen in enumerate(namespaces) if seen is function.__globals__]
+            if not shared:
+                shared.append(len(namespaces))
+                namespaces.append(function.__globals__)
+            namespace_of.append(shared[0])
+        links = []  # (namespace, name, function): a function of the graph among the globals
+        copies = []
+        for index, namespace in enumerate(namespaces):
+            copy = namespace.copy()
+            for name, value in namespace.items():
+                for number, function in enumerate(graph):
+                    if value is function:
+                        links.append((index, name, number))
+                        copy[name] = None  # set to the new function at every build
+            copies.append(copy)
+        self.namespaces = tuple(copies)
+        self._namespace_of = tuple(namespace_of)
+        self.links = tuple(links)
         # (module name, attribute path, object) of what the unpickle found by name: checked
         # again before every call (anchored); set by load
         self.anchors: tuple[tuple[str, tuple[str, ...], object], ...] = ()
@@ -205,9 +262,10 @@ class FunctionTemplate:
     @staticmethod
     def load(ops: bytes) -> FunctionTemplate | None:
         """The template of the function that ``ops`` (one complete pickle's opcodes, without
-        protocol, framing and stop) unpickle to; None if they are not that, or if its state is
-        not deeply immutable but for globals found by name (:class:`_NameRecorder`), or if the
-        memo they leave is not numbered 0, 1, ... (then the calls are unpickled whole)."""
+        protocol, framing and stop) unpickle to; None if they are not that, or if its state
+        (or that of a by-value function among its globals) is not deeply immutable but for
+        globals found by name (:class:`_NameRecorder`), or if the memo they leave is not
+        numbered 0, 1, ... (then the calls are unpickled whole)."""
         try:
             unpickler = _NameRecorder(io.BytesIO(_PROTO + ops + _STOP), buffers=())
             function = unpickler.load()
@@ -215,12 +273,16 @@ class FunctionTemplate:
         except Exception:  # not one pickle: the boundary was not the function's end
             return None
         found = unpickler.found
-        if not _immutable_function(function, found) or not all(
-            map(memo.__contains__, range(len(memo)))
-        ):
+        graph = _graph(function, found)
+        if graph is None or not all(map(memo.__contains__, range(len(memo)))):
             return None  # (numbered otherwise, the prelude would number it wrong)
-        template = FunctionTemplate(function, [memo[index] for index in range(len(memo))])
-        named = {id(value) for value in function.__globals__.values() if not frozen(value)}
+        template = FunctionTemplate(graph, [memo[index] for index in range(len(memo))])
+        named = {
+            id(value)
+            for member in graph
+            for value in member.__globals__.values()
+            if not frozen(value)
+        }
         template.anchors = tuple(
             (module_name, path, value)
             for module_name, path, value in found
@@ -230,22 +292,18 @@ class FunctionTemplate:
 
     def build(self) -> FunctionType:
         """A new function, as the template's pickle unpickles to: its own globals dict, cells,
-        keyword defaults, annotations and attribute dict; the immutable parts shared."""
-        closure = None
-        if self.closure is not None:
-            closure = tuple(
-                CellType() if value is _EMPTY_CELL else CellType(value) for value in self.closure
-            )
-        function = FunctionType(self.code, self.globals.copy(), self.name, self.defaults, closure)
-        if self.kwdefaults is not None:
-            function.__kwdefaults__ = self.kwdefaults.copy()
-        function.__annotations__ = self.annotations.copy()
-        if self.attributes:
-            function.__dict__.update(self.attributes)
-        function.__qualname__ = self.qualname
-        function.__module__ = self.module
-        function.__doc__ = self.doc
-        return function
+        keyword defaults, annotations and attribute dict, and new functions for the by-value
+        functions among its globals; the immutable parts shared."""
+        if not self.links:
+            return self.functions[0].make(self.namespaces[0].copy())
+        namespaces = [namespace.copy() for namespace in self.namespaces]
+        functions = [
+            parts.make(namespaces[index])
+            for parts, index in zip(self.functions, self._namespace_of, strict=True)
+        ]
+        for namespace, name, number in self.links:
+            namespaces[namespace][name] = functions[number]
+        return functions[0]
 
     def anchored(self) -> bool:
         """Whether every global found by name, and every module imported, when the template
@@ -326,13 +384,41 @@ def _by_name(value: object, found: list[tuple[str, tuple[str, ...], object]]) ->
     return any(value is item for _, _, item in found)
 
 
+_MAX_FUNCTIONS: Final = 9  # the function and the by-value functions a template rebuilds with it
+
+
+def _graph(
+    function: object, found: list[tuple[str, tuple[str, ...], object]]
+) -> list[FunctionType] | None:
+    """``function`` and the by-value functions among its globals, and among theirs (each
+    once, at most ``_MAX_FUNCTIONS``), if every one is :func:`_immutable_function` with the
+    others as globals; else None."""
+    if type(function) is not FunctionType:
+        return None
+    graph: list[FunctionType] = [function]
+    for member in graph:  # grows as it goes
+        for value in member.__globals__.values():
+            if type(value) is not FunctionType or _by_name(value, found):
+                continue
+            if not any(value is known for known in graph):
+                if len(graph) >= _MAX_FUNCTIONS:
+                    return None
+                graph.append(value)
+    if all(_immutable_function(member, found, graph) for member in graph):
+        return graph
+    return None
+
+
 def _immutable_function(
-    function: object, found: list[tuple[str, tuple[str, ...], object]] | None = None
+    function: object,
+    found: list[tuple[str, tuple[str, ...], object]] | None = None,
+    graph: list[FunctionType] | None = None,
 ) -> bool:
     """Whether ``function`` is a plain function whose state is deeply immutable (the module
-    doc), its globals' ``__builtins__`` aside (the interpreter's, set by every unpickle) and
-    those ``found`` by name (see :class:`_NameRecorder`), and whose keyword defaults and
-    annotations are not one dict (a template would part them)."""
+    doc), its globals' ``__builtins__`` aside (the interpreter's, set by every unpickle), those
+    ``found`` by name (see :class:`_NameRecorder`) and the functions of the ``graph`` rebuilt
+    with it, and whose keyword defaults and annotations are not one dict (a template would part
+    them)."""
     if type(function) is not FunctionType:
         return False
     if not code_frozen(function.__code__) or getattr(function, "__type_params__", None):
@@ -344,6 +430,7 @@ def _immutable_function(
             frozen(value)
             or (key == "__builtins__" and any(value is b for b in _BUILTINS))
             or (found is not None and _by_name(value, found))
+            or (graph is not None and any(value is member for member in graph))
         )
         for key, value in namespace.items()
     ):

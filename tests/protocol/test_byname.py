@@ -25,7 +25,7 @@ from corral.protocol.functiontemplates import thread_templates
 from corral.protocol.serialize import pack_apply_message, unpack_apply_message
 from tests.protocol.pickles import script
 from tests.protocol.test_functioncache import check, fresh, packed, same
-from tests.protocol.test_functiontemplates import kept
+from tests.protocol.test_functiontemplates import kept, whole
 
 PROBE = "corral_byname_probe"  # a module only this process has (the engines cannot import it)
 
@@ -274,6 +274,53 @@ def test_main_helpers_keep_the_pickle(shape: str) -> None:
     assert check(f, (4,)) == 2
     g, args, _ = unpack_apply_message(pack_apply_message(f, (4,), {}))
     assert g(*args) == f(4)
+
+
+@pytest.mark.parametrize("shape", HELPERS)
+def test_main_helpers_are_rebuilt_from_the_template_as_a_whole_unpickle_builds_them(
+    shape: str,
+) -> None:
+    """The engine's template rebuilds the helpers with the function at every call: new
+    functions, one new globals dict shared as in the whole unpickle, each helper there the new
+    one (a recursive function finds itself)."""
+    f = script(HELPERS[shape])["f"]
+    frames = kept(f, (4,))
+    templates = thread_templates()
+    before = templates.used
+    first = unpack_apply_message(frames)[0]
+    second, args, _ = unpack_apply_message(frames)
+    reference = whole(frames)[0]
+    assert templates.used - before == 2
+    assert second(*args) == reference(*args) == f(4)
+    assert first is not second and first.__globals__ is not second.__globals__
+    for built, unpickled in ((first, reference), (second, reference)):
+        assert sorted(built.__globals__) == sorted(unpickled.__globals__)
+        for name, value in unpickled.__globals__.items():
+            if type(value) is types.FunctionType and name != "__builtins__":
+                assert type(built.__globals__[name]) is types.FunctionType
+                assert (built.__globals__[name] is built) == (value is reference)
+                assert (built.__globals__[name].__globals__ is built.__globals__) == (
+                    value.__globals__ is unpickled.__globals__
+                )
+                assert built.__globals__[name] is not value
+
+
+def test_a_helper_that_changes_itself_or_a_global_leaks_nothing_into_the_next_call() -> None:
+    ns = script(
+        "K = 0\n"
+        "def g():\n"
+        "    global K\n"
+        "    K += 1\n"
+        "    g.calls = getattr(g, 'calls', 0) + 1\n"
+        "    return K, g.calls\n"
+        "def f():\n"
+        "    return g()\n"
+    )
+    frames = kept(ns["f"])
+    templates = thread_templates()
+    before = templates.used
+    assert [unpack_apply_message(frames)[0]() for _ in range(3)] == [(1, 1)] * 3
+    assert templates.used - before == 3
 
 
 @pytest.mark.parametrize(
