@@ -13,11 +13,13 @@ for :func:`corral.protocol.functioncache.fingerprint` to compare by identity at 
 - a module ``m`` (exactly ``ModuleType``): its ``__name__``, ``sys.modules``'s entry for that
   name (cloudpickle writes it by name only while the name is there) and cloudpickle's
   by-value registry (:func:`registry_token`: ``register_pickle_by_value`` turns a module, and
-  every function and class of it, into a by-value pickle), and ``__package__``. A package
-  (``numpy``) is *never* accepted: for one, cloudpickle also writes every imported submodule
-  whose name the function's code could spell (its ``_cloudpickle_submodules``), found by a scan
-  of all of ``sys.modules`` that a change anywhere in it may alter; checking that exactly costs
-  as much as the scan (30 us over 370 modules), so such a function is pickled afresh;
+  every function and class of it, into a by-value pickle), and ``__package__``. With a
+  package (``numpy``) cloudpickle also writes every imported submodule whose name the
+  function's code can spell (its ``_cloudpickle_submodules``: ``numpy.linalg`` for
+  ``np.linalg.norm``), found by a scan of all of ``sys.modules`` (about 50 us over 370
+  modules); so for a package the fingerprint holds the names of ``sys.modules``, in order, as
+  one object while they do not change (:func:`modules_token`: comparing them is one list
+  comparison, 1.5 us), and each such submodule and its ``__name__``;
 - a builtin function of a module (``math.sqrt``: ``builtin_function_or_method`` whose
   ``__self__`` is a module): its ``__module__`` (settable), that module's ``sys.modules`` entry
   and the attribute of it by the function's name (the pickler checks that it finds the same
@@ -45,7 +47,7 @@ from __future__ import annotations
 
 import copyreg
 import sys
-from types import BuiltinFunctionType, FunctionType, ModuleType
+from types import BuiltinFunctionType, CodeType, FunctionType, ModuleType
 from typing import Any, Final
 
 import cloudpickle  # type: ignore[import-untyped]
@@ -62,6 +64,9 @@ _REGISTRY: Final[set[str]] = cloudpickle.cloudpickle._PICKLE_BY_VALUE_MODULES
 _PICKLER_TABLE: Final[dict[type, Any]] = cloudpickle.Pickler._dispatch_table
 _TYPES_BY_REDUCER: Final[dict[type, str]] = cloudpickle.cloudpickle._BUILTIN_TYPE_NAMES
 _snapshot: frozenset[str] = frozenset()
+# the names of sys.modules (modules_token) and the submodule names found in them, by package
+# and code names (submodule_names)
+_modules_state: tuple[list[str], dict[tuple[str, tuple[str, ...]], tuple[str, ...]]] = ([], {})
 
 
 def registry_token() -> frozenset[str]:
@@ -91,18 +96,27 @@ def resolve(module_name: object, qualified_name: object) -> object:
     return found
 
 
-def name_parts(values: list[object], parts: list[object]) -> None:
+def name_parts(values: list[object], parts: list[object], code: CodeType) -> None:
     """Append to ``parts`` (a fingerprint being made) what the pickler consults to write each of
-    ``values`` (a function's globals) by name, as listed in the module doc; nothing for the
-    values that are not of those kinds. One call per pickled call: kept short."""
+    ``values`` (the globals of a function of ``code``) by name, as listed in the module doc;
+    nothing for the values that are not of those kinds. One call per pickled call: kept
+    short."""
     token_added = False
     modules = sys.modules
     for value in values:
         kind = type(value)
         if kind is ModuleType:
             name = getattr(value, "__name__", _ABSENT)
+            package = getattr(value, "__package__", _ABSENT)
             parts += (kind, name, modules.get(name, _ABSENT) if type(name) is str else _ABSENT)
-            parts.append(getattr(value, "__package__", _ABSENT))
+            parts.append(package)
+            if package and type(name) is str:
+                token = modules_token()
+                parts.append(token)
+                for submodule in submodule_names(token, name, code.co_names):
+                    found = modules.get(submodule, _ABSENT)
+                    parts += (found, getattr(found, "__name__", _ABSENT))
+                parts.append(_ABSENT)  # closes the list
         elif kind is BuiltinFunctionType:
             module_name = getattr(value, "__module__", _ABSENT)
             self = value.__self__  # type: ignore[attr-defined]
@@ -126,6 +140,45 @@ def name_parts(values: list[object], parts: list[object]) -> None:
         if not token_added:
             parts.append(registry_token())
             token_added = True
+
+
+def modules_token() -> list[str]:
+    """The names in ``sys.modules``, in order, as one list that is the same object while they
+    are the same (a few microseconds per call for hundreds of modules: no Python loop); a
+    fingerprint holding it compares by identity. A new list at every call if a name is not a
+    string (cloudpickle's scan of them fails): never reused then."""
+    global _modules_state
+    names = list(sys.modules)
+    known = _modules_state[0]
+    if names == known:
+        return known
+    if not all(type(name) is str for name in names):
+        names = [_ABSENT]  # type: ignore[list-item]
+    _modules_state = names, {}  # one assignment: threads see both or neither
+    return names
+
+
+def submodule_names(token: list[str], package: str, code_names: tuple[str, ...]) -> tuple[str, ...]:
+    """The names of ``token`` (:func:`modules_token`) below ``package`` all of whose parts a
+    code naming ``code_names`` can spell (``numpy.linalg`` for ``np.linalg.norm``), in order:
+    the submodules cloudpickle writes with a function that reads the package (its
+    ``_cloudpickle_submodules``). Kept while the token is the present one."""
+    names, kept = _modules_state
+    key = (package, code_names)
+    found = kept.get(key) if names is token else None
+    if found is None:
+        prefix = package + "."
+        spelled = set(code_names)
+        found = tuple(
+            name
+            for name in token
+            if type(name) is str
+            and name.startswith(prefix)
+            and not set(name[len(prefix) :].split(".")) - spelled
+        )
+        if names is token:
+            kept[key] = found
+    return found
 
 
 def _reduced_parts(kind: type, value: object) -> tuple[object, ...]:
@@ -167,7 +220,18 @@ def _registered(module_name: object) -> bool:
         name = parent
 
 
-def named(value: object) -> bool:
+def _module_by_name(value: object) -> bool:
+    """Whether cloudpickle writes the module ``value`` as ``subimport(its name)``."""
+    name = getattr(value, "__name__", None)
+    return (
+        type(value) is ModuleType
+        and type(name) is str
+        and name in sys.modules
+        and not _registered(name)
+    )
+
+
+def named(value: object, code: CodeType) -> bool:
     """Whether cloudpickle writes ``value`` by name now, and only from what :func:`name_parts`
     lists (the module doc): a module in ``sys.modules`` that is not a package nor registered
     by value; a module's builtin function found again under its module and name; a function
@@ -176,12 +240,15 @@ def named(value: object) -> bool:
     found again under its ``__module__`` and that name."""
     kind = type(value)
     if kind is ModuleType:
-        name = getattr(value, "__name__", None)
-        return (
-            type(name) is str
-            and name in sys.modules
-            and not getattr(value, "__package__", None)
-            and not _registered(name)
+        if not _module_by_name(value):
+            return False
+        package = getattr(value, "__package__", None)
+        if not package:
+            return True
+        module: Any = value
+        return type(package) is str and all(
+            _module_by_name(sys.modules.get(name))
+            for name in submodule_names(modules_token(), module.__name__, code.co_names)
         )
     if kind is BuiltinFunctionType:
         return (

@@ -205,7 +205,7 @@ def _segment(f: FunctionType, parts: list[object], seen: list[FunctionType]) -> 
     if _PLAIN.issuperset(map(type, values)):
         return
     parts.append(_BY_NAME)  # what the pickler consults for globals it writes by name
-    byname.name_parts(values, parts)
+    byname.name_parts(values, parts, code)
     for value in values:
         if type(value) is FunctionType and by_value(value) and not _among(value, seen):
             if len(seen) > _MAX_HELPERS:
@@ -309,7 +309,9 @@ def _segment_reusable(segment: list[object], functions: list[object]) -> bool:
         elif not any(part is marker for marker in _MARKERS):
             if not (in_globals and index > _STRUCTURE[-1]):
                 return False
-            if not (byname.named(part) or (type(part) is FunctionType and _among(part, functions))):  # type: ignore[arg-type]
+            if type(part) is FunctionType and _among(part, functions):  # type: ignore[arg-type]
+                continue
+            if not byname.named(part, code):
                 return False
     return True
 

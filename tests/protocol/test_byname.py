@@ -67,11 +67,64 @@ def test_globals_written_by_name_keep_the_pickle_and_the_template(shape: str) ->
     assert templates.used - before == 3
 
 
-def test_a_package_is_pickled_afresh_with_its_imported_submodules() -> None:
-    """cloudpickle writes, with a package, every imported submodule the code could name,
-    found by a scan of all of ``sys.modules``: never kept."""
-    ns = script("import numpy as np\ndef f(x):\n    return np.linalg.norm(x)\n")
-    assert check(ns["f"], (2.0,)) == 0
+def test_a_package_keeps_the_pickle_with_its_imported_submodules() -> None:
+    """cloudpickle writes, with a package, every imported submodule the code can spell
+    (``numpy.linalg`` here): kept, and the same bytes."""
+    f = script("import numpy as np\ndef f(x):\n    return float(np.linalg.norm(x))\n")["f"]
+    assert check(f, (2.0,)) == 2
+    g, args, _ = unpack_apply_message(kept(f, (2.0,)))
+    assert g(*args) == 2.0
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "sys.modules[PROBE + '.sub'] = sub",  # a submodule the code spells, imported
+        "sys.modules[PROBE + '.sub.VALUE'] = sub",  # deeper, every part spelled
+        "sys.modules[PROBE + '.other'] = sub",  # one it does not spell: the same pickle
+        "sys.modules[PROBE + '.sub'] = sub; sys.modules[PROBE + '.sub.sub'] = sub; "
+        "sys.modules[PROBE + '.sub'] = sys.modules.pop(PROBE + '.sub')",  # order changed
+        "probe.__package__ = ''",
+        "sys.modules[PROBE + '.sub'] = sub; sub.__name__ = 'nowhere'",  # by value
+    ],
+)
+def test_a_package_whose_submodules_change_is_sent_changed(
+    probe: types.ModuleType, change: str
+) -> None:
+    probe.__package__ = PROBE
+    probe.__path__ = []  # type: ignore[attr-defined]
+    sub = types.ModuleType(PROBE + ".sub")
+    probe.sub = sub  # type: ignore[attr-defined]
+    ns = script(f"import {PROBE} as p\ndef f():\n    return p.sub.VALUE\n")
+    scope = {"sys": sys, "PROBE": PROBE, "probe": probe, "sub": sub}
+    try:
+        follows(ns["f"], (), lambda: exec(change, scope))  # noqa: S102
+    finally:
+        for name in list(sys.modules):
+            if name.startswith(PROBE + "."):
+                del sys.modules[name]
+
+
+def test_an_engine_that_lost_a_submodule_unpickles_the_call_whole(
+    probe: types.ModuleType,
+) -> None:
+    probe.__package__ = PROBE
+    sub = types.ModuleType(PROBE + ".sub")
+    sub.VALUE = 5  # type: ignore[attr-defined]
+    probe.sub = sub  # type: ignore[attr-defined]
+    sys.modules[sub.__name__] = sub
+    try:
+        frames = kept(script(f"import {PROBE} as p\ndef f():\n    return p.sub.VALUE\n")["f"])
+        templates = thread_templates()
+        before = templates.used
+        assert unpack_apply_message(frames)[0]() == 5
+        assert templates.used == before + 1
+        del sys.modules[sub.__name__]  # a whole unpickle imports it again: here it cannot
+        with pytest.raises(Exception, match="sub"):
+            unpack_apply_message(frames)
+        assert templates.used == before + 1
+    finally:
+        sys.modules.pop(sub.__name__, None)
 
 
 @pytest.fixture

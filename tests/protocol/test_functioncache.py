@@ -227,7 +227,6 @@ def test_a_function_reading_mutable_state_is_never_reused() -> None:
         "type('Own', (), {})",
         "__import__('typing').Optional[int]",
         "list[type('Own', (), {})]",
-        "__import__('numpy')",  # a package: see tests/protocol/test_byname.py
         "__import__('functools').partial(print)",
     ],
 )
