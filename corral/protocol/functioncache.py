@@ -77,7 +77,8 @@ _NO_MAPPING: Final = object()  # a mapping attribute that is None
 _MARKERS: Final = (_ABSENT, _EMPTY_CELL, _END, _NO_MAPPING)
 _STRUCTURE: Final = (0, 1, 2, 8)  # the function, its code, its globals, its closure's cells
 _ATOMS: Final = frozenset({type(None), bool, int, float, str, bytes})
-_PLAIN: Final = _ATOMS | {object}  # no global written by name among them (object: _ABSENT)
+# no global written by name, nor a function, among them (object: _ABSENT)
+_PLAIN: Final = _ATOMS | {object, tuple, frozenset}
 _MODULE_KEYS: Final = ("__package__", "__name__", "__path__", "__file__")  # cloudpickle's
 _IMMUTABLE_TYPE: Final = 1 << 8  # Py_TPFLAGS_IMMUTABLETYPE: no attribute of it can be set
 _MAX_DEPTH: Final = 32
@@ -168,24 +169,31 @@ def fingerprint(f: Any) -> tuple[object, ...] | None:
     fingerprint after a ``_NESTED`` marker, at most ``_MAX_HELPERS`` of them."""
     if type(f) is not FunctionType or not by_value(f):
         return None
-    parts: list[object] = []
-    _segment(f, parts, [f])
-    return tuple(parts)
-
-
-def _segment(f: FunctionType, parts: list[object], seen: list[FunctionType]) -> None:
-    """Append the fingerprint of ``f`` alone to ``parts``, then those of the by-value
-    functions among its globals not ``seen`` yet (recursion and mutual calls end there)."""
     code = f.__code__
     namespace = f.__globals__
     closure = f.__closure__
-    parts += (f, code, namespace, f.__name__, f.__qualname__, f.__module__)
+    parts: list[object] = [f, code, namespace, f.__name__, f.__qualname__, f.__module__]
     parts += (f.__doc__, f.__defaults__, closure)
+    values = _own_parts(f, code, namespace, closure, parts)
+    if values is not None:
+        _by_name_and_helpers(code, values, parts, [f])
+    return tuple(parts)
+
+
+def _own_parts(
+    f: FunctionType,
+    code: CodeType,
+    namespace: dict[str, Any],
+    closure: tuple[Any, ...] | None,
+    parts: list[object],
+) -> list[object] | None:
+    """Append the rest of the fingerprint of ``f`` alone to ``parts`` (its first nine are
+    there); the values of its globals if any is not a plain value (one written by name or a
+    by-value function may be among them), else None."""
     names, absent = _global_names(code)
     look_up = namespace.get
-    start = len(parts)
-    parts += map(look_up, names, absent)  # one call per name, no Python loop (it is per call)
-    values = parts[start:]
+    values = list(map(look_up, names, absent))  # one call per name, no Python loop
+    parts += values
     parts.append(_END)
     parts += map(look_up, _MODULE_KEYS, _MODULE_ABSENT)
     for cell in closure or ():
@@ -202,9 +210,18 @@ def _segment(f: FunctionType, parts: list[object], seen: list[FunctionType]) -> 
         parts.append(_END)
         parts += mapping.values()
         parts.append(_END)
-    if _PLAIN.issuperset(map(type, values)):
-        return
-    parts.append(_BY_NAME)  # what the pickler consults for globals it writes by name
+    if not values or _PLAIN.issuperset(map(type, values)):
+        return None
+    return values
+
+
+def _by_name_and_helpers(
+    code: CodeType, values: list[object], parts: list[object], seen: list[FunctionType]
+) -> None:
+    """Append what the pickler consults for the globals ``values`` (of a function of ``code``)
+    it writes by name, then the segment of each by-value function among them not ``seen``
+    yet (recursion and mutual calls end there)."""
+    parts.append(_BY_NAME)
     byname.name_parts(values, parts, code)
     for value in values:
         if type(value) is FunctionType and by_value(value) and not _among(value, seen):
@@ -212,7 +229,14 @@ def _segment(f: FunctionType, parts: list[object], seen: list[FunctionType]) -> 
                 return  # the rest without a segment: not reusable
             seen.append(value)
             parts.append(_NESTED)
-            _segment(value, parts, seen)
+            helper_code = value.__code__
+            namespace = value.__globals__
+            closure = value.__closure__
+            parts += (value, helper_code, namespace, value.__name__, value.__qualname__)
+            parts += (value.__module__, value.__doc__, value.__defaults__, closure)
+            more = _own_parts(value, helper_code, namespace, closure, parts)
+            if more is not None:
+                _by_name_and_helpers(helper_code, more, parts, seen)
 
 
 def _among(value: object, objects: list[FunctionType]) -> bool:
