@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from common import print_table, use_source
+from common import print_table, use_source, write_results
 
 SHAPES: dict[str, str] = {
     "no global": "def f(x):\n    return x\n",
@@ -97,6 +97,11 @@ def main() -> None:
         f"thread CPU per call, us (best of {options.repeats} x {options.calls})",
         ["shape", "pack", "client", "unpack", "engine"],
         rows,
+    )
+    header = ("pack_us", "client", "unpack_us", "engine")
+    write_results(
+        "bench_function_shapes",
+        {"shapes": {row[0]: dict(zip(header, row[1:], strict=True)) for row in rows}},
     )
 
 
