@@ -35,6 +35,8 @@ for :func:`corral.protocol.functioncache.fingerprint` to compare by identity at 
   use (``copyreg``'s for the class, else the object's ``__reduce_ex__``), called at every call,
   the name it gives, the object's ``__module__`` and what the name leads to there.
 
+With any of these the fingerprint also holds :func:`registry_token` (cloudpickle's by-value
+registry, and ``copyreg``'s extension registry, by which a name may be written as a code).
 Strings are compared by identity: the pickler memoizes the names it writes, so an equal but
 other string object could be written as a reference to an earlier equal object of the pickle.
 Anything else a function reads (an instance, ``functools.partial``, a ``__main__`` class or
@@ -63,19 +65,22 @@ _HEAP_TYPE: Final = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made at run time (its
 _REGISTRY: Final[set[str]] = cloudpickle.cloudpickle._PICKLE_BY_VALUE_MODULES
 _PICKLER_TABLE: Final[dict[type, Any]] = cloudpickle.Pickler._dispatch_table
 _TYPES_BY_REDUCER: Final[dict[type, str]] = cloudpickle.cloudpickle._BUILTIN_TYPE_NAMES
-_snapshot: frozenset[str] = frozenset()
+_EXTENSIONS: Final[dict[tuple[str, str], int]] = copyreg._extension_registry  # type: ignore[attr-defined]
+_snapshot: tuple[frozenset[str], dict[tuple[str, str], int]] = (frozenset(), {})
 # the names of sys.modules (modules_token) and the submodule names found in them, by package
 # and code names (submodule_names)
 _modules_state: tuple[list[str], dict[tuple[str, tuple[str, ...]], tuple[str, ...]]] = ([], {})
 
 
-def registry_token() -> frozenset[str]:
-    """A copy of cloudpickle's by-value registry, the same object while the registry is equal
-    to it: a fingerprint holding it compares by identity, and any registration (or removal)
-    since gives another object."""
+def registry_token() -> tuple[frozenset[str], dict[tuple[str, str], int]]:
+    """Copies of cloudpickle's by-value registry and of ``copyreg``'s extension registry
+    (``copyreg.add_extension``: a global so registered is written as a code, not by name),
+    the same object while both are equal to them: a fingerprint holding it compares by
+    identity, and any registration (or removal) since gives another object."""
     global _snapshot
-    if _REGISTRY != _snapshot:
-        _snapshot = frozenset(_REGISTRY)
+    registry, extensions = _snapshot
+    if _REGISTRY != registry or _EXTENSIONS != extensions:
+        _snapshot = frozenset(_REGISTRY), dict(_EXTENSIONS)
     return _snapshot
 
 
@@ -122,7 +127,6 @@ def name_parts(values: list[object], parts: list[object], code: CodeType) -> Non
             self = value.__self__  # type: ignore[attr-defined]
             found = resolve(module_name, value.__name__)  # type: ignore[attr-defined]
             parts += (kind, self, module_name, found, copyreg.dispatch_table.get(kind, _ABSENT))
-            continue
         elif kind is FunctionType or kind is type:
             qualified_name = getattr(value, "__qualname__", _ABSENT)
             module_name = getattr(value, "__module__", _ABSENT)
@@ -134,7 +138,6 @@ def name_parts(values: list[object], parts: list[object], code: CodeType) -> Non
             parts += (kind, qualified_name, module_name, module, module_own_name, found)
         elif callable(value) and kind.__flags__ & _IMMUTABLE_TYPE and type(kind) is type:
             parts += _reduced_parts(kind, value)
-            continue
         else:
             continue
         if not token_added:

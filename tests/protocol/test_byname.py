@@ -262,6 +262,15 @@ def test_a_c_callable_whose_reducer_changes_is_sent_changed() -> None:
         copyreg.pickle(np.ufunc, ufunc_reducer)
 
 
+def test_a_name_registered_as_a_copyreg_extension_is_sent_as_its_code() -> None:
+    ns = script("from math import sqrt, floor\ndef f(x):\n    return sqrt(x), floor(x)\n")
+    try:
+        follows(ns["f"], (4.0,), lambda: copyreg.add_extension("math", "floor", 0x7FFFFF01))
+    finally:
+        copyreg.remove_extension("math", "floor", 0x7FFFFF01)
+    assert same(packed(ns["f"], (4.0,)), fresh(ns["f"], (4.0,)))
+
+
 def test_a_registration_elsewhere_changes_the_token_only() -> None:
     token = byname.registry_token()
     assert byname.registry_token() is token
@@ -269,7 +278,7 @@ def test_a_registration_elsewhere_changes_the_token_only() -> None:
     sys.modules[PROBE] = module
     try:
         cloudpickle.register_pickle_by_value(module)
-        assert byname.registry_token() is not token and PROBE in byname.registry_token()
+        assert byname.registry_token() is not token and PROBE in byname.registry_token()[0]
         ns = script("import math\ndef f(x):\n    return math.sqrt(x)\n")
         assert check(ns["f"], (4.0,)) == 2  # another module registered: still kept
     finally:
