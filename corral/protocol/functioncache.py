@@ -22,9 +22,10 @@ Globals the pickler writes by name (a module that is not a package, a module's f
 class or builtin function, ``np.sum``, a ufunc) are accepted too, with what the pickler
 consults to write them in the fingerprint (:mod:`corral.protocol.byname`); and so are other
 by-value functions it reads (a ``__main__`` helper it calls, itself when recursive), each with
-its own fingerprint after the first, by the same rules. A function that reads anything else (a
-list, a dict, a class of its own, a package such as ``numpy``, ``functools.partial``) is
-pickled afresh on every call, as before.
+its own fingerprint after the first, by the same rules; and so are small lists, dicts and sets
+of such values (:func:`container_frozen`), whose items the fingerprint lists in order at every
+call. A function that reads anything else (a larger or nested container, a class of its own,
+``functools.partial``) is pickled afresh on every call, as before.
 
 Sharing between the function and the arguments is kept: the reused part comes with the
 pickler's memo as it stood after the function (:mod:`corral.protocol.serialize` seeds the
@@ -73,6 +74,7 @@ _END: Final = object()  # closes a variable-length section of a fingerprint
 _BY_NAME: Final = object()  # opens a section: byname.name_parts of the function's globals
 _NESTED: Final = object()  # opens the segment of a by-value function the one before reads
 _MAX_HELPERS: Final = 8
+_MAX_ITEMS: Final = 32  # items of a global list, dict or set listed in a fingerprint
 _NO_MAPPING: Final = object()  # a mapping attribute that is None
 _MARKERS: Final = (_ABSENT, _EMPTY_CELL, _END, _NO_MAPPING)
 _STRUCTURE: Final = (0, 1, 2, 8)  # the function, its code, its globals, its closure's cells
@@ -224,6 +226,18 @@ def _by_name_and_helpers(
     parts.append(_BY_NAME)
     byname.name_parts(values, parts, code)
     for value in values:
+        kind = type(value)
+        if kind is list or kind is dict or kind is set:
+            container: Any = value
+            parts.append(kind)  # a small container's items, in order (see container_frozen)
+            if len(container) > _MAX_ITEMS:
+                parts.append(_ABSENT)
+                continue
+            parts.append(len(container))
+            parts += container
+            if kind is dict:
+                parts += container.values()
+    for value in values:
         if type(value) is FunctionType and by_value(value) and not _among(value, seen):
             if len(seen) > _MAX_HELPERS:
                 return  # the rest without a segment: not reusable
@@ -237,6 +251,23 @@ def _by_name_and_helpers(
             more = _own_parts(value, helper_code, namespace, closure, parts)
             if more is not None:
                 _by_name_and_helpers(helper_code, more, parts, seen)
+
+
+def container_frozen(value: object) -> bool:
+    """Whether ``value`` is a list, dict or set (exactly) of at most 32 :func:`frozen` items
+    (keys and values): mutable, but its pickle is the same while the same items are in it in
+    the same order, which a fingerprint lists at every call (a few of them are cheap to list;
+    the engine's template copies it for every call)."""
+    kind = type(value)
+    if kind is dict:
+        mapping: dict[object, object] = value  # type: ignore[assignment]
+        return len(mapping) <= _MAX_ITEMS and all(
+            frozen(key) and frozen(item) for key, item in mapping.items()
+        )
+    if kind is list or kind is set:
+        items: list[object] | set[object] = value  # type: ignore[assignment]
+        return len(items) <= _MAX_ITEMS and all(frozen(item) for item in items)
+    return False
 
 
 def _among(value: object, objects: list[FunctionType]) -> bool:
@@ -334,6 +365,8 @@ def _segment_reusable(segment: list[object], functions: list[object]) -> bool:
             if not (in_globals and index > _STRUCTURE[-1]):
                 return False
             if type(part) is FunctionType and _among(part, functions):  # type: ignore[arg-type]
+                continue
+            if container_frozen(part):
                 continue
             if not byname.named(part, code):
                 return False

@@ -54,7 +54,7 @@ from typing import Any, Final, NoReturn
 
 from cloudpickle.cloudpickle import subimport as _subimport  # type: ignore[import-untyped]
 
-from corral.protocol.functioncache import FRAME_LIMIT, code_frozen, frozen
+from corral.protocol.functioncache import FRAME_LIMIT, code_frozen, container_frozen, frozen
 
 __all__ = [
     "TEMPLATES_KEPT",
@@ -212,7 +212,9 @@ class FunctionTemplate:
 
     __slots__ = (
         "anchors",
+        "containers",
         "functions",
+        "held",
         "links",
         "namespaces",
         "_namespace_of",
@@ -233,6 +235,8 @@ class FunctionTemplate:
                 namespaces.append(function.__globals__)
             namespace_of.append(shared[0])
         links = []  # (namespace, name, function): a function of the graph among the globals
+        containers: list[object] = []  # small lists, dicts, sets among them: copied per call
+        held = []  # (namespace, name, container)
         copies = []
         for index, namespace in enumerate(namespaces):
             copy = namespace.copy()
@@ -241,10 +245,18 @@ class FunctionTemplate:
                     if value is function:
                         links.append((index, name, number))
                         copy[name] = None  # set to the new function at every build
+                if container_frozen(value):
+                    if not any(value is known for known in containers):
+                        containers.append(value)
+                    number = next(i for i, known in enumerate(containers) if known is value)
+                    held.append((index, name, number))
+                    copy[name] = None  # set to a new copy at every build
             copies.append(copy)
         self.namespaces = tuple(copies)
         self._namespace_of = tuple(namespace_of)
         self.links = tuple(links)
+        self.containers = tuple(containers)
+        self.held = tuple(held)
         # (module name, attribute path, object) of what the unpickle found by name: checked
         # again before every call (anchored); set by load
         self.anchors: tuple[tuple[str, tuple[str, ...], object], ...] = ()
@@ -294,7 +306,7 @@ class FunctionTemplate:
         """A new function, as the template's pickle unpickles to: its own globals dict, cells,
         keyword defaults, annotations and attribute dict, and new functions for the by-value
         functions among its globals; the immutable parts shared."""
-        if not self.links:
+        if not self.links and not self.held:
             return self.functions[0].make(self.namespaces[0].copy())
         namespaces = [namespace.copy() for namespace in self.namespaces]
         functions = [
@@ -303,6 +315,10 @@ class FunctionTemplate:
         ]
         for namespace, name, number in self.links:
             namespaces[namespace][name] = functions[number]
+        if self.held:
+            copies = [container.copy() for container in self.containers]  # type: ignore[attr-defined]
+            for namespace, name, number in self.held:
+                namespaces[namespace][name] = copies[number]
         return functions[0]
 
     def anchored(self) -> bool:
@@ -431,6 +447,7 @@ def _immutable_function(
             or (key == "__builtins__" and any(value is b for b in _BUILTINS))
             or (found is not None and _by_name(value, found))
             or (graph is not None and any(value is member for member in graph))
+            or container_frozen(value)
         )
         for key, value in namespace.items()
     ):

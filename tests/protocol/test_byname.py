@@ -403,13 +403,57 @@ def test_a_helper_that_changes_is_sent_changed(change: str) -> None:
 
 
 def test_helpers_reading_mutable_state_or_too_many_are_pickled_afresh() -> None:
-    ns = script("L = [1]\ndef g():\n    return L\ndef f():\n    return g()\n")
+    ns = script("L = [[1]]\ndef g():\n    return L\ndef f():\n    return g()\n")
     assert check(ns["f"]) == 0
     chain = "def h0():\n    return 0\n" + "".join(
         f"def h{i}():\n    return h{i - 1}()\n" for i in range(1, 12)
     )
     assert check(script(chain)["h11"]) == 0  # more than 8 functions to follow
     assert check(script(chain)["h5"]) == 2
+
+
+CONTAINERS = "L = [1, 'a', (2, 3)]\nD = {'k': 1, 'j': None}\nS = {1, 2}\nAGAIN = L\n"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "L.append(4)",
+        "L[0] = 1.0",
+        "L[0] = True",
+        "L.reverse()",
+        "del L[:]",
+        "D['k'] = 2",
+        "D['new'] = 0",
+        "D['k'] = D.pop('k')",  # the same items, another order
+        "S.add(3)",
+        "S.discard(1)",
+        "AGAIN = list(L)",  # the same items, no longer the same list
+        "L.extend(range(40))",  # more than a fingerprint lists
+        "L.append([5])",  # an item not deeply immutable
+    ],
+)
+def test_a_small_list_dict_or_set_changed_in_place_is_sent_changed(change: str) -> None:
+    ns = script(CONTAINERS + "def f():\n    return L, D, S, AGAIN\n")
+    follows(ns["f"], (), lambda: exec(change, ns))  # noqa: S102
+
+
+def test_a_small_container_is_copied_for_every_call_by_the_template() -> None:
+    """A template holds the lists, dicts and sets of the first unpickle and gives every call
+    copies (the same copy under two names bound to one list), as a whole unpickle does: a call
+    that changes them leaks nothing into the next."""
+    ns = script(
+        CONTAINERS + "def f():\n"
+        "    L.append(len(L))\n    D['n'] = len(D)\n    S.add(len(S) + 10)\n"
+        "    return L is AGAIN, list(L), dict(D), sorted(S)\n"
+    )
+    frames = kept(ns["f"])
+    templates = thread_templates()
+    before = templates.used
+    reference = whole(frames)[0]()
+    assert reference == (True, [1, "a", (2, 3), 3], {"k": 1, "j": None, "n": 2}, [1, 2, 12])
+    assert [unpack_apply_message(frames)[0]() for _ in range(3)] == [reference] * 3
+    assert templates.used - before == 3
 
 
 # ---------------------------------------------------------------- on a real cluster
