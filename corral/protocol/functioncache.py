@@ -18,14 +18,14 @@ builtin types, ``int`` or ``list``, with ``list[int]`` and ``int | None`` made o
 annotations of most typed functions). The pickler writes the values natively and the builtin
 types by their names, never through ``copyreg`` (a ``list[int]`` through its own reduction,
 its origin and arguments: the same each time), so the same objects give the same bytes.
-Globals the pickler writes by name (a module that is not a package, a module's function,
-class or builtin function, ``np.sum``, a ufunc) are accepted too, with what the pickler
+Globals the pickler writes by name (a module or package, a module's function, class or
+builtin function, ``np.sum``, a ufunc) are accepted too, with what the pickler
 consults to write them in the fingerprint (:mod:`corral.protocol.byname`); and so are other
 by-value functions it reads (a ``__main__`` helper it calls, itself when recursive), each with
 its own fingerprint after the first, by the same rules; and so are small lists, dicts and sets
-of such values (:func:`container_frozen`), whose items the fingerprint lists in order at every
-call. A function that reads anything else (a larger or nested container, a class of its own,
-``functools.partial``) is pickled afresh on every call, as before.
+of deeply immutable values (:func:`container_frozen`), whose items the fingerprint lists in
+order at every call. A function that reads anything else (a larger or nested container, a
+class of its own, ``functools.partial``) is pickled afresh on every call, as before.
 
 Sharing between the function and the arguments is kept: the reused part comes with the
 pickler's memo as it stood after the function (:mod:`corral.protocol.serialize` seeds the

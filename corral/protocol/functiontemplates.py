@@ -17,9 +17,15 @@ bytes of the first frame. The first time, it unpickles them alone, and keeps a
 :class:`FunctionTemplate` only if the function's state is deeply immutable (the same rule as the
 client's, :func:`~corral.protocol.functioncache.frozen`): code, the values of its globals, its
 closure cells' contents, name, qualified name, module, docstring, defaults, keyword defaults,
-annotations and attributes. Every call then gets a *new* function built from those parts, with
-new dicts and new cells, so a function that changes its own attributes, defaults or closure
-cells (``nonlocal``) leaks nothing into the next call, as a freshly unpickled one would.
+annotations and attributes. Three kinds of globals are accepted besides, as the client accepts
+them: objects the unpickle found by name (a module, a module's function, class or builtin
+function), each checked again before every call against the engine's ``sys.modules``
+(:meth:`FunctionTemplate.anchored`); by-value functions (a ``__main__`` helper, the function
+itself when recursive), held to the same rule and rebuilt with it; and small lists, dicts and
+sets of deeply immutable items, copied. Every call then gets a *new* function built from those
+parts, with new dicts, new cells, new helpers and new containers, so a function that changes
+its own attributes, defaults, closure cells (``nonlocal``) or globals leaks nothing into the
+next call, as a freshly unpickled one would.
 
 The arguments are unpickled with the unpickler's memo as it stood after the function, so an
 argument that is an object of the function's pickle (a string its code names, its defaults
