@@ -17,9 +17,15 @@ exactly those types, tuples and frozensets of them, and code whose constants are
 builtin types, ``int`` or ``list``, with ``list[int]`` and ``int | None`` made of them, the
 annotations of most typed functions). The pickler writes the values natively and the builtin
 types by their names, never through ``copyreg`` (a ``list[int]`` through its own reduction,
-its origin and arguments: the same each time), so the same objects give the same bytes. A
-function that reads anything else (a list, a dict, a class of its own, a module, another
-function) is pickled afresh on every call, as before.
+its origin and arguments: the same each time), so the same objects give the same bytes.
+Globals the pickler writes by name (a module or package, a module's function, class or
+builtin function, ``np.sum``, a ufunc) are accepted too, with what the pickler
+consults to write them in the fingerprint (:mod:`corral.protocol.byname`); and so are other
+by-value functions it reads (a ``__main__`` helper it calls, itself when recursive), each with
+its own fingerprint after the first, by the same rules; and so are small lists, dicts and sets
+of deeply immutable values (:func:`container_frozen`), whose items the fingerprint lists in
+order at every call. A function that reads anything else (a larger or nested container, a
+class of its own, ``functools.partial``) is pickled afresh on every call, as before.
 
 Sharing between the function and the arguments is kept: the reused part comes with the
 pickler's memo as it stood after the function (:mod:`corral.protocol.serialize` seeds the
@@ -40,6 +46,8 @@ import operator
 import weakref
 from types import CodeType, FunctionType, GenericAlias, NoneType, UnionType
 from typing import Any, Final
+
+from corral.protocol import byname
 
 __all__ = [
     "FRAME_LIMIT",
@@ -63,10 +71,16 @@ _STOP: Final = ord(".")
 _ABSENT: Final = object()  # a global the function's code names but its globals lack
 _EMPTY_CELL: Final = object()  # a closure cell without a value yet
 _END: Final = object()  # closes a variable-length section of a fingerprint
+_BY_NAME: Final = object()  # opens a section: byname.name_parts of the function's globals
+_NESTED: Final = object()  # opens the segment of a by-value function the one before reads
+_MAX_HELPERS: Final = 8
+_MAX_ITEMS: Final = 32  # items of a global list, dict or set listed in a fingerprint
 _NO_MAPPING: Final = object()  # a mapping attribute that is None
 _MARKERS: Final = (_ABSENT, _EMPTY_CELL, _END, _NO_MAPPING)
 _STRUCTURE: Final = (0, 1, 2, 8)  # the function, its code, its globals, its closure's cells
 _ATOMS: Final = frozenset({type(None), bool, int, float, str, bytes})
+# no global written by name, nor a function, among them (object: _ABSENT)
+_PLAIN: Final = _ATOMS | {object, tuple, frozenset}
 _MODULE_KEYS: Final = ("__package__", "__name__", "__path__", "__file__")  # cloudpickle's
 _IMMUTABLE_TYPE: Final = 1 << 8  # Py_TPFLAGS_IMMUTABLETYPE: no attribute of it can be set
 _MAX_DEPTH: Final = 32
@@ -152,7 +166,9 @@ def _global_names(code: CodeType) -> tuple[tuple[str, ...], tuple[object, ...]]:
 
 def fingerprint(f: Any) -> tuple[object, ...] | None:
     """Every object cloudpickle reads to write ``f`` (see the module doc), in a fixed order;
-    None if ``f`` is not a plain function written by value."""
+    None if ``f`` is not a plain function written by value. Each other by-value function it
+    reads as a global (a helper of ``__main__`` it calls), and each those read, adds its own
+    fingerprint after a ``_NESTED`` marker, at most ``_MAX_HELPERS`` of them."""
     if type(f) is not FunctionType or not by_value(f):
         return None
     code = f.__code__
@@ -160,9 +176,26 @@ def fingerprint(f: Any) -> tuple[object, ...] | None:
     closure = f.__closure__
     parts: list[object] = [f, code, namespace, f.__name__, f.__qualname__, f.__module__]
     parts += (f.__doc__, f.__defaults__, closure)
+    values = _own_parts(f, code, namespace, closure, parts)
+    if values is not None:
+        _by_name_and_helpers(code, values, parts, [f])
+    return tuple(parts)
+
+
+def _own_parts(
+    f: FunctionType,
+    code: CodeType,
+    namespace: dict[str, Any],
+    closure: tuple[Any, ...] | None,
+    parts: list[object],
+) -> list[object] | None:
+    """Append the rest of the fingerprint of ``f`` alone to ``parts`` (its first nine are
+    there); the values of its globals if any is not a plain value (one written by name or a
+    by-value function may be among them), else None."""
     names, absent = _global_names(code)
     look_up = namespace.get
-    parts += map(look_up, names, absent)  # one call per name, no Python loop (it is per call)
+    values = list(map(look_up, names, absent))  # one call per name, no Python loop
+    parts += values
     parts.append(_END)
     parts += map(look_up, _MODULE_KEYS, _MODULE_ABSENT)
     for cell in closure or ():
@@ -179,7 +212,66 @@ def fingerprint(f: Any) -> tuple[object, ...] | None:
         parts.append(_END)
         parts += mapping.values()
         parts.append(_END)
-    return tuple(parts)
+    if not values or _PLAIN.issuperset(map(type, values)):
+        return None
+    return values
+
+
+def _by_name_and_helpers(
+    code: CodeType, values: list[object], parts: list[object], seen: list[FunctionType]
+) -> None:
+    """Append what the pickler consults for the globals ``values`` (of a function of ``code``)
+    it writes by name, then the segment of each by-value function among them not ``seen``
+    yet (recursion and mutual calls end there)."""
+    parts.append(_BY_NAME)
+    byname.name_parts(values, parts, code)
+    for value in values:
+        kind = type(value)
+        if kind is list or kind is dict or kind is set:
+            container: Any = value
+            parts.append(kind)  # a small container's items, in order (see container_frozen)
+            if len(container) > _MAX_ITEMS:
+                parts.append(_ABSENT)
+                continue
+            parts.append(len(container))
+            parts += container
+            if kind is dict:
+                parts += container.values()
+    for value in values:
+        if type(value) is FunctionType and by_value(value) and not _among(value, seen):
+            if len(seen) > _MAX_HELPERS:
+                return  # the rest without a segment: not reusable
+            seen.append(value)
+            parts.append(_NESTED)
+            helper_code = value.__code__
+            namespace = value.__globals__
+            closure = value.__closure__
+            parts += (value, helper_code, namespace, value.__name__, value.__qualname__)
+            parts += (value.__module__, value.__doc__, value.__defaults__, closure)
+            more = _own_parts(value, helper_code, namespace, closure, parts)
+            if more is not None:
+                _by_name_and_helpers(helper_code, more, parts, seen)
+
+
+def container_frozen(value: object) -> bool:
+    """Whether ``value`` is a list, dict or set (exactly) of at most 32 :func:`frozen` items
+    (keys and values): mutable, but its pickle is the same while the same items are in it in
+    the same order, which a fingerprint lists at every call (a few of them are cheap to list;
+    the engine's template copies it for every call)."""
+    kind = type(value)
+    if kind is dict:
+        mapping: dict[object, object] = value  # type: ignore[assignment]
+        return len(mapping) <= _MAX_ITEMS and all(
+            frozen(key) and frozen(item) for key, item in mapping.items()
+        )
+    if kind is list or kind is set:
+        items: list[object] | set[object] = value  # type: ignore[assignment]
+        return len(items) <= _MAX_ITEMS and all(frozen(item) for item in items)
+    return False
+
+
+def _among(value: object, objects: list[FunctionType]) -> bool:
+    return any(value is item for item in objects)
 
 
 def same(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
@@ -238,17 +330,47 @@ def code_frozen(code: CodeType, depth: int = 0) -> bool:
 
 def reusable(print_: tuple[object, ...]) -> bool:
     """Whether the function of fingerprint ``print_`` reads only deeply immutable objects of
-    natively pickled types, so that the same objects always pickle to the same bytes."""
-    code, namespace, closure = print_[1], print_[2], print_[8]
+    natively pickled types, globals written by name (:func:`corral.protocol.byname.named`,
+    whose state its section after ``_BY_NAME`` holds) and by-value functions of which the
+    same holds (each its own segment after a ``_NESTED`` marker), so that the same objects
+    always pickle to the same bytes."""
+    segments: list[list[object]] = [[]]
+    for part in print_:
+        if part is _NESTED:
+            segments.append([])
+        else:
+            segments[-1].append(part)
+    functions = [segment[0] for segment in segments if segment]
+    return all(_segment_reusable(segment, functions) for segment in segments)
+
+
+def _segment_reusable(segment: list[object], functions: list[object]) -> bool:
+    """:func:`reusable` for one function's segment, ``functions`` those with a segment."""
+    if len(segment) <= _STRUCTURE[-1]:
+        return False
+    code, namespace, closure = segment[1], segment[2], segment[8]
     if type(code) is not CodeType or not code_frozen(code):
         return False
     if type(namespace) is not dict or (closure is not None and type(closure) is not tuple):
         return False
-    return all(
-        frozen(part) or any(part is marker for marker in _MARKERS)
-        for index, part in enumerate(print_)
-        if index not in _STRUCTURE
-    )
+    in_globals = True  # the globals' values come first, up to the first _END
+    for index, part in enumerate(segment):
+        if part is _BY_NAME:
+            return True  # the rest is what byname.named() consulted
+        if index in _STRUCTURE or frozen(part):
+            continue
+        if part is _END:
+            in_globals = False
+        elif not any(part is marker for marker in _MARKERS):
+            if not (in_globals and index > _STRUCTURE[-1]):
+                return False
+            if type(part) is FunctionType and _among(part, functions):  # type: ignore[arg-type]
+                continue
+            if container_frozen(part):
+                continue
+            if not byname.named(part, code):
+                return False
+    return True
 
 
 _ARGUMENT_BUDGET: Final = 16 * 1024  # bytes, a bound on the arguments' pickle (see below)

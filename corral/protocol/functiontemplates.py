@@ -17,9 +17,15 @@ bytes of the first frame. The first time, it unpickles them alone, and keeps a
 :class:`FunctionTemplate` only if the function's state is deeply immutable (the same rule as the
 client's, :func:`~corral.protocol.functioncache.frozen`): code, the values of its globals, its
 closure cells' contents, name, qualified name, module, docstring, defaults, keyword defaults,
-annotations and attributes. Every call then gets a *new* function built from those parts, with
-new dicts and new cells, so a function that changes its own attributes, defaults or closure
-cells (``nonlocal``) leaks nothing into the next call, as a freshly unpickled one would.
+annotations and attributes. Three kinds of globals are accepted besides, as the client accepts
+them: objects the unpickle found by name (a module, a module's function, class or builtin
+function), each checked again before every call against the engine's ``sys.modules``
+(:meth:`FunctionTemplate.anchored`); by-value functions (a ``__main__`` helper, the function
+itself when recursive), held to the same rule and rebuilt with it; and small lists, dicts and
+sets of deeply immutable items, copied. Every call then gets a *new* function built from those
+parts, with new dicts, new cells, new helpers and new containers, so a function that changes
+its own attributes, defaults, closure cells (``nonlocal``) or globals leaks nothing into the
+next call, as a freshly unpickled one would.
 
 The arguments are unpickled with the unpickler's memo as it stood after the function, so an
 argument that is an object of the function's pickle (a string its code names, its defaults
@@ -52,7 +58,9 @@ import threading
 from types import CellType, CodeType, FunctionType
 from typing import Any, Final, NoReturn
 
-from corral.protocol.functioncache import FRAME_LIMIT, code_frozen, frozen
+from cloudpickle.cloudpickle import subimport as _subimport  # type: ignore[import-untyped]
+
+from corral.protocol.functioncache import FRAME_LIMIT, code_frozen, container_frozen, frozen
 
 __all__ = [
     "TEMPLATES_KEPT",
@@ -145,12 +153,8 @@ def _kept_in_seed(value: object) -> bool:
     return frozen(value) or (type(value) is CodeType and code_frozen(value))
 
 
-class FunctionTemplate:
-    """The deeply immutable parts of one unpickled function, and the memo its pickle left.
-
-    :meth:`build` makes a new function from them for every call; :meth:`call` unpickles a
-    call's arguments with that memo. Made only by :meth:`load`.
-    """
+class _FunctionParts:
+    """The deeply immutable parts of one unpickled function: :meth:`make` builds a new one."""
 
     __slots__ = (
         "annotations",
@@ -159,20 +163,14 @@ class FunctionTemplate:
         "code",
         "defaults",
         "doc",
-        "globals",
         "kwdefaults",
         "module",
         "name",
         "qualname",
-        "_prelude",
-        "_seed",
-        "_stand_in",
-        "_withheld",
     )
 
-    def __init__(self, function: FunctionType, memo: list[object]) -> None:
+    def __init__(self, function: FunctionType) -> None:
         self.code = function.__code__
-        self.globals = function.__globals__.copy()
         self.name = function.__name__
         self.qualname = function.__qualname__
         self.module = function.__module__
@@ -185,6 +183,89 @@ class FunctionTemplate:
         self.closure: tuple[object, ...] | None = None
         if function.__closure__ is not None:
             self.closure = tuple(_contents(cell) for cell in function.__closure__)
+
+    def make(self, namespace: dict[str, Any]) -> FunctionType:
+        """A new function, as the pickle unpickles to, with ``namespace`` as its globals: its
+        own cells, keyword defaults, annotations and attribute dict; the immutable parts
+        shared."""
+        closure = None
+        if self.closure is not None:
+            closure = tuple(
+                CellType() if value is _EMPTY_CELL else CellType(value) for value in self.closure
+            )
+        function = FunctionType(self.code, namespace, self.name, self.defaults, closure)
+        if self.kwdefaults is not None:
+            function.__kwdefaults__ = self.kwdefaults.copy()
+        function.__annotations__ = self.annotations.copy()
+        if self.attributes:
+            function.__dict__.update(self.attributes)
+        function.__qualname__ = self.qualname
+        function.__module__ = self.module
+        function.__doc__ = self.doc
+        return function
+
+
+class FunctionTemplate:
+    """The deeply immutable parts of one unpickled function, and of the by-value functions it
+    reads as globals (a ``__main__`` helper, itself when recursive), their globals dicts, and
+    the memo the pickle left.
+
+    :meth:`build` makes new functions from them for every call, with new globals dicts (one per
+    dict of the whole unpickle: functions of one client module share theirs there too) in which
+    each such function is the new one; :meth:`call` unpickles a call's arguments with that
+    memo. Made only by :meth:`load`.
+    """
+
+    __slots__ = (
+        "anchors",
+        "containers",
+        "functions",
+        "held",
+        "links",
+        "namespaces",
+        "_namespace_of",
+        "_prelude",
+        "_seed",
+        "_stand_in",
+        "_withheld",
+    )
+
+    def __init__(self, graph: list[FunctionType], memo: list[object]) -> None:
+        self.functions = tuple(_FunctionParts(function) for function in graph)
+        namespaces: list[dict[str, Any]] = []
+        namespace_of: list[int] = []
+        for function in graph:
+            shared = [i for i, seen in enumerate(namespaces) if seen is function.__globals__]
+            if not shared:
+                shared.append(len(namespaces))
+                namespaces.append(function.__globals__)
+            namespace_of.append(shared[0])
+        links = []  # (namespace, name, function): a function of the graph among the globals
+        containers: list[object] = []  # small lists, dicts, sets among them: copied per call
+        held = []  # (namespace, name, container)
+        copies = []
+        for index, namespace in enumerate(namespaces):
+            copy = namespace.copy()
+            for name, value in namespace.items():
+                for number, function in enumerate(graph):
+                    if value is function:
+                        links.append((index, name, number))
+                        copy[name] = None  # set to the new function at every build
+                if container_frozen(value):
+                    if not any(value is known for known in containers):
+                        containers.append(value)
+                    number = next(i for i, known in enumerate(containers) if known is value)
+                    held.append((index, name, number))
+                    copy[name] = None  # set to a new copy at every build
+            copies.append(copy)
+        self.namespaces = tuple(copies)
+        self._namespace_of = tuple(namespace_of)
+        self.links = tuple(links)
+        self.containers = tuple(containers)
+        self.held = tuple(held)
+        # (module name, attribute path, object) of what the unpickle found by name: checked
+        # again before every call (anchored); set by load
+        self.anchors: tuple[tuple[str, tuple[str, ...], object], ...] = ()
         self._stand_in = _StandIn()  # the function, at the bottom of the stack
         self._withheld = _StandIn()  # every other object of the memo not given as itself
         withheld = self._withheld
@@ -199,37 +280,68 @@ class FunctionTemplate:
     @staticmethod
     def load(ops: bytes) -> FunctionTemplate | None:
         """The template of the function that ``ops`` (one complete pickle's opcodes, without
-        protocol, framing and stop) unpickle to; None if they are not that, or if its state is
-        not deeply immutable, or if the memo they leave is not numbered 0, 1, ... (then the
-        calls are unpickled whole)."""
+        protocol, framing and stop) unpickle to; None if they are not that, or if its state
+        (or that of a by-value function among its globals) is not deeply immutable but for
+        globals found by name (:class:`_NameRecorder`), or if the memo they leave is not
+        numbered 0, 1, ... (then the calls are unpickled whole)."""
         try:
-            unpickler = pickle.Unpickler(io.BytesIO(_PROTO + ops + _STOP), buffers=())
+            unpickler = _NameRecorder(io.BytesIO(_PROTO + ops + _STOP), buffers=())
             function = unpickler.load()
             memo = unpickler.memo.copy()
         except Exception:  # not one pickle: the boundary was not the function's end
             return None
-        if not _immutable_function(function) or not all(map(memo.__contains__, range(len(memo)))):
+        found = unpickler.found
+        graph = _graph(function, found)
+        if graph is None or not all(map(memo.__contains__, range(len(memo)))):
             return None  # (numbered otherwise, the prelude would number it wrong)
-        return FunctionTemplate(function, [memo[index] for index in range(len(memo))])
+        template = FunctionTemplate(graph, [memo[index] for index in range(len(memo))])
+        named = {
+            id(value)
+            for member in graph
+            for value in member.__globals__.values()
+            if not frozen(value)
+        }
+        template.anchors = tuple(
+            (module_name, path, value)
+            for module_name, path, value in found
+            if not path or id(value) in named  # every module it imported, the globals found
+        )
+        return template
 
     def build(self) -> FunctionType:
         """A new function, as the template's pickle unpickles to: its own globals dict, cells,
-        keyword defaults, annotations and attribute dict; the immutable parts shared."""
-        closure = None
-        if self.closure is not None:
-            closure = tuple(
-                CellType() if value is _EMPTY_CELL else CellType(value) for value in self.closure
-            )
-        function = FunctionType(self.code, self.globals.copy(), self.name, self.defaults, closure)
-        if self.kwdefaults is not None:
-            function.__kwdefaults__ = self.kwdefaults.copy()
-        function.__annotations__ = self.annotations.copy()
-        if self.attributes:
-            function.__dict__.update(self.attributes)
-        function.__qualname__ = self.qualname
-        function.__module__ = self.module
-        function.__doc__ = self.doc
-        return function
+        keyword defaults, annotations and attribute dict, and new functions for the by-value
+        functions among its globals; the immutable parts shared."""
+        if not self.links and not self.held:
+            return self.functions[0].make(self.namespaces[0].copy())
+        namespaces = [namespace.copy() for namespace in self.namespaces]
+        functions = [
+            parts.make(namespaces[index])
+            for parts, index in zip(self.functions, self._namespace_of, strict=True)
+        ]
+        for namespace, name, number in self.links:
+            namespaces[namespace][name] = functions[number]
+        if self.held:
+            copies = [container.copy() for container in self.containers]  # type: ignore[attr-defined]
+            for namespace, name, number in self.held:
+                namespaces[namespace][name] = copies[number]
+        return functions[0]
+
+    def anchored(self) -> bool:
+        """Whether every global found by name, and every module imported, when the template
+        was made is what a whole unpickle would find now (``sys.modules``, then each attribute
+        of the name): the engine's own modules may have been replaced or taken out since."""
+        modules = sys.modules
+        for module_name, path, value in self.anchors:
+            found = modules.get(module_name, _MISSING)
+            for part in path:
+                try:
+                    found = getattr(found, part, _MISSING)
+                except Exception:  # a module's __getattr__ may raise anything
+                    return False
+            if found is not value:
+                return False
+        return True
 
     def call(self, pickled: bytes, start: int) -> tuple[FunctionType, Any, Any] | None:
         """``(f, args, kwargs)`` from the second frame of a call pickle, at ``start`` (the
@@ -237,7 +349,10 @@ class FunctionTemplate:
         pickle framed like the original, so every opcode reads what it would have read in it;
         None (unpickle the call whole) if it fails, leaves anything but
         ``(function, args, kwargs)``, or keeps a stand-in anywhere. Opcodes that read no memo
-        entry (no byte of one) need no prelude but the function's stand-in."""
+        entry (no byte of one) need no prelude but the function's stand-in. A global found by
+        name that a whole unpickle would find otherwise now (:meth:`anchored`): None too."""
+        if self.anchors and not self.anchored():
+            return None
         arguments = pickled[start:]
         prelude = self._prelude if _GETS.search(arguments) else _NEXT_BUFFER
         size = (len(prelude) + len(arguments)).to_bytes(8, "little")
@@ -262,10 +377,70 @@ def _contents(cell: CellType) -> object:
         return _EMPTY_CELL
 
 
-def _immutable_function(function: object) -> bool:
+class _NameRecorder(pickle.Unpickler):
+    """An unpickler that notes what it finds by name: each ``(module, qualified name)`` a
+    global opcode names, and each module cloudpickle's ``subimport`` imports, with the object
+    found (``found``: module name, attribute path, object; an empty path for a module)."""
+
+    def __init__(self, file: io.BytesIO, *, buffers: tuple[()]) -> None:
+        super().__init__(file, buffers=buffers)
+        self.found: list[tuple[str, tuple[str, ...], object]] = []
+
+    def find_class(self, module_name: str, name: str) -> Any:
+        value = super().find_class(module_name, name)
+        if value is _subimport:
+            return self._subimport
+        self.found.append((module_name, tuple(name.split(".")), value))
+        return value
+
+    def _subimport(self, name: str) -> object:
+        module = _subimport(name)
+        self.found.append((name, (), module))
+        return module
+
+
+def _by_name(value: object, found: list[tuple[str, tuple[str, ...], object]]) -> bool:
+    """Whether ``value`` is one of the objects the unpickle found by name (a module, a module's
+    function, builtin function or class): the same object for every call while
+    :meth:`FunctionTemplate.anchored` holds, as a whole unpickle would find it."""
+    return any(value is item for _, _, item in found)
+
+
+_MAX_FUNCTIONS: Final = 9  # the function and the by-value functions a template rebuilds with it
+
+
+def _graph(
+    function: object, found: list[tuple[str, tuple[str, ...], object]]
+) -> list[FunctionType] | None:
+    """``function`` and the by-value functions among its globals, and among theirs (each
+    once, at most ``_MAX_FUNCTIONS``), if every one is :func:`_immutable_function` with the
+    others as globals; else None."""
+    if type(function) is not FunctionType:
+        return None
+    graph: list[FunctionType] = [function]
+    for member in graph:  # grows as it goes
+        for value in member.__globals__.values():
+            if type(value) is not FunctionType or _by_name(value, found):
+                continue
+            if not any(value is known for known in graph):
+                if len(graph) >= _MAX_FUNCTIONS:
+                    return None
+                graph.append(value)
+    if all(_immutable_function(member, found, graph) for member in graph):
+        return graph
+    return None
+
+
+def _immutable_function(
+    function: object,
+    found: list[tuple[str, tuple[str, ...], object]] | None = None,
+    graph: list[FunctionType] | None = None,
+) -> bool:
     """Whether ``function`` is a plain function whose state is deeply immutable (the module
-    doc), its globals' ``__builtins__`` aside (the interpreter's, set by every unpickle), and
-    whose keyword defaults and annotations are not one dict (a template would part them)."""
+    doc), its globals' ``__builtins__`` aside (the interpreter's, set by every unpickle), those
+    ``found`` by name (see :class:`_NameRecorder`) and the functions of the ``graph`` rebuilt
+    with it, and whose keyword defaults and annotations are not one dict (a template would part
+    them)."""
     if type(function) is not FunctionType:
         return False
     if not code_frozen(function.__code__) or getattr(function, "__type_params__", None):
@@ -273,7 +448,13 @@ def _immutable_function(function: object) -> bool:
     namespace = function.__globals__
     if type(namespace) is not dict or not all(
         type(key) is str
-        and (frozen(value) or (key == "__builtins__" and any(value is b for b in _BUILTINS)))
+        and (
+            frozen(value)
+            or (key == "__builtins__" and any(value is b for b in _BUILTINS))
+            or (found is not None and _by_name(value, found))
+            or (graph is not None and any(value is member for member in graph))
+            or container_frozen(value)
+        )
         for key, value in namespace.items()
     ):
         return False

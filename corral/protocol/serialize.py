@@ -272,6 +272,9 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
             body = functioncache.frame_body(memoryview(stream.getvalue()))
             if body is None or self._buffers:
                 return False
+            again = functioncache.fingerprint(f)  # another thread may have changed a global
+            if again is None or not functioncache.same(entry.fingerprint, again):  # type: ignore[arg-type]
+                return False
             entry.ops = bytes(body)
             length = len(body).to_bytes(8, "little")
             entry.opening = b"".join((_PICKLE_PREFIX, length, body, _FRAME_OPCODE))

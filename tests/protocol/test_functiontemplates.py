@@ -286,16 +286,16 @@ def test_frames_that_are_not_a_function_give_no_template() -> None:
 
 
 def test_a_function_reading_mutable_state_framed_in_two_gets_no_template() -> None:
-    """A client that frames a function the engine's rule refuses (it reads a list): every call
-    is unpickled whole, each with its own list."""
-    ns = script("L = [1]\ndef f():\n    L.append(2)\n    return L\n")
+    """A client that frames a function the engine's rule refuses (it reads a list of lists):
+    every call is unpickled whole, each with its own list."""
+    ns = script("L = [[1]]\ndef f():\n    L.append(2)\n    return L\n")
     function_ops = unframed(cloudpickle.dumps(ns["f"], protocol=5))[:-1]
     ops = unframed(cloudpickle.dumps((ns["f"], (), {}), protocol=5))
     assert ops.startswith(function_ops)
     frames = framed_in_two(ops, len(function_ops))
     templates = thread_templates()
     made = templates.made
-    assert [unpacked(frames)[0]() for _ in range(3)] == [[1, 2], [1, 2], [1, 2]]
+    assert [unpacked(frames)[0]() for _ in range(3)] == [[[1], 2]] * 3
     assert templates.made == made
 
 
