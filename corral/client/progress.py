@@ -68,7 +68,10 @@ def _wait_loop(
     ``timeout`` passes; True if done. Closes the bar whatever happens."""
     deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
     done = False
-    try:
+    try:  # from the first update on: a Ctrl-C at any point still ends the bar's line
+        first = min(count(), total)
+        if first != bar.n:
+            bar.update(first - bar.n)
         while True:
             left = None if deadline is None else deadline - time.monotonic()
             step = interval if left is None else max(0.0, min(interval, left))
@@ -109,7 +112,6 @@ def wait_for_futures(
         return return_when == futures.FIRST_EXCEPTION and any(failed)
 
     bar = progress_bar(len(items), desc, unit, widget=widget, file=file)
-    bar.update(count())
     return _wait_loop(bar, count, step, len(items), interval, timeout)
 
 
@@ -132,6 +134,5 @@ def wait_for_engines(
         return True
 
     bar = progress_bar(n, "engines", "engines", widget=widget, file=file)
-    bar.update(min(len(client), n))
     if not _wait_loop(bar, lambda: len(client), step, n, interval, timeout):
         raise TimeoutError(f"{len(client)} of {n} engines registered after {timeout} s")
