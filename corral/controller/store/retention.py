@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator
@@ -229,6 +230,17 @@ class Retention:
     def __len__(self) -> int:
         """The records counted (pending and completed)."""
         return len(self._table)
+
+    def log_entries(self) -> list[str]:
+        """The completion log's msg_ids as kept, stale ones included (for tests)."""
+        return [msg_id for msg_id in self._log[self._head :] if msg_id is not None]
+
+    def footprint(self) -> int:
+        """The bytes this bookkeeping holds, the msg_id strings aside (they are the objects
+        the Hub's tables hold too): the table, its ints, and the log's two arrays."""
+        table = self._table
+        values = sum(map(sys.getsizeof, table.values()))
+        return sys.getsizeof(table) + values + sys.getsizeof(self._log) + sys.getsizeof(self._times)
 
     def omitted(self, buffers: Iterable[Any]) -> dict[str, Any] | None:
         """The ``buffers_omitted`` marker if these buffers are too large to store, else None.
