@@ -96,6 +96,12 @@ def main() -> int:
         action="store_true",
         help="the Hub keeps every record (the client still forgets its own): its growth per task",
     )
+    parser.add_argument(
+        "--pause",
+        type=float,
+        default=0.0,
+        help="with --no-purge: seconds to wait once the Hub has settled, before each sample",
+    )
     parser.add_argument("--json", type=Path, default=RESULTS)
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="corral-memory-"))
@@ -121,6 +127,7 @@ def main() -> int:
             if done == args.batch or done % args.sample == 0 or done == args.tasks:
                 if args.no_purge:
                     settle(rc, done)
+                    time.sleep(args.pause)
                 samples.append(sample(cluster, done, started))
                 print(json.dumps(samples[-1]), flush=True)
         expected = args.tasks * (args.tasks - 1) // 2
@@ -135,6 +142,7 @@ def main() -> int:
         "db": args.db,
         "result_ttl": args.result_ttl,
         "no_purge": args.no_purge,
+        "pause": args.pause,
         "engines": args.engines,
         "samples": samples,
         "growth_mb": {
