@@ -199,12 +199,12 @@ class Retention:
 
     Kept small, because a store holds up to millions of records and this lives in the Hub's
     memory: one table entry per record (``msg_id`` -> one int, its completion number and its
-    size, :data:`SIZE_BITS`), and a completion log of two flat arrays (the msg_id, the same
-    object the table holds, and the time). A log entry counts while its record's completion
-    number is its own; a record dropped, completed again or pending again leaves a stale
-    entry behind, skipped when met and swept once they outnumber the live ones
-    (``bench_hub_memory.py``: 191 -> about 100 bytes a completed record, one msg_id string
-    instead of two)."""
+    size, :data:`SIZE_BITS`), and a completion log (a list of the msg_ids, the objects the
+    table holds, and an array of their times). A log entry counts while its record's
+    completion number is its own; a record dropped, completed again or pending again leaves
+    a stale entry behind, skipped when met and swept once they outnumber the live ones
+    (``bench_hub_memory.py``, 100,000 records: 214 -> 89 bytes a record, the msg_id strings
+    the Hub's tables hold too not counted: the two dicts also kept a second copy of each)."""
 
     settings: RetentionSettings
     clock: Callable[[], float] = time.time
