@@ -160,10 +160,10 @@ def main() -> int:
             f"{row['scheduler_mb']!s:>10}"
         )
     print("growth after the first batch:", summary["growth_mb"])
-    if last["tasks"] > first["tasks"]:
+    if args.no_purge and last["tasks"] > first["tasks"]:  # every task stored
         per_task = (last["hub_mb"] - first["hub_mb"]) * MB / (last["tasks"] - first["tasks"])
         summary["hub_bytes_per_task"] = round(per_task)
-        print(f"the Hub's RSS after the first batch: {per_task:.0f} bytes per task")
+        print(f"the Hub's RSS after the first batch: {per_task:.0f} bytes per stored task")
     print("records left in the Hub's store:", stored)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(summary, indent=2))
