@@ -67,7 +67,7 @@ def sample(cluster: Cluster, done: int, started: float) -> dict[str, Any]:
     }
 
 
-def settle(rc: Any, done: int, timeout: float = 120.0) -> None:
+def settle(rc: Any, done: int, timeout: float = 600.0) -> None:
     """Until the Hub has recorded all ``done`` tasks as completed and written them (a store
     read waits for the writes before it): its memory then holds what it keeps, not a burst
     in transit."""
@@ -79,7 +79,7 @@ def settle(rc: Any, done: int, timeout: float = 120.0) -> None:
             break
         if time.monotonic() > deadline:
             raise TimeoutError(f"the Hub recorded {recorded} of {done} tasks")
-        time.sleep(0.05)
+        time.sleep(0.5)  # a query the Hub answers between copies: not too often
     rc.db_query({"msg_id": ""}, ["msg_id"])
 
 
