@@ -70,11 +70,12 @@ def sample(cluster: Cluster, done: int, started: float) -> dict[str, Any]:
 def settle(rc: Any, done: int, timeout: float = 600.0) -> None:
     """Until the Hub has recorded all ``done`` tasks as completed and written them (a store
     read waits for the writes before it): its memory then holds what it keeps, not a burst
-    in transit."""
+    in transit. Counted by the Hub's activity counts (the dashboard's ``status_request``),
+    which the store's size limit, purging the oldest records, does not lower."""
     deadline = time.monotonic() + timeout
     while True:
-        status = rc.queue_status()
-        recorded = sum(v["completed"] for k, v in status.items() if isinstance(k, int))
+        counts = rc._query("status_request", {"since": 0}).content["counts"]
+        recorded = sum(counts.values())
         if recorded >= done:
             break
         if time.monotonic() > deadline:
