@@ -32,6 +32,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from inspect import signature
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,7 @@ LAG = 8  # requests seen before the first reply: a few tasks in flight, as with 
 WAITING = 0.2  # share of tasks that wait in the scheduler (task_in without engine, task_dest)
 BLOCK = 20  # tasks built, then fed
 RATE = 2000.0  # tasks per second fed (about bench_cpu_roles.py's pace): batches as there
+FED: list[bytes] = []  # in place of a reply fed (one shared object, not one per task)
 
 
 def one() -> int:
@@ -61,11 +63,14 @@ def run_once(
     given: Any = None,
     direct: bool = False,
     alone: bool = False,
+    inspect: Callable[[Any, Any], None] | None = None,
 ) -> tuple[float, float]:
     """(Hub thread, writer) CPU us per task for one stream of ``tasks`` tasks; ``given``: a
     store to use instead of a new one of ``kind`` (``bench_store_writes.py`` records with it).
     ``direct``: the MUX device's copies instead of the scheduler's (see :func:`direct_block`);
-    with ``alone``, one message each, received by the shell's own loop (see :func:`feed_alone`)."""
+    with ``alone``, one message each, received by the shell's own loop (see :func:`feed_alone`).
+    ``inspect(hub, store)`` is called once every copy is written, before the store closes
+    (``bench_hub_memory.py`` measures what they hold then)."""
     from corral import heap
     from corral.bundles import bundle
     from corral.controller import destination
@@ -218,6 +223,9 @@ def run_once(
                 dest = destination.destination_frames(scheduler, msg_id, uuid, 0)
                 streams.append([zmq.Frame(f) for f in dest])
             streams.extend(replies[i] for i in answered)
+            for i in answered:  # fed once: what the Hub keeps is all that stays
+                replies[i] = FED
+                waited[i] = None
             # the last block's tail of replies (--lag of them) in bundles a bundle can hold
             for at in range(0, len(streams), 1000):
                 copies = bundle([], streams[at : at + 1000])
@@ -229,9 +237,11 @@ def run_once(
         store.flush()
         thread = time.thread_time() - started_thread
         process = time.process_time() - started_process
-        done = store.find_records({"status": "ok"}, ["msg_id"])
-        if len(done) != tasks or hub.pending:
-            raise SystemExit(f"{len(done)} of {tasks} tasks recorded as done")
+        done = len(store.find_records({"status": "ok"}, ["msg_id"]))
+        if done != tasks or hub.pending:
+            raise SystemExit(f"{done} of {tasks} tasks recorded as done")
+        if inspect is not None:
+            inspect(hub, store)
         return feeding / tasks * 1e6, (process - thread) / tasks * 1e6
     finally:
         store.close()

@@ -12,6 +12,11 @@ of the one after the first batch (warm caches).
     .venv/bin/python bench/memory.py                      # 1,000,000 tasks
     .venv/bin/python bench/memory.py --tasks 200000       # a shorter run
     .venv/bin/python bench/memory.py --result-ttl 30      # the Hub purges by age
+    .venv/bin/python bench/memory.py --tasks 100000 --sample 10000 --no-purge
+
+``--no-purge`` leaves every record in the Hub's store (the client still forgets its own): the
+Hub's growth per stored task, which only the store's size limit bounds; each sample is taken
+once the Hub has recorded and written every task so far.
 
 Prints a table and writes ``bench/results/memory.json``.
 """
@@ -62,6 +67,23 @@ def sample(cluster: Cluster, done: int, started: float) -> dict[str, Any]:
     }
 
 
+def settle(rc: Any, done: int, timeout: float = 600.0) -> None:
+    """Until the Hub has recorded all ``done`` tasks as completed and written them (a store
+    read waits for the writes before it): its memory then holds what it keeps, not a burst
+    in transit. Counted by the Hub's activity counts (the dashboard's ``status_request``),
+    which the store's size limit, purging the oldest records, does not lower."""
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = rc._query("status_request", {"since": 0}).content["counts"]
+        recorded = sum(counts.values())
+        if recorded >= done:
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the Hub recorded {recorded} of {done} tasks")
+        time.sleep(0.5)  # a query the Hub answers between copies: not too often
+    rc.db_query({"msg_id": ""}, ["msg_id"])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=1_000_000)
@@ -70,6 +92,17 @@ def main() -> int:
     parser.add_argument("--engines", type=int, default=2)
     parser.add_argument("--db", default="sqlite")
     parser.add_argument("--result-ttl", type=float, default=None, help="seconds; see above")
+    parser.add_argument(
+        "--no-purge",
+        action="store_true",
+        help="the Hub keeps every record (the client still forgets its own): its growth per task",
+    )
+    parser.add_argument(
+        "--pause",
+        type=float,
+        default=0.0,
+        help="with --no-purge: seconds to wait once the Hub has settled, before each sample",
+    )
     parser.add_argument("--json", type=Path, default=RESULTS)
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="corral-memory-"))
@@ -88,11 +121,14 @@ def main() -> int:
             result = view.map_async(noop, range(done, done + count), chunksize=1)
             checksum += sum(result.get(timeout=600))
             done += count
-            if args.result_ttl is None:
+            if args.result_ttl is None and not args.no_purge:
                 rc.purge_results("all")
             rc.purge_local_results("all")
             del result
             if done == args.batch or done % args.sample == 0 or done == args.tasks:
+                if args.no_purge:
+                    settle(rc, done)
+                    time.sleep(args.pause)
                 samples.append(sample(cluster, done, started))
                 print(json.dumps(samples[-1]), flush=True)
         expected = args.tasks * (args.tasks - 1) // 2
@@ -106,6 +142,8 @@ def main() -> int:
         "batch": args.batch,
         "db": args.db,
         "result_ttl": args.result_ttl,
+        "no_purge": args.no_purge,
+        "pause": args.pause,
         "engines": args.engines,
         "samples": samples,
         "growth_mb": {
@@ -123,6 +161,10 @@ def main() -> int:
             f"{row['scheduler_mb']!s:>10}"
         )
     print("growth after the first batch:", summary["growth_mb"])
+    if args.no_purge and last["tasks"] > first["tasks"]:  # every task stored
+        per_task = (last["hub_mb"] - first["hub_mb"]) * MB / (last["tasks"] - first["tasks"])
+        summary["hub_bytes_per_task"] = round(per_task)
+        print(f"the Hub's RSS after the first batch: {per_task:.0f} bytes per stored task")
     print("records left in the Hub's store:", stored)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(summary, indent=2))

@@ -121,15 +121,19 @@ def queue_request(hub: Hub, idents: Sequence[bytes], msg: Message) -> list[Actio
     content = msg.content or {}
     verbose = content.get("verbose", False)
     reply: dict[str, Any] = ok_reply()
+    # counts without lists: an engine's completed tasks are every one it ran that the store
+    # still holds (a million, say), which a poll of the counts must not copy each time
+    tables = ("completed", "queue", "tasks")
     for entry in targets_of(hub, content.get("targets")):
-        lists = {
-            "completed": list(entry.completed),
-            "queue": list(entry.queue),
-            "tasks": list(entry.tasks),
-        }
-        reply[str(entry.id)] = lists if verbose else {k: len(v) for k, v in lists.items()}
-    unassigned = [msg_id for msg_id, engine in hub.pending.items() if engine is None]
-    reply["unassigned"] = unassigned if verbose else len(unassigned)
+        if verbose:
+            reply[str(entry.id)] = {name: list(getattr(entry, name)) for name in tables}
+        else:
+            reply[str(entry.id)] = {name: len(getattr(entry, name)) for name in tables}
+    if verbose:
+        unassigned = [msg_id for msg_id, engine in hub.pending.items() if engine is None]
+        reply["unassigned"] = unassigned
+    else:
+        reply["unassigned"] = sum(1 for engine in hub.pending.values() if engine is None)
     return [answer(idents, msg, "queue_reply", reply)]
 
 

@@ -79,6 +79,12 @@ ENGINE_REQUESTS = frozenset({"registration_request", "unregistration_request"})
 # after a purge (a client's, or the time to live's), give the freed memory back to the system
 # (corral.heap), at most every 10 s
 PURGE_TRIM_SCHEDULE = (1, 10.0, 10.0)
+# after a burst of copies read (at least 10,000 since the last such trim), once no task is
+# pending, at most every 10 s (every 60 s if some always are): a burst's copies queued in
+# zmq and its records queued for the writer leave the C allocator's heap at its high-water
+# mark otherwise (bench/README.md, round fourteen's hubmem)
+BURST_TRIM_SCHEDULE = (10_000, 10.0, 60.0)
+TRIM_CHECK_COPIES = 1000
 PURGES = (DropRecords, DropMatching)
 # the prefix, at most three identities (client, engine, omitted:<bytes>) and the delimiter
 MAX_COPY_ROUTE = 5
@@ -90,6 +96,8 @@ class HubShell:
     ``on_stop`` is called (on the loop) when the Hub is asked to shut down or the scheduler
     process ends; ``scheduler`` is that process, watched through its stdout pipe (its last line
     is its counts, then end of file), so its end is noticed at once, without polling.
+    ``burst_trim``: when memory freed after a burst of copies goes back to the system
+    (:class:`corral.heap.TrimSchedule`'s arguments; tests shorten it).
     """
 
     def __init__(
@@ -104,6 +112,7 @@ class HubShell:
         scheduler: subprocess.Popen[bytes] | None = None,
         *,
         trusted_copies: bool = False,
+        burst_trim: tuple[int, float, float] = BURST_TRIM_SCHEDULE,
     ) -> None:
         self.loop = loop
         self.hub = hub
@@ -136,6 +145,8 @@ class HubShell:
         self._pong_fds: dict[int, str] = {}
         self._timer: Timer | None = None
         self._trim = heap.TrimSchedule(*PURGE_TRIM_SCHEDULE)
+        self._burst_trim = heap.TrimSchedule(*burst_trim)
+        self._copies_unreported = 0  # copies read since the burst trim's schedule was told
         self._purged = 0  # tasks purged by the actions being performed
         self._received = 0.0  # when the bundle of copies being read came
         loop.add_socket(self.pong, self._on_pong)  # zmq Frames: their SRCFD is read
@@ -176,6 +187,20 @@ class HubShell:
             self.ping.send(payload)
         self._perform(actions)
         self._schedule()
+        self._trim_after_burst(0)
+
+    def _trim_after_burst(self, copies: int) -> None:
+        """``copies`` more were read (0: a beat): give a burst's freed memory back to the
+        system (:data:`BURST_TRIM_SCHEDULE`) once no task is pending, at the latest at the
+        beat after the burst. Copies are counted in lumps of :data:`TRIM_CHECK_COPIES`, so a
+        copy read alone (a direct task's) costs an addition, not a clock read."""
+        unreported = self._copies_unreported + copies
+        if copies and unreported < TRIM_CHECK_COPIES:
+            self._copies_unreported = unreported
+            return
+        self._copies_unreported = 0
+        if self._burst_trim.due(time.monotonic(), unreported, idle=not self.hub.pending):
+            heap.trim()
 
     def _schedule(self) -> None:
         """Arm the timer for the Hub's next deadline, if that is sooner than the armed one
@@ -260,11 +285,13 @@ class HubShell:
         moment they came, their store writes queued together when the last is read."""
         self._received = time.time()
         idle = not self.hub.replies_seen
+        read = self.monitored
         try:
             with self.store.holding_writes():
                 self.loop.deliver(handle, frames)
         except StoreError as err:  # an earlier write's failure, already logged by the writer
             log.error("hub: result store: %s", err)
+        self._trim_after_burst(self.monitored - read)
         if idle and self.hub.replies_seen:  # the first replies since a confirmation: its
             self._schedule()  # time may come before the armed beat's (Hub.next_deadline)
 

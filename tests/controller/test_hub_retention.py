@@ -3,6 +3,7 @@ results leave the Hub's own tables; then the same through a real cluster and two
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,9 @@ import pytest
 from corral.controller.hub import Send
 from corral.controller.store.memory import MemoryStore
 from corral.controller.store.retention import RetentionSettings
+from corral.controller.store.sqlite import SQLiteStore
 from corral.errors import ResultNotStored
+from corral.protocol.session import Message
 from tests.conftest import running_cluster
 from tests.controller.hub_harness import HubHarness
 from tests.controller.test_hub import (
@@ -20,6 +23,7 @@ from tests.controller.test_hub import (
     register,
     reply_for,
     request,
+    session,
     submit_mux,
 )
 from tests.polling import until
@@ -116,3 +120,87 @@ def test_a_short_time_to_live_empties_the_hub(tmp_path: Path) -> None:
             "the result to expire",
         )
         assert rc[0].apply_sync(lambda: "still serving") == "still serving"
+
+
+def parsed_reply(req: Message) -> Message:
+    """``req``'s reply as the Hub reads it from a copy: its parent's msg_id is a string of its
+    own, equal to the request's (both parsed from frames), not the same object."""
+    parent = {**req.header, "msg_id": req.msg_id.encode().decode()}
+    return session.msg("apply_reply", {"status": "ok"}, parent=parent, metadata={"stdout": ""})
+
+
+def test_a_stored_task_costs_the_hub_a_bounded_few_bytes_and_queries_stay_right(
+    tmp_path: Path,
+) -> None:
+    """With the default SQLite store and its retention, a stored task leaves in the Hub's
+    memory one msg_id string (the reply's, which every table shares), an entry in its
+    engine's completed tasks and in the retention's table, and two log slots: counted from
+    the tables themselves, not the process's RSS (0578385 kept two strings, and a float and
+    an int of their own, about 320 bytes). Every query still answers from them as before:
+    queue status, result status, history, db queries, purges, the time to live, a reopened
+    store."""
+    store = SQLiteStore(tmp_path / "tasks.db", retention=RetentionSettings())
+    count = 3000
+    try:
+        hub = HubHarness.create(store, ENGINE_ADDRESSES, CLIENT_ADDRESSES, heartbeat_period=1.0)
+        register(hub, "e1")
+        requests = []
+        for index in range(count):
+            req = session.msg("apply_request", {})
+            if index % 5:  # dispatched at once, or waited (then named by a task_dest copy)
+                hub.handle_monitor(b"task_in", [b"client-1", b"e1"], req)
+            else:
+                hub.handle_monitor(b"task_in", [b"client-1"], req)
+                hub.handle_destination(req.msg_id, "e1")
+            hub.handle_monitor(b"task_out", [b"client-1", b"e1"], parsed_reply(req))
+            requests.append(req)
+        store.flush()
+        ids = [req.msg_id for req in requests]
+        entry = hub.by_uuid["e1"]
+        retention = store.retention
+        assert retention is not None and len(retention) == count
+        assert not hub.pending and not entry.tasks and list(entry.completed) == ids
+        kept = {id(msg_id) for msg_id in retention.log_entries()}
+        assert len(kept) == count and all(id(msg_id) in kept for msg_id in entry.completed)
+        strings = sum(map(sys.getsizeof, entry.completed))
+        per_task = (retention.footprint() + sys.getsizeof(entry.completed) + strings) / count
+        assert per_task < 240, per_task
+
+        (status,) = hub.handle_request([b"c"], request("queue_request"))
+        assert status.content["0"] == {"completed": count, "queue": 0, "tasks": 0}
+        (verbose,) = hub.handle_request([b"c"], request("queue_request", verbose=True))
+        assert verbose.content["0"]["completed"] == ids
+        (results,) = hub.handle_request(
+            [b"c"], request("result_request", msg_ids=ids[:10], statusonly=True)
+        )
+        assert results.content["completed"] == ids[:10] and not results.content["pending"]
+        (history,) = hub.handle_request([b"c"], request("history_request"))
+        assert history.content["history"] == ids
+        (found,) = hub.handle_request(
+            [b"c"], request("db_request", query={"status": "ok"}, keys=["msg_id"])
+        )
+        assert [record["msg_id"] for record in found.content["records"]] == ids
+
+        (purged,) = hub.handle_request([b"c"], request("purge_request", msg_ids=ids[:100]))
+        assert purged.content["status"] == "ok"
+        assert list(entry.completed) == ids[100:] and retention.completed == ids[100:]
+        assert store.get_history() == ids[100:]
+    finally:
+        store.close()
+
+    # completed at the harness's clock, months ago: no time to live until the checks below
+    reopened = SQLiteStore(tmp_path / "tasks.db", retention=RetentionSettings(ttl=None))
+    try:
+        retention = reopened.retention
+        assert retention is not None and len(retention) == count - 100
+        assert set(retention.completed) == set(ids[100:])
+        assert reopened.stored_size() == sum(retention.sizes.values())
+        hub = HubHarness.create(reopened, ENGINE_ADDRESSES, CLIENT_ADDRESSES, heartbeat_period=1.0)
+        hub.restore()
+        assert not hub.pending
+        retention.settings = RetentionSettings(ttl=60)
+        hub.tick()  # the time to live: every result goes
+        assert reopened.get_history() == [] and len(retention) == 0
+        assert reopened.stored_size() == 0 and retention.log_entries() == []
+    finally:
+        reopened.close()

@@ -43,7 +43,9 @@ STRANGER = Session(new_key(), username="stranger")  # signs with another key
 class Shell:
     """A HubShell with one registered engine, its store and its loop."""
 
-    def __init__(self, folder: Path, trusted: bool) -> None:
+    def __init__(
+        self, folder: Path, trusted: bool, burst_trim: tuple[int, float, float] | None = None
+    ) -> None:
         self.context: zmq.Context[Any] = zmq.Context()
         kinds = {
             "registration": zmq.ROUTER,
@@ -72,6 +74,7 @@ class Shell:
             self.sockets,
             lambda failed: None,
             trusted_copies=trusted,
+            **({} if burst_trim is None else {"burst_trim": burst_trim}),
         )
         registration = CLIENT.msg("registration_request", {"uuid": ENGINE})
         self.hub.handle_request([ENGINE.encode()], registration, time.time())
@@ -300,3 +303,31 @@ def test_a_copy_splits_as_every_message_splits(copy: list[Any]) -> None:
 def test_a_copy_without_a_delimiter_is_malformed() -> None:
     with pytest.raises(MalformedMessage):
         _split_copy([b"task_in", b"client", b"sig", b"{}"])
+
+
+def test_memory_goes_back_to_the_system_once_a_burst_is_recorded(tmp_path: Path) -> None:
+    """After enough copies (here 10), the Hub gives the C allocator's freed memory back at
+    its first moment with no task pending (a burst's copies and queued writes left the heap
+    at its high-water mark), at the latest at the next beat; not while tasks are pending
+    (until the longest interval), and not twice for nothing."""
+    shell = Shell(tmp_path, trusted=True, burst_trim=(10, 0.0, 3600.0))
+    try:
+        schedule = shell.shell._burst_trim
+        requests = [request_copy(b"task_in") for _ in range(6)]
+        shell.shell._on_scheduler_message(frames(bundle([], [copy for _, copy in requests])))
+        shell.shell._wake()
+        assert schedule.trims == 0  # six copies, six tasks pending
+        replies = [reply_copy(b"task_out", request) for request, _ in requests[:5]]
+        shell.shell._on_scheduler_message(frames(bundle([], replies)))
+        shell.shell._wake()
+        assert schedule.trims == 0  # eleven copies, one task still pending
+        shell.shell._on_scheduler_message(
+            frames(bundle([], [reply_copy(b"task_out", requests[5][0])]))
+        )
+        assert not shell.hub.pending and schedule.trims == 0  # counted in lumps, or at a beat
+        shell.shell._wake()
+        assert schedule.trims == 1
+        shell.shell._wake()
+        assert schedule.trims == 1  # nothing read since: no second trim
+    finally:
+        shell.close()

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 import time
-from collections.abc import Callable, Iterable
+from array import array
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from corral.errors import StoreError
 
@@ -181,17 +183,64 @@ class Purge:
     freed: int
 
 
+#: A record's entry in :class:`Retention`'s table is one int: its completion number (0 while
+#: it is pending) above these many bits, its size below them (a record under 256 TiB).
+SIZE_BITS: Final = 48
+_SIZE_MASK: Final = (1 << SIZE_BITS) - 1
+#: :class:`Retention` rebuilds its completion log when it holds more entries that no longer
+#: count (records dropped, or completed again) than live ones, and at least this many.
+COMPACT_AT: Final = 4096
+
+
 @dataclass
 class Retention:
     """The bookkeeping behind the rule: every record's size, and completed ones in
-    completion order with the time they completed (``clock()`` seconds)."""
+    completion order with the time they completed (``clock()`` seconds).
+
+    Kept small, because a store holds up to millions of records and this lives in the Hub's
+    memory: one table entry per record (``msg_id`` -> one int, its completion number and its
+    size, :data:`SIZE_BITS`), and a completion log (a list of the msg_ids, the objects the
+    table holds, and an array of their times). A log entry counts while its record's
+    completion number is its own; a record dropped, completed again or pending again leaves
+    a stale entry behind, skipped when met and swept once they outnumber the live ones
+    (``bench_hub_memory.py``, 100,000 records: 214 -> 89 bytes a record, the msg_id strings
+    the Hub's tables hold too not counted: the two dicts also kept a second copy of each)."""
 
     settings: RetentionSettings
     clock: Callable[[], float] = time.time
     total: int = 0
-    sizes: dict[str, int] = field(default_factory=dict)
-    completed: dict[str, float] = field(default_factory=dict)
     purged: list[str] = field(default_factory=list)
+    _table: dict[str, int] = field(default_factory=dict, repr=False)
+    _log: list[str | None] = field(default_factory=list, repr=False)
+    _times: array[float] = field(default_factory=lambda: array("d"), repr=False)
+    _head: int = 0  # the log's entries before this one are gone (None)
+    _first: int = 1  # the completion number of the log's entry 0
+    _live: int = 0  # completed records, each with one live log entry
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """Every record's size, in no particular order (a copy, for tests and tools)."""
+        return {msg_id: value & _SIZE_MASK for msg_id, value in self._table.items()}
+
+    @property
+    def completed(self) -> list[str]:
+        """The completed records' msg_ids, oldest completion first (a copy)."""
+        return [msg_id for _, msg_id, _, _ in self._oldest()]
+
+    def __len__(self) -> int:
+        """The records counted (pending and completed)."""
+        return len(self._table)
+
+    def log_entries(self) -> list[str]:
+        """The completion log's msg_ids as kept, stale ones included (for tests)."""
+        return [msg_id for msg_id in self._log[self._head :] if msg_id is not None]
+
+    def footprint(self) -> int:
+        """The bytes this bookkeeping holds, the msg_id strings aside (they are the objects
+        the Hub's tables hold too): the table, its ints, and the log's two arrays."""
+        table = self._table
+        values = sum(map(sys.getsizeof, table.values()))
+        return sys.getsizeof(table) + values + sys.getsizeof(self._log) + sys.getsizeof(self._times)
 
     def omitted(self, buffers: Iterable[Any]) -> dict[str, Any] | None:
         """The ``buffers_omitted`` marker if these buffers are too large to store, else None.
@@ -209,30 +258,93 @@ class Retention:
     def recorded(self, msg_id: str, size: int, status: Any) -> Purge | None:
         """A write of ``size`` bytes to ``msg_id``; ``status`` is the field written (or None
         if the write did not set it). Returns what the size limit now requires purging."""
-        sizes = self.sizes
-        sizes[msg_id] = sizes.get(msg_id, 0) + size
+        table = self._table
         self.total += size
-        if status == "pending":
-            self.completed.pop(msg_id, None)
-        elif isinstance(status, str):
-            self.completed.pop(msg_id, None)  # completed again (resubmitted): now the newest
-            self.completed[msg_id] = self.clock()
+        if status.__class__ is not str:  # not a status write: the size only
+            table[msg_id] = table.get(msg_id, 0) + size
+        elif status == "pending":
+            value = table.get(msg_id, 0)
+            table[msg_id] = (value & _SIZE_MASK) + size
+            if value > _SIZE_MASK:  # completed before (sent again): its log entry goes stale
+                self._live -= 1
+                self._sweep()
+        else:
+            self._complete(msg_id, size, self.clock())
         limit = self.settings.size_limit
         return None if limit is None or self.total <= limit else self._over_limit()
+
+    def _complete(self, msg_id: str, size: int, when: float) -> None:
+        """``msg_id`` completed at ``when`` (again, if it had: it is now the newest). The
+        entry is made anew with this ``msg_id`` object, the one the log holds: a reply's copy
+        of the request's msg_id is the one kept, not both."""
+        table = self._table
+        value = table.pop(msg_id, 0)
+        log = self._log
+        table[msg_id] = ((self._first + len(log)) << SIZE_BITS) | ((value & _SIZE_MASK) + size)
+        log.append(msg_id)
+        self._times.append(when)
+        if value > _SIZE_MASK:  # completed again: its older log entry goes stale
+            self._sweep()
+        else:
+            self._live += 1
 
     def restored(self, msg_id: str, size: int, completed_at: float | None) -> None:
         """A record found in a store being reopened (``completed_at`` None: pending), in
         completion order."""
-        self.sizes[msg_id] = self.sizes.get(msg_id, 0) + size
         self.total += size
-        if completed_at is not None:
-            self.completed[msg_id] = completed_at
+        if completed_at is None:
+            self._table[msg_id] = self._table.get(msg_id, 0) + size
+        else:
+            self._complete(msg_id, size, completed_at)
 
     def forget(self, msg_ids: Iterable[str]) -> None:
         """These records were dropped (by a purge or a user)."""
+        table = self._table
         for msg_id in msg_ids:
-            self.total -= self.sizes.pop(msg_id, 0)
-            self.completed.pop(msg_id, None)
+            value = table.pop(msg_id, None)
+            if value is not None:
+                self.total -= value & _SIZE_MASK
+                if value > _SIZE_MASK:
+                    self._live -= 1
+        self._sweep()
+
+    def _oldest(self) -> Iterator[tuple[int, str, float, int]]:
+        """``(log place, msg_id, completion time, size)`` of the completed records, oldest
+        completion first."""
+        table, log, times, first = self._table, self._log, self._times, self._first
+        for place in range(self._head, len(log)):
+            msg_id = log[place]
+            if msg_id is None:
+                continue
+            value = table.get(msg_id, 0)
+            if value >> SIZE_BITS == first + place:
+                yield place, msg_id, times[place], value & _SIZE_MASK
+
+    def _sweep(self) -> None:
+        """Let go of the log's stale entries: those before its first live one at once, all of
+        them once they outnumber the live ones (the completion numbers made anew)."""
+        table, log, first = self._table, self._log, self._first
+        head = self._head
+        while head < len(log):
+            msg_id = log[head]
+            if msg_id is not None and table.get(msg_id, 0) >> SIZE_BITS == first + head:
+                break
+            log[head] = None
+            head += 1
+        self._head = head
+        stale = len(log) - head - self._live
+        if stale >= COMPACT_AT and stale > self._live:
+            kept = list(self._oldest())
+            self._log = [msg_id for _, msg_id, _, _ in kept]
+            self._times = array("d", [when for _, _, when, _ in kept])
+            self._head = 0
+            for place, (_, msg_id, _, size) in enumerate(kept):
+                table[msg_id] = ((first + place) << SIZE_BITS) | size
+        elif head >= COMPACT_AT and head > len(log) // 2:
+            del log[:head]
+            del self._times[:head]
+            self._first = first + head
+            self._head = 0
 
     def over_limit(self) -> Purge | None:
         """What the size limit requires purging now (after a restore, say)."""
@@ -245,11 +357,11 @@ class Retention:
         target = int(limit * LOW_WATER)
         chosen: list[str] = []
         freed = 0
-        for msg_id in self.completed:
+        for _, msg_id, _, size in self._oldest():
             if self.total - freed <= target:
                 break
             chosen.append(msg_id)
-            freed += self.sizes.get(msg_id, 0)
+            freed += size
         if not chosen:
             return None  # only pending records: they are never dropped
         reason = (
@@ -261,16 +373,16 @@ class Retention:
     def expired(self, now: float | None = None) -> Purge | None:
         """Completed results older than the time to live."""
         ttl = self.settings.ttl
-        if ttl is None or not self.completed:
+        if ttl is None or not self._live:
             return None
         deadline = (self.clock() if now is None else now) - ttl
         chosen = []
         freed = 0
-        for msg_id, when in self.completed.items():
+        for _, msg_id, when, size in self._oldest():
             if when > deadline:
                 break  # completion order: every later one is younger
             chosen.append(msg_id)
-            freed += self.sizes.get(msg_id, 0)
+            freed += size
         if not chosen:
             return None
         reason = f"older than their time to live ({format_duration(ttl)}, {FLAGS['ttl']})"

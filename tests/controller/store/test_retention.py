@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from corral.controller.store.retention import (
+    COMPACT_AT,
     GIB,
     LOW_WATER,
     MIB,
@@ -201,3 +202,121 @@ def test_completion_time() -> None:
     assert completion_time("1970-01-01T00:01:00+00:00", 0.0) == 60.0
     assert completion_time("garbage", 7.0) == 7.0
     assert completion_time(None, 7.0) == 7.0
+
+
+class DictRetention:
+    """The rule as two plain dicts (how Retention kept it until its compact table): the
+    model the compact bookkeeping must agree with."""
+
+    def __init__(self, settings: RetentionSettings, clock: Clock) -> None:
+        self.settings, self.clock = settings, clock
+        self.total = 0
+        self.sizes: dict[str, int] = {}
+        self.completed: dict[str, float] = {}
+
+    def recorded(self, msg_id: str, size: int, status: str | None) -> list[str]:
+        self.sizes[msg_id] = self.sizes.get(msg_id, 0) + size
+        self.total += size
+        if status is not None:
+            self.completed.pop(msg_id, None)
+            if status != "pending":
+                self.completed[msg_id] = self.clock()
+        limit = self.settings.size_limit
+        if limit is None or self.total <= limit:
+            return []
+        chosen, freed = [], 0
+        for msg_id in self.completed:
+            if self.total - freed <= limit * LOW_WATER:
+                break
+            chosen.append(msg_id)
+            freed += self.sizes[msg_id]
+        self.forget(chosen)
+        return chosen
+
+    def expired(self) -> list[str]:
+        assert self.settings.ttl is not None
+        chosen = [
+            m for m, when in self.completed.items() if when <= self.clock() - self.settings.ttl
+        ]
+        self.forget(chosen)
+        return chosen
+
+    def forget(self, msg_ids: list[str]) -> None:
+        for msg_id in msg_ids:
+            self.total -= self.sizes.pop(msg_id, 0)
+            self.completed.pop(msg_id, None)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["pending", "ok", "size", "forget", "expire", "tick"]),
+            st.integers(0, 40),
+            st.integers(1, 300),
+        ),
+        max_size=300,
+    )
+)
+def test_the_compact_bookkeeping_agrees_with_two_dicts(
+    steps: list[tuple[str, int, int]],
+) -> None:
+    """Any mix of writes (pending, completed, completed again, size only), drops, expiries
+    and time passing: the same totals, sizes, completion order and purges as the model."""
+    clock = Clock()
+    settings = RetentionSettings(buffer_limit=None, size_limit=3000, ttl=50)
+    compact, model = Retention(settings, clock), DictRetention(settings, clock)
+    for action, number, size in steps:
+        msg_id = f"m{number}"
+        if action == "tick":
+            clock.now += size / 10
+        elif action == "forget":
+            compact.forget([msg_id, "never-seen"])
+            model.forget([msg_id])
+        elif action == "expire":
+            purge = compact.expired()
+            assert (purge.msg_ids if purge else []) == model.expired()
+        else:
+            status = None if action == "size" else action
+            # the reply's copy of a msg_id is another string object than the request's
+            purge = compact.recorded(msg_id.encode().decode(), size, status)
+            assert (purge.msg_ids if purge else []) == model.recorded(msg_id, size, status)
+        assert compact.total == model.total
+        assert compact.sizes == model.sizes
+        assert compact.completed == list(model.completed)
+        assert len(compact) == len(model.sizes)
+
+
+def test_the_completion_log_is_swept_when_most_of_it_is_stale() -> None:
+    """Dropping most completed records (a purge of all, then more work) leaves the log no
+    longer than the live records and a bounded slack, and no msg_id of a dropped record."""
+    retention = Retention(RetentionSettings(buffer_limit=None, size_limit=None, ttl=None))
+    count = 3 * COMPACT_AT
+    for index in range(count):
+        retention.recorded(f"t{index}", 10, "pending")
+        retention.recorded(f"t{index}", 10, "ok")
+    retention.forget([f"t{index}" for index in range(0, count, 4)])  # a quarter, spread
+    assert len(retention.completed) == count - count // 4
+    retention.forget([f"t{index}" for index in range(count) if index % 4])  # all the rest
+    assert retention.total == 0 and len(retention) == 0
+    retention.recorded("new", 10, "ok")
+    assert retention.completed == ["new"]
+    assert len(retention.log_entries()) <= COMPACT_AT
+    assert set(retention.log_entries()) <= {f"t{index}" for index in range(count)} | {"new"}
+    for _ in range(2 * COMPACT_AT):  # completed again and again: one entry counts each
+        retention.recorded("again", 1, "ok")
+    assert retention.completed == ["new", "again"]
+    assert len(retention.log_entries()) <= 2 * COMPACT_AT + 2
+
+
+def test_a_record_costs_one_table_entry_and_two_log_slots() -> None:
+    """The bookkeeping's bytes per completed record, its msg_id string aside (the Hub's own
+    tables hold the same object: the reply's, kept in place of the request's)."""
+    retention = Retention(RetentionSettings())
+    count = 20_000
+    requests = [f"{index:032x}" for index in range(count)]
+    replies = [msg_id.encode().decode() for msg_id in requests]  # equal, other objects
+    for request_id, reply_id in zip(requests, replies, strict=True):
+        retention.recorded(request_id, 1400, "pending")
+        retention.recorded(reply_id, 1500, "ok")
+    assert all(kept is reply for kept, reply in zip(retention.log_entries(), replies, strict=True))
+    assert retention.footprint() / count < 120  # bytes; the two dicts took about 190
