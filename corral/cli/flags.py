@@ -22,6 +22,7 @@ from corral.protocol.connection_files import (
     cluster_dir_from,
     cluster_folder,
 )
+from corral.protocol.shm import LONE_HUB_LINK_GRACE, check_lone_hub_link_grace
 
 DEFAULT_ID = DEFAULT_CLUSTER_ID
 
@@ -164,6 +165,14 @@ def _controller_flags(parser: argparse.ArgumentParser) -> None:
         "on one host (default 1048576; 0 turns the fast path off)",
     )
     parser.add_argument(
+        "--lone-hub-link-grace",
+        type=_lone_hub_link_grace,
+        default=LONE_HUB_LINK_GRACE,
+        help="seconds the Hub's link to a shared-memory segment stays the segment's last name "
+        "before the Hub removes it: the request's copy died with its engine and its client "
+        f"(default {LONE_HUB_LINK_GRACE:g}; a copy behind a burst still finds it meanwhile)",
+    )
+    parser.add_argument(
         "--hub-nice",
         type=_nice_steps,
         default=10,
@@ -202,6 +211,16 @@ def _burst_packing(text: str) -> int:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a burst packing from 0 (never) to {MAX_BURST_PACKING}"
+        ) from None
+
+
+def _lone_hub_link_grace(text: str) -> float:
+    """Seconds, 0 or more (argparse's error, exit status 2, else)."""
+    try:
+        return check_lone_hub_link_grace(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of seconds, 0 or more"
         ) from None
 
 
@@ -303,6 +322,7 @@ def controller_args(args: argparse.Namespace) -> list[str]:
         if getattr(args, flag) is not None:
             flags += ["--" + flag.replace("_", "-"), getattr(args, flag)]
     flags += ["--shm-threshold", str(args.shm_threshold), "--hub-nice", str(args.hub_nice)]
+    flags += ["--lone-hub-link-grace", str(args.lone_hub_link_grace)]
     if args.no_curve:
         flags.append("--no-curve")
     if args.location:

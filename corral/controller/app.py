@@ -113,7 +113,9 @@ class Controller:
         # controller cannot take back the engines and clients of the one before it
         self.curve = CurveKeys.generate() if config.curve else None
         self._authenticator: ThreadAuthenticator | None = None
-        self.shm = SharedMemory(shm_settings(config), hub=True)
+        self.shm = SharedMemory(
+            shm_settings(config), hub=True, lone_hub_link_grace=config.lone_hub_link_grace
+        )
         # whether the scheduler's copies reach the Hub over a socket only this user can reach
         # (_bind_monitor), and the directory that holds it (removed by close)
         self.trusted_copies = False
