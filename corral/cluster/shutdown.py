@@ -35,6 +35,10 @@ __all__ = ["TERMINATE_GRACE", "nothing_alive", "stop_cluster", "wait_or_terminat
 #: Seconds a cluster's process gets to act on SIGTERM before it is killed.
 TERMINATE_GRACE: Final = 3.0
 
+#: Seconds :func:`stop_cluster` waits at most for the Hub to answer (a crashed controller
+#: never does).
+HUB_ANSWER_TIMEOUT: Final = 5.0
+
 
 def wait_or_terminate(processes: Sequence[subprocess.Popen[bytes]], deadline: float) -> None:
     """Wait for each process until ``deadline`` (``time.monotonic()``; each gets at least 0.1 s
@@ -48,7 +52,9 @@ def wait_or_terminate(processes: Sequence[subprocess.Popen[bytes]], deadline: fl
 
 def stop_cluster(path: Path, timeout: float = 10.0) -> bool:
     """Stop the cluster in ``path`` (from another process): ask its manager, else the Hub,
-    then kill what is left. True if something was running."""
+    then kill what is left. ``timeout`` bounds each wait: for the Hub's answer (at most
+    ``HUB_ANSWER_TIMEOUT``), for the processes to end, for the killed ones to go. True if
+    something was running."""
     state_file = path / STATE_FILE
     state: dict[str, Any] = {}
     if state_file.exists():
@@ -69,7 +75,9 @@ def stop_cluster(path: Path, timeout: float = 10.0) -> bool:
         os.kill(manager, signal.SIGTERM)
     elif (path / CLIENT_FILE).exists():
         try:
-            client = Client(connection_file=path / CLIENT_FILE, timeout=5)
+            client = Client(
+                connection_file=path / CLIENT_FILE, timeout=min(HUB_ANSWER_TIMEOUT, timeout)
+            )
         except ConnectionError:
             client = None
         if client is not None:
