@@ -10,6 +10,7 @@ import argparse
 import os
 from pathlib import Path
 
+from corral.controller.heartbeat import AWAIT_AT_LEAST
 from corral.controller.packing import BURST_PACKING, MAX_BURST_PACKING, check_burst_packing
 from corral.controller.scheduling_state import (
     BURST_PREFETCH,
@@ -22,7 +23,7 @@ from corral.protocol.connection_files import (
     cluster_dir_from,
     cluster_folder,
 )
-from corral.protocol.shm import LONE_HUB_LINK_GRACE, check_lone_hub_link_grace
+from corral.protocol.shm import LONE_HUB_LINK_GRACE
 
 DEFAULT_ID = DEFAULT_CLUSTER_ID
 
@@ -165,8 +166,16 @@ def _controller_flags(parser: argparse.ArgumentParser) -> None:
         "on one host (default 1048576; 0 turns the fast path off)",
     )
     parser.add_argument(
+        "--reregistration-grace",
+        type=_seconds,
+        default=AWAIT_AT_LEAST,
+        help="seconds at least that an engine the controller hears of but never registered "
+        "(after a restart: named by a restored task or a copy) has to register before it is "
+        f"declared gone and its tasks failed (default {AWAIT_AT_LEAST:g})",
+    )
+    parser.add_argument(
         "--lone-hub-link-grace",
-        type=_lone_hub_link_grace,
+        type=_seconds,
         default=LONE_HUB_LINK_GRACE,
         help="seconds the Hub's link to a shared-memory segment stays the segment's last name "
         "before the Hub removes it: the request's copy died with its engine and its client "
@@ -214,14 +223,15 @@ def _burst_packing(text: str) -> int:
         ) from None
 
 
-def _lone_hub_link_grace(text: str) -> float:
+def _seconds(text: str) -> float:
     """Seconds, 0 or more (argparse's error, exit status 2, else)."""
     try:
-        return check_lone_hub_link_grace(float(text))
+        seconds = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a number of seconds, 0 or more"
-        ) from None
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds, 0 or more")
+    return seconds
 
 
 def _dashboard_flags(parser: argparse.ArgumentParser) -> None:
@@ -323,6 +333,7 @@ def controller_args(args: argparse.Namespace) -> list[str]:
             flags += ["--" + flag.replace("_", "-"), getattr(args, flag)]
     flags += ["--shm-threshold", str(args.shm_threshold), "--hub-nice", str(args.hub_nice)]
     flags += ["--lone-hub-link-grace", str(args.lone_hub_link_grace)]
+    flags += ["--reregistration-grace", str(args.reregistration_grace)]
     if args.no_curve:
         flags.append("--no-curve")
     if args.location:

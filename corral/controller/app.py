@@ -310,6 +310,7 @@ class Controller:
             client_addresses,
             config.heartbeat_period,
             config.max_misses,
+            config.reregistration_grace,
         )
         if config.restore:
             self.hub.restore()

@@ -8,6 +8,7 @@ import pytest
 
 from corral.cli import main
 from corral.cli.flags import build_parser, cluster_base, cluster_path, controller_args
+from corral.controller.heartbeat import AWAIT_AT_LEAST
 from corral.controller.packing import BURST_PACKING, MAX_BURST_PACKING
 from corral.protocol.shm import LONE_HUB_LINK_GRACE
 
@@ -37,6 +38,7 @@ def test_start_forwards_its_controller_flags_to_the_controller() -> None:
         "--curve",
         "--store-buffer-limit", "1M", "--store-size-limit", "1G", "--result-ttl", "1d",
         "--shm-threshold", "0", "--location", "example.org", "--lone-hub-link-grace", "2.5",
+        "--reregistration-grace", "3",
     ]  # fmt: skip
     start = parser.parse_args(given)
     controller = parser.parse_args(["controller", *controller_args(start)])
@@ -45,6 +47,7 @@ def test_start_forwards_its_controller_flags_to_the_controller() -> None:
         "burst_prefetch", "burst_packing", "restore",
         "curve", "store_buffer_limit", "store_size_limit", "result_ttl", "shm_threshold",
         "location", "insecure", "no_curve", "lone_hub_link_grace",
+        "reregistration_grace",
     ):  # fmt: skip
         assert getattr(controller, name) == getattr(start, name), name
 
@@ -72,14 +75,19 @@ def test_burst_packing_takes_a_whole_number_from_zero(
 
 
 @pytest.mark.parametrize("command", ["controller", "start"])
-def test_the_lone_hub_link_grace_takes_seconds_from_zero(
-    command: str, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("flag", "default"),
+    [("--lone-hub-link-grace", LONE_HUB_LINK_GRACE), ("--reregistration-grace", AWAIT_AT_LEAST)],
+)
+def test_the_graces_take_seconds_from_zero(
+    command: str, flag: str, default: float, capsys: pytest.CaptureFixture[str]
 ) -> None:
     parser = build_parser()
-    assert parser.parse_args([command, "--lone-hub-link-grace", "0.5"]).lone_hub_link_grace == 0.5
-    assert parser.parse_args([command]).lone_hub_link_grace == LONE_HUB_LINK_GRACE
+    name = flag.removeprefix("--").replace("-", "_")
+    assert getattr(parser.parse_args([command, flag, "0.5"]), name) == 0.5
+    assert getattr(parser.parse_args([command]), name) == default
     for value in ("-1", "nan", "inf", "soon"):
         with pytest.raises(SystemExit) as info:
-            parser.parse_args([command, "--lone-hub-link-grace", value])
+            parser.parse_args([command, flag, value])
         assert info.value.code == 2
         assert "is not a number of seconds, 0 or more" in capsys.readouterr().err
