@@ -45,6 +45,7 @@ from corral.errors import SharedMemoryError
 from corral.protocol.session import Frame, frame_view
 from corral.protocol.shm import (
     HUB,
+    LONE_HUB_LINK_GRACE,
     LoneHubLinks,
     SegmentRef,
     Settings,
@@ -164,7 +165,8 @@ class SharedMemory(SegmentReading):
     off: :meth:`export` then returns the buffers unchanged and :meth:`resolve` refuses any
     reference. Thread-safe. ``pool_bytes`` bounds the settled segments kept for reuse (default:
     an eighth of /dev/shm, at most 4 GiB); :meth:`close` removes them. ``hub`` marks the
-    controller's: it reads replies through the Hub's links."""
+    controller's: it reads replies through the Hub's links, and its sweep removes one left
+    alone for ``lone_hub_link_grace`` seconds (:class:`~corral.protocol.shm.LoneHubLinks`)."""
 
     def __init__(
         self,
@@ -175,6 +177,7 @@ class SharedMemory(SegmentReading):
         pid: int | None = None,
         pool_bytes: int | None = None,
         hub: bool = False,
+        lone_hub_link_grace: float = LONE_HUB_LINK_GRACE,
     ) -> None:
         self.shm_dir = shm_dir
         self.host = host if host is not None else host_identity(shm_dir)
@@ -189,7 +192,7 @@ class SharedMemory(SegmentReading):
         owned = _Owned(shm_dir, self.pid, self._live, self._pool)
         weakref.finalize(self, _remove_owned, owned)
         self._mapped: dict[Path, int] = {}  # reader links of this process -> live mappings
-        self._lone = LoneHubLinks()  # the Hub's: links no copy will come to release
+        self._lone = LoneHubLinks(lone_hub_link_grace)  # the Hub's: links no copy will release
 
     def configure(self, settings: Settings | None) -> None:
         """New settings (an engine learns them from each registration reply)."""

@@ -10,6 +10,7 @@ import argparse
 import os
 from pathlib import Path
 
+from corral.controller.heartbeat import AWAIT_AT_LEAST
 from corral.controller.packing import BURST_PACKING, MAX_BURST_PACKING, check_burst_packing
 from corral.controller.scheduling_state import (
     BURST_PREFETCH,
@@ -22,6 +23,7 @@ from corral.protocol.connection_files import (
     cluster_dir_from,
     cluster_folder,
 )
+from corral.protocol.shm import LONE_HUB_LINK_GRACE
 
 DEFAULT_ID = DEFAULT_CLUSTER_ID
 
@@ -164,6 +166,22 @@ def _controller_flags(parser: argparse.ArgumentParser) -> None:
         "on one host (default 1048576; 0 turns the fast path off)",
     )
     parser.add_argument(
+        "--reregistration-grace",
+        type=_seconds,
+        default=AWAIT_AT_LEAST,
+        help="seconds at least that an engine the controller hears of but never registered "
+        "(after a restart: named by a restored task or a copy) has to register before it is "
+        f"declared gone and its tasks failed (default {AWAIT_AT_LEAST:g})",
+    )
+    parser.add_argument(
+        "--lone-hub-link-grace",
+        type=_seconds,
+        default=LONE_HUB_LINK_GRACE,
+        help="seconds the Hub's link to a shared-memory segment stays the segment's last name "
+        "before the Hub removes it: the request's copy died with its engine and its client "
+        f"(default {LONE_HUB_LINK_GRACE:g}; a copy behind a burst still finds it meanwhile)",
+    )
+    parser.add_argument(
         "--hub-nice",
         type=_nice_steps,
         default=10,
@@ -203,6 +221,17 @@ def _burst_packing(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a burst packing from 0 (never) to {MAX_BURST_PACKING}"
         ) from None
+
+
+def _seconds(text: str) -> float:
+    """Seconds, 0 or more (argparse's error, exit status 2, else)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds, 0 or more")
+    return seconds
 
 
 def _dashboard_flags(parser: argparse.ArgumentParser) -> None:
@@ -303,6 +332,8 @@ def controller_args(args: argparse.Namespace) -> list[str]:
         if getattr(args, flag) is not None:
             flags += ["--" + flag.replace("_", "-"), getattr(args, flag)]
     flags += ["--shm-threshold", str(args.shm_threshold), "--hub-nice", str(args.hub_nice)]
+    flags += ["--lone-hub-link-grace", str(args.lone_hub_link_grace)]
+    flags += ["--reregistration-grace", str(args.reregistration_grace)]
     if args.no_curve:
         flags.append("--no-curve")
     if args.location:

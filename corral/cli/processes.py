@@ -61,6 +61,8 @@ def cmd_controller(args: argparse.Namespace) -> int:
         curve=curve,
         location=args.location,
         shm_threshold=args.shm_threshold,
+        lone_hub_link_grace=args.lone_hub_link_grace,
+        reregistration_grace=args.reregistration_grace,
         hub_nice=args.hub_nice,
     )
     return run_controller(config, owner_pid=args.owner_pid)

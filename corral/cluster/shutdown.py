@@ -26,7 +26,6 @@ from corral.client.client import Client
 from corral.cluster.folders import STATE_FILE
 from corral.cluster.launchers.watch import cancel_recorded_jobs
 from corral.errors import ConnectionError
-from corral.lifetime import terminate
 from corral.protocol.connection_files import CLIENT_FILE
 from corral.sharedmem import cluster_prefix, sweep
 
@@ -35,20 +34,40 @@ __all__ = ["TERMINATE_GRACE", "nothing_alive", "stop_cluster", "wait_or_terminat
 #: Seconds a cluster's process gets to act on SIGTERM before it is killed.
 TERMINATE_GRACE: Final = 3.0
 
+#: Seconds :func:`stop_cluster` waits at most for the Hub to answer (a crashed controller
+#: never does).
+HUB_ANSWER_TIMEOUT: Final = 5.0
+
 
 def wait_or_terminate(processes: Sequence[subprocess.Popen[bytes]], deadline: float) -> None:
     """Wait for each process until ``deadline`` (``time.monotonic()``; each gets at least 0.1 s
-    more), then terminate the ones still running (:func:`corral.lifetime.terminate`)."""
+    more), then end the ones still running together: SIGTERM to each, SIGKILL to those still
+    running ``TERMINATE_GRACE`` seconds later; reaped either way. Together, because a process
+    may take a while to act on SIGTERM (an engine whose controller is gone waits for its
+    unregistration's answer and lingers, about 2 s): one after the other, a cluster's stop
+    would take that times its engines."""
     for process in processes:
         try:
             process.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            terminate(process, TERMINATE_GRACE)
+            pass
+    running = [process for process in processes if process.poll() is None]
+    for process in running:
+        process.send_signal(signal.SIGTERM)  # nothing if it ended since the poll
+    killed_at = time.monotonic() + TERMINATE_GRACE
+    for process in running:
+        try:
+            process.wait(max(0.0, killed_at - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def stop_cluster(path: Path, timeout: float = 10.0) -> bool:
     """Stop the cluster in ``path`` (from another process): ask its manager, else the Hub,
-    then kill what is left. True if something was running."""
+    then kill what is left. ``timeout`` bounds each wait: for the Hub's answer (at most
+    ``HUB_ANSWER_TIMEOUT``), for the processes to end, for the killed ones to go. True if
+    something was running."""
     state_file = path / STATE_FILE
     state: dict[str, Any] = {}
     if state_file.exists():
@@ -69,7 +88,9 @@ def stop_cluster(path: Path, timeout: float = 10.0) -> bool:
         os.kill(manager, signal.SIGTERM)
     elif (path / CLIENT_FILE).exists():
         try:
-            client = Client(connection_file=path / CLIENT_FILE, timeout=5)
+            client = Client(
+                connection_file=path / CLIENT_FILE, timeout=min(HUB_ANSWER_TIMEOUT, timeout)
+            )
         except ConnectionError:
             client = None
         if client is not None:

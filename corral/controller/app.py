@@ -113,7 +113,9 @@ class Controller:
         # controller cannot take back the engines and clients of the one before it
         self.curve = CurveKeys.generate() if config.curve else None
         self._authenticator: ThreadAuthenticator | None = None
-        self.shm = SharedMemory(shm_settings(config), hub=True)
+        self.shm = SharedMemory(
+            shm_settings(config), hub=True, lone_hub_link_grace=config.lone_hub_link_grace
+        )
         # whether the scheduler's copies reach the Hub over a socket only this user can reach
         # (_bind_monitor), and the directory that holds it (removed by close)
         self.trusted_copies = False
@@ -308,6 +310,7 @@ class Controller:
             client_addresses,
             config.heartbeat_period,
             config.max_misses,
+            config.reregistration_grace,
         )
         if config.restore:
             self.hub.restore()

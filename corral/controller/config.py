@@ -11,10 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from corral.controller.heartbeat import AWAIT_AT_LEAST
 from corral.controller.packing import BURST_PACKING, check_burst_packing
 from corral.controller.scheduling_state import BURST_PREFETCH, check_burst_prefetch
 from corral.controller.store import RetentionSettings
-from corral.protocol.shm import DEFAULT_THRESHOLD, Settings
+from corral.protocol.shm import (
+    DEFAULT_THRESHOLD,
+    LONE_HUB_LINK_GRACE,
+    Settings,
+    check_lone_hub_link_grace,
+)
 from corral.sharedmem import cluster_prefix, host_identity
 
 __all__ = ["ControllerConfig", "shm_settings"]
@@ -40,6 +46,11 @@ class ControllerConfig:
     curve: bool = False
     retention: RetentionSettings = field(default_factory=RetentionSettings)
     shm_threshold: int = DEFAULT_THRESHOLD  # bytes; 0 turns the same-host fast path off
+    # seconds an engine a restored record or a direct copy names has at least to register
+    # before it is declared gone (corral.controller.hub_gone)
+    reregistration_grace: float = AWAIT_AT_LEAST
+    # seconds a Hub link to a segment stays alone before the sweep removes it (corral.sharedmem)
+    lone_hub_link_grace: float = LONE_HUB_LINK_GRACE
     location: str | None = None  # the address others connect to (default: see location.py)
     hub_nice: int = 10  # nice steps the Hub's threads run below the data path (corral.priority)
     # an engine answering sub-millisecond tasks in bursts may hold this many times
@@ -53,6 +64,10 @@ class ControllerConfig:
         """Refuse a scheduler setting the scheduler process would refuse only once started."""
         check_burst_prefetch(self.burst_prefetch)
         check_burst_packing(self.burst_packing)
+        check_lone_hub_link_grace(self.lone_hub_link_grace)
+        if not 0 <= self.reregistration_grace < float("inf"):
+            grace = self.reregistration_grace
+            raise ValueError(f"the reregistration grace must be 0 or more seconds, not {grace}")
         if self.max_outstanding < 1:
             raise ValueError(f"max_outstanding must be >= 1, not {self.max_outstanding}")
 

@@ -18,6 +18,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+# An engine the Hub hears of but never registered (after a restart) has this long at least to
+# register before it is declared gone (corral.controller.hub_gone): one back after a controller
+# restart registers once its three queue connections are up again, which it awaits up to 10 s
+# (corral.engine.handshake). The default of the controller's --reregistration-grace; kept here,
+# beside the beats it is counted in, so that the CLI reads it without importing the Hub.
+AWAIT_AT_LEAST = 15.0  # seconds
+
 
 @dataclass
 class HeartMonitor:

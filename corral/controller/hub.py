@@ -30,7 +30,7 @@ from typing import Any
 import orjson
 
 from corral.controller.activity import Activity
-from corral.controller.heartbeat import HeartMonitor
+from corral.controller.heartbeat import AWAIT_AT_LEAST, HeartMonitor
 from corral.controller.hub_actions import (
     Action,
     Send,
@@ -131,11 +131,13 @@ class Hub(HubHeartbeat):
         client_addresses: dict[str, str | None],
         heartbeat_period: float,
         max_misses: int = 3,
+        await_at_least: float = AWAIT_AT_LEAST,
     ) -> None:
         self.store = store
         self.engine_addresses = engine_addresses
         self.client_addresses = client_addresses
         self.heartbeat_period = heartbeat_period
+        self.await_at_least = await_at_least  # seconds an awaited engine has to register (hub_gone)
         self.hearts = HeartMonitor(max_misses=max_misses)
         self.engines: dict[int, EngineEntry] = {}
         self.by_uuid: dict[str, EngineEntry] = {}

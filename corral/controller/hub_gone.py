@@ -44,6 +44,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from corral.controller.heartbeat import AWAIT_AT_LEAST as AWAIT_AT_LEAST
 from corral.controller.hub_actions import Action, AddRecord, ForgetSegments, Send, UpdateRecord
 from corral.controller.hub_queries import MAX_QUERY_IDS, answer
 from corral.controller.hub_records import iso_date, purge_recorded
@@ -57,10 +58,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("corral.hub")
 
-# an awaited engine has this long at least to register: one back after a controller restart
-# registers once its three queue connections are up again, which it awaits up to 10 s
-# (corral.engine.handshake)
-AWAIT_AT_LEAST = 15.0  # seconds
 MAX_GONE = 10_000  # engines remembered as gone (the oldest forgotten): a few hundred bytes each
 # direct tasks failed with an engine that left cleanly, whose answer may still come (bounded)
 MAX_ANSWERABLE = 20_000
@@ -326,7 +323,8 @@ def await_engine(
     """``uuid``, not registered here, was named by a direct request's copy (``msg_id``) or a
     restored record (``engine_id``, ``until_beat``: the restart's window, whose end fails its
     restored tasks): it has until then, and at least as long as a registration may take
-    (``2 * max_misses + 2`` beats, and ``AWAIT_AT_LEAST``), to register. At most
+    (``2 * max_misses + 2`` beats, and ``hub.await_at_least``: ``AWAIT_AT_LEAST`` unless the
+    controller was told otherwise), to register. At most
     ``MAX_GONE`` engines are awaited; past that a new one is not, and logged."""
     awaited = hub.awaited.get(uuid)
     if awaited is None:
@@ -334,7 +332,7 @@ def await_engine(
             log.warning("hub: too many unregistered engines named; %s is not awaited", uuid)
             return
         hearts = hub.hearts
-        beats = max(2 * hearts.max_misses + 2, math.ceil(AWAIT_AT_LEAST / hub.heartbeat_period))
+        beats = max(2 * hearts.max_misses + 2, math.ceil(hub.await_at_least / hub.heartbeat_period))
         until_beat = max(until_beat or 0, hearts.beat + beats)
         awaited = hub.awaited[uuid] = AwaitedEngine(engine_id, until_beat)
     elif engine_id is not None and awaited.id is None:

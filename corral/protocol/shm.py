@@ -52,6 +52,7 @@ __all__ = [
     "READER_KEY",
     "LinkName",
     "LONE_HUB_LINK_GRACE",
+    "check_lone_hub_link_grace",
     "LoneHubLinks",
     "SegmentRef",
     "Settings",
@@ -302,6 +303,15 @@ def plan_sweep(
 LONE_HUB_LINK_GRACE: Final = 60.0  # seconds a Hub link is seen alone before it is removed
 
 
+def check_lone_hub_link_grace(grace: float) -> float:
+    """``grace`` if it is a usable grace (seconds, finite, not negative), else ValueError. A
+    controller flag sets it (``--lone-hub-link-grace``): the tests that wait a lone link out
+    shorten it; the default leaves a copy behind a burst a minute to come."""
+    if not 0 <= grace < float("inf"):
+        raise ValueError(f"the lone Hub link grace must be 0 or more seconds, not {grace}")
+    return grace
+
+
 class LoneHubLinks:
     """The Hub's links (``h``) that are the last name of their segment, and since when.
 
@@ -322,7 +332,7 @@ class LoneHubLinks:
     """
 
     def __init__(self, grace: float = LONE_HUB_LINK_GRACE) -> None:
-        self.grace = grace
+        self.grace = check_lone_hub_link_grace(grace)
         self._since: dict[str, float] = {}  # lone Hub link -> when first seen alone
 
     def due(self, prefix: str, names: Iterable[str], mapped: set[str], now: float) -> list[str]:

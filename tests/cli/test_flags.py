@@ -8,7 +8,9 @@ import pytest
 
 from corral.cli import main
 from corral.cli.flags import build_parser, cluster_base, cluster_path, controller_args
+from corral.controller.heartbeat import AWAIT_AT_LEAST
 from corral.controller.packing import BURST_PACKING, MAX_BURST_PACKING
+from corral.protocol.shm import LONE_HUB_LINK_GRACE
 
 
 def test_cluster_dir_flag_wins_over_the_environment(
@@ -35,7 +37,8 @@ def test_start_forwards_its_controller_flags_to_the_controller() -> None:
         "--burst-packing", "0",
         "--curve",
         "--store-buffer-limit", "1M", "--store-size-limit", "1G", "--result-ttl", "1d",
-        "--shm-threshold", "0", "--location", "example.org",
+        "--shm-threshold", "0", "--location", "example.org", "--lone-hub-link-grace", "2.5",
+        "--reregistration-grace", "3",
     ]  # fmt: skip
     start = parser.parse_args(given)
     controller = parser.parse_args(["controller", *controller_args(start)])
@@ -43,7 +46,8 @@ def test_start_forwards_its_controller_flags_to_the_controller() -> None:
         "ip", "heartbeat_period", "max_misses", "scheduler", "max_outstanding",
         "burst_prefetch", "burst_packing", "restore",
         "curve", "store_buffer_limit", "store_size_limit", "result_ttl", "shm_threshold",
-        "location", "insecure", "no_curve",
+        "location", "insecure", "no_curve", "lone_hub_link_grace",
+        "reregistration_grace",
     ):  # fmt: skip
         assert getattr(controller, name) == getattr(start, name), name
 
@@ -68,3 +72,22 @@ def test_burst_packing_takes_a_whole_number_from_zero(
             parser.parse_args([command, "--burst-packing", value])
         assert info.value.code == 2
         assert "is not a burst packing from 0 (never)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["controller", "start"])
+@pytest.mark.parametrize(
+    ("flag", "default"),
+    [("--lone-hub-link-grace", LONE_HUB_LINK_GRACE), ("--reregistration-grace", AWAIT_AT_LEAST)],
+)
+def test_the_graces_take_seconds_from_zero(
+    command: str, flag: str, default: float, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = build_parser()
+    name = flag.removeprefix("--").replace("-", "_")
+    assert getattr(parser.parse_args([command, flag, "0.5"]), name) == 0.5
+    assert getattr(parser.parse_args([command]), name) == default
+    for value in ("-1", "nan", "inf", "soon"):
+        with pytest.raises(SystemExit) as info:
+            parser.parse_args([command, flag, value])
+        assert info.value.code == 2
+        assert "is not a number of seconds, 0 or more" in capsys.readouterr().err

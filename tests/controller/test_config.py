@@ -34,6 +34,13 @@ def test_a_bad_scheduler_setting_is_refused_by_the_config(
         ControllerConfig(cluster_path=tmp_path, **{field: value})  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("field", ["lone_hub_link_grace", "reregistration_grace"])
+@pytest.mark.parametrize("grace", [-1.0, float("nan"), float("inf")])
+def test_a_grace_that_is_no_duration_is_refused(tmp_path: Path, field: str, grace: float) -> None:
+    with pytest.raises(ValueError, match="0 or more seconds"):
+        ControllerConfig(cluster_path=tmp_path, **{field: grace})  # type: ignore[arg-type]
+
+
 def test_the_same_host_fast_path_is_off_unless_signed_and_wanted(tmp_path: Path) -> None:
     """A segment reference must come with a signature, and a threshold of 0 turns it off."""
     assert shm_settings(ControllerConfig(cluster_path=tmp_path)) is None  # no key

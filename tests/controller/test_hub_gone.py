@@ -121,6 +121,20 @@ def test_a_copy_naming_an_engine_never_registered_waits_then_fails_with_it(
     assert queues.content["unassigned"] == 0
 
 
+def test_a_shorter_reregistration_grace_leaves_the_beats_to_decide() -> None:
+    """``await_at_least`` (the controller's --reregistration-grace) 0: the engine has the
+    ``2 * max_misses + 2`` beats a registration may take, no more."""
+    hub = HubHarness.create(
+        MemoryStore(), ENGINE_ADDRESSES, CLIENT_ADDRESSES, 1.0, max_misses=2, await_at_least=0.0
+    )
+    window = 2 * 2 + 2 + 1  # as WINDOW, without the 15 s
+    req = submit_mux(hub, "never")
+    assert not sent(beats(hub, window - 2), "unregistration_notification")
+    assert hub.pending[req.msg_id] == "never"
+    (note,) = sent(beats(hub, 2), "unregistration_notification")
+    assert note.content["uuid"] == "never" and req.msg_id not in hub.pending
+
+
 def test_a_copy_naming_an_engine_that_registers_in_time_is_its_task(hub: HubHarness) -> None:
     """The engine registers within the window: the task is its queue's, failed if it dies,
     answered if it answers; nothing is announced."""

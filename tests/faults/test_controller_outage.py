@@ -102,8 +102,12 @@ def test_an_engine_that_does_not_come_back_after_a_restart_is_dropped(tmp_path: 
     the restart's registration window has passed, the new Hub announces it gone: the client
     fails its direct task with an EngineError that says so and stops reconnecting to the
     engine's direct address (on 1015c07 it kept it for ever: no one announced the engine's
-    end), and another client finds the task failed."""
-    cluster = start_cluster(tmp_path, 2, heartbeat_period=0.5)
+    end), and another client finds the task failed. The restarted controller awaits an engine
+    for its beats only (``2 * max_misses + 2`` of them, 4 s), not the default 15 s at least:
+    engine 0, which comes back, is not awaited (it had no task pending)."""
+    cluster = start_cluster(
+        tmp_path, 2, heartbeat_period=0.5, controller_args=["--reregistration-grace", "0"]
+    )
     cluster.start()
     try:
         rc = Client(Path(cluster.path) / "corral-client.json", timeout=TIMEOUT)

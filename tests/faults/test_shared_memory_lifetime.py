@@ -21,7 +21,7 @@ from corral import Client, Reference
 from corral.cluster.cluster import stop_cluster
 from corral.errors import ConnectionError, EngineError, QueryError
 from corral.protocol.serialize import serialize_object
-from corral.protocol.shm import HUB, LONE_HUB_LINK_GRACE
+from corral.protocol.shm import HUB
 from corral.sharedmem import SHM_DIR, SharedMemory, cluster_prefix
 from tests.conftest import running_cluster, start_cluster
 from tests.polling import until
@@ -152,7 +152,10 @@ time.sleep(120)
 """
 
 
-@pytest.mark.timeout(240)
+SHORT_LONE_HUB_LINK_GRACE = 2.0  # seconds: no copy is on its way to the link the test waits for
+
+
+@pytest.mark.timeout(120)
 def test_a_client_that_dies_with_its_engine_leaves_no_hub_link(tmp_path: Path) -> None:
     """One host's processes die together: a client (a child here) sent engine 0 a request
     whose data went through shared memory and got its reply, which settled the request's
@@ -160,8 +163,11 @@ def test_a_client_that_dies_with_its_engine_leaves_no_hub_link(tmp_path: Path) -
     nothing while it is stopped) and died with the engine, killed with the client. No copy
     and no client's report will release the Hub's ``-h`` link, and the Hub counts as alive
     to the sweep: on be45d69 the link (and its 4 MB) stayed until the controller stopped.
-    The Hub now removes a link left alone and unmapped for ``LONE_HUB_LINK_GRACE``."""
-    with running_cluster(tmp_path, 2) as cluster:
+    The Hub now removes a link left alone and unmapped for its grace (``LONE_HUB_LINK_GRACE``
+    by default), set short here so that the test does not wait a minute out."""
+    with running_cluster(
+        tmp_path, 2, controller_args=["--lone-hub-link-grace", str(SHORT_LONE_HUB_LINK_GRACE)]
+    ) as cluster:
         rc = cluster.client
         path = cluster.path / "corral-client.json"
         go = tmp_path / "go"
@@ -194,7 +200,7 @@ def test_a_client_that_dies_with_its_engine_leaves_no_hub_link(tmp_path: Path) -
             until(lambda: rc.ids == [1], 30, "the Hub to unregister engine 0")
         until(
             lambda: not [n for n in names(cluster) if n.endswith("-h")],
-            LONE_HUB_LINK_GRACE + 30,
+            SHORT_LONE_HUB_LINK_GRACE + 30,
             "the Hub's link no copy will release to go",
         )
         assert rc[1].apply_sync(np.sum, BIG) == BIG.sum()  # the fast path still works
@@ -344,7 +350,9 @@ def test_stopping_a_crashed_cluster_leaves_nothing(tmp_path: Path) -> None:
         cluster.controller.send_signal(signal.SIGKILL)  # no final sweep of its own
         cluster.controller.wait()
         assert names(cluster)
-        stop_cluster(cluster.path)
+        # the Hub cannot answer and the engine outlives it: each is given up on after 1 s
+        # (the default 5 + 10 s wait out nothing this test checks)
+        stop_cluster(cluster.path, timeout=1.0)
         assert names(cluster) == []
     finally:
         cluster.stop()

@@ -213,6 +213,18 @@ def test_a_hub_link_alone_and_unmapped_for_the_grace_is_due() -> None:
     assert links.due(PREFIX, names, set(), now=219.0) == [lone]
 
 
+def test_a_zero_lone_hub_link_grace_is_due_at_once_and_a_negative_one_is_refused() -> None:
+    """Zero (a test's setting) still spares a link with company or mapped; no duration is
+    refused when made, not at the first sweep."""
+    lone = link_name(PREFIX, 4242, "a" * 32, HUB)
+    mapped = link_name(PREFIX, 4243, "b" * 32, HUB)
+    links = LoneHubLinks(grace=0.0)
+    assert links.due(PREFIX, [lone, mapped], {mapped}, now=5.0) == [lone]
+    for grace in (-0.5, float("nan")):
+        with pytest.raises(ValueError, match="0 or more seconds"):
+            LoneHubLinks(grace=grace)
+
+
 def test_a_hub_link_that_gets_company_again_starts_its_grace_anew() -> None:
     lone = link_name(PREFIX, 4242, "a" * 32, HUB)
     reader = link_name(PREFIX, 4242, "a" * 32, 77)
