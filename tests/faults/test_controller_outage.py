@@ -97,6 +97,18 @@ def _sleeps(seconds: float) -> float:
 
 
 @pytest.mark.timeout(120)
+def _restart_without_engine_1(cluster, pid: int) -> None:  # type: ignore[no-untyped-def]
+    """The controller and engine 1 (process ``pid``) killed outright, then the controller
+    started again with ``--restore`` (its ports and key; the records its store kept)."""
+    assert cluster.controller is not None
+    cluster.controller.send_signal(signal.SIGKILL)
+    cluster.controller.wait()
+    os.kill(pid, signal.SIGKILL)
+    cluster.engines[1].wait()
+    cluster.controller_args.append("--restore")
+    cluster.start_controller()
+
+
 def test_an_engine_that_does_not_come_back_after_a_restart_is_dropped(tmp_path: Path) -> None:
     """Engine 1 dies with the controller and never registers with the restarted one. Once
     the restart's registration window has passed, the new Hub announces it gone: the client
@@ -126,14 +138,7 @@ def test_an_engine_that_does_not_come_back_after_a_restart_is_dropped(tmp_path: 
                 30,
                 "the Hub to store the task as pending",
             )
-            assert cluster.controller is not None
-            cluster.controller.send_signal(signal.SIGKILL)
-            cluster.controller.wait()
-            os.kill(pid, signal.SIGKILL)
-            cluster.engines[1].wait()
-
-            cluster.controller_args.append("--restore")
-            cluster.start_controller()
+            _restart_without_engine_1(cluster, pid)
             with pytest.raises(EngineError) as failed:
                 running.get(timeout=60)
             assert "restart" in str(failed.value)  # the restart's window failed it
@@ -173,14 +178,7 @@ def test_a_direct_address_the_restarted_hub_does_not_list_is_dropped(
             kept, dropped = rc._engines[0], rc._engines[1]  # noqa: SLF001
             assert rc._io.sends_direct(kept) and rc._io.sends_direct(dropped)  # noqa: SLF001
             pid = rc[1].apply_sync(os.getpid)
-            assert cluster.controller is not None
-            cluster.controller.send_signal(signal.SIGKILL)
-            cluster.controller.wait()
-            os.kill(pid, signal.SIGKILL)
-            cluster.engines[1].wait()
-
-            cluster.controller_args.append("--restore")
-            cluster.start_controller()
+            _restart_without_engine_1(cluster, pid)
             until(lambda: _answers(rc), 30, "the client to reach the new controller")
             until(
                 lambda: not rc._io.sends_direct(dropped),  # noqa: SLF001
@@ -218,14 +216,7 @@ def test_a_direct_task_whose_engine_died_meanwhile_fails_with_an_engine_error(
             pid = rc[1].apply_sync(os.getpid)
             running = rc[1].apply_async(_sleeps, 60)
             until(lambda: rc.queue_status(targets=[1])[1]["queue"] == 1, 30, "the task to run")
-            assert cluster.controller is not None
-            cluster.controller.send_signal(signal.SIGKILL)
-            cluster.controller.wait()
-            os.kill(pid, signal.SIGKILL)
-            cluster.engines[1].wait()
-
-            cluster.controller_args.append("--restore")  # its ports and key, no records
-            cluster.start_controller()
+            _restart_without_engine_1(cluster, pid)
             until(lambda: _answers(rc), 30, "the client to reach the new controller")
             with pytest.raises(EngineError) as info:
                 running.get(timeout=60)
