@@ -171,27 +171,22 @@ def fingerprint(f: Any) -> tuple[object, ...] | None:
     fingerprint after a ``_NESTED`` marker, at most ``_MAX_HELPERS`` of them."""
     if type(f) is not FunctionType or not by_value(f):
         return None
-    code = f.__code__
-    namespace = f.__globals__
-    closure = f.__closure__
-    parts: list[object] = [f, code, namespace, f.__name__, f.__qualname__, f.__module__]
-    parts += (f.__doc__, f.__defaults__, closure)
-    values = _own_parts(f, code, namespace, closure, parts)
+    parts: list[object] = []
+    values = _own_parts(f, parts)
     if values is not None:
-        _by_name_and_helpers(code, values, parts, [f])
+        _by_name_and_helpers(f.__code__, values, parts, [f])
     return tuple(parts)
 
 
-def _own_parts(
-    f: FunctionType,
-    code: CodeType,
-    namespace: dict[str, Any],
-    closure: tuple[Any, ...] | None,
-    parts: list[object],
-) -> list[object] | None:
-    """Append the rest of the fingerprint of ``f`` alone to ``parts`` (its first nine are
-    there); the values of its globals if any is not a plain value (one written by name or a
-    by-value function may be among them), else None."""
+def _own_parts(f: FunctionType, parts: list[object]) -> list[object] | None:
+    """Append the fingerprint of ``f`` alone to ``parts``; the values of its globals if any is
+    not a plain value (one written by name or a by-value function may be among them), else
+    None."""
+    code = f.__code__
+    namespace = f.__globals__
+    closure = f.__closure__
+    parts += (f, code, namespace, f.__name__, f.__qualname__, f.__module__)
+    parts += (f.__doc__, f.__defaults__, closure)
     names, absent = _global_names(code)
     look_up = namespace.get
     values = list(map(look_up, names, absent))  # one call per name, no Python loop
@@ -243,14 +238,9 @@ def _by_name_and_helpers(
                 return  # the rest without a segment: not reusable
             seen.append(value)
             parts.append(_NESTED)
-            helper_code = value.__code__
-            namespace = value.__globals__
-            closure = value.__closure__
-            parts += (value, helper_code, namespace, value.__name__, value.__qualname__)
-            parts += (value.__module__, value.__doc__, value.__defaults__, closure)
-            more = _own_parts(value, helper_code, namespace, closure, parts)
+            more = _own_parts(value, parts)
             if more is not None:
-                _by_name_and_helpers(helper_code, more, parts, seen)
+                _by_name_and_helpers(value.__code__, more, parts, seen)
 
 
 def container_frozen(value: object) -> bool:
