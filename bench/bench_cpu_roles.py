@@ -41,6 +41,7 @@ from common import (
     collect,
     corral_cluster,
     cpu_seconds,
+    native_state,
     use_source,
 )
 
@@ -236,7 +237,7 @@ def main() -> None:
             popen.send_signal(2)
         for _, _, popen, _ in spies:
             popen.wait(60)
-    print(f"corral from {origin}")
+    print(f"corral from {origin} ({native_state()})")
     kind = "direct (round-robin)" if args.direct else "load-balanced"
     print(f"{tasks} {kind} no-ops, {args.engines} engines, {args.db} store: ", end="")
     print(f"{tasks / seconds:,.0f} tasks/s")

@@ -212,8 +212,17 @@ def use_source(*, show: bool = True) -> Path:
 
     origin = Path(corral.__file__).resolve().parent
     if show:
-        print(f"corral from {origin}")
+        print(f"corral from {origin} ({native_state()})")
     return origin
+
+
+def native_state() -> str:
+    """Whether the measured tree runs its compiled modules (``make native``), or why not."""
+    try:
+        from corral import native
+    except ImportError:  # a tree from before the compiled build
+        return "native: none in this tree"
+    return native.describe()
 
 
 def check(condition: bool, what: str) -> None:

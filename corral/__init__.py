@@ -7,7 +7,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from corral import native as _native
+
 __version__ = "0.1.0"
+# before any other submodule: the compiled build, or the sources when it does not match them
+_native.install()
 
 _EXPORTS = {
     "Client": "corral.client.client",

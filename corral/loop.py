@@ -106,7 +106,7 @@ class Loop:
         self._timers: list[tuple[float, int, Timer]] = []
         self._sequence = itertools.count()
         self._stopping = False
-        self._thread: int | None = None
+        self._loop_thread_id: int | None = None
         # the hand-off from other threads
         self._inbox: deque[tuple[Callback, tuple[Any, ...]]] = deque()
         self._inbox_lock = threading.Lock()
@@ -336,7 +336,7 @@ class Loop:
         """Serve until :meth:`stop`, then run the hand-offs accepted before it (a last message
         to send) and refuse later ones. Raises only if polling itself fails (a socket closed
         under the loop): that is a bug, and the caller must hear it."""
-        self._thread = threading.get_ident()
+        self._loop_thread_id = threading.get_ident()
         try:
             while not self._stopping:
                 self._turn()
@@ -426,7 +426,7 @@ class Loop:
         """Make :meth:`run` return after the current turn; from any thread. Later hand-offs
         raise ConnectionError(``reason``)."""
         self._stopping = True
-        if threading.get_ident() == self._thread:
+        if threading.get_ident() == self._loop_thread_id:
             self._refuse(reason)
             return
         try:
@@ -509,16 +509,16 @@ class LoopThread:
         self._setup = setup
         self._teardown = teardown
         self._set_up = threading.Event()
-        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._worker = threading.Thread(target=self._main, name=name, daemon=True)
 
     def start(self, timeout: float = 30.0) -> None:
         """Start the thread and wait (at most ``timeout`` s) until its setup has run."""
-        self._thread.start()
+        self._worker.start()
         if not self._set_up.wait(timeout):
             self.stop()
             raise ConnectionError(f"{self.loop.name}: its setup did not finish in {timeout} s")
         if self.failure is not None:
-            self._thread.join(timeout)
+            self._worker.join(timeout)
             raise self.failure
 
     def _main(self) -> None:
@@ -544,13 +544,13 @@ class LoopThread:
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        return self._worker.is_alive()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the loop and join its thread; idempotent, callable from any thread (from the
         loop thread itself it only stops: the thread ends after the current turn)."""
         self.loop.stop()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
+        if self._worker.is_alive() and threading.current_thread() is not self._worker:
+            self._worker.join(timeout)
+            if self._worker.is_alive():
                 log.warning("%s: the thread did not stop within %s s", self.loop.name, timeout)

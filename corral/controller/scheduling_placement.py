@@ -38,30 +38,37 @@ __all__ = ["Placement"]
 class Placement:
     """Engine choice and dispatch for a SchedulerCore (see the module doc)."""
 
-    if TYPE_CHECKING:  # provided by SchedulerCore
-        policy: str
-        _rng: random.Random
-        _now: float
-        _engines: dict[str, EngineState]
-        _free: FreeEngines
-        _queued: TaskQueues
-        _deadlines: Deadlines
-        _unreachable: Redelivery
-        _running: int
-        _seq: int
-        _clock: int
+    # provided by SchedulerCore (declared here: the compiled class owns its attributes)
+    policy: str
+    _rng: random.Random
+    _now: float
+    _engines: dict[str, EngineState]
+    _free: FreeEngines
+    _queued: TaskQueues
+    _deadlines: Deadlines
+    _unreachable: Redelivery
+    _running: int
+    _seq: int
+    _clock: int
 
-        def _cap(self, engine: EngineState) -> int: ...
-        def _mark_free(self, engine: EngineState) -> None: ...
-        def _settle(self, finished: Finished, now: float | None, actions: list[Action]) -> None: ...
-        def _fail(
-            self,
-            record: TaskRecord,
-            error: type[RemoteError],
-            reason: str,
-            actions: list[Action],
-            finished: Finished,
-        ) -> None: ...
+    def _cap(self, engine: EngineState) -> int:
+        raise NotImplementedError
+
+    def _mark_free(self, engine: EngineState) -> None:
+        raise NotImplementedError
+
+    def _settle(self, finished: Finished, now: float | None, actions: list[Action]) -> None:
+        raise NotImplementedError
+
+    def _fail(
+        self,
+        record: TaskRecord,
+        error: type[RemoteError],
+        reason: str,
+        actions: list[Action],
+        finished: Finished,
+    ) -> None:
+        raise NotImplementedError
 
     def _untried_engine(self, record: TaskRecord, failed_on: str) -> bool:
         avoid = record.avoid | {failed_on}

@@ -1,0 +1,87 @@
+"""Compile the modules of ``corral.native.COMPILED`` with mypyc, next to their sources, and
+stamp the build (``make native``; ``make venv`` runs it).
+
+mypyc type-checks the modules with the project's mypy settings (``pyproject.toml``), writes C
+and builds one extension per module plus the group's shared library (``corral/_native__mypyc``)
+with the machine's C compiler, in place. The stamp is written last, so an interrupted build
+is never used (``corral.native`` runs the sources while the stamp is missing or stale). A
+build that fails leaves the sources in use and says why; ``--require`` makes it an error.
+
+    .venv/bin/python tools/build_native.py [--require]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def build() -> None:
+    """mypycify the list into a setuptools build_ext run in place (no setup.py, and no
+    reading of pyproject.toml's packaging tables by an older setuptools)."""
+    from mypyc.build import mypycify
+    from setuptools import Distribution
+
+    from corral import native
+
+    paths = [str(native.source_path(module).relative_to(ROOT)) for module in native.COMPILED]
+    with tempfile.TemporaryDirectory(prefix="corral-native-") as scratch:
+        extensions = mypycify(paths, group_name=native.GROUP_NAME, target_dir=scratch)
+        dist = Distribution({"ext_modules": extensions, "script_name": "build_native"})
+        command = dist.get_command_obj("build_ext")
+        command.inplace = True  # type: ignore[attr-defined]
+        command.build_temp = os.path.join(scratch, "temp")  # type: ignore[attr-defined]
+        command.parallel = os.cpu_count() or 1  # type: ignore[attr-defined]
+        dist.run_command("build_ext")
+    native.write_stamp()
+
+
+def clean() -> None:
+    """Remove a build's files (its stamp first, so no half is ever used)."""
+    from corral import native
+
+    (native.PACKAGE_DIR / native.STAMP_NAME).unlink(missing_ok=True)
+    for path in native.built_files():
+        path.unlink()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--require", action="store_true", help="a failed build is an error")
+    parser.add_argument("--clean", action="store_true", help="remove the build and stop")
+    parser.add_argument("--force", action="store_true", help="build even when up to date")
+    args = parser.parse_args()
+    os.chdir(ROOT)
+    sys.path.insert(0, str(ROOT))
+    os.environ["CORRAL_NATIVE"] = "0"  # this process imports corral from source
+    if args.clean:
+        clean()
+        return 0
+    from corral import native
+
+    if not args.force and native.why_pure(environ={}) == "":
+        print(f"make native: {len(native.COMPILED)} modules up to date")
+        return 0
+    if shutil.which(os.environ.get("CC", "cc")) is None:
+        print("make native: no C compiler; corral runs from its sources", file=sys.stderr)
+        return 1 if args.require else 0
+    started = time.monotonic()
+    clean()
+    try:
+        build()
+    except (Exception, SystemExit) as err:  # mypyc reports type errors by exiting
+        print(f"make native: build failed ({err!r}); corral runs from its sources", file=sys.stderr)
+        return 1 if args.require else 0
+    print(f"make native: {len(native.COMPILED)} modules in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
