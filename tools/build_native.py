@@ -27,7 +27,7 @@ def build() -> None:
     """mypycify the list into a setuptools build_ext run in place (no setup.py, and no
     reading of pyproject.toml's packaging tables by an older setuptools)."""
     from mypyc.build import mypycify
-    from setuptools import Distribution
+    from setuptools import Distribution  # type: ignore[import-untyped]
 
     from corral import native
 
@@ -36,9 +36,9 @@ def build() -> None:
         extensions = mypycify(paths, group_name=native.GROUP_NAME, target_dir=scratch)
         dist = Distribution({"ext_modules": extensions, "script_name": "build_native"})
         command = dist.get_command_obj("build_ext")
-        command.inplace = True  # type: ignore[attr-defined]
-        command.build_temp = os.path.join(scratch, "temp")  # type: ignore[attr-defined]
-        command.parallel = os.cpu_count() or 1  # type: ignore[attr-defined]
+        command.inplace = True
+        command.build_temp = os.path.join(scratch, "temp")
+        command.parallel = os.cpu_count() or 1
         dist.run_command("build_ext")
     native.write_stamp()
 
