@@ -13,14 +13,37 @@ build that fails leaves the sources in use and says why; ``--require`` makes it 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def quiet(log: Path) -> Iterator[None]:
+    """The build's chatter (mypyc's notes, every compiler command) into ``log``, at the file
+    descriptors, so the compiler's own output goes there too."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with log.open("wb") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
 
 
 def build() -> None:
@@ -74,10 +97,19 @@ def main() -> int:
         return 1 if args.require else 0
     started = time.monotonic()
     clean()
+    log = ROOT / "build" / "native.log"
+    log.parent.mkdir(exist_ok=True)
     try:
-        build()
+        with quiet(log):
+            build()
     except (Exception, SystemExit) as err:  # mypyc reports type errors by exiting
-        print(f"make native: build failed ({err!r}); corral runs from its sources", file=sys.stderr)
+        tail = log.read_text(errors="replace").splitlines()[-30:]
+        print("\n".join(tail), file=sys.stderr)
+        print(
+            f"make native: build failed ({err!r}, the whole log: {log}); corral runs from its "
+            "sources",
+            file=sys.stderr,
+        )
         return 1 if args.require else 0
     print(f"make native: {len(native.COMPILED)} modules in {time.monotonic() - started:.0f} s")
     return 0
