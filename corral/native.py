@@ -55,6 +55,13 @@ COMPILED: Final = (
     "corral.controller.hub",
     "corral.controller.hub_records",
     "corral.controller.destination",
+    "corral.client.socket_gate",
+    "corral.client.records",
+    "corral.client.reply_wire",
+    "corral.client.metadata_table",
+    "corral.client.io_shell",
+    "corral.client.completion",
+    "corral.client.outcomes",
 )
 #: The file, in the package's folder, of the built modules' source digests.
 STAMP_NAME: Final = "_native_stamp.json"
