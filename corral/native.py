@@ -29,11 +29,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Final
 
-#: Modules compiled by ``make native``: the Hub's and the task scheduler's per-message path
-#: and what every process shares of it. Each must compile under mypyc and behave as its
-#: source does (the whole suite runs on the compiled build in CI). Not listed: the result
-#: stores, whose base class the memory and MongoDB stores (and tests) subclass, which a
-#: compiled class does not allow; the client and the engine, not yet checked for it.
+#: Modules compiled by ``make native``: the Hub's and the task scheduler's per-message path,
+#: what every process shares of it, and the client's reply and I/O path. Each must compile
+#: under mypyc and behave as its source does (the whole suite runs on the compiled build in
+#: CI). Not listed: the result stores, whose base class the memory and MongoDB stores (and
+#: tests) subclass, which a compiled class does not allow; for the same reason the Client's
+#: mixins (``link``, ``sending``) and the views (``BroadcastView`` subclasses ``DirectView``,
+#: users subclass views); the engine, not yet checked for it.
 COMPILED: Final = (
     "corral.loop",
     "corral.bundles",
@@ -55,6 +57,13 @@ COMPILED: Final = (
     "corral.controller.hub",
     "corral.controller.hub_records",
     "corral.controller.destination",
+    "corral.client.socket_gate",
+    "corral.client.records",
+    "corral.client.reply_wire",
+    "corral.client.metadata_table",
+    "corral.client.io_shell",
+    "corral.client.completion",
+    "corral.client.outcomes",
 )
 #: The file, in the package's folder, of the built modules' source digests.
 STAMP_NAME: Final = "_native_stamp.json"

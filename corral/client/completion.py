@@ -38,8 +38,8 @@ class Worker:
         self._calls: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self._worker_thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._worker_thread.start()
 
     def submit(self, call: Callable[[], None]) -> None:
         """Run ``call`` on the worker, after what was handed over before it (at once on this
@@ -52,7 +52,7 @@ class Worker:
 
     def on_worker(self) -> bool:
         """Whether the calling thread is this worker's thread."""
-        return threading.current_thread() is self._thread
+        return threading.current_thread() is self._worker_thread
 
     def close(self, timeout: float = 10.0) -> None:
         """Run what is queued, then stop and join the thread (bounded by ``timeout``). From
@@ -64,8 +64,8 @@ class Worker:
                 self._calls.put(_STOP)
         if self.on_worker():
             return
-        self._thread.join(timeout)
-        if self._thread.is_alive():
+        self._worker_thread.join(timeout)
+        if self._worker_thread.is_alive():
             log.error("client: %s did not finish within %s s; abandoning it", self.name, timeout)
 
     def _run(self) -> None:

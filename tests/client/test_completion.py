@@ -46,7 +46,7 @@ def test_close_runs_what_is_queued_then_joins_and_later_calls_run_on_the_caller(
     closer.join(PROMPT)
     assert not closer.is_alive()
     assert ran == ["queued"]
-    assert not worker._thread.is_alive()  # noqa: SLF001
+    assert not worker._worker_thread.is_alive()  # noqa: SLF001
     caller = threading.current_thread().name
     seen: list[str] = []
     worker.submit(lambda: seen.append(threading.current_thread().name))
@@ -65,6 +65,6 @@ def test_a_call_may_close_its_own_worker(caplog: pytest.LogCaptureFixture) -> No
 
     worker.submit(close_it)
     assert closed.wait(PROMPT)
-    worker._thread.join(PROMPT)  # noqa: SLF001
-    assert not worker._thread.is_alive()  # noqa: SLF001
+    worker._worker_thread.join(PROMPT)  # noqa: SLF001
+    assert not worker._worker_thread.is_alive()  # noqa: SLF001
     assert not caplog.records
