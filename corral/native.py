@@ -29,11 +29,16 @@ from pathlib import Path
 from types import ModuleType
 from typing import Final
 
-#: Modules compiled by ``make native``: the Hub's and the task scheduler's per-message path
-#: and what every process shares of it. Each must compile under mypyc and behave as its
-#: source does (the whole suite runs on the compiled build in CI). Not listed: the result
-#: stores, whose base class the memory and MongoDB stores (and tests) subclass, which a
-#: compiled class does not allow; the client and the engine, not yet checked for it.
+#: Modules compiled by ``make native``: the Hub's and the task scheduler's per-message path,
+#: the engine's per-task shell (task_shell, runner, replies, io_shell), and what every
+#: process shares of it. Each must compile under mypyc and behave as its source does (the
+#: whole suite runs on the compiled build in CI). Not listed: the result stores, whose base
+#: class the memory and MongoDB stores (and tests) subclass, which a compiled class does not
+#: allow; the client; modules whose classes are pickled (references' Reference, canning's
+#: Canned: a compiled class unpickles through its __init__) or subclass the C pickler
+#: (serialize, unpickling: the process crashes); the engine's namespace (its users'
+#: tracebacks and errors would show compiled frames); functiontemplates (its stand-in's
+#: class body is not supported).
 COMPILED: Final = (
     "corral.loop",
     "corral.bundles",
@@ -55,6 +60,12 @@ COMPILED: Final = (
     "corral.controller.hub",
     "corral.controller.hub_records",
     "corral.controller.destination",
+    "corral.engine.envelope",
+    "corral.engine.reply_messages",
+    "corral.engine.replies",
+    "corral.engine.runner",
+    "corral.engine.io_shell",
+    "corral.engine.task_shell",
 )
 #: The file, in the package's folder, of the built modules' source digests.
 STAMP_NAME: Final = "_native_stamp.json"
