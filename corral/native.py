@@ -38,7 +38,7 @@ from typing import Final
 #: Canned: a compiled class unpickles through its __init__) or subclass the C pickler
 #: (serialize, unpickling: the process crashes); the engine's namespace (its users'
 #: tracebacks and errors would show compiled frames); functiontemplates (its stand-in's
-#: class body is not supported).
+#: class body is not supported, and with the stand-in moved out it crashed).
 COMPILED: Final = (
     "corral.loop",
     "corral.bundles",
