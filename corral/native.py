@@ -30,12 +30,17 @@ from types import ModuleType
 from typing import Final
 
 #: Modules compiled by ``make native``: the Hub's and the task scheduler's per-message path,
-#: what every process shares of it, and the client's reply and I/O path. Each must compile
-#: under mypyc and behave as its source does (the whole suite runs on the compiled build in
-#: CI). Not listed: the result stores, whose base class the memory and MongoDB stores (and
-#: tests) subclass, which a compiled class does not allow; for the same reason the Client's
-#: mixins (``link``, ``sending``) and the views (``BroadcastView`` subclasses ``DirectView``,
-#: users subclass views); the engine, not yet checked for it.
+#: the engine's per-task shell (task_shell, runner, replies, io_shell), the client's reply and
+#: I/O path, and what every process shares of it. Each must compile under mypyc and behave as
+#: its source does (the whole suite runs on the compiled build in CI). Not listed: the result
+#: stores, whose base class the memory and MongoDB stores (and tests) subclass, which a
+#: compiled class does not allow; for the same reason the Client's mixins (``link``,
+#: ``sending``) and the views (``BroadcastView`` subclasses ``DirectView``, users subclass
+#: views); modules whose classes are pickled (references' Reference, canning's Canned: a
+#: compiled class unpickles through its __init__) or subclass the C pickler (serialize,
+#: unpickling: the process crashes); the engine's namespace (its users' tracebacks and errors
+#: would show compiled frames); functiontemplates (its stand-in's class body is not
+#: supported, and with the stand-in moved out it crashed).
 COMPILED: Final = (
     "corral.loop",
     "corral.bundles",
@@ -64,6 +69,12 @@ COMPILED: Final = (
     "corral.client.io_shell",
     "corral.client.completion",
     "corral.client.outcomes",
+    "corral.engine.envelope",
+    "corral.engine.reply_messages",
+    "corral.engine.replies",
+    "corral.engine.runner",
+    "corral.engine.io_shell",
+    "corral.engine.task_shell",
 )
 #: The file, in the package's folder, of the built modules' source digests.
 STAMP_NAME: Final = "_native_stamp.json"

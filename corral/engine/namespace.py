@@ -254,7 +254,9 @@ class CapturedStream(io.TextIOBase):
     def isatty(self) -> bool:
         return False
 
-    def write(self, text: str) -> int:
+    def write(self, text: object) -> int:
+        """Capture ``text``; anything else than a str is refused as a real text stream refuses
+        it (typed ``object``: user code may pass anything, and the check is this method's)."""
         if not isinstance(text, str):
             raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         self._capture.write(self._name, text)

@@ -209,6 +209,9 @@ class TaskRunner:
         self.aborts = aborts or AbortList()
         self.gate = gate or InterruptGate()
         self.shell: EngineShell | None = None
+        #: The running apply, described (summary.py) by _apply for its reply's metadata; reset
+        #: by run, not by _run, so that _run's read of it is typed as what _apply may set.
+        self.call: str | None = None
         if shell is not None:
             self.use_shell(shell)
 
@@ -218,7 +221,6 @@ class TaskRunner:
         shell.bind(self.namespace.user_ns)
         self.namespace.transform = shell.transform
         self.namespace.formatter = shell.format
-        self.call: str | None = None  # the running apply, described (summary.py)
 
     # ------------------------------------------------------------------ sending
 
@@ -283,6 +285,7 @@ class TaskRunner:
             self._answer_aborted(request)
             return
         refs: list[SegmentRef] = []
+        self.call = None
         try:
             reply, refs = self._run(msg)
         except Exception as exc:  # a bug of the engine, not user code: still answer
@@ -358,7 +361,6 @@ class TaskRunner:
 
         failure: BaseException | None = None
         result: tuple[JSONDict, JSONDict] | None = None
-        self.call = None
         buffers: list[Any] = []
         displays: list[JSONDict] = []
         self._data_messages = 0
