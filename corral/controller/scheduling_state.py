@@ -88,9 +88,7 @@ class Task:
         return task
 
 
-_PLAIN_FIELDS: Final[dict[str, Any] | None] = (
-    dict(vars(Task(""))) if hasattr(Task(""), "__dict__") else None
-)
+_PLAIN_FIELDS: Final[dict[str, Any] | None] = getattr(Task(""), "__dict__", None)
 """The fields of a task with every default (:meth:`Task.plain`; None when compiled)."""
 
 
