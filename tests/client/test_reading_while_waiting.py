@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import zmq
 
+from corral import native
 from corral.bundles import bundle
 from corral.client.client import Client
 from corral.client.records import Records
@@ -307,8 +308,11 @@ def test_a_notification_is_handled_after_the_replies_already_received(
     stand_in.handler.on_news = lambda msg: done_at_news.append(future_a.done())
     stand_in.notify()
     io_thread = stand_in.handler.io_thread
-    # the I/O thread handled the news at once (A unanswered), or waits to read A first
-    until(lambda: done_at_news or _running(io_thread, "catch_up"), BOUND, "the news received")
+    # the I/O thread handled the news at once (A unanswered), or waits to read A first; a
+    # compiled socket_gate (make native) has no Python frame for catch_up to be seen in, so
+    # there the leader is released at once and only the order below is checked
+    if native.install():  # from source (install says why): catch_up's frame can be seen
+        until(lambda: done_at_news or _running(io_thread, "catch_up"), BOUND, "the news received")
     release.set()
     until(lambda: done_at_news, BOUND, "the notification handled")
     assert done_at_news == [True]
