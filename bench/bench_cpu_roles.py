@@ -16,6 +16,10 @@ most samples (self time, so the rows of one role add up to its share):
 
     .venv/bin/python bench/bench_cpu_roles.py --profile /tmp/profiles
 
+With ``--native-frames`` py-spy reads native stacks too (``--native``: it pauses each process
+to sample it, and then samples idle threads as well, in ``poll``), the only way to see inside
+the modules ``make native`` compiled (their functions show as ``CPyDef_<module>___<name>``).
+
 py-spy is a tool, never a dependency: ``pip install py-spy`` in the environment that runs this.
 Another corral tree (a baseline from ``git archive``) is measured with ``CORRAL_BENCH_SOURCE=DIR
 PYTHONPATH=DIR``, run from an empty folder.
@@ -164,6 +168,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--engines", type=int, default=ENGINES)
     parser.add_argument("--profile", type=Path, help="py-spy every process, output here")
+    parser.add_argument(
+        "--native-frames",
+        action="store_true",
+        help="with --profile: py-spy's --native, so compiled (make native) functions show",
+    )
     parser.add_argument("--top", type=int, default=TOP)
     parser.add_argument("--db", default="sqlite", help="the controller's store (Cluster's db)")
     parser.add_argument(
@@ -199,7 +208,9 @@ def main() -> None:
             for role, processes in by_role.items():
                 for process in processes:
                     out = args.profile / f"{role}-{process.pid}.txt"
-                    command = [str(spy), "record", "--format", "raw", "-r", "100", "--nonblocking"]
+                    command = [str(spy), "record", "--format", "raw", "-r", "100"]
+                    # py-spy reads native stacks only from a paused process
+                    command.append("--native" if args.native_frames else "--nonblocking")
                     command += ["-p", str(process.pid), "-o", str(out)]
                     spies.append((role, process.pid, subprocess.Popen(command), out))
             time.sleep(1.0)  # py-spy attaches before the measured batches (not a sync point)
