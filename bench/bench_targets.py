@@ -17,7 +17,8 @@ Per system (2 engines / workers, all with default arguments):
 Each system is measured in a child process of its own (``--measure``), so that one system's
 threads never run beside another's, and REPEATS times in rotation; the table shows medians.
 ``--baseline REV`` adds ``corral@REV``: the corral package of commit REV (``git archive``),
-measured in the same run, so that a before/after table comes from one command on one machine:
+its modules compiled as ``make native`` compiles them when REV has that build, measured in the
+same run, so that a before/after table comes from one command on one machine:
 
     .bench-venv/bin/python bench/bench_targets.py --baseline c519d28
 
@@ -342,11 +343,25 @@ def baseline_tree(revision: str | None) -> Iterator[Path | None]:
     if revision is None:
         yield None
         return
+    builder = "tools/build_native.py"
+    has_builder = (
+        subprocess.run(
+            ["git", "cat-file", "-e", f"{revision}:{builder}"], cwd=REPO_ROOT, capture_output=True
+        ).returncode
+        == 0
+    )
     with tempfile.TemporaryDirectory(prefix="corral-baseline-") as folder:
+        # the build reads mypy's settings (pyproject.toml) as `make native` does
+        paths = ["corral", *([builder, "pyproject.toml"] if has_builder else [])]
         archive = subprocess.run(
-            ["git", "archive", revision, "corral"], cwd=REPO_ROOT, capture_output=True, check=True
+            ["git", "archive", revision, *paths], cwd=REPO_ROOT, capture_output=True, check=True
         ).stdout
         subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
+        if has_builder and os.environ.get("CORRAL_NATIVE") != "0":
+            # the baseline as `make native` left it, so that both sides run compiled (or, with
+            # CORRAL_NATIVE=0, both from source); a failed build fails the run
+            print(f"building corral@{revision}'s compiled modules ...", file=sys.stderr)
+            subprocess.run([sys.executable, str(Path(folder, builder)), "--require"], check=True)
         yield Path(folder)
 
 
