@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import collections
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -176,6 +177,11 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=TOP)
     parser.add_argument("--db", default="sqlite", help="the controller's store (Cluster's db)")
     parser.add_argument(
+        "--controller-args",
+        default="",
+        help='extra flags for the controller, one string (e.g. "--burst-packing 1")',
+    )
+    parser.add_argument(
         "--direct",
         action="store_true",
         help="direct tasks through the MUX, round-robin over the engines, instead of load-balanced",
@@ -184,7 +190,10 @@ def main() -> None:
     origin = use_source(show=False)  # printed with the figures
     spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
     # keep: the cluster folder (in a temporary one) outlives the stop, with the stats file
-    with corral_cluster(args.engines, db=args.db, keep=True) as running:
+    controller_args = shlex.split(args.controller_args)
+    with corral_cluster(
+        args.engines, db=args.db, keep=True, controller_args=controller_args
+    ) as running:
         client = running.client
         view = client.load_balanced_view()
         engines = [client[engine_id] for engine_id in client.ids]
