@@ -8,10 +8,12 @@ the deadline even when the batch ended long before. With 64 engines on two cores
 batches are one or two tasks, that was 80-100 us of CPU per task.
 
 A timerfd is a kernel timer that makes a file descriptor readable at its deadline. The main
-thread arms it (one system call, the GIL held) and disarms it when the held replies leave; the
-I/O thread polls the descriptor with its other sources and wakes only if a task is still
-running at the deadline. It needs no signal (so it cannot conflict with a user's ``alarm()``)
-and it fires while the main thread is inside C code for hours.
+thread arms it (one system call, the GIL held) before a task starts with replies held, each
+arming replacing the last deadline; the I/O thread polls the descriptor with its other sources
+and acts only if a task is still running at the deadline (it wakes once at the end of a burst,
+the last deadline being left armed: see :meth:`corral.engine.task_shell.TaskShell.flush`).
+It needs no signal (so it cannot conflict with a user's ``alarm()``) and it fires while the main
+thread is inside C code for hours.
 
 Python 3.13 has ``os.timerfd_create``; on 3.11 and 3.12 the two calls go through ctypes, with
 the GIL held (``PyDLL``): a call that releases the GIL hands it to the I/O thread and waits for
