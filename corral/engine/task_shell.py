@@ -465,7 +465,11 @@ class TaskShell:
 
     def send_held(self) -> None:
         """(I/O thread, at the deadline of the alarm or of ``hold_until``.) Send the replies a
-        long task holds back (none if the main thread sent them meanwhile)."""
+        long task holds back (none if the main thread sent them meanwhile). A deadline asked
+        for a batch that has been sent since (the alarm is left armed, see :meth:`flush`) is
+        dropped at once: no borrowing of the sockets from a task that holds nothing."""
+        if not self._hold_asked:  # a hint read without the lock: set before every arming
+            return
         held = self._oldest_unsent()  # hints read without the lock
         if held is None and not self._running:
             return  # sent meanwhile, and the task ended
