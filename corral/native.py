@@ -30,7 +30,8 @@ from types import ModuleType
 from typing import Final
 
 #: Modules compiled by ``make native``: the Hub's and the task scheduler's per-message path,
-#: the engine's per-task shell (task_shell, runner, replies, io_shell), the client's reply and
+#: the engine's per-task shell (task_shell, runner, replies, io_shell, and what every task
+#: enters: the output capture, the interrupt gate, the call's summary), the client's reply and
 #: I/O path, and what every process shares of it. Each must compile under mypyc and behave as
 #: its source does (the whole suite runs on the compiled build in CI). Not listed: the result
 #: stores, whose base class the memory and MongoDB stores (and tests) subclass, which a
@@ -38,9 +39,10 @@ from typing import Final
 #: ``sending``) and the views (``BroadcastView`` subclasses ``DirectView``, users subclass
 #: views); modules whose classes are pickled (references' Reference, canning's Canned: a
 #: compiled class unpickles through its __init__) or subclass the C pickler (serialize,
-#: unpickling: the process crashes); the engine's namespace (its users' tracebacks and errors
-#: would show compiled frames); functiontemplates (its stand-in's class body is not
-#: supported, and with the stand-in moved out it crashed).
+#: unpickling: the process crashes); the engine's namespace, which calls the user's code (its
+#: users' tracebacks and errors would show compiled frames), and the streams that stand in
+#: for sys.stdout and sys.stderr (they subclass a C type, io.TextIOBase); functiontemplates
+#: (its stand-in's class body is not supported, and with the stand-in moved out it crashed).
 COMPILED: Final = (
     "corral.loop",
     "corral.bundles",
@@ -75,6 +77,9 @@ COMPILED: Final = (
     "corral.engine.runner",
     "corral.engine.io_shell",
     "corral.engine.task_shell",
+    "corral.engine.capture",
+    "corral.engine.interrupts",
+    "corral.engine.summary",
 )
 #: The file, in the package's folder, of the built modules' source digests.
 STAMP_NAME: Final = "_native_stamp.json"

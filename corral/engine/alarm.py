@@ -8,10 +8,12 @@ the deadline even when the batch ended long before. With 64 engines on two cores
 batches are one or two tasks, that was 80-100 us of CPU per task.
 
 A timerfd is a kernel timer that makes a file descriptor readable at its deadline. The main
-thread arms it (one system call, the GIL held) and disarms it when the held replies leave; the
-I/O thread polls the descriptor with its other sources and wakes only if a task is still
-running at the deadline. It needs no signal (so it cannot conflict with a user's ``alarm()``)
-and it fires while the main thread is inside C code for hours.
+thread arms it (one system call, the GIL held) before a task starts with replies held, each
+arming replacing the last deadline; the I/O thread polls the descriptor with its other sources
+and acts only if a task is still running at the deadline (it wakes once at the end of a burst,
+the last deadline being left armed: see :meth:`corral.engine.task_shell.TaskShell.flush`).
+It needs no signal (so it cannot conflict with a user's ``alarm()``) and it fires while the main
+thread is inside C code for hours.
 
 Python 3.13 has ``os.timerfd_create``; on 3.11 and 3.12 the two calls go through ctypes, with
 the GIL held (``PyDLL``): a call that releases the GIL hands it to the I/O thread and waits for
@@ -52,6 +54,7 @@ class Alarm:
         self._settime = settime  # libc's timerfd_settime (None: os.timerfd_settime_ns)
         self._spec = _ItimerSpec()
         self._spec_ref = ctypes.byref(self._spec)
+        self._value = self._spec.it_value  # a view of the spec's field, read once (not per call)
         self.armed = False
 
     def arm(self, deadline: float) -> None:
@@ -82,7 +85,7 @@ class Alarm:
         if self._settime is None:  # Python 3.13+
             os.timerfd_settime_ns(self.fd, flags=flags, initial=nanoseconds)  # type: ignore[attr-defined,unused-ignore]
             return
-        value = self._spec.it_value
+        value = self._value
         value.tv_sec, value.tv_nsec = divmod(nanoseconds, 1_000_000_000)
         if self._settime(self.fd, flags, self._spec_ref, None) != 0:
             code = ctypes.get_errno()
@@ -105,12 +108,8 @@ def open_alarm() -> Alarm | None:
         return None
     create.argtypes = (ctypes.c_int, ctypes.c_int)
     create.restype = ctypes.c_int
-    settime.argtypes = (
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.POINTER(_ItimerSpec),
-        ctypes.POINTER(_ItimerSpec),
-    )
+    # no argtypes for settime: Alarm._set alone calls it, with two ints, a byref of its spec
+    # and None, which ctypes passes as they are; checking them costs a third of each call
     settime.restype = ctypes.c_int
     fd = create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC)
     if fd < 0:

@@ -43,12 +43,13 @@ from corral.sharedmem import SharedMemory
 
 from . import datapub
 from .alarm import open_alarm
+from .capture import OutputCapture
 from .cpu_policy import use_batch_scheduling
 from .interrupts import InterruptGate
 from .io_shell import EngineParts, IOSettings, IOShell
 from .ipython import load_shell
 from .link import LinkSettings
-from .namespace import Namespace, OutputCapture
+from .namespace import Namespace
 from .placement import engine_placement
 from .runner import AbortList, EngineIdentity, Request, TaskRunner
 from .task_shell import TASK_CHANNELS, TaskShell

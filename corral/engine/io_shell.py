@@ -50,11 +50,11 @@ from corral.security import make_client
 from corral.sharedmem import SharedMemory
 from corral.sockets import send_frames
 
+from .capture import TASK_SIGNALS, OutputCapture
 from .handshake import QueueLinks
 from .heart import Heart
 from .interrupts import InterruptGate
 from .link import Action, EngineLink, Exit, Fail, LinkSettings, Registered, Resend, SendRegistration
-from .namespace import TASK_SIGNALS, OutputCapture
 from .placement import cpu_share
 from .replies import marked_resent
 from .runner import (

@@ -42,9 +42,10 @@ from corral.protocol.session import Frame, JSONDict, Message, Session, utcnow
 from corral.protocol.shm import METADATA_KEY, SegmentRef, encode_refs
 from corral.sharedmem import SharedMemory
 
+from .capture import OutputCapture
 from .interrupts import InterruptGate
 from .ipython import EngineShell
-from .namespace import Namespace, OutputCapture, strip_engine_frames
+from .namespace import Namespace, strip_engine_frames
 from .reply_messages import EngineIdentity as EngineIdentity
 from .reply_messages import aborted_reply_msg as aborted_reply_msg
 from .reply_messages import error_reply_msg as error_reply_msg

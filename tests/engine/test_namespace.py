@@ -12,7 +12,8 @@ from typing import Any
 import cloudpickle
 import pytest
 
-from corral.engine.namespace import Namespace, OutputCapture, strip_engine_frames
+from corral.engine.capture import OutputCapture
+from corral.engine.namespace import Namespace, strip_engine_frames
 from corral.protocol import references
 from corral.protocol.references import Reference, interactive
 from tests.polling import until
@@ -236,6 +237,32 @@ def test_errors_raised_by_the_engine_itself_keep_no_engine_frames(ns: Namespace)
     with pytest.raises(NameError) as info:
         ns.resolve(Reference("absent"))
     assert "corral/engine" not in formatted(info.value)
+
+
+def test_a_compiled_engine_frame_is_stripped_like_its_source(ns: Namespace) -> None:
+    """A compiled engine module's function (``make native``) shows in a traceback under its
+    source's path relative to the build: the interrupt gate's signal handler raising
+    KeyboardInterrupt in the user's code is one. Made here with that file name, so the test
+    means the same on the compiled build and from source."""
+    handler: dict[str, Any] = {}
+    exec(  # noqa: S102 - a function whose code names the compiled module's file
+        compile(
+            "def handle_sigint():\n    raise KeyboardInterrupt\n",
+            "corral/engine/interrupts.py",
+            "exec",
+        ),
+        handler,
+    )
+
+    def user_code() -> None:
+        handler["handle_sigint"]()
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        ns.apply(user_code, (), {})
+    names = [
+        frame.name for frame in traceback.extract_tb(strip_engine_frames(info.value).__traceback__)
+    ]
+    assert names == ["user_code"]
 
 
 # ---------------------------------------------------------------------- output capture

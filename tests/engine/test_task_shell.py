@@ -5,6 +5,7 @@ on a thread of its own."""
 from __future__ import annotations
 
 import logging
+import select
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ import zmq
 from corral.engine.alarm import open_alarm
 from corral.engine.replies import parent_msg_id
 from corral.engine.runner import EngineIdentity, Request, TaskRunner
-from corral.engine.task_shell import TaskShell
+from corral.engine.task_shell import HOLD_REPLIES, TaskShell
 from corral.loop import Loop, LoopThread
 from corral.protocol.serialize import deserialize_object, pack_apply_message
 from corral.protocol.session import Message, Session
@@ -252,3 +253,36 @@ def test_replies_of_short_tasks_are_not_held_back_by_a_long_one(guard: str) -> N
         assert not long_task.is_set()  # both answered while the long task still runs
         long_task.set()
         assert deserialize_object(list(reply_to(s, long_request).buffers)) == "last"
+
+
+def test_a_bursts_last_alarm_is_left_armed_and_its_wake_up_sends_nothing_again() -> None:
+    """The alarm armed for a batch's held replies is not disarmed when they leave (a system
+    call per batch): it fires after the burst, and the I/O thread, finding nothing held and
+    nothing running, sends nothing; the next request's reply is the next message."""
+    gate, started = threading.Event(), threading.Event()
+
+    def first() -> str:
+        started.set()
+        assert gate.wait(WAIT)
+        return "first"
+
+    _CALLS["first"] = first
+    with served("alarm") as s:
+        alarm = s.shell.alarm
+        assert alarm is not None
+        running = send_apply(s, _call, "first")
+        assert started.wait(WAIT)
+        queued = [send_apply(s, add, n, 1) for n in range(2)]
+        with s.shell.borrow():
+            until_queued(s.shell, 2)  # run in the first one's turn: started with replies held
+        gate.set()
+        assert deserialize_object(list(reply_to(s, running).buffers)) == "first"
+        for n, request in enumerate(queued):
+            assert deserialize_object(list(reply_to(s, request).buffers)) == n + 1
+        assert alarm.armed  # left armed once the batch's replies left
+        # its deadline is HOLD_REPLIES after the batch: readable then, until the I/O thread
+        # reads it (which may be first: the wait is bounded by ten times that)
+        select.select([alarm.fd], [], [], 10 * HOLD_REPLIES)
+        after = send_apply(s, add, 2, 3)
+        assert deserialize_object(list(reply_to(s, after).buffers)) == 5
+        assert not readable(s.mux, 0)
