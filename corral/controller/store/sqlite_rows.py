@@ -17,7 +17,7 @@ are in :mod:`.sqlite_schema`; how the writer turns a batch of rows into statemen
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final, NamedTuple, cast
 
 import orjson
@@ -161,9 +161,9 @@ def _dumps(name: str, value: Any) -> str:
 
 #: What a layout's exact check (:func:`_exact_check`) returns: the row's values so far (msg_id,
 #: present, the scalars) and the length of their text; None for a value not exactly its type.
-ExactCheck = Callable[[str, dict[str, Any]], tuple[list[Any], int] | None]
+ExactCheck = Callable[[str, Mapping[str, Any]], tuple[list[Any], int] | None]
 #: The same, given the JSON frames of the message the record's dict fields were decoded from.
-ExactTextsCheck = Callable[[str, dict[str, Any], MessageJSON], tuple[list[Any], int] | None]
+ExactTextsCheck = Callable[[str, Mapping[str, Any], MessageJSON], tuple[list[Any], int] | None]
 #: The frame of a message's JSON (:data:`~.base.MessageJSON`) a dict field was decoded from.
 _FRAME_OF = {
     "header": 0,
@@ -378,8 +378,8 @@ def _flat_lengths(value: Any, limit: int | None) -> tuple[int, str] | None:
 
 
 def encode_exact(
-    msg_id: str,
-    fields: dict[str, Any],
+    msg_id: object,
+    fields: Mapping[str, Any],
     chunk_bytes: int,
     buffer_limit: int | None,
     json_texts: MessageJSON | None = None,
@@ -392,11 +392,13 @@ def encode_exact(
     The Hub's own records take this path (JSON it decoded, views of frames it received); it
     makes the row :func:`encode_row` makes, with its size (tested so). ``json_texts``: the JSON
     frames of the message the record's dict fields were decoded from, kept as they came (the
-    same values once read)."""
+    same values once read). ``msg_id`` and ``fields`` are what a caller of the store passed,
+    unchecked: anything not a str and a mapping of str is declined here too (compiled, the
+    annotations are checked at the call)."""
     layout = _layout(tuple(fields))
     if (
         layout.extras
-        or msg_id.__class__ is not str
+        or type(msg_id) is not str
         or not msg_id
         or fields.get("msg_id", msg_id) != msg_id
     ):
