@@ -29,20 +29,22 @@ from pathlib import Path
 from types import ModuleType
 from typing import Final
 
-#: Modules compiled by ``make native``: the Hub's and the task scheduler's per-message path,
-#: the engine's per-task shell (task_shell, runner, replies, io_shell, and what every task
-#: enters: the output capture, the interrupt gate, the call's summary), the client's reply and
-#: I/O path, and what every process shares of it. Each must compile under mypyc and behave as
-#: its source does (the whole suite runs on the compiled build in CI). Not listed: the result
+#: Modules compiled by ``make native``: the Hub's and the task scheduler's per-message path
+#: (with the Hub's actions and its store's writer thread, rows and batches), the engine's
+#: per-task shell (task_shell, runner, replies, io_shell, and what every task enters: the
+#: output capture, the interrupt gate, the call's summary), the client's reply and I/O path,
+#: and what every process shares of it. Each must compile under mypyc and behave as its
+#: source does (the whole suite runs on the compiled build in CI). Not listed: the result
 #: stores, whose base class the memory and MongoDB stores (and tests) subclass, which a
-#: compiled class does not allow; for the same reason the Client's mixins (``link``,
-#: ``sending``) and the views (``BroadcastView`` subclasses ``DirectView``, users subclass
-#: views); modules whose classes are pickled (references' Reference, canning's Canned: a
-#: compiled class unpickles through its __init__) or subclass the C pickler (serialize,
-#: unpickling: the process crashes); the engine's namespace, which calls the user's code (its
-#: users' tracebacks and errors would show compiled frames), and the streams that stand in
-#: for sys.stdout and sys.stderr (they subclass a C type, io.TextIOBase); functiontemplates
-#: (its stand-in's class body is not supported, and with the stand-in moved out it crashed).
+#: compiled class does not allow (their helpers are listed); for the same reason the
+#: Client's mixins (``link``, ``sending``) and the views (``BroadcastView`` subclasses
+#: ``DirectView``, users subclass views); modules whose classes are pickled (references'
+#: Reference, canning's Canned: a compiled class unpickles through its __init__) or subclass
+#: the C pickler (serialize, unpickling: the process crashes); the engine's namespace, which
+#: calls the user's code (its users' tracebacks and errors would show compiled frames), and
+#: the streams that stand in for sys.stdout and sys.stderr (they subclass a C type,
+#: io.TextIOBase); functiontemplates (its stand-in's class body is not supported, and with
+#: the stand-in moved out it crashed).
 COMPILED: Final = (
     "corral.loop",
     "corral.bundles",
@@ -64,6 +66,10 @@ COMPILED: Final = (
     "corral.controller.hub",
     "corral.controller.hub_records",
     "corral.controller.destination",
+    "corral.controller.hub_actions",
+    "corral.controller.store.writer",
+    "corral.controller.store.sqlite_rows",
+    "corral.controller.store.sqlite_batches",
     "corral.client.socket_gate",
     "corral.client.records",
     "corral.client.reply_wire",

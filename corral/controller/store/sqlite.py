@@ -11,7 +11,9 @@ than :data:`CHUNK_BYTES` in all go instead, as chunks of at most that size, into
 its size. Triggers remove a row's chunks when the row is deleted or its buffers replaced, so
 purges and the size limit treat them like any buffer. A request's own buffers (``buffers``,
 kept for ``Client.resubmit``) go the same way: one BLOB column, ``request_data``, or past
-that size parts in ``request_buffers``. Schema versions: 1 had no request buffers, 2 put
+that size parts in ``request_buffers``; so do those of at least
+:data:`~.sqlite_rows.REQUEST_APART` bytes (a function pickled by value), which the result's
+rewrite of the row would otherwise copy again. Schema versions: 1 had no request buffers, 2 put
 every request's buffers in ``request_buffers`` (one row per buffer: a second insert per
 task), 3 (this one) keeps them in the row. A store of version 1 or 2 gains the columns and
 the table in place when opened for writing; its old requests stay where they were and are
@@ -63,6 +65,7 @@ from .sqlite_batches import (
     KnownRows,
     later_updates,
     merge_upserts,
+    request_parts_sql,
     rows_per_statement,
     statement_sizes,
     upsert_runs,
@@ -102,10 +105,11 @@ _tuple_new = tuple.__new__
 #: any value not exactly an int, float, str or bytearray it asks the adapters' table, then the
 #: protocol type for ``__adapt__`` (an AttributeError formatted and dropped each time), then
 #: the value for ``__conform__``. The Hub's rows bind some eight such values a task (NULLs,
-#: the ``resubmitted`` flag, the two BLOBs): 170-270 ns each, 60-120 ns with an adapter that
-#: hands the value back (plain sqlite3, 64-row inserts). Only registered where the process has
-#: none for that type, so a program's own adapter is never replaced.
-_BOUND_AS_THEY_ARE = (type(None), bool, bytes)
+#: the ``resubmitted`` flag, the two BLOBs, a request's parts, which are views): 170-270 ns
+#: each, 60-120 ns with an adapter that hands the value back (plain sqlite3, 64-row inserts).
+#: Only registered where the process has none for that type, so a program's own adapter is
+#: never replaced.
+_BOUND_AS_THEY_ARE = (type(None), bool, bytes, memoryview)
 
 
 def _as_is(value: Any) -> Any:
@@ -242,7 +246,9 @@ class SQLiteStore(ResultStore):
         parts: list[tuple[str, int, memoryview]] = []
         with_parts: set[str] = set()
 
-        most = rows_per_statement(len(columns), db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+        limit = db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        most = rows_per_statement(len(columns), limit)
+        parts_most = rows_per_statement(3, limit)
 
         def flush() -> None:
             start = 0
@@ -253,8 +259,12 @@ class SQLiteStore(ResultStore):
                 db.execute(upsert_sql(columns, size), values)
                 _give_way()
                 start += size
-            if parts:
-                db.executemany(INSERT_REQUEST_PART, parts)
+            start = 0
+            for size in statement_sizes(len(parts), parts_most):
+                values = [value for part in parts[start : start + size] for value in part]
+                db.execute(request_parts_sql(size), values)
+                _give_way()
+                start += size
             rows.clear()
             parts.clear()
             with_parts.clear()

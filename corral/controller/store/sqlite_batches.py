@@ -69,6 +69,15 @@ def upsert_sql(columns: tuple[str, ...], rows: int = 1) -> str:
     )
 
 
+@functools.lru_cache(maxsize=16)
+def request_parts_sql(rows: int) -> str:
+    """The insert of ``rows`` parts of requests' buffers ((msg_id, part, data) each) in one
+    statement: a batch's requests kept apart from their rows (:data:`~.sqlite_rows.
+    REQUEST_APART`) go in a few statements, not one step (and one release of the GIL) each."""
+    values = ", ".join(["(?, ?, ?)"] * rows)
+    return f"INSERT INTO request_buffers (msg_id, part, data) VALUES {values}"
+
+
 #: Every column an upsert may write, in the order :func:`_layout` puts them.
 _COLUMN_ORDER = (
     "msg_id",

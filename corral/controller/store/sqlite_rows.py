@@ -5,8 +5,9 @@ dict fields as JSON text, unknown fields JSON-encoded in ``extra``, a ``present`
 known field (a field set to None differs from one never set), and result buffers either as
 one BLOB or, past :data:`CHUNK_BYTES` in all, as chunks in ``buffer_chunks``. A request's
 own buffers (``buffers``) go the same way: one BLOB in the row's ``request_data`` (schema
-version 3), or past :data:`CHUNK_BYTES` parts in ``request_buffers`` (version 2 kept every
-request there, one row per buffer), their lengths in the row. Everything
+version 3), or from :data:`REQUEST_APART` bytes in all parts of at most :data:`CHUNK_BYTES`
+in ``request_buffers`` (version 2 kept every request there, one row per buffer), their lengths
+in the row. Everything
 here is pure: encoding a record (in the caller's thread, so a bad value fails at the call),
 the WHERE clause for a parsed query, and decoding a row. The tables and the fixed statements
 are in :mod:`.sqlite_schema`; how the writer turns a batch of rows into statements is in
@@ -16,8 +17,8 @@ are in :mod:`.sqlite_schema`; how the writer turns a batch of rows into statemen
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple, cast
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Final, NamedTuple, cast
 
 import orjson
 
@@ -45,6 +46,18 @@ from .sqlite_schema import (
 )
 
 _JSON_LIST_MIN = 16
+#: A request whose buffers hold at least this many bytes in all keeps them apart from its row,
+#: as parts in ``request_buffers`` (one per buffer up to the chunk size), not in the row's
+#: ``request_data``: its result rewrites the row (and its page) a moment later, so a row
+#: without them is rewritten at a fraction of the cost, while the parts are appended once and
+#: never touched again. A function pickled by value (a notebook's, ``__main__``'s: 400-600
+#: bytes for a small one) goes apart; one pickled by reference (about 50 bytes) stays in the
+#: row, where a second insert would cost more than it saves (plain SQLite, a request row
+#: rewritten by its result 2000 tasks later, thread CPU per task in the row against apart:
+#: 52 bytes 11-17 against 19 us, 250 bytes even, 500 bytes 18-20 against 15-16 us and 30%
+#: fewer write calls; bench/README.md, round sixteen). Both ways are schema version 3: a
+#: reader looks for the parts when ``request_data`` is NULL.
+REQUEST_APART: Final = 384
 ROW_OVERHEAD = 64
 _COMPARE = {"$eq": "=", "$ne": "IS NOT", "$lt": "<", "$lte": "<=", "$gt": ">", "$gte": ">="}
 
@@ -148,9 +161,9 @@ def _dumps(name: str, value: Any) -> str:
 
 #: What a layout's exact check (:func:`_exact_check`) returns: the row's values so far (msg_id,
 #: present, the scalars) and the length of their text; None for a value not exactly its type.
-ExactCheck = Callable[[str, dict[str, Any]], tuple[list[Any], int] | None]
+ExactCheck = Callable[[str, Mapping[str, Any]], tuple[list[Any], int] | None]
 #: The same, given the JSON frames of the message the record's dict fields were decoded from.
-ExactTextsCheck = Callable[[str, dict[str, Any], MessageJSON], tuple[list[Any], int] | None]
+ExactTextsCheck = Callable[[str, Mapping[str, Any], MessageJSON], tuple[list[Any], int] | None]
 #: The frame of a message's JSON (:data:`~.base.MessageJSON`) a dict field was decoded from.
 _FRAME_OF = {
     "header": 0,
@@ -296,7 +309,7 @@ def _with_buffers(
         result,
         chunk_bytes if result_size > chunk_bytes else 0,
         request,
-        chunk_bytes if request_size > chunk_bytes else 0,
+        chunk_bytes if request_size > chunk_bytes or request_size >= REQUEST_APART else 0,
     )
 
 
@@ -319,11 +332,12 @@ def _lengths(buffers: list[Any]) -> tuple[int, str]:
 
 
 def _buffers_column(
-    values: list[Any], buffers: Any, buffer_limit: int | None, chunk_bytes: int
+    values: list[Any], buffers: Any, buffer_limit: int | None, chunk_bytes: int, apart: int
 ) -> tuple[int, int] | None:
     """Append the lengths column of ``buffers`` (None stays None) to ``values``; the bytes it
     adds to the row's size and the chunk to write it in (0: in one piece), or None when
-    :func:`_flat_lengths` refuses them (the caller takes the general way)."""
+    :func:`_flat_lengths` refuses them (the caller takes the general way). Buffers of more
+    than ``chunk_bytes``, or at least ``apart`` bytes, in all go in chunks."""
     if buffers is None:
         values.append(None)
         return 0, 0
@@ -331,7 +345,8 @@ def _buffers_column(
     if lengths is None:
         return None
     values.append(lengths[1])
-    return lengths[0] + len(lengths[1]), chunk_bytes if lengths[0] > chunk_bytes else 0
+    size = lengths[0]
+    return size + len(lengths[1]), chunk_bytes if size > chunk_bytes or size >= apart else 0
 
 
 def _flat_lengths(value: Any, limit: int | None) -> tuple[int, str] | None:
@@ -363,8 +378,8 @@ def _flat_lengths(value: Any, limit: int | None) -> tuple[int, str] | None:
 
 
 def encode_exact(
-    msg_id: str,
-    fields: dict[str, Any],
+    msg_id: object,
+    fields: Mapping[str, Any],
     chunk_bytes: int,
     buffer_limit: int | None,
     json_texts: MessageJSON | None = None,
@@ -377,11 +392,13 @@ def encode_exact(
     The Hub's own records take this path (JSON it decoded, views of frames it received); it
     makes the row :func:`encode_row` makes, with its size (tested so). ``json_texts``: the JSON
     frames of the message the record's dict fields were decoded from, kept as they came (the
-    same values once read)."""
+    same values once read). ``msg_id`` and ``fields`` are what a caller of the store passed,
+    unchecked: anything not a str and a mapping of str is declined here too (compiled, the
+    annotations are checked at the call)."""
     layout = _layout(tuple(fields))
     if (
         layout.extras
-        or msg_id.__class__ is not str
+        or type(msg_id) is not str
         or not msg_id
         or fields.get("msg_id", msg_id) != msg_id
     ):
@@ -400,14 +417,14 @@ def encode_exact(
     request_part = result_chunk = 0
     if layout.request:
         request = fields[REQUEST_BUFFERS_FIELD]
-        added = _buffers_column(values, request, buffer_limit, chunk_bytes)
+        added = _buffers_column(values, request, buffer_limit, chunk_bytes, REQUEST_APART)
         if added is None:
             return None
         size += added[0]
         request_part = added[1]
     if layout.buffers:
         result = fields[BUFFERS_FIELD]
-        added = _buffers_column(values, result, buffer_limit, chunk_bytes)
+        added = _buffers_column(values, result, buffer_limit, chunk_bytes, chunk_bytes + 1)
         if added is None:
             return None
         size += added[0]

@@ -100,14 +100,14 @@ class BatchWriter(Generic[PayloadT]):
         # writes held by one thread (holding()), queued together at the end of its block
         self._held: list[WriteOp[PayloadT]] | None = None
         self._holder = 0
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
+        self._writer_thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._writer_thread.start()
         atexit.register(self._close_at_exit)
 
     @property
     def thread(self) -> threading.Thread:
         """The thread that applies the writes."""
-        return self._thread
+        return self._writer_thread
 
     def submit(self, op: WriteOp[PayloadT]) -> None:
         """Queue a write, then raise the pending error of an earlier write, if any.
@@ -219,7 +219,7 @@ class BatchWriter(Generic[PayloadT]):
         with self._condition:
             self._closing = True
             self._condition.notify_all()
-        self._thread.join()
+        self._writer_thread.join()
         self.check()
 
     def _close_at_exit(self) -> None:

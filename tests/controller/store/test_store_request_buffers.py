@@ -1,7 +1,8 @@
 """Every backend (memory, SQLite, a real mongod) keeps a request's own buffers (``buffers``),
 which ``Client.resubmit`` sends again: round trip small and chunked, replaced, dropped, bounded
 by the per-task buffer limit, counted in the size limit, independent of the result buffers;
-an SQLite store keeps a small request in its row and a large one in parts; and an SQLite store
+an SQLite store keeps a small request in its row and one of REQUEST_APART bytes or more in
+parts (which its result's write leaves alone), written many to a statement; and an SQLite store
 of schema version 1 or 2 gains the columns when opened for writing, its old requests read
 where they were written."""
 
@@ -17,6 +18,7 @@ from pymongo import MongoClient
 
 from corral.controller.store import ResultStore, RetentionSettings, SQLiteStore
 from corral.controller.store.retention import OMITTED_FIELD, REQUEST_OMITTED_FIELD
+from corral.controller.store.sqlite_rows import REQUEST_APART
 from corral.controller.store.sqlite_schema import REQUEST_SCHEMA
 from corral.errors import StoreError
 from tests.controller.store.conftest import Opener, StoreFactory
@@ -148,6 +150,70 @@ def test_sqlite_parts_of_a_chunked_request(tmp_path: Path) -> None:
         assert store.get_record("n")["buffers"] == [b"k" * 2001]
         with closing(sqlite3.connect(path)) as db:
             assert db.execute("SELECT count(*) FROM request_buffers").fetchone()[0] == 3
+
+
+def _places(path: Path) -> dict[str, tuple[bool, int]]:
+    """Each row's msg_id: (whether its request's BLOB is in the row, its parts)."""
+    with closing(sqlite3.connect(path)) as db:
+        rows = db.execute(
+            "SELECT msg_id, request_data IS NOT NULL, (SELECT count(*) FROM request_buffers AS p"
+            " WHERE p.msg_id = tasks.msg_id) FROM tasks ORDER BY seq"
+        ).fetchall()
+    return {msg_id: (bool(inline), parts) for msg_id, inline, parts in rows}
+
+
+def test_sqlite_request_of_request_apart_bytes_goes_to_parts(tmp_path: Path) -> None:
+    """From REQUEST_APART bytes in all, a request's buffers are parts (one per non-empty
+    buffer under the chunk size), written with its row, read back whole, left alone by the
+    result's write, replaced by a smaller request's BLOB and removed with the row; the stored
+    size counts them either way, also once reopened."""
+    path = tmp_path / "tasks.db"
+    small = [b"s" * (REQUEST_APART - 1)]
+    apart = [b"f" * (REQUEST_APART - 10), b"", b"a" * 10]
+    with SQLiteStore(path, retention=RetentionSettings(ttl=None)) as store:
+        store.add_record("small", request("small", small))
+        store.add_record("apart", request("apart", apart))
+        store.update_record("apart", {"status": "ok", "result_buffers": [b"r" * 500]})
+        assert store.get_record("apart")["buffers"] == apart
+        assert store.get_record("small")["buffers"] == small
+        assert _places(path) == {"small": (True, 0), "apart": (False, 2)}
+        size = store.stored_size()
+        store.update_record("apart", {"buffers": small})  # in its row now, the parts gone
+        assert store.get_record("apart")["buffers"] == small
+        assert _places(path)["apart"] == (True, 0)
+        store.update_record("apart", {"buffers": apart})
+        store.drop_records(["small"])
+        store.flush()
+        assert _places(path) == {"apart": (False, 2)}
+    with SQLiteStore(path, retention=RetentionSettings(ttl=None)) as store:
+        assert store.get_record("apart")["buffers"] == apart
+        assert store.stored_size() < size  # "small" went; "apart" is counted with its parts
+        store.drop_records(["apart"])
+        store.flush()
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT count(*) FROM request_buffers").fetchone()[0] == 0
+
+
+def test_sqlite_batch_of_requests_apart_is_read_back(tmp_path: Path) -> None:
+    """A batch of many requests kept apart (their parts inserted many to a statement, in runs
+    cut at odd sizes) and their results, some in the same batch: every request reads back
+    whole, each with its own parts."""
+    path = tmp_path / "tasks.db"
+    buffers = {
+        f"m{index}": [bytes([index]) * (REQUEST_APART + index), bytes([index + 1]) * index]
+        for index in range(203)
+    }
+    with SQLiteStore(path) as store:
+        with store.holding_writes():
+            for index, (msg_id, request_buffers) in enumerate(buffers.items()):
+                store.add_record(msg_id, request(msg_id, request_buffers))
+                if index % 3 == 0:
+                    store.update_record(msg_id, {"status": "ok", "result_buffers": [b"r"]})
+        records = store.get_records(list(buffers))
+        assert {msg_id: record["buffers"] for msg_id, record in records.items()} == buffers
+    places = _places(path)
+    assert places["m0"] == (False, 1)
+    assert all(places[f"m{index}"] == (False, 2) for index in range(1, 203))
 
 
 V1_SCHEMA = """
