@@ -33,18 +33,19 @@ from typing import Final
 #: (with the Hub's actions and its store's writer thread, rows and batches), the engine's
 #: per-task shell (task_shell, runner, replies, io_shell, and what every task enters: the
 #: output capture, the interrupt gate, the call's summary), the client's reply and I/O path,
-#: and what every process shares of it. Each must compile under mypyc and behave as its
-#: source does (the whole suite runs on the compiled build in CI). Not listed: the result
-#: stores, whose base class the memory and MongoDB stores (and tests) subclass, which a
-#: compiled class does not allow (their helpers are listed); for the same reason the
-#: Client's mixins (``link``, ``sending``) and the views (``BroadcastView`` subclasses
-#: ``DirectView``, users subclass views); modules whose classes are pickled (references'
-#: Reference, canning's Canned: a compiled class unpickles through its __init__) or subclass
-#: the C pickler (serialize, unpickling: the process crashes); the engine's namespace, which
-#: calls the user's code (its users' tracebacks and errors would show compiled frames), and
-#: the streams that stand in for sys.stdout and sys.stderr (they subclass a C type,
-#: io.TextIOBase); functiontemplates (its stand-in's class body is not supported, and with
-#: the stand-in moved out it crashed).
+#: its request making and resend copies (outgoing, recovery), the fingerprint by which a
+#: function's pickle is reused (functioncache, byname), and what every process shares of it.
+#: Each must compile under mypyc and behave as its source does (the whole suite runs on the
+#: compiled build in CI). Not listed: the result stores, whose base class the memory and
+#: MongoDB stores (and tests) subclass, which a compiled class does not allow (their helpers
+#: are listed); for the same reason the Client's mixins (``link``, ``sending``) and the views
+#: (``BroadcastView`` subclasses ``DirectView``, users subclass views); modules whose classes
+#: are pickled (references' Reference, canning's Canned: a compiled class unpickles through
+#: its __init__) or subclass the C pickler (serialize, unpickling: the process crashes); the
+#: engine's namespace, which calls the user's code (its users' tracebacks and errors would
+#: show compiled frames), and the streams that stand in for sys.stdout and sys.stderr (they
+#: subclass a C type, io.TextIOBase); functiontemplates (its stand-in's class body is not
+#: supported, and with the stand-in moved out it crashed).
 COMPILED: Final = (
     "corral.loop",
     "corral.bundles",
@@ -53,6 +54,8 @@ COMPILED: Final = (
     "corral.protocol.session",
     "corral.protocol.usual",
     "corral.protocol.messages",
+    "corral.protocol.functioncache",
+    "corral.protocol.byname",
     "corral.controller.scheduler_shell",
     "corral.controller.scheduler_wire",
     "corral.controller.scheduling",
@@ -77,6 +80,8 @@ COMPILED: Final = (
     "corral.client.io_shell",
     "corral.client.completion",
     "corral.client.outcomes",
+    "corral.client.recovery",
+    "corral.client.outgoing",
     "corral.engine.envelope",
     "corral.engine.reply_messages",
     "corral.engine.replies",

@@ -118,13 +118,15 @@ class LoadBalancedView(View):
         if flags["targets"] is not None:
             targets = {uuid for _, uuid in self.client.resolve_targets(flags["targets"])}
         metadata = {"label": flags["label"]} if flags["label"] else {}
-        records = self.client.records
         after = follow = None
         if flags["after"] is not None:
-            after = prune_after(records, as_dependency(flags["after"]))
+            after = prune_after(self.client.records, as_dependency(flags["after"]))
         if flags["follow"] is not None:
             follow, targets = prune_follow(
-                records, self.client.engine_uuids(), as_dependency(flags["follow"]), targets
+                self.client.records,
+                self.client.engine_uuids(),
+                as_dependency(flags["follow"]),
+                targets,
             )
         if after is not None:
             metadata["after"] = after.as_dict()

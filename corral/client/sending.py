@@ -16,8 +16,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from corral.client.link import engine_gone
-from corral.client.submitter import OutgoingRequest, Target
-from corral.protocol.session import Frame, Message
+from corral.client.outgoing import OutgoingRequest, make_request
+from corral.client.submitter import Target
+from corral.protocol.session import Frame
 from corral.protocol.shm import METADATA_KEY, SegmentRef, encode_refs
 
 if TYPE_CHECKING:
@@ -117,31 +118,29 @@ class RequestSending:
                 buffers, refs = self._shm.export(buffers, hub_link=True)
                 if refs:
                     metadata = {**metadata, METADATA_KEY: encode_refs(refs)}
-        if msg_type == "apply_request" and not content:  # valid as it is: no catalogue check
-            shared = self._shm_reader  # never changed: shared by the requests, not copied
-            request_metadata = shared if metadata is shared else dict(metadata or {})
-            msg = Message(
-                header or session.header(msg_type), {}, request_metadata, content, tuple(buffers)
-            )
-        else:
-            msg = session.msg(msg_type, content, metadata=metadata, buffers=buffers, header=header)
-        msg_id: str = msg.header["msg_id"]
-        idents = (target[1].encode(),) if target is not None else ()
-        frames = session.serialize(msg, idents)
-        engine_id, uuid = target if target is not None else (None, None)
-        records = self._records
-        if header is None:
-            records.track(msg, channel, uuid, engine_id, in_history=in_history, sweep=False)
+        request = make_request(
+            session,
+            self._records,
+            self._resender,
+            channel,
+            msg_type,
+            content,
+            buffers,
+            metadata,
+            self._shm_reader,
+            target,
+            in_history,
+            track,
+            header,
+        )
         if refs:
             # named in a report of the task lost, if its engine dies with its copy
+            msg_id = request.msg_id
             self._request_segments[msg_id] = encode_refs(refs)
-            records.futures[msg_id].add_done_callback(
+            self._records.futures[msg_id].add_done_callback(
                 lambda _: self._segments_settled(msg_id, refs)
             )
-        if channel == "task":  # until settled: Records calls release
-            self._resender.hold(msg_id, frames[len(idents) + 1 :])  # from the signature on
-        track_from = len(frames) - len(buffers) if track else None
-        return OutgoingRequest(msg_id, channel, frames, track_from, uuid, engine_id)
+        return request
 
     def _segments_settled(self, msg_id: str, refs: list[SegmentRef]) -> None:
         """The request settled: its segments go to the pool (the Hub's link keeps one for

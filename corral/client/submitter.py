@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from concurrent import futures
 from typing import TYPE_CHECKING, Any, Protocol
 
+from corral.client.outgoing import OutgoingRequest
+
 if TYPE_CHECKING:
     import zmq
 
@@ -27,34 +29,6 @@ __all__ = ["OutgoingRequest", "Submitter", "Target", "Targets"]
 
 Target = tuple[int, str]  # (engine id, engine uuid)
 Targets = int | Sequence[int] | slice | str | None  # an id, ids, a slice of ids, or "all"
-
-
-class OutgoingRequest:
-    """A request signed and tracked but not yet sent (:meth:`Submitter.prepare_request`).
-
-    A view builds what its call returns between the two halves, so that once the request
-    leaves the submitting thread has little left to do but wait: while the request is in
-    transit, every microsecond it runs takes a core from the processes and zmq threads the
-    request goes through.
-    """
-
-    __slots__ = ("msg_id", "channel", "frames", "track_from", "engine_uuid", "engine_id")
-
-    def __init__(
-        self,
-        msg_id: str,
-        channel: str,
-        frames: list[Frame],
-        track_from: int | None,
-        engine_uuid: str | None,
-        engine_id: int | None,
-    ) -> None:
-        self.msg_id = msg_id
-        self.channel = channel  # "mux", "control" or "task"
-        self.frames = frames  # signed, ready to send
-        self.track_from = track_from  # the frames tracked from there on (None: no tracking)
-        self.engine_uuid = engine_uuid  # the target engine, if named
-        self.engine_id = engine_id
 
 
 class Submitter(Protocol):

@@ -286,8 +286,11 @@ class View:
         request = client.prepare_request(
             channel, "apply_request", {}, buffers=buffers, metadata=metadata, target=target
         )
+        msg_ids = [request.msg_id]
         try:
-            result = self._result([request.msg_id], fname, single)
+            # as _result, without asking for trackers: none is made before the send
+            self._remember(msg_ids)
+            result = AsyncResult(client.records, msg_ids, fname=fname, single=single, client=client)
             client.dispatch_request(request)
         except BaseException as error:
             client.records.fail(request.msg_id, error, at_once=True)  # unless the send did

@@ -66,13 +66,15 @@ _REGISTRY: Final[set[str]] = cloudpickle.cloudpickle._PICKLE_BY_VALUE_MODULES
 _PICKLER_TABLE: Final[dict[type, Any]] = cloudpickle.Pickler._dispatch_table
 _TYPES_BY_REDUCER: Final[dict[type, str]] = cloudpickle.cloudpickle._BUILTIN_TYPE_NAMES
 _EXTENSIONS: Final[dict[tuple[str, str], int]] = copyreg._extension_registry  # type: ignore[attr-defined]
-_snapshot: tuple[frozenset[str], dict[tuple[str, str], int]] = (frozenset(), {})
+# (frozenset of the registry, dict of the extensions), typed as a tuple of any length: compiled
+# by mypyc, a fixed-length tuple is unboxed, and every return would be a new tuple object
+_snapshot: tuple[object, ...] = (frozenset(), {})
 # the names of sys.modules (modules_token) and the submodule names found in them, by package
 # and code names (submodule_names)
 _modules_state: tuple[list[str], dict[tuple[str, tuple[str, ...]], tuple[str, ...]]] = ([], {})
 
 
-def registry_token() -> tuple[frozenset[str], dict[tuple[str, str], int]]:
+def registry_token() -> tuple[object, ...]:
     """Copies of cloudpickle's by-value registry and of ``copyreg``'s extension registry
     (``copyreg.add_extension``: a global so registered is written as a code, not by name),
     the same object while both are equal to them: a fingerprint holding it compares by

@@ -472,12 +472,12 @@ def pack_apply_message(
         if kwargs
         else {}
     )
-    name = getattr(f, "__qualname__", None) or type(f).__name__
     try:
         return _thread_pickler().dump_call_frames(f, args, kwargs, buffer_threshold)
     except SerializationError:
         raise
     except Exception as exc:
+        name = getattr(f, "__qualname__", None) or type(f).__name__
         raise SerializationError(
             f"cannot serialize the call {name}(...): {type(exc).__name__}: {exc}"
         ) from exc
