@@ -108,10 +108,30 @@ class StandIn(ControllerStandIn):
         reply = self.engine.msg("apply_reply", {"status": "ok"}, parent=request)
         self.sockets["mux"].send_multipart([self.identity, *self.engine.serialize(reply)])
 
-    def notify(self) -> None:
-        """A notification from the Hub (what it says does not matter to the ClientIO)."""
-        msg = self.session.msg("unregistration_notification", {"id": 0, "uuid": "e"})
+    def notify(self, number: int = 0) -> None:
+        """A notification from the Hub (what it says does not matter to the ClientIO; the
+        tests number their probes by its ``id``)."""
+        msg = self.session.msg("unregistration_notification", {"id": number, "uuid": "e"})
         self.sockets["notification"].send_multipart(self.session.serialize(msg))
+
+    def subscribed(self) -> None:
+        """Wait until notifications reach the client and none of the probes sent to find out
+        is still on its way: a late probe would make the I/O thread read the mux socket
+        (``catch_up``) in the middle of what a test arranges. Probes before the subscription
+        took hold are dropped; those after one that arrived all arrive, in order."""
+        seen: list[int] = []
+        self.handler.on_news = lambda msg: seen.append(msg.content["id"])
+        sent = 0
+
+        def probe() -> bool:
+            nonlocal sent
+            if seen:
+                return seen[-1] == sent  # the last probe arrived: none is on its way
+            sent += 1
+            self.notify(sent)
+            return False
+
+        until(probe, BOUND, "the notification subscription")
 
     def leading(self) -> bool:
         return self.gate._leader is not None  # noqa: SLF001
@@ -286,9 +306,7 @@ def test_a_notification_is_handled_after_the_replies_already_received(
 ) -> None:
     """An engine's unregistration fails what it has not answered: a reply it sent before it
     left, received while the thread leading the socket is busy, is handled first."""
-    news: list[bool] = []
-    stand_in.handler.on_news = lambda msg: news.append(True)
-    until(lambda: news or stand_in.notify(), BOUND, "the notification subscription")
+    stand_in.subscribed()
     request_b, future_b = stand_in.request()
     request_a, future_a = stand_in.request()
     busy, release = threading.Event(), threading.Event()
