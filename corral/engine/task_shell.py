@@ -297,10 +297,7 @@ class TaskShell:
             oldest = self._oldest_unsent()
             if not self._hold_asked and oldest is not None:
                 self._hold_asked = True
-                if self.alarm is not None:
-                    self.alarm.arm(oldest + HOLD_REPLIES)
-                else:
-                    self.hold_until(oldest + HOLD_REPLIES)
+                self._ask_deadline(oldest + HOLD_REPLIES)
             elif not self._hold_asked and self._direct_seen and self.alarm is not None:
                 # direct requests that come while this task runs are read and copied for
                 # the Hub from HOLD_REPLIES on (_watch_direct): an engine that serves none
@@ -471,6 +468,14 @@ class TaskShell:
         if self.alarm is not None and self.alarm.clear():
             self.send_held()
 
+    def _ask_deadline(self, deadline: float) -> None:
+        """Have the I/O thread call :meth:`send_held` at ``deadline`` (a time.monotonic
+        value): the alarm it polls, replacing any earlier deadline, or ``hold_until``."""
+        if self.alarm is not None:
+            self.alarm.arm(deadline)
+        else:
+            self.hold_until(deadline)
+
     def send_held(self) -> None:
         """(I/O thread, at the deadline of the alarm or of ``hold_until``.) Send the replies a
         long task holds back (none if the main thread sent them meanwhile). A deadline asked
@@ -482,7 +487,12 @@ class TaskShell:
         if held is None and not self._running:
             return  # sent meanwhile, and the task ended
         if held is not None and time.monotonic() - held < HOLD_REPLIES - BATCH_FOR / 2:
-            return  # sent meanwhile; those held now are younger and have their own deadline
+            # sent meanwhile; those held now are younger. Their deadline is asked for again:
+            # a task that started with them held asked for none when a deadline was pending
+            # (the direct socket's watch, armed as the task before it started, firing now),
+            # and they would have waited for the running task's end, however long
+            self._ask_deadline(held + HOLD_REPLIES)
+            return
         with self.borrow():
             self._watch_direct()
 

@@ -286,3 +286,49 @@ def test_a_bursts_last_alarm_is_left_armed_and_its_wake_up_sends_nothing_again()
         after = send_apply(s, add, 2, 3)
         assert deserialize_object(list(reply_to(s, after).buffers)) == 5
         assert not readable(s.mux, 0)
+
+
+@pytest.mark.parametrize("guard", ["alarm", "hand-off"])
+def test_replies_too_young_at_a_deadline_get_a_deadline_of_their_own(guard: str) -> None:
+    """A deadline that fires while a task runs and finds only replies younger than
+    HOLD_REPLIES asks for theirs. Such a deadline is the direct socket's watch, armed as the
+    task before started; the task after it started with those replies held and asked for
+    none (one was pending): without a deadline of their own they waited for the running
+    task's end, however long. The shell's state is set as its loop leaves it then (no
+    socket carries anything: the decision alone is tested)."""
+    ctx: zmq.Context[Any] = zmq.Context()
+    dealers = [ctx.socket(zmq.DEALER) for _ in range(2)]
+    asked: list[float] = []
+    alarm = open_alarm() if guard == "alarm" else None
+    assert guard == "hand-off" or alarm is not None, "no timerfd on this Linux"
+    shell = TaskShell(
+        Session(KEY, session_id="engine"),
+        EngineIdentity("engine", 0),
+        SharedMemory(),
+        logging.getLogger("test.task_shell"),
+        watch_time_limit=lambda request: None,
+        on_failure=lambda reason: None,
+        hold_until=asked.append,
+        alarm=alarm,
+    )
+    try:
+        shell.attach(dealers[0], dealers[1])
+        shell._running = True  # noqa: SLF001 - a task runs
+        shell._hold_asked = True  # noqa: SLF001 - the pending deadline, firing now
+        held = time.monotonic() + 0.5  # young whenever send_held looks (not a wait)
+        shell._held_since = held  # noqa: SLF001
+        shell.send_held()
+        if alarm is None:
+            assert asked == [held + HOLD_REPLIES]
+        else:
+            assert alarm.armed
+            readable_at = select.select([alarm.fd], [], [], WAIT)[0]
+            assert readable_at == [alarm.fd], "no deadline asked for the young replies"
+            assert time.monotonic() >= held
+    finally:
+        shell.loop.close()
+        if alarm is not None:
+            alarm.close()
+        for dealer in dealers:
+            dealer.close(linger=0)
+        ctx.term()
