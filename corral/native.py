@@ -124,9 +124,22 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def write_stamp(modules: Sequence[str] = COMPILED, package_dir: Path = PACKAGE_DIR) -> Path:
-    """Record each built module's source digest (the build's last step)."""
-    stamp = {module: digest(source_path(module, package_dir)) for module in modules}
+def source_digests(
+    modules: Sequence[str] = COMPILED, package_dir: Path = PACKAGE_DIR
+) -> dict[str, str]:
+    """Each module's source digest, as a stamp records it."""
+    return {module: digest(source_path(module, package_dir)) for module in modules}
+
+
+def write_stamp(
+    modules: Sequence[str] = COMPILED,
+    package_dir: Path = PACKAGE_DIR,
+    digests: dict[str, str] | None = None,
+) -> Path:
+    """Record each built module's source digest (the build's last step): ``digests`` when
+    given, read before the build began (a source edited during the build then no longer
+    matches its stamp, so it runs from source until built again, never as stale C)."""
+    stamp = source_digests(modules, package_dir) if digests is None else digests
     path = package_dir / STAMP_NAME
     path.write_text(json.dumps(stamp, indent=1, sort_keys=True) + "\n")
     return path

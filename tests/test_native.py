@@ -55,6 +55,18 @@ def test_one_edited_module_turns_every_module_to_its_source(tmp_path: Path) -> N
     assert native.why_pure(folder, environ={}) == f"{edited} edited since the build (make native)"
 
 
+def test_a_module_edited_during_the_build_is_stale_after_it(tmp_path: Path) -> None:
+    """The stamp records the digests read before the build (tools/build_native.py): a source
+    edited while the compiler ran is not what was compiled, and must not pass for it."""
+    folder = make_package(tmp_path, built=True)
+    before = native.source_digests(package_dir=folder)
+    edited = native.COMPILED[0]
+    with native.source_path(edited, folder).open("a") as source:
+        source.write("y = 2\n")  # during the build
+    native.write_stamp(package_dir=folder, digests=before)
+    assert native.why_pure(folder, environ={}) == f"{edited} edited since the build (make native)"
+
+
 def test_a_missing_extension_means_sources(tmp_path: Path) -> None:
     folder = make_package(tmp_path)
     module = native.COMPILED[-1]

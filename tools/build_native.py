@@ -55,6 +55,7 @@ def build() -> None:
     from corral import native
 
     paths = [str(native.source_path(module).relative_to(ROOT)) for module in native.COMPILED]
+    digests = native.source_digests()  # before mypyc reads them: an edit meanwhile is stale
     with tempfile.TemporaryDirectory(prefix="corral-native-") as scratch:
         extensions = mypycify(paths, group_name=native.GROUP_NAME, target_dir=scratch)
         dist = Distribution({"ext_modules": extensions, "script_name": "build_native"})
@@ -63,7 +64,7 @@ def build() -> None:
         command.build_temp = os.path.join(scratch, "temp")
         command.parallel = os.cpu_count() or 1
         dist.run_command("build_ext")
-    native.write_stamp()
+    native.write_stamp(digests=digests)
 
 
 def clean() -> None:
