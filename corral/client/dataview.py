@@ -78,7 +78,13 @@ class DataMovement:
         def _resolve(self, targets: Targets) -> tuple[list[Target], bool]: ...
         def _send_all(self, calls: Iterable[tuple[Any, tuple[Any, ...], Target]]) -> list[str]: ...
         def _result(
-            self, msg_ids: list[str], fname: str, single: bool = ..., owner: bool = ...
+            self,
+            msg_ids: list[str],
+            fname: str,
+            single: bool = ...,
+            owner: bool = ...,
+            *,
+            sent: bool = ...,
         ) -> AsyncResult: ...
         def _map_result(
             self,

@@ -253,8 +253,16 @@ class View:
         self.history.extend(msg_ids)
 
     def _result(
-        self, msg_ids: list[str], fname: str, single: bool = False, owner: bool = True
+        self,
+        msg_ids: list[str],
+        fname: str,
+        single: bool = False,
+        owner: bool = True,
+        *,
+        sent: bool = True,
     ) -> AsyncResult:
+        """The AsyncResult of ``msg_ids``, remembered in ``history``; with the trackers their
+        sends made, unless not ``sent`` yet (then none exists, and none is asked for)."""
         self._remember(msg_ids)
         return AsyncResult(
             self.client.records,
@@ -263,7 +271,7 @@ class View:
             single=single,
             client=self.client,
             owner=owner,
-            trackers=self._trackers(msg_ids),
+            trackers=self._trackers(msg_ids) if sent else (),
         )
 
     def _apply_one(
@@ -286,11 +294,8 @@ class View:
         request = client.prepare_request(
             channel, "apply_request", {}, buffers=buffers, metadata=metadata, target=target
         )
-        msg_ids = [request.msg_id]
         try:
-            # as _result, without asking for trackers: none is made before the send
-            self._remember(msg_ids)
-            result = AsyncResult(client.records, msg_ids, fname=fname, single=single, client=client)
+            result = self._result([request.msg_id], fname, single, sent=False)
             client.dispatch_request(request)
         except BaseException as error:
             client.records.fail(request.msg_id, error, at_once=True)  # unless the send did

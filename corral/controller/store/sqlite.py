@@ -237,7 +237,7 @@ class SQLiteStore(ResultStore):
 
     def _upsert_run(self, columns: tuple[str, ...], run: Iterable[WriteOp[Payload]]) -> None:
         """Upserts of the same columns: a few multi-row statements (:func:`statement_sizes`),
-        then one executemany for the parts of requests too large for their row's BLOB; a
+        then a few more for the parts of requests kept apart from their rows; a
         chunked row is written alone and followed by its chunks, and a second row with parts
         for the same msg_id waits for the first's (each row's triggers remove the old chunks
         and parts before the new ones go in)."""
