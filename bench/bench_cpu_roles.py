@@ -19,6 +19,11 @@ most samples (self time, so the rows of one role add up to its share):
 With ``--native-frames`` py-spy reads native stacks too (``--native``: it pauses each process
 to sample it, and then samples idle threads as well, in ``poll``), the only way to see inside
 the modules ``make native`` compiled (their functions show as ``CPyDef_<module>___<name>``).
+With ``--perf DIR`` Linux perf samples every process of the cluster for the measured rounds
+instead, without pausing them, and the report gives each role's compiled functions in CPU us
+per task, inclusive, and its leaves (:mod:`perf_roles`):
+
+    .venv/bin/python bench/bench_cpu_roles.py --tasks 5000 --rounds 10 --perf /tmp/perf
 
 py-spy is a tool, never a dependency: ``pip install py-spy`` in the environment that runs this.
 Another corral tree (a baseline from ``git archive``) is measured with ``CORRAL_BENCH_SOURCE=DIR
@@ -38,6 +43,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import perf_roles
 import psutil
 from common import (
     HubBarrier,
@@ -174,6 +180,9 @@ def main() -> None:
         action="store_true",
         help="with --profile: py-spy's --native, so compiled (make native) functions show",
     )
+    parser.add_argument(
+        "--perf", type=Path, help="perf record every process (call graphs), perf.data here"
+    )
     parser.add_argument("--top", type=int, default=TOP)
     parser.add_argument("--db", default="sqlite", help="the controller's store (Cluster's db)")
     parser.add_argument(
@@ -223,6 +232,14 @@ def main() -> None:
                     command += ["-p", str(process.pid), "-o", str(out)]
                     spies.append((role, process.pid, subprocess.Popen(command), out))
             time.sleep(1.0)  # py-spy attaches before the measured batches (not a sync point)
+        pids = {role: [process.pid for process in found] for role, found in by_role.items()}
+        recording, role_of = None, {}
+        if args.perf is not None:
+            args.perf.mkdir(parents=True, exist_ok=True)
+            role_of = perf_roles.thread_roles(pids)
+            every = [pid for found in pids.values() for pid in found]
+            recording = perf_roles.PerfRecording(every, args.perf / "perf.data")
+            time.sleep(1.0)  # perf attaches before the measured batches (not a sync point)
         before = {role: cpu_seconds(processes) for role, processes in by_role.items()}
         threads_before = {role: thread_times(processes) for role, processes in by_role.items()}
         system_before = {role: system_seconds(processes) for role, processes in by_role.items()}
@@ -234,6 +251,8 @@ def main() -> None:
         tasks = args.tasks * args.rounds
         # CPU counted until the Hub has recorded them all: it works off the tasks' path
         barrier.wait(tasks, last)
+        if recording is not None:
+            recording.stop()
         per_task: dict[str, Any] = {
             role: (cpu_seconds(processes) - before[role]) / tasks * 1e6
             for role, processes in by_role.items()
@@ -280,6 +299,9 @@ def main() -> None:
             f"  bursts packed: started {packing.get('started')}, lapsed {packing.get('lapsed')}"
             f" (of which early, its packing engines silent: {packing.get('stalled')})"
         )
+    if recording is not None:
+        samples = perf_roles.read_samples(perf_roles.script_lines(recording.out), role_of)
+        print("\n".join(perf_roles.report(samples, recording.frequency, tasks, args.top)))
     for role, pid, _, out in spies:
         if not out.exists():
             print(f"\n{role} {pid}: no profile written")
