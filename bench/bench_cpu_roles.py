@@ -112,6 +112,21 @@ def file_io(processes: list[psutil.Process]) -> tuple[int, int, int, int]:
     return found[0], found[1], found[2], found[3]
 
 
+def minor_faults(processes: list[psutil.Process]) -> int:
+    """Minor page faults of ``processes`` (``/proc/<pid>/stat``'s tenth field, threads
+    included): each is a page touched for the first time since it was mapped or given back
+    (``malloc_trim``, a freed arena, zmq's large receive buffers), and costs a fault and the
+    kernel clearing the page (``clear_page_erms`` in a perf profile)."""
+    total = 0
+    for process in processes:
+        try:
+            text = Path(f"/proc/{process.pid}/stat").read_text()
+        except OSError:
+            continue
+        total += int(text.rpartition(")")[2].split()[7])  # field 10, after "pid (comm)"
+    return total
+
+
 def thread_times(processes: list[psutil.Process]) -> collections.Counter[str]:
     """CPU seconds (user + system) by thread name (``/proc/<pid>/task/<tid>/comm``: zmq's
     I/O threads are ``ZMQbg/IO/0``, Python threads carry their name from Python 3.11 on
@@ -244,6 +259,7 @@ def main() -> None:
         threads_before = {role: thread_times(processes) for role, processes in by_role.items()}
         system_before = {role: system_seconds(processes) for role, processes in by_role.items()}
         hub_io_before = file_io(by_role["hub"])
+        faults_before = {role: minor_faults(processes) for role, processes in by_role.items()}
         started = time.perf_counter()
         for _ in range(args.rounds):
             last = run(args.tasks)[-1]
@@ -269,6 +285,10 @@ def main() -> None:
             for role, processes in by_role.items()
         }
         hub_io_after = file_io(by_role["hub"])
+        faults = {
+            role: (minor_faults(processes) - faults_before[role]) / tasks
+            for role, processes in by_role.items()
+        }
         hub_io = [
             (now - then) / tasks for now, then in zip(hub_io_after, hub_io_before, strict=True)
         ]
@@ -283,6 +303,7 @@ def main() -> None:
     print("CPU us per task: " + ", ".join(f"{r} {v:.0f}" for r, v in per_task.items()))
     print(f"  total {sum(per_task.values()):.0f}")
     print("  of which in the kernel: " + ", ".join(f"{r} {v:.0f}" for r, v in system.items()))
+    print("  minor page faults per task: " + ", ".join(f"{r} {v:.2f}" for r, v in faults.items()))
     for role, threads in per_thread.items():
         shown = sorted(threads.items(), key=lambda item: -item[1])
         print(f"  {role} by thread: " + ", ".join(f"{n} {v:.0f}" for n, v in shown if v >= 1))
