@@ -88,8 +88,12 @@ def _bytes(frame: Frame) -> bytes:
     return frame if type(frame) is bytes else bytes(frame_view(frame))
 
 
+_DUMPS_OPTIONS: Final = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+
+
 def _dumps(obj: Any) -> bytes:
-    return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+    """JSON of a header, metadata or content (the options read once: four per message)."""
+    return orjson.dumps(obj, option=_DUMPS_OPTIONS)
 
 
 _EMPTY_OBJECT: bytes = _dumps({})  # what an empty header, metadata or content is written as
@@ -266,7 +270,10 @@ class Session:
         if prototype is None:
             return b""
         auth = prototype.copy()
-        if sum(map(len, json_frames)) < JOIN_BELOW:  # bytes, or views of bytes
+        total = 0
+        for part in json_frames:  # (compiled, a loop: sum(map(len, ...)) is generic calls)
+            total += len(part)
+        if total < JOIN_BELOW:  # bytes, or views of bytes
             auth.update(b"".join(json_frames))
         else:
             for part in json_frames:
