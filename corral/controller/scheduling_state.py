@@ -113,6 +113,9 @@ _PLAIN_FIELDS: Final[dict[str, Any] | None] = getattr(Task(""), "__dict__", None
 """The fields of a task with every default (:meth:`Task.plain`; None when compiled)."""
 
 
+_NO_ENGINES: Final[frozenset[str]] = frozenset()
+
+
 @dataclass(frozen=True, slots=True, init=False)
 class Dispatch:
     """Send the task to this engine. ``attempt`` is 0 at first and counts retries, so the
@@ -180,20 +183,35 @@ class EngineState:
         return f"engine {self.uuid}"
 
 
-@dataclass(eq=False, slots=True)
+@dataclass(eq=False, slots=True, init=False)
 class TaskRecord:
-    """One unfinished task and where it stands."""
+    """One unfinished task and where it stands. (Its ``__init__`` written out, as
+    :class:`Task`'s: one per task.)"""
 
     task: Task
     deadline: float | None
     retries_left: int
-    state: int = WAITING
-    engine: EngineState | None = None
-    attempts: int = 0  # dispatches so far
-    avoid: frozenset[str] = frozenset()  # engine uuids it failed on or was lost on
-    refused: frozenset[str] = frozenset()  # engine uuids that cannot meet its depend/require
-    pinned: frozenset[EngineState] | None = None  # where follow allows it to run
-    seq: int = 0  # of its current queue entries; older entries are stale
+    state: int
+    engine: EngineState | None
+    attempts: int  # dispatches so far
+    avoid: frozenset[str]  # engine uuids it failed on or was lost on
+    refused: frozenset[str]  # engine uuids that cannot meet its depend/require
+    pinned: frozenset[EngineState] | None  # where follow allows it to run
+    seq: int  # of its current queue entries; older entries are stale
+
+    def __init__(
+        self, task: Task, deadline: float | None, retries_left: int, state: int = WAITING
+    ) -> None:
+        self.task = task
+        self.deadline = deadline
+        self.retries_left = retries_left
+        self.state = state
+        self.engine = None
+        self.attempts = 0
+        self.avoid = _NO_ENGINES
+        self.refused = _NO_ENGINES
+        self.pinned = None
+        self.seq = 0
 
     def unusable(self, engine: EngineState) -> str | None:
         """Why follow may not send this task to ``engine`` (None: it may)."""
