@@ -486,8 +486,8 @@ class FunctionTemplates:
     Each is kept with the checksum (CRC-32) of the call pickle up to the function's end: the
     same function bytes always give the same one, so a call's checksum is checked by going on
     from it over the arguments alone (``zlib.crc32(rest, head)`` is the checksum of the two
-    in turn), not over the function's kilobyte again: the same check for a fifth of the
-    work."""
+    in turn), not over the function's bytes again: the same check, for the arguments' bytes
+    only."""
 
     def __init__(self, limit: int = TEMPLATES_KEPT) -> None:
         self.limit = limit
