@@ -36,13 +36,16 @@ def compact(frames: Sequence[Frame]) -> KeptFrames:
     if len(frames) < 2 or is_compact(frames):
         return tuple(frames)
     total = 0
+    lengths: list[int] = []  # taken in the same pass (compiled, map(len, ...) is generic)
     for frame in frames:
         if frame.__class__ is not bytes:
             return tuple(frames)
-        total += len(frame)
+        size = len(frame)
+        total += size
+        lengths.append(size)
     if total >= COPY_BELOW:
         return tuple(frames)
-    return (b"".join(frames), *map(len, frames))  # type: ignore[arg-type]
+    return (b"".join(frames), *lengths)  # type: ignore[arg-type]
 
 
 def expand(kept: Sequence[Any]) -> list[Frame]:

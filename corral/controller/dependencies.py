@@ -143,7 +143,9 @@ class DependencyGraph(Generic[L]):
         """
         if msg_id in self._outcomes:
             raise ValueError(f"task {msg_id} already has an outcome")
-        self._outcomes[msg_id] = Outcome(success, location)
+        # made as the tuple it is: a NamedTuple's own __new__ is interpreted Python, called
+        # for every finished task (resolve runs for each)
+        self._outcomes[msg_id] = tuple.__new__(Outcome, (success, location))
         waiters = self._waiting_on.pop(msg_id, None)
         if waiters is None:
             return ()

@@ -62,19 +62,37 @@ TRIM_SCHEDULE = (10_000, 2.0, 30.0)
 or every 30 s if some always are: :class:`corral.heap.TrimSchedule`."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Pending:
     """A task the scheduler holds: who sent it, what it read of it (:mod:`.scheduler_wire`),
-    and its frames, untouched."""
+    and its frames, untouched. (Its ``__init__`` written out: compiled, a dataclass's own is
+    interpreted Python, 0.16 against 0.05 us, for every request.)"""
 
     client: bytes
     msg_id: str
     header: dict[str, Any]
     metadata: dict[str, Any]
     frames: list[Frame]  # after the delimiter: signature, 4 JSON frames, buffers
-    reply: list[Frame] | None = None  # the engine's reply as it goes to the client, once read
-    copied: bool = False  # its task_in copy went to the Hub
-    queued_to: str | None = None  # the engine of a Dispatch this turn will send
+    reply: list[Frame] | None  # the engine's reply as it goes to the client, once read
+    copied: bool  # its task_in copy went to the Hub
+    queued_to: str | None  # the engine of a Dispatch this turn will send
+
+    def __init__(
+        self,
+        client: bytes,
+        msg_id: str,
+        header: dict[str, Any],
+        metadata: dict[str, Any],
+        frames: list[Frame],
+    ) -> None:
+        self.client = client
+        self.msg_id = msg_id
+        self.header = header
+        self.metadata = metadata
+        self.frames = frames
+        self.reply = None
+        self.copied = False
+        self.queued_to = None
 
 
 class SchedulerShell:

@@ -68,12 +68,18 @@ CONTROL_TYPES = frozenset({"clear_request", "abort_request", "signal_request", "
 ABORT_MEMORY = 100_000
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Request:
-    """A decoded request and the channel (b"mux", b"task", b"control") it came on."""
+    """A decoded request and the channel (b"mux", b"task", b"control") it came on. (Its
+    ``__init__`` written out: compiled, a dataclass's own is interpreted Python, called for
+    every task.)"""
 
     channel: bytes
     msg: Message
+
+    def __init__(self, channel: bytes, msg: Message) -> None:
+        object.__setattr__(self, "channel", channel)
+        object.__setattr__(self, "msg", msg)
 
 
 def time_limit(msg: Message) -> float | None:

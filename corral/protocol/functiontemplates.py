@@ -55,6 +55,7 @@ import re
 import struct
 import sys
 import threading
+import zlib
 from types import CellType, CodeType, FunctionType
 from typing import Any, Final, NoReturn
 
@@ -480,11 +481,17 @@ def _immutable_function(
 class FunctionTemplates:
     """One thread's templates, by the bytes of the function's frame (at most ``limit``, the
     least recently used dropped first); a frame that gave no template is remembered too, so
-    its calls are unpickled whole without trying again."""
+    its calls are unpickled whole without trying again.
+
+    Each is kept with the checksum (CRC-32) of the call pickle up to the function's end: the
+    same function bytes always give the same one, so a call's checksum is checked by going on
+    from it over the arguments alone (``zlib.crc32(rest, head)`` is the checksum of the two
+    in turn), not over the function's bytes again: the same check, for the arguments' bytes
+    only."""
 
     def __init__(self, limit: int = TEMPLATES_KEPT) -> None:
         self.limit = limit
-        self._entries: dict[bytes, FunctionTemplate | None] = {}
+        self._entries: dict[bytes, tuple[FunctionTemplate | None, int]] = {}
         self.made = 0  # templates made (for tests)
         self.used = 0  # calls unpacked through a template (for tests)
 
@@ -492,24 +499,33 @@ class FunctionTemplates:
         return len(self._entries)
 
     def load_call(
-        self, pickled: bytes, start: int, end: int
+        self, pickled: bytes, start: int, end: int, crc: int | None = None
     ) -> tuple[FunctionType, Any, Any] | None:
-        """``(f, args, kwargs)`` of the call pickle at ``pickled[start:]`` (checksum checked)
-        framed in two by a client, ``end`` its :func:`function_end`; None for a function the
-        template refused, and for arguments the template cannot read (the module doc)."""
+        """``(f, args, kwargs)`` of the call pickle at ``pickled[start:]`` framed in two by a
+        client, ``end`` its :func:`function_end`; None for a function the template refused,
+        and for arguments the template cannot read (the module doc). ``crc``: the checksum
+        the frame carries, checked here (None for a mismatch, and nothing is kept); None: the
+        caller checked it."""
         key = pickled[start + _FIRST : end]
         entries = self._entries
-        template = entries.pop(key, _MISSING)
-        if template is _MISSING:
+        entry = entries.pop(key, None)
+        if entry is None:
+            head = zlib.crc32(memoryview(pickled)[start:end])
+            if crc is not None and zlib.crc32(memoryview(pickled)[end:], head) != crc:
+                return None  # the general way names the failure
             template = FunctionTemplate.load(key)
             if template is not None:
                 self.made += 1
             while len(entries) >= self.limit:
                 del entries[next(iter(entries))]
-        entries[key] = template  # type: ignore[assignment]
+            entry = (template, head)
+        elif crc is not None and zlib.crc32(memoryview(pickled)[end:], entry[1]) != crc:
+            entries[key] = entry
+            return None
+        entries[key] = entry
+        template = entry[0]
         if template is None:
             return None
-        assert isinstance(template, FunctionTemplate)
         call = template.call(pickled, end + _FRAME_HEADER)
         if call is not None:
             self.used += 1

@@ -146,8 +146,7 @@ def load_templated_call(frames: Sequence[FrameLike]) -> tuple[Any, Any, Any] | N
     end = functiontemplates.function_end(whole, PICKLE_START)
     if end is None or not whole.startswith(HEADER):
         return None
-    if zlib.crc32(memoryview(whole)[PICKLE_START:]) != int.from_bytes(
-        whole[len(HEADER) : PICKLE_START], "little"
-    ):
-        return None  # the general way names the failure
-    return functiontemplates.thread_templates().load_call(whole, PICKLE_START, end)
+    # the checksum is checked there, from the one its template keeps for the function's part:
+    # a mismatch gives None, and the general way names the failure
+    crc = int.from_bytes(whole[len(HEADER) : PICKLE_START], "little")
+    return functiontemplates.thread_templates().load_call(whole, PICKLE_START, end, crc)

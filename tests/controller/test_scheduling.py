@@ -211,6 +211,28 @@ def test_a_plain_task_is_the_task_of_every_default() -> None:
         plain.retries = 3  # type: ignore[misc]
 
 
+def test_the_actions_written_out_are_still_frozen_dataclasses() -> None:
+    """Dispatch, Complete and Task have their ``__init__`` written out (for the compiled
+    build): equal by their fields, hashable, frozen, with the dataclass's repr and fields."""
+    assert Dispatch("t", "e", 1) == Dispatch("t", "e", 1) != Dispatch("t", "e", 2)
+    assert hash(Complete("t")) == hash(Complete("t")) and Complete("t") != Complete("u")
+    assert repr(Dispatch("t", "e", 0)) == "Dispatch(msg_id='t', engine_uuid='e', attempt=0)"
+    task = Task("t", retries=2, priority=5)
+    assert [getattr(task, field.name) for field in dataclasses.fields(task)] == [
+        "t",
+        Dependency.EMPTY,
+        Dependency.EMPTY,
+        None,
+        None,
+        2,
+        5,
+    ]
+    for action in (Dispatch("t", "e", 0), Complete("t")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            action.msg_id = "u"  # type: ignore[misc]
+    assert dataclasses.replace(Task("t"), timeout=1.5) == Task("t", timeout=1.5)
+
+
 def test_task_fields_are_checked() -> None:
     with pytest.raises(ValueError, match="retries"):
         Task("t", retries=-1)

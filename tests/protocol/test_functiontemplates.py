@@ -466,3 +466,23 @@ def test_a_by_value_function_on_a_real_engine(rc) -> None:  # type: ignore[no-un
     view = rc.load_balanced_view()
     assert [view.apply_sync(ns["counter"], 1) for _ in range(8)] == [1] * 8
     assert view.map_sync(ns["counter"], [1] * 20) == [1] * 20
+
+
+def test_a_templated_call_is_still_checksummed_whole() -> None:
+    """Its template keeps the checksum of the function's part; a changed byte anywhere in the
+    call (its arguments, or its function's frame, met first or once its template is kept)
+    is still refused as the checksum's mismatch, and no template is made from it."""
+    f = script("def f(x):\n    return x\n")["f"]
+    frames = kept(f, (b"abcdefgh",))
+    assert unpacked(frames)[1] == (b"abcdefgh",)  # its template made
+    end = function_end(frames[0], HEADER)
+    assert end is not None
+    changed_argument = frames[0].replace(b"abcdefgh", b"abcdefgX")
+    changed_function = frames[0][: end - 4] + bytes([frames[0][end - 4] ^ 1]) + frames[0][end - 3 :]
+    templates = thread_templates()
+    for corrupt in (changed_argument, changed_function, changed_function):
+        made = templates.made
+        with pytest.raises(SerializationError, match="checksum"):
+            unpacked([corrupt])
+        assert templates.made == made
+    assert unpacked(frames)[1] == (b"abcdefgh",)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -67,6 +69,24 @@ def test_msg_ids_are_unique() -> None:
     session = Session(KEY)
     ids = {session.msg("clear_request").msg_id for _ in range(10000)}
     assert len(ids) == 10000
+
+
+def test_msg_ids_are_uuid_shaped_and_count_past_48_bits_without_repeating() -> None:
+    session = Session(KEY)
+    first, second = session.new_msg_id(), session.new_msg_id()
+    assert len(first) == 36 and first[:24] == second[:24]
+    assert int(second[24:], 16) == int(first[24:], 16) + 1 == 2
+    session._id_counter = itertools.count((1 << 49) - 1)  # the last 48-bit count, then past
+    last, past = session.new_msg_id(), session.new_msg_id()
+    assert last[24:] == "f" * 12
+    assert past[24:] == "1" + "0" * 12 and past != last
+
+
+def test_utcnow_writes_the_microseconds_in_six_digits(monkeypatch: pytest.MonkeyPatch) -> None:
+    second = 1_800_000_000 * 1_000_000_000
+    for nanoseconds, written in [(5_999, "000005"), (0, "000000"), (999_999_999, "999999")]:
+        monkeypatch.setattr(time, "time_ns", lambda now=second + nanoseconds: now)
+        assert utcnow() == f"2027-01-15T08:00:00.{written}+00:00"
 
 
 def test_parent_header_links_reply() -> None:
