@@ -25,8 +25,9 @@ a committed batch survives the process being killed; a power cut may lose the la
 never corrupt the file. Reads flush the writer first, then read on their own connection.
 The schema, its versions and opening a connection are in :mod:`.sqlite_schema`, the encoding
 of records into rows (pure, no connection) in :mod:`.sqlite_rows`, how a batch becomes
-statements in :mod:`.sqlite_batches`, reading buffers back in :mod:`.sqlite_buffers`; this
-module owns the connections and the writer.
+statements in :mod:`.sqlite_batches`, the per-write paths (a record's row queued, a batch
+applied: compiled by ``make native``) in :mod:`.sqlite_writes`, reading buffers back in
+:mod:`.sqlite_buffers`; this module owns the connections and the writer.
 """
 
 from __future__ import annotations
