@@ -30,9 +30,10 @@ from types import ModuleType
 from typing import Final
 
 #: Modules compiled by ``make native``: the Hub's and the task scheduler's per-message path
-#: (with the Hub's actions and its store's writer thread, rows and batches), the engine's
-#: per-task shell (task_shell, runner, replies, io_shell, and what every task enters: the
-#: output capture, the interrupt gate, the call's summary), the client's reply and I/O path,
+#: (with the Hub's actions and activity log, its store's retention bookkeeping, writer thread,
+#: rows, batches and per-write paths), the engine's per-task shell (task_shell, runner,
+#: replies, io_shell, and what every task enters: the output capture, the interrupt gate, the
+#: call's summary), the client's reply and I/O path,
 #: its request making and resend copies (outgoing, recovery), the fingerprint by which a
 #: function's pickle is reused (functioncache, byname), and what every process shares of it.
 #: Each must compile under mypyc and behave as its source does (the whole suite runs on the
@@ -70,9 +71,12 @@ COMPILED: Final = (
     "corral.controller.hub_records",
     "corral.controller.destination",
     "corral.controller.hub_actions",
+    "corral.controller.activity",
     "corral.controller.store.writer",
+    "corral.controller.store.retention",
     "corral.controller.store.sqlite_rows",
     "corral.controller.store.sqlite_batches",
+    "corral.controller.store.sqlite_writes",
     "corral.client.socket_gate",
     "corral.client.records",
     "corral.client.reply_wire",

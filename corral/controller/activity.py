@@ -41,12 +41,15 @@ class Activity:
     def complete(
         self,
         msg_id: str,
-        engine_id: int | None,
+        engine_id: object,
         status: str,
-        started: str | None,
-        completed: str | None,
+        started: object,
+        completed: object,
     ) -> None:
-        """A task was answered (by its engine, or by the scheduler or Hub on its behalf)."""
+        """A task was answered (by its engine, or by the scheduler or Hub on its behalf).
+        ``engine_id``, ``started`` and ``completed`` are logged as given: an int and two ISO
+        dates, or None, from the Hub's records, but as a reply's metadata said when the Hub
+        does not know its engine (compiled, an annotation is checked at the call)."""
         self.counts[status] = self.counts.get(status, 0) + 1
         self.seq += 1
         self.recent.append([self.seq, msg_id, engine_id, status, started, completed])

@@ -46,3 +46,17 @@ def test_a_refused_write_is_logged_and_costs_itself(caplog: pytest.LogCaptureFix
         assert apply_record_write(store, AddRecord("b", {"status": "ok"}))
     assert "AddRecord failed" in caplog.text
     assert store.get_history() == ["b"]
+
+
+def test_record_writes_are_equal_by_value_and_unhashable() -> None:
+    """The Hub's two per-task actions are plain classes (compiled, a dataclass would build
+    through an interpreted ``__init__``) that compare as the dataclasses they were."""
+    texts = (b"{}", b"{}", b"{}", b"{}")
+    assert AddRecord("a", {"x": 1}) == AddRecord("a", {"x": 1})
+    assert AddRecord("a", {"x": 1}, texts) != AddRecord("a", {"x": 1})
+    assert AddRecord("a", {"x": 1}) != UpdateRecord("a", {"x": 1})
+    assert UpdateRecord("a", {"x": 1}, texts) == UpdateRecord("a", {"x": 1}, texts)
+    assert UpdateRecord("a", {"x": 1}) != UpdateRecord("b", {"x": 1})
+    assert "UpdateRecord(msg_id='a'" in repr(UpdateRecord("a", {}))
+    with pytest.raises(TypeError):
+        hash(AddRecord("a", {}))

@@ -25,13 +25,13 @@ a committed batch survives the process being killed; a power cut may lose the la
 never corrupt the file. Reads flush the writer first, then read on their own connection.
 The schema, its versions and opening a connection are in :mod:`.sqlite_schema`, the encoding
 of records into rows (pure, no connection) in :mod:`.sqlite_rows`, how a batch becomes
-statements in :mod:`.sqlite_batches`, reading buffers back in :mod:`.sqlite_buffers`; this
-module owns the connections and the writer.
+statements in :mod:`.sqlite_batches`, the per-write paths (a record's row queued, a batch
+applied: compiled by ``make native``) in :mod:`.sqlite_writes`, reading buffers back in
+:mod:`.sqlite_buffers`; this module owns the connections and the writer.
 """
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
@@ -64,21 +64,13 @@ from .sqlite_batches import (
     LOOK_AHEAD,
     KnownRows,
     later_updates,
-    merge_upserts,
-    request_parts_sql,
-    rows_per_statement,
-    statement_sizes,
-    upsert_runs,
-    upsert_sql,
 )
 from .sqlite_buffers import read_request_buffers, read_result_buffers
 from .sqlite_rows import (
     ROW_OVERHEAD,
     Payload,
-    Row,
     columns_for,
     decode_row,
-    encode_exact,
     encode_row,
     engine_row,
     sql_where,
@@ -87,15 +79,13 @@ from .sqlite_schema import (
     ALL_COLUMNS,
     CHUNK_BYTES,
     CHUNKS_SIZE,
-    DELETE,
-    INSERT_CHUNK,
-    INSERT_REQUEST_PART,
     REQUEST_DATA,
     REQUEST_SIZE,
     SCALAR_COLUMNS,
     connect,
     prepare,
 )
+from .sqlite_writes import RowQueue, apply_batch
 
 #: ``_tuple_new(WriteOp, (...))`` is ``WriteOp(...)`` made in C, as :mod:`.sqlite_rows` makes
 #: its rows: 0.16 -> 0.10 us, once per write in the Hub's thread.
@@ -122,16 +112,6 @@ def _adapt_as_they_are() -> None:
     for kind in _BOUND_AS_THEY_ARE:
         if (kind, sqlite3.PrepareProtocol) not in sqlite3.adapters:
             sqlite3.register_adapter(kind, _as_is)
-
-
-def _give_way() -> None:
-    """Let a thread waiting for this CPU run now (``sched_yield``), between the statements of
-    a batch. A batch is 0.3-1 ms of CPU at a trickle of tasks, and the kernel lets a running
-    thread use up its slice (1.4 ms here) before a woken one preempts it, nice 10 or not: an
-    engine's or a client's thread woken on the writer's CPU waited for the whole batch, the
-    cause of most of the slowest 1% of apply round trips (bench/README.md, round twelve).
-    With a way given between statements it waits for one statement at most."""
-    os.sched_yield()
 
 
 class SQLiteStore(ResultStore):
@@ -197,6 +177,9 @@ class SQLiteStore(ResultStore):
             later=later_updates if look_ahead > 0 else None,
             look_ahead=look_ahead,
         )
+        self._rows = RowQueue(
+            self._writer, chunk_bytes, self.retention, self._retention_lock, self._apply_purge
+        )
         if self.retention is not None and not read_only:
             try:
                 self._restore_retention(self._stored_sizes())
@@ -207,87 +190,8 @@ class SQLiteStore(ResultStore):
     # ------------------------------------------------------------ writes (writer thread)
 
     def _apply(self, batch: list[WriteOp[Payload]]) -> None:
-        """One transaction; a record's upserts merged into one row where they can be, then runs
-        of upserts with the same columns go in a few multi-row statements (which rows exist
-        already, so which writes may be grouped: :class:`KnownRows`, no query). The writer
-        gives way to other threads between statements (:func:`_give_way`)."""
-        db = self._db
-        dropped = False
-        batch = merge_upserts(batch)
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            for columns, run in upsert_runs(batch, self._known.ids):
-                if columns is None:
-                    for op in run:
-                        db.execute(DELETE, (orjson.dumps(op.msg_ids).decode(),))
-                        dropped = True
-                        _give_way()
-                else:
-                    self._upsert_run(columns, run)  # gives way after each statement
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        self._known.committed(batch)
-        if dropped:
-            # give the pages of dropped records back to the file system (the file shrinks
-            # at the next checkpoint), so purges free disk space, not just rows
-            db.executescript("PRAGMA incremental_vacuum")  # execute() frees one page only
-
-    def _upsert_run(self, columns: tuple[str, ...], run: Iterable[WriteOp[Payload]]) -> None:
-        """Upserts of the same columns: a few multi-row statements (:func:`statement_sizes`),
-        then a few more for the parts of requests kept apart from their rows; a
-        chunked row is written alone and followed by its chunks, and a second row with parts
-        for the same msg_id waits for the first's (each row's triggers remove the old chunks
-        and parts before the new ones go in)."""
-        db = self._db
-        rows: list[Row] = []
-        parts: list[tuple[str, int, memoryview]] = []
-        with_parts: set[str] = set()
-
-        limit = db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-        most = rows_per_statement(len(columns), limit)
-        parts_most = rows_per_statement(3, limit)
-
-        def flush() -> None:
-            start = 0
-            for size in statement_sizes(len(rows), most):
-                values: list[Any] = []
-                for row in rows[start : start + size]:
-                    row.bind(values)
-                db.execute(upsert_sql(columns, size), values)
-                _give_way()
-                start += size
-            start = 0
-            for size in statement_sizes(len(parts), parts_most):
-                values = [value for part in parts[start : start + size] for value in part]
-                db.execute(request_parts_sql(size), values)
-                _give_way()
-                start += size
-            rows.clear()
-            parts.clear()
-            with_parts.clear()
-
-        for op in run:
-            row = op.payload
-            if row is None:
-                continue
-            msg_id = op.msg_ids[0]
-            chunked = row.chunk > 0
-            if chunked or msg_id in with_parts:
-                flush()
-            if chunked:
-                db.execute(upsert_sql(columns), row.parameters())
-                db.executemany(INSERT_CHUNK, row.chunks())
-                if row.request_part:
-                    db.executemany(INSERT_REQUEST_PART, row.request_parts())
-                continue
-            rows.append(row)
-            if row.request_part:
-                parts.extend(row.request_parts())
-                with_parts.add(msg_id)
-        flush()
+        """One transaction of the writer thread (:func:`~.sqlite_writes.apply_batch`)."""
+        apply_batch(self._db, batch, self._known)
 
     # ------------------------------------------------------------ interface
 
@@ -295,10 +199,12 @@ class SQLiteStore(ResultStore):
         return [self._writer.thread]
 
     def add_record(self, msg_id: str, record: dict[str, Any]) -> None:
-        self._upsert(msg_id, record)
+        if not self._rows.upsert(msg_id, record, None):
+            self._upsert(msg_id, record)
 
     def update_record(self, msg_id: str, changes: dict[str, Any]) -> None:
-        self._upsert(msg_id, changes)
+        if not self._rows.upsert(msg_id, changes, None):
+            self._upsert(msg_id, changes)
 
     def add_decoded_record(
         self, msg_id: str, record: dict[str, Any], json_texts: MessageJSON
@@ -306,31 +212,22 @@ class SQLiteStore(ResultStore):
         """The JSON frames are kept as they came (:func:`encode_exact`): the Hub's records
         hold its copies' header, metadata and content, six dicts a task, which cost about
         0.1 us each to encode again."""
-        self._upsert(msg_id, record, json_texts)
+        if not self._rows.upsert(msg_id, record, json_texts):
+            self._upsert(msg_id, record)
 
     def update_decoded_record(
         self, msg_id: str, changes: dict[str, Any], json_texts: MessageJSON
     ) -> None:
-        self._upsert(msg_id, changes, json_texts)
+        if not self._rows.upsert(msg_id, changes, json_texts):
+            self._upsert(msg_id, changes)
 
-    def _upsert(
-        self,
-        msg_id: str,
-        fields: dict[str, Any],
-        json_texts: MessageJSON | None = None,
-    ) -> None:
-        retention = self.retention
-        limit = retention.settings.buffer_limit if retention is not None else None
-        payload = encode_exact(msg_id, fields, self.chunk_bytes, limit, json_texts)
-        if payload is None:  # not the Hub's usual record: validated, omitted, encoded apart
-            fields = self._omit_large_buffers(validate_record(msg_id, fields))
-            payload = encode_row(fields, self.chunk_bytes)
+    def _upsert(self, msg_id: str, fields: dict[str, Any]) -> None:
+        """A write :class:`RowQueue` declined (not the Hub's usual record: the Hub's own are
+        queued there, compiled): validated, large buffers omitted, encoded field by field."""
+        fields = self._omit_large_buffers(validate_record(msg_id, fields))
+        payload = encode_row(fields, self.chunk_bytes)
         self._writer.submit(_tuple_new(WriteOp, ("upsert", (msg_id,), payload)))
-        if retention is not None:  # ResultStore._account, inline: two or three a task
-            with self._retention_lock:
-                purge = retention.recorded(msg_id, payload.size(), fields.get("status"))
-            if purge is not None:
-                self._apply_purge(purge)
+        self._account(msg_id, fields, payload.size())
 
     def set_engines(self, destinations: Iterable[tuple[str, str, int | None]]) -> None:
         """The rows made at once (:func:`engine_row`) and queued under one lock; a value not

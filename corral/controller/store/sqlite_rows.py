@@ -17,7 +17,7 @@ are in :mod:`.sqlite_schema`; how the writer turns a batch of rows into statemen
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Final, NamedTuple, cast
 
 import orjson
@@ -159,11 +159,6 @@ def _dumps(name: str, value: Any) -> str:
         raise StoreError(f"field {name!r} cannot be stored as JSON in SQLite: {exc}") from None
 
 
-#: What a layout's exact check (:func:`_exact_check`) returns: the row's values so far (msg_id,
-#: present, the scalars) and the length of their text; None for a value not exactly its type.
-ExactCheck = Callable[[str, Mapping[str, Any]], tuple[list[Any], int] | None]
-#: The same, given the JSON frames of the message the record's dict fields were decoded from.
-ExactTextsCheck = Callable[[str, Mapping[str, Any], MessageJSON], tuple[list[Any], int] | None]
 #: The frame of a message's JSON (:data:`~.base.MessageJSON`) a dict field was decoded from.
 _FRAME_OF = {
     "header": 0,
@@ -175,12 +170,27 @@ _FRAME_OF = {
 }
 
 
+#: How :func:`_exact_values` checks and encodes a scalar: text, integer, bool, JSON of a dict
+#: (``Final``, as the bounds below: compiled, a constant, not a lookup in the module's dict).
+_TEXT: Final = 0
+_INT: Final = 1
+_BOOL: Final = 2
+_JSON: Final = 3
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
+#: One scalar of a layout on the one-pass way: its name, the exact type of its values, how it
+#: is encoded, and the frame of a message's JSON (:data:`~.base.MessageJSON`) a dict field is
+#: decoded from (-1: none).
+_Check = tuple[str, type, int, int]
+
+
 class _Layout(NamedTuple):
     """Where the fields of a record with a given set of names go: the ``present`` bits, the
     scalar columns in column order (and whether each holds JSON), the names kept in ``extra``,
-    and whether request or result buffers are written; ``exact``: :func:`encode_exact`'s
-    check and encoding of the scalars of such a record (``exact_texts``: the same, keeping the
-    JSON text a dict field was decoded from when it is given)."""
+    and whether request or result buffers are written; ``checks``: :func:`encode_exact`'s
+    check and encoding of each scalar of such a record, in column order; ``texts``: whether
+    the JSON frames of one message may stand for its dict fields (not when it holds both a
+    request's and a result's, whose frames would be two messages')."""
 
     present: int
     scalars: tuple[tuple[str, bool], ...]
@@ -188,8 +198,8 @@ class _Layout(NamedTuple):
     columns: tuple[str, ...]
     request: bool
     buffers: bool
-    exact: ExactCheck
-    exact_texts: ExactTextsCheck
+    checks: tuple[_Check, ...]
+    texts: bool
 
 
 _TYPES: dict[str, type] = {
@@ -198,6 +208,7 @@ _TYPES: dict[str, type] = {
     **dict.fromkeys(BOOL_FIELDS, bool),
     **dict.fromkeys(DICT_FIELDS, dict),
 }
+_HOW = {str: _TEXT, int: _INT, bool: _BOOL, dict: _JSON}
 
 
 @functools.lru_cache(maxsize=256)
@@ -225,57 +236,61 @@ def _layout(names: tuple[str, ...]) -> _Layout:
         columns.append(REQUEST_DATA)
     if buffers:
         columns.append(BUFFERS_FIELD)
-    exact = cast(ExactCheck, _exact_check(present, scalars, texts=False))
-    exact_texts = cast(ExactTextsCheck, _exact_check(present, scalars, texts=True))
+    checks = tuple(
+        (name, _TYPES[name], _HOW[_TYPES[name]], _FRAME_OF.get(name, -1)) for name, _ in scalars
+    )
+    messages = {name.startswith("result_") for name, is_json in scalars if is_json}
     return _Layout(
-        present, scalars, tuple(extras), tuple(columns), request, buffers, exact, exact_texts
+        present,
+        scalars,
+        tuple(extras),
+        tuple(columns),
+        request,
+        buffers,
+        checks,
+        len(messages) < 2,
     )
 
 
-def _exact_check(
-    present: int, scalars: tuple[tuple[str, bool], ...], *, texts: bool
-) -> Callable[..., tuple[list[Any], int] | None]:
-    """The function that checks and encodes the scalars of a record of one layout for
-    :func:`encode_exact`, written out for that layout (as :mod:`dataclasses` writes an
-    ``__init__``): one step per field, no loop over a table of fields, which cost about
-    twice as much for the Hub's writes. For each scalar in column order: None as it is, else
-    exactly its field's type or the record is not for this path (None); a dict is JSON-encoded
-    (StoreError when it cannot be), an int must fit in 64 bits; and the length of the text is
-    added up for :meth:`Row.size`. With ``texts``, the function takes a third argument, the
-    JSON frames of the message the record's dict fields were decoded from
-    (:meth:`~.base.ResultStore.add_decoded_record`), and keeps each field's frame as it came
+def _exact_values(
+    msg_id: str, present: int, fields: Mapping[str, Any], layout: _Layout, texts: MessageJSON | None
+) -> tuple[list[Any], int] | None:
+    """The values of a record's row so far (msg_id, ``present``, the scalars in column order)
+    and the length of their text, for :func:`encode_exact`; None for a value not exactly its
+    field's type. Each scalar: None as it is, else exactly its field's type; a dict
+    JSON-encoded (StoreError when it cannot be), an int within 64 bits. With ``texts`` (the
+    JSON frames of the message the record's dict fields were decoded from,
+    :meth:`~.base.ResultStore.add_decoded_record`), each dict field's frame is kept as it came
     (UTF-8 decoded) instead of encoding its dict again; a frame that is not UTF-8 (never one a
-    dict was decoded from), and every field of a record that holds both a request's and a
-    result's (whose frames would be two messages'), are encoded as without ``texts``. The
-    source is built from the known field names only."""
-    lines = [f"def check(msg_id, fields{', texts' if texts else ''}):", "    text = len(msg_id)"]
-    names_json = [name for name, is_json in scalars if is_json]
-    if len({name.startswith("result_") for name in names_json}) > 1:
-        texts = False  # a request's and a result's dicts: which message's frames?
-    names = []
-    for index, (name, is_json) in enumerate(scalars):
-        kind = _TYPES[name].__name__
-        value = f"v{index}"
-        names.append(value)
-        lines += [f"    {value} = fields[{name!r}]", f"    if {value} is not None:"]
-        lines.append(f"        if {value}.__class__ is not {kind}: return None")
-        if is_json and texts:
-            lines += [
-                f"        try: {value} = texts[{_FRAME_OF[name]}].decode()",
-                f"        except UnicodeDecodeError: {value} = _dumps({name!r}, {value})",
-                f"        text += len({value})",
-            ]
-        elif is_json:
-            lines.append(f"        {value} = _dumps({name!r}, {value}); text += len({value})")
-        elif kind == "str":
-            lines.append(f"        text += len({value})")
-        elif kind == "int":
-            lines.append(f"        if not {INT64_MIN} <= {value} <= {INT64_MAX}: return None")
-    lines.append(f"    return [msg_id, {present}, {', '.join(names)}], text")
-    namespace: dict[str, Any] = {"_dumps": _dumps}
-    exec("\n".join(lines), namespace)  # noqa: S102 - source from known field names only
-    check: Callable[..., tuple[list[Any], int] | None] = namespace["check"]
-    return check
+    dict was decoded from) is encoded as without ``texts``, and so is every field of a record
+    that holds both a request's and a result's."""
+    if not layout.texts:
+        texts = None
+    text = len(msg_id)
+    values: list[Any] = [msg_id, present]
+    for name, kind, how, frame in layout.checks:
+        value: Any = fields[name]
+        if value is not None:
+            if type(value) is not kind:
+                return None
+            if how == _JSON:
+                encoded: str | None = None
+                if texts is not None:
+                    try:
+                        encoded = texts[frame].decode()
+                    except UnicodeDecodeError:
+                        encoded = None
+                if encoded is None:
+                    encoded = _dumps(name, value)
+                text += len(encoded)
+                values.append(encoded)
+                continue
+            if how == _TEXT:
+                text += len(cast(str, value))
+            elif how == _INT and not _INT64_MIN <= cast(int, value) <= _INT64_MAX:
+                return None
+        values.append(value)
+    return values, text
 
 
 def encode_row(fields: dict[str, Any], chunk_bytes: int = CHUNK_BYTES) -> Row:
@@ -404,11 +419,7 @@ def encode_exact(
     ):
         return None
     # the values, and the text Row.size counts
-    checked = (
-        layout.exact(msg_id, fields)
-        if json_texts is None
-        else layout.exact_texts(msg_id, fields, json_texts)
-    )
+    checked = _exact_values(msg_id, layout.present, fields, layout, json_texts)
     if checked is None:
         return None
     values, size = checked

@@ -449,6 +449,27 @@ def test_the_one_pass_encoding_refuses_what_json_cannot_hold_at_the_call() -> No
         encode_exact("t1", {**HUB_REQUEST, "metadata": {"x": object()}}, 1 << 20, None)
 
 
+def test_writes_the_one_pass_way_and_the_long_way_store_and_count_alike(tmp_path: Path) -> None:
+    """A record the one-pass encoding takes is queued and counted by the store's compiled
+    ``RowQueue``; one it declines (a field outside the schema) takes the store's long way. Both
+    read back as written, and both count toward the size limit by their own row's size."""
+    usual = {**HUB_REQUEST, "buffers": [b"pickled function"]}
+    unusual = {**usual, "msg_id": "t2", "header": {"msg_id": "t2"}, "custom": [1]}
+    assert encode_exact("t1", usual, 1 << 20, 32) is not None
+    assert encode_exact("t2", unusual, 1 << 20, 32) is None
+    with SQLiteStore(tmp_path / "tasks.db", retention=RetentionSettings(buffer_limit=32)) as store:
+        store.add_record("t1", usual)
+        store.add_record("t2", unusual)
+        records = store.get_records(["t1", "t2"])
+        assert store.retention is not None
+        sizes = store.retention.sizes
+    assert {key: records["t1"][key] for key in usual} == usual
+    assert {key: records["t2"][key] for key in unusual} == unusual
+    exact = encode_exact("t1", usual, 1 << 20, 32)
+    assert exact is not None and sizes["t1"] == exact.size()
+    assert sizes["t2"] == encode_row(validate_record("t2", unusual), 1 << 20).size()
+
+
 def test_the_one_pass_encoding_declines_bad_msg_ids() -> None:
     assert encode_exact("", {"status": "ok"}, 1 << 20, None) is None
     assert encode_exact(None, {"status": "ok"}, 1 << 20, None) is None  # type: ignore[arg-type]

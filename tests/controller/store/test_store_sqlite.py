@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 
-from corral.controller.store import SQLiteStore, open_store
-from corral.controller.store import sqlite as sqlite_module
+from corral.controller.store import SQLiteStore, open_store, sqlite_writes
 from corral.controller.store.base import SCALAR_FIELD_CATEGORIES, BatchWriter, WriteOp
 from corral.controller.store.query import parse_query, split_query
 from corral.controller.store.sqlite_rows import sql_where
@@ -66,9 +65,10 @@ def test_the_writer_gives_way_between_the_statements_of_a_batch(
     have its CPU between them (a woken engine or client thread does not wait for the whole
     batch), then commits every row."""
     gave_way: list[str] = []
+    # the system call itself: give_way is a compiled call under ``make native``
     monkeypatch.setattr(
-        sqlite_module,
-        "_give_way",
+        sqlite_writes,
+        "_sched_yield",
         lambda: gave_way.append(threading.current_thread().name),
     )
     store = SQLiteStore(tmp_path / "tasks.db")
