@@ -73,7 +73,7 @@ import os
 import select
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 
 import zmq
@@ -230,6 +230,9 @@ class SocketGate:
         self.rejected = 0  # messages dropped when handled off the I/O thread
         self._loop = loop
         self._outbox = Outbox(sock, route_length)
+        # made once: a bound method made per hand-off was one more object per request
+        # waiting in the loop's inbox, counted toward the user's next young collection
+        self._outbox_put: Callable[[Sequence[Frame]], None] = self._outbox.put
         self._reader = reader
         self._batch = batch
         self._drain_asked = False  # a drain is queued on the loop: no second one
@@ -264,7 +267,7 @@ class SocketGate:
             # have no order; one thread's requests keep theirs (this one counted, each later
             # one is handed over after it).
             try:
-                self._loop.call_soon_threadsafe(self._outbox.put, frames)
+                self._loop.call_soon_threadsafe(self._outbox_put, frames)
             except ConnectionError:
                 with self.lock:
                     self.order.sent(1)  # never handed over: nothing of it to send
