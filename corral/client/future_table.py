@@ -3,8 +3,8 @@
 A client holding its results keeps, per held task, its AsyncResult and its request's future
 (:class:`~corral.client.requestfuture.RequestFuture`): two objects the cyclic collector tracks,
 and walks at every full collection, which come the more often the more a program holds (a
-client holding 100,000 results spent 17-24 us per task in the collector, ``bench/README.md``,
-round seventeen). Once a request is settled and the one AsyncResult over it alone has
+client submitting and holding 100,000 no-ops spent about 12 us of CPU per task in its
+collections, ``bench/README.md``, round seventeen). Once a request is settled and the one AsyncResult over it alone has
 finished (it keeps its own outcome and lets its request's future go), the records are the
 future's only holder, and all they still need of it is its outcome and two marks. So
 :meth:`FutureTable.compact` puts a plain tuple in its place (the outcome, whether it failed,
