@@ -4,12 +4,13 @@ A client holding its results keeps, per held task, its AsyncResult and its reque
 (:class:`~corral.client.requestfuture.RequestFuture`): two objects the cyclic collector tracks,
 and walks at every full collection, which come the more often the more a program holds (a
 client submitting and holding 100,000 no-ops spent about 12 us of CPU per task in its
-collections, ``bench/README.md``, round seventeen). Once a request is settled and the one AsyncResult over it alone has
-finished (it keeps its own outcome and lets its request's future go), the records are the
-future's only holder, and all they still need of it is its outcome and two marks. So
-:meth:`FutureTable.compact` puts a plain tuple in its place (the outcome, whether it failed,
-the two marks): the collector stops tracking such a tuple at its first look when the value
-is a number, a string, bytes, None or an array, which is what most tasks return.
+collections, ``bench/README.md``, round seventeen). Once a request is settled and the one
+AsyncResult over it alone has finished (it keeps its own outcome and lets its request's
+future go), the records are the future's only holder, and all they still need of it is its
+outcome and two marks. So :meth:`FutureTable.compact` puts a plain tuple in its place (the
+outcome, whether it failed, the two marks): the collector stops tracking such a tuple at its
+first look when the value is a number, a string, bytes, None or an array, which is what
+most tasks return.
 
 Reading an entry (``records.futures[msg_id]``, ``get``, iteration) gives a future as before: a
 compact entry becomes a settled :class:`RequestFuture` again, stored in its place, so every
