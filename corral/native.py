@@ -81,6 +81,7 @@ COMPILED: Final = (
     "corral.client.records",
     "corral.client.reply_wire",
     "corral.client.metadata_table",
+    "corral.client.future_table",
     "corral.client.io_shell",
     "corral.client.completion",
     "corral.client.outcomes",

@@ -160,7 +160,7 @@ class AsyncResult(ResultInfo, LightFuture):
         return listed
 
     @property
-    def _children(self) -> Sequence[RequestFuture]:
+    def _children(self) -> Sequence[LightFuture]:
         """The futures of its requests, in order. One request's (nearly every ``apply``) is
         held alone and shown in a tuple made when asked: a list per result was one more
         object per held task for the cyclic collector to walk (it walks every held result
@@ -168,8 +168,10 @@ class AsyncResult(ResultInfo, LightFuture):
         only = self._only
         if only is not None:
             return (only,)
-        assert self._many is not None
-        return self._many
+        many = self._many
+        if many is None:  # one request's, let go once finished: this result has its outcome
+            return (self,)
+        return many
 
     @property
     def reply_channel(self) -> str | None:
@@ -217,16 +219,24 @@ class AsyncResult(ResultInfo, LightFuture):
         if link is not None:  # None while __init__ finishes a result without parts
             link.result = None
             self._link = None
-        if self.owner:  # before it completes: whoever it wakes sees the client's caches without
-            self._records.take(self._ids)  # them, as ipyparallel's owner (client/cache.py)
         child = self._only
+        if self.owner:  # before it completes: whoever it wakes sees the client's caches without
+            if child is not None:  # them, as ipyparallel's owner (client/cache.py); one
+                child.taken = True  # request's mark set on its future, the records' entry
+            else:
+                self._records.take(self._ids)
         if self._single and child is not None and child._state == _FINISHED:
-            # what _reduce makes of one part, without its steps
+            # what _reduce makes of one part, without its steps; then the part is let go (its
+            # outcome is this result's own): the records may keep it compact, and a held
+            # result is one object for the cyclic collector, not two (corral.client.future_table)
             error = child._exception
+            value = child._result
+            self._only = None
+            child.let_go = True
             if error is not None:
                 settle(self, error, failed=True)
             else:
-                settle(self, child._result, failed=False)
+                settle(self, value, failed=False)
             return
         try:
             value = self._reduce([outcome_of(child) for child in self._children])

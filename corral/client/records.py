@@ -46,6 +46,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from corral.client.executereply import ExecuteReply
+from corral.client.future_table import FutureTable
 from corral.client.metadata import RESULT_KEYS, Metadata, parse_date, update_from_reply
 from corral.client.metadata_table import MSG_ID, UNANSWERED, MetadataTable, compact_request
 from corral.client.published import PublishedData
@@ -105,7 +106,6 @@ class Records:
         # told each settled msg_id after its future (the client's Resender drops its copy):
         # one call, where a done-callback per request cost an object and a lock
         self._on_settled = on_settled
-        self.futures: dict[str, RequestFuture] = {}
         self.pending: dict[str, Pending | RequestFuture] = {}
         self.results: dict[str, Any] = {}
         # a request's metadata: iopub (the I/O thread), its reply (whichever thread reads it,
@@ -131,6 +131,10 @@ class Records:
         # while a thread sleeps (a LightFuture's waiters sleep on locks of their own), and
         # reentrant for concurrent.futures.wait, which takes each future's lock in turn
         self._future_lock = _thread.RLock()
+        # a settled request's future kept compact once only the records hold it
+        # (corral.client.future_table): one object fewer per held result for the collector
+        self.futures = FutureTable(self._defer, self._future_lock)
+        self._future_entries = self.futures.entries
         self._holders: dict[str, int] = {}  # msg_id -> AsyncResults holding it
         self._released: collections.deque[Sequence[str]] = collections.deque()
         self._orphans: set[str] = set()  # released while unfinished: forgotten once settled
@@ -169,7 +173,7 @@ class Records:
         )
         if header["msg_type"] == "execute_request" and (msg.content or {}).get("silent"):
             self._silent.add(msg_id)
-        self.futures[msg_id] = future
+        self._future_entries[msg_id] = future
         if in_history:
             with self._lock:
                 self.history.append(msg_id)
@@ -275,10 +279,11 @@ class Records:
                 update_from_reply(md, metadata, content, received, msg_id in self._silent)
                 if "execute_result" in metadata:
                     self._silent.discard(msg_id)
-            if "stdout" in metadata or "stderr" in metadata:
-                request = self.futures.get(msg_id)
-                if request is not None:
-                    request.streams_final = True
+            if "stdout" in metadata or "stderr" in metadata:  # every engine's reply says
+                if type(future) is RequestFuture:  # the table's entry: marked without a lookup
+                    future.streams_final = True
+                else:
+                    self.futures.mark(msg_id, final=True)
         frames = buffers if type(buffers) is tuple else tuple(buffers)  # a reply's: a tuple
         if isinstance(future, RequestFuture) and future.allow_inline and settles_inline(frames):
             try:
@@ -314,6 +319,8 @@ class Records:
         self.results[msg_id] = value
         self.outstanding.discard(msg_id)
         settle(future, value, failed)
+        if type(future) is RequestFuture and future.let_go:  # told its owner, which let it go
+            self.futures.compact(msg_id, future, value, failed)
         self._settled(msg_id)
 
     def fail(self, msg_id: str, error: BaseException, *, at_once: bool = False) -> bool:
@@ -351,8 +358,8 @@ class Records:
         if parent is None:
             return
         if msg.msg_type != "data_message":
-            request = self.futures.get(parent)
-            if request is not None and request.streams_final:
+            marks = self.futures.marks(parent)
+            if marks is not None and marks[1]:
                 return  # its reply said what it printed
         md = self.metadata.full(parent)
         if md is not None and msg.msg_type == "data_message":
@@ -422,18 +429,22 @@ class Records:
         that are usually empty (silent executes, trackers, orphans) are only looked at when
         they are not: a request is added to each before it is settled, so never during this."""
         futures, pending, results, metadata = (
-            self.futures,
+            self._future_entries,
             self.pending,
             self.results,
             self._metadata_entries,
         )
         silent, trackers, orphans = self._silent, self.trackers, self._orphans
+        future_lock = self._future_lock
         dropped = set()
         for msg_id in msg_ids:
             future = futures.get(msg_id)
-            if msg_id in pending or (future is not None and not future.done()):
+            if msg_id in pending or (
+                future is not None and type(future) is not tuple and not future.done()
+            ):
                 continue
-            futures.pop(msg_id, None)
+            with future_lock:  # ordered with a compaction of its entry (FutureTable.compact)
+                futures.pop(msg_id, None)
             results.pop(msg_id, None)
             metadata.pop(msg_id, None)
             if silent:
@@ -469,29 +480,26 @@ class Records:
     def take(self, msg_ids: Iterable[str]) -> None:
         """An owning AsyncResult has finished: ``Client.results``/``metadata`` stop showing
         ``msg_ids`` (ipyparallel's rule, see corral.client.cache); kept here while held.
-        The mark is on the request's future: a set of them was one more table entry per
-        held result."""
+        The mark is on the request's future (or its compact entry): a set of them was one
+        more table entry per held result."""
         futures = self.futures
         for msg_id in msg_ids:
-            future = futures.get(msg_id)
-            if future is not None:
-                future.taken = True
+            futures.mark(msg_id, taken=True)
 
     def is_taken(self, msg_id: object) -> bool:
         """Whether an owning AsyncResult took ``msg_id`` (see :meth:`take`)."""
-        future = self.futures.get(msg_id) if type(msg_id) is str else None
-        return future is not None and future.taken
+        marks = self.futures.marks(msg_id) if type(msg_id) is str else None
+        return marks is not None and marks[0]
 
     def untake(self, msg_id: str) -> None:
         """The client's caches show ``msg_id`` again (a user wrote its result back)."""
-        future = self.futures.get(msg_id)
-        if future is not None:
-            future.taken = False
+        self.futures.mark(msg_id, taken=False)
 
     @property
     def taken(self) -> set[str]:
         """The msg_ids taken by their owners (a scan, for checks and tests)."""
-        return {msg_id for msg_id, future in list(self.futures.items()) if future.taken}
+        futures = self.futures
+        return {msg_id for msg_id in futures if (futures.marks(msg_id) or (False,))[0]}
 
     @property
     def held(self) -> int:
@@ -527,8 +535,7 @@ class Records:
                         self._holders[msg_id] = left
                         continue
                     self._holders.pop(msg_id, None)
-                    future = self.futures.get(msg_id)
-                    if msg_id in self.pending or (future is not None and not future.done()):
+                    if msg_id in self.pending or self.futures.is_done(msg_id) is False:
                         self._orphans.add(msg_id)
                     else:
                         finished.append(msg_id)

@@ -41,6 +41,7 @@ __all__ = [
     "TASK",
     "RequestFuture",
     "lighten",
+    "settled_future",
     "settles_inline",
 ]
 
@@ -333,6 +334,9 @@ class RequestFuture(LightFuture):
         # it printed, so later iopub streams of it are ignored (corral.client.records)
         self.taken = False
         self.streams_final = False
+        # its one owner, over it alone, finished and let it go: the records are then its only
+        # holder and may keep it compact (corral.client.future_table)
+        self.let_go = False
 
     @property
     def reply_channel(self) -> str | None:
@@ -386,6 +390,18 @@ class RequestFuture(LightFuture):
 
 def _call(fn: Callable[[Future[Any]], object], future: Future[Any]) -> None:
     fn(future)
+
+
+def settled_future(offload: Offload, lock: Any, value: Any, failed: bool) -> RequestFuture:
+    """A request's future already settled with ``value`` (its error if ``failed``): what a
+    compact entry of :class:`corral.client.future_table.FutureTable` stands for."""
+    future = RequestFuture(offload, lock=lock)
+    if failed:
+        future._exception = value
+    else:
+        future._result = value
+    future._state = _FINISHED
+    return future
 
 
 def settles_inline(buffers: Sequence[Frame], limit: int = INLINE_LIMIT) -> bool:

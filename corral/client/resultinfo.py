@@ -17,7 +17,7 @@ from corral.errors import TimeoutError
 
 if TYPE_CHECKING:
     from corral.client.records import Records
-    from corral.client.requestfuture import RequestFuture
+    from corral.client.requestfuture import LightFuture
 
 __all__ = ["ResultInfo"]
 
@@ -35,7 +35,7 @@ class ResultInfo:
         _fname: str
 
         @property
-        def _children(self) -> Sequence[RequestFuture]: ...
+        def _children(self) -> Sequence[LightFuture]: ...
 
         def done(self) -> bool: ...
 

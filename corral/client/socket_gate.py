@@ -73,7 +73,7 @@ import os
 import select
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, cast
 
 import zmq
@@ -230,6 +230,13 @@ class SocketGate:
         self.rejected = 0  # messages dropped when handled off the I/O thread
         self._loop = loop
         self._outbox = Outbox(sock, route_length)
+        # handed over by submitting threads, for the I/O thread to put in the outbox: one
+        # call on its loop per burst (``_handed_asked``), not one per request, whose entry,
+        # arguments and bound method waited in the loop's inbox, three objects per request
+        # counted toward the user's next young collection (see ``submit``)
+        self._handed: list[Sequence[Frame]] = []
+        self._handed_asked = False
+        self._take_handed_call: Callable[[], None] = self._take_handed  # made once
         self._reader = reader
         self._batch = batch
         self._drain_asked = False  # a drain is queued on the loop: no second one
@@ -248,7 +255,7 @@ class SocketGate:
         """Send ``frames`` now, on this thread, if ``at_once`` and nothing is queued ahead;
         else hand them to the I/O thread, which sends them at the end of its turn.
         ConnectionError if the loop refuses hand-offs (closed) and this thread may not send."""
-        wake = False
+        wake = ask = False
         with self.lock:
             at_once = self.order.may_send_now(at_once) and self._loop.closed_because is None
             if at_once:
@@ -257,17 +264,21 @@ class SocketGate:
                 wake = self._take_readable()
             else:
                 self.order.queue()  # counted before it is handed over: never sent uncounted
-        if not at_once:
+                self._handed.append(frames)  # in order: one thread's requests keep theirs
+                # the first of a burst asks the I/O thread to take them; so does any once
+                # the loop refuses hand-offs, to get its ConnectionError
+                ask = not self._handed_asked or self._loop.closed_because is not None
+                self._handed_asked = True
+        if ask:
             # after the lock, which the I/O thread takes to send what it is handed: waking
-            # it while holding that lock made the two threads take turns at it and the GIL.
-            # Another thread may hand over in between: threads submitting at the same time
-            # have no order; one thread's requests keep theirs (this one counted, each later
-            # one is handed over after it).
+            # it while holding that lock made the two threads take turns at it and the GIL
             try:
-                self._loop.call_soon_threadsafe(self._outbox.put, frames)
-            except ConnectionError:
+                self._loop.call_soon_threadsafe(self._take_handed_call)
+            except BaseException as error:  # refused (closed), or cut by Ctrl-C
                 with self.lock:
-                    self.order.sent(1)  # never handed over: nothing of it to send
+                    self._handed_asked = False  # the next hand-off asks again
+                    if isinstance(error, ConnectionError):
+                        self._take_back(frames)
                 raise
         elif wake:
             try:
@@ -482,6 +493,26 @@ class SocketGate:
         else:
             self._loop.add_reader(self._fd, self._drain)
         self._loop.at_turn_end(self._flush)
+
+    def _take_handed(self) -> None:
+        """(I/O thread) Put what submitting threads handed over in the outbox, in order."""
+        with self.lock:
+            handed = self._handed
+            self._handed = []
+            self._handed_asked = False
+        put = self._outbox.put
+        for frames in handed:
+            put(frames)
+
+    def _take_back(self, frames: Sequence[Frame]) -> None:
+        """(Lock held) ``frames`` will never be sent (the loop refused the hand-off):
+        neither handed nor counted any more."""
+        handed = self._handed
+        for index in range(len(handed) - 1, -1, -1):
+            if handed[index] is frames:
+                del handed[index]
+                self.order.sent(1)
+                return
 
     def put(self, frames: Sequence[Frame]) -> None:
         """Send ``frames`` at the end of this turn, after what was queued before."""

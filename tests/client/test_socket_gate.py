@@ -171,6 +171,38 @@ def test_each_threads_requests_leave_in_the_order_it_submitted_them(stand_in: St
     until(lambda: gate.order.queued == 0, BOUND, "the I/O thread to count what it sent")
 
 
+def test_a_burst_handed_over_while_the_io_thread_is_busy_is_taken_in_one_call(
+    stand_in: StandIn,
+) -> None:
+    """Requests handed over while the I/O thread is busy wait in the gate, not one loop
+    call each: the first asks the loop to take them, the rest join it; all leave in order."""
+    gate = stand_in.io._gates[b"mux"]  # noqa: SLF001
+    take = gate._take_handed_call  # noqa: SLF001
+    calls: list[int] = []
+
+    def counted() -> None:
+        calls.append(len(gate._handed))  # noqa: SLF001
+        take()
+
+    gate._take_handed_call = counted  # noqa: SLF001
+    busy, release = threading.Event(), threading.Event()
+
+    def occupy() -> None:
+        busy.set()
+        release.wait(BOUND)
+
+    stand_in.io._loop.call_soon_threadsafe(occupy)  # noqa: SLF001
+    assert busy.wait(BOUND)
+    burst = 100
+    for index in range(burst):
+        stand_in.io.send(b"mux", [b"engine-a", str(index).encode()], at_once=False)
+    release.set()
+    received = stand_in.receive("mux", burst)
+    assert [int(body) for _, body in received] == list(range(burst))
+    assert calls == [burst]
+    until(lambda: gate.order.queued == 0, BOUND, "the I/O thread to count what it sent")
+
+
 def test_replies_that_arrive_while_threads_send_are_all_read(stand_in: StandIn) -> None:
     """A send on another thread may consume the socket's notice that a reply arrived; the
     sender must then have the I/O thread read it. Replies stream in while two threads send
