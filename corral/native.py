@@ -80,6 +80,7 @@ COMPILED: Final = (
     "corral.client.socket_gate",
     "corral.client.records",
     "corral.client.reply_wire",
+    "corral.client.entry_table",
     "corral.client.metadata_table",
     "corral.client.future_table",
     "corral.client.io_shell",

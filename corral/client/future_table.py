@@ -20,9 +20,10 @@ without building it (:meth:`FutureTable.is_done`, :meth:`FutureTable.mark`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Mapping
 from typing import Any
 
+from corral.client.entry_table import EntryTable
 from corral.client.requestfuture import Offload, RequestFuture, settled_future
 
 __all__ = ["FutureTable", "OUTCOME", "FAILED", "TAKEN", "STREAMS_FINAL"]
@@ -31,7 +32,7 @@ __all__ = ["FutureTable", "OUTCOME", "FAILED", "TAKEN", "STREAMS_FINAL"]
 OUTCOME, FAILED, TAKEN, STREAMS_FINAL = range(4)
 
 
-class FutureTable(MutableMapping[str, RequestFuture]):
+class FutureTable(EntryTable[RequestFuture]):
     """msg_id -> :class:`RequestFuture`, a settled one possibly compact (see the module doc).
 
     ``entries`` is the table itself: a RequestFuture or a compact tuple per msg_id. ``lock``
@@ -39,9 +40,8 @@ class FutureTable(MutableMapping[str, RequestFuture]):
     """
 
     def __init__(self, offload: Offload, lock: Any) -> None:
-        self.entries: dict[str, Any] = {}
+        super().__init__(lock)
         self._offload = offload
-        self.lock = lock
 
     # ------------------------------------------------------------------ the records' side
 
@@ -127,21 +127,6 @@ class FutureTable(MutableMapping[str, RequestFuture]):
         if future is None:
             raise KeyError(msg_id)
         return future  # type: ignore[no-any-return]
-
-    def __setitem__(self, msg_id: str, future: RequestFuture) -> None:
-        self.entries[msg_id] = future
-
-    def __delitem__(self, msg_id: str) -> None:
-        del self.entries[msg_id]
-
-    def __contains__(self, msg_id: object) -> bool:
-        return msg_id in self.entries
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(list(self.entries))  # a snapshot: the client's threads add entries
-
-    def __len__(self) -> int:
-        return len(self.entries)
 
     def setdefault(self, msg_id: str, default: RequestFuture | None = None) -> RequestFuture:
         """As a dict's (never None: the records always give a future)."""

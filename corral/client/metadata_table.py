@@ -23,10 +23,11 @@ orders every change of an entry (the reply's reader, the I/O thread's iopub, a u
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from corral.client.entry_table import EntryTable
 from corral.client.metadata import DATE_KEYS, METADATA_DEFAULTS, Metadata, wire_date
 
 __all__ = [
@@ -129,7 +130,7 @@ def compact_value(entry: tuple[Any, ...], key: str, default: Any = _RAISE) -> An
     return default
 
 
-class MetadataTable(MutableMapping[str, Metadata]):
+class MetadataTable(EntryTable[Metadata]):
     """msg_id -> :class:`Metadata`, each entry compact until read whole (see the module doc).
 
     As the ``defaultdict(Metadata)`` it replaces (and ipyparallel's ``client.metadata``), a
@@ -140,8 +141,9 @@ class MetadataTable(MutableMapping[str, Metadata]):
     """
 
     def __init__(self, lock: Any) -> None:
-        self.entries: dict[str, Any] = {}  # a compact tuple, or a Metadata (or a user's dict)
-        self.lock = lock  # reentrant: the records hold it while they call ``full``
+        # entries: a compact tuple, or a Metadata (or a user's dict); the lock is reentrant:
+        # the records hold it while they call ``full``
+        super().__init__(lock)
         self._layouts: dict[tuple[str, ...], ReplyLayout] = {}
         self._shared: dict[str, str] = {}
 
@@ -226,21 +228,6 @@ class MetadataTable(MutableMapping[str, Metadata]):
                 self.entries.setdefault(msg_id, Metadata())
                 md = self.full(msg_id)
         return md  # type: ignore[no-any-return]
-
-    def __setitem__(self, msg_id: str, md: Metadata) -> None:
-        self.entries[msg_id] = md
-
-    def __delitem__(self, msg_id: str) -> None:
-        del self.entries[msg_id]
-
-    def __contains__(self, msg_id: object) -> bool:
-        return msg_id in self.entries
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(list(self.entries))  # a snapshot: the client's threads add entries
-
-    def __len__(self) -> int:
-        return len(self.entries)
 
     def pop(self, msg_id: str, *default: Any) -> Any:
         md = self.get(msg_id)
