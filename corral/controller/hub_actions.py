@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Final, TypeAlias
+from typing import Any, TypeAlias
 
 from corral.controller.store.base import MessageJSON, ResultStore
 from corral.errors import StoreError
@@ -54,66 +54,46 @@ class Stop:
     """The Hub was asked to shut the controller down (after its reply is sent)."""
 
 
+@dataclass(frozen=True, slots=True, init=False)
 class AddRecord:
     """Record a task the Hub learnt of (a request's copy, or one an engine reported).
 
-    A plain class with read-only (``Final``) attributes, not a frozen dataclass as the other
-    actions: the Hub makes one or two of these per task, and a dataclass compiled by mypyc
-    builds through the interpreted ``__init__`` that :mod:`dataclasses` writes (about 4,800
-    instructions each, and 2,800 more to free it, in the Hub's thread). Equal when their
-    fields are, and unhashable (it holds a dict), as the dataclass was."""
+    Its ``__init__`` written out (as :class:`~corral.controller.scheduling_state.Task`'s): the
+    Hub makes one or two of these per task, and a dataclass compiled by mypyc builds through
+    the interpreted ``__init__`` that :mod:`dataclasses` writes (about 4,800 instructions
+    each, and 2,800 more to free it, in the Hub's thread)."""
+
+    msg_id: str
+    record: dict[str, Any]
+    #: The JSON frames, as received, of the message the record's header, metadata and content
+    #: were decoded from (None: not known): a store that keeps JSON text may keep them as they
+    #: came instead of encoding the dicts again (:meth:`ResultStore.add_decoded_record`).
+    json_texts: MessageJSON | None
 
     def __init__(
         self, msg_id: str, record: dict[str, Any], json_texts: MessageJSON | None = None
     ) -> None:
-        self.msg_id: Final = msg_id
-        self.record: Final = record
-        #: The JSON frames, as received, of the message the record's header, metadata and
-        #: content were decoded from (None: not known): a store that keeps JSON text may keep
-        #: them as they came instead of encoding the dicts again
-        #: (:meth:`ResultStore.add_decoded_record`).
-        self.json_texts: Final = json_texts
-
-    def __eq__(self, other: object) -> bool:
-        return (
-            type(other) is AddRecord
-            and self.msg_id == other.msg_id
-            and self.record == other.record
-            and self.json_texts == other.json_texts
-        )
-
-    def __repr__(self) -> str:
-        return (
-            f"AddRecord(msg_id={self.msg_id!r}, record={self.record!r}, "
-            f"json_texts={self.json_texts!r})"
-        )
+        object.__setattr__(self, "msg_id", msg_id)
+        object.__setattr__(self, "record", record)
+        object.__setattr__(self, "json_texts", json_texts)
 
 
+@dataclass(frozen=True, slots=True, init=False)
 class UpdateRecord:
-    """Merge fields into a task's record (destination, result, failure): a plain class, as
-    :class:`AddRecord` is and why."""
+    """Merge fields into a task's record (destination, result, failure); its ``__init__``
+    written out, as :class:`AddRecord`'s and why."""
+
+    msg_id: str
+    changes: dict[str, Any]
+    #: As :attr:`AddRecord.json_texts`, for a reply's result fields in ``changes``.
+    json_texts: MessageJSON | None
 
     def __init__(
         self, msg_id: str, changes: dict[str, Any], json_texts: MessageJSON | None = None
     ) -> None:
-        self.msg_id: Final = msg_id
-        self.changes: Final = changes
-        #: As :attr:`AddRecord.json_texts`, for a reply's result fields in ``changes``.
-        self.json_texts: Final = json_texts
-
-    def __eq__(self, other: object) -> bool:
-        return (
-            type(other) is UpdateRecord
-            and self.msg_id == other.msg_id
-            and self.changes == other.changes
-            and self.json_texts == other.json_texts
-        )
-
-    def __repr__(self) -> str:
-        return (
-            f"UpdateRecord(msg_id={self.msg_id!r}, changes={self.changes!r}, "
-            f"json_texts={self.json_texts!r})"
-        )
+        object.__setattr__(self, "msg_id", msg_id)
+        object.__setattr__(self, "changes", changes)
+        object.__setattr__(self, "json_texts", json_texts)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@ alone (the shell's way for the usual copy) does what applying it among others do
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import pytest
@@ -49,8 +50,8 @@ def test_a_refused_write_is_logged_and_costs_itself(caplog: pytest.LogCaptureFix
 
 
 def test_record_writes_are_equal_by_value_and_unhashable() -> None:
-    """The Hub's two per-task actions are plain classes (compiled, a dataclass would build
-    through an interpreted ``__init__``) that compare as the dataclasses they were."""
+    """The Hub's two per-task actions, their ``__init__`` written out (compiled, a dataclass's
+    own is interpreted), still compare, hash and show as the dataclasses they are."""
     texts = (b"{}", b"{}", b"{}", b"{}")
     assert AddRecord("a", {"x": 1}) == AddRecord("a", {"x": 1})
     assert AddRecord("a", {"x": 1}, texts) != AddRecord("a", {"x": 1})
@@ -60,3 +61,5 @@ def test_record_writes_are_equal_by_value_and_unhashable() -> None:
     assert "UpdateRecord(msg_id='a'" in repr(UpdateRecord("a", {}))
     with pytest.raises(TypeError):
         hash(AddRecord("a", {}))
+    assert dataclasses.fields(UpdateRecord)[2].name == "json_texts"
+    assert dataclasses.replace(AddRecord("a", {}), msg_id="b") == AddRecord("b", {})
