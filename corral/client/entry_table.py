@@ -9,7 +9,7 @@ entry becomes when read is theirs, the plain mapping around ``entries`` is this 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any, TypeVar
 
 __all__ = ["EntryTable"]
@@ -40,3 +40,11 @@ class EntryTable(MutableMapping[str, V]):
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to a mapping with the same items, each read through the table."""
+        if isinstance(other, Mapping):
+            return dict(self.items()) == dict(other.items())
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]

@@ -20,7 +20,6 @@ without building it (:meth:`FutureTable.is_done`, :meth:`FutureTable.mark`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from corral.client.entry_table import EntryTable
@@ -146,13 +145,6 @@ class FutureTable(EntryTable[RequestFuture]):
         if type(entry) is tuple:
             return self._settled(entry)
         return entry
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Mapping):
-            return dict(self.items()) == dict(other.items())
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return f"FutureTable({len(self.entries)} requests)"

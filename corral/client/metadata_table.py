@@ -23,7 +23,6 @@ orders every change of an entry (the reply's reader, the I/O thread's iopub, a u
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -237,13 +236,6 @@ class MetadataTable(EntryTable[Metadata]):
             raise KeyError(msg_id)
         self.entries.pop(msg_id, None)
         return md
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Mapping):
-            return dict(self.items()) == dict(other.items())
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return f"MetadataTable({dict(self.items())!r})"

@@ -36,6 +36,9 @@ def test_entries_are_kept_as_written_and_read_through_the_table(kind: str) -> No
     assert "a" in table and "c" not in table and 3 not in table
     assert len(table) == 2
     assert table["a"] is first
+    assert table == {"a": first, "b": second} and table != {"a": first}
+    with pytest.raises(TypeError):
+        hash(table)
     del table["a"]
     assert list(table) == ["b"]
 
