@@ -86,6 +86,7 @@ COMPILED: Final = (
     "corral.client.io_shell",
     "corral.client.completion",
     "corral.client.outcomes",
+    "corral.client.dates",
     "corral.client.recovery",
     "corral.client.outgoing",
     "corral.engine.envelope",

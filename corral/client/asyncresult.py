@@ -104,21 +104,24 @@ class AsyncResult(ResultInfo, LightFuture):
         trackers: Sequence[zmq.MessageTracker] = (),
     ) -> None:
         try:
-            if single and len(msg_ids) != 1:
-                raise ValueError(f"a single result needs exactly one msg_id, got {len(msg_ids)}")
             ids = tuple(msg_ids)
+            count = len(ids)
+            if single and count != 1:
+                raise ValueError(f"a single result needs exactly one msg_id, got {count}")
             self._ids = ids
             self._msg_id_list: list[str] | None = None  # ``msg_ids``, made when first read
-            children = [records.futures[msg_id] for msg_id in ids]
+            futures_of = records.futures
+            # one request's future is kept as it is, without a list (see ``_children``)
+            only = futures_of[ids[0]] if count == 1 else None
+            many = None if count == 1 else [futures_of[msg_id] for msg_id in ids]
         except BaseException:
             lighten(self)  # a future still, for whoever shows it in a traceback
             raise
-        # one request's future is kept as it is, without a list (see ``_children``)
-        self._only: RequestFuture | None = children[0] if len(children) == 1 else None
-        self._many: list[RequestFuture] | None = None if len(children) == 1 else children
+        self._only: RequestFuture | None = only
+        self._many: list[RequestFuture] | None = many
         # in place of Future.__init__ (ResultInfo has no __init__); over one request, with
         # that request's lock (see lighten)
-        lighten(self, children[0]._condition if len(children) == 1 else None)
+        lighten(self, None if only is None else only._condition)
         self._records = records
         self._client = client
         self._fname = fname
@@ -129,18 +132,19 @@ class AsyncResult(ResultInfo, LightFuture):
         records.hold(ids)
         self._held: tuple[str, ...] | None = ids  # released by ``__del__``
         # parts may finish on several threads at once; one part needs no lock
-        self._lock = threading.Lock() if len(children) > 1 else None
-        self._remaining = len(children)
+        self._lock = threading.Lock() if count > 1 else None
+        self._remaining = count
         self._link: _ChildLink | None = None
-        if not children:
+        if not count:
             self._finish()
             return
         # a part settled on the client's I/O thread may finish this result there: cheap, no
         # user code runs (its own callbacks are handed to the callbacks thread); a map's join
         # of its parts may take long: its parts are settled on the results thread, as before
-        inline = self._client is not None and self._joins_cheaply
-        if inline and len(children) == 1 and children[0].attach(self):
+        inline = client is not None and self._joins_cheaply
+        if inline and only is not None and only.attach(self):
             return  # told by the request's future itself (forgotten once told): no link
+        children = [only] if only is not None else many or []
         # The children reach this object only through ``link``, emptied once it is finished:
         # a finished AsyncResult nobody holds is then garbage, and its records are released.
         link = self._link = _ChildLink(self)

@@ -111,6 +111,20 @@ class LoadBalancedView(View):
             "time_limit": self._time_limit,
         }
 
+    def _flagged(self) -> bool:
+        """Whether any flag puts something in a task's metadata (False: it is empty, as
+        :meth:`_task_metadata` makes it, without the snapshot, for nearly every task)."""
+        return not (
+            self.targets is None
+            and not self.label
+            and self.after is None
+            and self.follow is None
+            and not self._retries
+            and self._timeout is None
+            and not self._priority
+            and self._time_limit is None
+        )
+
     def _task_metadata(self, flags: dict[str, Any]) -> dict[str, Any]:
         """Request metadata from the ``flags`` (a snapshot), dependencies pruned against what
         this client knows; raises ImpossibleDependency for one that can never be met."""
@@ -180,7 +194,7 @@ class LoadBalancedView(View):
             (msg_id,) = self._submit([buffers])  # may be held, or failed without a send
             result = self._result([msg_id], function_name(f), single=True)
         else:  # the usual task: its AsyncResult built before it is sent
-            metadata = self._task_metadata(self._flag_snapshot())
+            metadata = self._task_metadata(self._flag_snapshot()) if self._flagged() else {}
             result = self._apply_one("task", metadata, buffers, None, function_name(f), True)
         return result.get() if block else result
 

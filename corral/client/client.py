@@ -160,6 +160,7 @@ class Client(ControllerLink, RequestSending, ControlCalls, HubQueries):
         # engines absent after an outage whose direct address was dropped (link.py)
         self._absent_direct: set[str] = set()
         self._shm_reader = self._shm.reader_metadata()  # in each apply request (empty: off)
+        self._shm_reader_json = Session.json_frame(self._shm_reader)  # its JSON, written once
         settings = self._shm.settings
         self._shm_threshold = settings.threshold if settings is not None else 0
         # whether every engine of a table (the _uuids dict) shares this host: asked per task

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from corral.client.dates import parse_date, wire_date
+
 __all__ = [
     "DATE_KEYS",
     "DATE_ORDER",
@@ -44,28 +46,6 @@ DATE_ORDER = ("submitted", "started", "completed", "received")
 DATE_KEYS = frozenset(DATE_ORDER)
 RESULT_KEYS = frozenset({"execute_result", "execute_result_metadata"})
 SPECIAL_KEYS = DATE_KEYS | RESULT_KEYS  # not copied as they are
-
-
-def parse_date(value: object) -> datetime | None:
-    """An ISO 8601 wire date as an aware datetime (None for anything else)."""
-    if isinstance(value, datetime):
-        return value
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        return None
-
-
-def wire_date(value: object) -> datetime | None:
-    """:func:`parse_date` with the usual case first: a string, as every engine writes."""
-    if type(value) is str:
-        try:
-            return datetime.fromisoformat(value)
-        except ValueError:
-            return None
-    return parse_date(value)
 
 
 class Metadata(dict[str, Any]):

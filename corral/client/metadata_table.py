@@ -26,8 +26,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from corral.client.dates import wire_date
 from corral.client.entry_table import EntryTable
-from corral.client.metadata import DATE_KEYS, METADATA_DEFAULTS, Metadata, wire_date
+from corral.client.metadata import DATE_KEYS, METADATA_DEFAULTS, Metadata
 
 __all__ = [
     "MSG_ID",

@@ -58,6 +58,7 @@ def make_request(
     buffers: Sequence[Frame],
     metadata: dict[str, Any] | None,
     shared_metadata: dict[str, Any],
+    shared_json: bytes,
     target: tuple[int, str] | None,
     in_history: bool,
     track: bool,
@@ -66,7 +67,8 @@ def make_request(
     """Build, sign and track one request (not yet sent), as ``prepare_request`` documents.
 
     ``metadata`` is the request's (``shared_metadata`` itself when it is the client's shared
-    dict of shared-memory readers, never changed, so not copied); ``header`` one made earlier
+    dict of shared-memory readers, never changed, so neither copied nor written again: its
+    frame is ``shared_json``, :meth:`Session.json_frame` of it); ``header`` one made earlier
     for a request already tracked (a held task): then it is not tracked again. A task is held
     by ``resender`` (its frames from the signature on) until it settles."""
     if msg_type == "apply_request" and not content:  # valid as it is: no catalogue check
@@ -78,7 +80,8 @@ def make_request(
         msg = session.msg(msg_type, content, metadata=metadata, buffers=buffers, header=header)
     msg_id: str = msg.header["msg_id"]
     idents: tuple[bytes, ...] = (target[1].encode(),) if target is not None else ()
-    frames = session.serialize(msg, idents)
+    shared = msg.metadata is shared_metadata
+    frames = session.serialize(msg, idents, shared_json if shared else None)
     engine_id: int | None = None
     uuid: str | None = None
     if target is not None:

@@ -45,9 +45,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from corral.client.dates import parse_date, wire_date
 from corral.client.executereply import ExecuteReply
 from corral.client.future_table import FutureTable
-from corral.client.metadata import RESULT_KEYS, Metadata, parse_date, update_from_reply
+from corral.client.metadata import RESULT_KEYS, Metadata, update_from_reply
 from corral.client.metadata_table import MSG_ID, UNANSWERED, MetadataTable, compact_request
 from corral.client.published import PublishedData
 from corral.client.requestfuture import TASK as TASK_KIND
@@ -166,7 +167,7 @@ class Records:
         label = request_metadata.get("label")
         self._metadata_entries[msg_id] = compact_request(
             msg_id,
-            parse_date(header.get("date")),
+            wire_date(header.get("date")),
             engine_uuid,
             engine_id,
             None if after is None and follow is None and label is None else (after, follow, label),

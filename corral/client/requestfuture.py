@@ -77,7 +77,7 @@ def lighten(future: LightFuture, lock: Any = None) -> None:
     only orders the reads and writes of each future's fields; it is reentrant, so
     ``concurrent.futures.wait`` taking both futures' locks takes it twice."""
     # not a threading.Condition by type: LightFuture does its own waiting and waking
-    object.__setattr__(future, "_condition", _thread.RLock() if lock is None else lock)
+    future._condition = _thread.RLock() if lock is None else lock  # type: ignore[assignment]
     future._state = _PENDING
     future._result = None
     future._exception = None
@@ -295,9 +295,10 @@ class LightFuture(Future[Any]):
 
 class Owner(Protocol):
     """What a request's future tells when it is done, in place of a done-callback: the one
-    AsyncResult over that request alone (``AsyncResult._child_done``)."""
+    AsyncResult over that request alone, finished at once (``AsyncResult._finish``: with
+    one part, the part done is the whole done, without the count of parts)."""
 
-    def _child_done(self) -> None: ...
+    def _finish(self) -> None: ...
 
 
 class RequestFuture(LightFuture):
@@ -348,7 +349,7 @@ class RequestFuture(LightFuture):
         return self
 
     def attach(self, owner: Owner) -> bool:
-        """Have ``owner._child_done()`` called once this is done, after its callbacks, on the
+        """Have ``owner._finish()`` called once this is done, after its callbacks, on the
         settling thread (as a callback added with ``inline=True``); False, and nothing done,
         if it is done already or has an owner. The AsyncResult of a single request (nearly
         every ``apply``) is told so instead of through a callback: no callbacks' list and no
@@ -360,12 +361,13 @@ class RequestFuture(LightFuture):
         return True
 
     def _run_callbacks(self) -> None:
-        super()._run_callbacks()
+        if self._callbacks:  # most requests have none: their owner is told instead
+            LightFuture._run_callbacks(self)
         owner = self._owner
         if owner is not None:
             self._owner = None  # the result no longer reachable from here: it may be garbage
             try:
-                owner._child_done()
+                owner._finish()
             except Exception:
                 _log.exception("exception telling %r that %r is done", owner, self)
 

@@ -42,6 +42,7 @@ class RequestSending:
         _resender: Resender
         _shm: SharedMemory
         _shm_reader: dict[str, Any]
+        _shm_reader_json: bytes
         _shm_threshold: int
         _shm_hosts: dict[str, str]
         _request_segments: dict[str, list[dict[str, Any]]]
@@ -128,6 +129,7 @@ class RequestSending:
             buffers,
             metadata,
             self._shm_reader,
+            self._shm_reader_json,
             target,
             in_history,
             track,

@@ -256,6 +256,11 @@ class Session:
 
     # ------------------------------------------------------------------ signing
 
+    @staticmethod
+    def json_frame(obj: JSONDict) -> bytes:
+        """The frame :meth:`serialize` writes for ``obj`` (a header, metadata or content)."""
+        return _dumps(obj) if obj else _EMPTY_OBJECT
+
     def sign(self, json_frames: Sequence[bytes | memoryview]) -> bytes:
         """Hex HMAC of the four JSON frames; empty when signing is disabled.
 
@@ -281,15 +286,22 @@ class Session:
         digest: str = auth.hexdigest()
         return digest.encode("ascii")
 
-    def serialize(self, msg: Message, idents: Sequence[bytes] = ()) -> list[Frame]:
+    def serialize(
+        self, msg: Message, idents: Sequence[bytes] = (), metadata_json: bytes | None = None
+    ) -> list[Frame]:
         """Frames ready for ``send_multipart(copy=False)``; buffers are passed as they are.
         An empty dict is written as the bytes ``orjson`` writes for it, without the call
-        (a client's every request has an empty parent header, and an apply an empty content)."""
+        (a client's every request has an empty parent header, and an apply an empty content).
+        ``metadata_json``: the metadata's frame as :meth:`json_frame` wrote it, for a dict the
+        caller puts unchanged in many messages (a client's shared-memory readers, in every
+        apply request it sends)."""
         parent, metadata, content = msg.parent_header, msg.metadata, msg.content
+        if metadata_json is None:
+            metadata_json = _dumps(metadata) if metadata else _EMPTY_OBJECT
         json_frames = [
             _dumps(msg.header),
             _dumps(parent) if parent else _EMPTY_OBJECT,
-            _dumps(metadata) if metadata else _EMPTY_OBJECT,
+            metadata_json,
             _dumps(content) if content else _EMPTY_OBJECT,
         ]
         frames: list[Frame] = [*idents, DELIMITER, self.sign(json_frames), *json_frames]

@@ -183,3 +183,39 @@ def test_flag_validation(rc) -> None:  # type: ignore[no-untyped-def]
         lb.set_flags(nonsense=1)
     lb.set_flags(retries=2, timeout=5.0, block=True)
     assert lb.apply(square, 3) == 9
+
+
+class _FlagsClient:
+    """What a LoadBalancedView asks of its client to make a task's metadata from its flags
+    (no dependencies: those need the records)."""
+
+    def register_view(self, view: object) -> None:
+        pass
+
+    def resolve_targets(self, targets: Any) -> list[tuple[int, str]]:
+        return [(engine_id, f"uuid-{engine_id}") for engine_id in targets]
+
+
+def test_a_task_without_flags_has_empty_metadata_and_every_flag_is_seen() -> None:
+    from corral.client.balanced import LoadBalancedView
+
+    plain = LoadBalancedView(_FlagsClient())  # type: ignore[arg-type]
+    assert not plain._flagged()
+    assert plain._task_metadata(plain._flag_snapshot()) == {}
+    flags: dict[str, Any] = {
+        "targets": [1],
+        "label": "x",
+        "retries": 1,
+        "timeout": 0.5,
+        "priority": 2,
+        "time_limit": 3.0,
+    }
+    for name, value in flags.items():
+        view = LoadBalancedView(_FlagsClient())  # type: ignore[arg-type]
+        view.set_flags(**{name: value})
+        assert view._flagged(), name
+        assert view._task_metadata(view._flag_snapshot()) != {}, name
+    for name in ("after", "follow"):
+        view = LoadBalancedView(_FlagsClient())  # type: ignore[arg-type]
+        view.set_flags(**{name: ["some-msg-id"]})
+        assert view._flagged(), name

@@ -46,6 +46,7 @@ def make(
         settings["buffers"],
         settings["metadata"],
         settings["shared_metadata"],
+        SESSION.json_frame(settings["shared_metadata"]),
         settings["target"],
         settings["in_history"],
         settings["track"],
@@ -85,6 +86,23 @@ def test_the_shared_metadata_is_sent_as_it_is_and_other_metadata_is_copied() -> 
     request = make(records, resender, metadata=mine)
     mine["label"] = "changed after"
     assert SESSION.deserialize(request.frames[1:]).metadata == {"label": "y"}
+
+
+def test_the_shared_metadata_is_written_once_its_frame_signed_in_every_request() -> None:
+    records, resender = Records(), Resender()
+    shared = {"shm_reader": {"host": "h", "pid": 1}}
+    written = SESSION.json_frame(shared)
+    assert written == SESSION.serialize(SESSION.msg("apply_request", metadata=shared))[4]
+    # the frame given is the one sent (here another dict's, to tell them apart), signed
+    marker = SESSION.json_frame({"shm_reader": "written once"})
+    for _ in range(2):
+        request = make_request(
+            SESSION, records, resender, "task", "apply_request", {}, (b"call",), shared,
+            shared, marker, None, True, False, None,
+        )  # fmt: skip
+        assert request.frames[4] is marker
+        assert SESSION.deserialize(request.frames[1:]).metadata == {"shm_reader": "written once"}
+    assert SESSION.json_frame({}) == b"{}"
 
 
 def test_a_request_with_content_is_checked_and_a_held_header_is_not_tracked_again() -> None:
