@@ -39,7 +39,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -238,9 +238,9 @@ class Records:
         self,
         msg_id: str,
         *,
-        header: Mapping[str, Any],
-        content: Mapping[str, Any],
-        metadata: Mapping[str, Any],
+        header: dict[str, Any],
+        content: dict[str, Any],
+        metadata: dict[str, Any],
         buffers: Iterable[Frame] = (),
         future: Future[Any] | None = None,
         submitted: object = None,
@@ -303,8 +303,8 @@ class Records:
     def _settle_reply(
         self,
         msg_id: str,
-        header: Mapping[str, Any],
-        content: Mapping[str, Any],
+        header: dict[str, Any],
+        content: dict[str, Any],
         buffers: Sequence[Frame],
         future: Future[Any],
     ) -> None:
@@ -554,8 +554,8 @@ class Records:
     def _outcome(
         self,
         msg_id: str,
-        header: Mapping[str, Any],
-        content: Mapping[str, Any],
+        header: dict[str, Any],
+        content: dict[str, Any],
         buffers: Sequence[Frame],
         *,
         loaded_only: bool = False,
