@@ -315,6 +315,19 @@ class RequestFuture(LightFuture):
 
     kind = TASK
     on_reply: None = None
+    # What most requests keep as they started are read from the class until one is set on the
+    # future (one is made per task: six assignments fewer, and a smaller instance dict).
+    settling_inline = False  # True while the I/O thread settles it
+    allow_inline = True  # False: always settled on the results worker (a map's part)
+    _owner: Owner | None = None  # see attach
+    # marks of its request, here rather than in sets of msg_ids (an entry per held result):
+    # an owning AsyncResult took it (corral.client.cache); its reply said what it printed, so
+    # later iopub streams of it are ignored (corral.client.records)
+    taken = False
+    streams_final = False
+    # its one owner, over it alone, finished and let it go: the records are then its only
+    # holder and may keep it compact (corral.client.future_table)
+    let_go = False
 
     def __init__(
         self,
@@ -325,19 +338,8 @@ class RequestFuture(LightFuture):
     ) -> None:
         lighten(self, lock)  # in place of Future.__init__
         self._offload = offload
-        self.settling_inline = False  # True while the I/O thread settles it
-        self.allow_inline = True  # False: always settled on the results worker (a map's part)
-        self._owner: Owner | None = None
         self.channel = channel  # where it was sent: "mux", "control" or "task"
         self.engine_uuid = engine_uuid  # the engine it was sent to, if named
-        # marks of its request, here rather than in sets of msg_ids (an entry per held
-        # result): an owning AsyncResult took it (corral.client.cache); its reply said what
-        # it printed, so later iopub streams of it are ignored (corral.client.records)
-        self.taken = False
-        self.streams_final = False
-        # its one owner, over it alone, finished and let it go: the records are then its only
-        # holder and may keep it compact (corral.client.future_table)
-        self.let_go = False
 
     @property
     def reply_channel(self) -> str | None:
