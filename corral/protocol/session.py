@@ -18,6 +18,7 @@ import itertools
 import os
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -200,7 +201,10 @@ class Session:
         # the C HMAC inside hmac.HMAC when OpenSSL provides it; the wrapper otherwise (both
         # have copy, update and hexdigest)
         self._prototype: Any = getattr(self._auth, "_hmac", None) or self._auth
+        # the signatures seen (a dict: the check and the record are a lookup and a store,
+        # adjacent steps, see verify_signature), and the same, oldest first, to forget them by
         self._digests: dict[bytes, None] = {}
+        self._digest_order: deque[bytes] = deque()
         self._id_prefix = str(uuid.uuid4())[:24]
         # next() is atomic: safe across threads
         self._id_counter = itertools.count(_ID_COUNTER_START + 1)
@@ -346,16 +350,18 @@ class Session:
                 f"replayed message: signature {signature[:16].decode()}... seen before"
             )
         self._digests[signature] = None
-        if len(self._digests) > self.digest_history_size:
-            self._cull_digests()
+        order = self._digest_order
+        order.append(signature)
+        if len(order) > self.digest_history_size:
+            self._forget_oldest(order)
 
-    def _cull_digests(self) -> None:
-        """Forget the oldest tenth of the digest history, keeping memory bounded. Two threads
-        may feed one session (a client's I/O thread and a thread reading its own reply) and
-        cull at once: a digest the other dropped first is skipped."""
-        drop = len(self._digests) // 10
-        for digest in list(self._digests)[:drop]:
-            self._digests.pop(digest, None)
+    def _forget_oldest(self, order: deque[bytes]) -> None:
+        """Forget the oldest signature, keeping memory bounded: one per signature recorded
+        once the history is full. (It used to drop the oldest tenth at once, listing the whole
+        dict of them every tenth.) Two threads may feed one session (a client's I/O thread and
+        a thread reading its own reply): each forgets at most one per signature it recorded,
+        so the order never runs empty under them."""
+        self._digests.pop(order.popleft(), None)
 
     def _load(self, frame: Frame, name: str) -> JSONDict:
         try:
