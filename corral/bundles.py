@@ -67,22 +67,23 @@ def bundle(route: Sequence[Frame], messages: Sequence[Sequence[Frame]]) -> list[
     small: list[bytes | memoryview] = []
     large: list[Frame] = []
     lengths: list[int] = [len(messages)]
-    add_length, add_small = lengths.append, small.append  # bound once: called per frame
+    # (appended to by name: compiled, a bound method kept in a variable is a generic call,
+    # 7 ns more per frame than the list's own append)
     for frames in messages:
-        add_length(len(frames))
+        lengths.append(len(frames))
         for frame in frames:
             kind = type(frame)
             if kind is bytes:
                 size = len(frame)
                 if size < COPY_BELOW:  # nearly every frame: the envelope's, small buffers
-                    add_length(size)
-                    add_small(frame)  # type: ignore[arg-type]
+                    lengths.append(size)
+                    small.append(frame)  # type: ignore[arg-type]
                     continue
                 view: bytes | memoryview = frame  # type: ignore[assignment]
             elif kind is zmq.Frame:  # received (or tracked by its sender: never copied)
                 size = len(frame)
                 if size >= COPY_BELOW or frame.tracker is not None:  # type: ignore[union-attr]
-                    add_length(LARGE)
+                    lengths.append(LARGE)
                     large.append(frame)
                     continue
                 view = frame.bytes  # type: ignore[union-attr]  # a small copy: joins fastest
@@ -90,10 +91,10 @@ def bundle(route: Sequence[Frame], messages: Sequence[Sequence[Frame]]) -> list[
                 view = frame_view(frame)
                 size = memoryview(view).nbytes
             if size < COPY_BELOW:
-                add_length(size)
-                add_small(view)
+                lengths.append(size)
+                small.append(view)
             else:
-                add_length(LARGE)
+                lengths.append(LARGE)
                 large.append(frame)
     layout = array("q", lengths)
     if _SWAP:
