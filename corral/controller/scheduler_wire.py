@@ -24,7 +24,7 @@ of 64 KiB and more stay ``zmq.Frame`` objects, and those are read too.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 import orjson
 import zmq
@@ -43,11 +43,11 @@ from corral.protocol.session import (
 from corral.protocol.usual import usual_header, usual_json
 
 JSONDict = dict[str, Any]
-MAX_ROUTE = 4
+MAX_ROUTE: Final = 4
 """A message the scheduler reads has at most an engine's and a client's identity before its
 delimiter; further in, :func:`split_route` takes the general way."""
-_DELIMITER_LENGTH = len(DELIMITER)
-_loads = orjson.loads  # compiled, a module attribute is looked up at every call
+_DELIMITER_LENGTH: Final = len(DELIMITER)
+_loads: Final = orjson.loads  # compiled, a module attribute is looked up at every call
 
 
 def split_route(frames: Sequence[Frame]) -> tuple[list[bytes], list[Frame]]:

@@ -30,14 +30,14 @@ import zmq
 from corral.errors import MalformedMessage, ReplayError, SignatureError, UnknownMessageType
 from corral.protocol.messages import KNOWN_TYPES, validate_content
 
-DELIMITER = b"<IDS|MSG>"
-_DELIMITER_LENGTH = len(DELIMITER)
-PROTOCOL_VERSION = "5.3"
-SIGNATURE_SCHEMES = {"hmac-sha256": hashlib.sha256, "hmac-sha512": hashlib.sha512}
-MAX_HEADER_BYTES = 64 * 1024
-JOIN_BELOW = 64 * 1024  # bytes of JSON joined before signing (see Session.sign)
-DIGEST_HISTORY_SIZE = 1 << 17
-HEADER_FIELDS = ("msg_id", "msg_type", "session", "username", "date", "version")
+DELIMITER: Final = b"<IDS|MSG>"
+_DELIMITER_LENGTH: Final = len(DELIMITER)
+PROTOCOL_VERSION: Final = "5.3"
+SIGNATURE_SCHEMES: Final = {"hmac-sha256": hashlib.sha256, "hmac-sha512": hashlib.sha512}
+MAX_HEADER_BYTES: Final = 64 * 1024
+JOIN_BELOW: Final = 64 * 1024  # bytes of JSON joined before signing (see Session.sign)
+DIGEST_HISTORY_SIZE: Final = 1 << 17
+HEADER_FIELDS: Final = ("msg_id", "msg_type", "session", "username", "date", "version")
 
 Frame = bytes | memoryview | zmq.Frame
 JSONDict = dict[str, Any]
@@ -97,7 +97,7 @@ def _dumps(obj: Any) -> bytes:
     return orjson.dumps(obj, option=_DUMPS_OPTIONS)
 
 
-_EMPTY_OBJECT: bytes = _dumps({})  # what an empty header, metadata or content is written as
+_EMPTY_OBJECT: Final[bytes] = _dumps({})  # what an empty header, metadata or content is written as
 
 
 @dataclass(frozen=True, slots=True, init=False)

@@ -18,7 +18,7 @@ hiding the real fault.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import orjson
 
@@ -27,8 +27,8 @@ from corral.protocol.session import DELIMITER, Frame, Message, Session
 
 __all__ = ["load_objects", "read_routed", "usual_header", "usual_json"]
 
-_loads = orjson.loads
-_JSONDecodeError = orjson.JSONDecodeError
+_loads: Final = orjson.loads
+_JSONDecodeError: Final = orjson.JSONDecodeError
 JSONDict: TypeAlias = dict[str, Any]
 
 
