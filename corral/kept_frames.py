@@ -38,7 +38,7 @@ def compact(frames: Sequence[Frame]) -> KeptFrames:
     total = 0
     lengths: list[int] = []  # taken in the same pass (compiled, map(len, ...) is generic)
     for frame in frames:
-        if frame.__class__ is not bytes:
+        if type(frame) is not bytes:
             return tuple(frames)
         size = len(frame)
         total += size
@@ -63,7 +63,7 @@ def expand(kept: Sequence[Any]) -> list[Frame]:
 
 def is_compact(kept: Sequence[Any]) -> bool:
     """Whether ``kept`` is :func:`compact`'s joined form."""
-    return len(kept) > 1 and kept[1].__class__ is int
+    return len(kept) > 1 and type(kept[1]) is int
 
 
 def kept_size(kept: Sequence[Any]) -> int:

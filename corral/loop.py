@@ -47,7 +47,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import zmq
 import zmq.backend
@@ -60,14 +60,14 @@ log = logging.getLogger("corral.loop")
 
 __all__ = ["Loop", "LoopThread", "Timer"]
 
-DRAIN_BATCH = 1000
+DRAIN_BATCH: Final = 1000
 # the backend's ``get`` turns its option into a ``SocketOption`` on every call: given the
 # member itself, that costs a third less than given an int; flags as plain ints
-_EVENTS = zmq.SocketOption.EVENTS
-_POLLIN = int(zmq.POLLIN)
-_NOBLOCK = int(zmq.NOBLOCK)
-_backend_get = zmq.backend.Socket.get
-_STOPPED = "the event loop has stopped"
+_EVENTS: Final = zmq.SocketOption.EVENTS
+_POLLIN: Final = int(zmq.POLLIN)
+_NOBLOCK: Final = int(zmq.NOBLOCK)
+_backend_get: Final = zmq.backend.Socket.get
+_STOPPED: Final = "the event loop has stopped"
 
 Callback = Callable[..., object]
 FrameHandler = Callable[[list[zmq.Frame]], object]

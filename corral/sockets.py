@@ -28,18 +28,18 @@ needs them keeps :func:`recv_frames`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 import zmq
 import zmq.backend
 
-COPY_BELOW = 64 * 1024
+COPY_BELOW: Final = 64 * 1024
 """``bytes`` frames shorter than this are copied on send; larger ones, memoryviews and
 ``zmq.Frame`` objects go zero-copy."""
 
-_SNDMORE = int(zmq.SNDMORE)
-_backend_send = zmq.backend.Socket.send
-_backend_recv = zmq.backend.Socket.recv
+_SNDMORE: Final = int(zmq.SNDMORE)
+_backend_send: Final = zmq.backend.Socket.send
+_backend_recv: Final = zmq.backend.Socket.recv
 
 
 def send_frames(sock: zmq.Socket[Any], frames: Sequence[Any], flags: int = 0) -> None:

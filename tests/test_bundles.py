@@ -51,6 +51,19 @@ def test_a_bundle_gives_back_each_message_behind_its_route(route: list[bytes]) -
         assert SESSION.deserialize(msg_frames).content is not None
 
 
+@pytest.mark.parametrize("skip", [1, 2])
+def test_a_bundle_leaves_out_the_route_its_messages_begin_with(skip: int) -> None:
+    route = [b"peer", b"prefix"][:skip]
+    messages = [_message(index, idents=(b"client-%d" % index,)) for index in range(3)]
+    large = zmq.Frame(b"x" * 100, track=True)  # sent on its own, after the skipped frames
+    messages[1] = [*messages[1], large]
+    frames = bundle(route, [[*route, *m] for m in messages], skip)
+    assert frames == bundle(route, messages) and frames[-1] is large
+    unbundled = split_bundle(frames)
+    assert unbundled is not None
+    assert [_bytes(m) for m in unbundled] == [_bytes([*route, *m]) for m in messages]
+
+
 def test_large_and_tracked_frames_travel_on_their_own_uncopied() -> None:
     array_ = np.arange(100_000, dtype=np.int64)  # 800 kB
     tracked = zmq.Frame(b"small but tracked", track=True)

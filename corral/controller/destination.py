@@ -16,16 +16,17 @@ Hub four JSON parses and a content check, per waiting task (docs/wire-flows.md).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final
 
 import orjson
 
 from corral.errors import MalformedMessage
 from corral.protocol.session import Frame, Session, frame_view
 
-PREFIX = b"task_dest"
-MAX_ENTRIES = 256
+PREFIX: Final = b"task_dest"
+MAX_ENTRIES: Final = 256
 """Dispatches in one copy at most: the scheduler sends a longer turn's as several copies."""
-MAX_PAYLOAD = MAX_ENTRIES * 4096  # bytes: two ids and a number per dispatch
+MAX_PAYLOAD: Final = MAX_ENTRIES * 4096  # bytes: two ids and a number per dispatch
 
 Dispatched = tuple[str, str, int]
 """``(msg_id, engine_uuid, attempt)``: the ``attempt``-th dispatch of a task, to that engine."""

@@ -20,11 +20,12 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import ValuesView
+from typing import Final
 
 from corral.controller.scheduling_state import EngineState
 
 #: Policies whose choice among all free engines is the minimum of a key (see :func:`_key`).
-ORDERED_POLICIES = frozenset({"leastload", "lru"})
+ORDERED_POLICIES: Final = frozenset({"leastload", "lru"})
 
 
 def _key(policy: str, engine: EngineState) -> tuple[int, ...]:

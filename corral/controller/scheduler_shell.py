@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import orjson
 import zmq
@@ -54,10 +54,12 @@ from corral.security import CurveKeys, make_client, make_server, start_authentic
 
 log = logging.getLogger("corral.scheduler")
 
-SCHEDULER_IDENT = b"scheduler"
-SCHEDULING_FIELDS = frozenset(("after", "follow", "targets", "timeout", "retries", "priority"))
+SCHEDULER_IDENT: Final = b"scheduler"
+SCHEDULING_FIELDS: Final = frozenset(
+    ("after", "follow", "targets", "timeout", "retries", "priority")
+)
 """The metadata keys :func:`_task_from` reads."""
-TRIM_SCHEDULE = (10_000, 2.0, 30.0)
+TRIM_SCHEDULE: Final = (10_000, 2.0, 30.0)
 """Give freed memory back after 10,000 finished tasks, when none is pending (at most every 2 s),
 or every 30 s if some always are: :class:`corral.heap.TrimSchedule`."""
 
@@ -501,7 +503,7 @@ def _bind(sock: zmq.Socket[Any], url: str, port: int | None) -> int:
             time.sleep(0.05)
 
 
-MAX_CPU_ID = 1 << 20
+MAX_CPU_ID: Final = 1 << 20
 """CPU ids an engine may report (Linux allows 8192 and fewer): a larger or negative one is
 an engine's mistake, not a CPU."""
 

@@ -24,7 +24,7 @@ of 64 KiB and more stay ``zmq.Frame`` objects, and those are read too.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 import orjson
 import zmq
@@ -43,10 +43,11 @@ from corral.protocol.session import (
 from corral.protocol.usual import usual_header, usual_json
 
 JSONDict = dict[str, Any]
-MAX_ROUTE = 4
+MAX_ROUTE: Final = 4
 """A message the scheduler reads has at most an engine's and a client's identity before its
 delimiter; further in, :func:`split_route` takes the general way."""
-_DELIMITER_LENGTH = len(DELIMITER)
+_DELIMITER_LENGTH: Final = len(DELIMITER)
+_loads: Final = orjson.loads  # compiled, a module attribute is looked up at every call
 
 
 def split_route(frames: Sequence[Frame]) -> tuple[list[bytes], list[Frame]]:
@@ -114,10 +115,10 @@ def _json_parts(
 
 def _load(part: bytes | memoryview, name: str) -> JSONDict:
     try:
-        value = orjson.loads(part)
+        value = _loads(part)
     except orjson.JSONDecodeError as err:
         raise MalformedMessage(f"invalid JSON in {name} frame: {err}") from None
-    if value.__class__ is not dict:
+    if type(value) is not dict:
         raise MalformedMessage(f"{name} is a JSON {type(value).__name__}, expected an object")
     return value
 
@@ -125,7 +126,7 @@ def _load(part: bytes | memoryview, name: str) -> JSONDict:
 def _header(session: Session, part: bytes | memoryview) -> JSONDict:
     header = _load(part, "header")
     for name in HEADER_FIELDS:
-        if header.get(name).__class__ is not str:
+        if type(header.get(name)) is not str:
             raise MalformedMessage(f"header field {name!r} is missing or not a string")
     if session.check_msg_type and header["msg_type"] not in KNOWN_TYPES:
         raise UnknownMessageType(f"unknown msg_type {header['msg_type']!r}")
@@ -140,12 +141,12 @@ def read_request(session: Session, msg_frames: Sequence[Frame]) -> tuple[JSONDic
     if parts is None:
         return _read_request_checked(session, msg_frames, verify=True)
     try:
-        header = orjson.loads(parts[0])
-        parent = orjson.loads(parts[1])
-        metadata = orjson.loads(parts[2])
+        header = _loads(parts[0])
+        parent = _loads(parts[1])
+        metadata = _loads(parts[2])
     except orjson.JSONDecodeError:
         return _read_request_checked(session, msg_frames, verify=False)
-    if usual_header(session, header) and parent.__class__ is dict and metadata.__class__ is dict:
+    if usual_header(session, header) and type(parent) is dict and type(metadata) is dict:
         return header, metadata
     return _read_request_checked(session, msg_frames, verify=False)
 
@@ -167,16 +168,16 @@ def read_reply(session: Session, msg_frames: Sequence[Frame]) -> tuple[str | Non
     if parts is None:
         return _read_reply_checked(session, msg_frames, verify=True)
     try:
-        header = orjson.loads(parts[0])
-        parent = orjson.loads(parts[1])
-        content = orjson.loads(parts[3])
+        header = _loads(parts[0])
+        parent = _loads(parts[1])
+        content = _loads(parts[3])
     except orjson.JSONDecodeError:
         return _read_reply_checked(session, msg_frames, verify=False)
     if (
         usual_header(session, header)
-        and parent.__class__ is dict
-        and content.__class__ is dict
-        and content.get("status").__class__ is str
+        and type(parent) is dict
+        and type(content) is dict
+        and type(content.get("status")) is str
     ):
         parent_id = parent.get("msg_id")
         return (str(parent_id) if parent_id is not None else None), content
@@ -190,7 +191,7 @@ def _read_reply_checked(
     _header(session, parts[0])
     parent_id = _load(parts[1], "parent_header").get("msg_id")
     content = _load(parts[3], "content")
-    if content.get("status").__class__ is not str:
+    if type(content.get("status")) is not str:
         raise MalformedMessage("a reply's content has no status string")
     return (str(parent_id) if parent_id is not None else None), content
 
@@ -213,17 +214,17 @@ def read_copy(
     if parts is None:
         return _read_copy_checked(session, msg_frames, idents, verify=verify)
     try:
-        header = orjson.loads(parts[0])
-        parent_header = orjson.loads(parts[1])
-        metadata = orjson.loads(parts[2])
-        content = orjson.loads(parts[3])
+        header = _loads(parts[0])
+        parent_header = _loads(parts[1])
+        metadata = _loads(parts[2])
+        content = _loads(parts[3])
     except orjson.JSONDecodeError:
         return _read_copy_checked(session, msg_frames, idents, verify=False)
     if (
         usual_header(session, header)
-        and parent_header.__class__ is dict
-        and metadata.__class__ is dict
-        and content.__class__ is dict
+        and type(parent_header) is dict
+        and type(metadata) is dict
+        and type(content) is dict
     ):
         return Message(
             header, parent_header, metadata, content, tuple(msg_frames[5:]), tuple(idents)

@@ -26,6 +26,7 @@ import bisect
 import heapq
 from collections import deque
 from collections.abc import Iterable, Iterator
+from typing import Final
 
 from corral.controller.scheduling_state import (
     DONE,
@@ -35,7 +36,7 @@ from corral.controller.scheduling_state import (
     is_current,
 )
 
-COMPACT_FROM = 64  # a per-engine heap this long is cleaned of stale entries at each doubling
+COMPACT_FROM: Final = 64  # a per-engine heap this long is cleaned of stale entries at each doubling
 
 
 def _seq_of(entry: QueueEntry) -> int:

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 import orjson
 
@@ -40,10 +41,10 @@ from corral.protocol.session import DELIMITER, Frame, frame_view
 # confirms a reply once it has read its copy and written it, which in a burst of tiny tasks
 # comes seconds later (at 10,000: 40,000 of 60,000 replies of a burst on 2 engines were
 # dropped unconfirmed, and a controller dying then could not have been told them again)
-MAX_KEPT = 100_000
+MAX_KEPT: Final = 100_000
 MAX_KEPT_BYTES = 64 << 20
 # the socket a kept reply is sent again on, when not the one it first left on
-RESEND_ON = {b"direct": b"mux"}
+RESEND_ON: Final = {b"direct": b"mux"}
 
 
 @dataclass

@@ -9,7 +9,7 @@ still exports these names).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Final
 
 from corral.errors import TaskAborted, error_content
 from corral.protocol.session import JSONDict, Message, Session, utcnow
@@ -32,7 +32,7 @@ def reply_type(msg_type: str) -> str:
     return _REPLY_TYPES.get(msg_type) or msg_type.removesuffix("_request") + "_reply"
 
 
-_REPLY_TYPES = {"apply_request": "apply_reply", "execute_request": "execute_reply"}
+_REPLY_TYPES: Final = {"apply_request": "apply_reply", "execute_request": "execute_reply"}
 
 
 def reply_metadata(

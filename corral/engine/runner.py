@@ -28,7 +28,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from corral.errors import (
     InvalidContent,
@@ -62,10 +62,12 @@ ReplyCallback = Callable[[bytes, Sequence[Frame], str], None]
 engine keeps each reply by it until the Hub recorded it: given here, it is not parsed again
 from the frames)."""
 
-TASK_TYPES = frozenset({"apply_request", "execute_request"})
-MAIN_THREAD_CONTROL_TYPES = frozenset({"clear_request"})
-CONTROL_TYPES = frozenset({"clear_request", "abort_request", "signal_request", "shutdown_request"})
-ABORT_MEMORY = 100_000
+TASK_TYPES: Final = frozenset({"apply_request", "execute_request"})
+MAIN_THREAD_CONTROL_TYPES: Final = frozenset({"clear_request"})
+CONTROL_TYPES: Final = frozenset(
+    {"clear_request", "abort_request", "signal_request", "shutdown_request"}
+)
+ABORT_MEMORY: Final = 100_000
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -101,7 +103,7 @@ class QueueMark:
     runs normally, however soon after the failure it was sent."""
 
 
-QUEUE_MARK = QueueMark()
+QUEUE_MARK: Final = QueueMark()
 
 WorkItem = Request | QueueMark
 

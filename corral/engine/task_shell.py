@@ -28,7 +28,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import zmq
 
@@ -57,17 +57,17 @@ from .runner import (
     time_limit,
 )
 
-BATCH = 64  # messages per socket per turn
-HOLD_REPLIES = 0.002  # seconds a reply may wait for the tasks queued behind it, at most
-BATCH_FOR = 0.001  # seconds of held replies after which the loop sends them (end of turn)
+BATCH: Final = 64  # messages per socket per turn
+HOLD_REPLIES: Final = 0.002  # seconds a reply may wait for the tasks queued behind it, at most
+BATCH_FOR: Final = 0.001  # seconds of held replies after which the loop sends them (end of turn)
 # seconds between the I/O thread's reads of the direct socket while a task runs: from
 # WATCH_EVERY, doubled after each read up to WATCH_AT_MOST (a task of hours must not wake the
 # engine a hundred times a second; the Hub learns of a request queued behind it within a second)
-WATCH_EVERY = 0.01
-WATCH_AT_MOST = 1.0
-TASK_CHANNELS = (b"mux", b"task", b"direct")
-MUX_IN = b"mux_in"  # the prefixes of the MUX device's copies, which the Hub records
-MUX_OUT = b"mux_out"
+WATCH_EVERY: Final = 0.01
+WATCH_AT_MOST: Final = 1.0
+TASK_CHANNELS: Final = (b"mux", b"task", b"direct")
+MUX_IN: Final = b"mux_in"  # the prefixes of the MUX device's copies, which the Hub records
+MUX_OUT: Final = b"mux_out"
 
 Note = tuple[str, Any, Any, str | None]
 """What the link core must learn, in order: ``("received", msg_id, None, None)`` or

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from corral.errors import InvalidContent, UnknownMessageType
 
@@ -159,7 +159,7 @@ _SPECS = [
 ]
 
 CATALOGUE: dict[str, MessageSpec] = {spec.msg_type: spec for spec in _SPECS}
-KNOWN_TYPES: frozenset[str] = frozenset(CATALOGUE)
+KNOWN_TYPES: Final[frozenset[str]] = frozenset(CATALOGUE)
 
 
 def spec_for(msg_type: str) -> MessageSpec:

@@ -18,6 +18,7 @@ import itertools
 import os
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,14 +30,14 @@ import zmq
 from corral.errors import MalformedMessage, ReplayError, SignatureError, UnknownMessageType
 from corral.protocol.messages import KNOWN_TYPES, validate_content
 
-DELIMITER = b"<IDS|MSG>"
-_DELIMITER_LENGTH = len(DELIMITER)
-PROTOCOL_VERSION = "5.3"
-SIGNATURE_SCHEMES = {"hmac-sha256": hashlib.sha256, "hmac-sha512": hashlib.sha512}
-MAX_HEADER_BYTES = 64 * 1024
-JOIN_BELOW = 64 * 1024  # bytes of JSON joined before signing (see Session.sign)
-DIGEST_HISTORY_SIZE = 1 << 17
-HEADER_FIELDS = ("msg_id", "msg_type", "session", "username", "date", "version")
+DELIMITER: Final = b"<IDS|MSG>"
+_DELIMITER_LENGTH: Final = len(DELIMITER)
+PROTOCOL_VERSION: Final = "5.3"
+SIGNATURE_SCHEMES: Final = {"hmac-sha256": hashlib.sha256, "hmac-sha512": hashlib.sha512}
+MAX_HEADER_BYTES: Final = 64 * 1024
+JOIN_BELOW: Final = 64 * 1024  # bytes of JSON joined before signing (see Session.sign)
+DIGEST_HISTORY_SIZE: Final = 1 << 17
+HEADER_FIELDS: Final = ("msg_id", "msg_type", "session", "username", "date", "version")
 
 Frame = bytes | memoryview | zmq.Frame
 JSONDict = dict[str, Any]
@@ -96,7 +97,7 @@ def _dumps(obj: Any) -> bytes:
     return orjson.dumps(obj, option=_DUMPS_OPTIONS)
 
 
-_EMPTY_OBJECT: bytes = _dumps({})  # what an empty header, metadata or content is written as
+_EMPTY_OBJECT: Final[bytes] = _dumps({})  # what an empty header, metadata or content is written as
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -200,7 +201,10 @@ class Session:
         # the C HMAC inside hmac.HMAC when OpenSSL provides it; the wrapper otherwise (both
         # have copy, update and hexdigest)
         self._prototype: Any = getattr(self._auth, "_hmac", None) or self._auth
+        # the signatures seen (a dict: the check and the record are a lookup and a store,
+        # adjacent steps, see verify_signature), and the same, oldest first, to forget them by
         self._digests: dict[bytes, None] = {}
+        self._digest_order: deque[bytes] = deque()
         self._id_prefix = str(uuid.uuid4())[:24]
         # next() is atomic: safe across threads
         self._id_counter = itertools.count(_ID_COUNTER_START + 1)
@@ -358,16 +362,18 @@ class Session:
                 f"replayed message: signature {signature[:16].decode()}... seen before"
             )
         self._digests[signature] = None
-        if len(self._digests) > self.digest_history_size:
-            self._cull_digests()
+        order = self._digest_order
+        order.append(signature)
+        if len(order) > self.digest_history_size:
+            self._forget_oldest(order)
 
-    def _cull_digests(self) -> None:
-        """Forget the oldest tenth of the digest history, keeping memory bounded. Two threads
-        may feed one session (a client's I/O thread and a thread reading its own reply) and
-        cull at once: a digest the other dropped first is skipped."""
-        drop = len(self._digests) // 10
-        for digest in list(self._digests)[:drop]:
-            self._digests.pop(digest, None)
+    def _forget_oldest(self, order: deque[bytes]) -> None:
+        """Forget the oldest signature, keeping memory bounded: one per signature recorded
+        once the history is full. (It used to drop the oldest tenth at once, listing the whole
+        dict of them every tenth.) Two threads may feed one session (a client's I/O thread and
+        a thread reading its own reply): each forgets at most one per signature it recorded,
+        so the order never runs empty under them."""
+        self._digests.pop(order.popleft(), None)
 
     def _load(self, frame: Frame, name: str) -> JSONDict:
         try:

@@ -7,6 +7,9 @@ strings. The engine (:mod:`corral.engine.envelope`), the scheduler
 (:mod:`corral.controller.scheduler_wire`) and the client (:mod:`corral.client.reply_wire`)
 read that shape with these helpers, without a call per frame, and hand anything else, and any
 fault, to the general parser of :class:`~corral.protocol.session.Session`, which names it.
+Types are tested as ``type(x) is bytes``, not ``x.__class__ is bytes``: compiled (``make
+native``) the first is a pointer comparison and the second a generic attribute lookup, 10 to
+30 ns each, and a message is checked by a dozen of them in every role it passes.
 Once :func:`usual_json` has checked a signature, the general parser must run with
 ``verify=False``: the signature is recorded, and a second check would refuse it as a replay,
 hiding the real fault.
@@ -15,7 +18,7 @@ hiding the real fault.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import orjson
 
@@ -24,8 +27,8 @@ from corral.protocol.session import DELIMITER, Frame, Message, Session
 
 __all__ = ["load_objects", "read_routed", "usual_header", "usual_json"]
 
-_loads = orjson.loads
-_JSONDecodeError = orjson.JSONDecodeError
+_loads: Final = orjson.loads
+_JSONDecodeError: Final = orjson.JSONDecodeError
 JSONDict: TypeAlias = dict[str, Any]
 
 
@@ -44,11 +47,11 @@ def usual_json(
     content = frames[at + 4]
     limit = session.max_header_bytes
     if not (
-        signature.__class__ is bytes
-        and header.__class__ is bytes
-        and parent.__class__ is bytes
-        and metadata.__class__ is bytes
-        and content.__class__ is bytes
+        type(signature) is bytes
+        and type(header) is bytes
+        and type(parent) is bytes
+        and type(metadata) is bytes
+        and type(content) is bytes
         and len(header) <= limit
         and len(parent) <= limit
     ):
@@ -71,10 +74,10 @@ def load_objects(
     except _JSONDecodeError:
         return None
     if (
-        header.__class__ is dict
-        and parent.__class__ is dict
-        and metadata.__class__ is dict
-        and content.__class__ is dict
+        type(header) is dict
+        and type(parent) is dict
+        and type(metadata) is dict
+        and type(content) is dict
     ):
         return header, parent, metadata, content
     return None
@@ -83,17 +86,17 @@ def load_objects(
 def usual_header(session: Session, header: Any) -> bool:
     """Whether a parsed header is what the general parser accepts: an object whose fields
     (the session's ``HEADER_FIELDS``) are strings, of a known type if the session checks."""
-    if header.__class__ is not dict:
+    if type(header) is not dict:
         return False
-    get = header.get
+    fields: JSONDict = header  # typed: compiled, its gets are the dict's own, not method calls
     return (
-        get("msg_id").__class__ is str
-        and get("msg_type").__class__ is str
-        and get("session").__class__ is str
-        and get("username").__class__ is str
-        and get("date").__class__ is str
-        and get("version").__class__ is str
-        and (not session.check_msg_type or header["msg_type"] in KNOWN_TYPES)
+        type(fields.get("msg_id")) is str
+        and type(fields.get("msg_type")) is str
+        and type(fields.get("session")) is str
+        and type(fields.get("username")) is str
+        and type(fields.get("date")) is str
+        and type(fields.get("version")) is str
+        and (not session.check_msg_type or fields["msg_type"] in KNOWN_TYPES)
     )
 
 
@@ -108,9 +111,9 @@ def read_routed(session: Session, frames: Sequence[Frame]) -> Message:
     ident = frames[0]
     delimiter = frames[1]
     if not (
-        ident.__class__ is bytes
+        type(ident) is bytes
         and ident != DELIMITER
-        and delimiter.__class__ is bytes
+        and type(delimiter) is bytes
         and delimiter == DELIMITER
     ):
         return session.feed(frames)

@@ -13,6 +13,7 @@ from corral.controller.scheduling_state import (
     Complete,
     Dispatch,
     Fail,
+    FinishedMemory,
     Task,
 )
 from corral.errors import ProtocolError
@@ -32,6 +33,18 @@ def test_finished_tasks_are_answered_and_the_oldest_forgotten() -> None:
     (refused,) = core.submit(Task("after-a", after=Dependency(frozenset({"a"}))), 0.0)
     assert isinstance(refused, Fail) and "unknown to the scheduler" in refused.reason
     assert core.answered("after-a")  # a Fail is an answer too
+
+
+def test_the_finished_memory_pushes_out_the_oldest_and_keeps_a_repeated_ids_place() -> None:
+    memory = FinishedMemory(3)
+    assert [memory.add(m) for m in "abc"] == [None, None, None]
+    assert memory.add("b") is None  # remembered already: its place kept, nothing pushed out
+    assert [memory.add(m) for m in "def"] == ["a", "b", "c"]
+    assert len(memory) == 3 and [m in memory for m in "abcdef"] == [False] * 3 + [True] * 3
+    # far past its capacity (each add pushing one out, in O(1)): still the newest three
+    pushed = [memory.add(f"t{index}") for index in range(10_000)]
+    assert pushed[:3] == ["d", "e", "f"] and pushed[3:] == [f"t{i}" for i in range(9_997)]
+    assert len(memory) == 3 and all(f"t{index}" in memory for index in range(9_997, 10_000))
 
 
 def test_a_request_that_is_no_task_is_failed_and_counts_as_answered() -> None:
