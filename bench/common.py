@@ -134,20 +134,24 @@ class LostResults(AssertionError):
 
 def collect(results: Sequence[Any], get: Callable[[Any, float], Any], timeout: float) -> list[Any]:
     """The value of every result (``get(result, seconds_left)``), all within ``timeout``.
-    Raises LostResults, saying how many never arrived, when the deadline passes; works with
+    Raises LostResults, saying how many had not arrived, when and why the wait ended; works with
     the futures of corral, ipyparallel and dask (each has ``done()``)."""
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+    deadline = start + timeout
     values = []
     for result in results:
         try:
             values.append(get(result, max(0.01, deadline - time.monotonic())))
-        except Exception:
+        except Exception as err:
             if result.done():
                 raise
             missing = sum(not r.done() for r in results)
+            # what get raised, and when: a timeout is not the only way a wait ends early
             raise LostResults(
-                f"{missing} of {len(results)} results never arrived within {timeout:.0f} s"
-            ) from None
+                f"{missing} of {len(results)} results had not arrived "
+                f"{time.monotonic() - start:.1f} s in (limit {timeout:.0f} s): "
+                f"{type(err).__name__}: {err}"
+            ) from err
     return values
 
 
