@@ -23,9 +23,10 @@ from corral.controller.hub_actions import (
     SetEngines,
     UpdateRecord,
 )
+from corral.controller.scheduler_wire import HubCopy
 from corral.controller.store.base import MessageJSON
 from corral.controller.store.retention import REQUEST_OMITTED_FIELD
-from corral.protocol.session import Message, frame_view
+from corral.protocol.session import Frame, frame_view
 
 if TYPE_CHECKING:
     from corral.controller.hub import EngineEntry, Hub
@@ -61,7 +62,7 @@ def record_request(
     hub: Hub,
     queue: str,
     idents: Sequence[bytes],
-    msg: Message,
+    msg: HubCopy,
     request_omitted: dict[str, Any] | None = None,
     texts: MessageJSON | None = None,
 ) -> list[Action]:
@@ -113,9 +114,9 @@ def record_request(
     record["msg_id"] = msg_id
     record["header"] = msg.header
     record["metadata"] = msg.metadata
-    record["content"] = msg.content or {}
+    record["content"] = msg.content
     if request_omitted is None:
-        record["buffers"] = [frame_view(b) for b in msg.buffers]
+        record["buffers"] = _views(msg.buffers)
     else:
         record["buffers"] = None
         record[REQUEST_OMITTED_FIELD] = request_omitted
@@ -173,7 +174,7 @@ def record_reply(
     hub: Hub,
     queue: str,
     idents: Sequence[bytes],
-    msg: Message,
+    msg: HubCopy,
     now: float,
     texts: MessageJSON | None = None,
     channel: str | None = None,
@@ -219,7 +220,7 @@ def record_reply(
     if awaited is not None and awaited is not entry:  # its death must not fail the task now
         awaited.queue.pop(msg_id, None)
         awaited.tasks.pop(msg_id, None)
-    content = msg.content or {}
+    content = msg.content
     metadata = msg.metadata
     hub.activity.complete(
         msg_id,
@@ -248,10 +249,10 @@ def purge_recorded(hub: Hub, msg_id: str, writes: list[Action]) -> list[Action]:
 
 
 def _result_fields(
-    msg: Message, entry: EngineEntry | None, engine_uuid: str, now: float
+    msg: HubCopy, entry: EngineEntry | None, engine_uuid: str, now: float
 ) -> dict[str, Any]:
     """The fields a reply fills in its task's record."""
-    content = msg.content or {}
+    content = msg.content
     metadata = msg.metadata
     date = iso_date(now)
     return {
@@ -259,7 +260,7 @@ def _result_fields(
         "result_header": msg.header,
         "result_metadata": metadata,
         "result_content": content,
-        "result_buffers": [frame_view(b) for b in msg.buffers],
+        "result_buffers": _views(msg.buffers),
         "started": metadata.get("started"),
         "completed": metadata.get("completed") or date,
         "received": date,
@@ -271,7 +272,7 @@ def _result_fields(
 
 
 def _record_unknown(
-    hub: Hub, queue: str, idents: Sequence[bytes], msg: Message, now: float
+    hub: Hub, queue: str, idents: Sequence[bytes], msg: HubCopy, now: float
 ) -> list[Action]:
     """A whole record, from the reply alone, for a task the store does not hold; nothing for
     a task it does (a duplicate reply: the first one was recorded)."""
@@ -298,6 +299,12 @@ def _record_unknown(
         **_result_fields(msg, entry, engine_uuid, now),
     }
     return purge_recorded(hub, msg_id, [AddRecord(msg_id, record)])
+
+
+def _views(buffers: tuple[Frame, ...]) -> list[bytes | memoryview]:
+    """The buffers as the store keeps them: ``bytes`` as they are (a bundle's small frames),
+    anything else through :func:`~corral.protocol.session.frame_view` (no copy)."""
+    return [b if type(b) is bytes else frame_view(b) for b in buffers]
 
 
 def _ident(idents: Sequence[bytes], index: int) -> str:

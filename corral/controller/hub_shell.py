@@ -49,7 +49,7 @@ from corral.controller.hub_actions import (
     apply_writes,
 )
 from corral.controller.hub_resubmit import resubmit_failed
-from corral.controller.scheduler_wire import read_copy, split_route
+from corral.controller.scheduler_wire import HubCopy, read_hub_copy, split_route
 from corral.controller.store.base import MessageJSON, ResultStore
 from corral.errors import CorralError, ProtocolError, StoreError
 from corral.loop import DRAIN_BATCH, FrameHandler, Loop, Timer
@@ -323,15 +323,17 @@ class HubShell:
     ) -> None:
         prefix = _ident_bytes(frames[0])
         idents, msg_frames = _split_copy(frames)
-        msg = read_copy(self.session, msg_frames, idents, verify=verify)
+        copy = read_hub_copy(self.session, msg_frames, verify=verify)
         self.monitored += 1
         omitted: dict[str, Any] | None = None
         texts: MessageJSON | None = None
-        if METADATA_KEY in msg.metadata:  # data in shared memory (none for small tasks)
+        if METADATA_KEY in copy.metadata:  # data in shared memory (none for small tasks)
+            msg = copy.message(idents)
             if prefix in (b"mux_in", b"task_in"):
                 msg, omitted = self._shm_request(msg)
             else:
                 msg = self._shm_resolve(prefix, msg)
+            copy = HubCopy.of(msg)
         else:
             # the message is what its JSON frames say: the store may keep them as they came
             # (when they are bytes, as the loop hands small frames on)
@@ -343,7 +345,7 @@ class HubShell:
                 and content.__class__ is bytes
             ):
                 texts = (header, parent, metadata, content)
-        actions = self.hub.handle_monitor(prefix, idents, msg, now, omitted, texts, direct=direct)
+        actions = self.hub.handle_copy(prefix, idents, copy, now, omitted, texts, direct=direct)
         # the usual copy makes one record write and nothing to send
         if actions and not (len(actions) == 1 and apply_record_write(self.store, actions[0])):
             self._perform(actions)
