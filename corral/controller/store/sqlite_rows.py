@@ -253,7 +253,7 @@ def _layout(names: tuple[str, ...]) -> _Layout:
 
 
 def _exact_values(
-    msg_id: str, present: int, fields: Mapping[str, Any], layout: _Layout, texts: MessageJSON | None
+    msg_id: str, present: int, fields: dict[str, Any], layout: _Layout, texts: MessageJSON | None
 ) -> tuple[list[Any], int] | None:
     """The values of a record's row so far (msg_id, ``present``, the scalars in column order)
     and the length of their text, for :func:`encode_exact`; None for a value not exactly its
@@ -392,6 +392,13 @@ def _flat_lengths(value: Any, limit: int | None) -> tuple[int, str] | None:
     return size, encoded
 
 
+#: :func:`_layout` of each set of names :func:`encode_exact` met, in a plain dict (compiled, a
+#: lookup in C; the ``lru_cache`` wrapper is a generic call, about 1.3k instructions a write),
+#: at most :data:`_LAYOUTS_KEPT` of them (the Hub writes a few kinds of record).
+_LAYOUTS: Final[dict[tuple[str, ...], _Layout]] = {}
+_LAYOUTS_KEPT: Final = 256
+
+
 def encode_exact(
     msg_id: object,
     fields: Mapping[str, Any],
@@ -409,17 +416,26 @@ def encode_exact(
     frames of the message the record's dict fields were decoded from, kept as they came (the
     same values once read). ``msg_id`` and ``fields`` are what a caller of the store passed,
     unchecked: anything not a str and a mapping of str is declined here too (compiled, the
-    annotations are checked at the call)."""
-    layout = _layout(tuple(fields))
+    annotations are checked at the call). A mapping that is not a dict is declined too (the
+    long way reads it): a dict's fields are read in C, compiled, not by generic calls."""
+    if type(fields) is not dict:
+        return None
+    record: dict[str, Any] = fields
+    names = tuple(record)
+    layout = _LAYOUTS.get(names)
+    if layout is None:
+        layout = _layout(names)
+        if len(_LAYOUTS) < _LAYOUTS_KEPT:
+            _LAYOUTS[names] = layout
     if (
         layout.extras
         or type(msg_id) is not str
         or not msg_id
-        or fields.get("msg_id", msg_id) != msg_id
+        or record.get("msg_id", msg_id) != msg_id
     ):
         return None
     # the values, and the text Row.size counts
-    checked = _exact_values(msg_id, layout.present, fields, layout, json_texts)
+    checked = _exact_values(msg_id, layout.present, record, layout, json_texts)
     if checked is None:
         return None
     values, size = checked
@@ -427,14 +443,14 @@ def encode_exact(
     request = result = None
     request_part = result_chunk = 0
     if layout.request:
-        request = fields[REQUEST_BUFFERS_FIELD]
+        request = record[REQUEST_BUFFERS_FIELD]
         added = _buffers_column(values, request, buffer_limit, chunk_bytes, REQUEST_APART)
         if added is None:
             return None
         size += added[0]
         request_part = added[1]
     if layout.buffers:
-        result = fields[BUFFERS_FIELD]
+        result = record[BUFFERS_FIELD]
         added = _buffers_column(values, result, buffer_limit, chunk_bytes, chunk_bytes + 1)
         if added is None:
             return None
