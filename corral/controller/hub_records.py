@@ -23,7 +23,7 @@ from corral.controller.hub_actions import (
     UpdateRecord,
 )
 from corral.controller.scheduler_wire import HubCopy
-from corral.controller.store.base import MessageJSON
+from corral.controller.store.base import IN_TEXTS, MessageJSON
 from corral.controller.store.retention import REQUEST_OMITTED_FIELD
 from corral.protocol.session import Frame, frame_view
 
@@ -243,7 +243,7 @@ def record_reply(
         metadata.get("started"),
         metadata.get("completed"),
     )
-    changes = _result_fields(msg, entry, engine_uuid, now)
+    changes = _result_fields(msg, entry, engine_uuid, now, texts)
     if texts is None:
         writes: list[Action] = [UpdateRecord(msg_id, changes)]
     else:
@@ -263,15 +263,21 @@ def purge_recorded(hub: Hub, msg_id: str, writes: list[Action]) -> list[Action]:
 
 
 def _result_fields(
-    msg: HubCopy, entry: EngineEntry | None, engine_uuid: str, now: float
+    msg: HubCopy,
+    entry: EngineEntry | None,
+    engine_uuid: str,
+    now: float,
+    texts: MessageJSON | None = None,
 ) -> dict[str, Any]:
-    """The fields a reply fills in its task's record."""
+    """The fields a reply fills in its task's record. With ``texts`` (written with the
+    fields, :meth:`~.store.base.ResultStore.update_decoded_record`), a header not read yet
+    stays in its frame (:data:`~.store.base.IN_TEXTS`): the Hub reads nothing of it."""
     content = msg.content
     metadata = msg.metadata
     date = iso_date(now)
     return {
         "status": content.get("status", "error"),
-        "result_header": msg.header,
+        "result_header": IN_TEXTS if texts is not None and msg.header_unread else msg.header,
         "result_metadata": metadata,
         "result_content": content,
         "result_buffers": _views(msg.buffers),

@@ -204,27 +204,50 @@ class HubCopy:
     the :class:`~corral.protocol.session.Message` the general parser makes (whose ``__init__``
     sets its frozen slots through generic calls: about 4k instructions a copy, twice a task,
     and as much again to free it). Compiled, this is a plain native object: its attributes are
-    set and read in C. The Hub never changes a copy's dicts (it stores them)."""
+    set and read in C. The Hub never changes a copy's dicts (it stores them).
 
-    header: Final[JSONDict]
+    ``header_text``: the header's frame, when the header is parsed only once it is read (a
+    copy from the task scheduler, which checked it: :func:`read_hub_copy`); a reply's header
+    is only stored, which SQLite does from the frame (:data:`~.store.base.IN_TEXTS`)."""
+
     parent_header: Final[JSONDict]
     metadata: Final[JSONDict]
     content: Final[JSONDict]
     buffers: Final[tuple[Frame, ...]]
+    header_text: Final[bytes]
 
     def __init__(
         self,
-        header: JSONDict,
+        header: JSONDict | None,
         parent_header: JSONDict,
         metadata: JSONDict,
         content: JSONDict,
         buffers: tuple[Frame, ...],
+        header_text: bytes = b"",
     ) -> None:
-        self.header = header
+        self._header = header
         self.parent_header = parent_header
         self.metadata = metadata
         self.content = content
         self.buffers = buffers
+        self.header_text = header_text
+
+    @property
+    def header(self) -> JSONDict:
+        """The header, parsed from ``header_text`` when first read (and checked as
+        :func:`read_hub_copy` checks a header: MalformedMessage)."""
+        header = self._header
+        if header is None:
+            header = _load(self.header_text, "header")
+            if not _usual_copy_header(header):
+                raise MalformedMessage("a header field is missing or not a string")
+            self._header = header
+        return header
+
+    @property
+    def header_unread(self) -> bool:
+        """Whether the header is still only its frame (``header_text``)."""
+        return self._header is None
 
     @staticmethod
     def of(msg: Message) -> HubCopy:
@@ -272,7 +295,13 @@ def read_copy(
     return read_hub_copy(session, msg_frames, verify=verify).message(idents)
 
 
-def read_hub_copy(session: Session, msg_frames: Sequence[Frame], *, verify: bool = True) -> HubCopy:
+def read_hub_copy(
+    session: Session,
+    msg_frames: Sequence[Frame],
+    *,
+    verify: bool = True,
+    header_checked: bool = False,
+) -> HubCopy:
     """A copy for the Hub (frames after the delimiter), with the checks of
     ``session.deserialize(msg_frames, verify=verify)`` (the signature unless ``verify`` is
     False, the frames' count and header sizes, every header field a string, each JSON frame
@@ -283,16 +312,27 @@ def read_hub_copy(session: Session, msg_frames: Sequence[Frame], *, verify: bool
     object, a header of strings, in a session that does not check types: the controller's)
     is read inline, without a call per frame, and an empty object (a request's parent header
     and content, ``{}``) without a parse; anything else, and any fault, takes the checked way
-    below, which names it."""
+    below, which names it. ``header_checked``: the sender checked the header already as the
+    general parser does (the task scheduler, :func:`read_request` and :func:`read_reply`, for
+    the copies it sends the Hub on its private socket): on the usual path it is parsed only
+    when read (:attr:`HubCopy.header`)."""
     # a session that checks types validates the content: the checked way does
     parts = None if session.check_msg_type else usual_json(session, msg_frames, 0, verify)
     if parts is None:
         return HubCopy.of(_read_copy_checked(session, msg_frames, (), verify=verify))
     try:
-        header = _loads(parts[0])
         parent_header = _object(parts[1])
         metadata = _object(parts[2])
         content = _object(parts[3])
+        if (
+            header_checked
+            and isinstance(parent_header, dict)
+            and isinstance(metadata, dict)
+            and isinstance(content, dict)
+        ):
+            buffers = tuple(msg_frames[5:])
+            return HubCopy(None, parent_header, metadata, content, buffers, parts[0])
+        header = _loads(parts[0])
     except _JSONDecodeError:
         return HubCopy.of(_read_copy_checked(session, msg_frames, (), verify=False))
     if (

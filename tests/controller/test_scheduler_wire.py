@@ -330,3 +330,29 @@ def test_the_hubs_copy_of_a_request_has_fresh_empty_objects_and_the_general_fiel
                 Session(KEY, check_msg_type=False).deserialize(_resigned(frames, index, bad))
             with pytest.raises(MalformedMessage):
                 read_hub_copy(Session(KEY, check_msg_type=False), _resigned(frames, index, bad))
+
+
+def test_a_header_the_sender_checked_is_parsed_when_read() -> None:
+    """The task scheduler's copies have their header checked there: the Hub's reader keeps it
+    as its frame until it is read, then parses it as the general parser does; a header that
+    is not what the scheduler passes on is refused when read."""
+    hub = Session(KEY, check_msg_type=False)
+    frames = _reply(Session(KEY))
+    copy = read_hub_copy(hub, frames, verify=False, header_checked=True)
+    assert copy.header_unread and copy.header_text == frames[1]
+    expected = hub.deserialize(frames, verify=False)
+    assert (copy.parent_header, copy.metadata, copy.content) == (
+        expected.parent_header,
+        expected.metadata,
+        expected.content,
+    )
+    assert copy.parent_id == expected.parent_id
+    assert copy.header == expected.header and not copy.header_unread
+    assert copy.msg_id == expected.msg_id
+    for bad in (b"[]", b"{", orjson.dumps({"msg_id": "m"})):
+        copy = read_hub_copy(hub, _resigned(frames, 1, bad), verify=False, header_checked=True)
+        with pytest.raises(MalformedMessage):
+            _ = copy.header
+    # the other frames are checked as without it
+    with pytest.raises(MalformedMessage):
+        read_hub_copy(hub, _resigned(frames, 3, b"[]"), verify=False, header_checked=True)

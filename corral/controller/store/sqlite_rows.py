@@ -28,9 +28,11 @@ from .base import (
     BOOL_FIELDS,
     BUFFERS_FIELD,
     DICT_FIELDS,
+    IN_TEXTS,
     INT64_MAX,
     INT64_MIN,
     INT_FIELDS,
+    JSON_FRAME_OF,
     KNOWN_FIELDS,
     REQUEST_BUFFERS_FIELD,
     TEXT_FIELDS,
@@ -159,17 +161,6 @@ def _dumps(name: str, value: Any) -> str:
         raise StoreError(f"field {name!r} cannot be stored as JSON in SQLite: {exc}") from None
 
 
-#: The frame of a message's JSON (:data:`~.base.MessageJSON`) a dict field was decoded from.
-_FRAME_OF = {
-    "header": 0,
-    "metadata": 2,
-    "content": 3,
-    "result_header": 0,
-    "result_metadata": 2,
-    "result_content": 3,
-}
-
-
 #: How :func:`_exact_values` checks and encodes a scalar: text, integer, bool, JSON of a dict
 #: (``Final``, as the bounds below: compiled, a constant, not a lookup in the module's dict).
 _TEXT: Final = 0
@@ -237,7 +228,7 @@ def _layout(names: tuple[str, ...]) -> _Layout:
     if buffers:
         columns.append(BUFFERS_FIELD)
     checks = tuple(
-        (name, _TYPES[name], _HOW[_TYPES[name]], _FRAME_OF.get(name, -1)) for name, _ in scalars
+        (name, _TYPES[name], _HOW[_TYPES[name]], JSON_FRAME_OF.get(name, -1)) for name, _ in scalars
     )
     messages = {name.startswith("result_") for name, is_json in scalars if is_json}
     return _Layout(
@@ -263,7 +254,8 @@ def _exact_values(
     :meth:`~.base.ResultStore.add_decoded_record`), each dict field's frame is kept as it came
     (UTF-8 decoded) instead of encoding its dict again; a frame that is not UTF-8 (never one a
     dict was decoded from) is encoded as without ``texts``, and so is every field of a record
-    that holds both a request's and a result's."""
+    that holds both a request's and a result's. A dict field left in its frame
+    (:data:`~.base.IN_TEXTS`) is kept as it came, and declined (None) without the frames."""
     if not layout.texts:
         texts = None
     text = len(msg_id)
@@ -271,7 +263,8 @@ def _exact_values(
     for name, kind, how, frame in layout.checks:
         value: Any = fields[name]
         if value is not None:
-            if type(value) is not kind:
+            # a dict field left in its frame (IN_TEXTS) is kept as it came, or declined
+            if type(value) is not kind and (value is not IN_TEXTS or how != _JSON or texts is None):
                 return None
             if how == _JSON:
                 encoded: str | None = None
@@ -281,6 +274,8 @@ def _exact_values(
                     except UnicodeDecodeError:
                         encoded = None
                 if encoded is None:
+                    if value is IN_TEXTS:
+                        return None
                     encoded = _dumps(name, value)
                 text += len(encoded)
                 values.append(encoded)
