@@ -11,9 +11,11 @@ error's name and value); its metadata, which is most of a reply's JSON, is for t
 the Hub. Cutting out the general path's :class:`~corral.protocol.session.Message`, its views
 per frame and the checks of fields nobody here reads halves the scheduler's parsing per task.
 
-The Hub reads every frame of the copies it records: :func:`read_copy` is
-:meth:`Session.deserialize` without its view and check per frame, with the signature checked
-for the devices' copies and not for the scheduler's (docs/wire-flows.md, "Who checks what").
+The Hub reads the copies it records with :func:`read_hub_copy`: :meth:`Session.deserialize`
+without its view and check per frame, nor its :class:`~corral.protocol.session.Message`
+(a :class:`HubCopy`), with the signature checked for the devices' copies and not for the
+scheduler's, whose header (checked by the scheduler) is parsed only when read
+(docs/wire-flows.md, "Who checks what").
 
 The scheduler's and the Hub's loops read small frames as ``bytes`` (a bundle's are sliced
 from one, :mod:`corral.bundles`; a message alone's are copied as received,
