@@ -54,6 +54,7 @@ from corral.controller.hub_records import (
 )
 from corral.controller.hub_restart import expect_answers, lost_balanced, restore
 from corral.controller.hub_resubmit import resubmit_request
+from corral.controller.scheduler_wire import HubCopy
 from corral.controller.store.base import MessageJSON, ResultStore
 from corral.errors import (
     InvalidContent,
@@ -474,22 +475,39 @@ class Hub(HubHeartbeat):
         *,
         direct: bool = False,
     ) -> list[Action]:
-        """A copy of a queue's traffic: the record writes for requests and
-        replies (none for anything else). ``request_omitted``: why a request's copy comes
-        without its buffers (see :func:`~corral.controller.hub_records.record_request`);
-        ``texts``: the copy's JSON frames ``msg`` was decoded from, if the shell has them as
-        they came (the store may keep them instead of encoding the dicts again). ``direct``:
-        the copy came from its engine's copies PUSH, not from the MUX device: a path of its
-        own, so its replies are confirmed to the engine on a channel of their own
-        (``replies_recorded``'s ``direct``; see :mod:`corral.engine.replies`)."""
+        """A copy of a queue's traffic, decoded: :meth:`handle_copy` of it."""
+        copy = HubCopy.of(msg)
+        return self.handle_copy(prefix, idents, copy, now, request_omitted, texts, direct=direct)
+
+    def handle_copy(
+        self,
+        prefix: bytes,
+        idents: Sequence[bytes],
+        copy: HubCopy,
+        now: float,
+        request_omitted: dict[str, Any] | None = None,
+        texts: MessageJSON | None = None,
+        *,
+        direct: bool = False,
+    ) -> list[Action]:
+        """A copy of a queue's traffic (as its shell reads it,
+        :func:`~corral.controller.scheduler_wire.read_hub_copy`): the record writes for
+        requests and replies (none for anything else). ``request_omitted``: why a request's
+        copy comes without its buffers (see
+        :func:`~corral.controller.hub_records.record_request`); ``texts``: the copy's JSON
+        frames it was decoded from, if the shell has them as they came (the store may keep
+        them instead of encoding the dicts again). ``direct``: the copy came from its engine's
+        copies PUSH, not from the MUX device: a path of its own, so its replies are confirmed
+        to the engine on a channel of their own (``replies_recorded``'s ``direct``; see
+        :mod:`corral.engine.replies`)."""
         route = MONITORED.get(prefix)
         if route is None:  # the control queue's copies: nothing to record
             return []
         queue, request = route
         if request:
-            return record_request(self, queue, idents, msg, request_omitted, texts)
+            return record_request(self, queue, idents, copy, request_omitted, texts)
         channel = "direct" if direct else queue
-        return record_reply(self, queue, idents, msg, now, texts, channel)
+        return record_reply(self, queue, idents, copy, now, texts, channel)
 
     def handle_destination(self, msg_id: str, engine_uuid: str) -> list[Action]:
         """One dispatch of the scheduler's ``task_dest`` copy: :meth:`handle_destinations` of

@@ -10,11 +10,10 @@ come from the ``now`` the shell passed in.
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from corral.controller.hub_actions import (
     Action,
@@ -23,9 +22,10 @@ from corral.controller.hub_actions import (
     SetEngines,
     UpdateRecord,
 )
-from corral.controller.store.base import MessageJSON
+from corral.controller.scheduler_wire import HubCopy
+from corral.controller.store.base import IN_TEXTS, MessageJSON
 from corral.controller.store.retention import REQUEST_OMITTED_FIELD
-from corral.protocol.session import Message, frame_view
+from corral.protocol.session import Frame, frame_view
 
 if TYPE_CHECKING:
     from corral.controller.hub import EngineEntry, Hub
@@ -33,12 +33,27 @@ if TYPE_CHECKING:
 log = logging.getLogger("corral.hub")
 
 
-@functools.lru_cache(maxsize=1)
+class _LastDate:
+    """The last date :func:`iso_date` formatted, and of which ``now``."""
+
+    def __init__(self) -> None:
+        self.now = -1.0
+        self.text = ""
+
+
+_LAST_DATE: Final = _LastDate()
+
+
 def iso_date(now: float) -> str:
     """``now`` (seconds since the epoch) as every date on the wire: ISO 8601 with zone. The
     last one is kept: the shell dates every copy of a bundle by the moment it came, and
-    formatting a date cost about a microsecond, once per reply."""
-    return datetime.fromtimestamp(now, UTC).isoformat()
+    formatting a date cost about a microsecond, once per reply. (Kept in a compiled object's
+    attributes: ``functools.lru_cache``'s wrapper was a generic call, 1.7k instructions.)"""
+    last = _LAST_DATE
+    if last.now != now:
+        last.text = datetime.fromtimestamp(now, UTC).isoformat()
+        last.now = now
+    return last.text
 
 
 # the fields of a result, emptied when a task lost in a restart is sent again
@@ -61,7 +76,7 @@ def record_request(
     hub: Hub,
     queue: str,
     idents: Sequence[bytes],
-    msg: Message,
+    msg: HubCopy,
     request_omitted: dict[str, Any] | None = None,
     texts: MessageJSON | None = None,
 ) -> list[Action]:
@@ -113,9 +128,9 @@ def record_request(
     record["msg_id"] = msg_id
     record["header"] = msg.header
     record["metadata"] = msg.metadata
-    record["content"] = msg.content or {}
+    record["content"] = msg.content
     if request_omitted is None:
-        record["buffers"] = [frame_view(b) for b in msg.buffers]
+        record["buffers"] = _views(msg.buffers)
     else:
         record["buffers"] = None
         record[REQUEST_OMITTED_FIELD] = request_omitted
@@ -173,7 +188,7 @@ def record_reply(
     hub: Hub,
     queue: str,
     idents: Sequence[bytes],
-    msg: Message,
+    msg: HubCopy,
     now: float,
     texts: MessageJSON | None = None,
     channel: str | None = None,
@@ -219,7 +234,7 @@ def record_reply(
     if awaited is not None and awaited is not entry:  # its death must not fail the task now
         awaited.queue.pop(msg_id, None)
         awaited.tasks.pop(msg_id, None)
-    content = msg.content or {}
+    content = msg.content
     metadata = msg.metadata
     hub.activity.complete(
         msg_id,
@@ -228,7 +243,7 @@ def record_reply(
         metadata.get("started"),
         metadata.get("completed"),
     )
-    changes = _result_fields(msg, entry, engine_uuid, now)
+    changes = _result_fields(msg, entry, engine_uuid, now, texts)
     if texts is None:
         writes: list[Action] = [UpdateRecord(msg_id, changes)]
     else:
@@ -248,18 +263,24 @@ def purge_recorded(hub: Hub, msg_id: str, writes: list[Action]) -> list[Action]:
 
 
 def _result_fields(
-    msg: Message, entry: EngineEntry | None, engine_uuid: str, now: float
+    msg: HubCopy,
+    entry: EngineEntry | None,
+    engine_uuid: str,
+    now: float,
+    texts: MessageJSON | None = None,
 ) -> dict[str, Any]:
-    """The fields a reply fills in its task's record."""
-    content = msg.content or {}
+    """The fields a reply fills in its task's record. With ``texts`` (written with the
+    fields, :meth:`~.store.base.ResultStore.update_decoded_record`), a header not read yet
+    stays in its frame (:data:`~.store.base.IN_TEXTS`): the Hub reads nothing of it."""
+    content = msg.content
     metadata = msg.metadata
     date = iso_date(now)
     return {
         "status": content.get("status", "error"),
-        "result_header": msg.header,
+        "result_header": IN_TEXTS if texts is not None and msg.header_unread else msg.header,
         "result_metadata": metadata,
         "result_content": content,
-        "result_buffers": [frame_view(b) for b in msg.buffers],
+        "result_buffers": _views(msg.buffers),
         "started": metadata.get("started"),
         "completed": metadata.get("completed") or date,
         "received": date,
@@ -271,7 +292,7 @@ def _result_fields(
 
 
 def _record_unknown(
-    hub: Hub, queue: str, idents: Sequence[bytes], msg: Message, now: float
+    hub: Hub, queue: str, idents: Sequence[bytes], msg: HubCopy, now: float
 ) -> list[Action]:
     """A whole record, from the reply alone, for a task the store does not hold; nothing for
     a task it does (a duplicate reply: the first one was recorded)."""
@@ -298,6 +319,12 @@ def _record_unknown(
         **_result_fields(msg, entry, engine_uuid, now),
     }
     return purge_recorded(hub, msg_id, [AddRecord(msg_id, record)])
+
+
+def _views(buffers: tuple[Frame, ...]) -> list[bytes | memoryview]:
+    """The buffers as the store keeps them: ``bytes`` as they are (a bundle's small frames),
+    anything else through :func:`~corral.protocol.session.frame_view` (no copy)."""
+    return [b if type(b) is bytes else frame_view(b) for b in buffers]
 
 
 def _ident(idents: Sequence[bytes], index: int) -> str:

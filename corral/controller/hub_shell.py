@@ -28,7 +28,7 @@ import logging
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -49,7 +49,7 @@ from corral.controller.hub_actions import (
     apply_writes,
 )
 from corral.controller.hub_resubmit import resubmit_failed
-from corral.controller.scheduler_wire import read_copy, split_route
+from corral.controller.scheduler_wire import HubCopy, read_hub_copy, split_route
 from corral.controller.store.base import MessageJSON, ResultStore
 from corral.errors import CorralError, ProtocolError, StoreError
 from corral.loop import DRAIN_BATCH, FrameHandler, Loop, Timer
@@ -323,27 +323,30 @@ class HubShell:
     ) -> None:
         prefix = _ident_bytes(frames[0])
         idents, msg_frames = _split_copy(frames)
-        msg = read_copy(self.session, msg_frames, idents, verify=verify)
+        # a copy not checked here is the task scheduler's, which checked its header
+        copy = read_hub_copy(self.session, msg_frames, verify=verify, header_checked=not verify)
         self.monitored += 1
         omitted: dict[str, Any] | None = None
         texts: MessageJSON | None = None
-        if METADATA_KEY in msg.metadata:  # data in shared memory (none for small tasks)
+        if METADATA_KEY in copy.metadata:  # data in shared memory (none for small tasks)
+            msg = copy.message(idents)
             if prefix in (b"mux_in", b"task_in"):
                 msg, omitted = self._shm_request(msg)
             else:
                 msg = self._shm_resolve(prefix, msg)
+            copy = HubCopy.of(msg)
         else:
             # the message is what its JSON frames say: the store may keep them as they came
             # (when they are bytes, as the loop hands small frames on)
             header, parent, metadata, content = msg_frames[1:5]
             if (
-                header.__class__ is bytes
-                and parent.__class__ is bytes
-                and metadata.__class__ is bytes
-                and content.__class__ is bytes
+                type(header) is bytes
+                and type(parent) is bytes
+                and type(metadata) is bytes
+                and type(content) is bytes
             ):
                 texts = (header, parent, metadata, content)
-        actions = self.hub.handle_monitor(prefix, idents, msg, now, omitted, texts, direct=direct)
+        actions = self.hub.handle_copy(prefix, idents, copy, now, omitted, texts, direct=direct)
         # the usual copy makes one record write and nothing to send
         if actions and not (len(actions) == 1 and apply_record_write(self.store, actions[0])):
             self._perform(actions)
@@ -472,21 +475,22 @@ class HubShell:
 def _split_copy(frames: Sequence[Frame]) -> tuple[list[bytes], list[Frame]]:
     """The identities and the message frames of a copy ``[prefix, *identities, <IDS|MSG>,
     ...]``, as :func:`~corral.protocol.session.split_identities` splits ``frames[1:]``. The
-    loop hands the copies on with their small frames as ``bytes`` (a bundle's, and a copy
-    that came alone), compared as they are (no view and no copy per frame); a route of
-    ``zmq.Frame`` objects (a copy read some other way) is told from the delimiter by their
-    length and read through ``Frame.bytes``, which copies once and keeps the copy. Anything
-    else goes through :func:`~.scheduler_wire.split_route`."""
-    for index in range(1, min(len(frames), MAX_COPY_ROUTE)):
-        frame = frames[index]
-        if frame.__class__ is bytes:
-            if frame == DELIMITER:
-                idents = [f if f.__class__ is bytes else _ident_bytes(f) for f in frames[1:index]]
-                rest = frames[index + 1 :]  # a list's slice is a list already: no second copy
-                return idents, rest if rest.__class__ is list else list(rest)
-        elif frame.__class__ is not zmq.Frame or len(frame) == _DELIMITER_LENGTH:
+    loop hands the copies on as lists with their small frames as ``bytes`` (a bundle's, and a
+    copy that came alone), compared as they are (no view and no copy per frame; compiled, a
+    list's items and their types read in C); a route of ``zmq.Frame`` objects (a copy read
+    some other way) is told from the delimiter by their length and read through
+    ``Frame.bytes``, which copies once and keeps the copy. Anything else goes through
+    :func:`~.scheduler_wire.split_route`."""
+    route = frames if isinstance(frames, list) else list(frames)
+    for index in range(1, min(len(route), MAX_COPY_ROUTE)):
+        frame = route[index]
+        if type(frame) is bytes:
+            if frame == _DELIMITER:
+                idents = [f if type(f) is bytes else _ident_bytes(f) for f in route[1:index]]
+                return idents, route[index + 1 :]  # a list's slice is a list: no second copy
+        elif type(frame) is not _ZMQ_FRAME or len(frame) == _DELIMITER_LENGTH:
             break
-    return split_route(frames[1:])
+    return split_route(route[1:])
 
 
 def _ident_bytes(frame: Frame) -> bytes:
@@ -498,4 +502,6 @@ def _ident_bytes(frame: Frame) -> bytes:
     return bytes(frame)
 
 
-_DELIMITER_LENGTH = len(DELIMITER)
+_DELIMITER: Final = DELIMITER
+_DELIMITER_LENGTH: Final = len(DELIMITER)
+_ZMQ_FRAME: Final = zmq.Frame

@@ -11,9 +11,11 @@ error's name and value); its metadata, which is most of a reply's JSON, is for t
 the Hub. Cutting out the general path's :class:`~corral.protocol.session.Message`, its views
 per frame and the checks of fields nobody here reads halves the scheduler's parsing per task.
 
-The Hub reads every frame of the copies it records: :func:`read_copy` is
-:meth:`Session.deserialize` without its view and check per frame, with the signature checked
-for the devices' copies and not for the scheduler's (docs/wire-flows.md, "Who checks what").
+The Hub reads the copies it records with :func:`read_hub_copy`: :meth:`Session.deserialize`
+without its view and check per frame, nor its :class:`~corral.protocol.session.Message`
+(a :class:`HubCopy`), with the signature checked for the devices' copies and not for the
+scheduler's, whose header (checked by the scheduler) is parsed only when read
+(docs/wire-flows.md, "Who checks what").
 
 The scheduler's and the Hub's loops read small frames as ``bytes`` (a bundle's are sliced
 from one, :mod:`corral.bundles`; a message alone's are copied as received,
@@ -48,6 +50,9 @@ MAX_ROUTE: Final = 4
 delimiter; further in, :func:`split_route` takes the general way."""
 _DELIMITER_LENGTH: Final = len(DELIMITER)
 _loads: Final = orjson.loads  # compiled, a module attribute is looked up at every call
+_JSONDecodeError: Final = orjson.JSONDecodeError
+#: An empty JSON object as ``orjson`` writes it (a request's parent header and content).
+_EMPTY_OBJECT: Final = b"{}"
 
 
 def split_route(frames: Sequence[Frame]) -> tuple[list[bytes], list[Frame]]:
@@ -196,40 +201,172 @@ def _read_reply_checked(
     return (str(parent_id) if parent_id is not None else None), content
 
 
+class HubCopy:
+    """A copy as the Hub records it: a message's four JSON objects and its buffers, without
+    the :class:`~corral.protocol.session.Message` the general parser makes (whose ``__init__``
+    sets its frozen slots through generic calls: about 4k instructions a copy, twice a task,
+    and as much again to free it). Compiled, this is a plain native object: its attributes are
+    set and read in C. The Hub never changes a copy's dicts (it stores them).
+
+    ``header_text``: the header's frame, when the header is parsed only once it is read (a
+    copy from the task scheduler, which checked it: :func:`read_hub_copy`); a reply's header
+    is only stored, which SQLite does from the frame (:data:`~.store.base.IN_TEXTS`)."""
+
+    parent_header: Final[JSONDict]
+    metadata: Final[JSONDict]
+    content: Final[JSONDict]
+    buffers: Final[tuple[Frame, ...]]
+    header_text: Final[bytes]
+
+    def __init__(
+        self,
+        header: JSONDict | None,
+        parent_header: JSONDict,
+        metadata: JSONDict,
+        content: JSONDict,
+        buffers: tuple[Frame, ...],
+        header_text: bytes = b"",
+    ) -> None:
+        self._header = header
+        self.parent_header = parent_header
+        self.metadata = metadata
+        self.content = content
+        self.buffers = buffers
+        self.header_text = header_text
+
+    @property
+    def header(self) -> JSONDict:
+        """The header, parsed from ``header_text`` when first read (and checked as
+        :func:`read_hub_copy` checks a header: MalformedMessage)."""
+        header = self._header
+        if header is None:
+            header = _load(self.header_text, "header")
+            if not _usual_copy_header(header):
+                raise MalformedMessage("a header field is missing or not a string")
+            self._header = header
+        return header
+
+    @property
+    def header_unread(self) -> bool:
+        """Whether the header is still only its frame (``header_text``)."""
+        return self._header is None
+
+    @staticmethod
+    def of(msg: Message) -> HubCopy:
+        """The copy of a decoded message (its content None: an empty one)."""
+        content = msg.content
+        return HubCopy(
+            msg.header,
+            msg.parent_header,
+            msg.metadata,
+            content if content is not None else {},
+            msg.buffers,
+        )
+
+    def message(self, idents: Sequence[bytes]) -> Message:
+        """The :class:`~corral.protocol.session.Message` of this copy, routed by ``idents``."""
+        return Message(
+            self.header,
+            self.parent_header,
+            self.metadata,
+            self.content,
+            self.buffers,
+            tuple(idents),
+        )
+
+    @property
+    def msg_id(self) -> str:
+        return str(self.header["msg_id"])
+
+    @property
+    def msg_type(self) -> str:
+        return str(self.header["msg_type"])
+
+    @property
+    def parent_id(self) -> str | None:
+        parent = self.parent_header.get("msg_id")
+        return str(parent) if parent is not None else None
+
+
 def read_copy(
     session: Session, msg_frames: Sequence[Frame], idents: Sequence[bytes], *, verify: bool = True
 ) -> Message:
-    """A whole message from a copy for the Hub (frames after the delimiter): what
+    """A whole message from a copy (frames after the delimiter): what
     ``session.deserialize(msg_frames, idents=idents, verify=verify)`` gives, with its checks
-    (the signature unless ``verify`` is False, the frames' count and header sizes, every header
-    field, each JSON frame an object, the content against the catalogue when the session
-    checks types) and its errors, without its view and checks per frame.
+    and errors (:func:`read_hub_copy`, which the Hub's shell calls, as a Message)."""
+    return read_hub_copy(session, msg_frames, verify=verify).message(idents)
+
+
+def read_hub_copy(
+    session: Session,
+    msg_frames: Sequence[Frame],
+    *,
+    verify: bool = True,
+    header_checked: bool = False,
+) -> HubCopy:
+    """A copy for the Hub (frames after the delimiter), with the checks of
+    ``session.deserialize(msg_frames, verify=verify)`` (the signature unless ``verify`` is
+    False, the frames' count and header sizes, every header field a string, each JSON frame
+    an object, the content against the catalogue when the session checks types) and its
+    errors, without its view and checks per frame.
 
     The Hub reads every copy, so the usual one (four JSON frames as ``bytes``, each an
     object, a header of strings, in a session that does not check types: the controller's)
-    is read inline, without a call per frame; anything else, and any fault, takes the
-    checked way below, which names it."""
+    is read inline, without a call per frame, and an empty object (a request's parent header
+    and content, ``{}``) without a parse; anything else, and any fault, takes the checked way
+    below, which names it. ``header_checked``: the sender checked the header already as the
+    general parser does (the task scheduler, :func:`read_request` and :func:`read_reply`, for
+    the copies it sends the Hub on its private socket): on the usual path it is parsed only
+    when read (:attr:`HubCopy.header`)."""
     # a session that checks types validates the content: the checked way does
     parts = None if session.check_msg_type else usual_json(session, msg_frames, 0, verify)
     if parts is None:
-        return _read_copy_checked(session, msg_frames, idents, verify=verify)
+        return HubCopy.of(_read_copy_checked(session, msg_frames, (), verify=verify))
     try:
+        parent_header = _object(parts[1])
+        metadata = _object(parts[2])
+        content = _object(parts[3])
+        if (
+            header_checked
+            and isinstance(parent_header, dict)
+            and isinstance(metadata, dict)
+            and isinstance(content, dict)
+        ):
+            buffers = tuple(msg_frames[5:])
+            return HubCopy(None, parent_header, metadata, content, buffers, parts[0])
         header = _loads(parts[0])
-        parent_header = _loads(parts[1])
-        metadata = _loads(parts[2])
-        content = _loads(parts[3])
-    except orjson.JSONDecodeError:
-        return _read_copy_checked(session, msg_frames, idents, verify=False)
+    except _JSONDecodeError:
+        return HubCopy.of(_read_copy_checked(session, msg_frames, (), verify=False))
     if (
-        usual_header(session, header)
-        and type(parent_header) is dict
-        and type(metadata) is dict
-        and type(content) is dict
+        isinstance(header, dict)
+        and _usual_copy_header(header)
+        and isinstance(parent_header, dict)
+        and isinstance(metadata, dict)
+        and isinstance(content, dict)
     ):
-        return Message(
-            header, parent_header, metadata, content, tuple(msg_frames[5:]), tuple(idents)
-        )
-    return _read_copy_checked(session, msg_frames, idents, verify=False)
+        return HubCopy(header, parent_header, metadata, content, tuple(msg_frames[5:]))
+    return HubCopy.of(_read_copy_checked(session, msg_frames, (), verify=False))
+
+
+def _object(part: bytes) -> Any:
+    """A JSON frame parsed; an empty object (``{}``, as a request's parent header and content
+    come) made without the parser."""
+    if part == _EMPTY_OBJECT:
+        return {}
+    return _loads(part)
+
+
+def _usual_copy_header(header: JSONDict) -> bool:
+    """:func:`~corral.protocol.usual.usual_header` of a dict in a session that does not check
+    types (the caller's), its fields read as a dict's (compiled: no call per field)."""
+    return (
+        isinstance(header.get("msg_id"), str)
+        and isinstance(header.get("msg_type"), str)
+        and isinstance(header.get("session"), str)
+        and isinstance(header.get("username"), str)
+        and isinstance(header.get("date"), str)
+        and isinstance(header.get("version"), str)
+    )
 
 
 def _read_copy_checked(

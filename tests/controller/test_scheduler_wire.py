@@ -12,7 +12,13 @@ import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from corral.controller.scheduler_wire import read_copy, read_reply, read_request, split_route
+from corral.controller.scheduler_wire import (
+    read_copy,
+    read_hub_copy,
+    read_reply,
+    read_request,
+    split_route,
+)
 from corral.errors import CorralError, MalformedMessage, ReplayError, SignatureError
 from corral.protocol.session import (
     DELIMITER,
@@ -293,3 +299,60 @@ def test_split_route_reads_the_usual_routes_as_split_identities(route: list[byte
         expected_idents, expected_rest = split_identities(list(sequence))
         assert idents == expected_idents and type(rest) is list
         assert [bytes(frame_view(f)) for f in rest] == [bytes(frame_view(f)) for f in expected_rest]
+
+
+def test_the_hubs_copy_of_a_request_has_fresh_empty_objects_and_the_general_fields() -> None:
+    """A request's parent header and content come as ``{}``, which the Hub's reader makes
+    without the parser: equal to what the general parser gives, and a new dict each time (the
+    records keep them); any other text is parsed, and refused as the general parser refuses
+    it."""
+    hub = Session(KEY, check_msg_type=False)
+    frames = _request(Session(KEY), {"label": "x"})
+    assert frames[2] == frames[4] == b"{}"
+    first = read_hub_copy(hub, frames, verify=False)
+    second = read_hub_copy(hub, frames, verify=False)
+    expected = hub.deserialize(frames, verify=False)
+    assert (first.header, first.parent_header, first.metadata, first.content) == (
+        expected.header,
+        expected.parent_header,
+        expected.metadata,
+        expected.content,
+    )
+    assert first.buffers == tuple(expected.buffers)
+    assert first.msg_id == expected.msg_id and first.msg_type == "apply_request"
+    assert first.parent_id is None
+    assert first.parent_header is not second.parent_header
+    assert first.content is not second.content
+    assert first.parent_header is not first.content
+    for index in (2, 4):  # the parent header, the content
+        for bad in (b"{", b"{}}", b"[]", b"{} x"):
+            with pytest.raises(MalformedMessage):
+                Session(KEY, check_msg_type=False).deserialize(_resigned(frames, index, bad))
+            with pytest.raises(MalformedMessage):
+                read_hub_copy(Session(KEY, check_msg_type=False), _resigned(frames, index, bad))
+
+
+def test_a_header_the_sender_checked_is_parsed_when_read() -> None:
+    """The task scheduler's copies have their header checked there: the Hub's reader keeps it
+    as its frame until it is read, then parses it as the general parser does; a header that
+    is not what the scheduler passes on is refused when read."""
+    hub = Session(KEY, check_msg_type=False)
+    frames = _reply(Session(KEY))
+    copy = read_hub_copy(hub, frames, verify=False, header_checked=True)
+    assert copy.header_unread and copy.header_text == frames[1]
+    expected = hub.deserialize(frames, verify=False)
+    assert (copy.parent_header, copy.metadata, copy.content) == (
+        expected.parent_header,
+        expected.metadata,
+        expected.content,
+    )
+    assert copy.parent_id == expected.parent_id
+    assert copy.header == expected.header and not copy.header_unread
+    assert copy.msg_id == expected.msg_id
+    for bad in (b"[]", b"{", orjson.dumps({"msg_id": "m"})):
+        copy = read_hub_copy(hub, _resigned(frames, 1, bad), verify=False, header_checked=True)
+        with pytest.raises(MalformedMessage):
+            _ = copy.header
+    # the other frames are checked as without it
+    with pytest.raises(MalformedMessage):
+        read_hub_copy(hub, _resigned(frames, 3, b"[]"), verify=False, header_checked=True)

@@ -17,6 +17,8 @@ from contextlib import AbstractContextManager, nullcontext
 from types import TracebackType
 from typing import Any, Self
 
+import orjson
+
 from corral.errors import QueryError, StoreError
 
 from .retention import (
@@ -64,6 +66,50 @@ REQUEST_BUFFERS_FIELD = "buffers"
 BUFFER_FIELDS = (BUFFERS_FIELD, REQUEST_BUFFERS_FIELD)
 #: A message's four JSON frames as received: header, parent header, metadata, content.
 MessageJSON = tuple[bytes, bytes, bytes, bytes]
+#: The frame of a message's JSON (:data:`MessageJSON`) each of a record's dict fields is
+#: decoded from.
+JSON_FRAME_OF = {
+    "header": 0,
+    "metadata": 2,
+    "content": 3,
+    "result_header": 0,
+    "result_metadata": 2,
+    "result_content": 3,
+}
+
+
+class _InTexts:
+    """The type of :data:`IN_TEXTS`."""
+
+    def __repr__(self) -> str:
+        return "IN_TEXTS"
+
+
+#: A dict field of a record written with its message's JSON frames
+#: (:meth:`ResultStore.add_decoded_record`) that was not decoded: its value is its frame
+#: (:data:`JSON_FRAME_OF`), whose JSON another process checked already. The Hub writes a
+#: reply's header so (the task scheduler read it, and the Hub reads nothing of it): SQLite
+#: keeps the frame as it came, and any other store has it decoded (:func:`decoded_fields`).
+IN_TEXTS = _InTexts()
+
+
+def decoded_fields(fields: dict[str, Any], json_texts: MessageJSON) -> dict[str, Any]:
+    """``fields`` with each value :data:`IN_TEXTS` decoded from its frame of ``json_texts``
+    (``fields`` itself when there is none); StoreError when a frame is not a JSON object."""
+    if IN_TEXTS not in fields.values():
+        return fields
+    decoded = dict(fields)
+    for name, value in fields.items():
+        if value is IN_TEXTS:
+            try:
+                decoded[name] = orjson.loads(json_texts[JSON_FRAME_OF[name]])
+            except (KeyError, orjson.JSONDecodeError) as err:
+                raise StoreError(f"field {name!r} has no JSON frame to decode: {err}") from None
+            if not isinstance(decoded[name], dict):
+                raise StoreError(f"field {name!r}: its JSON frame is not an object")
+    return decoded
+
+
 KNOWN_FIELDS = frozenset((*TEXT_FIELDS, *INT_FIELDS, *BOOL_FIELDS, *DICT_FIELDS, *BUFFER_FIELDS))
 
 #: Query category (see :mod:`.query`) of every known field holding one scalar type; a store
@@ -244,16 +290,18 @@ class ResultStore(ABC):
         reply's) fields were decoded from the JSON frames ``json_texts`` of one message as
         received (header, parent header, metadata, content; UTF-8): a backend that keeps JSON
         text may keep those frames as they came instead of encoding the dicts again (SQLite).
-        This default ignores them."""
-        self.add_record(msg_id, record)
+        Such a field may also be :data:`IN_TEXTS`, left undecoded. This default decodes those
+        (:func:`decoded_fields`) and ignores the frames otherwise."""
+        self.add_record(msg_id, decoded_fields(record, json_texts))
 
     def update_decoded_record(
         self, msg_id: str, changes: dict[str, Any], json_texts: MessageJSON
     ) -> None:
         """:meth:`update_record`, with the JSON frames of the message some dict fields of
-        ``changes`` were decoded from, as :meth:`add_decoded_record` takes them. This default
-        ignores them."""
-        self.update_record(msg_id, changes)
+        ``changes`` were decoded from (or are left in, :data:`IN_TEXTS`), as
+        :meth:`add_decoded_record` takes them; this default decodes those and ignores the
+        frames otherwise."""
+        self.update_record(msg_id, decoded_fields(changes, json_texts))
 
     def set_engines(self, destinations: Iterable[tuple[str, str, int | None]]) -> None:
         """Set the engine fields (``engine_uuid``, ``engine_id``) of several tasks, each

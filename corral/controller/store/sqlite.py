@@ -55,6 +55,7 @@ from .base import (
     check_keys,
     check_msg_ids,
     check_page,
+    decoded_fields,
     project,
     validate_record,
 )
@@ -213,13 +214,13 @@ class SQLiteStore(ResultStore):
         hold its copies' header, metadata and content, six dicts a task, which cost about
         0.1 us each to encode again."""
         if not self._rows.upsert(msg_id, record, json_texts):
-            self._upsert(msg_id, record)
+            self._upsert(msg_id, decoded_fields(record, json_texts))
 
     def update_decoded_record(
         self, msg_id: str, changes: dict[str, Any], json_texts: MessageJSON
     ) -> None:
         if not self._rows.upsert(msg_id, changes, json_texts):
-            self._upsert(msg_id, changes)
+            self._upsert(msg_id, decoded_fields(changes, json_texts))
 
     def _upsert(self, msg_id: str, fields: dict[str, Any]) -> None:
         """A write :class:`RowQueue` declined (not the Hub's usual record: the Hub's own are

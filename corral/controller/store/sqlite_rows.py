@@ -28,9 +28,11 @@ from .base import (
     BOOL_FIELDS,
     BUFFERS_FIELD,
     DICT_FIELDS,
+    IN_TEXTS,
     INT64_MAX,
     INT64_MIN,
     INT_FIELDS,
+    JSON_FRAME_OF,
     KNOWN_FIELDS,
     REQUEST_BUFFERS_FIELD,
     TEXT_FIELDS,
@@ -159,17 +161,6 @@ def _dumps(name: str, value: Any) -> str:
         raise StoreError(f"field {name!r} cannot be stored as JSON in SQLite: {exc}") from None
 
 
-#: The frame of a message's JSON (:data:`~.base.MessageJSON`) a dict field was decoded from.
-_FRAME_OF = {
-    "header": 0,
-    "metadata": 2,
-    "content": 3,
-    "result_header": 0,
-    "result_metadata": 2,
-    "result_content": 3,
-}
-
-
 #: How :func:`_exact_values` checks and encodes a scalar: text, integer, bool, JSON of a dict
 #: (``Final``, as the bounds below: compiled, a constant, not a lookup in the module's dict).
 _TEXT: Final = 0
@@ -237,7 +228,7 @@ def _layout(names: tuple[str, ...]) -> _Layout:
     if buffers:
         columns.append(BUFFERS_FIELD)
     checks = tuple(
-        (name, _TYPES[name], _HOW[_TYPES[name]], _FRAME_OF.get(name, -1)) for name, _ in scalars
+        (name, _TYPES[name], _HOW[_TYPES[name]], JSON_FRAME_OF.get(name, -1)) for name, _ in scalars
     )
     messages = {name.startswith("result_") for name, is_json in scalars if is_json}
     return _Layout(
@@ -253,7 +244,7 @@ def _layout(names: tuple[str, ...]) -> _Layout:
 
 
 def _exact_values(
-    msg_id: str, present: int, fields: Mapping[str, Any], layout: _Layout, texts: MessageJSON | None
+    msg_id: str, present: int, fields: dict[str, Any], layout: _Layout, texts: MessageJSON | None
 ) -> tuple[list[Any], int] | None:
     """The values of a record's row so far (msg_id, ``present``, the scalars in column order)
     and the length of their text, for :func:`encode_exact`; None for a value not exactly its
@@ -263,7 +254,8 @@ def _exact_values(
     :meth:`~.base.ResultStore.add_decoded_record`), each dict field's frame is kept as it came
     (UTF-8 decoded) instead of encoding its dict again; a frame that is not UTF-8 (never one a
     dict was decoded from) is encoded as without ``texts``, and so is every field of a record
-    that holds both a request's and a result's."""
+    that holds both a request's and a result's. A dict field left in its frame
+    (:data:`~.base.IN_TEXTS`) is kept as it came, and declined (None) without the frames."""
     if not layout.texts:
         texts = None
     text = len(msg_id)
@@ -271,7 +263,8 @@ def _exact_values(
     for name, kind, how, frame in layout.checks:
         value: Any = fields[name]
         if value is not None:
-            if type(value) is not kind:
+            # a dict field left in its frame (IN_TEXTS) is kept as it came, or declined
+            if type(value) is not kind and (value is not IN_TEXTS or how != _JSON or texts is None):
                 return None
             if how == _JSON:
                 encoded: str | None = None
@@ -281,6 +274,8 @@ def _exact_values(
                     except UnicodeDecodeError:
                         encoded = None
                 if encoded is None:
+                    if value is IN_TEXTS:
+                        return None
                     encoded = _dumps(name, value)
                 text += len(encoded)
                 values.append(encoded)
@@ -392,6 +387,13 @@ def _flat_lengths(value: Any, limit: int | None) -> tuple[int, str] | None:
     return size, encoded
 
 
+#: :func:`_layout` of each set of names :func:`encode_exact` met, in a plain dict (compiled, a
+#: lookup in C; the ``lru_cache`` wrapper is a generic call, about 1.3k instructions a write),
+#: at most :data:`_LAYOUTS_KEPT` of them (the Hub writes a few kinds of record).
+_LAYOUTS: Final[dict[tuple[str, ...], _Layout]] = {}
+_LAYOUTS_KEPT: Final = 256
+
+
 def encode_exact(
     msg_id: object,
     fields: Mapping[str, Any],
@@ -409,17 +411,26 @@ def encode_exact(
     frames of the message the record's dict fields were decoded from, kept as they came (the
     same values once read). ``msg_id`` and ``fields`` are what a caller of the store passed,
     unchecked: anything not a str and a mapping of str is declined here too (compiled, the
-    annotations are checked at the call)."""
-    layout = _layout(tuple(fields))
+    annotations are checked at the call). A mapping that is not a dict is declined too (the
+    long way reads it): a dict's fields are read in C, compiled, not by generic calls."""
+    if type(fields) is not dict:
+        return None
+    record: dict[str, Any] = fields
+    names = tuple(record)
+    layout = _LAYOUTS.get(names)
+    if layout is None:
+        layout = _layout(names)
+        if len(_LAYOUTS) < _LAYOUTS_KEPT:
+            _LAYOUTS[names] = layout
     if (
         layout.extras
         or type(msg_id) is not str
         or not msg_id
-        or fields.get("msg_id", msg_id) != msg_id
+        or record.get("msg_id", msg_id) != msg_id
     ):
         return None
     # the values, and the text Row.size counts
-    checked = _exact_values(msg_id, layout.present, fields, layout, json_texts)
+    checked = _exact_values(msg_id, layout.present, record, layout, json_texts)
     if checked is None:
         return None
     values, size = checked
@@ -427,14 +438,14 @@ def encode_exact(
     request = result = None
     request_part = result_chunk = 0
     if layout.request:
-        request = fields[REQUEST_BUFFERS_FIELD]
+        request = record[REQUEST_BUFFERS_FIELD]
         added = _buffers_column(values, request, buffer_limit, chunk_bytes, REQUEST_APART)
         if added is None:
             return None
         size += added[0]
         request_part = added[1]
     if layout.buffers:
-        result = fields[BUFFERS_FIELD]
+        result = record[BUFFERS_FIELD]
         added = _buffers_column(values, result, buffer_limit, chunk_bytes, chunk_bytes + 1)
         if added is None:
             return None

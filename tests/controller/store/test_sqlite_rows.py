@@ -17,7 +17,7 @@ import orjson
 import pytest
 
 from corral.controller.store import sqlite as sqlite_module
-from corral.controller.store.base import WriteOp, validate_record
+from corral.controller.store.base import IN_TEXTS, WriteOp, validate_record
 from corral.controller.store.retention import RetentionSettings
 from corral.controller.store.sqlite import SQLiteStore
 from corral.controller.store.sqlite_batches import (
@@ -587,3 +587,43 @@ def test_decoded_records_read_back_as_added(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "tasks.db") as db:
         (stored,) = db.execute("SELECT header FROM tasks").fetchone()
     assert stored == header.decode()
+
+
+def test_a_field_left_in_its_frame_is_kept_as_the_frame_or_declined() -> None:
+    """``IN_TEXTS`` (a dict field not decoded) makes the row its frame would: with the frames,
+    the row of the decoded dict; without them, or in a record of two messages' fields,
+    declined (the store's long way decodes it)."""
+    frames = (b'{"msg_id": "r1"}', b'{"msg_id": "t1"}', b'{"engine_id": 0}', b'{"status":"ok"}')
+    fields = {
+        "status": "ok",
+        "result_header": {"msg_id": "r1"},
+        "result_metadata": {"engine_id": 0},
+        "result_content": {"status": "ok"},
+    }
+    left = {**fields, "result_header": IN_TEXTS}
+    row = encode_exact("t1", left, 1 << 20, 32, frames)
+    assert row is not None and row == encode_exact("t1", fields, 1 << 20, 32, frames)
+    assert encode_exact("t1", left, 1 << 20, 32) is None
+    assert encode_exact("t1", {**HUB_REQUEST, **left}, 1 << 20, 32, frames) is None
+    assert encode_exact("t1", left, 1 << 20, 32, (b"\xff", *frames[1:])) is None
+
+
+def test_a_field_left_in_its_frame_takes_the_long_way_decoded(tmp_path: Path) -> None:
+    """A reply whose buffers are over the per-task limit takes the store's long way: a header
+    left in its frame is decoded there, and stored as the one-pass way stores it."""
+    header = b'{"msg_id": "r1", "msg_type": "apply_reply"}'
+    frames = (header, b'{"msg_id": "t1"}', b"{}", b'{"status":"ok"}')
+    retention = RetentionSettings(buffer_limit=10)
+    with SQLiteStore(tmp_path / "tasks.db", retention=retention) as store:
+        store.add_record("t1", dict(HUB_REQUEST))
+        changes = {"status": "ok", "result_header": IN_TEXTS, "result_buffers": [b"x" * 100]}
+        store.update_decoded_record("t1", changes, frames)
+        record = store.get_record("t1")
+    assert record["result_header"] == orjson.loads(header)
+    assert not record["result_buffers"]  # over the limit: omitted, as always
+    with pytest.raises(StoreError):  # decoded there: a frame that is not an object is refused
+        store_again = SQLiteStore(tmp_path / "again.db", retention=retention)
+        try:
+            store_again.update_decoded_record("t1", changes, (b"[1]", *frames[1:]))
+        finally:
+            store_again.close()

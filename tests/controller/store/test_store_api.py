@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from corral.controller.store import ResultStore
+from corral.controller.store.base import IN_TEXTS
 from corral.errors import QueryError, StoreError
 
 StoreFactory = Callable[[], ResultStore]
@@ -481,3 +482,29 @@ def test_decoded_records_are_stored_as_records(store: ResultStore) -> None:
     got = store.get_records(["m0", "m1"])
     assert got["m0"] == {**got["m1"], "msg_id": "m0", "header": record["header"]}
     assert got["m0"]["result_content"] == {"status": "ok"}
+
+
+def test_a_field_left_in_its_frame_is_stored_decoded(store: ResultStore) -> None:
+    """The Hub leaves a reply's header in its frame (``IN_TEXTS``: the task scheduler checked
+    it, the Hub reads nothing of it); every backend stores it as the dict it says (SQLite the
+    frame as it came, the others the decoded dict)."""
+    store.add_record("m0", full_record("m0"))
+    store.add_record("m1", full_record("m1"))
+    header = b'{"msg_id": "r0", "msg_type": "apply_reply", "date": "%s"}' % stamp(1).encode()
+    frames = (header, b'{"msg_id": "m0"}', b'{"engine_id": 0}', b'{"status":"ok"}')
+    changes = {
+        "status": "ok",
+        "result_header": IN_TEXTS,
+        "result_metadata": {"engine_id": 0},
+        "result_content": {"status": "ok"},
+    }
+    store.update_decoded_record("m0", changes, frames)
+    store.update_record("m1", {**changes, "result_header": {"msg_id": "r0"}})
+    got = store.get_records(["m0", "m1"])
+    assert got["m0"]["result_header"] == {
+        "msg_id": "r0",
+        "msg_type": "apply_reply",
+        "date": stamp(1),
+    }
+    assert got["m0"]["result_metadata"] == got["m1"]["result_metadata"] == {"engine_id": 0}
+    assert got["m0"]["status"] == "ok"
