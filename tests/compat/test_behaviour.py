@@ -94,9 +94,15 @@ def test_a_second_client_gets_pending_results_and_errors(rc, cluster) -> None:  
 
 
 def test_queue_status_verbose_lists_msg_ids(rc) -> None:  # type: ignore[no-untyped-def]
-    ar = rc[0].apply_async(loud_sleep, 1)
+    ar = rc[0].apply_async(loud_sleep, 2)
     until(lambda: ar.stdout, 30, "the task to start")
-    status = rc.queue_status(verbose=True)
+    # the Hub learns of a direct request from the engine's copy, on a path of its own: the
+    # task's output can reach the client (and its query the Hub) a moment before that copy
+    status = until(
+        lambda: ar.msg_ids[0] in (found := rc.queue_status(verbose=True))[0]["queue"] and found,
+        1.5,
+        "the Hub to list the running task",
+    )
     assert isinstance(status["unassigned"], list)
     assert ar.msg_ids[0] in status[0]["queue"]
     ar.get(30)
