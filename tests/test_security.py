@@ -255,7 +255,11 @@ def test_connection_files_hold_the_keys_and_no_server_secret(curve_cluster: Any)
         if path.is_file():
             text = path.read_text(errors="replace")
             for token in re.findall(r"[0-9A-Za-z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}", text):
-                assert zmq.curve_public(token.encode()) != server_public, path.name
+                try:
+                    public = zmq.curve_public(token.encode())
+                except zmq.ZMQError:
+                    continue  # not a key: z85 letters that decode past 32 bits (a path, a log line)
+                assert public != server_public, path.name
     # nor is it on the scheduler's command line: it travels on its stdin
     for child in psutil.Process(curve_cluster.controller.pid).children():
         assert all(len(arg) != 40 for arg in child.cmdline()[1:])
@@ -346,7 +350,10 @@ def test_a_signed_request_from_a_stranger_key_never_runs(
             make_client(stranger, stranger_keys(keys))
             monitor = stranger.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | HANDSHAKE_FAILED)
             stranger.connect(address)
-            stranger.send_multipart([*idents, *request(marker)], copy=False)
+            try:
+                stranger.send_multipart([*idents, *request(marker)], copy=False, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # the handshake failed first: the socket has no peer to queue it for
             assert monitor.poll(10_000)
             assert recv_monitor_message(monitor)["event"] & HANDSHAKE_FAILED
             # the engine answers later work, so it had every chance to run the stranger's
