@@ -120,26 +120,28 @@ def bundle(
 def split_bundle(frames: Sequence[Frame]) -> list[list[Frame]] | None:
     """The messages of a bundle, each as ``[*route, *its frames]``; None if ``frames`` is a
     message, not a bundle. MalformedMessage if the bundle does not hold what its layout says."""
+    # compiled, a list is indexed and sliced as one (a Sequence's are generic calls)
+    listed = frames if type(frames) is list else list(frames)
     at = -1
-    for index in range(min(MAX_ROUTE + 1, len(frames))):
-        frame = frames[index]
+    for index in range(min(MAX_ROUTE + 1, len(listed))):
+        frame = listed[index]
         if len(frame) == _MARK_LENGTH and bytes(frame_view(frame)) == MARK:
             at = index
             break
     if at < 0:
         return None
-    if len(frames) < at + 3:
-        raise MalformedMessage(f"a bundle of {len(frames)} frames has no layout or packed frame")
-    route = list(frames[:at])
-    layout_view = memoryview(frame_view(frames[at + 1])).cast("B")
+    if len(listed) < at + 3:
+        raise MalformedMessage(f"a bundle of {len(listed)} frames has no layout or packed frame")
+    route = listed[:at]
+    layout_view = memoryview(frame_view(listed[at + 1])).cast("B")
     layout = array("q")
     if layout_view.nbytes % layout.itemsize or layout_view.nbytes > _MAX_LAYOUT:
         raise MalformedMessage("a bundle's layout is not a list of lengths")
     layout.frombytes(layout_view)
     if _SWAP:
         layout.byteswap()
-    packed = bytes(frame_view(frames[at + 2]))  # one copy: its slices are cheap bytes then
-    large = frames[at + 3 :]
+    packed = bytes(frame_view(listed[at + 2]))  # one copy: its slices are cheap bytes then
+    large = listed[at + 3 :]
     lengths = layout.tolist()
     end = len(lengths)
     if not end or not 0 < lengths[0] <= MAX_MESSAGES:

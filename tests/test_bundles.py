@@ -430,3 +430,11 @@ def test_a_bundle_crosses_the_mux_and_its_copy_unbundles_like_the_messages(
 
 def _bytes_all(messages: list[list[Any]]) -> list[list[bytes]]:
     return [_bytes(m) for m in messages]
+
+
+def test_a_tuple_of_frames_splits_as_the_same_list_does() -> None:
+    """Compiled, a bundle's frames are indexed as a list (anything else copied into one first):
+    a tuple gives the same messages, route first."""
+    messages = [[b"peer", b"one", b"x" * 10], [b"peer", b"two"]]
+    frames = bundle([b"peer"], messages, 1)
+    assert split_bundle(tuple(frames)) == split_bundle(frames) == messages

@@ -22,12 +22,13 @@ import logging
 import queue
 import threading
 from collections.abc import Callable
+from typing import Final
 
 log = logging.getLogger("corral.client")
 
 __all__ = ["Worker"]
 
-_STOP = None
+_STOP: Final = None
 
 
 class Worker:

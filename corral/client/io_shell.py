@@ -36,7 +36,7 @@ import functools
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, cast
+from typing import Any, Final, Protocol, cast
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -53,10 +53,10 @@ log = logging.getLogger("corral.client")
 
 __all__ = ["ClientIO", "Handler"]
 
-CHANNELS = ("mux", "control", "task", "hub")
-_CLOSED = "this client is closed; create a new Client to reconnect"
-_BATCH = 256  # messages read from one socket before looking at the others
-_HANDSHAKE_FAILED = (
+CHANNELS: Final = ("mux", "control", "task", "hub")
+_CLOSED: Final = "this client is closed; create a new Client to reconnect"
+_BATCH: Final = 256  # messages read from one socket before looking at the others
+_HANDSHAKE_FAILED: Final = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH

@@ -24,7 +24,7 @@ orders every change of an entry (the reply's reader, the I/O thread's iopub, a u
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from corral.client.dates import wire_date
 from corral.client.entry_table import EntryTable
@@ -39,11 +39,13 @@ __all__ = [
     "materialize",
 ]
 
-_RAISE: Any = object()  # ``value``'s default: raise KeyError as a dict does
-_MUTABLE_DEFAULTS = frozenset({"outputs", "data"})  # read from the stored Metadata, never a copy
-_SHARED_KEYS = frozenset({"engine_uuid", "engine_host", "status", "call"})
-_SHARED_LIMIT = 4096  # distinct strings shared before the table of them starts again
-_LAYOUT_LIMIT = 256  # distinct key orders of replies remembered, likewise
+_RAISE: Final[Any] = object()  # ``value``'s default: raise KeyError as a dict does
+_MUTABLE_DEFAULTS: Final = frozenset(
+    {"outputs", "data"}
+)  # read from the stored Metadata, never a copy
+_SHARED_KEYS: Final = frozenset({"engine_uuid", "engine_host", "status", "call"})
+_SHARED_LIMIT: Final = 4096  # distinct strings shared before the table of them starts again
+_LAYOUT_LIMIT: Final = 256  # distinct key orders of replies remembered, likewise
 
 
 class ReplyLayout:
@@ -65,8 +67,16 @@ class ReplyLayout:
 # the three are), then, once its usual reply came, the content's status, when the reply came
 # (``time.time()``), the reply metadata's keys and, from ``FIRST_VALUE`` on, their values
 # (dates parsed; in the entry itself, not a tuple of their own: 56 bytes fewer).
-MSG_ID, SUBMITTED, ENGINE_UUID, ENGINE_ID, REQUEST, STATUS, RECEIVED, KEYS, FIRST_VALUE = range(9)
-UNANSWERED = 5  # the length of an entry whose reply has not come
+MSG_ID: Final = 0
+SUBMITTED: Final = 1
+ENGINE_UUID: Final = 2
+ENGINE_ID: Final = 3
+REQUEST: Final = 4
+STATUS: Final = 5
+RECEIVED: Final = 6
+KEYS: Final = 7
+FIRST_VALUE: Final = 8
+UNANSWERED: Final = 5  # the length of an entry whose reply has not come
 
 
 def compact_request(
@@ -93,13 +103,13 @@ def materialize(entry: tuple[Any, ...]) -> Metadata:
     return md
 
 
-_REQUEST_KEYS = {
+_REQUEST_KEYS: Final = {
     "msg_id": MSG_ID,
     "submitted": SUBMITTED,
     "engine_uuid": ENGINE_UUID,
     "engine_id": ENGINE_ID,
 }
-_DEPENDENCY_KEYS = ("after", "follow", "label")
+_DEPENDENCY_KEYS: Final = ("after", "follow", "label")
 
 
 def compact_value(entry: tuple[Any, ...], key: str, default: Any = _RAISE) -> Any:
@@ -181,14 +191,15 @@ class MetadataTable(EntryTable[Metadata]):
         values = list(metadata.values())
         for position in layout.dates:
             values[position] = wire_date(values[position])
+        # looked up inline (a call per string cost a tenth of the reply's), by name: a typed
+        # dict's get compiled is the dict's own, a bound method kept in a variable a generic call
         shared = self._shared
-        known = shared.get  # looked up inline: a call per string cost a tenth of the reply's
         for position in layout.shared:
             value = values[position]
             if type(value) is str:
-                values[position] = known(value) or self._share(shared, value)
+                values[position] = shared.get(value) or self._share(shared, value)
         if type(status) is str:
-            status = known(status) or self._share(shared, status)
+            status = shared.get(status) or self._share(shared, status)
         self.entries[entry[MSG_ID]] = (*entry, status, received, layout.keys, *values)
 
     def _share(self, shared: dict[str, str], value: str) -> str:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent import futures
-from typing import Any
+from typing import Any, Final
 
 import zmq
 
 from corral.errors import RemoteError, collect_exceptions
 
-_FINISHED = "FINISHED"  # concurrent.futures' state of a future with a result or an error
+_FINISHED: Final = "FINISHED"  # concurrent.futures' state of a future with a result or an error
 
 
 class SentEvent:

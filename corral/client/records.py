@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from corral.client.dates import parse_date, wire_date
 from corral.client.executereply import ExecuteReply
@@ -61,8 +61,8 @@ log = logging.getLogger("corral.client")
 
 __all__ = ["ExecuteReply", "Metadata", "Pending", "Records", "parse_date"]
 
-TASK = TASK_KIND  # apply/execute/control: settles with a value or a RemoteError
-SERVICE = "service"  # hub query: settles with the reply Message, or calls on_reply
+TASK: Final = TASK_KIND  # apply/execute/control: settles with a value or a RemoteError
+SERVICE: Final = "service"  # hub query: settles with the reply Message, or calls on_reply
 
 
 @dataclass(slots=True)
@@ -588,7 +588,7 @@ class Records:
             return exc, True
 
 
-_STALE_MIN = 256  # forgotten msg_ids that may wait in ``history`` before it is compacted
+_STALE_MIN: Final = 256  # forgotten msg_ids that may wait in ``history`` before it is compacted
 
 
 def _run_now(call: Callable[[], None]) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Final
 
 from corral.kept_frames import KeptFrames, compact, expand
 from corral.protocol.messages import RESENDABLE, RESENT
@@ -25,8 +26,8 @@ from corral.protocol.session import Frame, Message, Session
 
 __all__ = ["RECOVERY_PERIOD", "RESENDABLE", "Plan", "Recovery", "Resender"]
 
-RECOVERY_PERIOD = 1.0  # seconds between questions to the Hub after an outage
-UNKNOWN_CHECKS = 3  # answers without a record before a request counts as lost
+RECOVERY_PERIOD: Final = 1.0  # seconds between questions to the Hub after an outage
+UNKNOWN_CHECKS: Final = 3  # answers without a record before a request counts as lost
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class Recovery:
         return Plan(fetch, lost, bool(self.unknown_checks))
 
 
-RESEND_LIMIT = 3  # times one load-balanced request is sent again after restarts lost it
+RESEND_LIMIT: Final = 3  # times one load-balanced request is sent again after restarts lost it
 
 
 @dataclass

@@ -17,6 +17,7 @@ inline when its status is a string, any other by the message catalogue.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final
 
 from corral.protocol.messages import CATALOGUE, STATUS, validate_content
 from corral.protocol.session import Frame, Message, Session
@@ -26,7 +27,7 @@ __all__ = ["feed"]
 
 # replies whose content is valid as soon as its status is a string (every engine's reply):
 # checked inline, the catalogue's check for every other type and any other content
-_STATUS_ONLY = frozenset(
+_STATUS_ONLY: Final = frozenset(
     msg_type
     for msg_type, spec in CATALOGUE.items()
     if spec.required == STATUS and not spec.optional and spec.open
@@ -38,6 +39,6 @@ def feed(session: Session, frames: Sequence[Frame]) -> Message:
     msg = read_routed(session, frames)
     if session.check_msg_type:
         content = msg.content or {}
-        if msg.msg_type not in _STATUS_ONLY or content.get("status").__class__ is not str:
+        if msg.msg_type not in _STATUS_ONLY or type(content.get("status")) is not str:
             validate_content(msg.msg_type, content)  # InvalidContent, as feed raises
     return msg

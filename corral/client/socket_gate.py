@@ -74,7 +74,7 @@ import select
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, cast
+from typing import Any, Final, Protocol, cast
 
 import zmq
 import zmq.backend
@@ -89,16 +89,16 @@ log = logging.getLogger("corral.client")
 
 __all__ = ["LEADING", "Reader", "SendOrder", "SocketGate", "send_whole"]
 
-LEADING = hasattr(select, "epoll") and hasattr(os, "eventfd")
+LEADING: Final = hasattr(select, "epoll") and hasattr(os, "eventfd")
 """Whether a waiting thread may read replies itself (see the module doc): Linux."""
 
-_EVENTS = zmq.SocketOption.EVENTS
-_POLLIN = int(zmq.POLLIN)
-_NOBLOCK = int(zmq.NOBLOCK)
-_backend_get = zmq.backend.Socket.get
-_backend_send = zmq.backend.Socket.send
-_backend_recv = zmq.backend.Socket.recv
-_FRAME = zmq.Frame
+_EVENTS: Final = zmq.SocketOption.EVENTS
+_POLLIN: Final = int(zmq.POLLIN)
+_NOBLOCK: Final = int(zmq.NOBLOCK)
+_backend_get: Final = zmq.backend.Socket.get
+_backend_send: Final = zmq.backend.Socket.send
+_backend_recv: Final = zmq.backend.Socket.recv
+_FRAME: Final = zmq.Frame
 
 
 def send_whole(sock: zmq.Socket[Any], frames: Sequence[Frame]) -> None:
@@ -390,14 +390,13 @@ class SocketGate:
             while queue:
                 current = queue.popleft()
                 msg = None
-                if current.__class__ is tuple:
+                if type(current) is tuple:
                     # a message of a bundle split here: its small frames bytes already, and
                     # never a bundle itself (as the loop hands them on), so not looked at again
                     small: Sequence[Any] = current
                 else:
                     small = [
-                        f.bytes if f.__class__ is _FRAME and len(f) < COPY_BELOW else f
-                        for f in current
+                        f.bytes if type(f) is _FRAME and len(f) < COPY_BELOW else f for f in current
                     ]
                     try:
                         parts = split_bundle(small)
@@ -500,9 +499,9 @@ class SocketGate:
             handed = self._handed
             self._handed = []
             self._handed_asked = False
-        put = self._outbox.put
+        outbox = self._outbox
         for frames in handed:
-            put(frames)
+            outbox.put(frames)
 
     def _take_back(self, frames: Sequence[Frame]) -> None:
         """(Lock held) ``frames`` will never be sent (the loop refused the hand-off):
@@ -601,7 +600,7 @@ class SocketGate:
 
 def _small(frame: Any) -> Any:
     """A received zmq Frame under :data:`COPY_BELOW` as bytes (see ``_drain``)."""
-    if frame.__class__ is bytes or len(frame) >= COPY_BELOW:
+    if type(frame) is bytes or len(frame) >= COPY_BELOW:
         return frame
     return frame.bytes if isinstance(frame, zmq.Frame) else frame
 

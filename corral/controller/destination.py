@@ -77,15 +77,15 @@ def read_destinations(
         entries = orjson.loads(payload)
     except orjson.JSONDecodeError as err:
         raise MalformedMessage(f"invalid JSON in a task_dest copy: {err}") from None
-    if entries.__class__ is not list or not 0 < len(entries) <= MAX_ENTRIES:
+    if type(entries) is not list or not 0 < len(entries) <= MAX_ENTRIES:
         raise MalformedMessage(f"a task_dest copy is a list of 1 to {MAX_ENTRIES} dispatches")
     found: list[tuple[str, str]] = []
     for entry in entries:
         if (
-            entry.__class__ is not list
+            type(entry) is not list
             or len(entry) != 3
-            or entry[0].__class__ is not str
-            or entry[1].__class__ is not str
+            or type(entry[0]) is not str
+            or type(entry[1]) is not str
             or not entry[0]
             or not entry[1]
         ):

@@ -54,6 +54,9 @@ from corral.security import CurveKeys, make_client, make_server, start_authentic
 
 log = logging.getLogger("corral.scheduler")
 
+#: compiled, ``time.monotonic`` is an attribute lookup on the module at every call
+_monotonic: Final = time.monotonic
+
 SCHEDULER_IDENT: Final = b"scheduler"
 SCHEDULING_FIELDS: Final = frozenset(
     ("after", "follow", "targets", "timeout", "retries", "priority")
@@ -271,14 +274,14 @@ class SchedulerShell:
         self.pending[msg_id] = pending
         self.counts["submitted"] += 1
         try:
-            msg_type = header["msg_type"]
+            msg_type: str = header["msg_type"]  # a string (read_request)
             if msg_type not in ("apply_request", "execute_request"):
                 why = f"the task queue does not run {msg_type}"
                 self._perform(self.core.reject(msg_id, ProtocolError, why))
                 return
             try:
                 task = _task_from(msg_id, metadata)
-                actions = self.core.submit(task, time.monotonic())
+                actions = self.core.submit(task, _monotonic())
             except (CorralError, ValueError, TypeError) as err:
                 actions = self.core.reject(msg_id, type(err), f"bad task metadata: {err}")
             self._perform(actions)
@@ -335,15 +338,15 @@ class SchedulerShell:
         # decision if the task stays (a retry): the core's call adds no task, so a task still
         # held under this msg_id is this same Pending
         pending.reply = [pending.client, idents[0], DELIMITER, *msg_frames]
-        status = content["status"]
+        status: str = content["status"]  # a string (read_reply): compared as one, compiled
         if status == "error" and content.get("ename") == "UnmetDependency":
             why = str(content.get("evalue", ""))
-            self._perform(self.core.task_unmet(msg_id, engine_uuid, time.monotonic(), why))
+            self._perform(self.core.task_unmet(msg_id, engine_uuid, _monotonic(), why))
             pending.reply = None
             return
         self._perform(
             self.core.task_finished(
-                msg_id, engine_uuid, status == "ok", time.monotonic(), retry=status != "aborted"
+                msg_id, engine_uuid, status == "ok", _monotonic(), retry=status != "aborted"
             )
         )
         pending.reply = None
@@ -475,7 +478,7 @@ class SchedulerShell:
     def _finished(self) -> None:
         """A task left: what it held is freed. Give the allocator's free memory back when the
         schedule says so (the RSS of a long run stays flat; see :mod:`corral.heap`)."""
-        if self._trim.due(time.monotonic(), 1, idle=not self.pending):
+        if self._trim.due(_monotonic(), 1, idle=not self.pending):
             heap.trim()
             self.counts["trims"] += 1
 

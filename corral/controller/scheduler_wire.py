@@ -53,6 +53,7 @@ _loads: Final = orjson.loads  # compiled, a module attribute is looked up at eve
 _JSONDecodeError: Final = orjson.JSONDecodeError
 #: An empty JSON object as ``orjson`` writes it (a request's parent header and content).
 _EMPTY_OBJECT: Final = b"{}"
+_FRAME: Final = zmq.Frame  # compiled, zmq.Frame is a lookup in zmq's module each time
 
 
 def split_route(frames: Sequence[Frame]) -> tuple[list[bytes], list[Frame]]:
@@ -66,28 +67,27 @@ def split_route(frames: Sequence[Frame]) -> tuple[list[bytes], list[Frame]]:
     The two routes the scheduler reads nearly always (a client's identity, then the
     delimiter; an engine's and a client's, then the delimiter), all ``bytes`` as a bundle's
     messages and the small-as-bytes sockets give them, are taken first without the loop."""
-    if len(frames) > 2:
-        first, second = frames[0], frames[1]
+    # compiled, a list is indexed and sliced as one (a Sequence's are generic calls)
+    listed = frames if type(frames) is list else list(frames)
+    if len(listed) > 2:
+        first, second = listed[0], listed[1]
         if type(first) is bytes and type(second) is bytes and first != DELIMITER:
             if second == DELIMITER:
-                rest = frames[2:]
-                return [first], rest if type(rest) is list else list(rest)
-            third = frames[2]
+                return [first], listed[2:]
+            third = listed[2]
             if type(third) is bytes and third == DELIMITER:
-                rest = frames[3:]
-                return [first, second], rest if type(rest) is list else list(rest)
-    for index in range(min(len(frames), MAX_ROUTE)):
-        frame = frames[index]
+                return [first, second], listed[3:]
+    for index in range(min(len(listed), MAX_ROUTE)):
+        frame = listed[index]
         if isinstance(frame, bytes):
             if frame == DELIMITER:
                 # before it: bytes, or zmq.Frame objects (their bytes copied once and cached)
                 idents = [
                     f if isinstance(f, bytes) else f.bytes  # type: ignore[union-attr]
-                    for f in frames[:index]
+                    for f in listed[:index]
                 ]
-                rest = frames[index + 1 :]
-                return idents, rest if type(rest) is list else list(rest)
-        elif not isinstance(frame, zmq.Frame) or len(frame) == _DELIMITER_LENGTH:
+                return idents, listed[index + 1 :]
+        elif not isinstance(frame, _FRAME) or len(frame) == _DELIMITER_LENGTH:
             break
     return split_identities(frames)
 

@@ -57,6 +57,8 @@ from .runner import (
     time_limit,
 )
 
+#: compiled, ``time.monotonic`` is an attribute lookup on the module at every call
+_monotonic: Final = time.monotonic
 BATCH: Final = 64  # messages per socket per turn
 HOLD_REPLIES: Final = 0.002  # seconds a reply may wait for the tasks queued behind it, at most
 BATCH_FOR: Final = 0.001  # seconds of held replies after which the loop sends them (end of turn)
@@ -200,7 +202,7 @@ class TaskShell:
         if self._copies_outbox is None:  # a Hub that takes no copies
             return
         if self._copies_since is None:
-            self._copies_since = time.monotonic()
+            self._copies_since = _monotonic()
         self._copies.append((prefix, frames))
 
     def _send_copies(self) -> list[str]:
@@ -303,7 +305,7 @@ class TaskShell:
                 # the Hub from HOLD_REPLIES on (_watch_direct): an engine that serves none
                 # never pays this system call per task
                 self._hold_asked = self._watch_armed = True
-                self.alarm.arm(time.monotonic() + HOLD_REPLIES)
+                self.alarm.arm(_monotonic() + HOLD_REPLIES)
             self._running = True
             self._watch_every = WATCH_EVERY
             self.lock.release()  # user code may run for hours: the I/O thread may borrow
@@ -316,7 +318,7 @@ class TaskShell:
                 self.lock.acquire()
                 self._running = False
             held = self._held_since
-            if self.work.empty() or held is None or time.monotonic() - held >= BATCH_FOR:
+            if self.work.empty() or held is None or _monotonic() - held >= BATCH_FOR:
                 return
 
     def reply(self, channel: bytes, frames: Sequence[Frame], answers: str | None = None) -> None:
@@ -330,7 +332,7 @@ class TaskShell:
         self, channel: bytes, frames: Sequence[Frame], keep: bool = True, answers: str | None = None
     ) -> None:
         if self._held_since is None:
-            self._held_since = time.monotonic()
+            self._held_since = _monotonic()
         if keep:
             # kept on its own channel: the Hub confirms a direct reply from its copy on the
             # copies PULL, which no order ties to the MUX device's (see corral.engine.replies);
@@ -486,7 +488,7 @@ class TaskShell:
         held = self._oldest_unsent()  # hints read without the lock
         if held is None and not self._running:
             return  # sent meanwhile, and the task ended
-        if held is not None and time.monotonic() - held < HOLD_REPLIES - BATCH_FOR / 2:
+        if held is not None and _monotonic() - held < HOLD_REPLIES - BATCH_FOR / 2:
             # sent meanwhile; those held now are younger. Their deadline is asked for again:
             # a task that started with them held asked for none when a deadline was pending
             # (the direct socket's watch, armed as the task before it started, firing now),
@@ -509,7 +511,7 @@ class TaskShell:
         self._flush_turn()
         if watching and alarm is not None:
             self._hold_asked = self._watch_armed = True  # the next flush disarms it
-            alarm.arm(time.monotonic() + self._watch_every)
+            alarm.arm(_monotonic() + self._watch_every)
             self._watch_every = min(2 * self._watch_every, WATCH_AT_MOST)
 
     def look_behind_running_task(self) -> None:

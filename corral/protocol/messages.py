@@ -158,7 +158,7 @@ _SPECS = [
     ),
 ]
 
-CATALOGUE: dict[str, MessageSpec] = {spec.msg_type: spec for spec in _SPECS}
+CATALOGUE: Final[dict[str, MessageSpec]] = {spec.msg_type: spec for spec in _SPECS}
 KNOWN_TYPES: Final[frozenset[str]] = frozenset(CATALOGUE)
 
 

@@ -145,10 +145,19 @@ class Message:
         return str(parent) if parent is not None else None
 
 
-_set_header, _set_parent_header, _set_metadata, _set_content, _set_buffers, _set_idents = (
-    getattr(Message, name).__set__
-    for name in ("header", "parent_header", "metadata", "content", "buffers", "idents")
-)
+def _slot_setter(name: str) -> Any:
+    """The ``__set__`` of ``Message``'s slot ``name`` (what a frozen dataclass forbids by
+    assignment)."""
+    return getattr(Message, name).__set__
+
+
+# Final: compiled, each is a constant, not a lookup in the module's dict (six per Message)
+_set_header: Final = _slot_setter("header")
+_set_parent_header: Final = _slot_setter("parent_header")
+_set_metadata: Final = _slot_setter("metadata")
+_set_content: Final = _slot_setter("content")
+_set_buffers: Final = _slot_setter("buffers")
+_set_idents: Final = _slot_setter("idents")
 
 
 def split_identities(frames: Sequence[Frame]) -> tuple[list[bytes], list[Frame]]:

@@ -40,11 +40,13 @@ def usual_json(
     ``verify``; None for any other shape (nothing checked then)."""
     if len(frames) < at + 5:
         return None
-    signature = frames[at]
-    header = frames[at + 1]
-    parent = frames[at + 2]
-    metadata = frames[at + 3]
-    content = frames[at + 4]
+    # compiled, a list is indexed as one (a Sequence's item is a generic PyObject_GetItem)
+    listed = frames if type(frames) is list else list(frames)
+    signature = listed[at]
+    header = listed[at + 1]
+    parent = listed[at + 2]
+    metadata = listed[at + 3]
+    content = listed[at + 4]
     limit = session.max_header_bytes
     if not (
         type(signature) is bytes
@@ -108,8 +110,10 @@ def read_routed(session: Session, frames: Sequence[Frame]) -> Message:
     the session checks types): the caller checks what it needs."""
     if len(frames) < 7:
         return session.feed(frames)
-    ident = frames[0]
-    delimiter = frames[1]
+    # compiled, a list is indexed as one (a Sequence's item is a generic PyObject_GetItem)
+    listed = frames if type(frames) is list else list(frames)
+    ident = listed[0]
+    delimiter = listed[1]
     if not (
         type(ident) is bytes
         and ident != DELIMITER
@@ -117,12 +121,12 @@ def read_routed(session: Session, frames: Sequence[Frame]) -> Message:
         and delimiter == DELIMITER
     ):
         return session.feed(frames)
-    parts = usual_json(session, frames, 2)
+    parts = usual_json(session, listed, 2)
     if parts is None:
         return session.feed(frames)
     loaded = load_objects(parts)
     if loaded is None or not usual_header(session, loaded[0]):
         # signature recorded: the general parse without it names the fault (not a replay)
-        return session.deserialize(list(frames[2:]), idents=[ident], verify=False)
+        return session.deserialize(listed[2:], idents=[ident], verify=False)
     header, parent, metadata, content = loaded
-    return Message(header, parent, metadata, content, tuple(frames[7:]), (ident,))
+    return Message(header, parent, metadata, content, tuple(listed[7:]), (ident,))

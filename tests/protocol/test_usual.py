@@ -6,8 +6,8 @@ import orjson
 import pytest
 
 from corral.errors import ReplayError, SignatureError
-from corral.protocol.session import HEADER_FIELDS, Session
-from corral.protocol.usual import load_objects, usual_header, usual_json
+from corral.protocol.session import DELIMITER, HEADER_FIELDS, Session
+from corral.protocol.usual import load_objects, read_routed, usual_header, usual_json
 
 KEY = b"usual-test-key"
 
@@ -75,3 +75,15 @@ def test_usual_header_checks_the_type_only_where_the_session_does() -> None:
     assert not usual_header(session, header)
     session.check_msg_type = False
     assert usual_header(session, header)
+
+
+def test_a_tuple_of_frames_reads_as_the_same_list_does() -> None:
+    """Compiled, a list of frames is indexed as a list (and anything else copied into one
+    first): a tuple (a bundle's message on the client) gives the same parts and Message."""
+    sender = Session(KEY)
+    routed = [b"engine", DELIMITER, *signed(sender), b"buffer"]
+    assert usual_json(Session(KEY), tuple(routed), 2) == usual_json(Session(KEY), routed, 2)
+    from_tuple = read_routed(Session(KEY), tuple(routed))
+    from_list = read_routed(Session(KEY), routed)
+    assert from_tuple == from_list
+    assert from_tuple.idents == (b"engine",) and from_tuple.buffers == (b"buffer",)
