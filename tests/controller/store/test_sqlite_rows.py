@@ -536,14 +536,18 @@ def test_the_one_pass_encoding_keeps_json_frames_as_they_came(
     assert row.size() == plain.size() + extra
 
 
+#: A reply's four JSON frames, and the result fields the Hub decodes from them.
+RESULT_FRAMES = (b'{"msg_id": "r1"}', b'{"msg_id": "t1"}', b'{"engine_id": 0}', b'{"status":"ok"}')
+RESULT_FIELDS = {
+    "status": "ok",
+    "result_header": {"msg_id": "r1"},
+    "result_metadata": {"engine_id": 0},
+    "result_content": {"status": "ok"},
+}
+
+
 def test_a_results_frames_go_to_its_result_fields() -> None:
-    frames = (b'{"msg_id": "r1"}', b'{"msg_id": "t1"}', b'{"engine_id": 0}', b'{"status":"ok"}')
-    fields = {
-        "status": "ok",
-        "result_header": {"msg_id": "r1"},
-        "result_metadata": {"engine_id": 0},
-        "result_content": {"status": "ok"},
-    }
+    frames, fields = RESULT_FRAMES, dict(RESULT_FIELDS)
     row = encode_exact("t1", fields, 1 << 20, 32, frames)
     assert row is not None
     stored = dict(zip(row.columns, row.values, strict=False))
@@ -593,13 +597,7 @@ def test_a_field_left_in_its_frame_is_kept_as_the_frame_or_declined() -> None:
     """``IN_TEXTS`` (a dict field not decoded) makes the row its frame would: with the frames,
     the row of the decoded dict; without them, or in a record of two messages' fields,
     declined (the store's long way decodes it)."""
-    frames = (b'{"msg_id": "r1"}', b'{"msg_id": "t1"}', b'{"engine_id": 0}', b'{"status":"ok"}')
-    fields = {
-        "status": "ok",
-        "result_header": {"msg_id": "r1"},
-        "result_metadata": {"engine_id": 0},
-        "result_content": {"status": "ok"},
-    }
+    frames, fields = RESULT_FRAMES, dict(RESULT_FIELDS)
     left = {**fields, "result_header": IN_TEXTS}
     row = encode_exact("t1", left, 1 << 20, 32, frames)
     assert row is not None and row == encode_exact("t1", fields, 1 << 20, 32, frames)
