@@ -8,7 +8,11 @@ loopback port would reach nothing, or another process's port, and its requests w
 ever. So the offer names the namespace, and a client takes it only when the namespace is its
 own (corral.client.direct)::
 
-    tcp://127.0.0.1:<port>?net=<namespace>
+    tcp://127.0.0.1:<port>?net=<namespace>[&lane=<name>]
+
+``lane``: the abstract Unix socket name of the engine's lane (:mod:`corral.lane`), which a
+client on its host prefers to the port (no zmq I/O thread on either side); absent where the
+engine has none (not Linux, or lanes turned off).
 
 ``<namespace>`` is the inode of ``/proc/self/ns/net`` (unique among the live namespaces of a
 boot, which the host identity already pins), or ``none`` where there is no such file (no
@@ -20,10 +24,11 @@ from __future__ import annotations
 import functools
 import os
 
-__all__ = ["LOOPBACK_PREFIX", "make_offer", "network_namespace", "read_offer"]
+__all__ = ["LOOPBACK_PREFIX", "make_offer", "network_namespace", "read_lane", "read_offer"]
 
 LOOPBACK_PREFIX = "tcp://127.0.0.1:"
 _NET = "?net="
+_LANE = "&lane="
 
 
 @functools.cache
@@ -35,9 +40,11 @@ def network_namespace() -> str:
         return "none"
 
 
-def make_offer(port: int) -> str:
-    """The ``direct`` field for a ROUTER bound on loopback at ``port`` in this process."""
-    return f"{LOOPBACK_PREFIX}{port}{_NET}{network_namespace()}"
+def make_offer(port: int, lane: str | None = None) -> str:
+    """The ``direct`` field for a ROUTER bound on loopback at ``port`` in this process, and
+    the name of its lane if it listens on one."""
+    offer = f"{LOOPBACK_PREFIX}{port}{_NET}{network_namespace()}"
+    return offer if lane is None else f"{offer}{_LANE}{lane}"
 
 
 def read_offer(offered: object) -> tuple[str, str] | None:
@@ -47,6 +54,16 @@ def read_offer(offered: object) -> tuple[str, str] | None:
         return None
     rest = offered[len(LOOPBACK_PREFIX) :]
     port, sep, namespace = rest.partition(_NET)
+    namespace = namespace.partition(_LANE)[0]
     if not sep or not namespace or not port.isdigit() or not 0 < int(port) < 65536:
         return None
     return LOOPBACK_PREFIX + port, namespace
+
+
+def read_lane(offered: object) -> str | None:
+    """The lane name a valid ``direct`` field names, or None (no lane, or not an offer)."""
+    if read_offer(offered) is None:
+        return None
+    assert isinstance(offered, str)
+    lane = offered.partition(_LANE)[2]
+    return lane if lane and lane.isprintable() and "/" not in lane else None
