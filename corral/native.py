@@ -84,6 +84,7 @@ COMPILED: Final = (
     "corral.controller.store.sqlite_batches",
     "corral.controller.store.sqlite_writes",
     "corral.client.socket_gate",
+    "corral.client.lanes",
     "corral.client.records",
     "corral.client.reply_wire",
     "corral.client.entry_table",

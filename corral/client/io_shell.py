@@ -44,6 +44,8 @@ from zmq.utils.monitor import recv_monitor_message
 from corral.client import reply_wire
 from corral.client.socket_gate import Sleepy, SocketGate
 from corral.errors import ConnectionError, ReplayError
+from corral.lane import AVAILABLE as LANES_AVAILABLE
+from corral.lane import Lane
 from corral.loop import Loop, LoopThread
 from corral.protocol.session import Frame, Message, Session
 from corral.security import CurveKeys, make_client
@@ -227,12 +229,16 @@ class ClientIO:
         """Whether this client sends direct requests straight to engines on its host."""
         return self._direct is not None
 
-    def connect_direct(self, engine_uuid: str, address: str) -> None:
+    def connect_direct(self, engine_uuid: str, address: str, lane: str | None = None) -> None:
         """(Any thread, before any request to that engine is sent.) Send the direct requests
         for ``engine_uuid`` to ``address``, the engine's own ROUTER, from now on: connected
         with the engine's uuid as the peer's routing identity, so they are routed (and queued
         until the connection is made) at once. Once connected, an engine stays on this path:
-        its requests keep their order. Nothing if the direct path is off or already set."""
+        its requests keep their order. Nothing if the direct path is off or already set.
+
+        ``lane``: the name of the engine's lane (:mod:`corral.lane`), connected too where
+        lanes exist: its requests then go there, and its replies come on either (see
+        :mod:`corral.client.lanes`); a lane that cannot connect leaves them on the ROUTER."""
         gate, ident = self._direct, engine_uuid.encode()
         if gate is None or ident in self._direct_peers:
             return
@@ -242,6 +248,13 @@ class ClientIO:
             gate.sock.setsockopt(zmq.CONNECT_ROUTING_ID, ident)
             gate.sock.connect(address)
             self._direct_peers[ident] = address
+        if lane is not None and gate.lanes is not None:
+            try:
+                connected = Lane.connect(lane, self.session.session_id.encode(), ident)
+            except OSError as err:
+                log.debug("client: no lane to engine %s (%s): %s", engine_uuid, lane, err)
+                return
+            gate.add_lane(ident, connected)
 
     def sends_direct(self, engine_uuid: str) -> bool:
         """Whether this client sends ``engine_uuid``'s direct requests to its own ROUTER."""
@@ -253,6 +266,7 @@ class ClientIO:
         gate, ident = self._direct, engine_uuid.encode()
         if gate is None or ident not in self._direct_peers:
             return
+        gate.drop_lane(ident)
         with gate.lock:
             address = self._direct_peers.pop(ident, None)
             if address is None or gate.order.closed:
@@ -389,7 +403,7 @@ class ClientIO:
             direct.identity = identity
             direct.sndhwm = direct.rcvhwm = 0
             self._direct = SocketGate(loop, direct, 1, replies, _BATCH)
-            self._direct.install()
+            self._direct.install(lanes=LANES_AVAILABLE)
             self._gates[b"direct"] = self._direct  # caught up, counted and closed with mux
         loop.add_socket(iopub, self._decoded(handler.on_iopub), batch=_BATCH)
         loop.add_socket(notification, self._decoded(self._news(handler)), batch=_BATCH)

@@ -25,6 +25,8 @@ from corral.client.direct import direct_address
 from corral.client.records import SERVICE, TASK
 from corral.client.recovery import RECOVERY_PERIOD, Recovery
 from corral.errors import ConnectionError, EngineError, SharedMemoryRefused, TimeoutError
+from corral.lane import AVAILABLE as LANES_AVAILABLE
+from corral.protocol.direct_offer import read_lane
 from corral.protocol.session import Message
 from corral.protocol.shm import METADATA_KEY
 
@@ -458,7 +460,8 @@ class ControllerLink:
                 self._shm.host,
             )
             if address is not None:
-                self._io.connect_direct(uuid, address)
+                lane = read_lane(self._direct_offers.get(uuid)) if LANES_AVAILABLE else None
+                self._io.connect_direct(uuid, address, lane)
         self._engines = {**self._engines, engine_id: uuid}
         self._uuids = {**self._uuids, uuid: engine_id}
         self._engines_changed.notify_all()

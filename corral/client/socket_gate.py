@@ -60,6 +60,9 @@ anyway can read its reply itself. The rules:
   pending requests without settling it, then handles what was received after it. What is
   received waits in the gate's queue until handled, so a message cut where it may have been
   handled already is at worst handled twice: refused as a replay, or found settled.
+- **Lanes.** The direct gate also owns Unix connections to engines on its host
+  (:mod:`corral.client.lanes`: which request takes one, its backlog, its replies), used by
+  the same rules, under the same lock, read by the same readers.
 - **Re-entered.** A signal handler that calls ``get()`` on a leading main thread reads on
   (:attr:`SocketGate.handling` is reentrant), the queue first: what the interrupted reading
   had received is handled before what comes later.
@@ -80,7 +83,9 @@ import zmq
 import zmq.backend
 
 from corral.bundles import Outbox, split_bundle
+from corral.client.lanes import LaneSet
 from corral.errors import ConnectionError, CorralError, ReplayError
+from corral.lane import Lane
 from corral.loop import Loop
 from corral.protocol.session import Frame, Message
 from corral.sockets import COPY_BELOW, send_frames
@@ -248,6 +253,7 @@ class SocketGate:
         # received, not yet handled: whoever reads next (under ``handling``) handles it first
         # (a bundle's messages, once split, as tuples: see ``_handle_queue``)
         self._unhandled: collections.deque[Sequence[Any]] = collections.deque()
+        self.lanes: LaneSet | None = None  # the direct gate's, once installed with lanes
 
     # ------------------------------------------------------------------ any thread
 
@@ -259,9 +265,11 @@ class SocketGate:
         with self.lock:
             at_once = self.order.may_send_now(at_once) and self._loop.closed_because is None
             if at_once:
-                send_whole(self.sock, frames)
+                lanes = self.lanes
+                if lanes is None or not lanes.send(frames):
+                    send_whole(self.sock, frames)
+                    wake = self._take_readable()
                 self.sent_at_once += 1
-                wake = self._take_readable()
             else:
                 self.order.queue()  # counted before it is handed over: never sent uncounted
                 self._handed.append(frames)  # in order: one thread's requests keep theirs
@@ -308,6 +316,8 @@ class SocketGate:
                     self._io_set.unregister(self._fd)  # the I/O thread is not woken for replies
                 except FileNotFoundError:
                     pass  # not given back by a lead that a Ctrl-C cut: taken out already
+                if self.lanes is not None:
+                    self.lanes.lead()
             waker = _Waker(self, self._wake_fd, me)
             try:
                 if future.add_sleeper(waker):
@@ -373,6 +383,9 @@ class SocketGate:
             if not _receive(sock, queue):
                 break
             count += 1
+        lanes = self.lanes
+        if lanes is not None and count < batch:
+            count += lanes.receive(queue, batch - count)
         return count
 
     def _handle_queue(self) -> None:
@@ -467,6 +480,8 @@ class SocketGate:
                 self._io_set.register(self._fd, select.EPOLLIN)
             except FileExistsError:
                 pass  # cut before it was taken out
+            if self.lanes is not None:
+                self.lanes.resign()
             self._leader = None  # after the descriptor is back: a cut here leaves no one deaf
             wake = self._take_readable()
         if wake:
@@ -477,9 +492,10 @@ class SocketGate:
 
     # ------------------------------------------------------------------ I/O thread
 
-    def install(self) -> None:
+    def install(self, lanes: bool = False) -> None:
         """Have the loop wake on the socket's descriptor (through an epoll set a leader can
-        take it out of), and send what a turn queued at its end."""
+        take it out of), and send what a turn queued at its end. ``lanes``: this gate may
+        own lanes (the direct gate, where epoll is), whose backlogs the loop flushes."""
         self._fd = cast(int, self.sock.get(zmq.FD))
         if LEADING:
             self._io_set = select.epoll()
@@ -489,17 +505,54 @@ class SocketGate:
             self._lead_set.register(self._fd, select.EPOLLIN)
             self._lead_set.register(self._wake_fd, select.EPOLLIN)
             self._loop.add_reader(self._io_set.fileno(), self._drain)
+            if lanes:
+                self.lanes = LaneSet()
+                self.lanes.attach(self._io_set, self._lead_set)
+                self._loop.add_reader(self.lanes.writable.fileno(), self._flush_lanes)
         else:
             self._loop.add_reader(self._fd, self._drain)
         self._loop.at_turn_end(self._flush)
 
+    def add_lane(self, peer: bytes, lane: Lane) -> bool:
+        """(Any thread, before any request to ``peer`` is sent) Send ``peer``'s requests on
+        ``lane`` and read its replies there; False (the lane closed) if this gate has no
+        lanes or is closed."""
+        with self.lock:
+            if self.lanes is not None and not self.order.closed:
+                self.lanes.add(peer, lane)
+                return True
+        lane.close()
+        return False
+
+    def drop_lane(self, peer: bytes) -> None:
+        """(Any thread) Close ``peer``'s lane, if it has one: its engine is gone."""
+        with self.lock:
+            if self.lanes is not None and not self.order.closed:
+                self.lanes.drop(peer)
+
+    def _flush_lanes(self) -> None:
+        """(I/O thread, a lane with a backlog writable) Send the lanes' backlogs."""
+        with self.lock:
+            if self.lanes is not None and not self.order.closed:
+                self.lanes.flush()
+
     def _take_handed(self) -> None:
-        """(I/O thread) Put what submitting threads handed over in the outbox, in order."""
+        """(I/O thread) Send what submitting threads handed over, in order: on a lane at once,
+        else in the outbox for the turn's end."""
+        outbox = self._outbox
         with self.lock:
             handed = self._handed
             self._handed = []
             self._handed_asked = False
-        outbox = self._outbox
+            lanes = self.lanes
+            if lanes is not None and lanes.lanes and not self.order.closed:
+                rest: list[Sequence[Frame]] = []
+                for frames in handed:
+                    if lanes.send(frames):
+                        self.order.sent(1)
+                    else:
+                        rest.append(frames)
+                handed = rest
         for frames in handed:
             outbox.put(frames)
 
@@ -514,8 +567,12 @@ class SocketGate:
                 return
 
     def put(self, frames: Sequence[Frame]) -> None:
-        """Send ``frames`` at the end of this turn, after what was queued before."""
+        """Send ``frames`` at the end of this turn, after what was queued before (on its
+        engine's lane, if it has one: at once, after what that lane has taken)."""
         with self.lock:
+            lanes = self.lanes
+            if lanes is not None and not self.order.closed and lanes.send(frames):
+                return
             self.order.queue()
         self._outbox.put(frames)
 
@@ -525,6 +582,8 @@ class SocketGate:
         with self.lock:
             self.order.closed = True
             self.sock.close(linger=0)
+            if self.lanes is not None:
+                self.lanes.close()
             if self._leader is None:
                 self._close_sets()
             else:
