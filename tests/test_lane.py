@@ -138,9 +138,10 @@ def test_a_closed_peer_reads_as_closed_and_sends_raise() -> None:
     assert not still_open and receiver.closed
     with pytest.raises(LaneClosed):
         receiver.send([b"x"])
-    other, _ = pair()
+    other, its_peer = pair()
     other.close()
     assert other.receive(1) == ([], False)
+    its_peer.close()
 
 
 def test_a_listener_accepts_a_lane_that_says_hello() -> None:
