@@ -66,6 +66,7 @@ class Engine:
     serialized size of an apply result (larger: an error reply). :meth:`run` never returns: the
     process ends from the I/O thread on shutdown_request, SIGTERM or loss of registration.
     ``direct=False``: requests come through the controller's MUX only (no direct ROUTER).
+    ``lanes=False``: the direct ROUTER without a lane beside it (:mod:`corral.lane`).
     """
 
     def __init__(
@@ -83,6 +84,7 @@ class Engine:
         placement: Mapping[str, Any] | None = None,
         owner_pid: int | None = None,
         direct: bool = True,
+        lanes: bool = True,
     ) -> None:
         if isinstance(connection, EngineConnection):
             info = connection
@@ -107,6 +109,7 @@ class Engine:
         self.requested_id = requested_id
         self.owner_pid = owner_pid  # its parent (--owner-pid): the engine ends with it
         self.direct = direct  # offer clients on this host the direct path (not under curve)
+        self.lanes = lanes  # and a lane for it (Linux)
         self.use_ipython = use_ipython
         self.registration_timeout = registration_timeout
         self.unregister_timeout = unregister_timeout
@@ -156,6 +159,7 @@ class Engine:
             LinkSettings(self.requested_id, self.registration_timeout, self.missed_beats),
             unregister_timeout=self.unregister_timeout,
             direct=self.direct,
+            lanes=self.lanes,
         )
         parts = EngineParts(
             self.session,
@@ -287,6 +291,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="take requests only through the controller's MUX, not straight from clients on "
         "this host (docs/wire-flows.md, 'Direct requests')",
     )
+    parser.add_argument(
+        "--no-lanes",
+        action="store_true",
+        help="take direct requests on the zmq ROUTER only, not on a Unix socket lane "
+        "(docs/wire-flows.md, 'Lanes')",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -309,6 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             placement=placement,
             owner_pid=args.owner_pid,
             direct=not args.no_direct,
+            lanes=not args.no_lanes,
         )
         engine.run()
     except CorralError as err:

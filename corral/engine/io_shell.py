@@ -40,6 +40,8 @@ from corral.errors import (
     TaskTimeout,
     UnknownMessageType,
 )
+from corral.lane import AVAILABLE as LANES_AVAILABLE
+from corral.lane import LaneListener, lane_name
 from corral.lifetime import watch_owner
 from corral.loop import Loop, LoopThread, Timer
 from corral.protocol.connection_files import EngineConnection
@@ -86,6 +88,9 @@ class IOSettings:
     # clients on this host may send direct requests to this engine (docs/wire-flows.md,
     # "Direct requests"); never under --curve (the engine holds no server key)
     direct: bool = True
+    # and on a lane (corral.lane: a Unix socket, no zmq I/O thread on either side), where the
+    # direct path is on and the system has them (Linux)
+    lanes: bool = True
     unregister_timeout: float = 1.0  # seconds to wait for the Hub's unregistration_reply
 
 
@@ -142,6 +147,7 @@ class IOShell:
         self._registered = threading.Event()
         self._exit: Exit | None = None  # set by shutdown(): the teardown ends the process
         self._sockets: dict[bytes, zmq.Socket[Any]] = {}
+        self._lanes: LaneListener | None = None  # the lanes' listening socket (direct on)
         self._heart: Heart | None = None
         self._queue_links: QueueLinks | None = None
         self._registration_waits: SendRegistration | None = None  # for the queues to connect
@@ -223,7 +229,14 @@ class IOShell:
         sock.sndhwm = sock.rcvhwm = 0
         port = sock.bind_to_random_port(f"tcp://{DIRECT_IP}")
         self._sockets[b"direct"] = sock
-        return make_offer(port)  # the address and its network namespace
+        lane = None
+        if self.settings.lanes and LANES_AVAILABLE:
+            try:
+                self._lanes = LaneListener(lane_name(self.identity.uuid))
+                lane = self._lanes.name
+            except OSError as err:  # the zmq ROUTER serves alone
+                self.log.warning("no lane for direct requests: %s", err)
+        return make_offer(port, lane)  # the address, its network namespace and the lane
 
     def _secure(self, sock: zmq.Socket[Any]) -> None:
         """A curve client of the controller when the cluster uses --curve (TCP sockets only)."""
@@ -268,7 +281,9 @@ class IOShell:
         elif direct is not None:  # an older Hub: its clients do not know of the direct path
             self.log.warning("the controller takes no copies of direct requests")
         # the main thread serves the task sockets from now on (task_shell.py)
-        self.tasks.attach(self._sockets[b"mux"], self._sockets[b"task"], direct, copies)
+        self.tasks.attach(
+            self._sockets[b"mux"], self._sockets[b"task"], direct, copies, self._lanes
+        )
         loop.add_socket(self._sockets[b"iopub"], self._on_iopub_subscription, batch=BATCH)
 
     def _on_iopub_subscription(self, frames: list[zmq.Frame]) -> None:

@@ -21,6 +21,7 @@ the I/O thread asks for it between tasks, at the end of the current turn.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -35,6 +36,7 @@ import zmq
 from corral.bundles import Outbox
 from corral.errors import InvalidContent, ProtocolError, SharedMemoryRefused, UnknownMessageType
 from corral.kept_frames import compact
+from corral.lane import Lane, LaneClosed, LaneListener, read_hello
 from corral.loop import Loop
 from corral.protocol.messages import validate_content
 from corral.protocol.session import Frame, Message, Session
@@ -114,6 +116,12 @@ class TaskShell:
         self._sockets: dict[bytes, zmq.Socket[Any]] = {}
         self._outboxes: dict[bytes, Outbox] = {}
         self._copies_outbox: Outbox | None = None  # to the Hub, for direct requests
+        self._listener: LaneListener | None = None  # clients on this host connect lanes here
+        self._lane_of: dict[bytes, Lane] = {}  # client identity -> its lane (hello read)
+        self._lane_fds: dict[Lane, int] = {}  # every open lane -> the descriptor the loop polls
+        self._lane_replies: list[tuple[Lane, Sequence[Frame]]] = []  # sent at the flush
+        self.lane_requests = 0  # requests read from lanes (tests, benches)
+        self.lane_replies = 0  # replies sent on lanes
         self._copies: list[tuple[bytes, Sequence[Frame]]] = []  # made into copies after replies
         self._wanted = threading.Condition(threading.Lock())
         self._borrowers = 0  # I/O-thread calls waiting for or holding the lock
@@ -135,11 +143,14 @@ class TaskShell:
         task: zmq.Socket[Any],
         direct: zmq.Socket[Any] | None = None,
         copies: zmq.Socket[Any] | None = None,
+        lanes: LaneListener | None = None,
     ) -> None:
         """(I/O thread, at registration.) The task sockets; the main thread serves them from
         :meth:`run` on (the registration event orders this before it). ``direct``: the ROUTER
         clients on this host send direct requests to, and ``copies``: the PUSH to the Hub
-        that gets the copies of those requests and their replies."""
+        that gets the copies of those requests and their replies; ``lanes``: the listening
+        socket of the lanes (:mod:`corral.lane`) that clients on this host may send those
+        direct requests on instead."""
         self._sockets = {b"mux": mux, b"task": task}
         self._outboxes = {b"mux": Outbox(mux, 1), b"task": Outbox(task, 0)}
         if direct is not None:
@@ -147,6 +158,8 @@ class TaskShell:
             self._outboxes[b"direct"] = Outbox(direct, 1)
         if copies is not None:
             self._copies_outbox = Outbox(copies, 0)
+        if direct is not None:
+            self._listener = lanes
 
     def run(self, runner: TaskRunner) -> None:
         """(Main thread.) Serve the task sockets and run requests until the process ends (the
@@ -159,6 +172,8 @@ class TaskShell:
         for channel, handle in self._handlers():
             sock = self._sockets[channel]
             loop.add_socket(sock, handle, batch=BATCH, bundles=True, small_as_bytes=True)
+        if self._listener is not None:
+            loop.add_reader(self._listener.fileno(), self._accept_lanes)
         loop.at_turn_end(self._end_turn)
         self.lock.acquire()
         try:
@@ -189,6 +204,65 @@ class TaskShell:
         if b"direct" in self._sockets:
             handlers.append((b"direct", self._on_direct))
         return handlers
+
+    # ------------------------------------------------------------------ lanes (lock held)
+
+    def _accept_lanes(self) -> None:
+        """(Main thread) The lanes clients on this host connected: each polled from now on;
+        its first message must be the hello that names the client."""
+        listener = self._listener
+        if listener is None:
+            return
+        for lane in listener.accept():
+            fd = lane.fileno()
+            self._lane_fds[lane] = fd
+            self.loop.add_reader(fd, functools.partial(self._read_lane, lane))
+
+    def _read_lane(self, lane: Lane, limit: int = BATCH) -> None:
+        """Read a batch of a lane's requests, each handled as if the direct ROUTER had read it
+        from the lane's client; a lane closed by its client (or broken) is dropped."""
+        messages, still_open = lane.receive(limit)
+        for frames in messages:
+            peer = lane.peer
+            if peer is None:
+                peer = read_hello(frames)
+                if peer is None:
+                    self.rejected += 1
+                    self.log.warning("closed a lane whose first message was no hello")
+                    lane.close()
+                    break
+                lane.peer = peer
+                self._lane_of[peer] = lane  # a client's new lane replaces its old one
+                continue
+            self.lane_requests += 1
+            self.loop.deliver(self._on_direct, [peer, *frames])  # type: ignore[list-item]
+        if not still_open or lane.closed:
+            self._drop_lane(lane)
+
+    def _drop_lane(self, lane: Lane) -> None:
+        fd = self._lane_fds.pop(lane, None)
+        if fd is not None:
+            self.loop.remove(fd)
+        lane.close()
+        if lane.peer is not None and self._lane_of.get(lane.peer) is lane:
+            del self._lane_of[lane.peer]
+
+    def _send_lane_replies(self) -> None:
+        """Each reply held for a lane client on its lane if it is one packet and the socket
+        takes it now, else on the direct ROUTER (flushed after this): replies need no order
+        among themselves, and the lane is never left half-written for a task's length."""
+        replies, self._lane_replies = self._lane_replies, []
+        fallback = self._outboxes[b"direct"]
+        for lane, frames in replies:
+            try:
+                sent = lane.send_whole(frames[1:])
+            except LaneClosed:
+                self._drop_lane(lane)
+                sent = False
+            if sent:
+                self.lane_replies += 1
+            else:
+                fallback.put(frames)
 
     def _copy_for_hub(self, prefix: bytes, frames: Sequence[Frame]) -> None:
         """Note the Hub's copy of a direct request or reply, sent in the MUX device's format
@@ -338,9 +412,16 @@ class TaskShell:
             # copies PULL, which no order ties to the MUX device's (see corral.engine.replies);
             # compact, as the I/O thread keeps it until the Hub recorded the reply
             self.notes.append(("replied", channel, compact(frames), answers))
-        self._outboxes[channel].put(frames)
         if channel == b"direct":
+            first = frames[0]
+            lane = self._lane_of.get(first) if self._lane_of and type(first) is bytes else None
+            if lane is not None:
+                self._lane_replies.append((lane, frames))
+            else:
+                self._outboxes[channel].put(frames)
             self._copy_for_hub(MUX_OUT, frames)
+        else:
+            self._outboxes[channel].put(frames)
 
     def _oldest_unsent(self) -> float | None:
         """When the oldest reply or copy not sent yet was queued (None: nothing waits)."""
@@ -367,6 +448,10 @@ class TaskShell:
                 except zmq.Again:
                     break
                 self.loop.deliver(handle, cast(list[zmq.Frame], frames))
+        if self._listener is not None:
+            self._accept_lanes()
+            for lane in list(self._lane_fds):
+                self._read_lane(lane, 1 << 30)
         return self.work.qsize()
 
     # ------------------------------------------------------------------ the I/O thread's side
@@ -452,6 +537,8 @@ class TaskShell:
         self._held_since = self._copies_since = None
         self._hold_asked = False
         errors = self._send_copies()
+        if self._lane_replies:
+            self._send_lane_replies()
         errors += [str(error) for outbox in self._outboxes.values() for error, _ in outbox.flush()]
         if self._watch_armed:
             self._watch_armed = False

@@ -18,6 +18,7 @@ import zmq
 from corral.engine.alarm import open_alarm
 from corral.engine.runner import EngineIdentity, TaskRunner
 from corral.engine.task_shell import HOLD_REPLIES, WATCH_AT_MOST, WATCH_EVERY, TaskShell
+from corral.lane import LaneListener, lane_name
 from corral.loop import Loop, LoopThread
 from corral.protocol.serialize import deserialize_object, pack_apply_message
 from corral.protocol.session import DELIMITER, Message, Session
@@ -37,11 +38,13 @@ class Direct:
     copies: zmq.Socket[Any]  # the Hub's PULL
     session: Session  # the client's
     scheduler: zmq.Socket[Any]  # the ROUTER the engine's task DEALER connects to
+    lanes: LaneListener | None = None  # the engine's lane listener (served(lanes=True))
 
 
 @contextmanager
-def served() -> Iterator[Direct]:
-    """A TaskShell with a direct ROUTER and a copies PUSH, served on a thread."""
+def served(lanes: bool = False) -> Iterator[Direct]:
+    """A TaskShell with a direct ROUTER and a copies PUSH (and a lane listener with
+    ``lanes``), served on a thread."""
     ctx: zmq.Context[Any] = zmq.Context()
     sockets: list[zmq.Socket[Any]] = []
 
@@ -84,7 +87,8 @@ def served() -> Iterator[Direct]:
         on_failure=failures.append,
         alarm=alarm,
     )
-    shell.attach(queues[0], queues[1], direct, push)
+    listener = LaneListener(lane_name("engine")) if lanes else None
+    shell.attach(queues[0], queues[1], direct, push, listener)
 
     def io_setup(loop: Loop) -> None:  # the engine's I/O thread polls the alarm
         loop.add_reader(alarm.fd, shell.on_alarm)
@@ -97,7 +101,7 @@ def served() -> Iterator[Direct]:
     thread = threading.Thread(target=shell.run, args=(runner,), name="direct-test")
     thread.start()
     try:
-        yield Direct(shell, client, hub, Session(KEY, session_id="client"), routers[1])
+        yield Direct(shell, client, hub, Session(KEY, session_id="client"), routers[1], listener)
     finally:
         shell.loop.stop()
         io_thread.stop()
@@ -108,6 +112,8 @@ def served() -> Iterator[Direct]:
         assert failures == []
         for sock in sockets:
             sock.close(linger=0)
+        if listener is not None:
+            listener.close()
         ctx.term()
 
 

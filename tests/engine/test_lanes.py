@@ -1,0 +1,163 @@
+"""Lanes at the engine (corral.engine.task_shell with corral.lane): a client's lane carries its
+direct requests as the direct ROUTER would, its replies come back there when one packet holds
+them (else on the ROUTER), the Hub gets the same copies, and a lane that says no hello, breaks
+or belongs to another user costs nothing else. Real sockets, the task loop on a thread."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+import pytest
+
+from corral.lane import HELLO, LANE_PACKET, Lane
+from corral.protocol.serialize import deserialize_object, pack_apply_message
+from corral.protocol.session import DELIMITER, Message, Session
+from tests.engine.test_direct import (
+    KEY,
+    WAIT,
+    Direct,
+    _call,
+    add,
+    blocking_task,
+    next_copy,
+    reply_to,
+    served,
+)
+from tests.polling import until
+
+
+def connect(s: Direct, identity: bytes = b"client") -> Lane:
+    assert s.lanes is not None
+    return Lane.connect(s.lanes.name, identity, b"engine")
+
+
+def send_on(lane: Lane, session: Session, f: Any, *args: Any) -> Message:
+    msg = session.msg("apply_request", {}, buffers=pack_apply_message(f, args, {}))
+    lane.send(session.serialize(msg))
+    return msg
+
+
+def lane_reply(lane: Lane, session: Session, request: Message) -> Message:
+    """The next message on ``lane`` (bounded wait), checked as the reply to ``request``."""
+    got: list[list[object]] = []
+
+    def received() -> bool:
+        messages, still_open = lane.receive(1)
+        assert still_open, "the engine closed the lane"
+        got.extend(messages)
+        return bool(got)
+
+    until(received, WAIT, f"the reply to {request.msg_id} on the lane", interval=0.001)
+    reply = session.feed([bytes(frame) for frame in got[0]])  # type: ignore[call-overload]
+    assert reply.parent_id == request.msg_id
+    return reply
+
+
+def big(n: int) -> bytes:
+    return b"r" * n
+
+
+def test_a_request_on_a_lane_is_answered_there_and_copied_for_the_hub() -> None:
+    hub = Session(KEY, session_id="hub")
+    with served(lanes=True) as s:
+        lane = connect(s)
+        for n in range(3):
+            request = send_on(lane, s.session, add, n, 1)
+            reply = lane_reply(lane, s.session, request)
+            assert deserialize_object(list(reply.buffers)) == n + 1
+            copy_in, copy_out = next_copy(s), next_copy(s)
+            assert copy_in[:4] == [b"mux_in", b"engine", b"client", DELIMITER]
+            assert hub.feed(copy_in[3:]).msg_id == request.msg_id
+            assert copy_out[:4] == [b"mux_out", b"client", b"engine", DELIMITER]
+            assert hub.feed(copy_out[3:]).parent_id == request.msg_id
+        assert (s.shell.lane_requests, s.shell.lane_replies) == (3, 3)
+        lane.close()
+
+
+def test_a_request_of_many_packets_and_a_reply_too_big_for_one() -> None:
+    """A request larger than a packet arrives whole; a reply larger than a packet leaves on
+    the direct ROUTER (to the same client identity), never half on the lane."""
+    payload = os.urandom(3 * LANE_PACKET + 17)
+    with served(lanes=True) as s:
+        lane = connect(s)
+        request = send_on(lane, s.session, len, payload)
+        assert deserialize_object(list(lane_reply(lane, s.session, request).buffers)) == len(
+            payload
+        )
+        request = send_on(lane, s.session, big, 2 * LANE_PACKET)
+        reply = reply_to(s, request)  # on the client's zmq ROUTER
+        assert deserialize_object(list(reply.buffers)) == big(2 * LANE_PACKET)
+        assert (s.shell.lane_requests, s.shell.lane_replies) == (2, 1)
+        lane.close()
+
+
+def test_requests_queued_on_a_lane_behind_a_long_task_are_copied_while_it_runs() -> None:
+    started, release, ended = blocking_task()
+    with served(lanes=True) as s:
+        lane = connect(s)
+        first = send_on(lane, s.session, add, 1, 2)
+        lane_reply(lane, s.session, first)
+        assert [next_copy(s)[0], next_copy(s)[0]] == [b"mux_in", b"mux_out"]
+        blocking = send_on(lane, s.session, _call, "blocking")
+        assert started.wait(WAIT)
+        assert next_copy(s)[0] == b"mux_in"
+        behind = send_on(lane, s.session, add, 40, 2)
+        copy = next_copy(s)  # read by the I/O thread's watch while the task runs
+        assert copy[:3] == [b"mux_in", b"engine", b"client"]
+        assert not ended.is_set()
+        release.set()
+        assert deserialize_object(list(lane_reply(lane, s.session, blocking).buffers)) == "done"
+        assert deserialize_object(list(lane_reply(lane, s.session, behind).buffers)) == 42
+        lane.close()
+
+
+def test_a_lane_without_hello_or_broken_is_dropped_and_the_engine_serves_on() -> None:
+    with served(lanes=True) as s:
+        assert s.lanes is not None
+        rude = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        rude.connect("\0" + s.lanes.name)
+        rude.send(b"\x03garbage")  # FIRST|LAST with a header too short: not a lane message
+        assert rude.recv(16) == b"", "the engine kept a lane that broke the format"
+        rude.close()
+        impostor = Lane(socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET))
+        impostor.sock.connect("\0" + s.lanes.name)
+        impostor.sock.setblocking(False)
+        impostor.send([b"not a hello", b"x"])
+        until(lambda: s.shell.rejected >= 1, WAIT, "the engine to refuse a lane without hello")
+        lane = connect(s)
+        request = send_on(lane, s.session, add, 2, 2)
+        assert deserialize_object(list(lane_reply(lane, s.session, request).buffers)) == 4
+        lane.close()  # the client leaves: the engine drops the lane, and serves a new one
+        until(lambda: not s.shell._lane_of, WAIT, "the closed lane dropped")  # noqa: SLF001
+        again = connect(s)
+        request = send_on(again, s.session, add, 3, 3)
+        assert deserialize_object(list(lane_reply(again, s.session, request).buffers)) == 6
+        again.close()
+        impostor.close()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to connect as another user")
+def test_another_users_lane_is_refused() -> None:
+    with served(lanes=True) as s:
+        assert s.lanes is not None
+        name = s.lanes.name
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            code = 1
+            try:
+                os.setuid(65534)
+                other = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                other.connect("\0" + name)
+                other.settimeout(WAIT)
+                try:
+                    other.send(b"\x03" + HELLO)
+                    code = 0 if other.recv(16) == b"" else 2
+                except (BrokenPipeError, ConnectionResetError):
+                    code = 0  # closed by the engine before or while it spoke
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, "the other user's lane was not closed"
+        assert s.lanes.refused == 1

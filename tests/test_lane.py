@@ -1,0 +1,162 @@
+"""corral.lane: the codec (packets of a message, their reassembly, malformed packets) and the
+sockets (a backlog kept in order while the peer reads nothing, send_whole never half-sends,
+a closed peer seen as closed). Real seqpacket socket pairs."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import zmq
+
+from corral.errors import ProtocolError
+from corral.lane import (
+    FIRST,
+    HELLO,
+    LANE_PACKET,
+    LAST,
+    Lane,
+    LaneClosed,
+    LaneListener,
+    Reassembly,
+    lane_name,
+    packets,
+    read_hello,
+)
+
+
+def through(frames: list[object]) -> tuple[int, list[bytes]]:
+    """How many packets ``frames`` take, and what a reassembly makes of them."""
+    reassembly, out = Reassembly(), None
+    parts = packets(frames)
+    for packet in parts:
+        data = b"".join(bytes(part) for part in packet)  # type: ignore[call-overload]
+        assert len(data) <= LANE_PACKET
+        got = reassembly.feed(data)
+        if got is not None:
+            assert out is None, "two messages out of one"
+            out = got
+    assert out is not None and not reassembly.partial
+    return len(parts), [bytes(frame) for frame in out]  # type: ignore[call-overload]
+
+
+@pytest.mark.parametrize(
+    ("frames", "count"),
+    [
+        ([b"a"], 1),
+        ([b"", b"x" * 10], 1),
+        ([b"a" * (LANE_PACKET - 9)], 1),  # flags, count and one length: 9 bytes
+        ([b"a" * (LANE_PACKET - 8)], 2),
+        ([b"y" * 70_000], 2),
+        ([b"a", os.urandom(200_000), b"", b"z" * 65_530], 5),
+        ([zmq.Frame(b"q" * 100_000), memoryview(b"w" * 5)], 2),
+        ([memoryview(bytearray(range(256)) * 600).cast("B")], 3),
+    ],
+)
+def test_a_message_comes_out_as_it_went_in(frames: list[object], count: int) -> None:
+    assert through(frames) == (count, [bytes(frame) for frame in frames])  # type: ignore[call-overload]
+
+
+@pytest.mark.parametrize(
+    "packet",
+    [
+        b"",
+        bytes([FIRST | LAST]) + b"\x01\x00",  # header cut short
+        bytes([FIRST | LAST]) + b"\x00\x00\x00\x00",  # no frames
+        bytes([FIRST | LAST]) + b"\x01\x00\x00\x00\x05\x00\x00\x00abc",  # frame cut short
+        bytes([LAST]) + b"abc",  # continues nothing
+        bytes([0]) + b"abc",
+    ],
+)
+def test_a_malformed_packet_is_refused(packet: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        Reassembly().feed(packet)
+
+
+def test_packets_must_add_up_to_the_message() -> None:
+    parts = packets([b"x" * (2 * LANE_PACKET)])
+    first, second = (b"".join(bytes(p) for p in packet) for packet in parts[:2])  # type: ignore[call-overload]
+    reassembly = Reassembly()
+    assert reassembly.feed(first) is None
+    with pytest.raises(ProtocolError, match="began before"):
+        reassembly.feed(first)
+    reassembly = Reassembly()
+    reassembly.feed(first)
+    with pytest.raises(ProtocolError, match="add up"):
+        reassembly.feed(bytes([LAST]) + second[1:])  # claims to end a message it does not
+
+
+def pair() -> tuple[Lane, Lane]:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    return Lane(a, b"b"), Lane(b, b"a")
+
+
+def drain(lane: Lane) -> list[list[bytes]]:
+    messages, still_open = lane.receive(1 << 30)
+    assert still_open
+    return [[bytes(frame) for frame in message] for message in messages]  # type: ignore[call-overload]
+
+
+def test_a_backlog_keeps_the_order_while_the_peer_reads_nothing() -> None:
+    sender, receiver = pair()
+    sent = [[b"%d" % n, os.urandom(5000)] for n in range(400)]  # about 2 MB: far past the buffer
+    flushed = [sender.send(message) for message in sent]
+    assert not all(flushed) and sender.backlog
+    got: list[list[bytes]] = []
+    while sender.backlog:
+        got += drain(receiver)
+        sender.flush()
+    got += drain(receiver)
+    assert got == sent
+    sender.close()
+    receiver.close()
+
+
+def test_send_whole_sends_one_packet_or_nothing() -> None:
+    sender, receiver = pair()
+    assert not sender.send_whole([b"x" * (2 * LANE_PACKET)])  # more than a packet
+    assert drain(receiver) == []
+    while sender.send_whole([b"y" * 4000]):  # until the buffer is full
+        pass
+    assert not sender.backlog
+    received = drain(receiver)
+    assert received and all(message == [b"y" * 4000] for message in received)
+    while sender.send([b"z" * (3 * LANE_PACKET)]):  # until some of it waits in the backlog
+        pass
+    assert not sender.send_whole([b"after"])  # behind a backlog: never ahead of it
+    sender.close()
+    receiver.close()
+
+
+def test_a_closed_peer_reads_as_closed_and_sends_raise() -> None:
+    sender, receiver = pair()
+    sender.send([b"last words"])
+    sender.close()
+    messages, still_open = receiver.receive(10)
+    assert [[bytes(f) for f in m] for m in messages] == [[b"last words"]]  # type: ignore[call-overload]
+    assert not still_open and receiver.closed
+    with pytest.raises(LaneClosed):
+        receiver.send([b"x"])
+    other, its_peer = pair()
+    other.close()
+    assert other.receive(1) == ([], False)
+    its_peer.close()
+
+
+def test_a_listener_accepts_a_lane_that_says_hello() -> None:
+    listener = LaneListener(lane_name("engine-uuid"))
+    try:
+        assert listener.accept() == []
+        client = Lane.connect(listener.name, b"client-id", b"engine-uuid")
+        (server,) = listener.accept()
+        messages = drain(server)
+        assert messages == [[HELLO, b"client-id"]]
+        assert read_hello(messages[0]) == b"client-id"
+        assert read_hello([b"hello", b"x"]) is None and read_hello([HELLO, b""]) is None
+        client.close()
+        server.close()
+        with pytest.raises(OSError):
+            Lane.connect(lane_name("nobody"), b"client-id", b"x")
+    finally:
+        listener.close()
