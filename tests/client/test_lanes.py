@@ -8,22 +8,31 @@ from the lane itself, and the client's close closes its lanes."""
 
 from __future__ import annotations
 
+import os
 import select
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import cloudpickle  # type: ignore[import-untyped]
 import pytest
 import zmq
 
+from corral.client.client import Client
 from corral.client.requestfuture import RequestFuture
 from corral.client.socket_gate import LEADING, SocketGate
+from corral.cluster.cluster import Cluster
+from corral.errors import EngineError
 from corral.lane import AVAILABLE, Lane, LaneListener, lane_name, read_hello
 from corral.protocol.session import Message, Session
 from tests.client.standin import ControllerStandIn
-from tests.polling import until
+from tests.polling import file_appears, until
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 BOUND = 10.0  # seconds: only separates "happened" from "hung"
 KEY = b"lanes-test-key"
@@ -311,3 +320,106 @@ def test_closing_the_client_closes_its_lanes() -> None:
         assert not still_open  # the client's end is closed
     finally:
         running.close()
+
+
+# ------------------------------------------------------------------ a Client on a cluster
+
+
+def lane_counts() -> tuple[int, int]:
+    """(On an engine) Requests its task shell read from lanes, and replies it sent on them."""
+    import gc
+
+    shells = [item for item in gc.get_objects() if type(item).__name__ == "TaskShell"]
+    assert len(shells) == 1, f"{len(shells)} task shells in this engine"
+    return shells[0].lane_requests, shells[0].lane_replies
+
+
+def record(key: str, n: int, payload: bytes = b"") -> int:
+    """(On an engine) Append ``n`` to a list kept under ``key``; how long the list is now,
+    which is ``n + 1`` exactly when every earlier one came first."""
+    seen: list[int] = sys.__dict__.setdefault(key, [])
+    seen.append(n)
+    return len(seen) if seen == list(range(len(seen))) else -1
+
+
+def _client_lanes(rc: Client, target: int) -> Any:
+    gate = rc._io.gate_of("mux", rc._engines[target])  # noqa: SLF001
+    assert gate is not None and gate.lanes is not None
+    return gate.lanes
+
+
+def test_apply_goes_over_the_lane_both_ways(rc: Client) -> None:
+    lanes = _client_lanes(rc, 0)
+    assert rc._engines[0].encode() in lanes.lanes  # noqa: SLF001
+    rc.wait(timeout=BOUND)
+    requests, replies = rc[0].apply_sync(lane_counts)
+    sent, received = lanes.sent, lanes.received
+    for n in range(5):
+        assert rc[0].apply_async(abs, -n).get(BOUND) == n
+    assert lanes.sent == sent + 5 and lanes.received == received + 5
+    assert rc[0].apply_sync(lane_counts) == (requests + 6, replies + 6)
+
+
+def test_a_push_of_a_megabyte_goes_over_the_lane_in_several_packets(rc: Client) -> None:
+    lanes = _client_lanes(rc, 1)
+    requests, _ = rc[1].apply_sync(lane_counts)
+    sent = lanes.sent
+    data = bytes(range(256)) * 4096  # 1 MiB
+    rc[1].push({"lane_data": data}, block=True)
+    assert rc[1].apply_sync(lane_counts)[0] == requests + 2
+    assert lanes.sent == sent + 2
+    assert rc[1].pull("lane_data", block=True) == data  # the reply: several packets, on zmq
+
+
+def test_requests_queued_behind_a_long_task_keep_their_order(rc: Client, tmp_path: Path) -> None:
+    """A burst of large requests behind a task that runs until the test says go: the
+    engine's socket fills (the client keeps a backlog, flushed as the engine reads), and
+    every request arrives, in order."""
+    key = f"_corral_lane_order_{tmp_path.name}"
+    lanes = _client_lanes(rc, 0)
+    go = tmp_path / "go"
+    blocker = rc[0].apply_async(file_appears, str(go), BOUND)
+    payload = b"p" * 200_000
+    burst = []
+    for n in range(60):
+        burst.append(rc[0].apply_async(record, key, n, payload))
+        if n == 30:
+            burst.append(rc[0].apply_async(record, key + "-alone", 0))  # another list, at once
+    go.touch()
+    assert blocker.get(BOUND) == str(go)
+    assert [result.get(BOUND) for result in burst if result is not burst[31]] == list(range(1, 61))
+    until(lambda: lanes.backlog == 0, BOUND, "the lane's backlog to empty")
+
+
+def test_a_client_without_direct_requests_keeps_the_mux(rc: Client, cluster: Any) -> None:
+    requests, _ = rc[0].apply_sync(lane_counts)
+    with Client(cluster.path / "corral-client.json", timeout=BOUND, direct=False) as other:
+        assert other._io._direct is None  # noqa: SLF001
+        assert other[0].apply_async(abs, -7).get(BOUND) == 7
+    assert rc[0].apply_sync(lane_counts)[0] == requests + 1  # only rc's own question
+
+
+def test_an_engine_killed_with_requests_on_its_lane_fails_them(tmp_path: Path) -> None:
+    """Requests pending on an engine's lane, some still in the client's backlog, when the
+    engine dies: each fails with EngineError, none waits for ever; the lane is dropped."""
+    own = Cluster(n=1, cluster_dir=tmp_path, heartbeat_period=0.5, timeout=30, restart=False)
+    own.start()
+    try:
+        rc = own.client
+        assert rc is not None
+        rc.wait_for_engines(1, timeout=BOUND)
+        lanes = _client_lanes(rc, 0)
+        pid = rc[0].apply_sync(os.getpid)
+        (process,) = [p for p in own.engines if p.pid == pid]
+        running = rc[0].apply_async(file_appears, str(tmp_path / "never"), 120)
+        payload = b"k" * 200_000
+        queued = [rc[0].apply_async(record, "_corral_lane_killed", n, payload) for n in range(40)]
+        until(lambda: lanes.backlog == 1, BOUND, "a backlog on the lane")
+        process.kill()
+        process.wait(BOUND)
+        for result in (running, *queued):
+            with pytest.raises(EngineError, match="engine 0"):
+                result.get(timeout=BOUND * 3)
+        until(lambda: not lanes.lanes, BOUND, "the lane to be dropped")
+    finally:
+        own.stop()
