@@ -220,11 +220,21 @@ class Loop:
 
         self._add(source, ready)
 
-    def _add(self, source: Pollable, on_ready: Callable[[], None]) -> None:
+    def add_writer(self, source: Pollable, callback: Callable[[], object]) -> None:
+        """Call ``callback()`` whenever ``source`` (a descriptor or a socket object, never
+        also read through this loop) is writable, until :meth:`remove`: for a backlog that
+        waits for room (:class:`corral.lane.Lane`), watched only while there is one."""
+
+        def ready() -> None:
+            self._call(callback, ())
+
+        self._add(source, ready, zmq.POLLOUT)
+
+    def _add(self, source: Pollable, on_ready: Callable[[], None], events: int = _POLLIN) -> None:
         source = _key(source)
         if source in self._handlers:
             raise ValueError(f"{source!r} is already watched by loop {self.name}")
-        self._poller.register(source, zmq.POLLIN)
+        self._poller.register(source, events)
         self._handlers[source] = on_ready
         self._order = tuple(self._handlers.items())
 

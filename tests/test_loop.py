@@ -343,3 +343,44 @@ def test_hand_offs_from_many_short_lived_threads_hold_no_descriptors() -> None:
     assert len(count) == 200
     assert len(os.listdir("/proc/self/fd")) <= before
     thread.stop()
+
+
+def test_a_writer_is_called_while_its_descriptor_has_room_until_removed(loop: Loop) -> None:
+    """add_writer: a full socket's writer is called once the peer reads (the lane's backlog
+    waits so), and no more once removed."""
+    import socket
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setblocking(False)
+    try:
+        while True:  # fill it
+            try:
+                ours.send(b"x" * 4096)
+            except BlockingIOError:
+                break
+        calls: list[int] = []
+
+        def writable() -> None:
+            calls.append(1)
+            loop.remove(ours.fileno())
+            loop.stop()
+
+        loop.add_writer(ours.fileno(), writable)
+
+        def read_all() -> None:  # the peer reads: room comes (a Unix socket is writable
+            theirs.setblocking(False)  # again once at most a quarter of its buffer is used)
+            while True:
+                try:
+                    theirs.recv(4096)
+                except BlockingIOError:
+                    return
+
+        loop.call_soon(read_all)
+        run_with_deadline(loop)
+        assert calls == [1]
+        with pytest.raises(ValueError, match="already watched"):
+            loop.add_reader(theirs.fileno(), lambda: None)
+            loop.add_writer(theirs.fileno(), lambda: None)
+    finally:
+        ours.close()
+        theirs.close()

@@ -44,6 +44,8 @@ from corral.controller.scheduler_process import (
 )
 from corral.controller.store import SQLiteStore, open_store
 from corral.errors import CorralError
+from corral.lane import AVAILABLE as LANES_AVAILABLE
+from corral.lane import LaneListener, lane_name
 from corral.lifetime import terminate, watch_owner
 from corral.loop import Loop
 from corral.priority import lower
@@ -104,6 +106,7 @@ class Controller:
         self._stopping = False
         self.loop = Loop("hub")  # the main thread's: run_controller routes signals to it
         self.shell: HubShell | None = None
+        self.copies_lanes: LaneListener | None = None
         self.failed = False  # stopped by a fault (the scheduler died), not on request
         self._devices: list[Any] = []
         self._sockets: list[zmq.Socket[Any]] = []  # this thread's, all closed by close()
@@ -135,6 +138,17 @@ class Controller:
         sock.linger = 0
         self._sockets.append(sock)
         return sock
+
+    def _listen_lanes(self) -> LaneListener | None:
+        """The Hub's lane listener for engines' copies, or None where lanes are not (not
+        Linux) or cannot be bound (logged: the copies PULL serves alone)."""
+        if not LANES_AVAILABLE:
+            return None
+        try:
+            return LaneListener(lane_name(f"hub-{self.config.cluster_id or 'default'}"))
+        except OSError as err:
+            log.warning("no lane for the engines' copies: %s", err)
+            return None
 
     def _bind(self, kind: int, name: str = "") -> tuple[zmq.Socket[Any], int]:
         sock = self._socket(kind)
@@ -262,6 +276,9 @@ class Controller:
         # engines send the copies of the requests clients sent them directly, and of their
         # replies, in the devices' format (docs/wire-flows.md, "Direct requests")
         self.engine_copies, copies_port = self._bind(zmq.PULL, "copies_engine")
+        # and on a lane, for engines on this host (corral.lane): no zmq I/O thread on either
+        # side, and the copy is in the Hub's socket before the engine's reply leaves
+        self.copies_lanes = self._listen_lanes()
         for monitor in (self.monitor, self.queue_monitor, self.engine_copies):
             monitor.rcvhwm = 0
         self.queue_monitor.subscribe(b"")
@@ -296,6 +313,7 @@ class Controller:
             "hb_ping": address(ping_port),
             "hb_pong": address(pong_port),
             "copies": address(copies_port),
+            "copies_lane": self.copies_lanes.name if self.copies_lanes is not None else None,
         }
         client_addresses = {
             "mux": address(mux_client),
@@ -433,6 +451,7 @@ class Controller:
             self._stop,
             self._scheduler,
             trusted_copies=self.trusted_copies,
+            copies_lanes=self.copies_lanes,
         )
         self.shm.sweep()
         # the devices' threads and the scheduler (started by now) keep their priority
@@ -469,6 +488,10 @@ class Controller:
         if hasattr(self, "pong_events"):
             self.pong.disable_monitor()
         self.loop.close()
+        if self.shell is not None:
+            self.shell.close_lanes()
+        if self.copies_lanes is not None:
+            self.copies_lanes.close()
         for sock in self._sockets:
             sock.close(linger=0)
         # the devices' threads own their sockets: terminating the context ends their proxies,
@@ -495,6 +518,7 @@ class Controller:
                 "monitored": self.shell.monitored if self.shell is not None else 0,
                 "queries": self.hub.queries if self.hub is not None else 0,
                 "hub_rejected": self.hub.rejected if self.hub is not None else 0,
+                "lane_copies": self.shell.lane_copies if self.shell is not None else 0,
             },
             "scheduler": scheduler_counts,
         }

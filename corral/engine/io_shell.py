@@ -41,7 +41,7 @@ from corral.errors import (
     UnknownMessageType,
 )
 from corral.lane import AVAILABLE as LANES_AVAILABLE
-from corral.lane import LaneListener, lane_name
+from corral.lane import Lane, LaneListener, lane_name
 from corral.lifetime import watch_owner
 from corral.loop import Loop, LoopThread, Timer
 from corral.protocol.connection_files import EngineConnection
@@ -280,9 +280,17 @@ class IOShell:
             self._sockets[b"copies"] = copies
         elif direct is not None:  # an older Hub: its clients do not know of the direct path
             self.log.warning("the controller takes no copies of direct requests")
+        copies_lane = None
+        if copies is not None and self._lanes is not None and "copies_lane" in addresses:
+            try:  # a Hub on another host (or network namespace) has none here: refused
+                copies_lane = Lane.connect(
+                    addresses["copies_lane"], self.identity.uuid.encode(), b"hub"
+                )
+            except OSError as err:
+                self.log.debug("no copies lane to the Hub: %s", err)
         # the main thread serves the task sockets from now on (task_shell.py)
         self.tasks.attach(
-            self._sockets[b"mux"], self._sockets[b"task"], direct, copies, self._lanes
+            self._sockets[b"mux"], self._sockets[b"task"], direct, copies, self._lanes, copies_lane
         )
         loop.add_socket(self._sockets[b"iopub"], self._on_iopub_subscription, batch=BATCH)
 

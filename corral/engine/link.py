@@ -47,6 +47,10 @@ ID_IN_USE_RETRY = 0.25  # seconds between registrations asking for an id still i
 DEFAULT_HEARTBEAT_PERIOD = 3.0  # until the registration reply names the Hub's
 ADDRESS_FIELDS = ("mux", "control", "task", "iopub", "hb_ping", "hb_pong")
 OPTIONAL_ADDRESS_FIELDS = ("copies",)  # the Hub's copies of direct requests (a newer Hub)
+# the Hub's lane for those copies (corral.lane), for engines on its host: a name the Hub draws
+# anew at each start, so a restarted controller's differs and is not compared (an engine whose
+# lane closed sends its copies to ``copies`` from then on)
+LANE_FIELDS = ("copies_lane",)
 
 
 @dataclass(frozen=True)
@@ -309,7 +313,9 @@ class EngineLink:
         """The registration reply's fields; KeyError, TypeError or ValueError if unusable."""
         addresses = {name: str(content[name]) for name in ADDRESS_FIELDS}
         addresses.update(
-            (name, str(content[name])) for name in OPTIONAL_ADDRESS_FIELDS if name in content
+            (name, str(content[name]))
+            for name in (*OPTIONAL_ADDRESS_FIELDS, *LANE_FIELDS)
+            if name in content
         )
         engine_id = int(content["id"])
         period = float(content.get("heartbeat_period", self.heartbeat_period))

@@ -120,6 +120,8 @@ class TaskShell:
         self._lane_of: dict[bytes, Lane] = {}  # client identity -> its lane (hello read)
         self._lane_fds: dict[Lane, int] = {}  # every open lane -> the descriptor the loop polls
         self._lane_replies: list[tuple[Lane, Sequence[Frame]]] = []  # sent at the flush
+        self._copies_lane: Lane | None = None  # to the Hub, for its copies (same host)
+        self._copies_lane_fd = -1  # watched for room while its backlog waits (else -1)
         self.lane_requests = 0  # requests read from lanes (tests, benches)
         self.lane_replies = 0  # replies sent on lanes
         self._copies: list[tuple[bytes, Sequence[Frame]]] = []  # made into copies after replies
@@ -144,13 +146,15 @@ class TaskShell:
         direct: zmq.Socket[Any] | None = None,
         copies: zmq.Socket[Any] | None = None,
         lanes: LaneListener | None = None,
+        copies_lane: Lane | None = None,
     ) -> None:
         """(I/O thread, at registration.) The task sockets; the main thread serves them from
         :meth:`run` on (the registration event orders this before it). ``direct``: the ROUTER
         clients on this host send direct requests to, and ``copies``: the PUSH to the Hub
         that gets the copies of those requests and their replies; ``lanes``: the listening
         socket of the lanes (:mod:`corral.lane`) that clients on this host may send those
-        direct requests on instead."""
+        direct requests on instead; ``copies_lane``: a lane to the Hub for the copies, when
+        it is on this host (the copies PUSH serves once it closes)."""
         self._sockets = {b"mux": mux, b"task": task}
         self._outboxes = {b"mux": Outbox(mux, 1), b"task": Outbox(task, 0)}
         if direct is not None:
@@ -160,6 +164,7 @@ class TaskShell:
             self._copies_outbox = Outbox(copies, 0)
         if direct is not None:
             self._listener = lanes
+            self._copies_lane = copies_lane
 
     def run(self, runner: TaskRunner) -> None:
         """(Main thread.) Serve the task sockets and run requests until the process ends (the
@@ -247,6 +252,15 @@ class TaskShell:
         if lane.peer is not None and self._lane_of.get(lane.peer) is lane:
             del self._lane_of[lane.peer]
 
+    def close_lanes(self) -> None:
+        """(Teardown, the loop stopped) Close every lane, the Hub's too."""
+        for lane in list(self._lane_fds):
+            lane.close()
+        self._lane_fds.clear()
+        self._lane_of.clear()
+        if self._copies_lane is not None:
+            self._copies_lane.close()
+
     def _send_lane_replies(self) -> None:
         """Each reply held for a lane client on its lane if it is one packet and the socket
         takes it now, else on the direct ROUTER (flushed after this): replies need no order
@@ -286,12 +300,49 @@ class TaskShell:
             return []
         self._copies = []
         engine = self._engine_ident
-        for prefix, frames in copies:
+        lane = self._copies_lane
+        for index, (prefix, frames) in enumerate(copies):
             if prefix == MUX_IN:
-                outbox.put((prefix, engine, frames[0], *frames[1:]))
+                copy = (prefix, engine, frames[0], *frames[1:])
             else:
-                outbox.put((prefix, frames[0], engine, *frames[1:]))
+                copy = (prefix, frames[0], engine, *frames[1:])
+            if lane is not None:
+                try:
+                    lane.send(copy)  # what the socket does not take waits in its backlog
+                    continue
+                except LaneClosed:
+                    self._drop_copies_lane(len(copies) - index)
+                    lane = None
+            outbox.put(copy)
+        if lane is not None and lane.backlog and self._copies_lane_fd < 0:
+            self._copies_lane_fd = lane.fileno()
+            self.loop.add_writer(self._copies_lane_fd, self._flush_copies_lane)
         return [str(error) for error, _ in outbox.flush()]
+
+    def _flush_copies_lane(self) -> None:
+        """(Main loop, the Hub's lane writable) Send the copies its backlog holds."""
+        lane = self._copies_lane
+        try:
+            if lane is not None and not lane.flush():
+                return  # more room comes later
+        except LaneClosed:
+            self._drop_copies_lane(0)
+            return
+        self._unwatch_copies_lane()
+
+    def _unwatch_copies_lane(self) -> None:
+        if self._copies_lane_fd >= 0:
+            self.loop.remove(self._copies_lane_fd)
+            self._copies_lane_fd = -1
+
+    def _drop_copies_lane(self, left: int) -> None:
+        """The Hub closed its lane (it stopped): ``left`` copies, and those from now on, go to
+        its copies PUSH (a restarted Hub reconnects there); its backlog is lost with it."""
+        self.log.info("the Hub's copies lane closed: copies go to its PULL (%d now)", left)
+        self._unwatch_copies_lane()
+        if self._copies_lane is not None:
+            self._copies_lane.close()
+        self._copies_lane = None
 
     def _take(self, channel: bytes, frames: Sequence[Frame]) -> None:
         """Queue a verified apply or execute request; others get an error reply."""

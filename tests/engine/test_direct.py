@@ -18,7 +18,7 @@ import zmq
 from corral.engine.alarm import open_alarm
 from corral.engine.runner import EngineIdentity, TaskRunner
 from corral.engine.task_shell import HOLD_REPLIES, WATCH_AT_MOST, WATCH_EVERY, TaskShell
-from corral.lane import LaneListener, lane_name
+from corral.lane import HELLO, Lane, LaneListener, lane_name
 from corral.loop import Loop, LoopThread
 from corral.protocol.serialize import deserialize_object, pack_apply_message
 from corral.protocol.session import DELIMITER, Message, Session
@@ -39,12 +39,14 @@ class Direct:
     session: Session  # the client's
     scheduler: zmq.Socket[Any]  # the ROUTER the engine's task DEALER connects to
     lanes: LaneListener | None = None  # the engine's lane listener (served(lanes=True))
+    hub_lane: Lane | None = None  # the Hub's end of the copies lane (served(copies_lane=True))
 
 
 @contextmanager
-def served(lanes: bool = False) -> Iterator[Direct]:
+def served(lanes: bool = False, copies_lane: bool = False) -> Iterator[Direct]:
     """A TaskShell with a direct ROUTER and a copies PUSH (and a lane listener with
-    ``lanes``), served on a thread."""
+    ``lanes``, a copies lane to this test as the Hub with ``copies_lane``), served on a
+    thread."""
     ctx: zmq.Context[Any] = zmq.Context()
     sockets: list[zmq.Socket[Any]] = []
 
@@ -88,7 +90,14 @@ def served(lanes: bool = False) -> Iterator[Direct]:
         alarm=alarm,
     )
     listener = LaneListener(lane_name("engine")) if lanes else None
-    shell.attach(queues[0], queues[1], direct, push, listener)
+    engine_end = hub_end = None
+    if copies_lane:
+        hub_listener = LaneListener(lane_name("hub"))
+        engine_end = Lane.connect(hub_listener.name, b"engine", b"hub")
+        (hub_end,) = hub_listener.accept()
+        hub_listener.close()
+        assert hub_end.receive(1)[0] == [[HELLO, b"engine"]]
+    shell.attach(queues[0], queues[1], direct, push, listener, engine_end)
 
     def io_setup(loop: Loop) -> None:  # the engine's I/O thread polls the alarm
         loop.add_reader(alarm.fd, shell.on_alarm)
@@ -101,7 +110,9 @@ def served(lanes: bool = False) -> Iterator[Direct]:
     thread = threading.Thread(target=shell.run, args=(runner,), name="direct-test")
     thread.start()
     try:
-        yield Direct(shell, client, hub, Session(KEY, session_id="client"), routers[1], listener)
+        yield Direct(
+            shell, client, hub, Session(KEY, session_id="client"), routers[1], listener, hub_end
+        )
     finally:
         shell.loop.stop()
         io_thread.stop()
@@ -109,11 +120,13 @@ def served(lanes: bool = False) -> Iterator[Direct]:
         thread.join(WAIT)
         assert not thread.is_alive(), "the task loop did not stop"
         shell.loop.close()
+        shell.close_lanes()
         assert failures == []
         for sock in sockets:
             sock.close(linger=0)
-        if listener is not None:
-            listener.close()
+        for lane in (listener, engine_end, hub_end):
+            if lane is not None:
+                lane.close()
         ctx.term()
 
 

@@ -5,8 +5,10 @@ or belongs to another user costs nothing else. Real sockets, the task loop on a 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +16,7 @@ import pytest
 from corral.lane import HELLO, LANE_PACKET, Lane
 from corral.protocol.serialize import deserialize_object, pack_apply_message
 from corral.protocol.session import DELIMITER, Message, Session
+from tests.conftest import running_cluster
 from tests.engine.test_direct import (
     KEY,
     WAIT,
@@ -44,6 +47,7 @@ def lane_reply(lane: Lane, session: Session, request: Message) -> Message:
     got: list[list[object]] = []
 
     def received() -> bool:
+        lane.flush()  # requests the engine had no room for yet, as a client's I/O thread does
         messages, still_open = lane.receive(1)
         assert still_open, "the engine closed the lane"
         got.extend(messages)
@@ -161,3 +165,80 @@ def test_another_users_lane_is_refused() -> None:
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0, "the other user's lane was not closed"
         assert s.lanes.refused == 1
+
+
+def hub_copies(s: Direct, count: int) -> list[list[bytes]]:
+    """``count`` copies from the copies lane (bounded wait), as bytes."""
+    assert s.hub_lane is not None
+    hub_lane = s.hub_lane
+    got: list[list[bytes]] = []
+
+    def received() -> bool:
+        messages, still_open = hub_lane.receive(count - len(got))
+        assert still_open
+        got.extend([bytes(frame) for frame in m] for m in messages)  # type: ignore[call-overload]
+        return len(got) >= count
+
+    until(received, WAIT, f"{count} copies on the Hub's lane", interval=0.001)
+    return got
+
+
+def test_copies_go_on_the_hubs_lane_before_the_reply_and_to_its_pull_once_it_closes() -> None:
+    hub = Session(KEY, session_id="hub")
+    with served(lanes=True, copies_lane=True) as s:
+        lane = connect(s)
+        request = send_on(lane, s.session, add, 1, 1)
+        lane_reply(lane, s.session, request)
+        # written before the reply: by the time the client has it, the Hub's socket holds both
+        assert s.hub_lane is not None
+        messages, _ = s.hub_lane.receive(10)
+        copies = [[bytes(frame) for frame in m] for m in messages]  # type: ignore[call-overload]
+        assert [copy[:4] for copy in copies] == [
+            [b"mux_in", b"engine", b"client", DELIMITER],
+            [b"mux_out", b"client", b"engine", DELIMITER],
+        ]
+        assert hub.feed(copies[0][3:]).msg_id == request.msg_id
+        assert not readable_pull(s)
+        s.hub_lane.close()  # the Hub stops: its PULL takes the copies from now on
+        request = send_on(lane, s.session, add, 2, 2)
+        lane_reply(lane, s.session, request)
+        assert [next_copy(s)[0], next_copy(s)[0]] == [b"mux_in", b"mux_out"]
+        lane.close()
+
+
+def readable_pull(s: Direct) -> bool:
+    return bool(s.copies.poll(0))
+
+
+def test_copies_the_hub_does_not_read_wait_in_the_backlog_and_all_arrive() -> None:
+    """More copies than the Hub's socket holds: the rest waits in the lane's backlog, sent as
+    room comes (the loop watches the lane for it), in order, none lost."""
+    with served(lanes=True, copies_lane=True) as s:
+        lane = connect(s)
+        requests = [send_on(lane, s.session, len, os.urandom(4000)) for _ in range(150)]
+        replies = [lane_reply(lane, s.session, request) for request in requests]
+        assert [deserialize_object(list(reply.buffers)) for reply in replies] == [4000] * 150
+        copies = hub_copies(s, 300)
+        hub = Session(KEY, session_id="hub")
+        ins = [hub.feed(copy[3:]).msg_id for copy in copies if copy[0] == b"mux_in"]
+        assert ins == [request.msg_id for request in requests]
+        until(lambda: s.shell._copies_lane_fd < 0, WAIT, "the writer unwatched")  # noqa: SLF001
+        assert not readable_pull(s)
+        lane.close()
+
+
+def test_in_a_cluster_direct_copies_reach_the_hub_on_lanes(tmp_path: Path) -> None:
+    """A real cluster: the engine connects the Hub's copies lane, every copy of its direct
+    round trips comes that way (the controller's stats count them), and the Hub's records
+    are whole (status and a query right after each reply)."""
+    with running_cluster(tmp_path, 1, cluster_id="lanes") as cluster:  # kept at stop
+        client = cluster.client
+        view = client[0]
+        for n in range(5):
+            result = view.apply_async(add, n, n)
+            assert result.get(timeout=WAIT) == 2 * n
+            (msg_id,) = result.msg_ids
+            assert msg_id in client.result_status([msg_id])["completed"]
+        folder = Path(cluster.path)
+    stats = json.loads((folder / "controller-stats.json").read_text())
+    assert stats["controller"]["lane_copies"] >= 10  # a request's copy and a reply's, each
