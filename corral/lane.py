@@ -213,8 +213,10 @@ class Lane:
     @classmethod
     def connect(cls, name: str, identity: bytes, peer: bytes) -> Lane:
         """(Client) Connect to the lane ``name`` and say hello as ``identity``; ``peer`` is the
-        engine's identity, as the client's messages name it. OSError if nothing listens."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        engine's identity, as the client's messages name it. OSError if nothing listens, or
+        at once (never a wait) if the listener's queue is full: an engine that runs a long
+        task accepts nothing until it ends, and the caller keeps the ROUTER instead."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | _NONBLOCK)
         try:
             sock.connect("\0" + name)
             lane = cls(sock, peer)

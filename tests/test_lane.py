@@ -160,3 +160,19 @@ def test_a_listener_accepts_a_lane_that_says_hello() -> None:
             Lane.connect(lane_name("nobody"), b"client-id", b"x")
     finally:
         listener.close()
+
+
+def test_a_connect_to_a_full_listener_fails_at_once() -> None:
+    """A listener that accepts nothing (its engine runs a long task) with a full queue: a new
+    lane fails at once (OSError: the caller keeps the ROUTER), it never waits."""
+    listener = LaneListener(lane_name("busy"))
+    connected: list[Lane] = []
+    try:
+        with pytest.raises(OSError):
+            for _ in range(1000):
+                connected.append(Lane.connect(listener.name, b"c", b"busy"))
+        assert len(connected) >= 1
+    finally:
+        for lane in connected:
+            lane.close()
+        listener.close()
