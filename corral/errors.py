@@ -25,6 +25,11 @@ class ProtocolError(CorralError):
     """A message that cannot be accepted: the receiving loop logs it and goes on."""
 
 
+class LaneClosed(ProtocolError):
+    """A lane's peer closed it, or it broke (corral.lane): a packet out of order, a peer that
+    is not ours."""
+
+
 class SignatureError(ProtocolError):
     """The HMAC signature is missing or does not match: the sender lacks the key, or the
     message was changed in transit."""

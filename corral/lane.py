@@ -41,7 +41,7 @@ import sys
 from collections.abc import Sequence
 from typing import Final
 
-from corral.errors import ProtocolError
+from corral.errors import LaneClosed, ProtocolError
 
 __all__ = [
     "AVAILABLE",
@@ -77,10 +77,6 @@ _NONBLOCK: Final = socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC if AVAILABLE else 
 _PEERCRED: Final = struct.Struct("3i")  # pid, uid, gid
 
 
-class LaneClosed(ProtocolError):
-    """The lane's peer closed it, or it broke (a packet out of order, a peer that is not ours)."""
-
-
 def lane_name(engine_uuid: str) -> str:
     """A new abstract socket name for an engine's lane: its uuid and a random part (another
     user cannot guess it before the engine registers, nor bind it first)."""
@@ -91,6 +87,31 @@ def _size(frame: object) -> int:
     return frame.nbytes if type(frame) is memoryview else len(frame)  # type: ignore[arg-type]
 
 
+# frame count -> the struct of the count and the lengths, and of the lengths alone: kept for
+# the usual counts (a message has a few dozen frames), made anew for a larger one
+_COUNTS: dict[int, struct.Struct] = {}
+_SIZES: dict[int, struct.Struct] = {}
+_KEPT_LAYOUTS: Final = 256
+
+
+def _counts(count: int) -> struct.Struct:
+    layout = _COUNTS.get(count)
+    if layout is None:
+        layout = struct.Struct(f"<I{count}I")
+        if count <= _KEPT_LAYOUTS:
+            _COUNTS[count] = layout
+    return layout
+
+
+def _sizes(count: int) -> struct.Struct:
+    layout = _SIZES.get(count)
+    if layout is None:
+        layout = struct.Struct(f"<{count}I")
+        if count <= _KEPT_LAYOUTS:
+            _SIZES[count] = layout
+    return layout
+
+
 def packets(frames: Sequence[object]) -> list[list[object]]:
     """The packets of one message (each a list of buffers for one ``sendmsg``): one packet when
     the header and every frame fit :data:`LANE_PACKET`, else cut at packet size (views of the
@@ -98,7 +119,7 @@ def packets(frames: Sequence[object]) -> list[list[object]]:
     sizes = [_size(frame) for frame in frames]
     if len(sizes) > _MAX_FRAMES:
         raise ProtocolError(f"a message of {len(sizes)} frames cannot go on a lane")
-    counts = _FLAGS_COUNT.pack(0, len(sizes))[1:] + b"".join(_U32.pack(size) for size in sizes)
+    counts = _counts(len(sizes)).pack(len(sizes), *sizes)
     if 1 + len(counts) + sum(sizes) <= LANE_PACKET:
         return [[_ONLY + counts, *frames]]
     result: list[list[object]] = []
@@ -163,7 +184,7 @@ class Reassembly:
         start = _FLAGS_COUNT.size + count * _U32.size
         if count == 0 or start > len(packet):
             raise ProtocolError(f"a lane header of {count} frames in {len(packet)} bytes")
-        sizes = [_U32.unpack_from(packet, _FLAGS_COUNT.size + 4 * i)[0] for i in range(count)]
+        sizes: list[int] = list(_sizes(count).unpack_from(packet, _FLAGS_COUNT.size))
         total = sum(sizes)
         body = len(packet) - start
         if flags & LAST:

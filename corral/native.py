@@ -58,6 +58,7 @@ COMPILED: Final = (
     "corral.bundles",
     "corral.sockets",
     "corral.kept_frames",
+    "corral.lane",
     "corral.protocol.session",
     "corral.protocol.usual",
     "corral.protocol.messages",
