@@ -94,21 +94,13 @@ _SIZES: dict[int, struct.Struct] = {}
 _KEPT_LAYOUTS: Final = 256
 
 
-def _counts(count: int) -> struct.Struct:
-    layout = _COUNTS.get(count)
+def _layout(kept: dict[int, struct.Struct], head: str, count: int) -> struct.Struct:
+    """The struct of ``head`` and ``count`` lengths (u32), from ``kept`` when it is there."""
+    layout = kept.get(count)
     if layout is None:
-        layout = struct.Struct(f"<I{count}I")
+        layout = struct.Struct(f"{head}{count}I")
         if count <= _KEPT_LAYOUTS:
-            _COUNTS[count] = layout
-    return layout
-
-
-def _sizes(count: int) -> struct.Struct:
-    layout = _SIZES.get(count)
-    if layout is None:
-        layout = struct.Struct(f"<{count}I")
-        if count <= _KEPT_LAYOUTS:
-            _SIZES[count] = layout
+            kept[count] = layout
     return layout
 
 
@@ -119,7 +111,7 @@ def packets(frames: Sequence[object]) -> list[list[object]]:
     sizes = [_size(frame) for frame in frames]
     if len(sizes) > _MAX_FRAMES:
         raise ProtocolError(f"a message of {len(sizes)} frames cannot go on a lane")
-    counts = _counts(len(sizes)).pack(len(sizes), *sizes)
+    counts = _layout(_COUNTS, "<I", len(sizes)).pack(len(sizes), *sizes)
     if 1 + len(counts) + sum(sizes) <= LANE_PACKET:
         return [[_ONLY + counts, *frames]]
     result: list[list[object]] = []
@@ -184,7 +176,7 @@ class Reassembly:
         start = _FLAGS_COUNT.size + count * _U32.size
         if count == 0 or start > len(packet):
             raise ProtocolError(f"a lane header of {count} frames in {len(packet)} bytes")
-        sizes: list[int] = list(_sizes(count).unpack_from(packet, _FLAGS_COUNT.size))
+        sizes: list[int] = list(_layout(_SIZES, "<", count).unpack_from(packet, _FLAGS_COUNT.size))
         total = sum(sizes)
         body = len(packet) - start
         if flags & LAST:

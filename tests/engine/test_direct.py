@@ -150,6 +150,17 @@ def next_copy(direct: Direct) -> list[bytes]:
     return recv_one(direct.copies)
 
 
+def check_copies(
+    hub: Session, request: Message, copy_in: list[bytes], copy_out: list[bytes]
+) -> None:
+    """The Hub's two copies of a direct round trip, in the MUX device's format: ``[mux_in,
+    engine, client, msg]`` of ``request``, ``[mux_out, client, engine, msg]`` of its reply."""
+    assert copy_in[:4] == [b"mux_in", b"engine", b"client", DELIMITER]
+    assert hub.feed(copy_in[3:]).msg_id == request.msg_id
+    assert copy_out[:4] == [b"mux_out", b"client", b"engine", DELIMITER]
+    assert hub.feed(copy_out[3:]).parent_id == request.msg_id
+
+
 def add(x: int, y: int) -> int:
     return x + y
 
@@ -161,12 +172,7 @@ def test_a_direct_request_is_answered_there_and_both_copies_reach_the_hub() -> N
             request = send_apply(s, add, n, 1)
             reply = reply_to(s, request)
             assert deserialize_object(list(reply.buffers)) == n + 1
-            copy_in, copy_out = next_copy(s), next_copy(s)
-            # the MUX device's format: [mux_in, engine, client, msg], [mux_out, client, engine, msg]
-            assert copy_in[:4] == [b"mux_in", b"engine", b"client", DELIMITER]
-            assert hub.feed(copy_in[3:]).msg_id == request.msg_id
-            assert copy_out[:4] == [b"mux_out", b"client", b"engine", DELIMITER]
-            assert hub.feed(copy_out[3:]).parent_id == request.msg_id
+            check_copies(hub, request, next_copy(s), next_copy(s))
         # kept for a restarted controller on a channel of its own: the Hub confirms direct
         # replies apart from the MUX's (corral.engine.replies), whose device copies them on
         # another path

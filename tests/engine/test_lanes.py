@@ -24,6 +24,7 @@ from tests.engine.test_direct import (
     _call,
     add,
     blocking_task,
+    check_copies,
     next_copy,
     reply_to,
     served,
@@ -71,11 +72,7 @@ def test_a_request_on_a_lane_is_answered_there_and_copied_for_the_hub() -> None:
             request = send_on(lane, s.session, add, n, 1)
             reply = lane_reply(lane, s.session, request)
             assert deserialize_object(list(reply.buffers)) == n + 1
-            copy_in, copy_out = next_copy(s), next_copy(s)
-            assert copy_in[:4] == [b"mux_in", b"engine", b"client", DELIMITER]
-            assert hub.feed(copy_in[3:]).msg_id == request.msg_id
-            assert copy_out[:4] == [b"mux_out", b"client", b"engine", DELIMITER]
-            assert hub.feed(copy_out[3:]).parent_id == request.msg_id
+            check_copies(hub, request, next_copy(s), next_copy(s))
         assert (s.shell.lane_requests, s.shell.lane_replies) == (3, 3)
         lane.close()
 
