@@ -33,7 +33,7 @@ from typing import Any, Final, cast
 
 import zmq
 
-from corral.bundles import Outbox
+from corral.bundles import Outbox, bundle
 from corral.errors import InvalidContent, ProtocolError, SharedMemoryRefused, UnknownMessageType
 from corral.kept_frames import compact
 from corral.lane import Lane, LaneClosed, LaneListener, read_hello
@@ -300,19 +300,23 @@ class TaskShell:
             return []
         self._copies = []
         engine = self._engine_ident
+        made = [
+            (prefix, engine, frames[0], *frames[1:])
+            if prefix == MUX_IN
+            else (prefix, frames[0], engine, *frames[1:])
+            for prefix, frames in copies
+        ]
         lane = self._copies_lane
-        for index, (prefix, frames) in enumerate(copies):
-            if prefix == MUX_IN:
-                copy = (prefix, engine, frames[0], *frames[1:])
-            else:
-                copy = (prefix, frames[0], engine, *frames[1:])
-            if lane is not None:
-                try:
-                    lane.send(copy)  # what the socket does not take waits in its backlog
-                    continue
-                except LaneClosed:
-                    self._drop_copies_lane(len(copies) - index)
-                    lane = None
+        if lane is not None:
+            # a round trip's two copies (or a turn's) in one packet: one system call here, one
+            # read in the Hub, which splits the bundle as its PULL's (corral.bundles)
+            try:
+                lane.send(made[0] if len(made) == 1 else bundle((), made))
+                made = []  # what the socket did not take waits in the lane's backlog
+            except LaneClosed:
+                self._drop_copies_lane(len(made))
+                lane = None
+        for copy in made:
             outbox.put(copy)
         if lane is not None and lane.backlog and self._copies_lane_fd < 0:
             self._copies_lane_fd = lane.fileno()
