@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import sys
 import threading
 import time
@@ -412,6 +413,9 @@ def test_an_engine_killed_with_requests_on_its_lane_fails_them(tmp_path: Path) -
         pid = rc[0].apply_sync(os.getpid)
         (process,) = [p for p in own.engines if p.pid == pid]
         running = rc[0].apply_async(file_appears, str(tmp_path / "never"), 120)
+        # stopped, the engine reads nothing (a running task's watch would drain the lane as
+        # fast as the client refills it), so the requests fill its socket and then the backlog
+        os.kill(pid, signal.SIGSTOP)
         payload = b"k" * 200_000
         queued = [rc[0].apply_async(record, "_corral_lane_killed", n, payload) for n in range(40)]
         until(lambda: lanes.backlog == 1, BOUND, "a backlog on the lane")
