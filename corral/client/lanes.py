@@ -36,6 +36,7 @@ import select
 from collections.abc import Sequence
 from typing import Any, Final
 
+from corral.bundles import bundle
 from corral.lane import Lane, LaneClosed
 
 log = logging.getLogger("corral.client")
@@ -144,6 +145,33 @@ class LaneSet:
             self._backlogged[peer] = lane
         self.sent += 1
         return True
+
+    def send_all(self, requests: list[Sequence[Any]]) -> tuple[int, list[Sequence[Any]]]:
+        """(I/O thread, handed-over requests in order) Each engine's requests on its lane, a
+        burst to one engine as one message (a bundle, :mod:`corral.bundles`, which the engine
+        splits as its ROUTER's): how many went on lanes, and the others, in order, for zmq."""
+        lanes = self.lanes
+        groups: dict[bytes, list[Sequence[Any]]] = {}
+        rest: list[Sequence[Any]] = []
+        for frames in requests:
+            peer = frames[0]
+            if type(peer) is bytes and peer in lanes:
+                group = groups.get(peer)
+                if group is None:
+                    groups[peer] = [frames]
+                else:
+                    group.append(frames)
+            else:
+                rest.append(frames)
+        sent = 0
+        for peer, group in groups.items():
+            message = group[0] if len(group) == 1 else [peer, *bundle((), group, 1)]
+            if self.send(message):
+                sent += len(group)
+                self.sent += len(group) - 1  # requests, not messages
+            else:  # the lane closed: never wholly sent, the engine got none of them
+                rest.extend(group)
+        return sent, rest
 
     def flush(self) -> None:
         """(I/O thread, a lane writable) Send the backlogs; a lane whose backlog is empty

@@ -546,13 +546,8 @@ class SocketGate:
             self._handed_asked = False
             lanes = self.lanes
             if lanes is not None and lanes.lanes and not self.order.closed:
-                rest: list[Sequence[Frame]] = []
-                for frames in handed:
-                    if lanes.send(frames):
-                        self.order.sent(1)
-                    else:
-                        rest.append(frames)
-                handed = rest
+                sent, handed = lanes.send_all(handed)
+                self.order.sent(sent)
         for frames in handed:
             outbox.put(frames)
 

@@ -36,7 +36,7 @@ import zmq
 from corral.bundles import Outbox, bundle
 from corral.errors import InvalidContent, ProtocolError, SharedMemoryRefused, UnknownMessageType
 from corral.kept_frames import compact
-from corral.lane import Lane, LaneClosed, LaneListener, read_hello
+from corral.lane import LANE_PACKET, Lane, LaneClosed, LaneListener, read_hello
 from corral.loop import Loop
 from corral.protocol.messages import validate_content
 from corral.protocol.session import Frame, Message, Session
@@ -70,6 +70,7 @@ BATCH_FOR: Final = 0.001  # seconds of held replies after which the loop sends t
 WATCH_EVERY: Final = 0.01
 WATCH_AT_MOST: Final = 1.0
 TASK_CHANNELS: Final = (b"mux", b"task", b"direct")
+LANE_BUNDLE: Final = LANE_PACKET // 2  # reply bytes per lane bundle at most (room for layout)
 MUX_IN: Final = b"mux_in"  # the prefixes of the MUX device's copies, which the Hub records
 MUX_OUT: Final = b"mux_out"
 
@@ -262,21 +263,42 @@ class TaskShell:
             self._copies_lane.close()
 
     def _send_lane_replies(self) -> None:
-        """Each reply held for a lane client on its lane if it is one packet and the socket
-        takes it now, else on the direct ROUTER (flushed after this): replies need no order
-        among themselves, and the lane is never left half-written for a task's length."""
+        """The replies held for lane clients on their lanes, a turn's replies to one client in
+        one packet (a bundle, :mod:`corral.bundles`, up to half a packet's worth each), when
+        the packet holds them and the socket takes it now; else on the direct ROUTER (flushed
+        after this): replies need no order among themselves, and the lane is never left
+        half-written for a task's length."""
         replies, self._lane_replies = self._lane_replies, []
-        fallback = self._outboxes[b"direct"]
+        groups: dict[Lane, list[Sequence[Frame]]] = {}
         for lane, frames in replies:
-            try:
-                sent = lane.send_whole(frames[1:])
-            except LaneClosed:
-                self._drop_lane(lane)
-                sent = False
-            if sent:
-                self.lane_replies += 1
+            group = groups.get(lane)
+            if group is None:
+                groups[lane] = [frames]
             else:
-                fallback.put(frames)
+                group.append(frames)
+        for lane, group in groups.items():
+            start = 0
+            while start < len(group):
+                end, size = start + 1, _body_size(group[start])
+                while end < len(group) and size + _body_size(group[end]) <= LANE_BUNDLE:
+                    size += _body_size(group[end])
+                    end += 1
+                self._send_on_lane(lane, group[start:end])
+                start = end
+
+    def _send_on_lane(self, lane: Lane, replies: list[Sequence[Frame]]) -> None:
+        message = replies[0][1:] if len(replies) == 1 else bundle((), replies, 1)
+        try:
+            sent = not lane.closed and lane.send_whole(message)
+        except LaneClosed:
+            self._drop_lane(lane)
+            sent = False
+        if sent:
+            self.lane_replies += len(replies)
+            return
+        fallback = self._outboxes[b"direct"]
+        for frames in replies:
+            fallback.put(frames)
 
     def _copy_for_hub(self, prefix: bytes, frames: Sequence[Frame]) -> None:
         """Note the Hub's copy of a direct request or reply, sent in the MUX device's format
@@ -673,6 +695,15 @@ class TaskShell:
         queued ones (``clear_request``)."""
         with self.borrow():
             self.work.put_next(request)
+
+
+def _body_size(frames: Sequence[Frame]) -> int:
+    """A reply's bytes but its route (its first frame): what a lane packet of it holds."""
+    size = 0
+    for index in range(1, len(frames)):
+        frame = frames[index]
+        size += frame.nbytes if type(frame) is memoryview else len(frame)
+    return size
 
 
 def _nothing() -> None:

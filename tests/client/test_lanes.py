@@ -23,6 +23,7 @@ import cloudpickle  # type: ignore[import-untyped]
 import pytest
 import zmq
 
+from corral.bundles import split_bundle
 from corral.client.client import Client
 from corral.client.requestfuture import RequestFuture
 from corral.client.socket_gate import LEADING, SocketGate
@@ -127,7 +128,13 @@ class Engine:
             assert left > 0, f"{len(found)} of {count} requests came on the lane"
             select.select([lane.sock], [], [], left)
             messages, still_open = lane.receive(count - len(found))
-            found.extend([bytes(frame) for frame in message] for message in messages)  # type: ignore[call-overload]
+            for message in messages:  # a burst comes as a bundle: split as the engine does
+                frames = [bytes(frame) for frame in message]  # type: ignore[call-overload]
+                parts = split_bundle(frames)
+                if parts is None:
+                    found.append(frames)
+                else:
+                    found.extend([bytes(f) for f in part] for part in parts)  # type: ignore[call-overload]
             assert still_open or len(found) >= count, "the lane closed"
         return found
 

@@ -44,19 +44,23 @@ def send_on(lane: Lane, session: Session, f: Any, *args: Any) -> Message:
     return msg
 
 
+_UNREAD: dict[Lane, list[list[bytes]]] = {}  # replies read from a lane, not yet asked for
+
+
 def lane_reply(lane: Lane, session: Session, request: Message) -> Message:
-    """The next message on ``lane`` (bounded wait), checked as the reply to ``request``."""
-    got: list[list[object]] = []
+    """The next reply on ``lane`` (bounded wait; a turn's replies come in one bundle), checked
+    as the reply to ``request``."""
+    unread = _UNREAD.setdefault(lane, [])
 
     def received() -> bool:
         lane.flush()  # requests the engine had no room for yet, as a client's I/O thread does
         messages, still_open = lane.receive(1)
         assert still_open, "the engine closed the lane"
-        got.extend(messages)
-        return bool(got)
+        unread.extend(copies_in(messages))
+        return bool(unread)
 
     until(received, WAIT, f"the reply to {request.msg_id} on the lane", interval=0.001)
-    reply = session.feed([bytes(frame) for frame in got[0]])  # type: ignore[call-overload]
+    reply = session.feed(unread.pop(0))
     assert reply.parent_id == request.msg_id
     return reply
 
@@ -206,7 +210,8 @@ def test_copies_go_on_the_hubs_lane_before_the_reply_and_to_its_pull_once_it_clo
 
 
 def copies_in(messages: list[list[object]]) -> list[list[bytes]]:
-    """The copies lane messages hold: alone, or in a bundle (as the Hub splits them)."""
+    """The messages lane messages hold: alone, or in a bundle (as the Hub and clients split
+    them)."""
     found: list[list[bytes]] = []
     for message in messages:
         frames = [bytes(frame) for frame in message]  # type: ignore[call-overload]
