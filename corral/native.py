@@ -103,6 +103,7 @@ COMPILED: Final = (
     "corral.engine.runner",
     "corral.engine.io_shell",
     "corral.engine.task_shell",
+    "corral.engine.lanes",
     "corral.engine.capture",
     "corral.engine.interrupts",
     "corral.engine.summary",

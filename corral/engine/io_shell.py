@@ -536,11 +536,16 @@ class IOShell:
         Nothing new is taken once this is called; the rest happens in the teardown."""
         if self._exit is not None:
             return
+        lanes = self.tasks.lanes
         self.log.info(
             "engine %s shutting down: %s (%d messages rejected)",
             self.identity.id,
             reason,
-            self.rejected + self.loop.rejected + self.tasks.rejected + self.tasks.loop.rejected,
+            self.rejected
+            + self.loop.rejected
+            + self.tasks.rejected
+            + self.tasks.loop.rejected
+            + (lanes.rejected if lanes is not None else 0),
         )
         self._exit = Exit(exit_code, reason, unregister)
         try:

@@ -21,7 +21,6 @@ the I/O thread asks for it between tasks, at the end of the current turn.
 
 from __future__ import annotations
 
-import functools
 import logging
 import queue
 import threading
@@ -33,10 +32,10 @@ from typing import Any, Final, cast
 
 import zmq
 
-from corral.bundles import Outbox, bundle
+from corral.bundles import Outbox
 from corral.errors import InvalidContent, ProtocolError, SharedMemoryRefused, UnknownMessageType
 from corral.kept_frames import compact
-from corral.lane import LANE_PACKET, Lane, LaneClosed, LaneListener, read_hello
+from corral.lane import Lane, LaneListener
 from corral.loop import Loop
 from corral.protocol.messages import validate_content
 from corral.protocol.session import Frame, Message, Session
@@ -45,6 +44,7 @@ from corral.sockets import recv_small_as_bytes
 
 from .alarm import Alarm
 from .envelope import read_request
+from .lanes import EngineLanes
 from .runner import (
     CONTROL_TYPES,
     QUEUE_MARK,
@@ -70,7 +70,6 @@ BATCH_FOR: Final = 0.001  # seconds of held replies after which the loop sends t
 WATCH_EVERY: Final = 0.01
 WATCH_AT_MOST: Final = 1.0
 TASK_CHANNELS: Final = (b"mux", b"task", b"direct")
-LANE_BUNDLE: Final = LANE_PACKET // 2  # reply bytes per lane bundle at most (room for layout)
 MUX_IN: Final = b"mux_in"  # the prefixes of the MUX device's copies, which the Hub records
 MUX_OUT: Final = b"mux_out"
 
@@ -117,14 +116,7 @@ class TaskShell:
         self._sockets: dict[bytes, zmq.Socket[Any]] = {}
         self._outboxes: dict[bytes, Outbox] = {}
         self._copies_outbox: Outbox | None = None  # to the Hub, for direct requests
-        self._listener: LaneListener | None = None  # clients on this host connect lanes here
-        self._lane_of: dict[bytes, Lane] = {}  # client identity -> its lane (hello read)
-        self._lane_fds: dict[Lane, int] = {}  # every open lane -> the descriptor the loop polls
-        self._lane_replies: list[tuple[Lane, Sequence[Frame]]] = []  # sent at the flush
-        self._copies_lane: Lane | None = None  # to the Hub, for its copies (same host)
-        self._copies_lane_fd = -1  # watched for room while its backlog waits (else -1)
-        self.lane_requests = 0  # requests read from lanes (tests, benches)
-        self.lane_replies = 0  # replies sent on lanes
+        self.lanes: EngineLanes | None = None  # with the direct ROUTER, where lanes are
         self._copies: list[tuple[bytes, Sequence[Frame]]] = []  # made into copies after replies
         self._wanted = threading.Condition(threading.Lock())
         self._borrowers = 0  # I/O-thread calls waiting for or holding the lock
@@ -163,9 +155,8 @@ class TaskShell:
             self._outboxes[b"direct"] = Outbox(direct, 1)
         if copies is not None:
             self._copies_outbox = Outbox(copies, 0)
-        if direct is not None:
-            self._listener = lanes
-            self._copies_lane = copies_lane
+        if direct is not None and (lanes is not None or copies_lane is not None):
+            self.lanes = EngineLanes(self.loop, self.log, lanes, copies_lane, self._on_direct)
 
     def run(self, runner: TaskRunner) -> None:
         """(Main thread.) Serve the task sockets and run requests until the process ends (the
@@ -178,8 +169,8 @@ class TaskShell:
         for channel, handle in self._handlers():
             sock = self._sockets[channel]
             loop.add_socket(sock, handle, batch=BATCH, bundles=True, small_as_bytes=True)
-        if self._listener is not None:
-            loop.add_reader(self._listener.fileno(), self._accept_lanes)
+        if self.lanes is not None:
+            self.lanes.start()
         loop.at_turn_end(self._end_turn)
         self.lock.acquire()
         try:
@@ -211,94 +202,10 @@ class TaskShell:
             handlers.append((b"direct", self._on_direct))
         return handlers
 
-    # ------------------------------------------------------------------ lanes (lock held)
-
-    def _accept_lanes(self) -> None:
-        """(Main thread) The lanes clients on this host connected: each polled from now on;
-        its first message must be the hello that names the client."""
-        listener = self._listener
-        if listener is None:
-            return
-        for lane in listener.accept():
-            fd = lane.fileno()
-            self._lane_fds[lane] = fd
-            self.loop.add_reader(fd, functools.partial(self._read_lane, lane))
-
-    def _read_lane(self, lane: Lane, limit: int = BATCH) -> None:
-        """Read a batch of a lane's requests, each handled as if the direct ROUTER had read it
-        from the lane's client; a lane closed by its client (or broken) is dropped."""
-        messages, still_open = lane.receive(limit)
-        for frames in messages:
-            peer = lane.peer
-            if peer is None:
-                peer = read_hello(frames)
-                if peer is None:
-                    self.rejected += 1
-                    self.log.warning("closed a lane whose first message was no hello")
-                    lane.close()
-                    break
-                lane.peer = peer
-                self._lane_of[peer] = lane  # a client's new lane replaces its old one
-                continue
-            self.lane_requests += 1
-            self.loop.deliver(self._on_direct, [peer, *frames])  # type: ignore[list-item]
-        if not still_open or lane.closed:
-            self._drop_lane(lane)
-
-    def _drop_lane(self, lane: Lane) -> None:
-        fd = self._lane_fds.pop(lane, None)
-        if fd is not None:
-            self.loop.remove(fd)
-        lane.close()
-        if lane.peer is not None and self._lane_of.get(lane.peer) is lane:
-            del self._lane_of[lane.peer]
-
     def close_lanes(self) -> None:
         """(Teardown, the loop stopped) Close every lane, the Hub's too."""
-        for lane in list(self._lane_fds):
-            lane.close()
-        self._lane_fds.clear()
-        self._lane_of.clear()
-        if self._copies_lane is not None:
-            self._copies_lane.close()
-
-    def _send_lane_replies(self) -> None:
-        """The replies held for lane clients on their lanes, a turn's replies to one client in
-        one packet (a bundle, :mod:`corral.bundles`, up to half a packet's worth each), when
-        the packet holds them and the socket takes it now; else on the direct ROUTER (flushed
-        after this): replies need no order among themselves, and the lane is never left
-        half-written for a task's length."""
-        replies, self._lane_replies = self._lane_replies, []
-        groups: dict[Lane, list[Sequence[Frame]]] = {}
-        for lane, frames in replies:
-            group = groups.get(lane)
-            if group is None:
-                groups[lane] = [frames]
-            else:
-                group.append(frames)
-        for lane, group in groups.items():
-            start = 0
-            while start < len(group):
-                end, size = start + 1, _body_size(group[start])
-                while end < len(group) and size + _body_size(group[end]) <= LANE_BUNDLE:
-                    size += _body_size(group[end])
-                    end += 1
-                self._send_on_lane(lane, group[start:end])
-                start = end
-
-    def _send_on_lane(self, lane: Lane, replies: list[Sequence[Frame]]) -> None:
-        message = replies[0][1:] if len(replies) == 1 else bundle((), replies, 1)
-        try:
-            sent = not lane.closed and lane.send_whole(message)
-        except LaneClosed:
-            self._drop_lane(lane)
-            sent = False
-        if sent:
-            self.lane_replies += len(replies)
-            return
-        fallback = self._outboxes[b"direct"]
-        for frames in replies:
-            fallback.put(frames)
+        if self.lanes is not None:
+            self.lanes.close()
 
     def _copy_for_hub(self, prefix: bytes, frames: Sequence[Frame]) -> None:
         """Note the Hub's copy of a direct request or reply, sent in the MUX device's format
@@ -322,53 +229,17 @@ class TaskShell:
             return []
         self._copies = []
         engine = self._engine_ident
-        made = [
+        made: list[Sequence[Frame]] = [
             (prefix, engine, frames[0], *frames[1:])
             if prefix == MUX_IN
             else (prefix, frames[0], engine, *frames[1:])
             for prefix, frames in copies
         ]
-        lane = self._copies_lane
-        if lane is not None:
-            # a round trip's two copies (or a turn's) in one packet: one system call here, one
-            # read in the Hub, which splits the bundle as its PULL's (corral.bundles)
-            try:
-                lane.send(made[0] if len(made) == 1 else bundle((), made))
-                made = []  # what the socket did not take waits in the lane's backlog
-            except LaneClosed:
-                self._drop_copies_lane(len(made))
-                lane = None
+        if self.lanes is not None:  # on the Hub's lane, in one packet, if it is on this host
+            made = self.lanes.send_copies(made)
         for copy in made:
             outbox.put(copy)
-        if lane is not None and lane.backlog and self._copies_lane_fd < 0:
-            self._copies_lane_fd = lane.fileno()
-            self.loop.add_writer(self._copies_lane_fd, self._flush_copies_lane)
         return [str(error) for error, _ in outbox.flush()]
-
-    def _flush_copies_lane(self) -> None:
-        """(Main loop, the Hub's lane writable) Send the copies its backlog holds."""
-        lane = self._copies_lane
-        try:
-            if lane is not None and not lane.flush():
-                return  # more room comes later
-        except LaneClosed:
-            self._drop_copies_lane(0)
-            return
-        self._unwatch_copies_lane()
-
-    def _unwatch_copies_lane(self) -> None:
-        if self._copies_lane_fd >= 0:
-            self.loop.remove(self._copies_lane_fd)
-            self._copies_lane_fd = -1
-
-    def _drop_copies_lane(self, left: int) -> None:
-        """The Hub closed its lane (it stopped): ``left`` copies, and those from now on, go to
-        its copies PUSH (a restarted Hub reconnects there); its backlog is lost with it."""
-        self.log.info("the Hub's copies lane closed: copies go to its PULL (%d now)", left)
-        self._unwatch_copies_lane()
-        if self._copies_lane is not None:
-            self._copies_lane.close()
-        self._copies_lane = None
 
     def _take(self, channel: bytes, frames: Sequence[Frame]) -> None:
         """Queue a verified apply or execute request; others get an error reply."""
@@ -490,11 +361,8 @@ class TaskShell:
             # compact, as the I/O thread keeps it until the Hub recorded the reply
             self.notes.append(("replied", channel, compact(frames), answers))
         if channel == b"direct":
-            first = frames[0]
-            lane = self._lane_of.get(first) if self._lane_of and type(first) is bytes else None
-            if lane is not None:
-                self._lane_replies.append((lane, frames))
-            else:
+            lanes = self.lanes
+            if lanes is None or not lanes.hold_reply(frames):
                 self._outboxes[channel].put(frames)
             self._copy_for_hub(MUX_OUT, frames)
         else:
@@ -525,10 +393,8 @@ class TaskShell:
                 except zmq.Again:
                     break
                 self.loop.deliver(handle, cast(list[zmq.Frame], frames))
-        if self._listener is not None:
-            self._accept_lanes()
-            for lane in list(self._lane_fds):
-                self._read_lane(lane, 1 << 30)
+        if self.lanes is not None:
+            self.lanes.read_all()
         return self.work.qsize()
 
     # ------------------------------------------------------------------ the I/O thread's side
@@ -614,8 +480,9 @@ class TaskShell:
         self._held_since = self._copies_since = None
         self._hold_asked = False
         errors = self._send_copies()
-        if self._lane_replies:
-            self._send_lane_replies()
+        lanes = self.lanes
+        if lanes is not None and lanes.holding:
+            lanes.send_replies(self._outboxes[b"direct"])
         errors += [str(error) for outbox in self._outboxes.values() for error, _ in outbox.flush()]
         if self._watch_armed:
             self._watch_armed = False
@@ -695,15 +562,6 @@ class TaskShell:
         queued ones (``clear_request``)."""
         with self.borrow():
             self.work.put_next(request)
-
-
-def _body_size(frames: Sequence[Frame]) -> int:
-    """A reply's bytes but its route (its first frame): what a lane packet of it holds."""
-    size = 0
-    for index in range(1, len(frames)):
-        frame = frames[index]
-        size += frame.nbytes if type(frame) is memoryview else len(frame)
-    return size
 
 
 def _nothing() -> None:

@@ -339,7 +339,8 @@ def lane_counts() -> tuple[int, int]:
 
     shells = [item for item in gc.get_objects() if type(item).__name__ == "TaskShell"]
     assert len(shells) == 1, f"{len(shells)} task shells in this engine"
-    return shells[0].lane_requests, shells[0].lane_replies
+    lanes = shells[0].lanes
+    return (lanes.requests, lanes.replies) if lanes is not None else (0, 0)
 
 
 def record(key: str, n: int, payload: bytes = b"") -> int:

@@ -78,7 +78,8 @@ def test_a_request_on_a_lane_is_answered_there_and_copied_for_the_hub() -> None:
             reply = lane_reply(lane, s.session, request)
             assert deserialize_object(list(reply.buffers)) == n + 1
             check_copies(hub, request, next_copy(s), next_copy(s))
-        assert (s.shell.lane_requests, s.shell.lane_replies) == (3, 3)
+        assert s.shell.lanes is not None
+        assert (s.shell.lanes.requests, s.shell.lanes.replies) == (3, 3)
         lane.close()
 
 
@@ -95,7 +96,8 @@ def test_a_request_of_many_packets_and_a_reply_too_big_for_one() -> None:
         request = send_on(lane, s.session, big, 2 * LANE_PACKET)
         reply = reply_to(s, request)  # on the client's zmq ROUTER
         assert deserialize_object(list(reply.buffers)) == big(2 * LANE_PACKET)
-        assert (s.shell.lane_requests, s.shell.lane_replies) == (2, 1)
+        assert s.shell.lanes is not None
+        assert (s.shell.lanes.requests, s.shell.lanes.replies) == (2, 1)
         lane.close()
 
 
@@ -131,12 +133,14 @@ def test_a_lane_without_hello_or_broken_is_dropped_and_the_engine_serves_on() ->
         impostor.sock.connect("\0" + s.lanes.name)
         impostor.sock.setblocking(False)
         impostor.send([b"not a hello", b"x"])
-        until(lambda: s.shell.rejected >= 1, WAIT, "the engine to refuse a lane without hello")
+        lanes = s.shell.lanes
+        assert lanes is not None
+        until(lambda: lanes.rejected >= 1, WAIT, "the engine to refuse a lane without hello")
         lane = connect(s)
         request = send_on(lane, s.session, add, 2, 2)
         assert deserialize_object(list(lane_reply(lane, s.session, request).buffers)) == 4
         lane.close()  # the client leaves: the engine drops the lane, and serves a new one
-        until(lambda: not s.shell._lane_of, WAIT, "the closed lane dropped")  # noqa: SLF001
+        until(lambda: lanes.clients == 0, WAIT, "the closed lane dropped")
         again = connect(s)
         request = send_on(again, s.session, add, 3, 3)
         assert deserialize_object(list(lane_reply(again, s.session, request).buffers)) == 6
@@ -236,7 +240,9 @@ def test_copies_the_hub_does_not_read_wait_in_the_backlog_and_all_arrive() -> No
         hub = Session(KEY, session_id="hub")
         ins = [hub.feed(copy[3:]).msg_id for copy in copies if copy[0] == b"mux_in"]
         assert ins == [request.msg_id for request in requests]
-        until(lambda: s.shell._copies_lane_fd < 0, WAIT, "the writer unwatched")  # noqa: SLF001
+        lanes = s.shell.lanes
+        assert lanes is not None
+        until(lambda: not lanes.copies_waiting, WAIT, "the writer unwatched")
         assert not readable_pull(s)
         lane.close()
 
