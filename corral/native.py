@@ -85,6 +85,7 @@ COMPILED: Final = (
     "corral.controller.store.sqlite_batches",
     "corral.controller.store.sqlite_writes",
     "corral.client.socket_gate",
+    "corral.client.gate_wire",
     "corral.client.lanes",
     "corral.client.records",
     "corral.client.reply_wire",

@@ -77,7 +77,7 @@ import select
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Final, Protocol, cast
+from typing import Any, Final, cast
 
 import zmq
 import zmq.backend
@@ -88,91 +88,23 @@ from corral.errors import ConnectionError, CorralError, ReplayError
 from corral.lane import Lane
 from corral.loop import Loop
 from corral.protocol.session import Frame, Message
-from corral.sockets import COPY_BELOW, send_frames
+from corral.sockets import COPY_BELOW
+
+from .gate_wire import Reader, SendOrder, Sleepy, send_whole
+from .gate_wire import receive_whole as _receive
+from .gate_wire import small_frame as _small
 
 log = logging.getLogger("corral.client")
 
-__all__ = ["LEADING", "Reader", "SendOrder", "SocketGate", "send_whole"]
+__all__ = ["LEADING", "Reader", "SendOrder", "Sleepy", "SocketGate", "send_whole"]
 
 LEADING: Final = hasattr(select, "epoll") and hasattr(os, "eventfd")
 """Whether a waiting thread may read replies itself (see the module doc): Linux."""
 
 _EVENTS: Final = zmq.SocketOption.EVENTS
 _POLLIN: Final = int(zmq.POLLIN)
-_NOBLOCK: Final = int(zmq.NOBLOCK)
 _backend_get: Final = zmq.backend.Socket.get
-_backend_send: Final = zmq.backend.Socket.send
-_backend_recv: Final = zmq.backend.Socket.recv
 _FRAME: Final = zmq.Frame
-
-
-def send_whole(sock: zmq.Socket[Any], frames: Sequence[Frame]) -> None:
-    """:func:`~corral.sockets.send_frames`, from a thread that a signal may interrupt.
-
-    A KeyboardInterrupt (the main thread, Ctrl-C) raised between two frames would leave the
-    message open, and the socket's next message would continue it: two requests garbled
-    into one. So a send that did not finish ends the message with an empty frame (the peer
-    drops one malformed message, counted and logged) before the error goes on. The I/O
-    thread never needs this: signals interrupt only the main thread."""
-    complete = False
-    try:
-        send_frames(sock, frames)
-        complete = True
-    finally:
-        if not complete:
-            _backend_send(sock, b"", 0, True)
-
-
-class SendOrder:
-    """Who may send on a shared socket now (sans-I/O; its owner holds the gate's lock).
-
-    ``queued`` is the number of messages the I/O thread will send later: each counted once,
-    when handed over or put by the I/O thread, and uncounted once sent.
-    """
-
-    __slots__ = ("queued", "closed")
-
-    def __init__(self) -> None:
-        self.queued = 0
-        self.closed = False
-
-    def may_send_now(self, at_once: bool) -> bool:
-        """Whether a submitting thread may send its message itself: asked to, the socket
-        open, and nothing queued ahead of it."""
-        return at_once and not self.closed and self.queued == 0
-
-    def queue(self, count: int = 1) -> None:
-        """``count`` messages are now the I/O thread's to send."""
-        self.queued += count
-
-    def sent(self, count: int) -> None:
-        """The I/O thread sent ``count`` of the messages queued."""
-        if count > self.queued:
-            raise ValueError(f"sent {count} messages of {self.queued} queued")
-        self.queued -= count
-
-
-class Reader(Protocol):
-    """What a gate does with each message it receives (one at a time, in order, under
-    :attr:`SocketGate.handling`), on whichever thread read it."""
-
-    def decode(self, frames: Sequence[Frame]) -> Message:
-        """Verify and decode: ProtocolError (ReplayError for one seen before) to drop it."""
-        ...
-
-    def handle(self, msg: Message) -> None:
-        """Act on a decoded message (settle the request it answers)."""
-        ...
-
-    def decode_again(self, frames: list[Frame]) -> Message:
-        """(I/O thread) :meth:`decode` of a message whose decoding a KeyboardInterrupt cut:
-        its signature may already be recorded as seen."""
-        ...
-
-    def handle_again(self, msg: Message) -> None:
-        """(I/O thread) :meth:`handle` of a message whose handling a KeyboardInterrupt cut:
-        its request may have been taken from the pending ones and not settled."""
-        ...
 
 
 class _Waker:
@@ -195,16 +127,6 @@ class _Waker:
         with gate.lock:
             if gate._wake_fd == self.fd:
                 os.eventfd_write(self.fd, 1)
-
-
-class Sleepy(Protocol):
-    """A future a leader can wait on (:class:`corral.client.requestfuture.LightFuture`)."""
-
-    def done(self) -> bool: ...
-
-    def add_sleeper(self, sleeper: Any) -> bool: ...
-
-    def remove_sleeper(self, sleeper: Any) -> None: ...
 
 
 class SocketGate:
@@ -650,31 +572,3 @@ class SocketGate:
             self._loop.call_soon(self._drain)
         for error, tags in failures:
             log.error("%s: %d message(s) not sent: %s", self._loop.name, len(tags), error)
-
-
-def _small(frame: Any) -> Any:
-    """A received zmq Frame under :data:`COPY_BELOW` as bytes (see ``_drain``)."""
-    if type(frame) is bytes or len(frame) >= COPY_BELOW:
-        return frame
-    return frame.bytes if isinstance(frame, zmq.Frame) else frame
-
-
-def _receive(sock: zmq.Socket[Any], received: collections.deque[Sequence[Any]]) -> bool:
-    """Receive one waiting message into ``received`` as zmq Frames; False if none waited.
-    The message is in ``received`` from its first frame on, and its other frames are read
-    whatever interrupts the reading (Ctrl-C on the main thread): half a message left in the
-    socket would be read as the start of the next one."""
-    try:
-        frame = _backend_recv(sock, _NOBLOCK, False)
-    except zmq.Again:
-        return False
-    frames = [frame]
-    received.append(frames)
-    try:
-        while frame.more:
-            frame = _backend_recv(sock, 0, False)
-            frames.append(frame)
-    finally:
-        while frames[-1].more:
-            frames.append(_backend_recv(sock, 0, False))
-    return True
