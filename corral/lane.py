@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import collections
 import errno
+import functools
 import logging
 import os
 import secrets
 import socket
 import struct
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from corral.errors import LaneClosed, ProtocolError
@@ -52,6 +53,7 @@ __all__ = [
     "Lane",
     "LaneClosed",
     "LaneListener",
+    "LaneServer",
     "Reassembly",
     "lane_name",
     "packets",
@@ -378,6 +380,84 @@ class LaneListener:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class LaneServer:
+    """(Engine, Hub) The lanes a listener accepts, served by an event loop: each watched from
+    its connection on, its first message the hello that names its peer (a lane whose first
+    message is no hello is closed and counted in :attr:`rejected`), every later message handed
+    to ``on_message(lane, frames)``, a lane its peer closed (or that broke) dropped.
+
+    ``watch(fd, callback)`` and ``unwatch(fd)`` are the loop's (``add_reader`` and ``remove``);
+    used by one thread at a time (the owner's)."""
+
+    def __init__(
+        self,
+        listener: LaneListener,
+        watch: Callable[[int, Callable[[], object]], None],
+        unwatch: Callable[[int], None],
+        on_message: Callable[[Lane, list[object]], None],
+        batch: int,
+    ) -> None:
+        self.listener = listener
+        self._watch = watch
+        self._unwatch = unwatch
+        self._on_message = on_message
+        self._batch = batch
+        self.lanes: dict[Lane, int] = {}  # every open lane -> the descriptor watched
+        self.by_peer: dict[bytes, Lane] = {}  # the lanes whose hello was read, by peer
+        self.rejected = 0
+
+    def start(self) -> None:
+        """Accept lanes from now on (the loop calls :meth:`accept` when one connects)."""
+        self._watch(self.listener.fileno(), self.accept)
+
+    def accept(self) -> None:
+        """Watch every lane that connected since."""
+        for lane in self.listener.accept():
+            fd = lane.fileno()
+            self.lanes[lane] = fd
+            self._watch(fd, functools.partial(self.read, lane, self._batch))
+
+    def read(self, lane: Lane, limit: int) -> None:
+        """Up to ``limit`` of ``lane``'s messages (the hello first, then ``on_message``)."""
+        messages, still_open = lane.receive(limit)
+        for frames in messages:
+            if lane.peer is None:
+                peer = read_hello(frames)
+                if peer is None:
+                    self.rejected += 1
+                    log.warning("closed a lane whose first message was no hello")
+                    lane.close()
+                    break
+                lane.peer = peer
+                self.by_peer[peer] = lane  # a peer's new lane replaces its old one
+                continue
+            self._on_message(lane, frames)
+        if not still_open or lane.closed:
+            self.drop(lane)
+
+    def read_all(self, limit: int) -> None:
+        """New lanes, then up to ``limit`` messages of each lane."""
+        self.accept()
+        for lane in list(self.lanes):
+            self.read(lane, limit)
+
+    def drop(self, lane: Lane) -> None:
+        """Stop watching ``lane`` and close it."""
+        fd = self.lanes.pop(lane, None)
+        if fd is not None:
+            self._unwatch(fd)
+        lane.close()
+        if lane.peer is not None and self.by_peer.get(lane.peer) is lane:
+            del self.by_peer[lane.peer]
+
+    def close(self) -> None:
+        """(Teardown, the loop stopped) Close every lane (the listener is its owner's)."""
+        for lane in self.lanes:
+            lane.close()
+        self.lanes.clear()
+        self.by_peer.clear()
 
 
 def read_hello(frames: Sequence[object]) -> bytes | None:

@@ -19,6 +19,7 @@ from corral.lane import (
     Lane,
     LaneClosed,
     LaneListener,
+    LaneServer,
     Reassembly,
     lane_name,
     packets,
@@ -175,4 +176,41 @@ def test_a_connect_to_a_full_listener_fails_at_once() -> None:
     finally:
         for lane in connected:
             lane.close()
+        listener.close()
+
+
+def test_a_lane_server_names_its_peers_hands_on_their_messages_and_drops_closed_lanes() -> None:
+    """LaneServer, with a dict for the loop: the hello names the peer, later messages go to
+    ``on_message``, a lane without hello is closed and counted, a closed lane is unwatched."""
+    listener = LaneListener(lane_name("server"))
+    watched: dict[int, object] = {}
+    got: list[tuple[bytes | None, list[bytes]]] = []
+
+    def on_message(lane: Lane, frames: list[object]) -> None:
+        got.append((lane.peer, [bytes(frame) for frame in frames]))  # type: ignore[call-overload]
+
+    server = LaneServer(listener, watched.__setitem__, watched.__delitem__, on_message, 8)
+    try:
+        server.start()
+        assert list(watched) == [listener.fileno()]
+        alice = Lane.connect(listener.name, b"alice", b"server")
+        rude = Lane.connect(listener.name, b"rude", b"server")
+        server.accept()
+        assert len(watched) == 3 and len(server.lanes) == 2
+        alice.send([b"one", b"two"])
+        rude.sock.close()  # a client gone before its turn: only its hello was sent
+        server.read_all(8)
+        assert got == [(b"alice", [b"one", b"two"])]
+        assert list(server.by_peer) == [b"alice"] and len(watched) == 2
+        stranger = Lane(socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET))
+        stranger.sock.connect("\0" + listener.name)
+        stranger.send([b"no", b"hello"])
+        server.read_all(8)
+        assert server.rejected == 1 and len(server.lanes) == 1
+        alice.close()
+        server.read_all(8)
+        assert server.lanes == {} and server.by_peer == {} and list(watched) == [listener.fileno()]
+        stranger.close()
+    finally:
+        server.close()
         listener.close()

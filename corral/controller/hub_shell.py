@@ -23,7 +23,6 @@ has no record of makes a whole record (see :mod:`.hub_records`).
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import subprocess
@@ -53,7 +52,7 @@ from corral.controller.hub_resubmit import resubmit_failed
 from corral.controller.scheduler_wire import HubCopy, read_hub_copy, split_route
 from corral.controller.store.base import MessageJSON, ResultStore
 from corral.errors import CorralError, ProtocolError, StoreError
-from corral.lane import Lane, LaneListener, read_hello
+from corral.lane import Lane, LaneListener, LaneServer
 from corral.loop import DRAIN_BATCH, FrameHandler, Loop, Timer
 from corral.protocol.messages import error_reply
 from corral.protocol.session import (
@@ -169,11 +168,13 @@ class HubShell:
                 small_as_bytes=True,
             )
         # and those of engines on this host, on their lanes (corral.lane)
-        self.copies_lanes = copies_lanes
-        self._lanes: dict[Lane, int] = {}  # each engine's lane -> the descriptor polled
         self.lane_copies = 0  # copies (or bundles of them) read from lanes
+        self._lanes: LaneServer | None = None
         if copies_lanes is not None:
-            loop.add_reader(copies_lanes.fileno(), self._accept_lanes)
+            self._lanes = LaneServer(
+                copies_lanes, loop.add_reader, loop.remove, self._on_lane_copy, MONITOR_BATCH
+            )
+            self._lanes.start()
         # the scheduler's come in bundles always: each is read as one burst (_on_scheduler_message)
         loop.add_socket(
             self.monitor, self._on_scheduler_message, batch=MONITOR_BATCH, small_as_bytes=True
@@ -263,8 +264,8 @@ class HubShell:
         ]
         if self.engine_copies is not None:
             monitors.append((self.engine_copies, self._on_engine_message))
-        for lane in list(self._lanes):
-            self._read_lane(lane, DRAIN_BATCH)
+        if self._lanes is not None:
+            self._lanes.read_all(DRAIN_BATCH)
         for monitor, handle in monitors:
             for _ in range(DRAIN_BATCH):
                 if not int(monitor.get(zmq.EVENTS)) & zmq.POLLIN:
@@ -272,40 +273,15 @@ class HubShell:
                 # a bad copy costs itself, never the query after it
                 handle(cast(list[zmq.Frame], recv_small_as_bytes(monitor)))
 
-    def _accept_lanes(self) -> None:
-        """Engines on this host that connected a lane for their copies: polled from now on."""
-        if self.copies_lanes is None:
-            return
-        for lane in self.copies_lanes.accept():
-            fd = lane.fileno()
-            self._lanes[lane] = fd
-            self.loop.add_reader(fd, functools.partial(self._read_lane, lane, MONITOR_BATCH))
-
-    def _read_lane(self, lane: Lane, limit: int) -> None:
-        """Up to ``limit`` copies from an engine's lane, read as those of its copies PULL (after
-        the hello that names it); a lane its engine closed is dropped."""
-        messages, still_open = lane.receive(limit)
-        for frames in messages:
-            if lane.peer is None:
-                lane.peer = read_hello(frames)
-                if lane.peer is None:
-                    log.warning("hub: closed a copies lane whose first message was no hello")
-                    lane.close()
-                    break
-                continue
-            self.lane_copies += 1
-            self._on_engine_message(cast(list[zmq.Frame], frames))
-        if not still_open or lane.closed:
-            fd = self._lanes.pop(lane, None)
-            if fd is not None:
-                self.loop.remove(fd)
-            lane.close()
+    def _on_lane_copy(self, lane: Lane, frames: list[object]) -> None:
+        """A copy (or a bundle of them) from an engine's lane, read as those of its PULL."""
+        self.lane_copies += 1
+        self._on_engine_message(cast(list[zmq.Frame], frames))
 
     def close_lanes(self) -> None:
         """(Teardown) Close the engines' copies lanes."""
-        for lane in self._lanes:
-            lane.close()
-        self._lanes.clear()
+        if self._lanes is not None:
+            self._lanes.close()
 
     def _on_device_message(self, frames: list[zmq.Frame]) -> None:
         """A copy from the MUX or control device, or a bundle of them (a client's or an

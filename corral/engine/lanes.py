@@ -23,13 +23,12 @@ that borrowed it (a running task's watch reads the lanes too). What is decided h
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable, Sequence
 from typing import Final
 
 from corral.bundles import Outbox, bundle
-from corral.lane import LANE_PACKET, Lane, LaneClosed, LaneListener, read_hello
+from corral.lane import LANE_PACKET, Lane, LaneClosed, LaneListener, LaneServer
 from corral.loop import Loop
 from corral.protocol.session import Frame
 
@@ -54,21 +53,27 @@ class EngineLanes:
     ) -> None:
         self.loop = loop
         self.log = log
-        self.listener = listener
         self.copies = copies  # to the Hub (same host), until it closes
         self._on_request = on_request
-        self._lane_of: dict[bytes, Lane] = {}  # client identity -> its lane (hello read)
-        self._fds: dict[Lane, int] = {}  # every open lane -> the descriptor the loop polls
+        self.server: LaneServer | None = None  # the clients' lanes, where the engine listens
+        if listener is not None:
+            self.server = LaneServer(
+                listener, loop.add_reader, loop.remove, self._on_lane_message, READ_BATCH
+            )
         self._replies: list[tuple[Lane, Sequence[Frame]]] = []  # sent at the flush
         self._copies_fd = -1  # watched for room while the copies' backlog waits (else -1)
         self.requests = 0  # requests read from lanes (tests, benches)
         self.replies = 0  # replies sent on lanes
-        self.rejected = 0  # lanes closed for a first message that was no hello
 
     @property
     def clients(self) -> int:
         """How many clients have a lane open (hello read)."""
-        return len(self._lane_of)
+        return len(self.server.by_peer) if self.server is not None else 0
+
+    @property
+    def rejected(self) -> int:
+        """Lanes closed for a first message that was no hello."""
+        return self.server.rejected if self.server is not None else 0
 
     @property
     def copies_waiting(self) -> bool:
@@ -77,65 +82,31 @@ class EngineLanes:
 
     def start(self) -> None:
         """(Main thread, the loop about to run) Accept lanes from now on."""
-        if self.listener is not None:
-            self.loop.add_reader(self.listener.fileno(), self.accept)
+        if self.server is not None:
+            self.server.start()
 
     # ------------------------------------------------------------------ requests
 
-    def accept(self) -> None:
-        """The lanes clients on this host connected: each polled from now on; its first
-        message must be the hello that names the client."""
-        if self.listener is None:
-            return
-        for lane in self.listener.accept():
-            fd = lane.fileno()
-            self._fds[lane] = fd
-            self.loop.add_reader(fd, functools.partial(self.read, lane, READ_BATCH))
-
-    def read(self, lane: Lane, limit: int) -> None:
-        """Up to ``limit`` of a lane's messages, each request handed on as the direct ROUTER's;
-        a lane closed by its client (or broken) is dropped."""
-        messages, still_open = lane.receive(limit)
-        for frames in messages:
-            peer = lane.peer
-            if peer is None:
-                peer = read_hello(frames)
-                if peer is None:
-                    self.rejected += 1
-                    self.log.warning("closed a lane whose first message was no hello")
-                    lane.close()
-                    break
-                lane.peer = peer
-                self._lane_of[peer] = lane  # a client's new lane replaces its old one
-                continue
-            self.requests += 1
-            self.loop.deliver(self._on_request, [peer, *frames])  # type: ignore[list-item]
-        if not still_open or lane.closed:
-            self._drop(lane)
+    def _on_lane_message(self, lane: Lane, frames: list[object]) -> None:
+        """A request from a client's lane, handed on as the direct ROUTER's ``[client, *msg]``."""
+        self.requests += 1
+        self.loop.deliver(self._on_request, [lane.peer, *frames])  # type: ignore[list-item]
 
     def read_all(self) -> None:
         """Every lane's waiting requests, new lanes first (the task shell's take_available)."""
-        self.accept()
-        for lane in list(self._fds):
-            self.read(lane, _ALL)
-
-    def _drop(self, lane: Lane) -> None:
-        fd = self._fds.pop(lane, None)
-        if fd is not None:
-            self.loop.remove(fd)
-        lane.close()
-        if lane.peer is not None and self._lane_of.get(lane.peer) is lane:
-            del self._lane_of[lane.peer]
+        if self.server is not None:
+            self.server.read_all(_ALL)
 
     # ------------------------------------------------------------------ replies
 
     def hold_reply(self, frames: Sequence[Frame]) -> bool:
         """Hold a direct reply (``[client, *msg]``) for its client's lane, if it has one: sent
         at :meth:`send_replies`. False: it has none, the caller sends it on the ROUTER."""
-        if not self._lane_of:
+        server = self.server
+        if server is None or not server.by_peer:
             return False
         client = frames[0]
-        lane = self._lane_of.get(client) if type(client) is bytes else None
+        lane = server.by_peer.get(client) if type(client) is bytes else None
         if lane is None:
             return False
         self._replies.append((lane, frames))
@@ -175,7 +146,8 @@ class EngineLanes:
         try:
             sent = not lane.closed and lane.send_whole(message)
         except LaneClosed:
-            self._drop(lane)
+            if self.server is not None:
+                self.server.drop(lane)
             sent = False
         if sent:
             self.replies += len(replies)
@@ -228,10 +200,8 @@ class EngineLanes:
 
     def close(self) -> None:
         """(Teardown, the loop stopped) Close every lane, the Hub's too."""
-        for lane in list(self._fds):
-            lane.close()
-        self._fds.clear()
-        self._lane_of.clear()
+        if self.server is not None:
+            self.server.close()
         if self.copies is not None:
             self.copies.close()
 
