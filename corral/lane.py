@@ -3,8 +3,9 @@
 A direct request to an engine on the client's host used to cross two zmq I/O threads each way
 (the client's and the engine's): the sending thread hands the message to its I/O thread, which
 writes it; the receiving I/O thread reads it and wakes the thread that handles it. On two cores
-each of those wake-ups waits for a CPU: a zmq echo between two processes took 170 us where the
-same echo over a Unix socket took 50 (``bench/bench_lanes.py``). A lane is that Unix socket:
+each of those wake-ups waits for a CPU: a corral-sized echo between two processes took 175-201
+us over zmq, 80-93 over a lane, 68-75 over a bare Unix socket pair (``bench/bench_lanes.py``,
+bench/README.md "Round twenty"). A lane is that Unix socket:
 the thread that sends writes the packet itself, and the thread that waits reads it itself.
 
 What a lane carries: the same frames as the direct ROUTER, one message after another, so that
