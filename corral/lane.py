@@ -56,6 +56,7 @@ __all__ = [
     "LaneListener",
     "LaneServer",
     "Reassembly",
+    "frame_size",
     "lane_name",
     "packets",
 ]
@@ -75,7 +76,6 @@ _MAX_FRAMES: Final = (LANE_PACKET - _FLAGS_COUNT.size) // _U32.size
 _MAX_MESSAGE: Final = 1 << 40  # a first packet announcing more is malformed
 _ONLY: Final = bytes([FIRST | LAST])
 _MIDDLE: Final = bytes([0])
-_END: Final = bytes([LAST])
 _NONBLOCK: Final = socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC if AVAILABLE else 0
 _PEERCRED: Final = struct.Struct("3i")  # pid, uid, gid
 
@@ -86,7 +86,8 @@ def lane_name(engine_uuid: str) -> str:
     return f"corral-lane-{engine_uuid}-{secrets.token_hex(8)}"
 
 
-def _size(frame: object) -> int:
+def frame_size(frame: object) -> int:
+    """A frame's bytes: ``bytes``, a memoryview (its ``len`` counts items) or a zmq Frame."""
     return frame.nbytes if type(frame) is memoryview else len(frame)  # type: ignore[arg-type]
 
 
@@ -111,7 +112,7 @@ def packets(frames: Sequence[object]) -> list[list[object]]:
     """The packets of one message (each a list of buffers for one ``sendmsg``): one packet when
     the header and every frame fit :data:`LANE_PACKET`, else cut at packet size (views of the
     frames, never copies)."""
-    sizes = [_size(frame) for frame in frames]
+    sizes = [frame_size(frame) for frame in frames]
     if len(sizes) > _MAX_FRAMES:
         raise ProtocolError(f"a message of {len(sizes)} frames cannot go on a lane")
     counts = _layout(_COUNTS, "<I", len(sizes)).pack(len(sizes), *sizes)

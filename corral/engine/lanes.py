@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from corral.bundles import Outbox, bundle
-from corral.lane import LANE_PACKET, Lane, LaneClosed, LaneListener, LaneServer
+from corral.lane import LANE_PACKET, Lane, LaneClosed, LaneListener, LaneServer, frame_size
 from corral.loop import Loop
 from corral.protocol.session import Frame
 
@@ -210,6 +210,5 @@ def _body_size(frames: Sequence[Frame]) -> int:
     """A reply's bytes but its route (its first frame): what a lane packet of it holds."""
     size = 0
     for index in range(1, len(frames)):
-        frame = frames[index]
-        size += frame.nbytes if type(frame) is memoryview else len(frame)
+        size += frame_size(frames[index])
     return size
