@@ -24,11 +24,25 @@ engine may run. They still take tasks with targets, ``follow`` or engines that r
 (0.1 s) after the last such burst reply, as a raised burst cap does (tasks submitted after a pause
 may be long ones, and a burst whose packing engines all got stuck in long tasks must not keep
 the other engines idle): then the held engines are released and take queued tasks at once
-(:meth:`Hosts.due`, on the core's tick). A burst that starts after a pause is spread as before,
-until a packing engine replies in a burst. The test is each reply's, not the burst rule's
-average over recent replies: that average needs a few replies to rise after a pause, during
-which leastload spreads a thousand tasks over 64 engines (bench/README.md, round eleven), and a
-packing engine's reply after a long task, not a burst, must not renew the packing.
+(:meth:`Hosts.due`, on the core's tick).
+
+A pause does not end a packing. When ``BURST_HOLD`` passes with the packing engines holding
+nothing and no task waiting, the burst is done and nothing can be stuck: the host is *kept*
+packing (``packing_until`` is :data:`IDLE`) until its next task. And whenever the host's work
+resumes (a packing engine gets a task while none of them holds one, :meth:`Hosts.woke`), the
+clocks start from then: the packing lapses ``BURST_HOLD`` later at the earliest unless a
+packing engine replies in a burst, and ``DRAIN_GAP`` (below) counts from then. Without this a
+burst a few tens of milliseconds after the previous one lapsed after the rest of the previous
+one's ``BURST_HOLD``, before its first replies, and was spread over every engine until a
+packing engine replied in a burst: 5-28% of 5,000 no-ops ran on 60 cold engines in a third of
+the 64-engine runs (bench/README.md, round twenty-one). What it costs: a batch of longer tasks
+after a burst, more of them than the held engines, waits up to ``BURST_HOLD`` after the first
+of them (one task on each packing engine meanwhile) before it is spread.
+
+The test is each reply's, not the burst rule's average over recent replies: that average needs
+a few replies to rise after a pause, during which leastload spreads a thousand tasks over 64
+engines (bench/README.md, round eleven), and a packing engine's reply after a long task, not a
+burst, must not renew the packing.
 
 While a group packs, a packing engine given a task while it held none takes no more until it
 has replied (:func:`unanswered`): a task given to an idle engine may be a long one, and a
@@ -39,7 +53,8 @@ back, so this is what keeps long tasks submitted right after a burst (within ``B
 its last burst reply) from queueing behind each other on the few packing engines while the
 held ones sit idle: each idle packing engine takes one, and the rest wait in the scheduler.
 Those wait ``DRAIN_GAP`` at most when they are few: a group whose packing engines all got
-their work while idle and none has replied since, for ``DRAIN_GAP``, while tasks any engine may
+their work while idle and none has replied since, for ``DRAIN_GAP`` after the later of their
+last reply and the work resuming, while tasks any engine may
 run wait in the scheduler's queue, no more of them than its held engines, lapses then
 (:meth:`Hosts.lapses_at`): the held engines are released and the queued tasks spread over
 them and the packing engines, one each in turn (bench/README.md, round twelve). Tiny tasks
@@ -63,6 +78,10 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from corral.controller.scheduling_state import BURST_HOLD, EngineState, check_setting
+
+IDLE: Final = float("inf")
+"""``HostGroup.packing_until`` of a host kept packing through a pause: its burst is done, and
+the packing lapses only once its next task has had ``BURST_HOLD`` without a burst reply."""
 
 DRAIN_GAP: Final = 0.01
 """Seconds without a reply from its packing engines, all given their work while idle, after
@@ -96,7 +115,9 @@ class HostGroup:
     cpus: Counter[int] = field(default_factory=Counter)  # CPU id -> engines that may use it
     packing: bool = False
     packing_until: float = float("-inf")  # the packing lapses then, without a burst reply
-    progress: float = float("-inf")  # the latest reply of one of its packing engines
+    # (IDLE: kept through a pause, until its next task; Hosts.woke)
+    progress: float = float("-inf")  # the latest reply of one of its packing engines, or
+    # the task that ended a pause (Hosts.woke)
 
 
 def unanswered(engine: EngineState) -> bool:
@@ -111,6 +132,17 @@ def unanswered(engine: EngineState) -> bool:
         and engine.load > 0
         and engine.last_reply < engine.busy_since
     )
+
+
+def idle(group: HostGroup) -> bool:
+    """Whether none of ``group``'s packing engines holds a task (they come first in it, in
+    registration order)."""
+    for engine in group.engines:
+        if not engine.packs:
+            return True
+        if engine.load:
+            return False
+    return True
 
 
 class Hosts:
@@ -130,8 +162,9 @@ class Hosts:
         """When :meth:`due` may release held engines (None: no group is packing). The core
         reports it in its next deadline; it may find the packing renewed since."""
         # packings, for the scheduler's exit counts: started, lapsed, and of those lapsed how
-        # many DRAIN_GAP after the last reply (their engines all given work while idle)
-        self.counts = {"started": 0, "lapsed": 0, "stalled": 0}
+        # many DRAIN_GAP after the last reply (their engines all given work while idle); and
+        # how many times a packing was kept through a pause (Hosts.woke)
+        self.counts = {"started": 0, "lapsed": 0, "stalled": 0, "kept": 0}
 
     def add(self, engine: EngineState, machine: str, cpus: Iterable[int]) -> list[EngineState]:
         """``engine`` registered on ``machine`` and may run on ``cpus``: it joins that group
@@ -180,18 +213,49 @@ class Hosts:
         until ``BURST_HOLD`` later, holding its other engines."""
         group = engine.group
         assert group is not None
+        kept = group.packing_until == IDLE  # (only if no task woke it first: a safety net)
         group.packing_until = now + BURST_HOLD
         group.progress = now
-        if group.packing:
-            return
-        group.packing = True
-        self._packing[group] = None
-        self.counts["started"] += 1
-        for other in group.engines:
-            if not other.packs:
-                other.held = True
+        if not group.packing:
+            group.packing = True
+            self._packing[group] = None
+            self.counts["started"] += 1
+            for other in group.engines:
+                if not other.packs:
+                    other.held = True
+        elif not kept:
+            return  # renewed: its next check stays before packing_until
         if self.next_check is None or group.packing_until < self.next_check:
             self.next_check = group.packing_until
+
+    def woke(self, engine: EngineState, now: float) -> None:
+        """A packing engine (``engine.packs``) gets a task at ``now`` while it holds none. If
+        none of its group's packing engines holds one, the host's work paused and resumes now:
+        the packing lapses ``BURST_HOLD`` from now at the earliest unless a packing engine
+        replies in a burst (from :data:`IDLE` too, a packing kept through the pause), and
+        ``DRAIN_GAP`` counts from now (:meth:`lapses_at`). Without it, a burst that came
+        within ``BURST_HOLD`` of the previous one's last reply lapsed after the rest of that
+        time, or at once by ``DRAIN_GAP``, before its engines could reply in a burst. A packing
+        engine refilled as it replies is not idle for its group: a stream of longer tasks
+        keeps its packing engines busy and lapses as before."""
+        group = engine.group
+        if group is None or not group.packing or not idle(group):  # (engine's load is 0 yet)
+            return
+        if now > group.progress:
+            group.progress = now
+        until = now + BURST_HOLD
+        if group.packing_until == IDLE or group.packing_until < until:
+            group.packing_until = until
+            self.next_check = self._earliest_lapse()
+
+    def _earliest_lapse(self) -> float | None:
+        """The earliest ``packing_until`` of the packing groups not kept through a pause."""
+        earliest = None
+        for group in self._packing:
+            until = group.packing_until
+            if until != IDLE and (earliest is None or until < earliest):
+                earliest = until
+        return earliest
 
     def lapses_at(self, group: HostGroup, waiting: int) -> float:
         """When ``group``'s packing lapses unless a packing engine replies (in a burst) before:
@@ -230,12 +294,16 @@ class Hosts:
     def due(self, now: float, waiting: int = 0) -> list[EngineState]:
         """The engines of every group whose packing lapsed at ``now`` (:meth:`lapses_at`). Its
         held engines are released, and its packing engines, capped while unanswered
-        (:func:`unanswered`), take tasks as any engine again: the core fills them all."""
+        (:func:`unanswered`), take tasks as any engine again: the core fills them all. A group
+        whose burst is simply done (its packing engines hold nothing, no task waits) is kept
+        packing instead, until its next task (:data:`IDLE`, :meth:`woke`)."""
         released: list[EngineState] = []
-        next_check = None
         for group in list(self._packing):
             lapse = self.lapses_at(group, waiting)
-            if lapse <= now:
+            if lapse <= now and not waiting and lapse == group.packing_until and idle(group):
+                group.packing_until = IDLE
+                self.counts["kept"] += 1
+            elif lapse <= now:
                 del self._packing[group]
                 group.packing = False
                 self.counts["lapsed"] += 1
@@ -243,9 +311,7 @@ class Hosts:
                 for engine in group.engines:
                     engine.held = False
                     released.append(engine)
-            elif next_check is None or group.packing_until < next_check:
-                next_check = group.packing_until
-        self.next_check = next_check
+        self.next_check = self._earliest_lapse()
         return released
 
     def _regroup(self, group: HostGroup) -> list[EngineState]:
@@ -255,6 +321,7 @@ class Hosts:
         oversubscribed = self.per_core > 0 and len(group.engines) > size
         if not oversubscribed and group.packing:
             group.packing = False
+            group.packing_until = float("-inf")  # not IDLE: woke must not start its clock
             self._packing.pop(group, None)
         released = []
         for index, engine in enumerate(group.engines):

@@ -68,7 +68,11 @@ Rules decided here (the shell and clients rely on them):
   it held none takes no more until it replies (the task may be long: the next ones wait for
   its reply), and the packing lapses once packing engines that all got their tasks so have not
   replied for ``DRAIN_GAP`` while a few tasks wait in the queue: long tasks submitted right
-  after a burst run side by side, not one after another on the packing engines.
+  after a burst run side by side, not one after another on the packing engines. A host whose
+  burst is done (its packing engines hold nothing, no task waits) stays packed through the
+  pause that follows, and its next task restarts the clock: the next burst runs where the last
+  one did from its first task, and longer tasks are spread ``DRAIN_GAP`` or ``BURST_HOLD``
+  after the first of them.
 - The last ``finished_memory`` finished msg_ids are remembered (:meth:`SchedulerCore.answered`):
   a reply for one of them is late (its task was failed or resubmitted) and must not reach the
   client; the outcome of a task that falls out of that memory is forgotten.

@@ -30,6 +30,7 @@ from corral.errors import RemoteError, TaskTimeout
 
 if TYPE_CHECKING:
     from corral.controller.free_engines import FreeEngines
+    from corral.controller.packing import Hosts
     from corral.controller.task_queues import Deadlines, TaskQueues
 
 __all__ = ["Placement"]
@@ -44,6 +45,7 @@ class Placement:
     _now: float
     _engines: dict[str, EngineState]
     _free: FreeEngines
+    _hosts: Hosts
     _queued: TaskQueues
     _deadlines: Deadlines
     _unreachable: Redelivery
@@ -158,6 +160,8 @@ class Placement:
         engine.running[msg_id] = record
         if not engine.load:
             engine.busy_since = self._now
+            if engine.packs:  # its host's work may resume after a pause (packing.Hosts.woke)
+                self._hosts.woke(engine, self._now)
         engine.load += 1
         self._running += 1
         self._clock += 1

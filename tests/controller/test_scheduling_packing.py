@@ -75,7 +75,10 @@ def test_a_burst_on_an_oversubscribed_host_runs_on_its_first_engines() -> None:
     no_queued_task_has_a_free_engine(sim)
 
 
-def test_the_packing_lapses_after_burst_hold_once_the_burst_is_done() -> None:
+def test_a_done_burst_keeps_its_host_packing_through_the_pause() -> None:
+    """BURST_HOLD after the last burst reply, with the packing engines holding nothing and no
+    task waiting, nothing can be stuck: the host stays packed (no deadline, nothing released)
+    until its next task."""
     sim = packed_sim()
     submit_many(sim, 2000)
     burst_until_packed(sim)
@@ -85,11 +88,99 @@ def test_the_packing_lapses_after_burst_hold_once_the_burst_is_done() -> None:
     assert not dispatched_to(sim.tick(last_burst + BURST_HOLD / 2))  # not yet
     assert sim.core.held("e7")
     assert not dispatched_to(sim.tick(last_burst + BURST_HOLD))
+    assert all(sim.core.held(u) for u in EIGHT[4:])
+    assert sim.core.next_deadline() is None
+    assert sim.core.packed_until("e0") == float("inf")
+    assert sim.core.packing_counts() == {"started": 1, "lapsed": 0, "stalled": 0, "kept": 1}
+
+
+def test_a_burst_after_a_pause_stays_on_the_packing_engines() -> None:
+    """The next burst, seconds later, runs where the last one did: each idle packing engine
+    takes one task, the rest wait for its first reply, and its replies in a burst renew the
+    packing. No task reaches a held engine (before, this burst was spread over all of them
+    until a packing engine replied in a burst)."""
+    sim = packed_sim()
+    submit_many(sim, 2000)
+    burst_until_packed(sim)
+    sim.drain()
+    sim.tick(sim.now + BURST_HOLD)  # kept
+    sim.now += 5.0
+    resumed = sim.now
+    submit_many(sim, 2000)
+    assert sorted(u for u in EIGHT if sim.queues[u]) == EIGHT[:4]
+    assert all(len(sim.queues[u]) == 1 for u in EIGHT[:4])  # one each until it answers
+    assert sim.core.next_deadline() == pytest.approx(resumed + BURST_HOLD)
+    for _ in range(300):
+        for uuid in EIGHT[:4]:
+            if sim.queues[uuid]:
+                assert set(dispatched_to(sim.finish(sim.queues[uuid][0]))) <= {uuid}
+    assert not any(sim.queues[u] for u in EIGHT[4:])
+    assert all(sim.core.capacity(u) == 8 == len(sim.queues[u]) for u in EIGHT[:4])
+    assert sim.core.packing_counts() == {"started": 1, "lapsed": 0, "stalled": 0, "kept": 1}
+    no_queued_task_has_a_free_engine(sim)
+
+
+def test_a_few_long_tasks_after_a_pause_are_spread_drain_gap_after_the_first() -> None:
+    """Tasks after a pause may be long: one on each idle packing engine, and when the others
+    wait (no more of them than the held engines) and no packing engine has replied for
+    DRAIN_GAP since the first of them, every engine takes one."""
+    sim = packed_sim()
+    submit_many(sim, 2000)
+    burst_until_packed(sim)
+    sim.drain()
+    sim.tick(sim.now + BURST_HOLD)  # kept
+    sim.now += 5.0
+    resumed = sim.now
+    submit_many(sim, 8)
+    assert all(len(sim.queues[u]) == 1 for u in EIGHT[:4])
+    assert not any(sim.queues[u] for u in EIGHT[4:])
+    assert sim.core.next_deadline() == pytest.approx(resumed + DRAIN_GAP)  # not at once
+    assert not dispatched_to(sim.tick(resumed + DRAIN_GAP / 2))
+    assert sorted(dispatched_to(sim.tick(resumed + DRAIN_GAP))) == EIGHT[4:]
+    assert all(len(sim.queues[u]) == 1 for u in EIGHT)  # one long task on every engine
+    assert not any(sim.core.held(u) for u in EIGHT)
+    assert sim.core.packing_counts() == {"started": 1, "lapsed": 1, "stalled": 1, "kept": 1}
+
+
+def test_many_long_tasks_after_a_pause_are_spread_burst_hold_after_the_first() -> None:
+    """More tasks waiting than held engines: BURST_HOLD after the first task with no burst
+    reply, the held engines take the queue, and the packing engines are no longer capped at
+    one task."""
+    sim = packed_sim()
+    submit_many(sim, 2000)
+    burst_until_packed(sim)
+    sim.drain()
+    sim.tick(sim.now + BURST_HOLD)
+    sim.now += 5.0
+    resumed = sim.now
+    submit_many(sim, 20)
+    assert sim.core.next_deadline() == pytest.approx(resumed + BURST_HOLD)
+    assert not dispatched_to(sim.tick(resumed + BURST_HOLD / 2))
+    assert sorted(set(dispatched_to(sim.tick(resumed + BURST_HOLD)))) == EIGHT  # all uncapped
+    assert all(len(sim.queues[u]) == 2 for u in EIGHT)  # max_outstanding each, 4 still wait
     assert not any(sim.core.held(u) for u in EIGHT)
     assert sim.core.next_deadline() is None
-    assert sim.core.packing_counts() == {"started": 1, "lapsed": 1, "stalled": 0}  # the exit counts
+    assert sim.core.packing_counts() == {"started": 1, "lapsed": 1, "stalled": 0, "kept": 1}
+
+
+def test_a_pause_with_a_packing_engine_still_busy_is_a_lapse() -> None:
+    """A packing engine that holds a task BURST_HOLD after the last burst reply may be stuck
+    in it: the packing lapses as before, and the next burst after a pause is spread."""
+    sim = packed_sim()
+    submit_many(sim, 2000)
+    burst_until_packed(sim)
+    for uuid in EIGHT[1:4]:
+        while sim.queues[uuid]:
+            sim.finish(sim.queues[uuid][0])
+    while len(sim.queues["e0"]) > 1:
+        sim.finish(sim.queues["e0"][0])
+    assert not sim.core.waiting_count()
+    sim.tick(sim.now + BURST_HOLD)
+    assert not any(sim.core.held(u) for u in EIGHT)
+    assert sim.core.packing_counts() == {"started": 1, "lapsed": 1, "stalled": 0, "kept": 0}
+    sim.now += 5.0
     submit_many(sim, 8)
-    assert all(len(sim.queues[u]) == 1 for u in EIGHT)  # spread again
+    assert all(sim.queues[u] for u in EIGHT[1:])  # spread again
 
 
 def test_the_packing_lapses_after_burst_hold_and_the_held_engines_take_the_queue() -> None:
@@ -109,15 +200,16 @@ def test_the_packing_lapses_after_burst_hold_and_the_held_engines_take_the_queue
     assert all(sim.core.outstanding(u) == sim.core.capacity(u) for u in EIGHT[4:])
     assert not any(sim.core.held(u) for u in EIGHT)
     assert sim.core.next_deadline() is None
-    assert sim.core.packing_counts() == {"started": 1, "lapsed": 1, "stalled": 0}
+    assert sim.core.packing_counts() == {"started": 1, "lapsed": 1, "stalled": 0, "kept": 0}
     no_queued_task_has_a_free_engine(sim)
 
 
 def test_long_tasks_right_after_a_burst_run_side_by_side() -> None:
     """Tasks submitted just after a packed burst ended (well within BURST_HOLD of its last
     burst reply) may be long: each idle packing engine takes one, the others wait in the
-    scheduler, and DRAIN_GAP later (no packing engine replied) the held engines take them, one
-    each. None waits behind another on an engine while an engine sits idle."""
+    scheduler, and DRAIN_GAP after the first of them (no packing engine replied) the held
+    engines take them, one each. None waits behind another on an engine while an engine sits
+    idle."""
     sim = packed_sim()
     submit_many(sim, 2000)
     burst_until_packed(sim)
@@ -129,30 +221,33 @@ def test_long_tasks_right_after_a_burst_run_side_by_side() -> None:
     assert sorted(u for u in EIGHT if sim.queues[u]) == EIGHT[:4]
     assert all(len(sim.queues[u]) == 1 for u in EIGHT[:4])
     assert sim.core.task_state(f"t{before + 7}") == "queued"
-    assert sim.core.next_deadline() == pytest.approx(sim.now - BURST_GAP + DRAIN_GAP)
-    sim.tick(sim.now - BURST_GAP + DRAIN_GAP)
+    assert sim.core.next_deadline() == pytest.approx(sim.now + DRAIN_GAP)  # from the first
+    assert not dispatched_to(sim.tick(sim.now - BURST_GAP + DRAIN_GAP))  # not from the reply
+    sim.tick(sim.now + DRAIN_GAP)
     assert all(len(sim.queues[u]) == 1 for u in EIGHT)  # one long task on every engine
     assert not any(sim.core.held(u) for u in EIGHT)
-    assert sim.core.packing_counts() == {"started": 1, "lapsed": 1, "stalled": 1}
+    assert sim.core.packing_counts() == {"started": 1, "lapsed": 1, "stalled": 1, "kept": 0}
 
 
 def test_more_tasks_waiting_than_held_engines_keep_the_packing_until_burst_hold() -> None:
     """A backlog larger than the held engines is a burst's, most likely (its packing engines
-    starved of CPU): it is not spread over the held engines DRAIN_GAP after the last reply,
-    but BURST_HOLD after the last burst reply, and then one task each in turn, least loaded
-    first."""
+    starved of CPU): it is not spread over the held engines DRAIN_GAP after the first task,
+    but BURST_HOLD after it (the work resumed then: not BURST_HOLD after the last burst
+    reply, which a burst that follows at once could not renew in time), and then one task each
+    in turn, least loaded first."""
     sim = packed_sim()
     submit_many(sim, 2000)
     burst_until_packed(sim)
     sim.drain()
-    last_burst = sim.now
     sim.now += BURST_GAP
+    resumed = sim.now
     submit_many(sim, 9)  # one for each packing engine, five waiting for 4 held engines
-    assert sim.core.next_deadline() == pytest.approx(last_burst + BURST_HOLD)
-    assert not dispatched_to(sim.tick(last_burst + 2 * DRAIN_GAP))
-    released = dispatched_to(sim.tick(last_burst + BURST_HOLD))
+    assert sim.core.next_deadline() == pytest.approx(resumed + BURST_HOLD)
+    assert not dispatched_to(sim.tick(resumed + 2 * DRAIN_GAP))
+    assert not dispatched_to(sim.tick(resumed - BURST_GAP + BURST_HOLD))
+    released = dispatched_to(sim.tick(resumed + BURST_HOLD))
     assert released == ["e4", "e5", "e6", "e7", "e0"]  # the least loaded first
-    assert sim.core.packing_counts() == {"started": 1, "lapsed": 1, "stalled": 0}
+    assert sim.core.packing_counts() == {"started": 1, "lapsed": 1, "stalled": 0, "kept": 0}
 
 
 def test_an_idle_packing_engine_that_answers_at_once_takes_the_tasks_that_waited() -> None:
