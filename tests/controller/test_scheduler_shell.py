@@ -236,18 +236,7 @@ def test_a_burst_is_packed_on_the_first_engines_of_an_oversubscribed_host() -> N
     with running_peers(max_outstanding=2, burst_packing=2) as peers, zmq.Context() as context:
         session, core = peers.session, peers.shell.core
         uuids = ["engine-a", "engine-b", "engine-c", "engine-d"]
-        sockets = {"engine-a": peers.engine}
-        for uuid in uuids[1:]:
-            sock = sockets[uuid] = context.socket(zmq.DEALER)
-            sock.setsockopt(zmq.IDENTITY, uuid.encode())
-            sock.linger = 0
-            sock.connect(f"{LOCALHOST}:{peers.shell.engine_port}")
-        try:
-            for _ in range(3000):
-                send_msg(session, peers.client, "apply_request", {})
-            cpus = {"machine": "boot:one-core", "ids": [0]}
-            for index, uuid in enumerate(uuids):  # in this order: a and b pack
-                announce(peers, sockets[uuid], {"id": index, "uuid": uuid, "cpus": cpus})
+        with engines_on_one_core(peers, context, uuids, queued=3000) as sockets:
             replied = 0
             for _ in range(300):  # a and b answer what they hold back to back
                 for uuid in uuids[:2]:
@@ -269,10 +258,72 @@ def test_a_burst_is_packed_on_the_first_engines_of_an_oversubscribed_host() -> N
             assert sockets["engine-c"].poll(int(WAIT * 1000)), "c was never released"
             assert time.monotonic() >= lapse, "c was sent a task before the packing lapsed"
             assert not core.held("engine-c") and core.packed_until("engine-c") is None
-        finally:
-            for sock in sockets.values():
-                if sock is not peers.engine:
-                    sock.close(linger=0)
+
+
+def test_a_packing_outlives_the_pause_after_its_burst() -> None:
+    """Once a packed burst is done (nothing held, nothing waiting) the shell's timer does not
+    release the held engines but keeps the packing (counted 'kept'), and the next tasks, after
+    the pause, go to the packing engines, one each, not to the held ones."""
+    with running_peers(max_outstanding=2, burst_packing=2) as peers, zmq.Context() as context:
+        session, core = peers.session, peers.shell.core
+        uuids = ["engine-a", "engine-b", "engine-c", "engine-d"]
+        with engines_on_one_core(peers, context, uuids, queued=100) as sockets:
+            sent = replies = 100
+            for _ in range(20):  # bursts answered back to back by all four, until one packed
+                deadline = time.monotonic() + WAIT
+                while replies:
+                    assert time.monotonic() < deadline, f"{replies} replies did not come back"
+                    for uuid in uuids:
+                        for request in received_on(sockets[uuid], peers.engine_session, wait=False):
+                            reply_on(sockets[uuid], peers.engine_session, request)
+                    while replies and readable(peers.client):
+                        recv_msg(session, peers.client)
+                        replies -= 1
+                if core.held("engine-c"):
+                    break
+                for _ in range(100):
+                    send_msg(session, peers.client, "apply_request", {})
+                replies = 100
+                sent += replies
+            assert core.held("engine-c") and core.held("engine-d"), f"never packed ({sent} sent)"
+            until(lambda: core.packing_counts()["kept"] == 1, WAIT, "the packing to be kept")
+            assert core.held("engine-c") and core.held("engine-d")
+            assert core.packed_until("engine-c") == float("inf")
+            for _ in range(2):
+                send_msg(session, peers.client, "apply_request", {})
+            for uuid in uuids[:2]:  # one each: an idle packing engine takes one, then waits
+                (request,) = received_on(sockets[uuid], peers.engine_session, wait=True)
+                reply_on(sockets[uuid], peers.engine_session, request)
+            assert core.outstanding("engine-c") == 0 == core.outstanding("engine-d")
+            for _ in range(2):
+                assert readable(peers.client, int(WAIT * 1000)), "a reply did not come back"
+                recv_msg(session, peers.client)
+
+
+@contextmanager
+def engines_on_one_core(
+    peers: Peers, context: zmq.Context[Any], uuids: list[str], *, queued: int
+) -> Iterator[dict[str, zmq.Socket[Any]]]:
+    """Engine sockets for ``uuids`` (the first is ``peers.engine``), registered in this order
+    as engines of one machine with one core, after ``queued`` tasks were submitted (each is
+    announced until it gets one); closed on exit."""
+    sockets = {uuids[0]: peers.engine}
+    try:
+        for uuid in uuids[1:]:
+            sock = sockets[uuid] = context.socket(zmq.DEALER)
+            sock.setsockopt(zmq.IDENTITY, uuid.encode())
+            sock.linger = 0
+            sock.connect(f"{LOCALHOST}:{peers.shell.engine_port}")
+        for _ in range(queued):
+            send_msg(peers.session, peers.client, "apply_request", {})
+        cpus = {"machine": "boot:one-core", "ids": [0]}
+        for index, uuid in enumerate(uuids):  # in this order: the first ones pack
+            announce(peers, sockets[uuid], {"id": index, "uuid": uuid, "cpus": cpus})
+        yield sockets
+    finally:
+        for sock in sockets.values():
+            if sock is not peers.engine:
+                sock.close(linger=0)
 
 
 def announce(peers: Peers, engine: zmq.Socket[Any], notice: dict[str, Any]) -> None:
