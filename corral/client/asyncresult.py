@@ -181,7 +181,7 @@ class AsyncResult(ResultInfo, LightFuture):
     def reply_channel(self) -> str | None:
         """The socket its first unanswered request's reply comes on (see LightFuture)."""
         for child in self._children:
-            if not child.done():
+            if child is not self and not child.done():
                 return child.reply_channel
         return None
 
@@ -235,12 +235,14 @@ class AsyncResult(ResultInfo, LightFuture):
             # result is one object for the cyclic collector, not two (corral.client.future_table)
             error = child._exception
             value = child._result
-            self._only = None
             child.let_go = True
             if error is not None:
                 settle(self, error, failed=True)
             else:
                 settle(self, value, failed=False)
+            # only now: a thread waiting in get() may read ``reply_channel`` at any moment, and
+            # without ``_only`` an unsettled result was its own child (endless recursion)
+            self._only = None
             return
         try:
             value = self._reduce([outcome_of(child) for child in self._children])
