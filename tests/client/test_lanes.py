@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from corral.lane import AVAILABLE, Lane, LaneListener, lane_name, read_hello
 from corral.protocol.session import Message, Session
 from tests.client.standin import ControllerStandIn
 from tests.polling import file_appears, until
+from tests.wire import send_when_routable
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -92,6 +93,7 @@ class Engine:
         self.router = context.socket(zmq.ROUTER)
         self.router.linger = 0
         self.router.sndhwm = self.router.rcvhwm = 0
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an unknown route raises, not drops
         self.address = f"tcp://127.0.0.1:{self.router.bind_to_random_port('tcp://127.0.0.1')}"
         self.listener = LaneListener(lane_name(self.uuid))
         self.lane: Lane | None = None
@@ -120,7 +122,10 @@ class Engine:
     def lane_requests(self, count: int) -> list[list[bytes]]:
         """``count`` messages read from the lane (waiting for them, bounded)."""
         lane = self.accept()
-        found = [[bytes(frame) for frame in message] for message in self._early]  # type: ignore[call-overload]
+        found: list[list[bytes]] = []
+        # what came with the hello may be a bundle too (requests the I/O thread sent together)
+        for message in self._early:
+            found.extend(requests_in(message))
         self._early = []
         deadline = time.monotonic() + BOUND
         while len(found) < count:
@@ -128,13 +133,8 @@ class Engine:
             assert left > 0, f"{len(found)} of {count} requests came on the lane"
             select.select([lane.sock], [], [], left)
             messages, still_open = lane.receive(count - len(found))
-            for message in messages:  # a burst comes as a bundle: split as the engine does
-                frames = [bytes(frame) for frame in message]  # type: ignore[call-overload]
-                parts = split_bundle(frames)
-                if parts is None:
-                    found.append(frames)
-                else:
-                    found.extend([bytes(f) for f in part] for part in parts)  # type: ignore[call-overload]
+            for message in messages:
+                found.extend(requests_in(message))
             assert still_open or len(found) >= count, "the lane closed"
         return found
 
@@ -162,9 +162,9 @@ class Engine:
                 assert left > 0, "the client did not read the lane"
                 select.select([], [lane.sock], [], left)
                 done = lane.flush()
-        else:
+        else:  # once the client's DEALER is routable: it has sent nothing on it yet
             assert self.client is not None
-            self.router.send_multipart([self.client, *frames])
+            send_when_routable(self.router, [self.client, *frames], "the client's DEALER")
 
     def close(self) -> None:
         if self.lane is not None:
@@ -198,6 +198,16 @@ class StandIn(ControllerStandIn):
         self.io.close()
         self.engine.close()
         super().close()
+
+
+def requests_in(message: Sequence[object]) -> list[list[bytes]]:
+    """The requests of one lane message: itself, or a bundle's (a burst comes as one), split
+    as the engine splits it."""
+    frames = [bytes(frame) for frame in message]  # type: ignore[call-overload]
+    parts = split_bundle(frames)
+    if parts is None:
+        return [frames]
+    return [[bytes(f) for f in part] for part in parts]  # type: ignore[arg-type]
 
 
 @pytest.fixture
