@@ -52,6 +52,19 @@ def burst_until_packed(sim: Sim, packing: Sequence[str] = EIGHT[:4]) -> None:
     raise AssertionError("the burst was never packed")
 
 
+def kept_then_paused(pause: float = 5.0) -> tuple[Sim, float]:
+    """A packed burst done, its packing kept (BURST_HOLD passed with nothing held or waiting),
+    then ``pause`` seconds: the simulator and the time its next tasks come."""
+    sim = packed_sim()
+    submit_many(sim, 2000)
+    burst_until_packed(sim)
+    sim.drain()
+    sim.tick(sim.now + BURST_HOLD)
+    assert sim.core.packing_counts()["kept"] == 1
+    sim.now += pause
+    return sim, sim.now
+
+
 def dispatched_to(actions: Sequence[Action]) -> list[str]:
     return [a.engine_uuid for a in actions if isinstance(a, Dispatch)]
 
@@ -99,13 +112,7 @@ def test_a_burst_after_a_pause_stays_on_the_packing_engines() -> None:
     takes one task, the rest wait for its first reply, and its replies in a burst renew the
     packing. No task reaches a held engine (before, this burst was spread over all of them
     until a packing engine replied in a burst)."""
-    sim = packed_sim()
-    submit_many(sim, 2000)
-    burst_until_packed(sim)
-    sim.drain()
-    sim.tick(sim.now + BURST_HOLD)  # kept
-    sim.now += 5.0
-    resumed = sim.now
+    sim, resumed = kept_then_paused()
     submit_many(sim, 2000)
     assert sorted(u for u in EIGHT if sim.queues[u]) == EIGHT[:4]
     assert all(len(sim.queues[u]) == 1 for u in EIGHT[:4])  # one each until it answers
@@ -124,13 +131,7 @@ def test_a_few_long_tasks_after_a_pause_are_spread_drain_gap_after_the_first() -
     """Tasks after a pause may be long: one on each idle packing engine, and when the others
     wait (no more of them than the held engines) and no packing engine has replied for
     DRAIN_GAP since the first of them, every engine takes one."""
-    sim = packed_sim()
-    submit_many(sim, 2000)
-    burst_until_packed(sim)
-    sim.drain()
-    sim.tick(sim.now + BURST_HOLD)  # kept
-    sim.now += 5.0
-    resumed = sim.now
+    sim, resumed = kept_then_paused()
     submit_many(sim, 8)
     assert all(len(sim.queues[u]) == 1 for u in EIGHT[:4])
     assert not any(sim.queues[u] for u in EIGHT[4:])
@@ -146,13 +147,7 @@ def test_many_long_tasks_after_a_pause_are_spread_burst_hold_after_the_first() -
     """More tasks waiting than held engines: BURST_HOLD after the first task with no burst
     reply, the held engines take the queue, and the packing engines are no longer capped at
     one task."""
-    sim = packed_sim()
-    submit_many(sim, 2000)
-    burst_until_packed(sim)
-    sim.drain()
-    sim.tick(sim.now + BURST_HOLD)
-    sim.now += 5.0
-    resumed = sim.now
+    sim, resumed = kept_then_paused()
     submit_many(sim, 20)
     assert sim.core.next_deadline() == pytest.approx(resumed + BURST_HOLD)
     assert not dispatched_to(sim.tick(resumed + BURST_HOLD / 2))
