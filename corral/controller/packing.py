@@ -32,10 +32,11 @@ packing (``packing_until`` is :data:`IDLE`) until its next task. And whenever th
 resumes (a packing engine gets a task while none of them holds one, :meth:`Hosts.woke`), the
 clocks start from then: the packing lapses ``BURST_HOLD`` later at the earliest unless a
 packing engine replies in a burst, and ``DRAIN_GAP`` (below) counts from then. Without this a
-burst a few tens of milliseconds after the previous one lapsed after the rest of the previous
-one's ``BURST_HOLD``, before its first replies, and was spread over every engine until a
-packing engine replied in a burst: 5-28% of 5,000 no-ops ran on 60 cold engines in a third of
-the 64-engine runs (bench/README.md, round twenty-one). What it costs: a batch of longer tasks
+burst after a pause of 0.1 s or more was spread over every engine until a packing engine
+replied in a burst (5% of 5,000 no-ops ran on 60 cold engines), and so, sometimes, was one a
+few tens of milliseconds after the previous burst: it lapsed when the rest of the previous
+one's ``BURST_HOLD`` ran out, before its own first replies (bench/README.md, round
+twenty-one). What it costs: a batch of longer tasks
 after a burst, more of them than the held engines, waits up to ``BURST_HOLD`` after the first
 of them (one task on each packing engine meanwhile) before it is spread.
 
