@@ -185,9 +185,11 @@ class SocketGate:
         ConnectionError if the loop refuses hand-offs (closed) and this thread may not send."""
         wake = ask = False
         with self.lock:
+            lanes = self.lanes
+            if at_once and lanes is not None and lanes.lanes:
+                at_once = lanes.fresh(frames[0])  # False: in a burst to that lane (corked)
             at_once = self.order.may_send_now(at_once) and self._loop.closed_because is None
             if at_once:
-                lanes = self.lanes
                 if lanes is None or not lanes.send(frames):
                     send_whole(self.sock, frames)
                     wake = self._take_readable()
@@ -300,12 +302,15 @@ class SocketGate:
     def _receive_batch(self) -> int:
         """(Holding ``handling`` and the lock) Receive up to a batch into the queue; how many."""
         sock, batch, queue = self.sock, self._batch, self._unhandled
+        lanes = self.lanes
+        laned = lanes is not None and bool(lanes.lanes)
         count = 0
         while count < batch and cast(int, _backend_get(sock, _EVENTS)) & _POLLIN:
             if not _receive(sock, queue):
                 break
             count += 1
-        lanes = self.lanes
+            if laned:  # a reply the engine sent on its ROUTER answers its lane too
+                cast(LaneSet, lanes).answered(queue[-1][0])
         if lanes is not None and count < batch:
             count += lanes.receive(queue, batch - count)
         return count

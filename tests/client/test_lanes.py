@@ -244,6 +244,36 @@ def test_requests_go_on_the_lane_in_order_and_replies_come_on_either_path(
     assert lanes.received >= 5
 
 
+def test_a_burst_to_a_busy_engine_waits_for_the_io_thread_after_its_first_request(
+    stand_in: StandIn,
+) -> None:
+    """A request to an engine whose previous one has no reply on the lane yet is handed to the
+    I/O thread, which sends those that gathered as bundles, in order; once a reply came (on
+    the lane or on the ROUTER), the next request goes at once again."""
+    engine, gate, lanes = stand_in.engine, stand_in.gate, _lanes(stand_in.gate)
+    before = gate.sent_at_once
+    count = 50
+    for index in range(count):
+        stand_in.send(str(index).encode(), at_once=True)
+    received = engine.lane_requests(count)
+    assert [int(body) for (body,) in received] == list(range(count))
+    assert gate.sent_at_once == before + 1  # the first; the others waited for the I/O thread
+    assert lanes.sent == count and not engine.router.poll(0)
+    until(lambda: gate.order.queued == 0, BOUND, "the I/O thread to send what it was handed")
+    request, future = stand_in.request()
+    engine.reply(request, on_lane=True)
+    until(future.done, BOUND, "the reply on the lane")
+    stand_in.send(b"after", at_once=True)
+    assert gate.sent_at_once == before + 2  # answered: at once
+    assert engine.lane_requests(1) == [[b"after"]]
+    request, future = stand_in.request()
+    engine.reply(request, on_lane=False)  # a reply on the ROUTER answers the lane too
+    until(future.done, BOUND, "the reply on the ROUTER")
+    stand_in.send(b"again", at_once=True)
+    assert gate.sent_at_once == before + 3
+    assert engine.lane_requests(1) == [[b"again"]]
+
+
 def test_a_reply_of_several_packets_on_the_lane_is_read_whole(stand_in: StandIn) -> None:
     request, future = stand_in.request()
     stand_in.engine.reply(request, on_lane=True, size=1 << 20)
