@@ -12,8 +12,9 @@ order; a waiting thread may lead the reading). What this module adds to those ru
   when its direct path is (before any request to it leaves), so its requests all take the
   lane while it is open: they leave in submission order, on one connection.
 - **A burst waits for the I/O thread.** A request to an engine whose previous one, submitted
-  before it, has no reply on the lane yet is handed to the I/O thread rather than sent at
-  once (:meth:`LaneSet.fresh`): the engine is busy with the earlier ones, and the I/O thread
+  before it, has no reply yet (none read from that engine since, on the lane or the ROUTER)
+  is handed to the I/O thread rather than sent at once (:meth:`LaneSet.fresh`,
+  :meth:`LaneSet.answered`): the engine is busy with the earlier ones, and the I/O thread
   sends the burst's requests that gathered meanwhile as one bundle. In a loop of 5,000
   applies round-robin over two engines that ran about a quarter more tasks per second than
   a packet per request (bench/README.md, round twenty-one). An apply waited for, or a
@@ -139,12 +140,12 @@ class LaneSet:
 
     def fresh(self, peer: object) -> bool:
         """(A submitting thread) Whether a request to ``peer`` goes on its lane at once: not
-        while the one submitted before it there is unanswered (no reply came on the lane
-        since). Such a request is part of a burst (a loop of applies): the engine is busy
-        with the earlier ones and reads it only after them. Handed to the I/O thread, it goes
-        with the burst's next ones as one bundle (:meth:`send_all`): one packet to write and to
-        read, not one each. An apply waited for, or a broadcast (one request per engine),
-        goes at once."""
+        while the one submitted before it there is unanswered (no reply read from that engine
+        since, on the lane or the ROUTER: :meth:`answered`). Such a request is part of a
+        burst (a loop of applies): the engine is busy with the earlier ones and reads it only
+        after them. Handed to the I/O thread, it goes with the burst's next ones as one
+        bundle (:meth:`send_all`): one packet to write and to read, not one each. An apply
+        waited for, or a broadcast (one request per engine), goes at once."""
         if type(peer) is not bytes or peer not in self.lanes:
             return True
         now = _monotonic()

@@ -36,9 +36,9 @@ burst after a pause of 0.1 s or more was spread over every engine until a packin
 replied in a burst (5% of 5,000 no-ops ran on 60 cold engines), and so, sometimes, was one a
 few tens of milliseconds after the previous burst: it lapsed when the rest of the previous
 one's ``BURST_HOLD`` ran out, before its own first replies (bench/README.md, round
-twenty-one). What it costs: a batch of longer tasks
-after a burst, more of them than the held engines, waits up to ``BURST_HOLD`` after the first
-of them (one task on each packing engine meanwhile) before it is spread.
+twenty-one). What it costs: a batch of longer tasks after a burst, more of them than the held
+engines, waits up to ``BURST_HOLD`` after the first of them (one task on each packing engine
+meanwhile) before it is spread.
 
 The test is each reply's, not the burst rule's average over recent replies: that average needs
 a few replies to rise after a pause, during which leastload spreads a thousand tasks over 64
@@ -55,8 +55,8 @@ its last burst reply) from queueing behind each other on the few packing engines
 held ones sit idle: each idle packing engine takes one, and the rest wait in the scheduler.
 Those wait ``DRAIN_GAP`` at most when they are few: a group whose packing engines all got
 their work while idle and none has replied since, for ``DRAIN_GAP`` after the later of their
-last reply and the work resuming, while tasks any engine may
-run wait in the scheduler's queue, no more of them than its held engines, lapses then
+last reply and the work resuming, while tasks any engine may run wait in the scheduler's
+queue, no more of them than its held engines, lapses then
 (:meth:`Hosts.lapses_at`): the held engines are released and the queued tasks spread over
 them and the packing engines, one each in turn (bench/README.md, round twelve). Tiny tasks
 reply within ``DRAIN_GAP`` (an engine sends what it has done at least every ~2 ms). More tasks
