@@ -318,7 +318,8 @@ def main() -> None:
     if isinstance(packing, dict):  # corral.controller.packing: bursts kept on a few engines
         print(
             f"  bursts packed: started {packing.get('started')}, lapsed {packing.get('lapsed')}"
-            f" (of which early, its packing engines silent: {packing.get('stalled')})"
+            f" (of which early, its packing engines silent: {packing.get('stalled')}),"
+            f" kept {packing.get('kept')}, put off starved {packing.get('starved')}"
         )
     if recording is not None:
         samples = perf_roles.read_samples(perf_roles.script_lines(recording.out), role_of)

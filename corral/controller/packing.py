@@ -68,15 +68,32 @@ silent (stuck in a long task, or starved: the two cannot be told apart) keep the
 engine of the group, one task each in turn. (Capping such an engine at its load after
 ``DRAIN_GAP`` without a reply was tried: on a busy host it capped starved engines of a burst,
 and the engines cost a few microseconds more per task at 64 engines; bench/README.md.)
+A lapse is put off while the packing engines are *starved* rather than stuck. On a busy host
+(more runnable threads than cores: the client, the Hub and the scheduler in a burst, or other
+programs) a packing engine that holds a burst's tasks may wait that long for a core without
+running at all, and releasing the held engines then spreads the backlog over cold engines that
+wait for the same cores (bench/README.md, round twenty-two: on a host three to five times
+slower than usual, a fifth of a 5,000-task burst on 60 cold engines in half the runs, each time
+after a lapse whose four packing engines held 64 tasks each and had not run). Where the
+scheduler can read an engine's CPU time (``read_cpu``: its process on the scheduler's own
+machine and in its process namespace; Linux's ``schedstat`` of its main thread, where tasks
+run), a due lapse first looks at how the packing engines that hold tasks spend the next
+``PROBE_WINDOW``: if each ran less than ``LONG_RUN`` (one running tiny tasks replies within
+~2 ms) and together they waited for a CPU longer than they ran, they are starved and the
+packing is renewed for ``BURST_HOLD``, to be looked at again then. An engine that ran longer
+without replying is in a long task, and one that neither ran nor waited is blocked in one (a
+sleep, I/O): the packing lapses as before, ``PROBE_WINDOW`` later. A starved packing lapses
+anyway ``STARVED_LIMIT`` after the first look, so no task waits on it without bound.
+
 ``--burst-packing 0`` turns packing off.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, TypeAlias
 
 from corral.controller.scheduling_state import BURST_HOLD, EngineState, check_setting
 
@@ -90,6 +107,23 @@ which a packing group with a few tasks queued for any engine lapses (:meth:`Host
 An engine running tiny tasks sends its replies at least every ~2 ms (docs/wire-flows.md,
 "Bundles"); 10 ms leaves room for a turn lost to the other processes on a busy host, and is
 what a long task submitted right after a burst may wait for an engine."""
+
+PROBE_WINDOW: Final = 0.02
+"""Seconds over which a due lapse looks at the CPU time of its packing engines that hold tasks
+before it is taken or put off (see the module docstring): what a lapse of engines stuck in
+long tasks is delayed by."""
+
+LONG_RUN: Final = 5_000_000
+"""Nanoseconds of CPU a packing engine may run in a look without replying and still count as
+starved: one running tiny tasks sends its replies at least every ~2 ms (``HOLD_REPLIES``)."""
+
+STARVED_LIMIT: Final = 1.0
+"""Seconds after its first look a packing lapses even if its engines still look starved."""
+
+CpuReader: TypeAlias = Callable[[int], "tuple[int, int] | None"]
+"""``read_cpu(pid)``: nanoseconds the process's main thread has run and has waited for a
+CPU, since it started (None: unknown or gone). The scheduler shell reads Linux's
+``/proc/<pid>/schedstat`` (:mod:`corral.controller.cpu_wait`)."""
 
 BURST_PACKING: Final = 2
 """The scheduler's default ``burst_packing``: engines per core that run a burst of tiny tasks
@@ -119,6 +153,11 @@ class HostGroup:
     # (IDLE: kept through a pause, until its next task; Hosts.woke)
     progress: float = float("-inf")  # the latest reply of one of its packing engines, or
     # the task that ended a pause (Hosts.woke)
+    # a due lapse put off (Hosts._starved_until): looked at again then; what its engines that
+    # hold tasks had run and waited (ns) at the last look, and when the first look was
+    recheck_at: float = float("-inf")
+    probe: dict[EngineState, tuple[int, int]] | None = None
+    starved_since: float = float("-inf")
 
 
 def unanswered(engine: EngineState) -> bool:
@@ -146,14 +185,24 @@ def idle(group: HostGroup) -> bool:
     return True
 
 
+def _unprobe(group: HostGroup) -> None:
+    """Forget ``group``'s looks at its engines' CPU time and any lapse put off."""
+    group.recheck_at = float("-inf")
+    group.probe = None
+    group.starved_since = float("-inf")
+
+
 class Hosts:
     """Engines grouped by machine, and which of them a burst may use; see the module
-    docstring. ``per_core`` 0 turns packing off (no engine ever packs or is held)."""
+    docstring. ``per_core`` 0 turns packing off (no engine ever packs or is held).
+    ``read_cpu``: the CPU time of an engine's process by pid (None: never looked at; a due
+    lapse is then taken at once)."""
 
-    def __init__(self, per_core: int) -> None:
+    def __init__(self, per_core: int, read_cpu: CpuReader | None = None) -> None:
         if per_core < 0:
             raise ValueError(f"burst_packing must be >= 0, not {per_core}")
         self.per_core = per_core
+        self._read_cpu = read_cpu
         self._groups: dict[str, HostGroup] = {}
         self._grouped = 0  # engines in the groups
         # the packing groups, in the order they started (a dict: the core's actions must
@@ -164,8 +213,9 @@ class Hosts:
         reports it in its next deadline; it may find the packing renewed since."""
         # packings, for the scheduler's exit counts: started, lapsed, and of those lapsed how
         # many DRAIN_GAP after the last reply (their engines all given work while idle); and
-        # how many times a packing was kept through a pause (Hosts.woke)
-        self.counts = {"started": 0, "lapsed": 0, "stalled": 0, "kept": 0}
+        # how many times a packing was kept through a pause (Hosts.woke), and a due lapse put
+        # off because its engines were starved (Hosts._starved_until)
+        self.counts = {"started": 0, "lapsed": 0, "stalled": 0, "kept": 0, "starved": 0}
 
     def add(self, engine: EngineState, machine: str, cpus: Iterable[int]) -> list[EngineState]:
         """``engine`` registered on ``machine`` and may run on ``cpus``: it joins that group
@@ -217,6 +267,8 @@ class Hosts:
         kept = group.packing_until == IDLE  # (only if no task woke it first: a safety net)
         group.packing_until = now + BURST_HOLD
         group.progress = now
+        if group.probe is not None or group.recheck_at > now:
+            _unprobe(group)  # it made progress: a lapse put off is due by its rule again
         if not group.packing:
             group.packing = True
             self._packing[group] = None
@@ -244,6 +296,7 @@ class Hosts:
             return
         if now > group.progress:
             group.progress = now
+        _unprobe(group)
         until = now + BURST_HOLD
         if group.packing_until == IDLE or group.packing_until < until:
             group.packing_until = until
@@ -254,8 +307,10 @@ class Hosts:
         earliest = None
         for group in self._packing:
             until = group.packing_until
-            if until != IDLE and (earliest is None or until < earliest):
-                earliest = until
+            if until != IDLE:
+                until = max(until, group.recheck_at)
+                if earliest is None or until < earliest:
+                    earliest = until
         return earliest
 
     def lapses_at(self, group: HostGroup, waiting: int) -> float:
@@ -264,7 +319,11 @@ class Hosts:
         the scheduler's queue (``waiting`` of them, at least one and no more than its held
         engines: each may take one) and every packing engine that holds tasks got them while
         idle and has not replied since (they may all be long), ``DRAIN_GAP`` after the last
-        reply of its packing engines."""
+        reply of its packing engines; not before a lapse put off is looked at again."""
+        return max(self._lapse_rule(group, waiting), group.recheck_at)
+
+    def _lapse_rule(self, group: HostGroup, waiting: int) -> float:
+        """When ``group``'s packing lapses by its rule (:meth:`lapses_at`), starved or not."""
         until = group.packing_until
         held = len(group.engines) - self.per_core * len(group.cpus)
         if not 0 < waiting <= held or group.progress + DRAIN_GAP >= until:
@@ -300,20 +359,69 @@ class Hosts:
         packing instead, until its next task (:data:`IDLE`, :meth:`woke`)."""
         released: list[EngineState] = []
         for group in list(self._packing):
-            lapse = self.lapses_at(group, waiting)
-            if lapse <= now and not waiting and lapse == group.packing_until and idle(group):
+            lapse = self._lapse_rule(group, waiting)
+            if max(lapse, group.recheck_at) > now:
+                continue
+            if not waiting and lapse == group.packing_until and idle(group):
                 group.packing_until = IDLE
                 self.counts["kept"] += 1
-            elif lapse <= now:
-                del self._packing[group]
-                group.packing = False
-                self.counts["lapsed"] += 1
-                self.counts["stalled"] += lapse < group.packing_until
-                for engine in group.engines:
-                    engine.held = False
-                    released.append(engine)
+                _unprobe(group)
+                continue
+            put_off = self._starved_until(group, now)
+            if put_off is not None:
+                group.recheck_at = put_off
+                continue
+            _unprobe(group)
+            del self._packing[group]
+            group.packing = False
+            self.counts["lapsed"] += 1
+            self.counts["stalled"] += lapse < group.packing_until
+            for engine in group.engines:
+                engine.held = False
+                released.append(engine)
         self.next_check = self._earliest_lapse()
         return released
+
+    def _starved_until(self, group: HostGroup, now: float) -> float | None:
+        """When to look again at ``group``, whose lapse is due at ``now``, if it is put off;
+        None to lapse now. The first look reads the CPU time of its packing engines that hold
+        tasks and puts the lapse off ``PROBE_WINDOW``; a later one puts it off ``BURST_HOLD``
+        more if they were starved since the previous look (each ran less than ``LONG_RUN``,
+        and together they waited for a CPU longer than they ran), up to ``STARVED_LIMIT``
+        after the first look. Not looked at (None): no ``read_cpu``, an engine that holds
+        tasks and runs elsewhere, or none holds any (see the module docstring)."""
+        read = self._read_cpu
+        if read is None or (group.probe is not None and now - group.starved_since >= STARVED_LIMIT):
+            return None
+        readings: dict[EngineState, tuple[int, int]] = {}
+        for engine in group.engines:  # its packing engines first (registration order)
+            if not engine.packs:
+                break
+            if engine.load:
+                pid = engine.pid
+                reading = read(pid) if pid is not None else None
+                if reading is None:
+                    return None
+                readings[engine] = reading
+        if not readings:
+            return None
+        before, group.probe = group.probe, readings
+        if before is None:
+            group.starved_since = now
+            return now + PROBE_WINDOW
+        ran = waited = 0
+        for engine, (run, wait) in readings.items():
+            previous = before.get(engine)
+            if previous is None:  # it got its tasks since: measure it over the next window
+                return now + PROBE_WINDOW
+            if run - previous[0] >= LONG_RUN:
+                return None  # running without replying: a long task
+            ran += run - previous[0]
+            waited += wait - previous[1]
+        if waited <= ran:
+            return None  # neither running nor waiting for a CPU: blocked in a task
+        self.counts["starved"] += 1
+        return now + BURST_HOLD
 
     def _regroup(self, group: HostGroup) -> list[EngineState]:
         """Which engines of ``group`` pack and which are held, after it changed; the engines
@@ -323,6 +431,7 @@ class Hosts:
         if not oversubscribed and group.packing:
             group.packing = False
             group.packing_until = float("-inf")  # not IDLE: woke must not start its clock
+            _unprobe(group)
             self._packing.pop(group, None)
         released = []
         for index, engine in enumerate(group.engines):

@@ -28,6 +28,7 @@ from zmq.auth.thread import ThreadAuthenticator
 
 from corral import heap
 from corral.bundles import MARK, Outbox
+from corral.controller.cpu_wait import LocalEngines, read_schedstat
 from corral.controller.destination import MAX_ENTRIES, Dispatched, destinations_frames
 from corral.controller.packing import BURST_PACKING
 from corral.controller.scheduler_wire import read_reply, read_request, split_route
@@ -124,7 +125,9 @@ class SchedulerShell:
             int(settings.get("max_outstanding", 16)),
             burst_prefetch=int(settings.get("burst_prefetch", BURST_PREFETCH)),
             burst_packing=int(settings.get("burst_packing", BURST_PACKING)),
+            read_cpu=read_schedstat,
         )
+        self._local = LocalEngines()  # engines whose CPU time the core may read (packing)
         limit = settings.get("request_buffer_limit")
         # the Hub keeps a request's buffers up to this size (for a resubmission): larger ones
         # are left out of its copy, which says so (None: always copied)
@@ -208,9 +211,11 @@ class SchedulerShell:
         if not isinstance(uuid, str):
             return
         if msg.msg_type == "registration_notification":
-            machine, cpus = _cpus_from(content.get("cpus"))
+            reported = content.get("cpus")
+            machine, cpus = _cpus_from(reported)
+            pid = self._local.pid(reported) if machine and isinstance(reported, dict) else None
             try:
-                self._perform(self.core.add_engine(uuid, machine, cpus))
+                self._perform(self.core.add_engine(uuid, machine, cpus, pid))
             except ValueError:
                 log.warning("engine %s registered twice", uuid)
         elif msg.msg_type == "unregistration_notification":

@@ -91,7 +91,7 @@ from typing import Final
 
 from corral.controller.dependencies import DependencyGraph, Wait, Waiter, follow_placement
 from corral.controller.free_engines import FreeEngines
-from corral.controller.packing import Hosts, unanswered
+from corral.controller.packing import CpuReader, Hosts, unanswered
 from corral.controller.scheduling_placement import Placement
 from corral.controller.scheduling_state import (
     BURST_GAP,
@@ -143,6 +143,7 @@ class SchedulerCore(Placement):
         finished_memory: int = FINISHED_MEMORY,
         burst_prefetch: int = 1,
         burst_packing: int = 0,
+        read_cpu: CpuReader | None = None,
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown scheduler policy {policy!r}; choose one of {POLICIES}")
@@ -155,7 +156,7 @@ class SchedulerCore(Placement):
         # an engine answering in bursts may hold this many (see _observe); 1: never more
         self.burst_cap = max_outstanding * burst_prefetch
         # engines grouped by host, for bursts packed on a few of them (0 engines per core: off)
-        self._hosts = Hosts(burst_packing)
+        self._hosts = Hosts(burst_packing, read_cpu)
         self._track_bursts = self.burst_cap > max_outstanding or burst_packing > 0
         self._now = 0.0  # the latest time an event brought (add and remove bring none)
         self._rng = random.Random(seed)
@@ -175,17 +176,23 @@ class SchedulerCore(Placement):
     # ------------------------------------------------------------------ events
 
     def add_engine(
-        self, engine_uuid: str, machine: str | None = None, cpus: Iterable[int] = ()
+        self,
+        engine_uuid: str,
+        machine: str | None = None,
+        cpus: Iterable[int] = (),
+        pid: int | None = None,
     ) -> list[Action]:
         """Register an engine and give it queued work at once. A uuid seen before registers a
         new engine: ``follow`` never sends work to a restarted one. ``machine`` and ``cpus``:
         where it runs and the CPU ids it may use, for packing bursts (None or no ids: unknown,
-        never packing nor held)."""
+        never packing nor held); ``pid``: its process, when it runs beside the scheduler (a
+        packing is not lapsed while its engines wait for a CPU: ``read_cpu``, :mod:`.packing`)."""
         if engine_uuid in self._engines:
             raise ValueError(f"engine {engine_uuid} is already registered")
         self._registrations += 1
         engine = EngineState(engine_uuid, NEVER_USED + self._registrations)
         engine.cap = self.max_outstanding
+        engine.pid = pid
         self._engines[engine_uuid] = engine
         cpu_ids = frozenset(cpus)
         released = self._hosts.add(engine, machine, cpu_ids) if machine and cpu_ids else []

@@ -176,6 +176,7 @@ class EngineState:
     # keep its group packing (packs), or it takes no task any engine may run (held)
     group: HostGroup | None = None
     cpus: frozenset[int] = frozenset()
+    pid: int | None = None  # its process on the scheduler's machine, whose CPU time it reads
     packs: bool = False
     held: bool = False
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+PID_NAMESPACE = "/proc/self/ns/pid"
 
 LAUNCHER_VARIABLE = "CORRAL_LAUNCHER"  # set by corral's launchers on the engines they start
 
@@ -56,11 +57,22 @@ def engine_placement(environ: Mapping[str, str], mpi_rank: int | None = None) ->
     }
 
 
+def pid_namespace(link: str = PID_NAMESPACE) -> str | None:
+    """This process's pid namespace (Linux: ``pid:[inode]``), or None where none is told: a pid
+    names the same process only within one namespace."""
+    try:
+        return os.readlink(link)
+    except OSError:
+        return None
+
+
 def cpu_share(boot_id: Path = BOOT_ID) -> dict[str, Any]:
-    """The machine this engine runs on and the CPU ids it may run on: ``{machine, ids}``, the
-    registration's ``cpus`` (docs/wire-flows.md). The scheduler packs bursts of tiny tasks on
-    a few engines of a machine that has far fewer CPUs than engines
-    (:mod:`corral.controller.packing`).
+    """The machine this engine runs on and the CPU ids it may run on, its pid and its pid
+    namespace: ``{machine, ids, pid, pid_ns}``, the registration's ``cpus``
+    (docs/wire-flows.md). The scheduler packs bursts of tiny tasks on a few engines of a
+    machine that has far fewer CPUs than engines (:mod:`corral.controller.packing`), and reads
+    the CPU time of those beside it (the same machine and namespace) to tell them starved
+    from stuck (:mod:`corral.controller.cpu_wait`).
 
     The machine is the running kernel's boot id where Linux tells it (every container of one
     kernel shares its CPUs, and the CPU ids are that kernel's), else the host name. The ids
@@ -73,4 +85,8 @@ def cpu_share(boot_id: Path = BOOT_ID) -> dict[str, Any]:
         machine = "host:" + socket.gethostname()
     affinity = getattr(os, "sched_getaffinity", None)
     ids = sorted(affinity(0)) if affinity is not None else list(range(os.cpu_count() or 1))
-    return {"machine": machine, "ids": ids}
+    share: dict[str, Any] = {"machine": machine, "ids": ids, "pid": os.getpid()}
+    namespace = pid_namespace()
+    if namespace is not None:
+        share["pid_ns"] = namespace
+    return share

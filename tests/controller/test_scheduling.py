@@ -50,9 +50,11 @@ class Sim:
         core: SchedulerCore | None = None,
         engines: Iterable[str] = (),
         hosts: Mapping[str, tuple[str, list[int]]] | None = None,
+        pids: Mapping[str, int] | None = None,
     ) -> None:
         self.core = core or SchedulerCore()
         self.hosts = hosts or {}  # engine uuid -> (machine, CPU ids) it registers with
+        self.pids = pids or {}  # engine uuid -> the pid whose CPU time the core may read
         self.now = 0.0
         self.engines: set[str] = set()
         self.tasks: dict[str, Task] = {}
@@ -75,7 +77,8 @@ class Sim:
         self.engines.add(uuid)
         self.succeeded_on.pop(uuid, None)  # a new engine under an old uuid has no history
         self.failed_on.pop(uuid, None)
-        return self.apply(self.core.add_engine(uuid, *self.hosts.get(uuid, (None, []))))
+        machine, cpus = self.hosts.get(uuid, (None, []))
+        return self.apply(self.core.add_engine(uuid, machine, cpus, self.pids.get(uuid)))
 
     def remove(self, uuid: str) -> list[Action]:
         self.engines.discard(uuid)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from corral.controller.packing import DRAIN_GAP, Hosts
+from corral.controller.packing import DRAIN_GAP, LONG_RUN, PROBE_WINDOW, STARVED_LIMIT, Hosts
 from corral.controller.scheduling import POLICIES, SchedulerCore
 from corral.controller.scheduling_state import BURST_GAP, BURST_HOLD, Action, Dispatch, EngineState
 from corral.protocol.dependency import Dependency
@@ -104,7 +104,13 @@ def test_a_done_burst_keeps_its_host_packing_through_the_pause() -> None:
     assert all(sim.core.held(u) for u in EIGHT[4:])
     assert sim.core.next_deadline() is None
     assert sim.core.packed_until("e0") == float("inf")
-    assert sim.core.packing_counts() == {"started": 1, "lapsed": 0, "stalled": 0, "kept": 1}
+    assert sim.core.packing_counts() == {
+        "started": 1,
+        "lapsed": 0,
+        "stalled": 0,
+        "kept": 1,
+        "starved": 0,
+    }
 
 
 def test_a_burst_after_a_pause_stays_on_the_packing_engines() -> None:
@@ -123,7 +129,13 @@ def test_a_burst_after_a_pause_stays_on_the_packing_engines() -> None:
                 assert set(dispatched_to(sim.finish(sim.queues[uuid][0]))) <= {uuid}
     assert not any(sim.queues[u] for u in EIGHT[4:])
     assert all(sim.core.capacity(u) == 8 == len(sim.queues[u]) for u in EIGHT[:4])
-    assert sim.core.packing_counts() == {"started": 1, "lapsed": 0, "stalled": 0, "kept": 1}
+    assert sim.core.packing_counts() == {
+        "started": 1,
+        "lapsed": 0,
+        "stalled": 0,
+        "kept": 1,
+        "starved": 0,
+    }
     no_queued_task_has_a_free_engine(sim)
 
 
@@ -140,7 +152,13 @@ def test_a_few_long_tasks_after_a_pause_are_spread_drain_gap_after_the_first() -
     assert sorted(dispatched_to(sim.tick(resumed + DRAIN_GAP))) == EIGHT[4:]
     assert all(len(sim.queues[u]) == 1 for u in EIGHT)  # one long task on every engine
     assert not any(sim.core.held(u) for u in EIGHT)
-    assert sim.core.packing_counts() == {"started": 1, "lapsed": 1, "stalled": 1, "kept": 1}
+    assert sim.core.packing_counts() == {
+        "started": 1,
+        "lapsed": 1,
+        "stalled": 1,
+        "kept": 1,
+        "starved": 0,
+    }
 
 
 def test_many_long_tasks_after_a_pause_are_spread_burst_hold_after_the_first() -> None:
@@ -155,7 +173,13 @@ def test_many_long_tasks_after_a_pause_are_spread_burst_hold_after_the_first() -
     assert all(len(sim.queues[u]) == 2 for u in EIGHT)  # max_outstanding each, 4 still wait
     assert not any(sim.core.held(u) for u in EIGHT)
     assert sim.core.next_deadline() is None
-    assert sim.core.packing_counts() == {"started": 1, "lapsed": 1, "stalled": 0, "kept": 1}
+    assert sim.core.packing_counts() == {
+        "started": 1,
+        "lapsed": 1,
+        "stalled": 0,
+        "kept": 1,
+        "starved": 0,
+    }
 
 
 def test_a_pause_with_a_packing_engine_still_busy_is_a_lapse() -> None:
@@ -172,7 +196,13 @@ def test_a_pause_with_a_packing_engine_still_busy_is_a_lapse() -> None:
     assert not sim.core.waiting_count()
     sim.tick(sim.now + BURST_HOLD)
     assert not any(sim.core.held(u) for u in EIGHT)
-    assert sim.core.packing_counts() == {"started": 1, "lapsed": 1, "stalled": 0, "kept": 0}
+    assert sim.core.packing_counts() == {
+        "started": 1,
+        "lapsed": 1,
+        "stalled": 0,
+        "kept": 0,
+        "starved": 0,
+    }
     sim.now += 5.0
     submit_many(sim, 8)
     assert all(sim.queues[u] for u in EIGHT[1:])  # spread again
@@ -195,7 +225,13 @@ def test_the_packing_lapses_after_burst_hold_and_the_held_engines_take_the_queue
     assert all(sim.core.outstanding(u) == sim.core.capacity(u) for u in EIGHT[4:])
     assert not any(sim.core.held(u) for u in EIGHT)
     assert sim.core.next_deadline() is None
-    assert sim.core.packing_counts() == {"started": 1, "lapsed": 1, "stalled": 0, "kept": 0}
+    assert sim.core.packing_counts() == {
+        "started": 1,
+        "lapsed": 1,
+        "stalled": 0,
+        "kept": 0,
+        "starved": 0,
+    }
     no_queued_task_has_a_free_engine(sim)
 
 
@@ -221,7 +257,13 @@ def test_long_tasks_right_after_a_burst_run_side_by_side() -> None:
     sim.tick(sim.now + DRAIN_GAP)
     assert all(len(sim.queues[u]) == 1 for u in EIGHT)  # one long task on every engine
     assert not any(sim.core.held(u) for u in EIGHT)
-    assert sim.core.packing_counts() == {"started": 1, "lapsed": 1, "stalled": 1, "kept": 0}
+    assert sim.core.packing_counts() == {
+        "started": 1,
+        "lapsed": 1,
+        "stalled": 1,
+        "kept": 0,
+        "starved": 0,
+    }
 
 
 def test_more_tasks_waiting_than_held_engines_keep_the_packing_until_burst_hold() -> None:
@@ -242,7 +284,13 @@ def test_more_tasks_waiting_than_held_engines_keep_the_packing_until_burst_hold(
     assert not dispatched_to(sim.tick(resumed - BURST_GAP + BURST_HOLD))
     released = dispatched_to(sim.tick(resumed + BURST_HOLD))
     assert released == ["e4", "e5", "e6", "e7", "e0"]  # the least loaded first
-    assert sim.core.packing_counts() == {"started": 1, "lapsed": 1, "stalled": 0, "kept": 0}
+    assert sim.core.packing_counts() == {
+        "started": 1,
+        "lapsed": 1,
+        "stalled": 0,
+        "kept": 0,
+        "starved": 0,
+    }
 
 
 def test_an_idle_packing_engine_that_answers_at_once_takes_the_tasks_that_waited() -> None:
@@ -458,12 +506,20 @@ def test_random_schedules_with_packing_keep_every_invariant(seed: int) -> None:
     come and go, tasks fail, retry, time out and name targets and dependencies."""
     rng = random.Random(seed)
     policy = POLICIES[seed % len(POLICIES)]
+    clock = CpuClock()  # odd seeds: the core reads the engines' CPU time, starved or not
     core = SchedulerCore(
-        policy, max_outstanding=rng.randint(1, 3), seed=seed, burst_prefetch=3, burst_packing=1
+        policy,
+        max_outstanding=rng.randint(1, 3),
+        seed=seed,
+        burst_prefetch=3,
+        burst_packing=1,
+        read_cpu=clock.read if seed % 2 else None,
     )
     pool = ("e0", "e1", "e2", "e3")
     hosts = {"e0": ("m", [0]), "e1": ("m", [0]), "e2": ("m", [0]), "e3": ("n", [0])}
-    sim = Sim(core, engines=pool, hosts=hosts)
+    pids = {uuid: 100 + index for index, uuid in enumerate(pool)}
+    clock.spend(list(pids.values()), 0.0, 0.0)
+    sim = Sim(core, engines=pool, hosts=hosts, pids=pids)
     held = 0
     for step in range(800):
         bursts = step // 100 % 2 == 0
@@ -475,6 +531,8 @@ def test_random_schedules_with_packing_keep_every_invariant(seed: int) -> None:
             sim.now += 0.0 if bursts else APART
             sim.finish(rng.choice(sorted(sim.running)), rng.random() < 0.9)
         elif roll < 0.93:  # in a burst, before the next reply; else past a lapse, or not
+            ran, waited = rng.choice([(0.0, 0.0), (0.0001, 0.05), (0.05, 0.01)])
+            clock.spend(list(pids.values()), ran, waited)
             sim.tick(sim.now + rng.random() * (BURST_GAP / 2 if bursts else 2 * BURST_HOLD))
         elif roll < 0.975:
             missing = [u for u in pool if u not in sim.engines]
@@ -506,3 +564,145 @@ def test_packings_lapsing_together_release_their_engines_in_the_order_they_start
         assert core.held(uuid) and not sim.queues[uuid]
     released = dispatched_to(sim.tick(sim.now + BURST_HOLD))
     assert released == ["b1", "b2", "a1", "a2"]
+
+
+# ------------------------------------------------------------ starved, not stuck
+
+
+class CpuClock:
+    """The engines' CPU time as ``read_cpu`` reads it (ns run, ns waited for a CPU), by pid:
+    what the test says each engine did between two looks."""
+
+    def __init__(self) -> None:
+        self.times: dict[int, tuple[int, int]] = {}
+
+    def read(self, pid: int) -> tuple[int, int] | None:
+        return self.times.get(pid)
+
+    def spend(self, pids: Sequence[int], ran: float, waited: float) -> None:
+        for pid in pids:
+            run, wait = self.times.get(pid, (0, 0))
+            self.times[pid] = (run + int(ran * 1e9), wait + int(waited * 1e9))
+
+
+PIDS = {uuid: 1000 + index for index, uuid in enumerate(EIGHT)}
+PACKING_PIDS = [PIDS[uuid] for uuid in EIGHT[:4]]
+
+
+def starving_sim() -> tuple[Sim, CpuClock, float]:
+    """A packed burst whose packing engines then fall silent with tasks queued (the lapse due
+    BURST_HOLD after their last burst reply), the core able to read their CPU time: the
+    simulator, the clock, and when the lapse is due."""
+    clock = CpuClock()
+    clock.spend(list(PIDS.values()), 0.0, 0.0)
+    core = SchedulerCore(
+        max_outstanding=2, burst_prefetch=4, burst_packing=2, seed=1, read_cpu=clock.read
+    )
+    sim = Sim(core, engines=EIGHT, hosts=ON_TWO_CORES, pids=PIDS)
+    submit_many(sim, 2000)
+    burst_until_packed(sim)
+    return sim, clock, sim.now + BURST_HOLD
+
+
+def test_a_lapse_of_starved_packing_engines_is_put_off() -> None:
+    """Packing engines that hold tasks, waited for a CPU and hardly ran are starved, not stuck:
+    releasing the held engines would spread the backlog over cold engines waiting for the
+    same cores. The due lapse looks for PROBE_WINDOW, then is put off BURST_HOLD at a time;
+    a burst reply renews the packing as ever."""
+    sim, clock, due = starving_sim()
+    assert not dispatched_to(sim.tick(due))  # the first look
+    assert sim.core.next_deadline() == pytest.approx(due + PROBE_WINDOW)
+    clock.spend(PACKING_PIDS, ran=0.0005, waited=0.015)
+    assert not dispatched_to(sim.tick(due + PROBE_WINDOW))
+    assert sim.core.packing_counts()["starved"] == 1
+    assert sim.core.next_deadline() == pytest.approx(due + PROBE_WINDOW + BURST_HOLD)
+    assert all(sim.core.held(u) for u in EIGHT[4:])
+    clock.spend(PACKING_PIDS, ran=0.001, waited=0.09)
+    assert not dispatched_to(sim.tick(due + PROBE_WINDOW + BURST_HOLD))
+    assert sim.core.packing_counts()["starved"] == 2
+    # they get the CPU: burst replies renew the packing and the looks are forgotten
+    sim.now = due + PROBE_WINDOW + BURST_HOLD + 0.01
+    for _ in range(2):  # each one's second reply is a burst reply
+        for uuid in EIGHT[:4]:
+            assert set(dispatched_to(sim.finish(sim.queues[uuid][0]))) <= set(EIGHT[:4])
+    renewed = sim.now
+    assert not dispatched_to(sim.tick(sim.core.next_deadline() or 0.0))  # the look due before
+    assert sim.core.next_deadline() == pytest.approx(renewed + BURST_HOLD)
+    assert sim.core.packing_counts()["lapsed"] == 0
+    no_queued_task_has_a_free_engine(sim)
+
+
+def test_a_packing_engine_that_runs_without_replying_is_stuck_and_the_packing_lapses() -> None:
+    sim, clock, due = starving_sim()
+    assert not dispatched_to(sim.tick(due))
+    clock.spend(PACKING_PIDS[:1], ran=LONG_RUN / 1e9, waited=0.001)  # a long task on one
+    clock.spend(PACKING_PIDS[1:], ran=0.0, waited=0.02)
+    released = dispatched_to(sim.tick(due + PROBE_WINDOW))
+    assert sorted(set(released)) == EIGHT[4:]
+    assert sim.core.packing_counts() == {
+        "started": 1,
+        "lapsed": 1,
+        "stalled": 0,
+        "kept": 0,
+        "starved": 0,
+    }
+    no_queued_task_has_a_free_engine(sim)
+
+
+def test_packing_engines_that_neither_run_nor_wait_are_blocked_and_the_packing_lapses() -> None:
+    """Engines asleep in their tasks (a sleep, I/O) leave the cores to others: the held
+    engines take the queue, PROBE_WINDOW after the lapse was due."""
+    sim, clock, due = starving_sim()
+    assert not dispatched_to(sim.tick(due))
+    clock.spend(PACKING_PIDS, ran=0.0, waited=0.0)
+    assert sorted(set(dispatched_to(sim.tick(due + PROBE_WINDOW)))) == EIGHT[4:]
+    assert sim.core.packing_counts()["starved"] == 0
+
+
+def test_a_starved_packing_lapses_at_the_limit() -> None:
+    """No task waits on starved engines without bound: STARVED_LIMIT after the first look the
+    packing lapses whatever the looks find."""
+    sim, clock, due = starving_sim()
+    sim.tick(due)
+    now = due
+    while sim.core.held("e7"):
+        now = sim.core.next_deadline() or pytest.fail("no look is due")
+        clock.spend(PACKING_PIDS, ran=0.0, waited=0.05)
+        sim.tick(now)
+    assert now == pytest.approx(due + STARVED_LIMIT, abs=BURST_HOLD)
+    assert now >= due + STARVED_LIMIT
+    assert sim.core.packing_counts()["lapsed"] == 1
+    no_queued_task_has_a_free_engine(sim)
+
+
+def test_a_packing_engine_whose_cpu_cannot_be_read_lapses_at_once() -> None:
+    """An engine elsewhere (no pid), or one whose CPU time is gone: the lapse is taken when
+    due, as without read_cpu."""
+    sim, clock, due = starving_sim()
+    del clock.times[PACKING_PIDS[2]]
+    assert sorted(set(dispatched_to(sim.tick(due)))) == EIGHT[4:]
+    assert sim.core.packing_counts()["starved"] == 0
+
+
+def test_a_stalled_lapse_of_starved_engines_is_put_off_too() -> None:
+    """The DRAIN_GAP lapse (every packing engine got its task while idle and none replied)
+    looks at them first as well: starved, it is put off."""
+    clock = CpuClock()
+    clock.spend(list(PIDS.values()), 0.0, 0.0)
+    core = SchedulerCore(
+        max_outstanding=2, burst_prefetch=4, burst_packing=2, seed=1, read_cpu=clock.read
+    )
+    sim = Sim(core, engines=EIGHT, hosts=ON_TWO_CORES, pids=PIDS)
+    submit_many(sim, 2000)
+    burst_until_packed(sim)
+    sim.drain()
+    sim.tick(sim.now + BURST_HOLD)  # kept through the pause
+    sim.now += 5.0
+    resumed = sim.now
+    submit_many(sim, 6)  # one on each packing engine (unanswered), two wait
+    assert sim.core.next_deadline() == pytest.approx(resumed + DRAIN_GAP)
+    assert not dispatched_to(sim.tick(resumed + DRAIN_GAP))
+    clock.spend(PACKING_PIDS, ran=0.0002, waited=0.02)
+    assert not dispatched_to(sim.tick(resumed + DRAIN_GAP + PROBE_WINDOW))
+    assert sim.core.packing_counts()["starved"] == 1
+    assert all(sim.core.held(u) for u in EIGHT[4:])

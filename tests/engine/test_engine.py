@@ -85,7 +85,8 @@ def test_registration_and_heartbeat_during_a_busy_loop(controller: FakeControlle
     # machine and CPUs, for the scheduler's packing of bursts (corral.controller.packing)
     assert set(request.content or {}) == {"uuid", "shm_host", "info", "cpus", "direct"}
     assert (request.content or {})["direct"].startswith("tcp://127.0.0.1:")
-    assert (request.content or {})["cpus"] == cpu_share()
+    # and its process, for the scheduler to read its CPU time (corral.controller.cpu_wait)
+    assert (request.content or {})["cpus"] == {**cpu_share(), "pid": engine.popen.pid}
     info = (request.content or {})["info"]  # where the engine runs (corral.engine.placement)
     assert (info["pid"], info["launcher"], info["mpi_rank"]) == (engine.popen.pid, "local", None)
     controller.wait_pong()
@@ -126,7 +127,7 @@ def test_refused_registration_exits_with_the_reason(controller: FakeController) 
         "uuid": "my-engine-uuid",
         "id": 3,
         "shm_host": host_identity(),
-        "cpus": cpu_share(),
+        "cpus": {**cpu_share(), "pid": engine.popen.pid},
     }
     assert request.idents == (b"my-engine-uuid",)
     _reply_registration(controller, request, _refusal("uuid already in use"))
@@ -141,7 +142,7 @@ def test_unanswered_registration_times_out(controller: FakeController) -> None:
 
 
 def test_reregisters_when_pings_stop(controller: FakeController) -> None:
-    controller.start_engine()
+    engine = controller.start_engine()
     controller.register(engine_id=0, period=0.05)
     again = controller.recv_type(controller.registration, "registration_request")
     assert again.content is not None and "host" in again.content.pop("info")
@@ -152,7 +153,7 @@ def test_reregisters_when_pings_stop(controller: FakeController) -> None:
         "id": 0,
         "tasks": [],
         "shm_host": host_identity(),
-        "cpus": cpu_share(),
+        "cpus": {**cpu_share(), "pid": engine.popen.pid},
     }
     content = {"status": "ok", "id": 4, "heartbeat_period": 0.05, **controller.addresses()}
     send_msg(

@@ -6,7 +6,7 @@ import os
 import socket
 from pathlib import Path
 
-from corral.engine.placement import cpu_share, engine_placement
+from corral.engine.placement import cpu_share, engine_placement, pid_namespace
 
 
 def test_plain_local_engine() -> None:
@@ -50,6 +50,13 @@ def test_cpu_share_names_the_running_kernel_and_the_cpus_this_process_may_use(
     share = cpu_share(boot_id)
     assert share["machine"] == "boot:8e1c2a9f-kernel"
     assert share["ids"] == sorted(os.sched_getaffinity(0))
+    # the scheduler reads the CPU time of engines beside it by pid, within one namespace
+    assert share["pid"] == os.getpid()
+    assert share["pid_ns"] == os.readlink("/proc/self/ns/pid") == pid_namespace()
+
+
+def test_pid_namespace_is_none_where_the_system_tells_none(tmp_path: Path) -> None:
+    assert pid_namespace(str(tmp_path / "absent")) is None
 
 
 def test_cpu_share_without_a_boot_id_names_the_host(tmp_path: Path) -> None:
