@@ -5,8 +5,12 @@ packing tell engines starved on a busy host from engines stuck in long tasks
 An engine reports at registration, in its ``cpus`` (docs/wire-flows.md), its machine (the
 kernel's boot id), its pid and its process namespace. The scheduler reads the engine's CPU time
 only when both match its own: a pid means the same process only within one namespace of one
-kernel. What it reads is Linux's ``/proc/<pid>/schedstat`` of the process's main thread (where
-the engine runs its tasks): nanoseconds on a CPU, nanoseconds runnable but waiting for one.
+kernel. What it reads is Linux's ``schedstat`` of each of the process's threads
+(``/proc/<pid>/task/<tid>/schedstat``), summed: nanoseconds on a CPU, nanoseconds runnable but
+waiting for one. Every thread counts: the engine's main thread runs the tasks, but its I/O
+thread receives them, and a starved I/O thread leaves the main thread asleep with tasks on the
+way (seen on a busy host: four packing engines holding 64 tasks each, their main threads
+neither running nor waiting for 20 ms).
 Elsewhere (no such file, another machine, a container with its own namespace) nothing is read
 and a packing lapses by its timing alone, as before.
 """
@@ -18,18 +22,30 @@ from collections.abc import Mapping
 
 from corral.engine.placement import cpu_share, pid_namespace
 
-SCHEDSTAT: str = "/proc/{pid}/schedstat"
+PROC: str = "/proc"
 
 
-def read_schedstat(pid: int, path: str = SCHEDSTAT) -> tuple[int, int] | None:
-    """Nanoseconds process ``pid``'s main thread has run and has waited for a CPU; None when
-    it cannot be read (gone, not Linux, scheduler statistics off)."""
+def read_schedstat(pid: int, proc: str = PROC) -> tuple[int, int] | None:
+    """Nanoseconds process ``pid``'s threads have run and have waited for a CPU, summed over
+    those alive now; None when none can be read (gone, not Linux, scheduler statistics off).
+    """
+    tasks = f"{proc}/{pid}/task"
     try:
-        with open(path.format(pid=pid), "rb") as stats:
-            fields = stats.read().split()
-        return int(fields[0]), int(fields[1])
-    except (OSError, ValueError, IndexError):
+        threads = os.listdir(tasks)
+    except OSError:
         return None
+    run = wait = 0
+    read = False
+    for thread in threads:
+        try:
+            with open(f"{tasks}/{thread}/schedstat", "rb") as stats:
+                fields = stats.read().split()
+            run += int(fields[0])
+            wait += int(fields[1])
+        except (OSError, ValueError, IndexError):
+            continue  # the thread ended since it was listed, or a line not understood
+        read = True
+    return (run, wait) if read else None
 
 
 class LocalEngines:

@@ -63,25 +63,29 @@ reply within ``DRAIN_GAP`` (an engine sends what it has done at least every ~2 m
 waiting are a burst's backlog, most likely (its packing engines starved of CPU on a busy host:
 measured, 2-4 such lapses in a 64-engine run at load 30-40, each spreading the backlog over
 cold engines), and packing engines that did answer since they last were idle and then fall
-silent (stuck in a long task, or starved: the two cannot be told apart) keep the packing until
-``BURST_HOLD`` after the last burst reply, as before; then the queue is spread over every
-engine of the group, one task each in turn. (Capping such an engine at its load after
-``DRAIN_GAP`` without a reply was tried: on a busy host it capped starved engines of a burst,
-and the engines cost a few microseconds more per task at 64 engines; bench/README.md.)
+silent (stuck in a long task, or starved: the two look alike by their replies; the next
+paragraph tells them apart) keep the packing until ``BURST_HOLD`` after the last burst reply;
+then the queue is spread over every engine of the group, one task each in turn. (Capping such
+an engine at its load after ``DRAIN_GAP`` without a reply was tried: on a busy host it capped
+starved engines of a burst, and the engines cost a few microseconds more per task at 64
+engines; bench/README.md.)
+
 A lapse is put off while the packing engines are *starved* rather than stuck. On a busy host
 (more runnable threads than cores: the client, the Hub and the scheduler in a burst, or other
 programs) a packing engine that holds a burst's tasks may wait that long for a core without
 running at all, and releasing the held engines then spreads the backlog over cold engines that
-wait for the same cores (bench/README.md, round twenty-two: on a host three to five times
-slower than usual, a fifth of a 5,000-task burst on 60 cold engines in half the runs, each time
-after a lapse whose four packing engines held 64 tasks each and had not run). Where the
-scheduler can read an engine's CPU time (``read_cpu``: its process on the scheduler's own
-machine and in its process namespace; Linux's ``schedstat`` of its main thread, where tasks
-run), a due lapse first looks at how the packing engines that hold tasks spend the next
-``PROBE_WINDOW``: if each ran less than ``LONG_RUN`` (one running tiny tasks replies within
-~2 ms) and together they waited for a CPU longer than they ran, they are starved and the
-packing is renewed for ``BURST_HOLD``, to be looked at again then. An engine that ran longer
-without replying is in a long task, and one that neither ran nor waited is blocked in one (a
+wait for the same cores (bench/README.md, round twenty-two: a fifth of a 5,000-task burst on
+60 cold engines in half the runs on a host three to five times slower than usual, each time
+after a lapse whose four packing engines held 64 tasks each and had not replied for 0.1-0.2
+s). Where the scheduler can read an engine's CPU time (``read_cpu``: its process on the
+scheduler's own machine and in its pid namespace; Linux's ``schedstat`` of all its threads,
+as the I/O thread that receives the tasks may be the one starved while the main thread sleeps),
+a due lapse first looks at how the packing engines that hold tasks spend the next
+``PROBE_WINDOW``: if each ran less than ``LONG_RUN`` (one running tiny tasks replies within ~2
+ms) or replied meanwhile (its replies too slow to count as a burst's: seen on a busy host) and
+together they waited for a CPU longer than they ran, they are starved and the packing is
+renewed for ``BURST_HOLD``, to be looked at again then. An engine that ran longer without
+replying is in a long task, and engines that neither ran nor waited are blocked in one (a
 sleep, I/O): the packing lapses as before, ``PROBE_WINDOW`` later. A starved packing lapses
 anyway ``STARVED_LIMIT`` after the first look, so no task waits on it without bound.
 
@@ -121,8 +125,8 @@ STARVED_LIMIT: Final = 1.0
 """Seconds after its first look a packing lapses even if its engines still look starved."""
 
 CpuReader: TypeAlias = Callable[[int], "tuple[int, int] | None"]
-"""``read_cpu(pid)``: nanoseconds the process's main thread has run and has waited for a
-CPU, since it started (None: unknown or gone). The scheduler shell reads Linux's
+"""``read_cpu(pid)``: nanoseconds the process's threads have run and have waited for a CPU,
+summed (None: unknown or gone). The scheduler shell reads Linux's
 ``/proc/<pid>/schedstat`` (:mod:`corral.controller.cpu_wait`)."""
 
 BURST_PACKING: Final = 2
@@ -157,6 +161,7 @@ class HostGroup:
     # hold tasks had run and waited (ns) at the last look, and when the first look was
     recheck_at: float = float("-inf")
     probe: dict[EngineState, tuple[int, int]] | None = None
+    looked_at: float = float("-inf")
     starved_since: float = float("-inf")
 
 
@@ -189,6 +194,7 @@ def _unprobe(group: HostGroup) -> None:
     """Forget ``group``'s looks at its engines' CPU time and any lapse put off."""
     group.recheck_at = float("-inf")
     group.probe = None
+    group.looked_at = float("-inf")
     group.starved_since = float("-inf")
 
 
@@ -386,8 +392,9 @@ class Hosts:
         """When to look again at ``group``, whose lapse is due at ``now``, if it is put off;
         None to lapse now. The first look reads the CPU time of its packing engines that hold
         tasks and puts the lapse off ``PROBE_WINDOW``; a later one puts it off ``BURST_HOLD``
-        more if they were starved since the previous look (each ran less than ``LONG_RUN``,
-        and together they waited for a CPU longer than they ran), up to ``STARVED_LIMIT``
+        more if they were starved since the previous look (each ran less than ``LONG_RUN`` or
+        replied meanwhile, and together they waited for a CPU longer than they ran: their
+        replies slowed by the busy host, not by long tasks), up to ``STARVED_LIMIT``
         after the first look. Not looked at (None): no ``read_cpu``, an engine that holds
         tasks and runs elsewhere, or none holds any (see the module docstring)."""
         read = self._read_cpu
@@ -406,6 +413,7 @@ class Hosts:
         if not readings:
             return None
         before, group.probe = group.probe, readings
+        since, group.looked_at = group.looked_at, now
         if before is None:
             group.starved_since = now
             return now + PROBE_WINDOW
@@ -414,7 +422,7 @@ class Hosts:
             previous = before.get(engine)
             if previous is None:  # it got its tasks since: measure it over the next window
                 return now + PROBE_WINDOW
-            if run - previous[0] >= LONG_RUN:
+            if run - previous[0] >= LONG_RUN and engine.last_reply < since:
                 return None  # running without replying: a long task
             ran += run - previous[0]
             waited += wait - previous[1]

@@ -68,11 +68,31 @@ def test_a_gone_or_unreadable_process_reads_as_none(tmp_path: Path) -> None:
     with child(ASLEEP) as pid:
         pass
     assert read_schedstat(pid) is None
-    garbled = tmp_path / "schedstat"
-    garbled.write_text("not numbers\n")
-    assert read_schedstat(1, str(garbled)) is None
-    garbled.write_text("")
-    assert read_schedstat(1, str(garbled)) is None
+    thread = tmp_path / "7" / "task" / "7"
+    thread.mkdir(parents=True)
+    (thread / "schedstat").write_text("not numbers\n")
+    assert read_schedstat(7, str(tmp_path)) is None
+    (thread / "schedstat").write_text("")
+    assert read_schedstat(7, str(tmp_path)) is None
+    other = tmp_path / "7" / "task" / "8"
+    other.mkdir()
+    (other / "schedstat").write_text("300 40 2\n")  # the threads that can be read, summed
+    assert read_schedstat(7, str(tmp_path)) == (300, 40)
+
+
+def test_every_thread_of_the_process_counts() -> None:
+    """A process whose main thread sleeps while another thread works (an engine's I/O thread
+    receiving its tasks) has run: the main thread's own statistics would say it did not."""
+    code = (
+        "import sys, threading, time\n"
+        "threading.Thread(target=lambda: [None for _ in iter(int, 1)], daemon=True).start()\n"
+        "sys.stdout.write('ready\\n'); sys.stdout.flush()\ntime.sleep(60)\n"
+    )
+    with child(code) as pid:
+        ran, _ = grown(pid, 0.3)
+        assert ran > 0.05
+        main = Path(f"/proc/{pid}/schedstat").read_text().split()
+        assert int(main[0]) < 0.05e9  # its main thread hardly ran
 
 
 @pytest.mark.parametrize(

@@ -706,3 +706,22 @@ def test_a_stalled_lapse_of_starved_engines_is_put_off_too() -> None:
     assert not dispatched_to(sim.tick(resumed + DRAIN_GAP + PROBE_WINDOW))
     assert sim.core.packing_counts()["starved"] == 1
     assert all(sim.core.held(u) for u in EIGHT[4:])
+
+
+def test_packing_engines_that_reply_slowly_on_a_busy_host_keep_the_packing() -> None:
+    """Replies too far apart to be a burst's, from engines that waited for a CPU longer than
+    they ran: their replies are slowed by the busy host, not by long tasks (ran LONG_RUN and
+    more, but replied since the previous look)."""
+    sim, clock, due = starving_sim()
+    assert not dispatched_to(sim.tick(due))
+    sim.now = due + PROBE_WINDOW / 2
+    for uuid in EIGHT[:4]:  # one reply each, long after their last: not a burst reply
+        assert set(dispatched_to(sim.finish(sim.queues[uuid][0]))) <= set(EIGHT[:4])
+    clock.spend(PACKING_PIDS, ran=2 * LONG_RUN / 1e9, waited=0.05)
+    assert not dispatched_to(sim.tick(due + PROBE_WINDOW))
+    assert sim.core.packing_counts()["starved"] == 1
+    assert all(sim.core.held(u) for u in EIGHT[4:])
+    # the same CPU time without a reply since the last look: a long task, the packing lapses
+    clock.spend(PACKING_PIDS, ran=2 * LONG_RUN / 1e9, waited=0.05)
+    released = dispatched_to(sim.tick(due + PROBE_WINDOW + BURST_HOLD))
+    assert sorted(set(released)) == EIGHT[4:]
