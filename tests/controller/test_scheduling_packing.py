@@ -26,6 +26,14 @@ EIGHT = [f"e{index}" for index in range(8)]
 ON_TWO_CORES = {uuid: ("m", [0, 1]) for uuid in EIGHT}  # 8 engines, 2 cores: 4 pack
 
 
+def packing_counts(**changed: int) -> dict[str, int]:
+    """The scheduler's packing exit counts: 0 but those ``changed``."""
+    return {"started": 0, "lapsed": 0, "stalled": 0, "kept": 0, "starved": 0, **changed}
+
+
+ONE_LAPSE = packing_counts(started=1, lapsed=1)
+
+
 def packed_sim(
     policy: str = "leastload", hosts: dict[str, tuple[str, list[int]]] | None = None
 ) -> Sim:
@@ -104,13 +112,7 @@ def test_a_done_burst_keeps_its_host_packing_through_the_pause() -> None:
     assert all(sim.core.held(u) for u in EIGHT[4:])
     assert sim.core.next_deadline() is None
     assert sim.core.packed_until("e0") == float("inf")
-    assert sim.core.packing_counts() == {
-        "started": 1,
-        "lapsed": 0,
-        "stalled": 0,
-        "kept": 1,
-        "starved": 0,
-    }
+    assert sim.core.packing_counts() == packing_counts(started=1, kept=1)
 
 
 def test_a_burst_after_a_pause_stays_on_the_packing_engines() -> None:
@@ -129,13 +131,7 @@ def test_a_burst_after_a_pause_stays_on_the_packing_engines() -> None:
                 assert set(dispatched_to(sim.finish(sim.queues[uuid][0]))) <= {uuid}
     assert not any(sim.queues[u] for u in EIGHT[4:])
     assert all(sim.core.capacity(u) == 8 == len(sim.queues[u]) for u in EIGHT[:4])
-    assert sim.core.packing_counts() == {
-        "started": 1,
-        "lapsed": 0,
-        "stalled": 0,
-        "kept": 1,
-        "starved": 0,
-    }
+    assert sim.core.packing_counts() == packing_counts(started=1, kept=1)
     no_queued_task_has_a_free_engine(sim)
 
 
@@ -152,13 +148,7 @@ def test_a_few_long_tasks_after_a_pause_are_spread_drain_gap_after_the_first() -
     assert sorted(dispatched_to(sim.tick(resumed + DRAIN_GAP))) == EIGHT[4:]
     assert all(len(sim.queues[u]) == 1 for u in EIGHT)  # one long task on every engine
     assert not any(sim.core.held(u) for u in EIGHT)
-    assert sim.core.packing_counts() == {
-        "started": 1,
-        "lapsed": 1,
-        "stalled": 1,
-        "kept": 1,
-        "starved": 0,
-    }
+    assert sim.core.packing_counts() == packing_counts(started=1, lapsed=1, stalled=1, kept=1)
 
 
 def test_many_long_tasks_after_a_pause_are_spread_burst_hold_after_the_first() -> None:
@@ -173,13 +163,7 @@ def test_many_long_tasks_after_a_pause_are_spread_burst_hold_after_the_first() -
     assert all(len(sim.queues[u]) == 2 for u in EIGHT)  # max_outstanding each, 4 still wait
     assert not any(sim.core.held(u) for u in EIGHT)
     assert sim.core.next_deadline() is None
-    assert sim.core.packing_counts() == {
-        "started": 1,
-        "lapsed": 1,
-        "stalled": 0,
-        "kept": 1,
-        "starved": 0,
-    }
+    assert sim.core.packing_counts() == packing_counts(started=1, lapsed=1, kept=1)
 
 
 def test_a_pause_with_a_packing_engine_still_busy_is_a_lapse() -> None:
@@ -196,13 +180,7 @@ def test_a_pause_with_a_packing_engine_still_busy_is_a_lapse() -> None:
     assert not sim.core.waiting_count()
     sim.tick(sim.now + BURST_HOLD)
     assert not any(sim.core.held(u) for u in EIGHT)
-    assert sim.core.packing_counts() == {
-        "started": 1,
-        "lapsed": 1,
-        "stalled": 0,
-        "kept": 0,
-        "starved": 0,
-    }
+    assert sim.core.packing_counts() == ONE_LAPSE
     sim.now += 5.0
     submit_many(sim, 8)
     assert all(sim.queues[u] for u in EIGHT[1:])  # spread again
@@ -225,13 +203,7 @@ def test_the_packing_lapses_after_burst_hold_and_the_held_engines_take_the_queue
     assert all(sim.core.outstanding(u) == sim.core.capacity(u) for u in EIGHT[4:])
     assert not any(sim.core.held(u) for u in EIGHT)
     assert sim.core.next_deadline() is None
-    assert sim.core.packing_counts() == {
-        "started": 1,
-        "lapsed": 1,
-        "stalled": 0,
-        "kept": 0,
-        "starved": 0,
-    }
+    assert sim.core.packing_counts() == ONE_LAPSE
     no_queued_task_has_a_free_engine(sim)
 
 
@@ -257,13 +229,7 @@ def test_long_tasks_right_after_a_burst_run_side_by_side() -> None:
     sim.tick(sim.now + DRAIN_GAP)
     assert all(len(sim.queues[u]) == 1 for u in EIGHT)  # one long task on every engine
     assert not any(sim.core.held(u) for u in EIGHT)
-    assert sim.core.packing_counts() == {
-        "started": 1,
-        "lapsed": 1,
-        "stalled": 1,
-        "kept": 0,
-        "starved": 0,
-    }
+    assert sim.core.packing_counts() == packing_counts(started=1, lapsed=1, stalled=1)
 
 
 def test_more_tasks_waiting_than_held_engines_keep_the_packing_until_burst_hold() -> None:
@@ -284,13 +250,7 @@ def test_more_tasks_waiting_than_held_engines_keep_the_packing_until_burst_hold(
     assert not dispatched_to(sim.tick(resumed - BURST_GAP + BURST_HOLD))
     released = dispatched_to(sim.tick(resumed + BURST_HOLD))
     assert released == ["e4", "e5", "e6", "e7", "e0"]  # the least loaded first
-    assert sim.core.packing_counts() == {
-        "started": 1,
-        "lapsed": 1,
-        "stalled": 0,
-        "kept": 0,
-        "starved": 0,
-    }
+    assert sim.core.packing_counts() == ONE_LAPSE
 
 
 def test_an_idle_packing_engine_that_answers_at_once_takes_the_tasks_that_waited() -> None:
@@ -639,13 +599,7 @@ def test_a_packing_engine_that_runs_without_replying_is_stuck_and_the_packing_la
     clock.spend(PACKING_PIDS[1:], ran=0.0, waited=0.02)
     released = dispatched_to(sim.tick(due + PROBE_WINDOW))
     assert sorted(set(released)) == EIGHT[4:]
-    assert sim.core.packing_counts() == {
-        "started": 1,
-        "lapsed": 1,
-        "stalled": 0,
-        "kept": 0,
-        "starved": 0,
-    }
+    assert sim.core.packing_counts() == ONE_LAPSE
     no_queued_task_has_a_free_engine(sim)
 
 
@@ -687,14 +641,7 @@ def test_a_packing_engine_whose_cpu_cannot_be_read_lapses_at_once() -> None:
 def test_a_stalled_lapse_of_starved_engines_is_put_off_too() -> None:
     """The DRAIN_GAP lapse (every packing engine got its task while idle and none replied)
     looks at them first as well: starved, it is put off."""
-    clock = CpuClock()
-    clock.spend(list(PIDS.values()), 0.0, 0.0)
-    core = SchedulerCore(
-        max_outstanding=2, burst_prefetch=4, burst_packing=2, seed=1, read_cpu=clock.read
-    )
-    sim = Sim(core, engines=EIGHT, hosts=ON_TWO_CORES, pids=PIDS)
-    submit_many(sim, 2000)
-    burst_until_packed(sim)
+    sim, clock, _ = starving_sim()
     sim.drain()
     sim.tick(sim.now + BURST_HOLD)  # kept through the pause
     sim.now += 5.0
