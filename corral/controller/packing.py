@@ -127,7 +127,7 @@ STARVED_LIMIT: Final = 1.0
 CpuReader: TypeAlias = Callable[[int], "tuple[int, int] | None"]
 """``read_cpu(pid)``: nanoseconds the process's threads have run and have waited for a CPU,
 summed (None: unknown or gone). The scheduler shell reads Linux's
-``/proc/<pid>/schedstat`` (:mod:`corral.controller.cpu_wait`)."""
+``/proc/<pid>/task/*/schedstat`` (:mod:`corral.controller.cpu_wait`)."""
 
 BURST_PACKING: Final = 2
 """The scheduler's default ``burst_packing``: engines per core that run a burst of tiny tasks
@@ -427,7 +427,7 @@ class Hosts:
             ran += run - previous[0]
             waited += wait - previous[1]
         if waited <= ran:
-            return None  # neither running nor waiting for a CPU: blocked in a task
+            return None  # not kept from a CPU: blocked in a task (neither ran nor waited)
         self.counts["starved"] += 1
         return now + BURST_HOLD
 
