@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from corral.controller.cpu_wait import LocalEngines, read_schedstat
-from corral.engine.placement import cpu_share, pid_namespace
+from corral.engine.placement import cpu_share
 
 BUSY = "import sys\nsys.stdout.write('ready\\n'); sys.stdout.flush()\nwhile True: pass\n"
 ASLEEP = "import sys, time\nsys.stdout.write('ready\\n'); sys.stdout.flush()\ntime.sleep(60)\n"
@@ -122,6 +122,6 @@ def test_only_an_engine_in_this_kernel_and_pid_namespace_is_read(
 
 
 def test_without_a_pid_namespace_nothing_is_read() -> None:
-    local = LocalEngines(namespace=None) if pid_namespace() is None else LocalEngines()
-    local.namespace = None
+    local = LocalEngines()
+    local.namespace = None  # where the system tells none (a namespace of None is looked up)
     assert local.pid({**cpu_share(), "pid": 4242}) is None
