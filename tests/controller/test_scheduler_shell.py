@@ -300,6 +300,29 @@ def test_a_packing_outlives_the_pause_after_its_burst() -> None:
                 recv_msg(session, peers.client)
 
 
+def test_a_deadline_set_by_a_message_is_armed_at_the_end_of_its_turn(peers: Peers) -> None:
+    """The shell asks the core for its next deadline once a turn, after the turn's messages:
+    a task that waits for a running one with a timeout, sent right behind it, still fails
+    with DependencyTimeout when its time runs out, and the running one is answered as usual."""
+    first = peers.session.msg("apply_request", {})
+    send_msg(peers.session, peers.client, first)
+    running = peers.register_engine("engine-a", first)
+    started = time.monotonic()
+    waiter = send_msg(
+        peers.session,
+        peers.client,
+        "apply_request",
+        {},
+        metadata={"after": [first.msg_id], "timeout": 0.2},
+    )
+    reply = peers.next_reply()
+    assert reply.parent_header["msg_id"] == waiter.msg_id
+    assert reply.content["status"] == "error" and reply.content["ename"] == "DependencyTimeout"
+    assert time.monotonic() - started >= 0.2
+    peers.reply(running)
+    assert peers.next_reply().parent_header["msg_id"] == first.msg_id
+
+
 @contextmanager
 def engines_on_one_core(
     peers: Peers, context: zmq.Context[Any], uuids: list[str], *, queued: int
