@@ -86,7 +86,10 @@ ms) or replied meanwhile (its replies too slow to count as a burst's: seen on a 
 together they waited for a CPU longer than they ran, they are starved and the packing is
 renewed for ``BURST_HOLD``, to be looked at again then. An engine that ran longer without
 replying is in a long task, and engines that neither ran nor waited are blocked in one (a
-sleep, I/O): the packing lapses as before, ``PROBE_WINDOW`` later. A starved packing lapses
+sleep, I/O): the packing lapses as before, ``PROBE_WINDOW`` later; unless the scheduler's own
+process (``own_pid``) waited for a CPU longer than it ran meanwhile: then their tasks may
+still be on their way (the scheduler's I/O thread sends them), and the lapse is put off as
+for starved engines. A starved packing lapses
 anyway ``STARVED_LIMIT`` after the first look, so no task waits on it without bound.
 
 ``--burst-packing 0`` turns packing off.
@@ -161,6 +164,7 @@ class HostGroup:
     # hold tasks had run and waited (ns) at the last look, and when the first look was
     recheck_at: float = float("-inf")
     probe: dict[EngineState, tuple[int, int]] | None = None
+    own: tuple[int, int] | None = None  # the scheduler's own at that look (Hosts.own_pid)
     looked_at: float = float("-inf")
     starved_since: float = float("-inf")
 
@@ -194,21 +198,37 @@ def _unprobe(group: HostGroup) -> None:
     """Forget ``group``'s looks at its engines' CPU time and any lapse put off."""
     group.recheck_at = float("-inf")
     group.probe = None
+    group.own = None
     group.looked_at = float("-inf")
     group.starved_since = float("-inf")
+
+
+def _kept_from_cpu(before: tuple[int, int] | None, after: tuple[int, int] | None) -> bool:
+    """Whether the scheduler's own process waited for a CPU longer than it ran between two
+    looks (False if either is unknown). Packing engines that neither ran nor waited hold
+    tasks that may not have reached them yet: the scheduler's I/O thread sends them, and on
+    a busy host it too waits its turn (bench/README.md, round twenty-three: a 64-engine
+    burst beside two busy loops spread over 60 cold engines after such a look)."""
+    if before is None or after is None:
+        return False
+    return after[1] - before[1] > after[0] - before[0]
 
 
 class Hosts:
     """Engines grouped by machine, and which of them a burst may use; see the module
     docstring. ``per_core`` 0 turns packing off (no engine ever packs or is held).
     ``read_cpu``: the CPU time of an engine's process by pid (None: never looked at; a due
-    lapse is then taken at once)."""
+    lapse is then taken at once); ``own_pid``: the scheduler's own process, read the same way
+    (None: not read)."""
 
-    def __init__(self, per_core: int, read_cpu: CpuReader | None = None) -> None:
+    def __init__(
+        self, per_core: int, read_cpu: CpuReader | None = None, own_pid: int | None = None
+    ) -> None:
         if per_core < 0:
             raise ValueError(f"burst_packing must be >= 0, not {per_core}")
         self.per_core = per_core
         self._read_cpu = read_cpu
+        self._own_pid = own_pid
         self._groups: dict[str, HostGroup] = {}
         self._grouped = 0  # engines in the groups
         # the packing groups, in the order they started (a dict: the core's actions must
@@ -412,7 +432,9 @@ class Hosts:
                 readings[engine] = reading
         if not readings:
             return None
+        own = read(self._own_pid) if self._own_pid is not None else None
         before, group.probe = group.probe, readings
+        own_before, group.own = group.own, own
         since, group.looked_at = group.looked_at, now
         if before is None:
             group.starved_since = now
@@ -426,7 +448,7 @@ class Hosts:
                 return None  # running without replying: a long task
             ran += run - previous[0]
             waited += wait - previous[1]
-        if waited <= ran:
+        if waited <= ran and not _kept_from_cpu(own_before, own):
             return None  # not kept from a CPU: blocked in a task (neither ran nor waited)
         self.counts["starved"] += 1
         return now + BURST_HOLD

@@ -17,6 +17,7 @@ Engines come and go through the Hub's notifications. The process around it is
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -126,6 +127,7 @@ class SchedulerShell:
             burst_prefetch=int(settings.get("burst_prefetch", BURST_PREFETCH)),
             burst_packing=int(settings.get("burst_packing", BURST_PACKING)),
             read_cpu=read_schedstat,
+            own_pid=os.getpid(),
         )
         self._local = LocalEngines()  # engines whose CPU time the core may read (packing)
         limit = settings.get("request_buffer_limit")

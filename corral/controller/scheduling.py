@@ -144,6 +144,7 @@ class SchedulerCore(Placement):
         burst_prefetch: int = 1,
         burst_packing: int = 0,
         read_cpu: CpuReader | None = None,
+        own_pid: int | None = None,
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown scheduler policy {policy!r}; choose one of {POLICIES}")
@@ -156,7 +157,7 @@ class SchedulerCore(Placement):
         # an engine answering in bursts may hold this many (see _observe); 1: never more
         self.burst_cap = max_outstanding * burst_prefetch
         # engines grouped by host, for bursts packed on a few of them (0 engines per core: off)
-        self._hosts = Hosts(burst_packing, read_cpu)
+        self._hosts = Hosts(burst_packing, read_cpu, own_pid)
         self._track_bursts = self.burst_cap > max_outstanding or burst_packing > 0
         self._now = 0.0  # the latest time an event brought (add and remove bring none)
         self._rng = random.Random(seed)

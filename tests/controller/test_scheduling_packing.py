@@ -547,16 +547,22 @@ class CpuClock:
 
 PIDS = {uuid: 1000 + index for index, uuid in enumerate(EIGHT)}
 PACKING_PIDS = [PIDS[uuid] for uuid in EIGHT[:4]]
+SCHEDULER_PID = 999
 
 
 def starving_sim() -> tuple[Sim, CpuClock, float]:
     """A packed burst whose packing engines then fall silent with tasks queued (the lapse due
-    BURST_HOLD after their last burst reply), the core able to read their CPU time: the
-    simulator, the clock, and when the lapse is due."""
+    BURST_HOLD after their last burst reply), the core able to read their CPU time and its
+    own: the simulator, the clock, and when the lapse is due."""
     clock = CpuClock()
-    clock.spend(list(PIDS.values()), 0.0, 0.0)
+    clock.spend([*PIDS.values(), SCHEDULER_PID], 0.0, 0.0)
     core = SchedulerCore(
-        max_outstanding=2, burst_prefetch=4, burst_packing=2, seed=1, read_cpu=clock.read
+        max_outstanding=2,
+        burst_prefetch=4,
+        burst_packing=2,
+        seed=1,
+        read_cpu=clock.read,
+        own_pid=SCHEDULER_PID,
     )
     sim = Sim(core, engines=EIGHT, hosts=ON_TWO_CORES, pids=PIDS)
     submit_many(sim, 2000)
@@ -608,6 +614,34 @@ def test_packing_engines_that_neither_run_nor_wait_are_blocked_and_the_packing_l
     engines take the queue, PROBE_WINDOW after the lapse was due."""
     sim, clock, due = starving_sim()
     assert not dispatched_to(sim.tick(due))
+    clock.spend(PACKING_PIDS, ran=0.0, waited=0.0)
+    assert sorted(set(dispatched_to(sim.tick(due + PROBE_WINDOW)))) == EIGHT[4:]
+    assert sim.core.packing_counts()["starved"] == 0
+
+
+def test_idle_packing_engines_of_a_scheduler_kept_from_a_cpu_keep_the_packing() -> None:
+    """Engines that neither ran nor waited while the scheduler itself waited for a CPU longer
+    than it ran: their tasks may not have left the scheduler's I/O thread yet, so they are
+    starved through it and the lapse is put off; once the scheduler runs freely, the same
+    silence is taken for engines blocked in their tasks and the packing lapses."""
+    sim, clock, due = starving_sim()
+    assert not dispatched_to(sim.tick(due))
+    clock.spend(PACKING_PIDS, ran=0.0, waited=0.0)
+    clock.spend([SCHEDULER_PID], ran=0.002, waited=0.015)
+    assert not dispatched_to(sim.tick(due + PROBE_WINDOW))
+    assert sim.core.packing_counts()["starved"] == 1
+    assert all(sim.core.held(u) for u in EIGHT[4:])
+    clock.spend(PACKING_PIDS, ran=0.0, waited=0.0)
+    clock.spend([SCHEDULER_PID], ran=0.002, waited=0.001)
+    released = dispatched_to(sim.tick(due + PROBE_WINDOW + BURST_HOLD))
+    assert sorted(set(released)) == EIGHT[4:]
+    assert sim.core.packing_counts() == packing_counts(started=1, lapsed=1, starved=1)
+
+
+def test_a_scheduler_whose_own_cpu_cannot_be_read_takes_silent_engines_as_blocked() -> None:
+    sim, clock, due = starving_sim()
+    assert not dispatched_to(sim.tick(due))
+    del clock.times[SCHEDULER_PID]
     clock.spend(PACKING_PIDS, ran=0.0, waited=0.0)
     assert sorted(set(dispatched_to(sim.tick(due + PROBE_WINDOW)))) == EIGHT[4:]
     assert sim.core.packing_counts()["starved"] == 0
