@@ -87,9 +87,9 @@ together they waited for a CPU longer than they ran, they are starved and the pa
 renewed for ``BURST_HOLD``, to be looked at again then. An engine that ran longer without
 replying is in a long task, and engines that neither ran nor waited are blocked in one (a
 sleep, I/O): the packing lapses as before, ``PROBE_WINDOW`` later; unless the scheduler's own
-process (``own_pid``) waited for a CPU longer than it ran meanwhile: then their tasks may
-still be on their way (the scheduler's I/O thread sends them), and the lapse is put off as
-for starved engines. A starved packing lapses
+process (``own_pid``) waited for a CPU longer than it ran meanwhile: then the engines' silence
+says nothing (their tasks, or their replies, may still be in the scheduler's I/O thread), and
+the lapse is put off as for starved engines. A starved packing lapses
 anyway ``STARVED_LIMIT`` after the first look, so no task waits on it without bound.
 
 ``--burst-packing 0`` turns packing off.
@@ -205,10 +205,12 @@ def _unprobe(group: HostGroup) -> None:
 
 def _kept_from_cpu(before: tuple[int, int] | None, after: tuple[int, int] | None) -> bool:
     """Whether the scheduler's own process waited for a CPU longer than it ran between two
-    looks (False if either is unknown). Packing engines that neither ran nor waited hold
-    tasks that may not have reached them yet: the scheduler's I/O thread sends them, and on
-    a busy host it too waits its turn (bench/README.md, round twenty-three: a 64-engine
-    burst beside two busy loops spread over 60 cold engines after such a look)."""
+    looks (False if either is unknown). Then packing engines that were not kept from a CPU
+    and did not reply may hold tasks that have not reached them yet, or have replied into
+    it: the scheduler's I/O thread carries both, and on a busy host it too waits its turn
+    (bench/README.md, round twenty-three: a 64-engine burst beside two busy loops spread over
+    60 cold engines after a look that found its four packing engines, 64 tasks each, neither
+    running nor waiting)."""
     if before is None or after is None:
         return False
     return after[1] - before[1] > after[0] - before[0]

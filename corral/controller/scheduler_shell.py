@@ -367,8 +367,9 @@ class SchedulerShell:
         """Carry out the core's actions; the timer is armed for the core's next deadline at
         the end of the turn (:meth:`_flush`). Asked after every message, that deadline cost the
         scheduler about 3 us per task while a burst was packed (the queue's length and each
-        packing group's lapse, per reply); nothing can fall due between a message and the
-        end of its turn that the turn's timers would not run anyway."""
+        packing group's lapse, per reply). The timer is armed before the loop polls again, so
+        no deadline is missed: one already due runs on the next turn, which then polls
+        without waiting."""
         for action in actions:
             if isinstance(action, Dispatch):
                 self._dispatch(action.msg_id, action.engine_uuid, action.attempt)
