@@ -170,6 +170,16 @@ def summarise(collapsed: Path, top: int) -> list[tuple[int, int, str]]:
     return rows
 
 
+def lapse_reasons(packing: dict[str, Any]) -> str:
+    """What the lapses' last looks found (corral.controller.packing.LAPSE_REASONS), those
+    counted; "reasons not counted" for a tree older than the counts."""
+    reasons = ("unread", "long", "blocked", "at_limit")
+    if not any(reason in packing for reason in reasons):
+        return "reasons not counted"
+    found = [f"{reason} {packing[reason]}" for reason in reasons if packing.get(reason)]
+    return "by reason: " + (", ".join(found) or "none")
+
+
 def scheduler_sends(stats: dict[str, Any] | None) -> str:
     """The scheduler's sends by peer from the controller's stats file, as messages per zmq
     message (how large its bundles were: :mod:`corral.bundles`); "" if the file has none."""
@@ -318,8 +328,9 @@ def main() -> None:
     if isinstance(packing, dict):  # corral.controller.packing: bursts kept on a few engines
         print(
             f"  bursts packed: started {packing.get('started')}, lapsed {packing.get('lapsed')}"
-            f" (of which early, its packing engines silent: {packing.get('stalled')}),"
-            f" kept {packing.get('kept')}, put off starved {packing.get('starved')}"
+            f" (of which early, its packing engines silent: {packing.get('stalled')};"
+            f" {lapse_reasons(packing)}), kept {packing.get('kept')},"
+            f" put off starved {packing.get('starved')}"
         )
     if recording is not None:
         samples = perf_roles.read_samples(perf_roles.script_lines(recording.out), role_of)

@@ -132,6 +132,18 @@ CpuReader: TypeAlias = Callable[[int], "tuple[int, int] | None"]
 summed (None: unknown or gone). The scheduler shell reads Linux's
 ``/proc/<pid>/task/*/schedstat`` (:mod:`corral.controller.cpu_wait`)."""
 
+UNREAD: Final = "unread"
+LONG: Final = "long"
+BLOCKED: Final = "blocked"
+AT_LIMIT: Final = "at_limit"
+LAPSE_REASONS: Final = (UNREAD, LONG, BLOCKED, AT_LIMIT)
+"""Why a due lapse was taken, each an exit count (:attr:`Hosts.counts`): ``unread``, its
+packing engines' CPU time was not read (no ``read_cpu``, an engine elsewhere or gone, or none
+of them holds a task); ``long``, one ran ``LONG_RUN`` or more in a look without replying;
+``blocked``, together they waited for a CPU no longer than they ran (engines asleep in their
+tasks, or running freely without a burst reply) while the scheduler was not kept from one;
+``at_limit``, ``STARVED_LIMIT`` after the first look."""
+
 BURST_PACKING: Final = 2
 """The scheduler's default ``burst_packing``: engines per core that run a burst of tiny tasks
 on an oversubscribed host (bench/README.md, round eleven: 64 engines on 2 cores, every no-op
@@ -242,8 +254,10 @@ class Hosts:
         # packings, for the scheduler's exit counts: started, lapsed, and of those lapsed how
         # many DRAIN_GAP after the last reply (their engines all given work while idle); and
         # how many times a packing was kept through a pause (Hosts.woke), and a due lapse put
-        # off because its engines were starved (Hosts._starved_until)
+        # off because its engines were starved (Hosts._starved_until); each lapse is also
+        # counted under what its last look found (LAPSE_REASONS)
         self.counts = {"started": 0, "lapsed": 0, "stalled": 0, "kept": 0, "starved": 0}
+        self.counts.update(dict.fromkeys(LAPSE_REASONS, 0))
 
     def add(self, engine: EngineState, machine: str, cpus: Iterable[int]) -> list[EngineState]:
         """``engine`` registered on ``machine`` and may run on ``cpus``: it joins that group
@@ -396,13 +410,14 @@ class Hosts:
                 _unprobe(group)
                 continue
             put_off = self._starved_until(group, now)
-            if put_off is not None:
+            if not isinstance(put_off, str):
                 group.recheck_at = put_off
                 continue
             _unprobe(group)
             del self._packing[group]
             group.packing = False
             self.counts["lapsed"] += 1
+            self.counts[put_off] += 1
             self.counts["stalled"] += lapse < group.packing_until
             for engine in group.engines:
                 engine.held = False
@@ -410,18 +425,21 @@ class Hosts:
         self.next_check = self._earliest_lapse()
         return released
 
-    def _starved_until(self, group: HostGroup, now: float) -> float | None:
+    def _starved_until(self, group: HostGroup, now: float) -> float | str:
         """When to look again at ``group``, whose lapse is due at ``now``, if it is put off;
-        None to lapse now. The first look reads the CPU time of its packing engines that hold
-        tasks and puts the lapse off ``PROBE_WINDOW``; a later one puts it off ``BURST_HOLD``
-        more if they were starved since the previous look (each ran less than ``LONG_RUN`` or
-        replied meanwhile, and together they waited for a CPU longer than they ran: their
-        replies slowed by the busy host, not by long tasks), up to ``STARVED_LIMIT``
-        after the first look. Not looked at (None): no ``read_cpu``, an engine that holds
-        tasks and runs elsewhere, or none holds any (see the module docstring)."""
+        to lapse now, why (one of :data:`LAPSE_REASONS`). The first look reads the CPU time
+        of its packing engines that hold tasks and puts the lapse off ``PROBE_WINDOW``; a
+        later one puts it off ``BURST_HOLD`` more if they were starved since the previous
+        look (each ran less than ``LONG_RUN`` or replied meanwhile, and together they waited
+        for a CPU longer than they ran: their replies slowed by the busy host, not by long
+        tasks), up to ``STARVED_LIMIT`` after the first look. Not looked at (``UNREAD``): no
+        ``read_cpu``, an engine that holds tasks and runs elsewhere, or none holds any (see
+        the module docstring)."""
         read = self._read_cpu
-        if read is None or (group.probe is not None and now - group.starved_since >= STARVED_LIMIT):
-            return None
+        if read is None:
+            return UNREAD
+        if group.probe is not None and now - group.starved_since >= STARVED_LIMIT:
+            return AT_LIMIT
         readings: dict[EngineState, tuple[int, int]] = {}
         for engine in group.engines:  # its packing engines first (registration order)
             if not engine.packs:
@@ -430,10 +448,10 @@ class Hosts:
                 pid = engine.pid
                 reading = read(pid) if pid is not None else None
                 if reading is None:
-                    return None
+                    return UNREAD
                 readings[engine] = reading
         if not readings:
-            return None
+            return UNREAD
         own = read(self._own_pid) if self._own_pid is not None else None
         before, group.probe = group.probe, readings
         own_before, group.own = group.own, own
@@ -447,11 +465,11 @@ class Hosts:
             if previous is None:  # it got its tasks since: measure it over the next window
                 return now + PROBE_WINDOW
             if run - previous[0] >= LONG_RUN and engine.last_reply < since:
-                return None  # running without replying: a long task
+                return LONG  # running without replying: a long task
             ran += run - previous[0]
             waited += wait - previous[1]
         if waited <= ran and not _kept_from_cpu(own_before, own):
-            return None  # not kept from a CPU: blocked in a task (neither ran nor waited)
+            return BLOCKED  # not kept from a CPU: blocked in a task (or ran freely)
         self.counts["starved"] += 1
         return now + BURST_HOLD
 

@@ -10,7 +10,14 @@ from collections.abc import Sequence
 
 import pytest
 
-from corral.controller.packing import DRAIN_GAP, LONG_RUN, PROBE_WINDOW, STARVED_LIMIT, Hosts
+from corral.controller.packing import (
+    DRAIN_GAP,
+    LAPSE_REASONS,
+    LONG_RUN,
+    PROBE_WINDOW,
+    STARVED_LIMIT,
+    Hosts,
+)
 from corral.controller.scheduling import POLICIES, SchedulerCore
 from corral.controller.scheduling_state import BURST_GAP, BURST_HOLD, Action, Dispatch, EngineState
 from corral.protocol.dependency import Dependency
@@ -28,10 +35,12 @@ ON_TWO_CORES = {uuid: ("m", [0, 1]) for uuid in EIGHT}  # 8 engines, 2 cores: 4 
 
 def packing_counts(**changed: int) -> dict[str, int]:
     """The scheduler's packing exit counts: 0 but those ``changed``."""
-    return {"started": 0, "lapsed": 0, "stalled": 0, "kept": 0, "starved": 0, **changed}
+    counts = {"started": 0, "lapsed": 0, "stalled": 0, "kept": 0, "starved": 0}
+    return {**counts, **dict.fromkeys(LAPSE_REASONS, 0), **changed}
 
 
-ONE_LAPSE = packing_counts(started=1, lapsed=1)
+# a lapse of a core without read_cpu: never looked at
+ONE_LAPSE = packing_counts(started=1, lapsed=1, unread=1)
 
 
 def packed_sim(
@@ -148,7 +157,8 @@ def test_a_few_long_tasks_after_a_pause_are_spread_drain_gap_after_the_first() -
     assert sorted(dispatched_to(sim.tick(resumed + DRAIN_GAP))) == EIGHT[4:]
     assert all(len(sim.queues[u]) == 1 for u in EIGHT)  # one long task on every engine
     assert not any(sim.core.held(u) for u in EIGHT)
-    assert sim.core.packing_counts() == packing_counts(started=1, lapsed=1, stalled=1, kept=1)
+    expected = packing_counts(started=1, lapsed=1, stalled=1, kept=1, unread=1)
+    assert sim.core.packing_counts() == expected
 
 
 def test_many_long_tasks_after_a_pause_are_spread_burst_hold_after_the_first() -> None:
@@ -163,7 +173,7 @@ def test_many_long_tasks_after_a_pause_are_spread_burst_hold_after_the_first() -
     assert all(len(sim.queues[u]) == 2 for u in EIGHT)  # max_outstanding each, 4 still wait
     assert not any(sim.core.held(u) for u in EIGHT)
     assert sim.core.next_deadline() is None
-    assert sim.core.packing_counts() == packing_counts(started=1, lapsed=1, kept=1)
+    assert sim.core.packing_counts() == packing_counts(started=1, lapsed=1, kept=1, unread=1)
 
 
 def test_a_pause_with_a_packing_engine_still_busy_is_a_lapse() -> None:
@@ -229,7 +239,7 @@ def test_long_tasks_right_after_a_burst_run_side_by_side() -> None:
     sim.tick(sim.now + DRAIN_GAP)
     assert all(len(sim.queues[u]) == 1 for u in EIGHT)  # one long task on every engine
     assert not any(sim.core.held(u) for u in EIGHT)
-    assert sim.core.packing_counts() == packing_counts(started=1, lapsed=1, stalled=1)
+    assert sim.core.packing_counts() == packing_counts(started=1, lapsed=1, stalled=1, unread=1)
 
 
 def test_more_tasks_waiting_than_held_engines_keep_the_packing_until_burst_hold() -> None:
@@ -506,6 +516,8 @@ def test_random_schedules_with_packing_keep_every_invariant(seed: int) -> None:
     finish_everything(sim, rng)
     assert len(sim.final) == len(sim.tasks) > 250
     assert held  # the schedule did hold engines
+    counts = core.packing_counts()  # each lapse counted under exactly one reason
+    assert counts["lapsed"] == sum(counts[reason] for reason in LAPSE_REASONS)
 
 
 def test_packings_lapsing_together_release_their_engines_in_the_order_they_started() -> None:
@@ -605,7 +617,7 @@ def test_a_packing_engine_that_runs_without_replying_is_stuck_and_the_packing_la
     clock.spend(PACKING_PIDS[1:], ran=0.0, waited=0.02)
     released = dispatched_to(sim.tick(due + PROBE_WINDOW))
     assert sorted(set(released)) == EIGHT[4:]
-    assert sim.core.packing_counts() == ONE_LAPSE
+    assert sim.core.packing_counts() == packing_counts(started=1, lapsed=1, long=1)
     no_queued_task_has_a_free_engine(sim)
 
 
@@ -616,7 +628,7 @@ def test_packing_engines_that_neither_run_nor_wait_are_blocked_and_the_packing_l
     assert not dispatched_to(sim.tick(due))
     clock.spend(PACKING_PIDS, ran=0.0, waited=0.0)
     assert sorted(set(dispatched_to(sim.tick(due + PROBE_WINDOW)))) == EIGHT[4:]
-    assert sim.core.packing_counts()["starved"] == 0
+    assert sim.core.packing_counts() == packing_counts(started=1, lapsed=1, blocked=1)
 
 
 def test_idle_packing_engines_of_a_scheduler_kept_from_a_cpu_keep_the_packing() -> None:
@@ -635,7 +647,7 @@ def test_idle_packing_engines_of_a_scheduler_kept_from_a_cpu_keep_the_packing() 
     clock.spend([SCHEDULER_PID], ran=0.002, waited=0.001)
     released = dispatched_to(sim.tick(due + PROBE_WINDOW + BURST_HOLD))
     assert sorted(set(released)) == EIGHT[4:]
-    assert sim.core.packing_counts() == packing_counts(started=1, lapsed=1, starved=1)
+    assert sim.core.packing_counts() == packing_counts(started=1, lapsed=1, starved=1, blocked=1)
 
 
 def test_a_scheduler_whose_own_cpu_cannot_be_read_takes_silent_engines_as_blocked() -> None:
@@ -660,6 +672,7 @@ def test_a_starved_packing_lapses_at_the_limit() -> None:
     assert now == pytest.approx(due + STARVED_LIMIT, abs=BURST_HOLD)
     assert now >= due + STARVED_LIMIT
     assert sim.core.packing_counts()["lapsed"] == 1
+    assert sim.core.packing_counts()["at_limit"] == 1
     no_queued_task_has_a_free_engine(sim)
 
 
@@ -669,7 +682,7 @@ def test_a_packing_engine_whose_cpu_cannot_be_read_lapses_at_once() -> None:
     sim, clock, due = starving_sim()
     del clock.times[PACKING_PIDS[2]]
     assert sorted(set(dispatched_to(sim.tick(due)))) == EIGHT[4:]
-    assert sim.core.packing_counts()["starved"] == 0
+    assert sim.core.packing_counts() == ONE_LAPSE
 
 
 def test_a_stalled_lapse_of_starved_engines_is_put_off_too() -> None:
