@@ -485,13 +485,19 @@ def main() -> None:
         default=",".join(map(str, SCALE_ENGINES)),
         help="corral LB engine counts beside 2 ('' for none)",
     )
-    parser.add_argument("--measure", help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--measure", help="only this system's figures, as JSON (ppe, raw, corral, scale:N)"
+    )
+    parser.add_argument("--out", help="with --measure: the file for them (default: stdout)")
     args = parser.parse_args()
     diagnose_hangs()
     if args.measure:
         use_source(show=False)
-        Path(args.out).write_text(json.dumps(measure(args.measure)))
+        figures = json.dumps(measure(args.measure))
+        if args.out:
+            Path(args.out).write_text(figures)
+        else:
+            print(figures)
         return
 
     scale = tuple(int(n) for n in args.scale.split(",") if n)
