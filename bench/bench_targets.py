@@ -450,6 +450,23 @@ def targets(
     return out
 
 
+def scale_lines(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Each scale run's tasks/s and what its scheduler's packing did (its non-zero exit
+    counts: a lapse mid-run, and what its last look found, explains a slow run at 64
+    engines; docs/wire-flows.md, ``packing``)."""
+    lines = []
+    for system, measured in runs.items():
+        if not system.startswith("scale:"):
+            continue
+        shown = []
+        for run in measured:
+            packing = run.get("packing") or {}
+            counts = ", ".join(f"{key} {value}" for key, value in packing.items() if value)
+            shown.append(f"{run['lb_tasks_per_s']:,.0f}" + (f" ({counts})" if counts else ""))
+        lines.append(f"{system} tasks/s by run: " + "; ".join(shown))
+    return lines
+
+
 def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float | None]]:
     keys = {
         "latency.median": ("latency", "median_us"),
@@ -553,6 +570,8 @@ def main() -> None:
         ["", *columns],
         rows,
     )
+    for line in scale_lines(runs):
+        print(line)
     verdicts = {}
     for corral in variants:
         verdicts[corral] = targets(table, corral, scale)
