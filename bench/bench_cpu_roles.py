@@ -173,10 +173,13 @@ def summarise(collapsed: Path, top: int) -> list[tuple[int, int, str]]:
 def lapse_reasons(packing: dict[str, Any]) -> str:
     """What the lapses' last looks found (corral.controller.packing.LAPSE_REASONS), those
     counted; "reasons not counted" for a tree older than the counts."""
-    reasons = ("unread", "long", "blocked", "at_limit")
-    if not any(reason in packing for reason in reasons):
+    try:
+        from corral.controller.packing import LAPSE_REASONS
+    except ImportError:  # the measured tree (CORRAL_BENCH_SOURCE) is older
         return "reasons not counted"
-    found = [f"{reason} {packing[reason]}" for reason in reasons if packing.get(reason)]
+    if not any(reason in packing for reason in LAPSE_REASONS):
+        return "reasons not counted"
+    found = [f"{reason} {packing[reason]}" for reason in LAPSE_REASONS if packing.get(reason)]
     return "by reason: " + (", ".join(found) or "none")
 
 
