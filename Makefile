@@ -47,9 +47,14 @@ native: venv
 demo: venv native
 	$(VPY) -m corral.demo
 
-test: NATIVE_FLAGS = --require
-test: lint sysdeps mongod chromium native
+# The set-up runs two jobs at a time (mongod's environment and Chromium beside the venv, the
+# lint's mypy beside the compiled build; apt-install.sh serialises the packages), then the suite.
+test:
+	$(MAKE) -j2 --output-sync=target NATIVE_FLAGS=--require test-ready
 	$(VPY) -m pytest -q
+
+.PHONY: test-ready
+test-ready: lint sysdeps mongod chromium native
 
 # ipyparallel, dask and Ray live in their own environment: benchmark peers, never dependencies.
 $(BENCH_VENV)/.installed: pyproject.toml | sysdeps
