@@ -52,10 +52,13 @@ demo: venv native
 	$(VPY) -m corral.demo
 
 # The set-up runs two jobs at a time (mongod's environment and Chromium beside the venv, the
-# lint's mypy beside the compiled build; apt-install.sh serialises the packages), then the suite.
+# lint's mypy beside the compiled build; apt-install.sh serialises the packages), then the suite
+# on TEST_WORKERS pytest-xdist workers, a module (the Slurm modules together) on one worker.
+# Most tests wait on processes and timers, so two workers on two cores take 390 s, not 650.
+TEST_WORKERS ?= 2
 test:
 	$(MAKE) -j2 --output-sync=target NATIVE_FLAGS=--require test-ready
-	$(VPY) -m pytest -q
+	$(VPY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 .PHONY: test-ready
 test-ready: lint sysdeps mongod chromium native

@@ -81,3 +81,16 @@ def rc(cluster):  # type: ignore[no-untyped-def]
     client = cluster.client
     client.wait_for_engines(2, timeout=30)
     return client
+
+
+# One private Slurm serves every test that submits jobs: their modules run on one worker.
+SHARED_SYSTEM_GROUPS = {"test_slurm.py": "slurm", "test_pbs_on_slurm.py": "slurm"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist's ``--dist loadgroup`` (``make test``), a module's tests run in file
+    order on one worker, so its module-scoped cluster starts once and tests that build on the
+    one before (the dashboard's browser tests) see what they expect."""
+    for item in items:
+        group = SHARED_SYSTEM_GROUPS.get(item.path.name, str(item.path))
+        item.add_marker(pytest.mark.xdist_group(group))

@@ -182,21 +182,27 @@ def test_a_killed_engine_turns_dead_within_seconds(browser: Any, dashboard_clust
     rc = dashboard_cluster.client
     show(browser, dashboard_cluster, "#/")
     alive = len(rc.ids)
-    process = next(p for p in dashboard_cluster.engines if p.poll() is None)
-    pid_css = "#engines tbody tr[data-engine-id]"
+    # a live engine's row and its process: the engine shut down by the test before may still be
+    # exiting (its process not yet reaped), so the choice starts from what the page shows alive
+    processes = {str(p.pid): p for p in dashboard_cluster.engines if p.poll() is None}
+    rows_css = "#engines tbody tr[data-engine-id]"
 
-    def row_of_pid() -> int | None:
+    def live_row() -> tuple[int, str] | None:
         found = browser.execute_script(
-            "for (const row of document.querySelectorAll(arguments[0]))"
-            "  if (row.cells[3].innerText === arguments[1]) return row.dataset.engineId;"
+            "for (const row of document.querySelectorAll(arguments[0])) {"
+            "  const state = row.querySelector('.state');"
+            "  if (arguments[1].includes(row.cells[3].innerText) && state &&"
+            "      ['idle', 'busy'].includes(state.innerText))"
+            "    return [row.dataset.engineId, row.cells[3].innerText];"
+            "}"
             "return null",
-            pid_css,
-            str(process.pid),
+            rows_css,
+            list(processes),
         )
-        return None if found is None else int(found)
+        return None if found is None else (int(found[0]), str(found[1]))
 
-    engine_id = wait_until(row_of_pid, 15, "the engine's pid on the page")
-    assert engine_id is not None
+    engine_id, pid = wait_until(live_row, 15, "a live engine's row with its pid on the page")
+    process = processes[pid]
     process.kill()
     process.wait(10)
     wait_until(lambda: engine_state(browser, engine_id) == "dead", 8, "the killed engine dead")
