@@ -54,7 +54,7 @@ demo: venv native
 # The set-up runs two jobs at a time (mongod's environment and Chromium beside the venv, the
 # lint's mypy beside the compiled build; apt-install.sh serialises the packages), then the suite
 # on TEST_WORKERS pytest-xdist workers, a module (the Slurm modules together) on one worker.
-# Most tests wait on processes and timers, so two workers on two cores take 390 s, not 650.
+# Most tests wait on processes and timers, so two workers on two cores take 380-400 s, not 650.
 TEST_WORKERS ?= 2
 test:
 	$(MAKE) -j2 --output-sync=target NATIVE_FLAGS=--require test-ready
