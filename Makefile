@@ -13,18 +13,25 @@ SYSDEPS := mpich libmpich-dev openssh-server openssh-client munge slurm-wlm slur
 # mpi4py must be built against the machine's MPICH (its binary wheel looks for another soname);
 # decided when the recipe runs, after sysdeps has installed mpicc. In .venv, where only the
 # tests use it (what it does, not how fast), it is compiled without optimisation: 36 s instead
-# of 205 s on a 2-core machine, most of a fresh `make test`'s set-up. (pip's wheel cache may
-# hand that build to .bench-venv too: the benches time launches, not MPI calls.)
+# of 205 s on a 2-core machine, and installed apart from the rest of the venv (the `mpi`
+# extra, after sysdeps), so the venv, the compiled build and the lint need not wait for the
+# Debian packages. (pip's wheel cache may hand that build to .bench-venv too: the benches
+# time launches, not MPI calls.)
 MPI4PY_FROM_SOURCE := env $$(command -v mpicc >/dev/null && echo PIP_NO_BINARY=mpi4py)
 MPI4PY_FOR_TESTS := env $$(command -v mpicc >/dev/null && echo PIP_NO_BINARY=mpi4py CFLAGS=-O0)
 
-$(VENV)/.installed: pyproject.toml | sysdeps
+$(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	$(MPI4PY_FOR_TESTS) $(VPY) -m pip install -q -e '.[test,dev,numpy,mongodb]'
+	$(VPY) -m pip install -q -e '.[test,dev,numpy,mongodb]'
 	touch $@
 
 venv: $(VENV)/.installed
+
+# The MPI launcher's test runs mpi4py in .venv: installed once MPICH is (see MPI4PY_FOR_TESTS).
+$(VENV)/.mpi4py: $(VENV)/.installed | sysdeps
+	$(MPI4PY_FOR_TESTS) $(VPY) -m pip install -q -e '.[mpi]'
+	touch $@
 
 # Installs SYSDEPS as root (CI, the dev machines); elsewhere says what the tests will lack.
 sysdeps:
@@ -51,8 +58,9 @@ native: venv
 demo: venv native
 	$(VPY) -m corral.demo
 
-# The set-up runs two jobs at a time (mongod's environment and Chromium beside the venv, the
-# lint's mypy beside the compiled build; apt-install.sh serialises the packages), then the suite
+# The set-up runs two jobs at a time (the venv and then the compiled build beside the Debian
+# packages, then Chromium, mongod's environment, the lint's mypy and mpi4py; apt-install.sh
+# serialises the packages), then the suite
 # on TEST_WORKERS pytest-xdist workers, a module (the Slurm modules together) on one worker.
 # Most tests wait on processes and timers, so two workers on two cores take 380-400 s, not 650.
 TEST_WORKERS ?= 2
@@ -61,7 +69,7 @@ test:
 	$(VPY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 .PHONY: test-ready
-test-ready: lint sysdeps mongod chromium native
+test-ready: native lint sysdeps mongod chromium $(VENV)/.mpi4py
 
 # ipyparallel, dask and Ray live in their own environment: benchmark peers, never dependencies.
 $(BENCH_VENV)/.installed: pyproject.toml | sysdeps
