@@ -143,6 +143,9 @@ class Hub(HubHeartbeat):
         self.engines: dict[int, EngineEntry] = {}
         self.by_uuid: dict[str, EngineEntry] = {}
         self.pending_registrations: dict[str, PendingRegistration] = {}
+        # registrations whose heart did not beat in time, newest last (at most
+        # MAX_LAPSED_REGISTRATIONS): a heart that beats later registers then (hub_beat)
+        self.lapsed_registrations: dict[str, PendingRegistration] = {}
         self.next_id = 0
         self.queries = 0  # requests answered (valid ones; the rejected are in ``rejected``)
         self.next_beat: float | None = None  # None: beat at the first wake
@@ -312,6 +315,7 @@ class Hub(HubHeartbeat):
             content.get("direct"),
         )
         self.told_stale.discard(uuid)
+        self.lapsed_registrations.pop(uuid, None)  # this one supersedes it
         writes = expect_answers(self, uuid, content["tasks"]) if "tasks" in content else []
         reply = ok_reply(
             id=engine_id, heartbeat_period=self.heartbeat_period, **self.engine_addresses

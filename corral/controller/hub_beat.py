@@ -31,6 +31,7 @@ log = logging.getLogger("corral.hub")
 
 REGISTRATION_PING = 0.05  # seconds between repeated beats while an engine waits to register
 PROBE_PERIOD = 0.04  # seconds between probes of an engine whose connection closed
+MAX_LAPSED_REGISTRATIONS = 1024  # lapsed registrations remembered (the oldest forgotten)
 
 
 CONFIRM_PERIOD = 0.25
@@ -63,6 +64,7 @@ class HubHeartbeat:
         engines: dict[int, EngineEntry]
         by_uuid: dict[str, EngineEntry]
         pending_registrations: dict[str, PendingRegistration]
+        lapsed_registrations: dict[str, PendingRegistration]
         expected_from: dict[str, list[str]]
         dropped: set[str]
         told_stale: set[str]
@@ -146,8 +148,52 @@ class HubHeartbeat:
                     self.dropped.add(uuid)
                     entry = self.by_uuid[uuid]
                     actions.extend(self._unregister(entry, "its heart never beat", now))
+                else:
+                    self._lapse(pending)
                 self.expected_from.pop(uuid, None)
         return payload, actions
+
+    def _lapse(self, pending: PendingRegistration) -> None:
+        """Keep a registration whose heart did not beat in time. The engine had its reply and
+        counts itself registered: it does not ask again while this controller pings it (a
+        restarted controller is told apart by its pings, and it is the same one). Forgotten,
+        its heart beating late (its sockets slow to reconnect after a restart, its process
+        starved or paused) left an engine nobody could use or see, for ever."""
+        lapsed = self.lapsed_registrations
+        lapsed.pop(pending.uuid, None)
+        lapsed[pending.uuid] = pending
+        while len(lapsed) > MAX_LAPSED_REGISTRATIONS:
+            del lapsed[next(iter(lapsed))]
+
+    def _register_late(
+        self, pending: PendingRegistration, payload: bytes, now: float
+    ) -> list[Action]:
+        """The first beat of a lapsed registration's heart: registered now, under the id it
+        was given, unless another engine took that id meanwhile (then it is told to stop,
+        rather than left beating unregistered)."""
+        uuid = pending.uuid
+        taken = pending.id in self.engines or any(
+            other.id == pending.id for other in self.pending_registrations.values()
+        )
+        if taken:
+            self.told_stale.add(uuid)
+            log.warning(
+                "hub: engine %s's heart beat after its registration lapsed, and its id %d is "
+                "taken now; telling it to stop",
+                uuid,
+                pending.id,
+            )
+            return [
+                Send(
+                    "registration",
+                    "unregistration_notification",
+                    {"id": -1, "uuid": uuid},
+                    idents=(uuid.encode(),),
+                )
+            ]
+        log.warning("hub: engine %s's heart beat after its registration lapsed; registered", uuid)
+        self.hearts.pong(uuid, payload)
+        return self._register(pending, now)
 
     def _confirm_recorded(self) -> list[Action]:
         """Tell each engine which of its replies are now written to the store, so that it stops
@@ -193,6 +239,9 @@ class HubHeartbeat:
         if pending is not None:
             self.hearts.pong(uuid, payload)
             return self._register(pending, now)
+        lapsed = self.lapsed_registrations.pop(uuid, None)
+        if lapsed is not None and uuid not in self.dropped:
+            return self._register_late(lapsed, payload, now)
         if uuid in self.dropped and uuid not in self.told_stale:
             # a heart we dropped (paused process, partition) came back: its tasks were failed
             # or resubmitted, so tell it to stop rather than let it answer for them twice.

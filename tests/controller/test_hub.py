@@ -176,6 +176,59 @@ def test_late_reply_of_a_dropped_engine_is_not_recorded(hub: HubHarness) -> None
     assert [bytes(b) for b in record["result_buffers"]] == [b"new"]
 
 
+def lapse(hub: HubHarness, uuid: str, **extra: object) -> int:
+    """A registration answered, then its heart silent until the registration lapses."""
+    (reply,) = hub.handle_request(
+        [uuid.encode()], request("registration_request", uuid=uuid, **extra)
+    )
+    assert reply.content["status"] == "ok"
+    for _ in range(2 * hub.hearts.max_misses + 2):
+        hub.tick()
+    assert uuid not in hub.pending_registrations and uuid not in hub.by_uuid
+    return int(reply.content["id"])
+
+
+def test_a_heart_that_beats_after_its_registration_lapsed_registers_then(
+    hub: HubHarness,
+) -> None:
+    """The engine had its registration reply and counts itself registered: this controller's
+    pings never tell it to ask again. Its heart beating late (slow to reconnect after a
+    restart, a starved or paused process) must still register it, or it is lost for ever."""
+    engine_id = lapse(hub, "late")
+    payload, _ = hub.tick()
+    (note,) = hub.handle_pong("late", payload)
+    assert isinstance(note, Send) and note.msg_type == "registration_notification"
+    assert note.content["id"] == engine_id and hub.by_uuid["late"].id == engine_id
+    assert hub.handle_pong("late", payload) == []  # beats on as any registered engine
+    (reply,) = hub.handle_request([b"c"], request("connection_request"))
+    assert reply.content["engines"] == {str(engine_id): "late"}
+
+
+def test_a_late_heart_whose_id_was_taken_meanwhile_is_told_to_stop(hub: HubHarness) -> None:
+    lapse(hub, "late", id=4)
+    assert register(hub, "supervised", id=4) == 4  # a supervisor restarted engine 4
+    payload, _ = hub.tick()
+    (stop,) = hub.handle_pong("late", payload)
+    assert stop.msg_type == "unregistration_notification" and stop.idents == (b"late",)
+    assert hub.engines[4].uuid == "supervised"
+    assert hub.handle_pong("late", payload) == []  # told once
+
+
+def test_a_lapsed_registration_is_superseded_by_a_new_request(hub: HubHarness) -> None:
+    lapse(hub, "again")
+    assert register(hub, "again") == 1  # asked again: a new registration, a new id
+    assert "again" not in hub.lapsed_registrations
+
+
+def test_lapsed_registrations_are_bounded(hub: HubHarness, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hub_beat, "MAX_LAPSED_REGISTRATIONS", 2)
+    for uuid in ("a", "b", "c"):
+        lapse(hub, uuid)
+    assert list(hub.lapsed_registrations) == ["b", "c"]  # the oldest forgotten
+    payload, _ = hub.tick()
+    assert hub.handle_pong("a", payload) == []  # left to register, as any unknown heart
+
+
 def test_unknown_heart_is_left_to_register(hub: HubHarness) -> None:
     """After a controller restart, engines beat before they re-register: leave them be."""
     payload, _ = hub.tick()
