@@ -104,15 +104,20 @@ def test_history_search_finds_a_task_by_msg_id(browser: Any, dashboard_cluster: 
     box.send_keys(ar.msg_id)
     browser.find_element(By.ID, "q-go").click()
 
-    def only_row() -> list[Any]:
-        rows = browser.find_elements(By.CSS_SELECTOR, "#history tbody tr")
-        if len(rows) == 1 and rows[0].get_attribute("data-msg-id") == ar.msg_id:
-            return list(rows)
-        return []
+    def open_only_row() -> str:
+        """The one matching row's text, once clicked. The page draws the table again as the
+        Hub's answers come, so a row found may be gone by the next call: looked up again."""
+        try:
+            rows = browser.find_elements(By.CSS_SELECTOR, "#history tbody tr")
+            if len(rows) != 1 or rows[0].get_attribute("data-msg-id") != ar.msg_id:
+                return ""
+            shown = str(rows[0].text)
+            rows[0].click()
+        except StaleElementReferenceException:
+            return ""
+        return shown
 
-    (row,) = wait_until(only_row, 10, "the one matching row")
-    assert "divmod(47, 5)" in row.text
-    row.click()
+    assert "divmod(47, 5)" in wait_until(open_only_row, 10, "the one matching row")
     wait_until(lambda: "(9, 2)" in text(browser, "#task-sections"), 10, "the task's result")
     assert text(browser, "#task-status") == "ok"
 
