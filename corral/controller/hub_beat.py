@@ -176,24 +176,25 @@ class HubHeartbeat:
             other.id == pending.id for other in self.pending_registrations.values()
         )
         if taken:
-            self.told_stale.add(uuid)
             log.warning(
                 "hub: engine %s's heart beat after its registration lapsed, and its id %d is "
                 "taken now; telling it to stop",
                 uuid,
                 pending.id,
             )
-            return [
-                Send(
-                    "registration",
-                    "unregistration_notification",
-                    {"id": -1, "uuid": uuid},
-                    idents=(uuid.encode(),),
-                )
-            ]
+            return self._tell_to_stop(uuid)
         log.warning("hub: engine %s's heart beat after its registration lapsed; registered", uuid)
         self.hearts.pong(uuid, payload)
         return self._register(pending, now)
+
+    def _tell_to_stop(self, uuid: str) -> list[Action]:
+        """An unsolicited ``unregistration_notification`` on the engine's registration socket
+        (it exits), once per heart."""
+        self.told_stale.add(uuid)
+        notice = {"id": -1, "uuid": uuid}
+        return [
+            Send("registration", "unregistration_notification", notice, idents=(uuid.encode(),))
+        ]
 
     def _confirm_recorded(self) -> list[Action]:
         """Tell each engine which of its replies are now written to the store, so that it stops
@@ -246,14 +247,6 @@ class HubHeartbeat:
             # a heart we dropped (paused process, partition) came back: its tasks were failed
             # or resubmitted, so tell it to stop rather than let it answer for them twice.
             # Hearts this Hub never knew (it was restarted) re-register by themselves.
-            self.told_stale.add(uuid)
             log.warning("hub: heart %s beats but is not registered; telling it to stop", uuid)
-            return [
-                Send(
-                    "registration",
-                    "unregistration_notification",
-                    {"id": -1, "uuid": uuid},
-                    idents=(uuid.encode(),),
-                )
-            ]
+            return self._tell_to_stop(uuid)
         return []
