@@ -90,8 +90,12 @@ def build() -> None:
     digests = native.source_digests()  # before mypyc reads them: an edit meanwhile is stale
     jobs = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="corral-native-") as scratch:
+        # a cache of its own: `make test` runs the lint's mypy beside this build, and two
+        # mypy processes writing one .mypy_cache at once can end in mypy's INTERNAL ERROR
+        # (seen in a clean-clone CI run)
+        options = ["--cache-dir", str(ROOT / "build" / "mypy-cache")]
         extensions = mypycify(
-            paths, group_name=native.GROUP_NAME, target_dir=scratch, multi_file=True
+            [*options, *paths], group_name=native.GROUP_NAME, target_dir=scratch, multi_file=True
         )
         # mypyc writes the group's header in the group's package folder ("corral/") and the
         # modules' C files at the top, which include it by its bare name
