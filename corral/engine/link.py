@@ -21,8 +21,10 @@ The rules (docs/wire-flows.md, registration and heartbeat):
   attempt is answered. zmq queues every attempt made while the controller is away, so a
   restarted controller sees them all: it accepts the first and refuses the others as already
   registered; the reply to *any* outstanding attempt is therefore taken, and a refusal only
-  counts once no attempt is left. A reply naming other addresses cannot be followed (the heart
-  forwarder cannot be moved): the engine exits.
+  counts once no attempt is left. A refusal of the engine's id as in use (the restarted
+  controller gave it to an engine that asked first) is followed at once by an attempt under a
+  new id. A reply naming other addresses cannot be followed (the heart forwarder cannot be
+  moved): the engine exits.
 - **Replies kept.** Every reply the engine sends is kept (:class:`~.replies.ReplyLog`) until
   the Hub confirms with ``replies_recorded``; after a re-registration the unconfirmed ones are
   sent again (:class:`Resend`).
@@ -143,6 +145,7 @@ class EngineLink:
     _last_ping: float = 0.0
     _next_attempt: float = 0.0  # re-registration: when to send the next attempt
     _hub_instance: bytes | None = None
+    _id_taken: bool = False  # a restarted controller gave this engine's id to another
     _reported_dropped: int = 0  # replies.dropped when last logged
 
     # ------------------------------------------------------------------ inputs
@@ -214,7 +217,7 @@ class EngineLink:
             self._next_attempt = now
         if self.phase is Phase.LOST and now >= self._next_attempt:
             self._next_attempt = now + window
-            return [self._attempt(self.engine_id, again=True)]
+            return [self._attempt(None if self._id_taken else self.engine_id, again=True)]
         return []
 
     def next_deadline(self) -> float | None:
@@ -283,13 +286,27 @@ class EngineLink:
 
     def _on_reregistration_reply(self, content: dict[str, Any], now: float) -> list[Action]:
         if content.get("status") != "ok":
-            if not self._attempts:
-                self.phase = Phase.CONNECTED  # pings decide again whether it is lost
+            if self._attempts:
+                return []  # another attempt may yet be accepted
+            if content.get("id_in_use") is not None:
+                # the restarted controller gave this engine's id to another engine that asked
+                # first: pings would never tell this one to ask again, so it asks at once
+                # for a new id (its tasks and kept replies are named by uuid, not by id)
                 self.log.warning(
-                    "re-registration refused: %s: %s", content.get("ename"), content.get("evalue")
+                    "engine id %s was given to another engine while the controller was away: "
+                    "registering under a new id",
+                    content.get("id_in_use"),
                 )
+                self._id_taken = True
+                self._next_attempt = now + self.heartbeat_period * self.settings.missed_beats
+                return [self._attempt(None, again=True)]
+            self.phase = Phase.CONNECTED  # pings decide again whether it is lost
+            self.log.warning(
+                "re-registration refused: %s: %s", content.get("ename"), content.get("evalue")
+            )
             return []
         self._attempts.clear()
+        self._id_taken = False
         if any(
             str(content.get(name)) != self.addresses[name]
             for name in (*ADDRESS_FIELDS, *OPTIONAL_ADDRESS_FIELDS)

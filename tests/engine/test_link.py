@@ -253,6 +253,30 @@ def test_a_refusal_counts_only_when_no_attempt_is_left() -> None:
     assert only(link.tick(14.2), SendRegistration)  # and none came for long: lost again
 
 
+def test_an_id_taken_by_another_engine_is_given_up_for_a_new_one() -> None:
+    """A restarted controller gave this engine's id to an engine that asked first. Left
+    CONNECTED, the engine would never ask again (the same controller pings it) and no client
+    would ever see it: it asks at once for a new id, and keeps asking without one."""
+    link = registered_link()
+    link.received("task-1")
+    assert link.on_ping(b"1.hub-a", 9.0) == []
+    first = only(link.on_ping(b"1.hub-b", 10.0), SendRegistration)
+    assert first.content["id"] == 0
+    again = only(
+        link.on_registration_message(refused(first, "engine id 0 is in use", id_in_use=0), 10.1),
+        SendRegistration,
+    )
+    assert "id" not in again.content and again.content["tasks"] == ["task-1"]
+    assert phase(link) is Phase.LOST
+    later = only(link.tick(10.1 + PERIOD * MISSED), SendRegistration)
+    assert "id" not in later.content  # unanswered: still without the taken id
+    registered, resend = link.on_registration_message(accepted(again, engine_id=5), 10.5)
+    assert registered == Registered(5, ADDRESSES, PERIOD, None, False) and resend == Resend([])
+    assert (link.phase, link.engine_id) == (Phase.CONNECTED, 5)
+    # a later loss asks for the new id
+    assert only(link.tick(30.0), SendRegistration).content["id"] == 5
+
+
 def test_a_controller_back_on_other_addresses_stops_the_engine() -> None:
     link = registered_link()
     attempt = only(link.tick(10.0), SendRegistration)
