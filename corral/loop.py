@@ -43,8 +43,10 @@ import itertools
 import logging
 import signal
 import socket
+import sys
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Final, cast
@@ -525,6 +527,12 @@ class LoopThread:
         """Start the thread and wait (at most ``timeout`` s) until its setup has run."""
         self._worker.start()
         if not self._set_up.wait(timeout):
+            log.warning(
+                "%s: its setup did not finish in %s s; it was at:\n%s",
+                self.loop.name,
+                timeout,
+                thread_stack(self._worker),
+            )
             self.stop()
             raise ConnectionError(f"{self.loop.name}: its setup did not finish in {timeout} s")
         if self.failure is not None:
@@ -563,4 +571,18 @@ class LoopThread:
         if self._worker.is_alive() and threading.current_thread() is not self._worker:
             self._worker.join(timeout)
             if self._worker.is_alive():
-                log.warning("%s: the thread did not stop within %s s", self.loop.name, timeout)
+                log.warning(
+                    "%s: the thread did not stop within %s s; it is at:\n%s",
+                    self.loop.name,
+                    timeout,
+                    thread_stack(self._worker),
+                )
+
+
+def thread_stack(thread: threading.Thread) -> str:
+    """Where ``thread`` is now, as a traceback: what a thread stuck past its bound waits in
+    (logged with the warning, so that a rare hang says where it was)."""
+    frame = sys._current_frames().get(thread.ident or -1)  # noqa: SLF001 (the only way)
+    if frame is None:
+        return "  (not running)"
+    return "".join(traceback.format_stack(frame)).rstrip()

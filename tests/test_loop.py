@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
@@ -301,6 +302,27 @@ def test_setup_failure_is_raised_by_start(caplog: pytest.LogCaptureFixture) -> N
     assert "the thread failed" not in caplog.text  # raised to the caller, not logged too
     with pytest.raises(ConnectionError):
         thread.loop.call_soon_threadsafe(print)
+
+
+def test_a_setup_stuck_past_its_bound_is_raised_with_where_it_was(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    release = threading.Event()
+
+    def setup_waiting_for_ever(loop: Loop) -> None:
+        release.wait(BOUND)
+
+    thread = LoopThread("stuck", setup_waiting_for_ever)
+    caplog.set_level(logging.WARNING, logger="corral.loop")
+    try:
+        with pytest.raises(ConnectionError, match="setup did not finish in 0.2 s"):
+            thread.start(timeout=0.2)
+        # the stuck thread's stack, for a hang seen once in a CI run to say where it was
+        assert "setup_waiting_for_ever" in caplog.text and "release.wait" in caplog.text
+    finally:
+        release.set()
+        thread.stop()
+    assert not thread.alive
 
 
 def test_a_loop_that_fails_refuses_hand_offs_naming_why(context: zmq.Context[Any]) -> None:
