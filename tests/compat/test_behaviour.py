@@ -208,3 +208,24 @@ def test_dependent_prepickled_and_canned_on_engines(rc) -> None:  # type: ignore
     ] * len(rc.ids)
     canned = corral.can(lambda x: x * 3)
     assert rc[:].apply_sync(lambda c, x: corral.uncan(c)(x), canned, 5) == [15] * len(rc.ids)
+
+
+def test_hub_history_is_in_submission_order(rc) -> None:  # type: ignore[no-untyped-def]
+    """As ipyparallel's (its test_hub_history): oldest ``submitted`` first, although the Hub
+    learns of direct requests from their engines and of load-balanced ones from the scheduler,
+    in another order than they were sent."""
+    balanced = rc.load_balanced_view()
+    results = []
+    for _ in range(20):
+        results.append(rc[0].apply_async(os.getpid))
+        results.append(balanced.apply_async(os.getpid))
+        results.append(rc[1].apply_async(os.getpid))
+    sent = [msg_id for result in results for msg_id in result.msg_ids]
+    rc.wait(results, timeout=30)
+    until(lambda: not rc.result_status(sent)["pending"], 30, "the Hub to record every task")
+    history = rc.hub_history()
+    records = {r["msg_id"]: r["submitted"] for r in rc.db_query({"msg_id": {"$in": sent}})}
+    ours = [msg_id for msg_id in history if msg_id in records]
+    assert sorted(ours) == sorted(sent)
+    dates = [records[msg_id] for msg_id in ours]
+    assert dates == sorted(dates)

@@ -10,6 +10,7 @@ caller always reads its own writes.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
@@ -27,6 +28,7 @@ from .retention import (
     Purge,
     Retention,
     RetentionSettings,
+    completion_time,
     format_size,
 )
 
@@ -337,7 +339,7 @@ class ResultStore(ABC):
 
     @abstractmethod
     def get_history(self) -> list[str]:
-        """Every recorded msg_id, in submission order."""
+        """Every recorded msg_id, in submission order (:func:`in_submission_order`)."""
 
     @abstractmethod
     def flush(self) -> None:
@@ -416,7 +418,6 @@ class ResultStore(ABC):
         status, completion date)``; then apply the limits, which may have changed."""
         if self.retention is None:
             return
-        from .retention import completion_time
 
         now = self.retention.clock()
         completed = []
@@ -506,3 +507,20 @@ class ResultStore(ABC):
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def in_submission_order(rows: Iterable[tuple[str, Any]]) -> list[str]:
+    """``hub_history``'s order, as ipyparallel's: by the time each task was submitted
+    (``submitted``, its request's header date), given ``(msg_id, submitted)`` rows in the order
+    the store first saw them. The Hub learns of tasks in another order than their clients sent
+    them (a direct request's copy comes from its engine, a load-balanced one's from the
+    scheduler), so that order is not the submission's. Ties keep the store's order, and a
+    record without a readable date (a reply seen before its request, after a restart) sorts
+    with the record before it, so every msg_id is listed once."""
+    keyed: list[tuple[float, int, str]] = []
+    when = -math.inf
+    for index, (msg_id, submitted) in enumerate(rows):
+        when = completion_time(submitted, when)
+        keyed.append((when, index, msg_id))
+    keyed.sort()
+    return [msg_id for _, _, msg_id in keyed]

@@ -17,6 +17,7 @@ from .base import (
     ResultStore,
     check_keys,
     check_msg_ids,
+    in_submission_order,
     project,
     validate_record,
 )
@@ -109,7 +110,8 @@ class MemoryStore(ResultStore):
     def get_history(self) -> list[str]:
         with self._lock:
             self._check_open()
-            return list(self._records)
+            rows = [(msg_id, record.get("submitted")) for msg_id, record in self._records.items()]
+        return in_submission_order(rows)
 
     def flush(self) -> None:
         with self._lock:

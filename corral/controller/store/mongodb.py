@@ -44,6 +44,7 @@ from .base import (
     WriteOp,
     check_keys,
     check_msg_ids,
+    in_submission_order,
     project,
     validate_record,
 )
@@ -381,8 +382,8 @@ class MongoStore(ResultStore):
     def get_history(self) -> list[str]:
         self.flush()
         try:
-            cursor = self._tasks.find({}, {"msg_id": 1}, sort=[("_id", 1)])
-            return [document["msg_id"] for document in cursor]
+            cursor = self._tasks.find({}, {"msg_id": 1, "submitted": 1}, sort=[("_id", 1)])
+            return in_submission_order((doc["msg_id"], doc.get("submitted")) for doc in cursor)
         except PyMongoError as exc:
             raise StoreError(f"reading the result store {self.name} failed: {exc}") from exc
 

@@ -56,6 +56,7 @@ from .base import (
     check_msg_ids,
     check_page,
     decoded_fields,
+    in_submission_order,
     project,
     validate_record,
 )
@@ -355,7 +356,8 @@ class SQLiteStore(ResultStore):
         self.flush()
         with self._lock:
             self._check_open()
-            return [row[0] for row in self._reader.execute("SELECT msg_id FROM tasks ORDER BY seq")]
+            rows = self._reader.execute("SELECT msg_id, submitted FROM tasks ORDER BY seq")
+            return in_submission_order(rows)
 
     def holding_writes(self) -> AbstractContextManager[None]:
         return self._writer.holding()
