@@ -10,9 +10,18 @@ marks in the client and the engine) and records, on the clock every process shar
   the rights to trace), so for any moment it knows which thread ran on each CPU, and for
   each wake-up how long the woken thread waited for a CPU and who had the CPUs meanwhile;
 - in every process of the cluster and in this one (a ``sitecustomize``): garbage collections
-  (``gc.callbacks``: generation, duration), the Hub's handlers (the engines' copies, the
-  scheduler's, its timer: pings), the store writer's batches; each Python thread's name is
-  given to the kernel (``prctl(PR_SET_NAME)``), so the scheduler's events name it.
+  (``gc.callbacks``: generation, duration), the Hub's handlers (the engines' copies, from
+  their lanes or the copies PULL; the MUX device's and the scheduler's; its queries; its
+  timer: pings), the store writer's batches; each Python thread's name is given to the
+  kernel (``prctl(PR_SET_NAME)``), so the scheduler's events name it.
+
+**Interpreted client and engine.** The marks are bench_trace's, taken by patching functions
+that mypyc compiles (``corral/native.py``): as there, this process and the engine run
+corral's ``.py`` files (``CORRAL_NATIVE=0``), so the round trips are the interpreted path's
+(what they wait for, not the compiled timings). The Hub's handlers and the store writer are
+compiled too where the tree is built: their events are then not recorded (the output says
+so) unless ``--hub-from-source`` runs the controller from its ``.py`` files as well (the
+scheduler it starts runs as its tree is), which adds to the Hub's CPU.
 
 Then, for the round trips above ``--slow`` (a percentile, 99 by default) against all of them:
 the CPU time each thread (by process and name; other processes as ``other``) got during the
@@ -23,14 +32,16 @@ line per slow round trip (``--show N``) gives the detail::
     PYTHONPATH=$PWD .venv/bin/python bench/bench_tail.py --rounds 4000 --show 6 --runs
 
 Another corral tree is measured with ``CORRAL_BENCH_SOURCE=DIR PYTHONPATH=DIR``, run from an
-empty folder. ``--no-perf`` leaves out the scheduler's events (and their cost: perf takes
-some CPU of its own, counted as ``other:perf``). Round trips during which another process ran
-for more than 20 us are left out of the slow/median comparison (their tail is that process's,
-not corral's); on a machine others share, ``nice -n -10`` before the command (as root) keeps
-most of them clean, and the Hub still runs its 10 nice steps below the rest of the cluster.
-Last, the time the client's and the engine's threads waited for a CPU while a Hub thread ran,
-per round trip: the Hub's share of the tail, which holds under other load better than
-wall-clock figures do.
+empty folder. Without ``perf`` on the ``PATH`` (Debian: ``apt-get install linux-perf``) the
+script stops and says so; ``--no-perf`` leaves out the scheduler's events (and their cost: perf
+takes some CPU of its own, counted as ``other:perf``); perf that cannot record (no rights to
+trace the whole machine) stops the run, after perf's own message. Round trips during which
+another process ran for more than 20 us are left out of the slow/median comparison (their tail
+is that process's, not corral's); on a machine others share, ``nice -n -10`` before the command
+(as root) keeps most of them clean, and the Hub still runs its 10 nice steps below the rest of
+the cluster. Last, the time the client's and the engine's threads waited for a CPU while a Hub
+thread ran, per round trip: the Hub's share of the tail, which holds under other load better
+than wall-clock figures do.
 """
 
 from __future__ import annotations
@@ -55,8 +66,19 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from bench_trace import ENGINE_HOOKS, STAGES, WARMUP, ClientMarks, align_marks, check
-from common import corral_cluster, print_table, restore_environment, use_source
+from bench_trace import (
+    ENGINE_HOOKS,
+    STAGES,
+    WARMUP,
+    ClientMarks,
+    align_marks,
+    check,
+    client_from_source,
+    cluster_native,
+    engine_marks,
+    hooks_environment,
+)
+from common import corral_cluster, print_table, restore_environment
 
 TIMEOUT = 60.0
 FOREIGN_NS = 20_000  # other processes' CPU inside a round trip above which it is not counted
@@ -68,7 +90,7 @@ def one() -> int:
 
 PROCESS_HOOKS = r'''
 """Events of every process for bench/bench_tail.py: collections, the Hub's work, thread names."""
-import atexit, ctypes, gc, json, os, threading, time
+import atexit, ctypes, gc, json, os, sys, threading, time
 
 _tail_out = os.environ.get("CORRAL_TRACE_DIR")
 if _tail_out:
@@ -114,15 +136,26 @@ if _tail_out:
             finally:
                 _tail_events.append([kind, start, _tail_clock(), name])
 
-        setattr(owner, name, wrapped)
+        try:
+            setattr(owner, name, wrapped)
+        except TypeError:  # a compiled class (mypyc): not recorded (bench_tail says so)
+            pass
 
-    try:
+    # the controller's process alone (python -m corral controller): the Hub's handlers, as
+    # HubShell binds them when it starts (after this), and its store writer's batches
+    _tail_argv = list(getattr(sys, "orig_argv", sys.argv))
+    _tail_at = _tail_argv.index("-m") + 1 if "-m" in _tail_argv else len(_tail_argv)
+    if _tail_argv[_tail_at : _tail_at + 2] == ["corral", "controller"]:
         from corral.controller.hub_shell import HubShell
         from corral.controller.store.writer import BatchWriter
-    except ImportError:
-        pass
-    else:
-        for _name in ("_on_device_message", "_on_scheduler_message", "_on_request", "_wake"):
+
+        for _name in (
+            "_on_device_message",  # the MUX device's copies
+            "_on_engine_message",  # the engines' copies: from their lanes, or the PULL
+            "_on_scheduler_message",
+            "_on_request",
+            "_wake",
+        ):
             _tail_wrap(HubShell, _name, "hub")
         _tail_wrap(BatchWriter, "_apply_batch", "store")
 
@@ -268,13 +301,8 @@ def thread_roles(client_pid: int, processes: list[psutil.Process]) -> dict[int, 
     return roles
 
 
-def run(rounds: int, use_perf: bool, folder: Path) -> dict[str, Any]:
-    hooks = folder / "hooks"
-    hooks.mkdir()
-    (hooks / "sitecustomize.py").write_text(ENGINE_HOOKS + "\n" + PROCESS_HOOKS)
-    before = {key: os.environ.get(key) for key in ("PYTHONPATH", "CORRAL_TRACE_DIR")}
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(hooks), *filter(None, [before["PYTHONPATH"]])])
-    os.environ["CORRAL_TRACE_DIR"] = str(folder)
+def run(rounds: int, use_perf: bool, folder: Path, roles: str) -> dict[str, Any]:
+    before = hooks_environment(folder, ENGINE_HOOKS + "\n" + PROCESS_HOOKS, roles)
     # this process: the same hooks (thread names, collections), before the client's threads start
     namespace: dict[str, Any] = {}
     exec(compile(PROCESS_HOOKS, "process-hooks", "exec"), namespace)
@@ -299,6 +327,11 @@ def run(rounds: int, use_perf: bool, folder: Path) -> dict[str, Any]:
                             stdin=subprocess.DEVNULL,
                         )
                         time.sleep(1.0)  # perf's own start-up off the measured rounds
+                        if recorder.poll() is not None:
+                            raise SystemExit(
+                                f"perf record stopped at once (exit {recorder.returncode}, its "
+                                "message above): no rights to trace? --no-perf runs without"
+                            )
                     starts.append(clock())
                     result = view.apply_async(one)
                     result.get(TIMEOUT)
@@ -314,8 +347,7 @@ def run(rounds: int, use_perf: bool, folder: Path) -> dict[str, Any]:
         gc.callbacks.remove(namespace["_tail_on_gc"])
         atexit.unregister(namespace["_tail_dump"])
         os._exit = namespace["_tail_exit"]
-    (dumped,) = folder.glob("engine-*.json")
-    engine = json.loads(dumped.read_text())
+    engine, _, _ = engine_marks(folder, WARMUP + rounds)
     events = [[f"client {kind}", a, b, detail] for kind, a, b, detail in namespace["_tail_events"]]
     for path in folder.glob("events-*.json"):
         pid = int(path.stem.split("-")[1])
@@ -394,7 +426,7 @@ def analyse(result: dict[str, Any], slow_percentile: float, show: int, runs: boo
             ]
         )
     print_table(
-        "stages, us",
+        "stages, us (interpreted: the client and the engine from source)",
         ["stage", "median, all", f"mean, >p{slow_percentile:g}", "mean, <=median"],
         stage_rows,
     )
@@ -550,6 +582,13 @@ def analyse(result: dict[str, Any], slow_percentile: float, show: int, runs: boo
                 print(f"  cpu {cpu}: " + "; ".join(shown))
 
 
+def why_pure_controller() -> str:
+    """Why the controller runs corral's .py files ("" when it runs the compiled build)."""
+    from corral import native
+
+    return native.why_pure()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3000)
@@ -559,11 +598,29 @@ def main() -> None:
     parser.add_argument(
         "--runs", action="store_true", help="each shown round trip: what ran on each CPU"
     )
+    parser.add_argument(
+        "--hub-from-source",
+        action="store_true",
+        help="the controller from its .py files too (CORRAL_NATIVE=0): its handlers recorded",
+    )
     args = parser.parse_args()
-    use_source()
-    use_perf = not args.no_perf and shutil.which("perf") is not None
+    use_perf = not args.no_perf
+    if use_perf and shutil.which("perf") is None:
+        raise SystemExit(
+            "bench_tail.py: perf is not on the PATH (Debian: apt-get install linux-perf; "
+            "the package for the running kernel elsewhere); --no-perf runs without the "
+            "scheduler's events"
+        )
+    client_from_source()
+    roles = "engine,controller" if args.hub_from_source else "engine"
+    print(f"INTERPRETED: {cluster_native(roles)}")
+    if not args.hub_from_source and not why_pure_controller():
+        print(
+            "the Hub's handlers and store batches: not recorded (the controller runs compiled; "
+            "--hub-from-source records them)"
+        )
     with tempfile.TemporaryDirectory(prefix="corral-tail-") as folder:
-        result = run(args.rounds, use_perf, Path(folder))
+        result = run(args.rounds, use_perf, Path(folder), roles)
     print(f"load average before analysis: {os.getloadavg()[0]:.1f}")
     analyse(result, args.slow, args.show, args.runs)
 

@@ -2,36 +2,54 @@
 
 Starts a cluster of one engine and runs ``--rounds`` round trips of a no-op one after the other
 (``view.apply_async(one).get()``), with time marks taken in both processes on the same clock
-(``time.perf_counter_ns``, the system's monotonic clock on Linux, shared by all processes):
+(``time.perf_counter_ns``, the system's monotonic clock on Linux, shared by all processes).
+The request and its reply take the engine's lane (``corral/lane.py``, see docs/wire-flows.md,
+"Direct requests"), or its direct ROUTER where it has none:
 
 - client, user's thread: ``apply_async`` called; the request handed to the I/O thread
-  (``Loop.call_soon_threadsafe``), or sent by this thread itself (``socket_gate.send_frames``:
-  both marks at once, the hand-off stage is then 0); ``apply_async`` returned; ``get()``
+  (``Loop.call_soon_threadsafe`` of the gate's ``_take_handed``), or sent by this thread
+  itself (``LaneSet.send``, or ``socket_gate.send_whole`` on the ROUTER: both marks at once,
+  the hand-off stage is then 0, as in a round trip waited for one at a time); ``get()``
   returned;
-- client, I/O thread: the request sent (``bundles.send_frames`` called), the reply received
-  (``loop.recv_frames`` or ``socket_gate.recv_frames``, or their ``recv_small_as_bytes``, on
-  the mux socket; ``socket_gate._receive`` in a tree where the thread waiting in ``get()``
-  reads its reply itself, which it then marks), the result settled
+- client, the I/O thread: the request sent, when it was handed over (``LaneSet.send``, or
+  ``bundles.send_frames`` on the ROUTER); and whichever thread reads the reply (the user's
+  thread waiting in ``get()``, which leads the gate, or the I/O thread): the reply read
+  (``Lane.receive``, or the gate's ``receive_whole`` on the ROUTER), the result settled
   (``LightFuture.set_result``);
-- engine, main thread: the request received (``loop.recv_frames`` or
-  ``loop.recv_small_as_bytes``), ``TaskRunner.run``
-  started and ended, the reply sent (``bundles.send_frames`` called).
+- engine, main thread: the request read (``Lane.receive``, or ``loop.recv_small_as_bytes`` /
+  ``loop.recv_frames`` on a zmq socket), ``TaskRunner.run`` started and ended, the reply sent
+  (``Lane.send_whole``, or ``bundles.send_frames`` on the ROUTER; the Hub's copies, on its
+  lane or its PUSH, go before it and are not marked).
+
+**Interpreted, not compiled.** Most of these functions are in modules compiled by mypyc
+(``corral/native.py``), whose callers never see a patch of a module attribute, and whose
+classes cannot be patched at all. So the client (this process) and the engine run corral's
+``.py`` files: ``CORRAL_NATIVE=0`` is set for this process's import of corral and, by the
+engine's ``sitecustomize`` (next paragraph), in the engine's process only (the controller and
+the scheduler run as their tree is: compiled if it is built, which the output says). The
+figures are the stages' shares of an interpreted round trip, not the compiled round trip's
+timings: compare them with runs of this script, not with ``bench_targets.py``.
 
 The engine's marks come from a ``sitecustomize`` this script writes to a temporary folder and
-puts first on the engine's ``PYTHONPATH``; it writes them to a file when the engine exits. The
-marks cost a few hundred nanoseconds each. Each stage's median, 90th and 99th percentile
-are printed; the stages of one round trip add up to it, so the table says where a round trip's
-time goes (the MUX device, a C thread in the controller, is inside the two transport
-stages, with the wake-up of the thread that receives). Last comes the CPU of every process
-(the cluster's and this one) per round trip: counted by the kernel, it holds under other load
-when the wall-clock figures do not; then, on Linux, each thread's CPU, sleeps (a sleep is one
-wake-up) and preemptions per round trip, from ``/proc`` (issue 13, round fourteen: which
-threads wake how often, and which ones take a CPU from another of the round trip)::
+puts first on the cluster's ``PYTHONPATH``; it hooks the engine's process alone (by its command
+line) and writes the marks to a file when the engine exits. Each mark is a Python wrapper
+around the call it marks (its cost is inside the stages). Each stage's mark in a round trip is
+the first one at or after the stage before it, none after ``get()`` returned (checked: a stage
+whose function the path no longer calls fails the run rather than borrow the next round trip's
+mark). Each stage's median, 90th and 99th percentile and mean are printed; the stages of one
+round trip add up to it (their means to the round trip's mean, checked), so the table says
+where a round trip's time goes (the kernel's socket and the wake-up of the thread that reads
+are inside the two transport stages). Last comes the CPU of every process (the cluster's and
+this one) per round trip: counted by the kernel, it holds under other load when the wall-clock
+figures do not; then, on Linux, each thread's CPU, sleeps (a sleep is one wake-up) and
+preemptions per round trip, from ``/proc`` (issue 13, round fourteen: which threads wake how
+often, and which ones take a CPU from another of the round trip)::
 
     PYTHONPATH=. .bench-venv/bin/python bench/bench_trace.py --rounds 2000
 
 Another corral tree (a baseline from ``git archive``) is measured with
-``CORRAL_BENCH_SOURCE=DIR PYTHONPATH=DIR``, run from an empty folder.
+``CORRAL_BENCH_SOURCE=DIR PYTHONPATH=DIR``, run from an empty folder; a tree from before the
+lanes needs its own copy of this script.
 """
 
 from __future__ import annotations
@@ -55,63 +73,130 @@ from common import check, corral_cluster, cpu_seconds, print_table, restore_envi
 
 WARMUP = 200
 TIMEOUT = 60.0
+NO_MARK = 2**63 - 1  # no mark at or after a stage's start
+SOURCE_ROLES = "CORRAL_TRACE_SOURCE"  # the cluster's roles the sitecustomize runs from source
 
-ENGINE_HOOKS = textwrap.dedent(
+# First in every cluster process's sitecustomize: its role from its command line (``python -m
+# corral engine ...``: "engine"; the controller's scheduler: "corral.controller.scheduler"),
+# and corral from its .py files where the role is listed in CORRAL_TRACE_SOURCE.
+HOOKS_PROLOGUE = textwrap.dedent(
     '''
-    """Time marks of the engine's main thread (bench/bench_trace.py): written at exit."""
-    import json, os, threading, time
+    """Hooks of bench/bench_trace.py (and bench_tail.py) in the cluster's processes."""
+    import json, os, sys, threading, time
 
-    _out = os.environ.get("CORRAL_TRACE_DIR")
-    if _out:
-        import corral.bundles, corral.loop
+    def _trace_role():
+        argv = list(getattr(sys, "orig_argv", sys.argv))
+        if "-m" not in argv:
+            return ""
+        rest = argv[argv.index("-m") + 1 :]
+        if rest[:1] == ["corral"]:
+            return rest[1] if len(rest) > 1 else ""
+        return rest[0] if rest else ""
+
+    _trace_out = os.environ.get("CORRAL_TRACE_DIR")
+    _trace_role_name = _trace_role() if _trace_out else ""
+    _trace_source = os.environ.get("CORRAL_TRACE_SOURCE", "").split(",")
+    if _trace_role_name and _trace_role_name in _trace_source:
+        # corral's .py files in this process (a patch never reaches a compiled caller): set
+        # for the import that decides (corral.native.install), then taken back, so that what
+        # this process starts (the controller's scheduler) runs as its tree is
+        _trace_had = os.environ.get("CORRAL_NATIVE")
+        os.environ["CORRAL_NATIVE"] = "0"
+        import corral
+        if _trace_had is None:
+            del os.environ["CORRAL_NATIVE"]
+        else:
+            os.environ["CORRAL_NATIVE"] = _trace_had
+    '''
+)
+
+ENGINE_HOOKS = HOOKS_PROLOGUE + textwrap.dedent(
+    """
+    if _trace_role_name == "engine":
+        import corral.bundles, corral.loop, corral.native, zmq
         from corral.engine.runner import TaskRunner
+        from corral.lane import Lane
 
         _marks = {"recv": [], "run_start": [], "run_end": [], "send": []}
+        _calls = {"lane read": 0, "zmq read": 0, "lane reply": 0, "zmq send": 0}
+        _unpatched = []
         _clock = time.perf_counter_ns
         _main = threading.main_thread()
 
-        def _after(name, function):
-            marks = _marks[name]
+        def _patch(owner, name, wrapper):
+            try:
+                setattr(owner, name, wrapper(getattr(owner, name)))
+            except (AttributeError, TypeError) as err:  # gone, or a compiled class
+                _unpatched.append(f"{getattr(owner, '__name__', owner)}.{name}: {err}")
+
+        def _zmq_read(function):  # a zmq socket's message, on the main thread
+            marks = _marks["recv"]
 
             def marked(*args, **kwargs):
-                value = function(*args, **kwargs)
+                value = function(*args, **kwargs)  # zmq.Again when none: no mark
                 if threading.current_thread() is _main:
                     marks.append(_clock())
+                    _calls["zmq read"] += 1
                 return value
 
             return marked
 
-        def _before(name, function):  # a send: its peer may read it before it returns
-            marks = _marks[name]
-            import zmq
+        def _lane_read(function):  # Lane.receive: (messages, still open)
+            marks = _marks["recv"]
+
+            def marked(self, limit):
+                value = function(self, limit)
+                if value[0] and threading.current_thread() is _main:
+                    marks.append(_clock())
+                    _calls["lane read"] += 1
+                return value
+
+            return marked
+
+        def _before_send(function, path):  # a send: its peer may read it before it returns
+            marks = _marks["send"]
 
             def marked(*args, **kwargs):
-                # not the Hub's copies of a direct request (a PUSH, after the reply)
+                # not the Hub's copies on its PUSH (its lane's go by Lane.send, not marked)
                 if threading.current_thread() is _main and getattr(args[0], "type", 0) != zmq.PUSH:
                     marks.append(_clock())
+                    _calls[path] += 1
                 return function(*args, **kwargs)
 
             return marked
 
-        corral.loop.recv_frames = _after("recv", corral.loop.recv_frames)
-        if hasattr(corral.loop, "recv_small_as_bytes"):  # a tree whose task sockets read bytes
-            corral.loop.recv_small_as_bytes = _after("recv", corral.loop.recv_small_as_bytes)
-        corral.bundles.send_frames = _before("send", corral.bundles.send_frames)
-        _run = TaskRunner.run
+        _patch(Lane, "receive", _lane_read)
+        _patch(corral.loop, "recv_frames", _zmq_read)
+        _patch(corral.loop, "recv_small_as_bytes", _zmq_read)
+        _patch(Lane, "send_whole", lambda f: _before_send(f, "lane reply"))  # on its lane
+        _patch(corral.bundles, "send_frames", lambda f: _before_send(f, "zmq send"))  # ROUTER
 
-        def _run_marked(self, item):
-            _marks["run_start"].append(_clock())
-            try:
-                return _run(self, item)
-            finally:
-                _marks["run_end"].append(_clock())
+        def _run_marked(run):
+            starts, ends = _marks["run_start"], _marks["run_end"]
 
-        TaskRunner.run = _run_marked
+            def marked(self, item):
+                starts.append(_clock())
+                try:
+                    return run(self, item)
+                finally:
+                    ends.append(_clock())
+
+            return marked
+
+        _patch(TaskRunner, "run", _run_marked)
 
         def _dump():
-            path = os.path.join(_out, f"engine-{os.getpid()}.json")
+            path = os.path.join(_trace_out, f"engine-{os.getpid()}.json")
             with open(path, "w") as f:
-                json.dump(_marks, f)
+                json.dump(
+                    {
+                        "marks": _marks,
+                        "calls": _calls,
+                        "native": corral.native.describe(),
+                        "unpatched": _unpatched,
+                    },
+                    f,
+                )
 
         _exit = os._exit
 
@@ -122,7 +207,7 @@ ENGINE_HOOKS = textwrap.dedent(
                 _exit(code)
 
         os._exit = _exit_dumping
-    '''
+    """
 )
 
 
@@ -130,55 +215,138 @@ def one() -> int:
     return 1
 
 
+def client_from_source() -> None:
+    """Import corral (:func:`common.use_source`) from its ``.py`` files in this process, the
+    client (``CORRAL_NATIVE=0`` for that import only: the cluster's processes inherit the
+    caller's environment; the engine's sitecustomize sets its own). Refuses a tree whose
+    client would still run compiled modules."""
+    before = {"CORRAL_NATIVE": os.environ.get("CORRAL_NATIVE")}
+    os.environ["CORRAL_NATIVE"] = "0"
+    try:
+        use_source()
+    finally:
+        restore_environment(before)
+    from corral import native
+
+    check(bool(native.state), "the client runs corral's .py files (CORRAL_NATIVE=0)")
+
+
+def cluster_native(roles: str) -> str:
+    """What the output says of the cluster's processes: which run from source, and whether the
+    others run compiled modules (their tree's build, with the caller's environment)."""
+    from corral import native
+
+    reason = native.why_pure()
+    others = "compiled" if not reason else f"from source ({reason})"
+    names = ["client", *roles.split(",")]
+    listed = ", ".join(names[:-1]) + " and " + names[-1]
+    return f"{listed} from source (CORRAL_NATIVE=0); the rest {others}"
+
+
+def hooks_environment(folder: Path, hooks: str, roles: str) -> dict[str, str | None]:
+    """Write ``hooks`` as the ``sitecustomize`` of the cluster's processes, put it first on
+    their ``PYTHONPATH``, the marks' folder and the roles run from source in their
+    environment; the environment before, for :func:`common.restore_environment`."""
+    site = folder / "hooks"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(hooks)
+    before = {key: os.environ.get(key) for key in ("PYTHONPATH", "CORRAL_TRACE_DIR", SOURCE_ROLES)}
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [before["PYTHONPATH"]])])
+    os.environ["CORRAL_TRACE_DIR"] = str(folder)
+    os.environ[SOURCE_ROLES] = roles
+    return before
+
+
+def engine_marks(folder: Path, total: int) -> tuple[dict[str, list[int]], dict[str, int], str]:
+    """The engine's marks (written at its exit), its hooks' calls by path and its native
+    state; fails, saying which hooks did not take, if any stage has fewer marks than round
+    trips."""
+    dumped = list(folder.glob("engine-*.json"))
+    check(len(dumped) == 1, f"one engine's marks in {folder} (found {len(dumped)})")
+    found = json.loads(dumped[0].read_text())
+    marks: dict[str, list[int]] = found["marks"]
+    check(not found["unpatched"], f"the engine's hooks took: not {found['unpatched']}")
+    check("off" in found["native"], f"the engine runs from source: {found['native']}")
+    for name, stage in marks.items():
+        check(len(stage) >= total, f"engine {name}: {len(stage)} marks for {total} round trips")
+    return marks, found["calls"], found["native"]
+
+
 class ClientMarks:
-    """The client's marks, from hooks on the functions its two threads call per round trip."""
+    """The client's marks, from hooks on the functions its threads call per round trip (this
+    process runs corral's .py files: :func:`client_from_source`)."""
 
     def __init__(self) -> None:
         self.marks: dict[str, list[int]] = collections.defaultdict(list)
-        self.received: dict[int, list[int]] = collections.defaultdict(list)  # per socket
+        self.calls: collections.Counter[str] = collections.Counter()  # by path
         self.user = threading.current_thread()
         self._undo: list[Callable[[], None]] = []
 
     def install(self) -> None:
         import corral.bundles
-        import corral.loop
+        import corral.client.socket_gate as gate
+        from corral.client.lanes import LaneSet
         from corral.client.requestfuture import LightFuture
+        from corral.lane import Lane
+        from corral.loop import Loop
 
-        clock, marks, received, user = time.perf_counter_ns, self.marks, self.received, self.user
+        clock, marks, calls, user = time.perf_counter_ns, self.marks, self.calls, self.user
+        handoffs, sends, received, settled = (
+            marks["handoff"],
+            marks["send"],
+            marks["recv"],
+            marks["settled"],
+        )
 
         def patch(owner: Any, name: str, wrapper: Callable[[Any], Any]) -> None:
             original = getattr(owner, name)
-            setattr(owner, name, wrapper(original))
+            try:
+                setattr(owner, name, wrapper(original))
+            except TypeError as err:  # a compiled class (mypyc): its methods stay as they are
+                raise AssertionError(f"{owner.__name__}.{name} cannot be patched: {err}") from err
             self._undo.append(lambda: setattr(owner, name, original))
 
         def handoff(original: Any) -> Any:
-            def marked(loop: Any, *args: Any) -> Any:
-                if threading.current_thread() is user:
-                    marks["handoff"].append(clock())
-                return original(loop, *args)
+            def marked(loop: Any, callback: Any, *args: Any) -> Any:
+                # the gate's hand-off of a request (not a drain it asks for after a send)
+                if getattr(callback, "__name__", "") == "_take_handed":
+                    handoffs.append(clock())
+                return original(loop, callback, *args)
 
             return marked
 
-        def send(original: Any) -> Any:
-            def marked(sock: Any, *args: Any, **kwargs: Any) -> Any:
-                marks["send"].append(clock())  # before: the engine may read it before it returns
-                return original(sock, *args, **kwargs)
+        def send(path: str) -> Callable[[Any], Any]:
+            def wrapper(original: Any) -> Any:
+                def marked(*args: Any, **kwargs: Any) -> Any:
+                    now = clock()  # before: the engine may read it before this returns
+                    if threading.current_thread() is user:  # no hand-off: it is the send
+                        handoffs.append(now)
+                        calls[f"{path}, the user's thread"] += 1
+                    else:
+                        calls[path] += 1
+                    sends.append(now)
+                    return original(*args, **kwargs)
 
-            return marked
+                return marked
 
-        def recv(original: Any) -> Any:
-            def marked(sock: Any, *args: Any, **kwargs: Any) -> Any:
-                value = original(sock, *args, **kwargs)
-                received[id(sock)].append(clock())
+            return wrapper
+
+        def lane_read(original: Any) -> Any:
+            def marked(lane: Any, limit: int) -> Any:
+                value = original(lane, limit)
+                if value[0]:
+                    received.append(clock())
+                    calls["lane read"] += 1
                 return value
 
             return marked
 
-        def received_one(original: Any) -> Any:
+        def zmq_read(original: Any) -> Any:
             def marked(sock: Any, into: Any) -> Any:
                 got = original(sock, into)
                 if got:
-                    received[id(sock)].append(clock())
+                    received.append(clock())
+                    calls["ROUTER read"] += 1
                 return got
 
             return marked
@@ -186,36 +354,18 @@ class ClientMarks:
         def settle(original: Any) -> Any:
             def marked(future: Any, result: Any) -> Any:
                 value = original(future, result)
-                marks["settled"].append(clock())
+                settled.append(clock())
                 return value
 
             return marked
 
-        def direct(original: Any) -> Any:
-            def marked(sock: Any, *args: Any, **kwargs: Any) -> Any:
-                if threading.current_thread() is user:  # no hand-off: it is the send
-                    now = clock()
-                    marks["handoff"].append(now)
-                    marks["send"].append(now)
-                return original(sock, *args, **kwargs)
-
-            return marked
-
-        patch(corral.loop.Loop, "call_soon_threadsafe", handoff)
-        patch(corral.bundles, "send_frames", send)
-        patch(corral.loop, "recv_frames", recv)
+        patch(Loop, "call_soon_threadsafe", handoff)
+        patch(LaneSet, "send", send("lane send"))  # the user's thread, or the I/O thread
+        patch(gate, "send_whole", send("ROUTER send"))  # the user's thread (no lane)
+        patch(corral.bundles, "send_frames", send("zmq send"))  # the I/O thread's outbox
+        patch(Lane, "receive", lane_read)
+        patch(gate, "_receive", zmq_read)  # the gate's receive_whole, on the ROUTER
         patch(LightFuture, "set_result", settle)
-        try:  # a tree whose submitting thread may send itself (corral/client/socket_gate.py)
-            import corral.client.socket_gate as gate
-        except ImportError:
-            pass
-        else:
-            patch(gate, "send_frames", direct)
-            if hasattr(gate, "_receive"):  # a tree where the waiting thread may read too
-                patch(gate, "_receive", received_one)
-            else:  # the receive it uses: small frames as bytes in a tree that has that function
-                small = hasattr(gate, "recv_small_as_bytes")
-                patch(gate, "recv_small_as_bytes" if small else "recv_frames", recv)
 
     def uninstall(self) -> None:
         for undo in reversed(self._undo):
@@ -225,11 +375,11 @@ class ClientMarks:
 STAGES = [
     ("client: apply_async until the hand-off", "start", "handoff"),
     ("client: hand-off until the I/O thread sent it", "handoff", "send"),
-    ("transport (MUX or direct), engine reads it", "send", "e_recv"),
+    ("transport (lane or ROUTER), engine reads it", "send", "e_recv"),
     ("engine: read until the task starts", "e_recv", "run_start"),
     ("engine: TaskRunner.run", "run_start", "run_end"),
     ("engine: run until the reply is sent", "run_end", "e_send"),
-    ("transport (MUX or direct), client reads it", "e_send", "recv"),
+    ("transport (lane or ROUTER), client reads it", "e_send", "recv"),
     ("client: reply read until settled", "recv", "settled"),
     ("client: settled until get() returned", "settled", "end"),
 ]
@@ -310,16 +460,9 @@ def process_roles(processes: list[Any]) -> dict[str, int]:
 
 def trace(
     rounds: int, controller_args: list[str]
-) -> tuple[dict[str, list[int]], float, list[list[Any]]]:
+) -> tuple[dict[str, list[int]], float, list[list[Any]], str, dict[str, float]]:
     with tempfile.TemporaryDirectory(prefix="corral-trace-") as folder:
-        hooks = Path(folder) / "hooks"
-        hooks.mkdir()
-        (hooks / "sitecustomize.py").write_text(ENGINE_HOOKS)
-        before = {key: os.environ.get(key) for key in ("PYTHONPATH", "CORRAL_TRACE_DIR")}
-        os.environ["PYTHONPATH"] = os.pathsep.join(
-            [str(hooks), *filter(None, [before["PYTHONPATH"]])]
-        )
-        os.environ["CORRAL_TRACE_DIR"] = folder
+        before = hooks_environment(Path(folder), ENGINE_HOOKS, "engine")
         client_marks = ClientMarks()
         try:
             with corral_cluster(1, controller_args=controller_args) as running:
@@ -344,13 +487,12 @@ def trace(
                     client_marks.uninstall()
         finally:
             restore_environment(before)
-        (dumped,) = Path(folder).glob("engine-*.json")
-        engine = json.loads(dumped.read_text())
-    total = WARMUP + rounds
-    for name, found in engine.items():
-        check(len(found) >= total, f"engine {name}: {len(found)} marks for {total} round trips")
+        engine, engine_calls, engine_native = engine_marks(Path(folder), WARMUP + rounds)
     marks = align_marks(engine, starts, ends, client_marks, rounds)
-    return marks, cpu * 1e6 / rounds, per_thread
+    calls = {f"client {k}": v for k, v in client_marks.calls.items()}
+    calls.update((f"engine {k}", v) for k, v in engine_calls.items())
+    per_round = {k: round(v / (WARMUP + rounds), 2) for k, v in sorted(calls.items()) if v}
+    return marks, cpu * 1e6 / rounds, per_thread, engine_native, per_round
 
 
 def align_marks(
@@ -360,35 +502,27 @@ def align_marks(
     client_marks: ClientMarks,
     rounds: int,
 ) -> dict[str, list[int]]:
-    """Every stage's marks, one per measured round trip (the warm-up left out): the engine's
-    (one per round trip, its last ``WARMUP + rounds``), the user's thread's ``start`` and
-    ``end``, and the client's I/O marks. The client's hooks may fire more than once per round
-    trip (a settled future may settle another; other sockets receive now and then): each
-    stage's mark is the first one at or after the stage before it."""
-    total = WARMUP + rounds
-    marks = {
-        f"e_{key}" if key in ("recv", "send") else key: v[-total:] for key, v in engine.items()
-    }
-    marks.update(start=starts, end=ends)
-    client = {
-        **client_marks.marks,
-        "recv": sorted(t for ts in client_marks.received.values() for t in ts),
-    }
-    for name, after in (
-        ("handoff", "start"),
-        ("send", "handoff"),
-        ("recv", "e_send"),
-        ("settled", "recv"),
-    ):
-        marks[name] = [next_mark(client[name], when) for when in marks[after]]
-    return {name: found[WARMUP:] for name, found in marks.items()}
+    """Every stage's marks, one per measured round trip (the warm-up left out): the user's
+    thread's ``start`` and ``end``, and each stage's mark the first one at or after the stage
+    before it, in the stages' order (a hook may fire more than once per round trip: a settled
+    future may settle another, other sockets send and receive now and then). A stage's mark
+    after the round trip's ``end`` means the path no longer calls its function: refused."""
+    marks: dict[str, list[int]] = {"start": starts, "end": ends}
+    found = {**{f"e_{key}" if key in ("recv", "send") else key: v for key, v in engine.items()}}
+    found.update(client_marks.marks)
+    for _, begin, stage in STAGES[:-1]:
+        times = sorted(found[stage])
+        marks[stage] = [next_mark(times, when) for when in marks[begin]]
+        late = sum(mark > end for mark, end in zip(marks[stage], ends, strict=True))
+        check(not late, f"{stage}: a mark inside the round trip ({late} of {len(ends)} not)")
+    return {name: stage_marks[WARMUP:] for name, stage_marks in marks.items()}
 
 
 def next_mark(found: list[int], when: int) -> int:
-    """The first of the sorted marks ``found`` at or after ``when``."""
+    """The first of the sorted marks ``found`` at or after ``when`` (:data:`NO_MARK` if none:
+    the caller finds it outside the round trip)."""
     index = bisect.bisect_left(found, when)
-    check(index < len(found), "a mark for every stage of every round trip")
-    return found[index]
+    return found[index] if index < len(found) else NO_MARK
 
 
 def figures(spans: list[float]) -> list[float]:
@@ -407,20 +541,28 @@ def main() -> None:
         "--controller-args", default="", help='flags for the controller: "--hub-nice 0"'
     )
     args = parser.parse_args()
-    use_source()
-    marks, cpu, per_thread = trace(args.rounds, shlex.split(args.controller_args))
+    client_from_source()
+    marks, cpu, per_thread, engine_native, paths = trace(
+        args.rounds, shlex.split(args.controller_args)
+    )
+    print(f"INTERPRETED: {cluster_native('engine')}; the engine: {engine_native}")
+    print(f"the path taken, calls per round trip: {paths}")
     rows = []
     for label, begin, end in STAGES:
         spans = [(b - a) / 1000 for a, b in zip(marks[begin], marks[end], strict=True)]
         check(min(spans) >= 0, f"{label}: marks in order")
-        rows.append([label, *figures(spans)])
+        rows.append([label, *figures(spans), statistics.mean(spans)])
     whole = [(b - a) / 1000 for a, b in zip(marks["start"], marks["end"], strict=True)]
-    rows.append(["round trip (apply_async to get)", *figures(whole)])
+    rows.append(["round trip (apply_async to get)", *figures(whole), statistics.mean(whole)])
+    stages_total = sum(row[-1] for row in rows[:-1])
+    check(abs(stages_total - rows[-1][-1]) < 0.01, "the stages' means add up to the round trip's")
     print_table(
-        f"one direct no-op round trip, {args.rounds} in a row, us {args.controller_args}",
-        ["stage", "median", "p90", "p99"],
+        f"one direct no-op round trip, {args.rounds} in a row, us, interpreted (the stages' "
+        f"shares, not compiled timings) {args.controller_args}",
+        ["stage", "median", "p90", "p99", "mean"],
         rows,
     )
+    print(f"the stages' means add up to {stages_total:.1f} us (the round trip's mean)")
     print(f"CPU per round trip, every process (the client's marks included): {cpu:.0f} us")
     if per_thread:
         print_table(
