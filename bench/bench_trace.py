@@ -319,13 +319,16 @@ class ClientMarks:
             def wrapper(original: Any) -> Any:
                 def marked(*args: Any, **kwargs: Any) -> Any:
                     now = clock()  # before: the engine may read it before this returns
+                    value = original(*args, **kwargs)
+                    if value is False:  # LaneSet.send: no lane, sent on the ROUTER (marked)
+                        return value
                     if threading.current_thread() is user:  # no hand-off: it is the send
                         handoffs.append(now)
                         calls[f"{path}, the user's thread"] += 1
                     else:
                         calls[path] += 1
                     sends.append(now)
-                    return original(*args, **kwargs)
+                    return value
 
                 return marked
 
@@ -459,13 +462,15 @@ def process_roles(processes: list[Any]) -> dict[str, int]:
 
 
 def trace(
-    rounds: int, controller_args: list[str]
+    rounds: int, controller_args: list[str], engine_args: list[str]
 ) -> tuple[dict[str, list[int]], float, list[list[Any]], str, dict[str, float]]:
     with tempfile.TemporaryDirectory(prefix="corral-trace-") as folder:
         before = hooks_environment(Path(folder), ENGINE_HOOKS, "engine")
         client_marks = ClientMarks()
         try:
-            with corral_cluster(1, controller_args=controller_args) as running:
+            with corral_cluster(
+                1, controller_args=controller_args, engine_args=engine_args
+            ) as running:
                 view = running.client[running.client.ids[0]]
                 check(view.apply_async(one).get(TIMEOUT) == 1, "a no-op on the engine")
                 client_marks.install()
@@ -540,10 +545,13 @@ def main() -> None:
     parser.add_argument(
         "--controller-args", default="", help='flags for the controller: "--hub-nice 0"'
     )
+    parser.add_argument(
+        "--engine-args", default="", help='flags for the engine: "--no-lanes" (the ROUTER)'
+    )
     args = parser.parse_args()
     client_from_source()
     marks, cpu, per_thread, engine_native, paths = trace(
-        args.rounds, shlex.split(args.controller_args)
+        args.rounds, shlex.split(args.controller_args), shlex.split(args.engine_args)
     )
     print(f"INTERPRETED: {cluster_native('engine')}; the engine: {engine_native}")
     print(f"the path taken, calls per round trip: {paths}")
@@ -558,7 +566,7 @@ def main() -> None:
     check(abs(stages_total - rows[-1][-1]) < 0.01, "the stages' means add up to the round trip's")
     print_table(
         f"one direct no-op round trip, {args.rounds} in a row, us, interpreted (the stages' "
-        f"shares, not compiled timings) {args.controller_args}",
+        f"shares, not compiled timings) {args.controller_args} {args.engine_args}",
         ["stage", "median", "p90", "p99", "mean"],
         rows,
     )
