@@ -78,8 +78,10 @@ def test_a_request_on_a_lane_is_answered_there_and_copied_for_the_hub() -> None:
             reply = lane_reply(lane, s.session, request)
             assert deserialize_object(list(reply.buffers)) == n + 1
             check_copies(hub, request, next_copy(s), next_copy(s))
-        assert s.shell.lanes is not None
-        assert (s.shell.lanes.requests, s.shell.lanes.replies) == (3, 3)
+        lanes = s.shell.lanes
+        assert lanes is not None
+        # counted once sent: the reply can reach this thread before the engine's count
+        until(lambda: (lanes.requests, lanes.replies) == (3, 3), WAIT, "the replies counted")
         lane.close()
 
 
@@ -96,8 +98,9 @@ def test_a_request_of_many_packets_and_a_reply_too_big_for_one() -> None:
         request = send_on(lane, s.session, big, 2 * LANE_PACKET)
         reply = reply_to(s, request)  # on the client's zmq ROUTER
         assert deserialize_object(list(reply.buffers)) == big(2 * LANE_PACKET)
-        assert s.shell.lanes is not None
-        assert (s.shell.lanes.requests, s.shell.lanes.replies) == (2, 1)
+        lanes = s.shell.lanes
+        assert lanes is not None
+        until(lambda: (lanes.requests, lanes.replies) == (2, 1), WAIT, "the replies counted")
         lane.close()
 
 
