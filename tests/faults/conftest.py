@@ -10,7 +10,24 @@ from pathlib import Path
 
 import pytest
 
+from corral import Client
+from corral.errors import ConnectionError
+from tests.polling import until
+
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def wait_for_controller(rc: Client, timeout: float = 30) -> None:
+    """Until ``rc``'s Hub answers a query (a restarted controller is listening again)."""
+
+    def answers() -> bool:
+        try:
+            rc.queue_status()
+        except ConnectionError:
+            return False
+        return True
+
+    until(answers, timeout, "the client to reach the new controller")
 
 
 class Scripts:

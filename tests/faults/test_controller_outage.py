@@ -16,6 +16,7 @@ import pytest
 from corral import Client
 from corral.errors import ConnectionError, EngineError
 from tests.conftest import start_cluster
+from tests.faults.conftest import wait_for_controller
 from tests.polling import until
 
 TIMEOUT = 2.0  # the client's timeout: short, so the outage is noticed quickly
@@ -63,7 +64,7 @@ def test_client_survives_a_controller_restart(tmp_path: Path) -> None:
             cluster.start_controller()
 
             # the same client: queries work again, the engines come back under their ids
-            until(lambda: _answers(rc), 30, "the client to reach the new controller")
+            wait_for_controller(rc)
             rc.wait_for_engines(2, timeout=60)
             assert rc.ids == [0, 1]
             assert rc.get_result(stored).get(timeout=30) == [42, 42, "balanced"]
@@ -79,14 +80,6 @@ def test_client_survives_a_controller_restart(tmp_path: Path) -> None:
             rc.close()
     finally:
         cluster.stop()
-
-
-def _answers(rc: Client) -> bool:
-    try:
-        rc.queue_status()
-    except ConnectionError:
-        return False
-    return True
 
 
 def _sleeps(seconds: float) -> float:
@@ -179,7 +172,7 @@ def test_a_direct_address_the_restarted_hub_does_not_list_is_dropped(
             assert rc._io.sends_direct(kept) and rc._io.sends_direct(dropped)  # noqa: SLF001
             pid = rc[1].apply_sync(os.getpid)
             _restart_without_engine_1(cluster, pid)
-            until(lambda: _answers(rc), 30, "the client to reach the new controller")
+            wait_for_controller(rc)
             until(
                 lambda: not rc._io.sends_direct(dropped),  # noqa: SLF001
                 30,
@@ -217,7 +210,7 @@ def test_a_direct_task_whose_engine_died_meanwhile_fails_with_an_engine_error(
             running = rc[1].apply_async(_sleeps, 60)
             until(lambda: rc.queue_status(targets=[1])[1]["queue"] == 1, 30, "the task to run")
             _restart_without_engine_1(cluster, pid)
-            until(lambda: _answers(rc), 30, "the client to reach the new controller")
+            wait_for_controller(rc)
             with pytest.raises(EngineError) as info:
                 running.get(timeout=60)
             assert "not registered with the restarted controller" in str(info.value)

@@ -19,11 +19,12 @@ import pytest
 
 from corral import Client, Reference
 from corral.cluster.cluster import stop_cluster
-from corral.errors import ConnectionError, EngineError, QueryError
+from corral.errors import EngineError, QueryError
 from corral.protocol.serialize import serialize_object
 from corral.protocol.shm import HUB
 from corral.sharedmem import SHM_DIR, SharedMemory, cluster_prefix
 from tests.conftest import running_cluster, start_cluster
+from tests.faults.conftest import wait_for_controller
 from tests.polling import until
 
 BIG = np.random.default_rng(5).random(500_000)  # 4 MB
@@ -306,7 +307,7 @@ def test_a_restarted_controller_reclaims_and_the_fast_path_works_again(tmp_path:
             cluster.controller_args.append("--restore")
             cluster.start_controller()
             until(lambda: link not in names(cluster), 30, "the new controller to reclaim it")
-            until(lambda: _answers(rc), 30, "the client to reach the new controller")
+            wait_for_controller(rc)
             rc.wait_for_engines(1, timeout=60)
             assert np.array_equal(rc.get_result(before.msg_ids).get(timeout=30), [BIG * 3])
             after = rc[0].apply_async(lambda a: a + 1, BIG)  # the engine knows the new Hub
@@ -326,14 +327,6 @@ def test_a_restarted_controller_reclaims_and_the_fast_path_works_again(tmp_path:
     finally:
         cluster.stop()
     assert names(cluster) == []
-
-
-def _answers(rc: Client) -> bool:
-    try:
-        rc.queue_status()
-    except ConnectionError:
-        return False
-    return True
 
 
 @pytest.mark.timeout(120)

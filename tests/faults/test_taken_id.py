@@ -13,18 +13,10 @@ from pathlib import Path
 import pytest
 
 from corral import Client
-from corral.errors import ConnectionError
 from corral.protocol.connection_files import ENGINE_FILE
 from tests.conftest import start_cluster
+from tests.faults.conftest import wait_for_controller
 from tests.polling import until
-
-
-def _answers(rc: Client) -> bool:
-    try:
-        rc.queue_status()
-    except ConnectionError:
-        return False
-    return True
 
 
 @pytest.mark.timeout(120)
@@ -51,7 +43,7 @@ def test_an_engine_whose_id_was_taken_in_a_restart_comes_back_under_a_new_id(
                     "engine-newcomer.log",
                 )
                 cluster.engines.append(newcomer)  # stopped with the cluster
-                until(lambda: _answers(rc), 30, "the client to reach the new controller")
+                wait_for_controller(rc)
                 until(
                     lambda: rc.ids == [0] and rc[0].apply_sync(os.getpid) == newcomer.pid,
                     30,
