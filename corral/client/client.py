@@ -89,6 +89,8 @@ class Client(ControllerLink, RequestSending, ControlCalls, HubQueries):
     give DirectViews on some of them and ``rc.load_balanced_view()`` a view that lets the
     scheduler choose. ``history``, ``outstanding``, ``results`` and ``metadata`` record every
     request this client sent. Use it as a context manager, or call :meth:`close`.
+    ``rc.block`` (default False), as ipyparallel's, is the ``block`` flag each view made
+    afterwards starts with, and what :meth:`get_result` and :meth:`resubmit` do by default.
 
     ``shm_threshold`` overrides the cluster's size (bytes) from which buffers travel through
     shared memory to and from engines on this host (0: never, for this client). A request's
@@ -166,6 +168,9 @@ class Client(ControllerLink, RequestSending, ControlCalls, HubQueries):
         # whether every engine of a table (the _uuids dict) shares this host: asked per task
         self._all_share_host: tuple[dict[str, int], int, bool] | None = None
         self.timeout = timeout
+        # as ipyparallel's Client.block: the flag each new view starts with, and what
+        # get_result and resubmit do when not told
+        self.block = False
         self.outage_grace = timeout if outage_grace is None else outage_grace
         self.cluster_id: str = info.cluster_id
         self.cluster: Cluster | None = None  # the Cluster that connected it, as ipyparallel's
@@ -328,7 +333,7 @@ class Client(ControllerLink, RequestSending, ControlCalls, HubQueries):
         if isinstance(targets, int) and not isinstance(targets, bool) and targets < 0:
             targets = self.resolve_targets(targets)[0][0]
 
-        view = DirectView(self, targets)
+        view = DirectView(self, targets, block=self.block)
         view.set_flags(**flags)
         return view
 
@@ -344,7 +349,7 @@ class Client(ControllerLink, RequestSending, ControlCalls, HubQueries):
             targets = None
         elif isinstance(targets, int) and not isinstance(targets, bool):
             targets = [engine_id for engine_id, _ in self.resolve_targets(targets)]
-        view = LoadBalancedView(self, targets)  # type: ignore[arg-type]
+        view = LoadBalancedView(self, targets, block=self.block)  # type: ignore[arg-type]
         view.set_flags(**flags)
         return view
 
@@ -355,7 +360,7 @@ class Client(ControllerLink, RequestSending, ControlCalls, HubQueries):
         (see :mod:`corral.client.broadcast`)."""
         from corral.client.broadcast import BroadcastView
 
-        view = BroadcastView(self, targets, is_coalescing=is_coalescing)
+        view = BroadcastView(self, targets, block=self.block, is_coalescing=is_coalescing)
         view.set_flags(**flags)
         return view
 

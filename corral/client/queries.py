@@ -65,6 +65,7 @@ class HubQueries:
         _io: ClientIO
         session: Session
         timeout: float
+        block: bool
         _shm: SharedMemory
         _views: weakref.WeakSet[View]
         _controller: str | None
@@ -123,7 +124,8 @@ class HubQueries:
         (sent by another client) give an :class:`AsyncHubResult`, fetched from the Hub and
         asked for again until they are done. ``owner``: once done, the AsyncResult takes
         them out of ``results`` and ``metadata`` (as ipyparallel's; see corral.client.cache);
-        ``view.get_result`` defaults to False. ``block``: wait for it first.
+        ``view.get_result`` defaults to False. ``block``: wait for it first (None:
+        ``client.block``).
         """
         if indices_or_msg_ids is None:
             indices_or_msg_ids = -1
@@ -144,7 +146,7 @@ class HubQueries:
             client=cast("Client", self),
             owner=owner,
         )
-        if block:
+        if self.block if block is None else block:
             result.wait()
         return result
 
@@ -162,7 +164,7 @@ class HubQueries:
         still be registered) and the result is an :class:`AsyncHubResult` for the new msg_ids,
         fetched from the Hub as they finish. ``metadata`` (corral only; ignored by
         ipyparallel) replaces fields of the recorded metadata, e.g. ``{"retries": 2}``.
-        ``block``: wait for the results first.
+        ``block``: wait for the results first (None: ``client.block``).
 
         A refusal raises :class:`RemoteError` as ipyparallel's does, and nothing is sent:
         ``ename`` ``KeyError`` for a msg_id the Hub has no record of, ``RequestNotStored``
@@ -197,7 +199,7 @@ class HubQueries:
         result = AsyncHubResult(
             self._records, new_ids, fname="resubmit", client=cast("Client", self)
         )
-        if block:
+        if self.block if block is None else block:
             result.wait()
         return result
 

@@ -240,3 +240,25 @@ def test_get_result_gives_hub_results_for_other_clients(rc, cluster) -> None:  #
         again = rc.get_result(ar.msg_ids[0])
         assert not isinstance(again, AsyncHubResult) and again.get(0) == 42
         assert rc.get_result(again).msg_ids == again.msg_ids
+
+
+def test_client_block_is_the_flag_new_views_start_with(cluster) -> None:  # type: ignore[no-untyped-def]
+    """ipyparallel's ``rc.block = True; view = rc[:]`` (its interengine example): views made
+    afterwards block, views made before keep their flag, and get_result waits."""
+    with cluster.connect() as client:
+        client.wait_for_engines(2, timeout=30)
+        assert client.block is False
+        before = client[:]
+        assert before.block is False and client.load_balanced_view().block is False
+        client.block = True
+        views = [client[:], client[-1], client.load_balanced_view(), client.broadcast_view()]
+        assert all(view.block for view in views) and before.block is False
+        assert views[0].apply(os.getpid) == views[0].apply_sync(os.getpid)
+        assert isinstance(views[2].apply(slow_double, 2), int)
+        assert views[0].execute("x = 5").done()  # blocking: it waited
+        assert client.direct_view(block=False).block is False  # flags still win
+        ar = before.apply_async(slow_double, 3)
+        fetched = client.get_result(ar.msg_ids[0], owner=False)
+        assert fetched.done() and fetched.get(0) == 6  # get_result waited
+        client.block = False
+        assert client[:].block is False
