@@ -43,6 +43,8 @@ log = logging.getLogger("corral.client")
 __all__ = ["HubQueries"]
 
 _DB_DATE_KEYS = ("submitted", "started", "completed", "received")
+#: Fields a full record has even when the task has none (ipyparallel's records always do)
+_UNLABELLED = ("label",)
 #: Resubmitted tasks are followed through the Hub alone (their replies go to it, not to the
 #: client): asked about at most this many seconds apart, so a short task is seen done soon.
 RESUBMIT_POLL_CEILING = 0.1
@@ -434,7 +436,10 @@ class HubQueries:
     ) -> list[dict[str, Any]]:
         """Task records matching a MongoDB-style ``query`` (``{"completed": {"$ne": None}}``),
         with only ``keys`` if given (``msg_id`` is always included; without ``keys`` the
-        buffers are left out). Dates come back as datetimes, buffers as frames."""
+        buffers are left out). Dates come back as datetimes, buffers as frames. As in
+        ipyparallel, whose records hold every field, a record has each key asked for (None
+        when the task has no such field) and, without ``keys``, ``label`` (None: unlabelled).
+        Query operators: see corral.controller.store.query (ipyparallel's, with ``$glob``)."""
         if isinstance(keys, str):
             keys = [keys]
         if keys is not None and "msg_id" not in keys:
@@ -453,4 +458,6 @@ class HubQueries:
             for key in _DB_DATE_KEYS:
                 if isinstance(record.get(key), str):
                     record[key] = parse_date(record[key])
+            for key in _UNLABELLED if keys is None else keys:
+                record.setdefault(key, None)
         return records

@@ -8,6 +8,7 @@ import io
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ import zmq
 import corral
 from corral import error
 from corral.client.asyncresult import AsyncHubResult
+from corral.errors import QueryError
 from tests.compat.conftest import loud_sleep
 from tests.polling import until
 
@@ -262,3 +264,43 @@ def test_client_block_is_the_flag_new_views_start_with(cluster) -> None:  # type
         assert fetched.done() and fetched.get(0) == 6  # get_result waited
         client.block = False
         assert client[:].block is False
+
+
+def test_label_queries_of_ipyparallels_example(rc) -> None:  # type: ignore[no-untyped-def]
+    """ipyparallel's basic_task_label example: labelled tasks found with ``$nin`` given one
+    value (not a list) and with ``$glob`` patterns, on the module cluster's SQLite store."""
+    prefix = f"ex{os.getpid()}"
+    lview, dview = rc.load_balanced_view(), rc[:]
+    ars = [
+        lview.set_flags(label=f"{prefix}_bview_map_00").map_async(slow_double, [1]),
+        lview.set_flags(label=f"{prefix}_bview_apply_00").apply_async(slow_double, 2),
+        dview.set_flags(label=f"{prefix}_dview_map_10").map_async(slow_double, [3, 4]),
+        dview.set_flags(label=f"{prefix}_dview_apply_10").apply_async(slow_double, 5),
+    ]
+    for ar in ars:
+        ar.get(30)
+    rc.wait(timeout=30)
+
+    def labels(query: dict[str, Any]) -> list[str]:
+        found = rc.db_query(query, keys=["msg_id", "label"])
+        return sorted(r["label"] for r in found if (r["label"] or "").startswith(prefix))
+
+    everything = labels({"label": {"$nin": ""}})
+    assert len(everything) == 1 + 1 + 2 + 2
+    assert labels({"label": {"$glob": f"{prefix}_dview_*"}}) == sorted(
+        [f"{prefix}_dview_map_10"] * 2 + [f"{prefix}_dview_apply_10"] * 2
+    )
+    assert labels({"label": {"$glob": f"{prefix}*_map_*"}}) == sorted(
+        [f"{prefix}_bview_map_00"] + [f"{prefix}_dview_map_10"] * 2
+    )
+    assert rc.db_query({"label": {"$glob": f"{prefix.upper()}*"}}) == []
+    # every record has the keys asked for, and label, as ipyparallel's records do
+    plain = rc.load_balanced_view().apply_async(slow_double, 6)
+    plain.get(30)
+    rc.wait(timeout=30)
+    (record,) = rc.db_query({"msg_id": plain.msg_ids[0]})
+    assert record["label"] is None
+    (record,) = rc.db_query({"msg_id": plain.msg_ids[0]}, keys=["label", "engine_uuid"])
+    assert record["label"] is None and isinstance(record["engine_uuid"], str)
+    with pytest.raises(QueryError, match="string pattern"):
+        rc.db_query({"label": {"$glob": 5}})

@@ -2,7 +2,10 @@
 
 A query is a dict ``{field: condition}``; all fields must match. A condition is a plain
 value (equality) or a dict of operators, all of which must hold: ``$eq $ne $lt $lte $gt
-$gte $in $nin``. A dict without ``$`` keys is an equality with that dict.
+$gte $in $nin``, and ipyparallel's ``$glob`` (a shell-style pattern, :func:`fnmatch.fnmatchcase`:
+``{'label': {'$glob': 'fit_*'}}``; only strings match it). A dict without ``$`` keys is an
+equality with that dict. ``$in``/``$nin`` take a list; any other value counts as a list of
+that one value (``{'label': {'$nin': ''}}``, as ipyparallel's SQLite backend reads it).
 
 Semantics, identical in every backend (the tests check this with random queries):
 
@@ -21,6 +24,7 @@ Semantics, identical in every backend (the tests check this with random queries)
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,7 +32,7 @@ from typing import Any, Literal
 
 from corral.errors import QueryError
 
-OPERATORS = ("$eq", "$ne", "$lt", "$lte", "$gt", "$gte", "$in", "$nin")
+OPERATORS = ("$eq", "$ne", "$lt", "$lte", "$gt", "$gte", "$in", "$nin", "$glob")
 _ORDERED = frozenset({"null", "bool", "number", "string", "bytes"})
 _MISSING: Any = None
 _MAX_DEPTH = 32
@@ -155,9 +159,13 @@ def _parse_operator(field: str, operator: Any, value: Any) -> Condition:
         )
     if operator in ("$in", "$nin"):
         if not isinstance(value, list | tuple):
-            raise QueryError(f"{where} needs a list, not {type(value).__name__}")
+            value = [value]  # ipyparallel's SQLite backend: one value, not a list of them
         _check_value(value, where)
         return Condition(field, operator, tuple(value), Members(tuple(value)))
+    if operator == "$glob":
+        if not isinstance(value, str):
+            raise QueryError(f"{where} needs a string pattern, not {type(value).__name__}")
+        return Condition(field, operator, value)
     _check_value(value, where)
     if operator not in ("$eq", "$ne") and category(value) not in _ORDERED:
         raise QueryError(
@@ -213,6 +221,8 @@ def _test(value: Any, condition: Condition) -> bool:
         return not equal(value, operand)
     if condition.members is not None:
         return (value in condition.members) == (operator == "$in")
+    if operator == "$glob":
+        return isinstance(value, str) and fnmatch.fnmatchcase(value, operand)
     kind = category(operand)
     if kind == "null":
         return value is None and operator in ("$lte", "$gte")
@@ -278,12 +288,13 @@ def split_query(
     conditions: list[Condition], scalar_fields: Mapping[str, str]
 ) -> tuple[list[Atom], list[Condition]]:
     """Split conditions into atoms a backend can run natively and a residue for
-    :func:`matches`: conditions on ``scalar_fields`` (name -> category) are native."""
+    :func:`matches`: conditions on ``scalar_fields`` (name -> category) are native, but for
+    ``$glob`` (SQL's GLOB and MongoDB's regular expressions read patterns differently)."""
     atoms: list[Atom] = []
     residue: list[Condition] = []
     for condition in conditions:
         field_category = scalar_fields.get(condition.field)
-        if field_category is None:
+        if field_category is None or condition.operator == "$glob":
             residue.append(condition)
         else:
             atom = translate(condition, field_category)

@@ -44,6 +44,26 @@ from corral.errors import QueryError
         ({"a": datetime.datetime.now()}, {"a": {"$ne": "2020"}}, True),
         ({"a": 5}, {"a": {"$gt": 1, "$lt": 5}}, False),
         ({"a": 5, "b": "x"}, {"a": {"$gte": 5}, "b": {"$in": ["x", "y"]}}, True),
+        # ipyparallel's basic_task_label example: a scalar is a list of that one value
+        ({"a": "x"}, {"a": {"$nin": ""}}, True),
+        ({"a": ""}, {"a": {"$nin": ""}}, False),
+        ({}, {"a": {"$nin": ""}}, True),
+        ({"a": 1}, {"a": {"$in": 1}}, True),
+        ({"a": [1]}, {"a": {"$in": [1]}}, False),
+        ({"a": [1]}, {"a": {"$in": [[1]]}}, True),
+        # $glob: fnmatch's shell patterns, case-sensitive, strings only
+        ({"a": "dview_map_10"}, {"a": {"$glob": "dview_*"}}, True),
+        ({"a": "bview_map_00"}, {"a": {"$glob": "*_map_*"}}, True),
+        ({"a": "bview_apply_00"}, {"a": {"$glob": "*_map_*"}}, False),
+        ({"a": "Dview"}, {"a": {"$glob": "dview"}}, False),
+        ({"a": "ok"}, {"a": {"$glob": "?k"}}, True),
+        ({"a": "ok"}, {"a": {"$glob": "[!o]k"}}, False),
+        ({"a": "a\nb"}, {"a": {"$glob": "a*b"}}, True),
+        ({}, {"a": {"$glob": "*"}}, False),
+        ({"a": None}, {"a": {"$glob": "*"}}, False),
+        ({"a": 1}, {"a": {"$glob": "*"}}, False),
+        ({"a": ["x"]}, {"a": {"$glob": "*"}}, False),
+        ({"a": "xy"}, {"a": {"$glob": "x*", "$ne": "xy"}}, False),
     ],
 )
 def test_match_semantics(record: dict[str, Any], query: dict[str, Any], expected: bool) -> None:
@@ -55,6 +75,12 @@ def test_unknown_operator_is_named() -> None:
         validate_query({"a": {"$where": "1"}})
     with pytest.raises(QueryError, match=r"\$exists"):
         match({}, {"a": {"$exists": True}})
+
+
+def test_glob_needs_a_string_pattern() -> None:
+    for pattern in (None, 1, ["a*"], b"a*"):
+        with pytest.raises(QueryError, match=r"\$glob.*string pattern"):
+            validate_query({"a": {"$glob": pattern}})
 
 
 # ---------------------------------------------------------------- agreement between backends
@@ -109,6 +135,9 @@ def _records() -> list[dict[str, Any]]:
 
 
 RECORDS = _records()
+GLOBS = st.sampled_from(
+    ["*", "", "?", "ok", "o*", "*k", "m?", "m1*", "[op]*", "[!p]*", "*é*", "2026-*"]
+)
 
 COMPOUND = [[1, 2], [True], {"k": "v"}, [], {}, {"msg_type": "a"}, {"n": 1, "m": [1, 2.5]}]
 pool = st.sampled_from([*SCALARS, *COMPOUND])
@@ -143,7 +172,8 @@ def _conditions(field: str) -> st.SearchStrategy[Any]:
     items = st.one_of(
         st.tuples(st.sampled_from(["$eq", "$ne"]), operand),
         st.tuples(st.sampled_from(["$lt", "$lte", "$gt", "$gte"]), ordered),
-        st.tuples(st.sampled_from(["$in", "$nin"]), st.lists(operand, max_size=4)),
+        st.tuples(st.sampled_from(["$in", "$nin"]), st.lists(operand, max_size=4) | operand),
+        st.tuples(st.just("$glob"), GLOBS | st.text("*?[]!-mok0", max_size=5)),
     )
     return operand | st.lists(items, min_size=1, max_size=3).map(dict)
 
