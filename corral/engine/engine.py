@@ -307,6 +307,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         use_batch_scheduling(logging.getLogger("corral.engine"))
     cluster_dir = args.cluster_dir or cluster_dir_from(os.environ)
     path = args.file or cluster_folder(cluster_dir, args.cluster_id) / ENGINE_FILE
+    # as ipyparallel's engines (and IPython): modules are found in the working directory,
+    # the one a task moved to too (its daVinci example runs view.apply(os.chdir, ...), then
+    # functions of a module there); `python -m` put only the starting directory's path there
+    sys.path.insert(0, "")
     try:
         placement = engine_placement(os.environ, mpi_rank=_init_mpi() if args.mpi else None)
         engine = Engine(

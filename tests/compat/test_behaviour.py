@@ -4,7 +4,9 @@ added, each on a real cluster."""
 from __future__ import annotations
 
 import concurrent.futures
+import importlib
 import os
+import sys
 
 import pytest
 
@@ -229,3 +231,24 @@ def test_hub_history_is_in_submission_order(rc) -> None:  # type: ignore[no-unty
     assert sorted(ours) == sorted(sent)
     dates = [records[msg_id] for msg_id in ours]
     assert dates == sorted(dates)
+
+
+def test_engines_import_from_their_working_directory(rc, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """As ipyparallel's engines (its daVinci example): after ``view.apply(os.chdir, folder)``
+    a module in that folder is importable there, also when a function of it is pickled by
+    reference."""
+    name = f"corral_cwd_probe_{os.getpid()}"
+    (tmp_path / f"{name}.py").write_text("def triple(x):\n    return 3 * x\n")
+    view = rc[:]
+    before = view.apply_sync(os.getcwd)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        module = importlib.import_module(name)
+        view.apply_sync(os.chdir, str(tmp_path))
+        assert view.apply_sync(lambda n: __import__(n).triple(2), name) == [6, 6]
+        assert view.apply_sync(module.triple, 5) == [15, 15]
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop(name, None)
+        for engine_id, folder in zip(rc.ids, before, strict=True):
+            rc[engine_id].apply_sync(os.chdir, folder)
