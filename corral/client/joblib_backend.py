@@ -4,7 +4,8 @@
 the name ``"corral"``; :func:`register_joblib_backend` (ipyparallel's top-level function)
 registers one that connects to the default cluster itself. Then
 ``with joblib.parallel_config(backend="corral"): joblib.Parallel(n_jobs=-1)(...)`` sends each
-of joblib's batches as one task. ``n_jobs=-1`` means one worker per registered engine. joblib
+of joblib's batches as one task. ``n_jobs=-1`` means one worker per registered engine, and so
+does a ``Parallel()`` given no ``n_jobs`` (joblib's default would be 1: one batch at a time). joblib
 must be importable on the engines too: a batch is a joblib object that the engine calls.
 """
 
@@ -38,6 +39,9 @@ def _backend_class() -> type[Any]:
         supports_timeout = True
         uses_threads = False
         supports_sharedmem = False
+        # joblib's n_jobs when the program sets none (``Parallel()``, as ipyparallel's joblib
+        # example writes it): one worker per engine, as ipyparallel's backend always has
+        default_n_jobs = -1
 
         def __init__(self, view: View | None = None, **kwargs: Any) -> None:
             super().__init__(**kwargs)

@@ -141,6 +141,19 @@ def test_joblib_parallel_on_the_cluster_equals_local(rc) -> None:  # type: ignor
         joblib.Parallel(n_jobs=-1)(joblib.delayed(fail)(i) for i in range(4))
 
 
+def test_joblib_parallel_without_n_jobs_uses_every_engine(rc) -> None:  # type: ignore[no-untyped-def]
+    """ipyparallel's joblib example: ``register_joblib_backend(make_default=True)``, then
+    ``Parallel()`` with no n_jobs runs on every engine (joblib's own default is one worker);
+    an explicit ``n_jobs=1`` still means one."""
+    view = rc.load_balanced_view()
+    view.register_joblib_backend(name="corral-default-test")
+    with joblib.parallel_config(backend="corral-default-test"):
+        parallel = joblib.Parallel()
+        assert parallel._effective_n_jobs() == len(rc) == 2
+        assert parallel(joblib.delayed(square)(i) for i in range(6)) == [i * i for i in range(6)]
+        assert joblib.Parallel(n_jobs=1)._effective_n_jobs() == 1
+
+
 def test_view_backend_of_a_direct_view(rc) -> None:  # type: ignore[no-untyped-def]
     from corral.client.joblib_backend import register_view_backend
 
