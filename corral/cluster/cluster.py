@@ -99,7 +99,7 @@ class Cluster(ClusterLifecycle):
     (``"64M"``, ``"2G"``, ``"7d"``, ``"none"``; None: the controller's defaults).
     ``restart`` (default True) restarts a controller or engine that crashes, per
     ``restart_policy``; ``restarts`` counts.
-    ``engines`` names the engine launcher (local, mpi, ssh, slurm, pbs, lsf, sge;
+    ``engines`` names the engine launcher (local, mpi, ssh, slurm, pbs, lsf, sge, in any case;
     corral.cluster.launchers) and ``launcher_options`` its options (``{"partition": "debug"}``,
     ``{"hosts": ["a", "b"]}``). ``wait_for_engines=False`` returns once the launcher has
     started or submitted them (a batch job may wait in its queue for hours); they register
@@ -137,6 +137,8 @@ class Cluster(ClusterLifecycle):
     ) -> None:
         if controller is not None:
             controller_launcher = _launcher_name(controller, controller_launcher)
+        # launcher names are case-insensitive, as ipyparallel's (its docs write engines="MPI")
+        engines, controller_launcher = engines.lower(), controller_launcher.lower()
         if isinstance(log_level, int):
             log_level = logging.getLevelName(log_level)
         self.n = n

@@ -75,3 +75,14 @@ def test_what_ipyparallel_passes_that_corral_cannot_take(tmp_path: Path) -> None
     cluster = Cluster(n=1, cluster_dir=tmp_path)
     with pytest.raises(ValueError, match="one set of engines"):
         cluster.stop_engines_sync("1234-1")  # type: ignore[arg-type]
+
+
+def test_launcher_names_in_any_case(tmp_path: Path) -> None:
+    """ipyparallel's launcher names are case-insensitive (its Cluster API example writes
+    ``engines="MPI"``)."""
+    cluster = Cluster(n=1, cluster_dir=tmp_path, engines="MPI", controller="SSH")
+    assert (cluster.engine_launcher, cluster.controller_launcher) == ("mpi", "ssh")
+    upper = start_cluster(tmp_path, 1, engines="Local", controller_launcher="LOCAL")
+    with upper.start_and_connect_sync() as rc:
+        assert rc[0].apply_sync(abs, -3) == 3
+    upper.stop_cluster_sync()
