@@ -26,7 +26,7 @@ from typing import Any
 import psutil
 
 from corral.client.client import Client
-from corral.cluster.folders import STATE_FILE, hold, reclaim_temporary, release
+from corral.cluster.folders import STATE_FILE, hold, inspect, reclaim_temporary, release
 from corral.cluster.launchers.base import (
     EngineLauncher,
     LaunchSpec,
@@ -39,7 +39,7 @@ from corral.cluster.launchers.local import scheduling_args, usable_cores
 from corral.cluster.launchers.mpi import mpi_controller_prefix
 from corral.cluster.launchers.registry import engine_launcher
 from corral.cluster.launchers.watch import stop_launchers
-from corral.cluster.lifecycle import ClusterLifecycle
+from corral.cluster.lifecycle import ClusterLifecycle, Started, StartedEngines
 from corral.cluster.shutdown import TERMINATE_GRACE, nothing_alive, wait_or_terminate
 from corral.cluster.shutdown import stop_cluster as stop_cluster  # `corral stop`'s, from here too
 from corral.cluster.supervisor import RestartPolicy, Supervisor
@@ -170,6 +170,7 @@ class Cluster(ClusterLifecycle):
         self.controller_options = dict(controller_options or {})
         self.remote_controller: SSHController | None = None
         self.wait_for_engines = wait_for_engines
+        self.attached = False  # loaded with from_file: a cluster this object did not start
         self.client: Client | None = None
         self.restart = restart
         self.restart_policy = restart_policy
@@ -212,15 +213,16 @@ class Cluster(ClusterLifecycle):
         finally:
             log_file.close()
 
-    def start_controller(self) -> None:
-        """Start the controller and wait for its connection files."""
+    def start_controller(self) -> Started:
+        """Start the controller and wait for its connection files (awaitable too: see
+        corral.cluster.lifecycle)."""
         heartbeat = []
         if self.heartbeat_period is not None:
             heartbeat = ["--heartbeat-period", str(self.heartbeat_period)]
         if self.controller_launcher not in ("local", "mpi"):  # a far folder, no owner here
             far = ["--db", self.db, "--log-level", self.log_level, *heartbeat]
             self._start_remote_controller(far)
-            return
+            return Started()
         args = [
             "controller",
             "--cluster-id",
@@ -256,6 +258,7 @@ class Cluster(ClusterLifecycle):
             tail = _log_tail(self.path / "controller.log")
             raise type(err)(f"{err}{'; its log ends: ' + tail if tail else ''}") from err
         self._save_state()
+        return Started()
 
     def _start_remote_controller(self, args: list[str]) -> None:
         """The controller on another host: over ssh (its connection files are mirrored into
@@ -300,9 +303,10 @@ class Cluster(ClusterLifecycle):
         self._save_state()
         return self.dashboard_url
 
-    def start_engines(self, n: int) -> list[subprocess.Popen[bytes]]:
+    def start_engines(self, n: int) -> StartedEngines:
         """Start ``n`` more engines with this cluster's launcher (they register by themselves);
-        the local processes started, if the launcher is local (supervised, each under its id)."""
+        the local processes started, if the launcher is local (supervised, each under its id;
+        awaitable too: see corral.cluster.lifecycle)."""
         if self.engine_launcher != "local":
             spec = LaunchSpec(
                 cluster_id=self.cluster_id,
@@ -318,8 +322,8 @@ class Cluster(ClusterLifecycle):
             self.launchers.append(launcher)
             launcher.start()
             self._save_state()
-            return []
-        started = []
+            return StartedEngines()
+        started = StartedEngines()
         self._engines_started = len(self.engines) + n
         for _ in range(n):
             index = len(self.engines)
@@ -441,10 +445,21 @@ class Cluster(ClusterLifecycle):
     # ------------------------------------------------------------ stop
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Shut engines and controller down politely, then make sure they are gone."""
+        """Shut engines and controller down politely, then make sure they are gone (a cluster
+        loaded with ``from_file``: as ``corral stop`` does, its manager first)."""
         if self.supervisor is not None:
             self.supervisor.stop()
             self.supervisor = None
+        if self.attached:
+            if self.client is not None:
+                self.client.close()
+                self.client = None
+            stop_cluster(self.path, timeout)
+            wait_or_terminate(self.engines, time.monotonic() + timeout)  # started here
+            lock, self._lock = self._lock, None
+            if lock is not None:
+                release(lock, self.path, remove_folder=False)
+            return
         client = self.client
         running = self._controller_running()
         if client is None and running:
@@ -487,7 +502,9 @@ class Cluster(ClusterLifecycle):
         if self.controller is not None:
             return self.controller.poll() is None
         jobs = [job for job in self.launchers if job.spec.role == "controller"]
-        return bool(jobs) and jobs[0].failure() is None
+        if jobs:
+            return jobs[0].failure() is None
+        return self.attached and inspect(self.path).state == "running"  # started elsewhere
 
     def __enter__(self) -> Client:
         return self.start()

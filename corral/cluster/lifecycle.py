@@ -11,8 +11,15 @@ Each ``*_sync`` method blocks; the method without the suffix is a coroutine doin
 worker thread (``asyncio.to_thread``), so an event loop (a notebook's) goes on meanwhile.
 Two names are corral's own and stay synchronous: :meth:`Cluster.start_controller` and
 :meth:`Cluster.start_engines` (``start_controller_sync``/``start_engines_sync`` are there for
-ipyparallel code). ipyparallel's engine sets are not modelled: the engines of a cluster are one
-set, so ``engine_set_id`` may only be None.
+ipyparallel code). What they return may be awaited too (:class:`Started`), so ipyparallel
+code that awaits them (``await cluster.start_controller()``, as its Cluster API example
+does) runs: the work is done when the call returns, and the await gives None, ipyparallel's
+engine set id for "all of them". ipyparallel's engine sets are not modelled: the engines of a
+cluster are one set, so ``engine_set_id`` may only be None.
+
+:meth:`ClusterLifecycle.from_file` gives the Cluster of a cluster running elsewhere (``corral
+start --daemon``, another program's ``Cluster``): it connects, starts and restarts engines,
+and stops that cluster as ``corral stop`` does.
 
 Stopping part of a cluster (:meth:`stop_engines_sync`, :meth:`stop_controller_sync`) ends the
 cluster's supervision first, so that what was stopped on purpose is not started again.
@@ -25,21 +32,37 @@ import os
 import subprocess
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, cast
 
 from corral.client.client import Client
 from corral.cluster.launchers.watch import stop_launchers
 from corral.errors import CorralError
-from corral.protocol.connection_files import CLIENT_FILE
+from corral.protocol.connection_files import CLIENT_FILE, DEFAULT_CLUSTER_ID
 
 if TYPE_CHECKING:
     from corral.cluster.cluster import Cluster
     from corral.cluster.launchers.base import EngineLauncher
     from corral.cluster.supervisor import Supervisor
 
-__all__ = ["ClusterLifecycle"]
+__all__ = ["ClusterLifecycle", "Started", "StartedEngines"]
+
+
+class Started:
+    """What :meth:`Cluster.start_controller` returns: nothing to wait for, but awaitable (to
+    None), for ipyparallel code that awaits its coroutine of that name."""
+
+    def __await__(self) -> Iterator[None]:
+        return iter(())
+
+
+class StartedEngines(list[subprocess.Popen[bytes]]):
+    """What :meth:`Cluster.start_engines` returns: the local engine processes it started, and
+    awaitable (to None, ipyparallel's engine set id of every engine) as :class:`Started`."""
+
+    def __await__(self) -> Iterator[None]:
+        return iter(())
 
 
 def _no_engine_sets(engine_set_id: object) -> None:
@@ -65,8 +88,8 @@ class ClusterLifecycle:
         launchers: list[EngineLauncher]
         supervisor: Supervisor | None
 
-        def start_controller(self) -> None: ...
-        def start_engines(self, n: int) -> list[subprocess.Popen[bytes]]: ...
+        def start_controller(self) -> Started: ...
+        def start_engines(self, n: int) -> StartedEngines: ...
         def start_dashboard(self) -> str: ...
         def supervise(self) -> None: ...
         def stop(self, timeout: float = 10.0) -> None: ...
@@ -74,8 +97,45 @@ class ClusterLifecycle:
         def _controller_running(self) -> bool: ...
         def _save_state(self, **extra: Any) -> None: ...
 
+        attached: bool
+
+        def __init__(self, n: int = 4, **kwargs: Any) -> None: ...
+
     _connected: weakref.WeakSet[Client]
     _context_client: Client | None = None
+
+    @classmethod
+    def from_file(
+        cls,
+        cluster_file: str | Path | None = None,
+        *,
+        profile: str | None = None,
+        profile_dir: str | Path | None = None,
+        cluster_id: str = "",
+        **kwargs: Any,
+    ) -> Self:
+        """ipyparallel's: the Cluster of a cluster running elsewhere, found by a file in its
+        folder (``cluster_file``: its ``corral-client.json``, or the folder itself) or by its
+        id (``cluster_id``, or ``profile`` as ipyparallel's profile names it; default
+        ``"default"``) in ``profile_dir`` (the folder of clusters; default ``$CORRAL_DIR`` or
+        ``~/.corral``). It connects to that cluster, starts and restarts engines (this process
+        runs those), and its stop stops the whole cluster as ``corral stop`` does. ``kwargs``
+        as for Cluster (``n``: engines to start, default 0). CorralError if none runs there."""
+        from corral.cluster.cluster import cluster_path
+        from corral.cluster.folders import inspect
+
+        if cluster_file is not None:
+            given = Path(cluster_file).expanduser()
+            folder = given if given.is_dir() else given.parent
+        else:
+            folder = cluster_path(cluster_id or profile or DEFAULT_CLUSTER_ID, profile_dir)
+        state = inspect(folder).state
+        if state != "running":
+            raise CorralError(f"no cluster runs in {folder} (the folder is {state})")
+        kwargs.setdefault("n", 0)
+        cluster = cls(cluster_id=folder.name, cluster_dir=folder.parent, **kwargs)
+        cluster.attached = True
+        return cluster
 
     # ------------------------------------------------------------ start
 
@@ -164,6 +224,22 @@ class ClusterLifecycle:
         self._close_clients()
         self.stop()
 
+    def restart_engines_sync(self, engine_set_id: None = None) -> None:
+        """Stop every engine and start as many again (ipyparallel's): those this cluster
+        started, or, for a cluster loaded with :meth:`from_file`, those registered now. They
+        register by themselves, under the same ids; supervised again if ``restart``."""
+        _no_engine_sets(engine_set_id)
+        count = len(self.engines) + sum(
+            job.spec.n for job in self.launchers if job.spec.role != "controller"
+        )
+        if not count and self.attached:
+            with self.connect() as client:
+                count = len(client.ids)
+        self.stop_engines_sync()
+        self.start_engines(count)
+        if self.restart:
+            self.supervise()
+
     def signal_engines_sync(self, signum: int, engine_set_id: None = None) -> None:
         """Send ``signum`` to every engine this cluster started as a local process."""
         _no_engine_sets(engine_set_id)
@@ -190,6 +266,9 @@ class ClusterLifecycle:
 
     async def stop_cluster(self) -> None:
         await asyncio.to_thread(self.stop_cluster_sync)
+
+    async def restart_engines(self, engine_set_id: None = None) -> None:
+        await asyncio.to_thread(self.restart_engines_sync, engine_set_id)
 
     async def signal_engines(self, signum: int, engine_set_id: None = None) -> None:
         await asyncio.to_thread(self.signal_engines_sync, signum, engine_set_id)

@@ -42,14 +42,12 @@ class ClusterManager:
     def load_clusters(self) -> dict[str, Cluster]:
         """Add every cluster running in the folder that is not managed yet; all managed ones.
 
-        A loaded cluster was started elsewhere: ``connect()`` gives a client of it, and its
-        owner (or ``corral stop``) stops it.
+        A loaded cluster was started elsewhere (``Cluster.from_file``): ``connect()`` gives a
+        client of it, and its ``stop()`` stops it as ``corral stop`` does.
         """
         for folder in self._running():
             if folder.cluster_id not in self.clusters:
-                self.clusters[folder.cluster_id] = Cluster(
-                    n=0, cluster_id=folder.cluster_id, cluster_dir=self.cluster_dir
-                )
+                self.clusters[folder.cluster_id] = Cluster.from_file(folder.path)
         return self.clusters
 
     def list_clusters(self) -> list[str]:

@@ -4,13 +4,18 @@ connect in steps, stop engines and controller apart, the coroutines and ``async 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from corral.cluster.cluster import Cluster
-from corral.errors import ConnectionError
+from corral.errors import ConnectionError, CorralError
 from tests.conftest import HEARTBEAT, start_cluster
 from tests.polling import until
 
@@ -86,3 +91,96 @@ def test_launcher_names_in_any_case(tmp_path: Path) -> None:
     with upper.start_and_connect_sync() as rc:
         assert rc[0].apply_sync(abs, -3) == 3
     upper.stop_cluster_sync()
+
+
+def test_the_start_calls_may_be_awaited_as_ipyparallels(tmp_path: Path) -> None:
+    """ipyparallel's Cluster API example awaits ``start_controller()`` and ``start_engines()``,
+    coroutines there; corral's are synchronous, and what they return is awaitable too (to
+    None: every engine, as an engine set id)."""
+
+    async def main() -> None:
+        cluster = start_cluster(tmp_path, 0)
+        try:
+            assert await cluster.start_controller() is None
+            engine_set = await cluster.start_engines(n=1)
+            assert engine_set is None
+            rc = await cluster.connect_client()
+            rc.wait_for_engines(1, timeout=60)
+            await cluster.stop_engines(engine_set)
+            until(lambda: rc.ids == [], 30, "the client to see the engine go")
+        finally:
+            await cluster.stop_cluster()
+
+    asyncio.run(main())
+    cluster = start_cluster(tmp_path, 0)
+    try:
+        cluster.start_controller()
+        started = cluster.start_engines(2)  # used as corral's: the processes started
+        assert len(started) == 2 and all(engine.poll() is None for engine in started)
+    finally:
+        cluster.stop()
+
+
+def test_restart_engines_starts_as_many_again(tmp_path: Path) -> None:
+    cluster = start_cluster(tmp_path, 2, restart=True)
+    try:
+        rc = cluster.start_and_connect_sync()
+        before = rc[:].apply_sync(os.getpid)
+        cluster.restart_engines_sync()
+        assert cluster.supervisor is not None  # supervised again
+        until(lambda: set(before).isdisjoint(cluster_pids(cluster)), 30, "new processes")
+        rc.wait_for_engines(2, timeout=60)
+        until(lambda: rc.ids == [0, 1], 30, "the same ids again")
+        after = rc[:].apply_sync(os.getpid)
+        assert sorted(after) == sorted(cluster_pids(cluster)) and set(after).isdisjoint(before)
+    finally:
+        cluster.stop_cluster_sync()
+
+
+def cluster_pids(cluster: Cluster) -> list[int]:
+    return [engine.pid for engine in cluster.engines if engine.poll() is None]
+
+
+def test_from_file_loads_a_cluster_started_elsewhere(tmp_path: Path) -> None:
+    """ipyparallel's ``Cluster.from_file``: a cluster started by another process (here ``corral
+    start --daemon``) found by its folder or its id, connected to, its engines restarted (by
+    this process) and the whole cluster stopped as ``corral stop`` does."""
+    with pytest.raises(CorralError, match="no cluster runs"):
+        Cluster.from_file(profile="nowhere", profile_dir=tmp_path)
+    started = subprocess.run(
+        [sys.executable, "-m", "corral", "start", "-n", "1", "--daemon",
+         "--cluster-id", "elsewhere", "--heartbeat-period", str(HEARTBEAT)],
+        env=dict(os.environ, CORRAL_DIR=str(tmp_path)), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    state_file = tmp_path / "elsewhere" / "cluster.json"
+    pids: list[int] = []
+    try:
+        assert started.returncode == 0, started.stderr
+        state = json.loads(state_file.read_text())
+        pids = [state["manager_pid"], state["controller_pid"], *state["engine_pids"]]
+        by_file = Cluster.from_file(tmp_path / "elsewhere" / "corral-client.json")
+        loaded = Cluster.from_file(profile="elsewhere", profile_dir=tmp_path)
+        assert by_file.path == loaded.path == tmp_path / "elsewhere" and loaded.attached
+        with loaded.connect() as rc:
+            rc.wait_for_engines(1, timeout=30)
+            assert rc[:].apply_sync(os.getpid) == state["engine_pids"]
+            loaded.restart_engines_sync()  # the daemon's engine stopped, one started here
+            assert [engine.pid for engine in loaded.engines] != state["engine_pids"]
+
+            def only_the_engine_started_here() -> bool:
+                try:  # the daemon's engine may still be listed, shutting down
+                    return bool(rc.ids) and rc[:].apply_sync(os.getpid) == cluster_pids(loaded)
+                except CorralError:
+                    return False
+
+            until(only_the_engine_started_here, 60, "the engine started here to register")
+        loaded.stop()
+    finally:
+        if state_file.exists():  # whatever failed above: no daemon outlives the test
+            from corral.cluster.shutdown import stop_cluster
+
+            stop_cluster(tmp_path / "elsewhere")
+    _, alive = psutil.wait_procs(
+        [psutil.Process(p) for p in pids if psutil.pid_exists(p)], timeout=15
+    )
+    assert not alive and cluster_pids(loaded) == []
