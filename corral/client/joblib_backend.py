@@ -2,7 +2,8 @@
 
 ``lview.register_joblib_backend()`` (or :func:`register_view_backend`) registers a view under
 the name ``"corral"``; :func:`register_joblib_backend` (ipyparallel's top-level function)
-registers one that connects to the default cluster itself. Then
+registers one that connects to the default cluster itself, or, as ipyparallel's, starts a
+cluster of its own when none runs (stopped when joblib is done with the backend). Then
 ``with joblib.parallel_config(backend="corral"): joblib.Parallel(n_jobs=-1)(...)`` sends each
 of joblib's batches as one task. ``n_jobs=-1`` means one worker per registered engine, and so
 does a ``Parallel()`` given no ``n_jobs`` (joblib's default would be 1: one batch at a time). joblib
@@ -11,11 +12,15 @@ must be importable on the engines too: a batch is a joblib object that the engin
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from corral.client.view import View
+    from corral.cluster.cluster import Cluster
+
+log = logging.getLogger("corral.client")
 
 __all__ = ["register_joblib_backend", "register_view_backend"]
 
@@ -47,19 +52,30 @@ def _backend_class() -> type[Any]:
             super().__init__(**kwargs)
             self._given_view = view
             self._own_view: View | None = None
+            self._own_cluster: Cluster | None = None
             self._outstanding: list[Any] = []
 
         @property
         def _view(self) -> View:
             """The view batches run on (ipyparallel's attribute name): the one registered, or
             a load-balanced view of a Client of the default cluster, made when first needed
-            and closed by :meth:`terminate` (joblib calls it after each ``Parallel`` call)."""
+            and closed by :meth:`terminate` (joblib calls it after each ``Parallel`` call);
+            with no default cluster running, of a cluster started for it, which
+            :meth:`terminate` stops."""
             if self._given_view is not None:
                 return self._given_view
             if self._own_view is None:
                 from corral.client.client import Client
+                from corral.cluster.cluster import Cluster
+                from corral.errors import ConnectionError
 
-                self._own_view = Client().load_balanced_view()
+                try:
+                    client = Client()
+                except ConnectionError as err:  # none runs: one of its own, as ipyparallel's
+                    self._own_cluster = Cluster()
+                    log.info("joblib: no default cluster (%s): starting one", err)
+                    client = self._own_cluster.start_and_connect_sync()
+                self._own_view = client.load_balanced_view()
             return self._own_view
 
         @property
@@ -69,8 +85,11 @@ def _backend_class() -> type[Any]:
         def terminate(self) -> None:
             super().terminate()
             own, self._own_view = self._own_view, None
+            cluster, self._own_cluster = self._own_cluster, None
             if own is not None:
                 own.client.close()
+            if cluster is not None:
+                cluster.stop_cluster_sync()
 
         def effective_n_jobs(self, n_jobs: int | None) -> int:
             if n_jobs == 0:
@@ -111,7 +130,8 @@ def _backend_class() -> type[Any]:
 def register_joblib_backend(name: str | None = None, make_default: bool = False) -> None:
     """ipyparallel's ``register_joblib_backend``: a backend that, whenever joblib uses it,
     connects a Client to the default cluster (``Client()``) and runs batches load-balanced on
-    all its engines. Registered as ``name``; by default both as ``"corral"`` and as
+    all its engines; with no default cluster running, it starts a temporary ``Cluster()`` for
+    the call and stops it after. Registered as ``name``; by default both as ``"corral"`` and as
     ``"ipyparallel"``, the name programs written for ipyparallel ask joblib for."""
     from joblib.parallel import register_parallel_backend
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import cloudpickle
 import joblib
+import psutil
 import pytest
 
 from corral.client.executor import ViewExecutor
@@ -185,3 +186,22 @@ def test_ipyparallels_register_joblib_backend_uses_the_default_cluster(  # type:
             pids = set(parallel(joblib.delayed(where)(i) for i in range(8)))
         assert pids and os.getpid() not in pids
         assert parallel._backend._own_view is None  # its client was closed after the call
+
+
+def test_register_joblib_backend_starts_a_cluster_when_none_runs(  # type: ignore[no-untyped-def]
+    tmp_path, monkeypatch
+) -> None:
+    """As ipyparallel's backend: with no default cluster, a Parallel call runs on a cluster
+    the backend starts (a temporary one, in $CORRAL_DIR) and stops when joblib is done."""
+    import corral
+
+    monkeypatch.setenv("CORRAL_DIR", str(tmp_path))
+    corral.register_joblib_backend(name="corral-own-cluster")
+    with joblib.parallel_config(backend="corral-own-cluster"):
+        parallel = joblib.Parallel(n_jobs=-1)
+        pids = set(parallel(joblib.delayed(where)(i) for i in range(8)))
+    assert pids and os.getpid() not in pids
+    backend = parallel._backend
+    assert backend._own_view is None and backend._own_cluster is None  # stopped after
+    assert not any(psutil.pid_exists(pid) for pid in pids)
+    assert list(tmp_path.iterdir()) == []  # its folder went with it
