@@ -8,7 +8,12 @@ An engine runs plain Python. If IPython can be imported, :func:`load_shell` make
 - ``display(obj)`` in user code reaches the client as a ``display_data`` message (the shell's
   display publisher hands each bundle to the task runner);
 - a cell's last value is formatted by IPython's formatters (``text/html``, ``image/png`` ...),
-  not only ``repr`` (:meth:`EngineShell.format`).
+  not only ``repr`` (:meth:`EngineShell.format`);
+- IPython's ``pre_execute`` and ``post_execute`` events fire around each ``execute_request``
+  as in a Jupyter kernel (:meth:`EngineShell.executing`), and matplotlib's default backend is
+  matplotlib-inline's (``MPLBACKEND``, unless set), as in ipykernel: figures drawn in a
+  ``%%px`` cell reach the client as images when the cell ends, as on ipyparallel's engines
+  (the inline backend registers its flush on ``post_execute``).
 
 Without IPython, a cell in IPython syntax fails with a SyntaxError that names the missing extra.
 The shell never reads or writes history, and uses no colours (its text goes to a client).
@@ -18,14 +23,19 @@ from __future__ import annotations
 
 import base64
 import builtins
+import importlib.util
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 __all__ = ["EngineShell", "IPYTHON_HINT", "load_shell", "looks_like_ipython"]
 
 DisplaySink = Callable[[dict[str, Any], dict[str, Any]], None]
 """``sink(data, metadata)``: publish one display bundle for the running task."""
+
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 
 IPYTHON_HINT = (
     "this cell uses IPython syntax (%magic, !shell or ?), which needs IPython on the engines: "
@@ -78,6 +88,17 @@ class EngineShell:
         self.shell.user_ns = user_ns
         vars(builtins)["get_ipython"] = lambda: self.shell
 
+    @contextmanager
+    def executing(self) -> Iterator[None]:
+        """Around a cell: IPython's ``pre_execute`` before it, ``post_execute`` after it,
+        also when it failed (a callback's own error is printed by IPython to the cell's
+        stderr, as in a kernel)."""
+        self.shell.events.trigger("pre_execute")
+        try:
+            yield
+        finally:
+            self.shell.events.trigger("post_execute")
+
     def _publish(self, data: dict[str, Any], metadata: dict[str, Any] | None) -> None:
         if self.sink is not None:
             self.sink(jsonable_bundle(dict(data)), dict(metadata or {}))
@@ -119,6 +140,10 @@ def load_shell(user_ns: dict[str, Any], log: logging.Logger) -> EngineShell | No
         publisher: Any = EnginePublisher
         shell.display_pub = publisher(shell=shell, parent=shell)
         engine_shell.bind(user_ns)
+        if importlib.util.find_spec("matplotlib_inline") is not None:
+            # as ipykernel: figures of a cell are shown when it ends (before matplotlib is
+            # imported, which reads it; a user's own choice stays)
+            os.environ.setdefault("MPLBACKEND", INLINE_BACKEND)
         return engine_shell
     except Exception:
         log.exception("IPython is installed but its shell did not start: plain Python only")

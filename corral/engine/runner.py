@@ -382,7 +382,11 @@ class TaskRunner:
                     self.gate.enter_task()
                     if is_execute:
                         code = content["code"]
-                        result = self.namespace.execute_result(code, silent=silent)
+                        if self.shell is None:
+                            result = self.namespace.execute_result(code, silent=silent)
+                        else:  # IPython's events around it, as a kernel's (inline figures)
+                            with self.shell.executing():
+                                result = self.namespace.execute_result(code, silent=silent)
                     else:
                         buffers = self._apply(msg)
                 finally:

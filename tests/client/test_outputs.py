@@ -3,6 +3,7 @@ stream_output, display_outputs, display() and rich results, IPython syntax in ex
 
 from __future__ import annotations
 
+import base64
 import sys
 from pathlib import Path
 
@@ -199,3 +200,41 @@ def test_an_engine_without_ipython_runs_plain_python(tmp_path: Path) -> None:
         with pytest.raises(RemoteError, match="SyntaxError") as raised:
             dv.execute("x = (1 +", block=True)
         assert "corral[ipython]" not in str(raised.value)
+
+
+def test_ipython_events_fire_around_each_cell(rc) -> None:  # type: ignore[no-untyped-def]
+    """``pre_execute`` and ``post_execute`` fire around an execute, as in a kernel: what a
+    ``post_execute`` callback displays is part of that cell's outputs."""
+    code = (
+        "from IPython.display import display\n"
+        "def shown_after():\n"
+        "    display({'text/plain': 'after the cell'}, raw=True)\n"
+        "    get_ipython().events.unregister('post_execute', shown_after)\n"
+        "get_ipython().events.register('post_execute', shown_after)\n"
+        "print('in the cell')"
+    )
+    ar = rc[0].execute(code, silent=False)
+    ar.get(timeout=30)
+    assert ar.stdout == "in the cell\n"
+    assert [output["data"]["text/plain"] for output in ar.metadata["outputs"]] == ["after the cell"]
+    later = rc[0].execute("print('next')", silent=False)
+    later.get(timeout=30)
+    assert later.metadata["outputs"] == []  # it unregistered itself
+
+
+def test_a_figure_drawn_in_a_cell_reaches_the_client(rc) -> None:  # type: ignore[no-untyped-def]
+    """As on ipyparallel's engines (Jupyter kernels): matplotlib's inline backend shows each
+    figure a cell drew as an image when the cell ends, and closes it."""
+    code = (
+        "import matplotlib, matplotlib.pyplot as plt\n"
+        "plt.plot([1, 2, 3], [3, 1, 2])\n"
+        "plt.title('on the engine')\n"
+        "backend = matplotlib.get_backend()"
+    )
+    ar = rc[0].execute(code, silent=False)
+    ar.get(timeout=60)
+    outputs = ar.metadata["outputs"]
+    assert len(outputs) == 1 and "image/png" in outputs[0]["data"], outputs
+    assert base64.b64decode(outputs[0]["data"]["image/png"]).startswith(b"\x89PNG")
+    assert rc[0].pull("backend", block=True) == "module://matplotlib_inline.backend_inline"
+    assert rc[0].apply_sync(lambda: __import__("matplotlib.pyplot").pyplot.get_fignums()) == []
