@@ -111,6 +111,7 @@ def load_shell(user_ns: dict[str, Any], log: logging.Logger) -> EngineShell | No
     to ``user_ns``, which it never writes to (the I/O thread may read it meanwhile)."""
     try:
         from IPython.core.displaypub import DisplayPublisher
+        from IPython.core.error import UsageError
         from IPython.core.interactiveshell import InteractiveShell
         from traitlets.config import Config
     except ImportError:
@@ -119,7 +120,18 @@ def load_shell(user_ns: dict[str, Any], log: logging.Logger) -> EngineShell | No
         config = Config()
         config.HistoryManager.enabled = False
         config.InteractiveShell.colors = "nocolor"
-        shell = InteractiveShell.instance(config=config, user_ns={})
+
+        class EngineInteractiveShell(InteractiveShell):
+            """IPython's shell with no event loop to run a GUI in, as ipykernel's with the
+            inline backend: ``%matplotlib inline`` and ``%pylab inline`` work."""
+
+            def enable_gui(self, gui: str | None = None) -> None:
+                if gui not in (None, "inline"):
+                    raise UsageError(
+                        f"an engine has no GUI event loop for {gui!r}: use %matplotlib inline"
+                    )
+
+        shell = EngineInteractiveShell.instance(config=config, user_ns={})
         engine_shell = EngineShell(shell)
 
         class EnginePublisher(DisplayPublisher):

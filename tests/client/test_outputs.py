@@ -238,3 +238,15 @@ def test_a_figure_drawn_in_a_cell_reaches_the_client(rc) -> None:  # type: ignor
     assert base64.b64decode(outputs[0]["data"]["image/png"]).startswith(b"\x89PNG")
     assert rc[0].pull("backend", block=True) == "module://matplotlib_inline.backend_inline"
     assert rc[0].apply_sync(lambda: __import__("matplotlib.pyplot").pyplot.get_fignums()) == []
+
+
+def test_matplotlib_and_pylab_magics_on_engines(rc) -> None:  # type: ignore[no-untyped-def]
+    """ipyparallel's test_px_matplotlib and test_magic_pylab: ``%matplotlib inline`` and
+    ``%pylab inline`` work on engines (no GUI event loop is needed for them); a backend that
+    needs one is refused with a clear error."""
+    ar = rc[0].execute("%matplotlib inline\nimport matplotlib.pyplot as plt\nplt.plot([1, 2])")
+    ar.get(timeout=60)
+    assert len(ar.metadata["outputs"]) == 1
+    rc[0].execute("%pylab inline", block=True)
+    with pytest.raises(RemoteError, match="no GUI event loop for 'tk'"):
+        rc[0].execute("get_ipython().enable_gui('tk')", block=True)
