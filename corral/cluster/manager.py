@@ -14,7 +14,7 @@ from typing import Any
 
 from corral.cluster.cluster import Cluster, default_cluster_dir
 from corral.cluster.folders import ClusterFolder, inventory
-from corral.errors import MultipleInstanceError
+from corral.errors import CorralError, MultipleInstanceError
 
 __all__ = ["ClusterManager"]
 
@@ -47,7 +47,10 @@ class ClusterManager:
         """
         for folder in self._running():
             if folder.cluster_id not in self.clusters:
-                self.clusters[folder.cluster_id] = Cluster.from_file(folder.path)
+                try:
+                    self.clusters[folder.cluster_id] = Cluster.from_file(folder.path)
+                except CorralError:  # it stopped since the folder was read
+                    continue
         return self.clusters
 
     def list_clusters(self) -> list[str]:
