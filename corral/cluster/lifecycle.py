@@ -57,12 +57,9 @@ class Started:
         return iter(())
 
 
-class StartedEngines(list[subprocess.Popen[bytes]]):
+class StartedEngines(list[subprocess.Popen[bytes]], Started):
     """What :meth:`Cluster.start_engines` returns: the local engine processes it started, and
     awaitable (to None, ipyparallel's engine set id of every engine) as :class:`Started`."""
-
-    def __await__(self) -> Iterator[None]:
-        return iter(())
 
 
 def _no_engine_sets(engine_set_id: object) -> None:
