@@ -33,30 +33,64 @@ if TYPE_CHECKING:
 
 def _owner_pidfd(owner_pid: int | None) -> int | None:
     """A pidfd of ``owner_pid`` (readable once it ends); None if there is no owner to watch
-    (none given, or not this process's parent); -1 if it has already ended.
+    (none given, or not an ancestor of this process); -1 if it has already ended.
 
     A Linux pidfd tells of the owner's end at once, and nothing polls. It is opened only while
-    the owner is still this process's parent, so a reused pid is never mistaken for it. Linux's
-    PR_SET_PDEATHSIG is not used because it fires when the *thread* that spawned us exits,
-    which would kill clusters started from a worker thread.
+    the owner is still this process's parent or a parent of its parents (an MPI engine's
+    parent is its MPI launcher's proxy, whose parent is ``mpiexec``, whose parent is the
+    owner), so a reused pid is never mistaken for it: a process whose ancestor ended is
+    handed to init, never to another process of that pid. A rank on another host has no such
+    ancestor and is not watched. Linux's PR_SET_PDEATHSIG is not used because it fires when
+    the *thread* that spawned us exits, which would kill clusters started from a worker
+    thread.
     """
-    if not owner_pid or os.getppid() != owner_pid:
+    if not owner_pid or not _is_ancestor(owner_pid):
         return None
     try:
         owner = os.pidfd_open(owner_pid)
     except ProcessLookupError:
         return -1
-    if os.getppid() != owner_pid:  # it ended while we looked
+    if not _is_ancestor(owner_pid):  # it ended while we looked
         os.close(owner)
         return -1
     return owner
 
 
+MAX_ANCESTORS = 64  # how far up the parents are followed (a chain longer is not an owner's)
+
+
+def _is_ancestor(pid: int) -> bool:
+    """Whether ``pid`` is this process's parent, or a parent of its parents (init, pid 1,
+    never counts: it is everyone's)."""
+    if pid <= 1:
+        return False
+    current = os.getppid()
+    for _ in range(MAX_ANCESTORS):
+        if current == pid:
+            return True
+        if current <= 1:
+            return False
+        try:
+            current = _parent_of(current)
+        except (OSError, ValueError, IndexError):  # it ended meanwhile, or no /proc
+            return False
+    return False
+
+
+def _parent_of(pid: int) -> int:
+    """The parent pid of ``pid``, from ``/proc/<pid>/stat`` (after the command's name, which
+    may itself hold spaces and parentheses: "pid (comm) state ppid ...")."""
+    with open(f"/proc/{pid}/stat", "rb") as stat:
+        data = stat.read()
+    return int(data[data.rindex(b")") + 2 :].split()[1])
+
+
 def watch_owner(loop: Loop, owner_pid: int | None, on_gone: Callable[[], object]) -> None:
-    """Run ``on_gone()`` on ``loop`` as soon as ``owner_pid`` (this process's parent at start)
-    ends: the owner's pidfd is one more reader of the loop, so the process acts on it in the
-    same turn as on its messages, with no thread to join. Call it before the loop runs, from
-    the thread that sets the loop up; ``on_gone`` should do what SIGTERM does (a clean stop)."""
+    """Run ``on_gone()`` on ``loop`` as soon as ``owner_pid`` (this process's parent, or an
+    ancestor, at start) ends: the owner's pidfd is one more reader of the loop, so the process
+    acts on it in the same turn as on its messages, with no thread to join. Call it before the
+    loop runs, from the thread that sets the loop up; ``on_gone`` should do what SIGTERM does
+    (a clean stop)."""
     owner = _owner_pidfd(owner_pid)
     if owner is None:
         return
@@ -73,9 +107,9 @@ def watch_owner(loop: Loop, owner_pid: int | None, on_gone: Callable[[], object]
 
 
 def exit_with_owner(owner_pid: int | None) -> None:
-    """SIGTERM this process as soon as ``owner_pid`` (its parent at start) ends: one thread
-    waits on the owner's pidfd (for a process without a :class:`~corral.loop.Loop`; see
-    :func:`watch_owner`)."""
+    """SIGTERM this process as soon as ``owner_pid`` (its parent, or an ancestor, at start)
+    ends: one thread waits on the owner's pidfd (for a process without a
+    :class:`~corral.loop.Loop`; see :func:`watch_owner`)."""
     owner = _owner_pidfd(owner_pid)
     if owner is None:
         return

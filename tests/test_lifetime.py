@@ -81,6 +81,44 @@ def test_a_child_ends_when_its_owner_is_killed() -> None:
         until(lambda: _gone(child_pid), 30, "the child to end with its owner")
 
 
+# the owner starts the child through a middle process (as mpiexec and its proxy stand between
+# a Cluster and its MPI engines): the child's owner is its grandparent
+MIDDLE = "import subprocess, sys; subprocess.run(sys.argv[1:])"
+GRAND_OWNER = """
+import os, subprocess, sys
+middle = subprocess.Popen([sys.executable, "-c", sys.argv[2], sys.executable, "-c", sys.argv[1],
+                           str(os.getpid())])
+print(middle.pid, flush=True)
+middle.wait()
+"""
+
+
+def test_a_grandchild_ends_when_its_owner_is_killed() -> None:
+    owner = subprocess.Popen(
+        [sys.executable, "-c", GRAND_OWNER, CHILD, MIDDLE], stdout=subprocess.PIPE, text=True,
+        cwd=ROOT,
+    )  # fmt: skip
+    middle_pid = 0
+    try:
+        assert owner.stdout is not None
+        middle_pid = int(owner.stdout.readline())
+        assert owner.stdout.readline() == "watching\n"  # the grandchild's, on the same pipe
+        (child,) = psutil.Process(middle_pid).children()
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(30)
+        until(lambda: _gone(child.pid), 30, "the grandchild to end with its owner")
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
+        if middle_pid and psutil.pid_exists(middle_pid):  # whatever a failure left
+            middle = psutil.Process(middle_pid)
+            for process in [*middle.children(), middle]:
+                process.kill()
+        if owner.stdout is not None:
+            owner.stdout.close()
+
+
 def test_no_owner_or_another_parent_means_no_watch() -> None:
     from corral.lifetime import exit_with_owner
 

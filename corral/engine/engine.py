@@ -261,7 +261,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     parser.add_argument(
-        "--owner-pid", type=int, default=None, help="exit when this parent process is gone"
+        "--owner-pid",
+        type=int,
+        default=None,
+        help="exit when this parent (or ancestor) process is gone",
     )
     parser.add_argument(
         "--max-result-bytes",

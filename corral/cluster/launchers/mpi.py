@@ -71,11 +71,16 @@ class MPILauncher(EngineLauncher):
         # engines end with os._exit, not MPI_Finalize: Hydra would then kill every other rank
         # (before it could unregister), and one engine's crash would take down all of them
         keep_going = ["-disable-auto-cleanup"] if is_hydra(mpiexec) else []
+        engine = self.spec.engine_command(mpi=True)
+        if self.spec.owner_pid is not None:
+            # ranks on this host end with the owner (an ancestor of theirs: corral.lifetime);
+            # ranks on other hosts have no such ancestor and ignore it
+            engine += ["--owner-pid", str(self.spec.owner_pid)]
         argv = mpiexec_command(
             mpiexec,
             self.spec.n,
             keep_going + option_list(self.spec.option("mpi_args")),
-            self.spec.engine_command(mpi=True),
+            engine,
         )
         self.process = spawn(argv, self.log_path, launcher_environment(self.name))
 

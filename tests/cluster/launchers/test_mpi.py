@@ -147,3 +147,28 @@ def test_the_controller_as_one_rank_of_its_own_mpiexec(tmp_path: Path) -> None:
     assert stopped.returncode == 0, stopped.stderr
     assert processes_mentioning(tmp_path) == []
     assert not (tmp_path / "mpictl" / "corral-client.json").exists()  # a clean controller stop
+
+
+@pytest.mark.timeout(120)
+def test_mpi_engines_end_with_their_killed_owner(tmp_path: Path) -> None:
+    """The ranks' owner (here `corral start --daemon`'s manager) is not their parent but an
+    ancestor (rank -> Hydra's proxy -> mpiexec -> owner): killed outright, its engines and
+    mpiexec end too, as local engines do (they used to run on, trying to reach the controller
+    that ended with the owner)."""
+    where = ["--cluster-dir", str(tmp_path), "--cluster-id", "orphans"]
+    started = corral(
+        "start", "--daemon", "--engines", "mpi", "-n", "2", "--heartbeat-period", "0.5", *where
+    )
+    try:
+        assert started.returncode == 0, started.stderr
+        folder = tmp_path / "orphans"
+        with Client(connection_file=folder / "corral-client.json", timeout=30) as rc:
+            rc.wait_for_engines(2, timeout=60)
+        manager = json.loads((folder / "cluster.json").read_text())["manager_pid"]
+        psutil.Process(manager).kill()
+        until(lambda: processes_mentioning(tmp_path) == [], 60, "everything to end with it")
+    finally:
+        corral("stop", *where)
+        for process in psutil.process_iter(["cmdline"]):  # whatever a failure left
+            if str(tmp_path) in " ".join(process.info["cmdline"] or []):
+                process.kill()
