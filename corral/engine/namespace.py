@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.native import COMPILED
-from corral.protocol.references import Reference, bind_function, is_interactive
+from corral.protocol.references import Reference, bind_function, bind_namespace
 
 from .ipython import IPYTHON_HINT, looks_like_ipython
 
@@ -72,8 +72,11 @@ class Namespace:
 
     def resolve(self, value: Any, depth: int = 0) -> Any:
         """The value of a Reference in this namespace (a name, or an expression such as
-        ``a.b`` or ``g[0]``); References inside a list, tuple or dict argument are resolved
-        too, as ipyparallel does. Anything else unchanged."""
+        ``a.b`` or ``g[0]``), and an interactive function bound to the namespace
+        (:func:`bind_namespace`); those inside a list, tuple or dict argument too, as
+        ipyparallel does (its canning reaches as deep). Anything else unchanged."""
+        if isinstance(value, types.FunctionType):
+            return bind_namespace(value, self.user_ns)
         if isinstance(value, Reference):
             if value.name.isidentifier():
                 try:
@@ -100,15 +103,14 @@ class Namespace:
 
         An interactive function (``@interactive`` or defined in the client's ``__main__``) runs
         with the namespace as its globals, so it reads pushed names and ``global x`` writes land
-        where ``execute`` and later applies see them.
+        where ``execute`` and later applies see them; so does one passed as an argument (a
+        callback), as in ipyparallel.
         """
         if args:
             args = tuple(self.resolve(arg) for arg in args)
         if kwargs:
             kwargs = {key: self.resolve(value) for key, value in kwargs.items()}
         f = self.resolve(f, 1)
-        if isinstance(f, types.FunctionType) and is_interactive(f):
-            f = self.bind(f)
         return f(*args, **kwargs)
 
     # ------------------------------------------------------------------ execute

@@ -252,3 +252,28 @@ def test_engines_import_from_their_working_directory(rc, tmp_path) -> None:  # t
         sys.modules.pop(name, None)
         for engine_id, folder in zip(rc.ids, before, strict=True):
             rc[engine_id].apply_sync(os.chdir, folder)
+
+
+@corral.interactive
+def save_to_history(value: int) -> None:
+    global history  # the engine's namespace: pushed there
+    history.append(value)  # type: ignore[name-defined]  # noqa: F821
+
+
+def test_an_interactive_callback_argument_writes_the_engine_namespace(rc) -> None:  # type: ignore[no-untyped-def]
+    """As ipyparallel (its wave2D example passes ``user_action=wave_saver``): a ``__main__``
+    or ``@interactive`` function given as an argument, or inside a list argument, runs with
+    the engine's namespace as its globals, so it sees and updates pushed names."""
+    view = rc[:]
+    view.push({"history": []}, block=True)
+
+    def run(steps: int, user_action=None, more=()) -> int:  # type: ignore[no-untyped-def]
+        for step in range(steps):
+            user_action(step)
+            for action in more:
+                action(10 + step)
+        return steps
+
+    assert view.apply_sync(run, 2, user_action=save_to_history) == [2, 2]
+    assert view.apply_sync(run, 1, save_to_history, [save_to_history]) == [1, 1]
+    assert view.pull("history", block=True) == [[0, 1, 0, 10], [0, 1, 0, 10]]

@@ -138,6 +138,22 @@ def test_interactive_function_reads_and_writes_the_namespace(ns: Namespace) -> N
     assert ns.execute("total") == "105"
 
 
+def test_interactive_functions_passed_as_arguments_use_the_namespace(ns: Namespace) -> None:
+    """As ipyparallel's canning: a ``__main__`` function given as an argument, a keyword
+    argument, or an item of a list, tuple or dict argument runs with the namespace as its
+    globals too (its wave2D example passes a callback that appends to pushed lists)."""
+    saver = main_function("def save(x):\n    global seen\n    seen.append(x)\n", "save")
+    call_all = main_function("def call_all(fs, x):\n    for g in fs:\n        g(x)\n", "call_all")
+    ns["seen"] = []
+    assert ns.apply(lambda callback: callback(1), (saver,), {}) is None
+    assert ns.apply(lambda callback=None: callback(2), (), {"callback": saver}) is None
+    ns.apply(call_all, ([saver], 3), {})
+    ns.apply(lambda fs: fs["k"](4), ({"k": saver},), {})
+    assert ns["seen"] == [1, 2, 3, 4]
+    deeper = [[saver]]  # one container deep only, as References
+    assert ns.apply(lambda fs: fs[0][0].__globals__ is ns.user_ns, (deeper,), {}) is False
+
+
 def test_decorated_function_from_any_module_is_interactive(ns: Namespace) -> None:
     scope: dict[str, Any] = {"__name__": "some.module"}
     exec("def g():\n    return value", scope)
