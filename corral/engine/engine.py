@@ -62,7 +62,8 @@ class Engine:
 
     ``connection`` is the path of ``corral-engine.json``, its parsed contents, or an
     :class:`EngineConnection`. ``requested_id`` asks the Hub for a particular engine id
-    (the one this engine had before a controller restart). ``max_result_bytes`` bounds the
+    (the one this engine had before a controller restart); ``preferred_id`` asks for one but
+    takes another if it is in use (an MPI rank). ``max_result_bytes`` bounds the
     serialized size of an apply result (larger: an error reply). :meth:`run` never returns: the
     process ends from the I/O thread on shutdown_request, SIGTERM or loss of registration.
     ``direct=False``: requests come through the controller's MUX only (no direct ROUTER).
@@ -75,6 +76,7 @@ class Engine:
         *,
         engine_uuid: str | None = None,
         requested_id: int | None = None,
+        preferred_id: int | None = None,
         log: logging.Logger | None = None,
         registration_timeout: float = 10.0,
         unregister_timeout: float = 1.0,
@@ -107,6 +109,7 @@ class Engine:
             check_msg_type=False,  # unknown types are answered with an error, not dropped
         )
         self.requested_id = requested_id
+        self.preferred_id = preferred_id
         self.owner_pid = owner_pid  # its parent (--owner-pid): the engine ends with it
         self.direct = direct  # offer clients on this host the direct path (not under curve)
         self.lanes = lanes  # and a lane for it (Linux)
@@ -156,7 +159,12 @@ class Engine:
         """
         settings = IOSettings(
             self.info,
-            LinkSettings(self.requested_id, self.registration_timeout, self.missed_beats),
+            LinkSettings(
+                self.requested_id,
+                self.registration_timeout,
+                self.missed_beats,
+                preferred_id=self.preferred_id,
+            ),
             unregister_timeout=self.unregister_timeout,
             direct=self.direct,
             lanes=self.lanes,
@@ -315,11 +323,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     # functions of a module there); `python -m` put only the starting directory's path there
     sys.path.insert(0, "")
     try:
-        placement = engine_placement(os.environ, mpi_rank=_init_mpi() if args.mpi else None)
+        mpi = _init_mpi() if args.mpi else None
+        rank = None if mpi is None else int(mpi["mpi_rank"])
+        placement = engine_placement(os.environ, mpi_rank=rank)
         engine = Engine(
             path,
             engine_uuid=args.uuid,
             requested_id=args.id,
+            # as ipyparallel's engines: the MPI rank is the engine id when it is free
+            preferred_id=rank if mpi is not None and mpi["mpi_size"] > 1 else None,
             registration_timeout=args.timeout,
             max_result_bytes=args.max_result_bytes,
             use_ipython=not args.no_ipython,
@@ -328,15 +340,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             direct=not args.no_direct,
             lanes=not args.no_lanes,
         )
+        if mpi is not None:  # ipyparallel's init_mpi: MPI, mpi_rank, mpi_size for tasks
+            engine.namespace.user_ns.update(mpi)
         engine.run()
     except CorralError as err:
         print(f"corral engine: {err}", file=sys.stderr)
         return 1
 
 
-def _init_mpi() -> int | None:
-    """Initialise MPI on the main thread (the one that runs tasks) and return this rank; None
-    with a warning when mpi4py is missing (the rank then comes from the environment)."""
+def _init_mpi() -> dict[str, Any] | None:
+    """Initialise MPI on the main thread (the one that runs tasks) and return the names
+    ipyparallel's ``--mpi`` engines define in their namespace: ``MPI`` (mpi4py's module),
+    ``mpi_rank`` and ``mpi_size`` (of COMM_WORLD); None with a warning when mpi4py is missing
+    (the rank then comes from the environment)."""
     try:
         from mpi4py import MPI
     except ImportError:
@@ -344,4 +360,5 @@ def _init_mpi() -> int | None:
             "--mpi: mpi4py is not installed (pip install 'corral[mpi]'); MPI is not initialised"
         )
         return None
-    return int(MPI.COMM_WORLD.Get_rank())
+    world = MPI.COMM_WORLD
+    return {"MPI": MPI, "mpi_rank": int(world.Get_rank()), "mpi_size": int(world.Get_size())}

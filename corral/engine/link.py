@@ -63,6 +63,9 @@ class LinkSettings:
     registration_timeout: float = 10.0  # seconds for the first registration to be answered
     missed_beats: int = 5  # heartbeat periods without a ping before the controller is lost
     id_in_use_retry: float = ID_IN_USE_RETRY
+    # ask for this engine id first, and take any if it is in use (an engine started by mpiexec
+    # prefers its MPI rank, as ipyparallel's); requested_id, when given, wins
+    preferred_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,8 @@ class EngineLink:
             raise RuntimeError(f"the link was already started ({self.phase.value})")
         self.phase = Phase.REGISTERING
         self._deadline = now + self.settings.registration_timeout
-        return [self._attempt(self.settings.requested_id)]
+        first = self.settings.requested_id
+        return [self._attempt(self.settings.preferred_id if first is None else first)]
 
     def on_registration_message(self, msg: Message, now: float) -> list[Action]:
         """A verified message from the Hub's registration socket."""
@@ -266,7 +270,13 @@ class EngineLink:
         return SendRegistration(msg_id, content)
 
     def _on_first_reply(self, content: dict[str, Any], now: float) -> list[Action]:
-        if content.get("id_in_use") is not None:
+        preferred = self.settings.preferred_id
+        taken = content.get("id_in_use")
+        if taken is not None and preferred is not None and self.settings.requested_id is None:
+            if taken == preferred:  # only a preference: any id will do
+                self.log.info("engine id %s is in use; registering under another", taken)
+                return [self._attempt(None)]
+        if taken is not None:
             if self._deadline - now > self.settings.id_in_use_retry:
                 self._retry_at = now + self.settings.id_in_use_retry
                 return []

@@ -163,6 +163,23 @@ def test_the_id_retry_ends_in_registration() -> None:
     assert only(link.on_registration_message(accepted(second, 3), 0.3), Registered).first
 
 
+def test_a_preferred_id_in_use_gives_way_to_any_id_at_once() -> None:
+    """An MPI rank (preferred_id) is only a wish: in use, the engine registers without it."""
+    link = make_link(preferred_id=2)
+    first = only(link.start(0.0), SendRegistration)
+    assert first.content["id"] == 2
+    again = only(link.on_registration_message(refused(first, "in use", id_in_use=2), 0.1),
+                 SendRegistration)  # fmt: skip
+    assert "id" not in again.content
+    assert only(link.on_registration_message(accepted(again, 7), 0.2), Registered).first
+    assert link.engine_id == 7
+    # a requested id (a restarted engine) wins over the preference, and is insisted on
+    insisting = make_link(requested_id=3, preferred_id=2)
+    request = only(insisting.start(0.0), SendRegistration)
+    assert request.content["id"] == 3
+    assert insisting.on_registration_message(refused(request, "in use", id_in_use=3), 0.1) == []
+
+
 def test_an_unanswered_registration_times_out() -> None:
     link = make_link(registration_timeout=0.5)
     only(link.start(10.0), SendRegistration)

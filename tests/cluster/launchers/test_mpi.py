@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from corral.client.client import Client
+from corral.protocol.references import interactive
 from tests.polling import until
 
 from .conftest import corral
@@ -172,3 +173,47 @@ def test_mpi_engines_end_with_their_killed_owner(tmp_path: Path) -> None:
         for process in psutil.process_iter(["cmdline"]):  # whatever a failure left
             if str(tmp_path) in " ".join(process.info["cmdline"] or []):
                 process.kill()
+
+
+@interactive
+def mpi_names() -> tuple[int, int, int]:
+    """On an engine: the names ipyparallel's ``--mpi`` engines define in their namespace."""
+    return (mpi_rank, mpi_size, MPI.COMM_WORLD.Get_rank())  # type: ignore[name-defined]  # noqa: F821
+
+
+@pytest.mark.timeout(180)
+def test_mpi_engines_take_their_rank_as_engine_id_when_it_is_free(tmp_path: Path) -> None:
+    """As ipyparallel's: an engine started by mpiexec asks for its rank as its engine id, and
+    has ``MPI``, ``mpi_rank`` and ``mpi_size`` in its namespace; the ranks of a second
+    mpiexec, whose ids are taken, register under new ids."""
+    import subprocess
+    import sys
+
+    from corral.cluster.cluster import Cluster
+    from corral.cluster.launchers.mpi import is_hydra, mpiexec_command
+
+    cluster = Cluster(n=3, engines="mpi", cluster_dir=tmp_path, heartbeat_period=0.5)
+    with cluster as rc:
+        rc.wait_for_engines(3, timeout=60)
+        assert rc.ids == [0, 1, 2]
+        names = rc[:].apply_sync(mpi_names)
+        assert names == [(0, 3, 0), (1, 3, 1), (2, 3, 2)]
+        assert {e: i["mpi_rank"] for e, i in rc.engine_info().items()} == {0: 0, 1: 1, 2: 2}
+        engine = [sys.executable, "-m", "corral", "engine", "--mpi"]
+        engine += ["--file", str(cluster.path / "corral-engine.json")]
+        extra = ["-disable-auto-cleanup"] if is_hydra("mpiexec") else []
+        second = subprocess.Popen(
+            mpiexec_command("mpiexec", 2, extra, engine),
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        try:
+            rc.wait_for_engines(5, timeout=60)
+            assert rc.ids == [0, 1, 2, 3, 4]
+            assert sorted(rc[[3, 4]].apply_sync(mpi_names)) == [(0, 2, 0), (1, 2, 1)]
+        finally:
+            rc.shutdown([3, 4], block=True)
+            try:
+                second.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(second.pid, 9)
+                second.wait(10)
