@@ -87,6 +87,14 @@ class MultipleInstanceError(CorralError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class UnknownFlag(CorralError, KeyError, TypeError):
+    """``view.set_flags`` (or a view constructor) given a name that is not a flag of the view: a
+    KeyError as in ipyparallel, and a TypeError, as for an unknown keyword argument."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 class LaunchError(CorralError):
     """A launcher (local, mpi, ssh, slurm, pbs, lsf, sge) could not start or stop its processes;
     the message carries the launcher's own error text (sbatch's, mpiexec's, ssh's)."""

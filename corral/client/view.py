@@ -24,6 +24,7 @@ from corral.client.dataview import DataMovement
 from corral.client.mapping import as_sequence, join, partition
 from corral.client.remote import map_chunk
 from corral.client.remotefunction import ParallelFunction, RemoteFunction
+from corral.errors import UnknownFlag
 from corral.protocol.serialize import pack_apply_message
 
 if TYPE_CHECKING:
@@ -98,10 +99,11 @@ class View:
     # ------------------------------------------------------------------ flags
 
     def set_flags(self, **flags: Any) -> View:
-        """Set several flags at once; an unknown name is a TypeError. Returns the view."""
+        """Set several flags at once; an unknown name is an UnknownFlag (a KeyError, as in
+        ipyparallel, and a TypeError). Returns the view."""
         unknown = sorted(set(flags) - set(self._flags))
         if unknown:
-            raise TypeError(f"{type(self).__name__} has no flags {unknown}; flags: {self._flags}")
+            raise UnknownFlag(f"{type(self).__name__} has no flags {unknown}; flags: {self._flags}")
         for name, value in flags.items():
             setattr(self, name, value)
         return self

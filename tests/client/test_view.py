@@ -65,6 +65,12 @@ def test_block_flag_and_temp_flags(rc) -> None:  # type: ignore[no-untyped-def]
     assert dv.apply(double, 3) == 6
     with pytest.raises(TypeError, match="no flags"):
         dv.set_flags(retries=2)
+    with pytest.raises(KeyError, match="no flags"):  # ipyparallel's error (not a flag)
+        dv.set_flags(retries=2)
+    bview = rc.broadcast_view()
+    with pytest.raises(KeyError, match=r"\['coalescing'\]"):  # as its broadcast examples pass
+        rc.broadcast_view(coalescing=True)
+    assert bview.is_coalescing is False
 
 
 def test_execute_captures_stdout_and_result(rc) -> None:  # type: ignore[no-untyped-def]
