@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -329,25 +329,25 @@ class SQLiteStore(ResultStore):
         if residue:
             return super().find_page(query, keys, limit=limit, skip=skip, newest_first=newest_first)
         where, params = sql_where(atoms)
-        self.flush()
-        with self._lock:
-            self._check_open()
-            (total,) = self._reader.execute(
-                f"SELECT count(*) FROM tasks WHERE {where}", params
-            ).fetchone()
-        # SQLite walks past the skipped rows: a page in the far half is read from the other end
-        flip = skip > int(total) // 2
-        if flip:
-            skip, limit = max(0, int(total) - skip - limit), min(limit, int(total) - skip)
-        order = "DESC" if newest_first != flip else "ASC"
-        page = self._select(
-            columns_for(None if fields is None else set(fields)),
-            where,
-            params,
-            [],
-            fields,
-            suffix=f" {order} LIMIT {max(0, limit)} OFFSET {skip}",
-        )
+        # the count and the page in one snapshot: a row the Hub writes between them must not
+        # be on the page and missing from the count (a dashboard test saw total 0, one row)
+        with self._snapshot() as db:
+            (total,) = db.execute(f"SELECT count(*) FROM tasks WHERE {where}", params).fetchone()
+            # SQLite walks past the skipped rows: a page in the far half is read from the other
+            # end
+            flip = skip > int(total) // 2
+            if flip:
+                skip, limit = max(0, int(total) - skip - limit), min(limit, int(total) - skip)
+            order = "DESC" if newest_first != flip else "ASC"
+            page = self._read_rows(
+                db,
+                columns_for(None if fields is None else set(fields)),
+                where,
+                params,
+                [],
+                fields,
+                suffix=f" {order} LIMIT {max(0, limit)} OFFSET {skip}",
+            )
         if flip:
             page.reverse()
         return page, int(total)
@@ -390,6 +390,22 @@ class SQLiteStore(ResultStore):
         if self._closed:
             raise StoreError(f"the SQLite result store {self.path} is closed")
 
+    @contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """The reader in one read transaction, under the store's lock (after the writes issued
+        so far): what is read in it is one state of the store (blobs read by handle too)."""
+        self.flush()
+        with self._lock:
+            self._check_open()
+            db = self._reader
+            db.execute("BEGIN")
+            try:
+                yield db
+            except sqlite3.Error as exc:
+                raise StoreError(f"reading the result store {self.path} failed: {exc}") from exc
+            finally:
+                db.execute("COMMIT")
+
     def _select(
         self,
         columns: tuple[str, ...],
@@ -397,48 +413,42 @@ class SQLiteStore(ResultStore):
         params: list[Any],
         residue: list[Any],
         fields: tuple[str, ...] | None,
+    ) -> list[dict[str, Any]]:
+        """Rows in submission order, decoded, filtered by the residue, projected; in one
+        snapshot (:meth:`_snapshot`)."""
+        with self._snapshot() as db:
+            return self._read_rows(db, columns, where, params, residue, fields)
+
+    def _read_rows(
+        self,
+        db: sqlite3.Connection,
+        columns: tuple[str, ...],
+        where: str,
+        params: list[Any],
+        residue: list[Any],
+        fields: tuple[str, ...] | None,
         suffix: str = "",
     ) -> list[dict[str, Any]]:
-        """Rows in submission order (``suffix`` may reverse and slice it), decoded, filtered
-        by the residue, projected; all in one read transaction, so buffers read by blob
-        handles belong to the same snapshot."""
-        self.flush()
+        """:meth:`_select`'s work inside a snapshot; ``suffix`` may reverse and slice it."""
         sql = f"SELECT {', '.join(columns)} FROM tasks WHERE {where} ORDER BY seq{suffix}"
         buffers_early = any(c.field == BUFFERS_FIELD for c in residue)
         request_early = any(c.field == REQUEST_BUFFERS_FIELD for c in residue)
         records: list[dict[str, Any]] = []
-        with self._lock:
-            self._check_open()
-            db = self._reader
-            db.execute("BEGIN")
-            try:
-                for row in db.execute(sql, params):
-                    record, lengths, request_lengths = decode_row(row, columns)
-                    if request_lengths is not None and request_early:
-                        record[REQUEST_BUFFERS_FIELD] = self._read_request(
-                            row[0], row[2], request_lengths
-                        )
-                        request_lengths = None
-                    if lengths is not None and buffers_early:
-                        record[BUFFERS_FIELD] = read_result_buffers(
-                            db, self.path, row[0], row[2], lengths
-                        )
-                        lengths = None
-                    if residue and not matches(record, residue):
-                        continue
-                    if lengths is not None:
-                        record[BUFFERS_FIELD] = read_result_buffers(
-                            db, self.path, row[0], row[2], lengths
-                        )
-                    if request_lengths is not None:
-                        record[REQUEST_BUFFERS_FIELD] = self._read_request(
-                            row[0], row[2], request_lengths
-                        )
-                    records.append(project(record, fields))
-            except sqlite3.Error as exc:
-                raise StoreError(f"reading the result store {self.path} failed: {exc}") from exc
-            finally:
-                db.execute("COMMIT")
+        for row in db.execute(sql, params):
+            record, lengths, request_lengths = decode_row(row, columns)
+            if request_lengths is not None and request_early:
+                record[REQUEST_BUFFERS_FIELD] = self._read_request(row[0], row[2], request_lengths)
+                request_lengths = None
+            if lengths is not None and buffers_early:
+                record[BUFFERS_FIELD] = read_result_buffers(db, self.path, row[0], row[2], lengths)
+                lengths = None
+            if residue and not matches(record, residue):
+                continue
+            if lengths is not None:
+                record[BUFFERS_FIELD] = read_result_buffers(db, self.path, row[0], row[2], lengths)
+            if request_lengths is not None:
+                record[REQUEST_BUFFERS_FIELD] = self._read_request(row[0], row[2], request_lengths)
+            records.append(project(record, fields))
         return records
 
     def _read_request(self, seq: int, msg_id: str, lengths: list[int]) -> list[bytes]:
