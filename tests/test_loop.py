@@ -314,12 +314,16 @@ def test_a_setup_stuck_past_its_bound_is_raised_with_where_it_was(
 
     thread = LoopThread("stuck", setup_waiting_for_ever)
     caplog.set_level(logging.WARNING, logger="corral.loop")
+    # released after the bound, so that start()'s stop of the thread need not wait its own
+    letting_go = threading.Timer(0.5, release.set)
+    letting_go.start()
     try:
         with pytest.raises(ConnectionError, match="setup did not finish in 0.2 s"):
             thread.start(timeout=0.2)
         # the stuck thread's stack, for a hang seen once in a CI run to say where it was
         assert "setup_waiting_for_ever" in caplog.text and "release.wait" in caplog.text
     finally:
+        letting_go.cancel()
         release.set()
         thread.stop()
     assert not thread.alive

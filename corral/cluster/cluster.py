@@ -399,6 +399,8 @@ class Cluster(ClusterLifecycle):
         return self.supervisor.restarts if self.supervisor is not None else {}
 
     def _save_state(self, **extra: Any) -> None:
+        if self.attached:  # the state file is its manager's, who writes it (from_file)
+            return
         state = {
             **extra,
             "manager_pid": os.getpid(),
