@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.native import COMPILED
-from corral.protocol.references import Reference, bind_function, bind_namespace
+from corral.protocol.references import Reference, bind_namespace
 
 from .ipython import IPYTHON_HINT, looks_like_ipython
 
@@ -92,11 +92,6 @@ class Namespace:
         if depth == 0 and type(value) is dict:
             return {key: self.resolve(item, 1) for key, item in value.items()}
         return value
-
-    def bind(self, f: types.FunctionType) -> types.FunctionType:
-        """A copy of ``f`` whose globals are this namespace (the rule, shared with the
-        client's helpers, is :func:`corral.protocol.references.bind_function`)."""
-        return bind_function(f, self.user_ns)
 
     def apply(self, f: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """``f(*args, **kwargs)`` with top-level References resolved from the namespace.

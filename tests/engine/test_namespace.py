@@ -15,7 +15,7 @@ import pytest
 from corral.engine.capture import OutputCapture
 from corral.engine.namespace import Namespace, strip_engine_frames
 from corral.protocol import references
-from corral.protocol.references import Reference, interactive
+from corral.protocol.references import Reference, bind_function, interactive
 from tests.polling import until
 
 
@@ -223,7 +223,7 @@ def test_rebinding_keeps_defaults_kwdefaults_closure_and_attributes(ns: Namespac
     f = scope["outer"]()
     f.custom = "kept"
     ns["offset"] = 1000
-    bound = ns.bind(f)
+    bound = bind_function(f, ns.user_ns)  # the rule Namespace.apply binds with
     assert bound.__globals__ is ns.user_ns
     assert bound(1) == 1 + 2 + 3 + 7 + 1000
     assert bound(1, 0, c=0) == 1 + 7 + 1000
