@@ -192,6 +192,7 @@ class Client(ControllerLink, RequestSending, ControlCalls, HubQueries):
         self._engines_changed = threading.Condition()  # also notified when the link changes
         self._link_lost_at: float | None = None  # monotonic time the controller link dropped
         self._resync: set[str] | None = None  # engines announced since the table was re-asked
+        self._asked_before_outage: set[str] = set()  # Hub queries unanswered at a drop
         self._controller: str | None = None  # the run of the controller last connected to
         self._views: weakref.WeakSet[View] = weakref.WeakSet()
         self._helpers: set[threading.Thread] = set()  # owned, joined by close()
@@ -407,7 +408,7 @@ class Client(ControllerLink, RequestSending, ControlCalls, HubQueries):
         self._wait_for_link(deadline, msg_type)
         metadata = self._shm.reader_metadata() if msg_type in _BUFFER_QUERIES else None
         msg = self.session.msg(msg_type, content, metadata=metadata)
-        future = self._records.track_service(msg.msg_id, "hub")
+        future = self._records.track_service(msg.msg_id, "hub", request=msg)
         try:
             self._io.send(b"hub", self.session.serialize(msg))
         except ConnectionError:

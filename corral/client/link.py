@@ -5,9 +5,9 @@ routes to the client.
 decoded message. :class:`ControllerLink`, a mixin of :class:`corral.client.client.Client`,
 keeps the engine table current from registration notifications, notices when the controller
 is unreachable (socket monitors) and, once it is back, asks the Hub for the engine table again
-and recovers the requests left unanswered (:mod:`corral.client.recovery`). Waiting for engines,
-for results and for the link all fail with ConnectionError once the controller has been away
-too long, instead of waiting for ever.
+sends again the Hub queries the link's drop left unanswered, and recovers the requests left
+unanswered (:mod:`corral.client.recovery`). Its waits (for engines, results, the link), each
+bounded by the outage: :mod:`corral.client.waits`.
 """
 
 from __future__ import annotations
@@ -15,19 +15,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Container, Iterable
-from concurrent import futures
+from collections.abc import Callable, Container
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from corral.client.direct import direct_address
-from corral.client.records import SERVICE, TASK
+from corral.client.records import SERVICE, TASK, Pending
 from corral.client.recovery import RECOVERY_PERIOD, Recovery
-from corral.errors import ConnectionError, EngineError, SharedMemoryRefused, TimeoutError
+from corral.client.waits import LinkWaits
+from corral.errors import ConnectionError, EngineError, SharedMemoryRefused
 from corral.lane import AVAILABLE as LANES_AVAILABLE
 from corral.protocol.direct_offer import read_lane
-from corral.protocol.session import Message
+from corral.protocol.session import Message, utcnow
 from corral.protocol.shm import METADATA_KEY
 
 if TYPE_CHECKING:
@@ -35,15 +35,13 @@ if TYPE_CHECKING:
     from corral.client.io_shell import ClientIO
     from corral.client.records import Records
     from corral.client.recovery import Resender
-    from corral.client.socket_gate import Sleepy
     from corral.protocol.session import Session
     from corral.sharedmem import SharedMemory
 
-__all__ = ["LINK_CHECK", "ControllerLink", "IOHandler", "answered_by", "engine_gone"]
+__all__ = ["ControllerLink", "IOHandler", "answered_by", "engine_gone"]
 
 log = logging.getLogger("corral.client")
 
-LINK_CHECK = 0.25  # seconds between looks at the controller link while waiting for results
 # on a direct engine's end, the tasks it answered in this many seconds before (at most this
 # many) are reported to the Hub: their copies may have died with it (answered_by)
 ANSWERED_WINDOW = 300.0
@@ -52,7 +50,6 @@ ANSWERED_LATEST = 10_000
 # once its queue connections are up, which it awaits up to 10 s) before the client stops
 # reconnecting to its direct address
 DIRECT_GRACE = 30.0
-_FEW = 8  # futures waited for one at a time (reading replies meanwhile); more: futures.wait
 
 
 class IOHandler:
@@ -117,7 +114,7 @@ class IOHandler:
         self.client._link_changed(up)
 
 
-class ControllerLink:
+class ControllerLink(LinkWaits):
     """The engine table and the controller link of a Client (see the module doc)."""
 
     if TYPE_CHECKING:  # provided by Client
@@ -134,6 +131,7 @@ class ControllerLink:
         _engines_changed: threading.Condition
         _link_lost_at: float | None
         _resync: set[str] | None
+        _asked_before_outage: set[str]
         _controller: str | None
         _shm_hosts: dict[str, str]
         _direct_offers: dict[str, str]
@@ -154,150 +152,6 @@ class ControllerLink:
 
         def _fetch_in_chunks(self, msg_ids: list[str]) -> None: ...
 
-    def wait_for_engines(
-        self,
-        n: int | None = None,
-        timeout: float | None = -1,
-        block: bool = True,
-        interactive: bool | None = None,
-    ) -> futures.Future[None] | None:
-        """Block until at least ``n`` engines are registered (None: one); TimeoutError after
-        ``timeout`` seconds (None or negative: wait forever), ConnectionError once the
-        controller has been unreachable for the client's own ``timeout`` (while it is, the
-        engine table is stale and does not count). ``block=False``: a Future of the same wait
-        at once. ``interactive``: show a progress bar of the engines meanwhile."""
-        count = 1 if n is None else n
-        if interactive and block:
-            from corral.client.progress import wait_for_engines
-
-            wait_for_engines(cast("Client", self), count, timeout=timeout)
-            return None
-        if not block:
-            waiting: futures.Future[None] = futures.Future()
-
-            def wait_in_thread() -> None:
-                try:
-                    self._wait_for_engines(count, timeout)
-                except BaseException as exc:  # noqa: BLE001 - the future carries it
-                    waiting.set_exception(exc)
-                else:
-                    waiting.set_result(None)
-
-            self._start_helper("corral-wait-for-engines", wait_in_thread)
-            return waiting
-        self._wait_for_engines(count, timeout)
-        return None
-
-    def _start_helper(self, name: str, run: Callable[[], None]) -> None:
-        """Run ``run`` on a thread this client owns: :meth:`_join_helpers` (from ``close``)
-        joins it, once closing has woken every wait."""
-
-        def helper() -> None:
-            try:
-                run()
-            finally:
-                with self._engines_changed:
-                    self._helpers.discard(threading.current_thread())
-
-        thread = threading.Thread(target=helper, name=name, daemon=True)
-        with self._engines_changed:
-            self._helpers.add(thread)
-        thread.start()
-
-    def _join_helpers(self, timeout: float = 10.0) -> None:
-        with self._engines_changed:
-            helpers = list(self._helpers)
-        for thread in helpers:
-            if thread is not threading.current_thread():
-                thread.join(timeout)
-                if thread.is_alive():
-                    log.error("client: helper %s did not end within %s s", thread.name, timeout)
-
-    def _wait_for_engines(self, n: int, timeout: float | None) -> None:
-        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
-        with self._engines_changed:
-            while len(self._engines) < n or self._link_lost_at is not None:
-                if self._io.closed:
-                    raise self._io.closed_error()
-                now = time.monotonic()
-                wait = None if deadline is None else deadline - now
-                if wait is not None and wait <= 0:
-                    raise TimeoutError(
-                        f"{len(self._engines)} of {n} engines registered after {timeout} s"
-                    )
-                if self._link_lost_at is not None:
-                    link_left = self._link_lost_at + self.timeout - now
-                    if link_left <= 0:
-                        raise self._unreachable(f"waiting for {n} engines")
-                    wait = link_left if wait is None else min(wait, link_left)
-                self._engines_changed.wait(wait if wait is not None else 1.0)
-
-    def _unreachable(self, doing: str, within: float | None = None) -> ConnectionError:
-        lost = self._link_lost_at
-        since = f"{time.monotonic() - lost:.1f} s ago" if lost is not None else "just now"
-        return ConnectionError(
-            f"{doing}: the controller at {self.addresses['hub']} did not answer: it is "
-            f"unreachable (the connection dropped {since} and did not come back within "
-            f"{self.timeout if within is None else within} s). Is it running? A controller "
-            "restarted with --restore is found again by this client by itself."
-        )
-
-    def wait_for_futures(
-        self,
-        pending: Iterable[futures.Future[Any]],
-        timeout: float | None,
-        doing: str,
-        *,
-        any_done: bool = False,
-    ) -> bool:
-        """Wait until every future (``any_done``: one) is done (True) or ``timeout`` passes
-        (False; None or negative: no limit). ConnectionError once the controller has been
-        unreachable for ``outage_grace`` seconds with some still pending: nothing could complete
-        them then. A controller back within the grace changes nothing."""
-        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
-        everything = list(pending)
-        waiting = [f for f in everything if not f.done()]
-        while waiting and not (any_done and len(waiting) < len(everything)):
-            now = time.monotonic()
-            lost = self._link_lost_at
-            step = LINK_CHECK
-            if lost is not None:
-                step = lost + self.outage_grace - now
-                if step <= 0:
-                    raise self._unreachable(doing, self.outage_grace)
-            if deadline is not None:
-                if deadline <= now:
-                    return False
-                step = min(step, deadline - now)
-            if len(waiting) == 1 or (len(waiting) <= _FEW and not any_done):
-                # get() of one result, or all of a few, one at a time: this thread reads the
-                # replies itself if no other does (corral.client.socket_gate), else it waits
-                # on the future's own condition (no waiter object)
-                first = waiting[0]
-                channel = getattr(first, "reply_channel", None)
-                if channel is None or not self._io.wait_reading(
-                    channel, cast("Sleepy", first), step
-                ):
-                    _wait_one(first, step)
-                waiting = [f for f in waiting if not f.done()]
-                continue
-            _, not_done = futures.wait(
-                waiting, step, futures.FIRST_COMPLETED if any_done else futures.ALL_COMPLETED
-            )
-            waiting = list(not_done)
-        return True
-
-    def _wait_for_link(self, deadline: float, doing: str) -> None:
-        """Return once the controller link is up; ConnectionError if not by ``deadline``."""
-        with self._engines_changed:
-            while self._link_lost_at is not None:
-                if self._io.closed:
-                    raise self._io.closed_error()
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise self._unreachable(doing)
-                self._engines_changed.wait(left)
-
     def _link_changed(self, up: bool) -> None:
         """(I/O thread) The controller link dropped, or its sockets are connected again. The
         client counts as reconnected only once the Hub has sent the engine table again:
@@ -308,11 +162,38 @@ class ControllerLink:
                 self._resync = set()
             self._request_engine_table()
             return
+        self._asked_before_outage.update(self._hub_queries())
         with self._engines_changed:
             if self._link_lost_at is None:
                 self._link_lost_at = time.monotonic()
             self._resync = None
             self._engines_changed.notify_all()
+
+    def _hub_queries(self) -> list[str]:
+        """(I/O thread) The Hub queries unanswered here that may be sent again."""
+        return [
+            msg_id
+            for msg_id, pending in list(self._records.pending.items())
+            if isinstance(pending, Pending) and pending.request is not None
+        ]
+
+    def _ask_hub_again(self) -> None:
+        """(I/O thread) Once reconnected, send again the Hub queries that were unanswered
+        when the link dropped: the controller that had them may be gone (killed, then
+        restarted with --restore, which knows nothing of them), and without this a
+        ``get_result``, ``db_query`` or the recovery's own fetch of results failed after the
+        client's timeout although the restarted Hub could answer at once. Each goes out
+        dated anew, so a Hub that did read the first (the link dropped, the controller
+        lived) does not refuse it as a replay; of two answers the second finds nothing
+        pending and is dropped. Queries sent during the outage are not among them: zmq
+        holds those until the new connection is up."""
+        msg_ids, self._asked_before_outage = self._asked_before_outage, set()
+        for msg_id in msg_ids:
+            pending = self._records.pending.get(msg_id)
+            if isinstance(pending, Pending) and pending.request is not None:
+                request = pending.request
+                again = replace(request, header={**request.header, "date": utcnow()})
+                self._io.send_now("hub", self.session.serialize(again))
 
     def _request_engine_table(self) -> None:
         """(I/O thread) connection_request; the reply replaces the engine table, keeping the
@@ -342,6 +223,7 @@ class ControllerLink:
                 self._engines_changed.notify_all()
             if missing:
                 self._io.call_later(DIRECT_GRACE, lambda: self._drop_direct_of_absent(missing))
+            self._ask_hub_again()
             self._recover(Recovery.of(self._unanswered()))
 
         def on_timeout() -> None:
@@ -540,7 +422,7 @@ class ControllerLink:
         def on_timeout() -> None:
             self._records.pending.pop(msg.msg_id, None)
 
-        self._records.track_service(msg.msg_id, "hub", on_reply=on_reply)
+        self._records.track_service(msg.msg_id, "hub", on_reply=on_reply, request=msg)
         self._io.send_now("hub", self.session.serialize(msg))
         self._io.call_later(self.timeout, on_timeout)
 
@@ -596,13 +478,3 @@ def engine_gone(engine_id: int | None, uuid: str, why: str | None = None) -> Eng
         engine_id=engine_id,
         engine_uuid=uuid,
     )
-
-
-def _wait_one(future: futures.Future[Any], timeout: float) -> None:
-    """Wait until ``future`` is done or ``timeout`` passes: ``futures.wait`` for one future,
-    without building and installing a waiter in it (about 10 us less per round trip, on the
-    latency path)."""
-    try:
-        future.exception(timeout)
-    except (futures.TimeoutError, futures.CancelledError):
-        pass

@@ -275,7 +275,7 @@ class HubQueries:
                 if then is not None:
                     then()
 
-        records.track_service(msg.msg_id, "hub", on_reply=on_reply)
+        records.track_service(msg.msg_id, "hub", on_reply=on_reply, request=msg)
         self._io.send_now("hub", self.session.serialize(msg))
         self._io.call_later(self.timeout, on_timeout)
 

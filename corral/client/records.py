@@ -75,6 +75,8 @@ class Pending:
     channel: str
     engine_uuid: str | None = None
     on_reply: Callable[[Message], None] | None = None
+    # a Hub query's own message, sent again if the controller link drops before its answer
+    request: Message | None = None
 
 
 def settle(future: Future[Any], value: Any, failed: bool) -> bool:
@@ -185,11 +187,17 @@ class Records:
         return future
 
     def track_service(
-        self, msg_id: str, channel: str, on_reply: Callable[[Message], None] | None = None
+        self,
+        msg_id: str,
+        channel: str,
+        on_reply: Callable[[Message], None] | None = None,
+        request: Message | None = None,
     ) -> Future[Any]:
-        """Register a Hub query; its future gets the reply Message (unless ``on_reply``)."""
+        """Register a Hub query; its future gets the reply Message (unless ``on_reply``).
+        ``request``: the query, which may be sent again after an outage (it must be safe to
+        answer twice: the second answer finds nothing pending and is dropped)."""
         future: Future[Any] = Future()
-        self.pending[msg_id] = Pending(future, SERVICE, channel, on_reply=on_reply)
+        self.pending[msg_id] = Pending(future, SERVICE, channel, on_reply=on_reply, request=request)
         return future
 
     def future_for(self, msg_id: str) -> tuple[RequestFuture, bool]:

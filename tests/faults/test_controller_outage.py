@@ -11,6 +11,7 @@ import signal
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from corral import Client
@@ -219,5 +220,74 @@ def test_a_direct_task_whose_engine_died_meanwhile_fails_with_an_engine_error(
             assert rc[0].apply_sync(_sleeps, 0) == 0
         finally:
             rc.close()
+    finally:
+        cluster.stop()
+
+
+def _unread_bytes(server_port: int, client_port: int) -> int:
+    """Bytes the kernel holds for the server end of the loopback TCP connection from
+    ``client_port`` to ``server_port``, not yet read by the server (``/proc/net/tcp``)."""
+    total = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            next(rows)
+            for row in rows:
+                fields = row.split()
+                local, remote, queues = fields[1], fields[2], fields[4]
+                if (
+                    int(local.rsplit(":", 1)[1], 16) == server_port
+                    and int(remote.rsplit(":", 1)[1], 16) == client_port
+                ):
+                    total += int(queues.split(":")[1], 16)
+    return total
+
+
+@pytest.mark.timeout(120)
+def test_a_query_the_killed_controller_never_answered_is_asked_again(tmp_path: Path) -> None:
+    """A second client's ``get_result`` reaches the controller, which is killed before it
+    reads it (stopped, then SIGKILLed with the query in its socket's buffer). Once the client
+    is reconnected to the controller restarted with --restore, the query is sent again and
+    the stored result comes back (on 0ad46f6 nothing asked again: ConnectionError "the Hub did
+    not answer result_request" after the client's whole timeout)."""
+    cluster = start_cluster(tmp_path, 1, heartbeat_period=0.5)
+    cluster.start()
+    client_file = Path(cluster.path) / "corral-client.json"
+    try:
+        rc = Client(client_file, timeout=TIMEOUT)
+        try:
+            done = rc[0].apply_async(lambda: 42)
+            assert done.get(timeout=30) == 42
+            msg_id = done.msg_ids[0]
+            until(lambda: not rc.result_status([msg_id])["pending"], 10, "the Hub to store it")
+        finally:
+            rc.close()
+        me = psutil.Process()
+        before = {c.laddr.port for c in me.net_connections("tcp")}
+        other = Client(client_file, timeout=20)
+        try:
+            hub_port = int(other.addresses["hub"].rsplit(":", 1)[1])
+            mine = [
+                c.laddr.port
+                for c in me.net_connections("tcp")
+                if c.raddr and c.raddr.port == hub_port and c.laddr.port not in before
+            ]
+            assert len(mine) == 1, mine
+            assert cluster.controller is not None
+            cluster.controller.send_signal(signal.SIGSTOP)
+            try:
+                fetched = other.get_result(msg_id, block=False)
+                until(
+                    lambda: _unread_bytes(hub_port, mine[0]) > 0,
+                    10,
+                    "the query to wait in the stopped controller's socket",
+                )
+            finally:
+                cluster.controller.send_signal(signal.SIGKILL)
+                cluster.controller.wait()
+            cluster.controller_args.append("--restore")
+            cluster.start_controller()
+            assert fetched.get(timeout=60) == 42
+        finally:
+            other.close()
     finally:
         cluster.stop()
