@@ -64,9 +64,15 @@ class IOHandler:
             msg = self.client._shm.resolve(msg)  # verified by the I/O thread already
         except SharedMemoryRefused as err:
             self.client._io.count_rejected()
-            log.warning("client: refused the buffers of a reply to %s: %s", msg.parent_id, err)
             pending = records.pending.get(msg.parent_id or "")
-            if pending is None or pending.kind != SERVICE:
+            if pending is None:
+                # a second answer to a request already settled, whose buffers went with the
+                # first (an engine sends its kept replies again to a restarted controller,
+                # which forwards them): nothing is lost, nothing waits for it
+                log.debug("client: dropped a late reply to %s: %s", msg.parent_id, err)
+                return
+            log.warning("client: refused the buffers of a reply to %s: %s", msg.parent_id, err)
+            if pending.kind != SERVICE:
                 records.fail(msg.parent_id or "", err)
                 return
             stripped = {k: v for k, v in msg.metadata.items() if k != METADATA_KEY}

@@ -4,6 +4,7 @@ that has it off; the Hub records the data; forged references are refused."""
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from corral import Client, Reference
+from corral.client.link import IOHandler
 from corral.errors import RemoteError
 from corral.protocol.serialize import pack_apply_message
 from corral.protocol.session import Session
@@ -156,3 +158,29 @@ def test_a_reference_in_a_message_with_a_bad_signature_is_never_mapped(fast: Cli
     finally:
         link.unlink(missing_ok=True)
         writer.close()
+
+
+def test_a_late_second_reply_whose_segment_is_gone_is_dropped_quietly(
+    fast: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reply to a request already answered, naming a segment read with the first answer
+    (an engine sends its kept replies again to a restarted controller), is dropped without a
+    warning: nothing is lost. (On 3e5d890 every such duplicate logged "refused the buffers of
+    a reply ... or the name is forged", seen in chaos runs with controller restarts.) A
+    pending request whose reply names a missing segment still fails, with the warning."""
+    done = fast[0].apply_async(identity, 1)
+    assert done.get(timeout=30) == 1
+    gone = {"index": 0, "size": 4096, "writer": os.getpid(), "token": "0" * 32, "hold": True}
+    late = fast.session.msg(
+        "apply_reply",
+        {"status": "ok"},
+        parent={"msg_id": done.msg_ids[0], "msg_type": "apply_request"},
+        metadata={"shm": [gone]},
+    )
+    handler = IOHandler(fast)
+    with caplog.at_level(logging.DEBUG, logger="corral.client"):
+        handler.on_reply(late)
+    assert done.get(timeout=1) == 1
+    messages = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "corral.client"]
+    assert not [m for level, m in messages if level >= logging.WARNING], messages
+    assert any("dropped a late reply" in m for _, m in messages), messages
