@@ -14,8 +14,10 @@ from corral.controller.heartbeat import AWAIT_AT_LEAST
 from corral.controller.packing import BURST_PACKING, MAX_BURST_PACKING, check_burst_packing
 from corral.controller.scheduling_state import (
     BURST_PREFETCH,
+    LONG_TASK,
     MAX_BURST_PREFETCH,
     check_burst_prefetch,
+    check_long_task,
 )
 from corral.protocol.connection_files import (
     DEFAULT_CLUSTER_ID,
@@ -102,6 +104,16 @@ def _controller_flags(parser: argparse.ArgumentParser) -> None:
         help="an engine answering tasks far shorter than a millisecond in bursts may hold this "
         f"many times --max-outstanding (default {BURST_PREFETCH}; 1: never more; at most "
         f"{MAX_BURST_PREFETCH})",
+    )
+    parser.add_argument(
+        "--long-task",
+        type=_long_task,
+        default=LONG_TASK,
+        metavar="SECONDS",
+        help="an engine whose last task ran this long or longer holds one task at a time, as "
+        "under ipyparallel's scheduler, so no task waits behind a long one while another "
+        f"engine is idle; shorter tasks are prefetched (default {LONG_TASK}; 0: always "
+        "--max-outstanding)",
     )
     parser.add_argument(
         "--burst-packing",
@@ -200,6 +212,16 @@ def _nice_steps(text: str) -> int:
     if not 0 <= steps <= 19:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of nice steps from 0 to 19")
     return steps
+
+
+def _long_task(text: str) -> float:
+    """Seconds from 0 to an hour (argparse's error, exit status 2, else)."""
+    try:
+        return check_long_task(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of seconds from 0 (off) to 3600"
+        ) from None
 
 
 def _burst_prefetch(text: str) -> int:
@@ -321,6 +343,8 @@ def controller_args(args: argparse.Namespace) -> list[str]:
         str(args.burst_prefetch),
         "--burst-packing",
         str(args.burst_packing),
+        "--long-task",
+        str(args.long_task),
     ]
     if args.restore:
         flags.append("--restore")

@@ -58,6 +58,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
         max_outstanding=args.max_outstanding,
         burst_prefetch=args.burst_prefetch,
         burst_packing=args.burst_packing,
+        long_task=args.long_task,
         curve=curve,
         location=args.location,
         shm_threshold=args.shm_threshold,

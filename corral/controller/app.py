@@ -406,6 +406,7 @@ class Controller:
             "max_outstanding": self.config.max_outstanding,
             "burst_prefetch": self.config.burst_prefetch,
             "burst_packing": self.config.burst_packing,
+            "long_task": self.config.long_task,
             # the Hub keeps a request's buffers up to this size: larger ones are not copied
             "request_buffer_limit": self.config.retention.buffer_limit,
             "parent_pid": os.getpid(),

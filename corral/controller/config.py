@@ -13,7 +13,12 @@ from pathlib import Path
 
 from corral.controller.heartbeat import AWAIT_AT_LEAST
 from corral.controller.packing import BURST_PACKING, check_burst_packing
-from corral.controller.scheduling_state import BURST_PREFETCH, check_burst_prefetch
+from corral.controller.scheduling_state import (
+    BURST_PREFETCH,
+    LONG_TASK,
+    check_burst_prefetch,
+    check_long_task,
+)
 from corral.controller.store import RetentionSettings
 from corral.protocol.shm import (
     DEFAULT_THRESHOLD,
@@ -59,11 +64,15 @@ class ControllerConfig:
     # a burst of such tasks on a host with more engines than this per core runs on this many
     # engines per core of it (corral.controller.packing); 0: never packed
     burst_packing: int = BURST_PACKING
+    # seconds from which a task counts as long: its engine then holds one task at a time, as
+    # under ipyparallel's scheduler (corral.controller.scheduling); 0: always max_outstanding
+    long_task: float = LONG_TASK
 
     def __post_init__(self) -> None:
         """Refuse a scheduler setting the scheduler process would refuse only once started."""
         check_burst_prefetch(self.burst_prefetch)
         check_burst_packing(self.burst_packing)
+        check_long_task(self.long_task)
         check_lone_hub_link_grace(self.lone_hub_link_grace)
         if not 0 <= self.reregistration_grace < float("inf"):
             grace = self.reregistration_grace

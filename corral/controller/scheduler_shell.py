@@ -36,6 +36,7 @@ from corral.controller.scheduler_wire import read_reply, read_request, split_rou
 from corral.controller.scheduling import SchedulerCore
 from corral.controller.scheduling_state import (
     BURST_PREFETCH,
+    LONG_TASK,
     Action,
     Complete,
     Dispatch,
@@ -113,9 +114,10 @@ class SchedulerShell:
         """``settings``: what the controller writes on the scheduler's stdin
         (:meth:`Controller._start_scheduler <corral.controller.app.Controller>`); ``policy``,
         ``max_outstanding``, ``burst_prefetch`` (default :data:`~corral.controller.
-        scheduling_state.BURST_PREFETCH`) and ``burst_packing`` (default
-        :data:`~corral.controller.packing.BURST_PACKING`) go to the core, which refuses bad
-        values."""
+        scheduling_state.BURST_PREFETCH`), ``burst_packing`` (default
+        :data:`~corral.controller.packing.BURST_PACKING`) and ``long_task`` (default
+        :data:`~corral.controller.scheduling_state.LONG_TASK`) go to the core, which refuses
+        bad values."""
         self.context = context or zmq.Context()
         self.loop = Loop("scheduler")
         self.session = Session(
@@ -128,6 +130,7 @@ class SchedulerShell:
             burst_packing=int(settings.get("burst_packing", BURST_PACKING)),
             read_cpu=read_schedstat,
             own_pid=os.getpid(),
+            long_task=settings.get("long_task", LONG_TASK),
         )
         self._local = LocalEngines()  # engines whose CPU time the core may read (packing)
         limit = settings.get("request_buffer_limit")

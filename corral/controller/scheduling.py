@@ -58,6 +58,13 @@ Rules decided here (the shell and clients rely on them):
   The cap only bounds prefetch: the policy still chooses among the engines below their cap, so under
   ``leastload`` an engine holds more than ``max_outstanding`` only while every other engine
   that may run the task is at its cap or at least as loaded.
+- With ``long_task`` above 0 an engine holds one task at a time while its last task ran at
+  least ``long_task`` seconds (from when it got it, or answered the one before, to its
+  reply), while its pace is unknown (it has not answered yet, or has held nothing for
+  ``BURST_HOLD``), and it holds what it has while it has been silent that long with tasks
+  (it runs a long one now): so a task never waits behind a long one on an engine while
+  another could run it, as under ipyparallel's scheduler. Engines of shorter tasks prefetch
+  as above. A first reply shorter than that lifts the engine to its cap at once.
 - With ``burst_packing`` above 0, a burst of such tasks on a host with more than
   ``burst_packing`` engines per core (engines say where they run: ``add_engine``) is kept on
   the first ``burst_packing`` x cores engines of that host while they answer in bursts (a
@@ -113,6 +120,7 @@ from corral.controller.scheduling_state import (
     Redelivery,
     Task,
     TaskRecord,
+    check_long_task,
     some,
 )
 from corral.controller.task_queues import Deadlines, TaskQueues
@@ -145,6 +153,7 @@ class SchedulerCore(Placement):
         burst_packing: int = 0,
         read_cpu: CpuReader | None = None,
         own_pid: int | None = None,
+        long_task: float = 0.0,
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"unknown scheduler policy {policy!r}; choose one of {POLICIES}")
@@ -158,7 +167,9 @@ class SchedulerCore(Placement):
         self.burst_cap = max_outstanding * burst_prefetch
         # engines grouped by host, for bursts packed on a few of them (0 engines per core: off)
         self._hosts = Hosts(burst_packing, read_cpu, own_pid)
-        self._track_bursts = self.burst_cap > max_outstanding or burst_packing > 0
+        # seconds from which a task counts as long: its engine then holds one (0: never)
+        self.long_task = check_long_task(long_task)
+        self._track_bursts = self.burst_cap > max_outstanding or burst_packing > 0 or long_task > 0
         self._now = 0.0  # the latest time an event brought (add and remove bring none)
         self._rng = random.Random(seed)
         self._engines: dict[str, EngineState] = {}
@@ -394,6 +405,11 @@ class SchedulerCore(Placement):
         tasks, most of all with many engines on few cores. Engines of longer tasks (replies
         apart) keep ``max_outstanding``, so such tasks are spread as before."""
         burst = now - engine.last_reply < BURST_GAP
+        if self.long_task:
+            started = (
+                engine.last_reply if engine.last_reply > engine.busy_since else engine.busy_since
+            )
+            engine.runs_long = now - started >= self.long_task
         engine.last_reply = now
         engine.burstiness += ((1.0 if burst else 0.0) - engine.burstiness) * BURST_WEIGHT
         engine.cap = self.burst_cap if engine.burstiness >= BURSTY else self.max_outstanding
@@ -406,11 +422,27 @@ class SchedulerCore(Placement):
         no more than it holds while it packs a burst and got those while idle and has not
         answered since (:mod:`.packing`)."""
         cap = engine.cap
-        if cap > self.max_outstanding and self._now - engine.last_reply > BURST_HOLD:
+        now = self._now
+        if cap > self.max_outstanding and now - engine.last_reply > BURST_HOLD:
             cap = self.max_outstanding
         if engine.packs and unanswered(engine):
             return min(cap, engine.load)
+        if self.long_task and cap > 1:
+            return self._long_task_cap(engine, cap, now)
         return cap
+
+    def _long_task_cap(self, engine: EngineState, cap: int, now: float) -> int:
+        """``cap``, or less under the long-task rule (see the module's rules): what it holds
+        while it has been silent ``long_task`` with tasks, one while its last task ran long
+        or its pace is unknown (:meth:`_dispatch` forgets it after a pause)."""
+        load = engine.load
+        if load:
+            started = (
+                engine.last_reply if engine.last_reply > engine.busy_since else engine.busy_since
+            )
+            if now - started >= self.long_task:
+                return min(cap, load)
+        return 1 if engine.runs_long else cap
 
     def reject(self, msg_id: str, error: type[Exception], reason: str) -> list[Action]:
         """A request the shell could not turn into a task (wrong type, bad metadata, a msg_id

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from corral.controller.scheduling_state import (
+    BURST_HOLD,
     QUEUED,
     RUNNING,
     Action,
@@ -159,6 +160,8 @@ class Placement:
         record.engine = engine
         engine.running[msg_id] = record
         if not engine.load:
+            if self._now - engine.last_reply > BURST_HOLD:  # after a pause the next tasks may
+                engine.runs_long = True  # be long ones: one at a time until a short reply
             engine.busy_since = self._now
             if engine.packs:  # its host's work may resume after a pause (packing.Hosts.woke)
                 self._hosts.woke(engine, self._now)

@@ -31,9 +31,26 @@ bursts (tasks far shorter than a millisecond) may hold this many times ``max_out
 (:class:`~corral.controller.scheduling.SchedulerCore`): with many engines on few cores each
 wake of an engine then finds a long run of tasks (bench/README.md, round eight). 1: always
 ``max_outstanding``."""
+LONG_TASK: Final = 0.1
+"""The controller's default ``long_task`` (``--long-task``), seconds: an engine whose last task
+ran at least this long, or whose pace is unknown (it has not answered yet, or not for
+``BURST_HOLD``), holds one task at a time, as ipyparallel's scheduler holds every engine
+(its ``hwm`` of 1): a task never waits behind a long one while another engine is idle. Shorter
+tasks keep the prefetch of ``max_outstanding``, which hides the round trip to the engine. 0:
+always ``max_outstanding``."""
 MAX_BURST_PREFETCH: Final = 64
 """The largest ``burst_prefetch`` a controller takes: more would only let one engine hoard a
 burst of tasks other engines could run."""
+
+
+def check_long_task(value: object) -> float:
+    """``value`` as seconds if it is a number from 0 to an hour; ValueError saying so otherwise
+    (0 turns the one-at-a-time rule for long tasks off)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 3600:
+        raise ValueError(
+            f"long_task must be a number of seconds from 0 (off) to 3600, not {value!r}"
+        )
+    return float(value)
 
 
 def check_burst_prefetch(value: object) -> int:
@@ -172,6 +189,7 @@ class EngineState:
     last_reply: float = float("-inf")  # when its previous reply came
     busy_since: float = float("-inf")  # when it last got a task while it held none
     burstiness: float = 0.0  # the recent share of its replies that came in bursts
+    runs_long: bool = True  # its last task ran long_task or more (or none answered yet)
     # where it runs, and its part in a burst there (corral.controller.packing): its bursts
     # keep its group packing (packs), or it takes no task any engine may run (held)
     group: HostGroup | None = None

@@ -13,6 +13,7 @@ import pytest
 from corral.client.asyncresult import AsyncMapResult
 from corral.client.dependencies import depend, require
 from corral.client.mapping import CHUNKS_PER_ENGINE
+from corral.controller.scheduling_state import BURST_HOLD
 from corral.errors import ImpossibleDependency, RemoteError, UnmetDependency
 from corral.protocol.dependency import Dependency
 
@@ -219,3 +220,20 @@ def test_a_task_without_flags_has_empty_metadata_and_every_flag_is_seen() -> Non
         view = LoadBalancedView(_FlagsClient())  # type: ignore[arg-type]
         view.set_flags(**{name: ["some-msg-id"]})
         assert view._flagged(), name
+
+
+def test_no_task_waits_behind_a_long_one_while_another_engine_is_idle(rc) -> None:  # type: ignore[no-untyped-def]
+    """A long task and four short ones submitted together after a pause: each engine holds
+    one task while its pace is unknown or its task runs long (the scheduler's long-task rule,
+    ``corral controller --long-task``), so the short ones run one after the other on the
+    other engine, none queued behind the long one. (With every engine prefetching 16, as
+    before, leastload put two of them behind it: they waited 2 s while an engine was idle.)"""
+    lb = rc.load_balanced_view()
+    time.sleep(2 * BURST_HOLD)  # a pause between batches, as a user makes: pace unknown again
+    long = lb.apply_async(nap, 2.0)
+    short = [lb.apply_async(nap, 0.1) for _ in range(4)]
+    long.get(30)
+    for result in short:
+        result.get(30)
+    long_engine = long.metadata["engine_id"]
+    assert [r.metadata["engine_id"] for r in short] == [1 - long_engine] * 4

@@ -97,6 +97,7 @@ def rig(request: pytest.FixtureRequest) -> Iterator[Rig]:
         "notification": f"{LOOPBACK}:{notification_port}",
         "monitor": f"{LOOPBACK}:{monitor_port}",
         "trusted_copies": trusted,
+        "long_task": 0,  # engines prefetch from the first task (tests/.../test_scheduling_long.py)
     }
     shell = SchedulerShell(settings)
     thread = threading.Thread(target=shell.loop.run, name="scheduler-under-test")
