@@ -125,7 +125,9 @@ from corral.errors import (
     TaskTimeout,
 )
 
-POLICIES: Final = ("leastload", "lru", "random", "weighted")
+POLICIES: Final = ("leastload", "lru", "random", "weighted", "twobin")
+#: ipyparallel's names for policies corral has under another name (its ``--scheme``)
+POLICY_ALIASES: Final = {"plainrandom": "random"}
 
 
 class SchedulerCore(Placement):
@@ -146,6 +148,7 @@ class SchedulerCore(Placement):
         read_cpu: CpuReader | None = None,
         own_pid: int | None = None,
     ) -> None:
+        policy = POLICY_ALIASES.get(policy, policy)
         if policy not in POLICIES:
             raise ValueError(f"unknown scheduler policy {policy!r}; choose one of {POLICIES}")
         if max_outstanding < 1:
