@@ -109,6 +109,12 @@ class TimeoutError(CorralError, builtins.TimeoutError):  # noqa: A001
     """A wait ran out of time; the work it waited on may still complete later."""
 
 
+class NotReady(CorralError, RuntimeError, ValueError):
+    """``AsyncResult.successful()`` asked before the result came: ipyparallel raises
+    RuntimeError there, ``multiprocessing.pool.AsyncResult`` (whose interface it extends)
+    ValueError; a handler written for either catches this."""
+
+
 class QueryError(CorralError):
     """A Hub query was rejected (bad fields, unknown operator, unknown or pending msg_id)."""
 

@@ -86,9 +86,11 @@ def _controller_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--scheduler",
+        "--scheme",
         default="leastload",
-        choices=["leastload", "lru", "random", "weighted"],
-        help="load-balancing policy",
+        choices=["leastload", "lru", "random", "plainrandom", "twobin", "weighted"],
+        help="load-balancing policy (--scheme and plainrandom, the same as random, are "
+        "ipyparallel's names; twobin: the least recently used of two engines drawn at random)",
     )
     parser.add_argument(
         "--max-outstanding",

@@ -42,7 +42,7 @@ from corral.client.outcomes import (
 from corral.client.records import Records, settle
 from corral.client.requestfuture import LightFuture, RequestFuture, lighten
 from corral.client.resultinfo import ResultInfo
-from corral.errors import TimeoutError
+from corral.errors import NotReady, TimeoutError
 
 if TYPE_CHECKING:
     from corral.client.asyncmapresult import AsyncMapResult as AsyncMapResult
@@ -407,9 +407,10 @@ class AsyncResult(ResultInfo, LightFuture):
         return self.get(timeout)
 
     def successful(self) -> bool:
-        """Whether it finished without an error; ValueError while it is still running."""
+        """Whether it finished without an error; NotReady (a RuntimeError, as ipyparallel
+        raises, and a ValueError, as multiprocessing's) while it is still running."""
         if not self.done():
-            raise ValueError(f"{self._fname}: not ready, so neither successful nor failed yet")
+            raise NotReady(f"{self._fname}: not ready, so neither successful nor failed yet")
         return self.exception() is None
 
     def cancel(self) -> bool:

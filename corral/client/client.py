@@ -433,11 +433,10 @@ class Client(ControllerLink, RequestSending, ControlCalls, HubQueries):
         return reply
 
     def msg_ids_of(self, jobs: Any) -> list[str]:
-        """msg_ids from a msg_id, an int index into ``history``, an AsyncResult, or a list of
-        those."""
-        items = jobs if isinstance(jobs, list | tuple | set | frozenset) else [jobs]
+        """msg_ids from a msg_id, an int index into ``history``, an AsyncResult, or any
+        iterable of those (see :func:`job_items`)."""
         msg_ids: list[str] = []
-        for item in items:
+        for item in job_items(jobs):
             if isinstance(item, str):
                 msg_ids.append(item)
             elif isinstance(item, int) and not isinstance(item, bool):
@@ -475,7 +474,7 @@ class Client(ControllerLink, RequestSending, ControlCalls, HubQueries):
     def wait(self, jobs: Any = None, timeout: float | None = None) -> bool:
         """Wait for ``jobs`` (msg_ids, AsyncResults, any concurrent Futures; default:
         everything outstanding); True if all finished within ``timeout`` seconds."""
-        given = [] if jobs is None else jobs if isinstance(jobs, list | tuple | set) else [jobs]
+        given = [] if jobs is None else job_items(jobs)
         waited: list[futures.Future[Any]] = [
             job for job in given if isinstance(job, futures.Future) and not hasattr(job, "msg_ids")
         ]
@@ -518,3 +517,15 @@ def _shm_settings(section: object, threshold: int | None) -> Settings | None:
     if settings is None or threshold is None:
         return settings
     return replace(settings, threshold=threshold) if threshold > 0 else None
+
+
+def job_items(jobs: Any) -> list[Any]:
+    """The jobs named by a ``jobs`` argument: one msg_id, history index, AsyncResult or
+    Future, or any other iterable of them (a list, a set, a generator, ``dict.values()``:
+    ``view.wait(results.values())`` is how ipyparallel's DAG tutorial waits on a dict of
+    AsyncResults). An AsyncResult is iterable (its results), so it counts as one job."""
+    if isinstance(jobs, str | bytes | int | futures.Future) or hasattr(jobs, "msg_ids"):
+        return [jobs]
+    if isinstance(jobs, Iterable):
+        return list(jobs)
+    return [jobs]

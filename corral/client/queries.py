@@ -43,8 +43,9 @@ log = logging.getLogger("corral.client")
 __all__ = ["HubQueries"]
 
 _DB_DATE_KEYS = ("submitted", "started", "completed", "received")
-#: Fields a full record has even when the task has none (ipyparallel's records always do)
-_UNLABELLED = ("label",)
+#: Fields a full record has even when the task has none (ipyparallel's records always do;
+#: the Hub writes them only for tasks that have them: execute requests, errors)
+_ALWAYS_PRESENT = ("label", "execute_input", "execute_result", "error")
 #: Resubmitted tasks are followed through the Hub alone (their replies go to it, not to the
 #: client): asked about at most this many seconds apart, so a short task is seen done soon.
 RESUBMIT_POLL_CEILING = 0.1
@@ -438,7 +439,8 @@ class HubQueries:
         with only ``keys`` if given (``msg_id`` is always included; without ``keys`` the
         buffers are left out). Dates come back as datetimes, buffers as frames. As in
         ipyparallel, whose records hold every field, a record has each key asked for (None
-        when the task has no such field) and, without ``keys``, ``label`` (None: unlabelled).
+        when the task has no such field) and, without ``keys``, ``label``, ``execute_input``,
+        ``execute_result`` and ``error`` (None when the task has none).
         Query operators: see corral.controller.store.query (ipyparallel's, with ``$glob``)."""
         if isinstance(keys, str):
             keys = [keys]
@@ -458,6 +460,6 @@ class HubQueries:
             for key in _DB_DATE_KEYS:
                 if isinstance(record.get(key), str):
                     record[key] = parse_date(record[key])
-            for key in _UNLABELLED if keys is None else keys:
+            for key in _ALWAYS_PRESENT if keys is None else keys:
                 record.setdefault(key, None)
         return records

@@ -64,7 +64,15 @@ CLEARED_RESULT: dict[str, Any] = {
     "result_buffers": [],
     "completed": None,
     "received": None,
+    "execute_result": None,
+    "error": None,
 }
+
+#: The fields of an engine's error reply kept as the record's ``error``: what ipyparallel's
+#: Hub keeps there from the engine's iopub ``error`` message (its TaskRecord table: "Python
+#: traceback (error message content)"), so a query finds why a task failed without decoding
+#: ``result_content``.
+ERROR_FIELDS: Final = ("ename", "evalue", "traceback", "engine_info")
 
 
 #: The identity frame the scheduler adds to a ``task_in`` copy it sent without the request's
@@ -129,6 +137,9 @@ def record_request(
     record["header"] = msg.header
     record["metadata"] = msg.metadata
     record["content"] = msg.content
+    code = execute_input(msg.header, msg.content)
+    if code is not None:
+        record["execute_input"] = code
     if request_omitted is None:
         record["buffers"] = _views(msg.buffers)
     else:
@@ -275,7 +286,7 @@ def _result_fields(
     content = msg.content
     metadata = msg.metadata
     date = iso_date(now)
-    return {
+    fields = {
         "status": content.get("status", "error"),
         "result_header": IN_TEXTS if texts is not None and msg.header_unread else msg.header,
         "result_metadata": metadata,
@@ -288,6 +299,36 @@ def _result_fields(
         "stderr": metadata.get("stderr", ""),
         "engine_uuid": entry.uuid if entry else engine_uuid,
         "engine_id": entry.id if entry else metadata.get("engine_id"),
+    }
+    if fields["status"] == "error":
+        fields["error"] = {key: content[key] for key in ERROR_FIELDS if key in content}
+    result = metadata.get("execute_result")
+    if result is not None:
+        fields["execute_result"] = execute_result(result, metadata, content)
+    return fields
+
+
+def execute_input(header: dict[str, Any], content: dict[str, Any]) -> str | None:
+    """The code of a non-silent execute request (its record's ``execute_input``); None for
+    anything else. As in ipyparallel, whose Hub keeps the engine's iopub ``execute_input``,
+    which a silent execute does not publish."""
+    if header.get("msg_type") != "execute_request" or content.get("silent"):
+        return None
+    code = content.get("code")
+    return code if isinstance(code, str) else None
+
+
+def execute_result(data: Any, metadata: dict[str, Any], content: dict[str, Any]) -> Any:
+    """A reply's execute result as the record's ``execute_result``: ipyparallel's shape (the
+    iopub ``execute_result`` content, ``{"data": {mime: ...}, "metadata": {mime: ...},
+    "execution_count": n}``), as ``AsyncResult.metadata`` has it on the client."""
+    if not isinstance(data, dict) or isinstance(data.get("data"), dict):
+        return data
+    extra = metadata.get("execute_result_metadata")
+    return {
+        "data": data,
+        "metadata": dict(extra) if isinstance(extra, dict) else {},
+        "execution_count": content.get("execution_count"),
     }
 
 

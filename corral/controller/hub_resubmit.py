@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from corral.controller.hub_actions import Action, AddRecord, Resubmit, UpdateRecord
 from corral.controller.hub_queries import answer, msg_ids_of
-from corral.controller.hub_records import iso_date
+from corral.controller.hub_records import execute_input, iso_date
 from corral.controller.store.retention import (
     FLAGS,
     OMITTED_FIELD,
@@ -189,6 +189,9 @@ def _send_again(
         "resubmitted": False,
         "resubmitted_from": original,
     }
+    code = execute_input(header, content)
+    if code is not None:
+        new_record["execute_input"] = code
     return [
         AddRecord(new_id, new_record),
         UpdateRecord(original, {"resubmitted": True, "resubmitted_as": new_id}),

@@ -133,7 +133,9 @@ from corral.errors import (
     TaskTimeout,
 )
 
-POLICIES: Final = ("leastload", "lru", "random", "weighted")
+POLICIES: Final = ("leastload", "lru", "random", "weighted", "twobin")
+#: ipyparallel's names for policies corral has under another name (its ``--scheme``)
+POLICY_ALIASES: Final = {"plainrandom": "random"}
 
 
 class SchedulerCore(Placement):
@@ -155,6 +157,7 @@ class SchedulerCore(Placement):
         own_pid: int | None = None,
         long_task: float = 0.0,
     ) -> None:
+        policy = POLICY_ALIASES.get(policy, policy)
         if policy not in POLICIES:
             raise ValueError(f"unknown scheduler policy {policy!r}; choose one of {POLICIES}")
         if max_outstanding < 1:

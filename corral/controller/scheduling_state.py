@@ -363,6 +363,8 @@ def choose_engine(
         return min(candidates, key=_last_used)
     if policy == "random":
         return rng.choice(candidates)
+    if policy == "twobin":  # ipyparallel's: two drawn at random (maybe twice the same), the LRU
+        return min(rng.choice(candidates), rng.choice(candidates), key=_last_used)
     weights = [1.0 / (1 + engine.load) for engine in candidates]
     return rng.choices(candidates, weights)[0]
 

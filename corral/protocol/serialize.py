@@ -40,6 +40,7 @@ import io
 import pickle
 import sys
 import threading
+import warnings
 import weakref
 import zlib
 from collections.abc import Callable, Sequence
@@ -51,7 +52,7 @@ import cloudpickle  # type: ignore[import-untyped]
 from corral.errors import SerializationError
 from corral.protocol import functioncache
 from corral.protocol.functioncache import CallEntry
-from corral.protocol.references import Reference
+from corral.protocol.references import Reference, is_interactive
 from corral.protocol.unpickling import (
     CRC_SIZE,
     FORMAT_VERSION,
@@ -179,6 +180,11 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
         self._calls: dict[int, CallEntry] = {}  # by id(function): see dump_call_frames
         self.kept = 0  # function pickles kept (for tests)
         self.reused = 0  # call pickles made from a kept function pickle (for tests)
+        # (see _dump_lenient) interactive functions leave out the captured globals that
+        # cannot be pickled; (function, name, error) of each left out
+        self.lenient = False
+        self.dropped: list[tuple[str, str, str]] = []
+        self._checking: set[int] = set()  # ids of the functions whose globals are being tried
 
     def dump_frames(self, obj: object, buffer_threshold: int) -> list[bytes | memoryview]:
         """``obj`` as frame 0 (marker, version, CRC, pickle) and its out-of-band buffers."""
@@ -349,6 +355,35 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
             return _rebuild_bytes, (pickle.PickleBuffer(data), type(data).__name__, len(data))
         return super().reducer_override(obj)
 
+    def _dynamic_function_reduce(self, func: FunctionType) -> object:
+        """cloudpickle's reduction of a function sent by value; when :attr:`lenient`, an
+        interactive function's captured globals that cannot be pickled are left out."""
+        if not self.lenient or not is_interactive(func):
+            return super()._dynamic_function_reduce(func)
+        if id(func) in self._checking:  # a trial reaching a function whose globals are
+            return _placeholder, ()  # being tried (a recursive one): tried there
+        reduced = super()._dynamic_function_reduce(func)
+        state, slotstate = reduced[2]
+        kept: dict[str, Any] = {}
+        self._checking.add(id(func))
+        try:
+            for name, value in slotstate["__globals__"].items():
+                # tried leniently too: a helper function it reads keeps its own picklable
+                # globals and leaves out the others when it is pickled
+                trial = _Pickler()
+                trial.lenient = True
+                trial._checking = self._checking
+                try:
+                    trial.dump_frames(value, sys.maxsize)
+                except Exception as exc:  # any failure: a lock, a socket, a generator
+                    error = f"{type(exc).__name__}: {exc}"
+                    self.dropped.append((func.__qualname__, name, error))
+                else:
+                    kept[name] = value
+        finally:
+            self._checking.discard(id(func))
+        return (*reduced[:2], (state, {**slotstate, "__globals__": kept}), *reduced[3:])
+
     def _reduce_memoryview(self, view: memoryview) -> object:
         """Reduce a memoryview to its bytes (copied if not C-contiguous), format and shape."""
         data = view if view.c_contiguous else memoryview(view.tobytes())
@@ -363,6 +398,11 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
         buffer = pickle.PickleBuffer(data)
         self._memoryviews[id(buffer)] = (buffer, data)
         return _rebuild_memoryview, (buffer, view.format, shape)
+
+
+def _placeholder() -> None:
+    """What a trial pickle (:meth:`_Pickler._dynamic_function_reduce`) writes for a function
+    whose globals are being tried; never sent."""
 
 
 def _reduce_array(array: Any) -> object:
@@ -394,12 +434,41 @@ def _thread_pickler() -> _Pickler:
     return _Pickler() if pickler.busy else pickler
 
 
+def _dump_lenient(obj: object, buffer_threshold: int) -> list[bytes | memoryview] | None:
+    """``obj``'s frames with the client's globals that interactive functions in it read but
+    that cannot be pickled left out (with a warning naming them), or None if it still fails.
+
+    Tried only once the ordinary pickle failed. An interactive function runs with the
+    engine's namespace as its globals (corral.protocol.references.bind_function), so such a
+    name is found there: ``@interactive def f(): return x`` after ``dview['x'] = 11`` runs
+    although the client's own ``x`` is, say, an AsyncResult holding a lock (ipyparallel,
+    which never sends a function's globals, runs it too). A name the engine lacks then
+    raises NameError there."""
+    pickler = _Pickler()
+    pickler.lenient = True
+    try:
+        frames = pickler.dump_frames(obj, buffer_threshold)
+    except Exception:
+        return None
+    for function, name, error in pickler.dropped:
+        warnings.warn(
+            f"{function} reads the global {name!r}, whose value here cannot be pickled "
+            f"({error}): sent without it, so the engine's {name!r} is used",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    return frames
+
+
 def _dump(obj: object, buffer_threshold: int, what: str = "") -> list[bytes | memoryview]:
     try:
         return _thread_pickler().dump_frames(obj, buffer_threshold)
     except SerializationError:
         raise
     except Exception as exc:
+        frames = _dump_lenient(obj, buffer_threshold)
+        if frames is not None:
+            return frames
         raise SerializationError(
             f"cannot serialize {what or f'{type(obj).__name__} object'}: "
             f"{type(exc).__name__}: {exc}"
@@ -477,6 +546,9 @@ def pack_apply_message(
     except SerializationError:
         raise
     except Exception as exc:
+        frames = _dump_lenient((f, args, kwargs), buffer_threshold)
+        if frames is not None:
+            return frames
         name = getattr(f, "__qualname__", None) or type(f).__name__
         raise SerializationError(
             f"cannot serialize the call {name}(...): {type(exc).__name__}: {exc}"

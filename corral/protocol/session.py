@@ -218,6 +218,13 @@ class Session:
         # next() is atomic: safe across threads
         self._id_counter = itertools.count(_ID_COUNTER_START + 1)
 
+    @property
+    def session(self) -> str:
+        """The session id under its Jupyter name (``jupyter_client.Session.session``, as
+        ipyparallel's client has it): the ``client_uuid`` of this client's task records, so
+        ``rc.db_query({'client_uuid': rc.session.session})`` finds the tasks it sent."""
+        return self.session_id
+
     # ------------------------------------------------------------------ building
 
     def new_msg_id(self) -> str:

@@ -10,6 +10,7 @@ from corral.cli import main
 from corral.cli.flags import build_parser, cluster_base, cluster_path, controller_args
 from corral.controller.heartbeat import AWAIT_AT_LEAST
 from corral.controller.packing import BURST_PACKING, MAX_BURST_PACKING
+from corral.controller.scheduling import POLICIES, POLICY_ALIASES
 from corral.protocol.shm import LONE_HUB_LINK_GRACE
 
 
@@ -50,6 +51,18 @@ def test_start_forwards_its_controller_flags_to_the_controller() -> None:
         "reregistration_grace",
     ):  # fmt: skip
         assert getattr(controller, name) == getattr(start, name), name
+
+
+def test_the_scheduler_flag_takes_ipyparallels_scheme_names() -> None:
+    """``--scheme`` (ipyparallel's ``ipcontroller --scheme=lru``) is ``--scheduler``; its
+    choices are the scheduler's policies and their ipyparallel aliases."""
+    parser = build_parser()
+    assert parser.parse_args(["controller", "--scheme=twobin"]).scheduler == "twobin"
+    assert parser.parse_args(["start", "--scheme", "plainrandom"]).scheduler == "plainrandom"
+    for policy in (*POLICIES, *POLICY_ALIASES):
+        assert parser.parse_args(["controller", "--scheduler", policy]).scheduler == policy
+    with pytest.raises(SystemExit):
+        parser.parse_args(["controller", "--scheme", "pure"])
 
 
 def test_unknown_flags_are_refused_except_for_the_engine(tmp_path: Path) -> None:

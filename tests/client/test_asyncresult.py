@@ -99,7 +99,9 @@ def test_single_result_value_metadata_and_waiting() -> None:
     with pytest.raises(TimeoutError, match="0 of 1"):
         ar.get(timeout=0)
     with pytest.raises(ValueError, match="not ready"):
-        ar.successful()
+        ar.successful()  # multiprocessing.pool's error
+    with pytest.raises(RuntimeError, match="not ready"):
+        ar.successful()  # ipyparallel's
     with pytest.raises(TimeoutError):
         ar.wall_time  # noqa: B018 - the property raises
     assert ar.engine_id == 0  # known at once for a direct request

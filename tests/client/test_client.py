@@ -225,6 +225,26 @@ def test_queue_result_history_and_db_queries(rc) -> None:  # type: ignore[no-unt
         rc.purge_results()
 
 
+def test_jobs_may_be_any_iterable_of_msg_ids_and_async_results(rc) -> None:  # type: ignore[no-untyped-def]
+    """ipyparallel's DAG tutorial waits with ``view.wait(results.values())`` on a dict of
+    AsyncResults; a generator, a dict's keys and a set name jobs too, in every call taking
+    ``jobs``; an AsyncResult (iterable too) still counts as one job."""
+    view = rc.load_balanced_view()
+    results = {node: view.apply_async(nap, 0.05 * node) for node in range(4)}
+    assert view.wait(results.values(), timeout=30) is True
+    assert all(ar.done() for ar in results.values())
+    assert rc.wait((ar for ar in results.values()), timeout=30) is True
+    by_id = {ar.msg_ids[0]: ar for ar in results.values()}
+    assert rc.wait(by_id.keys(), timeout=30) is True
+    assert rc.msg_ids_of(results.values()) == [ar.msg_ids[0] for ar in results.values()]
+    assert rc.msg_ids_of(results[0]) == results[0].msg_ids
+    assert rc.msg_ids_of({results[1]}) == results[1].msg_ids
+    until(lambda: not rc.result_status(by_id.keys())["pending"], 10, "the Hub's records")
+    assert sorted(rc.result_status(by_id.keys())["completed"]) == sorted(by_id)
+    with pytest.raises(TypeError, match="cannot find msg_ids in a float"):
+        rc.msg_ids_of([1.5])
+
+
 def test_get_result_from_a_second_client(rc, cluster) -> None:  # type: ignore[no-untyped-def]
     done = rc[0].apply_async(lambda: {"answer": 42})
     done.get(timeout=30)

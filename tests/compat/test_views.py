@@ -6,6 +6,7 @@ import concurrent.futures
 import contextlib
 import io
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -304,3 +305,17 @@ def test_label_queries_of_ipyparallels_example(rc) -> None:  # type: ignore[no-u
     assert record["label"] is None and isinstance(record["engine_uuid"], str)
     with pytest.raises(QueryError, match="string pattern"):
         rc.db_query({"label": {"$glob": 5}})
+
+
+def test_an_interactive_function_uses_the_engines_value_of_an_unpicklable_client_global(
+    rc,  # type: ignore[no-untyped-def]
+) -> None:
+    """ipyparallel's details page: ``@interactive def getx(): return x`` after
+    ``dview['x'] = 11`` gives the engines' x, also when the client's own x (a notebook's
+    earlier AsyncResult, say) cannot be pickled: it is left out, with a warning."""
+    namespace: dict[str, Any] = {"__name__": "__main__", "x": threading.RLock()}
+    exec("def getx():\n    return x\n", namespace)
+    dview = rc[:]
+    dview["x"] = 11
+    with pytest.warns(RuntimeWarning, match="getx reads the global 'x'"):
+        assert dview.apply_sync(corral.interactive(namespace["getx"])) == [11, 11]

@@ -260,6 +260,59 @@ def test_records_and_result_request(hub: HubHarness) -> None:
     assert record["stdout"] == "hi\n"
 
 
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+def test_records_hold_execute_input_execute_result_and_error(backend: str, tmp_path: Path) -> None:
+    """The TaskRecord fields of ipyparallel's db docs: ``execute_input`` (a non-silent
+    execute's code), ``execute_result`` (its result bundle, ipyparallel's shape) and
+    ``error`` (a failed reply's ename, evalue, traceback, engine_info); queries find them."""
+    store = MemoryStore() if backend == "memory" else SQLiteStore(tmp_path / "tasks.db")
+    try:
+        hub = HubHarness.create(store, ENGINE_ADDRESSES, CLIENT_ADDRESSES, heartbeat_period=1.0)
+        register(hub, "a")
+        shown = session.msg("execute_request", {"code": "6 * 7", "silent": False})
+        hidden = session.msg("execute_request", {"code": "x = 1", "silent": True})
+        failing = session.msg("apply_request", {})
+        for req in (shown, hidden, failing):
+            hub.handle_monitor(b"mux_in", [b"a", b"client-1"], req)
+        result = {"text/plain": "42"}
+        replies = [
+            session.msg(
+                "execute_reply",
+                {"status": "ok", "execution_count": 3},
+                parent=shown,
+                metadata={"execute_result": result, "execute_result_metadata": {"x": 1}},
+            ),
+            session.msg("execute_reply", {"status": "ok", "execution_count": 3}, parent=hidden),
+        ]
+        error = {
+            "ename": "ZeroDivisionError",
+            "evalue": "division by zero",
+            "traceback": ["Traceback (most recent call last):", "ZeroDivisionError"],
+            "engine_info": {"engine_id": 0, "engine_uuid": "a"},
+        }
+        replies.append(session.msg("apply_reply", {"status": "error", **error}, parent=failing))
+        for reply in replies:
+            hub.handle_monitor(b"mux_out", [b"client-1", b"a"], reply)
+        store.flush()
+        record = store.get_record(shown.msg_id)
+        assert record["execute_input"] == "6 * 7"
+        assert record["execute_result"] == {
+            "data": result,
+            "metadata": {"x": 1},
+            "execution_count": 3,
+        }
+        assert record.get("error") is None
+        quiet = store.get_record(hidden.msg_id)
+        assert quiet.get("execute_input") is None and quiet.get("execute_result") is None
+        assert store.get_record(failing.msg_id)["error"] == error
+        found = store.find_records({"error": {"$ne": None}}, ["error"])
+        assert [r["msg_id"] for r in found] == [failing.msg_id]
+        found = store.find_records({"execute_input": {"$glob": "6 *"}}, None)
+        assert [r["msg_id"] for r in found] == [shown.msg_id]
+    finally:
+        store.close()
+
+
 def test_result_request_unknown_is_error(hub: HubHarness) -> None:
     (reply,) = hub.handle_request([b"c"], request("result_request", msg_ids=["nope"]))
     assert reply.content["status"] == "error" and "nope" in reply.content["evalue"]

@@ -363,6 +363,36 @@ def test_weighted_favours_the_less_loaded_engine() -> None:
     assert chosen["idle"] > 10 * chosen["busy"] > 0
 
 
+def test_twobin_takes_the_least_recently_used_of_two_random_engines() -> None:
+    """ipyparallel's ``twobin`` scheme: two engines drawn at random (the same one possibly
+    twice), the less recently used of them wins; of three free engines the least recently
+    used is then chosen 5 times in 9, the most recently used 1 time in 9."""
+    sim = Sim(SchedulerCore("twobin", max_outstanding=1000, seed=3), engines="abc")
+    order: list[str] = []  # least recently used first, once every engine was used
+    ranks: Counter[int] = Counter()
+    for index in range(1800):
+        (msg_id, engine), *_ = dispatches(sim.submit(f"t{index}"))
+        if len(order) == 3:
+            ranks[order.index(engine)] += 1
+        if engine in order:
+            order.remove(engine)
+        order.append(engine)
+        sim.finish(msg_id)
+    assert sum(ranks.values()) > 1700
+    assert ranks[0] > 1.3 * ranks[1] and ranks[1] > 2 * ranks[2] > 0
+
+
+def test_plainrandom_is_ipyparallels_name_for_random() -> None:
+    def run(policy: str) -> list[Action]:
+        sim = Sim(SchedulerCore(policy, max_outstanding=1000, seed=5), engines="abcd")
+        for index in range(50):
+            sim.submit(f"t{index}")
+        return sim.log
+
+    assert SchedulerCore("plainrandom").policy == "random"
+    assert run("plainrandom") == run("random")
+
+
 # ---------------------------------------------------------------- max_outstanding
 
 

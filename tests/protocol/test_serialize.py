@@ -22,6 +22,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from corral.errors import ImportNeeded, SerializationError
+from corral.protocol.references import bind_function
 from corral.protocol.serialize import (
     _thread_pickler,
     deserialize_object,
@@ -594,6 +595,55 @@ def test_unpicklable_argument_of_apply_raises_serialization_error() -> None:
         pack_apply_message(print, (threading.Lock(),), {})
 
 
+def _main_functions(source: str, **names: Any) -> dict[str, Any]:
+    """The functions ``source`` defines as if in ``__main__`` (sent by value, interactive),
+    with ``names`` as their globals."""
+    namespace: dict[str, Any] = {"__name__": "__main__", **names}
+    exec(source, namespace)
+    return namespace
+
+
+def test_an_interactive_function_is_sent_without_globals_that_cannot_be_pickled() -> None:
+    """ipyparallel's details page: an interactive function looks names up in the engine's
+    namespace, so a client global of the same name holding a lock (an AsyncResult, a
+    socket) is left out, with a warning, rather than failing the call; the engine's value
+    is used. Picklable globals still travel, and a non-interactive function still fails."""
+    namespace = _main_functions(
+        "def getx():\n    return x, y\ndef outer():\n    return getx()\n",
+        x=threading.Lock(),
+        y=5,
+    )
+    with pytest.warns(RuntimeWarning, match=r"getx reads the global 'x'.*lock"):
+        frames = pack_apply_message(namespace["getx"], (), {})
+    getx, _, _ = unpack_apply_message(frames)
+    assert bind_function(getx, {"x": 11})() == (11, 5)
+    with pytest.warns(RuntimeWarning, match=r"getx reads the global 'x'.*lock"):
+        frames = pack_apply_message(namespace["outer"], (), {})  # a helper it calls
+    outer, _, _ = unpack_apply_message(frames)
+    helper_globals = outer.__globals__["getx"].__globals__
+    assert "x" not in helper_globals and helper_globals["y"] == 5
+    with pytest.warns(RuntimeWarning, match="getx reads the global 'x'"):
+        getx = deserialize_object(serialize_object(namespace["getx"]))
+    assert "x" not in getx.__globals__ and getx.__globals__["y"] == 5
+    with pytest.raises(SerializationError, match="lock"):
+        pack_apply_message(namespace["getx"], (threading.Lock(),), {})  # an argument: fails
+    recursive = _main_functions(
+        "def fact(n):\n    return n * fact(n - 1) if n > 1 else x\n", x=threading.Lock()
+    )["fact"]
+    with pytest.warns(RuntimeWarning, match="fact reads the global 'x'"):
+        fact = deserialize_object(serialize_object(recursive))
+    assert fact.__globals__["fact"] is fact and "x" not in fact.__globals__
+    fact.__globals__["x"] = 1  # as the engine's namespace would hold it
+    assert fact(5) == 120
+
+    def not_interactive() -> object:
+        return LOCK
+
+    with pytest.raises(SerializationError, match="lock"):
+        pack_apply_message(not_interactive, (), {})
+
+
+LOCK = threading.Lock()
 VALID = serialize_object({"array": random_array("i4", (600,)), "text": "hi"})
 
 
