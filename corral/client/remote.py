@@ -83,10 +83,29 @@ def map_chunk(f: Callable[..., Any], *chunks: Sequence[Any]) -> list[Any]:
 
 @interactive
 def call_chunk(f: Callable[..., Any], *chunks: Sequence[Any]) -> Any:
-    """``f(*chunks)`` on the engine: one part of a ``parallel`` function's call."""
+    """``f(*chunks)`` on the engine: one part of a ``parallel`` function's call, shaped as
+    a part of the joined result.
+
+    As in ipyparallel, a call returning a list or tuple contributes its elements and one
+    returning a numpy array its rows (the arrays are concatenated), while any other value (a
+    str, a dict, a number, a 0-d array) is one element: ``pf(range(5))`` over 4 engines with
+    ``f = str`` is a list of 4 strings, not the strings run together, and dicts are not cut
+    into their keys. The caller's join (:func:`corral.client.mapping.join`) and item
+    iteration then need no rule of their own for it.
+    """
+    import sys
+
     from corral.protocol.references import bind_namespace
 
-    return bind_namespace(f, globals())(*chunks)
+    result = bind_namespace(f, globals())(*chunks)
+    if isinstance(result, list):
+        return result
+    if isinstance(result, tuple):
+        return list(result)
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(result, numpy.ndarray) and result.ndim > 0:
+        return result
+    return [result]
 
 
 def guarded(

@@ -209,6 +209,22 @@ def test_remote_and_parallel_decorators(rc) -> None:  # type: ignore[no-untyped-
     assert lengths.map(["ab", "c", ""]) == [[2], [1], [0]]  # one call per element
 
 
+def test_parallel_call_keeps_each_calls_value_whole(rc) -> None:  # type: ignore[no-untyped-def]
+    """A call's result is one element unless it is a list, tuple or array (ipyparallel's
+    join): strings are not run together nor dicts cut into their keys."""
+    dv = rc[:]
+    echo = dv.parallel(block=True)(str)
+    assert echo(range(5)) == ["range(0, 3)", "range(3, 5)"]
+    assert echo.map(range(3)) == ["0", "1", "2"]
+    assert dv.parallel(block=True)(lambda part: {"n": len(part)})("abc") == [{"n": 2}, {"n": 1}]
+    assert dv.parallel(block=True)(tuple)((1, 2, 3)) == [1, 2, 3]
+    doubled = dv.parallel(block=True)(lambda part: part * 2)(np.arange(5))
+    assert isinstance(doubled, np.ndarray) and doubled.tolist() == [0, 2, 4, 6, 8]
+    assert dv.parallel(block=True)(np.sum)(np.arange(5)) == [3, 7]
+    pending = dv.parallel(block=False)(str)(range(5))
+    assert list(pending) == ["range(0, 3)", "range(3, 5)"]  # iteration: whole values too
+
+
 def test_await_async_result_in_asyncio(rc) -> None:  # type: ignore[no-untyped-def]
     async def main() -> list[Any]:
         first = rc[0].apply_async(double, 5)
