@@ -82,8 +82,10 @@ def test_remote_error_carries_a_string_traceback_and_engine_info() -> None:
     assert isinstance(err.traceback, str) and "in f" in err.traceback
     assert err.engine_info == {"engine_id": 1, "engine_uuid": "uuid-1", "method": "apply"}
     assert err.engine_id == 1
-    assert err.render_traceback() == err.traceback.splitlines()
+    # ipyparallel's shape: where it was raised, then the remote traceback
+    assert err.render_traceback() == ["[1:apply]", *err.traceback.splitlines()]
     assert err._render_traceback_() == err.render_traceback()  # what IPython shows
+    assert error.RemoteError("E", "v").render_traceback() == ["[Engine Exception]", "E: v"]
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         err.print_traceback()
@@ -111,6 +113,14 @@ def test_composite_error_holds_tuples_and_raises_each() -> None:
     lines = composite.render_traceback()
     assert "more exceptions" in lines[-1]  # tb_limit caps what is printed
     assert sum("[0:execute]" in line for line in lines) == 1
+    # as ipyparallel renders it (and IPython shows it): per error its label, its traceback
+    # and a blank line; no message line and no summary beside the label
+    tb_lines = errs[0].traceback.splitlines()
+    assert lines[: len(tb_lines) + 2] == ["[0:execute]:", *tb_lines, ""]
+    assert lines[-1] == "... 2 more exceptions ..." and len(lines) == 4 * (len(tb_lines) + 2) + 1
+    assert composite._render_traceback_() == lines
+    assert composite.render_traceback(1) == ["[1:execute]:", *tb_lines]
+    assert composite.msg == composite.message == "one or more exceptions from call to method: f"
     assert "[5:execute]" in str(composite)
     rebuilt = error.CompositeError("again", composite.elist)  # from tuples too
     assert [e[-1] for e in rebuilt.elist] == [e[-1] for e in composite.elist]
