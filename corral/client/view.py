@@ -90,7 +90,13 @@ class View:
         return {} if self._time_limit is None else {"time_limit": self._time_limit}
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.targets!r}>"
+        """``<DirectView [0, 1, 2, 3]>``, ``<DirectView all>``: the targets as ipyparallel
+        shows them, a list longer than 16 characters cut after its 12th (``[0, 1, 2, 3,...]``)
+        so that a view of hundreds of engines stays one short line."""
+        shown = str(self.targets)
+        if len(shown) > 16:
+            shown = f"{shown[:12]}...]"
+        return f"<{type(self).__name__} {shown}>"
 
     def __len__(self) -> int:
         """How many engines the view's requests may go to now."""

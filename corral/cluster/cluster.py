@@ -508,6 +508,20 @@ class Cluster(ClusterLifecycle):
             return jobs[0].failure() is None
         return self.attached and inspect(self.path).state == "running"  # started elsewhere
 
+    def __repr__(self) -> str:
+        """What a notebook shows after ``await cluster.start_cluster()`` (which returns the
+        cluster): its id, folder and size, and whether its controller runs, in ipyparallel's
+        ``<Cluster(field=value, ...)>`` form rather than an object address."""
+        folder = str(self.base_dir)
+        home = str(Path.home())
+        if folder == home or folder.startswith(home + os.sep):
+            folder = "~" + folder[len(home) :]
+        fields = f"cluster_id={self.cluster_id!r}, cluster_dir={folder!r}, n={self.n}"
+        started = self.controller is not None or self.attached
+        if started or any(job.spec.role == "controller" for job in self.launchers):
+            fields += f", controller=<{'running' if self._controller_running() else 'stopped'}>"
+        return f"<{type(self).__name__}({fields})>"
+
     def __enter__(self) -> Client:
         return self.start()
 

@@ -209,6 +209,16 @@ def test_remote_and_parallel_decorators(rc) -> None:  # type: ignore[no-untyped-
     assert lengths.map(["ab", "c", ""]) == [[2], [1], [0]]  # one call per element
 
 
+def test_view_reprs_show_targets_as_ipyparallel(rc) -> None:  # type: ignore[no-untyped-def]
+    assert repr(rc[:]) == "<DirectView [0, 1]>"
+    assert repr(rc.direct_view("all")) == "<DirectView all>"  # not 'all'
+    assert repr(rc[1]) == "<DirectView 1>"
+    assert repr(rc.load_balanced_view()) == "<LoadBalancedView None>"
+    view = rc[:]
+    view.targets = [0, 1, 0, 1, 0, 1]  # long lists are cut: one short line for 100s of engines
+    assert repr(view) == "<DirectView [0, 1, 0, 1,...]>"
+
+
 def test_parallel_call_keeps_each_calls_value_whole(rc) -> None:  # type: ignore[no-untyped-def]
     """A call's result is one element unless it is a list, tuple or array (ipyparallel's
     join): strings are not run together nor dicts cut into their keys."""

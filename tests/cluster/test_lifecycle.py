@@ -23,8 +23,11 @@ from tests.polling import until
 def test_start_connect_and_stop_in_steps(tmp_path: Path) -> None:
     cluster = start_cluster(tmp_path, 2, log_level=logging.DEBUG, controller="local", restart=True)
     assert cluster.log_level == "DEBUG" and cluster.controller_launcher == "local"
+    shown = f"<Cluster(cluster_id={cluster.cluster_id!r}, cluster_dir={str(tmp_path)!r}, n=2"
+    assert repr(cluster) == shown + ")>"  # not started: no controller to speak of
     try:
         assert cluster.start_cluster_sync() is cluster
+        assert repr(cluster) == shown + ", controller=<running>)>"  # the notebook's Out[]
         assert cluster.supervisor is not None  # restart=True: supervised, as start() does
         rc = cluster.connect_client_sync()
         assert rc.cluster is cluster
@@ -42,6 +45,7 @@ def test_start_connect_and_stop_in_steps(tmp_path: Path) -> None:
         assert rc[:].apply_sync(abs, -2) == [2]
         cluster.stop_controller_sync()
         assert cluster.controller is not None and cluster.controller.poll() is not None
+        assert repr(cluster) == shown + ", controller=<stopped>)>"
         assert rc.closed  # connected through the cluster: closed with its controller
         with pytest.raises(ConnectionError):
             rc[:].apply_sync(abs, -3)
