@@ -94,7 +94,8 @@ class Cluster(ClusterLifecycle):
     Without a ``cluster_id`` the cluster is temporary: its folder (connection files, logs,
     result store) is removed when it stops, also after an exception in the ``with`` block; a
     folder left by an owner that was killed is removed by the next start or ``corral clean``.
-    ``keep=True`` or an explicit ``cluster_id`` keeps the folder (and the results in it).
+    ``keep=True`` or an explicit ``cluster_id`` keeps the folder (and the results in it);
+    ``cluster_id=""`` (ipyparallel's default cluster) is ``corral start``'s default cluster.
     ``store_buffer_limit``, ``store_size_limit`` and ``result_ttl`` bound the result store
     (``"64M"``, ``"2G"``, ``"7d"``, ``"none"``; None: the controller's defaults).
     ``restart`` (default True) restarts a controller or engine that crashes, per
@@ -142,6 +143,10 @@ class Cluster(ClusterLifecycle):
         if isinstance(log_level, int):
             log_level = logging.getLevelName(log_level)
         self.n = n
+        if cluster_id == "":
+            # ipyparallel's default cluster (`ipcluster start`'s, the one from_file() finds);
+            # here that is `corral start`'s
+            cluster_id = DEFAULT_CLUSTER_ID
         self.temporary = cluster_id is None and not keep
         self.cluster_id = cluster_id or f"cluster-{uuid.uuid4().hex[:8]}"
         self.base_dir = Path(cluster_dir).expanduser() if cluster_dir else default_cluster_dir()
