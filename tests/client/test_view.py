@@ -154,6 +154,9 @@ def test_scatter_and_gather(rc) -> None:  # type: ignore[no-untyped-def]
     dv.scatter("one", [10, 20], flatten=True, block=True)
     assert dv.pull("one", block=True) == [10, 20]
     assert dv.gather("one", block=True) == [10, 20]
+    dv.push({"table": {"k": 1}}, block=True)  # not a sequence: one item per engine
+    assert dv.gather("table", block=True) == [{"k": 1}, {"k": 1}]
+    assert list(dv.gather("table", block=False)) == [{"k": 1}, {"k": 1}]
     rc[[1]].scatter("solo", [1, 2, 3], block=True)
     assert rc[1].pull("solo", block=True) == [1, 2, 3]
 
