@@ -30,6 +30,7 @@ __all__ = [
     "map_chunk",
     "pull_namespace",
     "push_namespace",
+    "results_per_part",
 ]
 
 
@@ -106,6 +107,15 @@ def call_chunk(f: Callable[..., Any], *chunks: Sequence[Any]) -> Any:
     if numpy is not None and isinstance(result, numpy.ndarray) and result.ndim > 0:
         return result
     return [result]
+
+
+def results_per_part(part_function: Callable[..., Any], items: int) -> int:
+    """How many elements of a map's result one request of ``items`` items stands for: one
+    per item for a map (:func:`map_chunk`), one for a ``parallel`` function's call
+    (:func:`call_chunk`, whose value may be anything), as ipyparallel counts them; it is the
+    result's ``len()`` and ``progress`` unit, and how often a failed request's error stands
+    in the result with ``return_exceptions``."""
+    return items if part_function is map_chunk else 1
 
 
 def guarded(

@@ -236,6 +236,25 @@ def test_parallel_call_keeps_each_calls_value_whole(rc) -> None:  # type: ignore
     assert dv.parallel(block=True)(np.sum)(np.arange(5)) == [3, 7]
     pending = dv.parallel(block=False)(str)(range(5))
     assert list(pending) == ["range(0, 3)", "range(3, 5)"]  # iteration: whole values too
+    assert len(pending) == pending.progress == 2  # counted in calls, as the result holds them
+
+
+def test_parallel_return_exceptions(rc) -> None:  # type: ignore[no-untyped-def]
+    """ipyparallel's ``parallel(return_exceptions=True)``: a failed call's error stands in its
+    place (once per call; once per item for ``.map``)."""
+
+    def inverse_sum(part: Any) -> float:
+        return 1 / sum(part)
+
+    for view in (rc[:], rc.load_balanced_view()):
+        pf = view.parallel(block=True, return_exceptions=True, chunksize=2)(inverse_sum)
+        first, second = pf([0, 0, 1, 1])
+        assert isinstance(first, RemoteError) and first.ename == "ZeroDivisionError"
+        assert second == 0.5
+        mapped = view.parallel(block=True, return_exceptions=True)(inverse_sum).map([[0], [2]])
+        assert isinstance(mapped[0], RemoteError) and mapped[1:] == [0.5] and len(mapped) == 2
+        with pytest.raises(CompositeError):
+            view.parallel(block=True, chunksize=2)(inverse_sum)([0, 0, 1, 1])
 
 
 def test_await_async_result_in_asyncio(rc) -> None:  # type: ignore[no-untyped-def]
