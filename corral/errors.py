@@ -202,8 +202,12 @@ class RemoteError(KernelError):
         return info
 
     def __str__(self) -> str:
-        where = f"[engine {self.engine_id}] " if self.engine_id is not None else ""
-        return f"{where}{self.ename}: {self.evalue}"
+        """``[0:apply] ZeroDivisionError: division by zero``: the label its traceback is shown
+        under, as ipyparallel's (``[Engine Exception]`` when no engine raised it)."""
+        return f"{self._where()} {self.ename}: {self.evalue}"
+
+    def _where(self) -> str:
+        return f"[{_label(self)}]" if self.engine_id is not None else "[Engine Exception]"
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}[{self.engine_id}]:{self.ename}({self.evalue})>"
@@ -211,8 +215,7 @@ class RemoteError(KernelError):
     def render_traceback(self) -> list[str]:
         """Where it was raised (``[0:apply]``, as ipyparallel labels it), then the remote
         traceback as the engine printed it, as a list of lines."""
-        where = f"[{_label(self)}]" if self.engine_id is not None else "[Engine Exception]"
-        return [where, *self._traceback_lines()]
+        return [self._where(), *self._traceback_lines()]
 
     def _traceback_lines(self) -> list[str]:
         """The remote traceback alone, as lines (its summary line if the engine sent none)."""

@@ -86,6 +86,8 @@ def test_remote_error_carries_a_string_traceback_and_engine_info() -> None:
     assert err.render_traceback() == ["[1:apply]", *err.traceback.splitlines()]
     assert err._render_traceback_() == err.render_traceback()  # what IPython shows
     assert error.RemoteError("E", "v").render_traceback() == ["[Engine Exception]", "E: v"]
+    assert str(err) == "[1:apply] ValueError: bad input"  # the same label as its traceback
+    assert str(error.RemoteError("E", "v")) == "[Engine Exception] E: v"
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         err.print_traceback()
