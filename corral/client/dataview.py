@@ -212,13 +212,16 @@ class DataMovement:
             level: int = 0,
         ) -> Any:
             if globals is caller_globals and level == 0:
+                # announced in ipyparallel's words: "importing numpy on engine(s)",
+                # "importing path,sep from os on engine(s)"
                 if fromlist:
-                    names = ", ".join(fromlist)
-                    statements.append(f"from {name} import {names}")
+                    statements.append(f"from {name} import {', '.join(fromlist)}")
+                    what = f"{','.join(fromlist)} from {name}"
                 else:
                     statements.append(f"import {name}")
+                    what = name
                 if not quiet:
-                    print(f"importing {statements[-1].removeprefix('import ')} on engine(s)")
+                    print(f"importing {what} on engine(s)")
                 if not local:
                     return None
             return real_import(name, globals, locals, fromlist, level)
