@@ -288,8 +288,13 @@ class CompositeError(RemoteError):
         self.msg = message  # ipyparallel's name for it
 
     def __str__(self) -> str:
+        """The message, then one summary line per error up to ``tb_limit`` (as ipyparallel:
+        a plain Python traceback of a call to hundreds of engines stays short)."""
         lines = [self.evalue]
-        lines.extend(f"[{_label(error)}]: {error.ename}: {error.evalue}" for error in self.errors)
+        shown = self.errors[: self.tb_limit]
+        lines.extend(f"[{_label(error)}]: {error.ename}: {error.evalue}" for error in shown)
+        if len(self.errors) > len(shown):
+            lines.append(f"... {len(self.errors) - len(shown)} more exceptions ...")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -429,7 +434,7 @@ def collect_exceptions(results: list[Any], method: str) -> list[Any]:
     errors = [r for r in results if isinstance(r, RemoteError)]
     if not errors:
         return results
-    raise CompositeError(f"one or more exceptions from call to method: {method}", errors)
+    raise CompositeError(f"one or more exceptions raised in: {method}", errors)
 
 
 def wrap_exception(engine_info: dict[str, Any] | None = None) -> dict[str, Any]:

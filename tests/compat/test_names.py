@@ -123,7 +123,8 @@ def test_composite_error_holds_tuples_and_raises_each() -> None:
     assert composite._render_traceback_() == lines
     assert composite.render_traceback(1) == ["[1:execute]:", *tb_lines]
     assert composite.msg == composite.message == "one or more exceptions from call to method: f"
-    assert "[5:execute]" in str(composite)
+    assert "[3:execute]" in str(composite) and "[4:execute]" not in str(composite)
+    assert str(composite).endswith("\n... 2 more exceptions ...")  # capped at tb_limit too
     rebuilt = error.CompositeError("again", composite.elist)  # from tuples too
     assert [e[-1] for e in rebuilt.elist] == [e[-1] for e in composite.elist]
 
@@ -133,6 +134,7 @@ def test_collect_exceptions_raises_a_composite_error_even_for_one() -> None:
     with pytest.raises(error.CompositeError) as info:
         error.collect_exceptions([1, remote()], "f")
     assert len(info.value.elist) == 1
+    assert info.value.msg == "one or more exceptions raised in: f"  # ipyparallel's words
 
 
 def test_wire_errors_come_back_as_their_class() -> None:
