@@ -208,14 +208,23 @@ class RemoteError(KernelError):
         return info
 
     def __str__(self) -> str:
-        where = f"[engine {self.engine_id}] " if self.engine_id is not None else ""
-        return f"{where}{self.ename}: {self.evalue}"
+        """``[0:apply] ZeroDivisionError: division by zero``: the label its traceback is shown
+        under, as ipyparallel's (``[Engine Exception]`` when no engine raised it)."""
+        return f"{self._where()} {self.ename}: {self.evalue}"
+
+    def _where(self) -> str:
+        return f"[{_label(self)}]" if self.engine_id is not None else "[Engine Exception]"
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}[{self.engine_id}]:{self.ename}({self.evalue})>"
 
     def render_traceback(self) -> list[str]:
-        """The remote traceback as the engine printed it, as a list of lines."""
+        """Where it was raised (``[0:apply]``, as ipyparallel labels it), then the remote
+        traceback as the engine printed it, as a list of lines."""
+        return [self._where(), *self._traceback_lines()]
+
+    def _traceback_lines(self) -> list[str]:
+        """The remote traceback alone, as lines (its summary line if the engine sent none)."""
         return self.traceback.splitlines() or [f"{self.ename}: {self.evalue}"]
 
     def _render_traceback_(self) -> list[str]:
@@ -282,26 +291,37 @@ class CompositeError(RemoteError):
         self.errors: list[RemoteError] = errors
         self.elist: list[RemoteErrorInfo] = [error.info() for error in errors]
         self.message = message
+        self.msg = message  # ipyparallel's name for it
 
     def __str__(self) -> str:
+        """The message, then one summary line per error up to ``tb_limit`` (as ipyparallel:
+        a plain Python traceback of a call to hundreds of engines stays short)."""
         lines = [self.evalue]
-        lines.extend(f"[{_label(error)}]: {error.ename}: {error.evalue}" for error in self.errors)
+        shown = self.errors[: self.tb_limit]
+        lines.extend(f"[{_label(error)}]: {error.ename}: {error.evalue}" for error in shown)
+        if len(self.errors) > len(shown):
+            lines.append(f"... {len(self.errors) - len(shown)} more exceptions ...")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
         return f"CompositeError({len(self.elist)})"
 
     def render_traceback(self, excid: int | None = None) -> list[str]:
-        """Each error's traceback (or only that of ``excid``), at most ``tb_limit`` of them."""
+        """Each error's traceback (or only that of ``excid``), at most ``tb_limit`` of them,
+        each under its engine's label (``[0:execute]:``) and followed by a blank line, as
+        ipyparallel renders them (the traceback's last line already names the error)."""
         if excid is not None:
-            return self.errors[excid].render_traceback()
+            if not -len(self.errors) <= excid < len(self.errors):
+                raise IndexError(f"an exception with index {excid} does not exist")
+            error = self.errors[excid]
+            return [f"[{_label(error)}]:", *error._traceback_lines()]
         lines: list[str] = []
         for index, error in enumerate(self.errors):
             if index >= self.tb_limit:
                 lines.append(f"... {len(self.errors) - index} more exceptions ...")
                 break
-            lines.append(f"[{_label(error)}]: {error.ename}: {error.evalue}")
-            lines.extend(error.render_traceback())
+            lines.append(f"[{_label(error)}]:")
+            lines.extend(error._traceback_lines())
             lines.append("")
         return lines
 
@@ -310,7 +330,9 @@ class CompositeError(RemoteError):
         print("\n".join(self.render_traceback(excid)))
 
     def _render_traceback_(self) -> list[str]:
-        return [self.evalue, *self.render_traceback()]
+        """What IPython shows: the tracebacks alone, as ipyparallel (``str()`` also has the
+        message and every error's summary line)."""
+        return self.render_traceback()
 
     def raise_exception(self, excid: int = 0) -> None:
         """Raise one of the contained errors, for a closer look at it."""
@@ -418,7 +440,7 @@ def collect_exceptions(results: list[Any], method: str) -> list[Any]:
     errors = [r for r in results if isinstance(r, RemoteError)]
     if not errors:
         return results
-    raise CompositeError(f"one or more exceptions from call to method: {method}", errors)
+    raise CompositeError(f"one or more exceptions raised in: {method}", errors)
 
 
 def wrap_exception(engine_info: dict[str, Any] | None = None) -> dict[str, Any]:

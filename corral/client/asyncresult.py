@@ -544,7 +544,14 @@ class AsyncResult(ResultInfo, LightFuture):
         return sorted({*super().__dir__(), *METADATA_DEFAULTS, "outputs"})
 
     def __repr__(self) -> str:
-        state = "finished" if self.done() else "pending"
+        """``<AsyncResult(f): pending>``, then ``finished`` or, if it raised or was
+        cancelled, ``failed`` (ipyparallel's three states)."""
+        if not self.done():
+            state = "pending"
+        elif self.cancelled() or futures.Future.exception(self) is not None:
+            state = "failed"
+        else:
+            state = "finished"
         return f"<{type(self).__name__}({self._fname}): {state}>"
 
 

@@ -15,6 +15,7 @@ from corral.client.deferred import direct_pending, submit_when_done
 from corral.client.dependencies import as_dependency, prune_after, prune_follow
 from corral.client.lazymap import LazyMap
 from corral.client.mapping import chunk, default_chunksize
+from corral.client.remote import results_per_part
 from corral.client.view import View, cut_to_shortest, function_name
 from corral.errors import ImpossibleDependency
 from corral.protocol.serialize import pack_apply_message
@@ -221,7 +222,9 @@ class LoadBalancedView(View):
             pack_apply_message(part_function, (f, *parts), {})
             for parts in zip(*chunks, strict=True)
         ]
-        counts = [len(parts[0]) for parts in zip(*chunks, strict=True)]
+        counts = [
+            results_per_part(part_function, len(parts[0])) for parts in zip(*chunks, strict=True)
+        ]
         msg_ids = self._submit(packed)
         result = self._map_result(msg_ids, function_name(f), ordered, counts, return_exceptions)
         return result.get() if block else result

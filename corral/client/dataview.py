@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from corral.client.mapping import as_sequence, join, partition
+from corral.client.mapping import as_sequence, join, part_items, partition
 from corral.client.remote import pull_namespace, push_namespace
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ def round_robin(seq: Iterable[Any], parts: int) -> list[Any]:
 def interleave(parts: Sequence[Any]) -> Any:
     """The inverse of :func:`round_robin`: items taken from each part in turn, joined back
     into the type of the parts (one list, string, tuple or numpy array)."""
-    items = [list(part) if hasattr(part, "__iter__") else [part] for part in parts]
+    items = [list(part_items(part)) for part in parts]
     merged = [
         item
         for group in itertools.zip_longest(*items, fillvalue=_MISSING)
@@ -212,13 +212,16 @@ class DataMovement:
             level: int = 0,
         ) -> Any:
             if globals is caller_globals and level == 0:
+                # announced in ipyparallel's words: "importing numpy on engine(s)",
+                # "importing path,sep from os on engine(s)"
                 if fromlist:
-                    names = ", ".join(fromlist)
-                    statements.append(f"from {name} import {names}")
+                    statements.append(f"from {name} import {', '.join(fromlist)}")
+                    what = f"{','.join(fromlist)} from {name}"
                 else:
                     statements.append(f"import {name}")
+                    what = name
                 if not quiet:
-                    print(f"importing {statements[-1].removeprefix('import ')} on engine(s)")
+                    print(f"importing {what} on engine(s)")
                 if not local:
                     return None
             return real_import(name, globals, locals, fromlist, level)

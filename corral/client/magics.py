@@ -332,7 +332,7 @@ def _stream_errors(result: AsyncResult) -> int:
         if isinstance(error, RemoteError):
             engine = error.engine_id if error.engine_id is not None else "?"
             label = f"[{engine}:{error.method or 'apply'}]:"
-            print("\n".join([label, *error.render_traceback()]), file=sys.stderr, flush=True)
+            print("\n".join([label, *error._traceback_lines()]), file=sys.stderr, flush=True)
             shown += 1
     return shown
 

@@ -20,7 +20,19 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-__all__ = ["as_sequence", "chunk", "common_length", "default_chunksize", "join", "partition"]
+__all__ = [
+    "as_sequence",
+    "chunk",
+    "common_length",
+    "default_chunksize",
+    "holds_items",
+    "join",
+    "part_items",
+    "partition",
+]
+
+# what partition and chunk cut a sequence into (as_sequence makes any other iterable a list)
+_PART_TYPES = (list, tuple, str, bytes, bytearray, range, memoryview)
 
 # Chunks per engine that a default load-balanced map aims for: twice the scheduler's default
 # prefetch (16 outstanding tasks per engine), so that most chunks are still handed out as
@@ -105,7 +117,8 @@ def join(parts: Sequence[Any]) -> Any:
 
     numpy arrays are concatenated into one array, strings into one string, bytes into bytes,
     tuples into a tuple, and contiguous ranges into one range; anything else (lists, mixed
-    types, any iterable) into one list, where a part that is not iterable counts as one item.
+    types) into one list, where a part that is not a sequence scatter could have cut (a
+    number, a dict, a set: see :func:`holds_items`) counts as one item, as in ipyparallel.
     """
     if not parts:
         return []
@@ -127,12 +140,20 @@ def join(parts: Sequence[Any]) -> Any:
             joined = _join_ranges(parts)
             if joined is not None:
                 return joined
-    return list(itertools.chain.from_iterable(_iterable(part) for part in parts))
+    return list(itertools.chain.from_iterable(part_items(part) for part in parts))
 
 
-def _iterable(part: Any) -> Iterable[Any]:
-    """A part as items: a lone value (a flattened scatter's single element) is one item."""
-    return part if hasattr(part, "__iter__") else (part,)
+def holds_items(part: Any) -> bool:
+    """Whether a part (an engine's value of a gathered name, one call's result) is a
+    sequence of items, of a type partition cuts (list, tuple, str, bytes, range, numpy
+    array), rather than one item: a flattened scatter's single element, or whatever the
+    engine holds under the name, such as a dict (not its keys) or a set."""
+    return isinstance(part, _PART_TYPES) or _is_ndarray(part)
+
+
+def part_items(part: Any) -> Iterable[Any]:
+    """A part as items (see :func:`holds_items`): itself, or a lone value as one item."""
+    return part if holds_items(part) else (part,)
 
 
 def _join_ranges(parts: Sequence[range]) -> range | None:

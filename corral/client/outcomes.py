@@ -14,6 +14,7 @@ from typing import Any, Final
 
 import zmq
 
+from corral.client.mapping import part_items
 from corral.errors import RemoteError, collect_exceptions
 
 _FINISHED: Final = "FINISHED"  # concurrent.futures' state of a future with a result or an error
@@ -76,7 +77,6 @@ def collect_outcomes(outcomes: list[Any], fname: str, return_exceptions: bool = 
 
 
 def items_of(part: Any) -> Iterator[Any]:
-    if not hasattr(part, "__iter__"):
-        yield part
-    else:
-        yield from part
+    """The items of one part of a map or gather, as its joined result holds them
+    (:func:`corral.client.mapping.part_items`)."""
+    yield from part_items(part)

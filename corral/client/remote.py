@@ -30,6 +30,7 @@ __all__ = [
     "map_chunk",
     "pull_namespace",
     "push_namespace",
+    "results_per_part",
 ]
 
 
@@ -83,10 +84,38 @@ def map_chunk(f: Callable[..., Any], *chunks: Sequence[Any]) -> list[Any]:
 
 @interactive
 def call_chunk(f: Callable[..., Any], *chunks: Sequence[Any]) -> Any:
-    """``f(*chunks)`` on the engine: one part of a ``parallel`` function's call."""
+    """``f(*chunks)`` on the engine: one part of a ``parallel`` function's call, shaped as
+    a part of the joined result.
+
+    As in ipyparallel, a call returning a list or tuple contributes its elements and one
+    returning a numpy array its rows (the arrays are concatenated), while any other value (a
+    str, a dict, a number, a 0-d array) is one element: ``pf(range(5))`` over 4 engines with
+    ``f = str`` is a list of 4 strings, not the strings run together, and dicts are not cut
+    into their keys. The caller's join (:func:`corral.client.mapping.join`) and item
+    iteration then need no rule of their own for it.
+    """
+    import sys
+
     from corral.protocol.references import bind_namespace
 
-    return bind_namespace(f, globals())(*chunks)
+    result = bind_namespace(f, globals())(*chunks)
+    if isinstance(result, list):
+        return result
+    if isinstance(result, tuple):
+        return list(result)
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(result, numpy.ndarray) and result.ndim > 0:
+        return result
+    return [result]
+
+
+def results_per_part(part_function: Callable[..., Any], items: int) -> int:
+    """How many elements of a map's result one request of ``items`` items stands for: one
+    per item for a map (:func:`map_chunk`), one for a ``parallel`` function's call
+    (:func:`call_chunk`, whose value may be anything), as ipyparallel counts them; it is the
+    result's ``len()`` and ``progress`` unit, and how often a failed request's error stands
+    in the result with ``return_exceptions``."""
+    return items if part_function is map_chunk else 1
 
 
 def guarded(

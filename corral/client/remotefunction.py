@@ -64,6 +64,8 @@ class ParallelFunction(RemoteFunction):
 
     ``pf(seq)`` calls ``f(part)`` once per engine (direct view) or per ``chunksize`` items
     (load-balanced view) and joins the returned parts; ``pf.map(seq)`` calls ``f(item)``.
+    ``return_exceptions``: a failed call's (or item's) error stands in its place in the
+    result instead of the call raising a CompositeError.
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class ParallelFunction(RemoteFunction):
         block: bool | None = None,
         chunksize: int | None = None,
         ordered: bool = True,
+        return_exceptions: bool = False,
         **flags: Any,
     ) -> None:
         if dist != "b":
@@ -81,6 +84,7 @@ class ParallelFunction(RemoteFunction):
         super().__init__(view, f, block, **flags)
         self.chunksize = chunksize
         self.ordered = ordered
+        self.return_exceptions = return_exceptions
 
     def __call__(self, *sequences: Any) -> Any:
         with self.view.temp_flags(**self.flags):
@@ -91,6 +95,7 @@ class ParallelFunction(RemoteFunction):
                 block=self._block(),
                 chunksize=self.chunksize,
                 ordered=self.ordered,
+                return_exceptions=self.return_exceptions,
             )
 
     def map(self, *sequences: Any) -> Any:
@@ -103,4 +108,5 @@ class ParallelFunction(RemoteFunction):
                 block=self._block(),
                 chunksize=self.chunksize,
                 ordered=self.ordered,
+                return_exceptions=self.return_exceptions,
             )

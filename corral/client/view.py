@@ -22,7 +22,7 @@ from corral.client.asyncmapresult import AsyncMapResult
 from corral.client.asyncresult import AsyncResult
 from corral.client.dataview import DataMovement
 from corral.client.mapping import as_sequence, join, partition
-from corral.client.remote import map_chunk
+from corral.client.remote import map_chunk, results_per_part
 from corral.client.remotefunction import ParallelFunction, RemoteFunction
 from corral.errors import UnknownFlag
 from corral.protocol.serialize import pack_apply_message
@@ -90,7 +90,13 @@ class View:
         return {} if self._time_limit is None else {"time_limit": self._time_limit}
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.targets!r}>"
+        """``<DirectView [0, 1, 2, 3]>``, ``<DirectView all>``: the targets as ipyparallel
+        shows them, a list longer than 16 characters cut after its 12th (``[0, 1, 2, 3,...]``)
+        so that a view of hundreds of engines stays one short line."""
+        shown = str(self.targets)
+        if len(shown) > 16:
+            shown = f"{shown[:12]}...]"
+        return f"<{type(self).__name__} {shown}>"
 
     def __len__(self) -> int:
         """How many engines the view's requests may go to now."""
@@ -461,7 +467,7 @@ class DirectView(DataMovement, View):
             if len(chunks[0])
         ]
         msg_ids = self._send_all(calls)
-        counts = [len(args[1]) for _, args, _ in calls]
+        counts = [results_per_part(part_function, len(args[1])) for _, args, _ in calls]
         result = self._map_result(msg_ids, function_name(f), ordered, counts, return_exceptions)
         return result.get() if block else result
 

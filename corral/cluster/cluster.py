@@ -94,7 +94,8 @@ class Cluster(ClusterLifecycle):
     Without a ``cluster_id`` the cluster is temporary: its folder (connection files, logs,
     result store) is removed when it stops, also after an exception in the ``with`` block; a
     folder left by an owner that was killed is removed by the next start or ``corral clean``.
-    ``keep=True`` or an explicit ``cluster_id`` keeps the folder (and the results in it).
+    ``keep=True`` or an explicit ``cluster_id`` keeps the folder (and the results in it);
+    ``cluster_id=""`` (ipyparallel's default cluster) is ``corral start``'s default cluster.
     ``store_buffer_limit``, ``store_size_limit`` and ``result_ttl`` bound the result store
     (``"64M"``, ``"2G"``, ``"7d"``, ``"none"``; None: the controller's defaults).
     ``restart`` (default True) restarts a controller or engine that crashes, per
@@ -142,6 +143,10 @@ class Cluster(ClusterLifecycle):
         if isinstance(log_level, int):
             log_level = logging.getLevelName(log_level)
         self.n = n
+        if cluster_id == "":
+            # ipyparallel's default cluster (`ipcluster start`'s, the one from_file() finds);
+            # here that is `corral start`'s
+            cluster_id = DEFAULT_CLUSTER_ID
         self.temporary = cluster_id is None and not keep
         self.cluster_id = cluster_id or f"cluster-{uuid.uuid4().hex[:8]}"
         self.base_dir = Path(cluster_dir).expanduser() if cluster_dir else default_cluster_dir()
@@ -507,6 +512,20 @@ class Cluster(ClusterLifecycle):
         if jobs:
             return jobs[0].failure() is None
         return self.attached and inspect(self.path).state == "running"  # started elsewhere
+
+    def __repr__(self) -> str:
+        """What a notebook shows after ``await cluster.start_cluster()`` (which returns the
+        cluster): its id, folder and size, and whether its controller runs, in ipyparallel's
+        ``<Cluster(field=value, ...)>`` form rather than an object address."""
+        folder = str(self.base_dir)
+        home = str(Path.home())
+        if folder == home or folder.startswith(home + os.sep):
+            folder = "~" + folder[len(home) :]
+        fields = f"cluster_id={self.cluster_id!r}, cluster_dir={folder!r}, n={self.n}"
+        started = self.controller is not None or self.attached
+        if started or any(job.spec.role == "controller" for job in self.launchers):
+            fields += f", controller=<{'running' if self._controller_running() else 'stopped'}>"
+        return f"<{type(self).__name__}({fields})>"
 
     def __enter__(self) -> Client:
         return self.start()

@@ -208,6 +208,7 @@ def test_one_remote_error_of_several_requests_is_a_composite_error() -> None:
     )
     assert "ZeroDivisionError" in error.traceback
     assert not ar.successful()
+    assert repr(ar) == "<AsyncResult(f): failed>"  # ipyparallel's word for it, not finished
     assert records.metadata[reqs[1].msg_id]["error"] is records.results[reqs[1].msg_id]
     assert ar[0] == 1
     with pytest.raises(RemoteError):

@@ -25,3 +25,9 @@ def test_types_are_kept() -> None:
     assert isinstance(back, np.ndarray) and back.dtype == np.int16
     assert np.array_equal(back, array)
     assert interleave(round_robin(iter(range(5)), 2)) == [0, 1, 2, 3, 4]
+
+
+def test_values_that_are_not_sequences_stay_whole() -> None:
+    """dist="r" gather of a name the engines hold as a dict: the dicts, not their keys."""
+    assert interleave([{"k": 1}, {"k": 2}]) == [{"k": 1}, {"k": 2}]
+    assert interleave([[0, 2], 1]) == [0, 1, 2]  # a flattened scatter's single element

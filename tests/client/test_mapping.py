@@ -19,6 +19,7 @@ from corral.client.mapping import (
     join,
     partition,
 )
+from corral.client.outcomes import items_of
 
 PARTS = st.integers(min_value=1, max_value=40)
 
@@ -114,6 +115,17 @@ def test_join_mixed_and_scalar_parts_gives_a_list() -> None:
     assert join([1, [2, 3], 4]) == [1, 2, 3, 4]  # a flattened scatter's single elements
     assert join([range(0, 3), range(5, 7)]) == [0, 1, 2, 5, 6]
     assert join([range(0, 4, 2), range(4, 8, 2)]) == range(0, 8, 2)
+
+
+def test_join_keeps_values_that_are_not_sequences_whole() -> None:
+    """gather of a name the engines hold as a dict or set: one item per engine, as in
+    ipyparallel, not the dicts' keys run together."""
+    assert join([{"k": 1}, {"k": 2}]) == [{"k": 1}, {"k": 2}]
+    assert join([{1, 2}, {3}]) == [{1, 2}, {3}]
+    assert join([[1], {"k": 1}, (2,)]) == [1, {"k": 1}, 2]
+    assert join([5, 6]) == [5, 6]
+    assert list(items_of({"k": 1})) == [{"k": 1}] and list(items_of([1, 2])) == [1, 2]
+    assert list(items_of(range(2))) == [0, 1] and list(items_of(7)) == [7]
 
 
 def test_invalid_arguments() -> None:

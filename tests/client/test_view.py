@@ -154,6 +154,9 @@ def test_scatter_and_gather(rc) -> None:  # type: ignore[no-untyped-def]
     dv.scatter("one", [10, 20], flatten=True, block=True)
     assert dv.pull("one", block=True) == [10, 20]
     assert dv.gather("one", block=True) == [10, 20]
+    dv.push({"table": {"k": 1}}, block=True)  # not a sequence: one item per engine
+    assert dv.gather("table", block=True) == [{"k": 1}, {"k": 1}]
+    assert list(dv.gather("table", block=False)) == [{"k": 1}, {"k": 1}]
     rc[[1]].scatter("solo", [1, 2, 3], block=True)
     assert rc[1].pull("solo", block=True) == [1, 2, 3]
 
@@ -207,6 +210,51 @@ def test_remote_and_parallel_decorators(rc) -> None:  # type: ignore[no-untyped-
 
     assert lengths(list(range(10))) == [5, 5]  # one call per engine, on its part
     assert lengths.map(["ab", "c", ""]) == [[2], [1], [0]]  # one call per element
+
+
+def test_view_reprs_show_targets_as_ipyparallel(rc) -> None:  # type: ignore[no-untyped-def]
+    assert repr(rc[:]) == "<DirectView [0, 1]>"
+    assert repr(rc.direct_view("all")) == "<DirectView all>"  # not 'all'
+    assert repr(rc[1]) == "<DirectView 1>"
+    assert repr(rc.load_balanced_view()) == "<LoadBalancedView None>"
+    view = rc[:]
+    view.targets = [0, 1, 0, 1, 0, 1]  # long lists are cut: one short line for 100s of engines
+    assert repr(view) == "<DirectView [0, 1, 0, 1,...]>"
+
+
+def test_parallel_call_keeps_each_calls_value_whole(rc) -> None:  # type: ignore[no-untyped-def]
+    """A call's result is one element unless it is a list, tuple or array (ipyparallel's
+    join): strings are not run together nor dicts cut into their keys."""
+    dv = rc[:]
+    echo = dv.parallel(block=True)(str)
+    assert echo(range(5)) == ["range(0, 3)", "range(3, 5)"]
+    assert echo.map(range(3)) == ["0", "1", "2"]
+    assert dv.parallel(block=True)(lambda part: {"n": len(part)})("abc") == [{"n": 2}, {"n": 1}]
+    assert dv.parallel(block=True)(tuple)((1, 2, 3)) == [1, 2, 3]
+    doubled = dv.parallel(block=True)(lambda part: part * 2)(np.arange(5))
+    assert isinstance(doubled, np.ndarray) and doubled.tolist() == [0, 2, 4, 6, 8]
+    assert dv.parallel(block=True)(np.sum)(np.arange(5)) == [3, 7]
+    pending = dv.parallel(block=False)(str)(range(5))
+    assert list(pending) == ["range(0, 3)", "range(3, 5)"]  # iteration: whole values too
+    assert len(pending) == pending.progress == 2  # counted in calls, as the result holds them
+
+
+def test_parallel_return_exceptions(rc) -> None:  # type: ignore[no-untyped-def]
+    """ipyparallel's ``parallel(return_exceptions=True)``: a failed call's error stands in its
+    place (once per call; once per item for ``.map``)."""
+
+    def inverse_sum(part: Any) -> float:
+        return 1 / sum(part)
+
+    for view in (rc[:], rc.load_balanced_view()):
+        pf = view.parallel(block=True, return_exceptions=True, chunksize=2)(inverse_sum)
+        first, second = pf([0, 0, 1, 1])
+        assert isinstance(first, RemoteError) and first.ename == "ZeroDivisionError"
+        assert second == 0.5
+        mapped = view.parallel(block=True, return_exceptions=True)(inverse_sum).map([[0], [2]])
+        assert isinstance(mapped[0], RemoteError) and mapped[1:] == [0.5] and len(mapped) == 2
+        with pytest.raises(CompositeError):
+            view.parallel(block=True, chunksize=2)(inverse_sum)([0, 0, 1, 1])
 
 
 def test_await_async_result_in_asyncio(rc) -> None:  # type: ignore[no-untyped-def]

@@ -16,6 +16,7 @@ import pytest
 
 from corral.cluster.cluster import Cluster
 from corral.errors import ConnectionError, CorralError
+from corral.protocol.connection_files import DEFAULT_CLUSTER_ID
 from tests.conftest import HEARTBEAT, start_cluster
 from tests.polling import until
 
@@ -23,8 +24,11 @@ from tests.polling import until
 def test_start_connect_and_stop_in_steps(tmp_path: Path) -> None:
     cluster = start_cluster(tmp_path, 2, log_level=logging.DEBUG, controller="local", restart=True)
     assert cluster.log_level == "DEBUG" and cluster.controller_launcher == "local"
+    shown = f"<Cluster(cluster_id={cluster.cluster_id!r}, cluster_dir={str(tmp_path)!r}, n=2"
+    assert repr(cluster) == shown + ")>"  # not started: no controller to speak of
     try:
         assert cluster.start_cluster_sync() is cluster
+        assert repr(cluster) == shown + ", controller=<running>)>"  # the notebook's Out[]
         assert cluster.supervisor is not None  # restart=True: supervised, as start() does
         rc = cluster.connect_client_sync()
         assert rc.cluster is cluster
@@ -42,6 +46,7 @@ def test_start_connect_and_stop_in_steps(tmp_path: Path) -> None:
         assert rc[:].apply_sync(abs, -2) == [2]
         cluster.stop_controller_sync()
         assert cluster.controller is not None and cluster.controller.poll() is not None
+        assert repr(cluster) == shown + ", controller=<stopped>)>"
         assert rc.closed  # connected through the cluster: closed with its controller
         with pytest.raises(ConnectionError):
             rc[:].apply_sync(abs, -3)
@@ -139,6 +144,22 @@ def test_restart_engines_starts_as_many_again(tmp_path: Path) -> None:
 
 def cluster_pids(cluster: Cluster) -> list[int]:
     return [engine.pid for engine in cluster.engines if engine.poll() is None]
+
+
+def test_empty_cluster_id_is_the_default_cluster(tmp_path: Path) -> None:
+    """ipyparallel's ``Cluster(n=4, cluster_id="")`` is ``ipcluster start``'s cluster, the one
+    ``Cluster.from_file()`` finds: here ``corral start``'s, kept, not a temporary one."""
+    cluster = start_cluster(tmp_path, 1, cluster_id="")
+    assert cluster.cluster_id == DEFAULT_CLUSTER_ID and not cluster.temporary
+    try:
+        cluster.start_cluster_sync()
+        found = Cluster.from_file(profile_dir=tmp_path)
+        assert found.path == cluster.path == tmp_path / DEFAULT_CLUSTER_ID
+        with found.connect() as rc:
+            rc.wait_for_engines(1, timeout=30)
+            assert rc[:].apply_sync(abs, -1) == [1]
+    finally:
+        cluster.stop_cluster_sync()
 
 
 def test_from_file_loads_a_cluster_started_elsewhere(tmp_path: Path) -> None:

@@ -82,8 +82,12 @@ def test_remote_error_carries_a_string_traceback_and_engine_info() -> None:
     assert isinstance(err.traceback, str) and "in f" in err.traceback
     assert err.engine_info == {"engine_id": 1, "engine_uuid": "uuid-1", "method": "apply"}
     assert err.engine_id == 1
-    assert err.render_traceback() == err.traceback.splitlines()
+    # ipyparallel's shape: where it was raised, then the remote traceback
+    assert err.render_traceback() == ["[1:apply]", *err.traceback.splitlines()]
     assert err._render_traceback_() == err.render_traceback()  # what IPython shows
+    assert error.RemoteError("E", "v").render_traceback() == ["[Engine Exception]", "E: v"]
+    assert str(err) == "[1:apply] ValueError: bad input"  # the same label as its traceback
+    assert str(error.RemoteError("E", "v")) == "[Engine Exception] E: v"
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         err.print_traceback()
@@ -111,7 +115,16 @@ def test_composite_error_holds_tuples_and_raises_each() -> None:
     lines = composite.render_traceback()
     assert "more exceptions" in lines[-1]  # tb_limit caps what is printed
     assert sum("[0:execute]" in line for line in lines) == 1
-    assert "[5:execute]" in str(composite)
+    # as ipyparallel renders it (and IPython shows it): per error its label, its traceback
+    # and a blank line; no message line and no summary beside the label
+    tb_lines = errs[0].traceback.splitlines()
+    assert lines[: len(tb_lines) + 2] == ["[0:execute]:", *tb_lines, ""]
+    assert lines[-1] == "... 2 more exceptions ..." and len(lines) == 4 * (len(tb_lines) + 2) + 1
+    assert composite._render_traceback_() == lines
+    assert composite.render_traceback(1) == ["[1:execute]:", *tb_lines]
+    assert composite.msg == composite.message == "one or more exceptions from call to method: f"
+    assert "[3:execute]" in str(composite) and "[4:execute]" not in str(composite)
+    assert str(composite).endswith("\n... 2 more exceptions ...")  # capped at tb_limit too
     rebuilt = error.CompositeError("again", composite.elist)  # from tuples too
     assert [e[-1] for e in rebuilt.elist] == [e[-1] for e in composite.elist]
 
@@ -121,6 +134,7 @@ def test_collect_exceptions_raises_a_composite_error_even_for_one() -> None:
     with pytest.raises(error.CompositeError) as info:
         error.collect_exceptions([1, remote()], "f")
     assert len(info.value.elist) == 1
+    assert info.value.msg == "one or more exceptions raised in: f"  # ipyparallel's words
 
 
 def test_wire_errors_come_back_as_their_class() -> None:

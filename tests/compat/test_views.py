@@ -197,6 +197,12 @@ def test_sync_imports(rc) -> None:  # type: ignore[no-untyped-def]
     with view.importer:
         import json  # noqa: F401
     assert view.apply_sync(corral.interactive(lambda: "json" in globals()))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        with view.sync_imports():
+            from os import path, sep  # noqa: F401
+    assert out.getvalue() == "importing path,sep from os on engine(s)\n"  # ipyparallel's words
+    assert view.apply_sync(corral.interactive(lambda: "sep" in globals()))
 
 
 def test_async_result_api(rc) -> None:  # type: ignore[no-untyped-def]
