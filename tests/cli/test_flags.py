@@ -11,6 +11,7 @@ from corral.cli.flags import build_parser, cluster_base, cluster_path, controlle
 from corral.controller.heartbeat import AWAIT_AT_LEAST
 from corral.controller.packing import BURST_PACKING, MAX_BURST_PACKING
 from corral.controller.scheduling import POLICIES, POLICY_ALIASES
+from corral.controller.scheduling_state import LONG_TASK
 from corral.protocol.shm import LONE_HUB_LINK_GRACE
 
 
@@ -35,7 +36,7 @@ def test_start_forwards_its_controller_flags_to_the_controller() -> None:
     given = [
         "start", "--ip", "0.0.0.0", "--heartbeat-period", "0.5", "--max-misses", "4",
         "--scheduler", "lru", "--max-outstanding", "3", "--burst-prefetch", "2", "--restore",
-        "--burst-packing", "0",
+        "--burst-packing", "0", "--long-task", "0.5",
         "--curve",
         "--store-buffer-limit", "1M", "--store-size-limit", "1G", "--result-ttl", "1d",
         "--shm-threshold", "0", "--location", "example.org", "--lone-hub-link-grace", "2.5",
@@ -45,7 +46,7 @@ def test_start_forwards_its_controller_flags_to_the_controller() -> None:
     controller = parser.parse_args(["controller", *controller_args(start)])
     for name in (
         "ip", "heartbeat_period", "max_misses", "scheduler", "max_outstanding",
-        "burst_prefetch", "burst_packing", "restore",
+        "burst_prefetch", "burst_packing", "long_task", "restore",
         "curve", "store_buffer_limit", "store_size_limit", "result_ttl", "shm_threshold",
         "location", "insecure", "no_curve", "lone_hub_link_grace",
         "reregistration_grace",
@@ -71,6 +72,21 @@ def test_unknown_flags_are_refused_except_for_the_engine(tmp_path: Path) -> None
     assert info.value.code == 2
     _, extra = build_parser().parse_known_args(["engine", "--id", "3"])
     assert extra == ["--id", "3"]
+
+
+@pytest.mark.parametrize("command", ["controller", "start"])
+def test_long_task_takes_seconds_from_zero(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = build_parser()
+    assert parser.parse_args([command, "--long-task", "0"]).long_task == 0
+    assert parser.parse_args([command, "--long-task", "2.5"]).long_task == 2.5
+    assert parser.parse_args([command]).long_task == LONG_TASK
+    for value in ("-1", "3601", "nan", "soon"):
+        with pytest.raises(SystemExit) as info:
+            parser.parse_args([command, "--long-task", value])
+        assert info.value.code == 2
+        assert "is not a number of seconds from 0 (off) to 3600" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", ["controller", "start"])

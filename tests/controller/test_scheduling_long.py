@@ -5,8 +5,11 @@ every engine to one); engines of short tasks keep their prefetch."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from corral.controller.config import ControllerConfig
 from corral.controller.scheduling import SchedulerCore
 from corral.controller.scheduling_state import BURST_HOLD, Dispatch, Task
 
@@ -82,7 +85,14 @@ def test_an_engine_idle_for_a_while_counts_as_unknown_again() -> None:
     assert scheduler.outstanding("e0") == 4
 
 
-@pytest.mark.parametrize("bad", [-1, 3601, "0.1", True, float("nan")])
-def test_a_bad_long_task_setting_is_refused(bad: object) -> None:
+@pytest.mark.parametrize("bad", [-1, 3601, float("nan"), float("inf")])
+def test_a_bad_long_task_is_refused_by_the_core(bad: float) -> None:
     with pytest.raises(ValueError, match="long_task"):
-        SchedulerCore("leastload", 16, long_task=bad)  # type: ignore[arg-type]
+        SchedulerCore("leastload", 16, long_task=bad)
+
+
+@pytest.mark.parametrize("bad", [-1, 3601, "0.1", True, None, float("nan")])
+def test_a_bad_long_task_is_refused_by_the_controller_config(bad: object, tmp_path: Path) -> None:
+    """Before any process starts (the compiled core would take True for 1.0 s)."""
+    with pytest.raises(ValueError, match="long_task"):
+        ControllerConfig(cluster_path=tmp_path, long_task=bad)  # type: ignore[arg-type]
