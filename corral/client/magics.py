@@ -254,7 +254,8 @@ class ParallelMagics:
         block = view.block if block is None else block
         if self.verbose if verbose is None else verbose:
             where = view.targets if targets is None else targets
-            print(f"{'Parallel' if block else 'Async parallel'} execution on engine(s): {where}")
+            mode = "Parallel" if block else "Async parallel"
+            print(f"{mode} execution on engine(s): {_short(where)}")
         try:
             result: AsyncResult = view.execute(code, silent=False, targets=targets, block=False)
         except (NoEnginesRegistered, InvalidTarget) as err:
@@ -388,3 +389,11 @@ def activate_default(client: Client) -> None:
 def load_ipython_extension(shell: Any) -> None:
     """``%load_ext corral``: register %px, %%px, %autopx, %pxresult and %pxconfig."""
     _for_suffix(shell, "")
+
+
+def _short(targets: object) -> str:
+    """Targets as ``%px --verbose`` shows them: a list of more than 10 by its first and last
+    four (``[0, 1, 2, 3, ..., 96, 97, 98, 99]``), as ipyparallel shows them."""
+    if isinstance(targets, list) and len(targets) > 10:
+        return f"{str(targets[:4])[:-1]}, ..., {str(targets[-4:])[1:]}"
+    return str(targets)

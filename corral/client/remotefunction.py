@@ -8,6 +8,7 @@ results; its ``map`` applies the function to each element instead.
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -81,6 +82,9 @@ class ParallelFunction(RemoteFunction):
     ) -> None:
         if dist != "b":
             raise ValueError(f"only dist='b' (contiguous blocks) is supported, not {dist!r}")
+        if chunksize is not None and not _balanced(view):
+            # a direct view splits the sequence once per engine: said, as ipyparallel does
+            warnings.warn("`chunksize` is ignored unless load balancing", UserWarning, stacklevel=3)
         super().__init__(view, f, block, **flags)
         self.chunksize = chunksize
         self.ordered = ordered
@@ -110,3 +114,9 @@ class ParallelFunction(RemoteFunction):
                 ordered=self.ordered,
                 return_exceptions=self.return_exceptions,
             )
+
+
+def _balanced(view: View) -> bool:
+    from corral.client.balanced import LoadBalancedView  # (balanced imports this module)
+
+    return isinstance(view, LoadBalancedView)

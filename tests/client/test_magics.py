@@ -276,3 +276,11 @@ def test_a_client_made_in_ipython_activates_the_magics(shell, capsys) -> None:  
         out, _ = run(shell, capsys, "%px print('auto')")
         assert lines(out) == ["[stdout:0] auto", "[stdout:1] auto"]
         assert client is not rc
+
+
+def test_verbose_targets_are_shortened_as_ipyparallel_shows_them() -> None:
+    from corral.client.magics import _short
+
+    assert _short(list(range(100))) == "[0, 1, 2, 3, ..., 96, 97, 98, 99]"
+    assert _short(list(range(10))) == str(list(range(10)))
+    assert _short("all") == "all" and _short(3) == "3"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import warnings
 from typing import Any
 
 import cloudpickle
@@ -246,15 +247,16 @@ def test_parallel_return_exceptions(rc) -> None:  # type: ignore[no-untyped-def]
     def inverse_sum(part: Any) -> float:
         return 1 / sum(part)
 
-    for view in (rc[:], rc.load_balanced_view()):
-        pf = view.parallel(block=True, return_exceptions=True, chunksize=2)(inverse_sum)
+    for view, parts in ((rc[:], {}), (rc.load_balanced_view(), {"chunksize": 2})):
+        # two engines, or two items a task: the same two calls
+        pf = view.parallel(block=True, return_exceptions=True, **parts)(inverse_sum)
         first, second = pf([0, 0, 1, 1])
         assert isinstance(first, RemoteError) and first.ename == "ZeroDivisionError"
         assert second == 0.5
         mapped = view.parallel(block=True, return_exceptions=True)(inverse_sum).map([[0], [2]])
         assert isinstance(mapped[0], RemoteError) and mapped[1:] == [0.5] and len(mapped) == 2
         with pytest.raises(CompositeError):
-            view.parallel(block=True, chunksize=2)(inverse_sum)([0, 0, 1, 1])
+            view.parallel(block=True, **parts)(inverse_sum)([0, 0, 1, 1])
 
 
 def test_await_async_result_in_asyncio(rc) -> None:  # type: ignore[no-untyped-def]
@@ -275,3 +277,15 @@ def test_get_timeout_does_not_lose_the_result(rc) -> None:  # type: ignore[no-un
     assert ar.get(timeout=30) is None
     assert rc.wait([ar], timeout=0)
     assert ar.msg_ids[0] in rc.history and ar.msg_ids[0] not in rc.outstanding
+
+
+def test_chunksize_of_a_direct_parallel_function_is_said_to_be_ignored(rc) -> None:  # type: ignore[no-untyped-def]
+    """A direct view splits the sequence once per engine: ``chunksize`` is ignored there, and
+    a warning says so (as ipyparallel's); a load-balanced view uses it, without one."""
+    with pytest.warns(UserWarning, match="`chunksize` is ignored unless load balancing"):
+        direct = rc[:].parallel(chunksize=2, block=True)(len)
+    assert sum(direct(list(range(8)))) == 8
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        balanced = rc.load_balanced_view().parallel(chunksize=2, block=True)(len)
+    assert balanced(list(range(8))) == [2, 2, 2, 2]
