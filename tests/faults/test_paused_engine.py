@@ -34,7 +34,9 @@ def nap_and_mark(seconds: float, marker: str) -> int:
 
 @pytest.mark.timeout(120)
 def test_paused_engine_is_dropped_once_and_told_to_stop(tmp_path: Path) -> None:
-    cluster = start_cluster(tmp_path, 3)
+    # engines prefetch load-balanced tasks whatever their length (--long-task 0), so that
+    # several wait on the engine to pause, behind its long direct task
+    cluster = start_cluster(tmp_path, 3, controller_args=["--long-task", "0"])
     cluster.start()
     # through the MUX, whose late replies reach the client: one that sends straight to an
     # engine on its host drops that connection when the engine is unregistered
