@@ -52,6 +52,7 @@ from corral.protocol.connection_files import (
     ENGINE_FILE,
     cluster_dir_from,
     cluster_folder,
+    read_json_object,
     write_private_json,
 )
 from corral.sharedmem import cluster_prefix, sweep
@@ -163,6 +164,9 @@ class Cluster(ClusterLifecycle):
         self.controller: subprocess.Popen[bytes] | None = None
         self.engines: list[subprocess.Popen[bytes]] = []  # the local launcher's processes
         self._engines_started = 0  # local engines asked for so far (scheduling_args)
+        # the engine id local engine 0 asks for: above those of a cluster started elsewhere
+        # (from_file) while its own engines run; None: to be found when engines start
+        self.first_engine_id: int | None = 0
         self.engine_launcher = engines
         self.launcher_options = dict(launcher_options or {})
         self.launchers: list[EngineLauncher] = []
@@ -324,6 +328,8 @@ class Cluster(ClusterLifecycle):
             self._save_state()
             return StartedEngines()
         started = StartedEngines()
+        if self.first_engine_id is None:
+            self.first_engine_id = self._first_free_engine_id()
         self._engines_started = len(self.engines) + n
         for _ in range(n):
             index = len(self.engines)
@@ -335,10 +341,24 @@ class Cluster(ClusterLifecycle):
         self._save_state()
         return started
 
+    def _first_free_engine_id(self) -> int:
+        """One past the highest engine id the running cluster's Hub has registered and its
+        manager's local engines hold (they are restarted under theirs), so that engines
+        started here from :meth:`from_file` never ask for an id in use: each would wait for
+        it and then be refused."""
+        state = read_json_object(self.path / STATE_FILE) or {}
+        manager_engines = state.get("engine_pids", [])
+        with self.connect() as client:
+            ids = list(client.ids)
+        held = len(manager_engines) if isinstance(manager_engines, list) else 0
+        return max([*ids, held - 1], default=-1) + 1
+
     def _spawn_engine(self, index: int) -> subprocess.Popen[bytes]:
-        """Engine ``index`` asks for engine id ``index``: started again, it keeps it. Under
-        SCHED_BATCH when this cluster's local engines outnumber the cores (decided when they
-        were asked for: engines started before a later ``start_engines`` keep their policy)."""
+        """Engine ``index`` asks for engine id ``first_engine_id + index``: started again, it
+        keeps it. Under SCHED_BATCH when this cluster's local engines outnumber the cores
+        (decided when they were asked for: engines started before a later ``start_engines``
+        keep their policy)."""
+        engine_id = (self.first_engine_id or 0) + index
         args = [
             "engine",
             "--file",
@@ -348,11 +368,11 @@ class Cluster(ClusterLifecycle):
             "--owner-pid",
             str(os.getpid()),
             "--id",
-            str(index),
+            str(engine_id),
             *scheduling_args(self._engines_started, usable_cores()),
             *self.engine_args,
         ]
-        return self._spawn(args, f"engine-{index}.log", launcher_environment("local"))
+        return self._spawn(args, f"engine-{engine_id}.log", launcher_environment("local"))
 
     # ------------------------------------------------------------ supervision
 
