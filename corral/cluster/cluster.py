@@ -34,6 +34,7 @@ from corral.cluster.launchers.base import (
     wait_for_launched_engines,
 )
 from corral.cluster.launchers.batch_controller import controller_job, start_controller_job
+from corral.cluster.launchers.config import Profile
 from corral.cluster.launchers.controller import SSHController
 from corral.cluster.launchers.local import scheduling_args, usable_cores
 from corral.cluster.launchers.mpi import mpi_controller_prefix
@@ -106,12 +107,18 @@ class Cluster(ClusterLifecycle):
     started or submitted them (a batch job may wait in its queue for hours); they register
     when they run. ipyparallel's spellings work too: ``controller`` for ``controller_launcher``
     (a launcher name; launcher classes are ipyparallel's, not accepted), a numeric
-    ``log_level`` (``10``), and its start/stop calls (corral.cluster.lifecycle).
+    ``log_level`` (``10``), ``controller_ip`` and ``controller_location`` (``--ip``,
+    ``--location``; ``"*"`` is every interface), and its start/stop calls
+    (corral.cluster.lifecycle). ``profile=NAME``, ipyparallel's named configuration, is the
+    cluster id NAME (kept, found by ``Client(profile=NAME)``) and the config file
+    ``<cluster_dir>/NAME.toml`` that ``corral start --cluster-id NAME`` reads: its ``[start]``
+    engines and n, launcher tables and ``[controller]`` fill in the arguments not given.
+    ``n`` defaults to 4.
     """
 
     def __init__(
         self,
-        n: int = 4,
+        n: int | None = None,
         *,
         cluster_id: str | None = None,
         cluster_dir: str | Path | None = None,
@@ -129,28 +136,40 @@ class Cluster(ClusterLifecycle):
         restart_policy: RestartPolicy | None = None,
         dashboard: bool = False,
         dashboard_args: Sequence[str] = (),
-        engines: str = "local",
+        engines: str | None = None,
         launcher_options: Mapping[str, Any] | None = None,
-        controller_launcher: str = "local",
+        controller_launcher: str | None = None,
         controller_options: Mapping[str, Any] | None = None,
         wait_for_engines: bool = True,
         controller: str | None = None,
+        profile: str | None = None,
+        controller_ip: str | None = None,
+        controller_location: str | None = None,
     ) -> None:
         if controller is not None:
             controller_launcher = _launcher_name(controller, controller_launcher)
-        # launcher names are case-insensitive, as ipyparallel's (its docs write engines="MPI")
-        engines, controller_launcher = engines.lower(), controller_launcher.lower()
         if isinstance(log_level, int):
             log_level = logging.getLevelName(log_level)
-        self.n = n
-        self.temporary = cluster_id is None and not keep
-        self.cluster_id = cluster_id or f"cluster-{uuid.uuid4().hex[:8]}"
+        self.temporary = cluster_id is None and profile is None and not keep
+        self.cluster_id = cluster_id or profile or f"cluster-{uuid.uuid4().hex[:8]}"
         self.base_dir = Path(cluster_dir).expanduser() if cluster_dir else default_cluster_dir()
         self.path = self.base_dir / self.cluster_id
+        if profile is not None:  # its config file fills in what was not given
+            found = Profile.load(self.base_dir / f"{profile}.toml", engines, controller_launcher)
+            engines, controller_launcher = found.engines, found.controller
+            n = n if n is not None else found.n
+            launcher_options = {**found.launcher_options, **(launcher_options or {})}
+            controller_options = {**found.controller_options, **(controller_options or {})}
+        # launcher names are case-insensitive, as ipyparallel's (its docs write engines="MPI")
+        engines = (engines or "local").lower()
+        controller_launcher = (controller_launcher or "local").lower()
+        self.n = n if n is not None else 4
         self.heartbeat_period = heartbeat_period
         self.db = db
         self.controller_args = list(controller_args)
         for flag, value in (
+            ("--ip", controller_ip),
+            ("--location", controller_location),
             ("--store-buffer-limit", store_buffer_limit),
             ("--store-size-limit", store_size_limit),
             ("--result-ttl", result_ttl),
@@ -561,7 +580,7 @@ def _written_by(path: Path, pid: int, field: str = "controller_pid", below: bool
         return False
 
 
-def _launcher_name(controller: object, controller_launcher: str) -> str:
+def _launcher_name(controller: object, controller_launcher: str | None) -> str:
     """ipyparallel's ``controller=`` keyword: a launcher name, as ``controller_launcher``."""
     if not isinstance(controller, str):
         raise TypeError(
@@ -569,6 +588,6 @@ def _launcher_name(controller: object, controller_launcher: str) -> str:
             "ssh, slurm, pbs, lsf, sge; see corral.cluster.launchers), not a launcher class; "
             "extra controller flags go in controller_args"
         )
-    if controller_launcher != "local" and controller_launcher != controller:
+    if controller_launcher not in (None, "local", controller):
         raise TypeError("give controller or controller_launcher, not both")
     return controller

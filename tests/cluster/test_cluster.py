@@ -218,3 +218,23 @@ def test_local_engines_within_the_cores_keep_the_default_policy(cluster) -> None
     )
     for engine in cluster.engines:
         assert os.sched_getscheduler(engine.pid) == expected
+
+
+@pytest.mark.timeout(120)
+def test_controller_ip_and_location_as_ipyparallels_cluster_takes_them(tmp_path: Path) -> None:
+    """``Cluster(controller_ip="*")`` (ipyparallel's doc: listen on every interface) with
+    ``controller_location``, the address written for engines and clients. Before, both were
+    unknown arguments."""
+    from corral.cluster.cluster import Cluster
+
+    cluster = Cluster(
+        n=1, cluster_dir=tmp_path, controller_ip="*", controller_location="127.0.0.1",
+        heartbeat_period=HEARTBEAT,
+    )  # fmt: skip
+    with cluster as rc:
+        assert rc[:].apply_sync(lambda: "up") == ["up"]
+        controller = psutil.Process(cluster.controller.pid if cluster.controller else 0)
+        listening = {c.laddr.ip for c in controller.net_connections("tcp") if not c.raddr}
+        assert listening == {"0.0.0.0"}
+        info = json.loads((cluster.path / "corral-client.json").read_text())
+        assert info["ip"] == "127.0.0.1" and "curve" in info  # beyond loopback: CurveZMQ

@@ -260,3 +260,26 @@ def test_stop_after_a_killed_manager_ends_the_mpiexec_of_hung_engines(tmp_path: 
         for process in psutil.process_iter(["cmdline"]):  # whatever a failure left
             if str(tmp_path) in " ".join(process.info["cmdline"] or []):
                 process.kill()
+
+
+@pytest.mark.timeout(180)
+def test_a_profile_is_the_cluster_id_and_its_config_file(tmp_path: Path) -> None:
+    """ipyparallel's ``Cluster(profile="pbs")`` after writing the profile's config: corral's
+    profile is the config file ``corral start --cluster-id NAME`` reads, whose launcher and
+    engine count the Cluster takes when not given; the cluster is NAME (kept, and found by
+    ``Client(profile=NAME)``). Before, ``profile`` was an unknown argument."""
+    from corral.cluster.cluster import Cluster
+
+    (tmp_path / "mpiprof.toml").write_text(
+        '[start]\nengines = "mpi"\nn = 3\n\n[mpi]\nmpi_args = "-envall"\n'
+    )
+    cluster = Cluster(profile="mpiprof", cluster_dir=tmp_path, heartbeat_period=0.5)
+    assert (cluster.n, cluster.engine_launcher) == (3, "mpi")
+    assert cluster.launcher_options == {"mpi_args": "-envall"}
+    assert Cluster(2, profile="mpiprof", cluster_dir=tmp_path, engines="local").n == 2
+    with cluster as rc:
+        assert sorted(rc.ids) == [0, 1, 2]
+        assert {e["launcher"] for e in rc.engine_info().values()} == {"mpi"}
+        with Client(profile="mpiprof", cluster_dir=tmp_path) as found:
+            assert found.ids == rc.ids
+    assert (tmp_path / "mpiprof" / "tasks.db").exists()  # a named cluster keeps its folder
