@@ -38,7 +38,7 @@ from corral.cluster.launchers.config import Profile
 from corral.cluster.launchers.controller import SSHController
 from corral.cluster.launchers.local import scheduling_args, usable_cores
 from corral.cluster.launchers.mpi import mpi_controller_prefix
-from corral.cluster.launchers.registry import engine_launcher
+from corral.cluster.launchers.registry import engine_launcher, launcher_key
 from corral.cluster.launchers.watch import stop_launchers
 from corral.cluster.lifecycle import ClusterLifecycle, Started, StartedEngines
 from corral.cluster.shutdown import TERMINATE_GRACE, nothing_alive, wait_or_terminate
@@ -161,7 +161,7 @@ class Cluster(ClusterLifecycle):
             launcher_options = {**found.launcher_options, **(launcher_options or {})}
             controller_options = {**found.controller_options, **(controller_options or {})}
         # launcher names are case-insensitive, as ipyparallel's (its docs write engines="MPI")
-        engines = (engines or "local").lower()
+        engines = launcher_key(engines or "local")
         controller_launcher = (controller_launcher or "local").lower()
         self.n = n if n is not None else 4
         self.heartbeat_period = heartbeat_period
