@@ -50,6 +50,25 @@ def test_start_connect_and_stop_in_steps(tmp_path: Path) -> None:
     assert not cluster.path.exists()  # temporary: removed, engines and all
 
 
+def test_wait_for_engines_without_n_waits_for_the_clusters_n(tmp_path: Path) -> None:
+    """ipyparallel's ``rc.wait_for_engines()`` on a client its Cluster connected waits for
+    that cluster's ``n`` engines; corral's waited for one."""
+    from corral.errors import TimeoutError
+
+    cluster = start_cluster(tmp_path, 2)
+    try:
+        cluster.start_cluster_sync(n=1)  # one of the two, for now
+        rc = cluster.connect_client_sync()
+        rc.wait_for_engines(1, timeout=60)
+        with pytest.raises(TimeoutError):
+            rc.wait_for_engines(timeout=0.5)
+        cluster.start_engines_sync(1)
+        rc.wait_for_engines(timeout=60, interactive=False, widget=False)
+        assert len(rc.ids) == 2
+    finally:
+        cluster.stop_cluster_sync()
+
+
 def test_coroutines_and_async_with(tmp_path: Path) -> None:
     async def main() -> None:
         cluster = start_cluster(tmp_path, 1)
