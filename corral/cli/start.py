@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -24,6 +23,7 @@ MANAGER_LOG = "cluster-manager.log"
 def cmd_start(args: argparse.Namespace) -> int:
     from corral.cluster.cluster import Cluster
     from corral.cluster.launchers.config import controller_choice, launcher_argv, resolve
+    from corral.cluster.launchers.local import usable_cores
     from corral.cluster.launchers.watch import launcher_failures
 
     config_path = cluster_path(args).with_suffix(".toml")
@@ -35,7 +35,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         return 1
     if args.ip is None and controller_launcher not in ("local", "mpi"):
         args.ip = "0.0.0.0"  # elsewhere: listen where engines and clients here reach it
-    n = args.engines if args.engines is not None else configured_n or (os.cpu_count() or 1)
+    n = args.engines if args.engines is not None else configured_n or (usable_cores() or 1)
     if args.daemon:
         argv = [
             sys.executable,

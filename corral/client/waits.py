@@ -47,17 +47,21 @@ class LinkWaits:
         timeout: float | None = -1,
         block: bool = True,
         interactive: bool | None = None,
+        widget: bool | None = None,
     ) -> futures.Future[None] | None:
-        """Block until at least ``n`` engines are registered (None: one); TimeoutError after
+        """Block until at least ``n`` engines are registered (None: as ipyparallel's, the
+        ``n`` of the Cluster that connected this client, else one); TimeoutError after
         ``timeout`` seconds (None or negative: wait forever), ConnectionError once the
         controller has been unreachable for the client's own ``timeout`` (while it is, the
         engine table is stale and does not count). ``block=False``: a Future of the same wait
-        at once. ``interactive``: show a progress bar of the engines meanwhile."""
-        count = 1 if n is None else n
+        at once. ``interactive``: show a progress bar of the engines meanwhile (``widget``:
+        a notebook widget or not; default: a widget in a notebook)."""
+        cluster = cast("Client", self).cluster
+        count = n if n is not None else (cluster.n if cluster is not None and cluster.n else 1)
         if interactive and block:
             from corral.client.progress import wait_for_engines
 
-            wait_for_engines(cast("Client", self), count, timeout=timeout)
+            wait_for_engines(cast("Client", self), count, timeout=timeout, widget=widget)
             return None
         if not block:
             waiting: futures.Future[None] = futures.Future()

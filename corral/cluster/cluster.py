@@ -34,10 +34,11 @@ from corral.cluster.launchers.base import (
     wait_for_launched_engines,
 )
 from corral.cluster.launchers.batch_controller import controller_job, start_controller_job
+from corral.cluster.launchers.config import Profile
 from corral.cluster.launchers.controller import SSHController
 from corral.cluster.launchers.local import scheduling_args, usable_cores
 from corral.cluster.launchers.mpi import mpi_controller_prefix
-from corral.cluster.launchers.registry import engine_launcher
+from corral.cluster.launchers.registry import engine_launcher, launcher_key
 from corral.cluster.launchers.watch import stop_launchers
 from corral.cluster.lifecycle import ClusterLifecycle, Started, StartedEngines
 from corral.cluster.shutdown import TERMINATE_GRACE, nothing_alive, wait_or_terminate
@@ -52,6 +53,7 @@ from corral.protocol.connection_files import (
     ENGINE_FILE,
     cluster_dir_from,
     cluster_folder,
+    read_json_object,
     write_private_json,
 )
 from corral.sharedmem import cluster_prefix, sweep
@@ -85,7 +87,8 @@ def _wait_for(predicate: Any, timeout: float, what: str, alive: Any = None) -> N
 
 
 class Cluster(ClusterLifecycle):
-    """A controller and ``n`` engines as local processes, with a connected Client.
+    """A controller and ``n`` engines as local processes, with a connected Client; ``n``
+    defaults to one engine per CPU this process may use (its profile's ``n``, if it names one).
 
     ``cluster_dir`` is the parent folder (default ``$CORRAL_DIR`` or ``~/.corral``); the cluster
     lives in ``<cluster_dir>/<cluster_id>/``. ``controller_args`` are extra flags for
@@ -106,12 +109,18 @@ class Cluster(ClusterLifecycle):
     started or submitted them (a batch job may wait in its queue for hours); they register
     when they run. ipyparallel's spellings work too: ``controller`` for ``controller_launcher``
     (a launcher name; launcher classes are ipyparallel's, not accepted), a numeric
-    ``log_level`` (``10``), and its start/stop calls (corral.cluster.lifecycle).
+    ``log_level`` (``10``), ``controller_ip`` and ``controller_location`` (``--ip``,
+    ``--location``; ``"*"`` is every interface), and its start/stop calls
+    (corral.cluster.lifecycle). ``profile=NAME``, ipyparallel's named configuration, is the
+    cluster id NAME (kept, found by ``Client(profile=NAME)``) and the config file
+    ``<cluster_dir>/NAME.toml`` that ``corral start --cluster-id NAME`` reads: its ``[start]``
+    engines and n, launcher tables and ``[controller]`` fill in the arguments not given.
+    ``n`` defaults to 4.
     """
 
     def __init__(
         self,
-        n: int = 4,
+        n: int | None = None,
         *,
         cluster_id: str | None = None,
         cluster_dir: str | Path | None = None,
@@ -129,32 +138,45 @@ class Cluster(ClusterLifecycle):
         restart_policy: RestartPolicy | None = None,
         dashboard: bool = False,
         dashboard_args: Sequence[str] = (),
-        engines: str = "local",
+        engines: str | None = None,
         launcher_options: Mapping[str, Any] | None = None,
-        controller_launcher: str = "local",
+        controller_launcher: str | None = None,
         controller_options: Mapping[str, Any] | None = None,
         wait_for_engines: bool = True,
         controller: str | None = None,
+        profile: str | None = None,
+        controller_ip: str | None = None,
+        controller_location: str | None = None,
     ) -> None:
         if controller is not None:
             controller_launcher = _launcher_name(controller, controller_launcher)
-        # launcher names are case-insensitive, as ipyparallel's (its docs write engines="MPI")
-        engines, controller_launcher = engines.lower(), controller_launcher.lower()
         if isinstance(log_level, int):
             log_level = logging.getLevelName(log_level)
-        self.n = n
         if cluster_id == "":
             # ipyparallel's default cluster (`ipcluster start`'s, the one from_file() finds);
             # here that is `corral start`'s
             cluster_id = DEFAULT_CLUSTER_ID
-        self.temporary = cluster_id is None and not keep
-        self.cluster_id = cluster_id or f"cluster-{uuid.uuid4().hex[:8]}"
+        self.temporary = cluster_id is None and profile is None and not keep
+        self.cluster_id = cluster_id or profile or f"cluster-{uuid.uuid4().hex[:8]}"
         self.base_dir = Path(cluster_dir).expanduser() if cluster_dir else default_cluster_dir()
         self.path = self.base_dir / self.cluster_id
+        if profile is not None:  # its config file fills in what was not given
+            found = Profile.load(self.base_dir / f"{profile}.toml", engines, controller_launcher)
+            engines, controller_launcher = found.engines, found.controller
+            n = n if n is not None else found.n
+            launcher_options = {**found.launcher_options, **(launcher_options or {})}
+            controller_options = {**found.controller_options, **(controller_options or {})}
+        # launcher names are case-insensitive, as ipyparallel's (its docs write engines="MPI")
+        engines = launcher_key(engines or "local")
+        controller_launcher = (controller_launcher or "local").lower()
+        # one engine per CPU this process may use, as ipyparallel's (and `corral start`)
+        self.n = n if n is not None else (usable_cores() or 1)
         self.heartbeat_period = heartbeat_period
         self.db = db
         self.controller_args = list(controller_args)
         for flag, value in (
+            ("--ip", controller_ip),
+            ("--location", controller_location),
             ("--store-buffer-limit", store_buffer_limit),
             ("--store-size-limit", store_size_limit),
             ("--result-ttl", result_ttl),
@@ -168,6 +190,9 @@ class Cluster(ClusterLifecycle):
         self.controller: subprocess.Popen[bytes] | None = None
         self.engines: list[subprocess.Popen[bytes]] = []  # the local launcher's processes
         self._engines_started = 0  # local engines asked for so far (scheduling_args)
+        # the engine id local engine 0 asks for: above those of a cluster started elsewhere
+        # (from_file) while its own engines run; None: to be found when engines start
+        self.first_engine_id: int | None = 0
         self.engine_launcher = engines
         self.launcher_options = dict(launcher_options or {})
         self.launchers: list[EngineLauncher] = []
@@ -329,6 +354,8 @@ class Cluster(ClusterLifecycle):
             self._save_state()
             return StartedEngines()
         started = StartedEngines()
+        if self.first_engine_id is None:
+            self.first_engine_id = self._first_free_engine_id()
         self._engines_started = len(self.engines) + n
         for _ in range(n):
             index = len(self.engines)
@@ -340,10 +367,24 @@ class Cluster(ClusterLifecycle):
         self._save_state()
         return started
 
+    def _first_free_engine_id(self) -> int:
+        """One past the highest engine id the running cluster's Hub has registered and its
+        manager's local engines hold (they are restarted under theirs), so that engines
+        started here from :meth:`from_file` never ask for an id in use: each would wait for
+        it and then be refused."""
+        state = read_json_object(self.path / STATE_FILE) or {}
+        manager_engines = state.get("engine_pids", [])
+        with self.connect() as client:
+            ids = list(client.ids)
+        held = len(manager_engines) if isinstance(manager_engines, list) else 0
+        return max([*ids, held - 1], default=-1) + 1
+
     def _spawn_engine(self, index: int) -> subprocess.Popen[bytes]:
-        """Engine ``index`` asks for engine id ``index``: started again, it keeps it. Under
-        SCHED_BATCH when this cluster's local engines outnumber the cores (decided when they
-        were asked for: engines started before a later ``start_engines`` keep their policy)."""
+        """Engine ``index`` asks for engine id ``first_engine_id + index``: started again, it
+        keeps it. Under SCHED_BATCH when this cluster's local engines outnumber the cores
+        (decided when they were asked for: engines started before a later ``start_engines``
+        keep their policy)."""
+        engine_id = (self.first_engine_id or 0) + index
         args = [
             "engine",
             "--file",
@@ -353,11 +394,11 @@ class Cluster(ClusterLifecycle):
             "--owner-pid",
             str(os.getpid()),
             "--id",
-            str(index),
+            str(engine_id),
             *scheduling_args(self._engines_started, usable_cores()),
             *self.engine_args,
         ]
-        return self._spawn(args, f"engine-{index}.log", launcher_environment("local"))
+        return self._spawn(args, f"engine-{engine_id}.log", launcher_environment("local"))
 
     # ------------------------------------------------------------ supervision
 
@@ -560,7 +601,7 @@ def _written_by(path: Path, pid: int, field: str = "controller_pid", below: bool
         return False
 
 
-def _launcher_name(controller: object, controller_launcher: str) -> str:
+def _launcher_name(controller: object, controller_launcher: str | None) -> str:
     """ipyparallel's ``controller=`` keyword: a launcher name, as ``controller_launcher``."""
     if not isinstance(controller, str):
         raise TypeError(
@@ -568,6 +609,6 @@ def _launcher_name(controller: object, controller_launcher: str) -> str:
             "ssh, slurm, pbs, lsf, sge; see corral.cluster.launchers), not a launcher class; "
             "extra controller flags go in controller_args"
         )
-    if controller_launcher != "local" and controller_launcher != controller:
+    if controller_launcher not in (None, "local", controller):
         raise TypeError("give controller or controller_launcher, not both")
     return controller

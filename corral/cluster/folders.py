@@ -22,7 +22,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,7 +109,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     return read_json_object(path) or {}
 
 
-def _alive_since(pid: Any, written: float) -> bool:
+def alive_since(pid: Any, written: float) -> bool:
     """Whether ``pid`` runs and already ran when a file naming it was written at ``written``
     (a process created later merely reuses the pid of one that is gone)."""
     if not isinstance(pid, int) or pid <= 0:
@@ -121,9 +121,21 @@ def _alive_since(pid: Any, written: float) -> bool:
         return False
 
 
+def launcher_pids(state: Mapping[str, Any]) -> list[int]:
+    """The local processes a state file's launcher records name (an engine set's
+    ``mpiexec``, its ssh sessions, a local launch's engines): apart from the top-level pids,
+    they run on after a killed manager until ``corral stop`` ends them."""
+    found = []
+    for record in state.get("launchers", []):
+        if isinstance(record, Mapping):
+            found += [pid for pid in record.get("pids", []) if isinstance(pid, int) and pid > 0]
+    return found
+
+
 def _recorded_processes_alive(path: Path) -> bool:
     """A process the state or connection files name still runs (for clusters whose owner
-    predates the lock, or a controller started without one)."""
+    predates the lock, or a controller started without one, or a launcher's process left by
+    a killed manager)."""
     for name, keys in ((STATE_FILE, ("manager_pid", "controller_pid")), (CLIENT_FILE, ())):
         file = path / name
         try:
@@ -134,7 +146,9 @@ def _recorded_processes_alive(path: Path) -> bool:
         pids = [info.get(key) for key in keys] + list(info.get("engine_pids", []))
         if name == CLIENT_FILE:
             pids.append(info.get("controller_pid"))
-        if any(_alive_since(pid, written) for pid in pids):
+        else:
+            pids += launcher_pids(info)
+        if any(alive_since(pid, written) for pid in pids):
             return True
     return False
 

@@ -75,6 +75,7 @@ class ClusterLifecycle:
 
     if TYPE_CHECKING:  # provided by Cluster
         n: int
+        first_engine_id: int | None
         path: Path
         timeout: float
         restart: bool
@@ -132,6 +133,7 @@ class ClusterLifecycle:
         kwargs.setdefault("n", 0)
         cluster = cls(cluster_id=folder.name, cluster_dir=folder.parent, **kwargs)
         cluster.attached = True
+        cluster.first_engine_id = None  # above the running engines' ids (start_engines)
         return cluster
 
     # ------------------------------------------------------------ start
@@ -195,6 +197,7 @@ class ClusterLifecycle:
                 pass  # ended below
         _end(self.engines, timeout)
         self.engines = []
+        self.first_engine_id = 0  # every engine was asked to stop: their ids are free again
         launchers = [job for job in self.launchers if job.spec.role != "controller"]
         stop_launchers(launchers, timeout)
         self.launchers = [job for job in self.launchers if job.spec.role == "controller"]

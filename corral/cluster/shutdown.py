@@ -4,8 +4,9 @@ another process.
 :class:`~corral.cluster.cluster.Cluster` stops the processes it started itself (asking the
 Hub first, then :func:`wait_or_terminate`); :func:`stop_cluster` is what ``corral stop`` does
 with a cluster some other process manages, knowing only what its ``cluster.json`` recorded:
-it asks the manager (SIGTERM), else the Hub, then kills what is left and sweeps the cluster's
-shared-memory names. Kept apart from :mod:`corral.cluster.cluster`, which starts and
+it asks the manager (SIGTERM), else the Hub, then kills what is left (the launchers' local
+processes too, such as an engine set's ``mpiexec``) and sweeps the cluster's shared-memory
+names. Kept apart from :mod:`corral.cluster.cluster`, which starts and
 supervises, because stopping from outside needs none of a running Cluster's state.
 """
 
@@ -23,7 +24,7 @@ from typing import Any, Final
 import psutil
 
 from corral.client.client import Client
-from corral.cluster.folders import STATE_FILE
+from corral.cluster.folders import STATE_FILE, alive_since, launcher_pids
 from corral.cluster.launchers.watch import cancel_recorded_jobs
 from corral.errors import ConnectionError
 from corral.protocol.connection_files import CLIENT_FILE
@@ -70,9 +71,15 @@ def stop_cluster(path: Path, timeout: float = 10.0) -> bool:
     something was running."""
     state_file = path / STATE_FILE
     state: dict[str, Any] = {}
+    written = 0.0
     if state_file.exists():
+        written = state_file.stat().st_mtime
         state = json.loads(state_file.read_text())
     manager = state.get("manager_pid")
+    # a launcher's processes (mpiexec, ssh sessions) end when its manager stops it; after the
+    # manager was killed nobody does, and mpiexec waits for ranks that may never end. Only
+    # those that already ran when the file was written: a newer one merely reuses the pid.
+    launched = [p for p in launcher_pids(state) if alive_since(p, written)]
     pids = [
         p
         for p in [
@@ -83,7 +90,7 @@ def stop_cluster(path: Path, timeout: float = 10.0) -> bool:
         ]
         if isinstance(p, int) and p != os.getpid()
     ]
-    was_running = any(psutil.pid_exists(p) for p in pids)
+    was_running = any(psutil.pid_exists(p) for p in pids) or bool(launched)
     if manager and manager != os.getpid() and psutil.pid_exists(manager):
         os.kill(manager, signal.SIGTERM)
     elif (path / CLIENT_FILE).exists():
@@ -101,11 +108,12 @@ def stop_cluster(path: Path, timeout: float = 10.0) -> bool:
                 pass  # it went away meanwhile (its owner died): what is left is killed below
             finally:
                 client.close()
+    pids += [p for p in launched if p not in pids]
     processes = [process for process in map(_process, pids) if process is not None]
     _, alive = psutil.wait_procs(processes, timeout=timeout)
     was_running = cancel_recorded_jobs(state.get("launchers", [])) or was_running
     for process in alive:
-        process.kill()
+        _kill(process, group=process.pid in launched)
     psutil.wait_procs(alive, timeout=timeout)
     sweep(cluster_prefix(path), alive=nothing_alive)  # stopped: no segment is needed any more
     state_file.unlink(missing_ok=True)
@@ -116,6 +124,20 @@ def nothing_alive(pid: int) -> bool:
     """For the sweep after a stop: the names' owners count as gone (a client that still maps a
     result keeps its memory; only the names go)."""
     return False
+
+
+def _kill(process: psutil.Process, group: bool) -> None:
+    """SIGKILL ``process``; with ``group``, its whole process group when it leads one (a
+    launcher starts its tool in a session of its own, so an MPI whose ranks stay in mpiexec's
+    group loses them too; MPICH's Hydra gives each rank a session, and its proxy kills them
+    once mpiexec is gone)."""
+    try:
+        if group and os.getpgid(process.pid) == process.pid:
+            os.killpg(process.pid, signal.SIGKILL)
+        else:
+            process.kill()
+    except (ProcessLookupError, psutil.NoSuchProcess):
+        pass  # it ended since the wait
 
 
 def _process(pid: int) -> psutil.Process | None:

@@ -69,7 +69,11 @@ class ControllerConfig:
     long_task: float = LONG_TASK
 
     def __post_init__(self) -> None:
-        """Refuse a scheduler setting the scheduler process would refuse only once started."""
+        """Refuse a scheduler setting the scheduler process would refuse only once started;
+        spell the wildcard ``*`` (ipyparallel's ``--ip="*"``) as 0.0.0.0, which the sockets
+        bind and the controller's own processes (its scheduler) can also connect to."""
+        if self.ip == "*":
+            object.__setattr__(self, "ip", "0.0.0.0")
         check_burst_prefetch(self.burst_prefetch)
         check_burst_packing(self.burst_packing)
         check_long_task(self.long_task)

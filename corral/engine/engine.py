@@ -308,7 +308,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="take direct requests on the zmq ROUTER only, not on a Unix socket lane "
         "(docs/wire-flows.md, 'Lanes')",
     )
+    parser.add_argument(
+        "--work-dir", help="run in this folder (ipyparallel's IPEngine.work_dir); default: here"
+    )
+    parser.add_argument(
+        "--startup-command",
+        help="Python run in the namespace before the first task (ipyparallel's "
+        "IPEngine.startup_command), e.g. 'import numpy as np'",
+    )
+    parser.add_argument(
+        "--startup-script",
+        help="a Python file run likewise, before --startup-command (IPEngine.startup_script)",
+    )
     args = parser.parse_args(argv)
+    if args.work_dir:
+        os.chdir(os.path.expanduser(args.work_dir))
     logging.basicConfig(
         level=args.log_level.upper(),
         stream=sys.stderr,
@@ -342,10 +356,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if mpi is not None:  # ipyparallel's init_mpi: MPI, mpi_rank, mpi_size for tasks
             engine.namespace.user_ns.update(mpi)
+        _run_startup(engine.namespace.user_ns, args.startup_script, args.startup_command)
         engine.run()
     except CorralError as err:
         print(f"corral engine: {err}", file=sys.stderr)
         return 1
+
+
+def _run_startup(user_ns: dict[str, Any], script: str | None, command: str | None) -> None:
+    """Run the startup script, then the startup command, in the engine's namespace, before it
+    registers (so before any task; again after a supervised restart). A failure is logged
+    with its traceback and the engine goes on, as an IPython startup line's would: a typo
+    must not make the supervisor restart the engine over and over."""
+    log = logging.getLogger("corral.engine")
+    sources = []
+    if script:
+        path = os.path.expanduser(script)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                sources.append((handle.read(), path))
+        except OSError as err:
+            log.error("startup script %s: %s", path, err)
+    if command:
+        sources.append((command, "<startup command>"))
+    for source, name in sources:
+        try:
+            exec(compile(source, name, "exec"), user_ns)  # noqa: S102 - the user's own code
+        except Exception:  # noqa: BLE001 - logged; the engine serves tasks anyway
+            log.exception("%s failed", name)
 
 
 def _init_mpi() -> dict[str, Any] | None:

@@ -24,6 +24,15 @@ RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID
 SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_NTASKS")
 # an array's own id first: the job the user submitted, not the element
 JOB_VARIABLES = ("SLURM_ARRAY_JOB_ID", "SLURM_JOB_ID", "PBS_JOBID", "LSB_JOBID", "JOB_ID")
+# the batch system a job variable belongs to: the launcher of an engine in a job whose script
+# did not say (a template of the user's own, or `corral engine` in a job script written by hand)
+JOB_LAUNCHERS = {
+    "SLURM_ARRAY_JOB_ID": "slurm",
+    "SLURM_JOB_ID": "slurm",
+    "PBS_JOBID": "pbs",
+    "LSB_JOBID": "lsf",
+    "JOB_ID": "sge",
+}
 
 
 def _first_int(environ: Mapping[str, str], names: tuple[str, ...]) -> int | None:
@@ -36,14 +45,17 @@ def _first_int(environ: Mapping[str, str], names: tuple[str, ...]) -> int | None
 
 def engine_placement(environ: Mapping[str, str], mpi_rank: int | None = None) -> dict[str, Any]:
     """This engine's host, pid, MPI rank and size (None outside MPI and multi-task job steps),
-    launcher and job id.
+    launcher and job id. The launcher is what corral's launchers set, else the batch system
+    whose job the engine runs in, else ``local``.
 
     ``environ`` is the engine process's environment, passed in by its entry point (the
     launcher's variables are read there only); ``mpi_rank`` overrides it (the rank mpi4py
     reports, when it is loaded).
     """
     env = environ
-    job_id = next((env[name] for name in JOB_VARIABLES if env.get(name)), None)
+    job_variable = next((name for name in JOB_VARIABLES if env.get(name)), None)
+    job_id = env[job_variable] if job_variable is not None else None
+    launcher = env.get(LAUNCHER_VARIABLE) or JOB_LAUNCHERS.get(job_variable or "", "local")
     size = _first_int(env, SIZE_VARIABLES)
     if mpi_rank is None and size is not None:  # a rank means something only within a size
         mpi_rank = _first_int(env, RANK_VARIABLES)
@@ -52,7 +64,7 @@ def engine_placement(environ: Mapping[str, str], mpi_rank: int | None = None) ->
         "pid": os.getpid(),
         "mpi_rank": mpi_rank,
         "mpi_size": size,
-        "launcher": env.get(LAUNCHER_VARIABLE, "local"),
+        "launcher": launcher,
         "job_id": job_id,
     }
 

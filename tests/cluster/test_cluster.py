@@ -4,6 +4,7 @@ files and permissions, and the `corral` command."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import stat
@@ -218,3 +219,56 @@ def test_local_engines_within_the_cores_keep_the_default_policy(cluster) -> None
     )
     for engine in cluster.engines:
         assert os.sched_getscheduler(engine.pid) == expected
+
+
+@pytest.mark.timeout(120)
+def test_controller_ip_and_location_as_ipyparallels_cluster_takes_them(tmp_path: Path) -> None:
+    """``Cluster(controller_ip="*")`` (ipyparallel's doc: listen on every interface) with
+    ``controller_location``, the address written for engines and clients. Before, both were
+    unknown arguments."""
+    from corral.cluster.cluster import Cluster
+
+    cluster = Cluster(
+        n=1, cluster_dir=tmp_path, controller_ip="*", controller_location="127.0.0.1",
+        heartbeat_period=HEARTBEAT,
+    )  # fmt: skip
+    with cluster as rc:
+        assert rc[:].apply_sync(lambda: "up") == ["up"]
+        controller = psutil.Process(cluster.controller.pid if cluster.controller else 0)
+        listening = {c.laddr.ip for c in controller.net_connections("tcp") if not c.raddr}
+        assert listening == {"0.0.0.0"}
+        info = json.loads((cluster.path / "corral-client.json").read_text())
+        assert info["ip"] == "127.0.0.1" and "curve" in info  # beyond loopback: CurveZMQ
+
+
+@pytest.mark.timeout(120)
+def test_engines_start_in_a_work_dir_with_a_startup_script_and_command(tmp_path: Path) -> None:
+    """ipyparallel's ``IPEngine.work_dir``, ``startup_script`` and ``startup_command`` as
+    ``corral engine`` flags (here through ``engine_args``): the engine runs in the folder and
+    its namespace has what both ran; a failing line is logged and the engine still serves."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    script = tmp_path / "startup.py"
+    script.write_text("import math\nfrom_script = math.tau\n")
+    startup = [
+        "--work-dir", str(scratch), "--startup-script", str(script),
+        "--startup-command", "from_command = from_script / 2",
+    ]  # fmt: skip
+    with running_cluster(tmp_path, 1, engine_args=startup) as cluster:
+        rc = cluster.client
+        assert rc[:].apply_sync(os.getcwd) == [str(scratch)]
+        names = rc[:].pull(["from_script", "from_command"], block=True)
+        assert names == [[math.tau, math.pi]]
+    broken = ["--startup-command", "1 / 0"]
+    with running_cluster(tmp_path, 1, engine_args=broken) as cluster:
+        assert cluster.client[:].apply_sync(lambda: "serving") == ["serving"]
+        assert "ZeroDivisionError" in (cluster.path / "engine-0.log").read_text()
+
+
+def test_without_n_a_cluster_starts_one_engine_per_usable_cpu(tmp_path: Path) -> None:
+    """As ipyparallel's Cluster (cpu_count) and ``corral start``; it used to be 4."""
+    from corral import Cluster
+
+    assert Cluster(cluster_dir=tmp_path).n == len(os.sched_getaffinity(0))
+    assert Cluster(3, cluster_dir=tmp_path).n == 3
+    assert not any(tmp_path.iterdir())  # nothing started, nothing written

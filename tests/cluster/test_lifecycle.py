@@ -55,6 +55,25 @@ def test_start_connect_and_stop_in_steps(tmp_path: Path) -> None:
     assert not cluster.path.exists()  # temporary: removed, engines and all
 
 
+def test_wait_for_engines_without_n_waits_for_the_clusters_n(tmp_path: Path) -> None:
+    """ipyparallel's ``rc.wait_for_engines()`` on a client its Cluster connected waits for
+    that cluster's ``n`` engines; corral's waited for one."""
+    from corral.errors import TimeoutError
+
+    cluster = start_cluster(tmp_path, 2)
+    try:
+        cluster.start_cluster_sync(n=1)  # one of the two, for now
+        rc = cluster.connect_client_sync()
+        rc.wait_for_engines(1, timeout=60)
+        with pytest.raises(TimeoutError):
+            rc.wait_for_engines(timeout=0.5)
+        cluster.start_engines_sync(1)
+        rc.wait_for_engines(timeout=60, interactive=False, widget=False)
+        assert len(rc.ids) == 2
+    finally:
+        cluster.stop_cluster_sync()
+
+
 def test_coroutines_and_async_with(tmp_path: Path) -> None:
     async def main() -> None:
         cluster = start_cluster(tmp_path, 1)
@@ -200,6 +219,31 @@ def test_from_file_loads_a_cluster_started_elsewhere(tmp_path: Path) -> None:
             [psutil.Process(p) for p in pids if psutil.pid_exists(p)], timeout=15
         )
         assert not alive and cluster_pids(loaded) == []
+    finally:  # whatever failed above: no daemon outlives the test
+        for process in psutil.process_iter(["cmdline"]):
+            if str(tmp_path) in " ".join(process.info["cmdline"] or []):
+                process.kill()
+
+
+def test_engines_added_from_file_take_ids_the_running_engines_do_not_hold(tmp_path: Path) -> None:
+    """ipyparallel's ``ipcluster engines``: more engines for a running cluster, here through
+    ``Cluster.from_file(...).start_engines_sync(n)``. They used to ask for ids 0, 1, ... as
+    the first engines of a cluster do; the daemon's engines held those, so each waited for
+    its id and was refused, and none registered."""
+    started = subprocess.run(
+        [sys.executable, "-m", "corral", "start", "-n", "2", "--daemon", "--no-dashboard",
+         "--cluster-id", "more", "--heartbeat-period", str(HEARTBEAT)],
+        env=dict(os.environ, CORRAL_DIR=str(tmp_path)), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    try:
+        assert started.returncode == 0, started.stderr
+        loaded = Cluster.from_file(profile="more", profile_dir=tmp_path, timeout=30)
+        loaded.start_engines_sync(n=2)
+        with loaded.connect() as rc:
+            rc.wait_for_engines(4, timeout=8)  # a refused engine waits 10 s for its id
+            assert rc.ids == [0, 1, 2, 3]
+            assert rc[[2, 3]].apply_sync(os.getpid) == cluster_pids(loaded)
+        loaded.stop()
     finally:  # whatever failed above: no daemon outlives the test
         for process in psutil.process_iter(["cmdline"]):
             if str(tmp_path) in " ".join(process.info["cmdline"] or []):

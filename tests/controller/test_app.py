@@ -225,3 +225,48 @@ def test_a_burst_prefetch_out_of_range_is_refused_before_anything_starts(tmp_pat
             )
             assert expected in done.stderr
     assert not any(tmp_path.iterdir())  # no cluster folder made
+
+
+@pytest.mark.timeout(120)
+def test_the_wildcard_star_listens_everywhere_as_ipyparallels_ip_star_does(
+    tmp_path: Path,
+) -> None:
+    """``corral controller --ip '*'`` (ipyparallel's ``ipcontroller --ip="*"``) is 0.0.0.0:
+    before, the scheduler process tried to connect to ``tcp://*:port`` and the controller
+    failed to start."""
+    from corral.client.client import Client
+
+    assert ControllerConfig(tmp_path, ip="*").ip == "0.0.0.0"
+    where = ["--cluster-dir", str(tmp_path), "--cluster-id", "star"]
+    controller = subprocess.Popen(
+        [sys.executable, "-m", "corral", "controller", "--ip", "*", "--location", "127.0.0.1"]
+        + where
+        + ["--log-file", str(tmp_path / "controller.log")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    engine: subprocess.Popen[bytes] | None = None
+    try:
+        folder = tmp_path / "star"
+
+        def files_written() -> bool:
+            assert controller.poll() is None, (tmp_path / "controller.log").read_text()[-2000:]
+            return written_by(folder / "corral-engine.json", controller.pid)
+
+        until(files_written, 30, "the connection files")
+        info = json.loads((folder / "corral-client.json").read_text())
+        assert info["ip"] == "127.0.0.1" and "curve" in info  # beyond loopback: CurveZMQ
+        engine = subprocess.Popen(
+            [sys.executable, "-m", "corral", "engine"]
+            + ["--file", str(folder / "corral-engine.json")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        with Client(connection_file=folder / "corral-client.json", timeout=30) as rc:
+            rc.wait_for_engines(1, timeout=60)
+            assert rc[:].apply_sync(os.getpid) == [engine.pid]
+    finally:
+        for process in (engine, controller):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.wait()

@@ -63,3 +63,17 @@ def test_cpu_share_without_a_boot_id_names_the_host(tmp_path: Path) -> None:
     share = cpu_share(tmp_path / "absent")
     assert share["machine"] == "host:" + socket.gethostname()
     assert share["ids"] and all(isinstance(cpu, int) for cpu in share["ids"])
+
+
+def test_an_engine_in_a_job_says_its_batch_system_when_no_launcher_told_it() -> None:
+    """A job template of the user's own (ipyparallel's docs write theirs) or a hand-written job
+    script that runs ``corral engine`` without ``CORRAL_LAUNCHER``: the engine names the batch
+    system of its job, not ``local`` as it used to."""
+    assert engine_placement({"PBS_JOBID": "12"})["launcher"] == "pbs"
+    assert engine_placement({"SLURM_JOB_ID": "4", "SLURM_PROCID": "0"})["launcher"] == "slurm"
+    assert engine_placement({"LSB_JOBID": "9"})["launcher"] == "lsf"
+    assert engine_placement({"JOB_ID": "7"})["launcher"] == "sge"
+    # a launcher's word wins: corral start -n 4 inside an allocation runs local engines
+    assert engine_placement({"SLURM_JOB_ID": "4", "CORRAL_LAUNCHER": "local"})["launcher"] == (
+        "local"
+    )

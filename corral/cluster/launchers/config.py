@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -149,26 +150,68 @@ def resolve(args: argparse.Namespace, config_path: Path) -> tuple[str, int | Non
 
 
 def controller_choice(args: argparse.Namespace, config_path: Path) -> tuple[str, dict[str, Any]]:
-    """(controller launcher, its options): the ``[ssh]`` table's connection settings, then the
-    ``[controller]`` table, then the flags."""
+    """(controller launcher, its options) for `corral start`: see :func:`controller_settings`;
+    ``--host`` names the ssh controller's host."""
     config = load_config(Path(args.config) if args.config else config_path, bool(args.config))
+    name, options = controller_settings(config, args.controller_launcher, vars(args))
+    if name in ("local", "ssh") and args.host:
+        options["host"] = args.host
+    return name, options
+
+
+def controller_settings(
+    config: Mapping[str, Any], name: str | None, flags: Mapping[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    """(controller launcher, its options): ``name``, else the ``[controller]`` table's
+    ``launcher``, else local; for ssh the ``[ssh]`` table's connection settings, for mpi or a
+    batch job that launcher's table, then the ``[controller]`` table, then the flags."""
     table = config.get("controller", {})
     if not isinstance(table, Mapping):
         raise CorralError("the config file's [controller] must be a table of options")
-    name = args.controller_launcher or table.get("launcher") or "local"
+    name = name or table.get("launcher") or "local"
     if name not in CONTROLLER_LAUNCHERS:
         raise CorralError(
             f"no controller launcher {name!r}; choose one of {', '.join(CONTROLLER_LAUNCHERS)}"
         )
     if name not in ("local", "ssh"):  # mpi, a batch job: its options, then [controller]
-        options = launcher_options(name, config, vars(args))
+        options = launcher_options(name, config, flags)
         options.update({k: v for k, v in table.items() if k != "launcher"})
         return name, options
-    options = {k: v for k, v in launcher_options("ssh", config, vars(args)).items() if k != "hosts"}
+    options = {k: v for k, v in launcher_options("ssh", config, flags).items() if k != "hosts"}
     options.update({k: v for k, v in table.items() if k != "launcher"})
-    if args.host:
-        options["host"] = args.host
     return name, options
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What ``Cluster(profile=NAME)`` takes from ``<cluster-dir>/NAME.toml`` (the file `corral
+    start --cluster-id NAME` reads), as ipyparallel's ``Cluster(profile=...)`` takes its
+    profile's ``ipcluster_config.py``; the Cluster's own arguments win."""
+
+    engines: str | None = None
+    n: int | None = None
+    launcher_options: dict[str, Any] = field(default_factory=dict)
+    controller: str | None = None
+    controller_options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path, engines: str | None, controller: str | None) -> Profile:
+        """The profile file at ``path`` (empty when there is none) for the ``engines`` and
+        ``controller`` launchers given (None: the file's choice)."""
+        config = load_config(path)
+        start = config.get("start", {})
+        if not isinstance(start, Mapping):
+            raise CorralError(f"{path}: [start] must be a table of options")
+        engines = engines or start.get("engines") or "local"
+        count = start.get("n")
+        controller, controller_options = controller_settings(config, controller, {})
+        return cls(
+            engines=engines,
+            n=int(count) if count is not None else None,
+            launcher_options=launcher_options(engines, config, {}),
+            controller=controller,
+            controller_options=controller_options,
+        )
 
 
 def submitted_jobs(state: Mapping[str, Any]) -> list[str]:

@@ -15,6 +15,7 @@ import re
 import shlex
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,10 @@ class SSHTarget:
 
 
 def parse_hosts(value: Any) -> list[SSHTarget]:
-    """``"a,b:2"`` or ``["a", "b:2"]`` -> targets; LaunchError for an empty list or bad count."""
+    """``"a,b:2"``, ``["a", "b:2"]`` or ``{"a": 1, "b": 2}`` (ipyparallel's engines dict of
+    host to count; a TOML table) -> targets; LaunchError for an empty list or bad count."""
+    if isinstance(value, Mapping):
+        return parse_hosts([_host_count(host, count) for host, count in value.items()])
     words = value.split(",") if isinstance(value, str) else list(value or [])
     targets = []
     for word in (str(w).strip() for w in words):
@@ -49,6 +53,18 @@ def parse_hosts(value: Any) -> list[SSHTarget]:
     if not targets:
         raise LaunchError("the ssh launcher needs hosts: --ssh-hosts HOST[:COUNT],...")
     return targets
+
+
+def _host_count(host: object, count: object) -> str:
+    """``host:count`` from one entry of a hosts mapping; the count must be a number of
+    engines (ipyparallel's per-host tuples and dicts of engine arguments are not taken: every
+    host runs the same engine command)."""
+    if isinstance(count, bool) or not isinstance(count, int | str) or not str(count).isdigit():
+        raise LaunchError(
+            f"ssh host {host!r}: give a number of engines, not {count!r} (per-host engine "
+            "arguments are not supported; engine_args apply to every host)"
+        )
+    return f"{host}:{count}"
 
 
 def assign_engines(targets: list[SSHTarget], n: int) -> list[str]:

@@ -217,3 +217,69 @@ def test_mpi_engines_take_their_rank_as_engine_id_when_it_is_free(tmp_path: Path
             except subprocess.TimeoutExpired:
                 os.killpg(second.pid, 9)
                 second.wait(10)
+
+
+@pytest.mark.timeout(180)
+def test_stop_after_a_killed_manager_ends_the_mpiexec_of_hung_engines(tmp_path: Path) -> None:
+    """`corral stop` of a cluster whose manager was SIGKILLed ends what the launchers recorded
+    too: here an mpiexec whose ranks hang (stopped, so neither their owner's death nor a
+    shutdown reaches them), which would otherwise wait for them for ever. Before, the state
+    file's launcher pids were ignored: mpiexec and its ranks ran on, `corral list --all` called
+    the folder stale and `corral stop` said no cluster was running."""
+    from corral.cluster.folders import inspect
+
+    where = ["--cluster-dir", str(tmp_path), "--cluster-id", "hung"]
+    started = corral(
+        "start", "--daemon", "--engines", "mpi", "-n", "2", "--heartbeat-period", "0.5",
+        "--no-dashboard", *where,
+    )  # fmt: skip
+    folder = tmp_path / "hung"
+    try:
+        assert started.returncode == 0, started.stderr
+        with Client(connection_file=folder / "corral-client.json", timeout=30) as rc:
+            rc.wait_for_engines(2, timeout=60)
+        state = json.loads((folder / "cluster.json").read_text())
+        mpiexec = psutil.Process(state["launchers"][0]["pids"][0])
+        ranks = [p for p in mpiexec.children(recursive=True) if "engine" in p.cmdline()]
+        assert len(ranks) == 2
+        for rank in ranks:
+            rank.suspend()
+        psutil.Process(state["manager_pid"]).kill()
+        controller = _process(state["controller_pid"])
+        if controller is not None:  # it ends with its owner
+            psutil.wait_procs([controller], timeout=30)
+        assert inspect(folder).state == "running"  # mpiexec and its ranks still run
+
+        stopped = corral("stop", *where)
+        assert stopped.returncode == 0, stopped.stderr
+        assert "cluster hung stopped" in stopped.stdout
+        _, alive = psutil.wait_procs([mpiexec, *ranks], timeout=15)
+        assert not alive
+        assert processes_mentioning(tmp_path) == []
+    finally:
+        for process in psutil.process_iter(["cmdline"]):  # whatever a failure left
+            if str(tmp_path) in " ".join(process.info["cmdline"] or []):
+                process.kill()
+
+
+@pytest.mark.timeout(180)
+def test_a_profile_is_the_cluster_id_and_its_config_file(tmp_path: Path) -> None:
+    """ipyparallel's ``Cluster(profile="pbs")`` after writing the profile's config: corral's
+    profile is the config file ``corral start --cluster-id NAME`` reads, whose launcher and
+    engine count the Cluster takes when not given; the cluster is NAME (kept, and found by
+    ``Client(profile=NAME)``). Before, ``profile`` was an unknown argument."""
+    from corral.cluster.cluster import Cluster
+
+    (tmp_path / "mpiprof.toml").write_text(
+        '[start]\nengines = "mpi"\nn = 3\n\n[mpi]\nmpi_args = "-envall"\n'
+    )
+    cluster = Cluster(profile="mpiprof", cluster_dir=tmp_path, heartbeat_period=0.5)
+    assert (cluster.n, cluster.engine_launcher) == (3, "mpi")
+    assert cluster.launcher_options == {"mpi_args": "-envall"}
+    assert Cluster(2, profile="mpiprof", cluster_dir=tmp_path, engines="local").n == 2
+    with cluster as rc:
+        assert sorted(rc.ids) == [0, 1, 2]
+        assert {e["launcher"] for e in rc.engine_info().values()} == {"mpi"}
+        with Client(profile="mpiprof", cluster_dir=tmp_path) as found:
+            assert found.ids == rc.ids
+    assert (tmp_path / "mpiprof" / "tasks.db").exists()  # a named cluster keeps its folder

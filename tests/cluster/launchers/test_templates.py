@@ -175,6 +175,16 @@ def test_ssh_hosts_and_round_robin() -> None:
         parse_hosts("a:many")
 
 
+def test_ssh_hosts_as_ipyparallels_engines_dict_of_counts() -> None:
+    """``{"host1": 2, "host2": 5}`` (ipyparallel's ``SSHEngineSetLauncher.engines``, or a TOML
+    ``[ssh.hosts]`` table) gives each host its count; a dict used to be taken as its keys, the
+    counts silently dropped (engines dealt round-robin instead)."""
+    assert assign_engines(parse_hosts({"a": 1, "b": 2}), 3) == ["a", "b", "b"]
+    assert assign_engines(parse_hosts({"me@h": "2"}), 2) == ["me@h", "me@h"]
+    with pytest.raises(LaunchError, match="per-host engine arguments are not supported"):
+        parse_hosts({"a": (1, ["--profile-dir=/elsewhere"])})
+
+
 def test_ssh_remote_command_says_its_pid_then_becomes_the_engine() -> None:
     line = remote_engine_command(spec(1), "/tmp/c1/corral-engine.json", "python3")
     assert line.startswith("echo corral-engine-pid $$; CORRAL_LAUNCHER=ssh exec python3 -m")
