@@ -57,3 +57,28 @@ def test_chaos_loses_nothing(tmp_path: Path) -> None:
     assert hub["records"] == TASKS and hub["missing"] == hub["duplicated"] == hub["pending"] == 0
     assert summary["left_behind"] == [], summary
     assert process.returncode == 0, log[-3000:]
+
+
+MIXED = Path(__file__).resolve().parents[2] / "bench" / "chaos_mixed.py"
+
+
+@pytest.mark.timeout(300)
+def test_mixed_chaos_finds_no_fault(tmp_path: Path) -> None:
+    """bench/chaos_mixed.py at a size `make test` affords: direct applies (some through
+    shared memory), push/pull, load-balanced maps and another client's get_result while
+    engines and the controller are SIGKILLed: no call hangs, no value is wrong, no reply's
+    buffers are refused, nothing is left running."""
+    out = tmp_path / "mixed.json"
+    process = subprocess.run(
+        [sys.executable, str(MIXED), "--rounds", "400", "--seed", "4", "--json", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=270,
+        check=False,
+    )
+    summary = json.loads(out.read_text())
+    assert summary["kills"].get("engine", 0) >= 1, summary
+    assert summary["fault_count"] == 0 and summary["left_behind"] == [], summary
+    assert summary["outcomes"].get("ok", 0) >= 300, summary
+    assert process.returncode == 0, process.stdout[-3000:]

@@ -1,0 +1,261 @@
+"""Mixed chaos: every kind of call while engines and the controller are SIGKILLed.
+
+A supervised cluster (dead processes restarted, the controller with ``--restore``) gets
+``--rounds`` calls, each chosen at random (seeded): a direct apply of a small array or of one
+above the shared-memory threshold (2.4 MB), a push then a pull of a small or a 4 MB array, a
+load-balanced map with ``retries=2``, and a second client's ``get_result`` of a task the
+first one finished. Meanwhile a seeded thread SIGKILLs an engine every 0.5-3 s, and one time
+in seven the controller instead. Every wait is bounded (``--wait`` seconds).
+
+Expected, and counted but not a fault: an EngineError (the engine died with the task), an
+InvalidTarget (the engine table changed between reading it and sending), a pull that finds
+the name gone (its engine was restarted). A fault: a call that did not end within the bound
+(a hang), a wrong value, any other error, a reply whose shared-memory buffers were refused,
+or a process left behind. It found two (see bench/README.md, round twenty-nine): a Hub
+query the killed controller took with it failed after the client's whole timeout, and late
+duplicate replies logged "refused the buffers".
+
+    .venv/bin/python bench/chaos_mixed.py --rounds 1500 --seed 4
+
+Prints a JSON summary (``--json`` writes it too); exit status 0 only without a fault.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from corral import Client, Cluster  # noqa: E402
+from corral.cluster.supervisor import RestartPolicy  # noqa: E402
+from corral.errors import TimeoutError  # noqa: E402
+from corral.protocol.connection_files import CLIENT_FILE  # noqa: E402
+
+#: what a call may end with while processes die, and is not a fault
+EXPECTED = {"EngineError", "InvalidTarget", "NoEnginesRegistered", "RemoteError"}
+BIG = 300_000  # float64 items: 2.4 MB, above the shared-memory threshold
+OPERATIONS = ("direct", "direct_big", "push_pull", "balanced", "get_result")
+
+
+def scaled_sum(values: Any, factor: float) -> float:
+    import numpy
+
+    return float(numpy.asarray(values).sum()) * factor
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+class Killer(threading.Thread):
+    """SIGKILLs an engine every 0.5-3 s (seeded), or one time in seven the controller."""
+
+    def __init__(self, cluster: Cluster, seed: int) -> None:
+        super().__init__(name="chaos-killer", daemon=True)
+        self.cluster = cluster
+        self.rng = random.Random(seed)
+        self.stop_event = threading.Event()
+        self.kills: Counter[str] = Counter()
+
+    def run(self) -> None:
+        while not self.stop_event.wait(self.rng.uniform(0.5, 3.0)):
+            if self.rng.random() < 1 / 7:
+                victim = self.cluster.controller
+                role = "controller"
+            else:
+                alive = [p for p in self.cluster.engines if p.poll() is None]
+                victim = self.rng.choice(alive) if alive else None
+                role = "engine"
+            if victim is not None and victim.poll() is None:
+                try:
+                    os.kill(victim.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    continue
+                self.kills[role] += 1
+
+
+class RefusedBuffers(logging.Handler):
+    """Counts the client's "refused the buffers" warnings: a reply whose data was lost."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "refused the buffers" in record.getMessage():
+            self.count += 1
+
+
+class Run:
+    """The calls of one run and what they ended with."""
+
+    def __init__(self, rc: Client, path: Path, seed: int, wait: float) -> None:
+        self.rc = rc
+        self.path = path
+        self.rng = random.Random(seed)
+        self.wait = wait
+        self.outcomes: Counter[str] = Counter()
+        self.faults: list[str] = []
+        self.finished: dict[str, float] = {}  # msg_id -> its value, for get_result
+        self.other: Client | None = None
+
+    def settle(self, result: Any, what: str) -> tuple[bool, Any]:
+        """(True, value) or (False, None), counting how it ended."""
+        try:
+            value = result.get(timeout=self.wait)
+        except TimeoutError as err:
+            self.faults.append(f"hang: {what}: {err}")
+            self.outcomes["hang"] += 1
+            return False, None
+        except Exception as err:  # noqa: BLE001 - every kind is counted
+            name = type(err).__name__
+            self.outcomes[f"error:{name}"] += 1
+            if name not in EXPECTED:
+                self.faults.append(f"{what}: {name}: {str(err)[:300]}")
+            return False, None
+        return True, value
+
+    def check(self, ok: bool, good: bool, what: str, value: Any) -> None:
+        if ok and not good:
+            self.faults.append(f"wrong value: {what}: {str(value)[:200]}")
+            self.outcomes["wrong"] += 1
+        elif ok:
+            self.outcomes["ok"] += 1
+
+    def one(self, index: int) -> None:
+        operation = self.rng.choice(OPERATIONS)
+        ids = self.rc.ids
+        if not ids:
+            self.outcomes["no engines"] += 1
+            time.sleep(0.2)  # the engines are being restarted: nothing to send to yet
+            return
+        engine = self.rng.choice(ids)
+        try:
+            getattr(self, operation)(index, engine)
+        except Exception as err:  # noqa: BLE001 - a submission refused
+            name = type(err).__name__
+            self.outcomes[f"refused:{name}"] += 1
+            if name not in EXPECTED:
+                self.faults.append(f"{operation}: {name}: {str(err)[:300]}")
+
+    def direct(self, index: int, engine: int, size: int = 1000) -> None:
+        values = np.arange(size, dtype=np.float64)
+        expected = float(values.sum()) * 3
+        result = self.rc[engine].apply_async(scaled_sum, values, 3)
+        ok, value = self.settle(result, f"apply of {size} items on engine {engine}")
+        self.check(ok, value == expected, "apply", value)
+        if ok and value == expected:
+            self.finished[result.msg_ids[0]] = expected
+
+    def direct_big(self, index: int, engine: int) -> None:
+        self.direct(index, engine, BIG)
+
+    def push_pull(self, index: int, engine: int) -> None:
+        values = np.arange(self.rng.choice([10, 2 * BIG]), dtype=np.float64) + index
+        self.settle(self.rc[engine].push({"x": values}, block=False), f"push to {engine}")
+        ok, value = self.settle(self.rc[engine].pull("x", block=False), f"pull from {engine}")
+        if ok:  # a restarted engine between the two has no x: a RemoteError, counted
+            good = isinstance(value, np.ndarray) and np.array_equal(value, values)
+            self.check(ok, good, "pull", value)
+
+    def balanced(self, index: int, engine: int) -> None:
+        view = self.rc.load_balanced_view(retries=2)
+        ok, value = self.settle(view.map_async(double, range(20), chunksize=1), "map")
+        self.check(ok, ok and list(value) == [2 * x for x in range(20)], "map", value)
+
+    def get_result(self, index: int, engine: int) -> None:
+        if not self.finished:
+            return
+        if self.other is None:
+            self.other = Client(connection_file=self.path / CLIENT_FILE, timeout=60)
+            self.other.outage_grace = 60.0
+        msg_id, expected = self.rng.choice(list(self.finished.items()))
+        result = self.other.get_result(msg_id, block=False)
+        ok, value = self.settle(result, f"another client's get_result of {msg_id}")
+        self.check(ok, value == expected, "get_result", value)
+
+
+def run(rounds: int, engines: int, seed: int, wait: float) -> dict[str, Any]:
+    base = Path(tempfile.mkdtemp(prefix="corral-chaos-mixed-"))
+    cluster = Cluster(
+        engines,
+        cluster_dir=base,
+        heartbeat_period=0.5,
+        timeout=60,
+        restart_policy=RestartPolicy(first_delay=0.1, max_delay=2.0),
+    )
+    refused = RefusedBuffers()
+    logging.getLogger("corral.client").addHandler(refused)
+    started = time.monotonic()
+    rc = cluster.start()
+    rc.outage_grace = 60.0
+    killer = Killer(cluster, seed * 7 + 1)
+    calls = Run(rc, cluster.path, seed, wait)
+    restarts: dict[str, int] = {}
+    try:
+        rc.wait_for_engines(engines, timeout=60)
+        killer.start()
+        for index in range(rounds):
+            calls.one(index)
+    finally:
+        killer.stop_event.set()
+        killer.join(10)
+        if calls.other is not None:
+            calls.other.close()
+        restarts = dict(cluster.restarts)
+        cluster.stop()
+        logging.getLogger("corral.client").removeHandler(refused)
+    _, alive = psutil.wait_procs(psutil.Process().children(recursive=True), timeout=15)
+    for process in alive:
+        process.kill()
+    faults = list(calls.faults)
+    if refused.count:
+        faults.append(f"{refused.count} replies' shared-memory buffers refused")
+    return {
+        "rounds": rounds,
+        "engines": engines,
+        "seed": seed,
+        "elapsed_s": round(time.monotonic() - started, 1),
+        "outcomes": dict(calls.outcomes),
+        "kills": dict(killer.kills),
+        "restarts": restarts,
+        "faults": faults[:40],
+        "fault_count": len(faults),
+        "left_behind": [p.pid for p in alive],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=1500)
+    parser.add_argument("--engines", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=4)
+    parser.add_argument("--wait", type=float, default=90.0, help="bound on each call, seconds")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    summary = run(args.rounds, args.engines, args.seed, args.wait)
+    print(json.dumps(summary, indent=2))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=2))
+    return 0 if not summary["fault_count"] and not summary["left_behind"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
