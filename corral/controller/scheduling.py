@@ -172,7 +172,10 @@ class SchedulerCore(Placement):
         self._hosts = Hosts(burst_packing, read_cpu, own_pid)
         # seconds from which a task counts as long: its engine then holds one (0: never)
         self.long_task = check_long_task(long_task)
-        self._track_bursts = self.burst_cap > max_outstanding or burst_packing > 0 or long_task > 0
+        # replies are watched for bursts, packing or long tasks (_observe); else not at all
+        self._observe_replies = (
+            self.burst_cap > max_outstanding or burst_packing > 0 or long_task > 0
+        )
         self._now = 0.0  # the latest time an event brought (add and remove bring none)
         self._rng = random.Random(seed)
         self._engines: dict[str, EngineState] = {}
@@ -310,7 +313,7 @@ class SchedulerCore(Placement):
         self._now = now
         if record is None or engine is None or engine.uuid != engine_uuid:
             return []
-        if self._track_bursts:
+        if self._observe_replies:
             self._observe(engine, now)
         final = success or not retry or record.retries_left <= 0
         # a final reply's freed slot is refilled at once (_fill), which sets the engine's
@@ -409,10 +412,7 @@ class SchedulerCore(Placement):
         apart) keep ``max_outstanding``, so such tasks are spread as before."""
         burst = now - engine.last_reply < BURST_GAP
         if self.long_task:
-            started = (
-                engine.last_reply if engine.last_reply > engine.busy_since else engine.busy_since
-            )
-            engine.runs_long = now - started >= self.long_task
+            engine.runs_long = now - engine.working_since() >= self.long_task
         engine.last_reply = now
         engine.burstiness += ((1.0 if burst else 0.0) - engine.burstiness) * BURST_WEIGHT
         engine.cap = self.burst_cap if engine.burstiness >= BURSTY else self.max_outstanding
@@ -439,12 +439,8 @@ class SchedulerCore(Placement):
         while it has been silent ``long_task`` with tasks, one while its last task ran long
         or its pace is unknown (:meth:`_dispatch` forgets it after a pause)."""
         load = engine.load
-        if load:
-            started = (
-                engine.last_reply if engine.last_reply > engine.busy_since else engine.busy_since
-            )
-            if now - started >= self.long_task:
-                return min(cap, load)
+        if load and now - engine.working_since() >= self.long_task:
+            return min(cap, load)
         return 1 if engine.runs_long else cap
 
     def reject(self, msg_id: str, error: type[Exception], reason: str) -> list[Action]:

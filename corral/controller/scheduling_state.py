@@ -201,6 +201,11 @@ class EngineState:
     def __str__(self) -> str:
         return f"engine {self.uuid}"
 
+    def working_since(self) -> float:
+        """When it began the task it runs now (or answered last): its previous reply, or
+        when it got a task while holding none if that came later."""
+        return self.last_reply if self.last_reply > self.busy_since else self.busy_since
+
 
 @dataclass(eq=False, slots=True, init=False)
 class TaskRecord:
