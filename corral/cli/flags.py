@@ -19,6 +19,7 @@ from corral.controller.scheduling_state import (
     check_burst_prefetch,
     check_long_task,
 )
+from corral.engine_options import engine_options_help
 from corral.protocol.connection_files import (
     DEFAULT_CLUSTER_ID,
     ENGINE_FILE,
@@ -323,7 +324,12 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
         "--owner-pid", type=int, default=None, help="stop when this parent process is gone"
     )
 
-    engine = commands.add_parser("engine", help="run an engine in this process")
+    engine = commands.add_parser(
+        "engine",
+        help="run an engine in this process",
+        epilog=engine_options_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     engine.add_argument("--file", default=None, help=f"the controller's {ENGINE_FILE}")
     _common(engine)
     return parser

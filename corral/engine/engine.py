@@ -31,6 +31,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
+from corral.engine_options import add_engine_options
 from corral.errors import CorralError
 from corral.protocol.connection_files import (
     ENGINE_FILE,
@@ -262,64 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--file", help="the engine connection file (corral-engine.json)")
     parser.add_argument("--cluster-id", help="find the file in <cluster-dir>/<cluster-id>/")
     parser.add_argument("--cluster-dir", help="cluster folder (default $CORRAL_DIR or ~/.corral)")
-    parser.add_argument("--uuid", help="this engine's uuid (default: a fresh one)")
-    parser.add_argument("--id", type=int, help="ask the controller for this engine id")
-    parser.add_argument(
-        "--timeout", type=float, default=10.0, help="seconds to wait for registration"
-    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
-    parser.add_argument(
-        "--owner-pid",
-        type=int,
-        default=None,
-        help="exit when this parent (or ancestor) process is gone",
-    )
-    parser.add_argument(
-        "--max-result-bytes",
-        type=int,
-        default=None,
-        help="answer an apply whose serialized result is larger with an error (default: none)",
-    )
-    parser.add_argument(
-        "--no-ipython",
-        action="store_true",
-        help="run plain Python even if IPython is installed (no %%magics, no display())",
-    )
-    parser.add_argument(
-        "--mpi",
-        action="store_true",
-        help="initialise MPI (mpi4py) before registering, so tasks share COMM_WORLD",
-    )
-    parser.add_argument(
-        "--batch-scheduling",
-        action="store_true",
-        help="run under SCHED_BATCH (Linux): a woken engine does not preempt the process "
-        "running on its core (the local launcher's choice when engines outnumber the cores)",
-    )
-    parser.add_argument(
-        "--no-direct",
-        action="store_true",
-        help="take requests only through the controller's MUX, not straight from clients on "
-        "this host (docs/wire-flows.md, 'Direct requests')",
-    )
-    parser.add_argument(
-        "--no-lanes",
-        action="store_true",
-        help="take direct requests on the zmq ROUTER only, not on a Unix socket lane "
-        "(docs/wire-flows.md, 'Lanes')",
-    )
-    parser.add_argument(
-        "--work-dir", help="run in this folder (ipyparallel's IPEngine.work_dir); default: here"
-    )
-    parser.add_argument(
-        "--startup-command",
-        help="Python run in the namespace before the first task (ipyparallel's "
-        "IPEngine.startup_command), e.g. 'import numpy as np'",
-    )
-    parser.add_argument(
-        "--startup-script",
-        help="a Python file run likewise, before --startup-command (IPEngine.startup_script)",
-    )
+    add_engine_options(parser)
     args = parser.parse_args(argv)
     if args.work_dir:
         os.chdir(os.path.expanduser(args.work_dir))

@@ -120,3 +120,18 @@ def test_the_graces_take_seconds_from_zero(
             parser.parse_args([command, flag, value])
         assert info.value.code == 2
         assert "is not a number of seconds, 0 or more" in capsys.readouterr().err
+
+
+def test_engine_help_lists_the_options_passed_on_to_the_engine(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``corral engine --help`` lists the engine's own options (``--work-dir``,
+    ``--no-direct`` ...), which it passes on; before it listed only its own few."""
+    with pytest.raises(SystemExit):
+        main(["engine", "--help"])
+    out = capsys.readouterr().out
+    assert "engine options (passed on to the engine)" in out
+    for flag in ("--work-dir", "--startup-script", "--no-direct", "--no-lanes", "--mpi", "--id"):
+        assert flag in out, flag
+    args, extra = build_parser().parse_known_args(["engine", "--work-dir", "/tmp", "--id", "3"])
+    assert extra == ["--work-dir", "/tmp", "--id", "3"]  # still the engine's to read
