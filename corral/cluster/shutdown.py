@@ -91,7 +91,8 @@ def stop_cluster(path: Path, timeout: float = 10.0) -> bool:
         if isinstance(p, int) and p != os.getpid()
     ]
     was_running = any(psutil.pid_exists(p) for p in pids) or bool(launched)
-    if manager and manager != os.getpid() and psutil.pid_exists(manager):
+    managed = isinstance(manager, int) and psutil.pid_exists(manager)
+    if manager and manager != os.getpid() and managed:
         os.kill(manager, signal.SIGTERM)
     elif (path / CLIENT_FILE).exists():
         try:
@@ -110,7 +111,11 @@ def stop_cluster(path: Path, timeout: float = 10.0) -> bool:
                 client.close()
     pids += [p for p in launched if p not in pids]
     processes = [process for process in map(_process, pids) if process is not None]
-    _, alive = psutil.wait_procs(processes, timeout=timeout)
+    # without a manager to stop them, a launcher's processes are not waited for: mpiexec
+    # waits for its ranks, which may never end (the manager's stop would have ended them)
+    orphans = [] if managed else [p for p in processes if p.pid in launched]
+    _, alive = psutil.wait_procs([p for p in processes if p not in orphans], timeout=timeout)
+    alive += [p for p in orphans if p.is_running()]
     was_running = cancel_recorded_jobs(state.get("launchers", [])) or was_running
     for process in alive:
         _kill(process, group=process.pid in launched)
