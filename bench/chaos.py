@@ -123,17 +123,30 @@ def hub_records(rc: Any, msg_ids: list[str]) -> list[dict[str, Any]]:
     return records
 
 
-def run(
-    tasks: int, engines: int, seed: int, kill_every: int, timeout: float, task_seconds: float
-) -> dict[str, Any]:
-    base = Path(tempfile.mkdtemp(prefix="corral-chaos-"))
-    cluster = Cluster(
+def supervised_cluster(engines: int, prefix: str) -> Cluster:
+    """A temporary cluster whose dead processes are restarted at once (the controller with
+    ``--restore``), with a short heartbeat so that dead engines are noticed soon."""
+    return Cluster(
         engines,
-        cluster_dir=base,
+        cluster_dir=Path(tempfile.mkdtemp(prefix=prefix)),
         heartbeat_period=0.5,
         timeout=60,
         restart_policy=RestartPolicy(first_delay=0.1, max_delay=2.0),
     )
+
+
+def kill_leftovers() -> list[int]:
+    """The pids of this process's children still running 15 s after a stop, killed."""
+    _, alive = psutil.wait_procs(psutil.Process().children(recursive=True), timeout=15)
+    for process in alive:
+        process.kill()
+    return [process.pid for process in alive]
+
+
+def run(
+    tasks: int, engines: int, seed: int, kill_every: int, timeout: float, task_seconds: float
+) -> dict[str, Any]:
+    cluster = supervised_cluster(engines, "corral-chaos-")
     started = time.monotonic()
     rc = cluster.start()
     rc.outage_grace = 60.0  # a restart takes seconds; waits fail only if it takes longer
@@ -178,9 +191,7 @@ def run(
         restarts = dict(cluster.restarts)
     finally:
         cluster.stop()
-    gone, alive = psutil.wait_procs(psutil.Process().children(recursive=True), timeout=15)
-    for process in alive:
-        process.kill()
+    left_behind = kill_leftovers()
     return {
         "tasks": tasks,
         "engines": engines,
@@ -197,7 +208,7 @@ def run(
         "controller_recovery_s": [round(r, 2) for r in chaos.recoveries],
         "restarts": restarts,
         "chaos_errors": chaos.errors,
-        "left_behind": [p.pid for p in alive],
+        "left_behind": left_behind,
     }
 
 

@@ -29,7 +29,6 @@ import os
 import random
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -37,13 +36,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from chaos import kill_leftovers, supervised_cluster  # noqa: E402  (bench/, beside it)
+
 from corral import Client, Cluster  # noqa: E402
-from corral.cluster.supervisor import RestartPolicy  # noqa: E402
 from corral.errors import TimeoutError  # noqa: E402
 from corral.protocol.connection_files import CLIENT_FILE  # noqa: E402
 
@@ -192,14 +191,7 @@ class Run:
 
 
 def run(rounds: int, engines: int, seed: int, wait: float) -> dict[str, Any]:
-    base = Path(tempfile.mkdtemp(prefix="corral-chaos-mixed-"))
-    cluster = Cluster(
-        engines,
-        cluster_dir=base,
-        heartbeat_period=0.5,
-        timeout=60,
-        restart_policy=RestartPolicy(first_delay=0.1, max_delay=2.0),
-    )
+    cluster = supervised_cluster(engines, "corral-chaos-mixed-")
     refused = RefusedBuffers()
     logging.getLogger("corral.client").addHandler(refused)
     started = time.monotonic()
@@ -221,9 +213,7 @@ def run(rounds: int, engines: int, seed: int, wait: float) -> dict[str, Any]:
         restarts = dict(cluster.restarts)
         cluster.stop()
         logging.getLogger("corral.client").removeHandler(refused)
-    _, alive = psutil.wait_procs(psutil.Process().children(recursive=True), timeout=15)
-    for process in alive:
-        process.kill()
+    left_behind = kill_leftovers()
     faults = list(calls.faults)
     if refused.count:
         faults.append(f"{refused.count} replies' shared-memory buffers refused")
@@ -237,7 +227,7 @@ def run(rounds: int, engines: int, seed: int, wait: float) -> dict[str, Any]:
         "restarts": restarts,
         "faults": faults[:40],
         "fault_count": len(faults),
-        "left_behind": [p.pid for p in alive],
+        "left_behind": left_behind,
     }
 
 
