@@ -9,11 +9,17 @@ in seven the controller instead. Every wait is bounded (``--wait`` seconds).
 
 Expected, and counted but not a fault: an EngineError (the engine died with the task), an
 InvalidTarget (the engine table changed between reading it and sending), a pull that finds
-the name gone (its engine was restarted). A fault: a call that did not end within the bound
-(a hang), a wrong value, any other error, a reply whose shared-memory buffers were refused,
-or a process left behind. It found two (see bench/README.md, round twenty-nine): a Hub
-query the killed controller took with it failed after the client's whole timeout, and late
-duplicate replies logged "refused the buffers".
+the name gone (its engine was restarted), a ResultNotStored (the task's engine died while the
+controller was down: only the client that submitted it got the value, and the Hub records it
+answered from that client's report). A ``get_result`` that finds no record yet ("no such
+msg_id": that report comes once the restarted Hub has announced the engine's end) is asked
+again once the kills have stopped, and is a fault only if the record never comes. A fault:
+a call that did not end within the bound (a hang), a wrong value, any other error, a reply
+whose shared-memory buffers were refused, or a process left behind. It found three (see
+bench/README.md, rounds twenty-nine and thirty): a Hub query the killed controller took with
+it failed after the client's whole timeout, late duplicate replies logged "refused the
+buffers", and a direct task answered while the controller was down, its engine killed then,
+was never recorded (seed 21).
 
     .venv/bin/python bench/chaos_mixed.py --rounds 1500 --seed 4
 
@@ -43,11 +49,17 @@ sys.path.insert(0, str(REPO_ROOT))
 from chaos import kill_leftovers, supervised_cluster  # noqa: E402  (bench/, beside it)
 
 from corral import Client, Cluster  # noqa: E402
-from corral.errors import TimeoutError  # noqa: E402
+from corral.errors import QueryError, TimeoutError  # noqa: E402
 from corral.protocol.connection_files import CLIENT_FILE  # noqa: E402
 
 #: what a call may end with while processes die, and is not a fault
-EXPECTED = {"EngineError", "InvalidTarget", "NoEnginesRegistered", "RemoteError"}
+EXPECTED = {"EngineError", "InvalidTarget", "NoEnginesRegistered", "RemoteError", "ResultNotStored"}
+#: what a get_result says of a task its Hub has no record of (yet)
+NOT_RECORDED = "no such msg_id"
+#: seconds a task found unrecorded during the run has to be recorded once the kills stopped
+#: (a restarted Hub awaits a lost engine its reregistration grace, 15 s, before its end is
+#: announced and the task's client reports it)
+RECORD_WITHIN = 60.0
 BIG = 300_000  # float64 items: 2.4 MB, above the shared-memory threshold
 OPERATIONS = ("direct", "direct_big", "push_pull", "balanced", "get_result")
 
@@ -113,6 +125,7 @@ class Run:
         self.faults: list[str] = []
         self.finished: dict[str, float] = {}  # msg_id -> its value, for get_result
         self.other: Client | None = None
+        self.unrecorded: set[str] = set()  # get_result found no record of these (yet)
 
     def settle(self, result: Any, what: str) -> tuple[bool, Any]:
         """(True, value) or (False, None), counting how it ended."""
@@ -186,8 +199,40 @@ class Run:
             self.other.outage_grace = 60.0
         msg_id, expected = self.rng.choice(list(self.finished.items()))
         result = self.other.get_result(msg_id, block=False)
+        try:
+            result.get(timeout=self.wait)
+        except QueryError as err:
+            if type(err) is QueryError and NOT_RECORDED in str(err):
+                self.outcomes["not recorded yet"] += 1
+                self.unrecorded.add(msg_id)  # asked again at the end
+                return
+        except Exception:  # noqa: BLE001, S110 - settle() below counts it
+            pass
         ok, value = self.settle(result, f"another client's get_result of {msg_id}")
         self.check(ok, value == expected, "get_result", value)
+
+    def check_unrecorded(self) -> None:
+        """(The kills stopped.) Every task a get_result found unrecorded must be recorded
+        within ``RECORD_WITHIN`` seconds: with its value, or answered without it
+        (ResultNotStored), or failed; still unknown then is a fault."""
+        if not self.unrecorded or self.other is None:
+            return
+        deadline = time.monotonic() + RECORD_WITHIN
+        left = set(self.unrecorded)
+        while left and time.monotonic() < deadline:
+            for msg_id in sorted(left):
+                try:
+                    self.other.get_result(msg_id, block=False).get(timeout=self.wait)
+                except QueryError as err:
+                    if type(err) is QueryError and NOT_RECORDED in str(err):
+                        continue
+                except Exception:  # noqa: BLE001, S110 - recorded, failed: known either way
+                    pass
+                left.discard(msg_id)
+            if left:
+                time.sleep(1.0)
+        for msg_id in sorted(left):
+            self.faults.append(f"never recorded: {msg_id} ({RECORD_WITHIN:.0f} s after the kills)")
 
 
 def run(rounds: int, engines: int, seed: int, wait: float) -> dict[str, Any]:
@@ -208,6 +253,7 @@ def run(rounds: int, engines: int, seed: int, wait: float) -> dict[str, Any]:
     finally:
         killer.stop_event.set()
         killer.join(10)
+        calls.check_unrecorded()
         if calls.other is not None:
             calls.other.close()
         restarts = dict(cluster.restarts)

@@ -223,12 +223,16 @@ class ControllerLink(LinkWaits):
                 }
                 engines.update({i: u for i, u in self._engines.items() if u in announced})
                 missing = [u for u in self._engines.values() if u not in engines.values()]
+                absent = {u: i for u, i in self._uuids.items() if u in missing}
                 self._engines = engines
                 self._uuids = {u: i for i, u in engines.items()}
                 self._link_lost_at = None
                 self._engines_changed.notify_all()
             if missing:
                 self._io.call_later(DIRECT_GRACE, lambda: self._drop_direct_of_absent(missing))
+                for uuid, engine_id in absent.items():
+                    if self._io.sends_direct(uuid):
+                        self._name_absent(uuid, engine_id)
             self._ask_hub_again()
             self._recover(Recovery.of(self._unanswered()))
 
@@ -424,6 +428,33 @@ class ControllerLink(LinkWaits):
                     content.get("ename"),
                     content.get("evalue"),
                 )
+
+        self._tell_hub(msg, on_reply)
+
+    def _name_absent(self, uuid: str, engine_id: int) -> None:
+        """(I/O thread) An engine this client sent direct requests to is missing from the
+        restarted controller's table: name it to the Hub (a ``direct_lost_request`` with no
+        tasks), which awaits it. A restarted Hub whose records do not name the engine would
+        otherwise never announce its end, and this client would never report what it got
+        from it: a task the engine answered while the controller was down, its copies lost
+        with the engine, stayed unknown to every other client. If the engine does not
+        register again in time its end is announced, and :meth:`_engine_unregistered`
+        reports its tasks then."""
+        if self._io.closed:
+            return
+        content = {"engine_uuid": uuid, "tasks": [], "engine_id": engine_id}
+        msg = self.session.msg("direct_lost_request", content)
+
+        def on_reply(reply: Message) -> None:
+            content = reply.content or {}
+            if content.get("status") != "ok":  # it registered again meanwhile, say
+                log.debug("client: engine %s not awaited: %s", uuid, content.get("evalue"))
+
+        self._tell_hub(msg, on_reply)
+
+    def _tell_hub(self, msg: Message, on_reply: Callable[[Message], None]) -> None:
+        """(I/O thread) Send the Hub ``msg``, whose answer nobody waits for: ``on_reply``
+        reads it; no answer within the timeout is forgotten."""
 
         def on_timeout() -> None:
             self._records.pending.pop(msg.msg_id, None)

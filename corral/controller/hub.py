@@ -435,7 +435,7 @@ class Hub(HubHeartbeat):
             # controller restart no scheduler knows: their client may send them again
             self.pending.pop(msg_id, None)
             self.activity.complete(msg_id, entry.id, "error", None, date)
-            self.gone.failed(msg_id, entry.uuid, gone)
+            self.gone.failed(msg_id, entry.uuid)
             changes = gone.failed_fields(entry.uuid)
             if lost_balanced(self, msg_id, never_ran=False):
                 changes["result_metadata"][RESENDABLE] = True

@@ -128,11 +128,11 @@ class GoneEngines:
     def get(self, uuid: str | None) -> GoneEngine | None:
         return self._gone.get(uuid) if uuid else None
 
-    def failed(self, msg_id: str, uuid: str, gone: GoneEngine) -> None:
-        """``msg_id``, sent straight to the gone engine ``uuid``, was recorded failed. (A
-        dead engine's tasks are remembered too: its client may report it got the answer,
-        whose copy died with the engine; a late reply of a dead engine is dropped before
-        :meth:`take_answer` is asked.)"""
+    def failed(self, msg_id: str, uuid: str) -> None:
+        """``msg_id``, sent to the gone engine ``uuid``, was recorded failed. (A dead
+        engine's tasks are remembered too: its client may report it got the answer, whose
+        copy died with the engine, or with a controller killed since; a late reply of a dead
+        engine is dropped before :meth:`take_answer` is asked.)"""
         self._answerable[msg_id] = uuid
         while len(self._answerable) > MAX_ANSWERABLE:
             self._answerable.popitem(last=False)
@@ -157,14 +157,27 @@ def record_lost_direct(hub: Hub, idents: Sequence[bytes], msg: Message) -> list[
     and the Hub's links to its request's shared-memory segments (``segments``: the request's
     ``shm`` references) are removed: its copy, which would have released them, died with the
     engine. Those it knows are left as they are (their copy came: the Hub read or forgot the
-    segments then). Refused (QueryError) for an engine this Hub has not unregistered: only a
-    gone engine's tasks are lost."""
+    segments then). Refused (QueryError) for an engine registered here: only a gone engine's
+    tasks are lost. An engine this Hub neither registered nor unregistered is one a
+    controller restart lost track of (its client names it when the restarted Hub's engine
+    table lacks it: :meth:`~corral.client.link.ControllerLink._name_absent`): it is awaited
+    (:func:`await_engine`) and nothing is recorded now; if it does not register in time,
+    its end is announced and its clients report again."""
     content = msg.content or {}
     engine_uuid = content["engine_uuid"]
+    tasks = _lost_tasks(content["tasks"])
     gone = hub.gone.get(engine_uuid)
     if gone is None:
-        raise QueryError(f"engine {engine_uuid} is not one this Hub unregistered")
-    tasks = _lost_tasks(content["tasks"])
+        if engine_uuid in hub.by_uuid:
+            raise QueryError(
+                f"engine {engine_uuid} is registered with this Hub: only a gone engine's "
+                "tasks are lost"
+            )
+        _answered_tasks(content.get("answered", []))  # checked: a malformed report says so
+        engine_id = content.get("engine_id")
+        known_id = engine_id if type(engine_id) is int and engine_id >= 0 else None
+        await_engine(hub, engine_uuid, engine_id=known_id)
+        return [answer(idents, msg, "direct_lost_reply", ok_reply(recorded=[], awaited=True))]
     known = hub.store.get_records([msg_id for msg_id, _, _ in tasks])
     client = idents[0].decode("utf-8", "replace") if idents else ""
     recorded: list[str] = []
@@ -176,7 +189,7 @@ def record_lost_direct(hub: Hub, idents: Sequence[bytes], msg: Message) -> list[
         record.update(started=None, received=None, **gone.failed_fields(engine_uuid))
         hub.activity.submit()
         hub.activity.complete(msg_id, gone.id, "error", None, gone.date)
-        hub.gone.failed(msg_id, engine_uuid, gone)  # its answer may follow
+        hub.gone.failed(msg_id, engine_uuid)  # its answer may follow
         actions.extend(purge_recorded(hub, msg_id, [AddRecord(msg_id, record)]))
         if segments:
             actions.append(ForgetSegments(segments))
@@ -386,7 +399,7 @@ def _declare_gone(hub: Hub, uuid: str, awaited: AwaitedEngine, now: float) -> li
             continue  # answered meanwhile, or settled another way
         del hub.pending[msg_id]
         hub.activity.complete(msg_id, engine_id, "error", None, gone.date)
-        hub.gone.failed(msg_id, uuid, gone)
+        hub.gone.failed(msg_id, uuid)
         actions.extend(
             purge_recorded(hub, msg_id, [UpdateRecord(msg_id, gone.failed_fields(uuid))])
         )

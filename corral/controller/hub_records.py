@@ -162,7 +162,7 @@ def record_request(
         record.update(gone.failed_fields(engine_uuid))
         if not counted:
             hub.activity.complete(msg_id, gone.id, "error", None, gone.date)
-        hub.gone.failed(msg_id, engine_uuid, gone)
+        hub.gone.failed(msg_id, engine_uuid)
         return purge_recorded(hub, msg_id, [AddRecord(msg_id, record)])
     if texts is None:
         return [AddRecord(msg_id, record)]

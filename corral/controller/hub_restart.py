@@ -62,6 +62,11 @@ def settle_restored(hub: Hub, now: float) -> list[Action]:
         if msg_id not in hub.pending or msg_id in hub.reported:
             continue
         del hub.pending[msg_id]
+        if engine_uuid and engine_uuid not in hub.by_uuid:
+            # its client may have the answer (a direct reply comes straight from the engine,
+            # also while the controller is down) and report it once the engine's end is
+            # announced: the answer then replaces this failure (GoneEngines.take_answer)
+            hub.gone.failed(msg_id, engine_uuid)
         if engine_uuid in hub.by_uuid:
             where = f"its engine {engine_uuid} came back without it: it never reached it"
         elif engine_uuid:

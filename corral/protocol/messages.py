@@ -111,7 +111,11 @@ _SPECS = [
     _reply("resubmit_reply"),
     _spec("hub_shutdown_request", optional={"controller": (str,)}),
     _reply("hub_shutdown_reply"),
-    _spec("direct_lost_request", {"engine_uuid": (str,), "tasks": (list,)}, {"answered": (list,)}),
+    _spec(
+        "direct_lost_request",
+        {"engine_uuid": (str,), "tasks": (list,)},
+        {"answered": (list,), "engine_id": (int,)},
+    ),
     _reply("direct_lost_reply"),
     # -- scheduler to Hub --
     _spec("task_destination", {"msg_id": (str,), "engine_id": (str,)}),
