@@ -161,6 +161,9 @@ class Client(ControllerLink, RequestSending, ControlCalls, HubQueries):
         self._purged_from_hub: dict[str, None] = {}
         # engines absent after an outage whose direct address was dropped (link.py)
         self._absent_direct: set[str] = set()
+        # engines a restarted Hub's table lacked, named to it, until their end is announced
+        # or they register again (link.py, _name_absent): uuid -> id
+        self._absent_named: dict[str, int] = {}
         self._shm_reader = self._shm.reader_metadata()  # in each apply request (empty: off)
         self._shm_reader_json = Session.json_frame(self._shm_reader)  # its JSON, written once
         settings = self._shm.settings

@@ -50,6 +50,8 @@ ANSWERED_LATEST = 10_000
 # once its queue connections are up, which it awaits up to 10 s) before the client stops
 # reconnecting to its direct address
 DIRECT_GRACE = 30.0
+# engines absent from a restarted Hub's table remembered at most, to name to the next one
+MAX_NAMED = 1024
 
 
 class IOHandler:
@@ -144,6 +146,7 @@ class ControllerLink(LinkWaits):
         _request_segments: dict[str, list[dict[str, Any]]]
         _purged_from_hub: dict[str, None]
         _absent_direct: set[str]
+        _absent_named: dict[str, int]
         _shm: SharedMemory
         _helpers: set[threading.Thread]
 
@@ -223,16 +226,22 @@ class ControllerLink(LinkWaits):
                 }
                 engines.update({i: u for i, u in self._engines.items() if u in announced})
                 missing = [u for u in self._engines.values() if u not in engines.values()]
-                absent = {u: i for u, i in self._uuids.items() if u in missing}
+                # to name: engines this table lacks that this client sent direct requests
+                # to, and those named to a Hub before this one that have not been heard of
+                absent = {
+                    **{u: i for u, i in self._uuids.items() if u in missing},
+                    **self._absent_named,
+                }
+                absent = {u: i for u, i in absent.items() if u not in engines.values()}
                 self._engines = engines
                 self._uuids = {u: i for i, u in engines.items()}
                 self._link_lost_at = None
                 self._engines_changed.notify_all()
             if missing:
                 self._io.call_later(DIRECT_GRACE, lambda: self._drop_direct_of_absent(missing))
-                for uuid, engine_id in absent.items():
-                    if self._io.sends_direct(uuid):
-                        self._name_absent(uuid, engine_id)
+            for uuid, engine_id in absent.items():
+                if uuid in self._absent_named or self._io.sends_direct(uuid):
+                    self._name_absent(uuid, engine_id)
             self._ask_hub_again()
             self._recover(Recovery.of(self._unanswered()))
 
@@ -344,6 +353,7 @@ class ControllerLink(LinkWaits):
         if uuid in self._gone:
             return
         self._absent_direct.discard(uuid)  # back: connected again below
+        self._absent_named.pop(uuid, None)
         if uuid not in self._uuids:  # before any request to it can leave: see client/direct.py
             address = direct_address(
                 self._io.direct_enabled,
@@ -370,7 +380,8 @@ class ControllerLink(LinkWaits):
             self._engines = {i: u for i, u in self._engines.items() if u != uuid}
             self._uuids = {u: i for i, u in self._engines.items()}
             self._engines_changed.notify_all()
-        sent_direct = self._io.sends_direct(uuid) or uuid in self._absent_direct
+        named = self._absent_named.pop(uuid, None) is not None
+        sent_direct = self._io.sends_direct(uuid) or uuid in self._absent_direct or named
         self._absent_direct.discard(uuid)
         self._io.disconnect_direct(uuid)
         sent = [
@@ -439,9 +450,14 @@ class ControllerLink(LinkWaits):
         from it: a task the engine answered while the controller was down, its copies lost
         with the engine, stayed unknown to every other client. If the engine does not
         register again in time its end is announced, and :meth:`_engine_unregistered`
-        reports its tasks then."""
+        reports its tasks then. Named again to each restarted Hub until then (the one that
+        awaited it may be killed too: a new one has no record of it either); at most
+        ``MAX_NAMED`` engines are remembered so, the oldest forgotten."""
         if self._io.closed:
             return
+        self._absent_named[uuid] = engine_id
+        while len(self._absent_named) > MAX_NAMED:
+            del self._absent_named[next(iter(self._absent_named))]
         content = {"engine_uuid": uuid, "tasks": [], "engine_id": engine_id}
         msg = self.session.msg("direct_lost_request", content)
 
