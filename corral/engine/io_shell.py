@@ -332,9 +332,11 @@ class IOShell:
                     self._connect(action.addresses)
                     self._registered.set()
             elif isinstance(action, Resend):
+                # kept again, on the channel it goes on now, until this controller confirms
+                # it: one killed before it recorded them would lose them otherwise
                 with self.tasks.borrow():
                     for channel, reply in action.replies:
-                        self.tasks.send_now(channel, marked_resent(reply, self.session.sign), False)
+                        self.tasks.send_now(channel, marked_resent(reply, self.session.sign))
             elif isinstance(action, Fail):
                 self.failure = action.reason
                 self._registered.set()

@@ -125,12 +125,14 @@ class ReplyLog:
 def marked_resent(
     frames: Sequence[Frame], sign: Callable[[Sequence[bytes | memoryview]], bytes]
 ) -> list[Frame]:
-    """A kept reply to send again: ``resent: true`` in its metadata, so a new signature
-    (``sign``: the engine session's). The first copy may have reached the restarted
-    scheduler before anything could use it: its copy to the Hub sent before the Hub's
-    subscription arrived is dropped, and the client, not yet reconnected, missed it too.
-    Unchanged, the second copy is a replay the scheduler drops, and the task the Hub waits
-    on is never answered. Frames without a readable metadata frame are returned unchanged."""
+    """A kept reply to send again: ``resent`` in its metadata counts its sendings again
+    (1, then 2 ... for one kept since and sent again to the next controller), so a new
+    signature each time (``sign``: the engine session's). The first copy may have reached
+    the restarted scheduler before anything could use it: its copy to the Hub sent before
+    the Hub's subscription arrived is dropped, and the client, not yet reconnected, missed
+    it too. Unchanged, the second copy is a replay the scheduler drops, and the task the
+    Hub waits on is never answered. Frames without a readable metadata frame are returned
+    unchanged."""
     for index, frame in enumerate(frames):
         view = frame_view(frame)
         if len(view) == len(DELIMITER) and bytes(view) == DELIMITER:
@@ -141,7 +143,9 @@ def marked_resent(
                 return list(frames)
             if len(json_frames) != 4 or not isinstance(metadata, dict):
                 return list(frames)
-            json_frames[2] = orjson.dumps({**metadata, RESENT: True})
+            before = metadata.get(RESENT)
+            times = before + 1 if type(before) is int else 1  # (True, before: one sending)
+            json_frames[2] = orjson.dumps({**metadata, RESENT: times})
             return [*frames[: index + 1], sign(json_frames), *json_frames, *frames[index + 6 :]]
     return list(frames)
 

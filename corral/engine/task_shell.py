@@ -348,18 +348,17 @@ class TaskShell:
         end of this turn; the link core keeps it until the Hub recorded it (by ``answers``,
         the msg_id of the request, read from the frames when not given)."""
         with self.lock:
-            self._queue_reply(channel, frames, True, answers)
+            self._queue_reply(channel, frames, answers)
 
     def _queue_reply(
-        self, channel: bytes, frames: Sequence[Frame], keep: bool = True, answers: str | None = None
+        self, channel: bytes, frames: Sequence[Frame], answers: str | None = None
     ) -> None:
         if self._held_since is None:
             self._held_since = _monotonic()
-        if keep:
-            # kept on its own channel: the Hub confirms a direct reply from its copy on the
-            # copies PULL, which no order ties to the MUX device's (see corral.engine.replies);
-            # compact, as the I/O thread keeps it until the Hub recorded the reply
-            self.notes.append(("replied", channel, compact(frames), answers))
+        # kept on its own channel: the Hub confirms a direct reply from its copy on the
+        # copies PULL, which no order ties to the MUX device's (see corral.engine.replies);
+        # compact, as the I/O thread keeps it until the Hub recorded the reply
+        self.notes.append(("replied", channel, compact(frames), answers))
         if channel == b"direct":
             lanes = self.lanes
             if lanes is None or not lanes.hold_reply(frames):
@@ -439,11 +438,11 @@ class TaskShell:
             pass
         self.lock.acquire()
 
-    def send_now(self, channel: bytes, frames: Sequence[Frame], keep: bool = True) -> None:
+    def send_now(self, channel: bytes, frames: Sequence[Frame]) -> None:
         """(I/O thread, lock held via :meth:`borrow` or :meth:`take_over`.) Send now, after
-        what the outboxes hold: replies leave in the order the link core learns of them.
-        ``keep=False``: not a reply for the link core to keep (one it sends again)."""
-        self._queue_reply(channel, frames, keep)
+        what the outboxes hold: replies leave in the order the link core learns of them, and
+        it keeps each (a kept one sent again too) until the Hub confirms it."""
+        self._queue_reply(channel, frames)
         for error in self.flush():
             self.log.error("replies not sent: %s", error)
 

@@ -172,6 +172,10 @@ def test_a_reply_sent_again_has_a_new_signature_and_is_no_replay() -> None:
     receiver = Session(b"key")
     first = receiver.feed(frames)
     second = receiver.feed(again)  # not a ReplayError
-    assert second.metadata == {**first.metadata, RESENT: True}
+    assert second.metadata == {**first.metadata, RESENT: 1}
     assert (second.header, second.content) == (first.header, first.content)
+    # kept again and sent to the next controller: marked anew, another signature
+    third = marked_resent(again, session.sign)
+    assert third[2] not in (frames[2], again[2])
+    assert receiver.feed(third).metadata == {**first.metadata, RESENT: 2}
     assert marked_resent([b"no", b"delimiter"], session.sign) == [b"no", b"delimiter"]
