@@ -10,11 +10,12 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 
-from corral import Client
+from corral import AsyncResult, Client
 from corral.errors import ConnectionError, EngineError, ResultNotStored
 from tests.conftest import start_cluster
 from tests.faults.conftest import wait_for_controller
@@ -300,54 +301,64 @@ def _slow_triple(x: int) -> int:
     return 3 * x
 
 
+def _answered_while_down_then_engine_killed(cluster: Any, rc: Client) -> AsyncResult:
+    """A direct task runs on engine 1 when the controller is SIGKILLed; its reply reaches
+    the client straight from the engine; then engine 1 is SIGKILLed too, taking the task's
+    copies and its kept reply. The task's AsyncResult (its value, 42, received)."""
+    rc.outage_grace = 60.0
+    rc.wait_for_engines(2, timeout=30)
+    assert rc._io.sends_direct(rc._engines[1])  # noqa: SLF001
+    pid = rc[1].apply_sync(os.getpid)
+    running = rc[1].apply_async(_slow_triple, 14)
+    until(lambda: rc.queue_status(targets=[1])[1]["queue"] == 1, 30, "the task to run")
+    assert cluster.controller is not None
+    cluster.controller.send_signal(signal.SIGKILL)
+    cluster.controller.wait()
+    assert running.get(timeout=30) == 42  # straight from the engine
+    os.kill(pid, signal.SIGKILL)
+    cluster.engines[1].wait()
+    return running
+
+
+def _wait_recorded_answered(client_file: Path, msg_id: str) -> None:
+    """Until another client finds ``msg_id`` recorded ok; its get_result says that only
+    the submitting client got the value."""
+    other = Client(client_file, timeout=20)
+    try:
+
+        def recorded() -> str | None:
+            found = other.db_query({"msg_id": msg_id}, keys=["status"])
+            return found[0]["status"] if found else None
+
+        until(lambda: recorded() == "ok", 60, "the task recorded as answered")
+        with pytest.raises(ResultNotStored, match="only the client that submitted"):
+            other.get_result(msg_id).get(timeout=30)
+    finally:
+        other.close()
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("db", ["sqlite", "memory"])
 def test_an_answer_got_while_the_controller_was_down_is_recorded_after_its_engine_died(
     tmp_path: Path, db: str
 ) -> None:
-    """A direct task runs when the controller is killed; its reply reaches the client
-    straight from the engine, and its copies wait for the controller; then the engine is
-    killed too, taking the copies and its kept reply. The restarted controller either
-    restored the task pending (sqlite) or never heard of it or its engine (``--db memory``,
-    or copies lost with the killed controller). Another client must find the task answered:
-    its client reports it once the engine's end is announced (without its value, which only
-    that client got: get_result says so). On 73d62bb the sqlite record said EngineError
-    ("lost in a controller restart") and the memory one never existed ("no such msg_id",
-    found by bench/chaos_mixed.py seed 21)."""
+    """The restarted controller either restored the task pending (sqlite) or never heard of
+    it or its engine (``--db memory``, or copies lost with the killed controller). Another
+    client must find the task answered: its client reports it once the engine's end is
+    announced (without its value, which only that client got: get_result says so). On
+    73d62bb the sqlite record said EngineError ("lost in a controller restart") and the
+    memory one never existed ("no such msg_id", found by bench/chaos_mixed.py seed 21)."""
     cluster = start_cluster(tmp_path, 2, heartbeat_period=0.5, db=db)
     cluster.start()
     client_file = Path(cluster.path) / "corral-client.json"
     try:
         rc = Client(client_file, timeout=TIMEOUT)
-        rc.outage_grace = 60.0
         try:
-            rc.wait_for_engines(2, timeout=30)
-            assert rc._io.sends_direct(rc._engines[1])  # noqa: SLF001
-            pid = rc[1].apply_sync(os.getpid)
-            running = rc[1].apply_async(_slow_triple, 14)
-            until(lambda: rc.queue_status(targets=[1])[1]["queue"] == 1, 30, "the task to run")
-            assert cluster.controller is not None
-            cluster.controller.send_signal(signal.SIGKILL)
-            cluster.controller.wait()
-            assert running.get(timeout=30) == 42  # straight from the engine
-            os.kill(pid, signal.SIGKILL)
-            cluster.engines[1].wait()
+            running = _answered_while_down_then_engine_killed(cluster, rc)
             cluster.controller_args += ["--restore", "--reregistration-grace", "1"]
             cluster.start_controller()
             wait_for_controller(rc)
-            msg_id = running.msg_ids[0]
-            other = Client(client_file, timeout=20)
-            try:
-
-                def recorded() -> str | None:
-                    found = other.db_query({"msg_id": msg_id}, keys=["status"])
-                    return found[0]["status"] if found else None
-
-                until(lambda: recorded() == "ok", 60, "the task recorded as answered")
-                with pytest.raises(ResultNotStored, match="only the client that submitted"):
-                    other.get_result(msg_id).get(timeout=30)
-            finally:
-                other.close()
+            _wait_recorded_answered(client_file, running.msg_ids[0])
         finally:
             rc.close()
     finally:
@@ -368,19 +379,10 @@ def test_an_engine_named_to_a_restarted_controller_killed_too_is_named_to_the_ne
     client_file = Path(cluster.path) / "corral-client.json"
     try:
         rc = Client(client_file, timeout=TIMEOUT)
-        rc.outage_grace = 60.0
         try:
             rc.wait_for_engines(2, timeout=30)
             engine_uuid = rc._engines[1]  # noqa: SLF001
-            pid = rc[1].apply_sync(os.getpid)
-            running = rc[1].apply_async(_slow_triple, 14)
-            until(lambda: rc.queue_status(targets=[1])[1]["queue"] == 1, 30, "the task to run")
-            assert cluster.controller is not None
-            cluster.controller.send_signal(signal.SIGKILL)
-            cluster.controller.wait()
-            assert running.get(timeout=30) == 42
-            os.kill(pid, signal.SIGKILL)
-            cluster.engines[1].wait()
+            running = _answered_while_down_then_engine_killed(cluster, rc)
             # a long grace: the second controller must not announce the engine's end first
             cluster.controller_args += ["--restore", "--reregistration-grace", "60"]
             cluster.start_controller()
@@ -391,17 +393,8 @@ def test_an_engine_named_to_a_restarted_controller_killed_too_is_named_to_the_ne
             cluster.controller_args[-1] = "1"
             cluster.start_controller()
             wait_for_controller(rc)
-            other = Client(client_file, timeout=20)
-            try:
-
-                def recorded() -> str | None:
-                    found = other.db_query({"msg_id": running.msg_ids[0]}, keys=["status"])
-                    return found[0]["status"] if found else None
-
-                until(lambda: recorded() == "ok", 60, "the task recorded as answered")
-                assert engine_uuid not in rc._absent_named  # noqa: SLF001
-            finally:
-                other.close()
+            _wait_recorded_answered(client_file, running.msg_ids[0])
+            assert engine_uuid not in rc._absent_named  # noqa: SLF001
         finally:
             rc.close()
     finally:
