@@ -25,6 +25,7 @@ import psutil
 
 from corral.client.client import Client
 from corral.cluster.folders import STATE_FILE, alive_since, launcher_pids
+from corral.cluster.launchers.ssh import clean_recorded as clean_ssh_hosts
 from corral.cluster.launchers.watch import cancel_recorded_jobs
 from corral.errors import ConnectionError
 from corral.protocol.connection_files import CLIENT_FILE
@@ -91,7 +92,9 @@ def stop_cluster(path: Path, timeout: float = 10.0) -> bool:
         if isinstance(p, int) and p != os.getpid()
     ]
     was_running = any(psutil.pid_exists(p) for p in pids) or bool(launched)
-    managed = isinstance(manager, int) and psutil.pid_exists(manager)
+    # a zombie manager (killed, its parent not reaping it: a daemon's is init, which in a
+    # container may not) counts as gone; so does a newer process that took its pid
+    managed = alive_since(manager, written)
     if manager and manager != os.getpid() and managed:
         os.kill(manager, signal.SIGTERM)
     elif (path / CLIENT_FILE).exists():
@@ -120,6 +123,10 @@ def stop_cluster(path: Path, timeout: float = 10.0) -> bool:
     for process in alive:
         _kill(process, group=process.pid in launched)
     psutil.wait_procs(alive, timeout=timeout)
+    if not managed:  # the manager's stop cleans the far sides of an ssh engine set itself
+        for record in state.get("launchers", []):
+            if isinstance(record, dict) and record.get("launcher") == "ssh":
+                clean_ssh_hosts(record)
     sweep(cluster_prefix(path), alive=nothing_alive)  # stopped: no segment is needed any more
     state_file.unlink(missing_ok=True)
     return was_running

@@ -575,10 +575,17 @@ class IOShell:
         except BaseException:
             self.log.exception("error during shutdown")
         finally:
-            logging.shutdown()
-            for stream in (sys.__stdout__, sys.__stderr__):
-                if stream is not None:
-                    stream.flush()
+            try:
+                logging.shutdown()
+                for stream in (sys.__stdout__, sys.__stderr__):
+                    if stream is not None:
+                        stream.flush()
+            except (OSError, ValueError):
+                # an output nobody reads any more (the ssh session of an engine it started
+                # was killed: EPIPE) must not keep the process from exiting: raised here, it
+                # ended this thread before os._exit, and the engine ran on for ever, its
+                # main thread waiting for this one
+                pass
             os._exit(exit_.code)
 
     def _unregister(self) -> None:

@@ -143,38 +143,92 @@ class SSHLauncher(EngineLauncher):
         ``timeout`` get SIGTERM on their host (by the pid they announced), then their ssh
         session is closed; finally the copied files are removed."""
         deadline = time.monotonic() + timeout
+        ssh = ssh_base(self.spec.options, self._tool)
         for host, process, log in self.processes:
             try:
                 process.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                match = PID_LINE.search(log.read_bytes()) if log.exists() else None
-                if match is not None:
-                    subprocess.run(
-                        self._ssh(host, f"kill -TERM {int(match.group(1))}"),
-                        capture_output=True,
-                        timeout=30,
-                        stdin=subprocess.DEVNULL,
-                    )
+                end_remote_engine(ssh, host, log, self.remote_file)
                 try:
                     process.wait(5)
                 except subprocess.TimeoutExpired:
                     terminate(process)
         for host in sorted(self.copied):
-            subprocess.run(
-                self._ssh(
-                    host,
-                    f"rm -f {shlex.quote(self.remote_file)}; "
-                    f"rmdir {shlex.quote(self.remote_dir)} 2>/dev/null; true",
-                ),
-                capture_output=True,
-                timeout=30,
-                stdin=subprocess.DEVNULL,
-            )
+            remove_remote_files(ssh, host, self.remote_file, self.remote_dir)
         self.copied.clear()
 
     def state(self) -> dict[str, Any]:
+        """What ``corral stop`` needs after a killed manager (:func:`clean_recorded`): the
+        ssh sessions' pids, and how to reach each far side, its engines' logs (their pids)
+        and the files copied there."""
         return {
             **super().state(),
             "hosts": sorted({host for host, _, _ in self.processes}),
             "pids": [p.pid for _, p, _ in self.processes if p.poll() is None],
+            "ssh": ssh_base(self.spec.options, self._tool),
+            "remote_dir": self.remote_dir,
+            "copied": sorted(self.copied),
+            "engine_logs": [[host, str(log)] for host, _, log in self.processes],
         }
+
+
+def _run_remote(ssh: list[str], host: str, command: str) -> None:
+    """``command`` on ``host`` (its output and failure ignored: a host gone is nothing to
+    clean), bounded."""
+    try:
+        subprocess.run(
+            [*ssh, host, command],
+            capture_output=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+
+
+def end_remote_engine(ssh: list[str], host: str, log: Path, remote_file: str) -> None:
+    """SIGTERM to the engine an ssh session started on ``host``, by the pid it announced in
+    its log, if that process still runs with the engine's connection file (a pid reused by
+    another process since is left alone; a host without ``/proc`` is left alone too)."""
+    try:
+        match = PID_LINE.search(log.read_bytes())
+    except OSError:
+        return
+    if match is None:
+        return
+    pid = int(match.group(1))
+    check = f"grep -qF -- {shlex.quote(remote_file)} /proc/{pid}/cmdline 2>/dev/null"
+    _run_remote(ssh, host, f"{check} && kill -TERM {pid}; true")
+
+
+def remove_remote_files(ssh: list[str], host: str, remote_file: str, remote_dir: str) -> None:
+    """The engine connection file copied to ``host``, and its folder if now empty."""
+    _run_remote(
+        ssh,
+        host,
+        f"rm -f {shlex.quote(remote_file)}; rmdir {shlex.quote(remote_dir)} 2>/dev/null; true",
+    )
+
+
+def clean_recorded(record: Mapping[str, Any]) -> None:
+    """After a killed manager (``corral stop``, knowing only the state file's launcher
+    record): what :meth:`SSHLauncher.stop` would have done on the far sides, its engines
+    ended (those still running) and the copied files removed. A malformed record (a state
+    file written by hand, or by an older corral without these fields) is skipped."""
+    ssh, remote_dir = record.get("ssh"), record.get("remote_dir")
+    logs, copied = record.get("engine_logs", []), record.get("copied", [])
+    if (
+        not isinstance(ssh, list)
+        or not all(isinstance(word, str) for word in ssh)
+        or not isinstance(remote_dir, str)
+        or not isinstance(logs, list)
+        or not isinstance(copied, list)
+    ):
+        return
+    remote_file = f"{remote_dir}/{ENGINE_FILE}"
+    for entry in logs:
+        if isinstance(entry, list) and len(entry) == 2 and all(isinstance(e, str) for e in entry):
+            end_remote_engine(ssh, entry[0], Path(entry[1]), remote_file)
+    for host in copied:
+        if isinstance(host, str):
+            remove_remote_files(ssh, host, remote_file, remote_dir)

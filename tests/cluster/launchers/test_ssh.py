@@ -4,11 +4,14 @@ per-cluster config file; refused and unauthorized connections fail fast with ssh
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from corral.client.client import Client
@@ -49,6 +52,44 @@ def test_engines_over_ssh_from_the_cluster_config(tmp_path: Path, sshd: SSHServe
     assert stop.returncode == 0, stop.stderr
     assert not remote.exists()  # nothing left on the far side
     assert processes_mentioning(tmp_path) == []
+
+
+@pytest.mark.timeout(180)
+def test_stop_after_a_killed_manager_and_controller_cleans_the_far_side(
+    tmp_path: Path, sshd: SSHServer
+) -> None:
+    """The manager and the controller SIGKILLed: nothing asks the engines to leave, and
+    killing the local ssh sessions does not end them (no terminal, no hangup). ``corral
+    stop`` ends them by the pids they announced and removes the copied connection file
+    (its key), as the manager's own stop does. On 73d62bb both stayed on the far side."""
+    remote = tmp_path / "far-side"
+    write_config(tmp_path / "orphan.toml", {**sshd.options(), "remote_dir": str(remote)}, n=2)
+    env_args = ["--cluster-dir", str(tmp_path), "--cluster-id", "orphan"]
+    start = corral("start", "--daemon", "--heartbeat-period", "0.5", *env_args)
+    try:
+        assert start.returncode == 0, start.stderr
+        folder = tmp_path / "orphan"
+        with Client(connection_file=folder / "corral-client.json", timeout=30) as rc:
+            rc.wait_for_engines(2, timeout=60)
+            far_pids = sorted(rc[:].apply_sync(os.getpid))
+        state = json.loads((folder / "cluster.json").read_text())
+        for role in ("manager_pid", "controller_pid"):
+            os.kill(state[role], signal.SIGKILL)
+        assert (remote / "corral-engine.json").exists()
+        assert all(psutil.pid_exists(pid) for pid in far_pids)
+    finally:
+        stop = corral("stop", *env_args)
+    assert stop.returncode == 0, stop.stderr
+    assert not remote.exists()
+    psutil.wait_procs([p for p in map(_process, far_pids) if p is not None], timeout=15)
+    assert processes_mentioning(tmp_path) == []
+
+
+def _process(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return None
 
 
 def closed_port() -> int:
