@@ -186,28 +186,42 @@ def _run_remote(ssh: list[str], host: str, command: str) -> None:
         pass
 
 
-def end_remote_engine(ssh: list[str], host: str, log: Path, remote_file: str) -> None:
-    """SIGTERM to the engine an ssh session started on ``host``, by the pid it announced in
-    its log, if that process still runs with the engine's connection file (a pid reused by
-    another process since is left alone; a host without ``/proc`` is left alone too)."""
+def announced_pid(log: Path) -> int | None:
+    """The pid an engine's ssh session announced in its log (None: none, or no log)."""
     try:
         match = PID_LINE.search(log.read_bytes())
     except OSError:
-        return
-    if match is None:
-        return
-    pid = int(match.group(1))
-    check = f"grep -qF -- {shlex.quote(remote_file)} /proc/{pid}/cmdline 2>/dev/null"
-    _run_remote(ssh, host, f"{check} && kill -TERM {pid}; true")
+        return None
+    return int(match.group(1)) if match is not None else None
+
+
+def end_engines_command(pids: list[int], remote_file: str) -> str:
+    """The far side's shell line that sends SIGTERM to each of ``pids`` still running with
+    the engine's connection file (a pid reused by another process since is left alone, and
+    so is every pid on a host without ``/proc``)."""
+    file = shlex.quote(remote_file)
+    return "".join(
+        f"grep -qF -- {file} /proc/{pid}/cmdline 2>/dev/null && kill -TERM {pid}; " for pid in pids
+    )
+
+
+def remove_files_command(remote_file: str, remote_dir: str) -> str:
+    """The far side's shell line that removes the copied connection file, and its folder if
+    now empty."""
+    return f"rm -f {shlex.quote(remote_file)}; rmdir {shlex.quote(remote_dir)} 2>/dev/null; "
+
+
+def end_remote_engine(ssh: list[str], host: str, log: Path, remote_file: str) -> None:
+    """SIGTERM to the engine an ssh session started on ``host``, by the pid it announced
+    (:func:`end_engines_command`)."""
+    pid = announced_pid(log)
+    if pid is not None:
+        _run_remote(ssh, host, end_engines_command([pid], remote_file) + "true")
 
 
 def remove_remote_files(ssh: list[str], host: str, remote_file: str, remote_dir: str) -> None:
     """The engine connection file copied to ``host``, and its folder if now empty."""
-    _run_remote(
-        ssh,
-        host,
-        f"rm -f {shlex.quote(remote_file)}; rmdir {shlex.quote(remote_dir)} 2>/dev/null; true",
-    )
+    _run_remote(ssh, host, remove_files_command(remote_file, remote_dir) + "true")
 
 
 def clean_recorded(record: Mapping[str, Any]) -> None:
@@ -226,9 +240,14 @@ def clean_recorded(record: Mapping[str, Any]) -> None:
     ):
         return
     remote_file = f"{remote_dir}/{ENGINE_FILE}"
+    pids: dict[str, list[int]] = {}  # one ssh command per host, not per engine
     for entry in logs:
         if isinstance(entry, list) and len(entry) == 2 and all(isinstance(e, str) for e in entry):
-            end_remote_engine(ssh, entry[0], Path(entry[1]), remote_file)
-    for host in copied:
-        if isinstance(host, str):
-            remove_remote_files(ssh, host, remote_file, remote_dir)
+            pid = announced_pid(Path(entry[1]))
+            if pid is not None:
+                pids.setdefault(entry[0], []).append(pid)
+    for host in dict.fromkeys([*pids, *(h for h in copied if isinstance(h, str))]):
+        command = end_engines_command(pids.get(host, []), remote_file)
+        if host in copied:
+            command += remove_files_command(remote_file, remote_dir)
+        _run_remote(ssh, host, command + "true")
