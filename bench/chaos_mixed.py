@@ -235,7 +235,11 @@ class Run:
             self.faults.append(f"never recorded: {msg_id} ({RECORD_WITHIN:.0f} s after the kills)")
 
 
-def run(rounds: int, engines: int, seed: int, wait: float) -> dict[str, Any]:
+def run(
+    rounds: int, engines: int, seed: int, wait: float, seconds: float | None = None
+) -> dict[str, Any]:
+    """``rounds`` calls, or as many as ``seconds`` allow (then the summary says how many):
+    a run's pace is set by its outages, each a restart's delay, more than by its calls."""
     cluster = supervised_cluster(engines, "corral-chaos-mixed-")
     refused = RefusedBuffers()
     logging.getLogger("corral.client").addHandler(refused)
@@ -245,11 +249,16 @@ def run(rounds: int, engines: int, seed: int, wait: float) -> dict[str, Any]:
     killer = Killer(cluster, seed * 7 + 1)
     calls = Run(rc, cluster.path, seed, wait)
     restarts: dict[str, int] = {}
+    done = 0
     try:
         rc.wait_for_engines(engines, timeout=60)
         killer.start()
+        stop_at = None if seconds is None else started + seconds
         for index in range(rounds):
+            if stop_at is not None and time.monotonic() >= stop_at:
+                break
             calls.one(index)
+            done = index + 1
     finally:
         killer.stop_event.set()
         killer.join(10)
@@ -264,7 +273,7 @@ def run(rounds: int, engines: int, seed: int, wait: float) -> dict[str, Any]:
     if refused.count:
         faults.append(f"{refused.count} replies' shared-memory buffers refused")
     return {
-        "rounds": rounds,
+        "rounds": done,
         "engines": engines,
         "seed": seed,
         "elapsed_s": round(time.monotonic() - started, 1),
@@ -280,12 +289,15 @@ def run(rounds: int, engines: int, seed: int, wait: float) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=1500)
+    parser.add_argument(
+        "--seconds", type=float, default=None, help="stop issuing calls after this long"
+    )
     parser.add_argument("--engines", type=int, default=3)
     parser.add_argument("--seed", type=int, default=4)
     parser.add_argument("--wait", type=float, default=90.0, help="bound on each call, seconds")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    summary = run(args.rounds, args.engines, args.seed, args.wait)
+    summary = run(args.rounds, args.engines, args.seed, args.wait, args.seconds)
     print(json.dumps(summary, indent=2))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
