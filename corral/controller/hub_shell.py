@@ -77,6 +77,10 @@ MONITOR_BATCH = 250
 # backlog, each of an engine's repeated attempts cost a whole batch of copies: the beat
 # stopped for over a minute and every engine took the controller for lost)
 ENGINE_REQUESTS = frozenset({"registration_request", "unregistration_request"})
+# requests whose answer lets the client forget what it told: answered once the store has
+# written what they recorded (a controller killed after the answer, before the writer's
+# commit, would lose the only copy: the client does not tell it again)
+WRITTEN_BEFORE_ANSWER = frozenset({"direct_lost_request"})
 # after a purge (a client's, or the time to live's), give the freed memory back to the system
 # (corral.heap), at most every 10 s
 PURGE_TRIM_SCHEDULE = (1, 10.0, 10.0)
@@ -252,7 +256,7 @@ class HubShell:
         if msg.msg_type not in ENGINE_REQUESTS:
             self._catch_up()
         actions = self.hub.handle_request(idents, msg, time.time(), msg_frames[4])
-        self._perform(actions, msg.metadata)
+        self._perform(actions, msg.metadata, written=msg.msg_type in WRITTEN_BEFORE_ANSWER)
         self._schedule()
 
     def _catch_up(self) -> None:
@@ -432,12 +436,25 @@ class HubShell:
     # ------------------------------------------------------------ actions
 
     def _perform(
-        self, actions: list[Action], request_metadata: dict[str, Any] | None = None
+        self,
+        actions: list[Action],
+        request_metadata: dict[str, Any] | None = None,
+        *,
+        written: bool = False,
     ) -> None:
+        """Apply the store writes among ``actions``, then send the rest; ``written``: wait
+        for the store's writer to apply every write first (a rare request whose answer the
+        client acts on, :data:`WRITTEN_BEFORE_ANSWER`)."""
         for action in actions:
             if isinstance(action, PURGES):
                 self._purged += 1
-        for action in apply_writes(self.store, actions, self._forget_purged):
+        sends = apply_writes(self.store, actions, self._forget_purged)
+        if written and len(sends) < len(actions):
+            try:
+                self.store.flush()
+            except StoreError as err:  # logged by the writer; the answer goes out still
+                log.error("hub: result store: %s", err)
+        for action in sends:
             if isinstance(action, Stop):
                 log.info("hub: shutdown requested")
                 self.on_stop(False)

@@ -331,3 +331,33 @@ def test_memory_goes_back_to_the_system_once_a_burst_is_recorded(tmp_path: Path)
         assert schedule.trims == 1  # nothing read since: no second trim
     finally:
         shell.close()
+
+
+def test_a_lost_direct_report_is_answered_once_the_store_has_written_it(tmp_path: Path) -> None:
+    """The client forgets the tasks it reported once answered: a controller killed between
+    the answer and the writer's commit (20 ms of linger for a small batch) would lose them."""
+    shell = Shell(tmp_path, trusted=False)
+    client = shell.context.socket(zmq.DEALER)
+    try:
+        unregister = WORKER.msg("unregistration_request", {"uuid": ENGINE})
+        shell.hub.handle_request([ENGINE.encode()], unregister, time.time())
+        assert shell.hub.gone.get(ENGINE) is not None
+        address = "inproc://hub-registration"
+        shell.sockets["registration"].bind(address)
+        client.setsockopt(zmq.IDENTITY, CLIENT.session_id.encode())
+        client.connect(address)
+        report = CLIENT.msg(
+            "direct_lost_request",
+            {"engine_uuid": ENGINE, "tasks": [["never-copied", None]]},
+        )
+        shell.shell._on_request(frames(CLIENT.serialize(report, [CLIENT.session_id.encode()])))
+        assert client.poll(10_000), "no answer"
+        answer = CLIENT.deserialize(split_identities(client.recv_multipart())[1])
+        # read at once, beside the store as the dashboard reads it: no flush of ours
+        with closing(sqlite3.connect(shell.store.path)) as db:
+            stored = db.execute("SELECT msg_id FROM tasks WHERE msg_id = 'never-copied'").fetchall()
+        assert answer.content["recorded"] == ["never-copied"]
+        assert stored == [("never-copied",)]
+    finally:
+        client.close(0)
+        shell.close()
