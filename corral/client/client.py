@@ -164,6 +164,9 @@ class Client(ControllerLink, RequestSending, ControlCalls, HubQueries):
         # engines a restarted Hub's table lacked, named to it, until their end is announced
         # or they register again (link.py, _name_absent): uuid -> id
         self._absent_named: dict[str, int] = {}
+        # reports of lost direct tasks a restarted Hub awaited the engine of instead of
+        # recording, told again when its end is announced (link.py, _keep_awaited)
+        self._awaited_reports: dict[str, tuple[list[list[Any]], list[list[Any]]]] = {}
         self._shm_reader = self._shm.reader_metadata()  # in each apply request (empty: off)
         self._shm_reader_json = Session.json_frame(self._shm_reader)  # its JSON, written once
         settings = self._shm.settings

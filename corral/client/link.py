@@ -147,6 +147,7 @@ class ControllerLink(LinkWaits):
         _purged_from_hub: dict[str, None]
         _absent_direct: set[str]
         _absent_named: dict[str, int]
+        _awaited_reports: dict[str, tuple[list[list[Any]], list[list[Any]]]]
         _shm: SharedMemory
         _helpers: set[threading.Thread]
 
@@ -354,6 +355,7 @@ class ControllerLink(LinkWaits):
             return
         self._absent_direct.discard(uuid)  # back: connected again below
         self._absent_named.pop(uuid, None)
+        self._awaited_reports.pop(uuid, None)  # its copies and replies come from it again
         if uuid not in self._uuids:  # before any request to it can leave: see client/direct.py
             address = direct_address(
                 self._io.direct_enabled,
@@ -381,7 +383,10 @@ class ControllerLink(LinkWaits):
             self._uuids = {u: i for i, u in self._engines.items()}
             self._engines_changed.notify_all()
         named = self._absent_named.pop(uuid, None) is not None
-        sent_direct = self._io.sends_direct(uuid) or uuid in self._absent_direct or named
+        awaited = self._awaited_reports.pop(uuid, None)
+        sent_direct = (
+            self._io.sends_direct(uuid) or uuid in self._absent_direct or named or bool(awaited)
+        )
         self._absent_direct.discard(uuid)
         self._io.disconnect_direct(uuid)
         sent = [
@@ -395,7 +400,7 @@ class ControllerLink(LinkWaits):
             lost = set(failed)
             tasks = [msg_id for msg_id in sent if msg_id in lost]
             answered = answered_by(self._records, uuid, self._purged_from_hub)
-            self._report_lost_direct(uuid, tasks, segments, answered)
+            self._report_lost_direct(uuid, tasks, segments, answered, awaited)
 
     def _report_lost_direct(
         self,
@@ -403,6 +408,7 @@ class ControllerLink(LinkWaits):
         msg_ids: list[str],
         segments: dict[str, list[dict[str, Any]]],
         answered: list[list[Any]] | None = None,
+        awaited: tuple[list[list[Any]], list[list[Any]]] | None = None,
     ) -> None:
         """(I/O thread) Tell the Hub of the tasks this client sent straight to the engine
         ``uuid``, now unregistered, and never got answers for: the engine may have died
@@ -413,8 +419,12 @@ class ControllerLink(LinkWaits):
         (``segments``: msg_id -> the request's references), which only their copies would
         have removed. ``answered``: tasks this client got the answers of from that engine
         lately (:func:`answered_by`), which the Hub records, without their results, if it
-        never read their copies. Nobody waits for the answer; a refusal is logged."""
-        if (not msg_ids and not answered) or self._io.closed:
+        never read their copies. ``awaited``: the tasks and answers of an earlier report of
+        this engine that a Hub took without recording them (it did not know the engine: a
+        report sent again to a restarted controller, which awaited it instead), told again
+        with this one, now that the engine's end is announced. Nobody waits for the answer; a
+        refusal is logged; an answer that the engine is awaited keeps the report for then."""
+        if self._io.closed:
             return
         tasks: list[list[Any]] = []
         for msg_id in msg_ids:
@@ -424,6 +434,12 @@ class ControllerLink(LinkWaits):
             if msg_id in segments:
                 task.append(segments[msg_id])
             tasks.append(task)
+        answered = list(answered or ())
+        if awaited is not None:
+            tasks += _not_among(awaited[0], tasks)
+            answered += _not_among(awaited[1], answered)
+        if not tasks and not answered:
+            return
         content: dict[str, Any] = {"engine_uuid": uuid, "tasks": tasks}
         if answered:
             content["answered"] = answered
@@ -439,8 +455,25 @@ class ControllerLink(LinkWaits):
                     content.get("ename"),
                     content.get("evalue"),
                 )
+            elif content.get("awaited") and uuid not in self._uuids:
+                self._keep_awaited(uuid, tasks, answered)
 
         self._tell_hub(msg, on_reply)
+
+    def _keep_awaited(self, uuid: str, tasks: list[list[Any]], answered: list[list[Any]]) -> None:
+        """(I/O thread) A Hub took a report of the engine ``uuid`` without recording it: it
+        had not heard of the engine (a restarted controller, to which the report was sent
+        again after the one it was meant for died) and awaits it. The client failed those
+        tasks already, so the engine's end, when announced, finds none left to report: keep
+        them for :meth:`_engine_unregistered` (at most ``MAX_NAMED`` engines' reports, the
+        oldest forgotten)."""
+        kept_tasks, kept_answered = self._awaited_reports.pop(uuid, ([], []))
+        self._awaited_reports[uuid] = (
+            kept_tasks + _not_among(tasks, kept_tasks),
+            kept_answered + _not_among(answered, kept_answered),
+        )
+        while len(self._awaited_reports) > MAX_NAMED:
+            del self._awaited_reports[next(iter(self._awaited_reports))]
 
     def _name_absent(self, uuid: str, engine_id: int) -> None:
         """(I/O thread) An engine this client sent direct requests to is missing from the
@@ -478,6 +511,12 @@ class ControllerLink(LinkWaits):
         self._records.track_service(msg.msg_id, "hub", on_reply=on_reply, request=msg)
         self._io.send_now("hub", self.session.serialize(msg))
         self._io.call_later(self.timeout, on_timeout)
+
+
+def _not_among(entries: list[list[Any]], among: list[list[Any]]) -> list[list[Any]]:
+    """The ``[msg_id, ...]`` entries whose msg_id none of ``among`` has."""
+    have = {entry[0] for entry in among}
+    return [entry for entry in entries if entry[0] not in have]
 
 
 def answered_by(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,6 @@ def _sleeps(seconds: float) -> float:
     return seconds
 
 
-@pytest.mark.timeout(120)
 def _restart_without_engine_1(cluster, pid: int) -> None:  # type: ignore[no-untyped-def]
     """The controller and engine 1 (process ``pid``) killed outright, then the controller
     started again with ``--restore`` (its ports and key; the records its store kept)."""
@@ -104,6 +104,7 @@ def _restart_without_engine_1(cluster, pid: int) -> None:  # type: ignore[no-unt
     cluster.start_controller()
 
 
+@pytest.mark.timeout(120)
 def test_an_engine_that_does_not_come_back_after_a_restart_is_dropped(tmp_path: Path) -> None:
     """Engine 1 dies with the controller and never registers with the restarted one. Once
     the restart's registration window has passed, the new Hub announces it gone: the client
@@ -396,6 +397,70 @@ def test_an_engine_named_to_a_restarted_controller_killed_too_is_named_to_the_ne
             _wait_recorded_answered(client_file, running.msg_ids[0])
             assert engine_uuid not in rc._absent_named  # noqa: SLF001
         finally:
+            rc.close()
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_lost_report_a_restarted_controller_awaited_is_told_again_at_the_engines_end(
+    tmp_path: Path,
+) -> None:
+    """A client reads its engine's end from the controller, which is killed before it
+    answers the client's report of the direct task it lost: the report goes to the
+    restarted controller (``--db memory``: no record of the engine or the task), which
+    awaits the engine instead of recording anything. Once it announces the engine's end
+    the client must tell the task again: it had failed it already, and on 4e0363b nobody
+    knew it was ever submitted (another client's query found no such msg_id)."""
+    cluster = start_cluster(tmp_path, 2, heartbeat_period=0.5, db="memory")
+    cluster.start()
+    client_file = Path(cluster.path) / "corral-client.json"
+    try:
+        rc = Client(client_file, timeout=TIMEOUT)
+        other = Client(client_file, timeout=20)
+        try:
+            rc.outage_grace = 60.0
+            rc.wait_for_engines(2, timeout=30)
+            engine_uuid = rc._engines[1]  # noqa: SLF001
+            pid = rc[1].apply_sync(os.getpid)
+            running = rc[1].apply_async(_sleeps, 60)
+            until(lambda: rc.queue_status(targets=[1])[1]["queue"] == 1, 30, "the task to run")
+            # hold the client's I/O thread: the engine's end waits, unread, in its socket
+            held, release = threading.Event(), threading.Event()
+
+            def hold() -> None:
+                held.set()
+                release.wait(60)
+
+            rc._io.call_soon(hold)  # noqa: SLF001
+            assert held.wait(30)
+            try:
+                os.kill(pid, signal.SIGKILL)
+                cluster.engines[1].wait()
+                until(lambda: other.ids == [0], 30, "the engine's end announced")
+                assert cluster.controller is not None
+                cluster.controller.send_signal(signal.SIGKILL)
+                cluster.controller.wait()
+                cluster.controller_args += ["--restore", "--reregistration-grace", "1"]
+                cluster.start_controller()
+            finally:
+                release.set()
+            with pytest.raises(EngineError):
+                running.get(timeout=30)
+            wait_for_controller(rc)
+            msg_id = running.msg_ids[0]
+
+            def recorded() -> str | None:
+                try:
+                    found = other.db_query({"msg_id": msg_id}, keys=["status"])
+                except ConnectionError:  # its link, back a moment later than rc's
+                    return None
+                return found[0]["status"] if found else None
+
+            until(lambda: recorded() == "error", 60, "the lost task recorded failed")
+            assert engine_uuid not in rc._awaited_reports  # noqa: SLF001
+        finally:
+            other.close()
             rc.close()
     finally:
         cluster.stop()
