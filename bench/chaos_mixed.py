@@ -11,7 +11,10 @@ Expected, and counted but not a fault: an EngineError (the engine died with the 
 InvalidTarget (the engine table changed between reading it and sending), a pull that finds
 the name gone (its engine was restarted), a ResultNotStored (the task's engine died while the
 controller was down: only the client that submitted it got the value, and the Hub records it
-answered from that client's report). A ``get_result`` that finds no record yet ("no such
+answered from that client's report), a ResultPurged (the store's size limit, 2 GiB by
+default, purged the oldest records: a run of some 1,500 calls with big arrays reaches it;
+before the Hub said so, such a task read as never recorded). A ``get_result`` that finds no
+record yet ("no such
 msg_id": that report comes once the restarted Hub has announced the engine's end) is asked
 again once the kills have stopped, and is a fault only if the record never comes. A fault:
 a call that did not end within the bound (a hang), a wrong value, any other error, a reply
@@ -53,7 +56,14 @@ from corral.errors import QueryError, TimeoutError  # noqa: E402
 from corral.protocol.connection_files import CLIENT_FILE  # noqa: E402
 
 #: what a call may end with while processes die, and is not a fault
-EXPECTED = {"EngineError", "InvalidTarget", "NoEnginesRegistered", "RemoteError", "ResultNotStored"}
+EXPECTED = {
+    "EngineError",
+    "InvalidTarget",
+    "NoEnginesRegistered",
+    "RemoteError",
+    "ResultNotStored",
+    "ResultPurged",
+}
 #: what a get_result says of a task its Hub has no record of (yet)
 NOT_RECORDED = "no such msg_id"
 #: seconds a task found unrecorded during the run has to be recorded once the kills stopped

@@ -130,6 +130,18 @@ class ResultNotStored(QueryError):
     raise; the client that submitted the task received the result itself."""
 
 
+class ResultPurged(QueryError):
+    """The Hub recorded the task, but its result store purged the record since: its size
+    limit (``--store-size-limit``) or its results' time to live (``--result-ttl``), which
+    the message names. Told while the controller remembers the purge (the latest 65,536 of
+    them, not across a restart); after that it is an unknown msg_id."""
+
+
+def purged_message(msg_id: str, why: str) -> str:
+    """What :class:`ResultPurged` says of ``msg_id``, purged for ``why`` (the store's rule)."""
+    return f"msg_id {msg_id} was purged from the Hub's result store: {why}"
+
+
 # ---------------------------------------------------------------- task outcomes
 #
 # The tree below matches ipyparallel's ``error`` module, so ``except`` clauses written for it

@@ -57,6 +57,7 @@ from corral.errors import (
     InvalidTarget,
     NoEnginesRegistered,
     QueryError,
+    ResultPurged,
 )
 from corral.protocol.connection_files import (
     CLIENT_FILE,
@@ -432,10 +433,10 @@ class Client(ControllerLink, RequestSending, ControlCalls, HubQueries):
             ) from None
         reply_content = reply.content or {}
         if reply_content.get("status") != "ok" and not refused:
-            raise QueryError(
-                f"{msg_type} refused: {reply_content.get('ename', 'error')}: "
-                f"{reply_content.get('evalue', '')}"
-            )
+            ename = reply_content.get("ename", "error")
+            # a purge the Hub names is the error get_result raises for it (a QueryError too)
+            kind = ResultPurged if ename == "ResultPurged" else QueryError
+            raise kind(f"{msg_type} refused: {ename}: {reply_content.get('evalue', '')}")
         return reply
 
     def msg_ids_of(self, jobs: Any) -> list[str]:

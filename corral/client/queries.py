@@ -24,7 +24,14 @@ from corral.bounded_tables import drop_oldest
 from corral.client.asyncresult import AsyncHubResult, AsyncResult
 from corral.client.metadata import parse_date
 from corral.client.recovery import RESENDABLE
-from corral.errors import ConnectionError, QueryError, RemoteError, ResultNotStored
+from corral.errors import (
+    ConnectionError,
+    QueryError,
+    RemoteError,
+    ResultNotStored,
+    ResultPurged,
+    purged_message,
+)
 from corral.protocol.session import Frame, Message
 
 FETCH_CHUNK = 1000  # results per result_request when many are fetched at once (recovery)
@@ -249,6 +256,10 @@ class HubQueries:
                     then()
                 return
             self._store_hub_results(content, reply.buffers)
+            purged = content.get("purged")
+            if isinstance(purged, dict):
+                for msg_id, why in purged.items():
+                    records.complete_error(msg_id, ResultPurged(purged_message(msg_id, str(why))))
             unknown = set(content.get("unknown", []))
             if unknown and time.monotonic() > unknown_until:
                 for msg_id in unknown:

@@ -22,7 +22,7 @@ from corral.controller.store.retention import (
     completion_time,
     not_stored_message,
 )
-from corral.errors import QueryError
+from corral.errors import QueryError, ResultPurged, purged_message
 from corral.protocol.messages import error_reply, ok_reply
 from corral.protocol.session import Frame, Message
 
@@ -143,14 +143,24 @@ def result_request(hub: Hub, idents: Sequence[bytes], msg: Message) -> list[Acti
     statusonly = content.get("statusonly", False)
     records = hub.store.get_records(msg_ids)
     unknown = [m for m in msg_ids if m not in records]
-    if unknown and content.get("unknown_pending"):
+    # records the store's retention purged since (size limit, time to live): said so, and
+    # why, not taken for tasks the Hub never saw
+    purged = hub.store.purged_reasons(unknown) if unknown else {}
+    if purged:
+        unknown = [m for m in unknown if m not in purged]
+    if content.get("unknown_pending") and (unknown or purged):
         # the asker may know of a submission whose copy has not reached the Hub yet: it
         # is told so, and asks again (see Client.get_result)
         reply_unknown: dict[str, Any] = ok_reply(pending=[], completed=[], unknown=unknown)
+        if purged:
+            reply_unknown["purged"] = purged
         known = [m for m in msg_ids if m in records]
         msg_ids, unknown = known, []
     else:
         reply_unknown = {}
+        if purged:
+            msg_id, why = next(iter(purged.items()))
+            raise ResultPurged(purged_message(msg_id, why))
     if unknown:
         raise QueryError(
             f"no such msg_id: {unknown[0]}"

@@ -13,7 +13,7 @@ from corral.controller.hub import Send
 from corral.controller.store.memory import MemoryStore
 from corral.controller.store.retention import RetentionSettings
 from corral.controller.store.sqlite import SQLiteStore
-from corral.errors import ResultNotStored
+from corral.errors import QueryError, ResultNotStored, ResultPurged
 from corral.protocol.session import Message
 from tests.conftest import running_cluster
 from tests.controller.hub_harness import HubHarness
@@ -86,6 +86,46 @@ def test_results_purged_for_size_leave_the_hubs_tables() -> None:
     completed = list(hub.by_uuid["e1"].completed)
     assert completed == store.get_history()
     assert completed[-1] == requests[-1].msg_id and len(completed) < 10
+
+
+def test_a_purged_result_is_said_purged_and_why_not_unknown() -> None:
+    hub, store = bounded_hub(RetentionSettings(buffer_limit=None, size_limit=50_000, ttl=None))
+    register(hub, "e1")
+    requests = [submit_mux(hub, "e1") for _ in range(20)]
+    for req in requests:
+        hub.handle_monitor(b"mux_out", [b"client-1", b"e1"], reply_for(req, buffers=(b"y" * 9000,)))
+    first, last = requests[0].msg_id, requests[-1].msg_id
+    assert store.purged_reasons([first, last]).keys() == {first}
+    (answer,) = hub.handle_request(
+        [b"client-2"],
+        request("result_request", msg_ids=[first, last, "never-seen"], unknown_pending=True),
+    )
+    assert answer.content["status"] == "ok"
+    assert answer.content["completed"] == [last] and answer.content["unknown"] == ["never-seen"]
+    assert "--store-size-limit" in answer.content["purged"][first]
+    (refused,) = hub.handle_request([b"client-2"], request("result_request", msg_ids=[first]))
+    assert refused.content["ename"] == "ResultPurged"
+    assert first in refused.content["evalue"] and "size limit" in refused.content["evalue"]
+
+
+def test_another_client_is_told_a_purged_result_was_purged(tmp_path: Path) -> None:
+    with running_cluster(tmp_path, 1, store_size_limit="1M", store_buffer_limit="512K") as cluster:
+        rc = cluster.client
+        first = rc[0].apply_async(lambda: b"x" * 200_000)
+        assert len(first.get(timeout=30)) == 200_000
+        later = [rc[0].apply_async(lambda: b"y" * 200_000) for _ in range(8)]
+        for ar in later:
+            ar.get(timeout=30)
+        ids = [ar.msg_ids[0] for ar in later]
+        newest = ids[-1:]
+        until(lambda: not rc.result_status(newest)["pending"], 10, "the Hub to record the last")
+        with pytest.raises(ResultPurged, match="size limit"):  # a status query says so too
+            rc.result_status([first.msg_ids[0]])
+        with cluster.connect() as other:
+            with pytest.raises(ResultPurged, match="--store-size-limit") as info:
+                other.get_result(first.msg_ids[0]).get(timeout=30)
+            assert isinstance(info.value, QueryError)
+            assert other.get_result(ids[-1]).get(timeout=30) == b"y" * 200_000
 
 
 def test_another_client_is_told_a_large_result_was_not_stored(tmp_path: Path) -> None:

@@ -460,6 +460,16 @@ class ResultStore(ABC):
         with self._retention_lock:
             return self.retention.take_purged()
 
+    def purged_reasons(self, msg_ids: Iterable[str]) -> dict[str, str]:
+        """Why each of ``msg_ids`` that this store's retention purged (its size limit, its
+        time to live) is gone, for those it still remembers (:data:`~.retention.
+        PURGES_REMEMBERED`, in memory: none after a restart)."""
+        if self.retention is None:
+            return {}
+        with self._retention_lock:
+            remembered = self.retention.why_purged
+            return {msg_id: remembered[msg_id] for msg_id in msg_ids if msg_id in remembered}
+
     def stored_size(self) -> int:
         """The size of every record, as the retention bookkeeping counts it (0 if unbounded)."""
         return 0 if self.retention is None else self.retention.total

@@ -31,6 +31,7 @@ from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import islice
 from typing import Any, Final
 
 from corral.errors import StoreError
@@ -183,6 +184,11 @@ class Purge:
     freed: int
 
 
+#: How many purged records :class:`Retention` remembers the reason of (the newest kept): a
+#: ``get_result`` of one says it was purged and why, not that the Hub never saw it. In memory
+#: only (a restarted controller has forgotten them); some 100 bytes each, once purges happen.
+PURGES_REMEMBERED: Final = 65_536
+
 #: A record's entry in :class:`Retention`'s table is one int: its completion number (0 while
 #: it is pending) above these many bits, its size below them (a record under 256 TiB).
 SIZE_BITS: Final = 48
@@ -210,6 +216,9 @@ class Retention:
     clock: Callable[[], float] = time.time
     total: int = 0
     purged: list[str] = field(default_factory=list)
+    #: msg_id -> why it was purged, at most :data:`PURGES_REMEMBERED`, oldest first (one
+    #: reason string shared by a purge's records)
+    why_purged: dict[str, str] = field(default_factory=dict, repr=False)
     _table: dict[str, int] = field(default_factory=dict, repr=False)
     _log: list[str | None] = field(default_factory=list, repr=False)
     _times: array[float] = field(default_factory=lambda: array("d"), repr=False)
@@ -391,6 +400,12 @@ class Retention:
     def _purge(self, msg_ids: list[str], reason: str, freed: int) -> Purge:
         self.forget(msg_ids)
         self.purged.extend(msg_ids)
+        remembered = self.why_purged
+        remembered.update(dict.fromkeys(msg_ids[-PURGES_REMEMBERED:], reason))
+        excess = len(remembered) - PURGES_REMEMBERED
+        if excess > 0:
+            for msg_id in list(islice(remembered, excess)):
+                del remembered[msg_id]
         return Purge(msg_ids, reason, freed)
 
     def take_purged(self) -> list[str]:

@@ -11,6 +11,7 @@ from corral.controller.store.retention import (
     GIB,
     LOW_WATER,
     MIB,
+    PURGES_REMEMBERED,
     Retention,
     RetentionSettings,
     completion_time,
@@ -320,3 +321,23 @@ def test_a_record_costs_one_table_entry_and_two_log_slots() -> None:
         retention.recorded(reply_id, 1500, "ok")
     assert all(kept is reply for kept, reply in zip(retention.log_entries(), replies, strict=True))
     assert retention.footprint() / count < 120  # bytes; the two dicts took about 190
+
+
+def test_purged_records_are_remembered_with_why_the_newest_kept() -> None:
+    clock = Clock()
+    retention = Retention(RetentionSettings(buffer_limit=None, size_limit=1000, ttl=60), clock)
+    for index in range(12):
+        retention.recorded(f"m{index}", 100, "ok")
+    by_size = set(retention.why_purged)
+    assert by_size and all("--store-size-limit" in why for why in retention.why_purged.values())
+    clock.now += 61
+    assert retention.expired() is not None
+    aged = set(retention.why_purged) - by_size
+    assert aged and all("--result-ttl" in retention.why_purged[m] for m in aged)
+    assert len(retention.why_purged) == 12
+    # bounded: past PURGES_REMEMBERED the oldest are forgotten
+    for index in range(PURGES_REMEMBERED + 10):
+        retention.recorded(f"n{index}", 100, "ok")
+    assert len(retention.why_purged) == PURGES_REMEMBERED
+    assert "m0" not in retention.why_purged
+    assert next(reversed(retention.why_purged)).startswith("n")
