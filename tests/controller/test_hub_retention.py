@@ -75,12 +75,19 @@ def test_expired_results_leave_the_store_and_the_hubs_tables() -> None:
     assert list(entry.queue) == [running.msg_id]  # a pending task is never purged
 
 
-def test_results_purged_for_size_leave_the_hubs_tables() -> None:
+def over_the_size_limit() -> tuple[HubHarness, MemoryStore, list[Message]]:
+    """A Hub whose store holds 50,000 bytes at most, after twenty 9,000-byte results of one
+    engine: the oldest purged."""
     hub, store = bounded_hub(RetentionSettings(buffer_limit=None, size_limit=50_000, ttl=None))
     register(hub, "e1")
     requests = [submit_mux(hub, "e1") for _ in range(20)]
     for req in requests:
         hub.handle_monitor(b"mux_out", [b"client-1", b"e1"], reply_for(req, buffers=(b"y" * 9000,)))
+    return hub, store, requests
+
+
+def test_results_purged_for_size_leave_the_hubs_tables() -> None:
+    hub, store, requests = over_the_size_limit()
     assert store.stored_size() <= 50_000
     hub.tick()
     completed = list(hub.by_uuid["e1"].completed)
@@ -89,11 +96,7 @@ def test_results_purged_for_size_leave_the_hubs_tables() -> None:
 
 
 def test_a_purged_result_is_said_purged_and_why_not_unknown() -> None:
-    hub, store = bounded_hub(RetentionSettings(buffer_limit=None, size_limit=50_000, ttl=None))
-    register(hub, "e1")
-    requests = [submit_mux(hub, "e1") for _ in range(20)]
-    for req in requests:
-        hub.handle_monitor(b"mux_out", [b"client-1", b"e1"], reply_for(req, buffers=(b"y" * 9000,)))
+    hub, store, requests = over_the_size_limit()
     first, last = requests[0].msg_id, requests[-1].msg_id
     assert store.purged_reasons([first, last]).keys() == {first}
     (answer,) = hub.handle_request(
