@@ -43,6 +43,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Final
 
 from corral.client.dates import parse_date, wire_date
@@ -306,7 +307,9 @@ class Records:
                 finally:
                     future.settling_inline = False
                 return
-        self._defer(lambda: self._settle_reply(msg_id, header, content, frames, settled))
+        # a partial, not a closure: compiled, the closure's environment lost ``settled`` now
+        # and then before the results worker ran it (AttributeError there; the get() hung)
+        self._defer(partial(self._settle_reply, msg_id, header, content, frames, settled))
 
     def _settle_reply(
         self,
@@ -392,7 +395,7 @@ class Records:
             md["outputs"].append(content)
         listener = self.iopub_listeners.get(parent)
         if listener is not None:  # it prints: through ``defer``, never on the routing thread
-            self._defer(lambda: listener(msg))
+            self._defer(partial(listener, msg))
 
     # ------------------------------------------------------------------ helpers
 
@@ -417,7 +420,7 @@ class Records:
             future = self.futures.setdefault(msg_id, RequestFuture(self._defer))
         settled = future
         defer = _run_now if at_once else self._defer
-        defer(lambda: self._settle_error(msg_id, error, settled))
+        defer(partial(self._settle_error, msg_id, error, settled))
 
     def _settle_error(self, msg_id: str, error: BaseException, future: Future[Any]) -> None:
         self.results[msg_id] = error

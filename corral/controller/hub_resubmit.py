@@ -39,7 +39,7 @@ from corral.controller.store.retention import (
     REQUEST_OMITTED_FIELD,
     format_size,
 )
-from corral.errors import QueryError
+from corral.errors import QueryError, purged_message
 from corral.protocol.messages import error_reply, ok_reply
 from corral.protocol.session import Message
 from corral.protocol.shm import METADATA_KEY, READER_KEY
@@ -71,7 +71,11 @@ def resubmit_request(hub: Hub, idents: Sequence[bytes], msg: Message, now: float
     records = hub.store.get_records(msg_ids)
     missing = [msg_id for msg_id in msg_ids if msg_id not in records]
     if missing:
-        content = error_reply("KeyError", f"No such msg(s): {missing!r}")
+        why = f"No such msg(s): {missing!r}"
+        purged = hub.store.purged_reasons(missing)  # said why: the store's retention
+        if purged:
+            why += "; " + "; ".join(purged_message(m, reason) for m, reason in purged.items())
+        content = error_reply("KeyError", why)  # ipyparallel's ename
         return [answer(idents, msg, "resubmit_reply", content)]
     try:
         for msg_id in msg_ids:
