@@ -123,15 +123,17 @@ def hub_records(rc: Any, msg_ids: list[str]) -> list[dict[str, Any]]:
     return records
 
 
-def supervised_cluster(engines: int, prefix: str) -> Cluster:
+def supervised_cluster(engines: int, prefix: str, **options: Any) -> Cluster:
     """A temporary cluster whose dead processes are restarted at once (the controller with
-    ``--restore``), with a short heartbeat so that dead engines are noticed soon."""
+    ``--restore``), with a short heartbeat so that dead engines are noticed soon; ``options``
+    go to :class:`Cluster` too."""
     return Cluster(
         engines,
         cluster_dir=Path(tempfile.mkdtemp(prefix=prefix)),
         heartbeat_period=0.5,
         timeout=60,
         restart_policy=RestartPolicy(first_delay=0.1, max_delay=2.0),
+        **options,
     )
 
 
