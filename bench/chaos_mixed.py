@@ -12,8 +12,8 @@ InvalidTarget (the engine table changed between reading it and sending), a pull 
 the name gone (its engine was restarted), a ResultNotStored (the task's engine died while the
 controller was down: only the client that submitted it got the value, and the Hub records it
 answered from that client's report), a ResultPurged (the store's size limit, 2 GiB, purged the
-oldest records: the cluster keeps buffers up to 4 MB only, ``STORE_BUFFERS``, so a run of a
-few thousand calls does not reach it; before the Hub said so, a purged task read as never
+oldest records: the cluster keeps buffers up to 1 MB only, ``STORE_BUFFERS``, so that a
+long run does not reach it; before the Hub said so, a purged task read as never
 recorded, and a restarted Hub has forgotten the purges before it). A ``get_result`` that finds no
 record yet ("no such
 msg_id": that report comes once the restarted Hub has announced the engine's end) is asked
@@ -65,9 +65,10 @@ EXPECTED = {
     "ResultNotStored",
     "ResultPurged",
 }
-#: the store's per-task buffer limit: the 2.4 MB direct arrays are kept, the 4.8 MB pushes
-#: and pulls are not (each recorded without its buffers)
-STORE_BUFFERS = "4M"
+#: the store's per-task buffer limit: the 2.4 MB direct arrays and the 4.8 MB pushes and
+#: pulls are recorded without their buffers (at 4M the arrays alone filled the 2 GiB store
+#: in two minutes of a long run, seed 32)
+STORE_BUFFERS = "1M"
 #: what a get_result says of a task its Hub has no record of (yet)
 NOT_RECORDED = "no such msg_id"
 #: seconds a task found unrecorded during the run has to be recorded once the kills stopped
@@ -254,9 +255,9 @@ def run(
 ) -> dict[str, Any]:
     """``rounds`` calls, or as many as ``seconds`` allow (then the summary says how many):
     a run's pace is set by its outages, each a restart's delay, more than by its calls."""
-    # the 4.8 MB pushes and pulls are recorded without their buffers, so that a run of a few
-    # thousand calls stays under the store's size limit (2 GiB): a record missing then is
-    # lost, not purged (the Hub remembers purges only until it restarts)
+    # the large arrays are recorded without their buffers, so that a long run stays under
+    # the store's size limit (2 GiB): a record missing then is lost, not purged (the Hub
+    # remembers purges only until it restarts)
     cluster = supervised_cluster(engines, "corral-chaos-mixed-", store_buffer_limit=STORE_BUFFERS)
     refused = RefusedBuffers()
     logging.getLogger("corral.client").addHandler(refused)
