@@ -260,7 +260,6 @@ class Records:
         its ``Metadata``."""
         if future is None:
             future = self.futures.setdefault(msg_id, RequestFuture(self._defer))
-        settled = future
         with self._output_lock:
             entry: Any = self._metadata_entries.get(msg_id)
             compact = type(entry) is tuple
@@ -307,9 +306,9 @@ class Records:
                 finally:
                     future.settling_inline = False
                 return
-        # a partial, not a closure: compiled, the closure's environment lost ``settled`` now
+        # a partial, not a closure: compiled, a closure's environment here lost a variable now
         # and then before the results worker ran it (AttributeError there; the get() hung)
-        self._defer(partial(self._settle_reply, msg_id, header, content, frames, settled))
+        self._defer(partial(self._settle_reply, msg_id, header, content, frames, future))
 
     def _settle_reply(
         self,
@@ -418,9 +417,8 @@ class Records:
             md["received"] = datetime.fromtimestamp(self._clock(), UTC)
         if future is None:
             future = self.futures.setdefault(msg_id, RequestFuture(self._defer))
-        settled = future
         defer = _run_now if at_once else self._defer
-        defer(partial(self._settle_error, msg_id, error, settled))
+        defer(partial(self._settle_error, msg_id, error, future))
 
     def _settle_error(self, msg_id: str, error: BaseException, future: Future[Any]) -> None:
         self.results[msg_id] = error

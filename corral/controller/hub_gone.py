@@ -178,7 +178,7 @@ def record_lost_direct(hub: Hub, idents: Sequence[bytes], msg: Message) -> list[
         known_id = engine_id if type(engine_id) is int and engine_id >= 0 else None
         await_engine(hub, engine_uuid, engine_id=known_id)
         return [answer(idents, msg, "direct_lost_reply", ok_reply(recorded=[], awaited=True))]
-    known = hub.store.get_records([msg_id for msg_id, _, _ in tasks])
+    known = hub.store.recorded_or_purged([msg_id for msg_id, _, _ in tasks])
     client = idents[0].decode("utf-8", "replace") if idents else ""
     recorded: list[str] = []
     actions: list[Action] = []
@@ -236,7 +236,7 @@ def _record_answered(
     ResultNotStored); one the engine's end failed gets them instead of the failure; the
     others, and those a purge dropped (:class:`~corral.controller.hub_queries.Purged`), are
     left as they are. Appends the msg_ids it recorded to ``recorded``."""
-    known = hub.store.get_records([item[0] for item in answered])
+    known = hub.store.recorded_or_purged([item[0] for item in answered])
     actions: list[Action] = []
     for msg_id, submitted, status, started, completed in answered:
         if msg_id in hub.pending:

@@ -336,15 +336,16 @@ def _record_unknown(
     hub: Hub, queue: str, idents: Sequence[bytes], msg: HubCopy, now: float
 ) -> list[Action]:
     """A whole record, from the reply alone, for a task the store does not hold; nothing for
-    a task it does (a duplicate reply: the first one was recorded)."""
+    a task it does (a duplicate reply: the first one was recorded) or purged (a reply sent
+    again to a restarted controller)."""
     msg_id = msg.parent_id
     request = msg.parent_header
     if (
         msg_id is None
         or request.get("msg_type") not in ("apply_request", "execute_request")
-        or hub.store.get_records([msg_id])
+        or hub.store.recorded_or_purged([msg_id])
     ):
-        return []
+        return []  # recorded once already, or purged since (by its size limit, its ttl)
     engine_uuid = _ident(idents, 1)
     entry = hub.by_uuid.get(engine_uuid)
     log.info("hub: recording %s from its reply (its request was never recorded)", msg_id)

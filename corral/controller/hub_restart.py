@@ -113,7 +113,7 @@ def expect_answers(hub: Hub, uuid: str, msg_ids: Any) -> list[Action]:
     if not isinstance(msg_ids, list) or not all(isinstance(m, str) for m in msg_ids):
         raise InvalidContent("tasks must be a list of msg_ids")
     msg_ids = msg_ids[:MAX_QUERY_IDS]
-    known = hub.store.get_records([m for m in msg_ids if m not in hub.pending])
+    known = hub.store.recorded_or_purged([m for m in msg_ids if m not in hub.pending])
     hub.expected_from[uuid] = msg_ids
     writes: list[Action] = []
     for msg_id in msg_ids:

@@ -3,6 +3,7 @@ results leave the Hub's own tables; then the same through a real cluster and two
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -116,6 +117,23 @@ def test_a_purged_result_is_said_purged_and_why_not_unknown() -> None:
     assert "purged from the Hub's result store" in refused.content["evalue"]
 
 
+def test_a_reply_sent_again_does_not_bring_a_purged_record_back() -> None:
+    """A restarted controller gets the replies an engine kept, and the tasks it says it holds;
+    those of records the store purged (and remembers) are not recorded anew."""
+    hub, store, requests = over_the_size_limit()
+    purged = [req for req in requests if store.purged_reasons([req.msg_id])]
+    assert len(purged) >= 2
+    hub.tick()  # the Hub forgets the purged tasks too
+    size = store.stored_size()
+    again = reply_for(purged[0], buffers=(b"y" * 9000,))
+    hub.handle_monitor(b"mux_out", [b"client-1", b"e1"], again)
+    register(hub, "e2", tasks=[purged[1].msg_id])  # an engine back, saying it holds one
+    hub.handle_monitor(b"mux_out", [b"client-1", b"e2"], reply_for(purged[1]))
+    history = store.get_history()
+    assert purged[0].msg_id not in history and purged[1].msg_id not in history
+    assert store.stored_size() == size
+
+
 def test_another_client_is_told_a_purged_result_was_purged(tmp_path: Path) -> None:
     with running_cluster(tmp_path, 1, store_size_limit="1M", store_buffer_limit="512K") as cluster:
         rc = cluster.client
@@ -134,6 +152,33 @@ def test_another_client_is_told_a_purged_result_was_purged(tmp_path: Path) -> No
                 other.get_result(first.msg_ids[0]).get(timeout=30)
             assert isinstance(info.value, QueryError)
             assert other.get_result(ids[-1]).get(timeout=30) == b"y" * 200_000
+
+
+def test_a_controller_killed_and_restarted_still_says_a_result_was_purged(tmp_path: Path) -> None:
+    """Its store kept why. The submitting client is gone before the kill: it would report
+    the results it got to the restarted Hub, which records them again (and purges them anew)."""
+    with running_cluster(tmp_path, 1, store_size_limit="1M", store_buffer_limit="512K") as cluster:
+        with cluster.connect() as submitter:
+            ars = [submitter[0].apply_async(lambda: b"z" * 200_000) for _ in range(9)]
+            for ar in ars:
+                ar.get(timeout=30)
+            ids = [ar.msg_ids[0] for ar in ars]
+            newest = {"msg_id": ids[-1], "status": "ok"}
+            until(lambda: submitter.db_query(newest, keys=["status"]), 10, "the last recorded")
+            with pytest.raises(ResultPurged, match="size limit"):
+                submitter.result_status([ids[0]])
+        log = Path(cluster.path) / "controller.log"
+        purges = log.read_text().count("oldest completed result(s)")
+        assert cluster.controller is not None
+        cluster.controller.send_signal(signal.SIGKILL)
+        cluster.controller.wait()
+        cluster.controller_args.append("--restore")
+        cluster.start_controller()
+        with cluster.connect() as after:
+            with pytest.raises(ResultPurged, match="--store-size-limit"):
+                after.get_result(ids[0]).get(timeout=30)
+            assert after.get_result(ids[-1]).get(timeout=30) == b"z" * 200_000
+        assert log.read_text().count("oldest completed result(s)") == purges  # none again
 
 
 def test_another_client_is_told_a_large_result_was_not_stored(tmp_path: Path) -> None:

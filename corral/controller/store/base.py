@@ -24,6 +24,7 @@ from corral.errors import QueryError, StoreError
 
 from .retention import (
     OMITTED_FIELD,
+    PURGES_REMEMBERED,
     REQUEST_OMITTED_FIELD,
     Purge,
     Retention,
@@ -376,10 +377,33 @@ class ResultStore(ABC):
     retention: Retention | None = None
     _retention_lock: threading.Lock
 
+    #: How many purged records a persistent store keeps the reason of in its own file or
+    #: database (the newest), so that a restarted controller still says why one is gone.
+    purges_remembered: int = PURGES_REMEMBERED
+
     def _setup_retention(self, settings: RetentionSettings | None) -> None:
         """Bound this store by ``settings`` (None: keep everything, the default)."""
         self._retention_lock = threading.Lock()
         self.retention = Retention(settings) if settings is not None else None
+        self._unwritten_purges: list[Purge] = []
+
+    def _recall_purges(self, remembered: Iterable[tuple[str, str]]) -> None:
+        """The ``(msg_id, why)`` a reopened persistent store kept of earlier purges, oldest
+        first: its retention says them purged again (before it purges anything new)."""
+        if self.retention is None:
+            return
+        with self._retention_lock:
+            self.retention.why_purged.update(remembered)
+
+    def _take_unwritten_purges(self) -> list[Purge]:
+        """The purges not yet written to the store's own memory of them (the writer thread's
+        call, before it applies a batch: so a purge's reasons are written no later than
+        its records are deleted). Persistent stores call it; the memory store never."""
+        if not self._unwritten_purges:  # nearly every batch: no lock
+            return []
+        with self._retention_lock:
+            taken, self._unwritten_purges = self._unwritten_purges, []
+        return taken
 
     def _omit_large_buffers(self, checked: dict[str, Any]) -> dict[str, Any]:
         """The validated fields to store: result (or request) buffers over the per-task limit
@@ -441,7 +465,13 @@ class ResultStore(ABC):
             purge.reason,
         )
         self._after_purge(purge)
+        if self.persists_purges:
+            with self._retention_lock:
+                self._unwritten_purges.append(purge)
         self.drop_records(purge.msg_ids)
+
+    #: Whether this backend writes why records were purged (:meth:`_take_unwritten_purges`).
+    persists_purges: bool = False
 
     def _after_purge(self, purge: Purge) -> None:
         """Hook for backends that give space back in their own way (MongoDB compacts);
@@ -462,13 +492,24 @@ class ResultStore(ABC):
 
     def purged_reasons(self, msg_ids: Iterable[str]) -> dict[str, str]:
         """Why each of ``msg_ids`` that this store's retention purged (its size limit, its
-        time to live) is gone, for those it still remembers (:data:`~.retention.
-        PURGES_REMEMBERED`, in memory: none after a restart)."""
+        time to live) is gone, for those it still remembers: the newest :data:`~.retention.
+        PURGES_REMEMBERED`, kept in the store's own file or database by the persistent
+        backends, so a reopened store still knows them."""
         if self.retention is None:
             return {}
         with self._retention_lock:
             remembered = self.retention.why_purged
             return {msg_id: remembered[msg_id] for msg_id in msg_ids if msg_id in remembered}
+
+    def recorded_or_purged(self, msg_ids: Sequence[str]) -> set[str]:
+        """Which of ``msg_ids`` this store holds a record of, or purged by its retention rule
+        (those it remembers, :meth:`purged_reasons`): a reply or a report of such a task,
+        sent again to a restarted controller, must not bring a purged record back."""
+        held = set(self.get_records(msg_ids))
+        rest = [msg_id for msg_id in msg_ids if msg_id not in held]
+        if rest:
+            held.update(self.purged_reasons(rest))
+        return held
 
     def stored_size(self) -> int:
         """The size of every record, as the retention bookkeeping counts it (0 if unbounded)."""

@@ -21,6 +21,7 @@ the shared :class:`~.base.BatchWriter` as ordered bulk writes.
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
@@ -30,7 +31,7 @@ import bson
 from bson import ObjectId
 from bson.errors import BSONError
 from bson.raw_bson import RawBSONDocument
-from pymongo import DeleteMany, MongoClient, UpdateOne
+from pymongo import DESCENDING, DeleteMany, MongoClient, ReplaceOne, UpdateOne
 from pymongo.errors import PyMongoError
 
 from corral.errors import StoreError
@@ -50,6 +51,8 @@ from .base import (
 )
 from .query import Atom, Condition, matches, parse_query, split_query
 from .retention import MIB, Purge, RetentionSettings
+
+logger = logging.getLogger("corral.controller.store")
 
 INLINE_LIMIT = 4 * 1024 * 1024
 REQUEST_INLINE_LIMIT = 1024 * 1024
@@ -118,6 +121,8 @@ def _stale_chunks(msg_id: str, tag: str | None, gen: ObjectId | None) -> dict[st
 class MongoStore(ResultStore):
     """Result store in a MongoDB database; see the module docs for the layout."""
 
+    persists_purges = True
+
     def __init__(
         self,
         url: str,
@@ -140,13 +145,24 @@ class MongoStore(ResultStore):
             self._tasks.create_index("msg_id", unique=True)
             self._chunks.create_index([("gen", 1), ("index", 1), ("part", 1)])
             self._chunks.create_index("msg_id")
+            self._purged = database[f"{collection}.purged"]
             last = self._tasks.find_one({}, {"_id": 1}, sort=[("_id", -1)])
+            recalled: list[tuple[str, str]] = []
+            if self.retention is not None:
+                self._purged.create_index("n")
+                newest = self._purged.find(
+                    {}, sort=[("n", DESCENDING)], limit=self.purges_remembered
+                )
+                recalled = [(doc["_id"], doc["why"]) for doc in newest][::-1]
         except (PyMongoError, ValueError, TypeError) as exc:
             if self._client is not None:
                 self._client.close()
             raise StoreError(f"cannot open the MongoDB result store {url!r}: {exc}") from exc
         self.name = f"{database.name}.{collection}"
         self._seq = itertools.count(0 if last is None else int(last["_id"]) + 1)
+        newest_purge = self._purged.find_one({}, {"n": 1}, sort=[("n", DESCENDING)])
+        self._purge_seq = itertools.count(1 if newest_purge is None else newest_purge["n"] + 1)
+        self._recall_purges(recalled)
         self._writer: BatchWriter[Payload] = BatchWriter(
             self._apply, name=f"mongodb writer ({self.name})", max_batch=max_batch
         )
@@ -199,8 +215,30 @@ class MongoStore(ResultStore):
         else:
             self._writer.check()
 
+    def _remember(self, purges: list[Purge]) -> None:
+        """(Writer thread) Why these records were purged, in ``<cluster_id>.purged`` (one
+        document a msg_id, numbered), the newest :attr:`purges_remembered` kept; before
+        their deletes, as in the SQLite store."""
+        kept = self.purges_remembered
+        rows = [(msg_id, purge.reason) for purge in purges for msg_id in purge.msg_ids[-kept:]]
+        newest = 0
+        requests = []
+        for msg_id, why in rows[-kept:]:
+            newest = next(self._purge_seq)
+            requests.append(ReplaceOne({"_id": msg_id}, {"n": newest, "why": why}, upsert=True))
+        self._purged.bulk_write(requests, ordered=True)
+        self._purged.delete_many({"n": {"$lte": newest - kept}})
+
     def _apply(self, batch: list[WriteOp[Payload]]) -> None:
         """One ordered bulk write; every request is idempotent, so the writer may retry."""
+        purges = self._take_unwritten_purges()
+        if purges:
+            try:
+                self._remember(purges)
+            except PyMongoError as exc:  # the records' writes matter more: they go on
+                logger.warning(
+                    "result store %s: why records were purged not kept: %s", self.name, exc
+                )
         requests: list[Any] = []
         chunks: list[dict[str, Any]] = []
         # (msg_id, chunk tag) -> the generation to keep (None: none)

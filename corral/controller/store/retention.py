@@ -185,8 +185,10 @@ class Purge:
 
 
 #: How many purged records :class:`Retention` remembers the reason of (the newest kept): a
-#: ``get_result`` of one says it was purged and why, not that the Hub never saw it. In memory
-#: only (a restarted controller has forgotten them); some 100 bytes each, once purges happen.
+#: ``get_result`` of one says it was purged and why, not that the Hub never saw it. Some 100
+#: bytes each in memory, once purges happen; the persistent stores keep them in their own file
+#: or database too (:meth:`~.base.ResultStore.purged_reasons`), so a restarted controller
+#: still knows them.
 PURGES_REMEMBERED: Final = 65_536
 
 #: A record's entry in :class:`Retention`'s table is one int: its completion number (0 while

@@ -32,6 +32,7 @@ applied: compiled by ``make native``) in :mod:`.sqlite_writes`, reading buffers 
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
@@ -61,7 +62,7 @@ from .base import (
     validate_record,
 )
 from .query import matches, parse_query, split_query
-from .retention import RetentionSettings
+from .retention import Purge, RetentionSettings
 from .sqlite_batches import (
     LOOK_AHEAD,
     KnownRows,
@@ -81,6 +82,9 @@ from .sqlite_schema import (
     ALL_COLUMNS,
     CHUNK_BYTES,
     CHUNKS_SIZE,
+    FORGET_PURGED,
+    RECALL_PURGED,
+    REMEMBER_PURGED,
     REQUEST_DATA,
     REQUEST_SIZE,
     SCALAR_COLUMNS,
@@ -88,6 +92,8 @@ from .sqlite_schema import (
     prepare,
 )
 from .sqlite_writes import RowQueue, apply_batch
+
+logger = logging.getLogger("corral.controller.store")
 
 #: ``_tuple_new(WriteOp, (...))`` is ``WriteOp(...)`` made in C, as :mod:`.sqlite_rows` makes
 #: its rows: 0.16 -> 0.10 us, once per write in the Hub's thread.
@@ -129,6 +135,8 @@ class SQLiteStore(ResultStore):
     (:func:`~.sqlite_batches.later_updates`; 0: none, every batch is the queue's next
     writes).
     """
+
+    persists_purges = True
 
     def __init__(
         self,
@@ -184,6 +192,9 @@ class SQLiteStore(ResultStore):
         )
         if self.retention is not None and not read_only:
             try:
+                with self._lock:
+                    recalled = self._reader.execute(RECALL_PURGED, (self.purges_remembered,))
+                    self._recall_purges(recalled.fetchall())
                 self._restore_retention(self._stored_sizes())
             except BaseException:
                 self.close()
@@ -192,8 +203,34 @@ class SQLiteStore(ResultStore):
     # ------------------------------------------------------------ writes (writer thread)
 
     def _apply(self, batch: list[WriteOp[Payload]]) -> None:
-        """One transaction of the writer thread (:func:`~.sqlite_writes.apply_batch`)."""
+        """One transaction of the writer thread (:func:`~.sqlite_writes.apply_batch`), after
+        the reasons of the purges since the last one, whose drops may be in it."""
+        purges = self._take_unwritten_purges()
+        if purges:
+            try:
+                self._remember(purges)
+            except sqlite3.Error as exc:  # the records' writes matter more: they go on
+                logger.warning(
+                    "result store %s: why records were purged not kept: %s", self.path, exc
+                )
         apply_batch(self._db, batch, self._known)
+
+    def _remember(self, purges: list[Purge]) -> None:
+        """(Writer thread) Why these records were purged, in the ``purged`` table, the
+        newest :attr:`purges_remembered` kept. Written before the drops: a controller killed
+        in between finds the records still there, which its retention purges again."""
+        db = self._db
+        kept = self.purges_remembered
+        rows = [(msg_id, purge.reason) for purge in purges for msg_id in purge.msg_ids[-kept:]]
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(REMEMBER_PURGED, rows[-kept:])
+            db.execute(FORGET_PURGED, (kept,))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
 
     # ------------------------------------------------------------ interface
 

@@ -104,6 +104,22 @@ AFTER DELETE ON tasks
 WHEN old.request_buffer_lengths IS NOT NULL
 BEGIN DELETE FROM request_buffers WHERE msg_id = old.msg_id; END;
 """
+#: Why the newest purged records were purged (the retention's size limit or time to live),
+#: so that a restarted controller still says a purged msg_id was purged, not unknown; not a
+#: record, so not counted by the size limit (some 100 bytes a row, at most
+#: :data:`~.retention.PURGES_REMEMBERED` rows: :data:`FORGET_PURGED` trims it).
+PURGED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS purged (
+    n INTEGER PRIMARY KEY,
+    msg_id TEXT NOT NULL UNIQUE,
+    why TEXT NOT NULL
+);
+"""
+REMEMBER_PURGED = "INSERT OR REPLACE INTO purged (msg_id, why) VALUES (?, ?)"
+FORGET_PURGED = "DELETE FROM purged WHERE n <= (SELECT max(n) FROM purged) - ?"
+RECALL_PURGED = (
+    "SELECT msg_id, why FROM (SELECT n, msg_id, why FROM purged ORDER BY n DESC LIMIT ?) ORDER BY n"
+)
 INSERT_REQUEST_PART = "INSERT INTO request_buffers (msg_id, part, data) VALUES (?, ?, ?)"
 READ_REQUEST_PARTS = "SELECT data FROM request_buffers WHERE msg_id = ? ORDER BY part"
 REQUEST_SIZE = (
@@ -198,6 +214,7 @@ def prepare(
     if not read_only:
         db.executescript(CHUNKS_SCHEMA)  # also added to a store made before chunks
         db.executescript(REQUEST_SCHEMA)
+        db.executescript(PURGED_SCHEMA)
     if not read_only and incremental_vacuum:
         if db.execute("PRAGMA auto_vacuum").fetchone()[0] != INCREMENTAL:
             db.execute("VACUUM")  # a store made before auto_vacuum: converted once

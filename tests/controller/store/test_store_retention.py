@@ -143,6 +143,56 @@ def test_a_reopened_store_keeps_counting_and_applies_new_limits(open_bounded: Op
     assert smaller.stored_size() <= 500_000
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "mongodb"])  # a memory store cannot reopen
+def test_a_reopened_store_still_says_why_records_were_purged(open_bounded: Opener) -> None:
+    first = open_bounded(RetentionSettings(buffer_limit=None, size_limit=None, ttl=60))
+    assert first.retention is not None
+    now = [time.time() - 3600]
+    first.retention.clock = lambda: now[0]
+    for index in range(5):
+        first.add_record(f"old{index}", request_record(f"old{index}"))
+        first.update_record(f"old{index}", reply([b"x"]))
+    now[0] += 61
+    assert first.expire_results() == [f"old{index}" for index in range(5)]
+    for index in range(4):
+        first.add_record(f"big{index}", request_record(f"big{index}"))
+        first.update_record(f"big{index}", reply([bytes(100_000)]))
+    first.add_record("running", request_record("running"))
+    first.close()
+    # reopened with a size limit: the oldest large results are purged as it opens
+    smaller = open_bounded(RetentionSettings(buffer_limit=None, size_limit=250_000, ttl=None))
+    big_purged = [f"big{index}" for index in range(4) if f"big{index}" not in smaller.get_history()]
+    assert big_purged == ["big0", "big1"]
+    smaller.close()
+    again = open_bounded(RetentionSettings(buffer_limit=None, size_limit=None, ttl=None))
+    asked = [f"old{index}" for index in range(5)] + ["big0", "big1", "big2", "running", "never"]
+    reasons = again.purged_reasons(asked)
+    assert list(reasons) == asked[:7]
+    assert all("--result-ttl" in reasons[f"old{index}"] for index in range(5))
+    assert "--store-size-limit" in reasons["big0"] and "--store-size-limit" in reasons["big1"]
+    assert again.get_history() == ["big2", "big3", "running"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "mongodb"])
+def test_a_store_keeps_the_newest_purge_reasons_only(open_bounded: Opener) -> None:
+    first = open_bounded(RetentionSettings(buffer_limit=None, size_limit=None, ttl=60))
+    assert first.retention is not None
+    first.purges_remembered = 3
+    now = [time.time() - 3600]
+    first.retention.clock = lambda: now[0]
+    for batch in range(2):  # two purges: the bound holds across them
+        for index in range(batch * 4, batch * 4 + 4):
+            first.add_record(f"m{index}", request_record(f"m{index}"))
+            first.update_record(f"m{index}", reply([b"x"]))
+        now[0] += 61
+        assert len(first.expire_results()) == 4
+    first.flush()
+    assert len(first.purged_reasons([f"m{index}" for index in range(8)])) == 8  # in memory
+    first.close()
+    again = open_bounded(RetentionSettings(buffer_limit=None, size_limit=None, ttl=60))
+    assert list(again.purged_reasons([f"m{index}" for index in range(8)])) == ["m5", "m6", "m7"]
+
+
 def test_sqlite_purges_shrink_the_file(tmp_path: Path) -> None:
     path = tmp_path / "tasks.db"
     store = SQLiteStore(path, retention=RetentionSettings(size_limit=None, ttl=None))
