@@ -18,9 +18,11 @@ import time
 from collections.abc import Callable, Container
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from corral.client.direct import direct_address
+from corral.client.metadata_table import compact_value
 from corral.client.records import SERVICE, TASK, Pending
 from corral.client.recovery import RECOVERY_PERIOD, Recovery
 from corral.client.waits import LinkWaits
@@ -528,38 +530,68 @@ def answered_by(
     ``purged`` (purged from the Hub by this client: their records must not be made again).
     Asked when that engine ends, for the direct requests' report: their copies may have been
     queued on its copies PUSH when it died (the Hub reading slowly), and then only this
-    client knows them. Requests failed here, without a reply, are not among them."""
+    client knows them. Requests failed here, without a reply, are not among them; direct
+    requests whose records were forgotten since (no AsyncResult held them) are
+    (:meth:`Records.forgotten_answers`)."""
     since = (now or datetime.now(UTC)) - timedelta(seconds=ANSWERED_WINDOW)
     requests = set(records.history)  # apply and execute: not control requests
     answered: list[list[Any]] = []
     metadata = records.metadata
     value = metadata.value  # one key at a time: no Metadata built for the records it reads
     for msg_id in reversed(list(records.results)):  # one copy in C: safe beside workers
-        if (
-            msg_id not in metadata
-            or value(msg_id, "engine_uuid", None) != uuid
-            or msg_id not in requests
-        ):
+        if msg_id not in metadata or msg_id not in requests:
             continue
-        received = value(msg_id, "received", None)
-        status, completed = value(msg_id, "status", None), value(msg_id, "completed", None)
-        if received is None or received < since:
+        entry = _answer_entry(msg_id, partial(value, msg_id), uuid, since, purged)
+        if entry is _TOO_OLD:
             break  # results are settled about in the order their replies came
-        if completed is None or status not in ("ok", "error", "aborted") or msg_id in purged:
+        if entry is not None:
+            answered.append(entry)
+            if len(answered) >= ANSWERED_LATEST:
+                return answered
+    seen = {entry[0] for entry in answered}
+    for msg_id, kept in reversed(records.forgotten_answers()):
+        if msg_id in seen:
             continue
-        started, submitted = value(msg_id, "started", None), value(msg_id, "submitted", None)
-        answered.append(
-            [
-                msg_id,
-                submitted.isoformat() if submitted is not None else None,
-                status,
-                started.isoformat() if started is not None else None,
-                completed.isoformat(),
-            ]
-        )
-        if len(answered) >= ANSWERED_LATEST:
-            break
+        read = partial(compact_value, kept) if type(kept) is tuple else kept.get
+        entry = _answer_entry(msg_id, read, uuid, since, purged)
+        if entry is _TOO_OLD:
+            break  # kept in the order they were forgotten: about that of their replies
+        if entry is not None:
+            answered.append(entry)
+            if len(answered) >= ANSWERED_LATEST:
+                break
     return answered
+
+
+_TOO_OLD: list[Any] = []  # ``_answer_entry``'s answer for a reply older than the window
+
+
+def _answer_entry(
+    msg_id: str,
+    read: Callable[[str, Any], Any],
+    uuid: str,
+    since: datetime,
+    purged: Container[str],
+) -> list[Any] | None:
+    """:func:`answered_by`'s entry of one request whose metadata ``read(key, default)``
+    reads: None if another engine answered it or it has no answer to report,
+    :data:`_TOO_OLD` if its reply came before ``since``."""
+    if read("engine_uuid", None) != uuid:
+        return None
+    received = read("received", None)
+    if received is None or received < since:
+        return _TOO_OLD
+    status, completed = read("status", None), read("completed", None)
+    if completed is None or status not in ("ok", "error", "aborted") or msg_id in purged:
+        return None
+    started, submitted = read("started", None), read("submitted", None)
+    return [
+        msg_id,
+        submitted.isoformat() if submitted is not None else None,
+        status,
+        started.isoformat() if started is not None else None,
+        completed.isoformat(),
+    ]
 
 
 def engine_gone(engine_id: int | None, uuid: str, why: str | None = None) -> EngineError:

@@ -44,13 +44,20 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
+from itertools import islice
 from typing import Any, Final
 
 from corral.client.dates import parse_date, wire_date
 from corral.client.executereply import ExecuteReply
 from corral.client.future_table import FutureTable
 from corral.client.metadata import RESULT_KEYS, Metadata, update_from_reply
-from corral.client.metadata_table import MSG_ID, UNANSWERED, MetadataTable, compact_request
+from corral.client.metadata_table import (
+    ENGINE_UUID,
+    MSG_ID,
+    UNANSWERED,
+    MetadataTable,
+    compact_request,
+)
 from corral.client.published import PublishedData
 from corral.client.requestfuture import TASK as TASK_KIND
 from corral.client.requestfuture import RequestFuture, settles_inline
@@ -145,6 +152,9 @@ class Records:
         self._stale: set[str] = set()  # forgotten, still in ``history`` until it is compacted
         self.published = PublishedData(self._defer, lambda msg_id: msg_id in self.metadata)
         self.compactions = 0  # how often ``history`` was compacted (views trim theirs then)
+        # msg_id -> the metadata entry of an answered direct request forgotten since (no
+        # AsyncResult held it), the newest ANSWERS_KEPT: see :meth:`forgotten_answers`
+        self._forgotten_answers: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ submitting thread
 
@@ -446,6 +456,7 @@ class Records:
         )
         silent, trackers, orphans = self._silent, self.trackers, self._orphans
         future_lock = self._future_lock
+        forgotten = self._forgotten_answers
         dropped = set()
         for msg_id in msg_ids:
             future = futures.get(msg_id)
@@ -456,7 +467,9 @@ class Records:
             with future_lock:  # ordered with a compaction of its entry (FutureTable.compact)
                 futures.pop(msg_id, None)
             results.pop(msg_id, None)
-            metadata.pop(msg_id, None)
+            entry = metadata.pop(msg_id, None)
+            if entry is not None and _answered_direct(entry):
+                forgotten[msg_id] = entry
             if silent:
                 silent.discard(msg_id)
             if trackers:
@@ -467,11 +480,28 @@ class Records:
         if dropped:
             self.published.forget(dropped)
             self._stale |= dropped
+            excess = len(forgotten) - ANSWERS_KEPT
+            if excess > 0:
+                for msg_id in list(islice(forgotten, excess)):
+                    del forgotten[msg_id]
         if self._stale and (compact or len(self._stale) >= max(_STALE_MIN, len(futures))):
             self.history = [m for m in self.history if m not in self._stale]
             self._stale.clear()
             self.compactions += 1
         return len(dropped)
+
+    def forgotten_answers(self) -> list[tuple[str, Any]]:
+        """``(msg_id, metadata entry)`` of the answered direct requests forgotten lately (no
+        AsyncResult held them: ``rc[0].apply_async(f).get()``), oldest first, at most
+        :data:`ANSWERS_KEPT`. The engine that answered sends the Hub its own copy of each
+        reply; if it dies before the Hub read them, only this client knows those tasks were
+        answered, and its report of the engine's end names them
+        (:func:`corral.client.link.answered_by`): without this, the records forgotten here
+        were left out and such a task was never recorded (bench/chaos_mixed.py seed 34). An
+        entry is a compact tuple (:func:`~corral.client.metadata_table.compact_value` reads
+        it) or a :class:`Metadata`."""
+        with self._lock:
+            return list(self._forgotten_answers.items())
 
     # ------------------------------------------------------------------ holding
 
@@ -595,6 +625,21 @@ class Records:
         except CorralError as exc:
             log.warning("client: cannot deserialize the result of %s: %s", msg_id, exc)
             return exc, True
+
+
+#: How many answered direct requests :meth:`Records.forgotten_answers` keeps (some 200 bytes
+#: each: the metadata entry the records held until then).
+ANSWERS_KEPT: Final = 10_000
+
+
+def _answered_direct(entry: Any) -> bool:
+    """Whether a metadata entry is a request sent to one engine that answered it: a compact
+    entry names its engine from the request on (a load-balanced one only from its reply); a
+    full one (rare: read whole, or an unusual reply) is kept when it names an engine and a
+    completion."""
+    if type(entry) is tuple:
+        return len(entry) > UNANSWERED and entry[ENGINE_UUID] is not None
+    return entry.get("engine_uuid") is not None and entry.get("completed") is not None
 
 
 _STALE_MIN: Final = 256  # forgotten msg_ids that may wait in ``history`` before it is compacted
