@@ -13,17 +13,16 @@ the name gone (its engine was restarted), a ResultNotStored (the task's engine d
 controller was down: only the client that submitted it got the value, and the Hub records it
 answered from that client's report), a ResultPurged (the store's size limit, 2 GiB, purged the
 oldest records: the cluster keeps buffers up to 1 MB only, ``STORE_BUFFERS``, so that a
-long run does not reach it; before the Hub said so, a purged task read as never
-recorded, and a restarted Hub has forgotten the purges before it). A ``get_result`` that finds no
-record yet ("no such
-msg_id": that report comes once the restarted Hub has announced the engine's end) is asked
-again once the kills have stopped, and is a fault only if the record never comes. A fault:
-a call that did not end within the bound (a hang), a wrong value, any other error, a reply
-whose shared-memory buffers were refused, or a process left behind. It found three (see
-bench/README.md, rounds twenty-nine and thirty): a Hub query the killed controller took with
-it failed after the client's whole timeout, late duplicate replies logged "refused the
-buffers", and a direct task answered while the controller was down, its engine killed then,
-was never recorded (seed 21).
+long run does not reach it). A ``get_result`` that finds no record yet ("no such msg_id":
+that report comes once the restarted Hub has announced the engine's end) is asked again once
+the kills have stopped, and is a fault only if the record never comes. A fault: a call that
+did not end within the bound (a hang), a wrong value, any other error, a reply whose
+shared-memory buffers were refused, or a process left behind. It found four (see
+bench/README.md, rounds twenty-nine to thirty-two): a Hub query the killed controller took
+with it failed after the client's whole timeout, late duplicate replies logged "refused the
+buffers", a direct task answered while the controller was down, its engine killed then, was
+never recorded (seed 21), and nor was one whose engine died before the Hub read its copy
+when the client kept no AsyncResult of it (seeds 34 and 35).
 
     .venv/bin/python bench/chaos_mixed.py --rounds 1500 --seed 4
 
@@ -256,8 +255,7 @@ def run(
     """``rounds`` calls, or as many as ``seconds`` allow (then the summary says how many):
     a run's pace is set by its outages, each a restart's delay, more than by its calls."""
     # the large arrays are recorded without their buffers, so that a long run stays under
-    # the store's size limit (2 GiB): a record missing then is lost, not purged (the Hub
-    # remembers purges only until it restarts)
+    # the store's size limit (2 GiB): a record missing then is lost, not purged
     cluster = supervised_cluster(engines, "corral-chaos-mixed-", store_buffer_limit=STORE_BUFFERS)
     refused = RefusedBuffers()
     logging.getLogger("corral.client").addHandler(refused)
