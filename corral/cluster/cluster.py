@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -41,7 +42,13 @@ from corral.cluster.launchers.mpi import mpi_controller_prefix
 from corral.cluster.launchers.registry import engine_launcher, launcher_key
 from corral.cluster.launchers.watch import stop_launchers
 from corral.cluster.lifecycle import ClusterLifecycle, Started, StartedEngines
-from corral.cluster.shutdown import TERMINATE_GRACE, nothing_alive, wait_or_terminate
+from corral.cluster.shutdown import (
+    TERMINATE_GRACE,
+    local_engine_pids,
+    nothing_alive,
+    unreached_engines,
+    wait_or_terminate,
+)
 from corral.cluster.shutdown import stop_cluster as stop_cluster  # `corral stop`'s, from here too
 from corral.cluster.supervisor import RestartPolicy, Supervisor
 from corral.errors import CorralError, TimeoutError
@@ -520,12 +527,15 @@ class Cluster(ClusterLifecycle):
             client = self.client = None
         asked = client is not None
         if client is not None:
+            told = local_engine_pids(client)
             try:
                 client.shutdown(targets="all", hub=True, block=True)
             except (CorralError, OSError):
                 pass
             client.close()
             self.client = None
+            for engine in unreached_engines(self.engines, told):
+                engine.send_signal(signal.SIGTERM)  # nothing if it ended since its poll
         if self.dashboard_process is not None:
             terminate(self.dashboard_process, TERMINATE_GRACE)
         processes = [p for p in [*self.engines, self.controller] if p is not None]

@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -27,7 +28,7 @@ from corral.client.client import Client
 from corral.cluster.folders import STATE_FILE, alive_since, launcher_pids
 from corral.cluster.launchers.ssh import clean_recorded as clean_ssh_hosts
 from corral.cluster.launchers.watch import cancel_recorded_jobs
-from corral.errors import ConnectionError
+from corral.errors import ConnectionError, CorralError
 from corral.protocol.connection_files import CLIENT_FILE
 from corral.sharedmem import cluster_prefix, sweep
 
@@ -63,6 +64,34 @@ def wait_or_terminate(processes: Sequence[subprocess.Popen[bytes]], deadline: fl
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def local_engine_pids(client: Client) -> set[int] | None:
+    """The pids of this host's engines the Hub has registered (which a shutdown request
+    reaches), or None if it cannot say (then every engine is waited for, as before)."""
+    try:
+        info = client.engine_info()
+    except (CorralError, OSError):
+        return None
+    host = socket.gethostname()
+    return {
+        fields["pid"]
+        for fields in info.values()
+        if isinstance(fields.get("pid"), int) and fields.get("host") == host
+    }
+
+
+def unreached_engines(
+    engines: Sequence[subprocess.Popen[bytes]], told: Collection[int] | None
+) -> list[subprocess.Popen[bytes]]:
+    """The local engine processes a shutdown request cannot have reached: still running, and
+    not among the pids of this host's engines the Hub had registered when it was sent
+    (``told``; None when that is unknown: then none). Such an engine is between registrations
+    (re-registering with a restarted controller, say) and would wait for connections to a
+    controller that is leaving (10 s) before it noticed; SIGTERM is its own clean stop."""
+    if told is None:
+        return []
+    return [engine for engine in engines if engine.poll() is None and engine.pid not in told]
 
 
 def stop_cluster(path: Path, timeout: float = 10.0) -> bool:

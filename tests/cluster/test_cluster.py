@@ -193,6 +193,31 @@ def test_cluster_processes_exit_when_their_owner_is_killed(tmp_path: Path) -> No
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SCHED_BATCH is Linux's")
+def test_a_stop_ends_at_once_an_engine_still_registering_again(tmp_path: Path) -> None:
+    """Stopped right after its controller was killed and started again, while the engine
+    registers again: the shutdown request cannot reach an engine the Hub has not registered,
+    so the stop ends it by SIGTERM (its own clean stop) at once. Before (on d06be63) the stop
+    waited while the engine waited 10 s for connections to the controller that had left,
+    then gave up on them (its log said so): 12 s in all."""
+    cluster = start_cluster(tmp_path, 1, keep=True)  # the engine's log is read after the stop
+    cluster.start()
+    try:
+        cluster.client.wait_for_engines(1, timeout=30)
+        assert cluster.controller is not None
+        cluster.controller.send_signal(signal.SIGKILL)
+        cluster.controller.wait()
+        cluster.controller_args.append("--restore")
+        cluster.start_controller()
+        engine_log = Path(cluster.path) / "engine-0.log"
+        until(lambda: "re-registering" in engine_log.read_text(), 30, "the engine to notice")
+        started = time.monotonic()
+    finally:
+        cluster.stop(timeout=30)
+    assert "not established" not in engine_log.read_text()
+    assert time.monotonic() - started < 10  # the engine's own 10 s wait, had it been waited for
+    assert all(engine.poll() is not None for engine in cluster.engines)
+
+
 def test_local_engines_outnumbering_the_cores_run_under_sched_batch(tmp_path: Path) -> None:
     """(corral.engine.cpu_policy) Decided when they are asked for: here one more than the
     cores, so every thread of every engine has it; the engines still serve tasks."""
