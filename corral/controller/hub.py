@@ -316,7 +316,9 @@ class Hub(HubHeartbeat):
         )
         self.told_stale.discard(uuid)
         self.lapsed_registrations.pop(uuid, None)  # this one supersedes it
-        writes = expect_answers(self, uuid, content["tasks"]) if "tasks" in content else []
+        writes: list[Action] = []
+        if "tasks" in content:
+            writes = expect_answers(self, uuid, content["tasks"], content.get("balanced"))
         reply = ok_reply(
             id=engine_id, heartbeat_period=self.heartbeat_period, **self.engine_addresses
         )

@@ -107,11 +107,20 @@ def lost_balanced(hub: Hub, msg_id: str, never_ran: bool) -> bool:
     return True
 
 
-def expect_answers(hub: Hub, uuid: str, msg_ids: Any) -> list[Action]:
+def expect_answers(hub: Hub, uuid: str, msg_ids: Any, balanced: Any = None) -> list[Action]:
     """An engine back after a restart holds these tasks or sends their replies again:
-    the replies must be recorded, also of tasks this controller never saw recorded."""
+    the replies must be recorded, also of tasks this controller never saw recorded.
+    ``balanced``: those it holds that came load-balanced, with their ``retries``: one this
+    controller has no pending record of is marked so, and if the engine dies holding it its
+    client may send it again (:func:`lost_balanced`), as for a restored one."""
     if not isinstance(msg_ids, list) or not all(isinstance(m, str) for m in msg_ids):
         raise InvalidContent("tasks must be a list of msg_ids")
+    if balanced is None:
+        balanced = {}
+    if not isinstance(balanced, dict) or not all(
+        isinstance(m, str) and type(r) is int and r >= 0 for m, r in balanced.items()
+    ):
+        raise InvalidContent("balanced must map msg_ids to their retries (integers >= 0)")
     msg_ids = msg_ids[:MAX_QUERY_IDS]
     known = hub.store.recorded_or_purged([m for m in msg_ids if m not in hub.pending])
     hub.expected_from[uuid] = msg_ids
@@ -123,12 +132,15 @@ def expect_answers(hub: Hub, uuid: str, msg_ids: Any) -> list[Action]:
         elif msg_id not in known:
             hub.pending[msg_id] = uuid
             hub.reported.add(msg_id)
+            retries = balanced.get(msg_id)
+            if retries is not None:
+                hub.balanced.setdefault(msg_id, retries)
             record = {
                 "msg_id": msg_id,
                 "header": {"msg_id": msg_id},
-                "metadata": {},
+                "metadata": {} if retries is None else {"retries": retries},
                 "content": {},
-                "queue": None,
+                "queue": None if retries is None else "task",
                 "client_uuid": None,
                 "engine_uuid": uuid,
                 "engine_id": None,

@@ -416,7 +416,7 @@ class IOShell:
         while notes:
             kind, first, second, answers = notes.popleft()
             if kind == "received":
-                link.received(first)
+                link.received(first, second)
             else:
                 msg_id = link.replied(first, second, now, answers)
                 if msg_id is not None:

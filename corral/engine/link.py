@@ -236,9 +236,10 @@ class EngineLink:
 
     # ------------------------------------------------------------------ replies kept
 
-    def received(self, msg_id: str) -> None:
-        """A task arrived: a restarted controller must expect its answer from this engine."""
-        self.replies.received(msg_id)
+    def received(self, msg_id: str, retries: int | None = None) -> None:
+        """A task arrived: a restarted controller must expect its answer from this engine
+        (``retries``: its request's, if it came load-balanced)."""
+        self.replies.received(msg_id, retries)
 
     def replied(
         self, channel: bytes, frames: Sequence[Frame], now: float, answers: str | None = None
@@ -259,6 +260,9 @@ class EngineLink:
             content["id"] = engine_id
         if again:
             content["tasks"] = self.replies.to_report()
+            balanced = self.replies.balanced_held()
+            if balanced:
+                content["balanced"] = balanced
         if self.shm_host is not None:
             content["shm_host"] = self.shm_host
         if self.cpus is not None:

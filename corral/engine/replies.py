@@ -49,10 +49,11 @@ RESEND_ON: Final = {b"direct": b"mux"}
 
 @dataclass
 class ReplyLog:
-    """Tasks received and not answered (``held``) and replies the Hub has not confirmed as
-    recorded (``recent``, oldest first)."""
+    """Tasks received and not answered (``held``: msg_id -> its ``retries`` if it came
+    load-balanced, else None) and replies the Hub has not confirmed as recorded (``recent``,
+    oldest first)."""
 
-    held: dict[str, None] = field(default_factory=dict)
+    held: dict[str, int | None] = field(default_factory=dict)
     # each reply kept compact (corral.kept_frames): a flat tuple of bytes and ints the collector
     # stops tracking at its first pass, so thousands of kept replies are not walked again by
     # every later one
@@ -60,8 +61,9 @@ class ReplyLog:
     dropped: int = 0  # unconfirmed replies pushed out by MAX_KEPT or MAX_KEPT_BYTES
     kept_bytes: int = 0  # of the replies in recent
 
-    def received(self, msg_id: str) -> None:
-        self.held[msg_id] = None
+    def received(self, msg_id: str, retries: int | None = None) -> None:
+        """A task arrived; ``retries``: its request's, if it came load-balanced."""
+        self.held[msg_id] = retries
 
     def replied(
         self, channel: bytes, frames: Sequence[Frame], now: float, answers: str | None = None
@@ -108,6 +110,12 @@ class ReplyLog:
     def to_report(self) -> list[str]:
         """The msg_ids a restarted controller must expect answers for from this engine."""
         return [*self.held, *self.recent]
+
+    def balanced_held(self) -> dict[str, int]:
+        """The held tasks that came load-balanced, with their ``retries``: a restarted
+        controller that never recorded their requests (their copies died with the one before)
+        learns that their client may send them again if this engine dies holding them."""
+        return {msg_id: retries for msg_id, retries in self.held.items() if retries is not None}
 
     def to_resend(self) -> list[tuple[bytes, list[Frame]]]:
         """The recent replies, oldest first, to send again (then forgotten), each with the

@@ -74,7 +74,8 @@ MUX_IN: Final = b"mux_in"  # the prefixes of the MUX device's copies, which the 
 MUX_OUT: Final = b"mux_out"
 
 Note = tuple[str, Any, Any, str | None]
-"""What the link core must learn, in order: ``("received", msg_id, None, None)`` or
+"""What the link core must learn, in order: ``("received", msg_id, retries, None)`` (its
+``retries`` if it came load-balanced, else None) or
 ``("replied", channel, frames, msg_id of the request answered, None if not known)``, the
 frames compact (:func:`corral.kept_frames.compact`)."""
 
@@ -274,7 +275,13 @@ class TaskShell:
         except InvalidContent as err:
             self._reply_error(channel, msg, err)
             return
-        self.notes.append(("received", header["msg_id"], None, None))
+        # a load-balanced task's retries: a restarted controller that never recorded it may
+        # then mark it for its client to send again (corral.engine.replies.balanced_held)
+        retries: int | None = None
+        if channel == b"task":
+            asked = msg.metadata.get("retries", 0)
+            retries = asked if type(asked) is int else 0
+        self.notes.append(("received", header["msg_id"], retries, None))
         request = Request(channel, msg)
         if limited:
             self.watch_time_limit(request)

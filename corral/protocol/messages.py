@@ -58,6 +58,7 @@ _SPECS = [
         {
             "id": (int,),
             "tasks": (list,),
+            "balanced": (dict,),
             "shm_host": (str,),
             "info": (dict,),
             "cpus": (dict,),

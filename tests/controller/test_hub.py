@@ -637,6 +637,49 @@ def test_an_engine_back_with_tasks_that_dies_before_its_first_beat_settles_them(
     assert [m.msg_type for m in told if isinstance(m, Send)] != ["registration_notification"]
 
 
+def test_balanced_tasks_a_restarted_hub_never_recorded_are_resendable_if_their_engine_dies() -> (
+    None
+):
+    """The controller died before it recorded two load-balanced requests (their copies died
+    with it) that an engine held; the engine, back, names them with their ``retries`` and is
+    killed before its first beat. The task with retries is marked for its client to send
+    again, as a restored one is; on 320ec8e both failed with EngineError ("its heart never
+    beat"), and a map with retries=2 failed (bench/chaos_mixed.py seed 40)."""
+    hub = restarted_hub(MemoryStore())
+    retried, once = session.msg("apply_request", {}), session.msg("apply_request", {})
+    tasks = [retried.msg_id, once.msg_id]
+    balanced = {retried.msg_id: 2, once.msg_id: 0}
+    (reply,) = hub.handle_request(
+        [b"back"],
+        request("registration_request", uuid="back", id=1, tasks=tasks, balanced=balanced),
+    )
+    assert reply.content["status"] == "ok"
+    for _ in range(3 * 2 + 4):  # past the registration's expiry; no pong ever comes
+        hub.tick()
+    retried_record, once_record = map(hub.store.get_record, tasks)
+    assert retried_record["status"] == once_record["status"] == "error"
+    assert "its heart never beat" in retried_record["result_content"]["evalue"]
+    assert retried_record["result_metadata"].get(RESENDABLE) is True
+    assert once_record["result_metadata"].get(RESENDABLE) is None  # may have run: no retries
+    assert retried_record["queue"] == "task" and retried_record["metadata"] == {"retries": 2}
+    # the client sends it again: pending anew, marked resubmitted
+    hub.handle_monitor(b"task_in", [b"client-1"], retried)
+    assert hub.store.get_record(retried.msg_id)["status"] == "pending"
+    assert hub.store.get_record(retried.msg_id)["resubmitted"] is True
+
+
+@pytest.mark.parametrize("balanced", [{"m": -1}, {"m": "2"}, {"m": True}, {"m": None}])
+def test_a_malformed_balanced_list_is_refused(balanced: object) -> None:
+    """(A ``balanced`` that is not a dict is refused by the message catalogue, as any field
+    of the wrong type, before the Hub reads it.)"""
+    hub = restarted_hub(MemoryStore())
+    (reply,) = hub.handle_request(
+        [b"back"],
+        request("registration_request", uuid="back", tasks=["m"], balanced=balanced),
+    )
+    assert reply.content["status"] == "error" and "balanced" in reply.content["evalue"]
+
+
 def submit_balanced(hub: HubHarness, retries: int = 0, engine_uuid: str | None = None) -> Message:
     req = session.msg("apply_request", {}, metadata={"retries": retries})
     hub.handle_monitor(b"task_in", [b"client-1"], req)

@@ -259,6 +259,24 @@ def test_replies_are_resent_after_re_registration_then_released() -> None:
     assert link.on_registration_message(accepted(later), 40.1)[1] == Resend([])
 
 
+def test_a_registration_again_names_the_load_balanced_tasks_held_with_their_retries() -> None:
+    """A restarted controller may never have recorded their requests: it learns which came
+    load-balanced, and how many retries they have, so that their client may send them again
+    if this engine dies holding them (corral.controller.hub_restart.expect_answers)."""
+    link = registered_link()
+    link.received("direct-1")
+    link.received("balanced-1", 2)
+    link.received("balanced-2", 0)
+    link.received("answered", 1)
+    assert link.replied(b"task", reply_frames("answered"), 1.0) == "answered"
+    again = only(link.tick(10.0), SendRegistration)
+    assert again.content["tasks"] == ["direct-1", "balanced-1", "balanced-2", "answered"]
+    assert again.content["balanced"] == {"balanced-1": 2, "balanced-2": 0}
+    plain = registered_link()
+    plain.received("direct-1")
+    assert "balanced" not in only(plain.tick(10.0), SendRegistration).content
+
+
 def test_a_refusal_counts_only_when_no_attempt_is_left() -> None:
     link = registered_link()
     first = only(link.tick(10.0), SendRegistration)

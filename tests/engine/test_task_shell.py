@@ -36,6 +36,7 @@ class Served:
     mux: zmq.Socket[Any]  # the ROUTER the engine's mux DEALER connects to
     session: Session  # the client's
     limited: list[Request]
+    task: zmq.Socket[Any]  # the ROUTER the engine's task DEALER connects to (the scheduler's)
 
 
 @contextmanager
@@ -97,7 +98,7 @@ def served(guard: str = "alarm") -> Iterator[Served]:
     thread = threading.Thread(target=shell.run, args=(runner,), name="task-shell-test")
     thread.start()
     try:
-        yield Served(shell, router, Session(KEY, session_id="client"), limited)
+        yield Served(shell, router, Session(KEY, session_id="client"), limited, task_router)
     finally:
         shell.loop.stop()
         io_thread.stop()
@@ -152,6 +153,26 @@ def test_requests_are_run_and_answered_by_the_loop() -> None:
         replied = [note for note in s.shell.notes if note[0] == "replied"]
         assert [note[3] for note in replied] == requests  # named: not parsed again there
         assert [parent_msg_id(note[2]) for note in replied] == requests
+
+
+def test_a_load_balanced_request_is_noted_with_its_retries() -> None:
+    """The I/O thread's link core keeps them, for a restarted controller that never recorded
+    the request (corral.engine.replies.ReplyLog.balanced_held); a direct one has none."""
+    with served() as s:
+        direct = send_apply(s, add, 1, 1)
+        reply_to(s, direct)
+        requests = []
+        for metadata in ({"retries": 3}, {}):
+            msg = s.session.msg(
+                "apply_request", {}, metadata=metadata, buffers=pack_apply_message(add, (2, 2), {})
+            )
+            frames = [b"engine", *s.session.serialize(msg, [b"client"])]
+            send_when_routable(s.task, frames, "the engine's task DEALER")
+            assert readable(s.task, int(WAIT * 1000)), "no reply on the task channel"
+            recv_one(s.task)
+            requests.append(msg.msg_id)
+        received = [note[1:3] for note in s.shell.notes if note[0] == "received"]
+        assert received == [(direct.msg_id, None), (requests[0], 3), (requests[1], 0)]
 
 
 def test_a_time_limited_request_is_handed_to_the_io_thread() -> None:
