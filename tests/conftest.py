@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,6 +56,17 @@ def start_cluster(base: Path, n: int, **kwargs: object):  # type: ignore[no-unty
     kwargs.setdefault("heartbeat_period", HEARTBEAT)
     kwargs.setdefault("restart", False)  # tests that kill processes restart them themselves
     return Cluster(n=n, cluster_dir=base, timeout=30, **kwargs)  # type: ignore[arg-type]
+
+
+def kill_and_restore_controller(cluster: Any) -> None:
+    """SIGKILL the cluster's controller and start it again with ``--restore`` (its ports, key
+    and stored records), as its supervisor would."""
+    assert cluster.controller is not None
+    cluster.controller.send_signal(signal.SIGKILL)
+    cluster.controller.wait()
+    if "--restore" not in cluster.controller_args:
+        cluster.controller_args.append("--restore")
+    cluster.start_controller()
 
 
 @contextmanager

@@ -19,7 +19,7 @@ import pytest
 
 from corral.errors import EngineError
 from corral.protocol.references import interactive
-from tests.conftest import HEARTBEAT, running_cluster, start_cluster
+from tests.conftest import HEARTBEAT, kill_and_restore_controller, running_cluster, start_cluster
 from tests.polling import until
 
 
@@ -203,11 +203,7 @@ def test_a_stop_ends_at_once_an_engine_still_registering_again(tmp_path: Path) -
     cluster.start()
     try:
         cluster.client.wait_for_engines(1, timeout=30)
-        assert cluster.controller is not None
-        cluster.controller.send_signal(signal.SIGKILL)
-        cluster.controller.wait()
-        cluster.controller_args.append("--restore")
-        cluster.start_controller()
+        kill_and_restore_controller(cluster)
         engine_log = Path(cluster.path) / "engine-0.log"
         until(lambda: "re-registering" in engine_log.read_text(), 30, "the engine to notice")
         started = time.monotonic()

@@ -3,7 +3,6 @@ results leave the Hub's own tables; then the same through a real cluster and two
 
 from __future__ import annotations
 
-import signal
 import sys
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from corral.controller.store.retention import RetentionSettings
 from corral.controller.store.sqlite import SQLiteStore
 from corral.errors import QueryError, ResultNotStored, ResultPurged
 from corral.protocol.session import Message
-from tests.conftest import running_cluster
+from tests.conftest import kill_and_restore_controller, running_cluster
 from tests.controller.hub_harness import HubHarness
 from tests.controller.test_hub import (
     CLIENT_ADDRESSES,
@@ -169,11 +168,7 @@ def test_a_controller_killed_and_restarted_still_says_a_result_was_purged(tmp_pa
                 submitter.result_status([ids[0]])
         log = Path(cluster.path) / "controller.log"
         purges = log.read_text().count("oldest completed result(s)")
-        assert cluster.controller is not None
-        cluster.controller.send_signal(signal.SIGKILL)
-        cluster.controller.wait()
-        cluster.controller_args.append("--restore")
-        cluster.start_controller()
+        kill_and_restore_controller(cluster)
         with cluster.connect() as after:
             with pytest.raises(ResultPurged, match="--store-size-limit"):
                 after.get_result(ids[0]).get(timeout=30)

@@ -3,11 +3,10 @@ engines re-register by themselves with their ids, and work goes on."""
 
 from __future__ import annotations
 
-import signal
 import time
 from pathlib import Path
 
-from tests.conftest import start_cluster
+from tests.conftest import kill_and_restore_controller, start_cluster
 from tests.polling import until
 
 
@@ -26,11 +25,7 @@ def test_restore_after_sigkill(tmp_path: Path) -> None:
         rc.close()
         cluster.client = None
 
-        assert cluster.controller is not None
-        cluster.controller.send_signal(signal.SIGKILL)
-        cluster.controller.wait()
-        cluster.controller_args.append("--restore")
-        cluster.start_controller()
+        kill_and_restore_controller(cluster)
 
         with cluster.connect() as again:
             again.wait_for_engines(2, timeout=60)

@@ -14,7 +14,7 @@ import pytest
 
 from corral import Client
 from corral.protocol.connection_files import ENGINE_FILE
-from tests.conftest import start_cluster
+from tests.conftest import kill_and_restore_controller, start_cluster
 from tests.faults.conftest import wait_for_controller
 from tests.polling import until
 
@@ -33,11 +33,7 @@ def test_an_engine_whose_id_was_taken_in_a_restart_comes_back_under_a_new_id(
             # paused across the restart, so that the newcomer registers first
             os.kill(away.pid, signal.SIGSTOP)
             try:
-                assert cluster.controller is not None
-                cluster.controller.send_signal(signal.SIGKILL)
-                cluster.controller.wait()
-                cluster.controller_args.append("--restore")
-                cluster.start_controller()
+                kill_and_restore_controller(cluster)
                 newcomer = cluster._spawn(  # noqa: SLF001 (an engine asking for no id)
                     ["engine", "--file", str(cluster.path / ENGINE_FILE), "--log-level", "debug"],
                     "engine-newcomer.log",
