@@ -405,6 +405,13 @@ class ResultStore(ABC):
             taken, self._unwritten_purges = self._unwritten_purges, []
         return taken
 
+    def _reasons_to_write(self, purges: list[Purge]) -> list[tuple[str, str]]:
+        """``(msg_id, why)`` of these purges' records, oldest first, the newest
+        :attr:`purges_remembered` only (what a persistent store writes of them)."""
+        kept = self.purges_remembered
+        rows = [(msg_id, purge.reason) for purge in purges for msg_id in purge.msg_ids[-kept:]]
+        return rows[-kept:]
+
     def _omit_large_buffers(self, checked: dict[str, Any]) -> dict[str, Any]:
         """The validated fields to store: result (or request) buffers over the per-task limit
         are replaced by the ``buffers_omitted`` (``request_buffers_omitted``) marker; the

@@ -147,6 +147,7 @@ class MongoStore(ResultStore):
             self._chunks.create_index("msg_id")
             self._purged = database[f"{collection}.purged"]
             last = self._tasks.find_one({}, {"_id": 1}, sort=[("_id", -1)])
+            newest_purge = self._purged.find_one({}, {"n": 1}, sort=[("n", DESCENDING)])
             recalled: list[tuple[str, str]] = []
             if self.retention is not None:
                 self._purged.create_index("n")
@@ -160,7 +161,6 @@ class MongoStore(ResultStore):
             raise StoreError(f"cannot open the MongoDB result store {url!r}: {exc}") from exc
         self.name = f"{database.name}.{collection}"
         self._seq = itertools.count(0 if last is None else int(last["_id"]) + 1)
-        newest_purge = self._purged.find_one({}, {"n": 1}, sort=[("n", DESCENDING)])
         self._purge_seq = itertools.count(1 if newest_purge is None else newest_purge["n"] + 1)
         self._recall_purges(recalled)
         self._writer: BatchWriter[Payload] = BatchWriter(
@@ -219,15 +219,13 @@ class MongoStore(ResultStore):
         """(Writer thread) Why these records were purged, in ``<cluster_id>.purged`` (one
         document a msg_id, numbered), the newest :attr:`purges_remembered` kept; before
         their deletes, as in the SQLite store."""
-        kept = self.purges_remembered
-        rows = [(msg_id, purge.reason) for purge in purges for msg_id in purge.msg_ids[-kept:]]
         newest = 0
         requests = []
-        for msg_id, why in rows[-kept:]:
+        for msg_id, why in self._reasons_to_write(purges):
             newest = next(self._purge_seq)
             requests.append(ReplaceOne({"_id": msg_id}, {"n": newest, "why": why}, upsert=True))
         self._purged.bulk_write(requests, ordered=True)
-        self._purged.delete_many({"n": {"$lte": newest - kept}})
+        self._purged.delete_many({"n": {"$lte": newest - self.purges_remembered}})
 
     def _apply(self, batch: list[WriteOp[Payload]]) -> None:
         """One ordered bulk write; every request is idempotent, so the writer may retry."""

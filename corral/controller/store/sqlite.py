@@ -220,12 +220,10 @@ class SQLiteStore(ResultStore):
         newest :attr:`purges_remembered` kept. Written before the drops: a controller killed
         in between finds the records still there, which its retention purges again."""
         db = self._db
-        kept = self.purges_remembered
-        rows = [(msg_id, purge.reason) for purge in purges for msg_id in purge.msg_ids[-kept:]]
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany(REMEMBER_PURGED, rows[-kept:])
-            db.execute(FORGET_PURGED, (kept,))
+            db.executemany(REMEMBER_PURGED, self._reasons_to_write(purges))
+            db.execute(FORGET_PURGED, (self.purges_remembered,))
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
