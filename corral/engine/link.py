@@ -260,7 +260,7 @@ class EngineLink:
             content["id"] = engine_id
         if again:
             content["tasks"] = self.replies.to_report()
-            balanced = self.replies.balanced_held()
+            balanced = self.replies.balanced_tasks()
             if balanced:
                 content["balanced"] = balanced
         if self.shm_host is not None:

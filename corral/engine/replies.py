@@ -60,6 +60,8 @@ class ReplyLog:
     recent: OrderedDict[str, tuple[float, bytes, KeptFrames]] = field(default_factory=OrderedDict)
     dropped: int = 0  # unconfirmed replies pushed out by MAX_KEPT or MAX_KEPT_BYTES
     kept_bytes: int = 0  # of the replies in recent
+    # the retries of the load-balanced tasks whose replies are in recent
+    replied_retries: dict[str, int] = field(default_factory=dict)
 
     def received(self, msg_id: str, retries: int | None = None) -> None:
         """A task arrived; ``retries``: its request's, if it came load-balanced."""
@@ -75,14 +77,16 @@ class ReplyLog:
         msg_id = answers if answers is not None else parent_msg_id(frames)
         if msg_id is None:
             return None
-        self.held.pop(msg_id, None)
+        retries = self.held.pop(msg_id, None)
         kept = compact(frames)
         self._forget(msg_id)  # a reply again: the newest is kept
         self.recent[msg_id] = (now, channel, kept)
         self.kept_bytes += kept_size(kept)
+        if retries is not None:
+            self.replied_retries[msg_id] = retries
         recent = self.recent
         while len(recent) > MAX_KEPT or (self.kept_bytes > MAX_KEPT_BYTES and len(recent) > 1):
-            self.kept_bytes -= kept_size(recent.popitem(last=False)[1][2])
+            self._forget(next(iter(recent)))
             self.dropped += 1
         return msg_id
 
@@ -90,6 +94,7 @@ class ReplyLog:
         entry = self.recent.pop(msg_id, None)
         if entry is not None:
             self.kept_bytes -= kept_size(entry[2])
+            self.replied_retries.pop(msg_id, None)
 
     def recorded(self, channel: bytes, msg_id: str) -> int:
         """The Hub wrote the record of the reply to ``msg_id`` sent on ``channel``: forget it
@@ -111,11 +116,15 @@ class ReplyLog:
         """The msg_ids a restarted controller must expect answers for from this engine."""
         return [*self.held, *self.recent]
 
-    def balanced_held(self) -> dict[str, int]:
-        """The held tasks that came load-balanced, with their ``retries``: a restarted
-        controller that never recorded their requests (their copies died with the one before)
-        learns that their client may send them again if this engine dies holding them."""
-        return {msg_id: retries for msg_id, retries in self.held.items() if retries is not None}
+    def balanced_tasks(self) -> dict[str, int]:
+        """The load-balanced tasks of :meth:`to_report`, held or answered (the reply not yet
+        confirmed), with their ``retries``: a restarted controller that never recorded their
+        requests (their copies died with the one before) learns that their client may send
+        them again if this engine dies before they are answered to it (a reply sent to the
+        controller that died reached nobody: the scheduler passes it on to the client)."""
+        tasks = {msg_id: retries for msg_id, retries in self.held.items() if retries is not None}
+        tasks.update(self.replied_retries)
+        return tasks
 
     def to_resend(self) -> list[tuple[bytes, list[Frame]]]:
         """The recent replies, oldest first, to send again (then forgotten), each with the
@@ -126,6 +135,7 @@ class ReplyLog:
             for _, channel, kept in self.recent.values()
         ]
         self.recent.clear()
+        self.replied_retries.clear()
         self.kept_bytes = 0
         return replies
 

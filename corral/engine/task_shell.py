@@ -276,7 +276,7 @@ class TaskShell:
             self._reply_error(channel, msg, err)
             return
         # a load-balanced task's retries: a restarted controller that never recorded it may
-        # then mark it for its client to send again (corral.engine.replies.balanced_held)
+        # then mark it for its client to send again (corral.engine.replies.ReplyLog.balanced_tasks)
         retries: int | None = None
         if channel == b"task":
             asked = msg.metadata.get("retries", 0)

@@ -125,11 +125,13 @@ def test_recent_replies_are_bounded() -> None:
     log = ReplyLog()
     frames = reply_frames("x")
     for index in range(MAX_KEPT + 5):
-        log.replied(b"mux", frames, now=0.0, answers=str(index))
+        log.received(str(index), index % 3)  # load-balanced, with retries
+        log.replied(b"task", frames, now=0.0, answers=str(index))
     log.replied(b"mux", reply_frames("newest"), now=0.0)
     assert len(log.recent) == MAX_KEPT and "newest" in log.recent and "0" not in log.recent
     assert log.dropped == 6
     assert log.kept_bytes == sum(kept_size(kept) for _, _, kept in log.recent.values())
+    assert log.replied_retries.keys() == log.recent.keys() - {"newest"}  # dropped with them
 
 
 def test_a_bursts_replies_are_kept_until_confirmed() -> None:

@@ -157,7 +157,7 @@ def test_requests_are_run_and_answered_by_the_loop() -> None:
 
 def test_a_load_balanced_request_is_noted_with_its_retries() -> None:
     """The I/O thread's link core keeps them, for a restarted controller that never recorded
-    the request (corral.engine.replies.ReplyLog.balanced_held); a direct one has none."""
+    the request (corral.engine.replies.ReplyLog.balanced_tasks); a direct one has none."""
     with served() as s:
         direct = send_apply(s, add, 1, 1)
         reply_to(s, direct)
