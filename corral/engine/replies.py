@@ -120,8 +120,9 @@ class ReplyLog:
         """The load-balanced tasks of :meth:`to_report`, held or answered (the reply not yet
         confirmed), with their ``retries``: a restarted controller that never recorded their
         requests (their copies died with the one before) learns that their client may send
-        them again if this engine dies before they are answered to it (a reply sent to the
-        controller that died reached nobody: the scheduler passes it on to the client)."""
+        them again if this engine dies before they are answered to it (a reply not confirmed
+        may have died with the controller before its scheduler passed it on to the client;
+        a client that did get it does not send the task again)."""
         tasks = {msg_id: retries for msg_id, retries in self.held.items() if retries is not None}
         tasks.update(self.replied_retries)
         return tasks
