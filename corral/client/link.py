@@ -402,7 +402,7 @@ class ControllerLink(LinkWaits):
             lost = set(failed)
             tasks = [msg_id for msg_id in sent if msg_id in lost]
             answered = answered_by(self._records, uuid, self._purged_from_hub)
-            self._report_lost_direct(uuid, tasks, segments, answered, awaited)
+            self._report_lost_direct(uuid, tasks, segments, answered, awaited, engine_id)
 
     def _report_lost_direct(
         self,
@@ -411,6 +411,7 @@ class ControllerLink(LinkWaits):
         segments: dict[str, list[dict[str, Any]]],
         answered: list[list[Any]] | None = None,
         awaited: tuple[list[list[Any]], list[list[Any]]] | None = None,
+        engine_id: int = -1,
     ) -> None:
         """(I/O thread) Tell the Hub of the tasks this client sent straight to the engine
         ``uuid``, now unregistered, and never got answers for: the engine may have died
@@ -425,7 +426,8 @@ class ControllerLink(LinkWaits):
         this engine that a Hub took without recording them (it did not know the engine: a
         report sent again to a restarted controller, which awaited it instead), told again
         with this one, now that the engine's end is announced. Nobody waits for the answer; a
-        refusal is logged; an answer that the engine is awaited keeps the report for then."""
+        refusal is logged; an answer that the engine is awaited keeps the report for then
+        (``engine_id``: the engine's id, to name it by)."""
         if self._io.closed:
             return
         tasks: list[list[Any]] = []
@@ -458,17 +460,22 @@ class ControllerLink(LinkWaits):
                     content.get("evalue"),
                 )
             elif content.get("awaited") and uuid not in self._uuids:
-                self._keep_awaited(uuid, tasks, answered)
+                self._keep_awaited(uuid, tasks, answered, engine_id)
 
         self._tell_hub(msg, on_reply)
 
-    def _keep_awaited(self, uuid: str, tasks: list[list[Any]], answered: list[list[Any]]) -> None:
+    def _keep_awaited(
+        self, uuid: str, tasks: list[list[Any]], answered: list[list[Any]], engine_id: int
+    ) -> None:
         """(I/O thread) A Hub took a report of the engine ``uuid`` without recording it: it
         had not heard of the engine (a restarted controller, to which the report was sent
         again after the one it was meant for died) and awaits it. The client failed those
         tasks already, so the engine's end, when announced, finds none left to report: keep
         them for :meth:`_engine_unregistered` (at most ``MAX_NAMED`` engines' reports, the
-        oldest forgotten)."""
+        oldest forgotten). The engine counts as named (:meth:`_name_absent`): should that Hub
+        be killed before it announces the end, the next one has no record of the engine, and
+        only this client's naming it again gets the end announced and the report told."""
+        self._remember_named(uuid, self._absent_named.get(uuid, engine_id))
         kept_tasks, kept_answered = self._awaited_reports.pop(uuid, ([], []))
         self._awaited_reports[uuid] = (
             kept_tasks + _not_among(tasks, kept_tasks),
@@ -490,9 +497,7 @@ class ControllerLink(LinkWaits):
         ``MAX_NAMED`` engines are remembered so, the oldest forgotten."""
         if self._io.closed:
             return
-        self._absent_named[uuid] = engine_id
-        while len(self._absent_named) > MAX_NAMED:
-            del self._absent_named[next(iter(self._absent_named))]
+        self._remember_named(uuid, engine_id)
         content = {"engine_uuid": uuid, "tasks": [], "engine_id": engine_id}
         msg = self.session.msg("direct_lost_request", content)
 
@@ -502,6 +507,13 @@ class ControllerLink(LinkWaits):
                 log.debug("client: engine %s not awaited: %s", uuid, content.get("evalue"))
 
         self._tell_hub(msg, on_reply)
+
+    def _remember_named(self, uuid: str, engine_id: int) -> None:
+        """(I/O thread) ``uuid`` is named to each restarted Hub until its end is announced
+        (the newest ``MAX_NAMED`` engines)."""
+        self._absent_named[uuid] = engine_id
+        while len(self._absent_named) > MAX_NAMED:
+            del self._absent_named[next(iter(self._absent_named))]
 
     def _tell_hub(self, msg: Message, on_reply: Callable[[Message], None]) -> None:
         """(I/O thread) Send the Hub ``msg``, whose answer nobody waits for: ``on_reply``
