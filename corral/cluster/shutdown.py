@@ -94,6 +94,17 @@ def unreached_engines(
     return [engine for engine in engines if engine.poll() is None and engine.pid not in told]
 
 
+def unreached_pids(pids: Any, told: Collection[int] | None, since: float) -> list[int]:
+    """As :func:`unreached_engines`, for the engine ``pids`` a cluster's state file recorded
+    at ``since`` (its time): those still running since then (not a newer process that took the
+    pid) that the Hub had not registered."""
+    if told is None or not isinstance(pids, list):
+        return []
+    mine = os.getpid()
+    engines = [p for p in pids if isinstance(p, int) and p != mine]  # the file may be edited
+    return [p for p in engines if p not in told and alive_since(p, since)]
+
+
 def stop_cluster(path: Path, timeout: float = 10.0) -> bool:
     """Stop the cluster in ``path`` (from another process): ask its manager, else the Hub,
     then kill what is left. ``timeout`` bounds each wait: for the Hub's answer (at most
@@ -135,12 +146,15 @@ def stop_cluster(path: Path, timeout: float = 10.0) -> bool:
             client = None
         if client is not None:
             was_running = True
+            told = local_engine_pids(client)
             try:
                 client.shutdown(targets="all", hub=True, block=True)
             except ConnectionError:
                 pass  # it went away meanwhile (its owner died): what is left is killed below
             finally:
                 client.close()
+            for pid in unreached_pids(state.get("engine_pids", []), told, written):
+                _terminate(pid)
     pids += [p for p in launched if p not in pids]
     processes = [process for process in map(_process, pids) if process is not None]
     # without a manager to stop them, a launcher's processes are not waited for: mpiexec
@@ -179,6 +193,13 @@ def _kill(process: psutil.Process, group: bool) -> None:
             process.kill()
     except (ProcessLookupError, psutil.NoSuchProcess):
         pass  # it ended since the wait
+
+
+def _terminate(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass  # it ended since
 
 
 def _process(pid: int) -> psutil.Process | None:

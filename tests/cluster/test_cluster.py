@@ -214,6 +214,30 @@ def test_a_stop_ends_at_once_an_engine_still_registering_again(tmp_path: Path) -
     assert all(engine.poll() is not None for engine in cluster.engines)
 
 
+def test_corral_stop_ends_at_once_an_engine_still_registering_again(tmp_path: Path) -> None:
+    """As above, stopped from outside (``corral stop``'s :func:`stop_cluster`, which asks the
+    Hub when no manager process runs: here the manager is this process): the engines the
+    state file names that the Hub had not registered are ended by SIGTERM at once. Before
+    (on ffe8498) the stop waited for the engine's 10 s wait for connections."""
+    from corral.cluster.shutdown import stop_cluster
+
+    cluster = start_cluster(tmp_path, 1, keep=True)
+    cluster.start()
+    try:
+        cluster.client.wait_for_engines(1, timeout=30)
+        kill_and_restore_controller(cluster)
+        engine_log = Path(cluster.path) / "engine-0.log"
+        until(lambda: "re-registering" in engine_log.read_text(), 30, "the engine to notice")
+        started = time.monotonic()
+        assert stop_cluster(Path(cluster.path), timeout=30)
+        took = time.monotonic() - started
+    finally:
+        cluster.stop(timeout=30)
+    assert "not established" not in engine_log.read_text()
+    assert took < 10  # the engine's own 10 s wait, had it been waited for
+    assert all(engine.poll() is not None for engine in cluster.engines)
+
+
 def test_local_engines_outnumbering_the_cores_run_under_sched_batch(tmp_path: Path) -> None:
     """(corral.engine.cpu_policy) Decided when they are asked for: here one more than the
     cores, so every thread of every engine has it; the engines still serve tasks."""
