@@ -403,6 +403,7 @@ class ControllerLink(LinkWaits):
             tasks = [msg_id for msg_id in sent if msg_id in lost]
             answered = answered_by(self._records, uuid, self._purged_from_hub)
             self._report_lost_direct(uuid, tasks, segments, answered, awaited, engine_id)
+        self._records.drop_forgotten_answers(uuid)  # reported, if ever sent any
 
     def _report_lost_direct(
         self,
@@ -561,7 +562,7 @@ def answered_by(
             if len(answered) >= ANSWERED_LATEST:
                 return answered
     seen = {entry[0] for entry in answered}
-    for msg_id, kept in reversed(records.forgotten_answers()):
+    for msg_id, kept in reversed(records.forgotten_answers(uuid)):
         if msg_id in seen:
             continue
         read = partial(compact_value, kept) if type(kept) is tuple else kept.get

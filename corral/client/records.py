@@ -152,9 +152,13 @@ class Records:
         self._stale: set[str] = set()  # forgotten, still in ``history`` until it is compacted
         self.published = PublishedData(self._defer, lambda msg_id: msg_id in self.metadata)
         self.compactions = 0  # how often ``history`` was compacted (views trim theirs then)
-        # msg_id -> the metadata entry of an answered direct request forgotten since (no
-        # AsyncResult held it), the newest ANSWERS_KEPT: see :meth:`forgotten_answers`
-        self._forgotten_answers: dict[str, Any] = {}
+        # engine uuid -> {msg_id: the metadata entry of an answered direct request forgotten
+        # since (no AsyncResult held it)}, the newest ANSWERS_KEPT of each engine, the engines
+        # in the order they last answered: see :meth:`forgotten_answers`
+        self._forgotten_answers: dict[str, dict[str, Any]] = {}
+        self._forgotten_count = 0  # their entries in all
+        self.answers_kept = ANSWERS_KEPT  # the bounds of forgotten answers (tests lower them)
+        self.answers_kept_in_all = ANSWERS_KEPT_IN_ALL
 
     # ------------------------------------------------------------------ submitting thread
 
@@ -457,6 +461,8 @@ class Records:
         silent, trackers, orphans = self._silent, self.trackers, self._orphans
         future_lock = self._future_lock
         forgotten = self._forgotten_answers
+        touched: dict[str, dict[str, Any]] = {}
+        added = 0
         dropped = set()
         for msg_id in msg_ids:
             future = futures.get(msg_id)
@@ -468,8 +474,15 @@ class Records:
                 futures.pop(msg_id, None)
             results.pop(msg_id, None)
             entry = metadata.pop(msg_id, None)
-            if entry is not None and _answered_direct(entry):
-                forgotten[msg_id] = entry
+            if entry is not None:
+                engine = _direct_engine(entry)
+                if engine is not None:
+                    answers = touched.get(engine)
+                    if answers is None:  # moved last: the engines in the order they answered
+                        answers = touched[engine] = forgotten.pop(engine, {})
+                        forgotten[engine] = answers
+                    answers[msg_id] = entry
+                    added += 1
             if silent:
                 silent.discard(msg_id)
             if trackers:
@@ -480,28 +493,50 @@ class Records:
         if dropped:
             self.published.forget(dropped)
             self._stale |= dropped
-            excess = len(forgotten) - ANSWERS_KEPT
-            if excess > 0:
-                for msg_id in list(islice(forgotten, excess)):
-                    del forgotten[msg_id]
+            if touched:
+                self._bound_forgotten(touched, added)
         if self._stale and (compact or len(self._stale) >= max(_STALE_MIN, len(futures))):
             self.history = [m for m in self.history if m not in self._stale]
             self._stale.clear()
             self.compactions += 1
         return len(dropped)
 
-    def forgotten_answers(self) -> list[tuple[str, Any]]:
-        """``(msg_id, metadata entry)`` of the answered direct requests forgotten lately (no
-        AsyncResult held them: ``rc[0].apply_async(f).get()``), oldest first, at most
-        :data:`ANSWERS_KEPT`. The engine that answered sends the Hub its own copy of each
-        reply; if it dies before the Hub read them, only this client knows those tasks were
-        answered, and its report of the engine's end names them
-        (:func:`corral.client.link.answered_by`): without this, the records forgotten here
-        were left out and such a task was never recorded (bench/chaos_mixed.py seed 34). An
-        entry is a compact tuple (:func:`~corral.client.metadata_table.compact_value` reads
-        it) or a :class:`Metadata`."""
+    def _bound_forgotten(self, touched: dict[str, dict[str, Any]], added: int) -> None:
+        """(Holding the lock.) The engines in ``touched`` got ``added`` forgotten answers:
+        keep the newest :data:`ANSWERS_KEPT` of each, and :data:`ANSWERS_KEPT_IN_ALL` in all,
+        the engines that answered longest ago losing theirs first."""
+        forgotten, kept = self._forgotten_answers, self.answers_kept
+        total = self._forgotten_count + added
+        for answers in touched.values():
+            excess = len(answers) - kept
+            if excess > 0:
+                for msg_id in list(islice(answers, excess)):
+                    del answers[msg_id]
+                total -= excess
+        while total > self.answers_kept_in_all and len(forgotten) > 1:
+            total -= len(forgotten.pop(next(iter(forgotten))))
+        self._forgotten_count = total
+
+    def forgotten_answers(self, engine_uuid: str) -> list[tuple[str, Any]]:
+        """``(msg_id, metadata entry)`` of the direct requests the engine ``engine_uuid``
+        answered that were forgotten lately (no AsyncResult held them:
+        ``rc[0].apply_async(f).get()``), oldest first, at most :data:`ANSWERS_KEPT`. The
+        engine that answered sends the Hub its own copy of each reply; if it dies before the
+        Hub read them, only this client knows those tasks were answered, and its report of
+        the engine's end names them (:func:`corral.client.link.answered_by`): without this,
+        the records forgotten here were left out and such a task was never recorded
+        (bench/chaos_mixed.py seed 34). Kept per engine: an engine that hung (its copies
+        unsent) until it was found dead keeps its latest answers however many the others
+        gave meanwhile. An entry is a compact tuple
+        (:func:`~corral.client.metadata_table.compact_value` reads it) or a
+        :class:`Metadata`."""
         with self._lock:
-            return list(self._forgotten_answers.items())
+            return list(self._forgotten_answers.get(engine_uuid, {}).items())
+
+    def drop_forgotten_answers(self, engine_uuid: str) -> None:
+        """The engine ``engine_uuid``'s end was reported: its answers need not be kept."""
+        with self._lock:
+            self._forgotten_count -= len(self._forgotten_answers.pop(engine_uuid, {}))
 
     # ------------------------------------------------------------------ holding
 
@@ -627,19 +662,23 @@ class Records:
             return exc, True
 
 
-#: How many answered direct requests :meth:`Records.forgotten_answers` keeps (some 200 bytes
-#: each: the metadata entry the records held until then).
+#: How many answered direct requests of each engine :meth:`Records.forgotten_answers` keeps
+#: (some 200 bytes each: the metadata entry the records held until then) ...
 ANSWERS_KEPT: Final = 10_000
+#: ... and of every engine together (the engines that answered longest ago lose theirs
+#: first: ended engines whose end this client never heard of, say).
+ANSWERS_KEPT_IN_ALL: Final = 100_000
 
 
-def _answered_direct(entry: Any) -> bool:
-    """Whether a metadata entry is a request sent to one engine that answered it: a compact
-    entry names its engine from the request on (a load-balanced one only from its reply); a
-    full one (rare: read whole, or an unusual reply) is kept when it names an engine and a
+def _direct_engine(entry: Any) -> str | None:
+    """The engine that answered a metadata entry's request if it was sent to that one engine:
+    a compact entry names its engine from the request on (a load-balanced one only from its
+    reply); a full one (rare: read whole, or an unusual reply) when it names an engine and a
     completion."""
     if type(entry) is tuple:
-        return len(entry) > UNANSWERED and entry[ENGINE_UUID] is not None
-    return entry.get("engine_uuid") is not None and entry.get("completed") is not None
+        return entry[ENGINE_UUID] if len(entry) > UNANSWERED else None
+    engine = entry.get("engine_uuid")
+    return engine if isinstance(engine, str) and entry.get("completed") is not None else None
 
 
 _STALE_MIN: Final = 256  # forgotten msg_ids that may wait in ``history`` before it is compacted

@@ -86,20 +86,47 @@ def test_answers_whose_records_were_forgotten_are_reported_too() -> None:
     assert [item[0] for item in report] == [held.msg_id, dropped.msg_id]
     assert report[1][2:] == ["ok", STARTED, COMPLETED]
     # the load-balanced one is not kept: its copies come through the controller
-    assert [msg_id for msg_id, _ in records.forgotten_answers()] == [
-        dropped.msg_id,
-        elsewhere.msg_id,
-    ]
+    assert [msg_id for msg_id, _ in records.forgotten_answers("e")] == [dropped.msg_id]
+    assert [msg_id for msg_id, _ in records.forgotten_answers("other")] == [elsewhere.msg_id]
     assert answered_by(records, "e", (), datetime.now(UTC) + timedelta(ANSWERED_WINDOW)) == []
 
 
-def test_forgotten_answers_are_bounded_the_newest_kept() -> None:
-    records = Records()
-    requests = [_sent(records, "e") for _ in range(ANSWERS_KEPT + 5)]
+def _answered_and_forgotten(records: Records, engine: str, count: int) -> list[Message]:
+    requests = [_sent(records, engine) for _ in range(count)]
     for request in requests:
-        _answer(records, request, "e")
-    records.forget([request.msg_id for request in requests])
-    kept = records.forgotten_answers()
+        _answer(records, request, engine)
+    assert records.forget([request.msg_id for request in requests]) == count
+    return requests
+
+
+def test_forgotten_answers_are_bounded_per_engine_the_newest_kept() -> None:
+    """An engine that hung (its copies unsent) keeps its latest answers however many the
+    other engines gave since: on ffe8498 one bound held every engine's, so 10,000 answers of
+    the others pushed out those a hung engine was found dead with."""
+    records = Records()
+    hung = _answered_and_forgotten(records, "hung", 3)
+    requests = _answered_and_forgotten(records, "e", ANSWERS_KEPT + 5)
+    kept = records.forgotten_answers("e")
     assert len(kept) == ANSWERS_KEPT and kept[0][0] == requests[5].msg_id
     report = answered_by(records, "e", ())
     assert len(report) == ANSWERS_KEPT and report[0][0] == requests[-1].msg_id
+    assert [item[0] for item in answered_by(records, "hung", ())] == [
+        request.msg_id for request in reversed(hung)
+    ]
+    records.drop_forgotten_answers("hung")
+    assert records.forgotten_answers("hung") == []
+
+
+def test_forgotten_answers_in_all_are_bounded_the_engines_answered_last_kept() -> None:
+    records = Records()
+    records.answers_kept, records.answers_kept_in_all = 4, 6
+    _answered_and_forgotten(records, "a", 3)
+    _answered_and_forgotten(records, "b", 3)
+    _answered_and_forgotten(records, "a", 1)  # a answered last: b loses its answers
+    assert len(records.forgotten_answers("a")) == 4
+    assert records.forgotten_answers("b") == []
+    _answered_and_forgotten(records, "c", 3)
+    assert records.forgotten_answers("a") == [] and len(records.forgotten_answers("c")) == 3
+    records.drop_forgotten_answers("c")
+    _answered_and_forgotten(records, "d", 6)  # the count went down with the drop
+    assert len(records.forgotten_answers("d")) == 4
