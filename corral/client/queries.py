@@ -263,7 +263,7 @@ class HubQueries:
             unknown = set(content.get("unknown", []))
             if unknown and time.monotonic() > unknown_until:
                 for msg_id in unknown:
-                    records.complete_error(
+                    records.fail_unknown(
                         msg_id, QueryError(f"no such msg_id: {msg_id} (the Hub never saw it)")
                     )
                 unknown = set()

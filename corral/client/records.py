@@ -157,6 +157,7 @@ class Records:
         # in the order they last answered: see :meth:`forgotten_answers`
         self._forgotten_answers: dict[str, dict[str, Any]] = {}
         self._forgotten_count = 0  # their entries in all
+        self._unknown_to_hub: set[str] = set()  # see :meth:`fail_unknown`
         self.answers_kept = ANSWERS_KEPT  # the bounds of forgotten answers (tests lower them)
         self.answers_kept_in_all = ANSWERS_KEPT_IN_ALL
 
@@ -220,9 +221,23 @@ class Records:
         not submit, to be fetched from the Hub)."""
         future = self.futures.get(msg_id)
         if future is not None:
-            return future, False
+            if not self._unknown_to_hub or msg_id not in self._unknown_to_hub:
+                return future, False
+            with self._lock:  # the Hub never saw it when asked: start over, ask again
+                self._unknown_to_hub.discard(msg_id)
+                self._forget_locked([msg_id], compact=False)
         future = self.futures.setdefault(msg_id, RequestFuture(self._defer))
         return future, True
+
+    def fail_unknown(self, msg_id: str, error: BaseException) -> None:
+        """(I/O thread) The Hub had no record of ``msg_id``, another client's task a
+        get_result asked for, however long it was asked: settled with ``error``, and a later
+        :meth:`future_for` starts over (a later get_result asks the Hub again, which may know
+        the task by then: after a controller restart, the client that has the answer reports
+        it once the engine's end is announced). Without this a get_result served the first
+        one's error for as long as an AsyncResult held it."""
+        self._unknown_to_hub.add(msg_id)
+        self.complete_error(msg_id, error)
 
     # ------------------------------------------------------------------ I/O thread
 
@@ -489,6 +504,8 @@ class Records:
                 trackers.pop(msg_id, None)
             if orphans:
                 orphans.discard(msg_id)
+            if self._unknown_to_hub:
+                self._unknown_to_hub.discard(msg_id)
             dropped.add(msg_id)
         if dropped:
             self.published.forget(dropped)

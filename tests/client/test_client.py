@@ -268,6 +268,28 @@ def test_get_result_from_a_second_client(rc, cluster) -> None:  # type: ignore[n
     assert rc.get_result(rc.history.index(done.msg_ids[0])).get(0) == {"answer": 42}
 
 
+def test_get_result_asks_the_hub_again_after_an_earlier_one_found_nothing(
+    rc: Client, cluster: Cluster
+) -> None:
+    """A second client asks for a task before the Hub has any record of it (after a
+    controller restart, the client that has the answer reports it only once the engine's
+    end is announced), then again once the Hub has it. On f4af6bd the second get_result
+    served the first one's "no such msg_id" from the client's own records for as long as
+    the client made no other request (bench/chaos_mixed.py seed 60: a record that came
+    19 s after the kills was reported "never recorded" 60 s after them)."""
+    with cluster.connect() as other:
+        other.timeout = 1.0  # how long a msg_id the Hub never saw counts as on its way
+        probe = rc.session.new_msg_id()  # the next request's msg_id is the one after it
+        upcoming = probe[:-12] + f"{int(probe[-12:], 16) + 1:012x}"
+        with pytest.raises(QueryError, match="no such msg_id"):
+            other.get_result(upcoming).get(timeout=30)
+        sent = rc[0].apply_async(lambda: "late")
+        assert sent.msg_ids == [upcoming]
+        assert sent.get(timeout=30) == "late"
+        until(lambda: upcoming in other.hub_history(), 10, "the Hub to record it")
+        assert other.get_result(upcoming).get(timeout=30) == "late"
+
+
 def test_many_results_from_a_second_client_come_in_chunks(rc: Client, cluster: Cluster) -> None:
     """More results than one request fetches: each chunk is asked for once the one before is
     answered, so the Hub stays free for its heartbeats and other queries between them."""
