@@ -88,6 +88,7 @@ COMPILED: Final = (
     "corral.client.gate_wire",
     "corral.client.lanes",
     "corral.client.records",
+    "corral.client.forgotten_answers",
     "corral.client.reply_wire",
     "corral.client.entry_table",
     "corral.client.metadata_table",

@@ -44,15 +44,14 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from itertools import islice
 from typing import Any, Final
 
 from corral.client.dates import parse_date, wire_date
 from corral.client.executereply import ExecuteReply
+from corral.client.forgotten_answers import ForgottenAnswers, direct_engine
 from corral.client.future_table import FutureTable
 from corral.client.metadata import RESULT_KEYS, Metadata, update_from_reply
 from corral.client.metadata_table import (
-    ENGINE_UUID,
     MSG_ID,
     UNANSWERED,
     MetadataTable,
@@ -152,14 +151,10 @@ class Records:
         self._stale: set[str] = set()  # forgotten, still in ``history`` until it is compacted
         self.published = PublishedData(self._defer, lambda msg_id: msg_id in self.metadata)
         self.compactions = 0  # how often ``history`` was compacted (views trim theirs then)
-        # engine uuid -> {msg_id: the metadata entry of an answered direct request forgotten
-        # since (no AsyncResult held it)}, the newest ANSWERS_KEPT of each engine, the engines
-        # in the order they last answered: see :meth:`forgotten_answers`
-        self._forgotten_answers: dict[str, dict[str, Any]] = {}
-        self._forgotten_count = 0  # their entries in all
+        # the answered direct requests forgotten since (no AsyncResult held them), per engine:
+        # see :meth:`forgotten_answers`
+        self.forgotten = ForgottenAnswers()
         self._unknown_to_hub: set[str] = set()  # see :meth:`fail_unknown`
-        self.answers_kept = ANSWERS_KEPT  # the bounds of forgotten answers (tests lower them)
-        self.answers_kept_in_all = ANSWERS_KEPT_IN_ALL
 
     # ------------------------------------------------------------------ submitting thread
 
@@ -475,9 +470,7 @@ class Records:
         )
         silent, trackers, orphans = self._silent, self.trackers, self._orphans
         future_lock = self._future_lock
-        forgotten = self._forgotten_answers
-        touched: dict[str, dict[str, Any]] = {}
-        added = 0
+        forgotten = self.forgotten
         dropped = set()
         for msg_id in msg_ids:
             future = futures.get(msg_id)
@@ -490,14 +483,9 @@ class Records:
             results.pop(msg_id, None)
             entry = metadata.pop(msg_id, None)
             if entry is not None:
-                engine = _direct_engine(entry)
+                engine = direct_engine(entry)
                 if engine is not None:
-                    answers = touched.get(engine)
-                    if answers is None:  # moved last: the engines in the order they answered
-                        answers = touched[engine] = forgotten.pop(engine, {})
-                        forgotten[engine] = answers
-                    answers[msg_id] = entry
-                    added += 1
+                    forgotten.add(msg_id, engine, entry)
             if silent:
                 silent.discard(msg_id)
             if trackers:
@@ -510,50 +498,33 @@ class Records:
         if dropped:
             self.published.forget(dropped)
             self._stale |= dropped
-            if touched:
-                self._bound_forgotten(touched, added)
+            forgotten.bound()
         if self._stale and (compact or len(self._stale) >= max(_STALE_MIN, len(futures))):
             self.history = [m for m in self.history if m not in self._stale]
             self._stale.clear()
             self.compactions += 1
         return len(dropped)
 
-    def _bound_forgotten(self, touched: dict[str, dict[str, Any]], added: int) -> None:
-        """(Holding the lock.) The engines in ``touched`` got ``added`` forgotten answers:
-        keep the newest :data:`ANSWERS_KEPT` of each, and :data:`ANSWERS_KEPT_IN_ALL` in all,
-        the engines that answered longest ago losing theirs first."""
-        forgotten, kept = self._forgotten_answers, self.answers_kept
-        total = self._forgotten_count + added
-        for answers in touched.values():
-            excess = len(answers) - kept
-            if excess > 0:
-                for msg_id in list(islice(answers, excess)):
-                    del answers[msg_id]
-                total -= excess
-        while total > self.answers_kept_in_all and len(forgotten) > 1:
-            total -= len(forgotten.pop(next(iter(forgotten))))
-        self._forgotten_count = total
-
     def forgotten_answers(self, engine_uuid: str) -> list[tuple[str, Any]]:
         """``(msg_id, metadata entry)`` of the direct requests the engine ``engine_uuid``
         answered that were forgotten lately (no AsyncResult held them:
-        ``rc[0].apply_async(f).get()``), oldest first, at most :data:`ANSWERS_KEPT`. The
+        ``rc[0].apply_async(f).get()``), oldest first, at most 10,000. The
         engine that answered sends the Hub its own copy of each reply; if it dies before the
         Hub read them, only this client knows those tasks were answered, and its report of
         the engine's end names them (:func:`corral.client.link.answered_by`): without this,
         the records forgotten here were left out and such a task was never recorded
         (bench/chaos_mixed.py seed 34). Kept per engine: an engine that hung (its copies
         unsent) until it was found dead keeps its latest answers however many the others
-        gave meanwhile. An entry is a compact tuple
+        gave meanwhile (:mod:`corral.client.forgotten_answers`). An entry is a compact tuple
         (:func:`~corral.client.metadata_table.compact_value` reads it) or a
         :class:`Metadata`."""
         with self._lock:
-            return list(self._forgotten_answers.get(engine_uuid, {}).items())
+            return self.forgotten.of(engine_uuid)
 
     def drop_forgotten_answers(self, engine_uuid: str) -> None:
         """The engine ``engine_uuid``'s end was reported: its answers need not be kept."""
         with self._lock:
-            self._forgotten_count -= len(self._forgotten_answers.pop(engine_uuid, {}))
+            self.forgotten.drop(engine_uuid)
 
     # ------------------------------------------------------------------ holding
 
@@ -677,25 +648,6 @@ class Records:
         except CorralError as exc:
             log.warning("client: cannot deserialize the result of %s: %s", msg_id, exc)
             return exc, True
-
-
-#: How many answered direct requests of each engine :meth:`Records.forgotten_answers` keeps
-#: (some 200 bytes each: the metadata entry the records held until then) ...
-ANSWERS_KEPT: Final = 10_000
-#: ... and of every engine together (the engines that answered longest ago lose theirs
-#: first: ended engines whose end this client never heard of, say).
-ANSWERS_KEPT_IN_ALL: Final = 100_000
-
-
-def _direct_engine(entry: Any) -> str | None:
-    """The engine that answered a metadata entry's request if it was sent to that one engine:
-    a compact entry names its engine from the request on (a load-balanced one only from its
-    reply); a full one (rare: read whole, or an unusual reply) when it names an engine and a
-    completion."""
-    if type(entry) is tuple:
-        return entry[ENGINE_UUID] if len(entry) > UNANSWERED else None
-    engine = entry.get("engine_uuid")
-    return engine if isinstance(engine, str) and entry.get("completed") is not None else None
 
 
 _STALE_MIN: Final = 256  # forgotten msg_ids that may wait in ``history`` before it is compacted

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from corral.client.forgotten_answers import ANSWERS_KEPT
 from corral.client.link import ANSWERED_WINDOW, answered_by
-from corral.client.records import ANSWERS_KEPT, Records
+from corral.client.records import Records
 from corral.errors import EngineError
 from corral.protocol.serialize import serialize_object
 from corral.protocol.session import Message, Session
@@ -115,18 +116,3 @@ def test_forgotten_answers_are_bounded_per_engine_the_newest_kept() -> None:
     ]
     records.drop_forgotten_answers("hung")
     assert records.forgotten_answers("hung") == []
-
-
-def test_forgotten_answers_in_all_are_bounded_the_engines_answered_last_kept() -> None:
-    records = Records()
-    records.answers_kept, records.answers_kept_in_all = 4, 6
-    _answered_and_forgotten(records, "a", 3)
-    _answered_and_forgotten(records, "b", 3)
-    _answered_and_forgotten(records, "a", 1)  # a answered last: b loses its answers
-    assert len(records.forgotten_answers("a")) == 4
-    assert records.forgotten_answers("b") == []
-    _answered_and_forgotten(records, "c", 3)
-    assert records.forgotten_answers("a") == [] and len(records.forgotten_answers("c")) == 3
-    records.drop_forgotten_answers("c")
-    _answered_and_forgotten(records, "d", 6)  # the count went down with the drop
-    assert len(records.forgotten_answers("d")) == 4
