@@ -428,13 +428,14 @@ class ResultStore(ABC):
                 checked = {**checked, field: None, marker_field: marker}
         return checked
 
-    def _account(self, msg_id: str, fields: dict[str, Any], size: int) -> None:
-        """A write of ``size`` bytes (as this backend measures it) was queued: purge the
-        oldest completed results if the store is now over its size limit."""
+    def _account(self, msg_id: str, fields: dict[str, Any], size: int, repeated: int = 0) -> None:
+        """A write of ``size`` bytes (as this backend measures it; ``repeated``: as
+        :meth:`~.retention.Retention.recorded` takes it) was queued: purge the oldest
+        completed results if the store is now over its size limit."""
         if self.retention is None:
             return
         with self._retention_lock:
-            purge = self.retention.recorded(msg_id, size, fields.get("status"))
+            purge = self.retention.recorded(msg_id, size, fields.get("status"), repeated)
         if purge is not None:
             self._apply_purge(purge)
 

@@ -266,10 +266,15 @@ class Retention:
             return None
         return {"bytes": total, "count": len(buffers), "limit": limit}
 
-    def recorded(self, msg_id: str, size: int, status: Any) -> Purge | None:
+    def recorded(self, msg_id: str, size: int, status: Any, repeated: int = 0) -> Purge | None:
         """A write of ``size`` bytes to ``msg_id``; ``status`` is the field written (or None
-        if the write did not set it). Returns what the size limit now requires purging."""
+        if the write did not set it); ``repeated``: the bytes of ``size`` every write of a
+        record counts again that the stored record holds once (a SQLite row's overhead and its
+        msg_id), counted for its first write only, so that the size counted while running is
+        the one a reopened store measures. Returns what the size limit now requires purging."""
         table = self._table
+        if repeated and msg_id in table:
+            size = max(0, size - repeated)
         self.total += size
         if status.__class__ is not str:  # not a status write: the size only
             table[msg_id] = table.get(msg_id, 0) + size

@@ -264,7 +264,7 @@ class SQLiteStore(ResultStore):
         fields = self._omit_large_buffers(validate_record(msg_id, fields))
         payload = encode_row(fields, self.chunk_bytes)
         self._writer.submit(_tuple_new(WriteOp, ("upsert", (msg_id,), payload)))
-        self._account(msg_id, fields, payload.size())
+        self._account(msg_id, fields, payload.size(), ROW_OVERHEAD + len(msg_id))
 
     def set_engines(self, destinations: Iterable[tuple[str, str, int | None]]) -> None:
         """The rows made at once (:func:`engine_row`) and queued under one lock; a value not

@@ -32,7 +32,7 @@ from .sqlite_batches import (
     upsert_runs,
     upsert_sql,
 )
-from .sqlite_rows import Payload, Row, encode_exact
+from .sqlite_rows import ROW_OVERHEAD, Payload, Row, encode_exact
 from .sqlite_schema import DELETE, INSERT_CHUNK, INSERT_REQUEST_PART
 from .writer import BatchWriter, WriteOp
 
@@ -90,7 +90,9 @@ class RowQueue:
         self.writer.submit(_tuple_new(WriteOp, ("upsert", msg_ids, row)))
         if retention is not None:
             with self.lock:  # encode_exact worked out the row's size
-                purge = retention.recorded(msg_ids[0], row.known_size, fields.get("status"))
+                msg_id = msg_ids[0]
+                repeated = ROW_OVERHEAD + len(msg_id)  # the row's, and its msg_id column
+                purge = retention.recorded(msg_id, row.known_size, fields.get("status"), repeated)
             if purge is not None:
                 self.purge(purge)
         return True
