@@ -1,12 +1,15 @@
-"""The answered direct requests a client's records forgot, kept per engine for the report of
-that engine's end (part of :class:`~corral.client.records.Records`).
+"""The answered requests a client's records forgot, kept per engine for the report of that
+engine's end (part of :class:`~corral.client.records.Records`).
 
 ``rc[0].apply_async(f).get()`` keeps no AsyncResult: the records forget the task as soon as
 its value is read. The engine that answered sends the Hub its own copy of each reply; if it
 dies before the Hub read them (the copies queued on its PUSH, or a controller killed since),
 only this client knows the task was answered, and its report of the engine's end
 (:func:`corral.client.link.answered_by`) must name it: without this table such a task was
-never recorded (bench/chaos_mixed.py seed 34). Kept per engine, so that an engine that hung
+never recorded (bench/chaos_mixed.py seed 34). A load-balanced reply reaches the Hub through
+the scheduler, but a controller killed before its Hub wrote it loses it too, and if the
+engine dies before it sends it again to the restarted controller, again only the client
+knows (seed 68): those are kept as well. Kept per engine, so that an engine that hung
 (its copies unsent) until it was found dead keeps its latest answers however many the other
 engines gave meanwhile; bounded per engine and in all. No locking: the records' lock guards it.
 """
@@ -16,9 +19,15 @@ from __future__ import annotations
 from itertools import islice
 from typing import Any, Final
 
-from corral.client.metadata_table import ENGINE_UUID, UNANSWERED
+from corral.client.metadata_table import ENGINE_UUID, UNANSWERED, compact_value
 
-__all__ = ["ANSWERS_KEPT", "ANSWERS_KEPT_IN_ALL", "ForgottenAnswers", "direct_engine"]
+__all__ = [
+    "ANSWERS_KEPT",
+    "ANSWERS_KEPT_IN_ALL",
+    "ForgottenAnswers",
+    "answering_engine",
+    "is_balanced",
+]
 
 #: How many answered direct requests of each engine are kept (some 200 bytes each: the
 #: metadata entry the records held until then) ...
@@ -79,12 +88,23 @@ class ForgottenAnswers:
         return self._count
 
 
-def direct_engine(entry: Any) -> str | None:
-    """The engine that answered a metadata entry's request if it was sent to that one engine:
-    a compact entry names its engine from the request on (a load-balanced one only from its
-    reply); a full one (rare: read whole, or an unusual reply) when it names an engine and a
-    completion."""
+def answering_engine(entry: Any) -> str | None:
+    """The engine that answered a metadata entry's request, None if it has no answer: a
+    compact entry names a direct request's engine from the request on, a load-balanced one's
+    from its reply (:func:`is_balanced`); a full one (rare: read whole, or an unusual reply)
+    when it names an engine and a completion."""
     if type(entry) is tuple:
-        return entry[ENGINE_UUID] if len(entry) > UNANSWERED else None
+        if len(entry) <= UNANSWERED:
+            return None
+        engine = entry[ENGINE_UUID]
+        if engine is None:  # load-balanced: the engine its reply named
+            engine = compact_value(entry, "engine_uuid", None)
+        return engine if isinstance(engine, str) else None
     engine = entry.get("engine_uuid")
     return engine if isinstance(engine, str) and entry.get("completed") is not None else None
+
+
+def is_balanced(entry: Any) -> bool:
+    """Whether a metadata entry is a load-balanced request's: a compact entry knows (no
+    engine named at the request); a full one is taken for a direct one."""
+    return type(entry) is tuple and entry[ENGINE_UUID] is None

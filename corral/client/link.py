@@ -22,6 +22,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from corral.client.direct import direct_address
+from corral.client.forgotten_answers import is_balanced
 from corral.client.metadata_table import compact_value
 from corral.client.records import SERVICE, TASK, Pending
 from corral.client.recovery import RECOVERY_PERIOD, Recovery
@@ -175,6 +176,7 @@ class ControllerLink(LinkWaits):
             self._request_engine_table()
             return
         self._asked_before_outage.update(self._hub_queries())
+        self._records.last_outage = time.monotonic()  # answers just before it are at risk
         with self._engines_changed:
             if self._link_lost_at is None:
                 self._link_lost_at = time.monotonic()
@@ -243,7 +245,11 @@ class ControllerLink(LinkWaits):
             if missing:
                 self._io.call_later(DIRECT_GRACE, lambda: self._drop_direct_of_absent(missing))
             for uuid, engine_id in absent.items():
-                if uuid in self._absent_named or self._io.sends_direct(uuid):
+                if (
+                    uuid in self._absent_named
+                    or self._io.sends_direct(uuid)
+                    or answered_by(self._records, uuid, self._purged_from_hub)
+                ):
                     self._name_absent(uuid, engine_id)
             self._ask_hub_again()
             self._recover(Recovery.of(self._unanswered()))
@@ -386,8 +392,15 @@ class ControllerLink(LinkWaits):
             self._engines_changed.notify_all()
         named = self._absent_named.pop(uuid, None) is not None
         awaited = self._awaited_reports.pop(uuid, None)
+        # what this client got from the engine may be all that is left of those tasks: its
+        # direct answers' copies may have died with it, and after an outage its load-balanced
+        # ones' too (the Hub that read them killed before it wrote them)
         sent_direct = (
-            self._io.sends_direct(uuid) or uuid in self._absent_direct or named or bool(awaited)
+            self._io.sends_direct(uuid)
+            or uuid in self._absent_direct
+            or named
+            or bool(awaited)
+            or self._records.outage_within(ANSWERED_WINDOW)
         )
         self._absent_direct.discard(uuid)
         self._io.disconnect_direct(uuid)
@@ -537,7 +550,8 @@ def _not_among(entries: list[list[Any]], among: list[list[Any]]) -> list[list[An
 def answered_by(
     records: Records, uuid: str, purged: Container[str], now: datetime | None = None
 ) -> list[list[Any]]:
-    """``[msg_id, submitted, status, started, completed]`` of the apply and execute requests
+    """``[msg_id, submitted, status, started, completed]`` (and ``"task"`` for a
+    load-balanced one) of the apply and execute requests
     ``records`` got answers for from the engine ``uuid`` within ``ANSWERED_WINDOW`` seconds
     before ``now``, newest first, at most ``ANSWERED_LATEST``, leaving out those in
     ``purged`` (purged from the Hub by this client: their records must not be made again).
@@ -551,10 +565,12 @@ def answered_by(
     answered: list[list[Any]] = []
     metadata = records.metadata
     value = metadata.value  # one key at a time: no Metadata built for the records it reads
+    entries = metadata.entries
     for msg_id in reversed(list(records.results)):  # one copy in C: safe beside workers
         if msg_id not in metadata or msg_id not in requests:
             continue
-        entry = _answer_entry(msg_id, partial(value, msg_id), uuid, since, purged)
+        balanced = is_balanced(entries.get(msg_id))
+        entry = _answer_entry(msg_id, partial(value, msg_id), uuid, since, purged, balanced)
         if entry is _TOO_OLD:
             break  # results are settled about in the order their replies came
         if entry is not None:
@@ -566,7 +582,7 @@ def answered_by(
         if msg_id in seen:
             continue
         read = partial(compact_value, kept) if type(kept) is tuple else kept.get
-        entry = _answer_entry(msg_id, read, uuid, since, purged)
+        entry = _answer_entry(msg_id, read, uuid, since, purged, is_balanced(kept))
         if entry is _TOO_OLD:
             break  # kept in the order they were forgotten: about that of their replies
         if entry is not None:
@@ -585,10 +601,12 @@ def _answer_entry(
     uuid: str,
     since: datetime,
     purged: Container[str],
+    balanced: bool = False,
 ) -> list[Any] | None:
     """:func:`answered_by`'s entry of one request whose metadata ``read(key, default)``
     reads: None if another engine answered it or it has no answer to report,
-    :data:`_TOO_OLD` if its reply came before ``since``."""
+    :data:`_TOO_OLD` if its reply came before ``since``; a ``balanced`` one (load-balanced)
+    says so (``"task"``, its queue)."""
     if read("engine_uuid", None) != uuid:
         return None
     received = read("received", None)
@@ -598,13 +616,16 @@ def _answer_entry(
     if completed is None or status not in ("ok", "error", "aborted") or msg_id in purged:
         return None
     started, submitted = read("started", None), read("submitted", None)
-    return [
+    entry = [
         msg_id,
         submitted.isoformat() if submitted is not None else None,
         status,
         started.isoformat() if started is not None else None,
         completed.isoformat(),
     ]
+    if balanced:
+        entry.append("task")
+    return entry
 
 
 def engine_gone(engine_id: int | None, uuid: str, why: str | None = None) -> EngineError:

@@ -48,7 +48,7 @@ from typing import Any, Final
 
 from corral.client.dates import parse_date, wire_date
 from corral.client.executereply import ExecuteReply
-from corral.client.forgotten_answers import ForgottenAnswers, direct_engine
+from corral.client.forgotten_answers import ForgottenAnswers, answering_engine
 from corral.client.future_table import FutureTable
 from corral.client.metadata import RESULT_KEYS, Metadata, update_from_reply
 from corral.client.metadata_table import (
@@ -155,6 +155,9 @@ class Records:
         # see :meth:`forgotten_answers`
         self.forgotten = ForgottenAnswers()
         self._unknown_to_hub: set[str] = set()  # see :meth:`fail_unknown`
+        # monotonic time the controller link last dropped (set by the client's link): the
+        # answers got just before it may be all that is left of their tasks
+        self.last_outage: float | None = None
 
     # ------------------------------------------------------------------ submitting thread
 
@@ -223,6 +226,11 @@ class Records:
                 self._forget_locked([msg_id], compact=False)
         future = self.futures.setdefault(msg_id, RequestFuture(self._defer))
         return future, True
+
+    def outage_within(self, seconds: float) -> bool:
+        """Whether the controller link dropped within the last ``seconds``."""
+        last = self.last_outage
+        return last is not None and time.monotonic() - last <= seconds
 
     def fail_unknown(self, msg_id: str, error: BaseException) -> None:
         """(I/O thread) The Hub had no record of ``msg_id``, another client's task a
@@ -483,7 +491,7 @@ class Records:
             results.pop(msg_id, None)
             entry = metadata.pop(msg_id, None)
             if entry is not None:
-                engine = direct_engine(entry)
+                engine = answering_engine(entry)
                 if engine is not None:
                     forgotten.add(msg_id, engine, entry)
             if silent:
@@ -506,8 +514,8 @@ class Records:
         return len(dropped)
 
     def forgotten_answers(self, engine_uuid: str) -> list[tuple[str, Any]]:
-        """``(msg_id, metadata entry)`` of the direct requests the engine ``engine_uuid``
-        answered that were forgotten lately (no AsyncResult held them:
+        """``(msg_id, metadata entry)`` of the requests the engine ``engine_uuid`` answered
+        (direct and load-balanced) that were forgotten lately (no AsyncResult held them:
         ``rc[0].apply_async(f).get()``), oldest first, at most 10,000. The
         engine that answered sends the Hub its own copy of each reply; if it dies before the
         Hub read them, only this client knows those tasks were answered, and its report of

@@ -238,7 +238,8 @@ def _record_answered(
     left as they are. Appends the msg_ids it recorded to ``recorded``."""
     known = hub.store.recorded_or_purged([item[0] for item in answered])
     actions: list[Action] = []
-    for msg_id, submitted, status, started, completed in answered:
+    for item in answered:
+        msg_id, submitted, status, started, completed = item[:5]
         if msg_id in hub.pending:
             continue  # its copies came after all: its reply's will follow
         fields: dict[str, Any] = {
@@ -266,7 +267,7 @@ def _record_answered(
         if hub.purged.dropped(msg_id, engine_uuid, completed):
             continue  # a purge dropped it (another client's, say): not made again
         record = _lost_request_record(msg_id, client, engine_uuid, gone, submitted)
-        record.update(fields)
+        record.update(fields, queue=item[5] if len(item) > 5 else "mux")
         hub.activity.submit()
         hub.activity.complete(msg_id, gone.id, status, started, completed)
         actions.extend(purge_recorded(hub, msg_id, [AddRecord(msg_id, record)]))
@@ -275,20 +276,23 @@ def _record_answered(
 
 
 def _answered_tasks(value: Any) -> list[list[Any]]:
-    """``[[msg_id, submitted, status, started, completed], ...]`` (dates ISO 8601 or null,
-    status ok, error or aborted) checked; QueryError naming what is wrong."""
+    """``[[msg_id, submitted, status, started, completed, queue?], ...]`` (dates ISO 8601 or
+    null, status ok, error or aborted, queue ``mux`` or ``task``, ``mux`` if left out)
+    checked; QueryError naming what is wrong."""
     if not isinstance(value, list) or len(value) > MAX_QUERY_IDS:
         raise QueryError(f"answered must be a list of at most {MAX_QUERY_IDS} tasks")
     for item in value:
         if (
             not isinstance(item, list)
-            or len(item) != 5
+            or len(item) not in (5, 6)
             or not isinstance(item[0], str)
             or item[2] not in ("ok", "error", "aborted")
-            or not all(date is None or isinstance(date, str) for date in (item[1], *item[3:]))
+            or not all(date is None or isinstance(date, str) for date in (item[1], *item[3:5]))
+            or (len(item) == 6 and item[5] not in ("mux", "task"))
         ):
             raise QueryError(
-                f"an answered task is [msg_id, submitted, status, started, completed], not {item!r}"
+                "an answered task is [msg_id, submitted, status, started, completed, queue?] "
+                f"(queue mux or task), not {item!r}"
             )
     return value
 

@@ -3,7 +3,7 @@ sockets; with the records that forget them, in test_lost_report.py."""
 
 from __future__ import annotations
 
-from corral.client.forgotten_answers import ForgottenAnswers, direct_engine
+from corral.client.forgotten_answers import ForgottenAnswers, answering_engine, is_balanced
 from corral.client.metadata import Metadata
 
 
@@ -44,8 +44,9 @@ def test_one_engine_alone_keeps_its_answers_past_the_bound_in_all() -> None:
     assert len(table.of("a")) == 6  # not emptied: the bound in all takes other engines'
 
 
-def test_the_engine_of_an_entry_is_that_of_a_direct_answered_request() -> None:
+def test_the_engine_of_a_full_entry_is_that_of_an_answered_request() -> None:
+    """(Compact entries, direct and load-balanced: test_lost_report.py.)"""
     answered = Metadata(msg_id="m", engine_uuid="e", completed="2026-01-01T00:00:00+00:00")
-    assert direct_engine(answered) == "e"
-    assert direct_engine(Metadata(msg_id="m", engine_uuid="e")) is None  # no completion
-    assert direct_engine(Metadata(msg_id="m")) is None
+    assert answering_engine(answered) == "e" and not is_balanced(answered)
+    assert answering_engine(Metadata(msg_id="m", engine_uuid="e")) is None  # no completion
+    assert answering_engine(Metadata(msg_id="m")) is None

@@ -264,6 +264,40 @@ def test_an_engine_a_restart_lost_track_of_is_awaited_when_its_client_names_it()
     assert hub.store.get_record("never-answered")["status"] == "error"
 
 
+def test_a_load_balanced_answer_nobody_recorded_is_recorded_as_such() -> None:
+    """After a controller outage a client reports its load-balanced answers too (marked
+    ``"task"``): the Hub killed before it wrote their copies, their engine killed before it
+    sent its kept replies again, only the client knows them (bench/chaos_mixed.py seed 68:
+    ten tasks of a map never recorded). Recorded answered, in the task queue; a queue other
+    than mux or task is refused."""
+    hub, _ = restarted_without("e", keep_records=False)
+    hub.handle_request([b"client-1"], request("direct_lost_request", engine_uuid="e", tasks=[]))
+    assert sent(beats(hub, WINDOW), "unregistration_notification")
+    (bad,) = hub.handle_request(
+        [b"client-1"],
+        request(
+            "direct_lost_request",
+            engine_uuid="e",
+            tasks=[],
+            answered=[[*answered_report("lb")[0], "elsewhere"]],
+        ),
+    )
+    assert bad.content["ename"] == "QueryError" and "queue mux or task" in str(bad.content)
+    (reply,) = hub.handle_request(
+        [b"client-1"],
+        request(
+            "direct_lost_request",
+            engine_uuid="e",
+            tasks=[],
+            answered=[[*answered_report("lb")[0], "task"], answered_report("direct")[0]],
+        ),
+    )
+    assert reply.content["recorded"] == ["lb", "direct"]
+    records = hub.store.get_records(["lb", "direct"])
+    assert records["lb"]["status"] == "ok" and records["lb"]["queue"] == "task"
+    assert records["direct"]["queue"] == "mux"
+
+
 def test_a_named_engine_that_registers_in_time_is_not_announced() -> None:
     hub, _ = restarted_without("e", keep_records=False)
     hub.handle_request([b"client-1"], request("direct_lost_request", engine_uuid="e", tasks=[]))

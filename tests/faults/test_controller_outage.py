@@ -379,6 +379,56 @@ def test_an_answer_got_while_the_controller_was_down_is_recorded_after_its_engin
 
 
 @pytest.mark.timeout(120)
+def test_a_load_balanced_answer_the_killed_controller_never_wrote_is_recorded(
+    tmp_path: Path,
+) -> None:
+    """A load-balanced task's reply reaches its client through the scheduler while the
+    Hub, stopped, reads none of its copies; the controller is killed, then the engine,
+    before it could send its kept reply again to a restarted controller (``--db memory``:
+    it knows nothing of the task or the engine). The client sent the engine nothing
+    directly and kept no AsyncResult of the task. It must name the engine to the restarted
+    Hub and report the answer at its end: on 8d57fb1 the task was never recorded
+    (bench/chaos_mixed.py seed 68: ten tasks of a map)."""
+    cluster = start_cluster(tmp_path, 2, heartbeat_period=0.5, db="memory")
+    cluster.start()
+    client_file = Path(cluster.path) / "corral-client.json"
+    try:
+        rc = Client(client_file, timeout=TIMEOUT)
+        try:
+            rc.outage_grace = 60.0
+            rc.wait_for_engines(2, timeout=30)
+            pid = rc.engine_info()[1]["pid"]
+            assert cluster.controller is not None
+            cluster.controller.send_signal(signal.SIGSTOP)  # the Hub; the scheduler runs on
+            try:
+                sent = rc.load_balanced_view(targets=[1]).apply_async(abs, -42)
+                assert sent.get(timeout=30) == 42
+            finally:
+                cluster.controller.send_signal(signal.SIGKILL)
+                cluster.controller.wait()
+            msg_id = sent.msg_ids[0]
+            del sent
+            gc.collect()
+            rc._records.sweep()  # noqa: SLF001  (applies the release, as a request would)
+            assert msg_id not in rc._records.results  # noqa: SLF001
+            os.kill(pid, signal.SIGKILL)
+            cluster.engines[1].wait()
+            cluster.controller_args += ["--restore", "--reregistration-grace", "1"]
+            cluster.start_controller()
+            wait_for_controller(rc)
+            _wait_recorded_answered(client_file, msg_id)
+            other = Client(client_file, timeout=20)
+            try:
+                assert other.db_query({"msg_id": msg_id}, keys=["queue"])[0]["queue"] == "task"
+            finally:
+                other.close()
+        finally:
+            rc.close()
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.timeout(120)
 def test_an_engine_named_to_a_restarted_controller_killed_too_is_named_to_the_next(
     tmp_path: Path,
 ) -> None:
