@@ -3,9 +3,9 @@
 A supervised cluster (dead processes restarted, the controller with ``--restore``) gets
 ``--rounds`` calls, each chosen at random (seeded): a direct apply of a small array or of one
 above the shared-memory threshold (2.4 MB), a push then a pull of a small or a 4 MB array, a
-load-balanced map with ``retries=2``, and a second client's ``get_result`` of a task the
-first one finished. Meanwhile a seeded thread SIGKILLs an engine every 0.5-3 s, and one time
-in seven the controller instead. Every wait is bounded (``--wait`` seconds).
+load-balanced map with ``retries=2``, and a second client's ``get_result`` of a task (direct or
+one of a map) the first one finished. Meanwhile a seeded thread SIGKILLs an engine every 0.5-3
+s, and one time in seven the controller instead. Every wait is bounded (``--wait`` seconds).
 
 Expected, and counted but not a fault: an EngineError (the engine died with the task), an
 InvalidTarget (the engine table changed between reading it and sending), a pull that finds
@@ -137,7 +137,7 @@ class Run:
         self.wait = wait
         self.outcomes: Counter[str] = Counter()
         self.faults: list[str] = []
-        self.finished: dict[str, float] = {}  # msg_id -> its value, for get_result
+        self.finished: dict[str, Any] = {}  # msg_id -> its value, for get_result
         self.other: Client | None = None
         self.unrecorded: set[str] = set()  # get_result found no record of these (yet)
 
@@ -202,8 +202,12 @@ class Run:
 
     def balanced(self, index: int, engine: int) -> None:
         view = self.rc.load_balanced_view(retries=2)
-        ok, value = self.settle(view.map_async(double, range(20), chunksize=1), "map")
+        sent = view.map_async(double, range(20), chunksize=1)
+        ok, value = self.settle(sent, "map")
         self.check(ok, ok and list(value) == [2 * x for x in range(20)], "map", value)
+        if ok:  # another client's get_result of one of them must find it too
+            for x, msg_id in enumerate(sent.msg_ids):
+                self.finished[msg_id] = [2 * x]
 
     def get_result(self, index: int, engine: int) -> None:
         if not self.finished:
