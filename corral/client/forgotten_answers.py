@@ -80,6 +80,10 @@ class ForgottenAnswers:
         """``(msg_id, metadata entry)`` of the engine's forgotten answers, oldest first."""
         return list(self._engines.get(engine_uuid, {}).items())
 
+    def engines(self) -> list[str]:
+        """The engines with forgotten answers kept."""
+        return list(self._engines)
+
     def drop(self, engine_uuid: str) -> None:
         """The engine's end was reported: its answers need not be kept."""
         self._count -= len(self._engines.pop(engine_uuid, {}))

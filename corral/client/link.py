@@ -244,12 +244,9 @@ class ControllerLink(LinkWaits):
                 self._engines_changed.notify_all()
             if missing:
                 self._io.call_later(DIRECT_GRACE, lambda: self._drop_direct_of_absent(missing))
+            answering = engines_answered(self._records) if absent else set()
             for uuid, engine_id in absent.items():
-                if (
-                    uuid in self._absent_named
-                    or self._io.sends_direct(uuid)
-                    or answered_by(self._records, uuid, self._purged_from_hub)
-                ):
+                if uuid in self._absent_named or self._io.sends_direct(uuid) or uuid in answering:
                     self._name_absent(uuid, engine_id)
             self._ask_hub_again()
             self._recover(Recovery.of(self._unanswered()))
@@ -590,6 +587,25 @@ def answered_by(
             if len(answered) >= ANSWERED_LATEST:
                 break
     return answered
+
+
+def engines_answered(records: Records, now: datetime | None = None) -> set[str]:
+    """The engines :func:`answered_by` may find answers of: those whose answers the records
+    hold, got within ``ANSWERED_WINDOW`` seconds before ``now``, and those the forgotten
+    answers keep. One pass over the held results, however many engines are asked about."""
+    since = (now or datetime.now(UTC)) - timedelta(seconds=ANSWERED_WINDOW)
+    engines = set(records.forgotten_engines())
+    value = records.metadata.value
+    for msg_id in reversed(list(records.results)):  # one copy in C: safe beside workers
+        received = value(msg_id, "received", None)
+        if received is None:
+            continue
+        if received < since:
+            break  # results are settled about in the order their replies came
+        engine = value(msg_id, "engine_uuid", None)
+        if isinstance(engine, str):
+            engines.add(engine)
+    return engines
 
 
 _TOO_OLD: list[Any] = []  # ``_answer_entry``'s answer for a reply older than the window

@@ -529,6 +529,11 @@ class Records:
         with self._lock:
             return self.forgotten.of(engine_uuid)
 
+    def forgotten_engines(self) -> list[str]:
+        """The engines :meth:`forgotten_answers` keeps answers of."""
+        with self._lock:
+            return self.forgotten.engines()
+
     def drop_forgotten_answers(self, engine_uuid: str) -> None:
         """The engine ``engine_uuid``'s end was reported: its answers need not be kept."""
         with self._lock:

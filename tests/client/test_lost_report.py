@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from corral.client.forgotten_answers import ANSWERS_KEPT
-from corral.client.link import ANSWERED_WINDOW, answered_by
+from corral.client.link import ANSWERED_WINDOW, answered_by, engines_answered
 from corral.client.records import Records
 from corral.errors import EngineError
 from corral.protocol.serialize import serialize_object
@@ -120,3 +120,18 @@ def test_forgotten_answers_are_bounded_per_engine_the_newest_kept() -> None:
     ]
     records.drop_forgotten_answers("hung")
     assert records.forgotten_answers("hung") == []
+
+
+def test_the_engines_answered_lately_are_found_in_one_pass() -> None:
+    """After an outage the client names the engines the new table lacks that it has answers
+    from: found once for all of them (a scan of the held results per engine was quadratic
+    for a client holding many)."""
+    records = Records()
+    held = _sent(records, "e")
+    _answer(records, held, "e")
+    dropped = _sent(records, None)  # load-balanced: its engine is the reply's
+    _answer(records, dropped, "lb")
+    records.forget([dropped.msg_id])
+    assert engines_answered(records) == {"e", "lb"}
+    later = datetime.now(UTC) + timedelta(seconds=ANSWERED_WINDOW + 1)
+    assert engines_answered(records, later) == {"lb"}  # the held answer is too old by then
