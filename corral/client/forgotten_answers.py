@@ -29,8 +29,8 @@ __all__ = [
     "is_balanced",
 ]
 
-#: How many answered direct requests of each engine are kept (some 200 bytes each: the
-#: metadata entry the records held until then) ...
+#: How many answered requests (direct and load-balanced) of each engine are kept (some 200
+#: bytes each: the metadata entry the records held until then) ...
 ANSWERS_KEPT: Final = 10_000
 #: ... and of every engine together (the engines that answered longest ago lose theirs
 #: first: ended engines whose end this client never heard of, say).

@@ -151,8 +151,8 @@ class Records:
         self._stale: set[str] = set()  # forgotten, still in ``history`` until it is compacted
         self.published = PublishedData(self._defer, lambda msg_id: msg_id in self.metadata)
         self.compactions = 0  # how often ``history`` was compacted (views trim theirs then)
-        # the answered direct requests forgotten since (no AsyncResult held them), per engine:
-        # see :meth:`forgotten_answers`
+        # the answered requests (direct and load-balanced) forgotten since (no AsyncResult
+        # held them), per engine: see :meth:`forgotten_answers`
         self.forgotten = ForgottenAnswers()
         self._unknown_to_hub: set[str] = set()  # see :meth:`fail_unknown`
         # monotonic time the controller link last dropped (set by the client's link): the
