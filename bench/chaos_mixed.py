@@ -75,6 +75,8 @@ NOT_RECORDED = "no such msg_id"
 #: announced and the task's client reports it)
 RECORD_WITHIN = 60.0
 BIG = 300_000  # float64 items: 2.4 MB, above the shared-memory threshold
+#: seconds a run with ``--until-kills`` may go on for them
+UNTIL_KILLS_WITHIN = 120.0
 OPERATIONS = ("direct", "direct_big", "push_pull", "balanced", "get_result")
 
 
@@ -266,10 +268,19 @@ class Run:
 
 
 def run(
-    rounds: int, engines: int, seed: int, wait: float, seconds: float | None = None
+    rounds: int,
+    engines: int,
+    seed: int,
+    wait: float,
+    seconds: float | None = None,
+    until_kills: int = 0,
 ) -> dict[str, Any]:
     """``rounds`` calls, or as many as ``seconds`` allow (then the summary says how many):
-    a run's pace is set by its outages, each a restart's delay, more than by its calls."""
+    a run's pace is set by its outages, each a restart's delay, more than by its calls.
+    With ``until_kills``, calls go on after ``rounds`` until that many engines were killed
+    (within ``seconds``, or ``UNTIL_KILLS_WITHIN``): on a fast machine a short run could
+    otherwise end before the first kill (400 rounds took 2.5 s, the first kill comes after
+    0.5-3 s), and test nothing."""
     # the large arrays are recorded without their buffers, so that a long run stays under
     # the store's size limit (2 GiB): a record missing then is lost, not purged
     cluster = supervised_cluster(engines, "corral-chaos-mixed-", store_buffer_limit=STORE_BUFFERS)
@@ -286,11 +297,14 @@ def run(
         rc.wait_for_engines(engines, timeout=60)
         killer.start()
         stop_at = None if seconds is None else started + seconds
-        for index in range(rounds):
+        if until_kills and stop_at is None:
+            stop_at = started + UNTIL_KILLS_WITHIN
+        index = 0
+        while index < rounds or killer.kills["engine"] < until_kills:
             if stop_at is not None and time.monotonic() >= stop_at:
                 break
             calls.one(index)
-            done = index + 1
+            index = done = index + 1
     finally:
         killer.stop_event.set()
         killer.join(10)
@@ -327,9 +341,15 @@ def main() -> int:
     parser.add_argument("--engines", type=int, default=3)
     parser.add_argument("--seed", type=int, default=4)
     parser.add_argument("--wait", type=float, default=90.0, help="bound on each call, seconds")
+    parser.add_argument(
+        "--until-kills",
+        type=int,
+        default=0,
+        help="after --rounds, go on until this many engines were killed",
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    summary = run(args.rounds, args.engines, args.seed, args.wait, args.seconds)
+    summary = run(args.rounds, args.engines, args.seed, args.wait, args.seconds, args.until_kills)
     print(json.dumps(summary, indent=2))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -70,7 +70,11 @@ def test_mixed_chaos_finds_no_fault(tmp_path: Path) -> None:
     buffers are refused, nothing is left running."""
     out = tmp_path / "mixed.json"
     process = subprocess.run(
-        [sys.executable, str(MIXED), "--rounds", "400", "--seed", "4", "--json", str(out)],
+        [
+            sys.executable,
+            str(MIXED),
+            *("--rounds", "400", "--until-kills", "4", "--seed", "4", "--json", str(out)),
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -78,7 +82,7 @@ def test_mixed_chaos_finds_no_fault(tmp_path: Path) -> None:
         check=False,
     )
     summary = json.loads(out.read_text())
-    assert summary["kills"].get("engine", 0) >= 1, summary
+    assert summary["kills"].get("engine", 0) >= 4, summary
     assert summary["fault_count"] == 0 and summary["left_behind"] == [], summary
     assert summary["outcomes"].get("ok", 0) >= 300, summary
     assert process.returncode == 0, process.stdout[-3000:]
