@@ -240,6 +240,10 @@ class Loop:
         self._handlers[source] = on_ready
         self._order = tuple(self._handlers.items())
 
+    def watching(self, source: Pollable) -> bool:
+        """Whether ``source`` is watched now."""
+        return _key(source) in self._handlers
+
     def remove(self, source: Pollable) -> None:
         """Stop watching ``source`` (does not close it); unknown sources are ignored."""
         source = _key(source)

@@ -520,6 +520,7 @@ class Controller:
                 "queries": self.hub.queries if self.hub is not None else 0,
                 "hub_rejected": self.hub.rejected if self.hub is not None else 0,
                 "lane_copies": self.shell.lane_copies if self.shell is not None else 0,
+                "lane_gathered": self.shell.lane_gathered if self.shell is not None else 0,
             },
             "scheduler": scheduler_counts,
         }

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -67,12 +68,20 @@ from corral.sharedmem import SharedMemory
 from corral.sockets import recv_small_as_bytes, send_frames
 
 log = logging.getLogger("corral.controller")
+_sched_yield = os.sched_yield
 
 SHM_SWEEP_PERIOD = 2.0  # seconds between sweeps of the segments of dead processes
 # copies read per monitor socket per loop turn: the beat (a timer) runs between turns, and a
 # backlog of copies (100000 tasks submitted at once) must not delay it past the engines'
 # patience, nor pongs, registrations and queries
 MONITOR_BATCH = 250
+# seconds the engines' copies lanes go unwatched after a copy woke the Hub, read on a timer
+# instead while copies keep coming (:meth:`HubShell._gather`): a direct round trip's copies
+# woke the Hub once each, which cost the engine the wake-up on its way to the reply and the
+# Hub a sleep and a wake-up per task, on a machine whose cores the client and the engine need
+# (bench_paired.py: direct round trips 8-19 us faster in the median, p90 and p99 no worse;
+# the Hub's CPU per round trip 140 -> 90 us; bench/README.md, round thirty-four)
+LANE_GATHER = 0.002
 # an engine's (un)registration reads no task record: no catching up on copies first (with a
 # backlog, each of an engine's repeated attempts cost a whole batch of copies: the beat
 # stopped for over a minute and every engine took the controller for lost)
@@ -119,6 +128,7 @@ class HubShell:
         trusted_copies: bool = False,
         burst_trim: tuple[int, float, float] = BURST_TRIM_SCHEDULE,
         copies_lanes: LaneListener | None = None,
+        lane_gather: float = LANE_GATHER,
     ) -> None:
         self.loop = loop
         self.hub = hub
@@ -174,9 +184,19 @@ class HubShell:
         # and those of engines on this host, on their lanes (corral.lane)
         self.lane_copies = 0  # copies (or bundles of them) read from lanes
         self._lanes: LaneServer | None = None
+        self._lane_readers: dict[int, Callable[[], None]] = {}  # lane descriptor -> its reader
+        self._listener_fd = -1
+        self._gathering: Timer | None = None  # while the lanes are read on a timer
+        self._lane_gather = lane_gather
+        self.lane_gathered = 0  # of lane_copies, those the gathering's timer read
         if copies_lanes is not None:
+            self._listener_fd = copies_lanes.fileno()
             self._lanes = LaneServer(
-                copies_lanes, loop.add_reader, loop.remove, self._on_lane_copy, MONITOR_BATCH
+                copies_lanes,
+                self._watch_lane,
+                self._unwatch_lane,
+                self._on_lane_copy,
+                MONITOR_BATCH,
             )
             self._lanes.start()
         # the scheduler's come in bundles always: each is read as one burst (_on_scheduler_message)
@@ -282,10 +302,77 @@ class HubShell:
         self.lane_copies += 1
         self._on_engine_message(cast(list[zmq.Frame], frames))
 
+    def _watch_lane(self, fd: int, read: Callable[[], object]) -> None:
+        """(The lanes' ``watch``) The listener is watched as it is; a lane is read when it
+        wakes the loop, which then gathers (:meth:`_gather`), or by the gathering's timer."""
+        if fd == self._listener_fd:
+            self.loop.add_reader(fd, read)
+            return
+
+        def woken() -> None:
+            copies = self.lane_copies
+            read()
+            if self.lane_copies != copies:  # not for a hello, nor a lane's end
+                self._gather()
+
+        self._lane_readers[fd] = woken
+        if self._gathering is None:
+            self.loop.add_reader(fd, woken)
+
+    def _unwatch_lane(self, fd: int) -> None:
+        self._lane_readers.pop(fd, None)
+        self.loop.remove(fd)  # ignored if not watched (while gathering)
+
+    def _gather(self) -> None:
+        """(A copy woke the loop.) Stop watching the lanes, and read them every
+        :data:`LANE_GATHER` seconds while copies keep coming, several per wake-up: an engine's
+        copy then only lands in the socket, no thread woken. The ordering a client relies on
+        holds as before: an engine writes a task's copies before its reply, so they are in
+        the lane when the client has the reply, and the Hub reads every lane before it
+        answers a query (:meth:`_catch_up`). A timer that finds nothing watches the lanes
+        again (a copy that came meanwhile wakes the loop at once: the poll is level-triggered)."""
+        if self._gathering is not None:
+            return
+        for fd in self._lane_readers:
+            self.loop.remove(fd)
+        self._gathering = self.loop.call_later(self._lane_gather, self._gathered)
+
+    def _gathered(self) -> None:
+        """(The gathering's timer.) Read what came on the lanes, a message of each lane at a
+        time, the CPU offered between them (``sched_yield``): read in one go, a timer's
+        copies held a core for a few hundred microseconds that a woken client or engine
+        waited for (direct round trips 33 us faster in the median but 90-150 us slower at
+        the 99th percentile; offering the CPU gave back 12 us of the median and all of the
+        tail, bench_paired.py). Then again after :data:`LANE_GATHER` if any came, else the
+        lanes are watched again."""
+        lanes = self._lanes
+        self._gathering = None
+        if lanes is None:
+            return
+        started = self.lane_copies
+        lanes.accept()
+        for _ in range(MONITOR_BATCH):
+            before = self.lane_copies
+            for lane in list(lanes.lanes):
+                lanes.read(lane, 1)
+            if self.lane_copies == before:
+                break
+            _sched_yield()
+        if self.lane_copies != started:
+            self.lane_gathered += self.lane_copies - started
+            self._gathering = self.loop.call_later(self._lane_gather, self._gathered)
+            return
+        for fd, woken in self._lane_readers.items():
+            self.loop.add_reader(fd, woken)
+
     def close_lanes(self) -> None:
         """(Teardown) Close the engines' copies lanes."""
+        if self._gathering is not None:
+            self._gathering.cancel()
+            self._gathering = None
         if self._lanes is not None:
             self._lanes.close()
+            self._lanes = None
 
     def _on_device_message(self, frames: list[zmq.Frame]) -> None:
         """A copy from the MUX or control device, or a bundle of them (a client's or an

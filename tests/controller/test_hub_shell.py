@@ -5,7 +5,9 @@ handed to the shell's handlers as its loop hands them) and a real SQLite store."
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import closing
 from datetime import datetime
@@ -21,6 +23,8 @@ from corral.controller.hub import Hub
 from corral.controller.hub_shell import HubShell, _split_copy
 from corral.controller.store import RetentionSettings, SQLiteStore
 from corral.errors import MalformedMessage
+from corral.lane import AVAILABLE as LANES_AVAILABLE
+from corral.lane import Lane, LaneListener
 from corral.loop import Loop
 from corral.protocol.session import (
     DELIMITER,
@@ -31,6 +35,7 @@ from corral.protocol.session import (
     split_identities,
 )
 from corral.sharedmem import SharedMemory
+from tests.polling import until
 
 KEY = new_key()
 ENGINE = "a6f7a72a-f42a-46e2-8447-8860fbb91a7e"
@@ -44,7 +49,11 @@ class Shell:
     """A HubShell with one registered engine, its store and its loop."""
 
     def __init__(
-        self, folder: Path, trusted: bool, burst_trim: tuple[int, float, float] | None = None
+        self,
+        folder: Path,
+        trusted: bool,
+        burst_trim: tuple[int, float, float] | None = None,
+        **options: Any,
     ) -> None:
         self.context: zmq.Context[Any] = zmq.Context()
         kinds = {
@@ -75,6 +84,7 @@ class Shell:
             lambda failed: None,
             trusted_copies=trusted,
             **({} if burst_trim is None else {"burst_trim": burst_trim}),
+            **options,
         )
         registration = CLIENT.msg("registration_request", {"uuid": ENGINE})
         self.hub.handle_request([ENGINE.encode()], registration, time.time())
@@ -361,3 +371,61 @@ def test_a_lost_direct_report_is_answered_once_the_store_has_written_it(tmp_path
     finally:
         client.close(0)
         shell.close()
+
+
+@pytest.mark.skipif(not LANES_AVAILABLE, reason="lanes are Linux's (abstract Unix sockets)")
+def test_copies_on_a_lane_wake_the_hub_then_are_gathered_and_a_query_still_finds_them(
+    tmp_path: Path,
+) -> None:
+    """An engine's first copy on the Hub's lane wakes the loop and is read at once; the lanes
+    then go unwatched, and what comes meanwhile is read by a query's catching up (a reply's
+    copy, then a result_request: it finds the task completed) or by the gathering's timer,
+    until a timer finds nothing and the lane is watched again: the next copy wakes the loop.
+    Every copy is recorded. (A long gathering, 1 s, so that no step races the timer.)"""
+    listener = LaneListener(f"corral-test-hub-{uuid.uuid4().hex[:12]}")
+    shell = Shell(tmp_path, trusted=False, copies_lanes=listener, lane_gather=1.0)
+    hub = shell.shell
+    client = shell.context.socket(zmq.DEALER)
+    address = "inproc://hub-registration-lanes"
+    shell.sockets["registration"].bind(address)
+    client.setsockopt(zmq.IDENTITY, CLIENT.session_id.encode())
+    client.connect(address)
+    runner = threading.Thread(target=shell.loop.run, name="test hub loop")
+    runner.start()
+    lane = Lane.connect(listener.name, ENGINE.encode(), b"hub")
+    try:
+        served = hub._lanes
+        assert served is not None
+        until(lambda: ENGINE.encode() in served.by_peer, 10, "the lane's hello read")
+        (fd,) = served.lanes.values()
+        first, copy = request_copy(b"mux_in")
+        assert lane.send(copy)
+        until(lambda: hub.lane_copies == 1, 10, "the first copy read")
+        assert not shell.loop.watching(fd)  # gathering: the next copies wake nobody
+        assert lane.send(reply_copy(b"mux_out", first))
+        query = CLIENT.msg("result_request", {"msg_ids": [first.msg_id], "statusonly": True})
+        client.send_multipart(CLIENT.serialize(query))
+        assert client.poll(10_000), "no answer"
+        answer = CLIENT.deserialize(split_identities(client.recv_multipart())[1])
+        assert answer.content["completed"] == [first.msg_id], answer.content
+        assert (hub.lane_copies, hub.lane_gathered) == (2, 0)  # the query's catching up
+        second, copy = request_copy(b"mux_in")
+        third, another = request_copy(b"mux_in")
+        assert lane.send(copy) and lane.send(another)
+        until(lambda: hub.lane_copies == 4, 10, "the timer's copies read")
+        assert hub.lane_gathered == 2
+        until(lambda: shell.loop.watching(fd), 10, "the lane watched again")
+        assert lane.send(reply_copy(b"mux_out", second))
+        until(lambda: hub.lane_copies == 5, 10, "the copy that woke the loop read")
+        assert hub.lane_gathered == 2
+    finally:
+        shell.loop.stop()
+        runner.join(10)
+        lane.close()
+        client.close(0)
+        hub.close_lanes()
+        listener.close()
+    records = shell.store.get_records([first.msg_id, second.msg_id, third.msg_id])
+    shell.close()
+    assert [records[m.msg_id]["status"] for m in (first, second)] == ["ok", "ok"]
+    assert records[third.msg_id]["completed"] is None
