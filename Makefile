@@ -72,10 +72,12 @@ test:
 test-ready: native lint sysdeps mongod chromium $(VENV)/.mpi4py
 
 # ipyparallel, dask and Ray live in their own environment: benchmark peers, never dependencies.
+# The dev extra brings mypyc, which compiles a --baseline tree (bench_targets.py) as make
+# native compiles this one.
 $(BENCH_VENV)/.installed: pyproject.toml | sysdeps
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install -q --upgrade pip
-	$(MPI4PY_FROM_SOURCE) $(BENCH_VENV)/bin/pip install -q -e '.[numpy,mongodb,dashboard,mpi]' \
+	$(MPI4PY_FROM_SOURCE) $(BENCH_VENV)/bin/pip install -q -e '.[numpy,mongodb,dashboard,mpi,dev]' \
 		'ipyparallel==9.2.*' 'dask[distributed]' jupyter_client py-spy psutil ray selenium
 	touch $@
 
