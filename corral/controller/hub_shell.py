@@ -79,8 +79,9 @@ MONITOR_BATCH = 250
 # instead while copies keep coming (:meth:`HubShell._gather`): a direct round trip's copies
 # woke the Hub once each, which cost the engine the wake-up on its way to the reply and the
 # Hub a sleep and a wake-up per task, on a machine whose cores the client and the engine need
-# (bench_paired.py: direct round trips 8-19 us faster in the median, p90 and p99 no worse;
-# the Hub's CPU per round trip 140 -> 90 us; bench/README.md, round thirty-four)
+# (the Hub's CPU per direct round trip 136-140 -> 90-108 us, bench_roundtrip_cpu.py; the
+# round trip's median 8-19 us faster in bench_paired.py's blocks, the same within 5 us run
+# after run; bench/README.md, round thirty-four)
 LANE_GATHER = 0.002
 # an engine's (un)registration reads no task record: no catching up on copies first (with a
 # backlog, each of an engine's repeated attempts cost a whole batch of copies: the beat
