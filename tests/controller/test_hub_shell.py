@@ -400,8 +400,8 @@ def test_copies_on_a_lane_wake_the_hub_then_are_gathered_and_a_query_still_finds
         (fd,) = served.lanes.values()
         first, copy = request_copy(b"mux_in")
         assert lane.send(copy)
-        until(lambda: hub.lane_copies == 1, 10, "the first copy read")
-        assert not shell.loop.watching(fd)  # gathering: the next copies wake nobody
+        # read, then the lane unwatched (in the same callback: awaited, not raced)
+        until(lambda: hub.lane_copies == 1 and not shell.loop.watching(fd), 10, "gathering")
         assert lane.send(reply_copy(b"mux_out", first))
         query = CLIENT.msg("result_request", {"msg_ids": [first.msg_id], "statusonly": True})
         client.send_multipart(CLIENT.serialize(query))
@@ -412,8 +412,8 @@ def test_copies_on_a_lane_wake_the_hub_then_are_gathered_and_a_query_still_finds
         second, copy = request_copy(b"mux_in")
         third, another = request_copy(b"mux_in")
         assert lane.send(copy) and lane.send(another)
-        until(lambda: hub.lane_copies == 4, 10, "the timer's copies read")
-        assert hub.lane_gathered == 2
+        until(lambda: hub.lane_gathered == 2, 10, "the timer's copies read")
+        assert hub.lane_copies == 4
         until(lambda: shell.loop.watching(fd), 10, "the lane watched again")
         assert lane.send(reply_copy(b"mux_out", second))
         until(lambda: hub.lane_copies == 5, 10, "the copy that woke the loop read")
