@@ -351,20 +351,22 @@ class HubShell:
         if lanes is None:
             return
         started = self.lane_copies
-        lanes.accept()
-        for _ in range(MONITOR_BATCH):
-            before = self.lane_copies
-            for lane in list(lanes.lanes):
-                lanes.read(lane, 1)
-            if self.lane_copies == before:
-                break
-            _sched_yield()
-        if self.lane_copies != started:
-            self.lane_gathered += self.lane_copies - started
-            self._gathering = self.loop.call_later(self._lane_gather, self._gathered)
-            return
-        for fd, woken in self._lane_readers.items():
-            self.loop.add_reader(fd, woken)
+        try:
+            lanes.accept()
+            for _ in range(MONITOR_BATCH):
+                before = self.lane_copies
+                for lane in list(lanes.lanes):
+                    lanes.read(lane, 1)
+                if self.lane_copies == before:
+                    break
+                _sched_yield()
+        finally:  # whatever a read raised, the lanes are read again or watched again
+            if self.lane_copies != started:
+                self.lane_gathered += self.lane_copies - started
+                self._gathering = self.loop.call_later(self._lane_gather, self._gathered)
+            else:
+                for fd, woken in self._lane_readers.items():
+                    self.loop.add_reader(fd, woken)
 
     def close_lanes(self) -> None:
         """(Teardown) Close the engines' copies lanes."""
