@@ -11,6 +11,8 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -322,6 +324,23 @@ def _answered_while_down_then_engine_killed(cluster: Any, rc: Client) -> AsyncRe
     return running
 
 
+@contextmanager
+def _outage_cluster(tmp_path: Path, db: str) -> Iterator[tuple[Any, Client, Path]]:
+    """Two engines beating every 0.5 s, the controller's store ``db``, started, and a client
+    of theirs (and its connection file): the client closed and the cluster stopped after."""
+    cluster = start_cluster(tmp_path, 2, heartbeat_period=0.5, db=db)
+    cluster.start()
+    client_file = Path(cluster.path) / "corral-client.json"
+    try:
+        rc = Client(client_file, timeout=TIMEOUT)
+        try:
+            yield cluster, rc, client_file
+        finally:
+            rc.close()
+    finally:
+        cluster.stop()
+
+
 def _wait_recorded_answered(client_file: Path, msg_id: str) -> None:
     """Until another client finds ``msg_id`` recorded ok; its get_result says that only
     the submitting client got the value."""
@@ -355,27 +374,18 @@ def test_an_answer_got_while_the_controller_was_down_is_recorded_after_its_engin
     ``kept`` False: the client kept no AsyncResult of the task once it had its value, as
     ``rc[1].apply_async(f).get()`` does, so its records forgot the task at once; on 6e6d6e1
     its report of the engine's end left such tasks out (bench/chaos_mixed.py seed 34)."""
-    cluster = start_cluster(tmp_path, 2, heartbeat_period=0.5, db=db)
-    cluster.start()
-    client_file = Path(cluster.path) / "corral-client.json"
-    try:
-        rc = Client(client_file, timeout=TIMEOUT)
-        try:
-            running = _answered_while_down_then_engine_killed(cluster, rc)
-            msg_id = running.msg_ids[0]
-            if not kept:
-                del running
-                gc.collect()
-                rc._records.sweep()  # noqa: SLF001  (applies the release, as a request would)
-                assert msg_id not in rc._records.results  # noqa: SLF001
-            cluster.controller_args += ["--restore", "--reregistration-grace", "1"]
-            cluster.start_controller()
-            wait_for_controller(rc)
-            _wait_recorded_answered(client_file, msg_id)
-        finally:
-            rc.close()
-    finally:
-        cluster.stop()
+    with _outage_cluster(tmp_path, db) as (cluster, rc, client_file):
+        running = _answered_while_down_then_engine_killed(cluster, rc)
+        msg_id = running.msg_ids[0]
+        if not kept:
+            del running
+            gc.collect()
+            rc._records.sweep()  # noqa: SLF001  (applies the release, as a request would)
+            assert msg_id not in rc._records.results  # noqa: SLF001
+        cluster.controller_args += ["--restore", "--reregistration-grace", "1"]
+        cluster.start_controller()
+        wait_for_controller(rc)
+        _wait_recorded_answered(client_file, msg_id)
 
 
 @pytest.mark.timeout(120)
@@ -391,43 +401,34 @@ def test_a_load_balanced_answer_the_killed_controller_never_wrote_is_recorded(
     directly and kept no AsyncResult of the task. It must name the engine to the restarted
     Hub and report the answer at its end: on 8d57fb1 the task was never recorded
     (bench/chaos_mixed.py seed 68: ten tasks of a map)."""
-    cluster = start_cluster(tmp_path, 2, heartbeat_period=0.5, db=db)
-    cluster.start()
-    client_file = Path(cluster.path) / "corral-client.json"
-    try:
-        rc = Client(client_file, timeout=TIMEOUT)
+    with _outage_cluster(tmp_path, db) as (cluster, rc, client_file):
+        rc.outage_grace = 60.0
+        rc.wait_for_engines(2, timeout=30)
+        pid = rc.engine_info()[1]["pid"]
+        assert cluster.controller is not None
+        cluster.controller.send_signal(signal.SIGSTOP)  # the Hub; the scheduler runs on
         try:
-            rc.outage_grace = 60.0
-            rc.wait_for_engines(2, timeout=30)
-            pid = rc.engine_info()[1]["pid"]
-            assert cluster.controller is not None
-            cluster.controller.send_signal(signal.SIGSTOP)  # the Hub; the scheduler runs on
-            try:
-                sent = rc.load_balanced_view(targets=[1]).apply_async(abs, -42)
-                assert sent.get(timeout=30) == 42
-            finally:
-                cluster.controller.send_signal(signal.SIGKILL)
-                cluster.controller.wait()
-            msg_id = sent.msg_ids[0]
-            del sent
-            gc.collect()
-            rc._records.sweep()  # noqa: SLF001  (applies the release, as a request would)
-            assert msg_id not in rc._records.results  # noqa: SLF001
-            os.kill(pid, signal.SIGKILL)
-            cluster.engines[1].wait()
-            cluster.controller_args += ["--restore", "--reregistration-grace", "1"]
-            cluster.start_controller()
-            wait_for_controller(rc)
-            _wait_recorded_answered(client_file, msg_id)
-            other = Client(client_file, timeout=20)
-            try:
-                assert other.db_query({"msg_id": msg_id}, keys=["queue"])[0]["queue"] == "task"
-            finally:
-                other.close()
+            sent = rc.load_balanced_view(targets=[1]).apply_async(abs, -42)
+            assert sent.get(timeout=30) == 42
         finally:
-            rc.close()
-    finally:
-        cluster.stop()
+            cluster.controller.send_signal(signal.SIGKILL)
+            cluster.controller.wait()
+        msg_id = sent.msg_ids[0]
+        del sent
+        gc.collect()
+        rc._records.sweep()  # noqa: SLF001  (applies the release, as a request would)
+        assert msg_id not in rc._records.results  # noqa: SLF001
+        os.kill(pid, signal.SIGKILL)
+        cluster.engines[1].wait()
+        cluster.controller_args += ["--restore", "--reregistration-grace", "1"]
+        cluster.start_controller()
+        wait_for_controller(rc)
+        _wait_recorded_answered(client_file, msg_id)
+        other = Client(client_file, timeout=20)
+        try:
+            assert other.db_query({"msg_id": msg_id}, keys=["queue"])[0]["queue"] == "task"
+        finally:
+            other.close()
 
 
 @pytest.mark.timeout(120)
@@ -439,31 +440,22 @@ def test_an_engine_named_to_a_restarted_controller_killed_too_is_named_to_the_ne
     next one has no record of it either, and the client's new table no longer lists it, so
     the client names it again from what it remembers. On 4907fc6 nobody named it to the
     third controller and the task was never recorded (bench/chaos_mixed.py seed 21 again)."""
-    cluster = start_cluster(tmp_path, 2, heartbeat_period=0.5, db="memory")
-    cluster.start()
-    client_file = Path(cluster.path) / "corral-client.json"
-    try:
-        rc = Client(client_file, timeout=TIMEOUT)
-        try:
-            rc.wait_for_engines(2, timeout=30)
-            engine_uuid = rc._engines[1]  # noqa: SLF001
-            running = _answered_while_down_then_engine_killed(cluster, rc)
-            # a long grace: the second controller must not announce the engine's end first
-            cluster.controller_args += ["--restore", "--reregistration-grace", "60"]
-            cluster.start_controller()
-            wait_for_controller(rc)
-            until(lambda: engine_uuid in rc._absent_named, 30, "the client to name it")  # noqa: SLF001
-            cluster.controller.send_signal(signal.SIGKILL)
-            cluster.controller.wait()
-            cluster.controller_args[-1] = "1"
-            cluster.start_controller()
-            wait_for_controller(rc)
-            _wait_recorded_answered(client_file, running.msg_ids[0])
-            assert engine_uuid not in rc._absent_named  # noqa: SLF001
-        finally:
-            rc.close()
-    finally:
-        cluster.stop()
+    with _outage_cluster(tmp_path, "memory") as (cluster, rc, client_file):
+        rc.wait_for_engines(2, timeout=30)
+        engine_uuid = rc._engines[1]  # noqa: SLF001
+        running = _answered_while_down_then_engine_killed(cluster, rc)
+        # a long grace: the second controller must not announce the engine's end first
+        cluster.controller_args += ["--restore", "--reregistration-grace", "60"]
+        cluster.start_controller()
+        wait_for_controller(rc)
+        until(lambda: engine_uuid in rc._absent_named, 30, "the client to name it")  # noqa: SLF001
+        cluster.controller.send_signal(signal.SIGKILL)
+        cluster.controller.wait()
+        cluster.controller_args[-1] = "1"
+        cluster.start_controller()
+        wait_for_controller(rc)
+        _wait_recorded_answered(client_file, running.msg_ids[0])
+        assert engine_uuid not in rc._absent_named  # noqa: SLF001
 
 
 def _report_awaited_by_a_restarted_controller(
