@@ -352,11 +352,9 @@ class HubShell:
             return
         started = self.lane_copies
         try:
-            lanes.accept()
             for _ in range(MONITOR_BATCH):
                 before = self.lane_copies
-                for lane in list(lanes.lanes):
-                    lanes.read(lane, 1)
+                lanes.read_all(1)  # new lanes, then a message of each
                 if self.lane_copies == before:
                     break
                 _sched_yield()
