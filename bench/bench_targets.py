@@ -277,8 +277,8 @@ def measure_cluster(name: str, running: Running, array: np.ndarray) -> dict[str,
     return result
 
 
-def measure_scaling(engines: int) -> dict[str, Any]:
-    """corral's load-balanced no-op tasks/s with ``engines`` engines."""
+def measure_scaling(engines: int, tasks: int = SCALE_TASKS) -> dict[str, Any]:
+    """corral's load-balanced no-op tasks/s with ``engines`` engines over ``tasks`` tasks."""
     with corral_cluster(engines, keep=True) as running:  # keep: its stats file, read at stop
         client = running.client
         check(len(client.ids) == engines, f"{len(client.ids)} engines of {engines}")
@@ -286,7 +286,7 @@ def measure_scaling(engines: int) -> dict[str, Any]:
         figures = lb_run(
             lambda n: [balanced.apply_async(one) for _ in range(n)],
             lambda results: sum(collect(results, lambda r, left: r.get(left), TIMEOUT)),
-            SCALE_TASKS,
+            tasks,
             system_processes(running),
             HubBarrier(client),
         )
@@ -312,7 +312,7 @@ def corral_origin(client: Any) -> dict[str, str]:
     }
 
 
-def measure(system: str) -> dict[str, Any]:
+def measure(system: str, scale_tasks: int = SCALE_TASKS) -> dict[str, Any]:
     """One system's figures (run in a child process: ``--measure SYSTEM``)."""
     array = make_array()
     if system == "raw":
@@ -320,7 +320,7 @@ def measure(system: str) -> dict[str, Any]:
     if system == "ppe":
         return measure_ppe(array)
     if system.startswith("scale:"):
-        return measure_scaling(int(system.partition(":")[2].partition("@")[0]))
+        return measure_scaling(int(system.partition(":")[2].partition("@")[0]), scale_tasks)
     factory = {"ipyparallel": ipyparallel_cluster, "dask": dask_cluster}.get(system, corral_cluster)
     name = system if system in ("ipyparallel", "dask") else "corral"
     with factory(ENGINES) as running:
@@ -365,7 +365,9 @@ def baseline_tree(revision: str | None) -> Iterator[Path | None]:
         yield Path(folder)
 
 
-def run_child(system: str, source: Path | None, workdir: Path) -> dict[str, Any]:
+def run_child(
+    system: str, source: Path | None, workdir: Path, scale_tasks: int = SCALE_TASKS
+) -> dict[str, Any]:
     """``--measure system`` in a fresh interpreter; with ``source``, that corral tree first on
     the path of the child and of every process it starts (they inherit PYTHONPATH; the working
     directory is an empty folder so that ``python -m`` finds nothing else first)."""
@@ -381,6 +383,8 @@ def run_child(system: str, source: Path | None, workdir: Path) -> dict[str, Any]
         system,
         "--out",
         str(out),
+        "--scale-tasks",
+        str(scale_tasks),
     ]
     print(f"  {system} ...", file=sys.stderr, flush=True)
     subprocess.run(command, cwd=workdir, env=env, check=True, timeout=CHILD_TIMEOUT)
@@ -503,6 +507,12 @@ def main() -> None:
         help="corral LB engine counts beside 2 ('' for none)",
     )
     parser.add_argument(
+        "--scale-tasks",
+        type=int,
+        default=SCALE_TASKS,
+        help="load-balanced tasks per scale figure (default %(default)s)",
+    )
+    parser.add_argument(
         "--measure", help="only this system's figures, as JSON (ppe, raw, corral, scale:N)"
     )
     parser.add_argument("--out", help="with --measure: the file for them (default: stdout)")
@@ -510,7 +520,7 @@ def main() -> None:
     diagnose_hangs()
     if args.measure:
         use_source(show=False)
-        figures = json.dumps(measure(args.measure))
+        figures = json.dumps(measure(args.measure, args.scale_tasks))
         if args.out:
             Path(args.out).write_text(figures)
         else:
@@ -539,7 +549,7 @@ def main() -> None:
             shift = repeat % len(systems)
             order = systems[shift:] + systems[:shift]
             for name, tree in order:
-                runs[name].append(run_child(name, tree, Path(folder)))
+                runs[name].append(run_child(name, tree, Path(folder), args.scale_tasks))
     load_after = machine_load("after")
     table = summarise(runs)
     columns = [name for name in table]

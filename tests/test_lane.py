@@ -214,3 +214,38 @@ def test_a_lane_server_names_its_peers_hands_on_their_messages_and_drops_closed_
     finally:
         server.close()
         listener.close()
+
+
+def test_read_all_without_accept_reads_the_known_lanes_and_leaves_a_new_one_to_the_listener() -> (
+    None
+):
+    """``read_all(limit, accept=False)`` (the Hub's gathering timer, whose loop still watches
+    the listener): the lanes already accepted are read, a lane that connected since is not
+    accepted until a read that accepts (or the listener's own callback)."""
+    listener = LaneListener(lane_name("gatherer"))
+    watched: dict[int, object] = {}
+    got: list[tuple[bytes | None, list[bytes]]] = []
+
+    def on_message(lane: Lane, frames: list[object]) -> None:
+        got.append((lane.peer, [bytes(frame) for frame in frames]))  # type: ignore[call-overload]
+
+    server = LaneServer(listener, watched.__setitem__, watched.__delitem__, on_message, 8)
+    known = Lane.connect(listener.name, b"known", b"gatherer")
+    late: Lane | None = None
+    try:
+        server.start()
+        server.accept()
+        known.send([b"copy", b"1"])
+        late = Lane.connect(listener.name, b"late", b"gatherer")
+        late.send([b"copy", b"2"])
+        server.read_all(2, accept=False)  # the hello, then the copy
+        assert got == [(b"known", [b"copy", b"1"])]
+        assert len(server.lanes) == 1 and list(server.by_peer) == [b"known"]
+        server.read_all(2)
+        assert got[1:] == [(b"late", [b"copy", b"2"])] and len(server.lanes) == 2
+    finally:
+        known.close()
+        if late is not None:
+            late.close()
+        server.close()
+        listener.close()

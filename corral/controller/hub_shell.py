@@ -354,7 +354,8 @@ class HubShell:
         try:
             for _ in range(MONITOR_BATCH):
                 before = self.lane_copies
-                lanes.read_all(1)  # new lanes, then a message of each
+                # a message of each lane; a new lane is the loop's (the listener is watched)
+                lanes.read_all(1, accept=False)
                 if self.lane_copies == before:
                     break
                 _sched_yield()
