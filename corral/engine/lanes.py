@@ -153,7 +153,7 @@ class EngineLanes:
             self.replies += len(replies)
             return
         for frames in replies:
-            fallback.put(frames)
+            fallback.put(frames, (None, frames))  # tagged as the task shell's (its flush)
 
     # ------------------------------------------------------------------ copies
 

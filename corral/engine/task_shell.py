@@ -58,6 +58,8 @@ from .runner import (
     error_reply_msg,
     time_limit,
 )
+from .unrouted import KEEP_FOR as KEEP_UNROUTED
+from .unrouted import UnroutedReplies
 
 #: compiled, ``time.monotonic`` is an attribute lookup on the module at every call
 _monotonic: Final = time.monotonic
@@ -130,6 +132,9 @@ class TaskShell:
         self._engine_ident = identity.uuid.encode()
         self._hold_asked = False  # hold_until was called for the replies held now
         self._watch_armed = False  # the alarm is armed to watch the direct socket (no reply held)
+        # direct replies the ROUTER refused (their client's zmq connection is not up yet)
+        self.unrouted = UnroutedReplies()
+        self._unrouted_asked = False  # a retry is asked of the loop
 
     # ------------------------------------------------------------------ set-up
 
@@ -152,6 +157,8 @@ class TaskShell:
         self._sockets = {b"mux": mux, b"task": task}
         self._outboxes = {b"mux": Outbox(mux, 1), b"task": Outbox(task, 0)}
         if direct is not None:
+            # refused, not dropped, when the client is not connected yet (corral.engine.unrouted)
+            direct.setsockopt(zmq.ROUTER_MANDATORY, 1)
             self._sockets[b"direct"] = direct
             self._outboxes[b"direct"] = Outbox(direct, 1)
         if copies is not None:
@@ -369,7 +376,7 @@ class TaskShell:
         if channel == b"direct":
             lanes = self.lanes
             if lanes is None or not lanes.hold_reply(frames):
-                self._outboxes[channel].put(frames)
+                self._outboxes[channel].put(frames, (None, frames))  # tagged: see flush
             self._copy_for_hub(MUX_OUT, frames)
         else:
             self._outboxes[channel].put(frames)
@@ -489,12 +496,52 @@ class TaskShell:
         lanes = self.lanes
         if lanes is not None and lanes.holding:
             lanes.send_replies(self._outboxes[b"direct"])
-        errors += [str(error) for outbox in self._outboxes.values() for error, _ in outbox.flush()]
+        if len(self.unrouted):
+            self._put_unrouted()
+        for channel, outbox in self._outboxes.items():
+            for error, tags in outbox.flush():
+                if channel == b"direct" and error.errno == zmq.EHOSTUNREACH:
+                    self.unrouted.keep([tag for tag in tags if tag is not None], _monotonic())
+                else:
+                    errors.append(str(error))
+        if len(self.unrouted) and not self._unrouted_asked:
+            self._unrouted_asked = True
+            try:
+                self.loop.call_soon_threadsafe(self._arm_unrouted)
+            except ConnectionError:
+                pass  # the engine stops: its clients' connections go with it
         if self._watch_armed:
             self._watch_armed = False
             if self.alarm is not None:
                 self.alarm.disarm()
         return errors
+
+    def _put_unrouted(self) -> None:
+        """(Lock held, flushing.) The direct replies refused before, in the direct outbox again
+        (tagged with when they were first refused); those kept too long are given up."""
+        retried, given_up = self.unrouted.take(_monotonic())
+        if given_up:
+            self.log.warning(
+                "%d direct reply(ies) dropped: their client never connected to this engine's "
+                "direct socket in %.0f s (gone?)",
+                given_up,
+                KEEP_UNROUTED,
+            )
+        outbox = self._outboxes[b"direct"]
+        for first, frames in retried:
+            outbox.put(frames, (first, frames))
+
+    def _arm_unrouted(self) -> None:
+        """(Main loop.) Try the refused direct replies again (:mod:`.unrouted` says when)."""
+        self.loop.call_later(self.unrouted.next_try(_monotonic()), self._retry_unrouted)
+
+    def _retry_unrouted(self) -> None:
+        """(Main loop, lock held.) Send the refused direct replies again (and what else is
+        held); still refused, they ask for another try."""
+        self._unrouted_asked = False
+        if len(self.unrouted):
+            for error in self.flush():
+                self.log.error("replies not sent: %s", error)
 
     def _flush_turn(self) -> None:
         """(Turn end, or the I/O thread with the lock.) Send the replies and copies held."""

@@ -134,7 +134,14 @@ class StandIn(ControllerStandIn):
         until(probe, BOUND, "the notification subscription")
 
     def leading(self) -> bool:
-        return self.gate._leader is not None  # noqa: SLF001
+        """Whether a thread leads, its lead wholly taken: ``_leader`` is set under the gate's
+        lock before the socket's descriptor leaves the I/O thread's set, so a reply sent as
+        soon as it is set could still wake the I/O thread, which then read it (and a test that
+        expected the leader to read it failed: a CI run's
+        test_a_notification_is_handled_after_the_replies_already_received). The lock free
+        again after it was set means the leader's block under it has ended."""
+        gate = self.gate
+        return gate._leader is not None and not gate.lock.locked()  # noqa: SLF001
 
 
 @pytest.fixture

@@ -40,6 +40,7 @@ class Direct:
     scheduler: zmq.Socket[Any]  # the ROUTER the engine's task DEALER connects to
     lanes: LaneListener | None = None  # the engine's lane listener (served(lanes=True))
     hub_lane: Lane | None = None  # the Hub's end of the copies lane (served(copies_lane=True))
+    direct_address: str = ""  # the engine's direct ROUTER, for a client that connects late
 
 
 @contextmanager
@@ -111,7 +112,14 @@ def served(lanes: bool = False, copies_lane: bool = False) -> Iterator[Direct]:
     thread.start()
     try:
         yield Direct(
-            shell, client, hub, Session(KEY, session_id="client"), routers[1], listener, hub_end
+            shell,
+            client,
+            hub,
+            Session(KEY, session_id="client"),
+            routers[1],
+            listener,
+            hub_end,
+            f"tcp://127.0.0.1:{direct_port}",
         )
     finally:
         shell.loop.stop()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zmq
 
 from corral.bundles import split_bundle
 from corral.lane import HELLO, LANE_PACKET, Lane
@@ -102,6 +103,39 @@ def test_a_request_of_many_packets_and_a_reply_too_big_for_one() -> None:
         assert lanes is not None
         until(lambda: (lanes.requests, lanes.replies) == (2, 1), WAIT, "the replies counted")
         lane.close()
+
+
+def test_a_big_reply_to_a_client_whose_router_connection_is_not_up_yet_waits_for_it() -> None:
+    """A client's lane is connected before its zmq connection to the engine's direct ROUTER
+    has finished its handshake (a loaded machine): a reply too big for one packet, which goes
+    on the ROUTER, is refused there (no route yet), kept and sent again until the connection
+    is up, then arrives; a ROUTER without ROUTER_MANDATORY dropped it and the client waited
+    for ever."""
+    with served(lanes=True) as s:
+        lane = connect(s, b"late")
+        request = send_on(lane, s.session, big, 2 * LANE_PACKET)
+        until(lambda: s.shell.unrouted.kept == 1, WAIT, "the reply refused and kept")
+        ctx = zmq.Context.instance()
+        late = ctx.socket(zmq.ROUTER)
+        try:
+            late.setsockopt(zmq.IDENTITY, b"late")
+            late.setsockopt(zmq.CONNECT_ROUTING_ID, b"engine")
+            late.connect(s.direct_address)
+            assert late.poll(int(WAIT * 1000)), "the kept reply never came"
+            frames = late.recv_multipart()
+            assert frames[0] == b"engine"
+            reply = s.session.feed(frames[1:])
+            assert reply.parent_id == request.msg_id
+            assert deserialize_object(list(reply.buffers)) == big(2 * LANE_PACKET)
+            assert len(s.shell.unrouted) == 0 and s.shell.unrouted.dropped == 0
+            # the next one finds the connection up: sent at once, nothing kept
+            request = send_on(lane, s.session, big, 2 * LANE_PACKET)
+            assert late.poll(int(WAIT * 1000)), "the second reply never came"
+            assert s.session.feed(late.recv_multipart()[1:]).parent_id == request.msg_id
+            assert s.shell.unrouted.kept == 1
+        finally:
+            late.close(linger=0)
+            lane.close()
 
 
 def test_requests_queued_on_a_lane_behind_a_long_task_are_copied_while_it_runs() -> None:
