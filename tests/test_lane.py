@@ -179,17 +179,30 @@ def test_a_connect_to_a_full_listener_fails_at_once() -> None:
         listener.close()
 
 
-def test_a_lane_server_names_its_peers_hands_on_their_messages_and_drops_closed_lanes() -> None:
-    """LaneServer, with a dict for the loop: the hello names the peer, later messages go to
-    ``on_message``, a lane without hello is closed and counted, a closed lane is unwatched."""
-    listener = LaneListener(lane_name("server"))
+Got = list[tuple[bytes | None, list[bytes]]]
+
+
+def _recording_server(listener: LaneListener) -> tuple[LaneServer, dict[int, object], Got]:
+    """A LaneServer with a dict for the loop (descriptor -> callback) that records each
+    message as (peer, frames)."""
     watched: dict[int, object] = {}
-    got: list[tuple[bytes | None, list[bytes]]] = []
+    got: Got = []
 
     def on_message(lane: Lane, frames: list[object]) -> None:
         got.append((lane.peer, [bytes(frame) for frame in frames]))  # type: ignore[call-overload]
 
-    server = LaneServer(listener, watched.__setitem__, watched.__delitem__, on_message, 8)
+    return (
+        LaneServer(listener, watched.__setitem__, watched.__delitem__, on_message, 8),
+        watched,
+        got,
+    )
+
+
+def test_a_lane_server_names_its_peers_hands_on_their_messages_and_drops_closed_lanes() -> None:
+    """LaneServer, with a dict for the loop: the hello names the peer, later messages go to
+    ``on_message``, a lane without hello is closed and counted, a closed lane is unwatched."""
+    listener = LaneListener(lane_name("server"))
+    server, watched, got = _recording_server(listener)
     try:
         server.start()
         assert list(watched) == [listener.fileno()]
@@ -223,13 +236,7 @@ def test_read_all_without_accept_reads_the_known_lanes_and_leaves_a_new_one_to_t
     the listener): the lanes already accepted are read, a lane that connected since is not
     accepted until a read that accepts (or the listener's own callback)."""
     listener = LaneListener(lane_name("gatherer"))
-    watched: dict[int, object] = {}
-    got: list[tuple[bytes | None, list[bytes]]] = []
-
-    def on_message(lane: Lane, frames: list[object]) -> None:
-        got.append((lane.peer, [bytes(frame) for frame in frames]))  # type: ignore[call-overload]
-
-    server = LaneServer(listener, watched.__setitem__, watched.__delitem__, on_message, 8)
+    server, watched, got = _recording_server(listener)
     known = Lane.connect(listener.name, b"known", b"gatherer")
     late: Lane | None = None
     try:
