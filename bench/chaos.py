@@ -18,6 +18,7 @@ status 0 only if nothing was lost, duplicated or left behind.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -137,6 +138,14 @@ def supervised_cluster(engines: int, prefix: str, **options: Any) -> Cluster:
     )
 
 
+def remove_base_dir(cluster: Cluster) -> None:
+    """(After ``cluster.stop()``) The temporary folder :func:`supervised_cluster` made for it,
+    if the stop left it empty (the cluster's own folder goes with the stop): each run left an
+    empty ``corral-chaos-*`` folder in the temporary directory before."""
+    with contextlib.suppress(OSError):
+        cluster.base_dir.rmdir()
+
+
 def kill_leftovers() -> list[int]:
     """The pids of this process's children still running 15 s after a stop, killed."""
     _, alive = psutil.wait_procs(psutil.Process().children(recursive=True), timeout=15)
@@ -193,6 +202,7 @@ def run(
         restarts = dict(cluster.restarts)
     finally:
         cluster.stop()
+        remove_base_dir(cluster)
     left_behind = kill_leftovers()
     return {
         "tasks": tasks,

@@ -49,7 +49,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from chaos import kill_leftovers, supervised_cluster  # noqa: E402  (bench/, beside it)
+from chaos import kill_leftovers, remove_base_dir, supervised_cluster  # noqa: E402  (bench/, beside it)
 
 from corral import Client, Cluster  # noqa: E402
 from corral.errors import EngineError, QueryError, TimeoutError  # noqa: E402
@@ -313,6 +313,7 @@ def run(
             calls.other.close()
         restarts = dict(cluster.restarts)
         cluster.stop()
+        remove_base_dir(cluster)
         logging.getLogger("corral.client").removeHandler(refused)
     left_behind = kill_leftovers()
     faults = list(calls.faults)
