@@ -17,11 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 import zmq.utils.z85
-from zmq.auth.thread import ThreadAuthenticator
+
+if TYPE_CHECKING:
+    from zmq.auth.thread import ThreadAuthenticator
 
 from corral.errors import ConnectionError
 
@@ -151,7 +153,12 @@ def start_authenticator(context: zmq.Context[Any], keys: CurveKeys) -> ThreadAut
     Start it before any curve server socket of ``context`` binds (without a ZAP handler
     libzmq admits every client key); stop it before the context is destroyed. NULL peers never
     reach it: a curve server refuses them during the handshake, and inproc has none.
+
+    (Imported here: ``zmq.auth.thread`` imports asyncio, and with it ssl, some 5 MB of
+    modules that only the controller's processes need, not each engine and client.)
     """
+    from zmq.auth.thread import ThreadAuthenticator
+
     authenticator = ThreadAuthenticator(context)
     authenticator.configure_curve_callback("*", _ClusterClientOnly(keys.client_public))
     authenticator.start()

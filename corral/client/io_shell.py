@@ -39,7 +39,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, Protocol, cast
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from corral.client import reply_wire
 from corral.client.socket_gate import Sleepy, SocketGate
@@ -49,6 +48,7 @@ from corral.lane import Lane
 from corral.loop import Loop, LoopThread
 from corral.protocol.session import Frame, Message, Session
 from corral.security import CurveKeys, make_client
+from corral.socket_events import read_monitor_event
 from corral.sockets import send_frames
 
 log = logging.getLogger("corral.client")
@@ -436,7 +436,7 @@ class ClientIO:
                     "is the cluster running? Start one with `corral start` (or "
                     "corral.Cluster in Python), or check the connection file"
                 )
-            if recv_monitor_message(monitor)["event"] != zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            if read_monitor_event(monitor).event != zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 raise ConnectionError(
                     f"the controller at {address} refused the handshake: a --curve cluster "
                     "admits only clients with the curve keys of its current connection file"
@@ -456,7 +456,7 @@ class ClientIO:
             # restarted within a turn) must still be heard as down, then up, so that the
             # handler resynchronises after the outage
             was_up = not self._down
-            if recv_monitor_message(monitor)["event"] == zmq.EVENT_DISCONNECTED:
+            if read_monitor_event(monitor).event == zmq.EVENT_DISCONNECTED:
                 self._down.add(name)
             else:
                 self._down.discard(name)

@@ -32,7 +32,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final, cast
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from corral import heap
 from corral.controller.destination import PREFIX as DESTINATION
@@ -65,6 +64,7 @@ from corral.protocol.session import (
 )
 from corral.protocol.shm import METADATA_KEY, SegmentRef, encode_refs
 from corral.sharedmem import SharedMemory
+from corral.socket_events import read_monitor_event
 from corral.sockets import recv_small_as_bytes, send_frames
 
 log = logging.getLogger("corral.controller")
@@ -264,8 +264,8 @@ class HubShell:
     def _on_pong_events(self) -> None:
         """Connections of the pong socket that closed: the engine behind each is probed."""
         while self.pong_events.poll(0):
-            event = recv_monitor_message(self.pong_events)
-            uuid = self._pong_fds.pop(int(event["value"]), None)
+            event = read_monitor_event(self.pong_events)
+            uuid = self._pong_fds.pop(event.value, None)
             if uuid is not None:
                 log.info("hub: the connection of engine %s closed; probing it", uuid)
                 self.hub.connection_closed(uuid)

@@ -31,9 +31,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import parse_monitor_message
 
 from corral.loop import Loop, Timer
+from corral.socket_events import read_monitor_event
 
 log = logging.getLogger(__name__)
 
@@ -94,12 +94,12 @@ class QueueLinks:
         if monitor is None:
             return
         while monitor.poll(0):
-            event = parse_monitor_message(monitor.recv_multipart())
-            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            event = read_monitor_event(monitor).event
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._down.discard(sock)
                 if not self._down:
                     self._warned = False  # the next outage is warned about again
-            elif event["event"] == zmq.EVENT_DISCONNECTED:
+            elif event == zmq.EVENT_DISCONNECTED:
                 self._down.add(sock)
 
     def _release(self) -> None:
