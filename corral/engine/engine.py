@@ -22,6 +22,7 @@ thread unregister and exit, even while a task runs.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import signal
@@ -188,10 +189,10 @@ class Engine:
         io.start()
         io.wait_registered()
         self._io = io
-        if self.use_ipython:  # IPython syntax, display(), rich results: corral.engine.ipython
-            shell = load_shell(self.runner.namespace.user_ns, self.log)
-            if shell is not None:
-                self.runner.use_shell(shell)
+        if self.use_ipython and importlib.util.find_spec("IPython") is not None:
+            # IPython syntax, display(), rich results, made at first use: corral.engine.ipython
+            user_ns, log = self.runner.namespace.user_ns, self.log
+            self.runner.defer_shell(lambda: load_shell(user_ns, log))
         self.tasks.run(self.runner)  # returns only if its loop failed: the I/O thread exits
         threading.Event().wait()
         raise AssertionError("unreachable: the I/O thread ends the process")

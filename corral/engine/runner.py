@@ -44,7 +44,7 @@ from corral.sharedmem import SharedMemory
 
 from .capture import OutputCapture
 from .interrupts import InterruptGate
-from .ipython import EngineShell
+from .ipython import EngineShell, on_first_use, use_inline_backend
 from .namespace import Namespace, strip_engine_frames
 from .reply_messages import EngineIdentity as EngineIdentity
 from .reply_messages import aborted_reply_msg as aborted_reply_msg
@@ -218,6 +218,11 @@ class TaskRunner:
         self.aborts = aborts or AbortList()
         self.gate = gate or InterruptGate()
         self.shell: EngineShell | None = None
+        #: What makes the shell at its first use (defer_shell), until then.
+        self._make_shell: Callable[[], EngineShell | None] | None = None
+        self._remove_first_use: Callable[[], None] | None = None
+        #: Where the running task's display bundles go (a shell made while it runs uses it).
+        self._sink: Callable[[JSONDict, JSONDict], None] | None = None
         #: The running apply, described (summary.py) by _apply for its reply's metadata; reset
         #: by run, not by _run, so that _run's read of it is typed as what _apply may set.
         self.call: str | None = None
@@ -230,6 +235,26 @@ class TaskRunner:
         shell.bind(self.namespace.user_ns)
         self.namespace.transform = shell.transform
         self.namespace.formatter = shell.format
+
+    def defer_shell(self, make: Callable[[], EngineShell | None]) -> None:
+        """Make the shell with ``make`` at its first use (corral.engine.ipython.on_first_use):
+        the first cell, or user code importing IPython or calling ``display``/``get_ipython``."""
+        self._make_shell = make
+        self._remove_first_use = on_first_use(self.ensure_shell)
+        use_inline_backend()
+
+    def ensure_shell(self) -> None:
+        """Make the deferred shell now, once (a failure is logged by ``make``: plain Python)."""
+        make, self._make_shell = self._make_shell, None
+        if make is None:
+            return
+        if self._remove_first_use is not None:
+            self._remove_first_use()
+            self._remove_first_use = None
+        shell = make()
+        if shell is not None:
+            self.use_shell(shell)
+            shell.sink = self._sink  # made by the running task: its displays are its own
 
     # ------------------------------------------------------------------ sending
 
@@ -362,6 +387,8 @@ class TaskRunner:
         msg_type = msg.msg_type
         is_execute = msg_type == "execute_request"
         silent = is_execute and bool(content.get("silent"))
+        if is_execute and self._make_shell is not None:
+            self.ensure_shell()  # a cell: IPython syntax, rich results, its events
         if is_execute:  # front ends show busy/idle for cells; apply tasks skip two messages
             self.publish("status", {"execution_state": "busy"}, msg)
         if is_execute and not silent:
@@ -374,8 +401,9 @@ class TaskRunner:
         displays: list[JSONDict] = []
         self._data_messages = 0
         with self.capture.capture(lambda name, text: self._stream(msg, name, text)) as output:
+            self._sink = lambda data, md: self._display(msg, data, md, displays)
             if self.shell is not None:
-                self.shell.sink = lambda data, md: self._display(msg, data, md, displays)
+                self.shell.sink = self._sink
             self._running = msg
             try:
                 try:
@@ -395,6 +423,7 @@ class TaskRunner:
                 failure = exc
             finally:
                 self._running = None
+                self._sink = None
                 if self.shell is not None:
                     self.shell.sink = None
         refs: list[SegmentRef] = []

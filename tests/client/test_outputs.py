@@ -156,6 +156,41 @@ def test_display_in_an_applied_function(rc) -> None:  # type: ignore[no-untyped-
     assert ar.metadata["outputs"][0]["data"]["text/markdown"] == "*from apply*"
 
 
+def ipython_imported() -> bool:
+    return "IPython" in sys.modules
+
+
+def display_with_the_builtin() -> str:
+    display({"text/plain": "by the builtin"}, raw=True)  # type: ignore[name-defined]  # noqa: F821
+    return type(get_ipython()).__name__  # type: ignore[name-defined]  # noqa: F821
+
+
+def test_the_shell_is_made_at_its_first_use(tmp_path: Path) -> None:
+    """An engine makes its IPython shell when first needed, not at start (5 MB and 45 ms an
+    engine): each way of needing it, as the first task of a fresh engine, works as it does on
+    an engine whose shell was made at start."""
+    from tests.conftest import running_cluster
+
+    with running_cluster(tmp_path, 4) as fresh:
+        rc = fresh.client
+        assert rc[:].apply_sync(ipython_imported) == [False] * 4
+        # importing IPython in user code (the import goes on, then the shell is made)
+        ar = rc[0].apply_async(display_from_a_function)
+        assert ar.get(timeout=30) == 1
+        assert ar.metadata["outputs"][0]["data"]["text/markdown"] == "*from apply*"
+        # the builtins, with no import
+        ar = rc[1].apply_async(display_with_the_builtin)
+        assert ar.get(timeout=30) == "EngineInteractiveShell"
+        assert [o["data"]["text/plain"] for o in ar.metadata["outputs"]] == ["by the builtin"]
+        # a cell
+        reply = rc[2].execute("%time 6 * 7", silent=False, block=True)
+        assert reply.execute_result["data"]["text/plain"] == "42"
+        assert rc[:].apply_sync(ipython_imported) == [True, True, True, False]
+        assert rc[3].apply_sync(lambda: __import__("os").environ.get("MPLBACKEND")) == (
+            "module://matplotlib_inline.backend_inline"
+        )
+
+
 def test_ipython_syntax_in_execute(rc) -> None:  # type: ignore[no-untyped-def]
     dv = rc[0]
     ar = dv.execute(
