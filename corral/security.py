@@ -154,8 +154,8 @@ def start_authenticator(context: zmq.Context[Any], keys: CurveKeys) -> ThreadAut
     libzmq admits every client key); stop it before the context is destroyed. NULL peers never
     reach it: a curve server refuses them during the handshake, and inproc has none.
 
-    (Imported here: ``zmq.auth.thread`` imports asyncio, and with it ssl, some 5 MB of
-    modules that only the controller's processes need, not each engine and client.)
+    (Imported here: ``zmq.auth.thread`` imports asyncio, and with it ssl, which only the
+    controller's processes need, not each engine and client: corral.socket_events.)
     """
     from zmq.auth.thread import ThreadAuthenticator
 

@@ -1,9 +1,11 @@
 """A zmq socket monitor's events, read without ``zmq.utils.monitor``.
 
-pyzmq's ``zmq.utils.monitor`` imports ``zmq.asyncio``, and with it asyncio and ssl: some
-5 MB of modules in every process that reads a monitor (each engine watches its links to the
-controller, each client its own), where reading an event is one ``struct`` unpack. With 64
-engines on a host that was 300 MB of memory for nothing (bench/README.md, round thirty-six).
+pyzmq's ``zmq.utils.monitor`` imports ``zmq.asyncio``, and with it asyncio and ssl, in every
+process that reads a monitor (each engine watches its links to the controller, each client its
+own), where reading an event is one ``struct`` unpack. Without them (and without
+``zmq.auth.thread``, see :func:`corral.security.start_authenticator`) an idle engine's private
+memory went from 24.2 to 21.7 MB: 160 MB less with 64 engines on a host (bench/README.md,
+round thirty-six).
 
 libzmq's monitor message (version 1, the one ``Socket.get_monitor_socket`` asks for) is two
 frames: the event's number (16 bits) and its value (32 bits, e.g. the descriptor of the
